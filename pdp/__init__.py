@@ -1,0 +1,1 @@
+"""Tessera decision plane: the policy language, the engine and its services."""

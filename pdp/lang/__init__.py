@@ -1,0 +1,1 @@
+"""The policy language: grammar, parser, checker, compiler, formatter, policy tests."""

@@ -1,0 +1,313 @@
+"""The syntax tree of a `.pol` file: frozen dataclasses, each carrying its source span.
+
+The parser builds these, the checker types them, the formatter prints them back, and the
+compiler and the interpreter both evaluate them. Nothing here knows about Lark.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal, Union
+
+from pdp.lang.errors import NO_SPAN, Span
+
+# The roots an expression path can start from.
+ROOTS = ("agent", "user", "delegation", "resource", "tool", "context", "action")
+
+CompareOp = Literal["==", "!=", "<", "<=", ">", ">=", "in", "contains", "like"]
+
+
+# ---------------------------------------------------------------- expressions
+
+
+@dataclass(frozen=True, slots=True)
+class Literal_:
+    """A constant: string, number, bool, risk, money, duration, time or ip."""
+
+    value: Any
+    span: Span = field(default=NO_SPAN, compare=False)
+
+
+@dataclass(frozen=True, slots=True)
+class ListExpr:
+    items: tuple[Expr, ...]
+    span: Span = field(default=NO_SPAN, compare=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Path:
+    """An attribute of the request: ``agent.risk``, ``agent.labels["team"]``, ``action``."""
+
+    root: str
+    parts: tuple[str, ...]
+    span: Span = field(default=NO_SPAN, compare=False)
+
+    def dotted(self) -> str:
+        return ".".join((self.root, *self.parts))
+
+
+@dataclass(frozen=True, slots=True)
+class Name:
+    """A reference to a ``let``."""
+
+    name: str
+    span: Span = field(default=NO_SPAN, compare=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Flag:
+    """``delegated`` (the agent acts for a user) or ``autonomous`` (it acts alone)."""
+
+    kind: Literal["delegated", "autonomous"]
+    span: Span = field(default=NO_SPAN, compare=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Not:
+    operand: Expr
+    span: Span = field(default=NO_SPAN, compare=False)
+
+
+@dataclass(frozen=True, slots=True)
+class BoolOp:
+    """``a and b and c`` or ``a or b``: n-ary, evaluated left to right, short-circuit."""
+
+    op: Literal["and", "or"]
+    operands: tuple[Expr, ...]
+    span: Span = field(default=NO_SPAN, compare=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Compare:
+    op: CompareOp
+    left: Expr
+    right: Expr
+    span: Span = field(default=NO_SPAN, compare=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Has:
+    """``agent has owner``: true when the attribute is present; never an error."""
+
+    base: Expr
+    name: str
+    span: Span = field(default=NO_SPAN, compare=False)
+
+
+Expr = Union[Literal_, ListExpr, Path, Name, Flag, Not, BoolOp, Compare, Has]
+
+
+# ---------------------------------------------------------------- rules
+
+
+@dataclass(frozen=True, slots=True)
+class Pattern:
+    """What a target matches: ``"x"`` (exact or, with * or ?, a glob), ``like "g*"``,
+    ``in LIST_OR_LET``, a bare list or a bare let name."""
+
+    form: Literal["string", "like", "in", "list", "name"]
+    expr: Expr
+    span: Span = field(default=NO_SPAN, compare=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """``call tool PATTERN`` or ``action PATTERN [on TYPE [PATTERN]]``."""
+
+    form: Literal["call", "action"]
+    action: Pattern | None
+    resource_type: str | None
+    resource: Pattern | None
+    span: Span = field(default=NO_SPAN, compare=False)
+
+
+CALL_ACTION = "tool.call"
+TOOL_TYPE = "tool"
+
+Scope = Literal["agent", "user", "agent+user"]
+
+
+@dataclass(frozen=True, slots=True)
+class Limit:
+    """``limit sum(EXPR) <= CAP per WINDOW per SCOPE`` or ``limit N calls per WINDOW``."""
+
+    kind: Literal["sum", "count"]
+    amount: Expr | None
+    cap: Expr
+    window: Expr
+    scope: Scope
+    span: Span = field(default=NO_SPAN, compare=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Obligation:
+    """What a PEP must obtain before the permit applies: a consent or a step-up."""
+
+    kind: Literal["consent", "step_up"]
+    value: str
+    span: Span = field(default=NO_SPAN, compare=False)
+
+    def __str__(self) -> str:
+        from pdp.lang.values import quote
+
+        return f"{self.kind}({quote(self.value)})"
+
+
+@dataclass(frozen=True, slots=True)
+class Require:
+    obligation: Obligation
+    condition: Expr | None
+    span: Span = field(default=NO_SPAN, compare=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Comment:
+    text: str
+    span: Span = field(default=NO_SPAN, compare=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    effect: Literal["permit", "forbid"]
+    name: str
+    target: Target | None
+    when: Expr | None
+    unless: Expr | None
+    limits: tuple[Limit, ...]
+    requires: tuple[Require, ...]
+    span: Span = field(default=NO_SPAN, compare=False)
+    name_span: Span = field(default=NO_SPAN, compare=False)
+    package: str = ""
+
+    @property
+    def id(self) -> str:
+        return f"{self.package}.{self.name}" if self.package else self.name
+
+
+@dataclass(frozen=True, slots=True)
+class Let:
+    name: str
+    expr: Expr
+    span: Span = field(default=NO_SPAN, compare=False)
+    package: str = ""
+
+
+# ---------------------------------------------------------------- schema
+
+
+@dataclass(frozen=True, slots=True)
+class TypeRef:
+    """A type as written: ``string``, ``set<string>``, ``map<number>``."""
+
+    name: str
+    arg: TypeRef | None = None
+    span: Span = field(default=NO_SPAN, compare=False)
+
+    def __str__(self) -> str:
+        return f"{self.name}<{self.arg}>" if self.arg else self.name
+
+
+@dataclass(frozen=True, slots=True)
+class AttrDecl:
+    name: str
+    type: TypeRef
+    span: Span = field(default=NO_SPAN, compare=False)
+
+
+@dataclass(frozen=True, slots=True)
+class EntityDecl:
+    """``agent { … }``, ``user { … }``, ``context { … }`` or ``resource TYPE { … }``."""
+
+    kind: Literal["agent", "user", "context", "resource"]
+    resource_type: str | None
+    attrs: tuple[AttrDecl, ...]
+    span: Span = field(default=NO_SPAN, compare=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Schema:
+    entities: tuple[EntityDecl, ...]
+    span: Span = field(default=NO_SPAN, compare=False)
+
+
+# ---------------------------------------------------------------- policy tests
+
+
+@dataclass(frozen=True, slots=True)
+class Field:
+    name: str
+    value: Expr
+    span: Span = field(default=NO_SPAN, compare=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """A block of test data: ``agent { id: "pay-bot", risk: low }``."""
+
+    kind: Literal["agent", "user", "delegation", "context", "resource"]
+    fields: tuple[Field, ...]
+    span: Span = field(default=NO_SPAN, compare=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Expect:
+    allow: bool
+    by: tuple[str, ...]
+    requiring: tuple[Obligation, ...]
+    span: Span = field(default=NO_SPAN, compare=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    """``call tool "x" [with {…}] [times N]`` or ``action "a" on TYPE "id" …``, then expect."""
+
+    action: str
+    resource_type: str
+    resource_id: str
+    form: Literal["call", "action"]
+    context: tuple[Field, ...]
+    times: int
+    expect: Expect
+    span: Span = field(default=NO_SPAN, compare=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Test:
+    name: str
+    records: tuple[Record, ...]
+    steps: tuple[Step, ...]
+    span: Span = field(default=NO_SPAN, compare=False)
+    package: str = ""
+
+
+# ---------------------------------------------------------------- files
+
+
+Item = Union[Let, Rule, Schema, Test]
+
+
+@dataclass(frozen=True, slots=True)
+class Module:
+    """One parsed `.pol` file."""
+
+    path: str
+    package: str
+    items: tuple[Item, ...]
+    comments: tuple[Comment, ...] = ()
+    source: str = field(default="", repr=False, compare=False)
+
+    @property
+    def rules(self) -> tuple[Rule, ...]:
+        return tuple(i for i in self.items if isinstance(i, Rule))
+
+    @property
+    def lets(self) -> tuple[Let, ...]:
+        return tuple(i for i in self.items if isinstance(i, Let))
+
+    @property
+    def schemas(self) -> tuple[Schema, ...]:
+        return tuple(i for i in self.items if isinstance(i, Schema))
+
+    @property
+    def tests(self) -> tuple[Test, ...]:
+        return tuple(i for i in self.items if isinstance(i, Test))

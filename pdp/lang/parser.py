@@ -1,0 +1,614 @@
+"""Parse `.pol` text into the syntax tree of :mod:`pdp.lang.ast`.
+
+The grammar (``grammar.lark``) is LALR(1); this module turns Lark's tree into frozen
+dataclasses with spans and turns every Lark exception into a :class:`PolicyError` that
+shows file:line:col, the line, a caret and a hint.
+"""
+
+from __future__ import annotations
+
+import difflib
+import threading
+from decimal import Decimal
+from importlib import resources
+from typing import Any, NoReturn
+
+from lark import Lark, Token, Transformer, Tree, v_args
+from lark.exceptions import (
+    UnexpectedCharacters,
+    UnexpectedEOF,
+    UnexpectedInput,
+    UnexpectedToken,
+    VisitError,
+)
+
+from pdp.lang import ast
+from pdp.lang.errors import Diagnostic, PolicyError, Span
+from pdp.lang.values import (
+    Duration,
+    Money,
+    Risk,
+    parse_ip,
+    parse_network,
+    parse_time,
+)
+
+RECORD_KINDS = ("agent", "user", "delegation", "context", "resource")
+ENTITY_KINDS = ("agent", "user", "context", "resource")
+OBLIGATIONS = ("consent", "step_up")
+CONSTRUCTORS = ("ip", "time")
+SCOPES = ("agent", "user", "agent+user")
+
+_comments = threading.local()
+
+
+def _collect_comment(token: Token) -> Token:
+    _comments.found.append(token)
+    return token
+
+
+def _load_grammar() -> Lark:
+    text = resources.files("pdp.lang").joinpath("grammar.lark").read_text()
+    return Lark(
+        text,
+        parser="lalr",
+        lexer="contextual",
+        propagate_positions=True,
+        maybe_placeholders=True,
+        lexer_callbacks={"COMMENT": _collect_comment},
+    )
+
+
+_PARSER = _load_grammar()
+
+
+class _SyntaxProblem(Exception):
+    """Raised inside the transformer; carries the span and the hint."""
+
+    def __init__(self, message: str, span: Span, hint: str = "") -> None:
+        super().__init__(message)
+        self.message = message
+        self.span = span
+        self.hint = hint
+
+
+def parse(text: str, path: str = "<string>") -> ast.Module:
+    """Parse one file. Raises :class:`PolicyError` on any syntax error."""
+    lines = text.splitlines()
+    _comments.found = []
+    try:
+        tree = _PARSER.parse(text)
+    except UnexpectedInput as exc:
+        raise PolicyError([_syntax_diagnostic(exc, text, lines, path)]) from None
+    finally:
+        found: list[Token] = _comments.found
+        _comments.found = []
+    try:
+        module = _Builder(path).transform(tree)
+    except VisitError as exc:
+        problem = exc.orig_exc
+        if not isinstance(problem, _SyntaxProblem):
+            raise
+        raise PolicyError([_diagnostic(problem.message, problem.span, lines, problem.hint)]) from None
+    comments = tuple(ast.Comment(str(t), _token_span(t, path)) for t in found)
+    return ast.Module(path, module.package, module.items, comments, text)
+
+
+def parse_expression(text: str, path: str = "<expression>") -> ast.Expr:
+    """Parse a lone expression by wrapping it in a rule; used by tools and tests."""
+    module = parse(f"permit __expr__ when {text}", path)
+    rule = module.rules[0]
+    assert rule.when is not None
+    return rule.when
+
+
+# ------------------------------------------------------------------ errors
+
+
+def _diagnostic(message: str, span: Span, lines: list[str], hint: str = "") -> Diagnostic:
+    line_text = lines[span.line - 1] if 1 <= span.line <= len(lines) else ""
+    return Diagnostic("error", message, span, line_text, hint)
+
+
+_FRIENDLY = {
+    "NAME": "a name",
+    "STRING": "a string",
+    "NUMBER": "a number",
+    "MONEY": "an amount of money (200 USD)",
+    "DURATION": "a duration (30s, 5m, 24h)",
+    "EFFECT": "permit or forbid",
+    "$END": "the end of the file",
+}
+
+
+def _expected_words(expected: set[str]) -> list[str]:
+    words = set()
+    for name in expected:
+        if name in _FRIENDLY:
+            words.add(_FRIENDLY[name])
+            continue
+        try:
+            pattern = _PARSER.get_terminal(name).pattern
+        except KeyError:
+            words.add(name.lower())
+            continue
+        words.add(f"'{pattern.value}'" if pattern.type == "str" else name.lower())
+    return sorted(words)
+
+
+def _syntax_diagnostic(
+    exc: UnexpectedInput, text: str, lines: list[str], path: str
+) -> Diagnostic:
+    line = exc.line if exc.line and exc.line > 0 else max(len(lines), 1)
+    column = exc.column if exc.column and exc.column > 0 else 1
+    hint = ""
+    if isinstance(exc, UnexpectedCharacters):
+        char = text[exc.pos_in_stream] if exc.pos_in_stream < len(text) else ""
+        message = f"unexpected character {char!r}"
+        hint = _character_hint(text, exc.pos_in_stream)
+        span = Span(path, line, column, line, column + 1)
+    elif isinstance(exc, UnexpectedToken) and exc.token.type != "$END":
+        token = exc.token
+        message = f"unexpected {_describe_token(token)}"
+        expected = _expected_words(set(exc.expected))
+        hint = _token_hint(token, exc, expected)
+        span = _token_span(token, path)
+    else:
+        message = "unexpected end of file"
+        expected = _expected_words(set(getattr(exc, "expected", ()) or ()))
+        hint = "expected " + ", ".join(expected) if expected else ""
+        last = lines[-1] if lines else ""
+        line = max(len(lines), 1)
+        span = Span(path, line, len(last) + 1, line, len(last) + 2)
+        if isinstance(exc, UnexpectedEOF | UnexpectedToken) and "'}'" in expected:
+            hint = "a block is not closed: add '}'"
+    return _diagnostic(message, span, lines, hint)
+
+
+def _describe_token(token: Token) -> str:
+    if token.type == "NAME":
+        return f"name '{token}'"
+    if token.type in ("STRING", "NUMBER", "MONEY", "DURATION"):
+        return f"{_FRIENDLY[token.type].split(' (')[0]} {token}"
+    return f"'{token}'"
+
+
+def _character_hint(text: str, pos: int) -> str:
+    rest = text[pos : pos + 2]
+    if rest.startswith('"'):
+        return 'this string is not closed: end it with " on the same line'
+    if rest in ("&&", "||"):
+        return "write 'and' and 'or' instead of && and ||"
+    if rest.startswith("!"):
+        return "write 'not' for negation; != compares"
+    if rest.startswith("'"):
+        return 'strings use double quotes: "like this"'
+    return "remove this character or put it inside a string"
+
+
+def _token_hint(token: Token, exc: UnexpectedToken, expected: list[str]) -> str:
+    previous = getattr(exc, "token_history", None) or []
+    prev = previous[-1] if previous else None
+    if token == "=":
+        return "compare with '==' ('=' only appears in let)"
+    if token.type == "NAME" and prev is not None and prev.type == "NUMBER":
+        return "money is an amount and a three-letter code in capitals: 200 USD"
+    if token.type == "NAME" and token.lower() in ("when", "unless", "limit", "require"):
+        return "a rule's clauses go in this order: target, when, unless, limit, require"
+    if token in ("when", "unless", "limit", "require", "call", "action"):
+        return (
+            "a rule's clauses go in this order: target, when, unless, limit, require; "
+            "each at most once except limit and require"
+        )
+    if token.type == "EFFECT" and prev is not None and prev.type == "EFFECT":
+        return "a rule needs a name: permit read_only ..."
+    if expected:
+        shown = expected if len(expected) <= 8 else expected[:8] + ["…"]
+        return "expected " + ", ".join(shown)
+    return ""
+
+
+def _token_span(token: Token, path: str) -> Span:
+    line = token.line or 1
+    column = token.column or 1
+    end_line = token.end_line or line
+    end_column = token.end_column or column + max(len(token), 1)
+    return Span(path, line, column, end_line, end_column)
+
+
+# ------------------------------------------------------------------ tree → AST
+
+
+def _suggest(word: str, choices: tuple[str, ...] | list[str]) -> str:
+    close = difflib.get_close_matches(word, choices, n=1)
+    return f"did you mean '{close[0]}'?" if close else ""
+
+
+def _unquote(token: Token) -> str:
+    body = str(token)[1:-1]
+    out = []
+    i = 0
+    while i < len(body):
+        c = body[i]
+        if c == "\\" and i + 1 < len(body):
+            nxt = body[i + 1]
+            out.append({"n": "\n", "t": "\t", "r": "\r"}.get(nxt, nxt))
+            i += 2
+            continue
+        out.append(c)
+        i += 1
+    return "".join(out)
+
+
+@v_args(meta=True)
+class _Builder(Transformer[Token, Any]):
+    def __init__(self, path: str) -> None:
+        super().__init__()
+        self.file = path
+
+    # spans ---------------------------------------------------------------
+    def _span(self, meta: Any) -> Span:
+        if getattr(meta, "empty", True):
+            return Span(self.file, 0, 0, 0, 0)
+        return Span(self.file, meta.line, meta.column, meta.end_line, meta.end_column)
+
+    def _tspan(self, token: Token) -> Span:
+        return _token_span(token, self.file)
+
+    def _fail(self, message: str, span: Span, hint: str = "") -> NoReturn:
+        raise _SyntaxProblem(message, span, hint)
+
+    # file ----------------------------------------------------------------
+    def start(self, meta: Any, children: list[Any]) -> ast.Module:
+        package = ""
+        items = []
+        for child in children:
+            if isinstance(child, str):
+                package = child
+            elif child is not None:
+                items.append(child)
+        items = [_with_package(item, package) for item in items]
+        return ast.Module(self.file, package, tuple(items))
+
+    def package_decl(self, meta: Any, children: list[Any]) -> str:
+        return str(children[0])
+
+    def dotted(self, meta: Any, children: list[Token]) -> str:
+        return ".".join(str(c) for c in children)
+
+    def let_decl(self, meta: Any, children: list[Any]) -> ast.Let:
+        name, expr = children
+        return ast.Let(str(name), expr, self._span(meta))
+
+    # rules ---------------------------------------------------------------
+    def rule(self, meta: Any, children: list[Any]) -> ast.Rule:
+        effect, name, *clauses = children
+        target = when = unless = None
+        limits: list[ast.Limit] = []
+        requires: list[ast.Require] = []
+        for clause in clauses:
+            if isinstance(clause, ast.Target):
+                target = clause
+            elif isinstance(clause, tuple) and clause[0] == "when":
+                when = clause[1]
+            elif isinstance(clause, tuple) and clause[0] == "unless":
+                unless = clause[1]
+            elif isinstance(clause, ast.Limit):
+                limits.append(clause)
+            elif isinstance(clause, ast.Require):
+                requires.append(clause)
+        if effect == "forbid" and (limits or requires):
+            what = "limit" if limits else "require"
+            span = (limits[0] if limits else requires[0]).span
+            self._fail(
+                f"a forbid cannot carry '{what}'",
+                span,
+                "caps and obligations belong to permits: they narrow what a permit allows",
+            )
+        return ast.Rule(
+            str(effect),  # type: ignore[arg-type]
+            str(name),
+            target,
+            when,
+            unless,
+            tuple(limits),
+            tuple(requires),
+            self._span(meta),
+            self._tspan(name),
+        )
+
+    def call_target(self, meta: Any, children: list[Any]) -> ast.Target:
+        return ast.Target("call", None, ast.TOOL_TYPE, children[0], self._span(meta))
+
+    def action_target(self, meta: Any, children: list[Any]) -> ast.Target:
+        action, rtype, resource = children
+        if rtype is None:
+            return ast.Target("action", action, None, None, self._span(meta))
+        return ast.Target("action", action, str(rtype), resource, self._span(meta))
+
+    def pat_string(self, meta: Any, children: list[Any]) -> ast.Pattern:
+        token = children[0]
+        lit = ast.Literal_(_unquote(token), self._tspan(token))
+        return ast.Pattern("string", lit, self._span(meta))
+
+    def pat_like(self, meta: Any, children: list[Any]) -> ast.Pattern:
+        token = children[0]
+        lit = ast.Literal_(_unquote(token), self._tspan(token))
+        return ast.Pattern("like", lit, self._span(meta))
+
+    def pat_in(self, meta: Any, children: list[Any]) -> ast.Pattern:
+        value = children[0]
+        if isinstance(value, Token):
+            value = ast.Name(str(value), self._tspan(value))
+        return ast.Pattern("in", value, self._span(meta))
+
+    def pat_list(self, meta: Any, children: list[Any]) -> ast.Pattern:
+        return ast.Pattern("list", children[0], self._span(meta))
+
+    def pat_name(self, meta: Any, children: list[Any]) -> ast.Pattern:
+        token = children[0]
+        return ast.Pattern("name", ast.Name(str(token), self._tspan(token)), self._span(meta))
+
+    def when(self, meta: Any, children: list[Any]) -> tuple[str, ast.Expr]:
+        return ("when", children[0])
+
+    def unless(self, meta: Any, children: list[Any]) -> tuple[str, ast.Expr]:
+        return ("unless", children[0])
+
+    def limit_sum(self, meta: Any, children: list[Any]) -> ast.Limit:
+        amount, cap, window, scope = children
+        return ast.Limit(
+            "sum", amount, cap, self._duration(window), scope or "agent", self._span(meta)
+        )
+
+    def limit_count(self, meta: Any, children: list[Any]) -> ast.Limit:
+        count, window, scope = children
+        if "." in str(count) or int(count) <= 0:
+            self._fail(
+                f"a call count must be a positive whole number, not {count}",
+                self._tspan(count),
+            )
+        cap = ast.Literal_(int(count), self._tspan(count))
+        return ast.Limit(
+            "count", None, cap, self._duration(window), scope or "agent", self._span(meta)
+        )
+
+    def scope(self, meta: Any, children: list[Any]) -> str:
+        words = [str(c) for c in children if c is not None]
+        scope = "+".join(words)
+        if scope not in SCOPES:
+            self._fail(
+                f"unknown limit scope '{scope}'",
+                self._span(meta),
+                "a limit counts per agent, per user or per agent+user",
+            )
+        return scope
+
+    def require(self, meta: Any, children: list[Any]) -> ast.Require:
+        obligation, condition = children
+        return ast.Require(obligation, condition, self._span(meta))
+
+    def obligation(self, meta: Any, children: list[Any]) -> ast.Obligation:
+        kind, value = children
+        if kind not in OBLIGATIONS:
+            self._fail(
+                f"unknown obligation '{kind}'",
+                self._tspan(kind),
+                _suggest(str(kind), OBLIGATIONS) or "obligations are consent(...) and step_up(...)",
+            )
+        return ast.Obligation(str(kind), _unquote(value), self._span(meta))  # type: ignore[arg-type]
+
+    # expressions -------------------------------------------------------------
+    def or_expr(self, meta: Any, children: list[Any]) -> ast.BoolOp:
+        return ast.BoolOp("or", tuple(children), self._span(meta))
+
+    def and_expr(self, meta: Any, children: list[Any]) -> ast.BoolOp:
+        return ast.BoolOp("and", tuple(children), self._span(meta))
+
+    def not_(self, meta: Any, children: list[Any]) -> ast.Not:
+        return ast.Not(children[0], self._span(meta))
+
+    def compare(self, meta: Any, children: list[Any]) -> ast.Compare:
+        left, op, right = children
+        return ast.Compare(op, left, right, self._span(meta))
+
+    def compare_op(self, meta: Any, children: list[Token]) -> str:
+        return str(children[0])
+
+    def has(self, meta: Any, children: list[Any]) -> ast.Has:
+        base, name = children
+        text = _unquote(name) if name.type == "STRING" else str(name)
+        return ast.Has(base, text, self._span(meta))
+
+    def path(self, meta: Any, children: list[Any]) -> ast.Expr:
+        head, *accessors = children
+        name = str(head)
+        span = self._span(meta)
+        if not accessors:
+            if name in Risk.__members__:
+                return ast.Literal_(Risk[name], span)
+            if name in ("true", "false"):
+                return ast.Literal_(name == "true", span)
+            if name in ("delegated", "autonomous"):
+                return ast.Flag(name, span)  # type: ignore[arg-type]
+            if name in ast.ROOTS:
+                return ast.Path(name, (), span)
+            return ast.Name(name, span)
+        if name not in ast.ROOTS:
+            hint = _suggest(name, ast.ROOTS) or (
+                "attributes start from " + ", ".join(ast.ROOTS)
+            )
+            self._fail(f"unknown name '{name}' before '.'", self._tspan(head), hint)
+        return ast.Path(name, tuple(accessors), span)
+
+    def accessor(self, meta: Any, children: list[Token]) -> str:
+        token = children[0]
+        return _unquote(token) if token.type == "STRING" else str(token)
+
+    def list(self, meta: Any, children: list[Any]) -> ast.ListExpr:
+        return ast.ListExpr(tuple(c for c in children if c is not None), self._span(meta))
+
+    def string(self, meta: Any, children: list[Token]) -> ast.Literal_:
+        return ast.Literal_(_unquote(children[0]), self._span(meta))
+
+    def number(self, meta: Any, children: list[Token]) -> ast.Literal_:
+        text = str(children[0])
+        value: int | float = float(text) if "." in text else int(text)
+        return ast.Literal_(value, self._span(meta))
+
+    def money(self, meta: Any, children: list[Token]) -> ast.Literal_:
+        amount, currency = str(children[0]).split()
+        return ast.Literal_(Money(Decimal(amount), currency), self._span(meta))
+
+    def duration(self, meta: Any, children: list[Token]) -> ast.Literal_:
+        return ast.Literal_(Duration.parse(str(children[0])), self._span(meta))
+
+    def constructed(self, meta: Any, children: list[Token]) -> ast.Literal_:
+        name, arg = children
+        text = _unquote(arg)
+        span = self._span(meta)
+        if name not in CONSTRUCTORS:
+            self._fail(
+                f"unknown function '{name}'",
+                self._tspan(name),
+                _suggest(str(name), CONSTRUCTORS)
+                or 'the language has ip("10.0.0.0/8") and time("2026-01-31T09:00:00Z")',
+            )
+        try:
+            if name == "time":
+                return ast.Literal_(parse_time(text), span)
+            if "/" in text:
+                return ast.Literal_(parse_network(text), span)
+            return ast.Literal_(parse_ip(text), span)
+        except ValueError as exc:
+            self._fail(str(exc), self._tspan(arg))
+
+    def _duration(self, token: Token) -> ast.Literal_:
+        return ast.Literal_(Duration.parse(str(token)), self._tspan(token))
+
+    # schema --------------------------------------------------------------
+    def schema(self, meta: Any, children: list[Any]) -> ast.Schema:
+        return ast.Schema(tuple(children), self._span(meta))
+
+    def entity_decl(self, meta: Any, children: list[Any]) -> ast.EntityDecl:
+        kind, rtype, *attrs = children
+        span = self._span(meta)
+        if kind not in ENTITY_KINDS:
+            self._fail(
+                f"unknown entity '{kind}' in schema",
+                self._tspan(kind),
+                _suggest(str(kind), ENTITY_KINDS)
+                or "a schema declares agent, user, context and resource TYPE blocks",
+            )
+        if kind == "resource" and rtype is None:
+            self._fail(
+                "a resource block needs a type name",
+                self._tspan(kind),
+                "write: resource tool { server: string }",
+            )
+        if kind != "resource" and rtype is not None:
+            self._fail(
+                f"only resource blocks take a type name, not {kind}",
+                self._tspan(rtype),
+            )
+        return ast.EntityDecl(
+            str(kind),  # type: ignore[arg-type]
+            str(rtype) if rtype is not None else None,
+            tuple(a for a in attrs if a is not None),
+            span,
+        )
+
+    def attr_decl(self, meta: Any, children: list[Any]) -> ast.AttrDecl:
+        name, type_ref = children
+        return ast.AttrDecl(str(name), type_ref, self._span(meta))
+
+    def type_ref(self, meta: Any, children: list[Any]) -> ast.TypeRef:
+        name, arg = children
+        return ast.TypeRef(str(name), arg, self._span(meta))
+
+    # tests ---------------------------------------------------------------
+    def test(self, meta: Any, children: list[Any]) -> ast.Test:
+        name, *body = children
+        records = tuple(b for b in body if isinstance(b, ast.Record))
+        steps = tuple(b for b in body if isinstance(b, ast.Step))
+        if not steps:
+            self._fail(
+                f"test {name} has no step",
+                self._span(meta),
+                'add a request and what to expect: call tool "x" expect allow',
+            )
+        return ast.Test(_unquote(name), records, steps, self._span(meta))
+
+    def record(self, meta: Any, children: list[Any]) -> ast.Record:
+        kind, *fields = children
+        if kind not in RECORD_KINDS:
+            self._fail(
+                f"unknown block '{kind}' in a test",
+                self._tspan(kind),
+                _suggest(str(kind), RECORD_KINDS)
+                or "a test sets agent, user, delegation, context and resource",
+            )
+        return ast.Record(
+            str(kind),  # type: ignore[arg-type]
+            tuple(f for f in fields if f is not None),
+            self._span(meta),
+        )
+
+    def field(self, meta: Any, children: list[Any]) -> ast.Field:
+        name, value = children
+        return ast.Field(str(name), value, self._span(meta))
+
+    def step(self, meta: Any, children: list[Any]) -> ast.Step:
+        target, *rest = children
+        expect = rest[-1]
+        times_token = rest[-2]
+        fields = tuple(f for f in rest[:-2] if f is not None)
+        times = 1
+        if times_token is not None:
+            if "." in str(times_token) or int(times_token) <= 0:
+                self._fail(
+                    "times takes a positive whole number", self._tspan(times_token)
+                )
+            times = int(times_token)
+        form, action, rtype, rid = target
+        return ast.Step(action, rtype, rid, form, fields, times, expect, self._span(meta))
+
+    def step_call(self, meta: Any, children: list[Token]) -> tuple[str, str, str, str]:
+        return ("call", ast.CALL_ACTION, ast.TOOL_TYPE, _unquote(children[0]))
+
+    def step_action(self, meta: Any, children: list[Token]) -> tuple[str, str, str, str]:
+        action, rtype, rid = children
+        return ("action", _unquote(action), str(rtype), _unquote(rid))
+
+    def expect(self, meta: Any, children: list[Any]) -> ast.Expect:
+        verdict, *rest = children
+        if verdict not in ("allow", "deny"):
+            self._fail(
+                f"expect '{verdict}'?",
+                self._tspan(verdict),
+                "a test expects allow or deny",
+            )
+        by = tuple(str(r) for r in rest if isinstance(r, Token))
+        requiring = tuple(r for r in rest if isinstance(r, ast.Obligation))
+        if verdict == "allow" and requiring:
+            self._fail(
+                "an allow carries no obligation",
+                requiring[0].span,
+                "obligations come with a deny: expect deny requiring consent(...)",
+            )
+        return ast.Expect(verdict == "allow", by, requiring, self._span(meta))
+
+    def __default__(self, data: Any, children: list[Any], meta: Any) -> Any:
+        return Tree(data, children, meta)
+
+
+def _with_package(item: Any, package: str) -> Any:
+    if isinstance(item, ast.Rule | ast.Let | ast.Test):
+        return _replace(item, package=package)
+    return item
+
+
+def _replace(obj: Any, **changes: Any) -> Any:
+    import dataclasses
+
+    return dataclasses.replace(obj, **changes)

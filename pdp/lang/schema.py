@@ -1,0 +1,175 @@
+"""The types of request attributes, declared by ``schema { … }`` blocks plus built-ins.
+
+The checker types expressions against a :class:`SchemaModel`; the request loader uses the
+same model to turn request JSON into typed values, so a rule never meets a value of the
+wrong type at run time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from pdp.lang import ast
+from pdp.lang.errors import Diagnostic, Sources
+
+SCALARS = ("string", "number", "bool", "risk", "money", "duration", "time", "ip")
+CONTAINERS = ("set", "list", "map")
+
+
+@dataclass(frozen=True, slots=True)
+class Type:
+    """A policy-language type: a scalar, or set/list/map of an element type."""
+
+    name: str
+    arg: Type | None = None
+
+    def __str__(self) -> str:
+        return f"{self.name}<{self.arg}>" if self.arg else self.name
+
+    @property
+    def is_collection(self) -> bool:
+        return self.name in ("set", "list")
+
+
+STRING = Type("string")
+NUMBER = Type("number")
+BOOL = Type("bool")
+RISK = Type("risk")
+MONEY = Type("money")
+DURATION = Type("duration")
+TIME = Type("time")
+IP = Type("ip")
+NETWORK = Type("network")
+ANY = Type("any")
+STRINGS = Type("set", STRING)
+
+# Attributes every request has, whatever the schema says.
+BUILTINS: dict[str, dict[str, Type]] = {
+    "agent": {"id": STRING},
+    "user": {"id": STRING},
+    "delegation": {"delegated": BOOL, "depth": NUMBER, "chain": Type("list", STRING)},
+    "resource": {"id": STRING, "type": STRING},
+    "tool": {"name": STRING},
+    "context": {"consents": STRINGS, "acr": STRING},
+}
+
+
+@dataclass
+class SchemaModel:
+    """Attribute types by entity; resources by type name."""
+
+    agent: dict[str, Type] = field(default_factory=lambda: dict(BUILTINS["agent"]))
+    user: dict[str, Type] = field(default_factory=lambda: dict(BUILTINS["user"]))
+    context: dict[str, Type] = field(default_factory=lambda: dict(BUILTINS["context"]))
+    resources: dict[str, dict[str, Type]] = field(default_factory=dict)
+
+    def entity(self, kind: str) -> dict[str, Type]:
+        if kind == "agent":
+            return self.agent
+        if kind == "user":
+            return self.user
+        if kind == "context":
+            return self.context
+        if kind == "delegation":
+            return BUILTINS["delegation"]
+        raise KeyError(kind)
+
+    def resource_attrs(self, resource_type: str | None) -> dict[str, Type]:
+        """Attributes of one resource type, or of every type when it is not known."""
+        if resource_type is not None:
+            declared = self.resources.get(resource_type, {})
+            merged = dict(declared)
+            merged.update(BUILTINS["resource"])
+            if resource_type == ast.TOOL_TYPE:
+                merged.update(BUILTINS["tool"])
+            return merged
+        merged = {}
+        for attrs in self.resources.values():
+            merged.update(attrs)
+        merged.update(BUILTINS["resource"])
+        return merged
+
+    def tool_attrs(self) -> dict[str, Type]:
+        merged = dict(self.resources.get(ast.TOOL_TYPE, {}))
+        merged.update(BUILTINS["tool"])
+        return merged
+
+
+def type_from_ref(ref: ast.TypeRef, sources: Sources, out: list[Diagnostic]) -> Type | None:
+    """Resolve a written type; report unknown names and missing or extra arguments."""
+    if ref.name in SCALARS:
+        if ref.arg is not None:
+            out.append(
+                sources.diagnostic(
+                    "error", f"{ref.name} takes no element type", ref.span, f"write: {ref.name}"
+                )
+            )
+            return None
+        return Type(ref.name)
+    if ref.name in CONTAINERS:
+        if ref.arg is None:
+            out.append(
+                sources.diagnostic(
+                    "error",
+                    f"{ref.name} needs an element type",
+                    ref.span,
+                    f"write: {ref.name}<string>",
+                )
+            )
+            return None
+        arg = type_from_ref(ref.arg, sources, out)
+        return Type(ref.name, arg) if arg is not None else None
+    import difflib
+
+    close = difflib.get_close_matches(ref.name, SCALARS + CONTAINERS, n=1)
+    hint = (
+        f"did you mean '{close[0]}'?"
+        if close
+        else "types are " + ", ".join(SCALARS) + ", set<T>, list<T>, map<T>"
+    )
+    out.append(sources.diagnostic("error", f"unknown type '{ref.name}'", ref.span, hint))
+    return None
+
+
+def build_schema(
+    schemas: list[ast.Schema], sources: Sources
+) -> tuple[SchemaModel, list[Diagnostic]]:
+    """Merge every ``schema`` block of a bundle into one model."""
+    model = SchemaModel()
+    out: list[Diagnostic] = []
+    for schema in schemas:
+        for decl in schema.entities:
+            if decl.kind == "resource":
+                assert decl.resource_type is not None
+                target = model.resources.setdefault(decl.resource_type, {})
+                builtins = BUILTINS["resource"]
+            else:
+                target = model.entity(decl.kind)
+                builtins = BUILTINS[decl.kind]
+            for attr in decl.attrs:
+                declared = type_from_ref(attr.type, sources, out)
+                if declared is None:
+                    continue
+                if attr.name in builtins and builtins[attr.name] != declared:
+                    out.append(
+                        sources.diagnostic(
+                            "error",
+                            f"{decl.kind}.{attr.name} is built in as {builtins[attr.name]}",
+                            attr.span,
+                            "remove it from the schema or declare it with that type",
+                        )
+                    )
+                    continue
+                previous = target.get(attr.name)
+                if previous is not None and previous != declared:
+                    out.append(
+                        sources.diagnostic(
+                            "error",
+                            f"{decl.kind}.{attr.name} is declared twice with different "
+                            f"types ({previous} and {declared})",
+                            attr.span,
+                        )
+                    )
+                    continue
+                target[attr.name] = declared
+    return model, out

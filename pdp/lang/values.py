@@ -1,0 +1,261 @@
+"""The runtime values of the policy language: risk levels, money, durations, times, IPs.
+
+Every value a policy sees is one of: ``str``, ``bool``, ``int``/``float`` (numbers),
+:class:`Risk`, :class:`Money`, :class:`Duration`, ``datetime`` (times), ``IPv4Address``
+/``IPv6Address`` and networks (ips), ``frozenset`` (sets), ``tuple`` (lists) and ``dict``
+(maps of strings). Requests are normalized into these types against the schema before any
+rule runs, so evaluators never meet a value of the wrong type.
+"""
+
+from __future__ import annotations
+
+import enum
+import ipaddress
+import re
+from datetime import datetime, timezone
+from decimal import Decimal, InvalidOperation
+from typing import Any, Union
+
+
+class Risk(enum.IntEnum):
+    """A risk level; ordered low < medium < high < critical."""
+
+    low = 0
+    medium = 1
+    high = 2
+    critical = 3
+
+    def __str__(self) -> str:
+        return self.name
+
+    @classmethod
+    def parse(cls, text: str) -> Risk:
+        try:
+            return cls[text]
+        except KeyError:
+            raise ValueError(
+                f"unknown risk level {text!r}; expected one of low, medium, high, critical"
+            ) from None
+
+
+class CurrencyMismatch(Exception):
+    """Two amounts of money in different currencies were compared."""
+
+
+class Money:
+    """An amount in one currency. Comparing two currencies is an error, never false."""
+
+    __slots__ = ("amount", "currency")
+
+    amount: Decimal
+    currency: str
+
+    def __init__(self, amount: Decimal | int | str, currency: str) -> None:
+        object.__setattr__(self, "amount", Decimal(amount))
+        object.__setattr__(self, "currency", currency)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError("Money is immutable")
+
+    def _check(self, other: object) -> Money:
+        if not isinstance(other, Money):
+            raise TypeError(f"cannot compare money with {type_name(other)}")
+        if other.currency != self.currency:
+            raise CurrencyMismatch(
+                f"cannot compare {self} with {other}: currencies differ"
+            )
+        return other
+
+    def __eq__(self, other: object) -> bool:
+        return self.amount == self._check(other).amount
+
+    def __ne__(self, other: object) -> bool:
+        return self.amount != self._check(other).amount
+
+    def __lt__(self, other: object) -> bool:
+        return self.amount < self._check(other).amount
+
+    def __le__(self, other: object) -> bool:
+        return self.amount <= self._check(other).amount
+
+    def __gt__(self, other: object) -> bool:
+        return self.amount > self._check(other).amount
+
+    def __ge__(self, other: object) -> bool:
+        return self.amount >= self._check(other).amount
+
+    def __hash__(self) -> int:
+        return hash((self.amount, self.currency))
+
+    def __repr__(self) -> str:
+        return f"Money({str(self.amount)!r}, {self.currency!r})"
+
+    def __str__(self) -> str:
+        return f"{self.amount} {self.currency}"
+
+
+_DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
+_DURATION_RE = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h|d)$")
+
+
+class Duration:
+    """A length of time, kept in seconds and written the way it was (30s, 5m, 24h)."""
+
+    __slots__ = ("seconds", "text")
+
+    seconds: float
+    text: str
+
+    def __init__(self, seconds: float, text: str | None = None) -> None:
+        object.__setattr__(self, "seconds", seconds)
+        object.__setattr__(self, "text", text if text is not None else f"{seconds:g}s")
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError("Duration is immutable")
+
+    @classmethod
+    def parse(cls, text: str) -> Duration:
+        match = _DURATION_RE.match(text)
+        if match is None:
+            raise ValueError(
+                f"invalid duration {text!r}; write a number and a unit: 500ms, 30s, 5m, 24h, 7d"
+            )
+        number, unit = match.groups()
+        return cls(float(number) * _DURATION_UNITS[unit], text)
+
+    def _check(self, other: object) -> Duration:
+        if not isinstance(other, Duration):
+            raise TypeError(f"cannot compare a duration with {type_name(other)}")
+        return other
+
+    def __eq__(self, other: object) -> bool:
+        return self.seconds == self._check(other).seconds
+
+    def __ne__(self, other: object) -> bool:
+        return self.seconds != self._check(other).seconds
+
+    def __lt__(self, other: object) -> bool:
+        return self.seconds < self._check(other).seconds
+
+    def __le__(self, other: object) -> bool:
+        return self.seconds <= self._check(other).seconds
+
+    def __gt__(self, other: object) -> bool:
+        return self.seconds > self._check(other).seconds
+
+    def __ge__(self, other: object) -> bool:
+        return self.seconds >= self._check(other).seconds
+
+    def __hash__(self) -> int:
+        return hash(self.seconds)
+
+    def __repr__(self) -> str:
+        return f"Duration({self.text!r})"
+
+    def __str__(self) -> str:
+        return self.text
+
+
+IP = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
+Network = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
+
+
+def parse_ip(text: str) -> IP:
+    try:
+        return ipaddress.ip_address(text)
+    except ValueError:
+        raise ValueError(f"invalid IP address {text!r}") from None
+
+
+def parse_network(text: str) -> Network:
+    try:
+        return ipaddress.ip_network(text, strict=False)
+    except ValueError:
+        raise ValueError(f"invalid IP network {text!r}; write it as 10.0.0.0/8") from None
+
+
+def parse_time(text: str) -> datetime:
+    """Parse an RFC 3339 timestamp; a timestamp without an offset is an error."""
+    try:
+        value = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise ValueError(
+            f"invalid time {text!r}; write it as RFC 3339, e.g. 2026-01-31T09:00:00Z"
+        ) from None
+    if value.tzinfo is None:
+        raise ValueError(f"time {text!r} has no UTC offset; add Z or +01:00")
+    return value.astimezone(timezone.utc)
+
+
+_MONEY_RE = re.compile(r"^\s*(-?\d+(?:\.\d+)?)\s+([A-Z]{3})\s*$")
+
+
+def parse_money(text: str) -> Money:
+    match = _MONEY_RE.match(text)
+    if match is None:
+        raise ValueError(f"invalid money {text!r}; write an amount and a currency: 200 USD")
+    try:
+        return Money(Decimal(match.group(1)), match.group(2))
+    except InvalidOperation:
+        raise ValueError(f"invalid money {text!r}") from None
+
+
+def type_name(value: Any) -> str:
+    """The policy-language name of a runtime value's type, for error messages."""
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, Risk):
+        return "risk"
+    if isinstance(value, (int, float, Decimal)):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, Money):
+        return "money"
+    if isinstance(value, Duration):
+        return "duration"
+    if isinstance(value, datetime):
+        return "time"
+    if isinstance(value, (ipaddress.IPv4Address, ipaddress.IPv6Address)):
+        return "ip"
+    if isinstance(value, (ipaddress.IPv4Network, ipaddress.IPv6Network)):
+        return "network"
+    if isinstance(value, frozenset):
+        return "set"
+    if isinstance(value, tuple):
+        return "list"
+    if isinstance(value, dict):
+        return "map"
+    return type(value).__name__
+
+
+def render(value: Any) -> str:
+    """A value written the way a policy author would write it."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return quote(value)
+    if isinstance(value, (Risk, Money, Duration)):
+        return str(value)
+    if isinstance(value, datetime):
+        return f'time("{value.isoformat().replace("+00:00", "Z")}")'
+    if isinstance(value, (ipaddress.IPv4Address, ipaddress.IPv6Address)):
+        return f'ip("{value}")'
+    if isinstance(value, (ipaddress.IPv4Network, ipaddress.IPv6Network)):
+        return f'ip("{value}")'
+    if isinstance(value, frozenset):
+        return "[" + ", ".join(sorted(render(v) for v in value)) + "]"
+    if isinstance(value, tuple):
+        return "[" + ", ".join(render(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k}: {render(v)}" for k, v in sorted(value.items())) + "}"
+    if value is None:
+        return "(absent)"
+    return repr(value)
+
+
+def quote(text: str) -> str:
+    """A double-quoted string literal with the language's escapes."""
+    out = text.replace("\\", "\\\\").replace('"', '\\"')
+    out = out.replace("\n", "\\n").replace("\t", "\\t").replace("\r", "\\r")
+    return f'"{out}"'

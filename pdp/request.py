@@ -1,0 +1,373 @@
+"""The request a decision is made on, and how request JSON becomes one.
+
+A :class:`Request` holds plain, typed values: every attribute the schema declares has been
+converted (``"low"`` → ``Risk.low``, ``"200 USD"`` → ``Money``), so evaluators compare
+values without checking types. :func:`request_from_json` is the one place that accepts
+untrusted input; it raises :class:`RequestError` naming the offending field.
+
+The JSON format (documented in README.md)::
+
+    {
+      "agent":      {"id": "pay-bot", "risk": "low", ...},
+      "user":       {"id": "alice", "roles": ["analyst"]},        # optional
+      "delegation": {"chain": ["pay-bot"]},                        # optional
+      "action":     "tool.call",
+      "resource":   {"type": "tool", "id": "payments.transfer", "server": "pay"},
+      "context":    {"amount": "200 USD", "consents": ["payments:transfer"]}
+    }
+
+``"tool": "payments.transfer"`` is short for action ``tool.call`` on that tool.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from pdp.lang.ast import CALL_ACTION, TOOL_TYPE
+from pdp.lang.schema import SchemaModel, Type
+from pdp.lang.values import (
+    Duration,
+    Money,
+    Risk,
+    parse_ip,
+    parse_money,
+    parse_time,
+)
+
+
+class RequestError(ValueError):
+    """A request that cannot be decided on: the message names the field and the problem."""
+
+
+class Request:
+    """One authorization question, in typed values. Build it with :meth:`build`."""
+
+    __slots__ = ("action", "agent", "context", "delegation", "resource", "tool", "user")
+
+    agent: dict[str, Any]
+    user: dict[str, Any] | None
+    delegation: dict[str, Any]
+    action: str
+    resource: dict[str, Any]
+    tool: dict[str, Any] | None
+    context: dict[str, Any]
+
+    def __init__(
+        self,
+        agent: dict[str, Any],
+        user: dict[str, Any] | None,
+        delegation: dict[str, Any],
+        action: str,
+        resource: dict[str, Any],
+        context: dict[str, Any],
+    ) -> None:
+        self.agent = agent
+        self.user = user
+        self.delegation = delegation
+        self.action = action
+        self.resource = resource
+        self.context = context
+        # `tool.name` and the tool's attributes, only when the resource is a tool.
+        if resource.get("type") == TOOL_TYPE:
+            self.tool = {**resource, "name": resource.get("id")}
+        else:
+            self.tool = None
+
+    @classmethod
+    def build(
+        cls,
+        *,
+        agent: dict[str, Any],
+        action: str,
+        resource_type: str,
+        resource_id: str,
+        resource: dict[str, Any] | None = None,
+        user: dict[str, Any] | None = None,
+        chain: tuple[str, ...] | None = None,
+        context: dict[str, Any] | None = None,
+    ) -> Request:
+        """A request from already-typed values (tests, the gRPC adapter)."""
+        return cls(
+            agent,
+            user,
+            delegation_for(agent.get("id"), user, chain),
+            action,
+            {**(resource or {}), "type": resource_type, "id": resource_id},
+            dict(context or {}),
+        )
+
+    @property
+    def agent_id(self) -> str:
+        return str(self.agent.get("id", ""))
+
+    @property
+    def user_id(self) -> str | None:
+        return None if self.user is None else str(self.user.get("id", ""))
+
+    def to_json(self) -> dict[str, Any]:
+        """The request back in its JSON form (for traces and audit)."""
+        return {
+            "agent": _plain(self.agent),
+            "user": _plain(self.user) if self.user is not None else None,
+            "delegation": _plain(self.delegation),
+            "action": self.action,
+            "resource": _plain(self.resource),
+            "context": _plain(self.context),
+        }
+
+
+def delegation_for(
+    agent_id: str | None, user: Mapping[str, Any] | None, chain: tuple[str, ...] | None
+) -> dict[str, Any]:
+    """Delegation facts: delegated when a user is present; depth is the actor chain's length."""
+    if chain is None:
+        chain = (agent_id,) if (user is not None and agent_id) else ()
+    delegated = user is not None
+    return {"delegated": delegated, "depth": len(chain), "chain": tuple(chain)}
+
+
+# ------------------------------------------------------------------ JSON → Request
+
+_TOP_LEVEL = ("agent", "user", "delegation", "action", "resource", "context", "tool")
+
+
+def request_from_json(data: Any, schema: SchemaModel) -> Request:
+    """Validate and type a request JSON object against the schema."""
+    if not isinstance(data, dict):
+        raise RequestError("a request is a JSON object")
+    unknown = sorted(set(data) - set(_TOP_LEVEL))
+    if unknown:
+        raise RequestError(
+            f"unknown top-level field {unknown[0]!r}; a request has " + ", ".join(_TOP_LEVEL)
+        )
+    agent = _entity(data.get("agent"), "agent", schema.agent, required=True)
+    assert agent is not None
+    user = _entity(data.get("user"), "user", schema.user, required=False)
+
+    if "tool" in data:
+        if "resource" in data or "action" in data:
+            raise RequestError("'tool' is short for action and resource: give one or the other")
+        tool = data["tool"]
+        if not isinstance(tool, str) or not tool:
+            raise RequestError("tool: expected a tool name (string)")
+        action = CALL_ACTION
+        raw_resource: Any = {"type": TOOL_TYPE, "id": tool}
+    else:
+        action = data.get("action")
+        if not isinstance(action, str) or not action:
+            raise RequestError("action: required, a non-empty string such as \"tool.call\"")
+        raw_resource = data.get("resource")
+    resource = _resource(raw_resource, schema)
+
+    chain: tuple[str, ...] | None = None
+    raw_delegation = data.get("delegation")
+    if raw_delegation is not None:
+        if not isinstance(raw_delegation, dict):
+            raise RequestError("delegation: expected an object with 'chain'")
+        extra = sorted(set(raw_delegation) - {"chain"})
+        if extra:
+            raise RequestError(
+                f"delegation.{extra[0]}: not settable; delegated and depth follow from "
+                "the user and the chain"
+            )
+        raw_chain = raw_delegation.get("chain", [])
+        if not isinstance(raw_chain, list) or not all(isinstance(a, str) for a in raw_chain):
+            raise RequestError("delegation.chain: expected a list of actor ids (strings)")
+        chain = tuple(raw_chain)
+
+    context = _attributes(data.get("context", {}), "context", schema.context)
+    return Request(
+        agent,
+        user,
+        delegation_for(agent.get("id"), user, chain),
+        action,
+        resource,
+        context,
+    )
+
+
+def _entity(
+    raw: Any, where: str, types: Mapping[str, Type], *, required: bool
+) -> dict[str, Any] | None:
+    if raw is None:
+        if required:
+            raise RequestError(f"{where}: required, an object with at least an 'id'")
+        return None
+    values = _attributes(raw, where, types)
+    ident = values.get("id")
+    if not isinstance(ident, str) or not ident:
+        raise RequestError(f"{where}.id: required, a non-empty string")
+    return values
+
+
+def _resource(raw: Any, schema: SchemaModel) -> dict[str, Any]:
+    if not isinstance(raw, dict):
+        raise RequestError("resource: required, an object with 'type' and 'id'")
+    rtype = raw.get("type")
+    rid = raw.get("id")
+    if not isinstance(rtype, str) or not rtype:
+        raise RequestError("resource.type: required, a non-empty string such as \"tool\"")
+    if not isinstance(rid, str) or not rid:
+        raise RequestError("resource.id: required, a non-empty string")
+    attrs = raw.get("attributes", {})
+    rest = {k: v for k, v in raw.items() if k not in ("type", "id", "attributes")}
+    if not isinstance(attrs, dict):
+        raise RequestError("resource.attributes: expected an object")
+    merged = {**rest, **attrs}
+    if "name" in merged:
+        raise RequestError("resource.name: reserved; a tool's name is the resource id")
+    values = _attributes(merged, "resource", schema.resources.get(rtype, {}))
+    values["type"] = rtype
+    values["id"] = rid
+    return values
+
+
+def _attributes(raw: Any, where: str, types: Mapping[str, Type]) -> dict[str, Any]:
+    if not isinstance(raw, dict):
+        raise RequestError(f"{where}: expected an object")
+    out: dict[str, Any] = {}
+    for key, value in raw.items():
+        declared = types.get(key)
+        path = f"{where}.{key}"
+        if value is None:
+            raise RequestError(f"{path}: null is not a value; leave the attribute out instead")
+        out[key] = convert(value, declared, path) if declared else _untyped(value, path)
+    return out
+
+
+def convert(value: Any, declared: Type, path: str) -> Any:
+    """One JSON value as the declared type, or a RequestError naming ``path``."""
+    name = declared.name
+    if name == "string":
+        if isinstance(value, str):
+            return value
+    elif name == "number":
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return value
+    elif name == "bool":
+        if isinstance(value, bool):
+            return value
+    elif name == "risk":
+        if isinstance(value, str):
+            try:
+                return Risk.parse(value)
+            except ValueError as exc:
+                raise RequestError(f"{path}: {exc}") from None
+    elif name == "money":
+        return _money(value, path)
+    elif name == "duration":
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return Duration(float(value))
+        if isinstance(value, str):
+            try:
+                return Duration.parse(value)
+            except ValueError as exc:
+                raise RequestError(f"{path}: {exc}") from None
+    elif name == "time":
+        if isinstance(value, str):
+            try:
+                return parse_time(value)
+            except ValueError as exc:
+                raise RequestError(f"{path}: {exc}") from None
+    elif name == "ip":
+        if isinstance(value, str):
+            try:
+                return parse_ip(value)
+            except ValueError as exc:
+                raise RequestError(f"{path}: {exc}") from None
+    elif name in ("set", "list"):
+        if isinstance(value, list):
+            assert declared.arg is not None
+            items = [convert(v, declared.arg, f"{path}[{i}]") for i, v in enumerate(value)]
+            return frozenset(items) if name == "set" else tuple(items)
+    elif name == "map":
+        if isinstance(value, dict):
+            assert declared.arg is not None
+            return {str(k): convert(v, declared.arg, f"{path}.{k}") for k, v in value.items()}
+    raise RequestError(f"{path}: expected {_described(declared)}, got {_json_type(value)}")
+
+
+def _money(value: Any, path: str) -> Money:
+    if isinstance(value, str):
+        try:
+            return parse_money(value)
+        except ValueError as exc:
+            raise RequestError(f"{path}: {exc}") from None
+    if isinstance(value, dict) and set(value) == {"amount", "currency"}:
+        amount, currency = value["amount"], value["currency"]
+        if (
+            isinstance(currency, str)
+            and len(currency) == 3
+            and currency.isalpha()
+            and currency.isupper()
+            and isinstance(amount, str | int | float)
+            and not isinstance(amount, bool)
+        ):
+            try:
+                return Money(Decimal(str(amount)), currency)
+            except InvalidOperation:
+                pass
+    raise RequestError(
+        f'{path}: expected money, "200 USD" or {{"amount": "200", "currency": "USD"}}'
+    )
+
+
+def _untyped(value: Any, path: str) -> Any:
+    """Attributes no schema declares pass through as plain, immutable JSON values."""
+    if isinstance(value, list):
+        return tuple(_untyped(v, f"{path}[{i}]") for i, v in enumerate(value))
+    if isinstance(value, dict):
+        return {str(k): _untyped(v, f"{path}.{k}") for k, v in value.items()}
+    if value is None:
+        raise RequestError(f"{path}: null is not a value; leave the attribute out instead")
+    return value
+
+
+def _described(declared: Type) -> str:
+    examples = {
+        "risk": 'a risk level ("low", "medium", "high" or "critical")',
+        "duration": 'a duration ("30s", "5m") or a number of seconds',
+        "time": 'an RFC 3339 time ("2026-01-31T09:00:00Z")',
+        "ip": 'an IP address ("10.1.2.3")',
+        "set": f"a list of {declared.arg}",
+        "list": f"a list of {declared.arg}",
+        "map": f"an object of {declared.arg}",
+        "bool": "true or false",
+    }
+    return examples.get(declared.name, f"a {declared.name}")
+
+
+def _json_type(value: Any) -> str:
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return f"the number {value}"
+    if isinstance(value, str):
+        return f"the string {value!r}"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, dict):
+        return "an object"
+    return type(value).__name__
+
+
+def _plain(value: Any) -> Any:
+    from datetime import datetime
+
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, frozenset):
+        return sorted(_plain(v) for v in value)
+    if isinstance(value, tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, Risk):
+        return value.name
+    if isinstance(value, Money | Duration):
+        return str(value)
+    if isinstance(value, datetime):
+        return value.isoformat().replace("+00:00", "Z")
+    if isinstance(value, bool | int | float | str):
+        return value
+    return str(value)

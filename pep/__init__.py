@@ -1,0 +1,1 @@
+"""Tessera enforcement plane: the PEP client stub, the MCP auth proxy, the admin MCP server."""
