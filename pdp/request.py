@@ -256,7 +256,10 @@ def convert(value: Any, declared: Type, path: str) -> Any:
             except ValueError as exc:
                 raise RequestError(f"{path}: {exc}") from None
     elif name == "money":
-        return _money(value, path)
+        money = _money(value, path)
+        if declared.currency is not None and money.currency != declared.currency:
+            raise RequestError(f"{path}: expected an amount in {declared.currency}, got {money}")
+        return money
     elif name == "duration":
         if isinstance(value, int | float) and not isinstance(value, bool):
             return Duration(float(value))

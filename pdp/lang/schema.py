@@ -27,6 +27,11 @@ class Type:
         return f"{self.name}<{self.arg}>" if self.arg else self.name
 
     @property
+    def currency(self) -> str | None:
+        """The one currency of a ``money<USD>`` type, else None."""
+        return self.arg.name if self.name == "money" and self.arg is not None else None
+
+    @property
     def is_collection(self) -> bool:
         return self.name in ("set", "list")
 
@@ -97,6 +102,20 @@ class SchemaModel:
 
 def type_from_ref(ref: ast.TypeRef, sources: Sources, out: list[Diagnostic]) -> Type | None:
     """Resolve a written type; report unknown names and missing or extra arguments."""
+    if ref.name == "money" and ref.arg is not None:
+        # money<USD>: amounts of one currency only.
+        code = ref.arg.name
+        if ref.arg.arg is not None or len(code) != 3 or not code.isalpha() or not code.isupper():
+            out.append(
+                sources.diagnostic(
+                    "error",
+                    f"money<{ref.arg}>: a currency is three capital letters",
+                    ref.span,
+                    "write: money<USD>, or money for any currency",
+                )
+            )
+            return None
+        return Type("money", Type(code))
     if ref.name in SCALARS:
         if ref.arg is not None:
             out.append(
