@@ -43,7 +43,11 @@ class CurrencyMismatch(Exception):
 
 
 class Money:
-    """An amount in one currency. Comparing two currencies is an error, never false."""
+    """An amount in one currency.
+
+    Ordering two currencies (``<``, ``<=``, …) is an error, never false: a cap in USD says
+    nothing about an amount in EUR. Equality is plain: 5 EUR is not 5 USD.
+    """
 
     __slots__ = ("amount", "currency")
 
@@ -67,10 +71,14 @@ class Money:
         return other
 
     def __eq__(self, other: object) -> bool:
-        return self.amount == self._check(other).amount
+        if not isinstance(other, Money):
+            return NotImplemented
+        return self.amount == other.amount and self.currency == other.currency
 
     def __ne__(self, other: object) -> bool:
-        return self.amount != self._check(other).amount
+        if not isinstance(other, Money):
+            return NotImplemented
+        return self.amount != other.amount or self.currency != other.currency
 
     def __lt__(self, other: object) -> bool:
         return self.amount < self._check(other).amount

@@ -1,0 +1,346 @@
+"""The decision engine: an indexed bundle of compiled rules that answers requests.
+
+A request touches only its candidate rules: the index goes by action, then resource type,
+then exact resource id or glob prefix; candidate lists are memoized per (action, type,
+id). Forbids run first; any that matches, or fails, denies. Then permits: one that applies
+allows; one that waits on an obligation gives a deny carrying it; otherwise default deny.
+Limits are read while deciding and committed only when the decision is allow.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from pdp.counters import CounterStore, MemoryCounters
+from pdp.decision import DEFAULT_DENY_REASON, Decision, RuleError, combine
+from pdp.lang import ast
+from pdp.lang.compiler import CompiledRule, compile_rules
+from pdp.lang.interpreter import Interpreter, describe_limit
+from pdp.lang.runtime import (
+    EvalError,
+    limit_amount,
+    limit_cap,
+    limit_key,
+    limit_window,
+    matches_pattern,
+    obligation_met,
+    pattern_globs,
+)
+from pdp.request import Request
+
+Lets = Mapping[tuple[str, str], ast.Expr]
+CandidateKey = tuple[str, str, str]
+Candidates = tuple[tuple[CompiledRule, ...], tuple[CompiledRule, ...]]
+
+# Memoized candidate lists; past this many distinct (action, type, id) keys the memo is
+# dropped and rebuilt, so a stream of unique ids cannot grow memory without bound.
+CANDIDATE_MEMO_SIZE = 65_536
+
+
+@dataclass
+class _IdIndex:
+    """Rules of one (action, resource type) by resource id: exact, glob prefix, any."""
+
+    exact: dict[str, list[CompiledRule]] = field(default_factory=dict)
+    prefixes: dict[str, list[tuple[CompiledRule, str]]] = field(default_factory=dict)
+    lengths: list[int] = field(default_factory=list)
+    any: list[CompiledRule] = field(default_factory=list)
+
+    def add(self, rule: CompiledRule, alternatives: tuple[tuple[str, bool], ...] | None) -> None:
+        if alternatives is None:
+            self.any.append(rule)
+            return
+        for text, is_glob in alternatives:
+            if not is_glob:
+                self.exact.setdefault(text, []).append(rule)
+                continue
+            prefix = text[: min(i for i in (text.find("*"), text.find("?")) if i >= 0)]
+            self.prefixes.setdefault(prefix, []).append((rule, text))
+            if len(prefix) not in self.lengths:
+                self.lengths.append(len(prefix))
+                self.lengths.sort()
+
+    def lookup(self, resource_id: str, out: dict[int, CompiledRule]) -> None:
+        for rule in self.exact.get(resource_id, ()):
+            out[rule.position] = rule
+        for length in self.lengths:
+            if length > len(resource_id):
+                break
+            for rule, pattern in self.prefixes.get(resource_id[:length], ()):
+                if matches_pattern(((pattern, True),), resource_id):
+                    out[rule.position] = rule
+        for rule in self.any:
+            out[rule.position] = rule
+
+
+@dataclass
+class _TypeIndex:
+    """Rules of one action by resource type (None: any type)."""
+
+    by_type: dict[str | None, _IdIndex] = field(default_factory=dict)
+
+    def add(
+        self,
+        rule: CompiledRule,
+        resource_type: str | None,
+        alternatives: tuple[tuple[str, bool], ...] | None,
+    ) -> None:
+        self.by_type.setdefault(resource_type, _IdIndex()).add(rule, alternatives)
+
+    def lookup(self, resource_type: str, resource_id: str, out: dict[int, CompiledRule]) -> None:
+        for key in (resource_type, None):
+            index = self.by_type.get(key)
+            if index is not None:
+                index.lookup(resource_id, out)
+
+
+class Index:
+    """Where each rule can apply, so a request only meets its candidates."""
+
+    def __init__(self, rules: Iterable[CompiledRule], lets: Lets) -> None:
+        self.by_action: dict[str, _TypeIndex] = {}
+        self.action_globs: list[tuple[str, _TypeIndex]] = []
+        self.any_action = _TypeIndex()
+        for rule in rules:
+            if rule.never:
+                continue  # its condition is constant false
+            self._add(rule, lets)
+
+    def _add(self, rule: CompiledRule, lets: Lets) -> None:
+        target = rule.rule.target
+        package = rule.rule.package
+        if target is None:
+            self.any_action.add(rule, None, None)
+            return
+        resources = (
+            pattern_globs(target.resource, lets, package) if target.resource is not None else None
+        )
+        if target.form == "call":
+            actions: tuple[tuple[str, bool], ...] = ((ast.CALL_ACTION, False),)
+        else:
+            assert target.action is not None
+            actions = pattern_globs(target.action, lets, package)
+        for action, is_glob in actions:
+            if is_glob:
+                index = _TypeIndex()
+                self.action_globs.append((action, index))
+            else:
+                index = self.by_action.setdefault(action, _TypeIndex())
+            index.add(rule, target.resource_type, resources)
+
+    def candidates(self, action: str, resource_type: str, resource_id: str) -> Candidates:
+        found: dict[int, CompiledRule] = {}
+        exact = self.by_action.get(action)
+        if exact is not None:
+            exact.lookup(resource_type, resource_id, found)
+        for pattern, index in self.action_globs:
+            if matches_pattern(((pattern, True),), action):
+                index.lookup(resource_type, resource_id, found)
+        self.any_action.lookup(resource_type, resource_id, found)
+        ordered = [found[p] for p in sorted(found)]
+        return (
+            tuple(r for r in ordered if r.effect == "forbid"),
+            tuple(r for r in ordered if r.effect == "permit"),
+        )
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """A checked, compiled policy set: what a PDP decides with."""
+
+    version: str
+    rules: tuple[ast.Rule, ...]
+    lets: Mapping[tuple[str, str], ast.Expr]
+    compiled: tuple[CompiledRule, ...]
+    index: Index
+    tests: tuple[ast.Test, ...] = ()
+    schema: Any = None  # pdp.lang.schema.SchemaModel
+
+    @classmethod
+    def build(
+        cls,
+        rules: Sequence[ast.Rule],
+        lets: Lets,
+        version: str = "",
+        tests: Sequence[ast.Test] = (),
+        schema: Any = None,
+    ) -> Bundle:
+        compiled = tuple(compile_rules(rules, lets))
+        return cls(version, tuple(rules), lets, compiled, Index(compiled, lets), tuple(tests), schema)
+
+
+class Engine:
+    """Decides requests against one bundle. Thread-compatible; no I/O."""
+
+    def __init__(
+        self,
+        bundle: Bundle,
+        counters: CounterStore | None = None,
+        clock: Callable[[], float] | None = None,
+    ) -> None:
+        self.bundle = bundle
+        self.version = bundle.version
+        self.counters = counters if counters is not None else MemoryCounters()
+        self.clock = clock or time.time
+        self._memo: dict[CandidateKey, Candidates] = {}
+        self._interpreter = Interpreter(bundle.rules, bundle.lets, bundle.version, self.counters, self.clock)
+        version = bundle.version
+        self._default_deny = Decision(False, (), (), (DEFAULT_DENY_REASON,), (), version)
+        self._single_allow = {
+            r.position: Decision(True, (), (r.id,), (f"permit {r.id} applies",), (), version)
+            for r in bundle.compiled
+            if r.effect == "permit"
+        }
+        self._single_deny = {
+            r.position: Decision(False, (), (r.id,), (f"forbid {r.id} matched",), (), version)
+            for r in bundle.compiled
+            if r.effect == "forbid"
+        }
+
+    def candidates(self, request: Request) -> Candidates:
+        resource = request.resource
+        key = (request.action, resource["type"], resource["id"])
+        found = self._memo.get(key)
+        if found is None:
+            if len(self._memo) >= CANDIDATE_MEMO_SIZE:
+                self._memo.clear()
+            found = self._memo[key] = self.bundle.index.candidates(*key)
+        return found
+
+    def decide(self, request: Request) -> Decision:
+        """The decision for one request. Never raises for a well-formed request."""
+        resource = request.resource
+        found = self._memo.get((request.action, resource["type"], resource["id"]))
+        if found is None:
+            found = self.candidates(request)
+        forbids, permits = found
+
+        forbidden: list[CompiledRule] | None = None
+        failed: list[tuple[CompiledRule, Exception]] | None = None
+        for rule in forbids:
+            test = rule.test
+            try:
+                if test is None or test(request):
+                    if forbidden is None:
+                        forbidden = []
+                    forbidden.append(rule)
+            except Exception as exc:  # a forbid that fails denies: fail closed
+                if failed is None:
+                    failed = []
+                failed.append((rule, exc))
+        if failed is not None:
+            return self._slow(request, forbidden or [], failed, [], [], [])
+        if forbidden is not None:
+            if len(forbidden) == 1:
+                return self._single_deny[forbidden[0].position]
+            return self._slow(request, forbidden, [], [], [], [])
+
+        applied: list[CompiledRule] | None = None
+        gated: list[CompiledRule] = []
+        permit_failed: list[tuple[CompiledRule, Exception]] = []
+        for rule in permits:
+            test = rule.test
+            try:
+                if test is not None and not test(request):
+                    continue
+            except Exception as exc:  # a permit that fails does not apply
+                permit_failed.append((rule, exc))
+                continue
+            if rule.limits or rule.requires:
+                gated.append(rule)
+            elif applied is None:
+                applied = [rule]
+            else:
+                applied.append(rule)
+        if applied is not None and len(applied) == 1 and not gated and not permit_failed:
+            return self._single_allow[applied[0].position]
+        if applied is None and not gated and not permit_failed:
+            return self._default_deny
+        return self._slow(request, [], [], applied or [], gated, permit_failed)
+
+    def _slow(
+        self,
+        request: Request,
+        forbidden: list[CompiledRule],
+        forbid_failed: list[tuple[CompiledRule, Exception]],
+        applied: list[CompiledRule],
+        gated: list[CompiledRule],
+        permit_failed: list[tuple[CompiledRule, Exception]],
+    ) -> Decision:
+        """Everything beyond one clean match: errors, limits, obligations, many rules."""
+        now = self.clock()
+        applied = list(applied)
+        pending: list[tuple[CompiledRule, tuple[ast.Obligation, ...]]] = []
+        over: list[tuple[str, str]] = []
+        failures = list(permit_failed)
+        usages: dict[int, list[tuple[str, float, Any]]] = {}
+        for rule in gated:
+            try:
+                outcome = self._gate(rule, request, now)
+            except Exception as exc:
+                failures.append((rule, exc))
+                continue
+            kind, payload = outcome
+            if kind == "over":
+                over.append((rule.id, payload))
+            elif kind == "requires":
+                pending.append((rule, payload))
+            else:
+                applied.append(rule)
+                usages[rule.position] = payload
+        order = sorted(applied, key=lambda r: r.position)
+        decision = combine(
+            self.version,
+            [r.id for r in forbidden],
+            [self._error(r, request, exc) for r, exc in forbid_failed],
+            [r.id for r in order],
+            [(r.id, needs) for r, needs in sorted(pending, key=lambda p: p[0].position)],
+            [self._error(r, request, exc) for r, exc in sorted(failures, key=lambda f: f[0].position)],
+            over,
+        )
+        if decision.allow:
+            for rule in order:
+                for key, window, amount in usages.get(rule.position, ()):
+                    self.counters.add(key, window, amount, now)
+        return decision
+
+    def _gate(self, rule: CompiledRule, request: Request, now: float) -> tuple[str, Any]:
+        """A matching permit's limits, then its obligations."""
+        usage: list[tuple[str, float, Any]] = []
+        for compiled in rule.limits:
+            limit = compiled.limit
+            key = limit_key(rule.id, compiled.index, limit, request.agent_id, request.user_id)
+            amount: Any = 1
+            if compiled.amount is not None:
+                amount = limit_amount(limit, compiled.amount(request))
+            window = limit_window(limit)
+            if self.counters.usage(key, window, now) + amount > limit_cap(limit):
+                return ("over", describe_limit(limit))
+            usage.append((key, window, amount))
+        unmet = []
+        for require in rule.requires:
+            if require.condition is not None and not require.condition(request):
+                continue
+            if not obligation_met(require.obligation, request.context):
+                unmet.append(require.obligation)
+        if unmet:
+            return ("requires", tuple(unmet))
+        return ("applies", usage)
+
+    def _error(self, rule: CompiledRule, request: Request, exc: Exception) -> RuleError:
+        """Why a rule failed, in the interpreter's words (the rare path)."""
+        trace = self._interpreter.evaluate_rule(rule.rule, request, self.clock())
+        message = trace.error if trace.error else f"{type(exc).__name__}: {exc}"
+        return RuleError(rule.id, rule.effect, message)
+
+
+def decide_all(engine: Engine, requests: Iterable[Request]) -> list[Decision]:
+    """Decide many requests in order (what a batch call does)."""
+    decide = engine.decide
+    return [decide(r) for r in requests]
+
+
+__all__ = ["Bundle", "Decision", "Engine", "EvalError", "Index", "Request", "decide_all"]

@@ -1,0 +1,137 @@
+"""Semantics shared by the compiled evaluators and the reference interpreter.
+
+Anything both must do identically lives here once: glob matching, equality across lists
+and sets, target patterns, limit keys and how an obligation is met.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from functools import lru_cache
+from typing import Any
+
+from pdp.lang import ast
+from pdp.lang.values import Money
+
+
+class EvalError(Exception):
+    """A rule could not be evaluated: a missing attribute, a currency mismatch, …"""
+
+
+@lru_cache(maxsize=4096)
+def glob(pattern: str) -> Callable[[str], re.Match[str] | None]:
+    """A glob as a full-match function: ``*`` is any run of characters, ``?`` one."""
+    parts = []
+    for char in pattern:
+        if char == "*":
+            parts.append(".*")
+        elif char == "?":
+            parts.append(".")
+        else:
+            parts.append(re.escape(char))
+    return re.compile("".join(parts), re.DOTALL).fullmatch
+
+
+def is_glob(text: str) -> bool:
+    return "*" in text or "?" in text
+
+
+def like(value: Any, pattern: str) -> bool:
+    if not isinstance(value, str):
+        raise EvalError(f"'like' needs a string, got {value!r}")
+    return glob(pattern)(value) is not None
+
+
+def equal(left: Any, right: Any) -> bool:
+    """``==`` in the language: a list equals a set with the same members."""
+    if isinstance(left, frozenset) and isinstance(right, tuple):
+        return left == frozenset(right)
+    if isinstance(left, tuple) and isinstance(right, frozenset):
+        return frozenset(left) == right
+    return bool(left == right)
+
+
+def pattern_strings(pattern: ast.Pattern, lets: dict[tuple[str, str], ast.Expr], package: str) -> tuple[str, ...]:
+    """The strings a target pattern lists (one for a plain string or glob)."""
+    expr = pattern.expr
+    if isinstance(expr, ast.Name):
+        expr = lets[(package, expr.name)]
+    if isinstance(expr, ast.Literal_):
+        return (str(expr.value),)
+    if isinstance(expr, ast.ListExpr):
+        out = []
+        for item in expr.items:
+            if isinstance(item, ast.Name):
+                item = lets[(package, item.name)]
+            if not isinstance(item, ast.Literal_) or not isinstance(item.value, str):
+                raise EvalError("a target list holds strings only")
+            out.append(item.value)
+        return tuple(out)
+    raise EvalError("a target pattern is a string, a glob, a list or a let of strings")
+
+
+def pattern_globs(pattern: ast.Pattern, lets: dict[tuple[str, str], ast.Expr], package: str) -> tuple[tuple[str, bool], ...]:
+    """Each alternative of a pattern and whether it is a glob (``like`` forces one)."""
+    strings = pattern_strings(pattern, lets, package)
+    if pattern.form == "like":
+        return tuple((s, True) for s in strings)
+    return tuple((s, is_glob(s)) for s in strings)
+
+
+def matches_pattern(alternatives: tuple[tuple[str, bool], ...], value: str) -> bool:
+    for text, is_pattern in alternatives:
+        if is_pattern:
+            if glob(text)(value) is not None:
+                return True
+        elif text == value:
+            return True
+    return False
+
+
+def obligation_met(obligation: ast.Obligation, context: dict[str, Any]) -> bool:
+    """A consent is met when the context lists it; a step-up when ``context.acr`` equals it."""
+    if obligation.kind == "consent":
+        return obligation.value in context.get("consents", ())
+    return bool(context.get("acr") == obligation.value)
+
+
+def limit_key(rule_id: str, index: int, limit: ast.Limit, agent_id: str, user_id: str | None) -> str:
+    """The counter key of one limit of one rule for one agent / user / pair."""
+    if limit.scope == "agent":
+        who = agent_id
+    else:
+        if user_id is None:
+            raise EvalError(
+                f"limit per {limit.scope} needs a user, and the agent acts alone"
+            )
+        who = user_id if limit.scope == "user" else f"{agent_id}+{user_id}"
+    return f"{rule_id}#{index}|{limit.scope}|{who}"
+
+
+def limit_amount(limit: ast.Limit, value: Any) -> Any:
+    """The amount one call adds to a sum limit, checked against the cap's kind."""
+    cap = limit.cap.value if isinstance(limit.cap, ast.Literal_) else None
+    if isinstance(cap, Money):
+        if not isinstance(value, Money):
+            raise EvalError(f"limit sums money, got {value!r}")
+        if value.currency != cap.currency:
+            raise EvalError(f"limit is in {cap.currency}, the amount is {value}")
+        if value.amount < 0:
+            raise EvalError(f"a negative amount ({value}) cannot count against a limit")
+        return value.amount
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise EvalError(f"limit sums numbers, got {value!r}")
+    if value < 0:
+        raise EvalError(f"a negative amount ({value}) cannot count against a limit")
+    return value
+
+
+def limit_cap(limit: ast.Limit) -> Any:
+    cap = limit.cap.value if isinstance(limit.cap, ast.Literal_) else None
+    return cap.amount if isinstance(cap, Money) else cap
+
+
+def limit_window(limit: ast.Limit) -> float:
+    window = limit.window.value if isinstance(limit.window, ast.Literal_) else None
+    return float(window.seconds)
