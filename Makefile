@@ -4,13 +4,20 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test lint typecheck pytest bench check-policies fmt clean
+.PHONY: serve test lint typecheck pytest bench check-policies fmt clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[test,bench]'
 	touch $(STAMP)
+
+# The decision service arrives with the gRPC service; until then `make serve` loads,
+# checks and tests the shipped policies and says so.
+serve: $(STAMP)
+	$(BIN)/tessera check policies
+	$(BIN)/tessera test policies
+	@echo "the gRPC decision service is not built yet; try: $(BIN)/tessera explain --policies policies REQUEST.json"
 
 test: $(STAMP) lint typecheck check-policies pytest
 
@@ -25,7 +32,14 @@ check-policies: $(STAMP)
 	$(BIN)/tessera check policies
 	$(BIN)/tessera test policies
 
-pytest: $(STAMP)
+py# The decision service arrives with the gRPC service; until then `make serve` loads,
+# checks and tests the shipped policies and says so.
+serve: $(STAMP)
+	$(BIN)/tessera check policies
+	$(BIN)/tessera test policies
+	@echo "the gRPC decision service is not built yet; try: $(BIN)/tessera explain --policies policies REQUEST.json"
+
+test: $(STAMP)
 	$(BIN)/pytest
 
 bench: $(STAMP)

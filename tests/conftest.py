@@ -1,0 +1,34 @@
+"""Shared fixtures: policies from text, requests from JSON."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pdp.engine import Bundle, Engine
+from pdp.loader import load_texts
+from pdp.request import Request, request_from_json
+
+SCHEMA = """
+schema {
+  agent { risk: risk, status: string, purpose: string, type: string, scopes: set<string>,
+          labels: map<string>, owner: string }
+  user { roles: set<string> }
+  context { amount: money, n: number }
+  resource tool { server: string }
+  resource table { classification: string }
+}
+"""
+
+
+def bundle_of(policy: str, *, schema: str = SCHEMA) -> Bundle:
+    """A checked, compiled bundle from policy text (plus the test schema)."""
+    return load_texts({"schema.pol": schema, "p.pol": policy}).bundle
+
+
+def engine_of(policy: str, *, clock: float = 1_000_000.0) -> Engine:
+    return Engine(bundle_of(policy), clock=lambda: clock)
+
+
+def request(bundle: Bundle, **data: Any) -> Request:
+    data.setdefault("agent", {"id": "bot", "risk": "low", "status": "active"})
+    return request_from_json(data, bundle.schema)

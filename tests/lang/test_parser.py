@@ -1,0 +1,216 @@
+"""The parser: every construct of the language becomes the right tree; errors teach."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+import pytest
+
+from pdp.lang import ast
+from pdp.lang.errors import PolicyError
+from pdp.lang.parser import parse, parse_expression
+from pdp.lang.values import Duration, Money, Risk
+
+
+def error_of(text: str) -> str:
+    with pytest.raises(PolicyError) as caught:
+        parse(text, "p.pol")
+    return str(caught.value)
+
+
+def test_a_rule_with_every_clause_parses_in_order() -> None:
+    module = parse(
+        """package agents
+        permit small_transfers
+          call tool in payment_tools
+          when agent.risk <= medium and context.amount <= 1000 USD
+          unless agent.status == "retired"
+          limit sum(context.amount) <= 5000 USD per 24h per agent
+          limit 60 calls per 1m per agent+user
+          require consent("payments:transfer") if delegated
+          require step_up("mfa")
+        """,
+        "a.pol",
+    )
+    (rule,) = module.rules
+    assert rule.id == "agents.small_transfers"
+    assert rule.effect == "permit"
+    assert rule.target == ast.Target(
+        "call", None, "tool", ast.Pattern("in", ast.Name("payment_tools"))
+    )
+    assert isinstance(rule.when, ast.BoolOp) and rule.when.op == "and"
+    assert rule.when.operands[1] == ast.Compare(
+        "<=", ast.Path("context", ("amount",)), ast.Literal_(Money(Decimal(1000), "USD"))
+    )
+    assert rule.unless == ast.Compare("==", ast.Path("agent", ("status",)), ast.Literal_("retired"))
+    sum_limit, count_limit = rule.limits
+    assert (sum_limit.kind, sum_limit.scope) == ("sum", "agent")
+    assert sum_limit.window == ast.Literal_(Duration.parse("24h"))
+    assert (count_limit.kind, count_limit.cap, count_limit.scope) == (
+        "count",
+        ast.Literal_(60),
+        "agent+user",
+    )
+    consent, step_up = rule.requires
+    assert consent.obligation == ast.Obligation("consent", "payments:transfer")
+    assert consent.condition == ast.Flag("delegated")
+    assert step_up.obligation == ast.Obligation("step_up", "mfa") and step_up.condition is None
+
+
+def test_spans_point_at_the_source() -> None:
+    module = parse('permit x\n  when agent.risk < high\n', "s.pol")
+    when = module.rules[0].when
+    assert isinstance(when, ast.Compare)
+    assert (when.span.line, when.span.column) == (2, 8)
+    assert (when.left.span.line, when.left.span.column, when.left.span.end_column) == (2, 8, 18)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("low", ast.Literal_(Risk.low)),
+        ("critical", ast.Literal_(Risk.critical)),
+        ("true", ast.Literal_(True)),
+        ("42", ast.Literal_(42)),
+        ("-1.5", ast.Literal_(-1.5)),
+        ("5m", ast.Literal_(Duration.parse("5m"))),
+        ("12.50 EUR", ast.Literal_(Money(Decimal("12.50"), "EUR"))),
+        ('"a\\"b"', ast.Literal_('a"b')),
+        ("autonomous", ast.Flag("autonomous")),
+        ("read_tools", ast.Name("read_tools")),
+        ("action", ast.Path("action", ())),
+        ('agent.labels["cost-center"]', ast.Path("agent", ("labels", "cost-center"))),
+        ("tool.name", ast.Path("tool", ("name",))),
+    ],
+)
+def test_atoms(text: str, expected: ast.Expr) -> None:
+    assert parse_expression(text) == expected
+
+
+def test_precedence_or_below_and_below_not_below_comparison() -> None:
+    expr = parse_expression("not a == 1 and b or c")
+    assert expr == ast.BoolOp(
+        "or",
+        (
+            ast.BoolOp(
+                "and",
+                (ast.Not(ast.Compare("==", ast.Name("a"), ast.Literal_(1))), ast.Name("b")),
+            ),
+            ast.Name("c"),
+        ),
+    )
+
+
+def test_in_contains_like_has() -> None:
+    assert parse_expression('tool.name in ["a", "b"]') == ast.Compare(
+        "in", ast.Path("tool", ("name",)), ast.ListExpr((ast.Literal_("a"), ast.Literal_("b")))
+    )
+    assert parse_expression('user.roles contains "analyst"').op == "contains"  # type: ignore[union-attr]
+    assert parse_expression('agent.purpose like "pay*"').op == "like"  # type: ignore[union-attr]
+    assert parse_expression("agent has owner") == ast.Has(ast.Path("agent", ()), "owner")
+    assert parse_expression('agent.labels has "team"') == ast.Has(
+        ast.Path("agent", ("labels",)), "team"
+    )
+
+
+def test_generic_targets() -> None:
+    module = parse(
+        'permit a action "db.read" on table "orders"\n'
+        'permit b action ["db.read", "db.export"] on table like "finance_*"\n'
+        'permit c action "http.*"\n',
+        "t.pol",
+    )
+    a, b, c = (rule.target for rule in module.rules)
+    assert a == ast.Target(
+        "action",
+        ast.Pattern("string", ast.Literal_("db.read")),
+        "table",
+        ast.Pattern("string", ast.Literal_("orders")),
+    )
+    assert b is not None and b.resource == ast.Pattern("like", ast.Literal_("finance_*"))
+    assert c == ast.Target("action", ast.Pattern("string", ast.Literal_("http.*")), None, None)
+
+
+def test_schema_and_test_blocks() -> None:
+    module = parse(
+        """schema {
+          agent { risk: risk, scopes: set<string>, spend: money<USD> }
+          resource tool { server: string }
+        }
+        test "small transfer" {
+          agent { id: "pay-bot", risk: low }
+          user { id: "alice" }
+          call tool "payments.transfer" with { amount: 200 USD } times 3
+          expect deny by small_transfers requiring consent("payments:transfer")
+          action "db.read" on table "orders"
+          expect allow
+        }""",
+        "s.pol",
+    )
+    (schema,) = module.schemas
+    agent, tool = schema.entities
+    assert [a.name for a in agent.attrs] == ["risk", "scopes", "spend"]
+    assert str(agent.attrs[1].type) == "set<string>"
+    assert str(agent.attrs[2].type) == "money<USD>"
+    assert tool.kind == "resource" and tool.resource_type == "tool"
+    (test,) = module.tests
+    first, second = test.steps
+    assert (first.action, first.resource_id, first.times) == ("tool.call", "payments.transfer", 3)
+    assert first.expect.by == ("small_transfers",)
+    assert first.expect.requiring == (ast.Obligation("consent", "payments:transfer"),)
+    assert (second.action, second.resource_type, second.resource_id) == ("db.read", "table", "orders")
+    assert second.expect.allow
+
+
+def test_comments_are_kept_with_their_place() -> None:
+    module = parse("# head\npermit x # trailing\n", "c.pol")
+    assert [(c.text, c.span.line, c.span.column) for c in module.comments] == [
+        ("# head", 1, 1),
+        ("# trailing", 2, 10),
+    ]
+
+
+def test_error_shows_location_line_caret_and_hint() -> None:
+    message = error_of("permit x\n  when agent.risk = low\n")
+    assert message == (
+        "p.pol:2:19: error: unexpected '='\n"
+        "2 |   when agent.risk = low\n"
+        "                      ^\n"
+        "  hint: compare with '==' ('=' only appears in let)"
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "fragment"),
+    [
+        ("permit x when a && b", "write 'and' and 'or'"),
+        ("permit x when context.amount <= 100 usd", "three-letter code in capitals"),
+        ("permit x when agnt.risk < high", "did you mean 'agent'?"),
+        ('permit x when "open', "this string is not closed"),
+        ("permit x unless a when b", "target, when, unless, limit, require"),
+        ("permit x when (a", "expected ')'"),
+        ('forbid x call tool "a" limit 5 calls per 1m', "a forbid cannot carry 'limit'"),
+        ('permit x require consnt("a")', "did you mean 'consent'?"),
+        ('permit x call tool "a" limit 0 calls per 1m', "positive whole number"),
+        ('permit x call tool "a" limit 5 calls per 1m per team', "per agent, per user"),
+        ('permit x when context.ip in ip("10.0.0.0/33")', "invalid IP network"),
+        ('permit x when context.t < time("yesterday")', "RFC 3339"),
+        ('permit x when context.t < date("2026-01-01")', "unknown function 'date'"),
+        ('test "t" { agent { id: "a" } }', "has no step"),
+        ('test "t" { call tool "a" expect alow }', "a test expects allow or deny"),
+        ('test "t" { call tool "a" expect allow requiring consent("x") }', "an allow carries"),
+        ("schema { agnt { x: string } }", "did you mean 'agent'?"),
+        ("schema { resource { x: string } }", "needs a type name"),
+        ('test "t" { agnet { id: "a" } call tool "a" expect allow }', "did you mean 'agent'?"),
+    ],
+)
+def test_errors_teach(text: str, fragment: str) -> None:
+    message = error_of(text)
+    assert fragment in message
+    assert message.startswith("p.pol:1:")
+    assert "Traceback" not in message and "lark" not in message.lower()
+
+
+def test_unexpected_end_of_file_points_past_the_last_line() -> None:
+    message = error_of("permit x when\n")
+    assert message.startswith("p.pol:1:14: error: unexpected end of file")
