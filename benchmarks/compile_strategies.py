@@ -55,6 +55,12 @@ def closure(node: ast.Expr) -> Fn:
         return walk
     if isinstance(node, ast.BoolOp):
         fns = [closure(o) for o in node.operands]
+        if node.op == "and" and len(fns) == 2:
+            a, b = fns
+            return lambda q: a(q) and b(q)
+        if node.op == "and" and len(fns) == 3:
+            a, b, c = fns
+            return lambda q: a(q) and b(q) and c(q)
         if node.op == "and":
             return lambda q: all(f(q) for f in fns)
         return lambda q: any(f(q) for f in fns)
