@@ -35,6 +35,14 @@ class ListExpr:
 
 
 @dataclass(frozen=True, slots=True)
+class MapExpr:
+    """``{ team: "ops", "cost-center": "42" }``: a map of strings to values (test data)."""
+
+    entries: tuple[tuple[str, Expr], ...]
+    span: Span = field(default=NO_SPAN, compare=False)
+
+
+@dataclass(frozen=True, slots=True)
 class Path:
     """An attribute of the request: ``agent.risk``, ``agent.labels["team"]``, ``action``."""
 
@@ -94,7 +102,7 @@ class Has:
     span: Span = field(default=NO_SPAN, compare=False)
 
 
-Expr = Union[Literal_, ListExpr, Path, Name, Flag, Not, BoolOp, Compare, Has]
+Expr = Union[Literal_, ListExpr, MapExpr, Path, Name, Flag, Not, BoolOp, Compare, Has]
 
 
 # ---------------------------------------------------------------- rules

@@ -118,6 +118,9 @@ def _substitute(expr: ast.Expr, replace: Callable[[ast.Name], ast.Expr]) -> ast.
     if isinstance(expr, ast.ListExpr):
         items = tuple(_substitute(i, replace) for i in expr.items)
         return expr if items == expr.items else dataclasses.replace(expr, items=items)
+    if isinstance(expr, ast.MapExpr):
+        entries = tuple((k, _substitute(v, replace)) for k, v in expr.entries)
+        return dataclasses.replace(expr, entries=entries)
     if isinstance(expr, ast.Not):
         operand = _substitute(expr.operand, replace)
         return expr if operand is expr.operand else dataclasses.replace(expr, operand=operand)
@@ -139,6 +142,8 @@ def _mentions_tool(expr: ast.Expr) -> bool:
         return expr.root == "tool"
     if isinstance(expr, ast.ListExpr):
         return any(_mentions_tool(i) for i in expr.items)
+    if isinstance(expr, ast.MapExpr):
+        return any(_mentions_tool(v) for _, v in expr.entries)
     if isinstance(expr, ast.Not):
         return _mentions_tool(expr.operand)
     if isinstance(expr, ast.BoolOp):
@@ -156,6 +161,8 @@ def _is_constant(expr: ast.Expr) -> bool:
         return True
     if isinstance(expr, ast.ListExpr):
         return all(_is_constant(i) for i in expr.items)
+    if isinstance(expr, ast.MapExpr):
+        return all(_is_constant(v) for _, v in expr.entries)
     return False
 
 
@@ -282,6 +289,8 @@ def _fold(expr: ast.Expr) -> object:
     if isinstance(expr, ast.ListExpr):
         items = tuple(_fold(i) for i in expr.items)
         return _UNKNOWN if any(i is _UNKNOWN for i in items) else items
+    if isinstance(expr, ast.MapExpr):
+        return _UNKNOWN
     if isinstance(expr, ast.Not):
         operand = _fold(expr.operand)
         return (not operand) if isinstance(operand, bool) else _UNKNOWN
@@ -510,6 +519,8 @@ class _Checker:
             return _literal_type(expr.value)
         if isinstance(expr, ast.ListExpr):
             return self._list_type(expr, scope)
+        if isinstance(expr, ast.MapExpr):
+            return self._map_type(expr, scope)
         if isinstance(expr, ast.Path):
             return self._path_type(expr, scope)
         if isinstance(expr, ast.Name):
@@ -573,6 +584,25 @@ class _Checker:
                     "a list of amounts holds one currency",
                 )
         return Type("list", first) if first is not None else None
+
+    def _map_type(self, expr: ast.MapExpr, scope: _Scope) -> Type | None:
+        """A map literal is map<T>: every value of one type (string keys)."""
+        if not expr.entries:
+            return Type("map", ANY)
+        first: Type | None = None
+        for _, value in expr.entries:
+            t = self._type(value, scope)
+            if t is None:
+                continue
+            if first is None:
+                first = t
+            elif not _compatible(first, t):
+                self.error(
+                    f"a map holds one type of value: the first is {_describe(first)}, "
+                    f"this one is {_describe(t)}",
+                    value.span,
+                )
+        return Type("map", first) if first is not None else None
 
     def _name_type(self, name: ast.Name, scope: _Scope) -> Type | None:
         key = (scope.package, name.name)

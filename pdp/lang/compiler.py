@@ -68,6 +68,9 @@ def inline(expr: ast.Expr, lets: Lets, package: str) -> ast.Expr:
         return expr if target is None else inline(target, lets, package)
     if isinstance(expr, ast.ListExpr):
         return dataclasses.replace(expr, items=tuple(inline(i, lets, package) for i in expr.items))
+    if isinstance(expr, ast.MapExpr):
+        entries = tuple((k, inline(v, lets, package)) for k, v in expr.entries)
+        return dataclasses.replace(expr, entries=entries)
     if isinstance(expr, ast.Not):
         return dataclasses.replace(expr, operand=inline(expr.operand, lets, package))
     if isinstance(expr, ast.BoolOp):
@@ -91,6 +94,12 @@ def fold(expr: ast.Expr) -> ast.Expr:
             values = tuple(i.value for i in items if isinstance(i, ast.Literal_))
             return ast.Literal_(values, expr.span)
         return dataclasses.replace(expr, items=items)
+    if isinstance(expr, ast.MapExpr):
+        entries = tuple((k, fold(v)) for k, v in expr.entries)
+        if all(isinstance(v, ast.Literal_) for _, v in entries):
+            mapping = {k: v.value for k, v in entries if isinstance(v, ast.Literal_)}
+            return ast.Literal_(mapping, expr.span)
+        return dataclasses.replace(expr, entries=entries)
     if isinstance(expr, ast.Not):
         operand = fold(expr.operand)
         if isinstance(operand, ast.Literal_):
@@ -168,6 +177,8 @@ class _Source:
             return "(" + f" {node.op} ".join(self.expr(o) for o in node.operands) + ")"
         if isinstance(node, ast.ListExpr):
             return "(" + "".join(self.expr(i) + ", " for i in node.items) + ")"
+        if isinstance(node, ast.MapExpr):
+            return "{" + ", ".join(f"{k!r}: {self.expr(v)}" for k, v in node.entries) + "}"
         if isinstance(node, ast.Compare):
             return self.compare(node)
         if isinstance(node, ast.Has):

@@ -119,6 +119,16 @@ class _Evaluator:
                 return ExprTrace(expr, error=child.error, children=tuple(children))
         return ExprTrace(expr, tuple(c.value for c in children), children=tuple(children))
 
+    def _mapexpr(self, expr: ast.MapExpr) -> ExprTrace:
+        children = []
+        for _, value in expr.entries:
+            child = self.eval(value)
+            children.append(child)
+            if child.error is not None:
+                return ExprTrace(expr, error=child.error, children=tuple(children))
+        value = {key: c.value for (key, _), c in zip(expr.entries, children, strict=True)}
+        return ExprTrace(expr, value, children=tuple(children))
+
     def _name(self, expr: ast.Name) -> ExprTrace:
         target = self.lets.get((self.package, expr.name))
         if target is None:

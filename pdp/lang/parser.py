@@ -116,7 +116,6 @@ _FRIENDLY = {
     "NUMBER": "a number",
     "MONEY": "an amount of money (200 USD)",
     "DURATION": "a duration (30s, 5m, 24h)",
-    "EFFECT": "permit or forbid",
     "$END": "the end of the file",
 }
 
@@ -200,7 +199,8 @@ def _token_hint(token: Token, exc: UnexpectedToken, expected: list[str]) -> str:
             "a rule's clauses go in this order: target, when, unless, limit, require; "
             "each at most once except limit and require"
         )
-    if token.type == "EFFECT" and prev is not None and prev.type == "EFFECT":
+    effects = ("PERMIT", "FORBID")
+    if token.type in effects and prev is not None and prev.type in effects:
         return "a rule needs a name: permit read_only ..."
     if expected:
         shown = expected if len(expected) <= 8 else expected[:8] + ["…"]
@@ -316,6 +316,9 @@ class _Builder(Transformer[Token, Any]):
             self._span(meta),
             self._tspan(name),
         )
+
+    def effect(self, meta: Any, children: list[Token]) -> str:
+        return str(children[0])
 
     def call_target(self, meta: Any, children: list[Any]) -> ast.Target:
         return ast.Target("call", None, ast.TOOL_TYPE, children[0], self._span(meta))
@@ -447,6 +450,18 @@ class _Builder(Transformer[Token, Any]):
 
     def list(self, meta: Any, children: list[Any]) -> ast.ListExpr:
         return ast.ListExpr(tuple(c for c in children if c is not None), self._span(meta))
+
+    def map(self, meta: Any, children: list[Any]) -> ast.MapExpr:
+        entries = tuple(c for c in children if c is not None)
+        keys = [k for k, _ in entries]
+        for key in keys:
+            if keys.count(key) > 1:
+                self._fail(f"key '{key}' appears twice in this map", self._span(meta))
+        return ast.MapExpr(entries, self._span(meta))
+
+    def map_entry(self, meta: Any, children: list[Any]) -> tuple[str, ast.Expr]:
+        key, value = children
+        return (_unquote(key) if key.type == "STRING" else str(key), value)
 
     def string(self, meta: Any, children: list[Token]) -> ast.Literal_:
         return ast.Literal_(_unquote(children[0]), self._span(meta))
@@ -588,7 +603,7 @@ class _Builder(Transformer[Token, Any]):
                 self._tspan(verdict),
                 "a test expects allow or deny",
             )
-        by = tuple(str(r) for r in rest if isinstance(r, Token))
+        by = tuple(str(r) for r in rest if isinstance(r, str))
         requiring = tuple(r for r in rest if isinstance(r, ast.Obligation))
         if verdict == "allow" and requiring:
             self._fail(

@@ -118,7 +118,9 @@ def _to_json(value: Any) -> Any:
         return str(value)
     if isinstance(value, datetime):
         return value.isoformat()
-    if isinstance(value, bool | int | float | str | dict):
+    if isinstance(value, dict):
+        return {k: _to_json(v) for k, v in value.items()}
+    if isinstance(value, bool | int | float | str):
         return value
     return str(value)
 
