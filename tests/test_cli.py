@@ -1,0 +1,233 @@
+"""The tessera command: exit codes, output, and clear errors on bad input."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pdp.cli import main
+
+ROOT = Path(__file__).resolve().parent.parent
+POLICIES = ROOT / "policies"
+
+SUSPENDED = {"agent": {"id": "helper", "risk": "low", "status": "suspended"}, "tool": "search"}
+READER = {"agent": {"id": "helper", "risk": "low", "status": "active"}, "tool": "search"}
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture
+def policies(tmp_path: Path) -> Path:
+    copy = tmp_path / "policies"
+    shutil.copytree(POLICIES, copy)
+    return copy
+
+
+def write_json(tmp_path: Path, data: object, name: str = "request.json") -> Path:
+    path = tmp_path / name
+    path.write_text(json.dumps(data))
+    return path
+
+
+def test_check_passes_on_the_shipped_policies(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "check", str(POLICIES))
+    assert code == 0
+    assert out.startswith("ok: ") and "0 warnings" in out
+
+
+def test_check_reports_errors_with_location_and_exits_1(
+    capsys: pytest.CaptureFixture[str], policies: Path
+) -> None:
+    (policies / "broken.pol").write_text("permit x\n  when agent.risk < hihg\n")
+    code, _, err = run(capsys, "check", str(policies))
+    assert code == 1
+    assert "broken.pol:2:21: error: unknown name 'hihg'" in err
+    assert "did you mean 'high'?" in err
+    assert "1 error in" in err
+
+
+def test_check_json(capsys: pytest.CaptureFixture[str], policies: Path) -> None:
+    (policies / "broken.pol").write_text("permit x when agent.nope == 1\n")
+    code, out, _ = run(capsys, "check", "--json", str(policies))
+    assert code == 1
+    body = json.loads(out)
+    assert body["ok"] is False
+    assert body["diagnostics"][0]["line"] == 1
+    assert body["diagnostics"][0]["severity"] == "error"
+
+
+def test_check_strict_fails_on_warnings(capsys: pytest.CaptureFixture[str], policies: Path) -> None:
+    (policies / "never.pol").write_text('permit never call tool "x" when 1 > 2\n')
+    assert run(capsys, "check", str(policies))[0] == 0
+    code, _, err = run(capsys, "check", "--strict", str(policies))
+    assert code == 1
+    assert "warning" in err
+
+
+def test_check_of_a_missing_directory_is_a_usage_error(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    code, _, err = run(capsys, "check", str(tmp_path / "nope"))
+    assert code == 2
+    assert "is not a directory" in err
+
+
+def test_policy_tests_pass_on_the_shipped_policies(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "test", str(POLICIES))
+    assert code == 0
+    assert out.strip().endswith(" passed, 0 failed")
+
+
+def test_a_failing_policy_test_prints_its_trace_and_exits_1(
+    capsys: pytest.CaptureFixture[str], policies: Path
+) -> None:
+    (policies / "extra_test.pol").write_text(
+        "package agents\n"
+        'test "a suspended agent may search (wrong on purpose)" {\n'
+        '  agent { id: "x", risk: low, status: "suspended" }\n'
+        '  call tool "search"\n'
+        "  expect allow\n"
+        "}\n"
+    )
+    code, out, _ = run(capsys, "test", str(policies))
+    assert code == 1
+    assert "FAIL a suspended agent may search (wrong on purpose)" in out
+    assert "expected allow, got deny" in out
+    assert "forbid agents.inactive_agents" in out  # the trace names the deciding rule
+    assert 'agent.status != "active"' in out
+    assert out.strip().endswith(" passed, 1 failed")
+
+
+def test_eval_prints_the_decision_and_exits_by_it(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    code, out, _ = run(
+        capsys, "eval", "--policies", str(POLICIES), str(write_json(tmp_path, READER))
+    )
+    assert code == 0
+    body = json.loads(out)
+    assert body["decision"] == "allow"
+    assert body["decided_by"] == ["agents.read_only"]
+    assert body["bundle_version"].startswith("sha256:")
+    code, out, _ = run(
+        capsys, "eval", "--policies", str(POLICIES), str(write_json(tmp_path, SUSPENDED))
+    )
+    assert code == 1
+    assert json.loads(out)["decided_by"] == ["agents.inactive_agents"]
+
+
+def test_eval_reports_obligations(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    request = {
+        "agent": {"id": "pay-bot", "purpose": "payments", "risk": "low", "status": "active"},
+        "user": {"id": "alice"},
+        "tool": "payments.transfer",
+        "context": {"amount": "200 USD"},
+    }
+    code, out, _ = run(
+        capsys, "eval", "--policies", str(POLICIES), str(write_json(tmp_path, request))
+    )
+    assert code == 1
+    assert json.loads(out)["obligations"] == [
+        {"kind": "consent", "value": "payments:transfer", "text": 'consent("payments:transfer")'}
+    ]
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("{not json", "invalid JSON"),
+        ("[]", "a request is a JSON object"),
+        (json.dumps({"tool": "search"}), "agent: required"),
+        (
+            json.dumps({"agent": {"id": "a", "risk": "extreme"}, "tool": "search"}),
+            "agent.risk: unknown risk level 'extreme'",
+        ),
+        (
+            json.dumps({"agent": {"id": "a"}, "tool": "pay", "context": {"amount": 5}}),
+            "context.amount: expected money",
+        ),
+    ],
+)
+def test_eval_rejects_bad_requests_with_exit_2(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, content: str, message: str
+) -> None:
+    path = tmp_path / "bad.json"
+    path.write_text(content)
+    code, out, err = run(capsys, "eval", "--policies", str(POLICIES), str(path))
+    assert code == 2
+    assert out == ""
+    assert message in err
+
+
+def test_explain_shows_the_failing_sub_expression(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    request = {
+        "agent": {"id": "pay-bot", "purpose": "payments", "risk": "high", "status": "active"},
+        "tool": "payments.transfer",
+        "context": {"amount": "200 USD"},
+    }
+    code, out, _ = run(
+        capsys, "explain", "--policies", str(POLICIES), str(write_json(tmp_path, request))
+    )
+    assert code == 1
+    assert out.startswith("decision: DENY")
+    assert "permit agents.small_transfers" in out
+    assert "because agent.risk <= medium  →  false" in out
+    assert "where agent.risk = high" in out
+
+
+def test_fmt_check_and_rewrite(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    messy = tmp_path / "messy.pol"
+    messy.write_text('permit   x call tool "a"   when agent.risk<high\n')
+    code, out, _ = run(capsys, "fmt", "--check", str(messy))
+    assert code == 1
+    assert f"would reformat {messy}" in out
+    assert messy.read_text() == 'permit   x call tool "a"   when agent.risk<high\n'
+    assert run(capsys, "fmt", str(messy))[0] == 0
+    assert messy.read_text() == 'permit x\n  call tool "a"\n  when agent.risk < high\n'
+    assert run(capsys, "fmt", "--check", str(messy))[0] == 0
+
+
+def test_fmt_leaves_the_shipped_policies_unchanged(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "fmt", "--check", str(POLICIES))
+    assert code == 0, out
+
+
+def test_fmt_refuses_a_broken_file_and_leaves_it_alone(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    broken = tmp_path / "broken.pol"
+    broken.write_text("permit x when (\n")
+    code, _, err = run(capsys, "fmt", str(broken))
+    assert code == 2
+    assert "broken.pol:" in err
+    assert broken.read_text() == "permit x when (\n"
+
+
+def test_usage_errors_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as caught:
+        main(["frobnicate"])
+    assert caught.value.code == 2
+    with pytest.raises(SystemExit) as caught:
+        main(["eval"])
+    assert caught.value.code == 2
+    assert "REQUEST.json" in capsys.readouterr().err
+
+
+def test_the_console_script_runs(tmp_path: Path) -> None:
+    exe = Path(sys.executable).parent / "tessera"
+    result = subprocess.run(
+        [str(exe), "check", str(POLICIES)], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("ok: ")
