@@ -46,8 +46,13 @@ def build_parser() -> argparse.ArgumentParser:
         description="Parse and type-check every .pol file below DIR as one bundle. "
         "Prints errors and warnings with file:line:col; exits 1 on any error.",
     )
-    check.add_argument("directory", nargs="?", default=DEFAULT_POLICIES, metavar="DIR",
-                       help=f"policy directory (default: {DEFAULT_POLICIES})")
+    check.add_argument(
+        "directory",
+        nargs="?",
+        default=DEFAULT_POLICIES,
+        metavar="DIR",
+        help=f"policy directory (default: {DEFAULT_POLICIES})",
+    )
     check.add_argument("--json", action="store_true", help="print diagnostics as JSON")
     check.add_argument("--strict", action="store_true", help="treat warnings as errors")
 
@@ -57,8 +62,13 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run every test block of the bundle in DIR; print each failure with "
         "its decision trace; exit 1 if any test fails.",
     )
-    test.add_argument("directory", nargs="?", default=DEFAULT_POLICIES, metavar="DIR",
-                      help=f"policy directory (default: {DEFAULT_POLICIES})")
+    test.add_argument(
+        "directory",
+        nargs="?",
+        default=DEFAULT_POLICIES,
+        metavar="DIR",
+        help=f"policy directory (default: {DEFAULT_POLICIES})",
+    )
     test.add_argument("-v", "--verbose", action="store_true", help="list passing tests too")
 
     fmt = commands.add_parser(
@@ -67,13 +77,23 @@ def build_parser() -> argparse.ArgumentParser:
         description="Rewrite .pol files in canonical form, in place. Directories are "
         "searched for .pol files. Formatting twice changes nothing.",
     )
-    fmt.add_argument("paths", nargs="*", default=[DEFAULT_POLICIES], metavar="FILE",
-                     help=f"files or directories (default: {DEFAULT_POLICIES})")
-    fmt.add_argument("--check", action="store_true",
-                     help="change nothing; list files that are not formatted and exit 1")
+    fmt.add_argument(
+        "paths",
+        nargs="*",
+        default=[DEFAULT_POLICIES],
+        metavar="FILE",
+        help=f"files or directories (default: {DEFAULT_POLICIES})",
+    )
+    fmt.add_argument(
+        "--check",
+        action="store_true",
+        help="change nothing; list files that are not formatted and exit 1",
+    )
 
-    for name, what in (("eval", "print the decision as JSON"),
-                       ("explain", "print why each candidate rule did what it did")):
+    for name, what in (
+        ("eval", "print the decision as JSON"),
+        ("explain", "print why each candidate rule did what it did"),
+    ):
         sub = commands.add_parser(
             name,
             help=f"decide one request and {what}",
@@ -81,11 +101,18 @@ def build_parser() -> argparse.ArgumentParser:
             f"{what}. Exit 0 on allow, 1 on deny. The request format is in README.md.",
         )
         sub.add_argument("request", metavar="REQUEST.json", help="request file, or - for stdin")
-        sub.add_argument("--policies", default=DEFAULT_POLICIES, metavar="DIR",
-                         help=f"policy directory (default: {DEFAULT_POLICIES})")
+        sub.add_argument(
+            "--policies",
+            default=DEFAULT_POLICIES,
+            metavar="DIR",
+            help=f"policy directory (default: {DEFAULT_POLICIES})",
+        )
         if name == "explain":
-            sub.add_argument("--all", action="store_true",
-                             help="also list the rules whose target does not cover the request")
+            sub.add_argument(
+                "--all",
+                action="store_true",
+                help="also list the rules whose target does not cover the request",
+            )
     return parser
 
 
@@ -119,8 +146,12 @@ def _check(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         loaded = load_directory(directory)
     except PolicyError as exc:
         if args.json:
-            print(json.dumps({"ok": False, "diagnostics": [d.to_json() for d in exc.diagnostics]},
-                             indent=2), file=out)
+            print(
+                json.dumps(
+                    {"ok": False, "diagnostics": [d.to_json() for d in exc.diagnostics]}, indent=2
+                ),
+                file=out,
+            )
         else:
             _print_diagnostics(exc.diagnostics, err)
             count = len(exc.diagnostics)
@@ -129,8 +160,17 @@ def _check(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     warnings = loaded.warnings
     failed = bool(warnings) and args.strict
     if args.json:
-        print(json.dumps({"ok": not failed, "version": loaded.bundle.version,
-                          "diagnostics": [d.to_json() for d in warnings]}, indent=2), file=out)
+        print(
+            json.dumps(
+                {
+                    "ok": not failed,
+                    "version": loaded.bundle.version,
+                    "diagnostics": [d.to_json() for d in warnings],
+                },
+                indent=2,
+            ),
+            file=out,
+        )
         return FAILED if failed else OK
     _print_diagnostics(warnings, err)
     bundle = loaded.bundle
@@ -174,8 +214,9 @@ def _test(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         print(f"  {failure.message}", file=out)
         if failure.request is not None:
             bundle = loaded.bundle
-            interpreter = Interpreter(bundle.rules, bundle.lets, bundle.version,
-                                      clock=lambda: TEST_CLOCK)
+            interpreter = Interpreter(
+                bundle.rules, bundle.lets, bundle.version, clock=lambda: TEST_CLOCK
+            )
             explanation = interpreter.explain(failure.request, commit=False)
             print(_indent(render_explanation(explanation), "  | "), file=out)
         print(file=out)
@@ -247,8 +288,11 @@ def _decide(args: argparse.Namespace, err: TextIO) -> tuple[Any, Any] | int:
     try:
         data = json.loads(raw)
     except json.JSONDecodeError as exc:
-        print(f"tessera {args.command}: {args.request}:{exc.lineno}:{exc.colno}: "
-              f"invalid JSON: {exc.msg}", file=err)
+        print(
+            f"tessera {args.command}: {args.request}:{exc.lineno}:{exc.colno}: "
+            f"invalid JSON: {exc.msg}",
+            file=err,
+        )
         return USAGE
     try:
         request = request_from_json(data, loaded.bundle.schema)

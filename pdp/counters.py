@@ -12,7 +12,7 @@ from collections import defaultdict
 from decimal import Decimal
 from typing import Protocol
 
-Amount = Decimal | int | float
+Amount = Decimal | int
 
 # A window is split into this many buckets; usage is the sum of the buckets that overlap
 # the window ending now, so the window slides in steps of window/BUCKETS.

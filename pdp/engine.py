@@ -169,7 +169,9 @@ class Bundle:
         schema: Any = None,
     ) -> Bundle:
         compiled = tuple(compile_rules(rules, lets))
-        return cls(version, tuple(rules), lets, compiled, Index(compiled, lets), tuple(tests), schema)
+        return cls(
+            version, tuple(rules), lets, compiled, Index(compiled, lets), tuple(tests), schema
+        )
 
 
 class Engine:
@@ -186,7 +188,9 @@ class Engine:
         self.counters = counters if counters is not None else MemoryCounters()
         self.clock = clock or time.time
         self._memo: dict[CandidateKey, Candidates] = {}
-        self._interpreter = Interpreter(bundle.rules, bundle.lets, bundle.version, self.counters, self.clock)
+        self._interpreter = Interpreter(
+            bundle.rules, bundle.lets, bundle.version, self.counters, self.clock
+        )
         version = bundle.version
         self._default_deny = Decision(False, (), (), (DEFAULT_DENY_REASON,), (), version)
         self._single_allow = {
@@ -298,7 +302,10 @@ class Engine:
             [self._error(r, request, exc) for r, exc in forbid_failed],
             [r.id for r in order],
             [(r.id, needs) for r, needs in sorted(pending, key=lambda p: p[0].position)],
-            [self._error(r, request, exc) for r, exc in sorted(failures, key=lambda f: f[0].position)],
+            [
+                self._error(r, request, exc)
+                for r, exc in sorted(failures, key=lambda f: f[0].position)
+            ],
             over,
         )
         if decision.allow:

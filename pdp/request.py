@@ -155,9 +155,10 @@ def request_from_json(data: Any, schema: SchemaModel) -> Request:
         action = CALL_ACTION
         raw_resource: Any = {"type": TOOL_TYPE, "id": tool}
     else:
-        action = data.get("action")
-        if not isinstance(action, str) or not action:
-            raise RequestError("action: required, a non-empty string such as \"tool.call\"")
+        raw_action = data.get("action")
+        if not isinstance(raw_action, str) or not raw_action:
+            raise RequestError('action: required, a non-empty string such as "tool.call"')
+        action = raw_action
         raw_resource = data.get("resource")
     resource = _resource(raw_resource, schema)
 
@@ -208,7 +209,7 @@ def _resource(raw: Any, schema: SchemaModel) -> dict[str, Any]:
     rtype = raw.get("type")
     rid = raw.get("id")
     if not isinstance(rtype, str) or not rtype:
-        raise RequestError("resource.type: required, a non-empty string such as \"tool\"")
+        raise RequestError('resource.type: required, a non-empty string such as "tool"')
     if not isinstance(rid, str) or not rid:
         raise RequestError("resource.id: required, a non-empty string")
     attrs = raw.get("attributes", {})
@@ -285,10 +286,9 @@ def convert(value: Any, declared: Type, path: str) -> Any:
             assert declared.arg is not None
             items = [convert(v, declared.arg, f"{path}[{i}]") for i, v in enumerate(value)]
             return frozenset(items) if name == "set" else tuple(items)
-    elif name == "map":
-        if isinstance(value, dict):
-            assert declared.arg is not None
-            return {str(k): convert(v, declared.arg, f"{path}.{k}") for k, v in value.items()}
+    elif name == "map" and isinstance(value, dict):
+        assert declared.arg is not None
+        return {str(k): convert(v, declared.arg, f"{path}.{k}") for k, v in value.items()}
     raise RequestError(f"{path}: expected {_described(declared)}, got {_json_type(value)}")
 
 

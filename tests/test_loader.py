@@ -48,7 +48,7 @@ def test_type_errors_reject_the_directory(tmp_path: Path) -> None:
 
 
 def test_an_empty_directory_is_an_error(tmp_path: Path) -> None:
-    with pytest.raises(PolicyError, match="no .pol files"):
+    with pytest.raises(PolicyError, match=r"no \.pol files"):
         load_directory(tmp_path)
 
 

@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from pdp.request import RequestError, request_from_json
 from pdp.lang.values import Duration, Money, Risk
+from pdp.request import RequestError, request_from_json
 from tests.conftest import bundle_of
 
 SCHEMA = """
@@ -69,9 +69,7 @@ def test_tool_shorthand_and_delegation() -> None:
 
 
 def test_generic_resource_with_attributes() -> None:
-    req = build(
-        action="db.read", resource={"type": "table", "id": "orders", "owner": "x"}
-    )
+    req = build(action="db.read", resource={"type": "table", "id": "orders", "owner": "x"})
     assert req.resource == {"type": "table", "id": "orders", "owner": "x"}
     assert req.tool is None
 

@@ -7,7 +7,7 @@ compiler and the interpreter both evaluate them. Nothing here knows about Lark.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal, Union
+from typing import Any, Literal
 
 from pdp.lang.errors import NO_SPAN, Span
 
@@ -102,7 +102,7 @@ class Has:
     span: Span = field(default=NO_SPAN, compare=False)
 
 
-Expr = Union[Literal_, ListExpr, MapExpr, Path, Name, Flag, Not, BoolOp, Compare, Has]
+Expr = Literal_ | ListExpr | MapExpr | Path | Name | Flag | Not | BoolOp | Compare | Has
 
 
 # ---------------------------------------------------------------- rules
@@ -291,7 +291,7 @@ class Test:
 # ---------------------------------------------------------------- files
 
 
-Item = Union[Let, Rule, Schema, Test]
+Item = Let | Rule | Schema | Test
 
 
 @dataclass(frozen=True, slots=True)

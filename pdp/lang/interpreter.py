@@ -126,8 +126,8 @@ class _Evaluator:
             children.append(child)
             if child.error is not None:
                 return ExprTrace(expr, error=child.error, children=tuple(children))
-        value = {key: c.value for (key, _), c in zip(expr.entries, children, strict=True)}
-        return ExprTrace(expr, value, children=tuple(children))
+        mapping = {key: c.value for (key, _), c in zip(expr.entries, children, strict=True)}
+        return ExprTrace(expr, mapping, children=tuple(children))
 
     def _name(self, expr: ast.Name) -> ExprTrace:
         target = self.lets.get((self.package, expr.name))
@@ -322,17 +322,17 @@ class Interpreter:
         for clause, expr, wanted in (("when", rule.when, True), ("unless", rule.unless, False)):
             if expr is None:
                 continue
-            trace = evaluator.eval(expr)
-            steps.append(Step(clause, trace))
-            if trace.error is not None:
-                return RuleTrace(rule, "error", tuple(steps), trace.failing().error)
-            if bool(trace.value) is not wanted:
+            condition = evaluator.eval(expr)
+            steps.append(Step(clause, condition))
+            if condition.error is not None:
+                return RuleTrace(rule, "error", tuple(steps), condition.failing().error)
+            if bool(condition.value) is not wanted:
                 return RuleTrace(rule, "condition false", tuple(steps))
         for index, limit in enumerate(rule.limits):
             try:
                 key = limit_key(rule.id, index, limit, request.agent_id, request.user_id)
                 amount: Any = 1
-                trace = None
+                trace: ExprTrace | None = None
                 if limit.kind == "sum":
                     assert limit.amount is not None
                     trace = evaluator.eval(limit.amount)
@@ -349,15 +349,17 @@ class Interpreter:
             if used + amount > cap:
                 steps.append(Step("limit", trace, f"{text}: used {used}, this call {amount}"))
                 return RuleTrace(rule, "over limit", tuple(steps))
-            steps.append(Step("limit", trace, f"{text}: used {used}, this call {amount}, room left"))
+            steps.append(
+                Step("limit", trace, f"{text}: used {used}, this call {amount}, room left")
+            )
         unmet: list[ast.Obligation] = []
         for require in rule.requires:
             if require.condition is not None:
-                trace = evaluator.eval(require.condition)
-                steps.append(Step("require if", trace, str(require.obligation)))
-                if trace.error is not None:
-                    return RuleTrace(rule, "error", tuple(steps), trace.failing().error)
-                if not trace.value:
+                gate = evaluator.eval(require.condition)
+                steps.append(Step("require if", gate, str(require.obligation)))
+                if gate.error is not None:
+                    return RuleTrace(rule, "error", tuple(steps), gate.failing().error)
+                if not gate.value:
                     continue
             if obligation_met(require.obligation, request.context):
                 steps.append(Step("require", None, f"{require.obligation} is met"))
@@ -387,12 +389,14 @@ def target_matches(rule: ast.Rule, request: Request, lets: Lets) -> bool:
             return False
     else:
         assert target.action is not None
-        if not matches_pattern(pattern_globs(target.action, dict(lets), rule.package), request.action):
+        if not matches_pattern(
+            pattern_globs(target.action, lets, rule.package), request.action
+        ):
             return False
     if target.resource_type is not None and request.resource["type"] != target.resource_type:
         return False
     if target.resource is not None:
-        alternatives = pattern_globs(target.resource, dict(lets), rule.package)
+        alternatives = pattern_globs(target.resource, lets, rule.package)
         if not matches_pattern(alternatives, request.resource["id"]):
             return False
     return True

@@ -89,7 +89,9 @@ def parse(text: str, path: str = "<string>") -> ast.Module:
         problem = exc.orig_exc
         if not isinstance(problem, _SyntaxProblem):
             raise
-        raise PolicyError([_diagnostic(problem.message, problem.span, lines, problem.hint)]) from None
+        raise PolicyError(
+            [_diagnostic(problem.message, problem.span, lines, problem.hint)]
+        ) from None
     comments = tuple(ast.Comment(str(t), _token_span(t, path)) for t in found)
     return ast.Module(path, module.package, module.items, comments, text)
 
@@ -135,16 +137,15 @@ def _expected_words(expected: set[str]) -> list[str]:
     return sorted(words)
 
 
-def _syntax_diagnostic(
-    exc: UnexpectedInput, text: str, lines: list[str], path: str
-) -> Diagnostic:
+def _syntax_diagnostic(exc: UnexpectedInput, text: str, lines: list[str], path: str) -> Diagnostic:
     line = exc.line if exc.line and exc.line > 0 else max(len(lines), 1)
     column = exc.column if exc.column and exc.column > 0 else 1
     hint = ""
     if isinstance(exc, UnexpectedCharacters):
-        char = text[exc.pos_in_stream] if exc.pos_in_stream < len(text) else ""
+        pos = exc.pos_in_stream or 0
+        char = text[pos] if pos < len(text) else ""
         message = f"unexpected character {char!r}"
-        hint = _character_hint(text, exc.pos_in_stream)
+        hint = _character_hint(text, pos)
         span = Span(path, line, column, line, column + 1)
     elif isinstance(exc, UnexpectedToken) and exc.token.type != "$END":
         token = exc.token
@@ -203,7 +204,7 @@ def _token_hint(token: Token, exc: UnexpectedToken, expected: list[str]) -> str:
     if token.type in effects and prev is not None and prev.type in effects:
         return "a rule needs a name: permit read_only ..."
     if expected:
-        shown = expected if len(expected) <= 8 else expected[:8] + ["…"]
+        shown = expected if len(expected) <= 8 else [*expected[:8], "…"]
         return "expected " + ", ".join(shown)
     return ""
 
@@ -438,9 +439,7 @@ class _Builder(Transformer[Token, Any]):
                 return ast.Path(name, (), span)
             return ast.Name(name, span)
         if name not in ast.ROOTS:
-            hint = _suggest(name, ast.ROOTS) or (
-                "attributes start from " + ", ".join(ast.ROOTS)
-            )
+            hint = _suggest(name, ast.ROOTS) or ("attributes start from " + ", ".join(ast.ROOTS))
             self._fail(f"unknown name '{name}' before '.'", self._tspan(head), hint)
         return ast.Path(name, tuple(accessors), span)
 
@@ -448,10 +447,10 @@ class _Builder(Transformer[Token, Any]):
         token = children[0]
         return _unquote(token) if token.type == "STRING" else str(token)
 
-    def list(self, meta: Any, children: list[Any]) -> ast.ListExpr:
+    def list_expr(self, meta: Any, children: list[Any]) -> ast.ListExpr:
         return ast.ListExpr(tuple(c for c in children if c is not None), self._span(meta))
 
-    def map(self, meta: Any, children: list[Any]) -> ast.MapExpr:
+    def map_expr(self, meta: Any, children: list[Any]) -> ast.MapExpr:
         entries = tuple(c for c in children if c is not None)
         keys = [k for k, _ in entries]
         for key in keys:
@@ -581,9 +580,7 @@ class _Builder(Transformer[Token, Any]):
         times = 1
         if times_token is not None:
             if "." in str(times_token) or int(times_token) <= 0:
-                self._fail(
-                    "times takes a positive whole number", self._tspan(times_token)
-                )
+                self._fail("times takes a positive whole number", self._tspan(times_token))
             times = int(times_token)
         form, action, rtype, rid = target
         return ast.Step(action, rtype, rid, form, fields, times, expect, self._span(meta))

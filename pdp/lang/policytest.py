@@ -54,7 +54,7 @@ def run_tests(bundle: Bundle) -> list[TestResult]:
 
 def run_test(bundle: Bundle, test: ast.Test) -> TestResult:
     engine = Engine(bundle, MemoryCounters(), clock=lambda: TEST_CLOCK)
-    records = {record.kind: record for record in test.records}
+    records: dict[str, ast.Record] = {record.kind: record for record in test.records}
     for number, step in enumerate(test.steps, start=1):
         try:
             request = build_request(bundle, test, records, step)
@@ -64,9 +64,7 @@ def run_test(bundle: Bundle, test: ast.Test) -> TestResult:
             decision = engine.decide(request)
             problem = _mismatch(test.package, step.expect, decision)
             if problem:
-                return TestResult(
-                    test, TestFailure(number, repetition, problem, request, decision)
-                )
+                return TestResult(test, TestFailure(number, repetition, problem, request, decision))
     return TestResult(test, None)
 
 

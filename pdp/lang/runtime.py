@@ -7,7 +7,7 @@ and sets, target patterns, limit keys and how an obligation is met.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from functools import lru_cache
 from typing import Any
 
@@ -52,7 +52,9 @@ def equal(left: Any, right: Any) -> bool:
     return bool(left == right)
 
 
-def pattern_strings(pattern: ast.Pattern, lets: dict[tuple[str, str], ast.Expr], package: str) -> tuple[str, ...]:
+def pattern_strings(
+    pattern: ast.Pattern, lets: Mapping[tuple[str, str], ast.Expr], package: str
+) -> tuple[str, ...]:
     """The strings a target pattern lists (one for a plain string or glob)."""
     expr = pattern.expr
     if isinstance(expr, ast.Name):
@@ -71,7 +73,9 @@ def pattern_strings(pattern: ast.Pattern, lets: dict[tuple[str, str], ast.Expr],
     raise EvalError("a target pattern is a string, a glob, a list or a let of strings")
 
 
-def pattern_globs(pattern: ast.Pattern, lets: dict[tuple[str, str], ast.Expr], package: str) -> tuple[tuple[str, bool], ...]:
+def pattern_globs(
+    pattern: ast.Pattern, lets: Mapping[tuple[str, str], ast.Expr], package: str
+) -> tuple[tuple[str, bool], ...]:
     """Each alternative of a pattern and whether it is a glob (``like`` forces one)."""
     strings = pattern_strings(pattern, lets, package)
     if pattern.form == "like":
@@ -96,15 +100,15 @@ def obligation_met(obligation: ast.Obligation, context: dict[str, Any]) -> bool:
     return bool(context.get("acr") == obligation.value)
 
 
-def limit_key(rule_id: str, index: int, limit: ast.Limit, agent_id: str, user_id: str | None) -> str:
+def limit_key(
+    rule_id: str, index: int, limit: ast.Limit, agent_id: str, user_id: str | None
+) -> str:
     """The counter key of one limit of one rule for one agent / user / pair."""
     if limit.scope == "agent":
         who = agent_id
     else:
         if user_id is None:
-            raise EvalError(
-                f"limit per {limit.scope} needs a user, and the agent acts alone"
-            )
+            raise EvalError(f"limit per {limit.scope} needs a user, and the agent acts alone")
         who = user_id if limit.scope == "user" else f"{agent_id}+{user_id}"
     return f"{rule_id}#{index}|{limit.scope}|{who}"
 
@@ -134,4 +138,6 @@ def limit_cap(limit: ast.Limit) -> Any:
 
 def limit_window(limit: ast.Limit) -> float:
     window = limit.window.value if isinstance(limit.window, ast.Literal_) else None
+    if window is None:
+        raise EvalError("a limit window is a duration such as 24h")
     return float(window.seconds)

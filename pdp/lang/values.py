@@ -12,9 +12,9 @@ from __future__ import annotations
 import enum
 import ipaddress
 import re
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
-from typing import Any, Union
+from typing import Any
 
 
 class Risk(enum.IntEnum):
@@ -65,9 +65,7 @@ class Money:
         if not isinstance(other, Money):
             raise TypeError(f"cannot compare money with {type_name(other)}")
         if other.currency != self.currency:
-            raise CurrencyMismatch(
-                f"cannot compare {self} with {other}: currencies differ"
-            )
+            raise CurrencyMismatch(f"cannot compare {self} with {other}: currencies differ")
         return other
 
     def __eq__(self, other: object) -> bool:
@@ -164,8 +162,8 @@ class Duration:
         return self.text
 
 
-IP = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
-Network = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
+IP = ipaddress.IPv4Address | ipaddress.IPv6Address
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 def parse_ip(text: str) -> IP:
@@ -192,7 +190,7 @@ def parse_time(text: str) -> datetime:
         ) from None
     if value.tzinfo is None:
         raise ValueError(f"time {text!r} has no UTC offset; add Z or +01:00")
-    return value.astimezone(timezone.utc)
+    return value.astimezone(UTC)
 
 
 _MONEY_RE = re.compile(r"^\s*(-?\d+(?:\.\d+)?)\s+([A-Z]{3})\s*$")

@@ -58,7 +58,7 @@ def test_a_rule_with_every_clause_parses_in_order() -> None:
 
 
 def test_spans_point_at_the_source() -> None:
-    module = parse('permit x\n  when agent.risk < high\n', "s.pol")
+    module = parse("permit x\n  when agent.risk < high\n", "s.pol")
     when = module.rules[0].when
     assert isinstance(when, ast.Compare)
     assert (when.span.line, when.span.column) == (2, 8)
@@ -158,7 +158,11 @@ def test_schema_and_test_blocks() -> None:
     assert (first.action, first.resource_id, first.times) == ("tool.call", "payments.transfer", 3)
     assert first.expect.by == ("small_transfers",)
     assert first.expect.requiring == (ast.Obligation("consent", "payments:transfer"),)
-    assert (second.action, second.resource_type, second.resource_id) == ("db.read", "table", "orders")
+    assert (second.action, second.resource_type, second.resource_id) == (
+        "db.read",
+        "table",
+        "orders",
+    )
     assert second.expect.allow
 
 
