@@ -55,7 +55,7 @@ def render_rule(trace: RuleTrace) -> list[str]:
         if step.note:
             lines.append(f"      {step.note}")
         culprit = step.trace.failing()
-        if culprit is not step.trace:
+        if culprit is not step.trace and _decisive(step.clause, step.trace):
             lines.append(f"      because {format_expr(culprit.expr)}  →  {_outcome(culprit)}")
             operands = _operands(culprit)
             if operands:
@@ -63,6 +63,17 @@ def render_rule(trace: RuleTrace) -> list[str]:
     if trace.error and not any(s.trace and s.trace.error for s in trace.steps):
         lines.append(f"    error: {trace.error}")
     return lines
+
+
+def _decisive(clause: str, trace: ExprTrace) -> bool:
+    """Whether this clause is why the rule did not apply (worth drilling into)."""
+    if trace.error is not None:
+        return True
+    if clause == "when":
+        return trace.value is False
+    if clause == "unless":
+        return trace.value is True
+    return False
 
 
 def _outcome(trace: ExprTrace) -> str:
