@@ -21,6 +21,7 @@ from typing import Any, assert_never
 
 from pdp.lang import ast
 from pdp.lang.errors import Diagnostic, Severity, Sources, Span
+from pdp.lang.rewrite import fold, inline_lets, substitute
 from pdp.lang.schema import (
     ANY,
     BOOL,
@@ -95,45 +96,6 @@ class CheckResult:
 def check(modules: Sequence[ast.Module], sources: Sources) -> CheckResult:
     """Check a whole bundle; ``sources`` must already hold the text of every module."""
     return _Checker(modules, sources).run()
-
-
-def inline_lets(expr: ast.Expr, package: str, lets: Mapping[LetKey, ast.Expr]) -> ast.Expr:
-    """``expr`` with every let reference of ``package`` replaced by the let's expression.
-
-    ``lets`` holds already-inlined expressions (as :attr:`CheckResult.lets` does), so one
-    pass suffices. Names that are not lets of the package are left as they are.
-    """
-    return _substitute(expr, lambda name: lets.get((package, name.name), name))
-
-
-# ------------------------------------------------------------------ tree helpers
-
-
-def _substitute(expr: ast.Expr, replace: Callable[[ast.Name], ast.Expr]) -> ast.Expr:
-    """Rebuild ``expr`` with each Name replaced; unchanged subtrees are shared, not copied."""
-    if isinstance(expr, ast.Name):
-        return replace(expr)
-    if isinstance(expr, ast.Literal_ | ast.Path | ast.Flag):
-        return expr
-    if isinstance(expr, ast.ListExpr):
-        items = tuple(_substitute(i, replace) for i in expr.items)
-        return expr if items == expr.items else dataclasses.replace(expr, items=items)
-    if isinstance(expr, ast.MapExpr):
-        entries = tuple((k, _substitute(v, replace)) for k, v in expr.entries)
-        return dataclasses.replace(expr, entries=entries)
-    if isinstance(expr, ast.Not):
-        operand = _substitute(expr.operand, replace)
-        return expr if operand is expr.operand else dataclasses.replace(expr, operand=operand)
-    if isinstance(expr, ast.BoolOp):
-        operands = tuple(_substitute(o, replace) for o in expr.operands)
-        return dataclasses.replace(expr, operands=operands)
-    if isinstance(expr, ast.Compare):
-        left = _substitute(expr.left, replace)
-        right = _substitute(expr.right, replace)
-        return dataclasses.replace(expr, left=left, right=right)
-    if isinstance(expr, ast.Has):
-        return dataclasses.replace(expr, base=_substitute(expr.base, replace))
-    assert_never(expr)
 
 
 def _mentions_tool(expr: ast.Expr) -> bool:
@@ -262,85 +224,6 @@ def _is_number(text: str) -> bool:
     return re.fullmatch(r"-?\d+(\.\d+)?", text) is not None
 
 
-# ------------------------------------------------------------------ constant folding
-
-
-class _Unknown:
-    """The value of an expression the folder cannot know before a request arrives."""
-
-
-_UNKNOWN = _Unknown()
-
-
-def _glob_match(pattern: str, value: str) -> bool:
-    # The language's globs: `*` any run of characters, `?` one; nothing else is special.
-    regex = "".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in pattern)
-    return re.fullmatch(regex, value, re.DOTALL) is not None
-
-
-def _fold(expr: ast.Expr) -> object:
-    """The value of a constant expression (lets already inlined), else ``_UNKNOWN``.
-
-    Only the obvious cases: literals, lists of literals, not/and/or and comparisons of
-    constants. Anything a run-time value could change stays unknown.
-    """
-    if isinstance(expr, ast.Literal_):
-        return expr.value
-    if isinstance(expr, ast.ListExpr):
-        items = tuple(_fold(i) for i in expr.items)
-        return _UNKNOWN if any(i is _UNKNOWN for i in items) else items
-    if isinstance(expr, ast.MapExpr):
-        return _UNKNOWN
-    if isinstance(expr, ast.Not):
-        operand = _fold(expr.operand)
-        return (not operand) if isinstance(operand, bool) else _UNKNOWN
-    if isinstance(expr, ast.BoolOp):
-        values = [_fold(o) for o in expr.operands]
-        # `and` is false as soon as one operand is; `or` true as soon as one is.
-        decisive = expr.op == "or"
-        if any(v is decisive for v in values):
-            return decisive
-        if all(v is (not decisive) for v in values):
-            return not decisive
-        return _UNKNOWN
-    if isinstance(expr, ast.Compare):
-        left, right = _fold(expr.left), _fold(expr.right)
-        if left is _UNKNOWN or right is _UNKNOWN:
-            return _UNKNOWN
-        try:
-            return _fold_compare(expr.op, left, right)
-        except Exception:  # a type or currency error: the type check reports it
-            return _UNKNOWN
-    return _UNKNOWN
-
-
-def _fold_compare(op: ast.CompareOp, left: Any, right: Any) -> object:
-    if op in ("==", "!="):
-        if isinstance(left, tuple) or isinstance(right, tuple):
-            # A list equals a set with the same members; constants are lists here.
-            equal = frozenset(left) == frozenset(right)
-        else:
-            equal = bool(left == right)
-        return equal if op == "==" else not equal
-    if op == "<":
-        return bool(left < right)
-    if op == "<=":
-        return bool(left <= right)
-    if op == ">":
-        return bool(left > right)
-    if op == ">=":
-        return bool(left >= right)
-    if op == "in":
-        if isinstance(right, tuple | ipaddress.IPv4Network | ipaddress.IPv6Network):
-            return left in right
-        return _UNKNOWN
-    if op == "contains":
-        return right in left if isinstance(left, tuple | str) else _UNKNOWN
-    if op == "like" and isinstance(left, str) and isinstance(right, str):
-        return _glob_match(right, left)
-    return _UNKNOWN
-
-
 # ------------------------------------------------------------------ the checker
 
 
@@ -458,7 +341,7 @@ class _Checker:
                 return name
             return self._resolve(ref, [*stack, (key, name)])
 
-        expr = _substitute(let.expr, replace)
+        expr = substitute(let.expr, replace)
         self.lets[key] = expr
         return expr
 
@@ -1010,9 +893,21 @@ class _Checker:
 
     # warnings: rules that can never apply --------------------------------------------
     def _fold_rule(self, rule: ast.Rule, expr: ast.Expr | None) -> object:
+        """The constant value of a condition, or None when a request can change it."""
         if expr is None:
-            return _UNKNOWN
-        return _fold(inline_lets(expr, rule.package, self.lets))
+            return None
+        folded = fold(inline_lets(expr, rule.package, self.lets))
+        if isinstance(folded, ast.Literal_):
+            return folded.value
+        if rule.effect == "permit" and isinstance(folded, ast.BoolOp):
+            # `x and false` is no constant (x may fail, and a failing forbid denies), but
+            # a permit that fails does not apply either: for a permit it settles.
+            settles = folded.op == "or"
+            if any(
+                isinstance(o, ast.Literal_) and bool(o.value) is settles for o in folded.operands
+            ):
+                return settles
+        return None
 
     def _constant_conditions(self, rule: ast.Rule) -> None:
         if rule.when is not None and self._fold_rule(rule, rule.when) is False:

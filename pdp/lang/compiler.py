@@ -11,13 +11,12 @@ tests hold them to it.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from pdp.lang import ast
-from pdp.lang.interpreter import compare
+from pdp.lang.rewrite import fold, inline_lets
 from pdp.lang.runtime import EvalError, equal, glob
 from pdp.lang.values import CurrencyMismatch, Money, Risk
 
@@ -58,79 +57,9 @@ class CompiledRule:
         return self.rule.effect
 
 
-# ------------------------------------------------------------------ lets and folding
-
-
 def inline(expr: ast.Expr, lets: Lets, package: str) -> ast.Expr:
     """Replace every let reference by its expression."""
-    if isinstance(expr, ast.Name):
-        target = lets.get((package, expr.name))
-        return expr if target is None else inline(target, lets, package)
-    if isinstance(expr, ast.ListExpr):
-        return dataclasses.replace(expr, items=tuple(inline(i, lets, package) for i in expr.items))
-    if isinstance(expr, ast.MapExpr):
-        entries = tuple((k, inline(v, lets, package)) for k, v in expr.entries)
-        return dataclasses.replace(expr, entries=entries)
-    if isinstance(expr, ast.Not):
-        return dataclasses.replace(expr, operand=inline(expr.operand, lets, package))
-    if isinstance(expr, ast.BoolOp):
-        return dataclasses.replace(
-            expr, operands=tuple(inline(o, lets, package) for o in expr.operands)
-        )
-    if isinstance(expr, ast.Compare):
-        return dataclasses.replace(
-            expr, left=inline(expr.left, lets, package), right=inline(expr.right, lets, package)
-        )
-    if isinstance(expr, ast.Has):
-        return dataclasses.replace(expr, base=inline(expr.base, lets, package))
-    return expr
-
-
-def fold(expr: ast.Expr) -> ast.Expr:
-    """Fold constant sub-expressions, keeping every error a reached operand could raise."""
-    if isinstance(expr, ast.ListExpr):
-        items = tuple(fold(i) for i in expr.items)
-        if all(isinstance(i, ast.Literal_) for i in items):
-            values = tuple(i.value for i in items if isinstance(i, ast.Literal_))
-            return ast.Literal_(values, expr.span)
-        return dataclasses.replace(expr, items=items)
-    if isinstance(expr, ast.MapExpr):
-        entries = tuple((k, fold(v)) for k, v in expr.entries)
-        if all(isinstance(v, ast.Literal_) for _, v in entries):
-            mapping = {k: v.value for k, v in entries if isinstance(v, ast.Literal_)}
-            return ast.Literal_(mapping, expr.span)
-        return dataclasses.replace(expr, entries=entries)
-    if isinstance(expr, ast.Not):
-        operand = fold(expr.operand)
-        if isinstance(operand, ast.Literal_):
-            return ast.Literal_(not operand.value, expr.span)
-        return dataclasses.replace(expr, operand=operand)
-    if isinstance(expr, ast.BoolOp):
-        decisive = expr.op == "or"  # the constant that settles the whole expression
-        kept: list[ast.Expr] = []
-        for operand in (fold(o) for o in expr.operands):
-            if isinstance(operand, ast.Literal_):
-                if bool(operand.value) is decisive:
-                    kept.append(operand)
-                    break
-                continue  # a neutral constant changes nothing
-            kept.append(operand)
-        if not kept:
-            return ast.Literal_(not decisive, expr.span)
-        if len(kept) == 1:
-            return kept[0]
-        return dataclasses.replace(expr, operands=tuple(kept))
-    if isinstance(expr, ast.Compare):
-        left, right = fold(expr.left), fold(expr.right)
-        if isinstance(left, ast.Literal_) and isinstance(right, ast.Literal_):
-            try:
-                return ast.Literal_(compare(expr.op, left.value, right.value), expr.span)
-            except (EvalError, CurrencyMismatch, TypeError):
-                pass  # keep it: it errors at run time, as the interpreter says
-        return dataclasses.replace(expr, left=left, right=right)
-    if isinstance(expr, ast.Has):
-        return dataclasses.replace(expr, base=fold(expr.base))
-    return expr
+    return inline_lets(expr, package, lets)
 
 
 # ------------------------------------------------------------------ code generation

@@ -389,9 +389,7 @@ def target_matches(rule: ast.Rule, request: Request, lets: Lets) -> bool:
             return False
     else:
         assert target.action is not None
-        if not matches_pattern(
-            pattern_globs(target.action, lets, rule.package), request.action
-        ):
+        if not matches_pattern(pattern_globs(target.action, lets, rule.package), request.action):
             return False
     if target.resource_type is not None and request.resource["type"] != target.resource_type:
         return False

@@ -15,8 +15,8 @@ from pdp.counters import MemoryCounters
 from pdp.decision import Decision
 from pdp.engine import Bundle, Engine
 from pdp.lang import ast
-from pdp.lang.compiler import fold, inline
 from pdp.lang.errors import Span
+from pdp.lang.rewrite import fold, inline_lets
 from pdp.lang.values import Duration, Money, Risk
 from pdp.request import Request, RequestError, request_from_json
 
@@ -101,7 +101,7 @@ def build_request(
 
 
 def _json(bundle: Bundle, test: ast.Test, expr: ast.Expr) -> Any:
-    value = fold(inline(expr, bundle.lets, test.package))
+    value = fold(inline_lets(expr, test.package, bundle.lets))
     if not isinstance(value, ast.Literal_):
         raise ValueError("test data must be constants (literals, lists, lets of constants)")
     return _to_json(value.value)
