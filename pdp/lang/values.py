@@ -135,10 +135,14 @@ class Duration:
         return other
 
     def __eq__(self, other: object) -> bool:
-        return self.seconds == self._check(other).seconds
+        if not isinstance(other, Duration):
+            return NotImplemented
+        return self.seconds == other.seconds
 
     def __ne__(self, other: object) -> bool:
-        return self.seconds != self._check(other).seconds
+        if not isinstance(other, Duration):
+            return NotImplemented
+        return self.seconds != other.seconds
 
     def __lt__(self, other: object) -> bool:
         return self.seconds < self._check(other).seconds

@@ -1,0 +1,966 @@
+"""How long one decision takes: the engine against a hand-written floor and against Cedar.
+
+What it measures, in one run:
+
+* the shipped policy set (``policies/``) on a mix of ten requests that covers each path
+  a decision takes: a single permit, a single forbid, default deny, a permit with a
+  ``limit`` (counter read and write), a permit waiting on consent, a generic
+  ``db.read`` on a table. The same mix is decided by
+  - the **floor**: the same logic as a hand-written Python ``if`` chain, which is what the
+    logic costs with no engine at all;
+  - **cedarpy**: an equivalent Cedar policy set, through the fastest pre-parsed path the
+    package offers (a parsed ``PolicySet`` and ``Entities`` handle, the context already
+    serialized), both one request per call and many per ``is_authorized_batch`` call;
+* generated sets of 20, 1,000 and 10,000 rules, one rule per tool plus two global forbids,
+  on requests spread over those tools: the engine's index should make the number of rules
+  irrelevant to the cost of a decision;
+* how long the generated sets take to compile: parse + ``Bundle.build``, and
+  ``Bundle.build`` alone (and, without ``--quick``, the full load with the checker).
+
+Method. Every request is built once, before timing, through ``request_from_json`` against
+the shipped schema (Cedar requests and entities are translated from the same ``Request``
+objects). Before any timing, the floor, Cedar and the engine must agree on allow/deny for
+every request, and the engine must give each request its expected decision over a whole
+sample. Each case gets a fresh ``Engine`` (fresh counters, empty candidate memo), is
+warmed up, then timed with ``time.perf_counter_ns`` over samples of 1,000 decisions
+(100 for Cedar) until about 0.5 s of samples are collected (0.05 s with ``--quick``).
+The garbage collector is collected before and disabled during each case's timing window.
+Per-decision median and p99 are taken over the samples' per-decision means, so p99 is a
+tail of 1,000-decision batches, not of single decisions (a single sub-microsecond call is
+below what a clock read can resolve). Loop and call overhead are included everywhere,
+equally; the "no-op call" row shows how much that is.
+
+Counters: the autonomous transfer is allowed by a permit with a daily cap, so each allow
+records 25 USD. The counters are cleared between samples, outside the timing window, and
+one sample moves 2,500 USD, under the 5,000 USD cap, so no decision changes mid-run.
+
+    python benchmarks/engine.py [--json] [--quick] [--strict]
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import ipaddress
+import json
+import math
+import platform
+import random
+import statistics
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from functools import partial
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from pdp.counters import MemoryCounters
+from pdp.engine import Bundle, Engine
+from pdp.lang.parser import parse
+from pdp.lang.schema import SchemaModel
+from pdp.lang.values import Duration, Money, Risk
+from pdp.loader import load_directory, load_texts
+from pdp.request import Request, request_from_json
+
+ROOT = Path(__file__).resolve().parent.parent
+POLICIES = ROOT / "policies"
+
+DECISIONS_PER_SAMPLE = 1_000
+CEDAR_DECISIONS_PER_SAMPLE = 100
+GENERATED_SIZES = (20, 1_000, 10_000)
+GENERATED_REQUESTS = 1_000
+
+# Must-reach targets (from the issue).
+TARGET_SHIPPED_MEDIAN_US = 2.0
+TARGET_CEDAR_RATIO = 50.0
+TARGET_SCALING_RATIO = 1.5
+TARGET_COMPILE_10K_S = 2.0
+
+# The rules the floor and the Cedar set mirror; if policies/ changes, so must they.
+SHIPPED_RULES = frozenset(
+    f"agents.{name}"
+    for name in (
+        "inactive_agents",
+        "deep_delegation",
+        "risky_writes",
+        "read_only",
+        "small_transfers",
+        "large_transfers",
+        "external_search",
+        "workspace_writes",
+        "draft_mail",
+        "send_mail_for_user",
+        "analysts_read_orders",
+        "finance_reporting",
+    )
+)
+
+
+# ------------------------------------------------------------------ the shipped mix
+
+
+@dataclass(frozen=True)
+class Case:
+    """One request of the shipped mix and the decision it must get."""
+
+    name: str
+    expect: str  # "allow", "deny", or "consent" (deny carrying a consent obligation)
+    data: dict[str, Any]
+
+
+PAY_BOT = {"id": "pay-bot", "purpose": "payments", "risk": "low", "status": "active"}
+HELPER = {"id": "helper", "risk": "low", "status": "active"}
+TRANSFER_AMOUNT = "25 USD"  # 100 per 1,000-decision sample: 2,500 USD, under the cap
+
+SHIPPED_CASES: tuple[Case, ...] = (
+    Case("read tool", "allow", {"agent": HELPER, "tool": "search"}),
+    Case(
+        "autonomous small transfer (limit)",
+        "allow",
+        {"agent": PAY_BOT, "tool": "payments.transfer", "context": {"amount": TRANSFER_AMOUNT}},
+    ),
+    Case(
+        "delegated transfer, no consent",
+        "consent",
+        {
+            "agent": PAY_BOT,
+            "user": {"id": "alice", "roles": ["employee"]},
+            "tool": "payments.transfer",
+            "context": {"amount": "200 USD"},
+        },
+    ),
+    Case(
+        "suspended agent",
+        "deny",
+        {"agent": {"id": "old-helper", "risk": "low", "status": "suspended"}, "tool": "search"},
+    ),
+    Case("no permit (default deny)", "deny", {"agent": HELPER, "tool": "shell.exec"}),
+    Case(
+        "db.read on a table",
+        "allow",
+        {
+            "agent": {"id": "bi-bot", "risk": "low", "status": "active"},
+            "user": {"id": "ana", "roles": ["analyst"]},
+            "action": "db.read",
+            "resource": {"type": "table", "id": "orders", "classification": "internal"},
+        },
+    ),
+    Case(
+        "workspace write (glob, ip)",
+        "allow",
+        {
+            "agent": {"id": "ws", "risk": "medium", "status": "active", "labels": {"team": "docs"}},
+            "tool": "fs.write_file",
+            "context": {"ip": "10.1.2.3"},
+        },
+    ),
+    Case(
+        "high-risk write (glob forbid)",
+        "deny",
+        {
+            "agent": {"id": "ops", "risk": "critical", "status": "active", "labels": {"team": "x"}},
+            "tool": "fs.write_file",
+            "context": {"ip": "10.1.2.3"},
+        },
+    ),
+    Case(
+        "finance export (table glob)",
+        "allow",
+        {
+            "agent": {
+                "id": "fin-report",
+                "risk": "low",
+                "status": "active",
+                "owner": "finance",
+                "purpose": "reporting",
+            },
+            "action": "db.export",
+            "resource": {"type": "table", "id": "finance_ledger", "classification": "internal"},
+            "context": {"session_age": "10m"},
+        },
+    ),
+    Case(
+        "background agent drafts mail",
+        "allow",
+        {
+            "agent": {
+                "id": "mailer",
+                "risk": "low",
+                "status": "active",
+                "type": "background",
+                "scopes": ["mail:send"],
+            },
+            "tool": "mail.draft",
+        },
+    ),
+)
+
+
+# ------------------------------------------------------------------ the floor
+
+READ_TOOLS = frozenset({"search", "read_file", "summarize", "sql.select"})
+PAYMENT_TOOLS = frozenset({"payments.transfer", "payments.refund"})
+OFFICE_NETWORK = ipaddress.ip_network("10.0.0.0/8")
+ANALYST_CLASSIFICATIONS = frozenset({"internal", "public"})
+NO_ITEMS: frozenset[str] = frozenset()
+
+
+def floor_decide(q: Request) -> bool:
+    """policies/agents.pol as a hand-written if chain: what its logic costs without an engine.
+
+    It follows the rules for requests that carry the attributes the rules read; the
+    ``limit`` caps are not counted (the floor keeps no counters), obligations are a plain
+    deny, and it names no deciding rule.
+    """
+    agent = q.agent
+    if agent.get("status") != "active" or q.delegation["depth"] > 2:
+        return False
+    delegated = q.delegation["delegated"]
+    context = q.context
+    if q.action == "tool.call":
+        tool = q.resource["id"]
+        if "write" in tool and agent.get("risk", Risk.critical) >= Risk.high:
+            return False
+        if tool in READ_TOOLS:
+            return bool(agent["risk"] < Risk.high)
+        if tool in PAYMENT_TOOLS:
+            amount = context.get("amount")
+            if agent.get("purpose") != "payments" or amount is None or amount.currency != "USD":
+                return False
+            consented = "payments:transfer" in context.get("consents", NO_ITEMS)
+            if (
+                agent["risk"] <= Risk.medium
+                and amount.amount <= 1000
+                and (consented or not delegated)
+            ):
+                return True
+            return bool(
+                tool == "payments.transfer"
+                and delegated
+                and amount.amount <= 10000
+                and "treasurer" in (q.user or {}).get("roles", NO_ITEMS)
+                and consented
+                and context.get("acr") == "mfa"
+            )
+        if tool == "web.search":
+            return bool(agent.get("type") == "external")
+        if tool.startswith("fs.write"):
+            ip = context.get("ip")
+            return (
+                "team" in agent.get("labels", {})
+                and ip is not None
+                and ip in OFFICE_NETWORK
+                and "destructive" not in q.resource.get("annotations", NO_ITEMS)
+            )
+        if tool == "mail.draft":
+            return not delegated and agent.get("type") == "background"
+        if tool == "mail.send":
+            return bool(delegated and "mail:send" in agent.get("scopes", NO_ITEMS))
+        return False
+    if q.resource["type"] == "table":
+        table = q.resource["id"]
+        if (
+            q.action == "db.read"
+            and table == "orders"
+            and q.user is not None
+            and "analyst" in q.user.get("roles", NO_ITEMS)
+            and q.resource.get("classification") in ANALYST_CLASSIFICATIONS
+        ):
+            return True
+        age = context.get("session_age")
+        return (
+            q.action in ("db.read", "db.export")
+            and table.startswith("finance_")
+            and agent.get("owner") == "finance"
+            and agent.get("purpose", "").startswith("report")
+            and age is not None
+            and age.seconds < 1800
+        )
+    return False
+
+
+# ------------------------------------------------------------------ Cedar
+
+# policies/agents.pol in Cedar, as far as Cedar goes. Risk is a Long 0..3, money a record
+# {cents: Long, currency: String}, durations Longs in seconds, the user an entity named in
+# the context, consents a set in the context, delegation facts context fields. Not in Cedar:
+# `limit` caps (no counters: out of scope here), obligations (a permit that waits on
+# consent or a step-up simply does not apply, so allow/deny still match), and fail-closed
+# forbids (Cedar skips a policy that errors; every benchmark request carries the attributes
+# the rules read, so no policy errors).
+CEDAR_POLICIES = """
+@id("inactive_agents")
+forbid (principal, action, resource)
+when { principal.status != "active" };
+
+@id("deep_delegation")
+forbid (principal, action, resource)
+when { context.depth > 2 };
+
+@id("risky_writes")
+forbid (principal, action == Action::"tool.call", resource is Tool)
+when { resource.name like "*write*" && principal.risk >= 2 };
+
+@id("read_only")
+permit (principal, action == Action::"tool.call", resource)
+when {
+  resource in [Tool::"search", Tool::"read_file", Tool::"summarize", Tool::"sql.select"] &&
+  principal.risk < 2
+};
+
+@id("small_transfers")
+permit (principal, action == Action::"tool.call", resource)
+when {
+  resource in [Tool::"payments.transfer", Tool::"payments.refund"] &&
+  principal.purpose == "payments" && principal.risk <= 1 &&
+  context.amount.currency == "USD" && context.amount.cents <= 100000 &&
+  (!context.delegated || context.consents.contains("payments:transfer"))
+};
+
+@id("large_transfers")
+permit (principal, action == Action::"tool.call", resource == Tool::"payments.transfer")
+when {
+  principal.purpose == "payments" && context.delegated &&
+  context.amount.currency == "USD" && context.amount.cents <= 1000000 &&
+  context.user.roles.contains("treasurer") &&
+  context.consents.contains("payments:transfer") &&
+  context has acr && context.acr == "mfa"
+};
+
+@id("external_search")
+permit (principal, action == Action::"tool.call", resource == Tool::"web.search")
+when { principal.type == "external" };
+
+@id("workspace_writes")
+permit (principal, action == Action::"tool.call", resource is Tool)
+when {
+  resource.name like "fs.write*" &&
+  principal has labels && principal.labels has team &&
+  context.ip.isInRange(ip("10.0.0.0/8"))
+}
+unless { resource has annotations && resource.annotations.contains("destructive") };
+
+@id("draft_mail")
+permit (principal, action == Action::"tool.call", resource == Tool::"mail.draft")
+when { !context.delegated && principal.type == "background" };
+
+@id("send_mail_for_user")
+permit (principal, action == Action::"tool.call", resource == Tool::"mail.send")
+when { context.delegated && principal.scopes.contains("mail:send") };
+
+@id("analysts_read_orders")
+permit (principal, action == Action::"db.read", resource == Table::"orders")
+when {
+  context.user.roles.contains("analyst") &&
+  ["internal", "public"].contains(resource.classification)
+};
+
+@id("finance_reporting")
+permit (principal, action in [Action::"db.read", Action::"db.export"], resource is Table)
+when {
+  resource.name like "finance_*" &&
+  principal.owner == "finance" && principal.purpose like "report*" &&
+  context.session_age < 1800
+};
+"""
+
+CEDAR_TYPES = {"tool": "Tool", "table": "Table"}
+
+
+def cedar_value(value: Any) -> Any:
+    """A typed request value as Cedar JSON."""
+    if isinstance(value, bool | str):
+        return value
+    if isinstance(value, Risk):
+        return int(value)
+    if isinstance(value, int):
+        return value
+    if isinstance(value, Money):
+        cents = value.amount * 100
+        if cents != cents.to_integral_value():
+            raise ValueError(f"{value}: Cedar amounts are whole cents")
+        return {"cents": int(cents), "currency": value.currency}
+    if isinstance(value, Duration):
+        return int(value.seconds)
+    if isinstance(value, ipaddress.IPv4Address | ipaddress.IPv6Address):
+        return {"__extn": {"fn": "ip", "arg": str(value)}}
+    if isinstance(value, frozenset):
+        return sorted(cedar_value(v) for v in value)
+    if isinstance(value, tuple):
+        return [cedar_value(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): cedar_value(v) for k, v in value.items()}
+    raise TypeError(f"no Cedar form for {value!r}")
+
+
+class CedarTranslation:
+    """Cedar requests for Tessera requests, and the one entity store they all share."""
+
+    def __init__(self) -> None:
+        self.entities: dict[tuple[str, str], dict[str, Any]] = {}
+
+    def _entity(self, kind: str, ident: str, attrs: dict[str, Any]) -> str:
+        known = self.entities.setdefault((kind, ident), attrs)
+        if known != attrs:
+            raise ValueError(f"{kind}::{ident} appears with different attributes; use other ids")
+        return f"{kind}::{json.dumps(ident)}"
+
+    def request(self, q: Request) -> dict[str, str]:
+        """A Cedar request with its context already serialized (no per-call json.dumps)."""
+        agent = {k: cedar_value(v) for k, v in q.agent.items() if k != "id"}
+        principal = self._entity("Agent", q.agent_id, agent)
+        context = {k: cedar_value(v) for k, v in q.context.items()}
+        context.setdefault("consents", [])
+        context["delegated"] = q.delegation["delegated"]
+        context["depth"] = q.delegation["depth"]
+        if q.user is not None:
+            user = {k: cedar_value(v) for k, v in q.user.items() if k != "id"}
+            self._entity("User", str(q.user["id"]), user)
+            context["user"] = {"__entity": {"type": "User", "id": q.user["id"]}}
+        attrs = {k: cedar_value(v) for k, v in q.resource.items() if k not in ("type", "id")}
+        attrs["name"] = q.resource["id"]
+        resource = self._entity(CEDAR_TYPES[q.resource["type"]], q.resource["id"], attrs)
+        return {
+            "principal": principal,
+            "action": f"Action::{json.dumps(q.action)}",
+            "resource": resource,
+            "context": json.dumps(context),
+        }
+
+    def entities_json(self) -> str:
+        return json.dumps(
+            [
+                {"uid": {"type": kind, "id": ident}, "attrs": attrs, "parents": []}
+                for (kind, ident), attrs in self.entities.items()
+            ]
+        )
+
+
+# ------------------------------------------------------------------ generated sets
+
+
+def generated_policy(rules: int) -> str:
+    """``rules`` permits, one per tool, after two forbids that apply to every request."""
+    lines = [
+        "package generated",
+        "",
+        'forbid inactive_agents when agent.status != "active"',
+        "forbid deep_delegation when delegation.depth > 2",
+        "",
+    ]
+    lines += [
+        f'permit rule_{i} call tool "tool_{i}" when agent.risk < high and agent.status == "active"'
+        for i in range(rules)
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def generated_requests(
+    rules: int, schema: SchemaModel
+) -> tuple[list[Request], list[tuple[bool, str | None]]]:
+    """Requests spread at random over the tools: 85% allowed, 5% each of a suspended agent,
+    a high-risk agent and a tool no rule names. Same seed for every size."""
+    rng = random.Random(20_000)
+    requests: list[Request] = []
+    expected: list[tuple[bool, str | None]] = []
+    for i in range(GENERATED_REQUESTS):
+        kind = i % 20
+        tool = rng.randrange(rules)
+        agent = {"id": f"agent-{i % 50}", "risk": "low", "status": "active"}
+        name: str = f"tool_{tool}"
+        allow, by = True, f"generated.rule_{tool}"
+        if kind == 0:
+            agent = {**agent, "id": "suspended-agent", "status": "suspended"}
+            allow, by = False, "generated.inactive_agents"
+        elif kind == 1:
+            agent = {**agent, "id": "risky-agent", "risk": "high"}
+            allow, by = False, None
+        elif kind == 2:
+            name = f"unlisted_{i % 7}"
+            allow, by = False, None
+        requests.append(request_from_json({"agent": agent, "tool": name}, schema))
+        expected.append((allow, by))
+    return requests, expected
+
+
+# ------------------------------------------------------------------ timing
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Per-decision statistics of one case, in microseconds."""
+
+    median_us: float
+    p99_us: float
+    samples: int
+    decisions_per_sample: int
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "median_us": round(self.median_us, 4),
+            "p99_us": round(self.p99_us, 4),
+            "samples": self.samples,
+            "decisions_per_sample": self.decisions_per_sample,
+        }
+
+
+@dataclass(frozen=True)
+class Budget:
+    """How long to warm up and to sample each case."""
+
+    sample_s: float
+    warmup_s: float
+    min_samples: int
+
+
+def percentile(values: Sequence[float], fraction: float) -> float:
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(fraction * len(ordered)) - 1)]
+
+
+def measure(
+    run: Callable[[], object],
+    decisions: int,
+    budget: Budget,
+    between: Callable[[], None] | None = None,
+) -> Timing:
+    """Time ``run`` (which makes ``decisions`` decisions) until the budget is spent.
+
+    ``between`` runs before every sample, outside the timing window (to reset counters).
+    """
+    clock = time.perf_counter_ns
+    warm_until = clock() + int(budget.warmup_s * 1e9)
+    warm = 0
+    while warm < 2 or clock() < warm_until:
+        if between is not None:
+            between()
+        run()
+        warm += 1
+    samples: list[int] = []
+    spent = 0
+    goal = int(budget.sample_s * 1e9)
+    gc.collect()
+    gc.disable()
+    try:
+        while spent < goal or len(samples) < budget.min_samples:
+            if between is not None:
+                between()
+            start = clock()
+            run()
+            elapsed = clock() - start
+            samples.append(elapsed)
+            spent += elapsed
+    finally:
+        gc.enable()
+    per_decision = [s / decisions / 1_000 for s in samples]
+    return Timing(
+        statistics.median(per_decision), percentile(per_decision, 0.99), len(samples), decisions
+    )
+
+
+def decide_loop(
+    decide: Callable[[Request], object], batch: Sequence[Request]
+) -> Callable[[], None]:
+    def run() -> None:
+        for request in batch:
+            decide(request)
+
+    return run
+
+
+def no_op(request: Request) -> None:
+    """The cheapest possible decision: what the timing loop and one call cost."""
+
+
+def cycled(items: Sequence[Any], length: int) -> list[Any]:
+    return [items[i % len(items)] for i in range(length)]
+
+
+# ------------------------------------------------------------------ the run
+
+
+@dataclass
+class Target:
+    name: str
+    limit: str
+    value: float | None
+    passed: bool | None  # None: could not be measured
+
+    @property
+    def verdict(self) -> str:
+        return "SKIP" if self.passed is None else ("PASS" if self.passed else "FAIL")
+
+
+def check_shipped(bundle: Bundle) -> None:
+    ids = {rule.id for rule in bundle.rules}
+    if ids != SHIPPED_RULES:
+        raise SystemExit(
+            "policies/ no longer has the rules this benchmark mirrors "
+            f"(added: {sorted(ids - SHIPPED_RULES)}, gone: {sorted(SHIPPED_RULES - ids)}); "
+            "update floor_decide and CEDAR_POLICIES in benchmarks/engine.py"
+        )
+
+
+def expectation_met(expect: str, decision: Any) -> bool:
+    if expect == "allow":
+        return bool(decision.allow)
+    if expect == "consent":
+        kinds = {(o.kind, o.value) for o in decision.obligations}
+        return not decision.allow and ("consent", "payments:transfer") in kinds
+    return not decision.allow and not decision.obligations
+
+
+def run_shipped(budget: Budget) -> dict[str, Any]:
+    loaded = load_directory(POLICIES)
+    bundle = loaded.bundle
+    check_shipped(bundle)
+    requests = [request_from_json(case.data, bundle.schema) for case in SHIPPED_CASES]
+    batch = cycled(requests, DECISIONS_PER_SAMPLE)
+    expects = cycled([case.expect for case in SHIPPED_CASES], DECISIONS_PER_SAMPLE)
+
+    # The engine gives every request its expected decision, over one whole sample, so a
+    # counter filling up within a sample would show here.
+    counters = MemoryCounters()
+    engine = Engine(bundle, counters)
+    for case, request, decision in zip(
+        expects, batch, (engine.decide(r) for r in batch), strict=True
+    ):
+        if not expectation_met(case, decision):
+            raise SystemExit(f"engine: expected {case}, got {decision} for {request.to_json()}")
+    engine_allow = [Engine(bundle).decide(r).allow for r in requests]
+    for case, request, allow in zip(SHIPPED_CASES, requests, engine_allow, strict=True):
+        if floor_decide(request) != allow:
+            raise SystemExit(f"floor and engine disagree on {case.name!r}")
+
+    out: dict[str, Any] = {
+        "policies": str(POLICIES.relative_to(ROOT)),
+        "bundle_version": bundle.version,
+        "rules": len(bundle.rules),
+        "requests": [
+            {"name": case.name, "expect": case.expect, "allow": allow}
+            for case, allow in zip(SHIPPED_CASES, engine_allow, strict=True)
+        ],
+    }
+    out["no_op_call"] = measure(decide_loop(no_op, batch), len(batch), budget).as_json()
+    out["floor"] = measure(decide_loop(floor_decide, batch), len(batch), budget).as_json()
+    counters = MemoryCounters()
+    engine = Engine(bundle, counters)
+    out["engine"] = measure(
+        decide_loop(engine.decide, batch), len(batch), budget, counters.clear
+    ).as_json()
+    out["cedarpy"] = run_cedar(requests, engine_allow, budget)
+
+    per_request = Budget(budget.sample_s / 4, budget.warmup_s / 4, budget.min_samples)
+    rows = []
+    for case, request in zip(SHIPPED_CASES, requests, strict=True):
+        # As many of one request per sample as the mix has: 100 transfers of 25 USD stay
+        # under the daily cap, so the limited allow stays an allow.
+        same = [request] * (DECISIONS_PER_SAMPLE // len(SHIPPED_CASES))
+        counters = MemoryCounters()
+        engine = Engine(bundle, counters)
+        timing = measure(decide_loop(engine.decide, same), len(same), per_request, counters.clear)
+        floor = measure(decide_loop(floor_decide, same), len(same), per_request)
+        rows.append(
+            {
+                "name": case.name,
+                "expect": case.expect,
+                "engine": timing.as_json(),
+                "floor": floor.as_json(),
+            }
+        )
+    out["by_request"] = rows
+    return out
+
+
+def run_cedar(
+    requests: Sequence[Request], engine_allow: Sequence[bool], budget: Budget
+) -> dict[str, Any]:
+    try:
+        import cedarpy
+    except ImportError:
+        return {"skipped": "cedarpy is not installed (pip install -e '.[bench]')"}
+    translation = CedarTranslation()
+    cedar_requests = [translation.request(q) for q in requests]
+    policies = cedarpy.PolicySet.from_str(CEDAR_POLICIES)
+    entities = cedarpy.Entities.from_json_str(translation.entities_json())
+    for case, request, allow in zip(SHIPPED_CASES, cedar_requests, engine_allow, strict=True):
+        result = cedarpy.is_authorized(request, policies, entities)
+        if result.diagnostics.errors:
+            raise SystemExit(f"cedar: {case.name!r} raised {result.diagnostics.errors}")
+        if result.allowed != allow:
+            raise SystemExit(f"cedar and engine disagree on {case.name!r}")
+    batch = cycled(cedar_requests, CEDAR_DECISIONS_PER_SAMPLE)
+    single = partial(cedarpy.is_authorized, policies=policies, entities=entities)
+    one = measure(decide_loop(single, batch), len(batch), budget)
+    many = measure(
+        partial(cedarpy.is_authorized_batch, batch, policies, entities), len(batch), budget
+    )
+    fastest = "is_authorized_batch" if many.median_us < one.median_us else "is_authorized"
+    return {
+        "version": metadata.version("cedarpy"),
+        "path": "PolicySet.from_str + Entities.from_json_str handles, context pre-serialized",
+        "is_authorized": one.as_json(),
+        "is_authorized_batch": many.as_json(),
+        "fastest": fastest,
+        "limits": "out of scope for Cedar: no counters, so limit caps are not evaluated",
+    }
+
+
+def compile_times(rules: int, schema_text: str, repeats: int, with_check: bool) -> dict[str, Any]:
+    """Seconds to parse + build, and to build, a generated set (median of ``repeats``)."""
+    text = generated_policy(rules)
+    totals: list[float] = []
+    builds: list[float] = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        module = parse(text, f"generated_{rules}.pol")
+        parsed = time.perf_counter()
+        Bundle.build(module.rules, {}, f"generated-{rules}")
+        built = time.perf_counter()
+        totals.append(built - start)
+        builds.append(built - parsed)
+    out: dict[str, Any] = {
+        "parse_build_s": round(statistics.median(totals), 4),
+        "build_s": round(statistics.median(builds), 4),
+        "repeats": repeats,
+        "load_with_check_s": None,
+    }
+    if with_check:
+        start = time.perf_counter()
+        load_texts({"generated.pol": text, "schema.pol": schema_text})
+        out["load_with_check_s"] = round(time.perf_counter() - start, 4)
+    return out
+
+
+def run_generated(budget: Budget, repeats: int, with_check: bool) -> list[dict[str, Any]]:
+    schema_text = (POLICIES / "schema.pol").read_text(encoding="utf-8")
+    schema = load_directory(POLICIES).bundle.schema
+    rows = []
+    for rules in GENERATED_SIZES:
+        compiled = compile_times(rules, schema_text, repeats, with_check)
+        bundle = Bundle.build(parse(generated_policy(rules), "generated.pol").rules, {}, "gen")
+        requests, expected = generated_requests(rules, schema)
+        engine = Engine(bundle)
+        for request, (allow, by) in zip(requests, expected, strict=True):
+            decision = engine.decide(request)
+            if decision.allow != allow or (by is not None and decision.decided_by != (by,)):
+                raise SystemExit(f"{rules} rules: unexpected {decision} for {request.to_json()}")
+        engine = Engine(bundle)
+        timing = measure(decide_loop(engine.decide, requests), len(requests), budget)
+        rows.append({"rules": rules + 2, "permits": rules, "engine": timing.as_json(), **compiled})
+    return rows
+
+
+def ratio(numerator: float | None, denominator: float | None) -> float | None:
+    if numerator is None or denominator is None or denominator == 0:
+        return None
+    return numerator / denominator
+
+
+def evaluate(shipped: dict[str, Any], generated: list[dict[str, Any]]) -> dict[str, Any]:
+    engine = shipped["engine"]["median_us"]
+    cedar = shipped["cedarpy"]
+    cedar_median = None if "skipped" in cedar else cedar[cedar["fastest"]]["median_us"]
+    by_size = {row["permits"]: row for row in generated}
+    small = by_size[GENERATED_SIZES[0]]["engine"]["median_us"]
+    large = by_size[GENERATED_SIZES[-1]]["engine"]["median_us"]
+    ratios = {
+        "engine_over_floor": ratio(engine, shipped["floor"]["median_us"]),
+        "cedarpy_over_engine": ratio(cedar_median, engine),
+        "rules_10000_over_20": ratio(large, small),
+    }
+    compile_10k = by_size[10_000]["parse_build_s"]
+    cedar_ratio = ratios["cedarpy_over_engine"]
+    targets = [
+        Target(
+            "median per decision, shipped set",
+            f"<= {TARGET_SHIPPED_MEDIAN_US:g} us",
+            engine,
+            engine <= TARGET_SHIPPED_MEDIAN_US,
+        ),
+        Target(
+            "faster than cedarpy (fastest path)",
+            f">= {TARGET_CEDAR_RATIO:g}x",
+            cedar_ratio,
+            None if cedar_ratio is None else cedar_ratio >= TARGET_CEDAR_RATIO,
+        ),
+        Target(
+            "10,000-rule median / 20-rule median",
+            f"<= {TARGET_SCALING_RATIO:g}x",
+            ratios["rules_10000_over_20"],
+            ratios["rules_10000_over_20"] is not None
+            and ratios["rules_10000_over_20"] <= TARGET_SCALING_RATIO,
+        ),
+        Target(
+            "compile 10,000 rules (parse + Bundle.build)",
+            f"< {TARGET_COMPILE_10K_S:g} s",
+            compile_10k,
+            compile_10k < TARGET_COMPILE_10K_S,
+        ),
+    ]
+    return {"ratios": ratios, "targets": targets}
+
+
+NOTES = (
+    "gc is collected before and disabled during each timing window; compile times run "
+    "with gc enabled, as a real load does",
+    "p99 is over per-sample means (1,000 decisions a sample, 100 for cedarpy), not over "
+    "single decisions",
+    "each case has a fresh Engine; warm-up fills its candidate memo (steady state)",
+    "the limited transfer allow records 25 USD a decision in MemoryCounters; counters are "
+    "cleared between samples, outside the timing window, so the cap is never reached",
+    "cedarpy: limits are out of scope for Cedar (no counters); consent and step-up "
+    "obligations are a plain deny there",
+    "the floor counts no limits either and returns a bool, not a Decision",
+)
+
+
+def fmt(value: float | None, digits: int = 3) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
+
+def print_report(result: dict[str, Any]) -> None:
+    env = result["environment"]
+    shipped = result["shipped"]
+    cedar = shipped["cedarpy"]
+    print(
+        f"Tessera engine benchmark  (Python {env['python']}, {env['machine']}, "
+        f"cedarpy {cedar.get('version', 'not installed')}{', quick' if env['quick'] else ''})"
+    )
+    print("µs per decision; median and p99 over per-sample means; gc off while timing\n")
+    header = f"{'case':58s} {'median':>9s} {'p99':>9s} {'samples':>8s}"
+
+    def row(label: str, timing: dict[str, Any]) -> None:
+        print(
+            f"{label:58s} {fmt(timing['median_us']):>9s} {fmt(timing['p99_us']):>9s} "
+            f"{timing['samples']:>8d}"
+        )
+
+    print(f"shipped set: {shipped['rules']} rules, mix of {len(shipped['requests'])} requests")
+    print(header)
+    row("  no-op call (loop + one Python call)", shipped["no_op_call"])
+    row("  floor: hand-written if chain", shipped["floor"])
+    row("  engine", shipped["engine"])
+    if "skipped" in cedar:
+        print(f"  cedarpy: {cedar['skipped']}")
+    else:
+        row("  cedarpy is_authorized, one request per call", cedar["is_authorized"])
+        row(
+            f"  cedarpy is_authorized_batch, {CEDAR_DECISIONS_PER_SAMPLE} requests per call",
+            cedar["is_authorized_batch"],
+        )
+        print(f"  cedarpy path: {cedar['path']}; fastest: {cedar['fastest']}")
+        print(f"  cedarpy: {cedar['limits']}")
+
+    print("\nshipped set by request (engine / floor median)")
+    for item in shipped["by_request"]:
+        print(
+            f"  {item['name']:44s} {item['expect']:8s} {fmt(item['engine']['median_us']):>9s}"
+            f" {fmt(item['floor']['median_us']):>9s}"
+        )
+
+    print(
+        f"\ngenerated sets: one permit per tool + 2 global forbids, "
+        f"{GENERATED_REQUESTS:,} requests spread over the tools"
+    )
+    print(
+        f"{'rules':>8s} {'median':>9s} {'p99':>9s} {'samples':>8s}"
+        f" {'parse+build s':>14s} {'build s':>9s} {'load+check s':>13s}"
+    )
+    for item in result["generated"]:
+        engine = item["engine"]
+        print(
+            f"{item['rules']:>8,d} {fmt(engine['median_us']):>9s} {fmt(engine['p99_us']):>9s}"
+            f" {engine['samples']:>8d} {fmt(item['parse_build_s']):>14s}"
+            f" {fmt(item['build_s']):>9s} {fmt(item['load_with_check_s']):>13s}"
+        )
+
+    ratios = result["ratios"]
+    print("\nratios")
+    print(f"  engine vs floor:      engine is {fmt(ratios['engine_over_floor'], 1)}x slower")
+    print(f"  cedarpy vs engine:    engine is {fmt(ratios['cedarpy_over_engine'], 1)}x faster")
+    print(f"  10,000 vs 20 rules:   median ratio {fmt(ratios['rules_10000_over_20'], 2)}x")
+
+    print("\ntargets")
+    for target in result["targets"]:
+        print(
+            f"  {target['verdict']:4s}  {target['name']:44s} {target['limit']:>10s}"
+            f"   measured {fmt(target['value'], 3)}"
+        )
+    print("\nnotes")
+    for note in result["notes"]:
+        print(f"  - {note}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=(
+            "Time Tessera decisions: the shipped policies against a hand-written floor and "
+            "cedarpy, generated sets of 20 to 10,000 rules, and their compile times. "
+            "Prints PASS/FAIL against the project's targets."
+        ),
+        epilog="Method and caveats: see the module docstring and benchmarks/README.md.",
+    )
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="short timing windows and one compile run (a smoke test; numbers are noisy)",
+    )
+    parser.add_argument(
+        "--strict", action="store_true", help="exit 1 when a target is missed (default: exit 0)"
+    )
+    args = parser.parse_args()
+
+    budget = Budget(0.05, 0.01, 5) if args.quick else Budget(0.5, 0.1, 30)
+    started = time.perf_counter()
+    shipped = run_shipped(budget)
+    generated = run_generated(budget, 1 if args.quick else 3, with_check=not args.quick)
+    verdict = evaluate(shipped, generated)
+    targets: list[Target] = verdict["targets"]
+    result: dict[str, Any] = {
+        "benchmark": "engine",
+        "environment": {
+            "python": platform.python_version(),
+            "implementation": platform.python_implementation(),
+            "machine": f"{platform.system()} {platform.machine()}",
+            "quick": args.quick,
+            "when": datetime.now().astimezone().isoformat(timespec="seconds"),
+        },
+        "method": {
+            "timer": "time.perf_counter_ns",
+            "decisions_per_sample": DECISIONS_PER_SAMPLE,
+            "cedar_decisions_per_sample": CEDAR_DECISIONS_PER_SAMPLE,
+            "sample_seconds_per_case": budget.sample_s,
+            "warmup_seconds_per_case": budget.warmup_s,
+            "gc_disabled_while_timing": True,
+        },
+        "shipped": shipped,
+        "generated": generated,
+        "ratios": {k: None if v is None else round(v, 3) for k, v in verdict["ratios"].items()},
+        "targets": [
+            {
+                "name": t.name,
+                "limit": t.limit,
+                "value": None if t.value is None else round(t.value, 4),
+                "pass": t.passed,
+                "verdict": t.verdict,
+            }
+            for t in targets
+        ],
+        "notes": list(NOTES),
+        "seconds": round(time.perf_counter() - started, 1),
+    }
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print_report(result)
+    if args.strict and any(t.passed is False for t in targets):
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
