@@ -3,8 +3,9 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+CODE := pdp issuer pep tests benchmarks
 
-.PHONY: serve test lint typecheck pytest bench check-policies fmt clean
+.PHONY: serve test lint typecheck check-policies pytest bench fmt clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,13 +18,15 @@ $(STAMP): pyproject.toml
 serve: $(STAMP)
 	$(BIN)/tessera check policies
 	$(BIN)/tessera test policies
-	@echo "the gRPC decision service is not built yet; try: $(BIN)/tessera explain --policies policies REQUEST.json"
+	@echo "the gRPC decision service is not built yet; meanwhile decide requests with:"
+	@echo "  $(BIN)/tessera explain --policies policies REQUEST.json"
 
-test: $(STAMP) lint typecheck check-policies pytest
+test: lint typecheck check-policies pytest
 
 lint: $(STAMP)
-	$(BIN)/ruff check pdp issuer pep tests benchmarks
-	$(BIN)/ruff format --check pdp issuer pep tests benchmarks
+	$(BIN)/ruff check $(CODE)
+	$(BIN)/ruff format --check $(CODE)
+	$(BIN)/tessera fmt --check policies
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
@@ -32,21 +35,14 @@ check-policies: $(STAMP)
 	$(BIN)/tessera check policies
 	$(BIN)/tessera test policies
 
-py# The decision service arrives with the gRPC service; until then `make serve` loads,
-# checks and tests the shipped policies and says so.
-serve: $(STAMP)
-	$(BIN)/tessera check policies
-	$(BIN)/tessera test policies
-	@echo "the gRPC decision service is not built yet; try: $(BIN)/tessera explain --policies policies REQUEST.json"
-
-test: $(STAMP)
+pytest: $(STAMP)
 	$(BIN)/pytest
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/engine.py
 
 fmt: $(STAMP)
-	$(BIN)/ruff format pdp issuer pep tests benchmarks
+	$(BIN)/ruff format $(CODE)
 	$(BIN)/tessera fmt policies
 
 clean:
