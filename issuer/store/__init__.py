@@ -1,0 +1,1 @@
+"""The agent directory store: SQLite by default, PostgreSQL for many replicas."""

@@ -1,0 +1,1 @@
+"""The hash-chained decision log, anomaly alerts and compliance reports."""
