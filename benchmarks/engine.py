@@ -4,35 +4,40 @@ What it measures, in one run:
 
 * the shipped policy set (``policies/``) on a mix of ten requests that covers each path
   a decision takes: a single permit, a single forbid, default deny, a permit with a
-  ``limit`` (counter read and write), a permit waiting on consent, a generic
-  ``db.read`` on a table. The same mix is decided by
+  ``limit`` (counter read and write), a permit waiting on consent, globs, a generic
+  ``db.read`` on a table; the mix as a whole, then each request alone. The same requests
+  are decided by
   - the **floor**: the same logic as a hand-written Python ``if`` chain, which is what the
     logic costs with no engine at all;
-  - **cedarpy**: an equivalent Cedar policy set, through the fastest pre-parsed path the
-    package offers (a parsed ``PolicySet`` and ``Entities`` handle, the context already
-    serialized), both one request per call and many per ``is_authorized_batch`` call;
+  - **cedarpy**: an equivalent Cedar policy set through the fastest pre-parsed path the
+    package offers (parsed ``PolicySet`` and ``Entities`` handles, the context already
+    serialized), one request per ``is_authorized`` call and 100 per
+    ``is_authorized_batch`` call; the faster of the two is the one compared;
 * generated sets of 20, 1,000 and 10,000 rules, one rule per tool plus two global forbids,
-  on requests spread over those tools: the engine's index should make the number of rules
-  irrelevant to the cost of a decision;
+  on 1,000 requests spread over those tools, and the 10,000-rule set once more on
+  requests drawn from 20 tools only (the index's cost apart from touching more rules);
 * how long the generated sets take to compile: parse + ``Bundle.build``, and
-  ``Bundle.build`` alone (and, without ``--quick``, the full load with the checker).
+  ``Bundle.build`` alone, with gc on (as ``load_directory`` runs) and parse + build with
+  gc off; without ``--quick`` also the full load with the checker.
 
 Method. Every request is built once, before timing, through ``request_from_json`` against
-the shipped schema (Cedar requests and entities are translated from the same ``Request``
-objects). Before any timing, the floor, Cedar and the engine must agree on allow/deny for
-every request, and the engine must give each request its expected decision over a whole
-sample. Each case gets a fresh ``Engine`` (fresh counters, empty candidate memo), is
-warmed up, then timed with ``time.perf_counter_ns`` over samples of 1,000 decisions
-(100 for Cedar) until about 0.5 s of samples are collected (0.05 s with ``--quick``).
+the shipped schema; Cedar requests and entities are translated from the same ``Request``
+objects. Before any timing, the floor and Cedar must agree with the engine on allow/deny
+for every benchmark request and for every step of the shipped policy tests, and the engine
+must give each request its expected decision over a whole sample. Each case gets a fresh
+``Engine`` (fresh counters, empty candidate memo), is warmed up, then timed with
+``time.perf_counter_ns`` over samples of 1,000 decisions (100 for Cedar and for the
+one-request rows) until about 0.5 s of samples are collected (0.05 s with ``--quick``).
 The garbage collector is collected before and disabled during each case's timing window.
 Per-decision median and p99 are taken over the samples' per-decision means, so p99 is a
-tail of 1,000-decision batches, not of single decisions (a single sub-microsecond call is
-below what a clock read can resolve). Loop and call overhead are included everywhere,
-equally; the "no-op call" row shows how much that is.
+tail of batches, not of single decisions (a single sub-microsecond call is below what a
+clock read resolves). Loop and call overhead are in every row alike; the "no-op call" row
+shows how much that is.
 
 Counters: the autonomous transfer is allowed by a permit with a daily cap, so each allow
 records 25 USD. The counters are cleared between samples, outside the timing window, and
-one sample moves 2,500 USD, under the 5,000 USD cap, so no decision changes mid-run.
+one sample moves at most 2,500 USD, under the 5,000 USD cap, so no decision changes
+mid-run (checked before timing).
 
     python benchmarks/engine.py [--json] [--quick] [--strict]
 """
@@ -55,15 +60,18 @@ from datetime import datetime
 from functools import partial
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from pdp.counters import MemoryCounters
 from pdp.engine import Bundle, Engine
 from pdp.lang.parser import parse
+from pdp.lang.policytest import build_request
 from pdp.lang.schema import SchemaModel
 from pdp.lang.values import Duration, Money, Risk
 from pdp.loader import load_directory, load_texts
 from pdp.request import Request, request_from_json
+
+T = TypeVar("T")
 
 ROOT = Path(__file__).resolve().parent.parent
 POLICIES = ROOT / "policies"
@@ -286,15 +294,15 @@ def floor_decide(q: Request) -> bool:
 
 # policies/agents.pol in Cedar, as far as Cedar goes. Risk is a Long 0..3, money a record
 # {cents: Long, currency: String}, durations Longs in seconds, the user an entity named in
-# the context, consents a set in the context, delegation facts context fields. Not in Cedar:
-# `limit` caps (no counters: out of scope here), obligations (a permit that waits on
-# consent or a step-up simply does not apply, so allow/deny still match), and fail-closed
-# forbids (Cedar skips a policy that errors; every benchmark request carries the attributes
-# the rules read, so no policy errors).
+# the context, consents a set in the context, delegation facts context fields. Cedar skips
+# a policy whose evaluation errors, so the forbids guard with `has` to fail closed as
+# Tessera's do. Not in Cedar: `limit` caps (no counters: out of scope here) and
+# obligations (a permit that waits on consent or a step-up simply does not apply, so
+# allow/deny still match).
 CEDAR_POLICIES = """
 @id("inactive_agents")
 forbid (principal, action, resource)
-when { principal.status != "active" };
+unless { principal has status && principal.status == "active" };
 
 @id("deep_delegation")
 forbid (principal, action, resource)
@@ -302,7 +310,7 @@ when { context.depth > 2 };
 
 @id("risky_writes")
 forbid (principal, action == Action::"tool.call", resource is Tool)
-when { resource.name like "*write*" && principal.risk >= 2 };
+when { resource.name like "*write*" && (!(principal has risk) || principal.risk >= 2) };
 
 @id("read_only")
 permit (principal, action == Action::"tool.call", resource)
@@ -368,6 +376,15 @@ when {
 """
 
 CEDAR_TYPES = {"tool": "Tool", "table": "Table"}
+
+
+def load_cedarpy() -> Any:
+    """The cedarpy module, or None when the bench extra is not installed."""
+    try:
+        import cedarpy
+    except ImportError:
+        return None
+    return cedarpy
 
 
 def cedar_value(value: Any) -> Any:
@@ -459,19 +476,21 @@ def generated_policy(rules: int) -> str:
 
 
 def generated_requests(
-    rules: int, schema: SchemaModel
+    rules: int, schema: SchemaModel, tools: int | None = None
 ) -> tuple[list[Request], list[tuple[bool, str | None]]]:
-    """Requests spread at random over the tools: 85% allowed, 5% each of a suspended agent,
-    a high-risk agent and a tool no rule names. Same seed for every size."""
+    """Requests spread at random over the tools (or the first ``tools`` of them): 85%
+    allowed, 5% each of a suspended agent, a high-risk agent and a tool no rule names.
+    Same seed for every size."""
     rng = random.Random(20_000)
     requests: list[Request] = []
     expected: list[tuple[bool, str | None]] = []
     for i in range(GENERATED_REQUESTS):
         kind = i % 20
-        tool = rng.randrange(rules)
+        tool = rng.randrange(rules if tools is None else tools)
         agent = {"id": f"agent-{i % 50}", "risk": "low", "status": "active"}
-        name: str = f"tool_{tool}"
-        allow, by = True, f"generated.rule_{tool}"
+        name = f"tool_{tool}"
+        allow = True
+        by: str | None = f"generated.rule_{tool}"
         if kind == 0:
             agent = {**agent, "id": "suspended-agent", "status": "suspended"}
             allow, by = False, "generated.inactive_agents"
@@ -561,9 +580,9 @@ def measure(
     )
 
 
-def decide_loop(
-    decide: Callable[[Request], object], batch: Sequence[Request]
-) -> Callable[[], None]:
+def decide_loop(decide: Callable[[T], object], batch: Sequence[T]) -> Callable[[], None]:
+    """One sample: every request of the batch, decided in order."""
+
     def run() -> None:
         for request in batch:
             decide(request)
@@ -613,6 +632,32 @@ def expectation_met(expect: str, decision: Any) -> bool:
     return not decision.allow and not decision.obligations
 
 
+def cross_check_tests(bundle: Bundle) -> int:
+    """Floor and Cedar against the engine on every step of the shipped policy tests.
+
+    Each step is decided once by a fresh engine, so no ``limit`` is reached; returns how
+    many requests were compared.
+    """
+    cedarpy = load_cedarpy()
+    policies = None if cedarpy is None else cedarpy.PolicySet.from_str(CEDAR_POLICIES)
+    checked = 0
+    for test in bundle.tests:
+        records: dict[str, Any] = {record.kind: record for record in test.records}
+        for step in test.steps:
+            request = build_request(bundle, test, records, step)
+            allow = Engine(bundle).decide(request).allow
+            if floor_decide(request) != allow:
+                raise SystemExit(f"floor and engine disagree on test {test.name!r}")
+            if cedarpy is not None:
+                translation = CedarTranslation()
+                cedar_request = translation.request(request)
+                entities = cedarpy.Entities.from_json_str(translation.entities_json())
+                if cedarpy.is_authorized(cedar_request, policies, entities).allowed != allow:
+                    raise SystemExit(f"cedar and engine disagree on test {test.name!r}")
+            checked += 1
+    return checked
+
+
 def run_shipped(budget: Budget) -> dict[str, Any]:
     loaded = load_directory(POLICIES)
     bundle = loaded.bundle
@@ -625,20 +670,21 @@ def run_shipped(budget: Budget) -> dict[str, Any]:
     # counter filling up within a sample would show here.
     counters = MemoryCounters()
     engine = Engine(bundle, counters)
-    for case, request, decision in zip(
-        expects, batch, (engine.decide(r) for r in batch), strict=True
-    ):
-        if not expectation_met(case, decision):
-            raise SystemExit(f"engine: expected {case}, got {decision} for {request.to_json()}")
+    for expect, request in zip(expects, batch, strict=True):
+        decision = engine.decide(request)
+        if not expectation_met(expect, decision):
+            raise SystemExit(f"engine: expected {expect}, got {decision} for {request.to_json()}")
     engine_allow = [Engine(bundle).decide(r).allow for r in requests]
     for case, request, allow in zip(SHIPPED_CASES, requests, engine_allow, strict=True):
         if floor_decide(request) != allow:
             raise SystemExit(f"floor and engine disagree on {case.name!r}")
+    test_requests = cross_check_tests(bundle)
 
     out: dict[str, Any] = {
         "policies": str(POLICIES.relative_to(ROOT)),
         "bundle_version": bundle.version,
         "rules": len(bundle.rules),
+        "test_requests_cross_checked": test_requests,
         "requests": [
             {"name": case.name, "expect": case.expect, "allow": allow}
             for case, allow in zip(SHIPPED_CASES, engine_allow, strict=True)
@@ -678,9 +724,8 @@ def run_shipped(budget: Budget) -> dict[str, Any]:
 def run_cedar(
     requests: Sequence[Request], engine_allow: Sequence[bool], budget: Budget
 ) -> dict[str, Any]:
-    try:
-        import cedarpy
-    except ImportError:
+    cedarpy = load_cedarpy()
+    if cedarpy is None:
         return {"skipped": "cedarpy is not installed (pip install -e '.[bench]')"}
     translation = CedarTranslation()
     cedar_requests = [translation.request(q) for q in requests]
@@ -710,11 +755,17 @@ def run_cedar(
 
 
 def compile_times(rules: int, schema_text: str, repeats: int, with_check: bool) -> dict[str, Any]:
-    """Seconds to parse + build, and to build, a generated set (median of ``repeats``)."""
+    """Seconds to parse + build, and to build, a generated set (median of ``repeats``).
+
+    With gc enabled, as ``load_directory`` runs today, and again with gc disabled, to show
+    what the collector costs while hundreds of thousands of syntax-tree objects are made.
+    """
     text = generated_policy(rules)
     totals: list[float] = []
     builds: list[float] = []
+    quiet: list[float] = []
     for _ in range(repeats):
+        gc.collect()
         start = time.perf_counter()
         module = parse(text, f"generated_{rules}.pol")
         parsed = time.perf_counter()
@@ -722,36 +773,65 @@ def compile_times(rules: int, schema_text: str, repeats: int, with_check: bool) 
         built = time.perf_counter()
         totals.append(built - start)
         builds.append(built - parsed)
+        del module
+        gc.collect()
+        gc.disable()
+        try:
+            start = time.perf_counter()
+            Bundle.build(parse(text, f"generated_{rules}.pol").rules, {}, f"generated-{rules}")
+            quiet.append(time.perf_counter() - start)
+        finally:
+            gc.enable()
     out: dict[str, Any] = {
         "parse_build_s": round(statistics.median(totals), 4),
         "build_s": round(statistics.median(builds), 4),
+        "parse_build_gc_off_s": round(statistics.median(quiet), 4),
         "repeats": repeats,
         "load_with_check_s": None,
     }
     if with_check:
+        gc.collect()
         start = time.perf_counter()
         load_texts({"generated.pol": text, "schema.pol": schema_text})
         out["load_with_check_s"] = round(time.perf_counter() - start, 4)
     return out
 
 
-def run_generated(budget: Budget, repeats: int, with_check: bool) -> list[dict[str, Any]]:
+def check_generated(engine: Engine, requests: list[Request], expected: list[Any]) -> None:
+    for request, (allow, by) in zip(requests, expected, strict=True):
+        decision = engine.decide(request)
+        if decision.allow != allow or (by is not None and decision.decided_by != (by,)):
+            raise SystemExit(f"generated set: unexpected {decision} for {request.to_json()}")
+
+
+def run_generated(budget: Budget, repeats: int, with_check: bool) -> dict[str, Any]:
     schema_text = (POLICIES / "schema.pol").read_text(encoding="utf-8")
     schema = load_directory(POLICIES).bundle.schema
     rows = []
+    bundle: Bundle | None = None
     for rules in GENERATED_SIZES:
         compiled = compile_times(rules, schema_text, repeats, with_check)
         bundle = Bundle.build(parse(generated_policy(rules), "generated.pol").rules, {}, "gen")
         requests, expected = generated_requests(rules, schema)
-        engine = Engine(bundle)
-        for request, (allow, by) in zip(requests, expected, strict=True):
-            decision = engine.decide(request)
-            if decision.allow != allow or (by is not None and decision.decided_by != (by,)):
-                raise SystemExit(f"{rules} rules: unexpected {decision} for {request.to_json()}")
+        check_generated(Engine(bundle), requests, expected)
         engine = Engine(bundle)
         timing = measure(decide_loop(engine.decide, requests), len(requests), budget)
         rows.append({"rules": rules + 2, "permits": rules, "engine": timing.as_json(), **compiled})
-    return rows
+    # The largest set again, its requests drawn from only as many tools as the smallest
+    # set has: this separates the index's cost from the cost of touching more rules.
+    assert bundle is not None
+    tools = GENERATED_SIZES[0]
+    requests, expected = generated_requests(GENERATED_SIZES[-1], schema, tools)
+    check_generated(Engine(bundle), requests, expected)
+    engine = Engine(bundle)
+    timing = measure(decide_loop(engine.decide, requests), len(requests), budget)
+    narrow = {
+        "rules": GENERATED_SIZES[-1] + 2,
+        "permits": GENERATED_SIZES[-1],
+        "tools_used": tools,
+        "engine": timing.as_json(),
+    }
+    return {"sets": rows, "largest_set_few_tools": narrow}
 
 
 def ratio(numerator: float | None, denominator: float | None) -> float | None:
@@ -760,17 +840,19 @@ def ratio(numerator: float | None, denominator: float | None) -> float | None:
     return numerator / denominator
 
 
-def evaluate(shipped: dict[str, Any], generated: list[dict[str, Any]]) -> dict[str, Any]:
+def evaluate(shipped: dict[str, Any], generated: dict[str, Any]) -> dict[str, Any]:
     engine = shipped["engine"]["median_us"]
     cedar = shipped["cedarpy"]
     cedar_median = None if "skipped" in cedar else cedar[cedar["fastest"]]["median_us"]
-    by_size = {row["permits"]: row for row in generated}
+    by_size = {row["permits"]: row for row in generated["sets"]}
     small = by_size[GENERATED_SIZES[0]]["engine"]["median_us"]
     large = by_size[GENERATED_SIZES[-1]]["engine"]["median_us"]
+    narrow = generated["largest_set_few_tools"]["engine"]["median_us"]
     ratios = {
         "engine_over_floor": ratio(engine, shipped["floor"]["median_us"]),
         "cedarpy_over_engine": ratio(cedar_median, engine),
         "rules_10000_over_20": ratio(large, small),
+        "rules_10000_on_20_tools_over_20": ratio(narrow, small),
     }
     compile_10k = by_size[10_000]["parse_build_s"]
     cedar_ratio = ratios["cedarpy_over_engine"]
@@ -806,15 +888,17 @@ def evaluate(shipped: dict[str, Any], generated: list[dict[str, Any]]) -> dict[s
 
 NOTES = (
     "gc is collected before and disabled during each timing window; compile times run "
-    "with gc enabled, as a real load does",
-    "p99 is over per-sample means (1,000 decisions a sample, 100 for cedarpy), not over "
-    "single decisions",
+    "with gc enabled, as load_directory does, and again with gc disabled",
+    "p99 is over per-sample means (1,000 decisions a sample; 100 for cedarpy and for the "
+    "by-request rows), not over single decisions",
     "each case has a fresh Engine; warm-up fills its candidate memo (steady state)",
     "the limited transfer allow records 25 USD a decision in MemoryCounters; counters are "
     "cleared between samples, outside the timing window, so the cap is never reached",
     "cedarpy: limits are out of scope for Cedar (no counters); consent and step-up "
     "obligations are a plain deny there",
     "the floor counts no limits either and returns a bool, not a Decision",
+    "the '20 tools used' row decides the 10,000-rule set on requests drawn from 20 tools: "
+    "it separates the index's cost from the cost of touching ~1,000 different rules",
 )
 
 
@@ -839,7 +923,11 @@ def print_report(result: dict[str, Any]) -> None:
             f"{timing['samples']:>8d}"
         )
 
-    print(f"shipped set: {shipped['rules']} rules, mix of {len(shipped['requests'])} requests")
+    print(
+        f"shipped set: {shipped['rules']} rules, mix of {len(shipped['requests'])} requests; "
+        f"floor and cedarpy agree with the engine on them and on the "
+        f"{shipped['test_requests_cross_checked']} requests of the policy tests"
+    )
     print(header)
     row("  no-op call (loop + one Python call)", shipped["no_op_call"])
     row("  floor: hand-written if chain", shipped["floor"])
@@ -867,22 +955,35 @@ def print_report(result: dict[str, Any]) -> None:
         f"{GENERATED_REQUESTS:,} requests spread over the tools"
     )
     print(
-        f"{'rules':>8s} {'median':>9s} {'p99':>9s} {'samples':>8s}"
-        f" {'parse+build s':>14s} {'build s':>9s} {'load+check s':>13s}"
+        f"{'rules':>22s} {'median':>9s} {'p99':>9s} {'samples':>8s}"
+        f" {'parse+build s':>14s} {'build s':>8s} {'gc off s':>9s} {'load+check s':>13s}"
     )
-    for item in result["generated"]:
+    for item in result["generated"]["sets"]:
         engine = item["engine"]
         print(
-            f"{item['rules']:>8,d} {fmt(engine['median_us']):>9s} {fmt(engine['p99_us']):>9s}"
+            f"{item['rules']:>22,d} {fmt(engine['median_us']):>9s} {fmt(engine['p99_us']):>9s}"
             f" {engine['samples']:>8d} {fmt(item['parse_build_s']):>14s}"
-            f" {fmt(item['build_s']):>9s} {fmt(item['load_with_check_s']):>13s}"
+            f" {fmt(item['build_s']):>8s} {fmt(item['parse_build_gc_off_s']):>9s}"
+            f" {fmt(item['load_with_check_s']):>13s}"
         )
+    narrow = result["generated"]["largest_set_few_tools"]
+    engine = narrow["engine"]
+    label = f"{narrow['rules']:,d} ({narrow['tools_used']} tools used)"
+    print(
+        f"{label:>22s} {fmt(engine['median_us']):>9s} {fmt(engine['p99_us']):>9s}"
+        f" {engine['samples']:>8d}"
+    )
+    print("  (parse+build and build with gc on; 'gc off s' is parse+build with gc disabled)")
 
     ratios = result["ratios"]
     print("\nratios")
     print(f"  engine vs floor:      engine is {fmt(ratios['engine_over_floor'], 1)}x slower")
     print(f"  cedarpy vs engine:    engine is {fmt(ratios['cedarpy_over_engine'], 1)}x faster")
     print(f"  10,000 vs 20 rules:   median ratio {fmt(ratios['rules_10000_over_20'], 2)}x")
+    print(
+        "  10,000 rules on 20 tools vs 20 rules: median ratio "
+        f"{fmt(ratios['rules_10000_on_20_tools_over_20'], 2)}x"
+    )
 
     print("\ntargets")
     for target in result["targets"]:
@@ -904,7 +1005,11 @@ def main() -> None:
         ),
         epilog="Method and caveats: see the module docstring and benchmarks/README.md.",
     )
-    parser.add_argument("--json", action="store_true", help="print one JSON object instead")
+    parser.add_argument(
+        "--json",
+        action="store_true",
+        help="print one JSON object with every number instead of the table",
+    )
     parser.add_argument(
         "--quick",
         action="store_true",
