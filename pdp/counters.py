@@ -8,7 +8,6 @@ the interface and the in-memory store; shared stores (Redis) implement the same 
 from __future__ import annotations
 
 import threading
-from collections import defaultdict
 from decimal import Decimal
 from typing import Protocol
 
@@ -31,36 +30,59 @@ class CounterStore(Protocol):
         ...
 
 
+class _Series:
+    """The buckets of one key, oldest first, and their running total."""
+
+    __slots__ = ("buckets", "total")
+
+    def __init__(self) -> None:
+        self.buckets: dict[int, Amount] = {}
+        self.total: Amount = 0
+
+
 class MemoryCounters:
     """A sliding window of :data:`BUCKETS` buckets per key, in this process only."""
 
     def __init__(self) -> None:
-        self._buckets: defaultdict[str, dict[int, Amount]] = defaultdict(dict)
+        self._series: dict[str, _Series] = {}
         self._lock = threading.Lock()
 
     @staticmethod
-    def _width(window: float) -> float:
-        return max(window / BUCKETS, 0.001)
+    def _bucket(window: float, now: float) -> int:
+        return int(now * BUCKETS // window) if window > 0 else int(now * 1000)
 
     def usage(self, key: str, window: float, now: float) -> Amount:
-        width = self._width(window)
-        current = int(now // width)
-        oldest = current - BUCKETS + 1
+        series = self._series.get(key)
+        if series is None:
+            return 0
+        oldest = self._bucket(window, now) - BUCKETS + 1
         with self._lock:
-            buckets = self._buckets.get(key)
-            if not buckets:
-                return 0
-            stale = [b for b in buckets if b < oldest]
-            for b in stale:
-                del buckets[b]
-            return sum(buckets.values(), 0)
+            buckets = series.buckets
+            # Buckets are added in time order, so stale ones sit at the front.
+            while buckets:
+                first = next(iter(buckets))
+                if first >= oldest:
+                    break
+                series.total -= buckets.pop(first)
+            return series.total
 
     def add(self, key: str, window: float, amount: Amount, now: float) -> None:
-        bucket = int(now // self._width(window))
+        bucket = self._bucket(window, now)
         with self._lock:
-            buckets = self._buckets[key]
-            buckets[bucket] = buckets.get(bucket, 0) + amount
+            series = self._series.get(key)
+            if series is None:
+                series = self._series[key] = _Series()
+            buckets = series.buckets
+            if bucket in buckets:
+                buckets[bucket] += amount
+            elif not buckets or bucket > next(reversed(buckets)):
+                buckets[bucket] = amount
+            else:
+                # A clock that stepped back: keep the dict in time order.
+                buckets[bucket] = amount
+                series.buckets = dict(sorted(buckets.items()))
+            series.total += amount
 
     def clear(self) -> None:
         with self._lock:
-            self._buckets.clear()
+            self._series.clear()

@@ -18,17 +18,15 @@ from pdp.counters import CounterStore, MemoryCounters
 from pdp.decision import DEFAULT_DENY_REASON, Decision, RuleError, combine
 from pdp.lang import ast
 from pdp.lang.compiler import CompiledRule, compile_rules
-from pdp.lang.interpreter import Interpreter, describe_limit
+from pdp.lang.interpreter import Interpreter
 from pdp.lang.runtime import (
     EvalError,
     limit_amount,
-    limit_cap,
-    limit_key,
-    limit_window,
     matches_pattern,
     obligation_met,
     pattern_globs,
 )
+from pdp.lang.values import Money
 from pdp.request import Request
 
 Lets = Mapping[tuple[str, str], ast.Expr]
@@ -169,6 +167,17 @@ class Bundle:
         schema: Any = None,
     ) -> Bundle:
         compiled = tuple(compile_rules(rules, lets))
+        for rule in compiled:
+            # What the rule answers when it alone decides, built once, shared by every call.
+            verb = "applies" if rule.effect == "permit" else "matched"
+            rule.decision = Decision(
+                rule.effect == "permit",
+                (),
+                (rule.id,),
+                (f"{rule.effect} {rule.id} {verb}",),
+                (),
+                version,
+            )
         return cls(
             version, tuple(rules), lets, compiled, Index(compiled, lets), tuple(tests), schema
         )
@@ -191,20 +200,11 @@ class Engine:
         self._interpreter = Interpreter(
             bundle.rules, bundle.lets, bundle.version, self.counters, self.clock
         )
-        version = bundle.version
-        self._default_deny = Decision(False, (), (), (DEFAULT_DENY_REASON,), (), version)
-        self._single_allow = {
-            r.position: Decision(True, (), (r.id,), (f"permit {r.id} applies",), (), version)
-            for r in bundle.compiled
-            if r.effect == "permit"
-        }
-        self._single_deny = {
-            r.position: Decision(False, (), (r.id,), (f"forbid {r.id} matched",), (), version)
-            for r in bundle.compiled
-            if r.effect == "forbid"
-        }
+        self._default_deny = Decision(False, (), (), (DEFAULT_DENY_REASON,), (), bundle.version)
+        self._pending: dict[tuple[int, tuple[ast.Obligation, ...]], Decision] = {}
 
     def candidates(self, request: Request) -> Candidates:
+        """The forbids and permits whose target covers this request, in rule order."""
         resource = request.resource
         key = (request.action, resource["type"], resource["id"])
         found = self._memo.get(key)
@@ -229,8 +229,9 @@ class Engine:
             try:
                 if test is None or test(request):
                     if forbidden is None:
-                        forbidden = []
-                    forbidden.append(rule)
+                        forbidden = [rule]
+                    else:
+                        forbidden.append(rule)
             except Exception as exc:  # a forbid that fails denies: fail closed
                 if failed is None:
                     failed = []
@@ -239,31 +240,65 @@ class Engine:
             return self._slow(request, forbidden or [], failed, [], [], [])
         if forbidden is not None:
             if len(forbidden) == 1:
-                return self._single_deny[forbidden[0].position]
+                decision: Decision = forbidden[0].decision
+                return decision
             return self._slow(request, forbidden, [], [], [], [])
 
         applied: list[CompiledRule] | None = None
-        gated: list[CompiledRule] = []
-        permit_failed: list[tuple[CompiledRule, Exception]] = []
+        gated: list[CompiledRule] | None = None
+        permit_failed: list[tuple[CompiledRule, Exception]] | None = None
         for rule in permits:
             test = rule.test
-            try:
-                if test is not None and not test(request):
+            if test is not None:
+                try:
+                    if not test(request):
+                        continue
+                except Exception as exc:  # a permit that fails does not apply
+                    if permit_failed is None:
+                        permit_failed = []
+                    permit_failed.append((rule, exc))
                     continue
-            except Exception as exc:  # a permit that fails does not apply
-                permit_failed.append((rule, exc))
-                continue
-            if rule.limits or rule.requires:
-                gated.append(rule)
+            if rule.gated:
+                if gated is None:
+                    gated = [rule]
+                else:
+                    gated.append(rule)
             elif applied is None:
                 applied = [rule]
             else:
                 applied.append(rule)
-        if applied is not None and len(applied) == 1 and not gated and not permit_failed:
-            return self._single_allow[applied[0].position]
-        if applied is None and not gated and not permit_failed:
-            return self._default_deny
-        return self._slow(request, [], [], applied or [], gated, permit_failed)
+        if permit_failed is None:
+            if gated is None:
+                if applied is None:
+                    return self._default_deny
+                if len(applied) == 1:
+                    decision = applied[0].decision
+                    return decision
+            elif applied is None and len(gated) == 1:
+                return self._one_gated(request, gated[0])
+        return self._slow(request, [], [], applied or [], gated or [], permit_failed or [])
+
+    def _one_gated(self, request: Request, rule: CompiledRule) -> Decision:
+        """The common case of a permit with limits or obligations that alone matched."""
+        now = self.clock()
+        try:
+            kind, payload = self._gate(rule, request, now)
+        except Exception:
+            return self._slow(request, [], [], [], [rule], [])
+        if kind == "applies":
+            add = self.counters.add
+            for key, window, amount in payload:
+                add(key, window, amount, now)
+            decision: Decision = rule.decision
+            return decision
+        if kind == "requires":
+            cached = self._pending.get((rule.position, payload))
+            if cached is None:
+                cached = combine(self.version, [], [], [], [(rule.id, payload)], [], [])
+                if len(self._pending) < CANDIDATE_MEMO_SIZE:
+                    self._pending[(rule.position, payload)] = cached
+            return cached
+        return combine(self.version, [], [], [], [], [], [(rule.id, payload)])
 
     def _slow(
         self,
@@ -274,7 +309,7 @@ class Engine:
         gated: list[CompiledRule],
         permit_failed: list[tuple[CompiledRule, Exception]],
     ) -> Decision:
-        """Everything beyond one clean match: errors, limits, obligations, many rules."""
+        """Everything beyond one clean match: errors, several rules, limits, obligations."""
         now = self.clock()
         applied = list(applied)
         pending: list[tuple[CompiledRule, tuple[ast.Obligation, ...]]] = []
@@ -283,11 +318,10 @@ class Engine:
         usages: dict[int, list[tuple[str, float, Any]]] = {}
         for rule in gated:
             try:
-                outcome = self._gate(rule, request, now)
+                kind, payload = self._gate(rule, request, now)
             except Exception as exc:
                 failures.append((rule, exc))
                 continue
-            kind, payload = outcome
             if kind == "over":
                 over.append((rule.id, payload))
             elif kind == "requires":
@@ -295,46 +329,57 @@ class Engine:
             else:
                 applied.append(rule)
                 usages[rule.position] = payload
-        order = sorted(applied, key=lambda r: r.position)
+        applied.sort(key=_position)
+        pending.sort(key=lambda p: p[0].position)
+        failures.sort(key=lambda f: f[0].position)
         decision = combine(
             self.version,
             [r.id for r in forbidden],
             [self._error(r, request, exc) for r, exc in forbid_failed],
-            [r.id for r in order],
-            [(r.id, needs) for r, needs in sorted(pending, key=lambda p: p[0].position)],
-            [
-                self._error(r, request, exc)
-                for r, exc in sorted(failures, key=lambda f: f[0].position)
-            ],
+            [r.id for r in applied],
+            [(r.id, needs) for r, needs in pending],
+            [self._error(r, request, exc) for r, exc in failures],
             over,
         )
         if decision.allow:
-            for rule in order:
+            for rule in applied:
                 for key, window, amount in usages.get(rule.position, ()):
                     self.counters.add(key, window, amount, now)
         return decision
 
     def _gate(self, rule: CompiledRule, request: Request, now: float) -> tuple[str, Any]:
-        """A matching permit's limits, then its obligations."""
+        """A matching permit's limits, then its obligations: ("applies", usage to record),
+        ("requires", unmet obligations) or ("over", the limit's description)."""
         usage: list[tuple[str, float, Any]] = []
-        for compiled in rule.limits:
-            limit = compiled.limit
-            key = limit_key(rule.id, compiled.index, limit, request.agent_id, request.user_id)
-            amount: Any = 1
-            if compiled.amount is not None:
-                amount = limit_amount(limit, compiled.amount(request))
-            window = limit_window(limit)
-            if self.counters.usage(key, window, now) + amount > limit_cap(limit):
-                return ("over", describe_limit(limit))
-            usage.append((key, window, amount))
-        unmet = []
+        for limit in rule.limits:
+            if limit.scope == "agent":
+                key = limit.key_prefix + request.agent["id"]
+            else:
+                key = limit.key_prefix + _who(limit.scope, request)
+            if limit.amount is None:
+                amount: Any = 1
+            else:
+                value = limit.amount(request)
+                if (
+                    limit.currency is not None
+                    and type(value) is Money
+                    and value.currency == limit.currency
+                    and value.amount >= 0
+                ):
+                    amount = value.amount
+                else:
+                    amount = limit_amount(limit.limit, value)  # checks, and explains errors
+            if self.counters.usage(key, limit.window, now) + amount > limit.cap:
+                return ("over", limit.text)
+            usage.append((key, limit.window, amount))
+        unmet: tuple[ast.Obligation, ...] = ()
         for require in rule.requires:
             if require.condition is not None and not require.condition(request):
                 continue
             if not obligation_met(require.obligation, request.context):
-                unmet.append(require.obligation)
+                unmet += (require.obligation,)
         if unmet:
-            return ("requires", tuple(unmet))
+            return ("requires", unmet)
         return ("applies", usage)
 
     def _error(self, rule: CompiledRule, request: Request, exc: Exception) -> RuleError:
@@ -342,6 +387,17 @@ class Engine:
         trace = self._interpreter.evaluate_rule(rule.rule, request, self.clock())
         message = trace.error if trace.error else f"{type(exc).__name__}: {exc}"
         return RuleError(rule.id, rule.effect, message)
+
+
+def _position(rule: CompiledRule) -> int:
+    return rule.position
+
+
+def _who(scope: str, request: Request) -> str:
+    user = request.user
+    if user is None:
+        raise EvalError(f"limit per {scope} needs a user, and the agent acts alone")
+    return str(user["id"]) if scope == "user" else f"{request.agent['id']}+{user['id']}"
 
 
 def decide_all(engine: Engine, requests: Iterable[Request]) -> list[Decision]:

@@ -6,6 +6,7 @@ anywhere rejects the directory, so a broken policy never replaces a good one.
 
 from __future__ import annotations
 
+import gc
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -74,6 +75,18 @@ def load_directory(directory: str | Path) -> Loaded:
 
 def load_texts(texts: dict[str, str], version_of: dict[str, str] | None = None) -> Loaded:
     """Load policies given as {path: text}; used by the loader, tests and tools."""
+    # Parsing allocates millions of short-lived objects and no cycles worth collecting:
+    # pausing the cyclic collector halves the load time of large bundles.
+    paused = gc.isenabled()
+    gc.disable()
+    try:
+        return _load(texts, version_of)
+    finally:
+        if paused:
+            gc.enable()
+
+
+def _load(texts: dict[str, str], version_of: dict[str, str] | None) -> Loaded:
     sources = Sources()
     modules: list[ast.Module] = []
     errors: list[Diagnostic] = []

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from pdp.lang.errors import NO_SPAN, Span
+from pdp.lang.values import quote
 
 # The roots an expression path can start from.
 ROOTS = ("agent", "user", "delegation", "resource", "tool", "context", "action")
@@ -156,8 +157,6 @@ class Obligation:
     span: Span = field(default=NO_SPAN, compare=False)
 
     def __str__(self) -> str:
-        from pdp.lang.values import quote
-
         return f"{self.kind}({quote(self.value)})"
 
 

@@ -12,49 +12,84 @@ tests hold them to it.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from pdp.lang import ast
+from pdp.lang.interpreter import describe_limit
 from pdp.lang.rewrite import fold, inline_lets
-from pdp.lang.runtime import EvalError, equal, glob
+from pdp.lang.runtime import EvalError, equal, glob, limit_cap, limit_window
 from pdp.lang.values import CurrencyMismatch, Money, Risk
 
 Lets = Mapping[tuple[str, str], ast.Expr]
 Predicate = Callable[[Any], bool]
 
 
-@dataclass(frozen=True)
 class CompiledLimit:
-    limit: ast.Limit
-    index: int
-    amount: Callable[[Any], Any] | None  # None for a count limit
+    """One ``limit`` with everything the hot path needs worked out at compile time."""
+
+    __slots__ = ("amount", "cap", "currency", "key_prefix", "limit", "scope", "text", "window")
+
+    def __init__(
+        self, rule_id: str, index: int, limit: ast.Limit, amount: Callable[[Any], Any] | None
+    ):
+        self.limit = limit
+        self.amount = amount  # None for a count limit
+        self.scope = limit.scope
+        self.key_prefix = f"{rule_id}#{index}|{limit.scope}|"
+        self.window = limit_window(limit)
+        self.cap = limit_cap(limit)
+        cap = limit.cap.value if isinstance(limit.cap, ast.Literal_) else None
+        self.currency = cap.currency if isinstance(cap, Money) else None
+        self.text = describe_limit(limit)
 
 
-@dataclass(frozen=True)
 class CompiledRequire:
-    obligation: ast.Obligation
-    condition: Predicate | None
+    __slots__ = ("condition", "obligation")
+
+    def __init__(self, obligation: ast.Obligation, condition: Predicate | None) -> None:
+        self.obligation = obligation
+        self.condition = condition
 
 
-@dataclass(frozen=True)
 class CompiledRule:
-    """A rule ready for the engine: its test, caps and obligations as Python callables."""
+    """A rule ready for the engine: its test, caps and obligations as Python callables.
 
-    rule: ast.Rule
-    position: int
-    test: Predicate | None  # None: the rule has no condition
-    never: bool  # its condition folds to false: it can never apply
-    limits: tuple[CompiledLimit, ...]
-    requires: tuple[CompiledRequire, ...]
+    Plain slots, read on every decision; treat as immutable once the bundle is built.
+    """
 
-    @property
-    def id(self) -> str:
-        return self.rule.id
+    __slots__ = (
+        "decision",
+        "effect",
+        "gated",
+        "id",
+        "limits",
+        "never",
+        "position",
+        "requires",
+        "rule",
+        "test",
+    )
 
-    @property
-    def effect(self) -> str:
-        return self.rule.effect
+    def __init__(
+        self,
+        rule: ast.Rule,
+        position: int,
+        test: Predicate | None,
+        never: bool,
+        limits: tuple[CompiledLimit, ...],
+        requires: tuple[CompiledRequire, ...],
+    ) -> None:
+        self.rule = rule
+        self.id = rule.id
+        self.effect = rule.effect
+        self.position = position
+        self.test = test  # None: the rule has no condition
+        self.never = never  # its condition folds to false: it can never apply
+        self.limits = limits
+        self.requires = requires
+        self.gated = bool(limits or requires)
+        # The decision this rule gives when it alone decides; set by the bundle.
+        self.decision: Any = None
 
 
 def inline(expr: ast.Expr, lets: Lets, package: str) -> ast.Expr:
@@ -73,6 +108,7 @@ class _Source:
         self.namespace: dict[str, Any] = {"_eq": equal, "_has": _has, "_currency": _currency}
         self._constants: dict[tuple[type, Any], str] = {}
         self._walrus = 0
+        self._bodies: dict[str, str] = {}
 
     def constant(self, value: Any) -> str:
         try:
@@ -177,8 +213,18 @@ class _Source:
                 return f"(q.{base.root} is not None and {name} in q.{base.root})"
         return f"_has(lambda: {self.expr(base)}, {name})"
 
-    def function(self, name: str, body: str) -> None:
+    def function(self, name: str, body: str) -> str:
+        """Define a function returning ``body``; identical bodies share one function.
+
+        Many rules differ only in their target, so sharing keeps the code small and the
+        few functions a request runs hot in the CPU caches.
+        """
+        existing = self._bodies.get(body)
+        if existing is not None:
+            return existing
+        self._bodies[body] = name
         self.lines.append(f"def {name}(q):\n    return {body}\n")
+        return name
 
 
 def _scalar_literal(node: ast.Expr) -> bool:
@@ -236,25 +282,21 @@ def compile_rules(rules: Sequence[ast.Rule], lets: Lets) -> list[CompiledRule]:
         if isinstance(condition, ast.Literal_):
             never = not condition.value
         elif condition is not None:
-            test_name = f"rule_{position}"
-            source.function(test_name, source.expr(condition))
+            test_name = source.function(f"rule_{position}", source.expr(condition))
         amount_names: list[str | None] = []
         for index, limit in enumerate(rule.limits):
             if limit.amount is None:
                 amount_names.append(None)
                 continue
-            name = f"amount_{position}_{index}"
-            source.function(name, source.expr(fold(inline(limit.amount, lets, rule.package))))
-            amount_names.append(name)
+            amount = fold(inline(limit.amount, lets, rule.package))
+            amount_names.append(source.function(f"amount_{position}_{index}", source.expr(amount)))
         require_names: list[str | None] = []
         for index, require in enumerate(rule.requires):
             if require.condition is None:
                 require_names.append(None)
                 continue
-            name = f"require_{position}_{index}"
             cond = fold(inline(require.condition, lets, rule.package))
-            source.function(name, source.expr(cond))
-            require_names.append(name)
+            require_names.append(source.function(f"require_{position}_{index}", source.expr(cond)))
         pending.append((rule, test_name, never, amount_names, require_names))
 
     namespace = source.namespace
@@ -269,7 +311,7 @@ def compile_rules(rules: Sequence[ast.Rule], lets: Lets) -> list[CompiledRule]:
                 namespace[test_name] if test_name else None,
                 never,
                 tuple(
-                    CompiledLimit(limit, i, namespace[n] if n else None)
+                    CompiledLimit(rule.id, i, limit, namespace[n] if n else None)
                     for i, (limit, n) in enumerate(zip(rule.limits, amount_names, strict=True))
                 ),
                 tuple(

@@ -13,13 +13,12 @@ from decimal import Decimal
 from importlib import resources
 from typing import Any, NoReturn
 
-from lark import Lark, Token, Transformer, Tree, v_args
+from lark import Lark, Token, Tree
 from lark.exceptions import (
     UnexpectedCharacters,
     UnexpectedEOF,
     UnexpectedInput,
     UnexpectedToken,
-    VisitError,
 )
 
 from pdp.lang import ast
@@ -53,8 +52,10 @@ def _load_grammar() -> Lark:
         text,
         parser="lalr",
         lexer="contextual",
-        propagate_positions=True,
-        maybe_placeholders=True,
+        # Spans come from tokens in _Builder, much faster than propagate_positions; it
+        # needs every token, keywords included.
+        keep_all_tokens=True,
+        maybe_placeholders=False,
         lexer_callbacks={"COMMENT": _collect_comment},
     )
 
@@ -84,11 +85,8 @@ def parse(text: str, path: str = "<string>") -> ast.Module:
         found: list[Token] = _comments.found
         _comments.found = []
     try:
-        module = _Builder(path).transform(tree)
-    except VisitError as exc:
-        problem = exc.orig_exc
-        if not isinstance(problem, _SyntaxProblem):
-            raise
+        module = _Builder(path).build(tree)
+    except _SyntaxProblem as problem:
         raise PolicyError(
             [_diagnostic(problem.message, problem.span, lines, problem.hint)]
         ) from None
@@ -241,11 +239,69 @@ def _unquote(token: Token) -> str:
     return "".join(out)
 
 
-@v_args(meta=True)
-class _Builder(Transformer[Token, Any]):
+# Tokens that carry a value; the rest are keywords and punctuation.
+_VALUE_TOKENS = frozenset({"NAME", "STRING", "NUMBER", "MONEY", "DURATION"})
+# Grammar rules marked `!`: they read their keyword tokens.
+_KEYWORD_RULES = frozenset({"effect", "compare_op"})
+
+
+class _Meta:
+    """Where a grammar rule's match starts and ends, from its first and last tokens."""
+
+    __slots__ = ("column", "empty", "end_column", "end_line", "line")
+
+    def __init__(self, first: Token | None, last: Token | None) -> None:
+        self.empty = first is None or last is None
+        if first is not None and last is not None:
+            self.line, self.column = first.line, first.column
+            self.end_line, self.end_column = last.end_line, last.end_column
+
+
+class _Builder:
+    """Turns Lark's tree into AST nodes, bottom-up; one method per grammar rule.
+
+    A small recursive walk instead of Lark's Transformer: it skips a wrapper per node,
+    which matters for bundles of thousands of rules.
+    """
+
     def __init__(self, path: str) -> None:
-        super().__init__()
         self.file = path
+        self._methods: dict[str, Any] = {}
+
+    def build(self, tree: Tree[Token]) -> Any:
+        return self._build(tree)[0]
+
+    def _build(self, tree: Tree[Token]) -> tuple[Any, Token | None, Token | None]:
+        """The node for ``tree`` and the first and last tokens it spans (for its span)."""
+        children = []
+        first: Token | None = None
+        last: Token | None = None
+        name = str(tree.data)
+        keep_keywords = name in _KEYWORD_RULES
+        for child in tree.children:
+            if isinstance(child, Tree):
+                value, start, end = self._build(child)
+                children.append(value)
+            else:
+                # Every token counts for the span; keywords are passed on only to the
+                # rules that read them (the grammar's `!` rules).
+                if child is None or keep_keywords or child.type in _VALUE_TOKENS:
+                    children.append(child)
+                start = end = child
+            if start is not None:
+                if first is None:
+                    first = start
+                last = end
+        method = self._methods.get(name)
+        if method is None:
+            method = self._methods[name] = getattr(self, name, None) or self._default(name)
+        return method(_Meta(first, last), children), first, last
+
+    def _default(self, name: str) -> Any:
+        def keep(meta: Any, children: list[Any]) -> Tree[Any]:
+            return Tree(name, children, meta)
+
+        return keep
 
     # spans ---------------------------------------------------------------
     def _span(self, meta: Any) -> Span:
@@ -325,7 +381,7 @@ class _Builder(Transformer[Token, Any]):
         return ast.Target("call", None, ast.TOOL_TYPE, children[0], self._span(meta))
 
     def action_target(self, meta: Any, children: list[Any]) -> ast.Target:
-        action, rtype, resource = children
+        action, rtype, resource = (*children, None, None)[:3]
         if rtype is None:
             return ast.Target("action", action, None, None, self._span(meta))
         return ast.Target("action", action, str(rtype), resource, self._span(meta))
@@ -360,13 +416,13 @@ class _Builder(Transformer[Token, Any]):
         return ("unless", children[0])
 
     def limit_sum(self, meta: Any, children: list[Any]) -> ast.Limit:
-        amount, cap, window, scope = children
+        amount, cap, window, scope = (*children, None)[:4]
         return ast.Limit(
             "sum", amount, cap, self._duration(window), scope or "agent", self._span(meta)
         )
 
     def limit_count(self, meta: Any, children: list[Any]) -> ast.Limit:
-        count, window, scope = children
+        count, window, scope = (*children, None)[:3]
         if "." in str(count) or int(count) <= 0:
             self._fail(
                 f"a call count must be a positive whole number, not {count}",
@@ -389,7 +445,7 @@ class _Builder(Transformer[Token, Any]):
         return scope
 
     def require(self, meta: Any, children: list[Any]) -> ast.Require:
-        obligation, condition = children
+        obligation, condition = (*children, None)[:2]
         return ast.Require(obligation, condition, self._span(meta))
 
     def obligation(self, meta: Any, children: list[Any]) -> ast.Obligation:
@@ -408,6 +464,11 @@ class _Builder(Transformer[Token, Any]):
 
     def and_expr(self, meta: Any, children: list[Any]) -> ast.BoolOp:
         return ast.BoolOp("and", tuple(children), self._span(meta))
+
+    def atom(self, meta: Any, children: list[Any]) -> ast.Expr:
+        """``( expr )``: the parentheses only group."""
+        inner: ast.Expr = children[0]
+        return inner
 
     def not_(self, meta: Any, children: list[Any]) -> ast.Not:
         return ast.Not(children[0], self._span(meta))
@@ -505,7 +566,8 @@ class _Builder(Transformer[Token, Any]):
         return ast.Schema(tuple(children), self._span(meta))
 
     def entity_decl(self, meta: Any, children: list[Any]) -> ast.EntityDecl:
-        kind, rtype, *attrs = children
+        kind, *attrs = children
+        rtype = attrs.pop(0) if attrs and isinstance(attrs[0], Token) else None
         span = self._span(meta)
         if kind not in ENTITY_KINDS:
             self._fail(
@@ -537,7 +599,7 @@ class _Builder(Transformer[Token, Any]):
         return ast.AttrDecl(str(name), type_ref, self._span(meta))
 
     def type_ref(self, meta: Any, children: list[Any]) -> ast.TypeRef:
-        name, arg = children
+        name, arg = (*children, None)[:2]
         return ast.TypeRef(str(name), arg, self._span(meta))
 
     # tests ---------------------------------------------------------------
@@ -575,8 +637,8 @@ class _Builder(Transformer[Token, Any]):
     def step(self, meta: Any, children: list[Any]) -> ast.Step:
         target, *rest = children
         expect = rest[-1]
-        times_token = rest[-2]
-        fields = tuple(f for f in rest[:-2] if f is not None)
+        times_token = rest[-2] if len(rest) > 1 and isinstance(rest[-2], Token) else None
+        fields = tuple(f for f in rest[:-1] if isinstance(f, ast.Field))
         times = 1
         if times_token is not None:
             if "." in str(times_token) or int(times_token) <= 0:
@@ -609,9 +671,6 @@ class _Builder(Transformer[Token, Any]):
                 "obligations come with a deny: expect deny requiring consent(...)",
             )
         return ast.Expect(verdict == "allow", by, requiring, self._span(meta))
-
-    def __default__(self, data: Any, children: list[Any], meta: Any) -> Any:
-        return Tree(data, children, meta)
 
 
 def _with_package(item: Any, package: str) -> Any:

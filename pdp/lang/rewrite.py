@@ -9,7 +9,7 @@ the original means.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import assert_never
 
 from pdp.lang import ast
@@ -28,22 +28,35 @@ def substitute(expr: ast.Expr, replace: Callable[[ast.Name], ast.Expr]) -> ast.E
         return expr
     if isinstance(expr, ast.ListExpr):
         items = tuple(substitute(i, replace) for i in expr.items)
-        return dataclasses.replace(expr, items=items)
+        return expr if _same(items, expr.items) else dataclasses.replace(expr, items=items)
     if isinstance(expr, ast.MapExpr):
         entries = tuple((k, substitute(v, replace)) for k, v in expr.entries)
+        if _same([v for _, v in entries], [v for _, v in expr.entries]):
+            return expr
         return dataclasses.replace(expr, entries=entries)
     if isinstance(expr, ast.Not):
-        return dataclasses.replace(expr, operand=substitute(expr.operand, replace))
+        operand = substitute(expr.operand, replace)
+        return expr if operand is expr.operand else dataclasses.replace(expr, operand=operand)
     if isinstance(expr, ast.BoolOp):
         operands = tuple(substitute(o, replace) for o in expr.operands)
-        return dataclasses.replace(expr, operands=operands)
+        return (
+            expr if _same(operands, expr.operands) else dataclasses.replace(expr, operands=operands)
+        )
     if isinstance(expr, ast.Compare):
         left = substitute(expr.left, replace)
         right = substitute(expr.right, replace)
+        if left is expr.left and right is expr.right:
+            return expr
         return dataclasses.replace(expr, left=left, right=right)
     if isinstance(expr, ast.Has):
-        return dataclasses.replace(expr, base=substitute(expr.base, replace))
+        base = substitute(expr.base, replace)
+        return expr if base is expr.base else dataclasses.replace(expr, base=base)
     assert_never(expr)
+
+
+def _same(new: Sequence[ast.Expr], old: Sequence[ast.Expr]) -> bool:
+    """Whether a rewrite left every child as it was (then the parent is kept, not copied)."""
+    return all(a is b for a, b in zip(new, old, strict=True))
 
 
 def inline_lets(expr: ast.Expr, package: str, lets: Lets) -> ast.Expr:
@@ -67,7 +80,7 @@ def fold(expr: ast.Expr) -> ast.Expr:
         if all(isinstance(i, ast.Literal_) for i in items):
             values = tuple(i.value for i in items if isinstance(i, ast.Literal_))
             return ast.Literal_(values, expr.span)
-        return dataclasses.replace(expr, items=items)
+        return expr if _same(items, expr.items) else dataclasses.replace(expr, items=items)
     if isinstance(expr, ast.MapExpr):
         entries = tuple((k, fold(v)) for k, v in expr.entries)
         if all(isinstance(v, ast.Literal_) for _, v in entries):
@@ -78,7 +91,7 @@ def fold(expr: ast.Expr) -> ast.Expr:
         operand = fold(expr.operand)
         if isinstance(operand, ast.Literal_):
             return ast.Literal_(not operand.value, expr.span)
-        return dataclasses.replace(expr, operand=operand)
+        return expr if operand is expr.operand else dataclasses.replace(expr, operand=operand)
     if isinstance(expr, ast.BoolOp):
         decisive = expr.op == "or"  # the constant that settles the whole expression
         kept: list[ast.Expr] = []
@@ -93,6 +106,8 @@ def fold(expr: ast.Expr) -> ast.Expr:
             return ast.Literal_(not decisive, expr.span)
         if len(kept) == 1:
             return kept[0]
+        if len(kept) == len(expr.operands) and _same(kept, expr.operands):
+            return expr
         return dataclasses.replace(expr, operands=tuple(kept))
     if isinstance(expr, ast.Compare):
         left, right = fold(expr.left), fold(expr.right)
@@ -101,9 +116,12 @@ def fold(expr: ast.Expr) -> ast.Expr:
                 return ast.Literal_(compare(expr.op, left.value, right.value), expr.span)
             except (EvalError, CurrencyMismatch, TypeError):
                 pass  # keep it: it errors at run time, as the interpreter says
+        if left is expr.left and right is expr.right:
+            return expr
         return dataclasses.replace(expr, left=left, right=right)
     if isinstance(expr, ast.Has):
-        return dataclasses.replace(expr, base=fold(expr.base))
+        base = fold(expr.base)
+        return expr if base is expr.base else dataclasses.replace(expr, base=base)
     return expr
 
 
