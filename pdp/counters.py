@@ -31,13 +31,16 @@ class CounterStore(Protocol):
 
 
 class _Series:
-    """The buckets of one key, oldest first, and their running total."""
+    """The buckets of one key, oldest first.
 
-    __slots__ = ("buckets", "total")
+    No running total: subtracting expired float amounts drifts (0.9 + 0.9 + 1.1 - 0.9 -
+    0.9 is not 1.1), and summing at most :data:`BUCKETS` live buckets is cheap.
+    """
+
+    __slots__ = ("buckets",)
 
     def __init__(self) -> None:
         self.buckets: dict[int, Amount] = {}
-        self.total: Amount = 0
 
 
 class MemoryCounters:
@@ -63,8 +66,8 @@ class MemoryCounters:
                 first = next(iter(buckets))
                 if first >= oldest:
                     break
-                series.total -= buckets.pop(first)
-            return series.total
+                del buckets[first]
+            return sum(buckets.values())
 
     def add(self, key: str, window: float, amount: Amount, now: float) -> None:
         bucket = self._bucket(window, now)
@@ -81,7 +84,6 @@ class MemoryCounters:
                 # A clock that stepped back: keep the dict in time order.
                 buckets[bucket] = amount
                 series.buckets = dict(sorted(buckets.items()))
-            series.total += amount
 
     def clear(self) -> None:
         with self._lock:

@@ -52,8 +52,8 @@ class _IdIndex:
             self.any.append(rule)
             return
         for text, is_glob in alternatives:
-            if not is_glob:
-                self.exact.setdefault(text, []).append(rule)
+            if not is_glob or ("*" not in text and "?" not in text):
+                self.exact.setdefault(text, []).append(rule)  # `like "x"` is just "x"
                 continue
             prefix = text[: min(i for i in (text.find("*"), text.find("?")) if i >= 0)]
             self.prefixes.setdefault(prefix, []).append((rule, text))
@@ -353,7 +353,7 @@ class Engine:
         usage: list[tuple[str, float, Any]] = []
         for limit in rule.limits:
             if limit.scope == "agent":
-                key = limit.key_prefix + request.agent["id"]
+                key = limit.key_prefix + request.agent_id
             else:
                 key = limit.key_prefix + _who(limit.scope, request)
             if limit.amount is None:
@@ -394,10 +394,10 @@ def _position(rule: CompiledRule) -> int:
 
 
 def _who(scope: str, request: Request) -> str:
-    user = request.user
+    user = request.user_id
     if user is None:
         raise EvalError(f"limit per {scope} needs a user, and the agent acts alone")
-    return str(user["id"]) if scope == "user" else f"{request.agent['id']}+{user['id']}"
+    return user if scope == "user" else f"{request.agent_id}+{user}"
 
 
 def decide_all(engine: Engine, requests: Iterable[Request]) -> list[Decision]:

@@ -21,6 +21,7 @@ The JSON format (documented in README.md)::
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from decimal import Decimal, InvalidOperation
 from typing import Any
@@ -219,7 +220,11 @@ def _resource(raw: Any, schema: SchemaModel) -> dict[str, Any]:
     merged = {**rest, **attrs}
     if "name" in merged:
         raise RequestError("resource.name: reserved; a tool's name is the resource id")
-    values = _attributes(merged, "resource", schema.resources.get(rtype, {}))
+    # A rule without a resource type reads resource attributes typed by any resource
+    # type that declares them; type them the same way here, so no rule ever meets an
+    # attribute of another type than the checker assumed.
+    types = {**schema.resource_attrs(None), **schema.resources.get(rtype, {})}
+    values = _attributes(merged, "resource", types)
     values["type"] = rtype
     values["id"] = rid
     return values
@@ -246,6 +251,8 @@ def convert(value: Any, declared: Type, path: str) -> Any:
             return value
     elif name == "number":
         if isinstance(value, int | float) and not isinstance(value, bool):
+            if isinstance(value, float) and not math.isfinite(value):
+                raise RequestError(f"{path}: expected a finite number, got {value}")
             return value
     elif name == "bool":
         if isinstance(value, bool):
@@ -263,7 +270,15 @@ def convert(value: Any, declared: Type, path: str) -> Any:
         return money
     elif name == "duration":
         if isinstance(value, int | float) and not isinstance(value, bool):
-            return Duration(float(value))
+            try:
+                seconds = float(value)
+            except OverflowError:
+                seconds = math.inf
+            if not math.isfinite(seconds) or seconds < 0:
+                raise RequestError(
+                    f"{path}: a duration is a finite, non-negative number of seconds"
+                )
+            return Duration(seconds)
         if isinstance(value, str):
             try:
                 return Duration.parse(value)
@@ -309,9 +324,11 @@ def _money(value: Any, path: str) -> Money:
             and not isinstance(amount, bool)
         ):
             try:
-                return Money(Decimal(str(amount)), currency)
+                money = Money(Decimal(str(amount)), currency)
             except InvalidOperation:
-                pass
+                money = None
+            if money is not None and money.amount.is_finite():
+                return money
     raise RequestError(
         f'{path}: expected money, "200 USD" or {{"amount": "200", "currency": "USD"}}'
     )

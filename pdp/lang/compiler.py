@@ -11,6 +11,7 @@ tests hold them to it.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -157,7 +158,7 @@ class _Source:
             return "True" if value else "False"
         if isinstance(value, Risk):
             return str(int(value))
-        if isinstance(value, str | int | float):
+        if isinstance(value, str | int) or (isinstance(value, float) and math.isfinite(value)):
             return repr(value)
         return self.constant(value)
 
@@ -175,7 +176,11 @@ class _Source:
             return call if op == "==" else f"(not {call})"
         if op == "in":
             if isinstance(right, ast.Literal_) and isinstance(right.value, tuple):
-                return f"({self.expr(left)} in {self.constant(frozenset(right.value))})"
+                try:
+                    members: frozenset[Any] | tuple[Any, ...] = frozenset(right.value)
+                except TypeError:  # a list of maps: no set, plain membership
+                    members = right.value
+                return f"({self.expr(left)} in {self.constant(members)})"
             return f"({self.expr(left)} in {self.expr(right)})"
         if op == "contains":
             return f"({self.expr(right)} in {self.expr(left)})"

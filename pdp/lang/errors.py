@@ -73,6 +73,11 @@ class PolicyError(Exception):
         super().__init__("\n\n".join(d.render() for d in diagnostics))
 
 
+def source_lines(text: str) -> list[str]:
+    """The lines of a file as the parser counts them: split at newline characters only."""
+    return [line.rstrip("\r") for line in text.split("\n")]
+
+
 class Sources:
     """The text of every file read, so a diagnostic can quote its line."""
 
@@ -80,7 +85,7 @@ class Sources:
         self._lines: dict[str, list[str]] = {}
 
     def add(self, file: str, text: str) -> None:
-        self._lines[file] = text.splitlines()
+        self._lines[file] = source_lines(text)
 
     def line(self, span: Span) -> str:
         lines = self._lines.get(span.file, [])

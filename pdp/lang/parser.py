@@ -8,6 +8,7 @@ shows file:line:col, the line, a caret and a hint.
 from __future__ import annotations
 
 import difflib
+import math
 import threading
 from decimal import Decimal
 from importlib import resources
@@ -22,7 +23,7 @@ from lark.exceptions import (
 )
 
 from pdp.lang import ast
-from pdp.lang.errors import Diagnostic, PolicyError, Span
+from pdp.lang.errors import Diagnostic, PolicyError, Span, source_lines
 from pdp.lang.values import (
     Duration,
     Money,
@@ -75,7 +76,7 @@ class _SyntaxProblem(Exception):
 
 def parse(text: str, path: str = "<string>") -> ast.Module:
     """Parse one file. Raises :class:`PolicyError` on any syntax error."""
-    lines = text.splitlines()
+    lines = source_lines(text)
     _comments.found = []
     try:
         tree = _PARSER.parse(text)
@@ -155,8 +156,10 @@ def _syntax_diagnostic(exc: UnexpectedInput, text: str, lines: list[str], path: 
         message = "unexpected end of file"
         expected = _expected_words(set(getattr(exc, "expected", ()) or ()))
         hint = "expected " + ", ".join(expected) if expected else ""
-        last = lines[-1] if lines else ""
         line = max(len(lines), 1)
+        while line > 1 and not lines[line - 1].strip():
+            line -= 1  # point after the last text, not at the empty line after it
+        last = lines[line - 1] if lines else ""
         span = Span(path, line, len(last) + 1, line, len(last) + 2)
         if isinstance(exc, UnexpectedEOF | UnexpectedToken) and "'}'" in expected:
             hint = "a block is not closed: add '}'"
@@ -239,6 +242,10 @@ def _unquote(token: Token) -> str:
     return "".join(out)
 
 
+# Deeper syntax trees are refused: no policy needs them, and generated Python code has a
+# nesting limit of its own.
+MAX_DEPTH = 150
+
 # Tokens that carry a value; the rest are keywords and punctuation.
 _VALUE_TOKENS = frozenset({"NAME", "STRING", "NUMBER", "MONEY", "DURATION"})
 # Grammar rules marked `!`: they read their keyword tokens.
@@ -269,10 +276,20 @@ class _Builder:
         self._methods: dict[str, Any] = {}
 
     def build(self, tree: Tree[Token]) -> Any:
-        return self._build(tree)[0]
+        return self._build(tree, 0)[0]
 
-    def _build(self, tree: Tree[Token]) -> tuple[Any, Token | None, Token | None]:
+    def _build(self, tree: Tree[Token], depth: int) -> tuple[Any, Token | None, Token | None]:
         """The node for ``tree`` and the first and last tokens it spans (for its span)."""
+        if depth > MAX_DEPTH:
+            token = next(iter(tree.scan_values(lambda v: isinstance(v, Token))), None)
+            span = (
+                _token_span(token, self.file) if token is not None else Span(self.file, 1, 1, 1, 2)
+            )
+            self._fail(
+                f"this nests more than {MAX_DEPTH} levels deep",
+                span,
+                "split the condition with lets or flatten it: a and b and c needs no nesting",
+            )
         children = []
         first: Token | None = None
         last: Token | None = None
@@ -280,7 +297,7 @@ class _Builder:
         keep_keywords = name in _KEYWORD_RULES
         for child in tree.children:
             if isinstance(child, Tree):
-                value, start, end = self._build(child)
+                value, start, end = self._build(child, depth + 1)
                 children.append(value)
             else:
                 # Every token counts for the span; keywords are passed on only to the
@@ -423,7 +440,7 @@ class _Builder:
 
     def limit_count(self, meta: Any, children: list[Any]) -> ast.Limit:
         count, window, scope = (*children, None)[:3]
-        if "." in str(count) or int(count) <= 0:
+        if "." in str(count) or self._int(count) <= 0:
             self._fail(
                 f"a call count must be a positive whole number, not {count}",
                 self._tspan(count),
@@ -527,9 +544,18 @@ class _Builder:
         return ast.Literal_(_unquote(children[0]), self._span(meta))
 
     def number(self, meta: Any, children: list[Token]) -> ast.Literal_:
-        text = str(children[0])
-        value: int | float = float(text) if "." in text else int(text)
+        token = children[0]
+        value: int | float = float(token) if "." in token else self._int(token)
+        if not math.isfinite(value):
+            self._fail(f"the number {token[:20]}… is too large", self._tspan(token))
         return ast.Literal_(value, self._span(meta))
+
+    def _int(self, token: Token) -> int:
+        """A whole number; Python refuses to convert very long digit strings."""
+        try:
+            return int(token)
+        except ValueError:
+            self._fail(f"the number {token[:20]}… is too large", self._tspan(token))
 
     def money(self, meta: Any, children: list[Token]) -> ast.Literal_:
         amount, currency = str(children[0]).split()
@@ -641,7 +667,7 @@ class _Builder:
         fields = tuple(f for f in rest[:-1] if isinstance(f, ast.Field))
         times = 1
         if times_token is not None:
-            if "." in str(times_token) or int(times_token) <= 0:
+            if "." in str(times_token) or self._int(times_token) <= 0:
                 self._fail("times takes a positive whole number", self._tspan(times_token))
             times = int(times_token)
         form, action, rtype, rid = target

@@ -194,7 +194,10 @@ def parse_time(text: str) -> datetime:
         ) from None
     if value.tzinfo is None:
         raise ValueError(f"time {text!r} has no UTC offset; add Z or +01:00")
-    return value.astimezone(UTC)
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:
+        raise ValueError(f"time {text!r} is outside the years 1 to 9999 in UTC") from None
 
 
 _MONEY_RE = re.compile(r"^\s*(-?\d+(?:\.\d+)?)\s+([A-Z]{3})\s*$")

@@ -218,3 +218,17 @@ def test_errors_teach(text: str, fragment: str) -> None:
 def test_unexpected_end_of_file_points_past_the_last_line() -> None:
     message = error_of("permit x when\n")
     assert message.startswith("p.pol:1:14: error: unexpected end of file")
+
+
+def test_deep_nesting_is_refused_with_a_policy_error() -> None:
+    message = error_of("permit p when " + "not " * 400 + "delegated")
+    assert "nests more than" in message
+
+
+def test_nesting_within_the_limit_parses_checks_and_compiles() -> None:
+    from tests.conftest import engine_of, request
+
+    engine = engine_of(
+        'permit p call tool "x" when ' + "not " * 61 + "delegated"
+    )  # odd: autonomous
+    assert engine.decide(request(engine.bundle, tool="x")).allow
