@@ -755,10 +755,10 @@ def run_cedar(
 
 
 def compile_times(rules: int, schema_text: str, repeats: int, with_check: bool) -> dict[str, Any]:
-    """Seconds to parse + build, and to build, a generated set (median of ``repeats``).
-
-    With gc enabled, as ``load_directory`` runs today, and again with gc disabled, to show
-    what the collector costs while hundreds of thousands of syntax-tree objects are made.
+    """Seconds to load a generated set the way ``load_directory`` does (parse + check +
+    compile, the cyclic gc paused by the loader), and its parts: parse + build with gc on
+    and off, and ``Bundle.build`` (the compiler and the index) alone. Medians of
+    ``repeats``.
     """
     text = generated_policy(rules)
     totals: list[float] = []
@@ -790,10 +790,13 @@ def compile_times(rules: int, schema_text: str, repeats: int, with_check: bool) 
         "load_with_check_s": None,
     }
     if with_check:
-        gc.collect()
-        start = time.perf_counter()
-        load_texts({"generated.pol": text, "schema.pol": schema_text})
-        out["load_with_check_s"] = round(time.perf_counter() - start, 4)
+        loads = []
+        for _ in range(repeats):
+            gc.collect()
+            start = time.perf_counter()
+            load_texts({"generated.pol": text, "schema.pol": schema_text})
+            loads.append(time.perf_counter() - start)
+        out["load_with_check_s"] = round(statistics.median(loads), 4)
     return out
 
 
@@ -854,7 +857,7 @@ def evaluate(shipped: dict[str, Any], generated: dict[str, Any]) -> dict[str, An
         "rules_10000_over_20": ratio(large, small),
         "rules_10000_on_20_tools_over_20": ratio(narrow, small),
     }
-    compile_10k = by_size[10_000]["parse_build_s"]
+    compile_10k = by_size[10_000]["load_with_check_s"]
     cedar_ratio = ratios["cedarpy_over_engine"]
     targets = [
         Target(
@@ -877,7 +880,7 @@ def evaluate(shipped: dict[str, Any], generated: dict[str, Any]) -> dict[str, An
             and ratios["rules_10000_over_20"] <= TARGET_SCALING_RATIO,
         ),
         Target(
-            "compile 10,000 rules (parse + Bundle.build)",
+            "load 10,000 rules (parse + check + compile)",
             f"< {TARGET_COMPILE_10K_S:g} s",
             compile_10k,
             compile_10k < TARGET_COMPILE_10K_S,
@@ -1023,7 +1026,7 @@ def main() -> None:
     budget = Budget(0.05, 0.01, 5) if args.quick else Budget(0.5, 0.1, 30)
     started = time.perf_counter()
     shipped = run_shipped(budget)
-    generated = run_generated(budget, 1 if args.quick else 3, with_check=not args.quick)
+    generated = run_generated(budget, 1 if args.quick else 3, with_check=True)
     verdict = evaluate(shipped, generated)
     targets: list[Target] = verdict["targets"]
     result: dict[str, Any] = {

@@ -252,18 +252,6 @@ _VALUE_TOKENS = frozenset({"NAME", "STRING", "NUMBER", "MONEY", "DURATION"})
 _KEYWORD_RULES = frozenset({"effect", "compare_op"})
 
 
-class _Meta:
-    """Where a grammar rule's match starts and ends, from its first and last tokens."""
-
-    __slots__ = ("column", "empty", "end_column", "end_line", "line")
-
-    def __init__(self, first: Token | None, last: Token | None) -> None:
-        self.empty = first is None or last is None
-        if first is not None and last is not None:
-            self.line, self.column = first.line, first.column
-            self.end_line, self.end_column = last.end_line, last.end_column
-
-
 class _Builder:
     """Turns Lark's tree into AST nodes, bottom-up; one method per grammar rule.
 
@@ -293,26 +281,37 @@ class _Builder:
         children = []
         first: Token | None = None
         last: Token | None = None
-        name = str(tree.data)
+        name = tree.data
         keep_keywords = name in _KEYWORD_RULES
         for child in tree.children:
             if isinstance(child, Tree):
                 value, start, end = self._build(child, depth + 1)
                 children.append(value)
+                if start is None:
+                    continue
             else:
                 # Every token counts for the span; keywords are passed on only to the
                 # rules that read them (the grammar's `!` rules).
-                if child is None or keep_keywords or child.type in _VALUE_TOKENS:
+                if keep_keywords or child.type in _VALUE_TOKENS:
                     children.append(child)
                 start = end = child
-            if start is not None:
-                if first is None:
-                    first = start
-                last = end
+            if first is None:
+                first = start
+            last = end
         method = self._methods.get(name)
         if method is None:
             method = self._methods[name] = getattr(self, name, None) or self._default(name)
-        return method(_Meta(first, last), children), first, last
+        if first is None or last is None:
+            span = Span(self.file, 0, 0, 0, 0)
+        else:
+            span = Span(
+                self.file,
+                first.line or 0,
+                first.column or 0,
+                last.end_line or 0,
+                last.end_column or 0,
+            )
+        return method(span, children), first, last
 
     def _default(self, name: str) -> Any:
         def keep(meta: Any, children: list[Any]) -> Tree[Any]:
@@ -321,10 +320,9 @@ class _Builder:
         return keep
 
     # spans ---------------------------------------------------------------
-    def _span(self, meta: Any) -> Span:
-        if getattr(meta, "empty", True):
-            return Span(self.file, 0, 0, 0, 0)
-        return Span(self.file, meta.line, meta.column, meta.end_line, meta.end_column)
+    def _span(self, meta: Span) -> Span:
+        """Each rule method receives its match's span as ``meta``."""
+        return meta
 
     def _tspan(self, token: Token) -> Span:
         return _token_span(token, self.file)
@@ -503,7 +501,8 @@ class _Builder:
         return ast.Has(base, text, self._span(meta))
 
     def path(self, meta: Any, children: list[Any]) -> ast.Expr:
-        head, *accessors = children
+        head, *parts = children
+        accessors = [_unquote(t) if t.type == "STRING" else str(t) for t in parts]
         name = str(head)
         span = self._span(meta)
         if not accessors:
@@ -520,10 +519,6 @@ class _Builder:
             hint = _suggest(name, ast.ROOTS) or ("attributes start from " + ", ".join(ast.ROOTS))
             self._fail(f"unknown name '{name}' before '.'", self._tspan(head), hint)
         return ast.Path(name, tuple(accessors), span)
-
-    def accessor(self, meta: Any, children: list[Token]) -> str:
-        token = children[0]
-        return _unquote(token) if token.type == "STRING" else str(token)
 
     def list_expr(self, meta: Any, children: list[Any]) -> ast.ListExpr:
         return ast.ListExpr(tuple(c for c in children if c is not None), self._span(meta))
