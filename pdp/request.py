@@ -22,7 +22,8 @@ The JSON format (documented in README.md)::
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from datetime import datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
@@ -110,12 +111,12 @@ class Request:
     def to_json(self) -> dict[str, Any]:
         """The request back in its JSON form (for traces and audit)."""
         return {
-            "agent": _plain(self.agent),
-            "user": _plain(self.user) if self.user is not None else None,
-            "delegation": _plain(self.delegation),
+            "agent": json_value(self.agent),
+            "user": json_value(self.user) if self.user is not None else None,
+            "delegation": json_value(self.delegation),
             "action": self.action,
-            "resource": _plain(self.resource),
-            "context": _plain(self.context),
+            "resource": json_value(self.resource),
+            "context": json_value(self.context),
         }
 
 
@@ -259,10 +260,7 @@ def convert(value: Any, declared: Type, path: str) -> Any:
             return value
     elif name == "risk":
         if isinstance(value, str):
-            try:
-                return Risk.parse(value)
-            except ValueError as exc:
-                raise RequestError(f"{path}: {exc}") from None
+            return _parsed(Risk.parse, value, path)
     elif name == "money":
         money = _money(value, path)
         if declared.currency is not None and money.currency != declared.currency:
@@ -280,22 +278,13 @@ def convert(value: Any, declared: Type, path: str) -> Any:
                 )
             return Duration(seconds)
         if isinstance(value, str):
-            try:
-                return Duration.parse(value)
-            except ValueError as exc:
-                raise RequestError(f"{path}: {exc}") from None
+            return _parsed(Duration.parse, value, path)
     elif name == "time":
         if isinstance(value, str):
-            try:
-                return parse_time(value)
-            except ValueError as exc:
-                raise RequestError(f"{path}: {exc}") from None
+            return _parsed(parse_time, value, path)
     elif name == "ip":
         if isinstance(value, str):
-            try:
-                return parse_ip(value)
-            except ValueError as exc:
-                raise RequestError(f"{path}: {exc}") from None
+            return _parsed(parse_ip, value, path)
     elif name in ("set", "list"):
         if isinstance(value, list):
             assert declared.arg is not None
@@ -307,12 +296,18 @@ def convert(value: Any, declared: Type, path: str) -> Any:
     raise RequestError(f"{path}: expected {_described(declared)}, got {_json_type(value)}")
 
 
+def _parsed(parse: Callable[[str], Any], text: str, path: str) -> Any:
+    """A value parsed from its text form, or a RequestError naming ``path``."""
+    try:
+        return parse(text)
+    except ValueError as exc:
+        raise RequestError(f"{path}: {exc}") from None
+
+
 def _money(value: Any, path: str) -> Money:
     if isinstance(value, str):
-        try:
-            return parse_money(value)
-        except ValueError as exc:
-            raise RequestError(f"{path}: {exc}") from None
+        money: Money = _parsed(parse_money, value, path)
+        return money
     if isinstance(value, dict) and set(value) == {"amount", "currency"}:
         amount, currency = value["amount"], value["currency"]
         if (
@@ -324,11 +319,11 @@ def _money(value: Any, path: str) -> Money:
             and not isinstance(amount, bool)
         ):
             try:
-                money = Money(Decimal(str(amount)), currency)
+                parsed: Money | None = Money(Decimal(str(amount)), currency)
             except InvalidOperation:
-                money = None
-            if money is not None and money.amount.is_finite():
-                return money
+                parsed = None
+            if parsed is not None and parsed.amount.is_finite():
+                return parsed
     raise RequestError(
         f'{path}: expected money, "200 USD" or {{"amount": "200", "currency": "USD"}}'
     )
@@ -373,15 +368,14 @@ def _json_type(value: Any) -> str:
     return type(value).__name__
 
 
-def _plain(value: Any) -> Any:
-    from datetime import datetime
-
+def json_value(value: Any) -> Any:
+    """A typed value back as plain JSON (sets sorted, money and durations as text)."""
     if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
+        return {k: json_value(v) for k, v in value.items()}
     if isinstance(value, frozenset):
-        return sorted(_plain(v) for v in value)
+        return sorted(json_value(v) for v in value)
     if isinstance(value, tuple):
-        return [_plain(v) for v in value]
+        return [json_value(v) for v in value]
     if isinstance(value, Risk):
         return value.name
     if isinstance(value, Money | Duration):

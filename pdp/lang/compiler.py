@@ -218,6 +218,12 @@ class _Source:
                 return f"(q.{base.root} is not None and {name} in q.{base.root})"
         return f"_has(lambda: {self.expr(base)}, {name})"
 
+    def optional(self, name: str, expr: ast.Expr | None, lets: Lets, package: str) -> str | None:
+        """A function for an optional expression (a sum's amount, a require's ``if``)."""
+        if expr is None:
+            return None
+        return self.function(name, self.expr(fold(inline(expr, lets, package))))
+
     def function(self, name: str, body: str) -> str:
         """Define a function returning ``body``; identical bodies share one function.
 
@@ -288,20 +294,14 @@ def compile_rules(rules: Sequence[ast.Rule], lets: Lets) -> list[CompiledRule]:
             never = not condition.value
         elif condition is not None:
             test_name = source.function(f"rule_{position}", source.expr(condition))
-        amount_names: list[str | None] = []
-        for index, limit in enumerate(rule.limits):
-            if limit.amount is None:
-                amount_names.append(None)
-                continue
-            amount = fold(inline(limit.amount, lets, rule.package))
-            amount_names.append(source.function(f"amount_{position}_{index}", source.expr(amount)))
-        require_names: list[str | None] = []
-        for index, require in enumerate(rule.requires):
-            if require.condition is None:
-                require_names.append(None)
-                continue
-            cond = fold(inline(require.condition, lets, rule.package))
-            require_names.append(source.function(f"require_{position}_{index}", source.expr(cond)))
+        amount_names = [
+            source.optional(f"amount_{position}_{i}", limit.amount, lets, rule.package)
+            for i, limit in enumerate(rule.limits)
+        ]
+        require_names = [
+            source.optional(f"require_{position}_{i}", require.condition, lets, rule.package)
+            for i, require in enumerate(rule.requires)
+        ]
         pending.append((rule, test_name, never, amount_names, require_names))
 
     namespace = source.namespace

@@ -8,7 +8,6 @@ decision trace so the author sees why.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 from pdp.counters import MemoryCounters
@@ -17,8 +16,7 @@ from pdp.engine import Bundle, Engine
 from pdp.lang import ast
 from pdp.lang.errors import Span
 from pdp.lang.rewrite import fold, inline_lets
-from pdp.lang.values import Duration, Money, Risk
-from pdp.request import Request, RequestError, request_from_json
+from pdp.request import Request, RequestError, json_value, request_from_json
 
 # Every test runs at this instant (2027-01-15T08:00:00Z), so results never depend on the day.
 TEST_CLOCK = 1_800_000_000.0
@@ -104,23 +102,7 @@ def _json(bundle: Bundle, test: ast.Test, expr: ast.Expr) -> Any:
     value = fold(inline_lets(expr, test.package, bundle.lets))
     if not isinstance(value, ast.Literal_):
         raise ValueError("test data must be constants (literals, lists, lets of constants)")
-    return _to_json(value.value)
-
-
-def _to_json(value: Any) -> Any:
-    if isinstance(value, tuple | frozenset):
-        return [_to_json(v) for v in value]
-    if isinstance(value, Risk):
-        return value.name
-    if isinstance(value, Money | Duration):
-        return str(value)
-    if isinstance(value, datetime):
-        return value.isoformat()
-    if isinstance(value, dict):
-        return {k: _to_json(v) for k, v in value.items()}
-    if isinstance(value, bool | int | float | str):
-        return value
-    return str(value)
+    return json_value(value.value)
 
 
 def _rule_id(package: str, name: str) -> str:

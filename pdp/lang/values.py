@@ -38,11 +38,36 @@ class Risk(enum.IntEnum):
             ) from None
 
 
+class _Ordered:
+    """Ordering through ``_key(other)``, which raises when the two cannot be compared."""
+
+    __slots__ = ()
+
+    def _key(self, other: object) -> tuple[Any, Any]:
+        raise NotImplementedError
+
+    def __lt__(self, other: object) -> bool:
+        mine, theirs = self._key(other)
+        return bool(mine < theirs)
+
+    def __le__(self, other: object) -> bool:
+        mine, theirs = self._key(other)
+        return bool(mine <= theirs)
+
+    def __gt__(self, other: object) -> bool:
+        mine, theirs = self._key(other)
+        return bool(mine > theirs)
+
+    def __ge__(self, other: object) -> bool:
+        mine, theirs = self._key(other)
+        return bool(mine >= theirs)
+
+
 class CurrencyMismatch(Exception):
     """Two amounts of money in different currencies were compared."""
 
 
-class Money:
+class Money(_Ordered):
     """An amount in one currency.
 
     Ordering two currencies (``<``, ``<=``, …) is an error, never false: a cap in USD says
@@ -61,12 +86,12 @@ class Money:
     def __setattr__(self, name: str, value: object) -> None:
         raise AttributeError("Money is immutable")
 
-    def _check(self, other: object) -> Money:
+    def _key(self, other: object) -> tuple[Any, Any]:
         if not isinstance(other, Money):
             raise TypeError(f"cannot compare money with {type_name(other)}")
         if other.currency != self.currency:
             raise CurrencyMismatch(f"cannot compare {self} with {other}: currencies differ")
-        return other
+        return self.amount, other.amount
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Money):
@@ -77,18 +102,6 @@ class Money:
         if not isinstance(other, Money):
             return NotImplemented
         return self.amount != other.amount or self.currency != other.currency
-
-    def __lt__(self, other: object) -> bool:
-        return self.amount < self._check(other).amount
-
-    def __le__(self, other: object) -> bool:
-        return self.amount <= self._check(other).amount
-
-    def __gt__(self, other: object) -> bool:
-        return self.amount > self._check(other).amount
-
-    def __ge__(self, other: object) -> bool:
-        return self.amount >= self._check(other).amount
 
     def __hash__(self) -> int:
         return hash((self.amount, self.currency))
@@ -104,7 +117,7 @@ _DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
 _DURATION_RE = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h|d)$")
 
 
-class Duration:
+class Duration(_Ordered):
     """A length of time, kept in seconds and written the way it was (30s, 5m, 24h)."""
 
     __slots__ = ("seconds", "text")
@@ -129,10 +142,10 @@ class Duration:
         number, unit = match.groups()
         return cls(float(number) * _DURATION_UNITS[unit], text)
 
-    def _check(self, other: object) -> Duration:
+    def _key(self, other: object) -> tuple[Any, Any]:
         if not isinstance(other, Duration):
             raise TypeError(f"cannot compare a duration with {type_name(other)}")
-        return other
+        return self.seconds, other.seconds
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Duration):
@@ -143,18 +156,6 @@ class Duration:
         if not isinstance(other, Duration):
             return NotImplemented
         return self.seconds != other.seconds
-
-    def __lt__(self, other: object) -> bool:
-        return self.seconds < self._check(other).seconds
-
-    def __le__(self, other: object) -> bool:
-        return self.seconds <= self._check(other).seconds
-
-    def __gt__(self, other: object) -> bool:
-        return self.seconds > self._check(other).seconds
-
-    def __ge__(self, other: object) -> bool:
-        return self.seconds >= self._check(other).seconds
 
     def __hash__(self) -> int:
         return hash(self.seconds)
