@@ -30,38 +30,24 @@ class CounterStore(Protocol):
         ...
 
 
-class _Series:
-    """The buckets of one key, oldest first.
+class MemoryCounters:
+    """A sliding window of :data:`BUCKETS` buckets per key, in this process only.
 
-    No running total: subtracting expired float amounts drifts (0.9 + 0.9 + 1.1 - 0.9 -
-    0.9 is not 1.1), and summing at most :data:`BUCKETS` live buckets is cheap.
+    Each key holds its buckets oldest first. Usage sums the live buckets rather than
+    keeping a running total: subtracting expired float amounts drifts (0.9 + 0.9 + 1.1
+    - 0.9 - 0.9 is not 1.1), and summing at most :data:`BUCKETS` numbers is cheap.
     """
 
-    __slots__ = ("buckets",)
-
     def __init__(self) -> None:
-        self.buckets: dict[int, Amount] = {}
-
-
-class MemoryCounters:
-    """A sliding window of :data:`BUCKETS` buckets per key, in this process only."""
-
-    def __init__(self) -> None:
-        self._series: dict[str, _Series] = {}
+        self._series: dict[str, dict[int, Amount]] = {}
         self._lock = threading.Lock()
 
-    @staticmethod
-    def _bucket(window: float, now: float) -> int:
-        return int(now * BUCKETS // window) if window > 0 else int(now * 1000)
-
     def usage(self, key: str, window: float, now: float) -> Amount:
-        series = self._series.get(key)
-        if series is None:
+        buckets = self._series.get(key)
+        if not buckets:
             return 0
-        oldest = self._bucket(window, now) - BUCKETS + 1
+        oldest = int(now * BUCKETS // window) - BUCKETS + 1
         with self._lock:
-            buckets = series.buckets
-            # Buckets are added in time order, so stale ones sit at the front.
             while buckets:
                 first = next(iter(buckets))
                 if first >= oldest:
@@ -70,20 +56,19 @@ class MemoryCounters:
             return sum(buckets.values())
 
     def add(self, key: str, window: float, amount: Amount, now: float) -> None:
-        bucket = self._bucket(window, now)
+        bucket = int(now * BUCKETS // window)
         with self._lock:
-            series = self._series.get(key)
-            if series is None:
-                series = self._series[key] = _Series()
-            buckets = series.buckets
-            if bucket in buckets:
+            buckets = self._series.get(key)
+            if buckets is None:
+                self._series[key] = {bucket: amount}
+            elif bucket in buckets:
                 buckets[bucket] += amount
-            elif not buckets or bucket > next(reversed(buckets)):
+            elif bucket > next(reversed(buckets), bucket - 1):
                 buckets[bucket] = amount
             else:
-                # A clock that stepped back: keep the dict in time order.
+                # A clock that stepped back: keep the buckets in time order.
                 buckets[bucket] = amount
-                series.buckets = dict(sorted(buckets.items()))
+                self._series[key] = dict(sorted(buckets.items()))
 
     def clear(self) -> None:
         with self._lock:

@@ -46,7 +46,17 @@ class RequestError(ValueError):
 class Request:
     """One authorization question, in typed values. Build it with :meth:`build`."""
 
-    __slots__ = ("action", "agent", "context", "delegation", "resource", "tool", "user")
+    __slots__ = (
+        "action",
+        "agent",
+        "agent_id",
+        "context",
+        "delegation",
+        "resource",
+        "tool",
+        "user",
+        "user_id",
+    )
 
     agent: dict[str, Any]
     user: dict[str, Any] | None
@@ -71,6 +81,8 @@ class Request:
         self.action = action
         self.resource = resource
         self.context = context
+        self.agent_id: str = str(agent.get("id", ""))
+        self.user_id: str | None = None if user is None else str(user.get("id", ""))
         # `tool.name` and the tool's attributes, only when the resource is a tool.
         if resource.get("type") == TOOL_TYPE:
             self.tool = {**resource, "name": resource.get("id")}
@@ -99,14 +111,6 @@ class Request:
             {**(resource or {}), "type": resource_type, "id": resource_id},
             dict(context or {}),
         )
-
-    @property
-    def agent_id(self) -> str:
-        return str(self.agent.get("id", ""))
-
-    @property
-    def user_id(self) -> str | None:
-        return None if self.user is None else str(self.user.get("id", ""))
 
     def to_json(self) -> dict[str, Any]:
         """The request back in its JSON form (for traces and audit)."""
