@@ -106,7 +106,12 @@ class _Source:
 
     def __init__(self) -> None:
         self.lines: list[str] = []
-        self.namespace: dict[str, Any] = {"_eq": equal, "_has": _has, "_currency": _currency}
+        self.namespace: dict[str, Any] = {
+            "_eq": equal,
+            "_has": _has,
+            "_currency": _currency,
+            "_action_attribute": _action_attribute,
+        }
         self._constants: dict[tuple[type, Any], str] = {}
         self._walrus = 0
         self._bodies: dict[str, str] = {}
@@ -245,14 +250,17 @@ def _scalar_literal(node: ast.Expr) -> bool:
 def _path(node: ast.Path) -> str:
     if node.root == "action":
         if node.parts:
-            return '_has(None, "")'  # unreachable for checked policies
+            return "_action_attribute()"  # the checker refuses it; fail like the interpreter
         return "q.action"
     return f"q.{node.root}" + "".join(f"[{part!r}]" for part in node.parts)
 
 
-def _has(base: Callable[[], Any] | None, name: str) -> bool:
-    if base is None:
-        raise EvalError("action is a name and has no attributes")
+def _action_attribute() -> Any:
+    raise EvalError("action is a name and has no attributes")
+
+
+def _has(base: Callable[[], Any], name: str) -> bool:
+    """``has`` on a computed base: never an error, false when the base is absent."""
     try:
         value = base()
     except Exception:
