@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 CODE := pdp issuer pep tests benchmarks
 
-.PHONY: serve test lint typecheck check-policies pytest bench fmt clean
+.PHONY: serve test lint typecheck check-policies pytest bench fmt proto clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +40,10 @@ pytest: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/engine.py
+
+# Regenerate the gRPC stubs after changing proto/ (a test fails until you do).
+proto: $(STAMP)
+	$(BIN)/python -m pdp.serve.protogen
 
 fmt: $(STAMP)
 	$(BIN)/ruff format $(CODE)
