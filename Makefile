@@ -13,13 +13,9 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[test,bench]'
 	touch $(STAMP)
 
-# The decision service arrives with the gRPC service; until then `make serve` loads,
-# checks and tests the shipped policies and says so.
+# Runs the gRPC decision service on the shipped policies (Ctrl-C drains and stops).
 serve: $(STAMP)
-	$(BIN)/tessera check policies
-	$(BIN)/tessera test policies
-	@echo "the gRPC decision service is not built yet; meanwhile decide requests with:"
-	@echo "  $(BIN)/tessera explain --policies policies REQUEST.json"
+	$(BIN)/tessera serve --policies policies
 
 test: lint typecheck check-policies pytest
 

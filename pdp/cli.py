@@ -113,12 +113,45 @@ def build_parser() -> argparse.ArgumentParser:
                 action="store_true",
                 help="also list the rules whose target does not cover the request",
             )
+    serve = commands.add_parser(
+        "serve",
+        help="run the gRPC decision service",
+        description="Load the policies in DIR and serve tessera.v1.Authorizer over gRPC "
+        "(with the standard health and reflection services) until SIGINT or SIGTERM; "
+        "then drain in-flight calls and stop.",
+    )
+    serve.add_argument(
+        "--policies",
+        default=DEFAULT_POLICIES,
+        metavar="DIR",
+        help=f"policy directory (default: {DEFAULT_POLICIES})",
+    )
+    serve.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)"
+    )
+    serve.add_argument(
+        "--port", type=int, default=50051, help="gRPC port (default: 50051; 0 picks a free one)"
+    )
+    serve.add_argument(
+        "--grace",
+        type=float,
+        default=5.0,
+        metavar="SECONDS",
+        help="how long in-flight calls may finish on shutdown (default: 5)",
+    )
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    handler = {"check": _check, "test": _test, "fmt": _fmt, "eval": _eval, "explain": _explain}
+    handler = {
+        "check": _check,
+        "test": _test,
+        "fmt": _fmt,
+        "eval": _eval,
+        "explain": _explain,
+        "serve": _serve,
+    }
     try:
         code: int = handler[args.command](args, sys.stdout, sys.stderr)
     except BrokenPipeError:
@@ -325,6 +358,33 @@ def _explain(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     explanation = Interpreter(bundle.rules, bundle.lets, bundle.version).explain(request)
     print(render_explanation(explanation, show_untargeted=args.all), file=out)
     return OK if explanation.decision.allow else FAILED
+
+
+def _serve(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    import asyncio
+
+    from pdp.engine import Engine
+    from pdp.loader import load_directory
+    from pdp.serve.grpc import serve_forever
+
+    try:
+        loaded = load_directory(args.policies)
+    except PolicyError as exc:
+        _print_diagnostics(exc.diagnostics, err)
+        print("tessera serve: the policies do not load; nothing is served", file=err)
+        return USAGE
+    _print_diagnostics(loaded.warnings, err)
+    bundle = loaded.bundle
+    summary = (
+        f"tessera: {len(bundle.rules)} rules from {args.policies} "
+        f"(bundle {bundle.version}); health and reflection are on"
+    )
+    try:
+        asyncio.run(serve_forever(Engine(bundle), args.host, args.port, args.grace, [summary]))
+    except OSError as exc:
+        print(f"tessera serve: {exc}", file=err)
+        return USAGE
+    return OK
 
 
 def _indent(text: str, prefix: str) -> str:

@@ -214,8 +214,12 @@ class Engine:
             found = self._memo[key] = self.bundle.index.candidates(*key)
         return found
 
-    def decide(self, request: Request) -> Decision:
-        """The decision for one request. Never raises for a well-formed request."""
+    def decide(self, request: Request, commit: bool = True) -> Decision:
+        """The decision for one request. Never raises for a well-formed request.
+
+        ``commit=False`` decides without recording limit usage: for questions such as
+        "which tools may this agent use?", which are not calls.
+        """
         resource = request.resource
         found = self._memo.get((request.action, resource["type"], resource["id"]))
         if found is None:
@@ -237,12 +241,12 @@ class Engine:
                     failed = []
                 failed.append((rule, exc))
         if failed is not None:
-            return self._slow(request, forbidden or [], failed, [], [], [])
+            return self._slow(request, forbidden or [], failed, [], [], [], commit)
         if forbidden is not None:
             if len(forbidden) == 1:
                 decision: Decision = forbidden[0].decision
                 return decision
-            return self._slow(request, forbidden, [], [], [], [])
+            return self._slow(request, forbidden, [], [], [], [], commit)
 
         applied: list[CompiledRule] | None = None
         gated: list[CompiledRule] | None = None
@@ -275,20 +279,21 @@ class Engine:
                     decision = applied[0].decision
                     return decision
             elif applied is None and len(gated) == 1:
-                return self._one_gated(request, gated[0])
-        return self._slow(request, [], [], applied or [], gated or [], permit_failed or [])
+                return self._one_gated(request, gated[0], commit)
+        return self._slow(request, [], [], applied or [], gated or [], permit_failed or [], commit)
 
-    def _one_gated(self, request: Request, rule: CompiledRule) -> Decision:
+    def _one_gated(self, request: Request, rule: CompiledRule, commit: bool) -> Decision:
         """The common case of a permit with limits or obligations that alone matched."""
         now = self.clock()
         try:
             kind, payload = self._gate(rule, request, now)
         except Exception:
-            return self._slow(request, [], [], [], [rule], [])
+            return self._slow(request, [], [], [], [rule], [], commit)
         if kind == "applies":
-            add = self.counters.add
-            for key, window, amount in payload:
-                add(key, window, amount, now)
+            if commit:
+                add = self.counters.add
+                for key, window, amount in payload:
+                    add(key, window, amount, now)
             decision: Decision = rule.decision
             return decision
         if kind == "requires":
@@ -308,6 +313,7 @@ class Engine:
         applied: list[CompiledRule],
         gated: list[CompiledRule],
         permit_failed: list[tuple[CompiledRule, Exception]],
+        commit: bool = True,
     ) -> Decision:
         """Everything beyond one clean match: errors, several rules, limits, obligations."""
         now = self.clock()
@@ -341,7 +347,7 @@ class Engine:
             [self._error(r, request, exc) for r, exc in failures],
             over,
         )
-        if decision.allow:
+        if decision.allow and commit:
             for rule in applied:
                 for key, window, amount in usages.get(rule.position, ()):
                     self.counters.add(key, window, amount, now)

@@ -268,3 +268,13 @@ def test_candidate_memo_is_bounded() -> None:
         )
         assert engine.decide(req).allow
     assert len(engine._memo) <= CANDIDATE_MEMO_SIZE
+
+
+def test_deciding_without_commit_leaves_limits_untouched() -> None:
+    bundle = bundle_of('permit p call tool "s" limit 1 calls per 1h')
+    engine = Engine(bundle, clock=lambda: 5.0)
+    req = request(bundle, tool="s")
+    for _ in range(3):
+        assert engine.decide(req, commit=False).allow
+    assert engine.decide(req).allow
+    assert not engine.decide(req, commit=False).allow

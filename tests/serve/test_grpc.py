@@ -1,0 +1,173 @@
+"""The decision service over real gRPC on loopback: decisions, errors, health, listing."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from pdp.engine import Engine
+from pdp.loader import load_directory
+from pdp.serve.grpc import Running, start
+from pdp.serve.proto import authorizer_pb2 as pb
+from pdp.serve.proto import authorizer_pb2_grpc as pb_grpc
+
+POLICIES = Path(__file__).resolve().parents[2] / "policies"
+
+
+class Server:
+    """A real server on 127.0.0.1 in its own event loop thread."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.running: Running = asyncio.run_coroutine_threadsafe(
+            start(engine, "127.0.0.1", 0), self.loop
+        ).result(timeout=10)
+        self.channel = grpc.insecure_channel(f"127.0.0.1:{self.running.port}")
+
+    def close(self) -> None:
+        self.channel.close()
+        asyncio.run_coroutine_threadsafe(self.running.stop(0), self.loop).result(timeout=10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[Server]:
+    running = Server(Engine(load_directory(POLICIES).bundle))
+    yield running
+    running.close()
+
+
+@pytest.fixture
+def stub(server: Server) -> pb_grpc.AuthorizerStub:
+    return pb_grpc.AuthorizerStub(server.channel)
+
+
+def agent(status: str = "active", risk: str = "low") -> pb.Agent:
+    return pb.Agent(
+        id="pay-bot",
+        attributes={
+            "status": pb.Value(string=status),
+            "risk": pb.Value(risk=risk),
+            "purpose": pb.Value(string="payments"),
+        },
+    )
+
+
+def call(tool: str, **context: pb.Value) -> pb.AuthorizeRequest:
+    return pb.AuthorizeRequest(
+        agent=agent(),
+        action="tool.call",
+        resource=pb.Resource(type="tool", id=tool),
+        context=context,
+    )
+
+
+def test_authorize_allows_and_names_the_rule(stub: pb_grpc.AuthorizerStub) -> None:
+    response = stub.Authorize(call("search"), timeout=5)
+    assert response.allow
+    assert list(response.decided_by) == ["agents.read_only"]
+    assert response.bundle_version.startswith("sha256:")
+    assert len(response.decision_id) == 32
+
+
+def test_authorize_carries_obligations(stub: pb_grpc.AuthorizerStub) -> None:
+    request = call(
+        "payments.transfer", amount=pb.Value(money=pb.Money(amount="200", currency="USD"))
+    )
+    request.user.id = "alice"
+    response = stub.Authorize(request, timeout=5)
+    assert not response.allow
+    assert [(o.kind, o.value) for o in response.obligations] == [("consent", "payments:transfer")]
+
+
+def test_a_malformed_request_is_invalid_argument_naming_the_field(
+    stub: pb_grpc.AuthorizerStub,
+) -> None:
+    with pytest.raises(grpc.RpcError) as caught:
+        stub.Authorize(call("payments.transfer", amount=pb.Value(string="lots")), timeout=5)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert caught.value.details().startswith("context.amount: invalid money")
+
+
+def test_batch_answers_in_order(stub: pb_grpc.AuthorizerStub) -> None:
+    suspended = call("search")
+    suspended.agent.attributes["status"].string = "suspended"
+    batch = pb.AuthorizeBatchRequest(requests=[call("search"), suspended, call("rm -rf")])
+    responses = stub.AuthorizeBatch(batch, timeout=5).responses
+    assert [r.allow for r in responses] == [True, False, False]
+    assert list(responses[1].decided_by) == ["agents.inactive_agents"]
+    assert len({r.decision_id for r in responses}) == 3
+
+
+def test_batch_names_the_bad_request(stub: pb_grpc.AuthorizerStub) -> None:
+    bad = call("search")
+    bad.agent.id = ""
+    with pytest.raises(grpc.RpcError) as caught:
+        stub.AuthorizeBatch(pb.AuthorizeBatchRequest(requests=[call("search"), bad]), timeout=5)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert caught.value.details().startswith("requests[1].agent.id: required")
+
+
+def test_list_allowed_filters_tools_without_using_limits(stub: pb_grpc.AuthorizerStub) -> None:
+    external = pb.Agent(
+        id="partner",
+        attributes={
+            "status": pb.Value(string="active"),
+            "risk": pb.Value(risk="medium"),
+            "type": pb.Value(string="external"),
+        },
+    )
+    tools = ["web.search", "search", "payments.transfer", "fs.write_file"]
+    listing = pb.ListAllowedRequest(
+        agent=external,
+        action="tool.call",
+        candidates=[pb.Resource(type="tool", id=t) for t in tools],
+    )
+    for _ in range(70):  # more than the 60-a-minute limit on web.search: listing is free
+        allowed = stub.ListAllowed(listing, timeout=5)
+    assert [r.id for r in allowed.allowed] == ["web.search", "search"]
+
+
+def test_health_is_serving(server: Server) -> None:
+    health = health_pb2_grpc.HealthStub(server.channel)
+    for service in ("", "tessera.v1.Authorizer"):
+        reply = health.Check(health_pb2.HealthCheckRequest(service=service), timeout=5)
+        assert reply.status == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_tessera_serve_prints_where_it_listens_and_stops_on_sigterm() -> None:
+    import re
+    import signal
+    import subprocess
+    import sys
+
+    exe = Path(sys.executable).parent / "tessera"
+    process = subprocess.Popen(
+        [str(exe), "serve", "--policies", str(POLICIES), "--port", "0", "--grace", "1"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        first = process.stdout.readline()
+        match = re.match(r"tessera: serving tessera\.v1\.Authorizer on 127\.0\.0\.1:(\d+)", first)
+        assert match, first
+        with grpc.insecure_channel(f"127.0.0.1:{match.group(1)}") as channel:
+            reply = pb_grpc.AuthorizerStub(channel).Authorize(call("search"), timeout=10)
+            assert reply.allow
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=20) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(timeout=10)
