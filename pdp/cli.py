@@ -118,7 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="run the gRPC decision service",
         description="Load the policies in DIR and serve tessera.v1.Authorizer over gRPC "
         "(with the standard health and reflection services) until SIGINT or SIGTERM; "
-        "then drain in-flight calls and stop.",
+        "then drain in-flight calls and stop. Changes to DIR are loaded while serving; "
+        "a directory that does not load is logged and the previous policies keep serving.",
     )
     serve.add_argument(
         "--policies",
@@ -377,10 +378,14 @@ def _serve(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     bundle = loaded.bundle
     summary = (
         f"tessera: {len(bundle.rules)} rules from {args.policies} "
-        f"(bundle {bundle.version}); health and reflection are on"
+        f"(bundle {bundle.version}), reloaded when they change; health and reflection are on"
     )
     try:
-        asyncio.run(serve_forever(Engine(bundle), args.host, args.port, args.grace, [summary]))
+        asyncio.run(
+            serve_forever(
+                Engine(bundle), args.host, args.port, args.grace, [summary], Path(args.policies)
+            )
+        )
     except OSError as exc:
         print(f"tessera serve: {exc}", file=err)
         return USAGE

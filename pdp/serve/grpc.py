@@ -14,16 +14,19 @@ import signal
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from pdp.engine import Engine
+from pdp.loader import Loaded
 from pdp.request import RequestError
 from pdp.serve.convert import decision_to_message, request_from_message
 from pdp.serve.proto import authorizer_pb2 as pb
 from pdp.serve.proto import authorizer_pb2_grpc as pb_grpc
+from pdp.serve.reload import Reloader
 
 log = logging.getLogger("tessera.serve")
 
@@ -40,6 +43,11 @@ class AuthorizerService(pb_grpc.AuthorizerServicer):  # type: ignore[misc]
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
+
+    def use(self, loaded: Loaded) -> None:
+        """Decide with a new bundle from the next call on; limits carry over."""
+        old = self.engine
+        self.engine = Engine(loaded.bundle, old.counters, old.clock)
 
     async def Authorize(  # the contract names the methods
         self, request: pb.AuthorizeRequest, context: grpc.aio.ServicerContext
@@ -99,17 +107,29 @@ class Running:
     server: grpc.aio.Server
     port: int
     health: health.HealthServicer
+    service: AuthorizerService
+    reloader: Reloader | None = None
 
     async def stop(self, grace: float = 5.0) -> None:
         """Refuse new calls, let in-flight ones finish for ``grace`` seconds, then stop."""
+        if self.reloader is not None:
+            await self.reloader.stop()
         self.health.enter_graceful_shutdown()
         await self.server.stop(grace)
 
 
-async def start(engine: Engine, host: str = "127.0.0.1", port: int = 50051) -> Running:
-    """Start serving ``engine`` on ``host:port`` (port 0 picks a free one)."""
+async def start(
+    engine: Engine,
+    host: str = "127.0.0.1",
+    port: int = 50051,
+    watch: Path | None = None,
+    interval: float = 1.0,
+) -> Running:
+    """Start serving ``engine`` on ``host:port`` (port 0 picks a free one); with
+    ``watch``, reload from that policy directory whenever it changes."""
     server = grpc.aio.server()
-    pb_grpc.add_AuthorizerServicer_to_server(AuthorizerService(engine), server)  # type: ignore[no-untyped-call]
+    service = AuthorizerService(engine)
+    pb_grpc.add_AuthorizerServicer_to_server(service, server)  # type: ignore[no-untyped-call]
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
@@ -122,14 +142,23 @@ async def start(engine: Engine, host: str = "127.0.0.1", port: int = 50051) -> R
     # A bundle is loaded before the server starts, so it serves from the first call.
     for name in ("", SERVICE_NAME):
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    return Running(server, bound, health_servicer)
+    reloader = None
+    if watch is not None:
+        reloader = Reloader(watch, service.use, interval)
+        reloader.start()
+    return Running(server, bound, health_servicer, service, reloader)
 
 
 async def serve_forever(
-    engine: Engine, host: str, port: int, grace: float = 5.0, announce: Sequence[str] = ()
+    engine: Engine,
+    host: str,
+    port: int,
+    grace: float = 5.0,
+    announce: Sequence[str] = (),
+    watch: Path | None = None,
 ) -> None:
     """Serve until SIGINT or SIGTERM, then drain in-flight calls and stop."""
-    running = await start(engine, host, port)
+    running = await start(engine, host, port, watch)
     print(f"tessera: serving tessera.v1.Authorizer on {host}:{running.port}", flush=True)
     for line in announce:
         print(line, flush=True)
