@@ -22,7 +22,7 @@ from grpc_reflection.v1alpha import reflection
 
 from pdp.engine import Engine
 from pdp.loader import Loaded
-from pdp.request import RequestError
+from pdp.request import Request, RequestError
 from pdp.serve.convert import decision_to_message, request_from_message
 from pdp.serve.proto import authorizer_pb2 as pb
 from pdp.serve.proto import authorizer_pb2_grpc as pb_grpc
@@ -53,22 +53,17 @@ class AuthorizerService(pb_grpc.AuthorizerServicer):  # type: ignore[misc]
         self, request: pb.AuthorizeRequest, context: grpc.aio.ServicerContext
     ) -> pb.AuthorizeResponse:
         engine = self.engine
-        try:
-            typed = request_from_message(request, engine.bundle.schema)
-        except RequestError as exc:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        typed = await _typed(request, engine, context, "")
         return decision_to_message(engine.decide(typed), new_decision_id())
 
     async def AuthorizeBatch(
         self, request: pb.AuthorizeBatchRequest, context: grpc.aio.ServicerContext
     ) -> pb.AuthorizeBatchResponse:
         engine = self.engine
-        typed = []
-        for index, item in enumerate(request.requests):
-            try:
-                typed.append(request_from_message(item, engine.bundle.schema))
-            except RequestError as exc:
-                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"requests[{index}].{exc}")
+        typed = [
+            await _typed(item, engine, context, f"requests[{index}].")
+            for index, item in enumerate(request.requests)
+        ]
         decide = engine.decide
         return pb.AuthorizeBatchResponse(
             responses=[decision_to_message(decide(r), new_decision_id()) for r in typed]
@@ -90,14 +85,22 @@ class AuthorizerService(pb_grpc.AuthorizerServicer):  # type: ignore[misc]
                 question.user.CopyFrom(request.user)
             if request.HasField("delegation"):
                 question.delegation.CopyFrom(request.delegation)
-            try:
-                typed = request_from_message(question, engine.bundle.schema)
-            except RequestError as exc:
-                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"candidates[{index}]: {exc}")
+            typed = await _typed(question, engine, context, f"candidates[{index}]: ")
             # Listing is not calling: it must not use up any limit.
             if engine.decide(typed, commit=False).allow:
                 allowed.append(candidate)
         return pb.ListAllowedResponse(allowed=allowed, bundle_version=engine.version)
+
+
+async def _typed(
+    message: pb.AuthorizeRequest, engine: Engine, context: grpc.aio.ServicerContext, where: str
+) -> Request:
+    """The typed request, or the call ends with INVALID_ARGUMENT naming the field."""
+    try:
+        return request_from_message(message, engine.bundle.schema)
+    except RequestError as exc:
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{where}{exc}")
+        raise  # abort raises; this line only tells type checkers so
 
 
 @dataclass
