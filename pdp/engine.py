@@ -214,6 +214,12 @@ class Engine:
             found = self._memo[key] = self.bundle.index.candidates(*key)
         return found
 
+    def touches_limits(self, request: Request) -> bool:
+        """Whether a rule with a ``limit`` could decide this request (then its decision
+        depends on counters and must not be cached)."""
+        permits = self.candidates(request)[1]
+        return any(rule.limits for rule in permits)
+
     def decide(self, request: Request, commit: bool = True) -> Decision:
         """The decision for one request. Never raises for a well-formed request.
 

@@ -17,9 +17,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
+from cachetools import LRUCache
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from pdp.decision import Decision
 from pdp.engine import Engine
 from pdp.loader import Loaded
 from pdp.request import Request, RequestError
@@ -29,6 +31,8 @@ from pdp.serve.proto import authorizer_pb2_grpc as pb_grpc
 from pdp.serve.reload import Reloader
 
 log = logging.getLogger("tessera.serve")
+
+DEFAULT_CACHE_SIZE = 10_000
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Authorizer"].full_name
 
@@ -41,20 +45,50 @@ def new_decision_id() -> str:
 class AuthorizerService(pb_grpc.AuthorizerServicer):  # type: ignore[misc]
     """Authorize, AuthorizeBatch and ListAllowed against the current engine."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, cache_size: int = DEFAULT_CACHE_SIZE) -> None:
         self.engine = engine
+        # Decisions by the request's deterministic encoding, for requests whose candidate
+        # rules have no limit (their answer cannot depend on counters). Each response
+        # still gets its own decision id.
+        self.cache: LRUCache[bytes, Decision] | None = (
+            LRUCache(maxsize=cache_size) if cache_size > 0 else None
+        )
+        self.cache_hits = 0
+        self.cache_misses = 0
 
     def use(self, loaded: Loaded) -> None:
         """Decide with a new bundle from the next call on; limits carry over."""
         old = self.engine
         self.engine = Engine(loaded.bundle, old.counters, old.clock)
+        if self.cache is not None:
+            self.cache.clear()
+
+    def _decide(self, message: pb.AuthorizeRequest, typed: Request) -> Decision:
+        """Decide, remembering the answer when no limit can change it."""
+        engine = self.engine
+        decision = engine.decide(typed)
+        if self.cache is not None and not engine.touches_limits(typed):
+            self.cache[message.SerializeToString(deterministic=True)] = decision
+        return decision
+
+    def _cached(self, message: pb.AuthorizeRequest) -> Decision | None:
+        if self.cache is None:
+            return None
+        decision = self.cache.get(message.SerializeToString(deterministic=True))
+        if decision is None:
+            self.cache_misses += 1
+        else:
+            self.cache_hits += 1
+        return decision
 
     async def Authorize(  # the contract names the methods
         self, request: pb.AuthorizeRequest, context: grpc.aio.ServicerContext
     ) -> pb.AuthorizeResponse:
-        engine = self.engine
-        typed = await _typed(request, engine, context, "")
-        return decision_to_message(engine.decide(typed), new_decision_id())
+        decision = self._cached(request)
+        if decision is None:
+            typed = await _typed(request, self.engine, context, "")
+            decision = self._decide(request, typed)
+        return decision_to_message(decision, new_decision_id())
 
     async def AuthorizeBatch(
         self, request: pb.AuthorizeBatchRequest, context: grpc.aio.ServicerContext
@@ -127,11 +161,12 @@ async def start(
     port: int = 50051,
     watch: Path | None = None,
     interval: float = 1.0,
+    cache_size: int = DEFAULT_CACHE_SIZE,
 ) -> Running:
     """Start serving ``engine`` on ``host:port`` (port 0 picks a free one); with
     ``watch``, reload from that policy directory whenever it changes."""
     server = grpc.aio.server()
-    service = AuthorizerService(engine)
+    service = AuthorizerService(engine, cache_size)
     pb_grpc.add_AuthorizerServicer_to_server(service, server)  # type: ignore[no-untyped-call]
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

@@ -171,3 +171,35 @@ def test_tessera_serve_prints_where_it_listens_and_stops_on_sigterm() -> None:
         if process.poll() is None:
             process.kill()
             process.wait(timeout=10)
+
+
+def test_repeated_requests_come_from_the_cache_with_fresh_ids(server: Server) -> None:
+    stub = pb_grpc.AuthorizerStub(server.channel)
+    service = server.running.service
+    question = call("summarize")
+    hits = service.cache_hits
+    first = stub.Authorize(question, timeout=5)
+    second = stub.Authorize(question, timeout=5)
+    assert service.cache_hits == hits + 1
+    assert first.allow and second.allow
+    assert first.decision_id != second.decision_id
+
+
+def test_requests_that_meet_a_limit_are_never_cached(server: Server) -> None:
+    stub = pb_grpc.AuthorizerStub(server.channel)
+    service = server.running.service
+    partner = pb.Agent(
+        id="cache-partner",
+        attributes={
+            "status": pb.Value(string="active"),
+            "risk": pb.Value(risk="low"),
+            "type": pb.Value(string="external"),
+        },
+    )
+    question = pb.AuthorizeRequest(
+        agent=partner, action="tool.call", resource=pb.Resource(type="tool", id="web.search")
+    )
+    hits = service.cache_hits
+    answers = [stub.Authorize(question, timeout=5).allow for _ in range(61)]
+    assert answers == [True] * 60 + [False]  # the 60-a-minute limit still counts
+    assert service.cache_hits == hits

@@ -90,3 +90,19 @@ def test_limits_carry_over_a_reload(tmp_path: Path) -> None:
     )
     assert asyncio.run(reloader.check()) is True
     assert not search(service.engine)
+
+
+def test_a_new_bundle_empties_the_decision_cache(tmp_path: Path) -> None:
+    directory = tmp_path / "policies"
+    directory.mkdir()
+    (directory / "p.pol").write_text('permit open call tool "search"\n')
+    loaded = load_directory(directory)
+    service = AuthorizerService(Engine(loaded.bundle))
+    assert service.cache is not None
+    service.cache[b"a request"] = service.engine.decide(
+        Request.build(
+            agent={"id": "a"}, action="tool.call", resource_type="tool", resource_id="search"
+        )
+    )
+    service.use(loaded)
+    assert len(service.cache) == 0
