@@ -140,6 +140,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="how long in-flight calls may finish on shutdown (default: 5)",
     )
+    serve.add_argument(
+        "--metrics-port",
+        type=int,
+        default=9464,
+        metavar="PORT",
+        help="port of Prometheus /metrics on the same host (default: 9464; 0 picks one)",
+    )
+    serve.add_argument("--no-metrics", action="store_true", help="do not serve /metrics")
     return parser
 
 
@@ -383,7 +391,13 @@ def _serve(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     try:
         asyncio.run(
             serve_forever(
-                Engine(bundle), args.host, args.port, args.grace, [summary], Path(args.policies)
+                Engine(bundle),
+                args.host,
+                args.port,
+                args.grace,
+                [summary],
+                Path(args.policies),
+                None if args.no_metrics else args.metrics_port,
             )
         )
     except OSError as exc:

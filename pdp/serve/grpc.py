@@ -9,12 +9,15 @@ lets generic clients discover the contract.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
+import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from wsgiref.simple_server import WSGIServer
 
 import grpc
 from cachetools import LRUCache
@@ -24,6 +27,7 @@ from grpc_reflection.v1alpha import reflection
 from pdp.decision import Decision
 from pdp.engine import Engine
 from pdp.loader import Loaded
+from pdp.metrics import Metrics
 from pdp.request import Request, RequestError
 from pdp.serve.convert import decision_to_message, request_from_message
 from pdp.serve.proto import authorizer_pb2 as pb
@@ -45,8 +49,15 @@ def new_decision_id() -> str:
 class AuthorizerService(pb_grpc.AuthorizerServicer):  # type: ignore[misc]
     """Authorize, AuthorizeBatch and ListAllowed against the current engine."""
 
-    def __init__(self, engine: Engine, cache_size: int = DEFAULT_CACHE_SIZE) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        cache_size: int = DEFAULT_CACHE_SIZE,
+        metrics: Metrics | None = None,
+    ) -> None:
         self.engine = engine
+        self.metrics = metrics if metrics is not None else Metrics()
+        self.metrics.bundle.info({"version": engine.version})
         # Decisions by the request's deterministic encoding, for requests whose candidate
         # rules have no limit (their answer cannot depend on counters). Each response
         # still gets its own decision id.
@@ -60,15 +71,23 @@ class AuthorizerService(pb_grpc.AuthorizerServicer):  # type: ignore[misc]
         """Decide with a new bundle from the next call on; limits carry over."""
         old = self.engine
         self.engine = Engine(loaded.bundle, old.counters, old.clock)
+        self.metrics.bundle.info({"version": self.engine.version})
         if self.cache is not None:
             self.cache.clear()
 
     def _decide(self, message: pb.AuthorizeRequest, typed: Request) -> Decision:
         """Decide, remembering the answer when no limit can change it."""
         engine = self.engine
-        decision = engine.decide(typed)
+        decision = self._timed(engine, typed, True)
         if self.cache is not None and not engine.touches_limits(typed):
             self.cache[message.SerializeToString(deterministic=True)] = decision
+        return decision
+
+    def _timed(self, engine: Engine, typed: Request, commit: bool) -> Decision:
+        start = time.perf_counter()
+        decision = engine.decide(typed, commit)
+        self.metrics.engine_seconds.observe(time.perf_counter() - start)
+        self.metrics.decided(decision)
         return decision
 
     def _cached(self, message: pb.AuthorizeRequest) -> Decision | None:
@@ -77,53 +96,68 @@ class AuthorizerService(pb_grpc.AuthorizerServicer):  # type: ignore[misc]
         decision = self.cache.get(message.SerializeToString(deterministic=True))
         if decision is None:
             self.cache_misses += 1
+            self.metrics.cache.labels("miss").inc()
         else:
             self.cache_hits += 1
+            self.metrics.cache.labels("hit").inc()
+            self.metrics.decided(decision)
         return decision
+
+    def _rpc(self, method: str) -> contextlib.ExitStack:
+        """Count the call in flight and time it."""
+        stack = contextlib.ExitStack()
+        stack.enter_context(self.metrics.in_flight.track_inprogress())
+        stack.enter_context(self.metrics.rpc_seconds.labels(method).time())
+        return stack
 
     async def Authorize(  # the contract names the methods
         self, request: pb.AuthorizeRequest, context: grpc.aio.ServicerContext
     ) -> pb.AuthorizeResponse:
-        decision = self._cached(request)
-        if decision is None:
-            typed = await _typed(request, self.engine, context, "")
-            decision = self._decide(request, typed)
-        return decision_to_message(decision, new_decision_id())
+        with self._rpc("Authorize"):
+            decision = self._cached(request)
+            if decision is None:
+                typed = await _typed(request, self.engine, context, "")
+                decision = self._decide(request, typed)
+            return decision_to_message(decision, new_decision_id())
 
     async def AuthorizeBatch(
         self, request: pb.AuthorizeBatchRequest, context: grpc.aio.ServicerContext
     ) -> pb.AuthorizeBatchResponse:
-        engine = self.engine
-        typed = [
-            await _typed(item, engine, context, f"requests[{index}].")
-            for index, item in enumerate(request.requests)
-        ]
-        decide = engine.decide
-        return pb.AuthorizeBatchResponse(
-            responses=[decision_to_message(decide(r), new_decision_id()) for r in typed]
-        )
+        with self._rpc("AuthorizeBatch"):
+            engine = self.engine
+            typed = [
+                await _typed(item, engine, context, f"requests[{index}].")
+                for index, item in enumerate(request.requests)
+            ]
+            return pb.AuthorizeBatchResponse(
+                responses=[
+                    decision_to_message(self._timed(engine, r, True), new_decision_id())
+                    for r in typed
+                ]
+            )
 
     async def ListAllowed(
         self, request: pb.ListAllowedRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListAllowedResponse:
-        engine = self.engine
-        allowed = []
-        for index, candidate in enumerate(request.candidates):
-            question = pb.AuthorizeRequest(
-                agent=request.agent,
-                action=request.action,
-                resource=candidate,
-                context=request.context,
-            )
-            if request.HasField("user"):
-                question.user.CopyFrom(request.user)
-            if request.HasField("delegation"):
-                question.delegation.CopyFrom(request.delegation)
-            typed = await _typed(question, engine, context, f"candidates[{index}]: ")
-            # Listing is not calling: it must not use up any limit.
-            if engine.decide(typed, commit=False).allow:
-                allowed.append(candidate)
-        return pb.ListAllowedResponse(allowed=allowed, bundle_version=engine.version)
+        with self._rpc("ListAllowed"):
+            engine = self.engine
+            allowed = []
+            for index, candidate in enumerate(request.candidates):
+                question = pb.AuthorizeRequest(
+                    agent=request.agent,
+                    action=request.action,
+                    resource=candidate,
+                    context=request.context,
+                )
+                if request.HasField("user"):
+                    question.user.CopyFrom(request.user)
+                if request.HasField("delegation"):
+                    question.delegation.CopyFrom(request.delegation)
+                typed = await _typed(question, engine, context, f"candidates[{index}]: ")
+                # Listing is not calling: it must not use up any limit.
+                if self._timed(engine, typed, False).allow:
+                    allowed.append(candidate)
+            return pb.ListAllowedResponse(allowed=allowed, bundle_version=engine.version)
 
 
 async def _typed(
@@ -146,6 +180,7 @@ class Running:
     health: health.HealthServicer
     service: AuthorizerService
     reloader: Reloader | None = None
+    metrics_server: WSGIServer | None = None
 
     async def stop(self, grace: float = 5.0) -> None:
         """Refuse new calls, let in-flight ones finish for ``grace`` seconds, then stop."""
@@ -153,6 +188,9 @@ class Running:
             await self.reloader.stop()
         self.health.enter_graceful_shutdown()
         await self.server.stop(grace)
+        if self.metrics_server is not None:
+            self.metrics_server.shutdown()
+            self.metrics_server.server_close()
 
 
 async def start(
@@ -162,11 +200,14 @@ async def start(
     watch: Path | None = None,
     interval: float = 1.0,
     cache_size: int = DEFAULT_CACHE_SIZE,
+    metrics_port: int | None = None,
 ) -> Running:
     """Start serving ``engine`` on ``host:port`` (port 0 picks a free one); with
-    ``watch``, reload from that policy directory whenever it changes."""
+    ``watch``, reload from that policy directory whenever it changes; with
+    ``metrics_port``, serve Prometheus metrics on ``host:metrics_port/metrics``."""
     server = grpc.aio.server()
-    service = AuthorizerService(engine, cache_size)
+    metrics = Metrics()
+    service = AuthorizerService(engine, cache_size, metrics)
     pb_grpc.add_AuthorizerServicer_to_server(service, server)  # type: ignore[no-untyped-call]
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -182,9 +223,10 @@ async def start(
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     reloader = None
     if watch is not None:
-        reloader = Reloader(watch, service.use, interval)
+        reloader = Reloader(watch, service.use, interval, metrics.reloads)
         reloader.start()
-    return Running(server, bound, health_servicer, service, reloader)
+    metrics_server = metrics.serve(metrics_port, host) if metrics_port is not None else None
+    return Running(server, bound, health_servicer, service, reloader, metrics_server)
 
 
 async def serve_forever(
@@ -194,10 +236,14 @@ async def serve_forever(
     grace: float = 5.0,
     announce: Sequence[str] = (),
     watch: Path | None = None,
+    metrics_port: int | None = None,
 ) -> None:
     """Serve until SIGINT or SIGTERM, then drain in-flight calls and stop."""
-    running = await start(engine, host, port, watch)
+    running = await start(engine, host, port, watch, metrics_port=metrics_port)
     print(f"tessera: serving tessera.v1.Authorizer on {host}:{running.port}", flush=True)
+    if running.metrics_server is not None:
+        where = f"{host}:{running.metrics_server.server_port}"
+        print(f"tessera: metrics on http://{where}/metrics", flush=True)
     for line in announce:
         print(line, flush=True)
     stopping = asyncio.Event()

@@ -15,6 +15,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from prometheus_client import Counter
+
 from pdp.lang.errors import PolicyError
 from pdp.loader import Loaded, load_directory, policy_files
 
@@ -50,8 +52,10 @@ class Reloader:
         directory: str | Path,
         swap: Callable[[Loaded], None],
         interval: float = 1.0,
+        counter: Counter | None = None,
     ) -> None:
         self.directory = Path(directory)
+        self.counter = counter  # tessera_reloads{result}, when metrics are on
         self.swap = swap
         self.interval = interval
         self.stats = ReloadStats()
@@ -82,11 +86,15 @@ class Reloader:
             loaded = await asyncio.to_thread(load_directory, self.directory)
         except PolicyError as exc:
             self.stats.failures += 1
+            if self.counter is not None:
+                self.counter.labels("failure").inc()
             self.stats.last_error = str(exc)
             log.error("policy reload rejected; the previous bundle keeps serving:\n%s", exc)
             return False
         self.swap(loaded)
         self.stats.successes += 1
+        if self.counter is not None:
+            self.counter.labels("success").inc()
         self.stats.last_error = ""
         log.info("policy bundle %s loaded from %s", loaded.bundle.version, self.directory)
         return True

@@ -149,10 +149,14 @@ def test_tessera_serve_prints_where_it_listens_and_stops_on_sigterm() -> None:
     import signal
     import subprocess
     import sys
+    import urllib.request
 
     exe = Path(sys.executable).parent / "tessera"
     process = subprocess.Popen(
-        [str(exe), "serve", "--policies", str(POLICIES), "--port", "0", "--grace", "1"],
+        [
+            *(str(exe), "serve", "--policies", str(POLICIES)),
+            *("--port", "0", "--metrics-port", "0", "--grace", "1"),
+        ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -162,9 +166,17 @@ def test_tessera_serve_prints_where_it_listens_and_stops_on_sigterm() -> None:
         first = process.stdout.readline()
         match = re.match(r"tessera: serving tessera\.v1\.Authorizer on 127\.0\.0\.1:(\d+)", first)
         assert match, first
+        metrics_line = process.stdout.readline()
+        metrics = re.match(r"tessera: metrics on (http://127\.0\.0\.1:\d+/metrics)", metrics_line)
+        assert metrics, metrics_line
         with grpc.insecure_channel(f"127.0.0.1:{match.group(1)}") as channel:
             reply = pb_grpc.AuthorizerStub(channel).Authorize(call("search"), timeout=10)
             assert reply.allow
+        with urllib.request.urlopen(metrics.group(1), timeout=10) as page:
+            text = page.read().decode()
+        assert 'tessera_decisions_total{result="allow",rule="agents.read_only"} 1.0' in text
+        assert 'tessera_rpc_seconds_count{method="Authorize"} 1.0' in text
+        assert "tessera_bundle_info{version=" in text
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=20) == 0
     finally:
@@ -203,3 +215,22 @@ def test_requests_that_meet_a_limit_are_never_cached(server: Server) -> None:
     answers = [stub.Authorize(question, timeout=5).allow for _ in range(61)]
     assert answers == [True] * 60 + [False]  # the 60-a-minute limit still counts
     assert service.cache_hits == hits
+
+
+def test_metrics_count_decisions_cache_and_calls(server: Server) -> None:
+    from prometheus_client import generate_latest
+
+    stub = pb_grpc.AuthorizerStub(server.channel)
+    stub.Authorize(call("read_file"), timeout=5)
+    stub.Authorize(call("read_file"), timeout=5)
+    text = generate_latest(server.running.service.metrics.registry).decode()
+    names = {
+        line.split("{")[0].split(" ")[0]
+        for line in text.splitlines()
+        if line and not line.startswith("#")
+    }
+    assert names and all(name.startswith("tessera_") for name in names)
+    assert 'tessera_decision_cache_total{result="hit"}' in text
+    assert 'tessera_decisions_total{result="allow",rule="agents.read_only"}' in text
+    assert "tessera_engine_seconds_bucket" in text
+    assert "tessera_rpc_in_flight 0.0" in text
