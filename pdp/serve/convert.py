@@ -65,8 +65,11 @@ def request_from_message(message: pb.AuthorizeRequest, schema: Any) -> Request:
     return request_from_json(request_to_json(message), schema)
 
 
-def decision_to_message(decision: Decision, decision_id: str) -> pb.AuthorizeResponse:
+def decision_to_message(
+    decision: Decision, decision_id: str, cacheable: bool = False
+) -> pb.AuthorizeResponse:
     return pb.AuthorizeResponse(
+        cacheable=cacheable,
         allow=decision.allow,
         obligations=[pb.Obligation(kind=o.kind, value=o.value) for o in decision.obligations],
         decided_by=decision.decided_by,

@@ -75,13 +75,14 @@ class AuthorizerService(pb_grpc.AuthorizerServicer):  # type: ignore[misc]
         if self.cache is not None:
             self.cache.clear()
 
-    def _decide(self, message: pb.AuthorizeRequest, typed: Request) -> Decision:
-        """Decide, remembering the answer when no limit can change it."""
+    def _decide(self, message: pb.AuthorizeRequest, typed: Request) -> tuple[Decision, bool]:
+        """Decide, remembering the answer when no limit can change it; say whether."""
         engine = self.engine
         decision = self._timed(engine, typed, True)
-        if self.cache is not None and not engine.touches_limits(typed):
+        cacheable = not engine.touches_limits(typed)
+        if self.cache is not None and cacheable:
             self.cache[message.SerializeToString(deterministic=True)] = decision
-        return decision
+        return decision, cacheable
 
     def _timed(self, engine: Engine, typed: Request, commit: bool) -> Decision:
         start = time.perf_counter()
@@ -115,10 +116,11 @@ class AuthorizerService(pb_grpc.AuthorizerServicer):  # type: ignore[misc]
     ) -> pb.AuthorizeResponse:
         with self._rpc("Authorize"):
             decision = self._cached(request)
+            cacheable = decision is not None
             if decision is None:
                 typed = await _typed(request, self.engine, context, "")
-                decision = self._decide(request, typed)
-            return decision_to_message(decision, new_decision_id())
+                decision, cacheable = self._decide(request, typed)
+            return decision_to_message(decision, new_decision_id(), cacheable)
 
     async def AuthorizeBatch(
         self, request: pb.AuthorizeBatchRequest, context: grpc.aio.ServicerContext
@@ -131,7 +133,11 @@ class AuthorizerService(pb_grpc.AuthorizerServicer):  # type: ignore[misc]
             ]
             return pb.AuthorizeBatchResponse(
                 responses=[
-                    decision_to_message(self._timed(engine, r, True), new_decision_id())
+                    decision_to_message(
+                        self._timed(engine, r, True),
+                        new_decision_id(),
+                        not engine.touches_limits(r),
+                    )
                     for r in typed
                 ]
             )

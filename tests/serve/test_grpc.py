@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,30 +11,11 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from pdp.engine import Engine
 from pdp.loader import load_directory
-from pdp.serve.grpc import Running, start
 from pdp.serve.proto import authorizer_pb2 as pb
 from pdp.serve.proto import authorizer_pb2_grpc as pb_grpc
+from tests.servers import Server
 
 POLICIES = Path(__file__).resolve().parents[2] / "policies"
-
-
-class Server:
-    """A real server on 127.0.0.1 in its own event loop thread."""
-
-    def __init__(self, engine: Engine) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-        self.running: Running = asyncio.run_coroutine_threadsafe(
-            start(engine, "127.0.0.1", 0), self.loop
-        ).result(timeout=10)
-        self.channel = grpc.insecure_channel(f"127.0.0.1:{self.running.port}")
-
-    def close(self) -> None:
-        self.channel.close()
-        asyncio.run_coroutine_threadsafe(self.running.stop(0), self.loop).result(timeout=10)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(timeout=10)
 
 
 @pytest.fixture(scope="module")

@@ -162,7 +162,7 @@ class RuleError(_message.Message):
     def __init__(self, rule: _Optional[str] = ..., effect: _Optional[str] = ..., message: _Optional[str] = ...) -> None: ...
 
 class AuthorizeResponse(_message.Message):
-    __slots__ = ("allow", "obligations", "decided_by", "reasons", "decision_id", "bundle_version", "errors")
+    __slots__ = ("allow", "obligations", "decided_by", "reasons", "decision_id", "bundle_version", "errors", "cacheable")
     ALLOW_FIELD_NUMBER: _ClassVar[int]
     OBLIGATIONS_FIELD_NUMBER: _ClassVar[int]
     DECIDED_BY_FIELD_NUMBER: _ClassVar[int]
@@ -170,6 +170,7 @@ class AuthorizeResponse(_message.Message):
     DECISION_ID_FIELD_NUMBER: _ClassVar[int]
     BUNDLE_VERSION_FIELD_NUMBER: _ClassVar[int]
     ERRORS_FIELD_NUMBER: _ClassVar[int]
+    CACHEABLE_FIELD_NUMBER: _ClassVar[int]
     allow: bool
     obligations: _containers.RepeatedCompositeFieldContainer[Obligation]
     decided_by: _containers.RepeatedScalarFieldContainer[str]
@@ -177,7 +178,8 @@ class AuthorizeResponse(_message.Message):
     decision_id: str
     bundle_version: str
     errors: _containers.RepeatedCompositeFieldContainer[RuleError]
-    def __init__(self, allow: _Optional[bool] = ..., obligations: _Optional[_Iterable[_Union[Obligation, _Mapping]]] = ..., decided_by: _Optional[_Iterable[str]] = ..., reasons: _Optional[_Iterable[str]] = ..., decision_id: _Optional[str] = ..., bundle_version: _Optional[str] = ..., errors: _Optional[_Iterable[_Union[RuleError, _Mapping]]] = ...) -> None: ...
+    cacheable: bool
+    def __init__(self, allow: _Optional[bool] = ..., obligations: _Optional[_Iterable[_Union[Obligation, _Mapping]]] = ..., decided_by: _Optional[_Iterable[str]] = ..., reasons: _Optional[_Iterable[str]] = ..., decision_id: _Optional[str] = ..., bundle_version: _Optional[str] = ..., errors: _Optional[_Iterable[_Union[RuleError, _Mapping]]] = ..., cacheable: _Optional[bool] = ...) -> None: ...
 
 class AuthorizeBatchRequest(_message.Message):
     __slots__ = ("requests",)

@@ -1,0 +1,140 @@
+"""The PEP client stub against a real decision service on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import Iterator
+from decimal import Decimal
+from pathlib import Path
+
+import grpc
+import pytest
+
+from pdp.engine import Engine
+from pdp.lang.values import Money, Risk
+from pdp.loader import load_directory
+from pep.client import AsyncClient, Client, Options, Query, TesseraError, to_value
+from tests.servers import Server
+
+POLICIES = Path(__file__).resolve().parents[2] / "policies"
+ACTIVE = {"status": "active", "risk": Risk.low, "purpose": "payments"}
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[Server]:
+    running = Server(Engine(load_directory(POLICIES).bundle))
+    yield running
+    running.close()
+
+
+@pytest.fixture
+def target(server: Server) -> str:
+    return f"127.0.0.1:{server.running.port}"
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def test_sync_client_allows_and_denies(target: str) -> None:
+    with Client(target) as tessera:
+        allowed = tessera.authorize(Query(agent="helper", tool="search", agent_attributes=ACTIVE))
+        assert allowed.allow and allowed.decided_by == ("agents.read_only",)
+        assert len(allowed.decision_id) == 32
+        consent = tessera.authorize(
+            Query(
+                agent="pay-bot",
+                tool="payments.transfer",
+                user="alice",
+                agent_attributes=ACTIVE,
+                context={"amount": Money(Decimal(200), "USD")},
+            )
+        )
+        assert not consent.allow
+        assert consent.obligations == (("consent", "payments:transfer"),)
+        assert consent.error is None
+
+
+def test_async_client_and_batch(target: str) -> None:
+    async def scenario() -> tuple[bool, list[bool]]:
+        async with AsyncClient(target) as tessera:
+            one = await tessera.authorize(
+                Query(agent="helper", tool="search", agent_attributes=ACTIVE)
+            )
+            many = await tessera.authorize_many(
+                [
+                    Query(agent="helper", tool="search", agent_attributes=ACTIVE),
+                    Query(agent="helper", tool="delete_everything", agent_attributes=ACTIVE),
+                ]
+            )
+            return one.allow, [v.allow for v in many]
+
+    assert asyncio.run(scenario()) == (True, [True, False])
+
+
+def test_sync_batch_keeps_order(target: str) -> None:
+    with Client(target) as tessera:
+        verdicts = tessera.authorize_many(
+            [
+                Query(agent="a", tool="delete_everything", agent_attributes=ACTIVE),
+                Query(agent="a", tool="search", agent_attributes=ACTIVE),
+            ]
+        )
+    assert [v.allow for v in verdicts] == [False, True]
+
+
+def test_an_unreachable_service_is_a_deny_by_default() -> None:
+    options = Options(timeout=0.2, attempts=2, backoff=0.01)
+    with Client(f"127.0.0.1:{free_port()}", options) as tessera:
+        verdict = tessera.authorize(Query(agent="a", tool="search"))
+    assert not verdict.allow
+    assert verdict.error is not None and verdict.error.startswith("UNAVAILABLE")
+    assert verdict.reasons[0].startswith("fail closed")
+
+
+def test_errors_can_raise_instead(target: str) -> None:
+    options = Options(timeout=0.2, attempts=1, on_error="raise")
+    with (
+        Client(f"127.0.0.1:{free_port()}", options) as tessera,
+        pytest.raises(TesseraError) as caught,
+    ):
+        tessera.authorize(Query(agent="a", tool="search"))
+    assert caught.value.code == grpc.StatusCode.UNAVAILABLE
+
+
+def test_a_malformed_query_is_a_deny_naming_the_field(target: str) -> None:
+    with Client(target) as tessera:
+        verdict = tessera.authorize(
+            Query(agent="a", tool="payments.transfer", context={"amount": "lots"})
+        )
+    assert not verdict.allow
+    assert verdict.error is not None
+    assert "INVALID_ARGUMENT: context.amount: invalid money" in verdict.error
+
+
+def test_local_cache_keeps_only_cacheable_answers(target: str) -> None:
+    options = Options(cache_size=100, cache_ttl=60)
+    external = {"status": "active", "risk": Risk.medium, "type": "external"}
+    with Client(target, options) as tessera:
+        first = tessera.authorize(Query(agent="c", tool="summarize", agent_attributes=ACTIVE))
+        second = tessera.authorize(Query(agent="c", tool="summarize", agent_attributes=ACTIVE))
+        assert (first.cached, second.cached) == (False, True)
+        assert second.allow
+        limited = [
+            tessera.authorize(Query(agent="ext", tool="web.search", agent_attributes=external))
+            for _ in range(2)
+        ]
+        assert [v.cached for v in limited] == [False, False]  # a limit is involved
+
+
+def test_python_values_become_typed_values() -> None:
+    assert to_value(Risk.high).risk == "high"
+    assert to_value(Money("1.5", "EUR")).money.amount == "1.5"
+    assert list(to_value({"b", "a"}).strings.values) == ["a", "b"]
+    assert to_value(3).integer == 3 and to_value(2.5).number == 2.5
+    assert to_value(True).bool is True
+    with pytest.raises(TypeError, match="cannot send"):
+        to_value(object())
