@@ -116,38 +116,38 @@ def build_parser() -> argparse.ArgumentParser:
     serve = commands.add_parser(
         "serve",
         help="run the gRPC decision service",
-        description="Load the policies in DIR and serve tessera.v1.Authorizer over gRPC "
-        "(with the standard health and reflection services) until SIGINT or SIGTERM; "
-        "then drain in-flight calls and stop. Changes to DIR are loaded while serving; "
-        "a directory that does not load is logged and the previous policies keep serving.",
+        description="Load the policies and serve tessera.v1.Authorizer over gRPC (with the "
+        "standard health and reflection services) until SIGINT or SIGTERM; then drain "
+        "in-flight calls and stop. Changes to the policy directory are loaded while "
+        "serving; a directory that does not load is logged and the previous policies keep "
+        "serving. Each setting comes from its flag, else TESSERA_<NAME> in the "
+        "environment, else the [serve] table of --config (default ./tessera.toml if it "
+        "exists), else its default.",
     )
-    serve.add_argument(
-        "--policies",
-        default=DEFAULT_POLICIES,
-        metavar="DIR",
-        help=f"policy directory (default: {DEFAULT_POLICIES})",
-    )
-    serve.add_argument(
-        "--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)"
-    )
-    serve.add_argument(
-        "--port", type=int, default=50051, help="gRPC port (default: 50051; 0 picks a free one)"
-    )
+    serve.add_argument("--config", metavar="FILE", help="configuration file (TOML)")
+    serve.add_argument("--policies", metavar="DIR", help="policy directory (default: policies)")
+    serve.add_argument("--host", help="address to listen on (default: 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="gRPC port (default: 50051; 0 picks one)")
     serve.add_argument(
         "--grace",
         type=float,
-        default=5.0,
         metavar="SECONDS",
         help="how long in-flight calls may finish on shutdown (default: 5)",
     )
     serve.add_argument(
         "--metrics-port",
         type=int,
-        default=9464,
         metavar="PORT",
-        help="port of Prometheus /metrics on the same host (default: 9464; 0 picks one)",
+        help="Prometheus /metrics port on the same host (default: 9464; 0 picks one; -1 off)",
     )
-    serve.add_argument("--no-metrics", action="store_true", help="do not serve /metrics")
+    serve.add_argument(
+        "--cache-size", type=int, metavar="N", help="decision cache entries (default: 10000; 0 off)"
+    )
+    serve.add_argument("--tls-cert", metavar="PEM", help="server certificate chain: TLS on")
+    serve.add_argument("--tls-key", metavar="PEM", help="server private key")
+    serve.add_argument(
+        "--tls-client-ca", metavar="PEM", help="require client certificates from this CA (mTLS)"
+    )
     return parser
 
 
@@ -374,10 +374,18 @@ def _serve(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
     from pdp.engine import Engine
     from pdp.loader import load_directory
+    from pdp.serve.config import ConfigError, load_config
     from pdp.serve.grpc import serve_forever
 
+    flags = {k: v for k, v in vars(args).items() if k not in ("command", "config")}
     try:
-        loaded = load_directory(args.policies)
+        config = load_config(flags, config_file=args.config)
+        config.credentials()  # fail now, not after loading the policies
+    except ConfigError as exc:
+        print(f"tessera serve: {exc}", file=err)
+        return USAGE
+    try:
+        loaded = load_directory(config.policies)
     except PolicyError as exc:
         _print_diagnostics(exc.diagnostics, err)
         print("tessera serve: the policies do not load; nothing is served", file=err)
@@ -385,21 +393,11 @@ def _serve(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     _print_diagnostics(loaded.warnings, err)
     bundle = loaded.bundle
     summary = (
-        f"tessera: {len(bundle.rules)} rules from {args.policies} "
+        f"tessera: {len(bundle.rules)} rules from {config.policies} "
         f"(bundle {bundle.version}), reloaded when they change; health and reflection are on"
     )
     try:
-        asyncio.run(
-            serve_forever(
-                Engine(bundle),
-                args.host,
-                args.port,
-                args.grace,
-                [summary],
-                Path(args.policies),
-                None if args.no_metrics else args.metrics_port,
-            )
-        )
+        asyncio.run(serve_forever(Engine(bundle), config, [summary]))
     except OSError as exc:
         print(f"tessera serve: {exc}", file=err)
         return USAGE

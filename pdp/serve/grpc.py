@@ -29,6 +29,7 @@ from pdp.engine import Engine
 from pdp.loader import Loaded
 from pdp.metrics import Metrics
 from pdp.request import Request, RequestError
+from pdp.serve.config import ServeConfig
 from pdp.serve.convert import decision_to_message, request_from_message
 from pdp.serve.proto import authorizer_pb2 as pb
 from pdp.serve.proto import authorizer_pb2_grpc as pb_grpc
@@ -207,10 +208,13 @@ async def start(
     interval: float = 1.0,
     cache_size: int = DEFAULT_CACHE_SIZE,
     metrics_port: int | None = None,
+    tls: tuple[bytes, bytes, bytes | None] | None = None,
 ) -> Running:
     """Start serving ``engine`` on ``host:port`` (port 0 picks a free one); with
     ``watch``, reload from that policy directory whenever it changes; with
-    ``metrics_port``, serve Prometheus metrics on ``host:metrics_port/metrics``."""
+    ``metrics_port``, serve Prometheus metrics on ``host:metrics_port/metrics``; with
+    ``tls`` (key, certificate chain, client CA or None), serve TLS, and require client
+    certificates from that CA when one is given (mutual TLS)."""
     server = grpc.aio.server()
     metrics = Metrics()
     service = AuthorizerService(engine, cache_size, metrics)
@@ -220,7 +224,15 @@ async def start(
     reflection.enable_server_reflection(
         (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
     )
-    bound = server.add_insecure_port(f"{host}:{port}")
+    address = f"{host}:{port}"
+    if tls is None:
+        bound = server.add_insecure_port(address)
+    else:
+        key, chain, client_ca = tls
+        credentials = grpc.ssl_server_credentials(
+            [(key, chain)], root_certificates=client_ca, require_client_auth=client_ca is not None
+        )
+        bound = server.add_secure_port(address, credentials)
     if bound == 0:
         raise OSError(f"cannot listen on {host}:{port}")
     await server.start()
@@ -235,20 +247,27 @@ async def start(
     return Running(server, bound, health_servicer, service, reloader, metrics_server)
 
 
-async def serve_forever(
-    engine: Engine,
-    host: str,
-    port: int,
-    grace: float = 5.0,
-    announce: Sequence[str] = (),
-    watch: Path | None = None,
-    metrics_port: int | None = None,
-) -> None:
+async def serve_forever(engine: Engine, config: ServeConfig, announce: Sequence[str] = ()) -> None:
     """Serve until SIGINT or SIGTERM, then drain in-flight calls and stop."""
-    running = await start(engine, host, port, watch, metrics_port=metrics_port)
-    print(f"tessera: serving tessera.v1.Authorizer on {host}:{running.port}", flush=True)
+    running = await start(
+        engine,
+        config.host,
+        config.port,
+        watch=Path(config.policies),
+        interval=config.reload_interval,
+        cache_size=config.cache_size,
+        metrics_port=config.metrics_port if config.metrics else None,
+        tls=config.credentials(),
+    )
+    scheme = "TLS" if config.tls_cert else "plaintext"
+    if config.tls_client_ca:
+        scheme = "mutual TLS"
+    print(
+        f"tessera: serving tessera.v1.Authorizer on {config.host}:{running.port} ({scheme})",
+        flush=True,
+    )
     if running.metrics_server is not None:
-        where = f"{host}:{running.metrics_server.server_port}"
+        where = f"{config.host}:{running.metrics_server.server_port}"
         print(f"tessera: metrics on http://{where}/metrics", flush=True)
     for line in announce:
         print(line, flush=True)
@@ -258,4 +277,4 @@ async def serve_forever(
         loop.add_signal_handler(sig, stopping.set)
     await stopping.wait()
     print("tessera: draining in-flight calls, then stopping", flush=True)
-    await running.stop(grace)
+    await running.stop(config.grace)

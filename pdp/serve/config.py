@@ -1,0 +1,132 @@
+"""How ``tessera serve`` is configured: flags, then environment, then ``tessera.toml``.
+
+Each setting comes from the first of these that sets it: a command-line flag, an
+environment variable ``TESSERA_<NAME>`` (upper case), the ``[serve]`` table of the
+configuration file (``--config``, or ``./tessera.toml`` when it exists), the default.
+
+    [serve]
+    policies = "policies"
+    host = "127.0.0.1"
+    port = 50051
+    metrics_port = 9464        # -1 turns metrics off
+    cache_size = 10000         # 0 turns the decision cache off
+    reload_interval = 1.0      # seconds between checks of the policy directory
+    grace = 5.0                # seconds in-flight calls may finish on shutdown
+    tls_cert = "server.pem"    # with tls_key: TLS on the gRPC port
+    tls_key = "server.key"
+    tls_client_ca = "ca.pem"   # also require client certificates signed by this CA (mTLS)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+DEFAULT_FILE = "tessera.toml"
+
+
+class ConfigError(ValueError):
+    """A setting that cannot be used; the message names it and where it came from."""
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    policies: str = "policies"
+    host: str = "127.0.0.1"
+    port: int = 50051
+    metrics_port: int = 9464
+    cache_size: int = 10_000
+    reload_interval: float = 1.0
+    grace: float = 5.0
+    tls_cert: str = ""
+    tls_key: str = ""
+    tls_client_ca: str = ""
+
+    @property
+    def metrics(self) -> bool:
+        return self.metrics_port >= 0
+
+    def credentials(self) -> tuple[bytes, bytes, bytes | None] | None:
+        """(key, certificate chain, client CA or None) when TLS is on, else None."""
+        if not self.tls_cert and not self.tls_key:
+            if self.tls_client_ca:
+                raise ConfigError("tls_client_ca needs tls_cert and tls_key (mTLS is TLS first)")
+            return None
+        if not (self.tls_cert and self.tls_key):
+            raise ConfigError("TLS needs both tls_cert and tls_key")
+        try:
+            key = Path(self.tls_key).read_bytes()
+            cert = Path(self.tls_cert).read_bytes()
+            ca = Path(self.tls_client_ca).read_bytes() if self.tls_client_ca else None
+        except OSError as exc:
+            raise ConfigError(f"cannot read a TLS file: {exc}") from None
+        return key, cert, ca
+
+
+def load_config(
+    flags: Mapping[str, Any],
+    environ: Mapping[str, str] | None = None,
+    config_file: str | None = None,
+) -> ServeConfig:
+    """Merge flags (None means not given), environment and file over the defaults."""
+    environ = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    path = Path(config_file) if config_file else Path(DEFAULT_FILE)
+    if config_file or path.exists():
+        values.update(_from_file(path))
+    types = {f.name: f.type for f in fields(ServeConfig)}
+    for name in types:
+        raw = environ.get(f"TESSERA_{name.upper()}")
+        if raw is not None:
+            values[name] = _coerce(name, raw, f"TESSERA_{name.upper()}")
+    for name, value in flags.items():
+        if value is not None and name in types:
+            values[name] = value
+    return dataclasses.replace(ServeConfig(), **values)
+
+
+def _from_file(path: Path) -> dict[str, Any]:
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    table = data.get("serve", {})
+    if not isinstance(table, dict):
+        raise ConfigError(f"{path}: [serve] must be a table")
+    known = {f.name: f for f in fields(ServeConfig)}
+    out = {}
+    for name, value in table.items():
+        if name not in known:
+            raise ConfigError(
+                f"{path}: unknown setting serve.{name}; known: " + ", ".join(sorted(known))
+            )
+        out[name] = _coerce(name, value, f"{path}: serve.{name}")
+    return out
+
+
+def _coerce(name: str, value: Any, where: str) -> Any:
+    default = getattr(ServeConfig(), name)
+    try:
+        if isinstance(default, bool):
+            raise TypeError
+        if isinstance(default, int):
+            if isinstance(value, bool):
+                raise TypeError
+            return int(value)
+        if isinstance(default, float):
+            if isinstance(value, bool):
+                raise TypeError
+            return float(value)
+        if not isinstance(value, str):
+            raise TypeError
+        return value
+    except (TypeError, ValueError):
+        kind = type(default).__name__
+        raise ConfigError(f"{where}: expected {kind}, got {value!r}") from None

@@ -1,0 +1,53 @@
+"""tessera serve settings: flags over environment over tessera.toml over defaults."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pdp.serve.config import ConfigError, ServeConfig, load_config
+
+
+def test_defaults_when_nothing_is_set(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)  # no ./tessera.toml here
+    assert load_config({}, environ={}) == ServeConfig()
+
+
+def test_flags_beat_environment_beat_file(tmp_path: Path) -> None:
+    file = tmp_path / "tessera.toml"
+    file.write_text('[serve]\nport = 6000\nhost = "0.0.0.0"\ncache_size = 5\ngrace = 1.5\n')
+    config = load_config(
+        {"port": 7000, "host": None},
+        environ={"TESSERA_PORT": "6500", "TESSERA_CACHE_SIZE": "7"},
+        config_file=str(file),
+    )
+    assert (config.port, config.host, config.cache_size, config.grace) == (7000, "0.0.0.0", 7, 1.5)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[serve]\nprot = 1\n", "unknown setting serve.prot"),
+        ('[serve]\nport = "x"\n', "serve.port: expected int, got 'x'"),
+        ("[serve\n", "tessera.toml"),
+    ],
+)
+def test_bad_files_are_named(tmp_path: Path, text: str, message: str) -> None:
+    file = tmp_path / "tessera.toml"
+    file.write_text(text)
+    with pytest.raises(ConfigError, match=message):
+        load_config({}, environ={}, config_file=str(file))
+
+
+def test_bad_environment_is_named(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="TESSERA_PORT: expected int"):
+        load_config({}, environ={"TESSERA_PORT": "many"}, config_file=None)
+
+
+def test_tls_settings_must_come_in_pairs() -> None:
+    with pytest.raises(ConfigError, match="both tls_cert and tls_key"):
+        ServeConfig(tls_cert="a.pem").credentials()
+    with pytest.raises(ConfigError, match="mTLS is TLS first"):
+        ServeConfig(tls_client_ca="ca.pem").credentials()
+    assert ServeConfig().credentials() is None

@@ -1,0 +1,129 @@
+"""TLS and mutual TLS on the gRPC port, with certificates made for the test."""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from pdp.engine import Engine
+from pdp.loader import load_directory
+from pdp.serve.proto import authorizer_pb2 as pb
+from pdp.serve.proto import authorizer_pb2_grpc as pb_grpc
+from tests.servers import Server
+
+POLICIES = Path(__file__).resolve().parents[2] / "policies"
+
+
+def _pem(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+
+
+def _cert(
+    subject: str,
+    key: ec.EllipticCurvePrivateKey,
+    issuer: x509.Certificate | None,
+    issuer_key: ec.EllipticCurvePrivateKey,
+    *,
+    ca: bool = False,
+    server: bool = False,
+) -> x509.Certificate:
+    now = datetime.datetime.now(datetime.UTC)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)])
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(issuer.subject if issuer else name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=1))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+    )
+    if server:
+        builder = builder.add_extension(
+            x509.SubjectAlternativeName(
+                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+            ),
+            critical=False,
+        )
+    return builder.sign(issuer_key, hashes.SHA256())
+
+
+class PKI:
+    def __init__(self) -> None:
+        self.ca_key = ec.generate_private_key(ec.SECP256R1())
+        self.ca = _cert("test ca", self.ca_key, None, self.ca_key, ca=True)
+        self.server_key = ec.generate_private_key(ec.SECP256R1())
+        self.server = _cert("localhost", self.server_key, self.ca, self.ca_key, server=True)
+        self.client_key = ec.generate_private_key(ec.SECP256R1())
+        self.client = _cert("gateway", self.client_key, self.ca, self.ca_key)
+
+    @staticmethod
+    def pem(cert: x509.Certificate) -> bytes:
+        return cert.public_bytes(serialization.Encoding.PEM)
+
+
+@pytest.fixture(scope="module")
+def pki() -> PKI:
+    return PKI()
+
+
+@pytest.fixture(scope="module")
+def mtls_server(pki: PKI) -> Iterator[Server]:
+    tls = (_pem(pki.server_key), PKI.pem(pki.server), PKI.pem(pki.ca))
+    running = Server(Engine(load_directory(POLICIES).bundle), tls=tls)
+    yield running
+    running.close()
+
+
+def ask(channel: grpc.Channel) -> pb.AuthorizeResponse:
+    question = pb.AuthorizeRequest(
+        agent=pb.Agent(
+            id="helper",
+            attributes={"status": pb.Value(string="active"), "risk": pb.Value(risk="low")},
+        ),
+        action="tool.call",
+        resource=pb.Resource(type="tool", id="search"),
+    )
+    response: pb.AuthorizeResponse = pb_grpc.AuthorizerStub(channel).Authorize(question, timeout=5)
+    return response
+
+
+def test_a_client_with_a_certificate_from_the_ca_is_served(pki: PKI, mtls_server: Server) -> None:
+    credentials = grpc.ssl_channel_credentials(
+        root_certificates=PKI.pem(pki.ca),
+        private_key=_pem(pki.client_key),
+        certificate_chain=PKI.pem(pki.client),
+    )
+    with grpc.secure_channel(f"localhost:{mtls_server.running.port}", credentials) as channel:
+        assert ask(channel).allow
+
+
+def test_a_client_without_a_certificate_is_refused(pki: PKI, mtls_server: Server) -> None:
+    credentials = grpc.ssl_channel_credentials(root_certificates=PKI.pem(pki.ca))
+    target = f"localhost:{mtls_server.running.port}"
+    with (
+        grpc.secure_channel(target, credentials) as channel,
+        pytest.raises(grpc.RpcError) as caught,
+    ):
+        ask(channel)
+    assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+def test_plaintext_is_refused_on_a_tls_port(mtls_server: Server) -> None:
+    target = f"127.0.0.1:{mtls_server.running.port}"
+    with grpc.insecure_channel(target) as channel, pytest.raises(grpc.RpcError):
+        ask(channel)
