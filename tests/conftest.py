@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
+import pytest
+
 from pdp.engine import Bundle, Engine
-from pdp.loader import load_texts
+from pdp.loader import load_directory, load_texts
 from pdp.request import Request, request_from_json
 
 SCHEMA = """
@@ -32,3 +36,16 @@ def engine_of(policy: str, *, clock: float = 1_000_000.0) -> Engine:
 def request(bundle: Bundle, **data: Any) -> Request:
     data.setdefault("agent", {"id": "bot", "risk": "low", "status": "active"})
     return request_from_json(data, bundle.schema)
+
+
+SHIPPED_POLICIES = Path(__file__).resolve().parent.parent / "policies"
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[Any]:
+    """The decision service on the shipped policies, on 127.0.0.1, for one test module."""
+    from tests.servers import Server
+
+    running = Server(Engine(load_directory(SHIPPED_POLICIES).bundle))
+    yield running
+    running.close()

@@ -4,28 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
 
 import grpc
 import pytest
 
-from pdp.engine import Engine
 from pdp.lang.values import Money, Risk
-from pdp.loader import load_directory
 from pep.client import AsyncClient, Client, Options, Query, TesseraError, to_value
 from tests.servers import Server
 
 POLICIES = Path(__file__).resolve().parents[2] / "policies"
 ACTIVE = {"status": "active", "risk": Risk.low, "purpose": "payments"}
-
-
-@pytest.fixture(scope="module")
-def server() -> Iterator[Server]:
-    running = Server(Engine(load_directory(POLICIES).bundle))
-    yield running
-    running.close()
 
 
 @pytest.fixture

@@ -2,27 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from pdp.engine import Engine
-from pdp.loader import load_directory
 from pdp.serve.proto import authorizer_pb2 as pb
 from pdp.serve.proto import authorizer_pb2_grpc as pb_grpc
 from tests.servers import Server
 
 POLICIES = Path(__file__).resolve().parents[2] / "policies"
-
-
-@pytest.fixture(scope="module")
-def server() -> Iterator[Server]:
-    running = Server(Engine(load_directory(POLICIES).bundle))
-    yield running
-    running.close()
 
 
 @pytest.fixture
