@@ -113,59 +113,85 @@ class AuthorizerService(pb_grpc.AuthorizerServicer):  # type: ignore[misc]
         stack.enter_context(self.metrics.rpc_seconds.labels(method).time())
         return stack
 
+    @staticmethod
+    async def _internal(context: grpc.aio.ServicerContext, method: str) -> None:
+        """A fault of ours: log it with its traceback, answer INTERNAL without one."""
+        log.exception("%s failed", method)
+        await context.abort(
+            grpc.StatusCode.INTERNAL, "internal error in the decision service (it is logged)"
+        )
+
     async def Authorize(  # the contract names the methods
         self, request: pb.AuthorizeRequest, context: grpc.aio.ServicerContext
     ) -> pb.AuthorizeResponse:
-        with self._rpc("Authorize"):
-            decision = self._cached(request)
-            cacheable = decision is not None
-            if decision is None:
-                typed = await _typed(request, self.engine, context, "")
-                decision, cacheable = self._decide(request, typed)
-            return decision_to_message(decision, new_decision_id(), cacheable)
+        try:
+            with self._rpc("Authorize"):
+                decision = self._cached(request)
+                cacheable = decision is not None
+                if decision is None:
+                    typed = await _typed(request, self.engine, context, "")
+                    decision, cacheable = self._decide(request, typed)
+                return decision_to_message(decision, new_decision_id(), cacheable)
+        except (grpc.aio.AbortError, asyncio.CancelledError):
+            raise
+        except Exception:
+            await self._internal(context, "Authorize")
+            raise
 
     async def AuthorizeBatch(
         self, request: pb.AuthorizeBatchRequest, context: grpc.aio.ServicerContext
     ) -> pb.AuthorizeBatchResponse:
-        with self._rpc("AuthorizeBatch"):
-            engine = self.engine
-            typed = [
-                await _typed(item, engine, context, f"requests[{index}].")
-                for index, item in enumerate(request.requests)
-            ]
-            return pb.AuthorizeBatchResponse(
-                responses=[
-                    decision_to_message(
-                        self._timed(engine, r, True),
-                        new_decision_id(),
-                        not engine.touches_limits(r),
-                    )
-                    for r in typed
+        try:
+            with self._rpc("AuthorizeBatch"):
+                engine = self.engine
+                typed = [
+                    await _typed(item, engine, context, f"requests[{index}].")
+                    for index, item in enumerate(request.requests)
                 ]
-            )
+                return pb.AuthorizeBatchResponse(
+                    responses=[
+                        decision_to_message(
+                            self._timed(engine, r, True),
+                            new_decision_id(),
+                            not engine.touches_limits(r),
+                        )
+                        for r in typed
+                    ]
+                )
+        except (grpc.aio.AbortError, asyncio.CancelledError):
+            raise
+        except Exception:
+            await self._internal(context, "AuthorizeBatch")
+            raise
 
     async def ListAllowed(
         self, request: pb.ListAllowedRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListAllowedResponse:
-        with self._rpc("ListAllowed"):
-            engine = self.engine
-            allowed = []
-            for index, candidate in enumerate(request.candidates):
-                question = pb.AuthorizeRequest(
-                    agent=request.agent,
-                    action=request.action,
-                    resource=candidate,
-                    context=request.context,
-                )
-                if request.HasField("user"):
-                    question.user.CopyFrom(request.user)
-                if request.HasField("delegation"):
-                    question.delegation.CopyFrom(request.delegation)
-                typed = await _typed(question, engine, context, f"candidates[{index}]: ")
-                # Listing is not calling: it must not use up any limit.
-                if self._timed(engine, typed, False).allow:
-                    allowed.append(candidate)
-            return pb.ListAllowedResponse(allowed=allowed, bundle_version=engine.version)
+        try:
+            with self._rpc("ListAllowed"):
+                engine = self.engine
+                allowed = []
+                for index, candidate in enumerate(request.candidates):
+                    question = pb.AuthorizeRequest(
+                        agent=request.agent,
+                        action=request.action,
+                        resource=candidate,
+                        context=request.context,
+                    )
+                    if request.HasField("user"):
+                        question.user.CopyFrom(request.user)
+                    if request.HasField("delegation"):
+                        question.delegation.CopyFrom(request.delegation)
+                    typed = await _typed(question, engine, context, f"candidates[{index}]: ")
+                    # Listing is not calling: it must not use up any limit.
+                    if self._timed(engine, typed, False).allow:
+                        allowed.append(candidate)
+                return pb.ListAllowedResponse(allowed=allowed, bundle_version=engine.version)
+        except (grpc.aio.AbortError, asyncio.CancelledError):
+            raise
+        except Exception:
+            await self._internal(context, "ListAllowed")
+            raise
 
 
 async def _typed(

@@ -203,3 +203,21 @@ def test_metrics_count_decisions_cache_and_calls(server: Server) -> None:
     assert 'tessera_decisions_total{result="allow",rule="agents.read_only"}' in text
     assert "tessera_engine_seconds_bucket" in text
     assert "tessera_rpc_in_flight 0.0" in text
+
+
+def test_a_fault_of_the_service_is_internal_without_a_traceback(
+    server: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    service = server.running.service
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(service, "_decide", broken)
+    monkeypatch.setattr(service, "_cached", lambda message: None)
+    stub = pb_grpc.AuthorizerStub(server.channel)
+    with pytest.raises(grpc.RpcError) as caught:
+        stub.Authorize(call("search"), timeout=5)
+    assert caught.value.code() == grpc.StatusCode.INTERNAL
+    assert caught.value.details() == "internal error in the decision service (it is logged)"
+    assert "Traceback" not in caught.value.details()
