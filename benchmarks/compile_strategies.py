@@ -18,8 +18,9 @@ from decimal import Decimal
 from typing import Any
 
 from pdp.lang import ast
-from pdp.lang.compiler import _Source, fold
+from pdp.lang.compiler import _Source
 from pdp.lang.parser import parse_expression
+from pdp.lang.rewrite import fold
 from pdp.lang.values import Money, Risk
 from pdp.request import Request
 

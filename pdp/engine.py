@@ -22,6 +22,7 @@ from pdp.lang.interpreter import Interpreter
 from pdp.lang.runtime import (
     EvalError,
     limit_amount,
+    limit_subject,
     matches_pattern,
     obligation_met,
     pattern_globs,
@@ -364,10 +365,7 @@ class Engine:
         ("requires", unmet obligations) or ("over", the limit's description)."""
         usage: list[tuple[str, float, Any]] = []
         for limit in rule.limits:
-            if limit.scope == "agent":
-                key = limit.key_prefix + request.agent_id
-            else:
-                key = limit.key_prefix + _who(limit.scope, request)
+            key = limit.key_prefix + limit_subject(limit.scope, request.agent_id, request.user_id)
             if limit.amount is None:
                 amount: Any = 1
             else:
@@ -405,17 +403,4 @@ def _position(rule: CompiledRule) -> int:
     return rule.position
 
 
-def _who(scope: str, request: Request) -> str:
-    user = request.user_id
-    if user is None:
-        raise EvalError(f"limit per {scope} needs a user, and the agent acts alone")
-    return user if scope == "user" else f"{request.agent_id}+{user}"
-
-
-def decide_all(engine: Engine, requests: Iterable[Request]) -> list[Decision]:
-    """Decide many requests in order (what a batch call does)."""
-    decide = engine.decide
-    return [decide(r) for r in requests]
-
-
-__all__ = ["Bundle", "Decision", "Engine", "EvalError", "Index", "Request", "decide_all"]
+__all__ = ["Bundle", "Decision", "Engine", "EvalError", "Index", "Request"]

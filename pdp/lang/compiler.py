@@ -18,7 +18,7 @@ from typing import Any
 from pdp.lang import ast
 from pdp.lang.interpreter import describe_limit
 from pdp.lang.rewrite import fold, inline_lets
-from pdp.lang.runtime import EvalError, equal, glob, limit_cap, limit_window
+from pdp.lang.runtime import EvalError, equal, glob, limit_cap, limit_key_prefix, limit_window
 from pdp.lang.values import CurrencyMismatch, Money, Risk
 
 Lets = Mapping[tuple[str, str], ast.Expr]
@@ -36,7 +36,7 @@ class CompiledLimit:
         self.limit = limit
         self.amount = amount  # None for a count limit
         self.scope = limit.scope
-        self.key_prefix = f"{rule_id}#{index}|{limit.scope}|"
+        self.key_prefix = limit_key_prefix(rule_id, index, limit.scope)
         self.window = limit_window(limit)
         self.cap = limit_cap(limit)
         cap = limit.cap.value if isinstance(limit.cap, ast.Literal_) else None
@@ -91,11 +91,6 @@ class CompiledRule:
         self.gated = bool(limits or requires)
         # The decision this rule gives when it alone decides; set by the bundle.
         self.decision: Any = None
-
-
-def inline(expr: ast.Expr, lets: Lets, package: str) -> ast.Expr:
-    """Replace every let reference by its expression."""
-    return inline_lets(expr, package, lets)
 
 
 # ------------------------------------------------------------------ code generation
@@ -227,7 +222,7 @@ class _Source:
         """A function for an optional expression (a sum's amount, a require's ``if``)."""
         if expr is None:
             return None
-        return self.function(name, self.expr(fold(inline(expr, lets, package))))
+        return self.function(name, self.expr(fold(inline_lets(expr, package, lets))))
 
     def function(self, name: str, body: str) -> str:
         """Define a function returning ``body``; identical bodies share one function.
@@ -281,9 +276,9 @@ def rule_condition(rule: ast.Rule, lets: Lets) -> ast.Expr | None:
     """``when`` and ``not unless`` as one folded expression (None when there is neither)."""
     parts: list[ast.Expr] = []
     if rule.when is not None:
-        parts.append(inline(rule.when, lets, rule.package))
+        parts.append(inline_lets(rule.when, rule.package, lets))
     if rule.unless is not None:
-        unless = inline(rule.unless, lets, rule.package)
+        unless = inline_lets(rule.unless, rule.package, lets)
         parts.append(ast.Not(unless, unless.span))
     if not parts:
         return None

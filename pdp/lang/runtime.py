@@ -100,17 +100,26 @@ def obligation_met(obligation: ast.Obligation, context: dict[str, Any]) -> bool:
     return bool(context.get("acr") == obligation.value)
 
 
+def limit_key_prefix(rule_id: str, index: int, scope: str) -> str:
+    """The part of a counter key fixed by the rule: which limit, counted per what."""
+    return f"{rule_id}#{index}|{scope}|"
+
+
+def limit_subject(scope: str, agent_id: str, user_id: str | None) -> str:
+    """Whose use a limit counts: the agent, the user, or the pair."""
+    if scope == "agent":
+        return agent_id
+    if user_id is None:
+        raise EvalError(f"limit per {scope} needs a user, and the agent acts alone")
+    return user_id if scope == "user" else f"{agent_id}+{user_id}"
+
+
 def limit_key(
     rule_id: str, index: int, limit: ast.Limit, agent_id: str, user_id: str | None
 ) -> str:
     """The counter key of one limit of one rule for one agent / user / pair."""
-    if limit.scope == "agent":
-        who = agent_id
-    else:
-        if user_id is None:
-            raise EvalError(f"limit per {limit.scope} needs a user, and the agent acts alone")
-        who = user_id if limit.scope == "user" else f"{agent_id}+{user_id}"
-    return f"{rule_id}#{index}|{limit.scope}|{who}"
+    prefix = limit_key_prefix(rule_id, index, limit.scope)
+    return prefix + limit_subject(limit.scope, agent_id, user_id)
 
 
 def limit_amount(limit: ast.Limit, value: Any) -> Any:

@@ -21,10 +21,10 @@ from pdp.counters import MemoryCounters
 from pdp.decision import Decision
 from pdp.engine import Bundle, Engine
 from pdp.lang import ast
-from pdp.lang.compiler import fold, inline
 from pdp.lang.errors import PolicyError
 from pdp.lang.formatter import format_expr, format_module
 from pdp.lang.interpreter import Interpreter, _Evaluator
+from pdp.lang.rewrite import fold, inline_lets
 from pdp.lang.values import Risk
 from pdp.loader import load_texts
 from pdp.request import Request, RequestError, request_from_json
@@ -156,7 +156,7 @@ def test_folding_keeps_the_meaning_of_an_expression(
     case: tuple[ast.Expr, gen.Lets], data: dict[str, Any]
 ) -> None:
     expr, lets = case
-    folded = fold(inline(expr, lets, gen.PACKAGE))
+    folded = fold(inline_lets(expr, gen.PACKAGE, lets))
     note(f"{format_expr(expr)}  folds to  {format_expr(folded)}")
     request = request_from_json(data, SCHEMA)
     before = evaluated(expr, request, lets)
