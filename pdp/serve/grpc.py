@@ -15,7 +15,7 @@ import logging
 import signal
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from wsgiref.simple_server import WSGIServer
@@ -106,92 +106,76 @@ class AuthorizerService(pb_grpc.AuthorizerServicer):  # type: ignore[misc]
             self.metrics.decided(decision)
         return decision
 
-    def _rpc(self, method: str) -> contextlib.ExitStack:
-        """Count the call in flight and time it."""
-        stack = contextlib.ExitStack()
-        stack.enter_context(self.metrics.in_flight.track_inprogress())
-        stack.enter_context(self.metrics.rpc_seconds.labels(method).time())
-        return stack
-
-    @staticmethod
-    async def _internal(context: grpc.aio.ServicerContext, method: str) -> None:
-        """A fault of ours: log it with its traceback, answer INTERNAL without one."""
-        log.exception("%s failed", method)
-        await context.abort(
-            grpc.StatusCode.INTERNAL, "internal error in the decision service (it is logged)"
-        )
+    @contextlib.asynccontextmanager
+    async def _rpc(self, method: str, context: grpc.aio.ServicerContext) -> AsyncIterator[None]:
+        """Count the call in flight and time it. A fault of ours is logged with its
+        traceback and answered INTERNAL without one."""
+        metrics = self.metrics
+        with metrics.in_flight.track_inprogress(), metrics.rpc_seconds.labels(method).time():
+            try:
+                yield
+            except (grpc.aio.AbortError, asyncio.CancelledError):
+                raise
+            except Exception:
+                log.exception("%s failed", method)
+                await context.abort(
+                    grpc.StatusCode.INTERNAL,
+                    "internal error in the decision service (it is logged)",
+                )
 
     async def Authorize(  # the contract names the methods
         self, request: pb.AuthorizeRequest, context: grpc.aio.ServicerContext
     ) -> pb.AuthorizeResponse:
-        try:
-            with self._rpc("Authorize"):
-                decision = self._cached(request)
-                cacheable = decision is not None
-                if decision is None:
-                    typed = await _typed(request, self.engine, context, "")
-                    decision, cacheable = self._decide(request, typed)
-                return decision_to_message(decision, new_decision_id(), cacheable)
-        except (grpc.aio.AbortError, asyncio.CancelledError):
-            raise
-        except Exception:
-            await self._internal(context, "Authorize")
-            raise
+        async with self._rpc("Authorize", context):
+            decision = self._cached(request)
+            cacheable = decision is not None
+            if decision is None:
+                typed = await _typed(request, self.engine, context, "")
+                decision, cacheable = self._decide(request, typed)
+            return decision_to_message(decision, new_decision_id(), cacheable)
 
     async def AuthorizeBatch(
         self, request: pb.AuthorizeBatchRequest, context: grpc.aio.ServicerContext
     ) -> pb.AuthorizeBatchResponse:
-        try:
-            with self._rpc("AuthorizeBatch"):
-                engine = self.engine
-                typed = [
-                    await _typed(item, engine, context, f"requests[{index}].")
-                    for index, item in enumerate(request.requests)
+        async with self._rpc("AuthorizeBatch", context):
+            engine = self.engine
+            typed = [
+                await _typed(item, engine, context, f"requests[{index}].")
+                for index, item in enumerate(request.requests)
+            ]
+            return pb.AuthorizeBatchResponse(
+                responses=[
+                    decision_to_message(
+                        self._timed(engine, r, True),
+                        new_decision_id(),
+                        not engine.touches_limits(r),
+                    )
+                    for r in typed
                 ]
-                return pb.AuthorizeBatchResponse(
-                    responses=[
-                        decision_to_message(
-                            self._timed(engine, r, True),
-                            new_decision_id(),
-                            not engine.touches_limits(r),
-                        )
-                        for r in typed
-                    ]
-                )
-        except (grpc.aio.AbortError, asyncio.CancelledError):
-            raise
-        except Exception:
-            await self._internal(context, "AuthorizeBatch")
-            raise
+            )
 
     async def ListAllowed(
         self, request: pb.ListAllowedRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListAllowedResponse:
-        try:
-            with self._rpc("ListAllowed"):
-                engine = self.engine
-                allowed = []
-                for index, candidate in enumerate(request.candidates):
-                    question = pb.AuthorizeRequest(
-                        agent=request.agent,
-                        action=request.action,
-                        resource=candidate,
-                        context=request.context,
-                    )
-                    if request.HasField("user"):
-                        question.user.CopyFrom(request.user)
-                    if request.HasField("delegation"):
-                        question.delegation.CopyFrom(request.delegation)
-                    typed = await _typed(question, engine, context, f"candidates[{index}]: ")
-                    # Listing is not calling: it must not use up any limit.
-                    if self._timed(engine, typed, False).allow:
-                        allowed.append(candidate)
-                return pb.ListAllowedResponse(allowed=allowed, bundle_version=engine.version)
-        except (grpc.aio.AbortError, asyncio.CancelledError):
-            raise
-        except Exception:
-            await self._internal(context, "ListAllowed")
-            raise
+        async with self._rpc("ListAllowed", context):
+            engine = self.engine
+            allowed = []
+            for index, candidate in enumerate(request.candidates):
+                question = pb.AuthorizeRequest(
+                    agent=request.agent,
+                    action=request.action,
+                    resource=candidate,
+                    context=request.context,
+                )
+                if request.HasField("user"):
+                    question.user.CopyFrom(request.user)
+                if request.HasField("delegation"):
+                    question.delegation.CopyFrom(request.delegation)
+                typed = await _typed(question, engine, context, f"candidates[{index}]: ")
+                # Listing is not calling: it must not use up any limit.
+                if self._timed(engine, typed, False).allow:
+                    allowed.append(candidate)
+            return pb.ListAllowedResponse(allowed=allowed, bundle_version=engine.version)
 
 
 async def _typed(
