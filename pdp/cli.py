@@ -148,6 +148,24 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--tls-client-ca", metavar="PEM", help="require client certificates from this CA (mTLS)"
     )
+    serve.add_argument(
+        "--store",
+        metavar="URL",
+        help="the directory: sqlite:///var/tessera.db (default), postgresql://host/db, or '' "
+        "to decide on the attributes callers send",
+    )
+    serve.add_argument(
+        "--http-port",
+        type=int,
+        metavar="PORT",
+        help="SCIM 2.0 at /scim/v2 on this port (default: 8080; 0 picks one; -1 off)",
+    )
+    serve.add_argument(
+        "--admin-token",
+        metavar="TOKEN",
+        help="bootstrap admin bearer token for SCIM (prefer TESSERA_ADMIN_TOKEN; "
+        "default: a random one, printed at start)",
+    )
     return parser
 
 
@@ -372,6 +390,7 @@ def _explain(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 def _serve(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     import asyncio
 
+    from issuer.store import StoreError
     from pdp.engine import Engine
     from pdp.loader import load_directory
     from pdp.serve.config import ConfigError, load_config
@@ -398,7 +417,7 @@ def _serve(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     )
     try:
         asyncio.run(serve_forever(Engine(bundle), config, [summary]))
-    except OSError as exc:
+    except (OSError, StoreError) as exc:
         print(f"tessera serve: {exc}", file=err)
         return USAGE
     return OK

@@ -1,1 +1,178 @@
-"""The agent directory store: SQLite by default, PostgreSQL for many replicas."""
+"""The identity store: agents, users and groups, with an append-only change log.
+
+One interface, two backends: SQLite (the default, a WAL file under ``./var/``) and
+PostgreSQL (psycopg 3, chosen by a ``postgresql://`` URL). :func:`open_store` picks one
+from a URL and runs the schema migrations before it returns.
+
+A resource is stored as the JSON document the SCIM service validated, without ``meta``
+and ``id`` (the store owns those). Every create, replace and delete appends a
+:class:`Change` carrying the document after the change; the change log is never
+trimmed, so a deleted agent keeps its trail, and it is also the change feed the PDP's
+directory snapshot follows.
+"""
+
+from __future__ import annotations
+
+import builtins
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Literal, Protocol
+
+Op = Literal["create", "replace", "delete"]
+
+
+@dataclass(frozen=True)
+class Record:
+    """A stored resource at one version."""
+
+    kind: str  # "Agent", "User" or "Group"
+    id: str  # assigned by the store (a UUID)
+    version: int  # 1 on create, +1 on each replace; the SCIM ETag is W/"<version>"
+    data: dict[str, Any]  # the resource document, without "id" and "meta"
+    created: datetime  # timezone-aware, UTC
+    modified: datetime
+
+
+@dataclass(frozen=True)
+class Change:
+    """One entry of the change log."""
+
+    seq: int  # strictly increasing over the whole store
+    at: datetime
+    kind: str
+    id: str
+    op: Op
+    actor: str  # who made the change (the administrator's subject)
+    version: int  # the record's version after the change (the last version for delete)
+    data: dict[str, Any] | None  # the document after the change; None for delete
+
+
+class StoreError(Exception):
+    """Base of the store's errors."""
+
+
+class NotFound(StoreError):
+    """No resource of that kind with that id."""
+
+
+class Conflict(StoreError):
+    """A unique attribute already holds that value on another resource."""
+
+    def __init__(self, attribute: str, value: str) -> None:
+        super().__init__(f"{attribute} {value!r} is already taken")
+        self.attribute = attribute
+        self.value = value
+
+
+class VersionMismatch(StoreError):
+    """The resource changed since the version the caller read (a stale ETag)."""
+
+    def __init__(self, expected: int, actual: int) -> None:
+        super().__init__(f"expected version {expected}, the resource is at version {actual}")
+        self.expected = expected
+        self.actual = actual
+
+
+class Store(Protocol):
+    """What every backend provides. Methods are thread-safe and synchronous."""
+
+    url: str
+
+    def create(
+        self, kind: str, data: Mapping[str, Any], *, unique: Mapping[str, str], actor: str
+    ) -> Record:
+        """Store a new resource with a fresh id at version 1.
+
+        ``unique`` maps attribute names to values that must be unique within ``kind``
+        (the caller normalises them, e.g. lower-cases a case-insensitive userName);
+        :class:`Conflict` when one is taken, and nothing is stored.
+        """
+        ...
+
+    def get(self, kind: str, id: str) -> Record:
+        """The resource, or :class:`NotFound`."""
+        ...
+
+    def list(self, kind: str) -> builtins.list[Record]:
+        """Every resource of a kind, oldest first."""
+        ...
+
+    def replace(
+        self,
+        kind: str,
+        id: str,
+        data: Mapping[str, Any],
+        *,
+        unique: Mapping[str, str],
+        expected_version: int | None,
+        actor: str,
+    ) -> Record:
+        """Replace the document and bump the version (same checks as create).
+
+        :class:`NotFound`, :class:`VersionMismatch` when ``expected_version`` is given
+        and differs, :class:`Conflict`; nothing changes on any error.
+        """
+        ...
+
+    def delete(self, kind: str, id: str, *, expected_version: int | None, actor: str) -> None:
+        """Remove the resource (its change log entries stay)."""
+        ...
+
+    def last_change(self) -> int:
+        """The seq of the newest change, 0 when there is none."""
+        ...
+
+    def changes(self, since: int, limit: int = 1000) -> builtins.list[Change]:
+        """Changes with seq > since, oldest first, at most ``limit``."""
+        ...
+
+    def history(self, kind: str, id: str) -> builtins.list[Change]:
+        """Every change of one resource, oldest first, also after it was deleted."""
+        ...
+
+    def wait_for_change(self, since: int, timeout: float) -> int:
+        """Block until a change newer than ``since`` exists or ``timeout`` passes.
+
+        Returns :meth:`last_change`. SQLite polls its change counter; PostgreSQL waits
+        on LISTEN/NOTIFY.
+        """
+        ...
+
+    def close(self) -> None: ...
+
+
+DEFAULT_URL = "sqlite:///var/tessera.db"
+
+
+def open_store(url: str = DEFAULT_URL) -> Store:
+    """Open (and migrate) the store a URL names.
+
+    ``sqlite:///relative/path.db``, ``sqlite:////absolute/path.db``, ``sqlite:///:memory:``,
+    or ``postgresql://host:port/database`` (also ``postgres://``).
+    """
+    if url.startswith("sqlite:"):
+        from issuer.store.sqlite import SQLiteStore
+
+        return SQLiteStore(url)
+    if url.startswith(("postgresql://", "postgres://")):
+        from issuer.store.postgres import PostgresStore
+
+        return PostgresStore(url)
+    raise StoreError(
+        f"unknown store URL {url!r}: use sqlite:///path/to/file.db or postgresql://host/db"
+    )
+
+
+__all__: Sequence[str] = (
+    "DEFAULT_URL",
+    "Change",
+    "Conflict",
+    "NotFound",
+    "Op",
+    "Record",
+    "Store",
+    "StoreError",
+    "VersionMismatch",
+    "open_store",
+)

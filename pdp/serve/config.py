@@ -15,6 +15,13 @@ configuration file (``--config``, or ``./tessera.toml`` when it exists), the def
     tls_cert = "server.pem"    # with tls_key: TLS on the gRPC port
     tls_key = "server.key"
     tls_client_ca = "ca.pem"   # also require client certificates signed by this CA (mTLS)
+    store = "sqlite:///var/tessera.db"   # or postgresql://host/db; "" for no directory
+    http_port = 8080           # SCIM 2.0 at http://host:http_port/scim/v2; -1 turns it off
+    admin_token = ""           # bootstrap admin bearer token; generated and printed if unset
+
+With a store, agents and users are resolved from the directory by id (the caller's
+attributes for them are ignored) and an agent that is unknown or not active is denied.
+Without one (``store = ""``), the PDP decides on the attributes the caller sends.
 """
 
 from __future__ import annotations
@@ -46,6 +53,9 @@ class ServeConfig:
     tls_cert: str = ""
     tls_key: str = ""
     tls_client_ca: str = ""
+    store: str = "sqlite:///var/tessera.db"
+    http_port: int = 8080
+    admin_token: str = ""
 
     @property
     def metrics(self) -> bool:

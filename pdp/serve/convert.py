@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from pdp.decision import Decision
+from pdp.directory import Identities
 from pdp.request import Request, RequestError, request_from_json
 from pdp.serve.proto import authorizer_pb2 as pb
 
@@ -38,8 +39,14 @@ def attributes_to_json(attributes: Any, path: str) -> dict[str, Any]:
     return {key: value_to_json(value, f"{path}.{key}") for key, value in attributes.items()}
 
 
-def request_to_json(message: pb.AuthorizeRequest) -> dict[str, Any]:
-    """An ``AuthorizeRequest`` as request JSON (see README.md for the format)."""
+def request_to_json(
+    message: pb.AuthorizeRequest, identities: Identities | None = None
+) -> dict[str, Any]:
+    """An ``AuthorizeRequest`` as request JSON (see README.md for the format).
+
+    With ``identities`` from the directory, the agent's and user's attributes are the
+    directory's; whatever the caller sent for them is ignored.
+    """
     data: dict[str, Any] = {
         "agent": {**attributes_to_json(message.agent.attributes, "agent"), "id": message.agent.id},
         "action": message.action,
@@ -57,12 +64,18 @@ def request_to_json(message: pb.AuthorizeRequest) -> dict[str, Any]:
         }
     if message.HasField("delegation"):
         data["delegation"] = {"chain": list(message.delegation.chain)}
+    if identities is not None:
+        data["agent"] = identities.agent
+        if identities.user is not None:
+            data["user"] = identities.user
     return data
 
 
-def request_from_message(message: pb.AuthorizeRequest, schema: Any) -> Request:
+def request_from_message(
+    message: pb.AuthorizeRequest, schema: Any, identities: Identities | None = None
+) -> Request:
     """A typed request from a message, or a :class:`RequestError` naming the field."""
-    return request_from_json(request_to_json(message), schema)
+    return request_from_json(request_to_json(message, identities), schema)
 
 
 def decision_to_message(

@@ -25,7 +25,11 @@ from cachetools import LRUCache
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from issuer.app import SCIM_PATH, issuer_app, start_http
+from issuer.scim import BootstrapToken, new_token
+from issuer.store import open_store
 from pdp.decision import Decision
+from pdp.directory import Directory, Identities
 from pdp.engine import Engine
 from pdp.loader import Loaded
 from pdp.metrics import Metrics
@@ -56,8 +60,13 @@ class AuthorizerService(pb_grpc.AuthorizerServicer):  # type: ignore[misc]
         engine: Engine,
         cache_size: int = DEFAULT_CACHE_SIZE,
         metrics: Metrics | None = None,
+        directory: Directory | None = None,
     ) -> None:
         self.engine = engine
+        # With a directory, agents and users are who it says they are, and an agent it
+        # does not know or that is not active is refused whatever the policies say.
+        self.directory = directory
+        self._directory_version = -1
         self.metrics = metrics if metrics is not None else Metrics()
         self.metrics.bundle.info({"version": engine.version})
         # Decisions by the request's deterministic encoding, for requests whose candidate
@@ -76,6 +85,25 @@ class AuthorizerService(pb_grpc.AuthorizerServicer):  # type: ignore[misc]
         self.metrics.bundle.info({"version": self.engine.version})
         if self.cache is not None:
             self.cache.clear()
+
+    def _identities(self, message: pb.AuthorizeRequest) -> Identities | str | None:
+        """The directory's view of the request's agent and user: their attributes, or
+        why they are refused; None without a directory."""
+        directory = self.directory
+        if directory is None:
+            return None
+        if directory.version != self._directory_version:
+            # A decision remembered before this change may no longer hold.
+            self._directory_version = directory.version
+            if self.cache is not None:
+                self.cache.clear()
+        user = message.user.id if message.HasField("user") else None
+        return directory.resolve(message.agent.id, user)
+
+    def _refused(self, engine: Engine, reason: str) -> Decision:
+        decision = Decision(False, (), ("directory",), (reason,), (), engine.version)
+        self.metrics.decided(decision)
+        return decision
 
     def _decide(self, message: pb.AuthorizeRequest, typed: Request) -> tuple[Decision, bool]:
         """Decide, remembering the answer when no limit can change it; say whether."""
@@ -127,10 +155,15 @@ class AuthorizerService(pb_grpc.AuthorizerServicer):  # type: ignore[misc]
         self, request: pb.AuthorizeRequest, context: grpc.aio.ServicerContext
     ) -> pb.AuthorizeResponse:
         async with self._rpc("Authorize", context):
+            identities = self._identities(request)
+            if isinstance(identities, str):
+                return decision_to_message(
+                    self._refused(self.engine, identities), new_decision_id()
+                )
             decision = self._cached(request)
             cacheable = decision is not None
             if decision is None:
-                typed = await _typed(request, self.engine, context, "")
+                typed = await _typed(request, self.engine, context, "", identities)
                 decision, cacheable = self._decide(request, typed)
             return decision_to_message(decision, new_decision_id(), cacheable)
 
@@ -139,13 +172,20 @@ class AuthorizerService(pb_grpc.AuthorizerServicer):  # type: ignore[misc]
     ) -> pb.AuthorizeBatchResponse:
         async with self._rpc("AuthorizeBatch", context):
             engine = self.engine
-            typed = [
-                await _typed(item, engine, context, f"requests[{index}].")
-                for index, item in enumerate(request.requests)
-            ]
+            typed: list[Request | str] = []
+            for index, item in enumerate(request.requests):
+                identities = self._identities(item)
+                if isinstance(identities, str):
+                    typed.append(identities)
+                else:
+                    typed.append(
+                        await _typed(item, engine, context, f"requests[{index}].", identities)
+                    )
             return pb.AuthorizeBatchResponse(
                 responses=[
-                    decision_to_message(
+                    decision_to_message(self._refused(engine, r), new_decision_id())
+                    if isinstance(r, str)
+                    else decision_to_message(
                         self._timed(engine, r, True),
                         new_decision_id(),
                         not engine.touches_limits(r),
@@ -160,6 +200,13 @@ class AuthorizerService(pb_grpc.AuthorizerServicer):  # type: ignore[misc]
         async with self._rpc("ListAllowed", context):
             engine = self.engine
             allowed = []
+            identities = self._identities(
+                pb.AuthorizeRequest(agent=request.agent, user=request.user)
+                if request.HasField("user")
+                else pb.AuthorizeRequest(agent=request.agent)
+            )
+            if isinstance(identities, str):  # a refused agent may call nothing
+                return pb.ListAllowedResponse(allowed=[], bundle_version=engine.version)
             for index, candidate in enumerate(request.candidates):
                 question = pb.AuthorizeRequest(
                     agent=request.agent,
@@ -171,7 +218,9 @@ class AuthorizerService(pb_grpc.AuthorizerServicer):  # type: ignore[misc]
                     question.user.CopyFrom(request.user)
                 if request.HasField("delegation"):
                     question.delegation.CopyFrom(request.delegation)
-                typed = await _typed(question, engine, context, f"candidates[{index}]: ")
+                typed = await _typed(
+                    question, engine, context, f"candidates[{index}]: ", identities
+                )
                 # Listing is not calling: it must not use up any limit.
                 if self._timed(engine, typed, False).allow:
                     allowed.append(candidate)
@@ -179,11 +228,15 @@ class AuthorizerService(pb_grpc.AuthorizerServicer):  # type: ignore[misc]
 
 
 async def _typed(
-    message: pb.AuthorizeRequest, engine: Engine, context: grpc.aio.ServicerContext, where: str
+    message: pb.AuthorizeRequest,
+    engine: Engine,
+    context: grpc.aio.ServicerContext,
+    where: str,
+    identities: Identities | None,
 ) -> Request:
     """The typed request, or the call ends with INVALID_ARGUMENT naming the field."""
     try:
-        return request_from_message(message, engine.bundle.schema)
+        return request_from_message(message, engine.bundle.schema, identities)
     except RequestError as exc:
         await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{where}{exc}")
         raise  # abort raises; this line only tells type checkers so
@@ -220,15 +273,17 @@ async def start(
     cache_size: int = DEFAULT_CACHE_SIZE,
     metrics_port: int | None = None,
     tls: tuple[bytes, bytes, bytes | None] | None = None,
+    directory: Directory | None = None,
 ) -> Running:
     """Start serving ``engine`` on ``host:port`` (port 0 picks a free one); with
     ``watch``, reload from that policy directory whenever it changes; with
     ``metrics_port``, serve Prometheus metrics on ``host:metrics_port/metrics``; with
     ``tls`` (key, certificate chain, client CA or None), serve TLS, and require client
-    certificates from that CA when one is given (mutual TLS)."""
+    certificates from that CA when one is given (mutual TLS); with ``directory``, resolve
+    agents and users from it and refuse those it does not know or that are inactive."""
     server = grpc.aio.server()
     metrics = Metrics()
-    service = AuthorizerService(engine, cache_size, metrics)
+    service = AuthorizerService(engine, cache_size, metrics, directory)
     pb_grpc.add_AuthorizerServicer_to_server(service, server)  # type: ignore[no-untyped-call]
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -263,7 +318,16 @@ async def start(
 
 
 async def serve_forever(engine: Engine, config: ServeConfig, announce: Sequence[str] = ()) -> None:
-    """Serve until SIGINT or SIGTERM, then drain in-flight calls and stop."""
+    """Serve until SIGINT or SIGTERM, then drain in-flight calls and stop.
+
+    With a store: the directory snapshot follows it, and the issuer's HTTP service (SCIM)
+    runs beside the decision service in this event loop.
+    """
+    store = open_store(config.store) if config.store else None
+    directory = None
+    if store is not None:
+        directory = Directory(store)
+        directory.start()
     running = await start(
         engine,
         config.host,
@@ -273,6 +337,7 @@ async def serve_forever(engine: Engine, config: ServeConfig, announce: Sequence[
         cache_size=config.cache_size,
         metrics_port=config.metrics_port if config.metrics else None,
         tls=config.credentials(),
+        directory=directory,
     )
     scheme = "TLS" if config.tls_cert else "plaintext"
     if config.tls_client_ca:
@@ -284,6 +349,21 @@ async def serve_forever(engine: Engine, config: ServeConfig, announce: Sequence[
     if running.metrics_server is not None:
         where = f"{config.host}:{running.metrics_server.server_port}"
         print(f"tessera: metrics on http://{where}/metrics", flush=True)
+    http = None
+    if store is not None and config.http_port >= 0:
+        token = config.admin_token or new_token()
+        app = issuer_app(store, BootstrapToken(token))
+        http = await start_http(app, config.host, config.http_port)
+        where = f"http://{config.host}:{http.port}{SCIM_PATH}"
+        print(f"tessera: SCIM 2.0 at {where}, directory in {config.store}", flush=True)
+        if not config.admin_token:
+            print(
+                f"tessera: bootstrap admin token (random; set TESSERA_ADMIN_TOKEN to choose "
+                f"one): {token}",
+                flush=True,
+            )
+    elif store is None:
+        print("tessera: no store: deciding on the agent attributes callers send", flush=True)
     for line in announce:
         print(line, flush=True)
     stopping = asyncio.Event()
@@ -292,4 +372,10 @@ async def serve_forever(engine: Engine, config: ServeConfig, announce: Sequence[
         loop.add_signal_handler(sig, stopping.set)
     await stopping.wait()
     print("tessera: draining in-flight calls, then stopping", flush=True)
+    if http is not None:
+        await http.stop()
     await running.stop(config.grace)
+    if directory is not None:
+        directory.stop()
+    if store is not None:
+        store.close()

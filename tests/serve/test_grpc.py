@@ -124,7 +124,7 @@ def test_tessera_serve_prints_where_it_listens_and_stops_on_sigterm() -> None:
     process = subprocess.Popen(
         [
             *(str(exe), "serve", "--policies", str(POLICIES)),
-            *("--port", "0", "--metrics-port", "0", "--grace", "1"),
+            *("--port", "0", "--metrics-port", "0", "--grace", "1", "--store", ""),
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

@@ -1,0 +1,164 @@
+"""The directory's SCIM 2.0 resources: agents (Tessera's schemas), users and groups.
+
+Agents are a resource type of Tessera's own (RFC 7643 §6 lets a service define one):
+the core schema :data:`AGENT_SCHEMA` holds the agent's unique ``name`` and a
+``displayName``; the required extension :data:`AGENT_EXTENSION` holds what governance
+needs (owner, purpose, riskLevel, agentType, status, model, description, callbackUrl,
+scopes, labels). Users are RFC 7643 §4.1 users (the humans agents act for, with
+``roles``; ``groups`` is read-only, derived from group membership), groups are
+RFC 7643 §4.2 groups. scim2-models does the validation and serialization.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Annotated, Any
+
+from scim2_models import (
+    URN,
+    CaseExact,
+    ComplexAttribute,
+    Extension,
+    Group,
+    Required,
+    Resource,
+    ResourceType,
+    ScimProvider,
+    ServiceProviderConfig,
+    Uniqueness,
+    User,
+)
+
+AGENT_SCHEMA = "urn:tessera:params:scim:schemas:core:1.0:Agent"
+AGENT_EXTENSION = "urn:tessera:params:scim:schemas:extension:agent:1.0:Agent"
+
+MAX_RESULTS = 200
+"""The most resources one list response carries (ServiceProviderConfig filter.maxResults)."""
+
+
+class RiskLevel(StrEnum):
+    """How much harm the agent can do; ordered low < medium < high < critical."""
+
+    low = "low"
+    medium = "medium"
+    high = "high"
+    critical = "critical"
+
+
+class AgentType(StrEnum):
+    """How the agent runs: with a person at hand, on its own, or outside the organisation."""
+
+    interactive = "interactive"
+    background = "background"
+    external = "external"
+
+
+class AgentStatus(StrEnum):
+    """Lifecycle: only an active agent can be allowed anything."""
+
+    active = "active"
+    suspended = "suspended"
+    retired = "retired"
+
+
+class Label(ComplexAttribute):
+    """A key/value label on an agent (the PDP sees them as ``agent.labels``)."""
+
+    key: Annotated[str | None, Required.true, CaseExact.true] = None
+    """The label's name."""
+
+    value: Annotated[str | None, CaseExact.true] = None
+    """The label's value."""
+
+
+class AgentExtension(Extension):
+    """Tessera's agent extension: who answers for an agent, what it is for, its risk."""
+
+    __schema__ = URN(AGENT_EXTENSION)
+
+    owner: Annotated[str | None, Required.true] = None
+    """The person or team accountable for the agent."""
+
+    purpose: str | None = None
+    """What the agent is for, e.g. "payments"; policies match on it."""
+
+    risk_level: Annotated[RiskLevel | None, Required.true] = None
+    """low, medium, high or critical."""
+
+    agent_type: Annotated[AgentType | None, Required.true] = None
+    """interactive, background (the default) or external."""
+
+    status: Annotated[AgentStatus | None, Required.true] = None
+    """active (the default), suspended or retired."""
+
+    model: str | None = None
+    """The model the agent runs on, e.g. "gpt-5"."""
+
+    description: str | None = None
+    """Free text for people."""
+
+    callback_url: str | None = None
+    """Where the agent receives notifications (informational)."""
+
+    scopes: list[str] | None = None
+    """The OAuth scopes the agent may be granted."""
+
+    labels: list[Label] | None = None
+    """Key/value labels."""
+
+
+class Agent(Resource[Any]):
+    """An AI agent: a first-class identity in the directory."""
+
+    __schema__ = URN(AGENT_SCHEMA)
+
+    name: Annotated[str | None, Required.true, Uniqueness.server] = None
+    """The agent's unique name, e.g. "pay-bot" (case-insensitive)."""
+
+    display_name: str | None = None
+    """A human-readable name."""
+
+
+AgentResource = Agent[Annotated[AgentExtension, Required.true]]  # type: ignore[misc,type-arg]
+"""An agent with its (required) extension: the model the service validates against."""
+
+
+def service_provider_config() -> ServiceProviderConfig:
+    """What the service supports (RFC 7643 §5), exactly what it implements."""
+    return ServiceProviderConfig.model_validate(
+        {
+            "patch": {"supported": True},
+            "bulk": {"supported": False, "maxOperations": 0, "maxPayloadSize": 0},
+            "filter": {"supported": True, "maxResults": MAX_RESULTS},
+            "changePassword": {"supported": True},
+            "sort": {"supported": True},
+            "etag": {"supported": True},
+            "authenticationSchemes": [
+                {
+                    "type": "oauthbearertoken",
+                    "name": "OAuth Bearer Token",
+                    "description": "A bearer token with the tessera:admin scope (RFC 6750).",
+                    "specUri": "https://www.rfc-editor.org/rfc/rfc6750",
+                    "primary": True,
+                }
+            ],
+        }
+    )
+
+
+def _resource_type(model: type[Resource[Any]], name: str, description: str) -> ResourceType:
+    resource_type = ResourceType.from_resource(model)
+    resource_type.description = description
+    return resource_type.model_copy(update={"id": name, "name": name})
+
+
+PROVIDER = ScimProvider(
+    models=[Agent, AgentExtension, User, Group],
+    resource_types=[
+        _resource_type(AgentResource, "Agent", "AI agents, with Tessera's agent extension"),
+        _resource_type(User, "User", "People agents act for"),
+        _resource_type(Group, "Group", "Groups of users"),
+    ],
+    config=service_provider_config(),
+)
+"""The service's schemas, resource types and configuration."""

@@ -1,0 +1,693 @@
+"""The SCIM 2.0 provisioning service (RFC 7643, RFC 7644) for agents, users and groups.
+
+An ASGI application (Starlette) meant to be mounted at ``/scim/v2``. scim2-models
+validates every payload against the resource schemas, parses filters, paths and PATCH
+operations and shapes every response; this module adds HTTP, the store, ETags and
+authorization. Every endpoint needs a bearer token with the ``tessera:admin`` scope
+(RFC 6750), discovery included.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+import secrets
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, TypeVar, Union
+
+from anyio import to_thread
+from pydantic import ValidationError
+from scim2_models import (
+    Context,
+    Error,
+    Group,
+    InvalidSyntaxException,
+    InvalidValueException,
+    ListResponse,
+    Meta,
+    MutabilityException,
+    NotFoundException,
+    PatchOp,
+    PayloadTooLargeException,
+    PreconditionFailedException,
+    Resource,
+    ResourceType,
+    Schema,
+    SCIMException,
+    SearchRequest,
+    UniquenessException,
+    User,
+)
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from issuer.models import (
+    AGENT_EXTENSION,
+    MAX_RESULTS,
+    PROVIDER,
+    AgentResource,
+    AgentStatus,
+    AgentType,
+)
+from issuer.store import Conflict, NotFound, Record, Store, VersionMismatch
+
+log = logging.getLogger("tessera.scim")
+
+MEDIA_TYPE = "application/scim+json"
+ADMIN_SCOPE = "tessera:admin"
+MAX_BODY = 1 << 20  # bytes; larger requests get 413 (RFC 7644 §3.12 tooLarge)
+
+T = TypeVar("T")
+
+
+# ---------------------------------------------------------------- authorization
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is calling and what they may do."""
+
+    subject: str
+    scopes: frozenset[str]
+
+
+Authenticator = Callable[[str], Principal | None]
+"""Maps a bearer token to its principal, or None when the token is not valid."""
+
+
+class BootstrapToken:
+    """The administrator token from configuration, until the token issuer exists.
+
+    Only its SHA-256 digest is kept in memory, and tokens are compared in constant time.
+    """
+
+    def __init__(self, token: str) -> None:
+        if len(token) < 16:
+            raise ValueError("the bootstrap admin token must have at least 16 characters")
+        self._digest = hashlib.sha256(token.encode()).digest()
+
+    def __call__(self, token: str) -> Principal | None:
+        digest = hashlib.sha256(token.encode()).digest()
+        if hmac.compare_digest(digest, self._digest):
+            return Principal("bootstrap-admin", frozenset({ADMIN_SCOPE}))
+        return None
+
+
+def new_token() -> str:
+    """A random bearer token (256 bits, URL-safe)."""
+    return secrets.token_urlsafe(32)
+
+
+# ---------------------------------------------------------------- responses
+
+
+class _Unauthorized(SCIMException):
+    status = 401
+    _default_detail = "a bearer token with the tessera:admin scope is required"
+
+    def __init__(self, challenge: str, detail: str) -> None:
+        super().__init__(detail=detail)
+        self.challenge = challenge
+
+
+class _Forbidden(SCIMException):
+    status = 403
+    _default_detail = "the token lacks the tessera:admin scope"
+
+
+class _NotModified(Exception):
+    def __init__(self, etag: str) -> None:
+        self.etag = etag
+
+
+def scim_response(
+    payload: Mapping[str, Any] | None, status: int = 200, headers: Mapping[str, str] | None = None
+) -> Response:
+    body = b"" if payload is None else json.dumps(payload, ensure_ascii=False).encode()
+    media = None if payload is None else MEDIA_TYPE
+    return Response(body, status, headers=dict(headers or {}), media_type=media)
+
+
+def error_response(exc: SCIMException) -> Response:
+    """The RFC 7644 §3.12 error body for an exception, with its status."""
+    error = exc.to_error()
+    headers = {}
+    if isinstance(exc, _Unauthorized):
+        headers["WWW-Authenticate"] = exc.challenge
+    elif isinstance(exc, _Forbidden):
+        headers["WWW-Authenticate"] = f'Bearer error="insufficient_scope", scope="{ADMIN_SCOPE}"'
+    return scim_response(error.model_dump(), error.status or 400, headers)
+
+
+def _validation_error(exc: ValidationError) -> SCIMException:
+    error = Error.from_validation_errors(exc)[0]
+    return SCIMException.from_error(error)
+
+
+# ---------------------------------------------------------------- resource kinds
+
+
+@dataclass(frozen=True)
+class Kind:
+    """One resource type the service serves, and the rules the schemas cannot say."""
+
+    name: str
+    endpoint: str
+    model: type[Resource[Any]]
+    unique: Callable[[Resource[Any]], dict[str, str]]
+
+
+def _agent_unique(agent: Resource[Any]) -> dict[str, str]:
+    return {"name": str(getattr(agent, "name", "")).casefold()}
+
+
+def _user_unique(user: Resource[Any]) -> dict[str, str]:
+    return {"userName": str(getattr(user, "user_name", "")).casefold()}
+
+
+KINDS = {
+    kind.endpoint: kind
+    for kind in (
+        Kind("Agent", "Agents", AgentResource, _agent_unique),
+        Kind("User", "Users", User, _user_unique),
+        Kind("Group", "Groups", Group, lambda _group: {}),
+    )
+}
+
+
+DISCOVERY = ("ServiceProviderConfig", "ResourceTypes", "Schemas")
+
+
+def etag(version: int) -> str:
+    """A weak entity tag for a stored version (RFC 7232 §2.3, RFC 7644 §3.14)."""
+    return f'W/"{version}"'
+
+
+def _versions(header: str) -> list[str]:
+    return [part.strip() for part in header.split(",") if part.strip()]
+
+
+# ---------------------------------------------------------------- the service
+
+
+class ScimService:
+    """The endpoints of RFC 7644 over a :class:`~issuer.store.Store`."""
+
+    def __init__(self, store: Store, authenticate: Authenticator) -> None:
+        self.store = store
+        self.authenticate = authenticate
+
+    # -- plumbing
+
+    async def _io(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run a store call off the event loop (the loop also serves the PDP)."""
+        return await to_thread.run_sync(lambda: fn(*args, **kwargs))
+
+    def _principal(self, request: Request) -> Principal:
+        header = request.headers.get("authorization", "")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise _Unauthorized(
+                'Bearer realm="tessera"', "a bearer token with the tessera:admin scope is required"
+            )
+        principal = self.authenticate(token.strip())
+        if principal is None:
+            raise _Unauthorized(
+                'Bearer realm="tessera", error="invalid_token"',
+                "the bearer token is not valid",
+            )
+        if ADMIN_SCOPE not in principal.scopes:
+            raise _Forbidden()
+        return principal
+
+    async def _body(self, request: Request) -> Any:
+        body = await request.body()
+        if len(body) > MAX_BODY:
+            raise PayloadTooLargeException(detail=f"the request body exceeds {MAX_BODY} bytes")
+        try:
+            return json.loads(body)
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise InvalidSyntaxException(detail=f"the body is not valid JSON: {exc}") from None
+
+    @staticmethod
+    def _kind(request: Request) -> Kind:
+        if request.path_params["endpoint"] in DISCOVERY:
+            raise SCIMException.from_error(
+                Error(status=405, detail=f"{request.method} is not supported here; use GET")
+            )
+        kind = KINDS.get(request.path_params["endpoint"])
+        if kind is None:
+            raise NotFoundException(
+                detail=f"no resource type at /{request.path_params['endpoint']}"
+            )
+        return kind
+
+    def _base(self, request: Request) -> str:
+        """The service's absolute base URL, e.g. ``https://host/scim/v2`` (for meta.location)."""
+        url = request.url
+        return f"{url.scheme}://{url.netloc}{request.scope.get('root_path', '')}"
+
+    # -- records and models
+
+    def _model(self, kind: Kind, record: Record, base: str, groups: list[Record]) -> Any:
+        data = dict(record.data)
+        data.pop("password", None)  # write-only, and stored hashed
+        if kind.name == "User":
+            data["groups"] = [
+                {"value": g.id, "display": g.data.get("displayName"), "type": "direct"}
+                for g in groups
+                if any(m.get("value") == record.id for m in g.data.get("members") or ())
+            ] or None
+        meta = Meta(
+            resource_type=kind.name,
+            created=record.created,
+            last_modified=record.modified,
+            location=f"{base}/{kind.endpoint}/{record.id}",
+            version=etag(record.version),
+        )
+        return kind.model.model_validate({**data, "id": record.id, "meta": meta.model_dump()})
+
+    async def _groups(self, kind: Kind) -> list[Record]:
+        return await self._io(self.store.list, "Group") if kind.name == "User" else []
+
+    async def _load(self, kind: Kind, id: str) -> Record:
+        try:
+            return await self._io(self.store.get, kind.name, id)
+        except NotFound:
+            raise NotFoundException(detail=f"no {kind.name} with id {id!r}") from None
+
+    def _respond(
+        self,
+        kind: Kind,
+        resource: Any,
+        context: Context,
+        params: Any,
+        status: int = 200,
+    ) -> Response:
+        headers = {"ETag": str(resource.meta.version)}
+        if status == 201:
+            headers["Location"] = str(resource.meta.location)
+        payload = resource.model_dump(scim_ctx=context, response_parameters=params)
+        return scim_response(payload, status, headers)
+
+    def _params(self, kind: Kind, request: Request) -> Any:
+        query = request.query_params
+        raw = {
+            key: query[key]
+            for key in ("attributes", "excludedAttributes")
+            if key in query and query[key].strip()
+        }
+        try:
+            return SearchRequest[kind.model].model_validate(raw)  # type: ignore[name-defined]
+        except ValidationError as exc:
+            raise _validation_error(exc) from None
+
+    def _document(self, resource: Any, before: Record | None) -> dict[str, Any]:
+        """What the store keeps: the validated resource without id and meta, secrets hashed."""
+        data: dict[str, Any] = resource.model_dump(
+            scim_ctx=None, exclude_none=True, by_alias=True, mode="json"
+        )
+        for key in ("id", "meta", "groups"):
+            data.pop(key, None)
+        for value in data.values():  # an extension's "schemas" repeats the resource's
+            if isinstance(value, dict):
+                value.pop("schemas", None)
+        password = data.get("password")
+        if password is not None and (before is None or before.data.get("password") != password):
+            data["password"] = hash_password(password)
+        return data
+
+    async def _check(self, kind: Kind, data: dict[str, Any]) -> None:
+        """The rules the schemas cannot express: group members must exist."""
+        if kind.name == "Group":
+            for member in data.get("members") or ():
+                value = member.get("value")
+                if not value or not await self._exists(value):
+                    raise InvalidValueException(
+                        detail=f"members: no user or group with id {value!r}"
+                    )
+
+    async def _exists(self, id: str) -> bool:
+        for name in ("User", "Group"):
+            try:
+                await self._io(self.store.get, name, id)
+                return True
+            except NotFound:
+                continue
+        return False
+
+    def _precondition(self, request: Request, record: Record) -> int | None:
+        """The version If-Match pins, or 412 when no listed tag is current (RFC 7232 §3.1)."""
+        header = request.headers.get("if-match")
+        if header is None:
+            return None
+        tags = _versions(header)
+        if "*" in tags:
+            return record.version
+        if etag(record.version) in tags or f'"{record.version}"' in tags:
+            return record.version
+        raise PreconditionFailedException(
+            detail=f"the resource is at {etag(record.version)}, not {header}"
+        )
+
+    # -- endpoints
+
+    async def create(self, request: Request) -> Response:
+        principal = self._principal(request)
+        kind = self._kind(request)
+        params = self._params(kind, request)
+        payload = _with_defaults(kind, await self._body(request))
+        try:
+            resource = kind.model.model_validate(
+                payload, scim_ctx=Context.RESOURCE_CREATION_REQUEST
+            )
+        except ValidationError as exc:
+            raise _validation_error(exc) from None
+        data = self._document(resource, None)
+        await self._check(kind, data)
+        try:
+            record = await self._io(
+                self.store.create,
+                kind.name,
+                data,
+                unique=kind.unique(resource),
+                actor=principal.subject,
+            )
+        except Conflict as exc:
+            raise UniquenessException(detail=str(exc)) from None
+        model = self._model(kind, record, self._base(request), await self._groups(kind))
+        return self._respond(kind, model, Context.RESOURCE_CREATION_RESPONSE, params, 201)
+
+    async def get(self, request: Request) -> Response:
+        self._principal(request)
+        kind = self._kind(request)
+        params = self._params(kind, request)
+        record = await self._load(kind, request.path_params["id"])
+        if_none_match = request.headers.get("if-none-match")
+        if if_none_match and etag(record.version) in _versions(if_none_match):
+            raise _NotModified(etag(record.version))
+        model = self._model(kind, record, self._base(request), await self._groups(kind))
+        return self._respond(kind, model, Context.RESOURCE_QUERY_RESPONSE, params)
+
+    async def replace(self, request: Request) -> Response:
+        principal = self._principal(request)
+        kind = self._kind(request)
+        params = self._params(kind, request)
+        payload = await self._body(request)
+        before = await self._load(kind, request.path_params["id"])
+        expected = self._precondition(request, before) or before.version
+        base = self._base(request)
+        groups = await self._groups(kind)
+        try:
+            resource = kind.model.model_validate(
+                payload, scim_ctx=Context.RESOURCE_REPLACEMENT_REQUEST
+            )
+        except ValidationError as exc:
+            raise _validation_error(exc) from None
+        original = self._model(kind, before, base, groups)
+        if kind.name == "User":
+            original.password = before.data.get("password")
+        resource.replace(original)  # read-only copied, immutable checked (RFC 7644 §3.5.1)
+        return await self._store(request, kind, before, resource, expected, principal, params)
+
+    async def patch(self, request: Request) -> Response:
+        principal = self._principal(request)
+        kind = self._kind(request)
+        params = self._params(kind, request)
+        payload = await self._body(request)
+        before = await self._load(kind, request.path_params["id"])
+        expected = self._precondition(request, before) or before.version
+        try:
+            operation = PatchOp[kind.model].model_validate(  # type: ignore[name-defined]
+                payload, scim_ctx=Context.RESOURCE_PATCH_REQUEST
+            )
+        except ValidationError as exc:
+            raise _validation_error(exc) from None
+        resource = self._model(kind, before, self._base(request), await self._groups(kind))
+        if kind.name == "User":
+            resource.password = before.data.get("password")
+        operation.patch(resource)  # RFC 7644 §3.5.2; raises the SCIM error it deserves
+        checked: Any
+        try:  # the result must still be a valid resource (required attributes, types)
+            checked = kind.model.model_validate(
+                resource.model_dump(scim_ctx=None, exclude_none=True, by_alias=True, mode="json"),
+                scim_ctx=Context.RESOURCE_REPLACEMENT_REQUEST,
+            )
+        except ValidationError as exc:
+            raise _validation_error(exc) from None
+        if kind.name == "User":
+            checked.password = resource.password
+        return await self._store(request, kind, before, checked, expected, principal, params)
+
+    async def _store(
+        self,
+        request: Request,
+        kind: Kind,
+        before: Record,
+        resource: Any,
+        expected: int,
+        principal: Principal,
+        params: Any,
+    ) -> Response:
+        data = self._document(resource, before)
+        await self._check(kind, data)
+        try:
+            record = await self._io(
+                self.store.replace,
+                kind.name,
+                before.id,
+                data,
+                unique=kind.unique(resource),
+                expected_version=expected,
+                actor=principal.subject,
+            )
+        except Conflict as exc:
+            raise UniquenessException(detail=str(exc)) from None
+        except VersionMismatch as exc:
+            raise PreconditionFailedException(
+                detail=f"the resource changed meanwhile: {exc}"
+            ) from None
+        except NotFound:
+            raise NotFoundException(detail=f"no {kind.name} with id {before.id!r}") from None
+        model = self._model(kind, record, self._base(request), await self._groups(kind))
+        return self._respond(kind, model, Context.RESOURCE_REPLACEMENT_RESPONSE, params)
+
+    async def delete(self, request: Request) -> Response:
+        principal = self._principal(request)
+        kind = self._kind(request)
+        before = await self._load(kind, request.path_params["id"])
+        expected = self._precondition(request, before)
+        try:
+            await self._io(
+                self.store.delete,
+                kind.name,
+                before.id,
+                expected_version=expected,
+                actor=principal.subject,
+            )
+        except VersionMismatch as exc:
+            raise PreconditionFailedException(
+                detail=f"the resource changed meanwhile: {exc}"
+            ) from None
+        except NotFound:
+            raise NotFoundException(detail=f"no {kind.name} with id {before.id!r}") from None
+        return scim_response(None, 204)
+
+    async def search(self, request: Request) -> Response:
+        """GET /{endpoint} with query parameters, or POST /{endpoint}/.search (RFC 7644 §3.4)."""
+        self._principal(request)
+        kind = self._kind(request)
+        return await self._search(request, kind.model, [kind])
+
+    async def search_all(self, request: Request) -> Response:
+        """POST /.search at the service root: every resource type at once (RFC 7644 §3.4.3)."""
+        self._principal(request)
+        kinds = list(KINDS.values())
+        model: Any = Union[tuple(kind.model for kind in kinds)]  # noqa: UP007
+        return await self._search(request, model, kinds)
+
+    async def _search(self, request: Request, model: Any, kinds: list[Kind]) -> Response:
+        if request.method == "POST":
+            raw = await self._body(request)
+            if not isinstance(raw, dict):
+                raise InvalidSyntaxException(detail="a SearchRequest is a JSON object")
+        else:
+            raw = dict(request.query_params)
+        try:
+            query = SearchRequest[model].model_validate(raw, scim_ctx=Context.SEARCH_REQUEST)
+        except ValidationError as exc:
+            raise _validation_error(exc) from None
+        base = self._base(request)
+        resources = []
+        for kind in kinds:
+            groups = await self._groups(kind)
+            records = await self._io(self.store.list, kind.name)
+            resources += [self._model(kind, record, base, groups) for record in records]
+        if query.filter is not None:
+            resources = [r for r in resources if query.filter.match(r)]
+        if query.sort_by is not None:
+            resources = query.sort(resources)
+        start = query.start_index_0 or 0
+        count = MAX_RESULTS if query.count is None else min(query.count, MAX_RESULTS)
+        page = resources[start : start + count]
+        listing = ListResponse[model](
+            total_results=len(resources),
+            start_index=start + 1,
+            items_per_page=len(page),
+            resources=page,
+        )
+        payload = listing.model_dump(scim_ctx=Context.SEARCH_RESPONSE, response_parameters=query)
+        return scim_response(payload)
+
+    # -- discovery (RFC 7644 §4)
+
+    async def service_provider_config(self, request: Request) -> Response:
+        self._principal(request)
+        config = PROVIDER.config
+        assert config is not None
+        located = config.model_copy(
+            update={
+                "meta": Meta(
+                    resource_type="ServiceProviderConfig",
+                    location=f"{self._base(request)}/ServiceProviderConfig",
+                )
+            }
+        )
+        return scim_response(located.model_dump(scim_ctx=Context.RESOURCE_QUERY_RESPONSE))
+
+    async def resource_types(self, request: Request) -> Response:
+        self._principal(request)
+        base = self._base(request)
+        items = [
+            self._located(t, "ResourceType", base, "ResourceTypes") for t in PROVIDER.resource_types
+        ]
+        return self._discovery_list(request, items, ResourceType)
+
+    async def resource_type(self, request: Request) -> Response:
+        self._principal(request)
+        base = self._base(request)
+        for item in PROVIDER.resource_types:
+            if item.id == request.path_params["id"]:
+                located = self._located(item, "ResourceType", base, "ResourceTypes")
+                return scim_response(located.model_dump(scim_ctx=Context.RESOURCE_QUERY_RESPONSE))
+        raise NotFoundException(detail=f"no resource type {request.path_params['id']!r}")
+
+    async def schemas(self, request: Request) -> Response:
+        self._principal(request)
+        base = self._base(request)
+        items = [self._located(s, "Schema", base, "Schemas") for s in PROVIDER.schemas]
+        return self._discovery_list(request, items, Schema)
+
+    async def schema(self, request: Request) -> Response:
+        self._principal(request)
+        base = self._base(request)
+        for item in PROVIDER.schemas:
+            if item.id == request.path_params["id"]:
+                located = self._located(item, "Schema", base, "Schemas")
+                return scim_response(located.model_dump(scim_ctx=Context.RESOURCE_QUERY_RESPONSE))
+        raise NotFoundException(detail=f"no schema {request.path_params['id']!r}")
+
+    @staticmethod
+    def _located(item: Any, resource_type: str, base: str, endpoint: str) -> Any:
+        meta = Meta(resource_type=resource_type, location=f"{base}/{endpoint}/{item.id}")
+        return item.model_copy(update={"meta": meta})
+
+    def _discovery_list(self, request: Request, items: list[Any], model: type[Any]) -> Response:
+        if request.query_params.get("filter"):
+            raise SCIMException.from_error(
+                Error(status=403, detail="filtering is not supported on discovery endpoints")
+            )
+        listing = ListResponse[model](  # type: ignore[valid-type]
+            total_results=len(items), start_index=1, items_per_page=len(items), resources=items
+        )
+        return scim_response(listing.model_dump(scim_ctx=Context.RESOURCE_QUERY_RESPONSE))
+
+
+def _with_defaults(kind: Kind, payload: Any) -> Any:
+    """A new agent is active and runs in the background unless the payload says otherwise."""
+    if kind.name == "Agent" and isinstance(payload, dict):
+        extension = payload.get(AGENT_EXTENSION)
+        if isinstance(extension, dict):
+            defaults = {"status": AgentStatus.active.value, "agentType": AgentType.background.value}
+            payload = {**payload, AGENT_EXTENSION: {**defaults, **extension}}
+    return payload
+
+
+def hash_password(password: str) -> str:
+    """scrypt (RFC 7914) with a random salt, in ``scrypt$n$r$p$salt$hash`` form."""
+    salt = secrets.token_bytes(16)
+    n, r, p = 2**14, 8, 1
+    digest = hashlib.scrypt(password.encode(), salt=salt, n=n, r=r, p=p, dklen=32)
+    return f"scrypt${n}${r}${p}${salt.hex()}${digest.hex()}"
+
+
+def verify_password(password: str, stored: str) -> bool:
+    """Whether a password matches a :func:`hash_password` value (constant time)."""
+    try:
+        scheme, n, r, p, salt, digest = stored.split("$")
+    except ValueError:
+        return False
+    if scheme != "scrypt":
+        return False
+    computed = hashlib.scrypt(
+        password.encode(), salt=bytes.fromhex(salt), n=int(n), r=int(r), p=int(p), dklen=32
+    )
+    return hmac.compare_digest(computed, bytes.fromhex(digest))
+
+
+# ---------------------------------------------------------------- the application
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+def _guarded(handler: Handler) -> Handler:
+    """Turn SCIM exceptions into RFC 7644 §3.12 error responses."""
+
+    async def endpoint(request: Request) -> Response:
+        try:
+            return await handler(request)
+        except SCIMException as exc:
+            return error_response(exc)
+        except MutabilityException as exc:  # pragma: no cover - a SCIMException subclass
+            return error_response(exc)
+        except _NotModified as exc:
+            return Response(status_code=304, headers={"ETag": exc.etag})
+
+    return endpoint
+
+
+def _not_found(request: Request, exc: Exception) -> Response:
+    status = exc.status_code if isinstance(exc, HTTPException) else 500
+    detail = exc.detail if isinstance(exc, HTTPException) else "internal error"
+    return scim_response(Error(status=status, detail=str(detail)).model_dump(), status)
+
+
+def scim_app(store: Store, authenticate: Authenticator) -> Starlette:
+    """The SCIM service as an ASGI app; mount it at ``/scim/v2``."""
+    service = ScimService(store, authenticate)
+
+    def route(path: str, handler: Handler, methods: Iterable[str]) -> Route:
+        return Route(path, _guarded(handler), methods=list(methods))
+
+    routes = [
+        route("/ServiceProviderConfig", service.service_provider_config, ["GET"]),
+        route("/ResourceTypes", service.resource_types, ["GET"]),
+        route("/ResourceTypes/{id}", service.resource_type, ["GET"]),
+        route("/Schemas", service.schemas, ["GET"]),
+        route("/Schemas/{id:path}", service.schema, ["GET"]),
+        route("/.search", service.search_all, ["POST"]),
+        route("/{endpoint}", service.search, ["GET"]),
+        route("/{endpoint}", service.create, ["POST"]),
+        route("/{endpoint}/.search", service.search, ["POST"]),
+        route("/{endpoint}/{id}", service.get, ["GET"]),
+        route("/{endpoint}/{id}", service.replace, ["PUT"]),
+        route("/{endpoint}/{id}", service.patch, ["PATCH"]),
+        route("/{endpoint}/{id}", service.delete, ["DELETE"]),
+    ]
+    return Starlette(routes=routes, exception_handlers={HTTPException: _not_found})

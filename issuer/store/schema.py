@@ -1,0 +1,348 @@
+"""What the SQLite and PostgreSQL stores share: the tables, their migrations and the queries.
+
+:class:`SQLStore` implements every :class:`~issuer.store.Store` operation on top of one
+abstract method, :meth:`SQLStore._transaction`, which a backend provides: it holds the
+backend's lock, opens a transaction (a *write* transaction excludes every other writer
+until it commits, so change seqs become visible in order and uniqueness checks are
+exact), and yields a :class:`Cursor` that takes ``?`` placeholders.
+
+Values cross the driver as text both ways: timestamps as ISO-8601 UTC, documents as
+JSON. SQLite stores that text as is; PostgreSQL receives it as an untyped literal and
+casts it to the column's ``timestamptz`` or ``jsonb``, and hands back ``datetime`` and
+decoded JSON, which :func:`as_utc` and :func:`as_document` accept as well.
+"""
+
+from __future__ import annotations
+
+import builtins
+import json
+import uuid
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from contextlib import AbstractContextManager
+from datetime import UTC, datetime
+from typing import Any, Protocol, cast
+
+from issuer.store import Change, Conflict, NotFound, Op, Record, StoreError, VersionMismatch
+
+
+class Cursor(Protocol):
+    """The part of a DB-API cursor the shared queries use (``?`` placeholders)."""
+
+    def execute(self, sql: str, parameters: Sequence[Any] = ..., /) -> object: ...
+
+    def fetchone(self) -> Any: ...
+
+    def fetchall(self) -> builtins.list[Any]: ...
+
+
+# Column types per backend, substituted into MIGRATIONS with str.format.
+SQLITE_TYPES: Mapping[str, str] = {
+    "int": "INTEGER",
+    "json": "TEXT",
+    "time": "TEXT",
+    "seq": "INTEGER PRIMARY KEY AUTOINCREMENT",
+}
+POSTGRES_TYPES: Mapping[str, str] = {
+    "int": "BIGINT",
+    "json": "JSONB",
+    "time": "TIMESTAMPTZ",
+    "seq": "BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY",
+}
+
+# Migration n (1-based) is MIGRATIONS[n - 1]; append new ones, never edit applied ones.
+MIGRATIONS: Sequence[Sequence[str]] = (
+    (
+        # created_seq is the seq of the create change: "oldest first" without clock ties.
+        """CREATE TABLE resources (
+            kind TEXT NOT NULL,
+            id TEXT NOT NULL,
+            version {int} NOT NULL,
+            data {json} NOT NULL,
+            created {time} NOT NULL,
+            modified {time} NOT NULL,
+            created_seq {int} NOT NULL,
+            PRIMARY KEY (kind, id)
+        )""",
+        "CREATE INDEX resources_by_age ON resources (kind, created_seq)",
+        """CREATE TABLE unique_values (
+            kind TEXT NOT NULL,
+            attribute TEXT NOT NULL,
+            value TEXT NOT NULL,
+            id TEXT NOT NULL,
+            PRIMARY KEY (kind, attribute, value),
+            FOREIGN KEY (kind, id) REFERENCES resources (kind, id)
+        )""",
+        "CREATE INDEX unique_values_by_resource ON unique_values (kind, id)",
+        """CREATE TABLE changes (
+            seq {seq},
+            at {time} NOT NULL,
+            kind TEXT NOT NULL,
+            id TEXT NOT NULL,
+            op TEXT NOT NULL CHECK (op IN ('create', 'replace', 'delete')),
+            actor TEXT NOT NULL,
+            version {int} NOT NULL,
+            data {json}
+        )""",
+        "CREATE INDEX changes_by_resource ON changes (kind, id, seq)",
+    ),
+)
+
+
+def apply_migrations(cur: Cursor, types: Mapping[str, str]) -> None:
+    """Bring the schema up to date; a no-op when it already is.
+
+    Runs inside the caller's transaction, which must keep other openers out.
+    """
+    cur.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER PRIMARY KEY)")
+    cur.execute("SELECT COALESCE(MAX(version), 0) FROM schema_version")
+    current = int(cur.fetchone()[0])
+    if current > len(MIGRATIONS):
+        raise StoreError(
+            f"the database schema is at version {current}, newer than this code "
+            f"({len(MIGRATIONS)}); upgrade Tessera"
+        )
+    for number, statements in enumerate(MIGRATIONS[current:], start=current + 1):
+        for statement in statements:
+            cur.execute(statement.format_map(types))
+        cur.execute("INSERT INTO schema_version (version) VALUES (?)", (number,))
+
+
+def unique_diff(
+    old: Mapping[str, str], new: Mapping[str, str]
+) -> tuple[builtins.list[str], dict[str, str]]:
+    """Which unique attributes to release and which values to claim, going old → new.
+
+    An attribute that keeps its value is in neither, so a resource never conflicts
+    with itself.
+    """
+    release = [attribute for attribute, value in old.items() if new.get(attribute) != value]
+    claim = {attribute: value for attribute, value in new.items() if old.get(attribute) != value}
+    return release, claim
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def time_text(moment: datetime) -> str:
+    """ISO-8601 in UTC with microseconds, the form timestamps are stored in."""
+    return moment.astimezone(UTC).isoformat(timespec="microseconds")
+
+
+def as_utc(value: str | datetime) -> datetime:
+    """A stored timestamp (ISO text or a driver's datetime) as an aware UTC datetime."""
+    moment = datetime.fromisoformat(value) if isinstance(value, str) else value
+    if moment.tzinfo is None:
+        return moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC)
+
+
+def document_text(data: Mapping[str, Any]) -> str:
+    """A document as JSON text (strict JSON: NaN and infinities are refused)."""
+    return json.dumps(dict(data), ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+
+
+def as_document(value: str | dict[str, Any]) -> dict[str, Any]:
+    """A stored document (JSON text or a driver's decoded JSON) as a dict."""
+    return cast(dict[str, Any], json.loads(value)) if isinstance(value, str) else value
+
+
+RECORD_COLUMNS = "id, version, data, created, modified"
+CHANGE_COLUMNS = "seq, at, kind, id, op, actor, version, data"
+
+
+def record_from_row(kind: str, row: Sequence[Any]) -> Record:
+    """A :class:`Record` from a row of ``RECORD_COLUMNS``."""
+    id_, version, data, created, modified = row
+    return Record(
+        kind=kind,
+        id=str(id_),
+        version=int(version),
+        data=as_document(data),
+        created=as_utc(created),
+        modified=as_utc(modified),
+    )
+
+
+def change_from_row(row: Sequence[Any]) -> Change:
+    """A :class:`Change` from a row of ``CHANGE_COLUMNS``."""
+    seq, at, kind, id_, op, actor, version, data = row
+    return Change(
+        seq=int(seq),
+        at=as_utc(at),
+        kind=str(kind),
+        id=str(id_),
+        op=cast(Op, op),
+        actor=str(actor),
+        version=int(version),
+        data=None if data is None else as_document(data),
+    )
+
+
+class SQLStore(ABC):
+    """The store operations, in SQL both backends understand."""
+
+    url: str
+
+    @abstractmethod
+    def _transaction(self, write: bool) -> AbstractContextManager[Cursor]:
+        """Hold the lock and run one transaction: commit on success, roll back on error.
+
+        ``write`` excludes other writers until commit. Driver errors leave as
+        :class:`StoreError`; errors the body raises pass through unchanged.
+        """
+
+    def create(
+        self, kind: str, data: Mapping[str, Any], *, unique: Mapping[str, str], actor: str
+    ) -> Record:
+        text = document_text(data)
+        id_ = str(uuid.uuid4())
+        now = utc_now()
+        with self._transaction(write=True) as cur:
+            _check_unique(cur, kind, id_, unique)
+            seq = _log(cur, now, kind, id_, "create", actor, 1, text)
+            cur.execute(
+                "INSERT INTO resources (kind, id, version, data, created, modified, created_seq)"
+                " VALUES (?, ?, 1, ?, ?, ?, ?)",
+                (kind, id_, text, time_text(now), time_text(now), seq),
+            )
+            _claim(cur, kind, id_, unique)
+        return Record(kind, id_, 1, as_document(text), now, now)
+
+    def get(self, kind: str, id: str) -> Record:
+        with self._transaction(write=False) as cur:
+            cur.execute(
+                f"SELECT {RECORD_COLUMNS} FROM resources WHERE kind = ? AND id = ?", (kind, id)
+            )
+            row = cur.fetchone()
+        if row is None:
+            raise NotFound(f"no {kind} with id {id!r}")
+        return record_from_row(kind, row)
+
+    def list(self, kind: str) -> builtins.list[Record]:
+        with self._transaction(write=False) as cur:
+            cur.execute(
+                f"SELECT {RECORD_COLUMNS} FROM resources WHERE kind = ? ORDER BY created_seq",
+                (kind,),
+            )
+            rows = cur.fetchall()
+        return [record_from_row(kind, row) for row in rows]
+
+    def replace(
+        self,
+        kind: str,
+        id: str,
+        data: Mapping[str, Any],
+        *,
+        unique: Mapping[str, str],
+        expected_version: int | None,
+        actor: str,
+    ) -> Record:
+        text = document_text(data)
+        now = utc_now()
+        with self._transaction(write=True) as cur:
+            current = _current(cur, kind, id, expected_version)
+            cur.execute(
+                "SELECT attribute, value FROM unique_values WHERE kind = ? AND id = ?", (kind, id)
+            )
+            release, claim = unique_diff(dict(cur.fetchall()), unique)
+            _check_unique(cur, kind, id, claim)
+            for attribute in release:
+                cur.execute(
+                    "DELETE FROM unique_values WHERE kind = ? AND id = ? AND attribute = ?",
+                    (kind, id, attribute),
+                )
+            _claim(cur, kind, id, claim)
+            version = current.version + 1
+            cur.execute(
+                "UPDATE resources SET version = ?, data = ?, modified = ?"
+                " WHERE kind = ? AND id = ?",
+                (version, text, time_text(now), kind, id),
+            )
+            _log(cur, now, kind, id, "replace", actor, version, text)
+        return Record(kind, id, version, as_document(text), current.created, now)
+
+    def delete(self, kind: str, id: str, *, expected_version: int | None, actor: str) -> None:
+        now = utc_now()
+        with self._transaction(write=True) as cur:
+            current = _current(cur, kind, id, expected_version)
+            cur.execute("DELETE FROM unique_values WHERE kind = ? AND id = ?", (kind, id))
+            cur.execute("DELETE FROM resources WHERE kind = ? AND id = ?", (kind, id))
+            _log(cur, now, kind, id, "delete", actor, current.version, None)
+
+    def last_change(self) -> int:
+        with self._transaction(write=False) as cur:
+            cur.execute("SELECT COALESCE(MAX(seq), 0) FROM changes")
+            return int(cur.fetchone()[0])
+
+    def changes(self, since: int, limit: int = 1000) -> builtins.list[Change]:
+        if limit <= 0:
+            return []
+        with self._transaction(write=False) as cur:
+            cur.execute(
+                f"SELECT {CHANGE_COLUMNS} FROM changes WHERE seq > ? ORDER BY seq LIMIT ?",
+                (since, limit),
+            )
+            rows = cur.fetchall()
+        return [change_from_row(row) for row in rows]
+
+    def history(self, kind: str, id: str) -> builtins.list[Change]:
+        with self._transaction(write=False) as cur:
+            cur.execute(
+                f"SELECT {CHANGE_COLUMNS} FROM changes WHERE kind = ? AND id = ? ORDER BY seq",
+                (kind, id),
+            )
+            rows = cur.fetchall()
+        return [change_from_row(row) for row in rows]
+
+
+def _current(cur: Cursor, kind: str, id_: str, expected_version: int | None) -> Record:
+    """The stored record, checked against the version the caller expects."""
+    cur.execute(f"SELECT {RECORD_COLUMNS} FROM resources WHERE kind = ? AND id = ?", (kind, id_))
+    row = cur.fetchone()
+    if row is None:
+        raise NotFound(f"no {kind} with id {id_!r}")
+    record = record_from_row(kind, row)
+    if expected_version is not None and expected_version != record.version:
+        raise VersionMismatch(expected_version, record.version)
+    return record
+
+
+def _check_unique(cur: Cursor, kind: str, id_: str, values: Mapping[str, str]) -> None:
+    """:class:`Conflict` when another resource of the kind holds one of the values."""
+    for attribute, value in values.items():
+        cur.execute(
+            "SELECT id FROM unique_values WHERE kind = ? AND attribute = ? AND value = ?",
+            (kind, attribute, value),
+        )
+        row = cur.fetchone()
+        if row is not None and row[0] != id_:
+            raise Conflict(attribute, value)
+
+
+def _claim(cur: Cursor, kind: str, id_: str, values: Mapping[str, str]) -> None:
+    for attribute, value in values.items():
+        cur.execute(
+            "INSERT INTO unique_values (kind, attribute, value, id) VALUES (?, ?, ?, ?)",
+            (kind, attribute, value, id_),
+        )
+
+
+def _log(
+    cur: Cursor,
+    at: datetime,
+    kind: str,
+    id_: str,
+    op: Op,
+    actor: str,
+    version: int,
+    text: str | None,
+) -> int:
+    """Append a change and return its seq."""
+    cur.execute(
+        "INSERT INTO changes (at, kind, id, op, actor, version, data)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING seq",
+        (time_text(at), kind, id_, op, actor, version, text),
+    )
+    return int(cur.fetchone()[0])

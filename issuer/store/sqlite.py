@@ -1,0 +1,98 @@
+"""The SQLite store: one WAL-mode file (or memory), stdlib sqlite3, safe across threads.
+
+One connection serves every thread, behind a lock. Writes run in ``BEGIN IMMEDIATE``
+transactions, which also keep other processes' writers out until commit, so several
+store objects (or processes) can share a file; readers are not blocked (WAL).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from issuer.store import StoreError
+from issuer.store.schema import SQLITE_TYPES, Cursor, SQLStore, apply_migrations
+
+BUSY_TIMEOUT = 5.0  # seconds a statement waits for another connection's lock
+POLL_INTERVAL = 0.02  # seconds between change-counter checks in wait_for_change
+
+_PREFIX = "sqlite:///"
+
+
+def database_path(url: str) -> str:
+    """The file a ``sqlite:///`` URL names (relative unless it has a fourth slash)."""
+    if not url.startswith(_PREFIX):
+        raise StoreError(
+            f"bad SQLite URL {url!r}: use sqlite:///relative/path.db or sqlite:////absolute/path.db"
+        )
+    path = url[len(_PREFIX) :].split("?", 1)[0]
+    if not path:
+        raise StoreError(f"bad SQLite URL {url!r}: no file name")
+    return path
+
+
+class SQLiteStore(SQLStore):
+    """A :class:`~issuer.store.Store` in a SQLite database."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        path = database_path(url)
+        self._lock = threading.Lock()
+        try:
+            if path != ":memory:":
+                Path(path).parent.mkdir(parents=True, exist_ok=True)
+            self._conn = sqlite3.connect(
+                path, timeout=BUSY_TIMEOUT, isolation_level=None, check_same_thread=False
+            )
+        except (OSError, sqlite3.Error) as e:
+            raise StoreError(f"cannot open {url}: {e}") from e
+        try:
+            self._conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT * 1000)}")
+            self._conn.execute("PRAGMA foreign_keys = ON")
+            self._conn.execute("PRAGMA journal_mode = WAL")
+            with self._transaction(write=True) as cur:
+                apply_migrations(cur, SQLITE_TYPES)
+        except BaseException:
+            self._conn.close()
+            raise
+
+    @contextmanager
+    def _transaction(self, write: bool) -> Iterator[Cursor]:
+        with self._lock:
+            try:
+                cur = self._conn.cursor()
+                cur.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+            except sqlite3.Error as e:
+                raise StoreError(f"{self.url}: {e}") from e
+            try:
+                yield cur
+                cur.execute("COMMIT")
+            except BaseException as e:
+                self._rollback()
+                if isinstance(e, sqlite3.Error):
+                    raise StoreError(f"{self.url}: {e}") from e
+                raise
+
+    def _rollback(self) -> None:
+        try:
+            if self._conn.in_transaction:
+                self._conn.rollback()
+        except sqlite3.Error:
+            pass  # the connection is unusable; the error that brought us here says why
+
+    def wait_for_change(self, since: int, timeout: float) -> int:
+        deadline = time.monotonic() + timeout
+        while True:
+            current = self.last_change()
+            remaining = deadline - time.monotonic()
+            if current > since or remaining <= 0:
+                return current
+            time.sleep(min(POLL_INTERVAL, remaining))
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
