@@ -1,0 +1,126 @@
+"""``tessera serve`` with a store, end to end: SCIM provisioning reaches the PDP."""
+
+from __future__ import annotations
+
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import httpx
+import pytest
+
+from issuer.models import AGENT_EXTENSION, AGENT_SCHEMA
+from pdp.serve.proto import authorizer_pb2 as pb
+from pdp.serve.proto import authorizer_pb2_grpc as pb_grpc
+from tests.conftest import SHIPPED_POLICIES
+from tests.stores import BACKENDS, store_url
+
+TOKEN = "test-admin-token-0123456789"
+PATCH = "urn:ietf:params:scim:api:messages:2.0:PatchOp"
+
+
+class Served:
+    def __init__(self, process: subprocess.Popen[str], grpc_port: int, scim: str) -> None:
+        self.process = process
+        self.channel = grpc.insecure_channel(f"127.0.0.1:{grpc_port}")
+        self.stub = pb_grpc.AuthorizerStub(self.channel)
+        self.http = httpx.Client(
+            base_url=scim, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=10
+        )
+
+
+@pytest.fixture(params=BACKENDS)
+def served(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Served]:
+    exe = Path(sys.executable).parent / "tessera"
+    with store_url(request.param, tmp_path) as url:
+        process = subprocess.Popen(
+            [
+                *(str(exe), "serve", "--policies", str(SHIPPED_POLICIES), "--store", url),
+                *("--port", "0", "--http-port", "0", "--metrics-port", "-1", "--grace", "1"),
+                *("--admin-token", TOKEN),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            assert process.stdout is not None
+            lines = [process.stdout.readline() for _ in range(2)]
+            grpc_port = re.search(r"Authorizer on 127\.0\.0\.1:(\d+)", lines[0])
+            scim = re.search(r"SCIM 2\.0 at (http://127\.0\.0\.1:\d+/scim/v2)", lines[1])
+            assert grpc_port and scim, lines
+            served = Served(process, int(grpc_port.group(1)), scim.group(1))
+            yield served
+            served.http.close()
+            served.channel.close()
+            process.send_signal(signal.SIGTERM)
+            assert process.wait(timeout=20) == 0
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait(timeout=10)
+
+
+def read_call(agent_id: str) -> pb.AuthorizeRequest:
+    return pb.AuthorizeRequest(
+        agent=pb.Agent(id=agent_id),
+        action="tool.call",
+        resource=pb.Resource(type="tool", id="search"),
+    )
+
+
+def answer_until(
+    stub: pb_grpc.AuthorizerStub, agent_id: str, reasons: list[str]
+) -> pb.AuthorizeResponse:
+    """Ask until the answer gives these reasons; bounded at 5 s (the feed takes well under
+    1 s), then the last answer."""
+    deadline = time.monotonic() + 5
+    while True:
+        response = stub.Authorize(read_call(agent_id), timeout=5)
+        if list(response.reasons) == reasons or time.monotonic() > deadline:
+            return response
+        time.sleep(0.01)
+
+
+def test_an_agent_provisioned_over_scim_is_decided_then_suspension_stops_it(
+    served: Served,
+) -> None:
+    created = served.http.post(
+        "/Agents",
+        json={
+            "schemas": [AGENT_SCHEMA, AGENT_EXTENSION],
+            "name": "reporter",
+            AGENT_EXTENSION: {"owner": "finance", "riskLevel": "low"},
+        },
+    )
+    assert created.status_code == 201, created.text
+    id = created.json()["id"]
+    allowed = answer_until(served.stub, id, ["permit agents.read_only applies"])
+    assert allowed.allow
+
+    suspend = {
+        "schemas": [PATCH],
+        "Operations": [
+            {"op": "replace", "path": f"{AGENT_EXTENSION}:status", "value": "suspended"}
+        ],
+    }
+    assert served.http.patch(f"/Agents/{id}", json=suspend).status_code == 200
+    denied = answer_until(served.stub, id, [f"agent {id!r} is suspended"])
+    assert not denied.allow
+    assert list(denied.reasons) == [f"agent {id!r} is suspended"]
+
+    assert served.http.delete(f"/Agents/{id}").status_code == 204
+    gone = answer_until(served.stub, id, [f"agent {id!r} is not in the directory"])
+    assert not gone.allow
+    assert list(gone.reasons) == [f"agent {id!r} is not in the directory"]
+
+
+def test_scim_refuses_a_caller_without_the_admin_token(served: Served) -> None:
+    response = httpx.get(f"{served.http.base_url}Agents", timeout=10)
+    assert response.status_code == 401
+    assert response.headers["www-authenticate"] == 'Bearer realm="tessera"'

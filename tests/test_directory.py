@@ -1,0 +1,194 @@
+"""The PDP's directory snapshot: what it resolves, what it refuses, how it keeps up."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from issuer.models import AGENT_EXTENSION, AGENT_SCHEMA
+from issuer.store import Store, open_store
+from pdp.directory import Directory, Identities
+from tests.stores import BACKENDS, store_url
+
+ADMIN = "admin"
+
+
+@pytest.fixture(params=BACKENDS)
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    with store_url(request.param, tmp_path) as url:
+        opened = open_store(url)
+        yield opened
+        opened.close()
+
+
+def agent_doc(name: str, **extension: Any) -> dict[str, Any]:
+    return {
+        "schemas": [AGENT_SCHEMA, AGENT_EXTENSION],
+        "name": name,
+        AGENT_EXTENSION: {
+            "owner": "finance",
+            "riskLevel": "low",
+            "agentType": "background",
+            "status": "active",
+            **extension,
+        },
+    }
+
+
+def add_agent(store: Store, name: str, **extension: Any) -> str:
+    doc = agent_doc(name, **extension)
+    return store.create("Agent", doc, unique={"name": name}, actor=ADMIN).id
+
+
+def set_agent(store: Store, id: str, name: str, **extension: Any) -> None:
+    store.replace(
+        "Agent",
+        id,
+        agent_doc(name, **extension),
+        unique={"name": name},
+        expected_version=None,
+        actor=ADMIN,
+    )
+
+
+def add_user(store: Store, name: str, **doc: Any) -> str:
+    data = {"userName": name, **doc}
+    return store.create("User", data, unique={"userName": name}, actor=ADMIN).id
+
+
+def eventually(check: Any, timeout: float = 5.0) -> Any:
+    """Poll ``check`` until it returns a truthy value; bounded by ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value or time.monotonic() > deadline:
+            return value
+        time.sleep(0.01)
+
+
+def test_an_agent_resolves_to_the_attributes_policies_read(store: Store) -> None:
+    id = add_agent(
+        store,
+        "pay-bot",
+        purpose="payments",
+        riskLevel="medium",
+        agentType="external",
+        scopes=["payments:transfer"],
+        labels=[{"key": "team", "value": "treasury"}],
+    )
+    directory = Directory(store)
+    directory.load()
+    resolved = directory.resolve(id, None)
+    assert resolved == Identities(
+        {
+            "id": id,
+            "name": "pay-bot",
+            "owner": "finance",
+            "purpose": "payments",
+            "risk": "medium",
+            "status": "active",
+            "type": "external",
+            "scopes": ["payments:transfer"],
+            "labels": {"team": "treasury"},
+        },
+        None,
+    )
+
+
+def test_an_unknown_agent_is_refused(store: Store) -> None:
+    directory = Directory(store)
+    directory.load()
+    assert directory.resolve("nobody", None) == "agent 'nobody' is not in the directory"
+
+
+@pytest.mark.parametrize("status", ["suspended", "retired"])
+def test_an_agent_that_is_not_active_is_refused(store: Store, status: str) -> None:
+    id = add_agent(store, "bot", status=status)
+    directory = Directory(store)
+    directory.load()
+    assert directory.resolve(id, None) == f"agent {id!r} is {status}"
+
+
+def test_a_user_resolves_with_roles_and_the_names_of_their_groups(store: Store) -> None:
+    agent = add_agent(store, "bot")
+    user = add_user(store, "bjensen", roles=[{"value": "treasurer"}, {"value": "approver"}])
+    store.create(
+        "Group", {"displayName": "finance", "members": [{"value": user}]}, unique={}, actor=ADMIN
+    )
+    store.create("Group", {"displayName": "empty"}, unique={}, actor=ADMIN)
+    directory = Directory(store)
+    directory.load()
+    resolved = directory.resolve(agent, user)
+    assert isinstance(resolved, Identities)
+    assert resolved.user == {"id": user, "roles": ["treasurer", "approver"], "groups": ["finance"]}
+
+
+def test_an_unknown_or_inactive_user_is_refused(store: Store) -> None:
+    agent = add_agent(store, "bot")
+    inactive = add_user(store, "gone", active=False)
+    directory = Directory(store)
+    directory.load()
+    assert directory.resolve(agent, "nobody") == "user 'nobody' is not in the directory"
+    assert directory.resolve(agent, inactive) == f"user {inactive!r} is not active"
+
+
+def test_refresh_applies_creates_replaces_and_deletes_in_order(store: Store) -> None:
+    directory = Directory(store)
+    directory.load()
+    id = add_agent(store, "bot")
+    assert directory.refresh()
+    assert isinstance(directory.resolve(id, None), Identities)
+    set_agent(store, id, "bot", status="suspended")
+    directory.refresh()
+    assert directory.resolve(id, None) == f"agent {id!r} is suspended"
+    store.delete("Agent", id, expected_version=None, actor=ADMIN)
+    directory.refresh()
+    assert directory.resolve(id, None) == f"agent {id!r} is not in the directory"
+    assert directory.version == store.last_change()
+    assert not directory.refresh()
+
+
+def test_group_changes_reach_the_users_groups(store: Store) -> None:
+    agent = add_agent(store, "bot")
+    user = add_user(store, "bjensen")
+    directory = Directory(store)
+    directory.load()
+    group = store.create(
+        "Group", {"displayName": "finance", "members": [{"value": user}]}, unique={}, actor=ADMIN
+    )
+    directory.refresh()
+    assert directory.resolve(agent, user) == Identities(
+        directory.agent(agent) or {}, {"id": user, "roles": [], "groups": ["finance"]}
+    )
+    store.delete("Group", group.id, expected_version=None, actor=ADMIN)
+    directory.refresh()
+    assert directory.user(user) == {"id": user, "roles": [], "groups": []}
+
+
+def test_the_follower_sees_a_suspension_made_through_another_store_object(
+    store: Store,
+) -> None:
+    """How a PDP replica follows the directory another process writes."""
+    id = add_agent(store, "bot")
+    directory = Directory(open_store(store.url))
+    directory.start()
+    try:
+        assert isinstance(directory.resolve(id, None), Identities)
+        set_agent(store, id, "bot", status="suspended")
+        refused = eventually(lambda: isinstance(directory.resolve(id, None), str))
+        assert refused, "the follower never applied the suspension"
+    finally:
+        directory.stop()
+        directory.store.close()
+
+
+def test_stop_ends_the_follower_thread(store: Store) -> None:
+    directory = Directory(store)
+    directory.start()
+    thread = directory._thread
+    directory.stop()
+    assert thread is not None and not thread.is_alive()
