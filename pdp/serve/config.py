@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 DEFAULT_FILE = "tessera.toml"
+MIN_TOKEN_LENGTH = 16
 
 
 class ConfigError(ValueError):
@@ -97,7 +98,17 @@ def load_config(
     for name, value in flags.items():
         if value is not None and name in types:
             values[name] = value
-    return dataclasses.replace(ServeConfig(), **values)
+    config = dataclasses.replace(ServeConfig(), **values)
+    if config.admin_token and len(config.admin_token) < MIN_TOKEN_LENGTH:
+        raise ConfigError(
+            f"admin_token: at least {MIN_TOKEN_LENGTH} characters; leave it unset to get a "
+            "random one"
+        )
+    if config.store and not config.store.startswith(("sqlite:", "postgresql://", "postgres://")):
+        raise ConfigError(
+            f"store: {config.store!r} is neither sqlite:///path.db nor postgresql://host/db"
+        )
+    return config
 
 
 def _from_file(path: Path) -> dict[str, Any]:

@@ -51,3 +51,24 @@ def test_tls_settings_must_come_in_pairs() -> None:
     with pytest.raises(ConfigError, match="mTLS is TLS first"):
         ServeConfig(tls_client_ca="ca.pem").credentials()
     assert ServeConfig().credentials() is None
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        ({"admin_token": "short"}, "admin_token: at least 16 characters"),
+        ({"store": "mysql://db"}, "store: 'mysql://db' is neither"),
+    ],
+)
+def test_bad_directory_settings_are_named(flags: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_config(flags, environ={}, config_file=None)
+
+
+def test_the_directory_defaults_to_a_sqlite_file_under_var() -> None:
+    config = ServeConfig()
+    assert (config.store, config.http_port, config.admin_token) == (
+        "sqlite:///var/tessera.db",
+        8080,
+        "",
+    )
