@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import platform
 import random
@@ -67,7 +66,7 @@ from urllib.parse import quote, urlsplit, urlunsplit
 import grpc
 import httpx
 import psycopg
-from engine import Target, fmt, percentile, ratio  # a sibling: the script's directory
+from engine import Target, finish, fmt, percentile, ratio  # a sibling: the script's directory
 
 from issuer.models import AGENT_EXTENSION, AGENT_SCHEMA
 from pdp.serve.proto import authorizer_pb2 as pb
@@ -582,25 +581,11 @@ def main() -> None:
         },
         "backends": backends,
         "ratios": ratios,
-        "targets": [
-            {
-                "name": t.name,
-                "limit": t.limit,
-                "value": t.value,
-                "pass": t.passed,
-                "verdict": t.verdict,
-            }
-            for t in targets
-        ],
+        "targets": [t.to_json() for t in targets],
         "notes": list(NOTES),
         "seconds": round(time.perf_counter() - started, 1),
     }
-    if args.json:
-        print(json.dumps(result, indent=2))
-    else:
-        print_report(result)
-    if args.strict and any(t.passed is False for t in targets):
-        sys.exit(1)
+    finish(result, targets, args, print_report)
 
 
 if __name__ == "__main__":

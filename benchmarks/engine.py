@@ -612,6 +612,31 @@ class Target:
     def verdict(self) -> str:
         return "SKIP" if self.passed is None else ("PASS" if self.passed else "FAIL")
 
+    def to_json(self, digits: int | None = None) -> dict[str, Any]:
+        value = self.value if self.value is None or digits is None else round(self.value, digits)
+        return {
+            "name": self.name,
+            "limit": self.limit,
+            "value": value,
+            "pass": self.passed,
+            "verdict": self.verdict,
+        }
+
+
+def finish(
+    result: dict[str, Any],
+    targets: list[Target],
+    args: argparse.Namespace,
+    report: Callable[[dict[str, Any]], None],
+) -> None:
+    """Print the result (JSON with --json, else the report); with --strict, exit 1 on a miss."""
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        report(result)
+    if args.strict and any(t.passed is False for t in targets):
+        sys.exit(1)
+
 
 def check_shipped(bundle: Bundle) -> None:
     ids = {rule.id for rule in bundle.rules}
@@ -1049,25 +1074,11 @@ def main() -> None:
         "shipped": shipped,
         "generated": generated,
         "ratios": {k: None if v is None else round(v, 3) for k, v in verdict["ratios"].items()},
-        "targets": [
-            {
-                "name": t.name,
-                "limit": t.limit,
-                "value": None if t.value is None else round(t.value, 4),
-                "pass": t.passed,
-                "verdict": t.verdict,
-            }
-            for t in targets
-        ],
+        "targets": [t.to_json(4) for t in targets],
         "notes": list(NOTES),
         "seconds": round(time.perf_counter() - started, 1),
     }
-    if args.json:
-        print(json.dumps(result, indent=2))
-    else:
-        print_report(result)
-    if args.strict and any(t.passed is False for t in targets):
-        sys.exit(1)
+    finish(result, targets, args, print_report)
 
 
 if __name__ == "__main__":
