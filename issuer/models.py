@@ -14,6 +14,7 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Annotated, Any
 
+from pydantic import AfterValidator
 from scim2_models import (
     URN,
     CaseExact,
@@ -36,8 +37,19 @@ MAX_RESULTS = 200
 """The most resources one list response carries (ServiceProviderConfig filter.maxResults)."""
 
 
+def _not_blank(value: str | None) -> str | None:
+    if value is not None and not value.strip():
+        raise ValueError("must not be blank")
+    return value
+
+
+NotBlank = AfterValidator(_not_blank)
+"""A required string must say something: SCIM counts "" as a value, Tessera does not."""
+
+
 class RiskLevel(StrEnum):
-    """How much harm the agent can do; ordered low < medium < high < critical."""
+    """How much harm the agent can do. Policies order it low < medium < high < critical;
+    SCIM filters and sorting compare the names as strings, as RFC 7644 says."""
 
     low = "low"
     medium = "medium"
@@ -76,7 +88,7 @@ class AgentExtension(Extension):
 
     __schema__ = URN(AGENT_EXTENSION)
 
-    owner: Annotated[str | None, Required.true] = None
+    owner: Annotated[str | None, Required.true, NotBlank] = None
     """The person or team accountable for the agent."""
 
     purpose: str | None = None
@@ -112,7 +124,7 @@ class Agent(Resource[Any]):
 
     __schema__ = URN(AGENT_SCHEMA)
 
-    name: Annotated[str | None, Required.true, Uniqueness.server] = None
+    name: Annotated[str | None, Required.true, Uniqueness.server, NotBlank] = None
     """The agent's unique name, e.g. "pay-bot" (case-insensitive)."""
 
     display_name: str | None = None

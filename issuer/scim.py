@@ -9,6 +9,7 @@ authorization. Every endpoint needs a bearer token with the ``tessera:admin`` sc
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import json
@@ -121,6 +122,11 @@ class _Forbidden(SCIMException):
     _default_detail = "the token lacks the tessera:admin scope"
 
 
+class _MethodNotAllowed(SCIMException):
+    status = 405
+    _default_detail = "only GET is supported on discovery endpoints"
+
+
 class _NotModified(Exception):
     def __init__(self, etag: str) -> None:
         self.etag = etag
@@ -142,6 +148,8 @@ def error_response(exc: SCIMException) -> Response:
         headers["WWW-Authenticate"] = exc.challenge
     elif isinstance(exc, _Forbidden):
         headers["WWW-Authenticate"] = f'Bearer error="insufficient_scope", scope="{ADMIN_SCOPE}"'
+    elif isinstance(exc, _MethodNotAllowed):
+        headers["Allow"] = "GET, HEAD"  # RFC 9110 §15.5.6, as Starlette says it
     return scim_response(error.model_dump(), error.status or 400, headers)
 
 
@@ -189,8 +197,13 @@ def etag(version: int) -> str:
     return f'W/"{version}"'
 
 
-def _versions(header: str) -> list[str]:
-    return [part.strip() for part in header.split(",") if part.strip()]
+def _matches(header: str, version: int) -> bool:
+    """Whether an If-Match or If-None-Match header names ``version``, or is ``*``.
+
+    Weak comparison (RFC 9110 §8.8.3.2), as RFC 7644 §3.14 uses weak tags throughout.
+    """
+    tags = {part.strip() for part in header.split(",")}
+    return not tags.isdisjoint({"*", etag(version), f'"{version}"'})
 
 
 # ---------------------------------------------------------------- the service
@@ -238,9 +251,7 @@ class ScimService:
     @staticmethod
     def _kind(request: Request) -> Kind:
         if request.path_params["endpoint"] in DISCOVERY:
-            raise SCIMException.from_error(
-                Error(status=405, detail=f"{request.method} is not supported here; use GET")
-            )
+            raise _MethodNotAllowed(detail=f"{request.method} is not supported here; use GET")
         kind = KINDS.get(request.path_params["endpoint"])
         if kind is None:
             raise NotFoundException(
@@ -347,10 +358,7 @@ class ScimService:
         header = request.headers.get("if-match")
         if header is None:
             return None
-        tags = _versions(header)
-        if "*" in tags:
-            return record.version
-        if etag(record.version) in tags or f'"{record.version}"' in tags:
+        if _matches(header, record.version):
             return record.version
         raise PreconditionFailedException(
             detail=f"the resource is at {etag(record.version)}, not {header}"
@@ -390,7 +398,7 @@ class ScimService:
         params = self._params(kind, request)
         record = await self._load(kind, request.path_params["id"])
         if_none_match = request.headers.get("if-none-match")
-        if if_none_match and etag(record.version) in _versions(if_none_match):
+        if if_none_match and _matches(if_none_match, record.version):
             raise _NotModified(etag(record.version))
         model = self._model(kind, record, self._base(request), await self._groups(kind))
         return self._respond(kind, model, Context.RESOURCE_QUERY_RESPONSE, params)
@@ -497,7 +505,40 @@ class ScimService:
             ) from None
         except NotFound:
             raise NotFoundException(detail=f"no {kind.name} with id {before.id!r}") from None
+        if kind.name in ("User", "Group"):
+            await self._leave_groups(before.id, principal.subject)
         return scim_response(None, 204)
+
+    async def _leave_groups(self, id: str, actor: str) -> None:
+        """Take a deleted user or group out of every group, so no member points nowhere."""
+        for group in await self._io(self.store.list, "Group"):
+            with contextlib.suppress(NotFound):  # a group deleted meanwhile lists nobody
+                await self._leave(group, id, actor)
+
+    async def _leave(self, group: Record, id: str, actor: str) -> None:
+        """Rewrite the group without the member, at the version read (re-read if it changed)."""
+        for _ in range(5):
+            members = group.data.get("members") or []
+            kept = [member for member in members if member.get("value") != id]
+            if len(kept) == len(members):
+                return
+            data = {key: value for key, value in group.data.items() if key != "members"}
+            if kept:
+                data["members"] = kept
+            try:
+                await self._io(
+                    self.store.replace,
+                    "Group",
+                    group.id,
+                    data,
+                    unique={},
+                    expected_version=group.version,
+                    actor=actor,
+                )
+                return
+            except VersionMismatch:
+                group = await self._io(self.store.get, "Group", group.id)
+        log.warning("group %s kept deleted member %s: it kept changing", group.id, id)
 
     async def search(self, request: Request) -> Response:
         """GET /{endpoint} with query parameters, or POST /{endpoint}/.search (RFC 7644 §3.4)."""
@@ -662,10 +703,12 @@ def _guarded(handler: Handler) -> Handler:
     return endpoint
 
 
-def _not_found(request: Request, exc: Exception) -> Response:
-    status = exc.status_code if isinstance(exc, HTTPException) else 500
-    detail = exc.detail if isinstance(exc, HTTPException) else "internal error"
-    return scim_response(Error(status=status, detail=str(detail)).model_dump(), status)
+def _http_error(request: Request, exc: Exception) -> Response:
+    """Starlette's own errors (no route, method not allowed) as SCIM errors, headers kept."""
+    if not isinstance(exc, HTTPException):
+        return scim_response(Error(status=500, detail="internal error").model_dump(), 500)
+    error = Error(status=exc.status_code, detail=str(exc.detail))
+    return scim_response(error.model_dump(), exc.status_code, exc.headers)
 
 
 def scim_app(store: Store, authenticate: Authenticator) -> Starlette:
@@ -690,4 +733,4 @@ def scim_app(store: Store, authenticate: Authenticator) -> Starlette:
         route("/{endpoint}/{id}", service.patch, ["PATCH"]),
         route("/{endpoint}/{id}", service.delete, ["DELETE"]),
     ]
-    return Starlette(routes=routes, exception_handlers={HTTPException: _not_found})
+    return Starlette(routes=routes, exception_handlers={HTTPException: _http_error})
