@@ -62,6 +62,7 @@ log = logging.getLogger("tessera.scim")
 
 MEDIA_TYPE = "application/scim+json"
 ADMIN_SCOPE = "tessera:admin"
+REWRITE_ATTEMPTS = 3  # a PUT or PATCH without If-Match re-reads this often on a race
 MAX_BODY = 1 << 20  # bytes; larger requests get 413 (RFC 7644 §3.12 tooLarge)
 
 T = TypeVar("T")
@@ -125,6 +126,10 @@ class _Forbidden(SCIMException):
 class _MethodNotAllowed(SCIMException):
     status = 405
     _default_detail = "only GET is supported on discovery endpoints"
+
+
+class _Raced(PreconditionFailedException):
+    """The resource changed between reading it and writing it back."""
 
 
 class _NotModified(Exception):
@@ -408,50 +413,82 @@ class ScimService:
         kind = self._kind(request)
         params = self._params(kind, request)
         payload = await self._body(request)
-        before = await self._load(kind, request.path_params["id"])
-        expected = self._precondition(request, before) or before.version
-        base = self._base(request)
-        groups = await self._groups(kind)
+        await self._load(kind, request.path_params["id"])  # 404 before any 400
         try:
-            resource = kind.model.model_validate(
+            replacement = kind.model.model_validate(
                 payload, scim_ctx=Context.RESOURCE_REPLACEMENT_REQUEST
             )
         except ValidationError as exc:
             raise _validation_error(exc) from None
-        original = self._model(kind, before, base, groups)
-        if kind.name == "User":
-            original.password = before.data.get("password")
-        resource.replace(original)  # read-only copied, immutable checked (RFC 7644 §3.5.1)
-        return await self._store(request, kind, before, resource, expected, principal, params)
+
+        def build(original: Any) -> Any:
+            resource = replacement.model_copy(deep=True)
+            resource.replace(original)  # read-only copied, immutable checked (RFC 7644 §3.5.1)
+            return resource
+
+        return await self._rewrite(request, kind, principal, params, build)
 
     async def patch(self, request: Request) -> Response:
         principal = self._principal(request)
         kind = self._kind(request)
         params = self._params(kind, request)
         payload = await self._body(request)
-        before = await self._load(kind, request.path_params["id"])
-        expected = self._precondition(request, before) or before.version
+        await self._load(kind, request.path_params["id"])  # 404 before any 400
         try:
             operation = PatchOp[kind.model].model_validate(  # type: ignore[name-defined]
                 payload, scim_ctx=Context.RESOURCE_PATCH_REQUEST
             )
         except ValidationError as exc:
             raise _validation_error(exc) from None
-        resource = self._model(kind, before, self._base(request), await self._groups(kind))
-        if kind.name == "User":
-            resource.password = before.data.get("password")
-        operation.patch(resource)  # RFC 7644 §3.5.2; raises the SCIM error it deserves
-        checked: Any
-        try:  # the result must still be a valid resource (required attributes, types)
-            checked = kind.model.model_validate(
-                resource.model_dump(scim_ctx=None, exclude_none=True, by_alias=True, mode="json"),
-                scim_ctx=Context.RESOURCE_REPLACEMENT_REQUEST,
-            )
-        except ValidationError as exc:
-            raise _validation_error(exc) from None
-        if kind.name == "User":
-            checked.password = resource.password
-        return await self._store(request, kind, before, checked, expected, principal, params)
+
+        def build(resource: Any) -> Any:
+            operation.patch(resource)  # RFC 7644 §3.5.2; raises the SCIM error it deserves
+            checked: Any
+            try:  # the result must still be a valid resource (required attributes, types)
+                checked = kind.model.model_validate(
+                    resource.model_dump(
+                        scim_ctx=None, exclude_none=True, by_alias=True, mode="json"
+                    ),
+                    scim_ctx=Context.RESOURCE_REPLACEMENT_REQUEST,
+                )
+            except ValidationError as exc:
+                raise _validation_error(exc) from None
+            if kind.name == "User":
+                checked.password = resource.password
+            return checked
+
+        return await self._rewrite(request, kind, principal, params, build)
+
+    async def _rewrite(
+        self,
+        request: Request,
+        kind: Kind,
+        principal: Principal,
+        params: Any,
+        build: Callable[[Any], Any],
+    ) -> Response:
+        """Read, rewrite with ``build`` (given the stored resource), store at the version read.
+
+        With If-Match, a change in between is a 412. Without, the request applies to the
+        newest version: it is read and rewritten again (a few times at most).
+        """
+        pinned = "if-match" in request.headers
+        base = self._base(request)
+        for attempt in range(1, REWRITE_ATTEMPTS + 1):
+            before = await self._load(kind, request.path_params["id"])
+            expected = self._precondition(request, before) or before.version
+            original = self._model(kind, before, base, await self._groups(kind))
+            if kind.name == "User":
+                original.password = before.data.get("password")
+            resource = build(original)
+            try:
+                return await self._store(
+                    request, kind, before, resource, expected, principal, params
+                )
+            except _Raced:
+                if pinned or attempt == REWRITE_ATTEMPTS:
+                    raise
+        raise AssertionError("unreachable")  # pragma: no cover
 
     async def _store(
         self,
@@ -478,9 +515,7 @@ class ScimService:
         except Conflict as exc:
             raise UniquenessException(detail=str(exc)) from None
         except VersionMismatch as exc:
-            raise PreconditionFailedException(
-                detail=f"the resource changed meanwhile: {exc}"
-            ) from None
+            raise _Raced(detail=f"the resource changed meanwhile: {exc}") from None
         except NotFound:
             raise NotFoundException(detail=f"no {kind.name} with id {before.id!r}") from None
         model = self._model(kind, record, self._base(request), await self._groups(kind))

@@ -1232,3 +1232,26 @@ def test_deleting_a_groups_last_member_leaves_it_without_members(service: Servic
     outer = new_group(service, inner["id"])
     assert service.client.delete(f"/Groups/{inner['id']}").status_code == 204
     assert "members" not in service.client.get(f"/Groups/{outer['id']}").json()
+
+
+def test_concurrent_patches_without_if_match_both_apply(service: Service) -> None:
+    """Without If-Match a PATCH applies to the newest version: a race is re-read, not lost."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    agent = new_agent(service)
+    for round in range(5):
+        operations = [
+            patch_op({"op": "add", "path": f"{EXT}:labels", "value": [{"key": f"k{round}{n}"}]})
+            for n in range(2)
+        ]
+        with ThreadPoolExecutor(2) as pool:
+            responses = list(
+                pool.map(
+                    lambda op: service.client.patch(f"/Agents/{agent['id']}", json=op), operations
+                )
+            )
+        assert [r.status_code for r in responses] == [200, 200]
+    labels = service.client.get(f"/Agents/{agent['id']}").json()[EXT]["labels"]
+    assert sorted(label["key"] for label in labels) == sorted(
+        f"k{round}{n}" for round in range(5) for n in range(2)
+    )
