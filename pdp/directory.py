@@ -155,9 +155,11 @@ class Directory:
                 else:
                     table[change.id] = change.data
                 users_changed = True
-            self.version = change.seq
         if users_changed:
             self._rebuild_users()
+        # Last: a reader that sees the new version (and so empties its decision cache)
+        # must also see everything that version brought.
+        self.version = changes[-1].seq
 
     def _rebuild_users(self) -> None:
         names: dict[str, set[str]] = {}
