@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -50,18 +51,28 @@ class HttpRunning:
 
 
 async def start_http(app: ASGIApp, host: str, port: int) -> HttpRunning:
-    """Serve ``app`` on ``host:port`` (0 picks a free port) in the running event loop."""
-    config = uvicorn.Config(
-        app, host=host, port=port, log_level="warning", lifespan="off", access_log=False
-    )
+    """Serve ``app`` on ``host:port`` (0 picks a free port) in the running event loop.
+
+    The socket is bound here, so a taken port is an OSError naming it (uvicorn itself
+    would exit the process).
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise OSError(f"cannot serve HTTP on {host}:{port}: {exc.strerror}") from None
+    config = uvicorn.Config(app, log_level="warning", lifespan="off", access_log=False)
     server = _Server(config)
-    task = asyncio.create_task(server.serve())
+    task = asyncio.create_task(server.serve(sockets=[sock]))
     for _ in range(500):  # at most 5 s
         if server.started or task.done():
             break
         await asyncio.sleep(0.01)
-    if task.done() or not server.started:
+    if not server.started:
         server.should_exit = True
+        sock.close()
         raise OSError(f"cannot serve HTTP on {host}:{port}")
-    sockets = [sock for srv in server.servers for sock in srv.sockets]
-    return HttpRunning(server, task, sockets[0].getsockname()[1])
+    return HttpRunning(server, task, sock.getsockname()[1])

@@ -382,7 +382,7 @@ class ScimService:
             )
         except ValidationError as exc:
             raise _validation_error(exc) from None
-        data = self._document(resource, None)
+        data = await self._io(self._document, resource, None)  # scrypt: off the loop
         await self._check(kind, data)
         try:
             record = await self._io(
@@ -500,7 +500,7 @@ class ScimService:
         principal: Principal,
         params: Any,
     ) -> Response:
-        data = self._document(resource, before)
+        data = await self._io(self._document, resource, before)  # scrypt: off the loop
         await self._check(kind, data)
         try:
             record = await self._io(

@@ -22,15 +22,17 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Iterable, Mapping
 from typing import Any, NamedTuple
 
 from issuer.models import AGENT_EXTENSION
-from issuer.store import Change, Store, StoreError
+from issuer.store import Change, Store
 
 log = logging.getLogger("tessera.directory")
 
 FEED_TIMEOUT = 0.5  # seconds one wait on the change feed may block (bounds stop())
+MAX_STALENESS = 5.0  # seconds without a successful feed read before every request is refused
 RETRY_DELAY = 1.0  # seconds between attempts while the store is unreachable
 
 
@@ -40,7 +42,7 @@ def agent_attributes(id: str, doc: Mapping[str, Any]) -> dict[str, Any]:
     attributes: dict[str, Any] = {
         "id": id,
         "name": doc.get("name", ""),
-        "status": extension.get("status", "active"),
+        "status": extension.get("status", "unknown"),  # refused: only "active" passes
         "type": extension.get("agentType", "background"),
         "scopes": list(extension.get("scopes") or ()),
         "labels": {label["key"]: label.get("value", "") for label in extension.get("labels") or ()},
@@ -73,6 +75,7 @@ class Directory:
     def __init__(self, store: Store) -> None:
         self.store = store
         self.version = 0  # the seq of the newest change applied
+        self.synced = time.monotonic()  # when the store last answered the follower
         self._agents: dict[str, dict[str, Any]] = {}
         self._users: dict[str, dict[str, Any]] = {}  # SCIM documents
         self._inactive_users: set[str] = set()
@@ -92,17 +95,31 @@ class Directory:
         """The user's attributes, or None when the directory has no such user."""
         return self._user_attributes.get(id)
 
-    def resolve(self, agent_id: str, user_id: str | None) -> Identities | str:
+    def resolve(
+        self, agent_id: str, user_id: str | None, chain: Iterable[str] = ()
+    ) -> Identities | str:
         """The agent's (and user's) attributes, or why no request of theirs may be allowed.
 
-        An agent the directory does not know, or one that is not active, is refused
-        whatever the policies say; so is a user it does not know or that is inactive.
+        Refused whatever the policies say: an agent the directory does not know or that is
+        not active, and likewise any other agent in the delegation ``chain``; a user it
+        does not know or that is inactive; everyone, while the follower has not heard from
+        the store for :data:`MAX_STALENESS` seconds (fail closed: a suspension made
+        elsewhere might be missing).
         """
+        if self._thread is not None and time.monotonic() - self.synced > MAX_STALENESS:
+            return f"the directory has not been refreshed for over {MAX_STALENESS:g} s"
         agent = self._agents.get(agent_id)
         if agent is None:
             return f"agent {agent_id!r} is not in the directory"
         if agent["status"] != "active":
             return f"agent {agent_id!r} is {agent['status']}"
+        for actor in chain:
+            if actor != agent_id:
+                found = self._agents.get(actor)
+                if found is None:
+                    return f"delegating agent {actor!r} is not in the directory"
+                if found["status"] != "active":
+                    return f"delegating agent {actor!r} is {found['status']}"
         if user_id is None:
             return Identities(agent, None)
         user = self._user_attributes.get(user_id)
@@ -125,6 +142,7 @@ class Directory:
             self._rebuild_users()
             self.version = since
             self._catch_up()
+            self.synced = time.monotonic()
 
     def refresh(self) -> bool:
         """Apply every change newer than :attr:`version`; say whether there were any."""
@@ -192,6 +210,7 @@ class Directory:
                 newest = self.store.wait_for_change(self.version, FEED_TIMEOUT)
                 if newest > self.version:
                     self.refresh()
-            except StoreError:
-                log.exception("cannot read the directory's change feed; retrying")
+                self.synced = time.monotonic()
+            except Exception:  # the thread must outlive any fault; resolve() fails closed
+                log.exception("cannot follow the directory's change feed; retrying")
                 self._stop.wait(RETRY_DELAY)

@@ -192,3 +192,52 @@ def test_stop_ends_the_follower_thread(store: Store) -> None:
     thread = directory._thread
     directory.stop()
     assert thread is not None and not thread.is_alive()
+
+
+def test_a_suspended_or_unknown_agent_in_the_delegation_chain_is_refused(store: Store) -> None:
+    agent = add_agent(store, "bot")
+    upstream = add_agent(store, "planner", status="suspended")
+    directory = Directory(store)
+    directory.load()
+    assert isinstance(directory.resolve(agent, None, [agent]), Identities)
+    assert directory.resolve(agent, None, [upstream, agent]) == (
+        f"delegating agent {upstream!r} is suspended"
+    )
+    assert directory.resolve(agent, None, ["ghost", agent]) == (
+        "delegating agent 'ghost' is not in the directory"
+    )
+
+
+def test_an_agent_document_without_a_status_is_refused(store: Store) -> None:
+    doc = agent_doc("bot")
+    del doc[AGENT_EXTENSION]["status"]
+    id = store.create("Agent", doc, unique={"name": "bot"}, actor=ADMIN).id
+    directory = Directory(store)
+    directory.load()
+    assert directory.resolve(id, None) == f"agent {id!r} is unknown"
+
+
+def test_a_follower_that_cannot_reach_the_store_refuses_everyone(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Fail closed: a suspension made elsewhere might be missing from a stale snapshot."""
+    import pdp.directory
+
+    id = add_agent(store, "bot")
+    directory = Directory(store)
+    directory.start()
+    try:
+        assert isinstance(directory.resolve(id, None), Identities)
+        monkeypatch.setattr(pdp.directory, "MAX_STALENESS", 0.2)
+
+        def unreachable(since: int, timeout: float) -> int:
+            raise RuntimeError("connection lost")
+
+        monkeypatch.setattr(store, "wait_for_change", unreachable)
+        refused = eventually(lambda: isinstance(directory.resolve(id, None), str))
+        assert refused
+        assert directory.resolve(id, None) == (
+            "the directory has not been refreshed for over 0.2 s"
+        )
+    finally:
+        directory.stop()

@@ -98,7 +98,7 @@ class AuthorizerService(pb_grpc.AuthorizerServicer):  # type: ignore[misc]
             if self.cache is not None:
                 self.cache.clear()
         user = message.user.id if message.HasField("user") else None
-        return directory.resolve(message.agent.id, user)
+        return directory.resolve(message.agent.id, user, message.delegation.chain)
 
     def _refused(self, engine: Engine, reason: str) -> Decision:
         decision = Decision(False, (), ("directory",), (reason,), (), engine.version)
@@ -200,11 +200,12 @@ class AuthorizerService(pb_grpc.AuthorizerServicer):  # type: ignore[misc]
         async with self._rpc("ListAllowed", context):
             engine = self.engine
             allowed = []
-            identities = self._identities(
-                pb.AuthorizeRequest(agent=request.agent, user=request.user)
-                if request.HasField("user")
-                else pb.AuthorizeRequest(agent=request.agent)
-            )
+            who = pb.AuthorizeRequest(agent=request.agent)
+            if request.HasField("user"):
+                who.user.CopyFrom(request.user)
+            if request.HasField("delegation"):
+                who.delegation.CopyFrom(request.delegation)
+            identities = self._identities(who)
             if isinstance(identities, str):  # a refused agent may call nothing
                 return pb.ListAllowedResponse(allowed=[], bundle_version=engine.version)
             for index, candidate in enumerate(request.candidates):
@@ -321,61 +322,59 @@ async def serve_forever(engine: Engine, config: ServeConfig, announce: Sequence[
     """Serve until SIGINT or SIGTERM, then drain in-flight calls and stop.
 
     With a store: the directory snapshot follows it, and the issuer's HTTP service (SCIM)
-    runs beside the decision service in this event loop.
+    runs beside the decision service in this event loop. Whatever started is stopped
+    again, also when a later part fails to start.
     """
-    store = open_store(config.store) if config.store else None
-    directory = None
-    if store is not None:
-        directory = Directory(store)
-        directory.start()
-    running = await start(
-        engine,
-        config.host,
-        config.port,
-        watch=Path(config.policies),
-        interval=config.reload_interval,
-        cache_size=config.cache_size,
-        metrics_port=config.metrics_port if config.metrics else None,
-        tls=config.credentials(),
-        directory=directory,
-    )
-    scheme = "TLS" if config.tls_cert else "plaintext"
-    if config.tls_client_ca:
-        scheme = "mutual TLS"
-    print(
-        f"tessera: serving tessera.v1.Authorizer on {config.host}:{running.port} ({scheme})",
-        flush=True,
-    )
-    if running.metrics_server is not None:
-        where = f"{config.host}:{running.metrics_server.server_port}"
-        print(f"tessera: metrics on http://{where}/metrics", flush=True)
-    http = None
-    if store is not None and config.http_port >= 0:
-        token = config.admin_token or new_token()
-        app = issuer_app(store, BootstrapToken(token))
-        http = await start_http(app, config.host, config.http_port)
-        where = f"http://{config.host}:{http.port}{SCIM_PATH}"
-        print(f"tessera: SCIM 2.0 at {where}, directory in {config.store}", flush=True)
-        if not config.admin_token:
-            print(
-                f"tessera: bootstrap admin token (random; set TESSERA_ADMIN_TOKEN to choose "
-                f"one): {token}",
-                flush=True,
-            )
-    elif store is None:
-        print("tessera: no store: deciding on the agent attributes callers send", flush=True)
-    for line in announce:
-        print(line, flush=True)
-    stopping = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stopping.set)
-    await stopping.wait()
-    print("tessera: draining in-flight calls, then stopping", flush=True)
-    if http is not None:
-        await http.stop()
-    await running.stop(config.grace)
-    if directory is not None:
-        directory.stop()
-    if store is not None:
-        store.close()
+    async with contextlib.AsyncExitStack() as stack:
+        store = open_store(config.store) if config.store else None
+        directory = None
+        if store is not None:
+            stack.callback(store.close)
+            directory = Directory(store)
+            directory.start()
+            stack.callback(directory.stop)
+        running = await start(
+            engine,
+            config.host,
+            config.port,
+            watch=Path(config.policies),
+            interval=config.reload_interval,
+            cache_size=config.cache_size,
+            metrics_port=config.metrics_port if config.metrics else None,
+            tls=config.credentials(),
+            directory=directory,
+        )
+        stack.push_async_callback(running.stop, config.grace)
+        scheme = "TLS" if config.tls_cert else "plaintext"
+        if config.tls_client_ca:
+            scheme = "mutual TLS"
+        print(
+            f"tessera: serving tessera.v1.Authorizer on {config.host}:{running.port} ({scheme})",
+            flush=True,
+        )
+        if running.metrics_server is not None:
+            where = f"{config.host}:{running.metrics_server.server_port}"
+            print(f"tessera: metrics on http://{where}/metrics", flush=True)
+        if store is not None and config.http_port >= 0:
+            token = config.admin_token or new_token()
+            app = issuer_app(store, BootstrapToken(token))
+            http = await start_http(app, config.host, config.http_port)
+            stack.push_async_callback(http.stop)
+            where = f"http://{config.host}:{http.port}{SCIM_PATH}"
+            print(f"tessera: SCIM 2.0 at {where}, directory in {config.store}", flush=True)
+            if not config.admin_token:
+                print(
+                    f"tessera: bootstrap admin token (random; set TESSERA_ADMIN_TOKEN to "
+                    f"choose one): {token}",
+                    flush=True,
+                )
+        elif store is None:
+            print("tessera: no store: deciding on the agent attributes callers send", flush=True)
+        for line in announce:
+            print(line, flush=True)
+        stopping = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stopping.set)
+        await stopping.wait()
+        print("tessera: draining in-flight calls, then stopping", flush=True)

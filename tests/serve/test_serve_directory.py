@@ -124,3 +124,25 @@ def test_scim_refuses_a_caller_without_the_admin_token(served: Served) -> None:
     response = httpx.get(f"{served.http.base_url}Agents", timeout=10)
     assert response.status_code == 401
     assert response.headers["www-authenticate"] == 'Bearer realm="tessera"'
+
+
+def test_a_taken_http_port_is_a_clear_error_and_nothing_keeps_running(tmp_path: Path) -> None:
+    import socket
+
+    exe = Path(sys.executable).parent / "tessera"
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            [
+                *(str(exe), "serve", "--policies", str(SHIPPED_POLICIES)),
+                *("--store", f"sqlite:///{tmp_path}/t.db", "--admin-token", TOKEN),
+                *("--port", "0", "--http-port", str(port), "--metrics-port", "-1"),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+    assert result.returncode == 2
+    assert f"tessera serve: cannot serve HTTP on 127.0.0.1:{port}" in result.stderr
