@@ -50,8 +50,11 @@ class HttpRunning:
             await self.task
 
 
-async def start_http(app: ASGIApp, host: str, port: int) -> HttpRunning:
-    """Serve ``app`` on ``host:port`` (0 picks a free port) in the running event loop.
+async def start_http(
+    app: ASGIApp, host: str, port: int, tls: tuple[str, str] | None = None
+) -> HttpRunning:
+    """Serve ``app`` on ``host:port`` (0 picks a free port) in the running event loop;
+    with ``tls`` (certificate chain file, key file), serve HTTPS.
 
     The socket is bound here, so a taken port is an OSError naming it (uvicorn itself
     would exit the process).
@@ -66,7 +69,15 @@ async def start_http(app: ASGIApp, host: str, port: int) -> HttpRunning:
     except OSError as exc:
         sock.close()
         raise OSError(f"cannot serve HTTP on {host}:{port}: {exc.strerror}") from None
-    config = uvicorn.Config(app, log_level="warning", lifespan="off", access_log=False)
+    certfile, keyfile = tls if tls is not None else (None, None)
+    config = uvicorn.Config(
+        app,
+        log_level="warning",
+        lifespan="off",
+        access_log=False,
+        ssl_certfile=certfile,
+        ssl_keyfile=keyfile,
+    )
     server = _Server(config)
     task = asyncio.create_task(server.serve(sockets=[sock]))
     for _ in range(500):  # at most 5 s

@@ -358,9 +358,11 @@ async def serve_forever(engine: Engine, config: ServeConfig, announce: Sequence[
         if store is not None and config.http_port >= 0:
             token = config.admin_token or new_token()
             app = issuer_app(store, BootstrapToken(token))
-            http = await start_http(app, config.host, config.http_port)
+            tls = (config.tls_cert, config.tls_key) if config.tls_cert else None
+            http = await start_http(app, config.host, config.http_port, tls)
             stack.push_async_callback(http.stop)
-            where = f"http://{config.host}:{http.port}{SCIM_PATH}"
+            web = "https" if tls else "http"
+            where = f"{web}://{config.host}:{http.port}{SCIM_PATH}"
             print(f"tessera: SCIM 2.0 at {where}, directory in {config.store}", flush=True)
             if not config.admin_token:
                 print(
