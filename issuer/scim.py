@@ -48,6 +48,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from issuer.hashing import hash_password
 from issuer.models import (
     AGENT_EXTENSION,
     MAX_RESULTS,
@@ -693,28 +694,6 @@ def _with_defaults(kind: Kind, payload: Any) -> Any:
             defaults = {"status": AgentStatus.active.value, "agentType": AgentType.background.value}
             payload = {**payload, AGENT_EXTENSION: {**defaults, **extension}}
     return payload
-
-
-def hash_password(password: str) -> str:
-    """scrypt (RFC 7914) with a random salt, in ``scrypt$n$r$p$salt$hash`` form."""
-    salt = secrets.token_bytes(16)
-    n, r, p = 2**14, 8, 1
-    digest = hashlib.scrypt(password.encode(), salt=salt, n=n, r=r, p=p, dklen=32)
-    return f"scrypt${n}${r}${p}${salt.hex()}${digest.hex()}"
-
-
-def verify_password(password: str, stored: str) -> bool:
-    """Whether a password matches a :func:`hash_password` value (constant time)."""
-    try:
-        scheme, n, r, p, salt, digest = stored.split("$")
-    except ValueError:
-        return False
-    if scheme != "scrypt":
-        return False
-    computed = hashlib.scrypt(
-        password.encode(), salt=bytes.fromhex(salt), n=int(n), r=int(r), p=int(p), dklen=32
-    )
-    return hmac.compare_digest(computed, bytes.fromhex(digest))
 
 
 # ---------------------------------------------------------------- the application

@@ -94,6 +94,11 @@ class Store(Protocol):
         """The resource, or :class:`NotFound`."""
         ...
 
+    def find(self, kind: str, attribute: str, value: str) -> Record:
+        """The resource whose unique ``attribute`` holds ``value`` (as normalised when it was
+        stored), or :class:`NotFound`."""
+        ...
+
     def list(self, kind: str) -> builtins.list[Record]:
         """Every resource of a kind, oldest first."""
         ...

@@ -220,6 +220,19 @@ class SQLStore(ABC):
             raise NotFound(f"no {kind} with id {id!r}")
         return record_from_row(kind, row)
 
+    def find(self, kind: str, attribute: str, value: str) -> Record:
+        with self._transaction(write=False) as cur:
+            cur.execute(
+                "SELECT r.id, r.version, r.data, r.created, r.modified FROM unique_values u"
+                " JOIN resources r ON r.kind = u.kind AND r.id = u.id"
+                " WHERE u.kind = ? AND u.attribute = ? AND u.value = ?",
+                (kind, attribute, value),
+            )
+            row = cur.fetchone()
+        if row is None:
+            raise NotFound(f"no {kind} with {attribute} {value!r}")
+        return record_from_row(kind, row)
+
     def list(self, kind: str) -> builtins.list[Record]:
         with self._transaction(write=False) as cur:
             cur.execute(

@@ -16,8 +16,8 @@ from typing import Any
 import httpx
 import pytest
 
+from issuer.hashing import verify_password
 from issuer.models import AGENT_EXTENSION, AGENT_SCHEMA, MAX_RESULTS
-from issuer.scim import verify_password
 from tests.issuer.conftest import Service, unique
 
 EXT = AGENT_EXTENSION

@@ -618,3 +618,16 @@ def test_postgres_dropped_listener_fails_with_store_error_then_listens_again(
     thread = in_a_moment(lambda: create(postgres_store, "bot"))
     assert postgres_store.wait_for_change(since, timeout=10) > since
     thread.join()
+
+
+def test_find_looks_a_resource_up_by_a_unique_value(store: Store) -> None:
+    made = store.create("Client", {"n": 1}, unique={"client_id": "abc"}, actor=ADMIN)
+    store.create("Client", {"n": 2}, unique={"client_id": "xyz"}, actor=ADMIN)
+    assert store.find("Client", "client_id", "abc") == made
+    with pytest.raises(NotFound):
+        store.find("Client", "client_id", "nope")
+    with pytest.raises(NotFound):
+        store.find("Agent", "client_id", "abc")
+    store.delete("Client", made.id, expected_version=None, actor=ADMIN)
+    with pytest.raises(NotFound):
+        store.find("Client", "client_id", "abc")

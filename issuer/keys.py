@@ -1,0 +1,184 @@
+"""The issuer's signing keys: kept in the store, rotated, published as a JWK Set (RFC 7517).
+
+One key signs at a time (the newest). A rotated-out key stays published until every token
+it signed has expired, so resource servers that cache the JWKS keep verifying. Key ids
+are RFC 7638 thumbprints. ES256 is the default; RS256 and EdDSA (Ed25519) are available.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import threading
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm
+
+from issuer.store import Store
+
+KIND = "SigningKey"
+ALGORITHMS = ("ES256", "RS256", "EdDSA")
+
+PrivateKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey
+PublicKey = ec.EllipticCurvePublicKey | rsa.RSAPublicKey | ed25519.Ed25519PublicKey
+
+
+def generate(alg: str) -> PrivateKey:
+    """A new private key for a JWS algorithm."""
+    if alg == "ES256":
+        return ec.generate_private_key(ec.SECP256R1())
+    if alg == "RS256":
+        return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    if alg == "EdDSA":
+        return ed25519.Ed25519PrivateKey.generate()
+    raise ValueError(f"unsupported signing algorithm {alg!r}; use one of {', '.join(ALGORITHMS)}")
+
+
+def public_jwk(key: PublicKey) -> dict[str, Any]:
+    """The public key as a JWK (without kid, use or alg)."""
+    if isinstance(key, ec.EllipticCurvePublicKey):
+        jwk: dict[str, Any] = ECAlgorithm.to_jwk(key, as_dict=True)
+    elif isinstance(key, rsa.RSAPublicKey):
+        jwk = RSAAlgorithm.to_jwk(key, as_dict=True)
+    else:
+        jwk = OKPAlgorithm.to_jwk(key, as_dict=True)
+    return jwk
+
+
+_THUMBPRINT_MEMBERS = {
+    "EC": ("crv", "kty", "x", "y"),
+    "RSA": ("e", "kty", "n"),
+    "OKP": ("crv", "kty", "x"),
+}
+
+
+def thumbprint(jwk: dict[str, Any]) -> str:
+    """The RFC 7638 SHA-256 thumbprint of a public JWK, base64url without padding."""
+    members = _THUMBPRINT_MEMBERS[jwk["kty"]]
+    canonical = json.dumps({m: jwk[m] for m in members}, separators=(",", ":"), sort_keys=True)
+    digest = hashlib.sha256(canonical.encode()).digest()
+    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
+
+
+@dataclass(frozen=True)
+class SigningKey:
+    """One key of the ring."""
+
+    kid: str
+    alg: str
+    private: PrivateKey
+    jwk: dict[str, Any]  # public, with kid, alg and use
+    created: datetime
+    retired: datetime | None  # when it stopped signing; None for the current key
+    public: PublicKey
+
+
+class KeyRing:
+    """The signing keys in the store, with the current one cached in memory.
+
+    ``published_for`` is how long a retired key stays in the JWKS: at least the longest
+    lifetime of a token it may have signed.
+    """
+
+    def __init__(self, store: Store, alg: str = "ES256", published_for: float = 3600.0) -> None:
+        if alg not in ALGORITHMS:
+            raise ValueError(f"unsupported signing algorithm {alg!r}; use {', '.join(ALGORITHMS)}")
+        self.store = store
+        self.alg = alg
+        self.published_for = timedelta(seconds=published_for)
+        self._lock = threading.Lock()
+        self._keys: list[SigningKey] = []
+        self._by_kid: dict[str, SigningKey] = {}
+        self.load()
+        if self.current() is None:
+            self.rotate()
+
+    def load(self) -> None:
+        """Read the keys from the store (another replica may have rotated)."""
+        keys = [_from_record(r.data) for r in self.store.list(KIND)]
+        with self._lock:
+            self._keys = keys
+            self._by_kid = {key.kid: key for key in keys}
+
+    def current(self) -> SigningKey | None:
+        """The key that signs now: the newest one not retired."""
+        active = [key for key in self._keys if key.retired is None]
+        return active[-1] if active else None
+
+    def signing_key(self) -> SigningKey:
+        key = self.current()
+        if key is None:
+            raise RuntimeError("no signing key; rotate() makes one")
+        return key
+
+    def key(self, kid: str) -> SigningKey | None:
+        """A published key by its id (for verifying tokens this issuer signed)."""
+        key = self._by_kid.get(kid)
+        if key is None or not self._published(key, datetime.now(UTC)):
+            return None
+        return key
+
+    def rotate(self, alg: str | None = None) -> SigningKey:
+        """Make a new current key; the previous one stops signing but stays published."""
+        alg = alg or self.alg
+        private = generate(alg)
+        jwk = public_jwk(private.public_key())
+        kid = thumbprint(jwk)
+        now = datetime.now(UTC)
+        pem = private.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        ).decode()
+        for record in self.store.list(KIND):
+            if record.data.get("retired") is None:
+                data = {**record.data, "retired": now.isoformat()}
+                self.store.replace(
+                    KIND,
+                    record.id,
+                    data,
+                    unique={"kid": record.data["kid"]},
+                    expected_version=record.version,
+                    actor="issuer",
+                )
+        document = {
+            "kid": kid,
+            "alg": alg,
+            "private": pem,
+            "jwk": {**jwk, "kid": kid, "alg": alg, "use": "sig"},
+            "created": now.isoformat(),
+            "retired": None,
+        }
+        self.store.create(KIND, document, unique={"kid": kid}, actor="issuer")
+        self.load()
+        return self.signing_key()
+
+    def jwks(self) -> dict[str, Any]:
+        """The JWK Set to publish: the current key and retired keys still in use."""
+        now = datetime.now(UTC)
+        return {"keys": [key.jwk for key in self._keys if self._published(key, now)]}
+
+    def _published(self, key: SigningKey, now: datetime) -> bool:
+        return key.retired is None or key.retired + self.published_for > now
+
+
+def _from_record(data: dict[str, Any]) -> SigningKey:
+    private = serialization.load_pem_private_key(data["private"].encode(), password=None)
+    assert isinstance(
+        private, ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey
+    )
+    retired = data.get("retired")
+    return SigningKey(
+        kid=data["kid"],
+        alg=data["alg"],
+        private=private,
+        jwk=data["jwk"],
+        created=datetime.fromisoformat(data["created"]),
+        retired=None if retired is None else datetime.fromisoformat(retired),
+        public=private.public_key(),
+    )

@@ -1,0 +1,216 @@
+"""JWT access tokens (RFC 9068): minted by the issuer, verified by anyone with its JWKS.
+
+Claims: ``iss``, ``sub``, ``aud`` (the RFC 8707 resource, or the issuer), ``client_id``,
+``iat``, ``exp``, ``jti``, ``scope``, and Tessera's agent claims, so a resource server can
+tell an agent from a person:
+
+    agent_id    the agent's directory id (for an agent acting alone, also ``sub``)
+    agent_type  interactive, background or external
+
+The header carries ``typ: at+jwt`` (RFC 9068 §2.1) and the signing key's ``kid``.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+import uuid
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import jwt
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
+from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
+
+from issuer.keys import KeyRing, PublicKey
+
+TOKEN_TYPE = "at+jwt"
+
+
+@dataclass(frozen=True)
+class Issued:
+    """A minted access token and what it says."""
+
+    token: str
+    claims: dict[str, Any]
+    expires_in: int
+
+
+class TokenMinter:
+    """Signs access tokens with the key ring's current key."""
+
+    def __init__(self, keys: KeyRing, issuer: str, lifetime: int = 300) -> None:
+        self.keys = keys
+        self.issuer = issuer
+        self.lifetime = lifetime
+
+    def mint(
+        self,
+        *,
+        subject: str,
+        client_id: str,
+        audience: Sequence[str],
+        scope: Iterable[str],
+        extra: dict[str, Any] | None = None,
+    ) -> Issued:
+        now = int(time.time())
+        claims: dict[str, Any] = {
+            "iss": self.issuer,
+            "sub": subject,
+            "aud": audience[0] if len(audience) == 1 else list(audience),
+            "client_id": client_id,
+            "iat": now,
+            "exp": now + self.lifetime,
+            "jti": uuid.uuid4().hex,
+            "scope": " ".join(sorted(set(scope))),
+            **(extra or {}),
+        }
+        key = self.keys.signing_key()
+        token = jwt.encode(
+            claims, key.private, algorithm=key.alg, headers={"typ": TOKEN_TYPE, "kid": key.kid}
+        )
+        return Issued(token, claims, self.lifetime)
+
+
+class InvalidToken(Exception):
+    """A token that must not be accepted; the message says why (for logs, not clients)."""
+
+
+KeyLookup = Callable[[str], tuple[str, PublicKey] | None]
+"""Maps a ``kid`` to (algorithm, public key), or None for an unknown key."""
+
+
+class TokenVerifier:
+    """Checks an RFC 9068 access token: the signature, by a known key with that key's own
+    algorithm (the header's ``alg`` must name it; never ``none``, never HMAC), ``typ``,
+    ``iss``, ``aud`` (when an audience is given), ``exp``, ``nbf`` and ``iat``.
+
+    It is on the hot path of every resource server, so it verifies the JWS (RFC 7515
+    §5.2) directly with ``cryptography`` and remembers each distinct protected header
+    (one per signing key) instead of parsing it per token.
+    """
+
+    def __init__(
+        self,
+        keys: KeyLookup,
+        issuer: str,
+        audience: str | None = None,
+        leeway: float = 30.0,
+    ) -> None:
+        self.keys = keys
+        self.issuer = issuer
+        self.audience = audience
+        self.leeway = leeway
+        # protected header (base64url) -> (kid, alg, key), checked against the
+        # lookup on every use, so a key that stops being published stops verifying
+        self._headers: dict[str, tuple[str, str, PublicKey]] = {}
+
+    def verify(self, token: str) -> dict[str, Any]:
+        """The token's claims, or :class:`InvalidToken`."""
+        parts = token.split(".")
+        if len(parts) != 3:
+            raise InvalidToken("not a compact JWS (three dot-separated parts)")
+        header_b64, payload_b64, signature_b64 = parts
+        alg, key = self._header(header_b64)
+        try:
+            signature = _b64decode(signature_b64)
+        except ValueError:
+            raise InvalidToken("the signature is not base64url") from None
+        _verify_signature(alg, key, f"{header_b64}.{payload_b64}".encode(), signature)
+        try:
+            claims = json.loads(_b64decode(payload_b64))
+        except ValueError:
+            raise InvalidToken("the payload is not base64url JSON") from None
+        if not isinstance(claims, dict):
+            raise InvalidToken("the payload is not a JSON object")
+        self._check_claims(claims)
+        return claims
+
+    def _header(self, header_b64: str) -> tuple[str, PublicKey]:
+        known = self._headers.get(header_b64)
+        if known is not None:
+            known_kid, known_alg, known_key = known
+            current = self.keys(known_kid)
+            if current is not None and current[1] is known_key:
+                return known_alg, known_key
+            del self._headers[header_b64]
+        try:
+            header = json.loads(_b64decode(header_b64))
+        except ValueError:
+            raise InvalidToken("the header is not base64url JSON") from None
+        if not isinstance(header, dict):
+            raise InvalidToken("the header is not a JSON object")
+        typ = str(header.get("typ", "")).lower()
+        if typ not in (TOKEN_TYPE, "application/at+jwt"):
+            raise InvalidToken(f"typ {header.get('typ')!r} is not at+jwt")
+        if "crit" in header:  # RFC 7515 §4.1.11: no extension is understood here
+            raise InvalidToken("crit header parameters are not supported")
+        kid = header.get("kid")
+        found = self.keys(kid) if isinstance(kid, str) else None
+        if found is None or not isinstance(kid, str):
+            raise InvalidToken(f"unknown kid {kid!r}")
+        alg, key = found
+        if header.get("alg") != alg:  # no algorithm confusion: the key decides
+            raise InvalidToken(f"alg {header.get('alg')!r} does not match the key's {alg}")
+        if len(self._headers) < 64:  # a handful of keys; bounded against junk headers
+            self._headers[header_b64] = (kid, alg, key)
+        return alg, key
+
+    def _check_claims(self, claims: dict[str, Any]) -> None:
+        for name in ("iss", "sub", "exp", "iat", "jti", "client_id"):
+            if name not in claims:
+                raise InvalidToken(f"the {name} claim is missing")
+        if claims["iss"] != self.issuer:
+            raise InvalidToken(f"iss {claims['iss']!r} is not {self.issuer!r}")
+        now = time.time()
+        exp, iat, nbf = claims["exp"], claims["iat"], claims.get("nbf", claims["iat"])
+        if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in (exp, iat, nbf)):
+            raise InvalidToken("exp, iat and nbf must be numbers")
+        if exp <= now - self.leeway:
+            raise InvalidToken("the token has expired")
+        if nbf > now + self.leeway or iat > now + self.leeway:
+            raise InvalidToken("the token is not valid yet")
+        if self.audience is not None:
+            aud = claims.get("aud")
+            audiences = aud if isinstance(aud, list) else [aud]
+            if self.audience not in audiences:
+                raise InvalidToken(f"aud {aud!r} does not include {self.audience!r}")
+
+
+def _b64decode(text: str) -> bytes:
+    """base64url without padding (RFC 7515 §2); ValueError on anything else."""
+    if not text or "=" in text:
+        raise ValueError("empty or padded base64url")
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def _verify_signature(alg: str, key: PublicKey, signing_input: bytes, signature: bytes) -> None:
+    try:
+        if alg == "ES256" and isinstance(key, ec.EllipticCurvePublicKey):
+            if len(signature) != 64:  # RFC 7518 §3.4: R and S, 32 octets each
+                raise InvalidToken("an ES256 signature has 64 octets")
+            r = int.from_bytes(signature[:32], "big")
+            s = int.from_bytes(signature[32:], "big")
+            key.verify(encode_dss_signature(r, s), signing_input, ec.ECDSA(hashes.SHA256()))
+        elif alg == "RS256" and isinstance(key, rsa.RSAPublicKey):
+            key.verify(signature, signing_input, padding.PKCS1v15(), hashes.SHA256())
+        elif alg == "EdDSA" and isinstance(key, ed25519.Ed25519PublicKey):
+            key.verify(signature, signing_input)
+        else:
+            raise InvalidToken(f"alg {alg!r} does not fit the key")
+    except InvalidSignature:
+        raise InvalidToken("the signature does not verify") from None
+
+
+def ring_lookup(ring: KeyRing) -> KeyLookup:
+    """Key lookup from the issuer's own key ring."""
+
+    def lookup(kid: str) -> tuple[str, PublicKey] | None:
+        key = ring.key(kid)
+        return None if key is None else (key.alg, key.public)
+
+    return lookup
