@@ -14,18 +14,25 @@ from dataclasses import dataclass
 
 import uvicorn
 from starlette.applications import Starlette
-from starlette.routing import Mount
+from starlette.routing import BaseRoute, Mount
 from starlette.types import ASGIApp
 
+from issuer.oauth.endpoints import AuthorizationServer
 from issuer.scim import Authenticator, scim_app
 from issuer.store import Store
 
 SCIM_PATH = "/scim/v2"
 
 
-def issuer_app(store: Store, authenticate: Authenticator) -> Starlette:
-    """Every HTTP endpoint of the issuer, under one application."""
-    return Starlette(routes=[Mount(SCIM_PATH, app=scim_app(store, authenticate))])
+def issuer_app(
+    store: Store, authenticate: Authenticator, oauth: AuthorizationServer | None = None
+) -> Starlette:
+    """Every HTTP endpoint of the issuer, under one application: SCIM at ``/scim/v2`` and,
+    with ``oauth``, the authorization server's endpoints."""
+    routes: list[BaseRoute] = [Mount(SCIM_PATH, app=scim_app(store, authenticate))]
+    if oauth is not None:
+        routes = [*oauth.routes(), *routes]
+    return Starlette(routes=routes)
 
 
 class _Server(uvicorn.Server):
@@ -50,15 +57,8 @@ class HttpRunning:
             await self.task
 
 
-async def start_http(
-    app: ASGIApp, host: str, port: int, tls: tuple[str, str] | None = None
-) -> HttpRunning:
-    """Serve ``app`` on ``host:port`` (0 picks a free port) in the running event loop;
-    with ``tls`` (certificate chain file, key file), serve HTTPS.
-
-    The socket is bound here, so a taken port is an OSError naming it (uvicorn itself
-    would exit the process).
-    """
+def bind(host: str, port: int) -> socket.socket:
+    """A TCP socket bound to ``host:port`` (0 picks a free port), or an OSError naming it."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
@@ -69,6 +69,14 @@ async def start_http(
     except OSError as exc:
         sock.close()
         raise OSError(f"cannot serve HTTP on {host}:{port}: {exc.strerror}") from None
+    return sock
+
+
+async def serve_http(
+    app: ASGIApp, sock: socket.socket, tls: tuple[str, str] | None = None
+) -> HttpRunning:
+    """Serve ``app`` on a bound socket in the running event loop; with ``tls``
+    (certificate chain file, key file), serve HTTPS."""
     certfile, keyfile = tls if tls is not None else (None, None)
     config = uvicorn.Config(
         app,
@@ -87,5 +95,12 @@ async def start_http(
     if not server.started:
         server.should_exit = True
         sock.close()
-        raise OSError(f"cannot serve HTTP on {host}:{port}")
+        raise OSError(f"cannot serve HTTP on {sock.getsockname()}")
     return HttpRunning(server, task, sock.getsockname()[1])
+
+
+async def start_http(
+    app: ASGIApp, host: str, port: int, tls: tuple[str, str] | None = None
+) -> HttpRunning:
+    """:func:`bind` then :func:`serve_http`."""
+    return await serve_http(app, bind(host, port), tls)

@@ -18,6 +18,9 @@ configuration file (``--config``, or ``./tessera.toml`` when it exists), the def
     store = "sqlite:///var/tessera.db"   # or postgresql://host/db; "" for no directory
     http_port = 8080           # SCIM 2.0 at http://host:http_port/scim/v2; -1 turns it off
     admin_token = ""           # bootstrap admin bearer token; generated and printed if unset
+    issuer = ""                # the OAuth issuer URL; default http(s)://host:http_port
+    signing_alg = "ES256"      # access token signatures: ES256, RS256 or EdDSA
+    token_lifetime = 300       # seconds an access token is valid
 
 With a store, agents and users are resolved from the directory by id (the caller's
 attributes for them are ignored) and an agent that is unknown or not active is denied.
@@ -57,6 +60,9 @@ class ServeConfig:
     store: str = "sqlite:///var/tessera.db"
     http_port: int = 8080
     admin_token: str = ""
+    issuer: str = ""
+    signing_alg: str = "ES256"
+    token_lifetime: int = 300
 
     @property
     def metrics(self) -> bool:
@@ -104,6 +110,10 @@ def load_config(
             f"admin_token: at least {MIN_TOKEN_LENGTH} characters; leave it unset to get a "
             "random one"
         )
+    if config.signing_alg not in ("ES256", "RS256", "EdDSA"):
+        raise ConfigError(f"signing_alg: {config.signing_alg!r} is not ES256, RS256 or EdDSA")
+    if config.token_lifetime <= 0:
+        raise ConfigError("token_lifetime: a positive number of seconds")
     if config.store and not config.store.startswith(("sqlite:", "postgresql://", "postgres://")):
         raise ConfigError(
             f"store: {config.store!r} is neither sqlite:///path.db nor postgresql://host/db"

@@ -25,7 +25,9 @@ from cachetools import LRUCache
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from issuer.app import SCIM_PATH, issuer_app, start_http
+from issuer.app import SCIM_PATH, bind, issuer_app, serve_http
+from issuer.keys import KeyRing
+from issuer.oauth.endpoints import METADATA_PATH, AuthorizationServer
 from issuer.scim import BootstrapToken, new_token
 from issuer.store import open_store
 from pdp.decision import Decision
@@ -357,13 +359,20 @@ async def serve_forever(engine: Engine, config: ServeConfig, announce: Sequence[
             print(f"tessera: metrics on http://{where}/metrics", flush=True)
         if store is not None and config.http_port >= 0:
             token = config.admin_token or new_token()
-            app = issuer_app(store, BootstrapToken(token))
+            admin = BootstrapToken(token)
             tls = (config.tls_cert, config.tls_key) if config.tls_cert else None
-            http = await start_http(app, config.host, config.http_port, tls)
-            stack.push_async_callback(http.stop)
+            sock = bind(config.host, config.http_port)
             web = "https" if tls else "http"
-            where = f"{web}://{config.host}:{http.port}{SCIM_PATH}"
-            print(f"tessera: SCIM 2.0 at {where}, directory in {config.store}", flush=True)
+            base = f"{web}://{config.host}:{sock.getsockname()[1]}"
+            issuer = config.issuer or base
+            keys = KeyRing(store, config.signing_alg, published_for=config.token_lifetime)
+            oauth = AuthorizationServer(store, keys, issuer, admin, config.token_lifetime)
+            http = await serve_http(issuer_app(store, admin, oauth), sock, tls)
+            stack.push_async_callback(http.stop)
+            print(
+                f"tessera: SCIM 2.0 at {base}{SCIM_PATH}, directory in {config.store}", flush=True
+            )
+            print(f"tessera: OAuth issuer {issuer} (metadata at {base}{METADATA_PATH})", flush=True)
             if not config.admin_token:
                 print(
                     f"tessera: bootstrap admin token (random; set TESSERA_ADMIN_TOKEN to "

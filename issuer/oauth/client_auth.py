@@ -1,0 +1,145 @@
+"""Client authentication at the token, introspection and revocation endpoints.
+
+- ``client_secret_basic`` and ``client_secret_post`` (RFC 6749 §2.3.1);
+- ``private_key_jwt`` (RFC 7523 §2.2 and §3, as OpenID Connect Core §9 profiles it):
+  a JWT signed by a key the client registered, ``iss`` = ``sub`` = the client id, ``aud``
+  the issuer or the token endpoint, ``exp`` required and at most
+  :data:`MAX_ASSERTION_LIFETIME` ahead, and a ``jti`` never accepted twice.
+
+A client uses exactly one method (RFC 6749 §2.3), the one it registered.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import threading
+import time
+from collections.abc import Mapping
+from urllib.parse import unquote_plus
+
+import jwt
+from cachetools import TTLCache
+
+from issuer.oauth.clients import ASSERTION_ALGORITHMS, Client, ClientRegistry
+from issuer.oauth.errors import OAuthError, invalid_client
+
+JWT_BEARER = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+MAX_ASSERTION_LIFETIME = 300  # seconds from now (or from iat) to exp
+LEEWAY = 30  # seconds of clock skew tolerated on exp, nbf and iat
+
+
+class SeenAssertions:
+    """The jtis of accepted assertions, kept until they expire (RFC 7523 §3 item 7)."""
+
+    def __init__(self, size: int = 1_000_000) -> None:
+        self._seen: TTLCache[tuple[str, str], bool] = TTLCache(
+            maxsize=size, ttl=MAX_ASSERTION_LIFETIME + 2 * LEEWAY
+        )
+        self._lock = threading.Lock()
+
+    def first_use(self, client_id: str, jti: str) -> bool:
+        """Record the jti; False when it was seen before."""
+        with self._lock:
+            if (client_id, jti) in self._seen:
+                return False
+            self._seen[(client_id, jti)] = True
+            return True
+
+
+class ClientAuthenticator:
+    """Finds out which registered client is calling, or raises ``invalid_client``."""
+
+    def __init__(
+        self, clients: ClientRegistry, issuer: str, token_endpoint: str, seen: SeenAssertions
+    ) -> None:
+        self.clients = clients
+        self.audiences = [issuer, token_endpoint]
+        self.seen = seen
+
+    def authenticate(self, form: Mapping[str, str], authorization: str | None) -> Client:
+        basic = authorization is not None and authorization[:6].lower() == "basic "
+        methods = [
+            name
+            for name, used in (
+                ("client_secret_basic", basic),
+                ("client_secret_post", "client_secret" in form),
+                ("private_key_jwt", "client_assertion" in form),
+            )
+            if used
+        ]
+        if len(methods) > 1:
+            raise OAuthError("invalid_request", "use exactly one client authentication method")
+        if not methods:
+            raise invalid_client("the client did not authenticate")
+        method = methods[0]
+        if method == "client_secret_basic":
+            assert authorization is not None
+            return self._basic(authorization)
+        if method == "client_secret_post":
+            return self._secret(form.get("client_id", ""), form["client_secret"], method)
+        return self._assertion(form)
+
+    def _basic(self, authorization: str) -> Client:
+        try:
+            decoded = base64.b64decode(authorization[6:].strip(), validate=True).decode()
+        except (binascii.Error, UnicodeDecodeError):
+            raise invalid_client("the Basic credentials are not base64", basic=True) from None
+        client_id, colon, secret = decoded.partition(":")
+        if not colon:
+            raise invalid_client("the Basic credentials have no ':'", basic=True)
+        # RFC 6749 §2.3.1: both parts are form-urlencoded before base64
+        return self._secret(
+            unquote_plus(client_id), unquote_plus(secret), "client_secret_basic", basic=True
+        )
+
+    def _secret(self, client_id: str, secret: str, method: str, basic: bool = False) -> Client:
+        client = self.clients.get(client_id) if client_id else None
+        if client is None or client.auth_method != method or not client.secret_matches(secret):
+            raise invalid_client("unknown client or wrong secret", basic=basic)
+        return client
+
+    def _assertion(self, form: Mapping[str, str]) -> Client:
+        if form.get("client_assertion_type") != JWT_BEARER:
+            raise invalid_client(f"client_assertion_type must be {JWT_BEARER}")
+        assertion = form["client_assertion"]
+        try:
+            header = jwt.get_unverified_header(assertion)
+            unverified = jwt.decode(assertion, options={"verify_signature": False})
+        except jwt.PyJWTError:
+            raise invalid_client("the client assertion is not a JWT") from None
+        alg = header.get("alg")
+        if alg not in ASSERTION_ALGORITHMS:  # refuses "none" and every HMAC
+            raise invalid_client(f"assertion alg {alg!r} is not accepted")
+        client_id = unverified.get("iss")
+        if not isinstance(client_id, str) or unverified.get("sub") != client_id:
+            raise invalid_client("the assertion's iss and sub must both be the client id")
+        if form.get("client_id", client_id) != client_id:
+            raise invalid_client("client_id differs from the assertion's issuer")
+        client = self.clients.get(client_id)
+        if client is None or client.auth_method != "private_key_jwt":
+            raise invalid_client("unknown client, or not a private_key_jwt client")
+        kid = header.get("kid")
+        key = client.key_for(kid if isinstance(kid, str) else None, alg)
+        if key is None:
+            raise invalid_client(f"no registered key with kid {kid!r} fits alg {alg}")
+        try:
+            claims = jwt.decode(
+                assertion,
+                key,
+                algorithms=[alg],
+                audience=self.audiences,
+                issuer=client_id,
+                leeway=LEEWAY,
+                options={"require": ["iss", "sub", "aud", "exp", "jti"]},
+            )
+        except jwt.PyJWTError as exc:
+            raise invalid_client(f"the client assertion is not valid: {exc}") from None
+        start = claims.get("iat", time.time())
+        if not isinstance(start, int | float) or claims["exp"] - start > MAX_ASSERTION_LIFETIME:
+            raise invalid_client(
+                f"the assertion may live at most {MAX_ASSERTION_LIFETIME} s (exp - iat)"
+            )
+        if not self.seen.first_use(client_id, str(claims["jti"])):
+            raise invalid_client("this assertion's jti was already used")
+        return client
