@@ -161,6 +161,22 @@ def build_parser() -> argparse.ArgumentParser:
         help="SCIM 2.0 at /scim/v2 on this port (default: 8080; 0 picks one; -1 off)",
     )
     serve.add_argument(
+        "--issuer",
+        metavar="URL",
+        help="the OAuth issuer URL (default: http(s)://HOST:HTTP_PORT)",
+    )
+    serve.add_argument(
+        "--signing-alg",
+        choices=["ES256", "RS256", "EdDSA"],
+        help="access token signature algorithm for new keys (default: ES256)",
+    )
+    serve.add_argument(
+        "--token-lifetime",
+        type=int,
+        metavar="SECONDS",
+        help="how long access tokens are valid (default: 300)",
+    )
+    serve.add_argument(
         "--admin-token",
         metavar="TOKEN",
         help="bootstrap admin bearer token for SCIM (prefer TESSERA_ADMIN_TOKEN; "

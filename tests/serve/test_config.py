@@ -58,9 +58,11 @@ def test_tls_settings_must_come_in_pairs() -> None:
     [
         ({"admin_token": "short"}, "admin_token: at least 16 characters"),
         ({"store": "mysql://db"}, "store: 'mysql://db' is neither"),
+        ({"signing_alg": "HS256"}, "signing_alg: 'HS256' is not ES256, RS256 or EdDSA"),
+        ({"token_lifetime": 0}, "token_lifetime: a positive number of seconds"),
     ],
 )
-def test_bad_directory_settings_are_named(flags: dict[str, str], message: str) -> None:
+def test_bad_directory_settings_are_named(flags: dict[str, object], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         load_config(flags, environ={}, config_file=None)
 
