@@ -33,6 +33,10 @@ from scim2_models import (
 AGENT_SCHEMA = "urn:tessera:params:scim:schemas:core:1.0:Agent"
 AGENT_EXTENSION = "urn:tessera:params:scim:schemas:extension:agent:1.0:Agent"
 
+CONSENT = "Consent"
+"""The store kind of a user's consent: ``{"user_id", "agent_id", "client_id", "scopes"}``,
+one record per user, client and agent (the PDP sees the scopes as ``context.consents``)."""
+
 MAX_RESULTS = 200
 """The most resources one list response carries (ServiceProviderConfig filter.maxResults)."""
 

@@ -16,6 +16,9 @@ What a policy sees, from the SCIM resources (see docs/directory.md):
     agent.type    agentType
     agent.scopes  scopes
     agent.labels  labels as {key: value}
+
+    context.consents  the scopes the user granted the agent (the issuer's consent records);
+                      whatever the caller sent is replaced
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ import time
 from collections.abc import Iterable, Mapping
 from typing import Any, NamedTuple
 
-from issuer.models import AGENT_EXTENSION
+from issuer.models import AGENT_EXTENSION, CONSENT
 from issuer.store import Change, Store
 
 log = logging.getLogger("tessera.directory")
@@ -67,6 +70,7 @@ class Identities(NamedTuple):
 
     agent: dict[str, Any]
     user: dict[str, Any] | None
+    consents: tuple[str, ...] = ()  # the scopes the user granted this agent
 
 
 class Directory:
@@ -81,6 +85,8 @@ class Directory:
         self._inactive_users: set[str] = set()
         self._groups: dict[str, dict[str, Any]] = {}  # SCIM documents
         self._user_attributes: dict[str, dict[str, Any]] = {}
+        self._consent_docs: dict[str, dict[str, Any]] = {}  # consent records by id
+        self._consents: dict[tuple[str, str], tuple[str, ...]] = {}  # (user, agent) -> scopes
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()  # one writer at a time (load and the feed)
@@ -127,7 +133,7 @@ class Directory:
             return f"user {user_id!r} is not in the directory"
         if user_id in self._inactive_users:
             return f"user {user_id!r} is not active"
-        return Identities(agent, user)
+        return Identities(agent, user, self._consents.get((user_id, agent_id), ()))
 
     # -- keeping up
 
@@ -138,8 +144,11 @@ class Directory:
             agents = {r.id: agent_attributes(r.id, r.data) for r in self.store.list("Agent")}
             users = {r.id: r.data for r in self.store.list("User")}
             groups = {r.id: r.data for r in self.store.list("Group")}
+            consents = {r.id: r.data for r in self.store.list(CONSENT)}
             self._agents, self._users, self._groups = agents, users, groups
+            self._consent_docs = consents
             self._rebuild_users()
+            self._rebuild_consents()
             self.version = since
             self._catch_up()
             self.synced = time.monotonic()
@@ -159,7 +168,7 @@ class Directory:
             applied = True
 
     def _apply(self, changes: list[Change]) -> None:
-        users_changed = False
+        users_changed = consents_changed = False
         for change in changes:
             if change.kind == "Agent":
                 if change.data is None:
@@ -173,8 +182,16 @@ class Directory:
                 else:
                     table[change.id] = change.data
                 users_changed = True
+            elif change.kind == CONSENT:
+                if change.data is None:
+                    self._consent_docs.pop(change.id, None)
+                else:
+                    self._consent_docs[change.id] = change.data
+                consents_changed = True
         if users_changed:
             self._rebuild_users()
+        if consents_changed:
+            self._rebuild_consents()
         # Last: a reader that sees the new version (and so empties its decision cache)
         # must also see everything that version brought.
         self.version = changes[-1].seq
@@ -188,6 +205,13 @@ class Directory:
             id: user_attributes(id, doc, names.get(id, ())) for id, doc in self._users.items()
         }
         self._inactive_users = {id for id, doc in self._users.items() if doc.get("active") is False}
+
+    def _rebuild_consents(self) -> None:
+        granted: dict[tuple[str, str], set[str]] = {}
+        for doc in self._consent_docs.values():
+            key = (doc.get("user_id", ""), doc.get("agent_id", ""))
+            granted.setdefault(key, set()).update(doc.get("scopes") or ())
+        self._consents = {key: tuple(sorted(scopes)) for key, scopes in granted.items()}
 
     # -- the follower thread
 

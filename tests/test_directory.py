@@ -241,3 +241,28 @@ def test_a_follower_that_cannot_reach_the_store_refuses_everyone(
         )
     finally:
         directory.stop()
+
+
+def test_consents_granted_to_an_agent_come_with_the_user(store: Store) -> None:
+    from issuer.models import CONSENT
+
+    agent = add_agent(store, "pay-bot")
+    other = add_agent(store, "other-bot")
+    user = add_user(store, "bjensen")
+    directory = Directory(store)
+    directory.load()
+    assert directory.resolve(agent, user) == Identities(
+        directory.agent(agent) or {}, directory.user(user), ()
+    )
+    grant = {"user_id": user, "agent_id": agent, "client_id": "c", "scopes": ["payments:transfer"]}
+    record = store.create(CONSENT, grant, unique={"grant": f"{user}|c|{agent}"}, actor=user)
+    directory.refresh()
+    resolved = directory.resolve(agent, user)
+    assert isinstance(resolved, Identities)
+    assert resolved.consents == ("payments:transfer",)
+    other_resolved = directory.resolve(other, user)
+    assert isinstance(other_resolved, Identities) and other_resolved.consents == ()
+    store.delete(CONSENT, record.id, expected_version=None, actor=user)
+    directory.refresh()
+    revoked = directory.resolve(agent, user)
+    assert isinstance(revoked, Identities) and revoked.consents == ()

@@ -68,6 +68,8 @@ def request_to_json(
         data["agent"] = identities.agent
         if identities.user is not None:
             data["user"] = identities.user
+        # consents come from the consent store, never from the caller
+        data["context"]["consents"] = list(identities.consents)
     return data
 
 

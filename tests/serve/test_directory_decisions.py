@@ -136,3 +136,30 @@ def test_a_refused_agent_is_allowed_no_candidate(
         listing.candidates.extend(tools)
         allowed = stub.ListAllowed(listing, timeout=5).allowed
         assert [c.id for c in allowed] == expected
+
+
+def test_consents_come_from_the_consent_store_not_the_caller(
+    store: Store, directory: Directory, stub: pb_grpc.AuthorizerStub
+) -> None:
+    from issuer.models import CONSENT
+
+    agent = add_agent(store, "pay-bot", purpose="payments")
+    user = add_user(store, "bjensen")
+    directory.refresh()
+    request = pb.AuthorizeRequest(
+        agent=pb.Agent(id=agent),
+        user=pb.User(id=user),
+        action="tool.call",
+        resource=pb.Resource(type="tool", id="payments.transfer"),
+        context={
+            "amount": pb.Value(money=pb.Money(amount="100", currency="USD")),
+            "consents": pb.Value(strings=pb.StringList(values=["payments:transfer"])),
+        },
+    )
+    forged = stub.Authorize(request, timeout=5)
+    assert not forged.allow  # the caller's claim of consent does not count
+    assert [(o.kind, o.value) for o in forged.obligations] == [("consent", "payments:transfer")]
+    grant = {"user_id": user, "agent_id": agent, "client_id": "c", "scopes": ["payments:transfer"]}
+    store.create(CONSENT, grant, unique={"grant": f"{user}|c|{agent}"}, actor=user)
+    directory.refresh()
+    assert stub.Authorize(request, timeout=5).allow
