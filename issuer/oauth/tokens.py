@@ -182,10 +182,17 @@ class TokenVerifier:
 
 
 def _b64decode(text: str) -> bytes:
-    """base64url without padding (RFC 7515 §2); ValueError on anything else."""
+    """base64url without padding (RFC 7515 §2); ValueError on anything else.
+
+    Only the canonical encoding is accepted (the decoder alone would skip stray
+    characters, take ``+`` and ``/``, and ignore pad bits), so one token has one string.
+    """
     if not text or "=" in text:
         raise ValueError("empty or padded base64url")
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    data = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    if base64.urlsafe_b64encode(data).rstrip(b"=") != text.encode():
+        raise ValueError("not canonical base64url")
+    return data
 
 
 def _verify_signature(alg: str, key: PublicKey, signing_input: bytes, signature: bytes) -> None:
