@@ -50,11 +50,9 @@ class SeenAssertions:
 class ClientAuthenticator:
     """Finds out which registered client is calling, or raises ``invalid_client``."""
 
-    def __init__(
-        self, clients: ClientRegistry, issuer: str, token_endpoint: str, seen: SeenAssertions
-    ) -> None:
+    def __init__(self, clients: ClientRegistry, audiences: list[str], seen: SeenAssertions) -> None:
         self.clients = clients
-        self.audiences = [issuer, token_endpoint]
+        self.audiences = audiences  # the issuer and the endpoints that authenticate clients
         self.seen = seen
 
     def authenticate(self, form: Mapping[str, str], authorization: str | None) -> Client:
@@ -71,7 +69,7 @@ class ClientAuthenticator:
         if len(methods) > 1:
             raise OAuthError("invalid_request", "use exactly one client authentication method")
         if not methods:
-            raise invalid_client("the client did not authenticate")
+            return self._public(form.get("client_id", ""))
         method = methods[0]
         if method == "client_secret_basic":
             assert authorization is not None
@@ -79,6 +77,13 @@ class ClientAuthenticator:
         if method == "client_secret_post":
             return self._secret(form.get("client_id", ""), form["client_secret"], method)
         return self._assertion(form)
+
+    def _public(self, client_id: str) -> Client:
+        """A public client (auth method ``none``) only names itself (RFC 6749 §3.2.1)."""
+        client = self.clients.get(client_id) if client_id else None
+        if client is None or client.auth_method != "none":
+            raise invalid_client("the client did not authenticate")
+        return client
 
     def _basic(self, authorization: str) -> Client:
         try:

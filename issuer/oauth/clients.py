@@ -15,6 +15,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 import jwt
 
@@ -23,9 +24,12 @@ from issuer.store import NotFound, Store
 
 KIND = "Client"
 
-AUTH_METHODS = ("private_key_jwt", "client_secret_basic", "client_secret_post")
+AUTH_METHODS = ("private_key_jwt", "client_secret_basic", "client_secret_post", "none")
 SECRET_METHODS = ("client_secret_basic", "client_secret_post")
-GRANT_TYPES = ("client_credentials",)
+TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"
+GRANT_TYPES = ("client_credentials", "authorization_code", "refresh_token", TOKEN_EXCHANGE)
+USER_GRANTS = frozenset({"authorization_code", "refresh_token"})
+AGENT_GRANTS = frozenset({"client_credentials", TOKEN_EXCHANGE})
 ASSERTION_ALGORITHMS = ("ES256", "ES384", "RS256", "PS256", "EdDSA")
 _KEY_TYPES = {"EC": ("ES256", "ES384"), "RSA": ("RS256", "PS256"), "OKP": ("EdDSA",)}
 
@@ -36,12 +40,13 @@ class Client:
 
     client_id: str
     auth_method: str
-    agent_id: str
+    agent_id: str | None  # the agent this client is; None for a user-facing application
     scopes: frozenset[str]
     grant_types: tuple[str, ...]
     jwks: tuple[dict[str, Any], ...]
     secret_hash: str | None
     name: str | None
+    redirect_uris: tuple[str, ...] = ()
 
     def secret_matches(self, secret: str) -> bool:
         if self.secret_hash is None:
@@ -113,27 +118,46 @@ class ClientRegistry:
             return None
         return _client(record.data)
 
-    def register(self, metadata: Any, actor: str) -> dict[str, Any]:
+    def register(self, metadata: Any, actor: str | None) -> dict[str, Any]:
         """Validate RFC 7591 metadata, store the client and return the registration response
-        (with the secret, which is shown this once)."""
+        (with the secret, which is shown this once).
+
+        ``actor`` is the administrator who registers, or None for open registration, which
+        is allowed for public user-facing applications only (``token_endpoint_auth_method``
+        ``none``, authorization code and refresh token grants, no agent), as MCP clients
+        register themselves.
+        """
         if not isinstance(metadata, dict):
             raise _bad("the registration request is a JSON object")
         method = metadata.get("token_endpoint_auth_method", "client_secret_basic")
         if method not in AUTH_METHODS:
             raise _bad(f"token_endpoint_auth_method must be one of {', '.join(AUTH_METHODS)}")
-        grant_types = metadata.get("grant_types", list(GRANT_TYPES))
+        grant_types = metadata.get("grant_types", ["authorization_code"])
         if not isinstance(grant_types, list) or not grant_types:
             raise _bad("grant_types must be a non-empty list")
         unsupported = sorted(set(grant_types) - set(GRANT_TYPES))
         if unsupported:
-            raise _bad(f"grant type {unsupported[0]!r} is not supported; use client_credentials")
+            raise _bad(f"grant type {unsupported[0]!r} is not supported")
         agent_id = metadata.get("agent_id")
-        if not isinstance(agent_id, str) or not agent_id:
-            raise _bad("agent_id (the directory id of the agent this client is) is required")
-        try:
-            self.store.get("Agent", agent_id)
-        except NotFound:
-            raise _bad(f"agent_id {agent_id!r} is not in the directory") from None
+        if AGENT_GRANTS & set(grant_types):
+            if not isinstance(agent_id, str) or not agent_id:
+                raise _bad("agent_id (the directory id of the agent this client is) is required")
+            try:
+                self.store.get("Agent", agent_id)
+            except NotFound:
+                raise _bad(f"agent_id {agent_id!r} is not in the directory") from None
+        elif agent_id is not None:
+            raise _bad("agent_id is for client_credentials and token exchange clients")
+        if method == "none" and not set(grant_types) <= USER_GRANTS:
+            raise _bad("a public client (auth method none) may only use authorization_code")
+        if actor is None and (method != "none" or agent_id is not None):
+            raise OAuthError(  # RFC 6750 §3.1: no error code in the challenge without a token
+                "invalid_token",
+                "only public clients (auth method none) may register without an admin token",
+                401,
+                {"WWW-Authenticate": 'Bearer realm="tessera", scope="tessera:admin"'},
+            )
+        redirect_uris = _redirect_uris(metadata.get("redirect_uris"), grant_types)
         scope = metadata.get("scope", "")
         if not isinstance(scope, str):
             raise _bad("scope is a space-separated string")
@@ -156,13 +180,14 @@ class ClientRegistry:
             "token_endpoint_auth_method": method,
             "grant_types": grant_types,
             "agent_id": agent_id,
+            "redirect_uris": redirect_uris or None,
             "scope": " ".join(scope.split()),
             "jwks": {"keys": list(jwks)} if jwks else None,
             "secret_hash": None if secret is None else hash_secret(secret),
             "client_name": name,
             "client_id_issued_at": issued_at,
         }
-        self.store.create(KIND, document, unique={"client_id": client_id}, actor=actor)
+        self.store.create(KIND, document, unique={"client_id": client_id}, actor=actor or client_id)
         response = {k: v for k, v in document.items() if v is not None and k != "secret_hash"}
         if secret is not None:
             response["client_secret"] = secret
@@ -170,15 +195,37 @@ class ClientRegistry:
         return response
 
 
+def _redirect_uris(value: Any, grant_types: list[str]) -> list[str]:
+    """OAuth 2.1 §2.3.1: absolute, no fragment; https, or http on a loopback host, or a
+    private-use scheme (RFC 8252 §7.1). Required for the authorization code grant."""
+    if value is None:
+        if "authorization_code" in grant_types:
+            raise _bad("redirect_uris is required for the authorization_code grant")
+        return []
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value) or not value:
+        raise _bad("redirect_uris is a non-empty list of URIs")
+    for uri in value:
+        parts = urlsplit(uri)
+        if not parts.scheme or parts.fragment:
+            raise _bad(f"redirect URI {uri!r} must be absolute and have no fragment")
+        loopback = parts.hostname in ("127.0.0.1", "::1", "localhost")
+        if parts.scheme == "http" and not loopback:
+            raise _bad(f"redirect URI {uri!r}: http only on a loopback host; use https")
+        if parts.scheme not in ("http", "https") and "." not in parts.scheme:
+            raise _bad(f"redirect URI {uri!r}: a private-use scheme is a reversed domain name")
+    return list(value)
+
+
 def _client(data: dict[str, Any]) -> Client:
     jwks = data.get("jwks") or {"keys": []}
     return Client(
         client_id=data["client_id"],
         auth_method=data["token_endpoint_auth_method"],
-        agent_id=data["agent_id"],
+        agent_id=data.get("agent_id"),
         scopes=frozenset(data.get("scope", "").split()),
         grant_types=tuple(data.get("grant_types", ())),
         jwks=tuple(jwks["keys"]),
         secret_hash=data.get("secret_hash"),
         name=data.get("client_name"),
+        redirect_uris=tuple(data.get("redirect_uris") or ()),
     )

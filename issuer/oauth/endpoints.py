@@ -17,7 +17,7 @@ import contextlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import parse_qsl
 
 from anyio import to_thread
 from starlette.requests import Request
@@ -26,6 +26,7 @@ from starlette.routing import Route
 
 from issuer.keys import KeyRing
 from issuer.models import AGENT_EXTENSION
+from issuer.oauth.authorize import AuthorizationEndpoint
 from issuer.oauth.client_auth import ClientAuthenticator, SeenAssertions
 from issuer.oauth.clients import (
     ASSERTION_ALGORITHMS,
@@ -34,12 +35,13 @@ from issuer.oauth.clients import (
     Client,
     ClientRegistry,
 )
+from issuer.oauth.consent import Consents
 from issuer.oauth.errors import OAuthError, json_response
+from issuer.oauth.grants import REVOKED, ExchangeCheck, Grants, refuse_all
 from issuer.oauth.tokens import InvalidToken, TokenMinter, TokenVerifier, ring_lookup
 from issuer.scim import ADMIN_SCOPE, Authenticator
 from issuer.store import Conflict, NotFound, Store
 
-REVOKED = "RevokedToken"
 MULTI_VALUED = frozenset({"resource", "audience"})  # RFC 8707 §2, RFC 8693 §2.1
 MAX_FORM = 64 * 1024
 
@@ -51,6 +53,10 @@ class Paths:
     introspect: str = "/oauth/introspect"
     revoke: str = "/oauth/revoke"
     register: str = "/oauth/register"
+    authorize: str = "/oauth/authorize"
+    login: str = "/oauth/login"
+    consent: str = "/oauth/consent"
+    consents: str = "/oauth/consents"
 
 
 PATHS = Paths()
@@ -67,17 +73,28 @@ class AuthorizationServer:
         issuer: str,
         admin: Authenticator,
         token_lifetime: int = 300,
+        exchange_check: ExchangeCheck = refuse_all,
     ) -> None:
         self.store = store
         self.keys = keys
         self.issuer = issuer.rstrip("/")
         self.admin = admin
         self.clients = ClientRegistry(store)
-        self.client_auth = ClientAuthenticator(
-            self.clients, self.issuer, self.issuer + PATHS.token, SeenAssertions()
-        )
+        audiences = [self.issuer] + [
+            self.issuer + path for path in (PATHS.token, PATHS.introspect, PATHS.revoke)
+        ]
+        self.client_auth = ClientAuthenticator(self.clients, audiences, SeenAssertions())
         self.minter = TokenMinter(keys, self.issuer, token_lifetime)
         self.verifier = TokenVerifier(ring_lookup(keys), self.issuer)
+        self.consents = Consents(store)
+        self.authorization = AuthorizationEndpoint(
+            store,
+            self.clients,
+            self.consents,
+            self.issuer,
+            secure_cookies=self.issuer.startswith("https://"),
+        )
+        self.grants = Grants(store, self.minter, self.verifier, self.authorization, exchange_check)
 
     # -- metadata and keys
 
@@ -85,18 +102,24 @@ class AuthorizationServer:
         """RFC 8414 §2: what this server supports, exactly."""
         return {
             "issuer": self.issuer,
+            "authorization_endpoint": self.issuer + PATHS.authorize,
             "token_endpoint": self.issuer + PATHS.token,
             "jwks_uri": self.issuer + PATHS.jwks,
             "registration_endpoint": self.issuer + PATHS.register,
             "introspection_endpoint": self.issuer + PATHS.introspect,
             "revocation_endpoint": self.issuer + PATHS.revoke,
             "grant_types_supported": list(GRANT_TYPES),
-            "response_types_supported": [],
+            "response_types_supported": ["code"],
+            "response_modes_supported": ["query"],
+            "code_challenge_methods_supported": ["S256"],
+            "authorization_response_iss_parameter_supported": True,
             "token_endpoint_auth_methods_supported": list(AUTH_METHODS),
             "token_endpoint_auth_signing_alg_values_supported": list(ASSERTION_ALGORITHMS),
-            "introspection_endpoint_auth_methods_supported": list(AUTH_METHODS),
+            "introspection_endpoint_auth_methods_supported": [
+                m for m in AUTH_METHODS if m != "none"
+            ],
             "revocation_endpoint_auth_methods_supported": list(AUTH_METHODS),
-            "access_token_signing_alg_values_supported": [self.keys.alg],
+            "access_token_signing_alg_values_supported": [self.keys.signing_key().alg],
         }
 
     async def well_known(self, request: Request) -> Response:
@@ -117,34 +140,8 @@ class AuthorizationServer:
             raise OAuthError("unsupported_grant_type", f"grant_type {grant!r} is not supported")
         if grant not in client.grant_types:
             raise OAuthError("unauthorized_client", f"this client may not use {grant}")
-        agent = await to_thread.run_sync(self._active_agent, client.agent_id)
-        scope = _scope(form.get("scope"), client.scopes)
-        audience = _resources(form) or [self.issuer]
-        extension = agent.get(AGENT_EXTENSION) or {}
-        issued = self.minter.mint(
-            subject=client.agent_id,
-            client_id=client.client_id,
-            audience=audience,
-            scope=scope,
-            extra={"agent_id": client.agent_id, "agent_type": extension.get("agentType")},
-        )
-        body = {
-            "access_token": issued.token,
-            "token_type": "Bearer",
-            "expires_in": issued.expires_in,
-            "scope": issued.claims["scope"],
-        }
+        body = await to_thread.run_sync(self.grants.issue, grant, client, form)
         return json_response(body)
-
-    def _active_agent(self, agent_id: str) -> dict[str, Any]:
-        try:
-            data = self.store.get("Agent", agent_id).data
-        except NotFound:
-            raise OAuthError("unauthorized_client", "the client's agent no longer exists") from None
-        status = (data.get(AGENT_EXTENSION) or {}).get("status")
-        if status != "active":
-            raise OAuthError("unauthorized_client", f"the client's agent is {status}")
-        return data
 
     async def _client(self, request: Request, form: dict[str, str]) -> Client:
         authorization = request.headers.get("authorization")
@@ -154,7 +151,9 @@ class AuthorizationServer:
 
     async def introspect(self, request: Request) -> Response:
         form = await _form(request)
-        await self._client(request, form)
+        client = await self._client(request, form)
+        if client.auth_method == "none":  # RFC 7662 §2.1: protected resources authenticate
+            raise OAuthError("invalid_client", "a public client may not introspect", 401)
         token = form.get("token")
         if not token:
             raise OAuthError("invalid_request", "token is required")
@@ -201,7 +200,7 @@ class AuthorizationServer:
         except InvalidToken:
             return
         if claims.get("client_id") != client.client_id:
-            return
+            raise OAuthError("unauthorized_client", "the token was issued to another client")
         document = {"jti": claims["jti"], "exp": claims["exp"], "sub": claims["sub"]}
         with contextlib.suppress(Conflict):  # revoked already
             self.store.create(
@@ -211,27 +210,54 @@ class AuthorizationServer:
     # -- registration
 
     async def register(self, request: Request) -> Response:
+        """RFC 7591. With an admin bearer token, any client; without a token, public
+        user-facing applications only (open registration, as MCP clients do it)."""
         header = request.headers.get("authorization", "")
         scheme, _, token = header.partition(" ")
-        principal = self.admin(token.strip()) if scheme.lower() == "bearer" else None
-        if principal is None or ADMIN_SCOPE not in principal.scopes:
-            challenge = f'Bearer realm="tessera", scope="{ADMIN_SCOPE}"'
-            if principal is not None:
-                challenge += ', error="insufficient_scope"'
-            elif token:
-                challenge += ', error="invalid_token"'
-            raise OAuthError(
-                "invalid_token",
-                "registration needs an admin bearer token",
-                401,
-                {"WWW-Authenticate": challenge},
-            )
+        principal = None
+        if header:
+            principal = self.admin(token.strip()) if scheme.lower() == "bearer" else None
+            if principal is None or ADMIN_SCOPE not in principal.scopes:
+                error = "invalid_token" if principal is None else "insufficient_scope"
+                challenge = f'Bearer realm="tessera", scope="{ADMIN_SCOPE}", error="{error}"'
+                raise OAuthError(
+                    error,
+                    "registration needs an admin bearer token",
+                    401 if principal is None else 403,
+                    {"WWW-Authenticate": challenge},
+                )
         try:
             metadata = await request.json()
         except ValueError:
             raise OAuthError("invalid_client_metadata", "the body is not JSON") from None
-        registered = await to_thread.run_sync(self.clients.register, metadata, principal.subject)
+        actor = principal.subject if principal is not None else None
+        registered = await to_thread.run_sync(self.clients.register, metadata, actor)
         return json_response(registered, 201)
+
+    # -- a user's consents
+
+    async def my_consents(self, request: Request) -> Response:
+        """The signed-in user's consents (GET), or one revoked (DELETE /oauth/consents/ID)."""
+        user_id = self.authorization.session_user(request)
+        if user_id is None:
+            raise OAuthError("login_required", "sign in at /oauth/login first", 401)
+        if request.method == "DELETE":
+            consent_id = request.path_params["id"]
+            revoked = await to_thread.run_sync(self.consents.revoke, consent_id, user_id, user_id)
+            if not revoked:
+                raise OAuthError("invalid_request", f"you have no consent {consent_id!r}", 404)
+            return Response(status_code=204)
+        found = await to_thread.run_sync(self.consents.of_user, user_id)
+        listing = [
+            {
+                "id": c.id,
+                "client_id": c.client_id,
+                "agent_id": c.agent_id,
+                "scopes": sorted(c.scopes),
+            }
+            for c in found
+        ]
+        return json_response({"consents": listing})
 
     # -- routing
 
@@ -249,6 +275,11 @@ class AuthorizationServer:
             route(PATHS.introspect, self.introspect, "POST"),
             route(PATHS.revoke, self.revoke, "POST"),
             route(PATHS.register, self.register, "POST"),
+            route(PATHS.consents, self.my_consents, "GET"),
+            route(PATHS.consents + "/{id}", self.my_consents, "DELETE"),
+            Route(PATHS.authorize, _guarded(self.authorization.authorize), methods=["GET"]),
+            Route(PATHS.login, _guarded(self.authorization.login), methods=["GET", "POST"]),
+            Route(PATHS.consent, _guarded(self.authorization.consent), methods=["GET", "POST"]),
         ]
 
 
@@ -286,27 +317,3 @@ async def _form(request: Request) -> dict[str, str]:
         else:
             form[name] = value
     return form
-
-
-def _scope(requested: str | None, allowed: frozenset[str]) -> list[str]:
-    """RFC 6749 §3.3: the requested scopes, all of which the client must be allowed; the
-    client's whole scope when none is requested."""
-    if requested is None:
-        return sorted(allowed)
-    wanted = requested.split()
-    denied = sorted(set(wanted) - allowed)
-    if denied:
-        raise OAuthError("invalid_scope", f"scope {denied[0]!r} is not allowed for this client")
-    return wanted
-
-
-def _resources(form: dict[str, str]) -> list[str]:
-    """RFC 8707 §2: each resource is an absolute URI without a fragment."""
-    resources = form.get("resource", "").split()
-    for resource in resources:
-        parts = urlsplit(resource)
-        if not parts.scheme or not parts.netloc or parts.fragment:
-            raise OAuthError(
-                "invalid_target", f"resource {resource!r} is not an absolute URI without fragment"
-            )
-    return resources

@@ -248,6 +248,7 @@ class OAuthService:
         metadata = {
             "agent_id": agent_id or self.add_agent(),
             "token_endpoint_auth_method": method,
+            "grant_types": ["client_credentials"],
             "scope": scope,
             "client_name": unique("client"),
         }
@@ -265,6 +266,7 @@ class OAuthService:
         metadata = {
             "agent_id": agent_id or self.add_agent(),
             "token_endpoint_auth_method": "private_key_jwt",
+            "grant_types": ["client_credentials"],
             "scope": scope,
             "jwks": {"keys": [key.public_jwk]},
         }

@@ -155,10 +155,20 @@ def test_metadata_states_the_grant_and_the_client_authentication_methods(
     oauth: OAuthService,
 ) -> None:
     metadata = oauth.http.get("/.well-known/oauth-authorization-server").json()
-    assert metadata["grant_types_supported"] == ["client_credentials"]
-    assert metadata["response_types_supported"] == []
-    for endpoint in ("token", "introspection", "revocation"):
-        assert set(metadata[f"{endpoint}_endpoint_auth_methods_supported"]) == AUTH_METHODS
+    assert metadata["grant_types_supported"] == [
+        "client_credentials",
+        "authorization_code",
+        "refresh_token",
+        "urn:ietf:params:oauth:grant-type:token-exchange",
+    ]
+    assert metadata["response_types_supported"] == ["code"]
+    assert metadata["code_challenge_methods_supported"] == ["S256"]
+    for endpoint in ("token", "revocation"):  # public clients too (RFC 6749 §2.1, RFC 7009)
+        assert set(metadata[f"{endpoint}_endpoint_auth_methods_supported"]) == {
+            *AUTH_METHODS,
+            "none",
+        }
+    assert set(metadata["introspection_endpoint_auth_methods_supported"]) == AUTH_METHODS
 
 
 def test_metadata_offers_no_unsigned_or_symmetric_assertion_algorithm(
@@ -200,7 +210,12 @@ def test_registration_is_201_with_the_client_id_and_the_secret_shown_once(
 ) -> None:
     agent_id = oauth.add_agent()
     response = oauth.register(
-        {"agent_id": agent_id, "scope": "read  write", "client_name": "payments bot"}
+        {
+            "agent_id": agent_id,
+            "grant_types": ["client_credentials"],
+            "scope": "read  write",
+            "client_name": "payments bot",
+        }
     )
     assert response.status_code == 201, response.text
     assert response.headers["cache-control"] == "no-store"
@@ -239,7 +254,9 @@ def test_registration_without_a_bearer_token_is_401_with_a_bearer_challenge(
     oauth: OAuthService,
 ) -> None:
     agent_id = oauth.add_agent()
-    response = oauth.register({"agent_id": agent_id}, token=None)
+    response = oauth.register(
+        {"agent_id": agent_id, "grant_types": ["client_credentials"]}, token=None
+    )
     assert response.status_code == 401
     challenge = response.headers["www-authenticate"]
     assert challenge.startswith("Bearer ")

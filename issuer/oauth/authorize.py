@@ -1,0 +1,329 @@
+"""The authorization code flow for users: authorize, log in, consent (RFC 6749 §4.1).
+
+PKCE is required, with S256 only (RFC 7636; OAuth 2.1). The redirect URI must equal one
+the client registered, character for character; until it is verified, errors are shown
+to the user and never sent to it. A request may name the agent that will act for the
+user (``requested_actor``); the consent page names it, the consent is recorded for that
+agent, and the access token carries ``may_act`` so that agent (and only it) can exchange
+the token (RFC 8693 §4.4). The redirect carries ``iss`` (RFC 9207).
+
+Users log in with their directory ``userName`` and password. Pending requests, codes and
+login sessions are kept in this process's memory (short-lived; one replica).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import html
+import re
+import secrets
+from dataclasses import dataclass, field
+from urllib.parse import parse_qsl, urlencode
+
+from anyio import to_thread
+from cachetools import TTLCache
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, RedirectResponse, Response
+
+from issuer.hashing import hash_password, verify_password
+from issuer.models import AGENT_EXTENSION
+from issuer.oauth.clients import Client, ClientRegistry
+from issuer.oauth.consent import Consents
+from issuer.oauth.errors import OAuthError
+from issuer.store import NotFound, Store
+
+SESSION_COOKIE = "tessera_session"
+CODE_LIFETIME = 60  # seconds
+PENDING_LIFETIME = 600
+SESSION_LIFETIME = 8 * 3600
+_CHALLENGE = re.compile(r"^[A-Za-z0-9_-]{43}$")  # base64url of a SHA-256 digest
+_VERIFIER = re.compile(r"^[A-Za-z0-9._~-]{43,128}$")  # RFC 7636 §4.1
+_DUMMY_HASH = hash_password(secrets.token_urlsafe(16))  # equal time for unknown users
+
+
+@dataclass
+class Pending:
+    """An authorization request waiting for the user to log in and consent."""
+
+    client: Client
+    redirect_uri: str
+    state: str | None
+    scopes: list[str]
+    resources: list[str]
+    challenge: str
+    actor: str | None
+    actor_name: str | None
+    csrf: str = field(default_factory=lambda: secrets.token_urlsafe(24))
+
+
+@dataclass(frozen=True)
+class Grant:
+    """What a redeemed code grants."""
+
+    client_id: str
+    user_id: str
+    scopes: tuple[str, ...]
+    resources: tuple[str, ...]
+    actor: str | None
+
+
+@dataclass(frozen=True)
+class _Code:
+    grant: Grant
+    redirect_uri: str
+    challenge: str
+
+
+class AuthorizationEndpoint:
+    """``/oauth/authorize``, ``/oauth/login`` and ``/oauth/consent``, and code redemption."""
+
+    def __init__(
+        self,
+        store: Store,
+        clients: ClientRegistry,
+        consents: Consents,
+        issuer: str,
+        secure_cookies: bool = False,
+    ) -> None:
+        self.store = store
+        self.clients = clients
+        self.consents = consents
+        self.issuer = issuer
+        self.secure_cookies = secure_cookies
+        self.pending: TTLCache[str, Pending] = TTLCache(100_000, PENDING_LIFETIME)
+        self.codes: TTLCache[str, _Code] = TTLCache(100_000, CODE_LIFETIME)
+        self.sessions: TTLCache[str, str] = TTLCache(100_000, SESSION_LIFETIME)
+
+    # -- /oauth/authorize
+
+    async def authorize(self, request: Request) -> Response:
+        params = dict(request.query_params)
+        client = await to_thread.run_sync(self.clients.get, params.get("client_id", ""))
+        if client is None or "authorization_code" not in client.grant_types:
+            return _page("Unknown client", "This application is not registered here.", 400)
+        redirect_uri = params.get("redirect_uri")
+        if redirect_uri is None and len(client.redirect_uris) == 1:
+            redirect_uri = client.redirect_uris[0]
+        if redirect_uri is None or redirect_uri not in client.redirect_uris:  # exact match
+            return _page("Wrong redirect URI", "The redirect URI is not registered.", 400)
+        state = params.get("state")
+        try:
+            pending = await to_thread.run_sync(self._pending, client, redirect_uri, params)
+        except OAuthError as exc:
+            return self._redirect(redirect_uri, state, error=exc.error, desc=exc.description)
+        request_id = secrets.token_urlsafe(24)
+        self.pending[request_id] = pending
+        return RedirectResponse(f"/oauth/consent?request={request_id}", 303)
+
+    def _pending(self, client: Client, redirect_uri: str, params: dict[str, str]) -> Pending:
+        if params.get("response_type") != "code":
+            raise OAuthError("unsupported_response_type", "response_type must be code")
+        method = params.get("code_challenge_method")
+        if method != "S256":
+            raise OAuthError("invalid_request", "PKCE with code_challenge_method=S256 is required")
+        challenge = params.get("code_challenge", "")
+        if not _CHALLENGE.match(challenge):
+            raise OAuthError("invalid_request", "code_challenge must be a base64url SHA-256")
+        scopes = params.get("scope", "").split() or sorted(client.scopes)
+        denied = sorted(set(scopes) - client.scopes)
+        if denied:
+            raise OAuthError("invalid_scope", f"scope {denied[0]!r} is not allowed")
+        actor = params.get("requested_actor") or None
+        actor_name = None
+        if actor is not None:
+            try:
+                agent = self.store.get("Agent", actor).data
+            except NotFound:
+                raise OAuthError("invalid_request", "requested_actor is not an agent") from None
+            if (agent.get(AGENT_EXTENSION) or {}).get("status") != "active":
+                raise OAuthError("invalid_request", "requested_actor is not an active agent")
+            actor_name = str(agent.get("displayName") or agent.get("name"))
+        return Pending(
+            client=client,
+            redirect_uri=redirect_uri,
+            state=params.get("state"),
+            scopes=scopes,
+            resources=params.get("resource", "").split(),
+            challenge=challenge,
+            actor=actor,
+            actor_name=actor_name,
+        )
+
+    def session_user(self, request: Request) -> str | None:
+        """The user signed in with this request's session cookie, if any."""
+        return self.sessions.get(request.cookies.get(SESSION_COOKIE, ""))
+
+    # -- /oauth/login
+
+    async def login(self, request: Request) -> Response:
+        if request.method == "GET":
+            request_id = request.query_params.get("request", "")
+            if request_id not in self.pending:
+                return _page("Expired", "This sign-in request has expired; start again.", 400)
+            return _login_page(request_id, error=None)
+        form = await _form(request)
+        request_id = form.get("request", "")
+        if request_id not in self.pending:
+            return _page("Expired", "This sign-in request has expired; start again.", 400)
+        user_id = await to_thread.run_sync(
+            self._check_password, form.get("username", ""), form.get("password", "")
+        )
+        if user_id is None:
+            return _login_page(request_id, error="Wrong user name or password.", status=401)
+        session = secrets.token_urlsafe(32)
+        self.sessions[session] = user_id
+        response = RedirectResponse(f"/oauth/consent?request={request_id}", 303)
+        response.set_cookie(
+            SESSION_COOKIE,
+            session,
+            max_age=SESSION_LIFETIME,
+            httponly=True,
+            samesite="lax",
+            secure=self.secure_cookies,
+            path="/oauth",
+        )
+        return response
+
+    def _check_password(self, username: str, password: str) -> str | None:
+        try:
+            record = self.store.find("User", "userName", username.casefold())
+        except NotFound:
+            verify_password(password, _DUMMY_HASH)
+            return None
+        stored = record.data.get("password")
+        if not isinstance(stored, str) or record.data.get("active") is False:
+            verify_password(password, _DUMMY_HASH)
+            return None
+        return record.id if verify_password(password, stored) else None
+
+    # -- /oauth/consent
+
+    async def consent(self, request: Request) -> Response:
+        form = await _form(request) if request.method == "POST" else {}
+        request_id = form.get("request") or request.query_params.get("request", "")
+        pending = self.pending.get(request_id)
+        if pending is None:
+            return _page("Expired", "This request has expired; start again.", 400)
+        user_id = self.session_user(request)
+        if user_id is None:
+            return RedirectResponse(f"/oauth/login?request={request_id}", 303)
+        if request.method == "GET":
+            covered = await to_thread.run_sync(
+                self.consents.covers,
+                user_id,
+                pending.client.client_id,
+                pending.actor,
+                pending.scopes,
+            )
+            if not covered:
+                return _consent_page(request_id, pending)
+        elif not hmac.compare_digest(form.get("csrf", ""), pending.csrf):
+            return _page("Refused", "The form is stale or forged; start again.", 400)
+        elif form.get("decision") != "allow":
+            del self.pending[request_id]
+            return self._redirect(
+                pending.redirect_uri, pending.state, error="access_denied", desc="the user said no"
+            )
+        else:
+            await to_thread.run_sync(
+                self.consents.grant,
+                user_id,
+                pending.client.client_id,
+                pending.actor,
+                pending.scopes,
+            )
+        del self.pending[request_id]
+        code = secrets.token_urlsafe(32)
+        grant = Grant(
+            client_id=pending.client.client_id,
+            user_id=user_id,
+            scopes=tuple(pending.scopes),
+            resources=tuple(pending.resources),
+            actor=pending.actor,
+        )
+        self.codes[code] = _Code(grant, pending.redirect_uri, pending.challenge)
+        return self._redirect(pending.redirect_uri, pending.state, code=code)
+
+    # -- redemption at the token endpoint
+
+    def redeem(self, code: str, client_id: str, redirect_uri: str | None, verifier: str) -> Grant:
+        """The grant of a code, once (RFC 6749 §4.1.3, RFC 7636 §4.6); invalid_grant else."""
+        found = self.codes.pop(code, None)
+        if found is None or found.grant.client_id != client_id:
+            raise OAuthError("invalid_grant", "the code is unknown, used, expired or not yours")
+        if redirect_uri != found.redirect_uri:
+            raise OAuthError("invalid_grant", "redirect_uri differs from the authorization's")
+        if not _VERIFIER.match(verifier):
+            raise OAuthError("invalid_grant", "code_verifier must be 43 to 128 unreserved chars")
+        digest = hashlib.sha256(verifier.encode()).digest()
+        computed = base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
+        if not hmac.compare_digest(computed, found.challenge):
+            raise OAuthError("invalid_grant", "code_verifier does not match the code_challenge")
+        return found.grant
+
+    def _redirect(self, uri: str, state: str | None, **params: str) -> Response:
+        values = {k: v for k, v in params.items() if k != "desc"}
+        if "error" in values and "desc" in params:
+            values["error_description"] = params["desc"]
+        if state is not None:
+            values["state"] = state
+        values["iss"] = self.issuer
+        separator = "&" if "?" in uri else "?"
+        return RedirectResponse(f"{uri}{separator}{urlencode(values)}", 303)
+
+
+async def _form(request: Request) -> dict[str, str]:
+    body = await request.body()
+    return dict(parse_qsl(body.decode(errors="replace"), keep_blank_values=True))
+
+
+_STYLE = (
+    "body{font-family:system-ui,sans-serif;max-width:32rem;margin:4rem auto;padding:0 1rem}"
+    "input,button{font-size:1rem;padding:.4rem;margin:.2rem 0}label{display:block}"
+)
+
+
+def _html(title: str, body: str, status: int = 200) -> HTMLResponse:
+    page = (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+        f"<style>{_STYLE}</style></head><body><h1>{html.escape(title)}</h1>{body}</body></html>"
+    )
+    headers = {"Cache-Control": "no-store", "X-Frame-Options": "DENY"}
+    return HTMLResponse(page, status, headers=headers)
+
+
+def _page(title: str, message: str, status: int) -> HTMLResponse:
+    return _html(title, f"<p>{html.escape(message)}</p>", status)
+
+
+def _login_page(request_id: str, error: str | None, status: int = 200) -> HTMLResponse:
+    notice = f"<p role='alert'>{html.escape(error)}</p>" if error else ""
+    body = (
+        f"{notice}<form method='post' action='/oauth/login'>"
+        f"<input type='hidden' name='request' value='{html.escape(request_id)}'>"
+        "<label>User name <input name='username' autocomplete='username' required></label>"
+        "<label>Password <input name='password' type='password' "
+        "autocomplete='current-password' required></label>"
+        "<button type='submit'>Sign in</button></form>"
+    )
+    return _html("Sign in to Tessera", body, status)
+
+
+def _consent_page(request_id: str, pending: Pending) -> HTMLResponse:
+    client = html.escape(pending.client.name or pending.client.client_id)
+    who = f"<strong>{client}</strong>"
+    if pending.actor is not None:
+        agent = html.escape(pending.actor_name or pending.actor)
+        who += f" and the agent <strong id='agent'>{agent}</strong>, acting for you,"
+    scopes = "".join(f"<li>{html.escape(s)}</li>" for s in pending.scopes) or "<li>(none)</li>"
+    body = (
+        f"<p>{who} would like to:</p><ul id='scopes'>{scopes}</ul>"
+        "<form method='post' action='/oauth/consent'>"
+        f"<input type='hidden' name='request' value='{html.escape(request_id)}'>"
+        f"<input type='hidden' name='csrf' value='{html.escape(pending.csrf)}'>"
+        "<button name='decision' value='allow' type='submit'>Allow</button> "
+        "<button name='decision' value='deny' type='submit'>Deny</button></form>"
+    )
+    return _html("Allow access?", body)

@@ -1,0 +1,341 @@
+"""The grants the token endpoint serves, each a function from a request to an access token.
+
+- ``client_credentials`` (RFC 6749 §4.4): an agent alone; ``sub`` is the agent.
+- ``authorization_code`` (RFC 6749 §4.1 with PKCE): a user, through a client; with
+  ``requested_actor``, the token carries ``may_act`` naming the agent.
+- ``refresh_token`` (RFC 6749 §6): rotated on every use; a reused refresh token revokes
+  its whole family (OAuth 2.1 §4.3.1).
+- token exchange (RFC 8693): a user's token as ``subject_token`` and the agent's as
+  ``actor_token`` give a token with ``sub`` = the user and ``act`` = the agent, prior
+  actors nested inside; ``may_act`` is honoured; scopes narrow to the intersection of
+  the subject token's and the agent client's; the audience narrows to the requested
+  resource. The PDP authorizes every exchange (action ``token.exchange``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+from issuer.models import AGENT_EXTENSION
+from issuer.oauth.authorize import AuthorizationEndpoint
+from issuer.oauth.clients import TOKEN_EXCHANGE, Client
+from issuer.oauth.errors import OAuthError
+from issuer.oauth.tokens import InvalidToken, Issued, TokenMinter, TokenVerifier
+from issuer.store import NotFound, Store, VersionMismatch
+
+ACCESS_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:access_token"
+REFRESH_KIND = "RefreshToken"
+REFRESH_LIFETIME = 30 * 24 * 3600  # seconds
+REVOKED = "RevokedToken"
+
+
+@dataclass(frozen=True)
+class Exchange:
+    """What the PDP is asked about a token exchange."""
+
+    agent_id: str  # the actor that will hold the new token
+    user_id: str  # the subject it acts for
+    chain: tuple[str, ...]  # every actor, outermost (the new one) first
+    audience: tuple[str, ...]
+    scopes: tuple[str, ...]
+
+
+ExchangeCheck = Callable[[Exchange], str | None]
+"""Answers why an exchange is refused, or None to allow it."""
+
+
+def refuse_all(exchange: Exchange) -> str | None:
+    """Without a PDP, no exchange is allowed (fail closed)."""
+    return "no decision point is configured for token exchange"
+
+
+class Grants:
+    """The token endpoint's grants over the store, the minter and the verifier."""
+
+    def __init__(
+        self,
+        store: Store,
+        minter: TokenMinter,
+        verifier: TokenVerifier,
+        authorization: AuthorizationEndpoint,
+        exchange_check: ExchangeCheck = refuse_all,
+    ) -> None:
+        self.store = store
+        self.minter = minter
+        self.verifier = verifier
+        self.authorization = authorization
+        self.exchange_check = exchange_check
+
+    def issue(self, grant: str, client: Client, form: dict[str, str]) -> dict[str, Any]:
+        """The token response for an authenticated client (RFC 6749 §5.1)."""
+        if grant == "client_credentials":
+            return _response(self.client_credentials(client, form))
+        if grant == "authorization_code":
+            return self.authorization_code(client, form)
+        if grant == "refresh_token":
+            return self.refresh(client, form)
+        if grant == TOKEN_EXCHANGE:
+            response = _response(self.exchange(client, form))
+            response["issued_token_type"] = ACCESS_TOKEN_TYPE
+            return response
+        raise OAuthError("unsupported_grant_type", f"grant_type {grant!r} is not supported")
+
+    # -- an agent alone
+
+    def client_credentials(self, client: Client, form: dict[str, str]) -> Issued:
+        agent_id = _agent_of(client)
+        agent = self.active_agent(agent_id)
+        return self.minter.mint(
+            subject=agent_id,
+            client_id=client.client_id,
+            audience=resources(form) or [self.minter.issuer],
+            scope=narrowed(form.get("scope"), client.scopes),
+            extra=agent_claims(agent_id, agent),
+        )
+
+    def active_agent(self, agent_id: str) -> dict[str, Any]:
+        try:
+            data = self.store.get("Agent", agent_id).data
+        except NotFound:
+            raise OAuthError("unauthorized_client", f"agent {agent_id!r} does not exist") from None
+        status = (data.get(AGENT_EXTENSION) or {}).get("status")
+        if status != "active":
+            raise OAuthError("unauthorized_client", f"agent {agent_id!r} is {status}")
+        return data
+
+    # -- a user, through an application
+
+    def authorization_code(self, client: Client, form: dict[str, str]) -> dict[str, Any]:
+        code, verifier = form.get("code"), form.get("code_verifier")
+        if not code or not verifier:
+            raise OAuthError("invalid_request", "code and code_verifier are required")
+        grant = self.authorization.redeem(
+            code, client.client_id, form.get("redirect_uri"), verifier
+        )
+        family = uuid.uuid4().hex
+        return self._user_tokens(
+            client, grant.user_id, grant.scopes, grant.resources, grant.actor, family
+        )
+
+    def _user_tokens(
+        self,
+        client: Client,
+        user_id: str,
+        scopes: Iterable[str],
+        audience: Iterable[str],
+        actor: str | None,
+        family: str,
+    ) -> dict[str, Any]:
+        self._active_user(user_id)
+        extra: dict[str, Any] = {}
+        if actor is not None:
+            extra["may_act"] = {"sub": actor}  # RFC 8693 §4.4
+        issued = self.minter.mint(
+            subject=user_id,
+            client_id=client.client_id,
+            audience=list(audience) or [self.minter.issuer],
+            scope=scopes,
+            extra=extra,
+        )
+        response = _response(issued)
+        if "refresh_token" in client.grant_types:
+            response["refresh_token"] = self._new_refresh(
+                client.client_id, user_id, sorted(set(scopes)), list(audience), actor, family
+            )
+        return response
+
+    def _active_user(self, user_id: str) -> None:
+        try:
+            user = self.store.get("User", user_id).data
+        except NotFound:
+            raise OAuthError("invalid_grant", "the user no longer exists") from None
+        if user.get("active") is False:
+            raise OAuthError("invalid_grant", "the user is not active")
+
+    def _new_refresh(
+        self,
+        client_id: str,
+        user_id: str,
+        scopes: list[str],
+        audience: list[str],
+        actor: str | None,
+        family: str,
+    ) -> str:
+        token = secrets.token_urlsafe(32)
+        document = {
+            "client_id": client_id,
+            "user_id": user_id,
+            "scopes": scopes,
+            "audience": audience,
+            "actor": actor,
+            "family": family,
+            "expires_at": int(time.time()) + REFRESH_LIFETIME,
+            "used": False,
+        }
+        self.store.create(REFRESH_KIND, document, unique={"hash": _digest(token)}, actor=client_id)
+        return token
+
+    def refresh(self, client: Client, form: dict[str, str]) -> dict[str, Any]:
+        token = form.get("refresh_token")
+        if not token:
+            raise OAuthError("invalid_request", "refresh_token is required")
+        try:
+            record = self.store.find(REFRESH_KIND, "hash", _digest(token))
+        except NotFound:
+            raise OAuthError("invalid_grant", "unknown refresh token") from None
+        data = record.data
+        if data["client_id"] != client.client_id:
+            raise OAuthError("invalid_grant", "the refresh token was issued to another client")
+        if data["used"]:
+            self._revoke_family(data["family"], client.client_id)
+            raise OAuthError("invalid_grant", "refresh token reused: its family is revoked")
+        if data["expires_at"] < time.time():
+            raise OAuthError("invalid_grant", "the refresh token has expired")
+        try:
+            self.store.replace(
+                REFRESH_KIND,
+                record.id,
+                {**data, "used": True},
+                unique={"hash": _digest(token)},
+                expected_version=record.version,
+                actor=client.client_id,
+            )
+        except (VersionMismatch, NotFound):  # used by a concurrent request just now
+            self._revoke_family(data["family"], client.client_id)
+            raise OAuthError(
+                "invalid_grant", "refresh token reused: its family is revoked"
+            ) from None
+        scopes = data["scopes"]
+        requested = form.get("scope")
+        if requested is not None:  # RFC 6749 §6: may narrow, never widen
+            scopes = narrowed(requested, frozenset(scopes))
+        return self._user_tokens(
+            client, data["user_id"], scopes, data["audience"], data["actor"], data["family"]
+        )
+
+    def _revoke_family(self, family: str, actor: str) -> None:
+        for record in self.store.list(REFRESH_KIND):
+            if record.data.get("family") == family:
+                try:
+                    self.store.delete(REFRESH_KIND, record.id, expected_version=None, actor=actor)
+                except NotFound:
+                    continue
+
+    # -- an agent for a user
+
+    def exchange(self, client: Client, form: dict[str, str]) -> Issued:
+        agent_id = _agent_of(client)
+        agent = self.active_agent(agent_id)
+        subject = self._valid(form, "subject_token")
+        actor = self._valid(form, "actor_token")
+        if actor.get("sub") != agent_id:
+            raise OAuthError("invalid_grant", "the actor_token is not this client's agent's")
+        may_act = subject.get("may_act")
+        if isinstance(may_act, dict) and may_act.get("sub") != agent_id:
+            raise OAuthError("invalid_grant", "the subject token's may_act names another actor")
+        user_id = str(subject["sub"])
+        self._active_user(user_id)
+        available = frozenset(str(subject.get("scope", "")).split()) & client.scopes
+        scopes = narrowed(form.get("scope"), available)
+        subject_aud = subject.get("aud")
+        audience = resources(form) + form.get("audience", "").split()
+        if not audience:
+            audience = subject_aud if isinstance(subject_aud, list) else [str(subject_aud)]
+        prior = subject.get("act")
+        chain = (agent_id, *_actors(prior))
+        refusal = self.exchange_check(
+            Exchange(agent_id, user_id, chain, tuple(audience), tuple(scopes))
+        )
+        if refusal is not None:
+            raise OAuthError("access_denied", f"the exchange is not allowed: {refusal}")
+        act: dict[str, Any] = {"sub": agent_id}
+        if isinstance(prior, dict):
+            act["act"] = prior
+        return self.minter.mint(
+            subject=user_id,
+            client_id=client.client_id,
+            audience=audience,
+            scope=scopes,
+            extra={**agent_claims(agent_id, agent), "act": act},
+        )
+
+    def _valid(self, form: dict[str, str], name: str) -> dict[str, Any]:
+        token = form.get(name)
+        if not token:
+            raise OAuthError("invalid_request", f"{name} is required")
+        kind = form.get(f"{name}_type")
+        if kind != ACCESS_TOKEN_TYPE:
+            raise OAuthError("invalid_request", f"{name}_type must be {ACCESS_TOKEN_TYPE}")
+        try:
+            claims = self.verifier.verify(token)
+        except InvalidToken as exc:
+            raise OAuthError("invalid_grant", f"the {name} is not valid: {exc}") from None
+        try:
+            self.store.find(REVOKED, "jti", str(claims["jti"]))
+        except NotFound:
+            return claims
+        raise OAuthError("invalid_grant", f"the {name} was revoked")
+
+
+def agent_claims(agent_id: str, agent: dict[str, Any]) -> dict[str, Any]:
+    """Tessera's agent claims: which agent holds the token, and what kind of agent it is."""
+    return {"agent_id": agent_id, "agent_type": (agent.get(AGENT_EXTENSION) or {}).get("agentType")}
+
+
+def narrowed(requested: str | None, allowed: frozenset[str]) -> list[str]:
+    """RFC 6749 §3.3: the requested scopes, all of which must be allowed; all the allowed
+    ones when none is requested."""
+    if requested is None:
+        return sorted(allowed)
+    wanted = requested.split()
+    denied = sorted(set(wanted) - allowed)
+    if denied:
+        raise OAuthError("invalid_scope", f"scope {denied[0]!r} is not allowed here")
+    return wanted
+
+
+def resources(form: dict[str, str]) -> list[str]:
+    """RFC 8707 §2: each resource is an absolute URI without a fragment."""
+    found = form.get("resource", "").split()
+    for resource in found:
+        parts = urlsplit(resource)
+        if not parts.scheme or not parts.netloc or parts.fragment:
+            raise OAuthError(
+                "invalid_target", f"resource {resource!r} is not an absolute URI without fragment"
+            )
+    return found
+
+
+def _agent_of(client: Client) -> str:
+    if client.agent_id is None:
+        raise OAuthError("unauthorized_client", "this client is not an agent")
+    return client.agent_id
+
+
+def _actors(act: Any) -> list[str]:
+    """The actor ids of a nested ``act`` claim, outermost first (RFC 8693 §4.1)."""
+    found = []
+    while isinstance(act, dict) and isinstance(act.get("sub"), str):
+        found.append(act["sub"])
+        act = act.get("act")
+    return found
+
+
+def _digest(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def _response(issued: Issued) -> dict[str, Any]:
+    return {
+        "access_token": issued.token,
+        "token_type": "Bearer",
+        "expires_in": issued.expires_in,
+        "scope": issued.claims["scope"],
+    }
