@@ -38,6 +38,7 @@ from pdp.metrics import Metrics
 from pdp.request import Request, RequestError
 from pdp.serve.config import ServeConfig
 from pdp.serve.convert import decision_to_message, request_from_message
+from pdp.serve.exchange import exchange_check
 from pdp.serve.proto import authorizer_pb2 as pb
 from pdp.serve.proto import authorizer_pb2_grpc as pb_grpc
 from pdp.serve.reload import Reloader
@@ -366,7 +367,14 @@ async def serve_forever(engine: Engine, config: ServeConfig, announce: Sequence[
             base = f"{web}://{config.host}:{sock.getsockname()[1]}"
             issuer = config.issuer or base
             keys = KeyRing(store, config.signing_alg, published_for=config.token_lifetime)
-            oauth = AuthorizationServer(store, keys, issuer, admin, config.token_lifetime)
+            oauth = AuthorizationServer(
+                store,
+                keys,
+                issuer,
+                admin,
+                config.token_lifetime,
+                exchange_check=exchange_check(running.service),
+            )
             http = await serve_http(issuer_app(store, admin, oauth), sock, tls)
             stack.push_async_callback(http.stop)
             print(
