@@ -26,12 +26,14 @@ from starlette.routing import Route
 
 from issuer.keys import KeyRing
 from issuer.models import AGENT_EXTENSION
+from issuer.oauth.api_keys import API_KEY_TOKEN_TYPE, ApiKeys
 from issuer.oauth.authorize import AuthorizationEndpoint
 from issuer.oauth.client_auth import ClientAuthenticator, SeenAssertions
 from issuer.oauth.clients import (
     ASSERTION_ALGORITHMS,
     AUTH_METHODS,
     GRANT_TYPES,
+    TOKEN_EXCHANGE,
     Client,
     ClientRegistry,
 )
@@ -57,6 +59,7 @@ class Paths:
     login: str = "/oauth/login"
     consent: str = "/oauth/consent"
     consents: str = "/oauth/consents"
+    api_keys: str = "/oauth/api-keys"
 
 
 PATHS = Paths()
@@ -87,6 +90,7 @@ class AuthorizationServer:
         self.minter = TokenMinter(keys, self.issuer, token_lifetime)
         self.verifier = TokenVerifier(ring_lookup(keys), self.issuer)
         self.consents = Consents(store)
+        self.api_keys = ApiKeys(store)
         self.authorization = AuthorizationEndpoint(
             store,
             self.clients,
@@ -132,6 +136,12 @@ class AuthorizationServer:
 
     async def token(self, request: Request) -> Response:
         form = await _form(request)
+        if (
+            form.get("grant_type") == TOKEN_EXCHANGE
+            and form.get("subject_token_type") == API_KEY_TOKEN_TYPE
+        ):
+            body = await to_thread.run_sync(self.grants.api_key, form, self.api_keys)
+            return json_response(body)
         client = await self._client(request, form)
         grant = form.get("grant_type")
         if grant is None:
@@ -212,27 +222,51 @@ class AuthorizationServer:
     async def register(self, request: Request) -> Response:
         """RFC 7591. With an admin bearer token, any client; without a token, public
         user-facing applications only (open registration, as MCP clients do it)."""
-        header = request.headers.get("authorization", "")
-        scheme, _, token = header.partition(" ")
-        principal = None
-        if header:
-            principal = self.admin(token.strip()) if scheme.lower() == "bearer" else None
-            if principal is None or ADMIN_SCOPE not in principal.scopes:
-                error = "invalid_token" if principal is None else "insufficient_scope"
-                challenge = f'Bearer realm="tessera", scope="{ADMIN_SCOPE}", error="{error}"'
-                raise OAuthError(
-                    error,
-                    "registration needs an admin bearer token",
-                    401 if principal is None else 403,
-                    {"WWW-Authenticate": challenge},
-                )
+        actor = self._administrator(request) if "authorization" in request.headers else None
         try:
             metadata = await request.json()
         except ValueError:
             raise OAuthError("invalid_client_metadata", "the body is not JSON") from None
-        actor = principal.subject if principal is not None else None
         registered = await to_thread.run_sync(self.clients.register, metadata, actor)
         return json_response(registered, 201)
+
+    def _administrator(self, request: Request) -> str:
+        """The subject of the admin bearer token on the request, or 401/403."""
+        header = request.headers.get("authorization", "")
+        scheme, _, token = header.partition(" ")
+        principal = self.admin(token.strip()) if scheme.lower() == "bearer" else None
+        if principal is None or ADMIN_SCOPE not in principal.scopes:
+            error = "invalid_token" if principal is None else "insufficient_scope"
+            challenge = f'Bearer realm="tessera", scope="{ADMIN_SCOPE}"'
+            if header:
+                challenge += f', error="{error}"'
+            status = 401 if principal is None else 403
+            raise OAuthError(
+                error, "an admin bearer token is required", status, {"WWW-Authenticate": challenge}
+            )
+        return principal.subject
+
+    # -- API keys (administrators)
+
+    async def api_keys_endpoint(self, request: Request) -> Response:
+        """POST: a new key (shown once); GET: the keys (``?agent_id=`` filters);
+        DELETE /oauth/api-keys/ID: revoke."""
+        actor = self._administrator(request)
+        if request.method == "POST":
+            try:
+                body = await request.json()
+            except ValueError:
+                raise OAuthError("invalid_request", "the body is not JSON") from None
+            created = await to_thread.run_sync(self.api_keys.create, body, actor)
+            return json_response(created, 201)
+        if request.method == "DELETE":
+            key_id = request.path_params["id"]
+            if not await to_thread.run_sync(self.api_keys.revoke, key_id, actor):
+                raise OAuthError("invalid_request", f"no API key {key_id!r}", 404)
+            return Response(status_code=204)
+        agent_id = request.query_params.get("agent_id")
+        keys = await to_thread.run_sync(self.api_keys.of_agent, agent_id)
+        return json_response({"api_keys": [key.listing() for key in keys]})
 
     # -- a user's consents
 
@@ -275,6 +309,8 @@ class AuthorizationServer:
             route(PATHS.introspect, self.introspect, "POST"),
             route(PATHS.revoke, self.revoke, "POST"),
             route(PATHS.register, self.register, "POST"),
+            Route(PATHS.api_keys, _guarded(self.api_keys_endpoint), methods=["GET", "POST"]),
+            route(PATHS.api_keys + "/{id}", self.api_keys_endpoint, "DELETE"),
             route(PATHS.consents, self.my_consents, "GET"),
             route(PATHS.consents + "/{id}", self.my_consents, "DELETE"),
             Route(PATHS.authorize, _guarded(self.authorization.authorize), methods=["GET"]),

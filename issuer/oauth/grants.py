@@ -24,6 +24,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from issuer.models import AGENT_EXTENSION
+from issuer.oauth.api_keys import ApiKeys
 from issuer.oauth.authorize import AuthorizationEndpoint
 from issuer.oauth.clients import TOKEN_EXCHANGE, Client
 from issuer.oauth.errors import OAuthError
@@ -34,6 +35,7 @@ ACCESS_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:access_token"
 REFRESH_KIND = "RefreshToken"
 REFRESH_LIFETIME = 30 * 24 * 3600  # seconds
 REVOKED = "RevokedToken"
+API_KEY_CLIENT_PREFIX = "api-key:"  # the client_id of tokens traded for an API key
 
 
 @dataclass(frozen=True)
@@ -72,6 +74,22 @@ class Grants:
         self.verifier = verifier
         self.authorization = authorization
         self.exchange_check = exchange_check
+
+    def api_key(self, form: dict[str, str], keys: ApiKeys) -> dict[str, Any]:
+        """Trade an API key for a short-lived access token (the key is the credential:
+        no client authentication). ``sub`` is the key's agent; scopes narrow to the key's."""
+        key = keys.check(form.get("subject_token", ""))
+        agent = self.active_agent(key.agent_id)
+        issued = self.minter.mint(
+            subject=key.agent_id,
+            client_id=f"{API_KEY_CLIENT_PREFIX}{key.id}",
+            audience=resources(form) or [self.minter.issuer],
+            scope=narrowed(form.get("scope"), key.scopes),
+            extra=agent_claims(key.agent_id, agent),
+        )
+        response = _response(issued)
+        response["issued_token_type"] = ACCESS_TOKEN_TYPE
+        return response
 
     def issue(self, grant: str, client: Client, form: dict[str, str]) -> dict[str, Any]:
         """The token response for an authenticated client (RFC 6749 §5.1)."""
