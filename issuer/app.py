@@ -9,13 +9,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import ssl
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import uvicorn
 from starlette.applications import Starlette
 from starlette.routing import BaseRoute, Mount
-from starlette.types import ASGIApp
+from starlette.types import ASGIApp, Receive, Scope, Send
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from issuer.oauth.endpoints import AuthorizationServer
 from issuer.scim import Authenticator, scim_app
@@ -41,6 +43,29 @@ class _Server(uvicorn.Server):
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
         yield
+
+
+class _ClientCertificates(H11Protocol):
+    """HTTP/1.1 that hands the TLS client certificate to the application, as the ASGI TLS
+    extension's ``client_cert_chain`` (uvicorn itself does not)."""
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        tls = transport.get_extra_info("ssl_object")
+        der = tls.getpeercert(binary_form=True) if tls is not None else None
+        if not der:
+            return
+        chain = [ssl.DER_cert_to_PEM_cert(der)]
+        inner = self.app
+
+        async def app(scope: Scope, receive: Receive, send: Send) -> None:
+            scope["extensions"] = {
+                **(scope.get("extensions") or {}),
+                "tls": {"client_cert_chain": chain},
+            }
+            await inner(scope, receive, send)
+
+        self.app = app
 
 
 @dataclass
@@ -73,10 +98,15 @@ def bind(host: str, port: int) -> socket.socket:
 
 
 async def serve_http(
-    app: ASGIApp, sock: socket.socket, tls: tuple[str, str] | None = None
+    app: ASGIApp,
+    sock: socket.socket,
+    tls: tuple[str, str] | None = None,
+    client_ca: str | None = None,
 ) -> HttpRunning:
     """Serve ``app`` on a bound socket in the running event loop; with ``tls``
-    (certificate chain file, key file), serve HTTPS."""
+    (certificate chain file, key file), serve HTTPS; with ``client_ca`` too, ask clients
+    for a certificate from that CA (optional: OAuth clients that use mutual TLS send one)
+    and pass it on to the application."""
     certfile, keyfile = tls if tls is not None else (None, None)
     config = uvicorn.Config(
         app,
@@ -85,6 +115,9 @@ async def serve_http(
         access_log=False,
         ssl_certfile=certfile,
         ssl_keyfile=keyfile,
+        ssl_cert_reqs=ssl.CERT_OPTIONAL if tls and client_ca else ssl.CERT_NONE,
+        ssl_ca_certs=client_ca if tls else None,
+        http=_ClientCertificates,
     )
     server = _Server(config)
     task = asyncio.create_task(server.serve(sockets=[sock]))
@@ -100,7 +133,11 @@ async def serve_http(
 
 
 async def start_http(
-    app: ASGIApp, host: str, port: int, tls: tuple[str, str] | None = None
+    app: ASGIApp,
+    host: str,
+    port: int,
+    tls: tuple[str, str] | None = None,
+    client_ca: str | None = None,
 ) -> HttpRunning:
     """:func:`bind` then :func:`serve_http`."""
-    return await serve_http(app, bind(host, port), tls)
+    return await serve_http(app, bind(host, port), tls, client_ca)

@@ -20,9 +20,12 @@ from urllib.parse import unquote_plus
 
 import jwt
 from cachetools import TTLCache
+from cryptography import x509
 
-from issuer.oauth.clients import ASSERTION_ALGORITHMS, Client, ClientRegistry
+from issuer.keys import thumbprint
+from issuer.oauth.clients import ASSERTION_ALGORITHMS, TLS_METHODS, Client, ClientRegistry
 from issuer.oauth.errors import OAuthError, invalid_client
+from issuer.oauth.mtls import key_thumbprint, subject_dn
 
 JWT_BEARER = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 MAX_ASSERTION_LIFETIME = 300  # seconds from now (or from iat) to exp
@@ -55,7 +58,12 @@ class ClientAuthenticator:
         self.audiences = audiences  # the issuer and the endpoints that authenticate clients
         self.seen = seen
 
-    def authenticate(self, form: Mapping[str, str], authorization: str | None) -> Client:
+    def authenticate(
+        self,
+        form: Mapping[str, str],
+        authorization: str | None,
+        certificate: x509.Certificate | None = None,
+    ) -> Client:
         basic = authorization is not None and authorization[:6].lower() == "basic "
         methods = [
             name
@@ -69,6 +77,8 @@ class ClientAuthenticator:
         if len(methods) > 1:
             raise OAuthError("invalid_request", "use exactly one client authentication method")
         if not methods:
+            if certificate is not None:
+                return self._mutual_tls(form.get("client_id", ""), certificate)
             return self._public(form.get("client_id", ""))
         method = methods[0]
         if method == "client_secret_basic":
@@ -77,6 +87,20 @@ class ClientAuthenticator:
         if method == "client_secret_post":
             return self._secret(form.get("client_id", ""), form["client_secret"], method)
         return self._assertion(form)
+
+    def _mutual_tls(self, client_id: str, certificate: x509.Certificate) -> Client:
+        """RFC 8705 §2: the certificate must be the one the client registered."""
+        client = self.clients.get(client_id) if client_id else None
+        if client is not None and client.auth_method == "none":
+            return client  # a public client over a TLS connection that has a certificate
+        if client is None or client.auth_method not in TLS_METHODS:
+            raise invalid_client("unknown client, or not a mutual-TLS client")
+        if client.auth_method == "tls_client_auth":
+            if subject_dn(certificate) != client.tls_subject_dn:
+                raise invalid_client("the certificate's subject is not the registered one")
+        elif key_thumbprint(certificate) not in {thumbprint(jwk) for jwk in client.jwks}:
+            raise invalid_client("the certificate's key is not one the client registered")
+        return client
 
     def _public(self, client_id: str) -> Client:
         """A public client (auth method ``none``) only names itself (RFC 6749 §3.2.1)."""

@@ -18,13 +18,21 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import jwt
+from cryptography import x509
 
 from issuer.oauth.errors import OAuthError
 from issuer.store import NotFound, Store
 
 KIND = "Client"
 
-AUTH_METHODS = ("private_key_jwt", "client_secret_basic", "client_secret_post", "none")
+TLS_METHODS = ("tls_client_auth", "self_signed_tls_client_auth")  # RFC 8705
+AUTH_METHODS = (
+    "private_key_jwt",
+    "client_secret_basic",
+    "client_secret_post",
+    *TLS_METHODS,
+    "none",
+)
 SECRET_METHODS = ("client_secret_basic", "client_secret_post")
 TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"
 GRANT_TYPES = ("client_credentials", "authorization_code", "refresh_token", TOKEN_EXCHANGE)
@@ -47,6 +55,7 @@ class Client:
     secret_hash: str | None
     name: str | None
     redirect_uris: tuple[str, ...] = ()
+    tls_subject_dn: str | None = None  # tls_client_auth: the certificate subject it must have
 
     def secret_matches(self, secret: str) -> bool:
         if self.secret_hash is None:
@@ -164,10 +173,22 @@ class ClientRegistry:
         jwks: tuple[dict[str, Any], ...] = ()
         if "jwks_uri" in metadata:
             raise _bad("jwks_uri is not supported yet; register the keys inline as jwks")
-        if method == "private_key_jwt":
+        if method in ("private_key_jwt", "self_signed_tls_client_auth"):
             jwks = _check_jwks(metadata.get("jwks"))
         elif "jwks" in metadata:
-            raise _bad("jwks is only for private_key_jwt")
+            raise _bad("jwks is only for private_key_jwt and self_signed_tls_client_auth")
+        subject_dn = metadata.get("tls_client_auth_subject_dn")
+        if method == "tls_client_auth":
+            if not isinstance(subject_dn, str):
+                raise _bad("tls_client_auth needs tls_client_auth_subject_dn (RFC 8705 §2.1.2)")
+            try:
+                subject_dn = x509.Name.from_rfc4514_string(subject_dn).rfc4514_string()
+            except ValueError:
+                raise _bad(
+                    f"tls_client_auth_subject_dn {subject_dn!r} is not an RFC 4514 DN"
+                ) from None
+        elif subject_dn is not None:
+            raise _bad("tls_client_auth_subject_dn is only for tls_client_auth")
         name = metadata.get("client_name")
         if name is not None and not isinstance(name, str):
             raise _bad("client_name is a string")
@@ -186,6 +207,7 @@ class ClientRegistry:
             "secret_hash": None if secret is None else hash_secret(secret),
             "client_name": name,
             "client_id_issued_at": issued_at,
+            "tls_client_auth_subject_dn": subject_dn,
         }
         self.store.create(KIND, document, unique={"client_id": client_id}, actor=actor or client_id)
         response = {k: v for k, v in document.items() if v is not None and k != "secret_hash"}
@@ -228,4 +250,5 @@ def _client(data: dict[str, Any]) -> Client:
         secret_hash=data.get("secret_hash"),
         name=data.get("client_name"),
         redirect_uris=tuple(data.get("redirect_uris") or ()),
+        tls_subject_dn=data.get("tls_client_auth_subject_dn"),
     )

@@ -20,6 +20,7 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 from anyio import to_thread
+from cryptography import x509
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -33,6 +34,7 @@ from issuer.oauth.clients import (
     ASSERTION_ALGORITHMS,
     AUTH_METHODS,
     GRANT_TYPES,
+    TLS_METHODS,
     TOKEN_EXCHANGE,
     Client,
     ClientRegistry,
@@ -40,6 +42,7 @@ from issuer.oauth.clients import (
 from issuer.oauth.consent import Consents
 from issuer.oauth.errors import OAuthError, json_response
 from issuer.oauth.grants import REVOKED, ExchangeCheck, Grants, refuse_all
+from issuer.oauth.mtls import certificate_from, confirmation
 from issuer.oauth.tokens import InvalidToken, TokenMinter, TokenVerifier, ring_lookup
 from issuer.scim import ADMIN_SCOPE, Authenticator
 from issuer.store import Conflict, NotFound, Store
@@ -77,8 +80,10 @@ class AuthorizationServer:
         admin: Authenticator,
         token_lifetime: int = 300,
         exchange_check: ExchangeCheck = refuse_all,
+        client_cert_header: str | None = None,
     ) -> None:
         self.store = store
+        self.client_cert_header = client_cert_header
         self.keys = keys
         self.issuer = issuer.rstrip("/")
         self.admin = admin
@@ -150,12 +155,24 @@ class AuthorizationServer:
             raise OAuthError("unsupported_grant_type", f"grant_type {grant!r} is not supported")
         if grant not in client.grant_types:
             raise OAuthError("unauthorized_client", f"this client may not use {grant}")
-        body = await to_thread.run_sync(self.grants.issue, grant, client, form)
+        certificate = self._certificate(request)
+        bound_to = (
+            confirmation(certificate)
+            if certificate is not None and client.auth_method in TLS_METHODS
+            else None
+        )
+        body = await to_thread.run_sync(self.grants.issue, grant, client, form, bound_to)
         return json_response(body)
+
+    def _certificate(self, request: Request) -> x509.Certificate | None:
+        return certificate_from(request.scope, request.headers, self.client_cert_header)
 
     async def _client(self, request: Request, form: dict[str, str]) -> Client:
         authorization = request.headers.get("authorization")
-        return await to_thread.run_sync(self.client_auth.authenticate, form, authorization)
+        certificate = self._certificate(request)
+        return await to_thread.run_sync(
+            self.client_auth.authenticate, form, authorization, certificate
+        )
 
     # -- introspection and revocation
 

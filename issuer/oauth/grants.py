@@ -91,23 +91,29 @@ class Grants:
         response["issued_token_type"] = ACCESS_TOKEN_TYPE
         return response
 
-    def issue(self, grant: str, client: Client, form: dict[str, str]) -> dict[str, Any]:
-        """The token response for an authenticated client (RFC 6749 §5.1)."""
+    def issue(
+        self, grant: str, client: Client, form: dict[str, str], bound_to: str | None = None
+    ) -> dict[str, Any]:
+        """The token response for an authenticated client (RFC 6749 §5.1); ``bound_to`` is
+        the certificate thumbprint of a mutual-TLS client, which its agent tokens carry as
+        ``cnf`` (RFC 8705 §3.1)."""
         if grant == "client_credentials":
-            return _response(self.client_credentials(client, form))
+            return _response(self.client_credentials(client, form, bound_to))
         if grant == "authorization_code":
             return self.authorization_code(client, form)
         if grant == "refresh_token":
             return self.refresh(client, form)
         if grant == TOKEN_EXCHANGE:
-            response = _response(self.exchange(client, form))
+            response = _response(self.exchange(client, form, bound_to))
             response["issued_token_type"] = ACCESS_TOKEN_TYPE
             return response
         raise OAuthError("unsupported_grant_type", f"grant_type {grant!r} is not supported")
 
     # -- an agent alone
 
-    def client_credentials(self, client: Client, form: dict[str, str]) -> Issued:
+    def client_credentials(
+        self, client: Client, form: dict[str, str], bound_to: str | None = None
+    ) -> Issued:
         agent_id = _agent_of(client)
         agent = self.active_agent(agent_id)
         return self.minter.mint(
@@ -115,7 +121,7 @@ class Grants:
             client_id=client.client_id,
             audience=resources(form) or [self.minter.issuer],
             scope=narrowed(form.get("scope"), client.scopes),
-            extra=agent_claims(agent_id, agent),
+            extra={**agent_claims(agent_id, agent), **_confirmation(bound_to)},
         )
 
     def active_agent(self, agent_id: str) -> dict[str, Any]:
@@ -248,7 +254,7 @@ class Grants:
 
     # -- an agent for a user
 
-    def exchange(self, client: Client, form: dict[str, str]) -> Issued:
+    def exchange(self, client: Client, form: dict[str, str], bound_to: str | None = None) -> Issued:
         agent_id = _agent_of(client)
         agent = self.active_agent(agent_id)
         subject = self._valid(form, "subject_token")
@@ -281,7 +287,7 @@ class Grants:
             client_id=client.client_id,
             audience=audience,
             scope=scopes,
-            extra={**agent_claims(agent_id, agent), "act": act},
+            extra={**agent_claims(agent_id, agent), "act": act, **_confirmation(bound_to)},
         )
 
     def _valid(self, form: dict[str, str], name: str) -> dict[str, Any]:
@@ -344,6 +350,10 @@ def _actors(act: Any) -> list[str]:
         found.append(act["sub"])
         act = act.get("act")
     return found
+
+
+def _confirmation(bound_to: str | None) -> dict[str, Any]:
+    return {} if bound_to is None else {"cnf": {"x5t#S256": bound_to}}
 
 
 def _digest(token: str) -> str:

@@ -21,6 +21,8 @@ configuration file (``--config``, or ``./tessera.toml`` when it exists), the def
     issuer = ""                # the OAuth issuer URL; default http(s)://host:http_port
     signing_alg = "ES256"      # access token signatures: ES256, RS256 or EdDSA
     token_lifetime = 300       # seconds an access token is valid
+    client_cert_header = ""    # behind a TLS-terminating proxy: the header with the client
+                               # certificate (URL-encoded PEM); the proxy must strip it
 
 With a store, agents and users are resolved from the directory by id (the caller's
 attributes for them are ignored) and an agent that is unknown or not active is denied.
@@ -63,6 +65,7 @@ class ServeConfig:
     issuer: str = ""
     signing_alg: str = "ES256"
     token_lifetime: int = 300
+    client_cert_header: str = ""
 
     @property
     def metrics(self) -> bool:

@@ -374,8 +374,10 @@ async def serve_forever(engine: Engine, config: ServeConfig, announce: Sequence[
                 admin,
                 config.token_lifetime,
                 exchange_check=exchange_check(running.service),
+                client_cert_header=config.client_cert_header or None,
             )
-            http = await serve_http(issuer_app(store, admin, oauth), sock, tls)
+            client_ca = config.tls_client_ca or None
+            http = await serve_http(issuer_app(store, admin, oauth), sock, tls, client_ca)
             stack.push_async_callback(http.stop)
             print(
                 f"tessera: SCIM 2.0 at {base}{SCIM_PATH}, directory in {config.store}", flush=True

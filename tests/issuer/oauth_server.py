@@ -53,23 +53,32 @@ ASSERTION_LIFETIME = 60  # seconds; the server accepts at most 300
 class _Running:
     """The issuer's application with the authorization server, in a loop thread."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(
+        self,
+        store: Store,
+        tls: tuple[str, str] | None = None,
+        client_ca: str | None = None,
+        client_cert_header: str | None = None,
+    ) -> None:
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
         try:
             sock = bind("127.0.0.1", 0)
             try:
-                self.issuer = f"http://127.0.0.1:{sock.getsockname()[1]}"
+                port = sock.getsockname()[1]
+                self.issuer = f"https://localhost:{port}" if tls else f"http://127.0.0.1:{port}"
                 admin = BootstrapToken(TOKEN)
                 self.keys = KeyRing(store)
-                self.server = AuthorizationServer(store, self.keys, self.issuer, admin)
+                self.server = AuthorizationServer(
+                    store, self.keys, self.issuer, admin, client_cert_header=client_cert_header
+                )
                 app = issuer_app(store, admin, self.server)
             except BaseException:
                 sock.close()
                 raise
             self.running: HttpRunning = asyncio.run_coroutine_threadsafe(
-                serve_http(app, sock), self.loop
+                serve_http(app, sock, tls, client_ca), self.loop
             ).result(timeout=TIMEOUT)
         except BaseException:
             self._stop_loop()
@@ -346,14 +355,19 @@ class OAuthService:
 
 
 @contextmanager
-def oauth_service(backend: str, tmp_path: Path) -> Iterator[OAuthService]:
-    """The issuer with its authorization server, on a fresh store of ``backend``."""
+def oauth_service(
+    backend: str, tmp_path: Path, http_options: dict[str, Any] | None = None, **server: Any
+) -> Iterator[OAuthService]:
+    """The issuer with its authorization server, on a fresh store of ``backend``;
+    ``server`` options go to the server (tls, client_ca, client_cert_header),
+    ``http_options`` to the test's httpx client (verify, cert)."""
     with store_url(backend, tmp_path) as url:
         store = open_store(url)
         try:
-            running = _Running(store)
+            running = _Running(store, **server)
             try:
-                with httpx.Client(base_url=running.issuer, timeout=TIMEOUT) as http:
+                options = {"timeout": TIMEOUT, **(http_options or {})}
+                with httpx.Client(base_url=running.issuer, **options) as http:
                     yield OAuthService(
                         backend, running.issuer, store, running.keys, running.server, http
                     )
