@@ -64,7 +64,7 @@ def test_a_key_is_shown_once_recognisable_and_only_its_hash_is_stored(
     key = body["api_key"]
     assert key.startswith(f"tsk_{body['id']}_") and body["prefix"] == f"tsk_{body['id']}"
     stored = oauth.store.find("ApiKey", "key_id", body["id"]).data
-    secret = key.rsplit("_", 1)[1]
+    secret = key[len(f"tsk_{body['id']}_") :]
     assert secret not in json.dumps(stored)
     assert stored["hash"] == hashlib.sha256(secret.encode()).hexdigest()
     listing = oauth.http.get(f"/oauth/api-keys?agent_id={agent}", headers=admin(oauth)).json()
