@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 import secrets
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 import jwt
@@ -22,6 +23,8 @@ from cryptography import x509
 
 from issuer.oauth.errors import OAuthError
 from issuer.store import NotFound, Store
+
+log = logging.getLogger("tessera.oauth")
 
 KIND = "Client"
 
@@ -114,13 +117,29 @@ def _check_jwks(jwks: Any) -> tuple[dict[str, Any], ...]:
     return tuple(keys)
 
 
+class Documents(Protocol):
+    """Clients that describe themselves (Client ID Metadata Documents)."""
+
+    def describes(self, client_id: str) -> bool: ...
+
+    def client(self, client_id: str) -> Client: ...
+
+
 class ClientRegistry:
     """Clients in the store, looked up by client_id."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, documents: Documents | None = None) -> None:
         self.store = store
+        self.documents = documents
 
     def get(self, client_id: str) -> Client | None:
+        """A registered client, or one its Client ID Metadata Document describes."""
+        if self.documents is not None and self.documents.describes(client_id):
+            try:
+                return self.documents.client(client_id)
+            except OAuthError as exc:
+                log.warning("client %s: %s", client_id, exc.description)
+                return None
         try:
             record = self.store.find(KIND, "client_id", client_id)
         except NotFound:
@@ -166,7 +185,7 @@ class ClientRegistry:
                 401,
                 {"WWW-Authenticate": 'Bearer realm="tessera", scope="tessera:admin"'},
             )
-        redirect_uris = _redirect_uris(metadata.get("redirect_uris"), grant_types)
+        redirect_uris = check_redirect_uris(metadata.get("redirect_uris"), grant_types)
         scope = metadata.get("scope", "")
         if not isinstance(scope, str):
             raise _bad("scope is a space-separated string")
@@ -217,7 +236,7 @@ class ClientRegistry:
         return response
 
 
-def _redirect_uris(value: Any, grant_types: list[str]) -> list[str]:
+def check_redirect_uris(value: Any, grant_types: list[str]) -> list[str]:
     """OAuth 2.1 §2.3.1: absolute, no fragment; https, or http on a loopback host, or a
     private-use scheme (RFC 8252 §7.1). Required for the authorization code grant."""
     if value is None:

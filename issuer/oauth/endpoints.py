@@ -42,6 +42,7 @@ from issuer.oauth.clients import (
 from issuer.oauth.consent import Consents
 from issuer.oauth.errors import OAuthError, json_response
 from issuer.oauth.grants import REVOKED, ExchangeCheck, Grants, refuse_all
+from issuer.oauth.metadata_documents import MetadataDocuments
 from issuer.oauth.mtls import certificate_from, confirmation
 from issuer.oauth.tokens import InvalidToken, TokenMinter, TokenVerifier, ring_lookup
 from issuer.scim import ADMIN_SCOPE, Authenticator
@@ -87,7 +88,7 @@ class AuthorizationServer:
         self.keys = keys
         self.issuer = issuer.rstrip("/")
         self.admin = admin
-        self.clients = ClientRegistry(store)
+        self.clients = ClientRegistry(store, MetadataDocuments())
         audiences = [self.issuer] + [
             self.issuer + path for path in (PATHS.token, PATHS.introspect, PATHS.revoke)
         ]
@@ -122,6 +123,7 @@ class AuthorizationServer:
             "response_modes_supported": ["query"],
             "code_challenge_methods_supported": ["S256"],
             "authorization_response_iss_parameter_supported": True,
+            "client_id_metadata_document_supported": True,
             "token_endpoint_auth_methods_supported": list(AUTH_METHODS),
             "token_endpoint_auth_signing_alg_values_supported": list(ASSERTION_ALGORITHMS),
             "introspection_endpoint_auth_methods_supported": [

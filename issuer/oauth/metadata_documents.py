@@ -1,0 +1,109 @@
+"""Client ID Metadata Documents: a client whose ``client_id`` is an HTTPS URL describes
+itself in the JSON document at that URL (draft-ietf-oauth-client-id-metadata-document,
+as the MCP authorization specification uses it).
+
+The document must name the same ``client_id``, list its ``redirect_uris`` and use
+``token_endpoint_auth_method`` ``none`` (a public client). It is fetched without
+following redirects, within a short timeout and a size limit, and kept for
+:data:`CACHE_SECONDS`. Plain ``http`` is accepted only for loopback hosts (development).
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+from cachetools import TTLCache
+
+from issuer.oauth.clients import Client, check_redirect_uris
+from issuer.oauth.errors import OAuthError
+
+CACHE_SECONDS = 300
+MAX_BYTES = 5 * 1024
+TIMEOUT = 5.0
+_LOOPBACK = ("127.0.0.1", "::1", "localhost")
+
+
+class MetadataDocuments:
+    """Fetches and caches clients described by their metadata documents."""
+
+    def __init__(self) -> None:
+        self._cache: TTLCache[str, Client] = TTLCache(maxsize=10_000, ttl=CACHE_SECONDS)
+        self._lock = threading.Lock()
+
+    def describes(self, client_id: str) -> bool:
+        """Whether a client_id names a metadata document (an https URL with a path)."""
+        parts = urlsplit(client_id)
+        if parts.scheme == "http" and parts.hostname in _LOOPBACK:
+            return bool(parts.path.strip("/"))
+        return parts.scheme == "https" and bool(parts.netloc) and bool(parts.path.strip("/"))
+
+    def client(self, url: str) -> Client:
+        with self._lock:
+            cached = self._cache.get(url)
+        if cached is not None:
+            return cached
+        client = _client(url, _fetch(url))
+        with self._lock:
+            self._cache[url] = client
+        return client
+
+
+def _fetch(url: str) -> Any:
+    try:
+        with (
+            httpx.Client(timeout=TIMEOUT, follow_redirects=False) as http,
+            http.stream("GET", url, headers={"Accept": "application/json"}) as response,
+        ):
+            if response.status_code != 200:
+                raise _bad(f"the client metadata document answered {response.status_code}")
+            body = b""
+            for chunk in response.iter_bytes():
+                body += chunk
+                if len(body) > MAX_BYTES:
+                    raise _bad(f"the client metadata document exceeds {MAX_BYTES} bytes")
+    except httpx.HTTPError as exc:
+        raise _bad(f"the client metadata document cannot be fetched: {exc}") from None
+    try:
+        return httpx.Response(200, content=body).json()
+    except ValueError:
+        raise _bad("the client metadata document is not JSON") from None
+
+
+def _client(url: str, document: Any) -> Client:
+    if not isinstance(document, dict):
+        raise _bad("the client metadata document is not a JSON object")
+    if document.get("client_id") != url:
+        raise _bad("the document's client_id is not its own URL")
+    method = document.get("token_endpoint_auth_method", "none")
+    if method != "none":
+        raise _bad("a client described by a metadata document is public (auth method none)")
+    grant_types = document.get("grant_types", ["authorization_code"])
+    if not isinstance(grant_types, list) or not set(grant_types) <= {
+        "authorization_code",
+        "refresh_token",
+    }:
+        raise _bad("grant_types may only be authorization_code and refresh_token")
+    try:
+        redirect_uris = check_redirect_uris(document.get("redirect_uris"), grant_types)
+    except OAuthError as exc:
+        raise _bad(exc.description) from None
+    scope = document.get("scope", "")
+    name = document.get("client_name")
+    return Client(
+        client_id=url,
+        auth_method="none",
+        agent_id=None,
+        scopes=frozenset(str(scope).split()),
+        grant_types=tuple(grant_types),
+        jwks=(),
+        secret_hash=None,
+        name=name if isinstance(name, str) else None,
+        redirect_uris=tuple(redirect_uris),
+    )
+
+
+def _bad(description: str) -> OAuthError:
+    return OAuthError("invalid_client", description, 400)
