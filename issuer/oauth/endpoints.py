@@ -45,7 +45,7 @@ from issuer.oauth.grants import REVOKED, ExchangeCheck, Grants, refuse_all
 from issuer.oauth.metadata_documents import MetadataDocuments
 from issuer.oauth.mtls import certificate_from, confirmation
 from issuer.oauth.tokens import InvalidToken, TokenMinter, TokenVerifier, ring_lookup
-from issuer.scim import ADMIN_SCOPE, Authenticator
+from issuer.scim import ADMIN_SCOPE, Authenticator, Principal
 from issuer.store import Conflict, NotFound, Store
 
 MULTI_VALUED = frozenset({"resource", "audience"})  # RFC 8707 §2, RFC 8693 §2.1
@@ -97,6 +97,7 @@ class AuthorizationServer:
         self.verifier = TokenVerifier(ring_lookup(keys), self.issuer)
         self.consents = Consents(store)
         self.api_keys = ApiKeys(store)
+        self._administrators = self.administrators([self.issuer])
         self.authorization = AuthorizationEndpoint(
             store,
             self.clients,
@@ -212,6 +213,25 @@ class AuthorizationServer:
                 return None
         return claims
 
+    def administrators(self, audiences: list[str]) -> Authenticator:
+        """Who may administer: the bootstrap token, or an access token from this issuer
+        that is active, has the ``tessera:admin`` scope and one of ``audiences``."""
+        bootstrap = self.admin
+
+        def authenticate(token: str) -> Principal | None:
+            principal = bootstrap(token)
+            if principal is not None:
+                return principal
+            claims = self._active_claims(token)
+            if claims is None:
+                return None
+            aud = claims.get("aud")
+            if not set(aud if isinstance(aud, list) else [aud]) & set(audiences):
+                return None
+            return Principal(str(claims["sub"]), frozenset(str(claims.get("scope", "")).split()))
+
+        return authenticate
+
     async def revoke(self, request: Request) -> Response:
         form = await _form(request)
         client = await self._client(request, form)
@@ -253,7 +273,8 @@ class AuthorizationServer:
         """The subject of the admin bearer token on the request, or 401/403."""
         header = request.headers.get("authorization", "")
         scheme, _, token = header.partition(" ")
-        principal = self.admin(token.strip()) if scheme.lower() == "bearer" else None
+        admin = self._administrators
+        principal = admin(token.strip()) if scheme.lower() == "bearer" else None
         if principal is None or ADMIN_SCOPE not in principal.scopes:
             error = "invalid_token" if principal is None else "insufficient_scope"
             challenge = f'Bearer realm="tessera", scope="{ADMIN_SCOPE}"'

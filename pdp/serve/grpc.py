@@ -377,7 +377,9 @@ async def serve_forever(engine: Engine, config: ServeConfig, announce: Sequence[
                 client_cert_header=config.client_cert_header or None,
             )
             client_ca = config.tls_client_ca or None
-            http = await serve_http(issuer_app(store, admin, oauth), sock, tls, client_ca)
+            scim_admins = oauth.administrators([issuer, f"{issuer}{SCIM_PATH}"])
+            app = issuer_app(store, scim_admins, oauth)
+            http = await serve_http(app, sock, tls, client_ca)
             stack.push_async_callback(http.stop)
             print(
                 f"tessera: SCIM 2.0 at {base}{SCIM_PATH}, directory in {config.store}", flush=True

@@ -146,3 +146,62 @@ def test_a_taken_http_port_is_a_clear_error_and_nothing_keeps_running(tmp_path: 
         )
     assert result.returncode == 2
     assert f"tessera serve: cannot serve HTTP on 127.0.0.1:{port}" in result.stderr
+
+
+def test_an_agent_with_the_admin_scope_administers_scim_with_an_issued_token(
+    served: Served,
+) -> None:
+    issuer = str(served.http.base_url).removesuffix("/scim/v2/").removesuffix("/scim/v2")
+    created = served.http.post(
+        "/Agents",
+        json={
+            "schemas": [AGENT_SCHEMA, AGENT_EXTENSION],
+            "name": "provisioner",
+            AGENT_EXTENSION: {"owner": "it", "riskLevel": "medium"},
+        },
+    )
+    agent = created.json()["id"]
+    admin = {"Authorization": f"Bearer {TOKEN}"}
+    clients = {}
+    for scope in ("tessera:admin", "read"):
+        registered = httpx.post(
+            f"{issuer}/oauth/register",
+            json={"agent_id": agent, "grant_types": ["client_credentials"], "scope": scope},
+            headers=admin,
+            timeout=10,
+        )
+        assert registered.status_code == 201, registered.text
+        clients[scope] = (registered.json()["client_id"], registered.json()["client_secret"])
+
+    def token_for(scope: str, resource: str) -> str:
+        response = httpx.post(
+            f"{issuer}/oauth/token",
+            data={"grant_type": "client_credentials", "resource": resource},
+            auth=clients[scope],
+            timeout=10,
+        )
+        assert response.status_code == 200, response.text
+        access: str = response.json()["access_token"]
+        return access
+
+    scim = f"{issuer}/scim/v2/Agents"
+    good = token_for("tessera:admin", f"{issuer}/scim/v2")
+    assert httpx.get(scim, headers={"Authorization": f"Bearer {good}"}, timeout=10).is_success
+    narrow = token_for("read", f"{issuer}/scim/v2")
+    refused = httpx.get(scim, headers={"Authorization": f"Bearer {narrow}"}, timeout=10)
+    assert refused.status_code == 403
+    elsewhere = token_for("tessera:admin", "https://api.example.com/")
+    assert (
+        httpx.get(scim, headers={"Authorization": f"Bearer {elsewhere}"}, timeout=10).status_code
+        == 401
+    )
+
+    suspend = {
+        "schemas": [PATCH],
+        "Operations": [
+            {"op": "replace", "path": f"{AGENT_EXTENSION}:status", "value": "suspended"}
+        ],
+    }
+    assert served.http.patch(f"/Agents/{agent}", json=suspend).status_code == 200
+    after = httpx.get(scim, headers={"Authorization": f"Bearer {good}"}, timeout=10)
+    assert after.status_code == 401
