@@ -19,8 +19,9 @@ import hmac
 import html
 import re
 import secrets
+import threading
 from dataclasses import dataclass, field
-from urllib.parse import parse_qsl, urlencode
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from anyio import to_thread
 from cachetools import TTLCache
@@ -55,6 +56,7 @@ class Pending:
     challenge: str
     actor: str | None
     actor_name: str | None
+    redirect_given: bool  # whether the request named its redirect_uri
     csrf: str = field(default_factory=lambda: secrets.token_urlsafe(24))
 
 
@@ -73,6 +75,7 @@ class Grant:
 class _Code:
     grant: Grant
     redirect_uri: str
+    redirect_given: bool
     challenge: str
 
 
@@ -94,12 +97,14 @@ class AuthorizationEndpoint:
         self.secure_cookies = secure_cookies
         self.pending: TTLCache[str, Pending] = TTLCache(100_000, PENDING_LIFETIME)
         self.codes: TTLCache[str, _Code] = TTLCache(100_000, CODE_LIFETIME)
+        self._codes_lock = threading.Lock()  # redeemed in worker threads; TTLCache is not safe
         self.sessions: TTLCache[str, str] = TTLCache(100_000, SESSION_LIFETIME)
 
     # -- /oauth/authorize
 
     async def authorize(self, request: Request) -> Response:
-        params = dict(request.query_params)
+        query = request.query_params
+        params = dict(query)
         client = await to_thread.run_sync(self.clients.get, params.get("client_id", ""))
         if client is None or "authorization_code" not in client.grant_types:
             return _page("Unknown client", "This application is not registered here.", 400)
@@ -109,15 +114,22 @@ class AuthorizationEndpoint:
         if redirect_uri is None or redirect_uri not in client.redirect_uris:  # exact match
             return _page("Wrong redirect URI", "The redirect URI is not registered.", 400)
         state = params.get("state")
+        repeated = sorted(k for k in query if k != "resource" and len(query.getlist(k)) > 1)
         try:
-            pending = await to_thread.run_sync(self._pending, client, redirect_uri, params)
+            if repeated:  # RFC 6749 §3.1; resource may repeat (RFC 8707 §2)
+                raise OAuthError("invalid_request", f"{repeated[0]} is given more than once")
+            pending = await to_thread.run_sync(
+                self._pending, client, redirect_uri, params, _resources(query.getlist("resource"))
+            )
         except OAuthError as exc:
             return self._redirect(redirect_uri, state, error=exc.error, desc=exc.description)
         request_id = secrets.token_urlsafe(24)
         self.pending[request_id] = pending
         return RedirectResponse(f"/oauth/consent?request={request_id}", 303)
 
-    def _pending(self, client: Client, redirect_uri: str, params: dict[str, str]) -> Pending:
+    def _pending(
+        self, client: Client, redirect_uri: str, params: dict[str, str], resources: list[str]
+    ) -> Pending:
         if params.get("response_type") != "code":
             raise OAuthError("unsupported_response_type", "response_type must be code")
         method = params.get("code_challenge_method")
@@ -143,9 +155,10 @@ class AuthorizationEndpoint:
         return Pending(
             client=client,
             redirect_uri=redirect_uri,
+            redirect_given="redirect_uri" in params,
             state=params.get("state"),
             scopes=scopes,
-            resources=params.get("resource", "").split(),
+            resources=resources,
             challenge=challenge,
             actor=actor,
             actor_name=actor_name,
@@ -222,7 +235,8 @@ class AuthorizationEndpoint:
         elif not hmac.compare_digest(form.get("csrf", ""), pending.csrf):
             return _page("Refused", "The form is stale or forged; start again.", 400)
         elif form.get("decision") != "allow":
-            del self.pending[request_id]
+            if self.pending.pop(request_id, None) is None:  # answered concurrently
+                return _page("Expired", "This request has expired; start again.", 400)
             return self._redirect(
                 pending.redirect_uri, pending.state, error="access_denied", desc="the user said no"
             )
@@ -234,7 +248,8 @@ class AuthorizationEndpoint:
                 pending.actor,
                 pending.scopes,
             )
-        del self.pending[request_id]
+        if self.pending.pop(request_id, None) is None:  # one code per request, even when raced
+            return _page("Expired", "This request has expired; start again.", 400)
         code = secrets.token_urlsafe(32)
         grant = Grant(
             client_id=pending.client.client_id,
@@ -243,17 +258,23 @@ class AuthorizationEndpoint:
             resources=tuple(pending.resources),
             actor=pending.actor,
         )
-        self.codes[code] = _Code(grant, pending.redirect_uri, pending.challenge)
+        found = _Code(grant, pending.redirect_uri, pending.redirect_given, pending.challenge)
+        with self._codes_lock:
+            self.codes[code] = found
         return self._redirect(pending.redirect_uri, pending.state, code=code)
 
     # -- redemption at the token endpoint
 
     def redeem(self, code: str, client_id: str, redirect_uri: str | None, verifier: str) -> Grant:
         """The grant of a code, once (RFC 6749 §4.1.3, RFC 7636 §4.6); invalid_grant else."""
-        found = self.codes.pop(code, None)
+        with self._codes_lock:
+            found = self.codes.pop(code, None)
         if found is None or found.grant.client_id != client_id:
             raise OAuthError("invalid_grant", "the code is unknown, used, expired or not yours")
-        if redirect_uri != found.redirect_uri:
+        # RFC 6749 §4.1.3: required, and identical, when the authorization request had it
+        if redirect_uri != found.redirect_uri and (
+            redirect_uri is not None or found.redirect_given
+        ):
             raise OAuthError("invalid_grant", "redirect_uri differs from the authorization's")
         if not _VERIFIER.match(verifier):
             raise OAuthError("invalid_grant", "code_verifier must be 43 to 128 unreserved chars")
@@ -272,6 +293,17 @@ class AuthorizationEndpoint:
         values["iss"] = self.issuer
         separator = "&" if "?" in uri else "?"
         return RedirectResponse(f"{uri}{separator}{urlencode(values)}", 303)
+
+
+def _resources(values: list[str]) -> list[str]:
+    """RFC 8707 §2: each resource is an absolute URI without a fragment."""
+    for resource in values:
+        parts = urlsplit(resource)
+        if not parts.scheme or not parts.netloc or parts.fragment:
+            raise OAuthError(
+                "invalid_target", f"resource {resource!r} is not an absolute URI without fragment"
+            )
+    return values
 
 
 async def _form(request: Request) -> dict[str, str]:

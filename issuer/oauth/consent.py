@@ -86,19 +86,19 @@ class Consents:
             if r.data.get("user_id") == user_id
         ]
 
-    def revoke(self, consent_id: str, user_id: str, actor: str) -> bool:
-        """Delete one of the user's consents; False when there is no such consent."""
+    def revoke(self, consent_id: str, user_id: str, actor: str) -> Consent | None:
+        """Delete one of the user's consents; the consent, or None when there is none."""
         try:
             record = self.store.get(CONSENT, consent_id)
         except NotFound:
-            return False
+            return None
         if record.data.get("user_id") != user_id:
-            return False
+            return None
         try:
             self.store.delete(CONSENT, consent_id, expected_version=None, actor=actor)
         except NotFound:
-            return False
-        return True
+            return None
+        return _consent(record.id, record.data)
 
 
 def _consent(id: str, data: dict[str, object]) -> Consent:

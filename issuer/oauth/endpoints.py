@@ -318,8 +318,16 @@ class AuthorizationServer:
         if request.method == "DELETE":
             consent_id = request.path_params["id"]
             revoked = await to_thread.run_sync(self.consents.revoke, consent_id, user_id, user_id)
-            if not revoked:
+            if revoked is None:
                 raise OAuthError("invalid_request", f"you have no consent {consent_id!r}", 404)
+            # what the consent allowed stops: the application's refresh tokens for it
+            await to_thread.run_sync(
+                self.grants.revoke_refresh_tokens,
+                user_id,
+                revoked.client_id,
+                revoked.agent_id,
+                user_id,
+            )
             return Response(status_code=204)
         found = await to_thread.run_sync(self.consents.of_user, user_id)
         listing = [

@@ -145,7 +145,7 @@ class Grants:
         )
         family = uuid.uuid4().hex
         return self._user_tokens(
-            client, grant.user_id, grant.scopes, grant.resources, grant.actor, family
+            client, grant.user_id, grant.scopes, grant.resources, grant.actor, family, grant.scopes
         )
 
     def _user_tokens(
@@ -156,7 +156,10 @@ class Grants:
         audience: Iterable[str],
         actor: str | None,
         family: str,
+        refresh_scopes: Iterable[str],
     ) -> dict[str, Any]:
+        """An access token with ``scopes`` and, for a client that may refresh, a refresh
+        token with ``refresh_scopes`` (RFC 6749 §6: a narrower access token keeps them)."""
         self._active_user(user_id)
         extra: dict[str, Any] = {}
         if actor is not None:
@@ -171,7 +174,12 @@ class Grants:
         response = _response(issued)
         if "refresh_token" in client.grant_types:
             response["refresh_token"] = self._new_refresh(
-                client.client_id, user_id, sorted(set(scopes)), list(audience), actor, family
+                client.client_id,
+                user_id,
+                sorted(set(refresh_scopes)),
+                list(audience),
+                actor,
+                family,
             )
         return response
 
@@ -222,6 +230,10 @@ class Grants:
             raise OAuthError("invalid_grant", "refresh token reused: its family is revoked")
         if data["expires_at"] < time.time():
             raise OAuthError("invalid_grant", "the refresh token has expired")
+        scopes = data["scopes"]
+        requested = form.get("scope")
+        if requested is not None:  # RFC 6749 §6: may narrow, never widen (checked before use)
+            scopes = narrowed(requested, frozenset(scopes))
         try:
             self.store.replace(
                 REFRESH_KIND,
@@ -236,17 +248,34 @@ class Grants:
             raise OAuthError(
                 "invalid_grant", "refresh token reused: its family is revoked"
             ) from None
-        scopes = data["scopes"]
-        requested = form.get("scope")
-        if requested is not None:  # RFC 6749 §6: may narrow, never widen
-            scopes = narrowed(requested, frozenset(scopes))
         return self._user_tokens(
-            client, data["user_id"], scopes, data["audience"], data["actor"], data["family"]
+            client,
+            data["user_id"],
+            scopes,
+            data["audience"],
+            data["actor"],
+            data["family"],
+            data["scopes"],
         )
 
     def _revoke_family(self, family: str, actor: str) -> None:
+        self._revoke_refresh(lambda data: data.get("family") == family, actor)
+
+    def revoke_refresh_tokens(
+        self, user_id: str, client_id: str, agent_id: str | None, actor: str
+    ) -> None:
+        """Revoke the refresh tokens a consent made possible (when the user withdraws it)."""
+        self._revoke_refresh(
+            lambda data: (
+                (data.get("user_id"), data.get("client_id"), data.get("actor"))
+                == (user_id, client_id, agent_id)
+            ),
+            actor,
+        )
+
+    def _revoke_refresh(self, matches: Callable[[dict[str, Any]], bool], actor: str) -> None:
         for record in self.store.list(REFRESH_KIND):
-            if record.data.get("family") == family:
+            if matches(record.data):
                 try:
                     self.store.delete(REFRESH_KIND, record.id, expected_version=None, actor=actor)
                 except NotFound:

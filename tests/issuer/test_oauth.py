@@ -163,12 +163,17 @@ def test_metadata_states_the_grant_and_the_client_authentication_methods(
     ]
     assert metadata["response_types_supported"] == ["code"]
     assert metadata["code_challenge_methods_supported"] == ["S256"]
+    mutual_tls = {"tls_client_auth", "self_signed_tls_client_auth"}
     for endpoint in ("token", "revocation"):  # public clients too (RFC 6749 §2.1, RFC 7009)
         assert set(metadata[f"{endpoint}_endpoint_auth_methods_supported"]) == {
             *AUTH_METHODS,
+            *mutual_tls,
             "none",
         }
-    assert set(metadata["introspection_endpoint_auth_methods_supported"]) == AUTH_METHODS
+    assert set(metadata["introspection_endpoint_auth_methods_supported"]) == {
+        *AUTH_METHODS,
+        *mutual_tls,
+    }
 
 
 def test_metadata_offers_no_unsigned_or_symmetric_assertion_algorithm(
