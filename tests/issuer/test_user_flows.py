@@ -1136,6 +1136,30 @@ def test_exchange_gives_a_user_token_with_the_agent_as_actor(
     ]
 
 
+def test_authlib_performs_the_token_exchange_as_the_agents_client(
+    service: Service, browser: httpx.Client
+) -> None:
+    d = delegation(service, browser)
+    with OAuth2Client(
+        client_id=d.agent.client_id,
+        client_secret=d.agent.secret,
+        token_endpoint_auth_method="client_secret_basic",
+        timeout=10,
+    ) as client:
+        token = client.fetch_token(
+            service.oauth.token_endpoint,
+            grant_type=TOKEN_EXCHANGE,
+            subject_token=d.subject,
+            subject_token_type=ACCESS_TOKEN_TYPE,
+            actor_token=d.actor,
+            actor_token_type=ACCESS_TOKEN_TYPE,
+            resource=RESOURCE,
+        )
+    claims = service.oauth.verifier(RESOURCE).verify(token["access_token"])
+    assert (claims["sub"], claims["act"]) == (d.user.id, {"sub": d.agent.agent_id})
+    assert token["issued_token_type"] == ACCESS_TOKEN_TYPE
+
+
 def test_exchange_narrows_to_the_requested_scope_and_audience(
     service: Service, browser: httpx.Client
 ) -> None:
