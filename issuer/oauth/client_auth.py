@@ -26,6 +26,7 @@ from issuer.keys import thumbprint
 from issuer.oauth.clients import ASSERTION_ALGORITHMS, TLS_METHODS, Client, ClientRegistry
 from issuer.oauth.errors import OAuthError, invalid_client
 from issuer.oauth.mtls import key_thumbprint, subject_dn
+from issuer.oauth.remote_keys import RemoteKeys
 
 JWT_BEARER = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 MAX_ASSERTION_LIFETIME = 300  # seconds from now (or from iat) to exp
@@ -57,6 +58,7 @@ class ClientAuthenticator:
         self.clients = clients
         self.audiences = audiences  # the issuer and the endpoints that authenticate clients
         self.seen = seen
+        self.remote_keys = RemoteKeys()
 
     def authenticate(
         self,
@@ -98,7 +100,9 @@ class ClientAuthenticator:
         if client.auth_method == "tls_client_auth":
             if subject_dn(certificate) != client.tls_subject_dn:
                 raise invalid_client("the certificate's subject is not the registered one")
-        elif key_thumbprint(certificate) not in {thumbprint(jwk) for jwk in client.jwks}:
+        elif key_thumbprint(certificate) not in {
+            thumbprint(jwk) for jwk in self.remote_keys.resolve(client).jwks
+        }:
             raise invalid_client("the certificate's key is not one the client registered")
         return client
 
@@ -149,7 +153,8 @@ class ClientAuthenticator:
         if client is None or client.auth_method != "private_key_jwt":
             raise invalid_client("unknown client, or not a private_key_jwt client")
         kid = header.get("kid")
-        key = client.key_for(kid if isinstance(kid, str) else None, alg)
+        kid = kid if isinstance(kid, str) else None
+        key = self.remote_keys.resolve(client, kid).key_for(kid, alg)
         if key is None:
             raise invalid_client(f"no registered key with kid {kid!r} fits alg {alg}")
         try:

@@ -29,6 +29,7 @@ log = logging.getLogger("tessera.oauth")
 KIND = "Client"
 
 TLS_METHODS = ("tls_client_auth", "self_signed_tls_client_auth")  # RFC 8705
+KEY_METHODS = ("private_key_jwt", "self_signed_tls_client_auth")  # registered public keys
 AUTH_METHODS = (
     "private_key_jwt",
     "client_secret_basic",
@@ -59,6 +60,7 @@ class Client:
     name: str | None
     redirect_uris: tuple[str, ...] = ()
     tls_subject_dn: str | None = None  # tls_client_auth: the certificate subject it must have
+    jwks_uri: str | None = None  # where its keys are published, instead of ``jwks``
 
     def secret_matches(self, secret: str) -> bool:
         if self.secret_hash is None:
@@ -92,7 +94,7 @@ def _bad(description: str) -> OAuthError:
     return OAuthError("invalid_client_metadata", description)
 
 
-def _check_jwks(jwks: Any) -> tuple[dict[str, Any], ...]:
+def check_jwks(jwks: Any) -> tuple[dict[str, Any], ...]:
     if not isinstance(jwks, dict) or not isinstance(jwks.get("keys"), list) or not jwks["keys"]:
         raise _bad('jwks must be a JWK Set: {"keys": [ … ]} with at least one key')
     keys = []
@@ -190,12 +192,16 @@ class ClientRegistry:
         if not isinstance(scope, str):
             raise _bad("scope is a space-separated string")
         jwks: tuple[dict[str, Any], ...] = ()
-        if "jwks_uri" in metadata:
-            raise _bad("jwks_uri is not supported yet; register the keys inline as jwks")
-        if method in ("private_key_jwt", "self_signed_tls_client_auth"):
-            jwks = _check_jwks(metadata.get("jwks"))
-        elif "jwks" in metadata:
-            raise _bad("jwks is only for private_key_jwt and self_signed_tls_client_auth")
+        jwks_uri = metadata.get("jwks_uri")
+        if method in KEY_METHODS:
+            if ("jwks" in metadata) == (jwks_uri is not None):
+                raise _bad("give the client's keys as jwks or as jwks_uri (RFC 7591 §2), one")
+            if jwks_uri is not None:
+                check_document_url(jwks_uri, "jwks_uri")
+            else:
+                jwks = check_jwks(metadata.get("jwks"))
+        elif "jwks" in metadata or jwks_uri is not None:
+            raise _bad("jwks and jwks_uri are for private_key_jwt and self_signed_tls_client_auth")
         subject_dn = metadata.get("tls_client_auth_subject_dn")
         if method == "tls_client_auth":
             if not isinstance(subject_dn, str):
@@ -223,6 +229,7 @@ class ClientRegistry:
             "redirect_uris": redirect_uris or None,
             "scope": " ".join(scope.split()),
             "jwks": {"keys": list(jwks)} if jwks else None,
+            "jwks_uri": jwks_uri,
             "secret_hash": None if secret is None else hash_secret(secret),
             "client_name": name,
             "client_id_issued_at": issued_at,
@@ -234,6 +241,18 @@ class ClientRegistry:
             response["client_secret"] = secret
             response["client_secret_expires_at"] = 0
         return response
+
+
+def check_document_url(url: Any, what: str) -> str:
+    """A URL the server will fetch: https, or http on a loopback host (development)."""
+    parts = urlsplit(url) if isinstance(url, str) else None
+    if parts is None or not parts.netloc or parts.fragment:
+        raise _bad(f"{what} must be an absolute URL without fragment")
+    if parts.scheme != "https" and not (
+        parts.scheme == "http" and parts.hostname in ("127.0.0.1", "::1", "localhost")
+    ):
+        raise _bad(f"{what} must use https (http only on a loopback host)")
+    return str(url)
 
 
 def check_redirect_uris(value: Any, grant_types: list[str]) -> list[str]:
@@ -270,4 +289,5 @@ def _client(data: dict[str, Any]) -> Client:
         name=data.get("client_name"),
         redirect_uris=tuple(data.get("redirect_uris") or ()),
         tls_subject_dn=data.get("tls_client_auth_subject_dn"),
+        jwks_uri=data.get("jwks_uri"),
     )

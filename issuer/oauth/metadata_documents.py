@@ -14,15 +14,14 @@ import threading
 from typing import Any
 from urllib.parse import urlsplit
 
-import httpx
 from cachetools import TTLCache
 
 from issuer.oauth.clients import Client, check_redirect_uris
 from issuer.oauth.errors import OAuthError
+from issuer.oauth.fetch import fetch_json
 
 CACHE_SECONDS = 300
 MAX_BYTES = 5 * 1024
-TIMEOUT = 5.0
 _LOOPBACK = ("127.0.0.1", "::1", "localhost")
 
 
@@ -45,31 +44,10 @@ class MetadataDocuments:
             cached = self._cache.get(url)
         if cached is not None:
             return cached
-        client = _client(url, _fetch(url))
+        client = _client(url, fetch_json(url, MAX_BYTES, _bad))
         with self._lock:
             self._cache[url] = client
         return client
-
-
-def _fetch(url: str) -> Any:
-    try:
-        with (
-            httpx.Client(timeout=TIMEOUT, follow_redirects=False) as http,
-            http.stream("GET", url, headers={"Accept": "application/json"}) as response,
-        ):
-            if response.status_code != 200:
-                raise _bad(f"the client metadata document answered {response.status_code}")
-            body = b""
-            for chunk in response.iter_bytes():
-                body += chunk
-                if len(body) > MAX_BYTES:
-                    raise _bad(f"the client metadata document exceeds {MAX_BYTES} bytes")
-    except httpx.HTTPError as exc:
-        raise _bad(f"the client metadata document cannot be fetched: {exc}") from None
-    try:
-        return httpx.Response(200, content=body).json()
-    except ValueError:
-        raise _bad("the client metadata document is not JSON") from None
 
 
 def _client(url: str, document: Any) -> Client:
