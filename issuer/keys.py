@@ -11,6 +11,7 @@ import base64
 import hashlib
 import json
 import threading
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -22,6 +23,7 @@ from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm
 from issuer.store import Store
 
 KIND = "SigningKey"
+RELOAD_SECONDS = 1.0  # an unknown kid reads the store again at most this often
 ALGORITHMS = ("ES256", "RS256", "EdDSA")
 
 PrivateKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey
@@ -94,6 +96,7 @@ class KeyRing:
         self._lock = threading.Lock()
         self._keys: list[SigningKey] = []
         self._by_kid: dict[str, SigningKey] = {}
+        self._loaded = 0.0
         self.load()
         if self.current() is None:
             self.rotate()
@@ -104,6 +107,11 @@ class KeyRing:
         with self._lock:
             self._keys = keys
             self._by_kid = {key.kid: key for key in keys}
+            self._loaded = time.monotonic()
+
+    def all(self) -> list[SigningKey]:
+        """Every key in the store, oldest first (retired and expired ones included)."""
+        return list(self._keys)
 
     def current(self) -> SigningKey | None:
         """The key that signs now: the newest one not retired."""
@@ -117,8 +125,13 @@ class KeyRing:
         return key
 
     def key(self, kid: str) -> SigningKey | None:
-        """A published key by its id (for verifying tokens this issuer signed)."""
+        """A published key by its id (for verifying tokens this issuer signed). An unknown
+        kid reads the store again, at most once a second: another replica may have
+        rotated."""
         key = self._by_kid.get(kid)
+        if key is None and time.monotonic() - self._loaded > RELOAD_SECONDS:
+            self.load()
+            key = self._by_kid.get(kid)
         if key is None or not self._published(key, datetime.now(UTC)):
             return None
         return key

@@ -182,6 +182,22 @@ def build_parser() -> argparse.ArgumentParser:
         help="bootstrap admin bearer token for SCIM (prefer TESSERA_ADMIN_TOKEN; "
         "default: a random one, printed at start)",
     )
+    keys = commands.add_parser(
+        "keys",
+        help="list or rotate the issuer's signing keys",
+        description="The issuer's signing keys live in the store. 'list' shows them; 'rotate' "
+        "makes a new current key (running servers pick it up on its first token); the old "
+        "key stays published until the tokens it signed have expired.",
+    )
+    keys.add_argument("action", choices=["list", "rotate"])
+    keys.add_argument(
+        "--store",
+        metavar="URL",
+        help="the store (default: as tessera serve: TESSERA_STORE, "
+        "tessera.toml, else sqlite:///var/tessera.db)",
+    )
+    keys.add_argument("--alg", choices=["ES256", "RS256", "EdDSA"], help="for rotate")
+    keys.add_argument("--config", metavar="FILE", help="configuration file (TOML)")
     return parser
 
 
@@ -194,6 +210,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "eval": _eval,
         "explain": _explain,
         "serve": _serve,
+        "keys": _keys,
     }
     try:
         code: int = handler[args.command](args, sys.stdout, sys.stderr)
@@ -436,6 +453,43 @@ def _serve(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     except (OSError, StoreError) as exc:
         print(f"tessera serve: {exc}", file=err)
         return USAGE
+    return OK
+
+
+def _keys(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    from issuer.keys import KeyRing
+    from issuer.store import StoreError, open_store
+    from pdp.serve.config import ConfigError, load_config
+
+    try:
+        config = load_config({"store": args.store}, config_file=args.config)
+    except ConfigError as exc:
+        print(f"tessera keys: {exc}", file=err)
+        return USAGE
+    if not config.store:
+        print("tessera keys: no store is configured", file=err)
+        return USAGE
+    try:
+        store = open_store(config.store)
+    except StoreError as exc:
+        print(f"tessera keys: {exc}", file=err)
+        return USAGE
+    try:
+        ring = KeyRing(store, args.alg or config.signing_alg, config.token_lifetime)
+        if args.action == "rotate":
+            key = ring.rotate(args.alg)
+            print(f"new signing key {key.kid} ({key.alg})", file=out)
+        published = {jwk["kid"] for jwk in ring.jwks()["keys"]}
+        current = ring.signing_key().kid
+        for key in ring.all():
+            state = (
+                "current"
+                if key.kid == current
+                else ("published" if key.kid in published else "expired")
+            )
+            print(f"{key.kid}  {key.alg:6}  {key.created:%Y-%m-%d %H:%M}  {state}", file=out)
+    finally:
+        store.close()
     return OK
 
 

@@ -231,3 +231,27 @@ def test_the_console_script_runs(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("ok: ")
+
+
+def test_keys_rotate_makes_a_new_current_key_and_keeps_the_old_one_published(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    store = f"sqlite:///{tmp_path}/t.db"
+    code, out, _ = run(capsys, "keys", "list", "--store", store)
+    assert code == 0
+    [first] = out.splitlines()
+    assert first.endswith("current") and "ES256" in first
+    code, out, _ = run(capsys, "keys", "rotate", "--store", store, "--alg", "EdDSA")
+    assert code == 0
+    new, *listing = out.splitlines()
+    assert new.startswith("new signing key") and new.endswith("(EdDSA)")
+    assert [line.split()[-1] for line in listing] == ["published", "current"]
+    assert listing[0].split()[0] == first.split()[0]
+
+
+def test_keys_with_an_unknown_store_url_is_a_usage_error(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    code, _, err = run(capsys, "keys", "list", "--store", "mysql://nope")
+    assert code == 2
+    assert "store: 'mysql://nope' is neither" in err
