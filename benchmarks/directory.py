@@ -41,9 +41,15 @@ Printed as PASS/FAIL; ``--strict`` exits 1 on a miss.
 
 from __future__ import annotations
 
+import os
+import sys
+
+# The project root first: benchmarks/issuer.py must not shadow the issuer package
+# (sibling scripts stay importable from this directory, next on the path).
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
 import argparse
 import contextlib
-import os
 import platform
 import random
 import re
@@ -52,7 +58,6 @@ import signal
 import sqlite3
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 import uuid

@@ -34,6 +34,13 @@ server alone.
 
 from __future__ import annotations
 
+import os
+import sys
+
+# The project root first: benchmarks/issuer.py must not shadow the issuer package
+# (sibling scripts stay importable from this directory, next on the path).
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
 import argparse
 import asyncio
 import contextlib
