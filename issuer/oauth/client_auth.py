@@ -16,12 +16,13 @@ import binascii
 import threading
 import time
 from collections.abc import Mapping
+from typing import Any
 from urllib.parse import unquote_plus
 
-import jwt
 from cachetools import TTLCache
 from cryptography import x509
 
+from issuer import jws
 from issuer.keys import thumbprint
 from issuer.oauth.clients import ASSERTION_ALGORITHMS, TLS_METHODS, Client, ClientRegistry
 from issuer.oauth.errors import OAuthError, invalid_client
@@ -135,17 +136,15 @@ class ClientAuthenticator:
     def _assertion(self, form: Mapping[str, str]) -> Client:
         if form.get("client_assertion_type") != JWT_BEARER:
             raise invalid_client(f"client_assertion_type must be {JWT_BEARER}")
-        assertion = form["client_assertion"]
         try:
-            header = jwt.get_unverified_header(assertion)
-            unverified = jwt.decode(assertion, options={"verify_signature": False})
-        except jwt.PyJWTError:
+            header, claims, signing_input, signature = jws.parse(form["client_assertion"])
+        except ValueError:
             raise invalid_client("the client assertion is not a JWT") from None
         alg = header.get("alg")
         if alg not in ASSERTION_ALGORITHMS:  # refuses "none" and every HMAC
             raise invalid_client(f"assertion alg {alg!r} is not accepted")
-        client_id = unverified.get("iss")
-        if not isinstance(client_id, str) or unverified.get("sub") != client_id:
+        client_id = claims.get("iss")
+        if not isinstance(client_id, str) or claims.get("sub") != client_id:
             raise invalid_client("the assertion's iss and sub must both be the client id")
         if form.get("client_id", client_id) != client_id:
             raise invalid_client("client_id differs from the assertion's issuer")
@@ -158,22 +157,34 @@ class ClientAuthenticator:
         if key is None:
             raise invalid_client(f"no registered key with kid {kid!r} fits alg {alg}")
         try:
-            claims = jwt.decode(
-                assertion,
-                key,
-                algorithms=[alg],
-                audience=self.audiences,
-                issuer=client_id,
-                leeway=LEEWAY,
-                options={"require": ["iss", "sub", "aud", "exp", "jti"]},
-            )
-        except jwt.PyJWTError as exc:
+            jws.verify_signature(alg, key, signing_input, signature)
+        except jws.BadSignature as exc:
             raise invalid_client(f"the client assertion is not valid: {exc}") from None
-        start = claims.get("iat", time.time())
-        if not isinstance(start, int | float) or claims["exp"] - start > MAX_ASSERTION_LIFETIME:
-            raise invalid_client(
-                f"the assertion may live at most {MAX_ASSERTION_LIFETIME} s (exp - iat)"
-            )
+        self._check_claims(claims)
         if not self.seen.first_use(client_id, str(claims["jti"])):
             raise invalid_client("this assertion's jti was already used")
         return client
+
+    def _check_claims(self, claims: dict[str, Any]) -> None:
+        """RFC 7523 §3: aud names this server, exp bounds the assertion, nbf and iat are
+        not in the future, and there is a jti."""
+        for name in ("aud", "exp", "jti"):
+            if name not in claims:
+                raise invalid_client(f"the client assertion has no {name}")
+        aud = claims["aud"]
+        audiences = aud if isinstance(aud, list) else [aud]
+        if not any(a in self.audiences for a in audiences if isinstance(a, str)):
+            raise invalid_client(f"the assertion's aud {aud!r} does not name this server")
+        now = time.time()
+        times = [claims["exp"], claims.get("nbf", now), claims.get("iat", now)]
+        if not all(isinstance(t, int | float) and not isinstance(t, bool) for t in times):
+            raise invalid_client("exp, nbf and iat must be numbers")
+        exp, nbf, iat = times
+        if exp <= now - LEEWAY:
+            raise invalid_client("the client assertion has expired")
+        if nbf > now + LEEWAY or iat > now + LEEWAY:
+            raise invalid_client("the client assertion is not valid yet")
+        if exp - claims.get("iat", now) > MAX_ASSERTION_LIFETIME:
+            raise invalid_client(
+                f"the assertion may live at most {MAX_ASSERTION_LIFETIME} s (exp - iat)"
+            )

@@ -8,10 +8,13 @@ hash; private_key_jwt clients register their public keys inline (``jwks``).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
+import json
 import logging
 import secrets
+import threading
 import time
 import uuid
 from dataclasses import dataclass
@@ -19,14 +22,17 @@ from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 import jwt
+from cachetools import TTLCache
 from cryptography import x509
 
 from issuer.oauth.errors import OAuthError
+from issuer.oauth.inline import may_block
 from issuer.store import NotFound, Store
 
 log = logging.getLogger("tessera.oauth")
 
 KIND = "Client"
+CLIENT_CACHE_SECONDS = 60
 
 TLS_METHODS = ("tls_client_auth", "self_signed_tls_client_auth")  # RFC 8705
 KEY_METHODS = ("private_key_jwt", "self_signed_tls_client_auth")  # registered public keys
@@ -42,7 +48,7 @@ TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"
 GRANT_TYPES = ("client_credentials", "authorization_code", "refresh_token", TOKEN_EXCHANGE)
 USER_GRANTS = frozenset({"authorization_code", "refresh_token"})
 AGENT_GRANTS = frozenset({"client_credentials", TOKEN_EXCHANGE})
-ASSERTION_ALGORITHMS = ("ES256", "ES384", "RS256", "PS256", "EdDSA")
+ASSERTION_ALGORITHMS = ("ES256", "ES384", "RS256", "PS256", "EdDSA")  # never none or HMAC
 _KEY_TYPES = {"EC": ("ES256", "ES384"), "RSA": ("RS256", "PS256"), "OKP": ("EdDSA",)}
 
 
@@ -68,7 +74,8 @@ class Client:
         return hmac.compare_digest(self.secret_hash, hash_secret(secret))
 
     def key_for(self, kid: str | None, alg: str) -> Any:
-        """The registered public key that may verify an assertion (PyJWK), or None.
+        """The registered public key (a ``cryptography`` key) that may verify an assertion,
+        or None.
 
         The key must fit the algorithm (an EC key for ES256…), which rules out algorithm
         confusion; without a kid, only a client with exactly one fitting key matches.
@@ -82,7 +89,13 @@ class Client:
         ]
         if len(fitting) != 1:
             return None
-        return jwt.PyJWK(fitting[0], algorithm=alg)
+        return _parsed(json.dumps(fitting[0], sort_keys=True), alg)
+
+
+@functools.lru_cache(maxsize=4096)
+def _parsed(jwk: str, alg: str) -> Any:
+    """A public JWK as a ``cryptography`` key, parsed once."""
+    return jwt.PyJWK(json.loads(jwk), algorithm=alg).key
 
 
 def hash_secret(secret: str) -> str:
@@ -133,20 +146,31 @@ class ClientRegistry:
     def __init__(self, store: Store, documents: Documents | None = None) -> None:
         self.store = store
         self.documents = documents
+        # Registered clients never change, so a found one is kept for a while.
+        self._known: TTLCache[str, Client] = TTLCache(maxsize=100_000, ttl=CLIENT_CACHE_SECONDS)
+        self._lock = threading.Lock()
 
     def get(self, client_id: str) -> Client | None:
         """A registered client, or one its Client ID Metadata Document describes."""
+        with self._lock:
+            known = self._known.get(client_id)
+        if known is not None:
+            return known
         if self.documents is not None and self.documents.describes(client_id):
             try:
                 return self.documents.client(client_id)
             except OAuthError as exc:
                 log.warning("client %s: %s", client_id, exc.description)
                 return None
+        may_block()
         try:
             record = self.store.find(KIND, "client_id", client_id)
         except NotFound:
             return None
-        return _client(record.data)
+        client = _client(record.data)
+        with self._lock:
+            self._known[client_id] = client
+        return client
 
     def register(self, metadata: Any, actor: str | None) -> dict[str, Any]:
         """Validate RFC 7591 metadata, store the client and return the registration response

@@ -27,6 +27,7 @@ from starlette.routing import Route
 
 from issuer.keys import KeyRing
 from issuer.models import AGENT_EXTENSION
+from issuer.oauth import inline
 from issuer.oauth.api_keys import API_KEY_TOKEN_TYPE, ApiKeys
 from issuer.oauth.authorize import AuthorizationEndpoint
 from issuer.oauth.client_auth import ClientAuthenticator, SeenAssertions
@@ -41,7 +42,7 @@ from issuer.oauth.clients import (
 )
 from issuer.oauth.consent import Consents
 from issuer.oauth.errors import OAuthError, json_response
-from issuer.oauth.grants import REVOKED, ExchangeCheck, Grants, refuse_all
+from issuer.oauth.grants import REVOKED, AgentLookup, ExchangeCheck, Grants, refuse_all
 from issuer.oauth.metadata_documents import MetadataDocuments
 from issuer.oauth.mtls import certificate_from, confirmation
 from issuer.oauth.tokens import InvalidToken, TokenMinter, TokenVerifier, ring_lookup
@@ -82,6 +83,7 @@ class AuthorizationServer:
         token_lifetime: int = 300,
         exchange_check: ExchangeCheck = refuse_all,
         client_cert_header: str | None = None,
+        agents: AgentLookup | None = None,
     ) -> None:
         self.store = store
         self.client_cert_header = client_cert_header
@@ -105,7 +107,9 @@ class AuthorizationServer:
             self.issuer,
             secure_cookies=self.issuer.startswith("https://"),
         )
-        self.grants = Grants(store, self.minter, self.verifier, self.authorization, exchange_check)
+        self.grants = Grants(
+            store, self.minter, self.verifier, self.authorization, exchange_check, agents
+        )
 
     # -- metadata and keys
 
@@ -164,7 +168,10 @@ class AuthorizationServer:
             if certificate is not None and client.auth_method in TLS_METHODS
             else None
         )
-        body = await to_thread.run_sync(self.grants.issue, grant, client, form, bound_to)
+        if grant == "client_credentials":  # no side effect before its one possible read
+            body = await inline.run(self.grants.issue, grant, client, form, bound_to)
+        else:
+            body = await to_thread.run_sync(self.grants.issue, grant, client, form, bound_to)
         return json_response(body)
 
     def _certificate(self, request: Request) -> x509.Certificate | None:
@@ -173,9 +180,9 @@ class AuthorizationServer:
     async def _client(self, request: Request, form: dict[str, str]) -> Client:
         authorization = request.headers.get("authorization")
         certificate = self._certificate(request)
-        return await to_thread.run_sync(
-            self.client_auth.authenticate, form, authorization, certificate
-        )
+        # I/O (a client not yet cached, a key set to fetch) comes before the one side
+        # effect, recording an assertion's jti: inline first, a thread when it must read.
+        return await inline.run(self.client_auth.authenticate, form, authorization, certificate)
 
     # -- introspection and revocation
 

@@ -28,6 +28,7 @@ from issuer.oauth.api_keys import ApiKeys
 from issuer.oauth.authorize import AuthorizationEndpoint
 from issuer.oauth.clients import TOKEN_EXCHANGE, Client
 from issuer.oauth.errors import OAuthError
+from issuer.oauth.inline import may_block
 from issuer.oauth.tokens import InvalidToken, Issued, TokenMinter, TokenVerifier
 from issuer.store import NotFound, Store, VersionMismatch
 
@@ -53,6 +54,11 @@ ExchangeCheck = Callable[[Exchange], str | None]
 """Answers why an exchange is refused, or None to allow it."""
 
 
+AgentLookup = Callable[[str], dict[str, Any] | None]
+"""An agent's extension attributes (``status``, ``agentType``…) by id from an in-memory
+snapshot, or None when the snapshot does not have it (then the store is read)."""
+
+
 def refuse_all(exchange: Exchange) -> str | None:
     """Without a PDP, no exchange is allowed (fail closed)."""
     return "no decision point is configured for token exchange"
@@ -68,8 +74,10 @@ class Grants:
         verifier: TokenVerifier,
         authorization: AuthorizationEndpoint,
         exchange_check: ExchangeCheck = refuse_all,
+        agents: AgentLookup | None = None,
     ) -> None:
         self.store = store
+        self.agents = agents
         self.minter = minter
         self.verifier = verifier
         self.authorization = authorization
@@ -125,14 +133,22 @@ class Grants:
         )
 
     def active_agent(self, agent_id: str) -> dict[str, Any]:
-        try:
-            data = self.store.get("Agent", agent_id).data
-        except NotFound:
-            raise OAuthError("unauthorized_client", f"agent {agent_id!r} does not exist") from None
-        status = (data.get(AGENT_EXTENSION) or {}).get("status")
+        """The agent's facts for its claims (``agentType``), if it exists and is active;
+        from the directory snapshot when there is one, else from the store."""
+        facts = self.agents(agent_id) if self.agents is not None else None
+        if facts is None:
+            may_block()
+            try:
+                data = self.store.get("Agent", agent_id).data
+            except NotFound:
+                raise OAuthError(
+                    "unauthorized_client", f"agent {agent_id!r} does not exist"
+                ) from None
+            facts = data.get(AGENT_EXTENSION) or {}
+        status = facts.get("status")
         if status != "active":
             raise OAuthError("unauthorized_client", f"agent {agent_id!r} is {status}")
-        return data
+        return facts
 
     # -- a user, through an application
 
@@ -337,9 +353,9 @@ class Grants:
         raise OAuthError("invalid_grant", f"the {name} was revoked")
 
 
-def agent_claims(agent_id: str, agent: dict[str, Any]) -> dict[str, Any]:
+def agent_claims(agent_id: str, facts: dict[str, Any]) -> dict[str, Any]:
     """Tessera's agent claims: which agent holds the token, and what kind of agent it is."""
-    return {"agent_id": agent_id, "agent_type": (agent.get(AGENT_EXTENSION) or {}).get("agentType")}
+    return {"agent_id": agent_id, "agent_type": facts.get("agentType")}
 
 
 def narrowed(requested: str | None, allowed: frozenset[str]) -> list[str]:

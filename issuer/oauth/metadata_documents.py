@@ -19,6 +19,7 @@ from cachetools import TTLCache
 from issuer.oauth.clients import Client, check_redirect_uris
 from issuer.oauth.errors import OAuthError
 from issuer.oauth.fetch import fetch_json
+from issuer.oauth.inline import may_block
 
 CACHE_SECONDS = 300
 MAX_BYTES = 5 * 1024
@@ -44,6 +45,7 @@ class MetadataDocuments:
             cached = self._cache.get(url)
         if cached is not None:
             return cached
+        may_block()
         client = _client(url, fetch_json(url, MAX_BYTES, _bad))
         with self._lock:
             self._cache[url] = client

@@ -14,6 +14,7 @@ import time
 from issuer.oauth.clients import Client, check_jwks
 from issuer.oauth.errors import invalid_client
 from issuer.oauth.fetch import fetch_json
+from issuer.oauth.inline import may_block
 
 CACHE_SECONDS = 300
 REFETCH_SECONDS = 30
@@ -37,6 +38,7 @@ class RemoteKeys:
         known = kid is None or any(k.get("kid") == kid for k in keys)
         age = now - fetched_at
         if not keys or age > CACHE_SECONDS or (not known and age > REFETCH_SECONDS):
+            may_block()
             document = fetch_json(client.jwks_uri, MAX_BYTES, invalid_client)
             try:
                 keys = check_jwks(document)

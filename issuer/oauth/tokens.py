@@ -12,7 +12,6 @@ The header carries ``typ: at+jwt`` (RFC 9068 §2.1) and the signing key's ``kid`
 
 from __future__ import annotations
 
-import base64
 import json
 import time
 import uuid
@@ -21,11 +20,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import jwt
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
-from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
+from issuer import jws
 from issuer.keys import KeyRing, PublicKey
 
 TOKEN_TYPE = "at+jwt"
@@ -117,12 +113,15 @@ class TokenVerifier:
         header_b64, payload_b64, signature_b64 = parts
         alg, key = self._header(header_b64)
         try:
-            signature = _b64decode(signature_b64)
+            signature = jws.b64decode(signature_b64)
         except ValueError:
             raise InvalidToken("the signature is not base64url") from None
-        _verify_signature(alg, key, f"{header_b64}.{payload_b64}".encode(), signature)
         try:
-            claims = json.loads(_b64decode(payload_b64))
+            jws.verify_signature(alg, key, f"{header_b64}.{payload_b64}".encode(), signature)
+        except jws.BadSignature as exc:
+            raise InvalidToken(str(exc)) from None
+        try:
+            claims = json.loads(jws.b64decode(payload_b64))
         except ValueError:
             raise InvalidToken("the payload is not base64url JSON") from None
         if not isinstance(claims, dict):
@@ -139,7 +138,7 @@ class TokenVerifier:
                 return known_alg, known_key
             del self._headers[header_b64]
         try:
-            header = json.loads(_b64decode(header_b64))
+            header = json.loads(jws.b64decode(header_b64))
         except ValueError:
             raise InvalidToken("the header is not base64url JSON") from None
         if not isinstance(header, dict):
@@ -179,38 +178,6 @@ class TokenVerifier:
             audiences = aud if isinstance(aud, list) else [aud]
             if self.audience not in audiences:
                 raise InvalidToken(f"aud {aud!r} does not include {self.audience!r}")
-
-
-def _b64decode(text: str) -> bytes:
-    """base64url without padding (RFC 7515 §2); ValueError on anything else.
-
-    Only the canonical encoding is accepted (the decoder alone would skip stray
-    characters, take ``+`` and ``/``, and ignore pad bits), so one token has one string.
-    """
-    if not text or "=" in text:
-        raise ValueError("empty or padded base64url")
-    data = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-    if base64.urlsafe_b64encode(data).rstrip(b"=") != text.encode():
-        raise ValueError("not canonical base64url")
-    return data
-
-
-def _verify_signature(alg: str, key: PublicKey, signing_input: bytes, signature: bytes) -> None:
-    try:
-        if alg == "ES256" and isinstance(key, ec.EllipticCurvePublicKey):
-            if len(signature) != 64:  # RFC 7518 §3.4: R and S, 32 octets each
-                raise InvalidToken("an ES256 signature has 64 octets")
-            r = int.from_bytes(signature[:32], "big")
-            s = int.from_bytes(signature[32:], "big")
-            key.verify(encode_dss_signature(r, s), signing_input, ec.ECDSA(hashes.SHA256()))
-        elif alg == "RS256" and isinstance(key, rsa.RSAPublicKey):
-            key.verify(signature, signing_input, padding.PKCS1v15(), hashes.SHA256())
-        elif alg == "EdDSA" and isinstance(key, ed25519.Ed25519PublicKey):
-            key.verify(signature, signing_input)
-        else:
-            raise InvalidToken(f"alg {alg!r} does not fit the key")
-    except InvalidSignature:
-        raise InvalidToken("the signature does not verify") from None
 
 
 def ring_lookup(ring: KeyRing) -> KeyLookup:

@@ -15,9 +15,10 @@ import logging
 import signal
 import time
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from wsgiref.simple_server import WSGIServer
 
 import grpc
@@ -321,6 +322,19 @@ async def start(
     return Running(server, bound, health_servicer, service, reloader, metrics_server)
 
 
+def agent_facts(directory: Directory | None) -> Callable[[str], dict[str, Any] | None]:
+    """The issuer's view of an agent's status and type, from the PDP's directory snapshot
+    (no database read when a token is issued)."""
+
+    def lookup(agent_id: str) -> dict[str, Any] | None:
+        agent = directory.agent(agent_id) if directory is not None else None
+        if agent is None:
+            return None
+        return {"status": agent["status"], "agentType": agent["type"]}
+
+    return lookup
+
+
 async def serve_forever(engine: Engine, config: ServeConfig, announce: Sequence[str] = ()) -> None:
     """Serve until SIGINT or SIGTERM, then drain in-flight calls and stop.
 
@@ -375,6 +389,7 @@ async def serve_forever(engine: Engine, config: ServeConfig, announce: Sequence[
                 config.token_lifetime,
                 exchange_check=exchange_check(running.service),
                 client_cert_header=config.client_cert_header or None,
+                agents=agent_facts(directory),
             )
             client_ca = config.tls_client_ca or None
             scim_admins = oauth.administrators([issuer, f"{issuer}{SCIM_PATH}"])
