@@ -215,7 +215,7 @@ def serve(store_url: str, tmp: Path, token: str) -> Iterator[Server]:
     command = [
         *(str(exe), "serve", "--policies", str(POLICIES), "--store", store_url),
         *("--port", "0", "--http-port", "0", "--metrics-port", "-1", "--grace", "1"),
-        *("--admin-token", token),
+        f"--admin-token={token}",  # a token may start with "-"
     ]
     with out.open("wb") as stdout, err.open("wb") as stderr:
         process = subprocess.Popen(command, stdout=stdout, stderr=stderr, cwd=ROOT)
