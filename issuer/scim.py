@@ -103,8 +103,9 @@ class BootstrapToken:
 
 
 def new_token() -> str:
-    """A random bearer token (256 bits, URL-safe)."""
-    return secrets.token_urlsafe(32)
+    """A random bootstrap admin token: 256 bits, URL-safe, with a recognisable prefix (for
+    secret scanners, and so it never starts with "-" on a command line)."""
+    return "tsa_" + secrets.token_urlsafe(32)
 
 
 # ---------------------------------------------------------------- responses
