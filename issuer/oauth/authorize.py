@@ -30,7 +30,7 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 
 from issuer.hashing import hash_password, verify_password
 from issuer.models import AGENT_EXTENSION
-from issuer.oauth.clients import Client, ClientRegistry
+from issuer.oauth.clients import RESERVED_PREFIX, Client, ClientRegistry
 from issuer.oauth.consent import Consents
 from issuer.oauth.errors import OAuthError
 from issuer.store import NotFound, Store
@@ -139,8 +139,10 @@ class AuthorizationEndpoint:
         if not _CHALLENGE.match(challenge):
             raise OAuthError("invalid_request", "code_challenge must be a base64url SHA-256")
         scopes = params.get("scope", "").split() or sorted(client.scopes)
-        denied = sorted(set(scopes) - client.scopes)
-        if denied:
+        denied = sorted(
+            s for s in scopes if s not in client.scopes or s.startswith(RESERVED_PREFIX)
+        )
+        if denied:  # Tessera's own scopes are never a user's to grant
             raise OAuthError("invalid_scope", f"scope {denied[0]!r} is not allowed")
         actor = params.get("requested_actor") or None
         actor_name = None

@@ -32,6 +32,7 @@ from issuer.store import NotFound, Store
 log = logging.getLogger("tessera.oauth")
 
 KIND = "Client"
+RESERVED_PREFIX = "tessera:"  # Tessera's own scopes (tessera:admin): agents' clients only
 CLIENT_CACHE_SECONDS = 60
 
 TLS_METHODS = ("tls_client_auth", "self_signed_tls_client_auth")  # RFC 8705
@@ -215,6 +216,12 @@ class ClientRegistry:
         scope = metadata.get("scope", "")
         if not isinstance(scope, str):
             raise _bad("scope is a space-separated string")
+        reserved = sorted(s for s in scope.split() if s.startswith(RESERVED_PREFIX))
+        if reserved and (actor is None or AGENT_GRANTS.isdisjoint(grant_types)):
+            raise _bad(
+                f"scope {reserved[0]!r} is Tessera's own: only an administrator may give it, "
+                "and only to an agent's client"
+            )
         jwks: tuple[dict[str, Any], ...] = ()
         jwks_uri = metadata.get("jwks_uri")
         if method in KEY_METHODS:

@@ -222,7 +222,9 @@ class AuthorizationServer:
 
     def administrators(self, audiences: list[str]) -> Authenticator:
         """Who may administer: the bootstrap token, or an access token from this issuer
-        that is active, has the ``tessera:admin`` scope and one of ``audiences``."""
+        that is active, was issued to an agent acting alone (no user, no delegation), is not
+        bound to a certificate, and has one of ``audiences``. Its scopes say what it may do
+        (``tessera:admin``)."""
         bootstrap = self.admin
 
         def authenticate(token: str) -> Principal | None:
@@ -230,7 +232,9 @@ class AuthorizationServer:
             if principal is not None:
                 return principal
             claims = self._active_claims(token)
-            if claims is None:
+            if claims is None or claims.get("agent_id") != claims.get("sub"):
+                return None
+            if "act" in claims or "cnf" in claims:  # a bound token needs its certificate
                 return None
             aud = claims.get("aud")
             if not set(aud if isinstance(aud, list) else [aud]) & set(audiences):

@@ -314,9 +314,14 @@ class Grants:
         available = frozenset(str(subject.get("scope", "")).split()) & client.scopes
         scopes = narrowed(form.get("scope"), available)
         subject_aud = subject.get("aud")
+        granted = subject_aud if isinstance(subject_aud, list) else [str(subject_aud)]
         audience = resources(form) + form.get("audience", "").split()
-        if not audience:
-            audience = subject_aud if isinstance(subject_aud, list) else [str(subject_aud)]
+        wider = sorted(set(audience) - set(granted))
+        if wider:  # RFC 8693 §2.1: the new token's audience only narrows the user's
+            raise OAuthError(
+                "invalid_target", f"{wider[0]!r} is not an audience of the subject token"
+            )
+        audience = audience or granted
         prior = subject.get("act")
         chain = (agent_id, *_actors(prior))
         refusal = self.exchange_check(

@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 
 from cachetools import TTLCache
 
-from issuer.oauth.clients import Client, check_redirect_uris
+from issuer.oauth.clients import RESERVED_PREFIX, Client, check_redirect_uris
 from issuer.oauth.errors import OAuthError
 from issuer.oauth.fetch import fetch_json
 from issuer.oauth.inline import may_block
@@ -71,6 +71,8 @@ def _client(url: str, document: Any) -> Client:
     except OAuthError as exc:
         raise _bad(exc.description) from None
     scope = document.get("scope", "")
+    if any(s.startswith(RESERVED_PREFIX) for s in str(scope).split()):
+        raise _bad("a client metadata document may not ask for Tessera's own scopes")
     name = document.get("client_name")
     return Client(
         client_id=url,

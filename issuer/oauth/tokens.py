@@ -136,7 +136,7 @@ class TokenVerifier:
             current = self.keys(known_kid)
             if current is not None and current[1] is known_key:
                 return known_alg, known_key
-            del self._headers[header_b64]
+            self._headers.pop(header_b64, None)
         try:
             header = json.loads(jws.b64decode(header_b64))
         except ValueError:

@@ -952,3 +952,26 @@ def test_a_secret_and_an_assertion_at_once_are_invalid_request(
         auth=client.basic,
     )
     expect_error(response, 400, "invalid_request")
+
+
+def test_tesseras_own_scopes_are_refused_to_public_and_user_facing_clients(
+    oauth: OAuthService,
+) -> None:
+    public = {
+        "token_endpoint_auth_method": "none",
+        "grant_types": ["authorization_code"],
+        "redirect_uris": ["http://127.0.0.1:9999/cb"],
+        "scope": "read tessera:admin",
+    }
+    opened = oauth.register(public, token=None)
+    assert (opened.status_code, opened.json()["error"]) == (400, "invalid_client_metadata")
+    by_admin = oauth.register(public)
+    assert (by_admin.status_code, by_admin.json()["error"]) == (400, "invalid_client_metadata")
+    agent_client = oauth.register(
+        {
+            "agent_id": oauth.add_agent(),
+            "grant_types": ["client_credentials"],
+            "scope": "tessera:admin",
+        }
+    )
+    assert agent_client.status_code == 201, agent_client.text

@@ -1160,17 +1160,27 @@ def test_authlib_performs_the_token_exchange_as_the_agents_client(
     assert token["issued_token_type"] == ACCESS_TOKEN_TYPE
 
 
-def test_exchange_narrows_to_the_requested_scope_and_audience(
+def test_exchange_narrows_to_the_requested_scope_within_the_subjects_audience(
+    service: Service, browser: httpx.Client
+) -> None:
+    d = delegation(service, browser)
+    response = exchange(service, d.agent, d.subject, d.actor, scope="read", resource=RESOURCE)
+    assert response.status_code == 200, response.text
+    claims = service.claims(response.json()["access_token"])
+    assert (claims["scope"], claims["aud"]) == ("read", RESOURCE)
+    [asked] = service.checks.of(d.agent.agent_id)
+    assert (asked.scopes, asked.audience) == (("read",), (RESOURCE,))
+
+
+def test_exchange_for_an_audience_the_subject_token_lacks_is_invalid_target(
     service: Service, browser: httpx.Client
 ) -> None:
     d = delegation(service, browser)
     other = "https://ledger.example.com/"
-    response = exchange(service, d.agent, d.subject, d.actor, scope="read", resource=other)
-    assert response.status_code == 200, response.text
-    claims = service.claims(response.json()["access_token"])
-    assert (claims["scope"], claims["aud"]) == ("read", other)
-    [asked] = service.checks.of(d.agent.agent_id)
-    assert (asked.scopes, asked.audience) == (("read",), (other,))
+    expect_error(
+        exchange(service, d.agent, d.subject, d.actor, resource=other), 400, "invalid_target"
+    )
+    assert service.checks.of(d.agent.agent_id) == []
 
 
 def test_exchange_scope_is_the_intersection_of_the_subject_tokens_and_the_agent_clients(
