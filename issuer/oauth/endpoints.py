@@ -44,7 +44,7 @@ from issuer.oauth.consent import Consents
 from issuer.oauth.errors import OAuthError, json_response
 from issuer.oauth.grants import REVOKED, AgentLookup, ExchangeCheck, Grants, refuse_all
 from issuer.oauth.metadata_documents import MetadataDocuments
-from issuer.oauth.mtls import certificate_from, confirmation
+from issuer.oauth.mtls import TRUSTED_PROXIES, certificate_from, confirmation
 from issuer.oauth.tokens import InvalidToken, TokenMinter, TokenVerifier, ring_lookup
 from issuer.scim import ADMIN_SCOPE, Authenticator, Principal
 from issuer.store import Conflict, NotFound, Store
@@ -84,9 +84,11 @@ class AuthorizationServer:
         exchange_check: ExchangeCheck = refuse_all,
         client_cert_header: str | None = None,
         agents: AgentLookup | None = None,
+        client_cert_proxies: frozenset[str] = TRUSTED_PROXIES,
     ) -> None:
         self.store = store
         self.client_cert_header = client_cert_header
+        self.client_cert_proxies = client_cert_proxies
         self.keys = keys
         self.issuer = issuer.rstrip("/")
         self.admin = admin
@@ -175,7 +177,9 @@ class AuthorizationServer:
         return json_response(body)
 
     def _certificate(self, request: Request) -> x509.Certificate | None:
-        return certificate_from(request.scope, request.headers, self.client_cert_header)
+        return certificate_from(
+            request.scope, request.headers, self.client_cert_header, self.client_cert_proxies
+        )
 
     async def _client(self, request: Request, form: dict[str, str]) -> Client:
         authorization = request.headers.get("authorization")
@@ -257,7 +261,8 @@ class AuthorizationServer:
         or unknown token is not an error (§2.2)."""
         try:
             claims = self.verifier.verify(token)
-        except InvalidToken:
+        except InvalidToken:  # perhaps a refresh token: revoking one revokes its family
+            self.grants.revoke_refresh_token(token, client.client_id)
             return
         if claims.get("client_id") != client.client_id:
             raise OAuthError("unauthorized_client", "the token was issued to another client")

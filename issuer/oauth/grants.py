@@ -277,6 +277,17 @@ class Grants:
     def _revoke_family(self, family: str, actor: str) -> None:
         self._revoke_refresh(lambda data: data.get("family") == family, actor)
 
+    def revoke_refresh_token(self, token: str, client_id: str) -> None:
+        """RFC 7009: revoke a refresh token (and the family it belongs to), if it is one of
+        this client's; anything else is ignored."""
+        try:
+            record = self.store.find(REFRESH_KIND, "hash", _digest(token))
+        except NotFound:
+            return
+        if record.data.get("client_id") != client_id:
+            raise OAuthError("unauthorized_client", "the token was issued to another client")
+        self._revoke_family(str(record.data["family"]), client_id)
+
     def revoke_refresh_tokens(
         self, user_id: str, client_id: str, agent_id: str | None, actor: str
     ) -> None:

@@ -32,12 +32,22 @@ from issuer.oauth.tokens import InvalidToken
 CONFIRMATION = "x5t#S256"
 
 
+TRUSTED_PROXIES = frozenset({"127.0.0.1", "::1"})
+
+
 def certificate_from(
-    scope: Mapping[str, Any], headers: Mapping[str, str], header: str | None
+    scope: Mapping[str, Any],
+    headers: Mapping[str, str],
+    header: str | None,
+    proxies: frozenset[str] = TRUSTED_PROXIES,
 ) -> x509.Certificate | None:
     """The client certificate of a request: from the configured header when one is
-    configured (behind a proxy), else from the TLS connection; None without one."""
+    configured (behind a proxy) and the request comes from one of the trusted ``proxies``
+    (anyone else could forge the header), else from the TLS connection; None without one."""
     if header:
+        peer = (scope.get("client") or ("", 0))[0]
+        if peer not in proxies:
+            return None
         value = headers.get(header.lower())
         if not value:
             return None

@@ -23,6 +23,7 @@ configuration file (``--config``, or ``./tessera.toml`` when it exists), the def
     token_lifetime = 300       # seconds an access token is valid
     client_cert_header = ""    # behind a TLS-terminating proxy: the header with the client
                                # certificate (URL-encoded PEM); the proxy must strip it
+    client_cert_proxies = "127.0.0.1,::1"  # the proxies whose header is believed
 
 With a store, agents and users are resolved from the directory by id (the caller's
 attributes for them are ignored) and an agent that is unknown or not active is denied.
@@ -66,6 +67,7 @@ class ServeConfig:
     signing_alg: str = "ES256"
     token_lifetime: int = 300
     client_cert_header: str = ""
+    client_cert_proxies: str = "127.0.0.1,::1"
 
     @property
     def metrics(self) -> bool:

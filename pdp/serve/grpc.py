@@ -389,6 +389,9 @@ async def serve_forever(engine: Engine, config: ServeConfig, announce: Sequence[
                 config.token_lifetime,
                 exchange_check=exchange_check(running.service),
                 client_cert_header=config.client_cert_header or None,
+                client_cert_proxies=frozenset(
+                    p.strip() for p in config.client_cert_proxies.split(",") if p.strip()
+                ),
                 agents=agent_facts(directory),
             )
             client_ca = config.tls_client_ca or None

@@ -59,6 +59,7 @@ class _Running:
         tls: tuple[str, str] | None = None,
         client_ca: str | None = None,
         client_cert_header: str | None = None,
+        client_cert_proxies: frozenset[str] | None = None,
     ) -> None:
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
@@ -70,8 +71,18 @@ class _Running:
                 self.issuer = f"https://localhost:{port}" if tls else f"http://127.0.0.1:{port}"
                 admin = BootstrapToken(TOKEN)
                 self.keys = KeyRing(store)
+                proxies = (
+                    {}
+                    if client_cert_proxies is None
+                    else {"client_cert_proxies": client_cert_proxies}
+                )
                 self.server = AuthorizationServer(
-                    store, self.keys, self.issuer, admin, client_cert_header=client_cert_header
+                    store,
+                    self.keys,
+                    self.issuer,
+                    admin,
+                    client_cert_header=client_cert_header,
+                    **proxies,
                 )
                 app = issuer_app(store, admin, self.server)
             except BaseException:

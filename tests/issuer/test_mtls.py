@@ -199,3 +199,21 @@ def test_registration_of_mutual_tls_clients_checks_its_metadata(proxied: OAuthSe
         }
     )
     assert malformed.json()["error"] == "invalid_client_metadata"
+
+
+def test_the_certificate_header_is_ignored_from_a_peer_that_is_not_a_trusted_proxy(
+    tmp_path: Path,
+) -> None:
+    with oauth_service(
+        "sqlite", tmp_path, client_cert_header=HEADER, client_cert_proxies=frozenset({"10.9.9.9"})
+    ) as direct_to_port:
+        cert, key = self_signed("bot")
+        jwk = {**public_jwk(key.public_key()), "kid": "k1", "alg": "ES256"}
+        client_id = register(
+            direct_to_port,
+            token_endpoint_auth_method="self_signed_tls_client_auth",
+            jwks={"keys": [jwk]},
+        )
+        pem = cert.public_bytes(serialization.Encoding.PEM).decode()
+        forged = token(direct_to_port, client_id, headers={HEADER: quote(pem)})
+        assert (forged.status_code, forged.json()["error"]) == (401, "invalid_client")

@@ -1087,6 +1087,17 @@ def test_revoking_a_consent_revokes_the_refresh_tokens_it_made_possible(
     expect_error(refresh(service, app, token), 400, "invalid_grant")
 
 
+def test_revoking_a_refresh_token_at_the_revocation_endpoint_revokes_its_family(
+    service: Service, browser: httpx.Client
+) -> None:
+    user, app = service.add_user(), service.add_app()
+    first = user_tokens(service, browser, app, user)["refresh_token"]
+    second = refresh(service, app, first).json()["refresh_token"]
+    revoked = service.http.post("/oauth/revoke", data={"token": second, "client_id": app.client_id})
+    assert revoked.status_code == 200, revoked.text
+    expect_error(refresh(service, app, second), 400, "invalid_grant")
+
+
 def test_a_user_cannot_revoke_another_users_consent(
     service: Service, browsers: Callable[[], httpx.Client]
 ) -> None:
