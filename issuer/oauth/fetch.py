@@ -1,24 +1,54 @@
 """Fetching small JSON documents clients point the server at (metadata, JWK Sets).
 
-No redirects are followed, the body is capped, and every failure becomes the caller's
-OAuth error: a client's URL must never make the server hang or read without bound.
+No redirects are followed, the body is capped, the whole fetch has a deadline, addresses
+outside the public internet are refused (plain http to a loopback name excepted, for
+development), and every failure becomes the caller's OAuth error: a client's URL must
+never make the server hang, read without bound, or reach into its private network. (The
+address is checked before the connection, which resolves again: a DNS rebinding window
+remains.)
 """
 
 from __future__ import annotations
 
+import ipaddress
 import json
+import socket
+import time
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 
 from issuer.oauth.errors import OAuthError
 
-TIMEOUT = 5.0  # seconds
+TIMEOUT = 5.0  # seconds for the whole fetch
+_LOOPBACK_NAMES = ("127.0.0.1", "::1", "localhost")
+
+
+def _check_destination(url: str, error: Callable[[str], OAuthError]) -> None:
+    """Refuse to reach into private networks (SSRF): every address the host resolves to
+    must be public. Plain http to a loopback name is the one exception (development)."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if parts.scheme == "http" and host in _LOOPBACK_NAMES:
+        return
+    if parts.scheme != "https":
+        raise error(f"{url}: only https may be fetched")
+    try:
+        infos = socket.getaddrinfo(host, parts.port or 443, type=socket.SOCK_STREAM)
+    except OSError as exc:
+        raise error(f"{url}: cannot resolve {host}: {exc}") from None
+    for info in infos:
+        address = ipaddress.ip_address(info[4][0])
+        if not address.is_global or address.is_multicast:
+            raise error(f"{url}: {host} resolves to {address}, which is not a public address")
 
 
 def fetch_json(url: str, max_bytes: int, error: Callable[[str], OAuthError]) -> Any:
     """The JSON document at ``url``, or ``error(description)`` raised."""
+    _check_destination(url, error)
+    deadline = time.monotonic() + TIMEOUT
     try:
         with (
             httpx.Client(timeout=TIMEOUT, follow_redirects=False) as http,
@@ -31,6 +61,8 @@ def fetch_json(url: str, max_bytes: int, error: Callable[[str], OAuthError]) -> 
                 body += chunk
                 if len(body) > max_bytes:
                     raise error(f"{url} exceeds {max_bytes} bytes")
+                if time.monotonic() > deadline:  # a slow drip must not hold a thread
+                    raise error(f"{url} took longer than {TIMEOUT:g} s")
     except httpx.HTTPError as exc:
         raise error(f"{url} cannot be fetched: {exc}") from None
     try:

@@ -129,3 +129,18 @@ def test_the_authorization_endpoint_accepts_a_url_client_and_refuses_a_broken_on
     broken = oauth.http.get("/oauth/authorize", params={**query, "client_id": url + "?v=2"})
     assert broken.status_code == 400
     assert "Unknown client" in broken.text
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://127.0.0.1/app.json",
+        "https://10.1.2.3/app.json",
+        "https://169.254.169.254/latest/meta-data",
+        "http://169.254.169.254/latest/meta-data",
+        "https://[::1]/app.json",
+    ],
+)
+def test_a_document_in_a_private_network_is_never_fetched(url: str) -> None:
+    with pytest.raises(OAuthError, match="not a public address|only https"):
+        MetadataDocuments().client(url)
