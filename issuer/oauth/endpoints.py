@@ -170,10 +170,13 @@ class AuthorizationServer:
             if certificate is not None and client.auth_method in TLS_METHODS
             else None
         )
+        presented = confirmation(certificate) if certificate is not None else None
         if grant == "client_credentials":  # no side effect before its one possible read
             body = await inline.run(self.grants.issue, grant, client, form, bound_to)
         else:
-            body = await to_thread.run_sync(self.grants.issue, grant, client, form, bound_to)
+            body = await to_thread.run_sync(
+                self.grants.issue, grant, client, form, bound_to, presented
+            )
         return json_response(body)
 
     def _certificate(self, request: Request) -> x509.Certificate | None:

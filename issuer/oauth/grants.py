@@ -100,11 +100,17 @@ class Grants:
         return response
 
     def issue(
-        self, grant: str, client: Client, form: dict[str, str], bound_to: str | None = None
+        self,
+        grant: str,
+        client: Client,
+        form: dict[str, str],
+        bound_to: str | None = None,
+        presented: str | None = None,
     ) -> dict[str, Any]:
         """The token response for an authenticated client (RFC 6749 §5.1); ``bound_to`` is
         the certificate thumbprint of a mutual-TLS client, which its agent tokens carry as
-        ``cnf`` (RFC 8705 §3.1)."""
+        ``cnf`` (RFC 8705 §3.1); ``presented`` is the thumbprint of the certificate on the
+        request, which certificate-bound tokens given to the exchange must match."""
         if grant == "client_credentials":
             return _response(self.client_credentials(client, form, bound_to))
         if grant == "authorization_code":
@@ -112,7 +118,7 @@ class Grants:
         if grant == "refresh_token":
             return self.refresh(client, form)
         if grant == TOKEN_EXCHANGE:
-            response = _response(self.exchange(client, form, bound_to))
+            response = _response(self.exchange(client, form, bound_to, presented))
             response["issued_token_type"] = ACCESS_TOKEN_TYPE
             return response
         raise OAuthError("unsupported_grant_type", f"grant_type {grant!r} is not supported")
@@ -310,11 +316,17 @@ class Grants:
 
     # -- an agent for a user
 
-    def exchange(self, client: Client, form: dict[str, str], bound_to: str | None = None) -> Issued:
+    def exchange(
+        self,
+        client: Client,
+        form: dict[str, str],
+        bound_to: str | None = None,
+        presented: str | None = None,
+    ) -> Issued:
         agent_id = _agent_of(client)
         agent = self.active_agent(agent_id)
-        subject = self._valid(form, "subject_token")
-        actor = self._valid(form, "actor_token")
+        subject = self._valid(form, "subject_token", presented)
+        actor = self._valid(form, "actor_token", presented)
         if actor.get("sub") != agent_id:
             raise OAuthError("invalid_grant", "the actor_token is not this client's agent's")
         may_act = subject.get("may_act")
@@ -351,7 +363,7 @@ class Grants:
             extra={**agent_claims(agent_id, agent), "act": act, **_confirmation(bound_to)},
         )
 
-    def _valid(self, form: dict[str, str], name: str) -> dict[str, Any]:
+    def _valid(self, form: dict[str, str], name: str, presented: str | None) -> dict[str, Any]:
         token = form.get(name)
         if not token:
             raise OAuthError("invalid_request", f"{name} is required")
@@ -362,6 +374,9 @@ class Grants:
             claims = self.verifier.verify(token)
         except InvalidToken as exc:
             raise OAuthError("invalid_grant", f"the {name} is not valid: {exc}") from None
+        bound = (claims.get("cnf") or {}).get("x5t#S256")
+        if bound is not None and bound != presented:  # RFC 8705 §3: its certificate too
+            raise OAuthError("invalid_grant", f"the {name} is bound to another certificate")
         try:
             self.store.find(REVOKED, "jti", str(claims["jti"]))
         except NotFound:

@@ -142,5 +142,5 @@ def test_the_authorization_endpoint_accepts_a_url_client_and_refuses_a_broken_on
     ],
 )
 def test_a_document_in_a_private_network_is_never_fetched(url: str) -> None:
-    with pytest.raises(OAuthError, match="not a public address|only https"):
+    with pytest.raises(OAuthError, match=r"not a public address|only https"):
         MetadataDocuments().client(url)

@@ -217,3 +217,37 @@ def test_the_certificate_header_is_ignored_from_a_peer_that_is_not_a_trusted_pro
         pem = cert.public_bytes(serialization.Encoding.PEM).decode()
         forged = token(direct_to_port, client_id, headers={HEADER: quote(pem)})
         assert (forged.status_code, forged.json()["error"]) == (401, "invalid_client")
+
+
+def test_a_bound_token_handed_to_a_token_exchange_without_its_certificate_is_invalid_grant(
+    proxied: OAuthService,
+) -> None:
+    cert, key = self_signed("bot")
+    jwk = {**public_jwk(key.public_key()), "kid": "k1", "alg": "ES256"}
+    agent = proxied.add_agent()
+    exchange_grant = "urn:ietf:params:oauth:grant-type:token-exchange"
+    mtls_client = register(
+        proxied,
+        agent_id=agent,
+        token_endpoint_auth_method="self_signed_tls_client_auth",
+        jwks={"keys": [jwk]},
+    )
+    pem = quote(cert.public_bytes(serialization.Encoding.PEM).decode())
+    bound = token(proxied, mtls_client, headers={HEADER: pem}).json()["access_token"]
+    other = proxied.register(
+        {"agent_id": agent, "grant_types": [exchange_grant], "scope": "read"}
+    ).json()
+    access = "urn:ietf:params:oauth:token-type:access_token"
+    stolen = proxied.http.post(
+        "/oauth/token",
+        data={
+            "grant_type": exchange_grant,
+            "subject_token": bound,
+            "subject_token_type": access,
+            "actor_token": bound,
+            "actor_token_type": access,
+        },
+        auth=(other["client_id"], other["client_secret"]),
+    )
+    assert (stolen.status_code, stolen.json()["error"]) == (400, "invalid_grant")
+    assert "bound to another certificate" in stolen.json()["error_description"]
