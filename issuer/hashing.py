@@ -1,4 +1,7 @@
-"""Secrets at rest: passwords and client secrets are kept only as scrypt hashes (RFC 7914)."""
+"""Secrets at rest: users' passwords are kept only as scrypt hashes (RFC 7914).
+
+(Secrets the server generates itself, client secrets and API keys, have 256 bits of
+entropy and are kept as SHA-256 hashes; see ``issuer.oauth.clients.hash_secret``.)"""
 
 from __future__ import annotations
 

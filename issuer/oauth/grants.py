@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import secrets
 import time
@@ -30,10 +31,11 @@ from issuer.oauth.clients import TOKEN_EXCHANGE, Client
 from issuer.oauth.errors import OAuthError
 from issuer.oauth.inline import may_block
 from issuer.oauth.tokens import InvalidToken, Issued, TokenMinter, TokenVerifier
-from issuer.store import NotFound, Store, VersionMismatch
+from issuer.store import Conflict, NotFound, Store, VersionMismatch
 
 ACCESS_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:access_token"
 REFRESH_KIND = "RefreshToken"
+REVOKED_FAMILY = "RevokedRefreshFamily"
 REFRESH_LIFETIME = 30 * 24 * 3600  # seconds
 REVOKED = "RevokedToken"
 API_KEY_CLIENT_PREFIX = "api-key:"  # the client_id of tokens traded for an API key
@@ -233,8 +235,16 @@ class Grants:
             "expires_at": int(time.time()) + REFRESH_LIFETIME,
             "used": False,
         }
-        self.store.create(REFRESH_KIND, document, unique={"hash": _digest(token)}, actor=client_id)
-        return token
+        record = self.store.create(
+            REFRESH_KIND, document, unique={"hash": _digest(token)}, actor=client_id
+        )
+        try:  # a family revoked meanwhile (a reuse raced this refresh) gets no new member
+            self.store.find(REVOKED_FAMILY, "family", family)
+        except NotFound:
+            return token
+        with contextlib.suppress(NotFound):
+            self.store.delete(REFRESH_KIND, record.id, expected_version=None, actor=client_id)
+        raise OAuthError("invalid_grant", "refresh token reused: its family is revoked")
 
     def refresh(self, client: Client, form: dict[str, str]) -> dict[str, Any]:
         token = form.get("refresh_token")
@@ -281,6 +291,11 @@ class Grants:
         )
 
     def _revoke_family(self, family: str, actor: str) -> None:
+        """Mark the family revoked first, then delete its members: a member created while
+        this runs either is deleted here or sees the mark and deletes itself."""
+        with contextlib.suppress(Conflict):
+            tombstone = {"family": family, "revoked_at": int(time.time())}
+            self.store.create(REVOKED_FAMILY, tombstone, unique={"family": family}, actor=actor)
         self._revoke_refresh(lambda data: data.get("family") == family, actor)
 
     def revoke_refresh_token(self, token: str, client_id: str) -> None:

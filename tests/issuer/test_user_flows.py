@@ -1087,6 +1087,23 @@ def test_revoking_a_consent_revokes_the_refresh_tokens_it_made_possible(
     expect_error(refresh(service, app, token), 400, "invalid_grant")
 
 
+def test_a_refresh_token_used_twice_at_once_leaves_no_live_token_in_its_family(
+    service: Service, browser: httpx.Client
+) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    user, app = service.add_user(), service.add_app()
+    for _ in range(5):
+        token = user_tokens(service, browser, app, user)["refresh_token"]
+        with ThreadPoolExecutor(2) as pool:
+            answers = list(pool.map(lambda t: refresh(service, app, t), [token, token]))
+        assert sorted(a.status_code for a in answers) in ([200, 400], [400, 400])
+        for answer in answers:
+            if answer.status_code == 200:  # the reuse revoked the winner's new token too
+                fresh = answer.json()["refresh_token"]
+                expect_error(refresh(service, app, fresh), 400, "invalid_grant")
+
+
 def test_revoking_a_refresh_token_at_the_revocation_endpoint_revokes_its_family(
     service: Service, browser: httpx.Client
 ) -> None:
