@@ -48,6 +48,17 @@ class Change:
     data: dict[str, Any] | None  # the document after the change; None for delete
 
 
+@dataclass(frozen=True)
+class AuditEntry:
+    """One entry of an audit trail, as stored: the record's exact text and its chain links."""
+
+    seq: int  # 1, 2, 3… within its trail
+    at: datetime
+    record: str  # canonical JSON, exactly the text that was hashed
+    prev_hash: str  # the previous entry's hash (64 zeros for the first)
+    hash: str  # SHA-256 of prev_hash and record
+
+
 class StoreError(Exception):
     """Base of the store's errors."""
 
@@ -136,6 +147,18 @@ class Store(Protocol):
         """Every change of one resource, oldest first, also after it was deleted."""
         ...
 
+    def append_audit(self, trail: str, entries: Sequence[AuditEntry]) -> None:
+        """Append chained entries to an audit trail in one transaction (all or none)."""
+        ...
+
+    def audit_tail(self, trail: str) -> AuditEntry | None:
+        """The newest entry of a trail, or None when it is empty."""
+        ...
+
+    def audit(self, trail: str, after: int = 0, limit: int = 10_000) -> builtins.list[AuditEntry]:
+        """A trail's entries after seq ``after``, oldest first."""
+        ...
+
     def wait_for_change(self, since: int, timeout: float) -> int:
         """Block until a change newer than ``since`` exists or ``timeout`` passes.
 
@@ -171,6 +194,7 @@ def open_store(url: str = DEFAULT_URL) -> Store:
 
 __all__: Sequence[str] = (
     "DEFAULT_URL",
+    "AuditEntry",
     "Change",
     "Conflict",
     "NotFound",

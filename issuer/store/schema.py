@@ -23,7 +23,16 @@ from contextlib import AbstractContextManager
 from datetime import UTC, datetime
 from typing import Any, Protocol, cast
 
-from issuer.store import Change, Conflict, NotFound, Op, Record, StoreError, VersionMismatch
+from issuer.store import (
+    AuditEntry,
+    Change,
+    Conflict,
+    NotFound,
+    Op,
+    Record,
+    StoreError,
+    VersionMismatch,
+)
 
 
 class Cursor(Protocol):
@@ -85,6 +94,19 @@ MIGRATIONS: Sequence[Sequence[str]] = (
             data {json}
         )""",
         "CREATE INDEX changes_by_resource ON changes (kind, id, seq)",
+    ),
+    (
+        # The audit trails: one hash chain per trail. A record is kept as the exact text
+        # that was hashed (TEXT, not JSONB, which would reorder its keys).
+        """CREATE TABLE audit (
+            trail TEXT NOT NULL,
+            seq {int} NOT NULL,
+            at {time} NOT NULL,
+            record TEXT NOT NULL,
+            prev_hash TEXT NOT NULL,
+            hash TEXT NOT NULL,
+            PRIMARY KEY (trail, seq)
+        )""",
     ),
 )
 
@@ -300,6 +322,44 @@ class SQLStore(ABC):
             rows = cur.fetchall()
         return [change_from_row(row) for row in rows]
 
+    def append_audit(self, trail: str, entries: Sequence[AuditEntry]) -> None:
+        """Append chained audit entries to a trail, all or none (one transaction)."""
+        with self._transaction(write=True) as cur:
+            for entry in entries:
+                cur.execute(
+                    "INSERT INTO audit (trail, seq, at, record, prev_hash, hash)"
+                    " VALUES (?, ?, ?, ?, ?, ?)",
+                    (
+                        trail,
+                        entry.seq,
+                        time_text(entry.at),
+                        entry.record,
+                        entry.prev_hash,
+                        entry.hash,
+                    ),
+                )
+
+    def audit_tail(self, trail: str) -> AuditEntry | None:
+        """The newest entry of a trail, or None for an empty trail."""
+        with self._transaction(write=False) as cur:
+            cur.execute(
+                f"SELECT {AUDIT_COLUMNS} FROM audit WHERE trail = ? ORDER BY seq DESC LIMIT 1",
+                (trail,),
+            )
+            row = cur.fetchone()
+        return None if row is None else _audit_entry(row)
+
+    def audit(self, trail: str, after: int = 0, limit: int = 10_000) -> builtins.list[AuditEntry]:
+        """A trail's entries with seq > ``after``, in seq order, at most ``limit``."""
+        with self._transaction(write=False) as cur:
+            cur.execute(
+                f"SELECT {AUDIT_COLUMNS} FROM audit WHERE trail = ? AND seq > ?"
+                " ORDER BY seq LIMIT ?",
+                (trail, after, limit),
+            )
+            rows = cur.fetchall()
+        return [_audit_entry(row) for row in rows]
+
     def history(self, kind: str, id: str) -> builtins.list[Change]:
         with self._transaction(write=False) as cur:
             cur.execute(
@@ -308,6 +368,13 @@ class SQLStore(ABC):
             )
             rows = cur.fetchall()
         return [change_from_row(row) for row in rows]
+
+
+AUDIT_COLUMNS = "seq, at, record, prev_hash, hash"
+
+
+def _audit_entry(row: Sequence[Any]) -> AuditEntry:
+    return AuditEntry(int(row[0]), as_utc(row[1]), str(row[2]), str(row[3]), str(row[4]))
 
 
 def _current(cur: Cursor, kind: str, id_: str, expected_version: int | None) -> Record:

@@ -16,6 +16,7 @@ import signal
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,8 @@ from issuer.keys import KeyRing
 from issuer.oauth.endpoints import METADATA_PATH, AuthorizationServer
 from issuer.scim import BootstrapToken, new_token
 from issuer.store import open_store
+from pdp.audit.records import decision_record
+from pdp.audit.writer import AuditWriter
 from pdp.decision import Decision
 from pdp.directory import Directory, Identities
 from pdp.engine import Engine
@@ -65,8 +68,14 @@ class AuthorizerService(pb_grpc.AuthorizerServicer):  # type: ignore[misc]
         cache_size: int = DEFAULT_CACHE_SIZE,
         metrics: Metrics | None = None,
         directory: Directory | None = None,
+        audit: AuditWriter | None = None,
+        durability: str = "async",
     ) -> None:
         self.engine = engine
+        # Every decision is recorded on the agent trail; with "sync" durability a decision
+        # is answered only once its record is committed.
+        self.audit = audit
+        self.durability = durability
         # With a directory, agents and users are who it says they are, and an agent it
         # does not know or that is not active is refused whatever the policies say.
         self.directory = directory
@@ -138,6 +147,34 @@ class AuthorizerService(pb_grpc.AuthorizerServicer):  # type: ignore[misc]
             self.metrics.decided(decision)
         return decision
 
+    async def _record(
+        self,
+        message: pb.AuthorizeRequest,
+        decision: Decision,
+        decision_id: str,
+        started: float,
+        context: grpc.aio.ServicerContext,
+    ) -> Future[int] | None:
+        """Put the decision on the agent trail, never dropping it (a full queue waits, off
+        the loop); the future of its commit, which sync durability awaits."""
+        audit = self.audit
+        if audit is None:
+            return None
+        record = decision_record(
+            message, decision, decision_id, time.perf_counter() - started, context.peer()
+        )
+        done = audit.submit_nowait("agent", record)
+        if done is None:
+            done = await asyncio.to_thread(audit.submit, "agent", record)
+        return done
+
+    async def _committed(self, pending: list[Future[int] | None]) -> None:
+        """With sync durability, the answer waits until its records are committed."""
+        if self.durability == "sync":
+            for done in pending:
+                if done is not None:
+                    await asyncio.wrap_future(done)
+
     @contextlib.asynccontextmanager
     async def _rpc(self, method: str, context: grpc.aio.ServicerContext) -> AsyncIterator[None]:
         """Count the call in flight and time it. A fault of ours is logged with its
@@ -159,17 +196,23 @@ class AuthorizerService(pb_grpc.AuthorizerServicer):  # type: ignore[misc]
         self, request: pb.AuthorizeRequest, context: grpc.aio.ServicerContext
     ) -> pb.AuthorizeResponse:
         async with self._rpc("Authorize", context):
+            started = time.perf_counter()
             identities = self._identities(request)
             if isinstance(identities, str):
-                return decision_to_message(
-                    self._refused(self.engine, identities), new_decision_id()
-                )
-            decision = self._cached(request)
-            cacheable = decision is not None
-            if decision is None:
-                typed = await _typed(request, self.engine, context, "", identities)
-                decision, cacheable = self._decide(request, typed)
-            return decision_to_message(decision, new_decision_id(), cacheable)
+                decision, cacheable = self._refused(self.engine, identities), False
+            else:
+                cached = self._cached(request)
+                cacheable = cached is not None
+                if cached is None:
+                    typed = await _typed(request, self.engine, context, "", identities)
+                    decision, cacheable = self._decide(request, typed)
+                else:
+                    decision = cached
+            decision_id = new_decision_id()
+            await self._committed(
+                [await self._record(request, decision, decision_id, started, context)]
+            )
+            return decision_to_message(decision, decision_id, cacheable)
 
     async def AuthorizeBatch(
         self, request: pb.AuthorizeBatchRequest, context: grpc.aio.ServicerContext
@@ -185,18 +228,20 @@ class AuthorizerService(pb_grpc.AuthorizerServicer):  # type: ignore[misc]
                     typed.append(
                         await _typed(item, engine, context, f"requests[{index}].", identities)
                     )
-            return pb.AuthorizeBatchResponse(
-                responses=[
-                    decision_to_message(self._refused(engine, r), new_decision_id())
-                    if isinstance(r, str)
-                    else decision_to_message(
-                        self._timed(engine, r, True),
-                        new_decision_id(),
-                        not engine.touches_limits(r),
-                    )
-                    for r in typed
-                ]
-            )
+            responses = []
+            pending = []
+            for item, r in zip(request.requests, typed, strict=True):
+                started = time.perf_counter()
+                decision_id = new_decision_id()
+                if isinstance(r, str):
+                    decision, cacheable = self._refused(engine, r), False
+                else:
+                    decision = self._timed(engine, r, True)
+                    cacheable = not engine.touches_limits(r)
+                pending.append(await self._record(item, decision, decision_id, started, context))
+                responses.append(decision_to_message(decision, decision_id, cacheable))
+            await self._committed(pending)
+            return pb.AuthorizeBatchResponse(responses=responses)
 
     async def ListAllowed(
         self, request: pb.ListAllowedRequest, context: grpc.aio.ServicerContext
@@ -279,6 +324,8 @@ async def start(
     metrics_port: int | None = None,
     tls: tuple[bytes, bytes, bytes | None] | None = None,
     directory: Directory | None = None,
+    audit: AuditWriter | None = None,
+    durability: str = "async",
 ) -> Running:
     """Start serving ``engine`` on ``host:port`` (port 0 picks a free one); with
     ``watch``, reload from that policy directory whenever it changes; with
@@ -288,7 +335,7 @@ async def start(
     agents and users from it and refuse those it does not know or that are inactive."""
     server = grpc.aio.server()
     metrics = Metrics()
-    service = AuthorizerService(engine, cache_size, metrics, directory)
+    service = AuthorizerService(engine, cache_size, metrics, directory, audit, durability)
     pb_grpc.add_AuthorizerServicer_to_server(service, server)  # type: ignore[no-untyped-call]
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

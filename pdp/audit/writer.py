@@ -1,0 +1,127 @@
+"""The audit writer: records off the hot path, chained and committed in batches.
+
+Callers hand records to a bounded queue; one thread takes whatever is waiting (up to
+:data:`BATCH` records: what queued up while the previous batch committed), chains them
+onto their trail and commits them in one store transaction (group commit). A batch is
+all or nothing, so a crash mid-batch leaves a chain that still verifies, one batch shorter.
+
+Durability:
+
+- ``async`` (the default): a decision returns before its record is committed. What a crash
+  can lose is bounded: the records in the queue (at most ``queue_size``) plus the batch
+  being committed (at most :data:`BATCH`).
+- ``sync``: :meth:`AuditWriter.write` returns only once the record is committed.
+
+A full queue makes :meth:`AuditWriter.write` wait for room (backpressure); a record is
+never dropped silently. When the store refuses a batch, the writer logs it and retries the
+same batch (its chain position is not given away) until it commits or the writer stops.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Mapping
+from concurrent.futures import Future
+from datetime import UTC, datetime
+from typing import Any
+
+from issuer.store import AuditEntry, Store
+from pdp.audit.chain import GENESIS, TRAILS, canonical, link
+
+log = logging.getLogger("tessera.audit")
+
+BATCH = 512
+RETRY_DELAY = 0.5
+_STOP = object()
+
+
+class AuditWriter:
+    """Appends records to the agent and admin trails of a store."""
+
+    def __init__(self, store: Store, queue_size: int = 10_000) -> None:
+        self.store = store
+        self.queue: queue.Queue[Any] = queue.Queue(maxsize=queue_size)
+        self._tails: dict[str, tuple[int, str]] = {}
+        for trail in TRAILS:
+            tail = store.audit_tail(trail)
+            self._tails[trail] = (0, GENESIS) if tail is None else (tail.seq, tail.hash)
+        self.written = 0
+        self._thread = threading.Thread(target=self._run, name="audit-writer", daemon=True)
+        self._thread.start()
+
+    def submit(self, trail: str, record: Mapping[str, Any]) -> Future[int]:
+        """Queue a record; the future gives its seq once committed. Waits while the queue
+        is full (backpressure)."""
+        if trail not in TRAILS:
+            raise ValueError(f"unknown audit trail {trail!r}; use one of {', '.join(TRAILS)}")
+        done: Future[int] = Future()
+        self.queue.put((trail, record, done))
+        return done
+
+    def submit_nowait(self, trail: str, record: Mapping[str, Any]) -> Future[int] | None:
+        """Queue a record if there is room; None when the queue is full (then the caller
+        waits with :meth:`submit`, off the event loop)."""
+        done: Future[int] = Future()
+        try:  # the record is serialized by the writer thread, off the caller's path
+            self.queue.put_nowait((trail, record, done))
+        except queue.Full:
+            return None
+        return done
+
+    def write(self, trail: str, record: Mapping[str, Any], timeout: float = 30.0) -> int:
+        """Queue a record and wait until it is committed (``sync`` durability)."""
+        return self.submit(trail, record).result(timeout)
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Commit everything queued, then stop."""
+        self.queue.put(_STOP)
+        self._thread.join(timeout)
+
+    def _run(self) -> None:
+        stopping = False
+        while not stopping:
+            batch = [self.queue.get()]
+            # Group commit: whatever queued up while the last batch committed goes in this
+            # one; nothing waits for company when the queue is empty.
+            while len(batch) < BATCH:
+                try:
+                    batch.append(self.queue.get_nowait())
+                except queue.Empty:
+                    break
+            if _STOP in batch:
+                stopping = True
+                batch = [item for item in batch if item is not _STOP]
+            if batch:
+                self._commit(batch, stopping)
+
+    def _commit(self, batch: list[Any], stopping: bool) -> None:
+        by_trail: dict[str, list[tuple[str, Future[int]]]] = {}
+        for trail, record, done in batch:
+            by_trail.setdefault(trail, []).append((canonical(record), done))
+        for trail, items in by_trail.items():
+            seq, prev = self._tails[trail]
+            now = datetime.now(UTC)
+            entries = []
+            for text, _ in items:
+                seq += 1
+                digest = link(prev, text)
+                entries.append(AuditEntry(seq, now, text, prev, digest))
+                prev = digest
+            while True:
+                try:
+                    self.store.append_audit(trail, entries)
+                    break
+                except Exception:
+                    log.exception("cannot commit %d audit records; retrying", len(entries))
+                    if stopping:
+                        for _, done in items:
+                            done.set_exception(RuntimeError("the audit store is unavailable"))
+                        return
+                    time.sleep(RETRY_DELAY)
+            self._tails[trail] = (seq, prev)
+            self.written += len(entries)
+            for entry, (_, done) in zip(entries, items, strict=True):
+                done.set_result(entry.seq)
