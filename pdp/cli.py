@@ -182,6 +182,25 @@ def build_parser() -> argparse.ArgumentParser:
         help="bootstrap admin bearer token for SCIM (prefer TESSERA_ADMIN_TOKEN; "
         "default: a random one, printed at start)",
     )
+    audit = commands.add_parser(
+        "audit",
+        help="verify, query or export the audit trails",
+        description="The audit trails live in the store: 'agent' holds every decision, "
+        "'admin' what administrators did. 'verify' walks a trail's hash chain and names "
+        "every changed, deleted, inserted or reordered entry (exit 1 when it is broken); "
+        "'query' lists records matching the filters; 'export' writes them as JSON lines "
+        "for a SIEM.",
+    )
+    audit.add_argument("action", choices=["verify", "query", "export"])
+    audit.add_argument("--store", metavar="URL", help="the store (default: as tessera serve)")
+    audit.add_argument("--config", metavar="FILE", help="configuration file (TOML)")
+    audit.add_argument("--trail", choices=["agent", "admin"], default="agent")
+    audit.add_argument("--agent", help="only this agent's records")
+    audit.add_argument("--user", help="only records for this user")
+    audit.add_argument("--decision", choices=["allow", "deny"], help="only allows or denies")
+    audit.add_argument("--tool", help="only calls of this tool (resource id of type tool)")
+    audit.add_argument("--since", metavar="TIME", help="RFC 3339, e.g. 2026-11-28T10:00:00Z")
+    audit.add_argument("--until", metavar="TIME", help="RFC 3339")
     keys = commands.add_parser(
         "keys",
         help="list or rotate the issuer's signing keys",
@@ -211,6 +230,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "explain": _explain,
         "serve": _serve,
         "keys": _keys,
+        "audit": _audit,
     }
     try:
         code: int = handler[args.command](args, sys.stdout, sys.stderr)
@@ -456,24 +476,81 @@ def _serve(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     return OK
 
 
-def _keys(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-    from issuer.keys import KeyRing
+def _open_configured_store(args: argparse.Namespace, err: TextIO, command: str) -> Any:
+    """The store ``tessera serve`` would use (flag, environment, file), or None after
+    printing why not."""
     from issuer.store import StoreError, open_store
     from pdp.serve.config import ConfigError, load_config
 
     try:
         config = load_config({"store": args.store}, config_file=args.config)
     except ConfigError as exc:
-        print(f"tessera keys: {exc}", file=err)
-        return USAGE
+        print(f"tessera {command}: {exc}", file=err)
+        return None
     if not config.store:
-        print("tessera keys: no store is configured", file=err)
+        print(f"tessera {command}: no store is configured", file=err)
+        return None
+    try:
+        return open_store(config.store)
+    except StoreError as exc:
+        print(f"tessera {command}: {exc}", file=err)
+        return None
+
+
+def _audit(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    from pdp.audit.query import Filters, records, verify_trail
+
+    try:
+        filters = Filters.parse(
+            agent=args.agent,
+            user=args.user,
+            decision=args.decision,
+            tool=args.tool,
+            since=args.since,
+            until=args.until,
+        )
+    except ValueError as exc:
+        print(f"tessera audit: {exc}", file=err)
+        return USAGE
+    store = _open_configured_store(args, err, "audit")
+    if store is None:
         return USAGE
     try:
-        store = open_store(config.store)
-    except StoreError as exc:
-        print(f"tessera keys: {exc}", file=err)
+        if args.action == "verify":
+            count, problems = verify_trail(store, args.trail)
+            for problem in problems:
+                print(f"{args.trail} trail, {problem}", file=out)
+            if problems:
+                print(f"the {args.trail} trail is BROKEN: {len(problems)} problem(s)", file=out)
+                return FAILED
+            print(f"the {args.trail} trail verifies: {count} entries, chain intact", file=out)
+            return OK
+        for seq, record in records(store, args.trail, filters):
+            if args.action == "export":
+                print(json.dumps({"trail": args.trail, "seq": seq, **record}), file=out)
+            else:
+                verdict = "allow" if record.get("allow") else "deny"
+                resource = record.get("resource") or {}
+                print(
+                    f"{seq:>8}  {record.get('at', '')[:19]}  {verdict:5}  "
+                    f"{record.get('agent', '')}  {record.get('action', '')} "
+                    f"{resource.get('type', '')}:{resource.get('id', '')}  "
+                    f"{record.get('decision_id', '')}",
+                    file=out,
+                )
+    finally:
+        store.close()
+    return OK
+
+
+def _keys(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    from issuer.keys import KeyRing
+    from pdp.serve.config import load_config
+
+    store = _open_configured_store(args, err, "keys")
+    if store is None:
         return USAGE
+    config = load_config({"store": args.store}, config_file=args.config)
     try:
         ring = KeyRing(store, args.alg or config.signing_alg, config.token_lifetime)
         if args.action == "rotate":

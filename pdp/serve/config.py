@@ -24,6 +24,8 @@ configuration file (``--config``, or ``./tessera.toml`` when it exists), the def
     client_cert_header = ""    # behind a TLS-terminating proxy: the header with the client
                                # certificate (URL-encoded PEM); the proxy must strip it
     client_cert_proxies = "127.0.0.1,::1"  # the proxies whose header is believed
+    audit = "async"            # record every decision: async, sync (answer once committed), off
+    audit_queue = 10000        # records waiting to be written before decisions wait (no drops)
 
 With a store, agents and users are resolved from the directory by id (the caller's
 attributes for them are ignored) and an agent that is unknown or not active is denied.
@@ -68,6 +70,8 @@ class ServeConfig:
     token_lifetime: int = 300
     client_cert_header: str = ""
     client_cert_proxies: str = "127.0.0.1,::1"
+    audit: str = "async"
+    audit_queue: int = 10_000
 
     @property
     def metrics(self) -> bool:
@@ -117,6 +121,10 @@ def load_config(
         )
     if config.signing_alg not in ("ES256", "RS256", "EdDSA"):
         raise ConfigError(f"signing_alg: {config.signing_alg!r} is not ES256, RS256 or EdDSA")
+    if config.audit not in ("async", "sync", "off"):
+        raise ConfigError(f"audit: {config.audit!r} is not async, sync or off")
+    if config.audit_queue <= 0:
+        raise ConfigError("audit_queue: a positive number of records")
     if config.token_lifetime <= 0:
         raise ConfigError("token_lifetime: a positive number of seconds")
     if config.store and not config.store.startswith(("sqlite:", "postgresql://", "postgres://")):

@@ -392,11 +392,15 @@ async def serve_forever(engine: Engine, config: ServeConfig, announce: Sequence[
     async with contextlib.AsyncExitStack() as stack:
         store = open_store(config.store) if config.store else None
         directory = None
+        audit = None
         if store is not None:
             stack.callback(store.close)
             directory = Directory(store)
             directory.start()
             stack.callback(directory.stop)
+            if config.audit != "off":
+                audit = AuditWriter(store, config.audit_queue)
+                stack.callback(audit.close)
         running = await start(
             engine,
             config.host,
@@ -407,6 +411,8 @@ async def serve_forever(engine: Engine, config: ServeConfig, announce: Sequence[
             metrics_port=config.metrics_port if config.metrics else None,
             tls=config.credentials(),
             directory=directory,
+            audit=audit,
+            durability=config.audit,
         )
         stack.push_async_callback(running.stop, config.grace)
         scheme = "TLS" if config.tls_cert else "plaintext"
@@ -458,6 +464,8 @@ async def serve_forever(engine: Engine, config: ServeConfig, announce: Sequence[
                 )
         elif store is None:
             print("tessera: no store: deciding on the agent attributes callers send", flush=True)
+        if audit is not None:
+            print(f"tessera: every decision is audited ({config.audit})", flush=True)
         for line in announce:
             print(line, flush=True)
         stopping = asyncio.Event()
