@@ -527,7 +527,7 @@ def _audit(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             return OK
         for seq, record in records(store, args.trail, filters):
             if args.action == "export":
-                print(json.dumps({"trail": args.trail, "seq": seq, **record}), file=out)
+                print(json.dumps({**record, "trail": args.trail, "seq": seq}), file=out)
             else:
                 verdict = "allow" if record.get("allow") else "deny"
                 resource = record.get("resource") or {}

@@ -95,7 +95,7 @@ class PostgresStore(SQLStore):
         return str(schema)
 
     @contextmanager
-    def _transaction(self, write: bool) -> Iterator[Cursor]:
+    def _transaction(self, write: bool, changes: bool = True) -> Iterator[Cursor]:
         with self._lock:
             if self._closed:
                 raise StoreError(f"{self.url}: the store is closed")
@@ -104,10 +104,10 @@ class PostgresStore(SQLStore):
             conn = self._conn
             try:
                 with conn.transaction(), conn.cursor() as cur:
-                    if write:
+                    if write and changes:
                         cur.execute("LOCK TABLE changes IN EXCLUSIVE MODE")
                     yield _Cursor(cur)
-                    if write:
+                    if write and changes:
                         cur.execute(sql.SQL("NOTIFY {}").format(sql.Identifier(self._channel)))
             except psycopg.Error as e:
                 raise StoreError(f"{self.url}: {e}") from e

@@ -208,11 +208,13 @@ class SQLStore(ABC):
     url: str
 
     @abstractmethod
-    def _transaction(self, write: bool) -> AbstractContextManager[Cursor]:
+    def _transaction(self, write: bool, changes: bool = True) -> AbstractContextManager[Cursor]:
         """Hold the lock and run one transaction: commit on success, roll back on error.
 
-        ``write`` excludes other writers until commit. Driver errors leave as
-        :class:`StoreError`; errors the body raises pass through unchanged.
+        ``write`` excludes other writers of the change log until commit (unless
+        ``changes`` is False: a write outside the change log, such as the audit trail).
+        Driver errors leave as :class:`StoreError`; errors the body raises pass through
+        unchanged.
         """
 
     def create(
@@ -323,8 +325,9 @@ class SQLStore(ABC):
         return [change_from_row(row) for row in rows]
 
     def append_audit(self, trail: str, entries: Sequence[AuditEntry]) -> None:
-        """Append chained audit entries to a trail, all or none (one transaction)."""
-        with self._transaction(write=True) as cur:
+        """Append chained audit entries to a trail, all or none (one transaction). It does
+        not touch the change log: no change-log lock, and no wake-up of its followers."""
+        with self._transaction(write=True, changes=False) as cur:
             for entry in entries:
                 cur.execute(
                     "INSERT INTO audit (trail, seq, at, record, prev_hash, hash)"

@@ -61,7 +61,7 @@ class SQLiteStore(SQLStore):
             raise
 
     @contextmanager
-    def _transaction(self, write: bool) -> Iterator[Cursor]:
+    def _transaction(self, write: bool, changes: bool = True) -> Iterator[Cursor]:
         with self._lock:
             try:
                 cur = self._conn.cursor()

@@ -51,11 +51,11 @@ def verify(entries: Iterable[AuditEntry], after: AuditEntry | None = None) -> li
     for entry in entries:
         if entry.seq > expected_seq:
             missing = (
-                f"{expected_seq}"
+                f"entry {expected_seq} is"
                 if entry.seq == expected_seq + 1
-                else (f"{expected_seq}-{entry.seq - 1}")
+                else f"entries {expected_seq}-{entry.seq - 1} are"
             )
-            problems.append(Problem(entry.seq, f"entries {missing} are missing (deleted)"))
+            problems.append(Problem(entry.seq, f"{missing} missing (deleted)"))
         elif entry.seq < expected_seq:
             problems.append(Problem(entry.seq, "out of order (reordered or inserted)"))
         if entry.prev_hash != prev_hash:
@@ -72,6 +72,8 @@ def verify(entries: Iterable[AuditEntry], after: AuditEntry | None = None) -> li
                 json.loads(entry.record)
             except ValueError:
                 problems.append(Problem(entry.seq, "its record is not JSON"))
-        expected_seq = entry.seq + 1
+        # An entry out of order does not take back what came before it: the entries
+        # between it and the highest seq seen are not missing.
+        expected_seq = max(expected_seq, entry.seq + 1)
         prev_hash = entry.hash
     return problems

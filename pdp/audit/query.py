@@ -73,7 +73,7 @@ class Filters:
 
     def match(self, record: dict[str, Any]) -> bool:
         resource = record.get("resource") or {}
-        at = _time(record.get("at"), "at") if (self.since or self.until) else None
+        at = _record_time(record.get("at")) if (self.since or self.until) else None
         return (
             (self.agent is None or record.get("agent") == self.agent)
             and (self.user is None or record.get("user") == self.user)
@@ -105,3 +105,13 @@ def _time(text: str | None, where: str) -> datetime | None:
     if value.tzinfo is None:
         raise ValueError(f"{where}: {text!r} needs a time zone (e.g. Z)")
     return value
+
+
+def _record_time(value: Any) -> datetime | None:
+    """A record's time; None (no time filter matches) when it has none that reads as one."""
+    if not isinstance(value, str):
+        return None
+    try:
+        return _time(value, "at")
+    except ValueError:
+        return None

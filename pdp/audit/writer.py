@@ -55,16 +55,14 @@ class AuditWriter:
     def submit(self, trail: str, record: Mapping[str, Any]) -> Future[int]:
         """Queue a record; the future gives its seq once committed. Waits while the queue
         is full (backpressure)."""
-        if trail not in TRAILS:
-            raise ValueError(f"unknown audit trail {trail!r}; use one of {', '.join(TRAILS)}")
-        done: Future[int] = Future()
+        done = _pending(trail)
         self.queue.put((trail, record, done))
         return done
 
     def submit_nowait(self, trail: str, record: Mapping[str, Any]) -> Future[int] | None:
         """Queue a record if there is room; None when the queue is full (then the caller
         waits with :meth:`submit`, off the event loop)."""
-        done: Future[int] = Future()
+        done = _pending(trail)
         try:  # the record is serialized by the writer thread, off the caller's path
             self.queue.put_nowait((trail, record, done))
         except queue.Full:
@@ -100,7 +98,13 @@ class AuditWriter:
     def _commit(self, batch: list[Any], stopping: bool) -> None:
         by_trail: dict[str, list[tuple[str, Future[int]]]] = {}
         for trail, record, done in batch:
-            by_trail.setdefault(trail, []).append((canonical(record), done))
+            try:
+                text = canonical(record)
+            except (TypeError, ValueError) as exc:  # not JSON: refuse this record alone
+                log.error("refusing an audit record for the %s trail: %s", trail, exc)
+                done.set_exception(exc)
+                continue
+            by_trail.setdefault(trail, []).append((text, done))
         for trail, items in by_trail.items():
             seq, prev = self._tails[trail]
             now = datetime.now(UTC)
@@ -113,15 +117,40 @@ class AuditWriter:
             while True:
                 try:
                     self.store.append_audit(trail, entries)
-                    break
+                    committed = True
                 except Exception:
-                    log.exception("cannot commit %d audit records; retrying", len(entries))
-                    if stopping:
-                        for _, done in items:
-                            done.set_exception(RuntimeError("the audit store is unavailable"))
-                        return
-                    time.sleep(RETRY_DELAY)
+                    # The commit may have gone through with only its answer lost: then
+                    # retrying would collide with the batch itself, forever.
+                    committed = self._landed(trail, entries[-1])
+                    if not committed:
+                        log.exception("cannot commit %d audit records; retrying", len(entries))
+                if committed or stopping:
+                    break
+                time.sleep(RETRY_DELAY)
+            if not committed:
+                for _, done in items:
+                    done.set_exception(RuntimeError("the audit store is unavailable"))
+                continue
             self._tails[trail] = (seq, prev)
             self.written += len(entries)
             for entry, (_, done) in zip(entries, items, strict=True):
                 done.set_result(entry.seq)
+
+    def _landed(self, trail: str, last: AuditEntry) -> bool:
+        """Whether a batch whose commit reported an error is in the store all the same."""
+        try:
+            tail = self.store.audit_tail(trail)
+        except Exception:
+            return False
+        return tail is not None and tail.seq == last.seq and tail.hash == last.hash
+
+
+def _pending(trail: str) -> Future[int]:
+    """The future of a record's commit. It is marked running at once, so a caller who
+    stops waiting (a cancelled call) cannot cancel it: the record is committed anyway,
+    and the writer never meets a cancelled future."""
+    if trail not in TRAILS:
+        raise ValueError(f"unknown audit trail {trail!r}; use one of {', '.join(TRAILS)}")
+    done: Future[int] = Future()
+    done.set_running_or_notify_cancel()
+    return done
