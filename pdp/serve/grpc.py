@@ -32,6 +32,7 @@ from issuer.keys import KeyRing
 from issuer.oauth.endpoints import METADATA_PATH, AuthorizationServer
 from issuer.scim import BootstrapToken, new_token
 from issuer.store import open_store
+from pdp.audit.changes import ChangeAuditor
 from pdp.audit.records import decision_record
 from pdp.audit.writer import AuditWriter
 from pdp.decision import Decision
@@ -401,6 +402,9 @@ async def serve_forever(engine: Engine, config: ServeConfig, announce: Sequence[
             if config.audit != "off":
                 audit = AuditWriter(store, config.audit_queue)
                 stack.callback(audit.close)
+                admin_trail = ChangeAuditor(store, audit)
+                admin_trail.start()
+                stack.callback(admin_trail.stop)
         running = await start(
             engine,
             config.host,
