@@ -50,6 +50,10 @@ class _Cursor:
     def execute(self, query: str, parameters: Sequence[Any] = (), /) -> object:
         return self._cur.execute(query.replace("?", "%s"), parameters)
 
+    def executemany(self, query: str, rows: Sequence[Sequence[Any]], /) -> object:
+        self._cur.executemany(query.replace("?", "%s"), rows)  # pipelined by psycopg
+        return None
+
     def fetchone(self) -> Any:
         return self._cur.fetchone()
 

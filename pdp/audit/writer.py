@@ -23,7 +23,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import Future
 from datetime import UTC, datetime
 from typing import Any
@@ -34,15 +34,20 @@ from pdp.audit.chain import GENESIS, TRAILS, canonical, link
 log = logging.getLogger("tessera.audit")
 
 BATCH = 512
+GATHER = 0.002  # seconds a batch waits for more records to share its commit (async)
 RETRY_DELAY = 0.5
 _STOP = object()
+
+Record = Mapping[str, Any] | Callable[[], Mapping[str, Any]]
+"""A record, or a function that builds one (then the writer thread pays for building it)."""
 
 
 class AuditWriter:
     """Appends records to the agent and admin trails of a store."""
 
-    def __init__(self, store: Store, queue_size: int = 10_000) -> None:
+    def __init__(self, store: Store, queue_size: int = 10_000, gather: float = GATHER) -> None:
         self.store = store
+        self.gather = gather
         self.queue: queue.Queue[Any] = queue.Queue(maxsize=queue_size)
         self._tails: dict[str, tuple[int, str]] = {}
         for trail in TRAILS:
@@ -52,14 +57,14 @@ class AuditWriter:
         self._thread = threading.Thread(target=self._run, name="audit-writer", daemon=True)
         self._thread.start()
 
-    def submit(self, trail: str, record: Mapping[str, Any]) -> Future[int]:
-        """Queue a record; the future gives its seq once committed. Waits while the queue
-        is full (backpressure)."""
+    def submit(self, trail: str, record: Record) -> Future[int]:
+        """Queue a record (or a function that builds it, called by the writer thread); the
+        future gives its seq once committed. Waits while the queue is full (backpressure)."""
         done = _pending(trail)
         self.queue.put((trail, record, done))
         return done
 
-    def submit_nowait(self, trail: str, record: Mapping[str, Any]) -> Future[int] | None:
+    def submit_nowait(self, trail: str, record: Record) -> Future[int] | None:
         """Queue a record if there is room; None when the queue is full (then the caller
         waits with :meth:`submit`, off the event loop)."""
         done = _pending(trail)
@@ -69,7 +74,7 @@ class AuditWriter:
             return None
         return done
 
-    def write(self, trail: str, record: Mapping[str, Any], timeout: float = 30.0) -> int:
+    def write(self, trail: str, record: Record, timeout: float = 30.0) -> int:
         """Queue a record and wait until it is committed (``sync`` durability)."""
         return self.submit(trail, record).result(timeout)
 
@@ -83,10 +88,12 @@ class AuditWriter:
         while not stopping:
             batch = [self.queue.get()]
             # Group commit: whatever queued up while the last batch committed goes in this
-            # one; nothing waits for company when the queue is empty.
+            # one, and the batch waits up to ``gather`` seconds for company (a commit costs
+            # far more than a record; sync durability gathers nothing).
+            deadline = time.monotonic() + self.gather
             while len(batch) < BATCH:
                 try:
-                    batch.append(self.queue.get_nowait())
+                    batch.append(self.queue.get(timeout=max(deadline - time.monotonic(), 0)))
                 except queue.Empty:
                     break
             if _STOP in batch:
@@ -98,8 +105,8 @@ class AuditWriter:
     def _commit(self, batch: list[Any], stopping: bool) -> None:
         by_trail: dict[str, list[tuple[str, Future[int]]]] = {}
         for trail, record, done in batch:
-            try:
-                text = canonical(record)
+            try:  # a factory builds the record here, off the caller's thread
+                text = canonical(record() if callable(record) else record)
             except (TypeError, ValueError) as exc:  # not JSON: refuse this record alone
                 log.error("refusing an audit record for the %s trail: %s", trail, exc)
                 done.set_exception(exc)

@@ -34,7 +34,7 @@ from issuer.scim import BootstrapToken, new_token
 from issuer.store import open_store
 from pdp.audit.changes import ChangeAuditor
 from pdp.audit.records import decision_record
-from pdp.audit.writer import AuditWriter
+from pdp.audit.writer import GATHER, AuditWriter
 from pdp.decision import Decision
 from pdp.directory import Directory, Identities
 from pdp.engine import Engine
@@ -161,9 +161,11 @@ class AuthorizerService(pb_grpc.AuthorizerServicer):  # type: ignore[misc]
         audit = self.audit
         if audit is None:
             return None
-        record = decision_record(
-            message, decision, decision_id, time.perf_counter() - started, context.peer()
-        )
+        seconds, pep = time.perf_counter() - started, context.peer()
+
+        def record() -> dict[str, Any]:  # built by the writer thread, off the hot path
+            return decision_record(message, decision, decision_id, seconds, pep)
+
         done = audit.submit_nowait("agent", record)
         if done is None:
             done = await asyncio.to_thread(audit.submit, "agent", record)
@@ -400,7 +402,8 @@ async def serve_forever(engine: Engine, config: ServeConfig, announce: Sequence[
             directory.start()
             stack.callback(directory.stop)
             if config.audit != "off":
-                audit = AuditWriter(store, config.audit_queue)
+                gather = 0.0 if config.audit == "sync" else GATHER  # sync answers wait
+                audit = AuditWriter(store, config.audit_queue, gather)
                 stack.callback(audit.close)
                 admin_trail = ChangeAuditor(store, audit)
                 admin_trail.start()

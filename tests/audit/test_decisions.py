@@ -308,8 +308,9 @@ def test_a_full_audit_queue_makes_decisions_wait_and_drops_none(
         waited: list[str] = []  # submit() is called only when the queue had no room
         submit = server.writer.submit
 
-        def waiting_submit(trail: str, record: dict[str, Any]) -> Future[int]:
-            waited.append(record["decision_id"])
+        def waiting_submit(trail: str, record: Any) -> Future[int]:
+            built = record() if callable(record) else record  # records come as factories
+            waited.append(built["decision_id"])
             return submit(trail, record)
 
         monkeypatch.setattr(server.writer, "submit", waiting_submit)

@@ -1,0 +1,650 @@
+"""What auditing every decision costs the gRPC service, and whether the audit writer keeps up.
+
+What it measures, in one run, over loopback (127.0.0.1) only, against servers started as
+``pdp.serve.grpc.start(engine, HOST, 0, cache_size=0, audit=..., durability=...)`` with the
+shipped policies, no directory (requests carry the agent's attributes), each in its own
+process (multiprocessing, spawn):
+
+* **off**: ``audit=None``, the baseline;
+* **async**: an ``AuditWriter`` on a fresh SQLite file, ``durability="async"``;
+* **sync**: the same with ``durability="sync"`` (an extra row, no target);
+* **async, PostgreSQL**: the writer on a fresh schema of the PostgreSQL database at
+  ``TESSERA_TEST_POSTGRES`` (default ``postgresql://postgres@127.0.0.1:5432/test``), dropped
+  after; skipped when the database cannot be reached.
+
+Each server reports its port through a queue and answers over a pipe: its CPU time
+(``time.process_time``, all threads, the writer thread included), and the writer's counters:
+records submitted, records committed (``AuditWriter.written``), how often ``submit_nowait``
+found the queue full (backpressure: the server then waits for room), and the deepest queue
+seen by a sampler thread (every 5 ms) since the last read.
+
+Phases:
+
+* (a) sequential ``Authorize`` from a sync ``grpc`` client, one call at a time, after a
+  warm-up: median latency and server CPU µs per call. off / async (and sync) alternate over
+  a few rounds so drift hits them alike; the writer's queue is drained before each round.
+  Target: CPU per call async / off ≤ 1.10.
+* (b) ``AuthorizeBatch`` of 100 requests, sequential calls: decisions/s, and for audited
+  servers the records the writer committed during the same window (per s), the records
+  still queued at its end, and backpressure. The queue is drained before each round's
+  warm-up, not after it, so the window opens and closes with the writer in steady state.
+  Target: writer records/s ≥ 0.99 × the audited server's decisions/s (the 1% is the tail
+  still in flight when the window closes), with no backpressure. Alternates off / async like (a).
+* writer capacity: in the async server process, the writer alone, saturated: N copies of a
+  real decision record submitted as fast as the queue takes them, timed until committed.
+  Compared (no target) with the audit-off ``AuthorizeBatch`` decisions/s: the headroom.
+
+The request is ``grpc_service.py``'s: agent "helper" (active, risk low) calling tool
+"search", allowed by ``agents.read_only``; the client sends pre-serialized bytes. Client and
+servers share the machine's cores; the writer thread shares its server's GIL.
+
+    python benchmarks/audit.py [--json] [--quick] [--strict]
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+# The project root first: benchmarks/issuer.py must not shadow the issuer package
+# (sibling scripts stay importable from this directory, next on the path).
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import argparse
+import asyncio
+import contextlib
+import multiprocessing as mp
+import platform
+import sqlite3
+import statistics
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote, urlsplit, urlunsplit
+
+import grpc
+from engine import Target, finish, fmt, percentile, ratio  # a sibling: the script's directory
+
+from pdp.serve.proto import authorizer_pb2 as pb
+
+ROOT = Path(__file__).resolve().parent.parent
+POLICIES = ROOT / "policies"
+HOST = "127.0.0.1"
+POSTGRES_URL = os.environ.get("TESSERA_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
+
+AUTHORIZE_METHOD = "/tessera.v1.Authorizer/Authorize"
+BATCH_METHOD = "/tessera.v1.Authorizer/AuthorizeBatch"
+BATCH_SIZE = 100
+START_TIMEOUT_S = 30.0
+CALL_TIMEOUT_S = 30.0
+DRAIN_TIMEOUT_S = 60.0
+SAMPLE_EVERY_S = 0.005
+CPU_RATIO_LIMIT = 1.10
+WRITER_KEEPS_UP = 0.99
+
+
+@dataclass(frozen=True)
+class Budget:
+    warmup: int
+    sequential: int  # Authorize calls per server, over all rounds
+    batches: int  # AuthorizeBatch calls per server, over all rounds
+    rounds: int
+    capacity: int  # records for the saturated writer
+
+
+FULL = Budget(warmup=300, sequential=3_000, batches=300, rounds=3, capacity=30_000)
+QUICK = Budget(warmup=50, sequential=300, batches=12, rounds=2, capacity=3_000)
+
+
+def typical_request() -> pb.AuthorizeRequest:
+    return pb.AuthorizeRequest(
+        agent=pb.Agent(
+            id="helper",
+            attributes={"status": pb.Value(string="active"), "risk": pb.Value(risk="low")},
+        ),
+        action="tool.call",
+        resource=pb.Resource(type="tool", id="search"),
+    )
+
+
+def redacted(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    return urlunsplit(parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@")))
+
+
+# ------------------------------------------------------------------ server processes
+
+
+class Counting:
+    """Wraps the writer's submit methods to count records and full-queue fallbacks, and
+    samples the queue depth from a thread."""
+
+    def __init__(self, writer: Any) -> None:
+        self.writer = writer
+        self.submitted = 0
+        self.full = 0
+        self.max_depth = 0
+        self.last_record: Any = None
+        nowait, blocking = writer.submit_nowait, writer.submit
+
+        def submit_nowait(trail: str, record: Any) -> Any:
+            done = nowait(trail, record)
+            if done is None:
+                self.full += 1
+            else:
+                self.submitted += 1
+                self.last_record = record
+            return done
+
+        def submit(trail: str, record: Any) -> Any:
+            done = blocking(trail, record)
+            self.submitted += 1
+            return done
+
+        writer.submit_nowait, writer.submit = submit_nowait, submit
+        self.stopped = threading.Event()
+        threading.Thread(target=self._sample, name="queue-sampler", daemon=True).start()
+
+    def _sample(self) -> None:
+        q = self.writer.queue
+        while not self.stopped.wait(SAMPLE_EVERY_S):
+            depth = q.qsize()
+            if depth > self.max_depth:
+                self.max_depth = depth
+
+    def stats(self) -> dict[str, Any]:
+        out = {
+            "submitted": self.submitted,
+            "written": self.writer.written,
+            "full": self.full,
+            "max_depth": self.max_depth,
+            "depth": self.writer.queue.qsize(),
+        }
+        self.max_depth = 0
+        return out
+
+    def drain(self) -> bool:
+        deadline = time.monotonic() + DRAIN_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if self.writer.written >= self.submitted:
+                return True
+            time.sleep(0.002)
+        return False
+
+    def capacity(self, n: int) -> dict[str, Any]:
+        """The writer alone, saturated: n copies of a real record, timed until committed."""
+        if not self.drain() or self.last_record is None:
+            raise RuntimeError("the writer did not drain, or saw no record")
+        record, writer = self.last_record, self.writer
+        start = writer.written
+        cpu0, t0 = time.process_time(), time.perf_counter()
+        for _ in range(n):
+            writer.submit("agent", record)
+        if not self.drain():
+            raise RuntimeError("the writer did not commit the capacity records in time")
+        elapsed, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+        committed = writer.written - start
+        tail = writer.store.audit_tail("agent")
+        return {
+            "records": committed,
+            "records_per_s": round(committed / elapsed),
+            "cpu_us_per_record": round(cpu * 1e6 / committed, 1),
+            "tail_seq": None if tail is None else tail.seq,
+        }
+
+
+async def _start(mode: str, store_url: str | None) -> tuple[Any, Any]:
+    from issuer.store import open_store
+    from pdp.audit.writer import GATHER, AuditWriter
+    from pdp.engine import Engine
+    from pdp.loader import load_directory
+    from pdp.serve.grpc import start
+
+    engine = Engine(load_directory(POLICIES).bundle)
+    durability = "sync" if mode == "sync" else "async"
+    gather = 0.0 if durability == "sync" else GATHER  # as tessera serve configures it
+    writer = None if store_url is None else AuditWriter(open_store(store_url), gather=gather)
+    running = await start(engine, HOST, 0, cache_size=0, audit=writer, durability=durability)
+    return running, writer
+
+
+def serve(name: str, mode: str, store_url: str | None, ports: Any, control: Connection) -> None:
+    """A server process: serve on an event loop thread; answer requests until stop."""
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    try:
+        future = asyncio.run_coroutine_threadsafe(_start(mode, store_url), loop)
+        server, writer = future.result(START_TIMEOUT_S)
+    except Exception as exc:  # report, so the parent does not wait for a port forever
+        ports.put((name, None, repr(exc)))
+        return
+    counting = None if writer is None else Counting(writer)
+    ports.put((name, server.port, None))
+    try:
+        while control.poll(600):  # bounded: a parent that went away leaves within minutes
+            command, *args = control.recv()
+            if command == "cpu":
+                control.send(time.process_time())
+            elif command == "stats":
+                control.send(None if counting is None else counting.stats())
+            elif command == "drain":
+                control.send(True if counting is None else counting.drain())
+            elif command == "capacity" and counting is not None:
+                try:
+                    control.send(counting.capacity(*args))
+                except Exception as exc:
+                    control.send(repr(exc))
+            else:
+                break
+    except EOFError:
+        pass
+    finally:
+        asyncio.run_coroutine_threadsafe(server.stop(0), loop).result(10)
+        if writer is not None:
+            assert counting is not None
+            counting.stopped.set()
+            writer.close()
+            writer.store.close()
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(timeout=10)
+
+
+@dataclass
+class Proc:
+    name: str
+    process: Any
+    control: Connection
+    port: int = 0
+
+    def ask(self, *command: Any, timeout: float = 10) -> Any:
+        self.control.send(command)
+        if not self.control.poll(timeout):
+            raise RuntimeError(f"the {self.name} server did not answer {command[0]!r}")
+        return self.control.recv()
+
+    def cpu(self) -> float:
+        value: float = self.ask("cpu")
+        return value
+
+    def drain(self) -> None:
+        if not self.ask("drain", timeout=DRAIN_TIMEOUT_S + 5):
+            raise RuntimeError(f"the {self.name} server's audit writer did not drain")
+
+
+def launch(ctx: Any, ports: Any, servers: dict[str, tuple[str, str | None]]) -> dict[str, Proc]:
+    procs: dict[str, Proc] = {}
+    for name, (mode, url) in servers.items():
+        parent, child = ctx.Pipe()
+        process = ctx.Process(target=serve, args=(name, mode, url, ports, child), daemon=True)
+        process.start()
+        procs[name] = Proc(name, process, parent)
+    for _ in servers:
+        name, port, error = ports.get(timeout=START_TIMEOUT_S)
+        if port is None:
+            raise RuntimeError(f"the {name} server failed to start: {error}")
+        procs[name].port = port
+    return procs
+
+
+def shutdown(procs: dict[str, Proc]) -> None:
+    for proc in procs.values():
+        with contextlib.suppress(OSError, ValueError):
+            proc.control.send(("stop",))
+    for proc in procs.values():
+        proc.process.join(timeout=15)
+        if proc.process.is_alive():
+            proc.process.terminate()
+            proc.process.join(timeout=5)
+        if proc.process.is_alive():
+            proc.process.kill()
+            proc.process.join(timeout=5)
+        proc.control.close()
+
+
+@contextlib.contextmanager
+def postgres_url() -> Iterator[tuple[str | None, str]]:
+    """A fresh schema (the URL sets it as the search_path), dropped after; (None, why)
+    when PostgreSQL cannot be reached."""
+    try:
+        import psycopg
+
+        admin = psycopg.connect(POSTGRES_URL, autocommit=True, connect_timeout=5)
+    except Exception as exc:
+        yield None, f"not reachable at {redacted(POSTGRES_URL)}: {exc}"
+        return
+    schema = f"bench_{uuid.uuid4().hex}"
+    with admin:
+        row = admin.execute("SHOW server_version").fetchone()
+        admin.execute(f"CREATE SCHEMA {schema}")
+        try:
+            options = quote(f"-c search_path={schema}")
+            yield (
+                f"{POSTGRES_URL}?options={options}&application_name={schema}",
+                f"PostgreSQL {row[0] if row else '?'}, schema {schema} (dropped after)",
+            )
+        finally:
+            admin.execute(f"DROP SCHEMA {schema} CASCADE")
+
+
+# ------------------------------------------------------------------ measuring
+
+
+def check(proc: Proc, payload: bytes) -> None:
+    with grpc.insecure_channel(f"{HOST}:{proc.port}") as channel:
+        raw = channel.unary_unary(AUTHORIZE_METHOD)(payload, timeout=CALL_TIMEOUT_S)
+    answer = pb.AuthorizeResponse.FromString(raw)
+    if not answer.allow or list(answer.decided_by) != ["agents.read_only"]:
+        raise RuntimeError(f"unexpected decision from {proc.name}: {answer}")
+
+
+def sequential_round(proc: Proc, payload: bytes, warmup: int, n: int) -> tuple[list[float], float]:
+    """Latencies in µs of n calls, one at a time, and the server's CPU seconds over them."""
+    proc.drain()
+    with grpc.insecure_channel(f"{HOST}:{proc.port}") as channel:
+        stub = channel.unary_unary(AUTHORIZE_METHOD)
+        for _ in range(warmup):
+            stub(payload, timeout=CALL_TIMEOUT_S)
+        proc.drain()
+        out = []
+        cpu0 = proc.cpu()
+        for _ in range(n):
+            t0 = time.perf_counter_ns()
+            stub(payload, timeout=CALL_TIMEOUT_S)
+            out.append((time.perf_counter_ns() - t0) / 1_000)
+        cpu1 = proc.cpu()
+    return out, cpu1 - cpu0
+
+
+def batch_round(proc: Proc, batch: bytes, warmup: int, n: int) -> dict[str, Any]:
+    proc.drain()
+    with grpc.insecure_channel(f"{HOST}:{proc.port}") as channel:
+        stub = channel.unary_unary(BATCH_METHOD)
+        for _ in range(warmup):  # not drained after: the window starts in steady state
+            stub(batch, timeout=CALL_TIMEOUT_S)
+        before = proc.ask("stats")
+        cpu0 = proc.cpu()
+        t0 = time.perf_counter()
+        for _ in range(n):
+            stub(batch, timeout=CALL_TIMEOUT_S)
+        elapsed = time.perf_counter() - t0
+        after = proc.ask("stats")
+        cpu1 = proc.cpu()
+    out: dict[str, Any] = {"elapsed": elapsed, "cpu": cpu1 - cpu0, "decisions": n * BATCH_SIZE}
+    if before is not None:
+        out["committed"] = after["written"] - before["written"]
+        out["full"] = after["full"] - before["full"]
+        out["max_depth"] = after["max_depth"]
+        out["depth_at_end"] = after["depth"]
+        out["lag_at_end"] = after["submitted"] - after["written"]
+    return out
+
+
+def summarize_sequential(latencies: list[float], cpu: float) -> dict[str, Any]:
+    return {
+        "calls": len(latencies),
+        "median_us": round(statistics.median(latencies), 1),
+        "p99_us": round(percentile(latencies, 0.99), 1),
+        "server_cpu_us_per_call": round(cpu * 1e6 / len(latencies), 1),
+    }
+
+
+def summarize_batch(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    elapsed = sum(r["elapsed"] for r in rounds)
+    decisions = sum(r["decisions"] for r in rounds)
+    out: dict[str, Any] = {
+        "batch_size": BATCH_SIZE,
+        "calls": decisions // BATCH_SIZE,
+        "decisions_per_s": round(decisions / elapsed),
+        "server_cpu_us_per_decision": round(sum(r["cpu"] for r in rounds) * 1e6 / decisions, 2),
+    }
+    if "committed" in rounds[0]:
+        committed = sum(r["committed"] for r in rounds)
+        out.update(
+            {
+                "writer_records_per_s": round(committed / elapsed),
+                "records_committed_in_window": committed,
+                "backpressure_events": sum(r["full"] for r in rounds),
+                "max_queue_depth": max(r["max_depth"] for r in rounds),
+                "max_lag_at_end": max(r["lag_at_end"] for r in rounds),
+            }
+        )
+    return out
+
+
+def run(budget: Budget, with_postgres: bool) -> dict[str, Any]:
+    request = typical_request()
+    payload = request.SerializeToString()
+    batch = pb.AuthorizeBatchRequest(requests=[request] * BATCH_SIZE).SerializeToString()
+    ctx = mp.get_context("spawn")
+    ports = ctx.Queue()
+    procs: dict[str, Proc] = {}
+    stores: dict[str, str] = {}
+    with contextlib.ExitStack() as stack:
+        tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="tessera-audit-")))
+        servers: dict[str, tuple[str, str | None]] = {
+            "off": ("off", None),
+            "async": ("async", f"sqlite:///{tmp}/async.db"),
+            "sync": ("sync", f"sqlite:///{tmp}/sync.db"),
+        }
+        stores["sqlite"] = f"SQLite {sqlite3.sqlite_version}, file in a temporary directory"
+        if with_postgres:
+            url, about = stack.enter_context(postgres_url())
+            stores["postgresql"] = about
+            if url is not None:
+                servers["async_pg"] = ("async", url)
+        else:
+            stores["postgresql"] = "skipped (--no-postgres)"
+        try:
+            procs = launch(ctx, ports, servers)
+            for proc in procs.values():
+                check(proc, payload)
+            # (a) sequential Authorize, off / async / sync alternating
+            per_round = max(1, budget.sequential // budget.rounds)
+            seq_names = ["off", "async", "sync"]
+            lat: dict[str, list[float]] = {n: [] for n in seq_names}
+            cpu: dict[str, float] = dict.fromkeys(seq_names, 0.0)
+            for i in range(budget.rounds):
+                for name in seq_names:
+                    warm = budget.warmup if i == 0 else budget.warmup // 10
+                    values, spent = sequential_round(procs[name], payload, warm, per_round)
+                    lat[name] += values
+                    cpu[name] += spent
+            sequential = {n: summarize_sequential(lat[n], cpu[n]) for n in seq_names}
+            # (b) AuthorizeBatch x100, off / async (/ async on PostgreSQL) alternating
+            batch_names = ["off", "async"] + (["async_pg"] if "async_pg" in procs else [])
+            per_round = max(1, budget.batches // budget.rounds)
+            rounds: dict[str, list[dict[str, Any]]] = {n: [] for n in batch_names}
+            for _ in range(budget.rounds):
+                for name in batch_names:
+                    warm = max(5, per_round // 10)
+                    rounds[name].append(batch_round(procs[name], batch, warm, per_round))
+            batches = {n: summarize_batch(rounds[n]) for n in batch_names}
+            # the writer alone, saturated
+            capacity: dict[str, Any] = {}
+            for name in batch_names[1:]:
+                answer = procs[name].ask("capacity", budget.capacity, timeout=DRAIN_TIMEOUT_S * 3)
+                if isinstance(answer, str):
+                    raise RuntimeError(f"capacity on {name}: {answer}")
+                capacity[name] = answer
+        finally:
+            shutdown(procs)
+            ports.close()
+            ports.join_thread()
+    return {"stores": stores, "sequential": sequential, "batch": batches, "capacity": capacity}
+
+
+def evaluate(measured: dict[str, Any]) -> tuple[dict[str, Any], list[Target]]:
+    seq, batch, cap = measured["sequential"], measured["batch"], measured["capacity"]
+    off_cpu = seq["off"]["server_cpu_us_per_call"]
+    ratios: dict[str, Any] = {
+        "cpu_per_call_async_over_off": ratio(seq["async"]["server_cpu_us_per_call"], off_cpu),
+        "cpu_per_call_sync_over_off": ratio(seq["sync"]["server_cpu_us_per_call"], off_cpu),
+        "latency_async_over_off": ratio(seq["async"]["median_us"], seq["off"]["median_us"]),
+        "latency_sync_over_off": ratio(seq["sync"]["median_us"], seq["off"]["median_us"]),
+    }
+    off_rate = batch["off"]["decisions_per_s"]
+    targets = [
+        Target(
+            "Authorize server CPU per call, audit async / off",
+            f"<= {CPU_RATIO_LIMIT:.2f}x",
+            ratios["cpu_per_call_async_over_off"],
+            None
+            if ratios["cpu_per_call_async_over_off"] is None
+            else ratios["cpu_per_call_async_over_off"] <= CPU_RATIO_LIMIT,
+        )
+    ]
+    for name, label in (("async", "SQLite"), ("async_pg", "PostgreSQL")):
+        b = batch.get(name)
+        if b is None:
+            targets.append(
+                Target(f"audit writer keeps up with AuthorizeBatch ({label})", "", None, None)
+            )
+            continue
+        keeps = ratio(b["writer_records_per_s"], b["decisions_per_s"])
+        ratios[f"batch_decisions_{name}_over_off"] = ratio(b["decisions_per_s"], off_rate)
+        ratios[f"writer_over_decisions_{name}"] = keeps
+        ratios[f"writer_capacity_{name}_over_off_decisions"] = ratio(
+            cap[name]["records_per_s"], off_rate
+        )
+        targets.append(
+            Target(
+                f"audit writer keeps up with AuthorizeBatch ({label}): records/s over "
+                "decisions/s, no backpressure",
+                f">= {WRITER_KEEPS_UP:.2f}x and 0 full-queue events",
+                keeps,
+                keeps is not None and keeps >= WRITER_KEEPS_UP and b["backpressure_events"] == 0,
+            )
+        )
+    return ratios, targets
+
+
+# ------------------------------------------------------------------ report
+
+
+def x(value: float | None) -> str:
+    return "" if value is None else f"{value:.2f}x"
+
+
+def print_report(result: dict[str, Any]) -> None:
+    env, seq, batch = result["environment"], result["sequential"], result["batch"]
+    cap, ratios = result["capacity"], result["ratios"]
+    print(
+        f"Audit cost on the gRPC service (Python {env['python']}, {env['machine']}, "
+        f"grpcio {env['grpcio']}{', quick' if env['quick'] else ''})"
+    )
+    for backend, about in result["stores"].items():
+        print(f"  {backend}: {about}")
+    print(f"servers in their own processes on {HOST}, cache_size=0, no directory\n")
+    print("(a) sequential Authorize")
+    header = f"{'audit':18} {'median µs':>10} {'p99 µs':>10} {'CPU µs/call':>12} {'vs off':>8}"
+    print(header)
+    print("-" * len(header))
+    for name, label in (("off", "off"), ("async", "async (SQLite)"), ("sync", "sync (SQLite)")):
+        s = seq[name]
+        r = None if name == "off" else ratios[f"cpu_per_call_{name}_over_off"]
+        print(
+            f"{label:18} {s['median_us']:>10,} {s['p99_us']:>10,} "
+            f"{s['server_cpu_us_per_call']:>12,} {x(r):>8}"
+        )
+    print(f"\n(b) AuthorizeBatch x{BATCH_SIZE}")
+    header = (
+        f"{'audit':20} {'decisions/s':>12} {'vs off':>7} {'CPU µs/dec':>11} "
+        f"{'writer rec/s':>13} {'writer/dec':>11} {'full':>5} {'max queue':>10} "
+        f"{'capacity rec/s':>15}"
+    )
+    print(header)
+    print("-" * len(header))
+    for name, label in (("off", "off"), ("async", "async (SQLite)"), ("async_pg", "async (PG)")):
+        b = batch.get(name)
+        if b is None:
+            print(f"{label:20} skipped")
+            continue
+        if name == "off":
+            print(
+                f"{label:20} {b['decisions_per_s']:>12,} {'':>7} "
+                f"{b['server_cpu_us_per_decision']:>11}"
+            )
+            continue
+        print(
+            f"{label:20} {b['decisions_per_s']:>12,} "
+            f"{x(ratios[f'batch_decisions_{name}_over_off']):>7} "
+            f"{b['server_cpu_us_per_decision']:>11} {b['writer_records_per_s']:>13,} "
+            f"{x(ratios[f'writer_over_decisions_{name}']):>11} {b['backpressure_events']:>5} "
+            f"{b['max_queue_depth']:>10,} {cap[name]['records_per_s']:>15,}"
+        )
+    for name in cap:
+        c = cap[name]
+        print(
+            f"  writer alone ({name}): {c['records']:,} records at {c['records_per_s']:,}/s, "
+            f"{c['cpu_us_per_record']} µs CPU each; "
+            f"{x(ratios[f'writer_capacity_{name}_over_off_decisions'])} the audit-off "
+            "batch decision rate"
+        )
+    print("\ntargets")
+    for t in result["_targets"]:
+        print(f"  {t.verdict:4}  {t.name}: {fmt(t.value, 2)} ({t.limit})")
+    print(f"\n{result['seconds']} s")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=(
+            "Time what auditing costs Tessera's gRPC service: Authorize server CPU with the "
+            "audit writer on vs off, and whether the writer keeps up with AuthorizeBatch."
+        ),
+        epilog="Method and caveats: see the module docstring.",
+    )
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead")
+    parser.add_argument("--quick", action="store_true", help="a short smoke run (noisy numbers)")
+    parser.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
+    parser.add_argument("--no-postgres", action="store_true", help="skip the PostgreSQL row")
+    args = parser.parse_args()
+
+    budget = QUICK if args.quick else FULL
+    started = time.perf_counter()
+    measured = run(budget, not args.no_postgres)
+    ratios, targets = evaluate(measured)
+    result: dict[str, Any] = {
+        "benchmark": "audit",
+        "environment": {
+            "python": platform.python_version(),
+            "implementation": platform.python_implementation(),
+            "machine": f"{platform.system()} {platform.machine()}",
+            "cpus": os.cpu_count(),
+            "grpcio": grpc.__version__,
+            "quick": args.quick,
+            "when": datetime.now().astimezone().isoformat(timespec="seconds"),
+        },
+        "method": {
+            "host": HOST,
+            "servers": "one process each (multiprocessing spawn)",
+            "pdp_cache_size": 0,
+            "warmup_calls": budget.warmup,
+            "sequential_calls": budget.sequential,
+            "batch_calls": budget.batches,
+            "rounds": budget.rounds,
+            "capacity_records": budget.capacity,
+            "server_cpu": "time.process_time in the server process (all threads)",
+            "queue_depth_sampled_every_s": SAMPLE_EVERY_S,
+            "postgres": redacted(POSTGRES_URL),
+        },
+        **measured,
+        "ratios": ratios,
+        "targets": [t.to_json(3) for t in targets],
+        "seconds": round(time.perf_counter() - started, 1),
+    }
+    finish(result, targets, args, lambda r: print_report({**r, "_targets": targets}))
+
+
+if __name__ == "__main__":
+    main()
