@@ -640,49 +640,46 @@ class ScimService:
         return scim_response(located.model_dump(scim_ctx=Context.RESOURCE_QUERY_RESPONSE))
 
     async def resource_types(self, request: Request) -> Response:
-        self._principal(request)
-        base = self._base(request)
-        items = [
-            self._located(t, "ResourceType", base, "ResourceTypes") for t in PROVIDER.resource_types
-        ]
-        return self._discovery_list(request, items, ResourceType)
+        return self._discovery_list(request, PROVIDER.resource_types, ResourceType)
 
     async def resource_type(self, request: Request) -> Response:
-        self._principal(request)
-        base = self._base(request)
-        for item in PROVIDER.resource_types:
-            if item.id == request.path_params["id"]:
-                located = self._located(item, "ResourceType", base, "ResourceTypes")
-                return scim_response(located.model_dump(scim_ctx=Context.RESOURCE_QUERY_RESPONSE))
-        raise NotFoundException(detail=f"no resource type {request.path_params['id']!r}")
+        return self._discovery_item(request, PROVIDER.resource_types, ResourceType)
 
     async def schemas(self, request: Request) -> Response:
-        self._principal(request)
-        base = self._base(request)
-        items = [self._located(s, "Schema", base, "Schemas") for s in PROVIDER.schemas]
-        return self._discovery_list(request, items, Schema)
+        return self._discovery_list(request, PROVIDER.schemas, Schema)
 
     async def schema(self, request: Request) -> Response:
+        return self._discovery_item(request, PROVIDER.schemas, Schema)
+
+    def _located(self, request: Request, items: Iterable[Any], model: type[Any]) -> list[Any]:
+        """Discovery resources with their meta (``/ResourceTypes/User``, ``/Schemas/urn…``)."""
         self._principal(request)
-        base = self._base(request)
-        for item in PROVIDER.schemas:
-            if item.id == request.path_params["id"]:
-                located = self._located(item, "Schema", base, "Schemas")
-                return scim_response(located.model_dump(scim_ctx=Context.RESOURCE_QUERY_RESPONSE))
-        raise NotFoundException(detail=f"no schema {request.path_params['id']!r}")
+        base, name = self._base(request), model.__name__
+        return [
+            item.model_copy(
+                update={"meta": Meta(resource_type=name, location=f"{base}/{name}s/{item.id}")}
+            )
+            for item in items
+        ]
 
-    @staticmethod
-    def _located(item: Any, resource_type: str, base: str, endpoint: str) -> Any:
-        meta = Meta(resource_type=resource_type, location=f"{base}/{endpoint}/{item.id}")
-        return item.model_copy(update={"meta": meta})
+    def _discovery_item(self, request: Request, items: Iterable[Any], model: type[Any]) -> Response:
+        wanted = request.path_params["id"]
+        for item in self._located(request, items, model):
+            if item.id == wanted:
+                return scim_response(item.model_dump(scim_ctx=Context.RESOURCE_QUERY_RESPONSE))
+        raise NotFoundException(detail=f"no {model.__name__} {wanted!r}")
 
-    def _discovery_list(self, request: Request, items: list[Any], model: type[Any]) -> Response:
+    def _discovery_list(self, request: Request, items: Iterable[Any], model: type[Any]) -> Response:
+        located = self._located(request, items, model)
         if request.query_params.get("filter"):
             raise SCIMException.from_error(
                 Error(status=403, detail="filtering is not supported on discovery endpoints")
             )
         listing = ListResponse[model](  # type: ignore[valid-type]
-            total_results=len(items), start_index=1, items_per_page=len(items), resources=items
+            total_results=len(located),
+            start_index=1,
+            items_per_page=len(located),
+            resources=located,
         )
         return scim_response(listing.model_dump(scim_ctx=Context.RESOURCE_QUERY_RESPONSE))
 
