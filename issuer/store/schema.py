@@ -236,36 +236,41 @@ class SQLStore(ABC):
             _claim(cur, kind, id_, unique)
         return Record(kind, id_, 1, as_document(text), now, now)
 
-    def get(self, kind: str, id: str) -> Record:
+    def _select(self, sql: str, parameters: Sequence[Any]) -> builtins.list[Any]:
+        """The rows of one read-only query, in its own transaction."""
         with self._transaction(write=False) as cur:
-            cur.execute(
-                f"SELECT {RECORD_COLUMNS} FROM resources WHERE kind = ? AND id = ?", (kind, id)
-            )
-            row = cur.fetchone()
+            cur.execute(sql, parameters)
+            return cur.fetchall()
+
+    def _select_one(self, sql: str, parameters: Sequence[Any]) -> Any:
+        """The first row of a read-only query, or None."""
+        rows = self._select(sql, parameters)
+        return rows[0] if rows else None
+
+    def get(self, kind: str, id: str) -> Record:
+        row = self._select_one(
+            f"SELECT {RECORD_COLUMNS} FROM resources WHERE kind = ? AND id = ?", (kind, id)
+        )
         if row is None:
             raise NotFound(f"no {kind} with id {id!r}")
         return record_from_row(kind, row)
 
     def find(self, kind: str, attribute: str, value: str) -> Record:
-        with self._transaction(write=False) as cur:
-            cur.execute(
-                "SELECT r.id, r.version, r.data, r.created, r.modified FROM unique_values u"
-                " JOIN resources r ON r.kind = u.kind AND r.id = u.id"
-                " WHERE u.kind = ? AND u.attribute = ? AND u.value = ?",
-                (kind, attribute, value),
-            )
-            row = cur.fetchone()
+        row = self._select_one(
+            "SELECT r.id, r.version, r.data, r.created, r.modified FROM unique_values u"
+            " JOIN resources r ON r.kind = u.kind AND r.id = u.id"
+            " WHERE u.kind = ? AND u.attribute = ? AND u.value = ?",
+            (kind, attribute, value),
+        )
         if row is None:
             raise NotFound(f"no {kind} with {attribute} {value!r}")
         return record_from_row(kind, row)
 
     def list(self, kind: str) -> builtins.list[Record]:
-        with self._transaction(write=False) as cur:
-            cur.execute(
-                f"SELECT {RECORD_COLUMNS} FROM resources WHERE kind = ? ORDER BY created_seq",
-                (kind,),
-            )
-            rows = cur.fetchall()
+        rows = self._select(
+            f"SELECT {RECORD_COLUMNS} FROM resources WHERE kind = ? ORDER BY created_seq",
+            (kind,),
+        )
         return [record_from_row(kind, row) for row in rows]
 
     def replace(
@@ -311,19 +316,15 @@ class SQLStore(ABC):
             _log(cur, now, kind, id, "delete", actor, current.version, None)
 
     def last_change(self) -> int:
-        with self._transaction(write=False) as cur:
-            cur.execute("SELECT COALESCE(MAX(seq), 0) FROM changes")
-            return int(cur.fetchone()[0])
+        return int(self._select_one("SELECT COALESCE(MAX(seq), 0) FROM changes", ())[0])
 
     def changes(self, since: int, limit: int = 1000) -> builtins.list[Change]:
         if limit <= 0:
             return []
-        with self._transaction(write=False) as cur:
-            cur.execute(
-                f"SELECT {CHANGE_COLUMNS} FROM changes WHERE seq > ? ORDER BY seq LIMIT ?",
-                (since, limit),
-            )
-            rows = cur.fetchall()
+        rows = self._select(
+            f"SELECT {CHANGE_COLUMNS} FROM changes WHERE seq > ? ORDER BY seq LIMIT ?",
+            (since, limit),
+        )
         return [change_from_row(row) for row in rows]
 
     def append_audit(self, trail: str, entries: Sequence[AuditEntry]) -> None:
@@ -339,32 +340,25 @@ class SQLStore(ABC):
 
     def audit_tail(self, trail: str) -> AuditEntry | None:
         """The newest entry of a trail, or None for an empty trail."""
-        with self._transaction(write=False) as cur:
-            cur.execute(
-                f"SELECT {AUDIT_COLUMNS} FROM audit WHERE trail = ? ORDER BY seq DESC LIMIT 1",
-                (trail,),
-            )
-            row = cur.fetchone()
+        row = self._select_one(
+            f"SELECT {AUDIT_COLUMNS} FROM audit WHERE trail = ? ORDER BY seq DESC LIMIT 1",
+            (trail,),
+        )
         return None if row is None else _audit_entry(row)
 
     def audit(self, trail: str, after: int = 0, limit: int = 10_000) -> builtins.list[AuditEntry]:
         """A trail's entries with seq > ``after``, in seq order, at most ``limit``."""
-        with self._transaction(write=False) as cur:
-            cur.execute(
-                f"SELECT {AUDIT_COLUMNS} FROM audit WHERE trail = ? AND seq > ?"
-                " ORDER BY seq LIMIT ?",
-                (trail, after, limit),
-            )
-            rows = cur.fetchall()
+        rows = self._select(
+            f"SELECT {AUDIT_COLUMNS} FROM audit WHERE trail = ? AND seq > ? ORDER BY seq LIMIT ?",
+            (trail, after, limit),
+        )
         return [_audit_entry(row) for row in rows]
 
     def history(self, kind: str, id: str) -> builtins.list[Change]:
-        with self._transaction(write=False) as cur:
-            cur.execute(
-                f"SELECT {CHANGE_COLUMNS} FROM changes WHERE kind = ? AND id = ? ORDER BY seq",
-                (kind, id),
-            )
-            rows = cur.fetchall()
+        rows = self._select(
+            f"SELECT {CHANGE_COLUMNS} FROM changes WHERE kind = ? AND id = ? ORDER BY seq",
+            (kind, id),
+        )
         return [change_from_row(row) for row in rows]
 
 
