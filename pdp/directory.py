@@ -65,6 +65,15 @@ def user_attributes(id: str, doc: Mapping[str, Any], groups: Iterable[str]) -> d
     }
 
 
+def _inactive(who: str, agent_id: str, agent: dict[str, Any] | None) -> str | None:
+    """Why an agent is refused (unknown, or not active), or None."""
+    if agent is None:
+        return f"{who} {agent_id!r} is not in the directory"
+    if agent["status"] != "active":
+        return f"{who} {agent_id!r} is {agent['status']}"
+    return None
+
+
 class Identities(NamedTuple):
     """Who a request is about, as the directory knows them (request JSON attributes)."""
 
@@ -115,17 +124,13 @@ class Directory:
         if self._thread is not None and time.monotonic() - self.synced > MAX_STALENESS:
             return f"the directory has not been refreshed for over {MAX_STALENESS:g} s"
         agent = self._agents.get(agent_id)
-        if agent is None:
-            return f"agent {agent_id!r} is not in the directory"
-        if agent["status"] != "active":
-            return f"agent {agent_id!r} is {agent['status']}"
+        refusal = _inactive("agent", agent_id, agent)
         for actor in chain:
-            if actor != agent_id:
-                found = self._agents.get(actor)
-                if found is None:
-                    return f"delegating agent {actor!r} is not in the directory"
-                if found["status"] != "active":
-                    return f"delegating agent {actor!r} is {found['status']}"
+            if refusal is None and actor != agent_id:
+                refusal = _inactive("delegating agent", actor, self._agents.get(actor))
+        if refusal is not None:
+            return refusal
+        assert agent is not None  # _inactive refuses an agent the directory lacks
         if user_id is None:
             return Identities(agent, None)
         user = self._user_attributes.get(user_id)

@@ -119,7 +119,11 @@ class AuthorizationEndpoint:
             if repeated:  # RFC 6749 §3.1; resource may repeat (RFC 8707 §2)
                 raise OAuthError("invalid_request", f"{repeated[0]} is given more than once")
             pending = await to_thread.run_sync(
-                self._pending, client, redirect_uri, params, _resources(query.getlist("resource"))
+                self._pending,
+                client,
+                redirect_uri,
+                params,
+                check_resources(query.getlist("resource")),
             )
         except OAuthError as exc:
             return self._redirect(redirect_uri, state, error=exc.error, desc=exc.description)
@@ -297,7 +301,7 @@ class AuthorizationEndpoint:
         return RedirectResponse(f"{uri}{separator}{urlencode(values)}", 303)
 
 
-def _resources(values: list[str]) -> list[str]:
+def check_resources(values: list[str]) -> list[str]:
     """RFC 8707 §2: each resource is an absolute URI without a fragment."""
     for resource in values:
         parts = urlsplit(resource)

@@ -22,11 +22,10 @@ import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
 
 from issuer.models import AGENT_EXTENSION
 from issuer.oauth.api_keys import ApiKeys
-from issuer.oauth.authorize import AuthorizationEndpoint
+from issuer.oauth.authorize import AuthorizationEndpoint, check_resources
 from issuer.oauth.clients import TOKEN_EXCHANGE, Client
 from issuer.oauth.errors import OAuthError
 from issuer.oauth.inline import may_block
@@ -417,15 +416,8 @@ def narrowed(requested: str | None, allowed: frozenset[str]) -> list[str]:
 
 
 def resources(form: dict[str, str]) -> list[str]:
-    """RFC 8707 §2: each resource is an absolute URI without a fragment."""
-    found = form.get("resource", "").split()
-    for resource in found:
-        parts = urlsplit(resource)
-        if not parts.scheme or not parts.netloc or parts.fragment:
-            raise OAuthError(
-                "invalid_target", f"resource {resource!r} is not an absolute URI without fragment"
-            )
-    return found
+    """The form's RFC 8707 ``resource`` parameters, each checked."""
+    return check_resources(form.get("resource", "").split())
 
 
 def _agent_of(client: Client) -> str:
