@@ -1,36 +1,89 @@
-"""Real servers on loopback for tests."""
+"""Real servers on loopback for tests, each in its own event loop thread."""
 
 from __future__ import annotations
 
 import asyncio
 import threading
+from collections.abc import Callable, Coroutine
+from typing import Any, TypeVar
 
 import grpc
+from starlette.types import ASGIApp
 
-from pdp.directory import Directory
+from issuer.app import HttpRunning, bind, serve_http
 from pdp.engine import Engine
 from pdp.serve.grpc import Running, start
 
+T = TypeVar("T")
+TIMEOUT = 10.0  # seconds, for starting and stopping a server
 
-class Server:
-    """A real server on 127.0.0.1 in its own event loop thread."""
 
-    def __init__(
-        self,
-        engine: Engine,
-        tls: tuple[bytes, bytes, bytes | None] | None = None,
-        directory: Directory | None = None,
-    ) -> None:
+class LoopThread:
+    """An asyncio event loop running in a daemon thread."""
+
+    def __init__(self) -> None:
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
-        self.running: Running = asyncio.run_coroutine_threadsafe(
-            start(engine, "127.0.0.1", 0, tls=tls, directory=directory), self.loop
-        ).result(timeout=10)
+
+    def run(self, coroutine: Coroutine[Any, Any, T]) -> T:
+        """Run a coroutine on the loop and wait for its result (bounded)."""
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout=TIMEOUT)
+
+    def stop(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(timeout=TIMEOUT)
+        if not self.thread.is_alive():
+            self.loop.close()
+
+
+class Server:
+    """The gRPC decision service on 127.0.0.1; ``options`` go to :func:`start` (tls,
+    directory, audit, durability…)."""
+
+    def __init__(self, engine: Engine, **options: Any) -> None:
+        self.thread = LoopThread()
+        try:
+            self.running: Running = self.thread.run(start(engine, "127.0.0.1", 0, **options))
+        except BaseException:
+            self.thread.stop()
+            raise
         self.channel = grpc.insecure_channel(f"127.0.0.1:{self.running.port}")
 
     def close(self) -> None:
         self.channel.close()
-        asyncio.run_coroutine_threadsafe(self.running.stop(0), self.loop).result(timeout=10)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(timeout=10)
+        try:
+            self.thread.run(self.running.stop(0))
+        finally:
+            self.thread.stop()
+
+
+class HttpServer:
+    """An ASGI application served by uvicorn on a free port of 127.0.0.1. ``build(port)``
+    makes the application once the port is known (an issuer's URL names it)."""
+
+    def __init__(
+        self,
+        build: Callable[[int], ASGIApp],
+        tls: tuple[str, str] | None = None,
+        client_ca: str | None = None,
+    ) -> None:
+        self.thread = LoopThread()
+        try:
+            sock = bind("127.0.0.1", 0)
+            self.port: int = sock.getsockname()[1]
+            try:
+                app = build(self.port)
+            except BaseException:
+                sock.close()
+                raise
+            self.running: HttpRunning = self.thread.run(serve_http(app, sock, tls, client_ca))
+        except BaseException:
+            self.thread.stop()
+            raise
+
+    def close(self) -> None:
+        try:
+            self.thread.run(self.running.stop())
+        finally:
+            self.thread.stop()

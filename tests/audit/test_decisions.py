@@ -7,7 +7,6 @@ store back while the server runs.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import threading
 import time
@@ -26,9 +25,9 @@ from pdp.audit.query import entries, verify_trail
 from pdp.audit.writer import AuditWriter
 from pdp.engine import Engine
 from pdp.loader import load_directory
-from pdp.serve.grpc import start
 from pdp.serve.proto import authorizer_pb2 as pb
 from pdp.serve.proto import authorizer_pb2_grpc as pb_grpc
+from tests.servers import Server
 from tests.stores import BACKENDS, store_url
 
 POLICIES = Path(__file__).resolve().parents[2] / "policies"
@@ -36,32 +35,16 @@ BUNDLE = load_directory(POLICIES).bundle
 WAIT = 10.0  # seconds: the bound on every wait in these tests
 
 
-class Audited:
+class Audited(Server):
     """The decision service on 127.0.0.1 with every decision recorded on ``store``."""
 
     def __init__(self, store: Store, durability: str, queue_size: int = 10_000) -> None:
         self.writer = AuditWriter(store, queue_size)
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-        self.running = asyncio.run_coroutine_threadsafe(
-            start(
-                Engine(BUNDLE),
-                "127.0.0.1",
-                0,
-                audit=self.writer,
-                durability=durability,
-            ),
-            self.loop,
-        ).result(WAIT)
-        self.channel = grpc.insecure_channel(f"127.0.0.1:{self.running.port}")
+        super().__init__(Engine(BUNDLE), audit=self.writer, durability=durability)
         self.stub = pb_grpc.AuthorizerStub(self.channel)  # type: ignore[no-untyped-call]
 
     def close(self) -> None:
-        self.channel.close()
-        asyncio.run_coroutine_threadsafe(self.running.stop(0), self.loop).result(WAIT)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(WAIT)
+        super().close()
         self.writer.close(WAIT)
 
 

@@ -1,14 +1,12 @@
 """A real SCIM service on 127.0.0.1 for each store backend, shared by one test module.
 
-The server runs in its own event loop thread (uvicorn through :func:`issuer.app.start_http`),
+The server runs in its own event loop thread (:class:`tests.servers.HttpServer`),
 on a store from :func:`tests.stores.store_url`. Tests share it, so each one names its
 resources uniquely (see :func:`unique`).
 """
 
 from __future__ import annotations
 
-import asyncio
-import threading
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -16,43 +14,22 @@ from dataclasses import dataclass
 import httpx
 import pytest
 
-from issuer.app import HttpRunning, issuer_app, start_http
+from issuer.app import issuer_app
 from issuer.scim import BootstrapToken
 from issuer.store import Store, open_store
+from tests.servers import HttpServer
 from tests.stores import BACKENDS, store_url
 
 TOKEN = "test-admin-token-0123456789abcdef"
 TIMEOUT = 10.0  # seconds, for starting and stopping the server and for each HTTP call
 
 
-class ScimServer:
-    """The issuer's HTTP application on a free port of 127.0.0.1, in a loop thread."""
+class ScimServer(HttpServer):
+    """The issuer's HTTP application (SCIM) on a free port of 127.0.0.1."""
 
     def __init__(self, store: Store) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-        try:
-            app = issuer_app(store, BootstrapToken(TOKEN))
-            self.running: HttpRunning = asyncio.run_coroutine_threadsafe(
-                start_http(app, "127.0.0.1", 0), self.loop
-            ).result(timeout=TIMEOUT)
-        except BaseException:
-            self._stop_loop()
-            raise
-        self.url = f"http://127.0.0.1:{self.running.port}"
-
-    def close(self) -> None:
-        try:
-            asyncio.run_coroutine_threadsafe(self.running.stop(), self.loop).result(timeout=TIMEOUT)
-        finally:
-            self._stop_loop()
-
-    def _stop_loop(self) -> None:
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(timeout=TIMEOUT)
-        if not self.thread.is_alive():
-            self.loop.close()
+        super().__init__(lambda _port: issuer_app(store, BootstrapToken(TOKEN)))
+        self.url = f"http://127.0.0.1:{self.port}"
 
 
 @dataclass

@@ -18,8 +18,6 @@ Use it from a test module as::
 
 from __future__ import annotations
 
-import asyncio
-import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -35,8 +33,9 @@ from authlib.integrations.httpx_client import OAuth2Client  # type: ignore[impor
 from authlib.oauth2.rfc7523 import PrivateKeyJWT, private_key_jwt_sign  # type: ignore[import-untyped]
 from joserfc import jwk as joserfc_jwk
 from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm
+from starlette.types import ASGIApp
 
-from issuer.app import HttpRunning, bind, issuer_app, serve_http
+from issuer.app import issuer_app
 from issuer.keys import KeyRing, PrivateKey, generate, public_jwk
 from issuer.models import AGENT_EXTENSION, AGENT_SCHEMA
 from issuer.oauth.endpoints import AuthorizationServer
@@ -44,68 +43,32 @@ from issuer.oauth.tokens import KeyLookup, TokenVerifier
 from issuer.scim import BootstrapToken
 from issuer.store import Store, open_store
 from tests.issuer.conftest import TIMEOUT, TOKEN, unique
+from tests.servers import HttpServer
 from tests.stores import store_url
 
 TOKEN_PATH = "/oauth/token"
 ASSERTION_LIFETIME = 60  # seconds; the server accepts at most 300
 
 
-class _Running:
-    """The issuer's application with the authorization server, in a loop thread."""
+class _Running(HttpServer):
+    """The issuer's application with the authorization server on 127.0.0.1; ``options`` go
+    to :class:`AuthorizationServer` (exchange_check, client_cert_header…)."""
 
     def __init__(
         self,
         store: Store,
         tls: tuple[str, str] | None = None,
         client_ca: str | None = None,
-        client_cert_header: str | None = None,
-        client_cert_proxies: frozenset[str] | None = None,
+        **options: Any,
     ) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-        try:
-            sock = bind("127.0.0.1", 0)
-            try:
-                port = sock.getsockname()[1]
-                self.issuer = f"https://localhost:{port}" if tls else f"http://127.0.0.1:{port}"
-                admin = BootstrapToken(TOKEN)
-                self.keys = KeyRing(store)
-                proxies = (
-                    {}
-                    if client_cert_proxies is None
-                    else {"client_cert_proxies": client_cert_proxies}
-                )
-                self.server = AuthorizationServer(
-                    store,
-                    self.keys,
-                    self.issuer,
-                    admin,
-                    client_cert_header=client_cert_header,
-                    **proxies,
-                )
-                app = issuer_app(store, admin, self.server)
-            except BaseException:
-                sock.close()
-                raise
-            self.running: HttpRunning = asyncio.run_coroutine_threadsafe(
-                serve_http(app, sock, tls, client_ca), self.loop
-            ).result(timeout=TIMEOUT)
-        except BaseException:
-            self._stop_loop()
-            raise
+        def build(port: int) -> ASGIApp:
+            self.issuer = f"https://localhost:{port}" if tls else f"http://127.0.0.1:{port}"
+            admin = BootstrapToken(TOKEN)
+            self.keys = KeyRing(store)
+            self.server = AuthorizationServer(store, self.keys, self.issuer, admin, **options)
+            return issuer_app(store, admin, self.server)
 
-    def close(self) -> None:
-        try:
-            asyncio.run_coroutine_threadsafe(self.running.stop(), self.loop).result(timeout=TIMEOUT)
-        finally:
-            self._stop_loop()
-
-    def _stop_loop(self) -> None:
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(timeout=TIMEOUT)
-        if not self.thread.is_alive():
-            self.loop.close()
+        super().__init__(build, tls, client_ca)
 
 
 # ---------------------------------------------------------------- client keys

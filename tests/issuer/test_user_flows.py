@@ -10,7 +10,6 @@ check that records what it is asked and refuses only for the agents a test tells
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import hashlib
 import secrets
@@ -28,17 +27,12 @@ import httpx
 import pytest
 from authlib.integrations.httpx_client import OAuth2Client  # type: ignore[import-untyped]
 
-from issuer.app import HttpRunning, bind, issuer_app, serve_http
 from issuer.hashing import hash_password
-from issuer.keys import KeyRing
 from issuer.oauth.authorize import SESSION_COOKIE
-from issuer.oauth.endpoints import AuthorizationServer
 from issuer.oauth.grants import Exchange
-from issuer.scim import BootstrapToken
-from issuer.store import Store, open_store
-from tests.issuer.conftest import TIMEOUT, TOKEN, unique
+from tests.issuer.conftest import TIMEOUT, unique
 from tests.issuer.oauth_server import OAuthService, Registered, oauth_service
-from tests.stores import BACKENDS, store_url
+from tests.stores import BACKENDS
 
 RESOURCE = "https://api.example.com/"
 SCOPE = "payments:transfer read"
@@ -71,47 +65,6 @@ class ExchangeChecks:
         agents)."""
         with self._lock:
             return [e for e in self._seen if e.agent_id == agent_id]
-
-
-class _Running:
-    """The issuer's application with an authorization server using ``check``, served on a
-    free port of 127.0.0.1 in a loop thread (as :mod:`tests.issuer.oauth_server` does)."""
-
-    def __init__(self, store: Store, check: ExchangeChecks) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-        try:
-            sock = bind("127.0.0.1", 0)
-            try:
-                self.issuer = f"http://127.0.0.1:{sock.getsockname()[1]}"
-                admin = BootstrapToken(TOKEN)
-                self.keys = KeyRing(store)
-                self.server = AuthorizationServer(
-                    store, self.keys, self.issuer, admin, exchange_check=check
-                )
-                app = issuer_app(store, admin, self.server)
-            except BaseException:
-                sock.close()
-                raise
-            self.running: HttpRunning = asyncio.run_coroutine_threadsafe(
-                serve_http(app, sock), self.loop
-            ).result(timeout=TIMEOUT)
-        except BaseException:
-            self._stop_loop()
-            raise
-
-    def close(self) -> None:
-        try:
-            asyncio.run_coroutine_threadsafe(self.running.stop(), self.loop).result(timeout=TIMEOUT)
-        finally:
-            self._stop_loop()
-
-    def _stop_loop(self) -> None:
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(timeout=TIMEOUT)
-        if not self.thread.is_alive():
-            self.loop.close()
 
 
 @dataclass(frozen=True)
@@ -211,20 +164,8 @@ def service(
 @contextmanager
 def _service(backend: str, tmp_path: Path) -> Iterator[Service]:
     checks = ExchangeChecks()
-    with store_url(backend, tmp_path) as url:
-        store = open_store(url)
-        try:
-            running = _Running(store, checks)
-            try:
-                with httpx.Client(base_url=running.issuer, timeout=TIMEOUT) as http:
-                    oauth = OAuthService(
-                        backend, running.issuer, store, running.keys, running.server, http
-                    )
-                    yield Service(oauth, checks)
-            finally:
-                running.close()
-        finally:
-            store.close()
+    with oauth_service(backend, tmp_path, exchange_check=checks) as oauth:
+        yield Service(oauth, checks)
 
 
 @pytest.fixture
