@@ -8,9 +8,11 @@ from typing import Any
 
 import pytest
 
+from issuer.store import Store
 from pdp.engine import Bundle, Engine
 from pdp.loader import load_directory, load_texts
 from pdp.request import Request, request_from_json
+from tests.stores import BACKENDS, opened_store
 
 SCHEMA = """
 schema {
@@ -49,3 +51,10 @@ def server() -> Iterator[Any]:
     running = Server(Engine(load_directory(SHIPPED_POLICIES).bundle))
     yield running
     running.close()
+
+
+@pytest.fixture(params=BACKENDS)
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    """An empty store, once per backend (SQLite, PostgreSQL); a module may narrow it."""
+    with opened_store(request.param, tmp_path) as opened:
+        yield opened

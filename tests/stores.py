@@ -18,6 +18,8 @@ from urllib.parse import quote
 import psycopg
 import pytest
 
+from issuer.store import Store, open_store
+
 POSTGRES_URL = os.environ.get("TESSERA_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
 
 BACKENDS = ("sqlite", "postgresql")
@@ -41,6 +43,17 @@ def postgres_schema() -> Iterator[str]:
             yield f"{POSTGRES_URL}?options={options}&application_name={name}"
         finally:
             admin.execute(f"DROP SCHEMA {name} CASCADE")
+
+
+@contextmanager
+def opened_store(backend: str, tmp_path: Path) -> Iterator[Store]:
+    """An empty store of the given backend, open for the block."""
+    with store_url(backend, tmp_path) as url:
+        store = open_store(url)
+        try:
+            yield store
+        finally:
+            store.close()
 
 
 @contextmanager

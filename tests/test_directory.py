@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -12,17 +10,8 @@ import pytest
 from issuer.models import AGENT_EXTENSION, AGENT_SCHEMA
 from issuer.store import Store, open_store
 from pdp.directory import Directory, Identities
-from tests.stores import BACKENDS, store_url
 
 ADMIN = "admin"
-
-
-@pytest.fixture(params=BACKENDS)
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
-    with store_url(request.param, tmp_path) as url:
-        opened = open_store(url)
-        yield opened
-        opened.close()
 
 
 def agent_doc(name: str, **extension: Any) -> dict[str, Any]:

@@ -4,25 +4,12 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
-import pytest
-
-from issuer.store import Store, open_store
+from issuer.store import Store
 from pdp.audit.changes import ChangeAuditor
 from pdp.audit.query import entries, verify_trail
 from pdp.audit.writer import AuditWriter
-from tests.stores import BACKENDS, store_url
-
-
-@pytest.fixture(params=BACKENDS)
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
-    with store_url(request.param, tmp_path) as url:
-        opened = open_store(url)
-        yield opened
-        opened.close()
 
 
 def admin_records(store: Store) -> list[dict[str, Any]]:

@@ -28,7 +28,7 @@ from pdp.loader import load_directory
 from pdp.serve.proto import authorizer_pb2 as pb
 from pdp.serve.proto import authorizer_pb2_grpc as pb_grpc
 from tests.servers import Server
-from tests.stores import BACKENDS, store_url
+from tests.stores import BACKENDS, opened_store, store_url
 
 POLICIES = Path(__file__).resolve().parents[2] / "policies"
 BUNDLE = load_directory(POLICIES).bundle
@@ -59,9 +59,8 @@ def serving(store: Store, durability: str, queue_size: int = 10_000) -> Iterator
 
 @pytest.fixture
 def store(tmp_path: Path) -> Iterator[Store]:
-    opened = open_store(f"sqlite:///{tmp_path}/tessera.db")
-    yield opened
-    opened.close()
+    with opened_store("sqlite", tmp_path) as opened:
+        yield opened
 
 
 @pytest.fixture(params=BACKENDS)

@@ -6,16 +6,12 @@ own examples.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
 import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
 from issuer.keys import KIND, KeyRing, generate, public_jwk, thumbprint
-from issuer.store import Store, open_store
-from tests.stores import BACKENDS, store_url
+from issuer.store import Store
 
 PRIVATE_MEMBERS = {"d", "p", "q", "dp", "dq", "qi", "oth", "k"}
 
@@ -37,14 +33,6 @@ RFC7638_THUMBPRINT = "NzbLsXh8uDCcd-6MNwXF4W_7noWXFZAfHkxZsRGC9Xs"
 # RFC 8037 Appendix A.3: the Ed25519 key of A.2, and its SHA-256 thumbprint
 RFC8037_KEY = {"kty": "OKP", "crv": "Ed25519", "x": "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"}
 RFC8037_THUMBPRINT = "kPrK_qmxVWaYVA9wwBF6Iuo3vVzz7TxHCTwXBygrS4k"
-
-
-@pytest.fixture(params=BACKENDS)
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
-    with store_url(request.param, tmp_path) as url:
-        opened = open_store(url)
-        yield opened
-        opened.close()
 
 
 def kids(ring: KeyRing) -> list[str]:

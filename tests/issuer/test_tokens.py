@@ -23,7 +23,8 @@ from cryptography.hazmat.primitives import serialization
 
 from issuer.keys import KIND, KeyRing, generate
 from issuer.oauth.tokens import InvalidToken, TokenMinter, TokenVerifier, ring_lookup
-from issuer.store import Store, open_store
+from issuer.store import Store
+from tests.stores import opened_store
 
 ISSUER = "https://issuer.example.com"
 RESOURCE = "https://api.example.com"
@@ -31,9 +32,8 @@ RESOURCE = "https://api.example.com"
 
 @pytest.fixture
 def store(tmp_path: Path) -> Iterator[Store]:
-    opened = open_store(f"sqlite:///{tmp_path}/tessera.db")
-    yield opened
-    opened.close()
+    with opened_store("sqlite", tmp_path) as opened:
+        yield opened
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from issuer.store import Store, open_store
+from issuer.store import Store
 from pdp.directory import Directory
 from pdp.engine import Engine
 from pdp.loader import load_directory
@@ -15,16 +15,14 @@ from pdp.serve.proto import authorizer_pb2 as pb
 from pdp.serve.proto import authorizer_pb2_grpc as pb_grpc
 from tests.conftest import SHIPPED_POLICIES
 from tests.servers import Server
-from tests.stores import store_url
+from tests.stores import opened_store
 from tests.test_directory import add_agent, add_user, set_agent
 
 
 @pytest.fixture
 def store(tmp_path: Path) -> Iterator[Store]:
-    with store_url("sqlite", tmp_path) as url:
-        opened = open_store(url)
+    with opened_store("sqlite", tmp_path) as opened:
         yield opened
-        opened.close()
 
 
 @pytest.fixture

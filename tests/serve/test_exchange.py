@@ -9,13 +9,14 @@ import pytest
 
 from issuer.models import CONSENT
 from issuer.oauth.grants import Exchange
-from issuer.store import Store, open_store
+from issuer.store import Store
 from pdp.directory import Directory
 from pdp.engine import Engine
 from pdp.loader import load_directory
 from pdp.serve.exchange import exchange_check
 from pdp.serve.grpc import AuthorizerService
 from tests.conftest import SHIPPED_POLICIES
+from tests.stores import opened_store
 from tests.test_directory import add_agent, add_user, set_agent
 
 API = "https://api.example.com/"
@@ -23,9 +24,8 @@ API = "https://api.example.com/"
 
 @pytest.fixture
 def store(tmp_path: Path) -> Iterator[Store]:
-    opened = open_store(f"sqlite:///{tmp_path}/t.db")
-    yield opened
-    opened.close()
+    with opened_store("sqlite", tmp_path) as opened:
+        yield opened
 
 
 def service_on(store: Store) -> AuthorizerService:

@@ -29,18 +29,10 @@ from issuer.store import (
     VersionMismatch,
     open_store,
 )
-from tests.stores import BACKENDS, POSTGRES_URL, admin_connection, postgres_schema, store_url
+from tests.stores import POSTGRES_URL, admin_connection, postgres_schema
 
 ADMIN = "admin@example.com"
 AGENT = {"name": "bot", "labels": {"team": "payments"}}
-
-
-@pytest.fixture(params=BACKENDS)
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
-    with store_url(request.param, tmp_path) as url:
-        opened = open_store(url)
-        yield opened
-        opened.close()
 
 
 @pytest.fixture
