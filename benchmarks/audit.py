@@ -50,7 +50,6 @@ import sys
 # (sibling scripts stay importable from this directory, next on the path).
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import argparse
 import asyncio
 import contextlib
 import multiprocessing as mp
@@ -70,7 +69,14 @@ from typing import Any
 from urllib.parse import quote, urlsplit, urlunsplit
 
 import grpc
-from engine import Target, finish, fmt, percentile, ratio  # a sibling: the script's directory
+from engine import (  # a sibling: the script's directory
+    Target,
+    benchmark_parser,
+    finish,
+    fmt,
+    percentile,
+    ratio,
+)
 
 from pdp.serve.proto import authorizer_pb2 as pb
 
@@ -597,16 +603,11 @@ def print_report(result: dict[str, Any]) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=(
-            "Time what auditing costs Tessera's gRPC service: Authorize server CPU with the "
-            "audit writer on vs off, and whether the writer keeps up with AuthorizeBatch."
-        ),
-        epilog="Method and caveats: see the module docstring.",
+    parser = benchmark_parser(
+        "Time what auditing costs Tessera's gRPC service: Authorize server CPU with the "
+        "audit writer on vs off, and whether the writer keeps up with AuthorizeBatch.",
+        quick="a short smoke run (noisy numbers)",
     )
-    parser.add_argument("--json", action="store_true", help="print one JSON object instead")
-    parser.add_argument("--quick", action="store_true", help="a short smoke run (noisy numbers)")
-    parser.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
     parser.add_argument("--no-postgres", action="store_true", help="skip the PostgreSQL row")
     args = parser.parse_args()
 

@@ -48,7 +48,6 @@ import sys
 # (sibling scripts stay importable from this directory, next on the path).
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import argparse
 import contextlib
 import platform
 import random
@@ -71,7 +70,14 @@ from urllib.parse import quote, urlsplit, urlunsplit
 import grpc
 import httpx
 import psycopg
-from engine import Target, finish, fmt, percentile, ratio  # a sibling: the script's directory
+from engine import (  # a sibling: the script's directory
+    Target,
+    benchmark_parser,
+    finish,
+    fmt,
+    percentile,
+    ratio,
+)
 
 from issuer.models import AGENT_EXTENSION, AGENT_SCHEMA
 from pdp.serve.proto import authorizer_pb2 as pb
@@ -528,22 +534,11 @@ def print_report(result: dict[str, Any]) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=(
-            "Time how soon a SCIM create or suspend reaches tessera serve's decisions, on "
-            "SQLite and PostgreSQL, against the SCIM request itself. Prints PASS/FAIL "
-            "against the p99 <= 1 s target."
-        ),
-        epilog="Method and caveats: see the module docstring and benchmarks/README.md.",
-    )
-    parser.add_argument(
-        "--json", action="store_true", help="print one JSON object with every number instead"
-    )
-    parser.add_argument(
-        "--quick", action="store_true", help="30 samples per operation (a smoke run; noisy)"
-    )
-    parser.add_argument(
-        "--strict", action="store_true", help="exit 1 when a target is missed (default: exit 0)"
+    parser = benchmark_parser(
+        "Time how soon a SCIM create or suspend reaches tessera serve's decisions, on "
+        "SQLite and PostgreSQL, against the SCIM request itself. Prints PASS/FAIL "
+        "against the p99 <= 1 s target.",
+        quick="30 samples per operation (a smoke run; noisy)",
     )
     parser.add_argument(
         "--backend",

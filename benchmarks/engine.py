@@ -103,6 +103,7 @@ SHIPPED_RULES = frozenset(
         "send_mail_for_user",
         "analysts_read_orders",
         "finance_reporting",
+        "delegated_tokens",
     )
 )
 
@@ -268,6 +269,12 @@ def floor_decide(q: Request) -> bool:
         if tool == "mail.send":
             return bool(delegated and "mail:send" in agent.get("scopes", NO_ITEMS))
         return False
+    if q.action == "token.exchange" and q.resource["type"] == "audience":
+        return bool(
+            delegated
+            and agent.get("risk", Risk.critical) < Risk.critical
+            and context.get("consents", NO_ITEMS)
+        )
     if q.resource["type"] == "table":
         table = q.resource["id"]
         if (
@@ -373,9 +380,13 @@ when {
   principal.owner == "finance" && principal.purpose like "report*" &&
   context.session_age < 1800
 };
+
+@id("delegated_tokens")
+permit (principal, action == Action::"token.exchange", resource is Audience)
+when { context.delegated && principal.risk < 3 && !context.consents.isEmpty() };
 """
 
-CEDAR_TYPES = {"tool": "Tool", "table": "Table"}
+CEDAR_TYPES = {"tool": "Tool", "table": "Table", "audience": "Audience"}
 
 
 def load_cedarpy() -> Any:
@@ -621,6 +632,23 @@ class Target:
             "pass": self.passed,
             "verdict": self.verdict,
         }
+
+
+def benchmark_parser(description: str, quick: str) -> argparse.ArgumentParser:
+    """A benchmark's command line with the flags every one takes: --json, --quick (whose
+    help says what it shortens) and --strict."""
+    parser = argparse.ArgumentParser(
+        description=description,
+        epilog="Method and caveats: see the module docstring and benchmarks/README.md.",
+    )
+    parser.add_argument(
+        "--json", action="store_true", help="print one JSON object with every number instead"
+    )
+    parser.add_argument("--quick", action="store_true", help=quick)
+    parser.add_argument(
+        "--strict", action="store_true", help="exit 1 when a target is missed (default: exit 0)"
+    )
+    return parser
 
 
 def finish(
@@ -1025,26 +1053,11 @@ def print_report(result: dict[str, Any]) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=(
-            "Time Tessera decisions: the shipped policies against a hand-written floor and "
-            "cedarpy, generated sets of 20 to 10,000 rules, and their compile times. "
-            "Prints PASS/FAIL against the project's targets."
-        ),
-        epilog="Method and caveats: see the module docstring and benchmarks/README.md.",
-    )
-    parser.add_argument(
-        "--json",
-        action="store_true",
-        help="print one JSON object with every number instead of the table",
-    )
-    parser.add_argument(
-        "--quick",
-        action="store_true",
-        help="short timing windows and one compile run (a smoke test; numbers are noisy)",
-    )
-    parser.add_argument(
-        "--strict", action="store_true", help="exit 1 when a target is missed (default: exit 0)"
+    parser = benchmark_parser(
+        "Time Tessera decisions: the shipped policies against a hand-written floor and "
+        "cedarpy, generated sets of 20 to 10,000 rules, and their compile times. "
+        "Prints PASS/FAIL against the project's targets.",
+        quick="short timing windows and one compile run (a smoke test; numbers are noisy)",
     )
     args = parser.parse_args()
 

@@ -56,7 +56,6 @@ import sys
 # (sibling scripts stay importable from this directory, next on the path).
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import argparse
 import contextlib
 import gc
 import math
@@ -82,7 +81,7 @@ import jwt
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
-from engine import Target, finish, fmt, percentile, ratio
+from engine import Target, benchmark_parser, finish, fmt, percentile, ratio
 from jwt.algorithms import ECAlgorithm
 
 from issuer.keys import KeyRing, PublicKey, thumbprint
@@ -975,24 +974,11 @@ def commit() -> str | None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=(
-            "Time the OAuth issuer: client_credentials tokens/s with private_key_jwt over HTTP "
-            "against a bare Starlette endpoint, and access token verification against the "
-            "bare signature check. Prints PASS/FAIL against the project's targets."
-        ),
-        epilog="Method and caveats: see the module docstring and benchmarks/README.md.",
-    )
-    parser.add_argument(
-        "--json", action="store_true", help="print one JSON object with every number instead"
-    )
-    parser.add_argument(
-        "--quick",
-        action="store_true",
-        help="2 s per load phase and 2,000 verify calls per row (a smoke run; noisy)",
-    )
-    parser.add_argument(
-        "--strict", action="store_true", help="exit 1 when a target is missed (default: exit 0)"
+    parser = benchmark_parser(
+        "Time the OAuth issuer: client_credentials tokens/s with private_key_jwt over HTTP "
+        "against a bare Starlette endpoint, and access token verification against the "
+        "bare signature check. Prints PASS/FAIL against the project's targets.",
+        quick="2 s per load phase and 2,000 verify calls per row (a smoke run; noisy)",
     )
     parser.add_argument(
         "--profile",
