@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import signal
+import subprocess
+import sys
 import threading
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, TypeVar
 
 import grpc
@@ -87,3 +92,25 @@ class HttpServer:
             self.thread.run(self.running.stop())
         finally:
             self.thread.stop()
+
+
+@contextmanager
+def tessera_serve(*args: str, lines: int) -> Iterator[tuple[subprocess.Popen[str], list[str]]]:
+    """``tessera serve ARGS`` in a subprocess, with the first ``lines`` lines it printed.
+
+    When the block ends normally, SIGTERM must stop it cleanly (exit 0); in any case it
+    does not outlive the block.
+    """
+    exe = Path(sys.executable).parent / "tessera"
+    process = subprocess.Popen(
+        [str(exe), "serve", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        assert process.stdout is not None
+        yield process, [process.stdout.readline() for _ in range(lines)]
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=20) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(timeout=10)

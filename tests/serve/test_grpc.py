@@ -10,7 +10,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from pdp.serve.proto import authorizer_pb2 as pb
 from pdp.serve.proto import authorizer_pb2_grpc as pb_grpc
-from tests.servers import Server
+from tests.servers import Server, tessera_serve
 
 POLICIES = Path(__file__).resolve().parents[2] / "policies"
 
@@ -115,27 +115,15 @@ def test_health_is_serving(server: Server) -> None:
 
 def test_tessera_serve_prints_where_it_listens_and_stops_on_sigterm() -> None:
     import re
-    import signal
-    import subprocess
-    import sys
     import urllib.request
 
-    exe = Path(sys.executable).parent / "tessera"
-    process = subprocess.Popen(
-        [
-            *(str(exe), "serve", "--policies", str(POLICIES)),
-            *("--port", "0", "--metrics-port", "0", "--grace", "1", "--store", ""),
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert process.stdout is not None
-        first = process.stdout.readline()
+    with tessera_serve(
+        *("--policies", str(POLICIES)),
+        *("--port", "0", "--metrics-port", "0", "--grace", "1", "--store", ""),
+        lines=2,
+    ) as (_, (first, metrics_line)):
         match = re.match(r"tessera: serving tessera\.v1\.Authorizer on 127\.0\.0\.1:(\d+)", first)
         assert match, first
-        metrics_line = process.stdout.readline()
         metrics = re.match(r"tessera: metrics on (http://127\.0\.0\.1:\d+/metrics)", metrics_line)
         assert metrics, metrics_line
         with grpc.insecure_channel(f"127.0.0.1:{match.group(1)}") as channel:
@@ -146,12 +134,6 @@ def test_tessera_serve_prints_where_it_listens_and_stops_on_sigterm() -> None:
         assert 'tessera_decisions_total{result="allow",rule="agents.read_only"} 1.0' in text
         assert 'tessera_rpc_seconds_count{method="Authorize"} 1.0' in text
         assert "tessera_bundle_info{version=" in text
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(timeout=20) == 0
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait(timeout=10)
 
 
 def test_repeated_requests_come_from_the_cache_with_fresh_ids(server: Server) -> None:

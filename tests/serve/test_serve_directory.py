@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import signal
 import subprocess
 import sys
 import time
@@ -18,6 +17,7 @@ from issuer.models import AGENT_EXTENSION, AGENT_SCHEMA
 from pdp.serve.proto import authorizer_pb2 as pb
 from pdp.serve.proto import authorizer_pb2_grpc as pb_grpc
 from tests.conftest import SHIPPED_POLICIES
+from tests.servers import tessera_serve
 from tests.stores import BACKENDS, store_url
 
 TOKEN = "test-admin-token-0123456789"
@@ -36,34 +36,22 @@ class Served:
 
 @pytest.fixture(params=BACKENDS)
 def served(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Served]:
-    exe = Path(sys.executable).parent / "tessera"
-    with store_url(request.param, tmp_path) as url:
-        process = subprocess.Popen(
-            [
-                *(str(exe), "serve", "--policies", str(SHIPPED_POLICIES), "--store", url),
-                *("--port", "0", "--http-port", "0", "--metrics-port", "-1", "--grace", "1"),
-                *("--admin-token", TOKEN),
-            ],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        try:
-            assert process.stdout is not None
-            lines = [process.stdout.readline() for _ in range(2)]
-            grpc_port = re.search(r"Authorizer on 127\.0\.0\.1:(\d+)", lines[0])
-            scim = re.search(r"SCIM 2\.0 at (http://127\.0\.0\.1:\d+/scim/v2)", lines[1])
-            assert grpc_port and scim, lines
-            served = Served(process, int(grpc_port.group(1)), scim.group(1))
-            yield served
-            served.http.close()
-            served.channel.close()
-            process.send_signal(signal.SIGTERM)
-            assert process.wait(timeout=20) == 0
-        finally:
-            if process.poll() is None:
-                process.kill()
-                process.wait(timeout=10)
+    with (
+        store_url(request.param, tmp_path) as url,
+        tessera_serve(
+            *("--policies", str(SHIPPED_POLICIES), "--store", url),
+            *("--port", "0", "--http-port", "0", "--metrics-port", "-1", "--grace", "1"),
+            *("--admin-token", TOKEN),
+            lines=2,
+        ) as (process, lines),
+    ):
+        grpc_port = re.search(r"Authorizer on 127\.0\.0\.1:(\d+)", lines[0])
+        scim = re.search(r"SCIM 2\.0 at (http://127\.0\.0\.1:\d+/scim/v2)", lines[1])
+        assert grpc_port and scim, lines
+        served = Served(process, int(grpc_port.group(1)), scim.group(1))
+        yield served
+        served.http.close()
+        served.channel.close()
 
 
 def read_call(agent_id: str) -> pb.AuthorizeRequest:

@@ -18,7 +18,7 @@ from pdp.engine import Engine
 from pdp.loader import load_directory
 from pdp.serve.proto import authorizer_pb2 as pb
 from pdp.serve.proto import authorizer_pb2_grpc as pb_grpc
-from tests.servers import Server
+from tests.servers import Server, tessera_serve
 
 POLICIES = Path(__file__).resolve().parents[2] / "policies"
 
@@ -131,35 +131,19 @@ def test_plaintext_is_refused_on_a_tls_port(mtls_server: Server) -> None:
 
 def test_with_tls_the_scim_service_is_served_over_https_only(pki: PKI, tmp_path: Path) -> None:
     import re
-    import signal
     import ssl
-    import subprocess
-    import sys
 
     import httpx
 
     (tmp_path / "server.pem").write_bytes(PKI.pem(pki.server))
     (tmp_path / "server.key").write_bytes(_pem(pki.server_key))
-    exe = Path(sys.executable).parent / "tessera"
-    process = subprocess.Popen(
-        [
-            *(str(exe), "serve", "--policies", str(POLICIES), "--metrics-port", "-1"),
-            *("--port", "0", "--http-port", "0", "--store", f"sqlite:///{tmp_path}/t.db"),
-            *(
-                "--tls-cert",
-                str(tmp_path / "server.pem"),
-                "--tls-key",
-                str(tmp_path / "server.key"),
-            ),
-            *("--admin-token", "tls-test-token-0123456789", "--grace", "1"),
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert process.stdout is not None
-        lines = [process.stdout.readline() for _ in range(2)]
+    with tessera_serve(
+        *("--policies", str(POLICIES), "--metrics-port", "-1"),
+        *("--port", "0", "--http-port", "0", "--store", f"sqlite:///{tmp_path}/t.db"),
+        *("--tls-cert", str(tmp_path / "server.pem"), "--tls-key", str(tmp_path / "server.key")),
+        *("--admin-token", "tls-test-token-0123456789", "--grace", "1"),
+        lines=2,
+    ) as (_, lines):
         found = re.search(r"SCIM 2\.0 at https://127\.0\.0\.1:(\d+)/scim/v2", lines[1])
         assert found, lines
         port = found.group(1)
@@ -169,9 +153,3 @@ def test_with_tls_the_scim_service_is_served_over_https_only(pki: PKI, tmp_path:
         assert httpx.get(url, headers=headers, verify=trust, timeout=10).status_code == 200
         with pytest.raises(httpx.HTTPError):
             httpx.get(f"http://127.0.0.1:{port}/scim/v2/ServiceProviderConfig", timeout=10)
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(timeout=20) == 0
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait(timeout=10)
