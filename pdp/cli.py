@@ -476,9 +476,11 @@ def _serve(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     return OK
 
 
-def _open_configured_store(args: argparse.Namespace, err: TextIO, command: str) -> Any:
-    """The store ``tessera serve`` would use (flag, environment, file), or None after
-    printing why not."""
+def _open_configured_store(
+    args: argparse.Namespace, err: TextIO, command: str
+) -> tuple[Any, Any] | None:
+    """(the store ``tessera serve`` would use, the configuration it came from), from flag,
+    environment and file; None after printing why not."""
     from issuer.store import StoreError, open_store
     from pdp.serve.config import ConfigError, load_config
 
@@ -491,7 +493,7 @@ def _open_configured_store(args: argparse.Namespace, err: TextIO, command: str) 
         print(f"tessera {command}: no store is configured", file=err)
         return None
     try:
-        return open_store(config.store)
+        return open_store(config.store), config
     except StoreError as exc:
         print(f"tessera {command}: {exc}", file=err)
         return None
@@ -512,9 +514,10 @@ def _audit(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     except ValueError as exc:
         print(f"tessera audit: {exc}", file=err)
         return USAGE
-    store = _open_configured_store(args, err, "audit")
-    if store is None:
+    opened = _open_configured_store(args, err, "audit")
+    if opened is None:
         return USAGE
+    store, _ = opened
     try:
         if args.action == "verify":
             count, problems = verify_trail(store, args.trail)
@@ -545,12 +548,11 @@ def _audit(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
 def _keys(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     from issuer.keys import KeyRing
-    from pdp.serve.config import load_config
 
-    store = _open_configured_store(args, err, "keys")
-    if store is None:
+    opened = _open_configured_store(args, err, "keys")
+    if opened is None:
         return USAGE
-    config = load_config({"store": args.store}, config_file=args.config)
+    store, config = opened
     try:
         ring = KeyRing(store, args.alg or config.signing_alg, config.token_lifetime)
         if args.action == "rotate":

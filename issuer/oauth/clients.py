@@ -26,6 +26,7 @@ from cachetools import TTLCache
 from cryptography import x509
 
 from issuer.oauth.errors import OAuthError
+from issuer.oauth.fetch import LOOPBACK_HOSTS, plain_loopback
 from issuer.oauth.inline import may_block
 from issuer.store import NotFound, Store
 
@@ -279,9 +280,7 @@ def check_document_url(url: Any, what: str) -> str:
     parts = urlsplit(url) if isinstance(url, str) else None
     if parts is None or not parts.netloc or parts.fragment:
         raise _bad(f"{what} must be an absolute URL without fragment")
-    if parts.scheme != "https" and not (
-        parts.scheme == "http" and parts.hostname in ("127.0.0.1", "::1", "localhost")
-    ):
+    if parts.scheme != "https" and not plain_loopback(url):
         raise _bad(f"{what} must use https (http only on a loopback host)")
     return str(url)
 
@@ -299,7 +298,7 @@ def check_redirect_uris(value: Any, grant_types: list[str]) -> list[str]:
         parts = urlsplit(uri)
         if not parts.scheme or parts.fragment:
             raise _bad(f"redirect URI {uri!r} must be absolute and have no fragment")
-        loopback = parts.hostname in ("127.0.0.1", "::1", "localhost")
+        loopback = parts.hostname in LOOPBACK_HOSTS
         if parts.scheme == "http" and not loopback:
             raise _bad(f"redirect URI {uri!r}: http only on a loopback host; use https")
         if parts.scheme not in ("http", "https") and "." not in parts.scheme:

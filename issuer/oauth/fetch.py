@@ -23,16 +23,22 @@ import httpx
 from issuer.oauth.errors import OAuthError
 
 TIMEOUT = 5.0  # seconds for the whole fetch
-_LOOPBACK_NAMES = ("127.0.0.1", "::1", "localhost")
+LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
+
+
+def plain_loopback(url: str) -> bool:
+    """Whether a URL is plain http to a loopback host: allowed for development only."""
+    parts = urlsplit(url)
+    return parts.scheme == "http" and parts.hostname in LOOPBACK_HOSTS
 
 
 def _check_destination(url: str, error: Callable[[str], OAuthError]) -> None:
     """Refuse to reach into private networks (SSRF): every address the host resolves to
     must be public. Plain http to a loopback name is the one exception (development)."""
+    if plain_loopback(url):
+        return
     parts = urlsplit(url)
     host = parts.hostname or ""
-    if parts.scheme == "http" and host in _LOOPBACK_NAMES:
-        return
     if parts.scheme != "https":
         raise error(f"{url}: only https may be fetched")
     try:

@@ -18,12 +18,11 @@ from cachetools import TTLCache
 
 from issuer.oauth.clients import RESERVED_PREFIX, Client, check_redirect_uris
 from issuer.oauth.errors import OAuthError
-from issuer.oauth.fetch import fetch_json
+from issuer.oauth.fetch import fetch_json, plain_loopback
 from issuer.oauth.inline import may_block
 
 CACHE_SECONDS = 300
 MAX_BYTES = 5 * 1024
-_LOOPBACK = ("127.0.0.1", "::1", "localhost")
 
 
 class MetadataDocuments:
@@ -36,9 +35,8 @@ class MetadataDocuments:
     def describes(self, client_id: str) -> bool:
         """Whether a client_id names a metadata document (an https URL with a path)."""
         parts = urlsplit(client_id)
-        if parts.scheme == "http" and parts.hostname in _LOOPBACK:
-            return bool(parts.path.strip("/"))
-        return parts.scheme == "https" and bool(parts.netloc) and bool(parts.path.strip("/"))
+        secure = parts.scheme == "https" and bool(parts.netloc)
+        return (secure or plain_loopback(client_id)) and bool(parts.path.strip("/"))
 
     def client(self, url: str) -> Client:
         with self._lock:
