@@ -102,6 +102,12 @@ class BootstrapToken:
         return None
 
 
+def bearer_token(authorization: str) -> str | None:
+    """The token of an ``Authorization: Bearer …`` header (RFC 6750 §2.1), or None."""
+    scheme, _, token = authorization.partition(" ")
+    return token.strip() or None if scheme.lower() == "bearer" else None
+
+
 def new_token() -> str:
     """A random bootstrap admin token: 256 bits, URL-safe, with a recognisable prefix (for
     secret scanners, and so it never starts with "-" on a command line)."""
@@ -230,13 +236,12 @@ class ScimService:
         return await to_thread.run_sync(lambda: fn(*args, **kwargs))
 
     def _principal(self, request: Request) -> Principal:
-        header = request.headers.get("authorization", "")
-        scheme, _, token = header.partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
+        token = bearer_token(request.headers.get("authorization", ""))
+        if token is None:
             raise _Unauthorized(
                 'Bearer realm="tessera"', "a bearer token with the tessera:admin scope is required"
             )
-        principal = self.authenticate(token.strip())
+        principal = self.authenticate(token)
         if principal is None:
             raise _Unauthorized(
                 'Bearer realm="tessera", error="invalid_token"',

@@ -46,7 +46,7 @@ from issuer.oauth.grants import REVOKED, AgentLookup, ExchangeCheck, Grants, ref
 from issuer.oauth.metadata_documents import MetadataDocuments
 from issuer.oauth.mtls import TRUSTED_PROXIES, certificate_from, confirmation
 from issuer.oauth.tokens import InvalidToken, TokenMinter, TokenVerifier, ring_lookup
-from issuer.scim import ADMIN_SCOPE, Authenticator, Principal
+from issuer.scim import ADMIN_SCOPE, Authenticator, Principal, bearer_token
 from issuer.store import Conflict, NotFound, Store
 
 MULTI_VALUED = frozenset({"resource", "audience"})  # RFC 8707 §2, RFC 8693 §2.1
@@ -291,9 +291,8 @@ class AuthorizationServer:
     def _administrator(self, request: Request) -> str:
         """The subject of the admin bearer token on the request, or 401/403."""
         header = request.headers.get("authorization", "")
-        scheme, _, token = header.partition(" ")
-        admin = self._administrators
-        principal = admin(token.strip()) if scheme.lower() == "bearer" else None
+        token = bearer_token(header)
+        principal = self._administrators(token) if token is not None else None
         if principal is None or ADMIN_SCOPE not in principal.scopes:
             error = "invalid_token" if principal is None else "insufficient_scope"
             challenge = f'Bearer realm="tessera", scope="{ADMIN_SCOPE}"'
