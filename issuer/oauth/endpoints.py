@@ -42,7 +42,14 @@ from issuer.oauth.clients import (
 )
 from issuer.oauth.consent import Consents
 from issuer.oauth.errors import OAuthError, json_response
-from issuer.oauth.grants import REVOKED, AgentLookup, ExchangeCheck, Grants, refuse_all
+from issuer.oauth.grants import (
+    REVOKED,
+    AgentLookup,
+    ExchangeCheck,
+    Grants,
+    refuse_all,
+    revoked,
+)
 from issuer.oauth.metadata_documents import MetadataDocuments
 from issuer.oauth.mtls import TRUSTED_PROXIES, certificate_from, confirmation
 from issuer.oauth.tokens import InvalidToken, TokenMinter, TokenVerifier, ring_lookup
@@ -212,11 +219,8 @@ class AuthorizationServer:
             claims = self.verifier.verify(token)
         except InvalidToken:
             return None
-        try:
-            self.store.find(REVOKED, "jti", str(claims["jti"]))
+        if revoked(self.store, claims):
             return None
-        except NotFound:
-            pass
         agent_id = claims.get("agent_id")
         if isinstance(agent_id, str):
             try:

@@ -391,11 +391,18 @@ class Grants:
         bound = (claims.get("cnf") or {}).get("x5t#S256")
         if bound is not None and bound != presented:  # RFC 8705 §3: its certificate too
             raise OAuthError("invalid_grant", f"the {name} is bound to another certificate")
-        try:
-            self.store.find(REVOKED, "jti", str(claims["jti"]))
-        except NotFound:
-            return claims
-        raise OAuthError("invalid_grant", f"the {name} was revoked")
+        if revoked(self.store, claims):
+            raise OAuthError("invalid_grant", f"the {name} was revoked")
+        return claims
+
+
+def revoked(store: Store, claims: dict[str, Any]) -> bool:
+    """Whether an access token was revoked (RFC 7009), by its jti."""
+    try:
+        store.find(REVOKED, "jti", str(claims["jti"]))
+    except NotFound:
+        return False
+    return True
 
 
 def agent_claims(agent_id: str, facts: dict[str, Any]) -> dict[str, Any]:
