@@ -15,6 +15,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, NoReturn, TextIO
 
+from pdp.audit.chain import TRAILS
 from pdp.lang.errors import Diagnostic, PolicyError
 
 OK, FAILED, USAGE = 0, 1, 2
@@ -194,7 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
     audit.add_argument("action", choices=["verify", "query", "export"])
     audit.add_argument("--store", metavar="URL", help="the store (default: as tessera serve)")
     audit.add_argument("--config", metavar="FILE", help="configuration file (TOML)")
-    audit.add_argument("--trail", choices=["agent", "admin"], default="agent")
+    audit.add_argument("--trail", choices=TRAILS, default="agent")
     audit.add_argument("--agent", help="only this agent's records")
     audit.add_argument("--user", help="only records for this user")
     audit.add_argument("--decision", choices=["allow", "deny"], help="only allows or denies")

@@ -17,7 +17,9 @@ from typing import Any
 from issuer.store import AuditEntry
 
 GENESIS = "0" * 64
-TRAILS = ("agent", "admin")  # agents' activity, and human administrators'
+# agents' activity, human administrators' activity, anomaly alerts raised on agents, and
+# signed checkpoints of the other trails
+TRAILS = ("agent", "admin", "alert", "checkpoint")
 
 
 def canonical(record: Mapping[str, Any]) -> str:
