@@ -14,7 +14,6 @@ import gc
 import logging
 import signal
 import time
-import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -30,10 +29,11 @@ from grpc_reflection.v1alpha import reflection
 from issuer.app import SCIM_PATH, bind, issuer_app, serve_http
 from issuer.keys import KeyRing
 from issuer.oauth.endpoints import METADATA_PATH, AuthorizationServer
+from issuer.oauth.tokens import IssuedHook
 from issuer.scim import BootstrapToken, new_token
 from issuer.store import open_store
 from pdp.audit.changes import ChangeAuditor
-from pdp.audit.records import decision_record
+from pdp.audit.records import decision_record, new_decision_id, token_record
 from pdp.audit.writer import GATHER, AuditWriter
 from pdp.decision import Decision
 from pdp.directory import Directory, Identities
@@ -53,11 +53,6 @@ log = logging.getLogger("tessera.serve")
 DEFAULT_CACHE_SIZE = 10_000
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Authorizer"].full_name
-
-
-def new_decision_id() -> str:
-    """A unique id for one decision; the key of its audit record."""
-    return uuid.uuid4().hex
 
 
 class AuthorizerService(pb_grpc.AuthorizerServicer):  # type: ignore[misc]
@@ -385,6 +380,17 @@ def agent_facts(directory: Directory | None) -> Callable[[str], dict[str, Any] |
     return lookup
 
 
+def token_trail(audit: AuditWriter | None) -> IssuedHook | None:
+    """Put every token the issuer mints on the agent trail (a full queue waits)."""
+    if audit is None:
+        return None
+
+    def issued(grant: str, claims: dict[str, Any]) -> None:
+        audit.submit("agent", lambda: token_record(grant, claims))
+
+    return issued
+
+
 async def serve_forever(engine: Engine, config: ServeConfig, announce: Sequence[str] = ()) -> None:
     """Serve until SIGINT or SIGTERM, then drain in-flight calls and stop.
 
@@ -453,6 +459,7 @@ async def serve_forever(engine: Engine, config: ServeConfig, announce: Sequence[
                     p.strip() for p in config.client_cert_proxies.split(",") if p.strip()
                 ),
                 agents=agent_facts(directory),
+                on_issue=token_trail(audit),
             )
             client_ca = config.tls_client_ca or None
             scim_admins = oauth.administrators([issuer, f"{issuer}{SCIM_PATH}"])
