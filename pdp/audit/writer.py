@@ -78,6 +78,13 @@ class AuditWriter:
         """Queue a record and wait until it is committed (``sync`` durability)."""
         return self.submit(trail, record).result(timeout)
 
+    def flush(self, timeout: float = 30.0) -> None:
+        """Wait until everything queued before this call is committed."""
+        done: Future[int] = Future()
+        done.set_running_or_notify_cancel()
+        self.queue.put((None, None, done))
+        done.result(timeout)
+
     def close(self, timeout: float = 10.0) -> None:
         """Commit everything queued, then stop."""
         self.queue.put(_STOP)
@@ -104,7 +111,11 @@ class AuditWriter:
 
     def _commit(self, batch: list[Any], stopping: bool) -> None:
         by_trail: dict[str, list[tuple[str, Future[int]]]] = {}
+        flushed = []
         for trail, record, done in batch:
+            if trail is None:  # a flush: answered once what came before is committed
+                flushed.append(done)
+                continue
             try:  # a factory builds the record here, off the caller's thread
                 text = canonical(record() if callable(record) else record)
             except (TypeError, ValueError) as exc:  # not JSON: refuse this record alone
@@ -142,6 +153,8 @@ class AuditWriter:
             self.written += len(entries)
             for entry, (_, done) in zip(entries, items, strict=True):
                 done.set_result(entry.seq)
+        for done in flushed:
+            done.set_result(0)
 
     def _landed(self, trail: str, last: AuditEntry) -> bool:
         """Whether a batch whose commit reported an error is in the store all the same."""

@@ -33,6 +33,7 @@ from issuer.oauth.tokens import IssuedHook
 from issuer.scim import BootstrapToken, new_token
 from issuer.store import open_store
 from pdp.audit.changes import ChangeAuditor
+from pdp.audit.checkpoints import Checkpointer
 from pdp.audit.records import decision_record, new_decision_id, token_record
 from pdp.audit.writer import GATHER, AuditWriter
 from pdp.decision import Decision
@@ -51,6 +52,7 @@ from pdp.serve.reload import Reloader
 log = logging.getLogger("tessera.serve")
 
 DEFAULT_CACHE_SIZE = 10_000
+NO_HTTP_ISSUER = "urn:tessera:issuer"  # who signs audit checkpoints when no issuer serves
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Authorizer"].full_name
 
@@ -402,8 +404,11 @@ async def serve_forever(engine: Engine, config: ServeConfig, announce: Sequence[
         store = open_store(config.store) if config.store else None
         directory = None
         audit = None
+        keys = None
+        checkpoints = None
         if store is not None:
             stack.callback(store.close)
+            keys = KeyRing(store, config.signing_alg, published_for=config.token_lifetime)
             directory = Directory(store)
             directory.start()
             stack.callback(directory.stop)
@@ -414,6 +419,11 @@ async def serve_forever(engine: Engine, config: ServeConfig, announce: Sequence[
                 admin_trail = ChangeAuditor(store, audit)
                 admin_trail.start()
                 stack.callback(admin_trail.stop)
+                # On stop, after the last call is answered: sign what the trails hold.
+                checkpoints = Checkpointer(
+                    store, audit, keys, NO_HTTP_ISSUER, config.audit_checkpoint_interval
+                )
+                stack.callback(checkpoints.stop)
         running = await start(
             engine,
             config.host,
@@ -438,6 +448,7 @@ async def serve_forever(engine: Engine, config: ServeConfig, announce: Sequence[
         if running.metrics_server is not None:
             where = f"{config.host}:{running.metrics_server.server_port}"
             print(f"tessera: metrics on http://{where}/metrics", flush=True)
+        issuer = config.issuer or NO_HTTP_ISSUER
         if store is not None and config.http_port >= 0:
             token = config.admin_token or new_token()
             admin = BootstrapToken(token)
@@ -446,7 +457,7 @@ async def serve_forever(engine: Engine, config: ServeConfig, announce: Sequence[
             web = "https" if tls else "http"
             base = f"{web}://{config.host}:{sock.getsockname()[1]}"
             issuer = config.issuer or base
-            keys = KeyRing(store, config.signing_alg, published_for=config.token_lifetime)
+            assert keys is not None  # made with the store
             oauth = AuthorizationServer(
                 store,
                 keys,
@@ -478,7 +489,9 @@ async def serve_forever(engine: Engine, config: ServeConfig, announce: Sequence[
                 )
         elif store is None:
             print("tessera: no store: deciding on the agent attributes callers send", flush=True)
-        if audit is not None:
+        if checkpoints is not None:
+            checkpoints.issuer = issuer
+            checkpoints.start()
             print(f"tessera: every decision is audited ({config.audit})", flush=True)
         for line in announce:
             print(line, flush=True)
