@@ -31,9 +31,10 @@ from issuer.keys import KeyRing
 from issuer.oauth.endpoints import METADATA_PATH, AuthorizationServer
 from issuer.oauth.tokens import IssuedHook
 from issuer.scim import BootstrapToken, new_token
-from issuer.store import open_store
+from issuer.store import Store, open_store
 from pdp.audit.changes import ChangeAuditor
 from pdp.audit.checkpoints import Checkpointer
+from pdp.audit.exclusive import Exclusive
 from pdp.audit.records import decision_record, new_decision_id, token_record
 from pdp.audit.writer import GATHER, AuditWriter
 from pdp.decision import Decision
@@ -393,6 +394,20 @@ def token_trail(audit: AuditWriter | None) -> IssuedHook | None:
     return issued
 
 
+def _trail_jobs(
+    store: Store, audit: AuditWriter, keys: KeyRing, issuer: str, config: ServeConfig
+) -> list[Exclusive]:
+    """The jobs that follow shared sources onto the trails, each run by one replica."""
+    return [
+        Exclusive(store, "admin-trail", lambda: ChangeAuditor(store, audit)),
+        Exclusive(
+            store,
+            "checkpoints",
+            lambda: Checkpointer(store, audit, keys, issuer, config.audit_checkpoint_interval),
+        ),
+    ]
+
+
 async def serve_forever(engine: Engine, config: ServeConfig, announce: Sequence[str] = ()) -> None:
     """Serve until SIGINT or SIGTERM, then drain in-flight calls and stop.
 
@@ -405,10 +420,17 @@ async def serve_forever(engine: Engine, config: ServeConfig, announce: Sequence[
         directory = None
         audit = None
         keys = None
-        checkpoints = None
+        sock = None
+        issuer = config.issuer or NO_HTTP_ISSUER
+        tls = (config.tls_cert, config.tls_key) if config.tls_cert else None
         if store is not None:
             stack.callback(store.close)
             keys = KeyRing(store, config.signing_alg, published_for=config.token_lifetime)
+            if config.http_port >= 0:
+                sock = bind(config.host, config.http_port)
+                stack.callback(sock.close)
+                base = f"{'https' if tls else 'http'}://{config.host}:{sock.getsockname()[1]}"
+                issuer = config.issuer or base
             directory = Directory(store)
             directory.start()
             stack.callback(directory.stop)
@@ -416,14 +438,11 @@ async def serve_forever(engine: Engine, config: ServeConfig, announce: Sequence[
                 gather = 0.0 if config.audit == "sync" else GATHER  # sync answers wait
                 audit = AuditWriter(store, config.audit_queue, gather)
                 stack.callback(audit.close)
-                admin_trail = ChangeAuditor(store, audit)
-                admin_trail.start()
-                stack.callback(admin_trail.stop)
-                # On stop, after the last call is answered: sign what the trails hold.
-                checkpoints = Checkpointer(
-                    store, audit, keys, NO_HTTP_ISSUER, config.audit_checkpoint_interval
-                )
-                stack.callback(checkpoints.stop)
+                # One replica follows the change log, and one signs checkpoints; they stop
+                # after the last call is answered, and sign what the trails hold then.
+                for job in _trail_jobs(store, audit, keys, issuer, config):
+                    job.start()
+                    stack.callback(job.stop)
         running = await start(
             engine,
             config.host,
@@ -448,16 +467,9 @@ async def serve_forever(engine: Engine, config: ServeConfig, announce: Sequence[
         if running.metrics_server is not None:
             where = f"{config.host}:{running.metrics_server.server_port}"
             print(f"tessera: metrics on http://{where}/metrics", flush=True)
-        issuer = config.issuer or NO_HTTP_ISSUER
-        if store is not None and config.http_port >= 0:
+        if store is not None and keys is not None and sock is not None:
             token = config.admin_token or new_token()
             admin = BootstrapToken(token)
-            tls = (config.tls_cert, config.tls_key) if config.tls_cert else None
-            sock = bind(config.host, config.http_port)
-            web = "https" if tls else "http"
-            base = f"{web}://{config.host}:{sock.getsockname()[1]}"
-            issuer = config.issuer or base
-            assert keys is not None  # made with the store
             oauth = AuthorizationServer(
                 store,
                 keys,
@@ -489,9 +501,7 @@ async def serve_forever(engine: Engine, config: ServeConfig, announce: Sequence[
                 )
         elif store is None:
             print("tessera: no store: deciding on the agent attributes callers send", flush=True)
-        if checkpoints is not None:
-            checkpoints.issuer = issuer
-            checkpoints.start()
+        if audit is not None:
             print(f"tessera: every decision is audited ({config.audit})", flush=True)
         for line in announce:
             print(line, flush=True)
