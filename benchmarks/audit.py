@@ -131,22 +131,27 @@ def redacted(url: str) -> str:
 
 
 class Counting:
-    """Wraps the writer's submit methods to count records and full-queue fallbacks, and
-    samples the queue depth from a thread."""
+    """Wraps the writer's queueing methods to count the records submitted, and samples
+    the queue depth from a thread; backpressure is the writer's own ``full`` counter."""
 
     def __init__(self, writer: Any) -> None:
         self.writer = writer
         self.submitted = 0
-        self.full = 0
+        self.full_seen = writer.full
         self.max_depth = 0
         self.last_record: Any = None
-        nowait, blocking = writer.submit_nowait, writer.submit
+        offer, nowait, blocking = writer.offer, writer.submit_nowait, writer.submit
+
+        def counted_offer(trail: str, record: Any) -> bool:
+            queued: bool = offer(trail, record)
+            if queued:
+                self.submitted += 1
+                self.last_record = record
+            return queued
 
         def submit_nowait(trail: str, record: Any) -> Any:
             done = nowait(trail, record)
-            if done is None:
-                self.full += 1
-            else:
+            if done is not None:
                 self.submitted += 1
                 self.last_record = record
             return done
@@ -156,14 +161,17 @@ class Counting:
             self.submitted += 1
             return done
 
-        writer.submit_nowait, writer.submit = submit_nowait, submit
+        writer.offer, writer.submit_nowait, writer.submit = counted_offer, submit_nowait, submit
         self.stopped = threading.Event()
         threading.Thread(target=self._sample, name="queue-sampler", daemon=True).start()
 
+    @property
+    def full(self) -> int:
+        return int(self.writer.full) - self.full_seen
+
     def _sample(self) -> None:
-        q = self.writer.queue
         while not self.stopped.wait(SAMPLE_EVERY_S):
-            depth = q.qsize()
+            depth = self.writer.depth()
             if depth > self.max_depth:
                 self.max_depth = depth
 
@@ -173,7 +181,7 @@ class Counting:
             "written": self.writer.written,
             "full": self.full,
             "max_depth": self.max_depth,
-            "depth": self.writer.queue.qsize(),
+            "depth": self.writer.depth(),
         }
         self.max_depth = 0
         return out
@@ -194,7 +202,8 @@ class Counting:
         start = writer.written
         cpu0, t0 = time.process_time(), time.perf_counter()
         for _ in range(n):
-            writer.submit("agent", record)
+            if not writer.offer("agent", record):
+                writer.submit("agent", record)
         if not self.drain():
             raise RuntimeError("the writer did not commit the capacity records in time")
         elapsed, cpu = time.perf_counter() - t0, time.process_time() - cpu0

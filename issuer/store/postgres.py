@@ -46,6 +46,7 @@ class _Cursor:
 
     def __init__(self, cur: psycopg.Cursor[Any]) -> None:
         self._cur = cur
+        self.raw = cur
 
     def execute(self, query: str, parameters: Sequence[Any] = (), /) -> object:
         return self._cur.execute(query.replace("?", "%s"), parameters)
@@ -155,6 +156,18 @@ class PostgresStore(SQLStore):
         if self._listener is not None:
             self._listener.close()
             self._listener = None
+
+    def _insert_many(
+        self, cur: Cursor, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]
+    ) -> None:
+        """COPY: a fraction of the client CPU a row costs in an INSERT."""
+        assert isinstance(cur, _Cursor)
+        statement = sql.SQL("COPY {} ({}) FROM STDIN").format(
+            sql.Identifier(table), sql.SQL(", ").join(map(sql.Identifier, columns))
+        )
+        with cur.raw.copy(statement) as copy:
+            for row in rows:
+                copy.write_row(row)
 
     def lease(self, name: str) -> Lease | None:
         """A session advisory lock, held by a connection of its own."""

@@ -330,13 +330,20 @@ class SQLStore(ABC):
     def append_audit(self, trail: str, entries: Sequence[AuditEntry]) -> None:
         """Append chained audit entries to a trail, all or none (one transaction). It does
         not touch the change log: no change-log lock, and no wake-up of its followers."""
-        rows = [(trail, e.seq, time_text(e.at), e.record, e.prev_hash, e.hash) for e in entries]
+        stamps: dict[datetime, str] = {}  # a batch's entries share their time
+        rows = []
+        for e in entries:
+            at = stamps.get(e.at) or stamps.setdefault(e.at, time_text(e.at))
+            rows.append((trail, e.seq, at, e.record, e.prev_hash, e.hash))
         with self._transaction(write=True, changes=False) as cur:
-            cur.executemany(  # one statement for the batch: no round trip per record
-                "INSERT INTO audit (trail, seq, at, record, prev_hash, hash)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
-                rows,
-            )
+            self._insert_many(cur, "audit", AUDIT_INSERT_COLUMNS, rows)
+
+    def _insert_many(
+        self, cur: Cursor, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]
+    ) -> None:
+        """Insert rows in one statement (no round trip per row)."""
+        marks = ", ".join("?" * len(columns))
+        cur.executemany(f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({marks})", rows)
 
     def audit_tail(self, trail: str) -> AuditEntry | None:
         """The newest entry of a trail, or None for an empty trail."""
@@ -363,6 +370,7 @@ class SQLStore(ABC):
 
 
 AUDIT_COLUMNS = "seq, at, record, prev_hash, hash"
+AUDIT_INSERT_COLUMNS = ("trail", "seq", "at", "record", "prev_hash", "hash")
 
 
 def _audit_entry(row: Sequence[Any]) -> AuditEntry:

@@ -14,6 +14,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
+
 from issuer.store import AuditEntry
 
 GENESIS = "0" * 64
@@ -23,8 +25,10 @@ TRAILS = ("agent", "admin", "alert", "checkpoint")
 
 
 def canonical(record: Mapping[str, Any]) -> str:
-    """The one text a record is hashed and stored as."""
-    return json.dumps(record, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    """The one text a record is hashed and stored as: JSON with sorted keys, no spaces,
+    UTF-8 (orjson: several times faster than the json module on the writer's path).
+    TypeError for anything that is not plain JSON."""
+    return orjson.dumps(record, option=orjson.OPT_SORT_KEYS).decode()
 
 
 def link(prev_hash: str, text: str) -> str:

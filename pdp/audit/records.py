@@ -31,8 +31,10 @@ def decision_record(
     decision_id: str,
     seconds: float,
     pep: str,
+    when: float | None = None,
 ) -> dict[str, Any]:
-    """The agent trail's record of one decision asked over gRPC."""
+    """The agent trail's record of one decision asked over gRPC, made at ``when`` (epoch
+    seconds; now by default)."""
     return decided(
         {
             "agent": message.agent.id,
@@ -46,17 +48,23 @@ def decision_record(
         decision_id,
         seconds,
         pep,
+        when,
     )
 
 
 def decided(
-    asked: dict[str, Any], decision: Decision, decision_id: str, seconds: float, pep: str
+    asked: dict[str, Any],
+    decision: Decision,
+    decision_id: str,
+    seconds: float,
+    pep: str,
+    when: float | None = None,
 ) -> dict[str, Any]:
     """The agent trail's record of one decision: ``asked`` holds the request's agent,
     user, delegation, action, resource (type and id) and context."""
     return {
         "kind": "decision",
-        "at": _now(),
+        "at": _now() if when is None else utc_text(when),
         "decision_id": decision_id,
         **asked,
         "allow": decision.allow,
@@ -100,3 +108,19 @@ def token_record(grant: str, claims: dict[str, Any]) -> dict[str, Any]:
 
 def _now() -> str:
     return datetime.now(UTC).isoformat()
+
+
+_second: tuple[int, str] = (-1, "")
+
+
+def utc_text(when: float) -> str:
+    """Epoch seconds as RFC 3339 UTC with microseconds, as ``datetime.isoformat`` writes
+    it; the date and time of day are formatted once per second."""
+    global _second
+    whole = int(when)
+    if _second[0] != whole:
+        _second = (whole, datetime.fromtimestamp(whole, UTC).strftime("%Y-%m-%dT%H:%M:%S"))
+    micros = round((when - whole) * 1e6)
+    if micros >= 1_000_000:  # rounding reached the next second
+        return utc_text(whole + 1)
+    return f"{_second[1]}.{micros:06d}+00:00"

@@ -1,9 +1,14 @@
 """The audit writer: records off the hot path, chained and committed in batches.
 
 Callers hand records to a bounded queue; one thread takes whatever is waiting (up to
-:data:`BATCH` records: what queued up while the previous batch committed), chains them
-onto their trail and commits them in one store transaction (group commit). A batch is
-all or nothing, so a crash mid-batch leaves a chain that still verifies, one batch shorter.
+:data:`BATCH` records: what queued up while the previous batch committed, and for
+``gather`` seconds more), chains them onto their trail and commits them in one store
+transaction (group commit). A batch is all or nothing, so a crash mid-batch leaves a chain
+that still verifies, one batch shorter.
+
+The hot path pays for one append: :meth:`AuditWriter.offer` queues a record (or a function
+that builds it on the writer thread) without a future and without waking the writer, which
+an empty queue's first record does once per batch.
 
 Durability:
 
@@ -22,9 +27,9 @@ is chained onto the new head and committed there.
 from __future__ import annotations
 
 import logging
-import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future
 from datetime import UTC, datetime
@@ -36,44 +41,75 @@ from pdp.audit.chain import GENESIS, TRAILS, canonical, link
 log = logging.getLogger("tessera.audit")
 
 BATCH = 512
-GATHER = 0.002  # seconds a batch waits for more records to share its commit (async)
+GATHER = 0.005  # seconds a batch waits for more records to share its commit (async)
 RETRY_DELAY = 0.5
-_STOP = object()
+ROOM_POLL = 0.001  # seconds between looks for room in a full queue
 
 Record = Mapping[str, Any] | Callable[[], Mapping[str, Any]]
 """A record, or a function that builds one (then the writer thread pays for building it)."""
 
+_Item = tuple[str | None, Record | None, Future[int] | None]  # a None trail is a flush
+
 
 class AuditWriter:
-    """Appends records to the agent and admin trails of a store."""
+    """Appends records to the trails of a store."""
 
     def __init__(self, store: Store, queue_size: int = 10_000, gather: float = GATHER) -> None:
         self.store = store
         self.gather = gather
-        self.queue: queue.Queue[Any] = queue.Queue(maxsize=queue_size)
+        self.queue_size = queue_size
+        self._items: deque[_Item] = deque()
+        self._wake = threading.Event()
+        self._closing = False
         self._tails: dict[str, tuple[int, str]] = {}
         for trail in TRAILS:
             tail = store.audit_tail(trail)
             self._tails[trail] = (0, GENESIS) if tail is None else (tail.seq, tail.hash)
-        self.written = 0
+        self.written = 0  # records committed
+        self.full = 0  # times a record found the queue full (and its caller had to wait)
         self._thread = threading.Thread(target=self._run, name="audit-writer", daemon=True)
         self._thread.start()
+
+    @property
+    def closing(self) -> bool:
+        return self._closing
+
+    def depth(self) -> int:
+        """Records waiting in the queue."""
+        return len(self._items)
+
+    def offer(self, trail: str, record: Record) -> bool:
+        """Queue a record with no future (async durability); False when the queue is full
+        (then the caller waits with :meth:`submit`, off the event loop)."""
+        _known(trail)
+        items = self._items
+        if len(items) >= self.queue_size:
+            self.full += 1
+            return False
+        items.append((trail, record, None))
+        if len(items) == 1:  # the writer may be asleep on an empty queue
+            self._wake.set()
+        return True
 
     def submit(self, trail: str, record: Record) -> Future[int]:
         """Queue a record (or a function that builds it, called by the writer thread); the
         future gives its seq once committed. Waits while the queue is full (backpressure)."""
         done = _pending(trail)
-        self.queue.put((trail, record, done))
+        if len(self._items) >= self.queue_size:
+            self.full += 1
+            while len(self._items) >= self.queue_size:
+                time.sleep(ROOM_POLL)
+        self._put((trail, record, done))
         return done
 
     def submit_nowait(self, trail: str, record: Record) -> Future[int] | None:
         """Queue a record if there is room; None when the queue is full (then the caller
         waits with :meth:`submit`, off the event loop)."""
         done = _pending(trail)
-        try:  # the record is serialized by the writer thread, off the caller's path
-            self.queue.put_nowait((trail, record, done))
-        except queue.Full:
+        if len(self._items) >= self.queue_size:
+            self.full += 1
             return None
+        self._put((trail, record, done))
         return done
 
     def write(self, trail: str, record: Record, timeout: float = 30.0) -> int:
@@ -84,58 +120,72 @@ class AuditWriter:
         """Wait until everything queued before this call is committed."""
         done: Future[int] = Future()
         done.set_running_or_notify_cancel()
-        self.queue.put((None, None, done))
+        self._put((None, None, done))
         done.result(timeout)
 
     def close(self, timeout: float = 10.0) -> None:
         """Commit everything queued, then stop."""
-        self.queue.put(_STOP)
+        self._closing = True
+        self._wake.set()
         self._thread.join(timeout)
 
-    def _run(self) -> None:
-        stopping = False
-        while not stopping:
-            batch = [self.queue.get()]
-            # Group commit: whatever queued up while the last batch committed goes in this
-            # one, and the batch waits up to ``gather`` seconds for company (a commit costs
-            # far more than a record; sync durability gathers nothing).
-            deadline = time.monotonic() + self.gather
-            while len(batch) < BATCH:
-                try:
-                    batch.append(self.queue.get(timeout=max(deadline - time.monotonic(), 0)))
-                except queue.Empty:
-                    break
-            if _STOP in batch:
-                stopping = True
-                batch = [item for item in batch if item is not _STOP]
-            if batch:
-                self._commit(batch, stopping)
+    def _put(self, item: _Item) -> None:
+        """Queue an item someone waits for: the writer wakes for it at once."""
+        self._items.append(item)
+        self._wake.set()
 
-    def _commit(self, batch: list[Any], stopping: bool) -> None:
-        by_trail: dict[str, list[tuple[str, Future[int]]]] = {}
+    def _run(self) -> None:
+        items = self._items
+        idle = True
+        while True:
+            self._wake.clear()
+            if not items:
+                if self._closing:
+                    return
+                self._wake.wait()
+                idle = True
+                continue
+            # Group commit: what queued up while the last batch committed goes in the next
+            # one at once; a record that finds the writer idle waits ``gather`` seconds for
+            # company (a commit costs far more than a record; sync durability gathers
+            # nothing).
+            if idle and self.gather and len(items) < BATCH and not self._closing:
+                time.sleep(self.gather)
+            idle = False
+            batch = [items.popleft() for _ in range(min(len(items), BATCH))]
+            self._commit(batch, self._closing)
+
+    def _commit(self, batch: list[_Item], stopping: bool) -> None:
+        by_trail: dict[str, list[tuple[str, Future[int] | None]]] = {}
         flushed = []
         for trail, record, done in batch:
             if trail is None:  # a flush: answered once what came before is committed
                 flushed.append(done)
                 continue
             try:  # a factory builds the record here, off the caller's thread
-                text = canonical(record() if callable(record) else record)
+                text = canonical(record() if callable(record) else record)  # type: ignore[arg-type]
             except (TypeError, ValueError) as exc:  # not JSON: refuse this record alone
                 log.error("refusing an audit record for the %s trail: %s", trail, exc)
-                done.set_exception(exc)
+                if done is not None:
+                    done.set_exception(exc)
                 continue
             by_trail.setdefault(trail, []).append((text, done))
         for trail, items in by_trail.items():
             entries = self._append(trail, [text for text, _ in items], stopping)
             if entries is None:
+                lost = RuntimeError("the audit store is unavailable")
                 for _, done in items:
-                    done.set_exception(RuntimeError("the audit store is unavailable"))
+                    if done is not None:
+                        done.set_exception(lost)
+                log.error("lost %d audit records for the %s trail: %s", len(items), trail, lost)
                 continue
             self.written += len(entries)
             for entry, (_, done) in zip(entries, items, strict=True):
-                done.set_result(entry.seq)
+                if done is not None:
+                    done.set_result(entry.seq)
         for done in flushed:
-            done.set_result(0)
+            if done is not None:
+                done.set_result(0)
 
     def _append(self, trail: str, texts: list[str], stopping: bool) -> list[AuditEntry] | None:
         """Chain ``texts`` onto the trail's head and commit them; the entries, or None when
@@ -190,12 +240,16 @@ class AuditWriter:
         return tail is not None and tail.seq == last.seq and tail.hash == last.hash
 
 
+def _known(trail: str) -> None:
+    if trail not in TRAILS:
+        raise ValueError(f"unknown audit trail {trail!r}; use one of {', '.join(TRAILS)}")
+
+
 def _pending(trail: str) -> Future[int]:
     """The future of a record's commit. It is marked running at once, so a caller who
     stops waiting (a cancelled call) cannot cancel it: the record is committed anyway,
     and the writer never meets a cancelled future."""
-    if trail not in TRAILS:
-        raise ValueError(f"unknown audit trail {trail!r}; use one of {', '.join(TRAILS)}")
+    _known(trail)
     done: Future[int] = Future()
     done.set_running_or_notify_cancel()
     return done

@@ -15,7 +15,6 @@ import logging
 import signal
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
-from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,7 +35,7 @@ from pdp.audit.changes import ChangeAuditor
 from pdp.audit.checkpoints import Checkpointer
 from pdp.audit.exclusive import Exclusive
 from pdp.audit.records import decision_record, new_decision_id, token_record
-from pdp.audit.writer import GATHER, AuditWriter
+from pdp.audit.writer import GATHER, AuditWriter, Record
 from pdp.decision import Decision
 from pdp.directory import Directory, Identities
 from pdp.engine import Engine
@@ -146,35 +145,39 @@ class AuthorizerService(pb_grpc.AuthorizerServicer):  # type: ignore[misc]
             self.metrics.decided(decision)
         return decision
 
-    async def _record(
+    def _record(
         self,
         message: pb.AuthorizeRequest,
         decision: Decision,
         decision_id: str,
         started: float,
-        context: grpc.aio.ServicerContext,
-    ) -> Future[int] | None:
-        """Put the decision on the agent trail, never dropping it (a full queue waits, off
-        the loop); the future of its commit, which sync durability awaits."""
+        pep: str,
+    ) -> Record:
+        """The decision's agent-trail record, as a function the writer thread calls (the
+        hot path only notes the time)."""
+        seconds, when = time.perf_counter() - started, time.time()
+        return lambda: decision_record(message, decision, decision_id, seconds, pep, when)
+
+    async def _audited(self, records: list[Record]) -> None:
+        """Put the records on the agent trail, never dropping one. Async durability only
+        queues them (a full queue waits, off the loop); sync answers once they are
+        committed."""
         audit = self.audit
         if audit is None:
-            return None
-        seconds, pep = time.perf_counter() - started, context.peer()
-
-        def record() -> dict[str, Any]:  # built by the writer thread, off the hot path
-            return decision_record(message, decision, decision_id, seconds, pep)
-
-        done = audit.submit_nowait("agent", record)
-        if done is None:
-            done = await asyncio.to_thread(audit.submit, "agent", record)
-        return done
-
-    async def _committed(self, pending: list[Future[int] | None]) -> None:
-        """With sync durability, the answer waits until its records are committed."""
-        if self.durability == "sync":
-            for done in pending:
-                if done is not None:
-                    await asyncio.wrap_future(done)
+            return
+        if self.durability != "sync":
+            for record in records:
+                if not audit.offer("agent", record):
+                    await asyncio.to_thread(audit.submit, "agent", record)
+            return
+        pending = []
+        for record in records:
+            done = audit.submit_nowait("agent", record)
+            if done is None:
+                done = await asyncio.to_thread(audit.submit, "agent", record)
+            pending.append(done)
+        for done in pending:
+            await asyncio.wrap_future(done)
 
     @contextlib.asynccontextmanager
     async def _rpc(self, method: str, context: grpc.aio.ServicerContext) -> AsyncIterator[None]:
@@ -210,9 +213,9 @@ class AuthorizerService(pb_grpc.AuthorizerServicer):  # type: ignore[misc]
                 else:
                     decision = cached
             decision_id = new_decision_id()
-            await self._committed(
-                [await self._record(request, decision, decision_id, started, context)]
-            )
+            if self.audit is not None:
+                record = self._record(request, decision, decision_id, started, context.peer())
+                await self._audited([record])
             return decision_to_message(decision, decision_id, cacheable)
 
     async def AuthorizeBatch(
@@ -230,7 +233,8 @@ class AuthorizerService(pb_grpc.AuthorizerServicer):  # type: ignore[misc]
                         await _typed(item, engine, context, f"requests[{index}].", identities)
                     )
             responses = []
-            pending = []
+            records = []
+            pep = context.peer() if self.audit is not None else ""
             for item, r in zip(request.requests, typed, strict=True):
                 started = time.perf_counter()
                 decision_id = new_decision_id()
@@ -239,9 +243,10 @@ class AuthorizerService(pb_grpc.AuthorizerServicer):  # type: ignore[misc]
                 else:
                     decision = self._timed(engine, r, True)
                     cacheable = not engine.touches_limits(r)
-                pending.append(await self._record(item, decision, decision_id, started, context))
+                if self.audit is not None:
+                    records.append(self._record(item, decision, decision_id, started, pep))
                 responses.append(decision_to_message(decision, decision_id, cacheable))
-            await self._committed(pending)
+            await self._audited(records)
             return pb.AuthorizeBatchResponse(responses=responses)
 
     async def ListAllowed(

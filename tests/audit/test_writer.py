@@ -427,7 +427,7 @@ def test_a_store_that_fails_at_close_fails_every_waiting_record_on_every_trail(
     admin = writer.submit("admin", record(2))
     closing = threading.Thread(target=writer.close, args=(WAIT,))
     closing.start()
-    wait_until(lambda: writer.queue.qsize() == 3, "close() has queued its stop")
+    wait_until(lambda: writer.closing, "close() has begun")
     appends.released.set()
     closing.join(WAIT)
     assert not closing.is_alive()
