@@ -15,6 +15,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, NoReturn, TextIO
 
+from pdp.audit.baselines import ALERTS
 from pdp.audit.chain import TRAILS
 from pdp.lang.errors import Diagnostic, PolicyError
 
@@ -190,9 +191,9 @@ def build_parser() -> argparse.ArgumentParser:
         "'admin' what administrators did. 'verify' walks a trail's hash chain and names "
         "every changed, deleted, inserted or reordered entry (exit 1 when it is broken); "
         "'query' lists records matching the filters; 'export' writes them as JSON lines "
-        "for a SIEM.",
+        "for a SIEM; 'alerts' lists the anomaly alerts raised on agents.",
     )
-    audit.add_argument("action", choices=["verify", "query", "export"])
+    audit.add_argument("action", choices=["verify", "query", "export", "alerts"])
     audit.add_argument("--store", metavar="URL", help="the store (default: as tessera serve)")
     audit.add_argument("--config", metavar="FILE", help="configuration file (TOML)")
     audit.add_argument("--trail", choices=TRAILS, default="agent")
@@ -202,6 +203,8 @@ def build_parser() -> argparse.ArgumentParser:
     audit.add_argument("--tool", help="only calls of this tool (resource id of type tool)")
     audit.add_argument("--since", metavar="TIME", help="RFC 3339, e.g. 2026-11-28T10:00:00Z")
     audit.add_argument("--until", metavar="TIME", help="RFC 3339")
+    audit.add_argument("--alert", choices=ALERTS, help="alerts: only this kind")
+    audit.add_argument("--json", action="store_true", help="alerts: a JSON array")
     keys = commands.add_parser(
         "keys",
         help="list or rotate the issuer's signing keys",
@@ -515,6 +518,12 @@ def _audit(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     except ValueError as exc:
         print(f"tessera audit: {exc}", file=err)
         return USAGE
+    only_alerts = [flag for flag in ("alert", "json") if getattr(args, flag)]
+    if args.action != "alerts" and only_alerts:
+        print(f"tessera audit: --{only_alerts[0]} only goes with 'alerts'", file=err)
+        return USAGE
+    if args.action == "alerts":
+        return _audit_alerts(args, filters, out, err)
     opened = _open_configured_store(args, err, "audit")
     if opened is None:
         return USAGE
@@ -544,6 +553,46 @@ def _audit(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
                 )
     finally:
         store.close()
+    return OK
+
+
+def _audit_alerts(args: argparse.Namespace, filters: Any, out: TextIO, err: TextIO) -> int:
+    """``tessera audit alerts``: the alert trail, as a table or a JSON array."""
+    from pdp.audit.query import records
+
+    unused = [flag for flag in ("user", "decision", "tool") if getattr(args, flag)]
+    if unused:
+        print(f"tessera audit: --{unused[0]} does not apply to alerts", file=err)
+        return USAGE
+    opened = _open_configured_store(args, err, "audit")
+    if opened is None:
+        return USAGE
+    store, _ = opened
+    try:
+        found = [
+            {"seq": seq, **record}
+            for seq, record in records(store, "alert", filters)
+            if record.get("kind") == "alert" and args.alert in (None, record.get("alert"))
+        ]
+    finally:
+        store.close()
+    if args.json:
+        print(json.dumps(found, indent=2), file=out)
+        return OK
+    if not found:
+        print("no alerts", file=out)
+        return OK
+    print(
+        f"{'SEQ':>6}  {'TIME (UTC)':19}  {'SEVERITY':8}  {'ALERT':8}  {'AGENT':16}  MESSAGE",
+        file=out,
+    )
+    for alert in found:
+        print(
+            f"{alert['seq']:>6}  {str(alert.get('at', ''))[:19]:19}  "
+            f"{alert.get('severity', '')!s:8}  {alert.get('alert', '')!s:8}  "
+            f"{alert.get('agent', '')!s:16}  {alert.get('message', '')}",
+            file=out,
+        )
     return OK
 
 

@@ -32,6 +32,7 @@ from issuer.keys import KeyRing
 from issuer.oauth.endpoints import METADATA_PATH, AuthorizationServer
 from issuer.scim import BootstrapToken, new_token
 from issuer.store import open_store
+from pdp.audit.anomaly import AnomalyDetector
 from pdp.audit.changes import ChangeAuditor
 from pdp.audit.records import decision_record
 from pdp.audit.writer import GATHER, AuditWriter
@@ -422,6 +423,12 @@ async def serve_forever(engine: Engine, config: ServeConfig, announce: Sequence[
             durability=config.audit,
         )
         stack.push_async_callback(running.stop, config.grace)
+        if store is not None and audit is not None:  # after start(): it counts in its metrics
+            alerts = AnomalyDetector(
+                store, audit, config.anomaly_thresholds(), running.service.metrics.alerts
+            )
+            alerts.start()
+            stack.callback(alerts.stop)  # before the writer closes
         scheme = "TLS" if config.tls_cert else "plaintext"
         if config.tls_client_ca:
             scheme = "mutual TLS"
