@@ -305,11 +305,15 @@ class _Raiser:
 
     def hours(self, hour: int, share: float) -> None:
         severity = "medium" if share == 0 else "low"
-        when = "never" if share == 0 else f"only {share:.1%} of the time"
+        usual = (
+            "an hour in which it had never been active"
+            if share == 0
+            else f"an hour that holds only {share:.1%} of its calls"
+        )
         self._add(
             "hours",
             severity,
-            f"Agent {self.agent_id} was active at {hour:02d}:00 UTC, an hour it is active {when}.",
+            f"Agent {self.agent_id} was active at {hour:02d}:00-{hour:02d}:59 UTC, {usual}.",
             hour,
             _hours_text(self.agent.hours, self.agent.decisions, self.thresholds.hour_share),
         )
