@@ -92,6 +92,30 @@ class AnomalyThresholds:
                 raise ValueError(f"{name}: a whole number, got {getattr(self, name)!r}")
 
 
+class _Amounts:
+    """The last :data:`AMOUNT_HISTORY` allowed amounts of one currency: how many, and the
+    largest (a sliding-window maximum: each amount is pushed and dropped once)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._peaks: deque[tuple[int, Decimal]] = deque()  # (index, amount), decreasing
+
+    def __len__(self) -> int:
+        return min(self.count, AMOUNT_HISTORY)
+
+    def largest(self) -> Decimal:
+        return self._peaks[0][1]
+
+    def add(self, value: Decimal) -> None:
+        peaks = self._peaks
+        while peaks and peaks[-1][1] <= value:
+            peaks.pop()
+        peaks.append((self.count, value))
+        self.count += 1
+        if peaks[0][0] <= self.count - 1 - AMOUNT_HISTORY:
+            peaks.popleft()
+
+
 @dataclass
 class _Agent:
     """What one agent has done so far."""
@@ -111,7 +135,7 @@ class _Agent:
     bucket: int = -1
     bucket_calls: int = 0
     hours: list[int] = field(default_factory=lambda: [0] * 24)
-    amounts: dict[str, deque[Decimal]] = field(default_factory=dict)
+    amounts: dict[str, _Amounts] = field(default_factory=dict)
     quiet_until: dict[str, float] = field(default_factory=dict)
 
 
@@ -121,6 +145,7 @@ class Baselines:
     def __init__(self, thresholds: AnomalyThresholds | None = None) -> None:
         self.thresholds = thresholds if thresholds is not None else AnomalyThresholds()
         self.agents: LRUCache[str, _Agent] = LRUCache(maxsize=MAX_AGENTS)
+        self._amount_factor = Decimal(str(self.thresholds.amount_factor))
 
     def observe(self, record: dict[str, Any], seq: int) -> list[dict[str, Any]]:
         """Learn from one agent-trail record (seq ``seq``); the alerts it raises, in the
@@ -157,13 +182,13 @@ class Baselines:
             value, currency = amount
             history = agent.amounts.get(currency)
             if learned and history is not None and len(history) >= MIN_AMOUNTS:
-                largest = max(history)
-                if value > largest * Decimal(str(self.thresholds.amount_factor)):
+                largest = history.largest()
+                if value > largest * self._amount_factor:
                     raise_.amount(value, currency, largest)
             if allow:  # a refused amount must not teach the baseline to expect it
                 if history is None:
-                    history = agent.amounts[currency] = deque(maxlen=AMOUNT_HISTORY)
-                history.append(value)
+                    history = agent.amounts[currency] = _Amounts()
+                history.add(value)
 
         self._count(agent, t, allow)
         if learned:
