@@ -14,7 +14,7 @@ fresh schema of ``TESSERA_TEST_POSTGRES``, dropped after; skipped when unreachab
   without the store and JSON): CPU µs per record.
 
 The records: 50 agents, each calling one of 6 tools every 0.5 s in turn, 30% of calls
-with an amount, 5% denied, in time order over N × 10 ms. Target: detector records/s ≥
+with an amount, one call in 20 denied, in time order over N × 10 ms. Target: detector records/s ≥
 writer records/s on each store (the detector can follow anything the writer commits).
 
     python benchmarks/anomaly.py [--json] [--quick] [--strict]
@@ -61,7 +61,7 @@ def records(count: int) -> list[dict[str, Any]]:
         context: dict[str, Any] = {}
         if i % 10 < 3:
             context["amount"] = {"amount": str(10 + (i * 7) % 490), "currency": "USD"}
-        allow = i % 20 != 7
+        allow = call % 20 != agent % 20
         out.append(
             {
                 "kind": "decision",

@@ -14,7 +14,8 @@ and the amounts it was allowed to move, per currency. Five kinds of alert:
 - ``rate``: more calls in the sliding window than ``rate_factor`` times the agent's
   average per active window (and at least ``rate_min`` calls);
 - ``denials``: at least ``denial_burst`` denials in the sliding window, making up at least
-  ``denial_ratio`` of its calls there and more than in its history (privilege probing);
+  ``denial_ratio`` of its calls there and at least twice their share in its history
+  before (privilege probing);
 - ``amount``: an amount more than ``amount_factor`` times the largest the agent was
   allowed to move in that currency;
 - ``hours``: a call in an hour of the day (UTC) that holds less than ``hour_share`` of the
@@ -48,6 +49,7 @@ MAX_TOOLS = 10_000  # tools remembered per agent
 RATE_HISTORY = 1_440  # active windows averaged for the rate baseline (a day of minutes)
 AMOUNT_HISTORY = 1_000  # allowed amounts kept per agent and currency
 MIN_AMOUNTS = 5  # allowed amounts in a currency before amounts in it are judged
+DENIALS_OVER_HISTORY = 2  # a burst's denied share must be this many times the usual one
 
 
 @dataclass(frozen=True)
@@ -253,7 +255,7 @@ class Baselines:
             return
         before = agent.decisions - (calls - 1)  # decisions outside the window
         history = (agent.denials - (denials - 1)) / before if before > 0 else None
-        if history is None or history < denials / calls:
+        if history is None or denials / calls >= DENIALS_OVER_HISTORY * history:
             raise_.denials(denials, calls, history)
 
 

@@ -9,11 +9,14 @@ real gRPC service and ``tessera serve``, and wait (bounded) for the alert to app
 from __future__ import annotations
 
 import json
+import random
 import re
 import time
 import urllib.request
+from collections import deque
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -22,7 +25,7 @@ import pytest
 
 from issuer.store import Store, open_store
 from pdp.audit.anomaly import AnomalyDetector, AnomalyThresholds
-from pdp.audit.baselines import Baselines
+from pdp.audit.baselines import AMOUNT_HISTORY, Baselines, _Amounts
 from pdp.audit.query import entries, verify_trail
 from pdp.audit.writer import AuditWriter
 from pdp.cli import main
@@ -219,6 +222,19 @@ def test_denials_spread_out_or_among_many_allowed_calls_are_not_a_burst(store: S
     assert detect(store, [*history(), *spread, *mixed], thresholds) == []
 
 
+def test_an_agent_often_denied_raises_denials_only_at_twice_its_usual_share(
+    store: Store,
+) -> None:
+    usual = [{**r, "allow": i % 2 == 0} for i, r in enumerate(history())]  # half denied
+    as_usual = [decision(at(10, 0, i), allow=i % 2 == 0) for i in range(24)]
+    all_denied = [decision(at(12, 0, i), allow=False) for i in range(10)]
+    found = detect(store, [*usual, *as_usual, *all_denied])
+    assert [(a["alert"], a["decision_id"]) for a in found] == [
+        ("denials", all_denied[-1]["decision_id"])
+    ]
+    assert found[0]["baseline"] == 0.5
+
+
 def test_a_burst_of_denials_needs_no_learning_period(store: Store) -> None:
     probing = [decision(at(3, 0, i, day=0), "newcomer", f"tool{i}", False) for i in range(10)]
     found = detect(store, probing)
@@ -279,6 +295,16 @@ def test_one_decision_can_raise_several_kinds_in_a_fixed_order(store: Store) -> 
     found = detect(store, [*history(), odd])
     assert [a["alert"] for a in found] == ["new_tool", "amount", "hours"]
     assert {a["source_seq"] for a in found} == {193}
+
+
+def test_the_largest_recent_amount_is_the_maximum_of_the_last_1000() -> None:
+    rng = random.Random(7)
+    amounts, recent = _Amounts(), deque[Decimal](maxlen=AMOUNT_HISTORY)
+    for step in range(5_000):
+        value = Decimal(rng.randrange(10_000) if step % 700 else 20_000)  # spikes age out
+        amounts.add(value)
+        recent.append(value)
+        assert (amounts.largest(), len(amounts)) == (max(recent), len(recent))
 
 
 # ------------------------------------------------------------------ restarts
