@@ -13,11 +13,14 @@ import sys
 from collections.abc import Sequence
 from importlib import metadata
 from pathlib import Path
-from typing import Any, NoReturn, TextIO
+from typing import TYPE_CHECKING, Any, NoReturn, TextIO
 
 from pdp.audit.baselines import ALERTS
 from pdp.audit.chain import TRAILS
 from pdp.lang.errors import Diagnostic, PolicyError
+
+if TYPE_CHECKING:
+    from pdp.audit.query import Filters
 
 OK, FAILED, USAGE = 0, 1, 2
 
@@ -556,11 +559,13 @@ def _audit(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     return OK
 
 
-def _audit_alerts(args: argparse.Namespace, filters: Any, out: TextIO, err: TextIO) -> int:
+def _audit_alerts(args: argparse.Namespace, filters: Filters, out: TextIO, err: TextIO) -> int:
     """``tessera audit alerts``: the alert trail, as a table or a JSON array."""
     from pdp.audit.query import records
 
     unused = [flag for flag in ("user", "decision", "tool") if getattr(args, flag)]
+    if args.trail != "agent":
+        unused.append("trail")
     if unused:
         print(f"tessera audit: --{unused[0]} does not apply to alerts", file=err)
         return USAGE

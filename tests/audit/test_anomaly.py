@@ -542,6 +542,7 @@ def test_alerts_on_an_empty_trail_says_so(
     [
         (("alerts", "--tool", "search"), "tessera audit: --tool does not apply to alerts"),
         (("alerts", "--decision", "deny"), "tessera audit: --decision does not apply to alerts"),
+        (("alerts", "--trail", "admin"), "tessera audit: --trail does not apply to alerts"),
         (("query", "--alert", "rate"), "tessera audit: --alert only goes with 'alerts'"),
         (("export", "--json"), "tessera audit: --json only goes with 'alerts'"),
         (("alerts", "--since", "today"), "tessera audit: --since: 'today' is not an RFC 3339"),
