@@ -603,6 +603,12 @@ def metric(port: int, name: str) -> float | None:
     return float(found.group(1)) if found else None
 
 
+def metrics_port_of(server: Server) -> int:
+    metrics_server = server.running.metrics_server
+    assert metrics_server is not None
+    return int(metrics_server.server_port)
+
+
 def test_a_burst_of_denied_calls_through_the_grpc_service_raises_a_denials_alert(
     store: Store,
 ) -> None:
@@ -638,12 +644,6 @@ def test_a_burst_of_denied_calls_through_the_grpc_service_raises_a_denials_alert
     assert alert["source_seq"] == 10
     assert counted == 1.0
     assert alerts(store) == found  # only the burst: no learned agent, so no other kind
-
-
-def metrics_port_of(server: Server) -> int:
-    metrics_server = server.running.metrics_server
-    assert metrics_server is not None
-    return int(metrics_server.server_port)
 
 
 def test_tessera_serve_raises_alerts_for_its_own_decisions(tmp_path: Path) -> None:
