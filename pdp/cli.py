@@ -13,10 +13,14 @@ import sys
 from collections.abc import Sequence
 from importlib import metadata
 from pathlib import Path
-from typing import Any, NoReturn, TextIO
+from typing import TYPE_CHECKING, Any, NoReturn, TextIO
 
+from pdp.audit.baselines import ALERTS
 from pdp.audit.chain import TRAILS
 from pdp.lang.errors import Diagnostic, PolicyError
+
+if TYPE_CHECKING:
+    from pdp.audit.query import Filters
 
 OK, FAILED, USAGE = 0, 1, 2
 
@@ -192,9 +196,9 @@ def build_parser() -> argparse.ArgumentParser:
         "inserted or reordered entry, then checks the signed checkpoints for that trail "
         "(a rewritten or truncated history; exit 1 when anything is broken); "
         "'query' lists records matching the filters; 'export' writes them as JSON lines "
-        "for a SIEM.",
+        "for a SIEM; 'alerts' lists the anomaly alerts raised on agents.",
     )
-    audit.add_argument("action", choices=["verify", "query", "export"])
+    audit.add_argument("action", choices=["verify", "query", "export", "alerts"])
     audit.add_argument("--store", metavar="URL", help="the store (default: as tessera serve)")
     audit.add_argument("--config", metavar="FILE", help="configuration file (TOML)")
     audit.add_argument("--trail", choices=TRAILS, default="agent")
@@ -213,6 +217,8 @@ def build_parser() -> argparse.ArgumentParser:
     audit.add_argument(
         "--issuer", metavar="URL", help="verify: the issuer the checkpoints must name"
     )
+    audit.add_argument("--alert", choices=ALERTS, help="alerts: only this kind")
+    audit.add_argument("--json", action="store_true", help="alerts: a JSON array")
     keys = commands.add_parser(
         "keys",
         help="list or rotate the issuer's signing keys",
@@ -526,6 +532,12 @@ def _audit(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     except ValueError as exc:
         print(f"tessera audit: {exc}", file=err)
         return USAGE
+    only_alerts = [flag for flag in ("alert", "json") if getattr(args, flag)]
+    if args.action != "alerts" and only_alerts:
+        print(f"tessera audit: --{only_alerts[0]} only goes with 'alerts'", file=err)
+        return USAGE
+    if args.action == "alerts":
+        return _audit_alerts(args, filters, out, err)
     opened = _open_configured_store(args, err, "audit")
     if opened is None:
         return USAGE
@@ -605,6 +617,48 @@ def _read_jwks(where: str) -> dict[str, Any]:
     if not isinstance(data, dict) or not isinstance(data.get("keys"), list):
         raise ValueError("not a JWK Set (a JSON object with a keys list)")
     return data
+
+
+def _audit_alerts(args: argparse.Namespace, filters: Filters, out: TextIO, err: TextIO) -> int:
+    """``tessera audit alerts``: the alert trail, as a table or a JSON array."""
+    from pdp.audit.query import records
+
+    unused = [flag for flag in ("user", "decision", "tool") if getattr(args, flag)]
+    if args.trail != "agent":
+        unused.append("trail")
+    if unused:
+        print(f"tessera audit: --{unused[0]} does not apply to alerts", file=err)
+        return USAGE
+    opened = _open_configured_store(args, err, "audit")
+    if opened is None:
+        return USAGE
+    store, _ = opened
+    try:
+        found = [
+            {"seq": seq, **record}
+            for seq, record in records(store, "alert", filters)
+            if record.get("kind") == "alert" and args.alert in (None, record.get("alert"))
+        ]
+    finally:
+        store.close()
+    if args.json:
+        print(json.dumps(found, indent=2), file=out)
+        return OK
+    if not found:
+        print("no alerts", file=out)
+        return OK
+    print(
+        f"{'SEQ':>6}  {'TIME (UTC)':19}  {'SEVERITY':8}  {'ALERT':8}  {'AGENT':16}  MESSAGE",
+        file=out,
+    )
+    for alert in found:
+        print(
+            f"{alert['seq']:>6}  {str(alert.get('at', ''))[:19]:19}  "
+            f"{alert.get('severity', '')!s:8}  {alert.get('alert', '')!s:8}  "
+            f"{alert.get('agent', '')!s:16}  {alert.get('message', '')}",
+            file=out,
+        )
+    return OK
 
 
 def _keys(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:

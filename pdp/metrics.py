@@ -59,6 +59,12 @@ class Metrics:
             ["result"],
             registry=r,
         )
+        self.alerts = Counter(
+            "tessera_audit_alerts",
+            "Anomaly alerts raised on agents, by kind (new_tool, rate, denials, amount, hours).",
+            ["alert"],
+            registry=r,
+        )
 
     def decided(self, decision: Decision) -> None:
         result = "allow" if decision.allow else "deny"

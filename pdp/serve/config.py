@@ -27,6 +27,17 @@ configuration file (``--config``, or ``./tessera.toml`` when it exists), the def
     audit = "async"            # record every decision: async, sync (answer once committed), off
     audit_queue = 10000        # records waiting to be written before decisions wait (no drops)
     audit_checkpoint_interval = 60.0  # seconds between checkpoints signed with the issuer key
+    # anomaly alerts on the audited decisions (see docs/audit.md, "Anomaly alerts")
+    anomaly_learning_decisions = 100   # decisions an agent makes before baseline alerts
+    anomaly_learning_hours = 24.0      # and how long its history must span
+    anomaly_window = 60.0              # seconds of the sliding window (rate, denials)
+    anomaly_rate_factor = 5.0          # calls in the window above this × its active average
+    anomaly_rate_min = 30              # fewer calls in the window never raise "rate"
+    anomaly_denial_burst = 10          # denials in the window that make a burst
+    anomaly_denial_ratio = 0.5         # share of the window's calls that must be denied
+    anomaly_amount_factor = 3.0        # amounts above this × the largest allowed before
+    anomaly_hour_share = 0.01          # an hour of the day with less of its calls is unusual
+    anomaly_cooldown = 600.0           # seconds before an agent gets the same kind again
 
 With a store, agents and users are resolved from the directory by id (the caller's
 attributes for them are ignored) and an agent that is unknown or not active is denied.
@@ -42,6 +53,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
+
+from pdp.audit.baselines import AnomalyThresholds
 
 DEFAULT_FILE = "tessera.toml"
 MIN_TOKEN_LENGTH = 16
@@ -74,6 +87,29 @@ class ServeConfig:
     audit: str = "async"
     audit_queue: int = 10_000
     audit_checkpoint_interval: float = 60.0
+    anomaly_learning_decisions: int = AnomalyThresholds.learning_decisions
+    anomaly_learning_hours: float = AnomalyThresholds.learning_hours
+    anomaly_window: float = AnomalyThresholds.window
+    anomaly_rate_factor: float = AnomalyThresholds.rate_factor
+    anomaly_rate_min: int = AnomalyThresholds.rate_min
+    anomaly_denial_burst: int = AnomalyThresholds.denial_burst
+    anomaly_denial_ratio: float = AnomalyThresholds.denial_ratio
+    anomaly_amount_factor: float = AnomalyThresholds.amount_factor
+    anomaly_hour_share: float = AnomalyThresholds.hour_share
+    anomaly_cooldown: float = AnomalyThresholds.cooldown
+
+    def anomaly_thresholds(self) -> AnomalyThresholds:
+        """The ``anomaly_*`` settings; ConfigError naming the one that is out of range."""
+        prefix = "anomaly_"
+        values = {
+            f.name.removeprefix(prefix): getattr(self, f.name)
+            for f in fields(self)
+            if f.name.startswith(prefix)
+        }
+        try:
+            return AnomalyThresholds(**values)
+        except ValueError as exc:
+            raise ConfigError(f"{prefix}{exc}") from None
 
     @property
     def metrics(self) -> bool:
@@ -129,6 +165,7 @@ def load_config(
         raise ConfigError("audit_queue: a positive number of records")
     if not config.audit_checkpoint_interval > 0:
         raise ConfigError("audit_checkpoint_interval: a positive number of seconds")
+    config.anomaly_thresholds()
     if config.token_lifetime <= 0:
         raise ConfigError("token_lifetime: a positive number of seconds")
     if config.store and not config.store.startswith(("sqlite:", "postgresql://", "postgres://")):

@@ -31,6 +31,7 @@ from issuer.oauth.endpoints import METADATA_PATH, AuthorizationServer
 from issuer.oauth.tokens import IssuedHook
 from issuer.scim import BootstrapToken, new_token
 from issuer.store import Store, open_store
+from pdp.audit.anomaly import AnomalyDetector
 from pdp.audit.changes import ChangeAuditor
 from pdp.audit.checkpoints import Checkpointer
 from pdp.audit.exclusive import Exclusive
@@ -462,6 +463,17 @@ async def serve_forever(engine: Engine, config: ServeConfig, announce: Sequence[
             durability=config.audit,
         )
         stack.push_async_callback(running.stop, config.grace)
+        if store is not None and audit is not None:  # after start(): it counts in its metrics
+            # One replica watches the agent trail for anomalies.
+            counter = running.service.metrics.alerts
+            thresholds = config.anomaly_thresholds()
+            alerts = Exclusive(
+                store,
+                "anomaly-detector",
+                lambda: AnomalyDetector(store, audit, thresholds, counter),
+            )
+            alerts.start()
+            stack.callback(alerts.stop)  # before the writer closes
         scheme = "TLS" if config.tls_cert else "plaintext"
         if config.tls_client_ca:
             scheme = "mutual TLS"
