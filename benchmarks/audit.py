@@ -6,7 +6,8 @@ shipped policies, no directory (requests carry the agent's attributes), each in 
 process (multiprocessing, spawn):
 
 * **off**: ``audit=None``, the baseline;
-* **async**: an ``AuditWriter`` on a fresh SQLite file, ``durability="async"``;
+* **async**: an ``AuditWriter`` on a fresh SQLite file, ``durability="async"``, and the
+  anomaly detector following the agent trail, as ``tessera serve`` runs them;
 * **sync**: the same with ``durability="sync"`` (an extra row, no target);
 * **async, PostgreSQL**: the writer on a fresh schema of the PostgreSQL database at
   ``TESSERA_TEST_POSTGRES`` (default ``postgresql://postgres@127.0.0.1:5432/test``), dropped
@@ -219,6 +220,8 @@ class Counting:
 
 async def _start(mode: str, store_url: str | None) -> tuple[Any, Any]:
     from issuer.store import open_store
+    from pdp.audit.anomaly import AnomalyDetector
+    from pdp.audit.baselines import AnomalyThresholds
     from pdp.audit.writer import GATHER, AuditWriter
     from pdp.engine import Engine
     from pdp.loader import load_directory
@@ -229,6 +232,9 @@ async def _start(mode: str, store_url: str | None) -> tuple[Any, Any]:
     gather = 0.0 if durability == "sync" else GATHER  # as tessera serve configures it
     writer = None if store_url is None else AuditWriter(open_store(store_url), gather=gather)
     running = await start(engine, HOST, 0, cache_size=0, audit=writer, durability=durability)
+    if writer is not None:  # as tessera serve runs it: anomaly detection on the agent trail
+        detector = AnomalyDetector(writer.store, writer, AnomalyThresholds())
+        detector.start()
     return running, writer
 
 

@@ -41,7 +41,7 @@ from pdp.audit.chain import GENESIS, TRAILS, canonical, link
 log = logging.getLogger("tessera.audit")
 
 BATCH = 512
-GATHER = 0.005  # seconds a batch waits for more records to share its commit (async)
+GATHER = 0.02  # seconds a batch waits for more records to share its commit (async)
 RETRY_DELAY = 0.5
 ROOM_POLL = 0.001  # seconds between looks for room in a full queue
 
@@ -61,6 +61,7 @@ class AuditWriter:
         self._items: deque[_Item] = deque()
         self._wake = threading.Event()
         self._closing = False
+        self._urgent = False  # someone waits for a queued record: commit without gathering
         self._tails: dict[str, tuple[int, str]] = {}
         for trail in TRAILS:
             tail = store.audit_tail(trail)
@@ -91,15 +92,16 @@ class AuditWriter:
             self._wake.set()
         return True
 
-    def submit(self, trail: str, record: Record) -> Future[int]:
+    def submit(self, trail: str, record: Record, urgent: bool = False) -> Future[int]:
         """Queue a record (or a function that builds it, called by the writer thread); the
-        future gives its seq once committed. Waits while the queue is full (backpressure)."""
+        future gives its seq once committed. Waits while the queue is full (backpressure).
+        An ``urgent`` record is committed without waiting ``gather`` for company."""
         done = _pending(trail)
         if len(self._items) >= self.queue_size:
             self.full += 1
             while len(self._items) >= self.queue_size:
                 time.sleep(ROOM_POLL)
-        self._put((trail, record, done))
+        self._put((trail, record, done), urgent)
         return done
 
     def submit_nowait(self, trail: str, record: Record) -> Future[int] | None:
@@ -113,14 +115,16 @@ class AuditWriter:
         return done
 
     def write(self, trail: str, record: Record, timeout: float = 30.0) -> int:
-        """Queue a record and wait until it is committed (``sync`` durability)."""
-        return self.submit(trail, record).result(timeout)
+        """Queue a record and wait until it is committed (``sync`` durability); the writer
+        commits it without gathering company."""
+        done = self.submit(trail, record, urgent=True)
+        return done.result(timeout)
 
     def flush(self, timeout: float = 30.0) -> None:
         """Wait until everything queued before this call is committed."""
         done: Future[int] = Future()
         done.set_running_or_notify_cancel()
-        self._put((None, None, done))
+        self._put((None, None, done), urgent=True)
         done.result(timeout)
 
     def close(self, timeout: float = 10.0) -> None:
@@ -129,8 +133,10 @@ class AuditWriter:
         self._wake.set()
         self._thread.join(timeout)
 
-    def _put(self, item: _Item) -> None:
-        """Queue an item someone waits for: the writer wakes for it at once."""
+    def _put(self, item: _Item, urgent: bool = False) -> None:
+        """Queue an item someone may wait for: the writer wakes for it at once."""
+        if urgent:
+            self._urgent = True
         self._items.append(item)
         self._wake.set()
 
@@ -149,9 +155,10 @@ class AuditWriter:
             # one at once; a record that finds the writer idle waits ``gather`` seconds for
             # company (a commit costs far more than a record; sync durability gathers
             # nothing).
-            if idle and self.gather and len(items) < BATCH and not self._closing:
+            gathering = idle and self.gather and not (self._urgent or self._closing)
+            if gathering and len(items) < BATCH:
                 time.sleep(self.gather)
-            idle = False
+            idle = self._urgent = False
             batch = [items.popleft() for _ in range(min(len(items), BATCH))]
             self._commit(batch, self._closing)
 
