@@ -12,7 +12,7 @@ from issuer.store import Store
 from pdp.engine import Bundle, Engine
 from pdp.loader import load_directory, load_texts
 from pdp.request import Request, request_from_json
-from tests.stores import BACKENDS, opened_store
+from tests.stores import BACKENDS, opened_store, store_url
 
 SCHEMA = """
 schema {
@@ -51,6 +51,14 @@ def server() -> Iterator[Any]:
     running = Server(Engine(load_directory(SHIPPED_POLICIES).bundle))
     yield running
     running.close()
+
+
+@pytest.fixture(params=BACKENDS)
+def url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """The URL of an empty store, once per backend, for a test that opens it (perhaps
+    more than once, or in another process) itself."""
+    with store_url(request.param, tmp_path) as opened:
+        yield opened
 
 
 @pytest.fixture(params=BACKENDS)

@@ -14,7 +14,7 @@ import re
 import time
 import urllib.request
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -37,7 +37,6 @@ from pdp.serve.proto import authorizer_pb2 as pb
 from pdp.serve.proto import authorizer_pb2_grpc as pb_grpc
 from tests.conftest import SHIPPED_POLICIES
 from tests.servers import Server, tessera_serve
-from tests.stores import BACKENDS, store_url
 
 T = TypeVar("T")
 WAIT = 10.0  # seconds: the bound on every wait in these tests
@@ -441,12 +440,6 @@ def test_the_metric_counts_alerts_by_kind(store: Store) -> None:
 
 
 # ------------------------------------------------------------------ tessera audit alerts
-
-
-@pytest.fixture(params=BACKENDS)
-def url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    with store_url(request.param, tmp_path) as opened:
-        yield opened
 
 
 @pytest.fixture

@@ -29,15 +29,9 @@ from pdp.serve.proto import authorizer_pb2_grpc as pb_grpc
 from tests.audit.test_cli import AGENT_TRAIL, execute, run
 from tests.conftest import SHIPPED_POLICIES
 from tests.servers import HttpServer, tessera_serve
-from tests.stores import BACKENDS, store_url
+from tests.stores import store_url
 
 ISSUER = "https://issuer.example"
-
-
-@pytest.fixture(params=BACKENDS)
-def url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    with store_url(request.param, tmp_path) as opened:
-        yield opened
 
 
 @contextlib.contextmanager

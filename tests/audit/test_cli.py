@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from contextlib import closing
 from pathlib import Path
 from typing import Any
@@ -20,7 +20,6 @@ from issuer.store import open_store
 from pdp.audit.chain import canonical
 from pdp.audit.writer import AuditWriter
 from pdp.cli import main
-from tests.stores import BACKENDS, store_url
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
@@ -71,12 +70,6 @@ ADMIN_TRAIL = [
     {"kind": "scim", "at": "2026-11-28T09:30:00+00:00", "actor": "root", "op": "create"},
     {"kind": "scim", "at": "2026-11-28T09:45:00+00:00", "actor": "root", "op": "delete"},
 ]
-
-
-@pytest.fixture(params=BACKENDS)
-def url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    with store_url(request.param, tmp_path) as opened:
-        yield opened
 
 
 @pytest.fixture

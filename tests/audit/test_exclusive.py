@@ -4,8 +4,6 @@ takes over the job when the one running it stops."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -14,7 +12,6 @@ from pdp.audit.changes import ChangeAuditor
 from pdp.audit.exclusive import Exclusive
 from pdp.audit.query import verify_trail
 from pdp.audit.writer import AuditWriter
-from tests.stores import BACKENDS, store_url
 from tests.test_directory import add_agent, eventually
 
 
@@ -33,12 +30,6 @@ class Replica:
         self.job.stop()
         self.writer.close()
         self.store.close()
-
-
-@pytest.fixture(params=BACKENDS)
-def url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    with store_url(request.param, tmp_path) as opened:
-        yield opened
 
 
 def admin_changes(store: Store) -> list[int]:

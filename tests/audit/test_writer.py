@@ -27,16 +27,9 @@ from pdp.audit import writer as writer_module
 from pdp.audit.chain import GENESIS, canonical
 from pdp.audit.query import entries, verify_trail
 from pdp.audit.writer import BATCH, AuditWriter
-from tests.stores import BACKENDS, store_url
 
 ROOT = Path(__file__).resolve().parents[2]
 WAIT = 10.0  # seconds: the bound on every wait in these tests
-
-
-@pytest.fixture(params=BACKENDS)
-def url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    with store_url(request.param, tmp_path) as opened:
-        yield opened
 
 
 @pytest.fixture

@@ -11,15 +11,8 @@ from pathlib import Path
 import pytest
 
 from issuer.store import Store, open_store
-from tests.stores import BACKENDS, store_url
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(params=BACKENDS)
-def url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    with store_url(request.param, tmp_path) as opened:
-        yield opened
 
 
 @pytest.fixture
