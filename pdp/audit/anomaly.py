@@ -23,6 +23,7 @@ import logging
 import threading
 from typing import Any
 
+import orjson
 from prometheus_client import Counter
 
 from issuer.store import Store
@@ -76,8 +77,8 @@ class AnomalyDetector:
             page = self.store.audit(SOURCE, self.position, PAGE)
             for entry in page:
                 try:
-                    record = json.loads(entry.record)
-                except ValueError:
+                    record = orjson.loads(entry.record)
+                except orjson.JSONDecodeError:
                     record = None
                 alerts = (
                     self.baselines.observe(record, entry.seq) if isinstance(record, dict) else []
