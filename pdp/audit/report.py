@@ -19,7 +19,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -281,7 +281,8 @@ def gather(
         ids = [i for i, h in histories.items() if _existed(h, period)]
     activity = {i: _Activity() for i in ids}
     unknown: dict[str, list[int]] = {}
-    times: list[datetime] = []
+    first: datetime | None = None
+    last: datetime | None = None
     for record in _records(store, "agent"):
         at = _time(record.get("at"))
         if at is None or not period.holds(at):
@@ -297,7 +298,8 @@ def gather(
             continue
         if kind == "decision":
             found.decision(at, record)
-            times.append(at)
+            first = at if first is None else min(first, at)
+            last = at if last is None else max(last, at)
         elif kind == "token":
             found.token(at, record)
     for record in _records(store, "alert"):
@@ -306,7 +308,7 @@ def gather(
         found = activity.get(owner) if isinstance(owner, str) else None
         if record.get("kind") == "alert" and found and at and period.holds(at):
             found.alert(at, record)
-    unit, starts = _buckets(period, times)
+    unit, starts = _buckets(period, first, last)
     agents = tuple(
         _agent_report(
             i,
@@ -320,7 +322,9 @@ def gather(
         )
         for i in ids
     )
-    every = [d for a in activity.values() for d in a.decisions]
+    every: Counter[tuple[datetime, bool]] = Counter()
+    for found in activity.values():
+        every.update(found.hourly)
     return Report(
         generated_at=(now or datetime.now(UTC)).astimezone(UTC),
         scope="all" if agent is None else "agent",
@@ -342,26 +346,30 @@ def gather(
 class _Activity:
     """What one agent did in the period, as the trails are read."""
 
-    decisions: list[tuple[datetime, bool]] = field(default_factory=list)
-    denials: list[Denial] = field(default_factory=list)
+    hourly: Counter[tuple[datetime, bool]] = field(default_factory=Counter)  # (hour, allowed)
+    denials: deque[Denial] = field(default_factory=lambda: deque(maxlen=DENIALS_LISTED))
+    most_denied: Counter[tuple[str, str]] = field(default_factory=Counter)
     tokens: Counter[str] = field(default_factory=Counter)
     delegations: dict[tuple[str, tuple[str, ...]], list[Any]] = field(default_factory=dict)
     alerts: list[Alert] = field(default_factory=list)
 
     def decision(self, at: datetime, record: Mapping[str, Any]) -> None:
         allowed = record.get("allow") is True
-        self.decisions.append((at, allowed))
+        self.hourly[_floor(at, "hour"), allowed] += 1
         resource = record.get("resource") or {}
         user = _text_or_none(record.get("user"))
         if user:
             self._delegated(at, user, record.get("delegation"), tokens=0)
         if not allowed:
+            action = str(record.get("action", ""))
+            target = f"{resource.get('type', '')}:{resource.get('id', '')}"
+            self.most_denied[action, target] += 1
             self.denials.append(
                 Denial(
                     at=at,
                     decision_id=str(record.get("decision_id", "")),
-                    action=str(record.get("action", "")),
-                    resource=f"{resource.get('type', '')}:{resource.get('id', '')}",
+                    action=action,
+                    resource=target,
                     user=user,
                     decided_by=_texts(record.get("decided_by")),
                     reasons=_texts(record.get("reasons")),
@@ -512,7 +520,6 @@ def _agent_report(
             )
         )
     denials = sorted(activity.denials, key=lambda d: d.at, reverse=True)
-    most_denied = Counter((d.action, d.resource) for d in denials)
     return AgentReport(
         id=agent_id,
         name=str(last_data.get("name", agent_id)),
@@ -542,9 +549,9 @@ def _agent_report(
             for change, before in consents
             if period.holds(change.at)
         ),
-        decisions=_decisions(activity.decisions, unit, starts),
-        most_denied=tuple(Denied(a, r, n) for (a, r), n in most_denied.most_common(TOP)),
-        denials=tuple(denials[:DENIALS_LISTED]),
+        decisions=_decisions(activity.hourly, unit, starts),
+        most_denied=tuple(Denied(a, r, n) for (a, r), n in activity.most_denied.most_common(TOP)),
+        denials=tuple(denials),
         alerts=tuple(sorted(activity.alerts, key=lambda a: a.at)),
     )
 
@@ -606,19 +613,21 @@ def _consent_change(change: Change, before: dict[str, Any] | None) -> ConsentCha
     )
 
 
-def _buckets(period: Period, times: list[datetime]) -> tuple[Unit, list[datetime]]:
+def _buckets(
+    period: Period, first: datetime | None, last: datetime | None
+) -> tuple[Unit, list[datetime]]:
     """The timeline's unit and the start of each bucket, over the period (or, where it is
-    open, the decisions' own first and last times)."""
-    first = period.since or (min(times) if times else None)
-    last = period.until or (max(times) + timedelta(microseconds=1) if times else None)
-    if first is None or last is None:
+    open, from the first or to the last decision)."""
+    start = period.since or first
+    end = period.until or (last + timedelta(microseconds=1) if last else None)
+    if start is None or end is None:
         return "day", []
-    span = last - first
+    span = end - start
     unit: Unit = "hour" if span <= HOURLY_UP_TO else "day" if span <= DAILY_UP_TO else "week"
-    start = _floor(first, unit)
+    start = _floor(start, unit)
     step = _STEP[unit]
     starts = []
-    while start < last:
+    while start < end:
         starts.append(start)
         start += step
     return unit, starts
@@ -636,18 +645,19 @@ def _floor(at: datetime, unit: Unit) -> datetime:
 
 
 def _decisions(
-    decisions: Iterable[tuple[datetime, bool]], unit: Unit, starts: list[datetime]
+    hourly: Mapping[tuple[datetime, bool], int], unit: Unit, starts: list[datetime]
 ) -> Decisions:
+    """Counts and timeline from decisions counted per hour and verdict."""
     index = {start: i for i, start in enumerate(starts)}
     allowed = [0] * len(starts)
     denied = [0] * len(starts)
     total = allows = 0
-    for at, allow in decisions:
-        total += 1
-        allows += allow
-        slot = index.get(_floor(at, unit))
+    for (hour, allow), count in hourly.items():
+        total += count
+        allows += count if allow else 0
+        slot = index.get(_floor(hour, unit))
         if slot is not None:
-            (allowed if allow else denied)[slot] += 1
+            (allowed if allow else denied)[slot] += count
     return Decisions(
         total,
         allows,

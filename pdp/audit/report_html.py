@@ -32,6 +32,7 @@ from pdp.audit.report import (
 WIDTH, HEIGHT = 760, 220
 LEFT, RIGHT, TOP, BOTTOM = 48, 12, 12, 44  # the plot's margins inside the SVG
 X_LABELS = 6  # at most this many bucket labels under the bars
+BAR_WIDTH = 48  # the widest a bar gets (a short timeline has few, wide slots)
 
 
 @dataclass(frozen=True)
@@ -78,15 +79,15 @@ def chart(decisions: Decisions, unit: Unit) -> Chart | None:
     base = HEIGHT - BOTTOM
     top = max((b.allowed + b.denied for b in buckets), default=0) or 1
     step = plot_width / len(buckets)
-    gap = min(step * 0.15, 2.0)
+    width = max(min(step - min(step * 0.15, 2.0), BAR_WIDTH), 0.5)
     bars = []
     for index, bucket in enumerate(buckets):
         allowed = bucket.allowed / top * plot_height
         denied = bucket.denied / top * plot_height
         bars.append(
             Bar(
-                x=round(LEFT + index * step + gap / 2, 2),
-                width=round(max(step - gap, 0.5), 2),
+                x=round(LEFT + (index + 0.5) * step - width / 2, 2),
+                width=round(width, 2),
                 allowed_y=round(base - allowed, 2),
                 allowed_height=round(allowed, 2),
                 denied_y=round(base - allowed - denied, 2),

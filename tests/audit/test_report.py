@@ -594,3 +594,42 @@ def test_the_html_report_renders_to_a_screenshot(
     assert png.startswith(b"\x89PNG\r\n\x1a\n")
     width, height = int.from_bytes(png[16:20], "big"), int.from_bytes(png[20:24], "big")
     assert (width, height) == (1100, 1400)
+
+
+# ------------------------------------------------------------------ timelines and limits
+
+
+@pytest.mark.parametrize(
+    ("span", "unit", "buckets"),
+    [
+        (timedelta(hours=48), "hour", 48),
+        (timedelta(days=10), "day", 11),  # 06:00 to 06:00: a part of an eleventh day
+        (timedelta(days=92), "day", 93),
+        (timedelta(days=93), "week", 14),  # from Monday 2 November to Tuesday 3 February
+    ],
+)
+def test_the_timeline_counts_per_hour_day_or_week_by_the_periods_length(
+    store: Store, seeded: Seeded, span: timedelta, unit: str, buckets: int
+) -> None:
+    since = datetime(2026, 11, 2, tzinfo=UTC) + timedelta(hours=6)  # a Monday, 06:00
+    report = gather(store, period=Period(since, since + span))
+    assert report.unit == unit
+    assert len(report.decisions.timeline) == buckets
+    starts = [b.start for b in report.decisions.timeline]
+    assert starts == sorted(starts)
+    assert starts[0] == (since if unit == "hour" else since.replace(hour=0))
+
+
+def test_denials_beyond_the_listed_ones_are_still_counted(store: Store) -> None:
+    bot = create_agent(store, "prober", owner="sec", purpose="x", risk="low", status="active")
+    base = datetime.now(UTC) + timedelta(minutes=1)
+    writer = AuditWriter(store)
+    try:
+        for n in range(105):
+            writer.submit("agent", decision(f"d{n}", at(base, n / 60), bot.id, f"t{n % 3}", False))
+    finally:
+        writer.close()
+    [agent] = gather(store, agent="prober").agents
+    assert agent.decisions.denied == 105
+    assert [d.decision_id for d in agent.denials] == [f"d{n}" for n in range(104, 4, -1)]
+    assert sum(d.count for d in agent.most_denied) == 105
