@@ -10,6 +10,7 @@ what the browser made of it.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 from dataclasses import dataclass
@@ -633,3 +634,27 @@ def test_denials_beyond_the_listed_ones_are_still_counted(store: Store) -> None:
     assert agent.decisions.denied == 105
     assert [d.decision_id for d in agent.denials] == [f"d{n}" for n in range(104, 4, -1)]
     assert sum(d.count for d in agent.most_denied) == 105
+
+
+def test_the_json_keys_are_the_documented_ones(store: Store, seeded: Seeded) -> None:
+    report = to_json(gather(store))
+    assert list(report) == [
+        "format",
+        "generated_at",
+        "scope",
+        "period",
+        "unit",
+        "agents",
+        "unknown_agents",
+        "decisions",
+        "verification",
+    ]
+    docs = (Path(__file__).parents[2] / "docs" / "audit.md").read_text(encoding="utf-8")
+    section = docs.split("### The JSON report", 1)[1]
+    documented = {
+        name
+        for row in section.splitlines()
+        if row.startswith("| `")
+        for name in re.findall(r"`(\w+)`", row.split("|")[1])
+    }
+    assert documented == set(report["agents"][0])
