@@ -30,7 +30,7 @@ from pdp.audit.report import (
 )
 
 WIDTH, HEIGHT = 760, 220
-LEFT, RIGHT, TOP, BOTTOM = 48, 12, 12, 44  # the plot's margins inside the SVG
+LEFT, RIGHT, TOP, BOTTOM = 48, 40, 12, 44  # the plot's margins: room for the axes' labels
 X_LABELS = 6  # at most this many bucket labels under the bars
 BAR_WIDTH = 48  # the widest a bar gets (a short timeline has few, wide slots)
 
