@@ -70,9 +70,9 @@ class Chart:
 
 
 def chart(decisions: Decisions, unit: Unit) -> Chart | None:
-    """The chart of a timeline; None when the timeline is empty."""
+    """The chart of a timeline; None when there is no decision to draw."""
     buckets = decisions.timeline
-    if not buckets:
+    if not buckets or not decisions.total:
         return None
     plot_width = WIDTH - LEFT - RIGHT
     plot_height = HEIGHT - TOP - BOTTOM

@@ -27,7 +27,7 @@ from issuer.oauth.clients import ClientRegistry
 from issuer.oauth.consent import Consents
 from issuer.store import Record, Store
 from pdp.audit.chain import canonical
-from pdp.audit.report import Period, ReportError, gather, to_json, to_markdown
+from pdp.audit.report import Period, ReportError, gather, render, to_json, to_markdown
 from pdp.audit.writer import AuditWriter
 from pdp.cli import main
 from tests.audit.test_cli import decision, execute
@@ -566,6 +566,19 @@ def test_a_script_in_an_agents_purpose_is_shown_as_text_and_never_runs(
     assert page.body.get("data-pwned") is None
     assert page.find("script") is None
     assert SCRIPT in text(page, f'section[data-agent-id="{seeded.pay}"] dd.purpose')
+    assert text(page, "#unknown-agents tbody") == "ghost 1 1"
+
+
+def test_a_period_without_decisions_says_so_instead_of_drawing_a_chart(
+    store: Store, seeded: Seeded
+) -> None:
+    period = Period(seeded.base - timedelta(hours=1), seeded.base)
+    page = BeautifulSoup(
+        render(gather(store, agent="helper", period=period), "html"), "html.parser"
+    )
+    assert page.select("svg") == []
+    assert "No decision in the period." in text(page, "section.agent")
+    assert text(page, "p.decisions") == "0 (0 allowed, 0 denied)"
 
 
 def test_the_html_report_is_one_file_that_fetches_nothing(
