@@ -180,6 +180,12 @@ class KeyRing:
         return key.retired is None or key.retired + self.published_for > now
 
 
+def every_public_key(store: Store) -> dict[str, Any]:
+    """A JWK Set of every key the store ever held, retired ones included (what verifies
+    old audit checkpoints when no published JWK Set was kept). Creates nothing."""
+    return {"keys": [record.data["jwk"] for record in store.list(KIND)]}
+
+
 def _from_record(data: dict[str, Any]) -> SigningKey:
     private = serialization.load_pem_private_key(data["private"].encode(), password=None)
     assert isinstance(

@@ -186,9 +186,11 @@ def build_parser() -> argparse.ArgumentParser:
     audit = commands.add_parser(
         "audit",
         help="verify, query or export the audit trails",
-        description="The audit trails live in the store: 'agent' holds every decision, "
-        "'admin' what administrators did. 'verify' walks a trail's hash chain and names "
-        "every changed, deleted, inserted or reordered entry (exit 1 when it is broken); "
+        description="The audit trails live in the store: 'agent' holds every decision and "
+        "token, 'admin' what administrators did, 'checkpoint' the issuer-signed heads of "
+        "the others. 'verify' walks a trail's hash chain and names every changed, deleted, "
+        "inserted or reordered entry, then checks the signed checkpoints for that trail "
+        "(a rewritten or truncated history; exit 1 when anything is broken); "
         "'query' lists records matching the filters; 'export' writes them as JSON lines "
         "for a SIEM.",
     )
@@ -202,6 +204,15 @@ def build_parser() -> argparse.ArgumentParser:
     audit.add_argument("--tool", help="only calls of this tool (resource id of type tool)")
     audit.add_argument("--since", metavar="TIME", help="RFC 3339, e.g. 2026-11-28T10:00:00Z")
     audit.add_argument("--until", metavar="TIME", help="RFC 3339")
+    audit.add_argument(
+        "--jwks",
+        metavar="FILE|URL",
+        help="verify: check the signed checkpoints with this JWK Set, e.g. a copy of the "
+        "issuer's /oauth/jwks kept by the auditor (default: every key in the store)",
+    )
+    audit.add_argument(
+        "--issuer", metavar="URL", help="verify: the issuer the checkpoints must name"
+    )
     _add_report_parser(commands)
     keys = commands.add_parser(
         "keys",
@@ -503,7 +514,7 @@ def _open_configured_store(
 
 
 def _audit(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-    from pdp.audit.query import Filters, records, verify_trail
+    from pdp.audit.query import Filters, records
 
     try:
         filters = Filters.parse(
@@ -523,14 +534,7 @@ def _audit(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     store, _ = opened
     try:
         if args.action == "verify":
-            count, problems = verify_trail(store, args.trail)
-            for problem in problems:
-                print(f"{args.trail} trail, {problem}", file=out)
-            if problems:
-                print(f"the {args.trail} trail is BROKEN: {len(problems)} problem(s)", file=out)
-                return FAILED
-            print(f"the {args.trail} trail verifies: {count} entries, chain intact", file=out)
-            return OK
+            return _verify(store, args, out, err)
         for seq, record in records(store, args.trail, filters):
             if args.action == "export":
                 print(json.dumps({**record, "trail": args.trail, "seq": seq}), file=out)
@@ -547,6 +551,62 @@ def _audit(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     finally:
         store.close()
     return OK
+
+
+def _verify(store: Any, args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    """The trail's hash chain, then the signed checkpoints that vouch for it."""
+    from issuer.keys import every_public_key
+    from pdp.audit.checkpoints import TRAIL, verify_checkpoints
+    from pdp.audit.query import verify_trail
+
+    trail = args.trail
+    if args.jwks:
+        try:
+            jwk_set = _read_jwks(args.jwks)
+        except (OSError, ValueError) as exc:
+            print(f"tessera audit: --jwks {args.jwks}: {exc}", file=err)
+            return USAGE
+    else:
+        jwk_set = every_public_key(store)
+    count, problems = verify_trail(store, trail)
+    for problem in problems:
+        print(f"{trail} trail, {problem}", file=out)
+    signed, newest, refused = verify_checkpoints(
+        store, jwk_set, args.issuer, None if trail == TRAIL else trail
+    )
+    for problem in refused:
+        print(f"{TRAIL} trail, {problem}", file=out)
+    if problems or refused:
+        total = len(problems) + len(refused)
+        print(f"the {trail} trail is BROKEN: {total} problem(s)", file=out)
+        return FAILED
+    if not signed:
+        vouched = "no signed checkpoint yet"
+    elif trail == TRAIL:
+        vouched = f"{signed} signed checkpoint(s) verified"
+    else:
+        vouched = f"{signed} signed checkpoint(s) verified, the newest for entry {newest}"
+    print(f"the {trail} trail verifies: {count} entries, chain intact; {vouched}", file=out)
+    return OK
+
+
+def _read_jwks(where: str) -> dict[str, Any]:
+    """A JWK Set from a file or an http(s) URL (the issuer's published /oauth/jwks)."""
+    if where.startswith(("https://", "http://")):
+        import httpx
+
+        try:
+            response = httpx.get(where, timeout=10)
+            response.raise_for_status()
+        except httpx.HTTPError as exc:
+            raise OSError(str(exc)) from None
+        text = response.text
+    else:
+        text = Path(where).read_text()
+    data = json.loads(text)
+    if not isinstance(data, dict) or not isinstance(data.get("keys"), list):
+        raise ValueError("not a JWK Set (a JSON object with a keys list)")
+    return data
 
 
 def _add_report_parser(commands: Any) -> None:

@@ -52,7 +52,13 @@ from issuer.oauth.grants import (
 )
 from issuer.oauth.metadata_documents import MetadataDocuments
 from issuer.oauth.mtls import TRUSTED_PROXIES, certificate_from, confirmation
-from issuer.oauth.tokens import InvalidToken, TokenMinter, TokenVerifier, ring_lookup
+from issuer.oauth.tokens import (
+    InvalidToken,
+    IssuedHook,
+    TokenMinter,
+    TokenVerifier,
+    ring_lookup,
+)
 from issuer.scim import ADMIN_SCOPE, Authenticator, Principal, bearer_token
 from issuer.store import Conflict, NotFound, Store
 
@@ -92,6 +98,7 @@ class AuthorizationServer:
         client_cert_header: str | None = None,
         agents: AgentLookup | None = None,
         client_cert_proxies: frozenset[str] = TRUSTED_PROXIES,
+        on_issue: IssuedHook | None = None,
     ) -> None:
         self.store = store
         self.client_cert_header = client_cert_header
@@ -104,7 +111,7 @@ class AuthorizationServer:
             self.issuer + path for path in (PATHS.token, PATHS.introspect, PATHS.revoke)
         ]
         self.client_auth = ClientAuthenticator(self.clients, audiences, SeenAssertions())
-        self.minter = TokenMinter(keys, self.issuer, token_lifetime)
+        self.minter = TokenMinter(keys, self.issuer, token_lifetime, on_issue)
         self.verifier = TokenVerifier(ring_lookup(keys), self.issuer)
         self.consents = Consents(store)
         self.api_keys = ApiKeys(store)

@@ -95,6 +95,7 @@ class Grants:
             audience=resources(form) or [self.minter.issuer],
             scope=narrowed(form.get("scope"), key.scopes),
             extra=agent_claims(key.agent_id, agent),
+            grant="api_key",
         )
         response = _response(issued)
         response["issued_token_type"] = ACCESS_TOKEN_TYPE
@@ -168,7 +169,14 @@ class Grants:
         )
         family = uuid.uuid4().hex
         return self._user_tokens(
-            client, grant.user_id, grant.scopes, grant.resources, grant.actor, family, grant.scopes
+            client,
+            grant.user_id,
+            grant.scopes,
+            grant.resources,
+            grant.actor,
+            family,
+            grant.scopes,
+            "authorization_code",
         )
 
     def _user_tokens(
@@ -180,6 +188,7 @@ class Grants:
         actor: str | None,
         family: str,
         refresh_scopes: Iterable[str],
+        grant: str,
     ) -> dict[str, Any]:
         """An access token with ``scopes`` and, for a client that may refresh, a refresh
         token with ``refresh_scopes`` (RFC 6749 §6: a narrower access token keeps them)."""
@@ -193,6 +202,7 @@ class Grants:
             audience=list(audience) or [self.minter.issuer],
             scope=scopes,
             extra=extra,
+            grant=grant,
         )
         response = _response(issued)
         if "refresh_token" in client.grant_types:
@@ -287,6 +297,7 @@ class Grants:
             data["actor"],
             data["family"],
             data["scopes"],
+            "refresh_token",
         )
 
     def _revoke_family(self, family: str, actor: str) -> None:
@@ -375,6 +386,7 @@ class Grants:
             audience=audience,
             scope=scopes,
             extra={**agent_claims(agent_id, agent), "act": act, **_confirmation(bound_to)},
+            grant="token_exchange",
         )
 
     def _valid(self, form: dict[str, str], name: str, presented: str | None) -> dict[str, Any]:

@@ -26,6 +26,10 @@ from issuer.keys import KeyRing, PublicKey
 
 TOKEN_TYPE = "at+jwt"
 
+IssuedHook = Callable[[str, dict[str, Any]], None]
+"""Told of every token minted: the grant that minted it and its claims (for the audit
+trail). It must not block for long: it runs on the token endpoint's path."""
+
 
 @dataclass(frozen=True)
 class Issued:
@@ -39,10 +43,17 @@ class Issued:
 class TokenMinter:
     """Signs access tokens with the key ring's current key."""
 
-    def __init__(self, keys: KeyRing, issuer: str, lifetime: int = 300) -> None:
+    def __init__(
+        self,
+        keys: KeyRing,
+        issuer: str,
+        lifetime: int = 300,
+        on_issue: IssuedHook | None = None,
+    ) -> None:
         self.keys = keys
         self.issuer = issuer
         self.lifetime = lifetime
+        self.on_issue = on_issue
 
     def mint(
         self,
@@ -52,7 +63,9 @@ class TokenMinter:
         audience: Sequence[str],
         scope: Iterable[str],
         extra: dict[str, Any] | None = None,
+        grant: str = "client_credentials",
     ) -> Issued:
+        """A signed token; ``grant`` names what minted it, for :attr:`on_issue`."""
         now = int(time.time())
         claims: dict[str, Any] = {
             "iss": self.issuer,
@@ -69,6 +82,8 @@ class TokenMinter:
         token = jwt.encode(
             claims, key.private, algorithm=key.alg, headers={"typ": TOKEN_TYPE, "kid": key.kid}
         )
+        if self.on_issue is not None:
+            self.on_issue(grant, claims)
         return Issued(token, claims, self.lifetime)
 
 

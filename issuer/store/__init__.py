@@ -167,7 +167,20 @@ class Store(Protocol):
         """
         ...
 
+    def lease(self, name: str) -> Lease | None:
+        """Take the exclusive lease ``name`` among every process on this database, or None
+        when another holds it. It lasts until released or until the holder dies (its
+        connection or file lock goes with it): one replica runs a job, the others wait to
+        take over."""
+        ...
+
     def close(self) -> None: ...
+
+
+class Lease(Protocol):
+    """An exclusive lease taken with :meth:`Store.lease`."""
+
+    def release(self) -> None: ...
 
 
 DEFAULT_URL = "sqlite:///var/tessera.db"

@@ -26,7 +26,7 @@ import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from issuer.store import StoreError
+from issuer.store import Lease, StoreError
 from issuer.store.schema import POSTGRES_TYPES, Cursor, SQLStore, apply_migrations
 
 CONNECT_TIMEOUT = 10  # seconds, unless the URL sets connect_timeout
@@ -156,6 +156,20 @@ class PostgresStore(SQLStore):
             self._listener.close()
             self._listener = None
 
+    def lease(self, name: str) -> Lease | None:
+        """A session advisory lock, held by a connection of its own."""
+        key = f"tessera.lease.{self.schema}.{name}"
+        conn = self._connect(autocommit=True)
+        try:
+            row = conn.execute("SELECT pg_try_advisory_lock(hashtext(%s))", (key,)).fetchone()
+        except psycopg.Error as e:
+            conn.close()
+            raise StoreError(f"{self.url}: {e}") from e
+        if not row or not row[0]:
+            conn.close()
+            return None
+        return _HeldConnection(conn)
+
     def close(self) -> None:
         with self._lock:
             self._closed = True
@@ -164,3 +178,13 @@ class PostgresStore(SQLStore):
                 self._conn = None
         with self._listen_lock:
             self._drop_listener()
+
+
+class _HeldConnection:
+    """A lease: the advisory lock lives as long as this connection."""
+
+    def __init__(self, conn: psycopg.Connection[Any]) -> None:
+        self._conn = conn
+
+    def release(self) -> None:
+        self._conn.close()

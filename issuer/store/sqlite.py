@@ -7,14 +7,16 @@ store objects (or processes) can share a file; readers are not blocked (WAL).
 
 from __future__ import annotations
 
+import fcntl
 import sqlite3
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import IO
 
-from issuer.store import StoreError
+from issuer.store import Lease, StoreError
 from issuer.store.schema import SQLITE_TYPES, Cursor, SQLStore, apply_migrations
 
 BUSY_TIMEOUT = 5.0  # seconds a statement waits for another connection's lock
@@ -41,6 +43,7 @@ class SQLiteStore(SQLStore):
     def __init__(self, url: str) -> None:
         self.url = url
         path = database_path(url)
+        self._path = path
         self._lock = threading.Lock()
         try:
             if path != ":memory:":
@@ -93,6 +96,33 @@ class SQLiteStore(SQLStore):
                 return current
             time.sleep(min(POLL_INTERVAL, remaining))
 
+    def lease(self, name: str) -> Lease | None:
+        """An exclusive ``flock`` on a file beside the database (``<file>.<name>.lease``);
+        an in-memory database has one process, which always gets it."""
+        if self._path == ":memory:":
+            return _HeldFile(None)
+        try:
+            handle = open(f"{self._path}.{name}.lease", "a")  # noqa: SIM115 (held by the lease)
+        except OSError as e:
+            raise StoreError(f"cannot open the {name} lease of {self.url}: {e}") from e
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.close()
+            return None
+        return _HeldFile(handle)
+
     def close(self) -> None:
         with self._lock:
             self._conn.close()
+
+
+class _HeldFile:
+    """A lease: the lock lives as long as this open file."""
+
+    def __init__(self, handle: IO[str] | None) -> None:
+        self._handle = handle
+
+    def release(self) -> None:
+        if self._handle is not None:
+            self._handle.close()

@@ -15,6 +15,8 @@ Durability:
 A full queue makes :meth:`AuditWriter.write` wait for room (backpressure); a record is
 never dropped silently. When the store refuses a batch, the writer logs it and retries the
 same batch (its chain position is not given away) until it commits or the writer stops.
+When another writer on the same database (a replica) took that position first, the batch
+is chained onto the new head and committed there.
 """
 
 from __future__ import annotations
@@ -78,6 +80,13 @@ class AuditWriter:
         """Queue a record and wait until it is committed (``sync`` durability)."""
         return self.submit(trail, record).result(timeout)
 
+    def flush(self, timeout: float = 30.0) -> None:
+        """Wait until everything queued before this call is committed."""
+        done: Future[int] = Future()
+        done.set_running_or_notify_cancel()
+        self.queue.put((None, None, done))
+        done.result(timeout)
+
     def close(self, timeout: float = 10.0) -> None:
         """Commit everything queued, then stop."""
         self.queue.put(_STOP)
@@ -104,7 +113,11 @@ class AuditWriter:
 
     def _commit(self, batch: list[Any], stopping: bool) -> None:
         by_trail: dict[str, list[tuple[str, Future[int]]]] = {}
+        flushed = []
         for trail, record, done in batch:
+            if trail is None:  # a flush: answered once what came before is committed
+                flushed.append(done)
+                continue
             try:  # a factory builds the record here, off the caller's thread
                 text = canonical(record() if callable(record) else record)
             except (TypeError, ValueError) as exc:  # not JSON: refuse this record alone
@@ -113,35 +126,60 @@ class AuditWriter:
                 continue
             by_trail.setdefault(trail, []).append((text, done))
         for trail, items in by_trail.items():
+            entries = self._append(trail, [text for text, _ in items], stopping)
+            if entries is None:
+                for _, done in items:
+                    done.set_exception(RuntimeError("the audit store is unavailable"))
+                continue
+            self.written += len(entries)
+            for entry, (_, done) in zip(entries, items, strict=True):
+                done.set_result(entry.seq)
+        for done in flushed:
+            done.set_result(0)
+
+    def _append(self, trail: str, texts: list[str], stopping: bool) -> list[AuditEntry] | None:
+        """Chain ``texts`` onto the trail's head and commit them; the entries, or None when
+        the store stays unavailable while stopping. When another writer (a replica on the
+        same database) took the next seq first, chain onto its head and try again."""
+        while True:
             seq, prev = self._tails[trail]
             now = datetime.now(UTC)
             entries = []
-            for text, _ in items:
+            for text in texts:
                 seq += 1
                 digest = link(prev, text)
                 entries.append(AuditEntry(seq, now, text, prev, digest))
                 prev = digest
-            while True:
-                try:
-                    self.store.append_audit(trail, entries)
-                    committed = True
-                except Exception:
-                    # The commit may have gone through with only its answer lost: then
-                    # retrying would collide with the batch itself, forever.
-                    committed = self._landed(trail, entries[-1])
-                    if not committed:
-                        log.exception("cannot commit %d audit records; retrying", len(entries))
-                if committed or stopping:
-                    break
-                time.sleep(RETRY_DELAY)
-            if not committed:
-                for _, done in items:
-                    done.set_exception(RuntimeError("the audit store is unavailable"))
-                continue
-            self._tails[trail] = (seq, prev)
-            self.written += len(entries)
-            for entry, (_, done) in zip(entries, items, strict=True):
-                done.set_result(entry.seq)
+            try:
+                self.store.append_audit(trail, entries)
+                committed = True
+            except Exception:
+                # The commit may have gone through with only its answer lost: then
+                # retrying would collide with the batch itself, forever.
+                committed = self._landed(trail, entries[-1])
+                if not committed and self._moved(trail):
+                    continue
+                if not committed:
+                    log.exception("cannot commit %d audit records; retrying", len(entries))
+            if committed:
+                self._tails[trail] = (seq, prev)
+                return entries
+            if stopping:
+                return None
+            time.sleep(RETRY_DELAY)
+
+    def _moved(self, trail: str) -> bool:
+        """Whether the trail's head is no longer the one this writer chained onto (another
+        writer appended); then the writer takes the new head."""
+        try:
+            tail = self.store.audit_tail(trail)
+        except Exception:
+            return False
+        head = (0, GENESIS) if tail is None else (tail.seq, tail.hash)
+        if head == self._tails[trail]:
+            return False
+        self._tails[trail] = head
+        return True
 
     def _landed(self, trail: str, last: AuditEntry) -> bool:
         """Whether a batch whose commit reported an error is in the store all the same."""

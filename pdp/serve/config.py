@@ -26,6 +26,7 @@ configuration file (``--config``, or ``./tessera.toml`` when it exists), the def
     client_cert_proxies = "127.0.0.1,::1"  # the proxies whose header is believed
     audit = "async"            # record every decision: async, sync (answer once committed), off
     audit_queue = 10000        # records waiting to be written before decisions wait (no drops)
+    audit_checkpoint_interval = 60.0  # seconds between checkpoints signed with the issuer key
 
 With a store, agents and users are resolved from the directory by id (the caller's
 attributes for them are ignored) and an agent that is unknown or not active is denied.
@@ -72,6 +73,7 @@ class ServeConfig:
     client_cert_proxies: str = "127.0.0.1,::1"
     audit: str = "async"
     audit_queue: int = 10_000
+    audit_checkpoint_interval: float = 60.0
 
     @property
     def metrics(self) -> bool:
@@ -125,6 +127,8 @@ def load_config(
         raise ConfigError(f"audit: {config.audit!r} is not async, sync or off")
     if config.audit_queue <= 0:
         raise ConfigError("audit_queue: a positive number of records")
+    if not config.audit_checkpoint_interval > 0:
+        raise ConfigError("audit_checkpoint_interval: a positive number of seconds")
     if config.token_lifetime <= 0:
         raise ConfigError("token_lifetime: a positive number of seconds")
     if config.store and not config.store.startswith(("sqlite:", "postgresql://", "postgres://")):

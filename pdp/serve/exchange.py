@@ -4,14 +4,19 @@ The issuer asks before every token exchange (RFC 8693). The question is an ordin
 request, decided by the same engine, directory and policies as any other: action
 ``token.exchange`` on a resource of type ``audience`` (one request per audience, all
 must be allowed), the agent and user from the directory, the actor chain as delegation,
-and the user's consents to that agent in the context.
+and the user's consents to that agent in the context. Each answer is on the agent trail
+like any other decision, with ``pep`` ``issuer``.
 """
 
 from __future__ import annotations
 
-from typing import Protocol
+import time
+from typing import Any, Protocol
 
 from issuer.oauth.grants import Exchange, ExchangeCheck
+from pdp.audit.records import decided, new_decision_id
+from pdp.audit.writer import AuditWriter
+from pdp.decision import Decision
 from pdp.directory import Directory
 from pdp.engine import Engine
 from pdp.request import RequestError, request_from_json
@@ -21,10 +26,12 @@ RESOURCE_TYPE = "audience"
 
 
 class Deciding(Protocol):
-    """What the check needs of the decision service: its current engine and directory."""
+    """What the check needs of the decision service: its current engine, directory and
+    audit writer."""
 
     engine: Engine
     directory: Directory | None
+    audit: AuditWriter | None
 
 
 def exchange_check(service: Deciding) -> ExchangeCheck:
@@ -34,26 +41,46 @@ def exchange_check(service: Deciding) -> ExchangeCheck:
         directory = service.directory
         if directory is None:
             return "the decision point has no directory"
-        identities = directory.resolve(exchange.agent_id, exchange.user_id, exchange.chain)
-        if isinstance(identities, str):
-            return identities
         engine = service.engine
+        identities = directory.resolve(exchange.agent_id, exchange.user_id, exchange.chain)
         for audience in exchange.audience:
-            data = {
-                "agent": identities.agent,
-                "user": identities.user,
-                "delegation": {"chain": list(exchange.chain)},
+            started = time.perf_counter()
+            asked: dict[str, Any] = {
+                "agent": exchange.agent_id,
+                "user": exchange.user_id,
+                "delegation": list(exchange.chain),
                 "action": ACTION,
                 "resource": {"type": RESOURCE_TYPE, "id": audience},
-                "context": {"consents": list(identities.consents)},
+                "context": {},
             }
-            try:
-                request = request_from_json(data, engine.bundle.schema)
-            except RequestError as exc:
-                return f"the exchange cannot be decided: {exc}"
-            decision = engine.decide(request, True)
-            if not decision.allow:
-                return "; ".join(decision.reasons)
+            if isinstance(identities, str):
+                refusal: str | None = identities
+                decision = Decision(False, (), ("directory",), (identities,), (), engine.version)
+            else:
+                asked["context"] = {"consents": list(identities.consents)}
+                data = {
+                    **asked,
+                    "agent": identities.agent,
+                    "user": identities.user,
+                    "delegation": {"chain": list(exchange.chain)},
+                }
+                try:
+                    request = request_from_json(data, engine.bundle.schema)
+                except RequestError as exc:
+                    return f"the exchange cannot be decided: {exc}"
+                decision = engine.decide(request, True)
+                refusal = None if decision.allow else "; ".join(decision.reasons)
+            _record(service.audit, asked, decision, time.perf_counter() - started)
+            if refusal is not None:
+                return refusal
         return None
 
     return check
+
+
+def _record(
+    audit: AuditWriter | None, asked: dict[str, Any], decision: Decision, seconds: float
+) -> None:
+    if audit is not None:
+        decision_id = new_decision_id()
+        audit.submit("agent", lambda: decided(asked, decision, decision_id, seconds, "issuer"))

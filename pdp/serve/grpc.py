@@ -14,7 +14,6 @@ import gc
 import logging
 import signal
 import time
-import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -30,10 +29,13 @@ from grpc_reflection.v1alpha import reflection
 from issuer.app import SCIM_PATH, bind, issuer_app, serve_http
 from issuer.keys import KeyRing
 from issuer.oauth.endpoints import METADATA_PATH, AuthorizationServer
+from issuer.oauth.tokens import IssuedHook
 from issuer.scim import BootstrapToken, new_token
-from issuer.store import open_store
+from issuer.store import Store, open_store
 from pdp.audit.changes import ChangeAuditor
-from pdp.audit.records import decision_record
+from pdp.audit.checkpoints import Checkpointer
+from pdp.audit.exclusive import Exclusive
+from pdp.audit.records import decision_record, new_decision_id, token_record
 from pdp.audit.writer import GATHER, AuditWriter
 from pdp.decision import Decision
 from pdp.directory import Directory, Identities
@@ -51,13 +53,9 @@ from pdp.serve.reload import Reloader
 log = logging.getLogger("tessera.serve")
 
 DEFAULT_CACHE_SIZE = 10_000
+NO_HTTP_ISSUER = "urn:tessera:issuer"  # who signs audit checkpoints when no issuer serves
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Authorizer"].full_name
-
-
-def new_decision_id() -> str:
-    """A unique id for one decision; the key of its audit record."""
-    return uuid.uuid4().hex
 
 
 class AuthorizerService(pb_grpc.AuthorizerServicer):  # type: ignore[misc]
@@ -385,6 +383,31 @@ def agent_facts(directory: Directory | None) -> Callable[[str], dict[str, Any] |
     return lookup
 
 
+def token_trail(audit: AuditWriter | None) -> IssuedHook | None:
+    """Put every token the issuer mints on the agent trail (a full queue waits)."""
+    if audit is None:
+        return None
+
+    def issued(grant: str, claims: dict[str, Any]) -> None:
+        audit.submit("agent", lambda: token_record(grant, claims))
+
+    return issued
+
+
+def _trail_jobs(
+    store: Store, audit: AuditWriter, keys: KeyRing, issuer: str, config: ServeConfig
+) -> list[Exclusive]:
+    """The jobs that follow shared sources onto the trails, each run by one replica."""
+    return [
+        Exclusive(store, "admin-trail", lambda: ChangeAuditor(store, audit)),
+        Exclusive(
+            store,
+            "checkpoints",
+            lambda: Checkpointer(store, audit, keys, issuer, config.audit_checkpoint_interval),
+        ),
+    ]
+
+
 async def serve_forever(engine: Engine, config: ServeConfig, announce: Sequence[str] = ()) -> None:
     """Serve until SIGINT or SIGTERM, then drain in-flight calls and stop.
 
@@ -396,8 +419,18 @@ async def serve_forever(engine: Engine, config: ServeConfig, announce: Sequence[
         store = open_store(config.store) if config.store else None
         directory = None
         audit = None
+        keys = None
+        sock = None
+        issuer = config.issuer or NO_HTTP_ISSUER
+        tls = (config.tls_cert, config.tls_key) if config.tls_cert else None
         if store is not None:
             stack.callback(store.close)
+            keys = KeyRing(store, config.signing_alg, published_for=config.token_lifetime)
+            if config.http_port >= 0:
+                sock = bind(config.host, config.http_port)
+                stack.callback(sock.close)
+                base = f"{'https' if tls else 'http'}://{config.host}:{sock.getsockname()[1]}"
+                issuer = config.issuer or base
             directory = Directory(store)
             directory.start()
             stack.callback(directory.stop)
@@ -405,9 +438,11 @@ async def serve_forever(engine: Engine, config: ServeConfig, announce: Sequence[
                 gather = 0.0 if config.audit == "sync" else GATHER  # sync answers wait
                 audit = AuditWriter(store, config.audit_queue, gather)
                 stack.callback(audit.close)
-                admin_trail = ChangeAuditor(store, audit)
-                admin_trail.start()
-                stack.callback(admin_trail.stop)
+                # One replica follows the change log, and one signs checkpoints; they stop
+                # after the last call is answered, and sign what the trails hold then.
+                for job in _trail_jobs(store, audit, keys, issuer, config):
+                    job.start()
+                    stack.callback(job.stop)
         running = await start(
             engine,
             config.host,
@@ -432,15 +467,9 @@ async def serve_forever(engine: Engine, config: ServeConfig, announce: Sequence[
         if running.metrics_server is not None:
             where = f"{config.host}:{running.metrics_server.server_port}"
             print(f"tessera: metrics on http://{where}/metrics", flush=True)
-        if store is not None and config.http_port >= 0:
+        if store is not None and keys is not None and sock is not None:
             token = config.admin_token or new_token()
             admin = BootstrapToken(token)
-            tls = (config.tls_cert, config.tls_key) if config.tls_cert else None
-            sock = bind(config.host, config.http_port)
-            web = "https" if tls else "http"
-            base = f"{web}://{config.host}:{sock.getsockname()[1]}"
-            issuer = config.issuer or base
-            keys = KeyRing(store, config.signing_alg, published_for=config.token_lifetime)
             oauth = AuthorizationServer(
                 store,
                 keys,
@@ -453,6 +482,7 @@ async def serve_forever(engine: Engine, config: ServeConfig, announce: Sequence[
                     p.strip() for p in config.client_cert_proxies.split(",") if p.strip()
                 ),
                 agents=agent_facts(directory),
+                on_issue=token_trail(audit),
             )
             client_ca = config.tls_client_ca or None
             scim_admins = oauth.administrators([issuer, f"{issuer}{SCIM_PATH}"])

@@ -118,10 +118,10 @@ def test_verify_on_an_intact_trail_says_it_verifies_and_exits_0(
 ) -> None:
     code, out, err = run(capsys, "audit", "verify", "--store", seeded)
     assert (code, err) == (0, "")
-    assert out == "the agent trail verifies: 7 entries, chain intact\n"
+    assert out == "the agent trail verifies: 7 entries, chain intact; no signed checkpoint yet\n"
     code, out, _ = run(capsys, "audit", "verify", "--store", seeded, "--trail", "admin")
     assert code == 0
-    assert out == "the admin trail verifies: 2 entries, chain intact\n"
+    assert out == "the admin trail verifies: 2 entries, chain intact; no signed checkpoint yet\n"
 
 
 def test_verify_on_an_empty_store_verifies_no_entries(

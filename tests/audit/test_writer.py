@@ -222,6 +222,38 @@ def test_records_from_many_threads_each_get_one_place_in_their_chain(store: Stor
         assert verify_trail(store, trail) == (100, [])
 
 
+def test_two_writers_on_one_database_share_each_chain_without_losing_a_record(
+    store: Store, url: str
+) -> None:
+    """Two replicas of the PDP on one database: whichever commits second chains onto the
+    other's head instead of colliding on its seq."""
+    other = open_store(url)
+    try:
+        with writing(store) as first, writing(other) as second:
+            futures: list[list[Future[int]]] = [[], []]
+
+            def run(index: int, writer: AuditWriter) -> None:
+                futures[index] = [
+                    writer.submit("agent", record(n, worker=index)) for n in range(300)
+                ]
+
+            workers = [
+                threading.Thread(target=run, args=pair) for pair in enumerate((first, second))
+            ]
+            for t in workers:
+                t.start()
+            for t in workers:
+                t.join(WAIT)
+            seqs = results(futures[0]) + results(futures[1])
+    finally:
+        other.close()
+    assert sorted(seqs) == list(range(1, 601))
+    rows = stored(store, "agent")
+    for worker in (0, 1):
+        assert [r["n"] for _, r in rows if r["worker"] == worker] == list(range(300))
+    assert verify_trail(store, "agent") == (600, [])
+
+
 def test_an_unknown_trail_is_refused_at_once(store: Store) -> None:
     with writing(store) as writer:
         with pytest.raises(ValueError, match="unknown audit trail 'billing'"):
