@@ -638,6 +638,13 @@ def _add_report_parser(commands: Any) -> None:
     )
     report.add_argument("--store", metavar="URL", help="the store (default: as tessera serve)")
     report.add_argument("--config", metavar="FILE", help="configuration file (TOML)")
+    report.add_argument(
+        "--jwks",
+        metavar="FILE|URL",
+        help="check the signed checkpoints with this JWK Set, e.g. the issuer's published "
+        "/oauth/jwks (default: every key in the store)",
+    )
+    report.add_argument("--issuer", metavar="URL", help="the issuer the checkpoints must name")
 
 
 def _report(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
@@ -652,12 +659,25 @@ def _report(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     except ValueError as exc:
         print(f"tessera report: {exc}", file=err)
         return USAGE
+    jwk_set = None
+    if args.jwks:
+        try:
+            jwk_set = _read_jwks(args.jwks)
+        except (OSError, ValueError) as exc:
+            print(f"tessera report: --jwks {args.jwks}: {exc}", file=err)
+            return USAGE
     opened = _open_configured_store(args, err, "report")
     if opened is None:
         return USAGE
     store, _ = opened
     try:
-        report = gather(store, agent=None if args.all else args.agent, period=period)
+        report = gather(
+            store,
+            agent=None if args.all else args.agent,
+            period=period,
+            jwk_set=jwk_set,
+            issuer=args.issuer,
+        )
     except ReportError as exc:
         print(f"tessera report: {exc}", file=err)
         return USAGE

@@ -25,9 +25,12 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
+from issuer.keys import every_public_key
 from issuer.models import AGENT_EXTENSION, CONSENT
 from issuer.store import Change, Store
 from pdp.audit.chain import TRAILS
+from pdp.audit.checkpoints import CHECKPOINTED, verify_checkpoints
+from pdp.audit.checkpoints import TRAIL as CHECKPOINT_TRAIL
 from pdp.audit.query import entries, verify_trail
 
 FORMAT = "tessera.report/1"
@@ -219,8 +222,12 @@ class UnknownAgent:
 
 @dataclass(frozen=True)
 class TrailCheck:
+    """One trail's hash chain and the signed checkpoints that vouch for it."""
+
     trail: str
     entries: int
+    checkpoints: int  # signed checkpoints of this trail that verified
+    vouched: int  # the newest entry a verified checkpoint vouches for (0: none)
     problems: tuple[str, ...]  # the first PROBLEMS_LISTED
     problem_count: int
 
@@ -248,13 +255,24 @@ class Report:
 # ------------------------------------------------------------------ gathering
 
 
-def verify(store: Store) -> tuple[TrailCheck, ...]:
-    """Whether each audit trail's chain holds, as the report states it."""
+def verify(
+    store: Store, jwk_set: Mapping[str, Any] | None = None, issuer: str | None = None
+) -> tuple[TrailCheck, ...]:
+    """Whether each audit trail holds, as ``tessera audit verify`` checks it: its hash
+    chain, then the signed checkpoints of it, with ``jwk_set`` (default: every key the
+    store ever held) and, when given, the issuer they must name."""
+    keys = every_public_key(store) if jwk_set is None else jwk_set
     checks = []
     for trail in TRAILS:
-        count, problems = verify_trail(store, trail)
-        listed = tuple(f"{trail} trail, {p}" for p in problems[:PROBLEMS_LISTED])
-        checks.append(TrailCheck(trail, count, listed, len(problems)))
+        count, broken = verify_trail(store, trail)
+        problems = [f"{trail} trail, {p}" for p in broken]
+        signed = vouched = 0
+        if trail in CHECKPOINTED:
+            signed, vouched, refused = verify_checkpoints(store, keys, issuer, trail)
+            problems += [f"{CHECKPOINT_TRAIL} trail, {p}" for p in refused]
+            signed -= len(refused)
+        listed = tuple(problems[:PROBLEMS_LISTED])
+        checks.append(TrailCheck(trail, count, signed, vouched, listed, len(problems)))
     return tuple(checks)
 
 
@@ -264,10 +282,13 @@ def gather(
     agent: str | None = None,
     period: Period | None = None,
     now: datetime | None = None,
+    jwk_set: Mapping[str, Any] | None = None,
+    issuer: str | None = None,
 ) -> Report:
     """The report on one agent (its id or name), or on every agent when ``agent`` is None.
 
     With every agent, the report holds those that existed at some time in the period.
+    ``jwk_set`` and ``issuer`` are for checking the signed checkpoints (see :func:`verify`).
     :class:`ReportError` when the directory never held the agent asked for.
     """
     period = period or Period()
@@ -338,7 +359,7 @@ def gather(
             ]
         ),
         decisions=_decisions(every, unit, starts),
-        verification=verify(store),
+        verification=verify(store, jwk_set, issuer),
     )
 
 
@@ -768,11 +789,8 @@ def to_markdown(report: Report) -> str:
         )
     lines += ["## Audit chain verification", "", verdict(report), ""]
     lines += _table(
-        ["trail", "entries", "result"],
-        [
-            (c.trail, c.entries, "intact" if c.intact else f"BROKEN: {c.problem_count} problem(s)")
-            for c in report.verification
-        ],
+        ["trail", "entries", "result", "signed"],
+        [(c.trail, c.entries, result_text(c), signed_text(c)) for c in report.verification],
     )
     for check in report.verification:
         lines += [f"- {md(problem)}" for problem in check.problems]
@@ -786,9 +804,26 @@ def counts_text(decisions: Decisions) -> str:
 def verdict(report: Report) -> str:
     if report.intact:
         total = sum(c.entries for c in report.verification)
-        return f"every trail verifies ({total} entries, chains intact)"
+        signed = sum(c.checkpoints for c in report.verification)
+        return (
+            f"every trail verifies ({total} entries, chains intact; "
+            f"{signed} signed checkpoint(s) verified)"
+        )
     broken = [c.trail for c in report.verification if not c.intact]
     return f"BROKEN: the {', '.join(broken)} trail(s) do not verify"
+
+
+def result_text(check: TrailCheck) -> str:
+    return "intact" if check.intact else f"BROKEN: {check.problem_count} problem(s)"
+
+
+def signed_text(check: TrailCheck) -> str:
+    """What the signed checkpoints vouch for on one trail."""
+    if check.trail == CHECKPOINT_TRAIL:
+        return "holds the checkpoints"
+    if not check.checkpoints:
+        return "no signed checkpoint"
+    return f"{check.checkpoints} checkpoint(s), up to entry {check.vouched}"
 
 
 def _agent_markdown(agent: AgentReport, unit: Unit) -> list[str]:

@@ -25,6 +25,8 @@ from pdp.audit.report import (
     bucket_label,
     counts_text,
     period_text,
+    result_text,
+    signed_text,
     verdict,
     when,
 )
@@ -155,6 +157,8 @@ def render(report: Report) -> str:
         "generated": when(report.generated_at.astimezone(UTC)),
         "verdict": verdict(report),
         "counts": counts_text,
+        "result_text": result_text,
+        "signed_text": signed_text,
         "unit": report.unit,
     }
     return _template().render(values)

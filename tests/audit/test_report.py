@@ -21,12 +21,15 @@ from typing import Any
 import pytest
 from bs4 import BeautifulSoup
 
+from issuer.keys import KeyRing, generate, public_jwk
 from issuer.models import AGENT_EXTENSION, AGENT_SCHEMA
 from issuer.oauth.api_keys import ApiKeys
 from issuer.oauth.clients import ClientRegistry
 from issuer.oauth.consent import Consents
 from issuer.store import Record, Store
 from pdp.audit.chain import canonical
+from pdp.audit.checkpoints import Checkpointer
+from pdp.audit.records import token_record
 from pdp.audit.report import Period, ReportError, gather, render, to_json, to_markdown
 from pdp.audit.writer import AuditWriter
 from pdp.cli import main
@@ -34,6 +37,7 @@ from tests.audit.test_cli import decision, execute
 
 SCRIPT = "<script>document.body.setAttribute('data-pwned', 'yes')</script>"
 PURPOSE = f"payments {SCRIPT}"
+ISSUER = "https://issuer.example"
 
 
 def agent_document(name: str, owner: str, purpose: str, risk: str, status: str) -> dict[str, Any]:
@@ -109,6 +113,13 @@ def seed(store: Store) -> Seeded:
         actor="admin-bob",
     )
     base = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) + timedelta(hours=1)
+    claims = {
+        "client_id": client["client_id"],
+        "agent_id": pay.id,
+        "aud": "https://payments.example/",
+        "scope": "payments:transfer",
+        "exp": int((base + timedelta(hours=1)).timestamp()),
+    }
     trail = [
         decision("p1", at(base, 0.1), pay.id, "search", True),
         decision("p2", at(base, 0.5), pay.id, "payments.transfer", False, "alice"),
@@ -118,30 +129,14 @@ def seed(store: Store) -> Seeded:
         decision("h1", at(base, 2.0), helper.id, "search", True),
         decision("g1", at(base, 2.5), "ghost", "search", False),
         {
-            "kind": "token",
+            **token_record("client_credentials", {**claims, "sub": pay.id, "jti": "t1"}),
             "at": at(base, 0.05),
-            "grant": "client_credentials",
-            "agent": pay.id,
-            "user": None,
-            "client": client["client_id"],
-            "scope": "payments:transfer",
-            "audience": None,
-            "jti": "t1",
-            "expires_at": 0,
-            "delegation": [],
         },
         {
-            "kind": "token",
+            **token_record(
+                "token_exchange", {**claims, "sub": "alice", "act": {"sub": pay.id}, "jti": "t2"}
+            ),
             "at": at(base, 0.4),
-            "grant": "token_exchange",
-            "agent": pay.id,
-            "user": "alice",
-            "client": client["client_id"],
-            "scope": "payments:transfer",
-            "audience": "payments",
-            "jti": "t2",
-            "expires_at": 0,
-            "delegation": [pay.id],
         },
     ]
     trail[1]["delegation"] = [pay.id]
@@ -165,6 +160,8 @@ def seed(store: Store) -> Seeded:
         for record in trail:
             writer.write("agent", record)
         writer.write("alert", alert)
+        for done in Checkpointer(store, writer, KeyRing(store), ISSUER).checkpoint():
+            done.result(10)
     finally:
         writer.close()
     return Seeded(base, pay.id, helper.id, client["client_id"], f"tsk_{key['id']}")
@@ -284,11 +281,14 @@ def test_the_report_counts_decisions_per_hour_and_lists_denials_newest_first(
 def test_the_report_states_that_every_trail_verifies(store: Store, seeded: Seeded) -> None:
     verification = to_json(gather(store, agent=seeded.pay))["verification"]
     assert verification["intact"] is True
-    assert [(t["trail"], t["entries"], t["intact"]) for t in verification["trails"]] == [
-        ("agent", 9, True),
-        ("admin", 0, True),
-        ("alert", 1, True),
-        ("checkpoint", 0, True),
+    assert [
+        (t["trail"], t["entries"], t["checkpoints"], t["vouched"], t["intact"])
+        for t in verification["trails"]
+    ] == [
+        ("agent", 9, 1, 9, True),
+        ("admin", 0, 0, 0, True),
+        ("alert", 1, 1, 1, True),
+        ("checkpoint", 2, 0, 0, True),
     ]
 
 
@@ -360,7 +360,9 @@ def test_the_markdown_report_shows_every_part_with_user_text_escaped(
     assert "\\<script\\>" in text and "<script>" not in text
     assert "5 (2 allowed, 3 denied)" in text
     assert "a burst of \\<b\\>denials\\</b\\>: privilege probing?" in text
-    assert "every trail verifies (10 entries, chains intact)" in text
+    assert (
+        "every trail verifies (12 entries, chains intact; 2 signed checkpoint(s) verified)" in text
+    )
     assert f"| {seeded.client_id} | Pay Bot |" in text
 
 
@@ -452,6 +454,56 @@ def test_a_broken_chain_is_reported_and_the_command_exits_1(
     assert agent_trail["problems"] == [
         "agent trail, entry 4: its content was changed (hash mismatch)"
     ]
+
+
+def test_a_trail_cut_short_is_found_by_its_signed_checkpoint(
+    capsys: pytest.CaptureFixture[str], store: Store, seeded: Seeded
+) -> None:
+    execute(store.url, "DELETE FROM audit WHERE trail = 'agent' AND seq = 9")
+    code, out, _ = run(
+        capsys, "report", "--agent", seeded.pay, "--format", "json", "--store", store.url
+    )
+    assert code == 1
+    [agent_trail, *_] = json.loads(out)["verification"]["trails"]
+    assert (agent_trail["entries"], agent_trail["checkpoints"], agent_trail["intact"]) == (
+        8,
+        0,
+        False,
+    )
+    [problem] = agent_trail["problems"]
+    assert problem.startswith("checkpoint trail, entry 1: checkpoint of the agent trail at entry 9")
+
+
+def test_checkpoints_are_checked_with_the_jwk_set_given(
+    capsys: pytest.CaptureFixture[str], store: Store, seeded: Seeded, tmp_path: Path
+) -> None:
+    published = tmp_path / "jwks.json"
+    stranger = {**public_jwk(generate("ES256").public_key()), "kid": "stranger", "alg": "ES256"}
+    published.write_text(json.dumps({"keys": [stranger]}))
+    flags = ("--format", "json", "--store", store.url, "--jwks", str(published))
+    code, out, _ = run(capsys, "report", "--agent", seeded.pay, *flags)
+    assert code == 1
+    trails = json.loads(out)["verification"]["trails"]
+    assert ["which is not in the JWK Set" in p for t in trails for p in t["problems"]] == [
+        True,
+        True,
+    ]
+    published.write_text(json.dumps(KeyRing(store).jwks()))
+    code, out, _ = run(capsys, "report", "--agent", seeded.pay, *flags, "--issuer", ISSUER)
+    assert code == 0
+    assert json.loads(out)["verification"]["intact"] is True
+    code, out, _ = run(capsys, "report", "--agent", seeded.pay, *flags, "--issuer", "https://x")
+    assert code == 1
+    assert json.loads(out)["verification"]["intact"] is False
+
+
+def test_an_unreadable_jwk_set_is_a_usage_error(
+    capsys: pytest.CaptureFixture[str], store: Store, tmp_path: Path
+) -> None:
+    missing = tmp_path / "nowhere.json"
+    code, out, err = run(capsys, "report", "--all", "--store", store.url, "--jwks", str(missing))
+    assert (code, out) == (2, "")
+    assert err.startswith(f"tessera report: --jwks {missing}: ")
 
 
 # ------------------------------------------------------------------ the page in a browser
@@ -547,7 +599,10 @@ def test_the_html_report_shows_the_agent_its_counts_chart_and_verdict_in_a_brows
     assert bars[3].endswith(": 0 allowed, 2 denied")
     assert len(chart.select("rect.allowed")) == 2 and len(chart.select("rect.denied")) == 2
 
-    assert text(page, "#verdict") == "every trail verifies (10 entries, chains intact)"
+    assert (
+        text(page, "#verdict")
+        == "every trail verifies (12 entries, chains intact; 2 signed checkpoint(s) verified)"
+    )
     assert "intact" in page.select_one("#verdict")["class"]
     trails = {row["data-trail"]: text(row, "td:nth-of-type(3)") for row in page.select("tr.trail")}
     assert trails == {
