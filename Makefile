@@ -31,8 +31,13 @@ check-policies: $(STAMP)
 	$(BIN)/tessera check policies
 	$(BIN)/tessera test policies
 
-pytest: $(STAMP)
+pytest: $(STAMP) browser
 	$(BIN)/pytest
+
+# The compliance report's tests open the HTML report in headless Chromium (Debian's package).
+.PHONY: browser
+browser:
+	@command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/engine.py

@@ -219,6 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     audit.add_argument("--alert", choices=ALERTS, help="alerts: only this kind")
     audit.add_argument("--json", action="store_true", help="alerts: a JSON array")
+    _add_report_parser(commands)
     keys = commands.add_parser(
         "keys",
         help="list or rotate the issuer's signing keys",
@@ -249,6 +250,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "serve": _serve,
         "keys": _keys,
         "audit": _audit,
+        "report": _report,
     }
     try:
         code: int = handler[args.command](args, sys.stdout, sys.stderr)
@@ -658,6 +660,96 @@ def _audit_alerts(args: argparse.Namespace, filters: Filters, out: TextIO, err: 
             f"{alert.get('agent', '')!s:16}  {alert.get('message', '')}",
             file=out,
         )
+    return OK
+
+
+def _add_report_parser(commands: Any) -> None:
+    report = commands.add_parser(
+        "report",
+        help="write a compliance report on one agent or every agent",
+        description="Write a compliance report for a period: each agent's identity (owner, "
+        "purpose, risk, status history), credentials, delegations and consents, decisions "
+        "over time, denials and anomaly alerts, and whether every audit trail's hash chain "
+        "verifies. HTML is one self-contained page (a chart, no scripts, no external "
+        "links); JSON has the stable keys of docs/audit.md; md is Markdown. Exit 0 when "
+        "the report is written and the chains verify, 1 when it is written but a chain "
+        "is broken, 2 on a usage error (an unknown agent, a bad time).",
+        epilog="example: tessera report --agent pay-bot --since 2026-11-01T00:00:00Z "
+        "--until 2026-12-01T00:00:00Z --format html --output pay-bot-november.html",
+    )
+    who = report.add_mutually_exclusive_group(required=True)
+    who.add_argument("--agent", metavar="ID", help="the agent: its id or its name")
+    who.add_argument("--all", action="store_true", help="every agent of the period")
+    report.add_argument(
+        "--since", metavar="TIME", help="start, inclusive; RFC 3339, e.g. 2026-11-01T00:00:00Z"
+    )
+    report.add_argument("--until", metavar="TIME", help="end, exclusive; RFC 3339")
+    report.add_argument(
+        "--format", choices=["html", "json", "md"], default="html", help="default: html"
+    )
+    report.add_argument(
+        "--output", metavar="FILE", help="write the report here (default: standard output)"
+    )
+    report.add_argument("--store", metavar="URL", help="the store (default: as tessera serve)")
+    report.add_argument("--config", metavar="FILE", help="configuration file (TOML)")
+    report.add_argument(
+        "--jwks",
+        metavar="FILE|URL",
+        help="check the signed checkpoints with this JWK Set, e.g. the issuer's published "
+        "/oauth/jwks (default: every key in the store)",
+    )
+    report.add_argument("--issuer", metavar="URL", help="the issuer the checkpoints must name")
+
+
+def _report(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    from pdp.audit.query import Filters
+    from pdp.audit.report import Period, ReportError, gather, render
+
+    try:
+        times = Filters.parse(
+            agent=None, user=None, decision=None, tool=None, since=args.since, until=args.until
+        )
+        period = Period(times.since, times.until)
+    except ValueError as exc:
+        print(f"tessera report: {exc}", file=err)
+        return USAGE
+    jwk_set = None
+    if args.jwks:
+        try:
+            jwk_set = _read_jwks(args.jwks)
+        except (OSError, ValueError) as exc:
+            print(f"tessera report: --jwks {args.jwks}: {exc}", file=err)
+            return USAGE
+    opened = _open_configured_store(args, err, "report")
+    if opened is None:
+        return USAGE
+    store, _ = opened
+    try:
+        report = gather(
+            store,
+            agent=None if args.all else args.agent,
+            period=period,
+            jwk_set=jwk_set,
+            issuer=args.issuer,
+        )
+    except ReportError as exc:
+        print(f"tessera report: {exc}", file=err)
+        return USAGE
+    finally:
+        store.close()
+    text = render(report, args.format)
+    if args.output is None:
+        out.write(text)
+    else:
+        try:
+            Path(args.output).write_text(text, encoding="utf-8")
+        except OSError as exc:
+            print(f"tessera report: cannot write {args.output}: {exc}", file=err)
+            return USAGE
+        print(f"wrote the report to {args.output}", file=err)
+    if not report.intact:
+        print("tessera report: the audit chain is BROKEN (see the report)", file=err)
+        return FAILED
     return OK
 
 
