@@ -7,7 +7,8 @@ process (multiprocessing, spawn):
 
 * **off**: ``audit=None``, the baseline;
 * **async**: an ``AuditWriter`` on a fresh SQLite file, ``durability="async"``, and the
-  anomaly detector following the agent trail, as ``tessera serve`` runs them;
+  anomaly watcher process following the agent trail, as ``tessera serve`` runs them (its
+  CPU is reported beside the server's, not in it);
 * **sync**: the same with ``durability="sync"`` (an extra row, no target);
 * **async, PostgreSQL**: the writer on a fresh schema of the PostgreSQL database at
   ``TESSERA_TEST_POSTGRES`` (default ``postgresql://postgres@127.0.0.1:5432/test``), dropped
@@ -15,9 +16,10 @@ process (multiprocessing, spawn):
 
 Each server reports its port through a queue and answers over a pipe: its CPU time
 (``time.process_time``, all threads, the writer thread included), and the writer's counters:
-records submitted, records committed (``AuditWriter.written``), how often ``submit_nowait``
-found the queue full (backpressure: the server then waits for room), and the deepest queue
-seen by a sampler thread (every 5 ms) since the last read.
+records submitted, records committed (``AuditWriter.written``), how often a record found
+the queue full (``AuditWriter.full``: backpressure, the server then waits for room), and the
+deepest queue the writer found when it took a batch (``AuditWriter.deepest``) since the
+last read.
 
 Phases:
 
@@ -92,7 +94,6 @@ BATCH_SIZE = 100
 START_TIMEOUT_S = 30.0
 CALL_TIMEOUT_S = 30.0
 DRAIN_TIMEOUT_S = 60.0
-SAMPLE_EVERY_S = 0.005
 CPU_RATIO_LIMIT = 1.10
 WRITER_KEEPS_UP = 0.99
 
@@ -132,14 +133,13 @@ def redacted(url: str) -> str:
 
 
 class Counting:
-    """Wraps the writer's queueing methods to count the records submitted, and samples
-    the queue depth from a thread; backpressure is the writer's own ``full`` counter."""
+    """Wraps the writer's queueing methods to count the records submitted; backpressure
+    and the deepest queue are the writer's own counters (``full``, ``deepest``)."""
 
     def __init__(self, writer: Any) -> None:
         self.writer = writer
         self.submitted = 0
         self.full_seen = writer.full
-        self.max_depth = 0
         self.last_record: Any = None
         offer, nowait, blocking = writer.offer, writer.submit_nowait, writer.submit
 
@@ -163,28 +163,21 @@ class Counting:
             return done
 
         writer.offer, writer.submit_nowait, writer.submit = counted_offer, submit_nowait, submit
-        self.stopped = threading.Event()
-        threading.Thread(target=self._sample, name="queue-sampler", daemon=True).start()
 
     @property
     def full(self) -> int:
         return int(self.writer.full) - self.full_seen
-
-    def _sample(self) -> None:
-        while not self.stopped.wait(SAMPLE_EVERY_S):
-            depth = self.writer.depth()
-            if depth > self.max_depth:
-                self.max_depth = depth
 
     def stats(self) -> dict[str, Any]:
         out = {
             "submitted": self.submitted,
             "written": self.writer.written,
             "full": self.full,
-            "max_depth": self.max_depth,
+            "max_depth": self.writer.deepest,
             "depth": self.writer.depth(),
+            "watcher_cpu": watcher_cpu(),
         }
-        self.max_depth = 0
+        self.writer.deepest = 0
         return out
 
     def drain(self) -> bool:
@@ -218,10 +211,21 @@ class Counting:
         }
 
 
+WATCHER: Any = None  # the server process's anomaly watcher, a child process
+
+
+def watcher_cpu() -> float:
+    """CPU seconds the anomaly watcher process has used (0 without one)."""
+    if WATCHER is None or WATCHER.process is None:
+        return 0.0
+    fields = Path(f"/proc/{WATCHER.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+
 async def _start(mode: str, store_url: str | None) -> tuple[Any, Any]:
     from issuer.store import open_store
-    from pdp.audit.anomaly import AnomalyDetector
     from pdp.audit.baselines import AnomalyThresholds
+    from pdp.audit.watch import Watcher
     from pdp.audit.writer import GATHER, AuditWriter
     from pdp.engine import Engine
     from pdp.loader import load_directory
@@ -232,9 +236,11 @@ async def _start(mode: str, store_url: str | None) -> tuple[Any, Any]:
     gather = 0.0 if durability == "sync" else GATHER  # as tessera serve configures it
     writer = None if store_url is None else AuditWriter(open_store(store_url), gather=gather)
     running = await start(engine, HOST, 0, cache_size=0, audit=writer, durability=durability)
-    if writer is not None:  # as tessera serve runs it: anomaly detection on the agent trail
-        detector = AnomalyDetector(writer.store, writer, AnomalyThresholds())
-        detector.start()
+    if writer is not None:  # as tessera serve runs it: anomaly detection in its own process
+        assert store_url is not None
+        global WATCHER
+        WATCHER = Watcher(store_url, AnomalyThresholds())
+        WATCHER.start()
     return running, writer
 
 
@@ -271,9 +277,10 @@ def serve(name: str, mode: str, store_url: str | None, ports: Any, control: Conn
         pass
     finally:
         asyncio.run_coroutine_threadsafe(server.stop(0), loop).result(10)
+        if WATCHER is not None:
+            WATCHER.stop()
         if writer is not None:
             assert counting is not None
-            counting.stopped.set()
             writer.close()
             writer.store.close()
         loop.call_soon_threadsafe(loop.stop)
@@ -407,6 +414,7 @@ def batch_round(proc: Proc, batch: bytes, warmup: int, n: int) -> dict[str, Any]
         out["max_depth"] = after["max_depth"]
         out["depth_at_end"] = after["depth"]
         out["lag_at_end"] = after["submitted"] - after["written"]
+        out["watcher_cpu"] = after["watcher_cpu"] - before["watcher_cpu"]
     return out
 
 
@@ -437,6 +445,10 @@ def summarize_batch(rounds: list[dict[str, Any]]) -> dict[str, Any]:
                 "backpressure_events": sum(r["full"] for r in rounds),
                 "max_queue_depth": max(r["max_depth"] for r in rounds),
                 "max_lag_at_end": max(r["lag_at_end"] for r in rounds),
+                # the anomaly watcher, another process: not server CPU, shown beside it
+                "watcher_cpu_us_per_record": round(
+                    sum(r["watcher_cpu"] for r in rounds) * 1e6 / max(committed, 1), 2
+                ),
             }
         )
     return out
@@ -611,6 +623,11 @@ def print_report(result: dict[str, Any]) -> None:
             f"{x(ratios[f'writer_capacity_{name}_over_off_decisions'])} the audit-off "
             "batch decision rate"
         )
+    for name in cap:
+        print(
+            f"  anomaly watcher ({name}, its own process): "
+            f"{result['batch'][name]['watcher_cpu_us_per_record']} µs CPU per record"
+        )
     print("\ntargets")
     for t in result["_targets"]:
         print(f"  {t.verdict:4}  {t.name}: {fmt(t.value, 2)} ({t.limit})")
@@ -651,7 +668,7 @@ def main() -> None:
             "rounds": budget.rounds,
             "capacity_records": budget.capacity,
             "server_cpu": "time.process_time in the server process (all threads)",
-            "queue_depth_sampled_every_s": SAMPLE_EVERY_S,
+            "queue_depth": "the writer's deepest queue when it took a batch",
             "postgres": redacted(POSTGRES_URL),
         },
         **measured,

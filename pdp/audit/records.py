@@ -35,14 +35,16 @@ def decision_record(
 ) -> dict[str, Any]:
     """The agent trail's record of one decision asked over gRPC, made at ``when`` (epoch
     seconds; now by default)."""
+    resource = message.resource
+    context = message.context
     return decided(
         {
             "agent": message.agent.id,
             "user": message.user.id if message.HasField("user") else None,
             "delegation": list(message.delegation.chain),
             "action": message.action,
-            "resource": {"type": message.resource.type, "id": message.resource.id},
-            "context": attributes_to_json(message.context, "context"),
+            "resource": {"type": resource.type, "id": resource.id},
+            "context": attributes_to_json(context, "context") if context else {},
         },
         decision,
         decision_id,
@@ -60,21 +62,19 @@ def decided(
     pep: str,
     when: float | None = None,
 ) -> dict[str, Any]:
-    """The agent trail's record of one decision: ``asked`` holds the request's agent,
-    user, delegation, action, resource (type and id) and context."""
-    return {
-        "kind": "decision",
-        "at": _now() if when is None else utc_text(when),
-        "decision_id": decision_id,
-        **asked,
-        "allow": decision.allow,
-        "decided_by": list(decision.decided_by),
-        "obligations": [f"{o.kind}:{o.value}" for o in decision.obligations],
-        "reasons": list(decision.reasons),
-        "bundle_version": decision.bundle_version,
-        "pep": pep,
-        "latency_us": round(seconds * 1e6, 1),
-    }
+    """The agent trail's record of one decision: ``asked`` (completed in place) holds the
+    request's agent, user, delegation, action, resource (type and id) and context."""
+    asked["kind"] = "decision"
+    asked["at"] = _now() if when is None else utc_text(when)
+    asked["decision_id"] = decision_id
+    asked["allow"] = decision.allow
+    asked["decided_by"] = list(decision.decided_by)
+    asked["obligations"] = [f"{o.kind}:{o.value}" for o in decision.obligations]
+    asked["reasons"] = list(decision.reasons)
+    asked["bundle_version"] = decision.bundle_version
+    asked["pep"] = pep
+    asked["latency_us"] = round(seconds * 1e6, 1)
+    return asked
 
 
 def token_record(grant: str, claims: dict[str, Any]) -> dict[str, Any]:

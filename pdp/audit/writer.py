@@ -68,6 +68,7 @@ class AuditWriter:
             self._tails[trail] = (0, GENESIS) if tail is None else (tail.seq, tail.hash)
         self.written = 0  # records committed
         self.full = 0  # times a record found the queue full (and its caller had to wait)
+        self.deepest = 0  # the most records ever waiting when the writer took a batch
         self._thread = threading.Thread(target=self._run, name="audit-writer", daemon=True)
         self._thread.start()
 
@@ -142,24 +143,27 @@ class AuditWriter:
 
     def _run(self) -> None:
         items = self._items
-        idle = True
+        next_commit = 0.0  # monotonic time before which a commit waits for company
         while True:
             self._wake.clear()
             if not items:
                 if self._closing:
                     return
                 self._wake.wait()
-                idle = True
                 continue
-            # Group commit: what queued up while the last batch committed goes in the next
-            # one at once; a record that finds the writer idle waits ``gather`` seconds for
-            # company (a commit costs far more than a record; sync durability gathers
-            # nothing).
-            gathering = idle and self.gather and not (self._urgent or self._closing)
-            if gathering and len(items) < BATCH:
-                time.sleep(self.gather)
-            idle = self._urgent = False
-            batch = [items.popleft() for _ in range(min(len(items), BATCH))]
+            # Group commit: a commit costs far more than a record (an fsync), so commits
+            # start at most every ``gather`` seconds, each taking whatever queued up
+            # meanwhile (up to BATCH). A full batch, a record someone waits for, or
+            # closing does not wait; sync durability gathers nothing.
+            wait = next_commit - time.monotonic()
+            if wait > 0 and len(items) < BATCH and not (self._urgent or self._closing):
+                time.sleep(wait)
+            self._urgent = False
+            next_commit = time.monotonic() + self.gather
+            depth = len(items)
+            if depth > self.deepest:
+                self.deepest = depth
+            batch = [items.popleft() for _ in range(min(depth, BATCH))]
             self._commit(batch, self._closing)
 
     def _commit(self, batch: list[_Item], stopping: bool) -> None:

@@ -31,11 +31,11 @@ from issuer.oauth.endpoints import METADATA_PATH, AuthorizationServer
 from issuer.oauth.tokens import IssuedHook
 from issuer.scim import BootstrapToken, new_token
 from issuer.store import Store, open_store
-from pdp.audit.anomaly import AnomalyDetector
 from pdp.audit.changes import ChangeAuditor
 from pdp.audit.checkpoints import Checkpointer
 from pdp.audit.exclusive import Exclusive
 from pdp.audit.records import decision_record, new_decision_id, token_record
+from pdp.audit.watch import AlertCounter, Watcher
 from pdp.audit.writer import GATHER, AuditWriter, Record
 from pdp.decision import Decision
 from pdp.directory import Directory, Identities
@@ -463,17 +463,15 @@ async def serve_forever(engine: Engine, config: ServeConfig, announce: Sequence[
             durability=config.audit,
         )
         stack.push_async_callback(running.stop, config.grace)
-        if store is not None and audit is not None:  # after start(): it counts in its metrics
-            # One replica watches the agent trail for anomalies.
-            counter = running.service.metrics.alerts
-            thresholds = config.anomaly_thresholds()
-            alerts = Exclusive(
-                store,
-                "anomaly-detector",
-                lambda: AnomalyDetector(store, audit, thresholds, counter),
-            )
-            alerts.start()
-            stack.callback(alerts.stop)  # before the writer closes
+        if store is not None and audit is not None:
+            # Anomaly detection runs in a process of its own (off this one's interpreter
+            # lock); this one counts the alerts it raises (after start(): its metrics).
+            watcher = Watcher(config.store, config.anomaly_thresholds())
+            watcher.start()
+            stack.callback(watcher.stop)
+            counter = AlertCounter(store, running.service.metrics.alerts)
+            counter.start()
+            stack.callback(counter.stop)
         scheme = "TLS" if config.tls_cert else "plaintext"
         if config.tls_client_ca:
             scheme = "mutual TLS"
