@@ -26,6 +26,11 @@ configuration file (``--config``, or ``./tessera.toml`` when it exists), the def
     client_cert_proxies = "127.0.0.1,::1"  # the proxies whose header is believed
     audit = "async"            # record every decision: async, sync (answer once committed), off
     audit_queue = 10000        # records waiting to be written before decisions wait (no drops)
+    ext_authz_routes = '''     # Envoy ext_authz: METHOD PATH ACTION TYPE:ID, one per line
+      GET /orders/{id} db.read order:{id}
+    '''                        # unmatched: action http.<METHOD> on resource http:<path>
+    ext_authz_audience = ""    # the aud ext_authz tokens must have; default: the issuer URL
+    ext_authz_strip_headers = "authorization"  # removed before the upstream; "" keeps all
 
 With a store, agents and users are resolved from the directory by id (the caller's
 attributes for them are ignored) and an agent that is unknown or not active is denied.
@@ -72,6 +77,9 @@ class ServeConfig:
     client_cert_proxies: str = "127.0.0.1,::1"
     audit: str = "async"
     audit_queue: int = 10_000
+    ext_authz_routes: str = ""
+    ext_authz_audience: str = ""
+    ext_authz_strip_headers: str = "authorization"
 
     @property
     def metrics(self) -> bool:
@@ -131,7 +139,21 @@ def load_config(
         raise ConfigError(
             f"store: {config.store!r} is neither sqlite:///path.db nor postgresql://host/db"
         )
+    _check_gateway(config)
     return config
+
+
+def _check_gateway(config: ServeConfig) -> None:
+    """The Envoy ext_authz settings, checked at start rather than on the first request."""
+    from pdp.serve.ext_authz import RouteError, parse_routes
+
+    try:
+        parse_routes(config.ext_authz_routes)
+    except RouteError as exc:
+        raise ConfigError(f"ext_authz_routes: {exc}") from None
+    for name in config.ext_authz_strip_headers.split(","):
+        if name.strip().lower() in (":authority", ":path", ":method", "host"):
+            raise ConfigError(f"ext_authz_strip_headers: {name.strip()!r} cannot be removed")
 
 
 def _from_file(path: Path) -> dict[str, Any]:

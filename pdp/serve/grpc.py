@@ -26,6 +26,8 @@ import grpc
 from cachetools import LRUCache
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from starlette.applications import Starlette
+from starlette.routing import Mount
 
 from issuer.app import SCIM_PATH, bind, issuer_app, serve_http
 from issuer.keys import KeyRing
@@ -41,9 +43,12 @@ from pdp.engine import Engine
 from pdp.loader import Loaded
 from pdp.metrics import Metrics
 from pdp.request import Request, RequestError
+from pdp.serve import ext_authz
+from pdp.serve.authzen import AUTHZEN_PATH, AuthZen
 from pdp.serve.config import ServeConfig
 from pdp.serve.convert import decision_to_message, request_from_message
 from pdp.serve.exchange import exchange_check
+from pdp.serve.ext_authz import Gateway
 from pdp.serve.proto import authorizer_pb2 as pb
 from pdp.serve.proto import authorizer_pb2_grpc as pb_grpc
 from pdp.serve.reload import Reloader
@@ -154,14 +159,15 @@ class AuthorizerService(pb_grpc.AuthorizerServicer):  # type: ignore[misc]
         decision: Decision,
         decision_id: str,
         started: float,
-        context: grpc.aio.ServicerContext,
+        peer: Callable[[], str],
     ) -> Future[int] | None:
         """Put the decision on the agent trail, never dropping it (a full queue waits, off
-        the loop); the future of its commit, which sync durability awaits."""
+        the loop); the future of its commit, which sync durability awaits. ``peer`` names
+        the PEP that asked (read only when there is a trail)."""
         audit = self.audit
         if audit is None:
             return None
-        seconds, pep = time.perf_counter() - started, context.peer()
+        seconds, pep = time.perf_counter() - started, peer()
 
         def record() -> dict[str, Any]:  # built by the writer thread, off the hot path
             return decision_record(message, decision, decision_id, seconds, pep)
@@ -177,6 +183,41 @@ class AuthorizerService(pb_grpc.AuthorizerServicer):  # type: ignore[misc]
             for done in pending:
                 if done is not None:
                     await asyncio.wrap_future(done)
+
+    async def decide(
+        self, message: pb.AuthorizeRequest, peer: Callable[[], str]
+    ) -> tuple[Decision, str, bool]:
+        """Decide one request the way ``Authorize`` does, for every front door (gRPC,
+        Envoy ext_authz, AuthZEN): the directory's refusals, the decision cache, the
+        engine (using up limits), and the audit record naming ``peer()`` as the PEP.
+        Returns the decision, its id and whether it may be cached; a malformed request
+        raises :class:`RequestError` naming the field."""
+        started = time.perf_counter()
+        identities = self._identities(message)
+        if isinstance(identities, str):
+            decision, cacheable = self._refused(self.engine, identities), False
+        else:
+            cached = self._cached(message)
+            cacheable = cached is not None
+            if cached is None:
+                typed = request_from_message(message, self.engine.bundle.schema, identities)
+                decision, cacheable = self._decide(message, typed)
+            else:
+                decision = cached
+        decision_id = new_decision_id()
+        await self._committed([await self._record(message, decision, decision_id, started, peer)])
+        return decision, decision_id, cacheable
+
+    def preview(self, message: pb.AuthorizeRequest) -> Decision:
+        """What the request would be answered, without using up any limit and without a
+        record: listing and searching are not calling (as ``ListAllowed``). A malformed
+        request raises :class:`RequestError`."""
+        identities = self._identities(message)
+        engine = self.engine
+        if isinstance(identities, str):
+            return self._refused(engine, identities)
+        typed = request_from_message(message, engine.bundle.schema, identities)
+        return self._timed(engine, typed, False)
 
     @contextlib.asynccontextmanager
     async def _rpc(self, method: str, context: grpc.aio.ServicerContext) -> AsyncIterator[None]:
@@ -199,22 +240,11 @@ class AuthorizerService(pb_grpc.AuthorizerServicer):  # type: ignore[misc]
         self, request: pb.AuthorizeRequest, context: grpc.aio.ServicerContext
     ) -> pb.AuthorizeResponse:
         async with self._rpc("Authorize", context):
-            started = time.perf_counter()
-            identities = self._identities(request)
-            if isinstance(identities, str):
-                decision, cacheable = self._refused(self.engine, identities), False
-            else:
-                cached = self._cached(request)
-                cacheable = cached is not None
-                if cached is None:
-                    typed = await _typed(request, self.engine, context, "", identities)
-                    decision, cacheable = self._decide(request, typed)
-                else:
-                    decision = cached
-            decision_id = new_decision_id()
-            await self._committed(
-                [await self._record(request, decision, decision_id, started, context)]
-            )
+            try:
+                decision, decision_id, cacheable = await self.decide(request, context.peer)
+            except RequestError as exc:
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+                raise  # abort raises; this line only tells type checkers so
             return decision_to_message(decision, decision_id, cacheable)
 
     async def AuthorizeBatch(
@@ -241,7 +271,9 @@ class AuthorizerService(pb_grpc.AuthorizerServicer):  # type: ignore[misc]
                 else:
                     decision = self._timed(engine, r, True)
                     cacheable = not engine.touches_limits(r)
-                pending.append(await self._record(item, decision, decision_id, started, context))
+                pending.append(
+                    await self._record(item, decision, decision_id, started, context.peer)
+                )
                 responses.append(decision_to_message(decision, decision_id, cacheable))
             await self._committed(pending)
             return pb.AuthorizeBatchResponse(responses=responses)
@@ -329,22 +361,26 @@ async def start(
     directory: Directory | None = None,
     audit: AuditWriter | None = None,
     durability: str = "async",
+    gateway: Gateway | None = None,
 ) -> Running:
     """Start serving ``engine`` on ``host:port`` (port 0 picks a free one); with
     ``watch``, reload from that policy directory whenever it changes; with
     ``metrics_port``, serve Prometheus metrics on ``host:metrics_port/metrics``; with
     ``tls`` (key, certificate chain, client CA or None), serve TLS, and require client
     certificates from that CA when one is given (mutual TLS); with ``directory``, resolve
-    agents and users from it and refuse those it does not know or that are inactive."""
+    agents and users from it and refuse those it does not know or that are inactive; with
+    ``gateway``, also answer Envoy's ext_authz ``Check`` on the same port."""
     server = grpc.aio.server()
     metrics = Metrics()
     service = AuthorizerService(engine, cache_size, metrics, directory, audit, durability)
     pb_grpc.add_AuthorizerServicer_to_server(service, server)  # type: ignore[no-untyped-call]
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection(
-        (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
-    )
+    services = [SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME]
+    if gateway is not None:
+        ext_authz.add_to_server(service, gateway, server)
+        services.append(ext_authz.SERVICE_NAME)
+    reflection.enable_server_reflection(services, server)
     address = f"{host}:{port}"
     if tls is None:
         bound = server.add_insecure_port(address)
@@ -362,7 +398,7 @@ async def start(
     gc.collect()
     gc.freeze()
     # A bundle is loaded before the server starts, so it serves from the first call.
-    for name in ("", SERVICE_NAME):
+    for name in ("", *services[:1], *services[3:]):
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     reloader = None
     if watch is not None:
@@ -408,6 +444,24 @@ async def serve_forever(engine: Engine, config: ServeConfig, announce: Sequence[
                 admin_trail = ChangeAuditor(store, audit)
                 admin_trail.start()
                 stack.callback(admin_trail.stop)
+        sock, base, issuer, keys, gateway = None, "", config.issuer, None, None
+        if store is not None:
+            keys = KeyRing(store, config.signing_alg, published_for=config.token_lifetime)
+            if config.http_port >= 0:
+                sock = bind(config.host, config.http_port)
+                stack.callback(sock.close)
+                web = "https" if config.tls_cert else "http"
+                base = f"{web}://{config.host}:{sock.getsockname()[1]}"
+                issuer = issuer or base
+            if issuer:  # tokens to verify: Envoy's ext_authz beside Authorize
+                gateway = ext_authz.gateway_for(
+                    store,
+                    keys,
+                    issuer,
+                    config.ext_authz_audience,
+                    config.ext_authz_routes,
+                    config.ext_authz_strip_headers,
+                )
         running = await start(
             engine,
             config.host,
@@ -420,6 +474,7 @@ async def serve_forever(engine: Engine, config: ServeConfig, announce: Sequence[
             directory=directory,
             audit=audit,
             durability=config.audit,
+            gateway=gateway,
         )
         stack.push_async_callback(running.stop, config.grace)
         scheme = "TLS" if config.tls_cert else "plaintext"
@@ -432,15 +487,10 @@ async def serve_forever(engine: Engine, config: ServeConfig, announce: Sequence[
         if running.metrics_server is not None:
             where = f"{config.host}:{running.metrics_server.server_port}"
             print(f"tessera: metrics on http://{where}/metrics", flush=True)
-        if store is not None and config.http_port >= 0:
+        if store is not None and keys is not None and sock is not None:
             token = config.admin_token or new_token()
             admin = BootstrapToken(token)
             tls = (config.tls_cert, config.tls_key) if config.tls_cert else None
-            sock = bind(config.host, config.http_port)
-            web = "https" if tls else "http"
-            base = f"{web}://{config.host}:{sock.getsockname()[1]}"
-            issuer = config.issuer or base
-            keys = KeyRing(store, config.signing_alg, published_for=config.token_lifetime)
             oauth = AuthorizationServer(
                 store,
                 keys,
@@ -456,13 +506,19 @@ async def serve_forever(engine: Engine, config: ServeConfig, announce: Sequence[
             )
             client_ca = config.tls_client_ca or None
             scim_admins = oauth.administrators([issuer, f"{issuer}{SCIM_PATH}"])
-            app = issuer_app(store, scim_admins, oauth)
+            authzen = AuthZen(
+                running.service, oauth.administrators([issuer, f"{base}{AUTHZEN_PATH}"]), base
+            )
+            app = Starlette(
+                routes=[*authzen.routes(), Mount("", app=issuer_app(store, scim_admins, oauth))]
+            )
             http = await serve_http(app, sock, tls, client_ca)
             stack.push_async_callback(http.stop)
             print(
                 f"tessera: SCIM 2.0 at {base}{SCIM_PATH}, directory in {config.store}", flush=True
             )
             print(f"tessera: OAuth issuer {issuer} (metadata at {base}{METADATA_PATH})", flush=True)
+            print(f"tessera: AuthZEN at {base}{AUTHZEN_PATH}", flush=True)
             if not config.admin_token:
                 print(
                     f"tessera: bootstrap admin token (random; set TESSERA_ADMIN_TOKEN to "
@@ -471,6 +527,11 @@ async def serve_forever(engine: Engine, config: ServeConfig, announce: Sequence[
                 )
         elif store is None:
             print("tessera: no store: deciding on the agent attributes callers send", flush=True)
+        if gateway is not None:
+            print(
+                f"tessera: Envoy ext_authz ({ext_authz.SERVICE_NAME}) on port {running.port}",
+                flush=True,
+            )
         if audit is not None:
             print(f"tessera: every decision is audited ({config.audit})", flush=True)
         for line in announce:
