@@ -376,11 +376,13 @@ async def start(
     pb_grpc.add_AuthorizerServicer_to_server(service, server)  # type: ignore[no-untyped-call]
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    services = [SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME]
+    deciding = [SERVICE_NAME]
     if gateway is not None:
         ext_authz.add_to_server(service, gateway, server)
-        services.append(ext_authz.SERVICE_NAME)
-    reflection.enable_server_reflection(services, server)
+        deciding.append(ext_authz.SERVICE_NAME)
+    reflection.enable_server_reflection(
+        (*deciding, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+    )
     address = f"{host}:{port}"
     if tls is None:
         bound = server.add_insecure_port(address)
@@ -398,7 +400,7 @@ async def start(
     gc.collect()
     gc.freeze()
     # A bundle is loaded before the server starts, so it serves from the first call.
-    for name in ("", *services[:1], *services[3:]):
+    for name in ("", *deciding):
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     reloader = None
     if watch is not None:
