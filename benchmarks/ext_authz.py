@@ -352,6 +352,7 @@ def evaluate(measured: dict[str, Any]) -> tuple[dict[str, float | None], list[Ta
             c[key]["calls_per_s"], a[key]["calls_per_s"]
         ),
     }
+    ratios = {name: None if r is None else round(r, 3) for name, r in ratios.items()}
     value = ratios["cpu_per_call_check_over_authorize"]
     targets = [
         Target(

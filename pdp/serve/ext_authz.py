@@ -160,7 +160,8 @@ def parse_route(line: str) -> Route:
         for used in _PLACEHOLDER.findall(template):
             if used not in names:
                 raise RouteError(f"route {line!r}: {{{used}}} is not a name of the path")
-        if _PLACEHOLDER.sub("", template).count("{") or _PLACEHOLDER.sub("", template).count("}"):
+        leftover = _PLACEHOLDER.sub("", template)
+        if "{" in leftover or "}" in leftover:
             raise RouteError(f"route {line!r}: unbalanced braces in {template!r}")
     return Route(
         methods, re.compile("/" + "/".join(pattern)), action, resource_type, resource_id, line

@@ -3,7 +3,9 @@
 It adapts messages to the engine and back (:mod:`pdp.serve.convert`); a malformed
 request is answered with INVALID_ARGUMENT naming the field, never a traceback. The
 standard health service reports SERVING once a bundle is loaded, and server reflection
-lets generic clients discover the contract.
+lets generic clients discover the contract. Envoy's ext_authz ``Check``
+(:mod:`pdp.serve.ext_authz`) can share the port, and AuthZEN (:mod:`pdp.serve.authzen`)
+rides on the issuer's HTTP port; both decide through :meth:`AuthorizerService.decide`.
 """
 
 from __future__ import annotations
