@@ -436,6 +436,8 @@ def test_tessera_serve_offers_authzen_and_ext_authz(tmp_path: Path) -> None:
                 },
             )
             assert created.status_code == 201, created.text
+            oauth = http.get("/.well-known/oauth-authorization-server")
+            assert oauth.status_code == 200  # the issuer's routes are served beside AuthZEN
             metadata = http.get("/.well-known/authzen-configuration").json()
             assert metadata["access_evaluation_endpoint"] == f"{base}/access/v1/evaluation"
             answer: dict[str, Any] = {}

@@ -185,6 +185,14 @@ def test_an_allowed_request_goes_upstream_with_the_decision_id_and_the_agent(
     assert list(response.ok_response.headers_to_remove) == ["authorization", USER_HEADER]
 
 
+def test_headers_sent_as_a_header_map_are_read_too(gateway: Gateway) -> None:
+    agent = gateway.agent("reader")
+    request = http_request("GET", "/orders/42")
+    raw = request.attributes.request.http.header_map.headers.add()
+    raw.key, raw.raw_value = "Authorization", f"Bearer {gateway.token(agent)}".encode()
+    assert gateway.check(request).status.code == code_pb2.OK
+
+
 def test_check_is_recorded_on_the_audit_trail_under_its_decision_id(gateway: Gateway) -> None:
     agent = gateway.agent("reader")
     response = gateway.check(http_request("HEAD", "/orders/7", gateway.token(agent)))
