@@ -544,10 +544,15 @@ async def _body(request: Request) -> Json:
     media = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
     if media != "application/json":
         raise bad("Content-Type must be application/json")
-    length = request.headers.get("content-length", "0")
-    raw = b"" if length.isdigit() and int(length) > MAX_BODY else await request.body()
-    if len(raw) > MAX_BODY or (not raw and length != "0"):
-        raise bad(f"the request body is larger than {MAX_BODY} bytes")
+    too_large = bad(f"the request body is larger than {MAX_BODY} bytes")
+    length = request.headers.get("content-length", "")
+    if length.isdigit() and int(length) > MAX_BODY:
+        raise too_large
+    raw = bytearray()
+    async for chunk in request.stream():  # bounded also without a Content-Length
+        raw += chunk
+        if len(raw) > MAX_BODY:
+            raise too_large
     try:
         body = json.loads(raw)
     except ValueError as exc:

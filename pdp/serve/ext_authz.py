@@ -281,12 +281,15 @@ class Gateway:
     strip: tuple[str, ...] = ("authorization",)
 
 
-@functools.lru_cache(maxsize=4096)  # agents and users come back: build their headers once
-def _set(name: str, value: str) -> core.HeaderValueOption:
+def _option(name: str, value: str) -> core.HeaderValueOption:
+    """A header set on the request or response, replacing any of the same name."""
     return core.HeaderValueOption(
         header=core.HeaderValue(key=name, value=value),
         append_action=core.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD,
     )
+
+
+_set = functools.lru_cache(maxsize=4096)(_option)  # agents and users come back
 
 
 _JSON = _set("content-type", "application/json")
@@ -417,7 +420,7 @@ class ExtAuthzService(auth_grpc.AuthorizationServicer):  # type: ignore[misc]
                     403,
                     code_pb2.PERMISSION_DENIED,
                     body,
-                    [_set(DECISION_HEADER, decision_id)],
+                    [_option(DECISION_HEADER, decision_id)],
                 )
             return self._allowed(decision_id, who)
 
