@@ -554,9 +554,14 @@ async def _body(request: Request) -> Json:
         if len(raw) > MAX_BODY:
             raise too_large
     try:
-        body = json.loads(raw)
+        body = json.loads(raw, parse_constant=_not_json)
     except ValueError as exc:
         raise bad(f"the body is not JSON: {exc}") from None
     if not isinstance(body, dict):
         raise bad("the body must be a JSON object")
     return body
+
+
+def _not_json(constant: str) -> Any:
+    """RFC 8259 has no NaN or Infinity, though Python's parser takes them."""
+    raise ValueError(f"{constant} is not a JSON value")

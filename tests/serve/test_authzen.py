@@ -225,6 +225,8 @@ def test_the_body_must_be_json_sent_as_json(pdp: Pdp) -> None:
     broken = pdp.http.post(url, content=b"{", headers={"Content-Type": "application/json"})
     assert broken.status_code == 400
     assert broken.text.startswith("the body is not JSON")
+    nan = pdp.http.post(url, content=b'{"x": NaN}', headers={"Content-Type": "application/json"})
+    assert (nan.status_code, nan.text) == (400, "the body is not JSON: NaN is not a JSON value")
     huge = b'{"pad": "' + b"x" * (1 << 20) + b'"}'
     large = pdp.http.post(url, content=huge, headers={"Content-Type": "application/json"})
     assert (large.status_code, large.text) == (400, "the request body is larger than 1048576 bytes")
