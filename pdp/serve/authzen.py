@@ -1,6 +1,6 @@
 """The OpenID AuthZEN Authorization API 1.0, HTTPS JSON binding, beside the issuer.
 
-Endpoints (AuthZEN 1.0 §11, "API Endpoint Overview"), all ``POST`` with a JSON object:
+Endpoints (AuthZEN 1.0 §10.1, "API Endpoint Overview"), all ``POST`` with a JSON object:
 
     /access/v1/evaluation         one decision: {"decision": true}
     /access/v1/evaluations        many, with the three evaluations_semantic options (§7.1.2)
@@ -8,7 +8,7 @@ Endpoints (AuthZEN 1.0 §11, "API Endpoint Overview"), all ``POST`` with a JSON 
     /access/v1/search/resource    the resources of a type an agent may act on
     /access/v1/search/action      the actions an agent may take on a resource
 
-and ``GET /.well-known/authzen-configuration``, the PDP metadata (§10).
+and ``GET /.well-known/authzen-configuration``, the PDP metadata (§9).
 
 How AuthZEN's information model maps onto a Tessera request:
 
@@ -32,7 +32,7 @@ A response is exactly ``{"decision": true}`` (or ``false``) unless the request's
 id, the deciding rules, the reasons and the obligations. Callers authenticate with a
 bearer token from Tessera's issuer with the scope ``tessera:decide`` (or an
 administrator's); ``X-Request-ID`` is echoed; errors are 400, 401, 403 or 500 with a
-plain-text message (§12.1.2).
+plain-text message (§10.1.2).
 """
 
 from __future__ import annotations
@@ -354,7 +354,7 @@ class AuthZen:
         self.base = base.rstrip("/")
 
     def metadata(self) -> Json:
-        """The PDP metadata (§10.1), every endpoint named."""
+        """The PDP metadata (§9.1), every endpoint named."""
         api = f"{self.base}{AUTHZEN_PATH}"
         return {
             "policy_decision_point": self.base,
@@ -401,7 +401,7 @@ class AuthZen:
                     media_type="text/plain",
                 )
             request_id = request.headers.get("x-request-id")
-            if request_id is not None:  # §12.1.3: the same identifier in the response
+            if request_id is not None:  # §10.1.3: the same identifier in the response
                 response.headers["X-Request-ID"] = request_id
             return response
 
@@ -540,7 +540,7 @@ class AuthZen:
 
 
 async def _body(request: Request) -> Json:
-    """The request's JSON object (§12.1: Content-Type application/json)."""
+    """The request's JSON object (§10.1: Content-Type application/json)."""
     media = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
     if media != "application/json":
         raise bad("Content-Type must be application/json")
