@@ -405,9 +405,10 @@ class ExtAuthzService(auth_grpc.AuthorizationServicer):  # type: ignore[misc]
             message = self._question(who, http.method, http.path, attributes.source, claims)
             try:
                 decision, decision_id, _ = await self.service.decide(message, context.peer)
-            except RequestError as exc:
-                invalid = {"error": "invalid_request", "error_description": str(exc)}
-                return _denied(400, code_pb2.INVALID_ARGUMENT, invalid, ())
+            except RequestError as exc:  # the routes make requests the schema refuses
+                log.warning("ext_authz: %s %s cannot be decided: %s", http.method, http.path, exc)
+                refused = {"error": "access_denied", "error_description": str(exc)}
+                return _denied(403, code_pb2.PERMISSION_DENIED, refused, ())
             if not decision.allow:
                 body: dict[str, Any] = {
                     "error": "access_denied",

@@ -48,7 +48,7 @@ from pdp.serve.ext_authz import (
 )
 from pdp.serve.proto import authorizer_pb2 as pb
 from pdp.serve.proto import authorizer_pb2_grpc as pb_grpc
-from tests.conftest import SHIPPED_POLICIES
+from tests.conftest import SHIPPED_POLICIES, bundle_of
 from tests.servers import Server
 from tests.test_directory import add_agent, add_user, set_agent
 
@@ -289,6 +289,30 @@ def test_a_suspended_agent_is_refused_by_the_directory(gateway: Gateway) -> None
     records = [json.loads(entry.record) for entry in entries(gateway.store, "agent")]
     (record,) = [r for r in records if r.get("decision_id") == decision_id]
     assert record["reasons"] == [f"agent {agent!r} is suspended"]
+
+
+def test_a_request_the_schema_cannot_type_is_denied(store: Store) -> None:
+    directory = Directory(store)
+    keys = KeyRing(store, "ES256")
+    odd = bundle_of('permit pages\n  action "http.GET"', schema="schema { context { ip: number } }")
+    server = Server(Engine(odd), directory=directory, gateway=gateway_for(store, keys, ISSUER))
+    try:
+        agent = add_agent(store, "reader")
+        directory.load()
+        token = (
+            TokenMinter(keys, ISSUER)
+            .mint(
+                subject=agent, client_id="c", audience=[ISSUER], scope=[], extra={"agent_id": agent}
+            )
+            .token
+        )
+        stub = auth_grpc.AuthorizationStub(server.channel)
+        response = stub.Check(http_request("GET", "/x", token), timeout=5)
+        assert response.status.code == code_pb2.PERMISSION_DENIED
+        assert response.denied_response.status.code == 403
+        assert "context.ip" in denied_body(response)["error_description"]
+    finally:
+        server.close()
 
 
 def test_without_a_bearer_token_the_answer_is_401_with_a_challenge(gateway: Gateway) -> None:
