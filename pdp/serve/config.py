@@ -26,9 +26,11 @@ configuration file (``--config``, or ``./tessera.toml`` when it exists), the def
     client_cert_proxies = "127.0.0.1,::1"  # the proxies whose header is believed
     audit = "async"            # record every decision: async, sync (answer once committed), off
     audit_queue = 10000        # records waiting to be written before decisions wait (no drops)
-    ext_authz_routes = '''     # Envoy ext_authz: METHOD PATH ACTION TYPE:ID, one per line
+    # Envoy ext_authz route templates, METHOD PATH ACTION TYPE:ID, one per line; a request
+    # none matches is action http.<METHOD> on the resource http:<path>
+    ext_authz_routes = '''
       GET /orders/{id} db.read order:{id}
-    '''                        # unmatched: action http.<METHOD> on resource http:<path>
+    '''
     ext_authz_audience = ""    # the aud ext_authz tokens must have; default: the issuer URL
     ext_authz_strip_headers = "authorization"  # removed before the upstream; "" keeps all
 
