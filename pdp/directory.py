@@ -106,6 +106,10 @@ class Directory:
         """The agent's attributes, or None when the directory has no such agent."""
         return self._agents.get(id)
 
+    def agent_ids(self) -> list[str]:
+        """Every agent's id, sorted (active or not)."""
+        return sorted(self._agents)
+
     def user(self, id: str) -> dict[str, Any] | None:
         """The user's attributes, or None when the directory has no such user."""
         return self._user_attributes.get(id)

@@ -38,6 +38,13 @@ configuration file (``--config``, or ``./tessera.toml`` when it exists), the def
     anomaly_amount_factor = 3.0        # amounts above this × the largest allowed before
     anomaly_hour_share = 0.01          # an hour of the day with less of its calls is unusual
     anomaly_cooldown = 600.0           # seconds before an agent gets the same kind again
+    # Envoy ext_authz route templates, METHOD PATH ACTION TYPE:ID, one per line; a request
+    # none matches is action http.<METHOD> on the resource http:<path>
+    ext_authz_routes = '''
+      GET /orders/{id} db.read order:{id}
+    '''
+    ext_authz_audience = ""    # the aud ext_authz tokens must have; default: the issuer URL
+    ext_authz_strip_headers = "authorization"  # removed before the upstream; "" keeps all
 
 With a store, agents and users are resolved from the directory by id (the caller's
 attributes for them are ignored) and an agent that is unknown or not active is denied.
@@ -111,6 +118,10 @@ class ServeConfig:
         except ValueError as exc:
             raise ConfigError(f"{prefix}{exc}") from None
 
+    ext_authz_routes: str = ""
+    ext_authz_audience: str = ""
+    ext_authz_strip_headers: str = "authorization"
+
     @property
     def metrics(self) -> bool:
         return self.metrics_port >= 0
@@ -172,7 +183,21 @@ def load_config(
         raise ConfigError(
             f"store: {config.store!r} is neither sqlite:///path.db nor postgresql://host/db"
         )
+    _check_gateway(config)
     return config
+
+
+def _check_gateway(config: ServeConfig) -> None:
+    """The Envoy ext_authz settings, checked at start rather than on the first request."""
+    from pdp.serve.ext_authz import RouteError, parse_routes
+
+    try:
+        parse_routes(config.ext_authz_routes)
+    except RouteError as exc:
+        raise ConfigError(f"ext_authz_routes: {exc}") from None
+    for name in config.ext_authz_strip_headers.split(","):
+        if name.strip().lower() in (":authority", ":path", ":method", "host"):
+            raise ConfigError(f"ext_authz_strip_headers: {name.strip()!r} cannot be removed")
 
 
 def _from_file(path: Path) -> dict[str, Any]:

@@ -3,7 +3,9 @@
 It adapts messages to the engine and back (:mod:`pdp.serve.convert`); a malformed
 request is answered with INVALID_ARGUMENT naming the field, never a traceback. The
 standard health service reports SERVING once a bundle is loaded, and server reflection
-lets generic clients discover the contract.
+lets generic clients discover the contract. Envoy's ext_authz ``Check``
+(:mod:`pdp.serve.ext_authz`) can share the port, and AuthZEN (:mod:`pdp.serve.authzen`)
+rides on the issuer's HTTP port; both decide through :meth:`AuthorizerService.decide`.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ import grpc
 from cachetools import LRUCache
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from starlette.applications import Starlette
+from starlette.routing import Mount
 
 from issuer.app import SCIM_PATH, bind, issuer_app, serve_http
 from issuer.keys import KeyRing
@@ -43,9 +47,12 @@ from pdp.engine import Engine
 from pdp.loader import Loaded
 from pdp.metrics import Metrics
 from pdp.request import Request, RequestError
+from pdp.serve import ext_authz
+from pdp.serve.authzen import AUTHZEN_PATH, AuthZen
 from pdp.serve.config import ServeConfig
 from pdp.serve.convert import decision_to_message, request_from_message
 from pdp.serve.exchange import exchange_check
+from pdp.serve.ext_authz import Gateway
 from pdp.serve.proto import authorizer_pb2 as pb
 from pdp.serve.proto import authorizer_pb2_grpc as pb_grpc
 from pdp.serve.reload import Reloader
@@ -180,6 +187,42 @@ class AuthorizerService(pb_grpc.AuthorizerServicer):  # type: ignore[misc]
         for done in pending:
             await asyncio.wrap_future(done)
 
+    async def decide(
+        self, message: pb.AuthorizeRequest, peer: Callable[[], str]
+    ) -> tuple[Decision, str, bool]:
+        """Decide one request the way ``Authorize`` does, for every front door (gRPC,
+        Envoy ext_authz, AuthZEN): the directory's refusals, the decision cache, the
+        engine (using up limits), and the audit record naming ``peer()`` as the PEP.
+        Returns the decision, its id and whether it may be cached; a malformed request
+        raises :class:`RequestError` naming the field."""
+        started = time.perf_counter()
+        identities = self._identities(message)
+        if isinstance(identities, str):
+            decision, cacheable = self._refused(self.engine, identities), False
+        else:
+            cached = self._cached(message)
+            cacheable = cached is not None
+            if cached is None:
+                typed = request_from_message(message, self.engine.bundle.schema, identities)
+                decision, cacheable = self._decide(message, typed)
+            else:
+                decision = cached
+        decision_id = new_decision_id()
+        if self.audit is not None:
+            await self._audited([self._record(message, decision, decision_id, started, peer())])
+        return decision, decision_id, cacheable
+
+    def preview(self, message: pb.AuthorizeRequest) -> Decision:
+        """What the request would be answered, without using up any limit and without a
+        record: listing and searching are not calling (as ``ListAllowed``). A malformed
+        request raises :class:`RequestError`."""
+        identities = self._identities(message)
+        engine = self.engine
+        if isinstance(identities, str):
+            return self._refused(engine, identities)
+        typed = request_from_message(message, engine.bundle.schema, identities)
+        return self._timed(engine, typed, False)
+
     @contextlib.asynccontextmanager
     async def _rpc(self, method: str, context: grpc.aio.ServicerContext) -> AsyncIterator[None]:
         """Count the call in flight and time it. A fault of ours is logged with its
@@ -201,22 +244,11 @@ class AuthorizerService(pb_grpc.AuthorizerServicer):  # type: ignore[misc]
         self, request: pb.AuthorizeRequest, context: grpc.aio.ServicerContext
     ) -> pb.AuthorizeResponse:
         async with self._rpc("Authorize", context):
-            started = time.perf_counter()
-            identities = self._identities(request)
-            if isinstance(identities, str):
-                decision, cacheable = self._refused(self.engine, identities), False
-            else:
-                cached = self._cached(request)
-                cacheable = cached is not None
-                if cached is None:
-                    typed = await _typed(request, self.engine, context, "", identities)
-                    decision, cacheable = self._decide(request, typed)
-                else:
-                    decision = cached
-            decision_id = new_decision_id()
-            if self.audit is not None:
-                record = self._record(request, decision, decision_id, started, context.peer())
-                await self._audited([record])
+            try:
+                decision, decision_id, cacheable = await self.decide(request, context.peer)
+            except RequestError as exc:
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+                raise  # abort raises; this line only tells type checkers so
             return decision_to_message(decision, decision_id, cacheable)
 
     async def AuthorizeBatch(
@@ -333,21 +365,27 @@ async def start(
     directory: Directory | None = None,
     audit: AuditWriter | None = None,
     durability: str = "async",
+    gateway: Gateway | None = None,
 ) -> Running:
     """Start serving ``engine`` on ``host:port`` (port 0 picks a free one); with
     ``watch``, reload from that policy directory whenever it changes; with
     ``metrics_port``, serve Prometheus metrics on ``host:metrics_port/metrics``; with
     ``tls`` (key, certificate chain, client CA or None), serve TLS, and require client
     certificates from that CA when one is given (mutual TLS); with ``directory``, resolve
-    agents and users from it and refuse those it does not know or that are inactive."""
+    agents and users from it and refuse those it does not know or that are inactive; with
+    ``gateway``, also answer Envoy's ext_authz ``Check`` on the same port."""
     server = grpc.aio.server()
     metrics = Metrics()
     service = AuthorizerService(engine, cache_size, metrics, directory, audit, durability)
     pb_grpc.add_AuthorizerServicer_to_server(service, server)  # type: ignore[no-untyped-call]
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    deciding = [SERVICE_NAME]
+    if gateway is not None:
+        ext_authz.add_to_server(service, gateway, server)
+        deciding.append(ext_authz.SERVICE_NAME)
     reflection.enable_server_reflection(
-        (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+        (*deciding, health.SERVICE_NAME, reflection.SERVICE_NAME), server
     )
     address = f"{host}:{port}"
     if tls is None:
@@ -366,7 +404,7 @@ async def start(
     gc.collect()
     gc.freeze()
     # A bundle is loaded before the server starts, so it serves from the first call.
-    for name in ("", SERVICE_NAME):
+    for name in ("", *deciding):
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     reloader = None
     if watch is not None:
@@ -427,6 +465,8 @@ async def serve_forever(engine: Engine, config: ServeConfig, announce: Sequence[
         audit = None
         keys = None
         sock = None
+        base = ""
+        gateway = None
         issuer = config.issuer or NO_HTTP_ISSUER
         tls = (config.tls_cert, config.tls_key) if config.tls_cert else None
         if store is not None:
@@ -437,6 +477,15 @@ async def serve_forever(engine: Engine, config: ServeConfig, announce: Sequence[
                 stack.callback(sock.close)
                 base = f"{'https' if tls else 'http'}://{config.host}:{sock.getsockname()[1]}"
                 issuer = config.issuer or base
+            if config.issuer or sock is not None:  # tokens to verify: Envoy's ext_authz
+                gateway = ext_authz.gateway_for(
+                    store,
+                    keys,
+                    issuer,
+                    config.ext_authz_audience,
+                    config.ext_authz_routes,
+                    config.ext_authz_strip_headers,
+                )
             directory = Directory(store)
             directory.start()
             stack.callback(directory.stop)
@@ -461,6 +510,7 @@ async def serve_forever(engine: Engine, config: ServeConfig, announce: Sequence[
             directory=directory,
             audit=audit,
             durability=config.audit,
+            gateway=gateway,
         )
         stack.push_async_callback(running.stop, config.grace)
         if store is not None and audit is not None:
@@ -501,13 +551,19 @@ async def serve_forever(engine: Engine, config: ServeConfig, announce: Sequence[
             )
             client_ca = config.tls_client_ca or None
             scim_admins = oauth.administrators([issuer, f"{issuer}{SCIM_PATH}"])
-            app = issuer_app(store, scim_admins, oauth)
+            authzen = AuthZen(
+                running.service, oauth.administrators([issuer, f"{base}{AUTHZEN_PATH}"]), base
+            )
+            app = Starlette(
+                routes=[*authzen.routes(), Mount("", app=issuer_app(store, scim_admins, oauth))]
+            )
             http = await serve_http(app, sock, tls, client_ca)
             stack.push_async_callback(http.stop)
             print(
                 f"tessera: SCIM 2.0 at {base}{SCIM_PATH}, directory in {config.store}", flush=True
             )
             print(f"tessera: OAuth issuer {issuer} (metadata at {base}{METADATA_PATH})", flush=True)
+            print(f"tessera: AuthZEN at {base}{AUTHZEN_PATH}", flush=True)
             if not config.admin_token:
                 print(
                     f"tessera: bootstrap admin token (random; set TESSERA_ADMIN_TOKEN to "
@@ -516,6 +572,11 @@ async def serve_forever(engine: Engine, config: ServeConfig, announce: Sequence[
                 )
         elif store is None:
             print("tessera: no store: deciding on the agent attributes callers send", flush=True)
+        if gateway is not None:
+            print(
+                f"tessera: Envoy ext_authz ({ext_authz.SERVICE_NAME}) on port {running.port}",
+                flush=True,
+            )
         if audit is not None:
             print(f"tessera: every decision is audited ({config.audit})", flush=True)
         for line in announce:

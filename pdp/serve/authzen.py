@@ -1,0 +1,567 @@
+"""The OpenID AuthZEN Authorization API 1.0, HTTPS JSON binding, beside the issuer.
+
+Endpoints (AuthZEN 1.0 §10.1, "API Endpoint Overview"), all ``POST`` with a JSON object:
+
+    /access/v1/evaluation         one decision: {"decision": true}
+    /access/v1/evaluations        many, with the three evaluations_semantic options (§7.1.2)
+    /access/v1/search/subject     the agents that may do an action on a resource
+    /access/v1/search/resource    the resources of a type an agent may act on
+    /access/v1/search/action      the actions an agent may take on a resource
+
+and ``GET /.well-known/authzen-configuration``, the PDP metadata (§9).
+
+How AuthZEN's information model maps onto a Tessera request:
+
+    subject   {"type": "agent", "id": AGENT_ID, "properties": {"user": USER_ID,
+                                                              "delegation": [ACTOR, ...]}}
+              Tessera decides for agents; the directory gives their attributes (other
+              properties are ignored, as agent attributes a caller sends are)
+    action    {"name": ACTION}                           e.g. "tool.call", "db.read"
+    resource  {"type": TYPE, "id": ID, "properties": {ATTRIBUTE: VALUE, ...}}
+    context   {ATTRIBUTE: VALUE, ...}                    e.g. {"amount": "200 USD"}
+
+Values are typed by the policy schema as request JSON is (see README.md); consents come
+from the consent store. Each evaluation is decided by :meth:`AuthorizerService.decide`,
+the path ``Authorize`` takes (directory, limits, audit record). Searches decide each
+candidate without using up limits or leaving a record (as ``ListAllowed``); their
+candidates are the directory's agents, or the resource ids and action names the
+policies' targets spell out exactly (a glob cannot be listed).
+
+A response is exactly ``{"decision": true}`` (or ``false``) unless the request's
+``options`` ask for ``"tessera_explain": true``; then ``context`` carries the decision
+id, the deciding rules, the reasons and the obligations. Callers authenticate with a
+bearer token from Tessera's issuer with the scope ``tessera:decide`` (or an
+administrator's); ``X-Request-ID`` is echoed; errors are 400, 401, 403 or 500 with a
+plain-text message (§10.1.2).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+from anyio import to_thread
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Route
+
+from issuer.scim import ADMIN_SCOPE, Authenticator, bearer_token
+from pdp.decision import Decision
+from pdp.engine import Bundle
+from pdp.lang import ast
+from pdp.lang.runtime import matches_pattern, pattern_globs
+from pdp.request import RequestError
+from pdp.serve.convert import request_from_message
+from pdp.serve.proto import authorizer_pb2 as pb
+
+if TYPE_CHECKING:
+    from pdp.serve.grpc import AuthorizerService
+
+log = logging.getLogger("tessera.authzen")
+
+AUTHZEN_PATH = "/access/v1"
+WELL_KNOWN = "/.well-known/authzen-configuration"
+AUTHZEN_SCOPE = "tessera:decide"
+SUBJECT_TYPE = "agent"
+SEMANTICS = ("execute_all", "deny_on_first_deny", "permit_on_first_permit")
+EXPLAIN = "tessera_explain"
+DEFAULT_PAGE = 100
+MAX_PAGE = 1_000
+MAX_EVALUATIONS = 1_000
+MAX_BODY = 1 << 20  # bytes
+INT64 = 1 << 63
+
+Json = dict[str, Any]
+Peer = Callable[[], str]
+
+
+class Failure(Exception):
+    """An error answer: its HTTP status, the message (the body) and extra headers."""
+
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.headers = headers or {}
+
+
+def bad(message: str) -> Failure:
+    return Failure(400, message)
+
+
+# ------------------------------------------------------------------ reading requests
+
+
+def _object(body: Json, key: str, where: str, required: bool = True) -> Json | None:
+    value = body.get(key)
+    if value is None:
+        if required:
+            raise bad(f"{where}{key} is required")
+        return None
+    if not isinstance(value, dict):
+        raise bad(f"{where}{key} must be an object")
+    return value
+
+
+def _string(entity: Json, key: str, where: str) -> str:
+    value = entity.get(key)
+    if not isinstance(value, str) or not value:
+        raise bad(f"{where}.{key} is required and must be a non-empty string")
+    return value
+
+
+def to_value(value: Any, where: str) -> pb.Value:
+    """A JSON value as a typed attribute value; the schema types it further."""
+    if isinstance(value, bool):
+        return pb.Value(bool=value)
+    if isinstance(value, int):
+        if -INT64 <= value < INT64:
+            return pb.Value(integer=value)
+        return pb.Value(number=float(value))
+    if isinstance(value, float):
+        return pb.Value(number=value)
+    if isinstance(value, str):
+        return pb.Value(string=value)
+    if isinstance(value, list):
+        if all(isinstance(v, str) for v in value):
+            return pb.Value(strings=pb.StringList(values=value))
+        return pb.Value(
+            list=pb.ValueList(values=[to_value(v, f"{where}[{i}]") for i, v in enumerate(value)])
+        )
+    if isinstance(value, dict):
+        return pb.Value(
+            map=pb.ValueMap(values={k: to_value(v, f"{where}.{k}") for k, v in value.items()})
+        )
+    raise bad(f"{where}: null is not a value a policy can read")
+
+
+def _attributes(values: Json, where: str) -> dict[str, pb.Value]:
+    return {key: to_value(value, f"{where}.{key}") for key, value in values.items()}
+
+
+def _subject(subject: Json, where: str, need_id: bool = True) -> tuple[str, str | None, list[str]]:
+    """(agent id, user id, delegation chain) of an AuthZEN subject."""
+    kind = _string(subject, "type", f"{where}subject")
+    if kind != SUBJECT_TYPE:
+        raise bad(f'{where}subject.type: Tessera decides for agents ("agent"), not {kind!r}')
+    agent = _string(subject, "id", f"{where}subject") if need_id else ""
+    properties = _object(subject, "properties", f"{where}subject.", required=False) or {}
+    user = properties.get("user")
+    if user is not None and (not isinstance(user, str) or not user):
+        raise bad(f"{where}subject.properties.user must be a user id (a non-empty string)")
+    chain = properties.get("delegation", [])
+    if not isinstance(chain, list) or not all(isinstance(a, str) and a for a in chain):
+        raise bad(f"{where}subject.properties.delegation must be a list of agent ids")
+    return agent, user, chain
+
+
+def _message(
+    subject: tuple[str, str | None, list[str]],
+    action: str,
+    resource: tuple[str, str, Json],
+    context: Json | None,
+    where: str,
+) -> pb.AuthorizeRequest:
+    agent, user, chain = subject
+    resource_type, resource_id, properties = resource
+    message = pb.AuthorizeRequest(
+        agent=pb.Agent(id=agent),
+        action=action,
+        resource=pb.Resource(
+            type=resource_type,
+            id=resource_id,
+            attributes=_attributes(properties, f"{where}resource.properties"),
+        ),
+        context=_attributes(context or {}, f"{where}context"),
+    )
+    if user is not None:
+        message.user.id = user
+    if chain:
+        message.delegation.chain.extend(chain)
+    return message
+
+
+def _resource(resource: Json, where: str, need_id: bool = True) -> tuple[str, str, Json]:
+    kind = _string(resource, "type", f"{where}resource")
+    ident = _string(resource, "id", f"{where}resource") if need_id else ""
+    properties = _object(resource, "properties", f"{where}resource.", required=False) or {}
+    return kind, ident, properties
+
+
+def _action(action: Json, where: str) -> str:
+    return _string(action, "name", f"{where}action")
+
+
+def evaluation_message(body: Json, where: str = "") -> pb.AuthorizeRequest:
+    """The request an Access Evaluation Request (§6.1) stands for."""
+    subject = _object(body, "subject", where)
+    action = _object(body, "action", where)
+    resource = _object(body, "resource", where)
+    assert subject is not None and action is not None and resource is not None
+    return _message(
+        _subject(subject, where),
+        _action(action, where),
+        _resource(resource, where),
+        _object(body, "context", where, required=False),
+        where,
+    )
+
+
+def _explain(body: Json) -> bool:
+    options = body.get("options")
+    return isinstance(options, dict) and options.get(EXPLAIN) is True
+
+
+def answer(decision: Decision, decision_id: str, explain: bool) -> Json:
+    """A Decision (§5.5): exactly ``{"decision": …}`` unless explaining was asked for."""
+    if not explain:
+        return {"decision": decision.allow}
+    return {
+        "decision": decision.allow,
+        "context": {
+            "decision_id": decision_id,
+            "decided_by": list(decision.decided_by),
+            "reasons": list(decision.reasons),
+            "obligations": [{"kind": o.kind, "value": o.value} for o in decision.obligations],
+            "bundle_version": decision.bundle_version,
+        },
+    }
+
+
+# ------------------------------------------------------------------ search candidates
+
+
+def _targets(
+    bundle: Bundle,
+) -> list[tuple[tuple[tuple[str, bool], ...], str | None, tuple[tuple[str, bool], ...] | None]]:
+    """Each rule target as (action alternatives, resource type or None, id alternatives or
+    None for any id)."""
+    found = []
+    for rule in bundle.compiled:
+        target = rule.rule.target
+        if rule.never or target is None:
+            continue
+        package = rule.rule.package
+        ids = None
+        if target.resource is not None:
+            ids = pattern_globs(target.resource, bundle.lets, package)
+        if target.form == "call":
+            actions: tuple[tuple[str, bool], ...] = ((ast.CALL_ACTION, False),)
+        else:
+            assert target.action is not None
+            actions = pattern_globs(target.action, bundle.lets, package)
+        found.append((actions, target.resource_type, ids))
+    return found
+
+
+def named_resources(bundle: Bundle, action: str, resource_type: str) -> list[str]:
+    """The resource ids of a type that rule targets for ``action`` name exactly."""
+    names: set[str] = set()
+    for actions, kind, ids in _targets(bundle):
+        if ids is None or kind not in (None, resource_type):
+            continue
+        if matches_pattern(actions, action):
+            names.update(text for text, is_glob in ids if not is_glob)
+    return sorted(names)
+
+
+def named_actions(bundle: Bundle, resource_type: str, resource_id: str) -> list[str]:
+    """The action names rule targets that cover the resource spell out exactly."""
+    names: set[str] = set()
+    for actions, kind, ids in _targets(bundle):
+        if kind not in (None, resource_type):
+            continue
+        if ids is None or matches_pattern(ids, resource_id):
+            names.update(text for text, is_glob in actions if not is_glob)
+    return sorted(names)
+
+
+# ------------------------------------------------------------------ paging
+
+
+def _page(body: Json) -> tuple[int, int]:
+    """(offset, limit) of a search request (§8.2.1); a token must come from the same
+    search, asked with the same limit."""
+    page = _object(body, "page", "", required=False) or {}
+    limit = page.get("limit", DEFAULT_PAGE)
+    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_PAGE:
+        raise bad(f"page.limit must be an integer from 1 to {MAX_PAGE}")
+    token = page.get("token")
+    if token is None or token == "":
+        return 0, limit
+    if not isinstance(token, str):
+        raise bad("page.token must be a string")
+    try:
+        decoded = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
+        offset, search = decoded["o"], decoded["s"]
+    except (ValueError, binascii.Error, KeyError, TypeError):
+        raise bad("page.token is not a token this PDP issued") from None
+    if not isinstance(offset, int) or offset < 0 or search != _fingerprint(body):
+        raise bad("page.token belongs to another search; send the same request with it")
+    return offset, limit
+
+
+def _fingerprint(body: Json) -> str:
+    """What must not change between the pages of one search: everything but the token."""
+    page = {k: v for k, v in (body.get("page") or {}).items() if k != "token"}
+    same = {k: v for k, v in body.items() if k != "page"}
+    canonical = json.dumps([same, page], sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:32]
+
+
+def _paged(body: Json, results: list[Json], offset: int, limit: int) -> Json:
+    chunk = results[offset : offset + limit]
+    next_token = ""
+    if offset + limit < len(results):
+        state = json.dumps({"o": offset + limit, "s": _fingerprint(body)}, separators=(",", ":"))
+        next_token = base64.urlsafe_b64encode(state.encode()).rstrip(b"=").decode()
+    return {
+        "page": {"next_token": next_token, "count": len(chunk), "total": len(results)},
+        "results": chunk,
+    }
+
+
+# ------------------------------------------------------------------ the endpoints
+
+
+def _peer(request: Request) -> Peer:
+    def peer() -> str:
+        if request.client is None:
+            return "http:unknown"
+        host, port = request.client.host, request.client.port
+        return f"ipv6:[{host}]:{port}" if ":" in host else f"ipv4:{host}:{port}"
+
+    return peer
+
+
+def _json(data: Json, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    body = json.dumps(data, separators=(",", ":")).encode()
+    return Response(body, status, headers, media_type="application/json")
+
+
+class AuthZen:
+    """The AuthZEN endpoints over a decision service; ``base`` is the URL they are served
+    under (the metadata's ``policy_decision_point``)."""
+
+    def __init__(self, service: AuthorizerService, authenticate: Authenticator, base: str):
+        self.service = service
+        self.authenticate = authenticate
+        self.base = base.rstrip("/")
+
+    def metadata(self) -> Json:
+        """The PDP metadata (§9.1), every endpoint named."""
+        api = f"{self.base}{AUTHZEN_PATH}"
+        return {
+            "policy_decision_point": self.base,
+            "access_evaluation_endpoint": f"{api}/evaluation",
+            "access_evaluations_endpoint": f"{api}/evaluations",
+            "search_subject_endpoint": f"{api}/search/subject",
+            "search_resource_endpoint": f"{api}/search/resource",
+            "search_action_endpoint": f"{api}/search/action",
+        }
+
+    def routes(self) -> list[BaseRoute]:
+        async def well_known(request: Request) -> Response:
+            return _json(self.metadata())
+
+        endpoints: list[tuple[str, Callable[[Json, Peer], Awaitable[Json]]]] = [
+            ("/evaluation", self.evaluation),
+            ("/evaluations", self.evaluations),
+            ("/search/subject", self.search_subject),
+            ("/search/resource", self.search_resource),
+            ("/search/action", self.search_action),
+        ]
+        return [
+            Route(WELL_KNOWN, well_known, methods=["GET"]),
+            *(
+                Route(f"{AUTHZEN_PATH}{path}", self._endpoint(handler), methods=["POST"])
+                for path, handler in endpoints
+            ),
+        ]
+
+    def _endpoint(
+        self, handler: Callable[[Json, Peer], Awaitable[Json]]
+    ) -> Callable[[Request], Awaitable[Response]]:
+        async def endpoint(request: Request) -> Response:
+            try:
+                await self._authenticated(request)
+                response = _json(await handler(await _body(request), _peer(request)))
+            except Failure as exc:
+                response = Response(exc.message, exc.status, exc.headers, media_type="text/plain")
+            except Exception:
+                log.exception("AuthZEN %s failed", request.url.path)
+                response = Response(
+                    "internal error in the decision service (it is logged)",
+                    500,
+                    media_type="text/plain",
+                )
+            request_id = request.headers.get("x-request-id")
+            if request_id is not None:  # §10.1.3: the same identifier in the response
+                response.headers["X-Request-ID"] = request_id
+            return response
+
+        return endpoint
+
+    async def _authenticated(self, request: Request) -> None:
+        token = bearer_token(request.headers.get("authorization", ""))
+        if token is None:
+            raise Failure(401, "a bearer token is required", {"WWW-Authenticate": "Bearer"})
+        principal = await to_thread.run_sync(self.authenticate, token)
+        if principal is None:
+            raise Failure(
+                401,
+                "the bearer token is not valid",
+                {"WWW-Authenticate": 'Bearer error="invalid_token"'},
+            )
+        if not principal.scopes & {AUTHZEN_SCOPE, ADMIN_SCOPE}:
+            raise Failure(
+                403,
+                f"asking for decisions needs the scope {AUTHZEN_SCOPE}",
+                {"WWW-Authenticate": f'Bearer error="insufficient_scope", scope="{AUTHZEN_SCOPE}"'},
+            )
+
+    async def _decide(self, message: pb.AuthorizeRequest, peer: Peer) -> tuple[Decision, str]:
+        try:
+            decision, decision_id, _ = await self.service.decide(message, peer)
+        except RequestError as exc:
+            raise bad(str(exc)) from None
+        return decision, decision_id
+
+    def _allowed(self, message: pb.AuthorizeRequest) -> bool:
+        try:
+            return self.service.preview(message).allow
+        except RequestError as exc:
+            raise bad(str(exc)) from None
+
+    async def evaluation(self, body: Json, peer: Peer) -> Json:
+        """Access Evaluation (§6)."""
+        decision, decision_id = await self._decide(evaluation_message(body), peer)
+        return answer(decision, decision_id, _explain(body))
+
+    async def evaluations(self, body: Json, peer: Peer) -> Json:
+        """Access Evaluations (§7): every item checked before any is decided, so a bad
+        item changes nothing (no limit used, no record); then decided in order, stopping
+        as the semantic says."""
+        items = body.get("evaluations")
+        if items is None or items == []:  # §7.1: as a single evaluation
+            return await self.evaluation(body, peer)
+        if not isinstance(items, list):
+            raise bad("evaluations must be an array")
+        if len(items) > MAX_EVALUATIONS:
+            raise bad(f"at most {MAX_EVALUATIONS} evaluations per request")
+        options = _object(body, "options", "", required=False) or {}
+        semantic = options.get("evaluations_semantic", "execute_all")
+        if semantic not in SEMANTICS:
+            raise bad(f"options.evaluations_semantic must be one of {', '.join(SEMANTICS)}")
+        schema = self.service.engine.bundle.schema
+        messages = []
+        for index, item in enumerate(items):
+            where = f"evaluations[{index}]."
+            if not isinstance(item, dict):
+                raise bad(f"evaluations[{index}] must be an object")
+            merged = {
+                key: item[key] if key in item else body.get(key)
+                for key in ("subject", "action", "resource", "context")
+            }
+            message = evaluation_message(merged, where)
+            try:
+                request_from_message(message, schema)
+            except RequestError as exc:
+                raise bad(f"{where[:-1]}: {exc}") from None
+            messages.append(message)
+        explain = _explain(body)
+        results = []
+        for message in messages:
+            decision, decision_id = await self._decide(message, peer)
+            results.append(answer(decision, decision_id, explain))
+            if semantic == "deny_on_first_deny" and not decision.allow:
+                break
+            if semantic == "permit_on_first_permit" and decision.allow:
+                break
+        return {"evaluations": results}
+
+    async def search_subject(self, body: Json, peer: Peer) -> Json:
+        """Subject Search (§8.4): the directory's agents allowed the action on the
+        resource; the subject's id is ignored, its properties (user, delegation) kept."""
+        offset, limit = _page(body)
+        subject = _object(body, "subject", "")
+        action = _object(body, "action", "")
+        resource = _object(body, "resource", "")
+        assert subject is not None and action is not None and resource is not None
+        _, user, chain = _subject(subject, "", need_id=False)
+        name, target = _action(action, ""), _resource(resource, "")
+        context = _object(body, "context", "", required=False)
+        directory = self.service.directory
+        candidates = directory.agent_ids() if directory is not None else []
+        results = []
+        for agent in candidates:
+            message = _message((agent, user, chain), name, target, context, "")
+            if self._allowed(message):
+                results.append({"type": SUBJECT_TYPE, "id": agent})
+        return _paged(body, results, offset, limit)
+
+    async def search_resource(self, body: Json, peer: Peer) -> Json:
+        """Resource Search (§8.5): the ids of the resource type that the policies name for
+        the action and that the subject is allowed."""
+        offset, limit = _page(body)
+        subject = _object(body, "subject", "")
+        action = _object(body, "action", "")
+        resource = _object(body, "resource", "")
+        assert subject is not None and action is not None and resource is not None
+        who, name = _subject(subject, ""), _action(action, "")
+        kind, _, properties = _resource(resource, "", need_id=False)
+        context = _object(body, "context", "", required=False)
+        results = []
+        for ident in named_resources(self.service.engine.bundle, name, kind):
+            message = _message(who, name, (kind, ident, properties), context, "")
+            if self._allowed(message):
+                results.append({"type": kind, "id": ident})
+        return _paged(body, results, offset, limit)
+
+    async def search_action(self, body: Json, peer: Peer) -> Json:
+        """Action Search (§8.6): the actions the policies name for the resource that the
+        subject is allowed."""
+        offset, limit = _page(body)
+        subject = _object(body, "subject", "")
+        resource = _object(body, "resource", "")
+        assert subject is not None and resource is not None
+        who, target = _subject(subject, ""), _resource(resource, "")
+        context = _object(body, "context", "", required=False)
+        results = []
+        for name in named_actions(self.service.engine.bundle, target[0], target[1]):
+            if self._allowed(_message(who, name, target, context, "")):
+                results.append({"name": name})
+        return _paged(body, results, offset, limit)
+
+
+async def _body(request: Request) -> Json:
+    """The request's JSON object (§10.1: Content-Type application/json)."""
+    media = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    if media != "application/json":
+        raise bad("Content-Type must be application/json")
+    too_large = bad(f"the request body is larger than {MAX_BODY} bytes")
+    length = request.headers.get("content-length", "")
+    if length.isdigit() and int(length) > MAX_BODY:
+        raise too_large
+    raw = bytearray()
+    async for chunk in request.stream():  # bounded also without a Content-Length
+        raw += chunk
+        if len(raw) > MAX_BODY:
+            raise too_large
+    try:
+        body = json.loads(raw, parse_constant=_not_json)
+    except ValueError as exc:
+        raise bad(f"the body is not JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise bad("the body must be a JSON object")
+    return body
+
+
+def _not_json(constant: str) -> Any:
+    """RFC 8259 has no NaN or Infinity, though Python's parser takes them."""
+    raise ValueError(f"{constant} is not a JSON value")

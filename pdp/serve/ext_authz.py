@@ -1,0 +1,501 @@
+"""Envoy's external authorization (``envoy.service.auth.v3.Authorization/Check``).
+
+A gateway that runs Envoy's ``ext_authz`` HTTP filter asks the decision service, on its
+gRPC port, about every request it forwards. The answer is Tessera's ordinary decision:
+
+- **who**: the bearer token (an RFC 9068 access token from Tessera's issuer, verified
+  with the issuer's keys) gives the agent (``agent_id``) and, for a token obtained by
+  token exchange (RFC 8693 §4.1, an ``act`` claim), the user it acts for (``sub``) and
+  the chain of actors. A token bound to a certificate (RFC 8705 ``cnf``) is accepted only
+  with that certificate, which Envoy passes as the source peer's ``certificate``;
+- **what**: the HTTP method and path, mapped to an action and a resource by route
+  templates from the configuration (:func:`parse_routes`); a path no template matches is
+  action ``http.<METHOD>`` on the resource ``http:<path>``;
+- **context**: ``ip``, the client's address as Envoy saw it, and ``acr`` when the token
+  carries one.
+
+The request is then decided by :meth:`AuthorizerService.decide`, exactly as
+``Authorize`` decides it (directory, cache, engine, audit record). Allowed: an
+``OkHttpResponse`` whose headers tell the upstream the decision id and who is calling
+(set, never appended, so a client cannot smuggle its own), optionally without the
+client's ``Authorization`` header. Denied: a ``DeniedHttpResponse``, 403 with a JSON
+body, or 401 with ``WWW-Authenticate`` (RFC 6750 §3) when the token is missing or not
+acceptable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import ipaddress
+import json
+import logging
+import re
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, NamedTuple
+from urllib.parse import unquote
+
+import grpc
+from cachetools import LRUCache
+from cryptography import x509
+from envoy.config.core.v3 import base_pb2 as core
+from envoy.service.auth.v3 import external_auth_pb2 as auth
+from envoy.service.auth.v3 import external_auth_pb2_grpc as auth_grpc
+from envoy.type.v3 import http_status_pb2 as http_status
+from google.rpc import code_pb2, status_pb2
+
+from issuer.keys import KeyRing
+from issuer.oauth.grants import revoked
+from issuer.oauth.mtls import CONFIRMATION, confirmation
+from issuer.oauth.tokens import InvalidToken, TokenVerifier, ring_lookup
+from issuer.store import Store
+from pdp.request import RequestError
+from pdp.serve.proto import authorizer_pb2 as pb
+
+if TYPE_CHECKING:
+    from pdp.serve.grpc import AuthorizerService
+
+log = logging.getLogger("tessera.ext_authz")
+
+SERVICE_NAME = auth.DESCRIPTOR.services_by_name["Authorization"].full_name
+
+DECISION_HEADER = "x-tessera-decision-id"
+AGENT_HEADER = "x-tessera-agent-id"
+USER_HEADER = "x-tessera-user-id"
+
+FALLBACK_ACTION = "http.{method}"
+
+TOKEN_CACHE_SIZE = 10_000
+QUESTION_MEMO_SIZE = 65_536
+TEMPLATES_SIZE = 4_096
+REVOCATION_RECHECK = 1.0  # seconds a verified token goes before its revocation is read again
+
+_PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
+_SEGMENT = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)(\.\.\.)?\}")
+_METHOD = re.compile(r"[A-Z]+")
+
+
+class RouteError(ValueError):
+    """A route template that cannot be used; the message names the line."""
+
+
+@dataclass(frozen=True)
+class Route:
+    """``METHOD PATH ACTION TYPE:ID``: requests whose method and path match become
+    ``ACTION`` on the resource ``TYPE:ID``, placeholders filled in."""
+
+    methods: frozenset[str] | None  # None: any method
+    path: re.Pattern[str]
+    action: str
+    resource_type: str
+    resource_id: str
+    text: str
+
+    def match(self, method: str, path: str) -> tuple[str, str, str] | None:
+        """(action, resource type, resource id) when this route covers the request."""
+        if self.methods is not None and method not in self.methods:
+            return None
+        found = self.path.fullmatch(path)
+        if found is None:
+            return None
+        values = {name: unquote(value) for name, value in found.groupdict().items()}
+        values["method"], values["path"] = method, path
+        return (
+            _fill(self.action, values),
+            _fill(self.resource_type, values),
+            _fill(self.resource_id, values),
+        )
+
+
+def _fill(template: str, values: dict[str, str]) -> str:
+    if "{" not in template:
+        return template
+    return _PLACEHOLDER.sub(lambda m: values[m.group(1)], template)
+
+
+def parse_route(line: str) -> Route:
+    """One route template, or a :class:`RouteError` saying what is wrong with it.
+
+    ``GET,HEAD /orders/{id} db.read table:orders`` — METHOD is ``*``, a method, or
+    several joined by commas; PATH is a path whose segments are literal, ``{name}`` (one
+    segment) or, last, ``{name...}`` (the rest of the path); ACTION and TYPE:ID may use
+    the path's names, ``{method}`` and ``{path}``.
+    """
+    parts = line.split()
+    if len(parts) != 4:
+        raise RouteError(f"route {line!r}: expected METHOD PATH ACTION TYPE:ID")
+    method, path, action, resource = parts
+    methods = None
+    if method != "*":
+        listed = method.split(",")
+        if not all(_METHOD.fullmatch(name) for name in listed):
+            raise RouteError(f"route {line!r}: methods are upper case, e.g. GET or GET,HEAD")
+        methods = frozenset(listed)
+    if not path.startswith("/"):
+        raise RouteError(f"route {line!r}: the path must start with /")
+    pattern: list[str] = []
+    names = {"method", "path"}
+    segments = path[1:].split("/")
+    for position, segment in enumerate(segments):
+        if "{" not in segment and "}" not in segment:
+            pattern.append(re.escape(segment))
+            continue
+        found = _SEGMENT.fullmatch(segment)
+        if found is None:
+            raise RouteError(
+                f"route {line!r}: {segment!r} must be a whole segment, {{name}} or {{name...}}"
+            )
+        name, rest = found.group(1), found.group(2)
+        if name in names:
+            raise RouteError(f"route {line!r}: {{{name}}} is used twice or is reserved")
+        names.add(name)
+        if rest and position != len(segments) - 1:
+            raise RouteError(f"route {line!r}: {{{name}...}} must be the last segment")
+        pattern.append(f"(?P<{name}>.+)" if rest else f"(?P<{name}>[^/]+)")
+    resource_type, colon, resource_id = resource.partition(":")
+    if not colon or not resource_type or not resource_id:
+        raise RouteError(f"route {line!r}: the resource is TYPE:ID, e.g. table:{{name}}")
+    for template in (action, resource_type, resource_id):
+        for used in _PLACEHOLDER.findall(template):
+            if used not in names:
+                raise RouteError(f"route {line!r}: {{{used}}} is not a name of the path")
+        leftover = _PLACEHOLDER.sub("", template)
+        if "{" in leftover or "}" in leftover:
+            raise RouteError(f"route {line!r}: unbalanced braces in {template!r}")
+    return Route(
+        methods, re.compile("/" + "/".join(pattern)), action, resource_type, resource_id, line
+    )
+
+
+FALLBACK = Route(
+    None, re.compile(".*", re.DOTALL), FALLBACK_ACTION, "http", "{path}", "(the fallback)"
+)
+
+
+def parse_routes(text: str) -> tuple[Route, ...]:
+    """Route templates, one per line (or separated by ``;``); blank lines and ``#``
+    comments are skipped. The first that matches a request maps it; the fallback
+    (``http.<METHOD>`` on ``http:<path>``) comes last."""
+    routes = []
+    for raw in text.replace(";", "\n").splitlines():
+        line = raw.split("#", 1)[0].strip()
+        if line:
+            routes.append(parse_route(line))
+    return (*routes, FALLBACK)
+
+
+def route(routes: Iterable[Route], method: str, path: str) -> tuple[str, str, str]:
+    """(action, resource type, resource id) for a request; the query string is not part
+    of the path."""
+    path = path.split("?", 1)[0].split("#", 1)[0] or "/"
+    for candidate in routes:
+        found = candidate.match(method, path)
+        if found is not None:
+            return found
+    raise AssertionError("the fallback route matches every path")  # pragma: no cover
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who a token says is calling: the agent, the user it acts for, the actor chain."""
+
+    agent: str
+    user: str | None
+    chain: tuple[str, ...]
+
+
+def caller(claims: dict[str, Any]) -> Caller:
+    """The agent (``agent_id``) and, with ``act`` (RFC 8693 §4.1), the user (``sub``) and
+    the actors, outermost first; :class:`InvalidToken` for a token that names no agent."""
+    agent = claims.get("agent_id")
+    if not isinstance(agent, str) or not agent:
+        raise InvalidToken("the token names no agent (no agent_id claim)")
+    act = claims.get("act")
+    if act is None:
+        if claims.get("sub") != agent:
+            raise InvalidToken("sub and agent_id differ in a token without act")
+        return Caller(agent, None, ())
+    chain = []
+    while isinstance(act, dict) and isinstance(act.get("sub"), str):
+        chain.append(act["sub"])
+        act = act.get("act")
+    if act is not None or not chain or chain[0] != agent:
+        raise InvalidToken("the act claim does not name the agent as the current actor")
+    return Caller(agent, str(claims["sub"]), tuple(chain))
+
+
+class Verified(NamedTuple):
+    """A token accepted: its claims, who it says is calling, when it expires, and when its
+    revocation was last read."""
+
+    claims: dict[str, Any]
+    caller: Caller
+    exp: float
+    checked: float
+
+
+class BearerTokens:
+    """Access tokens verified once and then remembered until they expire, so a gateway's
+    steady traffic costs a dictionary lookup, not a signature check, per request.
+
+    A remembered token is still refused from its ``exp`` on, and ``revoked`` (RFC 7009:
+    read from the store, off the event loop) is asked again when the token was last
+    checked more than :data:`REVOCATION_RECHECK` seconds ago.
+    """
+
+    def __init__(
+        self,
+        verifier: TokenVerifier,
+        revoked: Callable[[dict[str, Any]], bool] | None = None,
+        size: int = TOKEN_CACHE_SIZE,
+        recheck: float = REVOCATION_RECHECK,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.verifier = verifier
+        self.revoked = revoked
+        self.recheck = recheck
+        self.clock = clock
+        self._known: LRUCache[str, Verified] = LRUCache(size)
+
+    async def verify(self, token: str) -> Verified:
+        """A valid, unexpired, unrevoked token that names an agent, or
+        :class:`InvalidToken`."""
+        now = self.clock()
+        known = self._known.get(token)
+        if known is None:
+            claims = self.verifier.verify(token)
+            known = Verified(claims, caller(claims), float(claims["exp"]), 0.0)
+        elif now >= known.exp:
+            self._known.pop(token, None)
+            raise InvalidToken("the token has expired")
+        if now - known.checked >= self.recheck:
+            if self.revoked is not None and await asyncio.to_thread(self.revoked, known.claims):
+                self._known.pop(token, None)
+                raise InvalidToken("the token was revoked")
+            known = known._replace(checked=now)
+            self._known[token] = known
+        return known
+
+
+@dataclass(frozen=True)
+class Gateway:
+    """How Check answers: the tokens it accepts, its route templates, and the request
+    headers removed before the request goes upstream (lower case)."""
+
+    tokens: BearerTokens
+    routes: tuple[Route, ...] = (FALLBACK,)
+    strip: tuple[str, ...] = ("authorization",)
+
+
+def _option(name: str, value: str) -> core.HeaderValueOption:
+    """A header set on the request or response, replacing any of the same name."""
+    return core.HeaderValueOption(
+        header=core.HeaderValue(key=name, value=value),
+        append_action=core.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD,
+    )
+
+
+_set = functools.lru_cache(maxsize=4096)(_option)  # agents and users come back
+
+
+_JSON = _set("content-type", "application/json")
+_DECISION = _option(DECISION_HEADER, "")
+
+
+def _denied(
+    status: int, code: int, body: dict[str, Any], headers: Iterable[core.HeaderValueOption]
+) -> auth.CheckResponse:
+    return auth.CheckResponse(
+        status=status_pb2.Status(code=code),
+        denied_response=auth.DeniedHttpResponse(
+            status=http_status.HttpStatus(code=status),  # type: ignore[arg-type]
+            headers=[_JSON, *headers],
+            body=json.dumps(body, separators=(",", ":")),
+        ),
+    )
+
+
+def unauthorized(description: str, invalid: bool = True) -> auth.CheckResponse:
+    """401 with RFC 6750 §3's challenge: ``invalid_token`` for a token that was sent."""
+    challenge = 'Bearer error="invalid_token"' if invalid else "Bearer"
+    body = {"error": "invalid_token" if invalid else "unauthorized"}
+    body["error_description"] = description
+    return _denied(401, code_pb2.UNAUTHENTICATED, body, [_set("www-authenticate", challenge)])
+
+
+def _bearer(http: Any) -> str | None:
+    value = http.headers.get("authorization")
+    if value is None:  # Envoy sends header_map instead with encode_raw_headers
+        for header in http.header_map.headers:
+            if header.key.lower() == "authorization":
+                value = header.value or header.raw_value.decode("utf-8", "replace")
+                break
+    if not value:
+        return None
+    scheme, _, token = value.partition(" ")
+    return token.strip() or None if scheme.lower() == "bearer" else None
+
+
+def _bound_to_presented(claims: dict[str, Any], source: Any) -> bool:
+    """RFC 8705 §3: a token bound to a certificate only with that certificate."""
+    bound = (claims.get("cnf") or {}).get(CONFIRMATION)
+    if bound is None:
+        return True
+    if not source.certificate:
+        return False
+    try:
+        certificate = x509.load_pem_x509_certificate(unquote(source.certificate).encode())
+    except ValueError:
+        return False
+    return bool(confirmation(certificate) == bound)
+
+
+def _client_ip(source: Any) -> str | None:
+    address = source.address.socket_address.address
+    return _ip(address) if address else None
+
+
+@functools.lru_cache(maxsize=4096)  # a gateway sees the same clients again and again
+def _ip(address: str) -> str | None:
+    try:
+        return str(ipaddress.ip_address(address))
+    except ValueError:
+        return None
+
+
+def question(
+    who: Caller, action: str, resource_type: str, resource_id: str, ip: str | None, acr: Any
+) -> pb.AuthorizeRequest:
+    """The ``AuthorizeRequest`` a gateway request stands for."""
+    message = pb.AuthorizeRequest(
+        agent=pb.Agent(id=who.agent),
+        action=action,
+        resource=pb.Resource(type=resource_type, id=resource_id),
+    )
+    if who.user is not None:
+        message.user.id = who.user
+        message.delegation.chain.extend(who.chain)
+    if ip is not None:
+        message.context["ip"].ip = ip
+    if isinstance(acr, str):
+        message.context["acr"].string = acr
+    return message
+
+
+class ExtAuthzService(auth_grpc.AuthorizationServicer):  # type: ignore[misc]
+    """``envoy.service.auth.v3.Authorization`` over the decision service."""
+
+    def __init__(self, service: AuthorizerService, gateway: Gateway) -> None:
+        self.service = service
+        self.gateway = gateway
+        self._strip = list(gateway.strip)
+        self._strip_with_user = [*gateway.strip, USER_HEADER]
+        self._questions: dict[tuple[Any, ...], pb.AuthorizeRequest] = {}
+        self._templates: dict[Caller, auth.CheckResponse] = {}
+
+    async def Check(  # the contract names the method
+        self, request: auth.CheckRequest, context: grpc.aio.ServicerContext
+    ) -> auth.CheckResponse:
+        async with self.service._rpc("Check", context):
+            attributes = request.attributes
+            http = attributes.request.http
+            token = _bearer(http)
+            if token is None:
+                return unauthorized("a bearer token is required", invalid=False)
+            try:
+                claims, who, _, _ = await self.gateway.tokens.verify(token)
+            except InvalidToken as exc:
+                log.info("ext_authz: token refused: %s", exc)
+                return unauthorized("the access token is not valid")
+            if not _bound_to_presented(claims, attributes.source):
+                return unauthorized("the access token is bound to another certificate")
+            message = self._question(who, http.method, http.path, attributes.source, claims)
+            try:
+                decision, decision_id, _ = await self.service.decide(message, context.peer)
+            except RequestError as exc:  # the routes make requests the schema refuses
+                log.warning("ext_authz: %s %s cannot be decided: %s", http.method, http.path, exc)
+                refused = {"error": "access_denied", "error_description": str(exc)}
+                return _denied(403, code_pb2.PERMISSION_DENIED, refused, ())
+            if not decision.allow:
+                body: dict[str, Any] = {
+                    "error": "access_denied",
+                    "decision_id": decision_id,
+                    "obligations": [
+                        {"kind": o.kind, "value": o.value} for o in decision.obligations
+                    ],
+                }
+                return _denied(
+                    403,
+                    code_pb2.PERMISSION_DENIED,
+                    body,
+                    [_option(DECISION_HEADER, decision_id)],
+                )
+            return self._allowed(decision_id, who)
+
+    def _question(
+        self, who: Caller, method: str, path: str, source: Any, claims: dict[str, Any]
+    ) -> pb.AuthorizeRequest:
+        """The request to decide, remembered for recent (caller, method, path, client):
+        nothing downstream changes a request message, so one can be decided again."""
+        acr = claims.get("acr")
+        key = (who, method, path, source.address.socket_address.address, acr)
+        message = self._questions.get(key)
+        if message is None:
+            action, resource_type, resource_id = route(self.gateway.routes, method, path)
+            ip = _client_ip(source)
+            message = question(who, action, resource_type, resource_id, ip, acr)
+            if len(self._questions) >= QUESTION_MEMO_SIZE:  # bounded whatever the traffic
+                self._questions.clear()
+            self._questions[key] = message
+        return message
+
+    def _allowed(self, decision_id: str, who: Caller) -> auth.CheckResponse:
+        """The OkHttpResponse: the caller's part built once, the decision id added."""
+        template = self._templates.get(who)
+        if template is None:
+            template = auth.CheckResponse()
+            template.status.SetInParent()  # code 0: OK
+            ok = template.ok_response
+            ok.SetInParent()
+            ok.headers.append(_set(AGENT_HEADER, who.agent))
+            if who.user is not None:
+                ok.headers.append(_set(USER_HEADER, who.user))
+                ok.headers_to_remove.extend(self._strip)
+            else:  # no user: a client's own x-tessera-user-id must not reach the upstream
+                ok.headers_to_remove.extend(self._strip_with_user)
+            if len(self._templates) >= TEMPLATES_SIZE:
+                self._templates.clear()
+            self._templates[who] = template
+        response = auth.CheckResponse()
+        response.MergeFrom(template)
+        header = response.ok_response.headers.add()
+        header.MergeFrom(_DECISION)
+        header.header.value = decision_id
+        return response
+
+
+def add_to_server(service: AuthorizerService, gateway: Gateway, server: grpc.aio.Server) -> None:
+    """Serve Check, deciding with ``service``, on ``server``."""
+    auth_grpc.add_AuthorizationServicer_to_server(ExtAuthzService(service, gateway), server)
+
+
+def gateway_for(
+    store: Store,
+    keys: KeyRing,
+    issuer: str,
+    audience: str = "",
+    routes: str = "",
+    strip: str = "authorization",
+) -> Gateway:
+    """Check's settings for ``tessera serve``: tokens of ``issuer`` signed by ``keys``,
+    for ``audience`` (default: the issuer itself), revocations read from ``store``, the
+    route templates and the comma-separated headers to strip (see :mod:`pdp.serve.config`)."""
+    issuer = issuer.rstrip("/")
+    verifier = TokenVerifier(ring_lookup(keys), issuer, audience or issuer)
+    return Gateway(
+        BearerTokens(verifier, lambda claims: revoked(store, claims)),
+        parse_routes(routes),
+        tuple(name.strip().lower() for name in strip.split(",") if name.strip()),
+    )

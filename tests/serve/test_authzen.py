@@ -1,0 +1,458 @@
+"""The AuthZEN Authorization API 1.0 over real HTTP (httpx against uvicorn on loopback),
+deciding with the decision service on a directory, on both stores."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import httpx
+import pytest
+from envoy.service.auth.v3 import external_auth_pb2 as auth
+from envoy.service.auth.v3 import external_auth_pb2_grpc as auth_grpc
+from starlette.applications import Starlette
+
+from issuer.keys import KeyRing
+from issuer.models import AGENT_EXTENSION, AGENT_SCHEMA
+from issuer.oauth.endpoints import AuthorizationServer
+from issuer.oauth.tokens import TokenMinter
+from issuer.scim import BootstrapToken
+from issuer.store import Store
+from pdp.audit.query import entries
+from pdp.audit.writer import AuditWriter
+from pdp.directory import Directory
+from pdp.engine import Engine
+from pdp.loader import load_directory
+from pdp.serve.authzen import AUTHZEN_PATH, AUTHZEN_SCOPE, AuthZen
+from pdp.serve.grpc import AuthorizerService
+from tests.conftest import SHIPPED_POLICIES
+from tests.servers import HttpServer, tessera_serve
+from tests.stores import store_url
+from tests.test_directory import add_agent, add_user
+
+ADMIN_TOKEN = "authzen-admin-token-0123456789"
+REQUEST_ID = "bfe9eb29-ab87-4ca3-be83-a1d5d8305716"
+
+
+class Pdp:
+    """AuthZEN served on 127.0.0.1 over a decision service with a directory, an audit
+    trail answered once committed, and the issuer's authentication of callers."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.directory = Directory(store)
+        self.directory.load()
+        self.writer = AuditWriter(store, 1_000, 0.0)
+        self.service = AuthorizerService(
+            Engine(load_directory(SHIPPED_POLICIES).bundle),
+            directory=self.directory,
+            audit=self.writer,
+            durability="sync",
+        )
+        self.keys = KeyRing(store, "ES256")
+
+        def build(port: int) -> Starlette:
+            self.base = f"http://127.0.0.1:{port}"
+            oauth = AuthorizationServer(store, self.keys, self.base, BootstrapToken(ADMIN_TOKEN))
+            callers = oauth.administrators([self.base, f"{self.base}{AUTHZEN_PATH}"])
+            return Starlette(routes=AuthZen(self.service, callers, self.base).routes())
+
+        self.server = HttpServer(build)
+        self.http = httpx.Client(
+            base_url=self.base, headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}, timeout=10
+        )
+
+    def close(self) -> None:
+        self.http.close()
+        self.server.close()
+        self.writer.close(10)
+
+    def agent(self, name: str, **extension: Any) -> str:
+        id = add_agent(self.store, name, **extension)
+        self.directory.refresh()
+        return id
+
+    def post(self, path: str, body: Any, **headers: str) -> httpx.Response:
+        return self.http.post(f"{AUTHZEN_PATH}{path}", json=body, headers=headers)
+
+    def ok(self, path: str, body: Any) -> Any:
+        response = self.post(path, body)
+        assert response.status_code == 200, response.text
+        assert response.headers["content-type"] == "application/json"
+        return response.json()
+
+    def records(self) -> list[dict[str, Any]]:
+        return [json.loads(entry.record) for entry in entries(self.store, "agent")]
+
+
+@pytest.fixture
+def pdp(store: Store) -> Iterator[Pdp]:
+    running = Pdp(store)
+    yield running
+    running.close()
+
+
+def evaluation(agent: str, tool: str = "search", **extra: Any) -> dict[str, Any]:
+    return {
+        "subject": {"type": "agent", "id": agent},
+        "action": {"name": "tool.call"},
+        "resource": {"type": "tool", "id": tool},
+        **extra,
+    }
+
+
+# ------------------------------------------------------------------ metadata
+
+
+def test_the_metadata_names_every_endpoint(pdp: Pdp) -> None:
+    response = httpx.get(f"{pdp.base}/.well-known/authzen-configuration", timeout=10)
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "application/json"
+    api = f"{pdp.base}/access/v1"
+    assert response.json() == {
+        "policy_decision_point": pdp.base,
+        "access_evaluation_endpoint": f"{api}/evaluation",
+        "access_evaluations_endpoint": f"{api}/evaluations",
+        "search_subject_endpoint": f"{api}/search/subject",
+        "search_resource_endpoint": f"{api}/search/resource",
+        "search_action_endpoint": f"{api}/search/action",
+    }
+
+
+# ------------------------------------------------------------------ evaluation
+
+
+def test_an_evaluation_answers_exactly_the_decision_and_echoes_the_request_id(pdp: Pdp) -> None:
+    reader = pdp.agent("reader")
+    response = pdp.post("/evaluation", evaluation(reader), **{"X-Request-ID": REQUEST_ID})
+    assert response.status_code == 200
+    assert response.headers["x-request-id"] == REQUEST_ID
+    assert response.content == b'{"decision":true}'
+    assert pdp.ok("/evaluation", evaluation(reader, "payments.transfer")) == {"decision": False}
+
+
+def test_an_evaluation_is_decided_and_recorded_as_authorize_would(pdp: Pdp) -> None:
+    risky = pdp.agent("risky", riskLevel="high")
+    explained = pdp.ok("/evaluation", evaluation(risky, options={"tessera_explain": True}))
+    assert explained["decision"] is False
+    context = explained["context"]
+    assert context["reasons"] == ["no permit applies (default deny)"]
+    assert context["bundle_version"].startswith("sha256:")
+    (record,) = [r for r in pdp.records() if r.get("decision_id") == context["decision_id"]]
+    assert (record["agent"], record["action"], record["allow"]) == (risky, "tool.call", False)
+    assert record["pep"].startswith("ipv4:127.0.0.1:")
+
+
+def test_an_unknown_or_suspended_agent_is_denied_by_the_directory(pdp: Pdp) -> None:
+    suspended = pdp.agent("old", status="suspended")
+    for agent, reason in (
+        ("nobody", "agent 'nobody' is not in the directory"),
+        (suspended, f"agent {suspended!r} is suspended"),
+    ):
+        answer = pdp.ok("/evaluation", evaluation(agent, options={"tessera_explain": True}))
+        assert answer["decision"] is False
+        assert answer["context"]["reasons"] == [reason]
+        assert answer["context"]["decided_by"] == ["directory"]
+
+
+def test_properties_and_context_are_typed_by_the_schema(pdp: Pdp) -> None:
+    payer = pdp.agent("payer", purpose="payments")
+    analyst_bot = pdp.agent("analyst-bot")
+    analyst = add_user(pdp.store, "ana", roles=[{"value": "analyst"}])
+    pdp.directory.refresh()
+    pay = evaluation(payer, "payments.transfer")
+    assert pdp.ok("/evaluation", {**pay, "context": {"amount": "200 USD"}})["decision"]
+    assert not pdp.ok("/evaluation", {**pay, "context": {"amount": "2000 USD"}})["decision"]
+    orders = {
+        "subject": {"type": "agent", "id": analyst_bot, "properties": {"user": analyst}},
+        "action": {"name": "db.read"},
+        "resource": {"type": "table", "id": "orders", "properties": {"classification": "public"}},
+    }
+    assert pdp.ok("/evaluation", orders)["decision"] is True
+    orders["resource"]["properties"] = {"classification": "secret"}
+    assert pdp.ok("/evaluation", orders)["decision"] is False
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ({"action": {"name": "a"}, "resource": {"type": "t", "id": "i"}}, "subject is required"),
+        (
+            {**evaluation("a"), "subject": {"type": "user", "id": "alice"}},
+            "subject.type: Tessera decides for agents",
+        ),
+        ({**evaluation("a"), "action": {}}, "action.name is required"),
+        ({**evaluation("a"), "resource": {"type": "tool"}}, "resource.id is required"),
+        ({**evaluation("a"), "resource": "tool:x"}, "resource must be an object"),
+        ({**evaluation("a"), "context": {"ip": None}}, "context.ip: null"),
+        (
+            {**evaluation("a"), "subject": {"type": "agent", "id": "a", "properties": {"user": 1}}},
+            "subject.properties.user must be a user id",
+        ),
+        ([1, 2], "the body must be a JSON object"),
+    ],
+)
+def test_a_malformed_evaluation_is_400_with_a_message_and_decides_nothing(
+    pdp: Pdp, body: Any, message: str
+) -> None:
+    before = len(pdp.records())
+    response = pdp.post("/evaluation", body, **{"X-Request-ID": REQUEST_ID})
+    assert response.status_code == 400
+    assert response.headers["content-type"].startswith("text/plain")
+    assert response.headers["x-request-id"] == REQUEST_ID
+    assert message in response.text
+    assert len(pdp.records()) == before
+
+
+def test_a_value_of_the_wrong_type_is_400_naming_the_attribute(pdp: Pdp) -> None:
+    payer = pdp.agent("payer", purpose="payments")
+    before = len(pdp.records())
+    body = evaluation(payer, "payments.transfer", context={"amount": "lots"})
+    response = pdp.post("/evaluation", body)
+    assert response.status_code == 400
+    assert response.text.startswith("context.amount")
+    assert len(pdp.records()) == before
+
+
+def test_the_body_must_be_json_sent_as_json(pdp: Pdp) -> None:
+    url = f"{AUTHZEN_PATH}/evaluation"
+    text = pdp.http.post(url, content=b"{}", headers={"Content-Type": "text/plain"})
+    assert (text.status_code, text.text) == (400, "Content-Type must be application/json")
+    broken = pdp.http.post(url, content=b"{", headers={"Content-Type": "application/json"})
+    assert broken.status_code == 400
+    assert broken.text.startswith("the body is not JSON")
+    nan = pdp.http.post(url, content=b'{"x": NaN}', headers={"Content-Type": "application/json"})
+    assert (nan.status_code, nan.text) == (400, "the body is not JSON: NaN is not a JSON value")
+    huge = b'{"pad": "' + b"x" * (1 << 20) + b'"}'
+    large = pdp.http.post(url, content=huge, headers={"Content-Type": "application/json"})
+    assert (large.status_code, large.text) == (400, "the request body is larger than 1048576 bytes")
+
+
+def test_callers_authenticate_with_a_token_that_may_ask_for_decisions(pdp: Pdp) -> None:
+    reader = pdp.agent("reader")
+    url = f"{pdp.base}{AUTHZEN_PATH}/evaluation"
+    anonymous = httpx.post(url, json=evaluation(reader), headers={"X-Request-ID": "x"})
+    assert anonymous.status_code == 401
+    assert anonymous.headers["www-authenticate"] == "Bearer"
+    assert anonymous.headers["x-request-id"] == "x"
+    forged = httpx.post(url, json=evaluation(reader), headers={"Authorization": "Bearer nope"})
+    assert forged.status_code == 401
+    assert forged.headers["www-authenticate"] == 'Bearer error="invalid_token"'
+
+    pep = pdp.agent("gateway-pep")
+    minter = TokenMinter(pdp.keys, pdp.base)
+
+    def token(scopes: list[str]) -> str:
+        extra = {"agent_id": pep, "agent_type": "background"}
+        issued = minter.mint(
+            subject=pep, client_id="pep", audience=[pdp.base], scope=scopes, extra=extra
+        )
+        return issued.token
+
+    for scopes, status in (([AUTHZEN_SCOPE], 200), (["read"], 403)):
+        headers = {"Authorization": f"Bearer {token(scopes)}"}
+        answer = httpx.post(url, json=evaluation(reader), headers=headers, timeout=10)
+        assert answer.status_code == status, answer.text
+    assert answer.text == f"asking for decisions needs the scope {AUTHZEN_SCOPE}"
+
+
+# ------------------------------------------------------------------ evaluations
+
+
+def test_evaluations_take_defaults_and_answer_in_order(pdp: Pdp) -> None:
+    reader = pdp.agent("reader")
+    body = {
+        "subject": {"type": "agent", "id": reader},
+        "action": {"name": "tool.call"},
+        "evaluations": [
+            {"resource": {"type": "tool", "id": "search"}},
+            {"resource": {"type": "tool", "id": "payments.transfer"}},
+            {"resource": {"type": "tool", "id": "read_file"}},
+            {"action": {"name": "db.drop"}, "resource": {"type": "tool", "id": "search"}},
+        ],
+    }
+    assert pdp.ok("/evaluations", body) == {
+        "evaluations": [
+            {"decision": True},
+            {"decision": False},
+            {"decision": True},
+            {"decision": False},
+        ]
+    }
+    body["options"] = {"evaluations_semantic": "execute_all"}
+    assert len(pdp.ok("/evaluations", body)["evaluations"]) == 4
+
+
+def test_deny_on_first_deny_and_permit_on_first_permit_stop_early(pdp: Pdp) -> None:
+    reader = pdp.agent("reader")
+    tools = ["search", "payments.transfer", "read_file"]
+    body: dict[str, Any] = {
+        "subject": {"type": "agent", "id": reader},
+        "action": {"name": "tool.call"},
+        "evaluations": [{"resource": {"type": "tool", "id": t}} for t in tools],
+    }
+    before = len(pdp.records())
+    body["options"] = {"evaluations_semantic": "deny_on_first_deny"}
+    assert pdp.ok("/evaluations", body) == {
+        "evaluations": [{"decision": True}, {"decision": False}]
+    }
+    body["options"] = {"evaluations_semantic": "permit_on_first_permit"}
+    assert pdp.ok("/evaluations", body) == {"evaluations": [{"decision": True}]}
+    assert len(pdp.records()) == before + 3  # only what was decided is recorded
+
+
+def test_evaluations_without_items_are_one_evaluation(pdp: Pdp) -> None:
+    reader = pdp.agent("reader")
+    assert pdp.ok("/evaluations", evaluation(reader)) == {"decision": True}
+    assert pdp.ok("/evaluations", {**evaluation(reader), "evaluations": []}) == {"decision": True}
+
+
+def test_a_bad_evaluations_request_is_400_and_decides_none_of_its_items(pdp: Pdp) -> None:
+    reader = pdp.agent("reader")
+    good = {"resource": {"type": "tool", "id": "search"}}
+    base = {"subject": {"type": "agent", "id": reader}, "action": {"name": "tool.call"}}
+    before = len(pdp.records())
+    for body, message in (
+        ({**base, "evaluations": [good, {"action": {"name": "x"}}]}, "evaluations[1].resource"),
+        (
+            {**base, "evaluations": [good, {**good, "context": {"amount": "lots"}}]},
+            "evaluations[1]: context.amount",
+        ),
+        ({**base, "evaluations": [good, 7]}, "evaluations[1] must be an object"),
+        ({**base, "evaluations": {"a": good}}, "evaluations must be an array"),
+        (
+            {**base, "evaluations": [good], "options": {"evaluations_semantic": "first"}},
+            "options.evaluations_semantic must be one of execute_all",
+        ),
+    ):
+        response = pdp.post("/evaluations", body)
+        assert response.status_code == 400
+        assert message in response.text, response.text
+    assert len(pdp.records()) == before
+
+
+# ------------------------------------------------------------------ search
+
+
+def test_subject_search_lists_the_agents_allowed_page_by_page(pdp: Pdp) -> None:
+    readers = sorted([pdp.agent("reader-1"), pdp.agent("reader-2"), pdp.agent("reader-3")])
+    pdp.agent("risky", riskLevel="high")
+    pdp.agent("old", status="suspended")
+    before = len(pdp.records())
+    body: dict[str, Any] = {
+        "subject": {"type": "agent"},
+        "action": {"name": "tool.call"},
+        "resource": {"type": "tool", "id": "search"},
+    }
+    assert pdp.ok("/search/subject", body) == {
+        "page": {"next_token": "", "count": 3, "total": 3},
+        "results": [{"type": "agent", "id": id} for id in readers],
+    }
+    body["page"] = {"limit": 2}
+    first = pdp.ok("/search/subject", body)
+    assert first["results"] == [{"type": "agent", "id": id} for id in readers[:2]]
+    assert first["page"]["count"] == 2 and first["page"]["next_token"]
+    body["page"] = {"limit": 2, "token": first["page"]["next_token"]}
+    second = pdp.ok("/search/subject", body)
+    assert second == {
+        "page": {"next_token": "", "count": 1, "total": 3},
+        "results": [{"type": "agent", "id": readers[2]}],
+    }
+    changed = {**body, "resource": {"type": "tool", "id": "read_file"}}
+    refused = pdp.post("/search/subject", changed)
+    assert refused.status_code == 400
+    assert "page.token belongs to another search" in refused.text
+    for page in ({"token": "garbage!"}, {"limit": 0}, {"limit": "2"}):
+        assert pdp.post("/search/subject", {**body, "page": page}).status_code == 400
+    assert len(pdp.records()) == before  # searching decides without recording
+
+
+def test_resource_search_lists_the_ids_the_policies_name_that_are_allowed(pdp: Pdp) -> None:
+    reader = pdp.agent("reader")
+    body = {
+        "subject": {"type": "agent", "id": reader},
+        "action": {"name": "tool.call"},
+        "resource": {"type": "tool"},
+    }
+    found = pdp.ok("/search/resource", body)
+    names = ["mail.draft", "read_file", "search", "sql.select", "summarize"]
+    assert found["results"] == [{"type": "tool", "id": n} for n in names]
+    for name in names:  # what a search returns, an evaluation allows
+        assert pdp.ok("/evaluation", evaluation(reader, name)) == {"decision": True}
+
+
+def test_action_search_lists_the_actions_allowed_on_the_resource(pdp: Pdp) -> None:
+    reader = pdp.agent("reader")
+    body = {
+        "subject": {"type": "agent", "id": reader},
+        "resource": {"type": "tool", "id": "search"},
+    }
+    assert pdp.ok("/search/action", body) == {
+        "page": {"next_token": "", "count": 1, "total": 1},
+        "results": [{"name": "tool.call"}],
+    }
+    body["resource"] = {"type": "tool", "id": "payments.transfer"}
+    assert pdp.ok("/search/action", body)["results"] == []
+
+
+def test_searching_does_not_use_up_limits(pdp: Pdp) -> None:
+    external = pdp.agent("outsider", agentType="external")
+    body = {
+        "subject": {"type": "agent", "id": external},
+        "action": {"name": "tool.call"},
+        "resource": {"type": "tool"},
+    }
+    for _ in range(70):  # external_search allows 60 calls a minute
+        assert {"type": "tool", "id": "web.search"} in pdp.ok("/search/resource", body)["results"]
+    assert pdp.ok("/evaluation", evaluation(external, "web.search")) == {"decision": True}
+
+
+# ------------------------------------------------------------------ tessera serve
+
+
+def test_tessera_serve_offers_authzen_and_ext_authz(tmp_path: Path) -> None:
+    with (
+        store_url("sqlite", tmp_path) as url,
+        tessera_serve(
+            *("--policies", str(SHIPPED_POLICIES), "--store", url),
+            *("--port", "0", "--http-port", "0", "--metrics-port", "-1", "--grace", "1"),
+            *("--admin-token", ADMIN_TOKEN),
+            lines=5,
+        ) as (_, lines),
+    ):
+        grpc_port = re.search(r"Authorizer on 127\.0\.0\.1:(\d+)", lines[0])
+        authzen = re.search(r"AuthZEN at (http://127\.0\.0\.1:\d+)/access/v1", lines[3])
+        assert grpc_port and authzen, lines
+        assert re.search(r"Envoy ext_authz .* on port (\d+)", lines[4]), lines
+        base = authzen.group(1)
+        with httpx.Client(
+            base_url=base, headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}, timeout=10
+        ) as http:
+            created = http.post(
+                "/scim/v2/Agents",
+                json={
+                    "schemas": [AGENT_SCHEMA, AGENT_EXTENSION],
+                    "name": "reader",
+                    AGENT_EXTENSION: {"owner": "ops", "riskLevel": "low"},
+                },
+            )
+            assert created.status_code == 201, created.text
+            oauth = http.get("/.well-known/oauth-authorization-server")
+            assert oauth.status_code == 200  # the issuer's routes are served beside AuthZEN
+            metadata = http.get("/.well-known/authzen-configuration").json()
+            assert metadata["access_evaluation_endpoint"] == f"{base}/access/v1/evaluation"
+            answer: dict[str, Any] = {}
+            for _ in range(100):  # the directory follows the store within a second
+                answer = http.post(
+                    "/access/v1/evaluation", json=evaluation(created.json()["id"])
+                ).json()
+                if answer["decision"]:
+                    break
+            assert answer == {"decision": True}
+        with grpc.insecure_channel(f"127.0.0.1:{grpc_port.group(1)}") as channel:
+            check = auth_grpc.AuthorizationStub(channel).Check(auth.CheckRequest(), timeout=5)
+            assert check.denied_response.status.code == 401
