@@ -151,7 +151,7 @@ def test_protected_resource_metadata_at_the_path_and_at_the_root(w: World) -> No
     expected = {
         "resource": w.resource,
         "authorization_servers": [w.oauth.issuer],
-        "scopes_supported": ["mcp:tools", "payments:transfer"],
+        "scopes_supported": ["fs:write", "mcp:tools"],
         "bearer_methods_supported": ["header"],
         "resource_name": "tools",
     }
@@ -197,14 +197,14 @@ def test_a_token_in_the_query_string_is_not_read(w: World) -> None:
 
 
 def test_missing_scopes_are_a_403_naming_every_scope_needed(w: World) -> None:
-    token = token_for(w, machine(w))  # mcp:tools, but not payments:transfer
-    response = post(w, call("payments.transfer", {"amount": 5}), token)
+    token = token_for(w, machine(w))  # mcp:tools, but not fs:write
+    response = post(w, call("fs.delete", {"path": "/tmp/x"}), token)
     assert response.status_code == 403
     assert response.headers["www-authenticate"] == (
         'Bearer error="insufficient_scope", error_description="the call needs the scopes '
-        'mcp:tools payments:transfer; missing payments:transfer", '
+        'mcp:tools fs:write; missing fs:write", '
         f'resource_metadata="{w.proxy}/.well-known/oauth-protected-resource/mcp/tools", '
-        'scope="mcp:tools payments:transfer"'
+        'scope="mcp:tools fs:write"'
     )
 
 
@@ -255,12 +255,13 @@ def test_an_sdk_client_with_a_secret_is_denied_a_tool_the_policy_refuses(w: Worl
     async def session() -> MCPError:
         async with sdk_client(w, secret_provider(w, client)) as mcp:
             with pytest.raises(MCPError) as raised:
-                await mcp.call_tool("fs.delete", {"path": "/"})
+                await mcp.call_tool("payments.transfer", {"amount": 5})
             return raised.value
 
     refused = run(session())
     assert refused.code == FORBIDDEN
-    assert refused.message == "tools/call 'fs.delete' is not allowed"
+    assert refused.message == "tools/call 'payments.transfer' is not allowed"
+    assert refused.data["decision_id"]
 
 
 def test_every_call_carries_its_decision_id_to_the_audit_trail(w: World) -> None:

@@ -153,7 +153,7 @@ def proxy_config(
         path=PROXY_PATH,
         url=upstream_url,
         scopes=("mcp:tools",),
-        tool_scopes={"payments.transfer": (CONSENT_SCOPE,)},
+        tool_scopes={"fs.delete": ("fs:write",)},
         context={"amount": ContextArgument("amount", "USD")},
         credential="static",
         token=UPSTREAM_TOKEN,
