@@ -261,6 +261,210 @@ def _p99(values: list[float]) -> float:
 
 def report(result: dict[str, Any]) -> None:
     print(f"tools/call, {result['calls']} calls each, sequential, loopback")
+    for name in ("direct", "proxied"):
+        median, p99 = result[f"{name}_median_us"], result[f"{name}_p99_us"]
+        print(f"  {name:<8} median {median:>8.1f} µs   p99 {p99:>8.1f} µs")
+    for target in result["targets"]:
+        verdict, what, value = target["verdict"], target["name"], target["value"]
+        print(f"  {verdict}: {what} {value} µs (target {target['limit']})")
+
+
+def main() -> None:
+        served = await serve_app(app, bind("127.0.0.1", 0))
+        pipe.send(served.port)
+        await asyncio.get_running_loop().run_in_executor(None, pipe.recv)
+        await served.stop()
+
+    asyncio.run(main())
+
+
+def _pdp(pipe: Connection, folder: str) -> None:
+    from issuer.app import bind, issuer_app, serve_http
+    from issuer.keys import KeyRing
+    from issuer.models import AGENT_EXTENSION, AGENT_SCHEMA
+    from issuer.oauth.endpoints import AuthorizationServer
+    from issuer.oauth.tokens import TokenMinter
+    from issuer.scim import BootstrapToken
+    from issuer.store import open_store
+    from pdp.audit.writer import AuditWriter
+    from pdp.directory import Directory
+    from pdp.engine import Engine
+    from pdp.loader import load_directory
+    from pdp.serve.grpc import start
+
+    store = open_store(f"sqlite:///{folder}/bench.db")
+    document = {
+        "schemas": [AGENT_SCHEMA, AGENT_EXTENSION],
+        "name": "bench-agent",
+        AGENT_EXTENSION: {"owner": "ops", "riskLevel": "low", "status": "active"},
+    }
+    agent = store.create("Agent", document, unique={"name": "bench-agent"}, actor="admin").id
+    directory = Directory(store)
+    directory.start()
+    audit = AuditWriter(store)
+
+    async def main() -> None:
+        engine = Engine(load_directory(ROOT / "policies").bundle)
+        running = await start(
+            engine, "127.0.0.1", 0, cache_size=0, directory=directory, audit=audit
+        )
+        sock = bind("127.0.0.1", 0)
+        issuer = f"http://127.0.0.1:{sock.getsockname()[1]}"
+        keys = KeyRing(store)
+        admin = BootstrapToken("bench-admin-token-0123456789")
+        oauth = AuthorizationServer(store, keys, issuer, admin)
+        http = await serve_http(issuer_app(store, admin, oauth), sock)
+        minter = TokenMinter(keys, issuer, lifetime=3600)
+        token = minter.mint(
+            subject=agent,
+            client_id="bench",
+            audience=[f"{PUBLIC}{PATH}"],
+            scope=["mcp:tools"],
+            extra={"agent_id": agent, "agent_type": "interactive"},
+        ).token
+        for _ in range(500):  # the directory snapshot has the agent
+            if directory.agent(agent) is not None:
+                break
+            await asyncio.sleep(0.01)
+        pipe.send((running.port, issuer, token))
+        await asyncio.get_running_loop().run_in_executor(None, pipe.recv)
+        await http.stop()
+        await running.stop(0)
+
+    asyncio.run(main())
+    audit.close()
+    directory.stop()
+    store.close()
+
+
+def _proxy(pipe: Connection, issuer: str, pdp: int, upstream: str) -> None:
+    from issuer.app import bind
+    from pep.mcp_proxy.app import Proxy
+    from pep.mcp_proxy.config import ProxyConfig, Upstream
+    from pep.mcp_proxy.serve import serve_app
+
+    config = ProxyConfig(
+        public_url=PUBLIC,
+        issuer=issuer,
+        pdp=f"127.0.0.1:{pdp}",
+        upstreams=(
+            Upstream(
+                name="bench",
+                path=PATH,
+                url=upstream,
+                scopes=("mcp:tools",),
+                credential="static",
+                token=UPSTREAM_TOKEN,
+            ),
+        ),
+    )
+
+    async def main() -> None:
+        served = await serve_app(Proxy(config).app(), bind("127.0.0.1", 0))
+        pipe.send(served.port)
+        await asyncio.get_running_loop().run_in_executor(None, pipe.recv)
+        await served.stop()
+
+    asyncio.run(main())
+
+
+def _spawn(target: Any, *args: Any) -> tuple[Any, Connection]:
+    context = mp.get_context("spawn")
+    mine, theirs = context.Pipe()
+    process = context.Process(target=target, args=(theirs, *args), daemon=True)
+    process.start()
+    return process, mine
+
+
+def _body() -> dict[str, Any]:
+    meta = {
+        "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+        "io.modelcontextprotocol/clientCapabilities": {},
+    }
+    return {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "tools/call",
+        "params": {"name": "search", "arguments": {"query": "bench"}, "_meta": meta},
+    }
+
+
+def measure(calls: int, warmup: int) -> dict[str, Any]:
+    from mcp_types import CLIENT_CAPABILITIES_META_KEY, PROTOCOL_VERSION_META_KEY
+
+    body = _body()
+    body["params"]["_meta"] = {
+        PROTOCOL_VERSION_META_KEY: "2026-07-28",
+        CLIENT_CAPABILITIES_META_KEY: {},
+    }
+    with tempfile.TemporaryDirectory() as folder:
+        up, up_pipe = _spawn(_upstream)
+        pdp, pdp_pipe = _spawn(_pdp, folder)
+        up_port = up_pipe.recv()
+        pdp_port, issuer, token = pdp_pipe.recv()
+        upstream = f"http://127.0.0.1:{up_port}{PATH}"
+        proxy, proxy_pipe = _spawn(_proxy, issuer, pdp_port, upstream)
+        proxy_port = proxy_pipe.recv()
+        headers = {
+            "Accept": "application/json, text/event-stream",
+            "Content-Type": "application/json",
+            "MCP-Protocol-Version": "2026-07-28",
+            "Mcp-Method": "tools/call",
+            "Mcp-Name": "search",
+        }
+        direct_headers = {**headers, "Authorization": f"Bearer {UPSTREAM_TOKEN}"}
+        proxied_headers = {**headers, "Authorization": f"Bearer {token}"}
+        via = f"http://127.0.0.1:{proxy_port}{PATH}"
+        content = httpx.Request("POST", via, json=body).content
+        direct_times: list[float] = []
+        proxied_times: list[float] = []
+        try:
+            with httpx.Client(timeout=10.0) as direct, httpx.Client(timeout=10.0) as proxied:
+                for index in range(warmup + calls):
+                    start = time.perf_counter()
+                    a = direct.post(upstream, content=content, headers=direct_headers)
+                    middle = time.perf_counter()
+                    b = proxied.post(via, content=content, headers=proxied_headers)
+                    end = time.perf_counter()
+                    if index == 0:
+                        _check(a, b)
+                    if index >= warmup:
+                        direct_times.append((middle - start) * 1e6)
+                        proxied_times.append((end - middle) * 1e6)
+        finally:
+            for pipe in (proxy_pipe, pdp_pipe, up_pipe):
+                pipe.send("stop")
+            for process in (proxy, pdp, up):
+                process.join(timeout=20)
+                if process.is_alive():
+                    process.kill()
+    direct_median = statistics.median(direct_times)
+    proxied_median = statistics.median(proxied_times)
+    return {
+        "calls": calls,
+        "direct_median_us": round(direct_median, 1),
+        "direct_p99_us": round(_p99(direct_times), 1),
+        "proxied_median_us": round(proxied_median, 1),
+        "proxied_p99_us": round(_p99(proxied_times), 1),
+        "added_median_us": round(proxied_median - direct_median, 1),
+    }
+
+
+def _check(direct: httpx.Response, proxied: httpx.Response) -> None:
+    for response in (direct, proxied):
+        if response.status_code != 200 or "found bench" not in response.text:
+            raise SystemExit(f"the call failed: {response.status_code} {response.text[:300]}")
+    if not proxied.headers.get("tessera-decision-id"):
+        raise SystemExit("the proxied call carries no decision id")
+
+
+def _p99(values: list[float]) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
+
+
+def report(result: dict[str, Any]) -> None:
+    print(f"tools/call, {result['calls']} calls each, sequential, loopback")
     print(
         f"  direct   median {result['direct_median_us']:>8.1f} µs   p99 {result['direct_p99_us']:>8.1f} µs"
     )
