@@ -10,12 +10,14 @@ processes (multiprocessing, spawn):
   issuer's HTTP service (for the JWKS). It mints one ES256 access token for an agent
   whose audience is the proxy's resource URI;
 * the **proxy**: ``pep.mcp_proxy`` in front of the upstream, with a static upstream
-  credential, no decision cache (every call is decided and audited).
+  credential, no decision cache (every call is decided and audited); and a second proxy,
+  the same but with a 5 s decision cache (``decision_cache``), for comparison.
 
 The client, in this process, sends the same stateless (2026-07-28) ``tools/call`` over a
-kept-alive ``httpx`` connection, one call at a time, alternating direct and proxied calls
-so both see the same machine state. The result is the median (and p99) of each and the
-**added median latency**, proxied minus direct. Each proxied call is checked to carry a
+kept-alive ``httpx`` connection, one call at a time, in rounds of direct, proxied and
+proxied-with-cache calls so all see the same machine state. The result is the median (and
+p99) of each and the **added median latency**, proxied minus direct (the target), and the
+same with the decision cache. Each proxied call is checked to carry a
 decision id and the tool's answer. Client and servers share the machine's cores.
 
     python benchmarks/mcp_proxy.py [--json] [--quick] [--strict]
@@ -46,6 +48,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PUBLIC = "http://proxy.bench"
 PATH = "/mcp"
 TARGET_US = 1000.0
+CACHE_SECONDS = 5.0
 UPSTREAM_TOKEN = "bench-upstream-credential"
 
 
@@ -133,7 +136,7 @@ def _pdp(pipe: Connection, folder: str) -> None:
     store.close()
 
 
-def _proxy(pipe: Connection, issuer: str, pdp: int, upstream: str) -> None:
+def _proxy(pipe: Connection, issuer: str, pdp: int, upstream: str, cache: float) -> None:
     from issuer.app import bind
     from pep.mcp_proxy.app import Proxy
     from pep.mcp_proxy.config import ProxyConfig, Upstream
@@ -153,6 +156,7 @@ def _proxy(pipe: Connection, issuer: str, pdp: int, upstream: str) -> None:
                 token=UPSTREAM_TOKEN,
             ),
         ),
+        decision_cache=cache,
     )
 
     async def main() -> None:
@@ -199,8 +203,10 @@ def measure(calls: int, warmup: int) -> dict[str, Any]:
         up_port = up_pipe.recv()
         pdp_port, issuer, token = pdp_pipe.recv()
         upstream = f"http://127.0.0.1:{up_port}{PATH}"
-        proxy, proxy_pipe = _spawn(_proxy, issuer, pdp_port, upstream)
+        proxy, proxy_pipe = _spawn(_proxy, issuer, pdp_port, upstream, 0.0)
+        cached, cached_pipe = _spawn(_proxy, issuer, pdp_port, upstream, CACHE_SECONDS)
         proxy_port = proxy_pipe.recv()
+        cached_port = cached_pipe.recv()
         headers = {
             "Accept": "application/json, text/event-stream",
             "Content-Type": "application/json",
@@ -211,31 +217,42 @@ def measure(calls: int, warmup: int) -> dict[str, Any]:
         direct_headers = {**headers, "Authorization": f"Bearer {UPSTREAM_TOKEN}"}
         proxied_headers = {**headers, "Authorization": f"Bearer {token}"}
         via = f"http://127.0.0.1:{proxy_port}{PATH}"
+        via_cache = f"http://127.0.0.1:{cached_port}{PATH}"
         content = httpx.Request("POST", via, json=body).content
         direct_times: list[float] = []
         proxied_times: list[float] = []
+        cached_times: list[float] = []
         try:
-            with httpx.Client(timeout=10.0) as direct, httpx.Client(timeout=10.0) as proxied:
+            with (
+                httpx.Client(timeout=10.0) as direct,
+                httpx.Client(timeout=10.0) as proxied,
+                httpx.Client(timeout=10.0) as with_cache,
+            ):
                 for index in range(warmup + calls):
-                    start = time.perf_counter()
+                    t0 = time.perf_counter()
                     a = direct.post(upstream, content=content, headers=direct_headers)
-                    middle = time.perf_counter()
+                    t1 = time.perf_counter()
                     b = proxied.post(via, content=content, headers=proxied_headers)
-                    end = time.perf_counter()
+                    t2 = time.perf_counter()
+                    c = with_cache.post(via_cache, content=content, headers=proxied_headers)
+                    t3 = time.perf_counter()
                     if index == 0:
                         _check(a, b)
+                        _check(a, c)
                     if index >= warmup:
-                        direct_times.append((middle - start) * 1e6)
-                        proxied_times.append((end - middle) * 1e6)
+                        direct_times.append((t1 - t0) * 1e6)
+                        proxied_times.append((t2 - t1) * 1e6)
+                        cached_times.append((t3 - t2) * 1e6)
         finally:
-            for pipe in (proxy_pipe, pdp_pipe, up_pipe):
+            for pipe in (cached_pipe, proxy_pipe, pdp_pipe, up_pipe):
                 pipe.send("stop")
-            for process in (proxy, pdp, up):
+            for process in (cached, proxy, pdp, up):
                 process.join(timeout=20)
                 if process.is_alive():
                     process.kill()
     direct_median = statistics.median(direct_times)
     proxied_median = statistics.median(proxied_times)
+    cached_median = statistics.median(cached_times)
     return {
         "calls": calls,
         "direct_median_us": round(direct_median, 1),
@@ -243,6 +260,9 @@ def measure(calls: int, warmup: int) -> dict[str, Any]:
         "proxied_median_us": round(proxied_median, 1),
         "proxied_p99_us": round(_p99(proxied_times), 1),
         "added_median_us": round(proxied_median - direct_median, 1),
+        "cached_median_us": round(cached_median, 1),
+        "cached_p99_us": round(_p99(cached_times), 1),
+        "cached_added_median_us": round(cached_median - direct_median, 1),
     }
 
 
@@ -261,7 +281,7 @@ def _p99(values: list[float]) -> float:
 
 def report(result: dict[str, Any]) -> None:
     print(f"tools/call, {result['calls']} calls each, sequential, loopback")
-    for name in ("direct", "proxied"):
+    for name in ("direct", "proxied", "cached"):
         median, p99 = result[f"{name}_median_us"], result[f"{name}_p99_us"]
         print(f"  {name:<8} median {median:>8.1f} µs   p99 {p99:>8.1f} µs")
     for target in result["targets"]:

@@ -126,7 +126,9 @@ class Proxy:
         limits = httpx.Limits(max_connections=200, max_keepalive_connections=50)
         async with httpx.AsyncClient(timeout=10.0, limits=limits) as http:
             self.http = http
-            self.decider = Decider(self.config.pdp, self.config.pdp_timeout)
+            self.decider = Decider(
+                self.config.pdp, self.config.pdp_timeout, self.config.decision_cache
+            )
             jwks = Jwks(self.config.jwks, http, self.config.algorithms)
             client = (
                 (self.config.client_id, self.config.client_secret)
@@ -272,9 +274,9 @@ class Proxy:
         if not plan.forward:
             local: Any = plan.local if batch else plan.local[0]
             return _answer(200, dumps(local), plan)
-        return await self.relay(
-            request, upstream, caller, plan.forward if batch else plan.forward[0], plan
-        )
+        payload = plan.forward if batch else plan.forward[0]
+        unchanged = body if len(plan.forward) == len(messages) else None
+        return await self.relay(request, upstream, caller, payload, plan, unchanged)
 
     def _tool_scopes(self, upstream: Upstream, messages: list[Message]) -> list[str]:
         needed: list[str] = []
@@ -377,6 +379,7 @@ class Proxy:
         caller: Caller,
         payload: Any,
         plan: Plan,
+        body: bytes | None = None,
     ) -> Response:
         """Send the request on (POST ``payload``, or GET and DELETE as they are) and
         answer with the upstream's response, rewritten where the plan says."""
@@ -392,7 +395,7 @@ class Proxy:
             return self._failed(payload, plan, f"no credential for upstream {upstream.name!r}")
         if credential is not None:
             headers["authorization"] = credential
-        content = dumps(payload) if payload is not None else None
+        content = body if body is not None else dumps(payload) if payload is not None else None
         try:
             sent = self.http.build_request(
                 request.method,

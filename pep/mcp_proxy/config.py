@@ -13,6 +13,8 @@
     client_secret_env = "TESSERA_MCP_PROXY_SECRET"  # introspection and upstream tokens)
     consent_client_id = ""                   # a public client whose consent page users see
     api_keys = false                         # accept Tessera API keys as bearer tokens
+    decision_cache = 0.0                     # seconds an answer the PDP marks cacheable is
+                                             # reused (0: every call decided and audited)
 
     [[mcp_proxy.upstream]]
     name = "payments"                        # resource.server in policies
@@ -92,6 +94,7 @@ class ProxyConfig:
     consent_client_id: str = ""
     api_keys: bool = False
     pdp_timeout: float = 0.5
+    decision_cache: float = 0.0
 
     @property
     def jwks(self) -> str:
@@ -122,7 +125,7 @@ def config_from_table(table: Mapping[str, Any], env: Mapping[str, str]) -> Proxy
     known = {
         "public_url", "issuer", "pdp", "host", "port", "algorithms", "allowed_origins",
         "max_body", "jwks_uri", "client_id", "client_secret_env", "consent_client_id",
-        "api_keys", "pdp_timeout", "upstream",
+        "api_keys", "pdp_timeout", "decision_cache", "upstream",
     }  # fmt: skip
     _unknown(table, known, "mcp_proxy")
     public_url = _url(_str(table, "public_url", None, "mcp_proxy"), "mcp_proxy.public_url")
@@ -163,6 +166,7 @@ def config_from_table(table: Mapping[str, Any], env: Mapping[str, str]) -> Proxy
         consent_client_id=_str(table, "consent_client_id", "", "mcp_proxy"),
         api_keys=_bool(table, "api_keys", False, "mcp_proxy"),
         pdp_timeout=_float(table, "pdp_timeout", 0.5, "mcp_proxy"),
+        decision_cache=_seconds(table, "decision_cache", "mcp_proxy"),
     )
     check(config)
     return config
@@ -291,6 +295,13 @@ def _float(table: Mapping[str, Any], key: str, default: float, where: str) -> fl
     value = table.get(key, default)
     if not isinstance(value, int | float) or isinstance(value, bool) or value <= 0:
         raise ConfigError(f"{where}.{key} must be a positive number")
+    return float(value)
+
+
+def _seconds(table: Mapping[str, Any], key: str, where: str) -> float:
+    value = table.get(key, 0.0)
+    if not isinstance(value, int | float) or isinstance(value, bool) or value < 0:
+        raise ConfigError(f"{where}.{key} must be a number of seconds, 0 or more")
     return float(value)
 
 

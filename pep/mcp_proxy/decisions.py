@@ -9,7 +9,10 @@ names the call. ``prompts/get`` and ``resources/read`` are decided the same way 
 ``…/list`` answers keep only what ``ListAllowed`` allows. The PDP fills the user's
 consents from its consent store; the proxy never sends them.
 
-The PDP failing to answer is a deny (:class:`pep.client.AsyncClient` fails closed).
+The PDP failing to answer is a deny (:class:`pep.client.AsyncClient` fails closed). With
+a decision cache, an answer the PDP marks cacheable (no limit could decide it) is reused
+for identical requests for a few seconds: such a call is not audited again, and its
+decision id is that of the decision it reused.
 """
 
 from __future__ import annotations
@@ -77,9 +80,10 @@ def mapped_context(
 class Decider:
     """Asks the PDP: one client for ``Authorize``, one stub for ``ListAllowed``."""
 
-    def __init__(self, target: str, timeout: float = 0.5) -> None:
+    def __init__(self, target: str, timeout: float = 0.5, cache: float = 0.0) -> None:
         self.channel = grpc.aio.insecure_channel(target)
-        self.client = AsyncClient(target, Options(timeout=timeout), channel=self.channel)
+        options = Options(timeout=timeout, cache_size=10_000 if cache > 0 else 0, cache_ttl=cache)
+        self.client = AsyncClient(target, options, channel=self.channel)
         self.stub = pb_grpc.AuthorizerStub(self.channel)  # type: ignore[no-untyped-call]
         self.timeout = timeout
 
