@@ -384,7 +384,7 @@ class Proxy:
         """Send the request on (POST ``payload``, or GET and DELETE as they are) and
         answer with the upstream's response, rewritten where the plan says."""
         if upstream.command:
-            return await self._relay_stdio(upstream, payload, plan)
+            return await self._relay_stdio(upstream, caller, payload, plan)
         assert self.http is not None and self.credentials is not None and upstream.url
         headers = {k: v for k in FORWARDED if (v := request.headers.get(k)) is not None}
         token = request.headers.get("authorization", "").partition(" ")[2].strip()
@@ -491,7 +491,9 @@ class Proxy:
         kept = [i for i in items if isinstance(i, dict) and str(i.get(kind.item_key)) in allowed]
         return {**message, "result": {**result, kind.list_key: kept}}
 
-    async def _relay_stdio(self, upstream: Upstream, payload: Any, plan: Plan) -> Response:
+    async def _relay_stdio(
+        self, upstream: Upstream, caller: Caller, payload: Any, plan: Plan
+    ) -> Response:
         stdio = self.stdio[upstream.name]
         try:
             answer = await stdio.send(payload)
@@ -501,7 +503,6 @@ class Proxy:
             if plan.local:
                 return _answer(200, dumps(plan.local), plan)
             return Response(status_code=202)
-        caller = Caller("", None, (), frozenset(), "", "", 0.0)
         rewritten = await self._rewrite_all(upstream, caller, plan, answer)
         return _answer(200, dumps(rewritten), plan)
 

@@ -138,7 +138,7 @@ def test_a_payment_needs_the_users_consent_then_passes(w: World) -> None:
     listed, refused, outcome = run(session())
     landed, text = outcome.split("|")
     # listing decides without arguments or consent: the payment is not listed until then
-    assert listed == ["search"]
+    assert listed == ["search", "read_file"]
     # the consent page names the agent and exactly the scope the policy asks for
     consent = browser.consent_pages[-1]
     assert consent.items["scopes"] == [CONSENT_SCOPE]

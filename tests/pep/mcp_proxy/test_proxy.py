@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +24,9 @@ from mcp.shared.auth import OAuthClientInformationFull, OAuthToken
 from mcp.shared.exceptions import MCPError
 from mcp_types import CLIENT_CAPABILITIES_META_KEY, PROTOCOL_VERSION_META_KEY
 from mcp_types.version import LATEST_MODERN_VERSION
+from starlette.testclient import TestClient
 
-from pep.mcp_proxy.app import DECISION_HEADER
+from pep.mcp_proxy.app import DECISION_HEADER, Proxy
 from pep.mcp_proxy.jsonrpc import FORBIDDEN
 from tests.issuer.oauth_server import Registered
 from tests.pep.mcp_proxy.world import UPSTREAM_TOKEN, World, run, world
@@ -147,18 +149,28 @@ def modern(name: str) -> dict[str, str]:
 # ---------------------------------------------------------------- the resource server
 
 
-def test_protected_resource_metadata_at_the_path_and_at_the_root(w: World) -> None:
-    expected = {
+def test_protected_resource_metadata_at_the_path_inserted_well_known_url(w: World) -> None:
+    at_path = httpx.get(f"{w.proxy}/.well-known/oauth-protected-resource/mcp/tools")
+    assert at_path.status_code == 200
+    assert at_path.json() == {
         "resource": w.resource,
         "authorization_servers": [w.oauth.issuer],
         "scopes_supported": ["fs:write", "mcp:tools"],
         "bearer_methods_supported": ["header"],
         "resource_name": "tools",
     }
-    at_path = httpx.get(f"{w.proxy}/.well-known/oauth-protected-resource/mcp/tools")
-    at_root = httpx.get(f"{w.proxy}/.well-known/oauth-protected-resource")
-    assert at_path.status_code == at_root.status_code == 200
-    assert at_path.json() == at_root.json() == expected
+    # with several upstreams, the root names none of them
+    assert httpx.get(f"{w.proxy}/.well-known/oauth-protected-resource").status_code == 404
+
+
+def test_one_upstream_is_also_described_at_the_root(w: World) -> None:
+    config = replace(w.config, upstreams=w.config.upstreams[:1])
+    with TestClient(Proxy(config).app()) as client:
+        at_root = client.get("/.well-known/oauth-protected-resource")
+        at_path = client.get("/.well-known/oauth-protected-resource/mcp/tools")
+    assert at_root.status_code == 200
+    assert at_root.json() == at_path.json()
+    assert at_root.json()["resource"] == w.resource
 
 
 def test_no_token_is_a_401_with_the_metadata_and_scope_challenge(w: World) -> None:
@@ -243,7 +255,7 @@ def test_an_sdk_client_with_private_key_jwt_lists_only_what_it_may_call(w: World
             return [t.name for t in tools.tools], result.content[0].text  # type: ignore[union-attr]
 
     names, text = run(session())
-    assert names == ["search"]  # payments.transfer and fs.delete are not for this agent
+    assert names == ["search", "read_file"]  # not payments.transfer nor fs.delete
     assert text == "found tessera"
     assert w.recorder.seen and set(w.recorder.seen) == {f"Bearer {UPSTREAM_TOKEN}"}
 

@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -18,7 +19,6 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from mcp.server.mcpserver import MCPServer
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from issuer.app import bind
@@ -34,6 +34,7 @@ from pep.mcp_proxy.config import ContextArgument, ProxyConfig, Upstream
 from pep.mcp_proxy.serve import Served, serve_app
 from tests.issuer.conftest import unique
 from tests.issuer.oauth_server import OAuthService, oauth_service
+from tests.pep.mcp_proxy.tools import upstream_server
 from tests.servers import LoopThread, Server
 
 POLICIES = Path(__file__).resolve().parents[3] / "policies"
@@ -41,29 +42,7 @@ UPSTREAM_TOKEN = "upstream-own-credential-0123456789"
 UPSTREAM_PATH = "/mcp"
 PROXY_PATH = "/mcp/tools"
 CONSENT_SCOPE = "payments:transfer"
-
-
-def upstream_server() -> MCPServer:
-    """The MCP server behind the proxy: a few tools the shipped policies decide."""
-    server = MCPServer("tools")
-
-    @server.tool(name="search")
-    def search(query: str) -> str:
-        return f"found {query}"
-
-    @server.tool(name="payments.transfer")
-    def transfer(amount: float, currency: str = "USD") -> str:
-        return f"sent {amount:g} {currency}"
-
-    @server.tool(name="fs.delete")
-    def delete(path: str) -> str:
-        return f"deleted {path}"
-
-    @server.prompt(name="summarize")
-    def summarize(text: str) -> str:
-        return f"Summarize: {text}"
-
-    return server
+UPSTREAM_AUDIENCE = "https://upstream.internal/mcp"
 
 
 class Recorder:
@@ -113,6 +92,9 @@ class World:
         """The MCP endpoint clients use."""
         return f"{self.proxy}{PROXY_PATH}"
 
+    def at(self, path: str) -> str:
+        return f"{self.proxy}{path}"
+
     @property
     def resource(self) -> str:
         return self.url
@@ -146,8 +128,16 @@ class World:
 
 
 def proxy_config(
-    issuer: str, proxy: str, upstream_url: str, consent_client: str, **options: Any
+    issuer: str,
+    proxy: str,
+    upstream_url: str,
+    consent_client: str,
+    own: tuple[str, str],
+    **options: Any,
 ) -> ProxyConfig:
+    """The proxy in front of the SDK server four ways (static credential; the proxy's own
+    token from the issuer; a short timeout; over stdio) and of a program that is no MCP
+    server at all."""
     upstream = Upstream(
         name="tools",
         path=PROXY_PATH,
@@ -159,12 +149,35 @@ def proxy_config(
         token=UPSTREAM_TOKEN,
         timeout=5.0,
     )
+    own_credential = replace(
+        upstream,
+        name="own",
+        path="/mcp/own",
+        credential="client_credentials",
+        token="",
+        audience=UPSTREAM_AUDIENCE,
+    )
+    slow = replace(upstream, name="slow", path="/mcp/slow", timeout=0.5)
+    local = replace(
+        upstream,
+        name="local",
+        path="/mcp/local",
+        url=None,
+        command=(sys.executable, "-m", "tests.pep.mcp_proxy.stdio_server"),
+        credential="none",
+        token="",
+    )
+    broken = replace(
+        local, name="broken", path="/mcp/broken", command=(sys.executable, "-c", "pass")
+    )
     config = ProxyConfig(
         public_url=proxy,
         issuer=issuer,
-        upstreams=(upstream,),
+        upstreams=(upstream, own_credential, slow, local, broken),
         pdp="",
         consent_client_id=consent_client,
+        client_id=own[0],
+        client_secret=own[1],
     )
     return replace(config, **options)
 
@@ -191,11 +204,14 @@ def world(backend: str, tmp_path: Path) -> Iterator[World]:
             sock = bind("127.0.0.1", 0)
             proxy = f"http://127.0.0.1:{sock.getsockname()[1]}"
             consent_app = register_consent_app(oauth, proxy)
+            own = oauth.secret_client(scope="")
+            assert own.secret is not None
             config = proxy_config(
                 oauth.issuer,
                 proxy,
                 upstream_url,
                 consent_app,
+                (own.client_id, own.secret),
                 pdp=f"127.0.0.1:{pdp.running.port}",
             )
             served.append(thread.run(serve_app(Proxy(config).app(), sock)))
