@@ -118,6 +118,12 @@ def test_a_crashed_stdio_server_is_a_json_rpc_error(w: World) -> None:
     }
 
 
+def request(method: str, params: dict[str, Any], id: int = 1) -> dict[str, Any]:
+    """A stateless (2026-07-28) request: the protocol envelope in ``_meta``."""
+    meta = call("", {})["params"]["_meta"]
+    return {"jsonrpc": "2.0", "id": id, "method": method, "params": {**params, "_meta": meta}}
+
+
 def initialize(id: int = 1) -> dict[str, Any]:
     return {
         "jsonrpc": "2.0",
@@ -168,3 +174,51 @@ def test_tools_list_through_the_sdk_is_filtered_per_agent(w: World) -> None:
             return [t.name for t in (await mcp.list_tools()).tools]
 
     assert run(session()) == []  # read_only is for agents below high risk
+
+
+def test_a_handshake_era_client_gets_filtered_lists_over_sse(w: World) -> None:
+    client = machine(w)
+
+    async def session() -> tuple[str, list[str], str]:
+        import httpx2
+
+        http = httpx2.AsyncClient(auth=key_provider(w, client), timeout=TIMEOUT)
+        transport = streamable_http_client(w.url, http_client=http)
+        async with Client(transport, read_timeout_seconds=TIMEOUT, mode="legacy") as mcp:
+            tools = await mcp.list_tools()
+            result: Any = await mcp.call_tool("search", {"query": "sse"})
+            return mcp.protocol_version, [t.name for t in tools.tools], result.content[0].text
+
+    version, names, text = run(session())
+    assert version == "2025-11-25"
+    assert names == ["search", "read_file"]
+    assert text == "found sse"
+
+
+def test_prompts_are_listed_and_got_only_where_policy_allows(w: World) -> None:
+    token = token_for(w, machine(w), resource=w.at("/mcp/local"))
+    listed = post_to(w, "/mcp/local", request("prompts/list", {}), token)
+    assert listed.status_code == 200, listed.text
+    assert listed.json()["result"]["prompts"] == []  # no policy permits prompt.get
+    get = request("prompts/get", {"name": "summarize"}, id=2)
+    refused = post_to(w, "/mcp/local", get, token)
+    assert refused.json()["error"]["code"] == FORBIDDEN
+    assert refused.headers["tessera-decision-id"]
+
+
+def test_an_api_key_is_traded_for_a_token_for_this_resource(w: World) -> None:
+    agent = w.add_agent()
+    created = w.oauth.http.post(
+        "/oauth/api-keys",
+        json={"agent_id": agent, "scope": "mcp:tools"},
+        headers={"Authorization": f"Bearer {w.oauth.token}"},
+    )
+    assert created.status_code == 201, created.text
+    key = created.json()["api_key"]
+    response = post_to(w, "/mcp/tools", call("search", {"query": "key"}), key, **modern("search"))
+    assert response.status_code == 200, response.text
+    assert "found key" in response.text
+    forged = key[:-4] + "AAAA"
+    refused = post_to(w, "/mcp/tools", call("search", {"query": "key"}), forged)
+    assert refused.status_code == 401
+    assert 'error="invalid_token"' in refused.headers["www-authenticate"]

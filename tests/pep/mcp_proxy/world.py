@@ -178,6 +178,7 @@ def proxy_config(
         consent_client_id=consent_client,
         client_id=own[0],
         client_secret=own[1],
+        api_keys=True,
     )
     return replace(config, **options)
 
