@@ -98,44 +98,15 @@ def test_the_example_loads(tmp_path: Path) -> None:
             "credential must be one of",
         ),
         (
-            {
-                "upstream": [
-                    {
-                        "name": "a",
-                        "path": "/a",
-                        "url": "http://h/",
-                        "credential": "static",
-                        "credential_env": "UNSET_VARIABLE",
-                    }  # fmt: skip
-                ]
-            },
+            {"upstream": [up(credential="static", credential_env="UNSET_VARIABLE")]},
             "UNSET_VARIABLE is not set",
         ),
         (
-            {
-                "upstream": [
-                    {
-                        "name": "a",
-                        "path": "/a",
-                        "url": "http://h/",
-                        "credential": "client_credentials",
-                        "audience": "https://u/",
-                    }  # fmt: skip
-                ]
-            },
+            {"upstream": [up(credential="client_credentials", audience="https://u/")]},
             "set mcp_proxy.client_id",
         ),
         (
-            {
-                "upstream": [
-                    {
-                        "name": "a",
-                        "path": "/a",
-                        "url": "http://h/",
-                        "context": {"amount": {"argument": "amount", "currency": "usd"}},
-                    }  # fmt: skip
-                ]
-            },
+            {"upstream": [up(context={"amount": {"argument": "amount", "currency": "usd"}})]},
             "currency must be an ISO 4217 code",
         ),
     ],
