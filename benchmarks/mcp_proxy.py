@@ -18,7 +18,9 @@ kept-alive ``httpx`` connection, one call at a time, in rounds of direct, proxie
 proxied-with-cache calls so all see the same machine state. The result is the median (and
 p99) of each and the **added median latency**, proxied minus direct (the target), and the
 same with the decision cache. Each proxied call is checked to carry a
-decision id and the tool's answer. Client and servers share the machine's cores.
+decision id and the tool's answer. Client and servers share the machine's cores; the
+result records the one-minute load average at the end, since on a busy machine every
+hop waits longer for a core.
 
     python benchmarks/mcp_proxy.py [--json] [--quick] [--strict]
 """
@@ -251,10 +253,13 @@ def measure(calls: int, warmup: int) -> dict[str, Any]:
                 if process.is_alive():
                     process.kill()
     direct_median = statistics.median(direct_times)
+    load = os.getloadavg()[0]
     proxied_median = statistics.median(proxied_times)
     cached_median = statistics.median(cached_times)
     return {
         "calls": calls,
+        "cores": os.cpu_count(),
+        "load_average_1m": round(load, 2),
         "direct_median_us": round(direct_median, 1),
         "direct_p99_us": round(_p99(direct_times), 1),
         "proxied_median_us": round(proxied_median, 1),
@@ -280,7 +285,10 @@ def _p99(values: list[float]) -> float:
 
 
 def report(result: dict[str, Any]) -> None:
-    print(f"tools/call, {result['calls']} calls each, sequential, loopback")
+    print(
+        f"tools/call, {result['calls']} calls each, sequential, loopback "
+        f"({result['cores']} cores, load average {result['load_average_1m']} at the end)"
+    )
     for name in ("direct", "proxied", "cached"):
         median, p99 = result[f"{name}_median_us"], result[f"{name}_p99_us"]
         print(f"  {name:<8} median {median:>8.1f} µs   p99 {p99:>8.1f} µs")
