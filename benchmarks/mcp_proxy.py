@@ -73,10 +73,17 @@ def _upstream(pipe: Connection) -> None:
     async def main() -> None:
         served = await serve_app(app, bind("127.0.0.1", 0))
         pipe.send(served.port)
-        await asyncio.get_running_loop().run_in_executor(None, pipe.recv)
+        await _answer_until_stopped(pipe)
         await served.stop()
 
     asyncio.run(main())
+
+
+async def _answer_until_stopped(pipe: Connection) -> None:
+    """Report this process's CPU seconds whenever asked, until told to stop."""
+    loop = asyncio.get_running_loop()
+    while await loop.run_in_executor(None, pipe.recv) == "cpu":
+        pipe.send(time.process_time())
 
 
 def _pdp(pipe: Connection, folder: str) -> None:
@@ -128,7 +135,7 @@ def _pdp(pipe: Connection, folder: str) -> None:
                 break
             await asyncio.sleep(0.01)
         pipe.send((running.port, issuer, token))
-        await asyncio.get_running_loop().run_in_executor(None, pipe.recv)
+        await _answer_until_stopped(pipe)
         await http.stop()
         await running.stop(0)
 
@@ -164,10 +171,16 @@ def _proxy(pipe: Connection, issuer: str, pdp: int, upstream: str, cache: float)
     async def main() -> None:
         served = await serve_app(Proxy(config).app(), bind("127.0.0.1", 0))
         pipe.send(served.port)
-        await asyncio.get_running_loop().run_in_executor(None, pipe.recv)
+        await _answer_until_stopped(pipe)
         await served.stop()
 
     asyncio.run(main())
+
+
+def _cpu(pipes: list[Connection]) -> list[float]:
+    for pipe in pipes:
+        pipe.send("cpu")
+    return [pipe.recv() for pipe in pipes]
 
 
 def _spawn(target: Any, *args: Any) -> tuple[Any, Connection]:
@@ -230,7 +243,10 @@ def measure(calls: int, warmup: int) -> dict[str, Any]:
                 httpx.Client(timeout=10.0) as proxied,
                 httpx.Client(timeout=10.0) as with_cache,
             ):
+                pipes = [up_pipe, pdp_pipe, proxy_pipe, cached_pipe]
                 for index in range(warmup + calls):
+                    if index == warmup:
+                        cpu_before = _cpu(pipes)
                     t0 = time.perf_counter()
                     a = direct.post(upstream, content=content, headers=direct_headers)
                     t1 = time.perf_counter()
@@ -245,6 +261,7 @@ def measure(calls: int, warmup: int) -> dict[str, Any]:
                         direct_times.append((t1 - t0) * 1e6)
                         proxied_times.append((t2 - t1) * 1e6)
                         cached_times.append((t3 - t2) * 1e6)
+                cpu_after = _cpu(pipes)
         finally:
             for pipe in (cached_pipe, proxy_pipe, pdp_pipe, up_pipe):
                 pipe.send("stop")
@@ -268,6 +285,14 @@ def measure(calls: int, warmup: int) -> dict[str, Any]:
         "cached_median_us": round(cached_median, 1),
         "cached_p99_us": round(_p99(cached_times), 1),
         "cached_added_median_us": round(cached_median - direct_median, 1),
+        # CPU µs per call of each server: the upstream serves three calls a round (direct,
+        # proxied, proxied with the cache); the PDP decides one (the cache spares the other)
+        "cpu_us_per_call": {
+            name: round((after - before) / calls * 1e6 / (3 if name == "upstream" else 1), 1)
+            for name, before, after in zip(
+                ("upstream", "pdp", "proxy", "proxy_cached"), cpu_before, cpu_after, strict=True
+            )
+        },
     }
 
 
@@ -292,6 +317,8 @@ def report(result: dict[str, Any]) -> None:
     for name in ("direct", "proxied", "cached"):
         median, p99 = result[f"{name}_median_us"], result[f"{name}_p99_us"]
         print(f"  {name:<8} median {median:>8.1f} µs   p99 {p99:>8.1f} µs")
+    cpu = ", ".join(f"{k} {v:.0f}" for k, v in result["cpu_us_per_call"].items())
+    print(f"  server CPU µs per call: {cpu}")
     for target in result["targets"]:
         verdict, what, value = target["verdict"], target["name"], target["value"]
         print(f"  {verdict}: {what} {value} µs (target {target['limit']})")
