@@ -51,7 +51,15 @@ from pep.client import Verdict
 from pep.mcp_proxy import challenges
 from pep.mcp_proxy.config import ProxyConfig, Upstream
 from pep.mcp_proxy.credentials import CredentialError, Credentials
-from pep.mcp_proxy.decisions import DECIDED, LISTED, TOOL, ArgumentError, Decider, Kind
+from pep.mcp_proxy.decisions import (
+    DECIDED,
+    LISTED,
+    TOOL,
+    ArgumentError,
+    Decider,
+    Kind,
+    mapped_context,
+)
 from pep.mcp_proxy.jsonrpc import (
     CONSENT_REQUIRED,
     FORBIDDEN,
@@ -315,7 +323,9 @@ class Proxy:
             arguments = params.get("arguments")
             try:
                 context = (
-                    _mapped(upstream, arguments if isinstance(arguments, dict) else {})
+                    mapped_context(
+                        upstream.context, arguments if isinstance(arguments, dict) else {}
+                    )
                     if kind is TOOL
                     else {}
                 )
@@ -423,14 +433,10 @@ class Proxy:
         kind = response.headers.get("content-type", "").split(";")[0].strip().lower()
         rewrite = self._rewriter(upstream, caller, plan)
         if kind == "text/event-stream" and (plan.filters or plan.local):
-            stream = rewrite_sse(
-                _chunks(response, payload, plan), rewrite, plan.local, SSE_EVENT_LIMIT
-            )
+            stream = rewrite_sse(_chunks(response), rewrite, plan.local, SSE_EVENT_LIMIT)
             return StreamingResponse(stream, response.status_code, headers=returned)
         if kind == "text/event-stream" or request.method == "GET":
-            return StreamingResponse(
-                _chunks(response, payload, plan), response.status_code, headers=returned
-            )
+            return StreamingResponse(_chunks(response), response.status_code, headers=returned)
         try:
             raw = await response.aread()
         except httpx.HTTPError:
@@ -517,12 +523,6 @@ class Proxy:
         return _answer(200, dumps(body), plan)
 
 
-def _mapped(upstream: Upstream, arguments: Mapping[str, Any]) -> dict[str, Any]:
-    from pep.mcp_proxy.decisions import mapped_context
-
-    return mapped_context(upstream.context, arguments)
-
-
 def _header_mismatch(
     headers: Mapping[str, str], messages: list[Message], batch: bool
 ) -> str | None:
@@ -547,7 +547,7 @@ def _header_mismatch(
     return None
 
 
-async def _chunks(response: httpx.Response, payload: Any, plan: Plan) -> AsyncIterator[bytes]:
+async def _chunks(response: httpx.Response) -> AsyncIterator[bytes]:
     """The upstream's body as it arrives; a failure mid-stream ends the stream."""
     try:
         async for chunk in response.aiter_bytes():

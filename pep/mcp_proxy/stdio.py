@@ -102,6 +102,7 @@ class StdioUpstream:
         process = await self._started()
         messages = payload if isinstance(payload, list) else [payload]
         waiting: list[tuple[Any, asyncio.Future[dict[str, Any]]]] = []
+        ids: list[int] = []
         loop = asyncio.get_running_loop()
         try:
             for message in messages:
@@ -109,6 +110,7 @@ class StdioUpstream:
                     self.counter += 1
                     future: asyncio.Future[dict[str, Any]] = loop.create_future()
                     self.pending[self.counter] = future
+                    ids.append(self.counter)
                     waiting.append((message["id"], future))
                     message = {**message, "id": self.counter}
                 await self._write(process, message)
@@ -122,6 +124,8 @@ class StdioUpstream:
         except TimeoutError:
             raise UpstreamFailed(f"timed out after {self.timeout:g} s") from None
         finally:
+            for key in ids:
+                self.pending.pop(key, None)
             for _, future in waiting:
                 future.cancel()
         restored = [

@@ -222,3 +222,12 @@ def test_an_api_key_is_traded_for_a_token_for_this_resource(w: World) -> None:
     refused = post_to(w, "/mcp/tools", call("search", {"query": "key"}), forged)
     assert refused.status_code == 401
     assert 'error="invalid_token"' in refused.headers["www-authenticate"]
+
+
+def test_an_opaque_token_is_introspected_at_the_issuer(w: World) -> None:
+    response = post_to(w, "/mcp/tools", call("search", {"query": "x"}), "not-a-jwt-0123456789")
+    assert response.status_code == 401
+    assert response.json() == {
+        "error": "invalid_token",
+        "error_description": "the token is not active",
+    }
