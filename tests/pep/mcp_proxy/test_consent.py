@@ -1,10 +1,12 @@
 """A user in the loop: the SDK's authorization-code provider signs a user in (headless
 browser: login and consent pages of the real issuer), a payment the policy lets the agent
 make only with the user's consent is answered ``-32042`` with the issuer's consent page,
-the user consents there, and the same call passes."""
+the user consents there, and the same call passes. An agent's exchanged token acts for
+its user. On SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
+import json
 import secrets
 import time
 from collections.abc import Iterator
@@ -23,9 +25,10 @@ from mcp.shared.exceptions import MCPError, UrlElicitationRequiredError
 from issuer.hashing import hash_password
 from pep.mcp_proxy.jsonrpc import CONSENT_REQUIRED
 from tests.issuer.conftest import unique
-from tests.issuer.test_user_flows import Page
-from tests.pep.mcp_proxy.test_proxy import Memory
+from tests.issuer.test_user_flows import ACCESS_TOKEN_TYPE, TOKEN_EXCHANGE, Page, s256
+from tests.pep.mcp_proxy.test_proxy import Memory, call, modern
 from tests.pep.mcp_proxy.world import CONSENT_SCOPE, World, run, world
+from tests.stores import BACKENDS
 
 TIMEOUT = 10.0
 REDIRECT_URI = "http://127.0.0.1:9/callback"  # the application's; never contacted
@@ -33,9 +36,10 @@ MAX_STEPS = 8
 MAX_RETRIES = 100  # the PDP follows consents within a second or so
 
 
-@pytest.fixture(scope="module")
-def w(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
-    with world("sqlite", tmp_path_factory.mktemp("consent")) as built:
+@pytest.fixture(scope="module", params=BACKENDS)
+def w(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    """The consent and the directory reach the PDP through each store's change feed."""
+    with world(request.param, tmp_path_factory.mktemp(request.param)) as built:
         yield built
 
 
@@ -146,3 +150,97 @@ def test_a_payment_needs_the_users_consent_then_passes(w: World) -> None:
     assert urlsplit(landed).path == "/consent/done"
     assert landed.startswith(w.proxy)
     assert text == "sent 200 USD"
+
+
+def test_an_exchanged_token_acts_for_its_user_with_the_users_consent(w: World) -> None:
+    agent = w.add_agent(purpose="payments")
+    name, password = unique("user"), secrets.token_urlsafe(12)
+    user = w.oauth.store.create(
+        "User",
+        {"userName": name, "password": hash_password(password)},
+        unique={"userName": name.casefold()},
+        actor="admin",
+    ).id
+    scope = f"mcp:tools {CONSENT_SCOPE}"
+    app = w.oauth.register(
+        {
+            "token_endpoint_auth_method": "none",
+            "grant_types": ["authorization_code"],
+            "redirect_uris": [REDIRECT_URI],
+            "scope": scope,
+        },
+        token=None,
+    ).json()["client_id"]
+    verifier = secrets.token_urlsafe(48)
+    query = {
+        "response_type": "code",
+        "client_id": app,
+        "redirect_uri": REDIRECT_URI,
+        "code_challenge": s256(verifier),
+        "code_challenge_method": "S256",
+        "scope": scope,
+        "resource": w.resource,
+        "requested_actor": agent,
+        "state": "s",
+    }
+    browser = Browser(w, name, password)
+    back = browser.visit(f"{w.oauth.issuer}/oauth/authorize?{urlencode(query)}")
+    code = parse_qs(urlsplit(back).query)["code"][0]
+    user_token = w.oauth.http.post(
+        "/oauth/token",
+        data={
+            "grant_type": "authorization_code",
+            "code": code,
+            "code_verifier": verifier,
+            "client_id": app,
+            "redirect_uri": REDIRECT_URI,
+        },
+    ).json()["access_token"]
+    agent_client = w.oauth.register(
+        {
+            "agent_id": agent,
+            "grant_types": ["client_credentials", TOKEN_EXCHANGE],
+            "token_endpoint_auth_method": "client_secret_basic",
+            "scope": scope,
+        }
+    ).json()
+    basic = (agent_client["client_id"], agent_client["client_secret"])
+    actor_token = w.oauth.http.post(
+        "/oauth/token", data={"grant_type": "client_credentials"}, auth=basic
+    ).json()["access_token"]
+    exchange = {
+        "grant_type": TOKEN_EXCHANGE,
+        "subject_token": user_token,
+        "subject_token_type": ACCESS_TOKEN_TYPE,
+        "actor_token": actor_token,
+        "actor_token_type": ACCESS_TOKEN_TYPE,
+        "resource": w.resource,
+        "scope": scope,
+    }
+    exchanged = None
+    for _ in range(MAX_RETRIES):  # the PDP allows it once it has seen the user's consent
+        response = w.oauth.http.post("/oauth/token", data=exchange, auth=basic)
+        if response.status_code == 200:
+            exchanged = response.json()["access_token"]
+            break
+        time.sleep(0.05)
+    assert exchanged is not None, response.text
+    body = call("payments.transfer", {"amount": 200})
+    answer = httpx.post(
+        w.url,
+        json=body,
+        headers={
+            "Authorization": f"Bearer {exchanged}",
+            "Accept": "application/json, text/event-stream",
+            **modern("payments.transfer"),
+        },
+        timeout=TIMEOUT,
+    )
+    assert answer.status_code == 200, answer.text
+    assert "sent 200 USD" in answer.text
+    decision_id = answer.headers["tessera-decision-id"]
+    records = [json.loads(e.record) for e in w.oauth.store.audit("agent", 0, 100_000)]
+    (record,) = [r for r in records if r["decision_id"] == decision_id]
+    assert (record["agent"], record["user"], record["delegation"]) == (agent, user, [agent])
+    assert record["decided_by"] == ["agents.small_transfers"]
+    assert record["context"]["amount"] == {"amount": "200", "currency": "USD"}

@@ -124,6 +124,16 @@ def request(method: str, params: dict[str, Any], id: int = 1) -> dict[str, Any]:
     return {"jsonrpc": "2.0", "id": id, "method": method, "params": {**params, "_meta": meta}}
 
 
+def test_an_unreachable_upstream_is_a_json_rpc_error(w: World) -> None:
+    token = token_for(w, machine(w), resource=w.at("/mcp/gone"))
+    response = post_to(w, "/mcp/gone", call("search", {"query": "x"}), token)
+    assert response.status_code == 200
+    assert response.json()["error"] == {
+        "code": UPSTREAM_ERROR,
+        "message": "upstream 'gone' is unreachable",
+    }
+
+
 def initialize(id: int = 1) -> dict[str, Any]:
     return {
         "jsonrpc": "2.0",

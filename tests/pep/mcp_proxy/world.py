@@ -136,8 +136,8 @@ def proxy_config(
     **options: Any,
 ) -> ProxyConfig:
     """The proxy in front of the SDK server four ways (static credential; the proxy's own
-    token from the issuer; a short timeout; over stdio) and of a program that is no MCP
-    server at all."""
+    token from the issuer; a short timeout; over stdio), of a program that is no MCP
+    server at all, and of a port nobody listens on."""
     upstream = Upstream(
         name="tools",
         path=PROXY_PATH,
@@ -170,10 +170,15 @@ def proxy_config(
     broken = replace(
         local, name="broken", path="/mcp/broken", command=(sys.executable, "-c", "pass")
     )
+    closed = bind("127.0.0.1", 0)  # a port nobody listens on
+    gone = replace(
+        upstream, name="gone", path="/mcp/gone", url=f"http://127.0.0.1:{closed.getsockname()[1]}/"
+    )
+    closed.close()
     config = ProxyConfig(
         public_url=proxy,
         issuer=issuer,
-        upstreams=(upstream, own_credential, slow, local, broken),
+        upstreams=(upstream, own_credential, slow, local, broken, gone),
         pdp="",
         consent_client_id=consent_client,
         client_id=own[0],
