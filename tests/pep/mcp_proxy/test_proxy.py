@@ -12,6 +12,7 @@ from typing import Any
 
 import httpx
 import httpx2
+import jwt
 import pytest
 from mcp import Client
 from mcp.client.auth import TokenStorage
@@ -308,3 +309,66 @@ def _data(entry: Any) -> dict[str, Any]:
 
 def _unused(path: Path) -> None:  # keeps Path imported for fixtures' annotations
     del path
+
+
+def signed(w: World, claims: dict[str, Any], **header: Any) -> str:
+    """A token signed by the issuer's current key, with these claims and header members."""
+    key = w.oauth.keys.signing_key()
+    members = {"typ": "at+jwt", "kid": key.kid, **header}
+    return jwt.encode(claims, key.private, algorithm=key.alg, headers=members)
+
+
+def claims_for(w: World, agent: str, **changes: Any) -> dict[str, Any]:
+    now = int(time.time())
+    claims = {
+        "iss": w.oauth.issuer,
+        "sub": agent,
+        "agent_id": agent,
+        "aud": w.resource,
+        "client_id": "c",
+        "scope": "mcp:tools",
+        "iat": now,
+        "exp": now + 60,
+        "jti": uuid.uuid4().hex,
+        **changes,
+    }
+    return {k: v for k, v in claims.items() if v is not None}
+
+
+@pytest.mark.parametrize(
+    ("changes", "header", "reason"),
+    [
+        ({"exp": int(time.time()) - 60}, {}, "the token has expired"),
+        ({"nbf": int(time.time()) + 600}, {}, "the token is not valid yet"),
+        ({"iss": "https://other.example"}, {}, "iss 'https://other.example' is not"),
+        ({}, {"typ": "JWT"}, "typ 'JWT' is not at+jwt"),
+        ({}, {"kid": "unknown"}, "unknown kid 'unknown'"),
+        ({"agent_id": None}, {}, "the token names no agent"),
+    ],
+)
+def test_a_jwt_is_checked_for_every_claim_and_header_member(
+    w: World, changes: dict[str, Any], header: dict[str, Any], reason: str
+) -> None:
+    agent = w.add_agent()
+    token = signed(w, claims_for(w, agent, **changes), **header)
+    response = post(w, call("search", {"query": "x"}), token, **modern("search"))
+    assert response.status_code == 401
+    assert response.json()["error"] == "invalid_token"
+    assert response.json()["error_description"].startswith(reason)
+
+
+def test_a_valid_hand_made_token_passes(w: World) -> None:
+    token = signed(w, claims_for(w, w.add_agent()))
+    response = post(w, call("search", {"query": "x"}), token, **modern("search"))
+    assert response.status_code == 200, response.text
+
+
+def test_a_signature_algorithm_outside_the_allowlist_is_refused(w: World) -> None:
+    config = replace(w.config, algorithms=("RS256",))  # the issuer signs with ES256
+    token = token_for(w, machine(w))
+    with TestClient(Proxy(config).app()) as client:
+        response = client.post(
+            "/mcp/tools", json=call("search", {}), headers={"Authorization": f"Bearer {token}"}
+        )
+    assert response.status_code == 401
+    assert response.json()["error_description"].startswith("unknown kid")
