@@ -3,6 +3,7 @@ server, all real, on 127.0.0.1 (SQLite store)."""
 
 from __future__ import annotations
 
+import socket
 import time
 import uuid
 from collections.abc import Iterator
@@ -372,3 +373,25 @@ def test_a_signature_algorithm_outside_the_allowlist_is_refused(w: World) -> Non
         )
     assert response.status_code == 401
     assert response.json()["error_description"].startswith("unknown kid")
+
+
+def test_the_proxys_own_origin_is_allowed(w: World) -> None:
+    token = token_for(w, machine(w))
+    body = call("search", {"query": "x"})
+    response = post(w, body, token, Origin=w.proxy, **modern("search"))
+    assert response.status_code == 200, response.text
+
+
+def test_without_the_pdp_every_call_is_denied(w: World) -> None:
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))
+    config = replace(w.config, pdp=f"127.0.0.1:{closed.getsockname()[1]}", pdp_timeout=0.2)
+    closed.close()
+    token = token_for(w, machine(w))
+    headers = {"Authorization": f"Bearer {token}", "Accept": "application/json, text/event-stream"}
+    with TestClient(Proxy(config).app()) as client:
+        refused = client.post("/mcp/tools", json=call("search", {}), headers=headers)
+    assert refused.status_code == 200
+    error = refused.json()["error"]
+    assert error["code"] == FORBIDDEN
+    assert error["data"]["reasons"][0].startswith("fail closed: UNAVAILABLE")
