@@ -3,12 +3,12 @@ server, all real, on 127.0.0.1 (SQLite store)."""
 
 from __future__ import annotations
 
+import json
 import socket
 import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -28,6 +28,7 @@ from mcp_types import CLIENT_CAPABILITIES_META_KEY, PROTOCOL_VERSION_META_KEY
 from mcp_types.version import LATEST_MODERN_VERSION
 from starlette.testclient import TestClient
 
+from issuer.store import AuditEntry
 from pep.mcp_proxy.app import DECISION_HEADER, Proxy
 from pep.mcp_proxy.jsonrpc import FORBIDDEN
 from tests.issuer.oauth_server import Registered
@@ -295,21 +296,10 @@ def test_every_call_carries_its_decision_id_to_the_audit_trail(w: World) -> None
     assert record["allow"] is True
 
 
-def _data(entry: Any) -> dict[str, Any]:
-    import json
-
-    for name in ("record", "data", "body", "payload"):
-        value = getattr(entry, name, None)
-        if isinstance(value, dict):
-            return value
-        if isinstance(value, str):
-            parsed: dict[str, Any] = json.loads(value)
-            return parsed
-    raise AssertionError(f"no record in {entry!r}")
-
-
-def _unused(path: Path) -> None:  # keeps Path imported for fixtures' annotations
-    del path
+def _data(entry: AuditEntry) -> dict[str, Any]:
+    """An audit entry's record: the canonical JSON text that was hashed."""
+    record: dict[str, Any] = json.loads(entry.record)
+    return record
 
 
 def signed(w: World, claims: dict[str, Any], **header: Any) -> str:
