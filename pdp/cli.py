@@ -236,7 +236,31 @@ def build_parser() -> argparse.ArgumentParser:
     )
     keys.add_argument("--alg", choices=["ES256", "RS256", "EdDSA"], help="for rotate")
     keys.add_argument("--config", metavar="FILE", help="configuration file (TOML)")
+    _add_mcp_proxy(commands)
     return parser
+
+
+def _add_mcp_proxy(commands: Any) -> None:
+    proxy = commands.add_parser(
+        "mcp-proxy",
+        help="put MCP servers behind OAuth 2.1 and tool-level policy",
+        description="Serve each upstream MCP server of the [mcp_proxy] table (Streamable "
+        "HTTP URL or stdio command) at its path. Every request needs an access token from "
+        "the issuer for that path's resource URI; every tools/call, prompts/get and "
+        "resources/read is decided by the PDP over gRPC, lists show only what the caller "
+        "may use, and the upstream gets its own credential, never the caller's token. "
+        "See docs/mcp.md.",
+        epilog="example: tessera mcp-proxy --config tessera.toml --port 8090",
+    )
+    proxy.add_argument(
+        "--config",
+        metavar="FILE",
+        default="tessera.toml",
+        help="configuration file with an [mcp_proxy] table (default: tessera.toml)",
+    )
+    proxy.add_argument("--host", help="listen address (default: the file's, else 127.0.0.1)")
+    proxy.add_argument("--port", type=int, help="listen port (default: the file's, else 8090)")
+    proxy.add_argument("--pdp", metavar="HOST:PORT", help="the gRPC decision service")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -251,6 +275,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "keys": _keys,
         "audit": _audit,
         "report": _report,
+        "mcp-proxy": _mcp_proxy,
     }
     try:
         code: int = handler[args.command](args, sys.stdout, sys.stderr)
@@ -492,6 +517,28 @@ def _serve(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         asyncio.run(serve_forever(Engine(bundle), config, [summary]))
     except (OSError, StoreError) as exc:
         print(f"tessera serve: {exc}", file=err)
+        return USAGE
+    return OK
+
+
+def _mcp_proxy(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    import asyncio
+    import dataclasses
+
+    from pep.mcp_proxy.config import ConfigError, load_config
+    from pep.mcp_proxy.serve import proxy_forever
+
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print(f"tessera mcp-proxy: {exc}", file=err)
+        return USAGE
+    flags = {k: getattr(args, k) for k in ("host", "port", "pdp") if getattr(args, k) is not None}
+    config = dataclasses.replace(config, **flags)
+    try:
+        asyncio.run(proxy_forever(config))
+    except OSError as exc:
+        print(f"tessera mcp-proxy: {exc}", file=err)
         return USAGE
     return OK
 

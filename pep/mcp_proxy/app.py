@@ -1,0 +1,571 @@
+"""The MCP auth proxy: an ASGI application in front of one or more MCP servers.
+
+For each upstream, at its path, the Streamable HTTP transport (POST a JSON-RPC message or
+batch; GET the server's stream; DELETE a session), with on every request, in order:
+
+1. the ``Origin`` header, when present, must be this proxy's or an allowed one (DNS
+   rebinding); else 403;
+2. the bearer token must be valid for this upstream's resource URI (:mod:`tokens`);
+   else 401 with the challenge (:mod:`challenges`);
+3. the token must carry the upstream's scopes, and for a ``tools/call`` the tool's; else
+   403 ``insufficient_scope``;
+4. the body must fit ``max_body`` (413) and be JSON-RPC (400, ``-32700``/``-32600``);
+5. ``Mcp-Method`` and ``Mcp-Name`` headers, when sent, must match the body (400,
+   ``-32020``);
+6. an ``Mcp-Session-Id`` must belong to the same agent and user that opened it (404);
+7. each ``tools/call``, ``prompts/get`` and ``resources/read`` is decided by the PDP
+   (:mod:`decisions`): a deny is answered by the proxy (``-32003``, or ``-32042`` with a
+   URL to the issuer's consent page when the policy asks for the user's consent);
+   ``…/list`` answers keep only what the caller may use.
+
+What is allowed goes to the upstream with the upstream's own credential
+(:mod:`credentials`), never the client's token. The decision ids of the call are in the
+``Tessera-Decision-Id`` response header (comma-separated for a batch) and on the PDP's
+audit trail. Upstream timeouts and failures become JSON-RPC errors for each request.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hashlib
+import html
+import json
+import logging
+import secrets
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlencode, urlsplit
+
+import httpx
+from cachetools import TTLCache
+from mcp.shared.exceptions import UrlElicitationRequiredError
+from mcp_types import ElicitRequestURLParams
+from starlette.applications import Starlette
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from pep.client import Verdict
+from pep.mcp_proxy import challenges
+from pep.mcp_proxy.config import ProxyConfig, Upstream
+from pep.mcp_proxy.credentials import CredentialError, Credentials
+from pep.mcp_proxy.decisions import (
+    DECIDED,
+    LISTED,
+    TOOL,
+    ArgumentError,
+    Decider,
+    Kind,
+    mapped_context,
+)
+from pep.mcp_proxy.jsonrpc import (
+    CONSENT_REQUIRED,
+    FORBIDDEN,
+    HEADER_MISMATCH,
+    INVALID_REQUEST,
+    PARSE_ERROR,
+    UPSTREAM_ERROR,
+    Message,
+    dumps,
+    error,
+    is_request,
+    rewrite_sse,
+)
+from pep.mcp_proxy.stdio import StdioUpstream, UpstreamFailed
+from pep.mcp_proxy.tokens import Caller, Jwks, ResourceServer, Unauthorized
+
+log = logging.getLogger("tessera.mcp_proxy")
+
+DECISION_HEADER = "Tessera-Decision-Id"
+SESSION_HEADER = "mcp-session-id"
+CONSENT_PATH = "/consent/done"
+NAME_BEARING = {"tools/call": "name", "prompts/get": "name", "resources/read": "uri"}
+# Request headers the upstream sees; everything else (Authorization, Cookie…) stays here.
+FORWARDED = (
+    "accept",
+    "content-type",
+    "mcp-session-id",
+    "mcp-protocol-version",
+    "mcp-method",
+    "mcp-name",
+    "last-event-id",
+)
+RETURNED = ("content-type", "mcp-session-id", "cache-control")
+SSE_EVENT_LIMIT = 4 << 20
+MAX_SESSIONS = 100_000
+
+
+def _id_key(value: Any) -> str:
+    return json.dumps(value)
+
+
+@dataclass
+class Plan:
+    """What one POST becomes: local answers, messages to forward, lists to filter."""
+
+    local: list[Message] = field(default_factory=list)
+    forward: list[Message] = field(default_factory=list)
+    filters: dict[str, Kind] = field(default_factory=dict)
+    decisions: list[str] = field(default_factory=list)
+
+
+class Proxy:
+    """The proxy's state: configuration, token checks, the PDP, upstream connections."""
+
+    def __init__(self, config: ProxyConfig) -> None:
+        self.config = config
+        self.by_path = {u.path: u for u in config.upstreams}
+        self.http: httpx.AsyncClient | None = None
+        self.decider: Decider | None = None
+        self.tokens: ResourceServer | None = None
+        self.credentials: Credentials | None = None
+        self.stdio: dict[str, StdioUpstream] = {}
+        # Mcp-Session-Id -> the caller that opened it (agent|user)
+        self.sessions: TTLCache[str, str] = TTLCache(MAX_SESSIONS, 24 * 3600)
+        origin = urlsplit(config.public_url)
+        self.origins = frozenset(
+            {f"{origin.scheme}://{origin.netloc}", *(o.rstrip("/") for o in config.allowed_origins)}
+        )
+
+    @contextlib.asynccontextmanager
+    async def lifespan(self, _app: Starlette) -> AsyncIterator[None]:
+        limits = httpx.Limits(max_connections=200, max_keepalive_connections=50)
+        async with httpx.AsyncClient(timeout=10.0, limits=limits) as http:
+            self.http = http
+            self.decider = Decider(
+                self.config.pdp, self.config.pdp_timeout, self.config.decision_cache
+            )
+            jwks = Jwks(self.config.jwks, http, self.config.algorithms)
+            client = (
+                (self.config.client_id, self.config.client_secret)
+                if self.config.client_id
+                else None
+            )
+            self.tokens = ResourceServer(
+                self.config.issuer, jwks, http, client, self.config.api_keys
+            )
+            self.credentials = Credentials(self.config, http)
+            for upstream in self.config.upstreams:
+                if upstream.command:
+                    self.stdio[upstream.name] = StdioUpstream(upstream.command, upstream.timeout)
+            try:
+                yield
+            finally:
+                for stdio in self.stdio.values():
+                    await stdio.close()
+                await self.decider.close()
+
+    def app(self) -> Starlette:
+        routes = [Route(CONSENT_PATH, self.consent_done, methods=["GET"])]
+        for upstream in self.config.upstreams:
+            routes.append(
+                Route(
+                    f"{challenges.WELL_KNOWN}{upstream.path}",
+                    self._metadata(upstream),
+                    methods=["GET"],
+                )
+            )
+            routes.append(
+                Route(upstream.path, self._endpoint(upstream), methods=["GET", "POST", "DELETE"])
+            )
+        if len(self.config.upstreams) == 1:
+            only = self.config.upstreams[0]
+            routes.append(Route(challenges.WELL_KNOWN, self._metadata(only), methods=["GET"]))
+        return Starlette(routes=routes, lifespan=self.lifespan)
+
+    # -- metadata and consent pages
+
+    def _metadata(self, upstream: Upstream) -> Callable[[Request], Any]:
+        document = challenges.metadata(self.config, upstream)
+
+        async def serve(_request: Request) -> Response:
+            return JSONResponse(document, headers={"Cache-Control": "max-age=300"})
+
+        return serve
+
+    async def consent_done(self, request: Request) -> Response:
+        """Where the issuer's consent page returns the user; the code is not used."""
+        declined = request.query_params.get("error") == "access_denied"
+        text = (
+            "You declined. The agent will not be allowed to do this."
+            if declined
+            else "Thank you: your consent is recorded. You can return to your application."
+        )
+        page = (
+            "<!doctype html><html><head><meta charset='utf-8'><title>Tessera</title></head>"
+            f"<body><p>{html.escape(text)}</p></body></html>"
+        )
+        return HTMLResponse(page, headers={"Cache-Control": "no-store"})
+
+    # -- the transport
+
+    def _endpoint(self, upstream: Upstream) -> Callable[[Request], Any]:
+        async def endpoint(request: Request) -> Response:
+            refused = self._origin(request)
+            if refused is not None:
+                return refused
+            assert self.tokens is not None
+            resource = self.config.resource(upstream)
+            try:
+                caller = await self.tokens.authenticate(
+                    request.headers.get("authorization"), resource
+                )
+            except Unauthorized as exc:
+                return challenges.unauthorized(self.config, upstream, exc.description)
+            missing = [s for s in upstream.scopes if s not in caller.scopes]
+            if missing:
+                return challenges.insufficient_scope(
+                    self.config, upstream, upstream.scopes, missing
+                )
+            session = request.headers.get(SESSION_HEADER)
+            if session is not None and self.sessions.get(session, caller.key) != caller.key:
+                return _json_error(404, None, INVALID_REQUEST, "unknown session")
+            if request.method == "POST":
+                return await self.post(request, upstream, caller)
+            if upstream.command:
+                return Response(status_code=405, headers={"Allow": "POST"})
+            return await self.relay(request, upstream, caller, None, Plan())
+
+        return endpoint
+
+    def _origin(self, request: Request) -> Response | None:
+        origin = request.headers.get("origin")
+        if origin is None or origin.rstrip("/") in self.origins:
+            return None
+        return _json_error(403, None, INVALID_REQUEST, f"origin {origin!r} is not allowed")
+
+    async def _body(self, request: Request) -> bytes | Response:
+        limit = self.config.max_body
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            return _json_error(413, None, INVALID_REQUEST, f"the body is over {limit} bytes")
+        chunks = []
+        size = 0
+        try:
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    return _json_error(
+                        413, None, INVALID_REQUEST, f"the body is over {limit} bytes"
+                    )
+                chunks.append(chunk)
+        except ClientDisconnect:
+            return Response(status_code=400)
+        return b"".join(chunks)
+
+    async def post(self, request: Request, upstream: Upstream, caller: Caller) -> Response:
+        body = await self._body(request)
+        if isinstance(body, Response):
+            return body
+        try:
+            parsed = json.loads(body)
+        except ValueError:
+            return _json_error(400, None, PARSE_ERROR, "the body is not JSON")
+        batch = isinstance(parsed, list)
+        messages = parsed if batch else [parsed]
+        if not messages or not all(
+            isinstance(m, dict) and m.get("jsonrpc") == "2.0" for m in messages
+        ):
+            return _json_error(400, None, INVALID_REQUEST, "the body is not a JSON-RPC message")
+        mismatch = _header_mismatch(request.headers, messages, batch)
+        if mismatch is not None:
+            return _json_error(400, messages[0].get("id"), HEADER_MISMATCH, mismatch)
+        needed = self._tool_scopes(upstream, messages)
+        missing = [s for s in needed if s not in caller.scopes]
+        if missing:
+            return challenges.insufficient_scope(
+                self.config, upstream, [*upstream.scopes, *needed], missing
+            )
+        plan = await self._plan(upstream, caller, messages)
+        if not plan.forward:
+            local: Any = plan.local if batch else plan.local[0]
+            return _answer(200, dumps(local), plan)
+        payload = plan.forward if batch else plan.forward[0]
+        unchanged = body if len(plan.forward) == len(messages) else None
+        return await self.relay(request, upstream, caller, payload, plan, unchanged)
+
+    def _tool_scopes(self, upstream: Upstream, messages: list[Message]) -> list[str]:
+        needed: list[str] = []
+        for message in messages:
+            if message.get("method") == "tools/call":
+                params = message.get("params")
+                name = params.get("name") if isinstance(params, dict) else None
+                for scope in upstream.tool_scopes.get(str(name), ()):
+                    if scope not in needed:
+                        needed.append(scope)
+        return needed
+
+    async def _plan(self, upstream: Upstream, caller: Caller, messages: list[Message]) -> Plan:
+        plan = Plan()
+        assert self.decider is not None
+        for message in messages:
+            method = message.get("method")
+            if not is_request(message) or not isinstance(method, str):
+                plan.forward.append(message)
+                continue
+            kind = DECIDED.get(method)
+            if kind is None:
+                listed = LISTED.get(method)
+                if listed is not None:
+                    plan.filters[_id_key(message["id"])] = listed
+                plan.forward.append(message)
+                continue
+            params = message.get("params")
+            params = params if isinstance(params, dict) else {}
+            name = params.get(kind.name_key)
+            if not isinstance(name, str) or not name:
+                plan.local.append(
+                    error(message["id"], -32602, f"{method} needs params.{kind.name_key}")
+                )
+                continue
+            arguments = params.get("arguments")
+            try:
+                context = (
+                    mapped_context(
+                        upstream.context, arguments if isinstance(arguments, dict) else {}
+                    )
+                    if kind is TOOL
+                    else {}
+                )
+            except ArgumentError as exc:
+                plan.local.append(error(message["id"], -32602, str(exc)))
+                continue
+            verdict = await self.decider.decide(caller, upstream, method, kind, name, context)
+            if verdict.decision_id:
+                plan.decisions.append(verdict.decision_id)
+            if verdict.allow:
+                plan.forward.append(message)
+            else:
+                plan.local.append(self._denied(message["id"], caller, method, name, verdict))
+        return plan
+
+    def _denied(self, id: Any, caller: Caller, method: str, name: str, verdict: Verdict) -> Message:
+        consents = [value for kind, value in verdict.obligations if kind == "consent"]
+        others = [kind for kind, _ in verdict.obligations if kind != "consent"]
+        if consents and not others and caller.user is not None and self.config.consent_client_id:
+            scope = " ".join(consents)
+            elicitation = ElicitRequestURLParams(
+                message=f"Allow the agent to use {name} for you ({scope})",
+                url=self._consent_url(caller, scope, verdict.decision_id),
+                elicitation_id=verdict.decision_id or secrets.token_urlsafe(16),
+            )
+            found = UrlElicitationRequiredError(
+                [elicitation], f"{method} {name!r} needs your consent: {scope}"
+            )
+            data = {**found.error.data, "decision_id": verdict.decision_id}
+            return error(id, CONSENT_REQUIRED, found.error.message, data)
+        data = {
+            "decision_id": verdict.decision_id,
+            "reasons": list(verdict.reasons),
+            "obligations": [{"kind": k, "value": v} for k, v in verdict.obligations],
+        }
+        return error(id, FORBIDDEN, f"{method} {name!r} is not allowed", data)
+
+    def _consent_url(self, caller: Caller, scope: str, state: str) -> str:
+        """The issuer's consent page for this user, agent and scope (an authorization
+        request whose code nobody redeems: the challenge's verifier is thrown away)."""
+        verifier = secrets.token_urlsafe(32)
+        challenge = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest())
+        query = {
+            "response_type": "code",
+            "client_id": self.config.consent_client_id,
+            "redirect_uri": f"{self.config.public_url}{CONSENT_PATH}",
+            "scope": scope,
+            "requested_actor": caller.agent,
+            "code_challenge": challenge.rstrip(b"=").decode(),
+            "code_challenge_method": "S256",
+            "state": state or secrets.token_urlsafe(16),
+        }
+        return f"{self.config.issuer}/oauth/authorize?{urlencode(query)}"
+
+    # -- talking to the upstream
+
+    async def relay(
+        self,
+        request: Request,
+        upstream: Upstream,
+        caller: Caller,
+        payload: Any,
+        plan: Plan,
+        body: bytes | None = None,
+    ) -> Response:
+        """Send the request on (POST ``payload``, or GET and DELETE as they are) and
+        answer with the upstream's response, rewritten where the plan says."""
+        if upstream.command:
+            return await self._relay_stdio(upstream, caller, payload, plan)
+        assert self.http is not None and self.credentials is not None and upstream.url
+        headers = {k: v for k in FORWARDED if (v := request.headers.get(k)) is not None}
+        token = request.headers.get("authorization", "").partition(" ")[2].strip()
+        try:
+            credential = await self.credentials.authorization(upstream, token)
+        except CredentialError as exc:
+            log.warning("upstream %s: no credential: %s", upstream.name, exc)
+            return self._failed(payload, plan, f"no credential for upstream {upstream.name!r}")
+        if credential is not None:
+            headers["authorization"] = credential
+        content = body if body is not None else dumps(payload) if payload is not None else None
+        try:
+            sent = self.http.build_request(
+                request.method,
+                upstream.url,
+                headers=headers,
+                content=content,
+                timeout=upstream.timeout,
+            )
+            response = await self.http.send(sent, stream=True)
+        except httpx.TimeoutException:
+            return self._failed(payload, plan, f"upstream {upstream.name!r} timed out")
+        except httpx.HTTPError:
+            return self._failed(payload, plan, f"upstream {upstream.name!r} is unreachable")
+        session = response.headers.get(SESSION_HEADER)
+        if session is not None:
+            if request.method == "DELETE":
+                self.sessions.pop(session, None)
+            else:
+                self.sessions[session] = caller.key
+        elif request.method == "DELETE":
+            self.sessions.pop(request.headers.get(SESSION_HEADER, ""), None)
+        returned = {k: v for k in RETURNED if (v := response.headers.get(k)) is not None}
+        if plan.decisions:
+            returned[DECISION_HEADER] = ",".join(plan.decisions)
+        kind = response.headers.get("content-type", "").split(";")[0].strip().lower()
+        rewrite = self._rewriter(upstream, caller, plan)
+        if kind == "text/event-stream" and (plan.filters or plan.local):
+            stream = rewrite_sse(_chunks(response), rewrite, plan.local, SSE_EVENT_LIMIT)
+            return StreamingResponse(stream, response.status_code, headers=returned)
+        if kind == "text/event-stream" or request.method == "GET":
+            return StreamingResponse(_chunks(response), response.status_code, headers=returned)
+        try:
+            raw = await response.aread()
+        except httpx.HTTPError:
+            return self._failed(payload, plan, f"upstream {upstream.name!r} failed mid-answer")
+        finally:
+            await response.aclose()
+        if kind == "application/json" and (plan.filters or plan.local) and raw:
+            try:
+                answer = json.loads(raw)
+            except ValueError:
+                return self._failed(payload, plan, f"upstream {upstream.name!r} sent bad JSON")
+            rewritten = await self._rewrite_all(upstream, caller, plan, answer)
+            return _answer(response.status_code, dumps(rewritten), plan, returned)
+        if response.status_code >= 500 and payload is not None:
+            return self._failed(payload, plan, f"upstream {upstream.name!r} failed")
+        if not raw and plan.local:  # only notifications were forwarded
+            local: Any = plan.local
+            return _answer(200, dumps(local), plan, returned)
+        return Response(raw, response.status_code, headers=returned)
+
+    async def _rewrite_all(
+        self, upstream: Upstream, caller: Caller, plan: Plan, answer: Any
+    ) -> Any:
+        filtered = await self._filter_many(upstream, caller, plan, answer)
+        if isinstance(filtered, list):
+            return [*plan.local, *filtered]
+        if plan.local:
+            return [*plan.local, filtered]
+        return filtered
+
+    async def _filter_many(
+        self, upstream: Upstream, caller: Caller, plan: Plan, answer: Any
+    ) -> Any:
+        if isinstance(answer, list):
+            return [await self._filtered(upstream, caller, plan, m) for m in answer]
+        return await self._filtered(upstream, caller, plan, answer)
+
+    def _rewriter(self, upstream: Upstream, caller: Caller, plan: Plan) -> Any:
+        async def rewrite(message: Any) -> Any:
+            return await self._filtered(upstream, caller, plan, message)
+
+        return rewrite
+
+    async def _filtered(self, upstream: Upstream, caller: Caller, plan: Plan, message: Any) -> Any:
+        """A ``…/list`` result with only the items the caller may use."""
+        if not isinstance(message, dict) or "id" not in message:
+            return message
+        kind = plan.filters.get(_id_key(message["id"]))
+        result = message.get("result")
+        if kind is None or not isinstance(result, dict):
+            return message
+        items = result.get(kind.list_key)
+        if not isinstance(items, list):
+            return message
+        names = [str(i.get(kind.item_key)) for i in items if isinstance(i, dict)]
+        assert self.decider is not None
+        allowed = await self.decider.allowed(caller, upstream, kind, names)
+        kept = [i for i in items if isinstance(i, dict) and str(i.get(kind.item_key)) in allowed]
+        return {**message, "result": {**result, kind.list_key: kept}}
+
+    async def _relay_stdio(
+        self, upstream: Upstream, caller: Caller, payload: Any, plan: Plan
+    ) -> Response:
+        stdio = self.stdio[upstream.name]
+        try:
+            answer = await stdio.send(payload)
+        except UpstreamFailed as exc:
+            return self._failed(payload, plan, f"upstream {upstream.name!r} {exc}")
+        if answer is None:
+            if plan.local:
+                return _answer(200, dumps(plan.local), plan)
+            return Response(status_code=202)
+        rewritten = await self._rewrite_all(upstream, caller, plan, answer)
+        return _answer(200, dumps(rewritten), plan)
+
+    def _failed(self, payload: Any, plan: Plan, reason: str) -> Response:
+        """Each forwarded request answered with a JSON-RPC error (with the local answers)."""
+        messages = payload if isinstance(payload, list) else [payload] if payload else []
+        errors = [error(m["id"], UPSTREAM_ERROR, reason) for m in messages if is_request(m)]
+        answers = [*plan.local, *errors]
+        if not answers:
+            return _json_error(502, None, UPSTREAM_ERROR, reason)
+        body: Any = answers if isinstance(payload, list) or len(answers) > 1 else answers[0]
+        return _answer(200, dumps(body), plan)
+
+
+def _header_mismatch(
+    headers: Mapping[str, str], messages: list[Message], batch: bool
+) -> str | None:
+    """Whether ``Mcp-Method`` / ``Mcp-Name`` disagree with the body (they route and are
+    logged by intermediaries, so they must say what the body does)."""
+    method = headers.get("mcp-method")
+    name = headers.get("mcp-name")
+    if method is None and name is None:
+        return None
+    if batch:
+        return "Mcp-Method and Mcp-Name cannot describe a batch"
+    message = messages[0]
+    if method is not None and method != message.get("method"):
+        return "the Mcp-Method header does not match the body's method"
+    key = NAME_BEARING.get(str(message.get("method")))
+    params = message.get("params")
+    value = params.get(key) if key is not None and isinstance(params, dict) else None
+    if key is not None and value is not None and name != value:
+        return f"the Mcp-Name header does not match the body's params.{key}"
+    if key is None and name is not None:
+        return "Mcp-Name is only for tools/call, prompts/get and resources/read"
+    return None
+
+
+async def _chunks(response: httpx.Response) -> AsyncIterator[bytes]:
+    """The upstream's body as it arrives; a failure mid-stream ends the stream."""
+    try:
+        async for chunk in response.aiter_bytes():
+            yield chunk
+    except httpx.HTTPError:
+        log.warning("upstream stream broke off")
+    finally:
+        await response.aclose()
+
+
+def _answer(
+    status: int, body: bytes, plan: Plan, headers: Mapping[str, str] | None = None
+) -> Response:
+    out = {**(headers or {}), "content-type": "application/json"}
+    if plan.decisions:
+        out[DECISION_HEADER] = ",".join(plan.decisions)
+    return Response(body, status, headers=out)
+
+
+def _json_error(status: int, id: Any, code: int, message: str) -> Response:
+    return Response(dumps(error(id, code, message)), status, media_type="application/json")

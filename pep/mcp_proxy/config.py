@@ -1,0 +1,319 @@
+"""How ``tessera mcp-proxy`` is configured: the ``[mcp_proxy]`` table of ``tessera.toml``.
+
+    [mcp_proxy]
+    public_url = "https://mcp.example.com"   # this proxy as clients reach it (no path)
+    issuer = "https://id.example.com"        # the token issuer whose tokens are accepted
+    pdp = "127.0.0.1:50051"                  # the gRPC decision service
+    host = "127.0.0.1"
+    port = 8090
+    algorithms = ["ES256", "RS256", "EdDSA"] # JWT signatures accepted; never none or HMAC
+    allowed_origins = []                     # browser Origins allowed besides public_url
+    max_body = 1048576                       # bytes per request body
+    client_id = ""                           # the proxy's own client at the issuer (for
+    client_secret_env = "TESSERA_MCP_PROXY_SECRET"  # introspection and upstream tokens)
+    consent_client_id = ""                   # a public client whose consent page users see
+    api_keys = false                         # accept Tessera API keys as bearer tokens
+    decision_cache = 0.0                     # seconds an answer the PDP marks cacheable is
+                                             # reused (0: every call decided and audited)
+
+    [[mcp_proxy.upstream]]
+    name = "payments"                        # resource.server in policies
+    path = "/mcp/payments"                   # where clients reach it on this proxy
+    url = "http://127.0.0.1:9000/mcp"        # a Streamable HTTP server, or
+    # command = ["python", "server.py"]      # a local stdio server started by the proxy
+    scopes = ["mcp:tools"]                   # needed for any call
+    tool_scopes = { "payments.transfer" = ["payments:transfer"] }
+    context = { amount = { argument = "amount", currency = "USD" }, note = "memo" }
+    credential = "static"                    # static | client_credentials | token_exchange | none
+    credential_env = "PAYMENTS_TOKEN"        # static: the upstream's own bearer token
+    audience = "https://payments.internal/"  # client_credentials / token_exchange: its resource
+    timeout = 30.0                           # seconds per upstream call
+
+A configuration that cannot work is refused with a :class:`ConfigError` naming the setting.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+ALGORITHMS = ("ES256", "ES384", "RS256", "PS256", "EdDSA")
+CREDENTIALS = ("static", "client_credentials", "token_exchange", "none")
+DEFAULT_MAX_BODY = 1 << 20
+
+
+class ConfigError(ValueError):
+    """A setting that cannot be used; the message names it."""
+
+
+@dataclass(frozen=True)
+class ContextArgument:
+    """A tool argument copied into the decision's context; with ``currency``, a number
+    becomes money in that currency."""
+
+    argument: str
+    currency: str | None = None
+
+
+@dataclass(frozen=True)
+class Upstream:
+    """One MCP server behind the proxy, reached at ``path``."""
+
+    name: str
+    path: str
+    url: str | None = None
+    command: tuple[str, ...] = ()
+    scopes: tuple[str, ...] = ()
+    tool_scopes: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    context: Mapping[str, ContextArgument] = field(default_factory=dict)
+    credential: str = "none"
+    token: str = ""  # the static credential
+    audience: str = ""
+    timeout: float = 30.0
+
+
+@dataclass(frozen=True)
+class ProxyConfig:
+    public_url: str
+    issuer: str
+    upstreams: tuple[Upstream, ...]
+    pdp: str = "127.0.0.1:50051"
+    host: str = "127.0.0.1"
+    port: int = 8090
+    algorithms: tuple[str, ...] = ("ES256", "RS256", "EdDSA")
+    allowed_origins: tuple[str, ...] = ()
+    max_body: int = DEFAULT_MAX_BODY
+    jwks_uri: str = ""
+    client_id: str = ""
+    client_secret: str = ""
+    consent_client_id: str = ""
+    api_keys: bool = False
+    pdp_timeout: float = 0.5
+    decision_cache: float = 0.0
+
+    @property
+    def jwks(self) -> str:
+        return self.jwks_uri or f"{self.issuer}/oauth/jwks"
+
+    def resource(self, upstream: Upstream) -> str:
+        """The canonical resource URI of an upstream: the URL clients reach it at."""
+        return f"{self.public_url}{upstream.path}"
+
+
+def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> ProxyConfig:
+    """The ``[mcp_proxy]`` table of a TOML file, checked."""
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    table = data.get("mcp_proxy")
+    if not isinstance(table, dict):
+        raise ConfigError(f"{path} has no [mcp_proxy] table")
+    return config_from_table(table, os.environ if env is None else env)
+
+
+def config_from_table(table: Mapping[str, Any], env: Mapping[str, str]) -> ProxyConfig:
+    """A configuration from the ``[mcp_proxy]`` table's values, checked."""
+    known = {
+        "public_url", "issuer", "pdp", "host", "port", "algorithms", "allowed_origins",
+        "max_body", "jwks_uri", "client_id", "client_secret_env", "consent_client_id",
+        "api_keys", "pdp_timeout", "decision_cache", "upstream",
+    }  # fmt: skip
+    _unknown(table, known, "mcp_proxy")
+    public_url = _url(_str(table, "public_url", None, "mcp_proxy"), "mcp_proxy.public_url")
+    if urlsplit(public_url).path not in ("", "/"):
+        raise ConfigError("mcp_proxy.public_url must be an origin without a path")
+    issuer = _url(_str(table, "issuer", None, "mcp_proxy"), "mcp_proxy.issuer")
+    algorithms = tuple(_strs(table, "algorithms", ["ES256", "RS256", "EdDSA"], "mcp_proxy"))
+    bad = [a for a in algorithms if a not in ALGORITHMS]
+    if bad or not algorithms:
+        raise ConfigError(
+            f"mcp_proxy.algorithms: {bad[0] if bad else 'none given'!r} is not one of "
+            f"{', '.join(ALGORITHMS)}"
+        )
+    raw = table.get("upstream")
+    if not isinstance(raw, list) or not raw:
+        raise ConfigError("mcp_proxy needs at least one [[mcp_proxy.upstream]]")
+    upstreams = tuple(_upstream(item, i, env) for i, item in enumerate(raw))
+    for kind in ("name", "path"):
+        values = [getattr(u, kind) for u in upstreams]
+        dupes = sorted({v for v in values if values.count(v) > 1})
+        if dupes:
+            raise ConfigError(f"two upstreams have the {kind} {dupes[0]!r}")
+    secret_env = _str(table, "client_secret_env", "TESSERA_MCP_PROXY_SECRET", "mcp_proxy")
+    client_id = _str(table, "client_id", "", "mcp_proxy")
+    config = ProxyConfig(
+        public_url=public_url.rstrip("/"),
+        issuer=issuer.rstrip("/"),
+        upstreams=upstreams,
+        pdp=_str(table, "pdp", "127.0.0.1:50051", "mcp_proxy"),
+        host=_str(table, "host", "127.0.0.1", "mcp_proxy"),
+        port=_int(table, "port", 8090, "mcp_proxy"),
+        algorithms=algorithms,
+        allowed_origins=tuple(_strs(table, "allowed_origins", [], "mcp_proxy")),
+        max_body=_int(table, "max_body", DEFAULT_MAX_BODY, "mcp_proxy"),
+        jwks_uri=_str(table, "jwks_uri", "", "mcp_proxy"),
+        client_id=client_id,
+        client_secret=env.get(secret_env, "") if client_id else "",
+        consent_client_id=_str(table, "consent_client_id", "", "mcp_proxy"),
+        api_keys=_bool(table, "api_keys", False, "mcp_proxy"),
+        pdp_timeout=_float(table, "pdp_timeout", 0.5, "mcp_proxy"),
+        decision_cache=_seconds(table, "decision_cache", "mcp_proxy"),
+    )
+    check(config)
+    return config
+
+
+def check(config: ProxyConfig) -> None:
+    """Refuse a configuration that cannot work."""
+    if config.max_body < 1:
+        raise ConfigError("mcp_proxy.max_body must be at least 1 byte")
+    needs_client = [u.name for u in config.upstreams if u.credential in CREDENTIALS[1:3]]
+    if needs_client and not (config.client_id and config.client_secret):
+        raise ConfigError(
+            f"upstream {needs_client[0]!r} gets its credential from the issuer: set "
+            "mcp_proxy.client_id and the secret's environment variable (client_secret_env)"
+        )
+
+
+def _upstream(item: Any, index: int, env: Mapping[str, str]) -> Upstream:
+    where = f"mcp_proxy.upstream[{index}]"
+    if not isinstance(item, dict):
+        raise ConfigError(f"{where} must be a table")
+    known = {
+        "name", "path", "url", "command", "scopes", "tool_scopes", "context", "credential",
+        "credential_env", "audience", "timeout",
+    }  # fmt: skip
+    _unknown(item, known, where)
+    name = _str(item, "name", None, where)
+    path = _str(item, "path", None, where)
+    if not path.startswith("/") or path.endswith("/") or "/.well-known" in path or "?" in path:
+        raise ConfigError(f"{where}.path must start with / and not end with one, e.g. /mcp")
+    url = item.get("url")
+    command = item.get("command")
+    if (url is None) == (command is None):
+        raise ConfigError(f"{where} needs exactly one of url (Streamable HTTP) or command (stdio)")
+    if url is not None:
+        url = _url(_str(item, "url", None, where), f"{where}.url")
+    commands: tuple[str, ...] = ()
+    if command is not None:
+        commands = tuple(_strs(item, "command", None, where))
+        if not commands:
+            raise ConfigError(f"{where}.command must name a program")
+    credential = _str(item, "credential", "none", where)
+    if credential not in CREDENTIALS:
+        raise ConfigError(f"{where}.credential must be one of {', '.join(CREDENTIALS)}")
+    token = ""
+    if credential == "static":
+        variable = _str(item, "credential_env", None, where)
+        token = env.get(variable, "")
+        if not token:
+            raise ConfigError(f"{where}: the environment variable {variable} is not set")
+    audience = _str(item, "audience", "", where)
+    if credential in ("client_credentials", "token_exchange") and not audience:
+        raise ConfigError(f"{where}.audience is needed with credential = {credential!r}")
+    tool_scopes_raw = item.get("tool_scopes", {})
+    if not isinstance(tool_scopes_raw, dict):
+        raise ConfigError(f"{where}.tool_scopes must be a table of tool = [scopes]")
+    tool_scopes = {
+        str(tool): tuple(_strs(tool_scopes_raw, tool, None, f"{where}.tool_scopes"))
+        for tool in tool_scopes_raw
+    }
+    return Upstream(
+        name=name,
+        path=path,
+        url=url,
+        command=commands,
+        scopes=tuple(_strs(item, "scopes", [], where)),
+        tool_scopes=tool_scopes,
+        context=_context(item.get("context", {}), f"{where}.context"),
+        credential=credential,
+        token=token,
+        audience=audience,
+        timeout=_float(item, "timeout", 30.0, where),
+    )
+
+
+def _context(raw: Any, where: str) -> dict[str, ContextArgument]:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where} must be a table of attribute = argument")
+    mapped = {}
+    for attribute, spec in raw.items():
+        if isinstance(spec, str):
+            mapped[str(attribute)] = ContextArgument(spec)
+        elif isinstance(spec, dict):
+            _unknown(spec, {"argument", "currency"}, f"{where}.{attribute}")
+            currency = spec.get("currency")
+            if currency is not None and not (
+                isinstance(currency, str) and len(currency) == 3 and currency.isupper()
+            ):
+                raise ConfigError(f"{where}.{attribute}.currency must be an ISO 4217 code")
+            mapped[str(attribute)] = ContextArgument(
+                _str(spec, "argument", None, f"{where}.{attribute}"), currency
+            )
+        else:
+            raise ConfigError(f"{where}.{attribute} must name an argument")
+    return mapped
+
+
+def _unknown(table: Mapping[str, Any], known: set[str], where: str) -> None:
+    extra = sorted(set(table) - known)
+    if extra:
+        raise ConfigError(f"{where}: unknown setting {extra[0]!r}")
+
+
+def _str(table: Mapping[str, Any], key: str, default: str | None, where: str) -> str:
+    value = table.get(key, default)
+    if not isinstance(value, str) or (default is None and not value):
+        raise ConfigError(f"{where}.{key} must be a non-empty string")
+    return value
+
+
+def _strs(table: Mapping[str, Any], key: str, default: list[str] | None, where: str) -> list[str]:
+    value = table.get(key, default)
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise ConfigError(f"{where}.{key} must be a list of strings")
+    return value
+
+
+def _int(table: Mapping[str, Any], key: str, default: int, where: str) -> int:
+    value = table.get(key, default)
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise ConfigError(f"{where}.{key} must be an integer")
+    return value
+
+
+def _float(table: Mapping[str, Any], key: str, default: float, where: str) -> float:
+    value = table.get(key, default)
+    if not isinstance(value, int | float) or isinstance(value, bool) or value <= 0:
+        raise ConfigError(f"{where}.{key} must be a positive number")
+    return float(value)
+
+
+def _seconds(table: Mapping[str, Any], key: str, where: str) -> float:
+    value = table.get(key, 0.0)
+    if not isinstance(value, int | float) or isinstance(value, bool) or value < 0:
+        raise ConfigError(f"{where}.{key} must be a number of seconds, 0 or more")
+    return float(value)
+
+
+def _bool(table: Mapping[str, Any], key: str, default: bool, where: str) -> bool:
+    value = table.get(key, default)
+    if not isinstance(value, bool):
+        raise ConfigError(f"{where}.{key} must be true or false")
+    return value
+
+
+def _url(value: str, where: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.netloc or parts.fragment:
+        raise ConfigError(f"{where} must be an http(s) URL without a fragment, not {value!r}")
+    return value

@@ -1,0 +1,141 @@
+"""Tool, prompt and resource decisions for MCP calls, asked of the PDP over gRPC.
+
+Each ``tools/call`` is an ``Authorize`` request: the agent and user from the token, action
+``tool.call`` on the resource ``tool``/<name> with ``server`` = the upstream's name, the
+arguments the upstream's configuration maps into the context (``amount``…), and the MCP
+method and upstream in the context (``mcp_method``, ``mcp_server``) so the audit record
+names the call. ``prompts/get`` and ``resources/read`` are decided the same way (actions
+``prompt.get`` and ``resource.read`` on resources ``prompt`` and ``resource``). The
+``…/list`` answers keep only what ``ListAllowed`` allows. The PDP fills the user's
+consents from its consent store; the proxy never sends them.
+
+The PDP failing to answer is a deny (:class:`pep.client.AsyncClient` fails closed). With
+a decision cache, an answer the PDP marks cacheable (no limit could decide it) is reused
+for identical requests for a few seconds: such a call is not audited again, and its
+decision id is that of the decision it reused.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+import grpc
+
+from pdp.lang.values import Money
+from pdp.serve.proto import authorizer_pb2 as pb
+from pdp.serve.proto import authorizer_pb2_grpc as pb_grpc
+from pep.client import AsyncClient, Options, Query, Verdict, to_value
+from pep.mcp_proxy.config import ContextArgument, Upstream
+from pep.mcp_proxy.tokens import Caller
+
+
+@dataclass(frozen=True)
+class Kind:
+    """How one kind of named MCP object is decided."""
+
+    action: str
+    resource_type: str
+    name_key: str  # the params member that names it
+    list_key: str  # the list result's member
+    item_key: str  # the listed item's member that names it
+
+
+TOOL = Kind("tool.call", "tool", "name", "tools", "name")
+PROMPT = Kind("prompt.get", "prompt", "name", "prompts", "name")
+RESOURCE = Kind("resource.read", "resource", "uri", "resources", "uri")
+
+DECIDED = {"tools/call": TOOL, "prompts/get": PROMPT, "resources/read": RESOURCE}
+LISTED = {"tools/list": TOOL, "prompts/list": PROMPT, "resources/list": RESOURCE}
+
+
+class ArgumentError(ValueError):
+    """A mapped argument that cannot be put in the context."""
+
+
+def mapped_context(
+    mapping: Mapping[str, ContextArgument], arguments: Mapping[str, Any]
+) -> dict[str, Any]:
+    """The context attributes the configuration takes from a call's arguments."""
+    context: dict[str, Any] = {}
+    for attribute, spec in mapping.items():
+        if spec.argument not in arguments:
+            continue
+        value = arguments[spec.argument]
+        if spec.currency is not None:
+            if isinstance(value, bool) or not isinstance(value, int | float | str):
+                raise ArgumentError(f"argument {spec.argument!r} must be a number")
+            try:
+                value = Money(Decimal(str(value)), spec.currency)
+            except InvalidOperation:
+                raise ArgumentError(f"argument {spec.argument!r} must be a number") from None
+        elif value is None:
+            continue
+        context[attribute] = value
+    return context
+
+
+class Decider:
+    """Asks the PDP: one client for ``Authorize``, one stub for ``ListAllowed``."""
+
+    def __init__(self, target: str, timeout: float = 0.5, cache: float = 0.0) -> None:
+        self.channel = grpc.aio.insecure_channel(target)
+        options = Options(timeout=timeout, cache_size=10_000 if cache > 0 else 0, cache_ttl=cache)
+        self.client = AsyncClient(target, options, channel=self.channel)
+        self.stub = pb_grpc.AuthorizerStub(self.channel)  # type: ignore[no-untyped-call]
+        self.timeout = timeout
+
+    async def close(self) -> None:
+        await self.channel.close()
+
+    async def decide(
+        self,
+        caller: Caller,
+        upstream: Upstream,
+        method: str,
+        kind: Kind,
+        name: str,
+        context: Mapping[str, Any],
+    ) -> Verdict:
+        query = Query(
+            agent=caller.agent,
+            user=caller.user,
+            chain=caller.chain or None,
+            action=kind.action,
+            resource_type=kind.resource_type,
+            resource_id=name,
+            resource_attributes={"server": upstream.name} if kind is TOOL else {},
+            context={**context, "mcp_method": method, "mcp_server": upstream.name},
+        )
+        return await self.client.authorize(query)
+
+    async def allowed(
+        self, caller: Caller, upstream: Upstream, kind: Kind, names: Sequence[str]
+    ) -> set[str]:
+        """The names among ``names`` the caller may use; none when the PDP cannot say."""
+        if not names:
+            return set()
+        request = pb.ListAllowedRequest(
+            agent=pb.Agent(id=caller.agent),
+            action=kind.action,
+            candidates=[
+                pb.Resource(
+                    type=kind.resource_type,
+                    id=name,
+                    attributes={"server": to_value(upstream.name)} if kind is TOOL else {},
+                )
+                for name in names
+            ],
+            context={"mcp_method": to_value(f"{kind.list_key}/list")},
+        )
+        if caller.user is not None:
+            request.user.CopyFrom(pb.User(id=caller.user))
+        if caller.chain:
+            request.delegation.CopyFrom(pb.Delegation(chain=list(caller.chain)))
+        try:
+            response = await self.stub.ListAllowed(request, timeout=self.timeout)
+        except grpc.RpcError:
+            return set()  # fail closed: list nothing
+        return {r.id for r in response.allowed}

@@ -1,0 +1,118 @@
+"""JSON-RPC 2.0 messages and Server-Sent Events, as the proxy reads and rewrites them.
+
+The proxy parses a request body once to decide it, forwards what it allows, and rewrites
+the upstream's answer where it must (``…/list`` results filtered, local answers for denied
+calls merged in). A JSON answer is rewritten whole; an SSE answer (``text/event-stream``)
+event by event as it streams, so server requests and progress in between pass at once.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+from mcp_types.jsonrpc import INTERNAL_ERROR, URL_ELICITATION_REQUIRED
+
+PARSE_ERROR = -32700
+INVALID_REQUEST = -32600
+HEADER_MISMATCH = -32020
+FORBIDDEN = -32003  # a call the policy refuses (implementation-defined server error)
+UPSTREAM_ERROR = INTERNAL_ERROR
+CONSENT_REQUIRED = URL_ELICITATION_REQUIRED  # -32042
+
+Message = dict[str, Any]
+
+
+def error(id: Any, code: int, message: str, data: Any = None) -> Message:
+    body: dict[str, Any] = {"code": code, "message": message}
+    if data is not None:
+        body["data"] = data
+    return {"jsonrpc": "2.0", "id": id, "error": body}
+
+
+def is_request(message: Message) -> bool:
+    return "method" in message and "id" in message
+
+
+def dumps(value: Any) -> bytes:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+class SseParser:
+    """Splits a byte stream into SSE events (lines of ``field: value``, a blank line ends
+    one)."""
+
+    def __init__(self, limit: int) -> None:
+        self.buffer = b""
+        self.limit = limit
+
+    def feed(self, chunk: bytes) -> list[bytes]:
+        """The complete events in ``chunk`` and what came before, as raw bytes (each with
+        its terminating blank line)."""
+        self.buffer += chunk.replace(b"\r\n", b"\n")
+        events = []
+        while True:
+            end = self.buffer.find(b"\n\n")
+            if end < 0:
+                break
+            events.append(self.buffer[: end + 2])
+            self.buffer = self.buffer[end + 2 :]
+        if len(self.buffer) > self.limit:
+            raise ValueError("an event larger than the limit")
+        return events
+
+
+def event_data(event: bytes) -> bytes | None:
+    """The data of an event of type ``message`` (the default), or None."""
+    data = []
+    kind = b"message"
+    for line in event.split(b"\n"):
+        name, _, value = line.partition(b":")
+        value = value[1:] if value.startswith(b" ") else value
+        if name == b"data":
+            data.append(value)
+        elif name == b"event":
+            kind = value
+    if kind != b"message" or not data:
+        return None
+    return b"\n".join(data)
+
+
+def replace_data(event: bytes, data: bytes) -> bytes:
+    """The event with its data lines replaced by ``data`` (other fields kept)."""
+    kept = [
+        line for line in event.rstrip(b"\n").split(b"\n") if line and not line.startswith(b"data")
+    ]
+    return b"\n".join([*kept, b"data: " + data]) + b"\n\n"
+
+
+def sse_event(message: Any) -> bytes:
+    return b"event: message\ndata: " + dumps(message) + b"\n\n"
+
+
+async def rewrite_sse(
+    chunks: AsyncIterator[bytes],
+    rewrite: Callable[[Any], Awaitable[Any]],
+    prefix: list[Message],
+    limit: int,
+) -> AsyncIterator[bytes]:
+    """The SSE stream with each JSON message passed through ``rewrite``, after events for
+    the ``prefix`` messages."""
+    for message in prefix:
+        yield sse_event(message)
+    parser = SseParser(limit)
+    async for chunk in chunks:
+        for event in parser.feed(chunk):
+            data = event_data(event)
+            if data is None:
+                yield event
+                continue
+            try:
+                message = json.loads(data)
+            except ValueError:
+                yield event
+                continue
+            yield replace_data(event, dumps(await rewrite(message)))
+    if parser.buffer.strip():
+        yield parser.buffer

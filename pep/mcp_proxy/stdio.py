@@ -1,0 +1,149 @@
+"""A local MCP server started as a subprocess and spoken to over stdio (newline-delimited
+JSON-RPC), so the proxy can serve it over Streamable HTTP.
+
+One process serves every caller. Request ids are replaced by the proxy's own on the way
+in (callers' ids may collide) and restored on the way out. A request the server sends
+back (sampling, elicitation) is refused with ``-32601``, since there is no client to ask
+on this path; its notifications are dropped. A process that exits fails the calls in
+flight and is started again on the next call; a call unanswered within the upstream's
+timeout fails alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from typing import Any
+
+log = logging.getLogger("tessera.mcp_proxy")
+
+LINE_LIMIT = 16 << 20  # bytes in one message from the server
+
+
+class UpstreamFailed(Exception):
+    """The subprocess could not answer; the message completes 'upstream X …'."""
+
+
+class StdioUpstream:
+    def __init__(self, command: tuple[str, ...], timeout: float) -> None:
+        self.command = command
+        self.timeout = timeout
+        self.process: asyncio.subprocess.Process | None = None
+        self.reader: asyncio.Task[None] | None = None
+        self.pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
+        self.counter = 0
+        self._lock = asyncio.Lock()
+
+    async def _started(self) -> asyncio.subprocess.Process:
+        async with self._lock:
+            if self.process is not None and self.process.returncode is None:
+                return self.process
+            try:
+                process = await asyncio.create_subprocess_exec(
+                    *self.command,
+                    stdin=asyncio.subprocess.PIPE,
+                    stdout=asyncio.subprocess.PIPE,
+                    stderr=asyncio.subprocess.DEVNULL,
+                    limit=LINE_LIMIT,
+                )
+            except OSError as exc:
+                raise UpstreamFailed(f"could not be started: {exc.strerror}") from None
+            self.process = process
+            self.reader = asyncio.create_task(self._read(process))
+            return process
+
+    async def _read(self, process: asyncio.subprocess.Process) -> None:
+        assert process.stdout is not None
+        try:
+            while True:
+                line = await process.stdout.readline()
+                if not line:
+                    break
+                try:
+                    message = json.loads(line)
+                except ValueError:
+                    continue
+                if not isinstance(message, dict):
+                    continue
+                if "method" in message:
+                    if "id" in message:  # a request to a client that is not there
+                        await self._write(
+                            process,
+                            {
+                                "jsonrpc": "2.0",
+                                "id": message["id"],
+                                "error": {
+                                    "code": -32601,
+                                    "message": "not available through the proxy",
+                                },
+                            },
+                        )
+                    continue
+                future = self.pending.pop(message.get("id"), None)  # type: ignore[arg-type]
+                if future is not None and not future.done():
+                    future.set_result(message)
+        except (ValueError, ConnectionError) as exc:
+            log.warning("stdio upstream: %s", exc)
+        finally:
+            for future in self.pending.values():
+                if not future.done():
+                    future.set_exception(UpstreamFailed("exited"))
+            self.pending.clear()
+
+    async def _write(self, process: asyncio.subprocess.Process, message: dict[str, Any]) -> None:
+        assert process.stdin is not None
+        process.stdin.write(json.dumps(message, separators=(",", ":")).encode() + b"\n")
+        await process.stdin.drain()
+
+    async def send(self, payload: Any) -> Any:
+        """The answer to a message or batch (None when it held no request)."""
+        process = await self._started()
+        messages = payload if isinstance(payload, list) else [payload]
+        waiting: list[tuple[Any, asyncio.Future[dict[str, Any]]]] = []
+        ids: list[int] = []
+        loop = asyncio.get_running_loop()
+        try:
+            for message in messages:
+                if "method" in message and "id" in message:
+                    self.counter += 1
+                    future: asyncio.Future[dict[str, Any]] = loop.create_future()
+                    self.pending[self.counter] = future
+                    ids.append(self.counter)
+                    waiting.append((message["id"], future))
+                    message = {**message, "id": self.counter}
+                await self._write(process, message)
+        except (ConnectionError, OSError):
+            raise UpstreamFailed("exited") from None
+        if not waiting:
+            return None
+        try:
+            async with asyncio.timeout(self.timeout):
+                answers = [await future for _, future in waiting]
+        except TimeoutError:
+            raise UpstreamFailed(f"timed out after {self.timeout:g} s") from None
+        finally:
+            for key in ids:
+                self.pending.pop(key, None)
+            for _, future in waiting:
+                future.cancel()
+        restored = [
+            {**a, "id": original} for (original, _), a in zip(waiting, answers, strict=True)
+        ]
+        return restored if isinstance(payload, list) else restored[0]
+
+    async def close(self) -> None:
+        process = self.process
+        if process is not None and process.returncode is None:
+            if process.stdin is not None:
+                process.stdin.close()
+            try:
+                await asyncio.wait_for(process.wait(), 2.0)
+            except TimeoutError:
+                process.kill()
+                await process.wait()
+        if self.reader is not None:
+            self.reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.reader

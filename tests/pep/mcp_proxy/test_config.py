@@ -1,0 +1,162 @@
+"""The ``[mcp_proxy]`` table and the ``tessera mcp-proxy`` command."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from pep.mcp_proxy.config import ConfigError, ContextArgument, config_from_table, load_config
+
+EXAMPLE = """
+[mcp_proxy]
+public_url = "https://mcp.example.com"
+issuer = "https://id.example.com"
+port = 0
+
+[[mcp_proxy.upstream]]
+name = "payments"
+path = "/mcp/payments"
+url = "http://127.0.0.1:9/mcp"
+scopes = ["mcp:tools"]
+tool_scopes = { "payments.transfer" = ["payments:transfer"] }
+context = { amount = { argument = "amount", currency = "USD" }, note = "memo" }
+credential = "static"
+credential_env = "PAYMENTS_TOKEN"
+
+[[mcp_proxy.upstream]]
+name = "files"
+path = "/mcp/files"
+command = ["python", "-m", "files_server"]
+"""
+
+
+def table(**changes: Any) -> dict[str, Any]:
+    base: dict[str, Any] = {
+        "public_url": "https://mcp.example.com",
+        "issuer": "https://id.example.com",
+        "upstream": [{"name": "a", "path": "/mcp", "url": "http://127.0.0.1:9/mcp"}],
+    }
+    return {**base, **changes}
+
+
+def up(**fields: Any) -> dict[str, Any]:
+    """An upstream table with these settings."""
+    return {"name": "a", "path": "/a", "url": "http://h/", **fields}
+
+
+def test_the_example_loads(tmp_path: Path) -> None:
+    path = tmp_path / "tessera.toml"
+    path.write_text(EXAMPLE)
+    config = load_config(path, env={"PAYMENTS_TOKEN": "secret"})
+    payments, files = config.upstreams
+    assert config.resource(payments) == "https://mcp.example.com/mcp/payments"
+    assert payments.token == "secret"
+    assert payments.context == {
+        "amount": ContextArgument("amount", "USD"),
+        "note": ContextArgument("memo"),
+    }
+    assert payments.tool_scopes == {"payments.transfer": ("payments:transfer",)}
+    assert files.command == ("python", "-m", "files_server")
+    assert config.jwks == "https://id.example.com/oauth/jwks"
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"public_url": "https://mcp.example.com/base"}, "public_url must be an origin"),
+        ({"issuer": "ftp://id"}, "mcp_proxy.issuer must be an http(s) URL"),
+        ({"algorithms": ["HS256"]}, "'HS256' is not one of"),
+        ({"algorithms": ["none"]}, "'none' is not one of"),
+        ({"upstream": []}, "at least one [[mcp_proxy.upstream]]"),
+        ({"colour": "blue"}, "unknown setting 'colour'"),
+        ({"max_body": 0}, "max_body must be at least 1 byte"),
+        (
+            {"upstream": [{"name": "a", "path": "/mcp"}]},
+            "needs exactly one of url (Streamable HTTP) or command (stdio)",
+        ),
+        (
+            {"upstream": [{"name": "a", "path": "mcp", "url": "http://h/"}]},
+            "path must start with /",
+        ),
+        (
+            {
+                "upstream": [
+                    {"name": "a", "path": "/a", "url": "http://h/"},
+                    {"name": "a", "path": "/b", "url": "http://h/"},
+                ]
+            },
+            "two upstreams have the name 'a'",
+        ),
+        (
+            {"upstream": [{"name": "a", "path": "/a", "url": "http://h/", "credential": "x"}]},
+            "credential must be one of",
+        ),
+        (
+            {"upstream": [up(credential="static", credential_env="UNSET_VARIABLE")]},
+            "UNSET_VARIABLE is not set",
+        ),
+        (
+            {"upstream": [up(credential="client_credentials", audience="https://u/")]},
+            "set mcp_proxy.client_id",
+        ),
+        (
+            {"upstream": [up(context={"amount": {"argument": "amount", "currency": "usd"}})]},
+            "currency must be an ISO 4217 code",
+        ),
+    ],
+)
+def test_a_configuration_that_cannot_work_is_refused(changes: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError) as raised:
+        config_from_table(table(**changes), env={})
+    assert message in str(raised.value)
+
+
+def test_the_command_serves_until_sigterm(tmp_path: Path) -> None:
+    path = tmp_path / "tessera.toml"
+    path.write_text(EXAMPLE)
+    exe = Path(sys.executable).parent / "tessera"
+    process = subprocess.Popen(
+        [str(exe), "mcp-proxy", "--config", str(path), "--port", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={"PAYMENTS_TOKEN": "secret", "PATH": str(exe.parent)},
+    )
+    try:
+        assert process.stdout is not None
+        first = process.stdout.readline()
+        assert first.startswith("tessera: MCP proxy on http://127.0.0.1:")
+        assert "for https://mcp.example.com" in first
+        lines = [process.stdout.readline() for _ in range(2)]
+        assert lines == [
+            "tessera:   /mcp/payments -> http://127.0.0.1:9/mcp (payments)\n",
+            "tessera:   /mcp/files -> python -m files_server (files)\n",
+        ]
+        port = first.split("http://127.0.0.1:")[1].split()[0]
+        metadata = httpx.get(
+            f"http://127.0.0.1:{port}/.well-known/oauth-protected-resource/mcp/payments"
+        )
+        assert metadata.json()["resource"] == "https://mcp.example.com/mcp/payments"
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=20) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(timeout=10)
+
+
+def test_the_command_refuses_a_bad_configuration(tmp_path: Path) -> None:
+    path = tmp_path / "tessera.toml"
+    path.write_text("[mcp_proxy]\npublic_url = 'https://x'\n")
+    exe = Path(sys.executable).parent / "tessera"
+    done = subprocess.run(
+        [str(exe), "mcp-proxy", "--config", str(path)], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 2
+    assert done.stderr == "tessera mcp-proxy: mcp_proxy.issuer must be a non-empty string\n"

@@ -1,0 +1,38 @@
+"""The MCP server behind the proxy in tests, written with the official SDK: a few tools
+and a prompt that the shipped policies decide."""
+
+from __future__ import annotations
+
+import asyncio
+
+from mcp.server.mcpserver import MCPServer
+
+SLOW = 3.0  # seconds read_file takes: beyond the slow upstream's timeout
+
+
+def upstream_server() -> MCPServer:
+    """The MCP server behind the proxy: a few tools the shipped policies decide."""
+    server = MCPServer("tools")
+
+    @server.tool(name="search")
+    def search(query: str) -> str:
+        return f"found {query}"
+
+    @server.tool(name="payments.transfer")
+    def transfer(amount: float, currency: str = "USD") -> str:
+        return f"sent {amount:g} {currency}"
+
+    @server.tool(name="fs.delete")
+    def delete(path: str) -> str:
+        return f"deleted {path}"
+
+    @server.tool(name="read_file")
+    async def read_file(path: str) -> str:
+        await asyncio.sleep(SLOW)
+        return f"read {path}"
+
+    @server.prompt(name="summarize")
+    def summarize(text: str) -> str:
+        return f"Summarize: {text}"
+
+    return server

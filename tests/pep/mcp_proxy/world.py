@@ -1,0 +1,253 @@
+"""Everything the MCP proxy talks to, for real, on 127.0.0.1.
+
+- the token issuer (SCIM and OAuth) on a store (:func:`tests.issuer.oauth_server.oauth_service`);
+- the PDP's gRPC service on the shipped policies, following the same store's directory
+  and consents, and auditing every decision to it;
+- an MCP server written with the official SDK (``MCPServer``, Streamable HTTP) that
+  remembers the ``Authorization`` header of every request it gets;
+- the proxy in front of it, with a static upstream credential.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from issuer.app import bind
+from issuer.models import AGENT_EXTENSION, AGENT_SCHEMA
+from issuer.oauth.grants import Exchange
+from pdp.audit.writer import AuditWriter
+from pdp.directory import Directory
+from pdp.engine import Engine
+from pdp.loader import load_directory
+from pdp.serve.exchange import exchange_check
+from pep.mcp_proxy.app import Proxy
+from pep.mcp_proxy.config import ContextArgument, ProxyConfig, Upstream
+from pep.mcp_proxy.serve import Served, serve_app
+from tests.issuer.conftest import unique
+from tests.issuer.oauth_server import OAuthService, oauth_service
+from tests.pep.mcp_proxy.tools import upstream_server
+from tests.servers import LoopThread, Server
+
+POLICIES = Path(__file__).resolve().parents[3] / "policies"
+UPSTREAM_TOKEN = "upstream-own-credential-0123456789"
+UPSTREAM_PATH = "/mcp"
+PROXY_PATH = "/mcp/tools"
+CONSENT_SCOPE = "payments:transfer"
+UPSTREAM_AUDIENCE = "https://upstream.internal/mcp"
+
+
+class Recorder:
+    """ASGI middleware that remembers the Authorization header of every request."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+        self.seen: list[str | None] = []
+        self.lock = threading.Lock()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            headers = dict(scope["headers"])
+            value = headers.get(b"authorization")
+            with self.lock:
+                self.seen.append(value.decode() if value is not None else None)
+        await self.app(scope, receive, send)
+
+
+class Lazy:
+    """An exchange check that decides with the PDP once it is running."""
+
+    def __init__(self) -> None:
+        self.service: Any = None
+
+    def __call__(self, exchange: Exchange) -> str | None:
+        if self.service is None:
+            return "the PDP is not running"
+        result: str | None = exchange_check(self.service)(exchange)
+        return result
+
+
+@dataclass
+class World:
+    oauth: OAuthService
+    pdp: Server
+    directory: Directory
+    recorder: Recorder
+    upstream_url: str
+    proxy: str  # the proxy's origin
+    config: ProxyConfig
+    thread: LoopThread
+    served: list[Served] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        """The MCP endpoint clients use."""
+        return f"{self.proxy}{PROXY_PATH}"
+
+    def at(self, path: str) -> str:
+        return f"{self.proxy}{path}"
+
+    @property
+    def resource(self) -> str:
+        return self.url
+
+    def add_agent(self, *, purpose: str = "general", risk: str = "low") -> str:
+        name = unique("agent")
+        document = {
+            "schemas": [AGENT_SCHEMA, AGENT_EXTENSION],
+            "name": name,
+            AGENT_EXTENSION: {
+                "owner": "finance",
+                "purpose": purpose,
+                "riskLevel": risk,
+                "agentType": "interactive",
+                "status": "active",
+            },
+        }
+        agent = self.oauth.store.create("Agent", document, unique={"name": name}, actor="admin")
+        self.wait_for(lambda: self.directory.agent(agent.id) is not None)
+        return agent.id
+
+    def wait_for(self, condition: Any, tries: int = 200) -> None:
+        """Wait (bounded) until the directory has caught up."""
+        import time
+
+        for _ in range(tries):
+            if condition():
+                return
+            time.sleep(0.02)
+        raise AssertionError("the directory did not catch up")
+
+
+def proxy_config(
+    issuer: str,
+    proxy: str,
+    upstream_url: str,
+    consent_client: str,
+    own: tuple[str, str],
+    **options: Any,
+) -> ProxyConfig:
+    """The proxy in front of the SDK server four ways (static credential; the proxy's own
+    token from the issuer; a short timeout; over stdio), of a program that is no MCP
+    server at all, and of a port nobody listens on."""
+    upstream = Upstream(
+        name="tools",
+        path=PROXY_PATH,
+        url=upstream_url,
+        scopes=("mcp:tools",),
+        tool_scopes={"fs.delete": ("fs:write",)},
+        context={"amount": ContextArgument("amount", "USD")},
+        credential="static",
+        token=UPSTREAM_TOKEN,
+        timeout=5.0,
+    )
+    own_credential = replace(
+        upstream,
+        name="own",
+        path="/mcp/own",
+        credential="client_credentials",
+        token="",
+        audience=UPSTREAM_AUDIENCE,
+    )
+    slow = replace(upstream, name="slow", path="/mcp/slow", timeout=0.5)
+    local = replace(
+        upstream,
+        name="local",
+        path="/mcp/local",
+        url=None,
+        command=(sys.executable, "-m", "tests.pep.mcp_proxy.stdio_server"),
+        credential="none",
+        token="",
+    )
+    broken = replace(
+        local, name="broken", path="/mcp/broken", command=(sys.executable, "-c", "pass")
+    )
+    closed = bind("127.0.0.1", 0)  # a port nobody listens on
+    gone = replace(
+        upstream, name="gone", path="/mcp/gone", url=f"http://127.0.0.1:{closed.getsockname()[1]}/"
+    )
+    closed.close()
+    config = ProxyConfig(
+        public_url=proxy,
+        issuer=issuer,
+        upstreams=(upstream, own_credential, slow, local, broken, gone),
+        pdp="",
+        consent_client_id=consent_client,
+        client_id=own[0],
+        client_secret=own[1],
+        api_keys=True,
+    )
+    return replace(config, **options)
+
+
+@contextmanager
+def world(backend: str, tmp_path: Path) -> Iterator[World]:
+    lazy = Lazy()
+    with oauth_service(backend, tmp_path, exchange_check=lazy) as oauth:
+        directory = Directory(oauth.store)
+        directory.start()
+        audit = AuditWriter(oauth.store, 1000, 0.0)
+        engine = Engine(load_directory(POLICIES).bundle)
+        pdp = Server(engine, directory=directory, audit=audit, durability="sync")
+        lazy.service = pdp.running.service
+        thread = LoopThread()
+        served: list[Served] = []
+        try:
+            recorder = Recorder(
+                upstream_server().streamable_http_app(streamable_http_path=UPSTREAM_PATH)
+            )
+            up = thread.run(serve_app(recorder, bind("127.0.0.1", 0)))
+            served.append(up)
+            upstream_url = f"http://127.0.0.1:{up.port}{UPSTREAM_PATH}"
+            sock = bind("127.0.0.1", 0)
+            proxy = f"http://127.0.0.1:{sock.getsockname()[1]}"
+            consent_app = register_consent_app(oauth, proxy)
+            own = oauth.secret_client(scope="")
+            assert own.secret is not None
+            config = proxy_config(
+                oauth.issuer,
+                proxy,
+                upstream_url,
+                consent_app,
+                (own.client_id, own.secret),
+                pdp=f"127.0.0.1:{pdp.running.port}",
+            )
+            served.append(thread.run(serve_app(Proxy(config).app(), sock)))
+            yield World(
+                oauth, pdp, directory, recorder, upstream_url, proxy, config, thread, served
+            )
+        finally:
+            for item in reversed(served):
+                thread.run(item.stop())
+            thread.stop()
+            pdp.close()
+            audit.close()
+            directory.stop()
+
+
+def register_consent_app(oauth: OAuthService, proxy: str) -> str:
+    """The public client whose consent page users see when the proxy asks."""
+    metadata = {
+        "token_endpoint_auth_method": "none",
+        "grant_types": ["authorization_code"],
+        "redirect_uris": [f"{proxy}/consent/done"],
+        "scope": f"{CONSENT_SCOPE} mcp:tools",
+        "client_name": "Tessera MCP proxy",
+    }
+    response = oauth.register(metadata, token=None)
+    assert response.status_code == 201, response.text
+    client_id: str = response.json()["client_id"]
+    return client_id
+
+
+def run(coroutine: Any) -> Any:
+    """Run a client coroutine to completion in a fresh event loop."""
+    return asyncio.run(coroutine)
