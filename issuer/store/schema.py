@@ -341,9 +341,16 @@ class SQLStore(ABC):
     def _insert_many(
         self, cur: Cursor, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]
     ) -> None:
-        """Insert rows in one statement (no round trip per row)."""
-        marks = ", ".join("?" * len(columns))
-        cur.executemany(f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({marks})", rows)
+        """Insert rows with one multi-row statement per :data:`INSERT_CHUNK` rows: one
+        execution, so SQLite releases the interpreter lock once per chunk, not per row."""
+        row = "(" + ", ".join("?" * len(columns)) + ")"
+        for start in range(0, len(rows), INSERT_CHUNK):
+            chunk = rows[start : start + INSERT_CHUNK]
+            values = ", ".join([row] * len(chunk))
+            cur.execute(
+                f"INSERT INTO {table} ({', '.join(columns)}) VALUES {values}",
+                [value for r in chunk for value in r],
+            )
 
     def audit_tail(self, trail: str) -> AuditEntry | None:
         """The newest entry of a trail, or None for an empty trail."""
@@ -371,6 +378,7 @@ class SQLStore(ABC):
 
 AUDIT_COLUMNS = "seq, at, record, prev_hash, hash"
 AUDIT_INSERT_COLUMNS = ("trail", "seq", "at", "record", "prev_hash", "hash")
+INSERT_CHUNK = 500  # rows per INSERT: 3,000 parameters, within every SQLite's limit
 
 
 def _audit_entry(row: Sequence[Any]) -> AuditEntry:

@@ -45,6 +45,9 @@ class SQLiteStore(SQLStore):
         path = database_path(url)
         self._path = path
         self._lock = threading.Lock()
+        self._audit_lock = threading.Lock()
+        self._audit: sqlite3.Connection | None = None
+        self._closed = False
         try:
             if path != ":memory:":
                 Path(path).parent.mkdir(parents=True, exist_ok=True)
@@ -65,9 +68,20 @@ class SQLiteStore(SQLStore):
 
     @contextmanager
     def _transaction(self, write: bool, changes: bool = True) -> Iterator[Cursor]:
-        with self._lock:
+        # Audit appends (writes outside the change log) have a connection of their own:
+        # they neither wait for nor hold up the directory's operations in this process.
+        audit = write and not changes and self._path != ":memory:"
+        conn, lock = (
+            (self._audit_connection(), self._audit_lock)
+            if audit
+            else (
+                self._conn,
+                self._lock,
+            )
+        )
+        with lock:
             try:
-                cur = self._conn.cursor()
+                cur = conn.cursor()
                 cur.execute("BEGIN IMMEDIATE" if write else "BEGIN")
             except sqlite3.Error as e:
                 raise StoreError(f"{self.url}: {e}") from e
@@ -75,17 +89,32 @@ class SQLiteStore(SQLStore):
                 yield cur
                 cur.execute("COMMIT")
             except BaseException as e:
-                self._rollback()
+                _rollback(conn)
                 if isinstance(e, sqlite3.Error):
                     raise StoreError(f"{self.url}: {e}") from e
                 raise
 
-    def _rollback(self) -> None:
-        try:
-            if self._conn.in_transaction:
-                self._conn.rollback()
-        except sqlite3.Error:
-            pass  # the connection is unusable; the error that brought us here says why
+    def _audit_connection(self) -> sqlite3.Connection:
+        """The connection audit appends commit on, opened on first use. Its commits do
+        not wait for the disk (``synchronous = NORMAL``, safe in WAL mode): they survive
+        a crash of the process; a power failure may lose the newest ones."""
+        with self._audit_lock:
+            if self._closed:
+                raise StoreError(f"{self.url}: the store is closed")
+            if self._audit is None:
+                try:
+                    conn = sqlite3.connect(
+                        self._path,
+                        timeout=BUSY_TIMEOUT,
+                        isolation_level=None,
+                        check_same_thread=False,
+                    )
+                    conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT * 1000)}")
+                    conn.execute("PRAGMA synchronous = NORMAL")
+                except sqlite3.Error as e:
+                    raise StoreError(f"cannot open {self.url}: {e}") from e
+                self._audit = conn
+            return self._audit
 
     def wait_for_change(self, since: int, timeout: float) -> int:
         deadline = time.monotonic() + timeout
@@ -115,6 +144,10 @@ class SQLiteStore(SQLStore):
     def close(self) -> None:
         with self._lock:
             self._conn.close()
+        with self._audit_lock:
+            self._closed = True
+            if self._audit is not None:
+                self._audit.close()
 
 
 class _HeldFile:
@@ -126,3 +159,11 @@ class _HeldFile:
     def release(self) -> None:
         if self._handle is not None:
             self._handle.close()
+
+
+def _rollback(conn: sqlite3.Connection) -> None:
+    try:
+        if conn.in_transaction:
+            conn.rollback()
+    except sqlite3.Error:
+        pass  # the connection is unusable; the error that brought us here says why

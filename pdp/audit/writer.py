@@ -41,7 +41,7 @@ from pdp.audit.chain import GENESIS, TRAILS, canonical, link
 log = logging.getLogger("tessera.audit")
 
 BATCH = 512
-GATHER = 0.02  # seconds a batch waits for more records to share its commit (async)
+GATHER = 0.1  # seconds a batch waits for more records to share its commit (async)
 RETRY_DELAY = 0.5
 ROOM_POLL = 0.001  # seconds between looks for room in a full queue
 
