@@ -1,0 +1,135 @@
+"""The admin MCP server over Streamable HTTP, as an OAuth 2.1 resource server of Tessera's
+own issuer.
+
+Every request needs ``Authorization: Bearer <access token>`` (RFC 6750 §2.1): a JWT
+access token from Tessera's issuer (RFC 9068, verified offline with the issuer's signing
+keys from the store) whose audience is this server's resource URI (RFC 8707), with the
+``tessera:admin`` scope, issued to an administrating agent acting alone (no ``act``, not
+certificate-bound), not revoked, and whose agent is still active. The token's subject is
+the administrator every change is recorded for.
+
+The SDK's resource-server support answers the rest: ``401`` with ``WWW-Authenticate:
+Bearer error="invalid_token", …, resource_metadata="…"`` for a missing or bad token,
+``403`` with ``error="insufficient_scope"`` without the scope (RFC 6750 §3.1), and the
+protected resource metadata (RFC 9728) at ``/.well-known/oauth-protected-resource/mcp``,
+naming the issuer as the authorization server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+from typing import Any, TextIO
+
+import uvicorn
+from anyio import to_thread
+from mcp.server.auth.provider import AccessToken
+from mcp.server.auth.settings import AuthSettings
+from starlette.types import ASGIApp
+
+from issuer.app import HttpRunning, bind
+from issuer.keys import KeyRing
+from issuer.models import AGENT_EXTENSION
+from issuer.oauth.grants import revoked
+from issuer.oauth.tokens import InvalidToken, KeyLookup, TokenVerifier, ring_lookup
+from issuer.store import NotFound, Store
+from pep.admin_mcp.server import ADMIN_SCOPE, Settings, build_server
+
+MCP_PATH = "/mcp"
+
+
+class AdminTokens:
+    """The SDK's token verifier over Tessera's issuer (``verify_token``)."""
+
+    def __init__(self, store: Store, issuer: str, resource: str, keys: KeyLookup) -> None:
+        self.store = store
+        self.resource = resource
+        self.verifier = TokenVerifier(keys, issuer.rstrip("/"), audience=resource)
+
+    async def verify_token(self, token: str) -> AccessToken | None:
+        claims = await to_thread.run_sync(self.claims, token)
+        if claims is None:
+            return None
+        return AccessToken(
+            token=token,
+            client_id=str(claims["client_id"]),
+            scopes=str(claims.get("scope", "")).split(),
+            expires_at=int(claims["exp"]),
+            resource=self.resource,
+            subject=str(claims["sub"]),
+            claims=claims,
+        )
+
+    def claims(self, token: str) -> dict[str, Any] | None:
+        """The claims of a token an administrator may use here, or None."""
+        try:
+            claims = self.verifier.verify(token)
+        except InvalidToken:
+            return None
+        if claims.get("agent_id") != claims.get("sub") or "act" in claims or "cnf" in claims:
+            return None  # an agent acting alone; a bound token would need its certificate
+        if revoked(self.store, claims):
+            return None
+        try:
+            agent = self.store.get("Agent", str(claims["sub"])).data
+        except NotFound:
+            return None
+        if (agent.get(AGENT_EXTENSION) or {}).get("status") != "active":
+            return None
+        return claims
+
+
+def http_app(settings: Settings, issuer: str, resource: str, host: str = "127.0.0.1") -> ASGIApp:
+    """The Streamable HTTP application at :data:`MCP_PATH`, behind the issuer's tokens."""
+    tokens = AdminTokens(settings.store, issuer, resource, ring_lookup(KeyRing(settings.store)))
+    auth = AuthSettings(
+        issuer_url=issuer,  # type: ignore[arg-type]
+        resource_server_url=resource,  # type: ignore[arg-type]
+        required_scopes=[ADMIN_SCOPE],
+        validate_token_resource=False,  # AdminTokens checks the audience itself
+    )
+    server = build_server(settings, auth=auth, token_verifier=tokens)
+    return server.streamable_http_app(streamable_http_path=MCP_PATH, host=host)
+
+
+async def start(app: ASGIApp, sock: socket.socket) -> HttpRunning:
+    """Serve ``app`` on a bound socket in the running loop, its lifespan included (the
+    SDK's session manager runs in it)."""
+    config = uvicorn.Config(app, log_level="warning", lifespan="on", access_log=False)
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    for _ in range(500):  # at most 5 s
+        if server.started or task.done():
+            break
+        await asyncio.sleep(0.01)
+    if not server.started:
+        server.should_exit = True
+        sock.close()
+        with contextlib.suppress(BaseException):
+            await task
+        raise OSError(f"cannot serve HTTP on {sock.getsockname()}")
+    return HttpRunning(server, task, sock.getsockname()[1])
+
+
+def serve_http_forever(
+    settings: Settings, host: str, port: int, issuer: str, resource: str | None, err: TextIO
+) -> int:
+    """``tessera admin-mcp --http``: serve until SIGINT or SIGTERM."""
+    try:
+        sock = bind(host, port)
+    except OSError as exc:
+        print(f"tessera admin-mcp: {exc}", file=err)
+        return 2
+    bound = sock.getsockname()[1]
+    resource = resource or f"http://{host}:{bound}{MCP_PATH}"
+    app = http_app(settings, issuer, resource, host)
+    print(
+        f"tessera admin-mcp: Streamable HTTP at http://{host}:{bound}{MCP_PATH}, tokens from "
+        f"{issuer} with scope {ADMIN_SCOPE} and audience {resource}",
+        file=err,
+        flush=True,
+    )
+    config = uvicorn.Config(app, log_level="warning", lifespan="on", access_log=False)
+    uvicorn.Server(config).run(sockets=[sock])
+    return 0
