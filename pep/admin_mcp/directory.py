@@ -30,7 +30,7 @@ from issuer.scim import ADMIN_SCOPE, Principal, scim_app
 from issuer.store import NotFound, Record, Store
 
 PATCH_SCHEMA = "urn:ietf:params:scim:api:messages:2.0:PatchOp"
-SCIM_BASE = "http://tessera.invalid/scim/v2"  # in-process only; never resolved
+SCIM_BASE = "http://tessera.invalid"  # in-process only; never resolved
 STATUSES = ("active", "suspended", "retired")
 RISK_LEVELS = ("low", "medium", "high", "critical")
 AGENT_TYPES = ("interactive", "background", "external")

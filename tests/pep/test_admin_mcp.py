@@ -17,7 +17,16 @@ from mcp import Client, StdioServerParameters
 
 from issuer.models import AGENT_EXTENSION, AGENT_SCHEMA
 from issuer.store import Store, open_store
+from pdp.audit.changes import ChangeAuditor
+from pdp.audit.query import entries
+from pdp.audit.writer import AuditWriter
+from pdp.directory import Directory
+from pdp.engine import Engine
+from pdp.loader import load_directory
+from pdp.serve.proto import authorizer_pb2 as pb
+from pdp.serve.proto import authorizer_pb2_grpc as pb_grpc
 from tests.conftest import SHIPPED_POLICIES
+from tests.servers import Server
 
 ADMIN = "alice@example.com"
 
@@ -227,3 +236,176 @@ def test_serves_the_policy_files_and_the_schemas_as_resources(seeded: tuple[str,
     agent_schemas = json.loads(texts["tessera://schema/agent"])
     attributes = {a["name"] for s in agent_schemas for a in s["attributes"]}
     assert {"name", "owner", "riskLevel", "status"} <= attributes
+
+
+# ---------------------------------------------------------------- slice 2: writes
+
+
+def admin_trail(store: Store) -> list[dict[str, Any]]:
+    """The admin trail as the change follower writes it from the change log."""
+    writer = AuditWriter(store)
+    try:
+        ChangeAuditor(store, writer).catch_up()
+        writer.flush()
+    finally:
+        writer.close()
+    return [json.loads(entry.record) for entry in entries(store, "admin")]
+
+
+def test_registering_asks_the_person_and_is_recorded_for_the_administrator(
+    seeded: tuple[str, Store],
+) -> None:
+    url, store = seeded
+    person = Person()
+
+    async def body(client: Client) -> Any:
+        return await call(
+            client,
+            "register_agent",
+            name="ledger-bot",
+            owner="finance",
+            risk_level="low",
+            purpose="reporting",
+            labels=[{"key": "team", "value": "fp&a"}],
+        )
+
+    answer = session(url, body, person)
+    assert answer["done"] is True
+    agent = answer["agent"]
+    assert (agent["name"], agent["owner"], agent["riskLevel"], agent["status"]) == (
+        "ledger-bot",
+        "finance",
+        "low",
+        "active",
+    )
+    assert agent["labels"] == [{"key": "team", "value": "fp&a"}]
+    assert len(person.asked) == 1 and "ledger-bot" in person.asked[0]
+    assert [c.actor for c in store.history("Agent", agent["id"])] == [ADMIN]
+    last = admin_trail(store)[-1]
+    assert (last["op"], last["resource"]["id"], last["actor"]) == ("create", agent["id"], ADMIN)
+
+
+@pytest.mark.parametrize(
+    "action,confirm", [("decline", False), ("cancel", False), ("accept", False)]
+)
+def test_a_write_the_person_does_not_confirm_changes_nothing(
+    seeded: tuple[str, Store], action: str, confirm: bool
+) -> None:
+    url, store = seeded
+    person = Person(action, confirm)
+    before = store.last_change()
+
+    async def body(client: Client) -> Any:
+        return (
+            await call(client, "register_agent", name="x-bot", owner="it", risk_level="low"),
+            await call(client, "suspend_agent", agent="pay-bot"),
+            await call(client, "issue_credential", agent="pay-bot", kind="api_key"),
+        )
+
+    answers = session(url, body, person)
+    assert [a["done"] for a in answers] == [False, False, False]
+    assert len(person.asked) == 3
+    assert store.last_change() == before
+
+
+def test_a_suspended_agent_is_denied_by_the_pdp(seeded: tuple[str, Store]) -> None:
+    url, store = seeded
+    pay_bot = store.find("Agent", "name", "pay-bot").id
+    directory = Directory(store)
+    directory.load()
+    server = Server(Engine(load_directory(SHIPPED_POLICIES).bundle), directory=directory)
+    try:
+        stub = pb_grpc.AuthorizerStub(server.channel)
+        ask = pb.AuthorizeRequest(
+            agent=pb.Agent(id=pay_bot),
+            action="tool.call",
+            resource=pb.Resource(type="tool", id="search"),
+        )
+        assert stub.Authorize(ask, timeout=5).allow
+        person = Person()
+
+        async def body(client: Client) -> Any:
+            return await call(client, "suspend_agent", agent="pay-bot")
+
+        answer = session(url, body, person)
+        assert answer["agent"]["status"] == "suspended"
+        assert "Every request it makes will be denied" in person.asked[0]
+        directory.refresh()
+        denied = stub.Authorize(ask, timeout=5)
+    finally:
+        server.close()
+    assert not denied.allow
+    assert list(denied.decided_by) == ["directory"]
+    assert directory.resolve(pay_bot, None) == f"agent {pay_bot!r} is suspended"
+    assert [c.actor for c in store.history("Agent", pay_bot)] == ["seed", ADMIN]
+
+
+def test_updates_risk_and_retirement_go_through_the_directory_schema(
+    seeded: tuple[str, Store],
+) -> None:
+    url, store = seeded
+
+    async def body(client: Client) -> Any:
+        return (
+            await call(client, "update_agent", agent="report-bot", owner="ops", model="m-2"),
+            await call(client, "set_risk_level", agent="report-bot", risk_level="high"),
+            await call(client, "retire_agent", agent="report-bot"),
+            await refused(client, "update_agent", agent="report-bot", owner="   "),
+            await refused(client, "register_agent", name="PAY-BOT", owner="x", risk_level="low"),
+            await refused(client, "update_agent", agent="report-bot"),
+        )
+
+    updated, risky, retired, blank, taken, empty = session(url, body)
+    assert (updated["agent"]["owner"], updated["agent"]["model"]) == ("ops", "m-2")
+    assert risky["agent"]["riskLevel"] == "high"
+    assert retired["agent"]["status"] == "retired"
+    assert "owner" in blank and "blank" in blank
+    assert "already taken" in taken
+    assert "nothing to change" in empty
+    report_bot = store.find("Agent", "name", "report-bot").id
+    assert [c.actor for c in store.history("Agent", report_bot)] == ["seed", ADMIN, ADMIN, ADMIN]
+
+
+def test_issues_and_rotates_credentials_showing_each_secret_once(
+    seeded: tuple[str, Store],
+) -> None:
+    url, store = seeded
+
+    async def body(client: Client) -> Any:
+        key = await call(
+            client, "issue_credential", agent="pay-bot", kind="api_key", scope="reports:read"
+        )
+        client_ = await call(
+            client, "issue_credential", agent="pay-bot", kind="client_secret_basic", scope="a b"
+        )
+        new_key = await call(
+            client, "rotate_credential", agent="pay-bot", credential=key["credential"]["prefix"]
+        )
+        new_client = await call(
+            client,
+            "rotate_credential",
+            agent="pay-bot",
+            credential=client_["credential"]["client_id"],
+        )
+        listed = await call(client, "get_agent", agent="pay-bot")
+        high = await refused(client, "issue_credential", agent="report-bot", kind="api_key")
+        return key, client_, new_key, new_client, listed, high
+
+    key, client_, new_key, new_client, listed, high = session(url, body)
+    assert key["credential"]["api_key"].startswith("tsk_")
+    assert client_["credential"]["client_secret"]
+    assert new_key["credential"]["scope"] == "reports:read"
+    assert new_key["credential"]["replaced"] == key["credential"]["prefix"]
+    assert new_client["credential"]["scope"] == "a b"
+    ids = {c["id"] for c in listed["credentials"]}
+    assert ids == {new_key["credential"]["id"], new_client["credential"]["client_id"]}
+    assert "low-risk" in high
+    trail = json.dumps(admin_trail(store))
+    for secret in (
+        key["credential"]["api_key"],
+        client_["credential"]["client_secret"],
+        new_key["credential"]["api_key"],
+        new_client["credential"]["client_secret"],
+    ):
+        assert secret.split("_")[-1] not in trail
+    assert {r["actor"] for r in admin_trail(store) if r["actor"] != "seed"} == {ADMIN}
