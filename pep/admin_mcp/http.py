@@ -9,16 +9,20 @@ certificate-bound), not revoked, and whose agent is still active. The token's su
 the administrator every change is recorded for.
 
 The SDK's resource-server support answers the rest: ``401`` with ``WWW-Authenticate:
-Bearer error="invalid_token", …, resource_metadata="…"`` for a missing or bad token,
-``403`` with ``error="insufficient_scope"`` without the scope (RFC 6750 §3.1), and the
-protected resource metadata (RFC 9728) at ``/.well-known/oauth-protected-resource/mcp``,
-naming the issuer as the authorization server.
+Bearer error="invalid_token", …, resource_metadata="…"`` for a bad token, ``403`` with
+``error="insufficient_scope"`` without the scope (RFC 6750 §3.1), and the protected
+resource metadata (RFC 9728 §3) at ``/.well-known/oauth-protected-resource/mcp``, naming
+the issuer as the authorization server. :class:`Challenges` adjusts its challenges:
+a request without any token gets no error code (RFC 6750 §3.1), and every challenge names
+the scope it needs.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+import re
 import socket
 from typing import Any, TextIO
 
@@ -26,7 +30,7 @@ import uvicorn
 from anyio import to_thread
 from mcp.server.auth.provider import AccessToken
 from mcp.server.auth.settings import AuthSettings
-from starlette.types import ASGIApp
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from issuer.app import HttpRunning, bind
 from issuer.keys import KeyRing
@@ -80,6 +84,50 @@ class AdminTokens:
         return claims
 
 
+_METADATA = re.compile(r'resource_metadata="([^"]*)"')
+
+
+class Challenges:
+    """Rewrites the SDK's ``WWW-Authenticate`` challenges as RFC 6750 §3 and RFC 9728 §5.1
+    want them: ``realm`` and ``scope`` on every one, no error code when the request
+    carried no token, and the protected resource metadata URL kept."""
+
+    def __init__(self, app: ASGIApp, realm: str = "tessera") -> None:
+        self.app = app
+        self.realm = realm
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        tokenless = not any(name == b"authorization" for name, _ in scope["headers"])
+
+        async def challenged(message: Message) -> None:
+            if message["type"] == "http.response.start" and message["status"] in (401, 403):
+                message = {**message, "headers": self._rewritten(message, tokenless)}
+            await send(message)
+
+        await self.app(scope, receive, challenged)
+
+    def _rewritten(self, message: Message, tokenless: bool) -> list[tuple[bytes, bytes]]:
+        headers: list[tuple[bytes, bytes]] = []
+        for name, value in message.get("headers", []):
+            if name.lower() != b"www-authenticate":
+                headers.append((name, value))
+                continue
+            text = value.decode("latin-1")
+            found = _METADATA.search(text)
+            parts = [f'realm="{self.realm}"', f'scope="{ADMIN_SCOPE}"']
+            if message["status"] == 403:
+                parts.append('error="insufficient_scope"')
+            elif not tokenless:
+                parts.append('error="invalid_token"')
+            if found:
+                parts.append(f'resource_metadata="{found.group(1)}"')
+            headers.append((name, ("Bearer " + ", ".join(parts)).encode("latin-1")))
+        return headers
+
+
 def http_app(settings: Settings, issuer: str, resource: str, host: str = "127.0.0.1") -> ASGIApp:
     """The Streamable HTTP application at :data:`MCP_PATH`, behind the issuer's tokens."""
     tokens = AdminTokens(settings.store, issuer, resource, ring_lookup(KeyRing(settings.store)))
@@ -90,7 +138,7 @@ def http_app(settings: Settings, issuer: str, resource: str, host: str = "127.0.
         validate_token_resource=False,  # AdminTokens checks the audience itself
     )
     server = build_server(settings, auth=auth, token_verifier=tokens)
-    return server.streamable_http_app(streamable_http_path=MCP_PATH, host=host)
+    return Challenges(server.streamable_http_app(streamable_http_path=MCP_PATH, host=host))
 
 
 async def start(app: ASGIApp, sock: socket.socket) -> HttpRunning:
@@ -124,6 +172,7 @@ def serve_http_forever(
     bound = sock.getsockname()[1]
     resource = resource or f"http://{host}:{bound}{MCP_PATH}"
     app = http_app(settings, issuer, resource, host)
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # in-process SCIM calls, not news
     print(
         f"tessera admin-mcp: Streamable HTTP at http://{host}:{bound}{MCP_PATH}, tokens from "
         f"{issuer} with scope {ADMIN_SCOPE} and audience {resource}",

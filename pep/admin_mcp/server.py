@@ -12,6 +12,7 @@ of the bearer token (see :mod:`pep.admin_mcp.http`).
 # name local resolvers.
 
 import json
+import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -756,4 +757,6 @@ def _reader(policies: Policies, name: str) -> Callable[[], str]:
 
 def serve_stdio(settings: Settings) -> None:
     """Serve over standard input and output until the client closes them."""
-    build_server(settings).run("stdio")
+    server = build_server(settings)
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # in-process SCIM calls, not news
+    server.run("stdio")

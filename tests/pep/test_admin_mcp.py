@@ -409,3 +409,20 @@ def test_issues_and_rotates_credentials_showing_each_secret_once(
     ):
         assert secret.split("_")[-1] not in trail
     assert {r["actor"] for r in admin_trail(store) if r["actor"] != "seed"} == {ADMIN}
+
+
+# ---------------------------------------------------------------- the command
+
+
+def test_the_command_refuses_bad_usage_with_exit_2(
+    url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from pdp.cli import main
+
+    common = ["admin-mcp", "--store", url]
+    assert main([*common, "--policies", str(tmp_path / "none")]) == 2
+    assert "is not a directory" in capsys.readouterr().err
+    assert main([*common, "--policies", str(SHIPPED_POLICIES), "--issuer", "https://x"]) == 2
+    assert "--issuer only goes with --http" in capsys.readouterr().err
+    assert main([*common, "--policies", str(SHIPPED_POLICIES), "--http", "8000"]) == 2
+    assert "use HOST:PORT" in capsys.readouterr().err

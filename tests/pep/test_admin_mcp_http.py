@@ -90,7 +90,8 @@ def test_without_a_token_it_answers_401_naming_its_resource_metadata(running: Ru
     response = post(running.url, None)
     assert response.status_code == 401
     challenge = response.headers["WWW-Authenticate"]
-    assert challenge.startswith("Bearer ")
+    assert challenge.startswith('Bearer realm="tessera", scope="tessera:admin", resource_metadata=')
+    assert "error=" not in challenge  # RFC 6750 §3.1: no error code without a token
     metadata_url = "http://127.0.0.1:{}/.well-known/oauth-protected-resource/mcp".format(
         running.url.split(":")[2].split("/")[0]
     )
