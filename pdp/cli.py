@@ -758,7 +758,7 @@ def _report(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 def _add_admin_mcp_parser(commands: Any) -> None:
     admin = commands.add_parser(
         "admin-mcp",
-        help="serve the admin MCP server (for IDE assistants)",
+        help="serve the admin tools over MCP (for an IDE's AI chat)",
         description="Serve Tessera's administration tools over the Model Context Protocol: "
         "list, register, update, suspend and retire agents, issue and rotate their "
         "credentials, list users and consents, check, test and what-if policy changes, "

@@ -1,4 +1,4 @@
-"""``tessera admin-mcp``: an MCP server that lets an administrator's assistant run Tessera.
+"""``tessera admin-mcp``: an MCP server to administer Tessera from an IDE's AI chat.
 
 :mod:`pep.admin_mcp.server` holds the tools and resources, :mod:`pep.admin_mcp.directory`
 the directory and credential operations, :mod:`pep.admin_mcp.policies` the policy

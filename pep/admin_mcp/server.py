@@ -1,4 +1,4 @@
-"""The admin MCP server: Tessera's tools and resources for an administrator's assistant.
+"""The admin MCP server: Tessera's tools and resources for an administrator's MCP client.
 
 Built on the official MCP SDK (``mcp.server.mcpserver.MCPServer``). Read tools answer at
 once; every write first asks the person at the keyboard to confirm through MCP

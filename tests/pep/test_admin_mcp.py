@@ -85,7 +85,7 @@ def server_parameters(url: str, policies: Path = SHIPPED_POLICIES) -> StdioServe
     )
 
 
-def session(
+def over_stdio(
     url: str,
     body: Callable[[Client], Awaitable[Any]],
     person: Person | None = None,
@@ -129,7 +129,7 @@ def test_lists_its_tools_with_descriptions_and_input_schemas(
     async def body(client: Client) -> Any:
         return (await client.list_tools()).tools
 
-    tools = {tool.name: tool for tool in session(url, body)}
+    tools = {tool.name: tool for tool in over_stdio(url, body)}
     assert {
         "list_agents",
         "get_agent",
@@ -195,7 +195,7 @@ def test_reads_agents_users_consents_and_policies(seeded: tuple[str, Store]) -> 
             await refused(client, "get_agent", agent="nobody"),
         )
 
-    everyone, medium, agent, users, consents, policies, unknown = session(url, body)
+    everyone, medium, agent, users, consents, policies, unknown = over_stdio(url, body)
     assert [a["name"] for a in everyone["agents"]] == ["pay-bot", "report-bot"]
     assert [a["name"] for a in medium["agents"]] == ["report-bot"]
     assert agent["id"] == pay_bot and agent["purpose"] == "payments"
@@ -224,7 +224,7 @@ def test_serves_the_policy_files_and_the_schemas_as_resources(seeded: tuple[str,
             texts[uri] = contents[0].text  # type: ignore[union-attr]
         return listed, texts
 
-    listed, texts = session(url, body)
+    listed, texts = over_stdio(url, body)
     assert {
         "tessera://policies/agents.pol",
         "tessera://policies/schema.pol",
@@ -269,7 +269,7 @@ def test_registering_asks_the_person_and_is_recorded_for_the_administrator(
             labels=[{"key": "team", "value": "fp&a"}],
         )
 
-    answer = session(url, body, person)
+    answer = over_stdio(url, body, person)
     assert answer["done"] is True
     agent = answer["agent"]
     assert (agent["name"], agent["owner"], agent["riskLevel"], agent["status"]) == (
@@ -302,7 +302,7 @@ def test_a_write_the_person_does_not_confirm_changes_nothing(
             await call(client, "issue_credential", agent="pay-bot", kind="api_key"),
         )
 
-    answers = session(url, body, person)
+    answers = over_stdio(url, body, person)
     assert [a["done"] for a in answers] == [False, False, False]
     assert len(person.asked) == 3
     assert store.last_change() == before
@@ -327,7 +327,7 @@ def test_a_suspended_agent_is_denied_by_the_pdp(seeded: tuple[str, Store]) -> No
         async def body(client: Client) -> Any:
             return await call(client, "suspend_agent", agent="pay-bot")
 
-        answer = session(url, body, person)
+        answer = over_stdio(url, body, person)
         assert answer["agent"]["status"] == "suspended"
         assert "Every request it makes will be denied" in person.asked[0]
         directory.refresh()
@@ -355,7 +355,7 @@ def test_updates_risk_and_retirement_go_through_the_directory_schema(
             await refused(client, "update_agent", agent="report-bot"),
         )
 
-    updated, risky, retired, blank, taken, empty = session(url, body)
+    updated, risky, retired, blank, taken, empty = over_stdio(url, body)
     assert (updated["agent"]["owner"], updated["agent"]["model"]) == ("ops", "m-2")
     assert risky["agent"]["riskLevel"] == "high"
     assert retired["agent"]["status"] == "retired"
@@ -391,7 +391,7 @@ def test_issues_and_rotates_credentials_showing_each_secret_once(
         high = await refused(client, "issue_credential", agent="report-bot", kind="api_key")
         return key, client_, new_key, new_client, listed, high
 
-    key, client_, new_key, new_client, listed, high = session(url, body)
+    key, client_, new_key, new_client, listed, high = over_stdio(url, body)
     assert key["credential"]["api_key"].startswith("tsk_")
     assert client_["credential"]["client_secret"]
     assert new_key["credential"]["scope"] == "reports:read"
@@ -402,12 +402,12 @@ def test_issues_and_rotates_credentials_showing_each_secret_once(
     assert "low-risk" in high
     trail = json.dumps(admin_trail(store))
     for secret in (
-        key["credential"]["api_key"],
+        key["credential"]["api_key"][len("tsk_0123456789abcdef_") :],
         client_["credential"]["client_secret"],
-        new_key["credential"]["api_key"],
+        new_key["credential"]["api_key"][len("tsk_0123456789abcdef_") :],
         new_client["credential"]["client_secret"],
     ):
-        assert secret.split("_")[-1] not in trail
+        assert len(secret) == 43 and secret not in trail
     assert {r["actor"] for r in admin_trail(store) if r["actor"] != "seed"} == {ADMIN}
 
 

@@ -20,7 +20,7 @@ from pdp.loader import load_directory
 from pdp.serve.proto import authorizer_pb2 as pb
 from pdp.serve.proto import authorizer_pb2_grpc as pb_grpc
 from tests.conftest import SHIPPED_POLICIES
-from tests.pep.test_admin_mcp import call, refused, seed_agent, session
+from tests.pep.test_admin_mcp import call, over_stdio, refused, seed_agent
 from tests.servers import Server
 
 AGENTS_POL = (SHIPPED_POLICIES / "agents.pol").read_text()
@@ -102,7 +102,7 @@ def test_what_if_lists_exactly_the_decisions_a_change_would_flip(
             ),
         )
 
-    everything, recent = session(url, body, policies=policies)
+    everything, recent = over_stdio(url, body, policies=policies)
     assert everything["replayed"] == 5
     assert everything["changed"] == 2
     changed = {d["decision_id"]: d for d in everything["decisions"]}
@@ -134,7 +134,7 @@ def test_what_if_takes_each_agent_as_it_was_when_it_was_decided(
             client, "what_if_policy_change", changes=[{"file": "agents.pol", "text": STRICTER}]
         )
 
-    answer = session(url, body, policies=policies)
+    answer = over_stdio(url, body, policies=policies)
     assert {d["decision_id"] for d in answer["decisions"]} == {
         ids["report-bot search"],
         ids["report-bot sql"],
@@ -175,7 +175,7 @@ def test_checks_and_tests_a_proposed_change_without_writing_it(
             ),
         )
 
-    bad, good, failing, passing, outside, missing = session(url, body, policies=policies)
+    bad, good, failing, passing, outside, missing = over_stdio(url, body, policies=policies)
     assert bad["ok"] is False
     error = bad["errors"][0]
     assert "agents.pol" in error["text"] and "hihg" in error["text"]
@@ -216,7 +216,7 @@ def test_simulates_a_request_with_the_directory_and_explains_it(
             await refused(client, "simulate_request", request={"agent": {"id": pay_bot}}),
         )
 
-    over, allowed, unknown, malformed = session(url, body, policies=policies)
+    over, allowed, unknown, malformed = over_stdio(url, body, policies=policies)
     assert over["decision"] == "deny"
     assert "permit agents.small_transfers" in over["explanation"]
     assert "context.amount <= 1000 USD" in over["explanation"]
@@ -237,7 +237,7 @@ def test_explains_a_past_decision_by_its_id(
             await refused(client, "explain_decision", decision_id="0" * 32),
         )
 
-    explained, denials, unknown = session(url, body, policies=policies)
+    explained, denials, unknown = over_stdio(url, body, policies=policies)
     assert explained["record"]["allow"] is False
     assert explained["record"]["decision_id"] == ids["report-bot transfer"]
     assert "decision: DENY" in explained["explanation"]
@@ -279,7 +279,7 @@ def test_lists_alerts_and_writes_a_compliance_report(
             await refused(client, "compliance_report", agent="nobody"),
         )
 
-    alerts, none, report, as_json, bad_time, unknown = session(url, body, policies=policies)
+    alerts, none, report, as_json, bad_time, unknown = over_stdio(url, body, policies=policies)
     assert [a["alert"] for a in alerts["alerts"]] == ["new_tool"]
     assert none["count"] == 0
     assert report["intact"] is True and report["format"] == "md"
