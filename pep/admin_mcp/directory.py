@@ -325,9 +325,9 @@ class DirectoryAdmin:
         key_id = credential.removeprefix(API_KEY_PREFIX)
         for key in self.api_keys.of_agent(record.id):
             if key.id == key_id:
-                remaining = max(int(key.expires_at - key.created_at), 1)
+                lifetime = max(int(key.expires_at - key.created_at), 1)
                 issued = self.issue_credential(
-                    admin, record.id, "api_key", " ".join(sorted(key.scopes)), None, remaining
+                    admin, record.id, "api_key", " ".join(sorted(key.scopes)), None, lifetime
                 )
                 self.api_keys.revoke(key.id, admin.subject)
                 return {**issued, "replaced": f"{API_KEY_PREFIX}{key.id}"}

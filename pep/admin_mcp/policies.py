@@ -14,11 +14,14 @@ recorded time.
 
 from __future__ import annotations
 
+import threading
 from collections import deque
 from collections.abc import Iterable, Mapping
 from datetime import datetime
 from pathlib import Path, PurePosixPath
 from typing import Any
+
+from cachetools import LRUCache
 
 from issuer.store import Change, Store
 from pdp.audit.query import Filters, records
@@ -30,7 +33,7 @@ from pdp.lang.errors import PolicyError
 from pdp.lang.explain import render_explanation
 from pdp.lang.interpreter import Interpreter
 from pdp.lang.policytest import TEST_CLOCK, run_tests
-from pdp.loader import SUFFIX, Loaded, load_texts, policy_files
+from pdp.loader import SUFFIX, Loaded, content_version, load_texts, policy_files
 from pdp.request import Request, RequestError, request_from_json
 from pep.admin_mcp.directory import AdminError
 
@@ -46,6 +49,9 @@ class Policies:
 
     def __init__(self, directory: str | Path) -> None:
         self.root = Path(directory)
+        # Parsing and checking dominate a call; a bundle is kept by its content version.
+        self._loaded: LRUCache[str, Loaded] = LRUCache(maxsize=8)
+        self._lock = threading.Lock()
 
     # -- files
 
@@ -101,9 +107,17 @@ class Policies:
             ) from None
 
     def _load(self, texts: Mapping[str, str]) -> Loaded:
-        return load_texts(
-            {str(self.root / name): text for name, text in texts.items()}, version_of=dict(texts)
-        )
+        version = content_version(dict(texts))
+        with self._lock:
+            loaded = self._loaded.get(version)
+        if loaded is None:
+            loaded = load_texts(
+                {str(self.root / name): text for name, text in texts.items()},
+                version_of=dict(texts),
+            )
+            with self._lock:
+                self._loaded[version] = loaded
+        return loaded
 
     def proposed(self, changes: Changes) -> Loaded:
         """The proposal, loaded; AdminError listing every diagnostic when it does not."""

@@ -347,7 +347,14 @@ def test_updates_risk_and_retirement_go_through_the_directory_schema(
 
     async def body(client: Client) -> Any:
         return (
-            await call(client, "update_agent", agent="report-bot", owner="ops", model="m-2"),
+            await call(
+                client,
+                "update_agent",
+                agent="report-bot",
+                owner="ops",
+                model="m-2",
+                labels=[{"key": "team", "value": "ops"}],
+            ),
             await call(client, "set_risk_level", agent="report-bot", risk_level="high"),
             await call(client, "retire_agent", agent="report-bot"),
             await refused(client, "update_agent", agent="report-bot", owner="   "),
@@ -357,6 +364,8 @@ def test_updates_risk_and_retirement_go_through_the_directory_schema(
 
     updated, risky, retired, blank, taken, empty = over_stdio(url, body)
     assert (updated["agent"]["owner"], updated["agent"]["model"]) == ("ops", "m-2")
+    assert updated["agent"]["labels"] == [{"key": "team", "value": "ops"}]
+    assert updated["agent"]["purpose"] == "reporting"  # what was not given stays
     assert risky["agent"]["riskLevel"] == "high"
     assert retired["agent"]["status"] == "retired"
     assert "owner" in blank and "blank" in blank
