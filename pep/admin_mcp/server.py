@@ -276,8 +276,33 @@ def register_tools(server: MCPServer[Any], settings: Settings) -> None:
         agent = await run_async(lambda: directory.register_agent(who, attributes))
         return {"done": True, "agent": agent}
 
-    def ask_update(agent: str) -> Elicit[Confirm]:
-        return Elicit(f"Update agent {agent_named(agent)}?", Confirm)
+    def ask_update(
+        agent: str,
+        owner: str | None = None,
+        purpose: str | None = None,
+        agent_type: str | None = None,
+        description: str | None = None,
+        model: str | None = None,
+        display_name: str | None = None,
+        scopes: list[str] | None = None,
+        labels: list[Label] | None = None,
+    ) -> Elicit[Confirm]:
+        given = {
+            "owner": owner,
+            "purpose": purpose,
+            "agentType": agent_type,
+            "description": description,
+            "model": model,
+            "displayName": display_name,
+            "scopes": scopes,
+            "labels": None if labels is None else [label.model_dump() for label in labels],
+        }
+        changes = ", ".join(
+            f"{key} = {value!r}" for key, value in given.items() if value is not None
+        )
+        if not changes:
+            raise ToolError("nothing to change: give at least one attribute to set")
+        return Elicit(f"Update agent {agent_named(agent)}: {changes}?", Confirm)
 
     @server.tool(
         annotations=WRITE,

@@ -360,9 +360,19 @@ def test_updates_risk_and_retirement_go_through_the_directory_schema(
             await refused(client, "update_agent", agent="report-bot", owner="   "),
             await refused(client, "register_agent", name="PAY-BOT", owner="x", risk_level="low"),
             await refused(client, "update_agent", agent="report-bot"),
+            await refused(client, "set_risk_level", agent="report-bot", risk_level="extreme"),
+            await refused(client, "suspend_agent", agent="nobody"),
         )
 
-    updated, risky, retired, blank, taken, empty = over_stdio(url, body)
+    person = Person()
+    updated, risky, retired, blank, taken, empty, extreme, nobody = over_stdio(url, body, person)
+    # asked: the three writes, and the two the directory refused after the question
+    assert len(person.asked) == 5
+    assert person.asked[0].endswith(
+        "owner = 'ops', model = 'm-2', labels = [{'key': 'team', 'value': 'ops'}]?"
+    )
+    assert "extreme" in extreme
+    assert "no agent has the id or name 'nobody'" in nobody
     assert (updated["agent"]["owner"], updated["agent"]["model"]) == ("ops", "m-2")
     assert updated["agent"]["labels"] == [{"key": "team", "value": "ops"}]
     assert updated["agent"]["purpose"] == "reporting"  # what was not given stays
