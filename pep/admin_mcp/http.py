@@ -25,11 +25,13 @@ import logging
 import re
 import socket
 from typing import Any, TextIO
+from urllib.parse import urlsplit
 
 import uvicorn
 from anyio import to_thread
 from mcp.server.auth.provider import AccessToken
 from mcp.server.auth.settings import AuthSettings
+from mcp.server.transport_security import TransportSecuritySettings
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from issuer.app import HttpRunning, bind
@@ -138,7 +140,22 @@ def http_app(settings: Settings, issuer: str, resource: str, host: str = "127.0.
         validate_token_resource=False,  # AdminTokens checks the audience itself
     )
     server = build_server(settings, auth=auth, token_verifier=tokens)
-    return Challenges(server.streamable_http_app(streamable_http_path=MCP_PATH, host=host))
+    app = server.streamable_http_app(
+        streamable_http_path=MCP_PATH, host=host, transport_security=host_check(resource)
+    )
+    return Challenges(app)
+
+
+def host_check(resource: str) -> TransportSecuritySettings:
+    """DNS rebinding protection: the Host (and any Origin) must be a loopback name or the
+    resource URI's own host, whatever address the server listens on."""
+    parts = urlsplit(resource)
+    hosts = ["127.0.0.1:*", "localhost:*", "[::1]:*", parts.netloc]
+    origins = ["http://127.0.0.1:*", "http://localhost:*", "http://[::1]:*"]
+    origins.append(f"{parts.scheme}://{parts.netloc}")
+    return TransportSecuritySettings(
+        enable_dns_rebinding_protection=True, allowed_hosts=hosts, allowed_origins=origins
+    )
 
 
 async def start(app: ASGIApp, sock: socket.socket) -> HttpRunning:

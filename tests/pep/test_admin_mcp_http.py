@@ -200,3 +200,13 @@ def test_with_an_admin_token_the_sdk_client_works_and_writes_as_the_token_subjec
         "seed",
         running.admin_id,
     ]
+
+
+def test_a_request_for_another_host_is_refused(running: Running) -> None:
+    headers = {
+        "Accept": "application/json, text/event-stream",
+        "Authorization": f"Bearer {running.token()}",
+        "Host": "attacker.example",
+    }
+    response = httpx.post(running.url, json=INITIALIZE, headers=headers, timeout=10)
+    assert response.status_code == 421
