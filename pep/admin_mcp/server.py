@@ -663,7 +663,8 @@ def register_tools(server: MCPServer[Any], settings: Settings) -> None:
     async def list_alerts(
         agent: Annotated[str | None, Field(description="only this agent's alerts (its id)")] = None,
         alert: Annotated[
-            str | None, Field(description="only this kind of alert, e.g. 'new_tool'")
+            Literal["new_tool", "rate", "denials", "amount", "hours"] | None,
+            Field(description="only this kind of alert"),
         ] = None,
         since: Since = None,
         until: Until = None,

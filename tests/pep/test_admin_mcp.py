@@ -121,6 +121,19 @@ async def refused(client: Client, tool: str, **arguments: Any) -> str:
 # ---------------------------------------------------------------- slice 1: reading
 
 
+def test_the_alert_kinds_it_offers_are_the_detectors_kinds() -> None:
+    from mcp.server.mcpserver import MCPServer
+
+    from pdp.audit.baselines import ALERTS
+    from pep.admin_mcp.server import Settings, register_tools
+
+    server: MCPServer[Any] = MCPServer("t")
+    register_tools(server, Settings(None, SHIPPED_POLICIES, "a"))  # type: ignore[arg-type]
+    tools = {tool.name: tool for tool in anyio.run(server.list_tools)}
+    kinds = tools["list_alerts"].input_schema["properties"]["alert"]["anyOf"][0]["enum"]
+    assert tuple(kinds) == ALERTS
+
+
 def test_lists_its_tools_with_descriptions_and_input_schemas(
     seeded: tuple[str, Store],
 ) -> None:
