@@ -798,6 +798,12 @@ def _add_admin_mcp_parser(commands: Any) -> None:
         help="--http: this server's resource URI, the audience tokens must name "
         "(default: http://HOST:PORT/mcp)",
     )
+    admin.add_argument(
+        "--jwks",
+        metavar="URL",
+        help="--http: verify tokens with the keys the issuer publishes here, e.g. "
+        "ISSUER/oauth/jwks (default: the signing keys in the store)",
+    )
 
 
 def _admin_mcp(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
@@ -824,7 +830,7 @@ def _admin_mcp(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     settings = Settings(store, Path(config.policies), admin)
     try:
         if args.http is None:
-            for flag in ("issuer", "resource"):
+            for flag in ("issuer", "resource", "jwks"):
                 if getattr(args, flag):
                     print(f"tessera admin-mcp: --{flag} only goes with --http", file=err)
                     return USAGE
@@ -837,7 +843,7 @@ def _admin_mcp(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             print(f"tessera admin-mcp: --http {args.http}: use HOST:PORT", file=err)
             return USAGE
         issuer = args.issuer or config.issuer or f"http://{config.host}:{config.http_port}"
-        return serve_http_forever(settings, host, int(port), issuer, args.resource, err)
+        return serve_http_forever(settings, host, int(port), issuer, args.resource, err, args.jwks)
     finally:
         store.close()
 

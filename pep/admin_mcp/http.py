@@ -24,9 +24,13 @@ import contextlib
 import logging
 import re
 import socket
+import threading
+import time
 from typing import Any, TextIO
 from urllib.parse import urlsplit
 
+import httpx
+import jwt
 import uvicorn
 from anyio import to_thread
 from mcp.server.auth.provider import AccessToken
@@ -35,7 +39,7 @@ from mcp.server.transport_security import TransportSecuritySettings
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from issuer.app import HttpRunning, bind
-from issuer.keys import KeyRing
+from issuer.keys import KeyRing, PublicKey
 from issuer.models import AGENT_EXTENSION
 from issuer.oauth.grants import revoked
 from issuer.oauth.tokens import InvalidToken, KeyLookup, TokenVerifier, ring_lookup
@@ -43,6 +47,8 @@ from issuer.store import NotFound, Store
 from pep.admin_mcp.server import ADMIN_SCOPE, Settings, build_server
 
 MCP_PATH = "/mcp"
+
+log = logging.getLogger("tessera.admin_mcp")
 
 
 class AdminTokens:
@@ -130,9 +136,57 @@ class Challenges:
         return headers
 
 
-def http_app(settings: Settings, issuer: str, resource: str, host: str = "127.0.0.1") -> ASGIApp:
-    """The Streamable HTTP application at :data:`MCP_PATH`, behind the issuer's tokens."""
-    tokens = AdminTokens(settings.store, issuer, resource, ring_lookup(KeyRing(settings.store)))
+class PublishedKeys:
+    """A key lookup over the issuer's published JWK Set (its ``/oauth/jwks``), for a server
+    that should not read the signing keys from the store. An unknown kid fetches the set
+    again, at most once per :data:`REFETCH` seconds."""
+
+    REFETCH = 5.0
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self._keys: dict[str, tuple[str, PublicKey]] = {}
+        self._fetched = -self.REFETCH
+        self._lock = threading.Lock()
+
+    def __call__(self, kid: str) -> tuple[str, PublicKey] | None:
+        found = self._keys.get(kid)
+        if found is None and time.monotonic() - self._fetched >= self.REFETCH:
+            with self._lock:
+                if time.monotonic() - self._fetched >= self.REFETCH:
+                    self._fetched = time.monotonic()
+                    self._keys = self._fetch()
+            found = self._keys.get(kid)
+        return found
+
+    def _fetch(self) -> dict[str, tuple[str, PublicKey]]:
+        try:
+            response = httpx.get(self.url, timeout=5)
+            response.raise_for_status()
+            keys = response.json()["keys"]
+        except (httpx.HTTPError, ValueError, KeyError, TypeError) as exc:
+            log.warning("cannot read the issuer's keys at %s: %s", self.url, exc)
+            return self._keys
+        published: dict[str, tuple[str, PublicKey]] = {}
+        for jwk in keys:
+            try:
+                published[str(jwk["kid"])] = (str(jwk["alg"]), jwt.PyJWK(jwk).key)
+            except (KeyError, TypeError, jwt.PyJWTError):
+                log.warning("skipping an unusable key in %s", self.url)
+        return published
+
+
+def http_app(
+    settings: Settings,
+    issuer: str,
+    resource: str,
+    host: str = "127.0.0.1",
+    jwks: str | None = None,
+) -> ASGIApp:
+    """The Streamable HTTP application at :data:`MCP_PATH`, behind the issuer's tokens,
+    verified with the signing keys in the store, or with those published at ``jwks``."""
+    keys = PublishedKeys(jwks) if jwks else ring_lookup(KeyRing(settings.store))
+    tokens = AdminTokens(settings.store, issuer, resource, keys)
     auth = AuthSettings(
         issuer_url=issuer,  # type: ignore[arg-type]
         resource_server_url=resource,  # type: ignore[arg-type]
@@ -178,7 +232,13 @@ async def start(app: ASGIApp, sock: socket.socket) -> HttpRunning:
 
 
 def serve_http_forever(
-    settings: Settings, host: str, port: int, issuer: str, resource: str | None, err: TextIO
+    settings: Settings,
+    host: str,
+    port: int,
+    issuer: str,
+    resource: str | None,
+    err: TextIO,
+    jwks: str | None = None,
 ) -> int:
     """``tessera admin-mcp --http``: serve until SIGINT or SIGTERM."""
     try:
@@ -188,7 +248,7 @@ def serve_http_forever(
         return 2
     bound = sock.getsockname()[1]
     resource = resource or f"http://{host}:{bound}{MCP_PATH}"
-    app = http_app(settings, issuer, resource, host)
+    app = http_app(settings, issuer, resource, host, jwks)
     logging.getLogger("httpx").setLevel(logging.WARNING)  # in-process SCIM calls, not news
     print(
         f"tessera admin-mcp: Streamable HTTP at http://{host}:{bound}{MCP_PATH}, tokens from "

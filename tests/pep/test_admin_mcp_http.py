@@ -210,3 +210,53 @@ def test_a_request_for_another_host_is_refused(running: Running) -> None:
     }
     response = httpx.post(running.url, json=INITIALIZE, headers=headers, timeout=10)
     assert response.status_code == 421
+
+
+def test_tokens_verify_with_the_keys_the_issuer_publishes(store: Store) -> None:
+    from starlette.applications import Starlette
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+
+    from tests.servers import HttpServer
+
+    admin_id = seed_agent(store, "admin-bot")
+    ring = KeyRing(store)
+    minter = TokenMinter(ring, ISSUER)
+
+    async def jwks(request: Any) -> JSONResponse:
+        return JSONResponse(ring.jwks())
+
+    issuer = HttpServer(lambda port: Starlette(routes=[Route("/oauth/jwks", jwks)]))
+    thread = LoopThread()
+    sock = bind("127.0.0.1", 0)
+    url = f"http://127.0.0.1:{sock.getsockname()[1]}{MCP_PATH}"
+    settings = Settings(store, Path(SHIPPED_POLICIES), admin="unused")
+    app = http_app(settings, ISSUER, url, jwks=f"http://127.0.0.1:{issuer.port}/oauth/jwks")
+    server: HttpRunning = thread.run(start(app, sock))
+    try:
+        token = minter.mint(
+            subject=admin_id,
+            client_id="c",
+            audience=[url],
+            scope=["tessera:admin"],
+            extra={"agent_id": admin_id},
+        ).token
+        accepted = post(url, token)
+        ring.rotate()
+        ring.load()
+        unpublished = TokenMinter(ring, ISSUER).mint(
+            subject=admin_id,
+            client_id="c",
+            audience=[url],
+            scope=["tessera:admin"],
+            extra={"agent_id": admin_id},
+        )
+        with_new_key = post(url, unpublished.token)  # a kid it has not seen published
+    finally:
+        try:
+            thread.run(server.stop())
+        finally:
+            thread.stop()
+            issuer.close()
+    assert accepted.status_code == 200
+    assert with_new_key.status_code == 401  # the set is fetched again REFETCH s later at most
