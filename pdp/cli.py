@@ -220,6 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
     audit.add_argument("--alert", choices=ALERTS, help="alerts: only this kind")
     audit.add_argument("--json", action="store_true", help="alerts: a JSON array")
     _add_report_parser(commands)
+    _add_admin_mcp_parser(commands)
     keys = commands.add_parser(
         "keys",
         help="list or rotate the issuer's signing keys",
@@ -276,6 +277,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "audit": _audit,
         "report": _report,
         "mcp-proxy": _mcp_proxy,
+        "admin-mcp": _admin_mcp,
     }
     try:
         code: int = handler[args.command](args, sys.stdout, sys.stderr)
@@ -798,6 +800,99 @@ def _report(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         print("tessera report: the audit chain is BROKEN (see the report)", file=err)
         return FAILED
     return OK
+
+
+def _add_admin_mcp_parser(commands: Any) -> None:
+    admin = commands.add_parser(
+        "admin-mcp",
+        help="serve the admin tools over MCP (for an IDE's AI chat)",
+        description="Serve Tessera's administration tools over the Model Context Protocol: "
+        "list, register, update, suspend and retire agents, issue and rotate their "
+        "credentials, list users and consents, check, test and what-if policy changes, "
+        "simulate and explain decisions, list anomaly alerts, write compliance reports. "
+        "Writes ask the person to confirm (MCP elicitation) and are recorded in the admin "
+        "audit trail under the administrator's name. Over stdio (the default, for an IDE "
+        "that starts the command) the administrator is --admin. Over Streamable HTTP "
+        "(--http) every request needs an access token from Tessera's issuer with the "
+        "tessera:admin scope and this server's URL as audience; its subject is the "
+        "administrator. See docs/admin-mcp.md.",
+        epilog="example (an IDE's MCP configuration): tessera admin-mcp --store "
+        "sqlite:///var/tessera.db --policies policies --admin alice@example.com",
+    )
+    admin.add_argument("--store", metavar="URL", help="the store (default: as tessera serve)")
+    admin.add_argument("--config", metavar="FILE", help="configuration file (TOML)")
+    admin.add_argument(
+        "--policies", metavar="DIR", help="the policy directory (default: as tessera serve)"
+    )
+    admin.add_argument(
+        "--admin",
+        metavar="NAME",
+        help="stdio: who the changes are recorded for (default: local:<login name>)",
+    )
+    admin.add_argument(
+        "--http",
+        metavar="HOST:PORT",
+        help="serve Streamable HTTP at http://HOST:PORT/mcp instead of stdio",
+    )
+    admin.add_argument(
+        "--issuer",
+        metavar="URL",
+        help="--http: the issuer whose tokens are accepted (default: as tessera serve)",
+    )
+    admin.add_argument(
+        "--resource",
+        metavar="URL",
+        help="--http: this server's resource URI, the audience tokens must name "
+        "(default: http://HOST:PORT/mcp)",
+    )
+    admin.add_argument(
+        "--jwks",
+        metavar="URL",
+        help="--http: verify tokens with the keys the issuer publishes here, e.g. "
+        "ISSUER/oauth/jwks (default: the signing keys in the store)",
+    )
+
+
+def _admin_mcp(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    import getpass
+
+    from pdp.serve.config import ConfigError, load_config
+
+    flags = {"store": args.store, "policies": args.policies}
+    try:
+        config = load_config(flags, config_file=args.config)
+    except ConfigError as exc:
+        print(f"tessera admin-mcp: {exc}", file=err)
+        return USAGE
+    if not Path(config.policies).is_dir():
+        print(f"tessera admin-mcp: {config.policies} is not a directory", file=err)
+        return USAGE
+    opened = _open_configured_store(args, err, "admin-mcp")
+    if opened is None:
+        return USAGE
+    store, _ = opened
+    from pep.admin_mcp.server import Settings, serve_stdio  # the one command pdp serves for pep
+
+    admin = args.admin or f"local:{getpass.getuser()}"
+    settings = Settings(store, Path(config.policies), admin)
+    try:
+        if args.http is None:
+            for flag in ("issuer", "resource", "jwks"):
+                if getattr(args, flag):
+                    print(f"tessera admin-mcp: --{flag} only goes with --http", file=err)
+                    return USAGE
+            serve_stdio(settings)
+            return OK
+        from pep.admin_mcp.http import serve_http_forever
+
+        host, _, port = args.http.rpartition(":")
+        if not host or not port.isdigit():
+            print(f"tessera admin-mcp: --http {args.http}: use HOST:PORT", file=err)
+            return USAGE
+        issuer = args.issuer or config.issuer or f"http://{config.host}:{config.http_port}"
+        return serve_http_forever(settings, host, int(port), issuer, args.resource, err, args.jwks)
+    finally:
+        store.close()
 
 
 def _keys(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:

@@ -1,0 +1,261 @@
+"""The admin MCP server over Streamable HTTP, as an OAuth 2.1 resource server of Tessera's
+own issuer.
+
+Every request needs ``Authorization: Bearer <access token>`` (RFC 6750 §2.1): a JWT
+access token from Tessera's issuer (RFC 9068, verified offline with the issuer's signing
+keys from the store) whose audience is this server's resource URI (RFC 8707), with the
+``tessera:admin`` scope, issued to an administrating agent acting alone (no ``act``, not
+certificate-bound), not revoked, and whose agent is still active. The token's subject is
+the administrator every change is recorded for.
+
+The SDK's resource-server support answers the rest: ``401`` with ``WWW-Authenticate:
+Bearer error="invalid_token", …, resource_metadata="…"`` for a bad token, ``403`` with
+``error="insufficient_scope"`` without the scope (RFC 6750 §3.1), and the protected
+resource metadata (RFC 9728 §3) at ``/.well-known/oauth-protected-resource/mcp``, naming
+the issuer as the authorization server. :class:`Challenges` adjusts its challenges:
+a request without any token gets no error code (RFC 6750 §3.1), and every challenge names
+the scope it needs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+import socket
+import threading
+import time
+from typing import Any, TextIO
+from urllib.parse import urlsplit
+
+import httpx
+import jwt
+import uvicorn
+from anyio import to_thread
+from mcp.server.auth.provider import AccessToken
+from mcp.server.auth.settings import AuthSettings
+from mcp.server.transport_security import TransportSecuritySettings
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from issuer.app import HttpRunning, bind
+from issuer.keys import KeyRing, PublicKey
+from issuer.models import AGENT_EXTENSION
+from issuer.oauth.grants import revoked
+from issuer.oauth.tokens import InvalidToken, KeyLookup, TokenVerifier, ring_lookup
+from issuer.store import NotFound, Store
+from pep.admin_mcp.server import ADMIN_SCOPE, Settings, build_server
+
+MCP_PATH = "/mcp"
+
+log = logging.getLogger("tessera.admin_mcp")
+
+
+class AdminTokens:
+    """The SDK's token verifier over Tessera's issuer (``verify_token``)."""
+
+    def __init__(self, store: Store, issuer: str, resource: str, keys: KeyLookup) -> None:
+        self.store = store
+        self.resource = resource
+        self.verifier = TokenVerifier(keys, issuer.rstrip("/"), audience=resource)
+
+    async def verify_token(self, token: str) -> AccessToken | None:
+        claims = await to_thread.run_sync(self.claims, token)
+        if claims is None:
+            return None
+        return AccessToken(
+            token=token,
+            client_id=str(claims["client_id"]),
+            scopes=str(claims.get("scope", "")).split(),
+            expires_at=int(claims["exp"]),
+            resource=self.resource,
+            subject=str(claims["sub"]),
+            claims=claims,
+        )
+
+    def claims(self, token: str) -> dict[str, Any] | None:
+        """The claims of a token an administrator may use here, or None."""
+        try:
+            claims = self.verifier.verify(token)
+        except InvalidToken:
+            return None
+        if claims.get("agent_id") != claims.get("sub") or "act" in claims or "cnf" in claims:
+            return None  # an agent acting alone; a bound token would need its certificate
+        if revoked(self.store, claims):
+            return None
+        try:
+            agent = self.store.get("Agent", str(claims["sub"])).data
+        except NotFound:
+            return None
+        if (agent.get(AGENT_EXTENSION) or {}).get("status") != "active":
+            return None
+        return claims
+
+
+_METADATA = re.compile(r'resource_metadata="([^"]*)"')
+
+
+class Challenges:
+    """Rewrites the SDK's ``WWW-Authenticate`` challenges as RFC 6750 §3 and RFC 9728 §5.1
+    want them: ``realm`` and ``scope`` on every one, no error code when the request
+    carried no token, and the protected resource metadata URL kept."""
+
+    def __init__(self, app: ASGIApp, realm: str = "tessera") -> None:
+        self.app = app
+        self.realm = realm
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        tokenless = not any(name == b"authorization" for name, _ in scope["headers"])
+
+        async def challenged(message: Message) -> None:
+            if message["type"] == "http.response.start" and message["status"] in (401, 403):
+                message = {**message, "headers": self._rewritten(message, tokenless)}
+            await send(message)
+
+        await self.app(scope, receive, challenged)
+
+    def _rewritten(self, message: Message, tokenless: bool) -> list[tuple[bytes, bytes]]:
+        headers: list[tuple[bytes, bytes]] = []
+        for name, value in message.get("headers", []):
+            if name.lower() != b"www-authenticate":
+                headers.append((name, value))
+                continue
+            text = value.decode("latin-1")
+            found = _METADATA.search(text)
+            parts = [f'realm="{self.realm}"', f'scope="{ADMIN_SCOPE}"']
+            if message["status"] == 403:
+                parts.append('error="insufficient_scope"')
+            elif not tokenless:
+                parts.append('error="invalid_token"')
+            if found:
+                parts.append(f'resource_metadata="{found.group(1)}"')
+            headers.append((name, ("Bearer " + ", ".join(parts)).encode("latin-1")))
+        return headers
+
+
+class PublishedKeys:
+    """A key lookup over the issuer's published JWK Set (its ``/oauth/jwks``), for a server
+    that should not read the signing keys from the store. An unknown kid fetches the set
+    again, at most once per :data:`REFETCH` seconds."""
+
+    REFETCH = 5.0
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self._keys: dict[str, tuple[str, PublicKey]] = {}
+        self._fetched = -self.REFETCH
+        self._lock = threading.Lock()
+
+    def __call__(self, kid: str) -> tuple[str, PublicKey] | None:
+        found = self._keys.get(kid)
+        if found is None and time.monotonic() - self._fetched >= self.REFETCH:
+            with self._lock:
+                if time.monotonic() - self._fetched >= self.REFETCH:
+                    self._fetched = time.monotonic()
+                    self._keys = self._fetch()
+            found = self._keys.get(kid)
+        return found
+
+    def _fetch(self) -> dict[str, tuple[str, PublicKey]]:
+        try:
+            response = httpx.get(self.url, timeout=5)
+            response.raise_for_status()
+            keys = response.json()["keys"]
+        except (httpx.HTTPError, ValueError, KeyError, TypeError) as exc:
+            log.warning("cannot read the issuer's keys at %s: %s", self.url, exc)
+            return self._keys
+        published: dict[str, tuple[str, PublicKey]] = {}
+        for jwk in keys:
+            try:
+                published[str(jwk["kid"])] = (str(jwk["alg"]), jwt.PyJWK(jwk).key)
+            except (KeyError, TypeError, jwt.PyJWTError):
+                log.warning("skipping an unusable key in %s", self.url)
+        return published
+
+
+def http_app(
+    settings: Settings,
+    issuer: str,
+    resource: str,
+    host: str = "127.0.0.1",
+    jwks: str | None = None,
+) -> ASGIApp:
+    """The Streamable HTTP application at :data:`MCP_PATH`, behind the issuer's tokens,
+    verified with the signing keys in the store, or with those published at ``jwks``."""
+    keys = PublishedKeys(jwks) if jwks else ring_lookup(KeyRing(settings.store))
+    tokens = AdminTokens(settings.store, issuer, resource, keys)
+    auth = AuthSettings(
+        issuer_url=issuer,  # type: ignore[arg-type]
+        resource_server_url=resource,  # type: ignore[arg-type]
+        required_scopes=[ADMIN_SCOPE],
+        validate_token_resource=False,  # AdminTokens checks the audience itself
+    )
+    server = build_server(settings, auth=auth, token_verifier=tokens)
+    app = server.streamable_http_app(
+        streamable_http_path=MCP_PATH, host=host, transport_security=host_check(resource)
+    )
+    return Challenges(app)
+
+
+def host_check(resource: str) -> TransportSecuritySettings:
+    """DNS rebinding protection: the Host (and any Origin) must be a loopback name or the
+    resource URI's own host, whatever address the server listens on."""
+    parts = urlsplit(resource)
+    hosts = ["127.0.0.1:*", "localhost:*", "[::1]:*", parts.netloc]
+    origins = ["http://127.0.0.1:*", "http://localhost:*", "http://[::1]:*"]
+    origins.append(f"{parts.scheme}://{parts.netloc}")
+    return TransportSecuritySettings(
+        enable_dns_rebinding_protection=True, allowed_hosts=hosts, allowed_origins=origins
+    )
+
+
+async def start(app: ASGIApp, sock: socket.socket) -> HttpRunning:
+    """Serve ``app`` on a bound socket in the running loop, its lifespan included (the
+    SDK's session manager runs in it)."""
+    config = uvicorn.Config(app, log_level="warning", lifespan="on", access_log=False)
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    for _ in range(500):  # at most 5 s
+        if server.started or task.done():
+            break
+        await asyncio.sleep(0.01)
+    if not server.started:
+        server.should_exit = True
+        sock.close()
+        with contextlib.suppress(BaseException):
+            await task
+        raise OSError(f"cannot serve HTTP on {sock.getsockname()}")
+    return HttpRunning(server, task, sock.getsockname()[1])
+
+
+def serve_http_forever(
+    settings: Settings,
+    host: str,
+    port: int,
+    issuer: str,
+    resource: str | None,
+    err: TextIO,
+    jwks: str | None = None,
+) -> int:
+    """``tessera admin-mcp --http``: serve until SIGINT or SIGTERM."""
+    try:
+        sock = bind(host, port)
+    except OSError as exc:
+        print(f"tessera admin-mcp: {exc}", file=err)
+        return 2
+    bound = sock.getsockname()[1]
+    resource = resource or f"http://{host}:{bound}{MCP_PATH}"
+    app = http_app(settings, issuer, resource, host, jwks)
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # in-process SCIM calls, not news
+    print(
+        f"tessera admin-mcp: Streamable HTTP at http://{host}:{bound}{MCP_PATH}, tokens from "
+        f"{issuer} with scope {ADMIN_SCOPE} and audience {resource}",
+        file=err,
+        flush=True,
+    )
+    config = uvicorn.Config(app, log_level="warning", lifespan="on", access_log=False)
+    uvicorn.Server(config).run(sockets=[sock])
+    return 0

@@ -1,0 +1,495 @@
+"""Policy work for administrators: check and test a proposed change, simulate a request,
+replay audited decisions against a proposal (what-if), explain a past decision.
+
+A *proposed change* maps policy file names, relative to the policy directory (e.g.
+``agents.pol``), to their new text, or to None to delete the file. The proposal is the
+directory's files with those changes applied; nothing is written to disk.
+
+Replays rebuild each request from its agent-trail record: the agent's attributes as the
+directory held them when the decision was made (from the change log), the user's roles
+and groups and the user's consents as they are now, and the recorded action, resource
+(type and id) and context. Limits replay in order from zero, each decision at its
+recorded time.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from collections.abc import Iterable, Mapping
+from datetime import datetime
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from cachetools import LRUCache
+
+from issuer.store import Change, Store
+from pdp.audit.query import Filters, records
+from pdp.counters import MemoryCounters
+from pdp.decision import Decision
+from pdp.directory import Directory, agent_attributes
+from pdp.engine import Bundle, Engine
+from pdp.lang.errors import PolicyError
+from pdp.lang.explain import render_explanation
+from pdp.lang.interpreter import Interpreter
+from pdp.lang.policytest import TEST_CLOCK, run_tests
+from pdp.loader import SUFFIX, Loaded, content_version, load_texts, policy_files
+from pdp.request import Request, RequestError, request_from_json
+from pep.admin_mcp.directory import AdminError
+
+TRAIL = "agent"
+MAX_REPLAY = 10_000  # decisions one what-if replays at most
+LISTED = 200  # changed decisions one what-if lists at most (all are counted)
+
+Changes = Mapping[str, str | None]
+
+
+class Policies:
+    """The policy directory the PDP serves, and proposals against it."""
+
+    def __init__(self, directory: str | Path) -> None:
+        self.root = Path(directory)
+        # Parsing and checking dominate a call; a bundle is kept by its content version.
+        self._loaded: LRUCache[str, Loaded] = LRUCache(maxsize=8)
+        self._lock = threading.Lock()
+
+    # -- files
+
+    def files(self) -> dict[str, str]:
+        """Every policy file, by its name relative to the directory."""
+        if not self.root.is_dir():
+            raise AdminError(f"the policy directory {self.root} does not exist")
+        return {
+            path.relative_to(self.root).as_posix(): path.read_text(encoding="utf-8")
+            for path in policy_files(self.root)
+        }
+
+    def read(self, name: str) -> str:
+        files = self.files()
+        if name not in files:
+            raise AdminError(f"no policy file {name!r}; list_policies names them")
+        return files[name]
+
+    def schema_text(self) -> str:
+        """The files that declare the schema (``schema { … }``), concatenated."""
+        loaded = self.current()
+        parts = [
+            f"# {Path(module.path).relative_to(self.root).as_posix()}\n{module.source}"
+            for module in loaded.modules
+            if module.schemas
+        ]
+        return "\n".join(parts)
+
+    def proposed_texts(self, changes: Changes) -> dict[str, str]:
+        """The directory's files with ``changes`` applied."""
+        texts = self.files()
+        if not changes:
+            raise AdminError("the proposed change is empty: map at least one file name to text")
+        for name, text in changes.items():
+            _check_name(name)
+            if text is None:
+                if name not in texts:
+                    raise AdminError(f"cannot delete {name!r}: there is no such policy file")
+                del texts[name]
+            else:
+                texts[name] = text
+        if not texts:
+            raise AdminError("the proposal deletes every policy file")
+        return texts
+
+    def current(self) -> Loaded:
+        try:
+            return self._load(self.files())
+        except PolicyError as exc:
+            raise AdminError(
+                "the policy directory does not load: "
+                + "; ".join(d.render() for d in exc.diagnostics)
+            ) from None
+
+    def _load(self, texts: Mapping[str, str]) -> Loaded:
+        version = content_version(dict(texts))
+        with self._lock:
+            loaded = self._loaded.get(version)
+        if loaded is None:
+            loaded = load_texts(
+                {str(self.root / name): text for name, text in texts.items()},
+                version_of=dict(texts),
+            )
+            with self._lock:
+                self._loaded[version] = loaded
+        return loaded
+
+    def proposed(self, changes: Changes) -> Loaded:
+        """The proposal, loaded; AdminError listing every diagnostic when it does not."""
+        try:
+            return self._load(self.proposed_texts(changes))
+        except PolicyError as exc:
+            raise AdminError(
+                "the proposed policies do not load:\n"
+                + "\n".join(d.render() for d in exc.diagnostics)
+            ) from None
+
+    # -- reading
+
+    def listing(self) -> dict[str, Any]:
+        loaded = self.current()
+        rules_by_file: dict[str, list[dict[str, Any]]] = {}
+        for module in loaded.modules:
+            name = Path(module.path).relative_to(self.root).as_posix()
+            rules_by_file[name] = [
+                {"id": rule.id, "effect": rule.effect, "line": rule.span.line}
+                for rule in module.rules
+            ]
+        return {
+            "directory": str(self.root),
+            "bundle_version": loaded.bundle.version,
+            "files": [
+                {
+                    "name": name,
+                    "uri": f"tessera://policies/{name}",
+                    "rules": rules_by_file.get(name, []),
+                    "tests": len(module.tests),
+                    "declares_schema": bool(module.schemas),
+                }
+                for module in loaded.modules
+                for name in [Path(module.path).relative_to(self.root).as_posix()]
+            ],
+        }
+
+    # -- proposals
+
+    def check(self, changes: Changes) -> dict[str, Any]:
+        """Whether the proposal parses and type-checks, with every diagnostic."""
+        texts = self.proposed_texts(changes)
+        try:
+            loaded = self._load(texts)
+        except PolicyError as exc:
+            return {
+                "ok": False,
+                "errors": [_diagnostic(d) for d in exc.diagnostics if d.severity == "error"],
+                "warnings": [_diagnostic(d) for d in exc.diagnostics if d.severity != "error"],
+            }
+        return {
+            "ok": True,
+            "bundle_version": loaded.bundle.version,
+            "rules": len(loaded.bundle.rules),
+            "errors": [],
+            "warnings": [_diagnostic(d) for d in loaded.warnings],
+        }
+
+    def test(self, changes: Changes) -> dict[str, Any]:
+        """The proposal's policy tests (``test "…" { … }`` blocks), each failure explained."""
+        checked = self.check(changes)
+        if not checked["ok"]:
+            return {**checked, "passed": 0, "failed": None, "failures": []}
+        bundle = self.proposed(changes).bundle
+        results = run_tests(bundle)
+        failures = []
+        for result in results:
+            failure = result.failure
+            if failure is None:
+                continue
+            entry: dict[str, Any] = {
+                "test": result.test.name,
+                "where": str(result.span),
+                "step": failure.step,
+                "message": failure.message,
+            }
+            if failure.request is not None:
+                interpreter = Interpreter(
+                    bundle.rules, bundle.lets, bundle.version, clock=lambda: TEST_CLOCK
+                )
+                explanation = interpreter.explain(failure.request, commit=False)
+                entry["explanation"] = render_explanation(explanation)
+            failures.append(entry)
+        return {
+            "ok": not failures,
+            "bundle_version": bundle.version,
+            "passed": len(results) - len(failures),
+            "failed": len(failures),
+            "failures": failures,
+        }
+
+    def simulate(
+        self,
+        request: Any,
+        changes: Changes | None = None,
+        directory: Directory | None = None,
+    ) -> dict[str, Any]:
+        """Decide one request JSON (without using up any limit) and explain it. With a
+        directory, the agent's and user's attributes and consents are the directory's, and
+        an agent it does not know or that is not active is refused, as the PDP does."""
+        bundle = (self.proposed(changes) if changes else self.current()).bundle
+        if not isinstance(request, dict):
+            raise AdminError("the request is a JSON object (see the request format)")
+        data = dict(request)
+        if directory is not None:
+            agent = data.get("agent")
+            agent_id = agent.get("id") if isinstance(agent, dict) else None
+            if not isinstance(agent_id, str):
+                raise AdminError("agent.id is required: the directory id of the agent")
+            user = data.get("user")
+            user_id = user.get("id") if isinstance(user, dict) else None
+            chain = (data.get("delegation") or {}).get("chain") or ()
+            identities = directory.resolve(agent_id, user_id, chain)
+            if isinstance(identities, str):
+                decision = Decision(False, (), ("directory",), (identities,), (), bundle.version)
+                return {
+                    **decision.to_json(),
+                    "explanation": f"refused by the directory: {identities}",
+                }
+            data["agent"] = identities.agent
+            if identities.user is not None:
+                data["user"] = identities.user
+            data["context"] = {**(data.get("context") or {}), "consents": list(identities.consents)}
+        try:
+            typed = request_from_json(data, bundle.schema)
+        except RequestError as exc:
+            raise AdminError(f"invalid request: {exc}") from None
+        explanation = Interpreter(bundle.rules, bundle.lets, bundle.version).explain(
+            typed, commit=False
+        )
+        return {
+            **explanation.decision.to_json(),
+            "explanation": render_explanation(explanation),
+        }
+
+    def what_if(
+        self,
+        store: Store,
+        changes: Changes,
+        filters: Filters,
+        limit: int = 1000,
+    ) -> dict[str, Any]:
+        """Replay the most recent ``limit`` audited decisions that match ``filters`` under
+        the current policies and under the proposal; list every decision whose outcome
+        (allow or deny, and the obligations) would change."""
+        if not 1 <= limit <= MAX_REPLAY:
+            raise AdminError(f"limit is between 1 and {MAX_REPLAY}")
+        current = self.current().bundle
+        proposed = self.proposed(changes).bundle
+        recent: deque[tuple[int, dict[str, Any]]] = deque(maxlen=limit)
+        for seq, record in records(store, TRAIL, filters):
+            if record.get("kind") == "decision":
+                recent.append((seq, record))
+        replay = Replay(store)
+        before = Replayer(current)
+        after = Replayer(proposed)
+        changed: list[dict[str, Any]] = []
+        count = 0
+        for seq, record in recent:
+            count += 1
+            asked = replay.request(record)
+            old, new = before.decide(asked, record), after.decide(asked, record)
+            if _outcome(old) == _outcome(new):
+                continue
+            changed.append(
+                {
+                    "seq": seq,
+                    "decision_id": record.get("decision_id"),
+                    "at": record.get("at"),
+                    "agent": record.get("agent"),
+                    "user": record.get("user"),
+                    "action": record.get("action"),
+                    "resource": record.get("resource"),
+                    "recorded": _recorded(record),
+                    "current": old,
+                    "proposed": new,
+                }
+            )
+        return {
+            "replayed": count,
+            "changed": len(changed),
+            "current_version": current.version,
+            "proposed_version": proposed.version,
+            "decisions": changed[:LISTED],
+            "listed": min(len(changed), LISTED),
+        }
+
+    def explain_decision(self, store: Store, decision_id: str) -> dict[str, Any]:
+        """A past decision by its id: the record, and why the policies decide so today."""
+        found = find_decision(store, decision_id)
+        if found is None:
+            raise AdminError(
+                f"no decision {decision_id!r} on the agent trail; decision ids are the 32 hex "
+                "digits the PDP answered with"
+            )
+        seq, record = found
+        bundle = self.current().bundle
+        answer: dict[str, Any] = {"seq": seq, "record": record}
+        if record.get("decided_by") == ["directory"]:
+            answer["explanation"] = (
+                "the directory refused the request before any policy ran: "
+                + "; ".join(record.get("reasons") or ())
+            )
+            return answer
+        asked = Replay(store).request(record)
+        if isinstance(asked, str):
+            answer["explanation"] = f"the request cannot be rebuilt: {asked}"
+            return answer
+        try:
+            typed = request_from_json(asked, bundle.schema)
+        except RequestError as exc:
+            answer["explanation"] = f"the current schema does not accept the request: {exc}"
+            return answer
+        at = _epoch(record.get("at"))
+        interpreter = Interpreter(bundle.rules, bundle.lets, bundle.version, clock=lambda: at)
+        explanation = interpreter.explain(typed, commit=False)
+        same = record.get("bundle_version") == bundle.version
+        answer["bundle"] = (
+            "the decision was made with the bundle in force now"
+            if same
+            else f"the decision was made with bundle {record.get('bundle_version')}; "
+            f"this explanation uses the bundle in force now, {bundle.version}"
+        )
+        answer["explanation"] = render_explanation(explanation)
+        return answer
+
+
+def find_decision(store: Store, decision_id: str) -> tuple[int, dict[str, Any]] | None:
+    for seq, record in records(store, TRAIL, Filters()):
+        if record.get("decision_id") == decision_id:
+            return seq, record
+    return None
+
+
+class Replay:
+    """Rebuilds the request of an agent-trail decision record."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.directory = Directory(store)
+        self.directory.load()
+        self._histories: dict[str, list[Change]] = {}
+
+    def agent_at(self, agent_id: str, at: datetime | None) -> dict[str, Any] | None:
+        """The agent's attributes as the directory held them at ``at``, or None."""
+        if agent_id not in self._histories:
+            self._histories[agent_id] = self.store.history("Agent", agent_id)
+        state: dict[str, Any] | None = None
+        for change in self._histories[agent_id]:
+            if at is not None and change.at > at:
+                break
+            state = change.data
+        return None if state is None else agent_attributes(agent_id, state)
+
+    def request(self, record: Mapping[str, Any]) -> dict[str, Any] | str:
+        """The request JSON, or why the directory refused it at the time."""
+        at = _time(record.get("at"))
+        agent_id = str(record.get("agent") or "")
+        agent = self.agent_at(agent_id, at)
+        chain = [str(actor) for actor in record.get("delegation") or ()]
+        for who, actor in [("agent", agent_id)] + [("delegating agent", a) for a in chain]:
+            attributes = agent if actor == agent_id else self.agent_at(actor, at)
+            if attributes is None:
+                return f"{who} {actor!r} was not in the directory"
+            if attributes.get("status") != "active":
+                return f"{who} {actor!r} was {attributes.get('status')}"
+        assert agent is not None
+        context = dict(record.get("context") or {})
+        data: dict[str, Any] = {
+            "agent": agent,
+            "action": record.get("action"),
+            "resource": dict(record.get("resource") or {}),
+            "context": context,
+        }
+        user_id = record.get("user")
+        if user_id:
+            user = self.directory.user(str(user_id))
+            if user is None:
+                return f"user {user_id!r} is not in the directory"
+            data["user"] = user
+            identities = self.directory.resolve(agent_id, str(user_id))
+            consents = () if isinstance(identities, str) else identities.consents
+            context["consents"] = list(consents)
+        else:
+            context["consents"] = []
+        if chain:
+            data["delegation"] = {"chain": chain}
+        return data
+
+
+class Replayer:
+    """Decides replayed requests with one bundle: its own limit counters, each decision at
+    its recorded time."""
+
+    def __init__(self, bundle: Bundle) -> None:
+        self.bundle = bundle
+        self.now = 0.0
+        self.engine = Engine(bundle, MemoryCounters(), clock=lambda: self.now)
+
+    def decide(self, asked: dict[str, Any] | str, record: Mapping[str, Any]) -> dict[str, Any]:
+        if isinstance(asked, str):
+            return {"decision": "deny", "decided_by": ["directory"], "reasons": [asked]}
+        try:
+            typed: Request = request_from_json(asked, self.bundle.schema)
+        except RequestError as exc:
+            return {"decision": "invalid", "decided_by": [], "reasons": [str(exc)]}
+        self.now = _epoch(record.get("at"))
+        decision = self.engine.decide(typed)
+        answer = decision.to_json()
+        return {
+            "decision": answer["decision"],
+            "decided_by": answer["decided_by"],
+            "reasons": answer["reasons"],
+            "obligations": [o["text"] for o in answer["obligations"]],
+        }
+
+
+def _outcome(answer: Mapping[str, Any]) -> tuple[str, tuple[str, ...]]:
+    return str(answer["decision"]), tuple(sorted(answer.get("obligations") or ()))
+
+
+def _recorded(record: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        "decision": "allow" if record.get("allow") else "deny",
+        "decided_by": record.get("decided_by"),
+        "bundle_version": record.get("bundle_version"),
+    }
+
+
+def _diagnostic(diagnostic: Any) -> dict[str, Any]:
+    return {**diagnostic.to_json(), "text": diagnostic.render()}
+
+
+def _check_name(name: str) -> None:
+    path = PurePosixPath(name)
+    if (
+        not name
+        or path.is_absolute()
+        or ".." in path.parts
+        or "\\" in name
+        or not name.endswith(SUFFIX)
+    ):
+        raise AdminError(
+            f"{name!r} is not a policy file name: a path relative to the policy directory, "
+            f"ending in {SUFFIX}, e.g. agents.pol"
+        )
+
+
+def _time(value: Any) -> datetime | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        return datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+
+
+def _epoch(value: Any) -> float:
+    at = _time(value)
+    return at.timestamp() if at is not None else 0.0
+
+
+def changes_from(raw: Iterable[Any]) -> dict[str, str | None]:
+    """Proposed changes from a list of {"file", "text"} items (text null deletes)."""
+    changes: dict[str, str | None] = {}
+    for item in raw:
+        file, text = item.file, item.text
+        if file in changes:
+            raise AdminError(f"{file!r} appears twice in the proposed change")
+        changes[file] = text
+    return changes
+
+
+__all__ = ["Policies", "Replay", "Replayer", "changes_from", "find_decision"]
