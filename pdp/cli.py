@@ -1,4 +1,5 @@
-"""The ``tessera`` command: check, test, format, evaluate and explain policies.
+"""The ``tessera`` command of the decision point and the issuer: policies (check, test,
+format, evaluate, explain), the decision service, audit trails, reports and signing keys.
 
 Exit codes: 0 fine; 1 a failed check or test, a file that ``fmt --check`` would change, or
 a deny from ``eval``/``explain``; 2 a usage or input error (bad flags, unreadable files,
@@ -10,7 +11,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, TextIO
@@ -35,7 +37,20 @@ class _Parser(argparse.ArgumentParser):
         self.exit(USAGE, f"{self.prog}: error: {message}\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
+Handler = Callable[[argparse.Namespace, TextIO, TextIO], int]
+"""A command: its parsed arguments, standard output and error, to an exit code."""
+
+
+@dataclass(frozen=True)
+class Command:
+    """A command another package adds to ``tessera`` (the enforcement plane's, which this
+    package must not import): how to add its parser, and how to run it."""
+
+    add: Callable[[Any], None]
+    run: Handler
+
+
+def build_parser(extra: Sequence[Command] = ()) -> argparse.ArgumentParser:
     parser = _Parser(
         prog="tessera",
         description="Tessera: identity and authorization for AI agents.",
@@ -220,7 +235,6 @@ def build_parser() -> argparse.ArgumentParser:
     audit.add_argument("--alert", choices=ALERTS, help="alerts: only this kind")
     audit.add_argument("--json", action="store_true", help="alerts: a JSON array")
     _add_report_parser(commands)
-    _add_admin_mcp_parser(commands)
     keys = commands.add_parser(
         "keys",
         help="list or rotate the issuer's signing keys",
@@ -237,36 +251,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     keys.add_argument("--alg", choices=["ES256", "RS256", "EdDSA"], help="for rotate")
     keys.add_argument("--config", metavar="FILE", help="configuration file (TOML)")
-    _add_mcp_proxy(commands)
+    for command in extra:
+        command.add(commands)
     return parser
 
 
-def _add_mcp_proxy(commands: Any) -> None:
-    proxy = commands.add_parser(
-        "mcp-proxy",
-        help="put MCP servers behind OAuth 2.1 and tool-level policy",
-        description="Serve each upstream MCP server of the [mcp_proxy] table (Streamable "
-        "HTTP URL or stdio command) at its path. Every request needs an access token from "
-        "the issuer for that path's resource URI; every tools/call, prompts/get and "
-        "resources/read is decided by the PDP over gRPC, lists show only what the caller "
-        "may use, and the upstream gets its own credential, never the caller's token. "
-        "See docs/mcp.md.",
-        epilog="example: tessera mcp-proxy --config tessera.toml --port 8090",
-    )
-    proxy.add_argument(
-        "--config",
-        metavar="FILE",
-        default="tessera.toml",
-        help="configuration file with an [mcp_proxy] table (default: tessera.toml)",
-    )
-    proxy.add_argument("--host", help="listen address (default: the file's, else 127.0.0.1)")
-    proxy.add_argument("--port", type=int, help="listen port (default: the file's, else 8090)")
-    proxy.add_argument("--pdp", metavar="HOST:PORT", help="the gRPC decision service")
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    handler = {
+def main(argv: Sequence[str] | None = None, extra: Mapping[str, Command] | None = None) -> int:
+    """Run ``tessera ARGV``; ``extra`` adds commands by name."""
+    extra = extra or {}
+    args = build_parser(list(extra.values())).parse_args(argv)
+    handler: dict[str, Handler] = {
         "check": _check,
         "test": _test,
         "fmt": _fmt,
@@ -276,8 +270,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "keys": _keys,
         "audit": _audit,
         "report": _report,
-        "mcp-proxy": _mcp_proxy,
-        "admin-mcp": _admin_mcp,
+        **{name: command.run for name, command in extra.items()},
     }
     try:
         code: int = handler[args.command](args, sys.stdout, sys.stderr)
@@ -523,29 +516,7 @@ def _serve(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     return OK
 
 
-def _mcp_proxy(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-    import asyncio
-    import dataclasses
-
-    from pep.mcp_proxy.config import ConfigError, load_config
-    from pep.mcp_proxy.serve import proxy_forever
-
-    try:
-        config = load_config(args.config)
-    except ConfigError as exc:
-        print(f"tessera mcp-proxy: {exc}", file=err)
-        return USAGE
-    flags = {k: getattr(args, k) for k in ("host", "port", "pdp") if getattr(args, k) is not None}
-    config = dataclasses.replace(config, **flags)
-    try:
-        asyncio.run(proxy_forever(config))
-    except OSError as exc:
-        print(f"tessera mcp-proxy: {exc}", file=err)
-        return USAGE
-    return OK
-
-
-def _open_configured_store(
+def open_configured_store(
     args: argparse.Namespace, err: TextIO, command: str
 ) -> tuple[Any, Any] | None:
     """(the store ``tessera serve`` would use, the configuration it came from), from flag,
@@ -589,7 +560,7 @@ def _audit(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         return USAGE
     if args.action == "alerts":
         return _audit_alerts(args, filters, out, err)
-    opened = _open_configured_store(args, err, "audit")
+    opened = open_configured_store(args, err, "audit")
     if opened is None:
         return USAGE
     store, _ = opened
@@ -680,7 +651,7 @@ def _audit_alerts(args: argparse.Namespace, filters: Filters, out: TextIO, err: 
     if unused:
         print(f"tessera audit: --{unused[0]} does not apply to alerts", file=err)
         return USAGE
-    opened = _open_configured_store(args, err, "audit")
+    opened = open_configured_store(args, err, "audit")
     if opened is None:
         return USAGE
     store, _ = opened
@@ -769,7 +740,7 @@ def _report(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         except (OSError, ValueError) as exc:
             print(f"tessera report: --jwks {args.jwks}: {exc}", file=err)
             return USAGE
-    opened = _open_configured_store(args, err, "report")
+    opened = open_configured_store(args, err, "report")
     if opened is None:
         return USAGE
     store, _ = opened
@@ -802,103 +773,10 @@ def _report(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     return OK
 
 
-def _add_admin_mcp_parser(commands: Any) -> None:
-    admin = commands.add_parser(
-        "admin-mcp",
-        help="serve the admin tools over MCP (for an IDE's AI chat)",
-        description="Serve Tessera's administration tools over the Model Context Protocol: "
-        "list, register, update, suspend and retire agents, issue and rotate their "
-        "credentials, list users and consents, check, test and what-if policy changes, "
-        "simulate and explain decisions, list anomaly alerts, write compliance reports. "
-        "Writes ask the person to confirm (MCP elicitation) and are recorded in the admin "
-        "audit trail under the administrator's name. Over stdio (the default, for an IDE "
-        "that starts the command) the administrator is --admin. Over Streamable HTTP "
-        "(--http) every request needs an access token from Tessera's issuer with the "
-        "tessera:admin scope and this server's URL as audience; its subject is the "
-        "administrator. See docs/admin-mcp.md.",
-        epilog="example (an IDE's MCP configuration): tessera admin-mcp --store "
-        "sqlite:///var/tessera.db --policies policies --admin alice@example.com",
-    )
-    admin.add_argument("--store", metavar="URL", help="the store (default: as tessera serve)")
-    admin.add_argument("--config", metavar="FILE", help="configuration file (TOML)")
-    admin.add_argument(
-        "--policies", metavar="DIR", help="the policy directory (default: as tessera serve)"
-    )
-    admin.add_argument(
-        "--admin",
-        metavar="NAME",
-        help="stdio: who the changes are recorded for (default: local:<login name>)",
-    )
-    admin.add_argument(
-        "--http",
-        metavar="HOST:PORT",
-        help="serve Streamable HTTP at http://HOST:PORT/mcp instead of stdio",
-    )
-    admin.add_argument(
-        "--issuer",
-        metavar="URL",
-        help="--http: the issuer whose tokens are accepted (default: as tessera serve)",
-    )
-    admin.add_argument(
-        "--resource",
-        metavar="URL",
-        help="--http: this server's resource URI, the audience tokens must name "
-        "(default: http://HOST:PORT/mcp)",
-    )
-    admin.add_argument(
-        "--jwks",
-        metavar="URL",
-        help="--http: verify tokens with the keys the issuer publishes here, e.g. "
-        "ISSUER/oauth/jwks (default: the signing keys in the store)",
-    )
-
-
-def _admin_mcp(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-    import getpass
-
-    from pdp.serve.config import ConfigError, load_config
-
-    flags = {"store": args.store, "policies": args.policies}
-    try:
-        config = load_config(flags, config_file=args.config)
-    except ConfigError as exc:
-        print(f"tessera admin-mcp: {exc}", file=err)
-        return USAGE
-    if not Path(config.policies).is_dir():
-        print(f"tessera admin-mcp: {config.policies} is not a directory", file=err)
-        return USAGE
-    opened = _open_configured_store(args, err, "admin-mcp")
-    if opened is None:
-        return USAGE
-    store, _ = opened
-    from pep.admin_mcp.server import Settings, serve_stdio  # the one command pdp serves for pep
-
-    admin = args.admin or f"local:{getpass.getuser()}"
-    settings = Settings(store, Path(config.policies), admin)
-    try:
-        if args.http is None:
-            for flag in ("issuer", "resource", "jwks"):
-                if getattr(args, flag):
-                    print(f"tessera admin-mcp: --{flag} only goes with --http", file=err)
-                    return USAGE
-            serve_stdio(settings)
-            return OK
-        from pep.admin_mcp.http import serve_http_forever
-
-        host, _, port = args.http.rpartition(":")
-        if not host or not port.isdigit():
-            print(f"tessera admin-mcp: --http {args.http}: use HOST:PORT", file=err)
-            return USAGE
-        issuer = args.issuer or config.issuer or f"http://{config.host}:{config.http_port}"
-        return serve_http_forever(settings, host, int(port), issuer, args.resource, err, args.jwks)
-    finally:
-        store.close()
-
-
 def _keys(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     from issuer.keys import KeyRing
 
-    opened = _open_configured_store(args, err, "keys")
+    opened = open_configured_store(args, err, "keys")
     if opened is None:
         return USAGE
     store, config = opened

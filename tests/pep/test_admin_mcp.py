@@ -449,7 +449,7 @@ def test_issues_and_rotates_credentials_showing_each_secret_once(
 def test_the_command_refuses_bad_usage_with_exit_2(
     url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from pdp.cli import main
+    from pep.cli import main
 
     common = ["admin-mcp", "--store", url]
     assert main([*common, "--policies", str(tmp_path / "none")]) == 2
