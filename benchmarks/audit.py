@@ -107,7 +107,7 @@ class Budget:
     capacity: int  # records for the saturated writer
 
 
-FULL = Budget(warmup=300, sequential=3_000, batches=900, rounds=3, capacity=30_000)
+FULL = Budget(warmup=300, sequential=3_000, batches=1_500, rounds=3, capacity=30_000)
 QUICK = Budget(warmup=50, sequential=300, batches=12, rounds=2, capacity=3_000)
 
 

@@ -89,7 +89,8 @@ class AuditWriter:
             self.full += 1
             return False
         items.append((trail, record, None))
-        if len(items) == 1:  # the writer may be asleep on an empty queue
+        depth = len(items)
+        if depth == 1 or depth == BATCH:  # the writer sleeps on an empty queue, or gathers
             self._wake.set()
         return True
 
@@ -157,7 +158,9 @@ class AuditWriter:
             # closing does not wait; sync durability gathers nothing.
             wait = next_commit - time.monotonic()
             if wait > 0 and len(items) < BATCH and not (self._urgent or self._closing):
-                time.sleep(wait)
+                self._wake.clear()  # then look again: a full batch, an urgent record or
+                if len(items) < BATCH and not (self._urgent or self._closing):  # close wakes
+                    self._wake.wait(wait)
             self._urgent = False
             next_commit = time.monotonic() + self.gather
             depth = len(items)
