@@ -29,7 +29,6 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import json
-import platform
 import tempfile
 import time
 import uuid
@@ -38,7 +37,7 @@ from typing import Any
 from urllib.parse import quote
 
 import psycopg
-from engine import Target, benchmark_parser, finish, fmt, ratio  # a sibling script
+from engine import Target, benchmark_parser, environment, finish, fmt, ratio  # a sibling script
 
 from issuer.store import open_store
 from pdp.audit.anomaly import AnomalyDetector
@@ -197,13 +196,7 @@ def main() -> None:
         )
     result = {
         "benchmark": "anomaly",
-        "environment": {
-            "python": platform.python_version(),
-            "machine": f"{platform.system()} {platform.machine()}",
-            "cpus": os.cpu_count(),
-            "quick": args.quick,
-            "when": datetime.now(UTC).isoformat(timespec="seconds"),
-        },
+        "environment": environment(args.quick),
         "stores": stores,
         "baselines_alone": baselines_alone(json.loads(json.dumps(batch))),
         "targets": [t.to_json(3) for t in targets],

@@ -56,7 +56,6 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import asyncio
 import contextlib
 import multiprocessing as mp
-import platform
 import sqlite3
 import statistics
 import tempfile
@@ -65,16 +64,16 @@ import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlsplit, urlunsplit
 
 import grpc
-from engine import (  # a sibling: the script's directory
+from engine import (
     Target,
     benchmark_parser,
+    environment,
     finish,
     fmt,
     percentile,
@@ -649,15 +648,7 @@ def main() -> None:
     ratios, targets = evaluate(measured)
     result: dict[str, Any] = {
         "benchmark": "audit",
-        "environment": {
-            "python": platform.python_version(),
-            "implementation": platform.python_implementation(),
-            "machine": f"{platform.system()} {platform.machine()}",
-            "cpus": os.cpu_count(),
-            "grpcio": grpc.__version__,
-            "quick": args.quick,
-            "when": datetime.now().astimezone().isoformat(timespec="seconds"),
-        },
+        "environment": environment(args.quick, grpcio=grpc.__version__),
         "method": {
             "host": HOST,
             "servers": "one process each (multiprocessing spawn)",

@@ -49,7 +49,6 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import contextlib
-import platform
 import random
 import re
 import secrets
@@ -62,7 +61,6 @@ import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlsplit, urlunsplit
@@ -70,9 +68,10 @@ from urllib.parse import quote, urlsplit, urlunsplit
 import grpc
 import httpx
 import psycopg
-from engine import (  # a sibling: the script's directory
+from engine import (
     Target,
     benchmark_parser,
+    environment,
     finish,
     fmt,
     percentile,
@@ -558,15 +557,7 @@ def main() -> None:
     ratios, targets = evaluate(backends)
     result: dict[str, Any] = {
         "benchmark": "directory",
-        "environment": {
-            "python": platform.python_version(),
-            "implementation": platform.python_implementation(),
-            "machine": f"{platform.system()} {platform.machine()}",
-            "grpcio": grpc.__version__,
-            "httpx": httpx.__version__,
-            "quick": args.quick,
-            "when": datetime.now().astimezone().isoformat(timespec="seconds"),
-        },
+        "environment": environment(args.quick, grpcio=grpc.__version__, httpx=httpx.__version__),
         "method": {
             "host": HOST,
             "server": "tessera serve subprocess, shipped policies, default cache, metrics off",

@@ -49,6 +49,7 @@ import gc
 import ipaddress
 import json
 import math
+import os
 import platform
 import random
 import statistics
@@ -634,6 +635,20 @@ class Target:
         }
 
 
+def environment(quick: bool, **versions: str) -> dict[str, Any]:
+    """Where a benchmark ran, for its JSON: the interpreter, the machine, the versions of
+    what it measures, whether it was a quick run, and when."""
+    return {
+        "python": platform.python_version(),
+        "implementation": platform.python_implementation(),
+        "machine": f"{platform.system()} {platform.machine()}",
+        "cpus": os.cpu_count(),
+        **versions,
+        "quick": quick,
+        "when": datetime.now().astimezone().isoformat(timespec="seconds"),
+    }
+
+
 def benchmark_parser(description: str, quick: str) -> argparse.ArgumentParser:
     """A benchmark's command line with the flags every one takes: --json, --quick (whose
     help says what it shortens) and --strict."""
@@ -1069,13 +1084,7 @@ def main() -> None:
     targets: list[Target] = verdict["targets"]
     result: dict[str, Any] = {
         "benchmark": "engine",
-        "environment": {
-            "python": platform.python_version(),
-            "implementation": platform.python_implementation(),
-            "machine": f"{platform.system()} {platform.machine()}",
-            "quick": args.quick,
-            "when": datetime.now().astimezone().isoformat(timespec="seconds"),
-        },
+        "environment": environment(args.quick),
         "method": {
             "timer": "time.perf_counter_ns",
             "decisions_per_sample": DECISIONS_PER_SAMPLE,

@@ -47,19 +47,17 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import asyncio
 import contextlib
 import multiprocessing as mp
-import platform
 import statistics
 import tempfile
 import threading
 import time
 from dataclasses import dataclass
-from datetime import datetime
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
 import grpc
-from engine import Target, benchmark_parser, finish, fmt, ratio  # a sibling script
+from engine import Target, benchmark_parser, environment, finish, fmt, ratio  # a sibling script
 
 from pdp.serve.proto import authorizer_pb2 as pb
 
@@ -429,15 +427,7 @@ def main() -> None:
     ratios, targets = evaluate(measured)
     result: dict[str, Any] = {
         "benchmark": "ext_authz",
-        "environment": {
-            "python": platform.python_version(),
-            "implementation": platform.python_implementation(),
-            "machine": f"{platform.system()} {platform.machine()}",
-            "cpus": os.cpu_count(),
-            "grpcio": grpc.__version__,
-            "quick": args.quick,
-            "when": datetime.now().astimezone().isoformat(timespec="seconds"),
-        },
+        "environment": environment(args.quick, grpcio=grpc.__version__),
         "method": {
             "host": HOST,
             "server": "one process (multiprocessing spawn), both methods",

@@ -46,18 +46,17 @@ import asyncio
 import contextlib
 import json
 import multiprocessing as mp
-import platform
 import statistics
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
 import grpc
+from engine import environment  # a sibling script
 
 from pdp.serve.proto import authorizer_pb2 as pb
 
@@ -392,14 +391,7 @@ def main() -> None:
     measured = run(budget)
     result: dict[str, Any] = {
         "benchmark": "grpc_service",
-        "environment": {
-            "python": platform.python_version(),
-            "implementation": platform.python_implementation(),
-            "machine": f"{platform.system()} {platform.machine()}",
-            "grpcio": grpc.__version__,
-            "quick": args.quick,
-            "when": datetime.now().astimezone().isoformat(timespec="seconds"),
-        },
+        "environment": environment(args.quick, grpcio=grpc.__version__),
         "method": {
             "host": HOST,
             "servers": "one process each (multiprocessing spawn)",

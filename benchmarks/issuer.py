@@ -60,7 +60,6 @@ import contextlib
 import gc
 import math
 import multiprocessing as mp
-import platform
 import queue
 import secrets
 import statistics
@@ -70,7 +69,6 @@ import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from datetime import datetime
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -81,7 +79,7 @@ import jwt
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
-from engine import Target, benchmark_parser, finish, fmt, percentile, ratio
+from engine import Target, benchmark_parser, environment, finish, fmt, percentile, ratio
 from jwt.algorithms import ECAlgorithm
 
 from issuer.keys import KeyRing, PublicKey, thumbprint
@@ -1004,16 +1002,13 @@ def main() -> None:
     result: dict[str, Any] = {
         "benchmark": "issuer",
         "environment": {
-            "python": platform.python_version(),
-            "implementation": platform.python_implementation(),
-            "machine": f"{platform.system()} {platform.machine()}",
-            "cpus": os.cpu_count(),
-            **{
-                name: metadata.version(name)
-                for name in ("httpx", "uvicorn", "starlette", "pyjwt", "cryptography")
-            },
-            "quick": args.quick,
-            "when": datetime.now().astimezone().isoformat(timespec="seconds"),
+            **environment(
+                args.quick,
+                **{
+                    name: metadata.version(name)
+                    for name in ("httpx", "uvicorn", "starlette", "pyjwt", "cryptography")
+                },
+            ),
             "commit": commit(),
             "loadavg_before": load_before,
             "loadavg_after": [round(x, 2) for x in os.getloadavg()],

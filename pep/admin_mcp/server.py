@@ -346,6 +346,17 @@ def register_tools(server: MCPServer[Any], settings: Settings) -> None:
         updated = await run_async(lambda: directory.update_agent(who, agent, changes))
         return {"done": True, "agent": updated}
 
+    async def set_status(
+        agent: str, confirmation: ElicitationResult[Confirm], status: str
+    ) -> dict[str, Any]:
+        """Set an agent's status once the administrator confirmed."""
+        declined = _declined(confirmation)
+        if declined:
+            return declined
+        who = admin()
+        updated = await run_async(lambda: directory.update_agent(who, agent, {"status": status}))
+        return {"done": True, "agent": updated}
+
     def ask_suspend(agent: str) -> Elicit[Confirm]:
         return Elicit(
             f"Suspend agent {agent_named(agent)}? Every request it makes will be denied.",
@@ -362,14 +373,7 @@ def register_tools(server: MCPServer[Any], settings: Settings) -> None:
         agent: AgentRef,
         confirmation: Annotated[ElicitationResult[Confirm], Resolve(ask_suspend)],
     ) -> dict[str, Any]:
-        declined = _declined(confirmation)
-        if declined:
-            return declined
-        who = admin()
-        updated = await run_async(
-            lambda: directory.update_agent(who, agent, {"status": "suspended"})
-        )
-        return {"done": True, "agent": updated}
+        return await set_status(agent, confirmation, "suspended")
 
     def ask_reactivate(agent: str) -> Elicit[Confirm]:
         return Elicit(f"Reactivate agent {agent_named(agent)}?", Confirm)
@@ -383,12 +387,7 @@ def register_tools(server: MCPServer[Any], settings: Settings) -> None:
         agent: AgentRef,
         confirmation: Annotated[ElicitationResult[Confirm], Resolve(ask_reactivate)],
     ) -> dict[str, Any]:
-        declined = _declined(confirmation)
-        if declined:
-            return declined
-        who = admin()
-        updated = await run_async(lambda: directory.update_agent(who, agent, {"status": "active"}))
-        return {"done": True, "agent": updated}
+        return await set_status(agent, confirmation, "active")
 
     def ask_retire(agent: str) -> Elicit[Confirm]:
         return Elicit(
@@ -407,12 +406,7 @@ def register_tools(server: MCPServer[Any], settings: Settings) -> None:
         agent: AgentRef,
         confirmation: Annotated[ElicitationResult[Confirm], Resolve(ask_retire)],
     ) -> dict[str, Any]:
-        declined = _declined(confirmation)
-        if declined:
-            return declined
-        who = admin()
-        updated = await run_async(lambda: directory.update_agent(who, agent, {"status": "retired"}))
-        return {"done": True, "agent": updated}
+        return await set_status(agent, confirmation, "retired")
 
     def ask_risk(agent: str, risk_level: str) -> Elicit[Confirm]:
         return Elicit(f"Set the risk level of agent {agent_named(agent)} to {risk_level}?", Confirm)
