@@ -75,8 +75,8 @@ from engine import (
     benchmark_parser,
     environment,
     finish,
-    fmt,
     percentile,
+    print_targets,
     ratio,
 )
 
@@ -627,10 +627,7 @@ def print_report(result: dict[str, Any]) -> None:
             f"  anomaly watcher ({name}, its own process): "
             f"{result['batch'][name]['watcher_cpu_us_per_record']} µs CPU per record"
         )
-    print("\ntargets")
-    for t in result["_targets"]:
-        print(f"  {t.verdict:4}  {t.name}: {fmt(t.value, 2)} ({t.limit})")
-    print(f"\n{result['seconds']} s")
+    print_targets(result["_targets"], result["seconds"])
 
 
 def main() -> None:

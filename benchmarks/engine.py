@@ -649,6 +649,14 @@ def environment(quick: bool, **versions: str) -> dict[str, Any]:
     }
 
 
+def print_targets(targets: Sequence[Target], seconds: float) -> None:
+    """The report's last lines: each target's verdict, and how long the run took."""
+    print("\ntargets")
+    for t in targets:
+        print(f"  {t.verdict:4}  {t.name}: {fmt(t.value, 2)} ({t.limit})")
+    print(f"\n{seconds} s")
+
+
 def benchmark_parser(description: str, quick: str) -> argparse.ArgumentParser:
     """A benchmark's command line with the flags every one takes: --json, --quick (whose
     help says what it shortens) and --strict."""

@@ -57,7 +57,14 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-from engine import Target, benchmark_parser, environment, finish, fmt, ratio  # a sibling script
+from engine import (  # a sibling script
+    Target,
+    benchmark_parser,
+    environment,
+    finish,
+    print_targets,
+    ratio,
+)
 
 from pdp.serve.proto import authorizer_pb2 as pb
 
@@ -408,10 +415,7 @@ def print_report(result: dict[str, Any]) -> None:
         f"\nserver CPU Check / Authorize per round ({result['method']['rounds']} rounds): "
         f"median {rounds['median']}x, min {rounds['min']}x, max {rounds['max']}x"
     )
-    print("\ntargets")
-    for t in result["_targets"]:
-        print(f"  {t.verdict:4}  {t.name}: {fmt(t.value, 2)} ({t.limit})")
-    print(f"\n{result['seconds']} s")
+    print_targets(result["_targets"], result["seconds"])
 
 
 def main() -> None:
