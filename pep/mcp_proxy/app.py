@@ -220,7 +220,9 @@ class Proxy:
                     self.config, upstream, upstream.scopes, missing
                 )
             session = request.headers.get(SESSION_HEADER)
-            if session is not None and self.sessions.get(session, caller.key) != caller.key:
+            if session is not None and self.sessions.get(session) != caller.key:
+                # unknown (expired, or from before a restart) or another caller's: the
+                # client starts a new session (MCP Streamable HTTP)
                 return _json_error(404, None, INVALID_REQUEST, "unknown session")
             if request.method == "POST":
                 return await self.post(request, upstream, caller)

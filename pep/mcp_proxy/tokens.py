@@ -66,6 +66,8 @@ class Caller:
 
 def caller_from_claims(claims: Mapping[str, Any]) -> Caller:
     """The agent and user a token's claims name, or :class:`Unauthorized`."""
+    if "cnf" in claims:  # RFC 8705 §3: only with its certificate, which no proxy sees
+        raise Unauthorized("a certificate-bound token is not accepted here")
     subject = str(claims.get("sub", ""))
     scopes = frozenset(str(claims.get("scope", "")).split())
     client_id = str(claims.get("client_id", ""))
@@ -79,11 +81,9 @@ def caller_from_claims(claims: Mapping[str, Any]) -> Caller:
         return Caller(chain[0], subject, tuple(chain), scopes, client_id, subject, expires)
     if claims.get("agent_id") == subject and subject:
         return Caller(subject, None, (), scopes, client_id, subject, expires)
-    may_act = claims.get("may_act")
-    if isinstance(may_act, dict) and isinstance(may_act.get("sub"), str):
-        agent = may_act["sub"]
-        return Caller(agent, subject, (agent,), scopes, client_id, subject, expires)
-    raise Unauthorized("the token names no agent (no act, agent_id or may_act)")
+    if "may_act" in claims:  # its holder may be any client the user signed in to
+        raise Unauthorized("a user's token must be exchanged by its agent first (RFC 8693)")
+    raise Unauthorized("the token names no agent (no act and no agent_id)")
 
 
 class Jwks:
@@ -170,7 +170,10 @@ class ResourceServer:
         else:
             claims = await self._introspect(token, resource)
         caller = caller_from_claims(claims)
-        self._seen[(resource, token)] = caller
+        if token.count(".") == 2 and not token.startswith(API_KEY_PREFIX):
+            # a JWT is kept until it expires (at most a minute); introspected tokens and
+            # API keys are asked about every time, so their revocation takes effect at once
+            self._seen[(resource, token)] = caller
         return caller
 
     async def _jwt(self, token: str, resource: str) -> dict[str, Any]:

@@ -1,8 +1,9 @@
-"""A user in the loop: the SDK's authorization-code provider signs a user in (headless
-browser: login and consent pages of the real issuer), a payment the policy lets the agent
+"""A user in the loop: a user signs in to an application that names the agent to act for
+them (headless browser: login and consent pages of the real issuer), and the agent
+exchanges that token for one that acts for the user. A payment the policy lets the agent
 make only with the user's consent is answered ``-32042`` with the issuer's consent page,
-the user consents there, and the same call passes. An agent's exchanged token acts for
-its user. On SQLite and PostgreSQL."""
+the user consents there, and the same call passes. The user's token itself is refused:
+only the agent's exchanged token acts for the user. On SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
@@ -14,20 +15,14 @@ from typing import Any
 from urllib.parse import parse_qs, urlencode, urljoin, urlsplit
 
 import httpx
-import httpx2
 import pytest
-from mcp import Client
-from mcp.client.auth import OAuthClientProvider
-from mcp.client.streamable_http import streamable_http_client
-from mcp.shared.auth import AuthorizationCodeResult, OAuthClientMetadata
-from mcp.shared.exceptions import MCPError, UrlElicitationRequiredError
 
 from issuer.hashing import hash_password
 from pep.mcp_proxy.jsonrpc import CONSENT_REQUIRED
 from tests.issuer.conftest import unique
 from tests.issuer.test_user_flows import ACCESS_TOKEN_TYPE, TOKEN_EXCHANGE, Page, s256
-from tests.pep.mcp_proxy.test_proxy import Memory, call, modern
-from tests.pep.mcp_proxy.world import CONSENT_SCOPE, World, run, world
+from tests.pep.mcp_proxy.test_proxy import call, modern
+from tests.pep.mcp_proxy.world import CONSENT_SCOPE, World, world
 from tests.stores import BACKENDS
 
 TIMEOUT = 10.0
@@ -78,90 +73,34 @@ class Browser:
         raise AssertionError("the issuer kept redirecting")
 
 
-def test_a_payment_needs_the_users_consent_then_passes(w: World) -> None:
-    agent = w.add_agent(purpose="payments")
-    password = secrets.token_urlsafe(12)
-    name = unique("user")
-    w.oauth.store.create(
-        "User",
-        {"userName": name, "password": hash_password(password)},
-        unique={"userName": name.casefold()},
-        actor="admin",
+def rpc(w: World, token: str, tool: str, arguments: dict[str, Any]) -> httpx.Response:
+    return httpx.post(
+        w.url,
+        json=call(tool, arguments),
+        headers={
+            "Authorization": f"Bearer {token}",
+            "Accept": "application/json, text/event-stream",
+            **modern(tool),
+        },
+        timeout=TIMEOUT,
     )
-    browser = Browser(w, name, password)
-    answered: dict[str, str] = {}
-
-    async def redirect(url: str) -> None:
-        # The application names the agent that will act for the user.
-        answered.update(
-            {
-                k: v[0]
-                for k, v in parse_qs(
-                    urlsplit(browser.visit(f"{url}&{urlencode({'requested_actor': agent})}")).query
-                ).items()
-            }
-        )
-
-    async def callback() -> AuthorizationCodeResult:
-        return AuthorizationCodeResult(
-            code=answered["code"], state=answered.get("state"), iss=answered.get("iss")
-        )
-
-    metadata = OAuthClientMetadata(
-        redirect_uris=[REDIRECT_URI],
-        grant_types=["authorization_code"],
-        token_endpoint_auth_method="none",
-        scope="mcp:tools",
-        client_name="Assistant",
-    )
-    provider = OAuthClientProvider(w.url, metadata, Memory(), redirect, callback)
-
-    async def session() -> tuple[list[str], MCPError, str]:
-        http = httpx2.AsyncClient(auth=provider, timeout=TIMEOUT)
-        transport = streamable_http_client(w.url, http_client=http)
-        async with Client(transport, read_timeout_seconds=TIMEOUT) as mcp:
-            listed = [t.name for t in (await mcp.list_tools()).tools]
-            with pytest.raises(MCPError) as raised:
-                await mcp.call_tool("payments.transfer", {"amount": 200})
-            refused = raised.value
-            assert refused.code == CONSENT_REQUIRED
-            elicitation = UrlElicitationRequiredError.from_error(refused.error).elicitations[0]
-            landed = browser.visit(elicitation.url)
-            text = ""
-            for _ in range(MAX_RETRIES):
-                try:
-                    result: Any = await mcp.call_tool("payments.transfer", {"amount": 200})
-                except MCPError as exc:
-                    assert exc.code == CONSENT_REQUIRED
-                    time.sleep(0.05)
-                    continue
-                text = result.content[0].text
-                break
-            return listed, refused, f"{landed}|{text}"
-
-    listed, refused, outcome = run(session())
-    landed, text = outcome.split("|")
-    # listing decides without arguments or consent: the payment is not listed until then
-    assert listed == ["search", "read_file"]
-    # the consent page names the agent and exactly the scope the policy asks for
-    consent = browser.consent_pages[-1]
-    assert consent.items["scopes"] == [CONSENT_SCOPE]
-    assert refused.message == f"tools/call 'payments.transfer' needs your consent: {CONSENT_SCOPE}"
-    assert urlsplit(landed).path == "/consent/done"
-    assert landed.startswith(w.proxy)
-    assert text == "sent 200 USD"
 
 
-def test_an_exchanged_token_acts_for_its_user_with_the_users_consent(w: World) -> None:
-    agent = w.add_agent(purpose="payments")
-    name, password = unique("user"), secrets.token_urlsafe(12)
-    user = w.oauth.store.create(
-        "User",
-        {"userName": name, "password": hash_password(password)},
-        unique={"userName": name.casefold()},
-        actor="admin",
-    ).id
-    scope = f"mcp:tools {CONSENT_SCOPE}"
+def answer_of(response: httpx.Response) -> dict[str, Any]:
+    """The JSON-RPC answer of a proxied call, whether it came as JSON or as SSE."""
+    if response.headers.get("content-type", "").startswith("text/event-stream"):
+        data = [line[5:] for line in response.text.splitlines() if line.startswith("data:")]
+        return dict(json.loads(data[-1]))
+    return dict(response.json())
+
+
+def delegated(
+    w: World, agent: str, browser: Browser, scope: str
+) -> tuple[str, str, tuple[str, str]]:
+    """A user signs in to an application that names ``agent`` as the one to act for
+    them (``requested_actor``), consenting to ``scope``; the agent exchanges that token
+    for one that acts for the user (RFC 8693). (the user's token, the agent's exchanged
+    token, the agent's client credentials)."""
     app = w.oauth.register(
         {
             "token_endpoint_auth_method": "none",
@@ -183,7 +122,6 @@ def test_an_exchanged_token_acts_for_its_user_with_the_users_consent(w: World) -
         "requested_actor": agent,
         "state": "s",
     }
-    browser = Browser(w, name, password)
     back = browser.visit(f"{w.oauth.issuer}/oauth/authorize?{urlencode(query)}")
     code = parse_qs(urlsplit(back).query)["code"][0]
     user_token = w.oauth.http.post(
@@ -201,7 +139,7 @@ def test_an_exchanged_token_acts_for_its_user_with_the_users_consent(w: World) -
             "agent_id": agent,
             "grant_types": ["client_credentials", TOKEN_EXCHANGE],
             "token_endpoint_auth_method": "client_secret_basic",
-            "scope": scope,
+            "scope": f"mcp:tools {CONSENT_SCOPE}",
         }
     ).json()
     basic = (agent_client["client_id"], agent_client["client_secret"])
@@ -217,14 +155,64 @@ def test_an_exchanged_token_acts_for_its_user_with_the_users_consent(w: World) -
         "resource": w.resource,
         "scope": scope,
     }
-    exchanged = None
     for _ in range(MAX_RETRIES):  # the PDP allows it once it has seen the user's consent
         response = w.oauth.http.post("/oauth/token", data=exchange, auth=basic)
         if response.status_code == 200:
-            exchanged = response.json()["access_token"]
-            break
+            return user_token, str(response.json()["access_token"]), basic
         time.sleep(0.05)
-    assert exchanged is not None, response.text
+    raise AssertionError(response.text)
+
+
+def add_user(w: World) -> tuple[str, str, str]:
+    name, password = unique("user"), secrets.token_urlsafe(12)
+    user = w.oauth.store.create(
+        "User",
+        {"userName": name, "password": hash_password(password)},
+        unique={"userName": name.casefold()},
+        actor="admin",
+    ).id
+    return user, name, password
+
+
+def test_a_payment_needs_the_users_consent_then_passes(w: World) -> None:
+    agent = w.add_agent(purpose="payments")
+    _, name, password = add_user(w)
+    browser = Browser(w, name, password)
+    user_token, exchanged, _ = delegated(w, agent, browser, "mcp:tools")
+    # the user's own token names the agent (may_act) but is not the agent's: whoever
+    # holds it must not act as the agent; the agent exchanges it first
+    direct = rpc(w, user_token, "search", {"query": "x"})
+    assert direct.status_code == 401
+    assert 'error="invalid_token"' in direct.headers["www-authenticate"]
+    refused = answer_of(rpc(w, exchanged, "payments.transfer", {"amount": 200}))
+    error = refused["error"]
+    assert error["code"] == CONSENT_REQUIRED
+    assert error["message"] == (
+        f"tools/call 'payments.transfer' needs your consent: {CONSENT_SCOPE}"
+    )
+    elicitation = error["data"]["elicitations"][0]
+    landed = browser.visit(elicitation["url"])
+    # the consent page names the agent and exactly the scope the policy asks for
+    assert browser.consent_pages[-1].items["scopes"] == [CONSENT_SCOPE]
+    assert urlsplit(landed).path == "/consent/done"
+    assert landed.startswith(w.proxy)
+    text = ""
+    for _ in range(MAX_RETRIES):  # the same call, with the same token, once consented
+        answer = answer_of(rpc(w, exchanged, "payments.transfer", {"amount": 200}))
+        if "error" in answer:
+            assert answer["error"]["code"] == CONSENT_REQUIRED
+            time.sleep(0.05)
+            continue
+        text = answer["result"]["content"][0]["text"]
+        break
+    assert text == "sent 200 USD"
+
+
+def test_an_exchanged_token_acts_for_its_user_with_the_users_consent(w: World) -> None:
+    agent = w.add_agent(purpose="payments")
+    user, name, password = add_user(w)
+    scope = f"mcp:tools {CONSENT_SCOPE}"
+    _, exchanged, _ = delegated(w, agent, Browser(w, name, password), scope)
     body = call("payments.transfer", {"amount": 200})
     answer = httpx.post(
         w.url,

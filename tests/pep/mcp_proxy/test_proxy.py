@@ -335,6 +335,8 @@ def claims_for(w: World, agent: str, **changes: Any) -> dict[str, Any]:
         ({}, {"typ": "JWT"}, "typ 'JWT' is not at+jwt"),
         ({}, {"kid": "unknown"}, "unknown kid 'unknown'"),
         ({"agent_id": None}, {}, "the token names no agent"),
+        ({"cnf": {"x5t#S256": "AAAA"}}, {}, "a certificate-bound token"),
+        ({"agent_id": None, "sub": "u1", "may_act": {"sub": "x"}}, {}, "a user's token must"),
     ],
 )
 def test_a_jwt_is_checked_for_every_claim_and_header_member(
@@ -385,3 +387,13 @@ def test_without_the_pdp_every_call_is_denied(w: World) -> None:
     error = refused.json()["error"]
     assert error["code"] == FORBIDDEN
     assert error["data"]["reasons"][0].startswith("fail closed: UNAVAILABLE")
+
+
+def test_a_session_id_the_proxy_did_not_hand_out_is_unknown(w: World) -> None:
+    """After a restart or expiry, a guessed or leaked id must not be taken over."""
+    token = token_for(w, machine(w))
+    response = post(
+        w, call("search", {"query": "x"}), token, **modern("search"), **{"Mcp-Session-Id": "s1"}
+    )
+    assert response.status_code == 404
+    assert response.json()["error"]["message"] == "unknown session"
