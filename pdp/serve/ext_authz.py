@@ -186,6 +186,19 @@ def parse_routes(text: str) -> tuple[Route, ...]:
     return (*routes, FALLBACK)
 
 
+def ambiguous(path: str) -> str | None:
+    """Why ``path`` could reach the upstream as another path than the one decided on, or
+    None: a ``.`` or ``..`` segment, or a segment that decodes to one or to a ``/`` or
+    ``\\`` (``%2F``, ``%5C``, ``%2E%2E``). Such paths are refused, not decided: policy
+    globs match across ``/``, and an upstream that decodes and resolves them would serve
+    what no rule allowed."""
+    for segment in path.split("?", 1)[0].split("#", 1)[0].split("/"):
+        decoded = unquote(segment)
+        if decoded in (".", "..") or "/" in decoded or "\\" in decoded:
+            return f"the path segment {segment!r} is a dot segment or hides a separator"
+    return None
+
+
 def route(routes: Iterable[Route], method: str, path: str) -> tuple[str, str, str]:
     """(action, resource type, resource id) for a request; the query string is not part
     of the path."""
@@ -411,6 +424,10 @@ class ExtAuthzService(auth_grpc.AuthorizationServicer):  # type: ignore[misc]
                 return unauthorized("the access token is not valid")
             if not _bound_to_presented(claims, attributes.source):
                 return unauthorized("the access token is bound to another certificate")
+            why = ambiguous(http.path)
+            if why is not None:
+                bad = {"error": "invalid_request", "error_description": why}
+                return _denied(400, code_pb2.INVALID_ARGUMENT, bad, ())
             message = self._question(who, http.method, http.path, attributes.source, claims)
             try:
                 decision, decision_id, _ = await self.service.decide(message, context.peer)

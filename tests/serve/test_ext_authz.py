@@ -231,6 +231,35 @@ def test_a_path_no_route_matches_is_an_http_action_on_the_path(gateway: Gateway)
     assert gateway.check(http_request("GET", "/private/x", token)).status.code != code_pb2.OK
 
 
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/public/..%2Fadmin",
+        "/public/%2E%2E/admin",
+        "/public/../admin",
+        "/public/./about",
+        "/orders/1%5C..%5Cadmin",
+        "/orders/a%2Fb",
+    ],
+)
+def test_a_path_with_dot_segments_or_hidden_separators_is_refused(
+    gateway: Gateway, path: str
+) -> None:
+    """Policy globs match across "/": such a path could be decided as one resource and
+    served as another by an upstream that decodes and resolves it."""
+    token = gateway.token(gateway.agent("reader"))
+    response = gateway.check(http_request("GET", path, token))
+    assert response.status.code == code_pb2.INVALID_ARGUMENT
+    assert response.denied_response.status.code == 400
+    assert denied_body(response)["error"] == "invalid_request"
+
+
+def test_an_encoded_character_that_is_not_a_separator_is_decided(gateway: Gateway) -> None:
+    token = gateway.token(gateway.agent("reader"))
+    response = gateway.check(http_request("GET", "/public/a%20b", token))
+    assert response.status.code == code_pb2.OK
+
+
 def test_a_delegated_token_names_the_user_and_the_chain(gateway: Gateway) -> None:
     agent = gateway.agent("mailer", scopes=["mail:send"])
     user = add_user(gateway.store, "bjensen")
