@@ -74,6 +74,7 @@ DEFAULT_PAGE = 100
 MAX_PAGE = 1_000
 MAX_EVALUATIONS = 1_000
 MAX_BODY = 1 << 20  # bytes
+MAX_DEPTH = 32  # levels of nested lists and objects in an attribute value
 INT64 = 1 << 63
 
 Json = dict[str, Any]
@@ -115,8 +116,10 @@ def _string(entity: Json, key: str, where: str) -> str:
     return value
 
 
-def to_value(value: Any, where: str) -> pb.Value:
+def to_value(value: Any, where: str, depth: int = 0) -> pb.Value:
     """A JSON value as a typed attribute value; the schema types it further."""
+    if depth > MAX_DEPTH:
+        raise bad(f"{where}: nested deeper than {MAX_DEPTH} levels")
     if isinstance(value, bool):
         return pb.Value(bool=value)
     if isinstance(value, int):
@@ -131,11 +134,15 @@ def to_value(value: Any, where: str) -> pb.Value:
         if all(isinstance(v, str) for v in value):
             return pb.Value(strings=pb.StringList(values=value))
         return pb.Value(
-            list=pb.ValueList(values=[to_value(v, f"{where}[{i}]") for i, v in enumerate(value)])
+            list=pb.ValueList(
+                values=[to_value(v, f"{where}[{i}]", depth + 1) for i, v in enumerate(value)]
+            )
         )
     if isinstance(value, dict):
         return pb.Value(
-            map=pb.ValueMap(values={k: to_value(v, f"{where}.{k}") for k, v in value.items()})
+            map=pb.ValueMap(
+                values={k: to_value(v, f"{where}.{k}", depth + 1) for k, v in value.items()}
+            )
         )
     raise bad(f"{where}: null is not a value a policy can read")
 
@@ -557,6 +564,8 @@ async def _body(request: Request) -> Json:
         body = json.loads(raw, parse_constant=_not_json)
     except ValueError as exc:
         raise bad(f"the body is not JSON: {exc}") from None
+    except RecursionError:
+        raise bad("the body nests too deeply") from None
     if not isinstance(body, dict):
         raise bad("the body must be a JSON object")
     return body

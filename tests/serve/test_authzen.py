@@ -232,6 +232,22 @@ def test_the_body_must_be_json_sent_as_json(pdp: Pdp) -> None:
     assert (large.status_code, large.text) == (400, "the request body is larger than 1048576 bytes")
 
 
+def test_a_body_nested_too_deeply_is_400_not_a_server_error(pdp: Pdp) -> None:
+    url = f"{AUTHZEN_PATH}/evaluation"
+    json_type = {"Content-Type": "application/json"}
+    deep = b'{"x": ' + b"[" * 50_000 + b"]" * 50_000 + b"}"
+    response = pdp.http.post(url, content=deep, headers=json_type)
+    assert (response.status_code, response.text) == (400, "the body nests too deeply")
+    payer = pdp.agent("payer", purpose="payments")
+    nested: Any = "x"
+    for _ in range(40):
+        nested = {"n": nested}
+    body = evaluation(payer, "payments.transfer", context={"deep": nested})
+    response = pdp.post("/evaluation", body)
+    assert response.status_code == 400
+    assert response.text.startswith("context.deep") and "nested deeper than 32" in response.text
+
+
 def test_callers_authenticate_with_a_token_that_may_ask_for_decisions(pdp: Pdp) -> None:
     reader = pdp.agent("reader")
     url = f"{pdp.base}{AUTHZEN_PATH}/evaluation"
