@@ -102,16 +102,19 @@ async def serve_http(
     sock: socket.socket,
     tls: tuple[str, str] | None = None,
     client_ca: str | None = None,
+    *,
+    lifespan: bool = False,
 ) -> HttpRunning:
     """Serve ``app`` on a bound socket in the running event loop; with ``tls``
     (certificate chain file, key file), serve HTTPS; with ``client_ca`` too, ask clients
     for a certificate from that CA (optional: OAuth clients that use mutual TLS send one)
-    and pass it on to the application."""
+    and pass it on to the application; with ``lifespan``, run the application's lifespan
+    (startup before the first request, shutdown on stop)."""
     certfile, keyfile = tls if tls is not None else (None, None)
     config = uvicorn.Config(
         app,
         log_level="warning",
-        lifespan="off",
+        lifespan="on" if lifespan else "off",
         access_log=False,
         ssl_certfile=certfile,
         ssl_keyfile=keyfile,

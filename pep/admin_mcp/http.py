@@ -19,11 +19,8 @@ the scope it needs.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import re
-import socket
 import threading
 import time
 from typing import Any, TextIO
@@ -38,7 +35,7 @@ from mcp.server.auth.settings import AuthSettings
 from mcp.server.transport_security import TransportSecuritySettings
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from issuer.app import HttpRunning, bind
+from issuer.app import bind
 from issuer.keys import KeyRing, PublicKey
 from issuer.models import AGENT_EXTENSION
 from issuer.oauth.grants import revoked
@@ -210,25 +207,6 @@ def host_check(resource: str) -> TransportSecuritySettings:
     return TransportSecuritySettings(
         enable_dns_rebinding_protection=True, allowed_hosts=hosts, allowed_origins=origins
     )
-
-
-async def start(app: ASGIApp, sock: socket.socket) -> HttpRunning:
-    """Serve ``app`` on a bound socket in the running loop, its lifespan included (the
-    SDK's session manager runs in it)."""
-    config = uvicorn.Config(app, log_level="warning", lifespan="on", access_log=False)
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve(sockets=[sock]))
-    for _ in range(500):  # at most 5 s
-        if server.started or task.done():
-            break
-        await asyncio.sleep(0.01)
-    if not server.started:
-        server.should_exit = True
-        sock.close()
-        with contextlib.suppress(BaseException):
-            await task
-        raise OSError(f"cannot serve HTTP on {sock.getsockname()}")
-    return HttpRunning(server, task, sock.getsockname()[1])
 
 
 def serve_http_forever(

@@ -17,11 +17,11 @@ import pytest
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 
-from issuer.app import HttpRunning, bind
+from issuer.app import HttpRunning, bind, serve_http
 from issuer.keys import KeyRing
 from issuer.oauth.tokens import TokenMinter
 from issuer.store import Store
-from pep.admin_mcp.http import MCP_PATH, http_app, start
+from pep.admin_mcp.http import MCP_PATH, http_app
 from pep.admin_mcp.server import Settings
 from tests.conftest import SHIPPED_POLICIES
 from tests.pep.test_admin_mcp import Person, call, seed_agent
@@ -57,7 +57,9 @@ def running(store: Store) -> Iterator[Running]:
     sock = bind("127.0.0.1", 0)
     url = f"http://127.0.0.1:{sock.getsockname()[1]}{MCP_PATH}"
     settings = Settings(store, Path(SHIPPED_POLICIES), admin="stdio-admin-not-used")
-    server: HttpRunning = thread.run(start(http_app(settings, ISSUER, url), sock))
+    server: HttpRunning = thread.run(
+        serve_http(http_app(settings, ISSUER, url), sock, lifespan=True)
+    )
     try:
         yield Running(url, admin_id, minter, store)
     finally:
@@ -232,7 +234,7 @@ def test_tokens_verify_with_the_keys_the_issuer_publishes(store: Store) -> None:
     url = f"http://127.0.0.1:{sock.getsockname()[1]}{MCP_PATH}"
     settings = Settings(store, Path(SHIPPED_POLICIES), admin="unused")
     app = http_app(settings, ISSUER, url, jwks=f"http://127.0.0.1:{issuer.port}/oauth/jwks")
-    server: HttpRunning = thread.run(start(app, sock))
+    server: HttpRunning = thread.run(serve_http(app, sock, lifespan=True))
     try:
         token = minter.mint(
             subject=admin_id,

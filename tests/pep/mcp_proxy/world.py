@@ -21,7 +21,7 @@ from typing import Any
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from issuer.app import bind
+from issuer.app import HttpRunning, bind, serve_http
 from issuer.models import AGENT_EXTENSION, AGENT_SCHEMA
 from issuer.oauth.grants import Exchange
 from pdp.audit.writer import AuditWriter
@@ -31,7 +31,6 @@ from pdp.loader import load_directory
 from pdp.serve.exchange import exchange_check
 from pep.mcp_proxy.app import Proxy
 from pep.mcp_proxy.config import ContextArgument, ProxyConfig, Upstream
-from pep.mcp_proxy.serve import Served, serve_app
 from tests.issuer.conftest import unique
 from tests.issuer.oauth_server import OAuthService, oauth_service
 from tests.pep.mcp_proxy.tools import upstream_server
@@ -85,7 +84,7 @@ class World:
     proxy: str  # the proxy's origin
     config: ProxyConfig
     thread: LoopThread
-    served: list[Served] = field(default_factory=list)
+    served: list[HttpRunning] = field(default_factory=list)
 
     @property
     def url(self) -> str:
@@ -199,12 +198,12 @@ def world(backend: str, tmp_path: Path) -> Iterator[World]:
         pdp = Server(engine, directory=directory, audit=audit, durability="sync")
         lazy.service = pdp.running.service
         thread = LoopThread()
-        served: list[Served] = []
+        served: list[HttpRunning] = []
         try:
             recorder = Recorder(
                 upstream_server().streamable_http_app(streamable_http_path=UPSTREAM_PATH)
             )
-            up = thread.run(serve_app(recorder, bind("127.0.0.1", 0)))
+            up = thread.run(serve_http(recorder, bind("127.0.0.1", 0), lifespan=True))
             served.append(up)
             upstream_url = f"http://127.0.0.1:{up.port}{UPSTREAM_PATH}"
             sock = bind("127.0.0.1", 0)
@@ -220,7 +219,7 @@ def world(backend: str, tmp_path: Path) -> Iterator[World]:
                 (own.client_id, own.secret),
                 pdp=f"127.0.0.1:{pdp.running.port}",
             )
-            served.append(thread.run(serve_app(Proxy(config).app(), sock)))
+            served.append(thread.run(serve_http(Proxy(config).app(), sock, lifespan=True)))
             yield World(
                 oauth, pdp, directory, recorder, upstream_url, proxy, config, thread, served
             )
