@@ -22,7 +22,6 @@ import pytest
 from bs4 import BeautifulSoup
 
 from issuer.keys import KeyRing, generate, public_jwk
-from issuer.models import AGENT_EXTENSION, AGENT_SCHEMA
 from issuer.oauth.api_keys import ApiKeys
 from issuer.oauth.clients import ClientRegistry
 from issuer.oauth.consent import Consents
@@ -34,6 +33,7 @@ from pdp.audit.report import Period, ReportError, gather, render, to_json, to_ma
 from pdp.audit.writer import AuditWriter
 from pdp.cli import main
 from tests.audit.test_cli import decision, execute
+from tests.test_directory import agent_doc
 
 SCRIPT = "<script>document.body.setAttribute('data-pwned', 'yes')</script>"
 PURPOSE = f"payments {SCRIPT}"
@@ -41,18 +41,8 @@ ISSUER = "https://issuer.example"
 
 
 def agent_document(name: str, owner: str, purpose: str, risk: str, status: str) -> dict[str, Any]:
-    return {
-        "schemas": [AGENT_SCHEMA, AGENT_EXTENSION],
-        "name": name,
-        "displayName": name.title(),
-        AGENT_EXTENSION: {
-            "owner": owner,
-            "purpose": purpose,
-            "riskLevel": risk,
-            "agentType": "background",
-            "status": status,
-        },
-    }
+    document = agent_doc(name, owner=owner, purpose=purpose, riskLevel=risk, status=status)
+    return {**document, "displayName": name.title()}
 
 
 def create_agent(store: Store, name: str, **attributes: str) -> Record:

@@ -15,7 +15,6 @@ import mcp.types as types
 import pytest
 from mcp import Client, StdioServerParameters
 
-from issuer.models import AGENT_EXTENSION, AGENT_SCHEMA
 from issuer.store import Store, open_store
 from pdp.audit.changes import ChangeAuditor
 from pdp.audit.query import entries
@@ -27,27 +26,14 @@ from pdp.serve.proto import authorizer_pb2 as pb
 from pdp.serve.proto import authorizer_pb2_grpc as pb_grpc
 from tests.conftest import SHIPPED_POLICIES
 from tests.servers import Server
+from tests.test_directory import agent_doc
 
 ADMIN = "alice@example.com"
 
 
-def agent_document(name: str, **extension: Any) -> dict[str, Any]:
-    return {
-        "schemas": [AGENT_SCHEMA, AGENT_EXTENSION],
-        "name": name,
-        AGENT_EXTENSION: {
-            "owner": "finance",
-            "riskLevel": "low",
-            "agentType": "background",
-            "status": "active",
-            **extension,
-        },
-    }
-
-
 def seed_agent(store: Store, name: str, **extension: Any) -> str:
     record = store.create(
-        "Agent", agent_document(name, **extension), unique={"name": name}, actor="seed"
+        "Agent", agent_doc(name, **extension), unique={"name": name}, actor="seed"
     )
     return record.id
 
