@@ -195,8 +195,7 @@ class Counting:
         start = writer.written
         cpu0, t0 = time.process_time(), time.perf_counter()
         for _ in range(n):
-            if not writer.offer("agent", record):
-                writer.submit("agent", record)
+            writer.put("agent", record)
         if not self.drain():
             raise RuntimeError("the writer did not commit the capacity records in time")
         elapsed, cpu = time.perf_counter() - t0, time.process_time() - cpu0

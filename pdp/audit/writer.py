@@ -94,6 +94,12 @@ class AuditWriter:
             self._wake.set()
         return True
 
+    def put(self, trail: str, record: Record) -> None:
+        """Queue a record nobody waits for, like :meth:`offer`, but wait for room when the
+        queue is full (backpressure) instead of refusing it."""
+        if not self.offer(trail, record):
+            self.submit(trail, record)
+
     def submit(self, trail: str, record: Record, urgent: bool = False) -> Future[int]:
         """Queue a record (or a function that builds it, called by the writer thread); the
         future gives its seq once committed. Waits while the queue is full (backpressure).

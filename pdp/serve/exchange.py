@@ -83,4 +83,4 @@ def _record(
 ) -> None:
     if audit is not None:
         decision_id = new_decision_id()
-        audit.submit("agent", lambda: decided(asked, decision, decision_id, seconds, "issuer"))
+        audit.put("agent", lambda: decided(asked, decision, decision_id, seconds, "issuer"))

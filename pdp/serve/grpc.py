@@ -433,7 +433,7 @@ def token_trail(audit: AuditWriter | None) -> IssuedHook | None:
         return None
 
     def issued(grant: str, claims: dict[str, Any]) -> None:
-        audit.submit("agent", lambda: token_record(grant, claims))
+        audit.put("agent", lambda: token_record(grant, claims))
 
     return issued
 
