@@ -200,4 +200,11 @@ class _HeldConnection:
         self._conn = conn
 
     def release(self) -> None:
-        self._conn.close()
+        """Unlock before closing: a closed connection's backend lets the lock go only when
+        it exits, a moment later, and another replica asking at once would be refused."""
+        try:
+            self._conn.execute("SELECT pg_advisory_unlock_all()")
+        except psycopg.Error:
+            pass  # the connection is gone, and its lock with it
+        finally:
+            self._conn.close()

@@ -70,3 +70,19 @@ def test_a_job_that_fails_to_start_gives_the_lease_back(url: str) -> None:
         lease.release()
     finally:
         store.close()
+
+
+def test_a_released_lease_can_be_taken_again_at_once(url: str) -> None:
+    first, second = open_store(url), open_store(url)
+    try:
+        for _ in range(20):
+            lease = first.lease("admin-trail")
+            assert lease is not None
+            assert second.lease("admin-trail") is None
+            lease.release()
+            again = second.lease("admin-trail")
+            assert again is not None
+            again.release()
+    finally:
+        first.close()
+        second.close()
