@@ -57,8 +57,7 @@ UPSTREAM_TOKEN = "bench-upstream-credential"
 def _upstream(pipe: Connection) -> None:
     from mcp.server.mcpserver import MCPServer
 
-    from issuer.app import bind
-    from pep.mcp_proxy.serve import serve_app
+    from issuer.app import bind, serve_http
 
     server = MCPServer("bench")
 
@@ -71,7 +70,7 @@ def _upstream(pipe: Connection) -> None:
     )
 
     async def main() -> None:
-        served = await serve_app(app, bind("127.0.0.1", 0))
+        served = await serve_http(app, bind("127.0.0.1", 0), lifespan=True)
         pipe.send(served.port)
         await _answer_until_stopped(pipe)
         await served.stop()
@@ -145,11 +144,12 @@ def _pdp(pipe: Connection, folder: str) -> None:
     store.close()
 
 
-def _proxy(pipe: Connection, issuer: str, pdp: int, upstream: str, cache: float) -> None:
-    from issuer.app import bind
+def _proxy(pipe: Connection, issuer: str, pdp: int, upstream: str, store: str) -> None:
+    import uvloop
+
+    from issuer.app import bind, serve_http
     from pep.mcp_proxy.app import Proxy
     from pep.mcp_proxy.config import ProxyConfig, Upstream
-    from pep.mcp_proxy.serve import serve_app
 
     config = ProxyConfig(
         public_url=PUBLIC,
@@ -165,16 +165,20 @@ def _proxy(pipe: Connection, issuer: str, pdp: int, upstream: str, cache: float)
                 token=UPSTREAM_TOKEN,
             ),
         ),
-        decision_cache=cache,
+        decisions="local" if store else "pdp",
+        policies=str(ROOT / "policies"),
+        store=store or "sqlite:///unused.db",
     )
 
     async def main() -> None:
-        served = await serve_app(Proxy(config).app(), bind("127.0.0.1", 0))
+        served = await serve_http(
+            Proxy(config).app(), bind("127.0.0.1", 0), lifespan=True, httptools=True
+        )
         pipe.send(served.port)
         await _answer_until_stopped(pipe)
         await served.stop()
 
-    asyncio.run(main())
+    uvloop.run(main())  # as tessera mcp-proxy runs
 
 
 def _cpu(pipes: list[Connection]) -> list[float]:
@@ -218,8 +222,9 @@ def measure(calls: int, warmup: int) -> dict[str, Any]:
         up_port = up_pipe.recv()
         pdp_port, issuer, token = pdp_pipe.recv()
         upstream = f"http://127.0.0.1:{up_port}{PATH}"
-        proxy, proxy_pipe = _spawn(_proxy, issuer, pdp_port, upstream, 0.0)
-        cached, cached_pipe = _spawn(_proxy, issuer, pdp_port, upstream, CACHE_SECONDS)
+        store = f"sqlite:///{folder}/bench.db"
+        proxy, proxy_pipe = _spawn(_proxy, issuer, pdp_port, upstream, store)
+        cached, cached_pipe = _spawn(_proxy, issuer, pdp_port, upstream, "")
         proxy_port = proxy_pipe.recv()
         cached_port = cached_pipe.recv()
         headers = {

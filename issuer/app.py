@@ -104,12 +104,17 @@ async def serve_http(
     client_ca: str | None = None,
     *,
     lifespan: bool = False,
+    httptools: bool = False,
 ) -> HttpRunning:
     """Serve ``app`` on a bound socket in the running event loop; with ``tls``
     (certificate chain file, key file), serve HTTPS; with ``client_ca`` too, ask clients
     for a certificate from that CA (optional: OAuth clients that use mutual TLS send one)
     and pass it on to the application; with ``lifespan``, run the application's lifespan
-    (startup before the first request, shutdown on stop)."""
+    (startup before the first request, shutdown on stop); with ``httptools``, parse HTTP
+    with httptools (C) instead of h11 (a fraction of the CPU per request, for the MCP
+    proxy's hot path; without TLS client certificates, which only the h11 path hands on)."""
+    if httptools and client_ca:
+        raise ValueError("httptools does not hand TLS client certificates on")
     certfile, keyfile = tls if tls is not None else (None, None)
     config = uvicorn.Config(
         app,
@@ -120,7 +125,7 @@ async def serve_http(
         ssl_keyfile=keyfile,
         ssl_cert_reqs=ssl.CERT_OPTIONAL if tls and client_ca else ssl.CERT_NONE,
         ssl_ca_certs=client_ca if tls else None,
-        http=_ClientCertificates,
+        http="httptools" if httptools else _ClientCertificates,
     )
     server = _Server(config)
     task = asyncio.create_task(server.serve(sockets=[sock]))

@@ -282,7 +282,7 @@ def main(argv: Sequence[str] | None = None, extra: Mapping[str, Command] | None 
 # ------------------------------------------------------------------ commands
 
 
-def _print_diagnostics(diagnostics: Sequence[Diagnostic], err: TextIO) -> None:
+def print_diagnostics(diagnostics: Sequence[Diagnostic], err: TextIO) -> None:
     for diagnostic in diagnostics:
         print(diagnostic.render(), file=err)
         print(file=err)
@@ -306,7 +306,7 @@ def _check(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
                 file=out,
             )
         else:
-            _print_diagnostics(exc.diagnostics, err)
+            print_diagnostics(exc.diagnostics, err)
             count = len(exc.diagnostics)
             print(f"{count} error{'s' if count != 1 else ''} in {directory}", file=err)
         return FAILED
@@ -325,7 +325,7 @@ def _check(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             file=out,
         )
         return FAILED if failed else OK
-    _print_diagnostics(warnings, err)
+    print_diagnostics(warnings, err)
     bundle = loaded.bundle
     print(
         f"{'FAILED' if failed else 'ok'}: {len(bundle.rules)} rules, {len(bundle.tests)} tests "
@@ -348,7 +348,7 @@ def _test(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     try:
         loaded = load_directory(directory)
     except PolicyError as exc:
-        _print_diagnostics(exc.diagnostics, err)
+        print_diagnostics(exc.diagnostics, err)
         print("the policies do not load, so no test ran", file=err)
         return FAILED
     results = run_tests(loaded.bundle)
@@ -401,7 +401,7 @@ def _fmt(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             text = path.read_text(encoding="utf-8")
             formatted = format_source(text, str(path))
         except PolicyError as exc:
-            _print_diagnostics(exc.diagnostics, err)
+            print_diagnostics(exc.diagnostics, err)
             broken = True
             continue
         except (OSError, UnicodeDecodeError) as exc:
@@ -428,7 +428,7 @@ def _decide(args: argparse.Namespace, err: TextIO) -> tuple[Any, Any] | int:
     try:
         loaded = load_directory(args.policies)
     except PolicyError as exc:
-        _print_diagnostics(exc.diagnostics, err)
+        print_diagnostics(exc.diagnostics, err)
         return USAGE
     try:
         if args.request == "-":
@@ -499,10 +499,10 @@ def _serve(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     try:
         loaded = load_directory(config.policies)
     except PolicyError as exc:
-        _print_diagnostics(exc.diagnostics, err)
+        print_diagnostics(exc.diagnostics, err)
         print("tessera serve: the policies do not load; nothing is served", file=err)
         return USAGE
-    _print_diagnostics(loaded.warnings, err)
+    print_diagnostics(loaded.warnings, err)
     bundle = loaded.bundle
     summary = (
         f"tessera: {len(bundle.rules)} rules from {config.policies} "

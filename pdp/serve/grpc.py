@@ -195,6 +195,21 @@ class AuthorizerService(pb_grpc.AuthorizerServicer):  # type: ignore[misc]
         engine (using up limits), and the audit record naming ``peer()`` as the PEP.
         Returns the decision, its id and whether it may be cached; a malformed request
         raises :class:`RequestError` naming the field."""
+        decided = await self._answer(message, peer, counters=True)
+        assert decided is not None  # with the counters here, every request is answered
+        return decided
+
+    async def decide_without_limits(
+        self, message: pb.AuthorizeRequest, peer: Callable[[], str]
+    ) -> tuple[Decision, str, bool] | None:
+        """As :meth:`decide`, but None, with nothing recorded, for a request a ``limit``
+        could decide: its counters are kept by another process (the PDP that an embedded
+        decider, such as the MCP proxy's, defers to)."""
+        return await self._answer(message, peer, counters=False)
+
+    async def _answer(
+        self, message: pb.AuthorizeRequest, peer: Callable[[], str], counters: bool
+    ) -> tuple[Decision, str, bool] | None:
         started = time.perf_counter()
         identities = self._identities(message)
         if isinstance(identities, str):
@@ -204,6 +219,8 @@ class AuthorizerService(pb_grpc.AuthorizerServicer):  # type: ignore[misc]
             cacheable = cached is not None
             if cached is None:
                 typed = request_from_message(message, self.engine.bundle.schema, identities)
+                if not counters and self.engine.touches_limits(typed):
+                    return None
                 decision, cacheable = self._decide(message, typed)
             else:
                 decision = cached

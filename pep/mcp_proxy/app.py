@@ -26,6 +26,7 @@ audit trail. Upstream timeouts and failures become JSON-RPC errors for each requ
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import hashlib
@@ -46,6 +47,7 @@ from starlette.applications import Starlette
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from pep.client import Verdict
 from pep.mcp_proxy import challenges
@@ -58,6 +60,7 @@ from pep.mcp_proxy.decisions import (
     ArgumentError,
     Decider,
     Kind,
+    LocalDecider,
     mapped_context,
 )
 from pep.mcp_proxy.jsonrpc import (
@@ -75,6 +78,8 @@ from pep.mcp_proxy.jsonrpc import (
 )
 from pep.mcp_proxy.stdio import StdioUpstream, UpstreamFailed
 from pep.mcp_proxy.tokens import Caller, Jwks, ResourceServer, Unauthorized
+from pep.mcp_proxy.upstream import Response as UpstreamResponse
+from pep.mcp_proxy.upstream import UpstreamClient, UpstreamError
 
 log = logging.getLogger("tessera.mcp_proxy")
 
@@ -93,6 +98,7 @@ FORWARDED = (
     "last-event-id",
 )
 RETURNED = ("content-type", "mcp-session-id", "cache-control")
+ENDPOINT_METHODS = ("GET", "POST", "DELETE")
 SSE_EVENT_LIMIT = 4 << 20
 MAX_SESSIONS = 100_000
 
@@ -118,10 +124,11 @@ class Proxy:
         self.config = config
         self.by_path = {u.path: u for u in config.upstreams}
         self.http: httpx.AsyncClient | None = None
-        self.decider: Decider | None = None
+        self.decider: Decider | LocalDecider | None = None
         self.tokens: ResourceServer | None = None
         self.credentials: Credentials | None = None
         self.stdio: dict[str, StdioUpstream] = {}
+        self.clients: dict[str, UpstreamClient] = {}
         # Mcp-Session-Id -> the caller that opened it (agent|user)
         self.sessions: TTLCache[str, str] = TTLCache(MAX_SESSIONS, 24 * 3600)
         origin = urlsplit(config.public_url)
@@ -134,8 +141,9 @@ class Proxy:
         limits = httpx.Limits(max_connections=200, max_keepalive_connections=50)
         async with httpx.AsyncClient(timeout=10.0, limits=limits) as http:
             self.http = http
-            self.decider = Decider(
-                self.config.pdp, self.config.pdp_timeout, self.config.decision_cache
+            pdp = Decider(self.config.pdp, self.config.pdp_timeout, self.config.decision_cache)
+            self.decider = (
+                LocalDecider(self.config, pdp) if self.config.decisions == "local" else pdp
             )
             jwks = Jwks(self.config.jwks, http, self.config.algorithms)
             client = (
@@ -150,14 +158,18 @@ class Proxy:
             for upstream in self.config.upstreams:
                 if upstream.command:
                     self.stdio[upstream.name] = StdioUpstream(upstream.command, upstream.timeout)
+                elif upstream.url:
+                    self.clients[upstream.name] = UpstreamClient(upstream.url)
             try:
                 yield
             finally:
                 for stdio in self.stdio.values():
                     await stdio.close()
+                for client in self.clients.values():
+                    await client.close()
                 await self.decider.close()
 
-    def app(self) -> Starlette:
+    def app(self) -> ASGIApp:
         routes = [Route(CONSENT_PATH, self.consent_done, methods=["GET"])]
         for upstream in self.config.upstreams:
             routes.append(
@@ -167,13 +179,26 @@ class Proxy:
                     methods=["GET"],
                 )
             )
-            routes.append(
-                Route(upstream.path, self._endpoint(upstream), methods=["GET", "POST", "DELETE"])
-            )
         if len(self.config.upstreams) == 1:
             only = self.config.upstreams[0]
             routes.append(Route(challenges.WELL_KNOWN, self._metadata(only), methods=["GET"]))
-        return Starlette(routes=routes, lifespan=self.lifespan)
+        routed = Starlette(routes=routes, lifespan=self.lifespan)
+        # The MCP endpoints skip the router and its middleware: the hot path
+        direct = {u.path: self._endpoint(u) for u in self.config.upstreams}
+
+        async def app(scope: Scope, receive: Receive, send: Send) -> None:
+            endpoint = direct.get(scope["path"]) if scope["type"] == "http" else None
+            if endpoint is None:
+                await routed(scope, receive, send)
+                return
+            if scope["method"] in ENDPOINT_METHODS:
+                response = await endpoint(Request(scope, receive))
+            else:
+                allow = ", ".join(ENDPOINT_METHODS)
+                response = Response(status_code=405, headers={"Allow": allow})
+            await response(scope, receive, send)
+
+        return app
 
     # -- metadata and consent pages
 
@@ -408,18 +433,13 @@ class Proxy:
         if credential is not None:
             headers["authorization"] = credential
         content = body if body is not None else dumps(payload) if payload is not None else None
+        client = self.clients[upstream.name]
         try:
-            sent = self.http.build_request(
-                request.method,
-                upstream.url,
-                headers=headers,
-                content=content,
-                timeout=upstream.timeout,
-            )
-            response = await self.http.send(sent, stream=True)
-        except httpx.TimeoutException:
+            response = await client.request(request.method, headers, content, upstream.timeout)
+        except TimeoutError:
             return self._failed(payload, plan, f"upstream {upstream.name!r} timed out")
-        except httpx.HTTPError:
+        except UpstreamError as exc:
+            log.warning("upstream %s: %s", upstream.name, exc)
             return self._failed(payload, plan, f"upstream {upstream.name!r} is unreachable")
         session = response.headers.get(SESSION_HEADER)
         if session is not None:
@@ -436,28 +456,28 @@ class Proxy:
         rewrite = self._rewriter(upstream, caller, plan)
         if kind == "text/event-stream" and (plan.filters or plan.local):
             stream = rewrite_sse(_chunks(response), rewrite, plan.local, SSE_EVENT_LIMIT)
-            return StreamingResponse(stream, response.status_code, headers=returned)
+            return StreamingResponse(stream, response.status, headers=returned)
         if kind == "text/event-stream" or request.method == "GET":
-            return StreamingResponse(_chunks(response), response.status_code, headers=returned)
+            return StreamingResponse(_chunks(response), response.status, headers=returned)
         try:
-            raw = await response.aread()
-        except httpx.HTTPError:
-            return self._failed(payload, plan, f"upstream {upstream.name!r} failed mid-answer")
-        finally:
+            async with asyncio.timeout(upstream.timeout):
+                raw = await response.read()
+        except (TimeoutError, UpstreamError):
             await response.aclose()
+            return self._failed(payload, plan, f"upstream {upstream.name!r} failed mid-answer")
+        if response.status >= 500 and payload is not None:
+            return self._failed(payload, plan, f"upstream {upstream.name!r} failed")
         if kind == "application/json" and (plan.filters or plan.local) and raw:
             try:
                 answer = json.loads(raw)
             except ValueError:
                 return self._failed(payload, plan, f"upstream {upstream.name!r} sent bad JSON")
             rewritten = await self._rewrite_all(upstream, caller, plan, answer)
-            return _answer(response.status_code, dumps(rewritten), plan, returned)
-        if response.status_code >= 500 and payload is not None:
-            return self._failed(payload, plan, f"upstream {upstream.name!r} failed")
+            return _answer(response.status, dumps(rewritten), plan, returned)
         if not raw and plan.local:  # only notifications were forwarded
             local: Any = plan.local
             return _answer(200, dumps(local), plan, returned)
-        return Response(raw, response.status_code, headers=returned)
+        return Response(raw, response.status, headers=returned)
 
     async def _rewrite_all(
         self, upstream: Upstream, caller: Caller, plan: Plan, answer: Any
@@ -549,12 +569,12 @@ def _header_mismatch(
     return None
 
 
-async def _chunks(response: httpx.Response) -> AsyncIterator[bytes]:
+async def _chunks(response: UpstreamResponse) -> AsyncIterator[bytes]:
     """The upstream's body as it arrives; a failure mid-stream ends the stream."""
     try:
-        async for chunk in response.aiter_bytes():
+        async for chunk in response.chunks():
             yield chunk
-    except httpx.HTTPError:
+    except UpstreamError:
         log.warning("upstream stream broke off")
     finally:
         await response.aclose()

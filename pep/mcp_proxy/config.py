@@ -15,6 +15,11 @@
     api_keys = false                         # accept Tessera API keys as bearer tokens
     decision_cache = 0.0                     # seconds an answer the PDP marks cacheable is
                                              # reused (0: every call decided and audited)
+    decisions = "pdp"                        # pdp: ask the PDP over gRPC for each call;
+                                             # local: decide in this process (below)
+    policies = "policies"                    # local: the PDP's policy directory, followed
+    store = "sqlite:///var/tessera.db"       # local: the PDP's store (directory, audit)
+    reload_interval = 1.0                    # local: seconds between policy checks
 
     [[mcp_proxy.upstream]]
     name = "payments"                        # resource.server in policies
@@ -28,6 +33,8 @@
     credential_env = "PAYMENTS_TOKEN"        # static: the upstream's own bearer token
     audience = "https://payments.internal/"  # client_credentials / token_exchange: its resource
     timeout = 30.0                           # seconds per upstream call
+
+With ``decisions = "local"``, ``policies`` and ``store`` default to the ``[serve]`` table's.
 
 A configuration that cannot work is refused with a :class:`ConfigError` naming the setting.
 """
@@ -44,6 +51,9 @@ from urllib.parse import urlsplit
 
 ALGORITHMS = ("ES256", "ES384", "RS256", "PS256", "EdDSA")
 CREDENTIALS = ("static", "client_credentials", "token_exchange", "none")
+DECISIONS = ("pdp", "local")
+DEFAULT_POLICIES = "policies"
+DEFAULT_STORE = "sqlite:///var/tessera.db"
 DEFAULT_MAX_BODY = 1 << 20
 
 
@@ -95,6 +105,10 @@ class ProxyConfig:
     api_keys: bool = False
     pdp_timeout: float = 0.5
     decision_cache: float = 0.0
+    decisions: str = "pdp"
+    policies: str = DEFAULT_POLICIES
+    store: str = DEFAULT_STORE
+    reload_interval: float = 1.0
 
     @property
     def jwks(self) -> str:
@@ -117,16 +131,30 @@ def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> Proxy
     table = data.get("mcp_proxy")
     if not isinstance(table, dict):
         raise ConfigError(f"{path} has no [mcp_proxy] table")
-    return config_from_table(table, os.environ if env is None else env)
+    serve = data.get("serve")
+    serve = serve if isinstance(serve, dict) else {}
+    defaults = {
+        "policies": serve.get("policies", DEFAULT_POLICIES),
+        "store": serve.get("store", DEFAULT_STORE),
+    }
+    return config_from_table(table, os.environ if env is None else env, defaults)
 
 
-def config_from_table(table: Mapping[str, Any], env: Mapping[str, str]) -> ProxyConfig:
-    """A configuration from the ``[mcp_proxy]`` table's values, checked."""
+def config_from_table(
+    table: Mapping[str, Any], env: Mapping[str, str], defaults: Mapping[str, Any] | None = None
+) -> ProxyConfig:
+    """A configuration from the ``[mcp_proxy]`` table's values, checked; ``defaults`` for
+    ``policies`` and ``store`` (the ``[serve]`` table's)."""
     known = {
         "public_url", "issuer", "pdp", "host", "port", "algorithms", "allowed_origins",
         "max_body", "jwks_uri", "client_id", "client_secret_env", "consent_client_id",
-        "api_keys", "pdp_timeout", "decision_cache", "upstream",
+        "api_keys", "pdp_timeout", "decision_cache", "decisions", "policies", "store",
+        "reload_interval", "upstream",
     }  # fmt: skip
+    defaults = {"policies": DEFAULT_POLICIES, "store": DEFAULT_STORE, **(defaults or {})}
+    decisions = _str(table, "decisions", "pdp", "mcp_proxy")
+    if decisions not in DECISIONS:
+        raise ConfigError(f"mcp_proxy.decisions must be one of {', '.join(DECISIONS)}")
     _unknown(table, known, "mcp_proxy")
     public_url = _url(_str(table, "public_url", None, "mcp_proxy"), "mcp_proxy.public_url")
     if urlsplit(public_url).path not in ("", "/"):
@@ -167,6 +195,10 @@ def config_from_table(table: Mapping[str, Any], env: Mapping[str, str]) -> Proxy
         api_keys=_bool(table, "api_keys", False, "mcp_proxy"),
         pdp_timeout=_float(table, "pdp_timeout", 0.5, "mcp_proxy"),
         decision_cache=_seconds(table, "decision_cache", "mcp_proxy"),
+        decisions=decisions,
+        policies=_str(table, "policies", str(defaults["policies"]), "mcp_proxy"),
+        store=_str(table, "store", str(defaults["store"]), "mcp_proxy"),
+        reload_interval=_float(table, "reload_interval", 1.0, "mcp_proxy"),
     )
     check(config)
     return config

@@ -13,6 +13,12 @@ The PDP failing to answer is a deny (:class:`pep.client.AsyncClient` fails close
 a decision cache, an answer the PDP marks cacheable (no limit could decide it) is reused
 for identical requests for a few seconds: such a call is not audited again, and its
 decision id is that of the decision it reused.
+
+With ``decisions = "local"`` (:class:`LocalDecider`) the proxy decides in its own process,
+on the policies and the store ``tessera serve`` uses: the PDP's own decision path (the
+directory's refusals, the engine, the agent-trail record, with ``mcp-proxy`` as the PEP),
+without a network hop per call, following policy changes as the PDP does. A request that
+a ``limit`` could decide still goes to the PDP, which keeps the counters.
 """
 
 from __future__ import annotations
@@ -24,11 +30,20 @@ from typing import Any
 
 import grpc
 
+from issuer.store import open_store
+from pdp.audit.writer import AuditWriter
+from pdp.decision import Decision
+from pdp.directory import Directory
+from pdp.engine import Engine
 from pdp.lang.values import Money
+from pdp.loader import load_directory
+from pdp.request import RequestError
+from pdp.serve.grpc import AuthorizerService
 from pdp.serve.proto import authorizer_pb2 as pb
 from pdp.serve.proto import authorizer_pb2_grpc as pb_grpc
+from pdp.serve.reload import Reloader
 from pep.client import AsyncClient, Options, Query, Verdict, to_value
-from pep.mcp_proxy.config import ContextArgument, Upstream
+from pep.mcp_proxy.config import ContextArgument, ProxyConfig, Upstream
 from pep.mcp_proxy.tokens import Caller
 
 
@@ -99,17 +114,7 @@ class Decider:
         name: str,
         context: Mapping[str, Any],
     ) -> Verdict:
-        query = Query(
-            agent=caller.agent,
-            user=caller.user,
-            chain=caller.chain or None,
-            action=kind.action,
-            resource_type=kind.resource_type,
-            resource_id=name,
-            resource_attributes={"server": upstream.name} if kind is TOOL else {},
-            context={**context, "mcp_method": method, "mcp_server": upstream.name},
-        )
-        return await self.client.authorize(query)
+        return await self.client.authorize(_query(caller, upstream, method, kind, name, context))
 
     async def allowed(
         self, caller: Caller, upstream: Upstream, kind: Kind, names: Sequence[str]
@@ -117,25 +122,139 @@ class Decider:
         """The names among ``names`` the caller may use; none when the PDP cannot say."""
         if not names:
             return set()
-        request = pb.ListAllowedRequest(
-            agent=pb.Agent(id=caller.agent),
-            action=kind.action,
-            candidates=[
-                pb.Resource(
-                    type=kind.resource_type,
-                    id=name,
-                    attributes={"server": to_value(upstream.name)} if kind is TOOL else {},
-                )
-                for name in names
-            ],
-            context={"mcp_method": to_value(f"{kind.list_key}/list")},
-        )
-        if caller.user is not None:
-            request.user.CopyFrom(pb.User(id=caller.user))
-        if caller.chain:
-            request.delegation.CopyFrom(pb.Delegation(chain=list(caller.chain)))
+        request = _list_request(caller, upstream, kind, names)
         try:
             response = await self.stub.ListAllowed(request, timeout=self.timeout)
         except grpc.RpcError:
             return set()  # fail closed: list nothing
         return {r.id for r in response.allowed}
+
+
+class LocalDecider:
+    """Decides in this process what no ``limit`` could decide (see the module's text);
+    asks ``remote``, the PDP, for the rest."""
+
+    PEP = "mcp-proxy"
+
+    def __init__(self, config: ProxyConfig, remote: Decider) -> None:
+        loaded = load_directory(config.policies)  # PolicyError: nothing is served
+        self.remote = remote
+        self.store = open_store(config.store)
+        try:
+            self.directory = Directory(self.store)
+            self.directory.start()
+        except BaseException:
+            self.store.close()
+            raise
+        self.audit = AuditWriter(self.store)
+        self.service = AuthorizerService(
+            Engine(loaded.bundle), directory=self.directory, audit=self.audit
+        )
+        self.reloader = Reloader(config.policies, self.service.use, config.reload_interval)
+        self.reloader.start()
+
+    async def close(self) -> None:
+        await self.reloader.stop()
+        self.audit.close()
+        self.directory.stop()
+        self.store.close()
+        await self.remote.close()
+
+    async def decide(
+        self,
+        caller: Caller,
+        upstream: Upstream,
+        method: str,
+        kind: Kind,
+        name: str,
+        context: Mapping[str, Any],
+    ) -> Verdict:
+        query = _query(caller, upstream, method, kind, name, context)
+        try:
+            decided = await self.service.decide_without_limits(query.to_message(), self._pep)
+        except RequestError as exc:  # fail closed, as the PDP's INVALID_ARGUMENT
+            return Verdict.failed(str(exc))
+        if decided is None:
+            return await self.remote.client.authorize(query)
+        return _verdict(*decided)
+
+    async def allowed(
+        self, caller: Caller, upstream: Upstream, kind: Kind, names: Sequence[str]
+    ) -> set[str]:
+        """As ``ListAllowed``: what a call would be answered, using up no limit."""
+        request = _list_request(caller, upstream, kind, names)
+        allowed = set()
+        for candidate in request.candidates:
+            question = pb.AuthorizeRequest(
+                agent=request.agent,
+                action=request.action,
+                resource=candidate,
+                context=request.context,
+            )
+            if request.HasField("user"):
+                question.user.CopyFrom(request.user)
+            if request.HasField("delegation"):
+                question.delegation.CopyFrom(request.delegation)
+            try:
+                if self.service.preview(question).allow:
+                    allowed.add(candidate.id)
+            except RequestError:
+                continue  # fail closed: not listed
+        return allowed
+
+    def _pep(self) -> str:
+        return self.PEP
+
+
+def _verdict(decision: Decision, decision_id: str, cacheable: bool) -> Verdict:
+    return Verdict(
+        allow=decision.allow,
+        obligations=tuple((o.kind, o.value) for o in decision.obligations),
+        decided_by=decision.decided_by,
+        reasons=decision.reasons,
+        decision_id=decision_id,
+        bundle_version=decision.bundle_version,
+    )
+
+
+def _query(
+    caller: Caller,
+    upstream: Upstream,
+    method: str,
+    kind: Kind,
+    name: str,
+    context: Mapping[str, Any],
+) -> Query:
+    return Query(
+        agent=caller.agent,
+        user=caller.user,
+        chain=caller.chain or None,
+        action=kind.action,
+        resource_type=kind.resource_type,
+        resource_id=name,
+        resource_attributes={"server": upstream.name} if kind is TOOL else {},
+        context={**context, "mcp_method": method, "mcp_server": upstream.name},
+    )
+
+
+def _list_request(
+    caller: Caller, upstream: Upstream, kind: Kind, names: Sequence[str]
+) -> pb.ListAllowedRequest:
+    request = pb.ListAllowedRequest(
+        agent=pb.Agent(id=caller.agent),
+        action=kind.action,
+        candidates=[
+            pb.Resource(
+                type=kind.resource_type,
+                id=name,
+                attributes={"server": to_value(upstream.name)} if kind is TOOL else {},
+            )
+            for name in names
+        ],
+        context={"mcp_method": to_value(f"{kind.list_key}/list")},
+    )
+    if caller.user is not None:
+        request.user.CopyFrom(pb.User(id=caller.user))
+    if caller.chain:
+        request.delegation.CopyFrom(pb.Delegation(chain=list(caller.chain)))
+    return request

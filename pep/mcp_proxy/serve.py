@@ -13,7 +13,7 @@ from pep.mcp_proxy.config import ProxyConfig
 async def proxy_forever(config: ProxyConfig) -> None:
     """Serve the proxy until SIGINT or SIGTERM."""
     sock = bind(config.host, config.port)
-    served = await serve_http(Proxy(config).app(), sock, lifespan=True)
+    served = await serve_http(Proxy(config).app(), sock, lifespan=True, httptools=True)
     print(
         f"tessera: MCP proxy on http://{config.host}:{served.port} for {config.public_url}",
         flush=True,

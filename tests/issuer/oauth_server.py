@@ -159,6 +159,7 @@ class OAuthService:
     server: AuthorizationServer
     http: httpx.Client  # base_url is the issuer; sends nothing by itself
     token: str = TOKEN  # the admin bearer token registration needs
+    url: str = ""  # the store's URL
 
     @cached_property
     def resource_server(self) -> Registered:
@@ -343,7 +344,7 @@ def oauth_service(
                 options = {"timeout": TIMEOUT, **(http_options or {})}
                 with httpx.Client(base_url=running.issuer, **options) as http:
                     yield OAuthService(
-                        backend, running.issuer, store, running.keys, running.server, http
+                        backend, running.issuer, store, running.keys, running.server, http, url=url
                     )
             finally:
                 running.close()

@@ -5,7 +5,9 @@
   and consents, and auditing every decision to it;
 - an MCP server written with the official SDK (``MCPServer``, Streamable HTTP) that
   remembers the ``Authorization`` header of every request it gets;
-- the proxy in front of it, with a static upstream credential.
+- the proxy in front of it, with a static upstream credential, asking the PDP over gRPC
+  (or, with ``decisions="local"``, deciding in its own process on the same policies and
+  store).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from pdp.loader import load_directory
 from pdp.serve.exchange import exchange_check
 from pep.mcp_proxy.app import Proxy
 from pep.mcp_proxy.config import ContextArgument, ProxyConfig, Upstream
+from pep.mcp_proxy.decisions import LocalDecider
 from tests.issuer.conftest import unique
 from tests.issuer.oauth_server import OAuthService, oauth_service
 from tests.pep.mcp_proxy.tools import upstream_server
@@ -84,7 +87,15 @@ class World:
     proxy: str  # the proxy's origin
     config: ProxyConfig
     thread: LoopThread
+    gateway: Proxy
     served: list[HttpRunning] = field(default_factory=list)
+
+    @property
+    def directories(self) -> list[Directory]:
+        """The PDP's directory, and the proxy's own when it decides locally."""
+        decider = self.gateway.decider
+        local = [decider.directory] if isinstance(decider, LocalDecider) else []
+        return [self.directory, *local]
 
     @property
     def url(self) -> str:
@@ -112,7 +123,7 @@ class World:
             },
         }
         agent = self.oauth.store.create("Agent", document, unique={"name": name}, actor="admin")
-        self.wait_for(lambda: self.directory.agent(agent.id) is not None)
+        self.wait_for(lambda: all(d.agent(agent.id) is not None for d in self.directories))
         return agent.id
 
     def wait_for(self, condition: Any, tries: int = 200) -> None:
@@ -188,7 +199,9 @@ def proxy_config(
 
 
 @contextmanager
-def world(backend: str, tmp_path: Path) -> Iterator[World]:
+def world(backend: str, tmp_path: Path, **options: Any) -> Iterator[World]:
+    """The world; ``options`` change the proxy's configuration (``decisions="local"``
+    decides on :data:`POLICIES` and the issuer's store unless told otherwise)."""
     lazy = Lazy()
     with oauth_service(backend, tmp_path, exchange_check=lazy) as oauth:
         directory = Directory(oauth.store)
@@ -218,10 +231,23 @@ def world(backend: str, tmp_path: Path) -> Iterator[World]:
                 consent_app,
                 (own.client_id, own.secret),
                 pdp=f"127.0.0.1:{pdp.running.port}",
+                **{"policies": str(POLICIES), "store": oauth.url, **options},
             )
-            served.append(thread.run(serve_http(Proxy(config).app(), sock, lifespan=True)))
+            gateway = Proxy(config)
+            served.append(
+                thread.run(serve_http(gateway.app(), sock, lifespan=True, httptools=True))
+            )
             yield World(
-                oauth, pdp, directory, recorder, upstream_url, proxy, config, thread, served
+                oauth,
+                pdp,
+                directory,
+                recorder,
+                upstream_url,
+                proxy,
+                config,
+                thread,
+                gateway,
+                served,
             )
         finally:
             for item in reversed(served):

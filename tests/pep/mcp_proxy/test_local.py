@@ -1,0 +1,140 @@
+"""The MCP proxy deciding in its own process (``decisions = "local"``): the PDP's policies,
+directory and audit trail, without the gRPC hop; what a ``limit`` could decide still goes
+to the PDP, which keeps the counters. Both store backends, all parts real."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pep.mcp_proxy.app import DECISION_HEADER
+from pep.mcp_proxy.decisions import LocalDecider
+from pep.mcp_proxy.jsonrpc import FORBIDDEN
+from tests.pep.mcp_proxy.test_proxy import (
+    _data,
+    call,
+    machine,
+    modern,
+    post,
+    sdk_client,
+    secret_provider,
+    token_for,
+)
+from tests.pep.mcp_proxy.world import POLICIES, World, run, world
+from tests.stores import BACKENDS
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def w(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    with world(request.param, tmp_path_factory.mktemp("local"), decisions="local") as built:
+        yield built
+
+
+def record_of(w: World, decision_id: str) -> dict[str, Any]:
+    """The agent-trail record of a decision (the proxy's writer commits within 0.1 s)."""
+    for _ in range(200):
+        for entry in w.oauth.store.audit("agent", 0, 100_000):
+            data = _data(entry)
+            if data.get("decision_id") == decision_id:
+                return data
+        time.sleep(0.02)
+    raise AssertionError(f"no record of {decision_id}")
+
+
+def test_the_proxy_decides_in_its_own_process_and_records_the_decision(w: World) -> None:
+    assert isinstance(w.gateway.decider, LocalDecider)
+    client = machine(w)
+    token = token_for(w, client)
+    pdp_decisions = w.pdp.running.service.metrics.decisions.collect()[0].samples
+    before = sum(s.value for s in pdp_decisions if s.name.endswith("_total"))
+    response = post(w, call("search", {"query": "local"}), token, **modern("search"))
+    assert response.status_code == 200
+    assert "found local" in response.text
+    record = record_of(w, response.headers[DECISION_HEADER])
+    assert record["pep"] == LocalDecider.PEP
+    assert record["agent"] == client.agent_id
+    assert record["allow"] is True
+    assert record["resource"] == {"type": "tool", "id": "search"}
+    assert record["context"]["mcp_server"] == "tools"
+    pdp_decisions = w.pdp.running.service.metrics.decisions.collect()[0].samples
+    assert sum(s.value for s in pdp_decisions if s.name.endswith("_total")) == before
+
+
+def test_a_denied_call_is_answered_by_the_proxy_and_recorded(w: World) -> None:
+    client = machine(w)
+    token = token_for(w, client)
+    seen = len(w.recorder.seen)
+    response = post(w, call("fs.delete", {"path": "/"}), token, **modern("fs.delete"))
+    # fs.delete needs the fs:write scope first: a 403 challenge, nothing decided
+    assert response.status_code == 403
+    response = post(w, call("shell.exec", {"command": "ls"}), token, **modern("shell.exec"))
+    assert response.status_code == 200
+    error = response.json()["error"]
+    assert error["code"] == FORBIDDEN
+    assert len(w.recorder.seen) == seen  # the upstream never saw it
+    record = record_of(w, error["data"]["decision_id"])
+    assert (record["pep"], record["allow"]) == (LocalDecider.PEP, False)
+
+
+def test_a_call_a_limit_could_decide_goes_to_the_pdp(w: World) -> None:
+    client = machine(w, purpose="payments")
+    token = token_for(w, client)
+    body = call("payments.transfer", {"amount": 10})
+    response = post(w, body, token, **modern("payments.transfer"))
+    assert response.status_code == 200
+    assert "error" not in response.json(), response.text
+    record = record_of(w, response.headers[DECISION_HEADER])
+    assert record["allow"] is True
+    assert record["pep"] != LocalDecider.PEP  # the PDP's peer: it counted the amount
+    assert record["decided_by"] == ["agents.small_transfers"]
+
+
+def test_a_suspended_agent_is_refused_once_the_store_says_so(w: World) -> None:
+    client = machine(w)
+    token = token_for(w, client)
+    assert post(w, call("search", {"query": "a"}), token, **modern("search")).status_code == 200
+    assert client.agent_id is not None
+    w.oauth.set_agent_status(client.agent_id, "suspended")
+    agent = client.agent_id
+    w.wait_for(lambda: all(isinstance(d.resolve(agent, None), str) for d in w.directories))
+    response = post(w, call("search", {"query": "b"}), token, **modern("search"))
+    assert response.json()["error"]["code"] == FORBIDDEN
+    record = record_of(w, response.json()["error"]["data"]["decision_id"])
+    assert record["decided_by"] == ["directory"]
+
+
+def test_lists_are_filtered_in_the_proxy(w: World) -> None:
+    client = w.oauth.secret_client(scope="mcp:tools", agent_id=w.add_agent())
+
+    async def session() -> list[str]:
+        async with sdk_client(w, secret_provider(w, client)) as mcp:
+            return [t.name for t in (await mcp.list_tools()).tools]
+
+    assert run(session()) == ["search", "read_file"]
+
+
+def test_a_policy_change_is_followed(tmp_path: Path) -> None:
+    policies = tmp_path / "policies"
+    shutil.copytree(POLICIES, policies)
+    options = {"decisions": "local", "policies": str(policies), "reload_interval": 0.05}
+    with world("sqlite", tmp_path, **options) as w:
+        token = token_for(w, machine(w))
+        body = call("search", {"query": "x"})
+        assert "result" in post(w, body, token, **modern("search")).json()
+        (policies / "freeze.pol").write_text('forbid no_search\n  call tool "search"\n')
+        for _ in range(200):
+            answer = post(w, body, token, **modern("search")).json()
+            if "error" in answer:
+                break
+            time.sleep(0.02)
+        assert answer["error"]["code"] == FORBIDDEN
+        assert answer["error"]["data"]["reasons"] == ["forbid no_search matched"]
+        (policies / "freeze.pol").write_text("forbid broken\n  call tool\n")  # does not load
+        time.sleep(0.3)
+        answer = post(w, body, token, **modern("search")).json()
+        assert answer["error"]["data"]["reasons"] == ["forbid no_search matched"]
