@@ -115,6 +115,15 @@ class World:
         self.wait_for(lambda: self.directory.agent(agent.id) is not None)
         return agent.id
 
+    def add_proxy(self, upstreams: tuple[Upstream, ...], **options: Any) -> str:
+        """Another proxy in front of ``upstreams``, on the same issuer and PDP, stopped
+        with the world; ``options`` replace the world's proxy settings. Its origin."""
+        sock = bind("127.0.0.1", 0)
+        origin = f"http://127.0.0.1:{sock.getsockname()[1]}"
+        config = replace(self.config, public_url=origin, upstreams=upstreams, **options)
+        self.served.append(self.thread.run(serve_http(Proxy(config).app(), sock, lifespan=True)))
+        return origin
+
     def wait_for(self, condition: Any, tries: int = 200) -> None:
         """Wait (bounded) until the directory has caught up."""
         import time
