@@ -197,13 +197,15 @@ def proxy_config(
 
 
 @contextmanager
-def world(backend: str, tmp_path: Path) -> Iterator[World]:
+def world(backend: str, tmp_path: Path, policies: Path = POLICIES) -> Iterator[World]:
+    """The world on a fresh ``backend`` store, its PDP deciding with the ``policies``
+    directory (the shipped policies by default)."""
     lazy = Lazy()
     with oauth_service(backend, tmp_path, exchange_check=lazy) as oauth:
         directory = Directory(oauth.store)
         directory.start()
         audit = AuditWriter(oauth.store, 1000, 0.0)
-        engine = Engine(load_directory(POLICIES).bundle)
+        engine = Engine(load_directory(policies).bundle)
         pdp = Server(engine, directory=directory, audit=audit, durability="sync")
         lazy.service = pdp.running.service
         thread = LoopThread()
