@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import secrets
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urljoin, urlsplit
 
@@ -95,12 +95,14 @@ def answer_of(response: httpx.Response) -> dict[str, Any]:
 
 
 def delegated(
-    w: World, agent: str, browser: Browser, scope: str
+    w: World, agent: str, browser: Browser, scope: str, resources: Sequence[str] = ()
 ) -> tuple[str, str, tuple[str, str]]:
     """A user signs in to an application that names ``agent`` as the one to act for
     them (``requested_actor``), consenting to ``scope``; the agent exchanges that token
-    for one that acts for the user (RFC 8693). (the user's token, the agent's exchanged
-    token, the agent's client credentials)."""
+    for one that acts for the user (RFC 8693), with the audiences ``resources`` (the
+    proxy's resource by default). (the user's token, the agent's exchanged token, the
+    agent's client credentials)."""
+    audiences = list(resources) or [w.resource]
     app = w.oauth.register(
         {
             "token_endpoint_auth_method": "none",
@@ -118,11 +120,11 @@ def delegated(
         "code_challenge": s256(verifier),
         "code_challenge_method": "S256",
         "scope": scope,
-        "resource": w.resource,
+        "resource": audiences,
         "requested_actor": agent,
         "state": "s",
     }
-    back = browser.visit(f"{w.oauth.issuer}/oauth/authorize?{urlencode(query)}")
+    back = browser.visit(f"{w.oauth.issuer}/oauth/authorize?{urlencode(query, doseq=True)}")
     code = parse_qs(urlsplit(back).query)["code"][0]
     user_token = w.oauth.http.post(
         "/oauth/token",
@@ -152,7 +154,7 @@ def delegated(
         "subject_token_type": ACCESS_TOKEN_TYPE,
         "actor_token": actor_token,
         "actor_token_type": ACCESS_TOKEN_TYPE,
-        "resource": w.resource,
+        "resource": audiences,
         "scope": scope,
     }
     for _ in range(MAX_RETRIES):  # the PDP allows it once it has seen the user's consent

@@ -129,7 +129,7 @@ def post(w: World, body: Any, token: str | None = None, **headers: str) -> httpx
     return httpx.post(w.url, json=body, headers=sent, timeout=TIMEOUT)
 
 
-def call(name: str, arguments: dict[str, Any], id: int = 1) -> dict[str, Any]:
+def call(name: str, arguments: dict[str, Any], id: int | str = 1) -> dict[str, Any]:
     """A stateless (2026-07-28) tools/call: the protocol envelope rides in ``_meta``."""
     meta = {PROTOCOL_VERSION_META_KEY: LATEST_MODERN_VERSION, CLIENT_CAPABILITIES_META_KEY: {}}
     return {

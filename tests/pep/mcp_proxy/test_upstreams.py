@@ -118,7 +118,7 @@ def test_a_crashed_stdio_server_is_a_json_rpc_error(w: World) -> None:
     }
 
 
-def request(method: str, params: dict[str, Any], id: int = 1) -> dict[str, Any]:
+def request(method: str, params: dict[str, Any], id: int | str = 1) -> dict[str, Any]:
     """A stateless (2026-07-28) request: the protocol envelope in ``_meta``."""
     meta = call("", {})["params"]["_meta"]
     return {"jsonrpc": "2.0", "id": id, "method": method, "params": {**params, "_meta": meta}}

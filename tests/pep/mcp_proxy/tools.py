@@ -1,5 +1,5 @@
 """The MCP server behind the proxy in tests, written with the official SDK: a few tools
-and a prompt that the shipped policies decide."""
+that the shipped policies decide, and prompts and resources that test policies decide."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ import asyncio
 from mcp.server.mcpserver import MCPServer
 
 SLOW = 3.0  # seconds read_file takes: beyond the slow upstream's timeout
+PUBLIC_DOCUMENT = "docs://public/readme"
+PRIVATE_DOCUMENT = "docs://private/salaries"
 
 
 def upstream_server() -> MCPServer:
@@ -34,5 +36,17 @@ def upstream_server() -> MCPServer:
     @server.prompt(name="summarize")
     def summarize(text: str) -> str:
         return f"Summarize: {text}"
+
+    @server.prompt(name="impersonate")
+    def impersonate(person: str) -> str:
+        return f"Write as if you were {person}"
+
+    @server.resource(PUBLIC_DOCUMENT, name="readme", mime_type="text/plain")
+    def readme() -> str:
+        return "the public readme"
+
+    @server.resource(PRIVATE_DOCUMENT, name="salaries", mime_type="text/plain")
+    def salaries() -> str:
+        return "the salaries"
 
     return server

@@ -126,6 +126,16 @@ class World:
         self.wait_for(lambda: all(d.agent(agent.id) is not None for d in self.directories))
         return agent.id
 
+    def add_proxy(self, upstreams: tuple[Upstream, ...], **options: Any) -> str:
+        """Another proxy in front of ``upstreams``, on the same issuer and PDP, stopped
+        with the world; ``options`` replace the world's proxy settings. Its origin."""
+        sock = bind("127.0.0.1", 0)
+        origin = f"http://127.0.0.1:{sock.getsockname()[1]}"
+        config = replace(self.config, public_url=origin, upstreams=upstreams, **options)
+        app = Proxy(config).app()
+        self.served.append(self.thread.run(serve_http(app, sock, lifespan=True, httptools=True)))
+        return origin
+
     def wait_for(self, condition: Any, tries: int = 200) -> None:
         """Wait (bounded) until the directory has caught up."""
         import time
@@ -199,15 +209,19 @@ def proxy_config(
 
 
 @contextmanager
-def world(backend: str, tmp_path: Path, **options: Any) -> Iterator[World]:
-    """The world; ``options`` change the proxy's configuration (``decisions="local"``
-    decides on :data:`POLICIES` and the issuer's store unless told otherwise)."""
+def world(
+    backend: str, tmp_path: Path, policies: Path = POLICIES, **options: Any
+) -> Iterator[World]:
+    """The world on a fresh ``backend`` store, its PDP deciding with the ``policies``
+    directory (the shipped policies by default); ``options`` change the proxy's
+    configuration (``decisions="local"`` decides on the same policies and the issuer's
+    store unless told otherwise)."""
     lazy = Lazy()
     with oauth_service(backend, tmp_path, exchange_check=lazy) as oauth:
         directory = Directory(oauth.store)
         directory.start()
         audit = AuditWriter(oauth.store, 1000, 0.0)
-        engine = Engine(load_directory(POLICIES).bundle)
+        engine = Engine(load_directory(policies).bundle)
         pdp = Server(engine, directory=directory, audit=audit, durability="sync")
         lazy.service = pdp.running.service
         thread = LoopThread()
@@ -231,7 +245,7 @@ def world(backend: str, tmp_path: Path, **options: Any) -> Iterator[World]:
                 consent_app,
                 (own.client_id, own.secret),
                 pdp=f"127.0.0.1:{pdp.running.port}",
-                **{"policies": str(POLICIES), "store": oauth.url, **options},
+                **{"policies": str(policies), "store": oauth.url, **options},
             )
             gateway = Proxy(config)
             served.append(

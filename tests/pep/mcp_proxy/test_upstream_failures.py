@@ -1,0 +1,211 @@
+"""An upstream that fails, for real: a small HTTP server on 127.0.0.1 that answers 500 or
+503, or does not answer within the upstream's timeout, and a port nobody listens on. Each
+request the proxy forwarded gets a JSON-RPC error (``-32603``) with its own id; a batch
+gets one per request, next to the proxy's own answers for the calls it refused."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from typing import Any
+
+import httpx
+import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.routing import Route
+
+from issuer.app import bind, serve_http
+from pep.mcp_proxy.config import Upstream
+from pep.mcp_proxy.jsonrpc import FORBIDDEN, UPSTREAM_ERROR
+from tests.pep.mcp_proxy.test_proxy import call, machine, modern, token_for
+from tests.pep.mcp_proxy.test_upstreams import request
+from tests.pep.mcp_proxy.world import World, world
+
+TIMEOUT = 10.0
+ACCEPT = "application/json, text/event-stream"
+UPSTREAM_TIMEOUT = 0.3  # seconds the hanging upstream is given
+HANG_POLLS = 200  # at most 10 s of 50 ms polls before the hanging upstream answers anyway
+
+
+class Misbehaving:
+    """An HTTP server whose every POST fails: ``/status/<code>`` answers that status with
+    a text body (a JSON body with ``?body=json``), ``/hang`` answers only after the client
+    has given up. It counts the requests it gets."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.lock = threading.Lock()
+
+    def app(self) -> Starlette:
+        routes = [
+            Route("/status/{code:int}", self.status, methods=["POST"]),
+            Route("/hang", self.hang, methods=["POST"]),
+        ]
+        return Starlette(routes=routes)
+
+    def _seen(self) -> None:
+        with self.lock:
+            self.count += 1
+
+    async def status(self, request: Request) -> Response:
+        await request.body()
+        self._seen()
+        code = int(request.path_params["code"])
+        if request.query_params.get("body") == "json":
+            return JSONResponse({"error": "the service is unavailable"}, code)
+        return PlainTextResponse("the service is unavailable", code)
+
+    async def hang(self, request: Request) -> Response:
+        await request.body()
+        self._seen()
+        for _ in range(HANG_POLLS):
+            if await request.is_disconnected():
+                break
+            await asyncio.sleep(0.05)
+        return PlainTextResponse("too late", 200)
+
+
+@dataclass(frozen=True)
+class Failing:
+    """A proxy in front of failing upstreams, and the server behind them."""
+
+    origin: str
+    server: Misbehaving
+
+    def url(self, name: str) -> str:
+        return f"{self.origin}/mcp/{name}"
+
+
+@pytest.fixture(scope="module")
+def w(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    with world("sqlite", tmp_path_factory.mktemp("failures")) as built:
+        yield built
+
+
+@pytest.fixture(scope="module")
+def failing(w: World) -> Failing:
+    server = Misbehaving()
+    running = w.thread.run(serve_http(server.app(), bind("127.0.0.1", 0)))
+    w.served.append(running)
+    at = f"http://127.0.0.1:{running.port}"
+    closed = bind("127.0.0.1", 0)  # a port nobody listens on
+    refused_url = f"http://127.0.0.1:{closed.getsockname()[1]}/mcp"
+    closed.close()
+    base = w.config.upstreams[0]
+
+    def upstream(name: str, url: str, **changes: Any) -> Upstream:
+        return replace(base, name=name, path=f"/mcp/{name}", url=url, **changes)
+
+    upstreams = (
+        upstream("error500", f"{at}/status/500"),
+        upstream("error503", f"{at}/status/503"),
+        upstream("json500", f"{at}/status/500?body=json"),
+        upstream("json503", f"{at}/status/503?body=json"),
+        upstream("hang", f"{at}/hang", timeout=UPSTREAM_TIMEOUT),
+        upstream("refused", refused_url),
+    )
+    return Failing(w.add_proxy(upstreams), server)
+
+
+FAILURES = [
+    ("error500", "failed"),
+    ("error503", "failed"),
+    ("json500", "failed"),
+    ("json503", "failed"),
+    ("hang", "timed out"),
+    ("refused", "is unreachable"),
+]
+
+# The same failures, where the proxy has a list to filter or answers of its own to merge
+# (a 5xx JSON answer was once rewritten and passed on with its status).
+REWRITTEN = FAILURES
+
+
+def post_at(url: str, body: Any, token: str, **headers: str) -> httpx.Response:
+    sent = {"Accept": ACCEPT, "Authorization": f"Bearer {token}", **headers}
+    return httpx.post(url, json=body, headers=sent, timeout=TIMEOUT)
+
+
+def failed(id: Any, name: str, reason: str) -> dict[str, Any]:
+    message = f"upstream {name!r} {reason}"
+    return {"jsonrpc": "2.0", "id": id, "error": {"code": UPSTREAM_ERROR, "message": message}}
+
+
+def token_at(w: World, failing: Failing, name: str) -> str:
+    """A new agent's token for the failing upstream ``name``."""
+    return token_for(w, machine(w), resource=failing.url(name))
+
+
+@pytest.mark.parametrize(("name", "reason"), FAILURES)
+def test_a_failed_request_is_a_json_rpc_error_with_its_id(
+    w: World, failing: Failing, name: str, reason: str
+) -> None:
+    token = token_at(w, failing, name)
+    before = failing.server.count
+    body = call("search", {"query": "x"}, id=7)
+    response = post_at(failing.url(name), body, token, **modern("search"))
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"].startswith("application/json")
+    assert response.json() == failed(7, name, reason)
+    assert response.headers["tessera-decision-id"]  # the call was decided and allowed
+    if name != "refused":
+        assert failing.server.count == before + 1  # it did go to the upstream
+
+
+@pytest.mark.parametrize(("name", "reason"), REWRITTEN)
+def test_a_failed_batch_gets_one_error_per_request(
+    w: World, failing: Failing, name: str, reason: str
+) -> None:
+    token = token_at(w, failing, name)
+    batch = [
+        call("search", {"query": "one"}, id=1),
+        request("tools/list", {}, id="two"),
+        {"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": 9}},
+        request("ping", {}, id=3),
+    ]
+    response = post_at(failing.url(name), batch, token)
+    assert response.status_code == 200, response.text
+    assert response.json() == [failed(i, name, reason) for i in (1, "two", 3)]
+
+
+@pytest.mark.parametrize(("name", "reason"), REWRITTEN)
+def test_a_failed_batch_keeps_the_proxys_own_refusals(
+    w: World, failing: Failing, name: str, reason: str
+) -> None:
+    """The refused call is answered by the proxy; only the allowed ones failed upstream."""
+    token = token_at(w, failing, name)
+    batch = [
+        call("search", {"query": "one"}, id=1),
+        call("payments.transfer", {"amount": 5}, id=2),  # no policy lets this agent pay
+        call("search", {"query": "three"}, id=3),
+    ]
+    response = post_at(failing.url(name), batch, token)
+    assert response.status_code == 200, response.text
+    answers = {a["id"]: a for a in response.json()}
+    assert set(answers) == {1, 2, 3}
+    assert answers[2]["error"]["code"] == FORBIDDEN
+    assert answers[1] == failed(1, name, reason)
+    assert answers[3] == failed(3, name, reason)
+    assert len(response.headers["tessera-decision-id"].split(",")) == 3
+
+
+@pytest.mark.parametrize(("name", "reason"), REWRITTEN)
+def test_a_list_the_proxy_would_filter_is_a_json_rpc_error(
+    w: World, failing: Failing, name: str, reason: str
+) -> None:
+    token = token_at(w, failing, name)
+    response = post_at(failing.url(name), request("tools/list", {}, id=11), token)
+    assert response.status_code == 200, response.text
+    assert response.json() == failed(11, name, reason)
+
+
+def test_a_hanging_upstream_is_given_up_on_after_its_timeout(w: World, failing: Failing) -> None:
+    token = token_at(w, failing, "hang")
+    body = call("search", {"query": "x"})
+    response = post_at(failing.url("hang"), body, token, **modern("search"))
+    assert response.json() == failed(1, "hang", "timed out")
+    assert response.elapsed.total_seconds() < UPSTREAM_TIMEOUT + 2.0
