@@ -9,15 +9,17 @@ processes (multiprocessing, spawn):
   service on the shipped policies with the directory and the audit trail (async), and the
   issuer's HTTP service (for the JWKS). It mints one ES256 access token for an agent
   whose audience is the proxy's resource URI;
-* the **proxy**: ``pep.mcp_proxy`` in front of the upstream, with a static upstream
-  credential, no decision cache (every call is decided and audited); and a second proxy,
-  the same but with a 5 s decision cache (``decision_cache``), for comparison.
+* the **proxy**: ``pep.mcp_proxy`` as ``tessera mcp-proxy`` runs it (uvloop, httptools)
+  in front of the upstream, with a static upstream credential and ``decisions = "local"``:
+  every call decided in the proxy's process on the shipped policies and the PDP's store,
+  and audited there; and a second proxy, the same but asking the PDP over gRPC for every
+  call (``decisions = "pdp"``), for comparison.
 
 The client, in this process, sends the same stateless (2026-07-28) ``tools/call`` over a
 kept-alive ``httpx`` connection, one call at a time, in rounds of direct, proxied and
-proxied-with-cache calls so all see the same machine state. The result is the median (and
+proxied-via-the-PDP calls so all see the same machine state. The result is the median (and
 p99) of each and the **added median latency**, proxied minus direct (the target), and the
-same with the decision cache. Each proxied call is checked to carry a
+same via the PDP. Each proxied call is checked to carry a
 decision id and the tool's answer. Client and servers share the machine's cores; the
 result records the one-minute load average at the end, since on a busy machine every
 hop waits longer for a core.
@@ -50,7 +52,6 @@ ROOT = Path(__file__).resolve().parents[1]
 PUBLIC = "http://proxy.bench"
 PATH = "/mcp"
 TARGET_US = 1000.0
-CACHE_SECONDS = 5.0
 UPSTREAM_TOKEN = "bench-upstream-credential"
 
 
@@ -224,9 +225,9 @@ def measure(calls: int, warmup: int) -> dict[str, Any]:
         upstream = f"http://127.0.0.1:{up_port}{PATH}"
         store = f"sqlite:///{folder}/bench.db"
         proxy, proxy_pipe = _spawn(_proxy, issuer, pdp_port, upstream, store)
-        cached, cached_pipe = _spawn(_proxy, issuer, pdp_port, upstream, "")
+        remote, remote_pipe = _spawn(_proxy, issuer, pdp_port, upstream, "")
         proxy_port = proxy_pipe.recv()
-        cached_port = cached_pipe.recv()
+        remote_port = remote_pipe.recv()
         headers = {
             "Accept": "application/json, text/event-stream",
             "Content-Type": "application/json",
@@ -237,18 +238,18 @@ def measure(calls: int, warmup: int) -> dict[str, Any]:
         direct_headers = {**headers, "Authorization": f"Bearer {UPSTREAM_TOKEN}"}
         proxied_headers = {**headers, "Authorization": f"Bearer {token}"}
         via = f"http://127.0.0.1:{proxy_port}{PATH}"
-        via_cache = f"http://127.0.0.1:{cached_port}{PATH}"
+        via_pdp = f"http://127.0.0.1:{remote_port}{PATH}"
         content = httpx.Request("POST", via, json=body).content
         direct_times: list[float] = []
         proxied_times: list[float] = []
-        cached_times: list[float] = []
+        pdp_times: list[float] = []
         try:
             with (
                 httpx.Client(timeout=10.0) as direct,
                 httpx.Client(timeout=10.0) as proxied,
-                httpx.Client(timeout=10.0) as with_cache,
+                httpx.Client(timeout=10.0) as through_pdp,
             ):
-                pipes = [up_pipe, pdp_pipe, proxy_pipe, cached_pipe]
+                pipes = [up_pipe, pdp_pipe, proxy_pipe, remote_pipe]
                 for index in range(warmup + calls):
                     if index == warmup:
                         cpu_before = _cpu(pipes)
@@ -257,7 +258,7 @@ def measure(calls: int, warmup: int) -> dict[str, Any]:
                     t1 = time.perf_counter()
                     b = proxied.post(via, content=content, headers=proxied_headers)
                     t2 = time.perf_counter()
-                    c = with_cache.post(via_cache, content=content, headers=proxied_headers)
+                    c = through_pdp.post(via_pdp, content=content, headers=proxied_headers)
                     t3 = time.perf_counter()
                     if index == 0:
                         _check(a, b)
@@ -265,19 +266,19 @@ def measure(calls: int, warmup: int) -> dict[str, Any]:
                     if index >= warmup:
                         direct_times.append((t1 - t0) * 1e6)
                         proxied_times.append((t2 - t1) * 1e6)
-                        cached_times.append((t3 - t2) * 1e6)
+                        pdp_times.append((t3 - t2) * 1e6)
                 cpu_after = _cpu(pipes)
         finally:
-            for pipe in (cached_pipe, proxy_pipe, pdp_pipe, up_pipe):
+            for pipe in (remote_pipe, proxy_pipe, pdp_pipe, up_pipe):
                 pipe.send("stop")
-            for process in (cached, proxy, pdp, up):
+            for process in (remote, proxy, pdp, up):
                 process.join(timeout=20)
                 if process.is_alive():
                     process.kill()
     direct_median = statistics.median(direct_times)
     load = os.getloadavg()[0]
     proxied_median = statistics.median(proxied_times)
-    cached_median = statistics.median(cached_times)
+    pdp_median = statistics.median(pdp_times)
     return {
         "calls": calls,
         "cores": os.cpu_count(),
@@ -287,15 +288,15 @@ def measure(calls: int, warmup: int) -> dict[str, Any]:
         "proxied_median_us": round(proxied_median, 1),
         "proxied_p99_us": round(_p99(proxied_times), 1),
         "added_median_us": round(proxied_median - direct_median, 1),
-        "cached_median_us": round(cached_median, 1),
-        "cached_p99_us": round(_p99(cached_times), 1),
-        "cached_added_median_us": round(cached_median - direct_median, 1),
+        "pdp_median_us": round(pdp_median, 1),
+        "pdp_p99_us": round(_p99(pdp_times), 1),
+        "pdp_added_median_us": round(pdp_median - direct_median, 1),
         # CPU µs per call of each server: the upstream serves three calls a round (direct,
-        # proxied, proxied with the cache); the PDP decides one (the cache spares the other)
+        # proxied, proxied via the PDP); the PDP decides one (the local proxy decides its own)
         "cpu_us_per_call": {
             name: round((after - before) / calls * 1e6 / (3 if name == "upstream" else 1), 1)
             for name, before, after in zip(
-                ("upstream", "pdp", "proxy", "proxy_cached"), cpu_before, cpu_after, strict=True
+                ("upstream", "pdp", "proxy", "proxy_via_pdp"), cpu_before, cpu_after, strict=True
             )
         },
     }
@@ -319,9 +320,10 @@ def report(result: dict[str, Any]) -> None:
         f"tools/call, {result['calls']} calls each, sequential, loopback "
         f"({result['cores']} cores, load average {result['load_average_1m']} at the end)"
     )
-    for name in ("direct", "proxied", "cached"):
+    for name in ("direct", "proxied", "pdp"):
         median, p99 = result[f"{name}_median_us"], result[f"{name}_p99_us"]
-        print(f"  {name:<8} median {median:>8.1f} µs   p99 {p99:>8.1f} µs")
+        label = {"pdp": "via PDP"}.get(name, name)
+        print(f"  {label:<8} median {median:>8.1f} µs   p99 {p99:>8.1f} µs")
     cpu = ", ".join(f"{k} {v:.0f}" for k, v in result["cpu_us_per_call"].items())
     print(f"  server CPU µs per call: {cpu}")
     for target in result["targets"]:

@@ -117,12 +117,34 @@ def test_a_configuration_that_cannot_work_is_refused(changes: dict[str, Any], me
     assert message in str(raised.value)
 
 
-def test_the_command_serves_until_sigterm(tmp_path: Path) -> None:
+POLICIES = Path(__file__).resolve().parents[3] / "policies"
+
+
+def serve_table(tmp_path: Path, policies: Path = POLICIES) -> str:
+    return f'\n[serve]\npolicies = "{policies}"\nstore = "sqlite:///{tmp_path}/t.db"\n'
+
+
+def test_local_decisions_take_the_policies_and_store_of_the_serve_table(tmp_path: Path) -> None:
     path = tmp_path / "tessera.toml"
-    path.write_text(EXAMPLE)
+    path.write_text(EXAMPLE + serve_table(tmp_path))
+    config = load_config(path, env={"PAYMENTS_TOKEN": "secret"})
+    assert (config.decisions, config.policies) == ("pdp", str(POLICIES))
+    assert config.store == f"sqlite:///{tmp_path}/t.db"
+    own = EXAMPLE.replace("[mcp_proxy]\n", '[mcp_proxy]\ndecisions = "local"\nstore = "x://"\n')
+    path.write_text(own + serve_table(tmp_path))
+    config = load_config(path, env={"PAYMENTS_TOKEN": "secret"})
+    assert (config.decisions, config.store) == ("local", "x://")
+    with pytest.raises(ConfigError, match="mcp_proxy.decisions must be one of pdp, local"):
+        config_from_table(table(decisions="remote"), env={})
+
+
+@pytest.mark.parametrize("decisions", ["pdp", "local"])
+def test_the_command_serves_until_sigterm(tmp_path: Path, decisions: str) -> None:
+    path = tmp_path / "tessera.toml"
+    path.write_text(EXAMPLE + serve_table(tmp_path))
     exe = Path(sys.executable).parent / "tessera"
     process = subprocess.Popen(
-        [str(exe), "mcp-proxy", "--config", str(path), "--port", "0"],
+        [str(exe), "mcp-proxy", "--config", str(path), "--port", "0", "--decisions", decisions],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -143,6 +165,8 @@ def test_the_command_serves_until_sigterm(tmp_path: Path) -> None:
             f"http://127.0.0.1:{port}/.well-known/oauth-protected-resource/mcp/payments"
         )
         assert metadata.json()["resource"] == "https://mcp.example.com/mcp/payments"
+        # deciding locally, it follows the PDP's store (here a file it creates)
+        assert (tmp_path / "t.db").exists() == (decisions == "local")
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=20) == 0
     finally:
@@ -160,3 +184,23 @@ def test_the_command_refuses_a_bad_configuration(tmp_path: Path) -> None:
     )
     assert done.returncode == 2
     assert done.stderr == "tessera mcp-proxy: mcp_proxy.issuer must be a non-empty string\n"
+
+
+def test_the_command_refuses_policies_that_do_not_load(tmp_path: Path) -> None:
+    policies = tmp_path / "policies"
+    policies.mkdir()
+    (policies / "broken.pol").write_text("permit\n")
+    path = tmp_path / "tessera.toml"
+    path.write_text(EXAMPLE + serve_table(tmp_path, policies))
+    exe = Path(sys.executable).parent / "tessera"
+    done = subprocess.run(
+        [str(exe), "mcp-proxy", "--config", str(path), "--decisions", "local"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"PAYMENTS_TOKEN": "secret", "PATH": str(exe.parent)},
+    )
+    assert done.returncode == 2
+    assert "broken.pol:" in done.stderr
+    assert done.stderr.endswith("tessera mcp-proxy: the policies do not load; nothing is served\n")
+    assert not (tmp_path / "t.db").exists()  # nothing was opened
