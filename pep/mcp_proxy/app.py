@@ -40,6 +40,7 @@ from typing import Any
 from urllib.parse import urlencode, urlsplit
 
 import httpx
+import orjson
 from cachetools import TTLCache
 from mcp.shared.exceptions import UrlElicitationRequiredError
 from mcp_types import ElicitRequestURLParams
@@ -107,6 +108,18 @@ def _id_key(value: Any) -> str:
     return json.dumps(value)
 
 
+class Incoming(Request):
+    """A request to an MCP endpoint, its header fields decoded once into a dict (the first
+    of a repeated name, as ``headers.get`` gives): a call reads a dozen of them."""
+
+    def __init__(self, scope: Scope, receive: Receive) -> None:
+        super().__init__(scope, receive)
+        self.fields = {
+            name.decode("latin-1"): value.decode("latin-1")
+            for name, value in reversed(scope["headers"])
+        }
+
+
 @dataclass
 class Plan:
     """What one POST becomes: local answers, messages to forward, lists to filter."""
@@ -165,8 +178,8 @@ class Proxy:
             finally:
                 for stdio in self.stdio.values():
                     await stdio.close()
-                for client in self.clients.values():
-                    await client.close()
+                for pool in self.clients.values():
+                    await pool.close()
                 await self.decider.close()
 
     def app(self) -> ASGIApp:
@@ -192,7 +205,7 @@ class Proxy:
                 await routed(scope, receive, send)
                 return
             if scope["method"] in ENDPOINT_METHODS:
-                response = await endpoint(Request(scope, receive))
+                response = await endpoint(Incoming(scope, receive))
             else:
                 allow = ", ".join(ENDPOINT_METHODS)
                 response = Response(status_code=405, headers={"Allow": allow})
@@ -226,8 +239,8 @@ class Proxy:
 
     # -- the transport
 
-    def _endpoint(self, upstream: Upstream) -> Callable[[Request], Any]:
-        async def endpoint(request: Request) -> Response:
+    def _endpoint(self, upstream: Upstream) -> Callable[[Incoming], Any]:
+        async def endpoint(request: Incoming) -> Response:
             refused = self._origin(request)
             if refused is not None:
                 return refused
@@ -235,7 +248,7 @@ class Proxy:
             resource = self.config.resource(upstream)
             try:
                 caller = await self.tokens.authenticate(
-                    request.headers.get("authorization"), resource
+                    request.fields.get("authorization"), resource
                 )
             except Unauthorized as exc:
                 return challenges.unauthorized(self.config, upstream, exc.description)
@@ -244,7 +257,7 @@ class Proxy:
                 return challenges.insufficient_scope(
                     self.config, upstream, upstream.scopes, missing
                 )
-            session = request.headers.get(SESSION_HEADER)
+            session = request.fields.get(SESSION_HEADER)
             if session is not None and self.sessions.get(session) != caller.key:
                 # unknown (expired, or from before a restart) or another caller's: the
                 # client starts a new session (MCP Streamable HTTP)
@@ -257,15 +270,15 @@ class Proxy:
 
         return endpoint
 
-    def _origin(self, request: Request) -> Response | None:
-        origin = request.headers.get("origin")
+    def _origin(self, request: Incoming) -> Response | None:
+        origin = request.fields.get("origin")
         if origin is None or origin.rstrip("/") in self.origins:
             return None
         return _json_error(403, None, INVALID_REQUEST, f"origin {origin!r} is not allowed")
 
-    async def _body(self, request: Request) -> bytes | Response:
+    async def _body(self, request: Incoming) -> bytes | Response:
         limit = self.config.max_body
-        declared = request.headers.get("content-length")
+        declared = request.fields.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
             return _json_error(413, None, INVALID_REQUEST, f"the body is over {limit} bytes")
         chunks = []
@@ -282,12 +295,12 @@ class Proxy:
             return Response(status_code=400)
         return b"".join(chunks)
 
-    async def post(self, request: Request, upstream: Upstream, caller: Caller) -> Response:
+    async def post(self, request: Incoming, upstream: Upstream, caller: Caller) -> Response:
         body = await self._body(request)
         if isinstance(body, Response):
             return body
         try:
-            parsed = json.loads(body)
+            parsed = _loads(body)
         except ValueError:
             return _json_error(400, None, PARSE_ERROR, "the body is not JSON")
         batch = isinstance(parsed, list)
@@ -296,7 +309,7 @@ class Proxy:
             isinstance(m, dict) and m.get("jsonrpc") == "2.0" for m in messages
         ):
             return _json_error(400, None, INVALID_REQUEST, "the body is not a JSON-RPC message")
-        mismatch = _header_mismatch(request.headers, messages, batch)
+        mismatch = _header_mismatch(request.fields, messages, batch)
         if mismatch is not None:
             return _json_error(400, messages[0].get("id"), HEADER_MISMATCH, mismatch)
         needed = self._tool_scopes(upstream, messages)
@@ -411,7 +424,7 @@ class Proxy:
 
     async def relay(
         self,
-        request: Request,
+        request: Incoming,
         upstream: Upstream,
         caller: Caller,
         payload: Any,
@@ -423,8 +436,8 @@ class Proxy:
         if upstream.command:
             return await self._relay_stdio(upstream, caller, payload, plan)
         assert self.http is not None and self.credentials is not None and upstream.url
-        headers = {k: v for k in FORWARDED if (v := request.headers.get(k)) is not None}
-        token = request.headers.get("authorization", "").partition(" ")[2].strip()
+        headers = {k: v for k in FORWARDED if (v := request.fields.get(k)) is not None}
+        token = request.fields.get("authorization", "").partition(" ")[2].strip()
         try:
             credential = await self.credentials.authorization(upstream, token)
         except CredentialError as exc:
@@ -448,7 +461,7 @@ class Proxy:
             else:
                 self.sessions[session] = caller.key
         elif request.method == "DELETE":
-            self.sessions.pop(request.headers.get(SESSION_HEADER, ""), None)
+            self.sessions.pop(request.fields.get(SESSION_HEADER, ""), None)
         returned = {k: v for k in RETURNED if (v := response.headers.get(k)) is not None}
         if plan.decisions:
             returned[DECISION_HEADER] = ",".join(plan.decisions)
@@ -543,6 +556,15 @@ class Proxy:
             return _json_error(502, None, UPSTREAM_ERROR, reason)
         body: Any = answers if isinstance(payload, list) or len(answers) > 1 else answers[0]
         return _answer(200, dumps(body), plan)
+
+
+def _loads(body: bytes) -> Any:
+    """JSON text as Python values: orjson, or (for what it refuses that JSON allows, such
+    as integers beyond 64 bits) the standard parser."""
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return json.loads(body)
 
 
 def _header_mismatch(

@@ -194,6 +194,11 @@ class Response:
             await self.aclose()
 
     async def read(self) -> bytes:
+        if self._done:  # all of it is here already (the usual small answer)
+            body = b"".join(self._chunks)
+            self._chunks.clear()
+            self._buffered = 0
+            return body
         return b"".join([chunk async for chunk in self.chunks()])
 
     async def aclose(self) -> None:

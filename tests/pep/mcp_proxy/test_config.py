@@ -134,7 +134,7 @@ def test_local_decisions_take_the_policies_and_store_of_the_serve_table(tmp_path
     path.write_text(own + serve_table(tmp_path))
     config = load_config(path, env={"PAYMENTS_TOKEN": "secret"})
     assert (config.decisions, config.store) == ("local", "x://")
-    with pytest.raises(ConfigError, match="mcp_proxy.decisions must be one of pdp, local"):
+    with pytest.raises(ConfigError, match=r"mcp_proxy\.decisions must be one of pdp, local"):
         config_from_table(table(decisions="remote"), env={})
 
 
