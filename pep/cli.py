@@ -43,6 +43,13 @@ def _add_mcp_proxy(commands: Any) -> None:
     proxy.add_argument("--port", type=int, help="listen port (default: the file's, else 8090)")
     proxy.add_argument("--pdp", metavar="HOST:PORT", help="the gRPC decision service")
     proxy.add_argument(
+        "--metrics-port",
+        type=int,
+        metavar="PORT",
+        help="serve Prometheus metrics on this port (0: any free one; default: the "
+        "file's, else off)",
+    )
+    proxy.add_argument(
         "--decisions",
         choices=("pdp", "local"),
         help="pdp: ask the PDP over gRPC for every call; local: decide in this process on "
@@ -68,7 +75,7 @@ def _mcp_proxy(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     except ConfigError as exc:
         print(f"tessera mcp-proxy: {exc}", file=err)
         return USAGE
-    names = ("host", "port", "pdp", "decisions")
+    names = ("host", "port", "pdp", "decisions", "metrics_port")
     flags = {k: getattr(args, k) for k in names if getattr(args, k) is not None}
     config = dataclasses.replace(config, **flags)
     if config.decisions == "local":

@@ -34,6 +34,7 @@ import html
 import json
 import logging
 import secrets
+import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -77,6 +78,7 @@ from pep.mcp_proxy.jsonrpc import (
     is_request,
     rewrite_sse,
 )
+from pep.mcp_proxy.metrics import ProxyMetrics
 from pep.mcp_proxy.stdio import StdioUpstream, UpstreamFailed
 from pep.mcp_proxy.tokens import Caller, Jwks, ResourceServer, Unauthorized
 from pep.mcp_proxy.upstream import Response as UpstreamResponse
@@ -142,6 +144,7 @@ class Proxy:
         self.credentials: Credentials | None = None
         self.stdio: dict[str, StdioUpstream] = {}
         self.clients: dict[str, UpstreamClient] = {}
+        self.metrics = ProxyMetrics()
         # Mcp-Session-Id -> the caller that opened it (agent|user)
         self.sessions: TTLCache[str, str] = TTLCache(MAX_SESSIONS, 24 * 3600)
         origin = urlsplit(config.public_url)
@@ -156,7 +159,9 @@ class Proxy:
             self.http = http
             pdp = Decider(self.config.pdp, self.config.pdp_timeout, self.config.decision_cache)
             self.decider = (
-                LocalDecider(self.config, pdp) if self.config.decisions == "local" else pdp
+                LocalDecider(self.config, pdp, self.metrics.registry)
+                if self.config.decisions == "local"
+                else pdp
             )
             jwks = Jwks(self.config.jwks, http, self.config.algorithms)
             client = (
@@ -197,18 +202,21 @@ class Proxy:
             routes.append(Route(challenges.WELL_KNOWN, self._metadata(only), methods=["GET"]))
         routed = Starlette(routes=routes, lifespan=self.lifespan)
         # The MCP endpoints skip the router and its middleware: the hot path
-        direct = {u.path: self._endpoint(u) for u in self.config.upstreams}
+        direct = {u.path: (u.name, self._endpoint(u)) for u in self.config.upstreams}
+        metrics = self.metrics
 
         async def app(scope: Scope, receive: Receive, send: Send) -> None:
-            endpoint = direct.get(scope["path"]) if scope["type"] == "http" else None
-            if endpoint is None:
+            found = direct.get(scope["path"]) if scope["type"] == "http" else None
+            if found is None:
                 await routed(scope, receive, send)
                 return
+            name, endpoint = found
             if scope["method"] in ENDPOINT_METHODS:
                 response = await endpoint(Incoming(scope, receive))
             else:
                 allow = ", ".join(ENDPOINT_METHODS)
                 response = Response(status_code=405, headers={"Allow": allow})
+            metrics.responded(name, response.status_code)
             await response(scope, receive, send)
 
         return app
@@ -373,6 +381,7 @@ class Proxy:
                 plan.local.append(error(message["id"], -32602, str(exc)))
                 continue
             verdict = await self.decider.decide(caller, upstream, method, kind, name, context)
+            self.metrics.decided(upstream.name, method, verdict.allow)
             if verdict.decision_id:
                 plan.decisions.append(verdict.decision_id)
             if verdict.allow:
@@ -442,18 +451,30 @@ class Proxy:
             credential = await self.credentials.authorization(upstream, token)
         except CredentialError as exc:
             log.warning("upstream %s: no credential: %s", upstream.name, exc)
-            return self._failed(payload, plan, f"no credential for upstream {upstream.name!r}")
+            return self._failed(
+                upstream,
+                payload,
+                plan,
+                "credential",
+                f"no credential for upstream {upstream.name!r}",
+            )
         if credential is not None:
             headers["authorization"] = credential
         content = body if body is not None else dumps(payload) if payload is not None else None
         client = self.clients[upstream.name]
+        started = time.perf_counter()
         try:
             response = await client.request(request.method, headers, content, upstream.timeout)
+            self.metrics.waited(upstream.name, time.perf_counter() - started)
         except TimeoutError:
-            return self._failed(payload, plan, f"upstream {upstream.name!r} timed out")
+            return self._failed(
+                upstream, payload, plan, "timeout", f"upstream {upstream.name!r} timed out"
+            )
         except UpstreamError as exc:
             log.warning("upstream %s: %s", upstream.name, exc)
-            return self._failed(payload, plan, f"upstream {upstream.name!r} is unreachable")
+            return self._failed(
+                upstream, payload, plan, "unreachable", f"upstream {upstream.name!r} is unreachable"
+            )
         session = response.headers.get(SESSION_HEADER)
         if session is not None:
             if request.method == "DELETE":
@@ -477,14 +498,20 @@ class Proxy:
                 raw = await response.read()
         except (TimeoutError, UpstreamError):
             await response.aclose()
-            return self._failed(payload, plan, f"upstream {upstream.name!r} failed mid-answer")
+            return self._failed(
+                upstream, payload, plan, "broken", f"upstream {upstream.name!r} failed mid-answer"
+            )
         if response.status >= 500 and payload is not None:
-            return self._failed(payload, plan, f"upstream {upstream.name!r} failed")
+            return self._failed(
+                upstream, payload, plan, "5xx", f"upstream {upstream.name!r} failed"
+            )
         if kind == "application/json" and (plan.filters or plan.local) and raw:
             try:
                 answer = json.loads(raw)
             except ValueError:
-                return self._failed(payload, plan, f"upstream {upstream.name!r} sent bad JSON")
+                return self._failed(
+                    upstream, payload, plan, "bad_json", f"upstream {upstream.name!r} sent bad JSON"
+                )
             rewritten = await self._rewrite_all(upstream, caller, plan, answer)
             return _answer(response.status, dumps(rewritten), plan, returned)
         if not raw and plan.local:  # only notifications were forwarded
@@ -539,7 +566,9 @@ class Proxy:
         try:
             answer = await stdio.send(payload)
         except UpstreamFailed as exc:
-            return self._failed(payload, plan, f"upstream {upstream.name!r} {exc}")
+            return self._failed(
+                upstream, payload, plan, "stdio", f"upstream {upstream.name!r} {exc}"
+            )
         if answer is None:
             if plan.local:
                 return _answer(200, dumps(plan.local), plan)
@@ -547,8 +576,12 @@ class Proxy:
         rewritten = await self._rewrite_all(upstream, caller, plan, answer)
         return _answer(200, dumps(rewritten), plan)
 
-    def _failed(self, payload: Any, plan: Plan, reason: str) -> Response:
-        """Each forwarded request answered with a JSON-RPC error (with the local answers)."""
+    def _failed(
+        self, upstream: Upstream, payload: Any, plan: Plan, why: str, reason: str
+    ) -> Response:
+        """Each forwarded request answered with a JSON-RPC error (with the local answers);
+        ``why`` is the metric's label, ``reason`` the message."""
+        self.metrics.failed(upstream.name, why)
         messages = payload if isinstance(payload, list) else [payload] if payload else []
         errors = [error(m["id"], UPSTREAM_ERROR, reason) for m in messages if is_request(m)]
         answers = [*plan.local, *errors]

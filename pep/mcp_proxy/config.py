@@ -20,6 +20,7 @@
     policies = "policies"                    # local: the PDP's policy directory, followed
     store = "sqlite:///var/tessera.db"       # local: the PDP's store (directory, audit)
     reload_interval = 1.0                    # local: seconds between policy checks
+    metrics_port = -1                        # Prometheus /metrics on host:port (-1: off)
 
     [[mcp_proxy.upstream]]
     name = "payments"                        # resource.server in policies
@@ -109,6 +110,7 @@ class ProxyConfig:
     policies: str = DEFAULT_POLICIES
     store: str = DEFAULT_STORE
     reload_interval: float = 1.0
+    metrics_port: int = -1
 
     @property
     def jwks(self) -> str:
@@ -149,7 +151,7 @@ def config_from_table(
         "public_url", "issuer", "pdp", "host", "port", "algorithms", "allowed_origins",
         "max_body", "jwks_uri", "client_id", "client_secret_env", "consent_client_id",
         "api_keys", "pdp_timeout", "decision_cache", "decisions", "policies", "store",
-        "reload_interval", "upstream",
+        "reload_interval", "metrics_port", "upstream",
     }  # fmt: skip
     defaults = {"policies": DEFAULT_POLICIES, "store": DEFAULT_STORE, **(defaults or {})}
     decisions = _str(table, "decisions", "pdp", "mcp_proxy")
@@ -199,6 +201,7 @@ def config_from_table(
         policies=_str(table, "policies", str(defaults["policies"]), "mcp_proxy"),
         store=_str(table, "store", str(defaults["store"]), "mcp_proxy"),
         reload_interval=_float(table, "reload_interval", 1.0, "mcp_proxy"),
+        metrics_port=_int(table, "metrics_port", -1, "mcp_proxy"),
     )
     check(config)
     return config

@@ -29,6 +29,7 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 
 import grpc
+from prometheus_client import CollectorRegistry
 
 from issuer.store import open_store
 from pdp.audit.writer import AuditWriter
@@ -37,6 +38,7 @@ from pdp.directory import Directory
 from pdp.engine import Engine
 from pdp.lang.values import Money
 from pdp.loader import load_directory
+from pdp.metrics import Metrics
 from pdp.request import RequestError
 from pdp.serve.grpc import AuthorizerService
 from pdp.serve.proto import authorizer_pb2 as pb
@@ -136,7 +138,9 @@ class LocalDecider:
 
     PEP = "mcp-proxy"
 
-    def __init__(self, config: ProxyConfig, remote: Decider) -> None:
+    def __init__(
+        self, config: ProxyConfig, remote: Decider, registry: CollectorRegistry | None = None
+    ) -> None:
         loaded = load_directory(config.policies)  # PolicyError: nothing is served
         self.remote = remote
         self.store = open_store(config.store)
@@ -147,10 +151,13 @@ class LocalDecider:
             self.store.close()
             raise
         self.audit = AuditWriter(self.store)
+        metrics = Metrics(registry)
         self.service = AuthorizerService(
-            Engine(loaded.bundle), directory=self.directory, audit=self.audit
+            Engine(loaded.bundle), metrics=metrics, directory=self.directory, audit=self.audit
         )
-        self.reloader = Reloader(config.policies, self.service.use, config.reload_interval)
+        self.reloader = Reloader(
+            config.policies, self.service.use, config.reload_interval, metrics.reloads
+        )
         self.reloader.start()
 
     async def close(self) -> None:

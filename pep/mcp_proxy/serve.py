@@ -13,11 +13,21 @@ from pep.mcp_proxy.config import ProxyConfig
 async def proxy_forever(config: ProxyConfig) -> None:
     """Serve the proxy until SIGINT or SIGTERM."""
     sock = bind(config.host, config.port)
-    served = await serve_http(Proxy(config).app(), sock, lifespan=True, httptools=True)
+    proxy = Proxy(config)
+    served = await serve_http(proxy.app(), sock, lifespan=True, httptools=True)
     print(
         f"tessera: MCP proxy on http://{config.host}:{served.port} for {config.public_url}",
         flush=True,
     )
+    metrics = None
+    if config.metrics_port >= 0:
+        try:
+            metrics = proxy.metrics.serve(config.metrics_port, config.host)
+        except OSError:
+            await served.stop()
+            raise
+        where = f"{config.host}:{metrics.server_port}"
+        print(f"tessera: metrics on http://{where}/metrics", flush=True)
     for upstream in config.upstreams:
         target = upstream.url or " ".join(upstream.command)
         print(f"tessera:   {upstream.path} -> {target} ({upstream.name})", flush=True)
@@ -27,3 +37,6 @@ async def proxy_forever(config: ProxyConfig) -> None:
         loop.add_signal_handler(sig, stopping.set)
     await stopping.wait()
     await served.stop()
+    if metrics is not None:
+        metrics.shutdown()
+        metrics.server_close()

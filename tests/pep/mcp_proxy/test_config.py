@@ -143,8 +143,9 @@ def test_the_command_serves_until_sigterm(tmp_path: Path, decisions: str) -> Non
     path = tmp_path / "tessera.toml"
     path.write_text(EXAMPLE + serve_table(tmp_path))
     exe = Path(sys.executable).parent / "tessera"
+    flags = ["--port", "0", "--decisions", decisions, "--metrics-port", "0"]
     process = subprocess.Popen(
-        [str(exe), "mcp-proxy", "--config", str(path), "--port", "0", "--decisions", decisions],
+        [str(exe), "mcp-proxy", "--config", str(path), *flags],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -155,6 +156,8 @@ def test_the_command_serves_until_sigterm(tmp_path: Path, decisions: str) -> Non
         first = process.stdout.readline()
         assert first.startswith("tessera: MCP proxy on http://127.0.0.1:")
         assert "for https://mcp.example.com" in first
+        second = process.stdout.readline()
+        assert second.startswith("tessera: metrics on http://127.0.0.1:")
         lines = [process.stdout.readline() for _ in range(2)]
         assert lines == [
             "tessera:   /mcp/payments -> http://127.0.0.1:9/mcp (payments)\n",
@@ -165,6 +168,10 @@ def test_the_command_serves_until_sigterm(tmp_path: Path, decisions: str) -> Non
             f"http://127.0.0.1:{port}/.well-known/oauth-protected-resource/mcp/payments"
         )
         assert metadata.json()["resource"] == "https://mcp.example.com/mcp/payments"
+        refused = httpx.post(f"http://127.0.0.1:{port}/mcp/payments", json={})
+        assert refused.status_code == 401
+        metrics = httpx.get(second.split(" on ")[1].strip()).text
+        assert 'tessera_mcp_proxy_responses_total{status="401",upstream="payments"} 1.0' in metrics
         # deciding locally, it follows the PDP's store (here a file it creates)
         assert (tmp_path / "t.db").exists() == (decisions == "local")
         process.send_signal(signal.SIGTERM)

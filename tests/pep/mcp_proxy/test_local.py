@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from pep.mcp_proxy.app import DECISION_HEADER
@@ -138,3 +139,68 @@ def test_a_policy_change_is_followed(tmp_path: Path) -> None:
         time.sleep(0.3)
         answer = post(w, body, token, **modern("search")).json()
         assert answer["error"]["data"]["reasons"] == ["forbid no_search matched"]
+
+
+def test_the_proxy_counts_what_it_does_for_prometheus(w: World) -> None:
+    registry = w.gateway.metrics.registry
+
+    def value(name: str, **labels: str) -> float:
+        return registry.get_sample_value(name, labels) or 0.0
+
+    token = token_for(w, machine(w))
+    before = {
+        "allow": value(
+            "tessera_mcp_proxy_decisions_total",
+            upstream="tools",
+            method="tools/call",
+            result="allow",
+        ),
+        "ok": value("tessera_mcp_proxy_responses_total", upstream="tools", status="200"),
+        "refused": value("tessera_mcp_proxy_responses_total", upstream="tools", status="401"),
+        "waits": value("tessera_mcp_proxy_upstream_seconds_count", upstream="tools"),
+        "local": value("tessera_decisions_total", result="allow", rule="agents.read_only"),
+    }
+    assert post(w, call("search", {"query": "m"}), token, **modern("search")).status_code == 200
+    assert post(w, call("search", {"query": "m"}), None, **modern("search")).status_code == 401
+    assert (
+        value(
+            "tessera_mcp_proxy_decisions_total",
+            upstream="tools",
+            method="tools/call",
+            result="allow",
+        )
+        == before["allow"] + 1
+    )
+    assert value("tessera_mcp_proxy_responses_total", upstream="tools", status="200") == (
+        before["ok"] + 1
+    )
+    assert value("tessera_mcp_proxy_responses_total", upstream="tools", status="401") == (
+        before["refused"] + 1
+    )
+    assert value("tessera_mcp_proxy_upstream_seconds_count", upstream="tools") == (
+        before["waits"] + 1
+    )
+    # the decision service's own metrics, as tessera serve has them
+    assert value("tessera_decisions_total", result="allow", rule="agents.read_only") == (
+        before["local"] + 1
+    )
+
+    gone = f"{w.proxy}/mcp/gone"
+    token = token_for(w, machine(w), gone)
+    failed = value(
+        "tessera_mcp_proxy_upstream_failures_total", upstream="gone", reason="unreachable"
+    )
+    answer = httpx.post(
+        gone,
+        json=call("search", {"query": "m"}),
+        headers={
+            "Accept": "application/json, text/event-stream",
+            "Authorization": f"Bearer {token}",
+        },
+        timeout=10.0,
+    ).json()
+    assert answer["error"]["message"] == "upstream 'gone' is unreachable"
+    assert (
+        value("tessera_mcp_proxy_upstream_failures_total", upstream="gone", reason="unreachable")
+        == failed + 1
+    )
