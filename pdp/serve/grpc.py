@@ -233,11 +233,23 @@ class AuthorizerService(pb_grpc.AuthorizerServicer):  # type: ignore[misc]
         """What the request would be answered, without using up any limit and without a
         record: listing and searching are not calling (as ``ListAllowed``). A malformed
         request raises :class:`RequestError`."""
+        decision = self._preview(message, counters=True)
+        assert decision is not None  # with the counters here, every request is answered
+        return decision
+
+    def preview_without_limits(self, message: pb.AuthorizeRequest) -> Decision | None:
+        """As :meth:`preview`, but None for a request a ``limit`` could decide (see
+        :meth:`decide_without_limits`)."""
+        return self._preview(message, counters=False)
+
+    def _preview(self, message: pb.AuthorizeRequest, counters: bool) -> Decision | None:
         identities = self._identities(message)
         engine = self.engine
         if isinstance(identities, str):
             return self._refused(engine, identities)
         typed = request_from_message(message, engine.bundle.schema, identities)
+        if not counters and engine.touches_limits(typed):
+            return None
         return self._timed(engine, typed, False)
 
     @contextlib.asynccontextmanager

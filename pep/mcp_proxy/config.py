@@ -20,6 +20,7 @@
     policies = "policies"                    # local: the PDP's policy directory, followed
     store = "sqlite:///var/tessera.db"       # local: the PDP's store (directory, audit)
     reload_interval = 1.0                    # local: seconds between policy checks
+    audit = "async"                          # local: async | sync | off, as [serve] audit
     metrics_port = -1                        # Prometheus /metrics on host:port (-1: off)
 
     [[mcp_proxy.upstream]]
@@ -35,7 +36,8 @@
     audience = "https://payments.internal/"  # client_credentials / token_exchange: its resource
     timeout = 30.0                           # seconds per upstream call
 
-With ``decisions = "local"``, ``policies`` and ``store`` default to the ``[serve]`` table's.
+With ``decisions = "local"``, ``policies``, ``store`` and ``audit`` default to the
+``[serve]`` table's.
 
 A configuration that cannot work is refused with a :class:`ConfigError` naming the setting.
 """
@@ -53,6 +55,7 @@ from urllib.parse import urlsplit
 ALGORITHMS = ("ES256", "ES384", "RS256", "PS256", "EdDSA")
 CREDENTIALS = ("static", "client_credentials", "token_exchange", "none")
 DECISIONS = ("pdp", "local")
+AUDIT = ("async", "sync", "off")
 DEFAULT_POLICIES = "policies"
 DEFAULT_STORE = "sqlite:///var/tessera.db"
 DEFAULT_MAX_BODY = 1 << 20
@@ -111,6 +114,7 @@ class ProxyConfig:
     store: str = DEFAULT_STORE
     reload_interval: float = 1.0
     metrics_port: int = -1
+    audit: str = "async"
 
     @property
     def jwks(self) -> str:
@@ -138,6 +142,7 @@ def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> Proxy
     defaults = {
         "policies": serve.get("policies", DEFAULT_POLICIES),
         "store": serve.get("store", DEFAULT_STORE),
+        "audit": serve.get("audit", "async"),
     }
     return config_from_table(table, os.environ if env is None else env, defaults)
 
@@ -151,9 +156,17 @@ def config_from_table(
         "public_url", "issuer", "pdp", "host", "port", "algorithms", "allowed_origins",
         "max_body", "jwks_uri", "client_id", "client_secret_env", "consent_client_id",
         "api_keys", "pdp_timeout", "decision_cache", "decisions", "policies", "store",
-        "reload_interval", "metrics_port", "upstream",
+        "reload_interval", "metrics_port", "audit", "upstream",
     }  # fmt: skip
-    defaults = {"policies": DEFAULT_POLICIES, "store": DEFAULT_STORE, **(defaults or {})}
+    defaults = {
+        "policies": DEFAULT_POLICIES,
+        "store": DEFAULT_STORE,
+        "audit": "async",
+        **(defaults or {}),
+    }
+    audit = _str(table, "audit", str(defaults["audit"]), "mcp_proxy")
+    if audit not in AUDIT:
+        raise ConfigError(f"mcp_proxy.audit must be one of {', '.join(AUDIT)}")
     decisions = _str(table, "decisions", "pdp", "mcp_proxy")
     if decisions not in DECISIONS:
         raise ConfigError(f"mcp_proxy.decisions must be one of {', '.join(DECISIONS)}")
@@ -202,6 +215,7 @@ def config_from_table(
         store=_str(table, "store", str(defaults["store"]), "mcp_proxy"),
         reload_interval=_float(table, "reload_interval", 1.0, "mcp_proxy"),
         metrics_port=_int(table, "metrics_port", -1, "mcp_proxy"),
+        audit=audit,
     )
     check(config)
     return config

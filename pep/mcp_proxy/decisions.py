@@ -32,7 +32,7 @@ import grpc
 from prometheus_client import CollectorRegistry
 
 from issuer.store import open_store
-from pdp.audit.writer import AuditWriter
+from pdp.audit.writer import GATHER, AuditWriter
 from pdp.decision import Decision
 from pdp.directory import Directory
 from pdp.engine import Engine
@@ -150,10 +150,19 @@ class LocalDecider:
         except BaseException:
             self.store.close()
             raise
-        self.audit = AuditWriter(self.store)
+        # as the PDP records: async (the default), sync (answered once committed) or off
+        self.audit = (
+            None
+            if config.audit == "off"
+            else AuditWriter(self.store, gather=0.0 if config.audit == "sync" else GATHER)
+        )
         metrics = Metrics(registry)
         self.service = AuthorizerService(
-            Engine(loaded.bundle), metrics=metrics, directory=self.directory, audit=self.audit
+            Engine(loaded.bundle),
+            metrics=metrics,
+            directory=self.directory,
+            audit=self.audit,
+            durability=config.audit,
         )
         self.reloader = Reloader(
             config.policies, self.service.use, config.reload_interval, metrics.reloads
@@ -162,7 +171,8 @@ class LocalDecider:
 
     async def close(self) -> None:
         await self.reloader.stop()
-        self.audit.close()
+        if self.audit is not None:
+            self.audit.close()
         self.directory.stop()
         self.store.close()
         await self.remote.close()
@@ -188,7 +198,9 @@ class LocalDecider:
     async def allowed(
         self, caller: Caller, upstream: Upstream, kind: Kind, names: Sequence[str]
     ) -> set[str]:
-        """As ``ListAllowed``: what a call would be answered, using up no limit."""
+        """As ``ListAllowed``: what a call would be answered, using up no limit. A list
+        with a name a ``limit`` could decide is the PDP's to filter (the counters are
+        there)."""
         request = _list_request(caller, upstream, kind, names)
         allowed = set()
         for candidate in request.candidates:
@@ -203,10 +215,13 @@ class LocalDecider:
             if request.HasField("delegation"):
                 question.delegation.CopyFrom(request.delegation)
             try:
-                if self.service.preview(question).allow:
-                    allowed.add(candidate.id)
+                decision = self.service.preview_without_limits(question)
             except RequestError:
                 continue  # fail closed: not listed
+            if decision is None:
+                return await self.remote.allowed(caller, upstream, kind, names)
+            if decision.allow:
+                allowed.add(candidate.id)
         return allowed
 
     def _pep(self) -> str:

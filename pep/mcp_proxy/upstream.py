@@ -10,14 +10,18 @@ transfer coding is decoded by the parser. A connection goes back to the pool onc
 response is read to the end and the server keeps it alive.
 
 Failures are :class:`UpstreamError` (refused, reset, malformed) or :class:`TimeoutError`.
-A request sent on a kept-alive connection that the server closed before answering is sent
-once more on a new connection (the server closed it while idle, so it saw nothing).
+A connection idle for :data:`IDLE_SECONDS` is not used again (servers close idle ones:
+uvicorn after 5 s). An idempotent request (GET, DELETE) that a kept-alive connection
+drops before any answer is sent once more on a new connection; a POST never is, since the
+server may have acted on it. At most :data:`MAX_CONNECTIONS` connections are open to an
+upstream at once; a request beyond that waits for one (within its timeout).
 """
 
 from __future__ import annotations
 
 import asyncio
 import ssl
+import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import cast
@@ -26,6 +30,9 @@ from urllib.parse import urlsplit
 import httptools
 
 MAX_IDLE = 32  # kept-alive connections per upstream
+MAX_CONNECTIONS = 200  # open connections per upstream, busy or idle
+IDLE_SECONDS = 4.0  # an idle connection older than this is closed, not used
+RETRIED = frozenset({"GET", "DELETE", "HEAD", "OPTIONS", "PUT"})  # idempotent (RFC 9110)
 HIGH_WATER = 1 << 20  # buffered body bytes before the socket is paused
 
 
@@ -41,6 +48,7 @@ class _Connection(asyncio.Protocol):
         self.parser = httptools.HttpResponseParser(self)
         self.closed = False
         self.reused = False  # kept alive from an earlier request
+        self.idle_since = 0.0
         self.answered = False  # bytes of the current response arrived
         self.response: Response | None = None
         self._lost = lost
@@ -51,6 +59,9 @@ class _Connection(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
 
     def data_received(self, data: bytes) -> None:
+        if self.response is None:  # nothing was asked: whatever this is, it is no answer
+            self.close()
+            return
         self.answered = True
         try:
             self.parser.feed_data(data)
@@ -62,7 +73,8 @@ class _Connection(asyncio.Protocol):
         self.closed = True
         self._lost(self)
         response = self.response
-        if response is not None and response.head.done() and response.delimited_by_close:
+        ended = exc is None and response is not None and response.head.done()
+        if ended and response is not None and response.delimited_by_close:
             self.response = None
             response.finish(None)  # the body ran to the connection's end, as it said
             return
@@ -75,6 +87,10 @@ class _Connection(asyncio.Protocol):
         pass
 
     # -- httptools callbacks
+
+    def on_message_begin(self) -> None:
+        if self.response is None:  # a message after the answer, unasked for
+            self.close()
 
     def on_header(self, name: bytes, value: bytes) -> None:
         if self.response is not None:
@@ -161,6 +177,9 @@ class Response:
     def finish(self, keep: _Connection | None) -> None:
         self._done = True
         self._ready.set()
+        if self._paused and keep is not None and keep.transport is not None:
+            keep.transport.resume_reading()  # the message is whole: nothing to hold back
+        self._paused = False
         self.connection = None
         if keep is not None:
             self._pool.release(keep)
@@ -219,7 +238,7 @@ class Response:
 class UpstreamClient:
     """Kept-alive connections to the origin of ``url``; requests go to its path."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, max_connections: int = MAX_CONNECTIONS) -> None:
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"not an http(s) URL: {url!r}")
@@ -233,6 +252,9 @@ class UpstreamClient:
         self._start = f"{{}} {target} HTTP/1.1\r\nhost: {authority}\r\n"
         self._idle: deque[_Connection] = deque()
         self._all: set[_Connection] = set()
+        self._freed = asyncio.Event()
+        self._max = max_connections
+        self._opening = 0  # connections being opened
 
     async def request(
         self,
@@ -253,6 +275,7 @@ class UpstreamClient:
         lines.append("\r\n")
         data = "".join(lines).encode("latin-1") + (body or b"")
         connection: _Connection | None = None
+        retries = 1 if method in RETRIED else 0
         try:
             async with asyncio.timeout(timeout):
                 while True:
@@ -262,8 +285,9 @@ class UpstreamClient:
                     try:
                         await response.head
                     except UpstreamError:
-                        if connection.reused and not connection.answered:
-                            continue  # closed while idle: the server saw nothing
+                        if retries and connection.reused and not connection.answered:
+                            retries -= 1
+                            continue  # dropped while idle, most likely: once more
                         raise
                     return response
         except TimeoutError:
@@ -276,18 +300,27 @@ class UpstreamClient:
             self._forget(connection)
             return
         connection.reused = True
+        connection.idle_since = time.monotonic()
         self._idle.append(connection)
+        self._freed.set()
 
     async def _connection(self) -> _Connection:
-        while self._idle:
-            connection = self._idle.pop()
-            if not connection.closed:
-                return connection
-            self._forget(connection)
+        while True:
+            stale = time.monotonic() - IDLE_SECONDS
+            while self._idle:
+                connection = self._idle.pop()
+                if not connection.closed and connection.idle_since > stale:
+                    return connection
+                self._forget(connection)
+            if len(self._all) + self._opening < self._max:
+                break
+            self._freed.clear()
+            await self._freed.wait()  # a connection is released or closed
         loop = asyncio.get_running_loop()
+        self._opening += 1
         try:
             _, connection = await loop.create_connection(
-                lambda: _Connection(self._all.discard),
+                lambda: _Connection(self._lost),
                 self.host,
                 self.port,
                 ssl=self.ssl,
@@ -295,12 +328,19 @@ class UpstreamClient:
             )
         except OSError as exc:
             raise UpstreamError(f"cannot connect to {self.host}:{self.port}: {exc}") from exc
+        finally:
+            self._opening -= 1
+            self._freed.set()  # a failed attempt frees its place
         self._all.add(connection)
         return connection
 
+    def _lost(self, connection: _Connection) -> None:
+        self._all.discard(connection)
+        self._freed.set()
+
     def _forget(self, connection: _Connection) -> None:
         connection.close()
-        self._all.discard(connection)
+        self._lost(connection)
 
     async def close(self) -> None:
         for connection in list(self._all):

@@ -130,12 +130,17 @@ def test_local_decisions_take_the_policies_and_store_of_the_serve_table(tmp_path
     config = load_config(path, env={"PAYMENTS_TOKEN": "secret"})
     assert (config.decisions, config.policies) == ("pdp", str(POLICIES))
     assert config.store == f"sqlite:///{tmp_path}/t.db"
+    assert config.audit == "async"
+    path.write_text(EXAMPLE + serve_table(tmp_path) + 'audit = "sync"\n')
+    assert load_config(path, env={"PAYMENTS_TOKEN": "secret"}).audit == "sync"
     own = EXAMPLE.replace("[mcp_proxy]\n", '[mcp_proxy]\ndecisions = "local"\nstore = "x://"\n')
     path.write_text(own + serve_table(tmp_path))
     config = load_config(path, env={"PAYMENTS_TOKEN": "secret"})
     assert (config.decisions, config.store) == ("local", "x://")
     with pytest.raises(ConfigError, match=r"mcp_proxy\.decisions must be one of pdp, local"):
         config_from_table(table(decisions="remote"), env={})
+    with pytest.raises(ConfigError, match=r"mcp_proxy\.audit must be one of async, sync, off"):
+        config_from_table(table(audit="later"), env={})
 
 
 @pytest.mark.parametrize("decisions", ["pdp", "local"])

@@ -14,8 +14,9 @@ import httpx
 import pytest
 
 from pep.mcp_proxy.app import DECISION_HEADER
-from pep.mcp_proxy.decisions import LocalDecider
+from pep.mcp_proxy.decisions import TOOL, LocalDecider
 from pep.mcp_proxy.jsonrpc import FORBIDDEN
+from pep.mcp_proxy.tokens import Caller
 from tests.pep.mcp_proxy.test_proxy import (
     _data,
     call,
@@ -109,14 +110,51 @@ def test_a_suspended_agent_is_refused_once_the_store_says_so(w: World) -> None:
     assert record["decided_by"] == ["directory"]
 
 
-def test_lists_are_filtered_in_the_proxy(w: World) -> None:
+def list_allowed_calls(w: World) -> float:
+    """How many ListAllowed calls the PDP has answered."""
+    samples = w.pdp.running.service.metrics.rpc_seconds.collect()[0].samples
+    return sum(
+        s.value
+        for s in samples
+        if s.name.endswith("_count") and s.labels.get("method") == "ListAllowed"
+    )
+
+
+def test_a_list_with_a_tool_a_limit_could_decide_is_the_pdps_to_filter(w: World) -> None:
     client = w.oauth.secret_client(scope="mcp:tools", agent_id=w.add_agent())
+    before = list_allowed_calls(w)
 
     async def session() -> list[str]:
         async with sdk_client(w, secret_provider(w, client)) as mcp:
             return [t.name for t in (await mcp.list_tools()).tools]
 
+    # payments.transfer is listed by the upstream, and small_transfers has a limit
     assert run(session()) == ["search", "read_file"]
+    assert list_allowed_calls(w) == before + 1
+
+
+def test_a_list_no_limit_could_decide_is_filtered_in_the_proxy(w: World) -> None:
+    decider = w.gateway.decider
+    assert isinstance(decider, LocalDecider)
+    caller = Caller(w.add_agent(), None, (), frozenset({"mcp:tools"}), "c", "s", time.time() + 60)
+    upstream = w.config.upstreams[0]
+    before = list_allowed_calls(w)
+    allowed = run(decider.allowed(caller, upstream, TOOL, ["search", "read_file", "fs.delete"]))
+    assert allowed == {"search", "read_file"}
+    assert list_allowed_calls(w) == before
+
+
+def test_with_sync_audit_a_local_decision_is_recorded_before_it_is_answered(
+    tmp_path: Path,
+) -> None:
+    with world("sqlite", tmp_path, decisions="local", audit="sync") as w:
+        token = token_for(w, machine(w))
+        response = post(w, call("search", {"query": "s"}), token, **modern("search"))
+        decision_id = response.headers[DECISION_HEADER]
+        records = [_data(e) for e in w.oauth.store.audit("agent", 0, 100_000)]
+        assert [r["pep"] for r in records if r.get("decision_id") == decision_id] == [
+            LocalDecider.PEP
+        ]
 
 
 def test_a_policy_change_is_followed(tmp_path: Path) -> None:

@@ -5,6 +5,8 @@ answer exactly the bytes a test gives them; on asyncio's loop and on uvloop (the
 from __future__ import annotations
 
 import asyncio
+import socket
+import struct
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
@@ -218,3 +220,139 @@ def test_a_header_with_a_line_break_is_never_sent(run: Any) -> None:
             return served.connections
 
     assert run(main()) == 0
+
+
+def dropping_the_second() -> tuple[Handler, list[bytes]]:
+    """Answer the first request of a connection; read the second, then drop the
+    connection without an answer (as a server that acted and then crashed would)."""
+    seen: list[bytes] = []
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        seen.append(await read_request(reader))
+        writer.write(JSON_OK)
+        await writer.drain()
+        if len(seen) > 1:
+            return
+        seen.append(await read_request(reader))
+        writer.transport.abort()
+
+    return handler, seen
+
+
+def test_a_post_the_server_may_have_seen_is_never_sent_again(run: Any) -> None:
+    async def main() -> list[bytes]:
+        handler, seen = dropping_the_second()
+        async with Served(handler) as url:
+            client = UpstreamClient(url)
+            await (await client.request("POST", {}, b"1", 5.0)).read()
+            with pytest.raises(UpstreamError):
+                await client.request("POST", {}, b"2", 5.0)
+            await client.close()
+            return seen
+
+    seen = run(main())
+    assert [request.rpartition(b"\r\n\r\n")[2] for request in seen] == [b"1", b"2"]
+
+
+def test_a_get_dropped_before_any_answer_is_sent_once_more(run: Any) -> None:
+    async def main() -> tuple[int, int]:
+        handler, _ = dropping_the_second()
+        served = Served(handler)
+        async with served as url:
+            client = UpstreamClient(url)
+            await (await client.request("GET", {}, None, 5.0)).read()
+            again = await client.request("GET", {}, None, 5.0)
+            await again.read()
+            await client.close()
+            return again.status, served.connections
+
+    assert run(main()) == (200, 2)
+
+
+def test_a_large_answer_read_late_leaves_its_connection_usable(run: Any) -> None:
+    big = b"x" * ((1 << 20) + 1)
+    answer = b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n" % len(big) + big
+
+    async def main() -> tuple[int, int, int]:
+        served = Served(answering(answer, JSON_OK))
+        async with served as url:
+            client = UpstreamClient(url)
+            response = await client.request("POST", {}, b"{}", 5.0)
+            await asyncio.sleep(0.2)  # the whole answer arrives before it is read
+            body = await response.read()
+            second = await (await client.request("POST", {}, b"{}", 2.0)).read()
+            await client.close()
+            return len(body), len(second), served.connections
+
+    assert run(main()) == (len(big), 2, 1)
+
+
+def test_bytes_nobody_asked_for_retire_the_connection(run: Any) -> None:
+    stray = JSON_OK + b"HTTP/1.1 200 OK\r\ncontent-length: 50\r\n\r\nhalf"
+
+    async def main() -> tuple[bytes, int]:
+        served = Served(answering(stray, JSON_OK))
+        async with served as url:
+            client = UpstreamClient(url)
+            await (await client.request("POST", {}, b"{}", 5.0)).read()
+            await asyncio.sleep(0.05)
+            body = await (await client.request("POST", {}, b"{}", 5.0)).read()
+            await client.close()
+            return body, served.connections
+
+    assert run(main()) == (b"{}", 2)
+
+
+def test_a_reset_in_a_body_that_ends_with_the_connection_is_an_error(run: Any) -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nconnection: close\r\n\r\npart of it")
+        await writer.drain()
+        await asyncio.sleep(0.05)
+        sock = writer.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        writer.transport.abort()  # RST, not FIN
+
+    async def main() -> None:
+        async with Served(handler) as url:
+            client = UpstreamClient(url)
+            response = await client.request("POST", {}, b"{}", 5.0)
+            with pytest.raises(UpstreamError):
+                await response.read()
+            await client.close()
+
+    run(main())
+
+
+def test_connections_to_an_upstream_are_capped(run: Any) -> None:
+    async def main() -> tuple[list[bytes], int]:
+        open_now = 0
+        most = 0
+
+        async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            nonlocal open_now, most
+            open_now += 1
+            most = max(most, open_now)
+            try:
+                await read_request(reader)
+                await asyncio.sleep(0.05)
+                writer.write(JSON_OK.replace(b"OK\r\n", b"OK\r\nconnection: close\r\n"))
+                await writer.drain()
+                writer.close()
+            finally:
+                open_now -= 1
+
+        async with Served(handler) as url:
+            client = UpstreamClient(url, max_connections=2)
+
+            async def one() -> bytes:
+                response = await client.request("POST", {"connection": "close"}, b"{}", 5.0)
+                return await response.read()
+
+            bodies = await asyncio.gather(*(one() for _ in range(5)))
+            await client.close()
+            return list(bodies), most
+
+    bodies, most = run(main())
+    assert bodies == [b"{}"] * 5
+    assert most <= 2
