@@ -23,6 +23,7 @@ a ``limit`` could decide still goes to the PDP, which keeps the counters.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
@@ -47,6 +48,8 @@ from pdp.serve.reload import Reloader
 from pep.client import AsyncClient, Options, Query, Verdict, to_value
 from pep.mcp_proxy.config import ContextArgument, ProxyConfig, Upstream
 from pep.mcp_proxy.tokens import Caller
+
+log = logging.getLogger("tessera.mcp_proxy")
 
 
 @dataclass(frozen=True)
@@ -168,6 +171,7 @@ class LocalDecider:
             config.policies, self.service.use, config.reload_interval, metrics.reloads
         )
         self.reloader.start()
+        self._warned: set[tuple[str, str]] = set()
 
     async def close(self) -> None:
         await self.reloader.stop()
@@ -192,8 +196,23 @@ class LocalDecider:
         except RequestError as exc:  # fail closed, as the PDP's INVALID_ARGUMENT
             return Verdict.failed(str(exc))
         if decided is None:
-            return await self.remote.client.authorize(query)
+            verdict = await self.remote.client.authorize(query)
+            self._compare(verdict.bundle_version)
+            return verdict
         return _verdict(*decided)
+
+    def _compare(self, theirs: str) -> None:
+        """Warn (once per pair) when the PDP decides with another bundle than this proxy:
+        ``policies`` should be the directory the PDP loads."""
+        mine = self.service.engine.version
+        if theirs and theirs != mine and (mine, theirs) not in self._warned:
+            self._warned.add((mine, theirs))
+            log.warning(
+                "the PDP decides with bundle %s and this proxy with %s: is policies the "
+                "PDP's directory? (a reload in progress also shows this, once)",
+                theirs,
+                mine,
+            )
 
     async def allowed(
         self, caller: Caller, upstream: Upstream, kind: Kind, names: Sequence[str]

@@ -157,7 +157,7 @@ def test_with_sync_audit_a_local_decision_is_recorded_before_it_is_answered(
         ]
 
 
-def test_a_policy_change_is_followed(tmp_path: Path) -> None:
+def test_a_policy_change_is_followed(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     policies = tmp_path / "policies"
     shutil.copytree(POLICIES, policies)
     options = {"decisions": "local", "policies": str(policies), "reload_interval": 0.05}
@@ -177,6 +177,12 @@ def test_a_policy_change_is_followed(tmp_path: Path) -> None:
         time.sleep(0.3)
         answer = post(w, body, token, **modern("search")).json()
         assert answer["error"]["data"]["reasons"] == ["forbid no_search matched"]
+        # the PDP still decides with the shipped bundle: a call it decides shows it
+        payer = token_for(w, machine(w, purpose="payments"))
+        transfer = call("payments.transfer", {"amount": 10})
+        with caplog.at_level("WARNING", logger="tessera.mcp_proxy"):
+            post(w, transfer, payer, **modern("payments.transfer"))
+        assert any("the PDP decides with bundle" in r.getMessage() for r in caplog.records)
 
 
 def test_the_proxy_counts_what_it_does_for_prometheus(w: World) -> None:
