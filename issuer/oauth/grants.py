@@ -357,6 +357,12 @@ class Grants:
         may_act = subject.get("may_act")
         if isinstance(may_act, dict) and may_act.get("sub") != agent_id:
             raise OAuthError("invalid_grant", "the subject token's may_act names another actor")
+        if "agent_id" in subject and "act" not in subject:
+            raise OAuthError(
+                "invalid_grant",
+                "the subject_token is an agent's own token: an agent acts for a user by "
+                "exchanging that user's token",
+            )
         user_id = str(subject["sub"])
         self._active_user(user_id)
         available = frozenset(str(subject.get("scope", "")).split()) & client.scopes

@@ -1215,6 +1215,16 @@ def test_exchange_with_the_actor_token_of_another_agent_is_invalid_grant(
     assert service.checks.of(d.agent.agent_id) == []
 
 
+def test_exchange_of_an_agents_own_token_is_invalid_grant_saying_so(
+    service: Service, browser: httpx.Client
+) -> None:
+    d = delegation(service, browser)
+    response = exchange(service, d.agent, d.actor, d.actor)
+    body = expect_error(response, 400, "invalid_grant")
+    assert body["error_description"].startswith("the subject_token is an agent's own token")
+    assert service.checks.of(d.agent.agent_id) == []
+
+
 def test_exchange_with_a_revoked_subject_token_is_invalid_grant(
     service: Service, browser: httpx.Client
 ) -> None:
