@@ -37,6 +37,9 @@ CONSENT = "Consent"
 """The store kind of a user's consent: ``{"user_id", "agent_id", "client_id", "scopes"}``,
 one record per user, client and agent (the PDP sees the scopes as ``context.consents``)."""
 
+REVOKED = "RevokedToken"
+"""The store kind of a revoked access token (RFC 7009): ``{"jti", "exp", "sub"}``."""
+
 MAX_RESULTS = 200
 """The most resources one list response carries (ServiceProviderConfig filter.maxResults)."""
 

@@ -29,7 +29,7 @@ import time
 from collections.abc import Iterable, Mapping
 from typing import Any, NamedTuple
 
-from issuer.models import AGENT_EXTENSION, CONSENT
+from issuer.models import AGENT_EXTENSION, CONSENT, REVOKED
 from issuer.store import Change, Store
 
 log = logging.getLogger("tessera.directory")
@@ -96,6 +96,8 @@ class Directory:
         self._user_attributes: dict[str, dict[str, Any]] = {}
         self._consent_docs: dict[str, dict[str, Any]] = {}  # consent records by id
         self._consents: dict[tuple[str, str], tuple[str, ...]] = {}  # (user, agent) -> scopes
+        self._revoked: dict[str, tuple[str, float]] = {}  # record id -> (jti, exp)
+        self._revoked_jtis: dict[str, float] = {}  # jti -> exp: revoked access tokens
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()  # one writer at a time (load and the feed)
@@ -154,8 +156,12 @@ class Directory:
             users = {r.id: r.data for r in self.store.list("User")}
             groups = {r.id: r.data for r in self.store.list("Group")}
             consents = {r.id: r.data for r in self.store.list(CONSENT)}
+            now = time.time()
+            revoked = {r.id: _revocation(r.data) for r in self.store.list(REVOKED)}
             self._agents, self._users, self._groups = agents, users, groups
             self._consent_docs = consents
+            self._revoked = {id: entry for id, entry in revoked.items() if entry[1] > now}
+            self._revoked_jtis = dict(self._revoked.values())
             self._rebuild_users()
             self._rebuild_consents()
             self.version = since
@@ -197,6 +203,14 @@ class Directory:
                 else:
                     self._consent_docs[change.id] = change.data
                 consents_changed = True
+            elif change.kind == REVOKED:
+                if change.data is None:
+                    gone = self._revoked.pop(change.id, None)
+                    if gone is not None:
+                        self._revoked_jtis.pop(gone[0], None)
+                else:
+                    entry = self._revoked[change.id] = _revocation(change.data)
+                    self._revoked_jtis[entry[0]] = entry[1]
         if users_changed:
             self._rebuild_users()
         if consents_changed:
@@ -204,6 +218,12 @@ class Directory:
         # Last: a reader that sees the new version (and so empties its decision cache)
         # must also see everything that version brought.
         self.version = changes[-1].seq
+
+    def revoked(self, jti: str) -> bool:
+        """Whether the access token with this ``jti`` was revoked (RFC 7009) and has not
+        expired yet (an expired one is refused anyway)."""
+        expires = self._revoked_jtis.get(jti)
+        return expires is not None and expires > time.time()
 
     def _rebuild_users(self) -> None:
         names: dict[str, set[str]] = {}
@@ -247,3 +267,8 @@ class Directory:
             except Exception:  # the thread must outlive any fault; resolve() fails closed
                 log.exception("cannot follow the directory's change feed; retrying")
                 self._stop.wait(RETRY_DELAY)
+
+
+def _revocation(document: Mapping[str, Any]) -> tuple[str, float]:
+    """A revoked token's record as (jti, expiry)."""
+    return str(document.get("jti", "")), float(document.get("exp", 0))

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from issuer.models import AGENT_EXTENSION, AGENT_SCHEMA
+from issuer.models import AGENT_EXTENSION, AGENT_SCHEMA, REVOKED
 from issuer.store import Store, open_store
 from pdp.directory import Directory, Identities
 
@@ -139,6 +139,25 @@ def test_refresh_applies_creates_replaces_and_deletes_in_order(store: Store) -> 
     assert directory.resolve(id, None) == f"agent {id!r} is not in the directory"
     assert directory.version == store.last_change()
     assert not directory.refresh()
+
+
+def test_revoked_access_tokens_are_known_until_they_expire(store: Store) -> None:
+    now = time.time()
+    store.create(REVOKED, {"jti": "early", "exp": now + 60, "sub": "a"}, unique={}, actor=ADMIN)
+    store.create(REVOKED, {"jti": "expired", "exp": now - 1, "sub": "a"}, unique={}, actor=ADMIN)
+    directory = Directory(store)
+    directory.load()
+    assert (directory.revoked("early"), directory.revoked("expired")) == (True, False)
+    later = store.create(
+        REVOKED, {"jti": "later", "exp": now + 60, "sub": "a"}, unique={}, actor=ADMIN
+    )
+    assert not directory.revoked("later")
+    directory.refresh()
+    assert directory.revoked("later")
+    store.delete(REVOKED, later.id, expected_version=None, actor=ADMIN)
+    directory.refresh()
+    assert not directory.revoked("later")
+    assert not directory.revoked("never")
 
 
 def test_group_changes_reach_the_users_groups(store: Store) -> None:

@@ -26,7 +26,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from issuer.keys import KeyRing
-from issuer.models import AGENT_EXTENSION
+from issuer.models import AGENT_EXTENSION, REVOKED
 from issuer.oauth import inline
 from issuer.oauth.api_keys import API_KEY_TOKEN_TYPE, ApiKeys
 from issuer.oauth.authorize import AuthorizationEndpoint
@@ -43,7 +43,6 @@ from issuer.oauth.clients import (
 from issuer.oauth.consent import Consents
 from issuer.oauth.errors import OAuthError, json_response
 from issuer.oauth.grants import (
-    REVOKED,
     AgentLookup,
     ExchangeCheck,
     Grants,

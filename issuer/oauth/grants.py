@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from issuer.models import AGENT_EXTENSION
+from issuer.models import AGENT_EXTENSION, REVOKED
 from issuer.oauth.api_keys import ApiKeys
 from issuer.oauth.authorize import AuthorizationEndpoint, check_resources
 from issuer.oauth.clients import TOKEN_EXCHANGE, Client
@@ -36,7 +36,6 @@ ACCESS_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:access_token"
 REFRESH_KIND = "RefreshToken"
 REVOKED_FAMILY = "RevokedRefreshFamily"
 REFRESH_LIFETIME = 30 * 24 * 3600  # seconds
-REVOKED = "RevokedToken"
 API_KEY_CLIENT_PREFIX = "api-key:"  # the client_id of tokens traded for an API key
 
 

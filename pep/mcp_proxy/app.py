@@ -169,8 +169,14 @@ class Proxy:
                 if self.config.client_id
                 else None
             )
+            local = self.decider if isinstance(self.decider, LocalDecider) else None
             self.tokens = ResourceServer(
-                self.config.issuer, jwks, http, client, self.config.api_keys
+                self.config.issuer,
+                jwks,
+                http,
+                client,
+                self.config.api_keys,
+                revoked=local.directory.revoked if local is not None else None,
             )
             self.credentials = Credentials(self.config, http)
             for upstream in self.config.upstreams:

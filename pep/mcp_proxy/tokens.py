@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -57,6 +57,7 @@ class Caller:
     client_id: str
     subject: str
     expires: float
+    jti: str = ""
 
     @property
     def key(self) -> str:
@@ -72,15 +73,16 @@ def caller_from_claims(claims: Mapping[str, Any]) -> Caller:
     scopes = frozenset(str(claims.get("scope", "")).split())
     client_id = str(claims.get("client_id", ""))
     expires = float(claims.get("exp", 0))
+    jti = str(claims.get("jti", ""))
     act = claims.get("act")
     if isinstance(act, dict):
         chain = []
         while isinstance(act, dict) and isinstance(act.get("sub"), str):
             chain.append(act["sub"])
             act = act.get("act")
-        return Caller(chain[0], subject, tuple(chain), scopes, client_id, subject, expires)
+        return Caller(chain[0], subject, tuple(chain), scopes, client_id, subject, expires, jti)
     if claims.get("agent_id") == subject and subject:
-        return Caller(subject, None, (), scopes, client_id, subject, expires)
+        return Caller(subject, None, (), scopes, client_id, subject, expires, jti)
     if "may_act" in claims:  # its holder may be any client the user signed in to
         raise Unauthorized("a user's token must be exchanged by its agent first (RFC 8693)")
     raise Unauthorized("the token names no agent (no act and no agent_id)")
@@ -135,12 +137,16 @@ class ResourceServer:
         http: httpx.AsyncClient,
         client: tuple[str, str] | None = None,
         api_keys: bool = False,
+        revoked: Callable[[str], bool] | None = None,
     ) -> None:
         self.issuer = issuer
         self.jwks = jwks
         self.http = http
         self.client = client
         self.api_keys = api_keys
+        # with the store's revocations at hand (local decisions), a revoked JWT is
+        # refused at once, kept or not
+        self.revoked = revoked
         self._verifiers: dict[str, TokenVerifier] = {}
         # verified tokens by (resource, token): the hot path verifies a signature once
         self._seen: TTLCache[tuple[str, str], Caller] = TTLCache(CACHE_SIZE, 60)
@@ -162,7 +168,7 @@ class ResourceServer:
             raise Unauthorized(None)
         seen = self._seen.get((resource, token))
         if seen is not None and seen.expires > time.time():
-            return seen
+            return self._unrevoked(seen)
         if token.startswith(API_KEY_PREFIX):
             claims = await self._api_key(token, resource)
         elif token.count(".") == 2:
@@ -174,6 +180,11 @@ class ResourceServer:
             # a JWT is kept until it expires (at most a minute); introspected tokens and
             # API keys are asked about every time, so their revocation takes effect at once
             self._seen[(resource, token)] = caller
+        return self._unrevoked(caller)
+
+    def _unrevoked(self, caller: Caller) -> Caller:
+        if self.revoked is not None and caller.jti and self.revoked(caller.jti):
+            raise Unauthorized("the token was revoked")
         return caller
 
     async def _jwt(self, token: str, resource: str) -> dict[str, Any]:

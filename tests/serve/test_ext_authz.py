@@ -25,7 +25,7 @@ from google.rpc import code_pb2
 
 from issuer.jws import b64decode
 from issuer.keys import KeyRing
-from issuer.oauth.grants import REVOKED
+from issuer.models import REVOKED
 from issuer.oauth.mtls import confirmation
 from issuer.oauth.tokens import InvalidToken, TokenMinter, TokenVerifier, ring_lookup
 from issuer.store import Store

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import jwt
 import pytest
 
 from pep.mcp_proxy.app import DECISION_HEADER
@@ -108,6 +109,27 @@ def test_a_suspended_agent_is_refused_once_the_store_says_so(w: World) -> None:
     assert response.json()["error"]["code"] == FORBIDDEN
     record = record_of(w, response.json()["error"]["data"]["decision_id"])
     assert record["decided_by"] == ["directory"]
+
+
+def test_a_revoked_token_is_refused_at_once_though_it_was_kept(w: World) -> None:
+    client = machine(w)
+    token = token_for(w, client)
+    body = call("search", {"query": "r"})
+    assert post(w, body, token, **modern("search")).status_code == 200  # kept from now on
+    revoke = {
+        "token": token,
+        "client_assertion_type": "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+        "client_assertion": w.oauth.assertion(client),
+    }
+    assert w.oauth.http.post("/oauth/revoke", data=revoke).status_code == 200
+    jti = jwt.decode(token, options={"verify_signature": False})["jti"]
+    decider = w.gateway.decider
+    assert isinstance(decider, LocalDecider)
+    w.wait_for(lambda: decider.directory.revoked(jti))
+    refused = post(w, body, token, **modern("search"))
+    assert refused.status_code == 401
+    assert 'error="invalid_token"' in refused.headers["www-authenticate"]
+    assert 'error_description="the token was revoked"' in refused.headers["www-authenticate"]
 
 
 def list_allowed_calls(w: World) -> float:
