@@ -317,25 +317,11 @@ class AuthorizerService(pb_grpc.AuthorizerServicer):  # type: ignore[misc]
         async with self._rpc("ListAllowed", context):
             engine = self.engine
             allowed = []
-            who = pb.AuthorizeRequest(agent=request.agent)
-            if request.HasField("user"):
-                who.user.CopyFrom(request.user)
-            if request.HasField("delegation"):
-                who.delegation.CopyFrom(request.delegation)
-            identities = self._identities(who)
+            identities = self._identities(listed_question(request))
             if isinstance(identities, str):  # a refused agent may call nothing
                 return pb.ListAllowedResponse(allowed=[], bundle_version=engine.version)
             for index, candidate in enumerate(request.candidates):
-                question = pb.AuthorizeRequest(
-                    agent=request.agent,
-                    action=request.action,
-                    resource=candidate,
-                    context=request.context,
-                )
-                if request.HasField("user"):
-                    question.user.CopyFrom(request.user)
-                if request.HasField("delegation"):
-                    question.delegation.CopyFrom(request.delegation)
+                question = listed_question(request, candidate)
                 typed = await _typed(
                     question, engine, context, f"candidates[{index}]: ", identities
                 )
@@ -343,6 +329,27 @@ class AuthorizerService(pb_grpc.AuthorizerServicer):  # type: ignore[misc]
                 if self._timed(engine, typed, False).allow:
                     allowed.append(candidate)
             return pb.ListAllowedResponse(allowed=allowed, bundle_version=engine.version)
+
+
+def listed_question(
+    request: pb.ListAllowedRequest, candidate: pb.Resource | None = None
+) -> pb.AuthorizeRequest:
+    """The ``Authorize`` question a ``ListAllowed`` request asks about one candidate; without
+    one, only who asks (its agent, user and delegation)."""
+    if candidate is None:
+        question = pb.AuthorizeRequest(agent=request.agent)
+    else:
+        question = pb.AuthorizeRequest(
+            agent=request.agent,
+            action=request.action,
+            resource=candidate,
+            context=request.context,
+        )
+    if request.HasField("user"):
+        question.user.CopyFrom(request.user)
+    if request.HasField("delegation"):
+        question.delegation.CopyFrom(request.delegation)
+    return question
 
 
 async def _typed(

@@ -41,7 +41,7 @@ from pdp.lang.values import Money
 from pdp.loader import load_directory
 from pdp.metrics import Metrics
 from pdp.request import RequestError
-from pdp.serve.grpc import AuthorizerService
+from pdp.serve.grpc import AuthorizerService, listed_question
 from pdp.serve.proto import authorizer_pb2 as pb
 from pdp.serve.proto import authorizer_pb2_grpc as pb_grpc
 from pdp.serve.reload import Reloader
@@ -223,18 +223,8 @@ class LocalDecider:
         request = _list_request(caller, upstream, kind, names)
         allowed = set()
         for candidate in request.candidates:
-            question = pb.AuthorizeRequest(
-                agent=request.agent,
-                action=request.action,
-                resource=candidate,
-                context=request.context,
-            )
-            if request.HasField("user"):
-                question.user.CopyFrom(request.user)
-            if request.HasField("delegation"):
-                question.delegation.CopyFrom(request.delegation)
             try:
-                decision = self.service.preview_without_limits(question)
+                decision = self.service.preview_without_limits(listed_question(request, candidate))
             except RequestError:
                 continue  # fail closed: not listed
             if decision is None:
