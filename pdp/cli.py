@@ -23,6 +23,7 @@ from pdp.lang.errors import Diagnostic, PolicyError
 
 if TYPE_CHECKING:
     from pdp.audit.query import Filters
+    from pdp.loader import Loaded
 
 OK, FAILED, USAGE = 0, 1, 2
 
@@ -485,7 +486,6 @@ def _serve(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
     from issuer.store import StoreError
     from pdp.engine import Engine
-    from pdp.loader import load_directory
     from pdp.serve.config import ConfigError, load_config
     from pdp.serve.grpc import serve_forever
 
@@ -496,13 +496,9 @@ def _serve(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     except ConfigError as exc:
         print(f"tessera serve: {exc}", file=err)
         return USAGE
-    try:
-        loaded = load_directory(config.policies)
-    except PolicyError as exc:
-        print_diagnostics(exc.diagnostics, err)
-        print("tessera serve: the policies do not load; nothing is served", file=err)
+    loaded = load_served(config.policies, "serve", err)
+    if loaded is None:
         return USAGE
-    print_diagnostics(loaded.warnings, err)
     bundle = loaded.bundle
     summary = (
         f"tessera: {len(bundle.rules)} rules from {config.policies} "
@@ -514,6 +510,21 @@ def _serve(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         print(f"tessera serve: {exc}", file=err)
         return USAGE
     return OK
+
+
+def load_served(directory: str, command: str, err: TextIO) -> Loaded | None:
+    """The policies a server is to decide with, their warnings printed; None, with the
+    diagnostics printed, when they do not load (the server must not start)."""
+    from pdp.loader import load_directory
+
+    try:
+        loaded = load_directory(directory)
+    except PolicyError as exc:
+        print_diagnostics(exc.diagnostics, err)
+        print(f"tessera {command}: the policies do not load; nothing is served", file=err)
+        return None
+    print_diagnostics(loaded.warnings, err)
+    return loaded
 
 
 def open_configured_store(

@@ -64,9 +64,7 @@ def _mcp_proxy(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     import uvloop
 
     from issuer.store import StoreError
-    from pdp.cli import print_diagnostics
-    from pdp.lang.errors import PolicyError
-    from pdp.loader import load_directory
+    from pdp.cli import load_served
     from pep.mcp_proxy.config import ConfigError, load_config
     from pep.mcp_proxy.serve import proxy_forever
 
@@ -78,16 +76,14 @@ def _mcp_proxy(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     names = ("host", "port", "pdp", "decisions", "metrics_port")
     flags = {k: getattr(args, k) for k in names if getattr(args, k) is not None}
     config = dataclasses.replace(config, **flags)
+    loaded = None
     if config.decisions == "local":
-        try:
-            print_diagnostics(load_directory(config.policies).warnings, err)
-        except PolicyError as exc:
-            print_diagnostics(exc.diagnostics, err)
-            print("tessera mcp-proxy: the policies do not load; nothing is served", file=err)
+        loaded = load_served(config.policies, "mcp-proxy", err)
+        if loaded is None:
             return USAGE
     try:
         # uvloop: a tenth of a millisecond less per proxied call than asyncio's own loop
-        uvloop.run(proxy_forever(config))
+        uvloop.run(proxy_forever(config, loaded))
     except (OSError, StoreError) as exc:
         print(f"tessera mcp-proxy: {exc}", file=err)
         return USAGE

@@ -51,6 +51,7 @@ from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingR
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from pdp.loader import Loaded
 from pep.client import Verdict
 from pep.mcp_proxy import challenges
 from pep.mcp_proxy.config import ProxyConfig, Upstream
@@ -135,8 +136,9 @@ class Plan:
 class Proxy:
     """The proxy's state: configuration, token checks, the PDP, upstream connections."""
 
-    def __init__(self, config: ProxyConfig) -> None:
+    def __init__(self, config: ProxyConfig, loaded: Loaded | None = None) -> None:
         self.config = config
+        self.loaded = loaded  # local decisions: the policies, when already loaded
         self.by_path = {u.path: u for u in config.upstreams}
         self.http: httpx.AsyncClient | None = None
         self.decider: Decider | LocalDecider | None = None
@@ -159,7 +161,7 @@ class Proxy:
             self.http = http
             pdp = Decider(self.config.pdp, self.config.pdp_timeout, self.config.decision_cache)
             self.decider = (
-                LocalDecider(self.config, pdp, self.metrics.registry)
+                LocalDecider(self.config, pdp, self.metrics.registry, self.loaded)
                 if self.config.decisions == "local"
                 else pdp
             )

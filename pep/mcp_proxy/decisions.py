@@ -38,7 +38,7 @@ from pdp.decision import Decision
 from pdp.directory import Directory
 from pdp.engine import Engine
 from pdp.lang.values import Money
-from pdp.loader import load_directory
+from pdp.loader import Loaded, load_directory
 from pdp.metrics import Metrics
 from pdp.request import RequestError
 from pdp.serve.grpc import AuthorizerService, listed_question
@@ -142,9 +142,14 @@ class LocalDecider:
     PEP = "mcp-proxy"
 
     def __init__(
-        self, config: ProxyConfig, remote: Decider, registry: CollectorRegistry | None = None
+        self,
+        config: ProxyConfig,
+        remote: Decider,
+        registry: CollectorRegistry | None = None,
+        loaded: Loaded | None = None,
     ) -> None:
-        loaded = load_directory(config.policies)  # PolicyError: nothing is served
+        if loaded is None:
+            loaded = load_directory(config.policies)  # PolicyError: nothing is served
         self.remote = remote
         self.store = open_store(config.store)
         try:

@@ -6,14 +6,16 @@ import asyncio
 import signal
 
 from issuer.app import bind, serve_http
+from pdp.loader import Loaded
 from pep.mcp_proxy.app import Proxy
 from pep.mcp_proxy.config import ProxyConfig
 
 
-async def proxy_forever(config: ProxyConfig) -> None:
-    """Serve the proxy until SIGINT or SIGTERM."""
+async def proxy_forever(config: ProxyConfig, loaded: Loaded | None = None) -> None:
+    """Serve the proxy until SIGINT or SIGTERM; with local decisions, on ``loaded`` (the
+    policies as the command loaded them), else on what ``config.policies`` holds."""
     sock = bind(config.host, config.port)
-    proxy = Proxy(config)
+    proxy = Proxy(config, loaded)
     served = await serve_http(proxy.app(), sock, lifespan=True, httptools=True)
     print(
         f"tessera: MCP proxy on http://{config.host}:{served.port} for {config.public_url}",
