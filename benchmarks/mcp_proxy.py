@@ -168,7 +168,7 @@ def _proxy(pipe: Connection, issuer: str, pdp: int, upstream: str, store: str) -
         ),
         decisions="local" if store else "pdp",
         policies=str(ROOT / "policies"),
-        store=store or "sqlite:///unused.db",
+        store=store,
     )
 
     async def main() -> None:

@@ -65,6 +65,7 @@ from pdp.audit.baselines import AnomalyThresholds
 
 DEFAULT_FILE = "tessera.toml"
 MIN_TOKEN_LENGTH = 16
+AUDIT_MODES = ("async", "sync", "off")  # durability of the audit record of a decision
 
 
 class ConfigError(ValueError):
@@ -170,7 +171,7 @@ def load_config(
         )
     if config.signing_alg not in ("ES256", "RS256", "EdDSA"):
         raise ConfigError(f"signing_alg: {config.signing_alg!r} is not ES256, RS256 or EdDSA")
-    if config.audit not in ("async", "sync", "off"):
+    if config.audit not in AUDIT_MODES:
         raise ConfigError(f"audit: {config.audit!r} is not async, sync or off")
     if config.audit_queue <= 0:
         raise ConfigError("audit_queue: a positive number of records")

@@ -52,12 +52,17 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from pdp.serve.config import AUDIT_MODES, ServeConfig
+
 ALGORITHMS = ("ES256", "ES384", "RS256", "PS256", "EdDSA")
 CREDENTIALS = ("static", "client_credentials", "token_exchange", "none")
 DECISIONS = ("pdp", "local")
-AUDIT = ("async", "sync", "off")
-DEFAULT_POLICIES = "policies"
-DEFAULT_STORE = "sqlite:///var/tessera.db"
+# what local decisions take from the [serve] table, with its defaults
+SERVE_DEFAULTS = {
+    "policies": ServeConfig.policies,
+    "store": ServeConfig.store,
+    "audit": ServeConfig.audit,
+}
 DEFAULT_MAX_BODY = 1 << 20
 
 
@@ -110,11 +115,11 @@ class ProxyConfig:
     pdp_timeout: float = 0.5
     decision_cache: float = 0.0
     decisions: str = "pdp"
-    policies: str = DEFAULT_POLICIES
-    store: str = DEFAULT_STORE
+    policies: str = ServeConfig.policies
+    store: str = ServeConfig.store
     reload_interval: float = 1.0
     metrics_port: int = -1
-    audit: str = "async"
+    audit: str = ServeConfig.audit
 
     @property
     def jwks(self) -> str:
@@ -139,11 +144,7 @@ def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> Proxy
         raise ConfigError(f"{path} has no [mcp_proxy] table")
     serve = data.get("serve")
     serve = serve if isinstance(serve, dict) else {}
-    defaults = {
-        "policies": serve.get("policies", DEFAULT_POLICIES),
-        "store": serve.get("store", DEFAULT_STORE),
-        "audit": serve.get("audit", "async"),
-    }
+    defaults = {name: serve.get(name, value) for name, value in SERVE_DEFAULTS.items()}
     return config_from_table(table, os.environ if env is None else env, defaults)
 
 
@@ -158,15 +159,10 @@ def config_from_table(
         "api_keys", "pdp_timeout", "decision_cache", "decisions", "policies", "store",
         "reload_interval", "metrics_port", "audit", "upstream",
     }  # fmt: skip
-    defaults = {
-        "policies": DEFAULT_POLICIES,
-        "store": DEFAULT_STORE,
-        "audit": "async",
-        **(defaults or {}),
-    }
+    defaults = {**SERVE_DEFAULTS, **(defaults or {})}
     audit = _str(table, "audit", str(defaults["audit"]), "mcp_proxy")
-    if audit not in AUDIT:
-        raise ConfigError(f"mcp_proxy.audit must be one of {', '.join(AUDIT)}")
+    if audit not in AUDIT_MODES:
+        raise ConfigError(f"mcp_proxy.audit must be one of {', '.join(AUDIT_MODES)}")
     decisions = _str(table, "decisions", "pdp", "mcp_proxy")
     if decisions not in DECISIONS:
         raise ConfigError(f"mcp_proxy.decisions must be one of {', '.join(DECISIONS)}")

@@ -80,12 +80,6 @@ class _Connection(asyncio.Protocol):
             return
         self._fail(UpstreamError(f"the upstream closed the connection{f': {exc}' if exc else ''}"))
 
-    def pause_writing(self) -> None:  # bodies are small; nothing to pause
-        pass
-
-    def resume_writing(self) -> None:
-        pass
-
     # -- httptools callbacks
 
     def on_message_begin(self) -> None:
