@@ -74,10 +74,13 @@ from pep.mcp_proxy.jsonrpc import (
     PARSE_ERROR,
     UPSTREAM_ERROR,
     Message,
+    SseTooLarge,
     dumps,
     error,
+    has_event_id,
     is_request,
     rewrite_sse,
+    sse_event,
 )
 from pep.mcp_proxy.metrics import ProxyMetrics
 from pep.mcp_proxy.stdio import StdioUpstream, UpstreamFailed
@@ -495,9 +498,8 @@ class Proxy:
         if plan.decisions:
             returned[DECISION_HEADER] = ",".join(plan.decisions)
         kind = response.headers.get("content-type", "").split(";")[0].strip().lower()
-        rewrite = self._rewriter(upstream, caller, plan)
-        if kind == "text/event-stream" and (plan.filters or plan.local):
-            stream = rewrite_sse(_chunks(response), rewrite, plan.local, SSE_EVENT_LIMIT)
+        if kind == "text/event-stream" and payload is not None:
+            stream = self._answer_stream(response, upstream, caller, plan, payload)
             return StreamingResponse(stream, response.status, headers=returned)
         if kind == "text/event-stream" or request.method == "GET":
             return StreamingResponse(_chunks(response), response.status, headers=returned)
@@ -544,11 +546,51 @@ class Proxy:
             return [await self._filtered(upstream, caller, plan, m) for m in answer]
         return await self._filtered(upstream, caller, plan, answer)
 
-    def _rewriter(self, upstream: Upstream, caller: Caller, plan: Plan) -> Any:
+    async def _answer_stream(
+        self,
+        response: UpstreamResponse,
+        upstream: Upstream,
+        caller: Caller,
+        plan: Plan,
+        payload: Any,
+    ) -> AsyncIterator[bytes]:
+        """An SSE answer to a POST, event by event: the proxy's own answers first, then
+        the upstream's events, lists filtered. A request the stream leaves unanswered gets
+        a JSON-RPC error event: when the upstream is quiet for its ``timeout``, breaks off,
+        sends an event over the size limit, or ends the stream without having given an
+        event id (with one, the client can resume the stream with ``Last-Event-ID``)."""
+        sent = payload if isinstance(payload, list) else [payload]
+        pending = {_id_key(m["id"]): m["id"] for m in sent if is_request(m)}
+        resumable = False
+
         async def rewrite(message: Any) -> Any:
+            if isinstance(message, dict) and "id" in message and "method" not in message:
+                pending.pop(_id_key(message["id"]), None)
             return await self._filtered(upstream, caller, plan, message)
 
-        return rewrite
+        why = "ended the stream without answering"
+        events = rewrite_sse(
+            _quiet_after(response, upstream.timeout), rewrite, plan.local, SSE_EVENT_LIMIT
+        )
+        try:
+            async for event in events:
+                resumable = resumable or has_event_id(event)
+                yield event
+        except TimeoutError:
+            why, resumable = "timed out", False
+        except UpstreamError:
+            why = "broke off"
+            log.warning("upstream %s: the stream broke off", upstream.name)
+        except SseTooLarge:
+            why, resumable = "sent an event over the size limit", False
+        finally:
+            await events.aclose()
+            await response.aclose()
+        if pending and not resumable:
+            self.metrics.failed(upstream.name, "stream")
+            reason = f"upstream {upstream.name!r} {why}"
+            for id in pending.values():
+                yield sse_event(error(id, UPSTREAM_ERROR, reason))
 
     async def _filtered(self, upstream: Upstream, caller: Caller, plan: Plan, message: Any) -> Any:
         """A ``…/list`` result with only the items the caller may use."""
@@ -630,6 +672,22 @@ def _header_mismatch(
     if key is None and name is not None:
         return "Mcp-Name is only for tools/call, prompts/get and resources/read"
     return None
+
+
+async def _quiet_after(response: UpstreamResponse, seconds: float) -> AsyncIterator[bytes]:
+    """The upstream's body as it arrives; :class:`TimeoutError` when no byte comes for
+    ``seconds``."""
+    chunks = response.chunks()
+    try:
+        while True:
+            async with asyncio.timeout(seconds):
+                try:
+                    chunk = await anext(chunks)
+                except StopAsyncIteration:
+                    return
+            yield chunk
+    finally:
+        await chunks.aclose()
 
 
 async def _chunks(response: UpstreamResponse) -> AsyncIterator[bytes]:

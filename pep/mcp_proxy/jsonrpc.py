@@ -9,7 +9,7 @@ event by event as it streams, so server requests and progress in between pass at
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from mcp_types.jsonrpc import INTERNAL_ERROR, URL_ELICITATION_REQUIRED
@@ -39,6 +39,10 @@ def dumps(value: Any) -> bytes:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
 
 
+class SseTooLarge(ValueError):
+    """An SSE event larger than the limit."""
+
+
 class SseParser:
     """Splits a byte stream into SSE events (lines of ``field: value``, a blank line ends
     one)."""
@@ -59,7 +63,7 @@ class SseParser:
             events.append(self.buffer[: end + 2])
             self.buffer = self.buffer[end + 2 :]
         if len(self.buffer) > self.limit:
-            raise ValueError("an event larger than the limit")
+            raise SseTooLarge(f"an SSE event over {self.limit} bytes")
         return events
 
 
@@ -79,6 +83,12 @@ def event_data(event: bytes) -> bytes | None:
     return b"\n".join(data)
 
 
+def has_event_id(event: bytes) -> bool:
+    """Whether the event sets the stream's last event id (an ``id`` field), which lets a
+    client resume the stream after it ends."""
+    return any(line.split(b":", 1)[0] == b"id" for line in event.split(b"\n"))
+
+
 def replace_data(event: bytes, data: bytes) -> bytes:
     """The event with its data lines replaced by ``data`` (other fields kept)."""
     kept = [
@@ -96,7 +106,7 @@ async def rewrite_sse(
     rewrite: Callable[[Any], Awaitable[Any]],
     prefix: list[Message],
     limit: int,
-) -> AsyncIterator[bytes]:
+) -> AsyncGenerator[bytes, None]:
     """The SSE stream with each JSON message passed through ``rewrite``, after events for
     the ``prefix`` messages."""
     for message in prefix:

@@ -23,7 +23,7 @@ import asyncio
 import ssl
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncGenerator, Callable, Mapping
 from typing import cast
 from urllib.parse import urlsplit
 
@@ -188,7 +188,7 @@ class Response:
 
     # read by the proxy
 
-    async def chunks(self) -> AsyncIterator[bytes]:
+    async def chunks(self) -> AsyncGenerator[bytes, None]:
         """The body as it arrives; :class:`UpstreamError` if the connection breaks."""
         try:
             while True:

@@ -1,13 +1,15 @@
 """An upstream that fails, for real: a small HTTP server on 127.0.0.1 that answers 500 or
-503, or does not answer within the upstream's timeout, and a port nobody listens on. Each
-request the proxy forwarded gets a JSON-RPC error (``-32603``) with its own id; a batch
-gets one per request, next to the proxy's own answers for the calls it refused."""
+503, or does not answer within the upstream's timeout, or starts an SSE answer and leaves
+requests unanswered, and a port nobody listens on. Each request the proxy forwarded gets a
+JSON-RPC error (``-32603``) with its own id; a batch gets one per request, next to the
+proxy's own answers for the calls it refused."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -15,7 +17,7 @@ import httpx
 import pytest
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from issuer.app import bind, serve_http
@@ -34,7 +36,10 @@ HANG_POLLS = 200  # at most 10 s of 50 ms polls before the hanging upstream answ
 class Misbehaving:
     """An HTTP server whose every POST fails: ``/status/<code>`` answers that status with
     a text body (a JSON body with ``?body=json``), ``/hang`` answers only after the client
-    has given up. It counts the requests it gets."""
+    has given up. ``/sse/<how>`` starts an SSE answer with a progress notification, then:
+    ``quiet`` sends nothing more until the client has gone, ``cut`` ends the stream,
+    ``resumable`` ends it after an event with an id, ``first`` answers the first request of
+    the batch and goes quiet. It counts the requests it gets."""
 
     def __init__(self) -> None:
         self.count = 0
@@ -44,6 +49,7 @@ class Misbehaving:
         routes = [
             Route("/status/{code:int}", self.status, methods=["POST"]),
             Route("/hang", self.hang, methods=["POST"]),
+            Route("/sse/{how}", self.sse, methods=["POST"]),
         ]
         return Starlette(routes=routes)
 
@@ -67,6 +73,27 @@ class Misbehaving:
                 break
             await asyncio.sleep(0.05)
         return PlainTextResponse("too late", 200)
+
+    async def sse(self, request: Request) -> Response:
+        sent = json.loads(await request.body())
+        first = (sent if isinstance(sent, list) else [sent])[0]
+        self._seen()
+        how = request.path_params["how"]
+
+        async def events() -> AsyncIterator[bytes]:
+            progress = {"jsonrpc": "2.0", "method": "notifications/progress", "params": {}}
+            event_id = b"id: 1\n" if how == "resumable" else b""
+            yield event_id + b"event: message\ndata: " + json.dumps(progress).encode() + b"\n\n"
+            if how == "first":
+                answer = {"jsonrpc": "2.0", "id": first["id"], "result": {"content": []}}
+                yield b"event: message\ndata: " + json.dumps(answer).encode() + b"\n\n"
+            if how in ("quiet", "first"):
+                for _ in range(HANG_POLLS):
+                    if await request.is_disconnected():
+                        return
+                    await asyncio.sleep(0.05)
+
+        return StreamingResponse(events(), media_type="text/event-stream")
 
 
 @dataclass(frozen=True)
@@ -107,6 +134,10 @@ def failing(w: World) -> Failing:
         upstream("json503", f"{at}/status/503?body=json"),
         upstream("hang", f"{at}/hang", timeout=UPSTREAM_TIMEOUT),
         upstream("refused", refused_url),
+        *(
+            upstream(how, f"{at}/sse/{how}", timeout=UPSTREAM_TIMEOUT)
+            for how in ("quiet", "cut", "resumable", "first")
+        ),
     )
     return Failing(w.add_proxy(upstreams), server)
 
@@ -209,3 +240,63 @@ def test_a_hanging_upstream_is_given_up_on_after_its_timeout(w: World, failing: 
     response = post_at(failing.url("hang"), body, token, **modern("search"))
     assert response.json() == failed(1, "hang", "timed out")
     assert response.elapsed.total_seconds() < UPSTREAM_TIMEOUT + 2.0
+
+
+def sse_messages(response: httpx.Response) -> list[Any]:
+    """The JSON-RPC messages of an SSE answer, in order."""
+    assert response.headers["content-type"].startswith("text/event-stream")
+    return [
+        json.loads(line.removeprefix("data:"))
+        for line in response.text.splitlines()
+        if line.startswith("data:")
+    ]
+
+
+PROGRESS = {"jsonrpc": "2.0", "method": "notifications/progress", "params": {}}
+
+
+@pytest.mark.parametrize(
+    ("name", "reason"),
+    [("quiet", "timed out"), ("cut", "ended the stream without answering")],
+)
+def test_an_sse_answer_that_leaves_a_request_unanswered_ends_with_its_error(
+    w: World, failing: Failing, name: str, reason: str
+) -> None:
+    """The progress passes at once; the error follows, and the stream ends."""
+    token = token_at(w, failing, name)
+    body = call("search", {"query": "x"}, id=7)
+    response = post_at(failing.url(name), body, token, **modern("search"))
+    assert response.status_code == 200, response.text
+    assert sse_messages(response) == [PROGRESS, failed(7, name, reason)]
+    assert response.elapsed.total_seconds() < UPSTREAM_TIMEOUT + 2.0
+
+
+def test_only_the_unanswered_requests_of_a_streamed_batch_get_errors(
+    w: World, failing: Failing
+) -> None:
+    token = token_at(w, failing, "first")
+    batch = [
+        call("search", {"query": "one"}, id=1),
+        call("payments.transfer", {"amount": 5}, id=2),  # refused by the proxy
+        call("search", {"query": "three"}, id=3),
+    ]
+    response = post_at(failing.url("first"), batch, token)
+    assert response.status_code == 200, response.text
+    messages = sse_messages(response)
+    assert messages[0]["id"] == 2 and messages[0]["error"]["code"] == FORBIDDEN
+    assert messages[1:] == [
+        PROGRESS,
+        {"jsonrpc": "2.0", "id": 1, "result": {"content": []}},
+        failed(3, "first", "timed out"),
+    ]
+
+
+def test_a_resumable_sse_answer_is_left_to_the_client_to_resume(w: World, failing: Failing) -> None:
+    """An event with an id lets the client resume with Last-Event-ID, so the end of the
+    stream is not a failure."""
+    token = token_at(w, failing, "resumable")
+    body = call("search", {"query": "x"}, id=7)
+    response = post_at(failing.url("resumable"), body, token, **modern("search"))
+    assert response.status_code == 200, response.text
+    assert sse_messages(response) == [PROGRESS]
+    assert "id: 1" in response.text
