@@ -19,10 +19,10 @@ The client, in this process, sends the same stateless (2026-07-28) ``tools/call`
 kept-alive ``httpx`` connection, one call at a time, in rounds of direct, proxied and
 proxied-via-the-PDP calls so all see the same machine state. The result is the median (and
 p99) of each and the **added median latency**, proxied minus direct (the target), and the
-same via the PDP. Each proxied call is checked to carry a
-decision id and the tool's answer. Client and servers share the machine's cores; the
-result records the one-minute load average at the end, since on a busy machine every
-hop waits longer for a core.
+same via the PDP, with each proxied median as a ratio of the direct one. Each proxied
+call is checked to carry a decision id and the tool's answer. Client and servers share
+the machine's cores; the result records the one-minute load average at the end, since on
+a busy machine every hop waits longer for a core.
 
     python benchmarks/mcp_proxy.py [--json] [--quick] [--strict]
 """
@@ -288,9 +288,11 @@ def measure(calls: int, warmup: int) -> dict[str, Any]:
         "proxied_median_us": round(proxied_median, 1),
         "proxied_p99_us": round(_p99(proxied_times), 1),
         "added_median_us": round(proxied_median - direct_median, 1),
+        "proxied_ratio": round(proxied_median / direct_median, 2),
         "pdp_median_us": round(pdp_median, 1),
         "pdp_p99_us": round(_p99(pdp_times), 1),
         "pdp_added_median_us": round(pdp_median - direct_median, 1),
+        "pdp_ratio": round(pdp_median / direct_median, 2),
         # CPU µs per call of each server: the upstream serves three calls a round (direct,
         # proxied, proxied via the PDP); the PDP decides one (the local proxy decides its own)
         "cpu_us_per_call": {
@@ -323,7 +325,8 @@ def report(result: dict[str, Any]) -> None:
     for name in ("direct", "proxied", "pdp"):
         median, p99 = result[f"{name}_median_us"], result[f"{name}_p99_us"]
         label = {"pdp": "via PDP"}.get(name, name)
-        print(f"  {label:<8} median {median:>8.1f} µs   p99 {p99:>8.1f} µs")
+        ratio = f"   {result[f'{name}_ratio']:.2f}× direct" if name != "direct" else ""
+        print(f"  {label:<8} median {median:>8.1f} µs   p99 {p99:>8.1f} µs{ratio}")
     cpu = ", ".join(f"{k} {v:.0f}" for k, v in result["cpu_us_per_call"].items())
     print(f"  server CPU µs per call: {cpu}")
     for target in result["targets"]:
