@@ -182,6 +182,7 @@ class Proxy:
                 client,
                 self.config.api_keys,
                 revoked=local.directory.revoked if local is not None else None,
+                keep=self.config.token_cache,
             )
             self.credentials = Credentials(self.config, http)
             for upstream in self.config.upstreams:

@@ -15,6 +15,7 @@
     api_keys = false                         # accept Tessera API keys as bearer tokens
     decision_cache = 0.0                     # seconds an answer the PDP marks cacheable is
                                              # reused (0: every call decided and audited)
+    token_cache = 60.0                       # seconds a verified JWT is kept (see below)
     decisions = "pdp"                        # pdp: ask the PDP over gRPC for each call;
                                              # local: decide in this process (below)
     policies = "policies"                    # local: the PDP's policy directory, followed
@@ -38,6 +39,12 @@
 
 With ``decisions = "local"``, ``policies``, ``store`` and ``audit`` default to the
 ``[serve]`` table's.
+
+A revoked JWT is refused on its next request with ``decisions = "local"`` (the proxy
+follows the store's revocations). With ``decisions = "pdp"`` and a ``client_id``, the
+proxy asks the issuer's introspection endpoint whether a JWT is still active each time it
+verifies it, that is once per ``token_cache`` seconds; without a ``client_id``, a JWT is
+good until it expires.
 
 A configuration that cannot work is refused with a :class:`ConfigError` naming the setting.
 """
@@ -114,6 +121,7 @@ class ProxyConfig:
     api_keys: bool = False
     pdp_timeout: float = 0.5
     decision_cache: float = 0.0
+    token_cache: float = 60.0
     decisions: str = "pdp"
     policies: str = ServeConfig.policies
     store: str = ServeConfig.store
@@ -156,8 +164,8 @@ def config_from_table(
     known = {
         "public_url", "issuer", "pdp", "host", "port", "algorithms", "allowed_origins",
         "max_body", "jwks_uri", "client_id", "client_secret_env", "consent_client_id",
-        "api_keys", "pdp_timeout", "decision_cache", "decisions", "policies", "store",
-        "reload_interval", "metrics_port", "audit", "upstream",
+        "api_keys", "pdp_timeout", "decision_cache", "token_cache", "decisions", "policies",
+        "store", "reload_interval", "metrics_port", "audit", "upstream",
     }  # fmt: skip
     defaults = {**SERVE_DEFAULTS, **(defaults or {})}
     audit = _str(table, "audit", str(defaults["audit"]), "mcp_proxy")
@@ -206,6 +214,7 @@ def config_from_table(
         api_keys=_bool(table, "api_keys", False, "mcp_proxy"),
         pdp_timeout=_float(table, "pdp_timeout", 0.5, "mcp_proxy"),
         decision_cache=_seconds(table, "decision_cache", "mcp_proxy"),
+        token_cache=_seconds(table, "token_cache", "mcp_proxy", 60.0),
         decisions=decisions,
         policies=_str(table, "policies", str(defaults["policies"]), "mcp_proxy"),
         store=_str(table, "store", str(defaults["store"]), "mcp_proxy"),
@@ -343,8 +352,8 @@ def _float(table: Mapping[str, Any], key: str, default: float, where: str) -> fl
     return float(value)
 
 
-def _seconds(table: Mapping[str, Any], key: str, where: str) -> float:
-    value = table.get(key, 0.0)
+def _seconds(table: Mapping[str, Any], key: str, where: str, default: float = 0.0) -> float:
+    value = table.get(key, default)
     if not isinstance(value, int | float) or isinstance(value, bool) or value < 0:
         raise ConfigError(f"{where}.{key} must be a number of seconds, 0 or more")
     return float(value)

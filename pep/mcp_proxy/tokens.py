@@ -138,6 +138,7 @@ class ResourceServer:
         client: tuple[str, str] | None = None,
         api_keys: bool = False,
         revoked: Callable[[str], bool] | None = None,
+        keep: float = 60.0,
     ) -> None:
         self.issuer = issuer
         self.jwks = jwks
@@ -145,11 +146,12 @@ class ResourceServer:
         self.client = client
         self.api_keys = api_keys
         # with the store's revocations at hand (local decisions), a revoked JWT is
-        # refused at once, kept or not
+        # refused at once, kept or not; else, with a client to introspect as, the issuer
+        # is asked each time a JWT is verified (once per ``keep`` seconds)
         self.revoked = revoked
         self._verifiers: dict[str, TokenVerifier] = {}
         # verified tokens by (resource, token): the hot path verifies a signature once
-        self._seen: TTLCache[tuple[str, str], Caller] = TTLCache(CACHE_SIZE, 60)
+        self._seen: TTLCache[tuple[str, str], Caller] = TTLCache(CACHE_SIZE, keep)
 
     def _verifier(self, resource: str) -> TokenVerifier:
         verifier = self._verifiers.get(resource)
@@ -173,11 +175,13 @@ class ResourceServer:
             claims = await self._api_key(token, resource)
         elif token.count(".") == 2:
             claims = await self._jwt(token, resource)
+            if self.revoked is None and self.client is not None:
+                await self._introspect(token, resource)  # revoked, or its agent stopped
         else:
             claims = await self._introspect(token, resource)
         caller = caller_from_claims(claims)
         if token.count(".") == 2 and not token.startswith(API_KEY_PREFIX):
-            # a JWT is kept until it expires (at most a minute); introspected tokens and
+            # a JWT is kept until it expires (at most ``keep`` seconds); opaque tokens and
             # API keys are asked about every time, so their revocation takes effect at once
             self._seen[(resource, token)] = caller
         return self._unrevoked(caller)

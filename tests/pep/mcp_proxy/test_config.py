@@ -64,6 +64,7 @@ def test_the_example_loads(tmp_path: Path) -> None:
     assert payments.tool_scopes == {"payments.transfer": ("payments:transfer",)}
     assert files.command == ("python", "-m", "files_server")
     assert config.jwks == "https://id.example.com/oauth/jwks"
+    assert config.token_cache == 60.0
 
 
 @pytest.mark.parametrize(
@@ -76,6 +77,7 @@ def test_the_example_loads(tmp_path: Path) -> None:
         ({"upstream": []}, "at least one [[mcp_proxy.upstream]]"),
         ({"colour": "blue"}, "unknown setting 'colour'"),
         ({"max_body": 0}, "max_body must be at least 1 byte"),
+        ({"token_cache": -1}, "mcp_proxy.token_cache must be a number of seconds, 0 or more"),
         (
             {"upstream": [{"name": "a", "path": "/mcp"}]},
             "needs exactly one of url (Streamable HTTP) or command (stdio)",

@@ -216,7 +216,8 @@ def test_the_proxys_own_token_is_kept_between_calls(w: World) -> None:
 def test_a_proxy_the_issuer_does_not_know_gets_no_credential(w: World) -> None:
     own: Upstream = w.config.upstreams[1]
     assert own.credential == "client_credentials"
-    origin = w.add_proxy((own,), client_secret="not-the-secret")
+    # local decisions: over gRPC, the proxy could not even introspect the caller's token
+    origin = w.add_proxy((own,), client_secret="not-the-secret", decisions="local")
     token = token_for(w, machine(w), resource=f"{origin}{own.path}")
     before = len(w.recorder.seen)
     body = call("search", {"query": "x"}, id="a")

@@ -116,12 +116,7 @@ def test_a_revoked_token_is_refused_at_once_though_it_was_kept(w: World) -> None
     token = token_for(w, client)
     body = call("search", {"query": "r"})
     assert post(w, body, token, **modern("search")).status_code == 200  # kept from now on
-    revoke = {
-        "token": token,
-        "client_assertion_type": "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
-        "client_assertion": w.oauth.assertion(client),
-    }
-    assert w.oauth.http.post("/oauth/revoke", data=revoke).status_code == 200
+    w.revoke(client, token)
     jti = jwt.decode(token, options={"verify_signature": False})["jti"]
     decider = w.gateway.decider
     assert isinstance(decider, LocalDecider)

@@ -35,6 +35,7 @@ from tests.issuer.oauth_server import Registered
 from tests.pep.mcp_proxy.world import UPSTREAM_TOKEN, World, run, world
 
 TIMEOUT = 10.0
+ACCEPT = "application/json, text/event-stream"
 
 
 @pytest.fixture(scope="module")
@@ -397,3 +398,38 @@ def test_a_session_id_the_proxy_did_not_hand_out_is_unknown(w: World) -> None:
     )
     assert response.status_code == 404
     assert response.json()["error"]["message"] == "unknown session"
+
+
+def refused_with(response: httpx.Response, description: str) -> bool:
+    challenge = response.headers.get("www-authenticate", "")
+    return response.status_code == 401 and f'error_description="{description}"' in challenge
+
+
+def test_over_grpc_a_revoked_token_is_refused_once_it_is_verified_again(w: World) -> None:
+    """With decisions over gRPC the proxy has no revocations at hand: it asks the issuer
+    (RFC 7662) each time it verifies a JWT, once per ``token_cache`` seconds."""
+    origin = w.add_proxy(w.config.upstreams, token_cache=0.2)
+    url = f"{origin}/mcp/tools"
+    client = machine(w)
+    token = token_for(w, client, resource=url)
+    headers = {"Accept": ACCEPT, "Authorization": f"Bearer {token}", **modern("search")}
+    body = call("search", {"query": "r"})
+    kept = httpx.post(url, json=body, headers=headers, timeout=TIMEOUT)
+    assert kept.status_code == 200, kept.text
+    w.revoke(client, token)
+    for _ in range(100):  # bounded: the token is verified again after 0.2 s
+        refused = httpx.post(url, json=body, headers=headers, timeout=TIMEOUT)
+        if refused.status_code != 200:
+            break
+        time.sleep(0.05)
+    assert refused_with(refused, "the token is not active"), refused.headers
+
+
+def test_over_grpc_a_proxy_that_cannot_introspect_refuses_tokens(w: World) -> None:
+    """Fail closed: when the issuer cannot say the token is still active, it is not used."""
+    origin = w.add_proxy(w.config.upstreams, client_secret="not-the-secret")
+    url = f"{origin}/mcp/tools"
+    token = token_for(w, machine(w), resource=url)
+    headers = {"Accept": ACCEPT, "Authorization": f"Bearer {token}", **modern("search")}
+    refused = httpx.post(url, json=call("search", {}), headers=headers, timeout=TIMEOUT)
+    assert refused_with(refused, "the token could not be introspected"), refused.headers

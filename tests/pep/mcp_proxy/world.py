@@ -35,7 +35,7 @@ from pep.mcp_proxy.app import Proxy
 from pep.mcp_proxy.config import ContextArgument, ProxyConfig, Upstream
 from pep.mcp_proxy.decisions import LocalDecider
 from tests.issuer.conftest import unique
-from tests.issuer.oauth_server import OAuthService, oauth_service
+from tests.issuer.oauth_server import OAuthService, Registered, oauth_service
 from tests.pep.mcp_proxy.tools import upstream_server
 from tests.servers import LoopThread, Server
 
@@ -135,6 +135,15 @@ class World:
         app = Proxy(config).app()
         self.served.append(self.thread.run(serve_http(app, sock, lifespan=True, httptools=True)))
         return origin
+
+    def revoke(self, client: Registered, token: str) -> None:
+        """Revoke ``client``'s access token at the issuer (RFC 7009)."""
+        revoke = {
+            "token": token,
+            "client_assertion_type": "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+            "client_assertion": self.oauth.assertion(client),
+        }
+        assert self.oauth.http.post("/oauth/revoke", data=revoke).status_code == 200
 
     def wait_for(self, condition: Any, tries: int = 200) -> None:
         """Wait (bounded) until the directory has caught up."""
