@@ -25,6 +25,16 @@ class Decision(NamedTuple):
     errors: tuple[RuleError, ...]
     bundle_version: str
 
+    @property
+    def awaits_consent(self) -> bool:
+        """A deny that only a user's consent stands in the way of: it carries obligations,
+        and all of them are consents."""
+        return (
+            not self.allow
+            and bool(self.obligations)
+            and all(o.kind == "consent" for o in self.obligations)
+        )
+
     def to_json(self) -> dict[str, Any]:
         return {
             "decision": "allow" if self.allow else "deny",

@@ -316,19 +316,22 @@ class AuthorizerService(pb_grpc.AuthorizerServicer):  # type: ignore[misc]
     ) -> pb.ListAllowedResponse:
         async with self._rpc("ListAllowed", context):
             engine = self.engine
-            allowed = []
+            response = pb.ListAllowedResponse(bundle_version=engine.version)
             identities = self._identities(listed_question(request))
             if isinstance(identities, str):  # a refused agent may call nothing
-                return pb.ListAllowedResponse(allowed=[], bundle_version=engine.version)
+                return response
             for index, candidate in enumerate(request.candidates):
                 question = listed_question(request, candidate)
                 typed = await _typed(
                     question, engine, context, f"candidates[{index}]: ", identities
                 )
                 # Listing is not calling: it must not use up any limit.
-                if self._timed(engine, typed, False).allow:
-                    allowed.append(candidate)
-            return pb.ListAllowedResponse(allowed=allowed, bundle_version=engine.version)
+                decision = self._timed(engine, typed, False)
+                if decision.allow:
+                    response.allowed.append(candidate)
+                elif decision.awaits_consent:
+                    response.consent_required.append(candidate)
+            return response
 
 
 def listed_question(

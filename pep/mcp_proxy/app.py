@@ -405,7 +405,7 @@ class Proxy:
     def _denied(self, id: Any, caller: Caller, method: str, name: str, verdict: Verdict) -> Message:
         consents = [value for kind, value in verdict.obligations if kind == "consent"]
         others = [kind for kind, _ in verdict.obligations if kind != "consent"]
-        if consents and not others and caller.user is not None and self.config.consent_client_id:
+        if consents and not others and self._may_ask(caller):
             scope = " ".join(consents)
             elicitation = ElicitRequestURLParams(
                 message=f"Allow the agent to use {name} for you ({scope})",
@@ -423,6 +423,11 @@ class Proxy:
             "obligations": [{"kind": k, "value": v} for k, v in verdict.obligations],
         }
         return error(id, FORBIDDEN, f"{method} {name!r} is not allowed", data)
+
+    def _may_ask(self, caller: Caller) -> bool:
+        """Whether a deny awaiting consents can be put to the caller's user (a URL-mode
+        elicitation to the issuer's consent page)."""
+        return caller.user is not None and bool(self.config.consent_client_id)
 
     def _consent_url(self, caller: Caller, scope: str, state: str) -> str:
         """The issuer's consent page for this user, agent and scope (an authorization
@@ -606,8 +611,11 @@ class Proxy:
             return message
         names = [str(i.get(kind.item_key)) for i in items if isinstance(i, dict)]
         assert self.decider is not None
-        allowed = await self.decider.allowed(caller, upstream, kind, names)
-        kept = [i for i in items if isinstance(i, dict) and str(i.get(kind.item_key)) in allowed]
+        listed = await self.decider.listed(caller, upstream, kind, names)
+        shown = listed.allowed
+        if self._may_ask(caller):  # the call will ask the user for the consents
+            shown = shown | listed.consent_required
+        kept = [i for i in items if isinstance(i, dict) and str(i.get(kind.item_key)) in shown]
         return {**message, "result": {**result, kind.list_key: kept}}
 
     async def _relay_stdio(

@@ -6,8 +6,9 @@ arguments the upstream's configuration maps into the context (``amount``…), an
 method and upstream in the context (``mcp_method``, ``mcp_server``) so the audit record
 names the call. ``prompts/get`` and ``resources/read`` are decided the same way (actions
 ``prompt.get`` and ``resource.read`` on resources ``prompt`` and ``resource``). The
-``…/list`` answers keep only what ``ListAllowed`` allows. The PDP fills the user's
-consents from its consent store; the proxy never sends them.
+``…/list`` answers keep only what ``ListAllowed`` allows, and what it says awaits only the
+user's consent when the proxy can ask the user. The PDP fills the user's consents from its
+consent store; the proxy never sends them.
 
 The PDP failing to answer is a deny (:class:`pep.client.AsyncClient` fails closed). With
 a decision cache, an answer the PDP marks cacheable (no limit could decide it) is reused
@@ -71,6 +72,15 @@ DECIDED = {"tools/call": TOOL, "prompts/get": PROMPT, "resources/read": RESOURCE
 LISTED = {"tools/list": TOOL, "prompts/list": PROMPT, "resources/list": RESOURCE}
 
 
+@dataclass(frozen=True)
+class Listed:
+    """What a list may show: the names the caller may use, and those denied only until
+    the user consents (every obligation a consent)."""
+
+    allowed: frozenset[str] = frozenset()
+    consent_required: frozenset[str] = frozenset()
+
+
 class ArgumentError(ValueError):
     """A mapped argument that cannot be put in the context."""
 
@@ -121,18 +131,21 @@ class Decider:
     ) -> Verdict:
         return await self.client.authorize(_query(caller, upstream, method, kind, name, context))
 
-    async def allowed(
+    async def listed(
         self, caller: Caller, upstream: Upstream, kind: Kind, names: Sequence[str]
-    ) -> set[str]:
-        """The names among ``names`` the caller may use; none when the PDP cannot say."""
+    ) -> Listed:
+        """What ``ListAllowed`` says of ``names``; none when the PDP cannot say."""
         if not names:
-            return set()
+            return Listed()
         request = _list_request(caller, upstream, kind, names)
         try:
             response = await self.stub.ListAllowed(request, timeout=self.timeout)
         except grpc.RpcError:
-            return set()  # fail closed: list nothing
-        return {r.id for r in response.allowed}
+            return Listed()  # fail closed: list nothing
+        return Listed(
+            frozenset(r.id for r in response.allowed),
+            frozenset(r.id for r in response.consent_required),
+        )
 
 
 class LocalDecider:
@@ -219,24 +232,27 @@ class LocalDecider:
                 mine,
             )
 
-    async def allowed(
+    async def listed(
         self, caller: Caller, upstream: Upstream, kind: Kind, names: Sequence[str]
-    ) -> set[str]:
+    ) -> Listed:
         """As ``ListAllowed``: what a call would be answered, using up no limit. A list
         with a name a ``limit`` could decide is the PDP's to filter (the counters are
         there)."""
         request = _list_request(caller, upstream, kind, names)
         allowed = set()
+        consent_required = set()
         for candidate in request.candidates:
             try:
                 decision = self.service.preview_without_limits(listed_question(request, candidate))
             except RequestError:
                 continue  # fail closed: not listed
             if decision is None:
-                return await self.remote.allowed(caller, upstream, kind, names)
+                return await self.remote.listed(caller, upstream, kind, names)
             if decision.allow:
                 allowed.add(candidate.id)
-        return allowed
+            elif decision.awaits_consent:
+                consent_required.add(candidate.id)
+        return Listed(frozenset(allowed), frozenset(consent_required))
 
     def _pep(self) -> str:
         return self.PEP

@@ -106,6 +106,57 @@ def test_list_allowed_filters_tools_without_using_limits(stub: pb_grpc.Authorize
     assert [r.id for r in allowed.allowed] == ["web.search", "search"]
 
 
+def test_list_allowed_names_what_awaits_only_the_users_consent(
+    stub: pb_grpc.AuthorizerStub,
+) -> None:
+    money = pb.Value(money=pb.Money(amount="200", currency="USD"))
+    listing = pb.ListAllowedRequest(
+        agent=agent(),
+        user=pb.User(id="alice"),
+        action="tool.call",
+        candidates=[pb.Resource(type="tool", id=t) for t in ("search", "payments.transfer")],
+        context={"amount": money},
+    )
+    response = stub.ListAllowed(listing, timeout=5)
+    assert [r.id for r in response.allowed] == ["search"]
+    assert [r.id for r in response.consent_required] == ["payments.transfer"]
+    consented = pb.Value(strings=pb.StringList(values=["payments:transfer"]))
+    listing.context["consents"].CopyFrom(consented)
+    response = stub.ListAllowed(listing, timeout=5)
+    assert [r.id for r in response.allowed] == ["search", "payments.transfer"]
+    assert list(response.consent_required) == []
+
+
+def test_a_deny_that_needs_more_than_consent_is_not_awaiting_consent(
+    stub: pb_grpc.AuthorizerStub,
+) -> None:
+    """large_transfers asks a treasurer for a consent and a step-up: consent is not enough."""
+    treasurer = pb.User(
+        id="tess", attributes={"roles": pb.Value(strings=pb.StringList(values=["treasurer"]))}
+    )
+    listing = pb.ListAllowedRequest(
+        agent=agent(),
+        user=treasurer,
+        action="tool.call",
+        candidates=[pb.Resource(type="tool", id="payments.transfer")],
+        context={"amount": pb.Value(money=pb.Money(amount="5000", currency="USD"))},
+    )
+    response = stub.ListAllowed(listing, timeout=5)
+    assert (list(response.allowed), list(response.consent_required)) == ([], [])
+    question = pb.AuthorizeRequest(
+        agent=listing.agent,
+        user=treasurer,
+        action="tool.call",
+        resource=listing.candidates[0],
+        context=listing.context,
+    )
+    denied = stub.Authorize(question, timeout=5)
+    assert [(o.kind, o.value) for o in denied.obligations] == [
+        ("consent", "payments:transfer"),
+        ("step_up", "mfa"),
+    ]
+
+
 def test_health_is_serving(server: Server) -> None:
     health = health_pb2_grpc.HealthStub(server.channel)
     for service in ("", "tessera.v1.Authorizer"):

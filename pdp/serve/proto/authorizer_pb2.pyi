@@ -217,9 +217,11 @@ class ListAllowedRequest(_message.Message):
     def __init__(self, agent: _Optional[_Union[Agent, _Mapping]] = ..., user: _Optional[_Union[User, _Mapping]] = ..., delegation: _Optional[_Union[Delegation, _Mapping]] = ..., action: _Optional[str] = ..., candidates: _Optional[_Iterable[_Union[Resource, _Mapping]]] = ..., context: _Optional[_Mapping[str, Value]] = ...) -> None: ...
 
 class ListAllowedResponse(_message.Message):
-    __slots__ = ("allowed", "bundle_version")
+    __slots__ = ("allowed", "bundle_version", "consent_required")
     ALLOWED_FIELD_NUMBER: _ClassVar[int]
     BUNDLE_VERSION_FIELD_NUMBER: _ClassVar[int]
+    CONSENT_REQUIRED_FIELD_NUMBER: _ClassVar[int]
     allowed: _containers.RepeatedCompositeFieldContainer[Resource]
     bundle_version: str
-    def __init__(self, allowed: _Optional[_Iterable[_Union[Resource, _Mapping]]] = ..., bundle_version: _Optional[str] = ...) -> None: ...
+    consent_required: _containers.RepeatedCompositeFieldContainer[Resource]
+    def __init__(self, allowed: _Optional[_Iterable[_Union[Resource, _Mapping]]] = ..., bundle_version: _Optional[str] = ..., consent_required: _Optional[_Iterable[_Union[Resource, _Mapping]]] = ...) -> None: ...

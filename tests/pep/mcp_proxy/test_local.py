@@ -15,7 +15,7 @@ import jwt
 import pytest
 
 from pep.mcp_proxy.app import DECISION_HEADER
-from pep.mcp_proxy.decisions import TOOL, LocalDecider
+from pep.mcp_proxy.decisions import TOOL, Listed, LocalDecider
 from pep.mcp_proxy.jsonrpc import FORBIDDEN
 from pep.mcp_proxy.tokens import Caller
 from tests.pep.mcp_proxy.test_proxy import (
@@ -156,8 +156,8 @@ def test_a_list_no_limit_could_decide_is_filtered_in_the_proxy(w: World) -> None
     caller = Caller(w.add_agent(), None, (), frozenset({"mcp:tools"}), "c", "s", time.time() + 60)
     upstream = w.config.upstreams[0]
     before = list_allowed_calls(w)
-    allowed = run(decider.allowed(caller, upstream, TOOL, ["search", "read_file", "fs.delete"]))
-    assert allowed == {"search", "read_file"}
+    listed = run(decider.listed(caller, upstream, TOOL, ["search", "read_file", "fs.delete"]))
+    assert listed == Listed(frozenset({"search", "read_file"}), frozenset())
     assert list_allowed_calls(w) == before
 
 
