@@ -43,9 +43,12 @@ from urllib.parse import urlencode, urlsplit
 import httpx
 import orjson
 from cachetools import TTLCache
+from mcp.server.streamable_http import check_accept_headers
 from mcp.shared.exceptions import UrlElicitationRequiredError
+from mcp.shared.inbound import decode_header_value
 from mcp_types import ElicitRequestURLParams
 from starlette.applications import Starlette
+from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
@@ -78,9 +81,11 @@ from pep.mcp_proxy.jsonrpc import (
     dumps,
     error,
     has_event_id,
+    invalid,
     is_request,
     rewrite_sse,
     sse_event,
+    valid_id,
 )
 from pep.mcp_proxy.metrics import ProxyMetrics
 from pep.mcp_proxy.stdio import StdioUpstream, UpstreamFailed
@@ -104,7 +109,14 @@ FORWARDED = (
     "mcp-name",
     "last-event-id",
 )
+FORWARDED_PREFIX = "mcp-param-"  # MCP request metadata headers (Mcp-Param-<Name>)
 RETURNED = ("content-type", "mcp-session-id", "cache-control")
+# Fields a request may carry once (RFC 9110 §5.3): two differing values would let the proxy
+# and the upstream read different ones.
+SINGLETONS = frozenset(
+    {"authorization", "content-type", "origin", *FORWARDED} - {"accept"}  # lists may repeat
+)
+EXPOSED = ("Mcp-Session-Id", "WWW-Authenticate", DECISION_HEADER)  # to browser scripts (CORS)
 ENDPOINT_METHODS = ("GET", "POST", "DELETE")
 SSE_EVENT_LIMIT = 4 << 20
 MAX_SESSIONS = 100_000
@@ -120,10 +132,21 @@ class Incoming(Request):
 
     def __init__(self, scope: Scope, receive: Receive) -> None:
         super().__init__(scope, receive)
+        headers = scope["headers"]
         self.fields = {
-            name.decode("latin-1"): value.decode("latin-1")
-            for name, value in reversed(scope["headers"])
+            name.decode("latin-1"): value.decode("latin-1") for name, value in reversed(headers)
         }
+        self.repeated = len(self.fields) != len(headers)
+
+    def repeated_singleton(self) -> str | None:
+        """A field that must be given once but is given more than once, if any."""
+        seen: set[str] = set()
+        for raw, _ in self.scope["headers"]:
+            name: str = raw.decode("latin-1")
+            if name in seen and (name in SINGLETONS or name.startswith(FORWARDED_PREFIX)):
+                return name
+            seen.add(name)
+        return None
 
 
 @dataclass
@@ -212,7 +235,7 @@ class Proxy:
         if len(self.config.upstreams) == 1:
             only = self.config.upstreams[0]
             routes.append(Route(challenges.WELL_KNOWN, self._metadata(only), methods=["GET"]))
-        routed = Starlette(routes=routes, lifespan=self.lifespan)
+        routed: ASGIApp = Starlette(routes=routes, lifespan=self.lifespan)
         # The MCP endpoints skip the router and its middleware: the hot path
         direct = {u.path: (u.name, self._endpoint(u)) for u in self.config.upstreams}
         metrics = self.metrics
@@ -231,7 +254,18 @@ class Proxy:
             metrics.responded(name, response.status_code)
             await response(scope, receive, send)
 
-        return app
+        if not self.config.allowed_origins:
+            return app
+        # Browser clients on other origins: CORS preflights answered, and the headers a
+        # client needs (the session, the challenge, the decision ids) exposed to them
+        return CORSMiddleware(
+            app,
+            allow_origins=[o.rstrip("/") for o in self.config.allowed_origins],
+            allow_methods=ENDPOINT_METHODS,
+            allow_headers=["*"],
+            expose_headers=EXPOSED,
+            max_age=600,
+        )
 
     # -- metadata and consent pages
 
@@ -264,6 +298,12 @@ class Proxy:
             refused = self._origin(request)
             if refused is not None:
                 return refused
+            if request.repeated and (twice := request.repeated_singleton()) is not None:
+                if twice == "authorization":  # RFC 6750 §3.1
+                    return challenges.invalid_request(
+                        self.config, upstream, "more than one Authorization header"
+                    )
+                return _json_error(400, None, INVALID_REQUEST, f"{twice} is given more than once")
             assert self.tokens is not None
             resource = self.config.resource(upstream)
             try:
@@ -286,6 +326,10 @@ class Proxy:
                 return await self.post(request, upstream, caller)
             if upstream.command:
                 return Response(status_code=405, headers={"Allow": "POST"})
+            if request.method == "GET" and not check_accept_headers(request)[1]:
+                return _json_error(
+                    406, None, INVALID_REQUEST, "Accept must allow text/event-stream"
+                )
             return await self.relay(request, upstream, caller, None, Plan())
 
         return endpoint
@@ -316,6 +360,16 @@ class Proxy:
         return b"".join(chunks)
 
     async def post(self, request: Incoming, upstream: Upstream, caller: Caller) -> Response:
+        kind = request.fields.get("content-type", "").partition(";")[0].strip().lower()
+        if kind != "application/json":
+            return _json_error(415, None, INVALID_REQUEST, "Content-Type must be application/json")
+        if check_accept_headers(request) != (True, True):
+            return _json_error(
+                406,
+                None,
+                INVALID_REQUEST,
+                "Accept must allow application/json and text/event-stream",
+            )
         body = await self._body(request)
         if isinstance(body, Response):
             return body
@@ -324,14 +378,25 @@ class Proxy:
         except ValueError:
             return _json_error(400, None, PARSE_ERROR, "the body is not JSON")
         batch = isinstance(parsed, list)
-        messages = parsed if batch else [parsed]
-        if not messages or not all(
-            isinstance(m, dict) and m.get("jsonrpc") == "2.0" for m in messages
-        ):
-            return _json_error(400, None, INVALID_REQUEST, "the body is not a JSON-RPC message")
-        mismatch = _header_mismatch(request.fields, messages, batch)
-        if mismatch is not None:
-            return _json_error(400, messages[0].get("id"), HEADER_MISMATCH, mismatch)
+        if batch and not parsed:
+            return _json_error(400, None, INVALID_REQUEST, "the batch is empty")
+        messages = []
+        refusals = []  # JSON-RPC 2.0 §6: an error for each invalid member of a batch
+        for member in parsed if batch else [parsed]:
+            why = invalid(member)
+            if why is None:
+                messages.append(member)
+                continue
+            id = member.get("id") if isinstance(member, dict) else None
+            if not batch:
+                return _json_error(400, id if valid_id(id) else None, INVALID_REQUEST, why)
+            refusals.append(error(id if valid_id(id) else None, INVALID_REQUEST, why))
+        if not messages:
+            return Response(dumps(refusals), 400, media_type="application/json")
+        problem = _header_mismatch(request.fields, messages, batch) or _unforwardable(messages)
+        if problem is not None:
+            id = None if batch else messages[0].get("id")
+            return _json_error(400, id, problem[0], problem[1])
         needed = self._tool_scopes(upstream, messages)
         missing = [s for s in needed if s not in caller.scopes]
         if missing:
@@ -339,12 +404,14 @@ class Proxy:
                 self.config, upstream, [*upstream.scopes, *needed], missing
             )
         plan = await self._plan(upstream, caller, messages)
+        plan.local[:0] = refusals
         if not plan.forward:
             local: Any = plan.local if batch else plan.local[0]
             return _answer(200, dumps(local), plan)
+        # What was decided is what goes on, written anew: the upstream's JSON parser never
+        # sees another reading of the bytes (a repeated member name, say) than the proxy's
         payload = plan.forward if batch else plan.forward[0]
-        unchanged = body if len(plan.forward) == len(messages) else None
-        return await self.relay(request, upstream, caller, payload, plan, unchanged)
+        return await self.relay(request, upstream, caller, payload, plan)
 
     def _tool_scopes(self, upstream: Upstream, messages: list[Message]) -> list[str]:
         needed: list[str] = []
@@ -455,7 +522,6 @@ class Proxy:
         caller: Caller,
         payload: Any,
         plan: Plan,
-        body: bytes | None = None,
     ) -> Response:
         """Send the request on (POST ``payload``, or GET and DELETE as they are) and
         answer with the upstream's response, rewritten where the plan says."""
@@ -463,6 +529,7 @@ class Proxy:
             return await self._relay_stdio(upstream, caller, payload, plan)
         assert self.http is not None and self.credentials is not None and upstream.url
         headers = {k: v for k in FORWARDED if (v := request.fields.get(k)) is not None}
+        headers.update((k, v) for k, v in request.fields.items() if k.startswith(FORWARDED_PREFIX))
         token = request.fields.get("authorization", "").partition(" ")[2].strip()
         try:
             credential = await self.credentials.authorization(upstream, token)
@@ -477,7 +544,7 @@ class Proxy:
             )
         if credential is not None:
             headers["authorization"] = credential
-        content = body if body is not None else dumps(payload) if payload is not None else None
+        content = dumps(payload) if payload is not None else None
         client = self.clients[upstream.name]
         started = time.perf_counter()
         try:
@@ -492,14 +559,25 @@ class Proxy:
             return self._failed(
                 upstream, payload, plan, "unreachable", f"upstream {upstream.name!r} is unreachable"
             )
+        if response.status in (401, 403):  # the upstream refused the proxy's credential
+            await response.aclose()
+            self.credentials.forget(upstream, token)
+            log.warning("upstream %s refused the credential (%d)", upstream.name, response.status)
+            return self._failed(
+                upstream,
+                payload,
+                plan,
+                "credential",
+                f"upstream {upstream.name!r} refused the proxy's credential",
+            )
         session = response.headers.get(SESSION_HEADER)
-        if session is not None:
-            if request.method == "DELETE":
-                self.sessions.pop(session, None)
-            else:
-                self.sessions[session] = caller.key
-        elif request.method == "DELETE":
-            self.sessions.pop(request.fields.get(SESSION_HEADER, ""), None)
+        if request.method == "DELETE":
+            # ended when the upstream says so (2xx), or when it no longer knows it (404); a
+            # server that does not let clients end sessions (405) keeps it
+            if response.status < 300 or response.status == 404:
+                self.sessions.pop(session or request.fields.get(SESSION_HEADER, ""), None)
+        elif session is not None:
+            self.sessions[session] = caller.key
         returned = {k: v for k in RETURNED if (v := response.headers.get(k)) is not None}
         if plan.decisions:
             returned[DECISION_HEADER] = ",".join(plan.decisions)
@@ -661,25 +739,45 @@ def _loads(body: bytes) -> Any:
 
 def _header_mismatch(
     headers: Mapping[str, str], messages: list[Message], batch: bool
-) -> str | None:
+) -> tuple[int, str] | None:
     """Whether ``Mcp-Method`` / ``Mcp-Name`` disagree with the body (they route and are
-    logged by intermediaries, so they must say what the body does)."""
+    logged by intermediaries, so they must say what the body does): the JSON-RPC error."""
     method = headers.get("mcp-method")
-    name = headers.get("mcp-name")
-    if method is None and name is None:
+    raw_name = headers.get("mcp-name")
+    if method is None and raw_name is None:
         return None
     if batch:
-        return "Mcp-Method and Mcp-Name cannot describe a batch"
+        return HEADER_MISMATCH, "Mcp-Method and Mcp-Name cannot describe a batch"
+    name = decode_header_value(raw_name)  # printable ASCII as is, else =?base64?…?=
+    if raw_name is not None and name is None:
+        return HEADER_MISMATCH, "the Mcp-Name header is not valid =?base64?…?= UTF-8"
     message = messages[0]
     if method is not None and method != message.get("method"):
-        return "the Mcp-Method header does not match the body's method"
+        return HEADER_MISMATCH, "the Mcp-Method header does not match the body's method"
     key = NAME_BEARING.get(str(message.get("method")))
     params = message.get("params")
     value = params.get(key) if key is not None and isinstance(params, dict) else None
     if key is not None and value is not None and name != value:
-        return f"the Mcp-Name header does not match the body's params.{key}"
+        return HEADER_MISMATCH, f"the Mcp-Name header does not match the body's params.{key}"
     if key is None and name is not None:
-        return "Mcp-Name is only for tools/call, prompts/get and resources/read"
+        return HEADER_MISMATCH, "Mcp-Name is only for tools/call, prompts/get and resources/read"
+    return None
+
+
+def _unforwardable(messages: list[Message]) -> tuple[int, str] | None:
+    """A message the proxy cannot decide and answer as it must: a call that is decided
+    but sent as a notification (no id, so no answer for a deny, and the upstream might
+    act on it), or a request id given twice in a batch (answers are matched by id)."""
+    ids = set()
+    for message in messages:
+        method = message.get("method")
+        if method in DECIDED and "id" not in message:
+            return INVALID_REQUEST, f"{method} is a request: it needs an id"
+        if is_request(message):
+            key = _id_key(message["id"])
+            if key in ids:
+                return INVALID_REQUEST, f"the batch gives the request id {key} twice"
+            ids.add(key)
     return None
 
 

@@ -6,7 +6,8 @@ the proxy has one upstream, also at the root. A request without a token is answe
 ``401`` with ``WWW-Authenticate: Bearer resource_metadata="…", scope="…"`` (the MCP
 authorization specification); a bad token adds ``error="invalid_token"``; a token
 without every scope needed is answered ``403`` with ``error="insufficient_scope"`` and
-the scopes needed, all of them (RFC 6750 §3.1).
+the scopes needed, all of them (RFC 6750 §3.1); a request with two tokens is answered
+``400`` with ``error="invalid_request"``.
 """
 
 from __future__ import annotations
@@ -64,14 +65,23 @@ def challenge(
 
 def unauthorized(config: ProxyConfig, upstream: Upstream, description: str | None) -> JSONResponse:
     """401: no token (a bare challenge), or a token that is not valid here."""
-    if description is None:
+    if description is None:  # RFC 6750 §3.1: no error code when no token was sent
         header = challenge(config, upstream)
-        body = {"error": "invalid_request", "error_description": "an access token is required"}
+        body = {"error_description": "an access token is required"}
     else:
         header = challenge(config, upstream, "invalid_token", description)
         body = {"error": "invalid_token", "error_description": description}
     return JSONResponse(
         body, 401, headers={"WWW-Authenticate": header, "Cache-Control": "no-store"}
+    )
+
+
+def invalid_request(config: ProxyConfig, upstream: Upstream, description: str) -> JSONResponse:
+    """400: the request is malformed, such as two tokens (RFC 6750 §3.1)."""
+    header = challenge(config, upstream, "invalid_request", description)
+    body = {"error": "invalid_request", "error_description": description}
+    return JSONResponse(
+        body, 400, headers={"WWW-Authenticate": header, "Cache-Control": "no-store"}
     )
 
 

@@ -176,8 +176,11 @@ def config_from_table(
         raise ConfigError(f"mcp_proxy.decisions must be one of {', '.join(DECISIONS)}")
     _unknown(table, known, "mcp_proxy")
     public_url = _url(_str(table, "public_url", None, "mcp_proxy"), "mcp_proxy.public_url")
-    if urlsplit(public_url).path not in ("", "/"):
-        raise ConfigError("mcp_proxy.public_url must be an origin without a path")
+    public_url = _origin(public_url, "mcp_proxy.public_url")
+    origins = tuple(
+        _origin(_url(o, "mcp_proxy.allowed_origins"), "mcp_proxy.allowed_origins")
+        for o in _strs(table, "allowed_origins", [], "mcp_proxy")
+    )
     issuer = _url(_str(table, "issuer", None, "mcp_proxy"), "mcp_proxy.issuer")
     algorithms = tuple(_strs(table, "algorithms", ["ES256", "RS256", "EdDSA"], "mcp_proxy"))
     bad = [a for a in algorithms if a not in ALGORITHMS]
@@ -198,14 +201,14 @@ def config_from_table(
     secret_env = _str(table, "client_secret_env", "TESSERA_MCP_PROXY_SECRET", "mcp_proxy")
     client_id = _str(table, "client_id", "", "mcp_proxy")
     config = ProxyConfig(
-        public_url=public_url.rstrip("/"),
+        public_url=public_url,
         issuer=issuer.rstrip("/"),
         upstreams=upstreams,
         pdp=_str(table, "pdp", "127.0.0.1:50051", "mcp_proxy"),
         host=_str(table, "host", "127.0.0.1", "mcp_proxy"),
         port=_int(table, "port", 8090, "mcp_proxy"),
         algorithms=algorithms,
-        allowed_origins=tuple(_strs(table, "allowed_origins", [], "mcp_proxy")),
+        allowed_origins=origins,
         max_body=_int(table, "max_body", DEFAULT_MAX_BODY, "mcp_proxy"),
         jwks_uri=_str(table, "jwks_uri", "", "mcp_proxy"),
         client_id=client_id,
@@ -364,6 +367,26 @@ def _bool(table: Mapping[str, Any], key: str, default: bool, where: str) -> bool
     if not isinstance(value, bool):
         raise ConfigError(f"{where}.{key} must be true or false")
     return value
+
+
+def _origin(url: str, where: str) -> str:
+    """An origin as browsers send it (RFC 6454 §6.2): scheme and host in lower case, no
+    default port, no path. Resource URIs are built on it, so ``aud`` is canonical too."""
+    parts = urlsplit(url)
+    if parts.username is not None or parts.query:
+        raise ConfigError(f"{where} must be an origin, not {url!r}")
+    if parts.path not in ("", "/"):
+        raise ConfigError(f"{where} must be an origin without a path, not {url!r}")
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    scheme = parts.scheme.lower()
+    try:
+        port = parts.port
+    except ValueError:
+        raise ConfigError(f"{where} has an invalid port: {url!r}") from None
+    default = 443 if scheme == "https" else 80
+    return f"{scheme}://{host}" if port in (None, default) else f"{scheme}://{host}:{port}"
 
 
 def _url(value: str, where: str) -> str:

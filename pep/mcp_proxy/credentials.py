@@ -50,6 +50,14 @@ class Credentials:
             return f"Bearer {await self._exchange(upstream.audience, client_token)}"
         return None
 
+    def forget(self, upstream: Upstream, client_token: str) -> None:
+        """Drop the credential kept for ``upstream`` (it refused it): the next call gets a
+        new one."""
+        if upstream.credential == "client_credentials":
+            self._own.pop(upstream.audience, None)
+        elif upstream.credential == "token_exchange":
+            self._exchanged.pop((token_digest(client_token), upstream.audience), None)
+
     async def _client_credentials(self, audience: str) -> str:
         kept = self._own.get(audience)
         if kept is not None and kept[1] > time.time():

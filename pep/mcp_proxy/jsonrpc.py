@@ -12,6 +12,7 @@ import json
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from typing import Any
 
+import orjson
 from mcp_types.jsonrpc import INTERNAL_ERROR, URL_ELICITATION_REQUIRED
 
 PARSE_ERROR = -32700
@@ -35,8 +36,31 @@ def is_request(message: Message) -> bool:
     return "method" in message and "id" in message
 
 
+def invalid(message: Any) -> str | None:
+    """Why ``message`` is not a JSON-RPC 2.0 request, notification or response; None when
+    it is one."""
+    if not isinstance(message, dict) or message.get("jsonrpc") != "2.0":
+        return "not a JSON-RPC 2.0 message"
+    if "id" in message and not valid_id(message["id"]):
+        return "an id is a string, a number or null"
+    if "method" in message:
+        return None if isinstance(message["method"], str) else "a method is a string"
+    if "id" not in message or ("result" in message) == ("error" in message):
+        return "a response has an id and either a result or an error"
+    return None
+
+
+def valid_id(value: Any) -> bool:
+    return value is None or (isinstance(value, str | int | float) and not isinstance(value, bool))
+
+
 def dumps(value: Any) -> bytes:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+    """Compact UTF-8 JSON: orjson, or the standard encoder for what orjson refuses (such as
+    integers beyond 64 bits)."""
+    try:
+        return orjson.dumps(value)
+    except TypeError:
+        return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
 
 
 class SseTooLarge(ValueError):

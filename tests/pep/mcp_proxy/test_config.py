@@ -218,3 +218,15 @@ def test_the_command_refuses_policies_that_do_not_load(tmp_path: Path) -> None:
     assert "broken.pol:" in done.stderr
     assert done.stderr.endswith("tessera mcp-proxy: the policies do not load; nothing is served\n")
     assert not (tmp_path / "t.db").exists()  # nothing was opened
+
+
+def test_the_public_url_and_origins_are_kept_as_browsers_send_origins() -> None:
+    """RFC 6454: lower-case scheme and host, no default port; ``aud`` is built on it."""
+    config = config_from_table(
+        table(public_url="HTTPS://MCP.Example.com:443/", allowed_origins=["http://App.Example:80"]),
+        env={},
+    )
+    assert config.public_url == "https://mcp.example.com"
+    assert config.allowed_origins == ("http://app.example",)
+    kept = config_from_table(table(public_url="http://[::1]:8090"), env={})
+    assert kept.public_url == "http://[::1]:8090"

@@ -184,6 +184,8 @@ def test_no_token_is_a_401_with_the_metadata_and_scope_challenge(w: World) -> No
         f'Bearer resource_metadata="{w.proxy}/.well-known/oauth-protected-resource/mcp/tools", '
         'scope="mcp:tools"'
     )
+    # RFC 6750 §3.1: no error code for a request that sent no token, in the body either
+    assert response.json() == {"error_description": "an access token is required"}
 
 
 def test_a_token_for_another_audience_is_a_401_invalid_token(w: World) -> None:
