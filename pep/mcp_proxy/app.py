@@ -91,7 +91,7 @@ from pep.mcp_proxy.metrics import ProxyMetrics
 from pep.mcp_proxy.stdio import StdioUpstream, UpstreamFailed
 from pep.mcp_proxy.tokens import Caller, Jwks, ResourceServer, Unauthorized
 from pep.mcp_proxy.upstream import Response as UpstreamResponse
-from pep.mcp_proxy.upstream import UpstreamClient, UpstreamError
+from pep.mcp_proxy.upstream import TooLarge, UpstreamClient, UpstreamError
 
 log = logging.getLogger("tessera.mcp_proxy")
 
@@ -590,6 +590,10 @@ class Proxy:
         try:
             async with asyncio.timeout(upstream.timeout):
                 raw = await response.read()
+        except TooLarge as exc:
+            return self._failed(
+                upstream, payload, plan, "too_large", f"upstream {upstream.name!r} sent {exc}"
+            )
         except (TimeoutError, UpstreamError):
             await response.aclose()
             return self._failed(

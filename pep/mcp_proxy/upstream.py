@@ -36,8 +36,15 @@ RETRIED = frozenset({"GET", "DELETE", "HEAD", "OPTIONS", "PUT"})  # idempotent (
 HIGH_WATER = 1 << 20  # buffered body bytes before the socket is paused
 
 
+ANSWER_LIMIT = 16 << 20  # bytes of an answer read whole (to pass on, or to rewrite)
+
+
 class UpstreamError(Exception):
     """The upstream could not be reached or answered with something that is not HTTP."""
+
+
+class TooLarge(UpstreamError):
+    """An answer longer than the proxy holds in memory."""
 
 
 class _Connection(asyncio.Protocol):
@@ -206,13 +213,25 @@ class Response:
         finally:
             await self.aclose()
 
-    async def read(self) -> bytes:
+    async def read(self, limit: int = ANSWER_LIMIT) -> bytes:
+        """The whole body; :class:`TooLarge` past ``limit`` bytes (the rest is given up)."""
         if self._done:  # all of it is here already (the usual small answer)
             body = b"".join(self._chunks)
             self._chunks.clear()
             self._buffered = 0
-            return body
-        return b"".join([chunk async for chunk in self.chunks()])
+        else:
+            parts = []
+            size = 0
+            async for chunk in self.chunks():
+                size += len(chunk)
+                if size > limit:
+                    await self.aclose()
+                    raise TooLarge(f"an answer over {limit} bytes")
+                parts.append(chunk)
+            body = b"".join(parts)
+        if len(body) > limit:
+            raise TooLarge(f"an answer over {limit} bytes")
+        return body
 
     async def aclose(self) -> None:
         """Give up the rest of the body: the connection cannot be used again."""

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import uvloop
 
-from pep.mcp_proxy.upstream import UpstreamClient, UpstreamError
+from pep.mcp_proxy.upstream import TooLarge, UpstreamClient, UpstreamError
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 JSON_OK = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}"
@@ -145,6 +145,50 @@ def test_a_body_that_ends_with_the_connection_is_read_whole(run: Any) -> None:
             return body
 
     assert run(main()) == b"all of it"
+
+
+@pytest.mark.parametrize("length", ["content-length: 20", "transfer-encoding: chunked"])
+def test_an_answer_over_the_limit_is_refused_and_the_next_call_works(run: Any, length: str) -> None:
+    body = b"14\r\n" + b"x" * 20 + b"\r\n0\r\n\r\n" if "chunked" in length else b"x" * 20
+    answer = f"HTTP/1.1 200 OK\r\n{length}\r\n\r\n".encode() + body
+
+    async def main() -> tuple[str, bytes]:
+        async with Served(answering(answer, JSON_OK)) as url:
+            client = UpstreamClient(url)
+            with pytest.raises(TooLarge) as raised:
+                await (await client.request("POST", {}, b"1", 5.0)).read(limit=10)
+            after = await (await client.request("POST", {}, b"2", 5.0)).read(limit=10)
+            await client.close()
+            return str(raised.value), after
+
+    assert run(main()) == ("an answer over 10 bytes", b"{}")
+
+
+@pytest.mark.parametrize("length", ["content-length: 4000000", "transfer-encoding: chunked"])
+def test_an_answer_over_the_limit_is_given_up_before_it_has_all_come(run: Any, length: str) -> None:
+    """Reading stops at the limit: the rest is not waited for, and the connection goes."""
+    chunk = b"x" * 65536
+    head = f"HTTP/1.1 200 OK\r\n{length}\r\n\r\n".encode()
+    framed = b"10000\r\n" + chunk + b"\r\n" if "chunked" in length else chunk
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(head)
+        for _ in range(32):  # 2 MiB, then it never finishes
+            writer.write(framed)
+            await writer.drain()
+        await reader.read()
+
+    async def main() -> str:
+        async with Served(handler) as url:
+            client = UpstreamClient(url)
+            with pytest.raises(TooLarge) as raised:
+                response = await client.request("POST", {}, b"1", 5.0)
+                await asyncio.wait_for(response.read(limit=1 << 20), 5.0)
+            await client.close()
+            return str(raised.value)
+
+    assert run(main()) == f"an answer over {1 << 20} bytes"
 
 
 def test_a_connection_the_server_closed_while_idle_is_replaced(run: Any) -> None:
