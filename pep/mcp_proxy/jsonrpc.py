@@ -69,16 +69,20 @@ class SseTooLarge(ValueError):
 
 class SseParser:
     """Splits a byte stream into SSE events (lines of ``field: value``, a blank line ends
-    one)."""
+    one). Lines end with CRLF, LF or CR (the SSE grammar); events come out with LF."""
 
     def __init__(self, limit: int) -> None:
         self.buffer = b""
         self.limit = limit
+        self._cr = False  # the last chunk ended with CR: an LF first in the next is its pair
 
     def feed(self, chunk: bytes) -> list[bytes]:
         """The complete events in ``chunk`` and what came before, as raw bytes (each with
         its terminating blank line)."""
-        self.buffer += chunk.replace(b"\r\n", b"\n")
+        if self._cr and chunk.startswith(b"\n"):
+            chunk = chunk[1:]
+        self._cr = chunk.endswith(b"\r")
+        self.buffer += chunk.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
         events = []
         while True:
             end = self.buffer.find(b"\n\n")
@@ -148,5 +152,5 @@ async def rewrite_sse(
                 yield event
                 continue
             yield replace_data(event, dumps(await rewrite(message)))
-    if parser.buffer.strip():
-        yield parser.buffer
+    # an event the stream ended in the middle of is not dispatched (the SSE rules), so it
+    # is not passed on either: it was never rewritten
