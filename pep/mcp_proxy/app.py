@@ -173,8 +173,8 @@ class Proxy:
         self.stdio: dict[str, StdioUpstream] = {}
         self.clients: dict[str, UpstreamClient] = {}
         self.metrics = ProxyMetrics()
-        # Mcp-Session-Id -> the caller that opened it (agent|user)
-        self.sessions: TTLCache[str, str] = TTLCache(MAX_SESSIONS, 24 * 3600)
+        # (upstream, Mcp-Session-Id) -> the caller that opened it (agent|user)
+        self.sessions: TTLCache[tuple[str, str], str] = TTLCache(MAX_SESSIONS, 24 * 3600)
         origin = urlsplit(config.public_url)
         self.origins = frozenset(
             {f"{origin.scheme}://{origin.netloc}", *(o.rstrip("/") for o in config.allowed_origins)}
@@ -318,7 +318,7 @@ class Proxy:
                     self.config, upstream, upstream.scopes, missing
                 )
             session = request.fields.get(SESSION_HEADER)
-            if session is not None and self.sessions.get(session) != caller.key:
+            if session is not None and self.sessions.get((upstream.name, session)) != caller.key:
                 # unknown (expired, or from before a restart) or another caller's: the
                 # client starts a new session (MCP Streamable HTTP)
                 return _json_error(404, None, INVALID_REQUEST, "unknown session")
@@ -575,9 +575,10 @@ class Proxy:
             # ended when the upstream says so (2xx), or when it no longer knows it (404); a
             # server that does not let clients end sessions (405) keeps it
             if response.status < 300 or response.status == 404:
-                self.sessions.pop(session or request.fields.get(SESSION_HEADER, ""), None)
+                ended = session or request.fields.get(SESSION_HEADER, "")
+                self.sessions.pop((upstream.name, ended), None)
         elif session is not None:
-            self.sessions[session] = caller.key
+            self.sessions[(upstream.name, session)] = caller.key
         returned = {k: v for k in RETURNED if (v := response.headers.get(k)) is not None}
         if plan.decisions:
             returned[DECISION_HEADER] = ",".join(plan.decisions)

@@ -306,6 +306,19 @@ def test_a_session_the_server_will_not_end_stays_open(recorded: Recorded) -> Non
     assert later.status_code == 200, later.text
 
 
+def test_a_session_belongs_to_the_upstream_that_opened_it(w: World, recorded: Recorded) -> None:
+    """Two servers may hand out the same id: each one's sessions are its own."""
+    client = machine(w)
+    at_ok = replace(recorded, token=token_for(w, client, resource=f"{recorded.origin}/mcp/ok"))
+    at_other = replace(
+        recorded, token=token_for(w, client, resource=f"{recorded.origin}/mcp/refuses")
+    )
+    assert at_ok.post("ok", request("initialize", {})).headers["mcp-session-id"] == SESSION
+    elsewhere = at_other.post("refuses", request("ping", {}), **{"Mcp-Session-Id": SESSION})
+    assert elsewhere.status_code == 404
+    assert elsewhere.json()["error"]["message"] == "unknown session"
+
+
 # -- browsers on other origins (CORS)
 
 
