@@ -47,6 +47,7 @@ from mcp.server.streamable_http import check_accept_headers
 from mcp.shared.exceptions import UrlElicitationRequiredError
 from mcp.shared.inbound import decode_header_value
 from mcp_types import ElicitRequestURLParams
+from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 from starlette.applications import Starlette
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import ClientDisconnect, Request
@@ -318,7 +319,11 @@ class Proxy:
                     self.config, upstream, upstream.scopes, missing
                 )
             session = request.fields.get(SESSION_HEADER)
-            if session is not None and self.sessions.get((upstream.name, session)) != caller.key:
+            if (
+                session is not None
+                and not _stateless(request)
+                and self.sessions.get((upstream.name, session)) != caller.key
+            ):
                 # unknown (expired, or from before a restart) or another caller's: the
                 # client starts a new session (MCP Streamable HTTP)
                 return _json_error(404, None, INVALID_REQUEST, "unknown session")
@@ -584,7 +589,8 @@ class Proxy:
             returned[DECISION_HEADER] = ",".join(plan.decisions)
         kind = response.headers.get("content-type", "").split(";")[0].strip().lower()
         if kind == "text/event-stream" and payload is not None:
-            stream = self._answer_stream(response, upstream, caller, plan, payload)
+            resumable = not _stateless(request)
+            stream = self._answer_stream(response, upstream, caller, plan, payload, resumable)
             return StreamingResponse(stream, response.status, headers=returned)
         if kind == "text/event-stream" or request.method == "GET":
             return StreamingResponse(_chunks(response), response.status, headers=returned)
@@ -642,12 +648,14 @@ class Proxy:
         caller: Caller,
         plan: Plan,
         payload: Any,
+        may_resume: bool,
     ) -> AsyncIterator[bytes]:
         """An SSE answer to a POST, event by event: the proxy's own answers first, then
         the upstream's events, lists filtered. A request the stream leaves unanswered gets
         a JSON-RPC error event: when the upstream is quiet for its ``timeout``, breaks off,
         sends an event over the size limit, or ends the stream without having given an
-        event id (with one, the client can resume the stream with ``Last-Event-ID``)."""
+        event id. With one, and ``may_resume`` (protocol revisions before 2026-07-28), the
+        client can resume the stream with ``Last-Event-ID``."""
         sent = payload if isinstance(payload, list) else [payload]
         pending = {_id_key(m["id"]): m["id"] for m in sent if is_request(m)}
         resumable = False
@@ -663,7 +671,7 @@ class Proxy:
         )
         try:
             async for event in events:
-                resumable = resumable or has_event_id(event)
+                resumable = resumable or (may_resume and has_event_id(event))
                 yield event
         except TimeoutError:
             why, resumable = "timed out", False
@@ -731,6 +739,12 @@ class Proxy:
             return _json_error(502, None, UPSTREAM_ERROR, reason)
         body: Any = answers if isinstance(payload, list) or len(answers) > 1 else answers[0]
         return _answer(200, dumps(body), plan)
+
+
+def _stateless(request: Incoming) -> bool:
+    """Whether the request speaks a stateless protocol revision (2026-07-28 on): no
+    sessions, no resumable streams, so ``Mcp-Session-Id`` means nothing."""
+    return request.fields.get("mcp-protocol-version") in MODERN_PROTOCOL_VERSIONS
 
 
 def _loads(body: bytes) -> Any:

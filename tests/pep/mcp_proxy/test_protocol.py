@@ -306,6 +306,15 @@ def test_a_session_the_server_will_not_end_stays_open(recorded: Recorded) -> Non
     assert later.status_code == 200, later.text
 
 
+def test_a_stateless_request_ignores_a_session_id(w: World) -> None:
+    """MCP 2026-07-28 has no sessions: a stray Mcp-Session-Id is not a session to check."""
+    token = token_for(w, machine(w))
+    headers = {**modern("search"), "Mcp-Session-Id": "from-an-older-client"}
+    response = post(w, call("search", {"query": "x"}), token, **headers)
+    assert response.status_code == 200, response.text
+    assert "found x" in response.text
+
+
 def test_a_session_belongs_to_the_upstream_that_opened_it(w: World, recorded: Recorded) -> None:
     """Two servers may hand out the same id: each one's sessions are its own."""
     client = machine(w)

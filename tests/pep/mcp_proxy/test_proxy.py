@@ -25,7 +25,7 @@ from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.auth import OAuthClientInformationFull, OAuthToken
 from mcp.shared.exceptions import MCPError
 from mcp_types import CLIENT_CAPABILITIES_META_KEY, PROTOCOL_VERSION_META_KEY
-from mcp_types.version import LATEST_MODERN_VERSION
+from mcp_types.version import LATEST_HANDSHAKE_VERSION, LATEST_MODERN_VERSION
 from starlette.testclient import TestClient
 
 from issuer.store import AuditEntry
@@ -393,11 +393,11 @@ def test_without_the_pdp_every_call_is_denied(w: World) -> None:
 
 
 def test_a_session_id_the_proxy_did_not_hand_out_is_unknown(w: World) -> None:
-    """After a restart or expiry, a guessed or leaked id must not be taken over."""
+    """After a restart or expiry, a guessed or leaked id must not be taken over (sessions
+    are of the protocol revisions before 2026-07-28)."""
     token = token_for(w, machine(w))
-    response = post(
-        w, call("search", {"query": "x"}), token, **modern("search"), **{"Mcp-Session-Id": "s1"}
-    )
+    headers = {"MCP-Protocol-Version": LATEST_HANDSHAKE_VERSION, "Mcp-Session-Id": "s1"}
+    response = post(w, {"jsonrpc": "2.0", "id": 1, "method": "ping"}, token, **headers)
     assert response.status_code == 404
     assert response.json()["error"]["message"] == "unknown session"
 

@@ -15,6 +15,7 @@ from typing import Any
 
 import httpx
 import pytest
+from mcp_types.version import LATEST_HANDSHAKE_VERSION
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
@@ -292,11 +293,24 @@ def test_only_the_unanswered_requests_of_a_streamed_batch_get_errors(
 
 
 def test_a_resumable_sse_answer_is_left_to_the_client_to_resume(w: World, failing: Failing) -> None:
-    """An event with an id lets the client resume with Last-Event-ID, so the end of the
-    stream is not a failure."""
+    """Before 2026-07-28, an event with an id lets the client resume with Last-Event-ID,
+    so the end of the stream is not a failure."""
+    token = token_at(w, failing, "resumable")
+    body = call("search", {"query": "x"}, id=7)
+    headers = {**modern("search"), "MCP-Protocol-Version": LATEST_HANDSHAKE_VERSION}
+    response = post_at(failing.url("resumable"), body, token, **headers)
+    assert response.status_code == 200, response.text
+    assert sse_messages(response) == [PROGRESS]
+    assert "id: 1" in response.text
+
+
+def test_a_stateless_client_cannot_resume_so_the_end_is_a_failure(
+    w: World, failing: Failing
+) -> None:
+    """MCP 2026-07-28 has no resumable streams: event ids or not, the request failed."""
     token = token_at(w, failing, "resumable")
     body = call("search", {"query": "x"}, id=7)
     response = post_at(failing.url("resumable"), body, token, **modern("search"))
     assert response.status_code == 200, response.text
-    assert sse_messages(response) == [PROGRESS]
-    assert "id: 1" in response.text
+    reason = "ended the stream without answering"
+    assert sse_messages(response) == [PROGRESS, failed(7, "resumable", reason)]
