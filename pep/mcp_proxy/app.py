@@ -714,7 +714,7 @@ class Proxy:
     ) -> Response:
         stdio = self.stdio[upstream.name]
         try:
-            answer = await stdio.send(payload)
+            answer = await stdio.send(payload, caller.key)
         except UpstreamFailed as exc:
             return self._failed(
                 upstream, payload, plan, "stdio", f"upstream {upstream.name!r} {exc}"

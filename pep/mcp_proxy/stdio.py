@@ -2,11 +2,13 @@
 JSON-RPC), so the proxy can serve it over Streamable HTTP.
 
 One process serves every caller. Request ids are replaced by the proxy's own on the way
-in (callers' ids may collide) and restored on the way out. A request the server sends
-back (sampling, elicitation) is refused with ``-32601``, since there is no client to ask
-on this path; its notifications are dropped. A process that exits fails the calls in
-flight and is started again on the next call; a call unanswered within the upstream's
-timeout fails alone.
+in (callers' ids may collide) and restored on the way out. A caller's
+``notifications/cancelled`` goes on under the proxy's id of that caller's own call in
+flight with the id it names, and is dropped when there is none, so no caller cancels
+another's. A request the server sends back (sampling, elicitation) is refused with
+``-32601``, since there is no client to ask on this path; its notifications are dropped.
+A process that exits fails the calls in flight and is started again on the next call; a
+call unanswered within the upstream's timeout fails alone.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import asyncio
 import contextlib
 import json
 import logging
+from dataclasses import dataclass
 from typing import Any
 
 log = logging.getLogger("tessera.mcp_proxy")
@@ -26,13 +29,22 @@ class UpstreamFailed(Exception):
     """The subprocess could not answer; the message completes 'upstream X …'."""
 
 
+@dataclass(slots=True)
+class Call:
+    """A request in flight: who sent it, with which id, and where its answer goes."""
+
+    caller: str
+    id: Any  # the caller's
+    answer: asyncio.Future[dict[str, Any]]
+
+
 class StdioUpstream:
     def __init__(self, command: tuple[str, ...], timeout: float) -> None:
         self.command = command
         self.timeout = timeout
         self.process: asyncio.subprocess.Process | None = None
         self.reader: asyncio.Task[None] | None = None
-        self.pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
+        self.pending: dict[int, Call] = {}  # by the proxy's id
         self.counter = 0
         self._lock = asyncio.Lock()
 
@@ -81,15 +93,15 @@ class StdioUpstream:
                             },
                         )
                     continue
-                future = self.pending.pop(message.get("id"), None)  # type: ignore[arg-type]
-                if future is not None and not future.done():
-                    future.set_result(message)
+                call = self.pending.pop(message.get("id"), None)  # type: ignore[arg-type]
+                if call is not None and not call.answer.done():
+                    call.answer.set_result(message)
         except (ValueError, ConnectionError) as exc:
             log.warning("stdio upstream: %s", exc)
         finally:
-            for future in self.pending.values():
-                if not future.done():
-                    future.set_exception(UpstreamFailed("exited"))
+            for call in self.pending.values():
+                if not call.answer.done():
+                    call.answer.set_exception(UpstreamFailed("exited"))
             self.pending.clear()
 
     async def _write(self, process: asyncio.subprocess.Process, message: dict[str, Any]) -> None:
@@ -97,41 +109,58 @@ class StdioUpstream:
         process.stdin.write(json.dumps(message, separators=(",", ":")).encode() + b"\n")
         await process.stdin.drain()
 
-    async def send(self, payload: Any) -> Any:
-        """The answer to a message or batch (None when it held no request)."""
+    async def send(self, payload: Any, caller: str) -> Any:
+        """The answer to a message or batch (None when it held no request); ``caller`` is
+        who sends it, so that a cancellation reaches only its own calls."""
         process = await self._started()
         messages = payload if isinstance(payload, list) else [payload]
-        waiting: list[tuple[Any, asyncio.Future[dict[str, Any]]]] = []
+        waiting: list[Call] = []
         ids: list[int] = []
         loop = asyncio.get_running_loop()
         try:
             for message in messages:
                 if "method" in message and "id" in message:
                     self.counter += 1
-                    future: asyncio.Future[dict[str, Any]] = loop.create_future()
-                    self.pending[self.counter] = future
+                    call = Call(caller, message["id"], loop.create_future())
+                    self.pending[self.counter] = call
                     ids.append(self.counter)
-                    waiting.append((message["id"], future))
-                    message = {**message, "id": self.counter}
-                await self._write(process, message)
+                    waiting.append(call)
+                    await self._write(process, {**message, "id": self.counter})
+                elif message.get("method") == "notifications/cancelled":
+                    for cancellation in self._cancellations(message, caller):
+                        await self._write(process, cancellation)
+                else:
+                    await self._write(process, message)
         except (ConnectionError, OSError):
             raise UpstreamFailed("exited") from None
         if not waiting:
             return None
         try:
             async with asyncio.timeout(self.timeout):
-                answers = [await future for _, future in waiting]
+                answers = [await call.answer for call in waiting]
         except TimeoutError:
             raise UpstreamFailed(f"timed out after {self.timeout:g} s") from None
         finally:
             for key in ids:
                 self.pending.pop(key, None)
-            for _, future in waiting:
-                future.cancel()
-        restored = [
-            {**a, "id": original} for (original, _), a in zip(waiting, answers, strict=True)
-        ]
+            for call in waiting:
+                call.answer.cancel()
+        restored = [{**a, "id": call.id} for call, a in zip(waiting, answers, strict=True)]
         return restored if isinstance(payload, list) else restored[0]
+
+    def _cancellations(self, message: dict[str, Any], caller: str) -> list[dict[str, Any]]:
+        """``notifications/cancelled`` for each of the caller's calls in flight with the
+        id it names, under the proxy's id (none when it names no call of the caller's:
+        another caller's call may have that id on the proxy's side)."""
+        params = message.get("params")
+        if not isinstance(params, dict) or "requestId" not in params:
+            return []
+        named = params["requestId"]
+        return [
+            {**message, "params": {**params, "requestId": key}}
+            for key, call in self.pending.items()
+            if call.caller == caller and _same_id(call.id, named)
+        ]
 
     async def close(self) -> None:
         process = self.process
@@ -147,3 +176,8 @@ class StdioUpstream:
             self.reader.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self.reader
+
+
+def _same_id(a: Any, b: Any) -> bool:
+    """Whether two JSON-RPC ids are the same (``1`` is not ``"1"``, nor ``true``)."""
+    return type(a) is type(b) and bool(a == b)

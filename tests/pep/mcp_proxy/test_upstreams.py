@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
@@ -115,6 +116,61 @@ def test_a_crashed_stdio_server_is_a_json_rpc_error(w: World) -> None:
     assert response.json()["error"] == {
         "code": UPSTREAM_ERROR,
         "message": "upstream 'broken' exited",
+    }
+
+
+def cancelled(request_id: Any) -> dict[str, Any]:
+    """A caller's ``notifications/cancelled`` for its request ``request_id``."""
+    params = {"requestId": request_id}
+    return {"jsonrpc": "2.0", "method": "notifications/cancelled", "params": params}
+
+
+def in_flight(w: World) -> int:
+    """The proxy's id of the one call in flight at the local stdio server, once it is
+    there (bounded)."""
+    stdio = w.gateway.stdio["local"]
+
+    async def ids() -> list[int]:  # read on the proxy's loop
+        return list(stdio.pending)
+
+    for _ in range(500):
+        found = w.thread.run(ids())
+        if found:
+            assert len(found) == 1, found
+            return found[0]
+        time.sleep(0.01)
+    raise AssertionError("the call did not reach the stdio server")
+
+
+def test_a_caller_cannot_cancel_another_callers_call_over_stdio(w: World) -> None:
+    """The proxy's ids are a counter anyone can guess, and callers' ids collide: a
+    cancellation reaches only its sender's own calls."""
+    victim = token_for(w, machine(w), resource=w.at("/mcp/local"))
+    other = token_for(w, machine(w), resource=w.at("/mcp/local"))
+    body = call("read_file", {"path": "/victim"}, id=1)
+    with ThreadPoolExecutor(1) as pool:
+        reading = pool.submit(post_to, w, "/mcp/local", body, victim)
+        for request_id in {1, in_flight(w)}:  # the victim's id, and the proxy's
+            assert post_to(w, "/mcp/local", cancelled(request_id), other).status_code == 202
+        response = reading.result()
+    assert response.status_code == 200
+    assert "read /victim" in response.text, response.text
+
+
+def test_a_caller_cancels_its_own_call_over_stdio(w: World) -> None:
+    """The cancellation reaches the server under the proxy's id, and the server drops the
+    call without answering: the caller's request times out instead of being read."""
+    token = token_for(w, machine(w), resource=w.at("/mcp/local"))
+    body = call("read_file", {"path": "/mine"}, id="mine")
+    with ThreadPoolExecutor(1) as pool:
+        reading = pool.submit(post_to, w, "/mcp/local", body, token)
+        in_flight(w)
+        assert post_to(w, "/mcp/local", cancelled("mine"), token).status_code == 202
+        response = reading.result()
+    assert response.json() == {
+        "jsonrpc": "2.0",
+        "id": "mine",
+        "error": {"code": UPSTREAM_ERROR, "message": "upstream 'local' timed out after 5 s"},
     }
 
 
