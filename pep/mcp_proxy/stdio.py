@@ -6,7 +6,8 @@ in (callers' ids may collide) and restored on the way out. A caller's
 ``notifications/cancelled`` goes on under the proxy's id of that caller's own call in
 flight with the id it names, and is dropped when there is none, so no caller cancels
 another's. A request the server sends back (sampling, elicitation) is refused with
-``-32601``, since there is no client to ask on this path; its notifications are dropped.
+``-32601``, since there is no client to ask on this path; its notifications are dropped,
+and so a request's progress token is not passed on (callers' tokens may collide).
 A process that exits fails the calls in flight and is started again on the next call; a
 call unanswered within the upstream's timeout fails alone.
 """
@@ -125,7 +126,7 @@ class StdioUpstream:
                     self.pending[self.counter] = call
                     ids.append(self.counter)
                     waiting.append(call)
-                    await self._write(process, {**message, "id": self.counter})
+                    await self._write(process, {**_unprogressed(message), "id": self.counter})
                 elif message.get("method") == "notifications/cancelled":
                     for cancellation in self._cancellations(message, caller):
                         await self._write(process, cancellation)
@@ -176,6 +177,17 @@ class StdioUpstream:
             self.reader.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self.reader
+
+
+def _unprogressed(message: dict[str, Any]) -> dict[str, Any]:
+    """The request without its ``_meta.progressToken``: the progress the server would
+    report is dropped, and callers' tokens may collide."""
+    params = message.get("params")
+    meta = params.get("_meta") if isinstance(params, dict) else None
+    if not isinstance(params, dict) or not isinstance(meta, dict) or "progressToken" not in meta:
+        return message
+    meta = {k: v for k, v in meta.items() if k != "progressToken"}
+    return {**message, "params": {**params, "_meta": meta}}
 
 
 def _same_id(a: Any, b: Any) -> bool:

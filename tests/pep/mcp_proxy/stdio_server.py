@@ -1,6 +1,24 @@
-"""An MCP server over stdio, written with the official SDK, for the proxy to start."""
+"""An MCP server over stdio, written with the official SDK, for the proxy to start; or,
+with the argument ``echo``, a bare JSON-RPC server that answers each request with the
+message it got, so that a test sees what the proxy passed on."""
+
+import json
+import sys
 
 from tests.pep.mcp_proxy.tools import upstream_server
 
+
+def echo() -> None:
+    """Answer each request with the message as it arrived."""
+    for line in sys.stdin:
+        message = json.loads(line)
+        if "method" in message and "id" in message:
+            answer = {"jsonrpc": "2.0", "id": message["id"], "result": {"received": message}}
+            print(json.dumps(answer), flush=True)
+
+
 if __name__ == "__main__":
-    upstream_server().run("stdio")
+    if sys.argv[1:] == ["echo"]:
+        echo()
+    else:
+        upstream_server().run("stdio")

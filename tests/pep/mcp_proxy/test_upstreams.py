@@ -4,6 +4,7 @@ their caller, and signing keys that change."""
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -16,6 +17,7 @@ from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 
 from pep.mcp_proxy.jsonrpc import FORBIDDEN, UPSTREAM_ERROR
+from pep.mcp_proxy.stdio import StdioUpstream
 from tests.pep.mcp_proxy.test_proxy import (
     call,
     key_provider,
@@ -28,6 +30,7 @@ from tests.pep.mcp_proxy.world import UPSTREAM_AUDIENCE, World, run, world
 
 TIMEOUT = 10.0
 ACCEPT = "application/json, text/event-stream"
+ECHO = (sys.executable, "-m", "tests.pep.mcp_proxy.stdio_server", "echo")
 
 
 @pytest.fixture(scope="module")
@@ -172,6 +175,26 @@ def test_a_caller_cancels_its_own_call_over_stdio(w: World) -> None:
         "id": "mine",
         "error": {"code": UPSTREAM_ERROR, "message": "upstream 'local' timed out after 5 s"},
     }
+
+
+def test_a_progress_token_is_not_passed_to_the_stdio_server() -> None:
+    """The server's progress notifications would be dropped, and callers' tokens may
+    collide: the proxy asks for none, and passes the rest of the request on as it is."""
+    body = call("search", {"query": "x"}, id="a")
+    meta = dict(body["params"]["_meta"])
+    body["params"]["_meta"]["progressToken"] = 1
+
+    async def sent() -> Any:
+        stdio = StdioUpstream(ECHO, TIMEOUT)
+        try:
+            return await stdio.send(body, "caller")
+        finally:
+            await stdio.close()
+
+    answer = run(sent())
+    assert answer["id"] == "a"
+    received = answer["result"]["received"]
+    assert received["params"] == {**body["params"], "_meta": meta}
 
 
 def request(method: str, params: dict[str, Any], id: int | str = 1) -> dict[str, Any]:
