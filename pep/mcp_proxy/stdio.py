@@ -40,9 +40,10 @@ class Call:
 
 
 class StdioUpstream:
-    def __init__(self, command: tuple[str, ...], timeout: float) -> None:
+    def __init__(self, command: tuple[str, ...], timeout: float, limit: int = LINE_LIMIT) -> None:
         self.command = command
         self.timeout = timeout
+        self.limit = limit  # bytes in one message from the server
         self.process: asyncio.subprocess.Process | None = None
         self.reader: asyncio.Task[None] | None = None
         self.pending: dict[int, Call] = {}  # by the proxy's id
@@ -59,7 +60,7 @@ class StdioUpstream:
                     stdin=asyncio.subprocess.PIPE,
                     stdout=asyncio.subprocess.PIPE,
                     stderr=asyncio.subprocess.DEVNULL,
-                    limit=LINE_LIMIT,
+                    limit=self.limit,
                 )
             except OSError as exc:
                 raise UpstreamFailed(f"could not be started: {exc.strerror}") from None
