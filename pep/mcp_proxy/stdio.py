@@ -8,8 +8,9 @@ flight with the id it names, and is dropped when there is none, so no caller can
 another's. A request the server sends back (sampling, elicitation) is refused with
 ``-32601``, since there is no client to ask on this path; its notifications are dropped,
 and so a request's progress token is not passed on (callers' tokens may collide).
-A process that exits fails the calls in flight and is started again on the next call; a
-call unanswered within the upstream's timeout fails alone.
+A process that exits or can no longer be read (its output closed, or a message over the
+limit) is killed and fails its calls in flight, and the next call starts another; a call
+unanswered within the upstream's timeout fails alone.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ class Call:
 
     caller: str
     id: Any  # the caller's
+    process: asyncio.subprocess.Process  # the one it was sent to
     answer: asyncio.Future[dict[str, Any]]
 
 
@@ -45,7 +47,7 @@ class StdioUpstream:
         self.timeout = timeout
         self.limit = limit  # bytes in one message from the server
         self.process: asyncio.subprocess.Process | None = None
-        self.reader: asyncio.Task[None] | None = None
+        self.readers: dict[asyncio.subprocess.Process, asyncio.Task[None]] = {}  # until it is gone
         self.pending: dict[int, Call] = {}  # by the proxy's id
         self.counter = 0
         self._lock = asyncio.Lock()
@@ -65,19 +67,29 @@ class StdioUpstream:
             except OSError as exc:
                 raise UpstreamFailed(f"could not be started: {exc.strerror}") from None
             self.process = process
-            self.reader = asyncio.create_task(self._read(process))
+            reader = asyncio.create_task(self._read(process))
+            reader.add_done_callback(lambda _: self.readers.pop(process, None))
+            self.readers[process] = reader
             return process
 
     async def _read(self, process: asyncio.subprocess.Process) -> None:
+        """Hand the server's answers to their calls until it stops or cannot be read on
+        (a line over the limit), then stop it for good."""
         assert process.stdout is not None
+        reason = "exited"
         try:
             while True:
-                line = await process.stdout.readline()
+                try:
+                    line = await process.stdout.readline()
+                except ValueError:  # over the limit: where the next message starts is lost
+                    reason = f"sent a message longer than {self.limit} bytes"
+                    log.warning("stdio upstream %s; stopping it", reason)
+                    break
                 if not line:
                     break
                 try:
                     message = json.loads(line)
-                except ValueError:
+                except (ValueError, RecursionError):
                     continue
                 if not isinstance(message, dict):
                     continue
@@ -95,16 +107,29 @@ class StdioUpstream:
                             },
                         )
                     continue
-                call = self.pending.pop(message.get("id"), None)  # type: ignore[arg-type]
+                key = message.get("id")
+                call = self.pending.pop(key, None) if type(key) is int else None
                 if call is not None and not call.answer.done():
                     call.answer.set_result(message)
-        except (ValueError, ConnectionError) as exc:
+        except Exception as exc:  # stopped reading, so the process is of no more use
             log.warning("stdio upstream: %s", exc)
         finally:
-            for call in self.pending.values():
+            self._stop(process, reason)
+            await process.wait()
+
+    def _stop(self, process: asyncio.subprocess.Process, reason: str) -> None:
+        """Stop using ``process``: its calls in flight fail with ``reason``, it is killed,
+        and the next call starts another."""
+        if self.process is process:
+            self.process = None
+        for key, call in list(self.pending.items()):
+            if call.process is process:
+                del self.pending[key]
                 if not call.answer.done():
-                    call.answer.set_exception(UpstreamFailed("exited"))
-            self.pending.clear()
+                    call.answer.set_exception(UpstreamFailed(reason))
+        if process.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                process.kill()
 
     async def _write(self, process: asyncio.subprocess.Process, message: dict[str, Any]) -> None:
         assert process.stdin is not None
@@ -123,7 +148,7 @@ class StdioUpstream:
             for message in messages:
                 if "method" in message and "id" in message:
                     self.counter += 1
-                    call = Call(caller, message["id"], loop.create_future())
+                    call = Call(caller, message["id"], process, loop.create_future())
                     self.pending[self.counter] = call
                     ids.append(self.counter)
                     waiting.append(call)
@@ -135,6 +160,8 @@ class StdioUpstream:
                     await self._write(process, message)
         except (ConnectionError, OSError):
             raise UpstreamFailed("exited") from None
+        if self.process is not process:  # it stopped while the batch was written
+            self._stop(process, "exited")  # fails the calls sent after that, too
         if not waiting:
             return None
         try:
@@ -146,7 +173,8 @@ class StdioUpstream:
             for key in ids:
                 self.pending.pop(key, None)
             for call in waiting:
-                call.answer.cancel()
+                if not call.answer.cancel() and not call.answer.cancelled():
+                    call.answer.exception()  # seen, so that asyncio does not log it
         restored = [{**a, "id": call.id} for call, a in zip(waiting, answers, strict=True)]
         return restored if isinstance(payload, list) else restored[0]
 
@@ -165,19 +193,20 @@ class StdioUpstream:
         ]
 
     async def close(self) -> None:
-        process = self.process
-        if process is not None and process.returncode is None:
+        """Stop every process not yet gone: its input closed, killed if it has not exited
+        within 2 s (those stopped already were killed)."""
+        for process, reader in list(self.readers.items()):
             if process.stdin is not None:
                 process.stdin.close()
             try:
                 await asyncio.wait_for(process.wait(), 2.0)
             except TimeoutError:
-                process.kill()
+                with contextlib.suppress(ProcessLookupError):
+                    process.kill()
                 await process.wait()
-        if self.reader is not None:
-            self.reader.cancel()
+            reader.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self.reader
+                await reader
 
 
 def _unprogressed(message: dict[str, Any]) -> dict[str, Any]:

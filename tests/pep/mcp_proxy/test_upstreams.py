@@ -4,6 +4,7 @@ their caller, and signing keys that change."""
 
 from __future__ import annotations
 
+import asyncio
 import sys
 import time
 from collections.abc import Iterator
@@ -17,7 +18,7 @@ from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 
 from pep.mcp_proxy.jsonrpc import FORBIDDEN, UPSTREAM_ERROR
-from pep.mcp_proxy.stdio import StdioUpstream
+from pep.mcp_proxy.stdio import StdioUpstream, UpstreamFailed
 from tests.pep.mcp_proxy.test_proxy import (
     call,
     key_provider,
@@ -30,7 +31,8 @@ from tests.pep.mcp_proxy.world import UPSTREAM_AUDIENCE, World, run, world
 
 TIMEOUT = 10.0
 ACCEPT = "application/json, text/event-stream"
-ECHO = (sys.executable, "-m", "tests.pep.mcp_proxy.stdio_server", "echo")
+LOCAL = (sys.executable, "-m", "tests.pep.mcp_proxy.stdio_server")
+ECHO = (*LOCAL, "echo")
 
 
 @pytest.fixture(scope="module")
@@ -195,6 +197,54 @@ def test_a_progress_token_is_not_passed_to_the_stdio_server() -> None:
     assert answer["id"] == "a"
     received = answer["result"]["received"]
     assert received["params"] == {**body["params"], "_meta": meta}
+
+
+def test_a_line_over_the_limit_fails_its_call_and_restarts_the_server() -> None:
+    """The stream cannot be read past a line over the limit: the process is killed, the
+    calls in flight fail, and the next call gets a new process."""
+
+    async def calls() -> tuple[Any, str, Any]:
+        stdio = StdioUpstream(LOCAL, TIMEOUT, limit=4096)
+        try:
+            before = await stdio.send(call("search", {"query": "small"}, id=1), "caller")
+            first = stdio.process
+            assert first is not None
+            with pytest.raises(UpstreamFailed) as failed:
+                await stdio.send(call("search", {"query": "x" * 4096}, id=2), "caller")
+            after = await stdio.send(call("search", {"query": "small"}, id=3), "caller")
+            assert stdio.process is not first
+            async with asyncio.timeout(TIMEOUT):
+                await first.wait()  # killed
+            return before, str(failed.value), after
+        finally:
+            await stdio.close()
+
+    before, failed, after = run(calls())
+    assert "found small" in str(before["result"])
+    assert failed == "sent a message longer than 4096 bytes"
+    assert after["id"] == 3
+    assert "found small" in str(after["result"])
+
+
+def test_a_server_that_closes_its_output_is_stopped_and_started_again() -> None:
+    """It runs on, but nothing more can be read from it: its call fails at once, and the
+    next call gets a new process (which fails the same way here) rather than waiting for
+    an answer that cannot come."""
+    mute = (sys.executable, "-c", "import os, time; os.close(1); time.sleep(60)")
+
+    async def reasons() -> list[str]:
+        stdio = StdioUpstream(mute, TIMEOUT)
+        failures = []
+        try:
+            for id in (1, 2):
+                with pytest.raises(UpstreamFailed) as failed:
+                    await stdio.send(call("search", {"query": "x"}, id=id), "caller")
+                failures.append(str(failed.value))
+            return failures
+        finally:
+            await stdio.close()
+
+    assert run(reasons()) == ["exited", "exited"]
 
 
 def request(method: str, params: dict[str, Any], id: int | str = 1) -> dict[str, Any]:
