@@ -8,9 +8,9 @@ flight with the id it names, and is dropped when there is none, so no caller can
 another's. A request the server sends back (sampling, elicitation) is refused with
 ``-32601``, since there is no client to ask on this path; its notifications are dropped,
 and so a request's progress token is not passed on (callers' tokens may collide).
-A process that exits or can no longer be read (its output closed, or a message over the
-limit) is killed and fails its calls in flight, and the next call starts another; a call
-unanswered within the upstream's timeout fails alone.
+A process that exits, or that can no longer be read or written (a pipe closed, a message
+over the limit), is killed and fails its calls in flight, and the next call starts
+another; a call unanswered within the upstream's timeout fails alone.
 """
 
 from __future__ import annotations
@@ -145,26 +145,27 @@ class StdioUpstream:
         ids: list[int] = []
         loop = asyncio.get_running_loop()
         try:
-            for message in messages:
-                if "method" in message and "id" in message:
-                    self.counter += 1
-                    call = Call(caller, message["id"], process, loop.create_future())
-                    self.pending[self.counter] = call
-                    ids.append(self.counter)
-                    waiting.append(call)
-                    await self._write(process, {**_unprogressed(message), "id": self.counter})
-                elif message.get("method") == "notifications/cancelled":
-                    for cancellation in self._cancellations(message, caller):
-                        await self._write(process, cancellation)
-                else:
-                    await self._write(process, message)
-        except (ConnectionError, OSError):
-            raise UpstreamFailed("exited") from None
-        if self.process is not process:  # it stopped while the batch was written
-            self._stop(process, "exited")  # fails the calls sent after that, too
-        if not waiting:
-            return None
-        try:
+            try:
+                for message in messages:
+                    if "method" in message and "id" in message:
+                        self.counter += 1
+                        call = Call(caller, message["id"], process, loop.create_future())
+                        self.pending[self.counter] = call
+                        ids.append(self.counter)
+                        waiting.append(call)
+                        await self._write(process, {**_unprogressed(message), "id": self.counter})
+                    elif message.get("method") == "notifications/cancelled":
+                        for cancellation in self._cancellations(message, caller):
+                            await self._write(process, cancellation)
+                    else:
+                        await self._write(process, message)
+            except (ConnectionError, OSError):  # it takes no more input
+                self._stop(process, "exited")
+                raise UpstreamFailed("exited") from None
+            if self.process is not process:  # it stopped while the batch was written
+                self._stop(process, "exited")  # fails the calls sent after that, too
+            if not waiting:
+                return None
             async with asyncio.timeout(self.timeout):
                 answers = [await call.answer for call in waiting]
         except TimeoutError:

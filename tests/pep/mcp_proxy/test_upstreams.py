@@ -247,6 +247,28 @@ def test_a_server_that_closes_its_output_is_stopped_and_started_again() -> None:
     assert run(reasons()) == ["exited", "exited"]
 
 
+def test_a_server_that_takes_no_more_input_is_stopped_and_no_call_is_left_behind() -> None:
+    """Writing a batch to it fails part way (its first message is more than the pipe
+    holds): the batch fails, none of its calls stays in flight, and the process is not
+    kept for the next call."""
+    deaf = (sys.executable, "-c", "import os, time; os.close(0); time.sleep(60)")
+    batch = [call("search", {"query": "x" * (1 << 20)}, id=1), call("search", {"query": "y"}, id=2)]
+
+    async def left() -> tuple[str, dict[int, Any], Any]:
+        stdio = StdioUpstream(deaf, TIMEOUT)
+        try:
+            with pytest.raises(UpstreamFailed) as failed:
+                await stdio.send(batch, "caller")
+            return str(failed.value), dict(stdio.pending), stdio.process
+        finally:
+            await stdio.close()
+
+    reason, pending, kept = run(left())
+    assert reason == "exited"
+    assert pending == {}
+    assert kept is None
+
+
 def request(method: str, params: dict[str, Any], id: int | str = 1) -> dict[str, Any]:
     """A stateless (2026-07-28) request: the protocol envelope in ``_meta``."""
     meta = call("", {})["params"]["_meta"]
