@@ -5,9 +5,14 @@ One process serves every caller. Request ids are replaced by the proxy's own on 
 in (callers' ids may collide) and restored on the way out. A caller's
 ``notifications/cancelled`` goes on under the proxy's id of that caller's own call in
 flight with the id it names, and is dropped when there is none, so no caller cancels
-another's. A request the server sends back (sampling, elicitation) is refused with
-``-32601``, since there is no client to ask on this path; its notifications are dropped,
-and so a request's progress token is not passed on (callers' tokens may collide).
+another's.
+
+A request the server sends back (sampling, elicitation) is refused with ``-32601``, since
+there is no client to ask on this path, and a caller's answer is dropped (it was asked
+nothing, and could answer a request made during another's call). The server's
+notifications are dropped, so a request's progress token is not passed on (callers'
+tokens may collide).
+
 A process that exits, or that can no longer be read or written (a pipe closed, a message
 over the limit), is killed and fails its calls in flight, and the next call starts
 another; a call unanswered within the upstream's timeout fails alone.
@@ -157,7 +162,7 @@ class StdioUpstream:
                     elif message.get("method") == "notifications/cancelled":
                         for cancellation in self._cancellations(message, caller):
                             await self._write(process, cancellation)
-                    else:
+                    elif "method" in message:
                         await self._write(process, message)
             except (ConnectionError, OSError):  # it takes no more input
                 self._stop(process, "exited")

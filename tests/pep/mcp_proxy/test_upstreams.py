@@ -199,6 +199,23 @@ def test_a_progress_token_is_not_passed_to_the_stdio_server() -> None:
     assert received["params"] == {**body["params"], "_meta": meta}
 
 
+def test_a_callers_answer_is_not_passed_to_the_stdio_server() -> None:
+    """The proxy refuses the server's requests itself, so a caller was asked nothing: its
+    answer could reach a request the server made during another caller's call."""
+    notified = {"jsonrpc": "2.0", "method": "notifications/initialized"}
+    answer = {"jsonrpc": "2.0", "id": 0, "result": {"action": "accept", "content": {}}}
+
+    async def seen() -> Any:
+        stdio = StdioUpstream(ECHO, TIMEOUT)
+        try:
+            assert await stdio.send([answer, notified], "caller") is None
+            return await stdio.send(call("search", {"query": "x"}), "caller")
+        finally:
+            await stdio.close()
+
+    assert run(seen())["result"]["before"] == [notified]
+
+
 def test_a_line_over_the_limit_fails_its_call_and_restarts_the_server() -> None:
     """The stream cannot be read past a line over the limit: the process is killed, the
     calls in flight fail, and the next call gets a new process."""
