@@ -83,6 +83,7 @@ from pep.mcp_proxy.jsonrpc import (
     error,
     has_event_id,
     invalid,
+    is_comment,
     is_request,
     rewrite_sse,
     sse_event,
@@ -91,8 +92,8 @@ from pep.mcp_proxy.jsonrpc import (
 from pep.mcp_proxy.metrics import ProxyMetrics
 from pep.mcp_proxy.stdio import StdioUpstream, UpstreamFailed
 from pep.mcp_proxy.tokens import Caller, Jwks, ResourceServer, Unauthorized
+from pep.mcp_proxy.upstream import ANSWER_LIMIT, TooLarge, UpstreamClient, UpstreamError
 from pep.mcp_proxy.upstream import Response as UpstreamResponse
-from pep.mcp_proxy.upstream import TooLarge, UpstreamClient, UpstreamError
 
 log = logging.getLogger("tessera.mcp_proxy")
 
@@ -111,6 +112,9 @@ FORWARDED = (
     "last-event-id",
 )
 FORWARDED_PREFIX = "mcp-param-"  # MCP request metadata headers (Mcp-Param-<Name>)
+# A stateless (2026-07-28) request has no session and no stream to resume: an id it names
+# is not passed on, so it cannot reach a session of another caller's
+STATELESS_FORWARDED = tuple(f for f in FORWARDED if f not in ("mcp-session-id", "last-event-id"))
 RETURNED = ("content-type", "mcp-session-id", "cache-control")
 # Fields a request may carry once (RFC 9110 §5.3): two differing values would let the proxy
 # and the upstream read different ones.
@@ -119,11 +123,18 @@ SINGLETONS = frozenset(
 )
 EXPOSED = ("Mcp-Session-Id", "WWW-Authenticate", DECISION_HEADER)  # to browser scripts (CORS)
 ENDPOINT_METHODS = ("GET", "POST", "DELETE")
-SSE_EVENT_LIMIT = 4 << 20
+SSE_EVENT_LIMIT = ANSWER_LIMIT  # as much in one event as in a JSON answer
 MAX_SESSIONS = 100_000
 
 
 def _id_key(value: Any) -> str:
+    """An id as JSON-RPC peers match it: a number by its value (1 and 1.0 are one id to
+    a JavaScript server, as are integers past 2**53), anything else by its JSON text."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        try:
+            return f"number {float(value)!r}"
+        except OverflowError:
+            return f"number {value!r}"
     return json.dumps(value)
 
 
@@ -533,7 +544,12 @@ class Proxy:
         if upstream.command:
             return await self._relay_stdio(upstream, caller, payload, plan)
         assert self.http is not None and self.credentials is not None and upstream.url
-        headers = {k: v for k in FORWARDED if (v := request.fields.get(k)) is not None}
+        stateless = _stateless(request)
+        headers = {
+            k: v
+            for k in (STATELESS_FORWARDED if stateless else FORWARDED)
+            if (v := request.fields.get(k)) is not None
+        }
         headers.update((k, v) for k, v in request.fields.items() if k.startswith(FORWARDED_PREFIX))
         token = request.fields.get("authorization", "").partition(" ")[2].strip()
         try:
@@ -576,7 +592,9 @@ class Proxy:
                 f"upstream {upstream.name!r} refused the proxy's credential",
             )
         session = response.headers.get(SESSION_HEADER)
-        if request.method == "DELETE":
+        if stateless:
+            pass  # no sessions: none is ended, none is opened
+        elif request.method == "DELETE":
             # ended when the upstream says so (2xx), or when it no longer knows it (404); a
             # server that does not let clients end sessions (405) keeps it
             if response.status < 300 or response.status == 404:
@@ -589,8 +607,7 @@ class Proxy:
             returned[DECISION_HEADER] = ",".join(plan.decisions)
         kind = response.headers.get("content-type", "").split(";")[0].strip().lower()
         if kind == "text/event-stream" and payload is not None:
-            resumable = not _stateless(request)
-            stream = self._answer_stream(response, upstream, caller, plan, payload, resumable)
+            stream = self._answer_stream(response, upstream, caller, plan, payload, not stateless)
             return StreamingResponse(stream, response.status, headers=returned)
         if kind == "text/event-stream" or request.method == "GET":
             return StreamingResponse(_chunks(response), response.status, headers=returned)
@@ -661,16 +678,26 @@ class Proxy:
         resumable = False
 
         async def rewrite(message: Any) -> Any:
-            if isinstance(message, dict) and "id" in message and "method" not in message:
-                pending.pop(_id_key(message["id"]), None)
-            return await self._filtered(upstream, caller, plan, message)
+            for answer in message if isinstance(message, list) else [message]:
+                if isinstance(answer, dict) and "id" in answer and "method" not in answer:
+                    pending.pop(_id_key(answer["id"]), None)
+            return await self._filter_many(upstream, caller, plan, message)
 
         why = "ended the stream without answering"
-        events = rewrite_sse(
-            _quiet_after(response, upstream.timeout), rewrite, plan.local, SSE_EVENT_LIMIT
-        )
+        events = rewrite_sse(response.chunks(), rewrite, plan.local, SSE_EVENT_LIMIT)
+        loop = asyncio.get_running_loop()
+        quiet_until = loop.time() + upstream.timeout
         try:
-            async for event in events:
+            while True:
+                # quiet: no event for the upstream's timeout (comments, such as the SDK's
+                # keep-alive pings, do not count: they say nothing of the requests)
+                async with asyncio.timeout_at(quiet_until):
+                    try:
+                        event = await anext(events)
+                    except StopAsyncIteration:
+                        break
+                if not is_comment(event):
+                    quiet_until = loop.time() + upstream.timeout
                 resumable = resumable or (may_resume and has_event_id(event))
                 yield event
         except TimeoutError:
@@ -795,25 +822,12 @@ def _unforwardable(messages: list[Message]) -> tuple[int, str] | None:
         if is_request(message):
             key = _id_key(message["id"])
             if key in ids:
-                return INVALID_REQUEST, f"the batch gives the request id {key} twice"
+                return (
+                    INVALID_REQUEST,
+                    f"the batch gives the request id {dumps(message['id']).decode()} twice",
+                )
             ids.add(key)
     return None
-
-
-async def _quiet_after(response: UpstreamResponse, seconds: float) -> AsyncIterator[bytes]:
-    """The upstream's body as it arrives; :class:`TimeoutError` when no byte comes for
-    ``seconds``."""
-    chunks = response.chunks()
-    try:
-        while True:
-            async with asyncio.timeout(seconds):
-                try:
-                    chunk = await anext(chunks)
-                except StopAsyncIteration:
-                    return
-            yield chunk
-    finally:
-        await chunks.aclose()
 
 
 async def _chunks(response: UpstreamResponse) -> AsyncIterator[bytes]:

@@ -177,10 +177,7 @@ def config_from_table(
     _unknown(table, known, "mcp_proxy")
     public_url = _url(_str(table, "public_url", None, "mcp_proxy"), "mcp_proxy.public_url")
     public_url = _origin(public_url, "mcp_proxy.public_url")
-    origins = tuple(
-        _origin(_url(o, "mcp_proxy.allowed_origins"), "mcp_proxy.allowed_origins")
-        for o in _strs(table, "allowed_origins", [], "mcp_proxy")
-    )
+    origins = tuple(_allowed_origin(o) for o in _strs(table, "allowed_origins", [], "mcp_proxy"))
     issuer = _url(_str(table, "issuer", None, "mcp_proxy"), "mcp_proxy.issuer")
     algorithms = tuple(_strs(table, "algorithms", ["ES256", "RS256", "EdDSA"], "mcp_proxy"))
     bad = [a for a in algorithms if a not in ALGORITHMS]
@@ -387,6 +384,18 @@ def _origin(url: str, where: str) -> str:
         raise ConfigError(f"{where} has an invalid port: {url!r}") from None
     default = 443 if scheme == "https" else 80
     return f"{scheme}://{host}" if port in (None, default) else f"{scheme}://{host}:{port}"
+
+
+def _allowed_origin(value: str) -> str:
+    """A browser origin to allow: http(s) in canonical form; another scheme (an editor's
+    webview, a browser extension: ``vscode-webview://…``) as given, without a path."""
+    where = "mcp_proxy.allowed_origins"
+    parts = urlsplit(value)
+    if parts.scheme.lower() in ("http", "https"):
+        return _origin(_url(value, where), where)
+    if not parts.scheme or not parts.netloc or parts.path not in ("", "/") or parts.query:
+        raise ConfigError(f"{where}: {value!r} is not an origin (scheme://host)")
+    return f"{parts.scheme.lower()}://{parts.netloc}"
 
 
 def _url(value: str, where: str) -> str:

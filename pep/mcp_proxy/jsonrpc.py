@@ -59,8 +59,8 @@ def dumps(value: Any) -> bytes:
     integers beyond 64 bits)."""
     try:
         return orjson.dumps(value)
-    except TypeError:
-        return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+    except TypeError:  # ASCII: a lone surrogate (which JSON text may hold) is kept escaped
+        return json.dumps(value, separators=(",", ":")).encode()
 
 
 class SseTooLarge(ValueError):
@@ -72,24 +72,26 @@ class SseParser:
     one). Lines end with CRLF, LF or CR (the SSE grammar); events come out with LF."""
 
     def __init__(self, limit: int) -> None:
-        self.buffer = b""
+        self.buffer = bytearray()  # of the event under way, lines ending in LF
         self.limit = limit
         self._cr = False  # the last chunk ended with CR: an LF first in the next is its pair
 
     def feed(self, chunk: bytes) -> list[bytes]:
         """The complete events in ``chunk`` and what came before, as raw bytes (each with
         its terminating blank line)."""
+        if not chunk:
+            return []
         if self._cr and chunk.startswith(b"\n"):
             chunk = chunk[1:]
         self._cr = chunk.endswith(b"\r")
+        searched = max(len(self.buffer) - 1, 0)  # what came before holds no blank line
         self.buffer += chunk.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
         events = []
-        while True:
-            end = self.buffer.find(b"\n\n")
-            if end < 0:
-                break
-            events.append(self.buffer[: end + 2])
-            self.buffer = self.buffer[end + 2 :]
+        start = 0
+        while (end := self.buffer.find(b"\n\n", max(start, searched))) >= 0:
+            events.append(bytes(self.buffer[start : end + 2]))
+            start = end + 2
+        del self.buffer[:start]
         if len(self.buffer) > self.limit:
             raise SseTooLarge(f"an SSE event over {self.limit} bytes")
         return events
@@ -112,9 +114,19 @@ def event_data(event: bytes) -> bytes | None:
 
 
 def has_event_id(event: bytes) -> bool:
-    """Whether the event sets the stream's last event id (an ``id`` field), which lets a
-    client resume the stream after it ends."""
-    return any(line.split(b":", 1)[0] == b"id" for line in event.split(b"\n"))
+    """Whether the event sets the stream's last event id (an ``id`` field with a value),
+    which lets a client resume the stream after it ends."""
+    for line in event.split(b"\n"):
+        name, _, value = line.partition(b":")
+        if name == b"id" and value.strip():
+            return True
+    return False
+
+
+def is_comment(event: bytes) -> bool:
+    """Whether the event is only comments (lines that begin with a colon), such as a
+    keep-alive."""
+    return all(line.startswith(b":") for line in event.split(b"\n") if line)
 
 
 def replace_data(event: bytes, data: bytes) -> bytes:

@@ -223,10 +223,16 @@ def test_the_command_refuses_policies_that_do_not_load(tmp_path: Path) -> None:
 def test_the_public_url_and_origins_are_kept_as_browsers_send_origins() -> None:
     """RFC 6454: lower-case scheme and host, no default port; ``aud`` is built on it."""
     config = config_from_table(
-        table(public_url="HTTPS://MCP.Example.com:443/", allowed_origins=["http://App.Example:80"]),
+        table(
+            public_url="HTTPS://MCP.Example.com:443/",
+            allowed_origins=["http://App.Example:80", "vscode-webview://1a2B3c"],
+        ),
         env={},
     )
     assert config.public_url == "https://mcp.example.com"
-    assert config.allowed_origins == ("http://app.example",)
+    # an editor's webview keeps its host as given: only http(s) origins have a canonical form
+    assert config.allowed_origins == ("http://app.example", "vscode-webview://1a2B3c")
+    with pytest.raises(ConfigError, match="is not an origin"):
+        config_from_table(table(allowed_origins=["app.example"]), env={})
     kept = config_from_table(table(public_url="http://[::1]:8090"), env={})
     assert kept.public_url == "http://[::1]:8090"

@@ -14,6 +14,7 @@ from typing import Any
 
 import httpx
 import pytest
+from mcp_types.version import LATEST_MODERN_VERSION
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -227,6 +228,23 @@ def test_a_batch_that_repeats_a_request_id_is_refused(recorded: Recorded) -> Non
     assert recorded.recorder.count() == before
 
 
+def test_ids_that_are_one_number_are_one_id(recorded: Recorded) -> None:
+    """1 and 1.0 are the same id to a JavaScript server: a list must not escape its filter
+    under the other's answer."""
+    batch = [request("tools/list", {}, id=1), request("prompts/list", {}, id=1.0)]
+    answer = refused(recorded.post("ok", batch), 400, INVALID_REQUEST)
+    assert answer["error"]["message"] == "the batch gives the request id 1.0 twice"
+
+
+def test_a_lone_surrogate_in_a_string_goes_on_escaped(recorded: Recorded) -> None:
+    """JSON text may hold one (RFC 8259 §8.2); it is passed on as the client wrote it."""
+    raw = b'{"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "search", '
+    raw += b'"arguments": {"query": "\\ud800"}}}'
+    response = recorded.post("ok", raw)
+    assert response.status_code == 200, response.text
+    assert b'"query":"\\ud800"' in recorded.recorder.last()[2]
+
+
 def test_the_upstream_gets_the_message_as_the_proxy_read_it(recorded: Recorded) -> None:
     """A repeated member name: the proxy decides on the last, and sends only that one."""
     raw = (
@@ -304,6 +322,16 @@ def test_a_session_the_server_will_not_end_stays_open(recorded: Recorded) -> Non
     assert ended.status_code == 405
     later = recorded.post("ok", request("ping", {}, id=9), **{"Mcp-Session-Id": SESSION})
     assert later.status_code == 200, later.text
+
+
+def test_a_stateless_request_passes_no_session_id_on(recorded: Recorded) -> None:
+    """Else a caller could name another's session to the upstream, unchecked."""
+    stateless = {"MCP-Protocol-Version": LATEST_MODERN_VERSION, "Mcp-Session-Id": SESSION}
+    response = recorded.post("ok", request("ping", {}, id=3), **stateless)
+    assert response.status_code == 200, response.text
+    _, headers, _ = recorded.recorder.last()
+    assert "mcp-session-id" not in headers
+    assert headers["mcp-protocol-version"] == LATEST_MODERN_VERSION
 
 
 def test_a_stateless_request_ignores_a_session_id(w: World) -> None:

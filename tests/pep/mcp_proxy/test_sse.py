@@ -47,3 +47,17 @@ def test_an_event_the_stream_ends_in_the_middle_of_is_not_passed_on() -> None:
         return [event async for event in rewrite_sse(chunks(), rewrite, [], 1 << 20)]
 
     assert asyncio.run(relayed()) == [b'data: {"id":1,"seen":true}\n\n']
+
+
+def test_an_empty_chunk_between_cr_and_lf_keeps_them_one_line_end() -> None:
+    parser = SseParser(1 << 20)
+    events = [e for chunk in (b"data: 1\r", b"", b"\n\r\n") for e in parser.feed(chunk)]
+    assert events == [b"data: 1\n\n"]
+    assert parser.feed(b"data: 2\n") == [] and bytes(parser.buffer) == b"data: 2\n"
+
+
+def test_a_large_event_in_small_chunks_comes_out_whole() -> None:
+    parser = SseParser(4 << 20)
+    data = b"data: " + b"x" * (2 << 20) + b"\n\n"
+    events = [e for i in range(0, len(data), 4096) for e in parser.feed(data[i : i + 4096])]
+    assert events == [data]

@@ -40,7 +40,9 @@ class Misbehaving:
     has given up. ``/sse/<how>`` starts an SSE answer with a progress notification, then:
     ``quiet`` sends nothing more until the client has gone, ``cut`` ends the stream,
     ``resumable`` ends it after an event with an id, ``first`` answers the first request of
-    the batch and goes quiet. It counts the requests it gets."""
+    the batch and goes quiet, ``pinging`` sends only keep-alive comments, ``array`` answers
+    every request in one event (a JSON array) with the same tools. It counts the requests
+    it gets."""
 
     def __init__(self) -> None:
         self.count = 0
@@ -76,8 +78,9 @@ class Misbehaving:
         return PlainTextResponse("too late", 200)
 
     async def sse(self, request: Request) -> Response:
-        sent = json.loads(await request.body())
-        first = (sent if isinstance(sent, list) else [sent])[0]
+        body = json.loads(await request.body())
+        sent = body if isinstance(body, list) else [body]
+        first = sent[0]
         self._seen()
         how = request.path_params["how"]
 
@@ -88,10 +91,16 @@ class Misbehaving:
             if how == "first":
                 answer = {"jsonrpc": "2.0", "id": first["id"], "result": {"content": []}}
                 yield b"event: message\ndata: " + json.dumps(answer).encode() + b"\n\n"
-            if how in ("quiet", "first"):
+            if how == "array":
+                tools = {"tools": [{"name": "search"}, {"name": "fs.delete"}]}
+                answers = [{"jsonrpc": "2.0", "id": m["id"], "result": tools} for m in sent]
+                yield b"data: " + json.dumps(answers).encode() + b"\n\n"
+            if how in ("quiet", "first", "pinging"):
                 for _ in range(HANG_POLLS):
                     if await request.is_disconnected():
                         return
+                    if how == "pinging":
+                        yield b": ping\n\n"
                     await asyncio.sleep(0.05)
 
         return StreamingResponse(events(), media_type="text/event-stream")
@@ -137,7 +146,7 @@ def failing(w: World) -> Failing:
         upstream("refused", refused_url),
         *(
             upstream(how, f"{at}/sse/{how}", timeout=UPSTREAM_TIMEOUT)
-            for how in ("quiet", "cut", "resumable", "first")
+            for how in ("quiet", "cut", "resumable", "first", "pinging", "array")
         ),
     )
     return Failing(w.add_proxy(upstreams), server)
@@ -258,7 +267,11 @@ PROGRESS = {"jsonrpc": "2.0", "method": "notifications/progress", "params": {}}
 
 @pytest.mark.parametrize(
     ("name", "reason"),
-    [("quiet", "timed out"), ("cut", "ended the stream without answering")],
+    [
+        ("quiet", "timed out"),
+        ("cut", "ended the stream without answering"),
+        ("pinging", "timed out"),  # keep-alive comments say nothing of the request
+    ],
 )
 def test_an_sse_answer_that_leaves_a_request_unanswered_ends_with_its_error(
     w: World, failing: Failing, name: str, reason: str
@@ -270,6 +283,20 @@ def test_an_sse_answer_that_leaves_a_request_unanswered_ends_with_its_error(
     assert response.status_code == 200, response.text
     assert sse_messages(response) == [PROGRESS, failed(7, name, reason)]
     assert response.elapsed.total_seconds() < UPSTREAM_TIMEOUT + 2.0
+
+
+def test_answers_in_one_event_are_each_counted_and_a_list_among_them_filtered(
+    w: World, failing: Failing
+) -> None:
+    token = token_at(w, failing, "array")
+    batch = [request("tools/list", {}, id=1), request("tools/list", {}, id=2)]
+    response = post_at(failing.url("array"), batch, token)
+    assert response.status_code == 200, response.text
+    kept = {"tools": [{"name": "search"}]}  # fs.delete is not this agent's to call
+    assert sse_messages(response) == [
+        PROGRESS,
+        [{"jsonrpc": "2.0", "id": i, "result": kept} for i in (1, 2)],
+    ]
 
 
 def test_only_the_unanswered_requests_of_a_streamed_batch_get_errors(
