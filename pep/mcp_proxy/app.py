@@ -376,8 +376,7 @@ class Proxy:
         return b"".join(chunks)
 
     async def post(self, request: Incoming, upstream: Upstream, caller: Caller) -> Response:
-        kind = request.fields.get("content-type", "").partition(";")[0].strip().lower()
-        if kind != "application/json":
+        if _media_type(request.fields.get("content-type")) != "application/json":
             return _json_error(415, None, INVALID_REQUEST, "Content-Type must be application/json")
         if check_accept_headers(request) != (True, True):
             return _json_error(
@@ -404,9 +403,10 @@ class Proxy:
                 messages.append(member)
                 continue
             id = member.get("id") if isinstance(member, dict) else None
+            id = id if valid_id(id) else None  # JSON-RPC 2.0 §5: null when it cannot be had
             if not batch:
-                return _json_error(400, id if valid_id(id) else None, INVALID_REQUEST, why)
-            refusals.append(error(id if valid_id(id) else None, INVALID_REQUEST, why))
+                return _json_error(400, id, INVALID_REQUEST, why)
+            refusals.append(error(id, INVALID_REQUEST, why))
         if not messages:
             return Response(dumps(refusals), 400, media_type="application/json")
         problem = _header_mismatch(request.fields, messages, batch) or _unforwardable(messages)
@@ -605,7 +605,7 @@ class Proxy:
         returned = {k: v for k in RETURNED if (v := response.headers.get(k)) is not None}
         if plan.decisions:
             returned[DECISION_HEADER] = ",".join(plan.decisions)
-        kind = response.headers.get("content-type", "").split(";")[0].strip().lower()
+        kind = _media_type(response.headers.get("content-type"))
         if kind == "text/event-stream" and payload is not None:
             stream = self._answer_stream(response, upstream, caller, plan, payload, not stateless)
             return StreamingResponse(stream, response.status, headers=returned)
@@ -766,6 +766,11 @@ class Proxy:
             return _json_error(502, None, UPSTREAM_ERROR, reason)
         body: Any = answers if isinstance(payload, list) or len(answers) > 1 else answers[0]
         return _answer(200, dumps(body), plan)
+
+
+def _media_type(content_type: str | None) -> str:
+    """The media type of a ``Content-Type`` value, without its parameters."""
+    return (content_type or "").partition(";")[0].strip().lower()
 
 
 def _stateless(request: Incoming) -> bool:

@@ -20,7 +20,6 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from issuer.app import bind, serve_http
 from pep.mcp_proxy.jsonrpc import HEADER_MISMATCH, INVALID_REQUEST, UPSTREAM_ERROR
 from tests.pep.mcp_proxy.test_proxy import ACCEPT, call, machine, modern, post, token_for
 from tests.pep.mcp_proxy.test_upstreams import request
@@ -118,9 +117,7 @@ def w(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
 @pytest.fixture(scope="module")
 def recorded(w: World) -> Recorded:
     recorder = Recorder()
-    running = w.thread.run(serve_http(recorder.app(), bind("127.0.0.1", 0)))
-    w.served.append(running)
-    at = f"http://127.0.0.1:{running.port}"
+    at = w.serve(recorder.app())
     base = w.config.upstreams[0]
     upstreams = tuple(
         replace(base, name=name, path=f"/mcp/{name}", url=f"{at}/{name}")

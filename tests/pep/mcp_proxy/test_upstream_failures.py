@@ -21,7 +21,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from issuer.app import bind, serve_http
+from issuer.app import bind
 from pep.mcp_proxy.config import Upstream
 from pep.mcp_proxy.jsonrpc import FORBIDDEN, UPSTREAM_ERROR
 from tests.pep.mcp_proxy.test_proxy import call, machine, modern, token_for
@@ -126,9 +126,7 @@ def w(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
 @pytest.fixture(scope="module")
 def failing(w: World) -> Failing:
     server = Misbehaving()
-    running = w.thread.run(serve_http(server.app(), bind("127.0.0.1", 0)))
-    w.served.append(running)
-    at = f"http://127.0.0.1:{running.port}"
+    at = w.serve(server.app())
     closed = bind("127.0.0.1", 0)  # a port nobody listens on
     refused_url = f"http://127.0.0.1:{closed.getsockname()[1]}/mcp"
     closed.close()
