@@ -22,7 +22,7 @@ from pdp.lang.compiler import _Source
 from pdp.lang.parser import parse_expression
 from pdp.lang.rewrite import fold
 from pdp.lang.values import Money, Risk
-from pdp.request import Request
+from pdp.model import Request
 
 Fn = Callable[[Request], Any]
 

@@ -70,7 +70,8 @@ from pdp.lang.policytest import build_request
 from pdp.lang.schema import SchemaModel
 from pdp.lang.values import Duration, Money, Risk
 from pdp.loader import load_directory, load_texts
-from pdp.request import Request, request_from_json
+from pdp.model import Request
+from pdp.request import request_from_json
 
 T = TypeVar("T")
 

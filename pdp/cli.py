@@ -424,7 +424,8 @@ def _fmt(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
 def _decide(args: argparse.Namespace, err: TextIO) -> tuple[Any, Any] | int:
     from pdp.loader import load_directory
-    from pdp.request import RequestError, request_from_json
+    from pdp.model import RequestError
+    from pdp.request import request_from_json
 
     try:
         loaded = load_directory(args.policies)

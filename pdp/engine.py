@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pdp.counters import CounterStore, MemoryCounters
-from pdp.decision import DEFAULT_DENY_REASON, Decision, RuleError, combine
 from pdp.lang import ast
 from pdp.lang.compiler import CompiledRule, compile_rules
 from pdp.lang.interpreter import Interpreter
@@ -28,7 +27,7 @@ from pdp.lang.runtime import (
     pattern_globs,
 )
 from pdp.lang.values import Money
-from pdp.request import Request
+from pdp.model import DEFAULT_DENY_REASON, Decision, Request, RuleError, combine
 
 Lets = Mapping[tuple[str, str], ast.Expr]
 CandidateKey = tuple[str, str, str]

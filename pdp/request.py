@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
-from datetime import datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
@@ -37,102 +36,7 @@ from pdp.lang.values import (
     parse_money,
     parse_time,
 )
-
-
-class RequestError(ValueError):
-    """A request that cannot be decided on: the message names the field and the problem."""
-
-
-class Request:
-    """One authorization question, in typed values. Build it with :meth:`build`."""
-
-    __slots__ = (
-        "action",
-        "agent",
-        "agent_id",
-        "context",
-        "delegation",
-        "resource",
-        "tool",
-        "user",
-        "user_id",
-    )
-
-    agent: dict[str, Any]
-    user: dict[str, Any] | None
-    delegation: dict[str, Any]
-    action: str
-    resource: dict[str, Any]
-    tool: dict[str, Any] | None
-    context: dict[str, Any]
-
-    def __init__(
-        self,
-        agent: dict[str, Any],
-        user: dict[str, Any] | None,
-        delegation: dict[str, Any],
-        action: str,
-        resource: dict[str, Any],
-        context: dict[str, Any],
-    ) -> None:
-        self.agent = agent
-        self.user = user
-        self.delegation = delegation
-        self.action = action
-        self.resource = resource
-        self.context = context
-        self.agent_id: str = str(agent.get("id", ""))
-        self.user_id: str | None = None if user is None else str(user.get("id", ""))
-        # `tool.name` and the tool's attributes, only when the resource is a tool.
-        if resource.get("type") == TOOL_TYPE:
-            self.tool = {**resource, "name": resource.get("id")}
-        else:
-            self.tool = None
-
-    @classmethod
-    def build(
-        cls,
-        *,
-        agent: dict[str, Any],
-        action: str,
-        resource_type: str,
-        resource_id: str,
-        resource: dict[str, Any] | None = None,
-        user: dict[str, Any] | None = None,
-        chain: tuple[str, ...] | None = None,
-        context: dict[str, Any] | None = None,
-    ) -> Request:
-        """A request from already-typed values (tests, the gRPC adapter)."""
-        return cls(
-            agent,
-            user,
-            delegation_for(agent.get("id"), user, chain),
-            action,
-            {**(resource or {}), "type": resource_type, "id": resource_id},
-            dict(context or {}),
-        )
-
-    def to_json(self) -> dict[str, Any]:
-        """The request back in its JSON form (for traces and audit)."""
-        return {
-            "agent": json_value(self.agent),
-            "user": json_value(self.user) if self.user is not None else None,
-            "delegation": json_value(self.delegation),
-            "action": self.action,
-            "resource": json_value(self.resource),
-            "context": json_value(self.context),
-        }
-
-
-def delegation_for(
-    agent_id: str | None, user: Mapping[str, Any] | None, chain: tuple[str, ...] | None
-) -> dict[str, Any]:
-    """Delegation facts: delegated when a user is present; depth is the actor chain's length."""
-    if chain is None:
-        chain = (agent_id,) if (user is not None and agent_id) else ()
-    delegated = user is not None
-    return {"delegated": delegated, "depth": len(chain), "chain": tuple(chain)}
-
+from pdp.model import Request, RequestError, delegation_for
 
 # ------------------------------------------------------------------ JSON → Request
 
@@ -370,22 +274,3 @@ def _json_type(value: Any) -> str:
     if isinstance(value, dict):
         return "an object"
     return type(value).__name__
-
-
-def json_value(value: Any) -> Any:
-    """A typed value back as plain JSON (sets sorted, money and durations as text)."""
-    if isinstance(value, dict):
-        return {k: json_value(v) for k, v in value.items()}
-    if isinstance(value, frozenset):
-        return sorted(json_value(v) for v in value)
-    if isinstance(value, tuple):
-        return [json_value(v) for v in value]
-    if isinstance(value, Risk):
-        return value.name
-    if isinstance(value, Money | Duration):
-        return str(value)
-    if isinstance(value, datetime):
-        return value.isoformat().replace("+00:00", "Z")
-    if isinstance(value, bool | int | float | str):
-        return value
-    return str(value)

@@ -11,7 +11,8 @@ import pytest
 from issuer.store import Store
 from pdp.engine import Bundle, Engine
 from pdp.loader import load_directory, load_texts
-from pdp.request import Request, request_from_json
+from pdp.model import Request
+from pdp.request import request_from_json
 from tests.stores import BACKENDS, opened_store, store_url
 
 SCHEMA = """

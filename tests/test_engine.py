@@ -6,7 +6,7 @@ from typing import Any
 
 from pdp.engine import CANDIDATE_MEMO_SIZE, Engine
 from pdp.lang.ast import Obligation
-from pdp.request import Request
+from pdp.model import Request
 from tests.conftest import bundle_of, request
 
 

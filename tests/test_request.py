@@ -10,7 +10,8 @@ from typing import Any
 import pytest
 
 from pdp.lang.values import Duration, Money, Risk
-from pdp.request import RequestError, request_from_json
+from pdp.model import RequestError
+from pdp.request import request_from_json
 from tests.conftest import bundle_of
 
 SCHEMA = """

@@ -15,7 +15,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from pdp.decision import Decision
+from pdp.model import Decision
 from pdp.serve.convert import attributes_to_json
 from pdp.serve.proto import authorizer_pb2 as pb
 

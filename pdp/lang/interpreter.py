@@ -22,7 +22,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pdp.counters import CounterStore, MemoryCounters
-from pdp.decision import Decision, RuleError, combine
 from pdp.lang import ast
 from pdp.lang.runtime import (
     EvalError,
@@ -37,7 +36,7 @@ from pdp.lang.runtime import (
     pattern_globs,
 )
 from pdp.lang.values import CurrencyMismatch, render
-from pdp.request import Request
+from pdp.model import Decision, Request, RuleError, combine
 
 Lets = Mapping[tuple[str, str], ast.Expr]
 

@@ -11,12 +11,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from pdp.counters import MemoryCounters
-from pdp.decision import Decision
 from pdp.engine import Bundle, Engine
 from pdp.lang import ast
 from pdp.lang.errors import Span
 from pdp.lang.rewrite import fold, inline_lets
-from pdp.request import Request, RequestError, json_value, request_from_json
+from pdp.model import Decision, Request, RequestError, json_value
+from pdp.request import request_from_json
 
 # Every test runs at this instant (2027-01-15T08:00:00Z), so results never depend on the day.
 TEST_CLOCK = 1_800_000_000.0

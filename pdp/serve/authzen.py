@@ -51,11 +51,10 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from issuer.scim import ADMIN_SCOPE, Authenticator, bearer_token
-from pdp.decision import Decision
 from pdp.engine import Bundle
 from pdp.lang import ast
 from pdp.lang.runtime import matches_pattern, pattern_globs
-from pdp.request import RequestError
+from pdp.model import Decision, RequestError
 from pdp.serve.convert import request_from_message
 from pdp.serve.proto import authorizer_pb2 as pb
 

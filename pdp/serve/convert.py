@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from pdp.decision import Decision
 from pdp.directory import Identities
-from pdp.request import Request, RequestError, request_from_json
+from pdp.model import Decision, Request, RequestError
+from pdp.request import request_from_json
 from pdp.serve.proto import authorizer_pb2 as pb
 
 

@@ -16,10 +16,10 @@ from typing import Any, Protocol
 from issuer.oauth.grants import Exchange, ExchangeCheck
 from pdp.audit.records import decided, new_decision_id
 from pdp.audit.writer import AuditWriter
-from pdp.decision import Decision
 from pdp.directory import Directory
 from pdp.engine import Engine
-from pdp.request import RequestError, request_from_json
+from pdp.model import Decision, RequestError
+from pdp.request import request_from_json
 
 ACTION = "token.exchange"
 RESOURCE_TYPE = "audience"

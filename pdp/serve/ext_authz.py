@@ -51,7 +51,7 @@ from issuer.oauth.grants import revoked
 from issuer.oauth.mtls import CONFIRMATION, confirmation
 from issuer.oauth.tokens import InvalidToken, TokenVerifier, ring_lookup
 from issuer.store import Store
-from pdp.request import RequestError
+from pdp.model import RequestError
 from pdp.serve.proto import authorizer_pb2 as pb
 
 if TYPE_CHECKING:

@@ -41,12 +41,11 @@ from pdp.audit.exclusive import Exclusive
 from pdp.audit.records import decision_record, new_decision_id, token_record
 from pdp.audit.watch import AlertCounter, Watcher
 from pdp.audit.writer import GATHER, AuditWriter, Record
-from pdp.decision import Decision
 from pdp.directory import Directory, Identities
 from pdp.engine import Engine
 from pdp.loader import Loaded
 from pdp.metrics import Metrics
-from pdp.request import Request, RequestError
+from pdp.model import Decision, Request, RequestError
 from pdp.serve import ext_authz
 from pdp.serve.authzen import AUTHZEN_PATH, AuthZen
 from pdp.serve.config import ServeConfig

@@ -26,7 +26,6 @@ from cachetools import LRUCache
 from issuer.store import Change, Store
 from pdp.audit.query import Filters, records
 from pdp.counters import MemoryCounters
-from pdp.decision import Decision
 from pdp.directory import Directory, agent_attributes
 from pdp.engine import Bundle, Engine
 from pdp.lang.errors import PolicyError
@@ -34,7 +33,8 @@ from pdp.lang.explain import render_explanation
 from pdp.lang.interpreter import Interpreter
 from pdp.lang.policytest import TEST_CLOCK, run_tests
 from pdp.loader import SUFFIX, Loaded, content_version, load_texts, policy_files
-from pdp.request import Request, RequestError, request_from_json
+from pdp.model import Decision, Request, RequestError
+from pdp.request import request_from_json
 from pep.admin_mcp.directory import AdminError
 
 TRAIL = "agent"

@@ -35,13 +35,12 @@ from prometheus_client import CollectorRegistry
 
 from issuer.store import open_store
 from pdp.audit.writer import GATHER, AuditWriter
-from pdp.decision import Decision
 from pdp.directory import Directory
 from pdp.engine import Engine
 from pdp.lang.values import Money
 from pdp.loader import Loaded, load_directory
 from pdp.metrics import Metrics
-from pdp.request import RequestError
+from pdp.model import Decision, RequestError
 from pdp.serve.grpc import AuthorizerService, listed_question
 from pdp.serve.proto import authorizer_pb2 as pb
 from pdp.serve.proto import authorizer_pb2_grpc as pb_grpc

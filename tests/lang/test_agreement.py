@@ -18,7 +18,6 @@ from hypothesis import HealthCheck, event, given, note, settings
 from hypothesis import strategies as st
 
 from pdp.counters import MemoryCounters
-from pdp.decision import Decision
 from pdp.engine import Bundle, Engine
 from pdp.lang import ast
 from pdp.lang.errors import PolicyError
@@ -27,7 +26,8 @@ from pdp.lang.interpreter import Interpreter, _Evaluator
 from pdp.lang.rewrite import fold, inline_lets
 from pdp.lang.values import Risk
 from pdp.loader import load_texts
-from pdp.request import Request, RequestError, request_from_json
+from pdp.model import Decision, Request, RequestError
+from pdp.request import request_from_json
 from tests.lang import strategies as gen
 
 SCHEMA = gen.schema_model()

@@ -23,7 +23,8 @@ from pdp.lang import ast
 from pdp.lang.errors import PolicyError
 from pdp.lang.parser import parse, parse_expression
 from pdp.loader import load_texts
-from pdp.request import Request, RequestError, request_from_json
+from pdp.model import Request, RequestError
+from pdp.request import request_from_json
 from tests.lang import strategies as gen
 
 FUZZ = settings(

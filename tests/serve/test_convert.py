@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from pdp.decision import Decision, RuleError
 from pdp.engine import Engine
 from pdp.lang.ast import Obligation
 from pdp.lang.values import Money, Risk
-from pdp.request import RequestError
+from pdp.model import Decision, RequestError, RuleError
 from pdp.serve.convert import decision_to_message, request_from_message
 from pdp.serve.proto import authorizer_pb2 as pb
 from tests.conftest import bundle_of

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from pdp.engine import Engine
 from pdp.loader import load_directory
-from pdp.request import Request
+from pdp.model import Request
 from pdp.serve.grpc import AuthorizerService
 from pdp.serve.reload import Reloader
 

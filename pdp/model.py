@@ -1,0 +1,233 @@
+"""What is decided: the typed :class:`Request` every door builds once, and the :class:`Decision`.
+
+The engine, every protocol door (gRPC, AuthZEN, Envoy ext_authz, the MCP proxy), the audit
+trail and the admin tools share these types. They hold plain, typed Python values (risk
+levels, money, durations, frozensets); no protobuf message and no JSON document travels
+inside the decision plane. Doors convert their wire form straight into a :class:`Request`
+and build their answer straight from a :class:`Decision`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any, NamedTuple
+
+from pdp.lang.ast import CALL_ACTION, TOOL_TYPE, Obligation
+from pdp.lang.values import Duration, Money, Risk
+
+__all__ = [
+    "CALL_ACTION",
+    "DEFAULT_DENY_REASON",
+    "TOOL_TYPE",
+    "Answer",
+    "Decision",
+    "Obligation",
+    "Request",
+    "RequestError",
+    "RuleError",
+    "combine",
+    "delegation_for",
+    "json_value",
+]
+
+
+class RequestError(ValueError):
+    """A request that cannot be decided on: the message names the field and the problem."""
+
+
+class Request:
+    """One authorization question, in typed values. Build it with :meth:`build`."""
+
+    __slots__ = (
+        "action",
+        "agent",
+        "agent_id",
+        "context",
+        "delegation",
+        "resource",
+        "tool",
+        "user",
+        "user_id",
+    )
+
+    agent: dict[str, Any]
+    user: dict[str, Any] | None
+    delegation: dict[str, Any]
+    action: str
+    resource: dict[str, Any]
+    tool: dict[str, Any] | None
+    context: dict[str, Any]
+
+    def __init__(
+        self,
+        agent: dict[str, Any],
+        user: dict[str, Any] | None,
+        delegation: dict[str, Any],
+        action: str,
+        resource: dict[str, Any],
+        context: dict[str, Any],
+    ) -> None:
+        self.agent = agent
+        self.user = user
+        self.delegation = delegation
+        self.action = action
+        self.resource = resource
+        self.context = context
+        self.agent_id: str = str(agent.get("id", ""))
+        self.user_id: str | None = None if user is None else str(user.get("id", ""))
+        # `tool.name` and the tool's attributes, only when the resource is a tool.
+        if resource.get("type") == TOOL_TYPE:
+            self.tool = {**resource, "name": resource.get("id")}
+        else:
+            self.tool = None
+
+    @classmethod
+    def build(
+        cls,
+        *,
+        agent: dict[str, Any],
+        action: str,
+        resource_type: str,
+        resource_id: str,
+        resource: dict[str, Any] | None = None,
+        user: dict[str, Any] | None = None,
+        chain: tuple[str, ...] | None = None,
+        context: dict[str, Any] | None = None,
+    ) -> Request:
+        """A request from already-typed values (tests, the gRPC adapter)."""
+        return cls(
+            agent,
+            user,
+            delegation_for(agent.get("id"), user, chain),
+            action,
+            {**(resource or {}), "type": resource_type, "id": resource_id},
+            dict(context or {}),
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        """The request back in its JSON form (for traces and audit)."""
+        return {
+            "agent": json_value(self.agent),
+            "user": json_value(self.user) if self.user is not None else None,
+            "delegation": json_value(self.delegation),
+            "action": self.action,
+            "resource": json_value(self.resource),
+            "context": json_value(self.context),
+        }
+
+
+def delegation_for(
+    agent_id: str | None, user: Mapping[str, Any] | None, chain: tuple[str, ...] | None
+) -> dict[str, Any]:
+    """Delegation facts: delegated when a user is present; depth is the actor chain's length."""
+    if chain is None:
+        chain = (agent_id,) if (user is not None and agent_id) else ()
+    delegated = user is not None
+    return {"delegated": delegated, "depth": len(chain), "chain": tuple(chain)}
+
+
+class RuleError(NamedTuple):
+    """A rule whose evaluation failed; a forbid that errors denies, a permit does not apply."""
+
+    rule: str
+    effect: str
+    message: str
+
+
+class Decision(NamedTuple):
+    """The answer to one request. Immutable; cheap to build on the hot path."""
+
+    allow: bool
+    obligations: tuple[Obligation, ...]
+    decided_by: tuple[str, ...]
+    reasons: tuple[str, ...]
+    errors: tuple[RuleError, ...]
+    bundle_version: str
+
+    @property
+    def awaits_consent(self) -> bool:
+        """A deny that only a user's consent stands in the way of: it carries obligations,
+        and all of them are consents."""
+        return (
+            not self.allow
+            and bool(self.obligations)
+            and all(o.kind == "consent" for o in self.obligations)
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "decision": "allow" if self.allow else "deny",
+            "obligations": [
+                {"kind": o.kind, "value": o.value, "text": str(o)} for o in self.obligations
+            ],
+            "decided_by": list(self.decided_by),
+            "reasons": list(self.reasons),
+            "errors": [e._asdict() for e in self.errors],
+            "bundle_version": self.bundle_version,
+        }
+
+
+DEFAULT_DENY_REASON = "no permit applies (default deny)"
+
+
+def combine(
+    version: str,
+    forbidden: list[str],
+    forbid_errors: list[RuleError],
+    applied: list[str],
+    pending: list[tuple[str, tuple[Obligation, ...]]],
+    permit_errors: list[RuleError],
+    over_limit: list[tuple[str, str]],
+) -> Decision:
+    """Combine rule outcomes: any forbid (matched or failed) denies; then any applying permit
+    allows; then a permit waiting on obligations denies carrying them; else default deny."""
+    errors = tuple(forbid_errors) + tuple(permit_errors)
+    if forbidden or forbid_errors:
+        reasons = [f"forbid {rule} matched" for rule in forbidden]
+        reasons += [f"forbid {e.rule} failed, so it denies: {e.message}" for e in forbid_errors]
+        decided = tuple(forbidden) + tuple(e.rule for e in forbid_errors)
+        return Decision(False, (), decided, tuple(reasons), errors, version)
+    if applied:
+        reasons = [f"permit {rule} applies" for rule in applied]
+        return Decision(True, (), tuple(applied), tuple(reasons), errors, version)
+    extra = [f"permit {e.rule} failed and does not apply: {e.message}" for e in permit_errors]
+    extra += [f"permit {rule} is over its limit: {text}" for rule, text in over_limit]
+    if pending:
+        obligations: list[Obligation] = []
+        reasons = []
+        for rule, needs in pending:
+            reasons.append(f"permit {rule} requires " + ", ".join(str(o) for o in needs))
+            obligations.extend(o for o in needs if o not in obligations)
+        decided = tuple(rule for rule, _ in pending)
+        return Decision(False, tuple(obligations), decided, tuple(reasons + extra), errors, version)
+    return Decision(False, (), (), (DEFAULT_DENY_REASON, *extra), errors, version)
+
+
+class Answer(NamedTuple):
+    """A decision as one caller got it: the decision, the id of its audit record, and
+    whether the same question gets the same answer until the policies change (no limit
+    could decide it), so that a PEP may cache it briefly."""
+
+    decision: Decision
+    decision_id: str
+    cacheable: bool
+
+
+def json_value(value: Any) -> Any:
+    """A typed value back as plain JSON (sets sorted, money and durations as text)."""
+    if isinstance(value, dict):
+        return {k: json_value(v) for k, v in value.items()}
+    if isinstance(value, frozenset):
+        return sorted(json_value(v) for v in value)
+    if isinstance(value, tuple):
+        return [json_value(v) for v in value]
+    if isinstance(value, Risk):
+        return value.name
+    if isinstance(value, Money | Duration):
+        return str(value)
+    if isinstance(value, datetime):
+        return value.isoformat().replace("+00:00", "Z")
+    if isinstance(value, bool | int | float | str):
+        return value
+    return str(value)
