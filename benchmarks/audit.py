@@ -1,7 +1,7 @@
 """What auditing every decision costs the gRPC service, and whether the audit writer keeps up.
 
 What it measures, in one run, over loopback (127.0.0.1) only, against servers started as
-``pdp.serve.grpc.start(engine, HOST, 0, cache_size=0, audit=..., durability=...)`` with the
+``pdp.server.start(engine, HOST, 0, cache_size=0, audit=..., durability=...)`` with the
 shipped policies, no directory (requests carry the agent's attributes), each in its own
 process (multiprocessing, spawn):
 
@@ -231,7 +231,7 @@ async def _start(mode: str, store_url: str | None) -> tuple[Any, Any]:
     from pdp.audit.writer import GATHER, AuditWriter
     from pdp.engine import Engine
     from pdp.loader import load_directory
-    from pdp.serve.grpc import start
+    from pdp.server import start
 
     engine = Engine(load_directory(POLICIES).bundle)
     durability = "sync" if mode == "sync" else "async"

@@ -2,10 +2,10 @@
 
 What it measures, in one run, over loopback (127.0.0.1) only:
 
-* one server process (multiprocessing, spawn): ``pdp.serve.grpc.start`` with the shipped
+* one server process (multiprocessing, spawn): ``pdp.server.start`` with the shipped
   policies, ``cache_size=0`` (every call runs the engine), a directory loaded from a fresh
   SQLite store holding one agent ("reader", risk low), no audit trail, and the ext_authz
-  gateway (``pdp.serve.ext_authz.gateway_for``) with the route
+  gateway (``pdp.doors.ext_authz.gateway_for``) with the route
   ``POST /tools/{name} tool.call tool:{name}``. The directory is loaded once (no change
   follower beside it, so no background work in either phase);
 * **Authorize**: the ``AuthorizeRequest`` the gateway request stands for: the agent's id,
@@ -178,10 +178,10 @@ async def _start(url: str) -> Any:
     from issuer.keys import KeyRing
     from issuer.store import open_store
     from pdp.directory import Directory
+    from pdp.doors.ext_authz import gateway_for
     from pdp.engine import Engine
     from pdp.loader import load_directory
-    from pdp.serve.ext_authz import gateway_for
-    from pdp.serve.grpc import start
+    from pdp.server import start
 
     store = open_store(url)
     directory = Directory(store)

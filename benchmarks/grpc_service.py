@@ -6,7 +6,7 @@ What it measures, in one run, over loopback (127.0.0.1) only:
   returning raw bytes (no codegen, no protobuf parsing); it answers each call with the bytes
   it got, a payload the size of a serialized typical ``AuthorizeRequest``. This is the
   floor: what a gRPC call costs in Python with no work behind it;
-* the **PDP**: ``pdp.serve.grpc.start`` with the shipped policies (``policies/``) and
+* the **PDP**: ``pdp.server.start`` with the shipped policies (``policies/``) and
   ``cache_size=0``, so every call parses the request, runs the engine and builds a response.
 
 Each server runs in its own process (multiprocessing, spawn). It reports its port through a
@@ -116,7 +116,7 @@ async def _start_echo() -> tuple[grpc.aio.Server, int]:
 async def _start_pdp() -> tuple[Any, int]:
     from pdp.engine import Engine
     from pdp.loader import load_directory
-    from pdp.serve.grpc import start
+    from pdp.server import start
 
     engine = Engine(load_directory(POLICIES).bundle)
     running = await start(engine, HOST, 0, cache_size=0)

@@ -98,7 +98,7 @@ def _pdp(pipe: Connection, folder: str) -> None:
     from pdp.directory import Directory
     from pdp.engine import Engine
     from pdp.loader import load_directory
-    from pdp.serve.grpc import start
+    from pdp.server import start
 
     store = open_store(f"sqlite:///{folder}/bench.db")
     document = {

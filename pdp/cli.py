@@ -488,7 +488,7 @@ def _serve(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     from issuer.store import StoreError
     from pdp.engine import Engine
     from pdp.serve.config import ConfigError, load_config
-    from pdp.serve.grpc import serve_forever
+    from pdp.server import serve_forever
 
     flags = {k: v for k, v in vars(args).items() if k not in ("command", "config")}
     try:

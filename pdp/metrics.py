@@ -6,6 +6,7 @@ servers in one process (tests, embedding) never share or collide.
 
 from __future__ import annotations
 
+from typing import Any
 from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
@@ -15,6 +16,9 @@ from pdp.model import Decision
 
 # Decisions take microseconds; RPCs take tens to hundreds of them.
 ENGINE_BUCKETS = (1e-6, 2e-6, 5e-6, 1e-5, 2e-5, 5e-5, 1e-4, 1e-3, 1e-2)
+# Distinct (result, deciding rules) pairs whose counters are remembered; rule ids come from
+# the policies, so this bounds only a pathological bundle.
+MAX_DECIDED_KEYS = 10_000
 RPC_BUCKETS = (5e-5, 1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 5e-3, 1e-2, 5e-2, 0.1, 1.0)
 
 
@@ -66,10 +70,30 @@ class Metrics:
             registry=r,
         )
 
+        self._hit = self.cache.labels("hit")
+        self._miss = self.cache.labels("miss")
+        # the counters of each (result, deciding rules) seen, looked up once
+        self._decided: dict[tuple[bool, tuple[str, ...]], tuple[Any, ...]] = {}
+
     def decided(self, decision: Decision) -> None:
-        result = "allow" if decision.allow else "deny"
-        for rule in decision.decided_by or ("",):
-            self.decisions.labels(result, rule).inc()
+        """Count a decision under its result and each rule that decided it."""
+        key = (decision.allow, decision.decided_by)
+        counters = self._decided.get(key)
+        if counters is None:
+            result = "allow" if decision.allow else "deny"
+            counters = tuple(self.decisions.labels(result, r) for r in key[1] or ("",))
+            if len(self._decided) < MAX_DECIDED_KEYS:
+                self._decided[key] = counters
+        for counter in counters:
+            counter.inc()
+
+    def cached(self, decision: Decision | None) -> None:
+        """Count a decision cache lookup: a hit (then the decision, too) or a miss."""
+        if decision is None:
+            self._miss.inc()
+        else:
+            self._hit.inc()
+            self.decided(decision)
 
     def serve(self, port: int, host: str = "127.0.0.1") -> WSGIServer:
         """Serve ``/metrics`` on ``host:port`` (0 picks a free port) in a daemon thread."""

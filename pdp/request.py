@@ -22,8 +22,10 @@ The JSON format (documented in README.md)::
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime
 from decimal import Decimal, InvalidOperation
+from ipaddress import IPv4Address, IPv6Address
 from typing import Any
 
 from pdp.lang.ast import CALL_ACTION, TOOL_TYPE
@@ -88,7 +90,7 @@ def request_from_json(data: Any, schema: SchemaModel) -> Request:
             raise RequestError("delegation.chain: expected a list of actor ids (strings)")
         chain = tuple(raw_chain)
 
-    context = _attributes(data.get("context", {}), "context", schema.context)
+    context = typed_attributes(data.get("context", {}), "context", schema.context)
     return Request(
         agent,
         user,
@@ -99,6 +101,35 @@ def request_from_json(data: Any, schema: SchemaModel) -> Request:
     )
 
 
+def typed_request(
+    schema: SchemaModel,
+    *,
+    agent: Mapping[str, Any],
+    action: str,
+    resource_type: str,
+    resource_id: str,
+    resource: Mapping[str, Any] | None = None,
+    user: Mapping[str, Any] | None = None,
+    chain: Sequence[str] | None = None,
+    context: Mapping[str, Any] | None = None,
+) -> Request:
+    """A request from its parts in plain Python values (JSON values, or already typed
+    ones such as :class:`Money`), typed by the schema: how a door that has its question
+    in pieces (the MCP proxy, Envoy's check, AuthZEN) builds its one :class:`Request`."""
+    agent_values = typed_entity(agent, "agent", schema.agent)
+    user_values = None if user is None else typed_entity(user, "user", schema.user)
+    if not isinstance(action, str) or not action:
+        raise RequestError('action: required, a non-empty string such as "tool.call"')
+    return Request(
+        agent_values,
+        user_values,
+        delegation_for(agent_values["id"], user_values, None if chain is None else tuple(chain)),
+        action,
+        typed_resource(resource_type, resource_id, resource or {}, schema),
+        typed_attributes(context or {}, "context", schema.context),
+    )
+
+
 def _entity(
     raw: Any, where: str, types: Mapping[str, Type], *, required: bool
 ) -> dict[str, Any] | None:
@@ -106,7 +137,12 @@ def _entity(
         if required:
             raise RequestError(f"{where}: required, an object with at least an 'id'")
         return None
-    values = _attributes(raw, where, types)
+    return typed_entity(raw, where, types)
+
+
+def typed_entity(raw: Any, where: str, types: Mapping[str, Type]) -> dict[str, Any]:
+    """An agent's or user's attributes (with its ``id``), typed by the schema."""
+    values = typed_attributes(raw, where, types)
     ident = values.get("id")
     if not isinstance(ident, str) or not ident:
         raise RequestError(f"{where}.id: required, a non-empty string")
@@ -116,31 +152,37 @@ def _entity(
 def _resource(raw: Any, schema: SchemaModel) -> dict[str, Any]:
     if not isinstance(raw, dict):
         raise RequestError("resource: required, an object with 'type' and 'id'")
-    rtype = raw.get("type")
-    rid = raw.get("id")
-    if not isinstance(rtype, str) or not rtype:
-        raise RequestError('resource.type: required, a non-empty string such as "tool"')
-    if not isinstance(rid, str) or not rid:
-        raise RequestError("resource.id: required, a non-empty string")
     attrs = raw.get("attributes", {})
     rest = {k: v for k, v in raw.items() if k not in ("type", "id", "attributes")}
     if not isinstance(attrs, dict):
         raise RequestError("resource.attributes: expected an object")
-    merged = {**rest, **attrs}
+    return typed_resource(raw.get("type"), raw.get("id"), {**rest, **attrs}, schema)
+
+
+def typed_resource(
+    rtype: Any, rid: Any, merged: Mapping[str, Any], schema: SchemaModel
+) -> dict[str, Any]:
+    """A resource's type, id and attributes, typed by the schema."""
+    if not isinstance(rtype, str) or not rtype:
+        raise RequestError('resource.type: required, a non-empty string such as "tool"')
+    if not isinstance(rid, str) or not rid:
+        raise RequestError("resource.id: required, a non-empty string")
     if "name" in merged:
         raise RequestError("resource.name: reserved; a tool's name is the resource id")
+    if not merged:
+        return {"type": rtype, "id": rid}
     # A rule without a resource type reads resource attributes typed by any resource
     # type that declares them; type them the same way here, so no rule ever meets an
     # attribute of another type than the checker assumed.
-    types = {**schema.resource_attrs(None), **schema.resources.get(rtype, {})}
-    values = _attributes(merged, "resource", types)
+    values = typed_attributes(merged, "resource", schema.request_types(rtype))
     values["type"] = rtype
     values["id"] = rid
     return values
 
 
-def _attributes(raw: Any, where: str, types: Mapping[str, Type]) -> dict[str, Any]:
-    if not isinstance(raw, dict):
+def typed_attributes(raw: Any, where: str, types: Mapping[str, Type]) -> dict[str, Any]:
+    """Attributes (a mapping of plain values) typed by the schema's declarations of them."""
+    if not isinstance(raw, Mapping):
         raise RequestError(f"{where}: expected an object")
     out: dict[str, Any] = {}
     for key, value in raw.items():
@@ -148,13 +190,23 @@ def _attributes(raw: Any, where: str, types: Mapping[str, Type]) -> dict[str, An
         path = f"{where}.{key}"
         if value is None:
             raise RequestError(f"{path}: null is not a value; leave the attribute out instead")
-        out[key] = convert(value, declared, path) if declared else _untyped(value, path)
+        out[key] = convert(value, declared, path) if declared else untyped(value, path)
     return out
 
 
 def convert(value: Any, declared: Type, path: str) -> Any:
-    """One JSON value as the declared type, or a RequestError naming ``path``."""
+    """One plain value (JSON, or already of a Tessera type) as the declared type, or a
+    RequestError naming ``path``."""
     name = declared.name
+    if value.__class__ is str:  # the common case first: a text form
+        if name == "string":
+            return value
+        if name == "risk":
+            risk = _RISKS.get(value)
+            if risk is not None:
+                return risk
+    if isinstance(value, _TYPED.get(name, ())):
+        return _checked_typed(value, declared, path)
     if name == "string":
         if isinstance(value, str):
             return value
@@ -204,6 +256,37 @@ def convert(value: Any, declared: Type, path: str) -> Any:
     raise RequestError(f"{path}: expected {_described(declared)}, got {_json_type(value)}")
 
 
+typed_value = convert
+
+_RISKS = {risk.name: risk for risk in Risk}
+
+# Values already of the declared type (a PEP that holds Money, a set of consents).
+_TYPED: dict[str, tuple[type, ...]] = {
+    "risk": (Risk,),
+    "money": (Money,),
+    "duration": (Duration,),
+    "time": (datetime,),
+    "ip": (IPv4Address, IPv6Address),
+    "set": (frozenset, set, tuple),
+    "list": (tuple,),
+}
+
+
+def _checked_typed(value: Any, declared: Type, path: str) -> Any:
+    name = declared.name
+    if name in ("set", "list"):
+        assert declared.arg is not None
+        items = [convert(v, declared.arg, f"{path}[{i}]") for i, v in enumerate(value)]
+        return frozenset(items) if name == "set" else tuple(items)
+    if name == "money" and declared.currency is not None and value.currency != declared.currency:
+        raise RequestError(f"{path}: expected an amount in {declared.currency}, got {value}")
+    if name == "money" and not value.amount.is_finite():
+        raise RequestError(f"{path}: expected a finite amount, got {value}")
+    if name == "time" and value.tzinfo is None:
+        raise RequestError(f"{path}: a time needs a time zone")
+    return value
+
+
 def _parsed(parse: Callable[[str], Any], text: str, path: str) -> Any:
     """A value parsed from its text form, or a RequestError naming ``path``."""
     try:
@@ -237,12 +320,12 @@ def _money(value: Any, path: str) -> Money:
     )
 
 
-def _untyped(value: Any, path: str) -> Any:
+def untyped(value: Any, path: str) -> Any:
     """Attributes no schema declares pass through as plain, immutable JSON values."""
     if isinstance(value, list):
-        return tuple(_untyped(v, f"{path}[{i}]") for i, v in enumerate(value))
+        return tuple(untyped(v, f"{path}[{i}]") for i, v in enumerate(value))
     if isinstance(value, dict):
-        return {str(k): _untyped(v, f"{path}.{k}") for k, v in value.items()}
+        return {str(k): untyped(v, f"{path}.{k}") for k, v in value.items()}
     if value is None:
         raise RequestError(f"{path}: null is not a value; leave the attribute out instead")
     return value

@@ -17,7 +17,7 @@ from starlette.types import ASGIApp
 
 from issuer.app import HttpRunning, bind, serve_http
 from pdp.engine import Engine
-from pdp.serve.grpc import Running, start
+from pdp.server import Running, start
 
 T = TypeVar("T")
 TIMEOUT = 10.0  # seconds, for starting and stopping a server

@@ -1,6 +1,6 @@
 """What goes on the audit trails: one plain JSON object per event.
 
-A decision record says who (agent, the user it acts for, the delegation chain), what
+A decision record says who (agent, the user it acts for, the chain of actors), what
 (action, resource, the request's context), the answer (allow, the deciding rules,
 obligations, reasons), when, which PEP asked, how long it took, and the decision id and
 bundle version that tie it to the answer the PEP got.
@@ -11,47 +11,50 @@ with which scopes and audience, and its ``jti`` and expiry (never the token itse
 
 from __future__ import annotations
 
-import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from pdp.model import Decision
-from pdp.serve.convert import attributes_to_json
-from pdp.serve.proto import authorizer_pb2 as pb
-
-
-def new_decision_id() -> str:
-    """A unique id for one decision; the key of its audit record."""
-    return uuid.uuid4().hex
+from pdp.lang.values import Money
+from pdp.model import Answer, Decision, Request, json_value
 
 
 def decision_record(
-    message: pb.AuthorizeRequest,
-    decision: Decision,
-    decision_id: str,
-    seconds: float,
-    pep: str,
-    when: float | None = None,
+    request: Request, answer: Answer, seconds: float, pep: str, when: float | None = None
 ) -> dict[str, Any]:
-    """The agent trail's record of one decision asked over gRPC, made at ``when`` (epoch
-    seconds; now by default)."""
-    resource = message.resource
-    context = message.context
+    """The agent trail's record of one decision, made at ``when`` (epoch seconds; now by
+    default): the request as its caller asked it, whichever door it came through."""
+    resource = request.resource
     return decided(
         {
-            "agent": message.agent.id,
-            "user": message.user.id if message.HasField("user") else None,
-            "delegation": list(message.delegation.chain),
-            "action": message.action,
-            "resource": {"type": resource.type, "id": resource.id},
-            "context": attributes_to_json(context, "context") if context else {},
+            "agent": request.agent_id,
+            "user": request.user_id,
+            "delegation": list(request.delegation["chain"]),
+            "action": request.action,
+            "resource": {"type": resource["type"], "id": resource["id"]},
+            "context": {
+                key: record_value(value)
+                for key, value in request.context.items()
+                if value or key != "consents"  # no consents granted says nothing
+            },
         },
-        decision,
-        decision_id,
+        answer.decision,
+        answer.decision_id,
         seconds,
         pep,
         when,
     )
+
+
+def record_value(value: Any) -> Any:
+    """A typed value as the record keeps it: plain JSON, money as its decimal text and
+    currency (no float rounding, and the amount as it was asked)."""
+    if isinstance(value, Money):
+        return {"amount": str(value.amount), "currency": value.currency}
+    if isinstance(value, dict):
+        return {k: record_value(v) for k, v in value.items()}
+    if isinstance(value, tuple):
+        return [record_value(v) for v in value]
+    return json_value(value)
 
 
 def decided(

@@ -67,6 +67,11 @@ class SchemaModel:
     user: dict[str, Type] = field(default_factory=lambda: dict(BUILTINS["user"]))
     context: dict[str, Type] = field(default_factory=lambda: dict(BUILTINS["context"]))
     resources: dict[str, dict[str, Type]] = field(default_factory=dict)
+    # request_types by resource type, made on first use (a schema is not changed once
+    # requests are typed against it)
+    _request_types: dict[str, dict[str, Type]] = field(
+        default_factory=dict, compare=False, repr=False
+    )
 
     def entity(self, kind: str) -> dict[str, Type]:
         if kind == "agent":
@@ -93,6 +98,15 @@ class SchemaModel:
             merged.update(attrs)
         merged.update(BUILTINS["resource"])
         return merged
+
+    def request_types(self, resource_type: str) -> dict[str, Type]:
+        """The types a request's resource attributes are read as: its own type's, and
+        those any resource type declares (a rule without a resource type reads them)."""
+        types = self._request_types.get(resource_type)
+        if types is None:
+            types = {**self.resource_attrs(None), **self.resources.get(resource_type, {})}
+            self._request_types[resource_type] = types
+        return types
 
     def tool_attrs(self) -> dict[str, Type]:
         merged = dict(self.resources.get(ast.TOOL_TYPE, {}))

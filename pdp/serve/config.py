@@ -190,7 +190,7 @@ def load_config(
 
 def _check_gateway(config: ServeConfig) -> None:
     """The Envoy ext_authz settings, checked at start rather than on the first request."""
-    from pdp.serve.ext_authz import RouteError, parse_routes
+    from pdp.doors.ext_authz import RouteError, parse_routes
 
     try:
         parse_routes(config.ext_authz_routes)

@@ -35,13 +35,15 @@ from prometheus_client import CollectorRegistry
 
 from issuer.store import open_store
 from pdp.audit.writer import GATHER, AuditWriter
+from pdp.decide import DecisionPoint
 from pdp.directory import Directory
 from pdp.engine import Engine
+from pdp.lang.schema import SchemaModel
 from pdp.lang.values import Money
 from pdp.loader import Loaded, load_directory
 from pdp.metrics import Metrics
-from pdp.model import Decision, RequestError
-from pdp.serve.grpc import AuthorizerService, listed_question
+from pdp.model import Answer, Request, RequestError
+from pdp.request import typed_request
 from pdp.serve.proto import authorizer_pb2 as pb
 from pdp.serve.proto import authorizer_pb2_grpc as pb_grpc
 from pdp.serve.reload import Reloader
@@ -177,15 +179,15 @@ class LocalDecider:
             else AuditWriter(self.store, gather=0.0 if config.audit == "sync" else GATHER)
         )
         metrics = Metrics(registry)
-        self.service = AuthorizerService(
+        self.point = DecisionPoint(
             Engine(loaded.bundle),
-            metrics=metrics,
             directory=self.directory,
+            metrics=metrics,
             audit=self.audit,
             durability=config.audit,
         )
         self.reloader = Reloader(
-            config.policies, self.service.use, config.reload_interval, metrics.reloads
+            config.policies, self.point.use, config.reload_interval, metrics.reloads
         )
         self.reloader.start()
         self._warned: set[tuple[str, str]] = set()
@@ -207,21 +209,22 @@ class LocalDecider:
         name: str,
         context: Mapping[str, Any],
     ) -> Verdict:
-        query = _query(caller, upstream, method, kind, name, context)
         try:
-            decided = await self.service.decide_without_limits(query.to_message(), self._pep)
+            request = _request(self.point.schema, caller, upstream, method, kind, name, context)
+            answer = await self.point.decide_without_limits(request, self.PEP)
         except RequestError as exc:  # fail closed, as the PDP's INVALID_ARGUMENT
             return Verdict.failed(str(exc))
-        if decided is None:
+        if answer is None:
+            query = _query(caller, upstream, method, kind, name, context)
             verdict = await self.remote.client.authorize(query)
             self._compare(verdict.bundle_version)
             return verdict
-        return _verdict(*decided)
+        return _verdict(answer)
 
     def _compare(self, theirs: str) -> None:
         """Warn (once per pair) when the PDP decides with another bundle than this proxy:
         ``policies`` should be the directory the PDP loads."""
-        mine = self.service.engine.version
+        mine = self.point.version
         if theirs and theirs != mine and (mine, theirs) not in self._warned:
             self._warned.add((mine, theirs))
             log.warning(
@@ -237,27 +240,26 @@ class LocalDecider:
         """As ``ListAllowed``: what a call would be answered, using up no limit. A list
         with a name a ``limit`` could decide is the PDP's to filter (the counters are
         there)."""
-        request = _list_request(caller, upstream, kind, names)
         allowed = set()
         consent_required = set()
-        for candidate in request.candidates:
+        method = f"{kind.list_key}/list"
+        for name in names:
             try:
-                decision = self.service.preview_without_limits(listed_question(request, candidate))
+                request = _request(self.point.schema, caller, upstream, method, kind, name, {})
+                decision = self.point.preview_without_limits(request)
             except RequestError:
                 continue  # fail closed: not listed
             if decision is None:
                 return await self.remote.listed(caller, upstream, kind, names)
             if decision.allow:
-                allowed.add(candidate.id)
+                allowed.add(name)
             elif decision.awaits_consent:
-                consent_required.add(candidate.id)
+                consent_required.add(name)
         return Listed(frozenset(allowed), frozenset(consent_required))
 
-    def _pep(self) -> str:
-        return self.PEP
 
-
-def _verdict(decision: Decision, decision_id: str, cacheable: bool) -> Verdict:
+def _verdict(answer: Answer) -> Verdict:
+    decision, decision_id = answer.decision, answer.decision_id
     return Verdict(
         allow=decision.allow,
         obligations=tuple((o.kind, o.value) for o in decision.obligations),
@@ -288,6 +290,30 @@ def _query(
     )
 
 
+def _request(
+    schema: SchemaModel,
+    caller: Caller,
+    upstream: Upstream,
+    method: str,
+    kind: Kind,
+    name: str,
+    context: Mapping[str, Any],
+) -> Request:
+    """The one typed request a call (or one listed name) stands for, as :func:`_query`
+    asks it of the PDP."""
+    return typed_request(
+        schema,
+        agent={"id": caller.agent},
+        user=None if caller.user is None else {"id": caller.user},
+        chain=caller.chain or None,
+        action=kind.action,
+        resource_type=kind.resource_type,
+        resource_id=name,
+        resource={"server": upstream.name} if kind is TOOL else {},
+        context={**context, "mcp_method": method, "mcp_server": upstream.name},
+    )
+
+
 def _list_request(
     caller: Caller, upstream: Upstream, kind: Kind, names: Sequence[str]
 ) -> pb.ListAllowedRequest:
@@ -302,7 +328,10 @@ def _list_request(
             )
             for name in names
         ],
-        context={"mcp_method": to_value(f"{kind.list_key}/list")},
+        context={
+            "mcp_method": to_value(f"{kind.list_key}/list"),
+            "mcp_server": to_value(upstream.name),
+        },
     )
     if caller.user is not None:
         request.user.CopyFrom(pb.User(id=caller.user))

@@ -608,7 +608,7 @@ def test_a_burst_of_denied_calls_through_the_grpc_service_raises_a_denials_alert
     writer = AuditWriter(store)
     server = Server(Engine(load_directory(SHIPPED_POLICIES).bundle), audit=writer, metrics_port=0)
     detector = AnomalyDetector(
-        store, writer, AnomalyThresholds(), server.running.service.metrics.alerts
+        store, writer, AnomalyThresholds(), server.running.point.metrics.alerts
     )
     detector.start()
     try:

@@ -18,11 +18,11 @@ from issuer.store import Store, open_store
 from pdp.audit.query import Filters, records
 from pdp.audit.records import token_record
 from pdp.audit.writer import AuditWriter
+from pdp.decide import DecisionPoint
 from pdp.directory import Directory
 from pdp.engine import Engine
 from pdp.loader import load_directory
 from pdp.serve.exchange import exchange_check
-from pdp.serve.grpc import AuthorizerService
 from tests.conftest import SHIPPED_POLICIES
 from tests.serve.test_exchange import API, consent
 from tests.servers import tessera_serve
@@ -135,7 +135,7 @@ def test_every_exchange_the_pdp_answers_is_on_the_agent_trail(store: Store) -> N
     directory.load()
     writer = AuditWriter(store)
     try:
-        service = AuthorizerService(
+        service = DecisionPoint(
             Engine(load_directory(SHIPPED_POLICIES).bundle), directory=directory, audit=writer
         )
         check = exchange_check(service)

@@ -24,11 +24,11 @@ from issuer.scim import BootstrapToken
 from issuer.store import Store
 from pdp.audit.query import entries
 from pdp.audit.writer import AuditWriter
+from pdp.decide import DecisionPoint
 from pdp.directory import Directory
+from pdp.doors.authzen import AUTHZEN_PATH, AUTHZEN_SCOPE, AuthZen
 from pdp.engine import Engine
 from pdp.loader import load_directory
-from pdp.serve.authzen import AUTHZEN_PATH, AUTHZEN_SCOPE, AuthZen
-from pdp.serve.grpc import AuthorizerService
 from tests.conftest import SHIPPED_POLICIES
 from tests.servers import HttpServer, tessera_serve
 from tests.stores import store_url
@@ -47,7 +47,7 @@ class Pdp:
         self.directory = Directory(store)
         self.directory.load()
         self.writer = AuditWriter(store, 1_000, 0.0)
-        self.service = AuthorizerService(
+        self.point = DecisionPoint(
             Engine(load_directory(SHIPPED_POLICIES).bundle),
             directory=self.directory,
             audit=self.writer,
@@ -59,7 +59,7 @@ class Pdp:
             self.base = f"http://127.0.0.1:{port}"
             oauth = AuthorizationServer(store, self.keys, self.base, BootstrapToken(ADMIN_TOKEN))
             callers = oauth.administrators([self.base, f"{self.base}{AUTHZEN_PATH}"])
-            return Starlette(routes=AuthZen(self.service, callers, self.base).routes())
+            return Starlette(routes=AuthZen(self.point, callers, self.base).routes())
 
         self.server = HttpServer(build)
         self.http = httpx.Client(

@@ -10,11 +10,11 @@ import pytest
 from issuer.models import CONSENT
 from issuer.oauth.grants import Exchange
 from issuer.store import Store
+from pdp.decide import DecisionPoint
 from pdp.directory import Directory
 from pdp.engine import Engine
 from pdp.loader import load_directory
 from pdp.serve.exchange import exchange_check
-from pdp.serve.grpc import AuthorizerService
 from tests.conftest import SHIPPED_POLICIES
 from tests.stores import opened_store
 from tests.test_directory import add_agent, add_user, set_agent
@@ -28,10 +28,10 @@ def store(tmp_path: Path) -> Iterator[Store]:
         yield opened
 
 
-def service_on(store: Store) -> AuthorizerService:
+def service_on(store: Store) -> DecisionPoint:
     directory = Directory(store)
     directory.load()
-    return AuthorizerService(Engine(load_directory(SHIPPED_POLICIES).bundle), directory=directory)
+    return DecisionPoint(Engine(load_directory(SHIPPED_POLICIES).bundle), directory=directory)
 
 
 def consent(store: Store, user: str, agent: str) -> None:

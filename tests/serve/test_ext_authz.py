@@ -32,10 +32,7 @@ from issuer.store import Store
 from pdp.audit.query import entries
 from pdp.audit.writer import AuditWriter
 from pdp.directory import Directory
-from pdp.engine import Bundle, Engine
-from pdp.loader import load_texts
-from pdp.serve.config import ConfigError, load_config
-from pdp.serve.ext_authz import (
+from pdp.doors.ext_authz import (
     AGENT_HEADER,
     DECISION_HEADER,
     USER_HEADER,
@@ -46,6 +43,9 @@ from pdp.serve.ext_authz import (
     parse_routes,
     route,
 )
+from pdp.engine import Bundle, Engine
+from pdp.loader import load_texts
+from pdp.serve.config import ConfigError, load_config
 from pdp.serve.proto import authorizer_pb2 as pb
 from pdp.serve.proto import authorizer_pb2_grpc as pb_grpc
 from tests.conftest import SHIPPED_POLICIES, bundle_of

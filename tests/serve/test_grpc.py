@@ -189,7 +189,7 @@ def test_tessera_serve_prints_where_it_listens_and_stops_on_sigterm() -> None:
 
 def test_repeated_requests_come_from_the_cache_with_fresh_ids(server: Server) -> None:
     stub = pb_grpc.AuthorizerStub(server.channel)
-    service = server.running.service
+    service = server.running.point
     question = call("summarize")
     hits = service.cache_hits
     first = stub.Authorize(question, timeout=5)
@@ -201,7 +201,7 @@ def test_repeated_requests_come_from_the_cache_with_fresh_ids(server: Server) ->
 
 def test_requests_that_meet_a_limit_are_never_cached(server: Server) -> None:
     stub = pb_grpc.AuthorizerStub(server.channel)
-    service = server.running.service
+    service = server.running.point
     partner = pb.Agent(
         id="cache-partner",
         attributes={
@@ -225,7 +225,7 @@ def test_metrics_count_decisions_cache_and_calls(server: Server) -> None:
     stub = pb_grpc.AuthorizerStub(server.channel)
     stub.Authorize(call("read_file"), timeout=5)
     stub.Authorize(call("read_file"), timeout=5)
-    text = generate_latest(server.running.service.metrics.registry).decode()
+    text = generate_latest(server.running.point.metrics.registry).decode()
     names = {
         line.split("{")[0].split(" ")[0]
         for line in text.splitlines()
@@ -241,13 +241,13 @@ def test_metrics_count_decisions_cache_and_calls(server: Server) -> None:
 def test_a_fault_of_the_service_is_internal_without_a_traceback(
     server: Server, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    service = server.running.service
+    service = server.running.point
 
     def broken(*args: object, **kwargs: object) -> None:
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(service, "_decide", broken)
-    monkeypatch.setattr(service, "_cached", lambda message: None)
+    monkeypatch.setattr(service, "_decided", broken)
+    monkeypatch.setattr(service, "cache", None)  # not answered from a remembered decision
     stub = pb_grpc.AuthorizerStub(server.channel)
     with pytest.raises(grpc.RpcError) as caught:
         stub.Authorize(call("search"), timeout=5)

@@ -6,10 +6,10 @@ import asyncio
 import shutil
 from pathlib import Path
 
+from pdp.decide import DecisionPoint
 from pdp.engine import Engine
 from pdp.loader import load_directory
 from pdp.model import Request
-from pdp.serve.grpc import AuthorizerService
 from pdp.serve.reload import Reloader
 
 POLICIES = Path(__file__).resolve().parents[2] / "policies"
@@ -29,7 +29,7 @@ def test_changes_are_loaded_and_broken_bundles_rejected(tmp_path: Path) -> None:
     directory = tmp_path / "policies"
     directory.mkdir()
     (directory / "p.pol").write_text('permit open call tool "search"\n')
-    service = AuthorizerService(Engine(load_directory(directory).bundle))
+    service = DecisionPoint(Engine(load_directory(directory).bundle))
     reloader = Reloader(directory, service.use, interval=60)
     first = service.engine.version
 
@@ -58,7 +58,7 @@ def test_changes_are_loaded_and_broken_bundles_rejected(tmp_path: Path) -> None:
 def test_the_watcher_notices_on_its_own(tmp_path: Path) -> None:
     directory = tmp_path / "policies"
     shutil.copytree(POLICIES, directory)
-    service = AuthorizerService(Engine(load_directory(directory).bundle))
+    service = DecisionPoint(Engine(load_directory(directory).bundle))
     before = service.engine.version
 
     async def scenario() -> None:
@@ -82,7 +82,7 @@ def test_limits_carry_over_a_reload(tmp_path: Path) -> None:
     directory = tmp_path / "policies"
     directory.mkdir()
     (directory / "p.pol").write_text('permit once call tool "search" limit 1 calls per 1h\n')
-    service = AuthorizerService(Engine(load_directory(directory).bundle, clock=lambda: 10.0))
+    service = DecisionPoint(Engine(load_directory(directory).bundle, clock=lambda: 10.0))
     assert search(service.engine)
     reloader = Reloader(directory, service.use)
     (directory / "p.pol").write_text(
@@ -97,7 +97,7 @@ def test_a_new_bundle_empties_the_decision_cache(tmp_path: Path) -> None:
     directory.mkdir()
     (directory / "p.pol").write_text('permit open call tool "search"\n')
     loaded = load_directory(directory)
-    service = AuthorizerService(Engine(loaded.bundle))
+    service = DecisionPoint(Engine(loaded.bundle))
     assert service.cache is not None
     service.cache[b"a request"] = service.engine.decide(
         Request.build(

@@ -53,7 +53,7 @@ def test_the_proxy_decides_in_its_own_process_and_records_the_decision(w: World)
     assert isinstance(w.gateway.decider, LocalDecider)
     client = machine(w)
     token = token_for(w, client)
-    pdp_decisions = w.pdp.running.service.metrics.decisions.collect()[0].samples
+    pdp_decisions = w.pdp.running.point.metrics.decisions.collect()[0].samples
     before = sum(s.value for s in pdp_decisions if s.name.endswith("_total"))
     response = post(w, call("search", {"query": "local"}), token, **modern("search"))
     assert response.status_code == 200
@@ -64,7 +64,7 @@ def test_the_proxy_decides_in_its_own_process_and_records_the_decision(w: World)
     assert record["allow"] is True
     assert record["resource"] == {"type": "tool", "id": "search"}
     assert record["context"]["mcp_server"] == "tools"
-    pdp_decisions = w.pdp.running.service.metrics.decisions.collect()[0].samples
+    pdp_decisions = w.pdp.running.point.metrics.decisions.collect()[0].samples
     assert sum(s.value for s in pdp_decisions if s.name.endswith("_total")) == before
 
 
@@ -129,7 +129,7 @@ def test_a_revoked_token_is_refused_at_once_though_it_was_kept(w: World) -> None
 
 def list_allowed_calls(w: World) -> float:
     """How many ListAllowed calls the PDP has answered."""
-    samples = w.pdp.running.service.metrics.rpc_seconds.collect()[0].samples
+    samples = w.pdp.running.point.metrics.rpc_seconds.collect()[0].samples
     return sum(
         s.value
         for s in samples

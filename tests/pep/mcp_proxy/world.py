@@ -238,7 +238,7 @@ def world(
         audit = AuditWriter(oauth.store, 1000, 0.0)
         engine = Engine(load_directory(policies).bundle)
         pdp = Server(engine, directory=directory, audit=audit, durability="sync")
-        lazy.service = pdp.running.service
+        lazy.service = pdp.running.point
         thread = LoopThread()
         served: list[HttpRunning] = []
         try:

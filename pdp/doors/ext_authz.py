@@ -14,8 +14,8 @@ gRPC port, about every request it forwards. The answer is Tessera's ordinary dec
 - **context**: ``ip``, the client's address as Envoy saw it, and ``acr`` when the token
   carries one.
 
-The request is then decided by :meth:`AuthorizerService.decide`, exactly as
-``Authorize`` decides it (directory, cache, engine, audit record). Allowed: an
+The request is then decided by :meth:`DecisionPoint.decide`, exactly as ``Authorize``
+is (directory, cache, engine, audit record). Allowed: an
 ``OkHttpResponse`` whose headers tell the upstream the decision id and who is calling
 (set, never appended, so a client cannot smuggle its own), optionally without the
 client's ``Authorization`` header. Denied: a ``DeniedHttpResponse``, 403 with a JSON
@@ -34,7 +34,7 @@ import re
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import Any, NamedTuple
 from urllib.parse import unquote
 
 import grpc
@@ -51,14 +51,15 @@ from issuer.oauth.grants import revoked
 from issuer.oauth.mtls import CONFIRMATION, confirmation
 from issuer.oauth.tokens import InvalidToken, TokenVerifier, ring_lookup
 from issuer.store import Store
-from pdp.model import RequestError
-from pdp.serve.proto import authorizer_pb2 as pb
-
-if TYPE_CHECKING:
-    from pdp.serve.grpc import AuthorizerService
+from pdp.decide import DecisionPoint
+from pdp.doors.grpc import Calls
+from pdp.lang.schema import SchemaModel
+from pdp.model import Request, RequestError
+from pdp.request import typed_request
 
 log = logging.getLogger("tessera.ext_authz")
 
+CHECK = "ext_authz"  # what the cache keys of Check questions begin with
 SERVICE_NAME = auth.DESCRIPTOR.services_by_name["Authorization"].full_name
 
 DECISION_HEADER = "x-tessera-decision-id"
@@ -379,94 +380,108 @@ def _ip(address: str) -> str | None:
 
 
 def question(
-    who: Caller, action: str, resource_type: str, resource_id: str, ip: str | None, acr: Any
-) -> pb.AuthorizeRequest:
-    """The ``AuthorizeRequest`` a gateway request stands for."""
-    message = pb.AuthorizeRequest(
-        agent=pb.Agent(id=who.agent),
-        action=action,
-        resource=pb.Resource(type=resource_type, id=resource_id),
-    )
-    if who.user is not None:
-        message.user.id = who.user
-        message.delegation.chain.extend(who.chain)
+    schema: SchemaModel,
+    who: Caller,
+    action: str,
+    resource_type: str,
+    resource_id: str,
+    ip: str | None,
+    acr: Any,
+) -> Request:
+    """The one typed request a gateway request stands for."""
+    context: dict[str, Any] = {}
     if ip is not None:
-        message.context["ip"].ip = ip
+        context["ip"] = ip
     if isinstance(acr, str):
-        message.context["acr"].string = acr
-    return message
+        context["acr"] = acr
+    return typed_request(
+        schema,
+        agent={"id": who.agent},
+        user=None if who.user is None else {"id": who.user},
+        chain=who.chain if who.user is not None else None,
+        action=action,
+        resource_type=resource_type,
+        resource_id=resource_id,
+        context=context,
+    )
 
 
 class ExtAuthzService(auth_grpc.AuthorizationServicer):  # type: ignore[misc]
-    """``envoy.service.auth.v3.Authorization`` over the decision service."""
+    """``envoy.service.auth.v3.Authorization`` over the decision point."""
 
-    def __init__(self, service: AuthorizerService, gateway: Gateway) -> None:
-        self.service = service
+    def __init__(self, point: DecisionPoint, gateway: Gateway) -> None:
+        self.point = point
         self.gateway = gateway
+        self._calls = Calls(point.metrics, "Check")
         self._strip = list(gateway.strip)
         self._strip_with_user = [*gateway.strip, USER_HEADER]
-        self._questions: dict[tuple[Any, ...], pb.AuthorizeRequest] = {}
+        self._questions: dict[tuple[Any, ...], Request] = {}
+        self._schema: Any = None  # the schema the remembered questions are typed by
         self._templates: dict[Caller, auth.CheckResponse] = {}
 
     async def Check(  # the contract names the method
         self, request: auth.CheckRequest, context: grpc.aio.ServicerContext
     ) -> auth.CheckResponse:
-        async with self.service._rpc("Check", context):
-            attributes = request.attributes
-            http = attributes.request.http
-            token = _bearer(http)
-            if token is None:
-                return unauthorized("a bearer token is required", invalid=False)
-            try:
-                claims, who, _, _ = await self.gateway.tokens.verify(token)
-            except InvalidToken as exc:
-                log.info("ext_authz: token refused: %s", exc)
-                return unauthorized("the access token is not valid")
-            if not _bound_to_presented(claims, attributes.source):
-                return unauthorized("the access token is bound to another certificate")
-            why = ambiguous(http.path)
-            if why is not None:
-                bad = {"error": "invalid_request", "error_description": why}
-                return _denied(400, code_pb2.INVALID_ARGUMENT, bad, ())
-            message = self._question(who, http.method, http.path, attributes.source, claims)
-            try:
-                decision, decision_id, _ = await self.service.decide(message, context.peer)
-            except RequestError as exc:  # the routes make requests the schema refuses
-                log.warning("ext_authz: %s %s cannot be decided: %s", http.method, http.path, exc)
-                refused = {"error": "access_denied", "error_description": str(exc)}
-                return _denied(403, code_pb2.PERMISSION_DENIED, refused, ())
-            if not decision.allow:
-                body: dict[str, Any] = {
-                    "error": "access_denied",
-                    "decision_id": decision_id,
-                    "obligations": [
-                        {"kind": o.kind, "value": o.value} for o in decision.obligations
-                    ],
-                }
-                return _denied(
-                    403,
-                    code_pb2.PERMISSION_DENIED,
-                    body,
-                    [_option(DECISION_HEADER, decision_id)],
-                )
-            return self._allowed(decision_id, who)
+        return await self._calls.run(lambda: self._check(request, context), context)
+
+    async def _check(
+        self, request: auth.CheckRequest, context: grpc.aio.ServicerContext
+    ) -> auth.CheckResponse:
+        attributes = request.attributes
+        http = attributes.request.http
+        token = _bearer(http)
+        if token is None:
+            return unauthorized("a bearer token is required", invalid=False)
+        try:
+            claims, who, _, _ = await self.gateway.tokens.verify(token)
+        except InvalidToken as exc:
+            log.info("ext_authz: token refused: %s", exc)
+            return unauthorized("the access token is not valid")
+        if not _bound_to_presented(claims, attributes.source):
+            return unauthorized("the access token is bound to another certificate")
+        why = ambiguous(http.path)
+        if why is not None:
+            bad = {"error": "invalid_request", "error_description": why}
+            return _denied(400, code_pb2.INVALID_ARGUMENT, bad, ())
+        try:
+            key, asked = self._question(who, http.method, http.path, attributes.source, claims)
+            decision, decision_id, _ = await self.point.decide(asked, context.peer, key=key)
+        except RequestError as exc:  # the routes make requests the schema refuses
+            log.warning("ext_authz: %s %s cannot be decided: %s", http.method, http.path, exc)
+            refused = {"error": "access_denied", "error_description": str(exc)}
+            return _denied(403, code_pb2.PERMISSION_DENIED, refused, ())
+        if not decision.allow:
+            body: dict[str, Any] = {
+                "error": "access_denied",
+                "decision_id": decision_id,
+                "obligations": [{"kind": o.kind, "value": o.value} for o in decision.obligations],
+            }
+            return _denied(
+                403, code_pb2.PERMISSION_DENIED, body, [_option(DECISION_HEADER, decision_id)]
+            )
+        return self._allowed(decision_id, who)
 
     def _question(
         self, who: Caller, method: str, path: str, source: Any, claims: dict[str, Any]
-    ) -> pb.AuthorizeRequest:
-        """The request to decide, remembered for recent (caller, method, path, client):
-        nothing downstream changes a request message, so one can be decided again."""
+    ) -> tuple[tuple[Any, ...], Request]:
+        """The request to decide (and its cache key), remembered for recent (caller,
+        method, path, client) while the schema stays: nothing downstream changes a
+        request, so one can be decided again."""
+        schema = self.point.schema
+        if schema is not self._schema:
+            self._questions.clear()
+            self._schema = schema
         acr = claims.get("acr")
-        key = (who, method, path, source.address.socket_address.address, acr)
-        message = self._questions.get(key)
-        if message is None:
+        key = (CHECK, who, method, path, source.address.socket_address.address, acr)
+        asked = self._questions.get(key)
+        if asked is None:
             action, resource_type, resource_id = route(self.gateway.routes, method, path)
             ip = _client_ip(source)
-            message = question(who, action, resource_type, resource_id, ip, acr)
+            asked = question(schema, who, action, resource_type, resource_id, ip, acr)
             if len(self._questions) >= QUESTION_MEMO_SIZE:  # bounded whatever the traffic
                 self._questions.clear()
-            self._questions[key] = message
-        return message
+            self._questions[key] = asked
+        return key, asked
 
     def _allowed(self, decision_id: str, who: Caller) -> auth.CheckResponse:
         """The OkHttpResponse: the caller's part built once, the decision id added."""
@@ -493,9 +508,9 @@ class ExtAuthzService(auth_grpc.AuthorizationServicer):  # type: ignore[misc]
         return response
 
 
-def add_to_server(service: AuthorizerService, gateway: Gateway, server: grpc.aio.Server) -> None:
-    """Serve Check, deciding with ``service``, on ``server``."""
-    auth_grpc.add_AuthorizationServicer_to_server(ExtAuthzService(service, gateway), server)
+def add_to_server(point: DecisionPoint, gateway: Gateway, server: grpc.aio.Server) -> None:
+    """Serve Check, deciding with ``point``, on ``server``."""
+    auth_grpc.add_AuthorizationServicer_to_server(ExtAuthzService(point, gateway), server)
 
 
 def gateway_for(

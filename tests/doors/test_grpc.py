@@ -1,14 +1,14 @@
-"""gRPC messages and engine values: one validation path, the same field names in errors."""
+"""The gRPC door: a message becomes one typed request, a decision becomes a response."""
 
 from __future__ import annotations
 
 import pytest
 
+from pdp.doors.grpc import answer_to_proto, request_from_proto
 from pdp.engine import Engine
 from pdp.lang.ast import Obligation
 from pdp.lang.values import Money, Risk
-from pdp.model import Decision, RequestError, RuleError
-from pdp.serve.convert import decision_to_message, request_from_message
+from pdp.model import Answer, Decision, RequestError, RuleError
 from pdp.serve.proto import authorizer_pb2 as pb
 from tests.conftest import bundle_of
 
@@ -32,7 +32,7 @@ def transfer(**context: pb.Value) -> pb.AuthorizeRequest:
 def test_a_message_becomes_a_typed_request() -> None:
     bundle = bundle_of('permit p call tool "pay"')
     message = transfer(amount=pb.Value(money=pb.Money(amount="12.50", currency="EUR")))
-    request = request_from_message(message, bundle.schema)
+    request = request_from_proto(message, bundle.schema)
     assert request.agent == {"id": "pay-bot", "risk": Risk.low, "status": "active"}
     assert request.user == {"id": "alice", "roles": frozenset({"x"})}
     assert request.delegation == {"delegated": True, "depth": 1, "chain": ("pay-bot",)}
@@ -46,7 +46,7 @@ def test_an_absent_user_means_the_agent_acts_alone() -> None:
     message = transfer()
     message.ClearField("user")
     message.ClearField("delegation")
-    assert request_from_message(message, bundle.schema).delegation["delegated"] is False
+    assert request_from_proto(message, bundle.schema).delegation["delegated"] is False
 
 
 @pytest.mark.parametrize(
@@ -60,7 +60,7 @@ def test_an_absent_user_means_the_agent_acts_alone() -> None:
 def test_bad_values_name_the_field(context: dict[str, pb.Value], error: str) -> None:
     bundle = bundle_of('permit p call tool "pay"')
     with pytest.raises(RequestError, match=error):
-        request_from_message(transfer(**context), bundle.schema)
+        request_from_proto(transfer(**context), bundle.schema)
 
 
 def test_a_missing_agent_id_is_refused() -> None:
@@ -68,7 +68,7 @@ def test_a_missing_agent_id_is_refused() -> None:
     message = transfer()
     message.agent.id = ""
     with pytest.raises(RequestError, match=r"agent\.id: required"):
-        request_from_message(message, bundle.schema)
+        request_from_proto(message, bundle.schema)
 
 
 def test_a_decision_becomes_a_response() -> None:
@@ -80,7 +80,7 @@ def test_a_decision_becomes_a_response() -> None:
         (RuleError("agents.x", "permit", "agent.purpose is absent"),),
         "sha256:abc",
     )
-    message = decision_to_message(decision, "d-1")
+    message = answer_to_proto(Answer(decision, "d-1", False))
     assert not message.allow
     assert [(o.kind, o.value) for o in message.obligations] == [("consent", "payments:transfer")]
     assert list(message.decided_by) == ["agents.small_transfers"]

@@ -21,8 +21,8 @@ How AuthZEN's information model maps onto a Tessera request:
     context   {ATTRIBUTE: VALUE, ...}                    e.g. {"amount": "200 USD"}
 
 Values are typed by the policy schema as request JSON is (see README.md); consents come
-from the consent store. Each evaluation is decided by :meth:`AuthorizerService.decide`,
-the path ``Authorize`` takes (directory, limits, audit record). Searches decide each
+from the consent store. Each evaluation is decided by :meth:`DecisionPoint.decide`,
+as ``Authorize`` is (directory, limits, audit record). Searches decide each
 candidate without using up limits or leaving a record (as ``ListAllowed``); their
 candidates are the directory's agents, or the resource ids and action names the
 policies' targets spell out exactly (a glob cannot be listed).
@@ -43,7 +43,7 @@ import hashlib
 import json
 import logging
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from anyio import to_thread
 from starlette.requests import Request
@@ -51,15 +51,14 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from issuer.scim import ADMIN_SCOPE, Authenticator, bearer_token
+from pdp.decide import DecisionPoint
 from pdp.engine import Bundle
 from pdp.lang import ast
 from pdp.lang.runtime import matches_pattern, pattern_globs
+from pdp.lang.schema import SchemaModel
 from pdp.model import Decision, RequestError
-from pdp.serve.convert import request_from_message
-from pdp.serve.proto import authorizer_pb2 as pb
-
-if TYPE_CHECKING:
-    from pdp.serve.grpc import AuthorizerService
+from pdp.model import Request as Asked
+from pdp.request import typed_request
 
 log = logging.getLogger("tessera.authzen")
 
@@ -115,39 +114,24 @@ def _string(entity: Json, key: str, where: str) -> str:
     return value
 
 
-def to_value(value: Any, where: str, depth: int = 0) -> pb.Value:
-    """A JSON value as a typed attribute value; the schema types it further."""
+def plain(value: Any, where: str, depth: int = 0) -> Any:
+    """A JSON value checked as an attribute value (the schema types it further): no null,
+    bounded nesting, integers beyond 64 bits as numbers."""
     if depth > MAX_DEPTH:
         raise bad(f"{where}: nested deeper than {MAX_DEPTH} levels")
-    if isinstance(value, bool):
-        return pb.Value(bool=value)
+    if isinstance(value, bool | str | float):
+        return value
     if isinstance(value, int):
-        if -INT64 <= value < INT64:
-            return pb.Value(integer=value)
-        return pb.Value(number=float(value))
-    if isinstance(value, float):
-        return pb.Value(number=value)
-    if isinstance(value, str):
-        return pb.Value(string=value)
+        return value if -INT64 <= value < INT64 else float(value)
     if isinstance(value, list):
-        if all(isinstance(v, str) for v in value):
-            return pb.Value(strings=pb.StringList(values=value))
-        return pb.Value(
-            list=pb.ValueList(
-                values=[to_value(v, f"{where}[{i}]", depth + 1) for i, v in enumerate(value)]
-            )
-        )
+        return [plain(v, f"{where}[{i}]", depth + 1) for i, v in enumerate(value)]
     if isinstance(value, dict):
-        return pb.Value(
-            map=pb.ValueMap(
-                values={k: to_value(v, f"{where}.{k}", depth + 1) for k, v in value.items()}
-            )
-        )
+        return {k: plain(v, f"{where}.{k}", depth + 1) for k, v in value.items()}
     raise bad(f"{where}: null is not a value a policy can read")
 
 
-def _attributes(values: Json, where: str) -> dict[str, pb.Value]:
-    return {key: to_value(value, f"{where}.{key}") for key, value in values.items()}
+def _attributes(values: Json, where: str) -> Json:
+    return {key: plain(value, f"{where}.{key}") for key, value in values.items()}
 
 
 def _subject(subject: Json, where: str, need_id: bool = True) -> tuple[str, str | None, list[str]]:
@@ -166,30 +150,31 @@ def _subject(subject: Json, where: str, need_id: bool = True) -> tuple[str, str 
     return agent, user, chain
 
 
-def _message(
+def _request(
+    schema: SchemaModel,
     subject: tuple[str, str | None, list[str]],
     action: str,
     resource: tuple[str, str, Json],
     context: Json | None,
     where: str,
-) -> pb.AuthorizeRequest:
+) -> Asked:
+    """The one typed request an AuthZEN question stands for; a 400 naming the field."""
     agent, user, chain = subject
     resource_type, resource_id, properties = resource
-    message = pb.AuthorizeRequest(
-        agent=pb.Agent(id=agent),
-        action=action,
-        resource=pb.Resource(
-            type=resource_type,
-            id=resource_id,
-            attributes=_attributes(properties, f"{where}resource.properties"),
-        ),
-        context=_attributes(context or {}, f"{where}context"),
-    )
-    if user is not None:
-        message.user.id = user
-    if chain:
-        message.delegation.chain.extend(chain)
-    return message
+    try:
+        return typed_request(
+            schema,
+            agent={"id": agent},
+            user=None if user is None else {"id": user},
+            chain=chain or None,
+            action=action,
+            resource_type=resource_type,
+            resource_id=resource_id,
+            resource=_attributes(properties, f"{where}resource.properties"),
+            context=_attributes(context or {}, f"{where}context"),
+        )
+    except RequestError as exc:
+        raise bad(f"{where[:-1]}: {exc}" if where else str(exc)) from None
 
 
 def _resource(resource: Json, where: str, need_id: bool = True) -> tuple[str, str, Json]:
@@ -203,13 +188,14 @@ def _action(action: Json, where: str) -> str:
     return _string(action, "name", f"{where}action")
 
 
-def evaluation_message(body: Json, where: str = "") -> pb.AuthorizeRequest:
+def evaluation_request(schema: SchemaModel, body: Json, where: str = "") -> Asked:
     """The request an Access Evaluation Request (§6.1) stands for."""
     subject = _object(body, "subject", where)
     action = _object(body, "action", where)
     resource = _object(body, "resource", where)
     assert subject is not None and action is not None and resource is not None
-    return _message(
+    return _request(
+        schema,
         _subject(subject, where),
         _action(action, where),
         _resource(resource, where),
@@ -354,8 +340,8 @@ class AuthZen:
     """The AuthZEN endpoints over a decision service; ``base`` is the URL they are served
     under (the metadata's ``policy_decision_point``)."""
 
-    def __init__(self, service: AuthorizerService, authenticate: Authenticator, base: str):
-        self.service = service
+    def __init__(self, point: DecisionPoint, authenticate: Authenticator, base: str):
+        self.point = point
         self.authenticate = authenticate
         self.base = base.rstrip("/")
 
@@ -431,22 +417,23 @@ class AuthZen:
                 {"WWW-Authenticate": f'Bearer error="insufficient_scope", scope="{AUTHZEN_SCOPE}"'},
             )
 
-    async def _decide(self, message: pb.AuthorizeRequest, peer: Peer) -> tuple[Decision, str]:
+    async def _decide(self, request: Asked, peer: Peer) -> tuple[Decision, str]:
         try:
-            decision, decision_id, _ = await self.service.decide(message, peer)
+            decision, decision_id, _ = await self.point.decide(request, peer)
         except RequestError as exc:
             raise bad(str(exc)) from None
         return decision, decision_id
 
-    def _allowed(self, message: pb.AuthorizeRequest) -> bool:
+    def _allowed(self, request: Asked) -> bool:
         try:
-            return self.service.preview(message).allow
+            return self.point.preview(request).allow
         except RequestError as exc:
             raise bad(str(exc)) from None
 
     async def evaluation(self, body: Json, peer: Peer) -> Json:
         """Access Evaluation (§6)."""
-        decision, decision_id = await self._decide(evaluation_message(body), peer)
+        request = evaluation_request(self.point.schema, body)
+        decision, decision_id = await self._decide(request, peer)
         return answer(decision, decision_id, _explain(body))
 
     async def evaluations(self, body: Json, peer: Peer) -> Json:
@@ -464,8 +451,8 @@ class AuthZen:
         semantic = options.get("evaluations_semantic", "execute_all")
         if semantic not in SEMANTICS:
             raise bad(f"options.evaluations_semantic must be one of {', '.join(SEMANTICS)}")
-        schema = self.service.engine.bundle.schema
-        messages = []
+        schema = self.point.schema
+        requests = []
         for index, item in enumerate(items):
             where = f"evaluations[{index}]."
             if not isinstance(item, dict):
@@ -474,16 +461,11 @@ class AuthZen:
                 key: item[key] if key in item else body.get(key)
                 for key in ("subject", "action", "resource", "context")
             }
-            message = evaluation_message(merged, where)
-            try:
-                request_from_message(message, schema)
-            except RequestError as exc:
-                raise bad(f"{where[:-1]}: {exc}") from None
-            messages.append(message)
+            requests.append(evaluation_request(schema, merged, where))
         explain = _explain(body)
         results = []
-        for message in messages:
-            decision, decision_id = await self._decide(message, peer)
+        for request in requests:
+            decision, decision_id = await self._decide(request, peer)
             results.append(answer(decision, decision_id, explain))
             if semantic == "deny_on_first_deny" and not decision.allow:
                 break
@@ -502,12 +484,12 @@ class AuthZen:
         _, user, chain = _subject(subject, "", need_id=False)
         name, target = _action(action, ""), _resource(resource, "")
         context = _object(body, "context", "", required=False)
-        directory = self.service.directory
+        directory = self.point.directory
         candidates = directory.agent_ids() if directory is not None else []
         results = []
+        schema = self.point.schema
         for agent in candidates:
-            message = _message((agent, user, chain), name, target, context, "")
-            if self._allowed(message):
+            if self._allowed(_request(schema, (agent, user, chain), name, target, context, "")):
                 results.append({"type": SUBJECT_TYPE, "id": agent})
         return _paged(body, results, offset, limit)
 
@@ -523,9 +505,9 @@ class AuthZen:
         kind, _, properties = _resource(resource, "", need_id=False)
         context = _object(body, "context", "", required=False)
         results = []
-        for ident in named_resources(self.service.engine.bundle, name, kind):
-            message = _message(who, name, (kind, ident, properties), context, "")
-            if self._allowed(message):
+        schema = self.point.schema
+        for ident in named_resources(self.point.engine.bundle, name, kind):
+            if self._allowed(_request(schema, who, name, (kind, ident, properties), context, "")):
                 results.append({"type": kind, "id": ident})
         return _paged(body, results, offset, limit)
 
@@ -539,8 +521,9 @@ class AuthZen:
         who, target = _subject(subject, ""), _resource(resource, "")
         context = _object(body, "context", "", required=False)
         results = []
-        for name in named_actions(self.service.engine.bundle, target[0], target[1]):
-            if self._allowed(_message(who, name, target, context, "")):
+        schema = self.point.schema
+        for name in named_actions(self.point.engine.bundle, target[0], target[1]):
+            if self._allowed(_request(schema, who, name, target, context, "")):
                 results.append({"name": name})
         return _paged(body, results, offset, limit)
 

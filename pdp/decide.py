@@ -1,0 +1,337 @@
+"""The decision point: one place where every door's question is decided.
+
+:class:`DecisionPoint` owns what a decision needs besides the request: the loaded policy
+bundle (through its :class:`~pdp.engine.Engine`), the directory's facts about agents and
+users, the limit counters, the decision cache, the metrics and the hand-off to the audit
+trail. gRPC ``Authorize``/``AuthorizeBatch``/``ListAllowed``, AuthZEN, Envoy ext_authz,
+the issuer's token-exchange check, the MCP proxy's local mode and the admin server's
+what-if all decide through it, each after converting its wire form once into a
+:class:`~pdp.model.Request`.
+
+It knows no transport: no gRPC, no HTTP, no protobuf and no JSON documents. A request it
+cannot decide (a malformed attribute) raises :class:`~pdp.model.RequestError`, which each
+door maps to its protocol's error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import time
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
+from typing import Any
+
+from cachetools import LRUCache
+
+from pdp.audit.records import decision_record
+from pdp.audit.writer import AuditWriter, Record
+from pdp.directory import Directory
+from pdp.engine import Engine
+from pdp.loader import Loaded
+from pdp.metrics import Metrics
+from pdp.model import Answer, Decision, Request
+from pdp.request import typed_entity, typed_value
+
+DEFAULT_CACHE_SIZE = 10_000
+DIRECTORY = "directory"  # the deciding "rule" of a refusal by the directory
+
+Pep = str | Callable[[], str]
+"""Who asked, for the audit record: a name, or a function that tells it (called only
+when a record is made)."""
+
+
+class DecisionIds:
+    """Unique decision ids, the keys of audit records: 32 hex digits, a random per-process
+    prefix then a counter, so ids never repeat across processes and replicas and cost no
+    system call each."""
+
+    def __init__(self) -> None:
+        self._prefix = os.urandom(8).hex()
+        self._next = itertools.count(int.from_bytes(os.urandom(4), "big")).__next__
+
+    def __call__(self) -> str:
+        return f"{self._prefix}{self._next() & 0xFFFF_FFFF_FFFF_FFFF:016x}"
+
+
+new_decision_id = DecisionIds()
+
+
+class DecisionPoint:
+    """Decides requests against the current bundle, with the directory's facts.
+
+    With a ``directory``, agents and users are who it says they are: an agent it does not
+    know or that is not active is refused whatever the policies say, and the attributes a
+    caller sent for them are ignored; ``context.consents`` are the consent store's. Every
+    decision is recorded on the agent trail when ``audit`` is given; with ``"sync"``
+    durability a decision is answered only once its record is committed.
+    """
+
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        directory: Directory | None = None,
+        cache_size: int = DEFAULT_CACHE_SIZE,
+        metrics: Metrics | None = None,
+        audit: AuditWriter | None = None,
+        durability: str = "async",
+    ) -> None:
+        self.engine = engine
+        self.directory = directory
+        self.audit = audit
+        self.durability = durability
+        self.metrics = metrics if metrics is not None else Metrics()
+        self.metrics.bundle.info({"version": engine.version})
+        # Decisions by a key the door derives from its question, for requests whose
+        # candidate rules have no limit (their answer cannot depend on counters).
+        self.cache: LRUCache[Hashable, Decision] | None = (
+            LRUCache(maxsize=cache_size) if cache_size > 0 else None
+        )
+        self.cache_hits = 0
+        self.cache_misses = 0
+        self._seen_directory = -1  # the directory version the cache and facts are of
+        self._facts: dict[tuple[str, str], dict[str, Any]] = {}  # typed, by (kind, id)
+
+    # -- what it decides with
+
+    @property
+    def schema(self) -> Any:
+        """The policy schema requests are typed against (``SchemaModel``)."""
+        return self.engine.bundle.schema
+
+    @property
+    def version(self) -> str:
+        """The version of the bundle decisions are made with."""
+        return self.engine.version
+
+    @property
+    def trusts_callers(self) -> bool:
+        """Whether the agent and user attributes a caller sends are decided on (no
+        directory); doors skip converting them otherwise."""
+        return self.directory is None
+
+    def use(self, loaded: Loaded) -> None:
+        """Decide with a new bundle from the next call on; limits carry over."""
+        old = self.engine
+        self.engine = Engine(loaded.bundle, old.counters, old.clock)
+        self.metrics.bundle.info({"version": self.engine.version})
+        self._forget()
+
+    def _forget(self) -> None:
+        if self.cache is not None:
+            self.cache.clear()
+        self._facts = {}
+
+    # -- deciding
+
+    async def decide(
+        self, request: Request, pep: Pep = "", *, key: Hashable | None = None
+    ) -> Answer:
+        """Decide one request, using up limits, and hand its record to the audit trail.
+
+        ``key`` (any hashable the door derives from its question, e.g. the serialized
+        message) lets the answer be remembered when no limit can change it."""
+        answer = await self._answer(request, pep, key, limits=True)
+        assert answer is not None  # with limits decided here, every request is answered
+        return answer
+
+    async def decide_without_limits(
+        self, request: Request, pep: Pep = "", *, key: Hashable | None = None
+    ) -> Answer | None:
+        """As :meth:`decide`, but None, with nothing recorded, for a request a ``limit``
+        could decide: its counters are kept by another process (the PDP an embedded
+        decision point, such as the MCP proxy's, defers to)."""
+        return await self._answer(request, pep, key, limits=False)
+
+    def decide_now(self, request: Request, pep: Pep = "") -> Answer:
+        """As :meth:`decide`, for a caller outside the event loop (the issuer's token
+        exchange check runs in a worker thread): a full audit queue, or sync durability,
+        blocks this thread."""
+        started = time.perf_counter()
+        resolved = self.resolve(request)
+        decision, cacheable = self._decided(self.engine, resolved, True)
+        answer = Answer(decision, new_decision_id(), cacheable)
+        audit = self.audit
+        if audit is not None:
+            record = self._record(_asked(request, resolved), answer, started, pep)
+            if self.durability == "sync":
+                audit.write("agent", record)
+            else:
+                audit.put("agent", record)
+        return answer
+
+    async def decide_many(self, requests: Sequence[Request], pep: Pep = "") -> list[Answer]:
+        """Decide requests in order, each using up limits as it is allowed; their records
+        are handed over together."""
+        started = time.perf_counter()
+        engine = self.engine
+        answers = []
+        records: list[Record] = []
+        for request in requests:
+            resolved = self.resolve(request)
+            decision, cacheable = self._decided(engine, resolved, True)
+            answer = Answer(decision, new_decision_id(), cacheable)
+            answers.append(answer)
+            if self.audit is not None:
+                records.append(self._record(_asked(request, resolved), answer, started, pep))
+        await self._audited(records)
+        return answers
+
+    def preview(self, request: Request) -> Decision:
+        """What the request would be answered, without using up any limit and without a
+        record: listing and searching are not calling."""
+        decision = self._preview(request, limits=True)
+        assert decision is not None
+        return decision
+
+    def preview_without_limits(self, request: Request) -> Decision | None:
+        """As :meth:`preview`, but None for a request a ``limit`` could decide."""
+        return self._preview(request, limits=False)
+
+    def allowed(self, requests: Iterable[Request]) -> tuple[list[int], list[int]]:
+        """Which of ``requests`` would be allowed, and which are denied only until the
+        user consents (every obligation of the deny is a consent), by position; nothing
+        is used up or recorded (``ListAllowed``, ``tools/list``)."""
+        allowed, consent = [], []
+        for index, request in enumerate(requests):
+            decision = self.preview(request)
+            if decision.allow:
+                allowed.append(index)
+            elif decision.awaits_consent:
+                consent.append(index)
+        return allowed, consent
+
+    # -- the steps
+
+    def resolve(self, request: Request | str) -> Request | str:
+        """The request as the directory knows who asks, or why it is refused (a string).
+
+        Without a directory, the request as the caller sent it."""
+        directory = self.directory
+        if directory is None or isinstance(request, str):
+            return request
+        if directory.version != self._seen_directory:
+            # A decision or a fact remembered before this change may no longer hold.
+            self._seen_directory = directory.version
+            self._forget()
+        delegation = request.delegation
+        identities = directory.resolve(request.agent_id, request.user_id, delegation["chain"])
+        if isinstance(identities, str):
+            return identities
+        schema = self.schema
+        agent = self._typed("agent", identities.agent, schema.agent)
+        user = None
+        if identities.user is not None:
+            user = self._typed("user", identities.user, schema.user)
+        context = dict(request.context)
+        context["consents"] = self._consents(identities.consents)
+        return Request(agent, user, delegation, request.action, request.resource, context)
+
+    def _typed(
+        self, kind: str, attributes: Mapping[str, Any], types: Mapping[str, Any]
+    ) -> dict[str, Any]:
+        """The directory's attributes of an agent or user, typed once per change."""
+        key = (kind, attributes["id"])
+        typed = self._facts.get(key)
+        if typed is None:
+            typed = self._facts[key] = typed_entity(attributes, kind, types)
+        return typed
+
+    def _consents(self, granted: tuple[str, ...]) -> Any:
+        declared = self.schema.context.get("consents")
+        if declared is None:
+            return granted
+        return typed_value(list(granted), declared, "context.consents")
+
+    def _decided(
+        self, engine: Engine, request: Request | str, limits: bool
+    ) -> tuple[Decision, bool]:
+        """The engine's decision (or the directory's refusal) and whether it is cacheable."""
+        if isinstance(request, str):
+            return self._refused(engine, request), False
+        start = time.perf_counter()
+        decision = engine.decide(request, limits)
+        metrics = self.metrics
+        metrics.engine_seconds.observe(time.perf_counter() - start)
+        metrics.decided(decision)
+        return decision, not engine.touches_limits(request)
+
+    def _refused(self, engine: Engine, reason: str) -> Decision:
+        decision = Decision(False, (), (DIRECTORY,), (reason,), (), engine.version)
+        self.metrics.decided(decision)
+        return decision
+
+    async def _answer(
+        self, request: Request, pep: Pep, key: Hashable | None, limits: bool
+    ) -> Answer | None:
+        started = time.perf_counter()
+        engine = self.engine
+        resolved = self.resolve(request)
+        cache = self.cache if key is not None else None
+        decision = None
+        if cache is not None and not isinstance(resolved, str):
+            decision = cache.get(key)
+            self.metrics.cached(decision)
+            if decision is None:
+                self.cache_misses += 1
+            else:
+                self.cache_hits += 1
+        if decision is not None:
+            cacheable = True
+        elif not limits and not isinstance(resolved, str) and engine.touches_limits(resolved):
+            return None
+        else:
+            decision, cacheable = self._decided(engine, resolved, True)
+            if cache is not None and cacheable:
+                cache[key] = decision
+        answer = Answer(decision, new_decision_id(), cacheable)
+        if self.audit is not None:
+            record = self._record(_asked(request, resolved), answer, started, pep)
+            await self._audited([record])
+        return answer
+
+    def _preview(self, request: Request, limits: bool) -> Decision | None:
+        engine = self.engine
+        resolved = self.resolve(request)
+        if isinstance(resolved, str):
+            return self._refused(engine, resolved)
+        if not limits and engine.touches_limits(resolved):
+            return None
+        return self._decided(engine, resolved, False)[0]
+
+    # -- the audit hand-off
+
+    def _record(self, request: Request, answer: Answer, started: float, pep: Pep) -> Record:
+        """The decision's agent-trail record, as a function the writer thread calls (the
+        hot path only notes the time and who asked)."""
+        seconds, when = time.perf_counter() - started, time.time()
+        who = pep if isinstance(pep, str) else pep()
+        return lambda: decision_record(request, answer, seconds, who, when)
+
+    async def _audited(self, records: list[Record]) -> None:
+        """Put the records on the agent trail, never dropping one. Async durability only
+        queues them (a full queue waits, off the loop); sync returns once they are
+        committed."""
+        audit = self.audit
+        if audit is None or not records:
+            return
+        if self.durability != "sync":
+            for record in records:
+                if not audit.offer("agent", record):
+                    await asyncio.to_thread(audit.submit, "agent", record)
+            return
+        pending = []
+        for record in records:
+            done = audit.submit_nowait("agent", record)
+            if done is None:
+                done = await asyncio.to_thread(audit.submit, "agent", record)
+            pending.append(done)
+        for done in pending:
+            await asyncio.wrap_future(done)
+
+
+def _asked(request: Request, resolved: Request | str) -> Request:
+    """What a record tells of the request: as decided on (with the directory's consents),
+    or as asked when the directory refused it."""
+    return request if isinstance(resolved, str) else resolved

@@ -1,0 +1,254 @@
+"""The gRPC door, ``tessera.v1.Authorizer``: protobuf in, one :class:`Request`, protobuf out.
+
+``Authorize``, ``AuthorizeBatch`` and ``ListAllowed`` each convert their message straight
+into typed requests (:func:`request_from_proto`), ask the :class:`DecisionPoint`, and build
+the response straight from the decision (:func:`answer_to_proto`). A malformed request is
+answered INVALID_ARGUMENT naming the field, never with a traceback; a fault of ours is
+logged and answered INTERNAL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, TypeVar
+
+import grpc
+
+from pdp.decide import DecisionPoint
+from pdp.lang.schema import SchemaModel, Type
+from pdp.metrics import Metrics
+from pdp.model import Answer, Decision, Request, RequestError, delegation_for
+from pdp.request import convert, typed_resource, untyped
+from pdp.serve.proto import authorizer_pb2 as pb
+from pdp.serve.proto import authorizer_pb2_grpc as pb_grpc
+
+log = logging.getLogger("tessera.serve")
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Authorizer"].full_name
+INTERNAL = "internal error in the decision service (it is logged)"
+
+T = TypeVar("T")
+_SCALARS = frozenset(("string", "bool", "risk", "duration", "time", "ip", "number", "integer"))
+
+
+# ------------------------------------------------------------------ protobuf -> Request
+
+
+def plain_value(value: pb.Value, path: str) -> Any:
+    """One ``Value`` as the plain value it carries (the schema then types it)."""
+    kind = value.WhichOneof("kind")
+    if kind in _SCALARS:
+        return getattr(value, kind)
+    if kind is None:
+        raise RequestError(f"{path}: a Value with no kind set")
+    if kind == "money":
+        return {"amount": value.money.amount, "currency": value.money.currency}
+    if kind == "strings":
+        return list(value.strings.values)
+    if kind == "list":
+        return [plain_value(v, f"{path}[{i}]") for i, v in enumerate(value.list.values)]
+    return {k: plain_value(v, f"{path}.{k}") for k, v in value.map.values.items()}
+
+
+def typed_from_proto(
+    attributes: Mapping[str, pb.Value], where: str, types: Mapping[str, Type]
+) -> dict[str, Any]:
+    """A message's attribute map, typed by the schema."""
+    out: dict[str, Any] = {}
+    for key, value in attributes.items():
+        path = f"{where}.{key}"
+        declared = types.get(key)
+        plain = plain_value(value, path)
+        out[key] = convert(plain, declared, path) if declared else untyped(plain, path)
+    return out
+
+
+def _entity(entity: Any, where: str, types: Mapping[str, Type], trusted: bool) -> dict[str, Any]:
+    ident = entity.id
+    if not ident:
+        raise RequestError(f"{where}.id: required, a non-empty string")
+    if not trusted or not entity.attributes:
+        return {"id": ident}
+    values = typed_from_proto(entity.attributes, where, types)
+    values["id"] = ident
+    return values
+
+
+def request_from_proto(
+    message: pb.AuthorizeRequest, schema: SchemaModel, trust_callers: bool = True
+) -> Request:
+    """The typed request an ``AuthorizeRequest`` asks, or a :class:`RequestError` naming
+    the field. Unless ``trust_callers``, the agent's and user's attributes are left out
+    (the directory's replace them)."""
+    agent = _entity(message.agent, "agent", schema.agent, trust_callers)
+    user = None
+    if message.HasField("user"):
+        user = _entity(message.user, "user", schema.user, trust_callers)
+    action = message.action
+    if not action:
+        raise RequestError('action: required, a non-empty string such as "tool.call"')
+    resource = message.resource
+    attributes = {k: plain_value(v, f"resource.{k}") for k, v in resource.attributes.items()}
+    chain = tuple(message.delegation.chain) if message.HasField("delegation") else None
+    context = message.context
+    return Request(
+        agent,
+        user,
+        delegation_for(agent["id"], user, chain),
+        action,
+        typed_resource(resource.type, resource.id, attributes, schema),
+        typed_from_proto(context, "context", schema.context) if context else {},
+    )
+
+
+# ------------------------------------------------------------------ Decision -> protobuf
+
+
+def answer_to_proto(answer: Answer) -> pb.AuthorizeResponse:
+    """The response telling ``answer``: the decision's part made once per decision (most
+    are shared by every call a rule decides alone), the call's id and cacheability added."""
+    decision = answer.decision
+    template = _templates.get(decision)
+    if template is None:
+        template = _response(decision)
+        if len(_templates) >= TEMPLATES_SIZE:
+            _templates.clear()
+        _templates[decision] = template
+    response = pb.AuthorizeResponse()
+    response.CopyFrom(template)
+    response.decision_id = answer.decision_id
+    response.cacheable = answer.cacheable
+    return response
+
+
+def _response(decision: Decision) -> pb.AuthorizeResponse:
+    return pb.AuthorizeResponse(
+        allow=decision.allow,
+        obligations=[pb.Obligation(kind=o.kind, value=o.value) for o in decision.obligations],
+        decided_by=decision.decided_by,
+        reasons=decision.reasons,
+        bundle_version=decision.bundle_version,
+        errors=[
+            pb.RuleError(rule=e.rule, effect=e.effect, message=e.message) for e in decision.errors
+        ],
+    )
+
+
+TEMPLATES_SIZE = 4_096  # decisions whose response part is remembered (bounded memory)
+_templates: dict[Decision, pb.AuthorizeResponse] = {}
+
+
+# ------------------------------------------------------------------ the servicer
+
+
+class Calls:
+    """Each call counted in flight and timed by method; a fault of ours is logged with its
+    traceback and answered INTERNAL without one."""
+
+    def __init__(self, metrics: Metrics, method: str) -> None:
+        self.in_flight = metrics.in_flight
+        self.seconds = metrics.rpc_seconds.labels(method)
+        self.method = method
+
+    async def run(self, work: Callable[[], Awaitable[T]], context: grpc.aio.ServicerContext) -> T:
+        in_flight = self.in_flight
+        in_flight.inc()
+        started = time.perf_counter()
+        try:
+            return await work()
+        except (grpc.aio.AbortError, asyncio.CancelledError):
+            raise
+        except RequestError as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            raise  # abort raises; this line only tells type checkers so
+        except Exception:
+            log.exception("%s failed", self.method)
+            await context.abort(grpc.StatusCode.INTERNAL, INTERNAL)
+            raise
+        finally:
+            in_flight.dec()
+            self.seconds.observe(time.perf_counter() - started)
+
+
+class AuthorizerDoor(pb_grpc.AuthorizerServicer):  # type: ignore[misc]
+    """``tessera.v1.Authorizer`` over a decision point."""
+
+    def __init__(self, point: DecisionPoint) -> None:
+        self.point = point
+        metrics = point.metrics
+        self._calls = {m: Calls(metrics, m) for m in ("Authorize", "AuthorizeBatch", "ListAllowed")}
+
+    async def Authorize(  # the contract names the methods
+        self, request: pb.AuthorizeRequest, context: grpc.aio.ServicerContext
+    ) -> pb.AuthorizeResponse:
+        point = self.point
+
+        async def work() -> pb.AuthorizeResponse:
+            typed = request_from_proto(request, point.schema, point.trusts_callers)
+            key = request.SerializeToString(deterministic=True) if point.cache is not None else None
+            return answer_to_proto(await point.decide(typed, context.peer, key=key))
+
+        return await self._calls["Authorize"].run(work, context)
+
+    async def AuthorizeBatch(
+        self, request: pb.AuthorizeBatchRequest, context: grpc.aio.ServicerContext
+    ) -> pb.AuthorizeBatchResponse:
+        point = self.point
+
+        async def work() -> pb.AuthorizeBatchResponse:
+            schema, trusted = point.schema, point.trusts_callers
+            typed = []
+            for index, item in enumerate(request.requests):
+                try:
+                    typed.append(request_from_proto(item, schema, trusted))
+                except RequestError as exc:
+                    raise RequestError(f"requests[{index}].{exc}") from None
+            answers = await point.decide_many(typed, context.peer)
+            return pb.AuthorizeBatchResponse(responses=[answer_to_proto(a) for a in answers])
+
+        return await self._calls["AuthorizeBatch"].run(work, context)
+
+    async def ListAllowed(
+        self, request: pb.ListAllowedRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListAllowedResponse:
+        point = self.point
+
+        async def work() -> pb.ListAllowedResponse:
+            response = pb.ListAllowedResponse(bundle_version=point.version)
+            schema, trusted = point.schema, point.trusts_callers
+            questions = []
+            for index, candidate in enumerate(request.candidates):
+                question = listed_question(request, candidate)
+                try:
+                    questions.append(request_from_proto(question, schema, trusted))
+                except RequestError as exc:
+                    raise RequestError(f"candidates[{index}]: {exc}") from None
+            allowed, consent = point.allowed(questions)
+            response.allowed.extend(request.candidates[i] for i in allowed)
+            response.consent_required.extend(request.candidates[i] for i in consent)
+            return response
+
+        return await self._calls["ListAllowed"].run(work, context)
+
+
+def listed_question(request: pb.ListAllowedRequest, candidate: pb.Resource) -> pb.AuthorizeRequest:
+    """The ``Authorize`` question a ``ListAllowed`` request asks about one candidate (a
+    refused agent is denied each, so it may call nothing)."""
+    question = pb.AuthorizeRequest(
+        agent=request.agent, action=request.action, resource=candidate, context=request.context
+    )
+    if request.HasField("user"):
+        question.user.CopyFrom(request.user)
+    if request.HasField("delegation"):
+        question.delegation.CopyFrom(request.delegation)
+    return question
+
+
+def add_to_server(point: DecisionPoint, server: grpc.aio.Server) -> AuthorizerDoor:
+    """Serve ``tessera.v1.Authorizer`` over ``point`` on ``server``."""
+    door = AuthorizerDoor(point)
+    pb_grpc.add_AuthorizerServicer_to_server(door, server)  # type: ignore[no-untyped-call]
+    return door
