@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import ast
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -10,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from pdp.cli import main
+from pep.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent
 POLICIES = ROOT / "policies"
@@ -222,6 +224,46 @@ def test_usage_errors_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
         main(["eval"])
     assert caught.value.code == 2
     assert "REQUEST.json" in capsys.readouterr().err
+
+
+def test_help_lists_every_command_once_grouped_by_plane(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with pytest.raises(SystemExit) as caught:
+        main(["--help"])
+    assert caught.value.code == 0
+    listed = re.findall(r"^    (\S+)", capsys.readouterr().out, re.MULTILINE)
+    assert listed == [
+        *("check", "test", "fmt", "eval", "explain"),
+        *("serve", "audit", "report", "keys", "mcp-proxy", "admin-mcp"),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("module", "may_import"),
+    [
+        ("issuer/cli.py", {"issuer"}),
+        ("pdp/commands/__init__.py", set()),
+        ("pdp/commands/policy.py", {"pdp"}),
+        ("pdp/commands/serve.py", {"pdp", "issuer"}),
+        ("pdp/audit/cli.py", {"pdp", "issuer"}),
+    ],
+)
+def test_a_plane_declares_its_commands_without_the_planes_above_it(
+    module: str, may_import: set[str]
+) -> None:
+    """The arrows point pep → pdp → issuer, in the imports inside functions too (where the
+    commands import what they run)."""
+    tree = ast.parse((ROOT / module).read_text())
+    names = [
+        alias.name
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Import)
+        for alias in node.names
+    ]
+    names += [node.module or "" for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)]
+    planes = {name.split(".")[0] for name in names} & {"issuer", "pdp", "pep"}
+    assert planes <= may_import
 
 
 def test_the_console_script_runs(tmp_path: Path) -> None:

@@ -28,13 +28,13 @@ from pdp.audit.anomaly import AnomalyDetector, AnomalyThresholds
 from pdp.audit.baselines import AMOUNT_HISTORY, Baselines, _Amounts
 from pdp.audit.query import entries, verify_trail
 from pdp.audit.writer import AuditWriter
-from pdp.cli import main
 from pdp.engine import Engine
 from pdp.loader import load_directory
 from pdp.metrics import Metrics
 from pdp.serve.config import ConfigError, load_config
 from pdp.serve.proto import authorizer_pb2 as pb
 from pdp.serve.proto import authorizer_pb2_grpc as pb_grpc
+from pep.cli import main
 from tests.conftest import SHIPPED_POLICIES
 from tests.servers import Server, tessera_serve
 

@@ -19,7 +19,7 @@ import pytest
 from issuer.store import open_store
 from pdp.audit.chain import canonical
 from pdp.audit.writer import AuditWriter
-from pdp.cli import main
+from pep.cli import main
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:

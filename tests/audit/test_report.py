@@ -31,7 +31,7 @@ from pdp.audit.checkpoints import Checkpointer
 from pdp.audit.records import token_record
 from pdp.audit.report import Period, ReportError, gather, render, to_json, to_markdown
 from pdp.audit.writer import AuditWriter
-from pdp.cli import main
+from pep.cli import main
 from tests.audit.test_cli import decision, execute
 from tests.test_directory import agent_doc
 

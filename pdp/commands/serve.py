@@ -1,0 +1,171 @@
+"""``tessera serve``, and what other commands take from it: the policies a server decides
+with and the store it would open.
+
+This is the one place the command line reaches into the decision service
+(:func:`pdp.server.serve_forever`).
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import TYPE_CHECKING, TextIO
+
+from pdp.commands import OK, USAGE, Command
+from pdp.commands.policy import print_diagnostics
+from pdp.lang.errors import PolicyError
+
+if TYPE_CHECKING:
+    from issuer.store import Store
+    from pdp.loader import Loaded
+    from pdp.serve.config import ServeConfig
+
+
+def _serve_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", metavar="FILE", help="configuration file (TOML)")
+    parser.add_argument("--policies", metavar="DIR", help="policy directory (default: policies)")
+    parser.add_argument("--host", help="address to listen on (default: 127.0.0.1)")
+    parser.add_argument("--port", type=int, help="gRPC port (default: 50051; 0 picks one)")
+    parser.add_argument(
+        "--grace",
+        type=float,
+        metavar="SECONDS",
+        help="how long in-flight calls may finish on shutdown (default: 5)",
+    )
+    parser.add_argument(
+        "--metrics-port",
+        type=int,
+        metavar="PORT",
+        help="Prometheus /metrics port on the same host (default: 9464; 0 picks one; -1 off)",
+    )
+    parser.add_argument(
+        "--cache-size", type=int, metavar="N", help="decision cache entries (default: 10000; 0 off)"
+    )
+    parser.add_argument("--tls-cert", metavar="PEM", help="server certificate chain: TLS on")
+    parser.add_argument("--tls-key", metavar="PEM", help="server private key")
+    parser.add_argument(
+        "--tls-client-ca", metavar="PEM", help="require client certificates from this CA (mTLS)"
+    )
+    _identity_options(parser)
+
+
+def _identity_options(parser: argparse.ArgumentParser) -> None:
+    """The identity plane ``tessera serve`` runs beside the decisions: the directory, SCIM
+    and the token issuer."""
+    parser.add_argument(
+        "--store",
+        metavar="URL",
+        help="the directory: sqlite:///var/tessera.db (default), postgresql://host/db, or '' "
+        "to decide on the attributes callers send",
+    )
+    parser.add_argument(
+        "--http-port",
+        type=int,
+        metavar="PORT",
+        help="SCIM 2.0 at /scim/v2 on this port (default: 8080; 0 picks one; -1 off)",
+    )
+    parser.add_argument(
+        "--issuer",
+        metavar="URL",
+        help="the OAuth issuer URL (default: http(s)://HOST:HTTP_PORT)",
+    )
+    parser.add_argument(
+        "--signing-alg",
+        choices=["ES256", "RS256", "EdDSA"],
+        help="access token signature algorithm for new keys (default: ES256)",
+    )
+    parser.add_argument(
+        "--token-lifetime",
+        type=int,
+        metavar="SECONDS",
+        help="how long access tokens are valid (default: 300)",
+    )
+    parser.add_argument(
+        "--admin-token",
+        metavar="TOKEN",
+        help="bootstrap admin bearer token for SCIM (prefer TESSERA_ADMIN_TOKEN; "
+        "default: a random one, printed at start)",
+    )
+
+
+def _serve(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    import asyncio
+
+    from issuer.store import StoreError
+    from pdp.engine import Engine
+    from pdp.serve.config import ConfigError, load_config
+    from pdp.server import serve_forever
+
+    flags = {k: v for k, v in vars(args).items() if k not in ("command", "config")}
+    try:
+        config = load_config(flags, config_file=args.config)
+        config.credentials()  # fail now, not after loading the policies
+    except ConfigError as exc:
+        print(f"tessera serve: {exc}", file=err)
+        return USAGE
+    loaded = load_served(config.policies, "serve", err)
+    if loaded is None:
+        return USAGE
+    bundle = loaded.bundle
+    summary = (
+        f"tessera: {len(bundle.rules)} rules from {config.policies} "
+        f"(bundle {bundle.version}), reloaded when they change; health and reflection are on"
+    )
+    try:
+        asyncio.run(serve_forever(Engine(bundle), config, [summary]))
+    except (OSError, StoreError) as exc:
+        print(f"tessera serve: {exc}", file=err)
+        return USAGE
+    return OK
+
+
+SERVE = Command(
+    "serve",
+    help="run the gRPC decision service",
+    description="Load the policies and serve tessera.v1.Authorizer over gRPC (with the "
+    "standard health and reflection services) until SIGINT or SIGTERM; then drain "
+    "in-flight calls and stop. Changes to the policy directory are loaded while "
+    "serving; a directory that does not load is logged and the previous policies keep "
+    "serving. Each setting comes from its flag, else TESSERA_<NAME> in the "
+    "environment, else the [serve] table of --config (default ./tessera.toml if it "
+    "exists), else its default.",
+    options=_serve_options,
+    run=_serve,
+)
+
+
+def load_served(directory: str, command: str, err: TextIO) -> Loaded | None:
+    """The policies a server is to decide with, their warnings printed; None, with the
+    diagnostics printed, when they do not load (the server must not start)."""
+    from pdp.loader import load_directory
+
+    try:
+        loaded = load_directory(directory)
+    except PolicyError as exc:
+        print_diagnostics(exc.diagnostics, err)
+        print(f"tessera {command}: the policies do not load; nothing is served", file=err)
+        return None
+    print_diagnostics(loaded.warnings, err)
+    return loaded
+
+
+def open_configured_store(
+    args: argparse.Namespace, err: TextIO, command: str
+) -> tuple[Store, ServeConfig] | None:
+    """(the store ``tessera serve`` would use, the configuration it came from), from flag,
+    environment and file; None after printing why not."""
+    from issuer.store import StoreError, open_store
+    from pdp.serve.config import ConfigError, load_config
+
+    try:
+        config = load_config({"store": args.store}, config_file=args.config)
+    except ConfigError as exc:
+        print(f"tessera {command}: {exc}", file=err)
+        return None
+    if not config.store:
+        print(f"tessera {command}: no store is configured", file=err)
+        return None
+    try:
+        return open_store(config.store), config
+    except StoreError as exc:
+        print(f"tessera {command}: {exc}", file=err)
+        return None
