@@ -35,7 +35,7 @@ from pdp.lang.interpreter import Interpreter
 from pdp.lang.policytest import TEST_CLOCK, run_tests
 from pdp.loader import SUFFIX, Loaded, content_version, load_texts, policy_files
 from pdp.request import Request, RequestError, request_from_json
-from pep.admin_mcp.directory import AdminError
+from pep.admin_mcp.errors import AdminError
 
 TRAIL = "agent"
 MAX_REPLAY = 10_000  # decisions one what-if replays at most
