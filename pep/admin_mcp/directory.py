@@ -28,6 +28,7 @@ from issuer.oauth.clients import ClientRegistry
 from issuer.oauth.errors import OAuthError
 from issuer.scim import ADMIN_SCOPE, Principal, scim_app
 from issuer.store import NotFound, Record, Store
+from pep.admin_mcp.errors import AdminError
 
 PATCH_SCHEMA = "urn:ietf:params:scim:api:messages:2.0:PatchOp"
 SCIM_BASE = "http://tessera.invalid"  # in-process only; never resolved
@@ -48,10 +49,6 @@ EXTENSION_FIELDS = (
     "scopes",
     "labels",
 )
-
-
-class AdminError(Exception):
-    """A request the server refuses; the message says why and how to fix it."""
 
 
 @dataclass(frozen=True)
@@ -361,6 +358,5 @@ __all__ = [
     "RISK_LEVELS",
     "STATUSES",
     "Admin",
-    "AdminError",
     "DirectoryAdmin",
 ]

@@ -35,7 +35,7 @@ from pdp.lang.policytest import TEST_CLOCK, run_tests
 from pdp.loader import SUFFIX, Loaded, content_version, load_texts, policy_files
 from pdp.model import Decision, Request, RequestError
 from pdp.request import request_from_json
-from pep.admin_mcp.directory import AdminError
+from pep.admin_mcp.errors import AdminError
 
 TRAIL = "agent"
 MAX_REPLAY = 10_000  # decisions one what-if replays at most
