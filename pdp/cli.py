@@ -735,7 +735,8 @@ def _add_report_parser(commands: Any) -> None:
 
 def _report(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     from pdp.audit.query import Filters
-    from pdp.audit.report import Period, ReportError, gather, render
+    from pdp.audit.report import Period, ReportError, gather
+    from pdp.audit.report_formats import render
 
     try:
         times = Filters.parse(

@@ -35,7 +35,8 @@ from scim2_models import Context as ScimContext
 from issuer.models import PROVIDER
 from issuer.store import Store
 from pdp.audit.query import Filters, records
-from pdp.audit.report import FORMATS, Period, ReportError, gather, render
+from pdp.audit.report import Period, ReportError, gather
+from pdp.audit.report_formats import FORMATS, render
 from pdp.directory import Directory
 from pep.admin_mcp.directory import Admin, AdminError, DirectoryAdmin
 from pep.admin_mcp.policies import Policies, changes_from
