@@ -66,11 +66,11 @@ from typing import Any, TypeVar
 from pdp.counters import MemoryCounters
 from pdp.engine import Bundle, Engine
 from pdp.lang.parser import parse
-from pdp.lang.policytest import build_request
 from pdp.lang.schema import SchemaModel
 from pdp.lang.values import Duration, Money, Risk
 from pdp.loader import load_directory, load_texts
 from pdp.model import Request
+from pdp.policytest import build_request
 from pdp.request import request_from_json
 
 T = TypeVar("T")

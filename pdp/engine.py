@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pdp.counters import CounterStore, MemoryCounters
+from pdp.interpreter import Interpreter
 from pdp.lang import ast
 from pdp.lang.compiler import CompiledRule, compile_rules
-from pdp.lang.interpreter import Interpreter
 from pdp.lang.runtime import (
     EvalError,
     limit_amount,

@@ -13,175 +13,22 @@ directory snapshot follows.
 
 from __future__ import annotations
 
-import builtins
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from datetime import datetime
-from typing import Any, Literal, Protocol
+from collections.abc import Sequence
 
-Op = Literal["create", "replace", "delete"]
-
-
-@dataclass(frozen=True)
-class Record:
-    """A stored resource at one version."""
-
-    kind: str  # "Agent", "User" or "Group"
-    id: str  # assigned by the store (a UUID)
-    version: int  # 1 on create, +1 on each replace; the SCIM ETag is W/"<version>"
-    data: dict[str, Any]  # the resource document, without "id" and "meta"
-    created: datetime  # timezone-aware, UTC
-    modified: datetime
-
-
-@dataclass(frozen=True)
-class Change:
-    """One entry of the change log."""
-
-    seq: int  # strictly increasing over the whole store
-    at: datetime
-    kind: str
-    id: str
-    op: Op
-    actor: str  # who made the change (the administrator's subject)
-    version: int  # the record's version after the change (the last version for delete)
-    data: dict[str, Any] | None  # the document after the change; None for delete
-
-
-@dataclass(frozen=True)
-class AuditEntry:
-    """One entry of an audit trail, as stored: the record's exact text and its chain links."""
-
-    seq: int  # 1, 2, 3… within its trail
-    at: datetime
-    record: str  # canonical JSON, exactly the text that was hashed
-    prev_hash: str  # the previous entry's hash (64 zeros for the first)
-    hash: str  # SHA-256 of prev_hash and record
-
-
-class StoreError(Exception):
-    """Base of the store's errors."""
-
-
-class NotFound(StoreError):
-    """No resource of that kind with that id."""
-
-
-class Conflict(StoreError):
-    """A unique attribute already holds that value on another resource."""
-
-    def __init__(self, attribute: str, value: str) -> None:
-        super().__init__(f"{attribute} {value!r} is already taken")
-        self.attribute = attribute
-        self.value = value
-
-
-class VersionMismatch(StoreError):
-    """The resource changed since the version the caller read (a stale ETag)."""
-
-    def __init__(self, expected: int, actual: int) -> None:
-        super().__init__(f"expected version {expected}, the resource is at version {actual}")
-        self.expected = expected
-        self.actual = actual
-
-
-class Store(Protocol):
-    """What every backend provides. Methods are thread-safe and synchronous."""
-
-    url: str
-
-    def create(
-        self, kind: str, data: Mapping[str, Any], *, unique: Mapping[str, str], actor: str
-    ) -> Record:
-        """Store a new resource with a fresh id at version 1.
-
-        ``unique`` maps attribute names to values that must be unique within ``kind``
-        (the caller normalises them, e.g. lower-cases a case-insensitive userName);
-        :class:`Conflict` when one is taken, and nothing is stored.
-        """
-        ...
-
-    def get(self, kind: str, id: str) -> Record:
-        """The resource, or :class:`NotFound`."""
-        ...
-
-    def find(self, kind: str, attribute: str, value: str) -> Record:
-        """The resource whose unique ``attribute`` holds ``value`` (as normalised when it was
-        stored), or :class:`NotFound`."""
-        ...
-
-    def list(self, kind: str) -> builtins.list[Record]:
-        """Every resource of a kind, oldest first."""
-        ...
-
-    def replace(
-        self,
-        kind: str,
-        id: str,
-        data: Mapping[str, Any],
-        *,
-        unique: Mapping[str, str],
-        expected_version: int | None,
-        actor: str,
-    ) -> Record:
-        """Replace the document and bump the version (same checks as create).
-
-        :class:`NotFound`, :class:`VersionMismatch` when ``expected_version`` is given
-        and differs, :class:`Conflict`; nothing changes on any error.
-        """
-        ...
-
-    def delete(self, kind: str, id: str, *, expected_version: int | None, actor: str) -> None:
-        """Remove the resource (its change log entries stay)."""
-        ...
-
-    def last_change(self) -> int:
-        """The seq of the newest change, 0 when there is none."""
-        ...
-
-    def changes(self, since: int, limit: int = 1000) -> builtins.list[Change]:
-        """Changes with seq > since, oldest first, at most ``limit``."""
-        ...
-
-    def history(self, kind: str, id: str) -> builtins.list[Change]:
-        """Every change of one resource, oldest first, also after it was deleted."""
-        ...
-
-    def append_audit(self, trail: str, entries: Sequence[AuditEntry]) -> None:
-        """Append chained entries to an audit trail in one transaction (all or none)."""
-        ...
-
-    def audit_tail(self, trail: str) -> AuditEntry | None:
-        """The newest entry of a trail, or None when it is empty."""
-        ...
-
-    def audit(self, trail: str, after: int = 0, limit: int = 10_000) -> builtins.list[AuditEntry]:
-        """A trail's entries after seq ``after``, oldest first."""
-        ...
-
-    def wait_for_change(self, since: int, timeout: float) -> int:
-        """Block until a change newer than ``since`` exists or ``timeout`` passes.
-
-        Returns :meth:`last_change`. SQLite polls its change counter; PostgreSQL waits
-        on LISTEN/NOTIFY.
-        """
-        ...
-
-    def lease(self, name: str) -> Lease | None:
-        """Take the exclusive lease ``name`` among every process on this database, or None
-        when another holds it. It lasts until released or until the holder dies (its
-        connection or file lock goes with it): one replica runs a job, the others wait to
-        take over."""
-        ...
-
-    def close(self) -> None: ...
-
-
-class Lease(Protocol):
-    """An exclusive lease taken with :meth:`Store.lease`."""
-
-    def release(self) -> None: ...
-
+# The backends import the interface from its own module, not from this package, so the
+# package can import them without a circle.
+from issuer.store.interface import (
+    AuditEntry,
+    Change,
+    Conflict,
+    Lease,
+    NotFound,
+    Op,
+    Record,
+    Store,
+    StoreError,
+    VersionMismatch,
+)
 
 DEFAULT_URL = "sqlite:///var/tessera.db"
 
@@ -210,6 +57,7 @@ __all__: Sequence[str] = (
     "AuditEntry",
     "Change",
     "Conflict",
+    "Lease",
     "NotFound",
     "Op",
     "Record",

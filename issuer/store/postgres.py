@@ -26,7 +26,7 @@ import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from issuer.store import Lease, StoreError
+from issuer.store.interface import Lease, StoreError
 from issuer.store.schema import POSTGRES_TYPES, Cursor, SQLStore, apply_migrations
 
 CONNECT_TIMEOUT = 10  # seconds, unless the URL sets connect_timeout

@@ -23,7 +23,7 @@ from contextlib import AbstractContextManager
 from datetime import UTC, datetime
 from typing import Any, Protocol, cast
 
-from issuer.store import (
+from issuer.store.interface import (
     AuditEntry,
     Change,
     Conflict,

@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
 
-from issuer.store import Lease, StoreError
+from issuer.store.interface import Lease, StoreError
 from issuer.store.schema import SQLITE_TYPES, Cursor, SQLStore, apply_migrations
 
 BUSY_TIMEOUT = 5.0  # seconds a statement waits for another connection's lock

@@ -229,7 +229,8 @@ def _report_options(parser: argparse.ArgumentParser) -> None:
 
 def _report(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     from pdp.audit.query import Filters
-    from pdp.audit.report import Period, ReportError, gather, render
+    from pdp.audit.report import Period, ReportError, gather
+    from pdp.audit.report_formats import render
 
     try:
         times = Filters.parse(

@@ -5,8 +5,9 @@ purpose, risk, status and how they changed), its credentials (OAuth clients and 
 the tokens it got, the users it acted for and the consents they gave, its decisions over
 time, its denials and its anomaly alerts, and whether every audit trail's chain verifies.
 The three renderings read only that structure: :func:`to_json` (stable keys, documented in
-docs/audit.md), :func:`to_markdown` and :func:`to_html` (one self-contained page: inline
-CSS, an inline SVG chart, no script, no external URL, every value escaped).
+docs/audit.md), :func:`to_markdown` and :func:`pdp.audit.report_html.render` (one
+self-contained page: inline CSS, an inline SVG chart, no script, no external URL, every
+value escaped); :func:`pdp.audit.report_formats.render` gives the one asked for.
 
 The period is ``since`` (inclusive) to ``until`` (exclusive), either open. An agent's
 identity, credentials and consents are shown as they stood at the end of the period, so a
@@ -36,7 +37,6 @@ from pdp.audit.query import entries, verify_trail
 FORMAT = "tessera.report/1"
 """The JSON report's ``format``; it changes only when a key changes meaning or goes away."""
 
-FORMATS = ("html", "json", "md")
 DENIALS_LISTED = 100  # the most recent denials listed per agent (all are counted)
 TOP = 10  # rows in "most denied" and "unknown agents"
 PROBLEMS_LISTED = 50  # chain problems listed per trail (all are counted)
@@ -963,24 +963,3 @@ def bucket_label(start: datetime, unit: Unit) -> str:
     if unit == "hour":
         return start.strftime("%Y-%m-%d %H:00")
     return start.strftime("%Y-%m-%d") if unit == "day" else start.strftime("week of %Y-%m-%d")
-
-
-# ------------------------------------------------------------------ HTML
-
-
-def to_html(report: Report) -> str:
-    """The report as one self-contained HTML page (see the module's docstring)."""
-    from pdp.audit.report_html import render
-
-    return render(report)
-
-
-def render(report: Report, fmt: str) -> str:
-    """The report in one of :data:`FORMATS`."""
-    if fmt == "json":
-        return render_json(report)
-    if fmt == "md":
-        return to_markdown(report)
-    if fmt == "html":
-        return to_html(report)
-    raise ReportError(f"unknown report format {fmt!r}; use one of {', '.join(FORMATS)}")

@@ -103,10 +103,10 @@ def _test_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _test(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-    from pdp.lang.explain import render_explanation
-    from pdp.lang.interpreter import Interpreter
-    from pdp.lang.policytest import TEST_CLOCK, run_tests
+    from pdp.explain import render_explanation
+    from pdp.interpreter import Interpreter
     from pdp.loader import load_directory
+    from pdp.policytest import TEST_CLOCK, run_tests
 
     directory = Path(args.directory)
     if not directory.is_dir():
@@ -310,8 +310,8 @@ def _eval(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
 
 def _explain(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-    from pdp.lang.explain import render_explanation
-    from pdp.lang.interpreter import Interpreter
+    from pdp.explain import render_explanation
+    from pdp.interpreter import Interpreter
 
     prepared = _decide(args, err)
     if isinstance(prepared, int):

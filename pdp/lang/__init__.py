@@ -1,1 +1,1 @@
-"""The policy language: grammar, parser, checker, compiler, formatter, policy tests."""
+"""The policy language: grammar, parser, checker, compiler, formatter; nothing else of Tessera."""

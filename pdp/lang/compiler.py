@@ -5,7 +5,7 @@ with lets inlined, constants folded, lists turned into frozensets for ``in``, ri
 into integers and money comparisons against a literal inlined. Generated source beat
 nested closures 1.5× on a single comparison and 2.9× on a three-way ``and`` (measured
 while choosing: ``benchmarks/compile_strategies.py``), so only the source compiler
-remains. The generated functions follow :mod:`pdp.lang.interpreter` exactly; the property
+remains. The generated functions follow :mod:`pdp.interpreter` exactly; the property
 tests hold them to it.
 """
 
@@ -16,9 +16,16 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from pdp.lang import ast
-from pdp.lang.interpreter import describe_limit
 from pdp.lang.rewrite import fold, inline_lets
-from pdp.lang.runtime import EvalError, equal, glob, limit_cap, limit_key_prefix, limit_window
+from pdp.lang.runtime import (
+    EvalError,
+    describe_limit,
+    equal,
+    glob,
+    limit_cap,
+    limit_key_prefix,
+    limit_window,
+)
 from pdp.lang.values import CurrencyMismatch, Money, Risk
 
 Lets = Mapping[tuple[str, str], ast.Expr]

@@ -1,7 +1,7 @@
 """Tree rewrites shared by the checker and the compiler: let substitution and folding.
 
 Folding is exact: it evaluates constant sub-expressions with the interpreter's own
-:func:`~pdp.lang.interpreter.compare`, and it keeps every operand that could still raise
+:func:`~pdp.lang.runtime.compare`, and it keeps every operand that could still raise
 an error when reached (``x and false`` stays as it is), so a folded expression means what
 the original means.
 """
@@ -13,8 +13,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import assert_never
 
 from pdp.lang import ast
-from pdp.lang.interpreter import compare
-from pdp.lang.runtime import EvalError
+from pdp.lang.runtime import EvalError, compare
 from pdp.lang.values import CurrencyMismatch
 
 Lets = Mapping[tuple[str, str], ast.Expr]

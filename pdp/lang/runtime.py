@@ -1,7 +1,8 @@
 """Semantics shared by the compiled evaluators and the reference interpreter.
 
 Anything both must do identically lives here once: glob matching, equality across lists
-and sets, target patterns, limit keys and how an obligation is met.
+and sets, comparisons, target patterns, limit keys and wording, and how an obligation is
+met.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from functools import lru_cache
 from typing import Any
 
 from pdp.lang import ast
-from pdp.lang.values import Money
+from pdp.lang.values import Money, render
 
 
 class EvalError(Exception):
@@ -50,6 +51,29 @@ def equal(left: Any, right: Any) -> bool:
     if isinstance(left, tuple) and isinstance(right, frozenset):
         return frozenset(left) == right
     return bool(left == right)
+
+
+def compare(op: str, left: Any, right: Any) -> bool:
+    """One comparison with the language's meaning (``==`` as :func:`equal`, ``like`` a glob)."""
+    if op == "==":
+        return equal(left, right)
+    if op == "!=":
+        return not equal(left, right)
+    if op == "<":
+        return bool(left < right)
+    if op == "<=":
+        return bool(left <= right)
+    if op == ">":
+        return bool(left > right)
+    if op == ">=":
+        return bool(left >= right)
+    if op == "in":
+        return left in right
+    if op == "contains":
+        return right in left
+    if op == "like":
+        return like(left, right)
+    raise EvalError(f"unknown operator {op}")
 
 
 def pattern_strings(
@@ -150,3 +174,12 @@ def limit_window(limit: ast.Limit) -> float:
     if window is None:
         raise EvalError("a limit window is a duration such as 24h")
     return float(window.seconds)
+
+
+def describe_limit(limit: ast.Limit) -> str:
+    """A limit as traces and errors show it, e.g. ``10 calls per 1h per agent``."""
+    window = render(limit.window.value) if isinstance(limit.window, ast.Literal_) else "?"
+    cap = render(limit.cap.value) if isinstance(limit.cap, ast.Literal_) else "?"
+    if limit.kind == "count":
+        return f"{cap} calls per {window} per {limit.scope}"
+    return f"sum <= {cap} per {window} per {limit.scope}"

@@ -28,12 +28,12 @@ from pdp.audit.query import Filters, records
 from pdp.counters import MemoryCounters
 from pdp.directory import Directory, agent_attributes
 from pdp.engine import Bundle, Engine
+from pdp.explain import render_explanation
+from pdp.interpreter import Interpreter
 from pdp.lang.errors import PolicyError
-from pdp.lang.explain import render_explanation
-from pdp.lang.interpreter import Interpreter
-from pdp.lang.policytest import TEST_CLOCK, run_tests
 from pdp.loader import SUFFIX, Loaded, content_version, load_texts, policy_files
 from pdp.model import Decision, Request, RequestError
+from pdp.policytest import TEST_CLOCK, run_tests
 from pdp.request import request_from_json
 from pep.admin_mcp.errors import AdminError
 

@@ -29,7 +29,8 @@ from issuer.store import Record, Store
 from pdp.audit.chain import canonical
 from pdp.audit.checkpoints import Checkpointer
 from pdp.audit.records import token_record
-from pdp.audit.report import Period, ReportError, gather, render, to_json, to_markdown
+from pdp.audit.report import Period, ReportError, gather, to_json, to_markdown
+from pdp.audit.report_formats import render
 from pdp.audit.writer import AuditWriter
 from pep.cli import main
 from tests.audit.test_cli import decision, execute

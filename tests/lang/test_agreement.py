@@ -19,10 +19,10 @@ from hypothesis import strategies as st
 
 from pdp.counters import MemoryCounters
 from pdp.engine import Bundle, Engine
+from pdp.interpreter import Interpreter, _Evaluator
 from pdp.lang import ast
 from pdp.lang.errors import PolicyError
 from pdp.lang.formatter import format_expr, format_module
-from pdp.lang.interpreter import Interpreter, _Evaluator
 from pdp.lang.rewrite import fold, inline_lets
 from pdp.lang.values import Risk
 from pdp.loader import load_texts

@@ -8,7 +8,8 @@ from mcp.server.mcpserver import MCPServer
 from pydantic import Field
 
 from pdp.audit.query import records
-from pdp.audit.report import FORMATS, Period, ReportError, gather, render
+from pdp.audit.report import Period, ReportError, gather
+from pdp.audit.report_formats import FORMATS, render
 from pep.admin_mcp.errors import AdminError
 from pep.admin_mcp.tools.arguments import Since, Until, filters
 from pep.admin_mcp.tools.backend import Backend, in_thread

@@ -25,8 +25,8 @@ from pdp.counters import CounterStore, MemoryCounters
 from pdp.lang import ast
 from pdp.lang.runtime import (
     EvalError,
-    equal,
-    like,
+    compare,
+    describe_limit,
     limit_amount,
     limit_cap,
     limit_key,
@@ -35,7 +35,7 @@ from pdp.lang.runtime import (
     obligation_met,
     pattern_globs,
 )
-from pdp.lang.values import CurrencyMismatch, render
+from pdp.lang.values import CurrencyMismatch
 from pdp.model import Decision, Request, RuleError, combine
 
 Lets = Mapping[tuple[str, str], ast.Expr]
@@ -179,29 +179,6 @@ class _Evaluator:
 
     def _path(self, expr: ast.Path) -> ExprTrace:
         return ExprTrace(expr, resolve(self.request, expr))
-
-
-def compare(op: str, left: Any, right: Any) -> bool:
-    """One comparison with the language's meaning (see the module docstring)."""
-    if op == "==":
-        return equal(left, right)
-    if op == "!=":
-        return not equal(left, right)
-    if op == "<":
-        return bool(left < right)
-    if op == "<=":
-        return bool(left <= right)
-    if op == ">":
-        return bool(left > right)
-    if op == ">=":
-        return bool(left >= right)
-    if op == "in":
-        return left in right
-    if op == "contains":
-        return right in left
-    if op == "like":
-        return like(left, right)
-    raise EvalError(f"unknown operator {op}")
 
 
 def resolve(request: Request, path: ast.Path) -> Any:
@@ -368,14 +345,6 @@ class Interpreter:
         if unmet:
             return RuleTrace(rule, "requires", tuple(steps), obligations=tuple(unmet))
         return RuleTrace(rule, "applies", tuple(steps))
-
-
-def describe_limit(limit: ast.Limit) -> str:
-    window = render(limit.window.value) if isinstance(limit.window, ast.Literal_) else "?"
-    cap = render(limit.cap.value) if isinstance(limit.cap, ast.Literal_) else "?"
-    if limit.kind == "count":
-        return f"{cap} calls per {window} per {limit.scope}"
-    return f"sum <= {cap} per {window} per {limit.scope}"
 
 
 def target_matches(rule: ast.Rule, request: Request, lets: Lets) -> bool:

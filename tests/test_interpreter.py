@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from pdp.lang.explain import render_explanation
-from pdp.lang.interpreter import Interpreter
+from pdp.explain import render_explanation
+from pdp.interpreter import Interpreter
 from tests.conftest import bundle_of, request
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pdp.lang.policytest import run_tests
+from pdp.policytest import run_tests
 from tests.conftest import bundle_of
 
 RULES = """

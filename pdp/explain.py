@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from pdp.interpreter import Explanation, ExprTrace, RuleTrace
 from pdp.lang import ast
 from pdp.lang.formatter import format_expr
-from pdp.lang.interpreter import Explanation, ExprTrace, RuleTrace
 from pdp.lang.values import render
 
 _OUTCOMES = {
