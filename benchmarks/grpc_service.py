@@ -1,35 +1,60 @@
-"""What the gRPC service costs over gRPC itself: Tessera's ``Authorize`` against a bare echo.
+"""What the gRPC service costs over gRPC itself, on both ends of an ``Authorize`` call.
 
-What it measures, in one run, over loopback (127.0.0.1) only:
+It answers the decision path's targets in one run, over loopback (127.0.0.1) only:
 
-* an **echo** server: a bare ``grpc.aio`` server with one generic unary method taking and
-  returning raw bytes (no codegen, no protobuf parsing); it answers each call with the bytes
-  it got, a payload the size of a serialized typical ``AuthorizeRequest``. This is the
-  floor: what a gRPC call costs in Python with no work behind it;
-* the **PDP**: ``pdp.server.start`` with the shipped policies (``policies/``) and
-  ``cache_size=0``, so every call parses the request, runs the engine and builds a response.
+* **server**: the PDP's CPU per ``Authorize`` over a bare echo server's CPU per call, with
+  one caller (one call at a time) and with 32 concurrent callers: ≤ 1.15× at both;
+* **client**: the CPU per call of the PEP client, ``pep.client.Client.authorize(Query(...))``,
+  over a bare generated stub call asking the same question: ≤ 1.20×;
+* **batch**: ``AuthorizeBatch`` of 100 requests, sequential: ≥ 20,000 decisions/s.
 
-Each server runs in its own process (multiprocessing, spawn). It reports its port through a
-queue and, on request over a pipe, its own CPU time (``time.process_time``, all threads), read
-before and after each measured phase, which gives server CPU µs per call.
+The servers, each in its own process (multiprocessing, spawn):
 
-For each server:
+* **echo**: a bare ``grpc.aio`` server with one generic unary method taking and returning
+  raw bytes (no codegen, no protobuf parsing); it answers each call with the bytes it got,
+  the serialized typical ``AuthorizeRequest``. This is the floor: what a gRPC call costs in
+  Python with no work behind it. (The PDP's answer is longer than the request; both sizes
+  are in the JSON. At ~100 bytes the difference costs gRPC nothing measurable.)
+* **pdp**: ``pdp.server.start`` (in ``start_pdp``, the one place that starts it) with
+  the shipped policies (``policies/``) and ``cache_size=0``, so every call parses the
+  request, runs the engine and builds a response.
 
-* sequential latency: the median (and p99) over N calls from a sync ``grpc`` client, one
-  call at a time, after a warm-up;
-* server CPU µs per call during that sequential phase;
-* throughput (calls/s) with 8 and with 32 calls in flight: a ``grpc.aio`` client in this
-  process, ``asyncio.gather`` over a bounded number of calls, each holding a semaphore;
-* PDP only: ``AuthorizeBatch`` with 100 requests per call, sequential, as decisions/s.
+Each server reports its port through a queue and, on request over a pipe, its own CPU time
+(``time.process_time``: the whole process, all threads), read before and after each phase.
 
 The request: agent "helper" (status "active", risk low) calling tool "search", allowed by
-``agents.read_only``. Both clients send pre-serialized bytes and take bytes back (no client
-side protobuf work in the timed loop), so the difference is the server's. The PDP's answer
-is parsed once, before timing, and must be an allow by ``agents.read_only``. Client and
-servers share the machine's cores, so throughput is that of this whole setup, not of a
-server alone.
+``agents.read_only``; the run stops unless the PDP answers it so.
 
-    python benchmarks/grpc_service.py [--json] [--quick]
+Method. The machine is shared and noisy (the same server's CPU per call moves by ±15% from
+run to run, as other work comes and goes), so each compared quantity is measured in many
+short rounds that alternate the two sides in ABBA order (echo, pdp, pdp, echo, echo, ...,
+the first and second of each adjacent pair swapping every pair). Each round pair gives one
+ratio; the targets take the **median of the paired ratios**. The median of each side's
+per-round values is reported too, with every round's value in the JSON. After a warm-up
+of each side:
+
+* **1 caller**: a sync ``grpc`` client in this process sends pre-serialized bytes and
+  takes bytes back, one call at a time: server CPU µs per call and latency (median and
+  p99 over all the round's calls);
+* **32 in flight**: a ``grpc.aio`` client in this process, 32 tasks each making calls one
+  after another (pre-serialized bytes): server CPU µs per call and calls/s (information
+  only: client and servers share the machine's cores, so it is this setup's rate);
+* **client CPU**: a process of its own (spawn) makes sequential calls to the PDP server
+  in rounds alternating (a) ``Client(target).authorize(typical_query())`` and (b)
+  ``AuthorizerStub(channel).Authorize(typical_request(), timeout=...)`` reading
+  ``.allow``, each message built in the loop as a caller builds it, and measures its own
+  ``time.process_time`` (all its threads) around each round. Nothing else runs in that
+  process, and this process only waits on a pipe meanwhile. Both have their own channel,
+  the same deadline and no cache. Before timing it checks that the query is the same
+  message as the bare request and that both are allowed by ``agents.read_only``; a call
+  that is not allowed during the rounds makes the row unmeasured;
+* **batch**: ``AuthorizeBatch`` with 100 copies of the request, sequential, in rounds:
+  decisions/s (median of the rounds) and server CPU per decision.
+
+Targets print as PASS/FAIL. With ``--strict`` the exit status is 1 when a target fails or
+could not be measured (the reason is printed); without it, 0.
+
+    python benchmarks/grpc_service.py [--json] [--quick] [--strict]
 """
 
 from __future__ import annotations
@@ -41,7 +66,6 @@ import sys
 # (sibling scripts stay importable from this directory, next on the path).
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import argparse
 import asyncio
 import contextlib
 import json
@@ -50,15 +74,18 @@ import statistics
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
 import grpc
-from engine import environment  # a sibling script
+from engine import Target, benchmark_parser, environment, fmt  # a sibling script
 
+from pdp.lang.values import Risk
 from pdp.serve.proto import authorizer_pb2 as pb
+from pdp.serve.proto import authorizer_pb2_grpc as pb_grpc
+from pep.client import Client, Options, Query
 
 ROOT = Path(__file__).resolve().parent.parent
 POLICIES = ROOT / "policies"
@@ -67,25 +94,42 @@ HOST = "127.0.0.1"
 ECHO_METHOD = "/bench.Echo/Call"
 AUTHORIZE_METHOD = "/tessera.v1.Authorizer/Authorize"
 BATCH_METHOD = "/tessera.v1.Authorizer/AuthorizeBatch"
+DECIDED_BY = ["agents.read_only"]
 BATCH_SIZE = 100
-IN_FLIGHT = (8, 32)
+IN_FLIGHT = 32
 START_TIMEOUT_S = 30.0
 CALL_TIMEOUT_S = 10.0
+CLIENT_TIMEOUT_S = 900.0  # the client process's whole run
+
+SERVER_LIMIT = 1.15  # PDP CPU per Authorize / echo CPU per call, at 1 and at 32 callers
+CLIENT_LIMIT = 1.20  # pep.client CPU per call / bare stub CPU per call
+BATCH_LIMIT = 20_000  # AuthorizeBatch decisions/s
 
 
 @dataclass(frozen=True)
 class Budget:
-    warmup: int
-    sequential: int
-    concurrent: int  # total calls per throughput phase
-    batches: int
+    """How many calls each part makes; rounds are short so that load beside the run
+    moves both sides of a round pair alike."""
+
+    rounds: int  # rounds per side (= round pairs) for each compared quantity
+    warmup: int  # calls per side before the rounds
+    sequential: int  # calls per round, one caller
+    concurrent: int  # calls per round, 32 in flight
+    client: int  # calls per round, client CPU
+    batch_rounds: int
+    batches: int  # AuthorizeBatch calls per round
 
 
-FULL = Budget(warmup=300, sequential=3_000, concurrent=10_000, batches=100)
-QUICK = Budget(warmup=50, sequential=300, concurrent=1_000, batches=10)
+FULL = Budget(
+    rounds=20, warmup=300, sequential=800, concurrent=3_200, client=800, batch_rounds=15, batches=10
+)
+QUICK = Budget(
+    rounds=8, warmup=100, sequential=300, concurrent=1_280, client=300, batch_rounds=7, batches=5
+)
 
 
 def typical_request() -> pb.AuthorizeRequest:
+    """The question every row asks: may "helper" (active, risk low) call tool "search"?"""
     return pb.AuthorizeRequest(
         agent=pb.Agent(
             id="helper",
@@ -96,10 +140,22 @@ def typical_request() -> pb.AuthorizeRequest:
     )
 
 
+def typical_query() -> Query:
+    """The PEP client's form of ``typical_request()``."""
+    return Query(
+        agent="helper", tool="search", agent_attributes={"status": "active", "risk": Risk.low}
+    )
+
+
+def abba(rounds: int, a: str, b: str) -> list[str]:
+    """The order of the phases: a, b, b, a, a, b, ... (``rounds`` of each side)."""
+    return [side for i in range(rounds) for side in ((a, b) if i % 2 == 0 else (b, a))]
+
+
 # ------------------------------------------------------------------ server processes
 
 
-async def _start_echo() -> tuple[grpc.aio.Server, int]:
+async def start_echo() -> tuple[grpc.aio.Server, int]:
     async def call(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
         return request
 
@@ -113,7 +169,8 @@ async def _start_echo() -> tuple[grpc.aio.Server, int]:
     return server, port
 
 
-async def _start_pdp() -> tuple[Any, int]:
+async def start_pdp() -> tuple[Any, int]:
+    """The PDP as the benchmark measures it: the shipped policies, no decision cache."""
     from pdp.engine import Engine
     from pdp.loader import load_directory
     from pdp.server import start
@@ -128,7 +185,7 @@ def serve(kind: str, ports: Any, control: Connection) -> None:
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, daemon=True)
     thread.start()
-    starter = _start_echo if kind == "echo" else _start_pdp
+    starter = start_echo if kind == "echo" else start_pdp
     try:
         server, port = asyncio.run_coroutine_threadsafe(starter(), loop).result(START_TIMEOUT_S)
     except Exception as exc:  # report, so the parent does not wait for a port forever
@@ -137,11 +194,9 @@ def serve(kind: str, ports: Any, control: Connection) -> None:
     ports.put((kind, port, None))
     try:
         while control.poll(600):  # bounded: a parent that went away leaves within minutes
-            command = control.recv()
-            if command == "cpu":
-                control.send(time.process_time())
-            else:
+            if control.recv() != "cpu":
                 break
+            control.send(time.process_time())
     except EOFError:
         pass
     finally:
@@ -195,102 +250,281 @@ def shutdown(procs: dict[str, Proc]) -> None:
         proc.control.close()
 
 
-# ------------------------------------------------------------------ measuring
+# ------------------------------------------------------------------ summaries
 
 
-def sequential(call: Callable[[bytes], bytes], payload: bytes, n: int) -> list[float]:
+def paired(records: dict[str, list[dict[str, float]]], key: str, a: str, b: str) -> dict[str, Any]:
+    """``b`` over ``a`` on ``key``, round pair by round pair: median, min, max, and each."""
+    ratios = [y[key] / x[key] for x, y in zip(records[a], records[b], strict=True) if x[key] > 0]
+    return {
+        "median": round(statistics.median(ratios), 3) if ratios else None,
+        "min": round(min(ratios), 3) if ratios else None,
+        "max": round(max(ratios), 3) if ratios else None,
+        "pairs": [round(r, 3) for r in ratios],
+    }
+
+
+def summarize(records: list[dict[str, float]], **extra: Any) -> dict[str, Any]:
+    """One side's per-round values, and the median of each over the rounds."""
+    keys = records[0].keys() if records else ()
+    out: dict[str, Any] = {k: round(statistics.median(r[k] for r in records), 1) for k in keys}
+    out.update(extra)
+    out["rounds"] = {k: [round(r[k], 1) for r in records] for k in keys}
+    return out
+
+
+# ------------------------------------------------------------------ server rows
+
+
+def sequential(call: Callable[..., bytes], payload: bytes, n: int) -> list[float]:
     """Per-call latencies in µs, one call at a time."""
     out = []
     for _ in range(n):
         t0 = time.perf_counter_ns()
-        call(payload)
+        call(payload, timeout=CALL_TIMEOUT_S)
         out.append((time.perf_counter_ns() - t0) / 1_000)
     return out
 
 
-async def _throughput(port: int, method: str, payload: bytes, in_flight: int, total: int) -> float:
-    async with grpc.aio.insecure_channel(f"{HOST}:{port}") as channel:
-        call = channel.unary_unary(method)
-        await asyncio.gather(*(call(payload, timeout=CALL_TIMEOUT_S) for _ in range(in_flight)))
-        gate = asyncio.Semaphore(in_flight)
-
-        async def one() -> None:
-            async with gate:
-                await call(payload, timeout=CALL_TIMEOUT_S)
-
-        t0 = time.perf_counter()
-        await asyncio.gather(*(one() for _ in range(total)))
-        return total / (time.perf_counter() - t0)
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return round(ordered[min(len(ordered) - 1, int(len(ordered) * q))], 1)
 
 
-def measure(proc: Proc, method: str, payload: bytes, budget: Budget) -> dict[str, Any]:
-    result: dict[str, Any] = {"payload_bytes": len(payload)}
-    with grpc.insecure_channel(f"{HOST}:{proc.port}") as channel:
-        stub = channel.unary_unary(method)
-
-        def call(data: bytes) -> bytes:
-            answer: bytes = stub(data, timeout=CALL_TIMEOUT_S)
-            return answer
-
-        sequential(call, payload, budget.warmup)
-        cpu0 = proc.cpu()
-        latencies = sequential(call, payload, budget.sequential)
-        cpu1 = proc.cpu()
-    latencies.sort()
-    result["sequential"] = {
-        "calls": len(latencies),
-        "median_us": round(statistics.median(latencies), 1),
-        "p99_us": round(latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))], 1),
-        "server_cpu_us_per_call": round((cpu1 - cpu0) * 1e6 / len(latencies), 1),
-    }
-    for in_flight in IN_FLIGHT:
-        cpu0 = proc.cpu()
-        rate = asyncio.run(_throughput(proc.port, method, payload, in_flight, budget.concurrent))
-        cpu1 = proc.cpu()
-        result[f"in_flight_{in_flight}"] = {
-            "calls": budget.concurrent,
-            "calls_per_s": round(rate),
-            "server_cpu_us_per_call": round((cpu1 - cpu0) * 1e6 / budget.concurrent, 1),
+def one_caller(procs: dict[str, Proc], payload: bytes, budget: Budget) -> dict[str, Any]:
+    """Server CPU per call and latency, one call at a time, echo and pdp in ABBA rounds."""
+    methods = {"echo": ECHO_METHOD, "pdp": AUTHORIZE_METHOD}
+    records: dict[str, list[dict[str, float]]] = {"echo": [], "pdp": []}
+    latencies: dict[str, list[float]] = {"echo": [], "pdp": []}
+    with contextlib.ExitStack() as stack:
+        calls = {
+            kind: stack.enter_context(grpc.insecure_channel(f"{HOST}:{proc.port}")).unary_unary(
+                methods[kind]
+            )
+            for kind, proc in procs.items()
         }
+        for kind in records:
+            sequential(calls[kind], payload, budget.warmup)
+        for kind in abba(budget.rounds, "echo", "pdp"):
+            before = procs[kind].cpu()
+            times = sequential(calls[kind], payload, budget.sequential)
+            spent = procs[kind].cpu() - before
+            latencies[kind] += times
+            records[kind].append(
+                {"cpu_us_per_call": spent * 1e6 / len(times), "median_us": statistics.median(times)}
+            )
+    result: dict[str, Any] = {
+        kind: summarize(
+            records[kind],
+            calls=len(latencies[kind]),
+            latency_median_us=round(statistics.median(latencies[kind]), 1),
+            latency_p99_us=percentile(latencies[kind], 0.99),
+        )
+        for kind in records
+    }
+    result["cpu_ratio"] = paired(records, "cpu_us_per_call", "echo", "pdp")
     return result
 
 
-def measure_batch(proc: Proc, request: pb.AuthorizeRequest, budget: Budget) -> dict[str, Any]:
-    batch = pb.AuthorizeBatchRequest(requests=[request] * BATCH_SIZE).SerializeToString()
+async def _burst(call: Any, payload: bytes, total: int) -> float:
+    """Seconds to make ``total`` calls with IN_FLIGHT tasks each calling one after another."""
+
+    async def caller(n: int) -> None:
+        for _ in range(n):
+            await call(payload, timeout=CALL_TIMEOUT_S)
+
+    share, rest = divmod(total, IN_FLIGHT)
+    t0 = time.perf_counter()
+    await asyncio.gather(*(caller(share + (i < rest)) for i in range(IN_FLIGHT)))
+    return time.perf_counter() - t0
+
+
+async def _in_flight(procs: dict[str, Proc], payload: bytes, budget: Budget) -> dict[str, Any]:
+    methods = {"echo": ECHO_METHOD, "pdp": AUTHORIZE_METHOD}
+    records: dict[str, list[dict[str, float]]] = {"echo": [], "pdp": []}
+    async with contextlib.AsyncExitStack() as stack:
+        calls = {}
+        for kind, proc in procs.items():
+            channel = await stack.enter_async_context(
+                grpc.aio.insecure_channel(f"{HOST}:{proc.port}")
+            )
+            calls[kind] = channel.unary_unary(methods[kind])
+        for kind in records:
+            await _burst(calls[kind], payload, max(budget.warmup, IN_FLIGHT * 4))
+        for kind in abba(budget.rounds, "echo", "pdp"):
+            before = procs[kind].cpu()  # nothing in flight: a blocking read is fine
+            elapsed = await _burst(calls[kind], payload, budget.concurrent)
+            spent = procs[kind].cpu() - before
+            records[kind].append(
+                {
+                    "cpu_us_per_call": spent * 1e6 / budget.concurrent,
+                    "calls_per_s": budget.concurrent / elapsed,
+                }
+            )
+    result: dict[str, Any] = {
+        kind: summarize(records[kind], calls=budget.concurrent * budget.rounds) for kind in records
+    }
+    result["cpu_ratio"] = paired(records, "cpu_us_per_call", "echo", "pdp")
+    return result
+
+
+def in_flight(procs: dict[str, Proc], payload: bytes, budget: Budget) -> dict[str, Any]:
+    """Server CPU per call and calls/s with 32 in flight, echo and pdp in ABBA rounds."""
+    return asyncio.run(_in_flight(procs, payload, budget))
+
+
+def batch(proc: Proc, request: pb.AuthorizeRequest, budget: Budget) -> dict[str, Any]:
+    """AuthorizeBatch of BATCH_SIZE, sequential, in rounds: decisions/s, server CPU."""
+    message = pb.AuthorizeBatchRequest(requests=[request] * BATCH_SIZE).SerializeToString()
+    records: list[dict[str, float]] = []
     with grpc.insecure_channel(f"{HOST}:{proc.port}") as channel:
         stub = channel.unary_unary(BATCH_METHOD)
-        answer = pb.AuthorizeBatchResponse.FromString(stub(batch, timeout=CALL_TIMEOUT_S))
+        answer = pb.AuthorizeBatchResponse.FromString(stub(message, timeout=CALL_TIMEOUT_S))
         if len(answer.responses) != BATCH_SIZE or not all(r.allow for r in answer.responses):
             raise RuntimeError("AuthorizeBatch did not allow every request")
-        for _ in range(max(1, budget.batches // 10)):
-            stub(batch, timeout=CALL_TIMEOUT_S)
-        cpu0 = proc.cpu()
-        t0 = time.perf_counter()
         for _ in range(budget.batches):
-            stub(batch, timeout=CALL_TIMEOUT_S)
-        elapsed = time.perf_counter() - t0
-        cpu1 = proc.cpu()
-    decisions = budget.batches * BATCH_SIZE
-    return {
-        "batch_size": BATCH_SIZE,
-        "calls": budget.batches,
-        "payload_bytes": len(batch),
-        "decisions_per_s": round(decisions / elapsed),
-        "us_per_call": round(elapsed * 1e6 / budget.batches, 1),
-        "server_cpu_us_per_decision": round((cpu1 - cpu0) * 1e6 / decisions, 2),
-    }
+            stub(message, timeout=CALL_TIMEOUT_S)
+        for _ in range(budget.batch_rounds):
+            before = proc.cpu()
+            t0 = time.perf_counter()
+            for _ in range(budget.batches):
+                stub(message, timeout=CALL_TIMEOUT_S)
+            elapsed = time.perf_counter() - t0
+            spent = proc.cpu() - before
+            decisions = budget.batches * BATCH_SIZE
+            records.append(
+                {
+                    "decisions_per_s": decisions / elapsed,
+                    "server_cpu_us_per_decision": spent * 1e6 / decisions,
+                }
+            )
+    return summarize(
+        records,
+        batch_size=BATCH_SIZE,
+        calls=budget.batches * budget.batch_rounds,
+        bytes=len(message),
+    )
 
 
-def check_pdp(proc: Proc, payload: bytes) -> None:
+def check_pdp(proc: Proc, payload: bytes) -> int:
+    """Stop unless the PDP allows the request by agents.read_only; the answer's size."""
     with grpc.insecure_channel(f"{HOST}:{proc.port}") as channel:
         raw = channel.unary_unary(AUTHORIZE_METHOD)(payload, timeout=CALL_TIMEOUT_S)
     answer = pb.AuthorizeResponse.FromString(raw)
-    if not answer.allow or list(answer.decided_by) != ["agents.read_only"]:
+    if not answer.allow or list(answer.decided_by) != DECIDED_BY:
         raise RuntimeError(f"unexpected decision for the benchmark request: {answer}")
+    return len(raw)
 
 
-def ratio(a: float, b: float) -> float | None:
-    return round(a / b, 2) if b else None
+# ------------------------------------------------------------------ client rows
+
+
+def _client_calls(target: str) -> tuple[dict[str, Callable[[int], int]], Callable[[], None]]:
+    """The two ways of asking, each making n calls and returning how many were not allowed,
+    and what closes them."""
+    client = Client(target, Options(timeout=CALL_TIMEOUT_S))
+    channel = grpc.insecure_channel(target)
+    stub = pb_grpc.AuthorizerStub(channel)  # type: ignore[no-untyped-call]
+
+    def pep_client(n: int) -> int:
+        return sum(not client.authorize(typical_query()).allow for _ in range(n))
+
+    def bare_stub(n: int) -> int:
+        return sum(
+            not stub.Authorize(typical_request(), timeout=CALL_TIMEOUT_S).allow for _ in range(n)
+        )
+
+    first = client.authorize(typical_query())
+    answer = stub.Authorize(typical_request(), timeout=CALL_TIMEOUT_S)
+    if typical_query().to_message() != typical_request():
+        raise RuntimeError("pep.client's query is not the bare request")
+    if not first.allow or list(first.decided_by) != DECIDED_BY:
+        raise RuntimeError(f"pep.client got an unexpected verdict: {first}")
+    if not answer.allow or list(answer.decided_by) != DECIDED_BY:
+        raise RuntimeError(f"the bare stub got an unexpected answer: {answer}")
+
+    def close() -> None:
+        client.close()
+        channel.close()
+
+    return {"pep_client": pep_client, "bare_stub": bare_stub}, close
+
+
+def client_rounds(port: int, budget: Budget) -> dict[str, Any]:
+    """In the client process: its own CPU per call, bare stub and pep.client in ABBA rounds."""
+    calls, close = _client_calls(f"{HOST}:{port}")
+    records: dict[str, list[dict[str, float]]] = {name: [] for name in calls}
+    refused = dict.fromkeys(calls, 0)
+    try:
+        for name, call in calls.items():
+            refused[name] += call(budget.warmup)
+        for name in abba(budget.rounds, "bare_stub", "pep_client"):
+            cpu0, t0 = time.process_time(), time.perf_counter()
+            refused[name] += calls[name](budget.client)
+            cpu, wall = time.process_time() - cpu0, time.perf_counter() - t0
+            records[name].append(
+                {
+                    "cpu_us_per_call": cpu * 1e6 / budget.client,
+                    "wall_us_per_call": wall * 1e6 / budget.client,
+                }
+            )
+    finally:
+        close()
+    return {"records": records, "not_allowed": refused}
+
+
+def client_process(port: int, budget: Budget, out: Connection) -> None:
+    """The client process: run the rounds, send back ("ok", result) or ("error", why)."""
+    try:
+        out.send(("ok", client_rounds(port, budget)))
+    except Exception as exc:  # report, so the parent says why the row is missing
+        out.send(("error", f"{type(exc).__name__}: {exc}"))
+    finally:
+        out.close()
+
+
+def client(ctx: Any, proc: Proc, budget: Budget) -> dict[str, Any]:
+    """Client CPU per call, measured in a process of its own while this one waits."""
+    parent, child = ctx.Pipe(duplex=False)
+    process = ctx.Process(target=client_process, args=(proc.port, budget, child), daemon=True)
+    process.start()
+    child.close()
+    try:
+        if not parent.poll(CLIENT_TIMEOUT_S):
+            raise RuntimeError(f"the client process did not finish in {CLIENT_TIMEOUT_S:.0f} s")
+        status, value = parent.recv()
+    except EOFError:
+        raise RuntimeError("the client process ended without an answer") from None
+    finally:
+        process.join(timeout=10)
+        if process.is_alive():
+            process.kill()
+            process.join(timeout=5)
+        parent.close()
+    if status != "ok":
+        raise RuntimeError(f"the client process failed: {value}")
+    records = value["records"]
+    calls = budget.client * budget.rounds
+    result: dict[str, Any] = {
+        name: summarize(records[name], calls=calls, not_allowed=value["not_allowed"][name])
+        for name in records
+    }
+    result["cpu_ratio"] = paired(records, "cpu_us_per_call", "bare_stub", "pep_client")
+    if any(value["not_allowed"].values()):
+        raise RuntimeError(f"calls were not allowed during the rounds: {value['not_allowed']}")
+    return result
+
+
+# ------------------------------------------------------------------ the run
+
+
+def attempt(unmeasured: dict[str, str], name: str, measure: Callable[[], Any]) -> Any:
+    """The section's result, or None with the reason kept in ``unmeasured``."""
+    try:
+        return measure()
+    except Exception as exc:  # a row that cannot be measured is reported, never dropped
+        unmeasured[name] = f"{type(exc).__name__}: {exc}"
+        return None
 
 
 def run(budget: Budget) -> dict[str, Any]:
@@ -299,117 +533,206 @@ def run(budget: Budget) -> dict[str, Any]:
     ctx = mp.get_context("spawn")
     ports = ctx.Queue()
     procs: dict[str, Proc] = {}
+    unmeasured: dict[str, str] = {}
     try:
         procs = launch(ctx, ports)
-        check_pdp(procs["pdp"], payload)
-        echo = measure(procs["echo"], ECHO_METHOD, payload, budget)
-        pdp = measure(procs["pdp"], AUTHORIZE_METHOD, payload, budget)
-        pdp["batch"] = measure_batch(procs["pdp"], request, budget)
+        answer_bytes = check_pdp(procs["pdp"], payload)
+        result: dict[str, Any] = {
+            "payload_bytes": {"request": len(payload), "pdp_answer": answer_bytes},
+            "one_caller": attempt(
+                unmeasured, "one_caller", lambda: one_caller(procs, payload, budget)
+            ),
+            f"in_flight_{IN_FLIGHT}": attempt(
+                unmeasured, f"in_flight_{IN_FLIGHT}", lambda: in_flight(procs, payload, budget)
+            ),
+            "client": attempt(unmeasured, "client", lambda: client(ctx, procs["pdp"], budget)),
+            "batch": attempt(unmeasured, "batch", lambda: batch(procs["pdp"], request, budget)),
+        }
     finally:
         shutdown(procs)
         ports.close()
         ports.join_thread()
-    ratios: dict[str, float | None] = {
-        "latency_pdp_over_echo": ratio(
-            pdp["sequential"]["median_us"], echo["sequential"]["median_us"]
-        ),
-        "cpu_per_call_pdp_over_echo": ratio(
-            pdp["sequential"]["server_cpu_us_per_call"],
-            echo["sequential"]["server_cpu_us_per_call"],
-        ),
-    }
-    for n in IN_FLIGHT:
-        key = f"in_flight_{n}"
-        ratios[f"throughput_{n}_pdp_over_echo"] = ratio(
-            pdp[key]["calls_per_s"], echo[key]["calls_per_s"]
+    result["unmeasured"] = unmeasured
+    return result
+
+
+def evaluate(measured: dict[str, Any]) -> list[tuple[Target, str | None]]:
+    """Each target with its verdict, and why it could not be measured (or None)."""
+
+    def ratio_target(name: str, section: str, limit: float) -> tuple[Target, str | None]:
+        part = measured.get(section)
+        value = None if part is None else part["cpu_ratio"]["median"]
+        why = measured["unmeasured"].get(section) or (
+            "no round pair with CPU time" if part is not None and value is None else None
         )
-    return {"echo": echo, "pdp": pdp, "ratios": ratios}
+        passed = None if value is None else value <= limit
+        return Target(name, f"<= {limit:.2f}x", value, passed), why
+
+    batch_part = measured.get("batch")
+    rate = None if batch_part is None else batch_part["decisions_per_s"]
+    return [
+        ratio_target(
+            "server CPU per Authorize / echo, 1 caller (median of paired rounds)",
+            "one_caller",
+            SERVER_LIMIT,
+        ),
+        ratio_target(
+            f"server CPU per Authorize / echo, {IN_FLIGHT} in flight (median of paired rounds)",
+            f"in_flight_{IN_FLIGHT}",
+            SERVER_LIMIT,
+        ),
+        ratio_target(
+            "pep.client CPU per call / bare stub (median of paired rounds)",
+            "client",
+            CLIENT_LIMIT,
+        ),
+        (
+            Target(
+                f"AuthorizeBatch x{BATCH_SIZE} decisions/s (median of rounds)",
+                f">= {BATCH_LIMIT:,}",
+                rate,
+                None if rate is None else rate >= BATCH_LIMIT,
+            ),
+            measured["unmeasured"].get("batch"),
+        ),
+    ]
 
 
 # ------------------------------------------------------------------ report
 
 
-def print_report(result: dict[str, Any]) -> None:
-    env = result["environment"]
-    echo, pdp, ratios = result["echo"], result["pdp"], result["ratios"]
-    print(
-        f"gRPC service vs bare grpc.aio echo (Python {env['python']}, {env['machine']}, "
-        f"grpcio {env['grpcio']}{', quick' if env['quick'] else ''})"
-    )
-    print(f"request: {echo['payload_bytes']} bytes; servers in their own processes on {HOST}\n")
-    rows = [
-        ("sequential median µs", "sequential", "median_us", "latency_pdp_over_echo"),
-        ("sequential p99 µs", "sequential", "p99_us", None),
-        (
-            "server CPU µs/call (seq)",
-            "sequential",
-            "server_cpu_us_per_call",
-            "cpu_per_call_pdp_over_echo",
-        ),
-    ]
-    for n in IN_FLIGHT:
-        key = f"in_flight_{n}"
-        rows.append(
-            (f"calls/s, {n} in flight", key, "calls_per_s", f"throughput_{n}_pdp_over_echo")
-        )
-        rows.append((f"server CPU µs/call, {n} in flight", key, "server_cpu_us_per_call", None))
-    header = f"{'':34} {'echo':>10} {'pdp':>10} {'pdp/echo':>9}"
+def show(value: float | None, unit: str = "") -> str:
+    if value is None:
+        return "n/a"
+    return f"{value:.2f}{unit}" if unit == "x" else f"{value:,.1f}{unit}"
+
+
+def print_server(result: dict[str, Any]) -> None:
+    one, many = result["one_caller"], result[f"in_flight_{IN_FLIGHT}"]
+    header = f"{'':36} {'echo':>9} {'pdp':>9} {'pdp/echo':>9}  {'pairs min-max':>13}"
     print(header)
     print("-" * len(header))
-    for label, group, field, ratio_key in rows:
-        e, p = echo[group][field], pdp[group][field]
-        r = ratios.get(ratio_key) if ratio_key else ratio(p, e)
-        print(f"{label:34} {e:>10,} {p:>10,} {'' if r is None else f'{r:.2f}x':>9}")
-    b = pdp["batch"]
+    rows: list[tuple[str, dict[str, Any] | None, str, bool]] = [
+        ("server CPU µs/call, 1 caller", one, "cpu_us_per_call", True),
+        (f"server CPU µs/call, {IN_FLIGHT} in flight", many, "cpu_us_per_call", True),
+        ("latency median µs, 1 caller", one, "latency_median_us", False),
+        ("latency p99 µs, 1 caller", one, "latency_p99_us", False),
+        (f"calls/s, {IN_FLIGHT} in flight", many, "calls_per_s", False),
+    ]
+    for label, part, key, is_cpu in rows:
+        if part is None:
+            print(f"{label:36} {'not measured':>9}")
+            continue
+        echo, pdp = part["echo"][key], part["pdp"][key]
+        spread = ""
+        if is_cpu:  # the median of the paired rounds' ratios; other rows: of the medians
+            r = part["cpu_ratio"]
+            ratio_text = show(r["median"], "x")
+            spread = f"{show(r['min'], 'x')}-{show(r['max'], 'x')}"
+        else:
+            ratio_text = show(pdp / echo if echo else None, "x")
+        print(f"{label:36} {echo:>9,.1f} {pdp:>9,.1f} {ratio_text:>9}  {spread:>13}")
+
+
+def print_client(part: dict[str, Any] | None) -> None:
+    header = f"{'':36} {'bare stub':>9} {'pep.client':>10} {'ratio':>8}  {'pairs min-max':>13}"
+    print(f"\n{header}")
+    print("-" * len(header))
+    if part is None:
+        print(f"{'client CPU µs/call (own process)':36} not measured")
+        return
+    bare, pep = part["bare_stub"], part["pep_client"]
+    r = part["cpu_ratio"]
+    spread = f"{show(r['min'], 'x')}-{show(r['max'], 'x')}"
     print(
-        f"\nAuthorizeBatch x{b['batch_size']}: {b['decisions_per_s']:,} decisions/s "
-        f"({b['us_per_call']:,} µs per call, {b['server_cpu_us_per_decision']} µs server CPU "
-        f"per decision, {b['calls']} calls)"
+        f"{'client CPU µs/call (own process)':36} {bare['cpu_us_per_call']:>9,.1f} "
+        f"{pep['cpu_us_per_call']:>10,.1f} {show(r['median'], 'x'):>8}  {spread:>13}"
     )
-    print("\nratios (pdp / echo)")
-    print(f"  latency:          {ratios['latency_pdp_over_echo']}x")
-    print(f"  CPU per call:     {ratios['cpu_per_call_pdp_over_echo']}x")
-    for n in IN_FLIGHT:
-        print(f"  throughput, {n:>2}:   {ratios[f'throughput_{n}_pdp_over_echo']}x")
+    wall = pep["wall_us_per_call"] / bare["wall_us_per_call"]
+    print(
+        f"{'client wall µs/call (information)':36} {bare['wall_us_per_call']:>9,.1f} "
+        f"{pep['wall_us_per_call']:>10,.1f} {show(wall, 'x'):>8}"
+    )
+
+
+def print_report(result: dict[str, Any], targets: list[tuple[Target, str | None]]) -> None:
+    env, method = result["environment"], result["method"]
+    print(
+        f"gRPC service: Tessera's Authorize vs a bare grpc.aio echo, pep.client vs a bare stub "
+        f"(Python {env['python']}, {env['machine']}, grpcio {env['grpcio']}"
+        f"{', quick' if env['quick'] else ''})"
+    )
+    sizes = result["payload_bytes"]
+    print(
+        f"request {sizes['request']} bytes (pdp answer {sizes['pdp_answer']}); servers and the "
+        f"client rows in their own processes on {HOST}; {method['rounds']} rounds per side, "
+        "ABBA; ratios: median of the paired rounds\n"
+    )
+    print_server(result)
+    print_client(result["client"])
+    b = result["batch"]
+    if b is not None:
+        low, high = min(b["rounds"]["decisions_per_s"]), max(b["rounds"]["decisions_per_s"])
+        print(
+            f"\nAuthorizeBatch x{b['batch_size']}: {b['decisions_per_s']:,.0f} decisions/s "
+            f"(rounds {low:,.0f}-{high:,.0f}), {b['server_cpu_us_per_decision']} µs server CPU "
+            f"per decision, {b['calls']} calls"
+        )
+    print("\ntargets")
+    for t, why in targets:
+        value = show(t.value, "x") if t.value is None or "x" in t.limit else f"{t.value:,.0f}"
+        note = f"; not measured: {why}" if why else ""
+        print(f"  {t.verdict:4}  {t.name}: {value} ({t.limit}){note}")
     print(f"\n{result['seconds']} s")
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=(
-            "Time Tessera's gRPC Authorize against a bare grpc.aio echo server: latency, "
-            "server CPU per call, throughput with 8 and 32 calls in flight, batch decisions/s."
-        ),
-        epilog="Method and caveats: see the module docstring.",
+    parser = benchmark_parser(
+        "Server CPU per Authorize against a bare grpc.aio echo at 1 and 32 callers, client "
+        "CPU per call of pep.client against a bare generated stub, AuthorizeBatch "
+        "decisions/s; interleaved rounds, paired ratios.",
+        quick="8 shorter rounds per side, under a minute (noisier numbers)",
     )
-    parser.add_argument("--json", action="store_true", help="print one JSON object instead")
-    parser.add_argument("--quick", action="store_true", help="a short smoke run (noisy numbers)")
     args = parser.parse_args()
-
     budget = QUICK if args.quick else FULL
-    started = time.perf_counter()
+    started, load = time.perf_counter(), round(os.getloadavg()[0], 2)
     measured = run(budget)
+    targets = evaluate(measured)
     result: dict[str, Any] = {
         "benchmark": "grpc_service",
         "environment": environment(args.quick, grpcio=grpc.__version__),
         "method": {
             "host": HOST,
             "servers": "one process each (multiprocessing spawn)",
+            "client_rows": "a process of their own (spawn); this process waits meanwhile",
             "pdp_cache_size": 0,
-            "warmup_calls": budget.warmup,
-            "sequential_calls": budget.sequential,
-            "concurrent_calls_per_phase": budget.concurrent,
-            "in_flight": list(IN_FLIGHT),
-            "batch_calls": budget.batches,
-            "server_cpu": "time.process_time in the server process, before/after each phase",
+            "order": "ABBA rounds; ratios are the median of the round pairs' ratios",
+            "in_flight": IN_FLIGHT,
+            **asdict(budget),
+            "server_cpu": "time.process_time in the server process, before/after each round",
+            "client_cpu": "time.process_time in the client process, around each round",
         },
         **measured,
+        "targets": [{**t.to_json(3), "why": why} for t, why in targets],
+        "load_average_1m": {"start": load, "end": round(os.getloadavg()[0], 2)},
         "seconds": round(time.perf_counter() - started, 1),
     }
     if args.json:
         print(json.dumps(result, indent=2))
     else:
-        print_report(result)
+        print_report(result, targets)
+    if args.strict:
+        strict_exit(targets)
+
+
+def strict_exit(targets: list[tuple[Target, str | None]]) -> None:
+    """--strict: exit 1, saying why, when a target failed or could not be measured."""
+    missed = [(t, why) for t, why in targets if t.passed is not True]
+    for t, why in missed:
+        reason = f"not measured: {why or 'no value'}" if t.passed is None else "missed"
+        print(f"--strict: {t.name}: {fmt(t.value, 3)} ({t.limit}): {reason}", file=sys.stderr)
+    if missed:
+        sys.exit(1)
 
 
 if __name__ == "__main__":
