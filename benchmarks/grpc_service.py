@@ -27,15 +27,15 @@ The request: agent "helper" (status "active", risk low) calling tool "search", a
 
 Method. The machine is shared and noisy (the same server's CPU per call moves by ±15% from
 run to run, as other work comes and goes), so each compared quantity is measured in many
-short rounds that alternate the two sides in ABBA order (echo, pdp, pdp, echo, echo, ...,
-the first and second of each adjacent pair swapping every pair). Each round pair gives one
-ratio; the targets take the **median of the paired ratios**. The median of each side's
-per-round values is reported too, with every round's value in the JSON. After a warm-up
-of each side:
+short rounds that alternate the two sides in ABBA order (echo, pdp, pdp, echo, echo,
+pdp, ...), so that load coming and going moves both rounds of a pair alike. Each round
+pair gives one ratio; the targets take the **median of the paired ratios**. The median
+of each side's per-round values is reported too, with every round's value in the JSON.
+After a warm-up of each side:
 
 * **1 caller**: a sync ``grpc`` client in this process sends pre-serialized bytes and
   takes bytes back, one call at a time: server CPU µs per call and latency (median and
-  p99 over all the round's calls);
+  p99 over the calls of all rounds);
 * **32 in flight**: a ``grpc.aio`` client in this process, 32 tasks each making calls one
   after another (pre-serialized bytes): server CPU µs per call and calls/s (information
   only: client and servers share the machine's cores, so it is this setup's rate);
@@ -50,6 +50,12 @@ of each side:
   that is not allowed during the rounds makes the row unmeasured;
 * **batch**: ``AuthorizeBatch`` with 100 copies of the request, sequential, in rounds:
   decisions/s (median of the rounds) and server CPU per decision.
+
+Caveats. Even the medians move with the load beside the run (at 1 caller, 1.24x to 1.43x
+over three full runs at load averages of 2.5 to 8 on 2 cores; quick runs spread wider): a
+value within about 0.1 of its limit is not a clear verdict, and runs compare best on the
+same host at the same load. Calls/s and decisions/s are wall-clock rates of client and
+servers sharing the cores, and move the most. The baseline: benchmarks/README.md.
 
 Targets print as PASS/FAIL. With ``--strict`` the exit status is 1 when a target fails or
 could not be measured (the reason is printed); without it, 0.
@@ -124,7 +130,7 @@ FULL = Budget(
     rounds=20, warmup=300, sequential=800, concurrent=3_200, client=800, batch_rounds=15, batches=10
 )
 QUICK = Budget(
-    rounds=8, warmup=100, sequential=300, concurrent=1_280, client=300, batch_rounds=7, batches=5
+    rounds=10, warmup=100, sequential=400, concurrent=1_600, client=400, batch_rounds=9, batches=10
 )
 
 
@@ -691,7 +697,7 @@ def main() -> None:
         "Server CPU per Authorize against a bare grpc.aio echo at 1 and 32 callers, client "
         "CPU per call of pep.client against a bare generated stub, AuthorizeBatch "
         "decisions/s; interleaved rounds, paired ratios.",
-        quick="8 shorter rounds per side, under a minute (noisier numbers)",
+        quick="10 shorter rounds per side, about 30 s (noisier numbers)",
     )
     args = parser.parse_args()
     budget = QUICK if args.quick else FULL
