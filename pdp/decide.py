@@ -132,8 +132,11 @@ class DecisionPoint:
 
         ``key`` (any hashable the door derives from its question, e.g. the serialized
         message) lets the answer be remembered when no limit can change it."""
-        answer = await self._answer(request, pep, key, limits=True)
-        assert answer is not None  # with limits decided here, every request is answered
+        answered = self._answer(request, pep, key, limits=True)
+        assert answered is not None  # with limits decided here, every request is answered
+        answer, record = answered
+        if record is not None:
+            await self._audited(record)
         return answer
 
     async def decide_without_limits(
@@ -142,7 +145,13 @@ class DecisionPoint:
         """As :meth:`decide`, but None, with nothing recorded, for a request a ``limit``
         could decide: its counters are kept by another process (the PDP an embedded
         decision point, such as the MCP proxy's, defers to)."""
-        return await self._answer(request, pep, key, limits=False)
+        answered = self._answer(request, pep, key, limits=False)
+        if answered is None:
+            return None
+        answer, record = answered
+        if record is not None:
+            await self._audited(record)
+        return answer
 
     def decide_now(self, request: Request, pep: Pep = "") -> Answer:
         """As :meth:`decide`, for a caller outside the event loop (the issuer's token
@@ -175,7 +184,7 @@ class DecisionPoint:
             answers.append(answer)
             if self.audit is not None:
                 records.append(self._record(_asked(request, resolved), answer, started, pep))
-        await self._audited(records)
+        await self._audited(*records)
         return answers
 
     def preview(self, request: Request) -> Decision:
@@ -262,34 +271,39 @@ class DecisionPoint:
         self.metrics.decided(decision)
         return decision
 
-    async def _answer(
+    def _answer(
         self, request: Request, pep: Pep, key: Hashable | None, limits: bool
-    ) -> Answer | None:
+    ) -> tuple[Answer, Record | None] | None:
+        """The answer and its audit record (None without an audit trail); None when
+        ``limits`` is false and a limit could decide."""
         started = time.perf_counter()
         engine = self.engine
-        resolved = self.resolve(request)
-        cache = self.cache if key is not None else None
+        resolved = self.resolve(request) if self.directory is not None else request
         decision = None
-        if cache is not None and not isinstance(resolved, str):
-            decision = cache.get(key)
-            self.metrics.cached(decision)
-            if decision is None:
-                self.cache_misses += 1
-            else:
-                self.cache_hits += 1
+        if key is not None and self.cache is not None and not isinstance(resolved, str):
+            decision = self._remembered(key)
         if decision is not None:
             cacheable = True
         elif not limits and not isinstance(resolved, str) and engine.touches_limits(resolved):
             return None
         else:
             decision, cacheable = self._decided(engine, resolved, True)
-            if cache is not None and cacheable:
-                cache[key] = decision
+            if cacheable and key is not None and self.cache is not None:
+                self.cache[key] = decision
         answer = Answer(decision, new_decision_id(), cacheable)
-        if self.audit is not None:
-            record = self._record(_asked(request, resolved), answer, started, pep)
-            await self._audited([record])
-        return answer
+        if self.audit is None:
+            return answer, None
+        return answer, self._record(_asked(request, resolved), answer, started, pep)
+
+    def _remembered(self, key: Hashable) -> Decision | None:
+        assert self.cache is not None
+        decision = self.cache.get(key)
+        self.metrics.cached(decision)
+        if decision is None:
+            self.cache_misses += 1
+        else:
+            self.cache_hits += 1
+        return decision
 
     def _preview(self, request: Request, limits: bool) -> Decision | None:
         engine = self.engine
@@ -309,7 +323,7 @@ class DecisionPoint:
         who = pep if isinstance(pep, str) else pep()
         return lambda: decision_record(request, answer, seconds, who, when)
 
-    async def _audited(self, records: list[Record]) -> None:
+    async def _audited(self, *records: Record) -> None:
         """Put the records on the agent trail, never dropping one. Async durability only
         queues them (a full queue waits, off the loop); sync returns once they are
         committed."""

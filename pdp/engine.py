@@ -197,6 +197,7 @@ class Engine:
         self.counters = counters if counters is not None else MemoryCounters()
         self.clock = clock or time.time
         self._memo: dict[CandidateKey, Candidates] = {}
+        self._limited: dict[CandidateKey, bool] = {}
         self._interpreter = Interpreter(
             bundle.rules, bundle.lets, bundle.version, self.counters, self.clock
         )
@@ -217,8 +218,15 @@ class Engine:
     def touches_limits(self, request: Request) -> bool:
         """Whether a rule with a ``limit`` could decide this request (then its decision
         depends on counters and must not be cached)."""
-        permits = self.candidates(request)[1]
-        return any(rule.limits for rule in permits)
+        resource = request.resource
+        key = (request.action, resource["type"], resource["id"])
+        limited = self._limited.get(key)
+        if limited is None:
+            limited = any(rule.limits for rule in self.candidates(request)[1])
+            if len(self._limited) >= CANDIDATE_MEMO_SIZE:
+                self._limited.clear()
+            self._limited[key] = limited
+        return limited
 
     def decide(self, request: Request, commit: bool = True) -> Decision:
         """The decision for one request. Never raises for a well-formed request.

@@ -202,7 +202,7 @@ def convert(value: Any, declared: Type, path: str) -> Any:
         if name == "string":
             return value
         if name == "risk":
-            risk = _RISKS.get(value)
+            risk = RISKS.get(value)
             if risk is not None:
                 return risk
     if isinstance(value, _TYPED.get(name, ())):
@@ -258,7 +258,7 @@ def convert(value: Any, declared: Type, path: str) -> Any:
 
 typed_value = convert
 
-_RISKS = {risk.name: risk for risk in Risk}
+RISKS = {risk.name: risk for risk in Risk}  # risk levels by name, read without parsing
 
 # Values already of the declared type (a PEP that holds Money, a set of consents).
 _TYPED: dict[str, tuple[type, ...]] = {

@@ -9,21 +9,20 @@ logged and answered INTERNAL.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 
 import grpc
+from google.protobuf.message import DecodeError
 
 from pdp.decide import DecisionPoint
 from pdp.lang.schema import SchemaModel, Type
 from pdp.metrics import Metrics
 from pdp.model import Answer, Decision, Request, RequestError, delegation_for
-from pdp.request import convert, typed_resource, untyped
+from pdp.request import RISKS, convert, typed_resource, untyped
 from pdp.serve.proto import authorizer_pb2 as pb
-from pdp.serve.proto import authorizer_pb2_grpc as pb_grpc
 
 log = logging.getLogger("tessera.serve")
 
@@ -50,7 +49,15 @@ def plain_value(value: pb.Value, path: str) -> Any:
         return list(value.strings.values)
     if kind == "list":
         return [plain_value(v, f"{path}[{i}]") for i, v in enumerate(value.list.values)]
-    return {k: plain_value(v, f"{path}.{k}") for k, v in value.map.values.items()}
+    return plain_values(value.map.values, path)
+
+
+def plain_values(attributes: Mapping[str, pb.Value], where: str) -> dict[str, Any]:
+    """A map of ``Value`` as plain values."""
+    if not attributes:
+        return {}
+    # Keys, then lookups: a protobuf map's items() iterates in Python, its keys in C.
+    return {key: plain_value(attributes[key], f"{where}.{key}") for key in attributes}
 
 
 def typed_from_proto(
@@ -58,9 +65,21 @@ def typed_from_proto(
 ) -> dict[str, Any]:
     """A message's attribute map, typed by the schema."""
     out: dict[str, Any] = {}
-    for key, value in attributes.items():
-        path = f"{where}.{key}"
+    for key in attributes:  # keys, then lookups (see plain_values)
+        value = attributes[key]
+        kind = value.WhichOneof("kind")
         declared = types.get(key)
+        if kind == "string" and declared is not None:
+            # the common case, without building the path only an error would name
+            text = value.string
+            name = declared.name
+            if name == "string":
+                out[key] = text
+                continue
+            if name == "risk" and text in RISKS:
+                out[key] = RISKS[text]
+                continue
+        path = f"{where}.{key}"
         plain = plain_value(value, path)
         out[key] = convert(plain, declared, path) if declared else untyped(plain, path)
     return out
@@ -91,7 +110,7 @@ def request_from_proto(
     if not action:
         raise RequestError('action: required, a non-empty string such as "tool.call"')
     resource = message.resource
-    attributes = {k: plain_value(v, f"resource.{k}") for k, v in resource.attributes.items()}
+    attributes = plain_values(resource.attributes, "resource")
     chain = tuple(message.delegation.chain) if message.HasField("delegation") else None
     context = message.context
     return Request(
@@ -139,59 +158,112 @@ def _response(decision: Decision) -> pb.AuthorizeResponse:
 
 TEMPLATES_SIZE = 4_096  # decisions whose response part is remembered (bounded memory)
 _templates: dict[Decision, pb.AuthorizeResponse] = {}
+_heads: dict[Decision, bytes] = {}
+
+# AuthorizeResponse fields 5 (decision_id, length-delimited) and 8 (cacheable, varint):
+# their tags on the wire (field number << 3 | wire type).
+_DECISION_ID_TAG = bytes([5 << 3 | 2])
+_CACHEABLE_TRUE = bytes([8 << 3 | 0, 1])
+
+
+def answer_to_bytes(answer: Answer) -> bytes:
+    """The serialized response telling ``answer``: the decision's fields serialized once
+    per decision, then the call's decision id and cacheability appended. Protocol
+    Buffers read fields in any order, so this parses as :func:`answer_to_proto` does."""
+    decision = answer.decision
+    head = _heads.get(decision)
+    if head is None:
+        head = _response(decision).SerializeToString()
+        if len(_heads) >= TEMPLATES_SIZE:
+            _heads.clear()
+        _heads[decision] = head
+    ident = answer.decision_id.encode()
+    tail = _CACHEABLE_TRUE if answer.cacheable else b""
+    return b"".join((head, _DECISION_ID_TAG, _varint(len(ident)), ident, tail))
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while value > 0x7F:
+        out.append(value & 0x7F | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def parsed(raw: bytes) -> pb.AuthorizeRequest:
+    """An ``AuthorizeRequest`` from its bytes, or a RequestError saying they are not one."""
+    try:
+        message: pb.AuthorizeRequest = pb.AuthorizeRequest.FromString(raw)
+    except DecodeError as exc:
+        raise RequestError(f"the request is not a tessera.v1.AuthorizeRequest: {exc}") from None
+    return message
 
 
 # ------------------------------------------------------------------ the servicer
 
 
 class Calls:
-    """Each call counted in flight and timed by method; a fault of ours is logged with its
-    traceback and answered INTERNAL without one."""
+    """Each call counted in flight and timed by method; a malformed request answered
+    INVALID_ARGUMENT naming the field, and a fault of ours logged with its traceback and
+    answered INTERNAL without one."""
 
     def __init__(self, metrics: Metrics, method: str) -> None:
-        self.in_flight = metrics.in_flight
+        self.metrics = metrics
         self.seconds = metrics.rpc_seconds.labels(method)
         self.method = method
 
     async def run(self, work: Callable[[], Awaitable[T]], context: grpc.aio.ServicerContext) -> T:
-        in_flight = self.in_flight
-        in_flight.inc()
+        metrics = self.metrics
+        metrics.calls_in_flight += 1
         started = time.perf_counter()
         try:
             return await work()
-        except (grpc.aio.AbortError, asyncio.CancelledError):
-            raise
-        except RequestError as exc:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-            raise  # abort raises; this line only tells type checkers so
-        except Exception:
-            log.exception("%s failed", self.method)
-            await context.abort(grpc.StatusCode.INTERNAL, INTERNAL)
-            raise
+        except Exception as exc:
+            await self.failed(exc, context)
+            raise  # failed() aborts the call; this line only tells type checkers so
         finally:
-            in_flight.dec()
+            metrics.calls_in_flight -= 1
             self.seconds.observe(time.perf_counter() - started)
 
+    async def failed(self, exc: Exception, context: grpc.aio.ServicerContext) -> None:
+        """End the call with the status ``exc`` stands for (an abort passes through)."""
+        if isinstance(exc, grpc.aio.AbortError):
+            return
+        if isinstance(exc, RequestError):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        log.error("%s failed", self.method, exc_info=exc)
+        await context.abort(grpc.StatusCode.INTERNAL, INTERNAL)
 
-class AuthorizerDoor(pb_grpc.AuthorizerServicer):  # type: ignore[misc]
-    """``tessera.v1.Authorizer`` over a decision point."""
+
+class AuthorizerDoor:
+    """``tessera.v1.Authorizer`` over a decision point.
+
+    ``Authorize``, the hot path, takes and returns the message bytes: it parses the
+    request itself (its bytes are the decision cache's key) and writes the response from
+    bytes made once per decision (:func:`answer_to_bytes`)."""
 
     def __init__(self, point: DecisionPoint) -> None:
         self.point = point
         metrics = point.metrics
         self._calls = {m: Calls(metrics, m) for m in ("Authorize", "AuthorizeBatch", "ListAllowed")}
 
-    async def Authorize(  # the contract names the methods
-        self, request: pb.AuthorizeRequest, context: grpc.aio.ServicerContext
-    ) -> pb.AuthorizeResponse:
-        point = self.point
-
-        async def work() -> pb.AuthorizeResponse:
-            typed = request_from_proto(request, point.schema, point.trusts_callers)
-            key = request.SerializeToString(deterministic=True) if point.cache is not None else None
-            return answer_to_proto(await point.decide(typed, context.peer, key=key))
-
-        return await self._calls["Authorize"].run(work, context)
+    async def Authorize(self, raw: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        calls = self._calls["Authorize"]
+        metrics = calls.metrics
+        metrics.calls_in_flight += 1
+        started = time.perf_counter()
+        try:
+            point = self.point
+            request = request_from_proto(parsed(raw), point.schema, point.trusts_callers)
+            key = raw if point.cache is not None else None
+            return answer_to_bytes(await point.decide(request, context.peer, key=key))
+        except Exception as exc:
+            await calls.failed(exc, context)
+            raise
+        finally:
+            metrics.calls_in_flight -= 1
+            calls.seconds.observe(time.perf_counter() - started)
 
     async def AuthorizeBatch(
         self, request: pb.AuthorizeBatchRequest, context: grpc.aio.ServicerContext
@@ -248,7 +320,22 @@ def listed_question(request: pb.ListAllowedRequest, candidate: pb.Resource) -> p
 
 
 def add_to_server(point: DecisionPoint, server: grpc.aio.Server) -> AuthorizerDoor:
-    """Serve ``tessera.v1.Authorizer`` over ``point`` on ``server``."""
+    """Serve ``tessera.v1.Authorizer`` over ``point`` on ``server`` (as the generated
+    ``add_AuthorizerServicer_to_server`` would, but ``Authorize`` on bytes)."""
     door = AuthorizerDoor(point)
-    pb_grpc.add_AuthorizerServicer_to_server(door, server)  # type: ignore[no-untyped-call]
+    handlers = {
+        "Authorize": grpc.unary_unary_rpc_method_handler(door.Authorize),
+        "AuthorizeBatch": grpc.unary_unary_rpc_method_handler(
+            door.AuthorizeBatch,
+            request_deserializer=pb.AuthorizeBatchRequest.FromString,
+            response_serializer=pb.AuthorizeBatchResponse.SerializeToString,
+        ),
+        "ListAllowed": grpc.unary_unary_rpc_method_handler(
+            door.ListAllowed,
+            request_deserializer=pb.ListAllowedRequest.FromString,
+            response_serializer=pb.ListAllowedResponse.SerializeToString,
+        ),
+    }
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
+    server.add_registered_method_handlers(SERVICE_NAME, handlers)
     return door

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pdp.doors.grpc import answer_to_proto, request_from_proto
+from pdp.doors.grpc import answer_to_bytes, answer_to_proto, parsed, request_from_proto
 from pdp.engine import Engine
 from pdp.lang.ast import Obligation
 from pdp.lang.values import Money, Risk
@@ -86,3 +86,25 @@ def test_a_decision_becomes_a_response() -> None:
     assert list(message.decided_by) == ["agents.small_transfers"]
     assert message.decision_id == "d-1" and message.bundle_version == "sha256:abc"
     assert message.errors[0].message == "agent.purpose is absent"
+
+
+@pytest.mark.parametrize("cacheable", [True, False])
+def test_the_bytes_of_an_answer_parse_as_its_response(cacheable: bool) -> None:
+    decision = Decision(
+        False,
+        (Obligation("consent", "payments:transfer"),),
+        ("agents.small_transfers",),
+        ("needs consent",),
+        (RuleError("agents.x", "permit", "agent.purpose is absent"),),
+        "sha256:abc",
+    )
+    answer = Answer(decision, "d" * 200, cacheable)  # an id whose length takes two bytes
+    parsed = pb.AuthorizeResponse.FromString(answer_to_bytes(answer))
+    assert parsed == answer_to_proto(answer)
+    again = Answer(decision, "e-2", cacheable)  # the decision's part is reused
+    assert pb.AuthorizeResponse.FromString(answer_to_bytes(again)) == answer_to_proto(again)
+
+
+def test_bytes_that_are_not_a_request_are_refused_naming_the_message() -> None:
+    with pytest.raises(RequestError, match=r"not a tessera\.v1\.AuthorizeRequest"):
+        parsed(b"\xff\xff\xff")

@@ -254,3 +254,11 @@ def test_a_fault_of_the_service_is_internal_without_a_traceback(
     assert caught.value.code() == grpc.StatusCode.INTERNAL
     assert caught.value.details() == "internal error in the decision service (it is logged)"
     assert "Traceback" not in caught.value.details()
+
+
+def test_bytes_that_are_not_a_request_are_invalid_argument(server: Server) -> None:
+    raw = server.channel.unary_unary("/tessera.v1.Authorizer/Authorize")
+    with pytest.raises(grpc.RpcError) as caught:
+        raw(b"\xff\xff\xff", timeout=5)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "not a tessera.v1.AuthorizeRequest" in caught.value.details()
