@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any, NamedTuple
 
+from pdp.errors import PdpError
 from pdp.lang.ast import CALL_ACTION, TOOL_TYPE, Obligation
 from pdp.lang.values import Duration, Money, Risk
 
@@ -32,7 +33,7 @@ __all__ = [
 ]
 
 
-class RequestError(ValueError):
+class RequestError(PdpError, ValueError):
     """A request that cannot be decided on: the message names the field and the problem."""
 
 

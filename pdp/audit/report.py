@@ -33,6 +33,7 @@ from pdp.audit.chain import TRAILS
 from pdp.audit.checkpoints import CHECKPOINTED, verify_checkpoints
 from pdp.audit.checkpoints import TRAIL as CHECKPOINT_TRAIL
 from pdp.audit.query import entries, verify_trail
+from pdp.errors import PdpError
 
 FORMAT = "tessera.report/1"
 """The JSON report's ``format``; it changes only when a key changes meaning or goes away."""
@@ -47,7 +48,7 @@ Unit = Literal["hour", "day", "week"]
 _CREDENTIAL_KINDS = {"Client": "client", "ApiKey": "api_key"}
 
 
-class ReportError(ValueError):
+class ReportError(PdpError, ValueError):
     """A report that cannot be made as asked (an unknown agent, a period that is empty)."""
 
 

@@ -53,6 +53,7 @@ from starlette.routing import BaseRoute, Route
 from issuer.scim import ADMIN_SCOPE, Authenticator, bearer_token
 from pdp.decide import DecisionPoint
 from pdp.engine import Bundle
+from pdp.errors import PdpError
 from pdp.lang import ast
 from pdp.lang.runtime import matches_pattern, pattern_globs
 from pdp.lang.schema import SchemaModel
@@ -79,7 +80,7 @@ Json = dict[str, Any]
 Peer = Callable[[], str]
 
 
-class Failure(Exception):
+class Failure(PdpError):
     """An error answer: its HTTP status, the message (the body) and extra headers."""
 
     def __init__(self, status: int, message: str, headers: dict[str, str] | None = None):

@@ -53,6 +53,7 @@ from issuer.oauth.tokens import InvalidToken, TokenVerifier, ring_lookup
 from issuer.store import Store
 from pdp.decide import DecisionPoint
 from pdp.doors.grpc import Calls
+from pdp.errors import PdpError
 from pdp.lang.schema import SchemaModel
 from pdp.model import Request, RequestError
 from pdp.request import typed_request
@@ -78,7 +79,7 @@ _SEGMENT = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)(\.\.\.)?\}")
 _METHOD = re.compile(r"[A-Z]+")
 
 
-class RouteError(ValueError):
+class RouteError(PdpError, ValueError):
     """A route template that cannot be used; the message names the line."""
 
 

@@ -65,7 +65,12 @@ class Diagnostic:
         }
 
 
-class PolicyError(Exception):
+class LanguageError(Exception):
+    """The root of the policy language's errors (it imports nothing else of Tessera, so
+    its root is its own; the rest of the decision plane's is :class:`pdp.errors.PdpError`)."""
+
+
+class PolicyError(LanguageError):
     """A policy set that cannot be used; carries every diagnostic found."""
 
     def __init__(self, diagnostics: list[Diagnostic]) -> None:

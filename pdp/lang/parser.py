@@ -23,7 +23,7 @@ from lark.exceptions import (
 )
 
 from pdp.lang import ast
-from pdp.lang.errors import Diagnostic, PolicyError, Span, source_lines
+from pdp.lang.errors import Diagnostic, LanguageError, PolicyError, Span, source_lines
 from pdp.lang.values import (
     Duration,
     Money,
@@ -64,7 +64,7 @@ def _load_grammar() -> Lark:
 _PARSER = _load_grammar()
 
 
-class _SyntaxProblem(Exception):
+class _SyntaxProblem(LanguageError):
     """Raised inside the transformer; carries the span and the hint."""
 
     def __init__(self, message: str, span: Span, hint: str = "") -> None:

@@ -13,10 +13,11 @@ from functools import lru_cache
 from typing import Any
 
 from pdp.lang import ast
+from pdp.lang.errors import LanguageError
 from pdp.lang.values import Money, render
 
 
-class EvalError(Exception):
+class EvalError(LanguageError):
     """A rule could not be evaluated: a missing attribute, a currency mismatch, …"""
 
 

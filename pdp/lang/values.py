@@ -16,6 +16,8 @@ from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
+from pdp.lang.errors import LanguageError
+
 
 class Risk(enum.IntEnum):
     """A risk level; ordered low < medium < high < critical."""
@@ -63,7 +65,7 @@ class _Ordered:
         return bool(mine >= theirs)
 
 
-class CurrencyMismatch(Exception):
+class CurrencyMismatch(LanguageError):
     """Two amounts of money in different currencies were compared."""
 
 

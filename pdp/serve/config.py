@@ -62,13 +62,14 @@ from pathlib import Path
 from typing import Any
 
 from pdp.audit.baselines import AnomalyThresholds
+from pdp.errors import PdpError
 
 DEFAULT_FILE = "tessera.toml"
 MIN_TOKEN_LENGTH = 16
 AUDIT_MODES = ("async", "sync", "off")  # durability of the audit record of a decision
 
 
-class ConfigError(ValueError):
+class ConfigError(PdpError, ValueError):
     """A setting that cannot be used; the message names it and where it came from."""
 
 
