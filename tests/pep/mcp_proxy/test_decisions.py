@@ -17,7 +17,7 @@ import pytest
 from mcp.shared.exceptions import MCPError
 from mcp_types.version import LATEST_MODERN_VERSION
 
-from pep.mcp_proxy.app import DECISION_HEADER
+from pep.mcp_proxy.answers import DECISION_HEADER
 from pep.mcp_proxy.jsonrpc import FORBIDDEN
 from tests.pep.mcp_proxy.test_proxy import key_provider, machine, sdk_client, token_for
 from tests.pep.mcp_proxy.test_upstreams import request

@@ -14,7 +14,7 @@ import httpx
 import jwt
 import pytest
 
-from pep.mcp_proxy.app import DECISION_HEADER
+from pep.mcp_proxy.answers import DECISION_HEADER
 from pep.mcp_proxy.decisions import TOOL, Listed, LocalDecider
 from pep.mcp_proxy.jsonrpc import FORBIDDEN
 from pep.mcp_proxy.tokens import Caller

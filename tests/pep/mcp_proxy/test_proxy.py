@@ -29,7 +29,8 @@ from mcp_types.version import LATEST_HANDSHAKE_VERSION, LATEST_MODERN_VERSION
 from starlette.testclient import TestClient
 
 from issuer.store import AuditEntry
-from pep.mcp_proxy.app import DECISION_HEADER, Proxy
+from pep.mcp_proxy.answers import DECISION_HEADER
+from pep.mcp_proxy.app import Proxy
 from pep.mcp_proxy.jsonrpc import FORBIDDEN
 from tests.issuer.oauth_server import Registered
 from tests.pep.mcp_proxy.world import UPSTREAM_TOKEN, World, run, world

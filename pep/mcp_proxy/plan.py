@@ -1,0 +1,225 @@
+"""The per-call plan: what a JSON-RPC message or batch asks, and what the PDP says to it.
+
+Each ``tools/call``, ``prompts/get`` and ``resources/read`` is decided (:mod:`decisions`):
+what is allowed is forwarded, what is denied is answered here, with ``-32003``, or with
+``-32042`` and a URL to the issuer's consent page when the policy asks only for the
+user's consent and the proxy can ask the user; a call without the name it is about, or
+with arguments the context cannot be made of, gets ``-32602``. Everything else is
+forwarded, and a ``…/list`` request is marked so that its answer keeps only what the
+caller may use (:meth:`Planner.filtered`). The decision ids go with the answer.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import secrets
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlencode
+
+from mcp.shared.exceptions import UrlElicitationRequiredError
+from mcp_types import ElicitRequestURLParams
+
+from pep.client import Verdict
+from pep.mcp_proxy.config import ProxyConfig, Upstream
+from pep.mcp_proxy.decisions import (
+    DECIDED,
+    LISTED,
+    TOOL,
+    ArgumentError,
+    Decider,
+    Kind,
+    LocalDecider,
+    mapped_context,
+)
+from pep.mcp_proxy.jsonrpc import (
+    CONSENT_REQUIRED,
+    FORBIDDEN,
+    INVALID_REQUEST,
+    Message,
+    dumps,
+    error,
+    is_request,
+)
+from pep.mcp_proxy.metrics import ProxyMetrics
+from pep.mcp_proxy.tokens import Caller
+
+CONSENT_PATH = "/consent/done"  # where the issuer's consent page sends the user back
+INVALID_PARAMS = -32602
+
+
+def id_key(value: Any) -> str:
+    """An id as JSON-RPC peers match it: a number by its value (1 and 1.0 are one id to
+    a JavaScript server, as are integers past 2**53), anything else by its JSON text."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        try:
+            return f"number {float(value)!r}"
+        except OverflowError:
+            return f"number {value!r}"
+    return json.dumps(value)
+
+
+@dataclass
+class Plan:
+    """What one POST becomes: local answers, messages to forward, lists to filter."""
+
+    local: list[Message] = field(default_factory=list)
+    forward: list[Message] = field(default_factory=list)
+    filters: dict[str, Kind] = field(default_factory=dict)
+    decisions: list[str] = field(default_factory=list)
+
+
+def tool_scopes(upstream: Upstream, messages: list[Message]) -> list[str]:
+    """The scopes the ``tools/call`` messages need beyond the upstream's, in order, once."""
+    needed: list[str] = []
+    for message in messages:
+        if message.get("method") == "tools/call":
+            params = message.get("params")
+            name = params.get("name") if isinstance(params, dict) else None
+            for scope in upstream.tool_scopes.get(str(name), ()):
+                if scope not in needed:
+                    needed.append(scope)
+    return needed
+
+
+def unforwardable(messages: list[Message]) -> tuple[int, str] | None:
+    """A message the proxy cannot decide and answer as it must: a call that is decided
+    but sent as a notification (no id, so no answer for a deny, and the upstream might
+    act on it), or a request id given twice in a batch (answers are matched by id)."""
+    ids = set()
+    for message in messages:
+        method = message.get("method")
+        if method in DECIDED and "id" not in message:
+            return INVALID_REQUEST, f"{method} is a request: it needs an id"
+        if is_request(message):
+            key = id_key(message["id"])
+            if key in ids:
+                return (
+                    INVALID_REQUEST,
+                    f"the batch gives the request id {dumps(message['id']).decode()} twice",
+                )
+            ids.add(key)
+    return None
+
+
+class Planner:
+    """Decides the calls of each message or batch, and filters the lists answered to it."""
+
+    def __init__(
+        self, config: ProxyConfig, decider: Decider | LocalDecider, metrics: ProxyMetrics
+    ) -> None:
+        self.config = config
+        self.decider = decider
+        self.metrics = metrics
+
+    async def plan(self, upstream: Upstream, caller: Caller, messages: list[Message]) -> Plan:
+        """Each message decided, answered here, or forwarded, in the order given."""
+        plan = Plan()
+        for message in messages:
+            method = message.get("method")
+            if not is_request(message) or not isinstance(method, str):
+                plan.forward.append(message)
+                continue
+            kind = DECIDED.get(method)
+            if kind is None:
+                listed = LISTED.get(method)
+                if listed is not None:
+                    plan.filters[id_key(message["id"])] = listed
+                plan.forward.append(message)
+                continue
+            params = message.get("params")
+            params = params if isinstance(params, dict) else {}
+            name = params.get(kind.name_key)
+            if not isinstance(name, str) or not name:
+                plan.local.append(
+                    error(message["id"], INVALID_PARAMS, f"{method} needs params.{kind.name_key}")
+                )
+                continue
+            arguments = params.get("arguments")
+            try:
+                context = (
+                    mapped_context(
+                        upstream.context, arguments if isinstance(arguments, dict) else {}
+                    )
+                    if kind is TOOL
+                    else {}
+                )
+            except ArgumentError as exc:
+                plan.local.append(error(message["id"], INVALID_PARAMS, str(exc)))
+                continue
+            verdict = await self.decider.decide(caller, upstream, method, kind, name, context)
+            self.metrics.decided(upstream.name, method, verdict.allow)
+            if verdict.decision_id:
+                plan.decisions.append(verdict.decision_id)
+            if verdict.allow:
+                plan.forward.append(message)
+            else:
+                plan.local.append(self._denied(message["id"], caller, method, name, verdict))
+        return plan
+
+    def _denied(self, id: Any, caller: Caller, method: str, name: str, verdict: Verdict) -> Message:
+        """The answer to a denied call: the consents to ask the user for (``-32042``), or
+        the deny with its reasons and obligations (``-32003``)."""
+        consents = [value for kind, value in verdict.obligations if kind == "consent"]
+        others = [kind for kind, _ in verdict.obligations if kind != "consent"]
+        if consents and not others and self.may_ask(caller):
+            scope = " ".join(consents)
+            elicitation = ElicitRequestURLParams(
+                message=f"Allow the agent to use {name} for you ({scope})",
+                url=self._consent_url(caller, scope, verdict.decision_id),
+                elicitation_id=verdict.decision_id or secrets.token_urlsafe(16),
+            )
+            found = UrlElicitationRequiredError(
+                [elicitation], f"{method} {name!r} needs your consent: {scope}"
+            )
+            data = {**found.error.data, "decision_id": verdict.decision_id}
+            return error(id, CONSENT_REQUIRED, found.error.message, data)
+        data = {
+            "decision_id": verdict.decision_id,
+            "reasons": list(verdict.reasons),
+            "obligations": [{"kind": k, "value": v} for k, v in verdict.obligations],
+        }
+        return error(id, FORBIDDEN, f"{method} {name!r} is not allowed", data)
+
+    def may_ask(self, caller: Caller) -> bool:
+        """Whether a deny awaiting consents can be put to the caller's user (a URL-mode
+        elicitation to the issuer's consent page)."""
+        return caller.user is not None and bool(self.config.consent_client_id)
+
+    def _consent_url(self, caller: Caller, scope: str, state: str) -> str:
+        """The issuer's consent page for this user, agent and scope (an authorization
+        request whose code nobody redeems: the challenge's verifier is thrown away)."""
+        verifier = secrets.token_urlsafe(32)
+        challenge = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest())
+        query = {
+            "response_type": "code",
+            "client_id": self.config.consent_client_id,
+            "redirect_uri": f"{self.config.public_url}{CONSENT_PATH}",
+            "scope": scope,
+            "requested_actor": caller.agent,
+            "code_challenge": challenge.rstrip(b"=").decode(),
+            "code_challenge_method": "S256",
+            "state": state or secrets.token_urlsafe(16),
+        }
+        return f"{self.config.issuer}/oauth/authorize?{urlencode(query)}"
+
+    async def filtered(self, upstream: Upstream, caller: Caller, plan: Plan, message: Any) -> Any:
+        """A ``…/list`` result with only the items the caller may use."""
+        if not isinstance(message, dict) or "id" not in message:
+            return message
+        kind = plan.filters.get(id_key(message["id"]))
+        result = message.get("result")
+        if kind is None or not isinstance(result, dict):
+            return message
+        items = result.get(kind.list_key)
+        if not isinstance(items, list):
+            return message
+        names = [str(i.get(kind.item_key)) for i in items if isinstance(i, dict)]
+        listed = await self.decider.listed(caller, upstream, kind, names)
+        shown = listed.allowed
+        if self.may_ask(caller):  # the call will ask the user for the consents
+            shown = shown | listed.consent_required
+        kept = [i for i in items if isinstance(i, dict) and str(i.get(kind.item_key)) in shown]
+        return {**message, "result": {**result, kind.list_key: kept}}
