@@ -20,6 +20,9 @@ from issuer.agents import (
 )
 from issuer.models import Agent as AgentModel
 from issuer.models import AgentExtension, AgentResource
+from issuer.oauth.errors import OAuthError
+from issuer.oauth.grants import Grants, agent_claims
+from issuer.store import Store
 from pdp.lang.values import Risk
 
 FULL = {
@@ -229,3 +232,23 @@ def test_the_risk_levels_are_the_ones_policies_order() -> None:
 def test_the_types_and_statuses_are_the_documented_ones() -> None:
     assert [t.value for t in AgentType] == ["interactive", "background", "external"]
     assert [s.value for s in AgentStatus] == ["active", "suspended", "retired"]
+
+
+def test_the_token_endpoint_takes_the_agent_from_a_snapshot_in_either_form(store: Store) -> None:
+    stored = store.create("Agent", FULL, unique={}, actor="admin").id
+    snapshot: dict[str, Agent | dict[str, Any]] = {
+        "record": Agent.from_extension("record", {"status": "active", "agentType": "external"}),
+        "extension": {"status": "active", "agentType": "interactive"},
+        "suspended": {"status": "suspended"},
+    }
+    grants = Grants(store, None, None, None, agents=snapshot.get)  # type: ignore[arg-type]
+    assert agent_claims(grants.active_agent("record")) == {
+        "agent_id": "record",
+        "agent_type": "external",
+    }
+    assert grants.active_agent("extension").type == "interactive"
+    assert grants.active_agent(stored).type == "external"  # not in the snapshot: the store
+    with pytest.raises(OAuthError, match="'suspended' is suspended"):
+        grants.active_agent("suspended")
+    with pytest.raises(OAuthError, match="'nobody' does not exist"):
+        grants.active_agent("nobody")
