@@ -79,6 +79,9 @@ class AgentStatus(StrEnum):
     retired = "retired"
 
 
+_ACTIVE = AgentStatus.active.value  # a plain str: compared on every decision, enum lookups cost
+
+
 @dataclass(frozen=True)
 class Label:
     """A key/value label on an agent (policies see the labels as ``agent.labels``)."""
@@ -144,7 +147,7 @@ class Agent:
     @property
     def active(self) -> bool:
         """Whether the agent may be allowed anything (suspended, retired: no)."""
-        return self.status == AgentStatus.active
+        return self.status == _ACTIVE
 
     def attributes(self) -> dict[str, Any]:
         """The agent as the request attributes policies read (``agent.risk``…).
