@@ -11,7 +11,6 @@ RFC 7643 §4.2 groups. scim2-models does the validation and serialization.
 
 from __future__ import annotations
 
-from enum import StrEnum
 from typing import Annotated, Any
 
 from pydantic import AfterValidator
@@ -30,8 +29,11 @@ from scim2_models import (
     User,
 )
 
-AGENT_SCHEMA = "urn:tessera:params:scim:schemas:core:1.0:Agent"
-AGENT_EXTENSION = "urn:tessera:params:scim:schemas:extension:agent:1.0:Agent"
+# Written once, with the directory's facts; re-exported for code that takes the schema
+# URNs from the SCIM models.
+from issuer.agents import AGENT_EXTENSION as AGENT_EXTENSION
+from issuer.agents import AGENT_SCHEMA as AGENT_SCHEMA
+from issuer.agents import AgentStatus, AgentType, RiskLevel
 
 CONSENT = "Consent"
 """The store kind of a user's consent: ``{"user_id", "agent_id", "client_id", "scopes"}``,
@@ -52,32 +54,6 @@ def _not_blank(value: str | None) -> str | None:
 
 NotBlank = AfterValidator(_not_blank)
 """A required string must say something: SCIM counts "" as a value, Tessera does not."""
-
-
-class RiskLevel(StrEnum):
-    """How much harm the agent can do. Policies order it low < medium < high < critical;
-    SCIM filters and sorting compare the names as strings, as RFC 7644 says."""
-
-    low = "low"
-    medium = "medium"
-    high = "high"
-    critical = "critical"
-
-
-class AgentType(StrEnum):
-    """How the agent runs: with a person at hand, on its own, or outside the organisation."""
-
-    interactive = "interactive"
-    background = "background"
-    external = "external"
-
-
-class AgentStatus(StrEnum):
-    """Lifecycle: only an active agent can be allowed anything."""
-
-    active = "active"
-    suspended = "suspended"
-    retired = "retired"
 
 
 class Label(ComplexAttribute):

@@ -48,15 +48,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from issuer.agents import AGENT_EXTENSION, AGENT_TYPE, STATUS, AgentStatus, AgentType
 from issuer.hashing import hash_password
-from issuer.models import (
-    AGENT_EXTENSION,
-    MAX_RESULTS,
-    PROVIDER,
-    AgentResource,
-    AgentStatus,
-    AgentType,
-)
+from issuer.models import MAX_RESULTS, PROVIDER, AgentResource
 from issuer.store import Conflict, NotFound, Record, Store, VersionMismatch
 
 log = logging.getLogger("tessera.scim")
@@ -694,7 +688,7 @@ def _with_defaults(kind: Kind, payload: Any) -> Any:
     if kind.name == "Agent" and isinstance(payload, dict):
         extension = payload.get(AGENT_EXTENSION)
         if isinstance(extension, dict):
-            defaults = {"status": AgentStatus.active.value, "agentType": AgentType.background.value}
+            defaults = {STATUS: AgentStatus.active.value, AGENT_TYPE: AgentType.background.value}
             payload = {**payload, AGENT_EXTENSION: {**defaults, **extension}}
     return payload
 

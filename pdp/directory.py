@@ -5,7 +5,9 @@ are dictionary lookups. A background thread follows the store's change log (SQLi
 polled change counter; PostgreSQL: LISTEN/NOTIFY) and applies each change, so a
 suspension reaches every PDP replica within the feed's latency (well under a second).
 
-What a policy sees, from the SCIM resources (see docs/directory.md):
+The snapshot holds each agent and user as its typed record (:mod:`issuer.agents`, the one
+reader of SCIM documents); what a policy sees is the record's attributes
+(see docs/directory.md):
 
     agent.id      the SCIM id              user.id      the SCIM id
     agent.name    name                     user.roles   roles[].value
@@ -29,7 +31,8 @@ import time
 from collections.abc import Iterable, Mapping
 from typing import Any, NamedTuple
 
-from issuer.models import AGENT_EXTENSION, CONSENT, REVOKED
+from issuer.agents import Agent, User, memberships
+from issuer.models import CONSENT, REVOKED
 from issuer.store import Change, Store
 
 log = logging.getLogger("tessera.directory")
@@ -39,38 +42,12 @@ MAX_STALENESS = 5.0  # seconds without a successful feed read before every reque
 RETRY_DELAY = 1.0  # seconds between attempts while the store is unreachable
 
 
-def agent_attributes(id: str, doc: Mapping[str, Any]) -> dict[str, Any]:
-    """An agent's SCIM document as the request JSON attributes policies read."""
-    extension = doc.get(AGENT_EXTENSION) or {}
-    attributes: dict[str, Any] = {
-        "id": id,
-        "name": doc.get("name", ""),
-        "status": extension.get("status", "unknown"),  # refused: only "active" passes
-        "type": extension.get("agentType", "background"),
-        "scopes": list(extension.get("scopes") or ()),
-        "labels": {label["key"]: label.get("value", "") for label in extension.get("labels") or ()},
-    }
-    for attribute, key in (("owner", "owner"), ("purpose", "purpose"), ("risk", "riskLevel")):
-        if key in extension:
-            attributes[attribute] = extension[key]
-    return attributes
-
-
-def user_attributes(id: str, doc: Mapping[str, Any], groups: Iterable[str]) -> dict[str, Any]:
-    """A user's SCIM document (and group names) as request JSON attributes."""
-    return {
-        "id": id,
-        "roles": [role["value"] for role in doc.get("roles") or () if role.get("value")],
-        "groups": sorted(groups),
-    }
-
-
-def _inactive(who: str, agent_id: str, agent: dict[str, Any] | None) -> str | None:
+def _inactive(who: str, agent_id: str, agent: Agent | None) -> str | None:
     """Why an agent is refused (unknown, or not active), or None."""
     if agent is None:
         return f"{who} {agent_id!r} is not in the directory"
-    if agent["status"] != "active":
-        return f"{who} {agent_id!r} is {agent['status']}"
+    if not agent.active:
+        return f"{who} {agent_id!r} is {agent.attributes()['status']}"
     return None
 
 
@@ -89,11 +66,10 @@ class Directory:
         self.store = store
         self.version = 0  # the seq of the newest change applied
         self.synced = time.monotonic()  # when the store last answered the follower
-        self._agents: dict[str, dict[str, Any]] = {}
-        self._users: dict[str, dict[str, Any]] = {}  # SCIM documents
-        self._inactive_users: set[str] = set()
+        self._agents: dict[str, Agent] = {}
+        self._user_docs: dict[str, dict[str, Any]] = {}  # SCIM documents
         self._groups: dict[str, dict[str, Any]] = {}  # SCIM documents
-        self._user_attributes: dict[str, dict[str, Any]] = {}
+        self._users: dict[str, User] = {}  # from both: a group change changes its members
         self._consent_docs: dict[str, dict[str, Any]] = {}  # consent records by id
         self._consents: dict[tuple[str, str], tuple[str, ...]] = {}  # (user, agent) -> scopes
         self._revoked: dict[str, tuple[str, float]] = {}  # record id -> (jti, exp)
@@ -106,6 +82,11 @@ class Directory:
 
     def agent(self, id: str) -> dict[str, Any] | None:
         """The agent's attributes, or None when the directory has no such agent."""
+        agent = self._agents.get(id)
+        return None if agent is None else agent.attributes()
+
+    def agent_record(self, id: str) -> Agent | None:
+        """The agent as the directory holds it, or None when it has no such agent."""
         return self._agents.get(id)
 
     def agent_ids(self) -> list[str]:
@@ -114,7 +95,8 @@ class Directory:
 
     def user(self, id: str) -> dict[str, Any] | None:
         """The user's attributes, or None when the directory has no such user."""
-        return self._user_attributes.get(id)
+        user = self._users.get(id)
+        return None if user is None else user.attributes()
 
     def resolve(
         self, agent_id: str, user_id: str | None, chain: Iterable[str] = ()
@@ -138,13 +120,14 @@ class Directory:
             return refusal
         assert agent is not None  # _inactive refuses an agent the directory lacks
         if user_id is None:
-            return Identities(agent, None)
-        user = self._user_attributes.get(user_id)
+            return Identities(agent.attributes(), None)
+        user = self._users.get(user_id)
         if user is None:
             return f"user {user_id!r} is not in the directory"
-        if user_id in self._inactive_users:
+        if not user.active:
             return f"user {user_id!r} is not active"
-        return Identities(agent, user, self._consents.get((user_id, agent_id), ()))
+        consents = self._consents.get((user_id, agent_id), ())
+        return Identities(agent.attributes(), user.attributes(), consents)
 
     # -- keeping up
 
@@ -152,13 +135,13 @@ class Directory:
         """Read the whole directory, then every change since (safe to call again)."""
         with self._lock:
             since = self.store.last_change()
-            agents = {r.id: agent_attributes(r.id, r.data) for r in self.store.list("Agent")}
+            agents = {r.id: Agent.from_scim(r.id, r.data) for r in self.store.list("Agent")}
             users = {r.id: r.data for r in self.store.list("User")}
             groups = {r.id: r.data for r in self.store.list("Group")}
             consents = {r.id: r.data for r in self.store.list(CONSENT)}
             now = time.time()
             revoked = {r.id: _revocation(r.data) for r in self.store.list(REVOKED)}
-            self._agents, self._users, self._groups = agents, users, groups
+            self._agents, self._user_docs, self._groups = agents, users, groups
             self._consent_docs = consents
             self._revoked = {id: entry for id, entry in revoked.items() if entry[1] > now}
             self._revoked_jtis = dict(self._revoked.values())
@@ -189,9 +172,9 @@ class Directory:
                 if change.data is None:
                     self._agents.pop(change.id, None)
                 else:
-                    self._agents[change.id] = agent_attributes(change.id, change.data)
+                    self._agents[change.id] = Agent.from_scim(change.id, change.data)
             elif change.kind in ("User", "Group"):
-                table = self._users if change.kind == "User" else self._groups
+                table = self._user_docs if change.kind == "User" else self._groups
                 if change.data is None:
                     table.pop(change.id, None)
                 else:
@@ -226,14 +209,10 @@ class Directory:
         return expires is not None and expires > time.time()
 
     def _rebuild_users(self) -> None:
-        names: dict[str, set[str]] = {}
-        for group in self._groups.values():
-            for member in group.get("members") or ():
-                names.setdefault(member.get("value", ""), set()).add(group.get("displayName", ""))
-        self._user_attributes = {
-            id: user_attributes(id, doc, names.get(id, ())) for id, doc in self._users.items()
+        names = memberships(self._groups.values())
+        self._users = {
+            id: User.from_scim(id, doc, names.get(id, ())) for id, doc in self._user_docs.items()
         }
-        self._inactive_users = {id for id, doc in self._users.items() if doc.get("active") is False}
 
     def _rebuild_consents(self) -> None:
         granted: dict[tuple[str, str], set[str]] = {}

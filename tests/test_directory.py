@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from issuer.agents import Agent
 from issuer.models import AGENT_EXTENSION, AGENT_SCHEMA, REVOKED
 from issuer.store import Store, open_store
 from pdp.directory import Directory, Identities
@@ -223,6 +224,27 @@ def test_an_agent_document_without_a_status_is_refused(store: Store) -> None:
     directory = Directory(store)
     directory.load()
     assert directory.resolve(id, None) == f"agent {id!r} is unknown"
+
+
+def test_the_directory_holds_each_agent_as_its_record(store: Store) -> None:
+    id = add_agent(store, "bot", purpose="ops")
+    directory = Directory(store)
+    directory.load()
+    record = directory.agent_record(id)
+    assert record == Agent.from_scim(id, store.get("Agent", id).data)
+    assert directory.agent(id) is record.attributes()  # made once per change, not per read
+    assert directory.agent_record("nobody") is None
+
+
+def test_an_odd_agent_document_does_not_stop_the_directory(store: Store) -> None:
+    odd = add_agent(store, "odd", labels=[{"value": "no key"}], scopes="one")
+    fine = add_agent(store, "fine")
+    directory = Directory(store)
+    directory.load()
+    resolved = directory.resolve(odd, None)
+    assert isinstance(resolved, Identities)
+    assert (resolved.agent["labels"], resolved.agent["scopes"]) == ({}, [])
+    assert isinstance(directory.resolve(fine, None), Identities)
 
 
 def test_a_follower_that_cannot_reach_the_store_refuses_everyone(

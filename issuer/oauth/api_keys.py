@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from issuer.models import AGENT_EXTENSION
+from issuer.agents import Agent, RiskLevel
 from issuer.oauth.errors import OAuthError
 from issuer.store import NotFound, Store
 
@@ -128,15 +128,14 @@ class ApiKeys:
         self.low_risk_agent(key.agent_id, error="invalid_grant")
         return key
 
-    def low_risk_agent(self, agent_id: str, error: str = "invalid_request") -> dict[str, Any]:
+    def low_risk_agent(self, agent_id: str, error: str = "invalid_request") -> Agent:
         try:
-            agent = self.store.get("Agent", agent_id).data
+            agent = Agent.from_scim(agent_id, self.store.get("Agent", agent_id).data)
         except NotFound:
             raise OAuthError(error, f"agent {agent_id!r} is not in the directory") from None
-        extension = agent.get(AGENT_EXTENSION) or {}
-        if extension.get("status") != "active":
-            raise OAuthError(error, f"agent {agent_id!r} is {extension.get('status')}")
-        if extension.get("riskLevel") != "low":
+        if not agent.active:
+            raise OAuthError(error, f"agent {agent_id!r} is {agent.status}")
+        if agent.risk != RiskLevel.low:
             raise OAuthError(error, "API keys are for low-risk agents only")
         return agent
 

@@ -28,8 +28,8 @@ from cachetools import TTLCache
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
+from issuer.agents import Agent, User
 from issuer.hashing import hash_password, verify_password
-from issuer.models import AGENT_EXTENSION
 from issuer.oauth.clients import RESERVED_PREFIX, Client, ClientRegistry
 from issuer.oauth.consent import Consents
 from issuer.oauth.errors import OAuthError
@@ -152,12 +152,12 @@ class AuthorizationEndpoint:
         actor_name = None
         if actor is not None:
             try:
-                agent = self.store.get("Agent", actor).data
+                agent = Agent.from_scim(actor, self.store.get("Agent", actor).data)
             except NotFound:
                 raise OAuthError("invalid_request", "requested_actor is not an agent") from None
-            if (agent.get(AGENT_EXTENSION) or {}).get("status") != "active":
+            if not agent.active:
                 raise OAuthError("invalid_request", "requested_actor is not an active agent")
-            actor_name = str(agent.get("displayName") or agent.get("name"))
+            actor_name = agent.display_name or agent.name
         return Pending(
             client=client,
             redirect_uri=redirect_uri,
@@ -212,7 +212,7 @@ class AuthorizationEndpoint:
             verify_password(password, _DUMMY_HASH)
             return None
         stored = record.data.get("password")
-        if not isinstance(stored, str) or record.data.get("active") is False:
+        if not isinstance(stored, str) or not User.from_scim(record.id, record.data).active:
             verify_password(password, _DUMMY_HASH)
             return None
         return record.id if verify_password(password, stored) else None

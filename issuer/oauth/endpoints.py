@@ -25,8 +25,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from issuer.agents import Agent
 from issuer.keys import KeyRing
-from issuer.models import AGENT_EXTENSION, REVOKED
+from issuer.models import REVOKED
 from issuer.oauth import inline
 from issuer.oauth.api_keys import API_KEY_TOKEN_TYPE, ApiKeys
 from issuer.oauth.authorize import AuthorizationEndpoint
@@ -230,10 +231,10 @@ class AuthorizationServer:
         agent_id = claims.get("agent_id")
         if isinstance(agent_id, str):
             try:
-                agent = self.store.get("Agent", agent_id).data
+                agent = Agent.from_scim(agent_id, self.store.get("Agent", agent_id).data)
             except NotFound:
                 return None
-            if (agent.get(AGENT_EXTENSION) or {}).get("status") != "active":
+            if not agent.active:
                 return None
         return claims
 

@@ -19,11 +19,12 @@ import hashlib
 import secrets
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from issuer.models import AGENT_EXTENSION, REVOKED
+from issuer.agents import Agent, User
+from issuer.models import REVOKED
 from issuer.oauth.api_keys import ApiKeys
 from issuer.oauth.authorize import AuthorizationEndpoint, check_resources
 from issuer.oauth.clients import TOKEN_EXCHANGE, Client
@@ -54,9 +55,10 @@ ExchangeCheck = Callable[[Exchange], str | None]
 """Answers why an exchange is refused, or None to allow it."""
 
 
-AgentLookup = Callable[[str], dict[str, Any] | None]
-"""An agent's extension attributes (``status``, ``agentType``…) by id from an in-memory
-snapshot, or None when the snapshot does not have it (then the store is read)."""
+AgentLookup = Callable[[str], Agent | Mapping[str, Any] | None]
+"""An agent by id from an in-memory snapshot, or None when the snapshot does not have it
+(then the store is read). The snapshot may give the agent's record or only its extension
+attributes by their SCIM names (``status``, ``agentType``…)."""
 
 
 def refuse_all(exchange: Exchange) -> str | None:
@@ -93,7 +95,7 @@ class Grants:
             client_id=f"{API_KEY_CLIENT_PREFIX}{key.id}",
             audience=resources(form) or [self.minter.issuer],
             scope=narrowed(form.get("scope"), key.scopes),
-            extra=agent_claims(key.agent_id, agent),
+            extra=agent_claims(agent),
             grant="api_key",
         )
         response = _response(issued)
@@ -136,26 +138,28 @@ class Grants:
             client_id=client.client_id,
             audience=resources(form) or [self.minter.issuer],
             scope=narrowed(form.get("scope"), client.scopes),
-            extra={**agent_claims(agent_id, agent), **_confirmation(bound_to)},
+            extra={**agent_claims(agent), **_confirmation(bound_to)},
         )
 
-    def active_agent(self, agent_id: str) -> dict[str, Any]:
-        """The agent's facts for its claims (``agentType``), if it exists and is active;
-        from the directory snapshot when there is one, else from the store."""
-        facts = self.agents(agent_id) if self.agents is not None else None
-        if facts is None:
+    def active_agent(self, agent_id: str) -> Agent:
+        """The agent, for its claims (its type), if it exists and is active; from the
+        directory snapshot when there is one, else from the store."""
+        found = self.agents(agent_id) if self.agents is not None else None
+        if found is None:
             may_block()
             try:
-                data = self.store.get("Agent", agent_id).data
+                agent = Agent.from_scim(agent_id, self.store.get("Agent", agent_id).data)
             except NotFound:
                 raise OAuthError(
                     "unauthorized_client", f"agent {agent_id!r} does not exist"
                 ) from None
-            facts = data.get(AGENT_EXTENSION) or {}
-        status = facts.get("status")
-        if status != "active":
-            raise OAuthError("unauthorized_client", f"agent {agent_id!r} is {status}")
-        return facts
+        elif isinstance(found, Agent):
+            agent = found
+        else:
+            agent = Agent.from_extension(agent_id, found)
+        if not agent.active:
+            raise OAuthError("unauthorized_client", f"agent {agent_id!r} is {agent.status}")
+        return agent
 
     # -- a user, through an application
 
@@ -217,10 +221,10 @@ class Grants:
 
     def _active_user(self, user_id: str) -> None:
         try:
-            user = self.store.get("User", user_id).data
+            user = User.from_scim(user_id, self.store.get("User", user_id).data)
         except NotFound:
             raise OAuthError("invalid_grant", "the user no longer exists") from None
-        if user.get("active") is False:
+        if not user.active:
             raise OAuthError("invalid_grant", "the user is not active")
 
     def _new_refresh(
@@ -390,7 +394,7 @@ class Grants:
             client_id=client.client_id,
             audience=audience,
             scope=scopes,
-            extra={**agent_claims(agent_id, agent), "act": act, **_confirmation(bound_to)},
+            extra={**agent_claims(agent), "act": act, **_confirmation(bound_to)},
             grant="token_exchange",
         )
 
@@ -422,9 +426,9 @@ def revoked(store: Store, claims: dict[str, Any]) -> bool:
     return True
 
 
-def agent_claims(agent_id: str, facts: dict[str, Any]) -> dict[str, Any]:
+def agent_claims(agent: Agent) -> dict[str, Any]:
     """Tessera's agent claims: which agent holds the token, and what kind of agent it is."""
-    return {"agent_id": agent_id, "agent_type": facts.get("agentType")}
+    return {"agent_id": agent.id, "agent_type": agent.type}
 
 
 def narrowed(requested: str | None, allowed: frozenset[str]) -> list[str]:

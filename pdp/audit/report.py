@@ -26,8 +26,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
+from issuer.agents import Agent
 from issuer.keys import every_public_key
-from issuer.models import AGENT_EXTENSION, CONSENT
+from issuer.models import CONSENT
 from issuer.store import Change, Store
 from pdp.audit.chain import TRAILS
 from pdp.audit.checkpoints import CHECKPOINTED, verify_checkpoints
@@ -498,7 +499,7 @@ def _resolve(agent: str, histories: Mapping[str, list[Change]]) -> str:
     named = [
         i
         for i, history in histories.items()
-        if any(str((c.data or {}).get("name", "")).lower() == agent.lower() for c in history)
+        if any(Agent.from_scim(i, c.data or {}).name.lower() == agent.lower() for c in history)
     ]
     if len(named) == 1:
         return named[0]
@@ -524,33 +525,32 @@ def _agent_report(
 ) -> AgentReport:
     known = [c for c in history if period.before_end(c.at)]
     last_data = next((c.data for c in reversed(known) if c.data is not None), {})
-    extension = last_data.get(AGENT_EXTENSION) or {}
+    last = Agent.from_scim(agent_id, last_data)
     statuses = []
     for change in known:
-        ext = (change.data or {}).get(AGENT_EXTENSION) or {}
-        if change.data is None:  # a deletion keeps the attributes it ended with
-            ext = extension
+        # a deletion keeps the attributes the agent ended with
+        then = last if change.data is None else Agent.from_scim(agent_id, change.data)
         statuses.append(
             StatusChange(
                 change.at,
                 change.op,
                 change.actor,
                 change.version,
-                ext.get("status"),
-                ext.get("riskLevel"),
-                ext.get("owner"),
+                then.status,
+                then.risk,
+                then.owner,
             )
         )
     denials = sorted(activity.denials, key=lambda d: d.at, reverse=True)
     return AgentReport(
         id=agent_id,
-        name=str(last_data.get("name", agent_id)),
-        display_name=last_data.get("displayName"),
-        owner=extension.get("owner"),
-        purpose=extension.get("purpose"),
-        risk=extension.get("riskLevel"),
-        type=extension.get("agentType"),
-        status=extension.get("status"),
+        name=last.name or agent_id,
+        display_name=last.display_name,
+        owner=last.owner,
+        purpose=last.purpose,
+        risk=last.risk,
+        type=last.type,
+        status=last.status,
         deleted=known[-1].op == "delete",
         status_history=tuple(statuses),
         credentials=tuple(

@@ -19,7 +19,23 @@ from typing import Any
 
 import httpx
 
-from issuer.models import AGENT_EXTENSION, AGENT_SCHEMA, CONSENT
+from issuer.agents import (
+    AGENT_EXTENSION,
+    AGENT_SCHEMA,
+    AGENT_TYPE,
+    EXTENSION_ATTRIBUTES,
+    OWNER,
+    PURPOSE,
+    RISK_LEVEL,
+    STATUS,
+    Agent,
+    AgentStatus,
+    AgentType,
+    RiskLevel,
+    User,
+    memberships,
+)
+from issuer.models import CONSENT
 from issuer.oauth import clients as oauth_clients
 from issuer.oauth.api_keys import KIND as API_KEY_KIND
 from issuer.oauth.api_keys import PREFIX as API_KEY_PREFIX
@@ -32,23 +48,9 @@ from pep.admin_mcp.errors import AdminError
 
 PATCH_SCHEMA = "urn:ietf:params:scim:api:messages:2.0:PatchOp"
 SCIM_BASE = "http://tessera.invalid"  # in-process only; never resolved
-STATUSES = ("active", "suspended", "retired")
-RISK_LEVELS = ("low", "medium", "high", "critical")
-AGENT_TYPES = ("interactive", "background", "external")
-
-# the agent extension's attributes an administrator may set, by their SCIM names
-EXTENSION_FIELDS = (
-    "owner",
-    "purpose",
-    "riskLevel",
-    "agentType",
-    "status",
-    "model",
-    "description",
-    "callbackUrl",
-    "scopes",
-    "labels",
-)
+STATUSES = tuple(status.value for status in AgentStatus)
+RISK_LEVELS = tuple(level.value for level in RiskLevel)
+AGENT_TYPES = tuple(kind.value for kind in AgentType)
 
 
 @dataclass(frozen=True)
@@ -60,26 +62,26 @@ class Admin:
 
 def agent_summary(record: Record) -> dict[str, Any]:
     """An agent as a listing shows it."""
-    extension = record.data.get(AGENT_EXTENSION) or {}
+    agent = Agent.from_scim(record.id, record.data)
     return {
         "id": record.id,
-        "name": record.data.get("name"),
-        "owner": extension.get("owner"),
-        "purpose": extension.get("purpose"),
-        "riskLevel": extension.get("riskLevel"),
-        "status": extension.get("status"),
-        "agentType": extension.get("agentType"),
+        "name": agent.name,
+        OWNER: agent.owner,
+        PURPOSE: agent.purpose,
+        RISK_LEVEL: agent.risk,
+        STATUS: agent.status,
+        AGENT_TYPE: agent.type,
         "version": record.version,
     }
 
 
 def agent_document(record: Record) -> dict[str, Any]:
     """An agent in full: its SCIM attributes, flattened, with id and version."""
-    extension = record.data.get(AGENT_EXTENSION) or {}
-    document: dict[str, Any] = {"id": record.id, "name": record.data.get("name")}
-    if record.data.get("displayName"):
-        document["displayName"] = record.data["displayName"]
-    document.update(extension)
+    agent = Agent.from_scim(record.id, record.data)
+    document: dict[str, Any] = {"id": record.id, "name": agent.name}
+    if agent.display_name:
+        document["displayName"] = agent.display_name
+    document.update(agent.extension())
     document["version"] = record.version
     document["created"] = record.created.isoformat()
     document["modified"] = record.modified.isoformat()
@@ -120,7 +122,7 @@ class DirectoryAdmin:
     ) -> list[dict[str, Any]]:
         _one_of("status", status, STATUSES)
         _one_of("risk_level", risk_level, RISK_LEVELS)
-        wanted = {"status": status, "owner": owner, "purpose": purpose, "riskLevel": risk_level}
+        wanted = {STATUS: status, OWNER: owner, PURPOSE: purpose, RISK_LEVEL: risk_level}
         return [
             summary
             for summary in map(agent_summary, self.store.list("Agent"))
@@ -153,22 +155,21 @@ class DirectoryAdmin:
         return found
 
     def list_users(self) -> list[dict[str, Any]]:
-        groups: dict[str, list[str]] = {}
-        for group in self.store.list("Group"):
-            for member in group.data.get("members") or ():
-                groups.setdefault(member.get("value", ""), []).append(
-                    str(group.data.get("displayName", ""))
-                )
+        groups = memberships(group.data for group in self.store.list("Group"))
+        users = (
+            User.from_scim(record.id, record.data, groups.get(record.id, ()))
+            for record in self.store.list("User")
+        )
         return [
             {
                 "id": user.id,
-                "userName": user.data.get("userName"),
-                "displayName": user.data.get("displayName"),
-                "active": user.data.get("active", True),
-                "roles": [r.get("value") for r in user.data.get("roles") or ()],
-                "groups": sorted(groups.get(user.id, ())),
+                "userName": user.user_name,
+                "displayName": user.display_name,
+                "active": user.active,
+                "roles": list(user.roles),
+                "groups": list(user.groups),
             }
-            for user in self.store.list("User")
+            for user in users
         ]
 
     def list_consents(
@@ -194,7 +195,9 @@ class DirectoryAdmin:
     async def register_agent(self, admin: Admin, attributes: Mapping[str, Any]) -> dict[str, Any]:
         """A new agent; ``attributes`` holds ``name``, ``displayName`` and the extension's
         attributes by their SCIM names (owner, riskLevel…)."""
-        extension = {k: v for k, v in attributes.items() if k in EXTENSION_FIELDS and v is not None}
+        extension = {
+            k: v for k, v in attributes.items() if k in EXTENSION_ATTRIBUTES and v is not None
+        }
         payload: dict[str, Any] = {
             "schemas": [AGENT_SCHEMA, AGENT_EXTENSION],
             "name": attributes.get("name"),
@@ -216,7 +219,7 @@ class DirectoryAdmin:
                 continue
             if key in ("name", "displayName"):
                 operations.append({"op": "replace", "path": key, "value": value})
-            elif key in EXTENSION_FIELDS:
+            elif key in EXTENSION_ATTRIBUTES:
                 path = f"{AGENT_EXTENSION}:{key}"
                 operations.append({"op": "replace", "path": path, "value": value})
             else:

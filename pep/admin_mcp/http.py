@@ -35,9 +35,9 @@ from mcp.server.auth.settings import AuthSettings
 from mcp.server.transport_security import TransportSecuritySettings
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from issuer.agents import Agent
 from issuer.app import bind
 from issuer.keys import KeyRing, PublicKey
-from issuer.models import AGENT_EXTENSION
 from issuer.oauth.grants import revoked
 from issuer.oauth.tokens import InvalidToken, KeyLookup, TokenVerifier, ring_lookup
 from issuer.store import NotFound, Store
@@ -80,11 +80,12 @@ class AdminTokens:
             return None  # an agent acting alone; a bound token would need its certificate
         if revoked(self.store, claims):
             return None
+        agent_id = str(claims["sub"])
         try:
-            agent = self.store.get("Agent", str(claims["sub"])).data
+            agent = Agent.from_scim(agent_id, self.store.get("Agent", agent_id).data)
         except NotFound:
             return None
-        if (agent.get(AGENT_EXTENSION) or {}).get("status") != "active":
+        if not agent.active:
             return None
         return claims
 

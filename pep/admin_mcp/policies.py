@@ -23,10 +23,11 @@ from typing import Any
 
 from cachetools import LRUCache
 
+from issuer.agents import Agent
 from issuer.store import Change, Store
 from pdp.audit.query import Filters, records
 from pdp.counters import MemoryCounters
-from pdp.directory import Directory, agent_attributes
+from pdp.directory import Directory
 from pdp.engine import Bundle, Engine
 from pdp.explain import render_explanation
 from pdp.interpreter import Interpreter
@@ -362,8 +363,8 @@ class Replay:
         self.directory.load()
         self._histories: dict[str, list[Change]] = {}
 
-    def agent_at(self, agent_id: str, at: datetime | None) -> dict[str, Any] | None:
-        """The agent's attributes as the directory held them at ``at``, or None."""
+    def agent_at(self, agent_id: str, at: datetime | None) -> Agent | None:
+        """The agent as the directory held it at ``at``, or None."""
         if agent_id not in self._histories:
             self._histories[agent_id] = self.store.history("Agent", agent_id)
         state: dict[str, Any] | None = None
@@ -371,7 +372,7 @@ class Replay:
             if at is not None and change.at > at:
                 break
             state = change.data
-        return None if state is None else agent_attributes(agent_id, state)
+        return None if state is None else Agent.from_scim(agent_id, state)
 
     def request(self, record: Mapping[str, Any]) -> dict[str, Any] | str:
         """The request JSON, or why the directory refused it at the time."""
@@ -380,15 +381,15 @@ class Replay:
         agent = self.agent_at(agent_id, at)
         chain = [str(actor) for actor in record.get("delegation") or ()]
         for who, actor in [("agent", agent_id)] + [("delegating agent", a) for a in chain]:
-            attributes = agent if actor == agent_id else self.agent_at(actor, at)
-            if attributes is None:
+            known = agent if actor == agent_id else self.agent_at(actor, at)
+            if known is None:
                 return f"{who} {actor!r} was not in the directory"
-            if attributes.get("status") != "active":
-                return f"{who} {actor!r} was {attributes.get('status')}"
+            if not known.active:
+                return f"{who} {actor!r} was {known.attributes()['status']}"
         assert agent is not None
         context = dict(record.get("context") or {})
         data: dict[str, Any] = {
-            "agent": agent,
+            "agent": agent.attributes(),
             "action": record.get("action"),
             "resource": dict(record.get("resource") or {}),
             "context": context,

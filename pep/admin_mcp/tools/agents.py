@@ -9,6 +9,18 @@ from typing import Annotated, Any
 from mcp.server.mcpserver import Elicit, ElicitationResult, MCPServer, Resolve
 from pydantic import Field
 
+from issuer.agents import (
+    AGENT_TYPE,
+    DESCRIPTION,
+    LABELS,
+    MODEL,
+    OWNER,
+    PURPOSE,
+    RISK_LEVEL,
+    SCOPES,
+    STATUS,
+    AgentStatus,
+)
 from pep.admin_mcp.errors import AdminError, answer_refusals
 from pep.admin_mcp.tools.arguments import AgentRef, AgentType, Label, Risk, labels_of
 from pep.admin_mcp.tools.backend import Backend
@@ -68,14 +80,14 @@ def _register_agent(server: MCPServer[Any], backend: Backend) -> None:
             return refused
         attributes = {
             "name": name,
-            "owner": owner,
-            "riskLevel": risk_level,
-            "purpose": purpose,
-            "agentType": agent_type,
-            "description": description,
-            "model": model,
-            "scopes": scopes,
-            "labels": labels_of(labels),
+            OWNER: owner,
+            RISK_LEVEL: risk_level,
+            PURPOSE: purpose,
+            AGENT_TYPE: agent_type,
+            DESCRIPTION: description,
+            MODEL: model,
+            SCOPES: scopes,
+            LABELS: labels_of(labels),
         }
         agent = await backend.directory.register_agent(backend.admin(), attributes)
         return {"done": True, "agent": agent}
@@ -148,14 +160,14 @@ def _changes(
 ) -> dict[str, Any]:
     """update_agent's arguments by the directory's attribute names (None: left as is)."""
     return {
-        "owner": owner,
-        "purpose": purpose,
-        "agentType": agent_type,
-        "description": description,
-        "model": model,
+        OWNER: owner,
+        PURPOSE: purpose,
+        AGENT_TYPE: agent_type,
+        DESCRIPTION: description,
+        MODEL: model,
         "displayName": display_name,
-        "scopes": scopes,
-        "labels": labels_of(labels),
+        SCOPES: scopes,
+        LABELS: labels_of(labels),
     }
 
 
@@ -191,7 +203,7 @@ def _suspend_agent(server: MCPServer[Any], backend: Backend) -> None:
         agent: AgentRef,
         confirmation: Annotated[ElicitationResult[Confirm], Resolve(ask_suspend)],
     ) -> dict[str, Any]:
-        return await _set(backend, agent, confirmation, {"status": "suspended"})
+        return await _set(backend, agent, confirmation, {STATUS: AgentStatus.suspended.value})
 
 
 def _reactivate_agent(server: MCPServer[Any], backend: Backend) -> None:
@@ -209,7 +221,7 @@ def _reactivate_agent(server: MCPServer[Any], backend: Backend) -> None:
         agent: AgentRef,
         confirmation: Annotated[ElicitationResult[Confirm], Resolve(ask_reactivate)],
     ) -> dict[str, Any]:
-        return await _set(backend, agent, confirmation, {"status": "active"})
+        return await _set(backend, agent, confirmation, {STATUS: AgentStatus.active.value})
 
 
 def _retire_agent(server: MCPServer[Any], backend: Backend) -> None:
@@ -232,7 +244,7 @@ def _retire_agent(server: MCPServer[Any], backend: Backend) -> None:
         agent: AgentRef,
         confirmation: Annotated[ElicitationResult[Confirm], Resolve(ask_retire)],
     ) -> dict[str, Any]:
-        return await _set(backend, agent, confirmation, {"status": "retired"})
+        return await _set(backend, agent, confirmation, {STATUS: AgentStatus.retired.value})
 
 
 def _set_risk_level(server: MCPServer[Any], backend: Backend) -> None:
@@ -254,4 +266,4 @@ def _set_risk_level(server: MCPServer[Any], backend: Backend) -> None:
         risk_level: Annotated[Risk, Field(description="the new risk level")],
         confirmation: Annotated[ElicitationResult[Confirm], Resolve(ask_risk)],
     ) -> dict[str, Any]:
-        return await _set(backend, agent, confirmation, {"riskLevel": risk_level})
+        return await _set(backend, agent, confirmation, {RISK_LEVEL: risk_level})
