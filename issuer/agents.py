@@ -139,11 +139,6 @@ class Agent:
             labels=_labels(extension.get(LABELS)),
         )
 
-    @classmethod
-    def from_extension(cls, id: str, extension: Mapping[str, Any]) -> Agent:
-        """The agent as far as its extension attributes alone (by SCIM name) describe it."""
-        return cls.from_scim(id, {AGENT_EXTENSION: extension})
-
     @property
     def active(self) -> bool:
         """Whether the agent may be allowed anything (suspended, retired: no)."""

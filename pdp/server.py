@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import gc
 import signal
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -154,19 +154,6 @@ def _listen(
     return int(bound)
 
 
-def agent_facts(directory: Directory | None) -> Callable[[str], dict[str, Any] | None]:
-    """The issuer's view of an agent's status and type, from the PDP's directory snapshot
-    (no database read when a token is issued)."""
-
-    def lookup(agent_id: str) -> dict[str, Any] | None:
-        agent = directory.agent(agent_id) if directory is not None else None
-        if agent is None:
-            return None
-        return {"status": agent["status"], "agentType": agent["type"]}
-
-    return lookup
-
-
 def token_trail(audit: AuditWriter | None) -> IssuedHook | None:
     """Put every token the issuer mints on the agent trail (a full queue waits)."""
     if audit is None:
@@ -278,7 +265,7 @@ async def _serve_issuer(
         client_cert_proxies=frozenset(
             p.strip() for p in config.client_cert_proxies.split(",") if p.strip()
         ),
-        agents=agent_facts(planes.directory),
+        agents=planes.directory.agent_record if planes.directory is not None else None,
         on_issue=token_trail(planes.audit),
     )
     tls = (config.tls_cert, config.tls_key) if config.tls_cert else None

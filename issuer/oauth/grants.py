@@ -19,7 +19,7 @@ import hashlib
 import secrets
 import time
 import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -55,7 +55,7 @@ ExchangeCheck = Callable[[Exchange], str | None]
 """Answers why an exchange is refused, or None to allow it."""
 
 
-AgentLookup = Callable[[str], Agent | Mapping[str, Any] | None]
+AgentLookup = Callable[[str], Agent | None]
 """An agent by id from an in-memory snapshot, or None when the snapshot does not have it
 (then the store is read). The snapshot may give the agent's record or only its extension
 attributes by their SCIM names (``status``, ``agentType``…)."""
@@ -153,10 +153,8 @@ class Grants:
                 raise OAuthError(
                     "unauthorized_client", f"agent {agent_id!r} does not exist"
                 ) from None
-        elif isinstance(found, Agent):
-            agent = found
         else:
-            agent = Agent.from_extension(agent_id, found)
+            agent = found
         if not agent.active:
             raise OAuthError("unauthorized_client", f"agent {agent_id!r} is {agent.status}")
         return agent

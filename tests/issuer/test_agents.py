@@ -133,7 +133,7 @@ def test_empty_lists_stay_apart_from_missing_ones() -> None:
 
 
 def test_an_agent_from_its_extension_alone() -> None:
-    agent = Agent.from_extension("a1", {"status": "suspended", "agentType": "interactive"})
+    agent = extension("a1", status="suspended", agentType="interactive")
     assert (agent.id, agent.status, agent.type, agent.active) == (
         "a1",
         "suspended",
@@ -144,7 +144,7 @@ def test_an_agent_from_its_extension_alone() -> None:
 
 @pytest.mark.parametrize("status", ["suspended", "retired", "unknown", "ACTIVE"])
 def test_only_the_status_active_is_active(status: str) -> None:
-    assert not Agent.from_extension("a1", {"status": status}).active
+    assert not extension("a1", status=status).active
 
 
 def test_a_user_holds_its_names_emails_roles_and_groups() -> None:
@@ -234,12 +234,16 @@ def test_the_types_and_statuses_are_the_documented_ones() -> None:
     assert [s.value for s in AgentStatus] == ["active", "suspended", "retired"]
 
 
-def test_the_token_endpoint_takes_the_agent_from_a_snapshot_in_either_form(store: Store) -> None:
+def extension(id: str, **attributes: str) -> Agent:
+    return Agent.from_scim(id, {AGENT_EXTENSION: attributes})
+
+
+def test_the_token_endpoint_takes_the_agent_from_a_snapshot(store: Store) -> None:
     stored = store.create("Agent", FULL, unique={}, actor="admin").id
-    snapshot: dict[str, Agent | dict[str, Any]] = {
-        "record": Agent.from_extension("record", {"status": "active", "agentType": "external"}),
-        "extension": {"status": "active", "agentType": "interactive"},
-        "suspended": {"status": "suspended"},
+    snapshot = {
+        "record": extension("record", status="active", agentType="external"),
+        "extension": extension("extension", status="active", agentType="interactive"),
+        "suspended": extension("suspended", status="suspended"),
     }
     grants = Grants(store, None, None, None, agents=snapshot.get)  # type: ignore[arg-type]
     assert agent_claims(grants.active_agent("record")) == {
