@@ -91,6 +91,22 @@ class InvalidToken(Exception):
     """A token that must not be accepted; the message says why (for logs, not clients)."""
 
 
+class MalformedToken(InvalidToken):
+    """Not a compact JWS with a JSON header and payload and numeric times."""
+
+
+class UnknownKey(InvalidToken):
+    """Signed, or said to be, by a key the lookup does not know (perhaps not fetched yet)."""
+
+
+class ExpiredToken(InvalidToken):
+    """Past its ``exp``, leeway included."""
+
+
+class WrongAudience(InvalidToken):
+    """Its ``aud`` names none of the audiences the verifier accepts (RFC 8707)."""
+
+
 KeyLookup = Callable[[str], tuple[str, PublicKey] | None]
 """Maps a ``kid`` to (algorithm, public key), or None for an unknown key."""
 
@@ -98,7 +114,10 @@ KeyLookup = Callable[[str], tuple[str, PublicKey] | None]
 class TokenVerifier:
     """Checks an RFC 9068 access token: the signature, by a known key with that key's own
     algorithm (the header's ``alg`` must name it; never ``none``, never HMAC), ``typ``,
-    ``iss``, ``aud`` (when an audience is given), ``exp``, ``nbf`` and ``iat``.
+    ``iss``, ``aud`` (when an audience, or several, is given: one must be in the token's),
+    ``exp``, ``nbf`` and ``iat``. Each refusal is an :class:`InvalidToken`, of a subclass
+    where a resource server answers it differently (malformed, unknown key, expired,
+    another audience).
 
     It is on the hot path of every resource server, so it verifies the JWS (RFC 7515
     §5.2) directly with ``cryptography`` and remembers each distinct protected header
@@ -109,12 +128,18 @@ class TokenVerifier:
         self,
         keys: KeyLookup,
         issuer: str,
-        audience: str | None = None,
+        audience: str | Sequence[str] | None = None,
         leeway: float = 30.0,
     ) -> None:
         self.keys = keys
         self.issuer = issuer
         self.audience = audience
+        self.audiences = (audience,) if isinstance(audience, str) else tuple(audience or ())
+        self.audiences_named = (  # for messages: the one audience, or the several
+            repr(audience)
+            if isinstance(audience, str)
+            else "any of " + ", ".join(repr(a) for a in self.audiences)
+        )
         self.leeway = leeway
         # protected header (base64url) -> (kid, alg, key), checked against the
         # lookup on every use, so a key that stops being published stops verifying
@@ -124,13 +149,13 @@ class TokenVerifier:
         """The token's claims, or :class:`InvalidToken`."""
         parts = token.split(".")
         if len(parts) != 3:
-            raise InvalidToken("not a compact JWS (three dot-separated parts)")
+            raise MalformedToken("not a compact JWS (three dot-separated parts)")
         header_b64, payload_b64, signature_b64 = parts
         alg, key = self._header(header_b64)
         try:
             signature = jws.b64decode(signature_b64)
         except ValueError:
-            raise InvalidToken("the signature is not base64url") from None
+            raise MalformedToken("the signature is not base64url") from None
         try:
             jws.verify_signature(alg, key, f"{header_b64}.{payload_b64}".encode(), signature)
         except jws.BadSignature as exc:
@@ -138,9 +163,9 @@ class TokenVerifier:
         try:
             claims = json.loads(jws.b64decode(payload_b64))
         except ValueError:
-            raise InvalidToken("the payload is not base64url JSON") from None
+            raise MalformedToken("the payload is not base64url JSON") from None
         if not isinstance(claims, dict):
-            raise InvalidToken("the payload is not a JSON object")
+            raise MalformedToken("the payload is not a JSON object")
         self._check_claims(claims)
         return claims
 
@@ -155,9 +180,9 @@ class TokenVerifier:
         try:
             header = json.loads(jws.b64decode(header_b64))
         except ValueError:
-            raise InvalidToken("the header is not base64url JSON") from None
+            raise MalformedToken("the header is not base64url JSON") from None
         if not isinstance(header, dict):
-            raise InvalidToken("the header is not a JSON object")
+            raise MalformedToken("the header is not a JSON object")
         typ = str(header.get("typ", "")).lower()
         if typ not in (TOKEN_TYPE, "application/at+jwt"):
             raise InvalidToken(f"typ {header.get('typ')!r} is not at+jwt")
@@ -166,7 +191,7 @@ class TokenVerifier:
         kid = header.get("kid")
         found = self.keys(kid) if isinstance(kid, str) else None
         if found is None or not isinstance(kid, str):
-            raise InvalidToken(f"unknown kid {kid!r}")
+            raise UnknownKey(f"unknown kid {kid!r}")
         alg, key = found
         if header.get("alg") != alg:  # no algorithm confusion: the key decides
             raise InvalidToken(f"alg {header.get('alg')!r} does not match the key's {alg}")
@@ -183,16 +208,16 @@ class TokenVerifier:
         now = time.time()
         exp, iat, nbf = claims["exp"], claims["iat"], claims.get("nbf", claims["iat"])
         if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in (exp, iat, nbf)):
-            raise InvalidToken("exp, iat and nbf must be numbers")
+            raise MalformedToken("exp, iat and nbf must be numbers")
         if exp <= now - self.leeway:
-            raise InvalidToken("the token has expired")
+            raise ExpiredToken("the token has expired")
         if nbf > now + self.leeway or iat > now + self.leeway:
             raise InvalidToken("the token is not valid yet")
         if self.audience is not None:
             aud = claims.get("aud")
             audiences = aud if isinstance(aud, list) else [aud]
-            if self.audience not in audiences:
-                raise InvalidToken(f"aud {aud!r} does not include {self.audience!r}")
+            if not any(accepted in audiences for accepted in self.audiences):
+                raise WrongAudience(f"aud {aud!r} does not include {self.audiences_named}")
 
 
 def ring_lookup(ring: KeyRing) -> KeyLookup:

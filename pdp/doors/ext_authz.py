@@ -4,10 +4,11 @@ A gateway that runs Envoy's ``ext_authz`` HTTP filter asks the decision service,
 gRPC port, about every request it forwards. The answer is Tessera's ordinary decision:
 
 - **who**: the bearer token (an RFC 9068 access token from Tessera's issuer, verified
-  with the issuer's keys) gives the agent (``agent_id``) and, for a token obtained by
-  token exchange (RFC 8693 §4.1, an ``act`` claim), the user it acts for (``sub``) and
-  the chain of actors. A token bound to a certificate (RFC 8705 ``cnf``) is accepted only
-  with that certificate, which Envoy passes as the source peer's ``certificate``;
+  with the issuer's keys by :class:`issuer.verify.Verifier`) gives the agent
+  (``agent_id``) and, for a token obtained by token exchange (RFC 8693 §4.1, an ``act``
+  claim), the user it acts for (``sub``) and the chain of actors. A token bound to a
+  certificate (RFC 8705 ``cnf``) is accepted only with that certificate, which Envoy
+  passes as the source peer's ``certificate``;
 - **what**: the HTTP method and path, mapped to an action and a resource by route
   templates from the configuration (:func:`parse_routes`); a path no template matches is
   action ``http.<METHOD>`` on the resource ``http:<path>``;
@@ -25,20 +26,17 @@ acceptable.
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import ipaddress
 import json
 import logging
 import re
-import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any
 from urllib.parse import unquote
 
 import grpc
-from cachetools import LRUCache
 from cryptography import x509
 from envoy.config.core.v3 import base_pb2 as core
 from envoy.service.auth.v3 import external_auth_pb2 as auth
@@ -47,10 +45,10 @@ from envoy.type.v3 import http_status_pb2 as http_status
 from google.rpc import code_pb2, status_pb2
 
 from issuer.keys import KeyRing
-from issuer.oauth.grants import revoked
-from issuer.oauth.mtls import CONFIRMATION, confirmation
-from issuer.oauth.tokens import InvalidToken, TokenVerifier, ring_lookup
+from issuer.oauth.mtls import confirmation
+from issuer.oauth.tokens import ring_lookup
 from issuer.store import Store
+from issuer.verify import Caller, Memory, Reason, Refusal, Verifier, revocations
 from pdp.decide import DecisionPoint
 from pdp.doors.grpc import Calls
 from pdp.errors import PdpError
@@ -72,7 +70,7 @@ FALLBACK_ACTION = "http.{method}"
 TOKEN_CACHE_SIZE = 10_000
 QUESTION_MEMO_SIZE = 65_536
 TEMPLATES_SIZE = 4_096
-REVOCATION_RECHECK = 1.0  # seconds a verified token goes before its revocation is read again
+REVOCATION_RECHECK = 1.0  # seconds a remembered token goes before its revocation is read again
 
 _PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _SEGMENT = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)(\.\.\.)?\}")
@@ -213,93 +211,11 @@ def route(routes: Iterable[Route], method: str, path: str) -> tuple[str, str, st
 
 
 @dataclass(frozen=True)
-class Caller:
-    """Who a token says is calling: the agent, the user it acts for, the actor chain."""
-
-    agent: str
-    user: str | None
-    chain: tuple[str, ...]
-
-
-def caller(claims: dict[str, Any]) -> Caller:
-    """The agent (``agent_id``) and, with ``act`` (RFC 8693 §4.1), the user (``sub``) and
-    the actors, outermost first; :class:`InvalidToken` for a token that names no agent."""
-    agent = claims.get("agent_id")
-    if not isinstance(agent, str) or not agent:
-        raise InvalidToken("the token names no agent (no agent_id claim)")
-    act = claims.get("act")
-    if act is None:
-        if claims.get("sub") != agent:
-            raise InvalidToken("sub and agent_id differ in a token without act")
-        return Caller(agent, None, ())
-    chain = []
-    while isinstance(act, dict) and isinstance(act.get("sub"), str):
-        chain.append(act["sub"])
-        act = act.get("act")
-    if act is not None or not chain or chain[0] != agent:
-        raise InvalidToken("the act claim does not name the agent as the current actor")
-    return Caller(agent, str(claims["sub"]), tuple(chain))
-
-
-class Verified(NamedTuple):
-    """A token accepted: its claims, who it says is calling, when it expires, and when its
-    revocation was last read."""
-
-    claims: dict[str, Any]
-    caller: Caller
-    exp: float
-    checked: float
-
-
-class BearerTokens:
-    """Access tokens verified once and then remembered until they expire, so a gateway's
-    steady traffic costs a dictionary lookup, not a signature check, per request.
-
-    A remembered token is still refused from its ``exp`` on, and ``revoked`` (RFC 7009:
-    read from the store, off the event loop) is asked again when the token was last
-    checked more than :data:`REVOCATION_RECHECK` seconds ago.
-    """
-
-    def __init__(
-        self,
-        verifier: TokenVerifier,
-        revoked: Callable[[dict[str, Any]], bool] | None = None,
-        size: int = TOKEN_CACHE_SIZE,
-        recheck: float = REVOCATION_RECHECK,
-        clock: Callable[[], float] = time.time,
-    ) -> None:
-        self.verifier = verifier
-        self.revoked = revoked
-        self.recheck = recheck
-        self.clock = clock
-        self._known: LRUCache[str, Verified] = LRUCache(size)
-
-    async def verify(self, token: str) -> Verified:
-        """A valid, unexpired, unrevoked token that names an agent, or
-        :class:`InvalidToken`."""
-        now = self.clock()
-        known = self._known.get(token)
-        if known is None:
-            claims = self.verifier.verify(token)
-            known = Verified(claims, caller(claims), float(claims["exp"]), 0.0)
-        elif now >= known.exp:
-            self._known.pop(token, None)
-            raise InvalidToken("the token has expired")
-        if now - known.checked >= self.recheck:
-            if self.revoked is not None and await asyncio.to_thread(self.revoked, known.claims):
-                self._known.pop(token, None)
-                raise InvalidToken("the token was revoked")
-            known = known._replace(checked=now)
-            self._known[token] = known
-        return known
-
-
-@dataclass(frozen=True)
 class Gateway:
     """How Check answers: the tokens it accepts, its route templates, and the request
     headers removed before the request goes upstream (lower case)."""
 
-    tokens: BearerTokens
+    tokens: Verifier
     routes: tuple[Route, ...] = (FALLBACK,)
     strip: tuple[str, ...] = ("authorization",)
 
@@ -353,18 +269,29 @@ def _bearer(http: Any) -> str | None:
     return token.strip() or None if scheme.lower() == "bearer" else None
 
 
-def _bound_to_presented(claims: dict[str, Any], source: Any) -> bool:
-    """RFC 8705 §3: a token bound to a certificate only with that certificate."""
-    bound = (claims.get("cnf") or {}).get(CONFIRMATION)
-    if bound is None:
-        return True
-    if not source.certificate:
-        return False
+def token_refused(refusal: Refusal) -> auth.CheckResponse:
+    """The 401 a refused token gets (RFC 6750 §3): a bare challenge without one; why a
+    token was refused is logged, not told (a certificate binding aside)."""
+    if refusal.reason is Reason.MISSING:
+        return unauthorized("a bearer token is required", invalid=False)
+    log.info("ext_authz: token refused: %s", refusal.message)
+    if refusal.reason in (Reason.UNBOUND, Reason.CERT_MISMATCH):
+        return unauthorized("the access token is bound to another certificate")
+    return unauthorized("the access token is not valid")
+
+
+def _presented(source: Any) -> str | None:
+    """The thumbprint of the client certificate Envoy passes (URL-encoded PEM), if any."""
+    return _thumbprint(source.certificate) if source.certificate else None
+
+
+@functools.lru_cache(maxsize=1024)  # a gateway sees the same clients again and again
+def _thumbprint(certificate: str) -> str | None:
+    """RFC 8705 §3.1: the certificate's ``x5t#S256``; None when it cannot be read."""
     try:
-        certificate = x509.load_pem_x509_certificate(unquote(source.certificate).encode())
+        return confirmation(x509.load_pem_x509_certificate(unquote(certificate).encode()))
     except ValueError:
-        return False
-    return bool(confirmation(certificate) == bound)
+        return None
 
 
 def _client_ip(source: Any) -> str | None:
@@ -430,22 +357,15 @@ class ExtAuthzService(auth_grpc.AuthorizationServicer):  # type: ignore[misc]
     ) -> auth.CheckResponse:
         attributes = request.attributes
         http = attributes.request.http
-        token = _bearer(http)
-        if token is None:
-            return unauthorized("a bearer token is required", invalid=False)
-        try:
-            claims, who, _, _ = await self.gateway.tokens.verify(token)
-        except InvalidToken as exc:
-            log.info("ext_authz: token refused: %s", exc)
-            return unauthorized("the access token is not valid")
-        if not _bound_to_presented(claims, attributes.source):
-            return unauthorized("the access token is bound to another certificate")
+        who = await self.gateway.tokens.verify(_bearer(http), _presented(attributes.source))
+        if isinstance(who, Refusal):
+            return token_refused(who)
         why = ambiguous(http.path)
         if why is not None:
             bad = {"error": "invalid_request", "error_description": why}
             return _denied(400, code_pb2.INVALID_ARGUMENT, bad, ())
         try:
-            key, asked = self._question(who, http.method, http.path, attributes.source, claims)
+            key, asked = self._question(who, http.method, http.path, attributes.source)
             decision, decision_id, _ = await self.point.decide(asked, context.peer, key=key)
         except RequestError as exc:  # the routes make requests the schema refuses
             log.warning("ext_authz: %s %s cannot be decided: %s", http.method, http.path, exc)
@@ -463,7 +383,7 @@ class ExtAuthzService(auth_grpc.AuthorizationServicer):  # type: ignore[misc]
         return self._allowed(decision_id, who)
 
     def _question(
-        self, who: Caller, method: str, path: str, source: Any, claims: dict[str, Any]
+        self, who: Caller, method: str, path: str, source: Any
     ) -> tuple[tuple[Any, ...], Request]:
         """The request to decide (and its cache key), remembered for recent (caller,
         method, path, client) while the schema stays: nothing downstream changes a
@@ -472,7 +392,7 @@ class ExtAuthzService(auth_grpc.AuthorizationServicer):  # type: ignore[misc]
         if schema is not self._schema:
             self._questions.clear()
             self._schema = schema
-        acr = claims.get("acr")
+        acr = who.claims.get("acr")
         key = (CHECK, who, method, path, source.address.socket_address.address, acr)
         asked = self._questions.get(key)
         if asked is None:
@@ -524,11 +444,22 @@ def gateway_for(
 ) -> Gateway:
     """Check's settings for ``tessera serve``: tokens of ``issuer`` signed by ``keys``,
     for ``audience`` (default: the issuer itself), revocations read from ``store``, the
-    route templates and the comma-separated headers to strip (see :mod:`pdp.serve.config`)."""
+    route templates and the comma-separated headers to strip (see :mod:`pdp.serve.config`).
+
+    A verified token is remembered (at most :data:`TOKEN_CACHE_SIZE` of them) until it
+    expires, and its revocation read again when it was last read more than
+    :data:`REVOCATION_RECHECK` seconds ago; the directory, not the token, says whether
+    its agent is suspended (a decision, answered 403)."""
     issuer = issuer.rstrip("/")
-    verifier = TokenVerifier(ring_lookup(keys), issuer, audience or issuer)
+    tokens = Verifier(
+        ring_lookup(keys),
+        issuer,
+        audience or issuer,
+        revoked=revocations(store),
+        memory=Memory(TOKEN_CACHE_SIZE, recheck=REVOCATION_RECHECK),
+    )
     return Gateway(
-        BearerTokens(verifier, lambda claims: revoked(store, claims)),
+        tokens,
         parse_routes(routes),
         tuple(name.strip().lower() for name in strip.split(",") if name.strip()),
     )

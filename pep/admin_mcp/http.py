@@ -2,8 +2,9 @@
 own issuer.
 
 Every request needs ``Authorization: Bearer <access token>`` (RFC 6750 §2.1): a JWT
-access token from Tessera's issuer (RFC 9068, verified offline with the issuer's signing
-keys from the store) whose audience is this server's resource URI (RFC 8707), with the
+access token from Tessera's issuer (RFC 9068, verified offline by
+:class:`issuer.verify.Verifier` with the issuer's signing keys from the store, or with
+those it publishes) whose audience is this server's resource URI (RFC 8707), with the
 ``tessera:admin`` scope, issued to an administrating agent acting alone (no ``act``, not
 certificate-bound), not revoked, and whose agent is still active. The token's subject is
 the administrator every change is recorded for.
@@ -19,11 +20,11 @@ the scope it needs.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
-import threading
 import time
-from typing import Any, TextIO
+from typing import TextIO
 from urllib.parse import urlsplit
 
 import httpx
@@ -35,12 +36,11 @@ from mcp.server.auth.settings import AuthSettings
 from mcp.server.transport_security import TransportSecuritySettings
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from issuer.agents import Agent
 from issuer.app import bind
 from issuer.keys import KeyRing, PublicKey
-from issuer.oauth.grants import revoked
-from issuer.oauth.tokens import InvalidToken, KeyLookup, TokenVerifier, ring_lookup
-from issuer.store import NotFound, Store
+from issuer.oauth.tokens import KeyLookup, ring_lookup
+from issuer.store import Store
+from issuer.verify import KeyRefresh, Refusal, Verifier, agent_statuses, revocations
 from pep.admin_mcp.server import ADMIN_SCOPE, Settings, build_server
 
 MCP_PATH = "/mcp"
@@ -49,17 +49,38 @@ log = logging.getLogger("tessera.admin_mcp")
 
 
 class AdminTokens:
-    """The SDK's token verifier over Tessera's issuer (``verify_token``)."""
+    """The SDK's token verifier (``verify_token``) over Tessera's issuer: an agent acting
+    alone, its token not revoked, the agent active (:class:`issuer.verify.Verifier`).
 
-    def __init__(self, store: Store, issuer: str, resource: str, keys: KeyLookup) -> None:
-        self.store = store
+    A refused token is None here, which the SDK answers 401 ``invalid_token``; it checks
+    the scope itself (403 ``insufficient_scope``) and :class:`Challenges` finishes the
+    challenges."""
+
+    def __init__(
+        self,
+        store: Store,
+        issuer: str,
+        resource: str,
+        keys: KeyLookup,
+        refresh_keys: KeyRefresh | None = None,
+    ) -> None:
         self.resource = resource
-        self.verifier = TokenVerifier(keys, issuer.rstrip("/"), audience=resource)
+        self.verifier = Verifier(
+            keys,
+            issuer.rstrip("/"),
+            resource,
+            refresh_keys=refresh_keys,
+            revoked=revocations(store),
+            agent_status=agent_statuses(store),
+            alone=True,  # a bound token would need its certificate, which is not seen here
+        )
 
     async def verify_token(self, token: str) -> AccessToken | None:
-        claims = await to_thread.run_sync(self.claims, token)
-        if claims is None:
+        found = await self.verifier.verify(token)
+        if isinstance(found, Refusal):
+            log.info("admin MCP: token refused: %s", found.message)
             return None
+        claims = found.claims
         return AccessToken(
             token=token,
             client_id=str(claims["client_id"]),
@@ -67,27 +88,8 @@ class AdminTokens:
             expires_at=int(claims["exp"]),
             resource=self.resource,
             subject=str(claims["sub"]),
-            claims=claims,
+            claims=dict(claims),
         )
-
-    def claims(self, token: str) -> dict[str, Any] | None:
-        """The claims of a token an administrator may use here, or None."""
-        try:
-            claims = self.verifier.verify(token)
-        except InvalidToken:
-            return None
-        if claims.get("agent_id") != claims.get("sub") or "act" in claims or "cnf" in claims:
-            return None  # an agent acting alone; a bound token would need its certificate
-        if revoked(self.store, claims):
-            return None
-        agent_id = str(claims["sub"])
-        try:
-            agent = Agent.from_scim(agent_id, self.store.get("Agent", agent_id).data)
-        except NotFound:
-            return None
-        if not agent.active:
-            return None
-        return claims
 
 
 _METADATA = re.compile(r'resource_metadata="([^"]*)"')
@@ -137,7 +139,7 @@ class Challenges:
 class PublishedKeys:
     """A key lookup over the issuer's published JWK Set (its ``/oauth/jwks``), for a server
     that should not read the signing keys from the store. An unknown kid fetches the set
-    again, at most once per :data:`REFETCH` seconds."""
+    again (:meth:`refresh`), at most once per :data:`REFETCH` seconds."""
 
     REFETCH = 5.0
 
@@ -145,17 +147,18 @@ class PublishedKeys:
         self.url = url
         self._keys: dict[str, tuple[str, PublicKey]] = {}
         self._fetched = -self.REFETCH
-        self._lock = threading.Lock()
+        self._lock = asyncio.Lock()
 
     def __call__(self, kid: str) -> tuple[str, PublicKey] | None:
-        found = self._keys.get(kid)
-        if found is None and time.monotonic() - self._fetched >= self.REFETCH:
-            with self._lock:
-                if time.monotonic() - self._fetched >= self.REFETCH:
-                    self._fetched = time.monotonic()
-                    self._keys = self._fetch()
-            found = self._keys.get(kid)
-        return found
+        return self._keys.get(kid)
+
+    async def refresh(self) -> None:
+        """Fetch the set again (off the event loop), unless that was done lately."""
+        async with self._lock:
+            if time.monotonic() - self._fetched < self.REFETCH:
+                return
+            self._fetched = time.monotonic()
+            self._keys = await to_thread.run_sync(self._fetch)
 
     def _fetch(self) -> dict[str, tuple[str, PublicKey]]:
         try:
@@ -183,8 +186,11 @@ def http_app(
 ) -> ASGIApp:
     """The Streamable HTTP application at :data:`MCP_PATH`, behind the issuer's tokens,
     verified with the signing keys in the store, or with those published at ``jwks``."""
-    keys = PublishedKeys(jwks) if jwks else ring_lookup(KeyRing(settings.store))
-    tokens = AdminTokens(settings.store, issuer, resource, keys)
+    if jwks:
+        published = PublishedKeys(jwks)
+        tokens = AdminTokens(settings.store, issuer, resource, published, published.refresh)
+    else:
+        tokens = AdminTokens(settings.store, issuer, resource, ring_lookup(KeyRing(settings.store)))
     auth = AuthSettings(
         issuer_url=issuer,  # type: ignore[arg-type]
         resource_server_url=resource,  # type: ignore[arg-type]

@@ -2,34 +2,41 @@
 specification.
 
 Tokens come only from the ``Authorization: Bearer`` header (OAuth 2.1 §5.2; never the
-query string). A JWT (RFC 9068) is checked for its signature by a key of the issuer's JWKS
-with an allowed algorithm, ``typ``, ``iss``, ``aud`` (the upstream's canonical resource
-URI, RFC 8707), ``exp``, ``nbf`` and ``iat`` (:class:`issuer.oauth.tokens.TokenVerifier`).
-The JWKS is fetched once, kept, and fetched again when a token names a ``kid`` it does
-not hold (at most once a second). Anything else is an opaque token, asked about at the
-issuer's introspection endpoint (RFC 7662), or, where configured, a Tessera API key
-traded for an access token for this resource.
+query string) and are checked by :class:`issuer.verify.Verifier`, one per upstream. A JWT
+(RFC 9068) is checked for its signature by a key of the issuer's JWKS with an allowed
+algorithm, ``typ``, ``iss``, ``aud`` (the upstream's canonical resource URI, RFC 8707),
+``exp``, ``nbf`` and ``iat``, with 5 s of leeway. The JWKS is fetched once, kept, and
+fetched again when a token names a ``kid`` it does not hold (at most once a second).
+Anything else is an opaque token, asked about at the issuer's introspection endpoint
+(RFC 7662), or, where configured, a Tessera API key traded for an access token for this
+resource.
 
 The caller is then the agent and the user it acts for: ``act`` (RFC 8693 delegation)
 names the agent acting for ``sub``; a token whose ``agent_id`` is its ``sub`` is an agent
-acting alone; a user's token with ``may_act`` acts through the agent it names.
+acting alone; a user's own token (``may_act``) must be exchanged by its agent first. The
+proxy sees no client certificate, so a certificate-bound token (RFC 8705) is refused.
+
+Revocation: with the store's revocations at hand (local decisions), a revoked JWT is
+refused at once, remembered or not; else, with a client to introspect as, the issuer is
+asked each time a JWT is verified (once per ``keep`` seconds, the time a verified JWT is
+remembered), and a token it cannot ask about is refused.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import math
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import httpx
 import jwt
-from cachetools import TTLCache
 
 from issuer.keys import PublicKey
-from issuer.oauth.tokens import InvalidToken, TokenVerifier
+from issuer.verify import Caller as Caller
+from issuer.verify import Memory, Reason, Refusal, Revocation, Verifier
 
 API_KEY_PREFIX = "tsk_"
 API_KEY_TYPE = "urn:tessera:params:oauth:token-type:api-key"
@@ -46,46 +53,10 @@ class Unauthorized(Exception):
         self.description = description
 
 
-@dataclass(frozen=True)
-class Caller:
-    """Who calls, from a verified token."""
-
-    agent: str
-    user: str | None
-    chain: tuple[str, ...]
-    scopes: frozenset[str]
-    client_id: str
-    subject: str
-    expires: float
-    jti: str = ""
-
-    @property
-    def key(self) -> str:
-        """The principal a session belongs to."""
-        return f"{self.agent}|{self.user or ''}"
-
-
-def caller_from_claims(claims: Mapping[str, Any]) -> Caller:
-    """The agent and user a token's claims name, or :class:`Unauthorized`."""
-    if "cnf" in claims:  # RFC 8705 §3: only with its certificate, which no proxy sees
-        raise Unauthorized("a certificate-bound token is not accepted here")
-    subject = str(claims.get("sub", ""))
-    scopes = frozenset(str(claims.get("scope", "")).split())
-    client_id = str(claims.get("client_id", ""))
-    expires = float(claims.get("exp", 0))
-    jti = str(claims.get("jti", ""))
-    act = claims.get("act")
-    if isinstance(act, dict):
-        chain = []
-        while isinstance(act, dict) and isinstance(act.get("sub"), str):
-            chain.append(act["sub"])
-            act = act.get("act")
-        return Caller(chain[0], subject, tuple(chain), scopes, client_id, subject, expires, jti)
-    if claims.get("agent_id") == subject and subject:
-        return Caller(subject, None, (), scopes, client_id, subject, expires, jti)
-    if "may_act" in claims:  # its holder may be any client the user signed in to
-        raise Unauthorized("a user's token must be exchanged by its agent first (RFC 8693)")
-    raise Unauthorized("the token names no agent (no act and no agent_id)")
+def unauthorized(refusal: Refusal) -> Unauthorized:
+    """What the proxy answers a refused token: a bare challenge without one, else
+    ``invalid_token`` saying why (RFC 6750 §3.1)."""
+    return Unauthorized(None if refusal.reason is Reason.MISSING else refusal.message)
 
 
 class Jwks:
@@ -145,69 +116,71 @@ class ResourceServer:
         self.http = http
         self.client = client
         self.api_keys = api_keys
-        # with the store's revocations at hand (local decisions), a revoked JWT is
-        # refused at once, kept or not; else, with a client to introspect as, the issuer
-        # is asked each time a JWT is verified (once per ``keep`` seconds)
         self.revoked = revoked
-        self._verifiers: dict[str, TokenVerifier] = {}
-        # verified tokens by (resource, token): the hot path verifies a signature once
-        self._seen: TTLCache[tuple[str, str], Caller] = TTLCache(CACHE_SIZE, keep)
+        # the store's revocations at hand are read every time; introspection is asked
+        # when a JWT is verified again; without either, a JWT is good until it expires
+        self._revocation: Revocation | None = None
+        if revoked is not None:
+            self._revocation = self._revoked_here
+        elif client is not None:
+            self._revocation = self._still_active
+        recheck = 0.0 if revoked is not None else math.inf
+        # verified JWTs by (upstream, token), all upstreams together
+        self._memory = Memory(CACHE_SIZE, keep, recheck)
+        self._verifiers: dict[str, Verifier] = {}
 
-    def _verifier(self, resource: str) -> TokenVerifier:
+    def _verifier(self, resource: str) -> Verifier:
         verifier = self._verifiers.get(resource)
         if verifier is None:
-            verifier = TokenVerifier(self.jwks.lookup, self.issuer, resource, leeway=5.0)
+            verifier = Verifier(
+                self.jwks.lookup,
+                self.issuer,
+                resource,
+                leeway=5.0,
+                refresh_keys=self.jwks.refresh,
+                introspect=self._introspect,
+                revoked=self._revocation,
+                memory=self._memory,
+            )
             self._verifiers[resource] = verifier
         return verifier
 
     async def authenticate(self, authorization: str | None, resource: str) -> Caller:
         """The caller for this resource, or :class:`Unauthorized`."""
-        if authorization is None:
-            raise Unauthorized(None)
-        scheme, _, token = authorization.partition(" ")
-        token = token.strip()
-        if scheme.lower() != "bearer" or not token:
-            raise Unauthorized(None)
-        seen = self._seen.get((resource, token))
-        if seen is not None and seen.expires > time.time():
-            return self._unrevoked(seen)
-        if token.startswith(API_KEY_PREFIX):
-            claims = await self._api_key(token, resource)
-        elif token.count(".") == 2:
-            claims = await self._jwt(token, resource)
-            if self.revoked is None and self.client is not None:
-                await self._introspect(token, resource)  # revoked, or its agent stopped
-        else:
-            claims = await self._introspect(token, resource)
-        caller = caller_from_claims(claims)
-        if token.count(".") == 2 and not token.startswith(API_KEY_PREFIX):
-            # a JWT is kept until it expires (at most ``keep`` seconds); opaque tokens and
-            # API keys are asked about every time, so their revocation takes effect at once
-            self._seen[(resource, token)] = caller
-        return self._unrevoked(caller)
-
-    def _unrevoked(self, caller: Caller) -> Caller:
-        if self.revoked is not None and caller.jti and self.revoked(caller.jti):
-            raise Unauthorized("the token was revoked")
-        return caller
-
-    async def _jwt(self, token: str, resource: str) -> dict[str, Any]:
+        scheme, _, token = (authorization or "").partition(" ")
+        token = token.strip() if scheme.lower() == "bearer" else ""
         verifier = self._verifier(resource)
-        try:
-            return verifier.verify(token)
-        except InvalidToken as exc:
-            if not str(exc).startswith("unknown kid"):
-                raise Unauthorized(str(exc)) from None
-        await self.jwks.refresh()
-        try:
-            return verifier.verify(token)
-        except InvalidToken as exc:
-            raise Unauthorized(str(exc)) from None
+        if token.startswith(API_KEY_PREFIX):
+            # an API key is traded for a token each time, so its revocation takes effect
+            # at once; the token just issued is neither remembered nor asked about again
+            traded = await self._api_key(token, resource)
+            if isinstance(traded, Refusal):
+                raise unauthorized(traded)
+            found = await verifier.verify(traded, fresh=True)
+        else:
+            found = await verifier.verify(token)
+        if isinstance(found, Refusal):
+            raise unauthorized(found)
+        return found
 
-    async def _introspect(self, token: str, resource: str) -> dict[str, Any]:
+    async def _revoked_here(self, token: str, who: Caller) -> Refusal | None:
+        """Revoked, by the store's revocations (local decisions)."""
+        assert self.revoked is not None
+        jti = str(who.claims.get("jti", ""))
+        if jti and self.revoked(jti):
+            return Refusal(Reason.REVOKED, "the token was revoked")
+        return None
+
+    async def _still_active(self, token: str, who: Caller) -> Refusal | None:
+        """Revoked, or its agent stopped, by the issuer's introspection."""
+        found = await self._introspect(token)
+        return found if isinstance(found, Refusal) else None
+
+    async def _introspect(self, token: str) -> Mapping[str, Any] | Refusal:
         """RFC 7662, authenticated as the proxy's own client."""
         if self.client is None:
-            raise Unauthorized("opaque tokens need introspection (set mcp_proxy.client_id)")
+            why = "opaque tokens need introspection (set mcp_proxy.client_id)"
+            return Refusal(Reason.UNCHECKED, why)
         try:
             response = await self.http.post(
                 f"{self.issuer}/oauth/introspect", data={"token": token}, auth=self.client
@@ -215,21 +188,16 @@ class ResourceServer:
             response.raise_for_status()
             claims = response.json()
         except (httpx.HTTPError, ValueError):
-            raise Unauthorized("the token could not be introspected") from None
+            return Refusal(Reason.UNCHECKED, "the token could not be introspected")
         if not isinstance(claims, dict) or claims.get("active") is not True:
-            raise Unauthorized("the token is not active")
-        if claims.get("iss") != self.issuer:
-            raise Unauthorized("the token is from another issuer")
-        aud = claims.get("aud")
-        if resource not in (aud if isinstance(aud, list) else [aud]):
-            raise Unauthorized(f"the token's audience does not include {resource!r}")
+            return Refusal(Reason.REVOKED, "the token is not active")
         return claims
 
-    async def _api_key(self, token: str, resource: str) -> dict[str, Any]:
+    async def _api_key(self, token: str, resource: str) -> str | Refusal:
         """A Tessera API key, traded at the issuer for an access token for this resource
         (the issuer checks the key, the agent's risk and status)."""
         if not self.api_keys:
-            raise Unauthorized("API keys are not accepted here")
+            return Refusal(Reason.INVALID, "API keys are not accepted here")
         form = {
             "grant_type": TOKEN_EXCHANGE,
             "subject_token": token,
@@ -240,10 +208,12 @@ class ResourceServer:
             response = await self.http.post(f"{self.issuer}/oauth/token", data=form)
             body = response.json()
         except (httpx.HTTPError, ValueError):
-            raise Unauthorized("the API key could not be checked") from None
+            return Refusal(Reason.UNCHECKED, "the API key could not be checked")
         if response.status_code != 200 or not isinstance(body, dict):
-            raise Unauthorized("the API key is not valid here")
-        return await self._jwt(str(body.get("access_token", "")), resource)
+            return Refusal(Reason.INVALID, "the API key is not valid here")
+        return str(body.get("access_token", "")) or Refusal(
+            Reason.INVALID, "the API key is not valid here"
+        )
 
 
 def token_digest(token: str) -> str:

@@ -22,7 +22,16 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 
 from issuer.keys import KIND, KeyRing, generate
-from issuer.oauth.tokens import InvalidToken, TokenMinter, TokenVerifier, ring_lookup
+from issuer.oauth.tokens import (
+    ExpiredToken,
+    InvalidToken,
+    MalformedToken,
+    TokenMinter,
+    TokenVerifier,
+    UnknownKey,
+    WrongAudience,
+    ring_lookup,
+)
 from issuer.store import Store
 from tests.stores import opened_store
 
@@ -132,6 +141,28 @@ def test_the_minter_lists_several_audiences_and_sorts_the_scope(ring: KeyRing) -
     assert verified == minted.claims
     assert verified["aud"] == [RESOURCE, other]
     assert verified["scope"] == "read write"
+
+
+def test_a_verifier_with_several_audiences_takes_any_one_of_them(ring: KeyRing) -> None:
+    other = "https://ledger.example.com"
+    verifier = TokenVerifier(ring_lookup(ring), ISSUER, audience=[RESOURCE, other])
+    assert verifier.verify(sign(ring, claims(aud=[other])))["sub"] == "agent-1"
+    with pytest.raises(WrongAudience, match="any of"):
+        verifier.verify(sign(ring, claims(aud="https://elsewhere.example.com")))
+
+
+def test_refusals_a_resource_server_answers_apart_are_typed(
+    ring: KeyRing, verifier: TokenVerifier
+) -> None:
+    now = int(time.time())
+    for token, kind in (
+        ("not-a-jwt", MalformedToken),
+        (sign(ring, claims(), kid="no-such-kid"), UnknownKey),
+        (sign(ring, claims(iat=now - 400, exp=now - 60)), ExpiredToken),
+        (sign(ring, claims(aud="https://elsewhere.example.com")), WrongAudience),
+    ):
+        with pytest.raises(kind):
+            verifier.verify(token)
 
 
 def test_a_verifier_without_an_audience_takes_any_audience(ring: KeyRing) -> None:

@@ -153,7 +153,7 @@ def test_a_list_with_a_tool_a_limit_could_decide_is_the_pdps_to_filter(w: World)
 def test_a_list_no_limit_could_decide_is_filtered_in_the_proxy(w: World) -> None:
     decider = w.gateway.decider
     assert isinstance(decider, LocalDecider)
-    caller = Caller(w.add_agent(), None, (), frozenset({"mcp:tools"}), "c", "s", time.time() + 60)
+    caller = Caller(w.add_agent(), None, (), frozenset({"mcp:tools"}), None)
     upstream = w.config.upstreams[0]
     before = list_allowed_calls(w)
     listed = run(decider.listed(caller, upstream, TOOL, ["search", "read_file", "fs.delete"]))
