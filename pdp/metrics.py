@@ -9,19 +9,18 @@ from __future__ import annotations
 import threading
 from bisect import bisect_left
 from collections.abc import Iterable, Sequence
-from typing import Any
 from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Info
-from prometheus_client.core import HistogramMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.exposition import start_http_server
 
 from pdp.model import Decision
 
 # Decisions take microseconds; RPCs take tens to hundreds of them.
 ENGINE_BUCKETS = (1e-6, 2e-6, 5e-6, 1e-5, 2e-5, 5e-5, 1e-4, 1e-3, 1e-2)
-# Distinct (result, deciding rules) pairs whose counters are remembered; rule ids come from
-# the policies, so this bounds only a pathological bundle.
+# Distinct decisions counted one by one; decisions come from the policies (a rule's own
+# answer, a default deny, a refusal), so this bounds only a pathological bundle.
 MAX_DECIDED_KEYS = 10_000
 RPC_BUCKETS = (5e-5, 1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 5e-3, 1e-2, 5e-2, 0.1, 1.0)
 
@@ -98,18 +97,60 @@ class Timings:
         return [family]
 
 
+class Tally:
+    """``tessera_decisions_total`` by result and deciding rule, counted per decision: the
+    hot path adds one to the count of a decision object (most are shared by every call a
+    rule decides alone); the labels are worked out when scraped."""
+
+    NAME = "tessera_decisions"
+    HELP = "Decisions by result (allow, deny) and deciding rule ('' for default deny)."
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self._counts: dict[Decision, int] = {}
+        self._folded: dict[tuple[str, str], float] = {}  # counts of decisions let go
+        self._lock = threading.Lock()
+        registry.register(self)
+
+    def add(self, decision: Decision) -> None:
+        with self._lock:
+            counts = self._counts
+            if decision in counts:
+                counts[decision] += 1
+            elif len(counts) < MAX_DECIDED_KEYS:
+                counts[decision] = 1
+            else:  # a bundle with endless distinct decisions: fold them into labels
+                self._fold(decision, 1)
+
+    def _fold(self, decision: Decision, count: int) -> None:
+        result = "allow" if decision.allow else "deny"
+        for rule in decision.decided_by or ("",):
+            key = (result, rule)
+            self._folded[key] = self._folded.get(key, 0) + count
+
+    def describe(self) -> Iterable[Metric]:
+        return [CounterMetricFamily(self.NAME, self.HELP, labels=("result", "rule"))]
+
+    def collect(self) -> list[Metric]:
+        with self._lock:
+            counts = list(self._counts.items())
+            totals = dict(self._folded)
+        for decision, count in counts:
+            result = "allow" if decision.allow else "deny"
+            for rule in decision.decided_by or ("",):
+                totals[(result, rule)] = totals.get((result, rule), 0) + count
+        family = CounterMetricFamily(self.NAME, self.HELP, labels=("result", "rule"))
+        for labels, total in sorted(totals.items()):
+            family.add_metric(list(labels), float(total))
+        return [family]
+
+
 class Metrics:
     """The service's counters, histograms and gauges, in one registry."""
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
         r = self.registry
-        self.decisions = Counter(
-            "tessera_decisions",
-            "Decisions by result (allow, deny) and deciding rule ('' for default deny).",
-            ["result", "rule"],
-            registry=r,
-        )
+        self.decisions = Tally(r)
         self.engine_seconds = Timings(
             "tessera_engine_seconds", "Time the engine took per decision.", ENGINE_BUCKETS, r
         )
@@ -145,20 +186,10 @@ class Metrics:
 
         self._hit = self.cache.labels("hit")
         self._miss = self.cache.labels("miss")
-        # the counters of each (result, deciding rules) seen, looked up once
-        self._decided: dict[tuple[bool, tuple[str, ...]], tuple[Any, ...]] = {}
 
     def decided(self, decision: Decision) -> None:
         """Count a decision under its result and each rule that decided it."""
-        key = (decision.allow, decision.decided_by)
-        counters = self._decided.get(key)
-        if counters is None:
-            result = "allow" if decision.allow else "deny"
-            counters = tuple(self.decisions.labels(result, r) for r in key[1] or ("",))
-            if len(self._decided) < MAX_DECIDED_KEYS:
-                self._decided[key] = counters
-        for counter in counters:
-            counter.inc()
+        self.decisions.add(decision)
 
     def cached(self, decision: Decision | None) -> None:
         """Count a decision cache lookup: a hit (then the decision, too) or a miss."""
