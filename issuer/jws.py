@@ -17,6 +17,8 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
+from issuer.errors import IssuerError
+
 ALGORITHMS = ("ES256", "ES384", "RS256", "PS256", "EdDSA")
 
 _ES256 = ec.ECDSA(hashes.SHA256())
@@ -24,7 +26,7 @@ _ES384 = ec.ECDSA(hashes.SHA384())
 _PSS = padding.PSS(mgf=padding.MGF1(hashes.SHA256()), salt_length=32)  # RFC 7518 §3.5
 
 
-class BadSignature(Exception):
+class BadSignature(IssuerError):
     """The JWS is malformed, or its signature does not verify with the key."""
 
 

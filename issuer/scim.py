@@ -49,6 +49,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from issuer.agents import AGENT_EXTENSION, AGENT_TYPE, STATUS, AgentStatus, AgentType
+from issuer.errors import IssuerError
 from issuer.hashing import hash_password
 from issuer.models import MAX_RESULTS, PROVIDER, AgentResource
 from issuer.store import Conflict, NotFound, Record, Store, VersionMismatch
@@ -111,7 +112,7 @@ def new_token() -> str:
 # ---------------------------------------------------------------- responses
 
 
-class _Unauthorized(SCIMException):
+class _Unauthorized(SCIMException, IssuerError):
     status = 401
     _default_detail = "a bearer token with the tessera:admin scope is required"
 
@@ -120,17 +121,17 @@ class _Unauthorized(SCIMException):
         self.challenge = challenge
 
 
-class _Forbidden(SCIMException):
+class _Forbidden(SCIMException, IssuerError):
     status = 403
     _default_detail = "the token lacks the tessera:admin scope"
 
 
-class _MethodNotAllowed(SCIMException):
+class _MethodNotAllowed(SCIMException, IssuerError):
     status = 405
     _default_detail = "only GET is supported on discovery endpoints"
 
 
-class _Raced(PreconditionFailedException):
+class _Raced(PreconditionFailedException, IssuerError):
     """The resource changed between reading it and writing it back."""
 
 

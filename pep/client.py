@@ -30,6 +30,7 @@ from cachetools import TTLCache
 from pdp.lang.values import Duration, Money, Risk
 from pdp.serve.proto import authorizer_pb2 as pb
 from pdp.serve.proto import authorizer_pb2_grpc as pb_grpc
+from pep.errors import PepError
 
 OnError = Literal["deny", "raise"]
 
@@ -102,7 +103,7 @@ class Verdict:
         return cls(allow=False, reasons=(f"fail closed: {error}",), error=error)
 
 
-class TesseraError(Exception):
+class TesseraError(PepError):
     """The service could not answer (raised only with ``on_error="raise"``)."""
 
     def __init__(self, code: grpc.StatusCode, details: str) -> None:

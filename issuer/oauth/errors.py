@@ -8,10 +8,12 @@ from typing import Any
 
 from starlette.responses import Response
 
+from issuer.errors import IssuerError
+
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 
 
-class OAuthError(Exception):
+class OAuthError(IssuerError):
     """An error the client gets as ``{"error": …, "error_description": …}``."""
 
     def __init__(

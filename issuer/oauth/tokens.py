@@ -22,6 +22,7 @@ from typing import Any
 import jwt
 
 from issuer import jws
+from issuer.errors import IssuerError
 from issuer.keys import KeyRing, PublicKey
 
 TOKEN_TYPE = "at+jwt"
@@ -87,7 +88,7 @@ class TokenMinter:
         return Issued(token, claims, self.lifetime)
 
 
-class InvalidToken(Exception):
+class InvalidToken(IssuerError):
     """A token that must not be accepted; the message says why (for logs, not clients)."""
 
 

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal, Protocol
 
+from issuer.errors import IssuerError
+
 Op = Literal["create", "replace", "delete"]
 
 
@@ -53,7 +55,7 @@ class AuditEntry:
     hash: str  # SHA-256 of prev_hash and record
 
 
-class StoreError(Exception):
+class StoreError(IssuerError):
     """Base of the store's errors."""
 
 

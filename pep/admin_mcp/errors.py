@@ -18,11 +18,13 @@ from typing import Any, ParamSpec, TypeVar, cast
 
 from mcp.server.mcpserver.exceptions import ResourceError, ToolError
 
+from pep.errors import PepError
+
 P = ParamSpec("P")
 R = TypeVar("R")
 
 
-class AdminError(Exception):
+class AdminError(PepError):
     """A request the server refuses; the message says why and how to fix it."""
 
 

@@ -60,6 +60,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from pdp.serve.config import AUDIT_MODES, ServeConfig
+from pep.errors import PepError
 
 ALGORITHMS = ("ES256", "ES384", "RS256", "PS256", "EdDSA")
 CREDENTIALS = ("static", "client_credentials", "token_exchange", "none")
@@ -73,7 +74,7 @@ SERVE_DEFAULTS = {
 DEFAULT_MAX_BODY = 1 << 20
 
 
-class ConfigError(ValueError):
+class ConfigError(PepError, ValueError):
     """A setting that cannot be used; the message names it."""
 
 

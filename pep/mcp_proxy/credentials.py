@@ -20,6 +20,7 @@ import time
 import httpx
 from cachetools import TTLCache
 
+from pep.errors import PepError
 from pep.mcp_proxy.config import ProxyConfig, Upstream
 from pep.mcp_proxy.tokens import TOKEN_EXCHANGE, token_digest
 
@@ -27,7 +28,7 @@ ACCESS_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:access_token"
 MARGIN = 30.0  # seconds before expiry a kept token is replaced
 
 
-class CredentialError(Exception):
+class CredentialError(PepError):
     """The upstream's credential could not be obtained; the message says why."""
 
 

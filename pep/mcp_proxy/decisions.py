@@ -48,6 +48,7 @@ from pdp.serve.proto import authorizer_pb2 as pb
 from pdp.serve.proto import authorizer_pb2_grpc as pb_grpc
 from pdp.serve.reload import Reloader
 from pep.client import AsyncClient, Options, Query, Verdict, to_value
+from pep.errors import PepError
 from pep.mcp_proxy.config import ContextArgument, ProxyConfig, Upstream
 from pep.mcp_proxy.tokens import Caller
 
@@ -82,7 +83,7 @@ class Listed:
     consent_required: frozenset[str] = frozenset()
 
 
-class ArgumentError(ValueError):
+class ArgumentError(PepError, ValueError):
     """A mapped argument that cannot be put in the context."""
 
 

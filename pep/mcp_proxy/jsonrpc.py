@@ -15,6 +15,8 @@ from typing import Any
 import orjson
 from mcp_types.jsonrpc import INTERNAL_ERROR, URL_ELICITATION_REQUIRED
 
+from pep.errors import PepError
+
 PARSE_ERROR = -32700
 INVALID_REQUEST = -32600
 HEADER_MISMATCH = -32020
@@ -63,7 +65,7 @@ def dumps(value: Any) -> bytes:
         return json.dumps(value, separators=(",", ":")).encode()
 
 
-class SseTooLarge(ValueError):
+class SseTooLarge(PepError, ValueError):
     """An SSE event larger than the limit."""
 
 

@@ -27,12 +27,14 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
+from pep.errors import PepError
+
 log = logging.getLogger("tessera.mcp_proxy")
 
 LINE_LIMIT = 16 << 20  # bytes in one message from the server
 
 
-class UpstreamFailed(Exception):
+class UpstreamFailed(PepError):
     """The subprocess could not answer; the message completes 'upstream X …'."""
 
 

@@ -37,6 +37,7 @@ import jwt
 from issuer.keys import PublicKey
 from issuer.verify import Caller as Caller
 from issuer.verify import Memory, Reason, Refusal, Revocation, Verifier
+from pep.errors import PepError
 
 API_KEY_PREFIX = "tsk_"
 API_KEY_TYPE = "urn:tessera:params:oauth:token-type:api-key"
@@ -45,7 +46,7 @@ REFRESH_INTERVAL = 1.0  # seconds between JWKS fetches for unknown kids
 CACHE_SIZE = 10_000
 
 
-class Unauthorized(Exception):
+class Unauthorized(PepError):
     """No usable token: answered 401 ``invalid_token`` (or a bare challenge)."""
 
     def __init__(self, description: str | None) -> None:

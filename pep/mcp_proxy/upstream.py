@@ -29,6 +29,8 @@ from urllib.parse import urlsplit
 
 import httptools
 
+from pep.errors import PepError
+
 MAX_IDLE = 32  # kept-alive connections per upstream
 MAX_CONNECTIONS = 200  # open connections per upstream, busy or idle
 IDLE_SECONDS = 4.0  # an idle connection older than this is closed, not used
@@ -39,7 +41,7 @@ HIGH_WATER = 1 << 20  # buffered body bytes before the socket is paused
 ANSWER_LIMIT = 16 << 20  # bytes of an answer read whole (to pass on, or to rewrite)
 
 
-class UpstreamError(Exception):
+class UpstreamError(PepError):
     """The upstream could not be reached or answered with something that is not HTTP."""
 
 
