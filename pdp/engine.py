@@ -228,6 +228,7 @@ class Engine:
             self._limited[key] = limited
         return limited
 
+    # One function on purpose: the hot path (~1.4 µs); a call per step costs more than the steps.
     def decide(self, request: Request, commit: bool = True) -> Decision:
         """The decision for one request. Never raises for a well-formed request.
 

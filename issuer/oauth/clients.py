@@ -185,67 +185,13 @@ class ClientRegistry:
         """
         if not isinstance(metadata, dict):
             raise _bad("the registration request is a JSON object")
-        method = metadata.get("token_endpoint_auth_method", "client_secret_basic")
-        if method not in AUTH_METHODS:
-            raise _bad(f"token_endpoint_auth_method must be one of {', '.join(AUTH_METHODS)}")
-        grant_types = metadata.get("grant_types", ["authorization_code"])
-        if not isinstance(grant_types, list) or not grant_types:
-            raise _bad("grant_types must be a non-empty list")
-        unsupported = sorted(set(grant_types) - set(GRANT_TYPES))
-        if unsupported:
-            raise _bad(f"grant type {unsupported[0]!r} is not supported")
-        agent_id = metadata.get("agent_id")
-        if AGENT_GRANTS & set(grant_types):
-            if not isinstance(agent_id, str) or not agent_id:
-                raise _bad("agent_id (the directory id of the agent this client is) is required")
-            try:
-                self.store.get("Agent", agent_id)
-            except NotFound:
-                raise _bad(f"agent_id {agent_id!r} is not in the directory") from None
-        elif agent_id is not None:
-            raise _bad("agent_id is for client_credentials and token exchange clients")
-        if method == "none" and not set(grant_types) <= USER_GRANTS:
-            raise _bad("a public client (auth method none) may only use authorization_code")
-        if actor is None and (method != "none" or agent_id is not None):
-            raise OAuthError(  # RFC 6750 §3.1: no error code in the challenge without a token
-                "invalid_token",
-                "only public clients (auth method none) may register without an admin token",
-                401,
-                {"WWW-Authenticate": 'Bearer realm="tessera", scope="tessera:admin"'},
-            )
+        method, grant_types = _check_method_and_grants(metadata)
+        agent_id = self._check_agent(metadata.get("agent_id"), grant_types)
+        _check_open_registration(method, grant_types, agent_id, actor)
         redirect_uris = check_redirect_uris(metadata.get("redirect_uris"), grant_types)
-        scope = metadata.get("scope", "")
-        if not isinstance(scope, str):
-            raise _bad("scope is a space-separated string")
-        reserved = sorted(s for s in scope.split() if s.startswith(RESERVED_PREFIX))
-        if reserved and (actor is None or AGENT_GRANTS.isdisjoint(grant_types)):
-            raise _bad(
-                f"scope {reserved[0]!r} is Tessera's own: only an administrator may give it, "
-                "and only to an agent's client"
-            )
-        jwks: tuple[dict[str, Any], ...] = ()
-        jwks_uri = metadata.get("jwks_uri")
-        if method in KEY_METHODS:
-            if ("jwks" in metadata) == (jwks_uri is not None):
-                raise _bad("give the client's keys as jwks or as jwks_uri (RFC 7591 §2), one")
-            if jwks_uri is not None:
-                check_document_url(jwks_uri, "jwks_uri")
-            else:
-                jwks = check_jwks(metadata.get("jwks"))
-        elif "jwks" in metadata or jwks_uri is not None:
-            raise _bad("jwks and jwks_uri are for private_key_jwt and self_signed_tls_client_auth")
-        subject_dn = metadata.get("tls_client_auth_subject_dn")
-        if method == "tls_client_auth":
-            if not isinstance(subject_dn, str):
-                raise _bad("tls_client_auth needs tls_client_auth_subject_dn (RFC 8705 §2.1.2)")
-            try:
-                subject_dn = x509.Name.from_rfc4514_string(subject_dn).rfc4514_string()
-            except ValueError:
-                raise _bad(
-                    f"tls_client_auth_subject_dn {subject_dn!r} is not an RFC 4514 DN"
-                ) from None
-        elif subject_dn is not None:
-            raise _bad("tls_client_auth_subject_dn is only for tls_client_auth")
+        scope = _check_scope(metadata.get("scope", ""), grant_types, actor)
+        jwks, jwks_uri = _check_keys(metadata, method)
+        subject_dn = _check_subject_dn(metadata.get("tls_client_auth_subject_dn"), method)
         name = metadata.get("client_name")
         if name is not None and not isinstance(name, str):
             raise _bad("client_name is a string")
@@ -268,11 +214,111 @@ class ClientRegistry:
             "tls_client_auth_subject_dn": subject_dn,
         }
         self.store.create(KIND, document, unique={"client_id": client_id}, actor=actor or client_id)
-        response = {k: v for k, v in document.items() if v is not None and k != "secret_hash"}
-        if secret is not None:
-            response["client_secret"] = secret
-            response["client_secret_expires_at"] = 0
-        return response
+        return _registration_response(document, secret)
+
+    def _check_agent(self, agent_id: Any, grant_types: list[str]) -> str | None:
+        """The agent a client that acts as itself stands for: one the directory holds.
+        Other clients name none."""
+        if AGENT_GRANTS & set(grant_types):
+            if not isinstance(agent_id, str) or not agent_id:
+                raise _bad("agent_id (the directory id of the agent this client is) is required")
+            try:
+                self.store.get("Agent", agent_id)
+            except NotFound:
+                raise _bad(f"agent_id {agent_id!r} is not in the directory") from None
+            return agent_id
+        if agent_id is not None:
+            raise _bad("agent_id is for client_credentials and token exchange clients")
+        return None
+
+
+def _check_method_and_grants(metadata: dict[str, Any]) -> tuple[str, list[str]]:
+    """The client's ``token_endpoint_auth_method`` and ``grant_types`` (RFC 7591 §2), with
+    their defaults, each one Tessera supports."""
+    method = metadata.get("token_endpoint_auth_method", "client_secret_basic")
+    if method not in AUTH_METHODS:
+        raise _bad(f"token_endpoint_auth_method must be one of {', '.join(AUTH_METHODS)}")
+    grant_types = metadata.get("grant_types", ["authorization_code"])
+    if not isinstance(grant_types, list) or not grant_types:
+        raise _bad("grant_types must be a non-empty list")
+    unsupported = sorted(set(grant_types) - set(GRANT_TYPES))
+    if unsupported:
+        raise _bad(f"grant type {unsupported[0]!r} is not supported")
+    return method, grant_types
+
+
+def _check_open_registration(
+    method: str, grant_types: list[str], agent_id: str | None, actor: str | None
+) -> None:
+    """A public client uses the user grants only; and only a public user-facing client
+    registers without an administrator."""
+    if method == "none" and not set(grant_types) <= USER_GRANTS:
+        raise _bad("a public client (auth method none) may only use authorization_code")
+    if actor is None and (method != "none" or agent_id is not None):
+        raise OAuthError(  # RFC 6750 §3.1: no error code in the challenge without a token
+            "invalid_token",
+            "only public clients (auth method none) may register without an admin token",
+            401,
+            {"WWW-Authenticate": 'Bearer realm="tessera", scope="tessera:admin"'},
+        )
+
+
+def _check_scope(scope: Any, grant_types: list[str], actor: str | None) -> str:
+    """The scopes the client may ask for; Tessera's own only from an administrator, for an
+    agent's client."""
+    if not isinstance(scope, str):
+        raise _bad("scope is a space-separated string")
+    reserved = sorted(s for s in scope.split() if s.startswith(RESERVED_PREFIX))
+    if reserved and (actor is None or AGENT_GRANTS.isdisjoint(grant_types)):
+        raise _bad(
+            f"scope {reserved[0]!r} is Tessera's own: only an administrator may give it, "
+            "and only to an agent's client"
+        )
+    return scope
+
+
+def _check_keys(
+    metadata: dict[str, Any], method: str
+) -> tuple[tuple[dict[str, Any], ...], str | None]:
+    """The public keys of a client that proves itself with a key: inline (``jwks``) or
+    where they are published (``jwks_uri``), one of the two (RFC 7591 §2)."""
+    jwks: tuple[dict[str, Any], ...] = ()
+    jwks_uri = metadata.get("jwks_uri")
+    if method in KEY_METHODS:
+        if ("jwks" in metadata) == (jwks_uri is not None):
+            raise _bad("give the client's keys as jwks or as jwks_uri (RFC 7591 §2), one")
+        if jwks_uri is not None:
+            jwks_uri = check_document_url(jwks_uri, "jwks_uri")
+        else:
+            jwks = check_jwks(metadata.get("jwks"))
+    elif "jwks" in metadata or jwks_uri is not None:
+        raise _bad("jwks and jwks_uri are for private_key_jwt and self_signed_tls_client_auth")
+    return jwks, jwks_uri
+
+
+def _check_subject_dn(subject_dn: Any, method: str) -> str | None:
+    """The certificate subject a tls_client_auth client must present (RFC 8705 §2.1.2), in
+    the canonical RFC 4514 form; only such a client gives one."""
+    if method == "tls_client_auth":
+        if not isinstance(subject_dn, str):
+            raise _bad("tls_client_auth needs tls_client_auth_subject_dn (RFC 8705 §2.1.2)")
+        try:
+            return x509.Name.from_rfc4514_string(subject_dn).rfc4514_string()
+        except ValueError:
+            raise _bad(f"tls_client_auth_subject_dn {subject_dn!r} is not an RFC 4514 DN") from None
+    if subject_dn is not None:
+        raise _bad("tls_client_auth_subject_dn is only for tls_client_auth")
+    return None
+
+
+def _registration_response(document: dict[str, Any], secret: str | None) -> dict[str, Any]:
+    """RFC 7591 §3.2.1: the client's metadata as stored, without what is unset or the
+    secret's hash, and with the secret itself, shown this once."""
+    response = {k: v for k, v in document.items() if v is not None and k != "secret_hash"}
+    if secret is not None:
+        response["client_secret"] = secret
+        response["client_secret_expires_at"] = 0
+    return response
 
 
 def check_document_url(url: Any, what: str) -> str:

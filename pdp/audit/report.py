@@ -295,42 +295,11 @@ def gather(
     """
     period = period or Period()
     histories, credentials, consents = _read_changes(store)
-    if agent is not None:
-        wanted = _resolve(agent, histories)
-        if not any(period.before_end(c.at) for c in histories[wanted]):
-            raise ReportError(f"agent {agent!r} was created after --until")
-        ids = [wanted]
-    else:
-        ids = [i for i, h in histories.items() if _existed(h, period)]
+    ids = _agent_ids(agent, histories, period)
     activity = {i: _Activity() for i in ids}
-    unknown: dict[str, list[int]] = {}
-    first: datetime | None = None
-    last: datetime | None = None
-    for record in _records(store, "agent"):
-        at = _time(record.get("at"))
-        if at is None or not period.holds(at):
-            continue
-        owner = record.get("agent")
-        found = activity.get(owner) if isinstance(owner, str) else None
-        kind = record.get("kind")
-        if found is None:
-            if kind == "decision" and agent is None and isinstance(owner, str):
-                counts = unknown.setdefault(owner, [0, 0])
-                counts[0] += 1
-                counts[1] += record.get("allow") is not True
-            continue
-        if kind == "decision":
-            found.decision(at, record)
-            first = at if first is None else min(first, at)
-            last = at if last is None else max(last, at)
-        elif kind == "token":
-            found.token(at, record)
-    for record in _records(store, "alert"):
-        at = _time(record.get("at"))
-        owner = record.get("agent")
-        found = activity.get(owner) if isinstance(owner, str) else None
-        if record.get("kind") == "alert" and found and at and period.holds(at):
-            found.alert(at, record)
+    unknown: dict[str, list[int]] | None = {} if agent is None else None
+    first, last = _read_agent_trail(store, period, activity, unknown)
+    _read_alerts(store, period, activity)
     unit, starts = _buckets(period, first, last)
     agents = tuple(
         _agent_report(
@@ -354,14 +323,73 @@ def gather(
         period=period,
         unit=unit,
         agents=agents,
-        unknown_agents=tuple(
-            UnknownAgent(i, total, denied)
-            for i, (total, denied) in sorted(unknown.items(), key=lambda kv: (-kv[1][0], kv[0]))[
-                :TOP
-            ]
-        ),
+        unknown_agents=_unknown_agents(unknown or {}),
         decisions=_decisions(every, unit, starts),
         verification=verify(store, jwk_set, issuer),
+    )
+
+
+def _agent_ids(
+    agent: str | None, histories: Mapping[str, list[Change]], period: Period
+) -> list[str]:
+    """The store ids of the agents the report is on: the one asked for (by id or name), or
+    every agent that existed at some time in the period."""
+    if agent is None:
+        return [i for i, h in histories.items() if _existed(h, period)]
+    wanted = _resolve(agent, histories)
+    if not any(period.before_end(c.at) for c in histories[wanted]):
+        raise ReportError(f"agent {agent!r} was created after --until")
+    return [wanted]
+
+
+def _read_agent_trail(
+    store: Store,
+    period: Period,
+    activity: Mapping[str, _Activity],
+    unknown: dict[str, list[int]] | None,
+) -> tuple[datetime | None, datetime | None]:
+    """One pass over the agent trail: each reported agent's decisions and tokens in the
+    period, and, when ``unknown`` is given, the decisions (total, denied) for agents the
+    directory never held. The first and last decision's times, for an open period."""
+    first: datetime | None = None
+    last: datetime | None = None
+    for record in _records(store, "agent"):
+        at = _time(record.get("at"))
+        if at is None or not period.holds(at):
+            continue
+        owner = record.get("agent")
+        found = activity.get(owner) if isinstance(owner, str) else None
+        kind = record.get("kind")
+        if found is None:
+            if kind == "decision" and unknown is not None and isinstance(owner, str):
+                counts = unknown.setdefault(owner, [0, 0])
+                counts[0] += 1
+                counts[1] += record.get("allow") is not True
+            continue
+        if kind == "decision":
+            found.decision(at, record)
+            first = at if first is None else min(first, at)
+            last = at if last is None else max(last, at)
+        elif kind == "token":
+            found.token(at, record)
+    return first, last
+
+
+def _read_alerts(store: Store, period: Period, activity: Mapping[str, _Activity]) -> None:
+    """The anomaly alerts raised in the period about each reported agent."""
+    for record in _records(store, "alert"):
+        at = _time(record.get("at"))
+        owner = record.get("agent")
+        found = activity.get(owner) if isinstance(owner, str) else None
+        if record.get("kind") == "alert" and found and at and period.holds(at):
+            found.alert(at, record)
+
+
+def _unknown_agents(unknown: Mapping[str, list[int]]) -> tuple[UnknownAgent, ...]:
+    """The TOP agent ids the directory never held, by decisions asked for them."""
+    return tuple(
+        UnknownAgent(i, total, denied)
+        for i, (total, denied) in sorted(unknown.items(), key=lambda kv: (-kv[1][0], kv[0]))[:TOP]
     )
 
 
@@ -526,6 +554,41 @@ def _agent_report(
     known = [c for c in history if period.before_end(c.at)]
     last_data = next((c.data for c in reversed(known) if c.data is not None), {})
     last = Agent.from_scim(agent_id, last_data)
+    denials = sorted(activity.denials, key=lambda d: d.at, reverse=True)
+    return AgentReport(
+        id=agent_id,
+        name=last.name or agent_id,
+        display_name=last.display_name,
+        owner=last.owner,
+        purpose=last.purpose,
+        risk=last.risk,
+        type=last.type,
+        status=last.status,
+        deleted=known[-1].op == "delete",
+        status_history=_status_history(agent_id, known, last),
+        credentials=tuple(
+            _credential(created, deleted, period)
+            for created, deleted in credentials
+            if period.overlaps(created.at, deleted.at if deleted else None)
+        ),
+        tokens=dict(sorted(activity.tokens.items())),
+        delegations=_delegations(activity),
+        consents=_consents_at_end(consents, period),
+        consent_history=tuple(
+            _consent_change(change, before)
+            for change, before in consents
+            if period.holds(change.at)
+        ),
+        decisions=_decisions(activity.hourly, unit, starts),
+        most_denied=tuple(Denied(a, r, n) for (a, r), n in activity.most_denied.most_common(TOP)),
+        denials=tuple(denials),
+        alerts=tuple(sorted(activity.alerts, key=lambda a: a.at)),
+    )
+
+
+def _status_history(agent_id: str, known: list[Change], last: Agent) -> tuple[StatusChange, ...]:
+    """Each change of the agent up to the end of the period, with the governance
+    attributes after it (``last``: the ones it ended with)."""
     statuses = []
     for change in known:
         # a deletion keeps the attributes the agent ended with
@@ -541,40 +604,14 @@ def _agent_report(
                 then.owner,
             )
         )
-    denials = sorted(activity.denials, key=lambda d: d.at, reverse=True)
-    return AgentReport(
-        id=agent_id,
-        name=last.name or agent_id,
-        display_name=last.display_name,
-        owner=last.owner,
-        purpose=last.purpose,
-        risk=last.risk,
-        type=last.type,
-        status=last.status,
-        deleted=known[-1].op == "delete",
-        status_history=tuple(statuses),
-        credentials=tuple(
-            _credential(created, deleted, period)
-            for created, deleted in credentials
-            if period.overlaps(created.at, deleted.at if deleted else None)
-        ),
-        tokens=dict(sorted(activity.tokens.items())),
-        delegations=tuple(
-            Delegation(user, chain, tokens, decisions, first, last)
-            for (user, chain), (tokens, decisions, first, last) in sorted(
-                activity.delegations.items()
-            )
-        ),
-        consents=_consents_at_end(consents, period),
-        consent_history=tuple(
-            _consent_change(change, before)
-            for change, before in consents
-            if period.holds(change.at)
-        ),
-        decisions=_decisions(activity.hourly, unit, starts),
-        most_denied=tuple(Denied(a, r, n) for (a, r), n in activity.most_denied.most_common(TOP)),
-        denials=tuple(denials),
-        alerts=tuple(sorted(activity.alerts, key=lambda a: a.at)),
+    return tuple(statuses)
+
+
+def _delegations(activity: _Activity) -> tuple[Delegation, ...]:
+    """The users the agent acted for, by user and actor chain."""
+    return tuple(
+        Delegation(user, chain, tokens, decisions, first, last)
+        for (user, chain), (tokens, decisions, first, last) in sorted(activity.delegations.items())
     )
 
 
@@ -828,10 +865,24 @@ def signed_text(check: TrailCheck) -> str:
 
 
 def _agent_markdown(agent: AgentReport, unit: Unit) -> list[str]:
+    """One agent's part of the Markdown report, a section per concern."""
     title = agent.name + (" (deleted)" if agent.deleted else "")
-    lines = [
+    return [
         f"## Agent {md(title)}",
         "",
+        *_identity_markdown(agent),
+        *_credentials_markdown(agent),
+        *_delegations_markdown(agent),
+        *_consents_markdown(agent),
+        *_decisions_markdown(agent, unit),
+        *_denials_markdown(agent),
+        *_anomalies_markdown(agent),
+    ]
+
+
+def _identity_markdown(agent: AgentReport) -> list[str]:
+    """Who the agent is at the end of the period, and how that changed."""
+    return [
         "### Identity",
         "",
         f"- **Id**: {md(agent.id)}",
@@ -851,9 +902,12 @@ def _agent_markdown(agent: AgentReport, unit: Unit) -> list[str]:
                 for s in agent.status_history
             ],
         ),
-        "### Credentials",
-        "",
     ]
+
+
+def _credentials_markdown(agent: AgentReport) -> list[str]:
+    """The agent's clients and API keys, and the tokens it was issued."""
+    lines = ["### Credentials", ""]
     if agent.credentials:
         lines += _table(
             ["kind", "id", "name", "method", "scope", "created", "by", "expires", "revoked"],
@@ -875,18 +929,29 @@ def _agent_markdown(agent: AgentReport, unit: Unit) -> list[str]:
     else:
         lines += ["None.", ""]
     tokens = ", ".join(f"{grant}: {n}" for grant, n in agent.tokens.items()) or "none"
-    lines += [f"Tokens issued in the period: {md(tokens)}.", "", "### Delegations", ""]
-    if agent.delegations:
-        lines += _table(
+    return [*lines, f"Tokens issued in the period: {md(tokens)}.", ""]
+
+
+def _delegations_markdown(agent: AgentReport) -> list[str]:
+    """The users the agent acted for."""
+    if not agent.delegations:
+        return ["### Delegations", "", "The agent acted for no user in the period.", ""]
+    return [
+        "### Delegations",
+        "",
+        *_table(
             ["user", "actor chain", "tokens exchanged", "decisions", "first", "last"],
             [
                 (d.user, " → ".join(d.chain), d.tokens, d.decisions, d.first, d.last)
                 for d in agent.delegations
             ],
-        )
-    else:
-        lines += ["The agent acted for no user in the period.", ""]
-    lines += ["### Consents", ""]
+        ),
+    ]
+
+
+def _consents_markdown(agent: AgentReport) -> list[str]:
+    """The consents standing at the end of the period, then their changes in it."""
+    lines = ["### Consents", ""]
     if agent.consents:
         lines += _table(
             ["user", "client", "scopes", "since"],
@@ -902,7 +967,12 @@ def _agent_markdown(agent: AgentReport, unit: Unit) -> list[str]:
                 for c in agent.consent_history
             ],
         )
-    lines += [
+    return lines
+
+
+def _decisions_markdown(agent: AgentReport, unit: Unit) -> list[str]:
+    """The agent's decision counts, and the timeline's buckets that hold any."""
+    return [
         "### Decisions",
         "",
         f"{counts_text(agent.decisions)}, per {unit}:",
@@ -915,49 +985,57 @@ def _agent_markdown(agent: AgentReport, unit: Unit) -> list[str]:
                 if b.allowed or b.denied
             ],
         ),
-        "### Denials",
-        "",
     ]
-    if agent.denials:
-        lines += _table(
-            ["action", "resource", "denied"],
-            [(d.action, d.resource, d.count) for d in agent.most_denied],
-        )
-        shown = (
-            f" (the {len(agent.denials)} most recent)"
-            if len(agent.denials) < (agent.decisions.denied)
-            else ""
-        )
-        lines += [f"Denials{shown}:", ""]
-        lines += _table(
-            ["when", "decision", "action", "resource", "user", "decided by", "reasons"],
-            [
-                (
-                    d.at,
-                    d.decision_id,
-                    d.action,
-                    d.resource,
-                    d.user,
-                    ", ".join(d.decided_by),
-                    "; ".join(d.reasons + d.obligations),
-                )
-                for d in agent.denials
-            ],
-        )
-    else:
-        lines += ["No denial in the period.", ""]
-    lines += ["### Anomalies", ""]
-    if agent.alerts:
-        lines += _table(
+
+
+def _denials_markdown(agent: AgentReport) -> list[str]:
+    """What was denied most often, then the most recent denials."""
+    if not agent.denials:
+        return ["### Denials", "", "No denial in the period.", ""]
+    lines = ["### Denials", ""]
+    lines += _table(
+        ["action", "resource", "denied"],
+        [(d.action, d.resource, d.count) for d in agent.most_denied],
+    )
+    shown = (
+        f" (the {len(agent.denials)} most recent)"
+        if len(agent.denials) < (agent.decisions.denied)
+        else ""
+    )
+    lines += [f"Denials{shown}:", ""]
+    lines += _table(
+        ["when", "decision", "action", "resource", "user", "decided by", "reasons"],
+        [
+            (
+                d.at,
+                d.decision_id,
+                d.action,
+                d.resource,
+                d.user,
+                ", ".join(d.decided_by),
+                "; ".join(d.reasons + d.obligations),
+            )
+            for d in agent.denials
+        ],
+    )
+    return lines
+
+
+def _anomalies_markdown(agent: AgentReport) -> list[str]:
+    """The anomaly alerts raised about the agent."""
+    if not agent.alerts:
+        return ["### Anomalies", "", "No anomaly alert in the period.", ""]
+    return [
+        "### Anomalies",
+        "",
+        *_table(
             ["when", "alert", "severity", "message", "observed", "baseline", "decision"],
             [
                 (a.at, a.alert, a.severity, a.message, a.observed, a.baseline, a.decision_id)
                 for a in agent.alerts
             ],
-        )
-    else:
-        lines += ["No anomaly alert in the period.", ""]
-    return lines
+        ),
+    ]
 
 
 def bucket_label(start: datetime, unit: Unit) -> str:

@@ -72,6 +72,13 @@ SERVE_DEFAULTS = {
     "audit": ServeConfig.audit,
 }
 DEFAULT_MAX_BODY = 1 << 20
+SETTINGS = {
+    "public_url", "issuer", "pdp", "host", "port", "algorithms", "allowed_origins",
+    "max_body", "jwks_uri", "client_id", "client_secret_env", "consent_client_id",
+    "api_keys", "pdp_timeout", "decision_cache", "token_cache", "decisions", "policies",
+    "store", "reload_interval", "metrics_port", "audit", "upstream",
+}  # fmt: skip
+"""The settings the ``[mcp_proxy]`` table may hold; any other is refused."""
 
 
 class ConfigError(PepError, ValueError):
@@ -162,12 +169,6 @@ def config_from_table(
 ) -> ProxyConfig:
     """A configuration from the ``[mcp_proxy]`` table's values, checked; ``defaults`` for
     ``policies`` and ``store`` (the ``[serve]`` table's)."""
-    known = {
-        "public_url", "issuer", "pdp", "host", "port", "algorithms", "allowed_origins",
-        "max_body", "jwks_uri", "client_id", "client_secret_env", "consent_client_id",
-        "api_keys", "pdp_timeout", "decision_cache", "token_cache", "decisions", "policies",
-        "store", "reload_interval", "metrics_port", "audit", "upstream",
-    }  # fmt: skip
     defaults = {**SERVE_DEFAULTS, **(defaults or {})}
     audit = _str(table, "audit", str(defaults["audit"]), "mcp_proxy")
     if audit not in AUDIT_MODES:
@@ -175,27 +176,13 @@ def config_from_table(
     decisions = _str(table, "decisions", "pdp", "mcp_proxy")
     if decisions not in DECISIONS:
         raise ConfigError(f"mcp_proxy.decisions must be one of {', '.join(DECISIONS)}")
-    _unknown(table, known, "mcp_proxy")
+    _unknown(table, SETTINGS, "mcp_proxy")
     public_url = _url(_str(table, "public_url", None, "mcp_proxy"), "mcp_proxy.public_url")
     public_url = _origin(public_url, "mcp_proxy.public_url")
     origins = tuple(_allowed_origin(o) for o in _strs(table, "allowed_origins", [], "mcp_proxy"))
     issuer = _url(_str(table, "issuer", None, "mcp_proxy"), "mcp_proxy.issuer")
-    algorithms = tuple(_strs(table, "algorithms", ["ES256", "RS256", "EdDSA"], "mcp_proxy"))
-    bad = [a for a in algorithms if a not in ALGORITHMS]
-    if bad or not algorithms:
-        raise ConfigError(
-            f"mcp_proxy.algorithms: {bad[0] if bad else 'none given'!r} is not one of "
-            f"{', '.join(ALGORITHMS)}"
-        )
-    raw = table.get("upstream")
-    if not isinstance(raw, list) or not raw:
-        raise ConfigError("mcp_proxy needs at least one [[mcp_proxy.upstream]]")
-    upstreams = tuple(_upstream(item, i, env) for i, item in enumerate(raw))
-    for kind in ("name", "path"):
-        values = [getattr(u, kind) for u in upstreams]
-        dupes = sorted({v for v in values if values.count(v) > 1})
-        if dupes:
-            raise ConfigError(f"two upstreams have the {kind} {dupes[0]!r}")
+    algorithms = _algorithms(table)
+    upstreams = _upstreams(table, env)
     secret_env = _str(table, "client_secret_env", "TESSERA_MCP_PROXY_SECRET", "mcp_proxy")
     client_id = _str(table, "client_id", "", "mcp_proxy")
     config = ProxyConfig(
@@ -225,6 +212,33 @@ def config_from_table(
     )
     check(config)
     return config
+
+
+def _algorithms(table: Mapping[str, Any]) -> tuple[str, ...]:
+    """The JWT signature algorithms accepted: at least one, each of :data:`ALGORITHMS`."""
+    algorithms = tuple(_strs(table, "algorithms", ["ES256", "RS256", "EdDSA"], "mcp_proxy"))
+    bad = [a for a in algorithms if a not in ALGORITHMS]
+    if bad or not algorithms:
+        raise ConfigError(
+            f"mcp_proxy.algorithms: {bad[0] if bad else 'none given'!r} is not one of "
+            f"{', '.join(ALGORITHMS)}"
+        )
+    return algorithms
+
+
+def _upstreams(table: Mapping[str, Any], env: Mapping[str, str]) -> tuple[Upstream, ...]:
+    """The ``[[mcp_proxy.upstream]]`` tables: at least one, no two with the same name or
+    path."""
+    raw = table.get("upstream")
+    if not isinstance(raw, list) or not raw:
+        raise ConfigError("mcp_proxy needs at least one [[mcp_proxy.upstream]]")
+    upstreams = tuple(_upstream(item, i, env) for i, item in enumerate(raw))
+    for kind in ("name", "path"):
+        values = [getattr(u, kind) for u in upstreams]
+        dupes = sorted({v for v in values if values.count(v) > 1})
+        if dupes:
+            raise ConfigError(f"two upstreams have the {kind} {dupes[0]!r}")
+    return upstreams
 
 
 def check(config: ProxyConfig) -> None:
