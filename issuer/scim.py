@@ -53,6 +53,7 @@ from issuer.errors import IssuerError
 from issuer.hashing import hash_password
 from issuer.models import MAX_RESULTS, PROVIDER, AgentResource
 from issuer.store import Conflict, NotFound, Record, Store, VersionMismatch
+from issuer.verify import MISSING, Reason, Refusal
 
 log = logging.getLogger("tessera.scim")
 
@@ -75,8 +76,9 @@ class Principal:
     scopes: frozenset[str]
 
 
-Authenticator = Callable[[str], Principal | None]
-"""Maps a bearer token to its principal, or None when the token is not valid."""
+Authenticator = Callable[[str], Awaitable[Principal | Refusal]]
+"""Maps a bearer token to its principal, or the refusal that says why it is not valid.
+Awaited on the event loop: whatever it reads from the store, it reads in a worker thread."""
 
 
 class BootstrapToken:
@@ -90,11 +92,11 @@ class BootstrapToken:
             raise ValueError("the bootstrap admin token must have at least 16 characters")
         self._digest = hashlib.sha256(token.encode()).digest()
 
-    def __call__(self, token: str) -> Principal | None:
+    async def __call__(self, token: str) -> Principal | Refusal:
         digest = hashlib.sha256(token.encode()).digest()
         if hmac.compare_digest(digest, self._digest):
             return Principal("bootstrap-admin", frozenset({ADMIN_SCOPE}))
-        return None
+        return Refusal(Reason.INVALID, "not the bootstrap admin token")
 
 
 def bearer_token(authorization: str) -> str | None:
@@ -124,6 +126,21 @@ class _Unauthorized(SCIMException, IssuerError):
 class _Forbidden(SCIMException, IssuerError):
     status = 403
     _default_detail = "the token lacks the tessera:admin scope"
+
+
+def _refused(refusal: Refusal) -> SCIMException:
+    """A refused token as the SCIM error that carries its challenge: why it was refused is
+    logged, not told."""
+    if refusal.reason is Reason.MISSING:
+        return _Unauthorized(
+            'Bearer realm="tessera"', "a bearer token with the tessera:admin scope is required"
+        )
+    if refusal.reason is Reason.INSUFFICIENT_SCOPE:
+        return _Forbidden()
+    log.info("SCIM: token refused: %s", refusal.message)
+    return _Unauthorized(
+        'Bearer realm="tessera", error="invalid_token"', "the bearer token is not valid"
+    )
 
 
 class _MethodNotAllowed(SCIMException, IssuerError):
@@ -230,21 +247,15 @@ class ScimService:
         """Run a store call off the event loop (the loop also serves the PDP)."""
         return await to_thread.run_sync(lambda: fn(*args, **kwargs))
 
-    def _principal(self, request: Request) -> Principal:
+    async def _principal(self, request: Request) -> Principal:
+        """The administrator calling, or the RFC 6750 §3.1 refusal as a SCIM error."""
         token = bearer_token(request.headers.get("authorization", ""))
-        if token is None:
-            raise _Unauthorized(
-                'Bearer realm="tessera"', "a bearer token with the tessera:admin scope is required"
-            )
-        principal = self.authenticate(token)
-        if principal is None:
-            raise _Unauthorized(
-                'Bearer realm="tessera", error="invalid_token"',
-                "the bearer token is not valid",
-            )
-        if ADMIN_SCOPE not in principal.scopes:
+        found = MISSING if token is None else await self.authenticate(token)
+        if isinstance(found, Refusal):
+            raise _refused(found)
+        if ADMIN_SCOPE not in found.scopes:
             raise _Forbidden()
-        return principal
+        return found
 
     async def _body(self, request: Request) -> Any:
         body = await request.body()
@@ -374,7 +385,7 @@ class ScimService:
     # -- endpoints
 
     async def create(self, request: Request) -> Response:
-        principal = self._principal(request)
+        principal = await self._principal(request)
         kind = self._kind(request)
         params = self._params(kind, request)
         payload = _with_defaults(kind, await self._body(request))
@@ -400,7 +411,7 @@ class ScimService:
         return self._respond(kind, model, Context.RESOURCE_CREATION_RESPONSE, params, 201)
 
     async def get(self, request: Request) -> Response:
-        self._principal(request)
+        await self._principal(request)
         kind = self._kind(request)
         params = self._params(kind, request)
         record = await self._load(kind, request.path_params["id"])
@@ -411,7 +422,7 @@ class ScimService:
         return self._respond(kind, model, Context.RESOURCE_QUERY_RESPONSE, params)
 
     async def replace(self, request: Request) -> Response:
-        principal = self._principal(request)
+        principal = await self._principal(request)
         kind = self._kind(request)
         params = self._params(kind, request)
         payload = await self._body(request)
@@ -431,7 +442,7 @@ class ScimService:
         return await self._rewrite(request, kind, principal, params, build)
 
     async def patch(self, request: Request) -> Response:
-        principal = self._principal(request)
+        principal = await self._principal(request)
         kind = self._kind(request)
         params = self._params(kind, request)
         payload = await self._body(request)
@@ -524,7 +535,7 @@ class ScimService:
         return self._respond(kind, model, Context.RESOURCE_REPLACEMENT_RESPONSE, params)
 
     async def delete(self, request: Request) -> Response:
-        principal = self._principal(request)
+        principal = await self._principal(request)
         kind = self._kind(request)
         before = await self._load(kind, request.path_params["id"])
         expected = self._precondition(request, before)
@@ -579,13 +590,13 @@ class ScimService:
 
     async def search(self, request: Request) -> Response:
         """GET /{endpoint} with query parameters, or POST /{endpoint}/.search (RFC 7644 §3.4)."""
-        self._principal(request)
+        await self._principal(request)
         kind = self._kind(request)
         return await self._search(request, kind.model, [kind])
 
     async def search_all(self, request: Request) -> Response:
         """POST /.search at the service root: every resource type at once (RFC 7644 §3.4.3)."""
-        self._principal(request)
+        await self._principal(request)
         kinds = list(KINDS.values())
         model: Any = Union[tuple(kind.model for kind in kinds)]  # noqa: UP007
         return await self._search(request, model, kinds)
@@ -626,7 +637,7 @@ class ScimService:
     # -- discovery (RFC 7644 §4)
 
     async def service_provider_config(self, request: Request) -> Response:
-        self._principal(request)
+        await self._principal(request)
         config = PROVIDER.config
         assert config is not None
         located = config.model_copy(
@@ -640,20 +651,23 @@ class ScimService:
         return scim_response(located.model_dump(scim_ctx=Context.RESOURCE_QUERY_RESPONSE))
 
     async def resource_types(self, request: Request) -> Response:
+        await self._principal(request)
         return self._discovery_list(request, PROVIDER.resource_types, ResourceType)
 
     async def resource_type(self, request: Request) -> Response:
+        await self._principal(request)
         return self._discovery_item(request, PROVIDER.resource_types, ResourceType)
 
     async def schemas(self, request: Request) -> Response:
+        await self._principal(request)
         return self._discovery_list(request, PROVIDER.schemas, Schema)
 
     async def schema(self, request: Request) -> Response:
+        await self._principal(request)
         return self._discovery_item(request, PROVIDER.schemas, Schema)
 
     def _located(self, request: Request, items: Iterable[Any], model: type[Any]) -> list[Any]:
         """Discovery resources with their meta (``/ResourceTypes/User``, ``/Schemas/urn…``)."""
-        self._principal(request)
         base, name = self._base(request), model.__name__
         return [
             item.model_copy(

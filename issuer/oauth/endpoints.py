@@ -61,6 +61,7 @@ from issuer.oauth.tokens import (
 )
 from issuer.scim import ADMIN_SCOPE, Authenticator, Principal, bearer_token
 from issuer.store import Conflict, NotFound, Store
+from issuer.verify import MISSING, Memory, Refusal, Verifier, agent_statuses, revocations
 
 MULTI_VALUED = frozenset({"resource", "audience"})  # RFC 8707 §2, RFC 8693 §2.1
 MAX_FORM = 64 * 1024
@@ -221,7 +222,12 @@ class AuthorizationServer:
         return json_response({"active": True, "token_type": "Bearer", **claims})
 
     def _active_claims(self, token: str) -> dict[str, Any] | None:
-        """RFC 7662 §2.2: active means valid, not revoked, and its agent still active."""
+        """RFC 7662 §2.2: active means valid, not revoked, and its agent still active.
+
+        Not :class:`issuer.verify.Verifier`, which checks a token for one resource server:
+        introspection answers for every audience and every holder (a user's own token, a
+        delegated one, one bound to a certificate), and the resource server that asks
+        checks the audience, the caller and the binding itself (RFC 7662 §4)."""
         try:
             claims = self.verifier.verify(token)
         except InvalidToken:
@@ -240,24 +246,28 @@ class AuthorizationServer:
 
     def administrators(self, audiences: list[str]) -> Authenticator:
         """Who may administer: the bootstrap token, or an access token from this issuer
-        that is active, was issued to an agent acting alone (no user, no delegation), is not
-        bound to a certificate, and has one of ``audiences``. Its scopes say what it may do
+        for one of ``audiences``, checked by :class:`issuer.verify.Verifier`: not revoked,
+        its agent active in the directory, the agent acting alone (no user, no delegation)
+        and not bound to a certificate (none is seen here). Its scopes say what it may do
         (``tessera:admin``)."""
         bootstrap = self.admin
+        verifier = Verifier(
+            ring_lookup(self.keys),
+            self.issuer,
+            audiences,
+            revoked=revocations(self.store),
+            agent_status=agent_statuses(self.store),
+            alone=True,
+            # a token's signature is checked once; revocation and status on every call
+            memory=Memory(recheck=0.0),
+        )
 
-        def authenticate(token: str) -> Principal | None:
-            principal = bootstrap(token)
-            if principal is not None:
+        async def authenticate(token: str) -> Principal | Refusal:
+            principal = await bootstrap(token)
+            if isinstance(principal, Principal):
                 return principal
-            claims = self._active_claims(token)
-            if claims is None or claims.get("agent_id") != claims.get("sub"):
-                return None
-            if "act" in claims or "cnf" in claims:  # a bound token needs its certificate
-                return None
-            aud = claims.get("aud")
-            if not set(aud if isinstance(aud, list) else [aud]) & set(audiences):
-                return None
-            return Principal(str(claims["sub"]), frozenset(str(claims.get("scope", "")).split()))
+            found = await verifier.verify(token)
+            return found if isinstance(found, Refusal) else Principal(found.agent, found.scopes)
 
         return authenticate
 
@@ -291,7 +301,7 @@ class AuthorizationServer:
     async def register(self, request: Request) -> Response:
         """RFC 7591. With an admin bearer token, any client; without a token, public
         user-facing applications only (open registration, as MCP clients do it)."""
-        actor = self._administrator(request) if "authorization" in request.headers else None
+        actor = await self._administrator(request) if "authorization" in request.headers else None
         try:
             metadata = await request.json()
         except ValueError:
@@ -299,28 +309,31 @@ class AuthorizationServer:
         registered = await to_thread.run_sync(self.clients.register, metadata, actor)
         return json_response(registered, 201)
 
-    def _administrator(self, request: Request) -> str:
+    async def _administrator(self, request: Request) -> str:
         """The subject of the admin bearer token on the request, or 401/403."""
         header = request.headers.get("authorization", "")
         token = bearer_token(header)
-        principal = self._administrators(token) if token is not None else None
-        if principal is None or ADMIN_SCOPE not in principal.scopes:
-            error = "invalid_token" if principal is None else "insufficient_scope"
-            challenge = f'Bearer realm="tessera", scope="{ADMIN_SCOPE}"'
-            if header:
-                challenge += f', error="{error}"'
-            status = 401 if principal is None else 403
-            raise OAuthError(
-                error, "an admin bearer token is required", status, {"WWW-Authenticate": challenge}
-            )
-        return principal.subject
+        found = await self._administrators(token) if token is not None else MISSING
+        if isinstance(found, Principal) and ADMIN_SCOPE in found.scopes:
+            return found.subject
+        # without a token the challenge names no error (RFC 6750 §3.1), the body still does
+        if isinstance(found, Refusal):
+            error, status = found.error or "invalid_token", found.status
+        else:
+            error, status = "insufficient_scope", 403
+        challenge = f'Bearer realm="tessera", scope="{ADMIN_SCOPE}"'
+        if header:
+            challenge += f', error="{error}"'
+        raise OAuthError(
+            error, "an admin bearer token is required", status, {"WWW-Authenticate": challenge}
+        )
 
     # -- API keys (administrators)
 
     async def api_keys_endpoint(self, request: Request) -> Response:
         """POST: a new key (shown once); GET: the keys (``?agent_id=`` filters);
         DELETE /oauth/api-keys/ID: revoke."""
-        actor = self._administrator(request)
+        actor = await self._administrator(request)
         if request.method == "POST":
             try:
                 body = await request.json()

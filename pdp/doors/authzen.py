@@ -45,12 +45,12 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from anyio import to_thread
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from issuer.scim import ADMIN_SCOPE, Authenticator, bearer_token
+from issuer.scim import ADMIN_SCOPE, Authenticator, Principal, bearer_token
+from issuer.verify import MISSING, Reason, Refusal
 from pdp.decide import DecisionPoint
 from pdp.engine import Bundle
 from pdp.errors import PdpError
@@ -401,22 +401,25 @@ class AuthZen:
         return endpoint
 
     async def _authenticated(self, request: Request) -> None:
+        """The caller may ask for decisions; else the RFC 6750 §3.1 answer, 401 without a
+        token or with one refused, 403 without the scope. Why a token was refused is
+        logged, not told."""
         token = bearer_token(request.headers.get("authorization", ""))
-        if token is None:
-            raise Failure(401, "a bearer token is required", {"WWW-Authenticate": "Bearer"})
-        principal = await to_thread.run_sync(self.authenticate, token)
-        if principal is None:
-            raise Failure(
-                401,
-                "the bearer token is not valid",
-                {"WWW-Authenticate": 'Bearer error="invalid_token"'},
-            )
-        if not principal.scopes & {AUTHZEN_SCOPE, ADMIN_SCOPE}:
-            raise Failure(
-                403,
-                f"asking for decisions needs the scope {AUTHZEN_SCOPE}",
-                {"WWW-Authenticate": f'Bearer error="insufficient_scope", scope="{AUTHZEN_SCOPE}"'},
-            )
+        found = MISSING if token is None else await self.authenticate(token)
+        if isinstance(found, Principal):
+            if found.scopes & {AUTHZEN_SCOPE, ADMIN_SCOPE}:
+                return
+            why = f"asking for decisions needs the scope {AUTHZEN_SCOPE}"
+            found = Refusal(Reason.INSUFFICIENT_SCOPE, why)
+        if found.reason is Reason.MISSING:
+            message, challenge = "a bearer token is required", "Bearer"
+        elif found.reason is Reason.INSUFFICIENT_SCOPE:
+            message = found.message
+            challenge = f'Bearer error="insufficient_scope", scope="{AUTHZEN_SCOPE}"'
+        else:
+            log.info("AuthZEN: token refused: %s", found.message)
+            message, challenge = "the bearer token is not valid", f'Bearer error="{found.error}"'
+        raise Failure(found.status, message, {"WWW-Authenticate": challenge})
 
     async def _decide(self, request: Asked, peer: Peer) -> tuple[Decision, str]:
         try:

@@ -44,6 +44,7 @@ from issuer.oauth.clients import ClientRegistry
 from issuer.oauth.errors import OAuthError
 from issuer.scim import ADMIN_SCOPE, Principal, scim_app
 from issuer.store import NotFound, Record, Store
+from issuer.verify import Reason, Refusal
 from pep.admin_mcp.errors import AdminError
 
 PATCH_SCHEMA = "urn:ietf:params:scim:api:messages:2.0:PatchOp"
@@ -247,10 +248,10 @@ class DirectoryAdmin:
         service's own error detail when it refuses."""
         secret = secrets.token_urlsafe(32)
 
-        def authenticate(token: str) -> Principal | None:
+        async def authenticate(token: str) -> Principal | Refusal:
             if hmac.compare_digest(token, secret):
                 return Principal(admin.subject, frozenset({ADMIN_SCOPE}))
-            return None
+            return Refusal(Reason.INVALID, "not this request's token")
 
         headers = {"Authorization": f"Bearer {secret}", "Content-Type": "application/scim+json"}
         if version is not None:

@@ -2,13 +2,14 @@
 
 Each ``tools/call`` is an ``Authorize`` request: the agent and user from the token, action
 ``tool.call`` on the resource ``tool``/<name> with ``server`` = the upstream's name, the
-arguments the upstream's configuration maps into the context (``amount``…), and the MCP
+arguments the upstream's configuration maps into the context (``amount``…), the MCP
 method and upstream in the context (``mcp_method``, ``mcp_server``) so the audit record
-names the call. ``prompts/get`` and ``resources/read`` are decided the same way (actions
-``prompt.get`` and ``resource.read`` on resources ``prompt`` and ``resource``). The
-``…/list`` answers keep only what ``ListAllowed`` allows, and what it says awaits only the
-user's consent when the proxy can ask the user. The PDP fills the user's consents from its
-consent store; the proxy never sends them.
+names the call, and the token's ``acr`` claim as ``context.acr``, which meets a
+``step_up`` as it does through Envoy's ext_authz. ``prompts/get`` and ``resources/read``
+are decided the same way (actions ``prompt.get`` and ``resource.read`` on resources
+``prompt`` and ``resource``). The ``…/list`` answers keep only what ``ListAllowed``
+allows, and what it says awaits only the user's consent when the proxy can ask the user.
+The PDP fills the user's consents from its consent store; the proxy never sends them.
 
 The PDP failing to answer is a deny (:class:`pep.client.AsyncClient` fails closed). With
 a decision cache, an answer the PDP marks cacheable (no limit could decide it) is reused
@@ -287,7 +288,7 @@ def _query(
         resource_type=kind.resource_type,
         resource_id=name,
         resource_attributes={"server": upstream.name} if kind is TOOL else {},
-        context={**context, "mcp_method": method, "mcp_server": upstream.name},
+        context=_context(caller, upstream, method, context),
     )
 
 
@@ -311,8 +312,20 @@ def _request(
         resource_type=kind.resource_type,
         resource_id=name,
         resource={"server": upstream.name} if kind is TOOL else {},
-        context={**context, "mcp_method": method, "mcp_server": upstream.name},
+        context=_context(caller, upstream, method, context),
     )
+
+
+def _context(
+    caller: Caller, upstream: Upstream, method: str, context: Mapping[str, Any]
+) -> dict[str, Any]:
+    """A decision's context: the mapped arguments, the MCP method and upstream, and the
+    token's ``acr`` (what ``step_up`` is met by), passed as Envoy's ext_authz passes it."""
+    full = {**context, "mcp_method": method, "mcp_server": upstream.name}
+    acr = caller.claims.get("acr")
+    if isinstance(acr, str):
+        full["acr"] = acr
+    return full
 
 
 def _list_request(
@@ -330,8 +343,8 @@ def _list_request(
             for name in names
         ],
         context={
-            "mcp_method": to_value(f"{kind.list_key}/list"),
-            "mcp_server": to_value(upstream.name),
+            name: to_value(value)
+            for name, value in _context(caller, upstream, f"{kind.list_key}/list", {}).items()
         },
     )
     if caller.user is not None:
