@@ -311,11 +311,22 @@ def _upstream(item: Any, index: int, env: Mapping[str, str]) -> Upstream:
     )
 
 
+# Context attributes a call's arguments may never supply: the token's authentication
+# strength, the user's consents, and what the proxy itself says of the call. A caller
+# who could set ``acr`` through an argument would meet any step-up.
+RESERVED_CONTEXT = ("acr", "consents", "mcp_method", "mcp_server")
+
+
 def _context(raw: Any, where: str) -> dict[str, ContextArgument]:
     if not isinstance(raw, dict):
         raise ConfigError(f"{where} must be a table of attribute = argument")
     mapped = {}
     for attribute, spec in raw.items():
+        if attribute in RESERVED_CONTEXT:
+            raise ConfigError(
+                f"{where}.{attribute}: {attribute!r} is set by Tessera, not by a call's "
+                f"arguments (reserved: {', '.join(RESERVED_CONTEXT)})"
+            )
         if isinstance(spec, str):
             mapped[str(attribute)] = ContextArgument(spec)
         elif isinstance(spec, dict):

@@ -67,6 +67,13 @@ def test_the_example_loads(tmp_path: Path) -> None:
     assert config.token_cache == 60.0
 
 
+@pytest.mark.parametrize("name", ["acr", "consents", "mcp_method", "mcp_server"])
+def test_a_call_argument_cannot_supply_what_tessera_sets(name: str) -> None:
+    with pytest.raises(ConfigError) as raised:
+        config_from_table(table(upstream=[up(context={name: "level"})]), env={})
+    assert f"{name!r} is set by Tessera, not by a call's arguments" in str(raised.value)
+
+
 @pytest.mark.parametrize(
     ("changes", "message"),
     [
