@@ -259,11 +259,11 @@ class DecisionPoint:
         """The engine's decision (or the directory's refusal) and whether it is cacheable."""
         if isinstance(request, str):
             return self._refused(engine, request), False
+        metrics = self.metrics
         start = time.perf_counter()
         decision = engine.decide(request, limits)
-        metrics = self.metrics
         metrics.engine_seconds.observe(time.perf_counter() - start)
-        metrics.decided(decision)
+        metrics.decisions.add(decision)
         return decision, not engine.touches_limits(request)
 
     def _refused(self, engine: Engine, reason: str) -> Decision:
@@ -276,7 +276,7 @@ class DecisionPoint:
     ) -> tuple[Answer, Record | None] | None:
         """The answer and its audit record (None without an audit trail); None when
         ``limits`` is false and a limit could decide."""
-        started = time.perf_counter()
+        started = time.perf_counter() if self.audit is not None else 0.0
         engine = self.engine
         resolved = self.resolve(request) if self.directory is not None else request
         decision = None

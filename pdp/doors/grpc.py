@@ -164,6 +164,7 @@ _heads: dict[Decision, bytes] = {}
 # their tags on the wire (field number << 3 | wire type).
 _DECISION_ID_TAG = bytes([5 << 3 | 2])
 _CACHEABLE_TRUE = bytes([8 << 3 | 0, 1])
+_SHORT = [bytes([n]) for n in range(128)]  # the varints of lengths below 128: one byte
 
 
 def answer_to_bytes(answer: Answer) -> bytes:
@@ -178,11 +179,14 @@ def answer_to_bytes(answer: Answer) -> bytes:
             _heads.clear()
         _heads[decision] = head
     ident = answer.decision_id.encode()
+    size = len(ident)
+    length = _SHORT[size] if size < 128 else _varint(size)
     tail = _CACHEABLE_TRUE if answer.cacheable else b""
-    return b"".join((head, _DECISION_ID_TAG, _varint(len(ident)), ident, tail))
+    return b"".join((head, _DECISION_ID_TAG, length, ident, tail))
 
 
 def _varint(value: int) -> bytes:
+    """``value`` as a protobuf base-128 varint."""
     out = bytearray()
     while value > 0x7F:
         out.append(value & 0x7F | 0x80)
