@@ -16,6 +16,9 @@ from tests.servers import Server
 
 POLICIES = Path(__file__).resolve().parents[2] / "policies"
 ACTIVE = {"status": "active", "risk": Risk.low, "purpose": "payments"}
+# A deadline no busy test machine misses, for tests that are not about deadlines (the
+# client's default is 0.5 s per attempt).
+PATIENT = Options(timeout=10.0)
 
 
 @pytest.fixture
@@ -30,7 +33,7 @@ def free_port() -> int:
 
 
 def test_sync_client_allows_and_denies(target: str) -> None:
-    with Client(target) as tessera:
+    with Client(target, PATIENT) as tessera:
         allowed = tessera.authorize(Query(agent="helper", tool="search", agent_attributes=ACTIVE))
         assert allowed.allow and allowed.decided_by == ("agents.read_only",)
         assert len(allowed.decision_id) == 32
@@ -50,7 +53,7 @@ def test_sync_client_allows_and_denies(target: str) -> None:
 
 def test_async_client_and_batch(target: str) -> None:
     async def scenario() -> tuple[bool, list[bool]]:
-        async with AsyncClient(target) as tessera:
+        async with AsyncClient(target, PATIENT) as tessera:
             one = await tessera.authorize(
                 Query(agent="helper", tool="search", agent_attributes=ACTIVE)
             )
@@ -66,7 +69,7 @@ def test_async_client_and_batch(target: str) -> None:
 
 
 def test_sync_batch_keeps_order(target: str) -> None:
-    with Client(target) as tessera:
+    with Client(target, PATIENT) as tessera:
         verdicts = tessera.authorize_many(
             [
                 Query(agent="a", tool="delete_everything", agent_attributes=ACTIVE),
@@ -96,7 +99,7 @@ def test_errors_can_raise_instead(target: str) -> None:
 
 
 def test_a_malformed_query_is_a_deny_naming_the_field(target: str) -> None:
-    with Client(target) as tessera:
+    with Client(target, PATIENT) as tessera:
         verdict = tessera.authorize(
             Query(agent="a", tool="payments.transfer", context={"amount": "lots"})
         )
@@ -106,7 +109,7 @@ def test_a_malformed_query_is_a_deny_naming_the_field(target: str) -> None:
 
 
 def test_local_cache_keeps_only_cacheable_answers(target: str) -> None:
-    options = Options(cache_size=100, cache_ttl=60)
+    options = Options(timeout=10.0, cache_size=100, cache_ttl=60)
     external = {"status": "active", "risk": Risk.medium, "type": "external"}
     with Client(target, options) as tessera:
         first = tessera.authorize(Query(agent="c", tool="summarize", agent_attributes=ACTIVE))
