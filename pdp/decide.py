@@ -157,13 +157,11 @@ class DecisionPoint:
         """As :meth:`decide`, for a caller outside the event loop (the issuer's token
         exchange check runs in a worker thread): a full audit queue, or sync durability,
         blocks this thread."""
-        started = time.perf_counter()
-        resolved = self.resolve(request)
-        decision, cacheable = self._decided(self.engine, resolved, True)
-        answer = Answer(decision, new_decision_id(), cacheable)
+        answered = self._answer(request, pep, None, limits=True)
+        assert answered is not None  # with limits decided here, every request is answered
+        answer, record = answered
         audit = self.audit
-        if audit is not None:
-            record = self._record(_asked(request, resolved), answer, started, pep)
+        if audit is not None and record is not None:
             if self.durability == "sync":
                 audit.write("agent", record)
             else:
@@ -173,17 +171,15 @@ class DecisionPoint:
     async def decide_many(self, requests: Sequence[Request], pep: Pep = "") -> list[Answer]:
         """Decide requests in order, each using up limits as it is allowed; their records
         are handed over together."""
-        started = time.perf_counter()
-        engine = self.engine
         answers = []
         records: list[Record] = []
         for request in requests:
-            resolved = self.resolve(request)
-            decision, cacheable = self._decided(engine, resolved, True)
-            answer = Answer(decision, new_decision_id(), cacheable)
+            answered = self._answer(request, pep, None, limits=True)
+            assert answered is not None  # with limits decided here, every one is answered
+            answer, record = answered
             answers.append(answer)
-            if self.audit is not None:
-                records.append(self._record(_asked(request, resolved), answer, started, pep))
+            if record is not None:
+                records.append(record)
         await self._audited(*records)
         return answers
 
@@ -213,12 +209,12 @@ class DecisionPoint:
 
     # -- the steps
 
-    def resolve(self, request: Request | str) -> Request | str:
+    def resolve(self, request: Request) -> Request | str:
         """The request as the directory knows who asks, or why it is refused (a string).
 
         Without a directory, the request as the caller sent it."""
         directory = self.directory
-        if directory is None or isinstance(request, str):
+        if directory is None:
             return request
         if directory.version != self._seen_directory:
             # A decision or a fact remembered before this change may no longer hold.
@@ -254,16 +250,17 @@ class DecisionPoint:
         return typed_value(list(granted), declared, "context.consents")
 
     def _decided(
-        self, engine: Engine, request: Request | str, limits: bool
+        self, engine: Engine, request: Request | str, commit: bool
     ) -> tuple[Decision, bool]:
-        """The engine's decision (or the directory's refusal) and whether it is cacheable."""
+        """The engine's decision (or the directory's refusal) and whether it is cacheable;
+        ``commit`` records the limits an allow uses up."""
         if isinstance(request, str):
             return self._refused(engine, request), False
         metrics = self.metrics
         start = time.perf_counter()
-        decision = engine.decide(request, limits)
+        decision = engine.decide(request, commit)
         metrics.engine_seconds.observe(time.perf_counter() - start)
-        metrics.decisions.add(decision)
+        metrics.decided(decision)
         return decision, not engine.touches_limits(request)
 
     def _refused(self, engine: Engine, reason: str) -> Decision:
@@ -278,7 +275,7 @@ class DecisionPoint:
         ``limits`` is false and a limit could decide."""
         started = time.perf_counter() if self.audit is not None else 0.0
         engine = self.engine
-        resolved = self.resolve(request) if self.directory is not None else request
+        resolved = self.resolve(request)
         decision = None
         if key is not None and self.cache is not None and not isinstance(resolved, str):
             decision = self._remembered(key)

@@ -129,18 +129,23 @@ def request_from_proto(
 def answer_to_proto(answer: Answer) -> pb.AuthorizeResponse:
     """The response telling ``answer``: the decision's part made once per decision (most
     are shared by every call a rule decides alone), the call's id and cacheability added."""
-    decision = answer.decision
-    template = _templates.get(decision)
-    if template is None:
-        template = _response(decision)
-        if len(_templates) >= TEMPLATES_SIZE:
-            _templates.clear()
-        _templates[decision] = template
     response = pb.AuthorizeResponse()
-    response.CopyFrom(template)
+    response.CopyFrom(_prepared(answer.decision)[0])
     response.decision_id = answer.decision_id
     response.cacheable = answer.cacheable
     return response
+
+
+def _prepared(decision: Decision) -> tuple[pb.AuthorizeResponse, bytes]:
+    """The decision's part of a response, as a message and serialized, made once."""
+    prepared = _by_decision.get(decision)
+    if prepared is None:
+        template = _response(decision)
+        prepared = (template, template.SerializeToString())
+        if len(_by_decision) >= TEMPLATES_SIZE:
+            _by_decision.clear()
+        _by_decision[decision] = prepared
+    return prepared
 
 
 def _response(decision: Decision) -> pb.AuthorizeResponse:
@@ -157,8 +162,7 @@ def _response(decision: Decision) -> pb.AuthorizeResponse:
 
 
 TEMPLATES_SIZE = 4_096  # decisions whose response part is remembered (bounded memory)
-_templates: dict[Decision, pb.AuthorizeResponse] = {}
-_heads: dict[Decision, bytes] = {}
+_by_decision: dict[Decision, tuple[pb.AuthorizeResponse, bytes]] = {}
 
 # AuthorizeResponse fields 5 (decision_id, length-delimited) and 8 (cacheable, varint):
 # their tags on the wire (field number << 3 | wire type).
@@ -171,13 +175,7 @@ def answer_to_bytes(answer: Answer) -> bytes:
     """The serialized response telling ``answer``: the decision's fields serialized once
     per decision, then the call's decision id and cacheability appended. Protocol
     Buffers read fields in any order, so this parses as :func:`answer_to_proto` does."""
-    decision = answer.decision
-    head = _heads.get(decision)
-    if head is None:
-        head = _response(decision).SerializeToString()
-        if len(_heads) >= TEMPLATES_SIZE:
-            _heads.clear()
-        _heads[decision] = head
+    head = _prepared(answer.decision)[1]
     ident = answer.decision_id.encode()
     size = len(ident)
     length = _SHORT[size] if size < 128 else _varint(size)
@@ -218,17 +216,24 @@ class Calls:
         self.method = method
 
     async def run(self, work: Callable[[], Awaitable[T]], context: grpc.aio.ServicerContext) -> T:
-        metrics = self.metrics
-        metrics.calls_in_flight += 1
-        started = time.perf_counter()
+        started = self.begin()
         try:
             return await work()
         except Exception as exc:
             await self.failed(exc, context)
             raise  # failed() aborts the call; this line only tells type checkers so
         finally:
-            metrics.calls_in_flight -= 1
-            self.seconds.observe(time.perf_counter() - started)
+            self.end(started)
+
+    def begin(self) -> float:
+        """Count a call in flight; when it started."""
+        self.metrics.calls_in_flight += 1
+        return time.perf_counter()
+
+    def end(self, started: float) -> None:
+        """The call is over: no longer in flight, and timed."""
+        self.metrics.calls_in_flight -= 1
+        self.seconds.observe(time.perf_counter() - started)
 
     async def failed(self, exc: Exception, context: grpc.aio.ServicerContext) -> None:
         """End the call with the status ``exc`` stands for (an abort passes through)."""
@@ -253,10 +258,9 @@ class AuthorizerDoor:
         self._calls = {m: Calls(metrics, m) for m in ("Authorize", "AuthorizeBatch", "ListAllowed")}
 
     async def Authorize(self, raw: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        # Calls.run's steps written out: no closure and no second coroutine per call.
         calls = self._calls["Authorize"]
-        metrics = calls.metrics
-        metrics.calls_in_flight += 1
-        started = time.perf_counter()
+        started = calls.begin()
         try:
             point = self.point
             request = request_from_proto(parsed(raw), point.schema, point.trusts_callers)
@@ -266,8 +270,7 @@ class AuthorizerDoor:
             await calls.failed(exc, context)
             raise
         finally:
-            metrics.calls_in_flight -= 1
-            calls.seconds.observe(time.perf_counter() - started)
+            calls.end(started)
 
     async def AuthorizeBatch(
         self, request: pb.AuthorizeBatchRequest, context: grpc.aio.ServicerContext

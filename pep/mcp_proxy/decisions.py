@@ -211,13 +211,13 @@ class LocalDecider:
         name: str,
         context: Mapping[str, Any],
     ) -> Verdict:
+        query = _query(caller, upstream, method, kind, name, context)
         try:
-            request = _request(self.point.schema, caller, upstream, method, kind, name, context)
+            request = _request(self.point.schema, query)
             answer = await self.point.decide_without_limits(request, self.PEP)
         except RequestError as exc:  # fail closed, as the PDP's INVALID_ARGUMENT
             return Verdict.failed(str(exc))
         if answer is None:
-            query = _query(caller, upstream, method, kind, name, context)
             verdict = await self.remote.client.authorize(query)
             self._compare(verdict.bundle_version)
             return verdict
@@ -247,7 +247,8 @@ class LocalDecider:
         method = f"{kind.list_key}/list"
         for name in names:
             try:
-                request = _request(self.point.schema, caller, upstream, method, kind, name, {})
+                query = _query(caller, upstream, method, kind, name, {})
+                request = _request(self.point.schema, query)
                 decision = self.point.preview_without_limits(request)
             except RequestError:
                 continue  # fail closed: not listed
@@ -292,27 +293,19 @@ def _query(
     )
 
 
-def _request(
-    schema: SchemaModel,
-    caller: Caller,
-    upstream: Upstream,
-    method: str,
-    kind: Kind,
-    name: str,
-    context: Mapping[str, Any],
-) -> Request:
-    """The one typed request a call (or one listed name) stands for, as :func:`_query`
-    asks it of the PDP."""
+def _request(schema: SchemaModel, query: Query) -> Request:
+    """The one typed request ``query`` stands for: what the PDP would be asked, decided
+    in this process."""
     return typed_request(
         schema,
-        agent={"id": caller.agent},
-        user=None if caller.user is None else {"id": caller.user},
-        chain=caller.chain or None,
-        action=kind.action,
-        resource_type=kind.resource_type,
-        resource_id=name,
-        resource={"server": upstream.name} if kind is TOOL else {},
-        context=_context(caller, upstream, method, context),
+        agent={"id": query.agent},
+        user=None if query.user is None else {"id": query.user},
+        chain=query.chain,
+        action=query.action,
+        resource_type=query.resource_type,
+        resource_id=query.resource_id,
+        resource=query.resource_attributes,
+        context=query.context,
     )
 
 
