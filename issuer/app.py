@@ -128,12 +128,18 @@ class HttpRunning:
             await self.task
 
 
-def bind(host: str, port: int) -> socket.socket:
-    """A TCP socket bound to ``host:port`` (0 picks a free port), or an OSError naming it."""
+def bind(host: str, port: int, reuse_port: bool = False) -> socket.socket:
+    """A TCP socket bound to ``host:port`` (0 picks a free port), or an OSError naming it.
+
+    With ``reuse_port``, several processes bind the same port (``SO_REUSEPORT``) and the
+    kernel spreads new connections over those that listen: the worker processes of one
+    ``tessera serve``. Without it, a port another process holds is an error."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         # Accepted connections inherit it: without, small responses wait on delayed ACKs.
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.bind((host, port))

@@ -2,18 +2,38 @@
 
 Every name starts with ``tessera_``. Each service has its own registry, so several
 servers in one process (tests, embedding) never share or collide.
+
+With ``tessera serve --workers N`` every worker process keeps its own registry, served on
+a private loopback port, and the parent serves one endpoint (the configured metrics
+port) that fetches every worker's exposition on each scrape and merges them
+(:class:`Gathered`, :func:`merge`): counters, histogram buckets, sums and counts, and
+gauges are summed per label set; ``*_created`` keeps the earliest; ``tessera_bundle_info``
+is kept once per version (during a reload, workers may briefly report two). The parent adds
+its own ``tessera_workers`` (workers serving now) and the anomaly alerts it counts.
+
+Why gather rather than prometheus_client's multiprocess mode: that mode shares only its
+own metric classes, through memory-mapped files written on every observation, while the
+hot-path metrics here are custom collectors (:class:`Timings`, :class:`Tally`, the
+in-flight gauge read from a plain number) chosen because an observation costs one lock and
+no more. Adapting them to write mmap files would put a file-backed write on every
+decision, and so the gathered endpoint costs a worker nothing between scrapes; a scrape
+costs one local HTTP fetch per worker and a text parse, seconds apart. No series gains a
+``worker`` label: the merged series are the same as one process's.
 """
 
 from __future__ import annotations
 
+import operator
 import threading
 from bisect import bisect_left
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Info
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
-from prometheus_client.exposition import start_http_server
+from prometheus_client.exposition import generate_latest, start_http_server
+from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.samples import Sample
 
 from pdp.model import Decision
 
@@ -144,6 +164,17 @@ class Tally:
         return [family]
 
 
+def alert_counter(registry: CollectorRegistry) -> Counter:
+    """``tessera_audit_alerts_total``: counted by the process that runs the anomaly watcher
+    (the server, or the parent of several workers)."""
+    return Counter(
+        "tessera_audit_alerts",
+        "Anomaly alerts raised on agents, by kind (new_tool, rate, denials, amount, hours).",
+        ["alert"],
+        registry=registry,
+    )
+
+
 class Metrics:
     """The service's counters, histograms and gauges, in one registry."""
 
@@ -177,12 +208,7 @@ class Metrics:
             ["result"],
             registry=r,
         )
-        self.alerts = Counter(
-            "tessera_audit_alerts",
-            "Anomaly alerts raised on agents, by kind (new_tool, rate, denials, amount, hours).",
-            ["alert"],
-            registry=r,
-        )
+        self.alerts = alert_counter(r)
 
         self._hit = self.cache.labels("hit")
         self._miss = self.cache.labels("miss")
@@ -198,6 +224,75 @@ class Metrics:
         else:
             self._hit.inc()
             self.decided(decision)
+
+    def serve(self, port: int, host: str = "127.0.0.1") -> WSGIServer:
+        """Serve ``/metrics`` on ``host:port`` (0 picks a free port) in a daemon thread."""
+        server, _ = start_http_server(port, host, registry=self.registry)
+        return server
+
+
+def merge(expositions: Iterable[str]) -> list[Metric]:
+    """The families of several processes' text expositions as one set: each sample summed
+    over the processes that report its name and labels, except ``*_created`` (the
+    earliest) and ``*_info`` (present or not: kept once per label set)."""
+    families: dict[str, Metric] = {}
+    samples: dict[str, dict[tuple[str, tuple[tuple[str, str], ...]], Sample]] = {}
+    for text in expositions:
+        for family in text_string_to_metric_families(text):
+            if family.name not in families:
+                families[family.name] = Metric(family.name, family.documentation, family.type)
+                samples[family.name] = {}
+            combine = _combiner(family.name)
+            merged = samples[family.name]
+            for sample in family.samples:
+                key = (sample.name, tuple(sorted(sample.labels.items())))
+                seen = merged.get(key)
+                if seen is None:
+                    merged[key] = Sample(sample.name, sample.labels, sample.value)
+                else:
+                    merged[key] = seen._replace(value=combine(seen.value, sample.value))
+    for name, family in families.items():
+        family.samples = list(samples[name].values())
+    return list(families.values())
+
+
+def _combiner(name: str) -> Callable[[float, float], float]:
+    if name.endswith("_created"):
+        return min
+    if name.endswith("_info"):
+        return max
+    return operator.add
+
+
+class Gathered:
+    """A collector that is every worker's metrics as one: each scrape asks
+    ``expositions`` for their texts and :func:`merge` s them."""
+
+    def __init__(self, expositions: Callable[[], Iterable[str]]) -> None:
+        self.expositions = expositions
+
+    def describe(self) -> Iterable[Metric]:
+        return []  # the names are the workers': known when scraped
+
+    def collect(self) -> list[Metric]:
+        return merge(self.expositions())
+
+
+class WorkerMetrics:
+    """What the parent of ``tessera serve --workers N`` serves: its own
+    ``tessera_workers`` and alert counts, merged with the texts ``scrape`` fetches from the
+    workers."""
+
+    def __init__(self, scrape: Callable[[], Iterable[str]]) -> None:
+        self.own = CollectorRegistry()
+        self.workers = Gauge(
+            "tessera_workers",
+            "Worker processes serving now (tessera serve --workers).",
+            registry=self.own,
+        )
+        self.alerts = alert_counter(self.own)
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(Gathered(lambda: [generate_latest(self.own).decode(), *scrape()]))
 
     def serve(self, port: int, host: str = "127.0.0.1") -> WSGIServer:
         """Serve ``/metrics`` on ``host:port`` (0 picks a free port) in a daemon thread."""

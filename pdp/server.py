@@ -5,7 +5,12 @@ The store and the directory that follows it, the issuer (SCIM, OAuth, keys), the
 same port, AuthZEN on the issuer's HTTP port), the audit writer and its jobs, the anomaly
 watcher and the policy reloader. Each door only adapts its protocol; what is decided, and
 how, lives in :mod:`pdp.decide`. The standard health service reports SERVING once a bundle
-is loaded, and server reflection lets generic clients discover the contract.
+is loaded, and server reflection lets generic clients discover the contract. SIGHUP loads
+the policy directory at once.
+
+With ``workers`` above 1, :mod:`pdp.workers` runs :func:`serve_forever` in several
+processes on the same ports (``SO_REUSEPORT``), each one :class:`Supervised`: the parent
+prints the startup lines, serves the metrics of all and runs the anomaly watcher.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ import asyncio
 import contextlib
 import gc
 import signal
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +28,7 @@ from wsgiref.simple_server import WSGIServer
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from prometheus_client import Counter
 from starlette.applications import Starlette
 from starlette.routing import Mount
 
@@ -54,7 +60,16 @@ NO_HTTP_ISSUER = "urn:tessera:issuer"  # who signs audit checkpoints when no iss
 
 SERVICE_NAME = grpc_door.SERVICE_NAME
 
-__all__ = ["DEFAULT_CACHE_SIZE", "SERVICE_NAME", "Running", "serve_forever", "start"]
+__all__ = [
+    "DEFAULT_CACHE_SIZE",
+    "SERVICE_NAME",
+    "Running",
+    "Supervised",
+    "serve_forever",
+    "start",
+    "startup_lines",
+    "watch_anomalies",
+]
 
 
 @dataclass
@@ -92,14 +107,19 @@ async def start(
     audit: AuditWriter | None = None,
     durability: str = "async",
     gateway: Gateway | None = None,
+    metrics_host: str | None = None,
+    reuse_port: bool = False,
 ) -> Running:
     """Start serving ``engine`` on ``host:port`` (port 0 picks a free one); with
     ``watch``, reload from that policy directory whenever it changes; with
-    ``metrics_port``, serve Prometheus metrics on ``host:metrics_port/metrics``; with
-    ``tls`` (key, certificate chain, client CA or None), serve TLS, and require client
-    certificates from that CA when one is given (mutual TLS); with ``directory``, resolve
-    agents and users from it and refuse those it does not know or that are inactive; with
-    ``gateway``, also answer Envoy's ext_authz ``Check`` on the same port."""
+    ``metrics_port``, serve Prometheus metrics on ``metrics_host`` (default ``host``)
+    ``:metrics_port/metrics``; with ``reuse_port``, share the port with the other workers
+    of ``tessera serve --workers``; with ``tls`` (key, certificate chain, client CA or
+    None), serve TLS, and require client certificates from that CA when one is given
+    (mutual TLS); with ``directory``, resolve agents and users from it and refuse those it
+    does not know or that are inactive; with ``gateway``, also answer Envoy's ext_authz
+    ``Check`` on the same port."""
+    server, bound = _listen(f"{host}:{port}", tls, reuse_port)
     metrics = Metrics()
     point = DecisionPoint(
         engine,
@@ -109,7 +129,6 @@ async def start(
         audit=audit,
         durability=durability,
     )
-    server = grpc.aio.server()
     grpc_door.add_to_server(point, server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -120,7 +139,6 @@ async def start(
     reflection.enable_server_reflection(
         (*deciding, health.SERVICE_NAME, reflection.SERVICE_NAME), server
     )
-    bound = _listen(server, f"{host}:{port}", tls)
     await server.start()
     # Everything loaded so far lives as long as the server: keep it out of the cyclic
     # collector's way, so collections during calls scan only what calls allocate.
@@ -133,14 +151,18 @@ async def start(
     if watch is not None:
         reloader = Reloader(watch, point.use, interval, metrics.reloads)
         reloader.start()
-    metrics_server = metrics.serve(metrics_port, host) if metrics_port is not None else None
+    where = metrics_host or host
+    metrics_server = metrics.serve(metrics_port, where) if metrics_port is not None else None
     return Running(server, bound, health_servicer, point, reloader, metrics_server)
 
 
 def _listen(
-    server: grpc.aio.Server, address: str, tls: tuple[bytes, bytes, bytes | None] | None
-) -> int:
-    """Listen on ``address``, plaintext or (mutual) TLS; the port bound."""
+    address: str, tls: tuple[bytes, bytes, bytes | None] | None, reuse_port: bool
+) -> tuple[grpc.aio.Server, int]:
+    """A gRPC server listening on ``address``, plaintext or (mutual) TLS, and the port
+    bound. gRPC sets ``SO_REUSEPORT`` unless told not to; only with ``reuse_port`` is it
+    kept, so that a lone server finds a port another process holds taken."""
+    server = grpc.aio.server(options=[("grpc.so_reuseport", int(reuse_port))])
     if tls is None:
         bound = server.add_insecure_port(address)
     else:
@@ -151,7 +173,7 @@ def _listen(
         bound = server.add_secure_port(address, credentials)
     if bound == 0:
         raise OSError(f"cannot listen on {address}")
-    return int(bound)
+    return server, int(bound)
 
 
 def token_trail(audit: AuditWriter | None) -> IssuedHook | None:
@@ -189,7 +211,7 @@ def _open_planes(config: ServeConfig, stack: contextlib.AsyncExitStack) -> Plane
     stack.callback(store.close)
     keys = planes.keys = KeyRing(store, config.signing_alg, published_for=config.token_lifetime)
     if config.http_port >= 0:
-        planes.sock = bind(config.host, config.http_port)
+        planes.sock = bind(config.host, config.http_port, reuse_port=config.workers > 1)
         stack.callback(planes.sock.close)
         scheme = "https" if config.tls_cert else "http"
         planes.base = f"{scheme}://{config.host}:{planes.sock.getsockname()[1]}"
@@ -235,25 +257,36 @@ def _trail_jobs(
 def _watch_anomalies(
     config: ServeConfig, planes: Planes, running: Running, stack: contextlib.AsyncExitStack
 ) -> None:
-    """Anomaly detection runs in a process of its own (off this one's interpreter lock);
-    this one counts the alerts it raises."""
+    """Anomaly detection beside this server, when it audits."""
     if planes.store is None or planes.audit is None:
         return
+    watch_anomalies(config, planes.store, running.point.metrics.alerts, stack)
+
+
+def watch_anomalies(
+    config: ServeConfig, store: Store, alerts: Counter, stack: contextlib.AsyncExitStack
+) -> None:
+    """Anomaly detection runs in a process of its own (off this one's interpreter lock);
+    this one counts the alerts it raises into ``alerts``. Both are stopped by ``stack``."""
     watcher = Watcher(config.store, config.anomaly_thresholds())
     watcher.start()
     stack.callback(watcher.stop)
-    counter = AlertCounter(planes.store, running.point.metrics.alerts)
+    counter = AlertCounter(store, alerts)
     counter.start()
     stack.callback(counter.stop)
 
 
 async def _serve_issuer(
-    config: ServeConfig, planes: Planes, point: DecisionPoint, stack: contextlib.AsyncExitStack
+    config: ServeConfig,
+    planes: Planes,
+    point: DecisionPoint,
+    stack: contextlib.AsyncExitStack,
+    token: str,
 ) -> None:
-    """The issuer's HTTP service (SCIM, OAuth) with AuthZEN beside it, on ``planes.sock``."""
+    """The issuer's HTTP service (SCIM, OAuth) with AuthZEN beside it, on ``planes.sock``;
+    ``token`` is the bootstrap admin token."""
     store, keys, issuer, base = planes.store, planes.keys, planes.issuer, planes.base
     assert store is not None and keys is not None
-    token = config.admin_token or new_token()
     oauth = AuthorizationServer(
         store,
         keys,
@@ -276,23 +309,91 @@ async def _serve_issuer(
     )
     http = await serve_http(app, planes.sock, tls, config.tls_client_ca or None)
     stack.push_async_callback(http.stop)
-    _say(f"SCIM 2.0 at {base}{SCIM_PATH}, directory in {config.store}")
-    _say(f"OAuth issuer {issuer} (metadata at {base}{METADATA_PATH})")
-    _say(f"AuthZEN at {base}{AUTHZEN_PATH}")
-    if not config.admin_token:
-        _say(f"bootstrap admin token (random; set TESSERA_ADMIN_TOKEN to choose one): {token}")
+
+
+def startup_lines(
+    config: ServeConfig,
+    port: int,
+    metrics_port: int | None,
+    http_port: int | None,
+    token: str | None,
+) -> list[str]:
+    """What ``tessera serve`` says once it serves, from the ports it took: ``metrics_port``
+    None when metrics are off, ``http_port`` None when the issuer does not serve, ``token``
+    the generated bootstrap admin token (None when one is configured). A lone server and
+    the parent of several workers say the same."""
+    scheme = "plaintext"
+    if config.tls_cert:
+        scheme = "mutual TLS" if config.tls_client_ca else "TLS"
+    lines = [f"serving tessera.v1.Authorizer on {config.host}:{port} ({scheme})"]
+    if metrics_port is not None:
+        lines.append(f"metrics on http://{config.host}:{metrics_port}/metrics")
+    if http_port is not None:
+        base = f"{'https' if config.tls_cert else 'http'}://{config.host}:{http_port}"
+        lines += [
+            f"SCIM 2.0 at {base}{SCIM_PATH}, directory in {config.store}",
+            f"OAuth issuer {config.issuer or base} (metadata at {base}{METADATA_PATH})",
+            f"AuthZEN at {base}{AUTHZEN_PATH}",
+        ]
+        if token is not None:
+            lines.append(
+                f"bootstrap admin token (random; set TESSERA_ADMIN_TOKEN to choose one): {token}"
+            )
+    elif not config.store:
+        lines.append("no store: deciding on the agent attributes callers send")
+    if config.store and (config.issuer or http_port is not None):
+        lines.append(f"Envoy ext_authz ({ext_authz.SERVICE_NAME}) on port {port}")
+    if config.store and config.audit != "off":
+        lines.append(f"every decision is audited ({config.audit})")
+    return [f"tessera: {line}" for line in lines]
+
+
+def _announce(
+    config: ServeConfig, running: Running, planes: Planes, token: str, announce: Sequence[str]
+) -> None:
+    """Print the startup lines of a lone server, then ``announce``."""
+    metrics = running.metrics_server
+    lines = startup_lines(
+        config,
+        running.port,
+        metrics.server_port if metrics is not None else None,
+        planes.sock.getsockname()[1] if planes.sock is not None else None,
+        None if config.admin_token else token,
+    )
+    for line in (*lines, *announce):
+        print(line, flush=True)
 
 
 def _say(line: str) -> None:
     print(f"tessera: {line}", flush=True)
 
 
-async def serve_forever(engine: Engine, config: ServeConfig, announce: Sequence[str] = ()) -> None:
-    """Serve until SIGINT or SIGTERM, then drain in-flight calls and stop.
+@dataclass(frozen=True)
+class Supervised:
+    """What changes when this process is one worker of ``tessera serve --workers N``: its
+    parent prints the startup lines, serves the metrics of all workers and runs the
+    anomaly watcher, so this one serves its own metrics on a private loopback port and
+    calls ``ready`` once it serves."""
+
+    ready: Callable[[Running], None]
+
+
+PRIVATE_HOST = "127.0.0.1"  # where a worker serves its metrics for its parent to gather
+
+
+async def serve_forever(
+    engine: Engine,
+    config: ServeConfig,
+    announce: Sequence[str] = (),
+    supervised: Supervised | None = None,
+) -> None:
+    """Serve until SIGINT or SIGTERM, then drain in-flight calls and stop; SIGHUP loads the
+    policies at once.
 
     With a store: the directory snapshot follows it, and the issuer's HTTP service (SCIM)
     runs beside the decision service in this event loop. Whatever started is stopped
-    again, also when a later part fails to start.
+    again, also when a later part fails to start. With ``supervised``, this process is one
+    of several workers on the same ports.
     """
     async with contextlib.AsyncExitStack() as stack:
         planes = _open_planes(config, stack)
@@ -303,34 +404,35 @@ async def serve_forever(engine: Engine, config: ServeConfig, announce: Sequence[
             watch=Path(config.policies),
             interval=config.reload_interval,
             cache_size=config.cache_size,
-            metrics_port=config.metrics_port if config.metrics else None,
+            metrics_port=(0 if supervised else config.metrics_port) if config.metrics else None,
             tls=config.credentials(),
             directory=planes.directory,
             audit=planes.audit,
             durability=config.audit,
             gateway=planes.gateway,
+            metrics_host=PRIVATE_HOST if supervised else None,
+            reuse_port=config.workers > 1,
         )
         stack.push_async_callback(running.stop, config.grace)
-        _watch_anomalies(config, planes, running, stack)
-        scheme = "TLS" if config.tls_cert else "plaintext"
-        if config.tls_client_ca:
-            scheme = "mutual TLS"
-        _say(f"serving tessera.v1.Authorizer on {config.host}:{running.port} ({scheme})")
-        if running.metrics_server is not None:
-            where = f"{config.host}:{running.metrics_server.server_port}"
-            _say(f"metrics on http://{where}/metrics")
+        token = config.admin_token or new_token()
         if planes.sock is not None:
-            await _serve_issuer(config, planes, running.point, stack)
-        elif planes.store is None:
-            _say("no store: deciding on the agent attributes callers send")
-        if planes.gateway is not None:
-            _say(f"Envoy ext_authz ({ext_authz.SERVICE_NAME}) on port {running.port}")
-        if planes.audit is not None:
-            _say(f"every decision is audited ({config.audit})")
-        for line in announce:
-            print(line, flush=True)
+            await _serve_issuer(config, planes, running.point, stack, token)
+        if supervised is None:
+            _watch_anomalies(config, planes, running, stack)
+            _announce(config, running, planes, token, announce)
+        else:
+            supervised.ready(running)
+        _reload_on_hangup(running)
         await _until_signalled()
         _say("draining in-flight calls, then stopping")
+
+
+def _reload_on_hangup(running: Running) -> None:
+    """SIGHUP loads the policy directory now: ``kill -HUP``, or the parent of several
+    workers passing it on."""
+    if running.reloader is not None:
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGHUP, running.reloader.reload_now)
 
 
 async def _until_signalled() -> None:

@@ -2,7 +2,7 @@
 with and the store it would open.
 
 This is the one place the command line reaches into the decision service
-(:func:`pdp.server.serve_forever`).
+(:func:`pdp.server.serve_forever`, or :func:`pdp.workers.supervise` for several workers).
 """
 
 from __future__ import annotations
@@ -32,6 +32,13 @@ def _serve_options(parser: argparse.ArgumentParser) -> None:
         help="how long in-flight calls may finish on shutdown (default: 5)",
     )
     parser.add_argument(
+        "--workers",
+        type=_workers,
+        metavar="N",
+        help="serving processes on the same ports (default: 1; 'auto': one per CPU this "
+        "process may use)",
+    )
+    parser.add_argument(
         "--metrics-port",
         type=int,
         metavar="PORT",
@@ -46,6 +53,15 @@ def _serve_options(parser: argparse.ArgumentParser) -> None:
         "--tls-client-ca", metavar="PEM", help="require client certificates from this CA (mTLS)"
     )
     _identity_options(parser)
+
+
+def _workers(text: str) -> int:
+    from pdp.serve.config import ConfigError, workers_count
+
+    try:
+        return workers_count(text, "")
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc).removeprefix(": ")) from None
 
 
 def _identity_options(parser: argparse.ArgumentParser) -> None:
@@ -111,6 +127,10 @@ def _serve(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         f"(bundle {bundle.version}), reloaded when they change; health and reflection are on"
     )
     try:
+        if config.workers > 1:
+            from pdp.workers import supervise
+
+            return supervise(config, [summary], err)
         asyncio.run(serve_forever(Engine(bundle), config, [summary]))
     except (OSError, StoreError) as exc:
         print(f"tessera serve: {exc}", file=err)
@@ -125,7 +145,9 @@ SERVE = Command(
     "standard health and reflection services) until SIGINT or SIGTERM; then drain "
     "in-flight calls and stop. Changes to the policy directory are loaded while "
     "serving; a directory that does not load is logged and the previous policies keep "
-    "serving. Each setting comes from its flag, else TESSERA_<NAME> in the "
+    "serving; SIGHUP loads them at once. With --workers N, N processes serve the same "
+    "ports under one parent, which restarts a worker that dies and serves the metrics "
+    "of all. Each setting comes from its flag, else TESSERA_<NAME> in the "
     "environment, else the [serve] table of --config (default ./tessera.toml if it "
     "exists), else its default.",
     options=_serve_options,

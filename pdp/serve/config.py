@@ -12,6 +12,7 @@ configuration file (``--config``, or ``./tessera.toml`` when it exists), the def
     cache_size = 10000         # 0 turns the decision cache off
     reload_interval = 1.0      # seconds between checks of the policy directory
     grace = 5.0                # seconds in-flight calls may finish on shutdown
+    workers = 1                # serving processes on the same ports; "auto": one per usable CPU
     tls_cert = "server.pem"    # with tls_key: TLS on the gRPC port
     tls_key = "server.key"
     tls_client_ca = "ca.pem"   # also require client certificates signed by this CA (mTLS)
@@ -82,6 +83,7 @@ class ServeConfig:
     cache_size: int = 10_000
     reload_interval: float = 1.0
     grace: float = 5.0
+    workers: int = 1
     tls_cert: str = ""
     tls_key: str = ""
     tls_client_ca: str = ""
@@ -174,6 +176,8 @@ def load_config(
         raise ConfigError(f"signing_alg: {config.signing_alg!r} is not ES256, RS256 or EdDSA")
     if config.audit not in AUDIT_MODES:
         raise ConfigError(f"audit: {config.audit!r} is not async, sync or off")
+    if config.workers < 1:
+        raise ConfigError(f"workers: at least 1 process (or 'auto'), got {config.workers}")
     if config.audit_queue <= 0:
         raise ConfigError("audit_queue: a positive number of records")
     if not config.audit_checkpoint_interval > 0:
@@ -223,7 +227,28 @@ def _from_file(path: Path) -> dict[str, Any]:
     return out
 
 
+def workers_count(value: Any, where: str = "workers") -> int:
+    """The number of serving processes ``value`` asks for: a positive whole number, or
+    ``auto`` for as many as the CPUs this process may run on (its affinity, which a
+    container's CPU set narrows, rather than the machine's count)."""
+    if value == "auto":
+        return len(os.sched_getaffinity(0))
+    try:
+        if isinstance(value, bool | float):
+            raise TypeError
+        count = int(value)
+    except (TypeError, ValueError):
+        raise ConfigError(
+            f"{where}: expected a number of processes or 'auto', got {value!r}"
+        ) from None
+    if count < 1:
+        raise ConfigError(f"{where}: at least 1 process (or 'auto'), got {count}")
+    return count
+
+
 def _coerce(name: str, value: Any, where: str) -> Any:
+    if name == "workers":
+        return workers_count(value, where)
     default = getattr(ServeConfig(), name)
     try:
         if isinstance(default, bool):

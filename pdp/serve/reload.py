@@ -4,6 +4,11 @@ The watcher polls a cheap fingerprint of the directory (each ``.pol`` file's pat
 and modification time). When it changes, the whole directory is loaded in a worker
 thread; a bundle that loads replaces the engine in one assignment, while one that does
 not is logged and counted, and the previous bundle keeps serving.
+
+:meth:`Reloader.reload_now` (``tessera serve`` calls it on SIGHUP) loads the directory at
+once, whether the fingerprint changed or not: a deployment that copies files with their
+old modification times and sizes (``rsync -t``, ``cp -p``) leaves the fingerprint as it
+was, and an operator should not have to wait for the next poll anyway.
 """
 
 from __future__ import annotations
@@ -61,6 +66,8 @@ class Reloader:
         self.stats = ReloadStats()
         self._seen: Fingerprint = fingerprint(self.directory)
         self._task: asyncio.Task[None] | None = None
+        self._wake = asyncio.Event()
+        self._forced = False
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run())
@@ -71,15 +78,26 @@ class Reloader:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
 
+    def reload_now(self) -> None:
+        """Load the directory at once, changed or not (from the event loop's thread, as a
+        signal handler runs)."""
+        self._forced = True
+        self._wake.set()
+
     async def _run(self) -> None:
         while True:
-            await asyncio.sleep(self.interval)
-            await self.check()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.interval):
+                    await self._wake.wait()
+            self._wake.clear()
+            forced, self._forced = self._forced, False
+            await self.check(force=forced)
 
-    async def check(self) -> bool | None:
-        """Reload if the directory changed: True on a swap, False on a rejected bundle."""
+    async def check(self, force: bool = False) -> bool | None:
+        """Reload if the directory changed, or with ``force`` whether it did or not: True
+        on a swap, False on a rejected bundle, None when nothing was loaded."""
         current = fingerprint(self.directory)
-        if current == self._seen:
+        if current == self._seen and not force:
             return None
         self._seen = current
         try:

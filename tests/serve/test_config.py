@@ -74,3 +74,35 @@ def test_the_directory_defaults_to_a_sqlite_file_under_var() -> None:
         8080,
         "",
     )
+
+
+def test_workers_is_a_number_or_auto_the_cpus_this_process_may_use(tmp_path: Path) -> None:
+    import os
+
+    file = tmp_path / "tessera.toml"
+    file.write_text('[serve]\nworkers = "auto"\n')
+    cpus = len(os.sched_getaffinity(0))
+    assert load_config({}, environ={}, config_file=str(file)).workers == cpus
+    file.write_text("[serve]\nworkers = 3\n")
+    assert load_config({}, environ={}, config_file=str(file)).workers == 3
+    assert load_config({}, environ={"TESSERA_WORKERS": "auto"}, config_file=None).workers == cpus
+    assert load_config({}, environ={"TESSERA_WORKERS": "4"}, config_file=None).workers == 4
+    assert ServeConfig().workers == 1
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[serve]\nworkers = 0\n", "serve.workers: at least 1 process"),
+        ('[serve]\nworkers = "many"\n', "serve.workers: expected a number of processes or 'auto'"),
+        ("[serve]\nworkers = 1.5\n", "serve.workers: expected a number of processes"),
+        ("[serve]\nworkers = true\n", "serve.workers: expected a number of processes"),
+    ],
+)
+def test_bad_workers_are_named(tmp_path: Path, text: str, message: str) -> None:
+    file = tmp_path / "tessera.toml"
+    file.write_text(text)
+    with pytest.raises(ConfigError, match=message):
+        load_config({}, environ={}, config_file=str(file))
+    with pytest.raises(ConfigError, match="workers: at least 1 process"):
+        load_config({"workers": 0}, environ={}, config_file=None)

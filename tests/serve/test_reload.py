@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 from pathlib import Path
 
@@ -106,3 +107,40 @@ def test_a_new_bundle_empties_the_decision_cache(tmp_path: Path) -> None:
     )
     service.use(loaded)
     assert len(service.cache) == 0
+
+
+def rewrite_unseen(path: Path, text: str) -> None:
+    """Replace ``path`` with ``text`` of the same size, keeping its modification time: a
+    change the directory's fingerprint does not show (a copy that keeps times does this)."""
+    stat = path.stat()
+    assert len(text.encode()) == stat.st_size
+    staged = path.parent.parent / path.name  # written outside, then renamed in
+    staged.write_text(text)
+    os.utime(staged, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    os.replace(staged, path)
+
+
+def test_reload_now_loads_a_change_the_fingerprint_misses(tmp_path: Path) -> None:
+    directory = tmp_path / "policies"
+    directory.mkdir()
+    (directory / "p.pol").write_text('permit open call tool "search"\n')
+    service = DecisionPoint(Engine(load_directory(directory).bundle))
+    before = service.engine.version
+
+    async def scenario() -> None:
+        reloader = Reloader(directory, service.use, interval=3600)
+        reloader.start()
+        try:
+            rewrite_unseen(directory / "p.pol", 'forbid shut call tool "search"\n')
+            assert await reloader.check() is None  # the poll cannot tell
+            reloader.reload_now()
+            for _ in range(250):  # at most 5 s
+                if service.engine.version != before:
+                    break
+                await asyncio.sleep(0.02)
+        finally:
+            await reloader.stop()
+
+    asyncio.run(scenario())
+    assert service.engine.version != before
+    assert not search(service.engine)

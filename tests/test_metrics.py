@@ -1,0 +1,105 @@
+"""Several workers' metrics as one: what the parent of ``tessera serve --workers N`` serves."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+from pdp.metrics import Gathered, Metrics, WorkerMetrics
+from pdp.model import Decision
+
+ALLOW = Decision(True, (), ("agents.read_only",), (), (), "sha256:aaa")
+DENY = Decision(False, (), (), (), (), "sha256:aaa")
+
+
+def exposition(metrics: Metrics) -> str:
+    return generate_latest(metrics.registry).decode()
+
+
+def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """(sample name, labels) -> value, from a text exposition."""
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def gathered(*texts: str) -> str:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(Gathered(lambda: texts))
+    return generate_latest(registry).decode()
+
+
+def two_workers() -> tuple[Metrics, Metrics]:
+    one, two = Metrics(), Metrics()
+    for decision in (ALLOW, ALLOW, DENY):
+        one.decided(decision)
+    two.decided(ALLOW)
+    one.engine_seconds.observe(3e-6)
+    two.engine_seconds.observe(3e-6)
+    two.engine_seconds.observe(2e-3)
+    one.rpc_seconds.labels("Authorize").observe(4e-4)
+    two.rpc_seconds.labels("Check").observe(4e-4)
+    one.calls_in_flight, two.calls_in_flight = 2, 3
+    one.bundle.info({"version": "sha256:aaa"})
+    two.bundle.info({"version": "sha256:aaa"})
+    one.reloads.labels("success").inc()
+    return one, two
+
+
+def test_counters_histograms_and_gauges_are_summed_per_label_set() -> None:
+    one, two = two_workers()
+    merged = samples(gathered(exposition(one), exposition(two)))
+    decided = {k: v for k, v in merged.items() if k[0] == "tessera_decisions_total"}
+    assert decided == {
+        ("tessera_decisions_total", (("result", "allow"), ("rule", "agents.read_only"))): 3,
+        ("tessera_decisions_total", (("result", "deny"), ("rule", ""))): 1,
+    }
+    assert merged[("tessera_engine_seconds_count", ())] == 3
+    assert merged[("tessera_engine_seconds_bucket", (("le", "5e-06"),))] == 2
+    assert merged[("tessera_engine_seconds_bucket", (("le", "+Inf"),))] == 3
+    assert abs(merged[("tessera_engine_seconds_sum", ())] - 2.006e-3) < 1e-12
+    assert merged[("tessera_rpc_seconds_count", (("method", "Authorize"),))] == 1
+    assert merged[("tessera_rpc_seconds_count", (("method", "Check"),))] == 1
+    assert merged[("tessera_rpc_in_flight", ())] == 5
+    assert merged[("tessera_reloads_total", (("result", "success"),))] == 1
+
+
+def test_the_bundle_is_kept_once_per_version() -> None:
+    one, two = two_workers()
+    three = Metrics()
+    three.bundle.info({"version": "sha256:bbb"})  # reloaded before the others
+    merged = samples(gathered(exposition(one), exposition(two), exposition(three)))
+    bundles = {k: v for k, v in merged.items() if k[0] == "tessera_bundle_info"}
+    assert bundles == {
+        ("tessera_bundle_info", (("version", "sha256:aaa"),)): 1,
+        ("tessera_bundle_info", (("version", "sha256:bbb"),)): 1,
+    }
+
+
+def test_created_keeps_the_earliest() -> None:
+    one, two = two_workers()
+    two.reloads.labels("success").inc()  # created later than one's
+    key = ("tessera_reloads_created", (("result", "success"),))
+    first = samples(exposition(one))[key]
+    assert samples(gathered(exposition(two), exposition(one)))[key] == first
+
+
+def test_the_merged_exposition_reads_as_one_process_would_report() -> None:
+    one, two = two_workers()
+    text = gathered(exposition(one), exposition(two))
+    names = [family.name for family in text_string_to_metric_families(text)]
+    assert names == [family.name for family in text_string_to_metric_families(exposition(one))]
+    assert "worker" not in text
+
+
+def test_the_parent_adds_its_workers_gauge_and_alerts() -> None:
+    one, two = two_workers()
+    parent = WorkerMetrics(lambda: [exposition(one), exposition(two)])
+    parent.workers.set(2)
+    parent.alerts.labels("rate").inc()
+    merged = samples(generate_latest(parent.registry).decode())
+    assert merged[("tessera_workers", ())] == 2
+    assert merged[("tessera_audit_alerts_total", (("alert", "rate"),))] == 1
+    assert merged[("tessera_rpc_in_flight", ())] == 5
