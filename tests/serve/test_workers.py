@@ -343,3 +343,65 @@ def test_a_taken_port_is_a_clear_error_before_any_worker_starts(tmp_path: Path) 
     assert result.returncode == 2
     assert f"tessera serve: cannot listen on 127.0.0.1:{port}" in result.stderr
     assert "serving" not in result.stdout
+
+
+def lone_workers(policies: Path) -> subprocess.Popen[str]:
+    """``tessera serve --workers 2`` without a store, on ``policies``."""
+    return subprocess.Popen(
+        [
+            *(str(EXE), "serve", "--workers", "2", "--policies", str(policies)),
+            *("--store", "", "--port", "0", "--metrics-port", "-1", "--grace", "1"),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def exited(pid: int) -> bool:
+    """Whether every thread of ``pid`` has exited (it may wait, a zombie, for a reaper)."""
+    try:
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
+        states = [(task / "stat").read_text().rsplit(")", 1)[1].split()[0] for task in tasks]
+    except (FileNotFoundError, ProcessLookupError):
+        return True
+    return all(state in ("Z", "X") for state in states)
+
+
+def test_workers_that_keep_dying_at_start_stop_everything(tmp_path: Path) -> None:
+    policies = tmp_path / "policies"
+    shutil.copytree(SHIPPED_POLICIES, policies)
+    process = lone_workers(policies)
+    try:
+        assert process.stdout is not None and process.stderr is not None
+        lines = [process.stdout.readline() for _ in range(2 + WORKERS + 1)]
+        pids = [int(pid) for pid in re.findall(r"serving, pid (\d+)", "".join(lines))]
+        assert len(pids) == WORKERS, lines
+        (policies / "broken.pol").write_text("forbid broken when\n")  # no worker can start
+        os.kill(pids[0], signal.SIGKILL)
+        assert process.wait(timeout=60) == 1
+        errors = process.stderr.read()
+        assert "tessera serve: worker 1 (pid" in errors
+        assert "died 5 times in a row within 10 s of starting" in errors
+        assert "the policies do not load" in errors
+        assert all(exited(pid) for pid in pids)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(timeout=10)
+
+
+def test_workers_stop_when_their_parent_is_killed(tmp_path: Path) -> None:
+    process = lone_workers(SHIPPED_POLICIES)
+    try:
+        assert process.stdout is not None
+        lines = [process.stdout.readline() for _ in range(2 + WORKERS + 1)]
+        pids = [int(pid) for pid in re.findall(r"serving, pid (\d+)", "".join(lines))]
+        assert len(pids) == WORKERS, lines
+        process.kill()
+        process.wait(timeout=10)
+        wait_for(lambda: all(exited(pid) for pid in pids), "the orphaned workers stop")
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(timeout=10)
