@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 HELP = "list or rotate the issuer's signing keys"
 DESCRIPTION = (
     "The issuer's signing keys live in the store. 'list' shows them; 'rotate' "
-    "makes a new current key (running servers pick it up on its first token); the old "
+    "makes a new current key (running servers sign with it within a second); the old "
     "key stays published until the tokens it signed have expired."
 )
 

@@ -3,6 +3,11 @@
 One key signs at a time (the newest). A rotated-out key stays published until every token
 it signed has expired, so resource servers that cache the JWKS keep verifying. Key ids
 are RFC 7638 thumbprints. ES256 is the default; RS256 and EdDSA (Ed25519) are available.
+
+Every process that serves (a replica, a worker of ``tessera serve --workers``) keeps its
+own ring and reads the store again at most once a second when it signs, publishes or
+verifies: a rotation made elsewhere (``tessera keys rotate``, another replica) signs and is
+published everywhere within that second, not only after a restart.
 """
 
 from __future__ import annotations
@@ -10,6 +15,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import logging
 import threading
 import time
 from dataclasses import dataclass
@@ -20,10 +26,12 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm
 
-from issuer.store import Store
+from issuer.store import Store, StoreError
+
+log = logging.getLogger("tessera.keys")
 
 KIND = "SigningKey"
-RELOAD_SECONDS = 1.0  # an unknown kid reads the store again at most this often
+RELOAD_SECONDS = 1.0  # how stale the keys may be: the store is read again at most this often
 ALGORITHMS = ("ES256", "RS256", "EdDSA")
 
 PrivateKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey
@@ -102,8 +110,14 @@ class KeyRing:
             self.rotate()
 
     def load(self) -> None:
-        """Read the keys from the store (another replica may have rotated)."""
-        keys = [_from_record(r.data) for r in self.store.list(KIND)]
+        """Read the keys from the store (another replica may have rotated); a key read
+        before is not parsed again unless it was retired since."""
+        known = {(key.kid, key.retired): key for key in self._keys}
+        keys = []
+        for record in self.store.list(KIND):
+            retired = record.data.get("retired")
+            seen = known.get((record.data["kid"], retired and datetime.fromisoformat(retired)))
+            keys.append(seen or _from_record(record.data))
         with self._lock:
             self._keys = keys
             self._by_kid = {key.kid: key for key in keys}
@@ -118,20 +132,29 @@ class KeyRing:
         active = [key for key in self._keys if key.retired is None]
         return active[-1] if active else None
 
+    def _fresh(self) -> None:
+        """Read the store again when the keys are older than :data:`RELOAD_SECONDS`; while
+        the store cannot be read, the keys already read serve."""
+        if time.monotonic() - self._loaded <= RELOAD_SECONDS:
+            return
+        try:
+            self.load()
+        except StoreError as exc:
+            self._loaded = time.monotonic()  # not again at once: the next second tries
+            log.warning("cannot read the signing keys; the ones read before serve: %s", exc)
+
     def signing_key(self) -> SigningKey:
+        self._fresh()
         key = self.current()
         if key is None:
             raise RuntimeError("no signing key; rotate() makes one")
         return key
 
     def key(self, kid: str) -> SigningKey | None:
-        """A published key by its id (for verifying tokens this issuer signed). An unknown
-        kid reads the store again, at most once a second: another replica may have
-        rotated."""
+        """A published key by its id (for verifying tokens this issuer signed), as of the
+        store at most a second ago: another replica may have rotated."""
+        self._fresh()
         key = self._by_kid.get(kid)
-        if key is None and time.monotonic() - self._loaded > RELOAD_SECONDS:
-            self.load()
-            key = self._by_kid.get(kid)
         if key is None or not self._published(key, datetime.now(UTC)):
             return None
         return key
@@ -173,6 +196,7 @@ class KeyRing:
 
     def jwks(self) -> dict[str, Any]:
         """The JWK Set to publish: the current key and retired keys still in use."""
+        self._fresh()
         now = datetime.now(UTC)
         return {"keys": [key.jwk for key in self._keys if self._published(key, now)]}
 

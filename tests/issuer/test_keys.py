@@ -10,6 +10,7 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
+from issuer import keys
 from issuer.keys import KIND, KeyRing, generate, public_jwk, thumbprint
 from issuer.store import Store
 
@@ -176,7 +177,10 @@ def test_rotate_can_change_the_algorithm(store: Store) -> None:
     assert [key["alg"] for key in ring.jwks()["keys"]] == ["ES256", "RS256"]
 
 
-def test_another_ring_sees_a_rotation_after_load(store: Store) -> None:
+def test_another_ring_sees_a_rotation_after_load(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(keys, "RELOAD_SECONDS", 3600.0)
     ring = KeyRing(store)
     other = KeyRing(store)
     new = ring.rotate()
@@ -184,6 +188,25 @@ def test_another_ring_sees_a_rotation_after_load(store: Store) -> None:
     other.load()
     assert other.signing_key().kid == new.kid
     assert kids(other) == kids(ring)
+
+
+def test_a_rotation_elsewhere_signs_and_is_published_once_the_keys_are_stale(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another process (``tessera keys rotate``, another replica or worker) rotated: this
+    ring signs with the new key and publishes it once its keys are older than
+    RELOAD_SECONDS, without a restart."""
+    ring = KeyRing(store)
+    old = ring.signing_key()
+    new = KeyRing(store).rotate()
+    monkeypatch.setattr(keys, "RELOAD_SECONDS", 0.0)
+    assert ring.signing_key().kid == new.kid
+    assert kids(ring) == [old.kid, new.kid]
+    retired = ring.key(old.kid)
+    assert retired is not None and retired.retired is not None
+    ring.load()
+    again = ring.key(old.kid)
+    assert again is not None and again.private is retired.private  # not parsed again
 
 
 def test_a_retired_key_leaves_the_jwks_once_published_for_has_passed(store: Store) -> None:
