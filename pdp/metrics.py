@@ -11,14 +11,14 @@ gauges are summed per label set; ``*_created`` keeps the earliest; ``tessera_bun
 is kept once per version (during a reload, workers may briefly report two). The parent adds
 its own ``tessera_workers`` (workers serving now) and the anomaly alerts it counts.
 
-Why gather rather than prometheus_client's multiprocess mode: that mode shares only its
-own metric classes, through memory-mapped files written on every observation, while the
-hot-path metrics here are custom collectors (:class:`Timings`, :class:`Tally`, the
-in-flight gauge read from a plain number) chosen because an observation costs one lock and
-no more. Adapting them to write mmap files would put a file-backed write on every
-decision, and so the gathered endpoint costs a worker nothing between scrapes; a scrape
-costs one local HTTP fetch per worker and a text parse, seconds apart. No series gains a
-``worker`` label: the merged series are the same as one process's.
+Why gather rather than use prometheus_client's multiprocess mode: that mode sees only its
+own metric classes, each observation written to a memory-mapped file, while the hot-path
+metrics here are custom collectors (:class:`Timings`, :class:`Tally`, the in-flight gauge
+read from a plain number) because an observation must cost one lock and no more. Adapted
+to that mode, every decision would pay for writes to a memory-mapped file and the per-label
+bookkeeping of its classes. Gathered, a worker pays nothing between scrapes; a scrape,
+seconds apart, costs one loopback HTTP fetch and a text parse per worker. No series gains
+a ``worker`` label: the merged series are the same as one process's.
 """
 
 from __future__ import annotations

@@ -1,10 +1,11 @@
 """``tessera serve --workers N``: N processes serve the same ports, and one parent keeps them.
 
 One Python process decides on one core at a time (the interpreter lock), so a machine with
-more cores runs several worker processes, each a whole server (:func:`pdp.server.
-serve_forever`) listening on the same gRPC and HTTP ports with ``SO_REUSEPORT``: the kernel
-spreads new connections over the workers that listen. Each worker is a fresh interpreter
-(``python -m pdp.workers``), not a fork: gRPC's core does not survive ``fork``.
+more cores runs several worker processes, each a whole server
+(:func:`pdp.server.serve_forever`) listening on the same gRPC and HTTP ports with
+``SO_REUSEPORT``: the kernel spreads new connections over the workers that listen. Each
+worker is a fresh interpreter (``python -m pdp.workers``), not a fork: gRPC's core does not
+survive ``fork``.
 
 The parent does once what must happen once, before any worker starts:
 
@@ -113,7 +114,7 @@ class Plan:
     settings: ServeConfig  # what each worker gets: concrete ports, the one admin token
     http_port: int | None  # None when the issuer does not serve HTTP
     token: str | None  # the generated admin token, to print; None when one is configured
-    store: Store | None  # kept open for the alert counter, when decisions are audited
+    store: Store | None  # kept open for the alert counter when decisions are audited
 
 
 def prepare(config: ServeConfig, stack: contextlib.ExitStack) -> Plan:
@@ -121,9 +122,14 @@ def prepare(config: ServeConfig, stack: contextlib.ExitStack) -> Plan:
     the admin token, the ports. OSError or StoreError when one of them cannot be had."""
     store = None
     if config.store:
-        store = open_store(config.store)
-        stack.callback(store.close)
-        KeyRing(store, config.signing_alg, published_for=config.token_lifetime)
+        with contextlib.ExitStack() as opened:
+            store = open_store(config.store)
+            opened.callback(store.close)
+            KeyRing(store, config.signing_alg, published_for=config.token_lifetime)
+            if config.audit == "off":
+                store = None  # closed now: only the alert counter needs it later
+            else:
+                stack.push(opened.pop_all())
     grpc_port = stack.enter_context(reserve(config.host, config.port)).getsockname()[1]
     http_port = None
     if config.store and config.http_port >= 0:
@@ -136,8 +142,7 @@ def prepare(config: ServeConfig, stack: contextlib.ExitStack) -> Plan:
         http_port=http_port if http_port is not None else config.http_port,
         admin_token=config.admin_token or token or "",
     )
-    audited = store is not None and config.audit != "off"
-    return Plan(config, settings, http_port, token, store if audited else None)
+    return Plan(config, settings, http_port, token, store)
 
 
 @dataclass
