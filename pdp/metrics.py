@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import threading
 from bisect import bisect_left
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Info
@@ -144,6 +144,24 @@ class Tally:
         return [family]
 
 
+class Reading:
+    """A counter whose owner keeps the number (a plain int): read when scraped."""
+
+    def __init__(
+        self, name: str, documentation: str, read: Callable[[], int], registry: CollectorRegistry
+    ) -> None:
+        self.name = name
+        self.documentation = documentation
+        self.read = read
+        registry.register(self)
+
+    def describe(self) -> Iterable[Metric]:
+        return [CounterMetricFamily(self.name, self.documentation)]
+
+    def collect(self) -> list[Metric]:
+        return [CounterMetricFamily(self.name, self.documentation, value=float(self.read()))]
+
+
 class Metrics:
     """The service's counters, histograms and gauges, in one registry."""
 
@@ -182,6 +200,15 @@ class Metrics:
             "Anomaly alerts raised on agents, by kind (new_tool, rate, denials, amount, hours).",
             ["alert"],
             registry=r,
+        )
+
+        # Set by the decision point to read its counter store's failures.
+        self.counter_store_errors: Callable[[], int] = lambda: 0
+        Reading(
+            "tessera_limit_counter_errors",
+            "Limit checks the counter store could not answer (each denied what it decided).",
+            lambda: self.counter_store_errors(),
+            r,
         )
 
         self._hit = self.cache.labels("hit")

@@ -1,6 +1,5 @@
 """The counter store's interface and what every store shares: charges, buckets, errors."""
 
-
 from __future__ import annotations
 
 import hashlib
@@ -48,6 +47,8 @@ def oldest_bucket(now: float, window: float) -> int:
 
 class CounterStore(Protocol):
     """Where limit usage is counted. Keys are opaque strings made by the engine."""
+
+    errors: int  # how many times it could not answer (a metric)
 
     def charge(
         self, charges: tuple[Charge, ...], now: float, *, record: bool = True, once: str = ""

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import threading
 
-from pdp.counters.base import FITS, Amount, Charge, bucket_of, once_key, oldest_bucket
+from pdp.counters.base import FITS, Amount, Charge, bucket_of, oldest_bucket, once_key
 
 
 class MemoryCounters:
@@ -16,6 +16,8 @@ class MemoryCounters:
     keeping a running total: subtracting expired float amounts drifts (0.9 + 0.9 + 1.1
     - 0.9 - 0.9 is not 1.1), and summing at most BUCKETS numbers is cheap.
     """
+
+    errors = 0  # memory always answers
 
     def __init__(self) -> None:
         self._series: dict[str, dict[int, Amount]] = {}
