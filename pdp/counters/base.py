@@ -1,6 +1,5 @@
 """The counter store's interface and what every store shares: charges, buckets, errors."""
 
-
 from __future__ import annotations
 
 import hashlib

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import threading
 
-from pdp.counters.base import FITS, Amount, Charge, bucket_of, once_key, oldest_bucket
+from pdp.counters.base import FITS, Amount, Charge, bucket_of, oldest_bucket, once_key
 
 
 class MemoryCounters:
