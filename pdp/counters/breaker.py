@@ -78,9 +78,9 @@ class Breaker:
             left = self._open_until - self._clock()
             if left > 0 or self._trial:
                 self.rejected += 1
+                when = f"for {left:.2f} s" if left > 0 else "until another call finds it back"
                 raise CounterError(
-                    f"{self.store} failed {self.backoff:g} s ago or less and is not asked "
-                    f"again for {max(left, 0.0):.2f} s; the failure: {self._last}"
+                    f"{self.store} is not asked again {when}, after it failed: {self._last}"
                 )
             self._trial = True
             return True
@@ -88,7 +88,7 @@ class Breaker:
     def _fail(self, message: str) -> None:
         with self._lock:
             self.errors += 1
-            self._last = message
+            self._last = message.removeprefix(f"{self.store}: ")
             self._open_until = self._clock() + self.backoff
 
 

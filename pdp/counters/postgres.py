@@ -102,7 +102,7 @@ class PostgresDatabase:
             conn = psycopg.connect(self._conninfo, autocommit=True)
         except psycopg.Error as e:
             raise CounterError(
-                f"cannot connect to {self.name}: {scrub(str(e), self._password)}"
+                f"{self.name}: cannot connect: {scrub(str(e), self._password)}"
             ) from e
         try:
             with conn.transaction():
@@ -143,5 +143,6 @@ def lock_id(key: str) -> int:
 
 
 def scrub(message: str, password: str) -> str:
-    """A driver's message without the password, should it quote the URL."""
+    """A driver's message on one line, without the password should it quote the URL."""
+    message = " ".join(message.split())
     return message.replace(password, "***") if password else message

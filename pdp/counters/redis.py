@@ -101,6 +101,7 @@ class RedisCounters:
     ) -> None:
         self.name = name_of(url)
         self.prefix = prefix
+        self.timeout = timeout
         self._password = urlsplit(url).password or ""
         try:
             pool = redis.BlockingConnectionPool.from_url(
@@ -112,7 +113,7 @@ class RedisCounters:
                 retry=Retry(NoBackoff(), 0),
             )
         except (ValueError, redis.RedisError) as e:
-            raise CounterError(f"bad Redis URL for {self.name}: {self._scrub(e)}") from None
+            raise CounterError(f"{self.name}: bad URL: {self._scrub(e)}") from None
         self._client = redis.Redis(connection_pool=pool)
         self._script = self._client.register_script(CHARGE)
         self._breaker = Breaker(self.name, backoff)
@@ -176,7 +177,5 @@ def name_of(url: str) -> str:
         parts = urlsplit(url)
         where = f"{parts.scheme}://{parts.hostname or 'localhost'}:{parts.port or 6379}"
     except ValueError:
-        where = "a Redis URL that does not parse"
-    else:
-        where += parts.path if parts.path not in ("", "/") else "/0"
-    return f"the Redis counter store at {where}"
+        return "the Redis counter store"
+    return f"the Redis counter store at {where}{parts.path if parts.path.strip('/') else '/0'}"

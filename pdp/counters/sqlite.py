@@ -85,7 +85,7 @@ class SQLiteDatabase:
                 self._path, timeout=self._timeout, isolation_level=None, check_same_thread=False
             )
         except (OSError, sqlite3.Error) as e:
-            raise CounterError(f"cannot open {self.name}: {e}") from e
+            raise CounterError(f"{self.name}: cannot open: {e}") from e
         try:
             conn.execute(f"PRAGMA busy_timeout = {max(1, math.ceil(self._timeout * 1000))}")
             conn.execute("PRAGMA journal_mode = WAL")
@@ -96,5 +96,5 @@ class SQLiteDatabase:
             conn.execute("COMMIT")
         except sqlite3.Error as e:
             conn.close()
-            raise CounterError(f"cannot open {self.name}: {e}") from e
+            raise CounterError(f"{self.name}: cannot open: {e}") from e
         return conn
