@@ -1,13 +1,19 @@
 """The PostgreSQL side of :class:`~pdp.counters.sql.SqlCounters`: one database, any replicas.
 
-A charge takes transaction-level advisory locks on its keys (64-bit hashes, in ascending
-order, so two charges never each hold what the other waits for) before it reads; they are
-let go at commit. Charges on other keys run side by side. The tables live in the schema
-the URL's ``search_path`` selects, as the directory's do.
+A charge is one call of the function ``tessera_counter_charge_v1``, created beside the
+tables: one round trip, one transaction. The function first takes transaction-level
+advisory locks on the keys (64-bit hashes, in ascending order, so two charges never each
+hold what the other waits for), then reads each key's usage in a statement of its own:
+a plpgsql statement of a volatile function sees every commit made before it started, so
+it sees every charge that held the locks before. The locks are let go at commit. Charges
+on other keys run side by side. The tables and the function live in the schema the URL's
+``search_path`` selects, as the directory's tables do.
 
 Each round trip is bounded on the server by ``statement_timeout`` and ``lock_timeout``
 and on the wire by ``tcp_user_timeout``, all the store's timeout, given at connection
-start-up. ``connect_timeout`` is at least 2 seconds, libpq's minimum.
+start-up. ``connect_timeout`` is at least 2 seconds, libpq's minimum. Commits do not wait
+for the disk (``synchronous_commit = off``): a crash of the server may forget its last
+fraction of a second of charges, which a cap then lets through again.
 """
 
 from __future__ import annotations
@@ -15,9 +21,8 @@ from __future__ import annotations
 import hashlib
 import math
 import threading
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager, suppress
-from functools import lru_cache
+from collections.abc import Sequence
+from contextlib import suppress
 from typing import Any
 
 import psycopg
@@ -25,10 +30,63 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from pdp.counters.base import CounterError
 from pdp.counters.breaker import held
-from pdp.counters.schema import TABLES, Run, sweep_queries
+from pdp.counters.schema import TABLES, Once, Step, sweep_queries
 
-SWEEP = tuple(q.replace("?", "%s") for q in sweep_queries(" FOR UPDATE SKIP LOCKED"))
-LOCK = "SELECT pg_advisory_xact_lock(id) FROM unnest(%s::bigint[]) AS id"
+SWEEP_BUCKETS, SWEEP_ONCE = (
+    q.replace("?", "_now") for q in sweep_queries(" FOR UPDATE SKIP LOCKED")
+)
+# A charge (pdp.counters.schema.charge_in, as one function): -1 when every charge fits,
+# else the 0-based index of the first that does not. Parameter names start with "_" so
+# that none is taken for a column.
+FUNCTION = f"""
+CREATE OR REPLACE FUNCTION tessera_counter_charge_v1(
+    _keys text[], _buckets bigint[], _oldest bigint[], _units bigint[], _caps bigint[],
+    _expires double precision[], _locks bigint[], _record boolean, _once text,
+    _until double precision, _now double precision, _sweep boolean
+) RETURNS integer LANGUAGE plpgsql AS $fn$
+DECLARE
+    _used numeric;
+BEGIN
+    PERFORM pg_advisory_xact_lock(_lock) FROM unnest(_locks) AS _lock;  -- in array order
+    IF _once <> '' AND EXISTS (
+        SELECT 1 FROM tessera_counter_once WHERE once = _once AND expires > _now
+    ) THEN
+        RETURN -1;
+    END IF;
+    FOR _i IN 1 .. cardinality(_keys) LOOP
+        SELECT COALESCE(SUM(units), 0) INTO _used FROM tessera_counter_buckets
+            WHERE key = _keys[_i] AND bucket >= _oldest[_i];
+        IF _used + _units[_i] > _caps[_i] THEN
+            RETURN _i - 1;
+        END IF;
+    END LOOP;
+    IF NOT _record THEN
+        RETURN -1;
+    END IF;
+    INSERT INTO tessera_counter_buckets AS b (key, bucket, units, expires)
+        SELECT k, n, SUM(u), MAX(e) FROM unnest(_keys, _buckets, _units, _expires) AS t(k, n, u, e)
+        GROUP BY k, n
+        ON CONFLICT (key, bucket) DO UPDATE
+        SET units = b.units + excluded.units, expires = excluded.expires;
+    IF _once <> '' THEN
+        INSERT INTO tessera_counter_once AS o (once, expires) VALUES (_once, _until)
+            ON CONFLICT (once) DO UPDATE SET expires = excluded.expires;
+    END IF;
+    IF _sweep THEN
+        {SWEEP_BUCKETS};
+        {SWEEP_ONCE};
+    END IF;
+    RETURN -1;
+END
+$fn$
+"""
+CHARGE = (
+    "SELECT tessera_counter_charge_v1(%s::text[], %s::bigint[], %s::bigint[], %s::bigint[], "
+    "%s::bigint[], %s::float8[], %s::bigint[], %s, %s, %s, %s, %s)"
+)
+USAGE = (
+    "SELECT COALESCE(SUM(units), 0) FROM tessera_counter_buckets WHERE key = %s AND bucket >= %s"
+)
 CONNECT_TIMEOUT = 2  # seconds: libpq's least
 IDLE_IN_TRANSACTION = 5000  # ms: a stalled process lets go of its keys' locks
 
@@ -45,6 +103,7 @@ class PostgresDatabase:
             options = (
                 f"{given.get('options') or ''} -c statement_timeout={ms} -c lock_timeout={ms}"
                 f" -c idle_in_transaction_session_timeout={max(ms, IDLE_IN_TRANSACTION)}"
+                " -c synchronous_commit=off"
             )
             self._conninfo = make_conninfo(
                 url,
@@ -62,27 +121,41 @@ class PostgresDatabase:
         self._conn: psycopg.Connection[Any] | None = None
         self._closed = False
 
-    @contextmanager
-    def transaction(self, keys: Sequence[str] | None) -> Iterator[Run]:
+    def charge(
+        self, steps: list[Step], now: float, *, record: bool, once: Once, sweep: bool
+    ) -> int:
+        keys = [s.key for s in steps]
+        locks = sorted({lock_id(k) for k in [*keys, once.key] if k}) if record else []
+        parameters = (
+            keys,
+            [s.bucket for s in steps],
+            [s.oldest for s in steps],
+            [s.units for s in steps],
+            [s.cap for s in steps],
+            [s.expires for s in steps],
+            locks,
+            record,
+            once.key,
+            once.until,
+            now,
+            sweep,
+        )
+        row = self._execute(CHARGE, parameters)
+        return int(row[0])
+
+    def usage(self, key: str, oldest: int) -> int:
+        return int(self._execute(USAGE, (key, oldest))[0])
+
+    def _execute(self, query: str, parameters: Sequence[Any]) -> Any:
+        """One statement, in a transaction of its own; its one row."""
         with held(self._lock, self._timeout, self.name):
             conn = self._connection()
             try:
-                with conn.transaction(), conn.cursor() as cur:
-
-                    def run(query: str, parameters: Sequence[Any]) -> Any:
-                        return cur.execute(dialect(query), parameters)
-
-                    if keys is not None:
-                        cur.execute(LOCK, (sorted({lock_id(k) for k in keys}),))
-                    yield run
+                return conn.execute(query, parameters).fetchone()
             except psycopg.Error as e:
                 if conn.broken or isinstance(e, psycopg.OperationalError):
                     self._drop()
                 raise CounterError(f"{self.name}: {scrub(str(e), self._password)}") from e
-
-    def sweep(self, run: Run, now: float) -> None:
-        for query in SWEEP:
-            run(query, (now,))
 
     def close(self) -> None:
         with self._lock:
@@ -108,7 +181,8 @@ class PostgresDatabase:
             with conn.transaction():
                 present = conn.execute(
                     "SELECT to_regclass('tessera_counter_buckets') IS NOT NULL "
-                    "AND to_regclass('tessera_counter_once') IS NOT NULL"
+                    "AND to_regclass('tessera_counter_once') IS NOT NULL "
+                    "AND to_regproc('tessera_counter_charge_v1') IS NOT NULL"
                 ).fetchone()
                 if not (present and present[0]):
                     # Two processes creating the tables at once: one waits for the other.
@@ -116,7 +190,7 @@ class PostgresDatabase:
                         "SELECT pg_advisory_xact_lock(hashtextextended("
                         "'tessera.counters.' || current_schema(), 0))"
                     )
-                    for statement in TABLES:
+                    for statement in (*TABLES, FUNCTION):
                         conn.execute(statement)
         except psycopg.Error as e:
             conn.close()
@@ -128,12 +202,6 @@ class PostgresDatabase:
             with suppress(psycopg.Error):
                 self._conn.close()
             self._conn = None
-
-
-@lru_cache(maxsize=64)
-def dialect(query: str) -> str:
-    """A shared query with psycopg's placeholders."""
-    return query.replace("?", "%s")
 
 
 def lock_id(key: str) -> int:

@@ -2,15 +2,19 @@
 
 Statements take ``?`` placeholders; the PostgreSQL side turns them into psycopg's.
 Both databases take the same SQL: ``BIGINT`` and ``DOUBLE PRECISION`` are SQLite's
-INTEGER and REAL, and both know upserts (``ON CONFLICT ... DO UPDATE``).
+INTEGER and REAL, and both know upserts (``ON CONFLICT ... DO UPDATE``). A charge runs
+here, statement by statement, on SQLite; PostgreSQL runs the same steps in a function of
+its own, in one round trip (:mod:`pdp.counters.postgres`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from contextlib import AbstractContextManager
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, Protocol
+
+from pdp.counters.base import FITS
 
 TABLES = (
     "CREATE TABLE IF NOT EXISTS tessera_counter_buckets (key TEXT NOT NULL, "
@@ -33,18 +37,40 @@ SWEEP_ROWS = 256  # rows of each table one sweep deletes at most
 Run = Callable[[str, Sequence[Any]], Any]  # executes one statement; answers its cursor
 
 
+@dataclass(frozen=True, slots=True)
+class Step:
+    """One charge in the store's terms: units, bucket numbers, when its bucket expires."""
+
+    key: str
+    bucket: int
+    oldest: int
+    units: int
+    cap: int
+    expires: float
+
+
+@dataclass(frozen=True, slots=True)
+class Once:
+    """A call's idempotency record: its key (none: ``""``) and when it expires."""
+
+    key: str
+    until: float
+
+
 class Database(Protocol):
-    """What differs between SQLite and PostgreSQL: connecting, locking, sweeping."""
+    """What SQLite and PostgreSQL each do their own way. Both raise CounterError."""
 
     name: str  # the store, named for messages: kind and place, never a password
 
-    def transaction(self, keys: Sequence[str] | None) -> AbstractContextManager[Run]:
-        """One transaction. With ``keys`` (sorted) it writes, and no other transaction
-        given one of those keys runs until it ends. Raises CounterError."""
+    def charge(
+        self, steps: list[Step], now: float, *, record: bool, once: Once, sweep: bool
+    ) -> int:
+        """:meth:`~pdp.counters.CounterStore.charge` of the steps, in one transaction; with
+        ``sweep``, some expired rows go too."""
         ...
 
-    def sweep(self, run: Run, now: float) -> None:
-        """Delete some rows that expired before ``now``."""
+    def usage(self, key: str, oldest: int) -> int:
+        """The units recorded under ``key`` from bucket ``oldest`` on."""
         ...
 
     def close(self) -> None: ...
@@ -84,3 +110,26 @@ def sweep_queries(skip_locked: str = "") -> tuple[str, str]:
         "DELETE FROM tessera_counter_once WHERE once IN (SELECT once "
         f"FROM tessera_counter_once WHERE expires < ? LIMIT {SWEEP_ROWS}{skip_locked})",
     )
+
+
+def charge_in(run: Run, steps: list[Step], now: float, record: bool, once: Once) -> int:
+    """A charge inside a transaction that keeps other charges of its keys out: read
+    every key's usage (and the once-record) in one statement, then record or not."""
+    parameters: list[Any] = [value for s in steps for value in (s.key, s.oldest)]
+    if once.key:
+        parameters += [once.key, now]
+    row = run(read_query(len(steps), bool(once.key)), parameters).fetchone()
+    if once.key and row[-1]:
+        return FITS  # this call was recorded before: a retry
+    for index, step in enumerate(steps):
+        if int(row[index]) + step.units > step.cap:
+            return index
+    if record:
+        merged: dict[tuple[str, int], list[Any]] = {}
+        for s in steps:  # one row each: an upsert may not touch a row twice
+            added = merged.setdefault((s.key, s.bucket), [s.key, s.bucket, 0, s.expires])
+            added[2] += s.units
+        run(add_query(len(merged)), [value for row in merged.values() for value in row])
+        if once.key:
+            run(RECORD_ONCE, (once.key, once.until))
+    return FITS

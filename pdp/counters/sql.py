@@ -9,12 +9,11 @@ the directory's) and two tables, created when absent:
 - ``tessera_counter_once``: idempotency records, each with the time it expires.
 
 A charge is one transaction: it reads the usage of every key, decides, and records only
-when everything fits. No two charges on one key interleave: SQLite's ``BEGIN IMMEDIATE``
-takes the database's write lock (across processes) before the reads, and PostgreSQL's
-transaction takes advisory locks on the keys' hashes, in sorted order so that two charges
-never wait for each other, before the reads; each read is a statement of its own after
-the locks, so it sees every charge committed before them. Expired rows are deleted every
-:data:`SWEEP_EVERY` recording charges, a bounded number of each table's at once.
+when everything fits. No two charges on one key interleave: on SQLite, ``BEGIN
+IMMEDIATE`` takes the database's write lock (across processes) before the reads; on
+PostgreSQL, a function does the charge in one round trip, taking advisory locks on the
+keys, in sorted order, before the reads (:mod:`pdp.counters.postgres`). Expired rows are
+deleted every :data:`SWEEP_EVERY` recording charges, a bounded number at once.
 
 Every round trip is bounded by the store's timeout: SQLite's busy timeout, PostgreSQL's
 ``statement_timeout``, ``lock_timeout`` and ``tcp_user_timeout``. PostgreSQL's
@@ -24,9 +23,6 @@ an address that does not answer costs one call up to that, once per back-off, wh
 """
 
 from __future__ import annotations
-
-from dataclasses import dataclass
-from typing import Any
 
 from pdp.counters.base import (
     BUCKETS,
@@ -39,23 +35,11 @@ from pdp.counters.base import (
     once_key,
 )
 from pdp.counters.breaker import BACKOFF, Breaker
-from pdp.counters.schema import RECORD_ONCE, Database, Run, add_query, read_query
+from pdp.counters.schema import Database, Once, Step
 from pdp.counters.units import amount_units, cap_units, from_units
 
 TIMEOUT = 0.1  # seconds a round trip may take
 SWEEP_EVERY = 64  # recording charges between two deletions of expired rows
-
-
-@dataclass(frozen=True, slots=True)
-class Step:
-    """One charge in the store's terms: units, bucket numbers, when its bucket expires."""
-
-    key: str
-    bucket: int
-    oldest: int
-    units: int
-    cap: int
-    expires: float
 
 
 class SqlCounters:
@@ -87,52 +71,25 @@ class SqlCounters:
         if not charges:
             return FITS
         steps = [step_of(c, now) for c in charges]
-        remembered = once_key(once, charges) if once and record else ""
-        until = now + max(c.window for c in charges)
-        return self._breaker.call(lambda: self._charge(steps, record, remembered, until, now))
+        remembered = Once(
+            once_key(once, charges) if once and record else "",
+            now + max(c.window for c in charges),
+        )
+        sweep = False
+        if record:
+            self._recorded += 1
+            sweep = self._recorded % SWEEP_EVERY == 0
+        return self._breaker.call(
+            lambda: self._db.charge(steps, now, record=record, once=remembered, sweep=sweep)
+        )
 
     def usage(self, charge: Charge, now: float) -> Amount:
         oldest = oldest_bucket(now, charge.window)
-        units = self._breaker.call(lambda: self._usage(charge.key, oldest))
+        units = self._breaker.call(lambda: self._db.usage(charge.key, oldest))
         return from_units(units, charge)
 
     def close(self) -> None:
         self._db.close()
-
-    def _charge(
-        self, steps: list[Step], record: bool, remembered: str, until: float, now: float
-    ) -> int:
-        keys = sorted({s.key for s in steps} | ({remembered} if remembered else set()))
-        with self._db.transaction(keys if record else None) as run:
-            query = read_query(len(steps), bool(remembered))
-            row = run(query, read_parameters(steps, remembered, now)).fetchone()
-            if remembered and row[-1]:
-                return FITS  # this call was recorded before: a retry
-            for index, step in enumerate(steps):
-                if int(row[index]) + step.units > step.cap:
-                    return index
-            if record:
-                self._record(run, steps, remembered, until, now)
-            return FITS
-
-    def _record(
-        self, run: Run, steps: list[Step], remembered: str, until: float, now: float
-    ) -> None:
-        merged: dict[tuple[str, int], list[Any]] = {}
-        for s in steps:  # one row each: an upsert may not touch a row twice
-            row = merged.setdefault((s.key, s.bucket), [s.key, s.bucket, 0, s.expires])
-            row[2] += s.units
-        run(add_query(len(merged)), [value for row in merged.values() for value in row])
-        if remembered:
-            run(RECORD_ONCE, (remembered, until))
-        self._recorded += 1
-        if self._recorded % SWEEP_EVERY == 0:
-            self._db.sweep(run, now)
-
-    def _usage(self, key: str, oldest: int) -> int:
-        with self._db.transaction(None) as run:
-            row = run(read_query(1, False), (key, oldest)).fetchone()
-            return int(row[0])
 
 
 def step_of(charge: Charge, now: float) -> Step:
@@ -147,13 +104,6 @@ def step_of(charge: Charge, now: float) -> Step:
         cap=cap_units(charge.cap),
         expires=(bucket + BUCKETS + 1) * charge.window / BUCKETS,
     )
-
-
-def read_parameters(steps: list[Step], remembered: str, now: float) -> list[Any]:
-    parameters: list[Any] = [value for s in steps for value in (s.key, s.oldest)]
-    if remembered:
-        parameters += [remembered, now]
-    return parameters
 
 
 def open_database(url: str, timeout: float) -> Database:

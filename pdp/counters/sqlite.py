@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import sqlite3
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
@@ -19,7 +19,7 @@ from issuer.store.interface import StoreError
 from issuer.store.sqlite import database_path
 from pdp.counters.base import CounterError
 from pdp.counters.breaker import held
-from pdp.counters.schema import TABLES, Run, sweep_queries
+from pdp.counters.schema import TABLES, Once, Run, Step, charge_in, read_query, sweep_queries
 
 SWEEP = sweep_queries()
 
@@ -44,12 +44,27 @@ class SQLiteDatabase:
         self._conn: sqlite3.Connection | None = None
         self._closed = False
 
+    def charge(
+        self, steps: list[Step], now: float, *, record: bool, once: Once, sweep: bool
+    ) -> int:
+        with self._transaction(write=record) as run:
+            answer = charge_in(run, steps, now, record, once)
+            if sweep:
+                for query in SWEEP:
+                    run(query, (now,))
+            return answer
+
+    def usage(self, key: str, oldest: int) -> int:
+        with self._transaction(write=False) as run:
+            return int(run(read_query(1, False), (key, oldest)).fetchone()[0])
+
     @contextmanager
-    def transaction(self, keys: Sequence[str] | None) -> Iterator[Run]:
+    def _transaction(self, write: bool) -> Iterator[Run]:
+        """A transaction; a writing one holds the file's write lock from its start."""
         with held(self._lock, self._timeout, self.name):
             conn = self._connection()
             try:
-                conn.execute("BEGIN" if keys is None else "BEGIN IMMEDIATE")
+                conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
                 yield conn.execute
                 conn.execute("COMMIT")
             except BaseException as e:
@@ -58,10 +73,6 @@ class SQLiteDatabase:
                 if isinstance(e, sqlite3.Error):
                     raise CounterError(f"{self.name}: {e}") from e
                 raise
-
-    def sweep(self, run: Run, now: float) -> None:
-        for query in SWEEP:
-            run(query, (now,))
 
     def close(self) -> None:
         with self._lock:
