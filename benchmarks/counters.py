@@ -177,7 +177,7 @@ def measure(shape: dict[str, int]) -> tuple[dict[str, Any], dict[str, str]]:
     return rows, skipped
 
 
-def report(result: dict[str, Any]) -> None:
+def report(result: dict[str, Any], targets: list[Target]) -> None:
     env = result["environment"]
     print(
         f"Tessera counter stores  (Python {env['python']}, {env['machine']}, "
@@ -193,7 +193,7 @@ def report(result: dict[str, Any]) -> None:
         )
     for name, why in result["skipped"].items():
         print(f"{name:30s} skipped: {why}")
-    print_targets([Target(**t) for t in result["targets_raw"]], result["seconds"])
+    print_targets(targets, result["seconds"])
 
 
 def main() -> None:
@@ -227,10 +227,9 @@ def main() -> None:
         "skipped": skipped,
         "redis_over_memory": ratio(redis_median, rows["memory"]["median_us"]),
         "targets": [t.to_json(2) for t in targets],
-        "targets_raw": [vars(t) for t in targets],
         "seconds": round(time.perf_counter() - began, 1),
     }
-    finish(result, targets, args, report)
+    finish(result, targets, args, lambda r: report(r, targets))
 
 
 if __name__ == "__main__":
