@@ -88,7 +88,6 @@ USAGE = (
     "SELECT COALESCE(SUM(units), 0) FROM tessera_counter_buckets WHERE key = %s AND bucket >= %s"
 )
 CONNECT_TIMEOUT = 2  # seconds: libpq's least
-IDLE_IN_TRANSACTION = 5000  # ms: a stalled process lets go of its keys' locks
 
 
 class PostgresDatabase:
@@ -102,7 +101,6 @@ class PostgresDatabase:
             ms = max(1, math.ceil(timeout * 1000))
             options = (
                 f"{given.get('options') or ''} -c statement_timeout={ms} -c lock_timeout={ms}"
-                f" -c idle_in_transaction_session_timeout={max(ms, IDLE_IN_TRANSACTION)}"
                 " -c synchronous_commit=off"
             )
             self._conninfo = make_conninfo(
