@@ -19,7 +19,8 @@ window slides in steps of window/BUCKETS.
 
 A store that cannot answer (unreachable, slower than its timeout) raises
 :class:`CounterError`; the engine then denies what the limit would decide, with the
-reason, and decisions that touch no limit are unaffected.
+reason, and decisions that touch no limit are unaffected. After a failure a shared store
+fails fast for a short back-off (:mod:`pdp.counters.breaker`), then tries again.
 """
 
 from pdp.counters.base import (
@@ -35,6 +36,27 @@ from pdp.counters.base import (
 )
 from pdp.counters.memory import MemoryCounters
 
+ACCEPTED = "memory, sqlite:///path/to/file.db, postgresql://host/database or redis://host:port/db"
+
+
+def open_counters(url: str, *, timeout: float = 0.1) -> CounterStore:
+    """The counter store a setting names: ``memory``, a SQLite or PostgreSQL URL (the
+    directory's database), or a ``redis://`` (``rediss://``) URL. ``timeout`` bounds each
+    round trip of a shared store, in seconds."""
+    if url == "memory":
+        return MemoryCounters()
+    if url.startswith(("sqlite:", "postgresql://", "postgres://")):
+        from pdp.counters.sql import SqlCounters
+
+        return SqlCounters(url, timeout=timeout)
+    if url.startswith(("redis://", "rediss://")):
+        from pdp.counters.redis import RedisCounters
+
+        return RedisCounters(url, timeout=timeout)
+    scheme = url.split(":", 1)[0] if ":" in url else url
+    raise CounterError(f"unknown counter store {scheme!r}: use {ACCEPTED}")
+
+
 __all__ = [
     "BUCKETS",
     "FITS",
@@ -46,6 +68,7 @@ __all__ = [
     "bucket_of",
     "oldest_bucket",
     "once_key",
+    "open_counters",
 ]
 
 
