@@ -382,7 +382,9 @@ class Engine:
                 unmet += (require.obligation,)
         if not rule.limits:
             return ("requires", unmet) if unmet else ("applies", ())
-        charges = tuple(_charge(limit, request) for limit in rule.limits)
+        charges = self._charges(rule, request, now)
+        if isinstance(charges, int):
+            return ("over", rule.limits[charges].text)
         if unmet:
             try:
                 index = self.counters.charge(charges, now, record=False)
@@ -395,6 +397,24 @@ class Engine:
             if index == FITS:
                 return ("applies", ())
         return ("over", rule.limits[index].text)
+
+    def _charges(
+        self, rule: CompiledRule, request: Request, now: float
+    ) -> tuple[Charge, ...] | int:
+        """The call's charge under each of the permit's limits; a limit that cannot be
+        worked out for this request fails the permit, unless an earlier limit is already
+        reached (then its index: limits are told in the order they are written)."""
+        charges: list[Charge] = []
+        for limit in rule.limits:
+            try:
+                charges.append(_charge(limit, request))
+            except Exception:
+                if charges:
+                    index = self.counters.charge(tuple(charges), now, record=False)
+                    if index != FITS:
+                        return index
+                raise
+        return tuple(charges)
 
     def _error(self, rule: CompiledRule, request: Request, exc: Exception) -> RuleError:
         """Why a rule failed, in the interpreter's words (the rare path)."""

@@ -38,7 +38,7 @@ from pdp.audit.exclusive import Exclusive
 from pdp.audit.records import token_record
 from pdp.audit.watch import AlertCounter, Watcher
 from pdp.audit.writer import GATHER, AuditWriter
-from pdp.counters import open_counters, redacted
+from pdp.counters import open_counters
 from pdp.decide import DEFAULT_CACHE_SIZE, DecisionPoint
 from pdp.directory import Directory
 from pdp.doors import ext_authz
@@ -330,7 +330,7 @@ async def serve_forever(engine: Engine, config: ServeConfig, announce: Sequence[
             _say(f"Envoy ext_authz ({ext_authz.SERVICE_NAME}) on port {running.port}")
         if planes.audit is not None:
             _say(f"every decision is audited ({config.audit})")
-        _say(f"limits counted in {redacted(config.counter_store)}")
+        _say(f"limits counted in {counters.name}")
         for line in announce:
             print(line, flush=True)
         await _until_signalled()

@@ -70,20 +70,3 @@ __all__ = [
     "once_key",
     "open_counters",
 ]
-
-
-def open_counters(url: str, *, timeout: float = 0.1) -> CounterStore:
-    """The counter store ``url`` names (provisional: memory only)."""
-    if url == "memory":
-        return MemoryCounters()
-    raise CounterError(f"no counter store for {redacted(url)}")
-
-
-def redacted(url: str) -> str:
-    """``url`` without a password, to print."""
-    from urllib.parse import urlsplit
-
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    return parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@")).geturl()

@@ -48,7 +48,15 @@ def oldest_bucket(now: float, window: float) -> int:
 class CounterStore(Protocol):
     """Where limit usage is counted. Keys are opaque strings made by the engine."""
 
-    errors: int  # how many times it could not answer (a metric)
+    @property
+    def name(self) -> str:
+        """What it is, for messages: its address, never a password."""
+        ...
+
+    @property
+    def errors(self) -> int:
+        """How many times it could not answer (a metric)."""
+        ...
 
     def charge(
         self, charges: tuple[Charge, ...], now: float, *, record: bool = True, once: str = ""

@@ -17,6 +17,7 @@ class MemoryCounters:
     - 0.9 - 0.9 is not 1.1), and summing at most BUCKETS numbers is cheap.
     """
 
+    name = "memory (this process only)"
     errors = 0  # memory always answers
 
     def __init__(self) -> None:
