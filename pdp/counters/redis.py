@@ -17,11 +17,16 @@ runs in one script on one node. The once-record takes the first charge's subject
 Lua adds doubles: totals stay exact because caps and amounts are kept below 2**52 units
 (:data:`pdp.counters.units.MAX_UNITS`). Every round trip, and connecting, is bounded by
 the store's timeout; redis-py's own retries are off (the breaker decides when to retry).
+A charge that reaches the script after its caller stopped waiting (a server stalled,
+then resumed) records nothing: the script compares Redis's clock with the caller's
+deadline, so a call answered "denied" is never counted. This holds while the clocks of
+the Redis host and the replicas agree to better than the timeout.
 """
 
 from __future__ import annotations
 
 import math
+import time
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -43,15 +48,22 @@ from pdp.counters.breaker import BACKOFF, Breaker
 from pdp.counters.units import amount_units, cap_units, from_units
 
 TIMEOUT = 0.1  # seconds a round trip (or connecting) may take
+LATE = -2  # the script's answer when it ran after the caller's deadline
 POOL = 16  # connections per store object; a call waits at most the timeout for one
 
 # KEYS: the charges' keys, then the once-record's when ARGV[2] (its time to live, ms) > 0.
-# ARGV: record (1 or 0), once ttl, then per charge: bucket, oldest live bucket, units,
-# cap, the key's time to live (ms). Answers -1 when all fit, else the 0-based index of
-# the first charge that does not.
+# ARGV: record (1 or 0), once ttl, the caller's deadline (µs since the epoch), then per
+# charge: bucket, oldest live bucket, units, cap, the key's time to live (ms). Answers -1
+# when all fit, else the 0-based index of the first charge that does not, or -2 when the
+# script runs after the caller gave up waiting (a call held up in a stalled server):
+# the caller has denied, so nothing may be recorded.
 CHARGE = """
 local record = ARGV[1] == '1'
 local once_ttl = tonumber(ARGV[2])
+if record then
+  local t = redis.call('TIME')
+  if tonumber(t[1]) * 1000000 + tonumber(t[2]) > tonumber(ARGV[3]) then return -2 end
+end
 local n = #KEYS
 if once_ttl > 0 then
   n = n - 1
@@ -59,7 +71,7 @@ if once_ttl > 0 then
 end
 local stale = {}
 for i = 1, n do
-  local a = 2 + (i - 1) * 5
+  local a = 3 + (i - 1) * 5
   local oldest = tonumber(ARGV[a + 2])
   local total = 0
   local old = {}
@@ -76,7 +88,7 @@ for i = 1, n do
 end
 if record then
   for i = 1, n do
-    local a = 2 + (i - 1) * 5
+    local a = 3 + (i - 1) * 5
     redis.call('HINCRBY', KEYS[i], ARGV[a + 1], ARGV[a + 3])
     if #stale[i] > 0 then redis.call('HDEL', KEYS[i], unpack(stale[i])) end
     redis.call('PEXPIRE', KEYS[i], ARGV[a + 5])
@@ -138,13 +150,17 @@ class RedisCounters:
         if once and record:
             once_ttl = math.ceil(max(c.window for c in charges) * 1000)
             keys.append(f"{self.prefix}once:{{{charges[0].subject}}}:{once_key(once, charges)}")
-        args: list[Any] = [1 if record else 0, once_ttl]
+        deadline = math.ceil((time.time() + self.timeout) * 1_000_000)
+        args: list[Any] = [1 if record else 0, once_ttl, deadline]
         for c in charges:
             ttl = math.ceil(c.window * (BUCKETS + 1) / BUCKETS * 1000)
             bucket = bucket_of(now, c.window)
             args += [bucket, oldest_bucket(now, c.window), amount_units(c.amount)]
             args += [cap_units(c.cap), ttl]
-        return int(self._breaker.call(lambda: self._run(self._script, keys, args)))
+        index = int(self._breaker.call(lambda: self._run(self._script, keys, args)))
+        if index == LATE:
+            raise CounterError(f"{self.name}: answered after the timeout; nothing recorded")
+        return index
 
     def usage(self, charge: Charge, now: float) -> Amount:
         fields = self._breaker.call(lambda: self._run(self._client.hgetall, self.key(charge)))

@@ -8,6 +8,7 @@ failed; ``rejected``: calls refused without one).
 from __future__ import annotations
 
 import shutil
+import signal
 import sqlite3
 import subprocess
 import time
@@ -114,8 +115,7 @@ def test_postgresql_recovers_after_its_connection_is_cut() -> None:
 def redis_server(port: int) -> Iterator[subprocess.Popen[bytes]]:
     """A Redis server of this test's own on 127.0.0.1, keeping nothing on disk."""
     binary = shutil.which("redis-server")
-    if binary is None:
-        pytest.skip("redis-server is not installed")
+    assert binary is not None, "redis-server is not installed (the suite needs it)"
     server = subprocess.Popen(
         [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
         stdout=subprocess.DEVNULL,
@@ -146,5 +146,25 @@ def test_redis_recovers_when_its_server_returns() -> None:
         with redis_server(port):  # a new server: no counts, and no script loaded
             assert eventually(lambda: store.charge((ONE,), NOW)) == FITS
             assert store.usage(ONE, NOW) == 1
+    finally:
+        store.close()
+
+
+def test_a_charge_held_up_in_a_stalled_redis_is_never_recorded() -> None:
+    """The caller denied when its charge timed out: Redis running the charge later,
+    once it resumes, must not count it."""
+    port = closed_port()
+    store = RedisCounters(f"redis://127.0.0.1:{port}/0", timeout=0.2, backoff=0.05)
+    try:
+        with redis_server(port) as server:
+            assert store.charge((ONE,), NOW) == FITS  # connected, script loaded
+            server.send_signal(signal.SIGSTOP)
+            try:
+                with pytest.raises(CounterError):
+                    store.charge((ONE,), NOW)
+            finally:
+                server.send_signal(signal.SIGCONT)
+            time.sleep(0.5)  # let the resumed server run what was waiting for it
+            assert eventually(lambda: store.usage(ONE, NOW)) == 1
     finally:
         store.close()
