@@ -7,7 +7,10 @@ share a count. Redis is the real server at ``TESSERA_TEST_REDIS`` (default ``red
 from __future__ import annotations
 
 import os
+import shutil
 import socket
+import subprocess
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -71,3 +74,27 @@ def closed_port() -> int:
         probe.bind(("127.0.0.1", 0))
         port: int = probe.getsockname()[1]
     return port
+
+
+@contextmanager
+def redis_server(port: int) -> Iterator[subprocess.Popen[bytes]]:
+    """A Redis server of this test's own on 127.0.0.1, keeping nothing on disk."""
+    binary = shutil.which("redis-server")
+    assert binary is not None, "redis-server is not installed (the suite needs it)"
+    server = subprocess.Popen(
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+        stdout=subprocess.DEVNULL,
+    )
+    client = redis.Redis(port=port, socket_timeout=1, socket_connect_timeout=1)
+    try:
+        for _ in range(500):
+            try:
+                client.ping()
+                break
+            except redis.ConnectionError:
+                time.sleep(0.01)
+        yield server
+    finally:
+        client.close()
+        server.terminate()
+        server.wait(timeout=30)

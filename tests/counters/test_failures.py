@@ -7,23 +7,19 @@ failed; ``rejected``: calls refused without one).
 
 from __future__ import annotations
 
-import shutil
 import signal
 import sqlite3
-import subprocess
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
 import pytest
-import redis
 
 from pdp.counters import FITS, Charge, CounterError
 from pdp.counters.redis import RedisCounters
 from pdp.counters.sql import SqlCounters
-from tests.counters.places import closed_port
+from tests.counters.places import closed_port, redis_server
 from tests.stores import admin_connection, postgres_schema
 
 T = TypeVar("T")
@@ -109,30 +105,6 @@ def test_postgresql_recovers_after_its_connection_is_cut() -> None:
         assert eventually(lambda: store.charge((ONE,), NOW)) == FITS
         assert store.usage(ONE, NOW) == 2
         store.close()
-
-
-@contextmanager
-def redis_server(port: int) -> Iterator[subprocess.Popen[bytes]]:
-    """A Redis server of this test's own on 127.0.0.1, keeping nothing on disk."""
-    binary = shutil.which("redis-server")
-    assert binary is not None, "redis-server is not installed (the suite needs it)"
-    server = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-        stdout=subprocess.DEVNULL,
-    )
-    client = redis.Redis(port=port, socket_timeout=1, socket_connect_timeout=1)
-    try:
-        for _ in range(500):
-            try:
-                client.ping()
-                break
-            except redis.ConnectionError:
-                time.sleep(0.01)
-        yield server
-    finally:
-        client.close()
-        server.terminate()
-        server.wait(timeout=30)
 
 
 def test_redis_recovers_when_its_server_returns() -> None:
