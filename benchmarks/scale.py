@@ -3,12 +3,13 @@
 
 What it measures, on loopback (127.0.0.1) only:
 
-* **servers**: one ``tessera serve --workers N --policies policies --store '' --port 0
-  --metrics-port -1 --cache-size 0`` subprocess per worker count, all started before the
-  first round and idle while another is measured. No store: the decision path alone, with
-  no directory and no audit writer (whose shared SQLite file would measure the disk);
-  no decision cache: every call runs the engine. When ``auto`` equals 1 or 2 on this
-  machine it is that row, not a third server.
+* **servers**: one ``tessera serve --workers N --policies policies --store '' --counters
+  memory --port 0 --metrics-port -1 --cache-size 0`` subprocess per worker count, all
+  started before the first round and idle while another is measured. No store: the
+  decision path alone, with no directory and no audit writer (whose shared SQLite file
+  would measure the disk); no decision cache: every call runs the engine. The request
+  touches no limit, so where limits would be counted does not matter here. When ``auto``
+  equals 1 or 2 on this machine it is that row, not a third server.
 * **load**: ``--clients`` client processes (multiprocessing, spawn; default one per usable
   core, at least 2), started once, so that the client side is not one interpreter's worth
   of CPU. For each measurement every client opens :data:`CHANNELS` fresh channels (each its
@@ -143,7 +144,8 @@ def serve(workers: int) -> Served:
     process = subprocess.Popen(
         [
             *(str(TESSERA), "serve", "--workers", str(workers), "--policies", str(POLICIES)),
-            *("--store", "", "--port", "0", "--metrics-port", "-1", "--cache-size", "0"),
+            *("--store", "", "--counters", "memory", "--port", "0", "--metrics-port", "-1"),
+            *("--cache-size", "0"),
             *("--grace", "1"),
         ],
         stdout=subprocess.PIPE,
@@ -414,7 +416,7 @@ def main() -> None:
         "environment": environment(args.quick, grpcio=grpc.__version__),
         "method": {
             "host": HOST,
-            "server": "tessera serve --workers N --store '' --cache-size 0 (subprocess)",
+            "server": "tessera serve --workers N --store '' --counters memory --cache-size 0",
             "channels_per_client": CHANNELS,
             "in_flight_per_channel": IN_FLIGHT,
             "order": "rounds, every row once each, the order reversed every other round",

@@ -225,3 +225,47 @@ def _from_record(data: dict[str, Any]) -> SigningKey:
         retired=None if retired is None else datetime.fromisoformat(retired),
         public=private.public_key(),
     )
+
+
+class ScheduledRotation:
+    """Makes a new signing key whenever the current one is older than ``every`` seconds,
+    looking every ``check`` seconds; ``start``/``stop`` run it in a thread of its own.
+
+    ``tessera serve`` runs it in one process per deployment (it holds the store's
+    ``key-rotation`` lease), so replicas never rotate twice; the others see the new key
+    through the store."""
+
+    def __init__(self, keys: KeyRing, every: float, check: float | None = None) -> None:
+        if every <= 0:
+            raise ValueError("a rotation period is a positive number of seconds")
+        self.keys = keys
+        self.every = timedelta(seconds=every)
+        self.check = check if check is not None else min(60.0, every / 10)
+        self.rotations = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="key-rotation", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=self.check + 5)
+
+    def due(self, now: datetime | None = None) -> bool:
+        """Whether the current key (as the store has it now) has signed long enough."""
+        self.keys.load()
+        current = self.keys.current()
+        return current is None or current.created + self.every <= (now or datetime.now(UTC))
+
+    def _run(self) -> None:
+        while True:
+            try:
+                if self.due():
+                    self.keys.rotate()
+                    self.rotations += 1
+            except Exception:  # a store that cannot be reached now: try at the next check
+                logging.getLogger("tessera.keys").exception("scheduled key rotation failed")
+            if self._stop.wait(self.check):
+                return

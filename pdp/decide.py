@@ -40,6 +40,11 @@ Pep = str | Callable[[], str]
 """Who asked, for the audit record: a name, or a function that tells it (called only
 when a record is made)."""
 
+Once = str | Callable[[], str]
+"""A call's idempotency key, kept by the caller across retries so a limit records the
+call's usage once: a key, or a function that tells it (called only when a limit could
+decide); "" when the caller sent none."""
+
 
 class DecisionIds:
     """Unique decision ids, the keys of audit records: 32 hex digits, a random per-process
@@ -83,6 +88,7 @@ class DecisionPoint:
         self.durability = durability
         self.metrics = metrics if metrics is not None else Metrics()
         self.metrics.bundle.info({"version": engine.version})
+        self.metrics.counter_store_errors = lambda: self.engine.counters.errors
         # Decisions by a key the door derives from its question, for requests whose
         # candidate rules have no limit (their answer cannot depend on counters).
         self.cache: LRUCache[Hashable, Decision] | None = (
@@ -126,13 +132,14 @@ class DecisionPoint:
     # -- deciding
 
     async def decide(
-        self, request: Request, pep: Pep = "", *, key: Hashable | None = None
+        self, request: Request, pep: Pep = "", *, key: Hashable | None = None, once: Once = ""
     ) -> Answer:
         """Decide one request, using up limits, and hand its record to the audit trail.
 
         ``key`` (any hashable the door derives from its question, e.g. the serialized
-        message) lets the answer be remembered when no limit can change it."""
-        answered = self._answer(request, pep, key, limits=True)
+        message) lets the answer be remembered when no limit can change it; ``once`` is
+        the call's idempotency key."""
+        answered = self._answer(request, pep, key, limits=True, once=once)
         assert answered is not None  # with limits decided here, every request is answered
         answer, record = answered
         if record is not None:
@@ -153,11 +160,11 @@ class DecisionPoint:
             await self._audited(record)
         return answer
 
-    def decide_now(self, request: Request, pep: Pep = "") -> Answer:
+    def decide_now(self, request: Request, pep: Pep = "", once: Once = "") -> Answer:
         """As :meth:`decide`, for a caller outside the event loop (the issuer's token
         exchange check runs in a worker thread): a full audit queue, or sync durability,
         blocks this thread."""
-        answered = self._answer(request, pep, None, limits=True)
+        answered = self._answer(request, pep, None, limits=True, once=once)
         assert answered is not None  # with limits decided here, every request is answered
         answer, record = answered
         audit = self.audit
@@ -168,13 +175,19 @@ class DecisionPoint:
                 audit.put("agent", record)
         return answer
 
-    async def decide_many(self, requests: Sequence[Request], pep: Pep = "") -> list[Answer]:
+    async def decide_many(
+        self, requests: Sequence[Request], pep: Pep = "", once: Once = ""
+    ) -> list[Answer]:
         """Decide requests in order, each using up limits as it is allowed; their records
-        are handed over together."""
+        are handed over together. ``once`` keys the batch; each request's key is it with
+        the request's position."""
         answers = []
         records: list[Record] = []
-        for request in requests:
-            answered = self._answer(request, pep, None, limits=True)
+        batch = once() if callable(once) else once
+        for index, request in enumerate(requests):
+            answered = self._answer(
+                request, pep, None, limits=True, once=f"{batch}#{index}" if batch else ""
+            )
             assert answered is not None  # with limits decided here, every one is answered
             answer, record = answered
             answers.append(answer)
@@ -250,18 +263,22 @@ class DecisionPoint:
         return typed_value(list(granted), declared, "context.consents")
 
     def _decided(
-        self, engine: Engine, request: Request | str, commit: bool
+        self, engine: Engine, request: Request | str, commit: bool, once: Once = ""
     ) -> tuple[Decision, bool]:
         """The engine's decision (or the directory's refusal) and whether it is cacheable;
-        ``commit`` records the limits an allow uses up."""
+        ``commit`` records the limits an allow uses up, once per ``once``."""
         if isinstance(request, str):
             return self._refused(engine, request), False
         metrics = self.metrics
+        limited = engine.touches_limits(request)
+        idempotency = ""
+        if limited and once:
+            idempotency = once() if callable(once) else once
         start = time.perf_counter()
-        decision = engine.decide(request, commit)
+        decision = engine.decide(request, commit, idempotency)
         metrics.engine_seconds.observe(time.perf_counter() - start)
         metrics.decided(decision)
-        return decision, not engine.touches_limits(request)
+        return decision, not limited
 
     def _refused(self, engine: Engine, reason: str) -> Decision:
         decision = Decision(False, (), (DIRECTORY,), (reason,), (), engine.version)
@@ -269,7 +286,7 @@ class DecisionPoint:
         return decision
 
     def _answer(
-        self, request: Request, pep: Pep, key: Hashable | None, limits: bool
+        self, request: Request, pep: Pep, key: Hashable | None, limits: bool, once: Once = ""
     ) -> tuple[Answer, Record | None] | None:
         """The answer and its audit record (None without an audit trail); None when
         ``limits`` is false and a limit could decide."""
@@ -284,7 +301,7 @@ class DecisionPoint:
         elif not limits and not isinstance(resolved, str) and engine.touches_limits(resolved):
             return None
         else:
-            decision, cacheable = self._decided(engine, resolved, True)
+            decision, cacheable = self._decided(engine, resolved, True, once)
             if cacheable and key is not None and self.cache is not None:
                 self.cache[key] = decision
         answer = Answer(decision, new_decision_id(), cacheable)

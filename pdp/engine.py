@@ -4,7 +4,9 @@ A request touches only its candidate rules: the index goes by action, then resou
 then exact resource id or glob prefix; candidate lists are memoized per (action, type,
 id). Forbids run first; any that matches, or fails, denies. Then permits: one that applies
 allows; one that waits on an obligation gives a deny carrying it; otherwise default deny.
-Limits are read while deciding and committed only when the decision is allow.
+A permit with limits whose obligations are met asks the counter store once, atomically:
+do this call's charges fit, and if so record them (only a call being decided records; a
+preview only asks). The store being unreachable makes that permit fail with the reason.
 """
 
 from __future__ import annotations
@@ -14,10 +16,10 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from pdp.counters import CounterStore, MemoryCounters
+from pdp.counters import FITS, Charge, CounterError, CounterStore, MemoryCounters
 from pdp.interpreter import Interpreter
 from pdp.lang import ast
-from pdp.lang.compiler import CompiledRule, compile_rules
+from pdp.lang.compiler import CompiledLimit, CompiledRule, compile_rules
 from pdp.lang.runtime import (
     EvalError,
     limit_amount,
@@ -229,11 +231,12 @@ class Engine:
         return limited
 
     # One function on purpose: the hot path (~1.4 µs); a call per step costs more than the steps.
-    def decide(self, request: Request, commit: bool = True) -> Decision:
+    def decide(self, request: Request, commit: bool = True, once: str = "") -> Decision:
         """The decision for one request. Never raises for a well-formed request.
 
         ``commit=False`` decides without recording limit usage: for questions such as
-        "which tools may this agent use?", which are not calls.
+        "which tools may this agent use?", which are not calls. ``once`` is the call's
+        idempotency key: a retried call's usage is recorded once.
         """
         resource = request.resource
         found = self._memo.get((request.action, resource["type"], resource["id"]))
@@ -256,12 +259,12 @@ class Engine:
                     failed = []
                 failed.append((rule, exc))
         if failed is not None:
-            return self._slow(request, forbidden or [], failed, [], [], [], commit)
+            return self._slow(request, forbidden or [], failed, [], [], [])
         if forbidden is not None:
             if len(forbidden) == 1:
                 decision: Decision = forbidden[0].decision
                 return decision
-            return self._slow(request, forbidden, [], [], [], [], commit)
+            return self._slow(request, forbidden, [], [], [], [])
 
         applied: list[CompiledRule] | None = None
         gated: list[CompiledRule] | None = None
@@ -294,21 +297,20 @@ class Engine:
                     decision = applied[0].decision
                     return decision
             elif applied is None and len(gated) == 1:
-                return self._one_gated(request, gated[0], commit)
-        return self._slow(request, [], [], applied or [], gated or [], permit_failed or [], commit)
+                return self._one_gated(request, gated[0], commit, once)
+        return self._slow(
+            request, [], [], applied or [], gated or [], permit_failed or [], commit, once
+        )
 
-    def _one_gated(self, request: Request, rule: CompiledRule, commit: bool) -> Decision:
+    def _one_gated(self, request: Request, rule: CompiledRule, commit: bool, once: str) -> Decision:
         """The common case of a permit with limits or obligations that alone matched."""
-        now = self.clock()
         try:
-            kind, payload = self._gate(rule, request, now)
+            kind, payload = self._gate(rule, request, self.clock(), commit, once)
+        except CounterError as exc:
+            return combine(self.version, [], [], [], [], [_unreachable(rule, exc)], [])
         except Exception:
-            return self._slow(request, [], [], [], [rule], [], commit)
+            return self._slow(request, [], [], [], [rule], [], commit, once)
         if kind == "applies":
-            if commit:
-                add = self.counters.add
-                for key, window, amount in payload:
-                    add(key, window, amount, now)
             decision: Decision = rule.decision
             return decision
         if kind == "requires":
@@ -329,17 +331,20 @@ class Engine:
         gated: list[CompiledRule],
         permit_failed: list[tuple[CompiledRule, Exception]],
         commit: bool = True,
+        once: str = "",
     ) -> Decision:
-        """Everything beyond one clean match: errors, several rules, limits, obligations."""
+        """Everything beyond one clean match: errors, several rules, limits, obligations.
+
+        Gated permits are reached only when no forbid matched or failed, so a permit whose
+        charges fit (and are recorded) makes the decision an allow."""
         now = self.clock()
         applied = list(applied)
         pending: list[tuple[CompiledRule, tuple[ast.Obligation, ...]]] = []
         over: list[tuple[str, str]] = []
         failures = list(permit_failed)
-        usages: dict[int, list[tuple[str, float, Any]]] = {}
         for rule in gated:
             try:
-                kind, payload = self._gate(rule, request, now)
+                kind, payload = self._gate(rule, request, now, commit, once)
             except Exception as exc:
                 failures.append((rule, exc))
                 continue
@@ -349,11 +354,10 @@ class Engine:
                 pending.append((rule, payload))
             else:
                 applied.append(rule)
-                usages[rule.position] = payload
         applied.sort(key=_position)
         pending.sort(key=lambda p: p[0].position)
         failures.sort(key=lambda f: f[0].position)
-        decision = combine(
+        return combine(
             self.version,
             [r.id for r in forbidden],
             [self._error(r, request, exc) for r, exc in forbid_failed],
@@ -362,46 +366,60 @@ class Engine:
             [self._error(r, request, exc) for r, exc in failures],
             over,
         )
-        if decision.allow and commit:
-            for rule in applied:
-                for key, window, amount in usages.get(rule.position, ()):
-                    self.counters.add(key, window, amount, now)
-        return decision
 
-    def _gate(self, rule: CompiledRule, request: Request, now: float) -> tuple[str, Any]:
-        """A matching permit's limits, then its obligations: ("applies", usage to record),
-        ("requires", unmet obligations) or ("over", the limit's description)."""
-        usage: list[tuple[str, float, Any]] = []
-        for limit in rule.limits:
-            key = limit.key_prefix + limit_subject(limit.scope, request.agent_id, request.user_id)
-            if limit.amount is None:
-                amount: Any = 1
-            else:
-                value = limit.amount(request)
-                if (
-                    limit.currency is not None
-                    and type(value) is Money
-                    and value.currency == limit.currency
-                    and value.amount >= 0
-                ):
-                    amount = value.amount
-                else:
-                    amount = limit_amount(limit.limit, value)  # checks, and explains errors
-            if self.counters.usage(key, limit.window, now) + amount > limit.cap:
-                return ("over", limit.text)
-            usage.append((key, limit.window, amount))
+    def _gate(
+        self, rule: CompiledRule, request: Request, now: float, commit: bool, once: str
+    ) -> tuple[str, Any]:
+        """A matching permit's obligations, then its limits: ("applies", ()), ("requires",
+        unmet obligations) or ("over", the limit's description). Its charges are recorded
+        when they fit and ``commit`` is true; a permit still waiting on an obligation only
+        asks whether they would fit (a limit reached is the first thing to tell)."""
         unmet: tuple[ast.Obligation, ...] = ()
         for require in rule.requires:
             if require.condition is not None and not require.condition(request):
                 continue
             if not obligation_met(require.obligation, request.context):
                 unmet += (require.obligation,)
+        if not rule.limits:
+            return ("requires", unmet) if unmet else ("applies", ())
+        charges = self._charges(rule, request, now)
+        if isinstance(charges, int):
+            return ("over", rule.limits[charges].text)
         if unmet:
-            return ("requires", unmet)
-        return ("applies", usage)
+            try:
+                index = self.counters.charge(charges, now, record=False)
+            except CounterError:
+                index = FITS  # what is missing first is the obligation
+            if index == FITS:
+                return ("requires", unmet)
+        else:
+            index = self.counters.charge(charges, now, record=commit, once=once)
+            if index == FITS:
+                return ("applies", ())
+        return ("over", rule.limits[index].text)
+
+    def _charges(
+        self, rule: CompiledRule, request: Request, now: float
+    ) -> tuple[Charge, ...] | int:
+        """The call's charge under each of the permit's limits; a limit that cannot be
+        worked out for this request fails the permit, unless an earlier limit is already
+        reached (then its index: limits are told in the order they are written)."""
+        charges: list[Charge] = []
+        for limit in rule.limits:
+            try:
+                charges.append(_charge(limit, request))
+            except Exception:
+                if charges:
+                    index = self.counters.charge(tuple(charges), now, record=False)
+                    if index != FITS:
+                        return index
+                raise
+        return tuple(charges)
 
     def _error(self, rule: CompiledRule, request: Request, exc: Exception) -> RuleError:
         """Why a rule failed, in the interpreter's words (the rare path)."""
+        if isinstance(exc, CounterError):
+            return _unreachable(rule, exc)
         trace = self._interpreter.evaluate_rule(rule.rule, request, self.clock())
         message = trace.error if trace.error else f"{type(exc).__name__}: {exc}"
         return RuleError(rule.id, rule.effect, message)
@@ -409,6 +427,31 @@ class Engine:
 
 def _position(rule: CompiledRule) -> int:
     return rule.position
+
+
+def _charge(limit: CompiledLimit, request: Request) -> Charge:
+    """What one call adds under one limit, checked against the cap's kind."""
+    subject = limit_subject(limit.scope, request.agent_id, request.user_id)
+    if limit.amount is None:
+        amount: Any = 1
+    else:
+        value = limit.amount(request)
+        if (
+            limit.currency is not None
+            and type(value) is Money
+            and value.currency == limit.currency
+            and value.amount >= 0
+        ):
+            amount = value.amount
+        else:
+            amount = limit_amount(limit.limit, value)  # checks, and explains errors
+    return Charge(limit.key_prefix + subject, subject, limit.window, amount, limit.cap)
+
+
+def _unreachable(rule: CompiledRule, exc: CounterError) -> RuleError:
+    """A limited permit the counter store could not check: it does not apply (fail
+    closed), and the decision says why."""
+    return RuleError(rule.id, "permit", f"its limit could not be checked: {exc}")
 
 
 __all__ = ["Bundle", "Decision", "Engine", "EvalError", "Index", "Request"]

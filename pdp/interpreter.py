@@ -17,11 +17,12 @@ Evaluation rules:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from pdp.counters import CounterStore, MemoryCounters
+from pdp.counters import Charge, CounterError, CounterStore, MemoryCounters
 from pdp.lang import ast
 from pdp.lang.runtime import (
     EvalError,
@@ -29,7 +30,8 @@ from pdp.lang.runtime import (
     describe_limit,
     limit_amount,
     limit_cap,
-    limit_key,
+    limit_key_prefix,
+    limit_subject,
     limit_window,
     matches_pattern,
     obligation_met,
@@ -282,12 +284,12 @@ class Interpreter:
             rule = by_id[rule_id]
             evaluator = _Evaluator(request, self.lets, rule.package)
             for index, limit in enumerate(rule.limits):
-                key = limit_key(rule.id, index, limit, request.agent_id, request.user_id)
                 amount: Any = 1
                 if limit.kind == "sum":
                     assert limit.amount is not None
                     amount = limit_amount(limit, evaluator.eval(limit.amount).value)
-                self.counters.add(key, limit_window(limit), amount, now)
+                charge = _charge(rule, index, limit, request, amount, math.inf)
+                self.counters.charge((charge,), now)
 
     def evaluate_rule(self, rule: ast.Rule, request: Request, now: float) -> RuleTrace:
         """Evaluate one rule and say what it did, clause by clause."""
@@ -306,7 +308,6 @@ class Interpreter:
                 return RuleTrace(rule, "condition false", tuple(steps))
         for index, limit in enumerate(rule.limits):
             try:
-                key = limit_key(rule.id, index, limit, request.agent_id, request.user_id)
                 amount: Any = 1
                 trace: ExprTrace | None = None
                 if limit.kind == "sum":
@@ -316,12 +317,17 @@ class Interpreter:
                         steps.append(Step("limit", trace))
                         return RuleTrace(rule, "error", tuple(steps), trace.failing().error)
                     amount = limit_amount(limit, trace.value)
+                charge = _charge(rule, index, limit, request, amount, limit_cap(limit))
             except EvalError as exc:
                 steps.append(Step("limit", None, str(exc)))
                 return RuleTrace(rule, "error", tuple(steps), str(exc))
-            used = self.counters.usage(key, limit_window(limit), now)
-            cap = limit_cap(limit)
+            cap = charge.cap
             text = describe_limit(limit)
+            try:
+                used = self.counters.usage(charge, now)
+            except CounterError as exc:
+                steps.append(Step("limit", trace, f"{text}: usage unknown ({exc})"))
+                return RuleTrace(rule, "error", tuple(steps), str(exc))
             if used + amount > cap:
                 steps.append(Step("limit", trace, f"{text}: used {used}, this call {amount}"))
                 return RuleTrace(rule, "over limit", tuple(steps))
@@ -366,3 +372,12 @@ def target_matches(rule: ast.Rule, request: Request, lets: Lets) -> bool:
         if not matches_pattern(alternatives, request.resource["id"]):
             return False
     return True
+
+
+def _charge(
+    rule: ast.Rule, index: int, limit: ast.Limit, request: Request, amount: Any, cap: Any
+) -> Charge:
+    """One limit's share of one call, keyed as the engine keys it."""
+    subject = limit_subject(limit.scope, request.agent_id, request.user_id)
+    key = limit_key_prefix(rule.id, index, limit.scope) + subject
+    return Charge(key, subject, limit_window(limit), amount, cap)

@@ -175,6 +175,24 @@ def alert_counter(registry: CollectorRegistry) -> Counter:
     )
 
 
+class Reading:
+    """A counter whose owner keeps the number (a plain int): read when scraped."""
+
+    def __init__(
+        self, name: str, documentation: str, read: Callable[[], int], registry: CollectorRegistry
+    ) -> None:
+        self.name = name
+        self.documentation = documentation
+        self.read = read
+        registry.register(self)
+
+    def describe(self) -> Iterable[Metric]:
+        return [CounterMetricFamily(self.name, self.documentation)]
+
+    def collect(self) -> list[Metric]:
+        return [CounterMetricFamily(self.name, self.documentation, value=float(self.read()))]
+
+
 class Metrics:
     """The service's counters, histograms and gauges, in one registry."""
 
@@ -209,6 +227,15 @@ class Metrics:
             registry=r,
         )
         self.alerts = alert_counter(r)
+
+        # Set by the decision point to read its counter store's failures.
+        self.counter_store_errors: Callable[[], int] = lambda: 0
+        Reading(
+            "tessera_limit_counter_errors",
+            "Limit checks the counter store could not answer (each denied what it decided).",
+            lambda: self.counter_store_errors(),
+            r,
+        )
 
         self._hit = self.cache.labels("hit")
         self._miss = self.cache.labels("miss")

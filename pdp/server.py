@@ -44,6 +44,7 @@ from pdp.audit.exclusive import Exclusive
 from pdp.audit.records import token_record
 from pdp.audit.watch import AlertCounter, Watcher
 from pdp.audit.writer import GATHER, AuditWriter
+from pdp.counters import open_counters
 from pdp.decide import DEFAULT_CACHE_SIZE, DecisionPoint
 from pdp.directory import Directory
 from pdp.doors import ext_authz
@@ -317,11 +318,13 @@ def startup_lines(
     metrics_port: int | None,
     http_port: int | None,
     token: str | None,
+    counters: str,
 ) -> list[str]:
     """What ``tessera serve`` says once it serves, from the ports it took: ``metrics_port``
     None when metrics are off, ``http_port`` None when the issuer does not serve, ``token``
-    the generated bootstrap admin token (None when one is configured). A lone server and
-    the parent of several workers say the same."""
+    the generated bootstrap admin token (None when one is configured), ``counters`` the
+    name of the store limits are counted in. A lone server and the parent of several
+    workers say the same."""
     scheme = "plaintext"
     if config.tls_cert:
         scheme = "mutual TLS" if config.tls_client_ca else "TLS"
@@ -345,13 +348,25 @@ def startup_lines(
         lines.append(f"Envoy ext_authz ({ext_authz.SERVICE_NAME}) on port {port}")
     if config.store and config.audit != "off":
         lines.append(f"every decision is audited ({config.audit})")
+    lines.append(f"limits counted in {counters}")
+    if config.workers > 1 and config.counter_store == "memory":
+        lines.append(
+            f"each of the {config.workers} workers counts limits alone: a cap lets up to "
+            f"{config.workers} times its amount through"
+        )
     return [f"tessera: {line}" for line in lines]
 
 
 def _announce(
-    config: ServeConfig, running: Running, planes: Planes, token: str, announce: Sequence[str]
+    config: ServeConfig,
+    running: Running,
+    planes: Planes,
+    token_and_counters: tuple[str, str],
+    announce: Sequence[str],
 ) -> None:
-    """Print the startup lines of a lone server, then ``announce``."""
+    """Print the startup lines of a lone server, then ``announce``; the bootstrap admin
+    token and the name of the counter store come as a pair."""
+    token, counters = token_and_counters
     metrics = running.metrics_server
     lines = startup_lines(
         config,
@@ -359,6 +374,7 @@ def _announce(
         metrics.server_port if metrics is not None else None,
         planes.sock.getsockname()[1] if planes.sock is not None else None,
         None if config.admin_token else token,
+        counters,
     )
     for line in (*lines, *announce):
         print(line, flush=True)
@@ -397,8 +413,10 @@ async def serve_forever(
     """
     async with contextlib.AsyncExitStack() as stack:
         planes = _open_planes(config, stack)
+        counters = open_counters(config.counter_store, timeout=config.counters_timeout)
+        stack.callback(counters.close)
         running = await start(
-            engine,
+            Engine(engine.bundle, counters, engine.clock),
             config.host,
             config.port,
             watch=Path(config.policies),
@@ -419,7 +437,7 @@ async def serve_forever(
             await _serve_issuer(config, planes, running.point, stack, token)
         if supervised is None:
             _watch_anomalies(config, planes, running, stack)
-            _announce(config, running, planes, token, announce)
+            _announce(config, running, planes, (token, counters.name), announce)
         else:
             supervised.ready(running)
         _reload_on_hangup(running)

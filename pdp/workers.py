@@ -63,6 +63,7 @@ from typing import Any, TextIO
 from issuer.keys import KeyRing
 from issuer.scim import new_token
 from issuer.store import Store, StoreError, open_store
+from pdp.counters import open_counters
 from pdp.engine import Engine
 from pdp.lang.errors import PolicyError
 from pdp.loader import load_directory
@@ -115,6 +116,7 @@ class Plan:
     http_port: int | None  # None when the issuer does not serve HTTP
     token: str | None  # the generated admin token, to print; None when one is configured
     store: Store | None  # kept open for the alert counter when decisions are audited
+    counters: str  # the name of the store limits are counted in
 
 
 def prepare(config: ServeConfig, stack: contextlib.ExitStack) -> Plan:
@@ -136,13 +138,15 @@ def prepare(config: ServeConfig, stack: contextlib.ExitStack) -> Plan:
         http = stack.enter_context(reserve(config.host, config.http_port))
         http_port = http.getsockname()[1]
     token = None if config.admin_token else new_token()
+    counters = open_counters(config.counter_store, timeout=config.counters_timeout)
+    counters.close()  # opened for its name: each worker opens its own
     settings = dataclasses.replace(
         config,
         port=grpc_port,
         http_port=http_port if http_port is not None else config.http_port,
         admin_token=config.admin_token or token or "",
     )
-    return Plan(config, settings, http_port, token, store)
+    return Plan(config, settings, http_port, token, store, counters.name)
 
 
 @dataclass
@@ -222,7 +226,7 @@ class Supervisor:
     def _announce(self, metrics_port: int | None) -> None:
         plan = self.plan
         lines = startup_lines(
-            plan.config, plan.settings.port, metrics_port, plan.http_port, plan.token
+            plan.config, plan.settings.port, metrics_port, plan.http_port, plan.token, plan.counters
         )
         total = len(self.slots)
         for slot in self.slots:

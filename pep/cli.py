@@ -20,6 +20,7 @@ from pdp.commands.policy import CHECK, EVAL, EXPLAIN, FMT, TEST
 from pdp.commands.serve import SERVE, open_configured_store
 from pep.admin_mcp.cli import ADMIN_MCP
 from pep.mcp_proxy.cli import MCP_PROXY
+from pep.status import STATUS
 
 
 def _keys(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
@@ -40,7 +41,20 @@ KEYS = Command(
     "keys", help=keys.HELP, description=keys.DESCRIPTION, options=keys.add_options, run=_keys
 )
 
-COMMANDS = (CHECK, TEST, FMT, EVAL, EXPLAIN, SERVE, AUDIT, REPORT, KEYS, MCP_PROXY, ADMIN_MCP)
+COMMANDS = (
+    CHECK,
+    TEST,
+    FMT,
+    EVAL,
+    EXPLAIN,
+    SERVE,
+    STATUS,
+    AUDIT,
+    REPORT,
+    KEYS,
+    MCP_PROXY,
+    ADMIN_MCP,
+)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -235,7 +235,7 @@ def test_help_lists_every_command_once_grouped_by_plane(
     listed = re.findall(r"^    (\S+)", capsys.readouterr().out, re.MULTILINE)
     assert listed == [
         *("check", "test", "fmt", "eval", "explain"),
-        *("serve", "audit", "report", "keys", "mcp-proxy", "admin-mcp"),
+        *("serve", "status", "audit", "report", "keys", "mcp-proxy", "admin-mcp"),
     ]
 
 

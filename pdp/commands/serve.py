@@ -74,6 +74,19 @@ def _identity_options(parser: argparse.ArgumentParser) -> None:
         "to decide on the attributes callers send",
     )
     parser.add_argument(
+        "--counters",
+        metavar="WHERE",
+        help="where limit usage is counted: store (the database of --store; the default "
+        "with a store), memory (this process only; the default without one), or "
+        "redis://host:6379/0 (shared by replicas)",
+    )
+    parser.add_argument(
+        "--counters-timeout",
+        type=float,
+        metavar="SECONDS",
+        help="how long a limit check may take before the limit denies (default: 0.1)",
+    )
+    parser.add_argument(
         "--http-port",
         type=int,
         metavar="PORT",

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
+from functools import partial
 from typing import Any, TypeVar
 
 import grpc
@@ -28,6 +29,7 @@ log = logging.getLogger("tessera.serve")
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Authorizer"].full_name
 INTERNAL = "internal error in the decision service (it is logged)"
+IDEMPOTENCY_KEY = "idempotency-key"  # the metadata a PEP keeps across retries of one call
 
 T = TypeVar("T")
 _SCALARS = frozenset(("string", "bool", "risk", "duration", "time", "ip", "number", "integer"))
@@ -202,6 +204,15 @@ def parsed(raw: bytes) -> pb.AuthorizeRequest:
     return message
 
 
+def idempotency_key(context: grpc.aio.ServicerContext) -> str:
+    """The call's ``idempotency-key`` metadata ("" without one): the PEP sends the same
+    key on each retry of one call, so a limit records the call's usage once."""
+    for name, value in context.invocation_metadata() or ():
+        if name == IDEMPOTENCY_KEY and isinstance(value, str):
+            return value
+    return ""
+
+
 # ------------------------------------------------------------------ the servicer
 
 
@@ -265,7 +276,8 @@ class AuthorizerDoor:
             point = self.point
             request = request_from_proto(parsed(raw), point.schema, point.trusts_callers)
             key = raw if point.cache is not None else None
-            return answer_to_bytes(await point.decide(request, context.peer, key=key))
+            once = partial(idempotency_key, context)
+            return answer_to_bytes(await point.decide(request, context.peer, key=key, once=once))
         except Exception as exc:
             await calls.failed(exc, context)
             raise
@@ -285,7 +297,7 @@ class AuthorizerDoor:
                     typed.append(request_from_proto(item, schema, trusted))
                 except RequestError as exc:
                     raise RequestError(f"requests[{index}].{exc}") from None
-            answers = await point.decide_many(typed, context.peer)
+            answers = await point.decide_many(typed, context.peer, idempotency_key(context))
             return pb.AuthorizeBatchResponse(responses=[answer_to_proto(a) for a in answers])
 
         return await self._calls["AuthorizeBatch"].run(work, context)

@@ -17,6 +17,10 @@ configuration file (``--config``, or ``./tessera.toml`` when it exists), the def
     tls_key = "server.key"
     tls_client_ca = "ca.pem"   # also require client certificates signed by this CA (mTLS)
     store = "sqlite:///var/tessera.db"   # or postgresql://host/db; "" for no directory
+    counters = ""              # limit counters: "store" (the database of `store`; the default
+                               # with a store), "memory" (this process only; the default
+                               # without one), or redis://host:6379/0 (for replicas)
+    counters_timeout = 0.1     # seconds a counter check may take before the limit denies
     http_port = 8080           # SCIM 2.0 at http://host:http_port/scim/v2; -1 turns it off
     admin_token = ""           # bootstrap admin bearer token; generated and printed if unset
     issuer = ""                # the OAuth issuer URL; default http(s)://host:http_port
@@ -88,6 +92,8 @@ class ServeConfig:
     tls_key: str = ""
     tls_client_ca: str = ""
     store: str = "sqlite:///var/tessera.db"
+    counters: str = ""
+    counters_timeout: float = 0.1
     http_port: int = 8080
     admin_token: str = ""
     issuer: str = ""
@@ -129,6 +135,13 @@ class ServeConfig:
     @property
     def metrics(self) -> bool:
         return self.metrics_port >= 0
+
+    @property
+    def counter_store(self) -> str:
+        """Where limits are counted: ``memory``, a database URL or a Redis URL."""
+        if self.counters == "store" or (not self.counters and self.store):
+            return self.store
+        return self.counters or "memory"
 
     def credentials(self) -> tuple[bytes, bytes, bytes | None] | None:
         """(key, certificate chain, client CA or None) when TLS is on, else None."""
@@ -178,6 +191,12 @@ def load_config(
         raise ConfigError(f"audit: {config.audit!r} is not async, sync or off")
     if config.workers < 1:
         raise ConfigError(f"workers: at least 1 process (or 'auto'), got {config.workers}")
+    if config.workers > 1 and not config.store and not config.counters:
+        raise ConfigError(
+            f"workers: without a store, each of {config.workers} workers would count limits "
+            f"in its own memory and a cap would let {config.workers} times its amount "
+            'through; set counters to a redis:// URL, or to "memory" to accept that'
+        )
     if config.audit_queue <= 0:
         raise ConfigError("audit_queue: a positive number of records")
     if not config.audit_checkpoint_interval > 0:
@@ -189,8 +208,29 @@ def load_config(
         raise ConfigError(
             f"store: {config.store!r} is neither sqlite:///path.db nor postgresql://host/db"
         )
+    _check_counters(config)
     _check_gateway(config)
     return config
+
+
+REDIS_SCHEMES = ("redis://", "rediss://")
+
+
+def _check_counters(config: ServeConfig) -> None:
+    """Where limit usage is counted: known, and shared when it has to be."""
+    named = config.counters in ("", "store", "memory")
+    redis = config.counters.startswith(REDIS_SCHEMES) and config.counters not in REDIS_SCHEMES
+    if not (named or redis):
+        raise ConfigError(
+            f"counters: {config.counters!r} is not store, memory or a redis://host:port/db URL"
+        )
+    if config.counters == "store" and not config.store:
+        raise ConfigError(
+            "counters: 'store' counts limits in the database of store, and store is off; "
+            'use counters = "memory" or a redis:// URL'
+        )
+    if not 0 < config.counters_timeout <= 10:
+        raise ConfigError("counters_timeout: a number of seconds above 0 and at most 10")
 
 
 def _check_gateway(config: ServeConfig) -> None:

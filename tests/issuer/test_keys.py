@@ -6,12 +6,15 @@ own examples.
 
 from __future__ import annotations
 
+import time
+from datetime import timedelta
+
 import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
 from issuer import keys
-from issuer.keys import KIND, KeyRing, generate, public_jwk, thumbprint
+from issuer.keys import KIND, KeyRing, ScheduledRotation, generate, public_jwk, thumbprint
 from issuer.store import Store
 
 PRIVATE_MEMBERS = {"d", "p", "q", "dp", "dq", "qi", "oth", "k"}
@@ -228,3 +231,30 @@ def test_the_jwks_holds_no_private_member(store: Store, alg: str) -> None:
     ring.rotate()
     for key in ring.jwks()["keys"]:
         assert not PRIVATE_MEMBERS & set(key), key
+
+
+def test_a_scheduled_rotation_makes_a_new_key_once_the_current_one_is_old(store: Store) -> None:
+    ring = KeyRing(store)
+    first = ring.signing_key().kid
+    rotation = ScheduledRotation(ring, every=3600, check=0.01)
+    assert not rotation.due()
+    later = ring.signing_key().created + timedelta(seconds=3600)
+    assert rotation.due(later)
+
+    quick = ScheduledRotation(ring, every=0.05, check=0.01)
+    quick.start()
+    try:
+        for _ in range(500):  # bounded: the key is 50 ms old after 50 ms
+            if quick.rotations:
+                break
+            time.sleep(0.01)
+    finally:
+        quick.stop()
+    assert quick.rotations >= 1
+    assert ring.signing_key().kid != first
+    assert first in kids(ring)  # the old key stays published for its tokens
+
+
+def test_a_rotation_period_must_be_positive(store: Store) -> None:
+    with pytest.raises(ValueError, match="positive number of seconds"):
+        ScheduledRotation(KeyRing(store), every=0)

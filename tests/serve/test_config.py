@@ -106,3 +106,31 @@ def test_bad_workers_are_named(tmp_path: Path, text: str, message: str) -> None:
         load_config({}, environ={}, config_file=str(file))
     with pytest.raises(ConfigError, match="workers: at least 1 process"):
         load_config({"workers": 0}, environ={}, config_file=None)
+
+
+@pytest.mark.parametrize(
+    ("flags", "store"),
+    [
+        ({}, "sqlite:///var/tessera.db"),  # the directory's database, by default
+        ({"store": ""}, "memory"),  # no database: this process
+        ({"counters": "memory"}, "memory"),
+        ({"counters": "redis://10.0.0.5:6379/1"}, "redis://10.0.0.5:6379/1"),
+        ({"store": "postgresql://db/t", "counters": "store"}, "postgresql://db/t"),
+    ],
+)
+def test_limits_are_counted_where_the_settings_say(flags: dict[str, str], store: str) -> None:
+    assert load_config(flags, environ={}, config_file=None).counter_store == store
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        ({"counters": "memcached://x"}, "is not store, memory or a redis://host:port/db URL"),
+        ({"counters": "redis://"}, "is not store, memory or a redis://host:port/db URL"),
+        ({"counters": "store", "store": ""}, "and store is off"),
+        ({"counters_timeout": 0.0}, "counters_timeout: a number of seconds above 0"),
+    ],
+)
+def test_bad_counter_settings_are_named(flags: dict[str, object], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_config(flags, environ={}, config_file=None)

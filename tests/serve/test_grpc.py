@@ -219,6 +219,33 @@ def test_requests_that_meet_a_limit_are_never_cached(server: Server) -> None:
     assert service.cache_hits == hits
 
 
+def test_a_retried_call_uses_up_its_limit_once(server: Server) -> None:
+    stub = pb_grpc.AuthorizerStub(server.channel)
+    retrier = pb.Agent(
+        id="retrying-partner",
+        attributes={
+            "status": pb.Value(string="active"),
+            "risk": pb.Value(risk="low"),
+            "type": pb.Value(string="external"),
+        },
+    )
+    question = pb.AuthorizeRequest(
+        agent=retrier, action="tool.call", resource=pb.Resource(type="tool", id="web.search")
+    )
+
+    def ask(key: str) -> bool:
+        metadata = (("idempotency-key", key),) if key else ()
+        answer: pb.AuthorizeResponse = stub.Authorize(question, timeout=5, metadata=metadata)
+        return answer.allow
+
+    # The first call is sent three times (a PEP retrying it): it counts once.
+    assert [ask("call-0"), ask("call-0"), ask("call-0")] == [True, True, True]
+    assert [ask(f"call-{n}") for n in range(1, 60)] == [True] * 59  # 60 a minute in all
+    assert ask("call-60") is False
+    assert ask("") is False  # without a key, a call is a new call
+    assert ask("call-0") is True  # its usage is already counted: a retry stays allowed
+
+
 def test_metrics_count_decisions_cache_and_calls(server: Server) -> None:
     from prometheus_client import generate_latest
 

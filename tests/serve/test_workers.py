@@ -73,7 +73,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
         *("--workers", str(WORKERS), "--policies", str(policies)),
         *("--store", f"sqlite:///{tmp}/tessera.db", "--admin-token", TOKEN),
         *("--port", "0", "--http-port", "0", "--metrics-port", "0", "--grace", "1"),
-        lines=7 + WORKERS + 1,  # the startup lines, a line per worker, the policies
+        lines=8 + WORKERS + 1,  # the startup lines, a line per worker, the policies
     ) as (process, lines):
         yield started(process, lines, policies)
 
@@ -197,7 +197,7 @@ def test_sighup_loads_the_policies_of_a_lone_server_too(tmp_path: Path) -> None:
     with tessera_serve(
         *("--policies", str(policies), "--store", "", "--port", "0"),
         *("--metrics-port", "-1", "--grace", "1"),
-        lines=3,
+        lines=4,
     ) as (process, lines):
         port = int(re.findall(r"Authorizer on 127\.0\.0\.1:(\d+)", lines[0])[0])
         before = ask(port, search_by("helper")).bundle_version
@@ -274,15 +274,15 @@ def test_sigterm_stops_every_worker_and_exits_0(tmp_path: Path) -> None:
     process = subprocess.Popen(
         [
             *(str(EXE), "serve", "--workers", "2", "--policies", str(SHIPPED_POLICIES)),
-            *("--store", "", "--port", "0", "--metrics-port", "-1", "--grace", "1"),
+            *("--store", "", "--counters", "memory", "--port", "0"),
+            *("--metrics-port", "-1", "--grace", "1"),
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
     try:
-        assert process.stdout is not None
-        lines = [process.stdout.readline() for _ in range(2 + WORKERS + 1)]
+        lines = startup(process)
         pids = [int(pid) for pid in re.findall(r"serving, pid (\d+)", "".join(lines))]
         assert len(pids) == WORKERS, lines
         port = int(re.findall(r"Authorizer on 127\.0\.0\.1:(\d+)", lines[0])[0])
@@ -334,7 +334,8 @@ def test_a_taken_port_is_a_clear_error_before_any_worker_starts(tmp_path: Path) 
         result = subprocess.run(
             [
                 *(str(EXE), "serve", "--workers", "2", "--policies", str(SHIPPED_POLICIES)),
-                *("--store", "", "--port", str(port), "--metrics-port", "-1"),
+                *("--store", "", "--counters", "memory", "--port", str(port)),
+                *("--metrics-port", "-1"),
             ],
             capture_output=True,
             text=True,
@@ -350,12 +351,24 @@ def lone_workers(policies: Path) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [
             *(str(EXE), "serve", "--workers", "2", "--policies", str(policies)),
-            *("--store", "", "--port", "0", "--metrics-port", "-1", "--grace", "1"),
+            *("--store", "", "--counters", "memory", "--port", "0"),
+            *("--metrics-port", "-1", "--grace", "1"),
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
+
+
+def startup(process: subprocess.Popen[str]) -> list[str]:
+    """The lines ``tessera serve`` prints up to the last of its startup (the policies')."""
+    assert process.stdout is not None
+    lines: list[str] = []
+    while not lines or " rules from " not in lines[-1]:
+        line = process.stdout.readline()
+        assert line, f"tessera serve stopped before serving: {lines}"
+        lines.append(line)
+    return lines
 
 
 def exited(pid: int) -> bool:
@@ -373,8 +386,8 @@ def test_workers_that_keep_dying_at_start_stop_everything(tmp_path: Path) -> Non
     shutil.copytree(SHIPPED_POLICIES, policies)
     process = lone_workers(policies)
     try:
-        assert process.stdout is not None and process.stderr is not None
-        lines = [process.stdout.readline() for _ in range(2 + WORKERS + 1)]
+        assert process.stderr is not None
+        lines = startup(process)
         pids = [int(pid) for pid in re.findall(r"serving, pid (\d+)", "".join(lines))]
         assert len(pids) == WORKERS, lines
         (policies / "broken.pol").write_text("forbid broken when\n")  # no worker can start
@@ -394,13 +407,39 @@ def test_workers_that_keep_dying_at_start_stop_everything(tmp_path: Path) -> Non
 def test_workers_stop_when_their_parent_is_killed(tmp_path: Path) -> None:
     process = lone_workers(SHIPPED_POLICIES)
     try:
-        assert process.stdout is not None
-        lines = [process.stdout.readline() for _ in range(2 + WORKERS + 1)]
+        lines = startup(process)
         pids = [int(pid) for pid in re.findall(r"serving, pid (\d+)", "".join(lines))]
         assert len(pids) == WORKERS, lines
         process.kill()
         process.wait(timeout=10)
         wait_for(lambda: all(exited(pid) for pid in pids), "the orphaned workers stop")
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(timeout=10)
+
+
+def test_workers_without_a_store_must_say_where_limits_are_counted(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [str(EXE), "serve", "--workers", "2", "--policies", str(SHIPPED_POLICIES), "--store", ""],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 2
+    assert "each of 2 workers would count limits in its own memory" in result.stderr
+    assert 'set counters to a redis:// URL, or to "memory" to accept that' in result.stderr
+
+
+def test_workers_counting_in_memory_say_so(tmp_path: Path) -> None:
+    process = lone_workers(SHIPPED_POLICIES)
+    try:
+        text = "".join(startup(process))
+        assert "tessera: limits counted in memory (this process only)" in text
+        assert "each of the 2 workers counts limits alone" in text
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 0
     finally:
         if process.poll() is None:
             process.kill()

@@ -1,0 +1,151 @@
+"""A cap holds exactly across every process that decides: workers, replicas, restarts.
+
+Each test provisions a payments agent over SCIM and has 8 concurrent clients send
+100 USD transfers against the shipped ``5000 USD per 24h per agent`` cap, spread over
+every serving process: exactly 50 are allowed, and after everything restarts the next
+one is still denied.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import httpx
+
+from issuer.models import AGENT_EXTENSION, AGENT_SCHEMA
+from pdp.serve.proto import authorizer_pb2 as pb
+from pdp.serve.proto import authorizer_pb2_grpc as pb_grpc
+from tests.conftest import SHIPPED_POLICIES
+from tests.counters.places import REDIS_URL
+from tests.servers import tessera_serve
+from tests.stores import postgres_schema
+
+TOKEN = "test-admin-token-0123456789"
+CAP = 50  # transfers of 100 USD under 5,000 USD
+CLIENTS = 8
+ATTEMPTS = 9  # per client: 72 in all, more than the cap
+
+
+@dataclass
+class Replica:
+    grpc: str  # host:port
+    scim: str  # base URL
+
+
+@contextmanager
+def replica(store: str, *flags: str) -> Iterator[Replica]:
+    """``tessera serve`` on ``store`` (ports picked), stopped cleanly after the block."""
+    with tessera_serve(
+        *("--policies", str(SHIPPED_POLICIES), "--store", store, "--admin-token", TOKEN),
+        *("--port", "0", "--http-port", "0", "--metrics-port", "-1", "--grace", "2"),
+        *flags,
+        lines=2,
+    ) as (_, lines):
+        grpc_port = re.search(r"Authorizer on (127\.0\.0\.1:\d+)", lines[0])
+        scim = re.search(r"SCIM 2\.0 at (http://127\.0\.0\.1:\d+/scim/v2)", lines[1])
+        assert grpc_port and scim, lines
+        yield Replica(grpc_port.group(1), scim.group(1))
+
+
+def provision(scim: str) -> str:
+    """A new low-risk payments agent; its id."""
+    created = httpx.post(
+        f"{scim}/Agents",
+        headers={"Authorization": f"Bearer {TOKEN}"},
+        json={
+            "schemas": [AGENT_SCHEMA, AGENT_EXTENSION],
+            "name": "payer",
+            AGENT_EXTENSION: {"owner": "finance", "riskLevel": "low", "purpose": "payments"},
+        },
+        timeout=10,
+    )
+    assert created.status_code == 201, created.text
+    return str(created.json()["id"])
+
+
+def transfer(agent: str) -> pb.AuthorizeRequest:
+    return pb.AuthorizeRequest(
+        agent=pb.Agent(id=agent),
+        action="tool.call",
+        resource=pb.Resource(type="tool", id="payments.transfer"),
+        context={"amount": pb.Value(money=pb.Money(amount="100", currency="USD"))},
+    )
+
+
+def wait_known(address: str, agent: str) -> None:
+    """Until this process's directory knows the agent (it follows the store's change
+    feed), bounded."""
+    with grpc.insecure_channel(address) as channel:
+        stub = pb_grpc.AuthorizerStub(channel)
+        probe = pb.AuthorizeRequest(
+            agent=pb.Agent(id=agent),
+            action="tool.call",
+            resource=pb.Resource(type="tool", id="search"),
+        )
+        for _ in range(500):
+            if stub.Authorize(probe, timeout=5).allow:
+                return
+            time.sleep(0.01)
+        raise AssertionError(f"{address} never learned of {agent}")
+
+
+def allowed_transfers(addresses: Sequence[str], agent: str) -> int:
+    """How many of CLIENTS × ATTEMPTS concurrent transfers are allowed, each client on
+    its own connections, spread over every address."""
+
+    def client(number: int) -> int:
+        allowed = 0
+        channels = [grpc.insecure_channel(a) for a in addresses]
+        try:
+            for attempt in range(ATTEMPTS):
+                stub = pb_grpc.AuthorizerStub(channels[(number + attempt) % len(channels)])
+                allowed += stub.Authorize(transfer(agent), timeout=10).allow
+        finally:
+            for channel in channels:
+                channel.close()
+        return allowed
+
+    with ThreadPoolExecutor(CLIENTS) as pool:
+        return sum(pool.map(client, range(CLIENTS)))
+
+
+def denied_now(addresses: Sequence[str], agent: str) -> bool:
+    for address in addresses:
+        wait_known(address, agent)
+        with grpc.insecure_channel(address) as channel:
+            answer = pb_grpc.AuthorizerStub(channel).Authorize(transfer(agent), timeout=10)
+            if answer.allow:
+                return False
+            assert any("over its limit" in reason for reason in answer.reasons), answer
+    return True
+
+
+def test_the_embedded_default_keeps_a_cap_exact_and_across_a_restart(tmp_path: Path) -> None:
+    store = f"sqlite:///{tmp_path}/tessera.db"
+    with replica(store) as one:
+        agent = provision(one.scim)
+        wait_known(one.grpc, agent)
+        assert allowed_transfers([one.grpc], agent) == CAP
+    with replica(store) as again:
+        assert denied_now([again.grpc], agent)
+
+
+def test_two_replicas_on_postgresql_and_redis_hold_one_cap(tmp_path: Path) -> None:
+    with postgres_schema() as store:
+        flags = ("--counters", REDIS_URL)
+        with replica(store, *flags) as first, replica(store, *flags) as second:
+            agent = provision(first.scim)
+            addresses = [first.grpc, second.grpc]
+            for address in addresses:
+                wait_known(address, agent)
+            assert allowed_transfers(addresses, agent) == CAP
+        with ExitStack() as stack:  # everything restarted
+            again = [stack.enter_context(replica(store, *flags)) for _ in range(2)]
+            assert denied_now([r.grpc for r in again], agent)
