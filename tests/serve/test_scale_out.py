@@ -31,6 +31,7 @@ TOKEN = "test-admin-token-0123456789"
 CAP = 50  # transfers of 100 USD under 5,000 USD
 CLIENTS = 8
 ATTEMPTS = 9  # per client: 72 in all, more than the cap
+OWN_CONNECTION = [("grpc.use_local_subchannel_pool", 1)]  # a channel's own TCP connection
 
 
 @dataclass
@@ -96,24 +97,25 @@ def wait_known(address: str, agent: str) -> None:
         raise AssertionError(f"{address} never learned of {agent}")
 
 
-def allowed_transfers(addresses: Sequence[str], agent: str) -> int:
-    """How many of CLIENTS × ATTEMPTS concurrent transfers are allowed, each client on
-    its own connections, spread over every address."""
+def allowed_transfers(addresses: Sequence[str], agent: str) -> tuple[int, int]:
+    """How many of CLIENTS × ATTEMPTS concurrent transfers are allowed, and how many
+    processes answered them (a decision id starts with its process's random prefix).
+    Each attempt opens a connection of its own, so the kernel spreads them over the
+    workers sharing a port; the attempts alternate between the addresses."""
 
-    def client(number: int) -> int:
-        allowed = 0
-        channels = [grpc.insecure_channel(a) for a in addresses]
-        try:
-            for attempt in range(ATTEMPTS):
-                stub = pb_grpc.AuthorizerStub(channels[(number + attempt) % len(channels)])
-                allowed += stub.Authorize(transfer(agent), timeout=10).allow
-        finally:
-            for channel in channels:
-                channel.close()
-        return allowed
+    def client(number: int) -> tuple[int, set[str]]:
+        allowed, prefixes = 0, set()
+        for attempt in range(ATTEMPTS):
+            address = addresses[(number + attempt) % len(addresses)]
+            with grpc.insecure_channel(address, options=OWN_CONNECTION) as channel:
+                answer = pb_grpc.AuthorizerStub(channel).Authorize(transfer(agent), timeout=10)
+            allowed += answer.allow
+            prefixes.add(answer.decision_id[:16])
+        return allowed, prefixes
 
     with ThreadPoolExecutor(CLIENTS) as pool:
-        return sum(pool.map(client, range(CLIENTS)))
+        results = list(pool.map(client, range(CLIENTS)))
+    return sum(a for a, _ in results), len(set().union(*(p for _, p in results)))
 
 
 def denied_now(addresses: Sequence[str], agent: str) -> bool:
@@ -127,25 +129,25 @@ def denied_now(addresses: Sequence[str], agent: str) -> bool:
     return True
 
 
-def test_the_embedded_default_keeps_a_cap_exact_and_across_a_restart(tmp_path: Path) -> None:
+def test_the_embedded_default_with_two_workers_keeps_a_cap_across_a_restart(tmp_path: Path) -> None:
     store = f"sqlite:///{tmp_path}/tessera.db"
-    with replica(store) as one:
+    with replica(store, "--workers", "2") as one:
         agent = provision(one.scim)
         wait_known(one.grpc, agent)
-        assert allowed_transfers([one.grpc], agent) == CAP
-    with replica(store) as again:
+        assert allowed_transfers([one.grpc], agent) == (CAP, 2)
+    with replica(store, "--workers", "2") as again:
         assert denied_now([again.grpc], agent)
 
 
-def test_two_replicas_on_postgresql_and_redis_hold_one_cap(tmp_path: Path) -> None:
+def test_two_replicas_of_two_workers_on_postgresql_and_redis_hold_one_cap(tmp_path: Path) -> None:
     with postgres_schema() as store:
-        flags = ("--counters", REDIS_URL)
+        flags = ("--counters", REDIS_URL, "--workers", "2")
         with replica(store, *flags) as first, replica(store, *flags) as second:
             agent = provision(first.scim)
             addresses = [first.grpc, second.grpc]
             for address in addresses:
                 wait_known(address, agent)
-            assert allowed_transfers(addresses, agent) == CAP
+            assert allowed_transfers(addresses, agent) == (CAP, 4)  # 2 replicas × 2 workers
         with ExitStack() as stack:  # everything restarted
             again = [stack.enter_context(replica(store, *flags)) for _ in range(2)]
             assert denied_now([r.grpc for r in again], agent)
