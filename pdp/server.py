@@ -33,7 +33,7 @@ from starlette.applications import Starlette
 from starlette.routing import Mount
 
 from issuer.app import SCIM_PATH, bind, issuer_app, serve_http
-from issuer.keys import KeyRing
+from issuer.keys import KeyRing, ScheduledRotation
 from issuer.oauth.endpoints import METADATA_PATH, AuthorizationServer
 from issuer.oauth.tokens import IssuedHook
 from issuer.scim import BootstrapToken, new_token
@@ -229,6 +229,12 @@ def _open_planes(config: ServeConfig, stack: contextlib.AsyncExitStack) -> Plane
     planes.directory = Directory(store)
     planes.directory.start()
     stack.callback(planes.directory.stop)
+    if config.key_rotation_interval > 0:  # one process per deployment rotates
+        rotation = Exclusive(
+            store, "key-rotation", lambda: ScheduledRotation(keys, config.key_rotation_interval)
+        )
+        rotation.start()
+        stack.callback(rotation.stop)
     if config.audit != "off":
         gather = 0.0 if config.audit == "sync" else GATHER  # sync answers wait
         audit = planes.audit = AuditWriter(store, config.audit_queue, gather)

@@ -26,6 +26,8 @@ configuration file (``--config``, or ``./tessera.toml`` when it exists), the def
     issuer = ""                # the OAuth issuer URL; default http(s)://host:http_port
     signing_alg = "ES256"      # access token signatures: ES256, RS256 or EdDSA
     token_lifetime = 300       # seconds an access token is valid
+    key_rotation_interval = 2592000  # seconds a signing key signs before a new one is made
+                               # (30 days; one process per deployment rotates; 0 turns it off)
     client_cert_header = ""    # behind a TLS-terminating proxy: the header with the client
                                # certificate (URL-encoded PEM); the proxy must strip it
     client_cert_proxies = "127.0.0.1,::1"  # the proxies whose header is believed
@@ -99,6 +101,7 @@ class ServeConfig:
     issuer: str = ""
     signing_alg: str = "ES256"
     token_lifetime: int = 300
+    key_rotation_interval: float = 30 * 24 * 3600.0
     client_cert_header: str = ""
     client_cert_proxies: str = "127.0.0.1,::1"
     audit: str = "async"
@@ -202,6 +205,8 @@ def load_config(
     if not config.audit_checkpoint_interval > 0:
         raise ConfigError("audit_checkpoint_interval: a positive number of seconds")
     config.anomaly_thresholds()
+    if config.key_rotation_interval < 0:
+        raise ConfigError("key_rotation_interval: seconds (0 turns scheduled rotation off)")
     if config.token_lifetime <= 0:
         raise ConfigError("token_lifetime: a positive number of seconds")
     if config.store and not config.store.startswith(("sqlite:", "postgresql://", "postgres://")):
