@@ -355,11 +355,6 @@ def startup_lines(
     if config.store and config.audit != "off":
         lines.append(f"every decision is audited ({config.audit})")
     lines.append(f"limits counted in {counters}")
-    if config.workers > 1 and config.counter_store == "memory":
-        lines.append(
-            f"each of the {config.workers} workers counts limits alone: a cap lets up to "
-            f"{config.workers} times its amount through"
-        )
     return [f"tessera: {line}" for line in lines]
 
 

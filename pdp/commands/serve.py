@@ -77,8 +77,8 @@ def _identity_options(parser: argparse.ArgumentParser) -> None:
         "--counters",
         metavar="WHERE",
         help="where limit usage is counted: store (the database of --store; the default "
-        "with a store), memory (this process only; the default without one), or "
-        "redis://host:6379/0 (shared by replicas)",
+        "with a store), memory (this process only; the default without one), "
+        "redis://host:6379/0 (shared by replicas), or a database URL of their own",
     )
     parser.add_argument(
         "--counters-timeout",

@@ -19,7 +19,8 @@ configuration file (``--config``, or ``./tessera.toml`` when it exists), the def
     store = "sqlite:///var/tessera.db"   # or postgresql://host/db; "" for no directory
     counters = ""              # limit counters: "store" (the database of `store`; the default
                                # with a store), "memory" (this process only; the default
-                               # without one), or redis://host:6379/0 (for replicas)
+                               # without one), redis://host:6379/0 (for replicas), or a
+                               # database URL of their own (sqlite:///c.db, postgresql://...)
     counters_timeout = 0.1     # seconds a counter check may take before the limit denies
     http_port = 8080           # SCIM 2.0 at http://host:http_port/scim/v2; -1 turns it off
     admin_token = ""           # bootstrap admin bearer token; generated and printed if unset
@@ -194,11 +195,11 @@ def load_config(
         raise ConfigError(f"audit: {config.audit!r} is not async, sync or off")
     if config.workers < 1:
         raise ConfigError(f"workers: at least 1 process (or 'auto'), got {config.workers}")
-    if config.workers > 1 and not config.store and not config.counters:
+    if config.workers > 1 and config.counter_store == "memory":
         raise ConfigError(
-            f"workers: without a store, each of {config.workers} workers would count limits "
-            f"in its own memory and a cap would let {config.workers} times its amount "
-            'through; set counters to a redis:// URL, or to "memory" to accept that'
+            f"workers: each of {config.workers} workers would count limits in its own memory "
+            f"and a cap would let {config.workers} times its amount through; set --counters "
+            "to a redis:// URL or a database (store, sqlite:///path.db, postgresql://host/db)"
         )
     if config.audit_queue <= 0:
         raise ConfigError("audit_queue: a positive number of records")
@@ -218,16 +219,17 @@ def load_config(
     return config
 
 
-REDIS_SCHEMES = ("redis://", "rediss://")
+COUNTER_URLS = ("redis://", "rediss://", "sqlite:///", "postgresql://", "postgres://")
 
 
 def _check_counters(config: ServeConfig) -> None:
     """Where limit usage is counted: known, and shared when it has to be."""
     named = config.counters in ("", "store", "memory")
-    redis = config.counters.startswith(REDIS_SCHEMES) and config.counters not in REDIS_SCHEMES
-    if not (named or redis):
+    url = config.counters.startswith(COUNTER_URLS) and config.counters not in COUNTER_URLS
+    if not (named or url):
         raise ConfigError(
-            f"counters: {config.counters!r} is not store, memory or a redis://host:port/db URL"
+            f"counters: {config.counters!r} is not store, memory, a redis://host:port/db URL "
+            "or a database URL (sqlite:///path.db, postgresql://host/db)"
         )
     if config.counters == "store" and not config.store:
         raise ConfigError(

@@ -116,6 +116,7 @@ def test_bad_workers_are_named(tmp_path: Path, text: str, message: str) -> None:
         ({"counters": "memory"}, "memory"),
         ({"counters": "redis://10.0.0.5:6379/1"}, "redis://10.0.0.5:6379/1"),
         ({"store": "postgresql://db/t", "counters": "store"}, "postgresql://db/t"),
+        ({"store": "", "counters": "postgresql://db/c"}, "postgresql://db/c"),
     ],
 )
 def test_limits_are_counted_where_the_settings_say(flags: dict[str, str], store: str) -> None:
@@ -125,8 +126,8 @@ def test_limits_are_counted_where_the_settings_say(flags: dict[str, str], store:
 @pytest.mark.parametrize(
     ("flags", "message"),
     [
-        ({"counters": "memcached://x"}, "is not store, memory or a redis://host:port/db URL"),
-        ({"counters": "redis://"}, "is not store, memory or a redis://host:port/db URL"),
+        ({"counters": "memcached://x"}, "is not store, memory, a redis://host:port/db URL"),
+        ({"counters": "redis://"}, "is not store, memory, a redis://host:port/db URL"),
         ({"counters": "store", "store": ""}, "and store is off"),
         ({"counters_timeout": 0.0}, "counters_timeout: a number of seconds above 0"),
     ],

@@ -274,7 +274,7 @@ def test_sigterm_stops_every_worker_and_exits_0(tmp_path: Path) -> None:
     process = subprocess.Popen(
         [
             *(str(EXE), "serve", "--workers", "2", "--policies", str(SHIPPED_POLICIES)),
-            *("--store", "", "--counters", "memory", "--port", "0"),
+            *("--store", "", "--counters", f"sqlite:///{tmp_path}/c.db", "--port", "0"),
             *("--metrics-port", "-1", "--grace", "1"),
         ],
         stdout=subprocess.PIPE,
@@ -334,7 +334,7 @@ def test_a_taken_port_is_a_clear_error_before_any_worker_starts(tmp_path: Path) 
         result = subprocess.run(
             [
                 *(str(EXE), "serve", "--workers", "2", "--policies", str(SHIPPED_POLICIES)),
-                *("--store", "", "--counters", "memory", "--port", str(port)),
+                *("--store", "", "--counters", f"sqlite:///{tmp_path}/c.db", "--port", str(port)),
                 *("--metrics-port", "-1"),
             ],
             capture_output=True,
@@ -346,12 +346,13 @@ def test_a_taken_port_is_a_clear_error_before_any_worker_starts(tmp_path: Path) 
     assert "serving" not in result.stdout
 
 
-def lone_workers(policies: Path) -> subprocess.Popen[str]:
-    """``tessera serve --workers 2`` without a store, on ``policies``."""
+def lone_workers(policies: Path, place: Path) -> subprocess.Popen[str]:
+    """``tessera serve --workers 2`` without a store, on ``policies``, counting limits in
+    a SQLite file in ``place``."""
     return subprocess.Popen(
         [
             *(str(EXE), "serve", "--workers", "2", "--policies", str(policies)),
-            *("--store", "", "--counters", "memory", "--port", "0"),
+            *("--store", "", "--counters", f"sqlite:///{place}/counters.db", "--port", "0"),
             *("--metrics-port", "-1", "--grace", "1"),
         ],
         stdout=subprocess.PIPE,
@@ -384,7 +385,7 @@ def exited(pid: int) -> bool:
 def test_workers_that_keep_dying_at_start_stop_everything(tmp_path: Path) -> None:
     policies = tmp_path / "policies"
     shutil.copytree(SHIPPED_POLICIES, policies)
-    process = lone_workers(policies)
+    process = lone_workers(policies, tmp_path)
     try:
         assert process.stderr is not None
         lines = startup(process)
@@ -405,7 +406,7 @@ def test_workers_that_keep_dying_at_start_stop_everything(tmp_path: Path) -> Non
 
 
 def test_workers_stop_when_their_parent_is_killed(tmp_path: Path) -> None:
-    process = lone_workers(SHIPPED_POLICIES)
+    process = lone_workers(SHIPPED_POLICIES, tmp_path)
     try:
         lines = startup(process)
         pids = [int(pid) for pid in re.findall(r"serving, pid (\d+)", "".join(lines))]
@@ -419,9 +420,15 @@ def test_workers_stop_when_their_parent_is_killed(tmp_path: Path) -> None:
             process.wait(timeout=10)
 
 
-def test_workers_without_a_store_must_say_where_limits_are_counted(tmp_path: Path) -> None:
+@pytest.mark.parametrize("counters", [(), ("--counters", "memory")])
+def test_workers_refuse_to_count_limits_in_memory(
+    tmp_path: Path, counters: tuple[str, ...]
+) -> None:
     result = subprocess.run(
-        [str(EXE), "serve", "--workers", "2", "--policies", str(SHIPPED_POLICIES), "--store", ""],
+        [
+            *(str(EXE), "serve", "--workers", "2", "--policies", str(SHIPPED_POLICIES)),
+            *("--store", "", *counters),
+        ],
         capture_output=True,
         text=True,
         timeout=30,
@@ -429,18 +436,4 @@ def test_workers_without_a_store_must_say_where_limits_are_counted(tmp_path: Pat
     )
     assert result.returncode == 2
     assert "each of 2 workers would count limits in its own memory" in result.stderr
-    assert 'set counters to a redis:// URL, or to "memory" to accept that' in result.stderr
-
-
-def test_workers_counting_in_memory_say_so(tmp_path: Path) -> None:
-    process = lone_workers(SHIPPED_POLICIES)
-    try:
-        text = "".join(startup(process))
-        assert "tessera: limits counted in memory (this process only)" in text
-        assert "each of the 2 workers counts limits alone" in text
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(timeout=30) == 0
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait(timeout=10)
+    assert "set --counters to a redis:// URL or a database" in result.stderr
