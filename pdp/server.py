@@ -56,6 +56,7 @@ from pdp.metrics import Metrics
 from pdp.serve.config import ServeConfig
 from pdp.serve.exchange import exchange_check
 from pdp.serve.reload import Reloader
+from pdp.serve.sources import PolicySource, open_source
 
 NO_HTTP_ISSUER = "urn:tessera:issuer"  # who signs audit checkpoints when no issuer serves
 
@@ -99,7 +100,7 @@ async def start(
     engine: Engine,
     host: str = "127.0.0.1",
     port: int = 50051,
-    watch: Path | None = None,
+    watch: Path | PolicySource | None = None,
     interval: float = 1.0,
     cache_size: int = DEFAULT_CACHE_SIZE,
     metrics_port: int | None = None,
@@ -112,7 +113,7 @@ async def start(
     reuse_port: bool = False,
 ) -> Running:
     """Start serving ``engine`` on ``host:port`` (port 0 picks a free one); with
-    ``watch``, reload from that policy directory whenever it changes; with
+    ``watch``, reload from that policy directory (or source) whenever it changes; with
     ``metrics_port``, serve Prometheus metrics on ``metrics_host`` (default ``host``)
     ``:metrics_port/metrics``; with ``reuse_port``, share the port with the other workers
     of ``tessera serve --workers``; with ``tls`` (key, certificate chain, client CA or
@@ -150,7 +151,7 @@ async def start(
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     reloader = None
     if watch is not None:
-        reloader = Reloader(watch, point.use, interval, metrics.reloads)
+        reloader = Reloader(watch, point.use, interval, metrics.reloads, metrics.registry)
         reloader.start()
     where = metrics_host or host
     metrics_server = metrics.serve(metrics_port, where) if metrics_port is not None else None
@@ -403,9 +404,11 @@ async def serve_forever(
     config: ServeConfig,
     announce: Sequence[str] = (),
     supervised: Supervised | None = None,
+    policies: PolicySource | None = None,
 ) -> None:
     """Serve until SIGINT or SIGTERM, then drain in-flight calls and stop; SIGHUP loads the
-    policies at once.
+    policies at once. ``policies`` is the source ``engine``'s bundle was loaded from
+    (default: the one ``config.policies`` names); it is followed, and closed on the way out.
 
     With a store: the directory snapshot follows it, and the issuer's HTTP service (SCIM)
     runs beside the decision service in this event loop. Whatever started is stopped
@@ -420,8 +423,8 @@ async def serve_forever(
             Engine(engine.bundle, counters, engine.clock),
             config.host,
             config.port,
-            watch=Path(config.policies),
-            interval=config.reload_interval,
+            watch=policies if policies is not None else open_source(config.policies),
+            interval=config.policies_interval,
             cache_size=config.cache_size,
             metrics_port=(0 if supervised else config.metrics_port) if config.metrics else None,
             tls=config.credentials(),

@@ -27,7 +27,8 @@ tells the parent on a pipe once it serves and where its private metrics are, and
 when its parent is gone. Jobs that must run once per store (the admin trail, checkpoints)
 already take the store's lease (:mod:`pdp.audit.exclusive`), so one worker runs each.
 Policy reloads, the directory's change feed and the signing keys are each worker's own,
-as for replicas: every worker follows the same directory and store.
+as for replicas: every worker follows the same policy directory (or the same ref of the
+same git repository, in a clone of its own) and store.
 
 Supervision: a worker that dies is replaced after a back-off that doubles (from
 :data:`BACKOFF` to :data:`BACKOFF_MAX`) while replacements keep dying within
@@ -66,9 +67,10 @@ from issuer.store import Store, StoreError, open_store
 from pdp.counters import open_counters
 from pdp.engine import Engine
 from pdp.lang.errors import PolicyError
-from pdp.loader import load_directory
 from pdp.metrics import WorkerMetrics
 from pdp.serve.config import ServeConfig
+from pdp.serve.reload import log_reloads
+from pdp.serve.sources import SourceError, open_source
 from pdp.server import (
     PRIVATE_HOST,
     Running,
@@ -456,18 +458,30 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _serve(settings: ServeConfig, number: int, supervised: Supervised) -> int:
-    """Load the policies and serve; the exit code (2 when this worker cannot serve)."""
+    """Load the policies and serve; the exit code (2 when this worker cannot serve). The
+    worker follows the policies with a source of its own (for a repository: its own
+    clone), as a replica does."""
     where = f"tessera serve: worker {number} (pid {os.getpid()})"
+    log_reloads(sys.stderr, f"tessera: worker {number}: ")
     try:
-        bundle = load_directory(settings.policies).bundle
-    except PolicyError as exc:
-        print(f"{where}: the policies do not load:\n{exc}", file=sys.stderr)
-        return 2
-    try:
-        asyncio.run(serve_forever(Engine(bundle), settings, supervised=supervised))
-    except (OSError, StoreError) as exc:
+        source = open_source(settings.policies)
+    except (OSError, SourceError) as exc:
         print(f"{where}: {exc}", file=sys.stderr)
         return 2
+    with contextlib.closing(source):
+        try:
+            bundle = source.load_first().bundle
+        except (PolicyError, SourceError) as exc:
+            print(f"{where}: the policies do not load:\n{exc}", file=sys.stderr)
+            return 2
+        try:
+            serving = serve_forever(
+                Engine(bundle), settings, supervised=supervised, policies=source
+            )
+            asyncio.run(serving)
+        except (OSError, StoreError) as exc:
+            print(f"{where}: {exc}", file=sys.stderr)
+            return 2
     return OK
 
 

@@ -18,11 +18,23 @@ if TYPE_CHECKING:
     from issuer.store import Store
     from pdp.loader import Loaded
     from pdp.serve.config import ServeConfig
+    from pdp.serve.sources import PolicySource
 
 
 def _serve_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", metavar="FILE", help="configuration file (TOML)")
-    parser.add_argument("--policies", metavar="DIR", help="policy directory (default: policies)")
+    parser.add_argument(
+        "--policies",
+        metavar="DIR|git+URL",
+        help="policy directory (default: policies), or a git repository: "
+        "git+URL[?dir=PATH][#REF] (REF a branch, tag or commit; default: the remote's HEAD)",
+    )
+    parser.add_argument(
+        "--policy-poll-interval",
+        type=float,
+        metavar="SECONDS",
+        help="seconds between fetches of a git policy repository (default: 30)",
+    )
     parser.add_argument("--host", help="address to listen on (default: 127.0.0.1)")
     parser.add_argument("--port", type=int, help="gRPC port (default: 50051; 0 picks one)")
     parser.add_argument(
@@ -121,8 +133,41 @@ def _serve(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
     from issuer.store import StoreError
     from pdp.engine import Engine
-    from pdp.serve.config import ConfigError, load_config
+    from pdp.serve.reload import log_reloads
+    from pdp.serve.sources import open_source
     from pdp.server import serve_forever
+
+    config = _configured(args, err)
+    if config is None:
+        return USAGE
+    try:
+        source = open_source(config.policies)
+    except OSError as exc:
+        print(f"tessera serve: {exc}", file=err)
+        return USAGE
+    try:
+        loaded = load_served(source, "serve", err)
+        if loaded is None:
+            return USAGE
+        summary = _summary(config, source, loaded)
+        log_reloads(err)
+        if config.workers > 1:
+            from pdp.workers import supervise
+
+            source.close()  # each worker follows the policies with a source of its own
+            return supervise(config, [summary], err)
+        asyncio.run(serve_forever(Engine(loaded.bundle), config, [summary], policies=source))
+    except (OSError, StoreError) as exc:
+        print(f"tessera serve: {exc}", file=err)
+        return USAGE
+    finally:
+        source.close()
+    return OK
+
+
+def _configured(args: argparse.Namespace, err: TextIO) -> ServeConfig | None:
+    """The settings from flags, environment and file; None after printing why not."""
+    from pdp.serve.config import ConfigError, load_config
 
     flags = {k: v for k, v in vars(args).items() if k not in ("command", "config")}
     try:
@@ -130,25 +175,23 @@ def _serve(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         config.credentials()  # fail now, not after loading the policies
     except ConfigError as exc:
         print(f"tessera serve: {exc}", file=err)
-        return USAGE
-    loaded = load_served(config.policies, "serve", err)
-    if loaded is None:
-        return USAGE
-    bundle = loaded.bundle
-    summary = (
-        f"tessera: {len(bundle.rules)} rules from {config.policies} "
-        f"(bundle {bundle.version}), reloaded when they change; health and reflection are on"
-    )
-    try:
-        if config.workers > 1:
-            from pdp.workers import supervise
+        return None
+    return config
 
-            return supervise(config, [summary], err)
-        asyncio.run(serve_forever(Engine(bundle), config, [summary]))
-    except (OSError, StoreError) as exc:
-        print(f"tessera serve: {exc}", file=err)
-        return USAGE
-    return OK
+
+def _summary(config: ServeConfig, source: PolicySource, loaded: Loaded) -> str:
+    """The startup line that says what is decided with, and how it is followed."""
+    from pdp.serve.sources import is_git
+
+    bundle = loaded.bundle
+    if is_git(config.policies):
+        follow = f"fetched every {config.policy_poll_interval:g} s and on SIGHUP"
+    else:
+        follow = "reloaded when they change"
+    return (
+        f"tessera: {len(bundle.rules)} rules from {source.where} (bundle {bundle.version}), "
+        f"{follow}; health and reflection are on"
+    )
 
 
 SERVE = Command(
@@ -157,24 +200,31 @@ SERVE = Command(
     description="Load the policies and serve tessera.v1.Authorizer over gRPC (with the "
     "standard health and reflection services) until SIGINT or SIGTERM; then drain "
     "in-flight calls and stop. Changes to the policy directory are loaded while "
-    "serving; a directory that does not load is logged and the previous policies keep "
-    "serving; SIGHUP loads them at once. With --workers N, N processes serve the same "
-    "ports under one parent, which restarts a worker that dies and serves the metrics "
-    "of all. Each setting comes from its flag, else TESSERA_<NAME> in the "
-    "environment, else the [serve] table of --config (default ./tessera.toml if it "
-    "exists), else its default.",
+    "serving (a git+URL repository is fetched every --policy-poll-interval seconds and "
+    "a new commit loaded); policies that do not load are logged and the previous "
+    "policies keep serving; SIGHUP loads them at once (a repository: fetched at once). "
+    "With --workers N, N processes serve the same ports under one parent, which "
+    "restarts a worker that dies and serves the metrics of all. Each setting comes "
+    "from its flag, else TESSERA_<NAME> in the environment, else the [serve] table of "
+    "--config (default ./tessera.toml if it exists), else its default.",
     options=_serve_options,
     run=_serve,
 )
 
 
-def load_served(directory: str, command: str, err: TextIO) -> Loaded | None:
-    """The policies a server is to decide with, their warnings printed; None, with the
-    diagnostics printed, when they do not load (the server must not start)."""
-    from pdp.loader import load_directory
+def load_served(policies: str | PolicySource, command: str, err: TextIO) -> Loaded | None:
+    """The policies a server is to decide with, from ``policies`` (a directory, or a
+    source), their warnings printed; None, with the diagnostics or the reason printed,
+    when they cannot be had or do not load (the server must not start)."""
+    from pdp.serve.sources import DirectorySource, SourceError
 
+    source = DirectorySource(policies) if isinstance(policies, str) else policies
     try:
-        loaded = load_directory(directory)
+        loaded = source.load_first()
+    except SourceError as exc:
+        print(f"tessera {command}: {exc}", file=err)
+        print(f"tessera {command}: the policies cannot be had; nothing is served", file=err)
+        return None
     except PolicyError as exc:
         print_diagnostics(exc.diagnostics, err)
         print(f"tessera {command}: the policies do not load; nothing is served", file=err)

@@ -5,12 +5,17 @@ environment variable ``TESSERA_<NAME>`` (upper case), the ``[serve]`` table of t
 configuration file (``--config``, or ``./tessera.toml`` when it exists), the default.
 
     [serve]
-    policies = "policies"
+    policies = "policies"      # a directory of .pol files, or a git repository:
+                               # git+<url>[?dir=<path>][#<ref>], e.g.
+                               # "git+https://git.example.com/acme/policies.git?dir=tessera#main"
+                               # (ref: a branch, tag or commit; default the remote's HEAD;
+                               # dir: a directory of the repository; default its root)
     host = "127.0.0.1"
     port = 50051
     metrics_port = 9464        # -1 turns metrics off
     cache_size = 10000         # 0 turns the decision cache off
     reload_interval = 1.0      # seconds between checks of the policy directory
+    policy_poll_interval = 30.0  # seconds between fetches of a git policy repository
     grace = 5.0                # seconds in-flight calls may finish on shutdown
     workers = 1                # serving processes on the same ports; "auto": one per usable CPU
     tls_cert = "server.pem"    # with tls_key: TLS on the gRPC port
@@ -89,6 +94,7 @@ class ServeConfig:
     metrics_port: int = 9464
     cache_size: int = 10_000
     reload_interval: float = 1.0
+    policy_poll_interval: float = 30.0
     grace: float = 5.0
     workers: int = 1
     tls_cert: str = ""
@@ -135,6 +141,15 @@ class ServeConfig:
     ext_authz_routes: str = ""
     ext_authz_audience: str = ""
     ext_authz_strip_headers: str = "authorization"
+
+    @property
+    def policies_interval(self) -> float:
+        """Seconds between looks at the policies: a git repository is fetched every
+        ``policy_poll_interval`` (each look is a round trip to its server), a directory
+        checked every ``reload_interval``."""
+        from pdp.serve.sources import is_git
+
+        return self.policy_poll_interval if is_git(self.policies) else self.reload_interval
 
     @property
     def metrics(self) -> bool:
@@ -214,9 +229,26 @@ def load_config(
         raise ConfigError(
             f"store: {config.store!r} is neither sqlite:///path.db nor postgresql://host/db"
         )
+    _check_policies(config)
     _check_counters(config)
     _check_gateway(config)
     return config
+
+
+def _check_policies(config: ServeConfig) -> None:
+    """The policy source: a ``git+`` source well formed, and the polls' intervals
+    positive. The repository itself is first reached at start, when the policies load."""
+    from pdp.serve.sources import SourceError, is_git, parse_git
+
+    if is_git(config.policies):
+        try:
+            parse_git(config.policies)
+        except SourceError as exc:
+            raise ConfigError(f"policies: {exc}") from None
+    if not config.policy_poll_interval > 0:
+        raise ConfigError("policy_poll_interval: a positive number of seconds")
+    if not config.reload_interval > 0:
+        raise ConfigError("reload_interval: a positive number of seconds")
 
 
 COUNTER_URLS = ("redis://", "rediss://", "sqlite:///", "postgresql://", "postgres://")

@@ -135,3 +135,28 @@ def test_limits_are_counted_where_the_settings_say(flags: dict[str, str], store:
 def test_bad_counter_settings_are_named(flags: dict[str, object], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         load_config(flags, environ={}, config_file=None)
+
+
+def test_a_git_repository_is_polled_at_its_own_interval(tmp_path: Path) -> None:
+    file = tmp_path / "tessera.toml"
+    file.write_text('[serve]\npolicies = "git+file:///srv/policies.git?dir=tessera#main"\n')
+    config = load_config({}, environ={"TESSERA_POLICY_POLL_INTERVAL": "5"}, config_file=str(file))
+    assert (config.policy_poll_interval, config.policies_interval) == (5.0, 5.0)
+    assert ServeConfig(policies="git+file:///p.git").policies_interval == 30.0
+    assert ServeConfig(policies="policies", reload_interval=2.0).policies_interval == 2.0
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        ({"policies": "git+"}, "policies: git+: a URL after git+"),
+        ({"policies": "git+file:///p.git#"}, "policies: git+file:///p.git#: after # comes"),
+        ({"policies": "git+file:///p.git?ref=v1"}, "the one option after ? is dir=<path>"),
+        ({"policy_poll_interval": 0.0}, "policy_poll_interval: a positive number of seconds"),
+        ({"reload_interval": -1.0}, "reload_interval: a positive number of seconds"),
+    ],
+)
+def test_bad_policy_sources_are_named(flags: dict[str, object], message: str) -> None:
+    with pytest.raises(ConfigError) as raised:
+        load_config(flags, environ={}, config_file=None)
+    assert message in str(raised.value)
