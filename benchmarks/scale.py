@@ -783,7 +783,7 @@ def main() -> None:
         "several client processes; interleaved rounds, medians, ratio to 1 worker. Then "
         "the latency a limited Authorize gets from Redis, PostgreSQL and SQLite counters "
         "over memory.",
-        quick="3 rounds of 1.5 s windows and 4 counter rounds of 250 calls, about 40 s "
+        quick="3 rounds of 1.5 s windows and 4 counter rounds of 250 calls, about 30 s "
         "(noisier numbers)",
     )
     parser.add_argument(
