@@ -303,8 +303,10 @@ class Supervisor:
         say that it serves."""
         read, write = os.pipe()
         try:
+            # -P: the working directory is not put on the path, so a file there named like
+            # one of Tessera's packages (issuer.py) cannot stand in for it.
             slot.process = await asyncio.create_subprocess_exec(
-                *(sys.executable, "-m", "pdp.workers", "--report-fd", str(write)),
+                *(sys.executable, "-P", "-m", "pdp.workers", "--report-fd", str(write)),
                 *("--parent", str(os.getpid()), "--number", str(slot.number)),
                 stdin=asyncio.subprocess.PIPE,
                 pass_fds=(write,),

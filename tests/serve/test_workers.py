@@ -271,6 +271,8 @@ def test_a_killed_worker_is_replaced_and_the_server_keeps_answering(served: Serv
 
 
 def test_sigterm_stops_every_worker_and_exits_0(tmp_path: Path) -> None:
+    # Started where a file is named like a package of Tessera's: workers ignore it.
+    (tmp_path / "issuer.py").write_text('raise SystemExit("not the issuer package")\n')
     process = subprocess.Popen(
         [
             *(str(EXE), "serve", "--workers", "2", "--policies", str(SHIPPED_POLICIES)),
@@ -280,6 +282,7 @@ def test_sigterm_stops_every_worker_and_exits_0(tmp_path: Path) -> None:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        cwd=tmp_path,
     )
     try:
         lines = startup(process)
