@@ -370,33 +370,41 @@ class Engine:
     def _gate(
         self, rule: CompiledRule, request: Request, now: float, commit: bool, once: str
     ) -> tuple[str, Any]:
-        """A matching permit's obligations, then its limits: ("applies", ()), ("requires",
+        """A matching permit's limits, then its obligations: ("applies", ()), ("requires",
         unmet obligations) or ("over", the limit's description). Its charges are recorded
-        when they fit and ``commit`` is true; a permit still waiting on an obligation only
-        asks whether they would fit (a limit reached is the first thing to tell)."""
-        unmet: tuple[ast.Obligation, ...] = ()
-        for require in rule.requires:
-            if require.condition is not None and not require.condition(request):
-                continue
-            if not obligation_met(require.obligation, request.context):
-                unmet += (require.obligation,)
-        if not rule.limits:
-            return ("requires", unmet) if unmet else ("applies", ())
-        charges = self._charges(rule, request, now)
-        if isinstance(charges, int):
-            return ("over", rule.limits[charges].text)
+        when they fit, its obligations are met and ``commit`` is true; otherwise the
+        store is only asked whether they would fit: a limit reached is told first, as
+        the limits come first in a rule."""
+        charges: tuple[Charge, ...] = ()
+        if rule.limits:
+            worked_out = self._charges(rule, request, now)
+            if isinstance(worked_out, int):
+                return ("over", rule.limits[worked_out].text)
+            charges = worked_out
+        try:
+            unmet = _unmet(rule, request)
+        except Exception:
+            index = self._peek(charges, now)
+            if index != FITS:
+                return ("over", rule.limits[index].text)
+            raise
         if unmet:
-            try:
-                index = self.counters.charge(charges, now, record=False)
-            except CounterError:
-                index = FITS  # what is missing first is the obligation
-            if index == FITS:
-                return ("requires", unmet)
-        else:
-            index = self.counters.charge(charges, now, record=commit, once=once)
-            if index == FITS:
-                return ("applies", ())
-        return ("over", rule.limits[index].text)
+            index = self._peek(charges, now)
+            return ("requires", unmet) if index == FITS else ("over", rule.limits[index].text)
+        if not charges:
+            return ("applies", ())
+        index = self.counters.charge(charges, now, record=commit, once=once)
+        return ("applies", ()) if index == FITS else ("over", rule.limits[index].text)
+
+    def _peek(self, charges: tuple[Charge, ...], now: float) -> int:
+        """Whether ``charges`` would fit, recording nothing; a store that cannot answer
+        leaves what else is missing to be told first."""
+        if not charges:
+            return FITS
+        try:
+            return self.counters.charge(charges, now, record=False)
+        except CounterError:
+            return FITS
 
     def _charges(
         self, rule: CompiledRule, request: Request, now: float
@@ -446,6 +454,17 @@ def _charge(limit: CompiledLimit, request: Request) -> Charge:
         else:
             amount = limit_amount(limit.limit, value)  # checks, and explains errors
     return Charge(limit.key_prefix + subject, subject, limit.window, amount, limit.cap)
+
+
+def _unmet(rule: CompiledRule, request: Request) -> tuple[ast.Obligation, ...]:
+    """The obligations of a matching permit that this request does not meet yet."""
+    unmet: tuple[ast.Obligation, ...] = ()
+    for require in rule.requires:
+        if require.condition is not None and not require.condition(request):
+            continue
+        if not obligation_met(require.obligation, request.context):
+            unmet += (require.obligation,)
+    return unmet
 
 
 def _unreachable(rule: CompiledRule, exc: CounterError) -> RuleError:
