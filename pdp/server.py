@@ -18,8 +18,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import os
 import signal
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,7 +31,9 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import Counter
 from starlette.applications import Starlette
-from starlette.routing import Mount
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Mount, Route
 
 from issuer.app import SCIM_PATH, bind, issuer_app, serve_http
 from issuer.keys import KeyRing, ScheduledRotation
@@ -313,7 +316,11 @@ async def _serve_issuer(
     scim_admins = oauth.administrators([issuer, f"{issuer}{SCIM_PATH}"])
     authzen = AuthZen(point, oauth.administrators([issuer, f"{base}{AUTHZEN_PATH}"]), base)
     app = Starlette(
-        routes=[*authzen.routes(), Mount("", app=issuer_app(store, scim_admins, oauth))]
+        routes=[
+            Route(HEALTH_PATH, _health(point), methods=["GET"]),
+            *authzen.routes(),
+            Mount("", app=issuer_app(store, scim_admins, oauth)),
+        ]
     )
     http = await serve_http(app, planes.sock, tls, config.tls_client_ca or None)
     stack.push_async_callback(http.stop)
@@ -380,6 +387,20 @@ def _announce(
     )
     for line in (*lines, *announce):
         print(line, flush=True)
+
+
+HEALTH_PATH = "/healthz"
+
+
+def _health(point: DecisionPoint) -> Callable[[Request], Awaitable[Response]]:
+    """``GET /healthz`` for HTTP load balancers and operators: this process serves, and
+    the bundle it decides with (a process draining no longer accepts connections)."""
+
+    async def health(_: Request) -> Response:
+        body = {"status": "SERVING", "bundle_version": point.version, "pid": os.getpid()}
+        return JSONResponse(body, headers={"Cache-Control": "no-store"})
+
+    return health
 
 
 def _say(line: str) -> None:

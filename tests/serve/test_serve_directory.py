@@ -108,6 +108,16 @@ def test_an_agent_provisioned_over_scim_is_decided_then_suspension_stops_it(
     assert list(gone.reasons) == [f"agent {id!r} is not in the directory"]
 
 
+def test_health_over_http_names_the_bundle_without_a_token(served: Served) -> None:
+    base = str(served.http.base_url).removesuffix("/scim/v2/")
+    response = httpx.get(f"{base}/healthz", timeout=10)
+    assert response.status_code == 200
+    body = response.json()
+    assert body["status"] == "SERVING"
+    assert body["bundle_version"] == served.stub.ListAllowed(pb.ListAllowedRequest()).bundle_version
+    assert response.headers["cache-control"] == "no-store"
+
+
 def test_scim_refuses_a_caller_without_the_admin_token(served: Served) -> None:
     response = httpx.get(f"{served.http.base_url}Agents", timeout=10)
     assert response.status_code == 401
