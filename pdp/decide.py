@@ -89,6 +89,9 @@ class DecisionPoint:
         self.metrics = metrics if metrics is not None else Metrics()
         self.metrics.bundle.info({"version": engine.version})
         self.metrics.counter_store_errors = lambda: self.engine.counters.errors
+        # The hot path's two observations, bound once.
+        self._engine_timing = self.metrics.engine_seconds.labels().observe
+        self._count = self.metrics.decisions.add
         # Decisions by a key the door derives from its question, for requests whose
         # candidate rules have no limit (their answer cannot depend on counters).
         self.cache: LRUCache[Hashable, Decision] | None = (
@@ -269,15 +272,14 @@ class DecisionPoint:
         ``commit`` records the limits an allow uses up, once per ``once``."""
         if isinstance(request, str):
             return self._refused(engine, request), False
-        metrics = self.metrics
         limited = engine.touches_limits(request)
         idempotency = ""
         if limited and once:
             idempotency = once() if callable(once) else once
         start = time.perf_counter()
         decision = engine.decide(request, commit, idempotency)
-        metrics.engine_seconds.observe(time.perf_counter() - start)
-        metrics.decided(decision)
+        self._engine_timing(time.perf_counter() - start)
+        self._count(decision)
         return decision, not limited
 
     def _refused(self, engine: Engine, reason: str) -> Decision:
@@ -292,7 +294,7 @@ class DecisionPoint:
         ``limits`` is false and a limit could decide."""
         started = time.perf_counter() if self.audit is not None else 0.0
         engine = self.engine
-        resolved = self.resolve(request)
+        resolved = request if self.directory is None else self.resolve(request)
         decision = None
         if key is not None and self.cache is not None and not isinstance(resolved, str):
             decision = self._remembered(key)
