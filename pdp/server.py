@@ -83,7 +83,10 @@ class Running:
 
     server: grpc.aio.Server
     port: int
-    health: health.HealthServicer
+    # asyncio's servicer: the threaded one's Watch holds a thread of the loop's executor
+    # until its stream ends, which a stopped server never tells it, and the process could
+    # not exit while a health watcher (a load balancer) is connected.
+    health: health.aio.HealthServicer
     point: DecisionPoint
     reloader: Reloader | None = None
     metrics_server: WSGIServer | None = None
@@ -92,7 +95,7 @@ class Running:
         """Refuse new calls, let in-flight ones finish for ``grace`` seconds, then stop."""
         if self.reloader is not None:
             await self.reloader.stop()
-        self.health.enter_graceful_shutdown()
+        await self.health.enter_graceful_shutdown()
         await self.server.stop(grace)
         if self.metrics_server is not None:
             self.metrics_server.shutdown()
@@ -135,7 +138,7 @@ async def start(
         durability=durability,
     )
     grpc_door.add_to_server(point, server)
-    health_servicer = health.HealthServicer()
+    health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     deciding = [SERVICE_NAME]
     if gateway is not None:
@@ -151,7 +154,7 @@ async def start(
     gc.freeze()
     # A bundle is loaded before the server starts, so it serves from the first call.
     for name in ("", *deciding):
-        health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     reloader = None
     if watch is not None:
         reloader = Reloader(watch, point.use, interval, metrics.reloads, metrics.registry)

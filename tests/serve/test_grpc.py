@@ -289,3 +289,22 @@ def test_bytes_that_are_not_a_request_are_invalid_argument(server: Server) -> No
         raw(b"\xff\xff\xff", timeout=5)
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "not a tessera.v1.AuthorizeRequest" in caught.value.details()
+
+
+def test_a_health_watcher_does_not_keep_tessera_serve_from_stopping() -> None:
+    import re
+
+    with tessera_serve(
+        *("--policies", str(POLICIES)),
+        *("--port", "0", "--metrics-port", "-1", "--grace", "1", "--store", ""),
+        lines=1,
+    ) as (_, (first,)):
+        match = re.match(r"tessera: serving tessera\.v1\.Authorizer on 127\.0\.0\.1:(\d+)", first)
+        assert match, first
+        channel = grpc.insecure_channel(f"127.0.0.1:{match.group(1)}")
+        # A load balancer's watch, open while SIGTERM arrives: the process still exits.
+        watcher = health_pb2_grpc.HealthStub(channel).Watch(
+            health_pb2.HealthCheckRequest(service=""), timeout=60
+        )
+        assert next(watcher).status == health_pb2.HealthCheckResponse.SERVING
+    channel.close()
