@@ -2,14 +2,19 @@
 
 Sync (:class:`Client`) and asyncio (:class:`AsyncClient`) clients share one typed API::
 
-    with Client("127.0.0.1:50051") as tessera:
+    with Client("10.0.0.1:50051,10.0.0.2:50051") as tessera:
         verdict = tessera.authorize(Query(agent="pay-bot", tool="payments.transfer",
                                           user="alice", context={"amount": Money("200", "USD")}))
         if not verdict.allow: ...
 
-Every call has a deadline; UNAVAILABLE is retried with exponential backoff; any other
-failure (or running out of retries) is a **deny** carrying the error, unless the client
-was built with ``on_error="raise"``. An optional local cache keeps answers the service
+A client takes one address or several (a list, or one string with commas), and spreads
+its calls over them in turn; a DNS name with several records (``dns:///pdp.internal:50051``)
+is spread over its addresses by gRPC's ``round_robin`` policy. Every call has one deadline,
+all attempts included. A call that fails UNAVAILABLE, or CANCELLED by the server (a replica
+that is shutting down), is tried again on the next address after a short backoff, with the
+same ``idempotency-key`` metadata, so the service can count a retried call once. Any other
+failure, or running out of attempts or time, is a **deny** carrying the error, unless the
+client was built with ``on_error="raise"``. An optional local cache keeps answers the service
 marked cacheable (no limit involved) for a few seconds.
 """
 
@@ -17,9 +22,11 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import itertools
 import random
+import secrets
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, Literal
@@ -33,6 +40,15 @@ from pdp.serve.proto import authorizer_pb2_grpc as pb_grpc
 from pep.errors import PepError
 
 OnError = Literal["deny", "raise"]
+Targets = str | Sequence[str]
+
+IDEMPOTENCY_KEY = "idempotency-key"  # the metadata naming one logical call, kept on retries
+# Every channel spreads its calls over the addresses its name resolves to (one address: as
+# pick_first would).
+CHANNEL_OPTIONS = (("grpc.lb_policy_name", "round_robin"),)
+# What grpc says of a call this process cancelled itself (a sync channel closed under it):
+# never retried. (grpc.aio raises asyncio.CancelledError for those instead.)
+LOCAL_CANCELLATIONS = frozenset(("Locally cancelled by application!", "Channel closed!"))
 
 
 @dataclass(frozen=True)
@@ -116,17 +132,50 @@ class TesseraError(PepError):
 class Options:
     """How a client calls: deadline, retries, failure policy, local cache."""
 
-    timeout: float = 0.5  # seconds per attempt
-    attempts: int = 3  # tries on UNAVAILABLE, the first included
-    backoff: float = 0.05  # seconds before the second try; doubles, with jitter
+    timeout: float = 0.5  # seconds per call: every attempt and every pause between them
+    attempts: int = 3  # tries of one call, the first included, each on the next address
+    backoff: float = 0.02  # seconds before the second try; doubles, with jitter
     on_error: OnError = "deny"
     cache_size: int = 0  # 0: no local cache
     cache_ttl: float = 5.0  # seconds a cacheable answer is kept
 
 
+def addresses(targets: Targets) -> tuple[str, ...]:
+    """The addresses a client calls: a list of them, or one string with commas between.
+    Each is anything gRPC takes as a target (``host:port``, ``dns:///name:port``)."""
+    items = targets.split(",") if isinstance(targets, str) else targets
+    found = tuple(item.strip() for item in items if item.strip())
+    if not found:
+        raise ValueError("no address to call: give host:port, several, or dns:///name:port")
+    return found
+
+
+def retryable(error: grpc.RpcError) -> bool:
+    """Whether a failed call may be tried again elsewhere: the service was unavailable, or
+    the server cancelled the call (as a replica that is shutting down does to the calls it
+    had not begun). A deadline or this process's own cancellation is final."""
+    code = error.code() if hasattr(error, "code") else None
+    if code == grpc.StatusCode.UNAVAILABLE:
+        return True
+    return code == grpc.StatusCode.CANCELLED and error.details() not in LOCAL_CANCELLATIONS
+
+
 class _Common:
-    def __init__(self, options: Options) -> None:
+    """What both clients share: the addresses' stubs in turn, the per-call key, retries'
+    pauses, the cache, and the fail-closed verdict."""
+
+    def __init__(self, options: Options, channels: Sequence[Any]) -> None:
         self.options = options
+        self._channels = list(channels)
+        stubs = [pb_grpc.AuthorizerStub(c) for c in channels]  # type: ignore[no-untyped-call]
+        self._authorize: list[Callable[..., Any]] = [stub.Authorize for stub in stubs]
+        self._batch: list[Callable[..., Any]] = [stub.AuthorizeBatch for stub in stubs]
+        # Logical calls are numbered: the number picks the address (in turn) and, after a
+        # random prefix of this client's, makes the call's idempotency key; no system call
+        # per call, and next() on a count is atomic, so threads may share a client.
+        self._numbers = itertools.count()
+        self._prefix = secrets.token_hex(8) + "."
+        self._closed = False
         self._cache: TTLCache[bytes, Verdict] | None = (
             TTLCache(options.cache_size, options.cache_ttl) if options.cache_size > 0 else None
         )
@@ -151,17 +200,28 @@ class _Common:
             raise TesseraError(code, details or "") from None
         return Verdict.failed(f"{code.name}: {details}")
 
-    def _delay(self, attempt: int) -> float:
-        return float(self.options.backoff * (2 ** (attempt - 1)) * (0.5 + random.random()))
+    def _pause(self, error: grpc.RpcError, attempt: int, deadline: float) -> float | None:
+        """Seconds to wait before try ``attempt`` (2, 3…) of a call that failed with
+        ``error``; None when it is not to be tried again: the failure is final, the client
+        is closed, or the deadline would pass first."""
+        if self._closed or not retryable(error):
+            return None
+        pause = float(self.options.backoff * (2 ** (attempt - 2)) * (0.5 + random.random()))
+        if time.monotonic() + pause >= deadline:
+            return None
+        return pause
 
 
 class Client(_Common):
-    """A blocking client; one channel, safe to share between threads."""
+    """A blocking client: a channel per address, safe to share between threads."""
 
-    def __init__(self, target: str, options: Options | None = None, *, channel: Any = None):
-        super().__init__(options or Options())
-        self._channel = channel if channel is not None else grpc.insecure_channel(target)
-        self._stub = pb_grpc.AuthorizerStub(self._channel)  # type: ignore[no-untyped-call]
+    def __init__(self, target: Targets, options: Options | None = None, *, channel: Any = None):
+        channels = (
+            [channel]
+            if channel is not None
+            else [grpc.insecure_channel(a, options=CHANNEL_OPTIONS) for a in addresses(target)]
+        )
+        super().__init__(options or Options(), channels)
 
     def __enter__(self) -> Client:
         return self
@@ -170,7 +230,9 @@ class Client(_Common):
         self.close()
 
     def close(self) -> None:
-        self._channel.close()
+        self._closed = True
+        for channel in self._channels:
+            channel.close()
 
     def authorize(self, query: Query) -> Verdict:
         message = query.to_message()
@@ -178,7 +240,7 @@ class Client(_Common):
         if hit is not None:
             return hit
         try:
-            response = self._call(self._stub.Authorize, message)
+            response = self._call(self._authorize, message)
         except grpc.RpcError as error:
             return self._failure(error)
         return self._remember(key, response)
@@ -188,30 +250,45 @@ class Client(_Common):
         answer is a deny (or TesseraError is raised)."""
         batch = pb.AuthorizeBatchRequest(requests=[q.to_message() for q in queries])
         try:
-            response = self._call(self._stub.AuthorizeBatch, batch)
+            response = self._call(self._batch, batch)
         except grpc.RpcError as error:
             failed = self._failure(error)
             return [failed] * len(queries)
         return [Verdict.from_message(r) for r in response.responses]
 
-    def _call(self, method: Any, message: Any) -> Any:
-        for attempt in range(1, self.options.attempts + 1):
+    def _call(self, methods: list[Callable[..., Any]], message: Any) -> Any:
+        """One logical call: on the next address, then, if it fails so, on the ones after."""
+        number = next(self._numbers)
+        metadata = ((IDEMPOTENCY_KEY, f"{self._prefix}{number:x}"),)
+        timeout = self.options.timeout
+        deadline = time.monotonic() + timeout
+        try:
+            return methods[number % len(methods)](message, timeout=timeout, metadata=metadata)
+        except grpc.RpcError as error:
+            failed = error
+        for attempt in range(2, self.options.attempts + 1):
+            pause = self._pause(failed, attempt, deadline)
+            if pause is None:
+                break
+            time.sleep(pause)
+            method = methods[(number + attempt - 1) % len(methods)]
             try:
-                return method(message, timeout=self.options.timeout)
+                return method(message, timeout=deadline - time.monotonic(), metadata=metadata)
             except grpc.RpcError as error:
-                if error.code() != grpc.StatusCode.UNAVAILABLE or attempt == self.options.attempts:
-                    raise
-                time.sleep(self._delay(attempt))
-        raise AssertionError("unreachable: attempts >= 1")
+                failed = error
+        raise failed
 
 
 class AsyncClient(_Common):
-    """An asyncio client on a grpc.aio channel."""
+    """An asyncio client: a grpc.aio channel per address."""
 
-    def __init__(self, target: str, options: Options | None = None, *, channel: Any = None):
-        super().__init__(options or Options())
-        self._channel = channel if channel is not None else grpc.aio.insecure_channel(target)
-        self._stub = pb_grpc.AuthorizerStub(self._channel)  # type: ignore[no-untyped-call]
+    def __init__(self, target: Targets, options: Options | None = None, *, channel: Any = None):
+        channels = (
+            [channel]
+            if channel is not None
+            else [grpc.aio.insecure_channel(a, options=CHANNEL_OPTIONS) for a in addresses(target)]
+        )
+        super().__init__(options or Options(), channels)
 
     async def __aenter__(self) -> AsyncClient:
         return self
@@ -220,7 +297,9 @@ class AsyncClient(_Common):
         await self.close()
 
     async def close(self) -> None:
-        await self._channel.close()
+        self._closed = True
+        for channel in self._channels:
+            await channel.close()
 
     async def authorize(self, query: Query) -> Verdict:
         message = query.to_message()
@@ -228,7 +307,7 @@ class AsyncClient(_Common):
         if hit is not None:
             return hit
         try:
-            response = await self._call(self._stub.Authorize, message)
+            response = await self._call(self._authorize, message)
         except grpc.RpcError as error:
             return self._failure(error)
         return self._remember(key, response)
@@ -236,21 +315,33 @@ class AsyncClient(_Common):
     async def authorize_many(self, queries: Sequence[Query]) -> list[Verdict]:
         batch = pb.AuthorizeBatchRequest(requests=[q.to_message() for q in queries])
         try:
-            response = await self._call(self._stub.AuthorizeBatch, batch)
+            response = await self._call(self._batch, batch)
         except grpc.RpcError as error:
             failed = self._failure(error)
             return [failed] * len(queries)
         return [Verdict.from_message(r) for r in response.responses]
 
-    async def _call(self, method: Any, message: Any) -> Any:
-        for attempt in range(1, self.options.attempts + 1):
+    async def _call(self, methods: list[Callable[..., Any]], message: Any) -> Any:
+        """As :meth:`Client._call`; the caller's own cancellation ends it at once."""
+        number = next(self._numbers)
+        metadata = ((IDEMPOTENCY_KEY, f"{self._prefix}{number:x}"),)
+        timeout = self.options.timeout
+        deadline = time.monotonic() + timeout
+        try:
+            return await methods[number % len(methods)](message, timeout=timeout, metadata=metadata)
+        except grpc.RpcError as error:
+            failed = error
+        for attempt in range(2, self.options.attempts + 1):
+            pause = self._pause(failed, attempt, deadline)
+            if pause is None:
+                break
+            await asyncio.sleep(pause)
+            method = methods[(number + attempt - 1) % len(methods)]
             try:
-                return await method(message, timeout=self.options.timeout)
+                return await method(message, timeout=deadline - time.monotonic(), metadata=metadata)
             except grpc.RpcError as error:
-                if error.code() != grpc.StatusCode.UNAVAILABLE or attempt == self.options.attempts:
-                    raise
-                await asyncio.sleep(self._delay(attempt))
-        raise AssertionError("unreachable: attempts >= 1")
+                failed = error
+        raise failed
 
 
 def _replace_cached(verdict: Verdict) -> Verdict:

@@ -3,21 +3,25 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import socket
+from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
 
 import grpc
 import pytest
 
+from pdp.engine import Engine
 from pdp.lang.values import Money, Risk
-from pep.client import AsyncClient, Client, Options, Query, TesseraError, to_value
+from pdp.loader import load_directory
+from pep.client import AsyncClient, Client, Options, Query, TesseraError, addresses, to_value
 from tests.servers import Server
 
 POLICIES = Path(__file__).resolve().parents[2] / "policies"
 ACTIVE = {"status": "active", "risk": Risk.low, "purpose": "payments"}
 # A deadline no busy test machine misses, for tests that are not about deadlines (the
-# client's default is 0.5 s per attempt).
+# client's default is 0.5 s per call, all attempts included).
 PATIENT = Options(timeout=10.0)
 
 
@@ -131,3 +135,55 @@ def test_python_values_become_typed_values() -> None:
     assert to_value(True).bool is True
     with pytest.raises(TypeError, match="cannot send"):
         to_value(object())
+
+
+def authorize_calls(server: Server) -> int:
+    """How many Authorize calls ``server`` has answered."""
+    from prometheus_client import generate_latest
+
+    text = generate_latest(server.running.point.metrics.registry).decode()
+    found = re.search(r'tessera_rpc_seconds_count\{method="Authorize"\} (\d+)', text)
+    return int(found.group(1)) if found else 0
+
+
+@pytest.fixture
+def two() -> Iterator[list[Server]]:
+    """Two decision services of their own on the shipped policies (a test may stop one)."""
+    servers: list[Server] = []
+    try:
+        for _ in range(2):
+            servers.append(Server(Engine(load_directory(POLICIES).bundle)))
+        yield servers
+    finally:
+        for server in servers:
+            server.close()
+
+
+def test_addresses_come_as_a_list_or_one_string_with_commas() -> None:
+    assert addresses("10.0.0.1:50051, 10.0.0.2:50051") == ("10.0.0.1:50051", "10.0.0.2:50051")
+    assert addresses(["a:1", "b:2"]) == ("a:1", "b:2")
+    assert addresses("dns:///pdp.internal:50051") == ("dns:///pdp.internal:50051",)
+    with pytest.raises(ValueError, match="no address"):
+        addresses(" , ")
+
+
+@pytest.mark.parametrize("given", ["string", "list"])
+def test_calls_are_spread_over_the_addresses_in_turn(two: list[Server], given: str) -> None:
+    targets = [f"127.0.0.1:{s.running.port}" for s in two]
+    before = [authorize_calls(s) for s in two]
+    with Client(",".join(targets) if given == "string" else targets, PATIENT) as tessera:
+        verdicts = [tessera.authorize(Query(agent="a", tool="search")) for _ in range(10)]
+    assert [v.error for v in verdicts] == [None] * 10
+    assert [authorize_calls(s) - b for s, b in zip(two, before, strict=True)] == [5, 5]
+
+
+def test_a_replica_stopped_gracefully_costs_no_call(two: list[Server]) -> None:
+    targets = [f"127.0.0.1:{s.running.port}" for s in two]
+    query = Query(agent="helper", tool="search", agent_attributes=ACTIVE)
+    with Client(targets, PATIENT) as tessera:
+        verdicts = [tessera.authorize(query) for _ in range(20)]
+        gone = two[0]
+        gone.thread.run(gone.running.stop(1))
+        verdicts += [tessera.authorize(query) for _ in range(60)]
+    assert [(v.allow, v.error) for v in verdicts] == [(True, None)] * 80
+    assert authorize_calls(two[1]) == 10 + 60  # its share before, then every call
