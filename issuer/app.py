@@ -114,6 +114,45 @@ class _CorkedHttpTools(HttpToolsProtocol):
         super().connection_made(_Corked(transport))  # type: ignore[arg-type]
 
 
+# Why a request still running when a drain ends is answered 503: the drain cancels its task
+# with this message, and :class:`_Draining` turns that cancellation into the answer.
+SHUTTING_DOWN = "the server is shutting down; retry on another replica"
+# The end of a grace period kept for answering the requests that outlast it: at most this
+# long, and at most a tenth of the period.
+ENDING = 0.25  # seconds
+
+
+class _Draining:
+    """The application, with a request the drain cancels before its answer began answered
+    503 Service Unavailable (uvicorn would log the cancellation and answer 500)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await self.app(scope, receive, send)
+        except asyncio.CancelledError as exc:
+            if exc.args != (SHUTTING_DOWN,) or scope["type"] != "http":
+                raise
+            try:
+                await send(_UNAVAILABLE)
+            except RuntimeError:  # the answer had begun: the connection is cut
+                raise exc from None
+            await send({"type": "http.response.body", "body": SHUTTING_DOWN.encode()})
+
+
+_UNAVAILABLE = {
+    "type": "http.response.start",
+    "status": 503,
+    "headers": [
+        (b"content-type", b"text/plain; charset=utf-8"),
+        (b"retry-after", b"1"),
+        (b"connection", b"close"),
+    ],
+}
+
+
 @dataclass
 class HttpRunning:
     """A started HTTP server: its port, and how to stop it."""
@@ -122,10 +161,28 @@ class HttpRunning:
     task: asyncio.Task[None]
     port: int
 
-    async def stop(self) -> None:
+    async def stop(self, grace: float | None = None) -> None:
+        """Stop accepting connections, close the idle ones, and let the requests in
+        progress finish: within ``grace`` seconds (shortly before they are up, those still
+        running are answered 503 and their connections closed), or as long as they take
+        (None). Stopping again waits for the first stop."""
         self.server.should_exit = True
+        if grace is not None:
+            if self.server.config.timeout_graceful_shutdown is None:  # uvicorn's backstop
+                # uvicorn hints an int, and hands it to asyncio.timeout, which takes seconds.
+                backstop: Any = grace
+                self.server.config.timeout_graceful_shutdown = backstop
+            ending = min(ENDING, grace / 10)
+            await asyncio.wait((self.task,), timeout=max(grace - ending, 0.0))
+            self.hurry()
         with contextlib.suppress(asyncio.CancelledError):
             await self.task
+
+    def hurry(self) -> None:
+        """Stop waiting for the requests in progress: answer them 503 now."""
+        self.server.should_exit = True
+        for task in self.server.server_state.tasks:
+            task.cancel(SHUTTING_DOWN)
 
 
 def bind(host: str, port: int, reuse_port: bool = False) -> socket.socket:
@@ -170,7 +227,7 @@ async def serve_http(
         raise ValueError("httptools does not hand TLS client certificates on")
     certfile, keyfile = tls if tls is not None else (None, None)
     config = uvicorn.Config(
-        app,
+        _Draining(app),
         log_level="warning",
         lifespan="on" if lifespan else "off",
         access_log=False,

@@ -27,6 +27,7 @@ import operator
 import threading
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Info
@@ -206,11 +207,12 @@ class Metrics:
         self.rpc_seconds = Timings(
             "tessera_rpc_seconds", "Time per gRPC call, by method.", RPC_BUCKETS, r, ["method"]
         )
-        # Calls in flight, counted by the doors on the event loop's thread (a plain number:
-        # the gauge reads it when scraped).
-        self.calls_in_flight = 0
+        # The calls in flight, kept by the doors on the event loop's thread (each by its
+        # gRPC servicer context): the gauge reads their number when scraped, and a drain
+        # answers those that outlast it.
+        self.calls_in_flight: set[Any] = set()
         self.in_flight = Gauge("tessera_rpc_in_flight", "gRPC calls being served now.", registry=r)
-        self.in_flight.set_function(lambda: self.calls_in_flight)
+        self.in_flight.set_function(lambda: len(self.calls_in_flight))
         self.bundle = Info(
             "tessera_bundle", "The policy bundle decisions are made with.", registry=r
         )

@@ -20,8 +20,9 @@ import contextlib
 import gc
 import os
 import signal
+import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from wsgiref.simple_server import WSGIServer
@@ -35,7 +36,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route
 
-from issuer.app import SCIM_PATH, bind, issuer_app, serve_http
+from issuer.app import SCIM_PATH, HttpRunning, bind, issuer_app, serve_http
 from issuer.keys import KeyRing, ScheduledRotation
 from issuer.oauth.endpoints import METADATA_PATH, AuthorizationServer
 from issuer.oauth.tokens import IssuedHook
@@ -57,6 +58,7 @@ from pdp.doors.ext_authz import Gateway
 from pdp.engine import Engine
 from pdp.metrics import Metrics
 from pdp.serve.config import ServeConfig
+from pdp.serve.drain import Drained, drain
 from pdp.serve.exchange import exchange_check
 from pdp.serve.reload import Reloader
 from pdp.serve.sources import PolicySource, open_source
@@ -90,16 +92,38 @@ class Running:
     point: DecisionPoint
     reloader: Reloader | None = None
     metrics_server: WSGIServer | None = None
+    _hurry: asyncio.Event = field(default_factory=asyncio.Event, init=False)
+    _stopping: asyncio.Future[Drained] | None = field(default=None, init=False)
 
-    async def stop(self, grace: float = 5.0) -> None:
-        """Refuse new calls, let in-flight ones finish for ``grace`` seconds, then stop."""
+    async def stop(self, grace: float = 5.0) -> Drained:
+        """Drain, then stop: health answers NOT_SERVING for every service name at once,
+        new calls and connections are refused, the calls in flight have ``grace`` seconds
+        to finish, and those still running then are answered UNAVAILABLE. Stopping again
+        waits for the first stop and tells what it did."""
+        if self._stopping is None:
+            self._stopping = asyncio.ensure_future(self._drain(grace))
+        return await asyncio.shield(self._stopping)
+
+    def hurry(self) -> None:
+        """Stop waiting for the calls in flight: end them UNAVAILABLE now."""
+        self._hurry.set()
+
+    async def _drain(self, grace: float) -> Drained:
+        await self.health.enter_graceful_shutdown()
+        # grpc refuses new calls and connections from the start of its stop; it would wait
+        # for every call (health watchers too) and then cancel them, which is the drain's
+        # to do: its stop waits a little longer, and only one of grpc's stops runs at once.
+        refusing = asyncio.ensure_future(self.server.stop(grace + 1))
         if self.reloader is not None:
             await self.reloader.stop()
-        await self.health.enter_graceful_shutdown()
-        await self.server.stop(grace)
+        drained = await drain(self.point.metrics.calls_in_flight, grace, self._hurry)
+        refusing.cancel()
+        await asyncio.wait((refusing,))
+        await self.server.stop(0)  # what is left, such as health watchers, is cancelled
         if self.metrics_server is not None:
             self.metrics_server.shutdown()
             self.metrics_server.server_close()
+        return drained
 
 
 async def start(
@@ -296,7 +320,7 @@ async def _serve_issuer(
     point: DecisionPoint,
     stack: contextlib.AsyncExitStack,
     token: str,
-) -> None:
+) -> HttpRunning:
     """The issuer's HTTP service (SCIM, OAuth) with AuthZEN beside it, on ``planes.sock``;
     ``token`` is the bootstrap admin token."""
     store, keys, issuer, base = planes.store, planes.keys, planes.issuer, planes.base
@@ -327,6 +351,7 @@ async def _serve_issuer(
     )
     http = await serve_http(app, planes.sock, tls, config.tls_client_ca or None)
     stack.push_async_callback(http.stop)
+    return http
 
 
 def startup_lines(
@@ -461,16 +486,17 @@ async def serve_forever(
         )
         stack.push_async_callback(running.stop, config.grace)
         token = config.admin_token or new_token()
+        http = None
         if planes.sock is not None:
-            await _serve_issuer(config, planes, running.point, stack, token)
+            http = await _serve_issuer(config, planes, running.point, stack, token)
         if supervised is None:
             _watch_anomalies(config, planes, running, stack)
             _announce(config, running, planes, (token, counters.name), announce)
         else:
             supervised.ready(running)
         _reload_on_hangup(running)
-        await _until_signalled()
-        _say("draining in-flight calls, then stopping")
+        await _until_signalled(running, http)
+        await _drain(running, http, config.grace)
 
 
 def _reload_on_hangup(running: Running) -> None:
@@ -481,9 +507,32 @@ def _reload_on_hangup(running: Running) -> None:
         loop.add_signal_handler(signal.SIGHUP, running.reloader.reload_now)
 
 
-async def _until_signalled() -> None:
+async def _until_signalled(running: Running, http: HttpRunning | None) -> None:
+    """Wait for SIGINT or SIGTERM; after it, a second one ends the drain at once."""
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stopping.set)
     await stopping.wait()
+
+    def at_once() -> None:
+        _say("stopping now: the calls still in flight are ended UNAVAILABLE")
+        running.hurry()
+        if http is not None:
+            http.hurry()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, at_once)
+
+
+async def _drain(running: Running, http: HttpRunning | None, grace: float) -> None:
+    """Drain gRPC and HTTP side by side, within the one grace period, saying so."""
+    _say(f"draining: health NOT_SERVING, no new calls; those in flight have {grace:g} s")
+    began = time.monotonic()
+    drained, _ = await asyncio.gather(
+        running.stop(grace), http.stop(grace) if http is not None else asyncio.sleep(0)
+    )
+    _say(
+        f"drained in {time.monotonic() - began:.1f} s: {drained.finished} calls finished, "
+        f"{drained.ended} ended UNAVAILABLE"
+    )

@@ -41,7 +41,9 @@ def two_workers() -> tuple[Metrics, Metrics]:
     two.engine_seconds.observe(2e-3)
     one.rpc_seconds.labels("Authorize").observe(4e-4)
     two.rpc_seconds.labels("Check").observe(4e-4)
-    one.calls_in_flight, two.calls_in_flight = 2, 3
+    # The calls in flight are kept as their tasks; any objects stand for two and three.
+    one.calls_in_flight.update((object(), object()))
+    two.calls_in_flight.update((object(), object(), object()))
     one.bundle.info({"version": "sha256:aaa"})
     two.bundle.info({"version": "sha256:aaa"})
     one.reloads.labels("success").inc()

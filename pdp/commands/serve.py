@@ -41,7 +41,8 @@ def _serve_options(parser: argparse.ArgumentParser) -> None:
         "--grace",
         type=float,
         metavar="SECONDS",
-        help="how long in-flight calls may finish on shutdown (default: 5)",
+        help="how long calls in flight may take to finish on SIGTERM or SIGINT; those "
+        "still running then end UNAVAILABLE (default: 5)",
     )
     parser.add_argument(
         "--workers",

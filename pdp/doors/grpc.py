@@ -217,33 +217,35 @@ def idempotency_key(context: grpc.aio.ServicerContext) -> str:
 
 
 class Calls:
-    """Each call counted in flight and timed by method; a malformed request answered
-    INVALID_ARGUMENT naming the field, and a fault of ours logged with its traceback and
-    answered INTERNAL without one."""
+    """Each call kept in flight (its context, which a drain answers when the call outlasts
+    it) and timed by method; a malformed request answered INVALID_ARGUMENT naming the
+    field, and a fault of ours logged with its traceback and answered INTERNAL without
+    one."""
 
     def __init__(self, metrics: Metrics, method: str) -> None:
         self.metrics = metrics
+        self.in_flight = metrics.calls_in_flight
         self.seconds = metrics.rpc_seconds.labels(method)
         self.method = method
 
     async def run(self, work: Callable[[], Awaitable[T]], context: grpc.aio.ServicerContext) -> T:
-        started = self.begin()
+        started = self.begin(context)
         try:
             return await work()
         except Exception as exc:
             await self.failed(exc, context)
             raise  # failed() aborts the call; this line only tells type checkers so
         finally:
-            self.end(started)
+            self.end(started, context)
 
-    def begin(self) -> float:
-        """Count a call in flight; when it started."""
-        self.metrics.calls_in_flight += 1
+    def begin(self, context: grpc.aio.ServicerContext) -> float:
+        """Keep a call in flight; when it started."""
+        self.in_flight.add(context)
         return time.perf_counter()
 
-    def end(self, started: float) -> None:
+    def end(self, started: float, context: grpc.aio.ServicerContext) -> None:
         """The call is over: no longer in flight, and timed."""
-        self.metrics.calls_in_flight -= 1
+        self.in_flight.discard(context)
         self.seconds.observe(time.perf_counter() - started)
 
     async def failed(self, exc: Exception, context: grpc.aio.ServicerContext) -> None:
@@ -271,7 +273,7 @@ class AuthorizerDoor:
     async def Authorize(self, raw: bytes, context: grpc.aio.ServicerContext) -> bytes:
         # Calls.run's steps written out: no closure and no second coroutine per call.
         calls = self._calls["Authorize"]
-        started = calls.begin()
+        started = calls.begin(context)
         try:
             point = self.point
             request = request_from_proto(parsed(raw), point.schema, point.trusts_callers)
@@ -282,7 +284,7 @@ class AuthorizerDoor:
             await calls.failed(exc, context)
             raise
         finally:
-            calls.end(started)
+            calls.end(started, context)
 
     async def AuthorizeBatch(
         self, request: pb.AuthorizeBatchRequest, context: grpc.aio.ServicerContext
