@@ -46,20 +46,15 @@ call's usage once: a key, or a function that tells it (called only when a limit 
 decide); "" when the caller sent none."""
 
 
-class DecisionIds:
+def decision_ids() -> Callable[[], str]:
     """Unique decision ids, the keys of audit records: 32 hex digits, a random per-process
-    prefix then a counter, so ids never repeat across processes and replicas and cost no
-    system call each."""
-
-    def __init__(self) -> None:
-        self._prefix = os.urandom(8).hex()
-        self._next = itertools.count(int.from_bytes(os.urandom(4), "big")).__next__
-
-    def __call__(self) -> str:
-        return f"{self._prefix}{self._next() & 0xFFFF_FFFF_FFFF_FFFF:016x}"
+    prefix then a counter from a random start, so ids never repeat across processes and
+    replicas and cost no system call each (a C iterator: no Python frame per id)."""
+    template = os.urandom(8).hex() + "%016x"
+    return map(template.__mod__, itertools.count(int.from_bytes(os.urandom(4), "big"))).__next__
 
 
-new_decision_id = DecisionIds()
+new_decision_id = decision_ids()
 
 
 class DecisionPoint:

@@ -71,16 +71,24 @@ def typed_from_proto(
         value = attributes[key]
         kind = value.WhichOneof("kind")
         declared = types.get(key)
-        if kind == "string" and declared is not None:
-            # the common case, without building the path only an error would name
-            text = value.string
+        # The common cases, without building the path only an error would name: a string
+        # declared a string, and a risk level (sent as a risk or as a string).
+        if declared is not None:
             name = declared.name
-            if name == "string":
-                out[key] = text
-                continue
-            if name == "risk" and text in RISKS:
-                out[key] = RISKS[text]
-                continue
+            if kind == "string":
+                if name == "string":
+                    out[key] = value.string
+                    continue
+                if name == "risk":
+                    risk = RISKS.get(value.string)
+                    if risk is not None:
+                        out[key] = risk
+                        continue
+            elif kind == "risk" and name == "risk":
+                risk = RISKS.get(value.risk)
+                if risk is not None:
+                    out[key] = risk
+                    continue
         path = f"{where}.{key}"
         plain = plain_value(value, path)
         out[key] = convert(plain, declared, path) if declared else untyped(plain, path)

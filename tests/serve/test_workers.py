@@ -2,7 +2,7 @@
 
 Each test talks to a real ``tessera serve --workers 2`` subprocess over loopback. Which
 worker answered shows in the decision id: its first 16 hex digits are a random prefix of
-the process that decided (``pdp.decide.DecisionIds``), and a fresh channel is a fresh
+the process that decided (``pdp.decide.decision_ids``), and a fresh channel is a fresh
 connection, which the kernel hands to either worker.
 """
 
