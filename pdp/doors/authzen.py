@@ -43,6 +43,7 @@ import hashlib
 import json
 import logging
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 from starlette.requests import Request
@@ -78,6 +79,22 @@ INT64 = 1 << 63
 
 Json = dict[str, Any]
 Peer = Callable[[], str]
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who asks, for the audit record (``peer``), and the request's ``Idempotency-Key``
+    header ("" without one): a client retrying an evaluation sends the same key, so a
+    limit records its usage once."""
+
+    peer: Peer
+    idempotency_key: str = ""
+
+    def once(self, index: int | None = None) -> str:
+        """The key of the request, or of one evaluation of a batch."""
+        if not self.idempotency_key or index is None:
+            return self.idempotency_key
+        return f"{self.idempotency_key}#{index}"
 
 
 class Failure(PdpError):
@@ -322,14 +339,14 @@ def _paged(body: Json, results: list[Json], offset: int, limit: int) -> Json:
 # ------------------------------------------------------------------ the endpoints
 
 
-def _peer(request: Request) -> Peer:
+def _caller(request: Request) -> Caller:
     def peer() -> str:
         if request.client is None:
             return "http:unknown"
         host, port = request.client.host, request.client.port
         return f"ipv6:[{host}]:{port}" if ":" in host else f"ipv4:{host}:{port}"
 
-    return peer
+    return Caller(peer, request.headers.get("idempotency-key", ""))
 
 
 def _json(data: Json, status: int = 200, headers: dict[str, str] | None = None) -> Response:
@@ -362,7 +379,7 @@ class AuthZen:
         async def well_known(request: Request) -> Response:
             return _json(self.metadata())
 
-        endpoints: list[tuple[str, Callable[[Json, Peer], Awaitable[Json]]]] = [
+        endpoints: list[tuple[str, Callable[[Json, Caller], Awaitable[Json]]]] = [
             ("/evaluation", self.evaluation),
             ("/evaluations", self.evaluations),
             ("/search/subject", self.search_subject),
@@ -378,12 +395,12 @@ class AuthZen:
         ]
 
     def _endpoint(
-        self, handler: Callable[[Json, Peer], Awaitable[Json]]
+        self, handler: Callable[[Json, Caller], Awaitable[Json]]
     ) -> Callable[[Request], Awaitable[Response]]:
         async def endpoint(request: Request) -> Response:
             try:
                 await self._authenticated(request)
-                response = _json(await handler(await _body(request), _peer(request)))
+                response = _json(await handler(await _body(request), _caller(request)))
             except Failure as exc:
                 response = Response(exc.message, exc.status, exc.headers, media_type="text/plain")
             except Exception:
@@ -421,9 +438,13 @@ class AuthZen:
             message, challenge = "the bearer token is not valid", f'Bearer error="{found.error}"'
         raise Failure(found.status, message, {"WWW-Authenticate": challenge})
 
-    async def _decide(self, request: Asked, peer: Peer) -> tuple[Decision, str]:
+    async def _decide(
+        self, request: Asked, caller: Caller, index: int | None = None
+    ) -> tuple[Decision, str]:
         try:
-            decision, decision_id, _ = await self.point.decide(request, peer)
+            decision, decision_id, _ = await self.point.decide(
+                request, caller.peer, once=caller.once(index)
+            )
         except RequestError as exc:
             raise bad(str(exc)) from None
         return decision, decision_id
@@ -434,19 +455,19 @@ class AuthZen:
         except RequestError as exc:
             raise bad(str(exc)) from None
 
-    async def evaluation(self, body: Json, peer: Peer) -> Json:
+    async def evaluation(self, body: Json, caller: Caller) -> Json:
         """Access Evaluation (§6)."""
         request = evaluation_request(self.point.schema, body)
-        decision, decision_id = await self._decide(request, peer)
+        decision, decision_id = await self._decide(request, caller)
         return answer(decision, decision_id, _explain(body))
 
-    async def evaluations(self, body: Json, peer: Peer) -> Json:
+    async def evaluations(self, body: Json, caller: Caller) -> Json:
         """Access Evaluations (§7): every item checked before any is decided, so a bad
         item changes nothing (no limit used, no record); then decided in order, stopping
         as the semantic says."""
         items = body.get("evaluations")
         if items is None or items == []:  # §7.1: as a single evaluation
-            return await self.evaluation(body, peer)
+            return await self.evaluation(body, caller)
         if not isinstance(items, list):
             raise bad("evaluations must be an array")
         if len(items) > MAX_EVALUATIONS:
@@ -468,8 +489,8 @@ class AuthZen:
             requests.append(evaluation_request(schema, merged, where))
         explain = _explain(body)
         results = []
-        for request in requests:
-            decision, decision_id = await self._decide(request, peer)
+        for index, request in enumerate(requests):
+            decision, decision_id = await self._decide(request, caller, index)
             results.append(answer(decision, decision_id, explain))
             if semantic == "deny_on_first_deny" and not decision.allow:
                 break
@@ -477,7 +498,7 @@ class AuthZen:
                 break
         return {"evaluations": results}
 
-    async def search_subject(self, body: Json, peer: Peer) -> Json:
+    async def search_subject(self, body: Json, caller: Caller) -> Json:
         """Subject Search (§8.4): the directory's agents allowed the action on the
         resource; the subject's id is ignored, its properties (user, delegation) kept."""
         offset, limit = _page(body)
@@ -497,7 +518,7 @@ class AuthZen:
                 results.append({"type": SUBJECT_TYPE, "id": agent})
         return _paged(body, results, offset, limit)
 
-    async def search_resource(self, body: Json, peer: Peer) -> Json:
+    async def search_resource(self, body: Json, caller: Caller) -> Json:
         """Resource Search (§8.5): the ids of the resource type that the policies name for
         the action and that the subject is allowed."""
         offset, limit = _page(body)
@@ -515,7 +536,7 @@ class AuthZen:
                 results.append({"type": kind, "id": ident})
         return _paged(body, results, offset, limit)
 
-    async def search_action(self, body: Json, peer: Peer) -> Json:
+    async def search_action(self, body: Json, caller: Caller) -> Json:
         """Action Search (§8.6): the actions the policies name for the resource that the
         subject is allowed."""
         offset, limit = _page(body)

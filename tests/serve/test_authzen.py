@@ -427,6 +427,25 @@ def test_searching_does_not_use_up_limits(pdp: Pdp) -> None:
     assert pdp.ok("/evaluation", evaluation(external, "web.search")) == {"decision": True}
 
 
+def test_a_retried_evaluation_uses_up_its_limit_once(pdp: Pdp) -> None:
+    external = pdp.agent("retrier", agentType="external")
+    search = evaluation(external, "web.search")
+
+    def allowed(key: str, body: Any = search) -> Any:
+        response = pdp.post("/evaluation", body, **({"Idempotency-Key": key} if key else {}))
+        assert response.status_code == 200, response.text
+        return response.json()["decision"]
+
+    assert [allowed("call-0") for _ in range(3)] == [True] * 3  # one call, sent three times
+    batch = {"evaluations": [search, search]}
+    for _ in range(2):  # a batch retried: each of its evaluations counts once
+        response = pdp.post("/evaluations", batch, **{"Idempotency-Key": "batch-0"})
+        assert [r["decision"] for r in response.json()["evaluations"]] == [True, True]
+    assert [allowed(f"call-{n}") for n in range(1, 58)] == [True] * 57  # 60 a minute in all
+    assert allowed("call-58") is False
+    assert allowed("") is False  # without a key, each evaluation is a new call
+
+
 # ------------------------------------------------------------------ tessera serve
 
 
