@@ -101,3 +101,20 @@ def held(lock: threading.Lock, timeout: float, store: str) -> Iterator[None]:
         yield
     finally:
         lock.release()
+
+
+class Guarded:
+    """A shared store whose round trips go through its :class:`Breaker`: the breaker's
+    counts, as the store's metrics read them."""
+
+    _breaker: Breaker
+
+    @property
+    def errors(self) -> int:
+        """Round trips that failed (unreachable, timed out, refused)."""
+        return self._breaker.errors
+
+    @property
+    def rejected(self) -> int:
+        """Calls refused at once while the store was failing."""
+        return self._breaker.rejected

@@ -44,7 +44,7 @@ from pdp.counters.base import (
     oldest_bucket,
     once_key,
 )
-from pdp.counters.breaker import BACKOFF, Breaker
+from pdp.counters.breaker import BACKOFF, Breaker, Guarded
 from pdp.counters.units import amount_units, cap_units, from_units
 
 TIMEOUT = 0.1  # seconds a round trip (or connecting) may take
@@ -99,7 +99,7 @@ return -1
 """
 
 
-class RedisCounters:
+class RedisCounters(Guarded):
     """A :class:`~pdp.counters.CounterStore` in Redis (``redis://host:port/db``, or
     ``rediss://`` for TLS). Connects on first use, through a small pool."""
 
@@ -129,16 +129,6 @@ class RedisCounters:
         self._client = redis.Redis(connection_pool=pool)
         self._script = self._client.register_script(CHARGE)
         self._breaker = Breaker(self.name, backoff)
-
-    @property
-    def errors(self) -> int:
-        """Round trips that failed (unreachable, timed out, refused)."""
-        return self._breaker.errors
-
-    @property
-    def rejected(self) -> int:
-        """Calls refused at once while the store was failing."""
-        return self._breaker.rejected
 
     def charge(
         self, charges: tuple[Charge, ...], now: float, *, record: bool = True, once: str = ""

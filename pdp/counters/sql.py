@@ -34,7 +34,7 @@ from pdp.counters.base import (
     oldest_bucket,
     once_key,
 )
-from pdp.counters.breaker import BACKOFF, Breaker
+from pdp.counters.breaker import BACKOFF, Breaker, Guarded
 from pdp.counters.schema import Database, Once, Step
 from pdp.counters.units import amount_units, cap_units, from_units
 
@@ -42,7 +42,7 @@ TIMEOUT = 0.1  # seconds a round trip may take
 SWEEP_EVERY = 64  # recording charges between two deletions of expired rows
 
 
-class SqlCounters:
+class SqlCounters(Guarded):
     """A :class:`~pdp.counters.CounterStore` in a SQLite file or a PostgreSQL database.
 
     ``url`` is the directory's: ``sqlite:///path.db`` or ``postgresql://host/db`` (with
@@ -54,16 +54,6 @@ class SqlCounters:
         self.name = self._db.name
         self._breaker = Breaker(self.name, backoff)
         self._recorded = 0  # recording charges, for the sweep
-
-    @property
-    def errors(self) -> int:
-        """Round trips that failed (unreachable, timed out, refused)."""
-        return self._breaker.errors
-
-    @property
-    def rejected(self) -> int:
-        """Calls refused at once while the store was failing."""
-        return self._breaker.rejected
 
     def charge(
         self, charges: tuple[Charge, ...], now: float, *, record: bool = True, once: str = ""
