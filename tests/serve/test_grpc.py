@@ -199,20 +199,25 @@ def test_repeated_requests_come_from_the_cache_with_fresh_ids(server: Server) ->
     assert first.decision_id != second.decision_id
 
 
-def test_requests_that_meet_a_limit_are_never_cached(server: Server) -> None:
-    stub = pb_grpc.AuthorizerStub(server.channel)
-    service = server.running.point
-    partner = pb.Agent(
-        id="cache-partner",
+def web_search(agent_id: str) -> pb.AuthorizeRequest:
+    """An outside agent calling web.search, which external_search limits to 60 a minute."""
+    agent = pb.Agent(
+        id=agent_id,
         attributes={
             "status": pb.Value(string="active"),
             "risk": pb.Value(risk="low"),
             "type": pb.Value(string="external"),
         },
     )
-    question = pb.AuthorizeRequest(
-        agent=partner, action="tool.call", resource=pb.Resource(type="tool", id="web.search")
+    return pb.AuthorizeRequest(
+        agent=agent, action="tool.call", resource=pb.Resource(type="tool", id="web.search")
     )
+
+
+def test_requests_that_meet_a_limit_are_never_cached(server: Server) -> None:
+    stub = pb_grpc.AuthorizerStub(server.channel)
+    service = server.running.point
+    question = web_search("cache-partner")
     hits = service.cache_hits
     answers = [stub.Authorize(question, timeout=5).allow for _ in range(61)]
     assert answers == [True] * 60 + [False]  # the 60-a-minute limit still counts
@@ -221,17 +226,7 @@ def test_requests_that_meet_a_limit_are_never_cached(server: Server) -> None:
 
 def test_a_retried_call_uses_up_its_limit_once(server: Server) -> None:
     stub = pb_grpc.AuthorizerStub(server.channel)
-    retrier = pb.Agent(
-        id="retrying-partner",
-        attributes={
-            "status": pb.Value(string="active"),
-            "risk": pb.Value(risk="low"),
-            "type": pb.Value(string="external"),
-        },
-    )
-    question = pb.AuthorizeRequest(
-        agent=retrier, action="tool.call", resource=pb.Resource(type="tool", id="web.search")
-    )
+    question = web_search("retrying-partner")
 
     def ask(key: str) -> bool:
         metadata = (("idempotency-key", key),) if key else ()
