@@ -8,6 +8,8 @@ import threading
 
 from pdp.counters.base import FITS, Amount, Charge, bucket_of, oldest_bucket, once_key
 
+MAX_ONCE = 100_000  # idempotency records kept at the most
+
 
 class MemoryCounters:
     """A sliding window of :data:`~pdp.counters.BUCKETS` buckets per key.
@@ -83,6 +85,8 @@ class MemoryCounters:
             self._series[key] = dict(sorted(buckets.items()))
 
     def _remember(self, key: str, expires: float, now: float) -> None:
-        if len(self._once) >= 100_000:  # bounded: expired records go first
+        if len(self._once) >= MAX_ONCE:  # bounded: expired records go first, then the oldest
             self._once = {k: t for k, t in self._once.items() if t > now}
+            while len(self._once) >= MAX_ONCE:
+                del self._once[next(iter(self._once))]
         self._once[key] = expires
