@@ -9,8 +9,8 @@ proxy), so the bounds are one set and are documented once, in docs/limits.md:
   (RFC 8259 §8.2: such text is not interoperable), no number a double cannot hold, and at
   most :data:`MAX_DEPTH` arrays and objects inside one another.
 
-Integers are read exactly, however many digits they have (up to Python's 4,300), so a
-document relayed after reading says what it said. Each refusal is a :class:`WireError`
+Integers are read exactly, up to :data:`MAX_DIGITS` digits, so a document relayed after
+reading says what it said. Each refusal is a :class:`WireError`
 whose ``status`` is the HTTP status that fits; each door answers it in its protocol's
 own error (SCIM ``invalidSyntax``, OAuth ``invalid_request``, JSON-RPC −32700).
 """
@@ -29,6 +29,7 @@ from starlette.requests import ClientDisconnect, Request
 from issuer.errors import IssuerError
 
 MAX_DEPTH = 64  # arrays and objects inside one another
+MAX_DIGITS = 4300  # of an integer (Python's own bound on converting text to int)
 READ_TIMEOUT = 10.0  # seconds for a whole body, from the first read
 
 # orjson reads an integer beyond 64 bits as a double, losing digits: a document with a
@@ -48,6 +49,10 @@ class NotJson(WireError):
 
 class TooDeep(NotJson):
     """The document nests deeper than the bound."""
+
+
+class TooLong(NotJson):
+    """A number with more digits than the bound."""
 
 
 class TooLarge(WireError):
@@ -87,7 +92,9 @@ def read_json(raw: bytes | bytearray | str, max_depth: int = MAX_DEPTH) -> Any:
 def _read_exactly(data: bytes, max_depth: int) -> Any:
     """The standard parser, exact for big integers, held to what orjson refuses."""
     try:
-        value = json.loads(data, parse_constant=_no_constant, parse_float=_finite)
+        value = json.loads(data, parse_constant=_no_constant, parse_float=_finite, parse_int=_int)
+    except WireError:
+        raise
     except RecursionError:
         raise TooDeep(f"the document nests deeper than {max_depth} levels") from None
     except ValueError as exc:  # UnicodeDecodeError and JSONDecodeError included
@@ -98,6 +105,13 @@ def _read_exactly(data: bytes, max_depth: int) -> Any:
 
 def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a JSON value")
+
+
+def _int(text: str) -> int:
+    digits = len(text.lstrip("-"))
+    if digits > MAX_DIGITS:
+        raise TooLong(f"the document holds a number of {digits:,} digits; at most {MAX_DIGITS:,}")
+    return int(text)
 
 
 def _finite(text: str) -> float:

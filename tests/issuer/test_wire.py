@@ -39,7 +39,7 @@ def test_a_json_document_reads_back_as_written(value: Any) -> None:
         assert read_json(text) == value
 
 
-@pytest.mark.parametrize("digits", [20, 40, 300])
+@pytest.mark.parametrize("digits", [20, 40, 300, 4300])
 def test_integers_of_any_length_read_exactly(digits: int) -> None:
     number = int("9" * digits)
     assert read_json(f'{{"n": {number}, "s": "x"}}'.encode()) == {"n": number, "s": "x"}
@@ -56,7 +56,8 @@ def test_integers_of_any_length_read_exactly(digits: int) -> None:
         (b'["\\ud800", 123456789012345678901234]', "lone surrogate"),
         (b'{"\\udc00": 123456789012345678901234}', "lone surrogate"),
         (b'"\xff"', "not JSON"),
-        (b"1" + b"0" * 5000, "not JSON"),
+        (b"1" + b"0" * 5000, "a number of 5,001 digits; at most 4,300"),
+        (b"[-" + b"9" * 4301 + b"]", "a number of 4,301 digits"),
         (b"{", "not JSON"),
     ],
 )
