@@ -8,15 +8,15 @@ filtered; a JSON answer whole, an SSE answer event by event as it streams. The s
 the upstream opens are kept for the caller that opened them, and forgotten when ended.
 
 An upstream that times out, cannot be reached, refuses the proxy's credential, fails
-(5xx), breaks off, or sends what is not its answer (bad JSON, over the size limit) leaves
-each forwarded request answered with a JSON-RPC error (``-32603``), and is counted in
+(5xx), breaks off, or sends what is not its answer (JSON the proxy cannot read within the
+bounds of :func:`issuer.wire.read_json`, over the size limit) leaves each forwarded
+request answered with a JSON-RPC error (``-32603``), and is counted in
 ``tessera_mcp_proxy_upstream_failures_total`` by why.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -25,6 +25,7 @@ from typing import Any
 from cachetools import TTLCache
 from starlette.responses import Response, StreamingResponse
 
+from issuer.wire import WireError, read_json
 from pep.mcp_proxy.answers import DECISION_HEADER, answer, json_error
 from pep.mcp_proxy.config import Upstream
 from pep.mcp_proxy.credentials import CredentialError, Credentials
@@ -41,6 +42,7 @@ from pep.mcp_proxy.headers import (
 from pep.mcp_proxy.jsonrpc import (
     UPSTREAM_ERROR,
     SseTooLarge,
+    SseUnreadable,
     dumps,
     error,
     has_event_id,
@@ -183,9 +185,9 @@ class Relay:
             return self._failed(upstream, payload, plan, "5xx", reason)
         if kind == "application/json" and (plan.filters or plan.local) and raw:
             try:
-                parsed = json.loads(raw)
-            except ValueError:
-                reason = f"upstream {upstream.name!r} sent bad JSON"
+                parsed = read_json(raw)
+            except WireError as exc:
+                reason = f"upstream {upstream.name!r} sent an answer the proxy cannot read ({exc})"
                 return self._failed(upstream, payload, plan, "bad_json", reason)
             rewritten = await self._rewrite_all(upstream, caller, plan, parsed)
             return answer(response.status, dumps(rewritten), plan.decisions, returned)
@@ -262,6 +264,8 @@ class Relay:
             log.warning("upstream %s: the stream broke off", upstream.name)
         except SseTooLarge:
             why, resumable = "sent an event over the size limit", False
+        except SseUnreadable as exc:
+            why, resumable = str(exc), False
         finally:
             await events.aclose()
             await response.aclose()

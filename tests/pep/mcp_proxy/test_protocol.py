@@ -20,7 +20,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from pep.mcp_proxy.jsonrpc import HEADER_MISMATCH, INVALID_REQUEST, UPSTREAM_ERROR
+from pep.mcp_proxy.jsonrpc import HEADER_MISMATCH, INVALID_REQUEST, PARSE_ERROR, UPSTREAM_ERROR
 from tests.pep.mcp_proxy.test_proxy import ACCEPT, call, machine, modern, post, token_for
 from tests.pep.mcp_proxy.test_upstreams import request
 from tests.pep.mcp_proxy.world import World, world
@@ -233,13 +233,16 @@ def test_ids_that_are_one_number_are_one_id(recorded: Recorded) -> None:
     assert answer["error"]["message"] == "the batch gives the request id 1.0 twice"
 
 
-def test_a_lone_surrogate_in_a_string_goes_on_escaped(recorded: Recorded) -> None:
-    """JSON text may hold one (RFC 8259 §8.2); it is passed on as the client wrote it."""
+def test_a_lone_surrogate_in_a_string_is_a_parse_error(recorded: Recorded) -> None:
+    """RFC 8259 §8.2: such text is not interoperable, so the upstream might read it another
+    way than the proxy decided it; it is refused, as at every Tessera door."""
+    before = recorded.recorder.count()
     raw = b'{"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "search", '
     raw += b'"arguments": {"query": "\\ud800"}}}'
-    response = recorded.post("ok", raw)
-    assert response.status_code == 200, response.text
-    assert b'"query":"\\ud800"' in recorded.recorder.last()[2]
+    answer = refused(recorded.post("ok", raw), 400, PARSE_ERROR)
+    assert answer["id"] is None
+    assert answer["error"]["message"].startswith("the document is not JSON")
+    assert recorded.recorder.count() == before
 
 
 def test_the_upstream_gets_the_message_as_the_proxy_read_it(recorded: Recorded) -> None:
