@@ -11,7 +11,8 @@ batch; GET the server's stream; DELETE a session), with on every request, in ord
    403 ``insufficient_scope``;
 4. the body must fit ``max_body`` (413), arrive whole within ``body_timeout`` (408),
    be JSON within :mod:`issuer.wire`'s bounds (400, ``-32700``) and JSON-RPC (400,
-   ``-32600``);
+   ``-32600``), and a batch must be of a protocol revision that has batches (400,
+   ``-32600``: none since 2025-06-18, :func:`headers.batch_refusal`);
 5. ``Mcp-Method`` and ``Mcp-Name`` headers, when sent, must match the body (400,
    ``-32020``);
 6. an ``Mcp-Session-Id`` must belong to the same agent and user that opened it (404);
@@ -57,6 +58,7 @@ from pep.mcp_proxy.decisions import Decider, LocalDecider
 from pep.mcp_proxy.headers import (
     SESSION_HEADER,
     Incoming,
+    batch_refusal,
     is_stateless,
     media_type,
 )
@@ -313,6 +315,8 @@ class Proxy:
         except WireError as exc:  # not JSON, or beyond the bounds (depth, digits)
             return json_error(400, None, PARSE_ERROR, str(exc))
         batch = isinstance(parsed, list)
+        if batch and (unbatched := batch_refusal(request)) is not None:
+            return json_error(400, None, INVALID_REQUEST, unbatched)
         if batch and not parsed:
             return json_error(400, None, INVALID_REQUEST, "the batch is empty")
         messages = []

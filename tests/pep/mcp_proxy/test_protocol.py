@@ -182,6 +182,46 @@ def test_each_invalid_member_of_a_batch_gets_its_own_error(recorded: Recorded) -
     assert json.loads(recorded.recorder.last()[2]) == [ping]  # only the valid one went on
 
 
+@pytest.mark.parametrize("version", ["2025-06-18", "2025-11-25", LATEST_MODERN_VERSION])
+def test_a_batch_is_refused_in_a_revision_without_batches(recorded: Recorded, version: str) -> None:
+    """MCP 2025-06-18 removed JSON-RPC batching: one invalid request (JSON-RPC 2.0 §6),
+    400 as Streamable HTTP answers a message it cannot accept; nothing goes on."""
+    before = recorded.recorder.count()
+    batch = [request("ping", {}, id=1), request("tools/list", {}, id=2)]
+    response = recorded.post("ok", batch, **{"MCP-Protocol-Version": version})
+    assert response.status_code == 400, response.text
+    message = f"MCP {version} has no JSON-RPC batches (removed in 2025-06-18): send each alone"
+    assert response.json() == {
+        "jsonrpc": "2.0",
+        "id": None,
+        "error": {"code": INVALID_REQUEST, "message": message},
+    }
+    assert recorded.recorder.count() == before
+
+
+def test_a_batch_in_a_revision_the_proxy_does_not_know_is_refused(recorded: Recorded) -> None:
+    before = recorded.recorder.count()
+    batch = [request("ping", {}, id=1)]
+    answer = refused(
+        recorded.post("ok", batch, **{"MCP-Protocol-Version": "2099-01-01"}), 400, INVALID_REQUEST
+    )
+    assert answer["id"] is None
+    assert recorded.recorder.count() == before
+
+
+@pytest.mark.parametrize("version", ["2024-11-05", "2025-03-26", None])
+def test_a_batch_goes_on_in_a_revision_with_batches(
+    recorded: Recorded, version: str | None
+) -> None:
+    """Before 2025-06-18, and without the header (a server then assumes 2025-03-26)."""
+    batch = [request("ping", {}, id=1), request("tools/list", {}, id=2)]
+    headers = {"MCP-Protocol-Version": version} if version else {}
+    response = recorded.post("ok", batch, **headers)
+    assert response.status_code == 200, response.text
+    assert [a["id"] for a in response.json()] == [1, 2]
+    assert json.loads(recorded.recorder.last()[2]) == batch
+
+
 def test_a_batch_of_nothing_valid_is_400_with_an_error_each(recorded: Recorded) -> None:
     response = recorded.post("ok", b"[1, 2]")
     assert response.status_code == 400
