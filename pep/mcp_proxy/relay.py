@@ -11,7 +11,9 @@ An upstream that times out, cannot be reached, refuses the proxy's credential, f
 (5xx), breaks off, or sends what is not its answer (JSON the proxy cannot read within the
 bounds of :func:`issuer.wire.read_json`, over the size limit) leaves each forwarded
 request answered with a JSON-RPC error (``-32603``), and is counted in
-``tessera_mcp_proxy_upstream_failures_total`` by why.
+``tessera_mcp_proxy_upstream_failures_total`` by why. An upstream that refuses a request
+(4xx) without naming its id (``id: null``, or no JSON-RPC at all) has its error given to
+each request it refused, with that request's id.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from pep.mcp_proxy.headers import (
 )
 from pep.mcp_proxy.jsonrpc import (
     UPSTREAM_ERROR,
+    Message,
     SseTooLarge,
     SseUnreadable,
     dumps,
@@ -183,6 +186,10 @@ class Relay:
         if response.status >= 500 and payload is not None:
             reason = f"upstream {upstream.name!r} failed"
             return self._failed(upstream, payload, plan, "5xx", reason)
+        if 400 <= response.status < 500 and payload is not None:
+            refused = self._refused(upstream, payload, plan, response.status, raw, returned)
+            if refused is not None:
+                return refused
         if kind == "application/json" and (plan.filters or plan.local) and raw:
             try:
                 parsed = read_json(raw)
@@ -293,6 +300,40 @@ class Relay:
         rewritten = await self._rewrite_all(upstream, caller, plan, answered)
         return answer(200, dumps(rewritten), plan.decisions)
 
+    def _refused(
+        self,
+        upstream: Upstream,
+        payload: Any,
+        plan: Plan,
+        status: int,
+        raw: bytes,
+        headers: dict[str, str],
+    ) -> Response | None:
+        """An upstream's 4xx answer that names no request (a JSON-RPC error with ``id:
+        null``, as the Streamable HTTP transport allows, or no JSON-RPC at all) given to
+        each request forwarded, with its own id and the upstream's status; None when the
+        answer names its requests, or none was forwarded."""
+        sent = payload if isinstance(payload, list) else [payload]
+        requests = [m for m in sent if is_request(m)]
+        try:
+            said = read_json(raw) if raw else None
+        except WireError:
+            said = None
+        if not requests or isinstance(said, list) or _names_an_id(said):
+            return None
+        said_error: Any = said.get("error") if isinstance(said, dict) else None
+        if _is_error_object(said_error):
+            kept = {k: said_error[k] for k in ("code", "message", "data") if k in said_error}
+        else:
+            reason = f"upstream {upstream.name!r} refused the request (HTTP {status})"
+            kept = {"code": UPSTREAM_ERROR, "message": reason}
+        answers: list[Message] = [
+            *plan.local,
+            *({"jsonrpc": "2.0", "id": m["id"], "error": kept} for m in requests),
+        ]
+        body: Any = answers if isinstance(payload, list) or len(answers) > 1 else answers[0]
+        return answer(status, dumps(body), plan.decisions, headers)
+
     def _failed(
         self, upstream: Upstream, payload: Any, plan: Plan, why: str, reason: str
     ) -> Response:
@@ -306,6 +347,21 @@ class Relay:
             return json_error(502, None, UPSTREAM_ERROR, reason)
         body: Any = answers if isinstance(payload, list) or len(answers) > 1 else answers[0]
         return answer(200, dumps(body), plan.decisions)
+
+
+def _names_an_id(message: Any) -> bool:
+    """Whether ``message`` is a JSON-RPC answer to a request it names by id."""
+    return isinstance(message, dict) and message.get("id") is not None
+
+
+def _is_error_object(value: Any) -> bool:
+    """Whether ``value`` is a JSON-RPC error object (JSON-RPC 2.0 §5.1): an integer code
+    and a string message."""
+    return (
+        isinstance(value, dict)
+        and type(value.get("code")) is int
+        and isinstance(value.get("message"), str)
+    )
 
 
 async def _chunks(response: UpstreamResponse) -> AsyncIterator[bytes]:
