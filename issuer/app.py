@@ -37,15 +37,24 @@ from issuer.store import Store
 SCIM_PATH = "/scim/v2"
 
 
-def issuer_app(
+def issuer_routes(
     store: Store, authenticate: Authenticator, oauth: AuthorizationServer | None = None
-) -> Starlette:
-    """Every HTTP endpoint of the issuer, under one application: SCIM at ``/scim/v2`` and,
-    with ``oauth``, the authorization server's endpoints."""
+) -> list[BaseRoute]:
+    """Every HTTP endpoint of the issuer: SCIM at ``/scim/v2`` and, with ``oauth``, the
+    authorization server's endpoints. Routes, not an application, so that an application
+    serving other routes beside them lists them in one router: a catch-all mount would
+    answer 404 where a known path asked with another method deserves 405 with ``Allow``."""
     routes: list[BaseRoute] = [Mount(SCIM_PATH, app=scim_app(store, authenticate))]
     if oauth is not None:
         routes = [*oauth.routes(), *routes]
-    return Starlette(routes=routes)
+    return routes
+
+
+def issuer_app(
+    store: Store, authenticate: Authenticator, oauth: AuthorizationServer | None = None
+) -> Starlette:
+    """The issuer's routes (:func:`issuer_routes`) as one application."""
+    return Starlette(routes=issuer_routes(store, authenticate, oauth))
 
 
 @dataclass(frozen=True)

@@ -34,9 +34,9 @@ from prometheus_client import Counter
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Mount, Route
+from starlette.routing import Route
 
-from issuer.app import SCIM_PATH, HttpRunning, bind, issuer_app, serve_http
+from issuer.app import SCIM_PATH, HttpRunning, bind, issuer_routes, serve_http
 from issuer.keys import KeyRing, ScheduledRotation
 from issuer.oauth.endpoints import METADATA_PATH, AuthorizationServer
 from issuer.oauth.tokens import IssuedHook
@@ -346,7 +346,7 @@ async def _serve_issuer(
         routes=[
             Route(HEALTH_PATH, _health(point), methods=["GET"]),
             *authzen.routes(),
-            Mount("", app=issuer_app(store, scim_admins, oauth)),
+            *issuer_routes(store, scim_admins, oauth),
         ]
     )
     http = await serve_http(app, planes.sock, tls, config.tls_client_ca or None)

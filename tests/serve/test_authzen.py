@@ -491,3 +491,32 @@ def test_tessera_serve_offers_authzen_and_ext_authz(tmp_path: Path) -> None:
         with grpc.insecure_channel(f"127.0.0.1:{grpc_port.group(1)}") as channel:
             check = auth_grpc.AuthorizationStub(channel).Check(auth.CheckRequest(), timeout=5)
             assert check.denied_response.status.code == 401
+
+
+def test_tessera_serve_answers_a_wrong_method_405_with_allow(tmp_path: Path) -> None:
+    """The AuthZEN routes share `tessera serve`'s HTTP port with the issuer's: a known path
+    asked with another method is 405 naming the methods it takes, an unknown path 404."""
+    with (
+        store_url("sqlite", tmp_path) as url,
+        tessera_serve(
+            *("--policies", str(SHIPPED_POLICIES), "--store", url),
+            *("--port", "0", "--http-port", "0", "--metrics-port", "-1", "--grace", "1"),
+            *("--admin-token", ADMIN_TOKEN),
+            lines=4,
+        ) as (_, lines),
+    ):
+        found = re.search(r"AuthZEN at (http://127\.0\.0\.1:\d+)/access/v1", lines[3])
+        assert found, lines
+        with httpx.Client(base_url=found.group(1), timeout=10) as http:
+            for path in ("evaluation", "evaluations", "search/subject", "search/action"):
+                for method in ("GET", "PUT", "DELETE"):
+                    response = http.request(method, f"{AUTHZEN_PATH}/{path}")
+                    assert response.status_code == 405, (method, path, response.text)
+                    assert response.headers["allow"] == "POST"
+            metadata = http.post("/.well-known/authzen-configuration")
+            assert metadata.status_code == 405
+            assert set(metadata.headers["allow"].split(", ")) == {"GET", "HEAD"}  # a set's order
+            token = http.get("/oauth/token")  # the issuer's routes alike
+            assert (token.status_code, token.headers["allow"]) == (405, "POST")
+            assert http.get(f"{AUTHZEN_PATH}/nothing").status_code == 404
+            assert http.get("/nowhere").status_code == 404
