@@ -67,6 +67,18 @@ NO_HTTP_ISSUER = "urn:tessera:issuer"  # who signs audit checkpoints when no iss
 
 SERVICE_NAME = grpc_door.SERVICE_NAME
 
+# What one call may send the gRPC port (docs/limits.md), stated here so it stays put: a
+# message or metadata over its bound is refused RESOURCE_EXHAUSTED before it is parsed.
+# gRPC refuses metadata between a soft bound (8 KiB) and a hard one (16 KiB) at random;
+# here both are the hard one, so a call is refused always or never.
+MAX_MESSAGE = 4 * 1024 * 1024  # bytes of a request message (gRPC's default)
+MAX_METADATA = 16 * 1024  # bytes of a call's metadata, as an HTTP request head's bound
+GRPC_BOUNDS = (
+    ("grpc.max_receive_message_length", MAX_MESSAGE),
+    ("grpc.max_metadata_size", MAX_METADATA),
+    ("grpc.absolute_max_metadata_size", MAX_METADATA),
+)
+
 __all__ = [
     "DEFAULT_CACHE_SIZE",
     "SERVICE_NAME",
@@ -194,7 +206,8 @@ def _listen(
     """A gRPC server listening on ``address``, plaintext or (mutual) TLS, and the port
     bound. gRPC sets ``SO_REUSEPORT`` unless told not to; only with ``reuse_port`` is it
     kept, so that a lone server finds a port another process holds taken."""
-    server = grpc.aio.server(options=[("grpc.so_reuseport", int(reuse_port))])
+    options = [("grpc.so_reuseport", int(reuse_port)), *GRPC_BOUNDS]
+    server = grpc.aio.server(options=options)
     if tls is None:
         bound = server.add_insecure_port(address)
     else:
