@@ -402,6 +402,24 @@ def test_a_body_that_does_not_arrive_in_time_is_408_invalid_request(
     }
 
 
+DEEP_JWT = f"{b64url(b'[' * 5000 + b']' * 5000)}.e30.AAAA"  # a header nested 5,000 deep
+
+
+def test_a_deeply_nested_token_is_inactive(oauth: OAuthService) -> None:
+    assert oauth.introspect(DEEP_JWT) == {"active": False}  # RFC 7662 §2.2
+
+
+def test_a_deeply_nested_client_assertion_is_401_invalid_client(oauth: OAuthService) -> None:
+    error = expect_error(assertion_request(oauth, DEEP_JWT), 401, "invalid_client")
+    assert error["error_description"] == "the client assertion is not a JWT"
+
+
+def test_a_deeply_nested_admin_token_is_401_invalid_token(oauth: OAuthService) -> None:
+    header = f"{b64url(b'[' * 3000 + b']' * 3000)}.e30.AAAA"  # within the head's 16 KiB
+    response = oauth.http.get("/oauth/api-keys", headers={"Authorization": f"Bearer {header}"})
+    expect_error(response, 401, "invalid_token")
+
+
 # ---------------------------------------------------------------- client_credentials
 
 
