@@ -151,9 +151,11 @@ def _encodable(text: str) -> bool:
     return True
 
 
-async def read_body(request: Request, limit: int, timeout: float = READ_TIMEOUT) -> bytes:
+async def read_body(request: Request, limit: int, timeout: float | None = None) -> bytes:
     """The request's whole body: :class:`TooLarge` over ``limit`` bytes (declared or
-    sent), :class:`TooSlow` when it has not arrived whole within ``timeout`` seconds."""
+    sent), :class:`TooSlow` when it has not arrived whole within ``timeout`` seconds
+    (:data:`READ_TIMEOUT`, read when called, unless given)."""
+    timeout = READ_TIMEOUT if timeout is None else timeout
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
         raise TooLarge(f"the body is larger than {limit} bytes")
