@@ -302,10 +302,14 @@ class Calls:
         """End the call with the status ``exc`` stands for (an abort passes through)."""
         if isinstance(exc, grpc.aio.AbortError):
             return
-        if isinstance(exc, RequestTooLarge):
-            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
         if isinstance(exc, RequestError):
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            # The abort's exception outlives the call in a reference cycle through grpc's
+            # frames, until the cyclic collector runs: let it keep none of the request.
+            exc.__traceback__ = None
+            code = grpc.StatusCode.INVALID_ARGUMENT
+            if isinstance(exc, RequestTooLarge):
+                code = grpc.StatusCode.RESOURCE_EXHAUSTED
+            await context.abort(code, str(exc))
         log.error("%s failed", self.method, exc_info=exc)
         await context.abort(grpc.StatusCode.INTERNAL, INTERNAL)
 
@@ -335,6 +339,7 @@ class AuthorizerDoor:
             once = partial(idempotency_key, context)
             return answer_to_bytes(await point.decide(request, context.peer, key=key, once=once))
         except Exception as exc:
+            raw = b""  # this frame, too, outlives the call until collected (see failed)
             await calls.failed(exc, context)
             raise
         finally:
