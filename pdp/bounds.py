@@ -28,7 +28,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 from pdp.model import RequestError
 
@@ -94,7 +94,8 @@ def _text_bytes(text: str) -> int:
 
 
 class Measure:
-    """One request's size as its parts are read, refused as soon as a bound is passed."""
+    """One request's size as its parts are read, refused as soon as a bound is passed.
+    Every request pays for it, so the common case (ASCII text) is measured inline."""
 
     __slots__ = ("bounds", "total")
 
@@ -104,9 +105,13 @@ class Measure:
 
     def text(self, *parts: str | None) -> None:
         """Count ids and the action towards the request's total."""
+        total = self.total
         for part in parts:
             if part:
-                self._add(_text_bytes(part))
+                total += len(part) if part.isascii() else _text_bytes(part)
+        self.total = total
+        if total > self.bounds.request_bytes:
+            self._over()
 
     def count(self, how_many: int, where: str) -> None:
         """Refuse a map of more attributes than the bound."""
@@ -119,26 +124,29 @@ class Measure:
 
     def value(self, path: str, key: str, value: Any, declared: bool) -> None:
         """Measure one attribute; refuse it over its bound, or the request over its own."""
-        size = size_of(value)
+        size = len(value) if value.__class__ is str and value.isascii() else size_of(value)
         bounds = self.bounds
-        if declared and size > bounds.value_bytes:
+        if size > (bounds.value_bytes if declared else bounds.undeclared_bytes):
+            self._refuse(path, size, declared)
+        self.total += size + (len(key) if key.isascii() else _text_bytes(key))
+        if self.total > bounds.request_bytes:
+            self._over()
+
+    def _refuse(self, path: str, size: int, declared: bool) -> NoReturn:
+        bounds = self.bounds
+        if declared:
             raise RequestTooLarge(
                 f"{path}: {size:,} bytes, over the {bounds.value_bytes:,} an attribute's "
                 "value may have (max_value_bytes)"
             )
-        if not declared and size > bounds.undeclared_bytes:
-            raise RequestTooLarge(
-                f"{path}: {size:,} bytes, over the {bounds.undeclared_bytes:,} the value of "
-                "an attribute the schema does not declare may have (max_undeclared_bytes); "
-                "declare it in the schema, or leave it out"
-            )
-        self._add(_text_bytes(key) + size)
+        raise RequestTooLarge(
+            f"{path}: {size:,} bytes, over the {bounds.undeclared_bytes:,} the value of "
+            "an attribute the schema does not declare may have (max_undeclared_bytes); "
+            "declare it in the schema, or leave it out"
+        )
 
-    def _add(self, size: int) -> None:
-        self.total += size
-        most = self.bounds.request_bytes
-        if self.total > most:
-            raise RequestTooLarge(
-                f"the request is over the {most:,} bytes a decision request may have "
-                "(max_request_bytes)"
-            )
+    def _over(self) -> NoReturn:
+        raise RequestTooLarge(
+            f"the request is over the {self.bounds.request_bytes:,} bytes a decision request "
+            "may have (max_request_bytes)"
+        )
