@@ -267,6 +267,7 @@ class _CorkedHttpTools(HttpToolsProtocol):
     _clock: _HeadClock | None = None
     _head_bytes = 0  # of the head being read, counted in whole reads
     _reading_head = True  # the bytes that arrive belong to a request's head
+    _heads_ended = 0  # in the read being parsed
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(_Corked(transport))  # type: ignore[arg-type]
@@ -281,11 +282,12 @@ class _CorkedHttpTools(HttpToolsProtocol):
 
     def data_received(self, data: bytes) -> None:
         """Count each read that is all head: a head still unfinished past the bound is
-        431. (A read the head ends in is not counted; :class:`_HeadBound` measures the
-        finished head.)"""
+        431. (A read a head ends in is not counted, even when the whole request and the
+        next head's start came in it; :class:`_HeadBound` measures the finished head.)"""
         reading = self._reading_head
+        self._heads_ended = 0
         super().data_received(data)
-        if reading and self._reading_head and not self.transport.is_closing():
+        if reading and not self._heads_ended and not self.transport.is_closing():
             self._head_bytes += len(data)
             bounds = _bounds(self.config)
             if self._head_bytes > bounds.head_bytes:
@@ -293,6 +295,7 @@ class _CorkedHttpTools(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         self._reading_head = False
+        self._heads_ended += 1
         super().on_headers_complete()
 
     def on_message_complete(self) -> None:

@@ -48,6 +48,7 @@ from issuer.oauth.mtls import confirmation
 from issuer.oauth.tokens import ring_lookup
 from issuer.store import Store
 from issuer.verify import Caller, Memory, Reason, Refusal, Verifier, revocations
+from pdp.bounds import DEFAULT_BOUNDS, Bounds
 from pdp.decide import DecisionPoint
 from pdp.doors.grpc import Calls, parsed
 from pdp.errors import PdpError
@@ -314,6 +315,7 @@ def question(
     resource_id: str,
     ip: str | None,
     acr: Any,
+    bounds: Bounds = DEFAULT_BOUNDS,
 ) -> Request:
     """The one typed request a gateway request stands for."""
     context: dict[str, Any] = {}
@@ -330,6 +332,7 @@ def question(
         resource_type=resource_type,
         resource_id=resource_id,
         context=context,
+        bounds=bounds,
     )
 
 
@@ -403,7 +406,8 @@ class ExtAuthzService:
         if asked is None:
             action, resource_type, resource_id = route(self.gateway.routes, method, path)
             ip = _client_ip(source)
-            asked = question(schema, who, action, resource_type, resource_id, ip, acr)
+            bounds = self.point.bounds
+            asked = question(schema, who, action, resource_type, resource_id, ip, acr, bounds)
             if len(self._questions) >= QUESTION_MEMO_SIZE:  # bounded whatever the traffic
                 self._questions.clear()
             self._questions[key] = asked

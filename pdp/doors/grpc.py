@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 import grpc
 from google.protobuf.message import DecodeError, Message
 
+from pdp.bounds import DEFAULT_BOUNDS, Bounds, Measure, RequestTooLarge
 from pdp.decide import DecisionPoint
 from pdp.lang.schema import SchemaModel, Type
 from pdp.metrics import Metrics
@@ -114,11 +115,19 @@ def _entity(entity: Any, where: str, types: Mapping[str, Type], trusted: bool) -
 
 
 def request_from_proto(
-    message: pb.AuthorizeRequest, schema: SchemaModel, trust_callers: bool = True
+    message: pb.AuthorizeRequest,
+    schema: SchemaModel,
+    trust_callers: bool = True,
+    size: int | None = None,
+    bounds: Bounds = DEFAULT_BOUNDS,
 ) -> Request:
     """The typed request an ``AuthorizeRequest`` asks, or a :class:`RequestError` naming
-    the field. Unless ``trust_callers``, the agent's and user's attributes are left out
-    (the directory's replace them)."""
+    the field (:class:`RequestTooLarge` over one of ``bounds``). ``size`` is the message's
+    serialized size when the caller has it. Unless ``trust_callers``, the agent's and
+    user's attributes are left out (the directory's replace them)."""
+    if size is None:
+        size = message.ByteSize()
+    within(message, schema, size, bounds)
     agent = _entity(message.agent, "agent", schema.agent, trust_callers)
     user = None
     if message.HasField("user"):
@@ -137,6 +146,48 @@ def request_from_proto(
         action,
         typed_resource(resource.type, resource.id, attributes, schema),
         typed_from_proto(context, "context", schema.context) if context else {},
+        size,
+    )
+
+
+def within(message: pb.AuthorizeRequest, schema: SchemaModel, size: int, bounds: Bounds) -> None:
+    """Refuse a message over the request's bounds. A value's size never exceeds its
+    bytes in the message, so a message no larger than ``undeclared_bytes`` (the smallest
+    bound) holds nothing over a bound but, perhaps, too many attributes; and a map entry
+    takes two bytes at least, so the smallest messages (most) need no look at all."""
+    most = bounds.attributes
+    if size <= 2 * most:
+        return
+    if size <= bounds.undeclared_bytes and (
+        len(message.context) <= most
+        and len(message.resource.attributes) <= most
+        and len(message.agent.attributes) <= most
+        and len(message.user.attributes) <= most
+    ):
+        return
+    measure = Measure(bounds)
+    maps = _attribute_maps(message, schema)
+    for where, attributes, _ in maps:
+        measure.count(len(attributes), where)
+    resource = message.resource
+    measure.text(message.agent.id, message.user.id, message.action, resource.type, resource.id)
+    measure.text(*message.delegation.chain)
+    for where, attributes, types in maps:
+        for key in attributes:
+            path = f"{where}.{key}"
+            measure.value(path, key, plain_value(attributes[key], path), key in types)
+
+
+def _attribute_maps(
+    message: pb.AuthorizeRequest, schema: SchemaModel
+) -> tuple[tuple[str, Mapping[str, pb.Value], Mapping[str, Type]], ...]:
+    """Each attribute map of a message: where it is, its values, their declared types."""
+    resource = message.resource
+    return (
+        ("agent", message.agent.attributes, schema.agent),
+        ("user", message.user.attributes, schema.user),
+        ("resource", resource.attributes, schema.request_types(resource.type)),
+        ("context", message.context, schema.context),
     )
 
 
@@ -277,7 +328,13 @@ class Calls:
         if isinstance(exc, grpc.aio.AbortError):
             return
         if isinstance(exc, RequestError):
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            # The abort's exception outlives the call in a reference cycle through grpc's
+            # frames, until the cyclic collector runs: let it keep none of the request.
+            exc.__traceback__ = None
+            code = grpc.StatusCode.INVALID_ARGUMENT
+            if isinstance(exc, RequestTooLarge):
+                code = grpc.StatusCode.RESOURCE_EXHAUSTED
+            await context.abort(code, str(exc))
         log.error("%s failed", self.method, exc_info=exc)
         await context.abort(grpc.StatusCode.INTERNAL, INTERNAL)
 
@@ -301,12 +358,17 @@ class AuthorizerDoor:
         try:
             point = self.point
             request = request_from_proto(
-                parsed(raw, pb.AuthorizeRequest), point.schema, point.trusts_callers
+                parsed(raw, pb.AuthorizeRequest),
+                point.schema,
+                point.trusts_callers,
+                len(raw),
+                point.bounds,
             )
             key = raw if point.cache is not None else None
             once = partial(idempotency_key, context)
             return answer_to_bytes(await point.decide(request, context.peer, key=key, once=once))
         except Exception as exc:
+            raw = b""  # this frame, too, outlives the call until collected (see failed)
             await calls.failed(exc, context)
             raise
         finally:
@@ -319,13 +381,13 @@ class AuthorizerDoor:
 
         async def work() -> pb.AuthorizeBatchResponse:
             request = parsed(raw, pb.AuthorizeBatchRequest)
-            schema, trusted = point.schema, point.trusts_callers
+            schema, trusted, bounds = point.schema, point.trusts_callers, point.bounds
             typed = []
             for index, item in enumerate(request.requests):
                 try:
-                    typed.append(request_from_proto(item, schema, trusted))
+                    typed.append(request_from_proto(item, schema, trusted, bounds=bounds))
                 except RequestError as exc:
-                    raise RequestError(f"requests[{index}].{exc}") from None
+                    raise type(exc)(f"requests[{index}].{exc}") from None
             answers = await point.decide_many(typed, context.peer, idempotency_key(context))
             return pb.AuthorizeBatchResponse(responses=[answer_to_proto(a) for a in answers])
 
@@ -339,14 +401,14 @@ class AuthorizerDoor:
         async def work() -> pb.ListAllowedResponse:
             request = parsed(raw, pb.ListAllowedRequest)
             response = pb.ListAllowedResponse(bundle_version=point.version)
-            schema, trusted = point.schema, point.trusts_callers
+            schema, trusted, bounds = point.schema, point.trusts_callers, point.bounds
             questions = []
             for index, candidate in enumerate(request.candidates):
                 question = listed_question(request, candidate)
                 try:
-                    questions.append(request_from_proto(question, schema, trusted))
+                    questions.append(request_from_proto(question, schema, trusted, bounds=bounds))
                 except RequestError as exc:
-                    raise RequestError(f"candidates[{index}]: {exc}") from None
+                    raise type(exc)(f"candidates[{index}]: {exc}") from None
             allowed, consent = point.allowed(questions)
             response.allowed.extend(request.candidates[i] for i in allowed)
             response.consent_required.extend(request.candidates[i] for i in consent)

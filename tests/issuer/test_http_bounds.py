@@ -68,6 +68,24 @@ def test_a_connection_that_sends_nothing_is_closed_without_an_answer(server: Htt
         assert conn.recv(4096) == b""
 
 
+def test_a_whole_request_larger_than_the_head_bound_in_one_write_is_answered(
+    server: HttpServer,
+) -> None:
+    """Head and body (and a second request) in one write, as a loaded server reads them:
+    the body does not count against the head's bound."""
+    body = b"b" * 20_000
+    post = b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 20000\r\n\r\n" + body
+    answers = b""
+    with _connect(server) as conn:
+        conn.sendall(post + HELLO)
+        for _ in range(100):  # both answers, or the connection closed
+            chunk = conn.recv(65536)
+            answers += chunk
+            if not chunk or answers.count(b"hello") == 2:
+                break
+    assert answers.count(b"HTTP/1.1 200") == 2, answers
+
+
 @pytest.mark.parametrize("whole", [True, False], ids=["in-one-read", "unfinished"])
 def test_a_head_over_the_size_bound_is_431(server: HttpServer, whole: bool) -> None:
     head = b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 4200

@@ -9,10 +9,11 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from pdp.bounds import DEFAULT_BOUNDS
 from pdp.doors.grpc import PROTOBUF_DEPTH
 from pdp.serve.proto import authorizer_pb2 as pb
 from pdp.serve.proto import authorizer_pb2_grpc as pb_grpc
-from pdp.server import MAX_MESSAGE, MAX_METADATA
+from pdp.server import MAX_METADATA
 from tests.protobuf import entry, field, nested_value, number
 from tests.servers import Server, tessera_serve
 
@@ -381,7 +382,7 @@ def test_metadata_over_its_bound_is_refused_every_time(server: Server) -> None:
 
 def test_a_message_over_its_bound_is_resource_exhausted(server: Server) -> None:
     question = call("search")
-    question.resource.attributes["pad"].string = "a" * MAX_MESSAGE
+    question.resource.attributes["pad"].string = "a" * DEFAULT_BOUNDS.message_bytes
     unbounded = [("grpc.max_send_message_length", -1)]
     address = f"127.0.0.1:{server.running.port}"
     with (
