@@ -37,6 +37,7 @@ from anyio import to_thread
 from cachetools import LRUCache
 
 from issuer.agents import Agent
+from issuer.keys import VERIFY_LEEWAY
 from issuer.oauth import grants
 from issuer.oauth.tokens import (
     ExpiredToken,
@@ -246,7 +247,7 @@ class Verifier:
         issuer: str,
         audience: str | Sequence[str],
         *,
-        leeway: float = 30.0,
+        leeway: float = VERIFY_LEEWAY,
         refresh_keys: KeyRefresh | None = None,
         introspect: Introspection | None = None,
         revoked: Revocation | None = None,
