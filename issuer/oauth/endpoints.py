@@ -13,7 +13,6 @@
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -27,8 +26,7 @@ from starlette.routing import Route
 
 from issuer.agents import Agent
 from issuer.keys import KeyRing
-from issuer.models import REVOKED
-from issuer.oauth import inline
+from issuer.oauth import inline, revocation
 from issuer.oauth.api_keys import API_KEY_TOKEN_TYPE, ApiKeys
 from issuer.oauth.authorize import AuthorizationEndpoint
 from issuer.oauth.client_auth import ClientAuthenticator, SeenAssertions
@@ -43,13 +41,7 @@ from issuer.oauth.clients import (
 )
 from issuer.oauth.consent import Consents
 from issuer.oauth.errors import OAuthError, json_response
-from issuer.oauth.grants import (
-    AgentLookup,
-    ExchangeCheck,
-    Grants,
-    refuse_all,
-    revoked,
-)
+from issuer.oauth.grants import AgentLookup, ExchangeCheck, Grants, refuse_all
 from issuer.oauth.metadata_documents import MetadataDocuments
 from issuer.oauth.mtls import TRUSTED_PROXIES, certificate_from, confirmation
 from issuer.oauth.tokens import (
@@ -60,7 +52,7 @@ from issuer.oauth.tokens import (
     ring_lookup,
 )
 from issuer.scim import ADMIN_SCOPE, Authenticator, Principal, bearer_token
-from issuer.store import Conflict, NotFound, Store
+from issuer.store import NotFound, Store
 from issuer.verify import MISSING, Memory, Refusal, Verifier, agent_statuses, revocations
 
 MULTI_VALUED = frozenset({"resource", "audience"})  # RFC 8707 §2, RFC 8693 §2.1
@@ -232,7 +224,7 @@ class AuthorizationServer:
             claims = self.verifier.verify(token)
         except InvalidToken:
             return None
-        if revoked(self.store, claims):
+        if revocation.revoked(self.store, claims):  # itself, or what it came from
             return None
         agent_id = claims.get("agent_id")
         if isinstance(agent_id, str):
@@ -282,7 +274,9 @@ class AuthorizationServer:
 
     def _revoke(self, token: str, client: Client) -> None:
         """RFC 7009 §2.1: only the client the token was issued to may revoke it; an invalid
-        or unknown token is not an error (§2.2)."""
+        or unknown token is not an error (§2.2). Revoking an access token revokes the
+        tokens exchanged from it (RFC 8693), which name it in their lineage; revoking a
+        refresh token revokes its family and the access tokens it gave."""
         try:
             claims = self.verifier.verify(token)
         except InvalidToken:  # perhaps a refresh token: revoking one revokes its family
@@ -290,11 +284,14 @@ class AuthorizationServer:
             return
         if claims.get("client_id") != client.client_id:
             raise OAuthError("unauthorized_client", "the token was issued to another client")
-        document = {"jti": claims["jti"], "exp": claims["exp"], "sub": claims["sub"]}
-        with contextlib.suppress(Conflict):  # revoked already
-            self.store.create(
-                REVOKED, document, unique={"jti": str(claims["jti"])}, actor=client.client_id
-            )
+        revocation.revoke(
+            self.store,
+            str(claims["jti"]),
+            subject=str(claims["sub"]),
+            exp=claims["exp"],
+            lifetime=self.minter.lifetime,
+            actor=client.client_id,
+        )
 
     # -- registration
 
