@@ -14,6 +14,12 @@
 
 The tokens a code, a refresh or an exchange gives name what they come from in their
 ``lineage`` claim, so that revoking any of it revokes them (:mod:`issuer.oauth.revocation`).
+
+RFC 8693 §2.2.2 picks the exchange's errors: a subject or actor token that is missing,
+invalid, revoked, bound to another certificate or unacceptable by policy (``may_act``,
+the PDP) is ``invalid_request``; an audience or resource it will not issue for is
+``invalid_target``. The other grants answer a bad code or refresh token ``invalid_grant``
+(RFC 6749 §5.2).
 """
 
 from __future__ import annotations
@@ -223,13 +229,15 @@ class Grants:
             )
         return response
 
-    def _active_user(self, user_id: str) -> None:
+    def _active_user(self, user_id: str, error: str = "invalid_grant") -> None:
+        """The user exists and is active, or ``error``: the grant (a code, a refresh
+        token) or, for an exchange, the subject token is no longer good."""
         try:
             user = User.from_scim(user_id, self.store.get("User", user_id).data)
         except NotFound:
-            raise OAuthError("invalid_grant", "the user no longer exists") from None
+            raise OAuthError(error, "the user no longer exists") from None
         if not user.active:
-            raise OAuthError("invalid_grant", "the user is not active")
+            raise OAuthError(error, "the user is not active")
 
     def _new_refresh(
         self,
@@ -360,7 +368,7 @@ class Grants:
         agent = self.active_agent(agent_id)
         subject, actor = self._parties(agent_id, form, presented)
         user_id = str(subject["sub"])
-        self._active_user(user_id)
+        self._active_user(user_id, "invalid_request")
         available = frozenset(str(subject.get("scope", "")).split()) & client.scopes
         scopes = narrowed(form.get("scope"), available)
         audience = _narrowed_audience(form, subject.get("aud"))
@@ -369,8 +377,8 @@ class Grants:
         refusal = self.exchange_check(
             Exchange(agent_id, user_id, chain, tuple(audience), tuple(scopes))
         )
-        if refusal is not None:
-            raise OAuthError("access_denied", f"the exchange is not allowed: {refusal}")
+        if refusal is not None:  # RFC 8693 §2.2.2: tokens unacceptable by policy
+            raise OAuthError("invalid_request", f"the exchange is not allowed: {refusal}")
         act: dict[str, Any] = {"sub": agent_id}
         if isinstance(prior, dict):
             act["act"] = prior
@@ -388,17 +396,17 @@ class Grants:
         self, agent_id: str, form: dict[str, str], presented: str | None
     ) -> tuple[dict[str, Any], dict[str, Any]]:
         """The subject and actor tokens' claims, each valid and acceptable for this agent
-        to act for the subject's user; ``invalid_grant`` else."""
+        to act for the subject's user; ``invalid_request`` else (RFC 8693 §2.2.2)."""
         subject = self._valid(form, "subject_token", presented)
         actor = self._valid(form, "actor_token", presented)
         if actor.get("sub") != agent_id:
-            raise OAuthError("invalid_grant", "the actor_token is not this client's agent's")
+            raise OAuthError("invalid_request", "the actor_token is not this client's agent's")
         may_act = subject.get("may_act")
         if isinstance(may_act, dict) and may_act.get("sub") != agent_id:
-            raise OAuthError("invalid_grant", "the subject token's may_act names another actor")
+            raise OAuthError("invalid_request", "the subject token's may_act names another actor")
         if "agent_id" in subject and "act" not in subject:
             raise OAuthError(
-                "invalid_grant",
+                "invalid_request",
                 "the subject_token is an agent's own token: an agent acts for a user by "
                 "exchanging that user's token",
             )
@@ -416,12 +424,12 @@ class Grants:
         try:
             claims = self.verifier.verify(token)
         except InvalidToken as exc:
-            raise OAuthError("invalid_grant", f"the {name} is not valid: {exc}") from None
+            raise OAuthError("invalid_request", f"the {name} is not valid: {exc}") from None
         bound = (claims.get("cnf") or {}).get("x5t#S256")
         if bound is not None and bound != presented:  # RFC 8705 §3: its certificate too
-            raise OAuthError("invalid_grant", f"the {name} is bound to another certificate")
+            raise OAuthError("invalid_request", f"the {name} is bound to another certificate")
         if revocation.revoked(self.store, claims):
-            raise OAuthError("invalid_grant", f"the {name} was revoked")
+            raise OAuthError("invalid_request", f"the {name} was revoked")
         return claims
 
 

@@ -119,7 +119,7 @@ def test_a_replayed_code_revokes_every_token_it_gave_and_what_came_from_them(
     expect_error(
         exchange(service, agent, again["access_token"], agent_token(service, agent)),
         400,
-        "invalid_grant",
+        "invalid_request",
     )
     assert live(other["access_token"])
     assert refresh(service, app, other["refresh_token"]).status_code == 200
@@ -153,12 +153,12 @@ def test_revoking_a_token_revokes_the_tokens_exchanged_from_it_transitively_and_
     revoke(service, by_a, auth=d.agent.basic)
     assert not live(by_a) and not live(by_b)
     assert live(sibling) and live(d.subject)
-    expect_error(exchange(service, b, by_a, agent_token(service, b)), 400, "invalid_grant")
+    expect_error(exchange(service, b, by_a, agent_token(service, b)), 400, "invalid_request")
 
     revoke_as_app(service, d.app, d.subject)
     assert not live(sibling) and not live(d.subject)
     response = exchange(service, d.agent, d.subject, agent_token(service, d.agent))
-    expect_error(response, 400, "invalid_grant")
+    expect_error(response, 400, "invalid_request")
 
 
 def test_revoking_the_agents_actor_token_revokes_what_it_exchanged(
