@@ -329,8 +329,11 @@ class AuthorizationEndpoint:
 def check_resources(values: list[str]) -> list[str]:
     """RFC 8707 §2: each resource is an absolute URI without a fragment."""
     for resource in values:
-        parts = urlsplit(resource)
-        if not parts.scheme or not parts.netloc or parts.fragment:
+        try:
+            parts = urlsplit(resource)
+        except ValueError:  # a bracketed host that is no IP address
+            parts = urlsplit("")
+        if not parts.scheme or not parts.netloc or "#" in resource:
             raise OAuthError(
                 "invalid_target", f"resource {resource!r} is not an absolute URI without fragment"
             )

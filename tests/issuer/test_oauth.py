@@ -333,6 +333,74 @@ def test_registration_refuses_bad_metadata_with_invalid_client_metadata(
     assert registered_for(oauth, agent_id) == []
 
 
+BAD_REDIRECT_URIS = {
+    "a fragment": ["https://app.example.com/cb#top"],
+    "an empty fragment": ["https://app.example.com/cb#"],
+    "relative": ["/cb"],
+    "no host": ["https:///cb"],
+    "http elsewhere than loopback": ["http://app.example.com/cb"],
+    "a private-use scheme that is no domain": ["myapp:/cb"],
+    "a bracketed host that is no address": ["http://[::1/cb"],
+    "one bad among good ones": ["https://app.example.com/cb", "https://app.example.com/x#y"],
+    "not a list": "https://app.example.com/cb",
+    "an empty list": [],
+    "not strings": [42],
+}
+
+
+@pytest.mark.parametrize("token", [True, False], ids=["admin", "open"])
+@pytest.mark.parametrize("case", BAD_REDIRECT_URIS, ids=list(BAD_REDIRECT_URIS))
+def test_registration_refuses_bad_redirect_uris_with_invalid_redirect_uri(
+    oauth: OAuthService, case: str, token: bool
+) -> None:
+    """RFC 7591 §3.2.2; the rules are OAuth 2.1 §2.3.1's and RFC 8252's (see docs)."""
+    before = len(oauth.store.list("Client"))
+    metadata = {
+        "token_endpoint_auth_method": "none",
+        "grant_types": ["authorization_code"],
+        "redirect_uris": BAD_REDIRECT_URIS[case],
+    }
+    response = oauth.register(metadata) if token else oauth.register(metadata, token=None)
+    expect_error(response, 400, "invalid_redirect_uri")
+    assert len(oauth.store.list("Client")) == before
+
+
+@pytest.mark.parametrize(
+    "uri",
+    [
+        "https://app.example.com/cb?x=1",
+        "http://127.0.0.1:9999/cb",
+        "http://[::1]:9999/cb",
+        "http://localhost/cb",
+        "com.example.app:/oauth2redirect",
+    ],
+)
+def test_registration_takes_redirect_uris_within_the_rules(oauth: OAuthService, uri: str) -> None:
+    metadata = {
+        "token_endpoint_auth_method": "none",
+        "grant_types": ["authorization_code"],
+        "redirect_uris": [uri],
+    }
+    response = oauth.register(metadata, token=None)
+    assert response.status_code == 201, response.text
+    assert response.json()["redirect_uris"] == [uri]
+
+
+def test_an_authorization_code_client_without_redirect_uris_is_invalid_client_metadata(
+    oauth: OAuthService,
+) -> None:
+    metadata = {"token_endpoint_auth_method": "none", "grant_types": ["authorization_code"]}
+    expect_error(oauth.register(metadata, token=None), 400, "invalid_client_metadata")
+
+
+def test_a_jwks_uri_that_is_no_url_is_invalid_client_metadata(oauth: OAuthService) -> None:
+    agent_id = oauth.add_agent()
+    for uri in ("https://[agent/jwks", "https://agent.example.com:port/jwks"):
+        metadata = {**_jwks_uri(agent_id), "jwks_uri": uri, "grant_types": ["client_credentials"]}
+        expect_error(oauth.register(metadata), 400, "invalid_client_metadata")
+    assert registered_for(oauth, agent_id) == []
+
+
 # ---------------------------------------------------------------- client_credentials
 
 
@@ -485,13 +553,25 @@ def test_authlib_reports_invalid_scope(oauth: OAuthService) -> None:
 
 
 @pytest.mark.parametrize(
-    "resource", ["/payments", "api.example.com/payments", "https://api.example.com/#frag"]
+    "resource",
+    [
+        "/payments",
+        "api.example.com/payments",
+        "https://api.example.com/#frag",
+        "https://api.example.com/#",
+        "https://[api.example.com/",
+    ],
 )
 def test_a_resource_that_is_not_an_absolute_uri_without_fragment_is_invalid_target(
     oauth: OAuthService, resource: str
 ) -> None:
     response = basic_token_request(oauth, oauth.secret_client(), resource=resource)
     expect_error(response, 400, "invalid_target")  # RFC 8707 §2
+
+
+def test_a_client_id_that_is_a_broken_url_is_an_unknown_client(oauth: OAuthService) -> None:
+    response = token_request(oauth, client_id="https://[app.example.com/client")
+    expect_error(response, 401, "invalid_client")
 
 
 def test_an_unknown_grant_type_is_unsupported_grant_type(oauth: OAuthService) -> None:
