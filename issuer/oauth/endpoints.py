@@ -123,7 +123,11 @@ class AuthorizationServer:
     # -- metadata and keys
 
     def metadata(self) -> dict[str, Any]:
-        """RFC 8414 §2: what this server supports, exactly."""
+        """RFC 8414 §2: what this server supports, exactly. The endpoints take mutual TLS
+        where they are (the certificate is optional at the TLS level), so there are no
+        ``mtls_endpoint_aliases`` (RFC 8705 §5); tokens of mutual-TLS clients are bound
+        to their certificate (§3.3)."""
+        assertion_algorithms = list(ASSERTION_ALGORITHMS)
         return {
             "issuer": self.issuer,
             "authorization_endpoint": self.issuer + PATHS.authorize,
@@ -139,13 +143,22 @@ class AuthorizationServer:
             "authorization_response_iss_parameter_supported": True,
             "client_id_metadata_document_supported": True,
             "token_endpoint_auth_methods_supported": list(AUTH_METHODS),
-            "token_endpoint_auth_signing_alg_values_supported": list(ASSERTION_ALGORITHMS),
+            "token_endpoint_auth_signing_alg_values_supported": assertion_algorithms,
             "introspection_endpoint_auth_methods_supported": [
                 m for m in AUTH_METHODS if m != "none"
             ],
+            # §2: present whenever private_key_jwt is among an endpoint's methods
+            "introspection_endpoint_auth_signing_alg_values_supported": assertion_algorithms,
             "revocation_endpoint_auth_methods_supported": list(AUTH_METHODS),
-            "access_token_signing_alg_values_supported": [self.keys.signing_key().alg],
+            "revocation_endpoint_auth_signing_alg_values_supported": assertion_algorithms,
+            "tls_client_certificate_bound_access_tokens": True,
+            "access_token_signing_alg_values_supported": self._signing_algorithms(),
         }
+
+    def _signing_algorithms(self) -> list[str]:
+        """The algorithms of the published keys: after a rotation to another algorithm,
+        tokens of the previous key still verify until they expire."""
+        return sorted({str(jwk["alg"]) for jwk in self.keys.jwks()["keys"]})
 
     async def well_known(self, request: Request) -> Response:
         return json_response(self.metadata(), headers={"Cache-Control": "max-age=300"})

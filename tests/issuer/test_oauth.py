@@ -176,6 +176,58 @@ def test_metadata_states_the_grant_and_the_client_authentication_methods(
     }
 
 
+def test_metadata_says_tokens_of_mutual_tls_clients_are_certificate_bound(
+    oauth: OAuthService,
+) -> None:
+    """RFC 8705 §3.3: such tokens are issued (``cnf``), so the server says so; its
+    endpoints take mutual TLS where they are, so it names no mtls_endpoint_aliases."""
+    metadata = oauth.http.get("/.well-known/oauth-authorization-server").json()
+    assert metadata["tls_client_certificate_bound_access_tokens"] is True
+    assert "mtls_endpoint_aliases" not in metadata
+
+
+def test_metadata_names_the_assertion_algorithms_of_every_endpoint_taking_private_key_jwt(
+    oauth: OAuthService,
+) -> None:
+    """RFC 8414 §2: ``*_auth_signing_alg_values_supported`` must be present for an endpoint
+    whose methods include private_key_jwt."""
+    metadata = oauth.http.get("/.well-known/oauth-authorization-server").json()
+    token = metadata["token_endpoint_auth_signing_alg_values_supported"]
+    for endpoint in ("token", "introspection", "revocation"):
+        assert "private_key_jwt" in metadata[f"{endpoint}_endpoint_auth_methods_supported"]
+        assert metadata[f"{endpoint}_endpoint_auth_signing_alg_values_supported"] == token
+
+
+def test_metadata_names_exactly_what_tessera_implements(
+    oauth: OAuthService,
+) -> None:
+    metadata = oauth.http.get("/.well-known/oauth-authorization-server").json()
+    assert set(metadata) == {
+        "issuer",
+        "authorization_endpoint",
+        "token_endpoint",
+        "jwks_uri",
+        "registration_endpoint",
+        "introspection_endpoint",
+        "revocation_endpoint",
+        "grant_types_supported",
+        "response_types_supported",
+        "response_modes_supported",
+        "code_challenge_methods_supported",
+        "authorization_response_iss_parameter_supported",  # RFC 9207
+        "client_id_metadata_document_supported",
+        "token_endpoint_auth_methods_supported",
+        "token_endpoint_auth_signing_alg_values_supported",
+        "introspection_endpoint_auth_methods_supported",
+        "introspection_endpoint_auth_signing_alg_values_supported",
+        "revocation_endpoint_auth_methods_supported",
+        "revocation_endpoint_auth_signing_alg_values_supported",
+        "tls_client_certificate_bound_access_tokens",  # RFC 8705 §3.3
+        "access_token_signing_alg_values_supported",
+    }
+    assert metadata["access_token_signing_alg_values_supported"] == ["ES256"]
+
+
 def test_metadata_offers_no_unsigned_or_symmetric_assertion_algorithm(
     oauth: OAuthService,
 ) -> None:
