@@ -30,12 +30,15 @@ import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from issuer.keys import PUBLISH_MARGIN
+from issuer.keys import VERIFY_LEEWAY
 from issuer.models import REVOKED
 from issuer.store import Conflict, NotFound, Store
 
 LINEAGE = "lineage"
-MARGIN = PUBLISH_MARGIN  # seconds: a token minted just after the check, verifiers' leeway
+# seconds past the longest token lifetime a record matters: verifiers take a token 30 s
+# past its exp, and an exchange that checked its parents just before the revocation
+# mints a moment after it
+MARGIN = VERIFY_LEEWAY + 30.0
 
 
 def lineage(claims: Mapping[str, Any]) -> list[str] | None:
