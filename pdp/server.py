@@ -34,9 +34,9 @@ from prometheus_client import Counter
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Mount, Route
+from starlette.routing import Route
 
-from issuer.app import SCIM_PATH, HttpRunning, bind, issuer_app, serve_http
+from issuer.app import SCIM_PATH, HttpRunning, bind, issuer_routes, serve_http
 from issuer.keys import KeyRing, ScheduledRotation
 from issuer.oauth.endpoints import METADATA_PATH, AuthorizationServer
 from issuer.oauth.tokens import IssuedHook
@@ -66,6 +66,18 @@ from pdp.serve.sources import PolicySource, open_source
 NO_HTTP_ISSUER = "urn:tessera:issuer"  # who signs audit checkpoints when no issuer serves
 
 SERVICE_NAME = grpc_door.SERVICE_NAME
+
+# What one call may send the gRPC port (docs/limits.md), stated here so it stays put: a
+# message or metadata over its bound is refused RESOURCE_EXHAUSTED before it is parsed.
+# gRPC refuses metadata between a soft bound (8 KiB) and a hard one (16 KiB) at random;
+# here both are the hard one, so a call is refused always or never.
+MAX_MESSAGE = 4 * 1024 * 1024  # bytes of a request message (gRPC's default)
+MAX_METADATA = 16 * 1024  # bytes of a call's metadata, as an HTTP request head's bound
+GRPC_BOUNDS = (
+    ("grpc.max_receive_message_length", MAX_MESSAGE),
+    ("grpc.max_metadata_size", MAX_METADATA),
+    ("grpc.absolute_max_metadata_size", MAX_METADATA),
+)
 
 __all__ = [
     "DEFAULT_CACHE_SIZE",
@@ -194,7 +206,8 @@ def _listen(
     """A gRPC server listening on ``address``, plaintext or (mutual) TLS, and the port
     bound. gRPC sets ``SO_REUSEPORT`` unless told not to; only with ``reuse_port`` is it
     kept, so that a lone server finds a port another process holds taken."""
-    server = grpc.aio.server(options=[("grpc.so_reuseport", int(reuse_port))])
+    options = [("grpc.so_reuseport", int(reuse_port)), *GRPC_BOUNDS]
+    server = grpc.aio.server(options=options)
     if tls is None:
         bound = server.add_insecure_port(address)
     else:
@@ -346,7 +359,7 @@ async def _serve_issuer(
         routes=[
             Route(HEALTH_PATH, _health(point), methods=["GET"]),
             *authzen.routes(),
-            Mount("", app=issuer_app(store, scim_admins, oauth)),
+            *issuer_routes(store, scim_admins, oauth),
         ]
     )
     http = await serve_http(app, planes.sock, tls, config.tls_client_ca or None)

@@ -34,10 +34,12 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 
 from issuer.agents import Agent, User
 from issuer.hashing import hash_password, verify_password
+from issuer.oauth.bodies import MAX_BODY
 from issuer.oauth.clients import RESERVED_PREFIX, Client, ClientRegistry
 from issuer.oauth.consent import Consents
 from issuer.oauth.errors import OAuthError
 from issuer.store import NotFound, Store
+from issuer.wire import WireError, read_body
 
 SESSION_COOKIE = "tessera_session"
 CODE_LIFETIME = 60  # seconds
@@ -202,6 +204,8 @@ class AuthorizationEndpoint:
                 return _page("Expired", "This sign-in request has expired; start again.", 400)
             return _login_page(request_id, error=None)
         form = await _form(request)
+        if isinstance(form, Response):
+            return form
         request_id = form.get("request", "")
         if request_id not in self.pending:
             return _page("Expired", "This sign-in request has expired; start again.", 400)
@@ -240,6 +244,8 @@ class AuthorizationEndpoint:
 
     async def consent(self, request: Request) -> Response:
         form = await _form(request) if request.method == "POST" else {}
+        if isinstance(form, Response):
+            return form
         request_id = form.get("request") or request.query_params.get("request", "")
         pending = self.pending.get(request_id)
         if pending is None:
@@ -340,8 +346,13 @@ def check_resources(values: list[str]) -> list[str]:
     return values
 
 
-async def _form(request: Request) -> dict[str, str]:
-    body = await request.body()
+async def _form(request: Request) -> dict[str, str] | HTMLResponse:
+    """A login or consent form, read within the bounds of every OAuth body; or the page
+    that tells the person a form too large (413) or too slow (408) was refused."""
+    try:
+        body = await read_body(request, MAX_BODY)
+    except WireError as exc:
+        return _page("Refused", f"The form was refused: {exc}.", exc.status)
     return dict(parse_qsl(body.decode(errors="replace"), keep_blank_values=True))
 
 

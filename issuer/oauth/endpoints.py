@@ -16,7 +16,6 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import parse_qsl
 
 from anyio import to_thread
 from cryptography import x509
@@ -29,6 +28,7 @@ from issuer.keys import KeyRing
 from issuer.oauth import inline, revocation
 from issuer.oauth.api_keys import API_KEY_TOKEN_TYPE, ApiKeys
 from issuer.oauth.authorize import AuthorizationEndpoint
+from issuer.oauth.bodies import read_document, read_form
 from issuer.oauth.client_auth import ClientAuthenticator, SeenAssertions
 from issuer.oauth.clients import (
     ASSERTION_ALGORITHMS,
@@ -54,9 +54,6 @@ from issuer.oauth.tokens import (
 from issuer.scim import ADMIN_SCOPE, Authenticator, Principal, bearer_token
 from issuer.store import NotFound, Store
 from issuer.verify import MISSING, Memory, Refusal, Verifier, agent_statuses, revocations
-
-MULTI_VALUED = frozenset({"resource", "audience"})  # RFC 8707 §2, RFC 8693 §2.1
-MAX_FORM = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -169,7 +166,7 @@ class AuthorizationServer:
     # -- the token endpoint
 
     async def token(self, request: Request) -> Response:
-        form = await _form(request)
+        form = await read_form(request)
         if (
             form.get("grant_type") == TOKEN_EXCHANGE
             and form.get("subject_token_type") == API_KEY_TOKEN_TYPE
@@ -214,7 +211,7 @@ class AuthorizationServer:
     # -- introspection and revocation
 
     async def introspect(self, request: Request) -> Response:
-        form = await _form(request)
+        form = await read_form(request)
         client = await self._client(request, form)
         if client.auth_method == "none":  # RFC 7662 §2.1: protected resources authenticate
             raise OAuthError("invalid_client", "a public client may not introspect", 401)
@@ -277,7 +274,7 @@ class AuthorizationServer:
         return authenticate
 
     async def revoke(self, request: Request) -> Response:
-        form = await _form(request)
+        form = await read_form(request)
         client = await self._client(request, form)
         token = form.get("token")
         if not token:
@@ -312,10 +309,7 @@ class AuthorizationServer:
         """RFC 7591. With an admin bearer token, any client; without a token, public
         user-facing applications only (open registration, as MCP clients do it)."""
         actor = await self._administrator(request) if "authorization" in request.headers else None
-        try:
-            metadata = await request.json()
-        except ValueError:
-            raise OAuthError("invalid_client_metadata", "the body is not JSON") from None
+        metadata = await read_document(request, not_json="invalid_client_metadata")
         registered = await to_thread.run_sync(self.clients.register, metadata, actor)
         return json_response(registered, 201)
 
@@ -345,10 +339,7 @@ class AuthorizationServer:
         DELETE /oauth/api-keys/ID: revoke."""
         actor = await self._administrator(request)
         if request.method == "POST":
-            try:
-                body = await request.json()
-            except ValueError:
-                raise OAuthError("invalid_request", "the body is not JSON") from None
+            body = await read_document(request)
             created = await to_thread.run_sync(self.api_keys.create, body, actor)
             return json_response(created, 201)
         if request.method == "DELETE":
@@ -429,27 +420,3 @@ def _guarded(
             return exc.response()
 
     return endpoint
-
-
-async def _form(request: Request) -> dict[str, str]:
-    """An application/x-www-form-urlencoded body; a parameter may appear once (RFC 6749
-    §3.2), except the multi-valued ones, which come back space-joined."""
-    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if content_type != "application/x-www-form-urlencoded":
-        raise OAuthError("invalid_request", "the body must be application/x-www-form-urlencoded")
-    body = await request.body()
-    if len(body) > MAX_FORM:
-        raise OAuthError("invalid_request", f"the body exceeds {MAX_FORM} bytes")
-    try:
-        pairs = parse_qsl(body.decode(), keep_blank_values=True, strict_parsing=bool(body))
-    except (UnicodeDecodeError, ValueError):
-        raise OAuthError("invalid_request", "the body is not form-urlencoded") from None
-    form: dict[str, str] = {}
-    for name, value in pairs:
-        if name in form:
-            if name not in MULTI_VALUED:
-                raise OAuthError("invalid_request", f"{name} is given more than once")
-            form[name] += " " + value
-        else:
-            form[name] = value
-    return form

@@ -11,7 +11,6 @@ remains.)
 from __future__ import annotations
 
 import ipaddress
-import json
 import socket
 import time
 from collections.abc import Callable
@@ -21,6 +20,7 @@ from urllib.parse import urlsplit
 import httpx
 
 from issuer.oauth.errors import OAuthError
+from issuer.wire import read_json
 
 TIMEOUT = 5.0  # seconds for the whole fetch
 LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
@@ -75,6 +75,6 @@ def fetch_json(url: str, max_bytes: int, error: Callable[[str], OAuthError]) -> 
     except httpx.HTTPError as exc:
         raise error(f"{url} cannot be fetched: {exc}") from None
     try:
-        return json.loads(body)
+        return read_json(body)
     except ValueError:
         raise error(f"{url} is not JSON") from None

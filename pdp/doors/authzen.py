@@ -32,7 +32,10 @@ A response is exactly ``{"decision": true}`` (or ``false``) unless the request's
 id, the deciding rules, the reasons and the obligations. Callers authenticate with a
 bearer token from Tessera's issuer with the scope ``tessera:decide`` (or an
 administrator's); ``X-Request-ID`` is echoed; errors are 400, 401, 403 or 500 with a
-plain-text message (§10.1.2).
+plain-text message (§10.1.2), and 408 or 413 for a body too slow or too large (read by
+:mod:`issuer.wire`: at most :data:`MAX_BODY` bytes, JSON nested at most 64 levels, no
+lone surrogate). A known path asked with another method is 405 with ``Allow``, from the
+router the endpoints share with the issuer's (:func:`issuer.app.issuer_routes`).
 """
 
 from __future__ import annotations
@@ -52,6 +55,7 @@ from starlette.routing import BaseRoute, Route
 
 from issuer.scim import ADMIN_SCOPE, Authenticator, Principal, bearer_token
 from issuer.verify import MISSING, Reason, Refusal
+from issuer.wire import WireError, read_body, read_json
 from pdp.decide import DecisionPoint
 from pdp.engine import Bundle
 from pdp.errors import PdpError
@@ -307,9 +311,9 @@ def _page(body: Json) -> tuple[int, int]:
     if not isinstance(token, str):
         raise bad("page.token must be a string")
     try:
-        decoded = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
+        decoded = read_json(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
         offset, search = decoded["o"], decoded["s"]
-    except (ValueError, binascii.Error, KeyError, TypeError):
+    except (WireError, ValueError, binascii.Error, KeyError, TypeError):
         raise bad("page.token is not a token this PDP issued") from None
     if not isinstance(offset, int) or offset < 0 or search != _fingerprint(body):
         raise bad("page.token belongs to another search; send the same request with it")
@@ -554,30 +558,16 @@ class AuthZen:
 
 
 async def _body(request: Request) -> Json:
-    """The request's JSON object (§10.1: Content-Type application/json)."""
+    """The request's JSON object (§10.1: Content-Type application/json), read within
+    :mod:`issuer.wire`'s bounds: 413 over :data:`MAX_BODY`, 408 when it is slow, 400 for
+    what is not JSON (nested too deeply or holding a lone surrogate included)."""
     media = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
     if media != "application/json":
         raise bad("Content-Type must be application/json")
-    too_large = bad(f"the request body is larger than {MAX_BODY} bytes")
-    length = request.headers.get("content-length", "")
-    if length.isdigit() and int(length) > MAX_BODY:
-        raise too_large
-    raw = bytearray()
-    async for chunk in request.stream():  # bounded also without a Content-Length
-        raw += chunk
-        if len(raw) > MAX_BODY:
-            raise too_large
     try:
-        body = json.loads(raw, parse_constant=_not_json)
-    except ValueError as exc:
-        raise bad(f"the body is not JSON: {exc}") from None
-    except RecursionError:
-        raise bad("the body nests too deeply") from None
+        body = read_json(await read_body(request, MAX_BODY))
+    except WireError as exc:
+        raise Failure(exc.status, str(exc)) from None
     if not isinstance(body, dict):
         raise bad("the body must be a JSON object")
     return body
-
-
-def _not_json(constant: str) -> Any:
-    """RFC 8259 has no NaN or Infinity, though Python's parser takes them."""
-    raise ValueError(f"{constant} is not a JSON value")

@@ -3,8 +3,9 @@
 ``Authorize``, ``AuthorizeBatch`` and ``ListAllowed`` each convert their message straight
 into typed requests (:func:`request_from_proto`), ask the :class:`DecisionPoint`, and build
 the response straight from the decision (:func:`answer_to_proto`). A malformed request is
-answered INVALID_ARGUMENT naming the field, never with a traceback; a fault of ours is
-logged and answered INTERNAL.
+answered INVALID_ARGUMENT naming the field (or, for bytes protobuf refuses, saying why),
+never with a traceback or an exception's name; a fault of ours is logged and answered
+INTERNAL.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from functools import partial
 from typing import Any, TypeVar
 
 import grpc
-from google.protobuf.message import DecodeError
+from google.protobuf.message import DecodeError, Message
 
 from pdp.decide import DecisionPoint
 from pdp.lang.schema import SchemaModel, Type
@@ -32,6 +33,12 @@ INTERNAL = "internal error in the decision service (it is logged)"
 IDEMPOTENCY_KEY = "idempotency-key"  # the metadata a PEP keeps across retries of one call
 
 T = TypeVar("T")
+M = TypeVar("M", bound=Message)
+
+# Protobuf's default recursion limit (upb's and the Python decoder's alike): messages
+# within messages, below the one parsed. Its refusal says so in the implementation's words.
+PROTOBUF_DEPTH = 100
+_TOO_DEEP = ("MaxDepth", "levels of nesting")
 _SCALARS = frozenset(("string", "bool", "risk", "duration", "time", "ip", "number", "integer"))
 
 
@@ -203,12 +210,21 @@ def _varint(value: int) -> bytes:
     return bytes(out)
 
 
-def parsed(raw: bytes) -> pb.AuthorizeRequest:
-    """An ``AuthorizeRequest`` from its bytes, or a RequestError saying they are not one."""
+def parsed(raw: bytes, kind: type[M]) -> M:
+    """A message of ``kind`` from its bytes, or a RequestError saying why they are not one.
+
+    Every door parses its requests itself, from bytes: gRPC, left to deserialize them,
+    would answer a failure UNKNOWN, naming Python's exception class. Protobuf refuses a
+    message nested deeper than :data:`PROTOBUF_DEPTH` (a ``Value`` list in a list…, or
+    Envoy's ``Struct``) as it refuses bytes that are not a message; the answer says which."""
     try:
-        message: pb.AuthorizeRequest = pb.AuthorizeRequest.FromString(raw)
+        message: M = kind.FromString(raw)
     except DecodeError as exc:
-        raise RequestError(f"the request is not a tessera.v1.AuthorizeRequest: {exc}") from None
+        if any(sign in str(exc) for sign in _TOO_DEEP):
+            raise RequestError(
+                f"the request nests deeper than protobuf's limit of {PROTOBUF_DEPTH} levels"
+            ) from None
+        raise RequestError(f"the request is not a {kind.DESCRIPTOR.full_name}") from None
     return message
 
 
@@ -284,7 +300,9 @@ class AuthorizerDoor:
         started = calls.begin(context)
         try:
             point = self.point
-            request = request_from_proto(parsed(raw), point.schema, point.trusts_callers)
+            request = request_from_proto(
+                parsed(raw, pb.AuthorizeRequest), point.schema, point.trusts_callers
+            )
             key = raw if point.cache is not None else None
             once = partial(idempotency_key, context)
             return answer_to_bytes(await point.decide(request, context.peer, key=key, once=once))
@@ -295,11 +313,12 @@ class AuthorizerDoor:
             calls.end(started, context)
 
     async def AuthorizeBatch(
-        self, request: pb.AuthorizeBatchRequest, context: grpc.aio.ServicerContext
+        self, raw: bytes, context: grpc.aio.ServicerContext
     ) -> pb.AuthorizeBatchResponse:
         point = self.point
 
         async def work() -> pb.AuthorizeBatchResponse:
+            request = parsed(raw, pb.AuthorizeBatchRequest)
             schema, trusted = point.schema, point.trusts_callers
             typed = []
             for index, item in enumerate(request.requests):
@@ -313,11 +332,12 @@ class AuthorizerDoor:
         return await self._calls["AuthorizeBatch"].run(work, context)
 
     async def ListAllowed(
-        self, request: pb.ListAllowedRequest, context: grpc.aio.ServicerContext
+        self, raw: bytes, context: grpc.aio.ServicerContext
     ) -> pb.ListAllowedResponse:
         point = self.point
 
         async def work() -> pb.ListAllowedResponse:
+            request = parsed(raw, pb.ListAllowedRequest)
             response = pb.ListAllowedResponse(bundle_version=point.version)
             schema, trusted = point.schema, point.trusts_callers
             questions = []
@@ -350,18 +370,17 @@ def listed_question(request: pb.ListAllowedRequest, candidate: pb.Resource) -> p
 
 def add_to_server(point: DecisionPoint, server: grpc.aio.Server) -> AuthorizerDoor:
     """Serve ``tessera.v1.Authorizer`` over ``point`` on ``server`` (as the generated
-    ``add_AuthorizerServicer_to_server`` would, but ``Authorize`` on bytes)."""
+    ``add_AuthorizerServicer_to_server`` would, but each method taking the request's bytes,
+    which it parses itself: see :func:`parsed`)."""
     door = AuthorizerDoor(point)
     handlers = {
         "Authorize": grpc.unary_unary_rpc_method_handler(door.Authorize),
         "AuthorizeBatch": grpc.unary_unary_rpc_method_handler(
             door.AuthorizeBatch,
-            request_deserializer=pb.AuthorizeBatchRequest.FromString,
             response_serializer=pb.AuthorizeBatchResponse.SerializeToString,
         ),
         "ListAllowed": grpc.unary_unary_rpc_method_handler(
             door.ListAllowed,
-            request_deserializer=pb.ListAllowedRequest.FromString,
             response_serializer=pb.ListAllowedResponse.SerializeToString,
         ),
     }

@@ -26,7 +26,9 @@ from authlib.oauth2.rfc7523 import PrivateKeyJWT  # type: ignore[import-untyped]
 from cryptography.hazmat.primitives import serialization
 from joserfc import jwk as joserfc_jwk
 
+from issuer import wire
 from issuer.keys import thumbprint
+from issuer.oauth.bodies import MAX_BODY
 from issuer.oauth.client_auth import JWT_BEARER
 from tests.issuer.oauth_server import (
     ClientKey,
@@ -35,6 +37,7 @@ from tests.issuer.oauth_server import (
     ShortPrivateKeyJWT,
     oauth_service,
 )
+from tests.servers import send_raw
 from tests.stores import BACKENDS
 
 RESOURCE = "https://api.example.com/payments"
@@ -451,6 +454,90 @@ def test_a_jwks_uri_that_is_no_url_is_invalid_client_metadata(oauth: OAuthServic
         metadata = {**_jwks_uri(agent_id), "jwks_uri": uri, "grant_types": ["client_credentials"]}
         expect_error(oauth.register(metadata), 400, "invalid_client_metadata")
     assert registered_for(oauth, agent_id) == []
+
+
+# ---------------------------------------------------------------- bodies within bounds
+
+DEEP = b'{"a":' * 1000 + b"1" + b"}" * 1000  # nested a thousand levels
+NOT_JSON = {  # each body, and what the answer says of it
+    "nested a thousand levels": (DEEP, "the document nests deeper than 64 levels"),
+    "a lone surrogate": (b'{"client_name": "\\ud800"}', "the document is not JSON"),
+    "cut short": (b'{"client_name": ', "the document is not JSON"),
+}
+
+
+@pytest.mark.parametrize(("body", "says"), NOT_JSON.values(), ids=list(NOT_JSON))
+def test_a_registration_that_is_not_json_within_bounds_is_invalid_client_metadata(
+    oauth: OAuthService, body: bytes, says: str
+) -> None:
+    before = len(oauth.store.list("Client"))
+    response = oauth.http.post(
+        "/oauth/register",
+        content=body,
+        headers={"Authorization": f"Bearer {oauth.token}", "Content-Type": "application/json"},
+    )
+    error = expect_error(response, 400, "invalid_client_metadata")
+    assert error["error_description"].startswith(says)
+    assert len(oauth.store.list("Client")) == before
+
+
+@pytest.mark.parametrize(("body", "says"), NOT_JSON.values(), ids=list(NOT_JSON))
+def test_an_api_key_request_that_is_not_json_within_bounds_is_invalid_request(
+    oauth: OAuthService, body: bytes, says: str
+) -> None:
+    before = len(oauth.store.list("ApiKey"))
+    response = oauth.http.post(
+        "/oauth/api-keys", content=body, headers={"Authorization": f"Bearer {oauth.token}"}
+    )
+    assert expect_error(response, 400, "invalid_request")["error_description"].startswith(says)
+    assert len(oauth.store.list("ApiKey")) == before
+
+
+@pytest.mark.parametrize("path", ["/oauth/register", "/oauth/api-keys", "/oauth/token"])
+def test_a_body_over_64_kib_is_413_invalid_request(oauth: OAuthService, path: str) -> None:
+    body = b"scope=" + b"a" * MAX_BODY
+    kind = "application/x-www-form-urlencoded" if path == "/oauth/token" else "application/json"
+    headers = {"Authorization": f"Bearer {oauth.token}", "Content-Type": kind}
+    response = oauth.http.post(path, content=body, headers=headers)
+    error = expect_error(response, 413, "invalid_request")
+    assert error["error_description"] == f"the body is larger than {MAX_BODY} bytes"
+
+
+@pytest.mark.parametrize("path", ["/oauth/register", "/oauth/token"])
+def test_a_body_that_does_not_arrive_in_time_is_408_invalid_request(
+    oauth: OAuthService, monkeypatch: pytest.MonkeyPatch, path: str
+) -> None:
+    monkeypatch.setattr(wire, "READ_TIMEOUT", 0.5)
+    head = (
+        f"POST {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {oauth.token}\r\n"
+        "Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 100\r\n\r\n"
+    )
+    answer = send_raw(int(oauth.issuer.rsplit(":", 1)[1]), head.encode() + b"grant_type=")
+    status, _, rest = answer.partition(b"\r\n")
+    assert status == b"HTTP/1.1 408 Request Timeout", answer
+    error = json.loads(rest.partition(b"\r\n\r\n")[2])
+    assert error == {
+        "error": "invalid_request",
+        "error_description": "the body did not arrive within 0.5 seconds",
+    }
+
+
+DEEP_JWT = f"{b64url(b'[' * 5000 + b']' * 5000)}.e30.AAAA"  # a header nested 5,000 deep
+
+
+def test_a_deeply_nested_token_is_inactive(oauth: OAuthService) -> None:
+    assert oauth.introspect(DEEP_JWT) == {"active": False}  # RFC 7662 §2.2
+
+
+def test_a_deeply_nested_client_assertion_is_401_invalid_client(oauth: OAuthService) -> None:
+    error = expect_error(assertion_request(oauth, DEEP_JWT), 401, "invalid_client")
+    assert error["error_description"] == "the client assertion is not a JWT"
+
+
+def test_a_deeply_nested_admin_token_is_401_invalid_token(oauth: OAuthService) -> None:
+    header = f"{b64url(b'[' * 3000 + b']' * 3000)}.e30.AAAA"  # within the head's 16 KiB
+    response = oauth.http.get("/oauth/api-keys", headers={"Authorization": f"Bearer {header}"})
+    expect_error(response, 401, "invalid_token")
 
 
 # ---------------------------------------------------------------- client_credentials

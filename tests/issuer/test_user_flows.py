@@ -27,11 +27,14 @@ import httpx
 import pytest
 from authlib.integrations.httpx_client import OAuth2Client  # type: ignore[import-untyped]
 
+from issuer import wire
 from issuer.hashing import hash_password
 from issuer.oauth.authorize import SESSION_COOKIE
+from issuer.oauth.bodies import MAX_BODY
 from issuer.oauth.grants import Exchange
 from tests.issuer.conftest import TIMEOUT, unique
 from tests.issuer.oauth_server import OAuthService, Registered, oauth_service
+from tests.servers import send_raw
 from tests.stores import BACKENDS
 
 RESOURCE = "https://api.example.com/"
@@ -795,6 +798,30 @@ def test_a_failed_sign_in_is_a_401_login_page_and_no_session(
     # still not signed in: the consent step sends the browser back to the login page
     response = browser.get("/oauth/consent", params={"request": pending})
     assert request_id(response, "/oauth/login") == pending
+
+
+@pytest.mark.parametrize("path", ["/oauth/login", "/oauth/consent"])
+def test_a_form_over_64_kib_is_a_413_page_and_no_session(
+    service: Service, browser: httpx.Client, path: str
+) -> None:
+    response = browser.post(path, data={"request": "r", "password": "a" * MAX_BODY})
+    assert "larger than 65536 bytes" in expect_page(response, 413)
+    assert not browser.cookies
+
+
+@pytest.mark.parametrize("path", ["/oauth/login", "/oauth/consent"])
+def test_a_form_that_does_not_arrive_in_time_is_a_408_page(
+    service: Service, monkeypatch: pytest.MonkeyPatch, path: str
+) -> None:
+    monkeypatch.setattr(wire, "READ_TIMEOUT", 0.5)
+    head = (
+        f"POST {path} HTTP/1.1\r\nHost: x\r\n"
+        "Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 100\r\n\r\n"
+    )
+    answer = send_raw(int(service.issuer.rsplit(":", 1)[1]), head.encode() + b"request=")
+    assert answer.startswith(b"HTTP/1.1 408 Request Timeout\r\n"), answer
+    assert b"text/html" in answer.partition(b"\r\n\r\n")[0]
+    assert b"did not arrive within 0.5 seconds" in answer
 
 
 def test_the_user_name_is_matched_without_case(service: Service, browser: httpx.Client) -> None:
