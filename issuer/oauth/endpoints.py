@@ -13,7 +13,6 @@
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -26,8 +25,7 @@ from starlette.routing import Route
 
 from issuer.agents import Agent
 from issuer.keys import KeyRing
-from issuer.models import REVOKED
-from issuer.oauth import inline
+from issuer.oauth import inline, revocation
 from issuer.oauth.api_keys import API_KEY_TOKEN_TYPE, ApiKeys
 from issuer.oauth.authorize import AuthorizationEndpoint
 from issuer.oauth.bodies import read_document, read_form
@@ -43,13 +41,7 @@ from issuer.oauth.clients import (
 )
 from issuer.oauth.consent import Consents
 from issuer.oauth.errors import OAuthError, json_response
-from issuer.oauth.grants import (
-    AgentLookup,
-    ExchangeCheck,
-    Grants,
-    refuse_all,
-    revoked,
-)
+from issuer.oauth.grants import AgentLookup, ExchangeCheck, Grants, refuse_all
 from issuer.oauth.metadata_documents import MetadataDocuments
 from issuer.oauth.mtls import TRUSTED_PROXIES, certificate_from, confirmation
 from issuer.oauth.tokens import (
@@ -60,7 +52,7 @@ from issuer.oauth.tokens import (
     ring_lookup,
 )
 from issuer.scim import ADMIN_SCOPE, Authenticator, Principal, bearer_token
-from issuer.store import Conflict, NotFound, Store
+from issuer.store import NotFound, Store
 from issuer.verify import MISSING, Memory, Refusal, Verifier, agent_statuses, revocations
 
 
@@ -128,7 +120,11 @@ class AuthorizationServer:
     # -- metadata and keys
 
     def metadata(self) -> dict[str, Any]:
-        """RFC 8414 §2: what this server supports, exactly."""
+        """RFC 8414 §2: what this server supports, exactly. The endpoints take mutual TLS
+        where they are (the certificate is optional at the TLS level), so there are no
+        ``mtls_endpoint_aliases`` (RFC 8705 §5); tokens of mutual-TLS clients are bound
+        to their certificate (§3.3)."""
+        assertion_algorithms = list(ASSERTION_ALGORITHMS)
         return {
             "issuer": self.issuer,
             "authorization_endpoint": self.issuer + PATHS.authorize,
@@ -144,13 +140,22 @@ class AuthorizationServer:
             "authorization_response_iss_parameter_supported": True,
             "client_id_metadata_document_supported": True,
             "token_endpoint_auth_methods_supported": list(AUTH_METHODS),
-            "token_endpoint_auth_signing_alg_values_supported": list(ASSERTION_ALGORITHMS),
+            "token_endpoint_auth_signing_alg_values_supported": assertion_algorithms,
             "introspection_endpoint_auth_methods_supported": [
                 m for m in AUTH_METHODS if m != "none"
             ],
+            # §2: present whenever private_key_jwt is among an endpoint's methods
+            "introspection_endpoint_auth_signing_alg_values_supported": assertion_algorithms,
             "revocation_endpoint_auth_methods_supported": list(AUTH_METHODS),
-            "access_token_signing_alg_values_supported": [self.keys.signing_key().alg],
+            "revocation_endpoint_auth_signing_alg_values_supported": assertion_algorithms,
+            "tls_client_certificate_bound_access_tokens": True,
+            "access_token_signing_alg_values_supported": self._signing_algorithms(),
         }
+
+    def _signing_algorithms(self) -> list[str]:
+        """The algorithms of the published keys: after a rotation to another algorithm,
+        tokens of the previous key still verify until they expire."""
+        return sorted({str(jwk["alg"]) for jwk in self.keys.jwks()["keys"]})
 
     async def well_known(self, request: Request) -> Response:
         return json_response(self.metadata(), headers={"Cache-Control": "max-age=300"})
@@ -229,7 +234,7 @@ class AuthorizationServer:
             claims = self.verifier.verify(token)
         except InvalidToken:
             return None
-        if revoked(self.store, claims):
+        if revocation.revoked(self.store, claims):  # itself, or what it came from
             return None
         agent_id = claims.get("agent_id")
         if isinstance(agent_id, str):
@@ -279,7 +284,9 @@ class AuthorizationServer:
 
     def _revoke(self, token: str, client: Client) -> None:
         """RFC 7009 §2.1: only the client the token was issued to may revoke it; an invalid
-        or unknown token is not an error (§2.2)."""
+        or unknown token is not an error (§2.2). Revoking an access token revokes the
+        tokens exchanged from it (RFC 8693), which name it in their lineage; revoking a
+        refresh token revokes its family and the access tokens it gave."""
         try:
             claims = self.verifier.verify(token)
         except InvalidToken:  # perhaps a refresh token: revoking one revokes its family
@@ -287,11 +294,14 @@ class AuthorizationServer:
             return
         if claims.get("client_id") != client.client_id:
             raise OAuthError("unauthorized_client", "the token was issued to another client")
-        document = {"jti": claims["jti"], "exp": claims["exp"], "sub": claims["sub"]}
-        with contextlib.suppress(Conflict):  # revoked already
-            self.store.create(
-                REVOKED, document, unique={"jti": str(claims["jti"])}, actor=client.client_id
-            )
+        revocation.revoke(
+            self.store,
+            str(claims["jti"]),
+            subject=str(claims["sub"]),
+            exp=claims["exp"],
+            lifetime=self.minter.lifetime,
+            actor=client.client_id,
+        )
 
     # -- registration
 

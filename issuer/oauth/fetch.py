@@ -28,8 +28,11 @@ LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
 
 def plain_loopback(url: str) -> bool:
     """Whether a URL is plain http to a loopback host: allowed for development only."""
-    parts = urlsplit(url)
-    return parts.scheme == "http" and parts.hostname in LOOPBACK_HOSTS
+    try:
+        parts = urlsplit(url)
+        return parts.scheme == "http" and parts.hostname in LOOPBACK_HOSTS
+    except ValueError:  # a bracketed host that is no IP address: not a URL at all
+        return False
 
 
 def _check_destination(url: str, error: Callable[[str], OAuthError]) -> None:

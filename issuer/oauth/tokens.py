@@ -22,7 +22,7 @@ import jwt
 
 from issuer import jws
 from issuer.errors import IssuerError
-from issuer.keys import KeyRing, PublicKey
+from issuer.keys import VERIFY_LEEWAY, KeyRing, PublicKey
 from issuer.wire import read_json
 
 TOKEN_TYPE = "at+jwt"
@@ -130,7 +130,7 @@ class TokenVerifier:
         keys: KeyLookup,
         issuer: str,
         audience: str | Sequence[str] | None = None,
-        leeway: float = 30.0,
+        leeway: float = VERIFY_LEEWAY,
     ) -> None:
         self.keys = keys
         self.issuer = issuer
