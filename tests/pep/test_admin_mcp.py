@@ -432,6 +432,21 @@ def test_issues_and_rotates_credentials_showing_each_secret_once(
 # ---------------------------------------------------------------- the command
 
 
+def test_the_command_refuses_a_store_that_is_not_there_and_creates_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Registering agents into a new store no server reads would look like success."""
+    from pep.cli import main
+
+    missing = f"sqlite:///{tmp_path}/var/tesera.db"
+    code = main(["admin-mcp", "--store", missing, "--policies", str(SHIPPED_POLICIES)])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"tessera admin-mcp: no store at {missing}: the file ")
+    assert "nothing was created" in err
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_the_command_refuses_bad_usage_with_exit_2(
     url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
