@@ -1,7 +1,8 @@
 """Whether anomaly detection keeps up with the audit writer, and what it costs per record.
 
 One run, in this process, for SQLite (a file in a temporary directory) and PostgreSQL (a
-fresh schema of ``TESSERA_TEST_POSTGRES``, dropped after; skipped when unreachable):
+fresh schema of ``TESSERA_TEST_POSTGRES``, dropped after; when unreachable the row is
+skipped saying why, and ``--strict`` exits 1 before measuring):
 
 * **writer**: N decision records submitted to a fresh agent trail through an
   ``AuditWriter`` as fast as its queue takes them, timed until the last is committed:
@@ -37,7 +38,15 @@ from typing import Any
 from urllib.parse import quote
 
 import psycopg
-from engine import Target, benchmark_parser, environment, finish, fmt, ratio  # a sibling script
+from engine import (  # a sibling script
+    Target,
+    benchmark_parser,
+    environment,
+    finish,
+    fmt,
+    ratio,
+    refuse_skips,
+)
 
 from issuer.store import open_store
 from pdp.audit.anomaly import AnomalyDetector
@@ -122,13 +131,14 @@ def baselines_alone(batch: list[dict[str, Any]]) -> dict[str, Any]:
     return {"records": len(batch), "cpu_us_per_record": round(cpu / len(batch) * 1e6, 2)}
 
 
-def postgres_schema() -> tuple[str, str] | None:
+def postgres_schema() -> tuple[str, str] | str:
+    """(a fresh schema, the store URL on it), or why PostgreSQL cannot be had."""
     name = f"bench_{uuid.uuid4().hex}"
     try:
         with psycopg.connect(POSTGRES_URL, autocommit=True, connect_timeout=5) as admin:
             admin.execute(f"CREATE SCHEMA {name}")
-    except psycopg.OperationalError:
-        return None
+    except psycopg.OperationalError as e:
+        return f"{POSTGRES_URL} is not reachable: {' '.join(str(e).split())}"
     return name, f"{POSTGRES_URL}?options={quote(f'-c search_path={name}')}"
 
 
@@ -159,9 +169,10 @@ def report(result: dict[str, Any]) -> None:
     alone = result["baselines_alone"]
     print(f"\nBaselines.observe alone: {fmt(alone['cpu_us_per_record'], 2)} us per record\n")
     for target in result["targets"]:
+        why = f"; not measured: {target['why']}" if "why" in target else ""
         print(
             f"{target['verdict']:5s} {target['name']}: {fmt(target['value'], 2)} "
-            f"(limit {target['limit']})"
+            f"(limit {target['limit']}){why}"
         )
 
 
@@ -171,27 +182,32 @@ def main() -> None:
     ).parse_args()
     batch = records(QUICK_RECORDS if args.quick else FULL_RECORDS)
     stores: dict[str, Any] = {}
-    targets = []
+    schema = postgres_schema()  # first: a strict run that cannot have it stops at once
+    skipped = {"postgresql": schema} if isinstance(schema, str) else {}
+    refuse_skips(args, skipped)
     with tempfile.TemporaryDirectory() as tmp:
         stores["sqlite"] = measure(f"sqlite:///{tmp}/anomaly.db", batch)
-    schema = postgres_schema()
-    if schema is None:
-        stores["postgresql"] = {"skipped": f"{POSTGRES_URL} is not reachable"}
+    if isinstance(schema, str):
+        stores["postgresql"] = {"skipped": schema}
     else:
         try:
             stores["postgresql"] = measure(schema[1], batch)
         finally:
             drop_schema(schema[0])
+    targets = []
     for name, row in stores.items():
-        if "skipped" in row:
-            continue
-        keeps_up = ratio(row["detector_records_per_s"], row["writer_records_per_s"])
+        keeps_up = (
+            None
+            if "skipped" in row
+            else ratio(row["detector_records_per_s"], row["writer_records_per_s"])
+        )
         targets.append(
             Target(
                 f"detector records/s over writer records/s, {name}",
                 ">= 1",
                 keeps_up,
                 None if keeps_up is None else keeps_up >= 1,
+                row.get("skipped"),
             )
         )
     result = {
@@ -201,7 +217,7 @@ def main() -> None:
         "baselines_alone": baselines_alone(json.loads(json.dumps(batch))),
         "targets": [t.to_json(3) for t in targets],
     }
-    finish(result, targets, args, report)
+    finish(result, targets, args, report, skipped)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,9 @@ against a cap it never reaches, so every charge checks and records) on:
   ``redis://127.0.0.1:6379/0``) under a fresh key prefix, deleted after (skipped when
   unreachable).
 
+A store that is unreachable is skipped saying why (in the report and on standard error);
+``--strict`` then exits 1 before timing anything.
+
 Beside them, each server's floor through the same client: a Redis ``PING`` and a
 PostgreSQL ``SELECT 1``, one round trip each. Every store is warmed up (connections made,
 statements prepared, the Lua script loaded), then the stores take turns: in each round
@@ -30,6 +33,7 @@ import sys
 # The project root first: benchmarks/issuer.py must not shadow the issuer package.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+import argparse
 import gc
 import statistics
 import tempfile
@@ -43,7 +47,16 @@ from urllib.parse import quote
 
 import psycopg
 import redis
-from engine import Target, benchmark_parser, environment, finish, fmt, print_targets, ratio
+from engine import (
+    Target,
+    benchmark_parser,
+    environment,
+    finish,
+    fmt,
+    print_targets,
+    ratio,
+    refuse_skips,
+)
 
 from pdp.counters import FITS, Charge, CounterStore, MemoryCounters
 from pdp.counters.redis import RedisCounters
@@ -115,7 +128,7 @@ def open_postgres(opened: dict[str, Any], skipped: dict[str, str]) -> dict[str, 
     try:
         admin = psycopg.connect(POSTGRES_URL, autocommit=True, connect_timeout=5)
     except psycopg.OperationalError as e:
-        skipped["postgresql"] = f"{POSTGRES_URL} is not reachable: {e}"
+        skipped["postgresql"] = f"{POSTGRES_URL} is not reachable: {' '.join(str(e).split())}"
         return {}
     admin.execute(f"CREATE SCHEMA {name}")
     opened["postgres_admin"], opened["postgres_schema"] = admin, name
@@ -134,7 +147,7 @@ def open_redis(opened: dict[str, Any], skipped: dict[str, str]) -> dict[str, Ste
     try:
         floor.ping()
     except redis.RedisError as e:
-        skipped["redis"] = f"{REDIS_URL} is not reachable: {e}"
+        skipped["redis"] = f"{REDIS_URL} is not reachable: {' '.join(str(e).split())}"
         return {}
     prefix = f"tessera-bench-{uuid.uuid4().hex}:"
     store = RedisCounters(REDIS_URL, timeout=1, prefix=prefix)
@@ -158,7 +171,11 @@ def close_all(opened: dict[str, Any]) -> None:
         opened["postgres_admin"].close()
 
 
-def measure(shape: dict[str, int]) -> tuple[dict[str, Any], dict[str, str]]:
+def measure(
+    shape: dict[str, int], args: argparse.Namespace
+) -> tuple[dict[str, Any], dict[str, str]]:
+    """Every store's charges, and the stores that could not be had (with --strict, none
+    is timed then: see :func:`refuse_skips`)."""
     opened: dict[str, Any] = {}
     skipped: dict[str, str] = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -167,6 +184,7 @@ def measure(shape: dict[str, int]) -> tuple[dict[str, Any], dict[str, str]]:
             steps = {"memory": charging(MemoryCounters()), "sqlite": charging(opened["sqlite"])}
             steps |= open_postgres(opened, skipped)
             steps |= open_redis(opened, skipped)
+            refuse_skips(args, skipped)
             samples = run_rounds(steps, shape["rounds"], shape["calls"])
         finally:
             close_all(opened)
@@ -204,7 +222,7 @@ def main() -> None:
     ).parse_args()
     shape = QUICK if args.quick else FULL
     began = time.perf_counter()
-    rows, skipped = measure(shape)
+    rows, skipped = measure(shape, args)
     redis_median = rows.get("redis", {}).get("median_us")
     targets = [
         Target(
@@ -212,6 +230,7 @@ def main() -> None:
             f"<= {TARGET_REDIS_US:g}",
             redis_median,
             None if redis_median is None else redis_median <= TARGET_REDIS_US,
+            skipped.get("redis"),
         )
     ]
     result = {
@@ -229,7 +248,7 @@ def main() -> None:
         "targets": [t.to_json(2) for t in targets],
         "seconds": round(time.perf_counter() - began, 1),
     }
-    finish(result, targets, args, lambda r: report(r, targets))
+    finish(result, targets, args, lambda r: report(r, targets), skipped)
 
 
 if __name__ == "__main__":

@@ -620,6 +620,7 @@ class Target:
     limit: str
     value: float | None
     passed: bool | None  # None: could not be measured
+    why: str | None = None  # why it could not be measured
 
     @property
     def verdict(self) -> str:
@@ -627,13 +628,14 @@ class Target:
 
     def to_json(self, digits: int | None = None) -> dict[str, Any]:
         value = self.value if self.value is None or digits is None else round(self.value, digits)
-        return {
+        out = {
             "name": self.name,
             "limit": self.limit,
             "value": value,
             "pass": self.passed,
             "verdict": self.verdict,
         }
+        return out if self.why is None else {**out, "why": self.why}
 
 
 def environment(quick: bool, **versions: str) -> dict[str, Any]:
@@ -654,7 +656,8 @@ def print_targets(targets: Sequence[Target], seconds: float) -> None:
     """The report's last lines: each target's verdict, and how long the run took."""
     print("\ntargets")
     for t in targets:
-        print(f"  {t.verdict:4}  {t.name}: {fmt(t.value, 2)} ({t.limit})")
+        note = f"; not measured: {t.why}" if t.passed is None and t.why else ""
+        print(f"  {t.verdict:4}  {t.name}: {fmt(t.value, 2)} ({t.limit}){note}")
     print(f"\n{seconds} s")
 
 
@@ -670,23 +673,61 @@ def benchmark_parser(description: str, quick: str) -> argparse.ArgumentParser:
     )
     parser.add_argument("--quick", action="store_true", help=quick)
     parser.add_argument(
-        "--strict", action="store_true", help="exit 1 when a target is missed (default: exit 0)"
+        "--strict",
+        action="store_true",
+        help="exit 1 when a target is missed, or a row or target could not be measured "
+        "(default: exit 0)",
     )
     return parser
 
 
 def finish(
     result: dict[str, Any],
-    targets: list[Target],
+    targets: Sequence[Target],
     args: argparse.Namespace,
     report: Callable[[dict[str, Any]], None],
+    skipped: dict[str, str] | None = None,
 ) -> None:
-    """Print the result (JSON with --json, else the report); with --strict, exit 1 on a miss."""
+    """Print the result (JSON with --json, else the report), then on standard error each
+    row in ``skipped`` (its name: why it could not run), whatever the flags, so a missing
+    row is never silent. With --strict, exit 1, saying why, when a target was missed or
+    not measured or a row was skipped: a run that measured less than it names fails."""
+    skipped = skipped or {}
+    if skipped:
+        result.setdefault("skipped", skipped)
     if args.json:
         print(json.dumps(result, indent=2))
     else:
         report(result)
-    if args.strict and any(t.passed is False for t in targets):
+    for row, why in skipped.items():
+        print(f"skipped: {row}: {why}", file=sys.stderr)
+    if args.strict:
+        strict_exit(targets, skipped)
+
+
+def refuse_skips(args: argparse.Namespace, skipped: dict[str, str]) -> None:
+    """Before measuring: with --strict, exit 1 at once when a row cannot run, naming it
+    and why (the run could not pass, so it does not spend minutes first); without, say
+    on standard error which rows will be missing."""
+    for row, why in skipped.items():
+        prefix = "--strict" if args.strict else "skipping"
+        print(f"{prefix}: {row}: could not run: {why}", file=sys.stderr)
+    if args.strict and skipped:
+        sys.exit(1)
+
+
+def strict_exit(targets: Sequence[Target], skipped: dict[str, str]) -> None:
+    """--strict: exit 1, naming each target missed or not measured and each row skipped."""
+    problems = [
+        f"{t.name}: {fmt(t.value, 3)} ({t.limit}): missed" for t in targets if t.passed is False
+    ]
+    problems += [
+        f"{t.name}: not measured: {t.why or 'no value'}" for t in targets if t.passed is None
+    ]
+    problems += [f"{row}: could not run: {why}" for row, why in skipped.items()]
+    for problem in problems:
+        print(f"--strict: {problem}", file=sys.stderr)
+    if problems:
         sys.exit(1)
 
 
@@ -948,6 +989,7 @@ def evaluate(shipped: dict[str, Any], generated: dict[str, Any]) -> dict[str, An
             f">= {TARGET_CEDAR_RATIO:g}x",
             cedar_ratio,
             None if cedar_ratio is None else cedar_ratio >= TARGET_CEDAR_RATIO,
+            cedar.get("skipped"),
         ),
         Target(
             "10,000-rule median / 20-rule median",
@@ -1067,9 +1109,10 @@ def print_report(result: dict[str, Any]) -> None:
 
     print("\ntargets")
     for target in result["targets"]:
+        why = f"; not measured: {target['why']}" if "why" in target else ""
         print(
             f"  {target['verdict']:4s}  {target['name']:44s} {target['limit']:>10s}"
-            f"   measured {fmt(target['value'], 3)}"
+            f"   measured {fmt(target['value'], 3)}{why}"
         )
     print("\nnotes")
     for note in result["notes"]:
@@ -1109,7 +1152,9 @@ def main() -> None:
         "notes": list(NOTES),
         "seconds": round(time.perf_counter() - started, 1),
     }
-    finish(result, targets, args, print_report)
+    cedar = shipped["cedarpy"]
+    skipped = {"cedarpy rows": cedar["skipped"]} if "skipped" in cedar else {}
+    finish(result, targets, args, print_report, skipped)
 
 
 if __name__ == "__main__":

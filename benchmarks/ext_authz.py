@@ -378,6 +378,7 @@ def evaluate(measured: dict[str, Any]) -> tuple[dict[str, float | None], list[Ta
             f"<= {CPU_RATIO_LIMIT:.2f}x",
             value,
             None if value is None else value <= CPU_RATIO_LIMIT,
+            "no round with CPU time on both sides" if value is None else None,
         )
     ]
     return ratios, targets

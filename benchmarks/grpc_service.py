@@ -74,7 +74,6 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import asyncio
 import contextlib
-import json
 import multiprocessing as mp
 import statistics
 import threading
@@ -86,7 +85,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-from engine import Target, benchmark_parser, environment, fmt  # a sibling script
+from engine import Target, benchmark_parser, environment, finish  # a sibling script
 
 from pdp.lang.values import Risk
 from pdp.serve.proto import authorizer_pb2 as pb
@@ -562,17 +561,17 @@ def run(budget: Budget) -> dict[str, Any]:
     return result
 
 
-def evaluate(measured: dict[str, Any]) -> list[tuple[Target, str | None]]:
-    """Each target with its verdict, and why it could not be measured (or None)."""
+def evaluate(measured: dict[str, Any]) -> list[Target]:
+    """Each target with its verdict, and why it could not be measured."""
 
-    def ratio_target(name: str, section: str, limit: float) -> tuple[Target, str | None]:
+    def ratio_target(name: str, section: str, limit: float) -> Target:
         part = measured.get(section)
         value = None if part is None else part["cpu_ratio"]["median"]
         why = measured["unmeasured"].get(section) or (
             "no round pair with CPU time" if part is not None and value is None else None
         )
         passed = None if value is None else value <= limit
-        return Target(name, f"<= {limit:.2f}x", value, passed), why
+        return Target(name, f"<= {limit:.2f}x", value, passed, why)
 
     batch_part = measured.get("batch")
     rate = None if batch_part is None else batch_part["decisions_per_s"]
@@ -592,13 +591,11 @@ def evaluate(measured: dict[str, Any]) -> list[tuple[Target, str | None]]:
             "client",
             CLIENT_LIMIT,
         ),
-        (
-            Target(
-                f"AuthorizeBatch x{BATCH_SIZE} decisions/s (median of rounds)",
-                f">= {BATCH_LIMIT:,}",
-                rate,
-                None if rate is None else rate >= BATCH_LIMIT,
-            ),
+        Target(
+            f"AuthorizeBatch x{BATCH_SIZE} decisions/s (median of rounds)",
+            f">= {BATCH_LIMIT:,}",
+            rate,
+            None if rate is None else rate >= BATCH_LIMIT,
             measured["unmeasured"].get("batch"),
         ),
     ]
@@ -661,7 +658,7 @@ def print_client(part: dict[str, Any] | None) -> None:
     )
 
 
-def print_report(result: dict[str, Any], targets: list[tuple[Target, str | None]]) -> None:
+def print_report(result: dict[str, Any], targets: list[Target]) -> None:
     env, method = result["environment"], result["method"]
     print(
         f"gRPC service: Tessera's Authorize vs a bare grpc.aio echo, pep.client vs a bare stub "
@@ -685,9 +682,9 @@ def print_report(result: dict[str, Any], targets: list[tuple[Target, str | None]
             f"per decision, {b['calls']} calls"
         )
     print("\ntargets")
-    for t, why in targets:
+    for t in targets:
         value = show(t.value, "x") if t.value is None or "x" in t.limit else f"{t.value:,.0f}"
-        note = f"; not measured: {why}" if why else ""
+        note = f"; not measured: {t.why}" if t.why else ""
         print(f"  {t.verdict:4}  {t.name}: {value} ({t.limit}){note}")
     print(f"\n{result['seconds']} s")
 
@@ -719,26 +716,11 @@ def main() -> None:
             "client_cpu": "time.process_time in the client process, around each round",
         },
         **measured,
-        "targets": [{**t.to_json(3), "why": why} for t, why in targets],
+        "targets": [t.to_json(3) for t in targets],
         "load_average_1m": {"start": load, "end": round(os.getloadavg()[0], 2)},
         "seconds": round(time.perf_counter() - started, 1),
     }
-    if args.json:
-        print(json.dumps(result, indent=2))
-    else:
-        print_report(result, targets)
-    if args.strict:
-        strict_exit(targets)
-
-
-def strict_exit(targets: list[tuple[Target, str | None]]) -> None:
-    """--strict: exit 1, saying why, when a target failed or could not be measured."""
-    missed = [(t, why) for t, why in targets if t.passed is not True]
-    for t, why in missed:
-        reason = f"not measured: {why or 'no value'}" if t.passed is None else "missed"
-        print(f"--strict: {t.name}: {fmt(t.value, 3)} ({t.limit}): {reason}", file=sys.stderr)
-    if missed:
-        sys.exit(1)
+    finish(result, targets, args, lambda r: print_report(r, targets))
 
 
 if __name__ == "__main__":

@@ -10,9 +10,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import psycopg
 import pytest
 
+from issuer.store import open_store
 from pep.cli import main
+from tests.stores import postgres_schema
 
 ROOT = Path(__file__).resolve().parent.parent
 POLICIES = ROOT / "policies"
@@ -279,6 +282,7 @@ def test_keys_rotate_makes_a_new_current_key_and_keeps_the_old_one_published(
     capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
     store = f"sqlite:///{tmp_path}/t.db"
+    open_store(store).close()  # as tessera serve makes it
     code, out, _ = run(capsys, "keys", "list", "--store", store)
     assert code == 0
     [first] = out.splitlines()
@@ -297,3 +301,89 @@ def test_keys_with_an_unknown_store_url_is_a_usage_error(
     code, _, err = run(capsys, "keys", "list", "--store", "mysql://nope")
     assert code == 2
     assert "store: 'mysql://nope' is neither" in err
+
+
+# ------------------------------------------------------------------ a store that is not there
+
+READERS = [
+    ("report", "--all"),
+    ("audit", "verify"),
+    ("audit", "export"),
+    ("audit", "query"),
+    ("audit", "alerts"),
+    ("keys", "list"),
+    ("keys", "rotate"),
+]
+
+
+@pytest.mark.parametrize("command", READERS, ids=" ".join)
+def test_a_command_on_a_missing_store_file_refuses_it_and_creates_nothing(
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    command: tuple[str, ...],
+) -> None:
+    """A mistyped --store must not "verify" a new, empty store made on the spot."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("TESSERA_STORE", raising=False)
+    code, out, err = run(capsys, *command, "--store", "sqlite:///var/tesera.db")
+    assert (code, out) == (2, "")
+    assert err.startswith(
+        f"tessera {command[0]}: no store at sqlite:///var/tesera.db: "
+        "the file var/tesera.db does not exist; nothing was created"
+    )
+    assert "tessera serve creates a store" in err
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("command", READERS, ids=" ".join)
+def test_a_command_on_the_default_store_that_is_not_there_refuses_it(
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    command: tuple[str, ...],
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("TESSERA_STORE", raising=False)
+    code, _, err = run(capsys, *command)
+    assert code == 2
+    assert "no store at sqlite:///var/tessera.db: the file var/tessera.db does not exist" in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_file_without_tessera_tables_is_refused_and_left_as_it_was(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    empty = tmp_path / "empty.db"
+    empty.touch()
+    code, _, err = run(capsys, "audit", "verify", "--store", f"sqlite:///{empty}")
+    assert code == 2
+    assert f"{empty} has no Tessera tables; nothing was created" in err
+    assert empty.stat().st_size == 0
+    assert [p.name for p in tmp_path.iterdir()] == ["empty.db"]
+
+
+@pytest.mark.parametrize("command", READERS, ids=" ".join)
+def test_a_command_on_a_postgres_schema_without_tables_refuses_it_and_creates_nothing(
+    capsys: pytest.CaptureFixture[str], command: tuple[str, ...]
+) -> None:
+    with postgres_schema() as url:
+        code, out, err = run(capsys, *command, "--store", url)
+        assert (code, out) == (2, "")
+        schema = url.split("search_path%3D")[1].split("&")[0]
+        assert f"no store at {url}: the schema {schema} has no Tessera tables" in err
+        with psycopg.connect(url) as db:
+            tables = db.execute(
+                "SELECT count(*) FROM pg_tables WHERE schemaname = current_schema()"
+            ).fetchone()
+        assert tables == (0,)
+
+
+def test_the_store_commands_open_a_store_tessera_serve_made(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    store = f"sqlite:///{tmp_path}/var/tessera.db"
+    open_store(store).close()
+    for command in READERS:
+        code, _, err = run(capsys, *command, "--store", store)
+        assert code == 0, (command, err)

@@ -22,6 +22,7 @@ from issuer.store.interface import (
     Change,
     Conflict,
     Lease,
+    MissingStore,
     NotFound,
     Op,
     Record,
@@ -33,20 +34,26 @@ from issuer.store.interface import (
 DEFAULT_URL = "sqlite:///var/tessera.db"
 
 
-def open_store(url: str = DEFAULT_URL) -> Store:
+def open_store(url: str = DEFAULT_URL, *, create: bool = True) -> Store:
     """Open (and migrate) the store a URL names.
 
     ``sqlite:///relative/path.db``, ``sqlite:////absolute/path.db``, ``sqlite:///:memory:``,
     or ``postgresql://host:port/database`` (also ``postgres://``).
+
+    With ``create`` (what ``tessera serve`` does) a new store is made where there is
+    none: the SQLite file and its folder, or the tables in the PostgreSQL schema. Without
+    it only an existing store opens, and one that is not there is a
+    :class:`MissingStore` with nothing created: a command that reads or administers a
+    store must not answer from a new, empty one because its URL was mistyped.
     """
     if url.startswith("sqlite:"):
         from issuer.store.sqlite import SQLiteStore
 
-        return SQLiteStore(url)
+        return SQLiteStore(url, create=create)
     if url.startswith(("postgresql://", "postgres://")):
         from issuer.store.postgres import PostgresStore
 
-        return PostgresStore(url)
+        return PostgresStore(url, create=create)
     raise StoreError(
         f"unknown store URL {url!r}: use sqlite:///path/to/file.db or postgresql://host/db"
     )
@@ -58,6 +65,7 @@ __all__: Sequence[str] = (
     "Change",
     "Conflict",
     "Lease",
+    "MissingStore",
     "NotFound",
     "Op",
     "Record",

@@ -63,6 +63,12 @@ class NotFound(StoreError):
     """No resource of that kind with that id."""
 
 
+class MissingStore(StoreError):
+    """The URL names no store, and the caller opens existing stores only: a SQLite file
+    that does not exist, or a database schema without Tessera's tables. Nothing was
+    created."""
+
+
 class Conflict(StoreError):
     """A unique attribute already holds that value on another resource."""
 

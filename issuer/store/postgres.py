@@ -26,11 +26,21 @@ import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from issuer.store.interface import Lease, StoreError
-from issuer.store.schema import POSTGRES_TYPES, Cursor, SQLStore, apply_migrations
+from issuer.store.interface import Lease, MissingStore, StoreError
+from issuer.store.schema import (
+    POSTGRES_TYPES,
+    Cursor,
+    SQLStore,
+    apply_migrations,
+    require_tables,
+)
 
 CONNECT_TIMEOUT = 10  # seconds, unless the URL sets connect_timeout
 _MAX_IDENTIFIER = 63  # bytes; PostgreSQL truncates longer channel names
+_TABLES = (
+    "SELECT count(*) FROM pg_catalog.pg_tables "
+    "WHERE schemaname = current_schema() AND tablename = 'schema_version'"
+)
 
 
 def channel_for(schema: str) -> str:
@@ -65,7 +75,9 @@ class _Cursor:
 class PostgresStore(SQLStore):
     """A :class:`~issuer.store.Store` in a PostgreSQL schema."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, create: bool = True) -> None:
+        """Connect, and make the tables in the current schema when ``create``; without, a
+        schema without them is a :class:`MissingStore` and nothing is created."""
         self.url = url
         self._lock = threading.Lock()  # guards _conn
         self._listen_lock = threading.Lock()  # guards _listener
@@ -78,7 +90,11 @@ class PostgresStore(SQLStore):
             self._conninfo = make_conninfo(url, **extra)
         except psycopg.Error as e:
             raise StoreError(f"bad PostgreSQL URL {url!r}: {e}") from e
-        self.schema = self._migrate()
+        try:
+            self.schema = self._migrate(create)
+        except BaseException:
+            self.close()
+            raise
         self._channel = channel_for(self.schema)
 
     def _connect(self, *, autocommit: bool) -> psycopg.Connection[Any]:
@@ -87,13 +103,16 @@ class PostgresStore(SQLStore):
         except psycopg.Error as e:
             raise StoreError(f"cannot connect to {self.url}: {e}") from e
 
-    def _migrate(self) -> str:
-        """Create or upgrade the tables in the current schema; return the schema's name."""
+    def _migrate(self, create: bool) -> str:
+        """Create (when ``create``) or upgrade the tables in the current schema; return
+        the schema's name."""
         with self._transaction(write=False) as cur:
             cur.execute("SELECT current_schema()")
             schema = cur.fetchone()[0]
             if schema is None:
-                raise StoreError(f"{self.url}: the search_path names no existing schema")
+                raise MissingStore(f"no store at {self.url}: the search_path names no schema")
+            if not create:
+                require_tables(cur, _TABLES, self.url, f"the schema {schema}")
             # Two stores opening a fresh schema at once must not both create the tables.
             cur.execute("SELECT pg_advisory_xact_lock(hashtext(?))", (f"tessera.store.{schema}",))
             apply_migrations(cur, POSTGRES_TYPES)

@@ -27,6 +27,7 @@ from issuer.store.interface import (
     AuditEntry,
     Change,
     Conflict,
+    MissingStore,
     NotFound,
     Op,
     Record,
@@ -111,6 +112,15 @@ MIGRATIONS: Sequence[Sequence[str]] = (
         )""",
     ),
 )
+
+
+def require_tables(cur: Cursor, count_query: str, url: str, where: str) -> None:
+    """Refuse (:class:`MissingStore`) a database without Tessera's tables, found by
+    ``count_query``, which counts the ``schema_version`` table where the backend keeps
+    it; ``where`` names the place for the message (a file, a schema)."""
+    cur.execute(count_query)
+    if int(cur.fetchone()[0]) == 0:
+        raise MissingStore(f"no store at {url}: {where} has no Tessera tables")
 
 
 def apply_migrations(cur: Cursor, types: Mapping[str, str]) -> None:

@@ -16,13 +16,20 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
 
-from issuer.store.interface import Lease, StoreError
-from issuer.store.schema import SQLITE_TYPES, Cursor, SQLStore, apply_migrations
+from issuer.store.interface import Lease, MissingStore, StoreError
+from issuer.store.schema import (
+    SQLITE_TYPES,
+    Cursor,
+    SQLStore,
+    apply_migrations,
+    require_tables,
+)
 
 BUSY_TIMEOUT = 5.0  # seconds a statement waits for another connection's lock
 POLL_INTERVAL = 0.02  # seconds between change-counter checks in wait_for_change
 
 _PREFIX = "sqlite:///"
+_TABLES = "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'schema_version'"
 
 
 def database_path(url: str) -> str:
@@ -40,7 +47,10 @@ def database_path(url: str) -> str:
 class SQLiteStore(SQLStore):
     """A :class:`~issuer.store.Store` in a SQLite database."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, create: bool = True) -> None:
+        """Open the database file, and make it (folder included) when ``create``;
+        without, a file that is not there or holds no Tessera tables is a
+        :class:`MissingStore` and nothing is written."""
         self.url = url
         path = database_path(url)
         self._path = path
@@ -48,17 +58,13 @@ class SQLiteStore(SQLStore):
         self._audit_lock = threading.Lock()
         self._audit: sqlite3.Connection | None = None
         self._closed = False
-        try:
-            if path != ":memory:":
-                Path(path).parent.mkdir(parents=True, exist_ok=True)
-            self._conn = sqlite3.connect(
-                path, timeout=BUSY_TIMEOUT, isolation_level=None, check_same_thread=False
-            )
-        except (OSError, sqlite3.Error) as e:
-            raise StoreError(f"cannot open {url}: {e}") from e
+        self._conn = _connect(url, path, create)
         try:
             self._conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT * 1000)}")
             self._conn.execute("PRAGMA foreign_keys = ON")
+            if not create:  # before WAL mode, which would write to a file not ours
+                with self._transaction(write=False) as cur:
+                    require_tables(cur, _TABLES, url, path)
             self._conn.execute("PRAGMA journal_mode = WAL")
             with self._transaction(write=True) as cur:
                 apply_migrations(cur, SQLITE_TYPES)
@@ -148,6 +154,31 @@ class SQLiteStore(SQLStore):
             self._closed = True
             if self._audit is not None:
                 self._audit.close()
+
+
+def _connect(url: str, path: str, create: bool) -> sqlite3.Connection:
+    """The connection to ``path``; without ``create`` one that never makes the file
+    (SQLite's ``mode=rw``), so a mistyped path creates nothing."""
+    try:
+        if create:
+            if path != ":memory:":
+                Path(path).parent.mkdir(parents=True, exist_ok=True)
+            return sqlite3.connect(
+                path, timeout=BUSY_TIMEOUT, isolation_level=None, check_same_thread=False
+            )
+        if path == ":memory:":
+            raise MissingStore(f"no store at {url}: an in-memory database is always new")
+        if not Path(path).is_file():
+            raise MissingStore(f"no store at {url}: the file {path} does not exist")
+        return sqlite3.connect(
+            f"{Path(path).absolute().as_uri()}?mode=rw",
+            uri=True,
+            timeout=BUSY_TIMEOUT,
+            isolation_level=None,
+            check_same_thread=False,
+        )
+    except (OSError, sqlite3.Error) as e:
+        raise StoreError(f"cannot open {url}: {e}") from e
 
 
 class _HeldFile:

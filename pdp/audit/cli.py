@@ -64,13 +64,20 @@ def _audit(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         return USAGE
     if args.action == "alerts":
         return _audit_alerts(args, filters, out, err)
+    jwk_set = None
+    if args.action == "verify" and args.jwks:
+        try:
+            jwk_set = _read_jwks(args.jwks)
+        except (OSError, ValueError) as exc:
+            print(f"tessera audit: --jwks {args.jwks}: {exc}", file=err)
+            return USAGE
     opened = open_configured_store(args, err, "audit")
     if opened is None:
         return USAGE
     store, _ = opened
     try:
         if args.action == "verify":
-            return _verify(store, args, out, err)
+            return _verify(store, args.trail, jwk_set, args.issuer, out)
         for seq, record in records(store, args.trail, filters):
             if args.action == "export":
                 print(json.dumps({**record, "trail": args.trail, "seq": seq}), file=out)
@@ -89,26 +96,22 @@ def _audit(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     return OK
 
 
-def _verify(store: Any, args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-    """The trail's hash chain, then the signed checkpoints that vouch for it."""
+def _verify(
+    store: Any, trail: str, jwk_set: dict[str, Any] | None, issuer: str | None, out: TextIO
+) -> int:
+    """The trail's hash chain, then the signed checkpoints that vouch for it (with
+    ``jwk_set``, else every key in the store)."""
     from issuer.keys import every_public_key
     from pdp.audit.checkpoints import TRAIL, verify_checkpoints
     from pdp.audit.query import verify_trail
 
-    trail = args.trail
-    if args.jwks:
-        try:
-            jwk_set = _read_jwks(args.jwks)
-        except (OSError, ValueError) as exc:
-            print(f"tessera audit: --jwks {args.jwks}: {exc}", file=err)
-            return USAGE
-    else:
+    if jwk_set is None:
         jwk_set = every_public_key(store)
     count, problems = verify_trail(store, trail)
     for problem in problems:
         print(f"{trail} trail, {problem}", file=out)
     signed, newest, refused = verify_checkpoints(
-        store, jwk_set, args.issuer, None if trail == TRAIL else trail
+        store, jwk_set, issuer, None if trail == TRAIL else trail
     )
     for problem in refused:
         print(f"{TRAIL} trail, {problem}", file=out)

@@ -238,8 +238,12 @@ def open_configured_store(
     args: argparse.Namespace, err: TextIO, command: str
 ) -> tuple[Store, ServeConfig] | None:
     """(the store ``tessera serve`` would use, the configuration it came from), from flag,
-    environment and file; None after printing why not."""
-    from issuer.store import StoreError, open_store
+    environment and file; None after printing why not.
+
+    Only an existing store opens: ``tessera serve`` makes stores, while the commands
+    that read or administer one (audit, report, keys, admin-mcp) would otherwise answer
+    from a new, empty store, made where a mistyped URL points."""
+    from issuer.store import MissingStore, StoreError, open_store
     from pdp.serve.config import ConfigError, load_config
 
     try:
@@ -251,7 +255,14 @@ def open_configured_store(
         print(f"tessera {command}: no store is configured", file=err)
         return None
     try:
-        return open_store(config.store), config
+        return open_store(config.store, create=False), config
+    except MissingStore as exc:
+        print(
+            f"tessera {command}: {exc}; nothing was created (tessera serve creates a store; "
+            "check --store, TESSERA_STORE and the configuration file)",
+            file=err,
+        )
+        return None
     except StoreError as exc:
         print(f"tessera {command}: {exc}", file=err)
         return None

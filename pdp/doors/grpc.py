@@ -275,7 +275,9 @@ def parsed(raw: bytes, kind: type[M]) -> M:
             raise RequestError(
                 f"the request nests deeper than protobuf's limit of {PROTOBUF_DEPTH} levels"
             ) from None
-        raise RequestError(f"the request is not a {kind.DESCRIPTOR.full_name}") from None
+        raise RequestError(
+            f"the request is not a valid {kind.DESCRIPTOR.full_name} message"
+        ) from None
     return message
 
 

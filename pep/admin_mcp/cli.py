@@ -60,6 +60,10 @@ def _admin_mcp(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     if not Path(config.policies).is_dir():
         print(f"tessera admin-mcp: {config.policies} is not a directory", file=err)
         return USAGE
+    misused = _misused_flag(args)
+    if misused is not None:
+        print(f"tessera admin-mcp: {misused}", file=err)
+        return USAGE
     opened = open_configured_store(args, err, "admin-mcp")
     if opened is None:
         return USAGE
@@ -70,22 +74,28 @@ def _admin_mcp(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     settings = Settings(store, Path(config.policies), admin)
     try:
         if args.http is None:
-            for flag in ("issuer", "resource", "jwks"):
-                if getattr(args, flag):
-                    print(f"tessera admin-mcp: --{flag} only goes with --http", file=err)
-                    return USAGE
             serve_stdio(settings)
             return OK
         from pep.admin_mcp.http import serve_http_forever
 
         host, _, port = args.http.rpartition(":")
-        if not host or not port.isdigit():
-            print(f"tessera admin-mcp: --http {args.http}: use HOST:PORT", file=err)
-            return USAGE
         issuer = args.issuer or config.issuer or f"http://{config.host}:{config.http_port}"
         return serve_http_forever(settings, host, int(port), issuer, args.resource, err, args.jwks)
     finally:
         store.close()
+
+
+def _misused_flag(args: argparse.Namespace) -> str | None:
+    """What is wrong with the transport's flags, found before the store is opened."""
+    if args.http is None:
+        for flag in ("issuer", "resource", "jwks"):
+            if getattr(args, flag):
+                return f"--{flag} only goes with --http"
+        return None
+    host, _, port = args.http.rpartition(":")
+    if not host or not port.isdigit():
+        return f"--http {args.http}: use HOST:PORT"
+    return None
 
 
 ADMIN_MCP = Command(

@@ -13,10 +13,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mcp.server.mcpserver import MCPServer
+from mcp.server.mcpserver import Context, MCPServer
+from mcp.server.mcpserver.exceptions import ToolError
+from mcp.shared.exceptions import MCPError
+from mcp.types import CallToolResult, InputRequiredResult
 
 from issuer.store import Store
 from pep.admin_mcp import resources
+from pep.admin_mcp.errors import in_plain_words
 from pep.admin_mcp.tools import agents, audit, credentials, decisions, directory, policies
 from pep.admin_mcp.tools.backend import Backend
 
@@ -58,12 +62,29 @@ class Settings:
     admin: str  # the actor recorded for changes made over stdio
 
 
+class AdminServer(MCPServer[Any]):
+    """The SDK's server, answering its own refusals of a tool call in plain words
+    (:func:`pep.admin_mcp.errors.in_plain_words`): a client that cannot confirm a write
+    is told so, not the name of the function that would have asked."""
+
+    async def call_tool(
+        self, name: str, arguments: dict[str, Any], context: Context[Any, Any] | None = None
+    ) -> CallToolResult | InputRequiredResult:
+        try:
+            return await super().call_tool(name, arguments, context)
+        except (MCPError, ToolError) as exc:
+            plain = in_plain_words(name, exc)
+            if plain is exc:
+                raise
+            raise plain from exc.__cause__ or exc  # the SDK logs a ValidationError's fields
+
+
 def build_server(
     settings: Settings, auth: Any = None, token_verifier: Any = None
 ) -> MCPServer[Any]:
     """The MCP server over one store and policy directory; ``auth`` (the SDK's
     ``AuthSettings``) and ``token_verifier`` protect its HTTP transport."""
-    server: MCPServer[Any] = MCPServer(
+    server: MCPServer[Any] = AdminServer(
         "tessera-admin",
         title="Tessera administration",
         instructions=INSTRUCTIONS,

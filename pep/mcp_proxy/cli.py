@@ -42,11 +42,12 @@ def _mcp_proxy(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     import uvloop
 
     from issuer.store import StoreError
-    from pep.mcp_proxy.config import ConfigError, load_config
+    from pep.mcp_proxy.config import ConfigError, check_programs, load_config
     from pep.mcp_proxy.serve import proxy_forever
 
     try:
         config = load_config(args.config)
+        check_programs(config)
     except ConfigError as exc:
         print(f"tessera mcp-proxy: {exc}", file=err)
         return USAGE

@@ -48,11 +48,14 @@ verifies it, that is once per ``token_cache`` seconds; without a ``client_id``, 
 good until it expires.
 
 A configuration that cannot work is refused with a :class:`ConfigError` naming the setting.
+What depends on the machine the proxy starts on, a stdio upstream's program, is checked by
+:func:`check_programs` when the command starts, not when the table is read.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -255,6 +258,24 @@ def check(config: ProxyConfig) -> None:
             f"upstream {needs_client[0]!r} gets its credential from the issuer: set "
             "mcp_proxy.client_id and the secret's environment variable (client_secret_env)"
         )
+
+
+def check_programs(config: ProxyConfig) -> None:
+    """Refuse a stdio upstream whose program cannot be started here: not found on
+    ``PATH``, or (given with a path) missing or not executable. The proxy starts the
+    program on the first call, as the process would find it now, so a mistyped command
+    stops the start instead of failing every call made to that upstream."""
+    for upstream in config.upstreams:
+        if not upstream.command or shutil.which(upstream.command[0]) is not None:
+            continue
+        program = upstream.command[0]
+        if os.sep not in program:
+            why = f"{program!r} is not found on PATH"
+        elif not Path(program).is_file():
+            why = f"{program} does not exist"
+        else:
+            why = f"{program} is not executable"
+        raise ConfigError(f"upstream {upstream.name!r}: cannot start its command: {why}")
 
 
 def _upstream(item: Any, index: int, env: Mapping[str, str]) -> Upstream:

@@ -526,6 +526,7 @@ def test_alerts_on_an_empty_trail_says_so(
     capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
     store = f"sqlite:///{tmp_path}/t.db"
+    open_store(store).close()
     assert run(capsys, "audit", "alerts", "--store", store) == (0, "no alerts\n", "")
     assert run(capsys, "audit", "alerts", "--store", store, "--json") == (0, "[]\n", "")
 

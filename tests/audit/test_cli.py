@@ -120,6 +120,7 @@ def test_verify_on_an_intact_trail_says_it_verifies_and_exits_0(
 def test_verify_on_an_empty_store_verifies_no_entries(
     capsys: pytest.CaptureFixture[str], url: str
 ) -> None:
+    open_store(url).close()
     code, out, _ = run(capsys, "audit", "verify", "--store", url)
     assert code == 0
     assert "verifies: 0 entries" in out

@@ -14,6 +14,7 @@ import anyio
 import mcp.types as types
 import pytest
 from mcp import Client, StdioServerParameters
+from mcp.shared.exceptions import MCPError
 
 from issuer.store import Store, open_store
 from pdp.audit.changes import ChangeAuditor
@@ -430,6 +431,47 @@ def test_issues_and_rotates_credentials_showing_each_secret_once(
 
 
 # ---------------------------------------------------------------- the command
+
+
+def test_a_client_without_elicitation_learns_a_suspension_needs_confirmation(
+    seeded: tuple[str, Store],
+) -> None:
+    """Over stdio, from a client that declares no elicitation: a plain answer saying what
+    is missing, no name of the server's code, and the agent stays active."""
+    url, store = seeded
+    before = store.last_change()
+
+    async def main() -> MCPError:
+        with anyio.fail_after(60):
+            async with Client(server_parameters(url)) as client:  # no elicitation callback
+                with pytest.raises(MCPError) as raised:
+                    await client.call_tool("suspend_agent", {"agent": "pay-bot"})
+                return raised.value
+
+    error = anyio.run(main)
+    assert error.message == (
+        "suspend_agent changes Tessera, so it first asks the administrator to confirm the "
+        "change, and this MCP client cannot ask: it does not support elicitation (form "
+        "mode). Nothing was changed. Make the change from an MCP client that supports "
+        "elicitation; no tool argument can stand in for the confirmation, which must come "
+        "from the person."
+    )
+    assert store.last_change() == before
+
+
+def test_the_command_refuses_a_store_that_is_not_there_and_creates_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Registering agents into a new store no server reads would look like success."""
+    from pep.cli import main
+
+    missing = f"sqlite:///{tmp_path}/var/tesera.db"
+    code = main(["admin-mcp", "--store", missing, "--policies", str(SHIPPED_POLICIES)])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"tessera admin-mcp: no store at {missing}: the file ")
+    assert "nothing was created" in err
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_the_command_refuses_bad_usage_with_exit_2(

@@ -7,11 +7,12 @@ afterwards (see tests/stores.py).
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from datetime import UTC, timedelta
 from functools import partial
 from pathlib import Path
@@ -22,6 +23,7 @@ import pytest
 
 from issuer.store import (
     Conflict,
+    MissingStore,
     NotFound,
     Record,
     Store,
@@ -44,8 +46,8 @@ def postgres_store() -> Iterator[Store]:
 
 
 @contextmanager
-def opened(url: str) -> Iterator[Store]:
-    second = open_store(url)
+def opened(url: str, create: bool = True) -> Iterator[Store]:
+    second = open_store(url, create=create)
     try:
         yield second
     finally:
@@ -541,6 +543,44 @@ def test_sqlite_memory_url_keeps_data_for_the_store_lifetime() -> None:
 def test_sqlite_url_without_a_path_is_rejected() -> None:
     with pytest.raises(StoreError):
         open_store("sqlite://")
+
+
+# --- opening existing stores only
+
+
+def test_an_existing_store_only_opens_what_is_there(url: str) -> None:
+    """``create=False``: a URL naming no store is refused, and nothing is made there;
+    once a store is made, it opens with its data."""
+    with pytest.raises(MissingStore) as refused:
+        open_store(url, create=False)
+    assert str(refused.value).startswith(f"no store at {url}: ")
+    with opened(url) as made:
+        agent = create(made, "bot")
+    with opened(url, create=False) as existing:
+        assert existing.get("Agent", agent.id) == agent
+
+
+def test_an_existing_sqlite_store_only_leaves_a_missing_path_alone(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/var/tessera.db"
+    with pytest.raises(MissingStore) as refused:
+        open_store(url, create=False)
+    assert str(refused.value) == (
+        f"no store at {url}: the file {tmp_path}/var/tessera.db does not exist"
+    )
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(MissingStore):
+        open_store("sqlite:///:memory:", create=False)
+
+
+def test_an_existing_sqlite_store_only_refuses_a_file_that_is_not_one(tmp_path: Path) -> None:
+    other = tmp_path / "other.db"
+    with closing(sqlite3.connect(other)) as db:
+        db.execute("CREATE TABLE notes (text TEXT)")
+    before = other.read_bytes()
+    with pytest.raises(MissingStore, match=r"other\.db has no Tessera tables"):
+        open_store(f"sqlite:///{other}", create=False)
+    assert other.read_bytes() == before  # not even switched to WAL
+    assert [p.name for p in tmp_path.iterdir()] == ["other.db"]
 
 
 # --- PostgreSQL only

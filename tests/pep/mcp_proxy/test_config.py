@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import sys
@@ -11,7 +12,13 @@ from typing import Any
 import httpx
 import pytest
 
-from pep.mcp_proxy.config import ConfigError, ContextArgument, config_from_table, load_config
+from pep.mcp_proxy.config import (
+    ConfigError,
+    ContextArgument,
+    check_programs,
+    config_from_table,
+    load_config,
+)
 
 EXAMPLE = """
 [mcp_proxy]
@@ -212,6 +219,62 @@ def test_the_command_refuses_a_bad_configuration(tmp_path: Path) -> None:
     )
     assert done.returncode == 2
     assert done.stderr == "tessera mcp-proxy: mcp_proxy.issuer must be a non-empty string\n"
+
+
+STDIO_ONLY = """
+[mcp_proxy]
+public_url = "https://mcp.example.com"
+issuer = "https://id.example.com"
+port = 0
+
+[[mcp_proxy.upstream]]
+name = "files"
+path = "/mcp/files"
+command = [{program}, "--root", "/srv"]
+"""
+
+
+@pytest.mark.parametrize(
+    ("program", "why"),
+    [
+        ("no-such-mcp-server", "'no-such-mcp-server' is not found on PATH"),
+        ("{tmp}/bin/server", "{tmp}/bin/server does not exist"),
+        ("{tmp}/server.py", "{tmp}/server.py is not executable"),
+    ],
+    ids=["not on PATH", "no such file", "not executable"],
+)
+def test_the_command_refuses_a_stdio_upstream_it_cannot_start(
+    tmp_path: Path, program: str, why: str
+) -> None:
+    """A mistyped command must stop the start, not fail every call to that upstream."""
+    (tmp_path / "server.py").write_text("print('an MCP server')\n")  # mode 644
+    program, why = program.format(tmp=tmp_path), why.format(tmp=tmp_path)
+    path = tmp_path / "tessera.toml"
+    path.write_text(STDIO_ONLY.format(program=json.dumps(program)))
+    exe = Path(sys.executable).parent / "tessera"
+    done = subprocess.run(
+        [str(exe), "mcp-proxy", "--config", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"PATH": str(exe.parent)},
+    )
+    assert (done.returncode, done.stdout) == (2, "")
+    assert done.stderr == f"tessera mcp-proxy: upstream 'files': cannot start its command: {why}\n"
+
+
+def test_a_stdio_upstream_named_by_its_path_or_on_path_passes_the_start_check(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PATH", str(Path(sys.executable).parent))  # where python is
+    server = tmp_path / "server"
+    server.write_text("#!/bin/sh\n")
+    server.chmod(0o755)
+    for program in (str(server), "python"):
+        config = config_from_table(
+            table(upstream=[{"name": "a", "path": "/a", "command": [program]}]), env={}
+        )
+        check_programs(config)  # raises ConfigError when it would refuse
 
 
 def test_the_command_refuses_policies_that_do_not_load(tmp_path: Path) -> None:
