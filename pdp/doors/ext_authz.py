@@ -15,6 +15,10 @@ gRPC port, about every request it forwards. The answer is Tessera's ordinary dec
 - **context**: ``ip``, the client's address as Envoy saw it, and ``acr`` when the token
   carries one.
 
+Envoy itself is a caller of the gRPC port, and shows what every caller there shows
+(:mod:`pdp.doors.callers`): a client certificate, or where the port asks for one, a bearer
+token of its own; a gateway without is answered UNAUTHENTICATED, which Envoy denies.
+
 The request is then decided by :meth:`DecisionPoint.decide`, exactly as ``Authorize``
 is (directory, cache, engine, audit record). Allowed: an
 ``OkHttpResponse`` whose headers tell the upstream the decision id and who is calling
@@ -50,6 +54,7 @@ from issuer.oauth.tokens import ring_lookup
 from issuer.store import Store
 from issuer.verify import Caller, Memory, Reason, Refusal, Verifier, revocations
 from pdp.decide import DecisionPoint
+from pdp.doors.callers import OPEN, Callers, Peps, bearer
 from pdp.doors.grpc import Calls
 from pdp.errors import PdpError
 from pdp.lang.schema import SchemaModel
@@ -337,9 +342,10 @@ def question(
 class ExtAuthzService(auth_grpc.AuthorizationServicer):  # type: ignore[misc]
     """``envoy.service.auth.v3.Authorization`` over the decision point."""
 
-    def __init__(self, point: DecisionPoint, gateway: Gateway) -> None:
+    def __init__(self, point: DecisionPoint, gateway: Gateway, peps: Peps | None = None) -> None:
         self.point = point
         self.gateway = gateway
+        self._peps = peps  # the gateway shows a bearer token, where the port asks for one
         self._calls = Calls(point.metrics, "Check")
         self._strip = list(gateway.strip)
         self._strip_with_user = [*gateway.strip, USER_HEADER]
@@ -355,6 +361,8 @@ class ExtAuthzService(auth_grpc.AuthorizationServicer):  # type: ignore[misc]
     async def _check(
         self, request: auth.CheckRequest, context: grpc.aio.ServicerContext
     ) -> auth.CheckResponse:
+        if self._peps is not None:
+            await self._peps.admit(bearer(context.invocation_metadata()))
         attributes = request.attributes
         http = attributes.request.http
         who = await self.gateway.tokens.verify(_bearer(http), _presented(attributes.source))
@@ -429,9 +437,13 @@ class ExtAuthzService(auth_grpc.AuthorizationServicer):  # type: ignore[misc]
         return response
 
 
-def add_to_server(point: DecisionPoint, gateway: Gateway, server: grpc.aio.Server) -> None:
-    """Serve Check, deciding with ``point``, on ``server``."""
-    auth_grpc.add_AuthorizationServicer_to_server(ExtAuthzService(point, gateway), server)
+def add_to_server(
+    point: DecisionPoint, gateway: Gateway, server: grpc.aio.Server, callers: Callers = OPEN
+) -> None:
+    """Serve Check, deciding with ``point``, on ``server``, to the gateways ``callers``
+    admits (as ``tessera.v1.Authorizer`` on the same port)."""
+    service = ExtAuthzService(point, gateway, callers.peps)
+    auth_grpc.add_AuthorizationServicer_to_server(service, server)
 
 
 def gateway_for(
