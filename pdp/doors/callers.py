@@ -117,7 +117,7 @@ class Peps:
 
 class AgentTokens:
     """Agents' own access tokens in questions; ``verifier`` None where no issuer's tokens
-    can be verified (no store), and every agent token is refused."""
+    can be verified (no store, or no issuer URL), and every agent token is refused."""
 
     def __init__(self, verifier: Verifier | None) -> None:
         self.verifier = verifier
@@ -126,7 +126,10 @@ class AgentTokens:
         """Who the token names, or :class:`CallerRefused` (never "forbidden": no scope is
         asked of an agent token; the policies decide what its agent may do)."""
         if self.verifier is None:
-            why = "this decision service verifies no agent tokens (it runs without a store)"
+            why = (
+                "this decision service verifies no agent tokens: it knows no issuer "
+                "(that needs a store, and the HTTP port or issuer)"
+            )
             raise CallerRefused(Refusal(Reason.UNCHECKED, why), why)
         found = await self.verifier.verify(token)
         if isinstance(found, Caller):

@@ -480,3 +480,10 @@ def test_a_pep_registered_at_the_issuer_asks_tessera_serve_with_its_token(
                 time.sleep(0.05)
                 verdict = client.authorize(ask)
         assert verdict.allow, verdict
+
+
+def test_without_an_issuer_to_verify_it_an_agent_token_is_refused(server: Server) -> None:
+    stub = pb_grpc.AuthorizerStub(server.channel)
+    error = refused(stub.Authorize, question("helper", agent_token="eyJ.x.y"))
+    assert error.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert error.details().startswith("this decision service verifies no agent tokens")
