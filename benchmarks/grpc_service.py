@@ -57,10 +57,17 @@ value within about 0.1 of its limit is not a clear verdict, and runs compare bes
 same host at the same load. Calls/s and decisions/s are wall-clock rates of client and
 servers sharing the cores, and move the most. The baseline: benchmarks/README.md.
 
+With ``--auth`` the PDP asks each call for a PEP's bearer token (as it does beyond
+loopback, or with ``caller_auth = "required"``): its callers are checked by
+``pdp.doors.callers`` against a key ring in a temporary SQLite store, and every call of
+every row, to the echo server too, carries the same ``authorization`` metadata (the
+client rows: ``pep.client`` with ``Credentials(token=...)`` and the bare stub with the
+metadata), so the ratios show what verifying the token costs on the hot path.
+
 Targets print as PASS/FAIL. With ``--strict`` the exit status is 1 when a target fails or
 could not be measured (the reason is printed); without it, 0.
 
-    python benchmarks/grpc_service.py [--json] [--quick] [--strict]
+    python benchmarks/grpc_service.py [--json] [--quick] [--strict] [--auth]
 """
 
 from __future__ import annotations
@@ -80,6 +87,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from functools import partial
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
@@ -90,7 +98,7 @@ from engine import Target, benchmark_parser, environment, finish  # a sibling sc
 from pdp.lang.values import Risk
 from pdp.serve.proto import authorizer_pb2 as pb
 from pdp.serve.proto import authorizer_pb2_grpc as pb_grpc
-from pep.client import Client, Options, Query
+from pep.client import Client, Credentials, Options, Query
 
 ROOT = Path(__file__).resolve().parent.parent
 POLICIES = ROOT / "policies"
@@ -109,6 +117,8 @@ CLIENT_TIMEOUT_S = 900.0  # the client process's whole run
 SERVER_LIMIT = 1.15  # PDP CPU per Authorize / echo CPU per call, at 1 and at 32 callers
 CLIENT_LIMIT = 1.20  # pep.client CPU per call / bare stub CPU per call
 BATCH_LIMIT = 20_000  # AuthorizeBatch decisions/s
+ISSUER = "http://127.0.0.1:8080"  # whose tokens the PDP takes with --auth
+Metadata = tuple[tuple[str, str], ...]
 
 
 @dataclass(frozen=True)
@@ -174,29 +184,70 @@ async def start_echo() -> tuple[grpc.aio.Server, int]:
     return server, port
 
 
-async def start_pdp() -> tuple[Any, int]:
-    """The PDP as the benchmark measures it: the shipped policies, no decision cache."""
+async def start_pdp(auth: bool = False) -> tuple[Any, int, str]:
+    """The PDP as the benchmark measures it: the shipped policies, no decision cache; with
+    ``auth``, asking its callers for a PEP's bearer token, and the token to send."""
+    from pdp.doors.callers import OPEN
     from pdp.engine import Engine
     from pdp.loader import load_directory
     from pdp.server import start
 
+    callers, token = pep_callers() if auth else (OPEN, "")
     engine = Engine(load_directory(POLICIES).bundle)
-    running = await start(engine, HOST, 0, cache_size=0)
-    return running, running.port
+    running = await start(engine, HOST, 0, cache_size=0, callers=callers)
+    return running, running.port, token
 
 
-def serve(kind: str, ports: Any, control: Connection) -> None:
+def pep_callers() -> tuple[Any, str]:
+    """The checks of a port that asks for bearer tokens, over a key ring and a directory in
+    a temporary SQLite store (removed when the process ends), and a PEP's token for them."""
+    import atexit
+    import shutil
+    import tempfile
+
+    from issuer.keys import KeyRing
+    from issuer.models import AGENT_EXTENSION, AGENT_SCHEMA
+    from issuer.oauth.tokens import TokenMinter
+    from issuer.store import open_store
+    from pdp.directory import Directory
+    from pdp.doors.callers import DECIDE_SCOPE, callers_of
+
+    where = tempfile.mkdtemp(prefix="tessera-bench-")
+    atexit.register(shutil.rmtree, where, True)
+    store = open_store(f"sqlite:///{where}/bench.db")
+    document = {
+        "schemas": [AGENT_SCHEMA, AGENT_EXTENSION],
+        "name": "gateway",
+        AGENT_EXTENSION: {"owner": "ops", "riskLevel": "low", "status": "active"},
+    }
+    pep = store.create("Agent", document, unique={"name": "gateway"}, actor="bench").id
+    directory = Directory(store)
+    directory.load()
+    keys = KeyRing(store, "ES256")
+    minted = TokenMinter(keys, ISSUER, lifetime=3600).mint(
+        subject=pep,
+        client_id="gateway",
+        audience=[ISSUER],
+        scope=[DECIDE_SCOPE],
+        extra={"agent_id": pep, "agent_type": "background"},
+    )
+    return callers_of(keys, ISSUER, directory, peps=True), minted.token
+
+
+def serve(kind: str, ports: Any, control: Connection, auth: bool = False) -> None:
     """A server process: serve on an event loop thread; answer CPU-time requests until stop."""
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, daemon=True)
     thread.start()
-    starter = start_echo if kind == "echo" else start_pdp
+    starter = start_echo() if kind == "echo" else start_pdp(auth)
     try:
-        server, port = asyncio.run_coroutine_threadsafe(starter(), loop).result(START_TIMEOUT_S)
+        server, port, *token = asyncio.run_coroutine_threadsafe(starter, loop).result(
+            START_TIMEOUT_S
+        )
     except Exception as exc:  # report, so the parent does not wait for a port forever
-        ports.put((kind, None, repr(exc)))
+        ports.put((kind, None, repr(exc), ""))
         return
-    ports.put((kind, port, None))
+    ports.put((kind, port, None, token[0] if token else ""))
     try:
         while control.poll(600):  # bounded: a parent that went away leaves within minutes
             if control.recv() != "cpu":
@@ -225,19 +276,24 @@ class Proc:
         return value
 
 
-def launch(ctx: Any, ports: Any) -> dict[str, Proc]:
+def launch(ctx: Any, ports: Any, auth: bool = False) -> tuple[dict[str, Proc], Metadata]:
+    """The two server processes, and the metadata every call sends (with ``auth``, the
+    PEP's bearer token the PDP made)."""
     procs: dict[str, Proc] = {}
     for kind in ("echo", "pdp"):
         parent, child = ctx.Pipe()
-        process = ctx.Process(target=serve, args=(kind, ports, child), daemon=True)
+        process = ctx.Process(target=serve, args=(kind, ports, child, auth), daemon=True)
         process.start()
         procs[kind] = Proc(kind, process, parent)
+    metadata: Metadata = ()
     for _ in procs:
-        kind, port, error = ports.get(timeout=START_TIMEOUT_S)
+        kind, port, error, token = ports.get(timeout=START_TIMEOUT_S)
         if port is None:
             raise RuntimeError(f"{kind} server failed to start: {error}")
         procs[kind].port = port
-    return procs
+        if token:
+            metadata = (("authorization", f"Bearer {token}"),)
+    return procs, metadata
 
 
 def shutdown(procs: dict[str, Proc]) -> None:
@@ -296,15 +352,20 @@ def percentile(values: list[float], q: float) -> float:
     return round(ordered[min(len(ordered) - 1, int(len(ordered) * q))], 1)
 
 
-def one_caller(procs: dict[str, Proc], payload: bytes, budget: Budget) -> dict[str, Any]:
+def one_caller(
+    procs: dict[str, Proc], payload: bytes, budget: Budget, metadata: Metadata = ()
+) -> dict[str, Any]:
     """Server CPU per call and latency, one call at a time, echo and pdp in ABBA rounds."""
     methods = {"echo": ECHO_METHOD, "pdp": AUTHORIZE_METHOD}
     records: dict[str, list[dict[str, float]]] = {"echo": [], "pdp": []}
     latencies: dict[str, list[float]] = {"echo": [], "pdp": []}
     with contextlib.ExitStack() as stack:
         calls = {
-            kind: stack.enter_context(grpc.insecure_channel(f"{HOST}:{proc.port}")).unary_unary(
-                methods[kind]
+            kind: partial(
+                stack.enter_context(grpc.insecure_channel(f"{HOST}:{proc.port}")).unary_unary(
+                    methods[kind]
+                ),
+                metadata=metadata,
             )
             for kind, proc in procs.items()
         }
@@ -344,7 +405,9 @@ async def _burst(call: Any, payload: bytes, total: int) -> float:
     return time.perf_counter() - t0
 
 
-async def _in_flight(procs: dict[str, Proc], payload: bytes, budget: Budget) -> dict[str, Any]:
+async def _in_flight(
+    procs: dict[str, Proc], payload: bytes, budget: Budget, metadata: Metadata
+) -> dict[str, Any]:
     methods = {"echo": ECHO_METHOD, "pdp": AUTHORIZE_METHOD}
     records: dict[str, list[dict[str, float]]] = {"echo": [], "pdp": []}
     async with contextlib.AsyncExitStack() as stack:
@@ -353,7 +416,7 @@ async def _in_flight(procs: dict[str, Proc], payload: bytes, budget: Budget) -> 
             channel = await stack.enter_async_context(
                 grpc.aio.insecure_channel(f"{HOST}:{proc.port}")
             )
-            calls[kind] = channel.unary_unary(methods[kind])
+            calls[kind] = partial(channel.unary_unary(methods[kind]), metadata=metadata)
         for kind in records:
             await _burst(calls[kind], payload, max(budget.warmup, IN_FLIGHT * 4))
         for kind in abba(budget.rounds, "echo", "pdp"):
@@ -373,17 +436,21 @@ async def _in_flight(procs: dict[str, Proc], payload: bytes, budget: Budget) -> 
     return result
 
 
-def in_flight(procs: dict[str, Proc], payload: bytes, budget: Budget) -> dict[str, Any]:
+def in_flight(
+    procs: dict[str, Proc], payload: bytes, budget: Budget, metadata: Metadata = ()
+) -> dict[str, Any]:
     """Server CPU per call and calls/s with 32 in flight, echo and pdp in ABBA rounds."""
-    return asyncio.run(_in_flight(procs, payload, budget))
+    return asyncio.run(_in_flight(procs, payload, budget, metadata))
 
 
-def batch(proc: Proc, request: pb.AuthorizeRequest, budget: Budget) -> dict[str, Any]:
+def batch(
+    proc: Proc, request: pb.AuthorizeRequest, budget: Budget, metadata: Metadata = ()
+) -> dict[str, Any]:
     """AuthorizeBatch of BATCH_SIZE, sequential, in rounds: decisions/s, server CPU."""
     message = pb.AuthorizeBatchRequest(requests=[request] * BATCH_SIZE).SerializeToString()
     records: list[dict[str, float]] = []
     with grpc.insecure_channel(f"{HOST}:{proc.port}") as channel:
-        stub = channel.unary_unary(BATCH_METHOD)
+        stub = partial(channel.unary_unary(BATCH_METHOD), metadata=metadata)
         answer = pb.AuthorizeBatchResponse.FromString(stub(message, timeout=CALL_TIMEOUT_S))
         if len(answer.responses) != BATCH_SIZE or not all(r.allow for r in answer.responses):
             raise RuntimeError("AuthorizeBatch did not allow every request")
@@ -411,10 +478,11 @@ def batch(proc: Proc, request: pb.AuthorizeRequest, budget: Budget) -> dict[str,
     )
 
 
-def check_pdp(proc: Proc, payload: bytes) -> int:
+def check_pdp(proc: Proc, payload: bytes, metadata: Metadata = ()) -> int:
     """Stop unless the PDP allows the request by agents.read_only; the answer's size."""
     with grpc.insecure_channel(f"{HOST}:{proc.port}") as channel:
-        raw = channel.unary_unary(AUTHORIZE_METHOD)(payload, timeout=CALL_TIMEOUT_S)
+        call = channel.unary_unary(AUTHORIZE_METHOD)
+        raw = call(payload, timeout=CALL_TIMEOUT_S, metadata=metadata)
     answer = pb.AuthorizeResponse.FromString(raw)
     if not answer.allow or list(answer.decided_by) != DECIDED_BY:
         raise RuntimeError(f"unexpected decision for the benchmark request: {answer}")
@@ -424,10 +492,13 @@ def check_pdp(proc: Proc, payload: bytes) -> int:
 # ------------------------------------------------------------------ client rows
 
 
-def _client_calls(target: str) -> tuple[dict[str, Callable[[int], int]], Callable[[], None]]:
+def _client_calls(
+    target: str, metadata: Metadata = ()
+) -> tuple[dict[str, Callable[[int], int]], Callable[[], None]]:
     """The two ways of asking, each making n calls and returning how many were not allowed,
-    and what closes them."""
-    client = Client(target, Options(timeout=CALL_TIMEOUT_S))
+    and what closes them; both send the PEP's bearer token in ``metadata``, if any."""
+    token = metadata[0][1].removeprefix("Bearer ") if metadata else None
+    client = Client(target, Options(timeout=CALL_TIMEOUT_S), credentials=Credentials(token=token))
     channel = grpc.insecure_channel(target)
     stub = pb_grpc.AuthorizerStub(channel)  # type: ignore[no-untyped-call]
 
@@ -436,11 +507,12 @@ def _client_calls(target: str) -> tuple[dict[str, Callable[[int], int]], Callabl
 
     def bare_stub(n: int) -> int:
         return sum(
-            not stub.Authorize(typical_request(), timeout=CALL_TIMEOUT_S).allow for _ in range(n)
+            not stub.Authorize(typical_request(), timeout=CALL_TIMEOUT_S, metadata=metadata).allow
+            for _ in range(n)
         )
 
     first = client.authorize(typical_query())
-    answer = stub.Authorize(typical_request(), timeout=CALL_TIMEOUT_S)
+    answer = stub.Authorize(typical_request(), timeout=CALL_TIMEOUT_S, metadata=metadata)
     if typical_query().to_message() != typical_request():
         raise RuntimeError("pep.client's query is not the bare request")
     if not first.allow or list(first.decided_by) != DECIDED_BY:
@@ -455,9 +527,9 @@ def _client_calls(target: str) -> tuple[dict[str, Callable[[int], int]], Callabl
     return {"pep_client": pep_client, "bare_stub": bare_stub}, close
 
 
-def client_rounds(port: int, budget: Budget) -> dict[str, Any]:
+def client_rounds(port: int, budget: Budget, metadata: Metadata = ()) -> dict[str, Any]:
     """In the client process: its own CPU per call, bare stub and pep.client in ABBA rounds."""
-    calls, close = _client_calls(f"{HOST}:{port}")
+    calls, close = _client_calls(f"{HOST}:{port}", metadata)
     records: dict[str, list[dict[str, float]]] = {name: [] for name in calls}
     refused = dict.fromkeys(calls, 0)
     try:
@@ -478,20 +550,21 @@ def client_rounds(port: int, budget: Budget) -> dict[str, Any]:
     return {"records": records, "not_allowed": refused}
 
 
-def client_process(port: int, budget: Budget, out: Connection) -> None:
+def client_process(port: int, budget: Budget, out: Connection, metadata: Metadata = ()) -> None:
     """The client process: run the rounds, send back ("ok", result) or ("error", why)."""
     try:
-        out.send(("ok", client_rounds(port, budget)))
+        out.send(("ok", client_rounds(port, budget, metadata)))
     except Exception as exc:  # report, so the parent says why the row is missing
         out.send(("error", f"{type(exc).__name__}: {exc}"))
     finally:
         out.close()
 
 
-def client(ctx: Any, proc: Proc, budget: Budget) -> dict[str, Any]:
+def client(ctx: Any, proc: Proc, budget: Budget, metadata: Metadata = ()) -> dict[str, Any]:
     """Client CPU per call, measured in a process of its own while this one waits."""
     parent, child = ctx.Pipe(duplex=False)
-    process = ctx.Process(target=client_process, args=(proc.port, budget, child), daemon=True)
+    arguments = (proc.port, budget, child, metadata)
+    process = ctx.Process(target=client_process, args=arguments, daemon=True)
     process.start()
     child.close()
     try:
@@ -532,7 +605,7 @@ def attempt(unmeasured: dict[str, str], name: str, measure: Callable[[], Any]) -
         return None
 
 
-def run(budget: Budget) -> dict[str, Any]:
+def run(budget: Budget, auth: bool = False) -> dict[str, Any]:
     request = typical_request()
     payload = request.SerializeToString()
     ctx = mp.get_context("spawn")
@@ -540,18 +613,21 @@ def run(budget: Budget) -> dict[str, Any]:
     procs: dict[str, Proc] = {}
     unmeasured: dict[str, str] = {}
     try:
-        procs = launch(ctx, ports)
-        answer_bytes = check_pdp(procs["pdp"], payload)
+        procs, meta = launch(ctx, ports, auth)
+        answer_bytes = check_pdp(procs["pdp"], payload, meta)
+        pdp = procs["pdp"]
         result: dict[str, Any] = {
             "payload_bytes": {"request": len(payload), "pdp_answer": answer_bytes},
             "one_caller": attempt(
-                unmeasured, "one_caller", lambda: one_caller(procs, payload, budget)
+                unmeasured, "one_caller", lambda: one_caller(procs, payload, budget, meta)
             ),
             f"in_flight_{IN_FLIGHT}": attempt(
-                unmeasured, f"in_flight_{IN_FLIGHT}", lambda: in_flight(procs, payload, budget)
+                unmeasured,
+                f"in_flight_{IN_FLIGHT}",
+                lambda: in_flight(procs, payload, budget, meta),
             ),
-            "client": attempt(unmeasured, "client", lambda: client(ctx, procs["pdp"], budget)),
-            "batch": attempt(unmeasured, "batch", lambda: batch(procs["pdp"], request, budget)),
+            "client": attempt(unmeasured, "client", lambda: client(ctx, pdp, budget, meta)),
+            "batch": attempt(unmeasured, "batch", lambda: batch(pdp, request, budget, meta)),
         }
     finally:
         shutdown(procs)
@@ -663,7 +739,7 @@ def print_report(result: dict[str, Any], targets: list[Target]) -> None:
     print(
         f"gRPC service: Tessera's Authorize vs a bare grpc.aio echo, pep.client vs a bare stub "
         f"(Python {env['python']}, {env['machine']}, grpcio {env['grpcio']}"
-        f"{', quick' if env['quick'] else ''})"
+        f"{', quick' if env['quick'] else ''}; callers {method['callers']})"
     )
     sizes = result["payload_bytes"]
     print(
@@ -696,10 +772,15 @@ def main() -> None:
         "decisions/s; interleaved rounds, paired ratios.",
         quick="10 shorter rounds per side, about 30 s (noisier numbers)",
     )
+    parser.add_argument(
+        "--auth",
+        action="store_true",
+        help="the PDP asks each call for a PEP's bearer token, and every call sends one",
+    )
     args = parser.parse_args()
     budget = QUICK if args.quick else FULL
     started, load = time.perf_counter(), round(os.getloadavg()[0], 2)
-    measured = run(budget)
+    measured = run(budget, args.auth)
     targets = evaluate(measured)
     result: dict[str, Any] = {
         "benchmark": "grpc_service",
@@ -709,6 +790,7 @@ def main() -> None:
             "servers": "one process each (multiprocessing spawn)",
             "client_rows": "a process of their own (spawn); this process waits meanwhile",
             "pdp_cache_size": 0,
+            "callers": "bearer token (--auth)" if args.auth else "not asked (loopback)",
             "order": "ABBA rounds; ratios are the median of the round pairs' ratios",
             "in_flight": IN_FLIGHT,
             **asdict(budget),

@@ -98,6 +98,13 @@ class Directory:
         user = self._users.get(id)
         return None if user is None else user.attributes()
 
+    def stale(self) -> str | None:
+        """Why the snapshot may miss changes (its follower has not heard from the store for
+        :data:`MAX_STALENESS` seconds), or None while it keeps up."""
+        if self._thread is not None and time.monotonic() - self.synced > MAX_STALENESS:
+            return f"the directory has not been refreshed for over {MAX_STALENESS:g} s"
+        return None
+
     def resolve(
         self, agent_id: str, user_id: str | None, chain: Iterable[str] = ()
     ) -> Identities | str:
@@ -109,8 +116,9 @@ class Directory:
         the store for :data:`MAX_STALENESS` seconds (fail closed: a suspension made
         elsewhere might be missing).
         """
-        if self._thread is not None and time.monotonic() - self.synced > MAX_STALENESS:
-            return f"the directory has not been refreshed for over {MAX_STALENESS:g} s"
+        stale = self.stale()
+        if stale is not None:
+            return stale
         agent = self._agents.get(agent_id)
         refusal = _inactive("agent", agent_id, agent)
         for actor in chain:

@@ -55,9 +55,11 @@ from pdp.directory import Directory
 from pdp.doors import ext_authz
 from pdp.doors import grpc as grpc_door
 from pdp.doors.authzen import AUTHZEN_PATH, AuthZen
+from pdp.doors.callers import OPEN, Callers
 from pdp.doors.ext_authz import Gateway
 from pdp.engine import Engine
 from pdp.metrics import Metrics
+from pdp.serve.caller_auth import callers_for, callers_line
 from pdp.serve.config import ServeConfig
 from pdp.serve.drain import Drained, drain
 from pdp.serve.exchange import exchange_check
@@ -154,6 +156,7 @@ async def start(
     metrics_host: str | None = None,
     reuse_port: bool = False,
     bounds: Bounds = DEFAULT_BOUNDS,
+    callers: Callers = OPEN,
 ) -> Running:
     """Start serving ``engine`` on ``host:port`` (port 0 picks a free one); with
     ``watch``, reload from that policy directory (or source) whenever it changes; with
@@ -164,7 +167,8 @@ async def start(
     (mutual TLS); with ``directory``, resolve agents and users from it and refuse those it
     does not know or that are inactive; with ``gateway``, also answer Envoy's ext_authz
     ``Check`` on the same port. ``bounds`` are how large a message and a request may be
-    (:mod:`pdp.bounds`)."""
+    (:mod:`pdp.bounds`); ``callers``: what the decision methods ask of their callers
+    (default: nothing) and how agent tokens in questions are verified."""
     server, bound = _listen(f"{host}:{port}", tls, reuse_port, bounds.message_bytes)
     metrics = Metrics()
     point = DecisionPoint(
@@ -176,7 +180,7 @@ async def start(
         durability=durability,
         bounds=bounds,
     )
-    health_servicer, deciding = _services(point, server, gateway)
+    health_servicer, deciding = _add_services(point, server, gateway, callers)
     await server.start()
     # Everything loaded so far lives as long as the server: keep it out of the cyclic
     # collector's way, so collections during calls scan only what calls allocate.
@@ -194,17 +198,18 @@ async def start(
     return Running(server, bound, health_servicer, point, reloader, metrics_server)
 
 
-def _services(
-    point: DecisionPoint, server: grpc.aio.Server, gateway: Gateway | None
+def _add_services(
+    point: DecisionPoint, server: grpc.aio.Server, gateway: Gateway | None, callers: Callers
 ) -> tuple[health.aio.HealthServicer, list[str]]:
-    """Add the deciding services (Authorizer, and ext_authz with a ``gateway``), health
-    and reflection to ``server``: the health servicer, and the deciding services' names."""
-    grpc_door.add_to_server(point, server)
+    """The deciding services for the callers ``callers`` admits, and the health and
+    reflection services, which answer anyone (they decide nothing and tell nothing of
+    agents); the health servicer and the names of the deciding services."""
+    grpc_door.add_to_server(point, server, callers)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     deciding = [SERVICE_NAME]
     if gateway is not None:
-        ext_authz.add_to_server(point, gateway, server)
+        ext_authz.add_to_server(point, gateway, server, callers)
         deciding.append(ext_authz.SERVICE_NAME)
     reflection.enable_server_reflection(
         (*deciding, health.SERVICE_NAME, reflection.SERVICE_NAME), server
@@ -356,9 +361,10 @@ async def _serve_issuer(
     point: DecisionPoint,
     stack: contextlib.AsyncExitStack,
     token: str,
+    callers: Callers,
 ) -> HttpRunning:
     """The issuer's HTTP service (SCIM, OAuth) with AuthZEN beside it, on ``planes.sock``;
-    ``token`` is the bootstrap admin token."""
+    ``token`` is the bootstrap admin token, ``callers`` how agent tokens are verified."""
     store, keys, issuer, base = planes.store, planes.keys, planes.issuer, planes.base
     assert store is not None and keys is not None
     oauth = AuthorizationServer(
@@ -377,7 +383,13 @@ async def _serve_issuer(
     )
     tls = (config.tls_cert, config.tls_key) if config.tls_cert else None
     scim_admins = oauth.administrators([issuer, f"{issuer}{SCIM_PATH}"])
-    authzen = AuthZen(point, oauth.administrators([issuer, f"{base}{AUTHZEN_PATH}"]), base)
+    authzen = AuthZen(
+        point,
+        oauth.administrators([issuer, f"{base}{AUTHZEN_PATH}"]),
+        base,
+        certificates=bool(tls and config.tls_client_ca),
+        agent_tokens=callers.agent_tokens,
+    )
     app = Starlette(
         routes=[
             Route(HEALTH_PATH, _health(point), methods=["GET"]),
@@ -407,13 +419,15 @@ def startup_lines(
     if config.tls_cert:
         scheme = "mutual TLS" if config.tls_client_ca else "TLS"
     lines = [f"serving tessera.v1.Authorizer on {config.host}:{port} ({scheme})"]
+    issuer = config.issuer
     if metrics_port is not None:
         lines.append(f"metrics on http://{config.host}:{metrics_port}/metrics")
     if http_port is not None:
         base = f"{'https' if config.tls_cert else 'http'}://{config.host}:{http_port}"
+        issuer = config.issuer or base
         lines += [
             f"SCIM 2.0 at {base}{SCIM_PATH}, directory in {config.store}",
-            f"OAuth issuer {config.issuer or base} (metadata at {base}{METADATA_PATH})",
+            f"OAuth issuer {issuer} (metadata at {base}{METADATA_PATH})",
             f"AuthZEN at {base}{AUTHZEN_PATH}",
         ]
         if token is not None:
@@ -427,6 +441,7 @@ def startup_lines(
     if config.store and config.audit != "off":
         lines.append(f"every decision is audited ({config.audit})")
     lines.append(f"limits counted in {counters}")
+    lines.append(callers_line(config, port, issuer))
     return [f"tessera: {line}" for line in lines]
 
 
@@ -504,6 +519,7 @@ async def serve_forever(
         planes = _open_planes(config, stack)
         counters = open_counters(config.counter_store, timeout=config.counters_timeout)
         stack.callback(counters.close)
+        callers = callers_for(config, planes.keys, planes.issuer, planes.directory)
         running = await start(
             Engine(engine.bundle, counters, engine.clock),
             config.host,
@@ -520,12 +536,13 @@ async def serve_forever(
             metrics_host=PRIVATE_HOST if supervised else None,
             reuse_port=config.workers > 1,
             bounds=config.bounds(),
+            callers=callers,
         )
         stack.push_async_callback(running.stop, config.grace)
         token = config.admin_token or new_token()
         http = None
         if planes.sock is not None:
-            http = await _serve_issuer(config, planes, running.point, stack, token)
+            http = await _serve_issuer(config, planes, running.point, stack, token, callers)
         if supervised is None:
             _watch_anomalies(config, planes, running, stack)
             _announce(config, running, planes, (token, counters.name), announce)

@@ -16,17 +16,25 @@ same ``idempotency-key`` metadata, so the service can count a retried call once.
 failure, or running out of attempts or time, is a **deny** carrying the error, unless the
 client was built with ``on_error="raise"``. An optional local cache keeps answers the service
 marked cacheable (no limit involved) for a few seconds.
+
+A client proves to the service that it is a PEP (docs/pep-client.md, "Authenticating")
+with :class:`Credentials`: a bearer token sent as ``authorization`` metadata on every call
+(a string, or a callable that returns the current one, such as
+:class:`pep.client_tokens.ClientCredentialsToken`), and TLS with a client certificate. A
+:class:`Query` may carry the agent's own access token (``agent_token``) in place of its
+id: the service then decides for the agent, and the user, the token names.
 """
 
 from __future__ import annotations
 
 import asyncio
+import inspect
 import ipaddress
 import itertools
 import random
 import secrets
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, Literal
@@ -44,6 +52,7 @@ OnError = Literal["deny", "raise"]
 Targets = str | Sequence[str]
 
 IDEMPOTENCY_KEY = "idempotency-key"  # the metadata naming one logical call, kept on retries
+AUTHORIZATION = "authorization"  # the metadata carrying the PEP's bearer token
 # Every channel spreads its calls over the addresses its name resolves to (one address: as
 # pick_first would).
 CHANNEL_OPTIONS = (("grpc.lb_policy_name", "round_robin"),)
@@ -61,9 +70,13 @@ class Query:
     ``tool="x"`` is short for ``action="tool.call", resource_type="tool", resource_id="x"``.
     Attribute values are Python values: str, bool, int, float, :class:`Money`,
     :class:`Risk`, :class:`Duration`, datetime, IP addresses, lists and dicts.
+    ``agent_token``: the agent's own access token from Tessera's issuer; the service
+    verifies it and decides for the agent (and the user) it names, so ``agent`` may be
+    left empty (given, it must be the token's agent, as ``user`` and ``chain`` must be
+    its user and actors).
     """
 
-    agent: str
+    agent: str = ""
     tool: str | None = None
     action: str = "tool.call"
     resource_type: str = "tool"
@@ -74,10 +87,12 @@ class Query:
     agent_attributes: Mapping[str, Any] = field(default_factory=dict)
     user_attributes: Mapping[str, Any] = field(default_factory=dict)
     resource_attributes: Mapping[str, Any] = field(default_factory=dict)
+    agent_token: str = ""
 
     def to_message(self) -> pb.AuthorizeRequest:
         message = pb.AuthorizeRequest(
             agent=pb.Agent(id=self.agent, attributes=_values(self.agent_attributes)),
+            agent_token=self.agent_token,
             action="tool.call" if self.tool is not None else self.action,
             resource=pb.Resource(
                 type="tool" if self.tool is not None else self.resource_type,
@@ -159,6 +174,64 @@ class Options:
         return (*CHANNEL_OPTIONS, ("grpc.max_send_message_length", self.max_message_bytes))
 
 
+TokenSource = Callable[[], str | Awaitable[str]]
+"""A callable returning the PEP's current bearer token (the async client awaits an
+awaitable it returns). It is called once per call: return a kept token, and get a new one
+before it expires (:class:`pep.client_tokens.ClientCredentialsToken` does)."""
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """How a client proves to the decision service that it is a PEP, and keeps its calls
+    private (docs/pep-client.md, "Authenticating").
+
+    ``token``: a bearer token from Tessera's issuer with the scope ``tessera:decide``, sent
+    as ``authorization: Bearer …`` metadata on every call: a string, or a
+    :data:`TokenSource`. ``tls``: call over TLS, checking the service's certificate
+    against ``root_certificates`` (PEM; None: the system's roots); ``certificate_chain``
+    and ``private_key`` (PEM) are the client certificate a service with ``tls_client_ca``
+    asks for (mutual TLS). Any of the three certificate fields turns TLS on.
+    ``server_name``: the name the service's certificate must carry, when the address
+    does not (an IP address, say)."""
+
+    token: str | TokenSource | None = None
+    tls: bool = False
+    root_certificates: bytes | None = None
+    certificate_chain: bytes | None = None
+    private_key: bytes | None = None
+    server_name: str | None = None
+
+    def channel_credentials(self) -> grpc.ChannelCredentials | None:
+        """TLS for the channels, or None for plaintext."""
+        if not (self.tls or self.root_certificates or self.certificate_chain or self.private_key):
+            return None
+        if (self.certificate_chain is None) != (self.private_key is None):
+            raise ValueError("a client certificate needs both certificate_chain and private_key")
+        return grpc.ssl_channel_credentials(
+            self.root_certificates, self.private_key, self.certificate_chain
+        )
+
+    def channel(
+        self, target: str, aio: bool = False, options: tuple[tuple[str, Any], ...] = CHANNEL_OPTIONS
+    ) -> Any:
+        """A channel to ``target`` with gRPC ``options``: plaintext, or TLS as these
+        credentials say."""
+        module = grpc.aio if aio else grpc
+        secure = self.channel_credentials()
+        if secure is None:
+            return module.insecure_channel(target, options=options)
+        if self.server_name:
+            options = (*options, ("grpc.ssl_target_name_override", self.server_name))
+        return module.secure_channel(target, secure, options=options)
+
+
+PLAINTEXT = Credentials()
+
+
+class NoToken(PepError):
+    """The token source failed: no bearer token to send, so the call is not made."""
+
+
 def addresses(targets: Targets) -> tuple[str, ...]:
     """The addresses a client calls: a list of them, or one string with commas between.
     Each is anything gRPC takes as a target (``host:port``, ``dns:///name:port``)."""
@@ -183,9 +256,17 @@ class _Common:
     """What both clients share: the addresses' stubs in turn, the per-call key, retries'
     pauses, the cache, and the fail-closed verdict."""
 
-    def __init__(self, options: Options, channels: Sequence[Any]) -> None:
+    def __init__(
+        self, options: Options, channels: Sequence[Any], credentials: Credentials = PLAINTEXT
+    ) -> None:
         self.options = options
         self._channels = list(channels)
+        token = credentials.token
+        # A fixed token's metadata is made once; a source's, on each call.
+        self._token_source = None if token is None or isinstance(token, str) else token
+        self._bearer: tuple[tuple[str, str], ...] = ()
+        if isinstance(token, str):
+            self._bearer = ((AUTHORIZATION, f"Bearer {token}"),)
         stubs = [pb_grpc.AuthorizerStub(c) for c in channels]  # type: ignore[no-untyped-call]
         self._authorize: list[Callable[..., Any]] = [stub.Authorize for stub in stubs]
         self._batch: list[Callable[..., Any]] = [stub.AuthorizeBatch for stub in stubs]
@@ -212,12 +293,30 @@ class _Common:
             self._cache[key] = verdict
         return verdict
 
-    def _failure(self, error: grpc.RpcError) -> Verdict:
-        code = error.code() if hasattr(error, "code") else grpc.StatusCode.UNKNOWN
-        details = error.details() if hasattr(error, "details") else str(error)
+    def _failure(self, error: grpc.RpcError | NoToken) -> Verdict:
+        if isinstance(error, NoToken):
+            code, details = grpc.StatusCode.UNAUTHENTICATED, str(error)
+        else:
+            code = error.code() if hasattr(error, "code") else grpc.StatusCode.UNKNOWN
+            details = error.details() if hasattr(error, "details") else str(error)
         if self.options.on_error == "raise":
             raise TesseraError(code, details or "") from None
         return Verdict.failed(f"{code.name}: {details}", code.name)
+
+    def _metadata(self, number: int, token: str | None) -> tuple[tuple[str, str], ...]:
+        """A logical call's metadata: its idempotency key, and the bearer token."""
+        key = ((IDEMPOTENCY_KEY, f"{self._prefix}{number:x}"),)
+        if token is None:
+            return key + self._bearer
+        return (*key, (AUTHORIZATION, f"Bearer {token}"))
+
+    def _sourced(self, source: TokenSource) -> str | Awaitable[str]:
+        """What the token source gives for this call; NoToken when it fails, so that the
+        call fails closed without being made."""
+        try:
+            return source()
+        except Exception as exc:
+            raise NoToken(f"the bearer token could not be had: {exc}") from exc
 
     def _pause(self, error: grpc.RpcError, attempt: int, deadline: float) -> float | None:
         """Seconds to wait before try ``attempt`` (2, 3…) of a call that failed with
@@ -232,17 +331,26 @@ class _Common:
 
 
 class Client(_Common):
-    """A blocking client: a channel per address, safe to share between threads."""
+    """A blocking client: a channel per address, safe to share between threads; with
+    ``credentials``, over TLS and with a bearer token as they say. ``channel``: one
+    channel made by the caller, in place of the addresses'."""
 
-    def __init__(self, target: Targets, options: Options | None = None, *, channel: Any = None):
+    def __init__(
+        self,
+        target: Targets,
+        options: Options | None = None,
+        *,
+        channel: Any = None,
+        credentials: Credentials = PLAINTEXT,
+    ):
         options = options or Options()
         opened = options.channel_options()
         channels = (
             [channel]
             if channel is not None
-            else [grpc.insecure_channel(a, options=opened) for a in addresses(target)]
+            else [credentials.channel(a, options=opened) for a in addresses(target)]
         )
-        super().__init__(options, channels)
+        super().__init__(options, channels, credentials)
 
     def __enter__(self) -> Client:
         return self
@@ -262,7 +370,7 @@ class Client(_Common):
             return hit
         try:
             response = self._call(self._authorize, message)
-        except grpc.RpcError as error:
+        except (grpc.RpcError, NoToken) as error:
             return self._failure(error)
         return self._remember(key, response)
 
@@ -272,7 +380,7 @@ class Client(_Common):
         batch = pb.AuthorizeBatchRequest(requests=[q.to_message() for q in queries])
         try:
             response = self._call(self._batch, batch)
-        except grpc.RpcError as error:
+        except (grpc.RpcError, NoToken) as error:
             failed = self._failure(error)
             return [failed] * len(queries)
         return [Verdict.from_message(r) for r in response.responses]
@@ -280,7 +388,7 @@ class Client(_Common):
     def _call(self, methods: list[Callable[..., Any]], message: Any) -> Any:
         """One logical call: on the next address, then, if it fails so, on the ones after."""
         number = next(self._numbers)
-        metadata = ((IDEMPOTENCY_KEY, f"{self._prefix}{number:x}"),)
+        metadata = self._metadata(number, self._token())
         timeout = self.options.timeout
         deadline = time.monotonic() + timeout
         try:
@@ -299,19 +407,38 @@ class Client(_Common):
                 failed = error
         raise failed
 
+    def _token(self) -> str | None:
+        """This call's token from the source, if there is one."""
+        if self._token_source is None:
+            return None
+        token = self._sourced(self._token_source)
+        if inspect.isawaitable(token):
+            if inspect.iscoroutine(token):
+                token.close()  # never awaited: say so here rather than in a warning
+            raise NoToken("the token source is asynchronous; a blocking Client needs a plain one")
+        return _checked(token)
+
 
 class AsyncClient(_Common):
-    """An asyncio client: a grpc.aio channel per address."""
+    """An asyncio client: a grpc.aio channel per address (as :class:`Client`, whose
+    arguments it takes); its token source may be asynchronous."""
 
-    def __init__(self, target: Targets, options: Options | None = None, *, channel: Any = None):
+    def __init__(
+        self,
+        target: Targets,
+        options: Options | None = None,
+        *,
+        channel: Any = None,
+        credentials: Credentials = PLAINTEXT,
+    ):
         options = options or Options()
         opened = options.channel_options()
         channels = (
             [channel]
             if channel is not None
-            else [grpc.aio.insecure_channel(a, options=opened) for a in addresses(target)]
+            else [credentials.channel(a, aio=True, options=opened) for a in addresses(target)]
         )
-        super().__init__(options, channels)
+        super().__init__(options, channels, credentials)
 
     async def __aenter__(self) -> AsyncClient:
         return self
@@ -331,7 +458,7 @@ class AsyncClient(_Common):
             return hit
         try:
             response = await self._call(self._authorize, message)
-        except grpc.RpcError as error:
+        except (grpc.RpcError, NoToken) as error:
             return self._failure(error)
         return self._remember(key, response)
 
@@ -339,7 +466,7 @@ class AsyncClient(_Common):
         batch = pb.AuthorizeBatchRequest(requests=[q.to_message() for q in queries])
         try:
             response = await self._call(self._batch, batch)
-        except grpc.RpcError as error:
+        except (grpc.RpcError, NoToken) as error:
             failed = self._failure(error)
             return [failed] * len(queries)
         return [Verdict.from_message(r) for r in response.responses]
@@ -347,7 +474,7 @@ class AsyncClient(_Common):
     async def _call(self, methods: list[Callable[..., Any]], message: Any) -> Any:
         """As :meth:`Client._call`; the caller's own cancellation ends it at once."""
         number = next(self._numbers)
-        metadata = ((IDEMPOTENCY_KEY, f"{self._prefix}{number:x}"),)
+        metadata = self._metadata(number, await self._token())
         timeout = self.options.timeout
         deadline = time.monotonic() + timeout
         try:
@@ -365,6 +492,25 @@ class AsyncClient(_Common):
             except grpc.RpcError as error:
                 failed = error
         raise failed
+
+    async def _token(self) -> str | None:
+        """This call's token from the source, if there is one, awaited when it must be."""
+        if self._token_source is None:
+            return None
+        token = self._sourced(self._token_source)
+        if inspect.isawaitable(token):
+            try:
+                token = await token
+            except Exception as exc:
+                raise NoToken(f"the bearer token could not be had: {exc}") from exc
+        return _checked(token)
+
+
+def _checked(token: object) -> str:
+    """A token source's answer, which must be a token: a non-empty string."""
+    if isinstance(token, str) and token:
+        return token
+    raise NoToken(f"the token source gave {token!r}, not a token")
 
 
 def _replace_cached(verdict: Verdict) -> Verdict:

@@ -65,6 +65,18 @@ def _serve_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--tls-client-ca", metavar="PEM", help="require client certificates from this CA (mTLS)"
     )
+    parser.add_argument(
+        "--caller-auth",
+        choices=["auto", "required", "insecure-none"],
+        help="who may ask for decisions on the gRPC port: auto (callers authenticate, by "
+        "mTLS or a bearer token with tessera:decide, when --host reaches beyond loopback; "
+        "the default), required (on loopback too), insecure-none (anyone who reaches it)",
+    )
+    parser.add_argument(
+        "--agent-token-audience",
+        metavar="AUDIENCES",
+        help="the audiences an agent token in a question may name (default: the issuer URL)",
+    )
     _identity_options(parser)
 
 

@@ -16,6 +16,9 @@ How AuthZEN's information model maps onto a Tessera request:
                                                               "delegation": [ACTOR, ...]}}
               Tessera decides for agents; the directory gives their attributes (other
               properties are ignored, as agent attributes a caller sends are)
+              or {"type": "agent", "properties": {"token": AGENT_ACCESS_TOKEN}}: the
+              agent, user and delegation the verified token names (id, user and
+              delegation, when also given, must say the same; else a 400)
     action    {"name": ACTION}                           e.g. "tool.call", "db.read"
     resource  {"type": TYPE, "id": ID, "properties": {ATTRIBUTE: VALUE, ...}}
     context   {ATTRIBUTE: VALUE, ...}                    e.g. {"amount": "200 USD"}
@@ -31,12 +34,15 @@ A response is exactly ``{"decision": true}`` (or ``false``) unless the request's
 ``options`` ask for ``"tessera_explain": true``; then ``context`` carries the decision
 id, the deciding rules, the reasons and the obligations. Callers authenticate with a
 bearer token from Tessera's issuer with the scope ``tessera:decide`` (or an
-administrator's); ``X-Request-ID`` is echoed; errors are 400, 401, 403, 413 (a request
-over one of the bounds of :mod:`pdp.bounds`) or 500 with a plain-text message (§10.1.2),
-and 408 or 413 for a body too slow or too large (read by :mod:`issuer.wire`: at most
-:data:`MAX_BODY` bytes, JSON nested at most 64 levels, no lone surrogate). A known path
-asked with another method is 405 with ``Allow``, from the router the endpoints share with
-the issuer's (:func:`issuer.app.issuer_routes`).
+administrator's), or over mutual TLS with a client certificate the TLS layer checked
+against ``tls_client_ca``; ``X-Request-ID`` is echoed; errors are 400, 401, 403, 413 (a
+request over one of the bounds of :mod:`pdp.bounds`) or 500 with a plain-text message
+(§10.1.2), and 408 or 413 for a body too slow or too large (read by :mod:`issuer.wire`: at
+most :data:`MAX_BODY` bytes, JSON nested at most 64 levels, no lone surrogate). A known
+path asked with another method is 405 with ``Allow``, from the router the endpoints share
+with the issuer's (:func:`issuer.app.issuer_routes`). An agent token that does not verify
+is a 400 naming ``subject.properties.token``, not a 401: a 401 would tell the PEP that its
+own credentials failed.
 """
 
 from __future__ import annotations
@@ -59,6 +65,7 @@ from issuer.verify import MISSING, Reason, Refusal
 from issuer.wire import WireError, read_body, read_json
 from pdp.bounds import DEFAULT_BOUNDS, Bounds, RequestTooLarge
 from pdp.decide import DecisionPoint
+from pdp.doors.callers import NO_AGENT_TOKENS, AgentTokens, CallerRefused, named_by
 from pdp.engine import Bundle
 from pdp.errors import PdpError
 from pdp.lang import ast
@@ -73,6 +80,7 @@ log = logging.getLogger("tessera.authzen")
 AUTHZEN_PATH = "/access/v1"
 WELL_KNOWN = "/.well-known/authzen-configuration"
 AUTHZEN_SCOPE = "tessera:decide"
+TOKEN_PROPERTY = "token"  # subject.properties.token: the agent's own access token
 SUBJECT_TYPE = "agent"
 SEMANTICS = ("execute_all", "deny_on_first_deny", "permit_on_first_permit")
 EXPLAIN = "tessera_explain"
@@ -216,17 +224,25 @@ def _action(action: Json, where: str) -> str:
     return _string(action, "name", f"{where}action")
 
 
+Subject = tuple[str, str | None, list[str]]  # agent, user, delegation chain
+
+
 def evaluation_request(
-    schema: SchemaModel, body: Json, where: str = "", bounds: Bounds = DEFAULT_BOUNDS
+    schema: SchemaModel,
+    body: Json,
+    where: str = "",
+    bounds: Bounds = DEFAULT_BOUNDS,
+    named: Subject | None = None,
 ) -> Asked:
-    """The request an Access Evaluation Request (§6.1) stands for."""
+    """The request an Access Evaluation Request (§6.1) stands for; ``named``: the
+    subject its agent token names (:meth:`AuthZen.named`), in place of the subject's."""
     subject = _object(body, "subject", where)
     action = _object(body, "action", where)
     resource = _object(body, "resource", where)
     assert subject is not None and action is not None and resource is not None
     return _request(
         schema,
-        _subject(subject, where),
+        named or _subject(subject, where),
         _action(action, where),
         _resource(resource, where),
         _object(body, "context", where, required=False),
@@ -369,12 +385,25 @@ def _json(data: Json, status: int = 200, headers: dict[str, str] | None = None) 
 
 class AuthZen:
     """The AuthZEN endpoints over a decision service; ``base`` is the URL they are served
-    under (the metadata's ``policy_decision_point``)."""
+    under (the metadata's ``policy_decision_point``). ``authenticate`` checks callers'
+    bearer tokens; with ``certificates``, a client certificate on the TLS connection
+    (which the TLS layer checked against ``tls_client_ca``) is a PEP's credential too;
+    ``agent_tokens`` verifies the agents' tokens subjects carry."""
 
-    def __init__(self, point: DecisionPoint, authenticate: Authenticator, base: str):
+    def __init__(
+        self,
+        point: DecisionPoint,
+        authenticate: Authenticator,
+        base: str,
+        *,
+        certificates: bool = False,
+        agent_tokens: AgentTokens = NO_AGENT_TOKENS,
+    ):
         self.point = point
         self.authenticate = authenticate
         self.base = base.rstrip("/")
+        self.certificates = certificates
+        self.agent_tokens = agent_tokens
 
     def metadata(self) -> Json:
         """The PDP metadata (§9.1), every endpoint named."""
@@ -433,7 +462,11 @@ class AuthZen:
     async def _authenticated(self, request: Request) -> None:
         """The caller may ask for decisions; else the RFC 6750 §3.1 answer, 401 without a
         token or with one refused, 403 without the scope. Why a token was refused is
-        logged, not told."""
+        logged, not told. A client certificate is enough where the server asks for one:
+        the TLS handshake checked it against the CA, and a caller with none falls back to
+        a token."""
+        if self.certificates and _client_certificate(request):
+            return
         token = bearer_token(request.headers.get("authorization", ""))
         found = MISSING if token is None else await self.authenticate(token)
         if isinstance(found, Principal):
@@ -468,9 +501,43 @@ class AuthZen:
         except RequestError as exc:
             raise bad(str(exc)) from None
 
+    async def named(self, body: Json, where: str = "") -> Subject | None:
+        """The subject the agent token in ``subject.properties.token`` names, what the
+        subject says besides held to it (:func:`named_by`); None without a token."""
+        subject = body.get("subject")
+        properties = subject.get("properties") if isinstance(subject, dict) else None
+        if not isinstance(properties, dict) or TOKEN_PROPERTY not in properties:
+            return None
+        assert isinstance(subject, dict)
+        field = f"{where}subject.properties.{TOKEN_PROPERTY}"
+        token = properties[TOKEN_PROPERTY]
+        if not isinstance(token, str) or not token:
+            raise bad(f"{field} must be the agent's access token (a non-empty string)")
+        ident = subject.get("id", "")
+        if not isinstance(ident, str):
+            raise bad(f"{where}subject.id must be a string")
+        _, user, chain = _subject(subject, where, need_id=False)
+        try:
+            who = await self.agent_tokens.caller(token)
+        except CallerRefused as exc:
+            raise bad(f"{field}: {exc.message}") from None
+        given = chain if "delegation" in properties else None
+        fields = (
+            f"{where}subject.id",
+            f"{where}subject.properties.user",
+            f"{where}subject.properties.delegation",
+        )
+        try:
+            agent, user, actors = named_by(who, ident, user, given, fields)
+        except RequestError as exc:
+            raise bad(str(exc)) from None
+        return agent, user, list(actors or ())
+
     async def evaluation(self, body: Json, caller: Caller) -> Json:
         """Access Evaluation (§6)."""
-        request = evaluation_request(self.point.schema, body, bounds=self.point.bounds)
+        request = evaluation_request(
+            self.point.schema, body, bounds=self.point.bounds, named=await self.named(body)
+        )
         decision, decision_id = await self._decide(request, caller)
         return answer(decision, decision_id, _explain(body))
 
@@ -499,7 +566,8 @@ class AuthZen:
                 key: item[key] if key in item else body.get(key)
                 for key in ("subject", "action", "resource", "context")
             }
-            requests.append(evaluation_request(schema, merged, where, self.point.bounds))
+            named = await self.named(merged, where)
+            requests.append(evaluation_request(schema, merged, where, self.point.bounds, named))
         explain = _explain(body)
         results = []
         for index, request in enumerate(requests):
@@ -519,6 +587,8 @@ class AuthZen:
         action = _object(body, "action", "")
         resource = _object(body, "resource", "")
         assert subject is not None and action is not None and resource is not None
+        if TOKEN_PROPERTY in (subject.get("properties") or {}):
+            raise bad("subject.properties.token: a subject search looks for agents; send none")
         _, user, chain = _subject(subject, "", need_id=False)
         name, target = _action(action, ""), _resource(resource, "")
         context = _object(body, "context", "", required=False)
@@ -540,7 +610,7 @@ class AuthZen:
         action = _object(body, "action", "")
         resource = _object(body, "resource", "")
         assert subject is not None and action is not None and resource is not None
-        who, name = _subject(subject, ""), _action(action, "")
+        who, name = await self.named(body) or _subject(subject, ""), _action(action, "")
         kind, _, properties = _resource(resource, "", need_id=False)
         context = _object(body, "context", "", required=False)
         results = []
@@ -558,7 +628,7 @@ class AuthZen:
         subject = _object(body, "subject", "")
         resource = _object(body, "resource", "")
         assert subject is not None and resource is not None
-        who, target = _subject(subject, ""), _resource(resource, "")
+        who, target = await self.named(body) or _subject(subject, ""), _resource(resource, "")
         context = _object(body, "context", "", required=False)
         results = []
         schema, bounds = self.point.schema, self.point.bounds
@@ -566,6 +636,13 @@ class AuthZen:
             if self._allowed(_request(schema, who, name, target, context, "", bounds)):
                 results.append({"name": name})
         return _paged(body, results, offset, limit)
+
+
+def _client_certificate(request: Request) -> bool:
+    """Whether the request came over TLS with a client certificate (the ASGI ``tls``
+    extension Tessera's HTTP server fills in; never a header a proxy could be sent)."""
+    extensions = request.scope.get("extensions") or {}
+    return bool((extensions.get("tls") or {}).get("client_cert_chain"))
 
 
 async def _body(request: Request) -> Json:

@@ -15,6 +15,10 @@ gRPC port, about every request it forwards. The answer is Tessera's ordinary dec
 - **context**: ``ip``, the client's address as Envoy saw it, and ``acr`` when the token
   carries one.
 
+Envoy itself is a caller of the gRPC port, and shows what every caller there shows
+(:mod:`pdp.doors.callers`): a client certificate, or where the port asks for one, a bearer
+token of its own; a gateway without is answered UNAUTHENTICATED, which Envoy denies.
+
 The request is then decided by :meth:`DecisionPoint.decide`, exactly as ``Authorize``
 is (directory, cache, engine, audit record). Allowed: an
 ``OkHttpResponse`` whose headers tell the upstream the decision id and who is calling
@@ -50,6 +54,7 @@ from issuer.store import Store
 from issuer.verify import Caller, Memory, Reason, Refusal, Verifier, revocations
 from pdp.bounds import DEFAULT_BOUNDS, Bounds
 from pdp.decide import DecisionPoint
+from pdp.doors.callers import OPEN, Callers, Peps, bearer
 from pdp.doors.grpc import Calls, parsed
 from pdp.errors import PdpError
 from pdp.lang.schema import SchemaModel
@@ -339,9 +344,10 @@ def question(
 class ExtAuthzService:
     """``envoy.service.auth.v3.Authorization`` over the decision point."""
 
-    def __init__(self, point: DecisionPoint, gateway: Gateway) -> None:
+    def __init__(self, point: DecisionPoint, gateway: Gateway, peps: Peps | None = None) -> None:
         self.point = point
         self.gateway = gateway
+        self._peps = peps  # the gateway shows a bearer token, where the port asks for one
         self._calls = Calls(point.metrics, "Check")
         self._strip = list(gateway.strip)
         self._strip_with_user = [*gateway.strip, USER_HEADER]
@@ -353,9 +359,12 @@ class ExtAuthzService:
         self, raw: bytes, context: grpc.aio.ServicerContext
     ) -> auth.CheckResponse:
         """Parsed here, not by gRPC, so bytes protobuf refuses (a ``Struct`` of metadata
-        nested too deeply) are answered INVALID_ARGUMENT saying why."""
+        nested too deeply) are answered INVALID_ARGUMENT saying why; and only once the
+        gateway is admitted, where the port asks for a token."""
 
         async def work() -> auth.CheckResponse:
+            if self._peps is not None:
+                await self._peps.admit(bearer(context.invocation_metadata()))
             return await self._check(parsed(raw, auth.CheckRequest), context)
 
         return await self._calls.run(work, context)
@@ -438,10 +447,13 @@ class ExtAuthzService:
         return response
 
 
-def add_to_server(point: DecisionPoint, gateway: Gateway, server: grpc.aio.Server) -> None:
-    """Serve Check, deciding with ``point``, on ``server`` (as the generated
+def add_to_server(
+    point: DecisionPoint, gateway: Gateway, server: grpc.aio.Server, callers: Callers = OPEN
+) -> None:
+    """Serve Check, deciding with ``point``, on ``server``, to the gateways ``callers``
+    admits (as ``tessera.v1.Authorizer`` on the same port; as the generated
     ``add_AuthorizationServicer_to_server`` would, but ``Check`` taking the bytes)."""
-    service = ExtAuthzService(point, gateway)
+    service = ExtAuthzService(point, gateway, callers.peps)
     handlers = {
         "Check": grpc.unary_unary_rpc_method_handler(
             service.Check, response_serializer=auth.CheckResponse.SerializeToString

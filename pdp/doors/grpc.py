@@ -6,6 +6,12 @@ the response straight from the decision (:func:`answer_to_proto`). A malformed r
 answered INVALID_ARGUMENT naming the field (or, for bytes protobuf refuses, saying why),
 never with a traceback or an exception's name; a fault of ours is logged and answered
 INTERNAL.
+
+Where the port asks its callers for a bearer token (:mod:`pdp.doors.callers`), each call
+without an acceptable one is answered UNAUTHENTICATED, or PERMISSION_DENIED for a token
+without ``tessera:decide``, before its message is read. A question may carry the agent's
+own token (``agent_token``) instead of naming the agent: it is decided for whom the token
+names, and refused UNAUTHENTICATED when the token does not verify.
 """
 
 from __future__ import annotations
@@ -19,8 +25,10 @@ from typing import Any, TypeVar
 import grpc
 from google.protobuf.message import DecodeError, Message
 
+from issuer.verify import Caller
 from pdp.bounds import DEFAULT_BOUNDS, Bounds, Measure, RequestTooLarge
 from pdp.decide import DecisionPoint
+from pdp.doors.callers import OPEN, AgentTokens, CallerRefused, Callers, bearer, named_by
 from pdp.lang.schema import SchemaModel, Type
 from pdp.metrics import Metrics
 from pdp.model import Answer, Decision, Request, RequestError, delegation_for
@@ -103,15 +111,33 @@ def typed_from_proto(
     return out
 
 
-def _entity(entity: Any, where: str, types: Mapping[str, Type], trusted: bool) -> dict[str, Any]:
-    ident = entity.id
+def _entity(
+    entity: Any, where: str, types: Mapping[str, Type], trusted: bool, ident: str = ""
+) -> dict[str, Any]:
+    ident = ident or entity.id
     if not ident:
-        raise RequestError(f"{where}.id: required, a non-empty string")
+        raise RequestError(f"{where}.id: required, a non-empty string (or an agent_token)")
     if not trusted or not entity.attributes:
         return {"id": ident}
     values = typed_from_proto(entity.attributes, where, types)
     values["id"] = ident
     return values
+
+
+def _named(
+    message: pb.AuthorizeRequest, schema: SchemaModel, trusted: bool, who: Caller
+) -> tuple[dict[str, Any], dict[str, Any] | None, tuple[str, ...] | None]:
+    """The agent, the user and the delegation chain a question with an agent token is
+    about: the token's caller ``who``, which what the question names must agree with
+    (:func:`named_by`); the question's attributes for them, where trusted."""
+    given_user = (message.user.id or None) if message.HasField("user") else None
+    chain = tuple(message.delegation.chain) if message.HasField("delegation") else None
+    agent_id, user_id, chain = named_by(who, message.agent.id, given_user, chain)
+    agent = _entity(message.agent, "agent", schema.agent, trusted, agent_id)
+    user = None
+    if user_id is not None:
+        user = _entity(message.user, "user", schema.user, trusted, user_id)
+    return agent, user, chain
 
 
 def request_from_proto(
@@ -120,24 +146,31 @@ def request_from_proto(
     trust_callers: bool = True,
     size: int | None = None,
     bounds: Bounds = DEFAULT_BOUNDS,
+    who: Caller | None = None,
 ) -> Request:
     """The typed request an ``AuthorizeRequest`` asks, or a :class:`RequestError` naming
     the field (:class:`RequestTooLarge` over one of ``bounds``). ``size`` is the message's
     serialized size when the caller has it. Unless ``trust_callers``, the agent's and
-    user's attributes are left out (the directory's replace them)."""
+    user's attributes are left out (the directory's replace them). ``who``: the caller
+    its verified ``agent_token`` names, whom the request is then about."""
     if size is None:
         size = message.ByteSize()
     within(message, schema, size, bounds)
-    agent = _entity(message.agent, "agent", schema.agent, trust_callers)
-    user = None
-    if message.HasField("user"):
-        user = _entity(message.user, "user", schema.user, trust_callers)
+    if who is None:  # the hot path, written out
+        if message.agent_token:  # never decided for an agent token not verified
+            raise RequestError("agent_token: not taken here; name the agent in agent.id")
+        agent = _entity(message.agent, "agent", schema.agent, trust_callers)
+        user = None
+        if message.HasField("user"):
+            user = _entity(message.user, "user", schema.user, trust_callers)
+        chain = tuple(message.delegation.chain) if message.HasField("delegation") else None
+    else:
+        agent, user, chain = _named(message, schema, trust_callers, who)
     action = message.action
     if not action:
         raise RequestError('action: required, a non-empty string such as "tool.call"')
     resource = message.resource
     attributes = plain_values(resource.attributes, "resource")
-    chain = tuple(message.delegation.chain) if message.HasField("delegation") else None
     context = message.context
     return Request(
         agent,
@@ -329,6 +362,11 @@ class Calls:
         """End the call with the status ``exc`` stands for (an abort passes through)."""
         if isinstance(exc, grpc.aio.AbortError):
             return
+        if isinstance(exc, CallerRefused):
+            code = grpc.StatusCode.UNAUTHENTICATED
+            if exc.forbidden:
+                code = grpc.StatusCode.PERMISSION_DENIED
+            await context.abort(code, exc.message)
         if isinstance(exc, RequestError):
             # The abort's exception outlives the call in a reference cycle through grpc's
             # frames, until the cyclic collector runs: let it keep none of the request.
@@ -342,29 +380,40 @@ class Calls:
 
 
 class AuthorizerDoor:
-    """``tessera.v1.Authorizer`` over a decision point.
+    """``tessera.v1.Authorizer`` over a decision point, for the callers ``callers`` admits.
 
     ``Authorize``, the hot path, takes and returns the message bytes: it parses the
     request itself (its bytes are the decision cache's key) and writes the response from
     bytes made once per decision (:func:`answer_to_bytes`)."""
 
-    def __init__(self, point: DecisionPoint) -> None:
+    def __init__(self, point: DecisionPoint, callers: Callers = OPEN) -> None:
         self.point = point
+        self._peps = callers.peps
+        self._agent_tokens: AgentTokens = callers.agent_tokens
         metrics = point.metrics
         self._calls = {m: Calls(metrics, m) for m in ("Authorize", "AuthorizeBatch", "ListAllowed")}
+
+    async def _admit(self, context: grpc.aio.ServicerContext) -> None:
+        """Let the call in when its caller need not, or did, show a PEP's bearer token."""
+        if self._peps is not None:
+            await self._peps.admit(bearer(context.invocation_metadata()))
+
+    async def _named(self, token: str) -> Caller | None:
+        """Whom a question's agent token names (None without one)."""
+        return await self._agent_tokens.caller(token) if token else None
 
     async def Authorize(self, raw: bytes, context: grpc.aio.ServicerContext) -> bytes:
         # Calls.run's steps written out: no closure and no second coroutine per call.
         calls = self._calls["Authorize"]
         started = calls.begin(context)
         try:
+            if self._peps is not None:
+                await self._peps.admit(bearer(context.invocation_metadata()))
             point = self.point
+            message = parsed(raw, pb.AuthorizeRequest)
+            who = await self._named(message.agent_token) if message.agent_token else None
             request = request_from_proto(
-                parsed(raw, pb.AuthorizeRequest),
-                point.schema,
-                point.trusts_callers,
-                len(raw),
-                point.bounds,
+                message, point.schema, point.trusts_callers, len(raw), point.bounds, who
             )
             key = raw if point.cache is not None else None
             once = partial(idempotency_key, context)
@@ -382,14 +431,18 @@ class AuthorizerDoor:
         point = self.point
 
         async def work() -> pb.AuthorizeBatchResponse:
+            await self._admit(context)
             request = parsed(raw, pb.AuthorizeBatchRequest)
             schema, trusted, bounds = point.schema, point.trusts_callers, point.bounds
-            typed = []
+            typed = []  # every question checked before any is decided
             for index, item in enumerate(request.requests):
                 try:
-                    typed.append(request_from_proto(item, schema, trusted, bounds=bounds))
+                    who = await self._named(item.agent_token)
+                    typed.append(request_from_proto(item, schema, trusted, None, bounds, who))
                 except RequestError as exc:
                     raise type(exc)(f"requests[{index}].{exc}") from None
+                except CallerRefused as exc:
+                    raise CallerRefused(exc.refusal, f"requests[{index}]: {exc.message}") from None
             answers = await point.decide_many(typed, context.peer, idempotency_key(context))
             return pb.AuthorizeBatchResponse(responses=[answer_to_proto(a) for a in answers])
 
@@ -401,14 +454,18 @@ class AuthorizerDoor:
         point = self.point
 
         async def work() -> pb.ListAllowedResponse:
+            await self._admit(context)
             request = parsed(raw, pb.ListAllowedRequest)
+            who = await self._named(request.agent_token)
             response = pb.ListAllowedResponse(bundle_version=point.version)
             schema, trusted, bounds = point.schema, point.trusts_callers, point.bounds
             questions = []
             for index, candidate in enumerate(request.candidates):
                 question = listed_question(request, candidate)
                 try:
-                    questions.append(request_from_proto(question, schema, trusted, bounds=bounds))
+                    questions.append(
+                        request_from_proto(question, schema, trusted, None, bounds, who)
+                    )
                 except RequestError as exc:
                     raise type(exc)(f"candidates[{index}]: {exc}") from None
             allowed, consent = point.allowed(questions)
@@ -432,11 +489,13 @@ def listed_question(request: pb.ListAllowedRequest, candidate: pb.Resource) -> p
     return question
 
 
-def add_to_server(point: DecisionPoint, server: grpc.aio.Server) -> AuthorizerDoor:
-    """Serve ``tessera.v1.Authorizer`` over ``point`` on ``server`` (as the generated
-    ``add_AuthorizerServicer_to_server`` would, but each method taking the request's bytes,
-    which it parses itself: see :func:`parsed`)."""
-    door = AuthorizerDoor(point)
+def add_to_server(
+    point: DecisionPoint, server: grpc.aio.Server, callers: Callers = OPEN
+) -> AuthorizerDoor:
+    """Serve ``tessera.v1.Authorizer`` over ``point`` on ``server`` to the callers
+    ``callers`` admits (as the generated ``add_AuthorizerServicer_to_server`` would, but
+    each method taking the request's bytes, which it parses itself: see :func:`parsed`)."""
+    door = AuthorizerDoor(point, callers)
     handlers = {
         "Authorize": grpc.unary_unary_rpc_method_handler(door.Authorize),
         "AuthorizeBatch": grpc.unary_unary_rpc_method_handler(

@@ -21,6 +21,12 @@ configuration file (``--config``, or ``./tessera.toml`` when it exists), the def
     tls_cert = "server.pem"    # with tls_key: TLS on the gRPC port
     tls_key = "server.key"
     tls_client_ca = "ca.pem"   # also require client certificates signed by this CA (mTLS)
+    caller_auth = "auto"       # who may ask for decisions on the gRPC port: "auto" (callers
+                               # authenticate when host reaches beyond loopback), "required"
+                               # (on loopback too), "insecure-none" (never: anyone who
+                               # reaches the port may ask; see docs/deploy.md)
+    agent_token_audience = ""  # audiences an agent token in a question may name (spaces or
+                               # commas between); default: the issuer URL
     store = "sqlite:///var/tessera.db"   # or postgresql://host/db; "" for no directory
     counters = ""              # limit counters: "store" (the database of `store`; the default
                                # with a store), "memory" (this process only; the default
@@ -70,11 +76,18 @@ configuration file (``--config``, or ``./tessera.toml`` when it exists), the def
 With a store, agents and users are resolved from the directory by id (the caller's
 attributes for them are ignored) and an agent that is unknown or not active is denied.
 Without one (``store = ""``), the PDP decides on the attributes the caller sends.
+
+Callers of the gRPC port authenticate (:attr:`ServeConfig.caller_mode`) by mutual TLS when
+``tls_client_ca`` is set, else by bearer tokens with the scope ``tessera:decide`` when
+``host`` reaches beyond loopback or ``caller_auth = "required"``; a setting that would
+leave no way to check them is refused at start.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import enum
+import ipaddress
 import os
 import tomllib
 from collections.abc import Mapping
@@ -90,6 +103,29 @@ from pdp.errors import PdpError
 DEFAULT_FILE = "tessera.toml"
 MIN_TOKEN_LENGTH = 16
 AUDIT_MODES = ("async", "sync", "off")  # durability of the audit record of a decision
+CALLER_AUTH = ("auto", "required", "insecure-none")  # the settings of caller_auth
+
+
+class CallerMode(enum.Enum):
+    """How the gRPC port knows its callers are policy enforcement points."""
+
+    OPEN = "open"  # on loopback, nothing asked: the embedded default
+    MUTUAL_TLS = "mutual TLS"  # the TLS handshake asks for a certificate from tls_client_ca
+    BEARER = "bearer token"  # each call carries a bearer token with tessera:decide
+    INSECURE = "insecure"  # beyond loopback, nothing asked: caller_auth = "insecure-none"
+
+
+def is_loopback(host: str) -> bool:
+    """Whether listening on ``host`` reaches this machine only: ``localhost``, or an
+    address of 127.0.0.0/8 or ``::1``. Anything else reaches beyond: every interface
+    (``0.0.0.0``, ``::``, ``""``), an interface's address, or a name other machines may
+    resolve to this one."""
+    if host.lower().rstrip(".") == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 class ConfigError(PdpError, ValueError):
@@ -110,6 +146,8 @@ class ServeConfig:
     tls_cert: str = ""
     tls_key: str = ""
     tls_client_ca: str = ""
+    caller_auth: str = "auto"
+    agent_token_audience: str = ""
     store: str = "sqlite:///var/tessera.db"
     counters: str = ""
     counters_timeout: float = 0.1
@@ -180,6 +218,32 @@ class ServeConfig:
     @property
     def metrics(self) -> bool:
         return self.metrics_port >= 0
+
+    @property
+    def caller_mode(self) -> CallerMode:
+        """How callers of the gRPC port authenticate. With ``tls_client_ca`` the handshake
+        already refuses a client without a certificate from that CA; else a port that
+        reaches beyond loopback, or ``caller_auth = "required"``, asks each call for a
+        bearer token, unless ``caller_auth = "insecure-none"`` says to ask nothing."""
+        if self.tls_client_ca:
+            return CallerMode.MUTUAL_TLS
+        loopback = is_loopback(self.host)
+        if self.caller_auth == "insecure-none":
+            return CallerMode.OPEN if loopback else CallerMode.INSECURE
+        if self.caller_auth == "required" or not loopback:
+            return CallerMode.BEARER
+        return CallerMode.OPEN
+
+    @property
+    def verifies_tokens(self) -> bool:
+        """Whether this server can verify tokens of its issuer: it has the issuer's keys
+        (a store) and knows the issuer's URL (its HTTP port, or ``issuer``)."""
+        return bool(self.store) and (bool(self.issuer) or self.http_port >= 0)
+
+    @property
+    def agent_token_audiences(self) -> tuple[str, ...]:
+        """The audiences an agent token may name (one of them); none: the issuer's URL."""
+        return tuple(self.agent_token_audience.replace(",", " ").split())
 
     @property
     def counter_store(self) -> str:
@@ -263,7 +327,31 @@ def load_config(
     _check_policies(config)
     _check_counters(config)
     _check_gateway(config)
+    _check_callers(config)
     return config
+
+
+def _check_callers(config: ServeConfig) -> None:
+    """Callers of the gRPC port can be checked as ``caller_mode`` says they must be."""
+    if config.caller_auth not in CALLER_AUTH:
+        raise ConfigError(
+            f"caller_auth: {config.caller_auth!r} is not auto, required or insecure-none"
+        )
+    if config.caller_mode is not CallerMode.BEARER or config.verifies_tokens:
+        return
+    if config.caller_auth == "required":
+        why = 'caller_auth = "required" asks every caller of the gRPC port for credentials'
+    else:
+        why = (
+            f"host {config.host!r} reaches beyond loopback, so callers of the gRPC port must "
+            "authenticate"
+        )
+    raise ConfigError(
+        f"{why}, and nothing here could check them: set tls_client_ca (mutual TLS), or a "
+        "store with the HTTP port or issuer (bearer tokens of Tessera's issuer with the "
+        'scope tessera:decide); caller_auth = "insecure-none" serves anyone who reaches '
+        "the port instead (see docs/deploy.md)"
+    )
 
 
 def _check_policies(config: ServeConfig) -> None:

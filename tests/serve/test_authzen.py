@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import json
 import re
+import ssl
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -29,11 +30,13 @@ from pdp.audit.writer import AuditWriter
 from pdp.decide import DecisionPoint
 from pdp.directory import Directory
 from pdp.doors.authzen import AUTHZEN_PATH, AUTHZEN_SCOPE, AuthZen
+from pdp.doors.callers import callers_of
 from pdp.engine import Engine
 from pdp.loader import load_directory
 from tests.conftest import SHIPPED_POLICIES
+from tests.serve.test_tls import PKI, _pem
 from tests.servers import HttpServer, send_raw, tessera_serve
-from tests.stores import store_url
+from tests.stores import opened_store, store_url
 from tests.test_directory import add_agent, add_user
 
 ADMIN_TOKEN = "authzen-admin-token-0123456789"
@@ -44,7 +47,9 @@ class Pdp:
     """AuthZEN served on 127.0.0.1 over a decision service with a directory, an audit
     trail answered once committed, and the issuer's authentication of callers."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(
+        self, store: Store, tls: tuple[str, str] | None = None, client_ca: str | None = None
+    ) -> None:
         self.store = store
         self.directory = Directory(store)
         self.directory.load()
@@ -58,12 +63,21 @@ class Pdp:
         self.keys = KeyRing(store, "ES256")
 
         def build(port: int) -> Starlette:
-            self.base = f"http://127.0.0.1:{port}"
+            scheme = "https" if tls else "http"
+            self.base = f"{scheme}://{'localhost' if tls else '127.0.0.1'}:{port}"
             oauth = AuthorizationServer(store, self.keys, self.base, BootstrapToken(ADMIN_TOKEN))
             callers = oauth.administrators([self.base, f"{self.base}{AUTHZEN_PATH}"])
-            return Starlette(routes=AuthZen(self.point, callers, self.base).routes())
+            agents = callers_of(self.keys, self.base, self.directory, peps=False).agent_tokens
+            door = AuthZen(
+                self.point,
+                callers,
+                self.base,
+                certificates=client_ca is not None,
+                agent_tokens=agents,
+            )
+            return Starlette(routes=door.routes())
 
-        self.server = HttpServer(build)
+        self.server = HttpServer(build, tls, client_ca)
         self.http = httpx.Client(
             base_url=self.base, headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}, timeout=10
         )
@@ -344,6 +358,109 @@ def test_callers_authenticate_with_a_token_that_may_ask_for_decisions(pdp: Pdp) 
         answer = httpx.post(url, json=evaluation(reader), headers=headers, timeout=10)
         assert answer.status_code == status, answer.text
     assert answer.text == f"asking for decisions needs the scope {AUTHZEN_SCOPE}"
+
+
+def test_a_pep_with_a_client_certificate_from_the_ca_needs_no_token(tmp_path: Path) -> None:
+    pki = PKI()
+    files = {
+        "server.pem": PKI.pem(pki.server),
+        "server.key": _pem(pki.server_key),
+        "ca.pem": PKI.pem(pki.ca),
+        "pep.pem": PKI.pem(pki.client),
+        "pep.key": _pem(pki.client_key),
+    }
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+    with opened_store("sqlite", tmp_path) as store:
+        pdp = Pdp(
+            store,
+            (str(tmp_path / "server.pem"), str(tmp_path / "server.key")),
+            str(tmp_path / "ca.pem"),
+        )
+        try:
+            reader = pdp.agent("reader")
+            url = f"{pdp.base}{AUTHZEN_PATH}/evaluation"
+            trust = ssl.create_default_context(cafile=str(tmp_path / "ca.pem"))
+            anonymous = httpx.post(url, json=evaluation(reader), verify=trust, timeout=10)
+            assert anonymous.status_code == 401
+            trust.load_cert_chain(tmp_path / "pep.pem", tmp_path / "pep.key")
+            answer = httpx.post(url, json=evaluation(reader), verify=trust, timeout=10)
+            assert (answer.status_code, answer.json()) == (200, {"decision": True})
+        finally:
+            pdp.close()
+
+
+# ------------------------------------------------------------------ the agent's own token
+
+
+def agent_token(pdp: Pdp, agent: str, **claims: Any) -> str:
+    """The agent's access token from the issuer (for a user with ``sub`` and ``act``)."""
+    subject = claims.pop("sub", agent)
+    extra = {"agent_id": agent, "agent_type": "assistant", **claims}
+    minter = TokenMinter(pdp.keys, pdp.base)
+    return minter.mint(
+        subject=subject, client_id="agent", audience=[pdp.base], scope=["read"], extra=extra
+    ).token
+
+
+def by_token(token: str, tool: str = "search", **properties: Any) -> dict[str, Any]:
+    return {
+        "subject": {"type": "agent", "properties": {"token": token, **properties}},
+        "action": {"name": "tool.call"},
+        "resource": {"type": "tool", "id": tool},
+    }
+
+
+def test_an_agent_token_in_the_subject_decides_for_whom_it_names(pdp: Pdp) -> None:
+    reader = pdp.agent("reader")
+    mailer = pdp.agent("mailer", scopes=["mail:send"])
+    user = add_user(pdp.store, "bjensen")
+    pdp.directory.refresh()
+    explain = {"options": {"tessera_explain": True}}
+    answer = pdp.ok("/evaluation", {**by_token(agent_token(pdp, reader)), **explain})
+    assert answer["decision"] is True
+    record = {r["decision_id"]: r for r in pdp.records()}[answer["context"]["decision_id"]]
+    assert (record["agent"], record["user"]) == (reader, None)
+    for_user = agent_token(pdp, mailer, sub=user, act={"sub": mailer})
+    body = {**by_token(for_user, "mail.send"), **explain}
+    body["subject"]["id"] = mailer  # AuthZEN's subject.id, when sent, must be the token's
+    answer = pdp.ok("/evaluation", body)
+    assert answer["decision"] is True, answer
+    record = {r["decision_id"]: r for r in pdp.records()}[answer["context"]["decision_id"]]
+    assert (record["agent"], record["user"], record["delegation"]) == (mailer, user, [mailer])
+    many = pdp.ok(
+        "/evaluations",
+        {
+            "subject": by_token(agent_token(pdp, reader))["subject"],
+            "action": {"name": "tool.call"},
+            "evaluations": [{"resource": {"type": "tool", "id": t}} for t in ("search", "x")],
+        },
+    )
+    assert many == {"evaluations": [{"decision": True}, {"decision": False}]}
+
+
+def test_a_subject_that_disagrees_with_its_token_or_a_bad_token_is_400(pdp: Pdp) -> None:
+    reader = pdp.agent("reader")
+    token = agent_token(pdp, reader)
+    wrong_id = by_token(token)
+    wrong_id["subject"]["id"] = "someone-else"
+    cases = [
+        (wrong_id, "subject.id: 'someone-else' is not the agent the agent token names"),
+        (by_token(token, user="alice"), "subject.properties.user: 'alice', but the agent"),
+        (
+            by_token(token, delegation=["x"]),
+            "subject.properties.delegation: ['x'] is not the agent token's actors",
+        ),
+        (by_token("junk"), "subject.properties.token: the agent token is not valid: it is not"),
+        (by_token(""), "subject.properties.token must be the agent's access token"),
+    ]
+    for body, message in cases:
+        response = pdp.post("/evaluation", body)
+        assert response.status_code == 400, response.text
+        assert response.text.startswith(message), response.text
+    search = {**by_token(token), "resource": {"type": "tool"}}
+    assert pdp.post("/search/subject", search).status_code == 400
+    assert pdp.records() == []
 
 
 # ------------------------------------------------------------------ evaluations

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from pdp.serve.config import ConfigError, ServeConfig, load_config
+from pdp.serve.config import CallerMode, ConfigError, ServeConfig, is_loopback, load_config
 
 
 def test_defaults_when_nothing_is_set(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -189,3 +189,85 @@ def test_bounds_that_cannot_be_used_together_are_named(
     monkeypatch.chdir(tmp_path)  # no ./tessera.toml here
     with pytest.raises(ConfigError, match=message):
         load_config({}, environ=environ)
+
+
+@pytest.mark.parametrize(
+    ("host", "loopback"),
+    [
+        ("127.0.0.1", True),
+        ("127.8.9.10", True),
+        ("::1", True),
+        ("[::1]", True),
+        ("localhost", True),
+        ("LOCALHOST.", True),
+        ("0.0.0.0", False),
+        ("::", False),
+        ("", False),
+        ("192.0.2.7", False),
+        ("fd00::2", False),
+        ("pdp.internal", False),
+    ],
+)
+def test_a_host_is_loopback_only_when_it_reaches_this_machine_alone(
+    host: str, loopback: bool
+) -> None:
+    assert is_loopback(host) is loopback
+
+
+@pytest.mark.parametrize(
+    ("settings", "mode"),
+    [
+        ({}, CallerMode.OPEN),
+        ({"host": "0.0.0.0"}, CallerMode.BEARER),
+        ({"host": "192.0.2.7"}, CallerMode.BEARER),
+        ({"caller_auth": "required"}, CallerMode.BEARER),
+        ({"host": "0.0.0.0", "caller_auth": "insecure-none"}, CallerMode.INSECURE),
+        ({"caller_auth": "insecure-none"}, CallerMode.OPEN),
+        ({"host": "0.0.0.0", "tls_client_ca": "ca.pem"}, CallerMode.MUTUAL_TLS),
+        ({"tls_client_ca": "ca.pem", "caller_auth": "insecure-none"}, CallerMode.MUTUAL_TLS),
+    ],
+)
+def test_callers_authenticate_beyond_loopback_or_when_required(
+    settings: dict[str, str], mode: CallerMode
+) -> None:
+    assert ServeConfig(**settings).caller_mode is mode  # type: ignore[arg-type]
+
+
+def empty_file(directory: Path) -> str:
+    """A configuration file that sets nothing (so that no ./tessera.toml is read)."""
+    path = directory / "tessera.toml"
+    path.write_text("[serve]\n")
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        ({"host": "0.0.0.0", "store": ""}, "host '0.0.0.0' reaches beyond loopback, so callers"),
+        ({"host": "0.0.0.0", "http_port": -1}, "nothing here could check them"),
+        ({"caller_auth": "required", "store": ""}, 'caller_auth = "required" asks every'),
+        ({"caller_auth": "sometimes"}, "caller_auth: 'sometimes' is not auto, required or"),
+    ],
+)
+def test_a_setting_that_leaves_callers_unchecked_is_refused(
+    tmp_path: Path, flags: dict[str, object], message: str
+) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_config(flags, environ={}, config_file=empty_file(tmp_path))
+
+
+def test_callers_beyond_loopback_may_be_checked_by_tokens_mtls_or_not_at_all(
+    tmp_path: Path,
+) -> None:
+    for flags in (
+        {"host": "0.0.0.0"},  # a store and the HTTP port: bearer tokens
+        {"host": "0.0.0.0", "http_port": -1, "issuer": "https://tessera.example.com"},
+        {"host": "0.0.0.0", "store": "", "tls_client_ca": "ca.pem"},
+        {"host": "0.0.0.0", "store": "", "caller_auth": "insecure-none"},
+    ):
+        load_config(flags, environ={}, config_file=empty_file(tmp_path))
+    assert load_config(
+        {"agent_token_audience": "https://mcp.example.com, https://api.example.com"},
+        environ={},
+        config_file=empty_file(tmp_path),
+    ).agent_token_audiences == ("https://mcp.example.com", "https://api.example.com")

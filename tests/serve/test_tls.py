@@ -15,9 +15,11 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from pdp.engine import Engine
+from pdp.lang.values import Risk
 from pdp.loader import load_directory
 from pdp.serve.proto import authorizer_pb2 as pb
 from pdp.serve.proto import authorizer_pb2_grpc as pb_grpc
+from pep.client import Client, Credentials, Options, Query
 from tests.servers import Server, tessera_serve
 
 POLICIES = Path(__file__).resolve().parents[2] / "policies"
@@ -121,6 +123,35 @@ def test_a_client_without_a_certificate_is_refused(pki: PKI, mtls_server: Server
     ):
         ask(channel)
     assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+def test_the_pep_client_is_answered_with_its_client_certificate_alone(
+    pki: PKI, mtls_server: Server
+) -> None:
+    """Mutual TLS is the PEP's credential: no bearer token is asked for."""
+    attributes = {"status": "active", "risk": Risk.low}
+    query = Query(agent="helper", tool="search", agent_attributes=attributes)
+    mtls = Credentials(
+        root_certificates=PKI.pem(pki.ca),
+        certificate_chain=PKI.pem(pki.client),
+        private_key=_pem(pki.client_key),
+        server_name="localhost",
+    )
+    target = f"127.0.0.1:{mtls_server.running.port}"
+    with Client(target, Options(timeout=5), credentials=mtls) as client:
+        verdict = client.authorize(query)
+    assert verdict.allow and verdict.decided_by == ("agents.read_only",), verdict
+    server_only = Credentials(root_certificates=PKI.pem(pki.ca), server_name="localhost")
+    with Client(target, Options(timeout=5, attempts=1), credentials=server_only) as client:
+        refused = client.authorize(query)
+    assert not refused.allow and refused.error is not None
+    assert refused.error.startswith("UNAVAILABLE"), refused.error
+
+
+def test_a_client_certificate_needs_its_key() -> None:
+    half = Credentials(certificate_chain=b"-----BEGIN CERTIFICATE-----")
+    with pytest.raises(ValueError, match="both certificate_chain and private_key"):
+        Client("127.0.0.1:1", credentials=half)
 
 
 def test_plaintext_is_refused_on_a_tls_port(mtls_server: Server) -> None:

@@ -121,7 +121,7 @@ class Resource(_message.Message):
     def __init__(self, type: _Optional[str] = ..., id: _Optional[str] = ..., attributes: _Optional[_Mapping[str, Value]] = ...) -> None: ...
 
 class AuthorizeRequest(_message.Message):
-    __slots__ = ("agent", "user", "delegation", "action", "resource", "context")
+    __slots__ = ("agent", "user", "delegation", "action", "resource", "context", "agent_token")
     class ContextEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -135,13 +135,15 @@ class AuthorizeRequest(_message.Message):
     ACTION_FIELD_NUMBER: _ClassVar[int]
     RESOURCE_FIELD_NUMBER: _ClassVar[int]
     CONTEXT_FIELD_NUMBER: _ClassVar[int]
+    AGENT_TOKEN_FIELD_NUMBER: _ClassVar[int]
     agent: Agent
     user: User
     delegation: Delegation
     action: str
     resource: Resource
     context: _containers.MessageMap[str, Value]
-    def __init__(self, agent: _Optional[_Union[Agent, _Mapping]] = ..., user: _Optional[_Union[User, _Mapping]] = ..., delegation: _Optional[_Union[Delegation, _Mapping]] = ..., action: _Optional[str] = ..., resource: _Optional[_Union[Resource, _Mapping]] = ..., context: _Optional[_Mapping[str, Value]] = ...) -> None: ...
+    agent_token: str
+    def __init__(self, agent: _Optional[_Union[Agent, _Mapping]] = ..., user: _Optional[_Union[User, _Mapping]] = ..., delegation: _Optional[_Union[Delegation, _Mapping]] = ..., action: _Optional[str] = ..., resource: _Optional[_Union[Resource, _Mapping]] = ..., context: _Optional[_Mapping[str, Value]] = ..., agent_token: _Optional[str] = ...) -> None: ...
 
 class Obligation(_message.Message):
     __slots__ = ("kind", "value")
@@ -194,7 +196,7 @@ class AuthorizeBatchResponse(_message.Message):
     def __init__(self, responses: _Optional[_Iterable[_Union[AuthorizeResponse, _Mapping]]] = ...) -> None: ...
 
 class ListAllowedRequest(_message.Message):
-    __slots__ = ("agent", "user", "delegation", "action", "candidates", "context")
+    __slots__ = ("agent", "user", "delegation", "action", "candidates", "context", "agent_token")
     class ContextEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -208,13 +210,15 @@ class ListAllowedRequest(_message.Message):
     ACTION_FIELD_NUMBER: _ClassVar[int]
     CANDIDATES_FIELD_NUMBER: _ClassVar[int]
     CONTEXT_FIELD_NUMBER: _ClassVar[int]
+    AGENT_TOKEN_FIELD_NUMBER: _ClassVar[int]
     agent: Agent
     user: User
     delegation: Delegation
     action: str
     candidates: _containers.RepeatedCompositeFieldContainer[Resource]
     context: _containers.MessageMap[str, Value]
-    def __init__(self, agent: _Optional[_Union[Agent, _Mapping]] = ..., user: _Optional[_Union[User, _Mapping]] = ..., delegation: _Optional[_Union[Delegation, _Mapping]] = ..., action: _Optional[str] = ..., candidates: _Optional[_Iterable[_Union[Resource, _Mapping]]] = ..., context: _Optional[_Mapping[str, Value]] = ...) -> None: ...
+    agent_token: str
+    def __init__(self, agent: _Optional[_Union[Agent, _Mapping]] = ..., user: _Optional[_Union[User, _Mapping]] = ..., delegation: _Optional[_Union[Delegation, _Mapping]] = ..., action: _Optional[str] = ..., candidates: _Optional[_Iterable[_Union[Resource, _Mapping]]] = ..., context: _Optional[_Mapping[str, Value]] = ..., agent_token: _Optional[str] = ...) -> None: ...
 
 class ListAllowedResponse(_message.Message):
     __slots__ = ("allowed", "bundle_version", "consent_required")
