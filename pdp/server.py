@@ -79,6 +79,22 @@ __all__ = [
 ]
 
 
+class Health(health.aio.HealthServicer):  # type: ignore[misc]
+    """The standard health service, ``List`` included: grpcio-health-checking's servicer
+    leaves it to its generated base, which fails with NotImplementedError (UNKNOWN)."""
+
+    async def List(
+        self, request: health_pb2.HealthListRequest, context: grpc.aio.ServicerContext
+    ) -> health_pb2.HealthListResponse:
+        """Every service name this server reports, with its status (a snapshot)."""
+        return health_pb2.HealthListResponse(
+            statuses={
+                name: health_pb2.HealthCheckResponse(status=status)
+                for name, status in list(self._server_status.items())
+            }
+        )
+
+
 @dataclass
 class Running:
     """A started server: where it listens and how to stop it."""
@@ -162,7 +178,7 @@ async def start(
         durability=durability,
     )
     grpc_door.add_to_server(point, server)
-    health_servicer = health.aio.HealthServicer()
+    health_servicer = Health()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     deciding = [SERVICE_NAME]
     if gateway is not None:

@@ -164,6 +164,16 @@ def test_health_is_serving(server: Server) -> None:
         assert reply.status == health_pb2.HealthCheckResponse.SERVING
 
 
+def test_health_lists_every_service_it_reports_on(server: Server) -> None:
+    health = health_pb2_grpc.HealthStub(server.channel)
+    reply = health.List(health_pb2.HealthListRequest(), timeout=5)
+    serving = health_pb2.HealthCheckResponse.SERVING
+    assert {name: status.status for name, status in reply.statuses.items()} == {
+        "": serving,
+        "tessera.v1.Authorizer": serving,
+    }
+
+
 def test_tessera_serve_prints_where_it_listens_and_stops_on_sigterm() -> None:
     import re
     import urllib.request
