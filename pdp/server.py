@@ -60,6 +60,7 @@ from pdp.metrics import Metrics
 from pdp.serve.config import ServeConfig
 from pdp.serve.drain import Drained, drain
 from pdp.serve.exchange import exchange_check
+from pdp.serve.openapi import HEALTH_PATH, OPENAPI_PATH, serve_document
 from pdp.serve.reload import Reloader
 from pdp.serve.sources import PolicySource, open_source
 
@@ -356,18 +357,29 @@ async def _serve_issuer(
         on_issue=token_trail(planes.audit),
     )
     tls = (config.tls_cert, config.tls_key) if config.tls_cert else None
+    app = http_app(point, store, oauth, (issuer, base))
+    http = await serve_http(app, planes.sock, tls, config.tls_client_ca or None)
+    stack.push_async_callback(http.stop)
+    return http
+
+
+def http_app(
+    point: DecisionPoint, store: Store, oauth: AuthorizationServer, urls: tuple[str, str]
+) -> Starlette:
+    """What ``tessera serve`` answers on its HTTP port: health and the API's OpenAPI
+    document (no token needed), AuthZEN, and the issuer's SCIM and OAuth endpoints.
+    ``urls`` are the issuer's URL and the port's own (AuthZEN's tokens may name either)."""
+    issuer, base = urls
     scim_admins = oauth.administrators([issuer, f"{issuer}{SCIM_PATH}"])
     authzen = AuthZen(point, oauth.administrators([issuer, f"{base}{AUTHZEN_PATH}"]), base)
-    app = Starlette(
+    return Starlette(
         routes=[
             Route(HEALTH_PATH, _health(point), methods=["GET"]),
+            Route(OPENAPI_PATH, serve_document, methods=["GET"]),
             *authzen.routes(),
             Mount("", app=issuer_app(store, scim_admins, oauth)),
         ]
     )
-    http = await serve_http(app, planes.sock, tls, config.tls_client_ca or None)
-    stack.push_async_callback(http.stop)
-    return http
 
 
 def startup_lines(
@@ -431,9 +443,6 @@ def _announce(
     )
     for line in (*lines, *announce):
         print(line, flush=True)
-
-
-HEALTH_PATH = "/healthz"
 
 
 def _health(point: DecisionPoint) -> Callable[[Request], Awaitable[Response]]:
