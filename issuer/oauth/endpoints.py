@@ -60,7 +60,7 @@ from issuer.oauth.tokens import (
     ring_lookup,
 )
 from issuer.scim import ADMIN_SCOPE, Authenticator, Principal, bearer_token
-from issuer.store import Conflict, NotFound, Store
+from issuer.store import Conflict, NotFound, Store, Unstorable
 from issuer.verify import MISSING, Memory, Refusal, Verifier, agent_statuses, revocations
 
 MULTI_VALUED = frozenset({"resource", "audience"})  # RFC 8707 §2, RFC 8693 §2.1
@@ -306,7 +306,10 @@ class AuthorizationServer:
             metadata = await request.json()
         except ValueError:
             raise OAuthError("invalid_client_metadata", "the body is not JSON") from None
-        registered = await to_thread.run_sync(self.clients.register, metadata, actor)
+        try:
+            registered = await to_thread.run_sync(self.clients.register, metadata, actor)
+        except Unstorable as exc:  # RFC 7591 §3.2.2: a metadata value the server refuses
+            raise OAuthError("invalid_client_metadata", str(exc)) from None
         return json_response(registered, 201)
 
     async def _administrator(self, request: Request) -> str:
@@ -417,6 +420,8 @@ def _guarded(
             return await handler(request)
         except OAuthError as exc:
             return exc.response()
+        except Unstorable as exc:  # a value no store holds (a NUL character…)
+            return OAuthError("invalid_request", str(exc)).response()
 
     return endpoint
 

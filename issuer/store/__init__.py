@@ -27,6 +27,7 @@ from issuer.store.interface import (
     Record,
     Store,
     StoreError,
+    Unstorable,
     VersionMismatch,
 )
 
@@ -63,6 +64,7 @@ __all__: Sequence[str] = (
     "Record",
     "Store",
     "StoreError",
+    "Unstorable",
     "VersionMismatch",
     "open_store",
 )
