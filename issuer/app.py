@@ -15,14 +15,19 @@ from dataclasses import dataclass
 from typing import Any
 
 import uvicorn
+from scim2_models import Error
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response
 from starlette.routing import BaseRoute, Mount
 from starlette.types import ASGIApp, Receive, Scope, Send
 from uvicorn.protocols.http.h11_impl import H11Protocol
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from issuer.oauth.endpoints import AuthorizationServer
-from issuer.scim import Authenticator, scim_app
+from issuer.oauth.errors import OAuthError
+from issuer.scim import Authenticator, scim_app, scim_response
 from issuer.store import Store
 
 SCIM_PATH = "/scim/v2"
@@ -36,7 +41,24 @@ def issuer_app(
     routes: list[BaseRoute] = [Mount(SCIM_PATH, app=scim_app(store, authenticate))]
     if oauth is not None:
         routes = [*oauth.routes(), *routes]
-    return Starlette(routes=routes)
+    return Starlette(routes=routes, exception_handlers={HTTPException: _unrouted})
+
+
+def _unrouted(request: Request, exc: Exception) -> Response:
+    """A path no endpoint serves, or a method its endpoint does not take, in its
+    protocol's error shape, headers (``Allow``) kept: SCIM's under ``/scim/v2`` (a path
+    the SCIM mount cannot match, such as one with a line break), OAuth's for a method an
+    OAuth endpoint does not take; any other unknown path is Starlette's plain 404."""
+    assert isinstance(exc, HTTPException)
+    status, headers = exc.status_code, dict(exc.headers or {})
+    if request.scope["path"].startswith(f"{SCIM_PATH}/"):
+        return scim_response(Error(status=status, detail=exc.detail).model_dump(), status, headers)
+    if status == 405:
+        allowed = headers.get("allow", headers.get("Allow", ""))
+        return OAuthError(
+            "invalid_request", f"this endpoint takes {allowed}", 405, headers
+        ).response()
+    return PlainTextResponse(exc.detail, status, headers)
 
 
 class _Server(uvicorn.Server):

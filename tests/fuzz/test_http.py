@@ -29,6 +29,7 @@ from tests.fuzz.operations import (
     CALLERS,
     DOORS,
     OPERATIONS,
+    PYTHON,
     Operation,
     best_caller,
     check_answer,
@@ -233,3 +234,36 @@ def test_scim_filters_of_any_form_are_answered_as_documented(
     query = {"filter": data.draw(gen.FILTERS, "filter")}
     query.update(data.draw(gen.QUERY, "more"))
     fuzzer.send(operation, None, None, "admin", query=query)
+
+
+METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
+
+
+@pytest.mark.parametrize("door", ("oauth", "page", "authzen"))
+def test_a_method_a_path_does_not_take_is_405_naming_those_it_takes(
+    fuzzer: Fuzzer, door: str
+) -> None:
+    paths = {operation.path for operation in of_door(door)}
+    for path in sorted(paths):
+        taken = {o.method for o in OPERATIONS if o.path == path}
+        url = path.replace("{id}", "fuzz")
+        for method in sorted(set(METHODS) - taken):
+            response = fuzzer.client.request(method, url, headers=credentials(fuzzer.live, "admin"))
+            assert response.status_code == 405, f"{method} {path}: {response.status_code}"
+            allowed = {m.strip() for m in response.headers.get("allow", "").split(",")}
+            assert taken <= allowed, f"{method} {path}: Allow {allowed}"
+            assert not PYTHON.search(response.text)
+            if door != "authzen":
+                assert response.json()["error"] == "invalid_request", response.text
+
+
+def test_a_method_a_scim_path_does_not_take_is_refused_in_scims_error_shape(fuzzer: Fuzzer) -> None:
+    seeds = fuzzer.live.seeds
+    for operation in of_door("scim"):
+        taken = {o.method for o in OPERATIONS if o.path == operation.path}
+        url = operation.path.replace("{id}", seeds.user)
+        for method in sorted(set(METHODS) - taken):
+            response = fuzzer.client.request(method, url, headers=credentials(fuzzer.live, "admin"))
+            # a template may take it (PUT /Users/.search is a PUT of the user ".search")
+            assert 400 <= response.status_code < 500, f"{method} {url}: {response.status_code}"
+            assert response.headers["content-type"] == "application/scim+json", url

@@ -530,6 +530,12 @@ def test_an_id_with_a_nul_character_is_404(service: Service) -> None:
         assert_error(response, 404)
 
 
+def test_an_id_with_a_line_break_is_a_scim_404(service: Service) -> None:
+    # Starlette's mount matches no path with a line break: the issuer answers for SCIM
+    for method in ("GET", "PUT", "DELETE"):
+        assert_error(service.client.request(method, "/Agents/a%0Ab", json={}), 404)
+
+
 # ---------------------------------------------------------------- list and search
 
 
