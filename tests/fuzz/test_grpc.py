@@ -24,7 +24,7 @@ from google.protobuf import descriptor_pb2, struct_pb2
 from google.protobuf.message import Message
 from grpc_health.v1 import health_pb2
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from pdp.serve.proto import authorizer_pb2 as pb
@@ -32,7 +32,10 @@ from tests.fuzz.live import TIMEOUT, Live, Seeds, difference
 from tests.fuzz.messages import messages
 from tests.fuzz.operations import PYTHON
 
+# No shrinking: a failure is reported as found, so a failing run stays as short as a
+# passing one (each example is a round trip to the server and a read of the store).
 FUZZ = settings(
+    phases=(Phase.explicit, Phase.reuse, Phase.generate),
     max_examples=30,
     deadline=None,
     derandomize=True,

@@ -24,7 +24,12 @@ from tests.fuzz.operations import OPERATIONS, best_caller, credentials
 
 CONFIG = schemathesis.Config.from_dict(
     {
-        "generation": {"max-examples": 30, "deterministic": True, "database": "none"},
+        "generation": {
+            "max-examples": 8,
+            "deterministic": True,
+            "database": "none",
+            "no-shrink": True,
+        },
         "phases": {"coverage": {"enabled": False}, "stateful": {"enabled": False}},
     }
 )
