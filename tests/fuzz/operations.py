@@ -37,16 +37,15 @@ class Operation:
 
     @property
     def door(self) -> str:
-        """scim, authzen, oauth (JSON), page (HTML for people) or open (no errors)."""
+        """scim, authzen, oauth (JSON), page (HTML for people) or open (health, this
+        document, the metadata: no errors)."""
         if self.path.startswith("/scim/v2"):
             return "scim"
         if self.path.startswith("/access/v1"):
             return "authzen"
         if self.path in ("/oauth/authorize", "/oauth/login", "/oauth/consent"):
             return "page"
-        if "security" in self.spec or "requestBody" in self.spec or "/{id}" in self.path:
-            return "oauth"
-        return "open"
+        return "oauth" if self.path.startswith("/oauth/") else "open"
 
     @property
     def body(self) -> str | None:

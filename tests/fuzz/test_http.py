@@ -123,7 +123,7 @@ def targets(live: Live) -> st.SearchStrategy[str]:
 # ---------------------------------------------------------------- the fuzzers
 
 
-@pytest.mark.parametrize("door", DOORS)
+@pytest.mark.parametrize("door", (*DOORS, "open"))
 @FUZZ
 @given(data=st.data())
 def test_a_body_of_any_shape_is_answered_as_documented(
