@@ -17,7 +17,8 @@ process (multiprocessing, spawn):
 Each server reports its port through a queue and answers over a pipe: its CPU time
 (``time.process_time``, all threads, the writer thread included), and the writer's counters:
 records submitted, records committed (``AuditWriter.written``), how often a record found
-the queue full (``AuditWriter.full``: backpressure, the server then waits for room), and the
+the queue full (``AuditWriter.full``: backpressure with sync; with async the record is
+then dropped, counted in ``AuditWriter.dropped``), and the
 deepest queue the writer found when it took a batch (``AuditWriter.deepest``) since the
 last read.
 
@@ -146,22 +147,22 @@ class Counting:
         self.last_record: Any = None
         offer, nowait, blocking = writer.offer, writer.submit_nowait, writer.submit
 
-        def counted_offer(trail: str, record: Any) -> bool:
-            queued: bool = offer(trail, record)
+        def counted_offer(trail: str, record: Any, *weight: Any) -> bool:
+            queued: bool = offer(trail, record, *weight)
             if queued:
                 self.submitted += 1
                 self.last_record = record
             return queued
 
-        def submit_nowait(trail: str, record: Any) -> Any:
-            done = nowait(trail, record)
+        def submit_nowait(trail: str, record: Any, *weight: Any) -> Any:
+            done = nowait(trail, record, *weight)
             if done is not None:
                 self.submitted += 1
                 self.last_record = record
             return done
 
-        def submit(trail: str, record: Any) -> Any:
-            done = blocking(trail, record)
+        def submit(trail: str, record: Any, **options: Any) -> Any:
+            done = blocking(trail, record, **options)
             self.submitted += 1
             return done
 

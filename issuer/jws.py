@@ -9,7 +9,6 @@ the signature itself. Callers decide the algorithm from the key, never from the 
 from __future__ import annotations
 
 import base64
-import json
 from typing import Any
 
 from cryptography.exceptions import InvalidSignature
@@ -18,6 +17,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
 from issuer.errors import IssuerError
+from issuer.wire import read_json
 
 ALGORITHMS = ("ES256", "ES384", "RS256", "PS256", "EdDSA")
 
@@ -50,8 +50,8 @@ def parse(token: str) -> tuple[dict[str, Any], dict[str, Any], bytes, bytes]:
     parts = token.split(".")
     if len(parts) != 3:
         raise ValueError("not a compact JWS (three dot-separated parts)")
-    header = json.loads(b64decode(parts[0]))
-    claims = json.loads(b64decode(parts[1]))
+    header = read_json(b64decode(parts[0]))  # a NotJson is a ValueError
+    claims = read_json(b64decode(parts[1]))
     if not isinstance(header, dict) or not isinstance(claims, dict):
         raise ValueError("the header and the payload must be JSON objects")
     return header, claims, f"{parts[0]}.{parts[1]}".encode(), b64decode(parts[2])

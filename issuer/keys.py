@@ -7,7 +7,14 @@ are RFC 7638 thumbprints. ES256 is the default; RS256 and EdDSA (Ed25519) are av
 Every process that serves (a replica, a worker of ``tessera serve --workers``) keeps its
 own ring and reads the store again at most once a second when it signs, publishes or
 verifies: a rotation made elsewhere (``tessera keys rotate``, another replica) signs and is
-published everywhere within that second, not only after a restart.
+published everywhere within that second, not only after a restart. A token whose ``kid``
+the ring does not know reads the store at once (at most ten times a second), so a replica
+accepts the tokens another one signs with a key made a moment ago.
+
+A retired key stays published for the longest token lifetime plus :data:`PUBLISH_MARGIN`:
+a process that read the keys just before the rotation signs with the retired key for up
+to :data:`RELOAD_SECONDS` more, and verifiers accept a token :data:`VERIFY_LEEWAY` seconds
+past its ``exp``; without the margin such tokens would stop verifying before they expire.
 """
 
 from __future__ import annotations
@@ -32,6 +39,9 @@ log = logging.getLogger("tessera.keys")
 
 KIND = "SigningKey"
 RELOAD_SECONDS = 1.0  # how stale the keys may be: the store is read again at most this often
+UNKNOWN_KID_SECONDS = 0.1  # an unknown kid reads the store again at most this often
+VERIFY_LEEWAY = 30.0  # seconds past exp a verifier accepts a token (TokenVerifier's leeway)
+PUBLISH_MARGIN = RELOAD_SECONDS + VERIFY_LEEWAY + 30.0  # the last term: clocks that differ
 ALGORITHMS = ("ES256", "RS256", "EdDSA")
 
 PrivateKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey
@@ -91,20 +101,28 @@ class SigningKey:
 class KeyRing:
     """The signing keys in the store, with the current one cached in memory.
 
-    ``published_for`` is how long a retired key stays in the JWKS: at least the longest
-    lifetime of a token it may have signed.
+    ``published_for`` is the longest lifetime of a token a key may sign; a retired key
+    stays in the JWKS that long plus ``margin`` (:data:`PUBLISH_MARGIN`), the whole of
+    which is :attr:`published_for`.
     """
 
-    def __init__(self, store: Store, alg: str = "ES256", published_for: float = 3600.0) -> None:
+    def __init__(
+        self,
+        store: Store,
+        alg: str = "ES256",
+        published_for: float = 3600.0,
+        margin: float = PUBLISH_MARGIN,
+    ) -> None:
         if alg not in ALGORITHMS:
             raise ValueError(f"unsupported signing algorithm {alg!r}; use {', '.join(ALGORITHMS)}")
         self.store = store
         self.alg = alg
-        self.published_for = timedelta(seconds=published_for)
+        self.published_for = timedelta(seconds=published_for + margin)
         self._lock = threading.Lock()
         self._keys: list[SigningKey] = []
         self._by_kid: dict[str, SigningKey] = {}
         self._loaded = 0.0
+        self._unknown_loaded = 0.0  # when an unknown kid last read the store
         self.load()
         if self.current() is None:
             self.rotate()
@@ -133,10 +151,12 @@ class KeyRing:
         return active[-1] if active else None
 
     def _fresh(self) -> None:
-        """Read the store again when the keys are older than :data:`RELOAD_SECONDS`; while
-        the store cannot be read, the keys already read serve."""
-        if time.monotonic() - self._loaded <= RELOAD_SECONDS:
-            return
+        """Read the store again when the keys are older than :data:`RELOAD_SECONDS`."""
+        if time.monotonic() - self._loaded > RELOAD_SECONDS:
+            self._reload()
+
+    def _reload(self) -> None:
+        """Read the store again; while it cannot be read, the keys already read serve."""
         try:
             self.load()
         except StoreError as exc:
@@ -152,9 +172,16 @@ class KeyRing:
 
     def key(self, kid: str) -> SigningKey | None:
         """A published key by its id (for verifying tokens this issuer signed), as of the
-        store at most a second ago: another replica may have rotated."""
+        store at most a second ago; a kid not known yet reads the store at once (another
+        replica may have rotated a moment ago), at most every :data:`UNKNOWN_KID_SECONDS`
+        so that junk kids cannot make every request read the store."""
         self._fresh()
         key = self._by_kid.get(kid)
+        now = time.monotonic()
+        if key is None and now - self._unknown_loaded > UNKNOWN_KID_SECONDS:
+            self._unknown_loaded = now
+            self._reload()
+            key = self._by_kid.get(kid)
         if key is None or not self._published(key, datetime.now(UTC)):
             return None
         return key
@@ -200,8 +227,14 @@ class KeyRing:
         now = datetime.now(UTC)
         return {"keys": [key.jwk for key in self._keys if self._published(key, now)]}
 
+    def published_until(self, key: SigningKey) -> datetime | None:
+        """Until when a key is published: None while it signs, else its retirement plus
+        :attr:`published_for`."""
+        return None if key.retired is None else key.retired + self.published_for
+
     def _published(self, key: SigningKey, now: datetime) -> bool:
-        return key.retired is None or key.retired + self.published_for > now
+        until = self.published_until(key)
+        return until is None or until > now
 
 
 def every_public_key(store: Store) -> dict[str, Any]:

@@ -40,7 +40,9 @@ CONSENT = "Consent"
 one record per user, client and agent (the PDP sees the scopes as ``context.consents``)."""
 
 REVOKED = "RevokedToken"
-"""The store kind of a revoked access token (RFC 7009): ``{"jti", "exp", "sub"}``."""
+"""The store kind of a revocation (RFC 7009): ``{"jti", "exp", "sub"}``; ``jti`` is the id
+revoked (an access token's, or an authorization's, which the tokens it gave name in their
+``lineage``), ``exp`` when the record stops mattering (:mod:`issuer.oauth.revocation`)."""
 
 MAX_RESULTS = 200
 """The most resources one list response carries (ServiceProviderConfig filter.maxResults)."""

@@ -54,13 +54,14 @@ from issuer.hashing import hash_password
 from issuer.models import MAX_RESULTS, PROVIDER, AgentResource
 from issuer.store import Conflict, NotFound, Record, Store, Unstorable, VersionMismatch
 from issuer.verify import MISSING, Reason, Refusal
+from issuer.wire import TooLarge, TooSlow, WireError, read_body, read_json
 
 log = logging.getLogger("tessera.scim")
 
 MEDIA_TYPE = "application/scim+json"
 ADMIN_SCOPE = "tessera:admin"
 REWRITE_ATTEMPTS = 3  # a PUT or PATCH without If-Match re-reads this often on a race
-MAX_BODY = 1 << 20  # bytes; larger requests get 413 (RFC 7644 §3.12 tooLarge)
+MAX_BODY = 1 << 20  # bytes; larger requests get 413 (RFC 7644 §3.12)
 
 T = TypeVar("T")
 
@@ -146,6 +147,11 @@ def _refused(refusal: Refusal) -> SCIMException:
 class _MethodNotAllowed(SCIMException, IssuerError):
     status = 405
     _default_detail = "only GET is supported on discovery endpoints"
+
+
+class _RequestTimeout(SCIMException, IssuerError):
+    status = 408  # RFC 9110 §15.5.9; RFC 7644 §3.12 names no scimType for it
+    _default_detail = "the request body did not arrive in time"
 
 
 class _Raced(PreconditionFailedException, IssuerError):
@@ -258,13 +264,17 @@ class ScimService:
         return found
 
     async def _body(self, request: Request) -> Any:
-        body = await request.body()
-        if len(body) > MAX_BODY:
-            raise PayloadTooLargeException(detail=f"the request body exceeds {MAX_BODY} bytes")
+        """The body's JSON value, read within :mod:`issuer.wire`'s bounds: 413 over
+        :data:`MAX_BODY` (RFC 7644 §3.12 gives it no scimType), 408 when it is slow, and
+        ``invalidSyntax`` for what is not JSON (too deep, lone surrogates included)."""
         try:
-            return json.loads(body)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise InvalidSyntaxException(detail=f"the body is not valid JSON: {exc}") from None
+            return read_json(await read_body(request, MAX_BODY))
+        except TooLarge as exc:
+            raise PayloadTooLargeException(detail=str(exc)) from None
+        except TooSlow as exc:
+            raise _RequestTimeout(detail=str(exc)) from None
+        except WireError as exc:
+            raise InvalidSyntaxException(detail=str(exc)) from None
 
     @staticmethod
     def _kind(request: Request) -> Kind:

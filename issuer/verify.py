@@ -17,8 +17,9 @@ What :meth:`Verifier.verify` checks, in this order:
    certificate whose ``x5t#S256`` it names;
 4. the scopes the door needs, all of them;
 5. revocation (RFC 7009), as the door learns it (the store, a snapshot of it, or
-   introspection), then the agent's status in the directory. A check that cannot tell
-   refuses or raises; it never lets a token through.
+   introspection): the token's own, or that of a token or grant it came from (its
+   ``lineage``, :mod:`issuer.oauth.revocation`), then the agent's status in the
+   directory. A check that cannot tell refuses or raises; it never lets a token through.
 
 A :class:`Memory` remembers verified tokens so that steady traffic costs a dictionary
 lookup rather than a signature check; it never extends a token's life.
@@ -37,7 +38,8 @@ from anyio import to_thread
 from cachetools import LRUCache
 
 from issuer.agents import Agent
-from issuer.oauth import grants
+from issuer.keys import VERIFY_LEEWAY
+from issuer.oauth import revocation
 from issuer.oauth.tokens import (
     ExpiredToken,
     InvalidToken,
@@ -246,7 +248,7 @@ class Verifier:
         issuer: str,
         audience: str | Sequence[str],
         *,
-        leeway: float = 30.0,
+        leeway: float = VERIFY_LEEWAY,
         refresh_keys: KeyRefresh | None = None,
         introspect: Introspection | None = None,
         revoked: Revocation | None = None,
@@ -390,11 +392,11 @@ def _refusal(exc: InvalidToken) -> Refusal:
 
 
 def revocations(store: Store) -> Revocation:
-    """Revocations (RFC 7009) as the store records them, read in a worker thread."""
+    """Revocations (RFC 7009) as the store records them, read in a worker thread: the
+    token's own, or one of the tokens or the grant it came from (its lineage)."""
 
     async def revoked(token: str, who: Caller) -> Refusal | None:
-        jti = {"jti": who.claims.get("jti")}
-        if await to_thread.run_sync(grants.revoked, store, jti):
+        if await to_thread.run_sync(revocation.revoked, store, who.claims):
             return Refusal(Reason.REVOKED, "the token was revoked")
         return None
 

@@ -20,12 +20,13 @@ import itertools
 import os
 import time
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 from cachetools import LRUCache
 
 from pdp.audit.records import decision_record
-from pdp.audit.writer import AuditWriter, Record
+from pdp.audit.writer import RECORD_BYTES, AuditWriter
+from pdp.bounds import DEFAULT_BOUNDS, Bounds
 from pdp.directory import Directory
 from pdp.engine import Engine
 from pdp.loader import Loaded
@@ -76,14 +77,18 @@ class DecisionPoint:
         metrics: Metrics | None = None,
         audit: AuditWriter | None = None,
         durability: str = "async",
+        bounds: Bounds = DEFAULT_BOUNDS,
     ) -> None:
         self.engine = engine
         self.directory = directory
         self.audit = audit
         self.durability = durability
+        self.bounds = bounds  # how large a request the doors let through
         self.metrics = metrics if metrics is not None else Metrics()
         self.metrics.bundle.info({"version": engine.version})
         self.metrics.counter_store_errors = lambda: self.engine.counters.errors
+        if audit is not None:
+            self.metrics.audit_dropped = lambda: audit.dropped
         # The hot path's two observations, bound once.
         self._engine_timing = self.metrics.engine_seconds.labels().observe
         self._count = self.metrics.decisions.add
@@ -168,9 +173,9 @@ class DecisionPoint:
         audit = self.audit
         if audit is not None and record is not None:
             if self.durability == "sync":
-                audit.write("agent", record)
+                audit.write("agent", record.build, weight=record.weight)
             else:
-                audit.put("agent", record)
+                audit.offer_or_drop("agent", record.build, record.weight)
         return answer
 
     async def decide_many(
@@ -180,7 +185,7 @@ class DecisionPoint:
         are handed over together. ``once`` keys the batch; each request's key is it with
         the request's position."""
         answers = []
-        records: list[Record] = []
+        records: list[Pending] = []
         batch = once() if callable(once) else once
         for index, request in enumerate(requests):
             answered = self._answer(
@@ -242,7 +247,9 @@ class DecisionPoint:
             user = self._typed("user", identities.user, schema.user)
         context = dict(request.context)
         context["consents"] = self._consents(identities.consents)
-        return Request(agent, user, delegation, request.action, request.resource, context)
+        return Request(
+            agent, user, delegation, request.action, request.resource, context, request.size
+        )
 
     def _typed(
         self, kind: str, attributes: Mapping[str, Any], types: Mapping[str, Any]
@@ -284,7 +291,7 @@ class DecisionPoint:
 
     def _answer(
         self, request: Request, pep: Pep, key: Hashable | None, limits: bool, once: Once = ""
-    ) -> tuple[Answer, Record | None] | None:
+    ) -> tuple[Answer, Pending | None] | None:
         """The answer and its audit record (None without an audit trail); None when
         ``limits`` is false and a limit could decide."""
         started = time.perf_counter() if self.audit is not None else 0.0
@@ -327,33 +334,45 @@ class DecisionPoint:
 
     # -- the audit hand-off
 
-    def _record(self, request: Request, answer: Answer, started: float, pep: Pep) -> Record:
+    def _record(self, request: Request, answer: Answer, started: float, pep: Pep) -> Pending:
         """The decision's agent-trail record, as a function the writer thread calls (the
-        hot path only notes the time and who asked)."""
+        hot path only notes the time and who asked), weighed by the request's size."""
         seconds, when = time.perf_counter() - started, time.time()
         who = pep if isinstance(pep, str) else pep()
-        return lambda: decision_record(request, answer, seconds, who, when)
+        return Pending(
+            lambda: decision_record(request, answer, seconds, who, when),
+            request.size + RECORD_BYTES,
+        )
 
-    async def _audited(self, *records: Record) -> None:
-        """Put the records on the agent trail, never dropping one. Async durability only
-        queues them (a full queue waits, off the loop); sync returns once they are
-        committed."""
+    async def _audited(self, *records: Pending) -> None:
+        """Put the records on the agent trail. Async durability only queues them, and
+        drops (counted and logged) those that find the queue full; sync returns once
+        they are committed, a full queue waiting for room (off the loop)."""
         audit = self.audit
         if audit is None or not records:
             return
         if self.durability != "sync":
             for record in records:
-                if not audit.offer("agent", record):
-                    await asyncio.to_thread(audit.submit, "agent", record)
+                audit.offer_or_drop("agent", record.build, record.weight)
             return
         pending = []
         for record in records:
-            done = audit.submit_nowait("agent", record)
+            done = audit.submit_nowait("agent", record.build, record.weight)
             if done is None:
-                done = await asyncio.to_thread(audit.submit, "agent", record)
+                done = await asyncio.to_thread(
+                    audit.submit, "agent", record.build, weight=record.weight
+                )
             pending.append(done)
         for done in pending:
             await asyncio.wrap_future(done)
+
+
+class Pending(NamedTuple):
+    """A decision's record on its way to the writer: what builds it, and its weight in
+    the writer's queue (bytes)."""
+
+    build: Callable[[], Mapping[str, Any]]
+    weight: int
 
 
 def _asked(request: Request, resolved: Request | str) -> Request:

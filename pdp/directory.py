@@ -203,8 +203,9 @@ class Directory:
         self.version = changes[-1].seq
 
     def revoked(self, jti: str) -> bool:
-        """Whether the access token with this ``jti`` was revoked (RFC 7009) and has not
-        expired yet (an expired one is refused anyway)."""
+        """Whether this id (an access token's ``jti``, or an id of a token's ``lineage``)
+        was revoked (RFC 7009) and the record still matters: past its ``exp``, no token
+        it reaches is valid anyway."""
         expires = self._revoked_jtis.get(jti)
         return expires is not None and expires > time.time()
 

@@ -239,6 +239,15 @@ class Metrics:
             r,
         )
 
+        # Set by the decision point to read its audit writer's drops.
+        self.audit_dropped: Callable[[], int] = lambda: 0
+        Reading(
+            "tessera_audit_dropped",
+            "Decision records dropped because the audit queue was full (audit = async).",
+            lambda: self.audit_dropped(),
+            r,
+        )
+
         self._hit = self.cache.labels("hit")
         self._miss = self.cache.labels("miss")
 

@@ -47,6 +47,7 @@ class Request:
         "context",
         "delegation",
         "resource",
+        "size",
         "tool",
         "user",
         "user_id",
@@ -68,6 +69,7 @@ class Request:
         action: str,
         resource: dict[str, Any],
         context: dict[str, Any],
+        size: int = 0,
     ) -> None:
         self.agent = agent
         self.user = user
@@ -75,6 +77,9 @@ class Request:
         self.action = action
         self.resource = resource
         self.context = context
+        # How large the request was as its door read it (bytes; 0 when not measured): what
+        # its audit record weighs in the writer's queue until the record is built.
+        self.size = size
         self.agent_id: str = str(agent.get("id", ""))
         self.user_id: str | None = None if user is None else str(user.get("id", ""))
         # `tool.name` and the tool's attributes, only when the resource is a tool.

@@ -24,19 +24,23 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from ipaddress import IPv4Address, IPv6Address
 from typing import Any
 
+from pdp.bounds import DEFAULT_BOUNDS, Bounds, Measure
 from pdp.lang.ast import CALL_ACTION, TOOL_TYPE
 from pdp.lang.schema import SchemaModel, Type
 from pdp.lang.values import (
+    CURRENCY,
     Duration,
     Money,
     Risk,
+    parse_amount,
     parse_ip,
     parse_money,
     parse_time,
+    shown,
 )
 from pdp.model import Request, RequestError, delegation_for
 
@@ -45,8 +49,8 @@ from pdp.model import Request, RequestError, delegation_for
 _TOP_LEVEL = ("agent", "user", "delegation", "action", "resource", "context", "tool")
 
 
-def request_from_json(data: Any, schema: SchemaModel) -> Request:
-    """Validate and type a request JSON object against the schema."""
+def request_from_json(data: Any, schema: SchemaModel, bounds: Bounds = DEFAULT_BOUNDS) -> Request:
+    """Validate and type a request JSON object against the schema, within ``bounds``."""
     if not isinstance(data, dict):
         raise RequestError("a request is a JSON object")
     unknown = sorted(set(data) - set(_TOP_LEVEL))
@@ -54,9 +58,10 @@ def request_from_json(data: Any, schema: SchemaModel) -> Request:
         raise RequestError(
             f"unknown top-level field {unknown[0]!r}; a request has " + ", ".join(_TOP_LEVEL)
         )
-    agent = _entity(data.get("agent"), "agent", schema.agent, required=True)
+    measure = Measure(bounds)
+    agent = _entity(data.get("agent"), "agent", schema.agent, measure, required=True)
     assert agent is not None
-    user = _entity(data.get("user"), "user", schema.user, required=False)
+    user = _entity(data.get("user"), "user", schema.user, measure, required=False)
 
     if "tool" in data:
         if "resource" in data or "action" in data:
@@ -72,7 +77,8 @@ def request_from_json(data: Any, schema: SchemaModel) -> Request:
             raise RequestError('action: required, a non-empty string such as "tool.call"')
         action = raw_action
         raw_resource = data.get("resource")
-    resource = _resource(raw_resource, schema)
+    measure.text(action)
+    resource = _resource(raw_resource, schema, measure)
 
     chain: tuple[str, ...] | None = None
     raw_delegation = data.get("delegation")
@@ -89,8 +95,9 @@ def request_from_json(data: Any, schema: SchemaModel) -> Request:
         if not isinstance(raw_chain, list) or not all(isinstance(a, str) for a in raw_chain):
             raise RequestError("delegation.chain: expected a list of actor ids (strings)")
         chain = tuple(raw_chain)
+        measure.text(*chain)
 
-    context = typed_attributes(data.get("context", {}), "context", schema.context)
+    context = typed_attributes(data.get("context", {}), "context", schema.context, measure)
     return Request(
         agent,
         user,
@@ -98,6 +105,7 @@ def request_from_json(data: Any, schema: SchemaModel) -> Request:
         action,
         resource,
         context,
+        measure.total,
     )
 
 
@@ -112,84 +120,107 @@ def typed_request(
     user: Mapping[str, Any] | None = None,
     chain: Sequence[str] | None = None,
     context: Mapping[str, Any] | None = None,
+    bounds: Bounds = DEFAULT_BOUNDS,
 ) -> Request:
     """A request from its parts in plain Python values (JSON values, or already typed
-    ones such as :class:`Money`), typed by the schema: how a door that has its question
-    in pieces (the MCP proxy, Envoy's check, AuthZEN) builds its one :class:`Request`."""
-    agent_values = typed_entity(agent, "agent", schema.agent)
-    user_values = None if user is None else typed_entity(user, "user", schema.user)
+    ones such as :class:`Money`), typed by the schema within ``bounds``: how a door that
+    has its question in pieces (the MCP proxy, Envoy's check, AuthZEN) builds its one
+    :class:`Request`."""
+    measure = Measure(bounds)
+    agent_values = typed_entity(agent, "agent", schema.agent, measure)
+    user_values = None if user is None else typed_entity(user, "user", schema.user, measure)
     if not isinstance(action, str) or not action:
         raise RequestError('action: required, a non-empty string such as "tool.call"')
+    measure.text(action, *(chain or ()))
+    typed_context = typed_attributes(context or {}, "context", schema.context, measure)
     return Request(
         agent_values,
         user_values,
         delegation_for(agent_values["id"], user_values, None if chain is None else tuple(chain)),
         action,
-        typed_resource(resource_type, resource_id, resource or {}, schema),
-        typed_attributes(context or {}, "context", schema.context),
+        typed_resource(resource_type, resource_id, resource or {}, schema, measure),
+        typed_context,
+        measure.total,
     )
 
 
 def _entity(
-    raw: Any, where: str, types: Mapping[str, Type], *, required: bool
+    raw: Any, where: str, types: Mapping[str, Type], measure: Measure, *, required: bool
 ) -> dict[str, Any] | None:
     if raw is None:
         if required:
             raise RequestError(f"{where}: required, an object with at least an 'id'")
         return None
-    return typed_entity(raw, where, types)
+    return typed_entity(raw, where, types, measure)
 
 
-def typed_entity(raw: Any, where: str, types: Mapping[str, Type]) -> dict[str, Any]:
-    """An agent's or user's attributes (with its ``id``), typed by the schema."""
-    values = typed_attributes(raw, where, types)
+def typed_entity(
+    raw: Any, where: str, types: Mapping[str, Type], measure: Measure | None = None
+) -> dict[str, Any]:
+    """An agent's or user's attributes (with its ``id``), typed by the schema; with a
+    ``measure``, within its bounds (a caller's; the directory's own facts are not)."""
+    values = typed_attributes(raw, where, types, measure)
     ident = values.get("id")
     if not isinstance(ident, str) or not ident:
         raise RequestError(f"{where}.id: required, a non-empty string")
     return values
 
 
-def _resource(raw: Any, schema: SchemaModel) -> dict[str, Any]:
+def _resource(raw: Any, schema: SchemaModel, measure: Measure) -> dict[str, Any]:
     if not isinstance(raw, dict):
         raise RequestError("resource: required, an object with 'type' and 'id'")
     attrs = raw.get("attributes", {})
     rest = {k: v for k, v in raw.items() if k not in ("type", "id", "attributes")}
     if not isinstance(attrs, dict):
         raise RequestError("resource.attributes: expected an object")
-    return typed_resource(raw.get("type"), raw.get("id"), {**rest, **attrs}, schema)
+    return typed_resource(raw.get("type"), raw.get("id"), {**rest, **attrs}, schema, measure)
 
 
 def typed_resource(
-    rtype: Any, rid: Any, merged: Mapping[str, Any], schema: SchemaModel
+    rtype: Any,
+    rid: Any,
+    merged: Mapping[str, Any],
+    schema: SchemaModel,
+    measure: Measure | None = None,
 ) -> dict[str, Any]:
-    """A resource's type, id and attributes, typed by the schema."""
+    """A resource's type, id and attributes, typed by the schema (within the bounds of
+    ``measure``, when given)."""
     if not isinstance(rtype, str) or not rtype:
         raise RequestError('resource.type: required, a non-empty string such as "tool"')
     if not isinstance(rid, str) or not rid:
         raise RequestError("resource.id: required, a non-empty string")
     if "name" in merged:
         raise RequestError("resource.name: reserved; a tool's name is the resource id")
+    if measure is not None:
+        measure.text(rtype, rid)
     if not merged:
         return {"type": rtype, "id": rid}
     # A rule without a resource type reads resource attributes typed by any resource
     # type that declares them; type them the same way here, so no rule ever meets an
     # attribute of another type than the checker assumed.
-    values = typed_attributes(merged, "resource", schema.request_types(rtype))
+    values = typed_attributes(merged, "resource", schema.request_types(rtype), measure)
     values["type"] = rtype
     values["id"] = rid
     return values
 
 
-def typed_attributes(raw: Any, where: str, types: Mapping[str, Type]) -> dict[str, Any]:
-    """Attributes (a mapping of plain values) typed by the schema's declarations of them."""
+def typed_attributes(
+    raw: Any, where: str, types: Mapping[str, Type], measure: Measure | None = None
+) -> dict[str, Any]:
+    """Attributes (a mapping of plain values) typed by the schema's declarations of them;
+    with a ``measure``, each measured against the request's bounds before it is typed."""
     if not isinstance(raw, Mapping):
         raise RequestError(f"{where}: expected an object")
+    if measure is not None:
+        measure.count(len(raw), where)
     out: dict[str, Any] = {}
     for key, value in raw.items():
         declared = types.get(key)
         path = f"{where}.{key}"
         if value is None:
             raise RequestError(f"{path}: null is not a value; leave the attribute out instead")
+        if measure is not None:
+            measure.value(path, str(key), value, declared is not None)
         out[key] = convert(value, declared, path) if declared else untyped(value, path)
     return out
 
@@ -280,14 +311,14 @@ def _checked_typed(value: Any, declared: Type, path: str) -> Any:
         return frozenset(items) if name == "set" else tuple(items)
     if name == "money" and declared.currency is not None and value.currency != declared.currency:
         raise RequestError(f"{path}: expected an amount in {declared.currency}, got {value}")
-    if name == "money" and not value.amount.is_finite():
-        raise RequestError(f"{path}: expected a finite amount, got {value}")
+    if name == "money":
+        _parsed(parse_amount, value.amount, path)  # money made in code meets the grammar too
     if name == "time" and value.tzinfo is None:
         raise RequestError(f"{path}: a time needs a time zone")
     return value
 
 
-def _parsed(parse: Callable[[str], Any], text: str, path: str) -> Any:
+def _parsed(parse: Callable[[Any], Any], text: Any, path: str) -> Any:
     """A value parsed from its text form, or a RequestError naming ``path``."""
     try:
         return parse(text)
@@ -296,25 +327,17 @@ def _parsed(parse: Callable[[str], Any], text: str, path: str) -> Any:
 
 
 def _money(value: Any, path: str) -> Money:
+    """Money as "200 USD" or {"amount": "200", "currency": "USD"} (the amount text or a
+    JSON number), read by the one amount grammar (:func:`parse_amount`)."""
     if isinstance(value, str):
         money: Money = _parsed(parse_money, value, path)
         return money
     if isinstance(value, dict) and set(value) == {"amount", "currency"}:
-        amount, currency = value["amount"], value["currency"]
-        if (
-            isinstance(currency, str)
-            and len(currency) == 3
-            and currency.isalpha()
-            and currency.isupper()
-            and isinstance(amount, str | int | float)
-            and not isinstance(amount, bool)
-        ):
-            try:
-                parsed: Money | None = Money(Decimal(str(amount)), currency)
-            except InvalidOperation:
-                parsed = None
-            if parsed is not None and parsed.amount.is_finite():
-                return parsed
+        currency = value["currency"]
+        if not isinstance(currency, str) or not CURRENCY.fullmatch(currency):
+            raise RequestError(f"{path}.currency: a three-letter code in capitals, such as USD")
+        amount: Decimal = _parsed(parse_amount, value["amount"], f"{path}.amount")
+        return Money(amount, currency)
     raise RequestError(
         f'{path}: expected money, "200 USD" or {{"amount": "200", "currency": "USD"}}'
     )
@@ -351,7 +374,7 @@ def _json_type(value: Any) -> str:
     if isinstance(value, int | float):
         return f"the number {value}"
     if isinstance(value, str):
-        return f"the string {value!r}"
+        return f"the string {shown(value)}"
     if isinstance(value, list):
         return "a list"
     if isinstance(value, dict):

@@ -32,11 +32,12 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import Counter
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Mount, Route
+from starlette.routing import Route
 
-from issuer.app import SCIM_PATH, HttpRunning, bind, issuer_app, serve_http
+from issuer.app import SCIM_PATH, HttpRunning, bind, issuer_routes, serve_http, unrouted
 from issuer.keys import KeyRing, ScheduledRotation
 from issuer.oauth.endpoints import METADATA_PATH, AuthorizationServer
 from issuer.oauth.tokens import IssuedHook
@@ -48,6 +49,7 @@ from pdp.audit.exclusive import Exclusive
 from pdp.audit.records import token_record
 from pdp.audit.watch import AlertCounter, Watcher
 from pdp.audit.writer import GATHER, AuditWriter
+from pdp.bounds import DEFAULT_BOUNDS, Bounds
 from pdp.counters import open_counters
 from pdp.decide import DEFAULT_CACHE_SIZE, DecisionPoint
 from pdp.directory import Directory
@@ -67,6 +69,17 @@ from pdp.serve.sources import PolicySource, open_source
 NO_HTTP_ISSUER = "urn:tessera:issuer"  # who signs audit checkpoints when no issuer serves
 
 SERVICE_NAME = grpc_door.SERVICE_NAME
+
+# What one call may send the gRPC port besides its message (whose bound is a setting,
+# pdp.bounds; docs/limits.md), stated here so it stays put: metadata over its bound is
+# refused RESOURCE_EXHAUSTED before it is parsed. gRPC refuses metadata between a soft
+# bound (8 KiB) and a hard one (16 KiB) at random; here both are the hard one, so a call
+# is refused always or never.
+MAX_METADATA = 16 * 1024  # bytes of a call's metadata, as an HTTP request head's bound
+GRPC_BOUNDS = (
+    ("grpc.max_metadata_size", MAX_METADATA),
+    ("grpc.absolute_max_metadata_size", MAX_METADATA),
+)
 
 __all__ = [
     "DEFAULT_CACHE_SIZE",
@@ -158,6 +171,7 @@ async def start(
     gateway: Gateway | None = None,
     metrics_host: str | None = None,
     reuse_port: bool = False,
+    bounds: Bounds = DEFAULT_BOUNDS,
 ) -> Running:
     """Start serving ``engine`` on ``host:port`` (port 0 picks a free one); with
     ``watch``, reload from that policy directory (or source) whenever it changes; with
@@ -167,8 +181,9 @@ async def start(
     None), serve TLS, and require client certificates from that CA when one is given
     (mutual TLS); with ``directory``, resolve agents and users from it and refuse those it
     does not know or that are inactive; with ``gateway``, also answer Envoy's ext_authz
-    ``Check`` on the same port."""
-    server, bound = _listen(f"{host}:{port}", tls, reuse_port)
+    ``Check`` on the same port. ``bounds`` are how large a message and a request may be
+    (:mod:`pdp.bounds`)."""
+    server, bound = _listen(f"{host}:{port}", tls, reuse_port, bounds.message_bytes)
     metrics = Metrics()
     point = DecisionPoint(
         engine,
@@ -177,17 +192,9 @@ async def start(
         metrics=metrics,
         audit=audit,
         durability=durability,
+        bounds=bounds,
     )
-    grpc_door.add_to_server(point, server)
-    health_servicer = Health()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    deciding = [SERVICE_NAME]
-    if gateway is not None:
-        ext_authz.add_to_server(point, gateway, server)
-        deciding.append(ext_authz.SERVICE_NAME)
-    reflection.enable_server_reflection(
-        (*deciding, health.SERVICE_NAME, reflection.SERVICE_NAME), server
-    )
+    health_servicer, deciding = _services(point, server, gateway)
     await server.start()
     # Everything loaded so far lives as long as the server: keep it out of the cyclic
     # collector's way, so collections during calls scan only what calls allocate.
@@ -205,13 +212,41 @@ async def start(
     return Running(server, bound, health_servicer, point, reloader, metrics_server)
 
 
+def _services(
+    point: DecisionPoint, server: grpc.aio.Server, gateway: Gateway | None
+) -> tuple[health.aio.HealthServicer, list[str]]:
+    """Add the deciding services (Authorizer, and ext_authz with a ``gateway``), health
+    and reflection to ``server``: the health servicer, and the deciding services' names."""
+    grpc_door.add_to_server(point, server)
+    health_servicer = Health()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    deciding = [SERVICE_NAME]
+    if gateway is not None:
+        ext_authz.add_to_server(point, gateway, server)
+        deciding.append(ext_authz.SERVICE_NAME)
+    reflection.enable_server_reflection(
+        (*deciding, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+    )
+    return health_servicer, deciding
+
+
 def _listen(
-    address: str, tls: tuple[bytes, bytes, bytes | None] | None, reuse_port: bool
+    address: str,
+    tls: tuple[bytes, bytes, bytes | None] | None,
+    reuse_port: bool,
+    message_bytes: int = DEFAULT_BOUNDS.message_bytes,
 ) -> tuple[grpc.aio.Server, int]:
     """A gRPC server listening on ``address``, plaintext or (mutual) TLS, and the port
     bound. gRPC sets ``SO_REUSEPORT`` unless told not to; only with ``reuse_port`` is it
-    kept, so that a lone server finds a port another process holds taken."""
-    server = grpc.aio.server(options=[("grpc.so_reuseport", int(reuse_port))])
+    kept, so that a lone server finds a port another process holds taken. A message
+    larger than ``message_bytes`` is refused by gRPC itself (RESOURCE_EXHAUSTED), from
+    its length prefix, before it is read whole."""
+    options = [
+        ("grpc.so_reuseport", int(reuse_port)),
+        ("grpc.max_receive_message_length", message_bytes),
+        *GRPC_BOUNDS,
+    ]
+    server = grpc.aio.server(options=options)
     if tls is None:
         bound = server.add_insecure_port(address)
     else:
@@ -285,7 +320,9 @@ def _open_planes(config: ServeConfig, stack: contextlib.AsyncExitStack) -> Plane
         stack.callback(rotation.stop)
     if config.audit != "off":
         gather = 0.0 if config.audit == "sync" else GATHER  # sync answers wait
-        audit = planes.audit = AuditWriter(store, config.audit_queue, gather)
+        audit = planes.audit = AuditWriter(
+            store, config.audit_queue, gather, config.audit_queue_bytes
+        )
         stack.callback(audit.close)
         # One replica follows the change log, and one signs checkpoints; they stop after
         # the last call is answered, and sign what the trails hold then.
@@ -377,8 +414,9 @@ def http_app(
             Route(HEALTH_PATH, _health(point), methods=["GET"]),
             Route(OPENAPI_PATH, serve_document, methods=["GET"]),
             *authzen.routes(),
-            Mount("", app=issuer_app(store, scim_admins, oauth)),
-        ]
+            *issuer_routes(store, scim_admins, oauth),
+        ],
+        exception_handlers={HTTPException: unrouted},
     )
 
 
@@ -508,6 +546,7 @@ async def serve_forever(
             gateway=planes.gateway,
             metrics_host=PRIVATE_HOST if supervised else None,
             reuse_port=config.workers > 1,
+            bounds=config.bounds(),
         )
         stack.push_async_callback(running.stop, config.grace)
         token = config.admin_token or new_token()

@@ -34,6 +34,7 @@ from typing import Any, Literal
 import grpc
 from cachetools import TTLCache
 
+from pdp.bounds import DEFAULT_BOUNDS
 from pdp.lang.values import Duration, Money, Risk
 from pdp.serve.proto import authorizer_pb2 as pb
 from pdp.serve.proto import authorizer_pb2_grpc as pb_grpc
@@ -46,6 +47,8 @@ IDEMPOTENCY_KEY = "idempotency-key"  # the metadata naming one logical call, kep
 # Every channel spreads its calls over the addresses its name resolves to (one address: as
 # pick_first would).
 CHANNEL_OPTIONS = (("grpc.lb_policy_name", "round_robin"),)
+# What the service answers a question it will not decide as asked (no retry helps).
+REFUSALS = frozenset(("INVALID_ARGUMENT", "RESOURCE_EXHAUSTED"))
 # What grpc says of a call this process cancelled itself (a sync channel closed under it):
 # never retried. (grpc.aio raises asyncio.CancelledError for those instead.)
 LOCAL_CANCELLATIONS = frozenset(("Locally cancelled by application!", "Channel closed!"))
@@ -102,6 +105,9 @@ class Verdict:
     bundle_version: str = ""
     error: str | None = None  # set when the service could not be asked: a fail-closed deny
     cached: bool = False
+    # with ``error``: the gRPC status the service answered (INVALID_ARGUMENT: the question
+    # is malformed; RESOURCE_EXHAUSTED: over a bound; UNAVAILABLE, DEADLINE_EXCEEDED, ...)
+    code: str = ""
 
     @classmethod
     def from_message(cls, message: pb.AuthorizeResponse) -> Verdict:
@@ -115,8 +121,14 @@ class Verdict:
         )
 
     @classmethod
-    def failed(cls, error: str) -> Verdict:
-        return cls(allow=False, reasons=(f"fail closed: {error}",), error=error)
+    def failed(cls, error: str, code: str = "") -> Verdict:
+        return cls(allow=False, reasons=(f"fail closed: {error}",), error=error, code=code)
+
+    @property
+    def refused(self) -> bool:
+        """Whether the service refused the question itself (malformed, or over a bound):
+        asking it again, anywhere, gets the same answer."""
+        return self.code in REFUSALS
 
 
 class TesseraError(PepError):
@@ -138,6 +150,13 @@ class Options:
     on_error: OnError = "deny"
     cache_size: int = 0  # 0: no local cache
     cache_ttl: float = 5.0  # seconds a cacheable answer is kept
+    # the largest message sent, as the service's max_message_bytes: a larger question is
+    # refused here (RESOURCE_EXHAUSTED, a deny) without being sent
+    max_message_bytes: int = DEFAULT_BOUNDS.message_bytes
+
+    def channel_options(self) -> tuple[tuple[str, Any], ...]:
+        """The gRPC options of every channel a client opens."""
+        return (*CHANNEL_OPTIONS, ("grpc.max_send_message_length", self.max_message_bytes))
 
 
 def addresses(targets: Targets) -> tuple[str, ...]:
@@ -198,7 +217,7 @@ class _Common:
         details = error.details() if hasattr(error, "details") else str(error)
         if self.options.on_error == "raise":
             raise TesseraError(code, details or "") from None
-        return Verdict.failed(f"{code.name}: {details}")
+        return Verdict.failed(f"{code.name}: {details}", code.name)
 
     def _pause(self, error: grpc.RpcError, attempt: int, deadline: float) -> float | None:
         """Seconds to wait before try ``attempt`` (2, 3…) of a call that failed with
@@ -216,12 +235,14 @@ class Client(_Common):
     """A blocking client: a channel per address, safe to share between threads."""
 
     def __init__(self, target: Targets, options: Options | None = None, *, channel: Any = None):
+        options = options or Options()
+        opened = options.channel_options()
         channels = (
             [channel]
             if channel is not None
-            else [grpc.insecure_channel(a, options=CHANNEL_OPTIONS) for a in addresses(target)]
+            else [grpc.insecure_channel(a, options=opened) for a in addresses(target)]
         )
-        super().__init__(options or Options(), channels)
+        super().__init__(options, channels)
 
     def __enter__(self) -> Client:
         return self
@@ -283,12 +304,14 @@ class AsyncClient(_Common):
     """An asyncio client: a grpc.aio channel per address."""
 
     def __init__(self, target: Targets, options: Options | None = None, *, channel: Any = None):
+        options = options or Options()
+        opened = options.channel_options()
         channels = (
             [channel]
             if channel is not None
-            else [grpc.aio.insecure_channel(a, options=CHANNEL_OPTIONS) for a in addresses(target)]
+            else [grpc.aio.insecure_channel(a, options=opened) for a in addresses(target)]
         )
-        super().__init__(options or Options(), channels)
+        super().__init__(options, channels)
 
     async def __aenter__(self) -> AsyncClient:
         return self
@@ -365,7 +388,8 @@ def to_value(value: Any) -> pb.Value:
     if isinstance(value, str):
         return pb.Value(string=value)
     if isinstance(value, Money):
-        return pb.Value(money=pb.Money(amount=str(value.amount), currency=value.currency))
+        amount = format(value.amount, "f")  # the amount grammar has no exponent form
+        return pb.Value(money=pb.Money(amount=amount, currency=value.currency))
     if isinstance(value, Duration):
         return pb.Value(duration=value.text)
     if isinstance(value, datetime):

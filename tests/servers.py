@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -65,13 +66,15 @@ class Server:
 
 class HttpServer:
     """An ASGI application served by uvicorn on a free port of 127.0.0.1. ``build(port)``
-    makes the application once the port is known (an issuer's URL names it)."""
+    makes the application once the port is known (an issuer's URL names it); ``options``
+    go to :func:`serve_http` (``httptools``, ``bounds``)."""
 
     def __init__(
         self,
         build: Callable[[int], ASGIApp],
         tls: tuple[str, str] | None = None,
         client_ca: str | None = None,
+        **options: Any,
     ) -> None:
         self.thread = LoopThread()
         try:
@@ -82,7 +85,9 @@ class HttpServer:
             except BaseException:
                 sock.close()
                 raise
-            self.running: HttpRunning = self.thread.run(serve_http(app, sock, tls, client_ca))
+            self.running: HttpRunning = self.thread.run(
+                serve_http(app, sock, tls, client_ca, **options)
+            )
         except BaseException:
             self.thread.stop()
             raise
@@ -114,3 +119,29 @@ def tessera_serve(*args: str, lines: int) -> Iterator[tuple[subprocess.Popen[str
         if process.poll() is None:
             process.kill()
             process.wait(timeout=10)
+
+
+def read_answer(conn: socket.socket) -> bytes:
+    """One HTTP answer from a raw socket: read until its body is whole (by its
+    Content-Length) or the server closes; bounded reads."""
+    answer = b""
+    for _ in range(1000):
+        head, separator, body = answer.partition(b"\r\n\r\n")
+        if separator:
+            lines = head.lower().split(b"\r\n")[1:]
+            fields = dict(line.split(b":", 1) for line in lines if b":" in line)
+            if len(body) >= int(fields.get(b"content-length", b"0")):
+                return answer
+        chunk = conn.recv(65536)
+        if not chunk:
+            break
+        answer += chunk
+    return answer
+
+
+def send_raw(port: int, data: bytes) -> bytes:
+    """Send raw bytes to 127.0.0.1:``port`` (a request, perhaps with too little body);
+    the answer (see :func:`read_answer`)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as conn:
+        conn.sendall(data)
+        return read_answer(conn)

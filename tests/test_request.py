@@ -86,6 +86,25 @@ def test_generic_resource_with_attributes() -> None:
         ({"user": {"roles": []}}, "user.id: required"),
         ({"context": {"amount": 5}}, "context.amount: expected money"),
         ({"context": {"amount": "5 usd"}}, "context.amount: invalid money"),
+        ({"context": {"amount": " 100 USD"}}, "context.amount: invalid amount ' 100'"),
+        (
+            {"context": {"amount": "1_000 USD"}},
+            "context.amount: invalid amount '1_000': it has \"_\"",
+        ),
+        ({"context": {"amount": "١٠٠ USD"}}, "digits other than ASCII 0-9"),
+        (
+            {"context": {"amount": {"amount": "1E+3", "currency": "USD"}}},
+            "context.amount.amount: invalid amount '1E+3': it has an exponent",
+        ),
+        (
+            {"context": {"amount": {"amount": float("inf"), "currency": "USD"}}},
+            "context.amount.amount: invalid amount inf: an amount is a finite number",
+        ),
+        (
+            {"context": {"amount": {"amount": 10**20, "currency": "USD"}}},
+            "context.amount.amount: invalid amount 100000000000000000000: its size is beyond",
+        ),
+        ({"context": {"amount": {"amount": "1", "currency": "usd"}}}, "context.amount.currency"),
         ({"context": {"n": "5"}}, "context.n: expected a number, got the string '5'"),
         ({"context": {"n": True}}, "context.n: expected a number, got a boolean"),
         ({"context": {"ip": "300.1.1.1"}}, "context.ip: invalid IP address"),

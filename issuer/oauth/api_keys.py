@@ -110,33 +110,35 @@ class ApiKeys:
         return True
 
     def check(self, presented: str) -> ApiKey:
-        """The key a presented string is, or ``invalid_grant`` (unknown, wrong, expired,
-        revoked, or its agent no longer low risk and active)."""
+        """The key a presented string is, or ``invalid_request`` (unknown, wrong, expired,
+        revoked, or its agent no longer low risk and active): the key is the subject token
+        of a token exchange, and RFC 8693 §2.2.2 answers an invalid one so."""
         match = _FORMAT.match(presented)
         if match is None:
-            raise OAuthError("invalid_grant", "not a Tessera API key")
+            raise OAuthError("invalid_request", "not a Tessera API key")
         key_id, secret = match.groups()
         try:
             record = self.store.find(KIND, "key_id", key_id)
         except NotFound:
-            raise OAuthError("invalid_grant", "unknown or revoked API key") from None
+            raise OAuthError("invalid_request", "unknown or revoked API key") from None
         if not hmac.compare_digest(record.data["hash"], _digest(secret)):
-            raise OAuthError("invalid_grant", "unknown or revoked API key")
+            raise OAuthError("invalid_request", "unknown or revoked API key")
         key = _key(record.data)
         if key.expires_at <= time.time():
-            raise OAuthError("invalid_grant", "the API key has expired")
-        self.low_risk_agent(key.agent_id, error="invalid_grant")
+            raise OAuthError("invalid_request", "the API key has expired")
+        self.low_risk_agent(key.agent_id)
         return key
 
-    def low_risk_agent(self, agent_id: str, error: str = "invalid_request") -> Agent:
+    def low_risk_agent(self, agent_id: str) -> Agent:
+        """The agent, if it may hold a key: in the directory, active and of low risk."""
         try:
             agent = Agent.from_scim(agent_id, self.store.get("Agent", agent_id).data)
         except NotFound:
-            raise OAuthError(error, f"agent {agent_id!r} is not in the directory") from None
+            raise _bad(f"agent {agent_id!r} is not in the directory") from None
         if not agent.active:
-            raise OAuthError(error, f"agent {agent_id!r} is {agent.status}")
+            raise _bad(f"agent {agent_id!r} is {agent.status}")
         if agent.risk != RiskLevel.low:
-            raise OAuthError(error, "API keys are for low-risk agents only")
+            raise _bad("API keys are for low-risk agents only")
         return agent
 
 

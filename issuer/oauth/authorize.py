@@ -8,7 +8,10 @@ agent, and the access token carries ``may_act`` so that agent (and only it) can 
 the token (RFC 8693 §4.4). The redirect carries ``iss`` (RFC 9207).
 
 Users log in with their directory ``userName`` and password. Pending requests, codes and
-login sessions are kept in this process's memory (short-lived; one replica).
+login sessions are kept in this process's memory (short-lived; one replica). A redeemed
+code is remembered for :data:`REDEEMED_LIFETIME`, so that presenting it again is known
+for a replay (:class:`CodeReplayed`) and the tokens it gave are revoked (RFC 6749 §4.1.2,
+OAuth 2.1 §4.1.3); later, it is merely unknown.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import html
 import re
 import secrets
 import threading
+import uuid
 from dataclasses import dataclass, field
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
@@ -30,13 +34,16 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 
 from issuer.agents import Agent, User
 from issuer.hashing import hash_password, verify_password
+from issuer.oauth.bodies import MAX_BODY
 from issuer.oauth.clients import RESERVED_PREFIX, Client, ClientRegistry
 from issuer.oauth.consent import Consents
 from issuer.oauth.errors import OAuthError
 from issuer.store import NotFound, Store
+from issuer.wire import WireError, read_body
 
 SESSION_COOKIE = "tessera_session"
 CODE_LIFETIME = 60  # seconds
+REDEEMED_LIFETIME = 24 * 3600  # seconds a redeemed code is known as such
 PENDING_LIFETIME = 600
 SESSION_LIFETIME = 8 * 3600
 _CHALLENGE = re.compile(r"^[A-Za-z0-9_-]{43}$")  # base64url of a SHA-256 digest
@@ -69,6 +76,19 @@ class Grant:
     scopes: tuple[str, ...]
     resources: tuple[str, ...]
     actor: str | None
+    grant_id: str = field(default_factory=lambda: uuid.uuid4().hex)  # what its tokens name
+
+
+class CodeReplayed(OAuthError):
+    """A code redeemed before, presented again: refused, and the grant it started (every
+    token it gave) is to be revoked."""
+
+    def __init__(self, grant_id: str, user_id: str) -> None:
+        super().__init__(
+            "invalid_grant", "the code was used before: the tokens it gave are revoked"
+        )
+        self.grant_id = grant_id
+        self.user_id = user_id
 
 
 @dataclass(frozen=True)
@@ -97,6 +117,7 @@ class AuthorizationEndpoint:
         self.secure_cookies = secure_cookies
         self.pending: TTLCache[str, Pending] = TTLCache(100_000, PENDING_LIFETIME)
         self.codes: TTLCache[str, _Code] = TTLCache(100_000, CODE_LIFETIME)
+        self.redeemed: TTLCache[str, Grant] = TTLCache(100_000, REDEEMED_LIFETIME)
         self._codes_lock = threading.Lock()  # redeemed in worker threads; TTLCache is not safe
         self.sessions: TTLCache[str, str] = TTLCache(100_000, SESSION_LIFETIME)
 
@@ -183,6 +204,8 @@ class AuthorizationEndpoint:
                 return _page("Expired", "This sign-in request has expired; start again.", 400)
             return _login_page(request_id, error=None)
         form = await _form(request)
+        if isinstance(form, Response):
+            return form
         request_id = form.get("request", "")
         if request_id not in self.pending:
             return _page("Expired", "This sign-in request has expired; start again.", 400)
@@ -221,6 +244,8 @@ class AuthorizationEndpoint:
 
     async def consent(self, request: Request) -> Response:
         form = await _form(request) if request.method == "POST" else {}
+        if isinstance(form, Response):
+            return form
         request_id = form.get("request") or request.query_params.get("request", "")
         pending = self.pending.get(request_id)
         if pending is None:
@@ -272,9 +297,15 @@ class AuthorizationEndpoint:
     # -- redemption at the token endpoint
 
     def redeem(self, code: str, client_id: str, redirect_uri: str | None, verifier: str) -> Grant:
-        """The grant of a code, once (RFC 6749 §4.1.3, RFC 7636 §4.6); invalid_grant else."""
+        """The grant of a code, once (RFC 6749 §4.1.3, RFC 7636 §4.6); invalid_grant else,
+        :class:`CodeReplayed` for a code redeemed before (by anyone: it leaked)."""
         with self._codes_lock:
             found = self.codes.pop(code, None)
+            if found is not None:
+                self.redeemed[code] = found.grant
+            replayed = self.redeemed.get(code) if found is None else None
+        if replayed is not None:
+            raise CodeReplayed(replayed.grant_id, replayed.user_id)
         if found is None or found.grant.client_id != client_id:
             raise OAuthError("invalid_grant", "the code is unknown, used, expired or not yours")
         # RFC 6749 §4.1.3: required, and identical, when the authorization request had it
@@ -304,16 +335,24 @@ class AuthorizationEndpoint:
 def check_resources(values: list[str]) -> list[str]:
     """RFC 8707 §2: each resource is an absolute URI without a fragment."""
     for resource in values:
-        parts = urlsplit(resource)
-        if not parts.scheme or not parts.netloc or parts.fragment:
+        try:
+            parts = urlsplit(resource)
+        except ValueError:  # a bracketed host that is no IP address
+            parts = urlsplit("")
+        if not parts.scheme or not parts.netloc or "#" in resource:
             raise OAuthError(
                 "invalid_target", f"resource {resource!r} is not an absolute URI without fragment"
             )
     return values
 
 
-async def _form(request: Request) -> dict[str, str]:
-    body = await request.body()
+async def _form(request: Request) -> dict[str, str] | HTMLResponse:
+    """A login or consent form, read within the bounds of every OAuth body; or the page
+    that tells the person a form too large (413) or too slow (408) was refused."""
+    try:
+        body = await read_body(request, MAX_BODY)
+    except WireError as exc:
+        return _page("Refused", f"The form was refused: {exc}.", exc.status)
     return dict(parse_qsl(body.decode(errors="replace"), keep_blank_values=True))
 
 

@@ -19,7 +19,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from typing import Any, Protocol
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 import jwt
 from cachetools import TTLCache
@@ -327,7 +327,7 @@ def _registration_response(document: dict[str, Any], secret: str | None) -> dict
 
 def check_document_url(url: Any, what: str) -> str:
     """A URL the server will fetch: https, or http on a loopback host (development)."""
-    parts = urlsplit(url) if isinstance(url, str) else None
+    parts = _parsed_url(url)
     if parts is None or not parts.netloc or parts.fragment:
         raise _bad(f"{what} must be an absolute URL without fragment")
     if parts.scheme != "https" and not plain_loopback(url):
@@ -337,23 +337,47 @@ def check_document_url(url: Any, what: str) -> str:
 
 def check_redirect_uris(value: Any, grant_types: list[str]) -> list[str]:
     """OAuth 2.1 §2.3.1: absolute, no fragment; https, or http on a loopback host, or a
-    private-use scheme (RFC 8252 §7.1). Required for the authorization code grant."""
+    private-use scheme (RFC 8252 §7.1). Required for the authorization code grant (its
+    absence is ``invalid_client_metadata``); a value that breaks a rule is
+    ``invalid_redirect_uri`` (RFC 7591 §3.2.2)."""
     if value is None:
         if "authorization_code" in grant_types:
             raise _bad("redirect_uris is required for the authorization_code grant")
         return []
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value) or not value:
-        raise _bad("redirect_uris is a non-empty list of URIs")
+        raise _bad_redirect("redirect_uris is a non-empty list of URIs")
     for uri in value:
-        parts = urlsplit(uri)
-        if not parts.scheme or parts.fragment:
-            raise _bad(f"redirect URI {uri!r} must be absolute and have no fragment")
-        loopback = parts.hostname in LOOPBACK_HOSTS
-        if parts.scheme == "http" and not loopback:
-            raise _bad(f"redirect URI {uri!r}: http only on a loopback host; use https")
-        if parts.scheme not in ("http", "https") and "." not in parts.scheme:
-            raise _bad(f"redirect URI {uri!r}: a private-use scheme is a reversed domain name")
+        _check_redirect_uri(uri)
     return list(value)
+
+
+def _check_redirect_uri(uri: str) -> None:
+    parts = _parsed_url(uri)
+    web = parts is not None and parts.scheme in ("http", "https")
+    if parts is None or not parts.scheme or (web and not parts.hostname) or "#" in uri:
+        raise _bad_redirect(f"redirect URI {uri!r} must be absolute and have no fragment")
+    if parts.scheme == "http" and parts.hostname not in LOOPBACK_HOSTS:
+        raise _bad_redirect(f"redirect URI {uri!r}: http only on a loopback host; use https")
+    if not web and "." not in parts.scheme:
+        raise _bad_redirect(f"redirect URI {uri!r}: a private-use scheme is a reversed domain name")
+
+
+def _parsed_url(url: Any) -> SplitResult | None:
+    """A URL's parts, or None for what is not a URL (not a string, a bracketed host that
+    is no IP address, a port that is no number)."""
+    if not isinstance(url, str):
+        return None
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 (parsed on access: a bad port raises here, not later)
+    except ValueError:
+        return None
+    return parts
+
+
+def _bad_redirect(description: str) -> OAuthError:
+    """RFC 7591 §3.2.2: one or more redirection URIs are invalid."""
+    return OAuthError("invalid_redirect_uri", description)
 
 
 def _client(data: dict[str, Any]) -> Client:

@@ -13,11 +13,9 @@
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import parse_qsl
 
 from anyio import to_thread
 from cryptography import x509
@@ -27,10 +25,10 @@ from starlette.routing import Route
 
 from issuer.agents import Agent
 from issuer.keys import KeyRing
-from issuer.models import REVOKED
-from issuer.oauth import inline
+from issuer.oauth import inline, revocation
 from issuer.oauth.api_keys import API_KEY_TOKEN_TYPE, ApiKeys
 from issuer.oauth.authorize import AuthorizationEndpoint
+from issuer.oauth.bodies import read_document, read_form
 from issuer.oauth.client_auth import ClientAuthenticator, SeenAssertions
 from issuer.oauth.clients import (
     ASSERTION_ALGORITHMS,
@@ -43,13 +41,7 @@ from issuer.oauth.clients import (
 )
 from issuer.oauth.consent import Consents
 from issuer.oauth.errors import OAuthError, json_response
-from issuer.oauth.grants import (
-    AgentLookup,
-    ExchangeCheck,
-    Grants,
-    refuse_all,
-    revoked,
-)
+from issuer.oauth.grants import AgentLookup, ExchangeCheck, Grants, refuse_all
 from issuer.oauth.metadata_documents import MetadataDocuments
 from issuer.oauth.mtls import TRUSTED_PROXIES, certificate_from, confirmation
 from issuer.oauth.tokens import (
@@ -60,11 +52,8 @@ from issuer.oauth.tokens import (
     ring_lookup,
 )
 from issuer.scim import ADMIN_SCOPE, Authenticator, Principal, bearer_token
-from issuer.store import Conflict, NotFound, Store, Unstorable
+from issuer.store import NotFound, Store, Unstorable
 from issuer.verify import MISSING, Memory, Refusal, Verifier, agent_statuses, revocations
-
-MULTI_VALUED = frozenset({"resource", "audience"})  # RFC 8707 §2, RFC 8693 §2.1
-MAX_FORM = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -131,7 +120,11 @@ class AuthorizationServer:
     # -- metadata and keys
 
     def metadata(self) -> dict[str, Any]:
-        """RFC 8414 §2: what this server supports, exactly."""
+        """RFC 8414 §2: what this server supports, exactly. The endpoints take mutual TLS
+        where they are (the certificate is optional at the TLS level), so there are no
+        ``mtls_endpoint_aliases`` (RFC 8705 §5); tokens of mutual-TLS clients are bound
+        to their certificate (§3.3)."""
+        assertion_algorithms = list(ASSERTION_ALGORITHMS)
         return {
             "issuer": self.issuer,
             "authorization_endpoint": self.issuer + PATHS.authorize,
@@ -147,13 +140,22 @@ class AuthorizationServer:
             "authorization_response_iss_parameter_supported": True,
             "client_id_metadata_document_supported": True,
             "token_endpoint_auth_methods_supported": list(AUTH_METHODS),
-            "token_endpoint_auth_signing_alg_values_supported": list(ASSERTION_ALGORITHMS),
+            "token_endpoint_auth_signing_alg_values_supported": assertion_algorithms,
             "introspection_endpoint_auth_methods_supported": [
                 m for m in AUTH_METHODS if m != "none"
             ],
+            # §2: present whenever private_key_jwt is among an endpoint's methods
+            "introspection_endpoint_auth_signing_alg_values_supported": assertion_algorithms,
             "revocation_endpoint_auth_methods_supported": list(AUTH_METHODS),
-            "access_token_signing_alg_values_supported": [self.keys.signing_key().alg],
+            "revocation_endpoint_auth_signing_alg_values_supported": assertion_algorithms,
+            "tls_client_certificate_bound_access_tokens": True,
+            "access_token_signing_alg_values_supported": self._signing_algorithms(),
         }
+
+    def _signing_algorithms(self) -> list[str]:
+        """The algorithms of the published keys: after a rotation to another algorithm,
+        tokens of the previous key still verify until they expire."""
+        return sorted({str(jwk["alg"]) for jwk in self.keys.jwks()["keys"]})
 
     async def well_known(self, request: Request) -> Response:
         return json_response(self.metadata(), headers={"Cache-Control": "max-age=300"})
@@ -164,7 +166,7 @@ class AuthorizationServer:
     # -- the token endpoint
 
     async def token(self, request: Request) -> Response:
-        form = await _form(request)
+        form = await read_form(request)
         if (
             form.get("grant_type") == TOKEN_EXCHANGE
             and form.get("subject_token_type") == API_KEY_TOKEN_TYPE
@@ -209,7 +211,7 @@ class AuthorizationServer:
     # -- introspection and revocation
 
     async def introspect(self, request: Request) -> Response:
-        form = await _form(request)
+        form = await read_form(request)
         client = await self._client(request, form)
         if client.auth_method == "none":  # RFC 7662 §2.1: protected resources authenticate
             raise OAuthError("invalid_client", "a public client may not introspect", 401)
@@ -232,7 +234,7 @@ class AuthorizationServer:
             claims = self.verifier.verify(token)
         except InvalidToken:
             return None
-        if revoked(self.store, claims):
+        if revocation.revoked(self.store, claims):  # itself, or what it came from
             return None
         agent_id = claims.get("agent_id")
         if isinstance(agent_id, str):
@@ -272,7 +274,7 @@ class AuthorizationServer:
         return authenticate
 
     async def revoke(self, request: Request) -> Response:
-        form = await _form(request)
+        form = await read_form(request)
         client = await self._client(request, form)
         token = form.get("token")
         if not token:
@@ -282,7 +284,9 @@ class AuthorizationServer:
 
     def _revoke(self, token: str, client: Client) -> None:
         """RFC 7009 §2.1: only the client the token was issued to may revoke it; an invalid
-        or unknown token is not an error (§2.2)."""
+        or unknown token is not an error (§2.2). Revoking an access token revokes the
+        tokens exchanged from it (RFC 8693), which name it in their lineage; revoking a
+        refresh token revokes its family and the access tokens it gave."""
         try:
             claims = self.verifier.verify(token)
         except InvalidToken:  # perhaps a refresh token: revoking one revokes its family
@@ -290,11 +294,14 @@ class AuthorizationServer:
             return
         if claims.get("client_id") != client.client_id:
             raise OAuthError("unauthorized_client", "the token was issued to another client")
-        document = {"jti": claims["jti"], "exp": claims["exp"], "sub": claims["sub"]}
-        with contextlib.suppress(Conflict):  # revoked already
-            self.store.create(
-                REVOKED, document, unique={"jti": str(claims["jti"])}, actor=client.client_id
-            )
+        revocation.revoke(
+            self.store,
+            str(claims["jti"]),
+            subject=str(claims["sub"]),
+            exp=claims["exp"],
+            lifetime=self.minter.lifetime,
+            actor=client.client_id,
+        )
 
     # -- registration
 
@@ -302,10 +309,7 @@ class AuthorizationServer:
         """RFC 7591. With an admin bearer token, any client; without a token, public
         user-facing applications only (open registration, as MCP clients do it)."""
         actor = await self._administrator(request) if "authorization" in request.headers else None
-        try:
-            metadata = await request.json()
-        except ValueError:
-            raise OAuthError("invalid_client_metadata", "the body is not JSON") from None
+        metadata = await read_document(request, not_json="invalid_client_metadata")
         try:
             registered = await to_thread.run_sync(self.clients.register, metadata, actor)
         except Unstorable as exc:  # RFC 7591 §3.2.2: a metadata value the server refuses
@@ -338,10 +342,7 @@ class AuthorizationServer:
         DELETE /oauth/api-keys/ID: revoke."""
         actor = await self._administrator(request)
         if request.method == "POST":
-            try:
-                body = await request.json()
-            except ValueError:
-                raise OAuthError("invalid_request", "the body is not JSON") from None
+            body = await read_document(request)
             created = await to_thread.run_sync(self.api_keys.create, body, actor)
             return json_response(created, 201)
         if request.method == "DELETE":
@@ -424,27 +425,3 @@ def _guarded(
             return OAuthError("invalid_request", str(exc)).response()
 
     return endpoint
-
-
-async def _form(request: Request) -> dict[str, str]:
-    """An application/x-www-form-urlencoded body; a parameter may appear once (RFC 6749
-    §3.2), except the multi-valued ones, which come back space-joined."""
-    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if content_type != "application/x-www-form-urlencoded":
-        raise OAuthError("invalid_request", "the body must be application/x-www-form-urlencoded")
-    body = await request.body()
-    if len(body) > MAX_FORM:
-        raise OAuthError("invalid_request", f"the body exceeds {MAX_FORM} bytes")
-    try:
-        pairs = parse_qsl(body.decode(), keep_blank_values=True, strict_parsing=bool(body))
-    except (UnicodeDecodeError, ValueError):
-        raise OAuthError("invalid_request", "the body is not form-urlencoded") from None
-    form: dict[str, str] = {}
-    for name, value in pairs:
-        if name in form:
-            if name not in MULTI_VALUED:
-                raise OAuthError("invalid_request", f"{name} is given more than once")
-            form[name] += " " + value
-        else:
-            form[name] = value
-    return form

@@ -11,7 +11,6 @@ remains.)
 from __future__ import annotations
 
 import ipaddress
-import json
 import socket
 import time
 from collections.abc import Callable
@@ -21,6 +20,7 @@ from urllib.parse import urlsplit
 import httpx
 
 from issuer.oauth.errors import OAuthError
+from issuer.wire import read_json
 
 TIMEOUT = 5.0  # seconds for the whole fetch
 LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
@@ -28,8 +28,11 @@ LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
 
 def plain_loopback(url: str) -> bool:
     """Whether a URL is plain http to a loopback host: allowed for development only."""
-    parts = urlsplit(url)
-    return parts.scheme == "http" and parts.hostname in LOOPBACK_HOSTS
+    try:
+        parts = urlsplit(url)
+        return parts.scheme == "http" and parts.hostname in LOOPBACK_HOSTS
+    except ValueError:  # a bracketed host that is no IP address: not a URL at all
+        return False
 
 
 def _check_destination(url: str, error: Callable[[str], OAuthError]) -> None:
@@ -72,6 +75,6 @@ def fetch_json(url: str, max_bytes: int, error: Callable[[str], OAuthError]) -> 
     except httpx.HTTPError as exc:
         raise error(f"{url} cannot be fetched: {exc}") from None
     try:
-        return json.loads(body)
+        return read_json(body)
     except ValueError:
         raise error(f"{url} is not JSON") from None

@@ -2,14 +2,24 @@
 
 - ``client_credentials`` (RFC 6749 §4.4): an agent alone; ``sub`` is the agent.
 - ``authorization_code`` (RFC 6749 §4.1 with PKCE): a user, through a client; with
-  ``requested_actor``, the token carries ``may_act`` naming the agent.
+  ``requested_actor``, the token carries ``may_act`` naming the agent. A code presented
+  again revokes every token it gave (RFC 6749 §4.1.2, OAuth 2.1 §4.1.3).
 - ``refresh_token`` (RFC 6749 §6): rotated on every use; a reused refresh token revokes
-  its whole family (OAuth 2.1 §4.3.1).
+  its whole family (OAuth 2.1 §4.3.1) and the access tokens it gave.
 - token exchange (RFC 8693): a user's token as ``subject_token`` and the agent's as
   ``actor_token`` give a token with ``sub`` = the user and ``act`` = the agent, prior
   actors nested inside; ``may_act`` is honoured; scopes narrow to the intersection of
   the subject token's and the agent client's; the audience narrows to the requested
   resource. The PDP authorizes every exchange (action ``token.exchange``).
+
+The tokens a code, a refresh or an exchange gives name what they come from in their
+``lineage`` claim, so that revoking any of it revokes them (:mod:`issuer.oauth.revocation`).
+
+RFC 8693 §2.2.2 picks the exchange's errors: a subject or actor token that is missing,
+invalid, revoked, bound to another certificate or unacceptable by policy (``may_act``,
+the PDP) is ``invalid_request``; an audience or resource it will not issue for is
+``invalid_target``. The other grants answer a bad code or refresh token ``invalid_grant``
+(RFC 6749 §5.2).
 """
 
 from __future__ import annotations
@@ -18,24 +28,22 @@ import contextlib
 import hashlib
 import secrets
 import time
-import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
 from issuer.agents import Agent, User
-from issuer.models import REVOKED
+from issuer.oauth import revocation
 from issuer.oauth.api_keys import ApiKeys
-from issuer.oauth.authorize import AuthorizationEndpoint, check_resources
+from issuer.oauth.authorize import AuthorizationEndpoint, CodeReplayed, check_resources
 from issuer.oauth.clients import TOKEN_EXCHANGE, Client
 from issuer.oauth.errors import OAuthError
 from issuer.oauth.inline import may_block
 from issuer.oauth.tokens import InvalidToken, Issued, TokenMinter, TokenVerifier
-from issuer.store import Conflict, NotFound, Store, VersionMismatch
+from issuer.store import NotFound, Store, VersionMismatch
 
 ACCESS_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:access_token"
 REFRESH_KIND = "RefreshToken"
-REVOKED_FAMILY = "RevokedRefreshFamily"
 REFRESH_LIFETIME = 30 * 24 * 3600  # seconds
 API_KEY_CLIENT_PREFIX = "api-key:"  # the client_id of tokens traded for an API key
 
@@ -165,17 +173,20 @@ class Grants:
         code, verifier = form.get("code"), form.get("code_verifier")
         if not code or not verifier:
             raise OAuthError("invalid_request", "code and code_verifier are required")
-        grant = self.authorization.redeem(
-            code, client.client_id, form.get("redirect_uri"), verifier
-        )
-        family = uuid.uuid4().hex
+        try:
+            grant = self.authorization.redeem(
+                code, client.client_id, form.get("redirect_uri"), verifier
+            )
+        except CodeReplayed as replayed:  # RFC 6749 §4.1.2: what the code gave is revoked
+            self._revoke_family(replayed.grant_id, replayed.user_id, client.client_id)
+            raise
         return self._user_tokens(
             client,
             grant.user_id,
             grant.scopes,
             grant.resources,
             grant.actor,
-            family,
+            grant.grant_id,
             grant.scopes,
             "authorization_code",
         )
@@ -192,9 +203,10 @@ class Grants:
         grant: str,
     ) -> dict[str, Any]:
         """An access token with ``scopes`` and, for a client that may refresh, a refresh
-        token with ``refresh_scopes`` (RFC 6749 §6: a narrower access token keeps them)."""
+        token with ``refresh_scopes`` (RFC 6749 §6: a narrower access token keeps them);
+        both hang on ``family``, the grant's id."""
         self._active_user(user_id)
-        extra: dict[str, Any] = {}
+        extra: dict[str, Any] = revocation.lineage_claim([family])
         if actor is not None:
             extra["may_act"] = {"sub": actor}  # RFC 8693 §4.4
         issued = self.minter.mint(
@@ -217,13 +229,15 @@ class Grants:
             )
         return response
 
-    def _active_user(self, user_id: str) -> None:
+    def _active_user(self, user_id: str, error: str = "invalid_grant") -> None:
+        """The user exists and is active, or ``error``: the grant (a code, a refresh
+        token) or, for an exchange, the subject token is no longer good."""
         try:
             user = User.from_scim(user_id, self.store.get("User", user_id).data)
         except NotFound:
-            raise OAuthError("invalid_grant", "the user no longer exists") from None
+            raise OAuthError(error, "the user no longer exists") from None
         if not user.active:
-            raise OAuthError("invalid_grant", "the user is not active")
+            raise OAuthError(error, "the user is not active")
 
     def _new_refresh(
         self,
@@ -248,13 +262,12 @@ class Grants:
         record = self.store.create(
             REFRESH_KIND, document, unique={"hash": _digest(token)}, actor=client_id
         )
-        try:  # a family revoked meanwhile (a reuse raced this refresh) gets no new member
-            self.store.find(REVOKED_FAMILY, "family", family)
-        except NotFound:
+        # a family revoked meanwhile (a reuse or a code replay raced this) gets no member
+        if not revocation.is_recorded(self.store, family):
             return token
         with contextlib.suppress(NotFound):
             self.store.delete(REFRESH_KIND, record.id, expected_version=None, actor=client_id)
-        raise OAuthError("invalid_grant", "refresh token reused: its family is revoked")
+        raise OAuthError("invalid_grant", "the grant was revoked meanwhile")
 
     def refresh(self, client: Client, form: dict[str, str]) -> dict[str, Any]:
         token = form.get("refresh_token")
@@ -268,7 +281,7 @@ class Grants:
         if data["client_id"] != client.client_id:
             raise OAuthError("invalid_grant", "the refresh token was issued to another client")
         if data["used"]:
-            self._revoke_family(data["family"], client.client_id)
+            self._revoke_family(data["family"], data["user_id"], client.client_id)
             raise OAuthError("invalid_grant", "refresh token reused: its family is revoked")
         if data["expires_at"] < time.time():
             raise OAuthError("invalid_grant", "the refresh token has expired")
@@ -286,7 +299,7 @@ class Grants:
                 actor=client.client_id,
             )
         except (VersionMismatch, NotFound):  # used by a concurrent request just now
-            self._revoke_family(data["family"], client.client_id)
+            self._revoke_family(data["family"], data["user_id"], client.client_id)
             raise OAuthError(
                 "invalid_grant", "refresh token reused: its family is revoked"
             ) from None
@@ -301,12 +314,14 @@ class Grants:
             "refresh_token",
         )
 
-    def _revoke_family(self, family: str, actor: str) -> None:
-        """Mark the family revoked first, then delete its members: a member created while
-        this runs either is deleted here or sees the mark and deletes itself."""
-        with contextlib.suppress(Conflict):
-            tombstone = {"family": family, "revoked_at": int(time.time())}
-            self.store.create(REVOKED_FAMILY, tombstone, unique={"family": family}, actor=actor)
+    def _revoke_family(self, family: str, user_id: str, actor: str) -> None:
+        """Revoke a grant: its refresh tokens, and the access tokens it gave with what was
+        exchanged from them (they name the family in their lineage). The revocation is
+        recorded first, then the members deleted: a member created while this runs either
+        is deleted here or sees the record and deletes itself."""
+        revocation.revoke(
+            self.store, family, subject=user_id, exp=0, lifetime=self.minter.lifetime, actor=actor
+        )
         self._revoke_refresh(lambda data: data.get("family") == family, actor)
 
     def revoke_refresh_token(self, token: str, client_id: str) -> None:
@@ -318,7 +333,7 @@ class Grants:
             return
         if record.data.get("client_id") != client_id:
             raise OAuthError("unauthorized_client", "the token was issued to another client")
-        self._revoke_family(str(record.data["family"]), client_id)
+        self._revoke_family(str(record.data["family"]), str(record.data["user_id"]), client_id)
 
     def revoke_refresh_tokens(
         self, user_id: str, client_id: str, agent_id: str | None, actor: str
@@ -351,52 +366,55 @@ class Grants:
     ) -> Issued:
         agent_id = _agent_of(client)
         agent = self.active_agent(agent_id)
-        subject = self._valid(form, "subject_token", presented)
-        actor = self._valid(form, "actor_token", presented)
-        if actor.get("sub") != agent_id:
-            raise OAuthError("invalid_grant", "the actor_token is not this client's agent's")
-        may_act = subject.get("may_act")
-        if isinstance(may_act, dict) and may_act.get("sub") != agent_id:
-            raise OAuthError("invalid_grant", "the subject token's may_act names another actor")
-        if "agent_id" in subject and "act" not in subject:
-            raise OAuthError(
-                "invalid_grant",
-                "the subject_token is an agent's own token: an agent acts for a user by "
-                "exchanging that user's token",
-            )
+        subject, actor = self._parties(agent_id, form, presented)
         user_id = str(subject["sub"])
-        self._active_user(user_id)
+        self._active_user(user_id, "invalid_request")
         available = frozenset(str(subject.get("scope", "")).split()) & client.scopes
         scopes = narrowed(form.get("scope"), available)
-        subject_aud = subject.get("aud")
-        granted = subject_aud if isinstance(subject_aud, list) else [str(subject_aud)]
-        audience = resources(form) + form.get("audience", "").split()
-        wider = sorted(set(audience) - set(granted))
-        if wider:  # RFC 8693 §2.1: the new token's audience only narrows the user's
-            raise OAuthError(
-                "invalid_target", f"{wider[0]!r} is not an audience of the subject token"
-            )
-        audience = audience or granted
+        audience = _narrowed_audience(form, subject.get("aud"))
         prior = subject.get("act")
         chain = (agent_id, *_actors(prior))
         refusal = self.exchange_check(
             Exchange(agent_id, user_id, chain, tuple(audience), tuple(scopes))
         )
-        if refusal is not None:
-            raise OAuthError("access_denied", f"the exchange is not allowed: {refusal}")
+        if refusal is not None:  # RFC 8693 §2.2.2: tokens unacceptable by policy
+            raise OAuthError("invalid_request", f"the exchange is not allowed: {refusal}")
         act: dict[str, Any] = {"sub": agent_id}
         if isinstance(prior, dict):
             act["act"] = prior
+        lineage = revocation.lineage_claim(revocation.descended(subject, actor))
         return self.minter.mint(
             subject=user_id,
             client_id=client.client_id,
             audience=audience,
             scope=scopes,
-            extra={**agent_claims(agent), "act": act, **_confirmation(bound_to)},
+            extra={**agent_claims(agent), "act": act, **_confirmation(bound_to), **lineage},
             grant="token_exchange",
         )
 
+    def _parties(
+        self, agent_id: str, form: dict[str, str], presented: str | None
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The subject and actor tokens' claims, each valid and acceptable for this agent
+        to act for the subject's user; ``invalid_request`` else (RFC 8693 §2.2.2)."""
+        subject = self._valid(form, "subject_token", presented)
+        actor = self._valid(form, "actor_token", presented)
+        if actor.get("sub") != agent_id:
+            raise OAuthError("invalid_request", "the actor_token is not this client's agent's")
+        may_act = subject.get("may_act")
+        if isinstance(may_act, dict) and may_act.get("sub") != agent_id:
+            raise OAuthError("invalid_request", "the subject token's may_act names another actor")
+        if "agent_id" in subject and "act" not in subject:
+            raise OAuthError(
+                "invalid_request",
+                "the subject_token is an agent's own token: an agent acts for a user by "
+                "exchanging that user's token",
+            )
+        return subject, actor
+
     def _valid(self, form: dict[str, str], name: str, presented: str | None) -> dict[str, Any]:
+        """A subject or actor token's claims: present, of the access token type, valid,
+        with its certificate when bound, and not revoked (its lineage included)."""
         token = form.get(name)
         if not token:
             raise OAuthError("invalid_request", f"{name} is required")
@@ -406,22 +424,13 @@ class Grants:
         try:
             claims = self.verifier.verify(token)
         except InvalidToken as exc:
-            raise OAuthError("invalid_grant", f"the {name} is not valid: {exc}") from None
+            raise OAuthError("invalid_request", f"the {name} is not valid: {exc}") from None
         bound = (claims.get("cnf") or {}).get("x5t#S256")
         if bound is not None and bound != presented:  # RFC 8705 §3: its certificate too
-            raise OAuthError("invalid_grant", f"the {name} is bound to another certificate")
-        if revoked(self.store, claims):
-            raise OAuthError("invalid_grant", f"the {name} was revoked")
+            raise OAuthError("invalid_request", f"the {name} is bound to another certificate")
+        if revocation.revoked(self.store, claims):
+            raise OAuthError("invalid_request", f"the {name} was revoked")
         return claims
-
-
-def revoked(store: Store, claims: dict[str, Any]) -> bool:
-    """Whether an access token was revoked (RFC 7009), by its jti."""
-    try:
-        store.find(REVOKED, "jti", str(claims["jti"]))
-    except NotFound:
-        return False
-    return True
 
 
 def agent_claims(agent: Agent) -> dict[str, Any]:
@@ -444,6 +453,18 @@ def narrowed(requested: str | None, allowed: frozenset[str]) -> list[str]:
 def resources(form: dict[str, str]) -> list[str]:
     """The form's RFC 8707 ``resource`` parameters, each checked."""
     return check_resources(form.get("resource", "").split())
+
+
+def _narrowed_audience(form: dict[str, str], subject_aud: Any) -> list[str]:
+    """The exchanged token's audience: the requested resources and audiences, each one
+    the subject token has (RFC 8693 §2.1: it only narrows the user's), else the subject
+    token's; ``invalid_target`` for one it lacks (§2.2.2)."""
+    granted = subject_aud if isinstance(subject_aud, list) else [str(subject_aud)]
+    audience = resources(form) + form.get("audience", "").split()
+    wider = sorted(set(audience) - set(granted))
+    if wider:
+        raise OAuthError("invalid_target", f"{wider[0]!r} is not an audience of the subject token")
+    return audience or granted
 
 
 def _agent_of(client: Client) -> str:

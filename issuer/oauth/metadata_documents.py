@@ -34,7 +34,10 @@ class MetadataDocuments:
 
     def describes(self, client_id: str) -> bool:
         """Whether a client_id names a metadata document (an https URL with a path)."""
-        parts = urlsplit(client_id)
+        try:
+            parts = urlsplit(client_id)
+        except ValueError:  # not a URL: an ordinary (unknown) client_id
+            return False
         secure = parts.scheme == "https" and bool(parts.netloc)
         return (secure or plain_loopback(client_id)) and bool(parts.path.strip("/"))
 

@@ -12,7 +12,6 @@ The header carries ``typ: at+jwt`` (RFC 9068 §2.1) and the signing key's ``kid`
 
 from __future__ import annotations
 
-import json
 import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
@@ -23,7 +22,8 @@ import jwt
 
 from issuer import jws
 from issuer.errors import IssuerError
-from issuer.keys import KeyRing, PublicKey
+from issuer.keys import VERIFY_LEEWAY, KeyRing, PublicKey
+from issuer.wire import read_json
 
 TOKEN_TYPE = "at+jwt"
 
@@ -130,7 +130,7 @@ class TokenVerifier:
         keys: KeyLookup,
         issuer: str,
         audience: str | Sequence[str] | None = None,
-        leeway: float = 30.0,
+        leeway: float = VERIFY_LEEWAY,
     ) -> None:
         self.keys = keys
         self.issuer = issuer
@@ -162,7 +162,7 @@ class TokenVerifier:
         except jws.BadSignature as exc:
             raise InvalidToken(str(exc)) from None
         try:
-            claims = json.loads(jws.b64decode(payload_b64))
+            claims = read_json(jws.b64decode(payload_b64))
         except ValueError:
             raise MalformedToken("the payload is not base64url JSON") from None
         if not isinstance(claims, dict):
@@ -179,7 +179,7 @@ class TokenVerifier:
                 return known_alg, known_key
             self._headers.pop(header_b64, None)
         try:
-            header = json.loads(jws.b64decode(header_b64))
+            header = read_json(jws.b64decode(header_b64))
         except ValueError:
             raise MalformedToken("the header is not base64url JSON") from None
         if not isinstance(header, dict):

@@ -5,17 +5,30 @@ A decision record says who (agent, the user it acts for, the chain of actors), w
 obligations, reasons), when, which PEP asked, how long it took, and the decision id and
 bundle version that tie it to the answer the PEP got.
 
+What a record keeps of a request is bounded: an id, an action, a reason or a context
+value whose text is longer than :data:`VALUE_BYTES` is kept as a string of its first
+:data:`HEAD` characters and a marker with its full length and SHA-256
+(:func:`bounded`), so one large request cannot make a large record, and whoever holds the
+value can still show it was the one asked. The record is hashed into the chain as stored,
+so the chain verifies as it always does.
+
 A token record says which grant minted an access token, for which agent, user and client,
 with which scopes and audience, and its ``jti`` and expiry (never the token itself).
 """
 
 from __future__ import annotations
 
+import hashlib
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
+
 from pdp.lang.values import Money
 from pdp.model import Answer, Decision, Request, json_value
+
+VALUE_BYTES = 1 << 10  # the longest value (its UTF-8 text) a record keeps whole
+HEAD = 256  # the characters of a longer value the record keeps
 
 
 def decision_record(
@@ -24,15 +37,16 @@ def decision_record(
     """The agent trail's record of one decision, made at ``when`` (epoch seconds; now by
     default): the request as its caller asked it, whichever door it came through."""
     resource = request.resource
+    user = request.user_id
     return decided(
         {
-            "agent": request.agent_id,
-            "user": request.user_id,
-            "delegation": list(request.delegation["chain"]),
-            "action": request.action,
-            "resource": {"type": resource["type"], "id": resource["id"]},
+            "agent": bounded(request.agent_id),
+            "user": None if user is None else bounded(user),
+            "delegation": [bounded(actor) for actor in request.delegation["chain"]],
+            "action": bounded(request.action),
+            "resource": {"type": bounded(resource["type"]), "id": bounded(resource["id"])},
             "context": {
-                key: record_value(value)
+                bounded(key): bounded(record_value(value))
                 for key, value in request.context.items()
                 if value or key != "consents"  # no consents granted says nothing
             },
@@ -49,12 +63,32 @@ def record_value(value: Any) -> Any:
     """A typed value as the record keeps it: plain JSON, money as its decimal text and
     currency (no float rounding, and the amount as it was asked)."""
     if isinstance(value, Money):
-        return {"amount": str(value.amount), "currency": value.currency}
+        return {"amount": format(value.amount, "f"), "currency": value.currency}
     if isinstance(value, dict):
         return {k: record_value(v) for k, v in value.items()}
     if isinstance(value, tuple):
         return [record_value(v) for v in value]
     return json_value(value)
+
+
+def bounded(value: Any) -> Any:
+    """``value`` as a record keeps it: whole when its text (a string's own, a list's or
+    map's canonical JSON) is at most :data:`VALUE_BYTES` long, else the string
+    ``<first HEAD characters>…[truncated: <bytes> bytes, sha256 <hex of the bytes>]``."""
+    if isinstance(value, str):
+        if len(value) * 4 <= VALUE_BYTES:  # UTF-8 takes at most 4 bytes a character
+            return value
+        data = value.encode("utf-8", "surrogatepass")
+        return value if len(data) <= VALUE_BYTES else _cut(value, data)
+    if isinstance(value, list | dict):
+        data = orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
+        return value if len(data) <= VALUE_BYTES else _cut(data.decode(), data)
+    return value
+
+
+def _cut(text: str, data: bytes) -> str:
+    digest = hashlib.sha256(data).hexdigest()
+    return f"{text[:HEAD]}…[truncated: {len(data)} bytes, sha256 {digest}]"
 
 
 def decided(
@@ -73,7 +107,7 @@ def decided(
     asked["allow"] = decision.allow
     asked["decided_by"] = list(decision.decided_by)
     asked["obligations"] = [f"{o.kind}:{o.value}" for o in decision.obligations]
-    asked["reasons"] = list(decision.reasons)
+    asked["reasons"] = [bounded(reason) for reason in decision.reasons]  # may name an id
     asked["bundle_version"] = decision.bundle_version
     asked["pep"] = pep
     asked["latency_us"] = round(seconds * 1e6, 1)

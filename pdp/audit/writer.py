@@ -10,18 +10,27 @@ The hot path pays for one append: :meth:`AuditWriter.offer` queues a record (or 
 that builds it on the writer thread) without a future and without waking the writer, which
 an empty queue's first record does once per batch.
 
-Durability:
+The queue is bounded twice: by records (``queue_size``) and by bytes (``queue_bytes``):
+each record is queued with its weight, the size of the request it tells of (as its door
+measured it) plus :data:`RECORD_BYTES` for the record's own fields, so a few large
+requests fill it as surely as many small ones. A record is built bounded in any case
+(:mod:`pdp.audit.records` cuts long values short).
+
+Durability, and what happens at the bound:
 
 - ``async`` (the default): a decision returns before its record is committed. What a crash
-  can lose is bounded: the records in the queue (at most ``queue_size``) plus the batch
-  being committed (at most :data:`BATCH`).
-- ``sync``: :meth:`AuditWriter.write` returns only once the record is committed.
+  can lose is bounded: the records in the queue (at most ``queue_size`` and about
+  ``queue_bytes``) plus the batch being committed (at most :data:`BATCH`). A decision
+  that finds the queue full is still answered, and its record is dropped
+  (:meth:`AuditWriter.offer_or_drop`): counted in :attr:`AuditWriter.dropped`
+  (``tessera_audit_dropped_total``) and logged, never silently.
+- ``sync``: :meth:`AuditWriter.write` returns only once the record is committed, and a
+  full queue makes it wait for room (backpressure); no record is dropped.
 
-A full queue makes :meth:`AuditWriter.write` wait for room (backpressure); a record is
-never dropped silently. When the store refuses a batch, the writer logs it and retries the
-same batch (its chain position is not given away) until it commits or the writer stops.
-When another writer on the same database (a replica) took that position first, the batch
-is chained onto the new head and committed there.
+When the store refuses a batch, the writer logs it and retries the same batch (its chain
+position is not given away) until it commits or the writer stops. When another writer on
+the same database (a replica) took that position first, the batch is chained onto the
+new head and committed there.
 """
 
 from __future__ import annotations
@@ -44,21 +53,37 @@ BATCH = 512
 GATHER = 0.1  # seconds a batch waits for more records to share its commit (async)
 RETRY_DELAY = 0.5
 ROOM_POLL = 0.001  # seconds between looks for room in a full queue
+QUEUE_BYTES = 64 << 20  # the weight of the records a queue holds before it is full
+RECORD_BYTES = 1 << 10  # a queued record's own fields, beside the request it tells of
+DROP_LOG_INTERVAL = 10.0  # seconds between two log lines about dropped records
 
 Record = Mapping[str, Any] | Callable[[], Mapping[str, Any]]
 """A record, or a function that builds one (then the writer thread pays for building it)."""
 
-_Item = tuple[str | None, Record | None, Future[int] | None]  # a None trail is a flush
+# (trail, record, future, weight); a None trail is a flush
+_Item = tuple[str | None, Record | None, Future[int] | None, int]
 
 
 class AuditWriter:
     """Appends records to the trails of a store."""
 
-    def __init__(self, store: Store, queue_size: int = 10_000, gather: float = GATHER) -> None:
+    def __init__(
+        self,
+        store: Store,
+        queue_size: int = 10_000,
+        gather: float = GATHER,
+        queue_bytes: int = QUEUE_BYTES,
+    ) -> None:
         self.store = store
         self.gather = gather
         self.queue_size = queue_size
+        self.queue_bytes = queue_bytes
         self._items: deque[_Item] = deque()
+        self._bytes = 0  # the weight of the records queued
+        self._lock = threading.Lock()  # over _bytes and dropped: several threads queue
+        self.dropped = 0  # records dropped at the bound (async durability only)
+        self._drops_told = 0  # ... of which the log has told
+        self._told_at = -DROP_LOG_INTERVAL  # monotonic time of the last log line about it
         self._wake = threading.Event()
         self._closing = False
         self._urgent = False  # someone waits for a queued record: commit without gathering
@@ -80,59 +105,99 @@ class AuditWriter:
         """Records waiting in the queue."""
         return len(self._items)
 
-    def offer(self, trail: str, record: Record) -> bool:
+    def weight(self) -> int:
+        """The weight of the records waiting in the queue, in bytes."""
+        return self._bytes
+
+    def _full(self) -> bool:
+        return len(self._items) >= self.queue_size or self._bytes >= self.queue_bytes
+
+    def offer(self, trail: str, record: Record, weight: int = RECORD_BYTES) -> bool:
         """Queue a record with no future (async durability); False when the queue is full
-        (then the caller waits with :meth:`submit`, off the event loop)."""
+        (then the caller drops it with :meth:`offer_or_drop`, or waits with
+        :meth:`submit`, off the event loop)."""
         _known(trail)
-        items = self._items
-        if len(items) >= self.queue_size:
+        if self._full():
             self.full += 1
             return False
-        items.append((trail, record, None))
+        items = self._items
+        with self._lock:
+            self._bytes += weight
+        items.append((trail, record, None, weight))
         depth = len(items)
         if depth == 1 or depth == BATCH:  # the writer sleeps on an empty queue, or gathers
             self._wake.set()
         return True
 
-    def put(self, trail: str, record: Record) -> None:
+    def offer_or_drop(self, trail: str, record: Record, weight: int = RECORD_BYTES) -> bool:
+        """Queue a record, or drop it when the queue is full (async durability at its
+        bound): counted in :attr:`dropped` and logged, at most once per
+        :data:`DROP_LOG_INTERVAL` with the number since. Whether it was queued."""
+        if self.offer(trail, record, weight):
+            return True
+        now = time.monotonic()
+        with self._lock:
+            self.dropped += 1
+            untold = self.dropped - self._drops_told
+            if now - self._told_at < DROP_LOG_INTERVAL:
+                return False
+            self._drops_told, self._told_at = self.dropped, now
+        log.warning(
+            "the audit queue is full (%d records, %d bytes): dropped %d record(s) for the "
+            "%s trail since the last warning, %d in all (tessera_audit_dropped_total)",
+            len(self._items),
+            self._bytes,
+            untold,
+            trail,
+            self.dropped,
+        )
+        return False
+
+    def put(self, trail: str, record: Record, weight: int = RECORD_BYTES) -> None:
         """Queue a record nobody waits for, like :meth:`offer`, but wait for room when the
         queue is full (backpressure) instead of refusing it."""
-        if not self.offer(trail, record):
-            self.submit(trail, record)
+        if not self.offer(trail, record, weight):
+            self.submit(trail, record, weight=weight)
 
-    def submit(self, trail: str, record: Record, urgent: bool = False) -> Future[int]:
+    def submit(
+        self, trail: str, record: Record, urgent: bool = False, weight: int = RECORD_BYTES
+    ) -> Future[int]:
         """Queue a record (or a function that builds it, called by the writer thread); the
         future gives its seq once committed. Waits while the queue is full (backpressure).
         An ``urgent`` record is committed without waiting ``gather`` for company."""
         done = _pending(trail)
-        if len(self._items) >= self.queue_size:
+        if self._full():
             self.full += 1
-            while len(self._items) >= self.queue_size:
+            while self._full():
                 time.sleep(ROOM_POLL)
-        self._put((trail, record, done), urgent)
+        self._put((trail, record, done, weight), urgent)
         return done
 
-    def submit_nowait(self, trail: str, record: Record) -> Future[int] | None:
+    def submit_nowait(
+        self, trail: str, record: Record, weight: int = RECORD_BYTES
+    ) -> Future[int] | None:
         """Queue a record if there is room; None when the queue is full (then the caller
         waits with :meth:`submit`, off the event loop)."""
         done = _pending(trail)
-        if len(self._items) >= self.queue_size:
+        if self._full():
             self.full += 1
             return None
-        self._put((trail, record, done))
+        self._put((trail, record, done, weight))
         return done
 
-    def write(self, trail: str, record: Record, timeout: float = 30.0) -> int:
+    def write(
+        self, trail: str, record: Record, timeout: float = 30.0, weight: int = RECORD_BYTES
+    ) -> int:
         """Queue a record and wait until it is committed (``sync`` durability); the writer
         commits it without gathering company."""
-        done = self.submit(trail, record, urgent=True)
+        done = self.submit(trail, record, urgent=True, weight=weight)
         return done.result(timeout)
 
     def flush(self, timeout: float = 30.0) -> None:
         """Wait until everything queued before this call is committed."""
         done: Future[int] = Future()
         done.set_running_or_notify_cancel()
-        self._put((None, None, done), urgent=True)
+        self._put((None, None, done, 0), urgent=True)
         done.result(timeout)
 
     def close(self, timeout: float = 10.0) -> None:
@@ -145,6 +210,8 @@ class AuditWriter:
         """Queue an item someone may wait for: the writer wakes for it at once."""
         if urgent:
             self._urgent = True
+        with self._lock:
+            self._bytes += item[3]
         self._items.append(item)
         self._wake.set()
 
@@ -173,12 +240,15 @@ class AuditWriter:
             if depth > self.deepest:
                 self.deepest = depth
             batch = [items.popleft() for _ in range(min(depth, BATCH))]
+            taken = sum(item[3] for item in batch)
+            with self._lock:
+                self._bytes -= taken
             self._commit(batch, self._closing)
 
     def _commit(self, batch: list[_Item], stopping: bool) -> None:
         by_trail: dict[str, list[tuple[str, Future[int] | None]]] = {}
         flushed = []
-        for trail, record, done in batch:
+        for trail, record, done, _ in batch:
             if trail is None:  # a flush: answered once what came before is committed
                 flushed.append(done)
                 continue

@@ -18,10 +18,13 @@ from __future__ import annotations
 from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
 
 from pdp.counters.base import Amount, Charge, CounterError
+from pdp.lang.values import AMOUNT_PLACES, MAX_AMOUNT, MAX_AMOUNT_UNITS
 
-SCALE = 10_000
-MAX_UNITS = 2**52
-LARGEST = Decimal(MAX_UNITS).scaleb(-4)  # 450359962737.0496, in the amount's own terms
+# The amount grammar (pdp.lang.values.parse_amount) refuses any amount these cannot hold:
+# policy text and requests never bring one that would be rounded or refused here.
+SCALE: int = 10**AMOUNT_PLACES
+MAX_UNITS = MAX_AMOUNT_UNITS
+LARGEST = MAX_AMOUNT  # 450359962737.0496, in the amount's own terms
 
 
 def amount_units(amount: Amount) -> int:

@@ -31,8 +31,12 @@ A response is exactly ``{"decision": true}`` (or ``false``) unless the request's
 ``options`` ask for ``"tessera_explain": true``; then ``context`` carries the decision
 id, the deciding rules, the reasons and the obligations. Callers authenticate with a
 bearer token from Tessera's issuer with the scope ``tessera:decide`` (or an
-administrator's); ``X-Request-ID`` is echoed; errors are 400, 401, 403 or 500 with a
-plain-text message (§10.1.2).
+administrator's); ``X-Request-ID`` is echoed; errors are 400, 401, 403, 413 (a request
+over one of the bounds of :mod:`pdp.bounds`) or 500 with a plain-text message (§10.1.2),
+and 408 or 413 for a body too slow or too large (read by :mod:`issuer.wire`: at most
+:data:`MAX_BODY` bytes, JSON nested at most 64 levels, no lone surrogate). A known path
+asked with another method is 405 with ``Allow``, from the router the endpoints share with
+the issuer's (:func:`issuer.app.issuer_routes`).
 """
 
 from __future__ import annotations
@@ -52,6 +56,8 @@ from starlette.routing import BaseRoute, Route
 
 from issuer.scim import ADMIN_SCOPE, Authenticator, Principal, bearer_token
 from issuer.verify import MISSING, Reason, Refusal
+from issuer.wire import WireError, read_body, read_json
+from pdp.bounds import DEFAULT_BOUNDS, Bounds, RequestTooLarge
 from pdp.decide import DecisionPoint
 from pdp.engine import Bundle
 from pdp.errors import PdpError
@@ -175,8 +181,10 @@ def _request(
     resource: tuple[str, str, Json],
     context: Json | None,
     where: str,
+    bounds: Bounds = DEFAULT_BOUNDS,
 ) -> Asked:
-    """The one typed request an AuthZEN question stands for; a 400 naming the field."""
+    """The one typed request an AuthZEN question stands for; a 400 naming the field, or
+    a 413 when it is over one of ``bounds``."""
     agent, user, chain = subject
     resource_type, resource_id, properties = resource
     try:
@@ -190,9 +198,11 @@ def _request(
             resource_id=resource_id,
             resource=_attributes(properties, f"{where}resource.properties"),
             context=_attributes(context or {}, f"{where}context"),
+            bounds=bounds,
         )
     except RequestError as exc:
-        raise bad(f"{where[:-1]}: {exc}" if where else str(exc)) from None
+        message = f"{where[:-1]}: {exc}" if where else str(exc)
+        raise Failure(413 if isinstance(exc, RequestTooLarge) else 400, message) from None
 
 
 def _resource(resource: Json, where: str, need_id: bool = True) -> tuple[str, str, Json]:
@@ -206,7 +216,9 @@ def _action(action: Json, where: str) -> str:
     return _string(action, "name", f"{where}action")
 
 
-def evaluation_request(schema: SchemaModel, body: Json, where: str = "") -> Asked:
+def evaluation_request(
+    schema: SchemaModel, body: Json, where: str = "", bounds: Bounds = DEFAULT_BOUNDS
+) -> Asked:
     """The request an Access Evaluation Request (§6.1) stands for."""
     subject = _object(body, "subject", where)
     action = _object(body, "action", where)
@@ -219,6 +231,7 @@ def evaluation_request(schema: SchemaModel, body: Json, where: str = "") -> Aske
         _resource(resource, where),
         _object(body, "context", where, required=False),
         where,
+        bounds,
     )
 
 
@@ -307,9 +320,9 @@ def _page(body: Json) -> tuple[int, int]:
     if not isinstance(token, str):
         raise bad("page.token must be a string")
     try:
-        decoded = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
+        decoded = read_json(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
         offset, search = decoded["o"], decoded["s"]
-    except (ValueError, binascii.Error, KeyError, TypeError):
+    except (WireError, ValueError, binascii.Error, KeyError, TypeError):
         raise bad("page.token is not a token this PDP issued") from None
     if not isinstance(offset, int) or offset < 0 or search != _fingerprint(body):
         raise bad("page.token belongs to another search; send the same request with it")
@@ -457,7 +470,7 @@ class AuthZen:
 
     async def evaluation(self, body: Json, caller: Caller) -> Json:
         """Access Evaluation (§6)."""
-        request = evaluation_request(self.point.schema, body)
+        request = evaluation_request(self.point.schema, body, bounds=self.point.bounds)
         decision, decision_id = await self._decide(request, caller)
         return answer(decision, decision_id, _explain(body))
 
@@ -486,7 +499,7 @@ class AuthZen:
                 key: item[key] if key in item else body.get(key)
                 for key in ("subject", "action", "resource", "context")
             }
-            requests.append(evaluation_request(schema, merged, where))
+            requests.append(evaluation_request(schema, merged, where, self.point.bounds))
         explain = _explain(body)
         results = []
         for index, request in enumerate(requests):
@@ -512,9 +525,10 @@ class AuthZen:
         directory = self.point.directory
         candidates = directory.agent_ids() if directory is not None else []
         results = []
-        schema = self.point.schema
+        schema, bounds = self.point.schema, self.point.bounds
         for agent in candidates:
-            if self._allowed(_request(schema, (agent, user, chain), name, target, context, "")):
+            asked = _request(schema, (agent, user, chain), name, target, context, "", bounds)
+            if self._allowed(asked):
                 results.append({"type": SUBJECT_TYPE, "id": agent})
         return _paged(body, results, offset, limit)
 
@@ -530,9 +544,10 @@ class AuthZen:
         kind, _, properties = _resource(resource, "", need_id=False)
         context = _object(body, "context", "", required=False)
         results = []
-        schema = self.point.schema
+        schema, bounds = self.point.schema, self.point.bounds
         for ident in named_resources(self.point.engine.bundle, name, kind):
-            if self._allowed(_request(schema, who, name, (kind, ident, properties), context, "")):
+            asked = _request(schema, who, name, (kind, ident, properties), context, "", bounds)
+            if self._allowed(asked):
                 results.append({"type": kind, "id": ident})
         return _paged(body, results, offset, limit)
 
@@ -546,38 +561,24 @@ class AuthZen:
         who, target = _subject(subject, ""), _resource(resource, "")
         context = _object(body, "context", "", required=False)
         results = []
-        schema = self.point.schema
+        schema, bounds = self.point.schema, self.point.bounds
         for name in named_actions(self.point.engine.bundle, target[0], target[1]):
-            if self._allowed(_request(schema, who, name, target, context, "")):
+            if self._allowed(_request(schema, who, name, target, context, "", bounds)):
                 results.append({"name": name})
         return _paged(body, results, offset, limit)
 
 
 async def _body(request: Request) -> Json:
-    """The request's JSON object (§10.1: Content-Type application/json)."""
+    """The request's JSON object (§10.1: Content-Type application/json), read within
+    :mod:`issuer.wire`'s bounds: 413 over :data:`MAX_BODY`, 408 when it is slow, 400 for
+    what is not JSON (nested too deeply or holding a lone surrogate included)."""
     media = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
     if media != "application/json":
         raise bad("Content-Type must be application/json")
-    too_large = bad(f"the request body is larger than {MAX_BODY} bytes")
-    length = request.headers.get("content-length", "")
-    if length.isdigit() and int(length) > MAX_BODY:
-        raise too_large
-    raw = bytearray()
-    async for chunk in request.stream():  # bounded also without a Content-Length
-        raw += chunk
-        if len(raw) > MAX_BODY:
-            raise too_large
     try:
-        body = json.loads(raw, parse_constant=_not_json)
-    except ValueError as exc:
-        raise bad(f"the body is not JSON: {exc}") from None
-    except RecursionError:
-        raise bad("the body nests too deeply") from None
+        body = read_json(await read_body(request, MAX_BODY))
+    except WireError as exc:
+        raise Failure(exc.status, str(exc)) from None
     if not isinstance(body, dict):
         raise bad("the body must be a JSON object")
     return body
-
-
-def _not_json(constant: str) -> Any:
-    """RFC 8259 has no NaN or Infinity, though Python's parser takes them."""
-    raise ValueError(f"{constant} is not a JSON value")

@@ -40,7 +40,6 @@ import grpc
 from cryptography import x509
 from envoy.config.core.v3 import base_pb2 as core
 from envoy.service.auth.v3 import external_auth_pb2 as auth
-from envoy.service.auth.v3 import external_auth_pb2_grpc as auth_grpc
 from envoy.type.v3 import http_status_pb2 as http_status
 from google.rpc import code_pb2, status_pb2
 
@@ -49,8 +48,9 @@ from issuer.oauth.mtls import confirmation
 from issuer.oauth.tokens import ring_lookup
 from issuer.store import Store
 from issuer.verify import Caller, Memory, Reason, Refusal, Verifier, revocations
+from pdp.bounds import DEFAULT_BOUNDS, Bounds
 from pdp.decide import DecisionPoint
-from pdp.doors.grpc import Calls
+from pdp.doors.grpc import Calls, parsed
 from pdp.errors import PdpError
 from pdp.lang.schema import SchemaModel
 from pdp.model import Request, RequestError
@@ -315,6 +315,7 @@ def question(
     resource_id: str,
     ip: str | None,
     acr: Any,
+    bounds: Bounds = DEFAULT_BOUNDS,
 ) -> Request:
     """The one typed request a gateway request stands for."""
     context: dict[str, Any] = {}
@@ -331,10 +332,11 @@ def question(
         resource_type=resource_type,
         resource_id=resource_id,
         context=context,
+        bounds=bounds,
     )
 
 
-class ExtAuthzService(auth_grpc.AuthorizationServicer):  # type: ignore[misc]
+class ExtAuthzService:
     """``envoy.service.auth.v3.Authorization`` over the decision point."""
 
     def __init__(self, point: DecisionPoint, gateway: Gateway) -> None:
@@ -348,9 +350,15 @@ class ExtAuthzService(auth_grpc.AuthorizationServicer):  # type: ignore[misc]
         self._templates: dict[Caller, auth.CheckResponse] = {}
 
     async def Check(  # the contract names the method
-        self, request: auth.CheckRequest, context: grpc.aio.ServicerContext
+        self, raw: bytes, context: grpc.aio.ServicerContext
     ) -> auth.CheckResponse:
-        return await self._calls.run(lambda: self._check(request, context), context)
+        """Parsed here, not by gRPC, so bytes protobuf refuses (a ``Struct`` of metadata
+        nested too deeply) are answered INVALID_ARGUMENT saying why."""
+
+        async def work() -> auth.CheckResponse:
+            return await self._check(parsed(raw, auth.CheckRequest), context)
+
+        return await self._calls.run(work, context)
 
     async def _check(
         self, request: auth.CheckRequest, context: grpc.aio.ServicerContext
@@ -398,7 +406,8 @@ class ExtAuthzService(auth_grpc.AuthorizationServicer):  # type: ignore[misc]
         if asked is None:
             action, resource_type, resource_id = route(self.gateway.routes, method, path)
             ip = _client_ip(source)
-            asked = question(schema, who, action, resource_type, resource_id, ip, acr)
+            bounds = self.point.bounds
+            asked = question(schema, who, action, resource_type, resource_id, ip, acr, bounds)
             if len(self._questions) >= QUESTION_MEMO_SIZE:  # bounded whatever the traffic
                 self._questions.clear()
             self._questions[key] = asked
@@ -430,8 +439,16 @@ class ExtAuthzService(auth_grpc.AuthorizationServicer):  # type: ignore[misc]
 
 
 def add_to_server(point: DecisionPoint, gateway: Gateway, server: grpc.aio.Server) -> None:
-    """Serve Check, deciding with ``point``, on ``server``."""
-    auth_grpc.add_AuthorizationServicer_to_server(ExtAuthzService(point, gateway), server)
+    """Serve Check, deciding with ``point``, on ``server`` (as the generated
+    ``add_AuthorizationServicer_to_server`` would, but ``Check`` taking the bytes)."""
+    service = ExtAuthzService(point, gateway)
+    handlers = {
+        "Check": grpc.unary_unary_rpc_method_handler(
+            service.Check, response_serializer=auth.CheckResponse.SerializeToString
+        )
+    }
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
+    server.add_registered_method_handlers(SERVICE_NAME, handlers)
 
 
 def gateway_for(

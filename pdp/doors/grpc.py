@@ -3,8 +3,9 @@
 ``Authorize``, ``AuthorizeBatch`` and ``ListAllowed`` each convert their message straight
 into typed requests (:func:`request_from_proto`), ask the :class:`DecisionPoint`, and build
 the response straight from the decision (:func:`answer_to_proto`). A malformed request is
-answered INVALID_ARGUMENT naming the field, never with a traceback; a fault of ours is
-logged and answered INTERNAL.
+answered INVALID_ARGUMENT naming the field (or, for bytes protobuf refuses, saying why),
+never with a traceback or an exception's name; a fault of ours is logged and answered
+INTERNAL.
 """
 
 from __future__ import annotations
@@ -16,8 +17,9 @@ from functools import partial
 from typing import Any, TypeVar
 
 import grpc
-from google.protobuf.message import DecodeError
+from google.protobuf.message import DecodeError, Message
 
+from pdp.bounds import DEFAULT_BOUNDS, Bounds, Measure, RequestTooLarge
 from pdp.decide import DecisionPoint
 from pdp.lang.schema import SchemaModel, Type
 from pdp.metrics import Metrics
@@ -32,6 +34,12 @@ INTERNAL = "internal error in the decision service (it is logged)"
 IDEMPOTENCY_KEY = "idempotency-key"  # the metadata a PEP keeps across retries of one call
 
 T = TypeVar("T")
+M = TypeVar("M", bound=Message)
+
+# Protobuf's default recursion limit (upb's and the Python decoder's alike): messages
+# within messages, below the one parsed. Its refusal says so in the implementation's words.
+PROTOBUF_DEPTH = 100
+_TOO_DEEP = ("MaxDepth", "levels of nesting")
 _SCALARS = frozenset(("string", "bool", "risk", "duration", "time", "ip", "number", "integer"))
 
 
@@ -107,11 +115,19 @@ def _entity(entity: Any, where: str, types: Mapping[str, Type], trusted: bool) -
 
 
 def request_from_proto(
-    message: pb.AuthorizeRequest, schema: SchemaModel, trust_callers: bool = True
+    message: pb.AuthorizeRequest,
+    schema: SchemaModel,
+    trust_callers: bool = True,
+    size: int | None = None,
+    bounds: Bounds = DEFAULT_BOUNDS,
 ) -> Request:
     """The typed request an ``AuthorizeRequest`` asks, or a :class:`RequestError` naming
-    the field. Unless ``trust_callers``, the agent's and user's attributes are left out
-    (the directory's replace them)."""
+    the field (:class:`RequestTooLarge` over one of ``bounds``). ``size`` is the message's
+    serialized size when the caller has it. Unless ``trust_callers``, the agent's and
+    user's attributes are left out (the directory's replace them)."""
+    if size is None:
+        size = message.ByteSize()
+    within(message, schema, size, bounds)
     agent = _entity(message.agent, "agent", schema.agent, trust_callers)
     user = None
     if message.HasField("user"):
@@ -130,6 +146,48 @@ def request_from_proto(
         action,
         typed_resource(resource.type, resource.id, attributes, schema),
         typed_from_proto(context, "context", schema.context) if context else {},
+        size,
+    )
+
+
+def within(message: pb.AuthorizeRequest, schema: SchemaModel, size: int, bounds: Bounds) -> None:
+    """Refuse a message over the request's bounds. A value's size never exceeds its
+    bytes in the message, so a message no larger than ``undeclared_bytes`` (the smallest
+    bound) holds nothing over a bound but, perhaps, too many attributes; and a map entry
+    takes two bytes at least, so the smallest messages (most) need no look at all."""
+    most = bounds.attributes
+    if size <= 2 * most:
+        return
+    if size <= bounds.undeclared_bytes and (
+        len(message.context) <= most
+        and len(message.resource.attributes) <= most
+        and len(message.agent.attributes) <= most
+        and len(message.user.attributes) <= most
+    ):
+        return
+    measure = Measure(bounds)
+    maps = _attribute_maps(message, schema)
+    for where, attributes, _ in maps:
+        measure.count(len(attributes), where)
+    resource = message.resource
+    measure.text(message.agent.id, message.user.id, message.action, resource.type, resource.id)
+    measure.text(*message.delegation.chain)
+    for where, attributes, types in maps:
+        for key in attributes:
+            path = f"{where}.{key}"
+            measure.value(path, key, plain_value(attributes[key], path), key in types)
+
+
+def _attribute_maps(
+    message: pb.AuthorizeRequest, schema: SchemaModel
+) -> tuple[tuple[str, Mapping[str, pb.Value], Mapping[str, Type]], ...]:
+    """Each attribute map of a message: where it is, its values, their declared types."""
+    resource = message.resource
+    return (
+        ("agent", message.agent.attributes, schema.agent),
+        ("user", message.user.attributes, schema.user),
+        ("resource", resource.attributes, schema.request_types(resource.type)),
+        ("context", message.context, schema.context),
     )
 
 
@@ -203,12 +261,21 @@ def _varint(value: int) -> bytes:
     return bytes(out)
 
 
-def parsed(raw: bytes) -> pb.AuthorizeRequest:
-    """An ``AuthorizeRequest`` from its bytes, or a RequestError saying they are not one."""
+def parsed(raw: bytes, kind: type[M]) -> M:
+    """A message of ``kind`` from its bytes, or a RequestError saying why they are not one.
+
+    Every door parses its requests itself, from bytes: gRPC, left to deserialize them,
+    would answer a failure UNKNOWN, naming Python's exception class. Protobuf refuses a
+    message nested deeper than :data:`PROTOBUF_DEPTH` (a ``Value`` list in a list…, or
+    Envoy's ``Struct``) as it refuses bytes that are not a message; the answer says which."""
     try:
-        message: pb.AuthorizeRequest = pb.AuthorizeRequest.FromString(raw)
+        message: M = kind.FromString(raw)
     except DecodeError as exc:
-        raise RequestError(f"the request is not a tessera.v1.AuthorizeRequest: {exc}") from None
+        if any(sign in str(exc) for sign in _TOO_DEEP):
+            raise RequestError(
+                f"the request nests deeper than protobuf's limit of {PROTOBUF_DEPTH} levels"
+            ) from None
+        raise RequestError(f"the request is not a {kind.DESCRIPTOR.full_name}") from None
     return message
 
 
@@ -261,7 +328,13 @@ class Calls:
         if isinstance(exc, grpc.aio.AbortError):
             return
         if isinstance(exc, RequestError):
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            # The abort's exception outlives the call in a reference cycle through grpc's
+            # frames, until the cyclic collector runs: let it keep none of the request.
+            exc.__traceback__ = None
+            code = grpc.StatusCode.INVALID_ARGUMENT
+            if isinstance(exc, RequestTooLarge):
+                code = grpc.StatusCode.RESOURCE_EXHAUSTED
+            await context.abort(code, str(exc))
         log.error("%s failed", self.method, exc_info=exc)
         await context.abort(grpc.StatusCode.INTERNAL, INTERNAL)
 
@@ -284,49 +357,58 @@ class AuthorizerDoor:
         started = calls.begin(context)
         try:
             point = self.point
-            request = request_from_proto(parsed(raw), point.schema, point.trusts_callers)
+            request = request_from_proto(
+                parsed(raw, pb.AuthorizeRequest),
+                point.schema,
+                point.trusts_callers,
+                len(raw),
+                point.bounds,
+            )
             key = raw if point.cache is not None else None
             once = partial(idempotency_key, context)
             return answer_to_bytes(await point.decide(request, context.peer, key=key, once=once))
         except Exception as exc:
+            raw = b""  # this frame, too, outlives the call until collected (see failed)
             await calls.failed(exc, context)
             raise
         finally:
             calls.end(started, context)
 
     async def AuthorizeBatch(
-        self, request: pb.AuthorizeBatchRequest, context: grpc.aio.ServicerContext
+        self, raw: bytes, context: grpc.aio.ServicerContext
     ) -> pb.AuthorizeBatchResponse:
         point = self.point
 
         async def work() -> pb.AuthorizeBatchResponse:
-            schema, trusted = point.schema, point.trusts_callers
+            request = parsed(raw, pb.AuthorizeBatchRequest)
+            schema, trusted, bounds = point.schema, point.trusts_callers, point.bounds
             typed = []
             for index, item in enumerate(request.requests):
                 try:
-                    typed.append(request_from_proto(item, schema, trusted))
+                    typed.append(request_from_proto(item, schema, trusted, bounds=bounds))
                 except RequestError as exc:
-                    raise RequestError(f"requests[{index}].{exc}") from None
+                    raise type(exc)(f"requests[{index}].{exc}") from None
             answers = await point.decide_many(typed, context.peer, idempotency_key(context))
             return pb.AuthorizeBatchResponse(responses=[answer_to_proto(a) for a in answers])
 
         return await self._calls["AuthorizeBatch"].run(work, context)
 
     async def ListAllowed(
-        self, request: pb.ListAllowedRequest, context: grpc.aio.ServicerContext
+        self, raw: bytes, context: grpc.aio.ServicerContext
     ) -> pb.ListAllowedResponse:
         point = self.point
 
         async def work() -> pb.ListAllowedResponse:
+            request = parsed(raw, pb.ListAllowedRequest)
             response = pb.ListAllowedResponse(bundle_version=point.version)
-            schema, trusted = point.schema, point.trusts_callers
+            schema, trusted, bounds = point.schema, point.trusts_callers, point.bounds
             questions = []
             for index, candidate in enumerate(request.candidates):
                 question = listed_question(request, candidate)
                 try:
-                    questions.append(request_from_proto(question, schema, trusted))
+                    questions.append(request_from_proto(question, schema, trusted, bounds=bounds))
                 except RequestError as exc:
-                    raise RequestError(f"candidates[{index}]: {exc}") from None
+                    raise type(exc)(f"candidates[{index}]: {exc}") from None
             allowed, consent = point.allowed(questions)
             response.allowed.extend(request.candidates[i] for i in allowed)
             response.consent_required.extend(request.candidates[i] for i in consent)
@@ -350,18 +432,17 @@ def listed_question(request: pb.ListAllowedRequest, candidate: pb.Resource) -> p
 
 def add_to_server(point: DecisionPoint, server: grpc.aio.Server) -> AuthorizerDoor:
     """Serve ``tessera.v1.Authorizer`` over ``point`` on ``server`` (as the generated
-    ``add_AuthorizerServicer_to_server`` would, but ``Authorize`` on bytes)."""
+    ``add_AuthorizerServicer_to_server`` would, but each method taking the request's bytes,
+    which it parses itself: see :func:`parsed`)."""
     door = AuthorizerDoor(point)
     handlers = {
         "Authorize": grpc.unary_unary_rpc_method_handler(door.Authorize),
         "AuthorizeBatch": grpc.unary_unary_rpc_method_handler(
             door.AuthorizeBatch,
-            request_deserializer=pb.AuthorizeBatchRequest.FromString,
             response_serializer=pb.AuthorizeBatchResponse.SerializeToString,
         ),
         "ListAllowed": grpc.unary_unary_rpc_method_handler(
             door.ListAllowed,
-            request_deserializer=pb.ListAllowedRequest.FromString,
             response_serializer=pb.ListAllowedResponse.SerializeToString,
         ),
     }

@@ -10,7 +10,6 @@ from __future__ import annotations
 import difflib
 import math
 import threading
-from decimal import Decimal
 from importlib import resources
 from typing import Any, NoReturn
 
@@ -28,6 +27,7 @@ from pdp.lang.values import (
     Duration,
     Money,
     Risk,
+    parse_amount,
     parse_ip,
     parse_network,
     parse_time,
@@ -553,8 +553,13 @@ class _Builder:
             self._fail(f"the number {token[:20]}… is too large", self._tspan(token))
 
     def money(self, meta: Any, children: list[Token]) -> ast.Literal_:
-        amount, currency = str(children[0]).split()
-        return ast.Literal_(Money(Decimal(amount), currency), self._span(meta))
+        token = children[0]
+        amount, currency = str(token).split()
+        try:
+            value = parse_amount(amount)  # the grammar every door reads amounts with
+        except ValueError as exc:
+            self._fail(str(exc), self._tspan(token), "write an amount such as 1000 USD")
+        return ast.Literal_(Money(value, currency), self._span(meta))
 
     def duration(self, meta: Any, children: list[Token]) -> ast.Literal_:
         return ast.Literal_(Duration.parse(str(children[0])), self._span(meta))

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import enum
 import ipaddress
+import math
 import re
 from datetime import UTC, datetime
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from typing import Any
 
 from pdp.lang.errors import LanguageError
@@ -82,7 +83,10 @@ class Money(_Ordered):
     currency: str
 
     def __init__(self, amount: Decimal | int | str, currency: str) -> None:
-        object.__setattr__(self, "amount", Decimal(amount))
+        # Text is read by the one amount grammar (parse_amount); a Decimal or int made
+        # by code is taken as it is.
+        value = parse_amount(amount) if isinstance(amount, str) else Decimal(amount)
+        object.__setattr__(self, "amount", value)
         object.__setattr__(self, "currency", currency)
 
     def __setattr__(self, name: str, value: object) -> None:
@@ -109,10 +113,10 @@ class Money(_Ordered):
         return hash((self.amount, self.currency))
 
     def __repr__(self) -> str:
-        return f"Money({str(self.amount)!r}, {self.currency!r})"
+        return f"Money({format(self.amount, 'f')!r}, {self.currency!r})"
 
     def __str__(self) -> str:
-        return f"{self.amount} {self.currency}"
+        return f"{format(self.amount, 'f')} {self.currency}"  # never in exponent form
 
 
 _DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -203,17 +207,100 @@ def parse_time(text: str) -> datetime:
         raise ValueError(f"time {text!r} is outside the years 1 to 9999 in UTC") from None
 
 
-_MONEY_RE = re.compile(r"^\s*(-?\d+(?:\.\d+)?)\s+([A-Z]{3})\s*$")
+# ------------------------------------------------------------------ amounts of money
+#
+# One grammar for every amount that enters Tessera: policy text, request context through
+# every door, policy tests, the PEP client. An amount is ASCII digits, an optional leading
+# "-" and an optional "." fraction: no spaces, no "_", no exponent, no other script's
+# digits. It must fit the limit counters (pdp/counters/units.py), which keep whole
+# ten-thousandths below 2**52 so that SQL and Redis's Lua add them exactly: at most
+# AMOUNT_PLACES decimal places, and at most MAX_AMOUNT either way.
+
+AMOUNT_PLACES = 4  # the counters keep ten-thousandths
+MAX_AMOUNT_UNITS = 2**52  # ten-thousandths a double (Redis's Lua) still adds exactly
+MAX_AMOUNT = Decimal(MAX_AMOUNT_UNITS).scaleb(-AMOUNT_PLACES)  # 450359962737.0496
+_WHOLE_DIGITS = len(str(int(MAX_AMOUNT)))  # 12: more digits (zeros aside) are too large
+_AMOUNT_RE = re.compile(r"-?([0-9]+)(?:\.([0-9]+))?", re.ASCII)
+CURRENCY = re.compile(r"[A-Z]{3}", re.ASCII)  # an ISO 4217 code's form
+_SHOWN = 40  # characters of a refused text an error message repeats
+
+
+def parse_amount(value: str | int | float | Decimal) -> Decimal:
+    """An amount of money as the one grammar reads it, from text or a JSON number; a
+    ValueError saying exactly what is wrong otherwise."""
+    if isinstance(value, str):
+        match = _AMOUNT_RE.fullmatch(value)
+        if match is None:
+            raise ValueError(f"invalid amount {shown(value)}: {_why_not_amount(value)}")
+        whole, places = match.group(1), match.group(2) or ""
+        if len(whole.lstrip("0")) > _WHOLE_DIGITS:
+            raise ValueError(_too_large(shown(value)))
+        amount = Decimal(value)
+    elif isinstance(value, bool) or not isinstance(value, int | float | Decimal):
+        raise ValueError(f"invalid amount {shown(value)}: an amount is text or a number")
+    elif isinstance(value, int):
+        if abs(value) > MAX_AMOUNT:
+            raise ValueError(_too_large(shown(value)))
+        return Decimal(value)
+    else:
+        if not _finite(value):
+            raise ValueError(f"invalid amount {value}: an amount is a finite number")
+        amount = Decimal(repr(value)) if isinstance(value, float) else value
+        places = "0" * max(0, -_exponent(amount))
+    if abs(amount) > MAX_AMOUNT:
+        raise ValueError(_too_large(shown(value)))
+    if len(places) > AMOUNT_PLACES:
+        raise ValueError(
+            f"invalid amount {shown(value)}: more than {AMOUNT_PLACES} decimal places "
+            "(amounts are kept to ten-thousandths)"
+        )
+    return amount
+
+
+def _finite(value: float | Decimal) -> bool:
+    return value.is_finite() if isinstance(value, Decimal) else math.isfinite(value)
+
+
+def _exponent(amount: Decimal) -> int:
+    exponent = amount.as_tuple().exponent
+    return exponent if isinstance(exponent, int) else 0
+
+
+def _too_large(text: str) -> str:
+    return (
+        f"invalid amount {text}: its size is beyond {MAX_AMOUNT}, the largest amount "
+        "the limit counters keep exactly"
+    )
+
+
+def _why_not_amount(text: str) -> str:
+    """What keeps ``text`` from being an amount, in the words of the grammar."""
+    if not text:
+        return "it is empty"
+    if any(c.isspace() for c in text):
+        return "it has whitespace; write the digits alone"
+    if "_" in text:
+        return 'it has "_"; write the digits without separators'
+    if any(c in "eE" for c in text):
+        return "it has an exponent; write every digit, such as 1000"
+    if any(c.isdigit() and not c.isascii() for c in text):
+        return "it has digits other than ASCII 0-9"
+    return 'write ASCII digits, an optional leading "-" and an optional ".fraction": 12.50'
+
+
+def shown(value: object) -> str:
+    """A value as an error message repeats it: its repr, cut short when long (a refused
+    request must not be echoed back whole)."""
+    text = repr(value)
+    return text if len(text) <= _SHOWN else f"{text[:_SHOWN]}… ({len(text)} characters)"
 
 
 def parse_money(text: str) -> Money:
-    match = _MONEY_RE.match(text)
-    if match is None:
-        raise ValueError(f"invalid money {text!r}; write an amount and a currency: 200 USD")
-    try:
-        return Money(Decimal(match.group(1)), match.group(2))
-    except InvalidOperation:
-        raise ValueError(f"invalid money {text!r}") from None
+    """Money in its text form: an amount, one space, a three-letter currency code."""
+    amount, space, currency = text.rpartition(" ")
+    if not space or CURRENCY.fullmatch(currency) is None:
+        raise ValueError(f"invalid money {shown(text)}; write an amount and a currency: 200 USD")
+    return Money(parse_amount(amount), currency)
 
 
 def type_name(value: Any) -> str:

@@ -38,7 +38,15 @@ configuration file (``--config``, or ``./tessera.toml`` when it exists), the def
                                # certificate (URL-encoded PEM); the proxy must strip it
     client_cert_proxies = "127.0.0.1,::1"  # the proxies whose header is believed
     audit = "async"            # record every decision: async, sync (answer once committed), off
-    audit_queue = 10000        # records waiting to be written before decisions wait (no drops)
+    audit_queue = 10000        # records waiting to be written: at the bound, async drops a
+                               # decision's record (counted and logged), sync waits for room
+    audit_queue_bytes = 67108864  # ... and their weight: the size of the requests they tell of
+    # how large a decision request may be (see docs/limits.md)
+    max_message_bytes = 1048576   # one gRPC message (RESOURCE_EXHAUSTED beyond)
+    max_request_bytes = 65536     # one request: ids, action, attribute names and values
+    max_attributes = 64           # attributes in one map: context, resource, agent, user
+    max_value_bytes = 16384       # one attribute's value
+    max_undeclared_bytes = 1024   # one value of an attribute the schema does not declare
     audit_checkpoint_interval = 60.0  # seconds between checkpoints signed with the issuer key
     # anomaly alerts on the audited decisions (see docs/audit.md, "Anomaly alerts")
     anomaly_learning_decisions = 100   # decisions an agent makes before baseline alerts
@@ -75,6 +83,8 @@ from pathlib import Path
 from typing import Any
 
 from pdp.audit.baselines import AnomalyThresholds
+from pdp.audit.writer import QUEUE_BYTES
+from pdp.bounds import DEFAULT_BOUNDS, Bounds
 from pdp.errors import PdpError
 
 DEFAULT_FILE = "tessera.toml"
@@ -113,7 +123,13 @@ class ServeConfig:
     client_cert_proxies: str = "127.0.0.1,::1"
     audit: str = "async"
     audit_queue: int = 10_000
+    audit_queue_bytes: int = QUEUE_BYTES
     audit_checkpoint_interval: float = 60.0
+    max_message_bytes: int = DEFAULT_BOUNDS.message_bytes
+    max_request_bytes: int = DEFAULT_BOUNDS.request_bytes
+    max_attributes: int = DEFAULT_BOUNDS.attributes
+    max_value_bytes: int = DEFAULT_BOUNDS.value_bytes
+    max_undeclared_bytes: int = DEFAULT_BOUNDS.undeclared_bytes
     anomaly_learning_decisions: int = AnomalyThresholds.learning_decisions
     anomaly_learning_hours: float = AnomalyThresholds.learning_hours
     anomaly_window: float = AnomalyThresholds.window
@@ -141,6 +157,16 @@ class ServeConfig:
     ext_authz_routes: str = ""
     ext_authz_audience: str = ""
     ext_authz_strip_headers: str = "authorization"
+
+    def bounds(self) -> Bounds:
+        """The ``max_*`` settings: how large a message and a request may be."""
+        return Bounds(
+            message_bytes=self.max_message_bytes,
+            attributes=self.max_attributes,
+            value_bytes=self.max_value_bytes,
+            undeclared_bytes=self.max_undeclared_bytes,
+            request_bytes=self.max_request_bytes,
+        )
 
     @property
     def policies_interval(self) -> float:
@@ -218,6 +244,11 @@ def load_config(
         )
     if config.audit_queue <= 0:
         raise ConfigError("audit_queue: a positive number of records")
+    if config.audit_queue_bytes < config.max_request_bytes:
+        raise ConfigError("audit_queue_bytes: at least max_request_bytes (a record must fit)")
+    problem = config.bounds().problem()
+    if problem is not None:
+        raise ConfigError(problem)
     if not config.audit_checkpoint_interval > 0:
         raise ConfigError("audit_checkpoint_interval: a positive number of seconds")
     config.anomaly_thresholds()

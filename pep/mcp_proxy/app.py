@@ -9,7 +9,10 @@ batch; GET the server's stream; DELETE a session), with on every request, in ord
    else 401 with the challenge (:mod:`challenges`);
 3. the token must carry the upstream's scopes, and for a ``tools/call`` the tool's; else
    403 ``insufficient_scope``;
-4. the body must fit ``max_body`` (413) and be JSON-RPC (400, ``-32700``/``-32600``);
+4. the body must fit ``max_body`` (413), arrive whole within ``body_timeout`` (408),
+   be JSON within :mod:`issuer.wire`'s bounds (400, ``-32700``) and JSON-RPC (400,
+   ``-32600``), and a batch must be of a protocol revision that has batches (400,
+   ``-32600``: none since 2025-06-18, :func:`headers.batch_refusal`);
 5. ``Mcp-Method`` and ``Mcp-Name`` headers, when sent, must match the body (400,
    ``-32020``);
 6. an ``Mcp-Session-Id`` must belong to the same agent and user that opened it (404);
@@ -30,30 +33,35 @@ from __future__ import annotations
 
 import contextlib
 import html
-import json
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
-import orjson
 from cachetools import TTLCache
 from mcp.server.streamable_http import check_accept_headers
 from mcp.shared.inbound import decode_header_value
 from starlette.applications import Starlette
 from starlette.middleware.cors import CORSMiddleware
-from starlette.requests import ClientDisconnect, Request
+from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from issuer.wire import TooSlow, WireError, read_body, read_json
 from pdp.loader import Loaded
 from pep.mcp_proxy import challenges
 from pep.mcp_proxy.answers import DECISION_HEADER, answer, json_error
 from pep.mcp_proxy.config import ProxyConfig, Upstream
 from pep.mcp_proxy.credentials import Credentials
 from pep.mcp_proxy.decisions import Decider, LocalDecider
-from pep.mcp_proxy.headers import SESSION_HEADER, Incoming, is_stateless, media_type
+from pep.mcp_proxy.headers import (
+    SESSION_HEADER,
+    Incoming,
+    batch_refusal,
+    is_stateless,
+    media_type,
+)
 from pep.mcp_proxy.jsonrpc import (
     HEADER_MISMATCH,
     INVALID_REQUEST,
@@ -276,22 +284,17 @@ class Proxy:
         return json_error(403, None, INVALID_REQUEST, f"origin {origin!r} is not allowed")
 
     async def _body(self, request: Incoming) -> bytes | Response:
-        """The request's body, or the answer when it is over ``max_body`` (413) or lost."""
-        limit = self.config.max_body
-        declared = request.fields.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > limit:
-            return json_error(413, None, INVALID_REQUEST, f"the body is over {limit} bytes")
-        chunks = []
-        size = 0
+        """The request's body, or the answer when it is over ``max_body`` (413), has not
+        arrived whole within ``body_timeout`` (408) or was cut off."""
         try:
-            async for chunk in request.stream():
-                size += len(chunk)
-                if size > limit:
-                    return json_error(413, None, INVALID_REQUEST, f"the body is over {limit} bytes")
-                chunks.append(chunk)
-        except ClientDisconnect:
-            return Response(status_code=400)
-        return b"".join(chunks)
+            return await read_body(request, self.config.max_body, self.config.body_timeout)
+        except WireError as exc:
+            refusal = json_error(exc.status, None, INVALID_REQUEST, str(exc))
+            if isinstance(exc, TooSlow):
+                # RFC 9110 §15.5.9: the rest of the body may still come, and would be
+                # read as the next request
+                refusal.headers["Connection"] = "close"
+            return refusal
 
     async def post(self, request: Incoming, upstream: Upstream, caller: Caller) -> Response:
         """A JSON-RPC message or batch checked and planned, and what it may do forwarded."""
@@ -308,10 +311,12 @@ class Proxy:
         if isinstance(body, Response):
             return body
         try:
-            parsed = _loads(body)
-        except ValueError:
-            return json_error(400, None, PARSE_ERROR, "the body is not JSON")
+            parsed = read_json(body)
+        except WireError as exc:  # not JSON, or beyond the bounds (depth, digits)
+            return json_error(400, None, PARSE_ERROR, str(exc))
         batch = isinstance(parsed, list)
+        if batch and (unbatched := batch_refusal(request)) is not None:
+            return json_error(400, None, INVALID_REQUEST, unbatched)
         if batch and not parsed:
             return json_error(400, None, INVALID_REQUEST, "the batch is empty")
         messages = []
@@ -348,15 +353,6 @@ class Proxy:
         # sees another reading of the bytes (a repeated member name, say) than the proxy's
         payload = plan.forward if batch else plan.forward[0]
         return await self.relay.forward(request, upstream, caller, payload, plan)
-
-
-def _loads(body: bytes) -> Any:
-    """JSON text as Python values: orjson, or (for what it refuses that JSON allows, such
-    as integers beyond 64 bits) the standard parser."""
-    try:
-        return orjson.loads(body)
-    except orjson.JSONDecodeError:
-        return json.loads(body)
 
 
 def _header_mismatch(

@@ -9,6 +9,7 @@
     algorithms = ["ES256", "RS256", "EdDSA"] # JWT signatures accepted; never none or HMAC
     allowed_origins = []                     # browser Origins allowed besides public_url
     max_body = 1048576                       # bytes per request body
+    body_timeout = 10.0                      # seconds for a request body to arrive whole
     client_id = ""                           # the proxy's own client at the issuer (for
     client_secret_env = "TESSERA_MCP_PROXY_SECRET"  # introspection and upstream tokens)
     consent_client_id = ""                   # a public client whose consent page users see
@@ -59,6 +60,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from issuer.wire import READ_TIMEOUT
 from pdp.serve.config import AUDIT_MODES, ServeConfig
 from pep.errors import PepError
 
@@ -74,7 +76,7 @@ SERVE_DEFAULTS = {
 DEFAULT_MAX_BODY = 1 << 20
 SETTINGS = {
     "public_url", "issuer", "pdp", "host", "port", "algorithms", "allowed_origins",
-    "max_body", "jwks_uri", "client_id", "client_secret_env", "consent_client_id",
+    "max_body", "body_timeout", "jwks_uri", "client_id", "client_secret_env", "consent_client_id",
     "api_keys", "pdp_timeout", "decision_cache", "token_cache", "decisions", "policies",
     "store", "reload_interval", "metrics_port", "audit", "upstream",
 }  # fmt: skip
@@ -122,6 +124,7 @@ class ProxyConfig:
     algorithms: tuple[str, ...] = ("ES256", "RS256", "EdDSA")
     allowed_origins: tuple[str, ...] = ()
     max_body: int = DEFAULT_MAX_BODY
+    body_timeout: float = READ_TIMEOUT
     jwks_uri: str = ""
     client_id: str = ""
     client_secret: str = ""
@@ -195,6 +198,7 @@ def config_from_table(
         algorithms=algorithms,
         allowed_origins=origins,
         max_body=_int(table, "max_body", DEFAULT_MAX_BODY, "mcp_proxy"),
+        body_timeout=_float(table, "body_timeout", READ_TIMEOUT, "mcp_proxy"),
         jwks_uri=_str(table, "jwks_uri", "", "mcp_proxy"),
         client_id=client_id,
         client_secret=env.get(secret_env, "") if client_id else "",

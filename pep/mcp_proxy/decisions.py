@@ -28,7 +28,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from decimal import Decimal, InvalidOperation
 from typing import Any
 
 import grpc
@@ -36,11 +35,12 @@ from prometheus_client import CollectorRegistry
 
 from issuer.store import open_store
 from pdp.audit.writer import GATHER, AuditWriter
+from pdp.bounds import RequestTooLarge
 from pdp.decide import DecisionPoint
 from pdp.directory import Directory
 from pdp.engine import Engine
 from pdp.lang.schema import SchemaModel
-from pdp.lang.values import Money
+from pdp.lang.values import Money, parse_amount
 from pdp.loader import Loaded, load_directory
 from pdp.metrics import Metrics
 from pdp.model import Answer, Request, RequestError
@@ -85,25 +85,29 @@ class Listed:
 
 
 class ArgumentError(PepError, ValueError):
-    """A mapped argument that cannot be put in the context."""
+    """A mapped argument that cannot be put in the context; ``argument`` names it."""
+
+    def __init__(self, argument: str, problem: str) -> None:
+        super().__init__(f"argument {argument!r}: {problem}")
+        self.argument = argument
 
 
 def mapped_context(
     mapping: Mapping[str, ContextArgument], arguments: Mapping[str, Any]
 ) -> dict[str, Any]:
-    """The context attributes the configuration takes from a call's arguments."""
+    """The context attributes the configuration takes from a call's arguments. An amount
+    is read by the one amount grammar, from text or a JSON number: a call whose amount
+    the PDP would refuse is refused here, naming the argument, before anything is asked."""
     context: dict[str, Any] = {}
     for attribute, spec in mapping.items():
         if spec.argument not in arguments:
             continue
         value = arguments[spec.argument]
         if spec.currency is not None:
-            if isinstance(value, bool) or not isinstance(value, int | float | str):
-                raise ArgumentError(f"argument {spec.argument!r} must be a number")
             try:
-                value = Money(Decimal(str(value)), spec.currency)
-            except InvalidOperation:
-                raise ArgumentError(f"argument {spec.argument!r} must be a number") from None
+                value = Money(parse_amount(value), spec.currency)
+            except ValueError as exc:
+                raise ArgumentError(spec.argument, str(exc)) from None
         elif value is None:
             continue
         context[attribute] = value
@@ -114,8 +118,8 @@ class Decider:
     """Asks the PDP: one client for ``Authorize``, one stub for ``ListAllowed``."""
 
     def __init__(self, target: str, timeout: float = 0.5, cache: float = 0.0) -> None:
-        self.channel = grpc.aio.insecure_channel(target)
         options = Options(timeout=timeout, cache_size=10_000 if cache > 0 else 0, cache_ttl=cache)
+        self.channel = grpc.aio.insecure_channel(target, options=options.channel_options())
         self.client = AsyncClient(target, options, channel=self.channel)
         self.stub = pb_grpc.AuthorizerStub(self.channel)  # type: ignore[no-untyped-call]
         self.timeout = timeout
@@ -215,8 +219,9 @@ class LocalDecider:
         try:
             request = _request(self.point.schema, query)
             answer = await self.point.decide_without_limits(request, self.PEP)
-        except RequestError as exc:  # fail closed, as the PDP's INVALID_ARGUMENT
-            return Verdict.failed(str(exc))
+        except RequestError as exc:  # fail closed, as the PDP's refusal
+            code = "RESOURCE_EXHAUSTED" if isinstance(exc, RequestTooLarge) else "INVALID_ARGUMENT"
+            return Verdict.failed(f"{code}: {exc}", code)
         if answer is None:
             verdict = await self.remote.client.authorize(query)
             self._compare(verdict.bundle_version)

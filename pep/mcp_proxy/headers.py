@@ -5,15 +5,24 @@ Which fields go on to the upstream (:data:`FORWARDED`) and which come back
 (:data:`RETURNED`) is fixed here; everything else (``Authorization``, ``Cookie``…) stays
 with the proxy. A field that must be given once (:data:`SINGLETONS`, RFC 9110 §5.3) and is
 given twice is refused, so the proxy and the upstream never read different values.
+
+``MCP-Protocol-Version`` says which revision a request speaks; without it a server
+assumes 2025-03-26 (MCP 2025-06-18, Streamable HTTP, "Protocol Version Header"). JSON-RPC
+batches are part of the revisions before 2025-06-18 only (:data:`BATCHING_VERSIONS`).
 """
 
 from __future__ import annotations
 
-from mcp_types.version import MODERN_PROTOCOL_VERSIONS
+from mcp_types.version import KNOWN_PROTOCOL_VERSIONS, MODERN_PROTOCOL_VERSIONS
 from starlette.requests import Request
 from starlette.types import Receive, Scope
 
 SESSION_HEADER = "mcp-session-id"
+VERSION_HEADER = "mcp-protocol-version"
+ASSUMED_VERSION = "2025-03-26"  # without the header (MCP 2025-06-18, Streamable HTTP)
+# MCP 2025-06-18 removed JSON-RPC batching: the revisions before it keep it, and a revision
+# the proxy does not know is not taken to have it
+BATCHING_VERSIONS = KNOWN_PROTOCOL_VERSIONS[: KNOWN_PROTOCOL_VERSIONS.index("2025-06-18")]
 # Request headers the upstream sees; everything else (Authorization, Cookie…) stays here.
 FORWARDED = (
     "accept",
@@ -62,7 +71,18 @@ class Incoming(Request):
 def is_stateless(request: Incoming) -> bool:
     """Whether the request speaks a stateless protocol revision (2026-07-28 on): no
     sessions, no resumable streams, so ``Mcp-Session-Id`` means nothing."""
-    return request.fields.get("mcp-protocol-version") in MODERN_PROTOCOL_VERSIONS
+    return request.fields.get(VERSION_HEADER) in MODERN_PROTOCOL_VERSIONS
+
+
+def batch_refusal(request: Incoming) -> str | None:
+    """Why the request's protocol revision has no JSON-RPC batches; None when it has them
+    (revisions before 2025-06-18, and a request without ``MCP-Protocol-Version``)."""
+    version = request.fields.get(VERSION_HEADER, ASSUMED_VERSION)
+    if version in BATCHING_VERSIONS:
+        return None
+    if version in KNOWN_PROTOCOL_VERSIONS:
+        return f"MCP {version} has no JSON-RPC batches (removed in 2025-06-18): send each alone"
+    return f"MCP-Protocol-Version {version!r} is not a revision known to have JSON-RPC batches"
 
 
 def media_type(content_type: str | None) -> str:

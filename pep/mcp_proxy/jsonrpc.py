@@ -4,6 +4,10 @@ The proxy parses a request body once to decide it, forwards what it allows, and 
 the upstream's answer where it must (``…/list`` results filtered, local answers for denied
 calls merged in). A JSON answer is rewritten whole; an SSE answer (``text/event-stream``)
 event by event as it streams, so server requests and progress in between pass at once.
+
+What the proxy reads of a client's or an upstream's messages it reads with
+:func:`issuer.wire.read_json` (at most 64 levels deep, among its bounds), so what it writes
+anew is no deeper.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from typing import Any
 import orjson
 from mcp_types.jsonrpc import INTERNAL_ERROR, URL_ELICITATION_REQUIRED
 
+from issuer.wire import WireError, read_json
 from pep.errors import PepError
 
 PARSE_ERROR = -32700
@@ -58,7 +63,8 @@ def valid_id(value: Any) -> bool:
 
 def dumps(value: Any) -> bytes:
     """Compact UTF-8 JSON: orjson, or the standard encoder for what orjson refuses (such as
-    integers beyond 64 bits)."""
+    integers beyond 64 bits). Values come from :func:`read_json` or the proxy itself, so
+    they nest no deeper than its bound: neither encoder runs out of stack on them."""
     try:
         return orjson.dumps(value)
     except TypeError:  # ASCII: a lone surrogate (which JSON text may hold) is kept escaped
@@ -67,6 +73,11 @@ def dumps(value: Any) -> bytes:
 
 class SseTooLarge(PepError, ValueError):
     """An SSE event larger than the limit."""
+
+
+class SseUnreadable(PepError, ValueError):
+    """An SSE event whose data is not JSON within the bounds of :func:`read_json`: it may
+    answer a request, or hold a list to filter, that the proxy cannot check."""
 
 
 class SseParser:
@@ -150,21 +161,21 @@ async def rewrite_sse(
     limit: int,
 ) -> AsyncGenerator[bytes, None]:
     """The SSE stream with each JSON message passed through ``rewrite``, after events for
-    the ``prefix`` messages."""
+    the ``prefix`` messages; :class:`SseUnreadable` at an event whose data the proxy
+    cannot read (an event with blank data, such as a stream's priming event, passes)."""
     for message in prefix:
         yield sse_event(message)
     parser = SseParser(limit)
     async for chunk in chunks:
         for event in parser.feed(chunk):
             data = event_data(event)
-            if data is None:
+            if data is None or not data.strip():
                 yield event
                 continue
             try:
-                message = json.loads(data)
-            except ValueError:
-                yield event
-                continue
+                message = read_json(data)
+            except WireError as exc:
+                raise SseUnreadable(f"sent an event the proxy cannot read ({exc})") from None
             yield replace_data(event, dumps(await rewrite(message)))
     # an event the stream ended in the middle of is not dispatched (the SSE rules), so it
     # is not passed on either: it was never rewritten

@@ -50,6 +50,12 @@ CONSENT_PATH = "/consent/done"  # where the issuer's consent page sends the user
 INVALID_PARAMS = -32602
 
 
+def invalid_params(id: Any, problem: str, argument: str | None = None) -> Message:
+    """JSON-RPC 2.0 §5.1 ``-32602 Invalid params``: what is wrong, and the argument."""
+    data = None if argument is None else {"argument": argument}
+    return error(id, INVALID_PARAMS, f"Invalid params: {problem}", data)
+
+
 def id_key(value: Any) -> str:
     """An id as JSON-RPC peers match it: a number by its value (1 and 1.0 are one id to
     a JavaScript server, as are integers past 2**53), anything else by its JSON text."""
@@ -147,9 +153,12 @@ class Planner:
                     else {}
                 )
             except ArgumentError as exc:
-                plan.local.append(error(message["id"], INVALID_PARAMS, str(exc)))
+                plan.local.append(invalid_params(message["id"], str(exc), exc.argument))
                 continue
             verdict = await self.decider.decide(caller, upstream, method, kind, name, context)
+            if verdict.refused:  # the PDP will not decide the call as asked: bad params
+                plan.local.append(invalid_params(message["id"], verdict.error or ""))
+                continue
             self.metrics.decided(upstream.name, method, verdict.allow)
             if verdict.decision_id:
                 plan.decisions.append(verdict.decision_id)

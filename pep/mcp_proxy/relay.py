@@ -8,15 +8,17 @@ filtered; a JSON answer whole, an SSE answer event by event as it streams. The s
 the upstream opens are kept for the caller that opened them, and forgotten when ended.
 
 An upstream that times out, cannot be reached, refuses the proxy's credential, fails
-(5xx), breaks off, or sends what is not its answer (bad JSON, over the size limit) leaves
-each forwarded request answered with a JSON-RPC error (``-32603``), and is counted in
-``tessera_mcp_proxy_upstream_failures_total`` by why.
+(5xx), breaks off, or sends what is not its answer (JSON the proxy cannot read within the
+bounds of :func:`issuer.wire.read_json`, over the size limit) leaves each forwarded
+request answered with a JSON-RPC error (``-32603``), and is counted in
+``tessera_mcp_proxy_upstream_failures_total`` by why. An upstream that refuses a request
+(4xx) without naming its id (``id: null``, or no JSON-RPC at all) has its error given to
+each request it refused, with that request's id.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -25,6 +27,7 @@ from typing import Any
 from cachetools import TTLCache
 from starlette.responses import Response, StreamingResponse
 
+from issuer.wire import WireError, read_json
 from pep.mcp_proxy.answers import DECISION_HEADER, answer, json_error
 from pep.mcp_proxy.config import Upstream
 from pep.mcp_proxy.credentials import CredentialError, Credentials
@@ -40,7 +43,9 @@ from pep.mcp_proxy.headers import (
 )
 from pep.mcp_proxy.jsonrpc import (
     UPSTREAM_ERROR,
+    Message,
     SseTooLarge,
+    SseUnreadable,
     dumps,
     error,
     has_event_id,
@@ -181,11 +186,15 @@ class Relay:
         if response.status >= 500 and payload is not None:
             reason = f"upstream {upstream.name!r} failed"
             return self._failed(upstream, payload, plan, "5xx", reason)
+        if 400 <= response.status < 500 and payload is not None:
+            refused = self._refused(upstream, payload, plan, response.status, raw, returned)
+            if refused is not None:
+                return refused
         if kind == "application/json" and (plan.filters or plan.local) and raw:
             try:
-                parsed = json.loads(raw)
-            except ValueError:
-                reason = f"upstream {upstream.name!r} sent bad JSON"
+                parsed = read_json(raw)
+            except WireError as exc:
+                reason = f"upstream {upstream.name!r} sent an answer the proxy cannot read ({exc})"
                 return self._failed(upstream, payload, plan, "bad_json", reason)
             rewritten = await self._rewrite_all(upstream, caller, plan, parsed)
             return answer(response.status, dumps(rewritten), plan.decisions, returned)
@@ -262,6 +271,8 @@ class Relay:
             log.warning("upstream %s: the stream broke off", upstream.name)
         except SseTooLarge:
             why, resumable = "sent an event over the size limit", False
+        except SseUnreadable as exc:
+            why, resumable = str(exc), False
         finally:
             await events.aclose()
             await response.aclose()
@@ -289,6 +300,40 @@ class Relay:
         rewritten = await self._rewrite_all(upstream, caller, plan, answered)
         return answer(200, dumps(rewritten), plan.decisions)
 
+    def _refused(
+        self,
+        upstream: Upstream,
+        payload: Any,
+        plan: Plan,
+        status: int,
+        raw: bytes,
+        headers: dict[str, str],
+    ) -> Response | None:
+        """An upstream's 4xx answer that names no request (a JSON-RPC error with ``id:
+        null``, as the Streamable HTTP transport allows, or no JSON-RPC at all) given to
+        each request forwarded, with its own id and the upstream's status; None when the
+        answer names its requests, or none was forwarded."""
+        sent = payload if isinstance(payload, list) else [payload]
+        requests = [m for m in sent if is_request(m)]
+        try:
+            said = read_json(raw) if raw else None
+        except WireError:
+            said = None
+        if not requests or isinstance(said, list) or _names_an_id(said):
+            return None
+        said_error: Any = said.get("error") if isinstance(said, dict) else None
+        if _is_error_object(said_error):
+            kept = {k: said_error[k] for k in ("code", "message", "data") if k in said_error}
+        else:
+            reason = f"upstream {upstream.name!r} refused the request (HTTP {status})"
+            kept = {"code": UPSTREAM_ERROR, "message": reason}
+        answers: list[Message] = [
+            *plan.local,
+            *({"jsonrpc": "2.0", "id": m["id"], "error": kept} for m in requests),
+        ]
+        body: Any = answers if isinstance(payload, list) or len(answers) > 1 else answers[0]
+        return answer(status, dumps(body), plan.decisions, headers)
+
     def _failed(
         self, upstream: Upstream, payload: Any, plan: Plan, why: str, reason: str
     ) -> Response:
@@ -302,6 +347,21 @@ class Relay:
             return json_error(502, None, UPSTREAM_ERROR, reason)
         body: Any = answers if isinstance(payload, list) or len(answers) > 1 else answers[0]
         return answer(200, dumps(body), plan.decisions)
+
+
+def _names_an_id(message: Any) -> bool:
+    """Whether ``message`` is a JSON-RPC answer to a request it names by id."""
+    return isinstance(message, dict) and message.get("id") is not None
+
+
+def _is_error_object(value: Any) -> bool:
+    """Whether ``value`` is a JSON-RPC error object (JSON-RPC 2.0 §5.1): an integer code
+    and a string message."""
+    return (
+        isinstance(value, dict)
+        and type(value.get("code")) is int
+        and isinstance(value.get("message"), str)
+    )
 
 
 async def _chunks(response: UpstreamResponse) -> AsyncIterator[bytes]:

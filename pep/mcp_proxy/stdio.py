@@ -13,9 +13,15 @@ nothing, and could answer a request made during another's call). The server's
 notifications are dropped, so a request's progress token is not passed on (callers'
 tokens may collide).
 
+Each line the server writes is read within the bounds every JSON the proxy reads is held
+to (:func:`issuer.wire.read_json`: at most 64 levels deep, among others) and of at most
+:data:`LINE_LIMIT` bytes. A line that is not JSON at all (a stray log line: the stdio
+transport forbids them, but servers print) is skipped; a message beyond the bounds cannot
+be matched to its call, so it stops the process like a line over the limit.
+
 A process that exits, or that can no longer be read or written (a pipe closed, a message
-over the limit), is killed and fails its calls in flight, and the next call starts
-another; a call unanswered within the upstream's timeout fails alone.
+over the limit or beyond the bounds), is killed and fails its calls in flight, and the
+next call starts another; a call unanswered within the upstream's timeout fails alone.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
+from issuer.wire import NotJson, TooDeep, TooLong, read_json
 from pep.errors import PepError
 
 log = logging.getLogger("tessera.mcp_proxy")
@@ -95,9 +102,13 @@ class StdioUpstream:
                 if not line:
                     break
                 try:
-                    message = json.loads(line)
-                except (ValueError, RecursionError):
-                    continue
+                    message = read_json(line)
+                except NotJson as exc:
+                    if not _unreadable_message(line, exc):
+                        continue  # not a message: a stray log line, say
+                    reason = f"sent a message the proxy cannot read ({exc})"
+                    log.warning("stdio upstream %s; stopping it", reason)
+                    break
                 if not isinstance(message, dict):
                     continue
                 if "method" in message:
@@ -226,6 +237,13 @@ def _unprogressed(message: dict[str, Any]) -> dict[str, Any]:
         return message
     meta = {k: v for k, v in meta.items() if k != "progressToken"}
     return {**message, "params": {**params, "_meta": meta}}
+
+
+def _unreadable_message(line: bytes, refused: NotJson) -> bool:
+    """Whether a line :func:`read_json` refused is a message beyond its bounds (nested too
+    deep, a number too long, or an object it cannot read) rather than a line of text: a
+    message's answer is lost with it, so the stream cannot be trusted on."""
+    return isinstance(refused, TooDeep | TooLong) or line.lstrip().startswith(b"{")
 
 
 def _same_id(a: Any, b: Any) -> bool:

@@ -16,8 +16,9 @@ names the agent acting for ``sub``; a token whose ``agent_id`` is its ``sub`` is
 acting alone; a user's own token (``may_act``) must be exchanged by its agent first. The
 proxy sees no client certificate, so a certificate-bound token (RFC 8705) is refused.
 
-Revocation: with the store's revocations at hand (local decisions), a revoked JWT is
-refused at once, remembered or not; else, with a client to introspect as, the issuer is
+Revocation: with the store's revocations at hand (local decisions), a revoked JWT, or
+one exchanged from a revoked token or grant (its ``lineage``), is refused at once,
+remembered or not; else, with a client to introspect as, the issuer is
 asked each time a JWT is verified (once per ``keep`` seconds, the time a verified JWT is
 remembered), and a token it cannot ask about is refused.
 """
@@ -35,6 +36,7 @@ import httpx
 import jwt
 
 from issuer.keys import PublicKey
+from issuer.oauth.revocation import revocable_ids
 from issuer.verify import Caller as Caller
 from issuer.verify import Memory, Reason, Refusal, Revocation, Verifier
 from pep.errors import PepError
@@ -165,10 +167,11 @@ class ResourceServer:
         return found
 
     async def _revoked_here(self, token: str, who: Caller) -> Refusal | None:
-        """Revoked, by the store's revocations (local decisions)."""
+        """Revoked, by the store's revocations (local decisions): the token itself, or a
+        token or grant it came from (its lineage); a malformed lineage is refused."""
         assert self.revoked is not None
-        jti = str(who.claims.get("jti", ""))
-        if jti and self.revoked(jti):
+        ids = revocable_ids(who.claims)
+        if ids is None or any(self.revoked(id_) for id_ in ids if id_):
             return Refusal(Reason.REVOKED, "the token was revoked")
         return None
 

@@ -22,7 +22,7 @@ import pytest
 
 from issuer.store import AuditEntry, Store, open_store
 from pdp.audit.query import entries, verify_trail
-from pdp.audit.writer import AuditWriter
+from pdp.audit.writer import QUEUE_BYTES, RECORD_BYTES, AuditWriter
 from pdp.engine import Engine
 from pdp.loader import load_directory
 from pdp.serve.proto import authorizer_pb2 as pb
@@ -38,8 +38,14 @@ WAIT = 10.0  # seconds: the bound on every wait in these tests
 class Audited(Server):
     """The decision service on 127.0.0.1 with every decision recorded on ``store``."""
 
-    def __init__(self, store: Store, durability: str, queue_size: int = 10_000) -> None:
-        self.writer = AuditWriter(store, queue_size)
+    def __init__(
+        self,
+        store: Store,
+        durability: str,
+        queue_size: int = 10_000,
+        queue_bytes: int = QUEUE_BYTES,
+    ) -> None:
+        self.writer = AuditWriter(store, queue_size, queue_bytes=queue_bytes)
         super().__init__(Engine(BUNDLE), audit=self.writer, durability=durability)
         self.stub = pb_grpc.AuthorizerStub(self.channel)  # type: ignore[no-untyped-call]
 
@@ -49,8 +55,10 @@ class Audited(Server):
 
 
 @contextmanager
-def serving(store: Store, durability: str, queue_size: int = 10_000) -> Iterator[Audited]:
-    server = Audited(store, durability, queue_size)
+def serving(
+    store: Store, durability: str, queue_size: int = 10_000, queue_bytes: int = QUEUE_BYTES
+) -> Iterator[Audited]:
+    server = Audited(store, durability, queue_size, queue_bytes)
     try:
         yield server
     finally:
@@ -260,7 +268,7 @@ def test_with_async_durability_every_record_arrives_within_a_bounded_wait(
 def test_the_chain_verifies_after_200_mixed_concurrent_decisions(store: Store) -> None:
     singles = [ALLOWED, SUSPENDED, UNKNOWN_TOOL, WITH_CONSENT, transfer("900")] * 24  # 120
     batches = [[ALLOWED, transfer("50"), SUSPENDED, UNKNOWN_TOOL]] * 20  # 80
-    with serving(store, "async", queue_size=64) as server, ThreadPoolExecutor(8) as pool:
+    with serving(store, "async") as server, ThreadPoolExecutor(8) as pool:
 
         def authorize(request: Any) -> list[Any]:
             return [server.stub.Authorize(request, timeout=WAIT)]
@@ -282,27 +290,86 @@ def test_the_chain_verifies_after_200_mixed_concurrent_decisions(store: Store) -
     assert all(len(found[r.decision_id]) == 1 for r in responses)
 
 
-def test_a_full_audit_queue_makes_decisions_wait_and_drops_none(
+def test_with_sync_durability_a_full_audit_queue_makes_decisions_wait_and_drops_none(
     store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     SlowAppends(store, monkeypatch, delay=0.02)
-    with serving(store, "async", queue_size=2) as server, ThreadPoolExecutor(8) as pool:
+    with serving(store, "sync", queue_size=2) as server, ThreadPoolExecutor(8) as pool:
         waited: list[str] = []  # submit() is called only when the queue had no room
         submit = server.writer.submit
 
-        def waiting_submit(trail: str, record: Any) -> Future[int]:
+        def waiting_submit(trail: str, record: Any, **options: Any) -> Future[int]:
             built = record() if callable(record) else record  # records come as factories
             waited.append(built["decision_id"])
-            return submit(trail, record)
+            return submit(trail, record, **options)
 
         monkeypatch.setattr(server.writer, "submit", waiting_submit)
         calls = [pool.submit(server.stub.Authorize, ALLOWED, timeout=WAIT) for _ in range(24)]
         responses = [done.result(WAIT) for done in calls]
         wait_for(store, 24)
     assert waited, "no decision found the queue full"
+    assert server.writer.dropped == 0
     found = by_decision(store)
     assert all(len(found[r.decision_id]) == 1 for r in responses)
     assert verify_trail(store, "agent") == (24, [])
+
+
+def test_with_async_durability_a_full_audit_queue_drops_records_counted_and_logged(
+    store: Store, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    slow = SlowAppends(store, monkeypatch)  # nothing commits until released
+    with serving(store, "async", queue_size=2) as server:
+        responses = [server.stub.Authorize(ALLOWED, timeout=WAIT) for _ in range(8)]
+        assert all(r.allow for r in responses)  # every call is answered at once
+        dropped = server.writer.dropped
+        exposed = server.running.point.metrics.registry.get_sample_value(
+            "tessera_audit_dropped_total"
+        )
+        slow.released.set()
+        server.writer.flush(WAIT)
+    # kept: the two records the queue holds, and the batch (of at most two) the writer
+    # took before its commit stalled
+    assert 8 - 4 <= dropped <= 8 - 2
+    assert exposed == dropped
+    kept = verify_trail(store, "agent")[0]
+    assert kept == 8 - dropped
+    assert verify_trail(store, "agent") == (kept, [])
+    warnings = [r for r in caplog.records if r.name == "tessera.audit"]
+    assert len(warnings) == 1  # one line, not one per record
+    assert "the audit queue is full" in warnings[0].getMessage()
+
+
+def test_the_queue_weighs_each_record_by_the_size_of_its_request(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    large = call("search", **{f"n{n}": pb.Value(string="x" * 1_000) for n in range(60)})
+    slow = SlowAppends(store, monkeypatch)  # nothing commits until released
+    with serving(store, "async", queue_bytes=150_000) as server:
+        small = [server.stub.Authorize(ALLOWED, timeout=WAIT) for _ in range(6)]
+        assert server.writer.dropped == 0  # six small records weigh little
+        slow.released.set()
+        server.writer.flush(WAIT)
+        slow.released.clear()
+        server.stub.Authorize(ALLOWED, timeout=WAIT)  # taken by the writer, then held
+        wait_until_taken(server.writer)
+        answered = [server.stub.Authorize(large, timeout=WAIT) for _ in range(6)]
+        queued = server.writer.weight()
+        dropped = server.writer.dropped
+        slow.released.set()
+        server.writer.flush(WAIT)
+    assert all(r.allow for r in [*small, *answered])
+    size = large.ByteSize() + RECORD_BYTES
+    assert dropped == 6 - (150_000 // size + 1)  # the queue took what fitted, then no more
+    assert queued == (6 - dropped) * size
+    assert verify_trail(store, "agent") == (6 + 1 + 6 - dropped, [])
+
+
+def wait_until_taken(writer: AuditWriter) -> None:
+    """Until the writer has taken everything queued into its (held) commit."""
+    deadline = time.monotonic() + WAIT
+    while writer.depth():
+        assert time.monotonic() < deadline, "the writer took nothing"
+        time.sleep(0.01)
 
 
 def test_a_sync_call_whose_client_gives_up_is_still_recorded_and_auditing_goes_on(

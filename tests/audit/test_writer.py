@@ -1,4 +1,6 @@
-"""The audit writer: chained, ordered, group-committed, never dropping a record.
+"""The audit writer: chained, ordered, group-committed, bounded in records and bytes;
+at its bound a caller waits (backpressure) or, with ``offer_or_drop``, the record is
+dropped, counted and logged.
 
 Each test runs on SQLite and PostgreSQL. A store's ``append_audit`` is wrapped where a
 test needs to hold a commit back, count commits or make one fail.
@@ -45,8 +47,10 @@ def quick_retries(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @contextmanager
-def writing(store: Store, queue_size: int = 10_000) -> Iterator[AuditWriter]:
-    writer = AuditWriter(store, queue_size)
+def writing(
+    store: Store, queue_size: int = 10_000, queue_bytes: int = writer_module.QUEUE_BYTES
+) -> Iterator[AuditWriter]:
+    writer = AuditWriter(store, queue_size, queue_bytes=queue_bytes)
     try:
         yield writer
     finally:
@@ -334,6 +338,56 @@ def test_a_full_queue_makes_submit_wait_and_nothing_is_dropped(
         assert results([first, second, *waited]) == [1, 2, 3]
     assert stored(store) == [(1, record(0)), (2, record(1)), (3, record(2))]
     assert verify_trail(store, "agent") == (3, [])
+
+
+def test_the_queue_is_full_by_bytes_before_it_is_full_by_records(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    appends = Wrapped(store, monkeypatch, gated=True)
+    with writing(store, queue_size=10_000, queue_bytes=3_000) as writer:
+        first = appends.hold_first_commit(writer)  # taken by the writer: weighs nothing now
+        assert writer.offer("agent", record(1), 2_000)
+        assert writer.offer("agent", record(2), 2_000)  # room was left: it is taken whole
+        assert writer.weight() == 4_000
+        assert not writer.offer("agent", record(99), 10)  # two records, but 4,000 bytes
+        assert writer.submit_nowait("agent", record(99), 10) is None
+
+        waited: list[Future[int]] = []
+        blocked = threading.Thread(
+            target=lambda: waited.append(writer.submit("agent", record(3), weight=10))
+        )
+        blocked.start()
+        blocked.join(0.3)
+        assert blocked.is_alive(), "submit returned although the queue was full"
+
+        appends.released.set()
+        blocked.join(WAIT)
+        assert not blocked.is_alive()
+        assert results([first, *waited]) == [1, 4]
+        writer.flush(WAIT)
+        assert writer.weight() == 0
+    assert [r["n"] for _, r in stored(store)] == [0, 1, 2, 3]
+    assert verify_trail(store, "agent") == (4, [])
+
+
+def test_a_record_dropped_at_the_bound_is_counted_and_logged_once_per_interval(
+    store: Store, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    appends = Wrapped(store, monkeypatch, gated=True)
+    with writing(store, queue_size=1) as writer:
+        appends.hold_first_commit(writer)
+        assert writer.offer_or_drop("agent", record(1))
+        assert not writer.offer_or_drop("agent", record(2))
+        assert not writer.offer_or_drop("agent", record(3))
+        assert writer.dropped == 2
+        appends.released.set()
+        writer.flush(WAIT)
+    assert [r["n"] for _, r in stored(store)] == [0, 1]  # the chain has no gap
+    assert verify_trail(store, "agent") == (2, [])
+    lines = [r.getMessage() for r in caplog.records if r.name == "tessera.audit"]
+    assert len(lines) == 1
+    assert "the audit queue is full" in lines[0]
+    assert "dropped 1 record(s) for the agent trail since the last warning, 1 in all" in lines[0]
 
 
 # ------------------------------------------------------------------ failures

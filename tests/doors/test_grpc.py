@@ -107,4 +107,4 @@ def test_the_bytes_of_an_answer_parse_as_its_response(cacheable: bool) -> None:
 
 def test_bytes_that_are_not_a_request_are_refused_naming_the_message() -> None:
     with pytest.raises(RequestError, match=r"not a tessera\.v1\.AuthorizeRequest"):
-        parsed(b"\xff\xff\xff")
+        parsed(b"\xff\xff\xff", pb.AuthorizeRequest)

@@ -87,19 +87,19 @@ def test_a_key_trades_for_a_short_lived_agent_token_narrowed_to_its_scope(
     assert trade(oauth, key, scope="write").json()["error"] == "invalid_scope"
 
 
-def test_a_revoked_an_expired_a_wrong_or_a_malformed_key_is_invalid_grant(
+def test_a_revoked_an_expired_a_wrong_or_a_malformed_key_is_invalid_request(
     oauth: OAuthService,
 ) -> None:
     agent = oauth.add_agent()
     created = new_key(oauth, agent).json()
     key = created["api_key"]
     wrong = key[:-4] + ("AAAA" if not key.endswith("AAAA") else "BBBB")
-    assert trade(oauth, wrong).json()["error"] == "invalid_grant"
-    assert trade(oauth, "not-a-key").json()["error"] == "invalid_grant"
+    assert trade(oauth, wrong).json()["error"] == "invalid_request"
+    assert trade(oauth, "not-a-key").json()["error"] == "invalid_request"
     gone = oauth.http.delete(f"/oauth/api-keys/{created['id']}", headers=admin(oauth))
     assert gone.status_code == 204
     refused = trade(oauth, key)
-    assert (refused.status_code, refused.json()["error"]) == (400, "invalid_grant")
+    assert (refused.status_code, refused.json()["error"]) == (400, "invalid_request")
     short = new_key(oauth, agent, expires_in=1).json()
     record = oauth.store.find("ApiKey", "key_id", short["id"])
     oauth.store.replace(
@@ -117,12 +117,12 @@ def test_only_low_risk_active_agents_get_or_use_keys(oauth: OAuthService) -> Non
     agent = oauth.add_agent()
     key = new_key(oauth, agent).json()["api_key"]
     set_risk(oauth, agent, "medium")
-    assert trade(oauth, key).json()["error"] == "invalid_grant"
+    assert trade(oauth, key).json()["error"] == "invalid_request"
     refused = new_key(oauth, agent)
     assert (refused.status_code, refused.json()["error"]) == (400, "invalid_request")
     set_risk(oauth, agent, "low")
     oauth.set_agent_status(agent, "suspended")
-    assert trade(oauth, key).json()["error"] == "invalid_grant"
+    assert trade(oauth, key).json()["error"] == "invalid_request"
 
 
 def test_managing_keys_needs_the_admin_token(oauth: OAuthService) -> None:

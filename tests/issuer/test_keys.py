@@ -213,12 +213,56 @@ def test_a_rotation_elsewhere_signs_and_is_published_once_the_keys_are_stale(
 
 
 def test_a_retired_key_leaves_the_jwks_once_published_for_has_passed(store: Store) -> None:
-    ring = KeyRing(store, published_for=0.0)
+    ring = KeyRing(store, published_for=0.0, margin=0.0)
     old = ring.signing_key().kid
     new = ring.rotate().kid
     assert kids(ring) == [new]
     assert ring.key(old) is None
     assert ring.key(new) is not None
+
+
+def test_a_retired_key_stays_published_past_the_tokens_a_stale_process_signs_with_it(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A process that read the keys just before a rotation elsewhere signs with the
+    retired key until it reads them again; those tokens expire a token lifetime later and
+    verifiers take them VERIFY_LEEWAY past that: the key stays published until then."""
+    lifetime = 300
+    stale = KeyRing(store, published_for=lifetime)
+    monkeypatch.setattr(keys, "RELOAD_SECONDS", 3600.0)  # it does not read them again
+    rotating = KeyRing(store, published_for=lifetime)
+    old = stale.signing_key()
+    rotating.rotate()
+    signed_at = time.time()
+    assert stale.signing_key().kid == old.kid
+    retired = rotating.key(old.kid)
+    assert retired is not None and retired.retired is not None
+    until = rotating.published_until(retired)
+    assert until is not None
+    last_accepted = signed_at + lifetime + keys.VERIFY_LEEWAY
+    assert until.timestamp() >= last_accepted
+    assert rotating.published_until(rotating.signing_key()) is None
+
+
+def test_a_kid_made_elsewhere_a_moment_ago_is_known_at_once(store: Store) -> None:
+    """Another replica rotated and signs with the new key; this ring read the store just
+    before: the unknown kid reads it again rather than refusing for up to a second."""
+    ring = KeyRing(store)
+    new = KeyRing(store).rotate()
+    found = ring.key(new.kid)
+    assert found is not None and found.kid == new.kid
+
+
+def test_unknown_kids_read_the_store_at_most_every_unknown_kid_seconds(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(keys, "UNKNOWN_KID_SECONDS", 3600.0)
+    ring = KeyRing(store)
+    assert ring.key("junk-1") is None  # read the store
+    new = KeyRing(store).rotate()
+    assert ring.key(new.kid) is None  # not read again so soon
+    ring.load()
+    assert ring.key(new.kid) is not None
 
 
 def test_an_unknown_kid_is_no_key(store: Store) -> None:

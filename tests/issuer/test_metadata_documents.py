@@ -109,6 +109,12 @@ def test_a_document_over_the_size_limit_is_refused(documents: Documents) -> None
         MetadataDocuments().client(url)
 
 
+def test_a_document_nested_too_deeply_is_refused(documents: Documents) -> None:
+    url = documents.publish("/deep.json", b"[" * 2000 + b"]" * 2000)  # within 5 KiB
+    with pytest.raises(OAuthError, match="is not JSON"):
+        MetadataDocuments().client(url)
+
+
 def test_the_authorization_endpoint_accepts_a_url_client_and_refuses_a_broken_one(
     oauth: OAuthService, documents: Documents
 ) -> None:

@@ -219,7 +219,7 @@ def test_the_certificate_header_is_ignored_from_a_peer_that_is_not_a_trusted_pro
         assert (forged.status_code, forged.json()["error"]) == (401, "invalid_client")
 
 
-def test_a_bound_token_handed_to_a_token_exchange_without_its_certificate_is_invalid_grant(
+def test_a_bound_token_handed_to_a_token_exchange_without_its_certificate_is_invalid_request(
     proxied: OAuthService,
 ) -> None:
     cert, key = self_signed("bot")
@@ -249,5 +249,5 @@ def test_a_bound_token_handed_to_a_token_exchange_without_its_certificate_is_inv
         },
         auth=(other["client_id"], other["client_secret"]),
     )
-    assert (stolen.status_code, stolen.json()["error"]) == (400, "invalid_grant")
+    assert (stolen.status_code, stolen.json()["error"]) == (400, "invalid_request")
     assert "bound to another certificate" in stolen.json()["error_description"]

@@ -26,7 +26,9 @@ from authlib.oauth2.rfc7523 import PrivateKeyJWT  # type: ignore[import-untyped]
 from cryptography.hazmat.primitives import serialization
 from joserfc import jwk as joserfc_jwk
 
+from issuer import wire
 from issuer.keys import thumbprint
+from issuer.oauth.bodies import MAX_BODY
 from issuer.oauth.client_auth import JWT_BEARER
 from tests.issuer.oauth_server import (
     ClientKey,
@@ -35,6 +37,7 @@ from tests.issuer.oauth_server import (
     ShortPrivateKeyJWT,
     oauth_service,
 )
+from tests.servers import send_raw
 from tests.stores import BACKENDS
 
 RESOURCE = "https://api.example.com/payments"
@@ -174,6 +177,58 @@ def test_metadata_states_the_grant_and_the_client_authentication_methods(
         *AUTH_METHODS,
         *mutual_tls,
     }
+
+
+def test_metadata_says_tokens_of_mutual_tls_clients_are_certificate_bound(
+    oauth: OAuthService,
+) -> None:
+    """RFC 8705 §3.3: such tokens are issued (``cnf``), so the server says so; its
+    endpoints take mutual TLS where they are, so it names no mtls_endpoint_aliases."""
+    metadata = oauth.http.get("/.well-known/oauth-authorization-server").json()
+    assert metadata["tls_client_certificate_bound_access_tokens"] is True
+    assert "mtls_endpoint_aliases" not in metadata
+
+
+def test_metadata_names_the_assertion_algorithms_of_every_endpoint_taking_private_key_jwt(
+    oauth: OAuthService,
+) -> None:
+    """RFC 8414 §2: ``*_auth_signing_alg_values_supported`` must be present for an endpoint
+    whose methods include private_key_jwt."""
+    metadata = oauth.http.get("/.well-known/oauth-authorization-server").json()
+    token = metadata["token_endpoint_auth_signing_alg_values_supported"]
+    for endpoint in ("token", "introspection", "revocation"):
+        assert "private_key_jwt" in metadata[f"{endpoint}_endpoint_auth_methods_supported"]
+        assert metadata[f"{endpoint}_endpoint_auth_signing_alg_values_supported"] == token
+
+
+def test_metadata_names_exactly_what_tessera_implements(
+    oauth: OAuthService,
+) -> None:
+    metadata = oauth.http.get("/.well-known/oauth-authorization-server").json()
+    assert set(metadata) == {
+        "issuer",
+        "authorization_endpoint",
+        "token_endpoint",
+        "jwks_uri",
+        "registration_endpoint",
+        "introspection_endpoint",
+        "revocation_endpoint",
+        "grant_types_supported",
+        "response_types_supported",
+        "response_modes_supported",
+        "code_challenge_methods_supported",
+        "authorization_response_iss_parameter_supported",  # RFC 9207
+        "client_id_metadata_document_supported",
+        "token_endpoint_auth_methods_supported",
+        "token_endpoint_auth_signing_alg_values_supported",
+        "introspection_endpoint_auth_methods_supported",
+        "introspection_endpoint_auth_signing_alg_values_supported",
+        "revocation_endpoint_auth_methods_supported",
+        "revocation_endpoint_auth_signing_alg_values_supported",
+        "tls_client_certificate_bound_access_tokens",  # RFC 8705 §3.3
+        "access_token_signing_alg_values_supported",
+    }
+    assert metadata["access_token_signing_alg_values_supported"] == ["ES256"]
 
 
 def test_metadata_offers_no_unsigned_or_symmetric_assertion_algorithm(
@@ -365,6 +420,158 @@ def test_registration_refuses_bad_metadata_with_invalid_client_metadata(
     assert registered_for(oauth, agent_id) == []
 
 
+BAD_REDIRECT_URIS = {
+    "a fragment": ["https://app.example.com/cb#top"],
+    "an empty fragment": ["https://app.example.com/cb#"],
+    "relative": ["/cb"],
+    "no host": ["https:///cb"],
+    "http elsewhere than loopback": ["http://app.example.com/cb"],
+    "a private-use scheme that is no domain": ["myapp:/cb"],
+    "a bracketed host that is no address": ["http://[::1/cb"],
+    "one bad among good ones": ["https://app.example.com/cb", "https://app.example.com/x#y"],
+    "not a list": "https://app.example.com/cb",
+    "an empty list": [],
+    "not strings": [42],
+}
+
+
+@pytest.mark.parametrize("token", [True, False], ids=["admin", "open"])
+@pytest.mark.parametrize("case", BAD_REDIRECT_URIS, ids=list(BAD_REDIRECT_URIS))
+def test_registration_refuses_bad_redirect_uris_with_invalid_redirect_uri(
+    oauth: OAuthService, case: str, token: bool
+) -> None:
+    """RFC 7591 §3.2.2; the rules are OAuth 2.1 §2.3.1's and RFC 8252's (see docs)."""
+    before = len(oauth.store.list("Client"))
+    metadata = {
+        "token_endpoint_auth_method": "none",
+        "grant_types": ["authorization_code"],
+        "redirect_uris": BAD_REDIRECT_URIS[case],
+    }
+    response = oauth.register(metadata) if token else oauth.register(metadata, token=None)
+    expect_error(response, 400, "invalid_redirect_uri")
+    assert len(oauth.store.list("Client")) == before
+
+
+@pytest.mark.parametrize(
+    "uri",
+    [
+        "https://app.example.com/cb?x=1",
+        "http://127.0.0.1:9999/cb",
+        "http://[::1]:9999/cb",
+        "http://localhost/cb",
+        "com.example.app:/oauth2redirect",
+    ],
+)
+def test_registration_takes_redirect_uris_within_the_rules(oauth: OAuthService, uri: str) -> None:
+    metadata = {
+        "token_endpoint_auth_method": "none",
+        "grant_types": ["authorization_code"],
+        "redirect_uris": [uri],
+    }
+    response = oauth.register(metadata, token=None)
+    assert response.status_code == 201, response.text
+    assert response.json()["redirect_uris"] == [uri]
+
+
+def test_an_authorization_code_client_without_redirect_uris_is_invalid_client_metadata(
+    oauth: OAuthService,
+) -> None:
+    metadata = {"token_endpoint_auth_method": "none", "grant_types": ["authorization_code"]}
+    expect_error(oauth.register(metadata, token=None), 400, "invalid_client_metadata")
+
+
+def test_a_jwks_uri_that_is_no_url_is_invalid_client_metadata(oauth: OAuthService) -> None:
+    agent_id = oauth.add_agent()
+    for uri in ("https://[agent/jwks", "https://agent.example.com:port/jwks"):
+        metadata = {**_jwks_uri(agent_id), "jwks_uri": uri, "grant_types": ["client_credentials"]}
+        expect_error(oauth.register(metadata), 400, "invalid_client_metadata")
+    assert registered_for(oauth, agent_id) == []
+
+
+# ---------------------------------------------------------------- bodies within bounds
+
+DEEP = b'{"a":' * 1000 + b"1" + b"}" * 1000  # nested a thousand levels
+NOT_JSON = {  # each body, and what the answer says of it
+    "nested a thousand levels": (DEEP, "the document nests deeper than 64 levels"),
+    "a lone surrogate": (b'{"client_name": "\\ud800"}', "the document is not JSON"),
+    "cut short": (b'{"client_name": ', "the document is not JSON"),
+}
+
+
+@pytest.mark.parametrize(("body", "says"), NOT_JSON.values(), ids=list(NOT_JSON))
+def test_a_registration_that_is_not_json_within_bounds_is_invalid_client_metadata(
+    oauth: OAuthService, body: bytes, says: str
+) -> None:
+    before = len(oauth.store.list("Client"))
+    response = oauth.http.post(
+        "/oauth/register",
+        content=body,
+        headers={"Authorization": f"Bearer {oauth.token}", "Content-Type": "application/json"},
+    )
+    error = expect_error(response, 400, "invalid_client_metadata")
+    assert error["error_description"].startswith(says)
+    assert len(oauth.store.list("Client")) == before
+
+
+@pytest.mark.parametrize(("body", "says"), NOT_JSON.values(), ids=list(NOT_JSON))
+def test_an_api_key_request_that_is_not_json_within_bounds_is_invalid_request(
+    oauth: OAuthService, body: bytes, says: str
+) -> None:
+    before = len(oauth.store.list("ApiKey"))
+    response = oauth.http.post(
+        "/oauth/api-keys", content=body, headers={"Authorization": f"Bearer {oauth.token}"}
+    )
+    assert expect_error(response, 400, "invalid_request")["error_description"].startswith(says)
+    assert len(oauth.store.list("ApiKey")) == before
+
+
+@pytest.mark.parametrize("path", ["/oauth/register", "/oauth/api-keys", "/oauth/token"])
+def test_a_body_over_64_kib_is_413_invalid_request(oauth: OAuthService, path: str) -> None:
+    body = b"scope=" + b"a" * MAX_BODY
+    kind = "application/x-www-form-urlencoded" if path == "/oauth/token" else "application/json"
+    headers = {"Authorization": f"Bearer {oauth.token}", "Content-Type": kind}
+    response = oauth.http.post(path, content=body, headers=headers)
+    error = expect_error(response, 413, "invalid_request")
+    assert error["error_description"] == f"the body is larger than {MAX_BODY} bytes"
+
+
+@pytest.mark.parametrize("path", ["/oauth/register", "/oauth/token"])
+def test_a_body_that_does_not_arrive_in_time_is_408_invalid_request(
+    oauth: OAuthService, monkeypatch: pytest.MonkeyPatch, path: str
+) -> None:
+    monkeypatch.setattr(wire, "READ_TIMEOUT", 0.5)
+    head = (
+        f"POST {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {oauth.token}\r\n"
+        "Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 100\r\n\r\n"
+    )
+    answer = send_raw(int(oauth.issuer.rsplit(":", 1)[1]), head.encode() + b"grant_type=")
+    status, _, rest = answer.partition(b"\r\n")
+    assert status == b"HTTP/1.1 408 Request Timeout", answer
+    error = json.loads(rest.partition(b"\r\n\r\n")[2])
+    assert error == {
+        "error": "invalid_request",
+        "error_description": "the body did not arrive within 0.5 seconds",
+    }
+
+
+DEEP_JWT = f"{b64url(b'[' * 5000 + b']' * 5000)}.e30.AAAA"  # a header nested 5,000 deep
+
+
+def test_a_deeply_nested_token_is_inactive(oauth: OAuthService) -> None:
+    assert oauth.introspect(DEEP_JWT) == {"active": False}  # RFC 7662 §2.2
+
+
+def test_a_deeply_nested_client_assertion_is_401_invalid_client(oauth: OAuthService) -> None:
+    error = expect_error(assertion_request(oauth, DEEP_JWT), 401, "invalid_client")
+    assert error["error_description"] == "the client assertion is not a JWT"
+
+
+def test_a_deeply_nested_admin_token_is_401_invalid_token(oauth: OAuthService) -> None:
+    header = f"{b64url(b'[' * 3000 + b']' * 3000)}.e30.AAAA"  # within the head's 16 KiB
+    response = oauth.http.get("/oauth/api-keys", headers={"Authorization": f"Bearer {header}"})
+    expect_error(response, 401, "invalid_token")
+
+
 # ---------------------------------------------------------------- client_credentials
 
 
@@ -517,13 +724,25 @@ def test_authlib_reports_invalid_scope(oauth: OAuthService) -> None:
 
 
 @pytest.mark.parametrize(
-    "resource", ["/payments", "api.example.com/payments", "https://api.example.com/#frag"]
+    "resource",
+    [
+        "/payments",
+        "api.example.com/payments",
+        "https://api.example.com/#frag",
+        "https://api.example.com/#",
+        "https://[api.example.com/",
+    ],
 )
 def test_a_resource_that_is_not_an_absolute_uri_without_fragment_is_invalid_target(
     oauth: OAuthService, resource: str
 ) -> None:
     response = basic_token_request(oauth, oauth.secret_client(), resource=resource)
     expect_error(response, 400, "invalid_target")  # RFC 8707 §2
+
+
+def test_a_client_id_that_is_a_broken_url_is_an_unknown_client(oauth: OAuthService) -> None:
+    response = token_request(oauth, client_id="https://[app.example.com/client")
+    expect_error(response, 401, "invalid_client")
 
 
 def test_an_unknown_grant_type_is_unsupported_grant_type(oauth: OAuthService) -> None:

@@ -8,6 +8,7 @@ exactly as it was (no resource changed, no entry added to the change log).
 from __future__ import annotations
 
 import copy
+import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -16,9 +17,11 @@ from typing import Any
 import httpx
 import pytest
 
+from issuer import wire
 from issuer.hashing import verify_password
 from issuer.models import AGENT_EXTENSION, AGENT_SCHEMA, MAX_RESULTS
 from tests.issuer.conftest import Service, unique
+from tests.servers import send_raw
 
 EXT = AGENT_EXTENSION
 ERROR = "urn:ietf:params:scim:api:messages:2.0:Error"
@@ -340,6 +343,54 @@ def test_a_body_over_one_mebibyte_is_413(service: Service) -> None:
     with untouched(service):
         response = service.client.post("/Agents", json=payload)
     assert_error(response, 413)
+
+
+DEEP = b'{"a":' * 1000 + b"1" + b"}" * 1000  # nested a thousand levels
+LONE_SURROGATE = b'{"schemas": ["' + USER.encode() + b'"], "userName": "\\ud800"}'
+BODY_ENDPOINTS = [
+    ("POST", "/Agents"),
+    ("POST", "/Users"),
+    ("PUT", "/Users/{id}"),
+    ("PATCH", "/Users/{id}"),
+    ("POST", "/Users/.search"),
+    ("POST", "/.search"),
+]
+
+
+@pytest.mark.parametrize(("method", "path"), BODY_ENDPOINTS)
+@pytest.mark.parametrize("body", [DEEP, LONE_SURROGATE], ids=["deep", "lone-surrogate"])
+def test_a_body_that_is_not_json_within_bounds_is_400_invalid_syntax(
+    service: Service, method: str, path: str, body: bytes
+) -> None:
+    user = new_user(service)
+    with untouched(service):
+        response = service.client.request(
+            method,
+            path.format(id=user["id"]),
+            content=body,
+            headers={"content-type": MEDIA_TYPE},
+        )
+    assert_error(response, 400, "invalidSyntax")
+    assert "Error" not in response.json()["detail"]  # no exception's name
+
+
+def test_a_body_that_does_not_arrive_in_time_is_408(
+    service: Service, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(wire, "READ_TIMEOUT", 0.5)
+    port = int(service.url.rsplit(":", 1)[1])
+    head = (
+        "POST /scim/v2/Agents HTTP/1.1\r\nHost: x\r\n"
+        f"Authorization: Bearer {service.token}\r\n"
+        f"Content-Type: {MEDIA_TYPE}\r\nContent-Length: 100\r\n\r\n"
+    )
+    with untouched(service):
+        answer = send_raw(port, head.encode() + b'{"name": ')
+    status, _, rest = answer.partition(b"\r\n")
+    assert status == b"HTTP/1.1 408 Request Timeout", answer
+    error = json.loads(rest.partition(b"\r\n\r\n")[2])
+    assert (error["status"], error.get("scimType")) == ("408", None)
+    assert "did not arrive within 0.5 seconds" in error["detail"]
 
 
 @pytest.mark.parametrize(

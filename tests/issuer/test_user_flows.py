@@ -27,11 +27,14 @@ import httpx
 import pytest
 from authlib.integrations.httpx_client import OAuth2Client  # type: ignore[import-untyped]
 
+from issuer import wire
 from issuer.hashing import hash_password
 from issuer.oauth.authorize import SESSION_COOKIE
+from issuer.oauth.bodies import MAX_BODY
 from issuer.oauth.grants import Exchange
 from tests.issuer.conftest import TIMEOUT, unique
 from tests.issuer.oauth_server import OAuthService, Registered, oauth_service
+from tests.servers import send_raw
 from tests.stores import BACKENDS
 
 RESOURCE = "https://api.example.com/"
@@ -797,6 +800,30 @@ def test_a_failed_sign_in_is_a_401_login_page_and_no_session(
     assert request_id(response, "/oauth/login") == pending
 
 
+@pytest.mark.parametrize("path", ["/oauth/login", "/oauth/consent"])
+def test_a_form_over_64_kib_is_a_413_page_and_no_session(
+    service: Service, browser: httpx.Client, path: str
+) -> None:
+    response = browser.post(path, data={"request": "r", "password": "a" * MAX_BODY})
+    assert "larger than 65536 bytes" in expect_page(response, 413)
+    assert not browser.cookies
+
+
+@pytest.mark.parametrize("path", ["/oauth/login", "/oauth/consent"])
+def test_a_form_that_does_not_arrive_in_time_is_a_408_page(
+    service: Service, monkeypatch: pytest.MonkeyPatch, path: str
+) -> None:
+    monkeypatch.setattr(wire, "READ_TIMEOUT", 0.5)
+    head = (
+        f"POST {path} HTTP/1.1\r\nHost: x\r\n"
+        "Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 100\r\n\r\n"
+    )
+    answer = send_raw(int(service.issuer.rsplit(":", 1)[1]), head.encode() + b"request=")
+    assert answer.startswith(b"HTTP/1.1 408 Request Timeout\r\n"), answer
+    assert b"text/html" in answer.partition(b"\r\n\r\n")[0]
+    assert b"did not arrive within 0.5 seconds" in answer
+
+
 def test_the_user_name_is_matched_without_case(service: Service, browser: httpx.Client) -> None:
     user, app = service.add_user(), service.add_app()
     shouted = User(user.id, user.name.upper(), user.password)
@@ -887,18 +914,24 @@ def test_a_code_used_twice_is_invalid_grant(service: Service, browser: httpx.Cli
     expect_error(redeem(service, app, code, pkce), 400, "invalid_grant")
 
 
-def test_a_code_redeemed_concurrently_gives_one_token(
+def test_a_code_redeemed_concurrently_gives_at_most_one_token_and_no_live_one(
     service: Service, browser: httpx.Client
 ) -> None:
+    """The other attempts are replays, which revoke what the code gave (RFC 6749 §4.1.2):
+    the one that won gets its tokens revoked, or refused when the replay came first."""
     user, app = service.add_user(), service.add_app()
     pkce = Pkce()
     code = authorize(browser, app, user, pkce).params["code"]
     with ThreadPoolExecutor(6) as pool:
         responses = list(pool.map(lambda _: redeem(service, app, code, pkce), range(6)))
-    assert sorted(r.status_code for r in responses) == [200, 400, 400, 400, 400, 400]
+    assert sorted(r.status_code for r in responses) in ([200] + [400] * 5, [400] * 6)
     for response in responses:
         if response.status_code == 400:
             expect_error(response, 400, "invalid_grant")
+        else:
+            tokens = response.json()
+            assert service.oauth.introspect(tokens["access_token"]) == {"active": False}
+            expect_error(refresh(service, app, tokens["refresh_token"]), 400, "invalid_grant")
 
 
 @pytest.mark.parametrize(
@@ -1173,12 +1206,12 @@ def test_exchange_without_a_resource_keeps_the_subject_tokens_audience(
     assert service.claims(response.json()["access_token"])["aud"] == RESOURCE
 
 
-def test_exchange_refused_by_the_check_is_access_denied_and_issues_no_token(
+def test_exchange_refused_by_the_check_is_invalid_request_and_issues_no_token(
     service: Service, browser: httpx.Client
 ) -> None:
     d = delegation(service, browser)
     service.checks.refusals[d.agent.agent_id] = "the policy says no"
-    body = expect_error(exchange(service, d.agent, d.subject, d.actor), 400, "access_denied")
+    body = expect_error(exchange(service, d.agent, d.subject, d.actor), 400, "invalid_request")
     assert "the policy says no" in body["error_description"]
     assert len(service.checks.of(d.agent.agent_id)) == 1
 
@@ -1190,42 +1223,42 @@ def test_exchange_is_refused_by_default_without_a_decision_point(tmp_path: Path)
         with browser:
             d = delegation(default, browser)
             response = exchange(default, d.agent, d.subject, d.actor)
-    body = expect_error(response, 400, "access_denied")
+    body = expect_error(response, 400, "invalid_request")
     assert "no decision point" in body["error_description"]
 
 
-def test_exchange_when_may_act_names_another_agent_is_invalid_grant(
+def test_exchange_when_may_act_names_another_agent_is_invalid_request(
     service: Service, browser: httpx.Client
 ) -> None:
     d = delegation(service, browser)  # may_act names d.agent
     intruder = service.agent_client()
     response = exchange(service, intruder, d.subject, agent_token(service, intruder))
-    expect_error(response, 400, "invalid_grant")
+    expect_error(response, 400, "invalid_request")
     assert service.checks.of(intruder.agent_id) == []
 
 
-def test_exchange_with_the_actor_token_of_another_agent_is_invalid_grant(
+def test_exchange_with_the_actor_token_of_another_agent_is_invalid_request(
     service: Service, browser: httpx.Client
 ) -> None:
     d = delegation(service, browser)
     other = agent_token(service, service.agent_client())
-    expect_error(exchange(service, d.agent, d.subject, other), 400, "invalid_grant")
+    expect_error(exchange(service, d.agent, d.subject, other), 400, "invalid_request")
     # nor may the agent offer the user's token as its own
-    expect_error(exchange(service, d.agent, d.subject, d.subject), 400, "invalid_grant")
+    expect_error(exchange(service, d.agent, d.subject, d.subject), 400, "invalid_request")
     assert service.checks.of(d.agent.agent_id) == []
 
 
-def test_exchange_of_an_agents_own_token_is_invalid_grant_saying_so(
+def test_exchange_of_an_agents_own_token_is_invalid_request_saying_so(
     service: Service, browser: httpx.Client
 ) -> None:
     d = delegation(service, browser)
     response = exchange(service, d.agent, d.actor, d.actor)
-    body = expect_error(response, 400, "invalid_grant")
+    body = expect_error(response, 400, "invalid_request")
     assert body["error_description"].startswith("the subject_token is an agent's own token")
     assert service.checks.of(d.agent.agent_id) == []
 
 
-def test_exchange_with_a_revoked_subject_token_is_invalid_grant(
+def test_exchange_with_a_revoked_subject_token_is_invalid_request(
     service: Service, browser: httpx.Client
 ) -> None:
     d = delegation(service, browser)
@@ -1233,25 +1266,45 @@ def test_exchange_with_a_revoked_subject_token_is_invalid_grant(
         "/oauth/revoke", data={"token": d.subject, "client_id": d.app.client_id}
     )
     assert response.status_code == 200, response.text
-    expect_error(exchange(service, d.agent, d.subject, d.actor), 400, "invalid_grant")
+    expect_error(exchange(service, d.agent, d.subject, d.actor), 400, "invalid_request")
+
+
+def test_exchange_for_a_user_no_longer_active_is_invalid_request(
+    service: Service, browser: httpx.Client
+) -> None:
+    d = delegation(service, browser)
+    record = service.oauth.store.get("User", d.user.id)
+    service.oauth.store.replace(
+        "User",
+        d.user.id,
+        {**record.data, "active": False},
+        unique={"userName": d.user.name.casefold()},
+        expected_version=record.version,
+        actor="admin",
+    )
+    body = expect_error(exchange(service, d.agent, d.subject, d.actor), 400, "invalid_request")
+    assert body["error_description"] == "the user is not active"
+    assert service.checks.of(d.agent.agent_id) == []
 
 
 @pytest.mark.parametrize(
     "token", ["garbage", "a.b.c", "eyJhbGciOiJub25lIn0.e30."], ids=["garbage", "dots", "alg none"]
 )
-def test_exchange_with_a_garbage_subject_token_is_invalid_grant(
+def test_exchange_with_a_garbage_subject_or_actor_token_is_invalid_request(
     service: Service, browser: httpx.Client, token: str
 ) -> None:
     d = delegation(service, browser)
-    expect_error(exchange(service, d.agent, token, d.actor), 400, "invalid_grant")
+    expect_error(exchange(service, d.agent, token, d.actor), 400, "invalid_request")
+    expect_error(exchange(service, d.agent, d.subject, token), 400, "invalid_request")
+    assert service.checks.of(d.agent.agent_id) == []
 
 
-def test_exchange_of_an_agents_own_token_as_subject_is_invalid_grant(
+def test_exchange_of_an_agents_own_token_as_subject_is_invalid_request(
     service: Service, browser: httpx.Client
 ) -> None:
     client = service.agent_client()
     own = agent_token(service, client)
-    expect_error(exchange(service, client, own, own), 400, "invalid_grant")
+    expect_error(exchange(service, client, own, own), 400, "invalid_request")
 
 
 @pytest.mark.parametrize(
@@ -1311,7 +1364,7 @@ def test_an_exchanged_token_has_no_may_act_so_another_agent_may_exchange_it_with
     ]
     # but B may not exchange the user's own token, whose may_act names A
     response = exchange(service, b, d.subject, agent_token(service, b))
-    expect_error(response, 400, "invalid_grant")
+    expect_error(response, 400, "invalid_request")
 
 
 def test_a_user_token_without_requested_actor_has_no_may_act_and_any_agent_may_exchange_it(

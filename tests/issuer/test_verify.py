@@ -18,6 +18,7 @@ from cryptography.hazmat.primitives import serialization
 
 from issuer.keys import KeyRing, PublicKey, generate
 from issuer.models import REVOKED
+from issuer.oauth import revocation
 from issuer.oauth.tokens import TokenMinter, ring_lookup
 from issuer.store import Store
 from issuer.verify import (
@@ -300,6 +301,30 @@ def test_a_token_revoked_in_the_store_is_revoked(store: Store, ring: KeyRing) ->
     jti = jwt.decode(token, options={"verify_signature": False})["jti"]
     store.create(REVOKED, {"jti": jti, "exp": 0, "sub": "agent-1"}, unique={"jti": jti}, actor="c")
     assert refusal(verifier, token) == Refusal(Reason.REVOKED, "the token was revoked")
+
+
+def test_a_token_whose_lineage_names_a_revoked_token_or_grant_is_revoked(
+    store: Store, ring: KeyRing
+) -> None:
+    """A token exchanged from another, or given by a grant, names them in ``lineage``:
+    revoking any of them revokes it (RFC 7009 with RFC 8693)."""
+    verifier = Verifier(ring_lookup(ring), ISSUER, RESOURCE, revoked=revocations(store))
+    token = mint(ring, lineage=["a-grant", "a-parent-jti"])
+    sibling = mint(ring, lineage=["a-grant", "another-parent-jti"])
+    assert isinstance(verify(verifier, token), Caller)
+    revocation.revoke(store, "a-parent-jti", subject="u", exp=0, lifetime=300, actor="c")
+    assert refusal(verifier, token) == Refusal(Reason.REVOKED, "the token was revoked")
+    assert isinstance(verify(verifier, sibling), Caller)
+    revocation.revoke(store, "a-grant", subject="u", exp=0, lifetime=300, actor="c")
+    assert refusal(verifier, sibling).reason is Reason.REVOKED
+
+
+@pytest.mark.parametrize("lineage", ["a-grant", [1], {"jti": "x"}, None])
+def test_a_token_whose_lineage_is_not_a_list_of_ids_is_refused(
+    store: Store, ring: KeyRing, lineage: Any
+) -> None:
+    verifier = Verifier(ring_lookup(ring), ISSUER, RESOURCE, revoked=revocations(store))
+    assert refusal(verifier, mint(ring, lineage=lineage)).reason is Reason.REVOKED
 
 
 def test_when_revocation_cannot_be_checked_the_token_is_refused(ring: KeyRing) -> None:

@@ -189,6 +189,9 @@ def test_error_shows_location_line_caret_and_hint() -> None:
     [
         ("permit x when a && b", "write 'and' and 'or'"),
         ("permit x when context.amount <= 100 usd", "three-letter code in capitals"),
+        ("permit x when context.amount <= ١٠٠ USD", "digits other than ASCII 0-9"),
+        ("permit x when context.amount <= 0.00001 USD", "more than 4 decimal places"),
+        ("permit x when context.amount <= 450359962738 USD", "the largest amount"),
         ("permit x when agnt.risk < high", "did you mean 'agent'?"),
         ('permit x when "open', "this string is not closed"),
         ("permit x unless a when b", "target, when, unless, limit, require"),

@@ -112,6 +112,48 @@ def test_a_malformed_query_is_a_deny_naming_the_field(target: str) -> None:
     assert "INVALID_ARGUMENT: context.amount: invalid money" in verdict.error
 
 
+def test_a_malformed_query_is_refused_and_says_so(target: str) -> None:
+    with Client(target, PATIENT) as tessera:
+        verdict = tessera.authorize(
+            Query(agent="a", tool="payments.transfer", context={"amount": "lots"})
+        )
+    assert verdict.code == "INVALID_ARGUMENT"
+    assert verdict.refused  # the question itself: asking again cannot help
+
+
+def test_a_query_over_the_message_bound_is_a_deny_without_being_sent(
+    server: Server, target: str
+) -> None:
+    registry = server.running.point.metrics.registry
+
+    def calls() -> float | None:
+        return registry.get_sample_value("tessera_rpc_seconds_count", {"method": "Authorize"})
+
+    with Client(target, PATIENT) as tessera:
+        assert tessera.authorize(Query(agent="a", tool="search")).error is None
+        before = calls()
+        verdict = tessera.authorize(
+            Query(agent="a", tool="search", context={"note": "x" * (1 << 20)})
+        )
+    assert not verdict.allow
+    assert verdict.code == "RESOURCE_EXHAUSTED"
+    assert verdict.error is not None
+    assert "Sent message larger than max" in verdict.error  # refused here, not by the server
+    assert before is not None and calls() == before  # the server never saw it
+
+
+def test_the_message_bound_is_an_option(target: str) -> None:
+    options = Options(timeout=10.0, max_message_bytes=1_000)
+    with Client(target, options) as tessera:
+        small = tessera.authorize(Query(agent="helper", tool="search", agent_attributes=ACTIVE))
+        large = tessera.authorize(
+            Query(agent="helper", tool="search", context={"note": "x" * 1_000})
+        )
+    assert small.allow
+    assert large.code == "RESOURCE_EXHAUSTED"
+    assert large.error is not None and "Sent message larger than max" in large.error
+
+
 def test_local_cache_keeps_only_cacheable_answers(target: str) -> None:
     options = Options(timeout=10.0, cache_size=100, cache_ttl=60)
     external = {"status": "active", "risk": Risk.medium, "type": "external"}

@@ -3,6 +3,7 @@ deciding with the decision service on a directory, on both stores."""
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 from collections.abc import Iterator
@@ -16,6 +17,7 @@ from envoy.service.auth.v3 import external_auth_pb2 as auth
 from envoy.service.auth.v3 import external_auth_pb2_grpc as auth_grpc
 from starlette.applications import Starlette
 
+from issuer import wire
 from issuer.keys import KeyRing
 from issuer.models import AGENT_EXTENSION, AGENT_SCHEMA
 from issuer.oauth.endpoints import AuthorizationServer
@@ -30,7 +32,7 @@ from pdp.doors.authzen import AUTHZEN_PATH, AUTHZEN_SCOPE, AuthZen
 from pdp.engine import Engine
 from pdp.loader import load_directory
 from tests.conftest import SHIPPED_POLICIES
-from tests.servers import HttpServer, tessera_serve
+from tests.servers import HttpServer, send_raw, tessera_serve
 from tests.stores import store_url
 from tests.test_directory import add_agent, add_user
 
@@ -224,20 +226,25 @@ def test_the_body_must_be_json_sent_as_json(pdp: Pdp) -> None:
     assert (text.status_code, text.text) == (400, "Content-Type must be application/json")
     broken = pdp.http.post(url, content=b"{", headers={"Content-Type": "application/json"})
     assert broken.status_code == 400
-    assert broken.text.startswith("the body is not JSON")
+    assert broken.text.startswith("the document is not JSON")
     nan = pdp.http.post(url, content=b'{"x": NaN}', headers={"Content-Type": "application/json"})
-    assert (nan.status_code, nan.text) == (400, "the body is not JSON: NaN is not a JSON value")
+    assert nan.status_code == 400
+    assert nan.text.startswith("the document is not JSON")
     huge = b'{"pad": "' + b"x" * (1 << 20) + b'"}'
     large = pdp.http.post(url, content=huge, headers={"Content-Type": "application/json"})
-    assert (large.status_code, large.text) == (400, "the request body is larger than 1048576 bytes")
+    assert (large.status_code, large.text) == (413, "the body is larger than 1048576 bytes")
 
 
 def test_a_body_nested_too_deeply_is_400_not_a_server_error(pdp: Pdp) -> None:
     url = f"{AUTHZEN_PATH}/evaluation"
     json_type = {"Content-Type": "application/json"}
-    deep = b'{"x": ' + b"[" * 50_000 + b"]" * 50_000 + b"}"
-    response = pdp.http.post(url, content=deep, headers=json_type)
-    assert (response.status_code, response.text) == (400, "the body nests too deeply")
+    for depth in (1_000, 50_000):
+        deep = b'{"x": ' + b"[" * depth + b"]" * depth + b"}"
+        response = pdp.http.post(url, content=deep, headers=json_type)
+        assert (response.status_code, response.text) == (
+            400,
+            "the document nests deeper than 64 levels",
+        )
     payer = pdp.agent("payer", purpose="payments")
     nested: Any = "x"
     for _ in range(40):
@@ -246,6 +253,69 @@ def test_a_body_nested_too_deeply_is_400_not_a_server_error(pdp: Pdp) -> None:
     response = pdp.post("/evaluation", body)
     assert response.status_code == 400
     assert response.text.startswith("context.deep") and "nested deeper than 32" in response.text
+
+
+MARK = "@lone-surrogate@"  # replaced by the escape of one in the JSON text
+
+
+def with_resource_property(agent: str) -> dict[str, Any]:
+    body = evaluation(agent)
+    body["resource"]["properties"] = {"p": MARK}
+    return body
+
+
+LONE_SURROGATE_AT = {
+    "subject id": lambda agent: evaluation(MARK),
+    "resource property": with_resource_property,
+    "context key": lambda agent: evaluation(agent, context={MARK: "x"}),
+}
+
+
+@pytest.mark.parametrize("where", LONE_SURROGATE_AT)
+def test_a_lone_surrogate_is_400_and_decides_nothing(pdp: Pdp, where: str) -> None:
+    body = LONE_SURROGATE_AT[where](pdp.agent("reader"))
+    text = json.dumps(body).replace(MARK, "\\ud800")  # JSON's escape; no UTF-8 holds it
+    before = len(pdp.records())
+    response = pdp.http.post(
+        f"{AUTHZEN_PATH}/evaluation",
+        content=text.encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    assert response.status_code == 400, response.text
+    assert response.text.startswith("the document is not JSON: ")
+    assert "surrogate" in response.text
+    assert len(pdp.records()) == before
+
+
+def test_a_body_that_does_not_arrive_in_time_is_408(
+    pdp: Pdp, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(wire, "READ_TIMEOUT", 0.5)
+    head = (
+        f"POST {AUTHZEN_PATH}/evaluation HTTP/1.1\r\nHost: x\r\n"
+        f"Authorization: Bearer {ADMIN_TOKEN}\r\nX-Request-ID: {REQUEST_ID}\r\n"
+        "Content-Type: application/json\r\nContent-Length: 100\r\n\r\n"
+    )
+    answer = send_raw(pdp.server.port, head.encode() + b'{"subject": ')
+    assert answer.startswith(b"HTTP/1.1 408 Request Timeout\r\n"), answer
+    head_part, _, text = answer.partition(b"\r\n\r\n")
+    assert f"x-request-id: {REQUEST_ID}".encode() in head_part.lower()
+    assert text == b"the body did not arrive within 0.5 seconds"
+
+
+def test_a_page_token_that_nests_deeply_is_not_one_this_pdp_issued(pdp: Pdp) -> None:
+    token = base64.urlsafe_b64encode(b"[" * 5_000 + b"]" * 5_000).decode()
+    search = {
+        "subject": {"type": "agent"},
+        "action": {"name": "tool.call"},
+        "resource": {"type": "tool", "id": "search"},
+        "page": {"token": token},
+    }
+    response = pdp.post("/search/subject", search)
+    assert (response.status_code, response.text) == (
+        400,
+        "page.token is not a token this PDP issued",
+    )
 
 
 def test_callers_authenticate_with_a_token_that_may_ask_for_decisions(pdp: Pdp) -> None:
@@ -491,3 +561,32 @@ def test_tessera_serve_offers_authzen_and_ext_authz(tmp_path: Path) -> None:
         with grpc.insecure_channel(f"127.0.0.1:{grpc_port.group(1)}") as channel:
             check = auth_grpc.AuthorizationStub(channel).Check(auth.CheckRequest(), timeout=5)
             assert check.denied_response.status.code == 401
+
+
+def test_tessera_serve_answers_a_wrong_method_405_with_allow(tmp_path: Path) -> None:
+    """The AuthZEN routes share `tessera serve`'s HTTP port with the issuer's: a known path
+    asked with another method is 405 naming the methods it takes, an unknown path 404."""
+    with (
+        store_url("sqlite", tmp_path) as url,
+        tessera_serve(
+            *("--policies", str(SHIPPED_POLICIES), "--store", url),
+            *("--port", "0", "--http-port", "0", "--metrics-port", "-1", "--grace", "1"),
+            *("--admin-token", ADMIN_TOKEN),
+            lines=4,
+        ) as (_, lines),
+    ):
+        found = re.search(r"AuthZEN at (http://127\.0\.0\.1:\d+)/access/v1", lines[3])
+        assert found, lines
+        with httpx.Client(base_url=found.group(1), timeout=10) as http:
+            for path in ("evaluation", "evaluations", "search/subject", "search/action"):
+                for method in ("GET", "PUT", "DELETE"):
+                    response = http.request(method, f"{AUTHZEN_PATH}/{path}")
+                    assert response.status_code == 405, (method, path, response.text)
+                    assert response.headers["allow"] == "POST"
+            metadata = http.post("/.well-known/authzen-configuration")
+            assert metadata.status_code == 405
+            assert set(metadata.headers["allow"].split(", ")) == {"GET", "HEAD"}  # a set's order
+            token = http.get("/oauth/token")  # the issuer's routes alike
+            assert (token.status_code, token.headers["allow"]) == (405, "POST")
+            assert http.get(f"{AUTHZEN_PATH}/nothing").status_code == 404
+            assert http.get("/nowhere").status_code == 404

@@ -160,3 +160,32 @@ def test_bad_policy_sources_are_named(flags: dict[str, object], message: str) ->
     with pytest.raises(ConfigError) as raised:
         load_config(flags, environ={}, config_file=None)
     assert message in str(raised.value)
+
+
+def test_the_request_bounds_and_the_audit_queue_bytes_are_settings(tmp_path: Path) -> None:
+    file = tmp_path / "tessera.toml"
+    file.write_text("[serve]\nmax_value_bytes = 4096\naudit_queue_bytes = 1048576\n")
+    config = load_config({}, environ={"TESSERA_MAX_ATTRIBUTES": "16"}, config_file=str(file))
+    bounds = config.bounds()
+    assert (bounds.attributes, bounds.value_bytes) == (16, 4096)
+    assert (bounds.undeclared_bytes, bounds.request_bytes) == (1024, 65536)
+    assert bounds.message_bytes == 1 << 20
+    assert config.audit_queue_bytes == 1 << 20
+
+
+@pytest.mark.parametrize(
+    ("environ", "message"),
+    [
+        ({"TESSERA_MAX_ATTRIBUTES": "0"}, "max_attributes: a positive number"),
+        ({"TESSERA_MAX_VALUE_BYTES": "512"}, "max_undeclared_bytes <= max_value_bytes"),
+        ({"TESSERA_MAX_REQUEST_BYTES": "8192"}, "max_value_bytes <= max_request_bytes"),
+        ({"TESSERA_MAX_MESSAGE_BYTES": "32768"}, "max_request_bytes: at most max_message_bytes"),
+        ({"TESSERA_AUDIT_QUEUE_BYTES": "1000"}, "audit_queue_bytes: at least max_request_bytes"),
+    ],
+)
+def test_bounds_that_cannot_be_used_together_are_named(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, environ: dict[str, str], message: str
+) -> None:
+    monkeypatch.chdir(tmp_path)  # no ./tessera.toml here
+    with pytest.raises(ConfigError, match=message):
+        load_config({}, environ=environ)

@@ -21,6 +21,7 @@ from cryptography.x509.oid import NameOID
 from envoy.config.core.v3 import base_pb2 as core
 from envoy.service.auth.v3 import external_auth_pb2 as auth
 from envoy.service.auth.v3 import external_auth_pb2_grpc as auth_grpc
+from envoy.service.auth.v3.attribute_context_pb2 import AttributeContext
 from google.rpc import code_pb2
 
 from issuer.jws import b64decode
@@ -43,12 +44,14 @@ from pdp.doors.ext_authz import (
     parse_routes,
     route,
 )
+from pdp.doors.grpc import PROTOBUF_DEPTH
 from pdp.engine import Bundle, Engine
 from pdp.loader import load_texts
 from pdp.serve.config import ConfigError, load_config
 from pdp.serve.proto import authorizer_pb2 as pb
 from pdp.serve.proto import authorizer_pb2_grpc as pb_grpc
 from tests.conftest import SHIPPED_POLICIES, bundle_of
+from tests.protobuf import entry, field, nested_struct, number
 from tests.servers import Server
 from tests.test_directory import add_agent, add_user, set_agent
 
@@ -252,6 +255,33 @@ def test_a_path_with_dot_segments_or_hidden_separators_is_refused(
     assert response.status.code == code_pb2.INVALID_ARGUMENT
     assert response.denied_response.status.code == 400
     assert denied_body(response)["error"] == "invalid_request"
+
+
+def with_metadata(request: auth.CheckRequest, lists: int) -> bytes:
+    """``request`` as Envoy sends it with filter metadata: a ``Struct`` holding a value in
+    ``lists`` lists (written by hand: protobuf builds none deeper than it parses)."""
+    metadata = entry(
+        number(core.Metadata.DESCRIPTOR, "filter_metadata"), "lua", nested_struct(lists)
+    )
+    attributes = request.attributes.SerializeToString() + field(
+        number(AttributeContext.DESCRIPTOR, "metadata_context"), metadata
+    )
+    return field(number(auth.CheckRequest.DESCRIPTOR, "attributes"), attributes)
+
+
+def test_metadata_nested_deeper_than_protobuf_parses_is_invalid_argument(
+    gateway: Gateway,
+) -> None:
+    request = http_request("GET", "/orders/7", gateway.token(gateway.agent("reader")))
+    check = gateway.server.channel.unary_unary("/envoy.service.auth.v3.Authorization/Check")
+    with pytest.raises(grpc.RpcError) as caught:
+        check(with_metadata(request, 60), timeout=5)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert caught.value.details() == (
+        f"the request nests deeper than protobuf's limit of {PROTOBUF_DEPTH} levels"
+    )
+    answer = auth.CheckResponse.FromString(check(with_metadata(request, 3), timeout=5))
+    assert answer.HasField("ok_response")
 
 
 def test_an_encoded_character_that_is_not_a_separator_is_decided(gateway: Gateway) -> None:

@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from pdp.bounds import DEFAULT_BOUNDS
+from pdp.doors.grpc import PROTOBUF_DEPTH
 from pdp.serve.proto import authorizer_pb2 as pb
 from pdp.serve.proto import authorizer_pb2_grpc as pb_grpc
+from pdp.server import MAX_METADATA
+from tests.protobuf import entry, field, nested_value, number
 from tests.servers import Server, tessera_serve
 
 POLICIES = Path(__file__).resolve().parents[2] / "policies"
@@ -313,3 +318,86 @@ def test_a_health_watcher_does_not_keep_tessera_serve_from_stopping() -> None:
         )
         assert next(watcher).status == health_pb2.HealthCheckResponse.SERVING
     channel.close()
+
+
+# ------------------------------------------------------------------ what a call may send
+
+
+def deep_question(lists: int) -> bytes:
+    """An ``Authorize`` question whose context holds a value in ``lists`` lists."""
+    question = call("search")
+    question.ClearField("context")
+    context = number(pb.AuthorizeRequest.DESCRIPTOR, "context")
+    return question.SerializeToString() + entry(context, "deep", nested_value(lists))
+
+
+def deep_listing(lists: int) -> bytes:
+    listing = pb.ListAllowedRequest(
+        agent=agent(), action="tool.call", candidates=[pb.Resource(type="tool", id="search")]
+    )
+    context = number(pb.ListAllowedRequest.DESCRIPTOR, "context")
+    return listing.SerializeToString() + entry(context, "deep", nested_value(lists))
+
+
+def deep_batch(lists: int) -> bytes:
+    requests = number(pb.AuthorizeBatchRequest.DESCRIPTOR, "requests")
+    return field(requests, deep_question(lists))
+
+
+@pytest.mark.parametrize(
+    ("method", "message"),
+    [("Authorize", deep_question), ("AuthorizeBatch", deep_batch), ("ListAllowed", deep_listing)],
+)
+def test_a_request_nested_deeper_than_protobuf_parses_is_invalid_argument(
+    server: Server, method: str, message: Any
+) -> None:
+    raw = server.channel.unary_unary(f"/tessera.v1.Authorizer/{method}")
+    with pytest.raises(grpc.RpcError) as caught:
+        raw(message(60), timeout=5)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert caught.value.details() == (
+        f"the request nests deeper than protobuf's limit of {PROTOBUF_DEPTH} levels"
+    )
+
+
+def test_a_request_nested_up_to_protobufs_limit_is_decided(server: Server) -> None:
+    # AuthorizeRequest > context entry > Value > (ValueList > Value) × 49: 100 levels
+    raw = server.channel.unary_unary(
+        "/tessera.v1.Authorizer/Authorize", response_deserializer=pb.AuthorizeResponse.FromString
+    )
+    answer = raw(deep_question(49), timeout=5)
+    assert answer.decided_by and answer.decision_id
+
+
+@pytest.mark.parametrize("method", ["AuthorizeBatch", "ListAllowed"])
+def test_bytes_that_are_not_a_batch_or_a_listing_are_invalid_argument(
+    server: Server, method: str
+) -> None:
+    raw = server.channel.unary_unary(f"/tessera.v1.Authorizer/{method}")
+    with pytest.raises(grpc.RpcError) as caught:
+        raw(b"\xff\xff\xff", timeout=5)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "not a tessera.v1." in caught.value.details()
+    assert "Error" not in caught.value.details()  # no exception's name
+
+
+def test_metadata_over_its_bound_is_refused_every_time(server: Server) -> None:
+    stub = pb_grpc.AuthorizerStub(server.channel)
+    assert stub.Authorize(call("search"), metadata=[("x-pad", "a" * 12_000)], timeout=5).allow
+    for _ in range(3):  # over the bound: refused always, not at random
+        with pytest.raises(grpc.RpcError) as caught:
+            stub.Authorize(call("search"), metadata=[("x-pad", "a" * MAX_METADATA)], timeout=5)
+        assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+def test_a_message_over_its_bound_is_resource_exhausted(server: Server) -> None:
+    question = call("search")
+    question.resource.attributes["pad"].string = "a" * DEFAULT_BOUNDS.message_bytes
+    unbounded = [("grpc.max_send_message_length", -1)]
+    address = f"127.0.0.1:{server.running.port}"
+    with (
+        grpc.insecure_channel(address, options=unbounded) as channel,
+        pytest.raises(grpc.RpcError) as caught,
+    ):
+        pb_grpc.AuthorizerStub(channel).Authorize(question, timeout=5)
+    assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED

@@ -1,13 +1,14 @@
-"""An MCP server over stdio, written with the official SDK, for the proxy to start; or,
-with the argument ``echo``, a bare JSON-RPC server that answers each request with the
-message it got and the others it got since its last answer, so that a test sees what the
-proxy passed on."""
+"""An MCP server over stdio, written with the official SDK, for the proxy to start; with
+the argument ``nesting``, the SDK server whose answers are as deep as asked; or, with the
+argument ``echo``, a bare JSON-RPC server that answers each request with the message it
+got and the others it got since its last answer, so that a test sees what the proxy
+passed on."""
 
 import json
 import sys
 from typing import Any
 
-from tests.pep.mcp_proxy.tools import upstream_server
+from tests.pep.mcp_proxy.tools import nesting_server, upstream_server
 
 
 def echo() -> None:
@@ -27,5 +28,7 @@ def echo() -> None:
 if __name__ == "__main__":
     if sys.argv[1:] == ["echo"]:
         echo()
+    elif sys.argv[1:] == ["nesting"]:
+        nesting_server().run("stdio")
     else:
         upstream_server().run("stdio")

@@ -65,6 +65,11 @@ def test_the_example_loads(tmp_path: Path) -> None:
     assert files.command == ("python", "-m", "files_server")
     assert config.jwks == "https://id.example.com/oauth/jwks"
     assert config.token_cache == 60.0
+    assert config.body_timeout == 10.0
+
+
+def test_the_body_timeout_is_a_setting() -> None:
+    assert config_from_table(table(body_timeout=2.5), env={}).body_timeout == 2.5
 
 
 @pytest.mark.parametrize("name", ["acr", "consents", "mcp_method", "mcp_server"])
@@ -84,6 +89,8 @@ def test_a_call_argument_cannot_supply_what_tessera_sets(name: str) -> None:
         ({"upstream": []}, "at least one [[mcp_proxy.upstream]]"),
         ({"colour": "blue"}, "unknown setting 'colour'"),
         ({"max_body": 0}, "max_body must be at least 1 byte"),
+        ({"body_timeout": 0}, "mcp_proxy.body_timeout must be a positive number"),
+        ({"body_timeout": "10s"}, "mcp_proxy.body_timeout must be a positive number"),
         ({"token_cache": -1}, "mcp_proxy.token_cache must be a number of seconds, 0 or more"),
         (
             {"upstream": [{"name": "a", "path": "/mcp"}]},

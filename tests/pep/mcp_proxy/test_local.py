@@ -127,6 +127,33 @@ def test_a_revoked_token_is_refused_at_once_though_it_was_kept(w: World) -> None
     assert 'error_description="the token was revoked"' in refused.headers["www-authenticate"]
 
 
+def test_a_token_exchanged_from_a_revoked_token_is_refused_once_the_store_says_so(
+    w: World,
+) -> None:
+    """The issuer names what a token was exchanged from in its ``lineage``; revoking that
+    parent revokes the token too, here as in every resource-server verifier."""
+    client = machine(w)
+    assert client.agent_id is not None
+    parent = token_for(w, client)
+    jti = jwt.decode(parent, options={"verify_signature": False})["jti"]
+    child = w.oauth.server.minter.mint(
+        subject=client.agent_id,
+        client_id=client.client_id,
+        audience=[w.resource],
+        scope=client.scope.split(),
+        extra={"agent_id": client.agent_id, "agent_type": "background", "lineage": [jti]},
+    ).token
+    body = call("search", {"query": "l"})
+    assert post(w, body, child, **modern("search")).status_code == 200  # kept from now on
+    w.revoke(client, parent)
+    decider = w.gateway.decider
+    assert isinstance(decider, LocalDecider)
+    w.wait_for(lambda: decider.directory.revoked(jti))
+    refused = post(w, body, child, **modern("search"))
+    assert refused.status_code == 401
+    assert 'error_description="the token was revoked"' in refused.headers["www-authenticate"]
+
+
 def list_allowed_calls(w: World) -> float:
     """How many ListAllowed calls the PDP has answered."""
     samples = w.pdp.running.point.metrics.rpc_seconds.collect()[0].samples

@@ -20,7 +20,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from pep.mcp_proxy.jsonrpc import HEADER_MISMATCH, INVALID_REQUEST, UPSTREAM_ERROR
+from pep.mcp_proxy.jsonrpc import HEADER_MISMATCH, INVALID_REQUEST, PARSE_ERROR, UPSTREAM_ERROR
 from tests.pep.mcp_proxy.test_proxy import ACCEPT, call, machine, modern, post, token_for
 from tests.pep.mcp_proxy.test_upstreams import request
 from tests.pep.mcp_proxy.world import World, world
@@ -182,6 +182,46 @@ def test_each_invalid_member_of_a_batch_gets_its_own_error(recorded: Recorded) -
     assert json.loads(recorded.recorder.last()[2]) == [ping]  # only the valid one went on
 
 
+@pytest.mark.parametrize("version", ["2025-06-18", "2025-11-25", LATEST_MODERN_VERSION])
+def test_a_batch_is_refused_in_a_revision_without_batches(recorded: Recorded, version: str) -> None:
+    """MCP 2025-06-18 removed JSON-RPC batching: one invalid request (JSON-RPC 2.0 §6),
+    400 as Streamable HTTP answers a message it cannot accept; nothing goes on."""
+    before = recorded.recorder.count()
+    batch = [request("ping", {}, id=1), request("tools/list", {}, id=2)]
+    response = recorded.post("ok", batch, **{"MCP-Protocol-Version": version})
+    assert response.status_code == 400, response.text
+    message = f"MCP {version} has no JSON-RPC batches (removed in 2025-06-18): send each alone"
+    assert response.json() == {
+        "jsonrpc": "2.0",
+        "id": None,
+        "error": {"code": INVALID_REQUEST, "message": message},
+    }
+    assert recorded.recorder.count() == before
+
+
+def test_a_batch_in_a_revision_the_proxy_does_not_know_is_refused(recorded: Recorded) -> None:
+    before = recorded.recorder.count()
+    batch = [request("ping", {}, id=1)]
+    answer = refused(
+        recorded.post("ok", batch, **{"MCP-Protocol-Version": "2099-01-01"}), 400, INVALID_REQUEST
+    )
+    assert answer["id"] is None
+    assert recorded.recorder.count() == before
+
+
+@pytest.mark.parametrize("version", ["2024-11-05", "2025-03-26", None])
+def test_a_batch_goes_on_in_a_revision_with_batches(
+    recorded: Recorded, version: str | None
+) -> None:
+    """Before 2025-06-18, and without the header (a server then assumes 2025-03-26)."""
+    batch = [request("ping", {}, id=1), request("tools/list", {}, id=2)]
+    headers = {"MCP-Protocol-Version": version} if version else {}
+    response = recorded.post("ok", batch, **headers)
+    assert response.status_code == 200, response.text
+    assert [a["id"] for a in response.json()] == [1, 2]
+    assert json.loads(recorded.recorder.last()[2]) == batch
+
+
 def test_a_batch_of_nothing_valid_is_400_with_an_error_each(recorded: Recorded) -> None:
     response = recorded.post("ok", b"[1, 2]")
     assert response.status_code == 400
@@ -233,13 +273,16 @@ def test_ids_that_are_one_number_are_one_id(recorded: Recorded) -> None:
     assert answer["error"]["message"] == "the batch gives the request id 1.0 twice"
 
 
-def test_a_lone_surrogate_in_a_string_goes_on_escaped(recorded: Recorded) -> None:
-    """JSON text may hold one (RFC 8259 §8.2); it is passed on as the client wrote it."""
+def test_a_lone_surrogate_in_a_string_is_a_parse_error(recorded: Recorded) -> None:
+    """RFC 8259 §8.2: such text is not interoperable, so the upstream might read it another
+    way than the proxy decided it; it is refused, as at every Tessera door."""
+    before = recorded.recorder.count()
     raw = b'{"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "search", '
     raw += b'"arguments": {"query": "\\ud800"}}}'
-    response = recorded.post("ok", raw)
-    assert response.status_code == 200, response.text
-    assert b'"query":"\\ud800"' in recorded.recorder.last()[2]
+    answer = refused(recorded.post("ok", raw), 400, PARSE_ERROR)
+    assert answer["id"] is None
+    assert answer["error"]["message"].startswith("the document is not JSON")
+    assert recorded.recorder.count() == before
 
 
 def test_the_upstream_gets_the_message_as_the_proxy_read_it(recorded: Recorded) -> None:

@@ -300,6 +300,33 @@ def test_every_call_carries_its_decision_id_to_the_audit_trail(w: World) -> None
     assert record["allow"] is True
 
 
+@pytest.mark.parametrize(
+    ("amount", "reason"),
+    [("1e20", "largest"), ("0.00001", "decimal places"), ('"1E+3"', "exponent")],
+)
+def test_an_amount_no_money_can_be_made_of_is_invalid_params_naming_the_argument(
+    w: World, amount: str, reason: str
+) -> None:
+    """Read by the amount grammar before the PDP is asked: the caller learns what to fix,
+    rather than getting a fail-closed deny with no decision id."""
+    token = token_for(w, machine(w))
+    body = json.dumps(call("payments.transfer", {"amount": "AMOUNT"})).replace('"AMOUNT"', amount)
+    headers = {"Authorization": f"Bearer {token}", "Accept": ACCEPT}
+    response = httpx.post(
+        w.url,
+        content=body,
+        headers={**headers, "Content-Type": "application/json"},
+        timeout=TIMEOUT,
+    )
+    assert response.status_code == 200, response.text
+    error = response.json()["error"]
+    assert error["code"] == -32602
+    assert error["message"].startswith("Invalid params: argument 'amount': invalid amount")
+    assert reason in error["message"]
+    assert error["data"] == {"argument": "amount"}
+    assert DECISION_HEADER not in response.headers
+
+
 def _data(entry: AuditEntry) -> dict[str, Any]:
     """An audit entry's record: the canonical JSON text that was hashed."""
     record: dict[str, Any] = json.loads(entry.record)

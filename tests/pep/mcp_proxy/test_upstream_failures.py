@@ -41,8 +41,9 @@ class Misbehaving:
     ``quiet`` sends nothing more until the client has gone, ``cut`` ends the stream,
     ``resumable`` ends it after an event with an id, ``first`` answers the first request of
     the batch and goes quiet, ``pinging`` sends only keep-alive comments, ``array`` answers
-    every request in one event (a JSON array) with the same tools. It counts the requests
-    it gets."""
+    every request in one event (a JSON array) with the same tools. ``/refuse/<code>``
+    answers that status with a JSON-RPC error of ``id: null`` (a text body with
+    ``?body=text``). It counts the requests it gets."""
 
     def __init__(self) -> None:
         self.count = 0
@@ -52,6 +53,7 @@ class Misbehaving:
         routes = [
             Route("/status/{code:int}", self.status, methods=["POST"]),
             Route("/hang", self.hang, methods=["POST"]),
+            Route("/refuse/{code:int}", self.refuse, methods=["POST"]),
             Route("/sse/{how}", self.sse, methods=["POST"]),
         ]
         return Starlette(routes=routes)
@@ -67,6 +69,15 @@ class Misbehaving:
         if request.query_params.get("body") == "json":
             return JSONResponse({"error": "the service is unavailable"}, code)
         return PlainTextResponse("the service is unavailable", code)
+
+    async def refuse(self, request: Request) -> Response:
+        await request.body()
+        self._seen()
+        code = int(request.path_params["code"])
+        if request.query_params.get("body") == "text":
+            return PlainTextResponse("no such thing", code)
+        refusal = {"code": -32600, "message": "Bad Request: Missing session ID"}
+        return JSONResponse({"jsonrpc": "2.0", "id": None, "error": refusal}, code)
 
     async def hang(self, request: Request) -> Response:
         await request.body()
@@ -142,6 +153,9 @@ def failing(w: World) -> Failing:
         upstream("json503", f"{at}/status/503?body=json"),
         upstream("hang", f"{at}/hang", timeout=UPSTREAM_TIMEOUT),
         upstream("refused", refused_url),
+        upstream("refuse400", f"{at}/refuse/400"),
+        upstream("refuse404", f"{at}/refuse/404"),
+        upstream("text400", f"{at}/refuse/400?body=text"),
         *(
             upstream(how, f"{at}/sse/{how}", timeout=UPSTREAM_TIMEOUT)
             for how in ("quiet", "cut", "resumable", "first", "pinging", "array")
@@ -339,3 +353,61 @@ def test_a_stateless_client_cannot_resume_so_the_end_is_a_failure(
     assert response.status_code == 200, response.text
     reason = "ended the stream without answering"
     assert sse_messages(response) == [PROGRESS, failed(7, "resumable", reason)]
+
+
+# -- an upstream's refusal that names no request
+
+
+MISSING_SESSION = {"code": -32600, "message": "Bad Request: Missing session ID"}
+
+
+@pytest.mark.parametrize("name", ["refuse400", "refuse404"])
+def test_an_upstream_refusal_without_an_id_gets_the_requests_id(
+    w: World, failing: Failing, name: str
+) -> None:
+    """Its status (a 404 tells a client to start a new session) and its error, with the id
+    of the one request it refused: the client can tell which call failed."""
+    token = token_at(w, failing, name)
+    response = post_at(failing.url(name), call("search", {"query": "x"}, id=7), token)
+    assert response.status_code == int(name.removeprefix("refuse")), response.text
+    assert response.json() == {"jsonrpc": "2.0", "id": 7, "error": MISSING_SESSION}
+
+
+def test_an_upstream_refusal_of_a_batch_reaches_each_request_by_its_id(
+    w: World, failing: Failing
+) -> None:
+    token = token_at(w, failing, "refuse400")
+    batch = [
+        call("search", {"query": "one"}, id=1),
+        call("payments.transfer", {"amount": 5}, id=2),  # refused by the proxy
+        {"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": 9}},
+        request("ping", {}, id="three"),
+    ]
+    response = post_at(failing.url("refuse400"), batch, token)
+    assert response.status_code == 400, response.text
+    answers = {a["id"]: a for a in response.json()}
+    assert set(answers) == {1, 2, "three"}
+    assert answers[2]["error"]["code"] == FORBIDDEN
+    for id in (1, "three"):
+        assert answers[id] == {"jsonrpc": "2.0", "id": id, "error": MISSING_SESSION}
+
+
+def test_an_upstream_refusal_that_is_not_json_rpc_is_an_error_with_the_requests_id(
+    w: World, failing: Failing
+) -> None:
+    token = token_at(w, failing, "text400")
+    response = post_at(failing.url("text400"), call("search", {"query": "x"}, id=7), token)
+    assert response.status_code == 400, response.text
+    assert response.headers["content-type"] == "application/json"
+    assert response.json() == failed(7, "text400", "refused the request (HTTP 400)")
+
+
+def test_an_sdk_servers_refusal_without_an_id_gets_the_requests_id(w: World) -> None:
+    """The SDK's server refuses a handshake-era call outside a session with ``id: null``."""
+    token = token_for(w, machine(w))
+    headers = {"MCP-Protocol-Version": LATEST_HANDSHAKE_VERSION}
+    response = post_at(w.url, call("search", {"query": "x"}, id="mine"), token, **headers)
+    assert response.status_code == 400, response.text
+    answer = response.json()
+    assert answer["id"] == "mine", answer
+    assert answer["error"]["code"] == -32600

@@ -4,6 +4,7 @@ that the shipped policies decide, and prompts and resources that test policies d
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 from mcp.server.mcpserver import MCPServer
 
@@ -48,5 +49,25 @@ def upstream_server() -> MCPServer:
     @server.resource(PRIVATE_DOCUMENT, name="salaries", mime_type="text/plain")
     def salaries() -> str:
         return "the salaries"
+
+    return server
+
+
+def nested(depth: int) -> dict[str, Any]:
+    """A JSON object ``depth`` levels deep, built without recursion."""
+    value: dict[str, Any] = {"end": True}
+    for _ in range(depth - 1):
+        value = {"in": value}
+    return value
+
+
+def nesting_server() -> MCPServer:
+    """An MCP server whose ``search`` answers a structured result as many levels deep as
+    its query says: a server whose answers the proxy must read within its bounds."""
+    server = MCPServer("nesting")
+
+    @server.tool(name="search")
+    def search(query: str) -> dict[str, Any]:
+        return nested(int(query))
 
     return server

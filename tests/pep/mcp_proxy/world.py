@@ -136,9 +136,10 @@ class World:
         self.served.append(self.thread.run(serve_http(app, sock, lifespan=True, httptools=True)))
         return origin
 
-    def serve(self, app: ASGIApp) -> str:
-        """Serve ``app`` on 127.0.0.1 beside the world, stopped with it. Its origin."""
-        running = self.thread.run(serve_http(app, bind("127.0.0.1", 0)))
+    def serve(self, app: ASGIApp, lifespan: bool = False) -> str:
+        """Serve ``app`` on 127.0.0.1 beside the world, stopped with it (with its
+        ``lifespan``, as an SDK server needs). Its origin."""
+        running = self.thread.run(serve_http(app, bind("127.0.0.1", 0), lifespan=lifespan))
         self.served.append(running)
         return f"http://127.0.0.1:{running.port}"
 
