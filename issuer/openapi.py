@@ -53,8 +53,9 @@ STATUS_TEXT = {
     403: "authenticated, but not allowed",
     404: "no such resource",
     409: "a unique attribute is taken",
+    408: "the body did not arrive whole within 10 seconds",
     412: "the If-Match entity tag is not the resource's current one",
-    413: "the body is too large",
+    413: "the body, or a value in it, is over its bound (docs/limits.md)",
 }
 
 
@@ -67,10 +68,14 @@ def content(schema: Json, *media: str) -> Json:
     return {kind: {"schema": schema} for kind in media}
 
 
-def responses(ok: dict[int, Json], error: Json, *codes: int) -> Json:
-    """``ok`` (status → response) and, for each of ``codes``, ``error`` as its body."""
+BODY_BOUNDS = (408, 413)  # what every operation that reads a body may answer (limits.md)
+
+
+def responses(ok: dict[int, Json], error: Json, *codes: int, body: bool = False) -> Json:
+    """``ok`` (status → response) and, for each of ``codes`` (and the body's bounds when
+    the operation reads a ``body``), ``error`` as its body."""
     answers: Json = {str(status): answer for status, answer in ok.items()}
-    for code in codes:
+    for code in sorted({*codes, *(BODY_BOUNDS if body else ())}):
         answers[str(code)] = {"description": STATUS_TEXT[code], "content": error}
     return answers
 
@@ -314,7 +319,7 @@ def _scim_operation(summary: str, ok: dict[int, Json], *codes: int, **more: Any)
         "tags": ["SCIM"],
         "summary": summary,
         "security": ADMIN,
-        "responses": responses(ok, SCIM_ERROR, 401, 403, *codes),
+        "responses": responses(ok, SCIM_ERROR, 401, 403, *codes, body="requestBody" in more),
         **more,
     }
 
@@ -323,7 +328,7 @@ def _scim_body(schema: Json) -> Json:
     return {"required": True, "content": content(schema, MEDIA_TYPE, JSON)}
 
 
-WRITE_ERRORS = (400, 404, 409, 412, 413)  # a PUT's or PATCH's
+WRITE_ERRORS = (400, 404, 408, 409, 412, 413)  # a PUT's or PATCH's
 
 
 def _resource_paths(endpoint: str, model: str) -> Json:
@@ -347,7 +352,7 @@ def _resource_paths(endpoint: str, model: str) -> Json:
         },
         f"/{endpoint}/.search": {
             "post": _scim_operation(
-                f"Search {endpoint}", {200: listing}, 400, 413, requestBody=search
+                f"Search {endpoint}", {200: listing}, 400, 408, 413, requestBody=search
             ),
         },
         f"/{endpoint}/{{id}}": _item_paths(model),
@@ -596,7 +601,7 @@ def _oauth(summary: str, ok: dict[int, Json], *codes: int, **more: Any) -> Json:
     return {
         "tags": ["OAuth"],
         "summary": summary,
-        "responses": responses(ok, OAUTH_ERROR, *codes),
+        "responses": responses(ok, OAUTH_ERROR, *codes, body="requestBody" in more),
         **more,
     }
 
@@ -623,8 +628,7 @@ AUTHORIZE = [
 
 
 def _html(summary: str, ok: dict[int, Json], *codes: int, **more: Any) -> Json:
-    answers: Json = {str(status): answer for status, answer in ok.items()}
-    answers.update({str(code): {"description": STATUS_TEXT[code], **PAGE_ERROR} for code in codes})
+    answers = responses(ok, PAGE_ERROR["content"], *codes, body="requestBody" in more)
     return {"tags": ["OAuth"], "summary": summary, "responses": answers, **more}
 
 

@@ -28,7 +28,7 @@ from typing import Any
 from wsgiref.simple_server import WSGIServer
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health, health_pb2
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import Counter
 from starlette.applications import Starlette
@@ -59,6 +59,7 @@ from pdp.doors.authzen import AUTHZEN_PATH, AuthZen
 from pdp.doors.ext_authz import Gateway
 from pdp.engine import Engine
 from pdp.metrics import Metrics
+from pdp.model import RequestError
 from pdp.serve.config import ServeConfig
 from pdp.serve.drain import Drained, drain
 from pdp.serve.exchange import exchange_check
@@ -107,6 +108,45 @@ class Health(health.aio.HealthServicer):  # type: ignore[misc]
                 for name, status in list(self._server_status.items())
             }
         )
+
+
+HealthMethod = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
+
+
+def _parsing(method: HealthMethod, kind: type[Any]) -> HealthMethod:
+    """``method`` taking its request's bytes, which it parses as the deciding doors do
+    (:func:`pdp.doors.grpc.parsed`): bytes that are not a request end INVALID_ARGUMENT,
+    not UNKNOWN naming Python's exception (gRPC's answer when it deserializes)."""
+
+    async def handle(raw: bytes, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            request = grpc_door.parsed(raw, kind)
+        except RequestError as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        return await method(request, context)
+
+    return handle
+
+
+def _add_health(servicer: Health, server: grpc.aio.Server) -> None:
+    """Serve the health service (as ``add_HealthServicer_to_server`` would), each method
+    parsing its request itself."""
+    response = health_pb2.HealthCheckResponse.SerializeToString
+    handlers = {
+        "Check": grpc.unary_unary_rpc_method_handler(
+            _parsing(servicer.Check, health_pb2.HealthCheckRequest), response_serializer=response
+        ),
+        "List": grpc.unary_unary_rpc_method_handler(
+            _parsing(servicer.List, health_pb2.HealthListRequest),
+            response_serializer=health_pb2.HealthListResponse.SerializeToString,
+        ),
+        "Watch": grpc.unary_stream_rpc_method_handler(
+            _parsing(servicer.Watch, health_pb2.HealthCheckRequest), response_serializer=response
+        ),
+    }
+    name = health.SERVICE_NAME
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(name, handlers),))
+    server.add_registered_method_handlers(name, handlers)
 
 
 @dataclass
@@ -219,7 +259,7 @@ def _services(
     and reflection to ``server``: the health servicer, and the deciding services' names."""
     grpc_door.add_to_server(point, server)
     health_servicer = Health()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    _add_health(health_servicer, server)
     deciding = [SERVICE_NAME]
     if gateway is not None:
         ext_authz.add_to_server(point, gateway, server)

@@ -223,6 +223,7 @@ def _authzen(summary: str, body: Json, answer: str) -> Json:
                 400,
                 401,
                 403,
+                body=True,
             ),
         }
     }
