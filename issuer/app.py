@@ -24,14 +24,19 @@ from http import HTTPStatus
 from typing import Any, Protocol
 
 import uvicorn
+from scim2_models import Error
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response
 from starlette.routing import BaseRoute, Mount
 from starlette.types import ASGIApp, Receive, Scope, Send
 from uvicorn.protocols.http.h11_impl import H11Protocol
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from issuer.oauth.endpoints import AuthorizationServer
-from issuer.scim import Authenticator, scim_app
+from issuer.oauth.errors import OAuthError
+from issuer.scim import Authenticator, scim_app, scim_response
 from issuer.store import Store
 
 SCIM_PATH = "/scim/v2"
@@ -54,7 +59,28 @@ def issuer_app(
     store: Store, authenticate: Authenticator, oauth: AuthorizationServer | None = None
 ) -> Starlette:
     """The issuer's routes (:func:`issuer_routes`) as one application."""
-    return Starlette(routes=issuer_routes(store, authenticate, oauth))
+    routes = issuer_routes(store, authenticate, oauth)
+    return Starlette(routes=routes, exception_handlers={HTTPException: unrouted})
+
+
+OAUTH_PATHS = ("/oauth/", "/.well-known/oauth-", "/.well-known/openid-")
+
+
+def unrouted(request: Request, exc: Exception) -> Response:
+    """A path no route serves, or a method its route does not take, in the error shape of
+    the protocol the path belongs to, headers (``Allow``) kept: SCIM's under ``/scim/v2``
+    (also a path the SCIM mount cannot match, such as one with a line break), OAuth's for
+    a method an OAuth endpoint does not take, plain text otherwise (AuthZEN's shape).
+    The handler of every application the issuer's routes are served in."""
+    assert isinstance(exc, HTTPException)
+    path, status, headers = request.scope["path"], exc.status_code, dict(exc.headers or {})
+    if path.startswith(f"{SCIM_PATH}/"):
+        return scim_response(Error(status=status, detail=exc.detail).model_dump(), status, headers)
+    if status == 405 and path.startswith(OAUTH_PATHS):
+        allowed = headers.get("Allow", headers.get("allow", ""))
+        error = OAuthError("invalid_request", f"this endpoint takes {allowed}", 405, headers)
+        return error.response()
+    return PlainTextResponse(exc.detail, status, headers)
 
 
 @dataclass(frozen=True)

@@ -52,7 +52,7 @@ from issuer.agents import AGENT_EXTENSION, AGENT_TYPE, STATUS, AgentStatus, Agen
 from issuer.errors import IssuerError
 from issuer.hashing import hash_password
 from issuer.models import MAX_RESULTS, PROVIDER, AgentResource
-from issuer.store import Conflict, NotFound, Record, Store, VersionMismatch
+from issuer.store import Conflict, NotFound, Record, Store, Unstorable, VersionMismatch
 from issuer.verify import MISSING, Reason, Refusal
 from issuer.wire import TooLarge, TooSlow, WireError, read_body, read_json
 
@@ -731,6 +731,8 @@ def _guarded(handler: Handler) -> Handler:
             return await handler(request)
         except SCIMException as exc:
             return error_response(exc)
+        except Unstorable as exc:  # a value no store holds: RFC 7644 §3.12 invalidValue
+            return error_response(InvalidValueException(detail=str(exc)))
         except MutabilityException as exc:  # pragma: no cover - a SCIMException subclass
             return error_response(exc)
         except _NotModified as exc:

@@ -31,11 +31,12 @@ MAX_DEPTH = 64  # arrays and objects inside one another
 MAX_DIGITS = 4300  # of an integer (Python's own bound on converting text to int)
 READ_TIMEOUT = 10.0  # seconds for a whole body, from the first read
 
-# orjson reads an integer beyond 64 bits as a double, losing digits: a document with a
-# run of 20 digits or more (rare: long ids, big numbers) is read by the exact parser. The
-# run is found by mapping every digit to "0" and all else to " " (5× a regex's speed).
+# orjson reads an integer outside [-2**63, 2**64) as a double, losing digits: a document
+# with a run of 19 digits or more (rare: long ids, big numbers; -2**63 - 1 has 19) is read
+# by the exact parser. The run is found by mapping every digit to "0" and all else to " "
+# (5× a regex's speed).
 _DIGITS_AS_ZEROS = bytes(0x30 if 0x30 <= b <= 0x39 else 0x20 for b in range(256))
-_LONG_RUN = b"0" * 20
+_LONG_RUN = b"0" * 19
 
 
 class WireError(IssuerError, ValueError):

@@ -28,15 +28,16 @@ from typing import Any
 from wsgiref.simple_server import WSGIServer
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health, health_pb2
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import Counter
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from issuer.app import SCIM_PATH, HttpRunning, bind, issuer_routes, serve_http
+from issuer.app import SCIM_PATH, HttpRunning, bind, issuer_routes, serve_http, unrouted
 from issuer.keys import KeyRing, ScheduledRotation
 from issuer.oauth.endpoints import METADATA_PATH, AuthorizationServer
 from issuer.oauth.tokens import IssuedHook
@@ -55,14 +56,16 @@ from pdp.directory import Directory
 from pdp.doors import ext_authz
 from pdp.doors import grpc as grpc_door
 from pdp.doors.authzen import AUTHZEN_PATH, AuthZen
-from pdp.doors.callers import OPEN, Callers
+from pdp.doors.callers import NO_AGENT_TOKENS, OPEN, AgentTokens, Callers
 from pdp.doors.ext_authz import Gateway
 from pdp.engine import Engine
 from pdp.metrics import Metrics
+from pdp.model import RequestError
 from pdp.serve.caller_auth import callers_for, callers_line
 from pdp.serve.config import ServeConfig
 from pdp.serve.drain import Drained, drain
 from pdp.serve.exchange import exchange_check
+from pdp.serve.openapi import HEALTH_PATH, OPENAPI_PATH, serve_document
 from pdp.serve.reload import Reloader
 from pdp.serve.sources import PolicySource, open_source
 
@@ -91,6 +94,61 @@ __all__ = [
     "startup_lines",
     "watch_anomalies",
 ]
+
+
+class Health(health.aio.HealthServicer):  # type: ignore[misc]
+    """The standard health service, ``List`` included: grpcio-health-checking's servicer
+    leaves it to its generated base, which fails with NotImplementedError (UNKNOWN)."""
+
+    async def List(
+        self, request: health_pb2.HealthListRequest, context: grpc.aio.ServicerContext
+    ) -> health_pb2.HealthListResponse:
+        """Every service name this server reports, with its status (a snapshot)."""
+        return health_pb2.HealthListResponse(
+            statuses={
+                name: health_pb2.HealthCheckResponse(status=status)
+                for name, status in list(self._server_status.items())
+            }
+        )
+
+
+HealthMethod = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
+
+
+def _parsing(method: HealthMethod, kind: type[Any]) -> HealthMethod:
+    """``method`` taking its request's bytes, which it parses as the deciding doors do
+    (:func:`pdp.doors.grpc.parsed`): bytes that are not a request end INVALID_ARGUMENT,
+    not UNKNOWN naming Python's exception (gRPC's answer when it deserializes)."""
+
+    async def handle(raw: bytes, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            request = grpc_door.parsed(raw, kind)
+        except RequestError as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        return await method(request, context)
+
+    return handle
+
+
+def _add_health(servicer: Health, server: grpc.aio.Server) -> None:
+    """Serve the health service (as ``add_HealthServicer_to_server`` would), each method
+    parsing its request itself."""
+    response = health_pb2.HealthCheckResponse.SerializeToString
+    handlers = {
+        "Check": grpc.unary_unary_rpc_method_handler(
+            _parsing(servicer.Check, health_pb2.HealthCheckRequest), response_serializer=response
+        ),
+        "List": grpc.unary_unary_rpc_method_handler(
+            _parsing(servicer.List, health_pb2.HealthListRequest),
+            response_serializer=health_pb2.HealthListResponse.SerializeToString,
+        ),
+        "Watch": grpc.unary_stream_rpc_method_handler(
+            _parsing(servicer.Watch, health_pb2.HealthCheckRequest), response_serializer=response
+        ),
+    }
+    name = health.SERVICE_NAME
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(name, handlers),))
+    server.add_registered_method_handlers(name, handlers)
 
 
 @dataclass
@@ -205,8 +263,8 @@ def _add_services(
     reflection services, which answer anyone (they decide nothing and tell nothing of
     agents); the health servicer and the names of the deciding services."""
     grpc_door.add_to_server(point, server, callers)
-    health_servicer = health.aio.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    health_servicer = Health()
+    _add_health(health_servicer, server)
     deciding = [SERVICE_NAME]
     if gateway is not None:
         ext_authz.add_to_server(point, gateway, server, callers)
@@ -382,24 +440,51 @@ async def _serve_issuer(
         on_issue=token_trail(planes.audit),
     )
     tls = (config.tls_cert, config.tls_key) if config.tls_cert else None
+    app = http_app(
+        point,
+        store,
+        oauth,
+        (issuer, base),
+        certificates=bool(tls and config.tls_client_ca),
+        agent_tokens=callers.agent_tokens,
+    )
+    http = await serve_http(app, planes.sock, tls, config.tls_client_ca or None)
+    stack.push_async_callback(http.stop)
+    return http
+
+
+def http_app(
+    point: DecisionPoint,
+    store: Store,
+    oauth: AuthorizationServer,
+    urls: tuple[str, str],
+    *,
+    certificates: bool = False,
+    agent_tokens: AgentTokens = NO_AGENT_TOKENS,
+) -> Starlette:
+    """What ``tessera serve`` answers on its HTTP port: health and the API's OpenAPI
+    document (no token needed), AuthZEN, and the issuer's SCIM and OAuth endpoints.
+    ``urls`` are the issuer's URL and the port's own (AuthZEN's tokens may name either);
+    ``certificates``: AuthZEN takes a PEP's client certificate the TLS layer checked;
+    ``agent_tokens``: how AuthZEN verifies agent tokens in subjects."""
+    issuer, base = urls
     scim_admins = oauth.administrators([issuer, f"{issuer}{SCIM_PATH}"])
     authzen = AuthZen(
         point,
         oauth.administrators([issuer, f"{base}{AUTHZEN_PATH}"]),
         base,
-        certificates=bool(tls and config.tls_client_ca),
-        agent_tokens=callers.agent_tokens,
+        certificates=certificates,
+        agent_tokens=agent_tokens,
     )
-    app = Starlette(
+    return Starlette(
         routes=[
             Route(HEALTH_PATH, _health(point), methods=["GET"]),
+            Route(OPENAPI_PATH, serve_document, methods=["GET"]),
             *authzen.routes(),
             *issuer_routes(store, scim_admins, oauth),
-        ]
+        ],
+        exception_handlers={HTTPException: unrouted},
     )
-    http = await serve_http(app, planes.sock, tls, config.tls_client_ca or None)
-    stack.push_async_callback(http.stop)
-    return http
 
 
 def startup_lines(
@@ -466,9 +551,6 @@ def _announce(
     )
     for line in (*lines, *announce):
         print(line, flush=True)
-
-
-HEALTH_PATH = "/healthz"
 
 
 def _health(point: DecisionPoint) -> Callable[[Request], Awaitable[Response]]:

@@ -118,7 +118,7 @@ def check_jwks(jwks: Any) -> tuple[dict[str, Any], ...]:
         if not isinstance(jwk, dict):
             raise _bad(f"{where} is not a JSON object")
         kty = jwk.get("kty")
-        if kty not in _KEY_TYPES:
+        if not isinstance(kty, str) or kty not in _KEY_TYPES:
             raise _bad(f"{where}: kty {kty!r} is not EC, RSA or OKP (no symmetric keys)")
         if "d" in jwk or "p" in jwk:
             raise _bad(f"{where} holds private key material; register the public key only")
@@ -239,8 +239,12 @@ def _check_method_and_grants(metadata: dict[str, Any]) -> tuple[str, list[str]]:
     if method not in AUTH_METHODS:
         raise _bad(f"token_endpoint_auth_method must be one of {', '.join(AUTH_METHODS)}")
     grant_types = metadata.get("grant_types", ["authorization_code"])
-    if not isinstance(grant_types, list) or not grant_types:
-        raise _bad("grant_types must be a non-empty list")
+    if (
+        not isinstance(grant_types, list)
+        or not grant_types
+        or not all(isinstance(grant, str) for grant in grant_types)
+    ):
+        raise _bad("grant_types must be a non-empty list of strings")
     unsupported = sorted(set(grant_types) - set(GRANT_TYPES))
     if unsupported:
         raise _bad(f"grant type {unsupported[0]!r} is not supported")

@@ -52,7 +52,7 @@ from issuer.oauth.tokens import (
     ring_lookup,
 )
 from issuer.scim import ADMIN_SCOPE, Authenticator, Principal, bearer_token
-from issuer.store import NotFound, Store
+from issuer.store import NotFound, Store, Unstorable
 from issuer.verify import MISSING, Memory, Refusal, Verifier, agent_statuses, revocations
 
 
@@ -310,7 +310,10 @@ class AuthorizationServer:
         user-facing applications only (open registration, as MCP clients do it)."""
         actor = await self._administrator(request) if "authorization" in request.headers else None
         metadata = await read_document(request, not_json="invalid_client_metadata")
-        registered = await to_thread.run_sync(self.clients.register, metadata, actor)
+        try:
+            registered = await to_thread.run_sync(self.clients.register, metadata, actor)
+        except Unstorable as exc:  # RFC 7591 §3.2.2: a metadata value the server refuses
+            raise OAuthError("invalid_client_metadata", str(exc)) from None
         return json_response(registered, 201)
 
     async def _administrator(self, request: Request) -> str:
@@ -418,5 +421,7 @@ def _guarded(
             return await handler(request)
         except OAuthError as exc:
             return exc.response()
+        except Unstorable as exc:  # a value no store holds (a NUL character…)
+            return OAuthError("invalid_request", str(exc)).response()
 
     return endpoint

@@ -28,6 +28,7 @@ from issuer.store.interface import (
     Record,
     Store,
     StoreError,
+    Unstorable,
     VersionMismatch,
 )
 
@@ -71,6 +72,7 @@ __all__: Sequence[str] = (
     "Record",
     "Store",
     "StoreError",
+    "Unstorable",
     "VersionMismatch",
     "open_store",
 )

@@ -78,6 +78,13 @@ class Conflict(StoreError):
         self.value = value
 
 
+class Unstorable(StoreError, ValueError):
+    """A value no backend holds, refused by each alike so that the backends keep the same
+    data: text with a NUL character (PostgreSQL's text and JSON cannot hold one), or a
+    unique value longer than the store indexes. The caller's input is at fault, not the
+    store: a door answers it as invalid input."""
+
+
 class VersionMismatch(StoreError):
     """The resource changed since the version the caller read (a stale ETag)."""
 

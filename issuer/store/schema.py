@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import builtins
 import json
+import re
 import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
@@ -32,6 +33,7 @@ from issuer.store.interface import (
     Op,
     Record,
     StoreError,
+    Unstorable,
     VersionMismatch,
 )
 
@@ -177,6 +179,25 @@ def document_text(data: Mapping[str, Any]) -> str:
     return json.dumps(dict(data), ensure_ascii=False, allow_nan=False, separators=(",", ":"))
 
 
+MAX_UNIQUE = 1_024  # bytes of a unique value: PostgreSQL indexes a row of at most 2,704
+NUL = "\x00"
+# A NUL character in JSON text: the escape \u0000 after an even run of backslashes (an odd
+# one would make it the text "\u0000" instead).
+_NUL_ESCAPE = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
+
+
+def storable(text: str, unique: Mapping[str, str]) -> None:
+    """:class:`Unstorable` unless every backend holds the document ``text`` and the
+    ``unique`` values: no NUL character anywhere, no unique value over MAX_UNIQUE bytes."""
+    if _NUL_ESCAPE.search(text):
+        raise Unstorable("text with a NUL character (U+0000) cannot be stored")
+    for attribute, value in unique.items():
+        if NUL in value:
+            raise Unstorable(f"{attribute}: text with a NUL character cannot be stored")
+        if len(value.encode()) > MAX_UNIQUE:
+            raise Unstorable(f"{attribute} is longer than {MAX_UNIQUE:,} bytes")
+
+
 def as_document(value: str | dict[str, Any]) -> dict[str, Any]:
     """A stored document (JSON text or a driver's decoded JSON) as a dict."""
     return cast(dict[str, Any], json.loads(value)) if isinstance(value, str) else value
@@ -233,6 +254,7 @@ class SQLStore(ABC):
         self, kind: str, data: Mapping[str, Any], *, unique: Mapping[str, str], actor: str
     ) -> Record:
         text = document_text(data)
+        storable(text, unique)
         id_ = str(uuid.uuid4())
         now = utc_now()
         with self._transaction(write=True) as cur:
@@ -258,6 +280,8 @@ class SQLStore(ABC):
         return rows[0] if rows else None
 
     def get(self, kind: str, id: str) -> Record:
+        if NUL in id:  # never stored (see storable), and PostgreSQL cannot be asked
+            raise NotFound(f"no {kind} with id {id!r}")
         row = self._select_one(
             f"SELECT {RECORD_COLUMNS} FROM resources WHERE kind = ? AND id = ?", (kind, id)
         )
@@ -266,6 +290,8 @@ class SQLStore(ABC):
         return record_from_row(kind, row)
 
     def find(self, kind: str, attribute: str, value: str) -> Record:
+        if NUL in value:
+            raise NotFound(f"no {kind} with {attribute} {value!r}")
         row = self._select_one(
             "SELECT r.id, r.version, r.data, r.created, r.modified FROM unique_values u"
             " JOIN resources r ON r.kind = u.kind AND r.id = u.id"
@@ -294,6 +320,7 @@ class SQLStore(ABC):
         actor: str,
     ) -> Record:
         text = document_text(data)
+        storable(text, unique)
         now = utc_now()
         with self._transaction(write=True) as cur:
             current = _current(cur, kind, id, expected_version)
@@ -379,6 +406,8 @@ class SQLStore(ABC):
         return [_audit_entry(row) for row in rows]
 
     def history(self, kind: str, id: str) -> builtins.list[Change]:
+        if NUL in id:
+            return []
         rows = self._select(
             f"SELECT {CHANGE_COLUMNS} FROM changes WHERE kind = ? AND id = ? ORDER BY seq",
             (kind, id),
@@ -397,6 +426,8 @@ def _audit_entry(row: Sequence[Any]) -> AuditEntry:
 
 def _current(cur: Cursor, kind: str, id_: str, expected_version: int | None) -> Record:
     """The stored record, checked against the version the caller expects."""
+    if NUL in id_:
+        raise NotFound(f"no {kind} with id {id_!r}")
     cur.execute(f"SELECT {RECORD_COLUMNS} FROM resources WHERE kind = ? AND id = ?", (kind, id_))
     row = cur.fetchone()
     if row is None:

@@ -310,6 +310,38 @@ def test_a_private_key_jwt_client_gets_no_secret_and_keeps_its_public_key(
     assert client.response["jwks"] == {"keys": [key.public_jwk]}
 
 
+@pytest.mark.parametrize(
+    "metadata",
+    [
+        {"grant_types": [None, 1, True]},
+        {"token_endpoint_auth_method": "private_key_jwt", "jwks": {"keys": [{"kty": ["EC"]}]}},
+        {"client_name": "nul\x00"},
+    ],
+)
+def test_registration_with_metadata_no_client_can_have_is_invalid_client_metadata(
+    oauth: OAuthService, metadata: dict[str, Any]
+) -> None:
+    agent_id = oauth.add_agent()
+    response = oauth.register(
+        {"agent_id": agent_id, "grant_types": ["client_credentials"], **metadata}
+    )
+    assert response.status_code == 400, response.text
+    assert response.json()["error"] == "invalid_client_metadata"
+    assert registered_for(oauth, agent_id) == []
+
+
+@pytest.mark.parametrize("path", ["/oauth/token", "/oauth/register", "/oauth/jwks"])
+def test_a_method_an_endpoint_does_not_take_is_405_in_oauths_error_shape(
+    oauth: OAuthService, path: str
+) -> None:
+    response = httpx.put(f"{oauth.issuer}{path}", timeout=10)
+    assert response.status_code == 405
+    assert response.headers["content-type"] == "application/json"
+    assert response.json()["error"] == "invalid_request"
+    allowed = {method.strip() for method in response.headers["allow"].split(",")}
+    assert allowed in ({"POST"}, {"GET", "HEAD"})
+
+
 def test_registration_without_a_bearer_token_is_401_with_a_bearer_challenge(
     oauth: OAuthService,
 ) -> None:

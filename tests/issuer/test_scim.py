@@ -492,6 +492,25 @@ def test_read_only_attributes_sent_on_create_are_ignored(service: Service) -> No
     assert not agent["meta"]["created"].startswith("2000")
 
 
+def test_text_with_a_nul_character_is_400_invalid_value_and_stores_nothing(
+    service: Service,
+) -> None:
+    with untouched(service):
+        named = service.client.post("/Users", json={"userName": unique("nul") + "\x00"})
+        titled = service.client.post("/Users", json={"userName": unique("u"), "title": "\x00"})
+    assert_error(named, 400, "invalidValue")
+    assert_error(titled, 400, "invalidValue")
+
+
+def test_a_name_too_long_to_index_is_400_invalid_value_and_stores_nothing(
+    service: Service,
+) -> None:
+    with untouched(service):
+        response = service.client.post("/Agents", json=agent_payload("a" * 1_025))
+    assert_error(response, 400, "invalidValue")
+    assert "name is longer than 1,024 bytes" in response.json()["detail"]
+
+
 # ---------------------------------------------------------------- read
 
 
@@ -554,6 +573,18 @@ def test_attributes_and_excluded_attributes_together_are_400(service: Service) -
         f"/Agents/{agent['id']}", params={"attributes": "name", "excludedAttributes": "name"}
     )
     assert_error(response, 400, "invalidValue")
+
+
+def test_an_id_with_a_nul_character_is_404(service: Service) -> None:
+    for method in ("GET", "PUT", "PATCH", "DELETE"):
+        response = service.client.request(method, "/Users/bot%00", json={"userName": "x"})
+        assert_error(response, 404)
+
+
+def test_an_id_with_a_line_break_is_a_scim_404(service: Service) -> None:
+    # Starlette's mount matches no path with a line break: the issuer answers for SCIM
+    for method in ("GET", "PUT", "DELETE"):
+        assert_error(service.client.request(method, "/Agents/a%0Ab", json={}), 404)
 
 
 # ---------------------------------------------------------------- list and search

@@ -7,7 +7,7 @@ import socket
 from typing import Any
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -31,18 +31,20 @@ documents = st.recursive(
 )
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=300, deadline=None, derandomize=True, database=None)
 @given(documents)
+@example(-(2**63) - 1)  # 19 digits, beyond orjson's integers
+@example(2**64)
 def test_a_json_document_reads_back_as_written(value: Any) -> None:
     for text in (json.dumps(value), json.dumps(value, ensure_ascii=False)):
         assert read_json(text.encode()) == value
         assert read_json(text) == value
 
 
-@pytest.mark.parametrize("digits", [20, 40, 300, 4300])
+@pytest.mark.parametrize("digits", [19, 20, 40, 300, 4300])
 def test_integers_of_any_length_read_exactly(digits: int) -> None:
-    number = int("9" * digits)
-    assert read_json(f'{{"n": {number}, "s": "x"}}'.encode()) == {"n": number, "s": "x"}
+    for number in (int("9" * digits), -int("9" * digits)):
+        assert read_json(f'{{"n": {number}, "s": "x"}}'.encode()) == {"n": number, "s": "x"}
 
 
 @pytest.mark.parametrize(

@@ -169,6 +169,36 @@ def test_health_is_serving(server: Server) -> None:
         assert reply.status == health_pb2.HealthCheckResponse.SERVING
 
 
+def test_health_lists_every_service_it_reports_on(server: Server) -> None:
+    health = health_pb2_grpc.HealthStub(server.channel)
+    reply = health.List(health_pb2.HealthListRequest(), timeout=5)
+    serving = health_pb2.HealthCheckResponse.SERVING
+    assert {name: status.status for name, status in reply.statuses.items()} == {
+        "": serving,
+        "tessera.v1.Authorizer": serving,
+    }
+
+
+@pytest.mark.parametrize("method", ["Check", "List", "Watch"])
+def test_health_answers_bytes_that_are_no_request_invalid_argument(
+    server: Server, method: str
+) -> None:
+    path = f"/grpc.health.v1.Health/{method}"
+    if method == "Watch":
+        call: Any = server.channel.unary_stream(path)
+        with pytest.raises(grpc.RpcError) as refused:
+            next(iter(call(b"\x00\x15tessera", timeout=5)))
+    else:
+        with pytest.raises(grpc.RpcError) as refused:
+            server.channel.unary_unary(path)(b"\x00\x15tessera", timeout=5)
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert refused.value.details() == "the request is not a valid " + (
+        "grpc.health.v1.HealthListRequest message"
+        if method == "List"
+        else "grpc.health.v1.HealthCheckRequest message"
+    )
+
+
 def test_tessera_serve_prints_where_it_listens_and_stops_on_sigterm() -> None:
     import re
     import urllib.request

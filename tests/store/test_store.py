@@ -28,6 +28,7 @@ from issuer.store import (
     Record,
     Store,
     StoreError,
+    Unstorable,
     VersionMismatch,
     open_store,
 )
@@ -101,6 +102,44 @@ def test_get_returns_what_create_returned(store: Store) -> None:
 def test_get_of_an_unknown_id_raises_not_found(store: Store) -> None:
     with pytest.raises(NotFound):
         store.get("Agent", str(uuid.uuid4()))
+
+
+@pytest.mark.parametrize(
+    "data", [{"name": "a\x00b"}, {"labels": {"te\x00am": "x"}}, {"tags": ["ok", "\x00"]}]
+)
+def test_a_document_with_a_nul_character_is_refused_on_every_backend(
+    store: Store, data: dict[str, Any]
+) -> None:
+    with pytest.raises(Unstorable, match="NUL"):
+        store.create("Agent", data, unique={}, actor=ADMIN)
+    record = store.create("Agent", AGENT, unique={}, actor=ADMIN)
+    with pytest.raises(Unstorable, match="NUL"):
+        store.replace("Agent", record.id, data, unique={}, expected_version=None, actor=ADMIN)
+    assert store.list("Agent") == [record]
+
+
+def test_the_text_backslash_u0000_is_not_a_nul_character(store: Store) -> None:
+    record = store.create("Agent", {"name": "\\u0000"}, unique={}, actor=ADMIN)
+    assert store.get("Agent", record.id).data == {"name": "\\u0000"}
+
+
+def test_a_unique_value_with_a_nul_or_too_long_to_index_is_refused(store: Store) -> None:
+    with pytest.raises(Unstorable, match="name: text with a NUL"):
+        store.create("Agent", AGENT, unique={"name": "bot\x00"}, actor=ADMIN)
+    with pytest.raises(Unstorable, match="name is longer than 1,024 bytes"):
+        store.create("Agent", AGENT, unique={"name": "é" * 513}, actor=ADMIN)
+    store.create("Agent", AGENT, unique={"name": "é" * 512}, actor=ADMIN)  # 1,024 bytes
+
+
+def test_an_id_or_unique_value_with_a_nul_character_is_found_nowhere(store: Store) -> None:
+    record = store.create("Agent", AGENT, unique={"name": "bot"}, actor=ADMIN)
+    with pytest.raises(NotFound):
+        store.get("Agent", record.id + "\x00")
+    with pytest.raises(NotFound):
+        store.find("Agent", "name", "bot\x00")
+    with pytest.raises(NotFound):
+        store.delete("Agent", "\x00", expected_version=None, actor=ADMIN)
+    assert store.history("Agent", "\x00") == []
 
 
 def test_get_with_the_wrong_kind_raises_not_found(store: Store) -> None:
