@@ -256,11 +256,24 @@ class _Common:
     """What both clients share: the addresses' stubs in turn, the per-call key, retries'
     pauses, the cache, and the fail-closed verdict."""
 
+    _aio = False  # whether the channels are grpc.aio's
+
     def __init__(
-        self, options: Options, channels: Sequence[Any], credentials: Credentials = PLAINTEXT
-    ) -> None:
-        self.options = options
-        self._channels = list(channels)
+        self,
+        target: Targets,
+        options: Options | None = None,
+        *,
+        channel: Any = None,
+        credentials: Credentials = PLAINTEXT,
+    ):
+        self.options = options = options or Options()
+        opened = options.channel_options()
+        channels = (
+            [channel]
+            if channel is not None
+            else [credentials.channel(a, self._aio, opened) for a in addresses(target)]
+        )
+        self._channels = channels
         token = credentials.token
         # A fixed token's metadata is made once; a source's, on each call.
         self._token_source = None if token is None or isinstance(token, str) else token
@@ -335,23 +348,6 @@ class Client(_Common):
     ``credentials``, over TLS and with a bearer token as they say. ``channel``: one
     channel made by the caller, in place of the addresses'."""
 
-    def __init__(
-        self,
-        target: Targets,
-        options: Options | None = None,
-        *,
-        channel: Any = None,
-        credentials: Credentials = PLAINTEXT,
-    ):
-        options = options or Options()
-        opened = options.channel_options()
-        channels = (
-            [channel]
-            if channel is not None
-            else [credentials.channel(a, options=opened) for a in addresses(target)]
-        )
-        super().__init__(options, channels, credentials)
-
     def __enter__(self) -> Client:
         return self
 
@@ -423,22 +419,7 @@ class AsyncClient(_Common):
     """An asyncio client: a grpc.aio channel per address (as :class:`Client`, whose
     arguments it takes); its token source may be asynchronous."""
 
-    def __init__(
-        self,
-        target: Targets,
-        options: Options | None = None,
-        *,
-        channel: Any = None,
-        credentials: Credentials = PLAINTEXT,
-    ):
-        options = options or Options()
-        opened = options.channel_options()
-        channels = (
-            [channel]
-            if channel is not None
-            else [credentials.channel(a, aio=True, options=opened) for a in addresses(target)]
-        )
-        super().__init__(options, channels, credentials)
+    _aio = True
 
     async def __aenter__(self) -> AsyncClient:
         return self
