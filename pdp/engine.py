@@ -11,6 +11,7 @@ preview only asks). The store being unreachable makes that permit fail with the 
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -38,6 +39,8 @@ Candidates = tuple[tuple[CompiledRule, ...], tuple[CompiledRule, ...]]
 # Memoized candidate lists; past this many distinct (action, type, id) keys the memo is
 # dropped and rebuilt, so a stream of unique ids cannot grow memory without bound.
 CANDIDATE_MEMO_SIZE = 65_536
+
+log = logging.getLogger("tessera.engine")
 
 
 @dataclass
@@ -429,8 +432,12 @@ class Engine:
         if isinstance(exc, CounterError):
             return _unreachable(rule, exc)
         trace = self._interpreter.evaluate_rule(rule.rule, request, self.clock())
-        message = trace.error if trace.error else f"{type(exc).__name__}: {exc}"
-        return RuleError(rule.id, rule.effect, message)
+        if trace.error:
+            return RuleError(rule.id, rule.effect, trace.error)
+        # the compiled rule failed where the interpreter does not: a fault of Tessera's,
+        # logged with its traceback; the rule fails closed, its reason names no internals
+        log.error("rule %s failed in compiled code only", rule.id, exc_info=exc)
+        return RuleError(rule.id, rule.effect, "an internal error (logged) stopped the rule")
 
 
 def _position(rule: CompiledRule) -> int:

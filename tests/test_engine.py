@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
+
+import pytest
 
 from pdp.engine import CANDIDATE_MEMO_SIZE, Engine
 from pdp.lang.ast import Obligation
@@ -278,3 +281,30 @@ def test_deciding_without_commit_leaves_limits_untouched() -> None:
         assert engine.decide(req, commit=False).allow
     assert engine.decide(req).allow
     assert not engine.decide(req, commit=False).allow
+
+
+def test_a_fault_in_compiled_code_alone_fails_closed_naming_no_internals(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A compiled forbid that raises where the interpreter finds nothing wrong (a fault
+    of Tessera's, injected here): the forbid denies, its reason names no exception class,
+    and the fault is logged with its traceback."""
+    engine = Engine(
+        bundle_of('permit p call tool "search"\nforbid f when agent.risk > high'),
+        clock=lambda: 1_000_000.0,
+    )
+
+    def broken(*args: Any) -> bool:
+        raise ZeroDivisionError("a fault of the compiler")
+
+    forbid = next(rule for rule in engine.bundle.compiled if rule.id == "f")
+    forbid.test = broken
+    with caplog.at_level(logging.ERROR, logger="tessera.engine"):
+        decision = engine.decide(request(engine.bundle, tool="search"))
+    assert not decision.allow
+    assert [(e.rule, e.message) for e in decision.errors] == [
+        ("f", "an internal error (logged) stopped the rule")
+    ]
+    assert "ZeroDivisionError" not in " ".join(decision.reasons)
+    assert "rule f failed in compiled code only" in caplog.text
+    assert "ZeroDivisionError" in caplog.text

@@ -173,7 +173,7 @@ class RedisCounters(Guarded):
             raise CounterError(f"{self.name}: {self._scrub(e)}") from e
 
     def _scrub(self, error: Exception) -> str:
-        message = str(error) or type(error).__name__
+        message = str(error) or "the connection failed, no reason given"
         return message.replace(self._password, "***") if self._password else message
 
 
