@@ -54,7 +54,7 @@ from pep.mcp_proxy import challenges
 from pep.mcp_proxy.answers import DECISION_HEADER, answer, json_error
 from pep.mcp_proxy.config import ProxyConfig, Upstream
 from pep.mcp_proxy.credentials import Credentials
-from pep.mcp_proxy.decisions import Decider, LocalDecider
+from pep.mcp_proxy.decisions import Decider, LocalDecider, pdp_credentials
 from pep.mcp_proxy.headers import (
     SESSION_HEADER,
     Incoming,
@@ -112,7 +112,13 @@ class Proxy:
         application runs."""
         limits = httpx.Limits(max_connections=200, max_keepalive_connections=50)
         async with httpx.AsyncClient(timeout=10.0, limits=limits) as http:
-            pdp = Decider(self.config.pdp, self.config.pdp_timeout, self.config.decision_cache)
+            pdp = Decider(
+                self.config.pdp,
+                self.config.pdp_timeout,
+                self.config.decision_cache,
+                pdp_credentials(self.config, http),
+                self.metrics,
+            )
             self.decider = (
                 LocalDecider(self.config, pdp, self.metrics.registry, self.loaded)
                 if self.config.decisions == "local"

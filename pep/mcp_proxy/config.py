@@ -4,6 +4,13 @@
     public_url = "https://mcp.example.com"   # this proxy as clients reach it (no path)
     issuer = "https://id.example.com"        # the token issuer whose tokens are accepted
     pdp = "127.0.0.1:50051"                  # the gRPC decision service
+    pdp_token = "none"                       # client_credentials: send the PDP the proxy's
+                                             # own tessera:decide token (client_id's)
+    pdp_tls = false                          # call the PDP over TLS
+    pdp_ca = ""                              # PEM roots the PDP's certificate is checked
+                                             # against (empty: the system's)
+    pdp_cert = ""                            # PEM client certificate and its key, for a
+    pdp_key = ""                             # PDP with tls_client_ca (mutual TLS)
     host = "127.0.0.1"
     port = 8090
     algorithms = ["ES256", "RS256", "EdDSA"] # JWT signatures accepted; never none or HMAC
@@ -47,6 +54,12 @@ proxy asks the issuer's introspection endpoint whether a JWT is still active eac
 verifies it, that is once per ``token_cache`` seconds; without a ``client_id``, a JWT is
 good until it expires.
 
+A PDP that asks its callers to authenticate (one listening beyond loopback, or with
+``caller_auth = "required"``) is sent, with ``pdp_token = "client_credentials"``, a bearer
+token the proxy gets from the issuer as ``client_id`` with the scope ``tessera:decide``,
+on every call (``Authorize`` and ``ListAllowed``); and, with ``pdp_cert`` and ``pdp_key``,
+a client certificate. Any of ``pdp_ca``, ``pdp_cert`` and ``pdp_key`` turns TLS on.
+
 A configuration that cannot work is refused with a :class:`ConfigError` naming the setting.
 What depends on the machine the proxy starts on, a stdio upstream's program, is checked by
 :func:`check_programs` when the command starts, not when the table is read.
@@ -70,6 +83,7 @@ from pep.errors import PepError
 ALGORITHMS = ("ES256", "ES384", "RS256", "PS256", "EdDSA")
 CREDENTIALS = ("static", "client_credentials", "token_exchange", "none")
 DECISIONS = ("pdp", "local")
+PDP_TOKENS = ("none", "client_credentials")
 # what local decisions take from the [serve] table, with its defaults
 SERVE_DEFAULTS = {
     "policies": ServeConfig.policies,
@@ -81,7 +95,8 @@ SETTINGS = {
     "public_url", "issuer", "pdp", "host", "port", "algorithms", "allowed_origins",
     "max_body", "body_timeout", "jwks_uri", "client_id", "client_secret_env", "consent_client_id",
     "api_keys", "pdp_timeout", "decision_cache", "token_cache", "decisions", "policies",
-    "store", "reload_interval", "metrics_port", "audit", "upstream",
+    "store", "reload_interval", "metrics_port", "audit", "upstream", "pdp_token", "pdp_tls",
+    "pdp_ca", "pdp_cert", "pdp_key",
 }  # fmt: skip
 """The settings the ``[mcp_proxy]`` table may hold; any other is refused."""
 
@@ -142,6 +157,11 @@ class ProxyConfig:
     reload_interval: float = 1.0
     metrics_port: int = -1
     audit: str = ServeConfig.audit
+    pdp_token: str = "none"
+    pdp_tls: bool = False
+    pdp_ca: str = ""
+    pdp_cert: str = ""
+    pdp_key: str = ""
 
     @property
     def jwks(self) -> str:
@@ -216,9 +236,39 @@ def config_from_table(
         reload_interval=_float(table, "reload_interval", 1.0, "mcp_proxy"),
         metrics_port=_int(table, "metrics_port", -1, "mcp_proxy"),
         audit=audit,
+        **_pdp_auth(table),
     )
     check(config)
     return config
+
+
+def _pdp_auth(table: Mapping[str, Any]) -> dict[str, Any]:
+    """How the proxy authenticates to the PDP: its token, TLS, the PEM files (each
+    readable now, so that a mistyped path stops the start, not every call)."""
+    token = _str(table, "pdp_token", "none", "mcp_proxy")
+    if token not in PDP_TOKENS:
+        raise ConfigError(f"mcp_proxy.pdp_token must be one of {', '.join(PDP_TOKENS)}")
+    files = {key: _pem(table, key) for key in ("pdp_ca", "pdp_cert", "pdp_key")}
+    if bool(files["pdp_cert"]) != bool(files["pdp_key"]):
+        raise ConfigError(
+            "mcp_proxy.pdp_cert and mcp_proxy.pdp_key go together: a client certificate "
+            "needs its private key"
+        )
+    return {"pdp_token": token, "pdp_tls": _bool(table, "pdp_tls", False, "mcp_proxy"), **files}
+
+
+def _pem(table: Mapping[str, Any], key: str) -> str:
+    """The path of a PEM file, checked to be readable and PEM; empty when not set."""
+    path = _str(table, key, "", "mcp_proxy")
+    if not path:
+        return ""
+    try:
+        text = Path(path).read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"mcp_proxy.{key}: cannot read {path}: {exc.strerror}") from None
+    if b"-----BEGIN " not in text:
+        raise ConfigError(f"mcp_proxy.{key}: {path} is not a PEM file")
+    return path
 
 
 def _algorithms(table: Mapping[str, Any]) -> tuple[str, ...]:
@@ -257,6 +307,12 @@ def check(config: ProxyConfig) -> None:
         raise ConfigError(
             f"upstream {needs_client[0]!r} gets its credential from the issuer: set "
             "mcp_proxy.client_id and the secret's environment variable (client_secret_env)"
+        )
+    if config.pdp_token == "client_credentials" and not (config.client_id and config.client_secret):
+        raise ConfigError(
+            'mcp_proxy.pdp_token = "client_credentials" gets the proxy\'s token from the '
+            "issuer: set mcp_proxy.client_id and the secret's environment variable "
+            "(client_secret_env)"
         )
 
 

@@ -11,7 +11,13 @@ are decided the same way (actions ``prompt.get`` and ``resource.read`` on resour
 allows, and what it says awaits only the user's consent when the proxy can ask the user.
 The PDP fills the user's consents from its consent store; the proxy never sends them.
 
-The PDP failing to answer is a deny (:class:`pep.client.AsyncClient` fails closed). With
+The proxy authenticates to the PDP as its configuration says (:func:`pdp_credentials`):
+TLS, a client certificate, and its own ``tessera:decide`` token from the issuer, sent on
+``Authorize`` and ``ListAllowed`` calls alike.
+
+The PDP failing to answer is a deny (:class:`pep.client.AsyncClient` fails closed), and
+a list it cannot filter is empty; each such failure is logged with the PDP's status and
+counted (``tessera_mcp_proxy_pdp_failures_total``). With
 a decision cache, an answer the PDP marks cacheable (no limit could decide it) is reused
 for identical requests for a few seconds: such a call is not audited again, and its
 decision id is that of the decision it reused.
@@ -28,9 +34,11 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import grpc
+import httpx
 from prometheus_client import CollectorRegistry
 
 from issuer.store import open_store
@@ -48,9 +56,20 @@ from pdp.request import typed_request
 from pdp.serve.proto import authorizer_pb2 as pb
 from pdp.serve.proto import authorizer_pb2_grpc as pb_grpc
 from pdp.serve.reload import Reloader
-from pep.client import AsyncClient, Options, Query, Verdict, to_value
+from pep.client import (
+    AUTHORIZATION,
+    PLAINTEXT,
+    AsyncClient,
+    Credentials,
+    Options,
+    Query,
+    Verdict,
+    to_value,
+)
+from pep.client_tokens import AsyncClientCredentialsToken, TokenError
 from pep.errors import PepError
 from pep.mcp_proxy.config import ContextArgument, ProxyConfig, Upstream
+from pep.mcp_proxy.metrics import ProxyMetrics
 from pep.mcp_proxy.tokens import Caller
 
 log = logging.getLogger("tessera.mcp_proxy")
@@ -114,15 +133,48 @@ def mapped_context(
     return context
 
 
-class Decider:
-    """Asks the PDP: one client for ``Authorize``, one stub for ``ListAllowed``."""
+def pdp_credentials(config: ProxyConfig, http: httpx.AsyncClient) -> Credentials:
+    """How the proxy proves to the PDP that it is a PEP: TLS and a client certificate
+    from the configured PEM files, and, with ``pdp_token = "client_credentials"``, its own
+    ``tessera:decide`` token, got from the issuer through ``http`` and kept until shortly
+    before it expires."""
+    token = None
+    if config.pdp_token == "client_credentials":
+        token = AsyncClientCredentialsToken(
+            config.issuer, config.client_id, config.client_secret, http
+        )
 
-    def __init__(self, target: str, timeout: float = 0.5, cache: float = 0.0) -> None:
+    def pem(path: str) -> bytes | None:
+        return Path(path).read_bytes() if path else None
+
+    return Credentials(
+        token=token,
+        tls=config.pdp_tls,
+        root_certificates=pem(config.pdp_ca),
+        certificate_chain=pem(config.pdp_cert),
+        private_key=pem(config.pdp_key),
+    )
+
+
+class Decider:
+    """Asks the PDP, with ``credentials``: one client for ``Authorize``, one stub for
+    ``ListAllowed`` on the same channel and with the same bearer token."""
+
+    def __init__(
+        self,
+        target: str,
+        timeout: float = 0.5,
+        cache: float = 0.0,
+        credentials: Credentials = PLAINTEXT,
+        metrics: ProxyMetrics | None = None,
+    ) -> None:
         options = Options(timeout=timeout, cache_size=10_000 if cache > 0 else 0, cache_ttl=cache)
-        self.channel = grpc.aio.insecure_channel(target, options=options.channel_options())
-        self.client = AsyncClient(target, options, channel=self.channel)
+        self.channel = credentials.channel(target, aio=True, options=options.channel_options())
+        self.client = AsyncClient(target, options, channel=self.channel, credentials=credentials)
         self.stub = pb_grpc.AuthorizerStub(self.channel)  # type: ignore[no-untyped-call]
+        self.token = credentials.token
         self.timeout = timeout
+        self.metrics = metrics
 
     async def close(self) -> None:
         await self.channel.close()
@@ -136,7 +188,14 @@ class Decider:
         name: str,
         context: Mapping[str, Any],
     ) -> Verdict:
-        return await self.client.authorize(_query(caller, upstream, method, kind, name, context))
+        query = _query(caller, upstream, method, kind, name, context)
+        return self.answered("Authorize", await self.client.authorize(query))
+
+    def answered(self, call: str, verdict: Verdict) -> Verdict:
+        """``verdict``, its failure (the PDP did not decide: a deny) logged and counted."""
+        if verdict.error is not None and not verdict.refused:
+            self._failed(call, verdict.code or "UNKNOWN", verdict.error)
+        return verdict
 
     async def listed(
         self, caller: Caller, upstream: Upstream, kind: Kind, names: Sequence[str]
@@ -146,13 +205,34 @@ class Decider:
             return Listed()
         request = _list_request(caller, upstream, kind, names)
         try:
-            response = await self.stub.ListAllowed(request, timeout=self.timeout)
-        except grpc.RpcError:
+            metadata = await self._bearer()
+            response = await self.stub.ListAllowed(request, timeout=self.timeout, metadata=metadata)
+        except TokenError as exc:
+            self._failed("ListAllowed", "UNAUTHENTICATED", f"no bearer token to send: {exc}")
+            return Listed()  # fail closed: list nothing
+        except grpc.RpcError as exc:
+            code = exc.code().name if hasattr(exc, "code") else "UNKNOWN"
+            details = exc.details() if hasattr(exc, "details") else str(exc)
+            self._failed("ListAllowed", code, f"{code}: {details}")
             return Listed()  # fail closed: list nothing
         return Listed(
             frozenset(r.id for r in response.allowed),
             frozenset(r.id for r in response.consent_required),
         )
+
+    async def _bearer(self) -> tuple[tuple[str, str], ...]:
+        """The ``authorization`` metadata of a call: the proxy's token, if it has one."""
+        if self.token is None:
+            return ()
+        token = self.token if isinstance(self.token, str) else self.token()
+        if not isinstance(token, str):
+            token = await token
+        return ((AUTHORIZATION, f"Bearer {token}"),)
+
+    def _failed(self, call: str, code: str, error: str) -> None:
+        log.warning("the PDP did not answer %s, so the proxy denies (fail closed): %s", call, error)
+        if self.metrics is not None:
+            self.metrics.pdp_failed(call, code)
 
 
 class LocalDecider:
@@ -223,7 +303,7 @@ class LocalDecider:
             code = "RESOURCE_EXHAUSTED" if isinstance(exc, RequestTooLarge) else "INVALID_ARGUMENT"
             return Verdict.failed(f"{code}: {exc}", code)
         if answer is None:
-            verdict = await self.remote.client.authorize(query)
+            verdict = self.remote.answered("Authorize", await self.remote.client.authorize(query))
             self._compare(verdict.bundle_version)
             return verdict
         return _verdict(answer)

@@ -8,7 +8,10 @@
   (status and headers);
 - ``tessera_mcp_proxy_upstream_failures_total{upstream, reason}``: calls answered with a
   JSON-RPC error because the upstream timed out, was unreachable, failed, or sent
-  something that is not its answer, or no credential for it could be had.
+  something that is not its answer, or no credential for it could be had;
+- ``tessera_mcp_proxy_pdp_failures_total{call, code}``: calls to the PDP (``Authorize``,
+  ``ListAllowed``) it did not answer, by gRPC status (UNAUTHENTICATED: the proxy's token
+  was refused or could not be had; UNAVAILABLE…); each is a deny, or an empty list.
 
 With ``decisions = "local"`` the same registry holds the decision service's own metrics
 (``tessera_decisions_total``, ``tessera_engine_seconds``, ``tessera_bundle_info``,
@@ -58,6 +61,12 @@ class ProxyMetrics:
             ["upstream", "reason"],
             registry=r,
         )
+        self.pdp_failures = Counter(
+            "tessera_mcp_proxy_pdp_failures",
+            "Calls to the PDP it did not answer (each a deny), by call and gRPC status.",
+            ["call", "code"],
+            registry=r,
+        )
         self._counters: dict[tuple[str, ...], Counter] = {}
         self._waits: dict[str, Histogram] = {}
 
@@ -76,6 +85,9 @@ class ProxyMetrics:
 
     def failed(self, upstream: str, reason: str) -> None:
         self._counter(self.failures, "f", upstream, reason).inc()
+
+    def pdp_failed(self, call: str, code: str) -> None:
+        self._counter(self.pdp_failures, "p", call, code).inc()
 
     def _counter(self, metric: Counter, *key: str) -> Counter:
         child = self._counters.get(key)

@@ -132,12 +132,43 @@ def test_a_call_argument_cannot_supply_what_tessera_sets(name: str) -> None:
             {"upstream": [up(context={"amount": {"argument": "amount", "currency": "usd"}})]},
             "currency must be an ISO 4217 code",
         ),
+        ({"pdp_token": "static"}, "mcp_proxy.pdp_token must be one of none, client_credentials"),
+        (
+            {"pdp_token": "client_credentials"},
+            'mcp_proxy.pdp_token = "client_credentials" gets the proxy\'s token from the issuer',
+        ),
+        ({"pdp_tls": "yes"}, "mcp_proxy.pdp_tls must be true or false"),
+        ({"pdp_ca": "/nonexistent/ca.pem"}, "mcp_proxy.pdp_ca: cannot read /nonexistent/ca.pem"),
     ],
 )
 def test_a_configuration_that_cannot_work_is_refused(changes: dict[str, Any], message: str) -> None:
     with pytest.raises(ConfigError) as raised:
         config_from_table(table(**changes), env={})
     assert message in str(raised.value)
+
+
+def test_the_pdp_credentials_are_settings_checked_when_read(tmp_path: Path) -> None:
+    """A client certificate needs its key; a file that is not PEM is named; a complete
+    set is kept as given."""
+    pem = tmp_path / "a.pem"
+    pem.write_text("-----BEGIN CERTIFICATE-----\nAA==\n-----END CERTIFICATE-----\n")
+    (tmp_path / "a.txt").write_text("not a certificate")
+    with pytest.raises(ConfigError, match=r"pdp_cert and mcp_proxy\.pdp_key go together"):
+        config_from_table(table(pdp_cert=str(pem)), env={})
+    with pytest.raises(ConfigError, match=r"mcp_proxy.pdp_key: .*a.txt is not a PEM file"):
+        config_from_table(table(pdp_cert=str(pem), pdp_key=str(tmp_path / "a.txt")), env={})
+    env = {"TESSERA_MCP_PROXY_SECRET": "s3cret"}
+    settings = {"pdp_ca": str(pem), "pdp_cert": str(pem), "pdp_key": str(pem)}
+    config = config_from_table(
+        table(pdp_token="client_credentials", client_id="proxy", pdp_tls=True, **settings), env
+    )
+    assert (config.pdp_token, config.pdp_tls, config.pdp_ca) == (
+        "client_credentials",
+        True,
+        str(pem),
+    )
+    assert (config.pdp_cert, config.pdp_key) == (str(pem), str(pem))
+    assert config_from_table(table(), env={}).pdp_token == "none"
 
 
 POLICIES = Path(__file__).resolve().parents[3] / "policies"

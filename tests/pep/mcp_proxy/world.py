@@ -28,6 +28,7 @@ from issuer.models import AGENT_EXTENSION, AGENT_SCHEMA
 from issuer.oauth.grants import Exchange
 from pdp.audit.writer import AuditWriter
 from pdp.directory import Directory
+from pdp.doors.callers import DECIDE_SCOPE, callers_of
 from pdp.engine import Engine
 from pdp.loader import load_directory
 from pdp.serve.exchange import exchange_check
@@ -226,19 +227,32 @@ def proxy_config(
 
 @contextmanager
 def world(
-    backend: str, tmp_path: Path, policies: Path = POLICIES, **options: Any
+    backend: str,
+    tmp_path: Path,
+    policies: Path = POLICIES,
+    callers: bool = False,
+    **options: Any,
 ) -> Iterator[World]:
     """The world on a fresh ``backend`` store, its PDP deciding with the ``policies``
     directory (the shipped policies by default); ``options`` change the proxy's
     configuration (``decisions="local"`` decides on the same policies and the issuer's
-    store unless told otherwise)."""
+    store unless told otherwise). With ``callers``, the PDP asks every caller for a PEP's
+    bearer token, as ``caller_auth = "required"`` does, and the proxy's own client at the
+    issuer may ask for one (scope ``tessera:decide``)."""
     lazy = Lazy()
     with oauth_service(backend, tmp_path, exchange_check=lazy) as oauth:
         directory = Directory(oauth.store)
         directory.start()
         audit = AuditWriter(oauth.store, 1000, 0.0)
         engine = Engine(load_directory(policies).bundle)
-        pdp = Server(engine, directory=directory, audit=audit, durability="sync")
+        asking = {"callers": callers_of(oauth.keys, oauth.issuer, directory, peps=True)}
+        pdp = Server(
+            engine,
+            directory=directory,
+            audit=audit,
+            durability="sync",
+            **(asking if callers else {}),
+        )
         lazy.service = pdp.running.point
         thread = LoopThread()
         served: list[HttpRunning] = []
@@ -252,7 +266,7 @@ def world(
             sock = bind("127.0.0.1", 0)
             proxy = f"http://127.0.0.1:{sock.getsockname()[1]}"
             consent_app = register_consent_app(oauth, proxy)
-            own = oauth.secret_client(scope="")
+            own = oauth.secret_client(scope=DECIDE_SCOPE if callers else "")
             assert own.secret is not None
             config = proxy_config(
                 oauth.issuer,
