@@ -6,6 +6,7 @@ from __future__ import annotations
 from google.protobuf import struct_pb2
 from google.protobuf.descriptor import Descriptor
 
+from pdp.doors.grpc import varint
 from pdp.serve.proto import authorizer_pb2 as pb
 
 
@@ -15,7 +16,7 @@ def number(descriptor: Descriptor, name: str) -> int:
 
 def field(tag: int, payload: bytes) -> bytes:
     """A length-delimited field (wire type 2): its tag, its length, its bytes."""
-    return _varint(tag << 3 | 2) + _varint(len(payload)) + payload
+    return varint(tag << 3 | 2) + varint(len(payload)) + payload
 
 
 def entry(tag: int, key: str, value: bytes) -> bytes:
@@ -40,12 +41,3 @@ def nested_struct(lists: int) -> bytes:
         inner = field(number(struct_pb2.ListValue.DESCRIPTOR, "values"), value)
         value = field(number(struct_pb2.Value.DESCRIPTOR, "list_value"), inner)
     return entry(number(struct_pb2.Struct.DESCRIPTOR, "fields"), "deep", value)
-
-
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while value > 0x7F:
-        out.append(value & 0x7F | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)

@@ -279,12 +279,12 @@ def answer_to_bytes(answer: Answer) -> bytes:
     head = _prepared(answer.decision)[1]
     ident = answer.decision_id.encode()
     size = len(ident)
-    length = _SHORT[size] if size < 128 else _varint(size)
+    length = _SHORT[size] if size < 128 else varint(size)
     tail = _CACHEABLE_TRUE if answer.cacheable else b""
     return b"".join((head, _DECISION_ID_TAG, length, ident, tail))
 
 
-def _varint(value: int) -> bytes:
+def varint(value: int) -> bytes:
     """``value`` as a protobuf base-128 varint."""
     out = bytearray()
     while value > 0x7F:

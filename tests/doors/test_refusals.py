@@ -133,21 +133,9 @@ def test_the_mcp_proxy_refuses_a_number_json_does_not_have_as_a_parse_error(
     world: Doors, asked: Asked, number: str
 ) -> None:
     before = trail_length(world)
-    body = json.dumps(call(TOOL, {"amount": "AMOUNT"})).replace('"AMOUNT"', number)
-    response = httpx.post(
-        world.resource,
-        content=body,
-        headers={
-            "Authorization": f"Bearer {world.token(asked)}",
-            "Accept": "application/json, text/event-stream",
-            "Content-Type": "application/json",
-            **modern(TOOL),
-        },
-        timeout=TIMEOUT,
-    )
-    assert response.status_code == 400, response.text
-    assert response.json()["error"]["code"] == -32700
-    assert not response.headers.get(DECISION_HEADER)
+    error, headers = tools_call(world, asked, number, status=400)
+    assert error["code"] == -32700
+    assert not headers.get(DECISION_HEADER)
     assert trail_length(world) == before
 
 
@@ -307,9 +295,12 @@ def evaluate(
     )
 
 
-def tools_call(world: Doors, asked: Asked, amount: str) -> tuple[dict[str, object], httpx.Headers]:
+def tools_call(
+    world: Doors, asked: Asked, amount: str, status: int = 200
+) -> tuple[dict[str, object], httpx.Headers]:
     """A ``tools/call`` of the transfer whose ``amount`` argument is the JSON text
-    ``amount``: the JSON-RPC error it is answered, and the response's headers."""
+    ``amount``, answered with HTTP ``status``: the JSON-RPC error it is answered, and the
+    response's headers."""
     body = json.dumps(call(TOOL, {"amount": "AMOUNT"})).replace('"AMOUNT"', amount)
     response = httpx.post(
         world.resource,
@@ -322,6 +313,6 @@ def tools_call(world: Doors, asked: Asked, amount: str) -> tuple[dict[str, objec
         },
         timeout=TIMEOUT,
     )
-    assert response.status_code == 200, response.text
+    assert response.status_code == status, response.text
     error: dict[str, object] = response.json()["error"]
     return error, response.headers

@@ -31,6 +31,7 @@ from pdp.serve.proto import authorizer_pb2 as pb
 from tests.fuzz.live import TIMEOUT, Live, Seeds, difference
 from tests.fuzz.messages import messages
 from tests.fuzz.operations import PYTHON
+from tests.protobuf import field
 
 # No shrinking: a failure is reported as found, so a failing run stays as short as a
 # passing one (each example is a round trip to the server and a read of the store).
@@ -218,20 +219,6 @@ def test_bytes_that_are_not_the_message_are_refused(
     caller.call(method, raw)
 
 
-def _field(number: int, payload: bytes) -> bytes:
-    """One length-delimited field on the wire (tag, length, payload)."""
-    return _varint(number << 3 | 2) + _varint(len(payload)) + payload
-
-
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while value > 0x7F:
-        out.append(value & 0x7F | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
-
-
 def _deep(depth: int, bottom: bytes, value: Any) -> bytes:
     """A value that is a list holding a list… ``depth`` times, as bytes (a message this deep
     cannot be built in Python: protobuf refuses to copy it)."""
@@ -239,31 +226,31 @@ def _deep(depth: int, bottom: bytes, value: Any) -> bytes:
     kind = "list" if "list" in listed else "list_value"
     inner = bottom
     for _ in range(depth):
-        inner = _field(listed[kind].number, _field(1, inner))
+        inner = field(listed[kind].number, field(1, inner))
     return inner
 
 
 def _entry(key: str, value: bytes) -> bytes:
-    return _field(1, key.encode()) + _field(2, value)
+    return field(1, key.encode()) + field(2, value)
 
 
 def _nested(method: Method, seeds: Seeds, depth: int) -> bytes:
     """A valid request of ``method`` with a context value nested ``depth`` levels deep."""
     valid = method.valid(seeds).SerializeToString()
     deep = _deep(depth, pb.Value(string="bottom").SerializeToString(), pb.Value())
-    context = _field(
+    context = field(
         pb.AuthorizeRequest.DESCRIPTOR.fields_by_name["context"].number, _entry("deep", deep)
     )
     if method.request is pb.AuthorizeBatchRequest:
-        return valid + _field(1, _authorize(seeds).SerializeToString() + context)
+        return valid + field(1, _authorize(seeds).SerializeToString() + context)
     if method.request is not auth.CheckRequest:
         return valid + context
     struct = _deep(
         depth, struct_pb2.Value(string_value="x").SerializeToString(), struct_pb2.Value()
     )
-    metadata = _field(1, _entry("fuzz", _field(1, _entry("deep", struct))))  # filter_metadata
+    metadata = field(1, _entry("fuzz", field(1, _entry("deep", struct))))  # filter_metadata
     number = auth.AttributeContext.DESCRIPTOR.fields_by_name["metadata_context"].number
-    return valid + _field(1, _field(number, metadata))  # CheckRequest.attributes
+    return valid + field(1, field(number, metadata))  # CheckRequest.attributes
 
 
 @settings(FUZZ, max_examples=10)
