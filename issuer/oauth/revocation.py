@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from issuer.keys import VERIFY_LEEWAY
@@ -74,10 +74,16 @@ def lineage_claim(ids: Iterable[str]) -> dict[str, Any]:
 
 
 def revoked(store: Store, claims: Mapping[str, Any]) -> bool:
-    """Whether an access token was revoked (RFC 7009): its own ``jti`` or an id of its
-    lineage; a malformed lineage counts as revoked (the check fails closed)."""
+    """Whether an access token was revoked (RFC 7009), as the store records it."""
+    return revoked_by(lambda id_: is_recorded(store, id_), claims)
+
+
+def revoked_by(recorded: Callable[[str], bool], claims: Mapping[str, Any]) -> bool:
+    """Whether an access token was revoked: its own ``jti`` or an id of its lineage is
+    ``recorded`` (in the store, or in a snapshot of it); a malformed lineage counts as
+    revoked (the check fails closed)."""
     ids = revocable_ids(claims)
-    return ids is None or any(is_recorded(store, id_) for id_ in ids)
+    return ids is None or any(recorded(id_) for id_ in ids if id_)
 
 
 def revoke(store: Store, id_: str, *, subject: str, exp: float, lifetime: int, actor: str) -> None:

@@ -38,6 +38,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from issuer.keys import KeyRing
+from issuer.oauth.revocation import revoked_by
 from issuer.oauth.tokens import ring_lookup
 from issuer.verify import AgentStatus, Caller, Memory, Reason, Refusal, Revocation, Verifier
 from pdp.directory import Directory
@@ -192,15 +193,15 @@ def named_by(
 
 
 def snapshot_revocations(directory: Directory) -> Revocation:
-    """Revocations (RFC 7009) as the directory's snapshot holds them; a snapshot that may
-    miss changes cannot tell, and refuses (fail closed)."""
+    """Revocations (RFC 7009) as the directory's snapshot holds them: the token's own, or
+    one of the tokens or the grant it came from (its lineage); a snapshot that may miss
+    changes cannot tell, and refuses (fail closed)."""
 
     async def revoked(token: str, who: Caller) -> Refusal | None:
         stale = directory.stale()
         if stale is not None:
             return Refusal(Reason.UNCHECKED, stale)
-        jti = who.claims.get("jti")
-        if isinstance(jti, str) and directory.revoked(jti):
+        if revoked_by(directory.revoked, who.claims):
             return Refusal(Reason.REVOKED, "the token was revoked")
         return None
 

@@ -36,7 +36,7 @@ import httpx
 import jwt
 
 from issuer.keys import PublicKey
-from issuer.oauth.revocation import revocable_ids
+from issuer.oauth.revocation import revoked_by
 from issuer.verify import Caller as Caller
 from issuer.verify import Memory, Reason, Refusal, Revocation, Verifier
 from pep.errors import PepError
@@ -170,8 +170,7 @@ class ResourceServer:
         """Revoked, by the store's revocations (local decisions): the token itself, or a
         token or grant it came from (its lineage); a malformed lineage is refused."""
         assert self.revoked is not None
-        ids = revocable_ids(who.claims)
-        if ids is None or any(self.revoked(id_) for id_ in ids if id_):
+        if revoked_by(self.revoked, who.claims):
             return Refusal(Reason.REVOKED, "the token was revoked")
         return None
 

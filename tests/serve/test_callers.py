@@ -368,6 +368,24 @@ def test_an_agent_token_that_does_not_verify_is_unauthenticated(pdp: Pdp) -> Non
     assert pdp.records() == []  # nothing of the batch was decided
 
 
+def test_an_agent_token_exchanged_from_a_revoked_token_is_unauthenticated(pdp: Pdp) -> None:
+    """Revoking a token revokes what was exchanged from it (its ``lineage``), here as in
+    every other verifier: the directory's snapshot is read for every id of the lineage."""
+    mailer = pdp.agent("mailer", scopes=["mail:send"])
+    pep = bearer(pdp.pep())
+    document = {"jti": "parent-jti", "exp": int(time.time()) + 600, "sub": mailer}
+    pdp.store.create(REVOKED, document, unique={"jti": "parent-jti"}, actor="test")
+    pdp.directory.refresh()
+    sibling = pdp.token(mailer, audience=MCP, lineage=["grant-1", "another-jti"])
+    assert pdp.stub.Authorize(question(agent_token=sibling), timeout=5, metadata=pep).decision_id
+    exchanged = pdp.token(mailer, audience=MCP, lineage=["grant-1", "parent-jti"])
+    error = refused(pdp.stub.Authorize, question(agent_token=exchanged), metadata=pep)
+    assert (error.code(), error.details()) == (
+        grpc.StatusCode.UNAUTHENTICATED,
+        "the agent token is not valid: the token was revoked",
+    )
+
+
 def test_agent_tokens_in_a_batch_and_in_list_allowed(pdp: Pdp) -> None:
     reader = pdp.agent("reader")
     risky = pdp.agent("risky", riskLevel="high")
