@@ -178,6 +178,7 @@ class User:
     id: str
     user_name: str | None = None
     display_name: str | None = None
+    external_id: str | None = None  # externalId (RFC 7643 §3.1): the provisioning client's id
     email: str | None = None  # the primary address, else the first
     emails: tuple[str, ...] = ()
     roles: tuple[str, ...] = ()
@@ -201,6 +202,7 @@ class User:
             id=id,
             user_name=_text(doc.get("userName")),
             display_name=_text(doc.get("displayName")),
+            external_id=_text(doc.get("externalId")),
             email=str((primary or emails)[0]["value"]) if emails else None,
             emails=tuple(str(item["value"]) for item in emails),
             roles=tuple(

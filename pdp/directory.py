@@ -21,6 +21,10 @@ reader of SCIM documents); what a policy sees is the record's attributes
 
     context.consents  the scopes the user granted the agent (the issuer's consent records);
                       whatever the caller sent is replaced
+
+A person may be the subject itself, named by SCIM id, userName, externalId or e-mail:
+:attr:`Directory.people` finds them (:mod:`pdp.subjects`), its indexes rebuilt with the
+users on each change.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from typing import Any, NamedTuple
 from issuer.agents import Agent, User, memberships
 from issuer.models import CONSENT, REVOKED
 from issuer.store import Change, Store
+from pdp.subjects import People
 
 log = logging.getLogger("tessera.directory")
 
@@ -70,6 +75,7 @@ class Directory:
         self._user_docs: dict[str, dict[str, Any]] = {}  # SCIM documents
         self._groups: dict[str, dict[str, Any]] = {}  # SCIM documents
         self._users: dict[str, User] = {}  # from both: a group change changes its members
+        self.people = People(self._users)  # the users by every id a caller may name them by
         self._consent_docs: dict[str, dict[str, Any]] = {}  # consent records by id
         self._consents: dict[tuple[str, str], tuple[str, ...]] = {}  # (user, agent) -> scopes
         self._revoked: dict[str, tuple[str, float]] = {}  # record id -> (jti, exp)
@@ -97,6 +103,14 @@ class Directory:
         """The user's attributes, or None when the directory has no such user."""
         user = self._users.get(id)
         return None if user is None else user.attributes()
+
+    def person(self, id: str) -> User | None:
+        """The user whose SCIM id is ``id``, or None when the directory has no such user."""
+        return self._users.get(id)
+
+    def users(self) -> list[User]:
+        """Every user, by SCIM id (active or not)."""
+        return [self._users[id] for id in sorted(self._users)]
 
     def stale(self) -> str | None:
         """Why the snapshot may miss changes (its follower has not heard from the store for
@@ -219,9 +233,10 @@ class Directory:
 
     def _rebuild_users(self) -> None:
         names = memberships(self._groups.values())
-        self._users = {
+        users = {
             id: User.from_scim(id, doc, names.get(id, ())) for id, doc in self._user_docs.items()
         }
+        self._users, self.people = users, People(users)
 
     def _rebuild_consents(self) -> None:
         granted: dict[tuple[str, str], set[str]] = {}
