@@ -82,7 +82,8 @@ class Subject:
         ``agent``, ``user``, ``chain`` and ``subject``."""
         if self.is_agent:
             user = None if self.user is None else {"id": self.user}
-            return {"agent": {"id": self.id}, "user": user, "chain": self.chain, "subject": None}
+            chain = self.chain or None  # none sent: the agent's own, when it acts for a user
+            return {"agent": {"id": self.id}, "user": user, "chain": chain, "subject": None}
         named = {"type": self.type, "id": self.id}
         if self.is_person:
             person = {**self.properties, "id": self.user or self.id}
