@@ -12,7 +12,9 @@ import pytest
 from prometheus_client import generate_latest
 
 from issuer.store import Store
+from pdp.audit.baselines import Baselines
 from pdp.audit.query import entries
+from pdp.audit.report import gather
 from pdp.audit.writer import AuditWriter
 from pdp.decide import DecisionPoint
 from pdp.directory import Directory
@@ -368,3 +370,26 @@ def test_an_agents_request_names_the_agent_as_its_subject(world: World) -> None:
     )
     assert request.subject == {"type": "agent", "id": agent}
     assert world.point.preview(request).allow
+
+
+def test_anomaly_baselines_and_the_report_pass_over_a_persons_decisions(world: World) -> None:
+    agent = add_agent(world.store, "lister")
+    world.user("rio", roles=[{"value": "analyst"}])
+    world.directory.refresh()
+    assert world.ask("rio").allow
+    request = typed_request(
+        world.bundle.schema,
+        agent={"id": agent},
+        action="db.list",
+        resource_type="table",
+        resource_id="orders",
+    )
+    asyncio.run(world.point.decide(request, "test"))
+    person_record, agent_record = world.records()
+    baselines = Baselines()
+    assert baselines.observe(person_record, 1) == []
+    baselines.observe(agent_record, 2)
+    assert list(baselines.agents) == [agent]  # the person is no agent with a baseline
+    report = gather(world.store)
+    assert [a.id for a in report.agents] == [agent]
+    assert report.unknown_agents == ()
