@@ -159,7 +159,6 @@ def request_from_proto(
     if size is None:
         size = message.ByteSize()
     within(message, schema, size, bounds)
-    subject = None
     if message.HasField("subject"):
         if message.HasField("agent"):
             raise RequestError("agent: the subject is named in agent or in subject, not both")
@@ -192,7 +191,6 @@ def request_from_proto(
         typed_resource(resource.type, resource.id, attributes, schema),
         typed_from_proto(context, "context", schema.context) if context else {},
         size,
-        subject,
     )
 
 
