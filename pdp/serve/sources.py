@@ -43,8 +43,9 @@ from pathlib import Path, PurePosixPath
 from typing import Protocol
 from urllib.parse import unquote
 
+from pdp.catalog import RESOURCES_SUFFIX
 from pdp.errors import PdpError
-from pdp.loader import SUFFIX, Loaded, load_directory, policy_files
+from pdp.loader import SUFFIX, Loaded, bundle_files, load_directory
 
 GIT_PREFIX = "git+"
 GIT_TIMEOUT = 60.0  # seconds one git command may take (a fetch over a slow link included)
@@ -115,9 +116,10 @@ def is_git(policies: str) -> bool:
 
 
 def fingerprint(directory: Path) -> Fingerprint:
-    """What changes when any policy file is added, removed or written."""
+    """What changes when any file of the bundle (a policy, or a resource catalog's file)
+    is added, removed or written."""
     out = []
-    for path in policy_files(directory):
+    for path in bundle_files(directory):
         try:
             stat = path.stat()
         except OSError:
@@ -366,7 +368,8 @@ class GitSource:
             return ""
 
     def checkout(self, commit: str) -> Path:
-        """A fresh directory with the policy files of ``commit`` (below ``dir=``)."""
+        """A fresh directory with the bundle's files of ``commit`` (below ``dir=``): its
+        ``.pol`` files and its resource catalog's ``*.resources.json`` files."""
         directory = self.spec.directory
         tree = f"{commit}:{directory}" if directory else commit
         try:
@@ -380,7 +383,13 @@ class GitSource:
         target = self.cache / commit[:SHORT]
         archive = b""
         if any(name.endswith(SUFFIX.encode()) for name in names):
-            archive = self._git("archive", "--format=tar", tree, "--", f":(glob)**/*{SUFFIX}")
+            # git refuses a pathspec that matches no file: ask for catalog files only
+            # when there are some
+            suffixes = [SUFFIX]
+            if any(name.endswith(RESOURCES_SUFFIX.encode()) for name in names):
+                suffixes.append(RESOURCES_SUFFIX)
+            patterns = [f":(glob)**/*{suffix}" for suffix in suffixes]
+            archive = self._git("archive", "--format=tar", tree, "--", *patterns)
         try:
             shutil.rmtree(target, ignore_errors=True)
             target.mkdir()
