@@ -108,13 +108,21 @@ class CatalogApi:
         self.check = check
 
     def routes(self) -> list[BaseRoute]:
-        one = f"{CATALOG_PATH}/{{type}}/{{id:path}}"
+        # One route for one path: the router's 405 names the methods of the first
+        # route whose path matches.
+        by_method = {"GET": self.get, "HEAD": self.get, "PUT": self.put, "DELETE": self.delete}
+
+        async def one(request: Request, who: Principal) -> Response:
+            return await by_method[request.method](request, who)
+
         return [
             Route(CATALOG_PATH, self._guarded(self.batch), methods=["POST"]),
             Route(f"{CATALOG_PATH}/{{type}}", self._guarded(self.list), methods=["GET"]),
-            Route(one, self._guarded(self.get), methods=["GET"]),
-            Route(one, self._guarded(self.put), methods=["PUT"]),
-            Route(one, self._guarded(self.delete), methods=["DELETE"]),
+            Route(
+                f"{CATALOG_PATH}/{{type}}/{{id:path}}",
+                self._guarded(one),
+                methods=["GET", "PUT", "DELETE"],
+            ),
         ]
 
     def _guarded(self, handler: Handler) -> Callable[[Request], Awaitable[Response]]:
