@@ -273,3 +273,22 @@ def test_a_catalog_file_in_a_policy_directory_is_part_of_the_bundle(tmp_path: Pa
     for name, text in texts().items():
         (tmp_path / name).write_text(text)
     assert set(load_directory(tmp_path).bundle.catalog["record"]) == {"101", "102", "103"}
+
+
+def test_the_admin_servers_simulation_reads_the_catalog_and_versions_as_the_pdp(
+    tmp_path: Path, store: Store
+) -> None:
+    from pep.admin_mcp.policies import Policies
+
+    for name, text in texts().items():
+        (tmp_path / name).write_text(text)
+    policies = Policies(tmp_path)
+    assert policies.current().bundle.version == load_directory(tmp_path).bundle.version
+    viewing = {"agent": {"id": "bot", "owner": "alice"}, "action": "view"}
+    mine = policies.simulate({**viewing, "resource": {"type": "record", "id": "101"}})
+    assert mine["decision"] == "allow"
+    _, directory, agent = stored_point(store)
+    put(store, "record", "101", owner="bob")
+    directory.refresh()
+    taken = {"agent": {"id": agent}, "action": "view", "resource": {"type": "record", "id": "101"}}
+    assert policies.simulate(taken, directory=directory)["decision"] == "deny"
