@@ -120,7 +120,8 @@ def check_properties(raw: Any, where: str = "properties") -> dict[str, Any]:
             raise CatalogError(
                 f"{path}: a property is named by a non-empty string, not type, id or name"
             )
-        if len(name.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES:
+        named = len(name.encode("utf-8", "surrogatepass"))
+        if named > MAX_NAME_BYTES:
             raise EntryTooLarge(f"{path}: a name longer than {MAX_NAME_BYTES} bytes")
         _check_value(value, path)
         size = len(_compact(value).encode("utf-8", "surrogatepass"))
@@ -128,7 +129,7 @@ def check_properties(raw: Any, where: str = "properties") -> dict[str, Any]:
             raise EntryTooLarge(
                 f"{path}: {size:,} bytes, over the {MAX_VALUE_BYTES:,} a property's value may have"
             )
-        total += size + len(name)
+        total += size + named
     if total > MAX_ENTRY_BYTES:
         raise EntryTooLarge(
             f"{where}: {total:,} bytes, over the {MAX_ENTRY_BYTES:,} an entry's properties may have"

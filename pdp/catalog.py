@@ -241,18 +241,17 @@ class Resources:
         """A request's resource with the catalog's attributes it does not send (``asked``
         itself when the catalog has no entry), or why the request is refused."""
         rtype = asked["type"]
-        stored = self._stored.by_type.get(rtype)
-        if stored is not None:
-            raw = stored.get(asked["id"])
-            if raw is not None:
-                typed = self._typed_stored(rtype, asked["id"], raw)
-                return typed if isinstance(typed, str) else {**typed, **asked}
-        bundled = self._bundled.get(rtype)
-        if bundled is not None:
-            found = bundled.get(asked["id"])
-            if found is not None:
-                return {**found, **asked}
-        return asked
+        if rtype in self._stored.by_type or rtype in self._bundled:
+            return self._described(rtype, asked)
+        return asked  # the hot path of a type without entries (a tool call)
+
+    def _described(self, rtype: str, asked: dict[str, Any]) -> dict[str, Any] | str:
+        raw = self._stored.by_type.get(rtype, {}).get(asked["id"])
+        if raw is not None:
+            typed = self._typed_stored(rtype, asked["id"], raw)
+            return typed if isinstance(typed, str) else {**typed, **asked}
+        found = self._bundled.get(rtype, {}).get(asked["id"])
+        return asked if found is None else {**found, **asked}
 
     def request(self, request: Request) -> Request | str:
         """The request with its resource's catalog attributes, or why it is refused."""
