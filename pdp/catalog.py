@@ -19,7 +19,7 @@ come from two places (docs/language.md, "Resource attributes from the catalog"):
 
 :class:`Resources` is one decision point's view of both, made again whenever the bundle
 or the directory changes (so the decision cache is emptied with it). A request whose
-resource type has no entry costs two dictionary lookups; a stored entry is typed by the
+resource type has no entry costs two dictionary membership tests; a stored entry is typed by the
 bundle's schema on first use, and one that does not fit it (the schema changed since it
 was written) refuses the request: fail closed, with the reason.
 """
@@ -211,7 +211,11 @@ class StoredEntries:
         """Apply one change of the catalog's kind."""
         if change.data is None:
             type, _, id = change.id.partition("/")  # a type holds no "/"
-            self.by_type.get(type, {}).pop(id, None)
+            entries = self.by_type.get(type)
+            if entries is not None:
+                entries.pop(id, None)
+                if not entries:  # a type without entries costs requests nothing
+                    del self.by_type[type]
             return
         entry = entry_of(change.data)
         self.by_type.setdefault(entry.type, {})[entry.id] = entry.properties

@@ -74,8 +74,10 @@ class Fuzzer:
         headers = credentials(self.live, caller)
         if content_type is not None:
             headers["Content-Type"] = content_type
-        path = operation.path.replace("{id}", quote(target or self.live.seeds.user, safe=""))
-        path = path.replace("{type}", CATALOG_TYPE)
+        # Dots percent-encoded: httpx would resolve an id of ".." as a dot segment (RFC
+        # 3986 §5.2.4) and ask another path than the operation's.
+        ident = quote(target or self.live.seeds.user, safe="").replace(".", "%2E")
+        path = operation.path.replace("{id}", ident).replace("{type}", CATALOG_TYPE)
         try:
             response = self.client.request(
                 operation.method, path, content=body, headers=headers, params=query
