@@ -9,8 +9,9 @@ runs. An HTML comment on the lines just before its fence may say otherwise or ad
     SHELL LINES
     -->                                     run, unseen by readers, just before the block
 
-A ``json`` block marked ``<!-- example: output -->`` is what the run block before it
-prints: the harness compares the two (see :func:`matches`). Anything else that starts
+A ``json`` or ``text`` block marked ``<!-- example: output -->`` is what the run block
+before it prints: the harness compares the two (:func:`fits`), ``…`` standing for what
+changes from run to run (an id, a token). Anything else that starts
 ``<!-- example`` is an error, and so is a marker that is not just before a fence, so a
 misspelt marker cannot silently leave a block unrun.
 """
@@ -24,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 RUN = frozenset({"sh", "bash", "shell"})
-OUTPUT = "json"
+OUTPUT = frozenset({"json", "text"})
 ELLIPSIS = "…"
 
 _FENCE = re.compile(r"^(?P<indent> *)(?P<fence>`{3,}|~{3,})(?P<info>[^`]*)$")
@@ -152,10 +153,31 @@ def _marker(comments: list[tuple[int, str]], shown: Path) -> Marker:
 def _check(block: Block) -> None:
     """Markers fit the block they stand before."""
     marker = block.marker
-    if marker.output and (block.lang != OUTPUT or marker != Marker(output=True)):
-        raise MarkerError(f"{block.where}: 'output' marks a json block, and nothing else")
+    if marker.output and (block.lang not in OUTPUT or marker != Marker(output=True)):
+        raise MarkerError(f"{block.where}: 'output' marks a json or text block, and nothing else")
     if not block.runs and (marker.not_run or marker.needs or marker.setup):
         raise MarkerError(f"{block.where}: a {block.lang or 'plain'} block is never run")
+
+
+def fits(output: Block, printed: str) -> bool:
+    """Whether what an example printed is the output documented in the block ``output``:
+    for ``json``, the same JSON values in order (see :func:`matches`); for ``text``, the
+    same lines but for trailing space, each ``…`` standing for any text."""
+    if output.lang == "json":
+        expected, actual = json_values(output.text), json_values(printed)
+        return actual is not None and matches(expected, actual)
+    wanted, got = _lines(output.text), _lines(printed)
+    return len(wanted) == len(got) and all(
+        re.fullmatch(".*".join(map(re.escape, line.split(ELLIPSIS))), text, re.DOTALL)
+        for line, text in zip(wanted, got, strict=True)
+    )
+
+
+def _lines(text: str) -> list[str]:
+    lines = [line.rstrip() for line in text.splitlines()]
+    while lines and not lines[-1]:
+        lines.pop()
+    return lines
 
 
 def matches(expected: Any, actual: Any) -> bool:
@@ -180,13 +202,18 @@ def matches(expected: Any, actual: Any) -> bool:
     return type(expected) is type(actual) and expected == actual
 
 
-def printed(output: str) -> Any:
-    """The JSON value a block printed: all its output, or else its last non-blank line;
-    None when neither is JSON."""
-    lines = [line for line in output.splitlines() if line.strip()]
-    for text in (output, lines[-1] if lines else ""):
+def json_values(text: str) -> list[Any] | None:
+    """The JSON values ``text`` holds one after another (whitespace between), or None
+    when it holds anything else."""
+    decoder = json.JSONDecoder()
+    values, index = [], 0
+    while True:
+        while index < len(text) and text[index].isspace():
+            index += 1
+        if index == len(text):
+            return values
         try:
-            return json.loads(text)
+            value, index = decoder.raw_decode(text, index)
         except json.JSONDecodeError:
-            continue
-    return None
+            return None
+        values.append(value)

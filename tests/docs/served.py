@@ -39,7 +39,7 @@ _LINES = {
     "loaded": re.compile(r"(\d+) rules from policies"),  # the last startup line
 }
 DOCUMENTED_PORTS = {"http": 8080, "grpc": 50051, "metrics": 9464}
-SCIM_TYPES = ("Agents", "Users", "Groups")
+SCIM_TYPES = ("Groups", "Users", "Agents")  # agents last: the PDP is watched for them
 MAX_RESOURCES = 1_000  # per type, far more than the examples register
 PAGE = 200  # SCIM's largest page here
 
@@ -63,25 +63,47 @@ class Served:
         return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
 
     def reset(self) -> None:
-        """Delete every agent, user and group over SCIM: a document starts with an empty
-        directory. What the trails recorded stays, as it does for a deleted agent."""
+        """Delete every group, user and agent over SCIM, and wait (bounded) until the
+        PDP's directory, which follows the store within a second, has seen it: a document
+        starts with an empty directory. What the trails recorded stays, as it does for a
+        deleted agent."""
+        last = None
         for kind in SCIM_TYPES:
             for _ in range(MAX_RESOURCES // PAGE):
-                page = self._scim("GET", f"{kind}?count={PAGE}&attributes=id")
+                page = self._call("GET", f"/scim/v2/{kind}?count={PAGE}&attributes=id")
                 if not page.get("Resources"):
                     break
                 for resource in page["Resources"]:
-                    self._scim("DELETE", f"{kind}/{resource['id']}")
+                    self._call("DELETE", f"/scim/v2/{kind}/{resource['id']}")
+                    last = resource["id"]
+        if last is not None:  # the feed applies changes in order: the last one seen, all are
+            self._await_unknown(last)
 
-    def _scim(self, method: str, path: str) -> dict[str, Any]:
+    def _await_unknown(self, agent: str) -> None:
+        question = {
+            "subject": {"type": "agent", "id": agent},
+            "action": {"name": "tool.call"},
+            "resource": {"type": "tool", "id": "search"},
+            "options": {"tessera_explain": True},
+        }
+        for _ in range(200):
+            answer = self._call("POST", "/access/v1/evaluation", question)
+            if any("not in the directory" in reason for reason in answer["context"]["reasons"]):
+                return
+            time.sleep(0.05)
+        raise AssertionError(f"the PDP's directory still knows the deleted agent {agent}")
+
+    def _call(self, method: str, path: str, body: Any = None) -> dict[str, Any]:
+        """One request to the HTTP port, as the administrator; its JSON answer."""
         request = urllib.request.Request(
-            f"http://127.0.0.1:{self.ports['http']}/scim/v2/{path}",
+            f"http://127.0.0.1:{self.ports['http']}{path}",
+            data=None if body is None else json.dumps(body).encode(),
             method=method,
-            headers={"Authorization": f"Bearer {self.token}"},
+            headers={"Authorization": f"Bearer {self.token}", "Content-Type": "application/json"},
         )
         with urllib.request.urlopen(request, timeout=10) as answer:  # loopback only
-            body = answer.read()
-        return json.loads(body) if body else {}
+            data = answer.read()
+        return json.loads(data) if data else {}
 
 
 def clean_env(home: Path) -> dict[str, str]:

@@ -15,14 +15,14 @@ run.
 
 from __future__ import annotations
 
-import json
 import shutil
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-from tests.docs.examples import Block, blocks, matches, printed
+from tests.docs.examples import Block, blocks, fits
 from tests.docs.served import ROOT, Served, clean_env, tessera_serve
 from tests.docs.shell import PROLOGUE, Ran, Session
 
@@ -77,7 +77,7 @@ def run_document(found: list[Block], session: Session, served: Served) -> None:
     for block in found:
         if block.marker.output:
             assert last is not None, f"{block.where}: an output with no example before it"
-            check_output(block, *last)
+            check_output(replace(block, text=served.localized(block.text)), *last)
         if not block.runs:
             continue
         if why_not_run(block) is not None:
@@ -97,9 +97,7 @@ def check_output(output: Block, example: Block, ran: Ran | None) -> None:
     """The documented output matches what the example printed (when it was run)."""
     if ran is None:
         return
-    expected = json.loads(output.text)
-    actual = printed(ran.output)
-    if not matches(expected, actual):
+    if not fits(output, ran.output):
         pytest.fail(
             f"{output.where}: the output documented for {example.where} is not what it "
             f"printed:\n{output.text}--- it printed:\n{ran.output}",

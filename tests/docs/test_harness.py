@@ -11,7 +11,7 @@ from starlette.applications import Starlette
 from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 
-from tests.docs.examples import Marker, MarkerError, blocks, matches, printed
+from tests.docs.examples import Block, Marker, MarkerError, blocks, fits, matches
 from tests.docs.served import clean_env
 from tests.docs.shell import Session
 from tests.servers import HttpServer
@@ -62,7 +62,7 @@ def test_markers_say_why_a_block_is_not_run_what_it_needs_and_its_setup(
         ("<!-- example: not run (why) -->\n\n```sh\nx\n```\n", "just before a fence"),
         ("<!-- example: not run (why) -->\n", "no block after it"),
         ("<!-- example: not run (why) -->\n```json\n{}\n```\n", "never run"),
-        ("<!-- example: output -->\n```sh\nx\n```\n", "marks a json block"),
+        ("<!-- example: output -->\n```sh\nx\n```\n", "marks a json or text block"),
         ("<!-- example: setup (x)\nA=1\n", "never closes"),
         ("```sh\nx\n", "never closes"),
     ],
@@ -74,15 +74,27 @@ def test_a_marker_the_harness_cannot_follow_is_an_error(
         blocks(markdown(tmp_path, text))
 
 
-def test_documented_output_matches_with_ellipses() -> None:
+def output(lang: str, text: str) -> Block:
+    return Block(Path("doc.md"), 1, lang, text, Marker(output=True))
+
+
+def test_documented_json_output_matches_with_ellipses() -> None:
     assert matches({"a": [1, "x"], "t": "eyJv…"}, {"a": [1, "x"], "t": "eyJvIjoyfQ"})
     assert matches({"id": "…"}, {"id": {"any": "value"}})
     assert not matches({"a": 1}, {"a": 1, "b": 2})
     assert not matches({"a": True}, {"a": 1})
     assert not matches({"t": "eyJv…"}, {"t": "other"})
-    assert printed('noise\n{"decision": true}\n') == {"decision": True}
-    assert printed('{\n  "pretty": 1\n}\n') == {"pretty": 1}
-    assert printed("not json\n") is None
+    documented = output("json", '{"decision": true}\n{"decision":\n  false}\n')
+    assert fits(documented, '{"decision":true}\n{"decision":false}\n')
+    assert not fits(documented, '{"decision":true}\n')
+    assert not fits(documented, 'noise {"decision":true}\n{"decision":false}\n')
+
+
+def test_documented_text_output_matches_line_by_line_with_ellipses() -> None:
+    documented = output("text", "400 action is required\n401 a bearer token … required\n")
+    assert fits(documented, "400 action is required  \n401 a bearer token is required\n\n")
+    assert not fits(documented, "400 action is required\n")
+    assert not fits(documented, "400 action is required\n401 a bearer token is optional\n")
 
 
 @pytest.fixture
