@@ -108,10 +108,10 @@ class Served:
 
 def clean_env(home: Path) -> dict[str, str]:
     """The environment of the server and the session: the project's virtualenv first on
-    the PATH, a home of their own (no ``~/.curlrc``), nothing of the caller's ``TESSERA_*``
-    settings or proxies."""
+    the caller's PATH, a home of their own (no ``~/.curlrc``), nothing else of the
+    caller's: no ``TESSERA_*`` settings, no proxies."""
     return {
-        "PATH": f"{BIN}{os.pathsep}/usr/local/bin{os.pathsep}/usr/bin{os.pathsep}/bin",
+        "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', os.defpath)}",
         "HOME": str(home),
         "LANG": "C.UTF-8",
         "LC_ALL": "C.UTF-8",

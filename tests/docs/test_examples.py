@@ -1,16 +1,15 @@
 """Every shell example of README.md and docs/*.md runs, as written, against a live server.
 
 Each document is read as a newcomer follows it: ``make serve`` running (here
-``tessera serve --policies policies`` on loopback, its directory emptied for each
-document, see :mod:`tests.docs.served`), and one shell in its directory with the
-project's virtualenv on the PATH and ``TOKEN`` set to the bootstrap admin token it
-printed (the README says ``export TOKEN=…``). The document's
-``sh`` blocks run in that shell in order (:mod:`tests.docs.shell`: ``set -euo pipefail``,
-curl failing on an HTTP error, a deadline per block); a block that fails names the
-document, the block's line and what it printed. ``json`` blocks marked as output are
-compared with what the block before printed. How to mark a block that cannot run here,
-and why, is in :mod:`tests.docs.examples`; every such block is listed at the end of the
-run.
+``tessera serve --policies policies`` on loopback, one for all documents, its directory
+emptied for each, see :mod:`tests.docs.served`), and one shell in its directory with the
+project's virtualenv first on the PATH and ``TOKEN`` set to the bootstrap admin token it
+printed (the README says ``export TOKEN=…``). The document's ``sh`` blocks run in that
+shell in order (:mod:`tests.docs.shell`: ``set -euo pipefail``, curl failing on an HTTP
+error, a deadline per block); a block that fails names the document, the block's line
+and what it printed. ``json`` and ``text`` blocks marked as output are compared with what
+the block before printed. How to mark a block that cannot run here, and why, is in
+:mod:`tests.docs.examples`; every such block is listed at the end of the run.
 """
 
 from __future__ import annotations
@@ -27,6 +26,7 @@ from tests.docs.served import ROOT, Served, clean_env, tessera_serve
 from tests.docs.shell import PROLOGUE, Ran, Session
 
 DOCUMENTS = ["README.md", *sorted(f"docs/{p.name}" for p in (ROOT / "docs").glob("*.md"))]
+PROGRAMS = ("bash", "curl", "jq", "openssl")  # what the examples use besides Tessera
 BLOCK_TIMEOUT = 30.0  # seconds; an example is a few requests
 
 NOT_RUN = pytest.StashKey[list[str]]()  # "file:line: reason" of every block not run
@@ -59,6 +59,9 @@ def test_examples_run(document: str, tmp_path: Path, request: pytest.FixtureRequ
             skipped.append(f"{block.where}: {reason}")
     if not any(b.runs and why_not_run(b) is None for b in found):
         return
+    missing = [program for program in PROGRAMS if shutil.which(program) is None]
+    if missing:
+        pytest.skip(f"the examples need {', '.join(missing)}, which this machine lacks")
     served: Served = request.getfixturevalue("served")  # started for the first document
     served.reset()
     (tmp_path / "scripts").mkdir()
