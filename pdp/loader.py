@@ -22,6 +22,9 @@ from pdp.lang.errors import Diagnostic, PolicyError, Sources, Span
 from pdp.lang.parser import parse
 
 SUFFIX = ".pol"
+BUNDLE_MARKER = "bundle.toml"
+"""A directory below a bundle's root holding this file is a bundle of its own (served with
+``--policies`` pointed at it): loading the outer bundle leaves its files out."""
 
 
 @dataclass(frozen=True)
@@ -34,15 +37,43 @@ class Loaded:
     sources: Sources
 
 
-def policy_files(directory: Path) -> list[Path]:
-    """Every `.pol` file below ``directory``, in a stable order."""
-    return sorted(p for p in directory.rglob(f"*{SUFFIX}") if p.is_file())
+def policy_files(directory: Path, nested: bool = False) -> list[Path]:
+    """Every `.pol` file of the bundle rooted at ``directory``, in a stable order; with
+    ``nested``, those of the bundles below it (:data:`BUNDLE_MARKER`) too."""
+    return sorted(
+        path
+        for path in directory.rglob(f"*{SUFFIX}")
+        if path.is_file() and (nested or not _in_nested_bundle(path, directory))
+    )
+
+
+def nested_bundles(directory: Path) -> list[Path]:
+    """The directories below ``directory`` that are bundles of their own."""
+    return sorted(
+        marker.parent
+        for marker in directory.rglob(BUNDLE_MARKER)
+        if marker.is_file() and marker.parent != directory
+    )
+
+
+def _in_nested_bundle(path: Path, root: Path) -> bool:
+    folder = path.parent
+    while folder != root and root in folder.parents:
+        if (folder / BUNDLE_MARKER).is_file():
+            return True
+        folder = folder.parent
+    return False
 
 
 def bundle_files(directory: Path) -> list[Path]:
-    """Every file of the bundle below ``directory``: its `.pol` files and its resource
-    catalog's ``*.resources.json`` files, in a stable order."""
-    found = (p for p in directory.rglob(f"*{RESOURCES_SUFFIX}") if p.is_file())
+    """Every file of the bundle rooted at ``directory``: its `.pol` files and its resource
+    catalog's ``*.resources.json`` files (not those of the bundles below it), in a stable
+    order."""
+    found = (
+        path
+        for path in directory.rglob(f"*{RESOURCES_SUFFIX}")
+        if path.is_file() and not _in_nested_bundle(path, directory)
+    )
     return sorted([*policy_files(directory), *found])
 
 

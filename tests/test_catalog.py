@@ -292,3 +292,13 @@ def test_the_admin_servers_simulation_reads_the_catalog_and_versions_as_the_pdp(
     directory.refresh()
     taken = {"agent": {"id": agent}, "action": "view", "resource": {"type": "record", "id": "101"}}
     assert policies.simulate(taken, directory=directory)["decision"] == "deny"
+
+
+def test_a_resources_file_of_a_bundle_of_its_own_stays_out(tmp_path: Path) -> None:
+    for name, text in texts().items():
+        (tmp_path / name).write_text(text)
+    inner = tmp_path / "examples" / "search"
+    inner.mkdir(parents=True)
+    (inner / "bundle.toml").write_text("")
+    (inner / "other.resources.json").write_text('[{"type": "table", "id": "t"}]')
+    assert set(load_directory(tmp_path).bundle.catalog) == {"record"}

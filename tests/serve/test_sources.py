@@ -179,6 +179,19 @@ def test_a_repositorys_resources_files_come_with_its_policies(
     assert loaded.bundle.catalog["record"]["1"]["owner"] == "alice"
 
 
+def test_a_bundle_of_its_own_in_a_repository_stays_out_of_the_outer_one(
+    repository: Repository, sources: list[GitSource]
+) -> None:
+    inner = {
+        "examples/search/bundle.toml": "# a bundle of its own\n",
+        "examples/search/p.pol": BROKEN,
+        "examples/search/r.resources.json": "not even JSON",
+    }
+    repository.commit({"p.pol": OPEN, **inner})
+    source = follow(sources, f"git+{repository.url}")
+    assert source.load_first().bundle.version == content_version({"p.pol": OPEN})
+
+
 def test_a_commit_id_whole_or_abbreviated(repository: Repository, sources: list[GitSource]) -> None:
     first = repository.commit({"p.pol": OPEN})
     repository.commit({"p.pol": SHUT})
