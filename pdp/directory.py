@@ -21,6 +21,9 @@ reader of SCIM documents); what a policy sees is the record's attributes
 
     context.consents  the scopes the user granted the agent (the issuer's consent records);
                       whatever the caller sent is replaced
+
+The resource catalog's entries written over the API follow the same feed, into
+:attr:`Directory.catalog` (:mod:`pdp.catalog`).
 """
 
 from __future__ import annotations
@@ -32,8 +35,10 @@ from collections.abc import Iterable, Mapping
 from typing import Any, NamedTuple
 
 from issuer.agents import Agent, User, memberships
+from issuer.catalog import CATALOG
 from issuer.models import CONSENT, REVOKED
 from issuer.store import Change, Store
+from pdp.catalog import StoredEntries
 
 log = logging.getLogger("tessera.directory")
 
@@ -74,6 +79,7 @@ class Directory:
         self._consents: dict[tuple[str, str], tuple[str, ...]] = {}  # (user, agent) -> scopes
         self._revoked: dict[str, tuple[str, float]] = {}  # record id -> (jti, exp)
         self._revoked_jtis: dict[str, float] = {}  # jti -> exp: revoked access tokens
+        self.catalog = StoredEntries()  # the resource catalog's entries made over the API
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()  # one writer at a time (load and the feed)
@@ -149,6 +155,7 @@ class Directory:
             consents = {r.id: r.data for r in self.store.list(CONSENT)}
             now = time.time()
             revoked = {r.id: _revocation(r.data) for r in self.store.list(REVOKED)}
+            self.catalog.load(self.store.list(CATALOG))
             self._agents, self._user_docs, self._groups = agents, users, groups
             self._consent_docs = consents
             self._revoked = {id: entry for id, entry in revoked.items() if entry[1] > now}
@@ -202,6 +209,8 @@ class Directory:
                 else:
                     entry = self._revoked[change.id] = _revocation(change.data)
                     self._revoked_jtis[entry[0]] = entry[1]
+            elif change.kind == CATALOG:
+                self.catalog.apply(change)
         if users_changed:
             self._rebuild_users()
         if consents_changed:

@@ -273,6 +273,7 @@ def _explain_options(parser: argparse.ArgumentParser) -> None:
 def _decide(args: argparse.Namespace, err: TextIO) -> tuple[Any, Any] | int:
     """(the bundle in --policies, the request in REQUEST.json) for ``eval`` and ``explain``;
     the exit code, after printing why, when either is unusable."""
+    from pdp.catalog import catalogued
     from pdp.loader import load_directory
     from pdp.model import RequestError
     from pdp.request import request_from_json
@@ -304,7 +305,7 @@ def _decide(args: argparse.Namespace, err: TextIO) -> tuple[Any, Any] | int:
     except RequestError as exc:
         print(f"tessera {args.command}: {args.request}: invalid request: {exc}", file=err)
         return USAGE
-    return loaded.bundle, request
+    return loaded.bundle, catalogued(loaded.bundle, request)
 
 
 def _eval(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:

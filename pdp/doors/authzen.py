@@ -27,8 +27,9 @@ Values are typed by the policy schema as request JSON is (see README.md); consen
 from the consent store. Each evaluation is decided by :meth:`DecisionPoint.decide`,
 as ``Authorize`` is (directory, limits, audit record). Searches decide each
 candidate without using up limits or leaving a record (as ``ListAllowed``); their
-candidates are the directory's agents, or the resource ids and action names the
-policies' targets spell out exactly (a glob cannot be listed).
+candidates are the directory's agents, the resource ids the policies' targets spell out
+exactly (a glob cannot be listed) and those the resource catalog holds, or the action
+names the targets spell out.
 
 A response is exactly ``{"decision": true}`` (or ``false``) unless the request's
 ``options`` ask for ``"tessera_explain": true``; then ``context`` carries the decision
@@ -604,7 +605,7 @@ class AuthZen:
 
     async def search_resource(self, body: Json, caller: Caller) -> Json:
         """Resource Search (§8.5): the ids of the resource type that the policies name for
-        the action and that the subject is allowed."""
+        the action, or that the resource catalog holds, and that the subject is allowed."""
         offset, limit = _page(body)
         subject = _object(body, "subject", "")
         action = _object(body, "action", "")
@@ -615,7 +616,8 @@ class AuthZen:
         context = _object(body, "context", "", required=False)
         results = []
         schema, bounds = self.point.schema, self.point.bounds
-        for ident in named_resources(self.point.engine.bundle, name, kind):
+        named = named_resources(self.point.engine.bundle, name, kind)
+        for ident in sorted({*named, *self.point.resources.ids(kind)}):
             asked = _request(schema, who, name, (kind, ident, properties), context, "", bounds)
             if self._allowed(asked):
                 results.append({"type": kind, "id": ident})
