@@ -124,6 +124,25 @@ def test_a_bundle_without_schema_knows_only_builtin_attributes() -> None:
     assert error.hint == "declare it in the schema: agent { owner: string }"
 
 
+def test_what_the_directory_knows_of_everyone_is_built_in() -> None:
+    clean = run(
+        'permit p when user.email endswith "@example.com" and user.userName != ""\n'
+        '  and user.displayName != "" and user.externalId != "" and user.emails != []\n'
+        '  and user.roles intersects ["a"] and user.groups contains "g"\n'
+        '  and agent.name == "bot" and agent.roles contains "r" and agent.groups == []',
+        schema=None,
+    )
+    assert clean.diagnostics == ()
+    error = one_error(run('permit p when user.department == "x"', schema=None))
+    assert error.hint == "declare it in the schema: user { department: string }"
+
+
+def test_a_built_in_attribute_is_declared_again_only_with_its_own_type() -> None:
+    assert run("permit p", schema="schema { user { roles: set<string> } }").diagnostics == ()
+    error = one_error(run("permit p", schema="schema { user { roles: list<string> } }"))
+    assert error.message == "user.roles is built in as set<string>"
+
+
 def test_schema_errors_are_reported() -> None:
     error = one_error(run("permit p", schema="schema { agent { risk: rsk } }"))
     assert error.message == "unknown type 'rsk'"
