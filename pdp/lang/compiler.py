@@ -117,6 +117,7 @@ _CALLED: dict[str, tuple[str, Callable[[Any, Any], bool]]] = {
     "endswith": ("_endswith", endswith),
 }
 _SET_OPS = ("intersects", "subset of")
+_AFFIX_OPS = ("startswith", "endswith")
 
 
 class _Source:
@@ -214,12 +215,35 @@ class _Source:
         raise EvalError(f"unknown operator {op}")
 
     def call(self, op: str, left: ast.Expr, right: ast.Expr) -> str:
-        """An operator the runtime evaluates; a constant list on the right of a set
-        operator becomes a frozenset once, here, instead of on every call."""
+        """An operator the runtime evaluates; against a constant, inlined (see
+        :meth:`inlined`). A constant list on the right of a set operator becomes a
+        frozenset once, here."""
         function = _CALLED[op][0]
-        if op in _SET_OPS and isinstance(right, ast.Literal_) and isinstance(right.value, tuple):
-            return f"{function}({self.expr(left)}, {self.members(right.value)})"
+        value = right.value if isinstance(right, ast.Literal_) else None
+        if op in _SET_OPS and isinstance(value, tuple):
+            members = self.members(value)
+            if isinstance(self.namespace[members], frozenset):
+                return self.inlined(op, left, members, "frozenset")
+            return f"{function}({self.expr(left)}, {members})"  # a list of maps
+        if op in _AFFIX_OPS and isinstance(value, str):
+            return self.inlined(op, left, repr(value), "str")
         return f"{function}({self.expr(left)}, {self.expr(right)})"
+
+    def inlined(self, op: str, left: ast.Expr, constant: str, kind: str) -> str:
+        """``left OP constant`` by the method of ``kind`` when the left is one (a set, a
+        string: what the checker lets through), else by the runtime's function, which
+        refuses the operand as the interpreter does. A call less on the hot path."""
+        var = self.temp()
+        fast = {
+            "intersects": f"(not {constant}.isdisjoint({var}))",
+            "subset of": f"{constant}.issuperset({var})",
+            "startswith": f"{var}.startswith({constant})",
+            "endswith": f"{var}.endswith({constant})",
+        }[op]
+        return (
+            f"({fast} if ({var} := {self.expr(left)}).__class__ is {kind} "
+            f"else {_CALLED[op][0]}({var}, {constant}))"
+        )
 
     def members(self, items: tuple[Any, ...]) -> str:
         """A constant list as a frozenset for fast membership (a list of maps stays a list)."""

@@ -54,8 +54,11 @@ def equal(left: Any, right: Any) -> bool:
     return bool(left == right)
 
 
+_COLLECTIONS = (frozenset, tuple)  # sets and lists at run time
+
+
 def _collection(op: str, side: str, value: Any) -> None:
-    if not isinstance(value, frozenset | tuple):
+    if not isinstance(value, _COLLECTIONS):
         raise EvalError(f"'{op}' needs a list or a set on its {side}, got {type_name(value)}")
 
 
