@@ -127,9 +127,9 @@ class Agent(Resource[Any]):
 
 
 class Manager(ComplexAttribute):
-    """The enterprise extension's ``manager`` (RFC 7643 §4.3), whose sub-attributes are
-    all optional there (§8.7.1 marks none required): provisioning clients send the
-    manager's id alone."""
+    """The enterprise extension's ``manager`` (RFC 7643 §4.3), whose ``value`` and
+    ``$ref`` are RECOMMENDED there, not required: provisioning clients send the manager's
+    id alone."""
 
     value: Annotated[str | None, CaseExact.true] = None
     """The id of the manager's User resource."""

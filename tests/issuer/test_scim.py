@@ -212,7 +212,7 @@ def test_schemas_include_both_agent_schemas_and_user_and_group(service: Service)
 
 
 def test_the_enterprise_schema_requires_none_of_the_managers_attributes(service: Service) -> None:
-    """RFC 7643 §8.7.1 marks none required; clients send the manager's id alone."""
+    """RFC 7643 §4.3 makes value and $ref RECOMMENDED; clients send the manager's id alone."""
     schema = service.client.get(f"/Schemas/{ENTERPRISE}").json()
     (manager,) = [a for a in schema["attributes"] if a["name"] == "manager"]
     assert [(a["name"], a["required"]) for a in manager["subAttributes"]] == [
