@@ -14,7 +14,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from issuer.agents import AGENT_EXTENSION, AGENT_SCHEMA, AgentStatus, AgentType, RiskLevel
+from issuer.agents import (
+    AGENT_EXTENSION,
+    AGENT_SCHEMA,
+    ENTERPRISE_ATTRIBUTES,
+    ENTERPRISE_EXTENSION,
+    MANAGER,
+    AgentStatus,
+    AgentType,
+    RiskLevel,
+)
 from issuer.app import SCIM_PATH
 from issuer.catalog import (
     MAX_BATCH,
@@ -145,7 +154,7 @@ USER = {
     "description": "RFC 7643 §4.1; groups is read-only, derived from group membership.",
     "required": ["userName"],
     "properties": {
-        "schemas": {"type": "array", "items": {"const": USER_URN}},
+        "schemas": {"type": "array", "items": {"enum": [USER_URN, ENTERPRISE_EXTENSION]}},
         **READ_ONLY,
         "externalId": STRING,
         "userName": {"type": "string", "minLength": 1, "pattern": r"\S"},
@@ -161,6 +170,24 @@ USER = {
         "phoneNumbers": _multi_valued(STRING),
         "roles": _multi_valued(STRING),
         "groups": {**_multi_valued(STRING, "$ref"), "readOnly": True},
+        ENTERPRISE_EXTENSION: ref("EnterpriseUser"),
+    },
+}
+
+ENTERPRISE_USER = {
+    "type": "object",
+    "description": "The enterprise user extension (RFC 7643 §4.3); optional.",
+    "properties": {
+        **{name: STRING for name in ENTERPRISE_ATTRIBUTES},
+        MANAGER: {
+            "type": "object",
+            "description": "The manager's User: value is its id.",
+            "properties": {
+                "value": STRING,
+                "$ref": STRING,
+                "displayName": {"type": "string", "readOnly": True},
+            },
+        },
     },
 }
 
@@ -199,13 +226,14 @@ AGENT = {
         "externalId": STRING,
         "name": {"type": "string", "minLength": 1, "pattern": r"\S"},
         "displayName": STRING,
+        "roles": _multi_valued(STRING),
         AGENT_EXTENSION: ref("AgentExtension"),
     },
 }
 
 GROUP = {
     "type": "object",
-    "description": "RFC 7643 §4.2; each member is a user or group of the directory.",
+    "description": "RFC 7643 §4.2; each member is a user, agent or group of the directory.",
     "required": ["displayName"],
     "properties": {
         "schemas": {"type": "array", "items": {"const": GROUP_URN}},
@@ -243,6 +271,7 @@ SCIM_SCHEMAS: Json = {
         | {"version": STRING},
     },
     "User": USER,
+    "EnterpriseUser": ENTERPRISE_USER,
     "Agent": AGENT,
     "AgentExtension": AGENT_EXTENSION_SCHEMA,
     "Group": GROUP,

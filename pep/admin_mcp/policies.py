@@ -373,7 +373,8 @@ class Replay:
         self._histories: dict[str, list[Change]] = {}
 
     def agent_at(self, agent_id: str, at: datetime | None) -> Agent | None:
-        """The agent as the directory held it at ``at``, or None."""
+        """The agent as the directory held it at ``at``, or None; in the groups that list
+        it now (the change log of an agent does not say which groups listed it then)."""
         if agent_id not in self._histories:
             self._histories[agent_id] = self.store.history("Agent", agent_id)
         state: dict[str, Any] | None = None
@@ -381,7 +382,10 @@ class Replay:
             if at is not None and change.at > at:
                 break
             state = change.data
-        return None if state is None else Agent.from_scim(agent_id, state)
+        if state is None:
+            return None
+        now = self.directory.agent_record(agent_id)
+        return Agent.from_scim(agent_id, state, now.groups if now is not None else ())
 
     def request(self, record: Mapping[str, Any]) -> dict[str, Any] | str:
         """The request JSON, or why the directory refused it at the time."""
