@@ -28,9 +28,13 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
+# Every bundle: the shipped policies and each example bundle below them (bundle.toml).
+BUNDLES := policies $(patsubst %/bundle.toml,%,$(wildcard policies/examples/*/bundle.toml))
+
 check-policies: $(STAMP)
-	$(BIN)/tessera check policies
-	$(BIN)/tessera test policies
+	for bundle in $(BUNDLES); do \
+	  $(BIN)/tessera check $$bundle && $(BIN)/tessera test $$bundle || exit 1; \
+	done
 
 pytest: $(STAMP) browser
 	$(BIN)/pytest

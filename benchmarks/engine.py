@@ -216,6 +216,7 @@ READ_TOOLS = frozenset({"search", "read_file", "summarize", "sql.select"})
 PAYMENT_TOOLS = frozenset({"payments.transfer", "payments.refund"})
 OFFICE_NETWORK = ipaddress.ip_network("10.0.0.0/8")
 ANALYST_CLASSIFICATIONS = frozenset({"internal", "public"})
+ANALYST_ROLES = frozenset({"analyst", "auditor"})
 NO_ITEMS: frozenset[str] = frozenset()
 
 
@@ -283,7 +284,7 @@ def floor_decide(q: Request) -> bool:
             q.action == "db.read"
             and table == "orders"
             and q.user is not None
-            and "analyst" in q.user.get("roles", NO_ITEMS)
+            and not ANALYST_ROLES.isdisjoint(q.user.get("roles", NO_ITEMS))
             and q.resource.get("classification") in ANALYST_CLASSIFICATIONS
         ):
             return True
@@ -371,7 +372,7 @@ when { context.delegated && principal.scopes.contains("mail:send") };
 @id("analysts_read_orders")
 permit (principal, action == Action::"db.read", resource == Table::"orders")
 when {
-  context.user.roles.contains("analyst") &&
+  context.user.roles.containsAny(["analyst", "auditor"]) &&
   ["internal", "public"].contains(resource.classification)
 };
 

@@ -7,6 +7,9 @@ names of its attributes are written here and nowhere else: the SCIM schemas in
 :mod:`issuer.models`, the token endpoint, the decision plane's directory, the report and
 the admin tools all take them from here.
 
+Users carry the SCIM enterprise user extension (RFC 7643 §4.3, :data:`ENTERPRISE_EXTENSION`)
+when the directory's client sends it; its URN is written here too.
+
 A record takes what it can from a document and leaves the rest empty: a document edited
 by hand in the store, with an attribute missing or of the wrong type, gives a record
 without that fact rather than an error (the SCIM service validates whatever it writes).
@@ -14,6 +17,7 @@ without that fact rather than an error (the SCIM service validates whatever it w
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -24,6 +28,14 @@ AGENT_SCHEMA = "urn:tessera:params:scim:schemas:core:1.0:Agent"
 
 AGENT_EXTENSION = "urn:tessera:params:scim:schemas:extension:agent:1.0:Agent"
 """Tessera's agent extension, required on every agent: what governance needs."""
+
+ENTERPRISE_EXTENSION = "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User"
+"""The enterprise user extension (RFC 7643 §4.3): department, manager, cost center…"""
+
+# The enterprise extension's string attributes by their SCIM names, which are also the
+# names policies read them by (``user.costCenter``); ``manager`` is complex, read apart.
+ENTERPRISE_ATTRIBUTES = ("employeeNumber", "costCenter", "organization", "division", "department")
+MANAGER = "manager"
 
 # The agent extension's attributes by their SCIM names (the schema in issuer.models
 # derives the same names from its fields; a test holds the two together).
@@ -111,6 +123,8 @@ class Agent:
     callback_url: str | None = None
     scopes: tuple[str, ...] | None = None
     labels: tuple[Label, ...] | None = None
+    roles: tuple[str, ...] = ()  # roles[].value, as a user's
+    groups: tuple[str, ...] = ()  # displayName of each group listing the agent, sorted
     _attributes: dict[str, Any] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -118,8 +132,9 @@ class Agent:
         object.__setattr__(self, "_attributes", _agent_attributes(self))
 
     @classmethod
-    def from_scim(cls, id: str, doc: Mapping[str, Any]) -> Agent:
-        """The agent a stored SCIM document (core schema and extension) describes."""
+    def from_scim(cls, id: str, doc: Mapping[str, Any], groups: Iterable[str] = ()) -> Agent:
+        """The agent a stored SCIM document (core schema and extension) describes, member
+        of the groups named."""
         extension = doc.get(AGENT_EXTENSION)
         if not isinstance(extension, Mapping):
             extension = {}
@@ -127,6 +142,8 @@ class Agent:
             id=id,
             name=_text(doc.get("name")) or "",
             display_name=_text(doc.get("displayName")),
+            roles=_values(doc.get("roles")),
+            groups=tuple(sorted(set(groups))),
             owner=_text(extension.get(OWNER)),
             purpose=_text(extension.get(PURPOSE)),
             risk=_text(extension.get(RISK_LEVEL)),
@@ -144,12 +161,17 @@ class Agent:
         """Whether the agent may be allowed anything (suspended, retired: no)."""
         return self.status == _ACTIVE
 
+    def in_groups(self, groups: Iterable[str]) -> Agent:
+        """The same agent, member of the groups named instead."""
+        return dataclasses.replace(self, groups=tuple(sorted(set(groups))))
+
     def attributes(self) -> dict[str, Any]:
         """The agent as the request attributes policies read (``agent.risk``…).
 
         ``status`` is "unknown" and ``type`` "background" when the document does not say;
-        ``owner``, ``purpose`` and ``risk`` are left out then. The same dictionary each
-        time: callers must not change it.
+        ``owner``, ``purpose`` and ``risk`` are left out then; ``scopes``, ``roles`` and
+        ``groups`` are always there, perhaps empty. The same dictionary each time: callers
+        must not change it.
         """
         return self._attributes
 
@@ -173,49 +195,60 @@ class Agent:
 
 @dataclass(frozen=True)
 class User:
-    """A user (RFC 7643 §4.1) as the directory holds it: a person agents act for."""
+    """A user (RFC 7643 §4.1) as the directory holds it: a person agents act for, with
+    what the enterprise extension (RFC 7643 §4.3) says of them."""
 
     id: str
     user_name: str | None = None
+    external_id: str | None = None
     display_name: str | None = None
-    external_id: str | None = None  # externalId (RFC 7643 §3.1): the provisioning client's id
     email: str | None = None  # the primary address, else the first
     emails: tuple[str, ...] = ()
     roles: tuple[str, ...] = ()
     groups: tuple[str, ...] = ()  # displayName of each group listing the user, sorted
     active: bool = True  # only an explicit "active": false makes a user inactive
+    # The enterprise extension's strings by their SCIM names (employeeNumber, costCenter,
+    # organization, division, department), and the manager's id (manager.value).
+    enterprise: tuple[tuple[str, str], ...] = ()
+    manager: str | None = None
     _attributes: dict[str, Any] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(
-            self,
-            "_attributes",
-            {"id": self.id, "roles": list(self.roles), "groups": list(self.groups)},
-        )
+        # Built once: the decision plane reads them on every request.
+        object.__setattr__(self, "_attributes", _user_attributes(self))
 
     @classmethod
     def from_scim(cls, id: str, doc: Mapping[str, Any], groups: Iterable[str] = ()) -> User:
         """The user a stored SCIM document describes, member of the groups named."""
         emails = [item for item in _items(doc.get("emails")) if _text(item.get("value"))]
         primary = [item for item in emails if item.get("primary") is True]
+        extension = doc.get(ENTERPRISE_EXTENSION)
+        if not isinstance(extension, Mapping):
+            extension = {}
+        manager = extension.get(MANAGER)
         return cls(
             id=id,
             user_name=_text(doc.get("userName")),
-            display_name=_text(doc.get("displayName")),
             external_id=_text(doc.get("externalId")),
+            display_name=_text(doc.get("displayName")),
             email=str((primary or emails)[0]["value"]) if emails else None,
             emails=tuple(str(item["value"]) for item in emails),
-            roles=tuple(
-                str(role["value"]) for role in _items(doc.get("roles")) if _text(role.get("value"))
-            ),
+            roles=_values(doc.get("roles")),
             groups=tuple(sorted(set(groups))),
             active=doc.get("active") is not False,
+            enterprise=tuple(
+                (name, value)
+                for name in ENTERPRISE_ATTRIBUTES
+                if (value := _text(extension.get(name)))
+            ),
+            manager=_text(manager.get("value")) if isinstance(manager, Mapping) else None,
         )
 
     def attributes(self) -> dict[str, Any]:
-        """The user as the request attributes policies read: ``id``, ``roles`` (the role
-        values) and ``groups`` (group names). The same dictionary each time: callers must
-        not change it."""
+        """The user as the request attributes policies read (``user.email``…; the table
+        is in docs/directory.md). An attribute the directory lacks is left out; ``emails``,
+        ``roles`` and ``groups`` are always there, perhaps empty. The same dictionary each
+        time: callers must not change it."""
         return self._attributes
 
 
@@ -238,10 +271,32 @@ def _agent_attributes(agent: Agent) -> dict[str, Any]:
         "type": agent.type or AgentType.background.value,
         "scopes": list(agent.scopes or ()),
         "labels": {label.key: label.value or "" for label in agent.labels or ()},
+        "roles": list(agent.roles),
+        "groups": list(agent.groups),
     }
     for name, value in (("owner", agent.owner), ("purpose", agent.purpose), ("risk", agent.risk)):
         if value is not None:
             attributes[name] = value
+    return attributes
+
+
+def _user_attributes(user: User) -> dict[str, Any]:
+    attributes: dict[str, Any] = {
+        "id": user.id,
+        "emails": list(user.emails),
+        "roles": list(user.roles),
+        "groups": list(user.groups),
+    }
+    single = (
+        ("userName", user.user_name),
+        ("externalId", user.external_id),
+        ("displayName", user.display_name),
+        ("email", user.email),
+        *user.enterprise,
+        (MANAGER, user.manager),
+    )
+    # SCIM counts "" as a value; a policy asking `user has department` does not.
+    attributes.update((name, value) for name, value in single if value)
     return attributes
 
 
@@ -260,6 +315,11 @@ def _texts(value: Any) -> tuple[str, ...] | None:
     if not isinstance(value, list | tuple):
         return None
     return tuple(item for item in value if isinstance(item, str))
+
+
+def _values(value: Any) -> tuple[str, ...]:
+    """The ``value`` strings of a multi-valued complex attribute (``roles``), in order."""
+    return tuple(str(item["value"]) for item in _items(value) if _text(item.get("value")))
 
 
 def _items(value: Any) -> list[Mapping[str, Any]]:

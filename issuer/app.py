@@ -1,7 +1,8 @@
 """The issuer's HTTP side: one ASGI application and the uvicorn server that runs it.
 
 ``tessera serve`` runs it beside the gRPC decision service, in the same event loop:
-the SCIM service at ``/scim/v2`` (and, as they arrive, the OAuth endpoints).
+the SCIM service at ``/scim/v2``, the resource catalog at ``/resources/v1`` and the OAuth
+endpoints.
 
 The issuer, AuthZEN and the MCP proxy run on :func:`serve_http`, so a connection is held
 to one set of bounds (:class:`HttpBounds`, docs/limits.md) before its request reaches the
@@ -34,6 +35,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from uvicorn.protocols.http.h11_impl import H11Protocol
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from issuer.catalog import SchemaCheck
+from issuer.catalog_api import CATALOG_PATH, CatalogApi, error_response
 from issuer.oauth.endpoints import AuthorizationServer
 from issuer.oauth.errors import OAuthError
 from issuer.scim import Authenticator, scim_app, scim_response
@@ -43,23 +46,34 @@ SCIM_PATH = "/scim/v2"
 
 
 def issuer_routes(
-    store: Store, authenticate: Authenticator, oauth: AuthorizationServer | None = None
+    store: Store,
+    authenticate: Authenticator,
+    oauth: AuthorizationServer | None = None,
+    catalog_check: SchemaCheck | None = None,
 ) -> list[BaseRoute]:
-    """Every HTTP endpoint of the issuer: SCIM at ``/scim/v2`` and, with ``oauth``, the
-    authorization server's endpoints. Routes, not an application, so that an application
-    serving other routes beside them lists them in one router: a catch-all mount would
-    answer 404 where a known path asked with another method deserves 405 with ``Allow``."""
-    routes: list[BaseRoute] = [Mount(SCIM_PATH, app=scim_app(store, authenticate))]
+    """Every HTTP endpoint of the issuer: SCIM at ``/scim/v2``, the resource catalog at
+    ``/resources/v1`` (its entries held to ``catalog_check``, when given) and, with
+    ``oauth``, the authorization server's endpoints. Routes, not an application, so that
+    an application serving other routes beside them lists them in one router: a
+    catch-all mount would answer 404 where a known path asked with another method
+    deserves 405 with ``Allow``."""
+    routes: list[BaseRoute] = [
+        Mount(SCIM_PATH, app=scim_app(store, authenticate)),
+        *CatalogApi(store, authenticate, catalog_check).routes(),
+    ]
     if oauth is not None:
         routes = [*oauth.routes(), *routes]
     return routes
 
 
 def issuer_app(
-    store: Store, authenticate: Authenticator, oauth: AuthorizationServer | None = None
+    store: Store,
+    authenticate: Authenticator,
+    oauth: AuthorizationServer | None = None,
+    catalog_check: SchemaCheck | None = None,
 ) -> Starlette:
     """The issuer's routes (:func:`issuer_routes`) as one application."""
-    routes = issuer_routes(store, authenticate, oauth)
+    routes = issuer_routes(store, authenticate, oauth, catalog_check)
     return Starlette(routes=routes, exception_handlers={HTTPException: unrouted})
 
 
@@ -69,13 +83,18 @@ OAUTH_PATHS = ("/oauth/", "/.well-known/oauth-", "/.well-known/openid-")
 def unrouted(request: Request, exc: Exception) -> Response:
     """A path no route serves, or a method its route does not take, in the error shape of
     the protocol the path belongs to, headers (``Allow``) kept: SCIM's under ``/scim/v2``
-    (also a path the SCIM mount cannot match, such as one with a line break), OAuth's for
-    a method an OAuth endpoint does not take, plain text otherwise (AuthZEN's shape).
-    The handler of every application the issuer's routes are served in."""
+    (also a path the SCIM mount cannot match, such as one with a line break), the
+    catalog's JSON under ``/resources/v1``, OAuth's for a method an OAuth endpoint does
+    not take, plain text otherwise (AuthZEN's shape). The handler of every application
+    the issuer's routes are served in."""
     assert isinstance(exc, HTTPException)
     path, status, headers = request.scope["path"], exc.status_code, dict(exc.headers or {})
     if path.startswith(f"{SCIM_PATH}/"):
         return scim_response(Error(status=status, detail=exc.detail).model_dump(), status, headers)
+    if path == CATALOG_PATH or path.startswith(f"{CATALOG_PATH}/"):
+        allowed = headers.get("Allow", headers.get("allow", ""))
+        message = f"this endpoint takes {allowed}" if status == 405 else str(exc.detail)
+        return error_response(status, message, headers)
     if status == 405 and path.startswith(OAUTH_PATHS):
         allowed = headers.get("Allow", headers.get("allow", ""))
         error = OAuthError("invalid_request", f"this endpoint takes {allowed}", 405, headers)

@@ -4,25 +4,31 @@ Agents are a resource type of Tessera's own (RFC 7643 §6 lets a service define 
 the core schema :data:`AGENT_SCHEMA` holds the agent's unique ``name`` and a
 ``displayName``; the required extension :data:`AGENT_EXTENSION` holds what governance
 needs (owner, purpose, riskLevel, agentType, status, model, description, callbackUrl,
-scopes, labels). Users are RFC 7643 §4.1 users (the humans agents act for, with
-``roles``; ``groups`` is read-only, derived from group membership), groups are
-RFC 7643 §4.2 groups. scim2-models does the validation and serialization.
+scopes, labels); an agent has ``roles`` as a user has. Users are RFC 7643 §4.1 users (the
+humans agents act for, with ``roles``; ``groups`` is read-only, derived from group
+membership), with the enterprise user extension (RFC 7643 §4.3) as an optional one.
+Groups are RFC 7643 §4.2 groups whose members are users, agents or groups. scim2-models
+does the validation and serialization.
 """
 
 from __future__ import annotations
 
 from typing import Annotated, Any
 
-from pydantic import AfterValidator
+from pydantic import AfterValidator, Field
 from scim2_models import (
     URN,
     CaseExact,
     ComplexAttribute,
+    EnterpriseUser,
     Extension,
     Group,
+    Mutability,
+    Reference,
     Required,
     Resource,
     ResourceType,
+    Role,
     ScimProvider,
     ServiceProviderConfig,
     Uniqueness,
@@ -33,6 +39,7 @@ from scim2_models import (
 # URNs from the SCIM models.
 from issuer.agents import AGENT_EXTENSION as AGENT_EXTENSION
 from issuer.agents import AGENT_SCHEMA as AGENT_SCHEMA
+from issuer.agents import ENTERPRISE_EXTENSION as ENTERPRISE_EXTENSION
 from issuer.agents import AgentStatus, AgentType, RiskLevel
 
 CONSENT = "Consent"
@@ -115,6 +122,37 @@ class Agent(Resource[Any]):
     display_name: str | None = None
     """A human-readable name."""
 
+    roles: list[Role] | None = None
+    """The agent's roles, as a User's (RFC 7643 §4.1.2); policies read the values."""
+
+
+class Manager(ComplexAttribute):
+    """The enterprise extension's ``manager`` (RFC 7643 §4.3), whose ``value`` and
+    ``$ref`` are RECOMMENDED there, not required: provisioning clients send the manager's
+    id alone."""
+
+    value: Annotated[str | None, CaseExact.true] = None
+    """The id of the manager's User resource."""
+
+    ref: Reference[User] | None = Field(  # type: ignore[type-arg]
+        None, serialization_alias="$ref", validation_alias="$ref"
+    )
+    """The URI of the manager's User resource."""
+
+    display_name: Annotated[str | None, Mutability.read_only] = None
+    """The manager's displayName."""
+
+
+class EnterpriseUserExtension(EnterpriseUser):
+    """The enterprise user extension (RFC 7643 §4.3), with a manager given by id alone."""
+
+    manager: Manager | None = None  # type: ignore[assignment]
+    """The user's manager."""
+
+
+UserResource = User[EnterpriseUserExtension]  # type: ignore[misc]
+"""A user with the (optional) enterprise extension: the model the service validates."""
+
 
 AgentResource = Agent[Annotated[AgentExtension, Required.true]]  # type: ignore[misc,type-arg]
 """An agent with its (required) extension: the model the service validates against."""
@@ -150,11 +188,11 @@ def _resource_type(model: type[Resource[Any]], name: str, description: str) -> R
 
 
 PROVIDER = ScimProvider(
-    models=[Agent, AgentExtension, User, Group],
+    models=[Agent, AgentExtension, User, EnterpriseUserExtension, Group],
     resource_types=[
         _resource_type(AgentResource, "Agent", "AI agents, with Tessera's agent extension"),
-        _resource_type(User, "User", "People agents act for"),
-        _resource_type(Group, "Group", "Groups of users"),
+        _resource_type(UserResource, "User", "People agents act for"),
+        _resource_type(Group, "Group", "Groups of users, agents and groups"),
     ],
     config=service_provider_config(),
 )

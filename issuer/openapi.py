@@ -1,7 +1,8 @@
 """The issuer's part of the OpenAPI 3.1 document of ``tessera serve``'s HTTP port.
 
-SCIM 2.0 (RFC 7643, RFC 7644) under ``/scim/v2`` and the OAuth 2 authorization server
-(RFC 6749, 7009, 7591, 7662, 8414, 8693, 8707) at the root. Built from Python, not kept as
+SCIM 2.0 (RFC 7643, RFC 7644) under ``/scim/v2``, the resource catalog under
+``/resources/v1`` and the OAuth 2 authorization server (RFC 6749, 7009, 7591, 7662, 8414,
+8693, 8707) at the root. Built from Python, not kept as
 a file, so the values the code decides (resource types, grant types, client
 authentication methods, schema URNs, page and body bounds) are the code's own constants
 and cannot drift from it. :mod:`pdp.serve.openapi` assembles the whole document; each
@@ -13,8 +14,28 @@ from __future__ import annotations
 
 from typing import Any
 
-from issuer.agents import AGENT_EXTENSION, AGENT_SCHEMA, AgentStatus, AgentType, RiskLevel
+from issuer.agents import (
+    AGENT_EXTENSION,
+    AGENT_SCHEMA,
+    ENTERPRISE_ATTRIBUTES,
+    ENTERPRISE_EXTENSION,
+    MANAGER,
+    AgentStatus,
+    AgentType,
+    RiskLevel,
+)
 from issuer.app import SCIM_PATH
+from issuer.catalog import (
+    MAX_BATCH,
+    MAX_ENTRY_BYTES,
+    MAX_PROPERTIES,
+    MAX_TYPE,
+    MAX_VALUE_BYTES,
+    TYPE,
+)
+from issuer.catalog_api import CATALOG_PATH
+from issuer.catalog_api import DEFAULT_PAGE as DEFAULT_CATALOG_PAGE
+from issuer.catalog_api import MAX_PAGE as CATALOG_PAGE
 from issuer.models import MAX_RESULTS
 from issuer.oauth.api_keys import API_KEY_TOKEN_TYPE, MAX_LIFETIME
 from issuer.oauth.clients import AUTH_METHODS, GRANT_TYPES
@@ -56,6 +77,7 @@ STATUS_TEXT = {
     408: "the body did not arrive whole within 10 seconds",
     412: "the If-Match entity tag is not the resource's current one",
     413: "the body, or a value in it, is over its bound (docs/limits.md)",
+    503: "the store did not answer; retry",
 }
 
 
@@ -132,7 +154,7 @@ USER = {
     "description": "RFC 7643 §4.1; groups is read-only, derived from group membership.",
     "required": ["userName"],
     "properties": {
-        "schemas": {"type": "array", "items": {"const": USER_URN}},
+        "schemas": {"type": "array", "items": {"enum": [USER_URN, ENTERPRISE_EXTENSION]}},
         **READ_ONLY,
         "externalId": STRING,
         "userName": {"type": "string", "minLength": 1, "pattern": r"\S"},
@@ -148,6 +170,24 @@ USER = {
         "phoneNumbers": _multi_valued(STRING),
         "roles": _multi_valued(STRING),
         "groups": {**_multi_valued(STRING, "$ref"), "readOnly": True},
+        ENTERPRISE_EXTENSION: ref("EnterpriseUser"),
+    },
+}
+
+ENTERPRISE_USER = {
+    "type": "object",
+    "description": "The enterprise user extension (RFC 7643 §4.3); optional.",
+    "properties": {
+        **{name: STRING for name in ENTERPRISE_ATTRIBUTES},
+        MANAGER: {
+            "type": "object",
+            "description": "The manager's User: value is its id.",
+            "properties": {
+                "value": STRING,
+                "$ref": STRING,
+                "displayName": {"type": "string", "readOnly": True},
+            },
+        },
     },
 }
 
@@ -186,13 +226,14 @@ AGENT = {
         "externalId": STRING,
         "name": {"type": "string", "minLength": 1, "pattern": r"\S"},
         "displayName": STRING,
+        "roles": _multi_valued(STRING),
         AGENT_EXTENSION: ref("AgentExtension"),
     },
 }
 
 GROUP = {
     "type": "object",
-    "description": "RFC 7643 §4.2; each member is a user or group of the directory.",
+    "description": "RFC 7643 §4.2; each member is a user, agent or group of the directory.",
     "required": ["displayName"],
     "properties": {
         "schemas": {"type": "array", "items": {"const": GROUP_URN}},
@@ -230,6 +271,7 @@ SCIM_SCHEMAS: Json = {
         | {"version": STRING},
     },
     "User": USER,
+    "EnterpriseUser": ENTERPRISE_USER,
     "Agent": AGENT,
     "AgentExtension": AGENT_EXTENSION_SCHEMA,
     "Group": GROUP,
@@ -787,4 +829,154 @@ def oauth_paths() -> Json:
         },
         **_admin_paths(),
         **_user_pages(),
+    }
+
+
+# ---------------------------------------------------------------- the resource catalog
+
+CATALOG_ERROR = content(ref("CatalogError"), JSON)
+TYPE_PATTERN = f"^{TYPE.pattern}$"
+
+CATALOG_SCHEMAS: Json = {
+    "PropertyValue": {
+        "description": "A value a policy can read: anything JSON but null.",
+        "anyOf": [
+            {"type": "string"},
+            {"type": "number"},
+            {"type": "boolean"},
+            {"type": "array", "items": ref("PropertyValue")},
+            {"type": "object", "additionalProperties": ref("PropertyValue")},
+        ],
+    },
+    "Properties": {
+        "type": "object",
+        "description": f"At most {MAX_PROPERTIES} properties (not type, id or name), each "
+        f"value at most {MAX_VALUE_BYTES:,} bytes of JSON and all at most "
+        f"{MAX_ENTRY_BYTES:,}; typed by the policy schema's resource TYPE {{ … }}.",
+        "maxProperties": MAX_PROPERTIES,
+        "additionalProperties": ref("PropertyValue"),
+    },
+    "CatalogEntry": {
+        "type": "object",
+        "required": ["type", "id"],
+        "properties": {
+            "type": {"type": "string", "pattern": TYPE_PATTERN, "maxLength": MAX_TYPE},
+            "id": {"type": "string", "minLength": 1},
+            "properties": ref("Properties"),
+        },
+        "additionalProperties": False,
+    },
+    "CatalogWrite": {
+        "type": "object",
+        "properties": {"properties": ref("Properties")},
+        "additionalProperties": False,
+    },
+    "CatalogBatch": {
+        "type": "object",
+        "description": f"At most {MAX_BATCH:,} items in all; written in one transaction.",
+        "properties": {
+            "put": {"type": "array", "items": ref("CatalogEntry"), "maxItems": MAX_BATCH},
+            "delete": {
+                "type": "array",
+                "maxItems": MAX_BATCH,
+                "items": {
+                    "type": "object",
+                    "required": ["type", "id"],
+                    "properties": {
+                        "type": {"type": "string", "pattern": TYPE_PATTERN},
+                        "id": {"type": "string", "minLength": 1},
+                    },
+                    "additionalProperties": False,
+                },
+            },
+        },
+        "additionalProperties": False,
+    },
+    "CatalogBatchResult": {
+        "type": "object",
+        "required": ["put", "deleted", "changed"],
+        "properties": {
+            "put": {"type": "integer"},
+            "deleted": {"type": "integer"},
+            "changed": {"type": "integer", "description": "entries that changed"},
+        },
+    },
+    "CatalogPage": {
+        "type": "object",
+        "required": ["resources", "next"],
+        "properties": {
+            "resources": {"type": "array", "items": ref("CatalogEntry")},
+            "next": {
+                "type": ["string", "null"],
+                "description": "pass it as after for the next page; null on the last",
+            },
+        },
+    },
+    "CatalogError": {
+        "type": "object",
+        "required": ["error", "message"],
+        "properties": {"error": STRING, "message": STRING},
+    },
+}
+
+TYPE_PARAMETER = {
+    **_parameter("type", "path", {"type": "string", "pattern": TYPE_PATTERN}, "resource type"),
+    "required": True,
+}
+ENTRY_KEY = [TYPE_PARAMETER, ID]
+PAGING = [
+    _parameter(
+        "limit",
+        "query",
+        {"type": "integer", "minimum": 1, "maximum": CATALOG_PAGE},
+        f"at most this many (default {DEFAULT_CATALOG_PAGE})",
+    ),
+    _parameter("after", "query", STRING, "the last id of the previous page"),
+]
+
+
+def _catalog(summary: str, ok: dict[int, Json], *codes: int, **more: Any) -> Json:
+    return {
+        "tags": ["Catalog"],
+        "summary": summary,
+        "security": ADMIN,
+        "responses": responses(
+            ok, CATALOG_ERROR, 400, 401, 403, 413, 503, *codes, body="requestBody" in more
+        ),
+        **more,
+    }
+
+
+def catalog_paths() -> Json:
+    """The resource catalog's entries made over the API (issuer/catalog_api.py)."""
+    entry = oauth_answer(ref("CatalogEntry"), "the entry")
+    written = {"required": True, "content": content(ref("CatalogWrite"), JSON)}
+    batch = {"required": True, "content": content(ref("CatalogBatch"), JSON)}
+    return {
+        CATALOG_PATH: {
+            "post": _catalog(
+                "Write and delete entries, all or none",
+                {200: oauth_answer(ref("CatalogBatchResult"))},
+                requestBody=batch,
+            )
+        },
+        f"{CATALOG_PATH}/{{type}}": {
+            "get": _catalog(
+                "A page of a type's entries, in id order",
+                {200: oauth_answer(ref("CatalogPage"))},
+                parameters=[TYPE_PARAMETER, *PAGING],
+            )
+        },
+        f"{CATALOG_PATH}/{{type}}/{{id}}": {
+            "get": _catalog("Read an entry", {200: entry}, 404, parameters=ENTRY_KEY),
+            "put": _catalog(
+                "Write an entry", {200: entry}, parameters=ENTRY_KEY, requestBody=written
+            ),
+            "delete": _catalog(
+                "Delete an entry",
+                {204: {"description": STATUS_TEXT[204]}},
+                404,
+                parameters=ENTRY_KEY,
+            ),
+        },
     }

@@ -40,7 +40,6 @@ from scim2_models import (
     SCIMException,
     SearchRequest,
     UniquenessException,
-    User,
 )
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -51,7 +50,7 @@ from starlette.routing import Route
 from issuer.agents import AGENT_EXTENSION, AGENT_TYPE, STATUS, AgentStatus, AgentType
 from issuer.errors import IssuerError
 from issuer.hashing import hash_password
-from issuer.models import MAX_RESULTS, PROVIDER, AgentResource
+from issuer.models import MAX_RESULTS, PROVIDER, AgentResource, UserResource
 from issuer.store import Conflict, NotFound, Record, Store, Unstorable, VersionMismatch
 from issuer.verify import MISSING, Reason, Refusal
 from issuer.wire import TooLarge, TooSlow, WireError, read_body, read_json
@@ -214,13 +213,16 @@ KINDS = {
     kind.endpoint: kind
     for kind in (
         Kind("Agent", "Agents", AgentResource, _agent_unique),
-        Kind("User", "Users", User, _user_unique),
+        Kind("User", "Users", UserResource, _user_unique),
         Kind("Group", "Groups", Group, lambda _group: {}),
     )
 }
 
 
 DISCOVERY = ("ServiceProviderConfig", "ResourceTypes", "Schemas")
+
+MEMBER_KINDS = ("User", "Agent", "Group")
+"""The resources a group's members may be."""
 
 
 def etag(version: int) -> str:
@@ -357,6 +359,11 @@ class ScimService:
         for value in data.values():  # an extension's "schemas" repeats the resource's
             if isinstance(value, dict):
                 value.pop("schemas", None)
+        # RFC 7643 §3: "schemas" names the schemas of the attributes present; an optional
+        # extension the resource does not use (a user's enterprise one) is not.
+        core = str(type(resource).__schema__)
+        if isinstance(data.get("schemas"), list):
+            data["schemas"] = [urn for urn in data["schemas"] if urn == core or urn in data]
         password = data.get("password")
         if password is not None and (before is None or before.data.get("password") != password):
             data["password"] = hash_password(password)
@@ -369,11 +376,13 @@ class ScimService:
                 value = member.get("value")
                 if not value or not await self._exists(value):
                     raise InvalidValueException(
-                        detail=f"members: no user or group with id {value!r}"
+                        detail=f"members: no user, agent or group with id {value!r}"
                     )
 
     async def _exists(self, id: str) -> bool:
-        for name in ("User", "Group"):
+        """Whether a group may list ``id``: a user's, an agent's (policies read the groups
+        of both) or a group's."""
+        for name in MEMBER_KINDS:
             try:
                 await self._io(self.store.get, name, id)
                 return True
@@ -563,12 +572,12 @@ class ScimService:
             ) from None
         except NotFound:
             raise NotFoundException(detail=f"no {kind.name} with id {before.id!r}") from None
-        if kind.name in ("User", "Group"):
+        if kind.name in MEMBER_KINDS:
             await self._leave_groups(before.id, principal.subject)
         return scim_response(None, 204)
 
     async def _leave_groups(self, id: str, actor: str) -> None:
-        """Take a deleted user or group out of every group, so no member points nowhere."""
+        """Take a deleted member out of every group, so no member points nowhere."""
         for group in await self._io(self.store.list, "Group"):
             with contextlib.suppress(NotFound):  # a group deleted meanwhile lists nobody
                 await self._leave(group, id, actor)

@@ -27,6 +27,7 @@ from cachetools import LRUCache
 from pdp.audit.records import decision_record
 from pdp.audit.writer import RECORD_BYTES, AuditWriter
 from pdp.bounds import DEFAULT_BOUNDS, Bounds
+from pdp.catalog import Resources
 from pdp.directory import Directory
 from pdp.engine import Engine
 from pdp.loader import Loaded
@@ -101,6 +102,7 @@ class DecisionPoint:
         self.cache_misses = 0
         self._seen_directory = -1  # the directory version the cache and facts are of
         self._facts: dict[tuple[str, str], dict[str, Any]] = {}  # typed, by (kind, id)
+        self.resources = Resources(engine.bundle, directory)  # the resource catalog
 
     # -- what it decides with
 
@@ -131,6 +133,7 @@ class DecisionPoint:
         if self.cache is not None:
             self.cache.clear()
         self._facts = {}
+        self.resources = Resources(self.engine.bundle, self.directory)
 
     # -- deciding
 
@@ -226,12 +229,13 @@ class DecisionPoint:
     # -- the steps
 
     def resolve(self, request: Request) -> Request | str:
-        """The request as the directory knows who asks, or why it is refused (a string).
+        """The request as the directory knows who asks and the catalog its resource (the
+        attributes the request does not send), or why it is refused (a string).
 
-        Without a directory, the request as the caller sent it."""
+        Without a directory, the request as the caller sent it, with the bundle's catalog."""
         directory = self.directory
         if directory is None:
-            return request
+            return self.resources.request(request)
         if directory.version != self._seen_directory:
             # A decision or a fact remembered before this change may no longer hold.
             self._seen_directory = directory.version
@@ -249,16 +253,17 @@ class DecisionPoint:
             user = self._typed("user", identities.user, schema.user)
         context = dict(request.context)
         context["consents"] = self._consents(identities.consents)
-        return Request(
-            agent, user, delegation, request.action, request.resource, context, request.size
-        )
+        resource = self.resources.resource(request.resource)
+        if isinstance(resource, str):
+            return resource
+        return Request(agent, user, delegation, request.action, resource, context, request.size)
 
     def _other_subject(self, directory: Directory, request: Request) -> Request | str:
         """A request about a subject that is no agent, as the directory knows it: a person
         it knows is decided on its facts (refused when not active), whatever was sent for
         them; a person it does not know, or a subject of a declared type, on the
         attributes sent. Nobody's consents but the consent store's (none: it holds an
-        agent's)."""
+        agent's); the resource as the catalog describes it."""
         stale = directory.stale()
         if stale is not None:
             return stale
@@ -271,12 +276,15 @@ class DecisionPoint:
                 user = self._typed("user", known.attributes(), self.schema.user)
         context = dict(request.context)
         context["consents"] = self._consents(())
+        resource = self.resources.resource(request.resource)
+        if isinstance(resource, str):
+            return resource
         return Request(
             None,
             user,
             request.delegation,
             request.action,
-            request.resource,
+            resource,
             context,
             request.size,
             request.subject,
@@ -335,7 +343,7 @@ class DecisionPoint:
         ``limits`` is false and a limit could decide."""
         started = time.perf_counter() if self.audit is not None else 0.0
         engine = self.engine
-        resolved = request if self.directory is None else self.resolve(request)
+        resolved = self.resolve(request)
         decision = None
         if key is not None and self.cache is not None and not isinstance(resolved, str):
             decision = self._remembered(key)

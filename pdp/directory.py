@@ -9,18 +9,41 @@ The snapshot holds each agent and user as its typed record (:mod:`issuer.agents`
 reader of SCIM documents); what a policy sees is the record's attributes
 (see docs/directory.md):
 
-    agent.id      the SCIM id              user.id      the SCIM id
-    agent.name    name                     user.roles   roles[].value
-    agent.owner   owner                    user.groups  displayName of each group
-    agent.purpose purpose                               that lists the user as a member
-    agent.risk    riskLevel
-    agent.status  status                   (owner … labels: Tessera's agent extension)
-    agent.type    agentType
-    agent.scopes  scopes
-    agent.labels  labels as {key: value}
+    agent.id             the SCIM id
+    agent.name           name
+    agent.roles          roles[].value
+    agent.groups         displayName of each group that lists the agent as a member
+    agent.owner          owner            (owner … labels: Tessera's agent extension)
+    agent.purpose        purpose
+    agent.risk           riskLevel
+    agent.status         status
+    agent.type           agentType
+    agent.scopes         scopes
+    agent.labels         labels as {key: value}
+
+    user.id              the SCIM id
+    user.userName        userName
+    user.displayName     displayName
+    user.externalId      externalId
+    user.email           the primary emails[].value, else the first
+    user.emails          every emails[].value
+    user.roles           roles[].value
+    user.groups          displayName of each group that lists the user as a member
+    user.department      department       (department … manager: the enterprise user
+    user.organization    organization      extension, RFC 7643 §4.3)
+    user.division        division
+    user.costCenter      costCenter
+    user.employeeNumber  employeeNumber
+    user.manager         manager.value (the manager's id)
+
+    An attribute the directory lacks is absent (``has`` is false, reading it an error);
+    roles, groups, emails and scopes are always there, perhaps empty.
 
     context.consents  the scopes the user granted the agent (the issuer's consent records);
                       whatever the caller sent is replaced
+
+The resource catalog's entries written over the API follow the same feed, into
+:attr:`Directory.catalog` (:mod:`pdp.catalog`).
 
 A person may be the subject itself, named by SCIM id, userName, externalId or e-mail:
 :attr:`Directory.people` finds them (:mod:`pdp.subjects`), its indexes rebuilt with the
@@ -36,8 +59,10 @@ from collections.abc import Iterable, Mapping
 from typing import Any, NamedTuple
 
 from issuer.agents import Agent, User, memberships
+from issuer.catalog import CATALOG
 from issuer.models import CONSENT, REVOKED
 from issuer.store import Change, Store
+from pdp.catalog import StoredEntries
 from pdp.subjects import People
 
 log = logging.getLogger("tessera.directory")
@@ -74,12 +99,14 @@ class Directory:
         self._agents: dict[str, Agent] = {}
         self._user_docs: dict[str, dict[str, Any]] = {}  # SCIM documents
         self._groups: dict[str, dict[str, Any]] = {}  # SCIM documents
+        self._members_of: dict[str, set[str]] = {}  # member id -> names of its groups
         self._users: dict[str, User] = {}  # from both: a group change changes its members
         self.people = People(self._users)  # the users by every id a caller may name them by
         self._consent_docs: dict[str, dict[str, Any]] = {}  # consent records by id
         self._consents: dict[tuple[str, str], tuple[str, ...]] = {}  # (user, agent) -> scopes
         self._revoked: dict[str, tuple[str, float]] = {}  # record id -> (jti, exp)
         self._revoked_jtis: dict[str, float] = {}  # jti -> exp: revoked access tokens
+        self.catalog = StoredEntries()  # the resource catalog's entries made over the API
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()  # one writer at a time (load and the feed)
@@ -157,13 +184,19 @@ class Directory:
         """Read the whole directory, then every change since (safe to call again)."""
         with self._lock:
             since = self.store.last_change()
-            agents = {r.id: Agent.from_scim(r.id, r.data) for r in self.store.list("Agent")}
-            users = {r.id: r.data for r in self.store.list("User")}
             groups = {r.id: r.data for r in self.store.list("Group")}
+            names = memberships(groups.values())
+            agents = {
+                r.id: Agent.from_scim(r.id, r.data, names.get(r.id, ()))
+                for r in self.store.list("Agent")
+            }
+            users = {r.id: r.data for r in self.store.list("User")}
             consents = {r.id: r.data for r in self.store.list(CONSENT)}
             now = time.time()
             revoked = {r.id: _revocation(r.data) for r in self.store.list(REVOKED)}
+            self.catalog.load(self.store.list(CATALOG))
             self._agents, self._user_docs, self._groups = agents, users, groups
+            self._members_of = names
             self._consent_docs = consents
             self._revoked = {id: entry for id, entry in revoked.items() if entry[1] > now}
             self._revoked_jtis = dict(self._revoked.values())
@@ -188,13 +221,14 @@ class Directory:
             applied = True
 
     def _apply(self, changes: list[Change]) -> None:
-        users_changed = consents_changed = False
+        users_changed = groups_changed = consents_changed = False
         for change in changes:
             if change.kind == "Agent":
                 if change.data is None:
                     self._agents.pop(change.id, None)
                 else:
-                    self._agents[change.id] = Agent.from_scim(change.id, change.data)
+                    groups = self._members_of.get(change.id, ())
+                    self._agents[change.id] = Agent.from_scim(change.id, change.data, groups)
             elif change.kind in ("User", "Group"):
                 table = self._user_docs if change.kind == "User" else self._groups
                 if change.data is None:
@@ -202,6 +236,7 @@ class Directory:
                 else:
                     table[change.id] = change.data
                 users_changed = True
+                groups_changed = groups_changed or change.kind == "Group"
             elif change.kind == CONSENT:
                 if change.data is None:
                     self._consent_docs.pop(change.id, None)
@@ -216,6 +251,11 @@ class Directory:
                 else:
                     entry = self._revoked[change.id] = _revocation(change.data)
                     self._revoked_jtis[entry[0]] = entry[1]
+            elif change.kind == CATALOG:
+                self.catalog.apply(change)
+        if groups_changed:
+            self._members_of = memberships(self._groups.values())
+            self._regroup_agents()
         if users_changed:
             self._rebuild_users()
         if consents_changed:
@@ -232,11 +272,22 @@ class Directory:
         return expires is not None and expires > time.time()
 
     def _rebuild_users(self) -> None:
-        names = memberships(self._groups.values())
+        names = self._members_of
         users = {
             id: User.from_scim(id, doc, names.get(id, ())) for id, doc in self._user_docs.items()
         }
         self._users, self.people = users, People(users)
+
+    def _regroup_agents(self) -> None:
+        """Give each agent whose groups changed its new groups (the others stay as built)."""
+        names = self._members_of
+        regrouped = [
+            agent.in_groups(names.get(id, ()))
+            for id, agent in self._agents.items()
+            if agent.groups != tuple(sorted(names.get(id, ())))
+        ]
+        for agent in regrouped:
+            self._agents[agent.id] = agent
 
     def _rebuild_consents(self) -> None:
         granted: dict[tuple[str, str], set[str]] = {}

@@ -161,6 +161,9 @@ class Bundle:
     index: Index
     tests: tuple[ast.Test, ...] = ()
     schema: Any = None  # pdp.lang.schema.SchemaModel
+    # the resource catalog's entries of the bundle's files (pdp.catalog): typed resources
+    # by type, then id
+    catalog: Mapping[str, Mapping[str, dict[str, Any]]] = field(default_factory=dict)
 
     @classmethod
     def build(
@@ -170,6 +173,7 @@ class Bundle:
         version: str = "",
         tests: Sequence[ast.Test] = (),
         schema: Any = None,
+        catalog: Mapping[str, Mapping[str, dict[str, Any]]] | None = None,
     ) -> Bundle:
         compiled = tuple(compile_rules(rules, lets))
         for rule in compiled:
@@ -183,8 +187,9 @@ class Bundle:
                 (),
                 version,
             )
+        index = Index(compiled, lets)
         return cls(
-            version, tuple(rules), lets, compiled, Index(compiled, lets), tuple(tests), schema
+            version, tuple(rules), lets, compiled, index, tuple(tests), schema, catalog or {}
         )
 
 

@@ -1,7 +1,10 @@
 """Turn a directory of `.pol` files into one bundle: all or nothing, versioned by content.
 
 Every file is parsed and the whole set is checked before anything is compiled; one error
-anywhere rejects the directory, so a broken policy never replaces a good one.
+anywhere rejects the directory, so a broken policy never replaces a good one. The
+directory's ``*.resources.json`` files (the resource catalog's entries, :mod:`pdp.catalog`)
+are part of the bundle: read and typed by its schema, all or nothing as well, and in its
+version.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
+from pdp.catalog import RESOURCES_SUFFIX, read_catalog
 from pdp.engine import Bundle
 from pdp.lang import ast
 from pdp.lang.checker import check
@@ -18,6 +22,9 @@ from pdp.lang.errors import Diagnostic, PolicyError, Sources, Span
 from pdp.lang.parser import parse
 
 SUFFIX = ".pol"
+BUNDLE_MARKER = "bundle.toml"
+"""A directory below a bundle's root holding this file is a bundle of its own (served with
+``--policies`` pointed at it): loading the outer bundle leaves its files out."""
 
 
 @dataclass(frozen=True)
@@ -30,9 +37,44 @@ class Loaded:
     sources: Sources
 
 
-def policy_files(directory: Path) -> list[Path]:
-    """Every `.pol` file below ``directory``, in a stable order."""
-    return sorted(p for p in directory.rglob(f"*{SUFFIX}") if p.is_file())
+def policy_files(directory: Path, nested: bool = False) -> list[Path]:
+    """Every `.pol` file of the bundle rooted at ``directory``, in a stable order; with
+    ``nested``, those of the bundles below it (:data:`BUNDLE_MARKER`) too."""
+    return sorted(
+        path
+        for path in directory.rglob(f"*{SUFFIX}")
+        if path.is_file() and (nested or not _in_nested_bundle(path, directory))
+    )
+
+
+def nested_bundles(directory: Path) -> list[Path]:
+    """The directories below ``directory`` that are bundles of their own."""
+    return sorted(
+        marker.parent
+        for marker in directory.rglob(BUNDLE_MARKER)
+        if marker.is_file() and marker.parent != directory
+    )
+
+
+def _in_nested_bundle(path: Path, root: Path) -> bool:
+    folder = path.parent
+    while folder != root and root in folder.parents:
+        if (folder / BUNDLE_MARKER).is_file():
+            return True
+        folder = folder.parent
+    return False
+
+
+def bundle_files(directory: Path) -> list[Path]:
+    """Every file of the bundle rooted at ``directory``: its `.pol` files and its resource
+    catalog's ``*.resources.json`` files (not those of the bundles below it), in a stable
+    order."""
+    found = (
+        path
+        for path in directory.rglob(f"*{RESOURCES_SUFFIX}")
+        if path.is_file() and not _in_nested_bundle(path, directory)
+    )
+    return sorted([*policy_files(directory), *found])
 
 
 def content_version(files: dict[str, str]) -> str:
@@ -51,7 +93,7 @@ def load_directory(directory: str | Path) -> Loaded:
             [Diagnostic("error", f"{root} is not a directory", Span(str(root), 0, 0, 0, 0))]
         )
     texts: dict[str, str] = {}
-    for path in policy_files(root):
+    for path in bundle_files(root):
         name = path.relative_to(root).as_posix()
         try:
             texts[name] = path.read_text(encoding="utf-8")
@@ -59,7 +101,7 @@ def load_directory(directory: str | Path) -> Loaded:
             raise PolicyError(
                 [Diagnostic("error", f"cannot read {path}: {exc}", Span(str(path), 0, 0, 0, 0))]
             ) from None
-    if not texts:
+    if not any(name.endswith(SUFFIX) for name in texts):
         raise PolicyError(
             [
                 Diagnostic(
@@ -74,7 +116,8 @@ def load_directory(directory: str | Path) -> Loaded:
 
 
 def load_texts(texts: dict[str, str], version_of: dict[str, str] | None = None) -> Loaded:
-    """Load policies given as {path: text}; used by the loader, tests and tools."""
+    """Load policies given as {path: text} (a path ending in ``.resources.json`` is a file
+    of the resource catalog); used by the loader, tests and tools."""
     # Parsing allocates millions of short-lived objects and no cycles worth collecting:
     # pausing the cyclic collector halves the load time of large bundles.
     paused = gc.isenabled()
@@ -90,7 +133,8 @@ def _load(texts: dict[str, str], version_of: dict[str, str] | None) -> Loaded:
     sources = Sources()
     modules: list[ast.Module] = []
     errors: list[Diagnostic] = []
-    for path in sorted(texts):
+    catalog = {path: text for path, text in texts.items() if path.endswith(RESOURCES_SUFFIX)}
+    for path in sorted(texts.keys() - catalog.keys()):
         sources.add(path, texts[path])
         try:
             modules.append(parse(texts[path], path))
@@ -109,5 +153,6 @@ def _load(texts: dict[str, str], version_of: dict[str, str] | None) -> Loaded:
         content_version(version_of if version_of is not None else texts),
         tests,
         result.schema,
+        read_catalog(catalog, result.schema, sources),
     )
     return Loaded(bundle, tuple(modules), tuple(result.warnings), sources)

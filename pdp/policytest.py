@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from pdp.catalog import catalogued
 from pdp.counters import MemoryCounters
 from pdp.engine import Bundle, Engine
 from pdp.lang import ast
@@ -69,7 +70,8 @@ def run_test(bundle: Bundle, test: ast.Test) -> TestResult:
 def build_request(
     bundle: Bundle, test: ast.Test, records: dict[str, ast.Record], step: ast.Step
 ) -> Request:
-    """The request a step describes, typed through the same path as request JSON."""
+    """The request a step describes, typed through the same path as request JSON, with
+    the attributes of its resource the bundle's catalog holds and the step does not give."""
 
     def fields(kind: str, extra: tuple[ast.Field, ...] = ()) -> dict[str, Any] | None:
         record = records.get(kind)
@@ -99,7 +101,7 @@ def build_request(
     delegation = fields("delegation")
     if delegation is not None:
         data["delegation"] = delegation
-    return request_from_json(data, bundle.schema)
+    return catalogued(bundle, request_from_json(data, bundle.schema))
 
 
 def _json(bundle: Bundle, test: ast.Test, expr: ast.Expr) -> Any:

@@ -50,6 +50,7 @@ from pdp.audit.records import token_record
 from pdp.audit.watch import AlertCounter, Watcher
 from pdp.audit.writer import GATHER, AuditWriter
 from pdp.bounds import DEFAULT_BOUNDS, Bounds
+from pdp.catalog import schema_check
 from pdp.counters import open_counters
 from pdp.decide import DEFAULT_CACHE_SIZE, DecisionPoint
 from pdp.directory import Directory
@@ -463,7 +464,8 @@ def http_app(
     agent_tokens: AgentTokens = NO_AGENT_TOKENS,
 ) -> Starlette:
     """What ``tessera serve`` answers on its HTTP port: health and the API's OpenAPI
-    document (no token needed), AuthZEN, and the issuer's SCIM and OAuth endpoints.
+    document (no token needed), AuthZEN, and the issuer's SCIM, resource catalog (its
+    entries held to the policy schema decided with) and OAuth endpoints.
     ``urls`` are the issuer's URL and the port's own (AuthZEN's tokens may name either);
     ``certificates``: AuthZEN takes a PEP's client certificate the TLS layer checked;
     ``agent_tokens``: how AuthZEN verifies agent tokens in subjects."""
@@ -481,7 +483,7 @@ def http_app(
             Route(HEALTH_PATH, _health(point), methods=["GET"]),
             Route(OPENAPI_PATH, serve_document, methods=["GET"]),
             *authzen.routes(),
-            *issuer_routes(store, scim_admins, oauth),
+            *issuer_routes(store, scim_admins, oauth, schema_check(lambda: point.schema)),
         ],
         exception_handlers={HTTPException: unrouted},
     )

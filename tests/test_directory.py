@@ -13,6 +13,7 @@ from issuer.store import Store, open_store
 from pdp.directory import Directory, Identities
 
 ADMIN = "admin"
+ENTERPRISE_EXTENSION = "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User"
 
 
 def agent_doc(name: str, **extension: Any) -> dict[str, Any]:
@@ -84,6 +85,8 @@ def test_an_agent_resolves_to_the_attributes_policies_read(store: Store) -> None
             "type": "external",
             "scopes": ["payments:transfer"],
             "labels": {"team": "treasury"},
+            "roles": [],
+            "groups": [],
         },
         None,
     )
@@ -114,7 +117,13 @@ def test_a_user_resolves_with_roles_and_the_names_of_their_groups(store: Store) 
     directory.load()
     resolved = directory.resolve(agent, user)
     assert isinstance(resolved, Identities)
-    assert resolved.user == {"id": user, "roles": ["treasurer", "approver"], "groups": ["finance"]}
+    assert resolved.user == {
+        "id": user,
+        "userName": "bjensen",
+        "emails": [],
+        "roles": ["treasurer", "approver"],
+        "groups": ["finance"],
+    }
 
 
 def test_an_unknown_or_inactive_user_is_refused(store: Store) -> None:
@@ -170,12 +179,75 @@ def test_group_changes_reach_the_users_groups(store: Store) -> None:
         "Group", {"displayName": "finance", "members": [{"value": user}]}, unique={}, actor=ADMIN
     )
     directory.refresh()
+    bjensen = {"id": user, "userName": "bjensen", "emails": [], "roles": []}
     assert directory.resolve(agent, user) == Identities(
-        directory.agent(agent) or {}, {"id": user, "roles": [], "groups": ["finance"]}
+        directory.agent(agent) or {}, {**bjensen, "groups": ["finance"]}
     )
     store.delete("Group", group.id, expected_version=None, actor=ADMIN)
     directory.refresh()
-    assert directory.user(user) == {"id": user, "roles": [], "groups": []}
+    assert directory.user(user) == {**bjensen, "groups": []}
+
+
+def test_a_user_resolves_with_email_names_and_the_enterprise_extension(store: Store) -> None:
+    agent = add_agent(store, "bot")
+    user = add_user(
+        store,
+        "bjensen",
+        externalId="00u1ab",
+        displayName="Barbara Jensen",
+        emails=[{"value": "bj@home.example"}, {"value": "bj@example.com", "primary": True}],
+        **{ENTERPRISE_EXTENSION: {"department": "Finance", "manager": {"value": "m-1"}}},
+    )
+    directory = Directory(store)
+    directory.load()
+    resolved = directory.resolve(agent, user)
+    assert isinstance(resolved, Identities)
+    assert resolved.user == {
+        "id": user,
+        "userName": "bjensen",
+        "externalId": "00u1ab",
+        "displayName": "Barbara Jensen",
+        "email": "bj@example.com",
+        "emails": ["bj@home.example", "bj@example.com"],
+        "roles": [],
+        "groups": [],
+        "department": "Finance",
+        "manager": "m-1",
+    }
+
+
+def test_an_agent_resolves_with_its_roles_and_groups_as_they_change(store: Store) -> None:
+    id = store.create(
+        "Agent",
+        {**agent_doc("bot"), "roles": [{"value": "reader"}]},
+        unique={"name": "bot"},
+        actor=ADMIN,
+    ).id
+    other = add_agent(store, "other")
+    ops = store.create(
+        "Group", {"displayName": "ops", "members": [{"value": id}]}, unique={}, actor=ADMIN
+    )
+    directory = Directory(store)
+    directory.load()
+    agent = directory.agent(id) or {}
+    assert (agent["roles"], agent["groups"]) == (["reader"], ["ops"])
+    assert (directory.agent(other) or {})["groups"] == []
+
+    store.create(
+        "Group",
+        {"displayName": "audit", "members": [{"value": id}, {"value": other}]},
+        unique={},
+        actor=ADMIN,
+    )
+    directory.refresh()
+    assert (directory.agent(id) or {})["groups"] == ["audit", "ops"]
+    assert (directory.agent(other) or {})["groups"] == ["audit"]
+
+    set_agent(store, id, "bot", purpose="reports")  # a change to the agent keeps its groups
+    store.delete("Group", ops.id, expected_version=None, actor=ADMIN)
+    directory.refresh()
+    assert (directory.agent(id) or {})["groups"] == ["audit"]
+    assert (directory.agent(id) or {})["purpose"] == "reports"
 
 
 def test_the_follower_sees_a_suspension_made_through_another_store_object(

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from pdp.lang.errors import PolicyError
-from pdp.loader import load_directory
+from pdp.loader import load_directory, nested_bundles, policy_files
 
 GOOD = 'permit p call tool "search"\n'
 
@@ -61,3 +61,17 @@ def test_undecodable_file_is_an_error(tmp_path: Path) -> None:
     (tmp_path / "a.pol").write_bytes(b"\xff\xfe permit")
     with pytest.raises(PolicyError, match="cannot read"):
         load_directory(tmp_path)
+
+
+def test_a_directory_with_a_bundle_marker_is_left_out_of_its_parent(tmp_path: Path) -> None:
+    (tmp_path / "a.pol").write_text('permit p call tool "search"\n')
+    example = tmp_path / "examples" / "other"
+    example.mkdir(parents=True)
+    (example / "bundle.toml").write_text("# a bundle of its own\n")
+    (example / "b.pol").write_text('forbid f call tool "search"\n')
+    outer = load_directory(tmp_path)
+    assert [rule.name for rule in outer.bundle.rules] == ["p"]
+    inner = load_directory(example)
+    assert [rule.name for rule in inner.bundle.rules] == ["f"]
+    assert nested_bundles(tmp_path) == [example]
+    assert policy_files(tmp_path, nested=True) == [tmp_path / "a.pol", example / "b.pol"]

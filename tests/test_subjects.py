@@ -393,3 +393,37 @@ def test_anomaly_baselines_and_the_report_pass_over_a_persons_decisions(world: W
     report = gather(world.store)
     assert [a.id for a in report.agents] == [agent]
     assert report.unknown_agents == ()
+
+
+def test_a_persons_request_reads_the_resource_catalog(store: Store) -> None:
+    texts = {
+        "schema.pol": "schema { resource record { owner: string } }",
+        "records.pol": 'permit owners action "view" on record when resource.owner == user.userName',
+        "records.resources.json": json.dumps(
+            [
+                {"type": "record", "id": "101", "properties": {"owner": "ana"}},
+                {"type": "record", "id": "102", "properties": {"owner": "bob"}},
+            ]
+        ),
+    }
+    bundle = load_texts(texts).bundle
+    add_user(store, "ana")
+    directory = Directory(store)
+    directory.load()
+    for point in (
+        DecisionPoint(Engine(bundle), directory=directory),
+        DecisionPoint(Engine(bundle)),
+    ):
+        answers = []
+        for record in ("101", "102"):
+            request = typed_request(
+                bundle.schema,
+                agent=None,
+                user={"id": point.identify("ana", "subject.id"), "userName": "ana"},
+                subject={"type": "user", "id": "ana"},
+                action="view",
+                resource_type="record",
+                resource_id=record,
+            )
+            answers.append(point.preview(request).allow)
+        assert answers == [True, False]

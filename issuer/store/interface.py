@@ -144,6 +144,22 @@ class Store(Protocol):
         """Remove the resource (its change log entries stay)."""
         ...
 
+    def put(
+        self, kind: str, documents: Mapping[str, Mapping[str, Any] | None], *, actor: str
+    ) -> int:
+        """Write resources whose ids the caller names, all in one transaction (all or
+        none): a document creates the resource or replaces it, None deletes it. A document
+        equal to the one stored, and None for a resource not stored, change nothing: no
+        change is logged, no version bumped, so writing the same again is free. For kinds
+        without unique values; :class:`Unstorable` for an id or document no backend
+        holds, and nothing is written. The number of changes made."""
+        ...
+
+    def page(self, kind: str, prefix: str, after: str, limit: int) -> builtins.list[Record]:
+        """Resources of a kind whose id starts with ``prefix`` and sorts after ``after``
+        ("" for the first page), in the order of their ids, at most ``limit``."""
+        ...
+
     def last_change(self) -> int:
         """The seq of the newest change, 0 when there is none."""
         ...

@@ -352,6 +352,33 @@ class SQLStore(ABC):
             cur.execute("DELETE FROM resources WHERE kind = ? AND id = ?", (kind, id))
             _log(cur, now, kind, id, "delete", actor, current.version, None)
 
+    def put(
+        self, kind: str, documents: Mapping[str, Mapping[str, Any] | None], *, actor: str
+    ) -> int:
+        texts: dict[str, str | None] = {}
+        for id_, data in documents.items():
+            if NUL in id_:
+                raise Unstorable("an id with a NUL character (U+0000) cannot be stored")
+            texts[id_] = None if data is None else document_text(data)
+            storable(texts[id_] or "", {})
+        now = utc_now()
+        made = 0
+        with self._transaction(write=True) as cur:
+            stored = _stored(cur, kind, list(texts))
+            for id_, text in texts.items():
+                made += _put_one(cur, kind, id_, text, stored.get(id_), now, actor)
+        return made
+
+    def page(self, kind: str, prefix: str, after: str, limit: int) -> builtins.list[Record]:
+        if limit <= 0 or NUL in prefix or NUL in after:
+            return []
+        rows = self._select(
+            f"SELECT {RECORD_COLUMNS} FROM resources WHERE kind = ? AND substr(id, 1, ?) = ?"
+            " AND id > ? ORDER BY id LIMIT ?",
+            (kind, len(prefix), prefix, after, limit),
+        )
+        return [record_from_row(kind, row) for row in rows]
+
     def last_change(self) -> int:
         return int(self._select_one("SELECT COALESCE(MAX(seq), 0) FROM changes", ())[0])
 
@@ -436,6 +463,56 @@ def _current(cur: Cursor, kind: str, id_: str, expected_version: int | None) -> 
     if expected_version is not None and expected_version != record.version:
         raise VersionMismatch(expected_version, record.version)
     return record
+
+
+def _stored(cur: Cursor, kind: str, ids: Sequence[str]) -> dict[str, tuple[int, Any]]:
+    """(version, document) of those of ``ids`` that are stored, by id."""
+    found: dict[str, tuple[int, Any]] = {}
+    for start in range(0, len(ids), INSERT_CHUNK):
+        chunk = ids[start : start + INSERT_CHUNK]
+        marks = ", ".join("?" * len(chunk))
+        cur.execute(
+            f"SELECT id, version, data FROM resources WHERE kind = ? AND id IN ({marks})",
+            (kind, *chunk),
+        )
+        found.update((str(id_), (int(version), data)) for id_, version, data in cur.fetchall())
+    return found
+
+
+def _put_one(
+    cur: Cursor,
+    kind: str,
+    id_: str,
+    text: str | None,
+    stored: tuple[int, Any] | None,
+    now: datetime,
+    actor: str,
+) -> int:
+    """Write one resource of :meth:`SQLStore.put`; 1 when it changed, else 0."""
+    if text is None:
+        if stored is None:
+            return 0
+        cur.execute("DELETE FROM unique_values WHERE kind = ? AND id = ?", (kind, id_))
+        cur.execute("DELETE FROM resources WHERE kind = ? AND id = ?", (kind, id_))
+        _log(cur, now, kind, id_, "delete", actor, stored[0], None)
+        return 1
+    if stored is None:
+        seq = _log(cur, now, kind, id_, "create", actor, 1, text)
+        cur.execute(
+            "INSERT INTO resources (kind, id, version, data, created, modified, created_seq)"
+            " VALUES (?, ?, 1, ?, ?, ?, ?)",
+            (kind, id_, text, time_text(now), time_text(now), seq),
+        )
+        return 1
+    version, data = stored
+    if as_document(data) == json.loads(text):
+        return 0
+    cur.execute(
+        "UPDATE resources SET version = ?, data = ?, modified = ? WHERE kind = ? AND id = ?",
+        (version + 1, text, time_text(now), kind, id_),
+    )
+    _log(cur, now, kind, id_, "replace", actor, version + 1, text)
+    return 1
 
 
 def _check_unique(cur: Cursor, kind: str, id_: str, values: Mapping[str, str]) -> None:

@@ -7,8 +7,8 @@ evidence. Each record carries the change's seq; on start the follower resumes af
 last one the trail holds, so a restart neither skips nor repeats a change.
 
 Secrets never reach the trail: only the directory's own documents (agents, groups, users
-without their password) are copied; for everything else the record names the change
-without its content.
+without their password) and the resource catalog's entries are copied; for everything
+else the record names the change without its content.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import logging
 import threading
 from typing import Any
 
+from issuer.catalog import CATALOG
 from issuer.store import Change, Store
 from pdp.audit.writer import AuditWriter
 
@@ -25,7 +26,7 @@ log = logging.getLogger("tessera.audit")
 
 TRAIL = "admin"
 WAIT = 0.5  # seconds one wait on the change feed may block (bounds stop())
-_COPIED = {"Agent", "Group", "User"}
+_COPIED = {"Agent", "Group", "User", CATALOG}
 
 
 def change_record(change: Change) -> dict[str, Any]:

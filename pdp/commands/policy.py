@@ -84,13 +84,23 @@ def _check(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         f"in {len(loaded.modules)} files, {len(warnings)} warnings (version {bundle.version})",
         file=out,
     )
+    _name_nested(directory, out)
     return FAILED if failed else OK
+
+
+def _name_nested(directory: Path, out: TextIO) -> None:
+    """Say which bundles below ``directory`` were left out: each is checked on its own."""
+    from pdp.loader import BUNDLE_MARKER, nested_bundles
+
+    for nested in nested_bundles(directory):
+        print(f"  not included: {nested} (a bundle of its own: {BUNDLE_MARKER})", file=out)
 
 
 CHECK = Command(
     "check",
     help="parse and type-check a policy directory",
-    description="Parse and type-check every .pol file below DIR as one bundle. "
+    description="Parse and type-check every .pol file below DIR as one bundle (a "
+    "directory below it holding a bundle.toml is a bundle of its own and is left out). "
     "Prints errors and warnings with file:line:col; exits 1 on any error.",
     options=_check_options,
     run=_check,
@@ -181,7 +191,7 @@ def _fmt(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     for raw in args.paths:
         path = Path(raw)
         if path.is_dir():
-            files.extend(policy_files(path))
+            files.extend(policy_files(path, nested=True))
         elif path.is_file():
             files.append(path)
         else:
@@ -263,6 +273,7 @@ def _explain_options(parser: argparse.ArgumentParser) -> None:
 def _decide(args: argparse.Namespace, err: TextIO) -> tuple[Any, Any] | int:
     """(the bundle in --policies, the request in REQUEST.json) for ``eval`` and ``explain``;
     the exit code, after printing why, when either is unusable."""
+    from pdp.catalog import catalogued
     from pdp.loader import load_directory
     from pdp.model import RequestError
     from pdp.request import request_from_json
@@ -294,7 +305,7 @@ def _decide(args: argparse.Namespace, err: TextIO) -> tuple[Any, Any] | int:
     except RequestError as exc:
         print(f"tessera {args.command}: {args.request}: invalid request: {exc}", file=err)
         return USAGE
-    return loaded.bundle, request
+    return loaded.bundle, catalogued(loaded.bundle, request)
 
 
 def _eval(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:

@@ -35,9 +35,9 @@ from the consent store. Each evaluation is decided by :meth:`DecisionPoint.decid
 as ``Authorize`` is (directory, limits, audit record). Searches decide each
 candidate without using up limits or leaving a record (as ``ListAllowed``); their
 candidates are the directory's agents or users (named in the form
-``subject.properties.id_form`` asks: id, userName, the default, externalId or email), or
-the resource ids and action names the policies' targets spell out exactly (a glob
-cannot be listed).
+``subject.properties.id_form`` asks: id, userName, the default, externalId or email), the
+resource ids the policies' targets spell out exactly (a glob cannot be listed) and those
+the resource catalog holds, or the action names the targets spell out.
 
 A response is exactly ``{"decision": true}`` (or ``false``) unless the request's
 ``options`` ask for ``"tessera_explain": true``; then ``context`` carries the decision
@@ -662,7 +662,8 @@ class AuthZen:
 
     def _candidates(self, asked: Subject, form: str) -> list[Subject]:
         """The subjects a search for ``asked``'s type considers: the directory's agents
-        (its user identified), or its users named in ``form``."""
+        (its user identified), or its users named in ``form``, in the order of the ids
+        given back."""
         directory = self.point.directory
         if directory is None or not (asked.is_agent or asked.is_person):
             return []
@@ -670,13 +671,14 @@ class AuthZen:
             user = self.identified(asked).user
             return [replace(asked, id=agent, user=user) for agent in directory.agent_ids()]
         people = directory.people
-        return [
+        named = [
             Subject(asked.type, people.name_of(user, form), user.id) for user in directory.users()
         ]
+        return sorted(named, key=lambda person: (person.id, person.user or ""))
 
     async def search_resource(self, body: Json, caller: Caller) -> Json:
         """Resource Search (§8.5): the ids of the resource type that the policies name for
-        the action and that the subject is allowed."""
+        the action, or that the resource catalog holds, and that the subject is allowed."""
         offset, limit = _page(body)
         subject = _object(body, "subject", "")
         action = _object(body, "action", "")
@@ -687,7 +689,8 @@ class AuthZen:
         context = _object(body, "context", "", required=False)
         results = []
         schema, bounds = self.point.schema, self.point.bounds
-        for ident in named_resources(self.point.engine.bundle, name, kind):
+        named = named_resources(self.point.engine.bundle, name, kind)
+        for ident in sorted({*named, *self.point.resources.ids(kind)}):
             asked = _request(schema, who, name, (kind, ident, properties), context, "", bounds)
             if self._allowed(asked):
                 results.append({"type": kind, "id": ident})

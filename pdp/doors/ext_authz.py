@@ -70,20 +70,64 @@ DECISION_HEADER = "x-tessera-decision-id"
 AGENT_HEADER = "x-tessera-agent-id"
 USER_HEADER = "x-tessera-user-id"
 
-FALLBACK_ACTION = "http.{method}"
-
 TOKEN_CACHE_SIZE = 10_000
 QUESTION_MEMO_SIZE = 65_536
 TEMPLATES_SIZE = 4_096
 REVOCATION_RECHECK = 1.0  # seconds a remembered token goes before its revocation is read again
 
-_PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
-_SEGMENT = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)(\.\.\.)?\}")
+_PIECE = re.compile(r"\{\{|\}\}|\{([A-Za-z_][A-Za-z0-9_]*)(\.\.\.)?\}|[{}]|[^{}]+")
 _METHOD = re.compile(r"[A-Z]+")
+_RESERVED = frozenset({"method", "path"})
 
 
 class RouteError(PdpError, ValueError):
     """A route template that cannot be used; the message names the line."""
+
+
+@dataclass(frozen=True)
+class Placeholder:
+    """``{name}`` in a template, or ``{name...}`` (``rest``: the rest of the path)."""
+
+    name: str
+    rest: bool = False
+
+
+Piece = str | Placeholder  # literal text, or a placeholder
+
+
+@dataclass(frozen=True)
+class Template:
+    """ACTION, TYPE or ID of a route: literal text and placeholders in order."""
+
+    pieces: tuple[Piece, ...]
+
+    def fill(self, values: dict[str, str]) -> str:
+        """The text with each placeholder's value put in, in one pass: a value is never
+        read as a template again, so braces in a request's path stay as they are."""
+        return "".join(p if isinstance(p, str) else values[p.name] for p in self.pieces)
+
+
+def _pieces(template: str, line: str) -> tuple[Piece, ...]:
+    """What a template says: ``{{`` and ``}}`` are a literal brace, ``{name}`` and
+    ``{name...}`` placeholders; any other brace is an error."""
+    pieces: list[Piece] = []
+    for found in _PIECE.finditer(template):
+        text = found.group(0)
+        if found.group(1) is not None:
+            pieces.append(Placeholder(found.group(1), found.group(2) is not None))
+            continue
+        if text in ("{", "}"):
+            raise RouteError(
+                f"route {line!r}: unbalanced braces in {template!r}; a literal brace is "
+                "written {{ or }}"
+            )
+        literal = text[0] if text in ("{{", "}}") else text
+        previous = pieces[-1] if pieces else None
+        if isinstance(previous, str):
+            pieces[-1] = previous + literal
+        else:
+            pieces.append(literal)
+    return tuple(pieces)
 
 
 @dataclass(frozen=True)
@@ -92,32 +136,52 @@ class Route:
     ``ACTION`` on the resource ``TYPE:ID``, placeholders filled in."""
 
     methods: frozenset[str] | None  # None: any method
-    path: re.Pattern[str]
-    action: str
-    resource_type: str
-    resource_id: str
+    path: tuple[Piece, ...] | None  # one per segment: its decoded text, or a placeholder
+    action: Template
+    resource_type: Template
+    resource_id: Template
     text: str
 
     def match(self, method: str, path: str) -> tuple[str, str, str] | None:
         """(action, resource type, resource id) when this route covers the request."""
         if self.methods is not None and method not in self.methods:
             return None
-        found = self.path.fullmatch(path)
-        if found is None:
+        values = {} if self.path is None else _match_path(self.path, path)
+        if values is None:
             return None
-        values = {name: unquote(value) for name, value in found.groupdict().items()}
         values["method"], values["path"] = method, path
         return (
-            _fill(self.action, values),
-            _fill(self.resource_type, values),
-            _fill(self.resource_id, values),
+            self.action.fill(values),
+            self.resource_type.fill(values),
+            self.resource_id.fill(values),
         )
 
 
-def _fill(template: str, values: dict[str, str]) -> str:
-    if "{" not in template:
-        return template
-    return _PLACEHOLDER.sub(lambda m: values[m.group(1)], template)
+def _match_path(segments: tuple[Piece, ...], path: str) -> dict[str, str] | None:
+    """The placeholders' values when ``path`` fits the template's segments, else None.
+    Each segment of the path is compared percent-decoded, as its value would be given:
+    a literal segment ``{{id}}`` matches ``/{id}`` and ``/%7Bid%7D`` alike."""
+    if not path.startswith("/"):
+        return None
+    raw = path[1:].split("/")
+    values: dict[str, str] = {}
+    for index, segment in enumerate(segments):
+        if isinstance(segment, Placeholder) and segment.rest:
+            rest = "/".join(raw[index:])
+            if not rest:
+                return None
+            values[segment.name] = unquote(rest)
+            return values
+        if index >= len(raw):
+            return None
+        decoded = unquote(raw[index])
+        if isinstance(segment, Placeholder):
+            if not raw[index]:
+                return None
+            values[segment.name] = decoded
+        elif decoded != segment:
+            return None
+    return values if len(raw) == len(segments) else None
 
 
 def parse_route(line: str) -> Route:
@@ -126,7 +190,8 @@ def parse_route(line: str) -> Route:
     ``GET,HEAD /orders/{id} db.read table:orders`` — METHOD is ``*``, a method, or
     several joined by commas; PATH is a path whose segments are literal, ``{name}`` (one
     segment) or, last, ``{name...}`` (the rest of the path); ACTION and TYPE:ID may use
-    the path's names, ``{method}`` and ``{path}``.
+    the path's names, ``{method}`` and ``{path}``. ``{{`` and ``}}`` are literal braces
+    anywhere: ``route:/users/{{id}}`` is the resource id ``/users/{id}``.
     """
     parts = line.split()
     if len(parts) != 4:
@@ -140,42 +205,63 @@ def parse_route(line: str) -> Route:
         methods = frozenset(listed)
     if not path.startswith("/"):
         raise RouteError(f"route {line!r}: the path must start with /")
-    pattern: list[str] = []
-    names = {"method", "path"}
-    segments = path[1:].split("/")
-    for position, segment in enumerate(segments):
-        if "{" not in segment and "}" not in segment:
-            pattern.append(re.escape(segment))
-            continue
-        found = _SEGMENT.fullmatch(segment)
-        if found is None:
-            raise RouteError(
-                f"route {line!r}: {segment!r} must be a whole segment, {{name}} or {{name...}}"
-            )
-        name, rest = found.group(1), found.group(2)
-        if name in names:
-            raise RouteError(f"route {line!r}: {{{name}}} is used twice or is reserved")
-        names.add(name)
-        if rest and position != len(segments) - 1:
-            raise RouteError(f"route {line!r}: {{{name}...}} must be the last segment")
-        pattern.append(f"(?P<{name}>.+)" if rest else f"(?P<{name}>[^/]+)")
+    segments = _path_segments(path, line)
     resource_type, colon, resource_id = resource.partition(":")
     if not colon or not resource_type or not resource_id:
         raise RouteError(f"route {line!r}: the resource is TYPE:ID, e.g. table:{{name}}")
-    for template in (action, resource_type, resource_id):
-        for used in _PLACEHOLDER.findall(template):
-            if used not in names:
-                raise RouteError(f"route {line!r}: {{{used}}} is not a name of the path")
-        leftover = _PLACEHOLDER.sub("", template)
-        if "{" in leftover or "}" in leftover:
-            raise RouteError(f"route {line!r}: unbalanced braces in {template!r}")
+    names = _RESERVED | {s.name for s in segments if isinstance(s, Placeholder)}
     return Route(
-        methods, re.compile("/" + "/".join(pattern)), action, resource_type, resource_id, line
+        methods,
+        segments,
+        _template(action, names, line),
+        _template(resource_type, names, line),
+        _template(resource_id, names, line),
+        line,
     )
 
 
+def _path_segments(path: str, line: str) -> tuple[Piece, ...]:
+    """PATH as its segments: each literal text (``{{``, ``}}`` a brace) or a placeholder."""
+    segments: list[Piece] = []
+    texts = path[1:].split("/")
+    for position, text in enumerate(texts):
+        pieces = _pieces(text, line)
+        literals = [piece for piece in pieces if isinstance(piece, str)]
+        if len(literals) == len(pieces):
+            segments.append("".join(literals))
+            continue
+        if len(pieces) != 1:
+            raise RouteError(
+                f"route {line!r}: {text!r} must be a whole segment, {{name}} or {{name...}}"
+            )
+        placeholder = pieces[0]
+        assert isinstance(placeholder, Placeholder)
+        name = placeholder.name
+        if name in _RESERVED | {s.name for s in segments if isinstance(s, Placeholder)}:
+            raise RouteError(f"route {line!r}: {{{name}}} is used twice or is reserved")
+        if placeholder.rest and position != len(texts) - 1:
+            raise RouteError(f"route {line!r}: {{{name}...}} must be the last segment")
+        segments.append(placeholder)
+    return tuple(segments)
+
+
+def _template(text: str, names: frozenset[str], line: str) -> Template:
+    """ACTION, TYPE or ID, whose placeholders must be names of the path."""
+    pieces = _pieces(text, line)
+    for piece in pieces:
+        if isinstance(piece, Placeholder) and (piece.rest or piece.name not in names):
+            shown = f"{{{piece.name}{'...' if piece.rest else ''}}}"
+            raise RouteError(f"route {line!r}: {shown} is not a name of the path")
+    return Template(pieces)
+
+
 FALLBACK = Route(
-    None, re.compile(".*", re.DOTALL), FALLBACK_ACTION, "http", "{path}", "(the fallback)"
+    None,
+    None,
+    Template(("http.", Placeholder("method"))),
+    Template(("http",)),
+    Template((Placeholder("path"),)),
+    "(the fallback)",
 )
 
 

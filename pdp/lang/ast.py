@@ -15,7 +15,21 @@ from pdp.lang.values import quote
 # The roots an expression path can start from.
 ROOTS = ("agent", "user", "delegation", "resource", "tool", "context", "action", "subject")
 
-CompareOp = Literal["==", "!=", "<", "<=", ">", ">=", "in", "contains", "like"]
+CompareOp = Literal[
+    "==",
+    "!=",
+    "<",
+    "<=",
+    ">",
+    ">=",
+    "in",
+    "contains",
+    "like",
+    "intersects",
+    "subset of",
+    "startswith",
+    "endswith",
+]
 
 
 # ---------------------------------------------------------------- expressions

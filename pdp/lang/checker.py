@@ -667,11 +667,18 @@ class _Checker:
             self._in(c, lt, rt)
         elif c.op == "contains":
             self._contains(c, lt, rt)
+        elif c.op in ("intersects", "subset of"):
+            self._collections(c, lt, rt)
+        elif c.op in ("startswith", "endswith"):
+            self._affix(c, lt, rt)
 
     @staticmethod
     def _unordered_hint(t: Type) -> str:
         if t == STRING:
-            return 'strings have no order: compare with == or match with like "prefix*"'
+            return (
+                "strings have no order: compare with ==, or match with startswith, endswith "
+                'or like "prefix*"'
+            )
         if t == BOOL:
             return "use the condition itself, or == true"
         if t.is_collection:
@@ -751,6 +758,56 @@ class _Checker:
                 c.span,
                 "amounts compare only within one currency",
             )
+
+    def _collections(self, c: ast.Compare, lt: Type, rt: Type) -> None:
+        """``A intersects B`` and ``A subset of B``: two lists or sets of one member type."""
+        for side, t, other in ((c.left, lt, rt), (c.right, rt, lt)):
+            if t != ANY and not t.is_collection:
+                self.error(
+                    f"{c.op} compares two lists or sets; this is {_describe(t)}",
+                    side.span,
+                    self._collection_hint(c, side, other),
+                )
+                return
+        if not _compatible(lt, rt):
+            self.error(
+                f"cannot compare {_describe(lt)} with {_describe(rt)}",
+                c.span,
+                "both sides must hold members of the same type",
+            )
+        elif clash := _currency_clash(lt, rt):
+            self.error(
+                f"currency mismatch: {clash[0]} vs {clash[1]}",
+                c.span,
+                "amounts compare only within one currency",
+            )
+
+    def _collection_hint(self, c: ast.Compare, scalar: ast.Expr, other: Type) -> str:
+        """Write the lone value as a list, or ask for it as one member (``in``, ``contains``)."""
+        one, left, right = self._text(scalar), self._text(c.left), self._text(c.right)
+        listed = "[...]" if one == "it" else f"[{one}]"
+        if scalar is c.left:
+            as_list, member = f"{listed} {c.op} {right}", f"{one} in {right}"
+        else:
+            as_list, member = f"{left} {c.op} {listed}", f"{left} contains {one}"
+        if not other.is_collection:
+            return f"to compare two values, write: {left} == {right}"
+        if c.op == "intersects" or scalar is c.left:
+            return f"to ask for one member, write: {member}; or use a list: {as_list}"
+        return f"use a list: {as_list}"
+
+    def _affix(self, c: ast.Compare, lt: Type, rt: Type) -> None:
+        """``S startswith P`` and ``S endswith P``: two strings."""
+        for side, t in ((c.left, lt), (c.right, rt)):
+            if t in (STRING, ANY):
+                continue
+            hint = f'{c.op} tests one string against another: user.email {c.op} "..."'
+            if t.is_collection and side is c.right:
+                hint = f"test one string at a time: {self._text(c.left)} {c.op} ... or ..."
+            elif t.is_collection:
+                hint = f"{c.op} reads one string; ask a list or a set for a member with contains"
+            self.error(f"{c.op} matches strings; this is {_describe(t)}", side.span, hint)
+            return
 
     def _like(self, c: ast.Compare, lt: Type | None, rt: Type | None, scope: _Scope) -> None:
         if lt is not None and lt not in (STRING, ANY):

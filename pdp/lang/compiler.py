@@ -20,11 +20,15 @@ from pdp.lang.rewrite import fold, inline_lets
 from pdp.lang.runtime import (
     EvalError,
     describe_limit,
+    endswith,
     equal,
     glob,
+    intersects,
     limit_cap,
     limit_key_prefix,
     limit_window,
+    startswith,
+    subset,
 )
 from pdp.lang.values import CurrencyMismatch, Money, Risk
 
@@ -102,6 +106,19 @@ class CompiledRule:
 
 # ------------------------------------------------------------------ code generation
 
+# Operators the generated code writes as a call to the runtime: the operator, the name the
+# generated module knows the function by, the function. The function checks the operand
+# types, so a wrong one is an error as in the interpreter, never a quiet Python meaning
+# ("abc".startswith(("a", "b")) takes a tuple of prefixes).
+_CALLED: dict[str, tuple[str, Callable[[Any, Any], bool]]] = {
+    "intersects": ("_intersects", intersects),
+    "subset of": ("_subset", subset),
+    "startswith": ("_startswith", startswith),
+    "endswith": ("_endswith", endswith),
+}
+_SET_OPS = ("intersects", "subset of")
+_AFFIX_OPS = ("startswith", "endswith")
+
 
 class _Source:
     """Accumulates the generated module and the constants it refers to."""
@@ -114,6 +131,7 @@ class _Source:
             "_currency": _currency,
             "_action_attribute": _action_attribute,
         }
+        self.namespace.update(dict(_CALLED.values()))
         self._constants: dict[tuple[type, Any], str] = {}
         self._walrus = 0
         self._bodies: dict[str, str] = {}
@@ -184,11 +202,7 @@ class _Source:
             return call if op == "==" else f"(not {call})"
         if op == "in":
             if isinstance(right, ast.Literal_) and isinstance(right.value, tuple):
-                try:
-                    members: frozenset[Any] | tuple[Any, ...] = frozenset(right.value)
-                except TypeError:  # a list of maps: no set, plain membership
-                    members = right.value
-                return f"({self.expr(left)} in {self.constant(members)})"
+                return f"({self.expr(left)} in {self.members(right.value)})"
             return f"({self.expr(left)} in {self.expr(right)})"
         if op == "contains":
             return f"({self.expr(right)} in {self.expr(left)})"
@@ -197,7 +211,48 @@ class _Source:
                 matcher = self.constant(glob(right.value))
                 return f"({matcher}({self.expr(left)}) is not None)"
             raise EvalError("'like' takes a constant glob on its right")
+        if op in _CALLED:
+            return self.call(op, left, right)
         raise EvalError(f"unknown operator {op}")
+
+    def call(self, op: str, left: ast.Expr, right: ast.Expr) -> str:
+        """An operator the runtime evaluates; against a constant, inlined (see
+        :meth:`inlined`). A constant list on the right of a set operator becomes a
+        frozenset once, here."""
+        function = _CALLED[op][0]
+        value = right.value if isinstance(right, ast.Literal_) else None
+        if op in _SET_OPS and isinstance(value, tuple):
+            members = self.members(value)
+            if isinstance(self.namespace[members], frozenset):
+                return self.inlined(op, left, members, "frozenset")
+            return f"{function}({self.expr(left)}, {members})"  # a list of maps
+        if op in _AFFIX_OPS and isinstance(value, str):
+            return self.inlined(op, left, repr(value), "str")
+        return f"{function}({self.expr(left)}, {self.expr(right)})"
+
+    def inlined(self, op: str, left: ast.Expr, constant: str, kind: str) -> str:
+        """``left OP constant`` by the method of ``kind`` when the left is one (a set, a
+        string: what the checker lets through), else by the runtime's function, which
+        refuses the operand as the interpreter does. A call less on the hot path."""
+        var = self.temp()
+        fast = {
+            "intersects": f"(not {constant}.isdisjoint({var}))",
+            "subset of": f"{constant}.issuperset({var})",
+            "startswith": f"{var}.startswith({constant})",
+            "endswith": f"{var}.endswith({constant})",
+        }[op]
+        return (
+            f"({fast} if ({var} := {self.expr(left)}).__class__ is {kind} "
+            f"else {_CALLED[op][0]}({var}, {constant}))"
+        )
+
+    def members(self, items: tuple[Any, ...]) -> str:
+        """A constant list as a frozenset for fast membership (a list of maps stays a list)."""
+        try:
+            members: frozenset[Any] | tuple[Any, ...] = frozenset(items)
+        except TypeError:  # a list of maps: no set, plain membership
+            members = items
+        return self.constant(members)
 
     def _money_against_literal(self, op: str, left: ast.Expr, right: ast.Expr) -> str | None:
         """``amount <= 1000 USD`` without a method call: compare Decimals after the currency."""

@@ -494,7 +494,7 @@ class _Builder:
         return ast.Compare(op, left, right, self._span(meta))
 
     def compare_op(self, meta: Any, children: list[Token]) -> str:
-        return str(children[0])
+        return " ".join(str(c) for c in children)  # "subset of" is two words
 
     def has(self, meta: Any, children: list[Any]) -> ast.Has:
         base, name = children

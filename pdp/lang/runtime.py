@@ -14,7 +14,7 @@ from typing import Any
 
 from pdp.lang import ast
 from pdp.lang.errors import LanguageError
-from pdp.lang.values import Money, render
+from pdp.lang.values import Money, render, type_name
 
 
 class EvalError(LanguageError):
@@ -54,6 +54,54 @@ def equal(left: Any, right: Any) -> bool:
     return bool(left == right)
 
 
+_COLLECTIONS = (frozenset, tuple)  # sets and lists at run time
+
+
+def _collection(op: str, side: str, value: Any) -> None:
+    if not isinstance(value, _COLLECTIONS):
+        raise EvalError(f"'{op}' needs a list or a set on its {side}, got {type_name(value)}")
+
+
+def intersects(left: Any, right: Any) -> bool:
+    """``A intersects B``: the two lists or sets share at least one member."""
+    _collection("intersects", "left", left)
+    _collection("intersects", "right", right)
+    try:
+        members = right if isinstance(right, frozenset) else frozenset(right)
+        return not members.isdisjoint(left)
+    except TypeError:  # maps have no hash: compare them one by one
+        return any(item == other for item in left for other in right)
+
+
+def subset(left: Any, right: Any) -> bool:
+    """``A subset of B``: every member of A is in B (an empty A is a subset of anything)."""
+    _collection("subset of", "left", left)
+    _collection("subset of", "right", right)
+    try:
+        members = right if isinstance(right, frozenset) else frozenset(right)
+        return members.issuperset(left)
+    except TypeError:  # maps have no hash: compare them one by one
+        return all(any(item == other for other in right) for item in left)
+
+
+def _strings(op: str, left: Any, right: Any) -> None:
+    for side, value in (("left", left), ("right", right)):
+        if not isinstance(value, str):
+            raise EvalError(f"'{op}' needs a string on its {side}, got {type_name(value)}")
+
+
+def startswith(left: Any, right: Any) -> bool:
+    """``S startswith P``: the string S begins with the string P."""
+    _strings("startswith", left, right)
+    return bool(left.startswith(right))
+
+
+def endswith(left: Any, right: Any) -> bool:
+    """``S endswith P``: the string S ends with the string P."""
+    _strings("endswith", left, right)
+    return bool(left.endswith(right))
+
+
 def compare(op: str, left: Any, right: Any) -> bool:
     """One comparison with the language's meaning (``==`` as :func:`equal`, ``like`` a glob)."""
     if op == "==":
@@ -74,6 +122,14 @@ def compare(op: str, left: Any, right: Any) -> bool:
         return right in left
     if op == "like":
         return like(left, right)
+    if op == "intersects":
+        return intersects(left, right)
+    if op == "subset of":
+        return subset(left, right)
+    if op == "startswith":
+        return startswith(left, right)
+    if op == "endswith":
+        return endswith(left, right)
     raise EvalError(f"unknown operator {op}")
 
 

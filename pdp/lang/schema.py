@@ -55,10 +55,24 @@ PERSONS = ("user", "identity")
 """The subject types that name a person (AuthZEN's interop scenarios ask about both):
 policies read a person as ``user.*``, typed by the ``user { … }`` block."""
 
-# Attributes every request has, whatever the schema says.
+# Attributes typed alike in every bundle, whatever the schema says: the ids every request
+# has, and what the directory knows of every agent and user whatever the deployment (the
+# core SCIM attributes and group membership; docs/directory.md). A request may lack any
+# but the ids (an attribute the directory lacks is absent); a schema may declare them
+# again only with these types. The extensions' attributes (the agent's risk, the
+# enterprise user's department…) are declared by the schema.
 BUILTINS: dict[str, dict[str, Type]] = {
-    "agent": {"id": STRING},
-    "user": {"id": STRING},
+    "agent": {"id": STRING, "name": STRING, "roles": STRINGS, "groups": STRINGS},
+    "user": {
+        "id": STRING,
+        "userName": STRING,
+        "displayName": STRING,
+        "externalId": STRING,
+        "email": STRING,
+        "emails": STRINGS,
+        "roles": STRINGS,
+        "groups": STRINGS,
+    },
     "delegation": {"delegated": BOOL, "depth": NUMBER, "chain": Type("list", STRING)},
     "resource": {"id": STRING, "type": STRING},
     "tool": {"name": STRING},

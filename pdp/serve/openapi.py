@@ -367,24 +367,30 @@ COMPONENTS: Json = {
 @cache
 def document() -> Json:
     """The whole OpenAPI 3.1 document (made once; callers must not change it)."""
-    schemas = {**issuer.SCIM_SCHEMAS, **issuer.OAUTH_SCHEMAS, **AUTHZEN_SCHEMAS}
+    schemas = {
+        **issuer.SCIM_SCHEMAS,
+        **issuer.OAUTH_SCHEMAS,
+        **issuer.CATALOG_SCHEMAS,
+        **AUTHZEN_SCHEMAS,
+    }
     return {
         "openapi": "3.1.0",
         "info": {
             "title": "Tessera",
             "version": "1",
             "description": "Identity and authorization for AI agents: the HTTP port of "
-            "`tessera serve` (SCIM 2.0, OAuth 2, AuthZEN 1.0, health). Errors come in each "
-            "protocol's own shape: SCIM's error document, OAuth's JSON error, AuthZEN's "
-            "plain text.",
+            "`tessera serve` (SCIM 2.0, OAuth 2, AuthZEN 1.0, the resource catalog, "
+            "health). Errors come in each protocol's own shape: SCIM's error document, "
+            "OAuth's and the catalog's JSON error, AuthZEN's plain text.",
         },
         "servers": [{"url": "/"}],
-        "tags": [{"name": name} for name in ("SCIM", "OAuth", "AuthZEN", "Operations")],
+        "tags": [{"name": name} for name in ("SCIM", "OAuth", "AuthZEN", "Catalog", "Operations")],
         "paths": {
             **_operations_paths(),
             **authzen_paths(),
             **issuer.oauth_paths(),
             **issuer.scim_paths(),
+            **issuer.catalog_paths(),
         },
         "components": {"schemas": schemas, **COMPONENTS},
     }

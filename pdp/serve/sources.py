@@ -43,8 +43,9 @@ from pathlib import Path, PurePosixPath
 from typing import Protocol
 from urllib.parse import unquote
 
+from pdp.catalog import RESOURCES_SUFFIX
 from pdp.errors import PdpError
-from pdp.loader import SUFFIX, Loaded, load_directory, policy_files
+from pdp.loader import BUNDLE_MARKER, SUFFIX, Loaded, bundle_files, load_directory
 
 GIT_PREFIX = "git+"
 GIT_TIMEOUT = 60.0  # seconds one git command may take (a fetch over a slow link included)
@@ -115,9 +116,10 @@ def is_git(policies: str) -> bool:
 
 
 def fingerprint(directory: Path) -> Fingerprint:
-    """What changes when any policy file is added, removed or written."""
+    """What changes when any file of the bundle (a policy, or a resource catalog's file)
+    is added, removed or written."""
     out = []
-    for path in policy_files(directory):
+    for path in bundle_files(directory):
         try:
             stat = path.stat()
         except OSError:
@@ -366,7 +368,9 @@ class GitSource:
             return ""
 
     def checkout(self, commit: str) -> Path:
-        """A fresh directory with the policy files of ``commit`` (below ``dir=``)."""
+        """A fresh directory with the bundle's files of ``commit`` (below ``dir=``): its
+        ``.pol`` files, its resource catalog's ``*.resources.json`` files, and the
+        ``bundle.toml`` of each bundle below it."""
         directory = self.spec.directory
         tree = f"{commit}:{directory}" if directory else commit
         try:
@@ -380,7 +384,7 @@ class GitSource:
         target = self.cache / commit[:SHORT]
         archive = b""
         if any(name.endswith(SUFFIX.encode()) for name in names):
-            archive = self._git("archive", "--format=tar", tree, "--", f":(glob)**/*{SUFFIX}")
+            archive = self._git("archive", "--format=tar", tree, "--", *_wanted(names))
         try:
             shutil.rmtree(target, ignore_errors=True)
             target.mkdir()
@@ -394,6 +398,19 @@ class GitSource:
     def _git(self, *args: str, git_dir: bool = True) -> bytes:
         where = ("--git-dir", str(self.repository)) if git_dir else ()
         return self.git.run(*where, *args)
+
+
+def _wanted(names: Sequence[bytes]) -> list[str]:
+    """The pathspecs of a bundle's files among a tree's ``names``: its policies, its
+    resource catalog's files and the markers of the bundles below it (which the loader
+    leaves out), each only when the tree has one: git refuses a pathspec that matches
+    nothing."""
+    wanted = [f":(glob)**/*{SUFFIX}"]
+    if any(name.endswith(RESOURCES_SUFFIX.encode()) for name in names):
+        wanted.append(f":(glob)**/*{RESOURCES_SUFFIX}")
+    if any(PurePosixPath(name.decode(errors="replace")).name == BUNDLE_MARKER for name in names):
+        wanted.append(f":(glob)**/{BUNDLE_MARKER}")
+    return wanted
 
 
 def _extract(archive: bytes, target: Path) -> None:

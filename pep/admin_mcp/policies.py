@@ -26,13 +26,14 @@ from cachetools import LRUCache
 from issuer.agents import Agent
 from issuer.store import Change, Store
 from pdp.audit.query import Filters, records
+from pdp.catalog import Resources
 from pdp.counters import MemoryCounters
 from pdp.directory import Directory
 from pdp.engine import Bundle, Engine
 from pdp.explain import render_explanation
 from pdp.interpreter import Interpreter
 from pdp.lang.errors import PolicyError
-from pdp.loader import SUFFIX, Loaded, content_version, load_texts, policy_files
+from pdp.loader import SUFFIX, Loaded, bundle_files, content_version, load_texts
 from pdp.model import Decision, Request, RequestError
 from pdp.policytest import TEST_CLOCK, run_tests
 from pdp.request import request_from_json
@@ -57,12 +58,14 @@ class Policies:
     # -- files
 
     def files(self) -> dict[str, str]:
-        """Every policy file, by its name relative to the directory."""
+        """Every file of the bundle (policy files, and the resource catalog's
+        ``*.resources.json``), by its name relative to the directory: the bundle the
+        decision point loads, and so its version."""
         if not self.root.is_dir():
             raise AdminError(f"the policy directory {self.root} does not exist")
         return {
             path.relative_to(self.root).as_posix(): path.read_text(encoding="utf-8")
-            for path in policy_files(self.root)
+            for path in bundle_files(self.root)
         }
 
     def read(self, name: str) -> str:
@@ -219,7 +222,9 @@ class Policies:
     ) -> dict[str, Any]:
         """Decide one request JSON (without using up any limit) and explain it. With a
         directory, the agent's and user's attributes and consents are the directory's, and
-        an agent it does not know or that is not active is refused, as the PDP does."""
+        an agent it does not know or that is not active is refused, as the PDP does. The
+        resource's attributes the request does not send come from the resource catalog
+        (the bundle's entries, and with a directory the store's), as the PDP's do."""
         bundle = (self.proposed(changes) if changes else self.current()).bundle
         if not isinstance(request, dict):
             raise AdminError("the request is a JSON object (see the request format)")
@@ -247,8 +252,12 @@ class Policies:
             typed = request_from_json(data, bundle.schema)
         except RequestError as exc:
             raise AdminError(f"invalid request: {exc}") from None
+        filled = Resources(bundle, directory).request(typed)  # the resource catalog's
+        if isinstance(filled, str):
+            decision = Decision(False, (), ("directory",), (filled,), (), bundle.version)
+            return {**decision.to_json(), "explanation": f"refused by the directory: {filled}"}
         explanation = Interpreter(bundle.rules, bundle.lets, bundle.version).explain(
-            typed, commit=False
+            filled, commit=False
         )
         return {
             **explanation.decision.to_json(),
@@ -364,7 +373,8 @@ class Replay:
         self._histories: dict[str, list[Change]] = {}
 
     def agent_at(self, agent_id: str, at: datetime | None) -> Agent | None:
-        """The agent as the directory held it at ``at``, or None."""
+        """The agent as the directory held it at ``at``, or None; in the groups that list
+        it now (the change log of an agent does not say which groups listed it then)."""
         if agent_id not in self._histories:
             self._histories[agent_id] = self.store.history("Agent", agent_id)
         state: dict[str, Any] | None = None
@@ -372,7 +382,10 @@ class Replay:
             if at is not None and change.at > at:
                 break
             state = change.data
-        return None if state is None else Agent.from_scim(agent_id, state)
+        if state is None:
+            return None
+        now = self.directory.agent_record(agent_id)
+        return Agent.from_scim(agent_id, state, now.groups if now is not None else ())
 
     def request(self, record: Mapping[str, Any]) -> dict[str, Any] | str:
         """The request JSON, or why the directory refused it at the time."""

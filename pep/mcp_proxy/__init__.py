@@ -12,7 +12,8 @@ and the answer brought back, rewritten, or turned into errors when the upstream 
 
 Around them: :mod:`~pep.mcp_proxy.tokens` (who is calling), :mod:`~pep.mcp_proxy.challenges`
 (the 401 and 403 answers), :mod:`~pep.mcp_proxy.decisions` (asking the PDP, or deciding in
-process), :mod:`~pep.mcp_proxy.credentials` (the upstream's own credential),
+process), :mod:`~pep.mcp_proxy.consent` (what a user can be asked for: consents first, then
+a step-up), :mod:`~pep.mcp_proxy.credentials` (the upstream's own credential),
 :mod:`~pep.mcp_proxy.upstream` and :mod:`~pep.mcp_proxy.stdio` (the two kinds of
 upstream), :mod:`~pep.mcp_proxy.jsonrpc` (messages and SSE), :mod:`~pep.mcp_proxy.config`,
 :mod:`~pep.mcp_proxy.metrics`, :mod:`~pep.mcp_proxy.serve` and :mod:`~pep.mcp_proxy.cli`.

@@ -18,8 +18,9 @@ batch; GET the server's stream; DELETE a session), with on every request, in ord
 6. an ``Mcp-Session-Id`` must belong to the same agent and user that opened it (404);
 7. each ``tools/call``, ``prompts/get`` and ``resources/read`` is decided by the PDP
    (:mod:`plan`, :mod:`decisions`): a deny is answered by the proxy (``-32003``, or
-   ``-32042`` with a URL to the issuer's consent page when the policy asks for the user's
-   consent); ``…/list`` answers keep only what the caller may use.
+   ``-32042`` with a URL to the issuer's consent page when the user can meet what the
+   policy asks, consents first, :mod:`consent`); ``…/list`` answers keep only what the
+   caller may use or be asked consent for.
 
 What is allowed goes to the upstream (:mod:`relay`) with the upstream's own credential
 (:mod:`credentials`), never the client's token. The decision ids of the call are in the
@@ -53,6 +54,7 @@ from pdp.loader import Loaded
 from pep.mcp_proxy import challenges
 from pep.mcp_proxy.answers import DECISION_HEADER, answer, json_error
 from pep.mcp_proxy.config import ProxyConfig, Upstream
+from pep.mcp_proxy.consent import CONSENT_PATH
 from pep.mcp_proxy.credentials import Credentials
 from pep.mcp_proxy.decisions import Decider, LocalDecider, pdp_credentials
 from pep.mcp_proxy.headers import (
@@ -73,7 +75,7 @@ from pep.mcp_proxy.jsonrpc import (
     valid_id,
 )
 from pep.mcp_proxy.metrics import ProxyMetrics
-from pep.mcp_proxy.plan import CONSENT_PATH, Plan, Planner, tool_scopes, unforwardable
+from pep.mcp_proxy.plan import Plan, Planner, tool_scopes, unforwardable
 from pep.mcp_proxy.relay import Relay
 from pep.mcp_proxy.stdio import StdioUpstream
 from pep.mcp_proxy.tokens import Caller, Jwks, ResourceServer, Unauthorized

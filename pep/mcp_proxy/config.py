@@ -20,6 +20,9 @@
     client_id = ""                           # the proxy's own client at the issuer (for
     client_secret_env = "TESSERA_MCP_PROXY_SECRET"  # introspection and upstream tokens)
     consent_client_id = ""                   # a public client whose consent page users see
+    step_up_acrs = []                        # acr values the issuer can raise a user's
+                                             # login to (what step_up obligations a user
+                                             # can meet; see pep.mcp_proxy.consent)
     api_keys = false                         # accept Tessera API keys as bearer tokens
     decision_cache = 0.0                     # seconds an answer the PDP marks cacheable is
                                              # reused (0: every call decided and audited)
@@ -94,9 +97,9 @@ DEFAULT_MAX_BODY = 1 << 20
 SETTINGS = {
     "public_url", "issuer", "pdp", "host", "port", "algorithms", "allowed_origins",
     "max_body", "body_timeout", "jwks_uri", "client_id", "client_secret_env", "consent_client_id",
-    "api_keys", "pdp_timeout", "decision_cache", "token_cache", "decisions", "policies",
-    "store", "reload_interval", "metrics_port", "audit", "upstream", "pdp_token", "pdp_tls",
-    "pdp_ca", "pdp_cert", "pdp_key",
+    "step_up_acrs", "api_keys", "pdp_timeout", "decision_cache", "token_cache", "decisions",
+    "policies", "store", "reload_interval", "metrics_port", "audit", "upstream", "pdp_token",
+    "pdp_tls", "pdp_ca", "pdp_cert", "pdp_key",
 }  # fmt: skip
 """The settings the ``[mcp_proxy]`` table may hold; any other is refused."""
 
@@ -147,6 +150,7 @@ class ProxyConfig:
     client_id: str = ""
     client_secret: str = ""
     consent_client_id: str = ""
+    step_up_acrs: tuple[str, ...] = ()
     api_keys: bool = False
     pdp_timeout: float = 0.5
     decision_cache: float = 0.0
@@ -226,6 +230,7 @@ def config_from_table(
         client_id=client_id,
         client_secret=env.get(secret_env, "") if client_id else "",
         consent_client_id=_str(table, "consent_client_id", "", "mcp_proxy"),
+        step_up_acrs=tuple(_strs(table, "step_up_acrs", [], "mcp_proxy")),
         api_keys=_bool(table, "api_keys", False, "mcp_proxy"),
         pdp_timeout=_float(table, "pdp_timeout", 0.5, "mcp_proxy"),
         decision_cache=_seconds(table, "decision_cache", "mcp_proxy"),

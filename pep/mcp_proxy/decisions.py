@@ -7,8 +7,10 @@ method and upstream in the context (``mcp_method``, ``mcp_server``) so the audit
 names the call, and the token's ``acr`` claim as ``context.acr``, which meets a
 ``step_up`` as it does through Envoy's ext_authz. ``prompts/get`` and ``resources/read``
 are decided the same way (actions ``prompt.get`` and ``resource.read`` on resources
-``prompt`` and ``resource``). The ``…/list`` answers keep only what ``ListAllowed``
-allows, and what it says awaits only the user's consent when the proxy can ask the user.
+``prompt`` and ``resource``). ``ListAllowed`` says what a list may show: what the
+caller may use, and what awaits only the user's consents (:class:`Listed`); the planner
+asks it again as if the token were from a stronger login to find what would await only
+consents after a step-up.
 The PDP fills the user's consents from its consent store; the proxy never sends them.
 
 The proxy authenticates to the PDP as its configuration says (:func:`pdp_credentials`):

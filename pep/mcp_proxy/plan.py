@@ -2,28 +2,24 @@
 
 Each ``tools/call``, ``prompts/get`` and ``resources/read`` is decided (:mod:`decisions`):
 what is allowed is forwarded, what is denied is answered here, with ``-32003``, or with
-``-32042`` and a URL to the issuer's consent page when the policy asks only for the
-user's consent and the proxy can ask the user; a call without the name it is about, or
-with arguments the context cannot be made of, gets ``-32602``. Everything else is
-forwarded, and a ``…/list`` request is marked so that its answer keeps only what the
-caller may use (:meth:`Planner.filtered`). The decision ids go with the answer.
+``-32042`` and a URL to the issuer's consent page when the user can meet every
+obligation of the deny and one is a consent (:mod:`consent`); a call without the name it
+is about, or with arguments the context cannot be made of, gets ``-32602``. Everything
+else is forwarded, and a ``…/list`` request is marked so that its answer keeps only what
+the caller may use, and what a call to would ask its user's consent for, marked so
+(:meth:`Planner.filtered`). The decision ids go with the answer.
 """
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import json
-import secrets
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlencode
-
-from mcp.shared.exceptions import UrlElicitationRequiredError
-from mcp_types import ElicitRequestURLParams
 
 from pep.client import Verdict
 from pep.mcp_proxy.config import ProxyConfig, Upstream
+from pep.mcp_proxy.consent import ConsentFlow, marked, obligations_json
 from pep.mcp_proxy.decisions import (
     DECIDED,
     LISTED,
@@ -35,7 +31,6 @@ from pep.mcp_proxy.decisions import (
     mapped_context,
 )
 from pep.mcp_proxy.jsonrpc import (
-    CONSENT_REQUIRED,
     FORBIDDEN,
     INVALID_REQUEST,
     Message,
@@ -46,7 +41,6 @@ from pep.mcp_proxy.jsonrpc import (
 from pep.mcp_proxy.metrics import ProxyMetrics
 from pep.mcp_proxy.tokens import Caller
 
-CONSENT_PATH = "/consent/done"  # where the issuer's consent page sends the user back
 INVALID_PARAMS = -32602
 
 
@@ -119,6 +113,7 @@ class Planner:
         self.config = config
         self.decider = decider
         self.metrics = metrics
+        self.consent = ConsentFlow(config)
 
     async def plan(self, upstream: Upstream, caller: Caller, messages: list[Message]) -> Plan:
         """Each message decided, answered here, or forwarded, in the order given."""
@@ -169,53 +164,21 @@ class Planner:
         return plan
 
     def _denied(self, id: Any, caller: Caller, method: str, name: str, verdict: Verdict) -> Message:
-        """The answer to a denied call: the consents to ask the user for (``-32042``), or
-        the deny with its reasons and obligations (``-32003``)."""
-        consents = [value for kind, value in verdict.obligations if kind == "consent"]
-        others = [kind for kind, _ in verdict.obligations if kind != "consent"]
-        if consents and not others and self.may_ask(caller):
-            scope = " ".join(consents)
-            elicitation = ElicitRequestURLParams(
-                message=f"Allow the agent to use {name} for you ({scope})",
-                url=self._consent_url(caller, scope, verdict.decision_id),
-                elicitation_id=verdict.decision_id or secrets.token_urlsafe(16),
-            )
-            found = UrlElicitationRequiredError(
-                [elicitation], f"{method} {name!r} needs your consent: {scope}"
-            )
-            data = {**found.error.data, "decision_id": verdict.decision_id}
-            return error(id, CONSENT_REQUIRED, found.error.message, data)
+        """The answer to a denied call: the consents to ask the user for first
+        (``-32042``, :mod:`consent`), or the deny with its reasons and obligations
+        (``-32003``)."""
+        if self.consent.consents_to_ask(caller, verdict.obligations):
+            return self.consent.elicitation(id, caller, method, name, verdict)
         data = {
             "decision_id": verdict.decision_id,
             "reasons": list(verdict.reasons),
-            "obligations": [{"kind": k, "value": v} for k, v in verdict.obligations],
+            "obligations": obligations_json(verdict.obligations),
         }
         return error(id, FORBIDDEN, f"{method} {name!r} is not allowed", data)
 
-    def may_ask(self, caller: Caller) -> bool:
-        """Whether a deny awaiting consents can be put to the caller's user (a URL-mode
-        elicitation to the issuer's consent page)."""
-        return caller.user is not None and bool(self.config.consent_client_id)
-
-    def _consent_url(self, caller: Caller, scope: str, state: str) -> str:
-        """The issuer's consent page for this user, agent and scope (an authorization
-        request whose code nobody redeems: the challenge's verifier is thrown away)."""
-        verifier = secrets.token_urlsafe(32)
-        challenge = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest())
-        query = {
-            "response_type": "code",
-            "client_id": self.config.consent_client_id,
-            "redirect_uri": f"{self.config.public_url}{CONSENT_PATH}",
-            "scope": scope,
-            "requested_actor": caller.agent,
-            "code_challenge": challenge.rstrip(b"=").decode(),
-            "code_challenge_method": "S256",
-            "state": state or secrets.token_urlsafe(16),
-        }
-        return f"{self.config.issuer}/oauth/authorize?{urlencode(query)}"
-
     async def filtered(self, upstream: Upstream, caller: Caller, plan: Plan, message: Any) -> Any:
-        """A ``…/list`` result with only the items the caller may use."""
+        """A ``…/list`` result with only the items the caller may use, and those a call
+        to would ask its user for consents first, marked so (:mod:`consent`)."""
         if not isinstance(message, dict) or "id" not in message:
             return message
         kind = plan.filters.get(id_key(message["id"]))
@@ -226,9 +189,29 @@ class Planner:
         if not isinstance(items, list):
             return message
         names = [str(i.get(kind.item_key)) for i in items if isinstance(i, dict)]
-        listed = await self.decider.listed(caller, upstream, kind, names)
-        shown = listed.allowed
-        if self.may_ask(caller):  # the call will ask the user for the consents
-            shown = shown | listed.consent_required
-        kept = [i for i in items if isinstance(i, dict) and str(i.get(kind.item_key)) in shown]
+        allowed, marks = await self._listable(upstream, caller, kind, names)
+        kept = []
+        for item in items:
+            name = str(item.get(kind.item_key)) if isinstance(item, dict) else None
+            if name in allowed or name in marks:
+                kept.append(marked(item, marks.get(str(name))))
         return {**message, "result": {**result, kind.list_key: kept}}
+
+    async def _listable(
+        self, upstream: Upstream, caller: Caller, kind: Kind, names: Sequence[str]
+    ) -> tuple[frozenset[str], dict[str, dict[str, str]]]:
+        """The names the caller may use, and the marks of those whose call would ask the
+        user for consents first: as the caller is (awaiting only consents), or as it
+        would be after a step-up the issuer can do (awaiting only consents then)."""
+        listed = await self.decider.listed(caller, upstream, kind, names)
+        if not self.consent.may_ask(caller):
+            return listed.allowed, {}
+        marks: dict[str, dict[str, str]] = {name: {} for name in listed.consent_required}
+        rest = [n for n in names if n not in listed.allowed and n not in marks]
+        for acr, stronger in self.consent.stepped_up(caller):
+            if not rest:
+                break
+            then = await self.decider.listed(stronger, upstream, kind, rest)
+            marks.update((name, {"stepUp": acr}) for name in then.consent_required)
+            rest = [n for n in rest if n not in marks]
+        return listed.allowed, marks

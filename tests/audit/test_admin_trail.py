@@ -6,6 +6,7 @@ import json
 import time
 from typing import Any
 
+from issuer.catalog import CATALOG
 from issuer.store import Store
 from pdp.audit.changes import ChangeAuditor
 from pdp.audit.query import entries, verify_trail
@@ -68,3 +69,19 @@ def test_a_restarted_follower_resumes_after_the_last_recorded_change(store: Stor
     records = admin_records(store)
     assert [r["change_seq"] for r in records] == [1, 2]
     assert verify_trail(store, "admin") == (2, [])
+
+
+def test_a_catalog_entrys_change_reaches_the_admin_trail_with_its_content(store: Store) -> None:
+    writer = AuditWriter(store)
+    auditor = ChangeAuditor(store, writer)
+    auditor.start()
+    entry = {"type": "record", "id": "101", "properties": {"owner": "bob"}}
+    try:
+        store.put(CATALOG, {"record/101": entry}, actor="admin-1")
+        records = settle(store, 1)
+    finally:
+        auditor.stop()
+        writer.close()
+    assert records[0]["resource"] == {"type": CATALOG, "id": "record/101"}
+    assert records[0]["actor"] == "admin-1"
+    assert records[0]["data"] == entry  # who handed record 101 to bob, and when

@@ -37,12 +37,14 @@ class Operation:
 
     @property
     def door(self) -> str:
-        """scim, authzen, oauth (JSON), page (HTML for people) or open (health, this
-        document, the metadata: no errors)."""
+        """scim, authzen, catalog, oauth (JSON), page (HTML for people) or open (health,
+        this document, the metadata: no errors)."""
         if self.path.startswith("/scim/v2"):
             return "scim"
         if self.path.startswith("/access/v1"):
             return "authzen"
+        if self.path.startswith("/resources/v1"):
+            return "catalog"
         if self.path in ("/oauth/authorize", "/oauth/login", "/oauth/consent"):
             return "page"
         return "oauth" if self.path.startswith("/oauth/") else "open"
@@ -68,7 +70,7 @@ def operations() -> list[Operation]:
 
 
 OPERATIONS = operations()
-DOORS = ("scim", "oauth", "page", "authzen")
+DOORS = ("scim", "oauth", "page", "authzen", "catalog")
 
 
 def of_door(door: str) -> list[Operation]:
@@ -146,6 +148,11 @@ def examples(seeds: Seeds) -> dict[str, Any]:
             "resource": question["resource"],
             "page": {"limit": 2},
         },
+        "PUT /resources/v1/{type}/{id}": {"properties": {"classification": "internal"}},
+        "POST /resources/v1": {
+            "put": [{"type": "table", "id": "fuzz", "properties": {"classification": "public"}}],
+            "delete": [{"type": "table", "id": "gone"}],
+        },
     }
 
 
@@ -171,7 +178,7 @@ CALLERS = ("none", "admin", "agent", "forged", "client", "stranger")
 
 def best_caller(operation: Operation) -> str:
     """The caller an operation's valid request needs."""
-    if operation.door == "authzen" or operation.door == "scim":
+    if operation.door in ("authzen", "scim", "catalog"):
         return "admin"
     if operation.path in ("/oauth/token", "/oauth/introspect", "/oauth/revoke"):
         return "client"

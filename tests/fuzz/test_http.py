@@ -1,12 +1,12 @@
 """Generated requests at every operation of a live ``tessera serve``'s HTTP port.
 
-Each door (SCIM, OAuth's JSON endpoints, the sign-in pages, AuthZEN) gets bodies of any
-shape, valid bodies with one part made wrong, bytes that are not JSON, huge strings
-within its limits, documents nested past the bound and text with lone surrogates, from
-every kind of caller and under wrong content types. Whatever comes, the answer is one the
-OpenAPI document gives the operation (never a 5xx), an error is in its protocol's shape
-and names no Python exception, it comes within the client's timeout, and a refused
-request leaves every row of the store as it was.
+Each door (SCIM, OAuth's JSON endpoints, the sign-in pages, AuthZEN, the resource catalog)
+gets bodies of any shape, valid bodies with one part made wrong, bytes that are not JSON,
+huge strings within its limits, documents nested past the bound and text with lone
+surrogates, from every kind of caller and under wrong content types. Whatever comes, the
+answer is one the OpenAPI document gives the operation (never a 5xx), an error is in its
+protocol's shape and names no Python exception, it comes within the client's timeout, and
+a refused request leaves every row of the store as it was.
 
 Reproducible: Hypothesis derandomized, without its example database.
 """
@@ -48,7 +48,8 @@ FUZZ = settings(
     database=None,
     suppress_health_check=list(HealthCheck),
 )
-JSON_LIMIT = (1 << 20) - 4_096  # bytes: within SCIM's and AuthZEN's 1 MiB
+JSON_LIMIT = (1 << 20) - 4_096  # bytes: within SCIM's, AuthZEN's and the catalog's 1 MiB
+CATALOG_TYPE = "table"  # the resource type a catalog path names (the shipped schema's)
 FORM_LIMIT = 60_000  # bytes: within the OAuth endpoints' 64 KiB (forms and JSON)
 
 
@@ -73,7 +74,10 @@ class Fuzzer:
         headers = credentials(self.live, caller)
         if content_type is not None:
             headers["Content-Type"] = content_type
-        path = operation.path.replace("{id}", quote(target or self.live.seeds.user, safe=""))
+        # Dots percent-encoded: httpx would resolve an id of ".." as a dot segment (RFC
+        # 3986 §5.2.4) and ask another path than the operation's.
+        ident = quote(target or self.live.seeds.user, safe="").replace(".", "%2E")
+        path = operation.path.replace("{id}", ident).replace("{type}", CATALOG_TYPE)
         try:
             response = self.client.request(
                 operation.method, path, content=body, headers=headers, params=query
@@ -190,7 +194,7 @@ def test_huge_strings_within_the_limits_are_answered_as_documented(
     fuzzer.send(operation, body[:limit], operation.body, best_caller(operation))
 
 
-JSON_DOORS = ("scim", "oauth", "authzen")
+JSON_DOORS = ("scim", "oauth", "authzen", "catalog")
 
 
 def with_json_bodies(door: str) -> list[Operation]:
@@ -241,14 +245,14 @@ def test_scim_filters_of_any_form_are_answered_as_documented(
 METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
 
 
-@pytest.mark.parametrize("door", ("oauth", "page", "authzen"))
+@pytest.mark.parametrize("door", ("oauth", "page", "authzen", "catalog"))
 def test_a_method_a_path_does_not_take_is_405_naming_those_it_takes(
     fuzzer: Fuzzer, door: str
 ) -> None:
     paths = {operation.path for operation in of_door(door)}
     for path in sorted(paths):
         taken = {o.method for o in OPERATIONS if o.path == path}
-        url = path.replace("{id}", "fuzz")
+        url = path.replace("{id}", "fuzz").replace("{type}", CATALOG_TYPE)
         for method in sorted(set(METHODS) - taken):
             response = fuzzer.client.request(method, url, headers=credentials(fuzzer.live, "admin"))
             assert response.status_code == 405, f"{method} {path}: {response.status_code}"

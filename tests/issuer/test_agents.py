@@ -9,7 +9,10 @@ import pytest
 from issuer.agents import (
     AGENT_EXTENSION,
     AGENT_SCHEMA,
+    ENTERPRISE_ATTRIBUTES,
+    ENTERPRISE_EXTENSION,
     EXTENSION_ATTRIBUTES,
+    MANAGER,
     Agent,
     AgentStatus,
     AgentType,
@@ -19,7 +22,7 @@ from issuer.agents import (
     memberships,
 )
 from issuer.models import Agent as AgentModel
-from issuer.models import AgentExtension, AgentResource
+from issuer.models import AgentExtension, AgentResource, EnterpriseUserExtension, UserResource
 from issuer.oauth.errors import OAuthError
 from issuer.oauth.grants import Grants, agent_claims
 from issuer.store import Store
@@ -29,6 +32,7 @@ FULL = {
     "schemas": [AGENT_SCHEMA, AGENT_EXTENSION],
     "name": "pay-bot",
     "displayName": "Payments bot",
+    "roles": [{"value": "payer"}, {"value": "reader", "primary": True}],
     AGENT_EXTENSION: {
         "owner": "finance",
         "purpose": "payments",
@@ -45,11 +49,13 @@ FULL = {
 
 
 def test_an_agent_holds_every_attribute_of_its_document() -> None:
-    agent = Agent.from_scim("a1", FULL)
+    agent = Agent.from_scim("a1", FULL, ["ops", "finance", "ops"])
     assert agent == Agent(
         id="a1",
         name="pay-bot",
         display_name="Payments bot",
+        roles=("payer", "reader"),
+        groups=("finance", "ops"),
         owner="finance",
         purpose="payments",
         risk="medium",
@@ -65,7 +71,7 @@ def test_an_agent_holds_every_attribute_of_its_document() -> None:
 
 
 def test_an_agent_gives_policies_the_attributes_they_read() -> None:
-    assert Agent.from_scim("a1", FULL).attributes() == {
+    assert Agent.from_scim("a1", FULL, ["ops"]).attributes() == {
         "id": "a1",
         "name": "pay-bot",
         "owner": "finance",
@@ -75,7 +81,17 @@ def test_an_agent_gives_policies_the_attributes_they_read() -> None:
         "type": "external",
         "scopes": ["payments:transfer", "payments:read"],
         "labels": {"team": "treasury", "tier": ""},
+        "roles": ["payer", "reader"],
+        "groups": ["ops"],
     }
+
+
+def test_an_agent_in_other_groups_is_the_same_agent_otherwise() -> None:
+    agent = Agent.from_scim("a1", FULL, ["ops"])
+    moved = agent.in_groups(["sales", "audit", "sales"])
+    assert moved == Agent.from_scim("a1", FULL, ["audit", "sales"])
+    assert moved.attributes()["groups"] == ["audit", "sales"]
+    assert agent.attributes()["groups"] == ["ops"]
 
 
 def test_an_agent_gives_back_its_extension_as_stored() -> None:
@@ -93,6 +109,8 @@ def test_an_agent_without_optional_attributes_gets_the_policy_defaults() -> None
         "type": "background",
         "scopes": [],
         "labels": {},
+        "roles": [],
+        "groups": [],
     }
     assert agent.extension() == {}
 
@@ -150,6 +168,7 @@ def test_only_the_status_active_is_active(status: str) -> None:
 def test_a_user_holds_its_names_emails_roles_and_groups() -> None:
     doc = {
         "userName": "bjensen",
+        "externalId": "00u1ab",
         "displayName": "Barbara Jensen",
         "emails": [
             {"value": "bj@home.example", "type": "home"},
@@ -162,6 +181,7 @@ def test_a_user_holds_its_names_emails_roles_and_groups() -> None:
     assert user == User(
         id="u1",
         user_name="bjensen",
+        external_id="00u1ab",
         display_name="Barbara Jensen",
         email="bjensen@work.example",
         emails=("bj@home.example", "bjensen@work.example"),
@@ -171,16 +191,66 @@ def test_a_user_holds_its_names_emails_roles_and_groups() -> None:
     )
     assert user.attributes() == {
         "id": "u1",
+        "userName": "bjensen",
+        "externalId": "00u1ab",
+        "displayName": "Barbara Jensen",
+        "email": "bjensen@work.example",
+        "emails": ["bj@home.example", "bjensen@work.example"],
         "roles": ["treasurer", "approver"],
         "groups": ["audit", "finance"],
     }
+
+
+def test_a_user_holds_what_the_enterprise_extension_says() -> None:
+    doc = {
+        "userName": "bjensen",
+        ENTERPRISE_EXTENSION: {
+            "employeeNumber": "701984",
+            "costCenter": "4130",
+            "organization": "Universal Studios",
+            "division": "Theme Park",
+            "department": "Tour Operations",
+            "manager": {"value": "26118915-6090-4610-87e4-49d8ca9f808d", "displayName": "J"},
+        },
+    }
+    user = User.from_scim("u1", doc)
+    assert user.manager == "26118915-6090-4610-87e4-49d8ca9f808d"
+    assert {k: v for k, v in user.attributes().items() if k not in ("id", "userName")} == {
+        "employeeNumber": "701984",
+        "costCenter": "4130",
+        "organization": "Universal Studios",
+        "division": "Theme Park",
+        "department": "Tour Operations",
+        "manager": "26118915-6090-4610-87e4-49d8ca9f808d",
+        "emails": [],
+        "roles": [],
+        "groups": [],
+    }
+
+
+def test_what_a_user_lacks_is_absent_from_its_attributes_not_empty() -> None:
+    doc: dict[str, Any] = {
+        "userName": "bjensen",
+        "externalId": "",
+        "displayName": None,
+        ENTERPRISE_EXTENSION: {"department": "", "division": 7, "manager": "m1"},
+    }
+    assert User.from_scim("u1", doc).attributes() == {
+        "id": "u1",
+        "userName": "bjensen",
+        "emails": [],
+        "roles": [],
+        "groups": [],
+    }
+    odd = {ENTERPRISE_EXTENSION: "not an object"}
+    assert User.from_scim("u1", odd) == User(id="u1")
 
 
 def test_a_user_without_optional_attributes_is_active_with_nothing_else() -> None:
     user = User.from_scim("u1", {})
     assert user == User(id="u1")
     assert user.active and user.email is None
-    assert user.attributes() == {"id": "u1", "roles": [], "groups": []}
+    assert user.attributes() == {"id": "u1", "emails": [], "roles": [], "groups": []}
 
 
 def test_a_user_without_a_primary_email_has_the_first_as_email() -> None:
@@ -220,9 +290,28 @@ def test_the_attribute_names_are_the_published_schemas() -> None:
     assert AgentModel.to_schema().id == AGENT_SCHEMA
 
 
+def test_the_enterprise_attribute_names_are_the_published_schema() -> None:
+    extension = EnterpriseUserExtension.to_schema()
+    assert extension.id == ENTERPRISE_EXTENSION
+    assert tuple(a.name for a in extension.attributes or ()) == (*ENTERPRISE_ATTRIBUTES, MANAGER)
+
+
 def test_a_document_the_scim_schemas_accept_makes_the_same_agent() -> None:
     resource = AgentResource.model_validate(FULL)
     assert Agent.from_scim("a1", resource.model_dump()) == Agent.from_scim("a1", FULL)
+
+
+def test_a_document_the_scim_schemas_accept_makes_the_same_user() -> None:
+    doc = {
+        "userName": "bj",
+        "externalId": "x1",
+        "emails": [{"value": "bj@example.com"}],
+        ENTERPRISE_EXTENSION: {"department": "Ops", "manager": {"value": "m1"}},
+    }
+    resource = UserResource.model_validate(doc)
+    dumped = resource.model_dump(scim_ctx=None, exclude_none=True, by_alias=True, mode="json")
+    assert User.from_scim("u1", dumped) == User.from_scim("u1", doc)
+    assert User.from_scim("u1", dumped).attributes()["department"] == "Ops"
 
 
 def test_the_risk_levels_are_the_ones_policies_order() -> None:

@@ -30,6 +30,7 @@ SEARCH = "urn:ietf:params:scim:api:messages:2.0:SearchRequest"
 PATCH = "urn:ietf:params:scim:api:messages:2.0:PatchOp"
 USER = "urn:ietf:params:scim:schemas:core:2.0:User"
 GROUP = "urn:ietf:params:scim:schemas:core:2.0:Group"
+ENTERPRISE = "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User"
 MEDIA_TYPE = "application/scim+json"
 ACTOR = "bootstrap-admin"  # the subject of issuer.scim.BootstrapToken's principal
 KINDS = ("Agent", "User", "Group")
@@ -193,6 +194,7 @@ def test_resource_types_list_agent_user_and_group_with_the_agent_extension_requi
     assert types["Agent"]["schemaExtensions"] == [{"schema": EXT, "required": True}]
     assert types["User"]["endpoint"] == "/Users"
     assert types["User"]["schema"] == USER
+    assert types["User"]["schemaExtensions"] == [{"schema": ENTERPRISE, "required": False}]
     assert types["Group"]["endpoint"] == "/Groups"
     assert types["Group"]["schema"] == GROUP
 
@@ -206,7 +208,18 @@ def test_a_resource_type_is_served_by_its_id(service: Service) -> None:
 
 def test_schemas_include_both_agent_schemas_and_user_and_group(service: Service) -> None:
     ids = {item["id"] for item in listed(service.client.get("/Schemas"))}
-    assert {AGENT_SCHEMA, EXT, USER, GROUP} <= ids
+    assert {AGENT_SCHEMA, EXT, USER, ENTERPRISE, GROUP} <= ids
+
+
+def test_the_enterprise_schema_requires_none_of_the_managers_attributes(service: Service) -> None:
+    """RFC 7643 §4.3 makes value and $ref RECOMMENDED; clients send the manager's id alone."""
+    schema = service.client.get(f"/Schemas/{ENTERPRISE}").json()
+    (manager,) = [a for a in schema["attributes"] if a["name"] == "manager"]
+    assert [(a["name"], a["required"]) for a in manager["subAttributes"]] == [
+        ("value", False),
+        ("$ref", False),
+        ("displayName", False),
+    ]
 
 
 def test_a_schema_is_served_by_its_urn(service: Service) -> None:
@@ -1218,6 +1231,74 @@ def test_user_roles_round_trip(service: Service) -> None:
     assert user["id"] in [resource["id"] for resource in found]
 
 
+def test_a_user_with_the_enterprise_extension_is_stored_returned_and_found(
+    service: Service,
+) -> None:
+    department = unique("dept")
+    enterprise = {
+        "employeeNumber": "701984",
+        "costCenter": "4130",
+        "organization": "Universal Studios",
+        "division": "Theme Park",
+        "department": department,
+        "manager": {"value": "26118915-6090-4610-87e4-49d8ca9f808d"},
+    }
+    user = create(
+        service,
+        "Users",
+        {"schemas": [USER, ENTERPRISE], "userName": unique("user"), ENTERPRISE: enterprise},
+    )
+    assert user[ENTERPRISE] == enterprise
+    assert ENTERPRISE in user["schemas"]
+    assert service.client.get(f"/Users/{user['id']}").json()[ENTERPRISE] == enterprise
+    assert service.store.get("User", user["id"]).data[ENTERPRISE] == enterprise
+
+    by_department = f'{ENTERPRISE}:department eq "{department}"'
+    by_manager = f'{ENTERPRISE}:manager.value eq "26118915-6090-4610-87e4-49d8ca9f808d"'
+    for filter in (by_department, by_manager):
+        found = listed(service.client.get("/Users", params={"filter": filter}))
+        assert user["id"] in [resource["id"] for resource in found], filter
+    found = listed(service.client.get("/Users", params={"filter": by_department}))
+    assert [resource["id"] for resource in found] == [user["id"]]
+
+
+def test_a_user_without_the_enterprise_extension_does_not_name_it(service: Service) -> None:
+    user = new_user(service)
+    assert user["schemas"] == [USER] and ENTERPRISE not in user
+    assert service.store.get("User", user["id"]).data["schemas"] == [USER]
+
+
+def test_the_enterprise_extension_is_patched_by_its_urn(service: Service) -> None:
+    user = new_user(service)
+    operation = patch_op(
+        {"op": "add", "path": f"{ENTERPRISE}:department", "value": "Finance"},
+        {"op": "add", "path": f"{ENTERPRISE}:manager", "value": {"value": "m-1"}},
+    )
+    response = service.client.patch(f"/Users/{user['id']}", json=operation)
+    assert response.status_code == 200, response.text
+    assert response.json()[ENTERPRISE] == {"department": "Finance", "manager": {"value": "m-1"}}
+    assert service.store.get("User", user["id"]).data[ENTERPRISE]["department"] == "Finance"
+
+
+def test_an_enterprise_attribute_of_the_wrong_type_is_400_and_changes_nothing(
+    service: Service,
+) -> None:
+    payload = {"schemas": [USER, ENTERPRISE], "userName": unique("u"), ENTERPRISE: {"manager": 7}}
+    with untouched(service):
+        response = service.client.post("/Users", json=payload)
+    assert_error(response, 400, "invalidValue")
+
+
+def test_agent_roles_round_trip_and_filter(service: Service) -> None:
+    roles = [{"value": "reader", "primary": True}, {"value": unique("role")}]
+    agent = create(service, "Agents", {**agent_payload(unique("bot")), "roles": roles})
+    assert agent["roles"] == roles
+    assert service.client.get(f"/Agents/{agent['id']}").json()["roles"] == roles
+    query = {"filter": f'roles.value eq "{roles[1]["value"]}"'}
+    found = listed(service.client.get("/Agents", params=query))
+    assert [resource["id"] for resource in found] == [agent["id"]]
+
+
 def test_a_user_name_is_unique_regardless_of_case(service: Service) -> None:
     user = new_user(service)
     with untouched(service):
@@ -1241,12 +1322,17 @@ def test_a_group_member_must_exist(service: Service) -> None:
     assert_error(response, 400, "invalidValue")
 
 
-def test_a_group_member_must_be_a_user_or_group_not_an_agent(service: Service) -> None:
-    agent = new_agent(service)
-    payload = {"schemas": [GROUP], "displayName": unique("g"), "members": [{"value": agent["id"]}]}
-    with untouched(service):
-        response = service.client.post("/Groups", json=payload)
-    assert_error(response, 400, "invalidValue")
+def test_a_group_may_list_an_agent_until_the_agent_is_deleted(service: Service) -> None:
+    """Policies read an agent's groups (agent.groups), so groups list agents too."""
+    agent, user = new_agent(service), new_user(service)
+    members = [{"value": agent["id"], "type": "Agent"}, {"value": user["id"]}]
+    payload = {"schemas": [GROUP], "displayName": unique("g"), "members": members}
+    group = create(service, "Groups", payload)
+    assert [m["value"] for m in group["members"]] == [agent["id"], user["id"]]
+
+    assert service.client.delete(f"/Agents/{agent['id']}").status_code == 204
+    after = service.client.get(f"/Groups/{group['id']}").json()
+    assert [m["value"] for m in after["members"]] == [user["id"]]
 
 
 def test_adding_an_unknown_member_by_patch_is_400_and_changes_nothing(service: Service) -> None:

@@ -102,6 +102,8 @@ EQUATABLE = (BOOL, STRING, NUMBER, RISK, USD, EUR, DURATION, STRINGS_T, MAP, TIM
 ORDERED = (NUMBER, RISK, USD, EUR, DURATION, TIME)
 MEMBERS = (STRING, NUMBER, RISK, USD, EUR, DURATION)
 LET_TYPES = (BOOL, STRING, NUMBER, RISK, USD, EUR, DURATION, STRINGS_T)
+SET_OPS: tuple[ast.CompareOp, ...] = ("intersects", "subset of")
+AFFIX_OPS: tuple[ast.CompareOp, ...] = ("startswith", "endswith")
 
 
 def _lit(value: Any) -> ast.Literal_:
@@ -285,6 +287,9 @@ def comparisons(depth: int, scope: Scope) -> st.SearchStrategy[ast.Expr]:
     def list_contains(t: str) -> st.SearchStrategy[ast.Expr]:
         return st.tuples(member_list(t), exprs(t, 0, scope)).map(_compare("contains"))
 
+    def collections(op: str) -> Callable[[str], st.SearchStrategy[ast.Expr]]:
+        return lambda t: st.tuples(member_list(t), member_list(t)).map(_compare(op))
+
     strings, set_of_strings = exprs(STRING, 0, scope), exprs(STRINGS_T, depth, scope)
     return st.one_of(
         same(EQUATABLE, ("==", "!=")),
@@ -297,6 +302,15 @@ def comparisons(depth: int, scope: Scope) -> st.SearchStrategy[ast.Expr]:
         st.tuples(strings, st.sampled_from(GLOBS + STRINGS).map(_lit)).map(_compare("like")),
         st.tuples(_LITERALS[IP], st.one_of(_NETWORKS, _NETWORKS.map(lambda n: _list([n])))).map(
             _compare("in")
+        ),
+        st.tuples(set_of_strings, set_of_strings, st.sampled_from(SET_OPS)).map(
+            lambda p: ast.Compare(p[2], p[0], p[1])
+        ),
+        st.sampled_from(SET_OPS).flatmap(
+            lambda op: st.sampled_from(MEMBERS).flatmap(collections(op))
+        ),
+        st.tuples(strings, strings, st.sampled_from(AFFIX_OPS)).map(
+            lambda p: ast.Compare(p[2], p[0], p[1])
         ),
     )
 

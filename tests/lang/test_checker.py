@@ -124,6 +124,25 @@ def test_a_bundle_without_schema_knows_only_builtin_attributes() -> None:
     assert error.hint == "declare it in the schema: agent { owner: string }"
 
 
+def test_what_the_directory_knows_of_everyone_is_built_in() -> None:
+    clean = run(
+        'permit p when user.email endswith "@example.com" and user.userName != ""\n'
+        '  and user.displayName != "" and user.externalId != "" and user.emails != []\n'
+        '  and user.roles intersects ["a"] and user.groups contains "g"\n'
+        '  and agent.name == "bot" and agent.roles contains "r" and agent.groups == []',
+        schema=None,
+    )
+    assert clean.diagnostics == ()
+    error = one_error(run('permit p when user.department == "x"', schema=None))
+    assert error.hint == "declare it in the schema: user { department: string }"
+
+
+def test_a_built_in_attribute_is_declared_again_only_with_its_own_type() -> None:
+    assert run("permit p", schema="schema { user { roles: set<string> } }").diagnostics == ()
+    error = one_error(run("permit p", schema="schema { user { roles: list<string> } }"))
+    assert error.message == "user.roles is built in as set<string>"
+
+
 def test_schema_errors_are_reported() -> None:
     error = one_error(run("permit p", schema="schema { agent { risk: rsk } }"))
     assert error.message == "unknown type 'rsk'"
@@ -435,6 +454,60 @@ def test_contains_looks_in_collections_and_strings() -> None:
     assert error.hint == "the item must be a string"
     error = one_error(run("permit p when agent.risk contains low"))
     assert error.message == "contains looks in a list, a set or a string; this is a risk level"
+
+
+def test_intersects_and_subset_of_compare_two_collections_of_one_type() -> None:
+    clean = run(
+        'permit p when user.roles intersects ["admin", "editor"]\n'
+        "  and user.groups subset of agent.scopes and [] subset of user.roles\n"
+        "  and [context.amount] intersects [1 USD, 2 USD] and user.roles intersects []"
+    )
+    assert clean.diagnostics == ()
+
+
+def test_intersects_with_one_value_says_to_use_a_list_or_contains() -> None:
+    error = one_error(run('permit p when user.roles intersects "admin"'))
+    assert error.message == "intersects compares two lists or sets; this is a string"
+    assert error.hint == (
+        'to ask for one member, write: user.roles contains "admin"; '
+        'or use a list: user.roles intersects ["admin"]'
+    )
+    assert at(error) == ("p0.pol", 1, 37, 7)
+
+
+def test_subset_of_with_one_value_says_to_use_a_list_or_in() -> None:
+    error = one_error(run('permit p when "admin" subset of user.roles'))
+    assert error.message == "subset of compares two lists or sets; this is a string"
+    assert error.hint == (
+        'to ask for one member, write: "admin" in user.roles; '
+        'or use a list: ["admin"] subset of user.roles'
+    )
+    error = one_error(run('permit p when user.roles subset of "admin"'))
+    assert error.hint == 'use a list: user.roles subset of ["admin"]'
+    error = one_error(run('permit p when agent.purpose intersects "pay"'))
+    assert error.hint == 'to compare two values, write: agent.purpose == "pay"'
+
+
+def test_set_operators_need_members_of_one_type_and_currency() -> None:
+    error = one_error(run("permit p when user.roles intersects [1, 2]"))
+    assert error.message == "cannot compare a set<string> with a list<number>"
+    assert at(error) == ("p0.pol", 1, 15, 28)
+    error = one_error(run("permit p when [agent.budget] subset of [5 EUR]"))
+    assert error.message == "currency mismatch: USD vs EUR"
+
+
+def test_startswith_and_endswith_match_strings() -> None:
+    clean = run('permit p when agent.owner startswith "fin" and agent.purpose endswith agent.type')
+    assert clean.diagnostics == ()
+    error = one_error(run('permit p when agent.scopes startswith "pay"'))
+    assert error.message == "startswith matches strings; this is a set<string>"
+    assert "contains" in error.hint
+    assert at(error) == ("p0.pol", 1, 15, 12)
+    error = one_error(run('permit p when agent.owner endswith ["a", "b"]'))
+    assert error.message == "endswith matches strings; this is a list<string>"
+    assert error.hint == "test one string at a time: agent.owner endswith ... or ..."
+    error = one_error(run("permit p when agent.owner endswith 1"))
+    assert error.message == "endswith matches strings; this is a number"
 
 
 def test_like_needs_a_string_and_a_constant_glob() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import re
+import typing
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -83,6 +84,10 @@ permit odd_paths
    and context.s == "tab\\there \\"quoted\\" back\\\\slash" and not not true and false != true
    and context.x == 30s and context.y == 5m and context.risk == critical
    and context.map == { k: low } and context.list == [[1], [], [2, [3]]]
+
+permit set_and_string_operators
+  when user.roles intersects ["admin",  "editor"] and [ "viewer" ] subset   of user.roles
+   and user.email   endswith "@example.com" and not (user.email startswith "ext-")
 
 schema {
   agent { purpose: string, risk: risk, status: string, type: string, owner: string,
@@ -298,6 +303,10 @@ def test_numbers_never_use_exponent_form() -> None:
         ("(not a) and b", "not a and b"),
         ("not (a == b)", "not a == b"),
         ("(a == b) == c", "(a == b) == c"),
+        ('user.roles   intersects ["a","b"]', 'user.roles intersects ["a", "b"]'),
+        ("[a]  subset\n   of  b", "[a] subset of b"),
+        ("not (a startswith b)", "not a startswith b"),
+        ("(a endswith b) == (c subset of d)", "(a endswith b) == (c subset of d)"),
         ("a == (b has c)", "a == (b has c)"),
         ("(not a) == b", "(not a) == b"),
         ("[(a or b), (c)]", "[a or b, c]"),
@@ -582,6 +591,7 @@ KEYWORDS = {
     *("package", "let", "permit", "forbid", "call", "tool", "action", "on", "like", "in"),
     *("when", "unless", "limit", "sum", "per", "calls", "require", "if", "or", "and", "not"),
     *("has", "contains", "schema", "test", "with", "times", "expect", "by", "requiring"),
+    *("intersects", "subset", "of", "startswith", "endswith"),
 }
 RESERVED = (
     KEYWORDS
@@ -647,7 +657,7 @@ def _compound(children: st.SearchStrategy[ast.Expr]) -> st.SearchStrategy[ast.Ex
         ),
         st.builds(
             ast.Compare,
-            st.sampled_from(["==", "!=", "<", "<=", ">", ">=", "in", "contains", "like"]),
+            st.sampled_from(typing.get_args(ast.CompareOp)),
             children,
             children,
         ),

@@ -113,6 +113,32 @@ def test_in_contains_like_has() -> None:
     )
 
 
+def test_set_and_string_operators() -> None:
+    roles, admins = ast.Path("user", ("roles",)), ast.ListExpr((ast.Literal_("admin"),))
+    assert parse_expression('user.roles intersects ["admin"]') == ast.Compare(
+        "intersects", roles, admins
+    )
+    assert parse_expression('["admin"]  subset\n of user.roles') == ast.Compare(
+        "subset of", admins, roles
+    )
+    email = ast.Path("user", ("email",))
+    assert parse_expression('user.email startswith "a"') == ast.Compare(
+        "startswith", email, ast.Literal_("a")
+    )
+    assert parse_expression("user.email endswith domain") == ast.Compare(
+        "endswith", email, ast.Name("domain")
+    )
+
+
+def test_the_new_operator_words_still_name_lets_and_attributes() -> None:
+    """The words are keywords only where an operator goes (the lexer is contextual)."""
+    module = parse("let subset = [1]\nlet of = 1\npermit p when of in subset and agent.endswith")
+    assert [let.name for let in module.lets] == ["subset", "of"]
+    when = module.rules[0].when
+    assert isinstance(when, ast.BoolOp)
+    assert when.operands[1] == ast.Path("agent", ("endswith",))
+
+
 def test_generic_targets() -> None:
     module = parse(
         'permit a action "db.read" on table "orders"\n'
@@ -196,6 +222,7 @@ def test_error_shows_location_line_caret_and_hint() -> None:
         ('permit x when "open', "this string is not closed"),
         ("permit x unless a when b", "target, when, unless, limit, require"),
         ("permit x when (a", "expected ')'"),
+        ("permit x when a subset b", "expected 'of'"),
         ('forbid x call tool "a" limit 5 calls per 1m', "a forbid cannot carry 'limit'"),
         ('permit x require consnt("a")', "did you mean 'consent'?"),
         ('permit x call tool "a" limit 0 calls per 1m', "positive whole number"),

@@ -141,6 +141,28 @@ def test_what_if_takes_each_agent_as_it_was_when_it_was_decided(
     }
 
 
+def test_what_if_sees_the_groups_that_list_an_agent_now(
+    audited: tuple[str, Store, Path, dict[str, str]],
+) -> None:
+    url, store, policies, ids = audited
+    report_bot = store.find("Agent", "name", "report-bot")
+    members = [{"value": report_bot.id}]
+    store.create("Group", {"displayName": "frozen", "members": members}, unique={}, actor="x")
+    frozen = AGENTS_POL + '\nforbid frozen_agents\n  when agent.groups contains "frozen"\n'
+
+    async def body(client: Client) -> Any:
+        return await call(
+            client, "what_if_policy_change", changes=[{"file": "agents.pol", "text": frozen}]
+        )
+
+    answer = over_stdio(url, body, policies=policies)
+    assert {d["decision_id"] for d in answer["decisions"]} == {
+        ids["report-bot search"],
+        ids["report-bot sql"],
+    }
+    assert {d["proposed"]["decided_by"][0] for d in answer["decisions"]} == {"agents.frozen_agents"}
+
+
 def test_checks_and_tests_a_proposed_change_without_writing_it(
     audited: tuple[str, Store, Path, dict[str, str]],
 ) -> None:

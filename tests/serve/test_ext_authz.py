@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+import tomllib
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -61,6 +62,7 @@ ROUTES = """
 # the API behind the gateway
 GET,HEAD /orders/{id}    db.read    order:{id}
 POST     /tools/{name}   tool.call  tool:{name}
+GET      /users/{userId} user.read  route:/users/{{userId}}
 """
 GATEWAY_POLICIES = """
 package gateway
@@ -70,6 +72,10 @@ permit public_pages
 
 permit order_reads
   action "db.read" on order
+  when agent.risk < high
+
+permit user_reads
+  action "user.read" on route "/users/{userId}"
   when agent.risk < high
 """
 OVERWRITE = core.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
@@ -509,6 +515,45 @@ def test_routes_map_method_and_path_to_action_and_resource() -> None:
     assert route(routes, "GET", "/") == ("http.GET", "http", "/")
 
 
+def test_doubled_braces_are_literal_braces_in_a_route() -> None:
+    routes = parse_routes(
+        "GET /users/{userId} user.read route:/users/{{userId}}\n"
+        "GET /api/{{version}}/items/{id} item.{{read}} item:{{{id}}}"
+    )
+    assert route(routes, "GET", "/users/42") == ("user.read", "route", "/users/{userId}")
+    assert route(routes, "GET", "/api/{version}/items/7") == ("item.{read}", "item", "{7}")
+    assert route(routes, "GET", "/api/%7Bversion%7D/items/7") == ("item.{read}", "item", "{7}")
+    assert route(routes, "GET", "/api/v1/items/7") == ("http.GET", "http", "/api/v1/items/7")
+
+
+def test_a_literal_segment_matches_however_it_is_percent_encoded() -> None:
+    """As a placeholder's value is decoded, so is the segment a literal is compared with:
+    an upstream that decodes /%6Frders/42 serves the order the route names."""
+    routes = parse_routes(ROUTES)
+    assert route(routes, "GET", "/%6Frders/42") == ("db.read", "order", "42")
+    assert route(routes, "GET", "/orders%2F42") == ("http.GET", "http", "/orders%2F42")
+
+
+def test_braces_in_a_request_path_are_never_read_as_a_template() -> None:
+    routes = parse_routes("* /files/{rest...} file.{method} file:{rest}\nGET /u/{id} u.read u:{id}")
+    assert route(routes, "PUT", "/files/{method}/{path}") == ("file.PUT", "file", "{method}/{path}")
+    assert route(routes, "GET", "/u/%7Bid%7D") == ("u.read", "u", "{id}")
+    assert route(routes, "GET", "/x/{path}/{{y}}") == ("http.GET", "http", "/x/{path}/{{y}}")
+
+
+def test_a_route_whose_resource_id_is_a_template_is_decided_on_that_id(gateway: Gateway) -> None:
+    token = gateway.token(gateway.agent("reader"))
+    response = gateway.check(http_request("GET", "/users/42", token))
+    assert response.status.code == code_pb2.OK  # the policy names the template, not 42
+    decision_id = header_values(response.ok_response.headers)[DECISION_HEADER]
+    records = [json.loads(entry.record) for entry in entries(gateway.store, "agent")]
+    (record,) = [r for r in records if r.get("decision_id") == decision_id]
+    assert (record["action"], record["resource"]) == (
+        "user.read",
+        {"type": "route", "id": "/users/{userId}"},
+    )
+
+
 @pytest.mark.parametrize(
     ("line", "message"),
     [
@@ -522,11 +567,24 @@ def test_routes_map_method_and_path_to_action_and_resource() -> None:
         ("GET /a/{id} read doc", "the resource is TYPE:ID"),
         ("GET /a/{id} read doc:{name}", "{name} is not a name of the path"),
         ("GET /a/{id} read{ doc:{id}", "unbalanced braces"),
+        ("GET /a/{id} read doc:{id", "unbalanced braces in '{id'; a literal brace is written"),
+        ("GET /a/b} read doc:x", "unbalanced braces in 'b}'"),
+        ("GET /a/{{id}x read doc:x", "unbalanced braces"),
+        ("GET /a/{rest...} read doc:{rest...}", "{rest...} is not a name of the path"),
+        ("GET /a/{{b}}{id} read doc:{id}", "must be a whole segment"),
     ],
 )
 def test_a_bad_route_template_is_refused_naming_the_problem(line: str, message: str) -> None:
     with pytest.raises(RouteError, match=message.replace("{", r"\{").replace("}", r"\}")):
         parse_route(line)
+
+
+def test_the_routes_docs_gateways_md_shows_load() -> None:
+    text = (SHIPPED_POLICIES.parent / "docs" / "gateways.md").read_text()
+    shown = tomllib.loads(text.split("```toml\n", 1)[1].split("```", 1)[0])
+    routes = parse_routes(shown["serve"]["ext_authz_routes"])
+    assert route(routes, "GET", "/users/7") == ("user.read", "route", "/users/{userId}")
+    assert route(routes, "PUT", "/repos/acme/api/files/a/b") == ("repo.PUT", "file", "acme/api/a/b")
 
 
 def test_a_bad_route_in_the_configuration_stops_the_start(tmp_path: Path) -> None:

@@ -166,6 +166,32 @@ def test_a_tag_and_a_directory_of_the_repository(
     assert (source.labels() or {}).get("ref") == "v1"
 
 
+def test_a_repositorys_resources_files_come_with_its_policies(
+    repository: Repository, sources: list[GitSource]
+) -> None:
+    schema = "schema { resource record { owner: string } }\n"
+    records = '[{"type": "record", "id": "1", "properties": {"owner": "alice"}}]'
+    files = {"schema.pol": schema, "p.pol": OPEN, "data/records.resources.json": records}
+    repository.commit(files)
+    source = follow(sources, f"git+{repository.url}")
+    loaded = source.load_first()
+    assert loaded.bundle.version == content_version(files)
+    assert loaded.bundle.catalog["record"]["1"]["owner"] == "alice"
+
+
+def test_a_bundle_of_its_own_in_a_repository_stays_out_of_the_outer_one(
+    repository: Repository, sources: list[GitSource]
+) -> None:
+    inner = {
+        "examples/search/bundle.toml": "# a bundle of its own\n",
+        "examples/search/p.pol": BROKEN,
+        "examples/search/r.resources.json": "not even JSON",
+    }
+    repository.commit({"p.pol": OPEN, **inner})
+    source = follow(sources, f"git+{repository.url}")
+    assert source.load_first().bundle.version == content_version({"p.pol": OPEN})
+
+
 def test_a_commit_id_whole_or_abbreviated(repository: Repository, sources: list[GitSource]) -> None:
     first = repository.commit({"p.pol": OPEN})
     repository.commit({"p.pol": SHUT})

@@ -459,6 +459,55 @@ def test_every_write_appends_exactly_one_change(store: Store) -> None:
     assert 0 < after_create < after_replace < store.last_change()
 
 
+# --- put and page: resources whose ids the caller names
+
+
+def test_put_creates_replaces_and_deletes_in_one_go_and_logs_each_change(store: Store) -> None:
+    assert store.put("Entry", {"a/1": {"n": 1}, "a/2": {"n": 2}}, actor=ADMIN) == 2
+    assert store.put("Entry", {"a/1": {"n": 10}, "a/2": None, "a/3": {}}, actor=ADMIN) == 3
+    assert store.get("Entry", "a/1").data == {"n": 10}
+    assert store.get("Entry", "a/1").version == 2
+    with pytest.raises(NotFound):
+        store.get("Entry", "a/2")
+    ops = [(c.op, c.id, c.version, c.actor) for c in store.changes(0)]
+    assert ops == [
+        ("create", "a/1", 1, ADMIN),
+        ("create", "a/2", 1, ADMIN),
+        ("replace", "a/1", 2, ADMIN),
+        ("delete", "a/2", 1, ADMIN),
+        ("create", "a/3", 1, ADMIN),
+    ]
+
+
+def test_put_of_what_is_stored_changes_nothing(store: Store) -> None:
+    store.put("Entry", {"a/1": {"n": 1, "tags": ["x"]}}, actor=ADMIN)
+    seq = store.last_change()
+    assert store.put("Entry", {"a/1": {"tags": ["x"], "n": 1}, "a/9": None}, actor=ADMIN) == 0
+    assert store.last_change() == seq
+    assert store.get("Entry", "a/1").version == 1
+
+
+def test_put_with_an_unstorable_document_writes_none_of_the_batch(store: Store) -> None:
+    with pytest.raises(Unstorable):
+        store.put("Entry", {"a/1": {"n": 1}, "a/2": {"text": "nul\x00"}}, actor=ADMIN)
+    with pytest.raises(Unstorable):
+        store.put("Entry", {"a/\x00": {"n": 1}}, actor=ADMIN)
+    assert store.list("Entry") == []
+    assert store.last_change() == 0
+
+
+def test_page_lists_the_ids_with_a_prefix_in_order_after_a_cursor(store: Store) -> None:
+    ids = ["record/3", "record/10", "record/2", "record0", "recordx/1", "doc/1", "record/é"]
+    store.put("Entry", {id: {"id": id} for id in ids}, actor=ADMIN)
+    first = store.page("Entry", "record/", "", 2)
+    assert [r.id for r in first] == ["record/10", "record/2"]
+    rest = store.page("Entry", "record/", first[-1].id, 10)
+    assert [r.id for r in rest] == ["record/3", "record/é"]
+    assert store.page("Entry", "record/", "record/é", 10) == []
+    assert store.page("Other", "record/", "", 10) == []
+    assert store.page("Entry", "record/", "\x00", 10) == []
+
+
 # --- waiting for changes
 
 

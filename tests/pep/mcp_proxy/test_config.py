@@ -79,6 +79,12 @@ def test_the_body_timeout_is_a_setting() -> None:
     assert config_from_table(table(body_timeout=2.5), env={}).body_timeout == 2.5
 
 
+def test_the_step_ups_the_issuer_can_do_are_a_setting_and_none_by_default() -> None:
+    assert config_from_table(table(), env={}).step_up_acrs == ()
+    config = config_from_table(table(step_up_acrs=["mfa", "hwk"]), env={})
+    assert config.step_up_acrs == ("mfa", "hwk")
+
+
 @pytest.mark.parametrize("name", ["acr", "consents", "mcp_method", "mcp_server"])
 def test_a_call_argument_cannot_supply_what_tessera_sets(name: str) -> None:
     with pytest.raises(ConfigError) as raised:
@@ -138,6 +144,8 @@ def test_a_call_argument_cannot_supply_what_tessera_sets(name: str) -> None:
             'mcp_proxy.pdp_token = "client_credentials" gets the proxy\'s token from the issuer',
         ),
         ({"pdp_tls": "yes"}, "mcp_proxy.pdp_tls must be true or false"),
+        ({"step_up_acrs": "mfa"}, "mcp_proxy.step_up_acrs must be a list of strings"),
+        ({"step_up_acrs": [""]}, "mcp_proxy.step_up_acrs must be a list of strings"),
         ({"pdp_ca": "/nonexistent/ca.pem"}, "mcp_proxy.pdp_ca: cannot read /nonexistent/ca.pem"),
     ],
 )

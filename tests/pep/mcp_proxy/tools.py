@@ -17,7 +17,8 @@ def upstream_server() -> MCPServer:
     """The MCP server behind the proxy: a few tools the shipped policies decide."""
     server = MCPServer("tools")
 
-    @server.tool(name="search")
+    # metadata of its own, and a consent mark that is not the server's to give
+    @server.tool(name="search", meta={"com.example/owner": "search team", "tessera/consent": {}})
     def search(query: str) -> str:
         return f"found {query}"
 
