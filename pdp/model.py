@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from datetime import datetime
+from decimal import Decimal
 from typing import Any, NamedTuple
 
 from pdp.errors import PdpError
@@ -23,6 +24,7 @@ __all__ = [
     "TOOL_TYPE",
     "Answer",
     "Decision",
+    "LimitUse",
     "Obligation",
     "Request",
     "RequestError",
@@ -141,8 +143,31 @@ class RuleError(NamedTuple):
     message: str
 
 
+class LimitUse(NamedTuple):
+    """One ``limit`` a decision checked, as the counter store found it: the audit record
+    keeps it, so a past decision can be explained with the usage it was made on.
+
+    ``position`` is the limit's place among its rule's limits (0 first); ``text`` the limit
+    as written (``sum <= 5000 USD per 24h per agent``); ``window`` in seconds; ``cap`` and
+    ``amount`` (what this call adds) in the limit's terms, a count or a decimal. ``used``
+    is what the window held before this call, read in the same atomic step as the check,
+    or None when the store read nothing for it (a retry of a call counted before, or a
+    limit after one already reached)."""
+
+    rule: str
+    position: int
+    text: str
+    window: float
+    cap: Decimal | int
+    amount: Decimal | int
+    used: Decimal | int | None
+
+
 class Decision(NamedTuple):
-    """The answer to one request. Immutable; cheap to build on the hot path."""
+    """The answer to one request. Immutable; cheap to build on the hot path.
+
+    ``limits`` are the limits the counter store was asked about (none for a decision no
+    limit took part in)."""
 
     allow: bool
     obligations: tuple[Obligation, ...]
@@ -150,6 +175,21 @@ class Decision(NamedTuple):
     reasons: tuple[str, ...]
     errors: tuple[RuleError, ...]
     bundle_version: str
+    limits: tuple[LimitUse, ...] = ()
+
+    def counted(self, limits: tuple[LimitUse, ...]) -> Decision:
+        """This decision, made on the limit usage ``limits``."""
+        if not limits:
+            return self
+        return Decision(
+            self.allow,
+            self.obligations,
+            self.decided_by,
+            self.reasons,
+            self.errors,
+            self.bundle_version,
+            limits,
+        )
 
     @property
     def awaits_consent(self) -> bool:
