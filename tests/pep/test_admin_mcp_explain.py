@@ -21,10 +21,12 @@ from pdp.loader import load_directory
 from pdp.serve.proto import authorizer_pb2_grpc as pb_grpc
 from tests.conftest import SHIPPED_POLICIES
 from tests.pep.test_admin_mcp import call, over_stdio, seed_agent
+from tests.pep.test_admin_mcp_errors import in_process
 from tests.pep.test_admin_mcp_policies import tool_call
 from tests.servers import Server
 
 CAP = "sum <= 5000 USD per 24h per agent"
+EXTENSION = "urn:tessera:params:scim:schemas:extension:agent:1.0:Agent"
 Audited = tuple[str, Store, Path, list[str]]
 
 
@@ -153,3 +155,19 @@ def test_what_changed_since_is_told_apart_as_today(transfers: Audited) -> None:
     assert explained["today"]["decision"] == "deny"  # 1000 USD is over the new 100 USD cap
     assert explained["today"]["same_as_recorded"] is False
     assert pay_bot.id == explained["record"]["agent"]
+
+
+def test_an_agent_suspended_since_is_refused_today_not_in_the_record(transfers: Audited) -> None:
+    _, store, policies, ids = transfers
+    pay_bot = store.find("Agent", "name", "pay-bot")
+    data = {**pay_bot.data, EXTENSION: {**pay_bot.data[EXTENSION], "status": "suspended"}}
+    store.replace("Agent", pay_bot.id, data, unique={}, expected_version=None, actor="someone")
+
+    async def body(client: Client) -> Any:
+        return await call(client, "explain_decision", decision_id=ids[0])
+
+    explained = in_process(store, body, policies)
+    assert explained["decision"] == "allow" and explained["reproduced"] is True
+    assert explained["today"]["decision"] == "deny"
+    assert explained["today"]["decided_by"] == ["directory"]
+    assert "suspended" in explained["today"]["explanation"]
