@@ -73,9 +73,9 @@ def test_a_recorded_cap_deny_is_explained_as_denied_with_its_usage(transfers: Au
         )
 
     denied, small, first = over_stdio(url, body, policies=policies)
-    assert denied["decision"] == "deny" and denied["record"]["allow"] is False
     text = denied["explanation"]
-    assert text.startswith("decision: DENY")
+    assert text.startswith("decision: DENY")  # the recorded effect, never a replay's
+    assert denied["decision"] == "deny" and denied["record"]["allow"] is False
     assert f"permit agents.small_transfers is over its limit: {CAP}" in text
     assert f"{CAP}: used 5000 before this call, this call 1000: over the cap" in text
     assert denied["reproduced"] is True
