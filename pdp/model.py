@@ -23,6 +23,7 @@ __all__ = [
     "DEFAULT_DENY_REASON",
     "TOOL_TYPE",
     "Answer",
+    "CountedDecision",
     "Decision",
     "LimitUse",
     "Obligation",
@@ -164,10 +165,7 @@ class LimitUse(NamedTuple):
 
 
 class Decision(NamedTuple):
-    """The answer to one request. Immutable; cheap to build on the hot path.
-
-    ``limits`` are the limits the counter store was asked about (none for a decision no
-    limit took part in)."""
+    """The answer to one request. Immutable; cheap to build on the hot path."""
 
     allow: bool
     obligations: tuple[Obligation, ...]
@@ -175,21 +173,16 @@ class Decision(NamedTuple):
     reasons: tuple[str, ...]
     errors: tuple[RuleError, ...]
     bundle_version: str
-    limits: tuple[LimitUse, ...] = ()
+
+    @property
+    def limits(self) -> tuple[LimitUse, ...]:
+        """The limits the counter store was asked about, with the usage it found: none
+        for a decision no limit took part in."""
+        return ()
 
     def counted(self, limits: tuple[LimitUse, ...]) -> Decision:
-        """This decision, made on the limit usage ``limits``."""
-        if not limits:
-            return self
-        return Decision(
-            self.allow,
-            self.obligations,
-            self.decided_by,
-            self.reasons,
-            self.errors,
-            self.bundle_version,
-            limits,
-        )
+        """This decision, made on the limit usage ``limits`` (:class:`CountedDecision`)."""
+        return CountedDecision(self, limits) if limits else self
 
     @property
     def awaits_consent(self) -> bool:
@@ -212,6 +205,27 @@ class Decision(NamedTuple):
             "errors": [e._asdict() for e in self.errors],
             "bundle_version": self.bundle_version,
         }
+
+
+class CountedDecision(Decision):
+    """A decision with the limit usage it was made on (:attr:`limits`, for its audit
+    record). It is equal to, and hashes as, the same answer without it: the per-answer
+    caches and counts of the doors and the metrics share one entry for every call a rule
+    decides alike, whatever each call found in the counters."""
+
+    _limits: tuple[LimitUse, ...]
+
+    def __new__(cls, decision: Decision, limits: tuple[LimitUse, ...]) -> CountedDecision:
+        made = tuple.__new__(cls, decision)
+        made._limits = limits
+        return made
+
+    def __getnewargs__(self) -> tuple[Any, ...]:
+        return (Decision(*self), self._limits)
+
+    @property
+    def limits(self) -> tuple[LimitUse, ...]:
+        return getattr(self, "_limits", ())  # ``_replace`` makes one without
 
 
 DEFAULT_DENY_REASON = "no permit applies (default deny)"

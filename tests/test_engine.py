@@ -9,7 +9,7 @@ import pytest
 
 from pdp.engine import CANDIDATE_MEMO_SIZE, Engine
 from pdp.lang.ast import Obligation
-from pdp.model import LimitUse, Request
+from pdp.model import Decision, LimitUse, Request
 from tests.conftest import bundle_of, request
 
 
@@ -177,6 +177,9 @@ def test_a_limited_decision_tells_the_usage_it_was_made_on() -> None:
     assert not over.allow
     assert [use.used for use in over.limits] == [2, None]  # the store stopped at the first
     assert engine.decide(request(bundle, tool="other")).limits == ()
+    # The usage rides along: caches and counts keyed by a decision see the answer alone.
+    plain = Decision(*first)
+    assert first == plain and hash(first) == hash(plain) and plain.limits == ()
 
 
 def test_count_limit_window_slides() -> None:
