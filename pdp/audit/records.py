@@ -129,23 +129,30 @@ def limit_record(use: LimitUse) -> dict[str, Any]:
     """One limit as a decision record keeps it: ``rule``, ``limit`` (its place in the
     rule, 0 first), ``text`` as written, ``window`` in seconds, and ``cap``, ``amount``
     (what the call adds) and ``used`` (what the window held before the call; null when
-    the store read nothing for it), each a count as a number or a sum as decimal text."""
+    the store read nothing for it): a count's as numbers, a sum's as exact decimal text,
+    whichever store counted it."""
+    count = isinstance(use.cap, int) and isinstance(use.amount, int)
+    shown = _count if count else _decimal
     return {
         "rule": bounded(use.rule),
         "limit": use.position,
         "text": bounded(use.text),
         "window": use.window,
-        "cap": _amount(use.cap),
-        "amount": _amount(use.amount),
-        "used": None if use.used is None else _amount(use.used),
+        "cap": shown(use.cap),
+        "amount": shown(use.amount),
+        "used": None if use.used is None else shown(use.used),
     }
 
 
-def _amount(value: Decimal | int) -> int | str:
-    """A count as it is, a decimal as its exact text (no exponent, no trailing zeros)."""
-    if isinstance(value, Decimal):
-        return format(value.normalize(), "f")
+def _count(value: Any) -> Any:
     return value
+
+
+def _decimal(value: Any) -> str:
+    """A sum as its exact text: no exponent, no trailing zeros (``1000.5``); a float as
+    its shortest text."""
+    exact = Decimal(str(value)) if isinstance(value, float) else Decimal(value)
+    return format(exact.normalize(), "f")
 
 
 def token_record(grant: str, claims: dict[str, Any]) -> dict[str, Any]:

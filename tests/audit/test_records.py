@@ -120,6 +120,11 @@ def test_a_limited_decision_keeps_the_usage_each_limit_was_checked_on() -> None:
         },
     ]
     canonical(record)  # plain JSON, hashed into the chain as stored
+    from_memory = spent._replace(used=0)  # the memory store's sum of no buckets
+    counted = decision_record(
+        request, Answer(decision.counted((from_memory,)), "id", False), 0.001, "pep"
+    )
+    assert counted["limits"][0]["used"] == "0"  # a sum's text, whichever store counted
     many = decision.counted((calls,) * (LIMITS + 3))
     kept = decision_record(request, Answer(many, "id", False), 0.001, "pep")
     assert len(kept["limits"]) == LIMITS and kept["limits_left_off"] == 3
