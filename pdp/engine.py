@@ -464,19 +464,12 @@ def _over(rule: CompiledRule, charges: tuple[Charge, ...], tally: Tally) -> Gate
 def _uses(rule: CompiledRule, charges: tuple[Charge, ...], tally: Tally) -> tuple[LimitUse, ...]:
     """The permit's limits the store was asked about, each with the usage it found (None
     where it read none)."""
-    used = tally.used
-    return tuple(
-        LimitUse(
-            rule.id,
-            index,
-            limit.text,
-            charge.window,
-            charge.cap,
-            charge.amount,
-            used[index] if index < len(used) else None,
-        )
-        for index, (limit, charge) in enumerate(zip(rule.limits, charges, strict=False))
-    )
+    used, limits, uses = tally.used, rule.limits, []
+    for index, charge in enumerate(charges):
+        found = used[index] if index < len(used) else None
+        text = limits[index].text
+        uses.append(LimitUse(rule.id, index, text, charge.window, charge.cap, charge.amount, found))
+    return tuple(uses)
 
 
 def _charge(limit: CompiledLimit, request: Request) -> Charge:
