@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from pdp.counters import FITS, Charge, CounterError, CounterStore, MemoryCounters
+from pdp.counters import FITS, Charge, CounterError, CounterStore, MemoryCounters, Tally
 from pdp.interpreter import Interpreter
 from pdp.lang import ast
 from pdp.lang.compiler import CompiledLimit, CompiledRule, compile_rules
@@ -30,11 +30,14 @@ from pdp.lang.runtime import (
     pattern_globs,
 )
 from pdp.lang.values import Money
-from pdp.model import DEFAULT_DENY_REASON, Decision, Request, RuleError, combine
+from pdp.model import DEFAULT_DENY_REASON, Decision, LimitUse, Request, RuleError, combine
 
 Lets = Mapping[tuple[str, str], ast.Expr]
 CandidateKey = tuple[str, str, str]
 Candidates = tuple[tuple[CompiledRule, ...], tuple[CompiledRule, ...]]
+# What a gated permit did: ("applies", ()), ("requires", unmet obligations) or ("over",
+# the limit's text), with the limits the counter store was asked about.
+Gate = tuple[str, Any, tuple[LimitUse, ...]]
 
 # Memoized candidate lists; past this many distinct (action, type, id) keys the memo is
 # dropped and rebuilt, so a stream of unique ids cannot grow memory without bound.
@@ -313,22 +316,22 @@ class Engine:
     def _one_gated(self, request: Request, rule: CompiledRule, commit: bool, once: str) -> Decision:
         """The common case of a permit with limits or obligations that alone matched."""
         try:
-            kind, payload = self._gate(rule, request, self.clock(), commit, once)
+            kind, payload, counted = self._gate(rule, request, self.clock(), commit, once)
         except CounterError as exc:
             return combine(self.version, [], [], [], [], [_unreachable(rule, exc)], [])
         except Exception:
             return self._slow(request, [], [], [], [rule], [], commit, once)
         if kind == "applies":
             decision: Decision = rule.decision
-            return decision
+            return decision.counted(counted)
         if kind == "requires":
             cached = self._pending.get((rule.position, payload))
             if cached is None:
                 cached = combine(self.version, [], [], [], [(rule.id, payload)], [], [])
                 if len(self._pending) < CANDIDATE_MEMO_SIZE:
                     self._pending[(rule.position, payload)] = cached
-            return cached
-        return combine(self.version, [], [], [], [], [], [(rule.id, payload)])
+            return cached.counted(counted)
+        return combine(self.version, [], [], [], [], [], [(rule.id, payload)]).counted(counted)
 
     def _slow(
         self,
@@ -350,12 +353,14 @@ class Engine:
         pending: list[tuple[CompiledRule, tuple[ast.Obligation, ...]]] = []
         over: list[tuple[str, str]] = []
         failures = list(permit_failed)
+        counted: list[LimitUse] = []
         for rule in gated:
             try:
-                kind, payload = self._gate(rule, request, now, commit, once)
+                kind, payload, uses = self._gate(rule, request, now, commit, once)
             except Exception as exc:
                 failures.append((rule, exc))
                 continue
+            counted.extend(uses)
             if kind == "over":
                 over.append((rule.id, payload))
             elif kind == "requires":
@@ -373,64 +378,68 @@ class Engine:
             [(r.id, needs) for r, needs in pending],
             [self._error(r, request, exc) for r, exc in failures],
             over,
-        )
+        ).counted(tuple(counted))
 
     def _gate(
         self, rule: CompiledRule, request: Request, now: float, commit: bool, once: str
-    ) -> tuple[str, Any]:
+    ) -> Gate:
         """A matching permit's limits, then its obligations: ("applies", ()), ("requires",
-        unmet obligations) or ("over", the limit's description). Its charges are recorded
-        when they fit, its obligations are met and ``commit`` is true; otherwise the
-        store is only asked whether they would fit: a limit reached is told first, as
-        the limits come first in a rule."""
+        unmet obligations) or ("over", the limit's description), with the usage the store
+        found. Its charges are recorded when they fit, its obligations are met and
+        ``commit`` is true; otherwise the store is only asked whether they would fit: a
+        limit reached is told first, as the limits come first in a rule."""
         charges: tuple[Charge, ...] = ()
         if rule.limits:
-            worked_out = self._charges(rule, request, now)
-            if isinstance(worked_out, int):
-                return ("over", rule.limits[worked_out].text)
-            charges = worked_out
+            charges, reached = self._charges(rule, request, now)
+            if reached is not None:
+                return _over(rule, charges, reached)
         try:
             unmet = _unmet(rule, request)
         except Exception:
-            index = self._peek(charges, now)
-            if index != FITS:
-                return ("over", rule.limits[index].text)
+            tally = self._peek(charges, now)
+            if tally.answer != FITS:
+                return _over(rule, charges, tally)
             raise
         if unmet:
-            index = self._peek(charges, now)
-            return ("requires", unmet) if index == FITS else ("over", rule.limits[index].text)
+            tally = self._peek(charges, now)
+            if tally.answer != FITS:
+                return _over(rule, charges, tally)
+            return ("requires", unmet, _uses(rule, charges, tally))
         if not charges:
-            return ("applies", ())
-        index = self.counters.charge(charges, now, record=commit, once=once)
-        return ("applies", ()) if index == FITS else ("over", rule.limits[index].text)
+            return ("applies", (), ())
+        tally = self.counters.tally(charges, now, record=commit, once=once)
+        if tally.answer != FITS:
+            return _over(rule, charges, tally)
+        return ("applies", (), _uses(rule, charges, tally))
 
-    def _peek(self, charges: tuple[Charge, ...], now: float) -> int:
+    def _peek(self, charges: tuple[Charge, ...], now: float) -> Tally:
         """Whether ``charges`` would fit, recording nothing; a store that cannot answer
-        leaves what else is missing to be told first."""
+        leaves what else is missing to be told first (and the usage unknown)."""
         if not charges:
-            return FITS
+            return NOTHING_ASKED
         try:
-            return self.counters.charge(charges, now, record=False)
+            return self.counters.tally(charges, now, record=False)
         except CounterError:
-            return FITS
+            return NOTHING_ASKED
 
     def _charges(
         self, rule: CompiledRule, request: Request, now: float
-    ) -> tuple[Charge, ...] | int:
-        """The call's charge under each of the permit's limits; a limit that cannot be
-        worked out for this request fails the permit, unless an earlier limit is already
-        reached (then its index: limits are told in the order they are written)."""
+    ) -> tuple[tuple[Charge, ...], Tally | None]:
+        """The call's charge under each of the permit's limits, and None. A limit that
+        cannot be worked out for this request fails the permit, unless an earlier limit is
+        already reached: then the charges before it and the store's tally of them (limits
+        are told in the order they are written)."""
         charges: list[Charge] = []
         for limit in rule.limits:
             try:
                 charges.append(_charge(limit, request))
             except Exception:
                 if charges:
-                    index = self.counters.charge(tuple(charges), now, record=False)
-                    if index != FITS:
-                        return index
+                    tally = self.counters.tally(tuple(charges), now, record=False)
+                    if tally.answer != FITS:
+                        return tuple(charges), tally
                 raise
-        return tuple(charges)
+        return tuple(charges), None
 
     def _error(self, rule: CompiledRule, request: Request, exc: Exception) -> RuleError:
         """Why a rule failed, in the interpreter's words (the rare path)."""
@@ -447,6 +456,25 @@ class Engine:
 
 def _position(rule: CompiledRule) -> int:
     return rule.position
+
+
+NOTHING_ASKED = Tally(FITS, ())
+
+
+def _over(rule: CompiledRule, charges: tuple[Charge, ...], tally: Tally) -> Gate:
+    """A permit whose limit at ``tally.answer`` is reached."""
+    return ("over", rule.limits[tally.answer].text, _uses(rule, charges, tally))
+
+
+def _uses(rule: CompiledRule, charges: tuple[Charge, ...], tally: Tally) -> tuple[LimitUse, ...]:
+    """The permit's limits the store was asked about, each with the usage it found (None
+    where it read none)."""
+    used, limits, uses = tally.used, rule.limits, []
+    for index, charge in enumerate(charges):
+        found = used[index] if index < len(used) else None
+        text = limits[index].text
+        uses.append(LimitUse(rule.id, index, text, charge.window, charge.cap, charge.amount, found))
+    return tuple(uses)
 
 
 def _charge(limit: CompiledLimit, request: Request) -> Charge:

@@ -20,6 +20,7 @@ _OUTCOMES = {
 
 
 def render_explanation(explanation: Explanation, *, show_untargeted: bool = False) -> str:
+    """The decision, its reasons and obligations, then every candidate rule's trace."""
     decision = explanation.decision
     lines = [
         f"decision: {'ALLOW' if decision.allow else 'DENY'}"
@@ -29,17 +30,24 @@ def render_explanation(explanation: Explanation, *, show_untargeted: bool = Fals
         lines.append(f"  because {reason}")
     for obligation in decision.obligations:
         lines.append(f"  obligation: {obligation}")
+    lines.append("")
+    lines.extend(render_rules(explanation, show_untargeted=show_untargeted))
+    return "\n".join(lines)
+
+
+def render_rules(explanation: Explanation, *, show_untargeted: bool = False) -> list[str]:
+    """Why each candidate rule did what it did (and, optionally, which rules the request
+    is not a target of), without the decision's own lines."""
     targeted = [t for t in explanation.rules if t.outcome != "not targeted"]
     untargeted = [t for t in explanation.rules if t.outcome == "not targeted"]
-    lines.append("")
-    lines.append(f"candidate rules ({len(targeted)} of {len(explanation.rules)}):")
+    lines = [f"candidate rules ({len(targeted)} of {len(explanation.rules)}):"]
     for trace in targeted:
         lines.extend(render_rule(trace))
     if show_untargeted and untargeted:
         lines.append("")
         lines.append("rules whose target does not cover this request:")
         lines.extend(f"  {t.rule.effect} {t.rule.id}" for t in untargeted)
-    return "\n".join(lines)
+    return lines
 
 
 def render_rule(trace: RuleTrace) -> list[str]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from datetime import datetime
+from decimal import Decimal
 from typing import Any, NamedTuple
 
 from pdp.errors import PdpError
@@ -23,7 +24,9 @@ __all__ = [
     "DEFAULT_DENY_REASON",
     "TOOL_TYPE",
     "Answer",
+    "CountedDecision",
     "Decision",
+    "LimitUse",
     "Obligation",
     "Request",
     "RequestError",
@@ -175,6 +178,26 @@ class RuleError(NamedTuple):
     message: str
 
 
+class LimitUse(NamedTuple):
+    """One ``limit`` a decision checked, as the counter store found it: the audit record
+    keeps it, so a past decision can be explained with the usage it was made on.
+
+    ``position`` is the limit's place among its rule's limits (0 first); ``text`` the limit
+    as written (``sum <= 5000 USD per 24h per agent``); ``window`` in seconds; ``cap`` and
+    ``amount`` (what this call adds) in the limit's terms, a count or a decimal. ``used``
+    is what the window held before this call, read in the same atomic step as the check,
+    or None when the store read nothing for it (a retry of a call counted before, or a
+    limit after one already reached)."""
+
+    rule: str
+    position: int
+    text: str
+    window: float
+    cap: Decimal | int
+    amount: Decimal | int
+    used: Decimal | int | None
+
+
 class Decision(NamedTuple):
     """The answer to one request. Immutable; cheap to build on the hot path."""
 
@@ -184,6 +207,16 @@ class Decision(NamedTuple):
     reasons: tuple[str, ...]
     errors: tuple[RuleError, ...]
     bundle_version: str
+
+    @property
+    def limits(self) -> tuple[LimitUse, ...]:
+        """The limits the counter store was asked about, with the usage it found: none
+        for a decision no limit took part in."""
+        return ()
+
+    def counted(self, limits: tuple[LimitUse, ...]) -> Decision:
+        """This decision, made on the limit usage ``limits`` (:class:`CountedDecision`)."""
+        return CountedDecision(self, limits) if limits else self
 
     @property
     def awaits_consent(self) -> bool:
@@ -206,6 +239,27 @@ class Decision(NamedTuple):
             "errors": [e._asdict() for e in self.errors],
             "bundle_version": self.bundle_version,
         }
+
+
+class CountedDecision(Decision):
+    """A decision with the limit usage it was made on (:attr:`limits`, for its audit
+    record). It is equal to, and hashes as, the same answer without it: the per-answer
+    caches and counts of the doors and the metrics share one entry for every call a rule
+    decides alike, whatever each call found in the counters."""
+
+    _limits: tuple[LimitUse, ...]
+
+    def __new__(cls, decision: Decision, limits: tuple[LimitUse, ...]) -> CountedDecision:
+        made = tuple.__new__(cls, decision)
+        made._limits = limits
+        return made
+
+    def __getnewargs__(self) -> tuple[Any, ...]:
+        return (Decision(*self), self._limits)
+
+    @property
+    def limits(self) -> tuple[LimitUse, ...]:
+        return getattr(self, "_limits", ())  # ``_replace`` makes one without
 
 
 DEFAULT_DENY_REASON = "no permit applies (default deny)"

@@ -9,7 +9,7 @@ import pytest
 
 from pdp.engine import CANDIDATE_MEMO_SIZE, Engine
 from pdp.lang.ast import Obligation
-from pdp.model import Request
+from pdp.model import Decision, LimitUse, Request
 from tests.conftest import bundle_of, request
 
 
@@ -148,6 +148,38 @@ def test_count_limit_commits_only_on_allow() -> None:
     third = engine.decide(allowed)
     assert not third.allow
     assert "permit p is over its limit: 2 calls per 1m per agent" in third.reasons
+
+
+def test_a_limited_decision_tells_the_usage_it_was_made_on() -> None:
+    policy = """
+    permit p call tool "pay"
+      limit 2 calls per 1m per agent
+      limit sum(context.amount) <= 100 USD per 24h per agent
+    """
+    bundle = bundle_of(policy)
+    engine = Engine(bundle, clock=lambda: 1_000_000.0)
+
+    def pay(amount: str) -> Any:
+        return engine.decide(request(bundle, tool="pay", context={"amount": amount}))
+
+    first, second, third = pay("60 USD"), pay("50 USD"), pay("10 USD")
+    calls, spent = "2 calls per 1m per agent", "sum <= 100 USD per 24h per agent"
+    assert first.allow and first.limits == (
+        LimitUse("p", 0, calls, 60.0, 2, 1, 0),
+        LimitUse("p", 1, spent, 86_400.0, 100, 60, 0),
+    )
+    assert not second.allow and second.limits == (  # 60 + 50 > 100
+        LimitUse("p", 0, calls, 60.0, 2, 1, 1),
+        LimitUse("p", 1, spent, 86_400.0, 100, 50, 60),
+    )
+    assert third.allow and [use.used for use in third.limits] == [1, 60]
+    over = pay("1 USD")
+    assert not over.allow
+    assert [use.used for use in over.limits] == [2, None]  # the store stopped at the first
+    assert engine.decide(request(bundle, tool="other")).limits == ()
+    # The usage rides along: caches and counts keyed by a decision see the answer alone.
+    plain = Decision(*first)
+    assert first == plain and hash(first) == hash(plain) and plain.limits == ()
 
 
 def test_count_limit_window_slides() -> None:

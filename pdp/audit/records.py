@@ -13,6 +13,11 @@ value whose text is longer than :data:`VALUE_BYTES` is kept as a string of its f
 value can still show it was the one asked. The record is hashed into the chain as stored,
 so the chain verifies as it always does.
 
+A decision a ``limit`` took part in also keeps, for each limit the counter store was
+asked about (at most :data:`LIMITS`), the rule, the limit, its cap and window, what the
+call would add and what the window held before it (:func:`limit_record`): enough to
+explain later why a cap allowed or denied, whatever the counters hold by then.
+
 A token record says which grant minted an access token, for which agent, user and client,
 with which scopes and audience, and its ``jti`` and expiry (never the token itself).
 """
@@ -21,15 +26,17 @@ from __future__ import annotations
 
 import hashlib
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any
 
 import orjson
 
 from pdp.lang.values import Money
-from pdp.model import Answer, Decision, Request, json_value
+from pdp.model import Answer, Decision, LimitUse, Request, json_value
 
 VALUE_BYTES = 1 << 10  # the longest value (its UTF-8 text) a record keeps whole
 HEAD = 256  # the characters of a longer value the record keeps
+LIMITS = 16  # the limits one record keeps at most (the first asked about)
 
 
 def decision_record(
@@ -108,9 +115,43 @@ def decided(
     asked["obligations"] = [f"{o.kind}:{o.value}" for o in decision.obligations]
     asked["reasons"] = [bounded(reason) for reason in decision.reasons]  # may name an id
     asked["bundle_version"] = decision.bundle_version
+    if decision.limits:
+        asked["limits"] = [limit_record(use) for use in decision.limits[:LIMITS]]
+        if len(decision.limits) > LIMITS:
+            asked["limits_left_off"] = len(decision.limits) - LIMITS
     asked["pep"] = pep
     asked["latency_us"] = round(seconds * 1e6, 1)
     return asked
+
+
+def limit_record(use: LimitUse) -> dict[str, Any]:
+    """One limit as a decision record keeps it: ``rule``, ``limit`` (its place in the
+    rule, 0 first), ``text`` as written, ``window`` in seconds, and ``cap``, ``amount``
+    (what the call adds) and ``used`` (what the window held before the call; null when
+    the store read nothing for it): a count's as numbers, a sum's as exact decimal text,
+    whichever store counted it."""
+    count = isinstance(use.cap, int) and isinstance(use.amount, int)
+    shown = _count if count else _decimal
+    return {
+        "rule": bounded(use.rule),
+        "limit": use.position,
+        "text": bounded(use.text),
+        "window": use.window,
+        "cap": shown(use.cap),
+        "amount": shown(use.amount),
+        "used": None if use.used is None else shown(use.used),
+    }
+
+
+def _count(value: Any) -> Any:
+    return value
+
+
+def _decimal(value: Any) -> str:
+    """A sum as its exact text: no exponent, no trailing zeros (``1000.5``); a float as
+    its shortest text."""
+    exact = Decimal(str(value)) if isinstance(value, float) else Decimal(value)
+    return format(exact.normalize(), "f")
 
 
 def token_record(grant: str, claims: dict[str, Any]) -> dict[str, Any]:

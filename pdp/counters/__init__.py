@@ -2,6 +2,8 @@
 
 A decision that a limited permit could allow asks the counter store one question, which
 it answers atomically: *do all these charges fit under their caps? If so, record them.*
+With the answer comes what each key held before the call (:class:`~pdp.counters.base.Tally`),
+read in the same step: the decision's audit record keeps it.
 Checked and recorded together, concurrent callers (threads, workers, replicas) can never
 overshoot a cap. Only an allow records usage; a denied call never consumes a cap.
 
@@ -30,6 +32,7 @@ from pdp.counters.base import (
     Charge,
     CounterError,
     CounterStore,
+    Tally,
     bucket_of,
     oldest_bucket,
     once_key,
@@ -65,6 +68,7 @@ __all__ = [
     "CounterError",
     "CounterStore",
     "MemoryCounters",
+    "Tally",
     "bucket_of",
     "oldest_bucket",
     "once_key",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from pdp.errors import PdpError
 
@@ -33,6 +33,17 @@ class Charge:
     window: float  # seconds
     amount: Amount
     cap: Amount
+
+
+class Tally(NamedTuple):
+    """What one atomic check found: its ``answer`` (what :meth:`CounterStore.charge`
+    answers: :data:`FITS` or the index of the first charge that does not fit), and what
+    each charge's key held in its window before this call, read in the same atomic step,
+    in charge order up to and including the first that does not fit. ``used`` is empty
+    when nothing was read: a retry of a call recorded before."""
+
+    answer: int
+    used: tuple[Amount, ...]
 
 
 def bucket_of(now: float, window: float) -> int:
@@ -68,6 +79,13 @@ class CounterStore(Protocol):
         ``once`` is an idempotency key the caller keeps across retries of one call: the
         same charges under the same key, recorded within the longest window, fit again
         and are not recorded twice. Raises :class:`CounterError` when it cannot answer."""
+        ...
+
+    def tally(
+        self, charges: tuple[Charge, ...], now: float, *, record: bool = True, once: str = ""
+    ) -> Tally:
+        """:meth:`charge`, also telling the usage each charge found (:class:`Tally`): what
+        a decision's audit record keeps of its limits."""
         ...
 
     def usage(self, charge: Charge, now: float) -> Amount:

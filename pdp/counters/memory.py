@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import threading
 
-from pdp.counters.base import FITS, Amount, Charge, bucket_of, oldest_bucket, once_key
+from pdp.counters.base import FITS, Amount, Charge, Tally, bucket_of, oldest_bucket, once_key
 
 MAX_ONCE = 100_000  # idempotency records kept at the most
 
@@ -30,21 +30,28 @@ class MemoryCounters:
     def charge(
         self, charges: tuple[Charge, ...], now: float, *, record: bool = True, once: str = ""
     ) -> int:
+        return self.tally(charges, now, record=record, once=once).answer
+
+    def tally(
+        self, charges: tuple[Charge, ...], now: float, *, record: bool = True, once: str = ""
+    ) -> Tally:
         with self._lock:
             remembered = ""
             if once and record:
                 remembered = once_key(once, charges)
                 if self._once.get(remembered, 0.0) > now:
-                    return FITS
+                    return Tally(FITS, ())
+            used: list[Amount] = []
             for index, charge in enumerate(charges):
-                if self._usage(charge.key, charge.window, now) + charge.amount > charge.cap:
-                    return index
+                used.append(self._usage(charge.key, charge.window, now))
+                if used[-1] + charge.amount > charge.cap:
+                    return Tally(index, tuple(used))
             if record:
                 for charge in charges:
                     self._add(charge.key, charge.window, charge.amount, now)
                 if remembered:
                     self._remember(remembered, now + max(c.window for c in charges), now)
-            return FITS
+            return Tally(FITS, tuple(used))
 
     def usage(self, charge: Charge, now: float) -> Amount:
         with self._lock:

@@ -1,6 +1,6 @@
 """The PostgreSQL side of :class:`~pdp.counters.sql.SqlCounters`: one database, any replicas.
 
-A charge is one call of the function ``tessera_counter_charge_v1``, created beside the
+A charge is one call of the function ``tessera_counter_charge_v2``, created beside the
 tables: one round trip, one transaction. The function first takes transaction-level
 advisory locks on the keys (64-bit hashes, in ascending order, so two charges never each
 hold what the other waits for), then reads each key's usage in a statement of its own:
@@ -30,38 +30,42 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from pdp.counters.base import CounterError
 from pdp.counters.breaker import held
-from pdp.counters.schema import TABLES, Once, Step, sweep_queries
+from pdp.counters.schema import TABLES, Counted, Once, Step, sweep_queries
 
 SWEEP_BUCKETS, SWEEP_ONCE = (
     q.replace("?", "_now") for q in sweep_queries(" FOR UPDATE SKIP LOCKED")
 )
-# A charge (pdp.counters.schema.charge_in, as one function): -1 when every charge fits,
-# else the 0-based index of the first that does not. Parameter names start with "_" so
-# that none is taken for a column.
+# A charge (pdp.counters.schema.charge_in, as one function): an array of -1 when every
+# charge fits, else the 0-based index of the first that does not, then the units each
+# key held, up to that one. Parameter names start with "_" so that none is taken for a
+# column. (v1 answered the index alone; a new name, since a function's result type
+# cannot be replaced, so replicas of either version share one database.)
 FUNCTION = f"""
-CREATE OR REPLACE FUNCTION tessera_counter_charge_v1(
+CREATE OR REPLACE FUNCTION tessera_counter_charge_v2(
     _keys text[], _buckets bigint[], _oldest bigint[], _units bigint[], _caps bigint[],
     _expires double precision[], _locks bigint[], _record boolean, _once text,
     _until double precision, _now double precision, _sweep boolean
-) RETURNS integer LANGUAGE plpgsql AS $fn$
+) RETURNS bigint[] LANGUAGE plpgsql AS $fn$
 DECLARE
     _used numeric;
+    _seen bigint[] := '{{}}';
 BEGIN
     PERFORM pg_advisory_xact_lock(_lock) FROM unnest(_locks) AS _lock;  -- in array order
     IF _once <> '' AND EXISTS (
         SELECT 1 FROM tessera_counter_once WHERE once = _once AND expires > _now
     ) THEN
-        RETURN -1;
+        RETURN ARRAY[-1]::bigint[];
     END IF;
     FOR _i IN 1 .. cardinality(_keys) LOOP
         SELECT COALESCE(SUM(units), 0) INTO _used FROM tessera_counter_buckets
             WHERE key = _keys[_i] AND bucket >= _oldest[_i];
+        _seen := _seen || _used::bigint;
         IF _used + _units[_i] > _caps[_i] THEN
-            RETURN _i - 1;
+            RETURN ARRAY[_i - 1]::bigint[] || _seen;
         END IF;
     END LOOP;
     IF NOT _record THEN
-        RETURN -1;
+        RETURN ARRAY[-1]::bigint[] || _seen;
     END IF;
     INSERT INTO tessera_counter_buckets AS b (key, bucket, units, expires)
         SELECT k, n, SUM(u), MAX(e) FROM unnest(_keys, _buckets, _units, _expires) AS t(k, n, u, e)
@@ -76,12 +80,12 @@ BEGIN
         {SWEEP_BUCKETS};
         {SWEEP_ONCE};
     END IF;
-    RETURN -1;
+    RETURN ARRAY[-1]::bigint[] || _seen;
 END
 $fn$
 """
 CHARGE = (
-    "SELECT tessera_counter_charge_v1(%s::text[], %s::bigint[], %s::bigint[], %s::bigint[], "
+    "SELECT tessera_counter_charge_v2(%s::text[], %s::bigint[], %s::bigint[], %s::bigint[], "
     "%s::bigint[], %s::float8[], %s::bigint[], %s, %s, %s, %s, %s)"
 )
 USAGE = (
@@ -121,7 +125,7 @@ class PostgresDatabase:
 
     def charge(
         self, steps: list[Step], now: float, *, record: bool, once: Once, sweep: bool
-    ) -> int:
+    ) -> Counted:
         keys = [s.key for s in steps]
         locks = sorted({lock_id(k) for k in [*keys, once.key] if k}) if record else []
         parameters = (
@@ -138,8 +142,8 @@ class PostgresDatabase:
             now,
             sweep,
         )
-        row = self._execute(CHARGE, parameters)
-        return int(row[0])
+        index, *used = self._execute(CHARGE, parameters)[0]
+        return int(index), tuple(int(units) for units in used)
 
     def usage(self, key: str, oldest: int) -> int:
         return int(self._execute(USAGE, (key, oldest))[0])
@@ -180,7 +184,7 @@ class PostgresDatabase:
                 present = conn.execute(
                     "SELECT to_regclass('tessera_counter_buckets') IS NOT NULL "
                     "AND to_regclass('tessera_counter_once') IS NOT NULL "
-                    "AND to_regproc('tessera_counter_charge_v1') IS NOT NULL"
+                    "AND to_regproc('tessera_counter_charge_v2') IS NOT NULL"
                 ).fetchone()
                 if not (present and present[0]):
                     # Two processes creating the tables at once: one waits for the other.

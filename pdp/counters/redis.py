@@ -40,6 +40,7 @@ from pdp.counters.base import (
     Amount,
     Charge,
     CounterError,
+    Tally,
     bucket_of,
     oldest_bucket,
     once_key,
@@ -53,23 +54,25 @@ POOL = 16  # connections per store object; a call waits at most the timeout for 
 
 # KEYS: the charges' keys, then the once-record's when ARGV[2] (its time to live, ms) > 0.
 # ARGV: record (1 or 0), once ttl, the caller's deadline (µs since the epoch), then per
-# charge: bucket, oldest live bucket, units, cap, the key's time to live (ms). Answers -1
-# when all fit, else the 0-based index of the first charge that does not, or -2 when the
-# script runs after the caller gave up waiting (a call held up in a stalled server):
-# the caller has denied, so nothing may be recorded.
+# charge: bucket, oldest live bucket, units, cap, the key's time to live (ms). Answers an
+# array: -1 when all fit, else the 0-based index of the first charge that does not, then
+# the units each key held up to that one (none for a retry recorded before); or {-2}
+# when the script runs after the caller gave up waiting (a call held up in a stalled
+# server): the caller has denied, so nothing may be recorded.
 CHARGE = """
 local record = ARGV[1] == '1'
 local once_ttl = tonumber(ARGV[2])
 if record then
   local t = redis.call('TIME')
-  if tonumber(t[1]) * 1000000 + tonumber(t[2]) > tonumber(ARGV[3]) then return -2 end
+  if tonumber(t[1]) * 1000000 + tonumber(t[2]) > tonumber(ARGV[3]) then return {-2} end
 end
 local n = #KEYS
 if once_ttl > 0 then
   n = n - 1
-  if redis.call('EXISTS', KEYS[#KEYS]) == 1 then return -1 end
+  if redis.call('EXISTS', KEYS[#KEYS]) == 1 then return {-1} end
 end
 local stale = {}
+local seen = {-1}
 for i = 1, n do
   local a = 3 + (i - 1) * 5
   local oldest = tonumber(ARGV[a + 2])
@@ -83,7 +86,11 @@ for i = 1, n do
       old[#old + 1] = fields[j]
     end
   end
-  if total + tonumber(ARGV[a + 3]) > tonumber(ARGV[a + 4]) then return i - 1 end
+  seen[i + 1] = total
+  if total + tonumber(ARGV[a + 3]) > tonumber(ARGV[a + 4]) then
+    seen[1] = i - 1
+    return seen
+  end
   stale[i] = old
 end
 if record then
@@ -95,7 +102,7 @@ if record then
   end
   if once_ttl > 0 then redis.call('SET', KEYS[#KEYS], '1', 'PX', once_ttl, 'NX') end
 end
-return -1
+return seen
 """
 
 
@@ -133,8 +140,13 @@ class RedisCounters(Guarded):
     def charge(
         self, charges: tuple[Charge, ...], now: float, *, record: bool = True, once: str = ""
     ) -> int:
+        return self.tally(charges, now, record=record, once=once).answer
+
+    def tally(
+        self, charges: tuple[Charge, ...], now: float, *, record: bool = True, once: str = ""
+    ) -> Tally:
         if not charges:
-            return FITS
+            return Tally(FITS, ())
         keys = [self.key(c) for c in charges]
         once_ttl = 0
         if once and record:
@@ -147,10 +159,10 @@ class RedisCounters(Guarded):
             bucket = bucket_of(now, c.window)
             args += [bucket, oldest_bucket(now, c.window), amount_units(c.amount)]
             args += [cap_units(c.cap), ttl]
-        index = int(self._breaker.call(lambda: self._run(self._script, keys, args)))
-        if index == LATE:
+        index, *used = self._breaker.call(lambda: self._run(self._script, keys, args))
+        if int(index) == LATE:
             raise CounterError(f"{self.name}: answered after the timeout; nothing recorded")
-        return index
+        return Tally(int(index), tuple(map(from_units, map(int, used), charges)))  # up to the index
 
     def usage(self, charge: Charge, now: float) -> Amount:
         fields = self._breaker.call(lambda: self._run(self._client.hgetall, self.key(charge)))

@@ -36,6 +36,10 @@ SWEEP_ROWS = 256  # rows of each table one sweep deletes at most
 
 Run = Callable[[str, Sequence[Any]], Any]  # executes one statement; answers its cursor
 
+# A charge's answer in units: FITS or the index of the first step that does not fit, and
+# the units each step's key held, up to that one (none for a retry recorded before).
+Counted = tuple[int, tuple[int, ...]]
+
 
 @dataclass(frozen=True, slots=True)
 class Step:
@@ -64,8 +68,8 @@ class Database(Protocol):
 
     def charge(
         self, steps: list[Step], now: float, *, record: bool, once: Once, sweep: bool
-    ) -> int:
-        """:meth:`~pdp.counters.CounterStore.charge` of the steps, in one transaction; with
+    ) -> Counted:
+        """:meth:`~pdp.counters.CounterStore.tally` of the steps, in one transaction; with
         ``sweep``, some expired rows go too."""
         ...
 
@@ -112,7 +116,7 @@ def sweep_queries(skip_locked: str = "") -> tuple[str, str]:
     )
 
 
-def charge_in(run: Run, steps: list[Step], now: float, record: bool, once: Once) -> int:
+def charge_in(run: Run, steps: list[Step], now: float, record: bool, once: Once) -> Counted:
     """A charge inside a transaction that keeps other charges of its keys out: read
     every key's usage (and the once-record) in one statement, then record or not."""
     parameters: list[Any] = [value for s in steps for value in (s.key, s.oldest)]
@@ -120,10 +124,11 @@ def charge_in(run: Run, steps: list[Step], now: float, record: bool, once: Once)
         parameters += [once.key, now]
     row = run(read_query(len(steps), bool(once.key)), parameters).fetchone()
     if once.key and row[-1]:
-        return FITS  # this call was recorded before: a retry
+        return FITS, ()  # this call was recorded before: a retry
+    used = tuple(int(units) for units in row[: len(steps)])
     for index, step in enumerate(steps):
-        if int(row[index]) + step.units > step.cap:
-            return index
+        if used[index] + step.units > step.cap:
+            return index, used[: index + 1]
     if record:
         merged: dict[tuple[str, int], list[Any]] = {}
         for s in steps:  # one row each: an upsert may not touch a row twice
@@ -132,4 +137,4 @@ def charge_in(run: Run, steps: list[Step], now: float, record: bool, once: Once)
         run(add_query(len(merged)), [value for row in merged.values() for value in row])
         if once.key:
             run(RECORD_ONCE, (once.key, once.until))
-    return FITS
+    return FITS, used

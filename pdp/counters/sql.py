@@ -30,6 +30,7 @@ from pdp.counters.base import (
     Amount,
     Charge,
     CounterError,
+    Tally,
     bucket_of,
     oldest_bucket,
     once_key,
@@ -58,8 +59,13 @@ class SqlCounters(Guarded):
     def charge(
         self, charges: tuple[Charge, ...], now: float, *, record: bool = True, once: str = ""
     ) -> int:
+        return self.tally(charges, now, record=record, once=once).answer
+
+    def tally(
+        self, charges: tuple[Charge, ...], now: float, *, record: bool = True, once: str = ""
+    ) -> Tally:
         if not charges:
-            return FITS
+            return Tally(FITS, ())
         steps = [step_of(c, now) for c in charges]
         remembered = Once(
             once_key(once, charges) if once and record else "",
@@ -69,9 +75,10 @@ class SqlCounters(Guarded):
         if record:
             self._recorded += 1
             sweep = self._recorded % SWEEP_EVERY == 0
-        return self._breaker.call(
+        index, used = self._breaker.call(
             lambda: self._db.charge(steps, now, record=record, once=remembered, sweep=sweep)
         )
+        return Tally(index, tuple(map(from_units, used, charges)))
 
     def usage(self, charge: Charge, now: float) -> Amount:
         oldest = oldest_bucket(now, charge.window)

@@ -19,7 +19,16 @@ from issuer.store.interface import StoreError
 from issuer.store.sqlite import database_path
 from pdp.counters.base import CounterError
 from pdp.counters.breaker import held
-from pdp.counters.schema import TABLES, Once, Run, Step, charge_in, read_query, sweep_queries
+from pdp.counters.schema import (
+    TABLES,
+    Counted,
+    Once,
+    Run,
+    Step,
+    charge_in,
+    read_query,
+    sweep_queries,
+)
 
 SWEEP = sweep_queries()
 
@@ -46,7 +55,7 @@ class SQLiteDatabase:
 
     def charge(
         self, steps: list[Step], now: float, *, record: bool, once: Once, sweep: bool
-    ) -> int:
+    ) -> Counted:
         with self._transaction(write=record) as run:
             answer = charge_in(run, steps, now, record, once)
             if sweep:

@@ -46,6 +46,7 @@ from issuer.scim import ADMIN_SCOPE, Principal, scim_app
 from issuer.store import NotFound, Record, Store
 from issuer.verify import Reason, Refusal
 from pep.admin_mcp.errors import AdminError
+from pep.admin_mcp.naming import AgentNames
 
 PATCH_SCHEMA = "urn:ietf:params:scim:api:messages:2.0:PatchOp"
 SCIM_BASE = "http://tessera.invalid"  # in-process only; never resolved
@@ -94,25 +95,16 @@ class DirectoryAdmin:
 
     def __init__(self, store: Store) -> None:
         self.store = store
+        self.names = AgentNames(store)
         self.clients = ClientRegistry(store)
         self.api_keys = ApiKeys(store)
 
     # -- reading
 
     def find_agent(self, agent: str) -> Record:
-        """An agent by its id or its name (case-insensitive)."""
-        if not agent or not agent.strip():
-            raise AdminError("name the agent by its id or its name")
-        try:
-            return self.store.get("Agent", agent)
-        except NotFound:
-            pass
-        try:
-            return self.store.find("Agent", "name", agent.casefold())
-        except NotFound:
-            raise AdminError(
-                f"no agent has the id or name {agent!r}; list_agents shows the agents"
-            ) from None
+        """An agent the directory holds now, by its id or its name (case-insensitive):
+        :meth:`pep.admin_mcp.naming.AgentNames.now`."""
+        return self.names.now(agent)
 
     def list_agents(
         self,

@@ -1,15 +1,16 @@
 """Policy work for administrators: check and test a proposed change, simulate a request,
-replay audited decisions against a proposal (what-if), explain a past decision.
+replay audited decisions against a proposal (what-if), explain a past decision
+(:mod:`pep.admin_mcp.explain`).
 
 A *proposed change* maps policy file names, relative to the policy directory (e.g.
 ``agents.pol``), to their new text, or to None to delete the file. The proposal is the
 directory's files with those changes applied; nothing is written to disk.
 
-Replays rebuild each request from its agent-trail record: the agent's attributes as the
-directory held them when the decision was made (from the change log), the user's roles
-and groups and the user's consents as they are now, and the recorded action, resource
-(type and id) and context. Limits replay in order from zero, each decision at its
-recorded time.
+What-if rebuilds each request from its agent-trail record (:mod:`pep.admin_mcp.replay`):
+the agent's attributes as the directory held them when the decision was made (from the
+change log), the user's roles and groups and the user's consents as they are now, and
+the recorded action, resource (type and id) and context. Limits replay in order from
+zero, each decision at its recorded time.
 """
 
 from __future__ import annotations
@@ -17,29 +18,26 @@ from __future__ import annotations
 import threading
 from collections import deque
 from collections.abc import Iterable, Mapping
-from datetime import datetime
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 from cachetools import LRUCache
 
-from issuer.agents import Agent
-from issuer.store import Change, Store
+from issuer.store import Store
 from pdp.audit.query import Filters, records
 from pdp.catalog import Resources
-from pdp.counters import MemoryCounters
 from pdp.directory import Directory
-from pdp.engine import Bundle, Engine
 from pdp.explain import render_explanation
 from pdp.interpreter import Interpreter
 from pdp.lang.errors import PolicyError
 from pdp.loader import SUFFIX, Loaded, bundle_files, content_version, load_texts
-from pdp.model import Decision, Request, RequestError
+from pdp.model import Decision, RequestError
 from pdp.policytest import TEST_CLOCK, run_tests
 from pdp.request import request_from_json
 from pep.admin_mcp.errors import AdminError
+from pep.admin_mcp.explain import explain_decision
+from pep.admin_mcp.replay import TRAIL, Replay, Replayer
 
-TRAIL = "agent"
 MAX_REPLAY = 10_000  # decisions one what-if replays at most
 LISTED = 200  # changed decisions one what-if lists at most (all are counted)
 
@@ -317,137 +315,9 @@ class Policies:
         }
 
     def explain_decision(self, store: Store, decision_id: str) -> dict[str, Any]:
-        """A past decision by its id: the record, and why the policies decide so today."""
-        found = find_decision(store, decision_id)
-        if found is None:
-            raise AdminError(
-                f"no decision {decision_id!r} on the agent trail; decision ids are the 32 hex "
-                "digits the PDP answered with"
-            )
-        seq, record = found
-        bundle = self.current().bundle
-        answer: dict[str, Any] = {"seq": seq, "record": record}
-        if record.get("decided_by") == ["directory"]:
-            answer["explanation"] = (
-                "the directory refused the request before any policy ran: "
-                + "; ".join(record.get("reasons") or ())
-            )
-            return answer
-        asked = Replay(store).request(record)
-        if isinstance(asked, str):
-            answer["explanation"] = f"the request cannot be rebuilt: {asked}"
-            return answer
-        try:
-            typed = request_from_json(asked, bundle.schema)
-        except RequestError as exc:
-            answer["explanation"] = f"the current schema does not accept the request: {exc}"
-            return answer
-        at = _epoch(record.get("at"))
-        interpreter = Interpreter(bundle.rules, bundle.lets, bundle.version, clock=lambda: at)
-        explanation = interpreter.explain(typed, commit=False)
-        same = record.get("bundle_version") == bundle.version
-        answer["bundle"] = (
-            "the decision was made with the bundle in force now"
-            if same
-            else f"the decision was made with bundle {record.get('bundle_version')}; "
-            f"this explanation uses the bundle in force now, {bundle.version}"
-        )
-        answer["explanation"] = render_explanation(explanation)
-        return answer
-
-
-def find_decision(store: Store, decision_id: str) -> tuple[int, dict[str, Any]] | None:
-    for seq, record in records(store, TRAIL, Filters()):
-        if record.get("decision_id") == decision_id:
-            return seq, record
-    return None
-
-
-class Replay:
-    """Rebuilds the request of an agent-trail decision record."""
-
-    def __init__(self, store: Store) -> None:
-        self.store = store
-        self.directory = Directory(store)
-        self.directory.load()
-        self._histories: dict[str, list[Change]] = {}
-
-    def agent_at(self, agent_id: str, at: datetime | None) -> Agent | None:
-        """The agent as the directory held it at ``at``, or None; in the groups that list
-        it now (the change log of an agent does not say which groups listed it then)."""
-        if agent_id not in self._histories:
-            self._histories[agent_id] = self.store.history("Agent", agent_id)
-        state: dict[str, Any] | None = None
-        for change in self._histories[agent_id]:
-            if at is not None and change.at > at:
-                break
-            state = change.data
-        if state is None:
-            return None
-        now = self.directory.agent_record(agent_id)
-        return Agent.from_scim(agent_id, state, now.groups if now is not None else ())
-
-    def request(self, record: Mapping[str, Any]) -> dict[str, Any] | str:
-        """The request JSON, or why the directory refused it at the time."""
-        at = _time(record.get("at"))
-        agent_id = str(record.get("agent") or "")
-        agent = self.agent_at(agent_id, at)
-        chain = [str(actor) for actor in record.get("delegation") or ()]
-        for who, actor in [("agent", agent_id)] + [("delegating agent", a) for a in chain]:
-            known = agent if actor == agent_id else self.agent_at(actor, at)
-            if known is None:
-                return f"{who} {actor!r} was not in the directory"
-            if not known.active:
-                return f"{who} {actor!r} was {known.attributes()['status']}"
-        assert agent is not None
-        context = dict(record.get("context") or {})
-        data: dict[str, Any] = {
-            "agent": agent.attributes(),
-            "action": record.get("action"),
-            "resource": dict(record.get("resource") or {}),
-            "context": context,
-        }
-        user_id = record.get("user")
-        if user_id:
-            user = self.directory.user(str(user_id))
-            if user is None:
-                return f"user {user_id!r} is not in the directory"
-            data["user"] = user
-            identities = self.directory.resolve(agent_id, str(user_id))
-            consents = () if isinstance(identities, str) else identities.consents
-            context["consents"] = list(consents)
-        else:
-            context["consents"] = []
-        if chain:
-            data["delegation"] = {"chain": chain}
-        return data
-
-
-class Replayer:
-    """Decides replayed requests with one bundle: its own limit counters, each decision at
-    its recorded time."""
-
-    def __init__(self, bundle: Bundle) -> None:
-        self.bundle = bundle
-        self.now = 0.0
-        self.engine = Engine(bundle, MemoryCounters(), clock=lambda: self.now)
-
-    def decide(self, asked: dict[str, Any] | str, record: Mapping[str, Any]) -> dict[str, Any]:
-        if isinstance(asked, str):
-            return {"decision": "deny", "decided_by": ["directory"], "reasons": [asked]}
-        try:
-            typed: Request = request_from_json(asked, self.bundle.schema)
-        except RequestError as exc:
-            return {"decision": "invalid", "decided_by": [], "reasons": [str(exc)]}
-        self.now = _epoch(record.get("at"))
-        decision = self.engine.decide(typed)
-        answer = decision.to_json()
-        return {
-            "decision": answer["decision"],
-            "decided_by": answer["decided_by"],
-            "reasons": answer["reasons"],
-            "obligations": [o["text"] for o in answer["obligations"]],
-        }
+        """A past decision by its id: the recorded answer and why (see
+        :mod:`pep.admin_mcp.explain`), and how the policies in force now decide it."""
+        return explain_decision(store, self.current().bundle, decision_id)
 
 
 def _outcome(answer: Mapping[str, Any]) -> tuple[str, tuple[str, ...]]:
@@ -481,20 +351,6 @@ def _check_name(name: str) -> None:
         )
 
 
-def _time(value: Any) -> datetime | None:
-    if not isinstance(value, str):
-        return None
-    try:
-        return datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-
-
-def _epoch(value: Any) -> float:
-    at = _time(value)
-    return at.timestamp() if at is not None else 0.0
-
-
 def changes_from(raw: Iterable[Any]) -> dict[str, str | None]:
     """Proposed changes from a list of {"file", "text"} items (text null deletes)."""
     changes: dict[str, str | None] = {}
@@ -506,4 +362,4 @@ def changes_from(raw: Iterable[Any]) -> dict[str, str | None]:
     return changes
 
 
-__all__ = ["Policies", "Replay", "Replayer", "changes_from", "find_decision"]
+__all__ = ["Policies", "changes_from"]

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import hashlib
 import re
+from decimal import Decimal
 from typing import Any
 
 import pytest
 
 from pdp.audit.chain import canonical
-from pdp.audit.records import HEAD, VALUE_BYTES, bounded, decision_record
-from pdp.model import Answer, Decision, Request
+from pdp.audit.records import HEAD, LIMITS, VALUE_BYTES, bounded, decision_record
+from pdp.model import Answer, Decision, LimitUse, Request
 
 MARKER = re.compile(r"…\[truncated: (\d+) bytes, sha256 ([0-9a-f]{64})\]$")
 
@@ -78,3 +79,54 @@ def test_a_record_of_a_huge_request_is_small_and_still_names_what_was_asked() ->
     assert cut(record["delegation"][0])[1] == 5_000
     assert cut(record["reasons"][0])[1] > 70_000
     assert any(cut(key)[1] == 2_000 for key in record["context"] if len(key) > 100)
+
+
+def test_a_limited_decision_keeps_the_usage_each_limit_was_checked_on() -> None:
+    request = Request.build(
+        agent={"id": "pay-bot"}, action="tool.call", resource_type="tool", resource_id="pay"
+    )
+    spent = LimitUse(
+        "agents.p",
+        1,
+        "sum <= 5000 USD per 24h per agent",
+        86_400.0,
+        Decimal("5000"),
+        Decimal("1000.50"),
+        Decimal("4500.0000"),
+    )
+    calls = LimitUse("agents.p", 0, "3 calls per 1h per agent", 3_600.0, 3, 1, None)
+    decision = Decision(False, (), (), ("permit agents.p is over its limit: …",), (), "v")
+    record = decision_record(
+        request, Answer(decision.counted((calls, spent)), "id", False), 0.001, "pep"
+    )
+    assert record["limits"] == [
+        {
+            "rule": "agents.p",
+            "limit": 0,
+            "text": "3 calls per 1h per agent",
+            "window": 3_600.0,
+            "cap": 3,
+            "amount": 1,
+            "used": None,
+        },
+        {
+            "rule": "agents.p",
+            "limit": 1,
+            "text": "sum <= 5000 USD per 24h per agent",
+            "window": 86_400.0,
+            "cap": "5000",
+            "amount": "1000.5",
+            "used": "4500",
+        },
+    ]
+    canonical(record)  # plain JSON, hashed into the chain as stored
+    from_memory = spent._replace(used=0)  # the memory store's sum of no buckets
+    counted = decision_record(
+        request, Answer(decision.counted((from_memory,)), "id", False), 0.001, "pep"
+    )
+    assert counted["limits"][0]["used"] == "0"  # a sum's text, whichever store counted
+    many = decision.counted((calls,) * (LIMITS + 3))
+    kept = decision_record(request, Answer(many, "id", False), 0.001, "pep")
+    assert len(kept["limits"]) == LIMITS and kept["limits_left_off"] == 3
+    unlimited = decision_record(request, Answer(decision, "id", False), 0.001, "pep")
+    assert "limits" not in unlimited

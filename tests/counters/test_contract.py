@@ -11,7 +11,7 @@ from decimal import Decimal
 
 import pytest
 
-from pdp.counters import BUCKETS, FITS, Charge, CounterError
+from pdp.counters import BUCKETS, FITS, Charge, CounterError, Tally
 from tests.counters.workers import NOW, Place, hammer, hammer_in_process
 
 WINDOW = 60.0  # seconds; one bucket is WINDOW / BUCKETS = 1 s
@@ -61,6 +61,29 @@ def test_two_charges_on_one_key_each_count(where: Place) -> None:
     store = where.open()
     assert store.charge((calls(), calls()), NOW) == FITS
     assert store.usage(calls(), NOW) == 2
+
+
+def test_a_tally_tells_what_each_key_held_before_the_call(where: Place) -> None:
+    store = where.open()
+    assert store.tally((calls(amount=2),), NOW) == Tally(FITS, (0,))
+    assert store.tally((calls(amount=2),), NOW) == Tally(0, (2,))  # over: 2 + 2 > 3
+    assert store.tally((calls(),), NOW) == Tally(FITS, (2,))
+    assert store.usage(calls(), NOW) == 3
+
+
+def test_a_tally_reads_up_to_the_first_charge_that_does_not_fit(where: Place) -> None:
+    store = where.open()
+    first, full, last = calls("a/agent-1"), calls("b/agent-1", cap=0), calls("c/agent-1")
+    assert store.tally((first, full, last), NOW) == Tally(1, (0, 0))
+    assert store.tally((first, last), NOW, record=False) == Tally(FITS, (0, 0))
+
+
+def test_a_tally_of_money_is_exact_and_a_retry_reads_nothing(where: Place) -> None:
+    store = where.open()
+    assert store.tally((spend("100.10"),), NOW, once="call-1") == Tally(FITS, (0,))
+    assert store.tally((spend("100.10"),), NOW, once="call-1") == Tally(FITS, ())
+    assert store.tally((spend("0.05"),), NOW) == Tally(FITS, (Decimal("100.10"),))
+    assert store.tally((), NOW) == Tally(FITS, ())
 
 
 def test_a_check_without_record_records_nothing(where: Place) -> None:

@@ -63,7 +63,8 @@ PER_CALL = ("decision_id", "at", "latency_us", "pep")
 class Question:
     """A question and the decision the shipped policies give it. ``agent`` is the SCIM
     extension of the asking agent; ``limited`` says a ``limit`` could decide it, so the
-    MCP proxy defers it to the decision service; ``{agent}`` in a reason is the agent id."""
+    MCP proxy defers it to the decision service; ``{agent}`` in a reason is the agent id;
+    ``limits`` the record's limits, when a limit was checked."""
 
     name: str
     agent: dict[str, Any]
@@ -76,6 +77,7 @@ class Question:
     amount: int | None = None
     limited: bool = False
     doors: tuple[str, ...] = DOORS
+    limits: tuple[dict[str, Any], ...] = ()
 
 
 QUESTIONS = [
@@ -108,6 +110,17 @@ QUESTIONS = [
         amount=200,
         limited=True,
         doors=("grpc", "authzen", "mcp"),  # Envoy's HTTP request carries no amount
+        limits=(  # checked, not charged: the call awaits consent
+            {
+                "rule": "agents.small_transfers",
+                "limit": 0,
+                "text": "sum <= 5000 USD per 24h per agent",
+                "window": 86_400.0,
+                "cap": "5000",
+                "amount": "200",
+                "used": "0",
+            },
+        ),
     ),
     Question(
         "a-delegated-transfer-without-an-amount",
@@ -396,6 +409,8 @@ def same_records(world: Doors, asked: Asked, question: Question, said: dict[str,
         "reasons": list(reasons_of(asked, question)),
         "bundle_version": world.point.version,
     }
+    if question.limits:
+        expected["limits"] = list(question.limits)
     assert list(comparable) == list(question.doors)
     for door, record in comparable.items():
         assert record == expected, door

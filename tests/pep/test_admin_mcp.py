@@ -206,7 +206,7 @@ def test_reads_agents_users_consents_and_policies(seeded: tuple[str, Store]) -> 
     assert set(files) == {"agents.pol", "agents_test.pol", "schema.pol"}
     assert files["schema.pol"]["declares_schema"] is True
     assert "agents.read_only" in [r["id"] for r in files["agents.pol"]["rules"]]
-    assert "no agent has the id or name 'nobody'" in unknown
+    assert "no agent named or with id 'nobody'" in unknown
 
 
 def test_serves_the_policy_files_and_the_schemas_as_resources(seeded: tuple[str, Store]) -> None:
@@ -372,7 +372,7 @@ def test_updates_risk_and_retirement_go_through_the_directory_schema(
         "owner = 'ops', model = 'm-2', labels = [{'key': 'team', 'value': 'ops'}]?"
     )
     assert "extreme" in extreme
-    assert "no agent has the id or name 'nobody'" in nobody
+    assert "no agent named or with id 'nobody'" in nobody
     assert (updated["agent"]["owner"], updated["agent"]["model"]) == ("ops", "m-2")
     assert updated["agent"]["labels"] == [{"key": "team", "value": "ops"}]
     assert updated["agent"]["purpose"] == "reporting"  # what was not given stays

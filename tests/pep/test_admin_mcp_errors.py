@@ -81,7 +81,7 @@ def test_a_refusal_while_asking_the_person_is_the_tools_answer(store: Store) -> 
     person = Person()
     nobody, nothing = in_process(store, body, person=person)
     assert nobody == (
-        "Error executing tool retire_agent: no agent has the id or name 'nobody'; "
+        "Error executing tool retire_agent: no agent named or with id 'nobody'; "
         "list_agents shows the agents"
     )
     assert nothing == (

@@ -4,6 +4,7 @@ the tool's input schema, and the audit trail filters made from them."""
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field
+from pydantic.fields import FieldInfo
 
 from pdp.audit.query import Filters
 from pep.admin_mcp.errors import AdminError
@@ -11,6 +12,17 @@ from pep.admin_mcp.errors import AdminError
 AgentRef = Annotated[
     str, Field(description="the agent's directory id, or its unique name (e.g. 'pay-bot')")
 ]
+
+
+def trail_agent(what: str) -> FieldInfo:
+    """The description of a trail tool's optional agent filter: ``what`` of one agent."""
+    field: FieldInfo = Field(
+        description=f"only this agent's {what}: its directory id or its name (e.g. "
+        "'pay-bot'), also one deleted or renamed since"
+    )
+    return field
+
+
 Risk = Literal["low", "medium", "high", "critical"]
 AgentType = Literal["interactive", "background", "external"]
 Since = Annotated[

@@ -2,6 +2,7 @@
 
 # Annotations stay evaluated at definition: the SDK reads the tools' signatures.
 
+from dataclasses import replace
 from typing import Annotated, Any, Literal
 
 from mcp.server.mcpserver import MCPServer
@@ -11,7 +12,7 @@ from pdp.audit.query import records
 from pdp.audit.report import Period, ReportError, gather
 from pdp.audit.report_formats import FORMATS, render
 from pep.admin_mcp.errors import AdminError
-from pep.admin_mcp.tools.arguments import Since, Until, filters
+from pep.admin_mcp.tools.arguments import Since, Until, filters, trail_agent
 from pep.admin_mcp.tools.backend import Backend, in_thread
 from pep.admin_mcp.tools.declare import READ, tool
 
@@ -31,7 +32,7 @@ def _list_alerts(server: MCPServer[Any], backend: Backend) -> None:
         "oldest first, with severity and message.",
     )
     async def list_alerts(
-        agent: Annotated[str | None, Field(description="only this agent's alerts (its id)")] = None,
+        agent: Annotated[str | None, trail_agent("alerts")] = None,
         alert: Annotated[
             Literal["new_tool", "rate", "denials", "amount", "hours"] | None,
             Field(description="only this kind of alert"),
@@ -39,14 +40,19 @@ def _list_alerts(server: MCPServer[Any], backend: Backend) -> None:
         since: Since = None,
         until: Until = None,
     ) -> dict[str, Any]:
-        given = filters(agent=agent, since=since, until=until)
+        given = filters(since=since, until=until)
 
         def alerts() -> list[dict[str, Any]]:
-            return [
+            named = backend.names.on_trail(agent)
+            by_agent = given if named is None else replace(given, agent=named.id)
+            found = [
                 {"seq": seq, **record}
-                for seq, record in records(backend.store, "alert", given)
+                for seq, record in records(backend.store, "alert", by_agent)
                 if record.get("kind") == "alert" and alert in (None, record.get("alert"))
             ]
+            if named is not None:
+                named.known(backend.store, len(found))
+            return found
 
         found = await in_thread(alerts)
         return {"alerts": found, "count": len(found)}
@@ -74,8 +80,11 @@ def _compliance_report(server: MCPServer[Any], backend: Backend) -> None:
         period = filters(since=since, until=until)
 
         def report() -> dict[str, Any]:
+            agent_id = None if agent is None else backend.names.ever(agent)
             try:
-                made = gather(backend.store, agent=agent, period=Period(period.since, period.until))
+                made = gather(
+                    backend.store, agent=agent_id, period=Period(period.since, period.until)
+                )
             except ReportError as exc:
                 raise AdminError(str(exc)) from None
             return {"intact": made.intact, "format": format, "report": render(made, format)}

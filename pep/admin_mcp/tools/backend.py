@@ -28,6 +28,7 @@ class Backend:
     def __init__(self, store: Store, policies: Path, admin: str) -> None:
         self.store = store
         self.directory = DirectoryAdmin(store)
+        self.names = self.directory.names  # how every tool resolves an agent's id or name
         self.policies = Policies(policies)
         self._admin = admin  # the actor recorded for changes made over stdio
 

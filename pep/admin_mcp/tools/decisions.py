@@ -2,13 +2,14 @@
 
 # Annotations stay evaluated at definition: the SDK reads the tools' signatures.
 
+from dataclasses import replace
 from typing import Annotated, Any, Literal
 
 from mcp.server.mcpserver import MCPServer
 from pydantic import Field
 
 from pdp.audit.query import records
-from pep.admin_mcp.tools.arguments import Since, Until, filters
+from pep.admin_mcp.tools.arguments import Since, Until, filters, trail_agent
 from pep.admin_mcp.tools.backend import Backend, in_thread
 from pep.admin_mcp.tools.declare import READ, tool
 
@@ -24,9 +25,12 @@ def _explain_decision(server: MCPServer[Any], backend: Backend) -> None:
         server,
         READ,
         "Explain a past decision by its decision id (the id the decision point "
-        "answered with and the audit trail keeps): the recorded request and answer, and "
-        "the rule-by-rule explanation under the current policies. Use query_decisions to "
-        "find ids, e.g. for 'why was pay-bot denied at 10:14?'.",
+        "answered with and the audit trail keeps), as it was answered: the recorded "
+        "decision, reasons and obligations, the limit usage it was made on, and why, rule "
+        "by rule, when the record reproduces it ('unknown' lists what the record does not "
+        "tell). 'today' says apart how the policies and directory of now decide the same "
+        "request. Use query_decisions to find ids, e.g. for 'why was pay-bot denied at "
+        "10:14?'.",
     )
     async def explain_decision(
         decision_id: Annotated[str, Field(description="the decision id (32 hex digits)")],
@@ -41,10 +45,11 @@ def _query_decisions(server: MCPServer[Any], backend: Backend) -> None:
         server,
         READ,
         "List recorded decisions from the agent audit trail, newest last, with "
-        "their decision ids: filter by agent id, user id, allow/deny, tool and time.",
+        "their decision ids: filter by agent (id or name), user id, allow/deny, tool and "
+        "time. An agent that is not known is refused, not answered with no decisions.",
     )
     async def query_decisions(
-        agent: Annotated[str | None, Field(description="the agent's id")] = None,
+        agent: Annotated[str | None, trail_agent("decisions")] = None,
         user: Annotated[str | None, Field(description="the user's id")] = None,
         decision: Annotated[
             Literal["allow", "deny"] | None, Field(description="only allows or denies")
@@ -56,16 +61,18 @@ def _query_decisions(server: MCPServer[Any], backend: Backend) -> None:
             int, Field(description="at most this many, the newest", ge=1, le=500)
         ] = 50,
     ) -> dict[str, Any]:
-        given = filters(
-            agent=agent, user=user, decision=decision, tool=tool, since=since, until=until
-        )
+        given = filters(user=user, decision=decision, tool=tool, since=since, until=until)
 
         def query() -> list[dict[str, Any]]:
+            named = backend.names.on_trail(agent)
+            by_agent = given if named is None else replace(given, agent=named.id)
             found = [
                 {"seq": seq, **record}
-                for seq, record in records(backend.store, "agent", given)
+                for seq, record in records(backend.store, "agent", by_agent)
                 if record.get("kind") == "decision"
             ]
+            if named is not None:
+                named.known(backend.store, len(found))
             return found[-limit:]
 
         found = await in_thread(query)

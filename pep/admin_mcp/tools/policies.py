@@ -3,14 +3,23 @@ proposed change. None of them writes a policy file: the person applies the check
 
 # Annotations stay evaluated at definition: the SDK reads the tools' signatures.
 
+from dataclasses import replace
 from typing import Annotated, Any
 
 from mcp.server.mcpserver import MCPServer
 from pydantic import Field
 
 from pdp.directory import Directory
+from pep.admin_mcp.naming import AgentNames, UnknownAgent
 from pep.admin_mcp.policies import changes_from
-from pep.admin_mcp.tools.arguments import FileChange, Proposal, Since, Until, filters
+from pep.admin_mcp.tools.arguments import (
+    FileChange,
+    Proposal,
+    Since,
+    Until,
+    filters,
+    trail_agent,
+)
 from pep.admin_mcp.tools.backend import Backend, in_thread
 from pep.admin_mcp.tools.declare import READ, tool
 
@@ -66,9 +75,10 @@ def _simulate_request(server: MCPServer[Any], backend: Backend) -> None:
         READ,
         "Decide one request and explain it rule by rule (why each candidate rule "
         "applied or not, down to the failing sub-expression), as 'tessera explain' does. "
-        "Limits are not used up. With the directory, agent.id and user.id are enough: "
-        "their attributes and consents come from the directory, and an unknown, suspended "
-        "or retired agent is refused as the decision point would. Optionally decide "
+        "Limits are not used up. With the directory, agent.id (the agent's id or name) "
+        "and user.id are enough: their attributes and consents come from the directory, "
+        "and an unknown, suspended or retired agent is refused as the decision point "
+        "would. Optionally decide "
         "against a proposed change instead of the current policies.",
     )
     async def simulate_request(
@@ -93,11 +103,11 @@ def _simulate_request(server: MCPServer[Any], backend: Backend) -> None:
         proposal = changes_from(changes) if changes else None
 
         def simulate() -> dict[str, Any]:
-            known = None
-            if use_directory:
-                known = Directory(backend.store)
-                known.load()
-            return backend.policies.simulate(request, proposal, known)
+            if not use_directory:
+                return backend.policies.simulate(request, proposal, None)
+            known = Directory(backend.store)
+            known.load()
+            return backend.policies.simulate(by_id(request, backend.names), proposal, known)
 
         return await in_thread(simulate)
 
@@ -117,15 +127,37 @@ def _what_if_policy_change(server: MCPServer[Any], backend: Backend) -> None:
         limit: Annotated[
             int, Field(description="how many recent decisions to replay", ge=1, le=10_000)
         ] = 1000,
-        agent: Annotated[
-            str | None, Field(description="only this agent's decisions (its id)")
-        ] = None,
+        agent: Annotated[str | None, trail_agent("decisions")] = None,
         tool: Annotated[str | None, Field(description="only calls of this tool")] = None,
         since: Since = None,
         until: Until = None,
     ) -> dict[str, Any]:
         proposal = changes_from(changes)
-        given = filters(agent=agent, tool=tool, since=since, until=until)
-        return await in_thread(
-            lambda: backend.policies.what_if(backend.store, proposal, given, limit)
-        )
+        given = filters(tool=tool, since=since, until=until)
+
+        def what_if() -> dict[str, Any]:
+            named = backend.names.on_trail(agent)
+            by_agent = given if named is None else replace(given, agent=named.id)
+            answer = backend.policies.what_if(backend.store, proposal, by_agent, limit)
+            if named is not None:
+                named.known(backend.store, answer["replayed"])
+            return answer
+
+        return await in_thread(what_if)
+
+
+def by_id(request: Any, names: AgentNames) -> Any:
+    """The request with its agent named by its id, when it names an agent the directory
+    holds by its name; an agent it does not hold is left to be refused, as the decision
+    point refuses it."""
+    agent = request.get("agent") if isinstance(request, dict) else None
+    if not isinstance(agent, dict):
+        return request
+    given = agent.get("id")
+    if not isinstance(given, str) or not given.strip():
+        return request
+    try:
+        record = names.now(given)
+    except UnknownAgent:
+        return request
+    return {**request, "agent": {**agent, "id": record.id}}

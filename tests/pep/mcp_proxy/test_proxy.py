@@ -357,11 +357,15 @@ def claims_for(w: World, agent: str, **changes: Any) -> dict[str, Any]:
     return {k: v for k, v in claims.items() if v is not None}
 
 
+class Seconds(int):
+    """A time claim given as seconds from when the test runs."""
+
+
 @pytest.mark.parametrize(
     ("changes", "header", "reason"),
     [
-        ({"exp": int(time.time()) - 60}, {}, "the token has expired"),
-        ({"nbf": int(time.time()) + 600}, {}, "the token is not valid yet"),
+        ({"exp": Seconds(-60)}, {}, "the token has expired"),
+        ({"nbf": Seconds(600)}, {}, "the token is not valid yet"),
         ({"iss": "https://other.example"}, {}, "iss 'https://other.example' is not"),
         ({}, {"typ": "JWT"}, "typ 'JWT' is not at+jwt"),
         ({}, {"kid": "unknown"}, "unknown kid 'unknown'"),
@@ -374,6 +378,8 @@ def test_a_jwt_is_checked_for_every_claim_and_header_member(
     w: World, changes: dict[str, Any], header: dict[str, Any], reason: str
 ) -> None:
     agent = w.add_agent()
+    now = int(time.time())  # times are made when the test runs, not when it is collected
+    changes = {k: now + v if isinstance(v, Seconds) else v for k, v in changes.items()}
     token = signed(w, claims_for(w, agent, **changes), **header)
     response = post(w, call("search", {"query": "x"}), token, **modern("search"))
     assert response.status_code == 401
