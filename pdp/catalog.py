@@ -272,6 +272,7 @@ class Resources:
             resource,
             request.context,
             request.size,
+            None if request.agent is not None else request.subject,  # a person's, say
         )
 
     def ids(self, rtype: str) -> list[str]:

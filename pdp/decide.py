@@ -240,6 +240,8 @@ class DecisionPoint:
             # A decision or a fact remembered before this change may no longer hold.
             self._seen_directory = directory.version
             self._forget()
+        if request.agent_id is None:
+            return self._other_subject(directory, request)
         delegation = request.delegation
         identities = directory.resolve(request.agent_id, request.user_id, delegation["chain"])
         if isinstance(identities, str):
@@ -255,6 +257,46 @@ class DecisionPoint:
         if isinstance(resource, str):
             return resource
         return Request(agent, user, delegation, request.action, resource, context, request.size)
+
+    def _other_subject(self, directory: Directory, request: Request) -> Request | str:
+        """A request about a subject that is no agent, as the directory knows it: a person
+        it knows is decided on its facts (refused when not active), whatever was sent for
+        them; a person it does not know, or a subject of a declared type, on the
+        attributes sent. Nobody's consents but the consent store's (none: it holds an
+        agent's); the resource as the catalog describes it."""
+        stale = directory.stale()
+        if stale is not None:
+            return stale
+        user = request.user
+        if request.user_id is not None:
+            known = directory.person(request.user_id)
+            if known is not None and not known.active:
+                return f"user {request.user_id!r} is not active"
+            if known is not None:
+                user = self._typed("user", known.attributes(), self.schema.user)
+        context = dict(request.context)
+        context["consents"] = self._consents(())
+        resource = self.resources.resource(request.resource)
+        if isinstance(resource, str):
+            return resource
+        return Request(
+            None,
+            user,
+            request.delegation,
+            request.action,
+            resource,
+            context,
+            request.size,
+            request.subject,
+        )
+
+    def identify(self, name: str, where: str) -> str:
+        """The directory's id of the person ``name`` names (by SCIM id, userName,
+        externalId or e-mail, in that order: :class:`pdp.subjects.People`), or ``name``
+        when the directory knows no one by it or there is none; a RequestError naming
+        ``where`` when it names several users."""
+        directory = self.directory
+        return name if directory is None else directory.people.identify(name, where)
 
     def _typed(
         self, kind: str, attributes: Mapping[str, Any], types: Mapping[str, Any]

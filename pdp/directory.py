@@ -44,6 +44,10 @@ reader of SCIM documents); what a policy sees is the record's attributes
 
 The resource catalog's entries written over the API follow the same feed, into
 :attr:`Directory.catalog` (:mod:`pdp.catalog`).
+
+A person may be the subject itself, named by SCIM id, userName, externalId or e-mail:
+:attr:`Directory.people` finds them (:mod:`pdp.subjects`), its indexes rebuilt with the
+users on each change.
 """
 
 from __future__ import annotations
@@ -59,6 +63,7 @@ from issuer.catalog import CATALOG
 from issuer.models import CONSENT, REVOKED
 from issuer.store import Change, Store
 from pdp.catalog import StoredEntries
+from pdp.subjects import People
 
 log = logging.getLogger("tessera.directory")
 
@@ -96,6 +101,7 @@ class Directory:
         self._groups: dict[str, dict[str, Any]] = {}  # SCIM documents
         self._members_of: dict[str, set[str]] = {}  # member id -> names of its groups
         self._users: dict[str, User] = {}  # from both: a group change changes its members
+        self.people = People(self._users)  # the users by every id a caller may name them by
         self._consent_docs: dict[str, dict[str, Any]] = {}  # consent records by id
         self._consents: dict[tuple[str, str], tuple[str, ...]] = {}  # (user, agent) -> scopes
         self._revoked: dict[str, tuple[str, float]] = {}  # record id -> (jti, exp)
@@ -124,6 +130,14 @@ class Directory:
         """The user's attributes, or None when the directory has no such user."""
         user = self._users.get(id)
         return None if user is None else user.attributes()
+
+    def person(self, id: str) -> User | None:
+        """The user whose SCIM id is ``id``, or None when the directory has no such user."""
+        return self._users.get(id)
+
+    def users(self) -> list[User]:
+        """Every user, by SCIM id (active or not)."""
+        return [self._users[id] for id in sorted(self._users)]
 
     def stale(self) -> str | None:
         """Why the snapshot may miss changes (its follower has not heard from the store for
@@ -259,9 +273,10 @@ class Directory:
 
     def _rebuild_users(self) -> None:
         names = self._members_of
-        self._users = {
+        users = {
             id: User.from_scim(id, doc, names.get(id, ())) for id, doc in self._user_docs.items()
         }
+        self._users, self.people = users, People(users)
 
     def _regroup_agents(self) -> None:
         """Give each agent whose groups changed its new groups (the others stay as built)."""

@@ -7,7 +7,8 @@ trace this module records, down to the sub-expression that failed.
 Evaluation rules:
 
 - A path to an attribute that is absent is an error, as is ``user.…`` when the agent
-  acts alone and ``tool.…`` when the resource is not a tool. ``has`` never errors.
+  acts alone, ``agent.…`` when the subject is no agent (a person, say) and ``tool.…``
+  when the resource is not a tool. ``has`` never errors.
 - ``and`` / ``or`` evaluate left to right and stop at the first operand that decides;
   an error in an operand that is reached is the error of the whole expression.
 - Comparisons evaluate both sides. Ordering money of two currencies is an error.
@@ -139,7 +140,10 @@ class _Evaluator:
 
     def _flag(self, expr: ast.Flag) -> ExprTrace:
         delegated = bool(self.request.delegation["delegated"])
-        return ExprTrace(expr, delegated if expr.kind == "delegated" else not delegated)
+        if expr.kind == "delegated":
+            return ExprTrace(expr, delegated)
+        # A subject that is no agent neither acts alone nor for someone.
+        return ExprTrace(expr, self.request.agent is not None and not delegated)
 
     def _not(self, expr: ast.Not) -> ExprTrace:
         child = self.eval(expr.operand)
@@ -191,8 +195,20 @@ def resolve(request: Request, path: ast.Path) -> Any:
             raise EvalError("action is a name and has no attributes")
         return request.action
     base: Any
-    if root == "user":
+    if root == "agent":
+        if request.agent is None:
+            raise EvalError(
+                f"no agent: the subject is a {request.subject['type']}, so agent attributes "
+                "are absent"
+            )
+        base = request.agent
+    elif root == "user":
         if request.user is None:
+            if request.agent is None:
+                raise EvalError(
+                    f"no user: the subject is a {request.subject['type']}, not a person, so "
+                    "user attributes are absent"
+                )
             raise EvalError("no user: the agent acts alone, so user attributes are absent")
         base = request.user
     elif root == "tool":

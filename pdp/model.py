@@ -16,6 +16,7 @@ from typing import Any, NamedTuple
 
 from pdp.errors import PdpError
 from pdp.lang.ast import CALL_ACTION, TOOL_TYPE, Obligation
+from pdp.lang.schema import AGENT_SUBJECT
 from pdp.lang.values import Duration, Money, Risk
 
 __all__ = [
@@ -41,9 +42,14 @@ class RequestError(PdpError, ValueError):
 
 
 class Request:
-    """One authorization question, in typed values. Build it with :meth:`build`."""
+    """One authorization question, in typed values. Build it with :meth:`build`.
+
+    Its subject is an agent (``agent``; then ``user`` is the person it acts for, if any),
+    or, with no agent, a person (``user``) or a subject of a type the schema declares:
+    ``subject`` says which, as the caller named it (``subject.type``, ``subject.id``)."""
 
     __slots__ = (
+        "_subject",
         "action",
         "agent",
         "agent_id",
@@ -56,7 +62,7 @@ class Request:
         "user_id",
     )
 
-    agent: dict[str, Any]
+    agent: dict[str, Any] | None
     user: dict[str, Any] | None
     delegation: dict[str, Any]
     action: str
@@ -66,13 +72,14 @@ class Request:
 
     def __init__(
         self,
-        agent: dict[str, Any],
+        agent: dict[str, Any] | None,
         user: dict[str, Any] | None,
         delegation: dict[str, Any],
         action: str,
         resource: dict[str, Any],
         context: dict[str, Any],
         size: int = 0,
+        subject: dict[str, Any] | None = None,
     ) -> None:
         self.agent = agent
         self.user = user
@@ -83,19 +90,36 @@ class Request:
         # How large the request was as its door read it (bytes; 0 when not measured): what
         # its audit record weighs in the writer's queue until the record is built.
         self.size = size
-        self.agent_id: str = str(agent.get("id", ""))
+        if agent is None:
+            if subject is None:
+                raise RequestError("a request is about an agent or names another subject")
+            self.agent_id: str | None = None
+        else:
+            self.agent_id = str(agent.get("id", ""))
         self.user_id: str | None = None if user is None else str(user.get("id", ""))
+        # None for an agent's request: :attr:`subject` is then made when a rule reads it.
+        self._subject = subject
         # `tool.name` and the tool's attributes, only when the resource is a tool.
         if resource.get("type") == TOOL_TYPE:
             self.tool = {**resource, "name": resource.get("id")}
         else:
             self.tool = None
 
+    @property
+    def subject(self) -> dict[str, Any]:
+        """Whom the request is about, as its caller named them: ``type`` ("agent", "user",
+        "identity" or a type the schema declares) and ``id``, and a declared type's
+        attributes. An agent's: its type and its id."""
+        subject = self._subject
+        if subject is None:
+            subject = self._subject = {"type": AGENT_SUBJECT, "id": self.agent_id}
+        return subject
+
     @classmethod
     def build(
         cls,
         *,
-        agent: dict[str, Any],
+        agent: dict[str, Any] | None,
         action: str,
         resource_type: str,
         resource_id: str,
@@ -103,33 +127,43 @@ class Request:
         user: dict[str, Any] | None = None,
         chain: tuple[str, ...] | None = None,
         context: dict[str, Any] | None = None,
+        subject: dict[str, Any] | None = None,
     ) -> Request:
         """A request from already-typed values (tests, the gRPC adapter)."""
         return cls(
             agent,
             user,
-            delegation_for(agent.get("id"), user, chain),
+            delegation_for(None if agent is None else agent.get("id"), user, chain),
             action,
             {**(resource or {}), "type": resource_type, "id": resource_id},
             dict(context or {}),
+            subject=subject,
         )
 
     def to_json(self) -> dict[str, Any]:
         """The request back in its JSON form (for traces and audit)."""
-        return {
-            "agent": json_value(self.agent),
+        data = {
+            "agent": json_value(self.agent) if self.agent is not None else None,
             "user": json_value(self.user) if self.user is not None else None,
             "delegation": json_value(self.delegation),
             "action": self.action,
             "resource": json_value(self.resource),
             "context": json_value(self.context),
         }
+        if self.agent is None:
+            data["subject"] = json_value(self.subject)
+        return data
 
 
 def delegation_for(
     agent_id: str | None, user: Mapping[str, Any] | None, chain: tuple[str, ...] | None
 ) -> dict[str, Any]:
-    """Delegation facts: delegated when a user is present; depth is the actor chain's length."""
+    """Delegation facts: delegated when an agent acts for a user; depth is the actor
+    chain's length. No agent (``agent_id`` None): nothing is delegated."""
+    if agent_id is None:
+        if chain:
+            raise RequestError("delegation.chain: only an agent acts through other agents")
+        return {"delegated": False, "depth": 0, "chain": ()}
     if chain is None:
         chain = (agent_id,) if (user is not None and agent_id) else ()
     delegated = user is not None

@@ -82,7 +82,6 @@ def build_request(
         return out
 
     data: dict[str, Any] = {
-        "agent": fields("agent") or {},
         "action": step.action,
         "resource": {
             **(fields("resource") or {}),
@@ -91,6 +90,11 @@ def build_request(
         },
         "context": fields("context", step.context) or {},
     }
+    subject = fields("subject")
+    if subject is None:
+        data["agent"] = fields("agent") or {}
+    else:  # a person (then the user block is theirs) or a subject of a declared type
+        data["subject"] = subject
     user = fields("user")
     if user is not None:
         data["user"] = user

@@ -30,7 +30,7 @@ from typing import Any
 
 from pdp.bounds import DEFAULT_BOUNDS, Bounds, Measure
 from pdp.lang.ast import CALL_ACTION, TOOL_TYPE
-from pdp.lang.schema import SchemaModel, Type
+from pdp.lang.schema import AGENT_SUBJECT, PERSONS, SchemaModel, Type
 from pdp.lang.values import (
     CURRENCY,
     Duration,
@@ -46,7 +46,7 @@ from pdp.model import Request, RequestError, delegation_for
 
 # ------------------------------------------------------------------ JSON → Request
 
-_TOP_LEVEL = ("agent", "user", "delegation", "action", "resource", "context", "tool")
+_TOP_LEVEL = ("agent", "user", "delegation", "action", "resource", "context", "tool", "subject")
 
 
 def request_from_json(data: Any, schema: SchemaModel, bounds: Bounds = DEFAULT_BOUNDS) -> Request:
@@ -59,9 +59,7 @@ def request_from_json(data: Any, schema: SchemaModel, bounds: Bounds = DEFAULT_B
             f"unknown top-level field {unknown[0]!r}; a request has " + ", ".join(_TOP_LEVEL)
         )
     measure = Measure(bounds)
-    agent = _entity(data.get("agent"), "agent", schema.agent, measure, required=True)
-    assert agent is not None
-    user = _entity(data.get("user"), "user", schema.user, measure, required=False)
+    agent, user, subject = _who(data, schema, measure)
 
     if "tool" in data:
         if "resource" in data or "action" in data:
@@ -101,18 +99,46 @@ def request_from_json(data: Any, schema: SchemaModel, bounds: Bounds = DEFAULT_B
     return Request(
         agent,
         user,
-        delegation_for(agent.get("id"), user, chain),
+        delegation_for(None if agent is None else agent["id"], user, chain),
         action,
         resource,
         context,
         measure.total,
+        subject,
     )
+
+
+def _who(
+    data: dict[str, Any], schema: SchemaModel, measure: Measure
+) -> tuple[dict[str, Any] | None, dict[str, Any] | None, dict[str, Any] | None]:
+    """The agent and user of request JSON, or its other subject (``"subject"``): a person,
+    whose attributes the ``user`` object gives (its id defaults to the subject's), or a
+    subject of a type the schema declares."""
+    raw = data.get("subject")
+    if raw is None:
+        agent = _entity(data.get("agent"), "agent", schema.agent, measure, required=True)
+        user = _entity(data.get("user"), "user", schema.user, measure, required=False)
+        return agent, user, None
+    if "agent" in data:
+        raise RequestError("subject: a request is about an agent or another subject, not both")
+    if not isinstance(raw, dict):
+        raise RequestError('subject: expected an object such as {"type": "user", "id": "alice"}')
+    subject = typed_subject(raw, schema, measure)
+    if subject["type"] not in PERSONS:
+        if "user" in data:
+            raise RequestError(f"user: a {subject['type']} is no person and acts for no one")
+        return None, None, subject
+    raw_user = data.get("user", {})
+    if not isinstance(raw_user, dict):
+        raise RequestError("user: expected an object")
+    user = typed_entity({"id": subject["id"], **raw_user}, "user", schema.user, measure)
+    return None, user, subject
 
 
 def typed_request(
     schema: SchemaModel,
     *,
-    agent: Mapping[str, Any],
+    agent: Mapping[str, Any] | None,
     action: str,
     resource_type: str,
     resource_id: str,
@@ -121,27 +147,76 @@ def typed_request(
     chain: Sequence[str] | None = None,
     context: Mapping[str, Any] | None = None,
     bounds: Bounds = DEFAULT_BOUNDS,
+    subject: Mapping[str, Any] | None = None,
+    subject_at: str = "subject",
 ) -> Request:
     """A request from its parts in plain Python values (JSON values, or already typed
     ones such as :class:`Money`), typed by the schema within ``bounds``: how a door that
     has its question in pieces (the MCP proxy, Envoy's check, AuthZEN) builds its one
-    :class:`Request`."""
+    :class:`Request`. Without an ``agent``, ``subject`` names whom it is about (a person,
+    whose attributes ``user`` gives, or a declared subject type: :func:`typed_subject`);
+    errors name their attributes as found at ``subject_at`` in the door's protocol."""
     measure = Measure(bounds)
-    agent_values = typed_entity(agent, "agent", schema.agent, measure)
-    user_values = None if user is None else typed_entity(user, "user", schema.user, measure)
+    agent_values = None
+    subject_values = None
+    user_at = "user"
+    if agent is not None:
+        agent_values = typed_entity(agent, "agent", schema.agent, measure)
+    else:
+        subject_values = typed_subject(subject or {}, schema, measure, subject_at)
+        user_at = subject_at
+    user_values = None if user is None else typed_entity(user, user_at, schema.user, measure)
     if not isinstance(action, str) or not action:
         raise RequestError('action: required, a non-empty string such as "tool.call"')
     measure.text(action, *(chain or ()))
     typed_context = typed_attributes(context or {}, "context", schema.context, measure)
+    agent_id = None if agent_values is None else agent_values["id"]
     return Request(
         agent_values,
         user_values,
-        delegation_for(agent_values["id"], user_values, None if chain is None else tuple(chain)),
+        delegation_for(agent_id, user_values, None if chain is None else tuple(chain)),
         action,
         typed_resource(resource_type, resource_id, resource or {}, schema, measure),
         typed_context,
         measure.total,
+        subject_values,
     )
+
+
+def typed_subject(
+    raw: Mapping[str, Any],
+    schema: SchemaModel,
+    measure: Measure | None = None,
+    where: str = "subject",
+) -> dict[str, Any]:
+    """A subject that is no agent, typed: its ``type`` (a person's, :data:`PERSONS`, or
+    one the schema declares with ``subject TYPE { … }``), its ``id``, and, for a declared
+    type, its attributes (a person's are the user's), named at ``where`` in errors."""
+    kind, ident = raw.get("type"), raw.get("id")
+    if not isinstance(kind, str) or not kind:
+        raise RequestError('subject.type: required, a non-empty string such as "user"')
+    if kind == AGENT_SUBJECT:
+        raise RequestError("subject.type: an agent is named as the request's agent")
+    if kind not in PERSONS and kind not in schema.subjects:
+        known = ", ".join(t for t in schema.subject_types() if t != AGENT_SUBJECT)
+        raise RequestError(
+            f"subject.type: {shown(kind)} is not a subject type the policies know "
+            f"(here: {known}; another is declared in the schema: subject TYPE {{ … }})"
+        )
+    if not isinstance(ident, str) or not ident:
+        raise RequestError("subject.id: required, a non-empty string")
+    attributes = {key: value for key, value in raw.items() if key not in ("type", "id")}
+    if attributes and kind in PERSONS:
+        raise RequestError(f"subject.{next(iter(attributes))}: a person's attributes are user.*")
+    if measure is not None:
+        measure.text(kind, ident)
+    if not attributes:
+        return {"type": kind, "id": ident}
+    types = {**schema.subject_attrs(), **schema.subjects[kind]}
+    values = typed_attributes(attributes, where, types, measure)
+    values["type"] = kind
+    values["id"] = ident
+    return values
 
 
 def _entity(

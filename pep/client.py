@@ -64,6 +64,23 @@ LOCAL_CANCELLATIONS = frozenset(("Locally cancelled by application!", "Channel c
 
 
 @dataclass(frozen=True)
+class Subject:
+    """Whom a question is about when it is no agent (OpenID AuthZEN's subject): a person,
+    ``type`` "user" or "identity", named by any id the directory knows them by (SCIM id,
+    userName, externalId or an e-mail address: docs/directory.md), or a subject of a type
+    the policy schema declares (``subject service { … }``). ``properties``: its
+    attributes (a person's ``user.*``, decided on only when the directory does not know
+    them; a declared type's ``subject.*``)."""
+
+    type: str
+    id: str
+    properties: Mapping[str, Any] = field(default_factory=dict)
+
+    def to_message(self) -> pb.Subject:
+        return pb.Subject(type=self.type, id=self.id, properties=_values(self.properties))
+
+
+@dataclass(frozen=True)
 class Query:
     """One question: may this agent do this action on this resource?
 
@@ -73,7 +90,9 @@ class Query:
     ``agent_token``: the agent's own access token from Tessera's issuer; the service
     verifies it and decides for the agent (and the user) it names, so ``agent`` may be
     left empty (given, it must be the token's agent, as ``user`` and ``chain`` must be
-    its user and actors).
+    its user and actors). ``subject``: a person (or a subject of a declared type) the
+    question is about, in place of an agent: ``agent``, ``user``, ``chain`` and
+    ``agent_token`` are then left unset.
     """
 
     agent: str = ""
@@ -88,17 +107,16 @@ class Query:
     user_attributes: Mapping[str, Any] = field(default_factory=dict)
     resource_attributes: Mapping[str, Any] = field(default_factory=dict)
     agent_token: str = ""
+    subject: Subject | None = None
 
     def to_message(self) -> pb.AuthorizeRequest:
+        if self.subject is not None:
+            return self._about_subject(self.subject)
         message = pb.AuthorizeRequest(
             agent=pb.Agent(id=self.agent, attributes=_values(self.agent_attributes)),
             agent_token=self.agent_token,
             action="tool.call" if self.tool is not None else self.action,
-            resource=pb.Resource(
-                type="tool" if self.tool is not None else self.resource_type,
-                id=self.tool if self.tool is not None else self.resource_id,
-                attributes=_values(self.resource_attributes),
-            ),
+            resource=self._resource(),
             context=_values(self.context),
         )
         if self.user is not None:
@@ -106,6 +124,25 @@ class Query:
         if self.chain is not None:
             message.delegation.CopyFrom(pb.Delegation(chain=list(self.chain)))
         return message
+
+    def _resource(self) -> pb.Resource:
+        return pb.Resource(
+            type="tool" if self.tool is not None else self.resource_type,
+            id=self.tool if self.tool is not None else self.resource_id,
+            attributes=_values(self.resource_attributes),
+        )
+
+    def _about_subject(self, subject: Subject) -> pb.AuthorizeRequest:
+        """The message of a question about ``subject`` (no agent field set)."""
+        agent_parts = (self.agent, self.agent_attributes, self.agent_token, self.user)
+        if any(agent_parts) or self.user_attributes or self.chain is not None:
+            raise ValueError("a query names an agent (and its user) or a subject, not both")
+        return pb.AuthorizeRequest(
+            subject=subject.to_message(),
+            action="tool.call" if self.tool is not None else self.action,
+            resource=self._resource(),
+            context=_values(self.context),
+        )
 
 
 @dataclass(frozen=True)

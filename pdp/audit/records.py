@@ -1,7 +1,8 @@
 """What goes on the audit trails: one plain JSON object per event.
 
-A decision record says who (agent, the user it acts for, the chain of actors), what
-(action, resource, the request's context), the answer (allow, the deciding rules,
+A decision record says who (agent, the user it acts for, the chain of actors; for a
+subject that is no agent, ``agent`` is null and ``subject`` names it as the caller did),
+what (action, resource, the request's context), the answer (allow, the deciding rules,
 obligations, reasons), when, which PEP asked, how long it took, and the decision id and
 bundle version that tie it to the answer the PEP got.
 
@@ -45,25 +46,23 @@ def decision_record(
     default): the request as its caller asked it, whichever door it came through."""
     resource = request.resource
     user = request.user_id
-    return decided(
-        {
-            "agent": bounded(request.agent_id),
-            "user": None if user is None else bounded(user),
-            "delegation": [bounded(actor) for actor in request.delegation["chain"]],
-            "action": bounded(request.action),
-            "resource": {"type": bounded(resource["type"]), "id": bounded(resource["id"])},
-            "context": {
-                bounded(key): bounded(record_value(value))
-                for key, value in request.context.items()
-                if value or key != "consents"  # no consents granted says nothing
-            },
+    agent = request.agent_id
+    asked: dict[str, Any] = {
+        "agent": None if agent is None else bounded(agent),
+        "user": None if user is None else bounded(user),
+        "delegation": [bounded(actor) for actor in request.delegation["chain"]],
+        "action": bounded(request.action),
+        "resource": {"type": bounded(resource["type"]), "id": bounded(resource["id"])},
+        "context": {
+            bounded(key): bounded(record_value(value))
+            for key, value in request.context.items()
+            if value or key != "consents"  # no consents granted says nothing
         },
-        answer.decision,
-        answer.decision_id,
-        seconds,
-        pep,
-        when,
-    )
+    }
+    if agent is None:  # a person, or another subject: whom the caller named, as named
+        subject = request.subject
+        asked["subject"] = {"type": bounded(subject["type"]), "id": bounded(subject["id"])}
+    return decided(asked, answer.decision, answer.decision_id, seconds, pep, when)
 
 
 def record_value(value: Any) -> Any:

@@ -4,21 +4,28 @@ Endpoints (AuthZEN 1.0 §10.1, "API Endpoint Overview"), all ``POST`` with a JSO
 
     /access/v1/evaluation         one decision: {"decision": true}
     /access/v1/evaluations        many, with the three evaluations_semantic options (§7.1.2)
-    /access/v1/search/subject     the agents that may do an action on a resource
-    /access/v1/search/resource    the resources of a type an agent may act on
-    /access/v1/search/action      the actions an agent may take on a resource
+    /access/v1/search/subject     the subjects of a type that may do an action on a resource
+    /access/v1/search/resource    the resources of a type a subject may act on
+    /access/v1/search/action      the actions a subject may take on a resource
 
 and ``GET /.well-known/authzen-configuration``, the PDP metadata (§9).
 
 How AuthZEN's information model maps onto a Tessera request:
 
-    subject   {"type": "agent", "id": AGENT_ID, "properties": {"user": USER_ID,
+    subject   {"type": "agent", "id": AGENT_ID, "properties": {"user": USER,
                                                               "delegation": [ACTOR, ...]}}
-              Tessera decides for agents; the directory gives their attributes (other
-              properties are ignored, as agent attributes a caller sends are)
+              an agent; the directory gives its attributes (other properties are
+              ignored, as agent attributes a caller sends are); USER is any id of the
+              person it acts for (as a person's id, below)
               or {"type": "agent", "properties": {"token": AGENT_ACCESS_TOKEN}}: the
               agent, user and delegation the verified token names (id, user and
               delegation, when also given, must say the same; else a 400)
+              or {"type": "user" | "identity", "id": ID, "properties": {ATTRIBUTE: …}}:
+              a person, ID their SCIM id, userName, externalId or e-mail address
+              (:mod:`pdp.subjects`; two users answer to it: a 400 naming subject.id);
+              the directory's user when it knows them, else the properties (user.*)
+              or {"type": TYPE, "id": ID, "properties": {…}} for a TYPE the schema
+              declares (subject TYPE { … }): the properties are its subject.*
     action    {"name": ACTION}                           e.g. "tool.call", "db.read"
     resource  {"type": TYPE, "id": ID, "properties": {ATTRIBUTE: VALUE, ...}}
     context   {ATTRIBUTE: VALUE, ...}                    e.g. {"amount": "200 USD"}
@@ -27,9 +34,10 @@ Values are typed by the policy schema as request JSON is (see README.md); consen
 from the consent store. Each evaluation is decided by :meth:`DecisionPoint.decide`,
 as ``Authorize`` is (directory, limits, audit record). Searches decide each
 candidate without using up limits or leaving a record (as ``ListAllowed``); their
-candidates are the directory's agents, the resource ids the policies' targets spell out
-exactly (a glob cannot be listed) and those the resource catalog holds, or the action
-names the targets spell out.
+candidates are the directory's agents or users (named in the form
+``subject.properties.id_form`` asks: id, userName, the default, externalId or email), the
+resource ids the policies' targets spell out exactly (a glob cannot be listed) and those
+the resource catalog holds, or the action names the targets spell out.
 
 A response is exactly ``{"decision": true}`` (or ``false``) unless the request's
 ``options`` ask for ``"tessera_explain": true``; then ``context`` carries the decision
@@ -54,7 +62,7 @@ import hashlib
 import json
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from starlette.requests import Request
@@ -75,6 +83,7 @@ from pdp.lang.schema import SchemaModel
 from pdp.model import Decision, RequestError
 from pdp.model import Request as Asked
 from pdp.request import typed_request
+from pdp.subjects import AGENT_SUBJECT, DEFAULT_ID_FORM, ID_FORMS, PERSONS, Subject
 
 log = logging.getLogger("tessera.authzen")
 
@@ -82,7 +91,7 @@ AUTHZEN_PATH = "/access/v1"
 WELL_KNOWN = "/.well-known/authzen-configuration"
 AUTHZEN_SCOPE = "tessera:decide"
 TOKEN_PROPERTY = "token"  # subject.properties.token: the agent's own access token
-SUBJECT_TYPE = "agent"
+ID_FORM = "id_form"  # subject.properties.id_form: how a subject search names persons
 SEMANTICS = ("execute_all", "deny_on_first_deny", "permit_on_first_permit")
 EXPLAIN = "tessera_explain"
 DEFAULT_PAGE = 100
@@ -167,25 +176,45 @@ def _attributes(values: Json, where: str) -> Json:
     return {key: plain(value, f"{where}.{key}") for key, value in values.items()}
 
 
-def _subject(subject: Json, where: str, need_id: bool = True) -> tuple[str, str | None, list[str]]:
-    """(agent id, user id, delegation chain) of an AuthZEN subject."""
+def _subject(schema: SchemaModel, subject: Json, where: str, need_id: bool = True) -> Subject:
+    """An AuthZEN subject (§5.1) as read: an agent, with the user it acts for and its
+    delegation; a person (``user``, ``identity``) or a subject of a type the schema
+    declares, with the attributes its properties give."""
     kind = _string(subject, "type", f"{where}subject")
-    if kind != SUBJECT_TYPE:
-        raise bad(f'{where}subject.type: Tessera decides for agents ("agent"), not {kind!r}')
-    agent = _string(subject, "id", f"{where}subject") if need_id else ""
+    if kind != AGENT_SUBJECT and kind not in PERSONS and kind not in schema.subjects:
+        known = ", ".join(f'"{name}"' for name in schema.subject_types())
+        raise bad(
+            f"{where}subject.type: Tessera decides for subjects of type {known} (the "
+            f"policy schema may declare more: subject TYPE {{ … }}), not {kind!r}"
+        )
+    ident = _string(subject, "id", f"{where}subject") if need_id else ""
     properties = _object(subject, "properties", f"{where}subject.", required=False) or {}
+    if kind != AGENT_SUBJECT:
+        return _other(kind, ident, properties, f"{where}subject.properties")
     user = properties.get("user")
     if user is not None and (not isinstance(user, str) or not user):
         raise bad(f"{where}subject.properties.user must be a user id (a non-empty string)")
     chain = properties.get("delegation", [])
     if not isinstance(chain, list) or not all(isinstance(a, str) and a for a in chain):
         raise bad(f"{where}subject.properties.delegation must be a list of agent ids")
-    return agent, user, chain
+    return Subject(kind, ident, user, tuple(chain))
+
+
+def _other(kind: str, ident: str, properties: Json, where: str) -> Subject:
+    """A subject that is no agent: its properties are its attributes (a person's user.*,
+    a declared type's subject.*), all but the id and type its subject names."""
+    if TOKEN_PROPERTY in properties:
+        raise bad(f'{where}.{TOKEN_PROPERTY}: an agent token names an agent; send type "agent"')
+    for reserved in ("id", "type"):
+        if reserved in properties:
+            raise bad(f"{where}.{reserved}: the subject's {reserved} is subject.{reserved}")
+    values = _attributes(properties, where)
+    return Subject(kind, ident, ident if kind in PERSONS else None, (), values)
 
 
 def _request(
     schema: SchemaModel,
-    subject: tuple[str, str | None, list[str]],
+    subject: Subject,
     action: str,
     resource: tuple[str, str, Json],
     context: Json | None,
@@ -194,20 +223,18 @@ def _request(
 ) -> Asked:
     """The one typed request an AuthZEN question stands for; a 400 naming the field, or
     a 413 when it is over one of ``bounds``."""
-    agent, user, chain = subject
     resource_type, resource_id, properties = resource
     try:
         return typed_request(
             schema,
-            agent={"id": agent},
-            user=None if user is None else {"id": user},
-            chain=chain or None,
+            **subject.parts(),
             action=action,
             resource_type=resource_type,
             resource_id=resource_id,
             resource=_attributes(properties, f"{where}resource.properties"),
             context=_attributes(context or {}, f"{where}context"),
             bounds=bounds,
+            subject_at="subject.properties",
         )
     except RequestError as exc:
         message = f"{where[:-1]}: {exc}" if where else str(exc)
@@ -225,9 +252,6 @@ def _action(action: Json, where: str) -> str:
     return _string(action, "name", f"{where}action")
 
 
-Subject = tuple[str, str | None, list[str]]  # agent, user, delegation chain
-
-
 def evaluation_request(
     schema: SchemaModel,
     body: Json,
@@ -235,15 +259,16 @@ def evaluation_request(
     bounds: Bounds = DEFAULT_BOUNDS,
     named: Subject | None = None,
 ) -> Asked:
-    """The request an Access Evaluation Request (§6.1) stands for; ``named``: the
-    subject its agent token names (:meth:`AuthZen.named`), in place of the subject's."""
+    """The request an Access Evaluation Request (§6.1) stands for; ``named``: its
+    subject, as its agent token names it (:meth:`AuthZen.named`) or the directory knows
+    its person (:meth:`AuthZen.identified`); else the subject as sent."""
     subject = _object(body, "subject", where)
     action = _object(body, "action", where)
     resource = _object(body, "resource", where)
     assert subject is not None and action is not None and resource is not None
     return _request(
         schema,
-        named or _subject(subject, where),
+        named or _subject(schema, subject, where),
         _action(action, where),
         _resource(resource, where),
         _object(body, "context", where, required=False),
@@ -502,6 +527,29 @@ class AuthZen:
         except RequestError as exc:
             raise bad(str(exc)) from None
 
+    async def who(self, body: Json, where: str = "") -> Subject:
+        """Whom a request is about: the subject its agent token names (:meth:`named`), or
+        the subject as sent, its person named by the directory's id (:meth:`identified`)."""
+        named = await self.named(body, where)
+        if named is not None:
+            return named
+        subject = _object(body, "subject", where)
+        assert subject is not None
+        return self.identified(_subject(self.point.schema, subject, where), where)
+
+    def identified(self, subject: Subject, where: str = "") -> Subject:
+        """``subject`` with its person (an agent's user, or the person it is) named by the
+        directory's id for them (:meth:`DecisionPoint.identify`); a 400 naming the field
+        when the id sent names several users."""
+        if subject.user is None:
+            return subject
+        field = "subject.id" if subject.is_person else "subject.properties.user"
+        try:
+            user = self.point.identify(subject.user, f"{where}{field}")
+        except RequestError as exc:
+            raise bad(str(exc)) from None
+        return subject if user == subject.user else replace(subject, user=user)
+
     async def named(self, body: Json, where: str = "") -> Subject | None:
         """The subject the agent token in ``subject.properties.token`` names, what the
         subject says besides held to it (:func:`named_by`); None without a token."""
@@ -517,27 +565,27 @@ class AuthZen:
         ident = subject.get("id", "")
         if not isinstance(ident, str):
             raise bad(f"{where}subject.id must be a string")
-        _, user, chain = _subject(subject, where, need_id=False)
+        given = _subject(self.point.schema, subject, where, need_id=False)
         try:
             who = await self.agent_tokens.caller(token)
         except CallerRefused as exc:
             raise bad(f"{field}: {exc.message}") from None
-        given = chain if "delegation" in properties else None
+        chain = given.chain if "delegation" in properties else None
         fields = (
             f"{where}subject.id",
             f"{where}subject.properties.user",
             f"{where}subject.properties.delegation",
         )
         try:
-            agent, user, actors = named_by(who, ident, user, given, fields)
+            agent, user, actors = named_by(who, ident, given.user, chain, fields)
         except RequestError as exc:
             raise bad(str(exc)) from None
-        return agent, user, list(actors or ())
+        return Subject(AGENT_SUBJECT, agent, user, tuple(actors or ()))
 
     async def evaluation(self, body: Json, caller: Caller) -> Json:
         """Access Evaluation (§6)."""
         request = evaluation_request(
-            self.point.schema, body, bounds=self.point.bounds, named=await self.named(body)
+            self.point.schema, body, bounds=self.point.bounds, named=await self.who(body)
         )
         decision, decision_id = await self._decide(request, caller)
         return answer(decision, decision_id, _explain(body))
@@ -567,7 +615,7 @@ class AuthZen:
                 key: item[key] if key in item else body.get(key)
                 for key in ("subject", "action", "resource", "context")
             }
-            named = await self.named(merged, where)
+            named = await self.who(merged, where)
             requests.append(evaluation_request(schema, merged, where, self.point.bounds, named))
         explain = _explain(body)
         results = []
@@ -581,27 +629,52 @@ class AuthZen:
         return {"evaluations": results}
 
     async def search_subject(self, body: Json, caller: Caller) -> Json:
-        """Subject Search (§8.4): the directory's agents allowed the action on the
-        resource; the subject's id is ignored, its properties (user, delegation) kept."""
+        """Subject Search (§8.4): the subjects of the type asked allowed the action on the
+        resource: the directory's agents (the subject's properties user and delegation
+        kept), or its users for a person type, each named in the form
+        ``subject.properties.id_form`` asks (:data:`ID_FORMS`; userName by default). The
+        subject's id is ignored; the directory holds no subject of a declared type."""
         offset, limit = _page(body)
         subject = _object(body, "subject", "")
         action = _object(body, "action", "")
         resource = _object(body, "resource", "")
         assert subject is not None and action is not None and resource is not None
-        if TOKEN_PROPERTY in (subject.get("properties") or {}):
+        properties = _object(subject, "properties", "subject.", required=False) or {}
+        if TOKEN_PROPERTY in properties:
             raise bad("subject.properties.token: a subject search looks for agents; send none")
-        _, user, chain = _subject(subject, "", need_id=False)
+        form = properties.get(ID_FORM, DEFAULT_ID_FORM)
+        rest = {key: value for key, value in properties.items() if key != ID_FORM}
+        asked = _subject(self.point.schema, {**subject, "properties": rest}, "", need_id=False)
+        if ID_FORM in properties and (not asked.is_person or form not in ID_FORMS):
+            raise bad(
+                f"subject.properties.{ID_FORM}: a person's id comes in the forms "
+                f"{', '.join(ID_FORMS)}; other subjects have one"
+            )
         name, target = _action(action, ""), _resource(resource, "")
         context = _object(body, "context", "", required=False)
-        directory = self.point.directory
-        candidates = directory.agent_ids() if directory is not None else []
         results = []
         schema, bounds = self.point.schema, self.point.bounds
-        for agent in candidates:
-            asked = _request(schema, (agent, user, chain), name, target, context, "", bounds)
-            if self._allowed(asked):
-                results.append({"type": SUBJECT_TYPE, "id": agent})
+        for candidate in self._candidates(asked, form):
+            request = _request(schema, candidate, name, target, context, "", bounds)
+            if self._allowed(request):
+                results.append({"type": candidate.type, "id": candidate.id})
         return _paged(body, results, offset, limit)
+
+    def _candidates(self, asked: Subject, form: str) -> list[Subject]:
+        """The subjects a search for ``asked``'s type considers: the directory's agents
+        (its user identified), or its users named in ``form``, in the order of the ids
+        given back."""
+        directory = self.point.directory
+        if directory is None or not (asked.is_agent or asked.is_person):
+            return []
+        if asked.is_agent:
+            user = self.identified(asked).user
+            return [replace(asked, id=agent, user=user) for agent in directory.agent_ids()]
+        people = directory.people
+        named = [
+            Subject(asked.type, people.name_of(user, form), user.id) for user in directory.users()
+        ]
+        return sorted(named, key=lambda person: (person.id, person.user or ""))
 
     async def search_resource(self, body: Json, caller: Caller) -> Json:
         """Resource Search (§8.5): the ids of the resource type that the policies name for
@@ -611,7 +684,7 @@ class AuthZen:
         action = _object(body, "action", "")
         resource = _object(body, "resource", "")
         assert subject is not None and action is not None and resource is not None
-        who, name = await self.named(body) or _subject(subject, ""), _action(action, "")
+        who, name = await self.who(body), _action(action, "")
         kind, _, properties = _resource(resource, "", need_id=False)
         context = _object(body, "context", "", required=False)
         results = []
@@ -630,7 +703,7 @@ class AuthZen:
         subject = _object(body, "subject", "")
         resource = _object(body, "resource", "")
         assert subject is not None and resource is not None
-        who, target = await self.named(body) or _subject(subject, ""), _resource(resource, "")
+        who, target = await self.who(body), _resource(resource, "")
         context = _object(body, "context", "", required=False)
         results = []
         schema, bounds = self.point.schema, self.point.bounds

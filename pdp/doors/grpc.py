@@ -29,10 +29,10 @@ from issuer.verify import Caller
 from pdp.bounds import DEFAULT_BOUNDS, Bounds, Measure, RequestTooLarge
 from pdp.decide import DecisionPoint
 from pdp.doors.callers import OPEN, AgentTokens, CallerRefused, Callers, bearer, named_by
-from pdp.lang.schema import SchemaModel, Type
+from pdp.lang.schema import AGENT_SUBJECT, PERSONS, SchemaModel, Type
 from pdp.metrics import Metrics
 from pdp.model import Answer, Decision, Request, RequestError, delegation_for
-from pdp.request import RISKS, convert, typed_resource, untyped
+from pdp.request import RISKS, convert, typed_resource, typed_subject, untyped
 from pdp.serve.proto import authorizer_pb2 as pb
 
 log = logging.getLogger("tessera.serve")
@@ -147,15 +147,24 @@ def request_from_proto(
     size: int | None = None,
     bounds: Bounds = DEFAULT_BOUNDS,
     who: Caller | None = None,
+    identify: Identify | None = None,
 ) -> Request:
     """The typed request an ``AuthorizeRequest`` asks, or a :class:`RequestError` naming
     the field (:class:`RequestTooLarge` over one of ``bounds``). ``size`` is the message's
     serialized size when the caller has it. Unless ``trust_callers``, the agent's and
     user's attributes are left out (the directory's replace them). ``who``: the caller
-    its verified ``agent_token`` names, whom the request is then about."""
+    its verified ``agent_token`` names, whom the request is then about. ``identify``: the
+    directory's id for a person named by another of their ids
+    (:meth:`DecisionPoint.identify`); without it, ids are taken as sent."""
     if size is None:
         size = message.ByteSize()
     within(message, schema, size, bounds)
+    if message.HasField("subject"):
+        if message.HasField("agent"):
+            raise RequestError("agent: the subject is named in agent or in subject, not both")
+        if message.subject.type != AGENT_SUBJECT:
+            return _other_request(message, schema, size, identify)
+        message = _as_agent(message)
     if who is None:  # the hot path, written out
         if message.agent_token:  # never decided for an agent token not verified
             raise RequestError("agent_token: not taken here; name the agent in agent.id")
@@ -163,6 +172,8 @@ def request_from_proto(
         user = None
         if message.HasField("user"):
             user = _entity(message.user, "user", schema.user, trust_callers)
+            if identify is not None:
+                user["id"] = identify(user["id"], "user.id")
         chain = tuple(message.delegation.chain) if message.HasField("delegation") else None
     else:
         agent, user, chain = _named(message, schema, trust_callers, who)
@@ -183,6 +194,66 @@ def request_from_proto(
     )
 
 
+Identify = Callable[[str, str], str]
+"""The directory's id of a person named by any of their ids (name, field) -> id."""
+
+
+def _as_agent(message: pb.AuthorizeRequest) -> pb.AuthorizeRequest:
+    """A question whose ``subject`` is an agent, asked as ``agent``: the subject's id,
+    its properties the agent's attributes."""
+    asked = pb.AuthorizeRequest()
+    asked.CopyFrom(message)
+    asked.ClearField("subject")
+    asked.agent.id = message.subject.id
+    asked.agent.attributes.MergeFrom(message.subject.properties)
+    return asked
+
+
+def _other_request(
+    message: pb.AuthorizeRequest, schema: SchemaModel, size: int, identify: Identify | None
+) -> Request:
+    """The typed request of a question about a subject that is no agent: a person (its
+    id identified, its properties the person's attributes) or a declared type."""
+    subject = message.subject
+    given = [name for name in ("user", "delegation") if message.HasField(name)]
+    if message.agent_token:
+        given.append("agent_token")
+    if given:
+        raise RequestError(
+            f"{given[0]}: only an agent acts for a user, through agents or with an agent "
+            f"token, and the subject is a {subject.type or 'subject of no type'}"
+        )
+    for reserved in ("id", "type"):
+        if reserved in subject.properties:
+            raise RequestError(
+                f"subject.properties.{reserved}: the subject's {reserved} is subject.{reserved}"
+            )
+    user = None
+    if subject.type in PERSONS:
+        named = typed_subject({"type": subject.type, "id": subject.id}, schema)
+        user = typed_from_proto(subject.properties, "subject.properties", schema.user)
+        user["id"] = subject.id if identify is None else identify(subject.id, "subject.id")
+    else:
+        values = plain_values(subject.properties, "subject.properties")
+        raw = {**values, "type": subject.type, "id": subject.id}
+        named = typed_subject(raw, schema, where="subject.properties")
+    if not message.action:
+        raise RequestError('action: required, a non-empty string such as "tool.call"')
+    resource = message.resource
+    attributes = plain_values(resource.attributes, "resource")
+    context = message.context
+    return Request(
+        None,
+        user,
+        delegation_for(None, user, None),
+        message.action,
+        typed_resource(resource.type, resource.id, attributes, schema),
+        typed_from_proto(context, "context", schema.context) if context else {},
+        size,
+        named,
+    )
+
+
 def within(message: pb.AuthorizeRequest, schema: SchemaModel, size: int, bounds: Bounds) -> None:
     """Refuse a message over the request's bounds. A value's size never exceeds its
     bytes in the message, so a message no larger than ``undeclared_bytes`` (the smallest
@@ -196,6 +267,7 @@ def within(message: pb.AuthorizeRequest, schema: SchemaModel, size: int, bounds:
         and len(message.resource.attributes) <= most
         and len(message.agent.attributes) <= most
         and len(message.user.attributes) <= most
+        and len(message.subject.properties) <= most
     ):
         return
     measure = Measure(bounds)
@@ -204,6 +276,7 @@ def within(message: pb.AuthorizeRequest, schema: SchemaModel, size: int, bounds:
         measure.count(len(attributes), where)
     resource = message.resource
     measure.text(message.agent.id, message.user.id, message.action, resource.type, resource.id)
+    measure.text(message.subject.type, message.subject.id)
     measure.text(*message.delegation.chain)
     for where, attributes, types in maps:
         for key in attributes:
@@ -216,9 +289,17 @@ def _attribute_maps(
 ) -> tuple[tuple[str, Mapping[str, pb.Value], Mapping[str, Type]], ...]:
     """Each attribute map of a message: where it is, its values, their declared types."""
     resource = message.resource
+    subject = message.subject
+    if subject.type in PERSONS:
+        subject_types = schema.user
+    elif subject.type == AGENT_SUBJECT:
+        subject_types = schema.agent
+    else:
+        subject_types = schema.subject_attrs(subject.type)
     return (
         ("agent", message.agent.attributes, schema.agent),
         ("user", message.user.attributes, schema.user),
+        ("subject.properties", subject.properties, subject_types),
         ("resource", resource.attributes, schema.request_types(resource.type)),
         ("context", message.context, schema.context),
     )
@@ -390,6 +471,8 @@ class AuthorizerDoor:
         self.point = point
         self._peps = callers.peps
         self._agent_tokens: AgentTokens = callers.agent_tokens
+        # Persons named by any of their ids, where a directory knows them.
+        self._identify = point.identify if point.directory is not None else None
         metrics = point.metrics
         self._calls = {m: Calls(metrics, m) for m in ("Authorize", "AuthorizeBatch", "ListAllowed")}
 
@@ -413,7 +496,13 @@ class AuthorizerDoor:
             message = parsed(raw, pb.AuthorizeRequest)
             who = await self._named(message.agent_token) if message.agent_token else None
             request = request_from_proto(
-                message, point.schema, point.trusts_callers, len(raw), point.bounds, who
+                message,
+                point.schema,
+                point.trusts_callers,
+                len(raw),
+                point.bounds,
+                who,
+                self._identify,
             )
             key = raw if point.cache is not None else None
             once = partial(idempotency_key, context)
@@ -434,11 +523,14 @@ class AuthorizerDoor:
             await self._admit(context)
             request = parsed(raw, pb.AuthorizeBatchRequest)
             schema, trusted, bounds = point.schema, point.trusts_callers, point.bounds
+            identify = self._identify
             typed = []  # every question checked before any is decided
             for index, item in enumerate(request.requests):
                 try:
                     who = await self._named(item.agent_token)
-                    typed.append(request_from_proto(item, schema, trusted, None, bounds, who))
+                    typed.append(
+                        request_from_proto(item, schema, trusted, None, bounds, who, identify)
+                    )
                 except RequestError as exc:
                     raise type(exc)(f"requests[{index}].{exc}") from None
                 except CallerRefused as exc:
@@ -464,7 +556,9 @@ class AuthorizerDoor:
                 question = listed_question(request, candidate)
                 try:
                     questions.append(
-                        request_from_proto(question, schema, trusted, None, bounds, who)
+                        request_from_proto(
+                            question, schema, trusted, None, bounds, who, self._identify
+                        )
                     )
                 except RequestError as exc:
                     raise type(exc)(f"candidates[{index}]: {exc}") from None
@@ -480,8 +574,15 @@ def listed_question(request: pb.ListAllowedRequest, candidate: pb.Resource) -> p
     """The ``Authorize`` question a ``ListAllowed`` request asks about one candidate (a
     refused agent is denied each, so it may call nothing)."""
     question = pb.AuthorizeRequest(
-        agent=request.agent, action=request.action, resource=candidate, context=request.context
+        action=request.action,
+        resource=candidate,
+        context=request.context,
+        agent_token=request.agent_token,
     )
+    if request.HasField("agent"):
+        question.agent.CopyFrom(request.agent)
+    if request.HasField("subject"):
+        question.subject.CopyFrom(request.subject)
     if request.HasField("user"):
         question.user.CopyFrom(request.user)
     if request.HasField("delegation"):

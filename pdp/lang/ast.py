@@ -13,7 +13,7 @@ from pdp.lang.errors import NO_SPAN, Span
 from pdp.lang.values import quote
 
 # The roots an expression path can start from.
-ROOTS = ("agent", "user", "delegation", "resource", "tool", "context", "action")
+ROOTS = ("agent", "user", "delegation", "resource", "tool", "context", "action", "subject")
 
 CompareOp = Literal[
     "==",
@@ -79,7 +79,8 @@ class Name:
 
 @dataclass(frozen=True, slots=True)
 class Flag:
-    """``delegated`` (the agent acts for a user) or ``autonomous`` (it acts alone)."""
+    """``delegated`` (the agent acts for a user) or ``autonomous`` (it acts alone); both
+    are false when the subject is no agent."""
 
     kind: Literal["delegated", "autonomous"]
     span: Span = field(default=NO_SPAN, compare=False)
@@ -237,9 +238,10 @@ class AttrDecl:
 
 @dataclass(frozen=True, slots=True)
 class EntityDecl:
-    """``agent { … }``, ``user { … }``, ``context { … }`` or ``resource TYPE { … }``."""
+    """``agent { … }``, ``user { … }``, ``context { … }``, ``resource TYPE { … }`` or
+    ``subject TYPE { … }``; ``resource_type`` is the TYPE of the last two."""
 
-    kind: Literal["agent", "user", "context", "resource"]
+    kind: Literal["agent", "user", "context", "resource", "subject"]
     resource_type: str | None
     attrs: tuple[AttrDecl, ...]
     span: Span = field(default=NO_SPAN, compare=False)
@@ -265,7 +267,7 @@ class Field:
 class Record:
     """A block of test data: ``agent { id: "pay-bot", risk: low }``."""
 
-    kind: Literal["agent", "user", "delegation", "context", "resource"]
+    kind: Literal["agent", "user", "delegation", "context", "resource", "subject"]
     fields: tuple[Field, ...]
     span: Span = field(default=NO_SPAN, compare=False)
 

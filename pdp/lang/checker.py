@@ -51,7 +51,7 @@ RESERVED: dict[str, str] = {
     "autonomous": "a delegation flag",
 }
 # Roots that name a whole entity: `has` may ask them about an attribute.
-ENTITY_ROOTS = ("agent", "user", "context", "resource", "tool")
+ENTITY_ROOTS = ("agent", "user", "context", "resource", "tool", "subject")
 ORDERED = ("number", "money", "risk", "duration", "time")
 # What to compare instead when a whole entity is used as a value.
 _EXAMPLE_ATTR = {
@@ -61,6 +61,14 @@ _EXAMPLE_ATTR = {
     "delegation": "delegation.depth",
     "resource": "resource.id",
     "tool": "tool.name",
+    "subject": "subject.type",
+}
+# What to write for a field a test block lacks.
+_REQUIRED_EXAMPLES = {
+    ("agent", "id"): '"pay-bot"',
+    ("user", "id"): '"alice"',
+    ("subject", "type"): '"user"',
+    ("subject", "id"): '"alice@example.com"',
 }
 _TYPE_WORDS = {
     "string": "a string",
@@ -514,6 +522,8 @@ class _Checker:
             return self.schema.entity(root)
         if root == "resource":
             return self.schema.resource_attrs(scope.resource_type)
+        if root == "subject":
+            return self.schema.subject_attrs()
         if root == "tool":
             if scope.resource_type not in (None, ast.TOOL_TYPE):
                 self.error(
@@ -587,6 +597,8 @@ class _Checker:
                 block = root
                 if root == "resource":
                     block = f"resource {resource_type or 'TYPE'}"
+                elif root == "subject":
+                    block = "subject TYPE"
                 elif root == "tool":
                     block = f"resource {ast.TOOL_TYPE}"
                 hint = f"declare it in the schema: {block} {{ {name}: string }}"
@@ -625,7 +637,7 @@ class _Checker:
         else:
             hint = 'write: agent has owner, or agent.labels has "team"'
         self.error(
-            "has asks an entity (agent, user, context, resource, tool) or a map attribute",
+            "has asks an entity (agent, user, context, resource, tool, subject) or a map attribute",
             base.span,
             hint,
         )
@@ -1031,11 +1043,14 @@ class _Checker:
             return {"chain": BUILTINS["delegation"]["chain"]}
         if kind == "resource":
             return self.schema.resource_attrs(None)
+        if kind == "subject":
+            return self.schema.subject_attrs()
         return self.schema.entity(kind)
 
     def _test(self, test: ast.Test) -> None:
         scope = _Scope(test.package)
         seen: dict[str, ast.Record] = {}
+        kinds = {record.kind for record in test.records}
         for record in test.records:
             kind_span = Span(
                 record.span.file,
@@ -1053,23 +1068,41 @@ class _Checker:
                 continue
             seen[record.kind] = record
             self._fields(record.kind, record.fields, scope)
-            if record.kind in ("agent", "user") and all(f.name != "id" for f in record.fields):
-                example = "pay-bot" if record.kind == "agent" else "alice"
-                self.error(
-                    f"the {record.kind} block needs an id",
-                    kind_span,
-                    f'add one: {record.kind} {{ id: "{example}", ... }}',
-                )
-        if "agent" not in seen:
-            start = test.span
+            self._required_fields(record, kind_span, "subject" in kinds)
+        start = test.span
+        head = Span(start.file, start.line, start.column, start.line, start.column + 4)
+        if "agent" not in seen and "subject" not in seen:
             self.error(
                 f'test "{test.name}" has no agent',
-                Span(start.file, start.line, start.column, start.line, start.column + 4),
-                'every request has an agent: agent { id: "pay-bot" }',
+                head,
+                'every request has an agent: agent { id: "pay-bot" }, or another subject: '
+                'subject { type: "user", id: "alice" }',
+            )
+        if "agent" in seen and "subject" in seen:
+            self.error(
+                f'test "{test.name}" names an agent and a subject',
+                head,
+                "a request is about an agent (agent { … }) or another subject (subject { … })",
             )
         for step in test.steps:
             self._fields("context", step.context, scope)
             self._expect(test, step.expect)
+
+    def _required_fields(self, record: ast.Record, kind_span: Span, subject: bool) -> None:
+        """An agent block needs an id, a subject block a type and an id, and a user block
+        an id unless the user is the subject (whose id it then takes)."""
+        required = {"agent": ("id",), "subject": ("type", "id")}.get(record.kind, ())
+        if record.kind == "user" and not subject:
+            required = ("id",)
+        given = {f.name for f in record.fields}
+        for name in required:
+            if name not in given:
+                example = _REQUIRED_EXAMPLES[(record.kind, name)]
+                self.error(
+                    f"the {record.kind} block needs {'an' if name == 'id' else 'a'} {name}",
+                    kind_span,
+                    f"add one: {record.kind} {{ {name}: {example}, ... }}",
+                )
 
     def _fields(self, kind: str, fields: Sequence[ast.Field], scope: _Scope) -> None:
         attrs = self._record_attrs(kind)

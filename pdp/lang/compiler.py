@@ -161,7 +161,8 @@ class _Source:
             return _path(node)
         if isinstance(node, ast.Flag):
             flag = 'q.delegation["delegated"]'
-            return flag if node.kind == "delegated" else f"(not {flag})"
+            # A subject that is no agent neither acts alone nor for someone.
+            return flag if node.kind == "delegated" else f"(q.agent is not None and not {flag})"
         if isinstance(node, ast.Not):
             return f"(not {self.expr(node.operand)})"
         if isinstance(node, ast.BoolOp):
@@ -274,9 +275,9 @@ class _Source:
         base = node.base
         name = repr(node.name)
         if isinstance(base, ast.Path) and not base.parts:
-            if base.root in ("agent", "context", "resource", "delegation"):
+            if base.root in ("context", "resource", "delegation", "subject"):
                 return f"({name} in q.{base.root})"
-            if base.root in ("user", "tool"):
+            if base.root in ("agent", "user", "tool"):  # absent from some requests
                 return f"(q.{base.root} is not None and {name} in q.{base.root})"
         return f"_has(lambda: {self.expr(base)}, {name})"
 

@@ -33,8 +33,9 @@ from pdp.lang.values import (
     parse_time,
 )
 
-RECORD_KINDS = ("agent", "user", "delegation", "context", "resource")
-ENTITY_KINDS = ("agent", "user", "context", "resource")
+RECORD_KINDS = ("agent", "user", "delegation", "context", "resource", "subject")
+ENTITY_KINDS = ("agent", "user", "context", "resource", "subject")
+TYPED_KINDS = ("resource", "subject")  # the schema blocks that take a type name
 OBLIGATIONS = ("consent", "step_up")
 CONSTRUCTORS = ("ip", "time")
 SCOPES = ("agent", "user", "agent+user")
@@ -600,17 +601,16 @@ class _Builder:
                 f"unknown entity '{kind}' in schema",
                 self._tspan(kind),
                 _suggest(str(kind), ENTITY_KINDS)
-                or "a schema declares agent, user, context and resource TYPE blocks",
+                or "a schema declares agent, user, context, resource TYPE and subject TYPE blocks",
             )
-        if kind == "resource" and rtype is None:
+        if kind in TYPED_KINDS and rtype is None:
+            example = "resource tool { server: string }"
+            if kind == "subject":
+                example = "subject service { team: string }"
+            self._fail(f"a {kind} block needs a type name", self._tspan(kind), f"write: {example}")
+        if kind not in TYPED_KINDS and rtype is not None:
             self._fail(
-                "a resource block needs a type name",
-                self._tspan(kind),
-                "write: resource tool { server: string }",
-            )
-        if kind != "resource" and rtype is not None:
-            self._fail(
-                f"only resource blocks take a type name, not {kind}",
+                f"only resource and subject blocks take a type name, not {kind}",
                 self._tspan(rtype),
             )
         return ast.EntityDecl(
@@ -648,7 +648,7 @@ class _Builder:
                 f"unknown block '{kind}' in a test",
                 self._tspan(kind),
                 _suggest(str(kind), RECORD_KINDS)
-                or "a test sets agent, user, delegation, context and resource",
+                or "a test sets agent, user, delegation, context, resource and subject",
             )
         return ast.Record(
             str(kind),  # type: ignore[arg-type]

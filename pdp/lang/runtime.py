@@ -186,17 +186,24 @@ def limit_key_prefix(rule_id: str, index: int, scope: str) -> str:
     return f"{rule_id}#{index}|{scope}|"
 
 
-def limit_subject(scope: str, agent_id: str, user_id: str | None) -> str:
-    """Whose use a limit counts: the agent, the user, or the pair."""
-    if scope == "agent":
-        return agent_id
-    if user_id is None:
-        raise EvalError(f"limit per {scope} needs a user, and the agent acts alone")
-    return user_id if scope == "user" else f"{agent_id}+{user_id}"
+def limit_subject(scope: str, agent_id: str | None, user_id: str | None) -> str:
+    """Whose use a limit counts: the agent, the user, or the pair. For a subject that is
+    no agent (``agent_id`` None), only a person's limit per user can count; any other
+    fails."""
+    if agent_id is not None:
+        if scope == "agent":
+            return agent_id
+        if user_id is None:
+            raise EvalError(f"limit per {scope} needs a user, and the agent acts alone")
+        return user_id if scope == "user" else f"{agent_id}+{user_id}"
+    if scope == "user" and user_id is not None:
+        return user_id
+    needs = "a user" if scope == "user" else "an agent"
+    raise EvalError(f"limit per {scope} needs {needs}, and the subject is none")
 
 
 def limit_key(
-    rule_id: str, index: int, limit: ast.Limit, agent_id: str, user_id: str | None
+    rule_id: str, index: int, limit: ast.Limit, agent_id: str | None, user_id: str | None
 ) -> str:
     """The counter key of one limit of one rule for one agent / user / pair."""
     prefix = limit_key_prefix(rule_id, index, limit.scope)

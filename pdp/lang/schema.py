@@ -48,6 +48,13 @@ NETWORK = Type("network")
 ANY = Type("any")
 STRINGS = Type("set", STRING)
 
+AGENT_SUBJECT = "agent"
+"""The subject type of an agent: policies read it as ``agent.*``."""
+
+PERSONS = ("user", "identity")
+"""The subject types that name a person (AuthZEN's interop scenarios ask about both):
+policies read a person as ``user.*``, typed by the ``user { … }`` block."""
+
 # Attributes typed alike in every bundle, whatever the schema says: the ids every request
 # has, and what the directory knows of every agent and user whatever the deployment (the
 # core SCIM attributes and group membership; docs/directory.md). A request may lack any
@@ -70,6 +77,7 @@ BUILTINS: dict[str, dict[str, Type]] = {
     "resource": {"id": STRING, "type": STRING},
     "tool": {"name": STRING},
     "context": {"consents": STRINGS, "acr": STRING},
+    "subject": {"type": STRING, "id": STRING},
 }
 
 
@@ -81,6 +89,8 @@ class SchemaModel:
     user: dict[str, Type] = field(default_factory=lambda: dict(BUILTINS["user"]))
     context: dict[str, Type] = field(default_factory=lambda: dict(BUILTINS["context"]))
     resources: dict[str, dict[str, Type]] = field(default_factory=dict)
+    # subject types other than agents and persons (``subject TYPE { … }``), by name
+    subjects: dict[str, dict[str, Type]] = field(default_factory=dict)
     # request_types by resource type, made on first use (a schema is not changed once
     # requests are typed against it)
     _request_types: dict[str, dict[str, Type]] = field(
@@ -121,6 +131,23 @@ class SchemaModel:
             types = {**self.resource_attrs(None), **self.resources.get(resource_type, {})}
             self._request_types[resource_type] = types
         return types
+
+    def subject_attrs(self, subject_type: str | None = None) -> dict[str, Type]:
+        """``subject.*``: the built-in ``type`` and ``id``, and the attributes one declared
+        subject type has (of every declared type when ``subject_type`` is None: a rule
+        reads them whatever the subject's type, as it reads resource attributes)."""
+        if subject_type is not None:
+            merged = dict(self.subjects.get(subject_type, {}))
+        else:
+            merged = {}
+            for attrs in self.subjects.values():
+                merged.update(attrs)
+        merged.update(BUILTINS["subject"])
+        return merged
+
+    def subject_types(self) -> tuple[str, ...]:
+        """Every subject type a request may name: agents, persons, then the declared."""
+        return (AGENT_SUBJECT, *PERSONS, *sorted(self.subjects))
 
     def tool_attrs(self) -> dict[str, Type]:
         merged = dict(self.resources.get(ast.TOOL_TYPE, {}))
@@ -190,6 +217,12 @@ def build_schema(
                 assert decl.resource_type is not None
                 target = model.resources.setdefault(decl.resource_type, {})
                 builtins = BUILTINS["resource"]
+            elif decl.kind == "subject":
+                assert decl.resource_type is not None
+                if _builtin_subject(decl, sources, out):
+                    continue
+                target = model.subjects.setdefault(decl.resource_type, {})
+                builtins = BUILTINS["subject"]
             else:
                 target = model.entity(decl.kind)
                 builtins = BUILTINS[decl.kind]
@@ -220,3 +253,22 @@ def build_schema(
                     continue
                 target[attr.name] = declared
     return model, out
+
+
+def _builtin_subject(decl: ast.EntityDecl, sources: Sources, out: list[Diagnostic]) -> bool:
+    """Whether a ``subject TYPE`` block names a type the language has built in (agents and
+    persons have their own blocks); reported if so."""
+    name = decl.resource_type
+    if name != AGENT_SUBJECT and name not in PERSONS:
+        return False
+    block = "agent" if name == AGENT_SUBJECT else "user"
+    out.append(
+        sources.diagnostic(
+            "error",
+            f"subject {name} is built in: its attributes are {block}.*",
+            decl.span,
+            f"declare them in {block} {{ … }}; a subject block names another type, "
+            "such as subject service { team: string }",
+        )
+    )
+    return True

@@ -23,13 +23,14 @@ from issuer.openapi import JSON, STRING, Json, content, ref, responses
 from pdp.doors.authzen import (
     AUTHZEN_PATH,
     EXPLAIN,
+    ID_FORM,
     MAX_DEPTH,
     MAX_EVALUATIONS,
     MAX_PAGE,
     SEMANTICS,
-    SUBJECT_TYPE,
     WELL_KNOWN,
 )
+from pdp.subjects import AGENT_SUBJECT, DEFAULT_ID_FORM, ID_FORMS, PERSONS
 
 OPENAPI_PATH = "/openapi.json"
 HEALTH_PATH = "/healthz"
@@ -60,14 +61,27 @@ AUTHZEN_SCHEMAS: Json = {
         "type": "object",
         "required": ["type", "id"],
         "properties": {
-            "type": {"const": SUBJECT_TYPE, "description": "Tessera decides for agents"},
-            "id": {"type": "string", "minLength": 1, "description": "the agent's id"},
+            "type": {
+                "type": "string",
+                "minLength": 1,
+                "description": f"{', '.join(PERSONS)} (a person), {AGENT_SUBJECT}, or a type "
+                "the policy schema declares (subject TYPE { … })",
+            },
+            "id": {
+                "type": "string",
+                "minLength": 1,
+                "description": "an agent's id; a person's SCIM id, userName, externalId or "
+                "e-mail address, looked up in that order",
+            },
             "properties": {
                 "type": "object",
+                "description": "an agent's user and delegation; a person's or a declared "
+                "type's attributes, typed by the policy schema",
                 "properties": {
                     "user": {"type": "string", "minLength": 1},
                     "delegation": {"type": "array", "items": {"type": "string", "minLength": 1}},
                 },
+                "additionalProperties": ref("AttributeValue"),
             },
         },
     },
@@ -189,8 +203,18 @@ ANY_SUBJECT = {
     "type": "object",
     "required": ["type"],
     "properties": {
-        "type": {"const": SUBJECT_TYPE},
-        "properties": AUTHZEN_SCHEMAS["Subject"]["properties"]["properties"],
+        "type": AUTHZEN_SCHEMAS["Subject"]["properties"]["type"],
+        "properties": {
+            **AUTHZEN_SCHEMAS["Subject"]["properties"]["properties"],
+            "properties": {
+                **AUTHZEN_SCHEMAS["Subject"]["properties"]["properties"]["properties"],
+                ID_FORM: {
+                    "enum": list(ID_FORMS),
+                    "description": f"how persons are named in the results ({DEFAULT_ID_FORM} "
+                    "by default; the SCIM id for a user without one)",
+                },
+            },
+        },
     },
 }
 ANY_RESOURCE = {
@@ -243,7 +267,7 @@ def authzen_paths() -> Json:
         f"{api}/evaluation": _authzen("One decision", ref("Evaluation"), "Decision"),
         f"{api}/evaluations": _authzen("Many decisions", ref("Evaluations"), "Decisions"),
         f"{api}/search/subject": _authzen(
-            "The agents allowed",
+            "The subjects allowed",
             _search("subject", "action", "resource", subject=ANY_SUBJECT),
             "SearchResults",
         ),

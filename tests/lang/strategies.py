@@ -21,7 +21,7 @@ from typing import Any
 from hypothesis import strategies as st
 
 from pdp.lang import ast
-from pdp.lang.schema import SchemaModel
+from pdp.lang.schema import PERSONS, SchemaModel
 from pdp.lang.values import Duration, Money, Risk
 
 PACKAGE = "p"
@@ -183,6 +183,8 @@ def _attribute_paths(t: str, scope: Scope) -> list[str]:
             "agent.labels.team",
             "agent.labels.env",
             "agent.labels.cost-center",
+            "subject.type",
+            "subject.id",
         ]
         + (["tool.name", "tool.server", "resource.server"] if tool else []),
         NUMBER: ["agent.score", "context.n", "delegation.depth"],
@@ -316,7 +318,8 @@ def comparisons(depth: int, scope: Scope) -> st.SearchStrategy[ast.Expr]:
 @cache
 def has_tests(scope: Scope) -> st.SearchStrategy[ast.Expr]:
     """``agent has owner``, ``user has roles``, ``agent.labels has team``, …"""
-    roots = ["agent", "user", "context", "resource"] + (["tool"] if scope.tool_ok else [])
+    roots = ["agent", "user", "context", "resource", "subject"]
+    roots += ["tool"] if scope.tool_ok else []
     names = ("id", "risk", "status", "roles", "amount", "n", "consents", "server", "owner", "name")
     entity = st.tuples(st.sampled_from(roots), st.sampled_from(names)).map(
         lambda p: ast.Has(ast.Path(p[0], ()), p[1])
@@ -654,12 +657,19 @@ def request_json(
 
     Tools, actions and tables come from ``names`` (see :meth:`Policy.vocabulary`). A
     ``complete`` request has every attribute and a user, and amounts that a limit can
-    sum, so that permits with limits apply to it and fill their caps.
+    sum, so that permits with limits apply to it and fill their caps. One request in
+    eight is about a person instead of an agent (no agent, no delegation).
     """
-    data: dict[str, Any] = {"agent": draw(agents(complete))}
-    if complete or draw(st.booleans()):
+    if not complete and draw(st.integers(0, 7)) == 0:
+        person = draw(st.sampled_from(USER_IDS))
+        data: dict[str, Any] = {"subject": {"type": draw(st.sampled_from(PERSONS)), "id": person}}
+        if draw(st.booleans()):
+            data["user"] = draw(users())
+    else:
+        data = {"agent": draw(agents(complete))}
+    if "agent" in data and (complete or draw(st.booleans())):
         data["user"] = draw(users(complete))
-    if draw(st.booleans()):
+    if "agent" in data and draw(st.booleans()):
         chain = st.lists(st.sampled_from((*AGENT_IDS, *USER_IDS, "x")), max_size=4)
         data["delegation"] = {"chain": draw(chain)}
     data.update(draw(resources(names)))

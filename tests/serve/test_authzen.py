@@ -31,7 +31,7 @@ from pdp.decide import DecisionPoint
 from pdp.directory import Directory
 from pdp.doors.authzen import AUTHZEN_PATH, AUTHZEN_SCOPE, AuthZen
 from pdp.doors.callers import callers_of
-from pdp.engine import Engine
+from pdp.engine import Bundle, Engine
 from pdp.loader import load_directory
 from tests.conftest import SHIPPED_POLICIES
 from tests.serve.test_tls import PKI, _pem
@@ -48,14 +48,18 @@ class Pdp:
     trail answered once committed, and the issuer's authentication of callers."""
 
     def __init__(
-        self, store: Store, tls: tuple[str, str] | None = None, client_ca: str | None = None
+        self,
+        store: Store,
+        tls: tuple[str, str] | None = None,
+        client_ca: str | None = None,
+        bundle: Bundle | None = None,
     ) -> None:
         self.store = store
         self.directory = Directory(store)
         self.directory.load()
         self.writer = AuditWriter(store, 1_000, 0.0)
         self.point = DecisionPoint(
-            Engine(load_directory(SHIPPED_POLICIES).bundle),
+            Engine(bundle or load_directory(SHIPPED_POLICIES).bundle),
             directory=self.directory,
             audit=self.writer,
             durability="sync",
@@ -198,8 +202,8 @@ def test_properties_and_context_are_typed_by_the_schema(pdp: Pdp) -> None:
     [
         ({"action": {"name": "a"}, "resource": {"type": "t", "id": "i"}}, "subject is required"),
         (
-            {**evaluation("a"), "subject": {"type": "user", "id": "alice"}},
-            "subject.type: Tessera decides for agents",
+            {**evaluation("a"), "subject": {"type": "robot", "id": "r2"}},
+            'subject.type: Tessera decides for subjects of type "agent", "user", "identity"',
         ),
         ({**evaluation("a"), "action": {}}, "action.name is required"),
         ({**evaluation("a"), "resource": {"type": "tool"}}, "resource.id is required"),

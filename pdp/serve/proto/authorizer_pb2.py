@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1btessera/v1/authorizer.proto\x12\ntessera.v1\")\n\x05Money\x12\x0e\n\x06\x61mount\x18\x01 \x01(\t\x12\x10\n\x08\x63urrency\x18\x02 \x01(\t\"\x1c\n\nStringList\x12\x0e\n\x06values\x18\x01 \x03(\t\".\n\tValueList\x12!\n\x06values\x18\x01 \x03(\x0b\x32\x11.tessera.v1.Value\"~\n\x08ValueMap\x12\x30\n\x06values\x18\x01 \x03(\x0b\x32 .tessera.v1.ValueMap.ValuesEntry\x1a@\n\x0bValuesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12 \n\x05value\x18\x02 \x01(\x0b\x32\x11.tessera.v1.Value:\x02\x38\x01\"\xb3\x02\n\x05Value\x12\x10\n\x06string\x18\x01 \x01(\tH\x00\x12\x10\n\x06number\x18\x02 \x01(\x01H\x00\x12\x0e\n\x04\x62ool\x18\x03 \x01(\x08H\x00\x12\"\n\x05money\x18\x04 \x01(\x0b\x32\x11.tessera.v1.MoneyH\x00\x12\x0e\n\x04risk\x18\x05 \x01(\tH\x00\x12\x12\n\x08\x64uration\x18\x06 \x01(\tH\x00\x12\x0e\n\x04time\x18\x07 \x01(\tH\x00\x12\x0c\n\x02ip\x18\x08 \x01(\tH\x00\x12)\n\x07strings\x18\t \x01(\x0b\x32\x16.tessera.v1.StringListH\x00\x12%\n\x04list\x18\n \x01(\x0b\x32\x15.tessera.v1.ValueListH\x00\x12#\n\x03map\x18\x0b \x01(\x0b\x32\x14.tessera.v1.ValueMapH\x00\x12\x11\n\x07integer\x18\x0c \x01(\x03H\x00\x42\x06\n\x04kind\"\x90\x01\n\x05\x41gent\x12\n\n\x02id\x18\x01 \x01(\t\x12\x35\n\nattributes\x18\x02 \x03(\x0b\x32!.tessera.v1.Agent.AttributesEntry\x1a\x44\n\x0f\x41ttributesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12 \n\x05value\x18\x02 \x01(\x0b\x32\x11.tessera.v1.Value:\x02\x38\x01\"\x8e\x01\n\x04User\x12\n\n\x02id\x18\x01 \x01(\t\x12\x34\n\nattributes\x18\x02 \x03(\x0b\x32 .tessera.v1.User.AttributesEntry\x1a\x44\n\x0f\x41ttributesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12 \n\x05value\x18\x02 \x01(\x0b\x32\x11.tessera.v1.Value:\x02\x38\x01\"\x1b\n\nDelegation\x12\r\n\x05\x63hain\x18\x01 \x03(\t\"\xa4\x01\n\x08Resource\x12\x0c\n\x04type\x18\x01 \x01(\t\x12\n\n\x02id\x18\x02 \x01(\t\x12\x38\n\nattributes\x18\x03 \x03(\x0b\x32$.tessera.v1.Resource.AttributesEntry\x1a\x44\n\x0f\x41ttributesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12 \n\x05value\x18\x02 \x01(\x0b\x32\x11.tessera.v1.Value:\x02\x38\x01\"\xcc\x02\n\x10\x41uthorizeRequest\x12 \n\x05\x61gent\x18\x01 \x01(\x0b\x32\x11.tessera.v1.Agent\x12\x1e\n\x04user\x18\x02 \x01(\x0b\x32\x10.tessera.v1.User\x12*\n\ndelegation\x18\x03 \x01(\x0b\x32\x16.tessera.v1.Delegation\x12\x0e\n\x06\x61\x63tion\x18\x04 \x01(\t\x12&\n\x08resource\x18\x05 \x01(\x0b\x32\x14.tessera.v1.Resource\x12:\n\x07\x63ontext\x18\x06 \x03(\x0b\x32).tessera.v1.AuthorizeRequest.ContextEntry\x12\x13\n\x0b\x61gent_token\x18\x07 \x01(\t\x1a\x41\n\x0c\x43ontextEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12 \n\x05value\x18\x02 \x01(\x0b\x32\x11.tessera.v1.Value:\x02\x38\x01\")\n\nObligation\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t\":\n\tRuleError\x12\x0c\n\x04rule\x18\x01 \x01(\t\x12\x0e\n\x06\x65\x66\x66\x65\x63t\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\"\xdb\x01\n\x11\x41uthorizeResponse\x12\r\n\x05\x61llow\x18\x01 \x01(\x08\x12+\n\x0bobligations\x18\x02 \x03(\x0b\x32\x16.tessera.v1.Obligation\x12\x12\n\ndecided_by\x18\x03 \x03(\t\x12\x0f\n\x07reasons\x18\x04 \x03(\t\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x05 \x01(\t\x12\x16\n\x0e\x62undle_version\x18\x06 \x01(\t\x12%\n\x06\x65rrors\x18\x07 \x03(\x0b\x32\x15.tessera.v1.RuleError\x12\x11\n\tcacheable\x18\x08 \x01(\x08\"G\n\x15\x41uthorizeBatchRequest\x12.\n\x08requests\x18\x01 \x03(\x0b\x32\x1c.tessera.v1.AuthorizeRequest\"J\n\x16\x41uthorizeBatchResponse\x12\x30\n\tresponses\x18\x01 \x03(\x0b\x32\x1d.tessera.v1.AuthorizeResponse\"\xd2\x02\n\x12ListAllowedRequest\x12 \n\x05\x61gent\x18\x01 \x01(\x0b\x32\x11.tessera.v1.Agent\x12\x1e\n\x04user\x18\x02 \x01(\x0b\x32\x10.tessera.v1.User\x12*\n\ndelegation\x18\x03 \x01(\x0b\x32\x16.tessera.v1.Delegation\x12\x0e\n\x06\x61\x63tion\x18\x04 \x01(\t\x12(\n\ncandidates\x18\x05 \x03(\x0b\x32\x14.tessera.v1.Resource\x12<\n\x07\x63ontext\x18\x06 \x03(\x0b\x32+.tessera.v1.ListAllowedRequest.ContextEntry\x12\x13\n\x0b\x61gent_token\x18\x07 \x01(\t\x1a\x41\n\x0c\x43ontextEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12 \n\x05value\x18\x02 \x01(\x0b\x32\x11.tessera.v1.Value:\x02\x38\x01\"\x84\x01\n\x13ListAllowedResponse\x12%\n\x07\x61llowed\x18\x01 \x03(\x0b\x32\x14.tessera.v1.Resource\x12\x16\n\x0e\x62undle_version\x18\x02 \x01(\t\x12.\n\x10\x63onsent_required\x18\x03 \x03(\x0b\x32\x14.tessera.v1.Resource2\xff\x01\n\nAuthorizer\x12H\n\tAuthorize\x12\x1c.tessera.v1.AuthorizeRequest\x1a\x1d.tessera.v1.AuthorizeResponse\x12W\n\x0e\x41uthorizeBatch\x12!.tessera.v1.AuthorizeBatchRequest\x1a\".tessera.v1.AuthorizeBatchResponse\x12N\n\x0bListAllowed\x12\x1e.tessera.v1.ListAllowedRequest\x1a\x1f.tessera.v1.ListAllowedResponseB\x03\x90\x01\x00\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1btessera/v1/authorizer.proto\x12\ntessera.v1\")\n\x05Money\x12\x0e\n\x06\x61mount\x18\x01 \x01(\t\x12\x10\n\x08\x63urrency\x18\x02 \x01(\t\"\x1c\n\nStringList\x12\x0e\n\x06values\x18\x01 \x03(\t\".\n\tValueList\x12!\n\x06values\x18\x01 \x03(\x0b\x32\x11.tessera.v1.Value\"~\n\x08ValueMap\x12\x30\n\x06values\x18\x01 \x03(\x0b\x32 .tessera.v1.ValueMap.ValuesEntry\x1a@\n\x0bValuesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12 \n\x05value\x18\x02 \x01(\x0b\x32\x11.tessera.v1.Value:\x02\x38\x01\"\xb3\x02\n\x05Value\x12\x10\n\x06string\x18\x01 \x01(\tH\x00\x12\x10\n\x06number\x18\x02 \x01(\x01H\x00\x12\x0e\n\x04\x62ool\x18\x03 \x01(\x08H\x00\x12\"\n\x05money\x18\x04 \x01(\x0b\x32\x11.tessera.v1.MoneyH\x00\x12\x0e\n\x04risk\x18\x05 \x01(\tH\x00\x12\x12\n\x08\x64uration\x18\x06 \x01(\tH\x00\x12\x0e\n\x04time\x18\x07 \x01(\tH\x00\x12\x0c\n\x02ip\x18\x08 \x01(\tH\x00\x12)\n\x07strings\x18\t \x01(\x0b\x32\x16.tessera.v1.StringListH\x00\x12%\n\x04list\x18\n \x01(\x0b\x32\x15.tessera.v1.ValueListH\x00\x12#\n\x03map\x18\x0b \x01(\x0b\x32\x14.tessera.v1.ValueMapH\x00\x12\x11\n\x07integer\x18\x0c \x01(\x03H\x00\x42\x06\n\x04kind\"\x90\x01\n\x05\x41gent\x12\n\n\x02id\x18\x01 \x01(\t\x12\x35\n\nattributes\x18\x02 \x03(\x0b\x32!.tessera.v1.Agent.AttributesEntry\x1a\x44\n\x0f\x41ttributesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12 \n\x05value\x18\x02 \x01(\x0b\x32\x11.tessera.v1.Value:\x02\x38\x01\"\x8e\x01\n\x04User\x12\n\n\x02id\x18\x01 \x01(\t\x12\x34\n\nattributes\x18\x02 \x03(\x0b\x32 .tessera.v1.User.AttributesEntry\x1a\x44\n\x0f\x41ttributesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12 \n\x05value\x18\x02 \x01(\x0b\x32\x11.tessera.v1.Value:\x02\x38\x01\"\x1b\n\nDelegation\x12\r\n\x05\x63hain\x18\x01 \x03(\t\"\xa2\x01\n\x07Subject\x12\x0c\n\x04type\x18\x01 \x01(\t\x12\n\n\x02id\x18\x02 \x01(\t\x12\x37\n\nproperties\x18\x03 \x03(\x0b\x32#.tessera.v1.Subject.PropertiesEntry\x1a\x44\n\x0fPropertiesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12 \n\x05value\x18\x02 \x01(\x0b\x32\x11.tessera.v1.Value:\x02\x38\x01\"\xa4\x01\n\x08Resource\x12\x0c\n\x04type\x18\x01 \x01(\t\x12\n\n\x02id\x18\x02 \x01(\t\x12\x38\n\nattributes\x18\x03 \x03(\x0b\x32$.tessera.v1.Resource.AttributesEntry\x1a\x44\n\x0f\x41ttributesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12 \n\x05value\x18\x02 \x01(\x0b\x32\x11.tessera.v1.Value:\x02\x38\x01\"\xf2\x02\n\x10\x41uthorizeRequest\x12 \n\x05\x61gent\x18\x01 \x01(\x0b\x32\x11.tessera.v1.Agent\x12\x1e\n\x04user\x18\x02 \x01(\x0b\x32\x10.tessera.v1.User\x12*\n\ndelegation\x18\x03 \x01(\x0b\x32\x16.tessera.v1.Delegation\x12\x0e\n\x06\x61\x63tion\x18\x04 \x01(\t\x12&\n\x08resource\x18\x05 \x01(\x0b\x32\x14.tessera.v1.Resource\x12:\n\x07\x63ontext\x18\x06 \x03(\x0b\x32).tessera.v1.AuthorizeRequest.ContextEntry\x12\x13\n\x0b\x61gent_token\x18\x07 \x01(\t\x12$\n\x07subject\x18\x08 \x01(\x0b\x32\x13.tessera.v1.Subject\x1a\x41\n\x0c\x43ontextEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12 \n\x05value\x18\x02 \x01(\x0b\x32\x11.tessera.v1.Value:\x02\x38\x01\")\n\nObligation\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t\":\n\tRuleError\x12\x0c\n\x04rule\x18\x01 \x01(\t\x12\x0e\n\x06\x65\x66\x66\x65\x63t\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\"\xdb\x01\n\x11\x41uthorizeResponse\x12\r\n\x05\x61llow\x18\x01 \x01(\x08\x12+\n\x0bobligations\x18\x02 \x03(\x0b\x32\x16.tessera.v1.Obligation\x12\x12\n\ndecided_by\x18\x03 \x03(\t\x12\x0f\n\x07reasons\x18\x04 \x03(\t\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x05 \x01(\t\x12\x16\n\x0e\x62undle_version\x18\x06 \x01(\t\x12%\n\x06\x65rrors\x18\x07 \x03(\x0b\x32\x15.tessera.v1.RuleError\x12\x11\n\tcacheable\x18\x08 \x01(\x08\"G\n\x15\x41uthorizeBatchRequest\x12.\n\x08requests\x18\x01 \x03(\x0b\x32\x1c.tessera.v1.AuthorizeRequest\"J\n\x16\x41uthorizeBatchResponse\x12\x30\n\tresponses\x18\x01 \x03(\x0b\x32\x1d.tessera.v1.AuthorizeResponse\"\xf8\x02\n\x12ListAllowedRequest\x12 \n\x05\x61gent\x18\x01 \x01(\x0b\x32\x11.tessera.v1.Agent\x12\x1e\n\x04user\x18\x02 \x01(\x0b\x32\x10.tessera.v1.User\x12*\n\ndelegation\x18\x03 \x01(\x0b\x32\x16.tessera.v1.Delegation\x12\x0e\n\x06\x61\x63tion\x18\x04 \x01(\t\x12(\n\ncandidates\x18\x05 \x03(\x0b\x32\x14.tessera.v1.Resource\x12<\n\x07\x63ontext\x18\x06 \x03(\x0b\x32+.tessera.v1.ListAllowedRequest.ContextEntry\x12\x13\n\x0b\x61gent_token\x18\x07 \x01(\t\x12$\n\x07subject\x18\x08 \x01(\x0b\x32\x13.tessera.v1.Subject\x1a\x41\n\x0c\x43ontextEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12 \n\x05value\x18\x02 \x01(\x0b\x32\x11.tessera.v1.Value:\x02\x38\x01\"\x84\x01\n\x13ListAllowedResponse\x12%\n\x07\x61llowed\x18\x01 \x03(\x0b\x32\x14.tessera.v1.Resource\x12\x16\n\x0e\x62undle_version\x18\x02 \x01(\t\x12.\n\x10\x63onsent_required\x18\x03 \x03(\x0b\x32\x14.tessera.v1.Resource2\xff\x01\n\nAuthorizer\x12H\n\tAuthorize\x12\x1c.tessera.v1.AuthorizeRequest\x1a\x1d.tessera.v1.AuthorizeResponse\x12W\n\x0e\x41uthorizeBatch\x12!.tessera.v1.AuthorizeBatchRequest\x1a\".tessera.v1.AuthorizeBatchResponse\x12N\n\x0bListAllowed\x12\x1e.tessera.v1.ListAllowedRequest\x1a\x1f.tessera.v1.ListAllowedResponseB\x03\x90\x01\x00\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,6 +38,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_AGENT_ATTRIBUTESENTRY']._serialized_options = b'8\001'
   _globals['_USER_ATTRIBUTESENTRY']._loaded_options = None
   _globals['_USER_ATTRIBUTESENTRY']._serialized_options = b'8\001'
+  _globals['_SUBJECT_PROPERTIESENTRY']._loaded_options = None
+  _globals['_SUBJECT_PROPERTIESENTRY']._serialized_options = b'8\001'
   _globals['_RESOURCE_ATTRIBUTESENTRY']._loaded_options = None
   _globals['_RESOURCE_ATTRIBUTESENTRY']._serialized_options = b'8\001'
   _globals['_AUTHORIZEREQUEST_CONTEXTENTRY']._loaded_options = None
@@ -66,30 +68,34 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_USER_ATTRIBUTESENTRY']._serialized_end=747
   _globals['_DELEGATION']._serialized_start=894
   _globals['_DELEGATION']._serialized_end=921
-  _globals['_RESOURCE']._serialized_start=924
-  _globals['_RESOURCE']._serialized_end=1088
+  _globals['_SUBJECT']._serialized_start=924
+  _globals['_SUBJECT']._serialized_end=1086
+  _globals['_SUBJECT_PROPERTIESENTRY']._serialized_start=1018
+  _globals['_SUBJECT_PROPERTIESENTRY']._serialized_end=1086
+  _globals['_RESOURCE']._serialized_start=1089
+  _globals['_RESOURCE']._serialized_end=1253
   _globals['_RESOURCE_ATTRIBUTESENTRY']._serialized_start=679
   _globals['_RESOURCE_ATTRIBUTESENTRY']._serialized_end=747
-  _globals['_AUTHORIZEREQUEST']._serialized_start=1091
-  _globals['_AUTHORIZEREQUEST']._serialized_end=1423
-  _globals['_AUTHORIZEREQUEST_CONTEXTENTRY']._serialized_start=1358
-  _globals['_AUTHORIZEREQUEST_CONTEXTENTRY']._serialized_end=1423
-  _globals['_OBLIGATION']._serialized_start=1425
-  _globals['_OBLIGATION']._serialized_end=1466
-  _globals['_RULEERROR']._serialized_start=1468
-  _globals['_RULEERROR']._serialized_end=1526
-  _globals['_AUTHORIZERESPONSE']._serialized_start=1529
-  _globals['_AUTHORIZERESPONSE']._serialized_end=1748
-  _globals['_AUTHORIZEBATCHREQUEST']._serialized_start=1750
-  _globals['_AUTHORIZEBATCHREQUEST']._serialized_end=1821
-  _globals['_AUTHORIZEBATCHRESPONSE']._serialized_start=1823
-  _globals['_AUTHORIZEBATCHRESPONSE']._serialized_end=1897
-  _globals['_LISTALLOWEDREQUEST']._serialized_start=1900
-  _globals['_LISTALLOWEDREQUEST']._serialized_end=2238
-  _globals['_LISTALLOWEDREQUEST_CONTEXTENTRY']._serialized_start=1358
-  _globals['_LISTALLOWEDREQUEST_CONTEXTENTRY']._serialized_end=1423
-  _globals['_LISTALLOWEDRESPONSE']._serialized_start=2241
-  _globals['_LISTALLOWEDRESPONSE']._serialized_end=2373
-  _globals['_AUTHORIZER']._serialized_start=2376
-  _globals['_AUTHORIZER']._serialized_end=2631
+  _globals['_AUTHORIZEREQUEST']._serialized_start=1256
+  _globals['_AUTHORIZEREQUEST']._serialized_end=1626
+  _globals['_AUTHORIZEREQUEST_CONTEXTENTRY']._serialized_start=1561
+  _globals['_AUTHORIZEREQUEST_CONTEXTENTRY']._serialized_end=1626
+  _globals['_OBLIGATION']._serialized_start=1628
+  _globals['_OBLIGATION']._serialized_end=1669
+  _globals['_RULEERROR']._serialized_start=1671
+  _globals['_RULEERROR']._serialized_end=1729
+  _globals['_AUTHORIZERESPONSE']._serialized_start=1732
+  _globals['_AUTHORIZERESPONSE']._serialized_end=1951
+  _globals['_AUTHORIZEBATCHREQUEST']._serialized_start=1953
+  _globals['_AUTHORIZEBATCHREQUEST']._serialized_end=2024
+  _globals['_AUTHORIZEBATCHRESPONSE']._serialized_start=2026
+  _globals['_AUTHORIZEBATCHRESPONSE']._serialized_end=2100
+  _globals['_LISTALLOWEDREQUEST']._serialized_start=2103
+  _globals['_LISTALLOWEDREQUEST']._serialized_end=2479
+  _globals['_LISTALLOWEDREQUEST_CONTEXTENTRY']._serialized_start=1561
+  _globals['_LISTALLOWEDREQUEST_CONTEXTENTRY']._serialized_end=1626
+  _globals['_LISTALLOWEDRESPONSE']._serialized_start=2482
+  _globals['_LISTALLOWEDRESPONSE']._serialized_end=2614
+  _globals['_AUTHORIZER']._serialized_start=2617
+  _globals['_AUTHORIZER']._serialized_end=2872
 # @@protoc_insertion_point(module_scope)

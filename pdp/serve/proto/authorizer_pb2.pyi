@@ -103,6 +103,23 @@ class Delegation(_message.Message):
     chain: _containers.RepeatedScalarFieldContainer[str]
     def __init__(self, chain: _Optional[_Iterable[str]] = ...) -> None: ...
 
+class Subject(_message.Message):
+    __slots__ = ("type", "id", "properties")
+    class PropertiesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: Value
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[Value, _Mapping]] = ...) -> None: ...
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    ID_FIELD_NUMBER: _ClassVar[int]
+    PROPERTIES_FIELD_NUMBER: _ClassVar[int]
+    type: str
+    id: str
+    properties: _containers.MessageMap[str, Value]
+    def __init__(self, type: _Optional[str] = ..., id: _Optional[str] = ..., properties: _Optional[_Mapping[str, Value]] = ...) -> None: ...
+
 class Resource(_message.Message):
     __slots__ = ("type", "id", "attributes")
     class AttributesEntry(_message.Message):
@@ -121,7 +138,7 @@ class Resource(_message.Message):
     def __init__(self, type: _Optional[str] = ..., id: _Optional[str] = ..., attributes: _Optional[_Mapping[str, Value]] = ...) -> None: ...
 
 class AuthorizeRequest(_message.Message):
-    __slots__ = ("agent", "user", "delegation", "action", "resource", "context", "agent_token")
+    __slots__ = ("agent", "user", "delegation", "action", "resource", "context", "agent_token", "subject")
     class ContextEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -136,6 +153,7 @@ class AuthorizeRequest(_message.Message):
     RESOURCE_FIELD_NUMBER: _ClassVar[int]
     CONTEXT_FIELD_NUMBER: _ClassVar[int]
     AGENT_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    SUBJECT_FIELD_NUMBER: _ClassVar[int]
     agent: Agent
     user: User
     delegation: Delegation
@@ -143,7 +161,8 @@ class AuthorizeRequest(_message.Message):
     resource: Resource
     context: _containers.MessageMap[str, Value]
     agent_token: str
-    def __init__(self, agent: _Optional[_Union[Agent, _Mapping]] = ..., user: _Optional[_Union[User, _Mapping]] = ..., delegation: _Optional[_Union[Delegation, _Mapping]] = ..., action: _Optional[str] = ..., resource: _Optional[_Union[Resource, _Mapping]] = ..., context: _Optional[_Mapping[str, Value]] = ..., agent_token: _Optional[str] = ...) -> None: ...
+    subject: Subject
+    def __init__(self, agent: _Optional[_Union[Agent, _Mapping]] = ..., user: _Optional[_Union[User, _Mapping]] = ..., delegation: _Optional[_Union[Delegation, _Mapping]] = ..., action: _Optional[str] = ..., resource: _Optional[_Union[Resource, _Mapping]] = ..., context: _Optional[_Mapping[str, Value]] = ..., agent_token: _Optional[str] = ..., subject: _Optional[_Union[Subject, _Mapping]] = ...) -> None: ...
 
 class Obligation(_message.Message):
     __slots__ = ("kind", "value")
@@ -196,7 +215,7 @@ class AuthorizeBatchResponse(_message.Message):
     def __init__(self, responses: _Optional[_Iterable[_Union[AuthorizeResponse, _Mapping]]] = ...) -> None: ...
 
 class ListAllowedRequest(_message.Message):
-    __slots__ = ("agent", "user", "delegation", "action", "candidates", "context", "agent_token")
+    __slots__ = ("agent", "user", "delegation", "action", "candidates", "context", "agent_token", "subject")
     class ContextEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -211,6 +230,7 @@ class ListAllowedRequest(_message.Message):
     CANDIDATES_FIELD_NUMBER: _ClassVar[int]
     CONTEXT_FIELD_NUMBER: _ClassVar[int]
     AGENT_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    SUBJECT_FIELD_NUMBER: _ClassVar[int]
     agent: Agent
     user: User
     delegation: Delegation
@@ -218,7 +238,8 @@ class ListAllowedRequest(_message.Message):
     candidates: _containers.RepeatedCompositeFieldContainer[Resource]
     context: _containers.MessageMap[str, Value]
     agent_token: str
-    def __init__(self, agent: _Optional[_Union[Agent, _Mapping]] = ..., user: _Optional[_Union[User, _Mapping]] = ..., delegation: _Optional[_Union[Delegation, _Mapping]] = ..., action: _Optional[str] = ..., candidates: _Optional[_Iterable[_Union[Resource, _Mapping]]] = ..., context: _Optional[_Mapping[str, Value]] = ..., agent_token: _Optional[str] = ...) -> None: ...
+    subject: Subject
+    def __init__(self, agent: _Optional[_Union[Agent, _Mapping]] = ..., user: _Optional[_Union[User, _Mapping]] = ..., delegation: _Optional[_Union[Delegation, _Mapping]] = ..., action: _Optional[str] = ..., candidates: _Optional[_Iterable[_Union[Resource, _Mapping]]] = ..., context: _Optional[_Mapping[str, Value]] = ..., agent_token: _Optional[str] = ..., subject: _Optional[_Union[Subject, _Mapping]] = ...) -> None: ...
 
 class ListAllowedResponse(_message.Message):
     __slots__ = ("allowed", "bundle_version", "consent_required")

@@ -71,7 +71,7 @@ class AuthorizerServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListAllowed(self, request, context):
-        """The subset of candidate resources the agent may use for one action
+        """The subset of candidate resources the agent (or subject) may use for one action
         (how `tools/list` is filtered).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
