@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import signal
 import socket
 import subprocess
@@ -11,7 +12,7 @@ import threading
 from collections.abc import Callable, Coroutine, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import grpc
 from starlette.types import ASGIApp
@@ -119,6 +120,34 @@ def tessera_serve(*args: str, lines: int) -> Iterator[tuple[subprocess.Popen[str
         if process.poll() is None:
             process.kill()
             process.wait(timeout=10)
+
+
+class Serving(NamedTuple):
+    """A ``tessera serve`` started by :func:`tessera_on`: the process, its gRPC port and
+    the base URL of its HTTP port (SCIM, OAuth, AuthZEN)."""
+
+    process: subprocess.Popen[str]
+    grpc_port: int
+    http: str
+
+
+@contextmanager
+def tessera_on(policies: str | Path, store: str, token: str, *flags: str) -> Iterator[Serving]:
+    """``tessera serve`` on the bundle ``policies`` and the store URL ``store``, with the
+    admin token ``token``, its ports picked; it says why when it does not start."""
+    with tessera_serve(
+        *("--policies", str(policies), "--store", store, "--admin-token", token),
+        *("--port", "0", "--http-port", "0", "--metrics-port", "-1", "--grace", "1"),
+        *flags,
+        lines=2,
+    ) as (process, lines):
+        grpc_port = re.search(r"Authorizer on 127\.0\.0\.1:(\d+)", lines[0])
+        http = re.search(r"SCIM 2\.0 at (http://127\.0\.0\.1:\d+)/scim/v2", lines[1])
+        if (grpc_port is None or http is None) and process.wait(timeout=TIMEOUT) is not None:
+            assert process.stderr is not None
+            raise AssertionError(f"tessera serve did not start: {process.stderr.read()}")
+        assert grpc_port and http, lines
+        yield Serving(process, int(grpc_port.group(1)), http.group(1))
 
 
 def read_answer(conn: socket.socket) -> bytes:

@@ -63,7 +63,7 @@ import json
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, TypeVar
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -97,11 +97,13 @@ EXPLAIN = "tessera_explain"
 DEFAULT_PAGE = 100
 MAX_PAGE = 1_000
 MAX_EVALUATIONS = 1_000
+MAX_CANDIDATES = 10_000  # subjects or resources one search may decide on
 MAX_BODY = 1 << 20  # bytes
 MAX_DEPTH = 32  # levels of nested lists and objects in an attribute value
 INT64 = 1 << 63
 
 Json = dict[str, Any]
+T = TypeVar("T")
 Peer = Callable[[], str]
 
 
@@ -565,7 +567,8 @@ class AuthZen:
         ident = subject.get("id", "")
         if not isinstance(ident, str):
             raise bad(f"{where}subject.id must be a string")
-        given = _subject(self.point.schema, subject, where, need_id=False)
+        # The user may be named by any of their ids; the token names them by the directory's.
+        given = self.identified(_subject(self.point.schema, subject, where, need_id=False), where)
         try:
             who = await self.agent_tokens.caller(token)
         except CallerRefused as exc:
@@ -641,7 +644,7 @@ class AuthZen:
         assert subject is not None and action is not None and resource is not None
         properties = _object(subject, "properties", "subject.", required=False) or {}
         if TOKEN_PROPERTY in properties:
-            raise bad("subject.properties.token: a subject search looks for agents; send none")
+            raise bad("subject.properties.token: a subject search finds subjects; send no token")
         form = properties.get(ID_FORM, DEFAULT_ID_FORM)
         rest = {key: value for key, value in properties.items() if key != ID_FORM}
         asked = _subject(self.point.schema, {**subject, "properties": rest}, "", need_id=False)
@@ -654,7 +657,7 @@ class AuthZen:
         context = _object(body, "context", "", required=False)
         results = []
         schema, bounds = self.point.schema, self.point.bounds
-        for candidate in self._candidates(asked, form):
+        for candidate in _bounded(self._candidates(asked, form), "subjects"):
             request = _request(schema, candidate, name, target, context, "", bounds)
             if self._allowed(request):
                 results.append({"type": candidate.type, "id": candidate.id})
@@ -690,7 +693,7 @@ class AuthZen:
         results = []
         schema, bounds = self.point.schema, self.point.bounds
         named = named_resources(self.point.engine.bundle, name, kind)
-        for ident in sorted({*named, *self.point.resources.ids(kind)}):
+        for ident in _bounded(sorted({*named, *self.point.resources.ids(kind)}), "resources"):
             asked = _request(schema, who, name, (kind, ident, properties), context, "", bounds)
             if self._allowed(asked):
                 results.append({"type": kind, "id": ident})
@@ -711,6 +714,19 @@ class AuthZen:
             if self._allowed(_request(schema, who, name, target, context, "", bounds)):
                 results.append({"name": name})
         return _paged(body, results, offset, limit)
+
+
+def _bounded(candidates: list[T], what: str) -> list[T]:
+    """The candidates of a search, refused (413) when deciding on each would make one
+    request cost more than :data:`MAX_CANDIDATES` decisions."""
+    if len(candidates) > MAX_CANDIDATES:
+        raise Failure(
+            413,
+            f"the search would decide on {len(candidates):,} {what}, over the "
+            f"{MAX_CANDIDATES:,} one search may consider; ask about fewer (one resource "
+            "or subject type with fewer entries) or use evaluations",
+        )
+    return candidates
 
 
 def _client_certificate(request: Request) -> bool:

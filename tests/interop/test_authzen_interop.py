@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -25,7 +24,7 @@ import httpx
 import pytest
 
 from tests.interop.conftest import SENT
-from tests.servers import tessera_serve
+from tests.servers import tessera_on
 
 VECTORS = Path(__file__).parent / "vectors"
 EXAMPLES = Path(__file__).parents[2] / "policies" / "examples"
@@ -40,17 +39,8 @@ def scenario(bundle: str, people: str, tmp: Path) -> Iterator[httpx.Client]:
     """``tessera serve`` on the example bundle and a new store, with the people of
     ``people``'s provisioning script in its directory; a client of its HTTP port."""
     store = f"sqlite:///{tmp / 'tessera.db'}"
-    with tessera_serve(
-        *("--policies", str(EXAMPLES / bundle), "--store", store, "--admin-token", TOKEN),
-        *("--port", "0", "--http-port", "0", "--metrics-port", "-1", "--grace", "1"),
-        lines=2,
-    ) as (process, lines):
-        found = re.search(r"SCIM 2\.0 at (http://127\.0\.0\.1:\d+)/scim/v2", lines[1])
-        if found is None and process.wait(timeout=10) is not None:
-            assert process.stderr is not None
-            pytest.fail(f"tessera serve did not start: {process.stderr.read()}")
-        assert found, lines
-        base = found.group(1)
+    with tessera_on(EXAMPLES / bundle, store, TOKEN) as served:
+        base = served.http
         script = EXAMPLES / people / "provision.sh"
         env = {**os.environ, "TESSERA_ADMIN_TOKEN": TOKEN}
         done = subprocess.run(

@@ -29,6 +29,7 @@ from pdp.audit.query import entries
 from pdp.audit.writer import AuditWriter
 from pdp.decide import DecisionPoint
 from pdp.directory import Directory
+from pdp.doors import authzen
 from pdp.doors.authzen import AUTHZEN_PATH, AUTHZEN_SCOPE, AuthZen
 from pdp.doors.callers import callers_of
 from pdp.engine import Bundle, Engine
@@ -443,6 +444,19 @@ def test_an_agent_token_in_the_subject_decides_for_whom_it_names(pdp: Pdp) -> No
     assert many == {"evaluations": [{"decision": True}, {"decision": False}]}
 
 
+def test_with_an_agent_token_the_user_may_be_named_by_any_of_their_ids(pdp: Pdp) -> None:
+    mailer = pdp.agent("mailer", scopes=["mail:send"])
+    user = add_user(pdp.store, "bjensen", emails=[{"value": "babs@example.com"}])
+    pdp.directory.refresh()
+    token = agent_token(pdp, mailer, sub=user, act={"sub": mailer})
+    for name in (user, "bjensen", "babs@example.com"):
+        body = by_token(token, "mail.send", user=name)
+        assert pdp.ok("/evaluation", body) == {"decision": True}, name
+    refused = pdp.post("/evaluation", by_token(token, "mail.send", user="someone-else"))
+    assert refused.status_code == 400
+    assert "subject.properties.user" in refused.text
+
+
 def test_a_subject_that_disagrees_with_its_token_or_a_bad_token_is_400(pdp: Pdp) -> None:
     reader = pdp.agent("reader")
     token = agent_token(pdp, reader)
@@ -576,6 +590,24 @@ def test_subject_search_lists_the_agents_allowed_page_by_page(pdp: Pdp) -> None:
     for page in ({"token": "garbage!"}, {"limit": 0}, {"limit": "2"}):
         assert pdp.post("/search/subject", {**body, "page": page}).status_code == 400
     assert len(pdp.records()) == before  # searching decides without recording
+
+
+def test_a_search_over_more_candidates_than_its_bound_is_413(
+    pdp: Pdp, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in ("reader-1", "reader-2", "reader-3"):
+        pdp.agent(name)
+    body = {
+        "subject": {"type": "agent"},
+        "action": {"name": "tool.call"},
+        "resource": {"type": "tool", "id": "search"},
+    }
+    monkeypatch.setattr(authzen, "MAX_CANDIDATES", 2)
+    refused = pdp.post("/search/subject", body)
+    assert refused.status_code == 413
+    assert "would decide on 3 subjects, over the 2 one search may consider" in refused.text
+    monkeypatch.setattr(authzen, "MAX_CANDIDATES", 3)
+    assert pdp.ok("/search/subject", body)["page"]["total"] == 3
 
 
 def test_resource_search_lists_the_ids_the_policies_name_that_are_allowed(pdp: Pdp) -> None:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -33,7 +32,7 @@ from pdp.serve.proto import authorizer_pb2 as pb
 from pdp.serve.proto import authorizer_pb2_grpc as pb_grpc
 from pdp.serve.reload import Reloader
 from pdp.server import http_app
-from tests.servers import HttpServer, tessera_serve
+from tests.servers import HttpServer, tessera_on
 from tests.stores import BACKENDS, store_url
 from tests.test_catalog import RULES, SCHEMA
 from tests.test_directory import add_agent
@@ -125,17 +124,9 @@ def live(
     policies = write_bundle(tmp_path / "policies")
     with (
         store_url(request.param, tmp_path) as url,
-        tessera_serve(
-            *("--policies", str(policies), "--store", url),
-            *("--port", "0", "--http-port", "0", "--metrics-port", "-1", "--grace", "1"),
-            *("--admin-token", TOKEN),
-            lines=2,
-        ) as (_, lines),
+        tessera_on(policies, url, TOKEN) as serving,
     ):
-        grpc_port = re.search(r"Authorizer on 127\.0\.0\.1:(\d+)", lines[0])
-        http = re.search(r"SCIM 2\.0 at (http://127\.0\.0\.1:\d+)/scim/v2", lines[1])
-        assert grpc_port and http, lines
-        served = Live(int(grpc_port.group(1)), http.group(1))
+        served = Live(serving.grpc_port, serving.http)
         yield served
         served.http.close()
         served.channel.close()

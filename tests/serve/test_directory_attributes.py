@@ -3,7 +3,6 @@ roles, agents' roles and groups, decided by ``tessera serve`` over its own SCIM 
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,7 +15,7 @@ import pytest
 from issuer.models import AGENT_EXTENSION, AGENT_SCHEMA
 from pdp.serve.proto import authorizer_pb2 as pb
 from pdp.serve.proto import authorizer_pb2_grpc as pb_grpc
-from tests.servers import tessera_serve
+from tests.servers import tessera_on
 from tests.stores import BACKENDS, store_url
 
 TOKEN = "test-admin-token-0123456789"
@@ -72,17 +71,9 @@ def served(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Served]:
     (policies / "ledgers.pol").write_text(POLICY)
     with (
         store_url(request.param, tmp_path) as url,
-        tessera_serve(
-            *("--policies", str(policies), "--store", url),
-            *("--port", "0", "--http-port", "0", "--metrics-port", "-1", "--grace", "1"),
-            *("--admin-token", TOKEN),
-            lines=2,
-        ) as (_process, lines),
+        tessera_on(policies, url, TOKEN) as serving,
     ):
-        grpc_port = re.search(r"Authorizer on 127\.0\.0\.1:(\d+)", lines[0])
-        scim = re.search(r"SCIM 2\.0 at (http://127\.0\.0\.1:\d+/scim/v2)", lines[1])
-        assert grpc_port and scim, lines
-        served = Served(int(grpc_port.group(1)), scim.group(1))
+        served = Served(serving.grpc_port, f"{serving.http}/scim/v2")
         yield served
         served.http.close()
         served.channel.close()

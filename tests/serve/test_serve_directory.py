@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import subprocess
 import sys
 import time
@@ -17,7 +16,7 @@ from issuer.models import AGENT_EXTENSION, AGENT_SCHEMA
 from pdp.serve.proto import authorizer_pb2 as pb
 from pdp.serve.proto import authorizer_pb2_grpc as pb_grpc
 from tests.conftest import SHIPPED_POLICIES
-from tests.servers import tessera_serve
+from tests.servers import tessera_on
 from tests.stores import BACKENDS, store_url
 
 TOKEN = "test-admin-token-0123456789"
@@ -38,17 +37,9 @@ class Served:
 def served(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Served]:
     with (
         store_url(request.param, tmp_path) as url,
-        tessera_serve(
-            *("--policies", str(SHIPPED_POLICIES), "--store", url),
-            *("--port", "0", "--http-port", "0", "--metrics-port", "-1", "--grace", "1"),
-            *("--admin-token", TOKEN),
-            lines=2,
-        ) as (process, lines),
+        tessera_on(SHIPPED_POLICIES, url, TOKEN) as serving,
     ):
-        grpc_port = re.search(r"Authorizer on 127\.0\.0\.1:(\d+)", lines[0])
-        scim = re.search(r"SCIM 2\.0 at (http://127\.0\.0\.1:\d+/scim/v2)", lines[1])
-        assert grpc_port and scim, lines
-        served = Served(process, int(grpc_port.group(1)), scim.group(1))
+        served = Served(serving.process, serving.grpc_port, f"{serving.http}/scim/v2")
         yield served
         served.http.close()
         served.channel.close()
