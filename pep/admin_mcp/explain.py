@@ -18,16 +18,17 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from issuer.store import Store
+from pdp.catalog import Resources
 from pdp.counters import Amount, Charge, CounterError, Tally
 from pdp.engine import Bundle
 from pdp.explain import render_explanation, render_rules
 from pdp.interpreter import Explanation, Interpreter
 from pdp.lang import ast
 from pdp.lang.runtime import limit_key_prefix
-from pdp.model import Decision, RequestError
-from pdp.request import request_from_json
+from pdp.model import Decision, Request, RequestError
+from pdp.subjects import PERSONS
 from pep.admin_mcp.errors import AdminError
-from pep.admin_mcp.replay import Replay, find_decision, record_epoch
+from pep.admin_mcp.replay import Replay, find_decision, rebuilt, record_epoch
 
 DIRECTORY = "directory"  # the deciding "rule" of a refusal by the directory
 NOT_KEPT = "the record keeps no limit usage: it was made before decision records kept it"
@@ -111,6 +112,7 @@ def explain_decision(store: Store, bundle: Bundle, decision_id: str) -> dict[str
         )
     seq, record = found
     replay = Replay(store)
+    resources = Resources(bundle, replay.directory)  # the catalog, as the PDP's fills it
     lines = recorded_lines(record)
     unknown: list[str] = []
     reproduced = False
@@ -119,18 +121,15 @@ def explain_decision(store: Store, bundle: Bundle, decision_id: str) -> dict[str
         reproduced = True
     else:
         usage = RecordedUsage(record, bundle.rules)
-        then = trace(bundle, replay.request(record, recorded_consents=True), record, usage)
+        asked = replay.request(record, recorded_consents=True)
+        then = trace(bundle, resources, asked, record, usage)
         same_bundle = record.get("bundle_version") == bundle.version
         reproduced = same_bundle and isinstance(then, Explanation) and same(then.decision, record)
         if isinstance(then, Explanation) and reproduced:
             lines += ["", *render_rules(then)]
         else:
             lines += ["", "no rule-by-rule account: " + why_not(then, record, bundle)]
-        unknown = usage.unknown + (
-            ["the user's roles and groups then: read as the directory holds them now"]
-            if record.get("user")
-            else []
-        )
+        unknown = usage.unknown + who_unknown(replay, record)
     return {
         "seq": seq,
         "record": record,
@@ -139,8 +138,23 @@ def explain_decision(store: Store, bundle: Bundle, decision_id: str) -> dict[str
         "reproduced": reproduced,
         "unknown": unknown,
         "bundle": bundle_note(record, bundle),
-        "today": today(bundle, replay, record),
+        "today": today(bundle, resources, replay, record),
     }
+
+
+def who_unknown(replay: Replay, record: Mapping[str, Any]) -> list[str]:
+    """What the record does not tell about who asked, read otherwise to rebuild it."""
+    subject = record.get("subject") if record.get("agent") is None else None
+    if isinstance(subject, dict) and replay.person(record) is None:
+        named = f"{subject.get('type')} {subject.get('id')!r}"
+        held = ", and the directory holds no such user" if subject.get("type") in PERSONS else ""
+        return [
+            f"the properties sent with the {named}: the record does not keep them{held}; "
+            "read as none"
+        ]
+    if record.get("user"):
+        return ["the user's roles and groups then: read as the directory holds them now"]
+    return []
 
 
 def recorded_lines(record: Mapping[str, Any]) -> list[str]:
@@ -179,16 +193,29 @@ def limit_line(entry: Mapping[str, Any]) -> str:
 
 
 def trace(
-    bundle: Bundle, asked: dict[str, Any] | str, record: Mapping[str, Any], usage: RecordedUsage
+    bundle: Bundle,
+    resources: Resources,
+    asked: dict[str, Any] | str,
+    record: Mapping[str, Any],
+    usage: RecordedUsage,
 ) -> Explanation | str:
-    """The interpreter's account of ``asked`` at the record's time with the recorded limit
-    usage, or why there is none."""
+    """The interpreter's account of ``asked``, its resource as the catalog describes it,
+    at the record's time with the recorded limit usage, or why there is none."""
     if isinstance(asked, str):
         return f"the request cannot be rebuilt: {asked}"
     try:
-        typed = request_from_json(asked, bundle.schema)
+        typed = rebuilt(asked, bundle, resources)
     except RequestError as exc:
         return f"the policies' schema does not accept the recorded request: {exc}"
+    if isinstance(typed, str):
+        return f"the directory refuses the rebuilt request: {typed}"
+    return explained(bundle, typed, record, usage)
+
+
+def explained(
+    bundle: Bundle, typed: Request, record: Mapping[str, Any], usage: RecordedUsage
+) -> Explanation:
+    """The interpreter's account of a typed request at the record's time."""
     at = record_epoch(record.get("at"))
     interpreter = Interpreter(bundle.rules, bundle.lets, bundle.version, usage, lambda: at)
     return interpreter.explain(typed, commit=False)
@@ -237,25 +264,31 @@ def bundle_note(record: Mapping[str, Any], bundle: Bundle) -> str:
     )
 
 
-def today(bundle: Bundle, replay: Replay, record: Mapping[str, Any]) -> dict[str, Any]:
+def today(
+    bundle: Bundle, resources: Resources, replay: Replay, record: Mapping[str, Any]
+) -> dict[str, Any]:
     """How the policies in force now decide the recorded request, with the agent, user
-    and consents as the directory holds them now and the limit usage as recorded."""
+    and consents as the directory holds them now, the resource as the catalog describes
+    it now, and the limit usage as recorded."""
     basis = (
         f"the policies in force now (bundle {bundle.version}), the agent, user and consents "
-        "as the directory holds them now, the recorded action, resource and context, and "
-        "the limit usage as recorded (not today's counters)"
+        "as the directory holds them now, the recorded action, resource and context, the "
+        "resource catalog now, and the limit usage as recorded (not today's counters)"
     )
     asked = replay.request_now(record)
-    if isinstance(asked, str):
+    try:
+        typed = asked if isinstance(asked, str) else rebuilt(asked, bundle, resources)
+    except RequestError as exc:
+        why = f"the policies' schema does not accept the recorded request: {exc}"
+        return {"decision": None, "explanation": f"today: {why}", "basis": basis}
+    if isinstance(typed, str):
         return {
             "decision": "deny",
             "decided_by": [DIRECTORY],
-            "explanation": f"today: DENY: the directory refuses it now: {asked}",
+            "explanation": f"today: DENY: the directory refuses it now: {typed}",
             "basis": basis,
         }
-    now = trace(bundle, asked, record, RecordedUsage(record, bundle.rules))
-    if isinstance(now, str):
-        return {"decision": None, "explanation": f"today: {now}", "basis": basis}
+    now = explained(bundle, typed, record, RecordedUsage(record, bundle.rules))
     return {
         "decision": "allow" if now.decision.allow else "deny",
         "decided_by": list(now.decision.decided_by),

@@ -9,8 +9,9 @@ directory's files with those changes applied; nothing is written to disk.
 What-if rebuilds each request from its agent-trail record (:mod:`pep.admin_mcp.replay`):
 the agent's attributes as the directory held them when the decision was made (from the
 change log), the user's roles and groups and the user's consents as they are now, and
-the recorded action, resource (type and id) and context. Limits replay in order from
-zero, each decision at its recorded time.
+the recorded action, resource (type and id, the rest from the resource catalog) and
+context; a person's decision with the person as the directory holds them now. Limits
+replay in order from zero, each decision at its recorded time.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from pdp.loader import SUFFIX, Loaded, bundle_files, content_version, load_texts
 from pdp.model import Decision, RequestError
 from pdp.policytest import TEST_CLOCK, run_tests
 from pdp.request import request_from_json
+from pdp.subjects import PERSONS
 from pep.admin_mcp.errors import AdminError
 from pep.admin_mcp.explain import explain_decision
 from pep.admin_mcp.replay import TRAIL, Replay, Replayer
@@ -219,33 +221,20 @@ class Policies:
         directory: Directory | None = None,
     ) -> dict[str, Any]:
         """Decide one request JSON (without using up any limit) and explain it. With a
-        directory, the agent's and user's attributes and consents are the directory's, and
-        an agent it does not know or that is not active is refused, as the PDP does. The
-        resource's attributes the request does not send come from the resource catalog
-        (the bundle's entries, and with a directory the store's), as the PDP's do."""
+        directory, who asks is who the directory says, as the PDP decides it
+        (:func:`as_known`); the resource's attributes the request does not send come from
+        the resource catalog (the bundle's entries, and with a directory the store's), as
+        the PDP's do."""
         bundle = (self.proposed(changes) if changes else self.current()).bundle
         if not isinstance(request, dict):
             raise AdminError("the request is a JSON object (see the request format)")
         data = dict(request)
         if directory is not None:
-            agent = data.get("agent")
-            agent_id = agent.get("id") if isinstance(agent, dict) else None
-            if not isinstance(agent_id, str):
-                raise AdminError("agent.id is required: the directory id of the agent")
-            user = data.get("user")
-            user_id = user.get("id") if isinstance(user, dict) else None
-            chain = (data.get("delegation") or {}).get("chain") or ()
-            identities = directory.resolve(agent_id, user_id, chain)
-            if isinstance(identities, str):
-                decision = Decision(False, (), ("directory",), (identities,), (), bundle.version)
-                return {
-                    **decision.to_json(),
-                    "explanation": f"refused by the directory: {identities}",
-                }
-            data["agent"] = identities.agent
-            if identities.user is not None:
-                data["user"] = identities.user
-            data["context"] = {**(data.get("context") or {}), "consents": list(identities.consents)}
+            known = as_known(data, directory)
+            if isinstance(known, str):
+                decision = Decision(False, (), ("directory",), (known,), (), bundle.version)
+                return {**decision.to_json(), "explanation": f"refused by the directory: {known}"}
+            data = known
         try:
             typed = request_from_json(data, bundle.schema)
         except RequestError as exc:
@@ -281,8 +270,8 @@ class Policies:
             if record.get("kind") == "decision":
                 recent.append((seq, record))
         replay = Replay(store)
-        before = Replayer(current)
-        after = Replayer(proposed)
+        before = Replayer(current, replay.directory)
+        after = Replayer(proposed, replay.directory)
         changed: list[dict[str, Any]] = []
         count = 0
         for seq, record in recent:
@@ -318,6 +307,67 @@ class Policies:
         """A past decision by its id: the recorded answer and why (see
         :mod:`pep.admin_mcp.explain`), and how the policies in force now decide it."""
         return explain_decision(store, self.current().bundle, decision_id)
+
+
+def as_known(data: dict[str, Any], directory: Directory) -> dict[str, Any] | str:
+    """Request JSON with who asks as the directory knows them, or why the PDP would refuse
+    it. An agent it does not know or that is not active is refused, and its user (named
+    by any id: :meth:`pdp.subjects.People.identify`) must be known and active; their
+    attributes and the user's consents for the agent are the directory's. A subject that
+    is no agent (``"subject"``) is decided as ``DecisionPoint._other_subject`` decides
+    it: a person the directory knows on its facts, whatever was sent (refused when not
+    active), one it does not know on the properties sent; nobody's consents."""
+    if "subject" in data and "agent" not in data:
+        return _other_subject(data, directory)
+    agent = data.get("agent")
+    agent_id = agent.get("id") if isinstance(agent, dict) else None
+    if not isinstance(agent_id, str):
+        raise AdminError(
+            "agent.id is required: the directory id of the agent (or name another "
+            'subject: "subject": {"type": "user", "id": "…"})'
+        )
+    user = data.get("user")
+    user_id = user.get("id") if isinstance(user, dict) else None
+    if isinstance(user_id, str):
+        user_id = _identified(directory, user_id, "user.id")
+    chain = (data.get("delegation") or {}).get("chain") or ()
+    identities = directory.resolve(agent_id, user_id, chain)
+    if isinstance(identities, str):
+        return identities
+    known = {**data, "agent": identities.agent}
+    if identities.user is not None:
+        known["user"] = identities.user
+    known["context"] = {**(data.get("context") or {}), "consents": list(identities.consents)}
+    return known
+
+
+def _other_subject(data: dict[str, Any], directory: Directory) -> dict[str, Any] | str:
+    """Request JSON about a subject that is no agent, as the directory knows it."""
+    subject = data.get("subject")
+    known = {**data, "context": {**(data.get("context") or {}), "consents": []}}
+    if not isinstance(subject, dict) or subject.get("type") not in PERSONS:
+        return known  # a declared subject type: on the properties sent
+    name = subject.get("id")
+    if not isinstance(name, str) or not name:
+        return known  # the request's own check names the field
+    user_id = _identified(directory, name, "subject.id")
+    person = directory.person(user_id)
+    if person is not None and not person.active:
+        return f"user {user_id!r} is not active"
+    sent = data.get("user")
+    if person is not None:
+        known["user"] = person.attributes()  # the directory's facts replace what was sent
+    elif isinstance(sent, dict):
+        known["user"] = {**sent, "id": user_id}
+    return known
+
+
+def _identified(directory: Directory, name: str, where: str) -> str:
+    """The directory's id of the person ``name`` names, as the PDP identifies them."""
+    try:
+        return directory.people.identify(name, where)
+    except RequestError as exc:
+        raise AdminError(f"invalid request: {exc}") from None
 
 
 def _outcome(answer: Mapping[str, Any]) -> tuple[str, tuple[str, ...]]:

@@ -5,7 +5,11 @@ A decision record keeps who asked (ids), the action, the resource's type and id,
 context and the answer (see docs/audit.md). The rest of a request is rebuilt: the agent's
 attributes as the directory held them when the decision was made (from the change log),
 the user's roles and groups as they are now, and the user's consents either as the
-record keeps them or as they are now.
+record keeps them or as they are now. A record about a subject that is no agent (``agent``
+null) keeps the subject as the caller named it: a person is rebuilt as the directory
+holds them now, and a person it does not hold, or a subject of a declared type, with no
+attributes but its id (the record does not keep the properties sent). The resource's
+attributes come from the resource catalog, as the decision point's do.
 """
 
 from __future__ import annotations
@@ -17,11 +21,13 @@ from typing import Any
 from issuer.agents import Agent
 from issuer.store import Change, Store
 from pdp.audit.query import Filters, records
+from pdp.catalog import Resources
 from pdp.counters import MemoryCounters
 from pdp.directory import Directory
 from pdp.engine import Bundle, Engine
 from pdp.model import Request, RequestError
 from pdp.request import request_from_json
+from pdp.subjects import PERSONS
 
 TRAIL = "agent"
 
@@ -64,6 +70,8 @@ class Replay:
         """The request JSON, or why the directory refused it at the time. The user's
         consents are the record's with ``recorded_consents`` (a record keeps those the
         decision saw, and none when there were none), else the directory's now."""
+        if record.get("agent") is None:
+            return self._other_subject(record, recorded_consents=recorded_consents)
         at = record_time(record.get("at"))
         agent_id = str(record.get("agent") or "")
         agent = self.agent_at(agent_id, at)
@@ -86,6 +94,11 @@ class Replay:
     def request_now(self, record: Mapping[str, Any]) -> dict[str, Any] | str:
         """The recorded request with the agent, the user and the consents as the directory
         holds them now, or why the decision point would refuse it now."""
+        if record.get("agent") is None:
+            known = self.directory.person(str(record.get("user") or ""))
+            if known is not None and not known.active:
+                return f"user {known.id!r} is not active"
+            return self._other_subject(record, recorded_consents=False)
         user_id = record.get("user")
         chain = [str(actor) for actor in record.get("delegation") or ()]
         identities = self.directory.resolve(
@@ -94,6 +107,34 @@ class Replay:
         if isinstance(identities, str):
             return identities
         return self._completed(identities.agent, record, chain, list(identities.consents))
+
+    def person(self, record: Mapping[str, Any]) -> dict[str, Any] | None:
+        """The attributes of the person a record about a person is for, as the directory
+        holds them now; None when it does not hold them (or the record is about no one)."""
+        user_id = record.get("user")
+        return self.directory.user(str(user_id)) if user_id else None
+
+    def _other_subject(
+        self, record: Mapping[str, Any], *, recorded_consents: bool
+    ) -> dict[str, Any] | str:
+        """The request JSON of a record about a subject that is no agent (as
+        ``DecisionPoint._other_subject`` decides it): a person the directory holds with
+        its attributes now, else the subject alone; nobody's consents but the record's
+        with ``recorded_consents`` (the consent store holds an agent's)."""
+        subject = record.get("subject")
+        if not isinstance(subject, dict):
+            return "the record names neither an agent nor another subject"
+        context = dict(record.get("context") or {})
+        context["consents"] = context.get("consents", []) if recorded_consents else []
+        data: dict[str, Any] = {
+            "subject": {"type": subject.get("type"), "id": subject.get("id")},
+            "action": record.get("action"),
+            "resource": dict(record.get("resource") or {}),
+            "context": context,
+        }
+        if subject.get("type") in PERSONS and record.get("user"):
+            data["user"] = self.person(record) or {"id": str(record["user"])}
+        return data
 
     def _completed(
         self,
@@ -123,22 +164,31 @@ class Replay:
         return data
 
 
+def rebuilt(asked: dict[str, Any], bundle: Bundle, resources: Resources) -> Request | str:
+    """``asked`` typed by the bundle's schema with the resource's attributes it does not
+    send from the resource catalog (as the decision point fills them), or why the
+    directory refuses it (a catalog entry that does not fit the schema). RequestError when
+    the schema does not accept the request."""
+    return resources.request(request_from_json(asked, bundle.schema))
+
+
 class Replayer:
     """Decides replayed requests with one bundle: its own limit counters, each decision at
-    its recorded time."""
+    its recorded time, the resource catalog of the bundle and the directory's store."""
 
-    def __init__(self, bundle: Bundle) -> None:
+    def __init__(self, bundle: Bundle, directory: Directory | None = None) -> None:
         self.bundle = bundle
+        self.resources = Resources(bundle, directory)
         self.now = 0.0
         self.engine = Engine(bundle, MemoryCounters(), clock=lambda: self.now)
 
     def decide(self, asked: dict[str, Any] | str, record: Mapping[str, Any]) -> dict[str, Any]:
-        if isinstance(asked, str):
-            return {"decision": "deny", "decided_by": ["directory"], "reasons": [asked]}
         try:
-            typed: Request = request_from_json(asked, self.bundle.schema)
+            typed = asked if isinstance(asked, str) else rebuilt(asked, self.bundle, self.resources)
         except RequestError as exc:
             return {"decision": "invalid", "decided_by": [], "reasons": [str(exc)]}
+        if isinstance(typed, str):
+            return {"decision": "deny", "decided_by": ["directory"], "reasons": [typed]}
         self.now = record_epoch(record.get("at"))
         decision = self.engine.decide(typed)
         answer = decision.to_json()

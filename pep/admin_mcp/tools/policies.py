@@ -76,10 +76,12 @@ def _simulate_request(server: MCPServer[Any], backend: Backend) -> None:
         "Decide one request and explain it rule by rule (why each candidate rule "
         "applied or not, down to the failing sub-expression), as 'tessera explain' does. "
         "Limits are not used up. With the directory, agent.id (the agent's id or name) "
-        "and user.id are enough: their attributes and consents come from the directory, "
-        "and an unknown, suspended or retired agent is refused as the decision point "
-        "would. Optionally decide "
-        "against a proposed change instead of the current policies.",
+        "and user.id (any id of the person: SCIM id, userName, externalId, e-mail) are "
+        "enough: their attributes and consents come from the directory, and an unknown, "
+        "suspended or retired agent is refused as the decision point would. A request "
+        'about a person names them as {"subject": {"type": "user", "id": "…"}}: a person '
+        "the directory knows is decided on its facts. Optionally decide against a "
+        "proposed change instead of the current policies.",
     )
     async def simulate_request(
         request: Annotated[
@@ -88,7 +90,8 @@ def _simulate_request(server: MCPServer[Any], backend: Backend) -> None:
                 description='request JSON: {"agent": {"id": "…"}, "user": {"id": "…"} '
                 '(optional), "action": "tool.call", "resource": {"type": "tool", "id": '
                 '"payments.transfer"}, "context": {"amount": "200 USD"}}; "tool": "name" is '
-                "short for action tool.call on that tool"
+                'short for action tool.call on that tool; "subject": {"type": "user", "id": '
+                '"…"} instead of "agent" asks about a person'
             ),
         ],
         changes: Annotated[
