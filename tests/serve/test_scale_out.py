@@ -8,7 +8,6 @@ one is still denied.
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -24,7 +23,7 @@ from pdp.serve.proto import authorizer_pb2 as pb
 from pdp.serve.proto import authorizer_pb2_grpc as pb_grpc
 from tests.conftest import SHIPPED_POLICIES
 from tests.counters.places import REDIS_URL
-from tests.servers import tessera_serve
+from tests.servers import tessera_on
 from tests.stores import postgres_schema
 
 TOKEN = "test-admin-token-0123456789"
@@ -43,16 +42,8 @@ class Replica:
 @contextmanager
 def replica(store: str, *flags: str) -> Iterator[Replica]:
     """``tessera serve`` on ``store`` (ports picked), stopped cleanly after the block."""
-    with tessera_serve(
-        *("--policies", str(SHIPPED_POLICIES), "--store", store, "--admin-token", TOKEN),
-        *("--port", "0", "--http-port", "0", "--metrics-port", "-1", "--grace", "2"),
-        *flags,
-        lines=2,
-    ) as (_, lines):
-        grpc_port = re.search(r"Authorizer on (127\.0\.0\.1:\d+)", lines[0])
-        scim = re.search(r"SCIM 2\.0 at (http://127\.0\.0\.1:\d+/scim/v2)", lines[1])
-        assert grpc_port and scim, lines
-        yield Replica(grpc_port.group(1), scim.group(1))
+    with tessera_on(SHIPPED_POLICIES, store, TOKEN, "--grace", "2", *flags) as serving:
+        yield Replica(f"127.0.0.1:{serving.grpc_port}", f"{serving.http}/scim/v2")
 
 
 def provision(scim: str) -> str:
