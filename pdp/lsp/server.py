@@ -127,7 +127,7 @@ def _unchecked(broken: str) -> types.Diagnostic:
     start = types.Position(0, 0)
     return types.Diagnostic(
         range=types.Range(start, start),
-        message=f"not type-checked until {broken} of this bundle parses",
+        message=f"not type-checked: {broken} of this bundle has an error",
         severity=types.DiagnosticSeverity.Information,
         source=SOURCE,
     )
@@ -150,11 +150,10 @@ def did_close(ls: PolicyServer, params: types.DidCloseTextDocumentParams) -> Non
     nothing left to show."""
     uri = params.text_document.uri
     root, path = ls.locate(uri)
-    if root is None:
-        ls.analyses.pop(path, None)
-        ls.text_document_publish_diagnostics(types.PublishDiagnosticsParams(uri, []))
+    if root is not None and path in refresh(ls, uri).texts:
         return
-    refresh(ls, uri)
+    ls.analyses.pop(path, None)
+    ls.text_document_publish_diagnostics(types.PublishDiagnosticsParams(uri, []))
 
 
 def hover(ls: PolicyServer, params: types.HoverParams) -> types.Hover | None:

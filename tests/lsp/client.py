@@ -56,6 +56,9 @@ class Editor:
         whole = types.TextDocumentContentChangeWholeDocument(text)
         self.client.text_document_did_change(types.DidChangeTextDocumentParams(document, [whole]))
 
+    def close(self, path: Path) -> None:
+        self.client.text_document_did_close(types.DidCloseTextDocumentParams(document(path)))
+
     async def hover(self, path: Path, line: int, character: int) -> types.Hover | None:
         params = types.HoverParams(document(path), types.Position(line, character))
         return await asyncio.wait_for(self.client.text_document_hover_async(params), WAIT)

@@ -81,6 +81,19 @@ def test_an_error_is_shown_where_it_is_and_goes_when_it_is_fixed(bundle: Path) -
     run(bundle.parent, scenario)
 
 
+def test_closing_a_file_shows_the_saved_text_diagnostics(bundle: Path) -> None:
+    rules = bundle / "rules.pol"
+
+    async def scenario(editor: Editor) -> None:
+        editor.open(rules, RULES.replace("agent.risk", "agent.riks"))
+        [error] = await editor.published(rules)
+        assert "riks" in error.message
+        editor.close(rules)  # unsaved: the file on disk has no error
+        assert await editor.published(rules) == []
+
+    run(bundle.parent, scenario)
+
+
 def test_a_syntax_error_is_shown_and_the_other_files_are_not_checked(bundle: Path) -> None:
     rules = bundle / "rules.pol"
     tests = bundle / "rules_test.pol"
