@@ -16,7 +16,7 @@ from typing import TextIO
 from issuer import cli as keys
 from pdp.audit.cli import AUDIT, REPORT
 from pdp.commands import OK, USAGE, Command, run
-from pdp.commands.policy import CHECK, EVAL, EXPLAIN, FMT, TEST
+from pdp.commands.policy import CHECK, EVAL, EXPLAIN, FMT, LSP, TEST
 from pdp.commands.serve import SERVE, open_configured_store
 from pep.admin_mcp.cli import ADMIN_MCP
 from pep.mcp_proxy.cli import MCP_PROXY
@@ -45,6 +45,7 @@ COMMANDS = (
     CHECK,
     TEST,
     FMT,
+    LSP,
     EVAL,
     EXPLAIN,
     SERVE,

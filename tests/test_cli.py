@@ -237,7 +237,7 @@ def test_help_lists_every_command_once_grouped_by_plane(
     assert caught.value.code == 0
     listed = re.findall(r"^    (\S+)", capsys.readouterr().out, re.MULTILINE)
     assert listed == [
-        *("check", "test", "fmt", "eval", "explain"),
+        *("check", "test", "fmt", "lsp", "eval", "explain"),
         *("serve", "status", "audit", "report", "keys", "mcp-proxy", "admin-mcp"),
     ]
 

@@ -1,5 +1,5 @@
-"""The policy commands: ``check``, ``test`` and ``fmt`` a policy directory, ``eval`` and
-``explain`` one request against it.
+"""The policy commands: ``check``, ``test`` and ``fmt`` a policy directory, ``lsp`` for
+editors, ``eval`` and ``explain`` one request against it.
 """
 
 from __future__ import annotations
@@ -234,6 +234,33 @@ FMT = Command(
     "searched for .pol files. Formatting twice changes nothing.",
     options=_fmt_options,
     run=_fmt,
+)
+
+
+def _lsp_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--stdio",
+        action="store_true",
+        help="talk over standard input and output (the only transport; accepted because "
+        "editors' clients pass it)",
+    )
+
+
+def _lsp(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    from pdp.lsp.server import serve
+
+    serve()
+    return OK
+
+
+LSP = Command(
+    "lsp",
+    help="serve the language server protocol for .pol files to an editor",
+    description="Run a language server on standard input and output for an editor: "
+    "diagnostics of each open file's bundle as you type, hover, go to definition and "
+    "formatting. Set-up for VS Code and Neovim is in docs/editor.md.",
+    options=_lsp_options,
+    run=_lsp,
 )
 
 

@@ -1,0 +1,123 @@
+"""The bundle an open `.pol` file belongs to, parsed and checked with the editor's text.
+
+The root is the directory ``tessera check`` would be pointed at: the nearest one above the
+file that holds a ``bundle.toml`` (:data:`pdp.loader.BUNDLE_MARKER`), else the workspace
+folder holding the file, else the file's own directory. Its files are the loader's
+(:func:`pdp.loader.policy_files`), each read from the editor when it is open there, so a
+file of another bundle is never checked with this one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from pdp.lang import ast
+from pdp.lang.checker import CheckResult, check
+from pdp.lang.errors import Diagnostic, PolicyError, Sources, Span
+from pdp.lang.parser import parse
+from pdp.loader import BUNDLE_MARKER, policy_files
+
+MAX_DOCUMENT = 1 << 20
+"""The largest file parsed, in bytes of UTF-8; a larger one gets one diagnostic instead."""
+
+ELSEWHERE = ""
+"""The key of diagnostics whose span names no file of the bundle."""
+
+
+@dataclass(frozen=True)
+class Analysis:
+    """One bundle as the editor holds it: every file's text, the files that parse, what
+    the checker learned of them (also when a file does not parse: hovers use it), and the
+    diagnostics to show by file path (:data:`ELSEWHERE` for those of no file)."""
+
+    root: Path | None
+    texts: dict[str, str]
+    modules: dict[str, ast.Module]
+    result: CheckResult
+    diagnostics: dict[str, list[Diagnostic]]
+    broken: str | None = None
+    """A file with an error that stops the bundle from being checked: until each file
+    parses, only those errors are reported (as the loader does)."""
+
+
+def bundle_root(path: Path, folders: Sequence[Path]) -> Path:
+    """The directory ``tessera check`` would load ``path`` with (the module docstring)."""
+    for folder in path.parents:
+        if (folder / BUNDLE_MARKER).is_file():
+            return folder
+    holding = [f for f in folders if f in path.parents]
+    if holding:
+        return max(holding, key=lambda folder: len(folder.parts))
+    return path.parent
+
+
+def too_large(text: str) -> bool:
+    """Whether ``text`` is over :data:`MAX_DOCUMENT` bytes."""
+    return len(text) > MAX_DOCUMENT or len(text.encode("utf-8", "replace")) > MAX_DOCUMENT
+
+
+def _too_large_diagnostic(path: str) -> Diagnostic:
+    return Diagnostic(
+        "error",
+        f"this file is larger than {MAX_DOCUMENT // (1 << 20)} MiB, so it is not checked",
+        Span(path, 1, 1, 1, 1),
+        hint="split it into several .pol files of the same bundle",
+    )
+
+
+def _read(path: Path) -> str | Diagnostic:
+    """The text of a file of the bundle that is not open, or why it cannot be used."""
+    try:
+        if path.stat().st_size > MAX_DOCUMENT:
+            return _too_large_diagnostic(str(path))
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        return Diagnostic("error", f"cannot read {path}: {exc}", Span(str(path), 1, 1, 1, 1))
+
+
+def bundle_texts(
+    root: Path | None, open_texts: Mapping[str, str]
+) -> tuple[dict[str, str], list[Diagnostic]]:
+    """The text of every `.pol` file of the bundle at ``root`` (``open_texts``, those of
+    its files open in the editor, first), and a diagnostic for each that cannot be read."""
+    texts: dict[str, str] = {}
+    problems: list[Diagnostic] = []
+    on_disk = policy_files(root) if root is not None and root.is_dir() else []
+    for path in on_disk:
+        name = str(path)
+        if name in open_texts:
+            continue
+        read = _read(path)
+        if isinstance(read, Diagnostic):
+            problems.append(read)
+        else:
+            texts[name] = read
+    texts.update(open_texts)
+    return texts, problems
+
+
+def analyze(root: Path | None, open_texts: Mapping[str, str]) -> Analysis:
+    """Parse and check the bundle at ``root`` (None: ``open_texts`` alone)."""
+    texts, problems = bundle_texts(root, open_texts)
+    files = set(texts) | {problem.span.file for problem in problems}
+    sources = Sources()
+    modules: dict[str, ast.Module] = {}
+    for path in sorted(texts):
+        text = texts[path]
+        sources.add(path, text)
+        if too_large(text):
+            problems.append(_too_large_diagnostic(path))
+            continue
+        try:
+            modules[path] = parse(text, path)
+        except PolicyError as exc:
+            problems.extend(exc.diagnostics)
+    result = check(list(modules.values()), sources)
+    diagnostics: dict[str, list[Diagnostic]] = {path: [] for path in files}
+    for diagnostic in problems or result.diagnostics:
+        file = diagnostic.span.file
+        diagnostics.setdefault(file if file in files else ELSEWHERE, []).append(diagnostic)
+    broken = problems[0].span.file if problems else None
+    return Analysis(root, texts, modules, result, diagnostics, broken)

@@ -1,0 +1,121 @@
+"""What a hover over a `.pol` file shows: an attribute's schema type, a let's value and
+type, a rule's summary (Markdown)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from pdp.lang import ast
+from pdp.lang.errors import PolicyError, source_lines
+from pdp.lang.formatter import format_expr, format_source
+from pdp.lang.schema import SchemaModel, Type
+from pdp.lang.values import Money, type_name
+from pdp.lsp.navigate import Found, LetName, RuleRef, find_let, find_rule
+
+_BOOLEAN = (ast.Compare, ast.Has, ast.Not, ast.BoolOp, ast.Flag)
+
+
+def hover_text(found: Found, modules: Iterable[ast.Module], schema: SchemaModel) -> str | None:
+    """The Markdown for the node under the cursor; None when there is nothing to say."""
+    modules = list(modules)
+    node = found.node
+    package = getattr(found.item, "package", "")
+    if isinstance(node, ast.Path):
+        resource_type = None
+        if isinstance(found.item, ast.Rule) and found.item.target is not None:
+            resource_type = found.item.target.resource_type
+        shown = path_type(node, schema, resource_type)
+        what = f"`{shown}`" if shown is not None else "not declared in the schema"
+        return f"`{node.dotted()}`: {what}"
+    if isinstance(node, ast.Name | LetName):
+        let = node.let if isinstance(node, LetName) else find_let(modules, package, node.name)
+        return None if let is None else _let(let, modules, schema)
+    if isinstance(node, ast.Rule):
+        return _rule(node, modules)
+    if isinstance(node, RuleRef):
+        rule = find_rule(modules, node.package, node.name)
+        return None if rule is None else _rule(rule, modules)
+    return None
+
+
+def path_type(path: ast.Path, schema: SchemaModel, resource_type: str | None) -> Type | None:
+    """The schema type of an attribute path (None when the schema has no such path)."""
+    if path.root == "action":
+        return Type("string") if not path.parts else None
+    attrs = _root_attrs(path.root, schema, resource_type)
+    if attrs is None or not path.parts:
+        return None
+    found = attrs.get(path.parts[0])
+    for _ in path.parts[1:]:
+        if found is None or found.name != "map":
+            return None
+        found = found.arg
+    return found
+
+
+def _root_attrs(
+    root: str, schema: SchemaModel, resource_type: str | None
+) -> dict[str, Type] | None:
+    if root in ("agent", "user", "context", "delegation"):
+        return schema.entity(root)
+    if root == "resource":
+        return schema.resource_attrs(resource_type)
+    if root == "subject":
+        return schema.subject_attrs()
+    if root == "tool":
+        return schema.tool_attrs()
+    return None
+
+
+def expr_type(
+    expr: ast.Expr, modules: list[ast.Module], schema: SchemaModel, package: str, depth: int = 0
+) -> str | None:
+    """The type of a let's value as far as it shows without the checker (a literal, a
+    list of one type, an attribute, a condition, another let); None when it does not."""
+    if depth > 50:  # lets that name each other in a circle; the checker reports those
+        return None
+    if isinstance(expr, ast.Literal_):
+        value = expr.value
+        if isinstance(value, Money):
+            return f"money<{value.currency}>"
+        return type_name(value)
+    if isinstance(expr, _BOOLEAN):
+        return "bool"
+    if isinstance(expr, ast.Path):
+        found = path_type(expr, schema, None)
+        return None if found is None else str(found)
+    if isinstance(expr, ast.Name):
+        let = find_let(modules, package, expr.name)
+        return None if let is None else expr_type(let.expr, modules, schema, package, depth + 1)
+    if isinstance(expr, ast.ListExpr):
+        members = {expr_type(item, modules, schema, package, depth + 1) for item in expr.items}
+        member = members.pop() if len(members) == 1 else None
+        return f"list<{member}>" if member is not None else "list"
+    return None
+
+
+def _let(let: ast.Let, modules: list[ast.Module], schema: SchemaModel) -> str:
+    shown = expr_type(let.expr, modules, schema, let.package)
+    head = f"let `{let.name}`" + (f": `{shown}`" if shown is not None else "")
+    return f"{head}\n\n```tessera\n{_item_text(let, modules)}\n```"
+
+
+def _rule(rule: ast.Rule, modules: list[ast.Module]) -> str:
+    where = f"{rule.name_span.file}:{rule.name_span.line}"
+    return f"{rule.effect} `{rule.id}` ({where})\n\n```tessera\n{_item_text(rule, modules)}\n```"
+
+
+def _item_text(item: ast.Let | ast.Rule, modules: list[ast.Module]) -> str:
+    """An item in canonical form (its own source text, formatted)."""
+    source = next((m.source for m in modules if m.path == item.span.file), "")
+    lines = source_lines(source)[item.span.line - 1 : item.span.end_line]
+    if lines:
+        lines[-1] = lines[-1][: item.span.end_column - 1]
+        lines[0] = lines[0][item.span.column - 1 :]
+    text = "\n".join(lines)
+    try:
+        return format_source(text).rstrip("\n")
+    except PolicyError:
+        if isinstance(item, ast.Let):
+            return f"let {item.name} = {format_expr(item.expr)}"
+        return text
