@@ -479,7 +479,7 @@ def _uses(rule: CompiledRule, charges: tuple[Charge, ...], tally: Tally) -> tupl
 
 def _charge(limit: CompiledLimit, request: Request) -> Charge:
     """What one call adds under one limit, checked against the cap's kind."""
-    subject = limit_subject(limit.scope, request.agent_id, request.user_id)
+    subject = limit_subject(limit.scope, request)
     if limit.amount is None:
         amount: Any = 1
     else:

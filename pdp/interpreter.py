@@ -394,6 +394,6 @@ def _charge(
     rule: ast.Rule, index: int, limit: ast.Limit, request: Request, amount: Any, cap: Any
 ) -> Charge:
     """One limit's share of one call, keyed as the engine keys it."""
-    subject = limit_subject(limit.scope, request.agent_id, request.user_id)
+    subject = limit_subject(limit.scope, request)
     key = limit_key_prefix(rule.id, index, limit.scope) + subject
     return Charge(key, subject, limit_window(limit), amount, cap)

@@ -63,3 +63,12 @@ def test_explain_commits_limits_only_when_asked() -> None:
     assert interpreter.explain(req, commit=False).decision.allow
     assert interpreter.explain(req).decision.allow
     assert not interpreter.explain(req).decision.allow
+
+
+def test_a_trace_names_a_global_limit_and_the_usage_it_read() -> None:
+    bundle = bundle_of('permit p call tool "x" limit 1 calls per 1h global')
+    interpreter = Interpreter(bundle.rules, bundle.lets, clock=lambda: 0.0)
+    assert interpreter.explain(request(bundle, tool="x")).decision.allow
+    other = request(bundle, tool="x", agent={"id": "other", "risk": "low", "status": "active"})
+    text = render_explanation(interpreter.explain(other))
+    assert "1 calls per 1h global: used 1, this call 1" in text

@@ -106,3 +106,25 @@ def test_the_failing_repetition_is_named() -> None:
     (result,) = run_tests(bundle)
     assert result.failure is not None
     assert (result.failure.step, result.failure.repetition) == (1, 3)
+
+
+def test_a_limit_per_agent_and_resource_counts_each_record_apart() -> None:
+    bundle = bundle_of(
+        """
+        package r
+        permit reads
+          action "db.read" on table
+          limit 3 calls per 1h per agent+resource
+        test "three reads of each record, by each agent" {
+          agent { id: "a", status: "active" }
+          action "db.read" on table "orders" times 3
+          expect allow by reads
+          action "db.read" on table "orders"
+          expect deny
+          action "db.read" on table "invoices" times 3
+          expect allow by reads
+        }
+        """
+    )
+    (result,) = run_tests(bundle)
+    assert result.failure is None, result.failure

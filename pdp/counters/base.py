@@ -24,9 +24,10 @@ class CounterError(PdpError):
 class Charge:
     """One limit's share of one call: add ``amount`` under ``key`` if it fits ``cap``.
 
-    ``subject`` is whose use the key counts (an agent id, a user id, or the pair), also
-    the last part of ``key``: shared stores keep every key of one subject together (one
-    Redis Cluster slot)."""
+    ``subject`` is whose use the key counts, or what (an agent id, a user id, the pair,
+    an owner, an agent and a resource, a tool, ``*`` for a global limit: the tail of
+    :func:`pdp.lang.runtime.limit_key_prefix`), also the last part of ``key``: shared
+    stores keep every key of one subject together (one Redis Cluster slot)."""
 
     key: str
     subject: str

@@ -11,8 +11,9 @@ forgot it (after a restart or ``SCRIPT FLUSH``).
 
 Keys: ``<prefix>limit:{<subject>}:<key>`` and ``<prefix>once:{<subject>}:<hash>``, where
 ``<prefix>`` is ``tessera:`` unless given. ``{<subject>}`` is a Redis Cluster hash tag:
-every key of one agent (or user) lives in one slot, so a charge of one subject's limits
-runs in one script on one node. The once-record takes the first charge's subject.
+every key of one agent (or user, owner, tool, …) lives in one slot, so a charge of one
+subject's limits runs in one script on one node. The once-record takes the first
+charge's subject.
 
 Lua adds doubles: totals stay exact because caps and amounts are kept below 2**52 units
 (:data:`pdp.counters.units.MAX_UNITS`). Every round trip, and connecting, is bounded by

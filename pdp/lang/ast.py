@@ -148,12 +148,21 @@ class Target:
 CALL_ACTION = "tool.call"
 TOOL_TYPE = "tool"
 
-Scope = Literal["agent", "user", "agent+user"]
+Scope = Literal["agent", "user", "agent+user", "agent+resource", "owner", "tool", "global"]
+# What a limit counts per: written `per NAME` (or `per NAME+NAME`), except `global`.
+PER_SCOPES: tuple[Scope, ...] = ("agent", "user", "agent+user", "agent+resource", "owner", "tool")
+GLOBAL_SCOPE: Scope = "global"
+
+
+def scope_text(scope: str) -> str:
+    """A limit's scope as written: ``per agent``, ``per agent+resource``, ``global``."""
+    return scope if scope == GLOBAL_SCOPE else f"per {scope}"
 
 
 @dataclass(frozen=True, slots=True)
 class Limit:
-    """``limit sum(EXPR) <= CAP per WINDOW per SCOPE`` or ``limit N calls per WINDOW``."""
+    """``limit sum(EXPR) <= CAP per WINDOW per SCOPE`` or ``limit N calls per WINDOW``
+    (``global`` in place of ``per SCOPE``: one count for every request)."""
 
     kind: Literal["sum", "count"]
     amount: Expr | None

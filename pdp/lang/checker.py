@@ -922,6 +922,8 @@ class _Checker:
         )
 
     def _limit(self, limit: ast.Limit, scope: _Scope) -> None:
+        if limit.scope == "owner":
+            self._owner_declared(limit)
         window = limit.window
         if (
             isinstance(window, ast.Literal_)
@@ -958,6 +960,17 @@ class _Checker:
                 f"currency mismatch: {clash[0]} vs {clash[1]}",
                 limit.cap.span,
                 f"the amounts summed are in {clash[0]}: write the cap in {clash[0]}",
+            )
+
+    def _owner_declared(self, limit: ast.Limit) -> None:
+        """A limit per owner counts by ``agent.owner``, which must be a declared string."""
+        owner = self.schema.agent.get("owner")
+        if owner is None or owner.name != "string":
+            what = "does not declare it" if owner is None else f"declares {_describe(owner)}"
+            self.error(
+                f"limit per owner counts by agent.owner, a string; the schema {what}",
+                limit.span,
+                "declare it: schema { agent { owner: string } }",
             )
 
     # warnings: rules that can never apply --------------------------------------------

@@ -603,7 +603,7 @@ def _target(target: ast.Target) -> str:
 
 
 def _limit(limit: ast.Limit) -> str:
-    window = f"per {_expr(limit.window, _ATOM)} per {limit.scope}"
+    window = f"per {_expr(limit.window, _ATOM)} {ast.scope_text(limit.scope)}"
     if limit.kind == "count":
         return f"limit {_expr(limit.cap, _ATOM)} calls {window}"
     amount = format_expr(limit.amount) if limit.amount is not None else ""

@@ -38,7 +38,6 @@ ENTITY_KINDS = ("agent", "user", "context", "resource", "subject")
 TYPED_KINDS = ("resource", "subject")  # the schema blocks that take a type name
 OBLIGATIONS = ("consent", "step_up")
 CONSTRUCTORS = ("ip", "time")
-SCOPES = ("agent", "user", "agent+user")
 
 _comments = threading.local()
 
@@ -225,6 +224,15 @@ def _token_span(token: Token, path: str) -> Span:
 def _suggest(word: str, choices: tuple[str, ...] | list[str]) -> str:
     close = difflib.get_close_matches(word, choices, n=1)
     return f"did you mean '{close[0]}'?" if close else ""
+
+
+def _scope_hint(word: str) -> str:
+    """Did-you-mean for a limit scope, and every scope there is."""
+    names = (*ast.PER_SCOPES, ast.GLOBAL_SCOPE)
+    written = [ast.scope_text(name) for name in names]
+    listing = "a limit counts " + ", ".join(written[:-1]) + " or " + written[-1]
+    close = difflib.get_close_matches(word, names, n=1)
+    return f"did you mean '{ast.scope_text(close[0])}'? {listing}" if close else listing
 
 
 def _unquote(token: Token) -> str:
@@ -450,15 +458,28 @@ class _Builder:
         )
 
     def scope(self, meta: Any, children: list[Any]) -> str:
-        words = [str(c) for c in children if c is not None]
-        scope = "+".join(words)
-        if scope not in SCOPES:
+        scope = "+".join(str(c) for c in children if c is not None)
+        if scope == ast.GLOBAL_SCOPE:
             self._fail(
-                f"unknown limit scope '{scope}'",
+                "global takes no per: it is one count for every request",
                 self._span(meta),
-                "a limit counts per agent, per user or per agent+user",
+                "write the scope alone: limit 10000 calls per 1h global",
             )
+        if scope not in ast.PER_SCOPES:
+            self._fail(f"unknown limit scope '{scope}'", self._span(meta), _scope_hint(scope))
         return scope
+
+    def scope_bare(self, meta: Any, children: list[Any]) -> str:
+        word = str(children[0])
+        if word == ast.GLOBAL_SCOPE:
+            return word
+        if word in ast.PER_SCOPES:
+            self._fail(
+                f"a limit's scope is written with per: per {word}",
+                self._span(meta),
+                f"write: per {word} (only global stands alone)",
+            )
+        self._fail(f"unknown limit scope '{word}'", self._span(meta), _scope_hint(word))
 
     def require(self, meta: Any, children: list[Any]) -> ast.Require:
         obligation, condition = (*children, None)[:2]

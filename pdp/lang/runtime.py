@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Mapping
 from functools import lru_cache
-from typing import Any
+from typing import Any, Protocol
 
 from pdp.lang import ast
 from pdp.lang.errors import LanguageError
@@ -182,14 +182,54 @@ def obligation_met(obligation: ast.Obligation, context: dict[str, Any]) -> bool:
 
 
 def limit_key_prefix(rule_id: str, index: int, scope: str) -> str:
-    """The part of a counter key fixed by the rule: which limit, counted per what."""
+    """The part of a counter key fixed by the rule: which limit, counted per what.
+
+    A key is ``<rule id>#<limit index>|<scope>|<tail>``; the rule id is a dotted name and
+    the scope a fixed word, so the prefix is unambiguous. The tail (:func:`limit_subject`)
+    is what the request decides:
+
+    ==================  ====================================================
+    scope               tail
+    ==================  ====================================================
+    ``agent``           ``<agent>``
+    ``user``            ``<user>``
+    ``agent+user``      ``<agent>+<user>``
+    ``agent+resource``  ``<agent>|<type>/<id>``
+    ``owner``           ``<owner>``
+    ``tool``            ``<tool name>`` for a tool, ``<type>/<id>`` otherwise
+    ``global``          ``*``
+    ==================  ====================================================
+
+    The first three are as they were before the others existed, so the counters a running
+    deployment keeps stay valid across an upgrade. Every id in the other tails is escaped
+    (:func:`key_part`), so no id can pose as a separator."""
     return f"{rule_id}#{index}|{scope}|"
 
 
-def limit_subject(scope: str, agent_id: str | None, user_id: str | None) -> str:
-    """Whose use a limit counts: the agent, the user, or the pair. For a subject that is
-    no agent (``agent_id`` None), only a person's limit per user can count; any other
-    fails."""
+class LimitFacts(Protocol):
+    """What a limit's scope reads of a request (a ``pdp.model.Request``)."""
+
+    @property
+    def agent_id(self) -> str | None: ...
+
+    @property
+    def user_id(self) -> str | None: ...
+
+    @property
+    def agent(self) -> Mapping[str, Any] | None: ...
+
+    @property
+    def resource(self) -> Mapping[str, Any]: ...
+
+
+def limit_subject(scope: str, request: LimitFacts) -> str:
+    """The tail of a limit's counter key: whose use it counts, or which thing's. It is
+    also the charge's subject (shared stores keep one subject's keys together). For a
+    subject that is no agent (``agent_id`` None), only a person's limit per user, and the
+    limits per tool and global, can count; any other fails."""
+    if scope not in _PEOPLE_SCOPES:
+        return _shared_tail(scope, request)
+    agent_id, user_id = request.agent_id, request.user_id
     if agent_id is not None:
         if scope == "agent":
             return agent_id
@@ -202,12 +242,49 @@ def limit_subject(scope: str, agent_id: str | None, user_id: str | None) -> str:
     raise EvalError(f"limit per {scope} needs {needs}, and the subject is none")
 
 
-def limit_key(
-    rule_id: str, index: int, limit: ast.Limit, agent_id: str | None, user_id: str | None
-) -> str:
-    """The counter key of one limit of one rule for one agent / user / pair."""
-    prefix = limit_key_prefix(rule_id, index, limit.scope)
-    return prefix + limit_subject(limit.scope, agent_id, user_id)
+_PEOPLE_SCOPES = frozenset({"agent", "user", "agent+user"})  # keys as first written
+GLOBAL_TAIL = "*"  # the one key of a global limit
+_ESCAPES = (("%", "%25"), ("|", "%7C"), ("/", "%2F"), ("\x00", "%00"))
+
+
+def key_part(text: str) -> str:
+    """One id in a key of the newer scopes: ``%`` as ``%25``, ``|`` as ``%7C``, ``/`` as
+    ``%2F`` and NUL as ``%00`` (PostgreSQL's text refuses it)."""
+    if "%" in text or "|" in text or "/" in text or "\x00" in text:
+        for char, escaped in _ESCAPES:
+            text = text.replace(char, escaped)
+    return text
+
+
+def _resource_part(resource: Mapping[str, Any]) -> str:
+    return f"{key_part(str(resource.get('type', '')))}/{key_part(str(resource.get('id', '')))}"
+
+
+def _shared_tail(scope: str, request: LimitFacts) -> str:
+    """The tail of a key per agent+resource, per owner, per tool, or global."""
+    if scope == ast.GLOBAL_SCOPE:
+        return GLOBAL_TAIL
+    resource = request.resource
+    if scope == "tool":
+        if resource.get("type") == ast.TOOL_TYPE:
+            return key_part(str(resource.get("id", "")))
+        return _resource_part(resource)
+    agent_id = request.agent_id
+    if agent_id is None:
+        raise EvalError(f"limit per {scope} needs an agent, and the subject is none")
+    if scope == "owner":
+        owner = (request.agent or {}).get("owner")
+        if not isinstance(owner, str) or not owner:
+            raise EvalError("limit per owner needs the agent's owner, and the agent has none")
+        return key_part(owner)
+    if scope == "agent+resource":
+        return f"{key_part(agent_id)}|{_resource_part(resource)}"
+    raise EvalError(f"unknown limit scope '{scope}'")
+
+
+def limit_key(rule_id: str, index: int, limit: ast.Limit, request: LimitFacts) -> str:
+    """The counter key of one limit of one rule for one request."""
+    return limit_key_prefix(rule_id, index, limit.scope) + limit_subject(limit.scope, request)
 
 
 def limit_amount(limit: ast.Limit, value: Any) -> Any:
@@ -245,5 +322,5 @@ def describe_limit(limit: ast.Limit) -> str:
     window = render(limit.window.value) if isinstance(limit.window, ast.Literal_) else "?"
     cap = render(limit.cap.value) if isinstance(limit.cap, ast.Literal_) else "?"
     if limit.kind == "count":
-        return f"{cap} calls per {window} per {limit.scope}"
-    return f"sum <= {cap} per {window} per {limit.scope}"
+        return f"{cap} calls per {window} {ast.scope_text(limit.scope)}"
+    return f"sum <= {cap} per {window} {ast.scope_text(limit.scope)}"

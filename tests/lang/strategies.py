@@ -451,7 +451,8 @@ def targets(tool_lets: list[str]) -> st.SearchStrategy[ast.Target | None]:
 
 def limits(scope: Scope) -> st.SearchStrategy[ast.Limit]:
     window = st.sampled_from(WINDOWS).map(lambda w: _lit(Duration.parse(w)))
-    scopes = st.sampled_from(["agent", "user", "agent+user"])
+    # per owner reads agent.owner, which this schema leaves undeclared on purpose
+    scopes = st.sampled_from([s for s in (*ast.PER_SCOPES, ast.GLOBAL_SCOPE) if s != "owner"])
     money = st.tuples(
         st.one_of(
             _paths("context.amount"), st.sampled_from(scope.names(USD) or [_path("context.amount")])

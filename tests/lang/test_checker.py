@@ -596,6 +596,19 @@ def test_a_count_limit_needs_nothing_more() -> None:
     assert run("permit p limit 60 calls per 1m per user").diagnostics == ()
 
 
+def test_a_limit_per_owner_needs_the_owner_declared_a_string() -> None:
+    assert run("permit p limit 60 calls per 1m per owner").diagnostics == ()
+    schema = "schema { agent { owner: number } }"
+    error = one_error(run("permit p limit 60 calls per 1m per owner", schema=schema))
+    assert error.message == (
+        "limit per owner counts by agent.owner, a string; the schema declares a number"
+    )
+    assert error.hint == "declare it: schema { agent { owner: string } }"
+    error = one_error(run("permit p\n  limit 5 calls per 1h per owner", schema=None))
+    assert error.message.endswith("the schema does not declare it")
+    assert at(error) == ("p0.pol", 2, 3, 30)  # the whole limit
+
+
 # ------------------------------------------------------------------ targets
 
 

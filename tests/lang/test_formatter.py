@@ -200,6 +200,29 @@ def test_a_messy_rule_becomes_canonical() -> None:
     )
 
 
+def test_each_limit_scope_is_written_canonically_and_round_trips() -> None:
+    messy = (
+        "permit p limit 1 calls per 1m limit 2 calls per 1m  per  user "
+        "limit 3 calls per 1m per agent + user limit 4 calls per 1m per agent+resource "
+        "limit 5 calls per 1m per owner limit 6 calls per 1m per tool "
+        "limit sum(context.amount)<=7 USD per 1m   global"
+    )
+    canonical = (
+        "permit p\n"
+        "  limit 1 calls per 1m per agent\n"
+        "  limit 2 calls per 1m per user\n"
+        "  limit 3 calls per 1m per agent+user\n"
+        "  limit 4 calls per 1m per agent+resource\n"
+        "  limit 5 calls per 1m per owner\n"
+        "  limit 6 calls per 1m per tool\n"
+        "  limit sum(context.amount) <= 7 USD per 1m global\n"
+    )
+    assert format_source(messy) == canonical
+    assert format_source(canonical) == canonical
+    scopes = [limit.scope for limit in parse(canonical).rules[0].limits]
+    assert scopes == ["agent", "user", "agent+user", "agent+resource", "owner", "tool", "global"]
+
+
 def test_messy_lets_schema_and_test_become_canonical() -> None:
     messy = """
 let a=[ "x","y", ]
@@ -696,7 +719,7 @@ def targets(draw: st.DrawFn) -> ast.Target:
 @st.composite
 def limits(draw: st.DrawFn) -> ast.Limit:
     window = ast.Literal_(draw(durations))
-    scope = draw(st.sampled_from(["agent", "user", "agent+user"]))
+    scope = draw(st.sampled_from((*ast.PER_SCOPES, ast.GLOBAL_SCOPE)))
     if draw(st.booleans()):
         cap = ast.Literal_(draw(cap_values))
         return ast.Limit("sum", draw(exprs), cap, window, scope)  # type: ignore[arg-type]

@@ -57,6 +57,32 @@ def test_a_rule_with_every_clause_parses_in_order() -> None:
     assert step_up.obligation == ast.Obligation("step_up", "mfa") and step_up.condition is None
 
 
+@pytest.mark.parametrize(
+    ("written", "scope"),
+    [
+        ("per agent", "agent"),
+        ("per user", "user"),
+        ("per agent+user", "agent+user"),
+        ("per agent+resource", "agent+resource"),
+        ("per owner", "owner"),
+        ("per tool", "tool"),
+        ("global", "global"),
+        ("", "agent"),
+    ],
+)
+def test_a_limit_names_what_it_counts_per(written: str, scope: str) -> None:
+    (rule,) = parse(f"permit p limit 5 calls per 1m {written}").rules
+    assert rule.limits[0].scope == scope
+
+
+def test_an_unknown_scope_lists_every_scope() -> None:
+    message = error_of("permit x limit 5 calls per 1m per team")
+    assert message.endswith(
+        "hint: a limit counts per agent, per user, per agent+user, per agent+resource, "
+        "per owner, per tool or global"
+    )
+
+
 def test_spans_point_at_the_source() -> None:
     module = parse("permit x\n  when agent.risk < high\n", "s.pol")
     when = module.rules[0].when
@@ -227,6 +253,11 @@ def test_error_shows_location_line_caret_and_hint() -> None:
         ('permit x require consnt("a")', "did you mean 'consent'?"),
         ('permit x call tool "a" limit 0 calls per 1m', "positive whole number"),
         ('permit x call tool "a" limit 5 calls per 1m per team', "per agent, per user"),
+        ("permit x limit 5 calls per 1m per ownr", "did you mean 'per owner'?"),
+        ("permit x limit 5 calls per 1m per agent+resorce", "did you mean 'per agent+resource'?"),
+        ("permit x limit 5 calls per 1m globl", "did you mean 'global'?"),
+        ("permit x limit 5 calls per 1m per global", "global takes no per"),
+        ("permit x limit 5 calls per 1m tool", "written with per: per tool"),
         ('permit x when context.ip in ip("10.0.0.0/33")', "invalid IP network"),
         ('permit x when context.t < time("yesterday")', "RFC 3339"),
         ('permit x when context.t < date("2026-01-01")', "unknown function 'date'"),

@@ -14,12 +14,16 @@ from mcp import Client
 
 from issuer.store import Store, open_store
 from pdp.audit.query import Filters, records
+from pdp.audit.records import limit_record
 from pdp.audit.writer import AuditWriter
 from pdp.directory import Directory
-from pdp.engine import Engine
+from pdp.engine import Bundle, Engine
+from pdp.explain import render_explanation
 from pdp.loader import load_directory
+from pdp.model import Request
 from pdp.serve.proto import authorizer_pb2_grpc as pb_grpc
-from tests.conftest import SHIPPED_POLICIES
+from pep.admin_mcp.explain import RecordedUsage, explained
+from tests.conftest import SHIPPED_POLICIES, bundle_of, request
 from tests.pep.test_admin_mcp import call, over_stdio, seed_agent
 from tests.pep.test_admin_mcp_errors import in_process
 from tests.pep.test_admin_mcp_policies import tool_call
@@ -171,3 +175,21 @@ def test_an_agent_suspended_since_is_refused_today_not_in_the_record(transfers: 
     assert explained["today"]["decision"] == "deny"
     assert explained["today"]["decided_by"] == ["directory"]
     assert "suspended" in explained["today"]["explanation"]
+
+
+@pytest.mark.parametrize(
+    "scope", ["per agent+resource", "per owner", "per tool", "global", "per agent+user"]
+)
+def test_the_recorded_usage_of_a_limit_of_any_scope_is_read_back(scope: str) -> None:
+    bundle = bundle_of(f'permit p call tool like "x*" limit 3 calls per 1h {scope}')
+    (use,) = Engine(bundle).decide(asked := recorded_request(bundle)).limits
+    entry = limit_record(use._replace(used=3))  # the cap was reached when it was decided
+    record = {"at": "2026-01-31T09:00:00Z", "limits": [entry]}
+    usage = RecordedUsage(record, bundle.rules)
+    text = render_explanation(explained(bundle, asked, record, usage))
+    assert f"3 calls per 1h {scope}: used 3, this call 1" in text and usage.unknown == []
+
+
+def recorded_request(bundle: Bundle) -> Request:
+    agent = {"id": "a|b/c", "risk": "low", "status": "active", "owner": "o/1"}
+    return request(bundle, agent=agent, user={"id": "u+1"}, tool="x/y")
