@@ -284,6 +284,9 @@ TEST = Command(
     "test fails or coverage is under --coverage-min; 2 if --filter selects no test.",
     options=_test_options,
     run=_test,
+    epilog='Each test starts at 2027-01-15T08:00:00Z; in a test, at "2026-12-01T09:00:00Z" '
+    "sets the clock its engine decides with and after 24h moves it forward, so the "
+    "windows of limits can be tested (docs/language.md, Policy tests).",
 )
 
 
