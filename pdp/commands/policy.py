@@ -345,7 +345,7 @@ def _fmt(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         if formatted != text:
             changed.append(path)
             if args.diff:
-                out.write(unified_diff(path, text, formatted))
+                out.write(_unified_diff(path, text, formatted))
             elif not args.check:
                 path.write_text(formatted, encoding="utf-8")
     check = args.check or args.diff
@@ -358,7 +358,7 @@ def _fmt(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     return FAILED if (check and changed) else OK
 
 
-def unified_diff(path: Path, before: str, after: str) -> str:
+def _unified_diff(path: Path, before: str, after: str) -> str:
     """What formatting changes in ``path``, as a unified diff with ``a/`` and ``b/``
     headers (the path as given, without a leading ``/``), as ``git diff`` writes them."""
     name = path.as_posix().lstrip("/")

@@ -299,6 +299,7 @@ def test_error_shows_location_line_caret_and_hint() -> None:
         ('permit x when context.t < time("yesterday")', "RFC 3339"),
         ('permit x when context.t < date("2026-01-01")', "unknown function 'date'"),
         ('test "t" { agent { id: "a" } }', "has no step"),
+        ('test "t" { at "2026-12-01T09:00:00Z" }', "has no step"),
         ('test "t" { call tool "a" expect alow }', "a test expects allow or deny"),
         ('test "t" { call tool "a" expect allow requiring consent("x") }', "an allow carries"),
         ("schema { agnt { x: string } }", "did you mean 'agent'?"),
