@@ -112,6 +112,111 @@ def test_a_failing_policy_test_prints_its_trace_and_exits_1(
     assert out.strip().endswith(" passed, 1 failed")
 
 
+CAPPED = """package pay
+
+permit daily_cap
+  call tool "pay"
+  limit sum(context.amount) <= 100 USD per 24h per agent
+
+permit refunds
+  call tool "refund"
+
+schema {
+  context { amount: money<USD> }
+}
+
+test "the cap refills after a day" {
+  agent { id: "a" }
+  at "2026-12-01T09:00:00Z"
+  call tool "pay" with { amount: 100 USD }
+  expect allow
+  after 24h
+  call tool "pay" with { amount: 100 USD }
+  expect allow
+}
+
+test "a small payment" {
+  agent { id: "a" }
+  call tool "pay" with { amount: 1 USD }
+  expect allow
+}
+"""
+
+
+@pytest.fixture
+def capped(tmp_path: Path) -> Path:
+    (tmp_path / "pay.pol").write_text(CAPPED)
+    return tmp_path
+
+
+def test_filter_runs_only_the_tests_whose_name_contains_it(
+    capsys: pytest.CaptureFixture[str], capped: Path
+) -> None:
+    code, out, _ = run(capsys, "test", "-v", "--filter", "REFILL", str(capped))
+    assert code == 0
+    assert out == ("selected 1 of 2 tests\nPASS the cap refills after a day\n1 passed, 0 failed\n")
+
+
+def test_a_filter_that_selects_nothing_exits_2(
+    capsys: pytest.CaptureFixture[str], capped: Path
+) -> None:
+    code, out, err = run(capsys, "test", "--filter", "nope", "--filter", "none", str(capped))
+    assert (code, out) == (2, "")
+    assert "no test name contains 'nope' or 'none'" in err
+
+
+def test_coverage_lists_rules_and_the_minimum_names_the_untested_ones(
+    capsys: pytest.CaptureFixture[str], capped: Path
+) -> None:
+    code, out, err = run(capsys, "test", "--coverage", str(capped))
+    assert code == 0
+    assert "  hit   permit pay.daily_cap  (" in out
+    assert 'by "the cap refills after a day", "a small payment"' in out
+    assert "  MISS  permit pay.refunds  (" in out
+    assert out.endswith("1 of 2 rules hit (50%)\n")
+    code, out, err = run(capsys, "test", "--coverage-min", "100", str(capped))
+    assert code == 1
+    assert "2 passed, 0 failed" in out
+    assert err == (
+        "tessera test: coverage 50% is under the minimum of 100%; rules no test hits:\n"
+        f"  permit pay.refunds  ({capped / 'pay.pol'}:7:1)\n"
+    )
+    assert run(capsys, "test", "--coverage-min", "50", str(capped))[0] == 0
+
+
+def test_test_results_and_coverage_as_json(
+    capsys: pytest.CaptureFixture[str], capped: Path
+) -> None:
+    code, out, _ = run(capsys, "test", "--json", "--coverage-min", "60", str(capped))
+    assert code == 1
+    data = json.loads(out)
+    assert (data["ok"], data["selected"], data["passed"], data["failed"]) == (False, 2, 2, 0)
+    assert data["tests"][0] == {
+        "name": "the cap refills after a day",
+        "where": f"{capped / 'pay.pol'}:14:1",
+        "passed": True,
+    }
+    coverage = data["coverage"]
+    assert (coverage["hit"], coverage["total"], coverage["minimum"]) == (1, 2, 60.0)
+    assert coverage["rules"][1] == {
+        "id": "pay.refunds",
+        "effect": "permit",
+        "where": f"{capped / 'pay.pol'}:7:1",
+        "tests": [],
+    }
+
+
+def test_a_failure_at_a_set_clock_says_the_time(
+    capsys: pytest.CaptureFixture[str], capped: Path
+) -> None:
+    (capped / "pay.pol").write_text(CAPPED.replace("after 24h", "after 23h"))
+    code, out, _ = run(capsys, "test", str(capped))
+    assert code == 1
+    assert "FAIL the cap refills after a day  (" in out
+    assert ":14:1, step 2, clock 2026-12-02T08:00:00Z)\n  expected allow, got deny\n" in out
+    assert "used 100, this call 100" in out
+
+
 def test_eval_prints_the_decision_and_exits_by_it(
     capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
@@ -201,6 +306,50 @@ def test_fmt_check_and_rewrite(capsys: pytest.CaptureFixture[str], tmp_path: Pat
     assert run(capsys, "fmt", str(messy))[0] == 0
     assert messy.read_text() == 'permit x\n  call tool "a"\n  when agent.risk < high\n'
     assert run(capsys, "fmt", "--check", str(messy))[0] == 0
+
+
+def test_fmt_check_diff_prints_a_unified_diff_and_changes_nothing(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    Path("rules").mkdir()
+    messy = Path("rules/messy.pol")
+    messy.write_text('# keep\npermit   x call tool "a"   when agent.risk<high\n')
+    tidy = Path("rules/tidy.pol")
+    tidy.write_text("permit y\n")
+    code, out, _ = run(capsys, "fmt", "--check", "--diff", "rules")
+    assert code == 1
+    assert out == (
+        "--- a/rules/messy.pol\n"
+        "+++ b/rules/messy.pol\n"
+        "@@ -1,2 +1,4 @@\n"
+        " # keep\n"
+        '-permit   x call tool "a"   when agent.risk<high\n'
+        "+permit x\n"
+        '+  call tool "a"\n'
+        "+  when agent.risk < high\n"
+        "would reformat rules/messy.pol\n"
+        "1 of 2 files would reformat\n"
+    )
+    assert messy.read_text() == '# keep\npermit   x call tool "a"   when agent.risk<high\n'
+    assert run(capsys, "fmt", "--diff", "rules") == (1, out, "")  # --diff implies --check
+    assert run(capsys, "fmt", "--check", "--diff", "rules/tidy.pol")[:2] == (
+        0,
+        "0 of 1 files would reformat\n",
+    )
+
+
+def test_fmt_diff_marks_a_last_line_without_a_newline(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    Path("bare.pol").write_text("permit   y")
+    code, out, _ = run(capsys, "fmt", "--check", "--diff", "bare.pol")
+    assert code == 1
+    assert out.startswith(
+        "--- a/bare.pol\n+++ b/bare.pol\n@@ -1 +1 @@\n"
+        "-permit   y\n\\ No newline at end of file\n+permit y\n"
+    )
 
 
 def test_fmt_leaves_the_shipped_policies_unchanged(capsys: pytest.CaptureFixture[str]) -> None:

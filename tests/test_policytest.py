@@ -1,8 +1,14 @@
-"""Policy tests: steps, repetitions, fresh counters per test, precise failure messages."""
+"""Policy tests: steps, repetitions, fresh counters per test, the clock, selection and
+precise failure messages."""
 
 from __future__ import annotations
 
-from pdp.policytest import run_tests
+from datetime import UTC, datetime
+
+from pdp.explain import render_explanation
+from pdp.lang import ast
+from pdp.lang.values import Duration
+from pdp.policytest import TEST_CLOCK, TestClock, run_tests, select_tests
 from tests.conftest import bundle_of
 
 RULES = """
@@ -128,3 +134,118 @@ def test_a_limit_per_agent_and_resource_counts_each_record_apart() -> None:
     )
     (result,) = run_tests(bundle)
     assert result.failure is None, result.failure
+
+
+# ------------------------------------------------------------------ the clock
+
+DAILY = """
+package d
+permit pay
+  call tool "pay"
+  limit sum(context.amount) <= 100 USD per 24h per agent
+"""
+
+
+def clock_results(tests: str) -> list[tuple[str, str]]:
+    bundle = bundle_of(DAILY + tests)
+    return [(r.test.name, r.failure.message if r.failure else "") for r in run_tests(bundle)]
+
+
+def test_a_daily_limit_refills_after_24h() -> None:
+    out = clock_results(
+        """
+        test "spend, wait a day, spend again" {
+          agent { id: "a" }
+          at "2026-12-01T09:00:00Z"
+          call tool "pay" with { amount: 100 USD }
+          expect allow
+          call tool "pay" with { amount: 1 USD }
+          expect deny
+          after 24h
+          call tool "pay" with { amount: 100 USD }
+          expect allow
+        }
+        """
+    )
+    assert out == [("spend, wait a day, spend again", "")]
+
+
+def test_an_after_shorter_than_the_window_keeps_the_cap_spent() -> None:
+    bundle = bundle_of(
+        DAILY
+        + """
+        test "23 hours are not a day" {
+          agent { id: "a" }
+          at "2026-12-01T09:00:00Z"
+          call tool "pay" with { amount: 100 USD }
+          expect allow
+          after 23h
+          call tool "pay" with { amount: 1 USD }
+          expect allow
+        }
+        """
+    )
+    (result,) = run_tests(bundle)
+    failure = result.failure
+    assert failure is not None
+    assert (failure.step, failure.message) == (2, "expected allow, got deny")
+    assert failure.clock == "2026-12-02T08:00:00Z"
+    # explained with the test's counters as the step found them, not fresh ones
+    assert failure.explanation is not None
+    text = render_explanation(failure.explanation)
+    assert "used 100, this call 1" in text
+
+
+def test_at_sets_the_clock_the_engine_decides_with() -> None:
+    seen: list[float] = []
+    bundle = bundle_of(
+        DAILY
+        + """
+        test "t" {
+          agent { id: "a" }
+          call tool "pay" with { amount: 1 USD }
+          expect allow
+          at "2027-02-01T09:00:00Z"
+          call tool "pay" with { amount: 1 USD } times 2
+          expect allow
+          after 1.5h
+          call tool "pay" with { amount: 1 USD }
+          expect allow
+        }
+        """
+    )
+    (result,) = run_tests(bundle, observe=lambda test, request, engine: seen.append(engine.clock()))
+    assert result.passed
+    start = datetime(2027, 2, 1, 9, tzinfo=UTC).timestamp()
+    assert seen == [TEST_CLOCK, start, start, start + 5400]
+
+
+def test_a_test_clock_is_a_mutable_callable() -> None:
+    clock = TestClock()
+    assert clock() == TEST_CLOCK
+    clock.move(ast.ClockAdvance(Duration.parse("2h")))
+    assert clock() == TEST_CLOCK + 7200
+    clock.move(ast.ClockSet(datetime(2026, 12, 1, 9, tzinfo=UTC)))
+    assert str(clock) == "2026-12-01T09:00:00Z"
+
+
+# ------------------------------------------------------------------ selecting tests
+
+
+def test_a_filter_selects_names_containing_any_of_its_words_ignoring_case() -> None:
+    bundle = bundle_of(
+        DAILY
+        + """
+        test "Pay once" { agent { id: "a" } call tool "pay" with { amount: 1 USD } expect allow }
+        test "pay twice" { agent { id: "a" } call tool "pay" with { amount: 1 USD } expect allow }
+        test "refund" { agent { id: "a" } call tool "refund" expect deny }
+        """
+    )
+    names = [t.name for t in select_tests(bundle.tests, ["PAY"])]
+    assert names == ["Pay once", "pay twice"]
+    assert [t.name for t in select_tests(bundle.tests, ["once", "fund"])] == ["Pay once", "refund"]
+    assert select_tests(bundle.tests, ["nothing"]) == ()
+    assert len(select_tests(bundle.tests, [])) == 3
+    assert [r.test.name for r in run_tests(bundle, select_tests(bundle.tests, ["fund"]))] == [
+        "refund"
+    ]

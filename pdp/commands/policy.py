@@ -5,14 +5,19 @@ editors, ``eval`` and ``explain`` one request against it.
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from pdp.commands import FAILED, OK, USAGE, Command, Handler
 from pdp.lang.errors import Diagnostic, PolicyError
+
+if TYPE_CHECKING:
+    from pdp.coverage import CoverageReport
+    from pdp.policytest import TestResult
 
 DEFAULT_POLICIES = "policies"
 
@@ -110,13 +115,46 @@ CHECK = Command(
 def _test_options(parser: argparse.ArgumentParser) -> None:
     _directory_option(parser)
     parser.add_argument("-v", "--verbose", action="store_true", help="list passing tests too")
+    parser.add_argument(
+        "--filter",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="run only the tests whose name contains NAME, ignoring case; repeat it to "
+        "run the tests that match any of several; none matching is an error (exit 2)",
+    )
+    parser.add_argument(
+        "--coverage",
+        action="store_true",
+        help="after the run, list every rule with the tests that hit it (its target and "
+        "conditions held in some step) and the share of rules hit",
+    )
+    parser.add_argument(
+        "--coverage-min",
+        type=_percent,
+        metavar="PERCENT",
+        help="like --coverage, and exit 1 naming the rules never hit when fewer than "
+        "PERCENT of the rules were hit (--coverage-min 100: every rule must be tested)",
+    )
+    parser.add_argument(
+        "--json", action="store_true", help="print the results (and coverage) as JSON"
+    )
+
+
+def _percent(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number from 0 to 100") from None
+    if not 0 <= value <= 100:
+        raise argparse.ArgumentTypeError(f"{text} is not a number from 0 to 100")
+    return value
 
 
 def _test(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-    from pdp.explain import render_explanation
-    from pdp.interpreter import Interpreter
+    from pdp.coverage import Coverage, render_coverage
     from pdp.loader import load_directory
-    from pdp.policytest import TEST_CLOCK, run_tests
+    from pdp.policytest import run_tests, select_tests
 
     directory = Path(args.directory)
     if not directory.is_dir():
@@ -128,30 +166,110 @@ def _test(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         print_diagnostics(exc.diagnostics, err)
         print("the policies do not load, so no test ran", file=err)
         return FAILED
-    results = run_tests(loaded.bundle)
-    failed = [r for r in results if not r.passed]
+    bundle = loaded.bundle
+    tests = select_tests(bundle.tests, args.filter)
+    if args.filter and not tests:
+        names = " or ".join(repr(name) for name in args.filter)
+        print(
+            f"tessera test: no test name contains {names} (ignoring case); "
+            f"{len(bundle.tests)} tests in {directory}",
+            file=err,
+        )
+        return USAGE
+    wants_coverage = args.coverage or args.coverage_min is not None
+    coverage = Coverage(bundle) if wants_coverage else None
+    results = run_tests(bundle, tests, coverage.observe if coverage else None)
+    report = coverage.report() if coverage else None
+    under = report is not None and report.below(args.coverage_min or 0.0)
+    if args.json:
+        data = _test_json(results, len(bundle.tests), report, args.coverage_min)
+        print(json.dumps(data, indent=2), file=out)
+    else:
+        if args.filter:
+            print(f"selected {len(tests)} of {len(bundle.tests)} tests", file=out)
+        _print_results(results, args.verbose, out)
+        if report is not None:
+            print(file=out)
+            print("\n".join(render_coverage(report)), file=out)
+    if report is not None and under:
+        _print_missed(report, args.coverage_min, err)
+    return FAILED if under or any(not r.passed for r in results) else OK
+
+
+def _print_results(results: Sequence[TestResult], verbose: bool, out: TextIO) -> None:
+    """PASS lines (when verbose), each failure with its trace, then the counts."""
+    from pdp.explain import render_explanation
+
+    failed = 0
     for result in results:
         if result.passed:
-            if args.verbose:
+            if verbose:
                 print(f"PASS {result.test.name}", file=out)
             continue
+        failed += 1
         failure = result.failure
         assert failure is not None
         where = f"step {failure.step}" + (
             f", repetition {failure.repetition}" if failure.repetition > 1 else ""
         )
+        if any(step.clock for step in result.test.steps):
+            where += f", clock {failure.clock}"
         print(f"FAIL {result.test.name}  ({result.span}, {where})", file=out)
         print(f"  {failure.message}", file=out)
-        if failure.request is not None:
-            bundle = loaded.bundle
-            interpreter = Interpreter(
-                bundle.rules, bundle.lets, bundle.version, clock=lambda: TEST_CLOCK
-            )
-            explanation = interpreter.explain(failure.request, commit=False)
-            print(_indent(render_explanation(explanation), "  | "), file=out)
+        if failure.explanation is not None:
+            print(_indent(render_explanation(failure.explanation), "  | "), file=out)
         print(file=out)
-    print(f"{len(results) - len(failed)} passed, {len(failed)} failed", file=out)
-    return FAILED if failed else OK
+    print(f"{len(results) - failed} passed, {failed} failed", file=out)
+
+
+def _print_missed(report: CoverageReport, minimum: float, err: TextIO) -> None:
+    from pdp.coverage import render_percent
+
+    print(
+        f"tessera test: coverage {render_percent(report)} is under the minimum of "
+        f"{minimum:g}%; rules no test hits:",
+        file=err,
+    )
+    for entry in report.missed:
+        print(f"  {entry.rule.effect} {entry.rule.id}  ({entry.rule.span})", file=err)
+
+
+def _test_json(
+    results: Sequence[TestResult],
+    total: int,
+    report: CoverageReport | None,
+    minimum: float | None,
+) -> dict[str, Any]:
+    """The run as JSON: counts, every selected test's outcome, and coverage if asked."""
+    tests = []
+    for result in results:
+        entry: dict[str, Any] = {
+            "name": result.test.name,
+            "where": str(result.span),
+            "passed": result.passed,
+        }
+        failure = result.failure
+        if failure is not None:
+            entry["failure"] = {
+                "step": failure.step,
+                "repetition": failure.repetition,
+                "message": failure.message,
+                "clock": failure.clock,
+            }
+        tests.append(entry)
+    passed = sum(1 for r in results if r.passed)
+    under = report is not None and report.below(minimum or 0.0)
+    data: dict[str, Any] = {
+        "ok": passed == len(results) and not under,
+        "selected": len(results),
+        "total": total,
+        "passed": passed,
+        "failed": len(results) - passed,
+        "tests": tests,
+    }
+    if report is not None:
+        data["coverage"] = {**report.to_json(), "minimum": minimum}
+    return data
 
 
 def _indent(text: str, prefix: str) -> str:
@@ -161,10 +279,14 @@ def _indent(text: str, prefix: str) -> str:
 TEST = Command(
     "test",
     help="run the policy tests of a directory",
-    description="Run every test block of the bundle in DIR; print each failure with "
-    "its decision trace; exit 1 if any test fails.",
+    description="Run every test block of the bundle in DIR (or those --filter selects); "
+    "print each failure with its decision trace. Exit 1 if the policies do not load, a "
+    "test fails or coverage is under --coverage-min; 2 if --filter selects no test.",
     options=_test_options,
     run=_test,
+    epilog='Each test starts at 2027-01-15T08:00:00Z; in a test, at "2026-12-01T09:00:00Z" '
+    "sets the clock its engine decides with and after 24h moves it forward, so the "
+    "windows of limits can be tested (docs/language.md, Policy tests).",
 )
 
 
@@ -180,6 +302,12 @@ def _fmt_options(parser: argparse.ArgumentParser) -> None:
         "--check",
         action="store_true",
         help="change nothing; list files that are not formatted and exit 1",
+    )
+    parser.add_argument(
+        "--diff",
+        action="store_true",
+        help="change nothing (implies --check); also print a unified diff (a/FILE, b/FILE) "
+        "of each file formatting would change",
     )
 
 
@@ -216,22 +344,42 @@ def _fmt(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             continue
         if formatted != text:
             changed.append(path)
-            if not args.check:
+            if args.diff:
+                out.write(_unified_diff(path, text, formatted))
+            elif not args.check:
                 path.write_text(formatted, encoding="utf-8")
-    verb = "would reformat" if args.check else "reformatted"
+    check = args.check or args.diff
+    verb = "would reformat" if check else "reformatted"
     for path in changed:
         print(f"{verb} {path}", file=out)
     print(f"{len(changed)} of {len(files)} files {verb}", file=out)
     if broken:
         return USAGE
-    return FAILED if (args.check and changed) else OK
+    return FAILED if (check and changed) else OK
+
+
+def _unified_diff(path: Path, before: str, after: str) -> str:
+    """What formatting changes in ``path``, as a unified diff with ``a/`` and ``b/``
+    headers (the path as given, without a leading ``/``), as ``git diff`` writes them."""
+    name = path.as_posix().lstrip("/")
+    lines = difflib.unified_diff(
+        before.splitlines(keepends=True),
+        after.splitlines(keepends=True),
+        fromfile=f"a/{name}",
+        tofile=f"b/{name}",
+    )
+    # A last line without a newline is marked as diff(1) marks it, so lines never run on.
+    return "".join(
+        line if line.endswith("\n") else line + "\n\\ No newline at end of file\n" for line in lines
+    )
 
 
 FMT = Command(
     "fmt",
     help="rewrite .pol files in canonical form",
     description="Rewrite .pol files in canonical form, in place. Directories are "
-    "searched for .pol files. Formatting twice changes nothing.",
+    "searched for .pol files. Formatting twice changes nothing. With --check (or "
+    "--diff) nothing is written, and the exit status is 1 if any file would change.",
     options=_fmt_options,
     run=_fmt,
 )

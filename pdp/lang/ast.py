@@ -7,10 +7,11 @@ compiler and the interpreter both evaluate them. Nothing here knows about Lark.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, Literal
 
 from pdp.lang.errors import NO_SPAN, Span
-from pdp.lang.values import quote
+from pdp.lang.values import Duration, quote
 
 # The roots an expression path can start from.
 ROOTS = ("agent", "user", "delegation", "resource", "tool", "context", "action", "subject")
@@ -289,9 +290,34 @@ class Expect:
     span: Span = field(default=NO_SPAN, compare=False)
 
 
+# Where a test's clock starts unless the test sets it with ``at``: 2027-01-15T08:00:00Z,
+# so that no result depends on the day a test runs.
+TEST_START = 1_800_000_000.0
+
+
+@dataclass(frozen=True, slots=True)
+class ClockSet:
+    """``at "2026-12-01T09:00:00Z"``: the test's clock reads this instant from here on."""
+
+    when: datetime
+    span: Span = field(default=NO_SPAN, compare=False)
+
+
+@dataclass(frozen=True, slots=True)
+class ClockAdvance:
+    """``after 25h``: the test's clock moves this far forward."""
+
+    by: Duration
+    span: Span = field(default=NO_SPAN, compare=False)
+
+
+ClockMove = ClockSet | ClockAdvance
+
+
 @dataclass(frozen=True, slots=True)
 class Step:
-    """``call tool "x" [with {…}] [times N]`` or ``action "a" on TYPE "id" …``, then expect."""
+    """``call tool "x" [with {…}] [times N]`` or ``action "a" on TYPE "id" …``, then expect;
+    ``clock`` holds the ``at`` and ``after`` statements written just before it."""
 
     action: str
     resource_type: str
@@ -301,6 +327,7 @@ class Step:
     times: int
     expect: Expect
     span: Span = field(default=NO_SPAN, compare=False)
+    clock: tuple[ClockMove, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -32,7 +32,9 @@ trailing whitespace. The canonical form:
   trailing comma, and the closing bracket on a line of its own.
 - A test block holds its records, then its steps; a step is its request line, with
   ``with {…}`` and ``times N`` only when they say something (not for ``{}`` or 1), and
-  its ``expect`` line.
+  its ``expect`` line. An ``at`` or ``after`` before a step is a line of its own, the
+  time of ``at`` in UTC (``at "2026-12-01T09:00:00Z"``), the duration of ``after`` as
+  written.
 
 Comments are kept, each exactly once and in their source order. A comment on a line of
 its own goes before the next line of code (item, clause, operand, list element, schema
@@ -465,6 +467,7 @@ class _Printer:
         return lines
 
     def _step(self, step: ast.Step) -> list[_Line]:
+        lines = [_Line(2, _clock(move), _start(move.span), 2) for move in step.clock]
         if step.form == "call":
             head = f"call tool {quote(step.resource_id)}"
         else:
@@ -474,9 +477,9 @@ class _Printer:
         if step.context:
             fields = [(f"{f.name}: {format_expr(f.value)}", _start(f.span)) for f in step.context]
             closing = self._next_token(_end(step.context[-1].span), "}")
-            lines = self._block(2, head + " with", fields, times, anchor, closing)
+            lines += self._block(2, head + " with", fields, times, anchor, closing)
         else:
-            lines = [_Line(2, head + times, anchor, 2)]
+            lines.append(_Line(2, head + times, anchor, 2))
         lines.append(_Line(2, _expect(step.expect), _start(step.expect.span), 2))
         return lines
 
@@ -608,6 +611,12 @@ def _limit(limit: ast.Limit) -> str:
         return f"limit {_expr(limit.cap, _ATOM)} calls {window}"
     amount = format_expr(limit.amount) if limit.amount is not None else ""
     return f"limit sum({amount}) <= {_expr(limit.cap, _ATOM)} {window}"
+
+
+def _clock(move: ast.ClockMove) -> str:
+    if isinstance(move, ast.ClockAdvance):
+        return f"after {move.by}"
+    return f'at "{move.when.isoformat().replace("+00:00", "Z")}"'
 
 
 def _expect(expect: ast.Expect) -> str:

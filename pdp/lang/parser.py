@@ -10,6 +10,7 @@ from __future__ import annotations
 import difflib
 import math
 import threading
+from datetime import UTC, datetime
 from importlib import resources
 from typing import Any, NoReturn
 
@@ -201,6 +202,10 @@ def _token_hint(token: Token, exc: UnexpectedToken, expected: list[str]) -> str:
             "a rule's clauses go in this order: target, when, unless, limit, require; "
             "each at most once except limit and require"
         )
+    if prev is not None and prev.type == "AFTER":
+        return "after takes a positive duration with its unit: after 24h, after 30m"
+    if token.type == "NAME" and token in RECORD_KINDS and "'at'" in expected:
+        return f"a test's {token} block goes before its steps and its at/after lines"
     effects = ("PERMIT", "FORBID")
     if token.type in effects and prev is not None and prev.type in effects:
         return "a rule needs a name: permit read_only ..."
@@ -653,7 +658,7 @@ class _Builder:
     def test(self, meta: Any, children: list[Any]) -> ast.Test:
         name, *body = children
         records = tuple(b for b in body if isinstance(b, ast.Record))
-        steps = tuple(b for b in body if isinstance(b, ast.Step))
+        steps = self._steps_with_clock([b for b in body if not isinstance(b, ast.Record)])
         if not steps:
             self._fail(
                 f"test {name} has no step",
@@ -661,6 +666,59 @@ class _Builder:
                 'add a request and what to expect: call tool "x" expect allow',
             )
         return ast.Test(_unquote(name), records, steps, self._span(meta))
+
+    def _steps_with_clock(self, statements: list[ast.Step | ast.ClockMove]) -> tuple[ast.Step, ...]:
+        """The steps, each holding the ``at``/``after`` written before it. The clock starts at
+        :data:`ast.TEST_START`; once a step has run it never goes back, since the counters
+        of limits only forget usage as time moves forward."""
+        steps: list[ast.Step] = []
+        moves: list[ast.ClockMove] = []
+        now = ast.TEST_START
+        for statement in statements:
+            if isinstance(statement, ast.Step):
+                steps.append(_replace(statement, clock=tuple(moves)))
+                moves = []
+                continue
+            if isinstance(statement, ast.ClockAdvance):
+                now += statement.by.seconds
+            else:
+                when = statement.when.timestamp()
+                if steps and when < now:
+                    self._fail(
+                        f"the clock cannot go back: it already reads {_instant(now)}",
+                        statement.span,
+                        "once a step has run, a test's clock only moves forward: write a "
+                        "time at or after it, or test the earlier time in a test of its own",
+                    )
+                now = when
+            if now > _LAST_INSTANT:
+                self._fail("this moves the clock past the year 9999", statement.span)
+            moves.append(statement)
+        if moves and steps:  # without steps, the test says it has none
+            self._fail(
+                f"'{_clock_word(moves[0])}' after the last step changes nothing",
+                moves[0].span,
+                "remove it, or add the step it should come before",
+            )
+        return tuple(steps)
+
+    def clock_at(self, meta: Any, children: list[Token]) -> ast.ClockSet:
+        token = children[0]
+        try:
+            when = parse_time(_unquote(token))
+        except ValueError as exc:
+            self._fail(str(exc), self._tspan(token), 'write at "2026-12-01T09:00:00Z"')
+        return ast.ClockSet(when, self._span(meta))
+
+    def clock_after(self, meta: Any, children: list[Token]) -> ast.ClockAdvance:
+        by = Duration.parse(str(children[0]))
+        if by.seconds <= 0:
+            self._fail(
+                f"after {by} does not move the clock",
+                self._tspan(children[0]),
+                "write a positive duration: after 24h",
+            )
+        return ast.ClockAdvance(by, self._span(meta))
 
     def record(self, meta: Any, children: list[Any]) -> ast.Record:
         kind, *fields = children
@@ -718,6 +776,19 @@ class _Builder:
                 "obligations come with a deny: expect deny requiring consent(...)",
             )
         return ast.Expect(verdict == "allow", by, requiring, self._span(meta))
+
+
+# The last instant a time can name (9999-12-31T23:59:59Z, the end of time() values).
+_LAST_INSTANT = datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC).timestamp()
+
+
+def _instant(seconds: float) -> str:
+    """An instant of a test's clock as an ``at`` would write it."""
+    return datetime.fromtimestamp(seconds, UTC).isoformat().replace("+00:00", "Z")
+
+
+def _clock_word(move: ast.ClockMove) -> str:
+    return "at" if isinstance(move, ast.ClockSet) else "after"
 
 
 def _with_package(item: Any, package: str) -> Any:

@@ -33,7 +33,7 @@ from pdp.interpreter import Interpreter
 from pdp.lang.errors import PolicyError
 from pdp.loader import SUFFIX, Loaded, bundle_files, content_version, load_texts
 from pdp.model import Decision, RequestError
-from pdp.policytest import TEST_CLOCK, run_tests
+from pdp.policytest import run_tests
 from pdp.request import request_from_json
 from pdp.subjects import PERSONS
 from pep.admin_mcp.errors import AdminError
@@ -199,12 +199,8 @@ class Policies:
                 "step": failure.step,
                 "message": failure.message,
             }
-            if failure.request is not None:
-                interpreter = Interpreter(
-                    bundle.rules, bundle.lets, bundle.version, clock=lambda: TEST_CLOCK
-                )
-                explanation = interpreter.explain(failure.request, commit=False)
-                entry["explanation"] = render_explanation(explanation)
+            if failure.explanation is not None:
+                entry["explanation"] = render_explanation(failure.explanation)
             failures.append(entry)
         return {
             "ok": not failures,

@@ -104,10 +104,13 @@ test "a delegated transfer without consent asks the user" {
   delegation { depth: 1 }
   context { consents: [], labels: { "a-b": 1 } }
   resource { server: "payments" }
+  at   "2026-12-01T10:00:00+01:00"
   call tool "payments.transfer" with { amount: 200 USD } times 3
   expect deny requiring consent("payments:transfer"), step_up("mfa")
+  after 25h   after 1.5m
   action "db.read" on table "orders"
   expect allow by analysts, agents.payments.read_only
+  at "2026-12-03T00:00:00.250Z"
   call tool "search" with { } times 1 expect allow
 }
 # The end.
@@ -254,6 +257,28 @@ test "small transfer" { agent{id:"pay-bot",risk:low}  user{id:"alice"}
         "  expect allow by a, b.c\n"
         "}\n"
     )
+
+
+def test_at_and_after_get_a_line_each_and_at_is_written_in_utc() -> None:
+    messy = (
+        'test "refill" { agent{id:"a"} at   "2026-12-01T10:00:00+01:00" call tool "pay" '
+        'expect allow after  24h after 90s  call tool "pay" expect allow }\n'
+    )
+    formatted = format_source(messy)
+    assert formatted == (
+        'test "refill" {\n'
+        '  agent { id: "a" }\n'
+        '  at "2026-12-01T09:00:00Z"\n'
+        '  call tool "pay"\n'
+        "  expect allow\n"
+        "  after 24h\n"
+        "  after 90s\n"
+        '  call tool "pay"\n'
+        "  expect allow\n"
+        "}\n"
+    )
+    assert_same_tree(formatted, parse(messy))
+    assert format_source(formatted) == formatted
 
 
 def test_targets_are_written_in_their_canonical_forms() -> None:
@@ -614,7 +639,7 @@ KEYWORDS = {
     *("package", "let", "permit", "forbid", "call", "tool", "action", "on", "like", "in"),
     *("when", "unless", "limit", "sum", "per", "calls", "require", "if", "or", "and", "not"),
     *("has", "contains", "schema", "test", "with", "times", "expect", "by", "requiring"),
-    *("intersects", "subset", "of", "startswith", "endswith"),
+    *("intersects", "subset", "of", "startswith", "endswith", "at", "after"),
 }
 RESERVED = (
     KEYWORDS
@@ -751,6 +776,23 @@ field_names = names | st.sampled_from(sorted(KEYWORDS))
 fields = st.lists(st.builds(ast.Field, field_names, exprs), max_size=3)
 
 
+instants = st.datetimes(
+    min_value=datetime(1970, 1, 2), max_value=datetime(9000, 1, 1), timezones=st.just(UTC)
+)
+
+
+@st.composite
+def clock_moves(draw: st.DrawFn, first: bool) -> tuple[ast.ClockMove, ...]:
+    """``at`` and ``after`` before a step; an ``at`` only before the first (later ones
+    must not go back, which a random instant would)."""
+    moves: list[ast.ClockMove] = []
+    if first and draw(st.booleans()):
+        moves.append(ast.ClockSet(draw(instants)))
+    positive = durations.filter(lambda d: d.seconds > 0)
+    moves += [ast.ClockAdvance(d) for d in draw(st.lists(positive, max_size=2))]
+    return tuple(moves)
+
+
 @st.composite
 def policy_tests(draw: st.DrawFn) -> ast.Test:
     records = tuple(
@@ -785,6 +827,7 @@ def policy_tests(draw: st.DrawFn) -> ast.Test:
                 tuple(draw(fields)),
                 draw(st.integers(1, 50)),
                 expect,
+                clock=draw(clock_moves(first=not steps)),
             )
         )
     return ast.Test(draw(texts), records, tuple(steps))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from decimal import Decimal
 
 import pytest
@@ -218,6 +219,73 @@ def test_schema_and_test_blocks() -> None:
     assert second.expect.allow
 
 
+def test_at_and_after_go_with_the_step_they_come_before() -> None:
+    module = parse(
+        """test "refill" {
+          agent { id: "pay-bot" }
+          at "2026-12-01T10:00:00+01:00"
+          call tool "pay" expect allow
+          after 24h
+          after 30m
+          at "2026-12-03T00:00:00Z"
+          call tool "pay" expect allow
+          call tool "pay" expect deny
+        }""",
+        "t.pol",
+    )
+    first, second, third = module.tests[0].steps
+    assert first.clock == (ast.ClockSet(datetime(2026, 12, 1, 9, tzinfo=UTC)),)
+    assert second.clock == (
+        ast.ClockAdvance(Duration.parse("24h")),
+        ast.ClockAdvance(Duration.parse("30m")),
+        ast.ClockSet(datetime(2026, 12, 3, tzinfo=UTC)),
+    )
+    assert third.clock == ()
+    assert str(first.clock[0].span) == "t.pol:3:11"
+
+
+def test_before_the_first_step_at_may_name_any_instant() -> None:
+    module = parse(
+        'test "t" { at "2030-01-01T00:00:00Z" at "2000-01-01T00:00:00Z" '
+        'call tool "a" expect allow }'
+    )
+    assert len(module.tests[0].steps[0].clock) == 2
+
+
+def test_the_clock_cannot_go_back_once_a_step_has_run() -> None:
+    message = error_of(
+        'test "t" {\n'
+        '  at "2026-12-02T00:00:00Z"\n'
+        '  call tool "a" expect allow\n'
+        "  after 1h\n"
+        '  at "2026-12-02T00:59:59Z"\n'
+        '  call tool "a" expect allow\n'
+        "}\n"
+    )
+    assert message.startswith(
+        "p.pol:5:3: error: the clock cannot go back: it already reads 2026-12-02T01:00:00Z\n"
+        '5 |   at "2026-12-02T00:59:59Z"\n'
+        "      ^^^^^^^^^^^^^^^^^^^^^^^^^\n"
+        "  hint: once a step has run, a test's clock only moves forward"
+    )
+
+
+def test_an_at_equal_to_the_clock_is_allowed() -> None:
+    module = parse(
+        'test "t" { at "2026-12-02T00:00:00Z" call tool "a" expect allow '
+        'after 1h at "2026-12-02T01:00:00Z" call tool "a" expect allow }'
+    )
+    assert len(module.tests[0].steps) == 2
+
+
+def test_the_default_clock_counts_as_the_clock_an_at_may_not_go_back_from() -> None:
+    message = error_of(
+        'test "t" { call tool "a" expect allow at "2027-01-15T07:59:59Z" '
+        'call tool "a" expect allow }'
+    )
+    assert "it already reads 2027-01-15T08:00:00Z" in message
+
+
 def test_comments_are_kept_with_their_place() -> None:
     module = parse("# head\npermit x # trailing\n", "c.pol")
     assert [(c.text, c.span.line, c.span.column) for c in module.comments] == [
@@ -262,11 +330,38 @@ def test_error_shows_location_line_caret_and_hint() -> None:
         ('permit x when context.t < time("yesterday")', "RFC 3339"),
         ('permit x when context.t < date("2026-01-01")', "unknown function 'date'"),
         ('test "t" { agent { id: "a" } }', "has no step"),
+        ('test "t" { at "2026-12-01T09:00:00Z" }', "has no step"),
         ('test "t" { call tool "a" expect alow }', "a test expects allow or deny"),
         ('test "t" { call tool "a" expect allow requiring consent("x") }', "an allow carries"),
         ("schema { agnt { x: string } }", "did you mean 'agent'?"),
         ("schema { resource { x: string } }", "needs a type name"),
         ('test "t" { agnet { id: "a" } call tool "a" expect allow }', "did you mean 'agent'?"),
+        ('test "t" { at "2026-12-01T09:00:00" call tool "a" expect allow }', "no UTC offset"),
+        ('test "t" { at "tomorrow" call tool "a" expect allow }', "RFC 3339"),
+        (
+            'test "t" { call tool "a" expect allow after 0h call tool "a" expect allow }',
+            "after 0h does not move the clock",
+        ),
+        (
+            'test "t" { call tool "a" expect allow after -5h call tool "a" expect allow }',
+            "after takes a positive duration",
+        ),
+        (
+            'test "t" { call tool "a" expect allow after 5 call tool "a" expect allow }',
+            "after takes a positive duration",
+        ),
+        (
+            'test "t" { call tool "a" expect allow after 5h }',
+            "'after' after the last step changes nothing",
+        ),
+        (
+            'test "t" { at "9999-12-31T00:00:00Z" after 2d call tool "a" expect allow }',
+            "past the year 9999",
+        ),
+        (
+            'test "t" { at "2026-12-01T09:00:00Z" agent { id: "a" } call tool "a" expect allow }',
+            "agent block goes before its steps",
+        ),
     ],
 )
 def test_errors_teach(text: str, fragment: str) -> None:
