@@ -14,9 +14,10 @@ import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from pdp.catalog import RESOURCES_SUFFIX, read_catalog
+from pdp.catalog import RESOURCES_SUFFIX, Catalogued, read_catalog
 from pdp.engine import Bundle
 from pdp.lang import ast
+from pdp.lang.analysis.usage import unused_key
 from pdp.lang.checker import check
 from pdp.lang.errors import Diagnostic, PolicyError, Sources, Span
 from pdp.lang.parser import parse
@@ -147,12 +148,25 @@ def _load(texts: dict[str, str], version_of: dict[str, str] | None) -> Loaded:
         raise PolicyError(list(result.errors))
     rules = [rule for module in modules for rule in module.rules]
     tests = [test for module in modules for test in module.tests]
+    entries = read_catalog(catalog, result.schema, sources)
     bundle = Bundle.build(
         rules,
         result.lets,
         content_version(version_of if version_of is not None else texts),
         tests,
         result.schema,
-        read_catalog(catalog, result.schema, sources),
+        entries,
     )
-    return Loaded(bundle, tuple(modules), tuple(result.warnings), sources)
+    return Loaded(bundle, tuple(modules), _warnings(result.warnings, entries), sources)
+
+
+def _warnings(warnings: tuple[Diagnostic, ...], entries: Catalogued) -> tuple[Diagnostic, ...]:
+    """The checker's warnings but those of unused resource attributes the catalog sets:
+    it must declare them, so they are used."""
+    catalogued = {
+        unused_key("resource", type_, name)
+        for type_, by_id in entries.items()
+        for properties in by_id.values()
+        for name in properties
+    }
+    return tuple(w for w in warnings if not (w.key and w.key in catalogued))

@@ -302,3 +302,12 @@ def test_a_resources_file_of_a_bundle_of_its_own_stays_out(tmp_path: Path) -> No
     (inner / "bundle.toml").write_text("")
     (inner / "other.resources.json").write_text('[{"type": "table", "id": "t"}]')
     assert set(load_directory(tmp_path).bundle.catalog) == {"record"}
+
+
+def test_an_attribute_only_the_catalog_sets_is_not_reported_unused() -> None:
+    assert load_texts(texts()).warnings == ()
+    unset = [{"type": "record", "id": "101", "properties": {"owner": "alice"}}]
+    assert [w.message for w in load_texts(texts(unset)).warnings] == [
+        "resource.title is declared but no rule reads it",
+        "resource.budget is declared but no rule reads it",
+    ]

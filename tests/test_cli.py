@@ -49,6 +49,34 @@ def test_check_passes_on_the_shipped_policies(capsys: pytest.CaptureFixture[str]
     assert out.startswith("ok: ") and "0 warnings" in out
 
 
+def test_check_lists_a_schema_typo_first_and_folds_what_it_breaks(
+    capsys: pytest.CaptureFixture[str], policies: Path
+) -> None:
+    schema = policies / "schema.pol"
+    schema.write_text(schema.read_text().replace("status: string", "status: strng"))
+    code, _, err = run(capsys, "check", str(policies))
+    assert code == 1
+    first, *rest = err.split("\n\n")
+    assert first.startswith(f"{schema}:13:13: error: unknown type 'strng'\n")
+    assert first.endswith(
+        f"  … and 29 more caused by this: {policies}/agents.pol:14:32, "
+        f"{policies}/agents_test.pol:4:36, {policies}/agents_test.pol:10:39, …"
+    )
+    assert rest == [f"1 error (29 more caused by it) in {policies}\n"]
+
+
+def test_check_warns_about_a_forbid_on_an_absent_attribute_and_strict_fails(
+    capsys: pytest.CaptureFixture[str], policies: Path
+) -> None:
+    (policies / "extra.pol").write_text('forbid unowned\n  when agent.owner != "ops"\n')
+    code, out, err = run(capsys, "check", str(policies))
+    assert code == 0
+    assert "extra.pol:2:8: warning: forbid unowned denies every request that lacks" in err
+    assert "1 warnings" in out
+    code, _, _ = run(capsys, "check", "--strict", str(policies))
+    assert code == 1
+
+
 def test_check_reports_errors_with_location_and_exits_1(
     capsys: pytest.CaptureFixture[str], policies: Path
 ) -> None:

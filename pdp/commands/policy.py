@@ -65,7 +65,10 @@ def _check(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         else:
             print_diagnostics(exc.diagnostics, err)
             count = len(exc.diagnostics)
-            print(f"{count} error{'s' if count != 1 else ''} in {directory}", file=err)
+            follow = sum(len(d.follow_ons) for d in exc.diagnostics)
+            caused = f" ({follow} more caused by {'it' if count == 1 else 'them'})"
+            caused = caused if follow else ""
+            print(f"{count} error{'s' if count != 1 else ''}{caused} in {directory}", file=err)
         return FAILED
     warnings = loaded.warnings
     failed = bool(warnings) and args.strict

@@ -20,6 +20,9 @@ from decimal import Decimal
 from typing import Any, assert_never
 
 from pdp.lang import ast
+from pdp.lang.analysis import analyse
+from pdp.lang.analysis.targets import covers
+from pdp.lang.diagnostics import root_first
 from pdp.lang.errors import Diagnostic, Severity, Sources, Span
 from pdp.lang.rewrite import fold, inline_lets, substitute
 from pdp.lang.schema import (
@@ -35,6 +38,7 @@ from pdp.lang.schema import (
     TIME,
     SchemaModel,
     Type,
+    attribute_key,
     build_schema,
 )
 from pdp.lang.values import Duration, Money, Risk, parse_ip, parse_time
@@ -301,7 +305,17 @@ class _Checker:
         self._overridden_permits(rules)
         for test in (t for m in self.modules for t in m.tests):
             self._test(test)
-        diagnostics = sorted(self.out, key=lambda d: (d.span.file, d.span.line, d.span.column))
+        if not any(d.severity == "error" for d in self.out):
+            self.out.extend(
+                analyse(
+                    self.modules,
+                    self.schema,
+                    self.lets,
+                    self.sources,
+                    frozenset(self.never_apply),
+                )
+            )
+        diagnostics = root_first(self.out)
         return CheckResult(self.schema, dict(self.lets), tuple(diagnostics))
 
     # lets -----------------------------------------------------------------------
@@ -401,7 +415,15 @@ class _Checker:
                 f"define it (let {name.name} = ...), or quote it if you meant the "
                 f'string "{name.name}"'
             )
-        self.error(f"unknown name '{name.name}'", name.span, hint)
+        self.out.append(
+            self.sources.diagnostic(
+                "error",
+                f"unknown name '{name.name}'",
+                name.span,
+                hint,
+                cause=f"let {package}.{name.name}",
+            )
+        )
 
     # types ------------------------------------------------------------------------
     def _type(self, expr: ast.Expr, scope: _Scope) -> Type | None:
@@ -589,7 +611,12 @@ class _Checker:
         entity = root
         if root == "resource" and resource_type is not None:
             entity = f"resource {resource_type}"
+        cause = attribute_key(root, name)
         hint = _did_you_mean(name, sorted(attrs), lambda a: f"{root}.{a}")
+        if root == "resource" and resource_type not in (None, *self.schema.resources):
+            cause = f"resource type {resource_type}"
+            hint = self._unknown_resource_type_hint(resource_type) or hint
+        hint = hint or self._declared_elsewhere(root, name)
         if not hint:
             if root == "delegation":
                 hint = "delegation has " + ", ".join(BUILTINS["delegation"])
@@ -602,7 +629,31 @@ class _Checker:
                 elif root == "tool":
                     block = f"resource {ast.TOOL_TYPE}"
                 hint = f"declare it in the schema: {block} {{ {name}: string }}"
-        self._report(severity, message or f"{entity} has no attribute '{name}'", span, hint)
+        message = message or f"{entity} has no attribute '{name}'"
+        if severity == "warning":
+            self._report(severity, message, span, hint)
+        else:
+            self.out.append(self.sources.diagnostic("error", message, span, hint, cause=cause))
+
+    def _unknown_resource_type_hint(self, resource_type: str | None) -> str:
+        """Did-you-mean for a rule's resource type that no schema block declares."""
+        close = _did_you_mean(str(resource_type), sorted(self.schema.resources))
+        if not close:
+            return ""
+        return f"no schema block declares resource {resource_type}: {close}"
+
+    def _declared_elsewhere(self, root: str, name: str) -> str:
+        """Where an attribute is declared under another entity than the one read."""
+        for decl in (e for m in self.modules for s in m.schemas for e in s.entities):
+            attr = next((a for a in decl.attrs if a.name == name), None)
+            if attr is None or decl.kind == root:
+                continue
+            block = f"{decl.kind} {decl.resource_type}" if decl.resource_type else decl.kind
+            return (
+                f"{name} is declared under {block} at {attr.span.file}:{attr.span.line}; "
+                f"move it to {root} {{ … }}, or read {decl.kind}.{name}"
+            )
+        return ""
 
     def _has(self, expr: ast.Has, scope: _Scope) -> None:
         base = expr.base
@@ -1037,9 +1088,12 @@ class _Checker:
                 continue
             target = self._normal_target(permit)
             for forbid in forbids:
-                if forbid.target is not None and self._normal_target(forbid) != target:
+                wide = self._normal_target(forbid)
+                if not covers(wide, target):
                     continue
                 what = "every request" if forbid.target is None else "the same target"
+                if wide is not None and wide != target:
+                    what = "a target covering this one"
                 self.warn(
                     f"permit {permit.name} can never apply: forbid {forbid.id} denies "
                     f"{what} unconditionally",

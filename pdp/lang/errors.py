@@ -27,20 +27,42 @@ class Span:
 
 
 NO_SPAN = Span("<generated>", 0, 0, 0, 0)
+# How many places of a root's follow-ons its rendering names; the rest are counted.
+FOLLOW_ONS_SHOWN = 3
 
 
 @dataclass(frozen=True, slots=True)
 class Diagnostic:
-    """One message about one place in a policy file."""
+    """One message about one place in a policy file.
+
+    A diagnostic that other spots fail because of (a broken schema declaration, an
+    undefined let) has a ``key`` naming what is broken; each of those spots has that key
+    as its ``cause``. :func:`pdp.lang.diagnostics.root_first` folds them into their root's
+    ``follow_ons``, so the root is printed once, first, with a count of the rest.
+    """
 
     severity: Severity
     message: str
     span: Span
     line_text: str = ""
     hint: str = ""
+    key: str = ""
+    cause: str = ""
+    follow_ons: tuple[Diagnostic, ...] = ()
 
     def render(self) -> str:
-        """The message as a person reads it: location, line, caret, hint."""
+        """The message as a person reads it: location, line, caret, hint, follow-ons."""
+        return self._render_head() + self._render_follow_ons()
+
+    def _render_follow_ons(self) -> str:
+        if not self.follow_ons:
+            return ""
+        shown = ", ".join(str(d.span) for d in self.follow_ons[:FOLLOW_ONS_SHOWN])
+        if len(self.follow_ons) > FOLLOW_ONS_SHOWN:
+            shown += ", …"
+        return f"\n  … and {len(self.follow_ons)} more caused by this: {shown}"
+
+    def _render_head(self) -> str:
         head = f"{self.span}: {self.severity}: {self.message}"
         if not self.line_text or self.span.line <= 0:
             return head + (f"\n  hint: {self.hint}" if self.hint else "")
@@ -62,6 +84,7 @@ class Diagnostic:
             "line": self.span.line,
             "column": self.span.column,
             "hint": self.hint,
+            "follow_ons": [d.to_json() for d in self.follow_ons],
         }
 
 
@@ -99,6 +122,13 @@ class Sources:
         return ""
 
     def diagnostic(
-        self, severity: Severity, message: str, span: Span, hint: str = ""
+        self,
+        severity: Severity,
+        message: str,
+        span: Span,
+        hint: str = "",
+        *,
+        key: str = "",
+        cause: str = "",
     ) -> Diagnostic:
-        return Diagnostic(severity, message, span, self.line(span), hint)
+        return Diagnostic(severity, message, span, self.line(span), hint, key, cause)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import math
+import re
 import threading
 from datetime import UTC, datetime
 from importlib import resources
@@ -147,6 +148,8 @@ def _syntax_diagnostic(exc: UnexpectedInput, text: str, lines: list[str], path: 
         message = f"unexpected character {char!r}"
         hint = _character_hint(text, pos)
         span = Span(path, line, column, line, column + 1)
+    elif isinstance(exc, UnexpectedToken) and (better := _common_mistake(exc, text, lines, path)):
+        return better
     elif isinstance(exc, UnexpectedToken) and exc.token.type != "$END":
         token = exc.token
         message = f"unexpected {_describe_token(token)}"
@@ -165,6 +168,43 @@ def _syntax_diagnostic(exc: UnexpectedInput, text: str, lines: list[str], path: 
         if isinstance(exc, UnexpectedEOF | UnexpectedToken) and "'}'" in expected:
             hint = "a block is not closed: add '}'"
     return _diagnostic(message, span, lines, hint)
+
+
+# A rule without a name reads its first clause keyword as the name.
+_NAMELESS_RULE = re.compile(r"\b(permit|forbid)\s+(call|action|when|unless|limit|require)\s*$")
+_CONDITION_STARTS = frozenset((*ast.ROOTS, "not", "delegated", "autonomous"))
+
+
+def _common_mistake(
+    exc: UnexpectedToken, text: str, lines: list[str], path: str
+) -> Diagnostic | None:
+    """A message of its own for mistakes people make often: a rule without a name, a
+    condition without ``when``."""
+    token = exc.token
+    before = text[: token.start_pos] if token.start_pos is not None else ""
+    nameless = _NAMELESS_RULE.search(before)
+    if nameless is not None:
+        effect, keyword = nameless.group(1), nameless.group(2)
+        line = before.count("\n", 0, nameless.start(2)) + 1
+        column = nameless.start(2) - (before.rfind("\n", 0, nameless.start(2)) + 1) + 1
+        span = Span(path, line, column, line, column + len(keyword))
+        return _diagnostic(
+            f"a rule needs a name: {effect} NAME …",
+            span,
+            lines,
+            f"name the rule before its {keyword} clause: {effect} read_tools {keyword} …",
+        )
+    expected = {str(e) for e in exc.expected}
+    if str(token) in _CONDITION_STARTS and "WHEN" in expected:
+        span = _token_span(token, path)
+        condition = lines[span.line - 1][span.column - 1 :].strip()
+        return _diagnostic(
+            "a condition starts with when (or unless)",
+            span,
+            lines,
+            f"write: when {condition}",
+        )
+    return None
 
 
 def _describe_token(token: Token) -> str:

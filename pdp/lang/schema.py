@@ -7,6 +7,7 @@ wrong type at run time.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 from pdp.lang import ast
@@ -155,6 +156,12 @@ class SchemaModel:
         return merged
 
 
+def attribute_key(root: str, name: str) -> str:
+    """What a diagnostic about an attribute's declaration, and each read of it, are keyed
+    by (:mod:`pdp.lang.diagnostics`): ``tool.*`` reads resource attributes."""
+    return f"attribute {'resource' if root == 'tool' else root}.{name}"
+
+
 def type_from_ref(ref: ast.TypeRef, sources: Sources, out: list[Diagnostic]) -> Type | None:
     """Resolve a written type; report unknown names and missing or extra arguments."""
     if ref.name == "money" and ref.arg is not None:
@@ -227,8 +234,12 @@ def build_schema(
                 target = model.entity(decl.kind)
                 builtins = BUILTINS[decl.kind]
             for attr in decl.attrs:
+                before = len(out)
                 declared = type_from_ref(attr.type, sources, out)
                 if declared is None:
+                    # Every read of the attribute fails because of this: it is their root.
+                    key = attribute_key(decl.kind, attr.name)
+                    out[before:] = [dataclasses.replace(d, key=key) for d in out[before:]]
                     continue
                 if attr.name in builtins and builtins[attr.name] != declared:
                     out.append(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from pdp.lang import ast
@@ -31,7 +33,7 @@ let read_tools    = ["search", "read_file", "summarize", "sql.select"]
 let payment_tools = ["payments.transfer", "payments.refund"]
 
 forbid inactive_agents
-  when agent.status != "active"
+  when not (agent has status) or agent.status != "active"
 
 permit read_only
   call tool in read_tools
@@ -46,7 +48,7 @@ permit small_transfers
 
 forbid risky_writes
   call tool like "*write*"
-  when agent.risk >= high
+  when not (agent has risk) or agent.risk >= high
 
 forbid deep_delegation
   when delegation.depth > 2
@@ -70,7 +72,22 @@ test "a delegated transfer without consent asks the user" {
 
 
 def run(*texts: str, schema: str | None = SCHEMA) -> CheckResult:
-    """Check policy texts (p0.pol, p1.pol, ...) together with a schema file."""
+    """Check policy texts (p0.pol, p1.pol, ...) together with a schema file; the shared
+    ``SCHEMA`` declares more than any one test reads, so its unused attributes are not
+    reported (``check_all`` reports them)."""
+    result = check_all(*texts, schema=schema)
+    if schema is not SCHEMA:
+        return result
+    kept = tuple(d for d in result.diagnostics if not _unused_in_schema(d))
+    return dataclasses.replace(result, diagnostics=kept)
+
+
+def _unused_in_schema(d: Diagnostic) -> bool:
+    return d.span.file == "schema.pol" and d.message.endswith("but no rule reads it")
+
+
+def check_all(*texts: str, schema: str | None = SCHEMA) -> CheckResult:
+    """Check policy texts together with a schema file, reporting everything."""
     sources = Sources()
     modules = []
     files = [("schema.pol", schema)] if schema is not None else []
@@ -167,7 +184,7 @@ def test_diagnostics_quote_their_line() -> None:
 
 def test_lets_are_inlined_through_other_lets() -> None:
     result = run('package p\nlet a = ["x"]\nlet b = a\nlet c = not (agent.id in b)')
-    assert result.diagnostics == ()
+    assert [d.message for d in result.diagnostics] == ["let c is never used"]
     assert result.lets[("p", "b")] == ast.ListExpr((ast.Literal_("x"),))
     assert result.lets[("p", "c")] == ast.Not(
         ast.Compare("in", ast.Path("agent", ("id",)), ast.ListExpr((ast.Literal_("x"),)))
@@ -298,7 +315,12 @@ def test_unknown_attribute_without_a_close_one_says_how_to_declare_it() -> None:
 def test_unknown_resource_attribute_names_the_resource_type() -> None:
     error = one_error(run('permit p action "db.read" on table when resource.owner == "x"'))
     assert error.message == "resource table has no attribute 'owner'"
-    assert error.hint == "declare it in the schema: resource table { owner: string }"
+    assert error.hint == (
+        "owner is declared under agent at schema.pol:2; move it to resource { … }, "
+        "or read agent.owner"
+    )
+    error = one_error(run('permit p action "db.read" on table when resource.ownr == "x"'))
+    assert error.hint == "declare it in the schema: resource table { ownr: string }"
 
 
 def test_resource_attributes_follow_the_target() -> None:
@@ -383,8 +405,10 @@ def test_risk_compared_with_a_string_suggests_the_word() -> None:
 
 
 def test_a_list_equals_a_set_of_the_same_items() -> None:
-    clean = run('permit p when user.roles == ["a"] and user.groups != [] and [] == []')
-    assert clean.diagnostics == ()
+    result = run('permit p when user.roles == ["a"] and user.groups != [] and [] == []')
+    assert [d.message for d in result.diagnostics] == [
+        "[] == [] is always true: both sides are constants"
+    ]
 
 
 def test_ordering_strings_is_an_error_with_a_hint() -> None:
@@ -457,12 +481,14 @@ def test_contains_looks_in_collections_and_strings() -> None:
 
 
 def test_intersects_and_subset_of_compare_two_collections_of_one_type() -> None:
-    clean = run(
+    result = run(
         'permit p when user.roles intersects ["admin", "editor"]\n'
         "  and user.groups subset of agent.scopes and [] subset of user.roles\n"
         "  and [context.amount] intersects [1 USD, 2 USD] and user.roles intersects []"
     )
-    assert clean.diagnostics == ()
+    assert [d.message for d in result.diagnostics] == [
+        "user.roles intersects [] is always false: nothing is in an empty list"
+    ]
 
 
 def test_intersects_with_one_value_says_to_use_a_list_or_contains() -> None:
@@ -708,7 +734,7 @@ def test_targets_are_compared_after_inlining_lets() -> None:
 
 def test_a_conditional_forbid_or_another_target_overrides_nothing() -> None:
     result = run(
-        'forbid f call tool "x" when agent.risk > low\n'
+        'forbid f call tool "x" when delegation.depth > 1\n'
         'forbid g call tool "y"\n'
         'forbid h call tool "x" unless delegated\n'
         'permit p call tool "x"'
@@ -818,3 +844,254 @@ def test_expect_by_looks_in_the_test_package_only() -> None:
         'package b\ntest "t" {\n  agent { id: "x" }\n  call tool "x" expect allow by r\n}',
     )
     assert one_error(result).message == "expect names rule r, which does not exist"
+
+
+# ------------------------------------------------------------------ root causes first
+
+
+def test_an_unknown_type_comes_first_with_the_reads_it_breaks_folded() -> None:
+    result = check_all(
+        'forbid f when agent.status != "active"\npermit p when agent.status == "active"',
+        'test "t" {\n  agent { id: "a", status: "active" }\n  call tool "x" expect deny\n}',
+        schema="schema { agent { status: strng } }",
+    )
+    assert len(result.errors) == 1
+    root = result.errors[0]
+    assert root.message == "unknown type 'strng'"
+    assert [str(d.span) for d in root.follow_ons] == ["p0.pol:1:15", "p0.pol:2:15", "p1.pol:2:20"]
+    assert {d.message for d in root.follow_ons} == {"agent has no attribute 'status'"}
+    assert root.render().endswith(
+        "\n  … and 3 more caused by this: p0.pol:1:15, p0.pol:2:15, p1.pol:2:20"
+    )
+
+
+def test_an_attribute_under_the_wrong_entity_is_reported_once_with_its_declaration() -> None:
+    result = check_all(
+        "permit a when agent.risk < high\npermit b when agent.risk <= medium\n"
+        "permit c when agent.risk == low",
+        schema="schema {\n  user { risk: risk }\n}",
+    )
+    (error,) = result.errors
+    assert error.message == "agent has no attribute 'risk'"
+    assert error.hint == (
+        "risk is declared under user at schema.pol:2; move it to agent { … }, or read user.risk"
+    )
+    assert at(error) == ("p0.pol", 1, 15, 10)
+    assert [str(d.span) for d in error.follow_ons] == ["p0.pol:2:15", "p0.pol:3:15"]
+
+
+def test_an_undefined_let_is_reported_at_its_first_use_only() -> None:
+    (error,) = run(
+        "permit a call tool in read_tols\npermit b call tool in read_tols\n"
+        "permit c when agent.id in read_tols"
+    ).errors
+    assert error.message == "unknown name 'read_tols'"
+    assert at(error) == ("p0.pol", 1, 23, 9)
+    assert len(error.follow_ons) == 2
+
+
+def test_roots_with_follow_ons_come_before_other_errors_whatever_the_file() -> None:
+    result = check_all(
+        'permit a when agent.purpose == 1\npermit b when agent.status == "x"\n'
+        'permit c when agent.status == "y"',
+        schema="schema { agent { purpose: string, status: strng } }",
+    )
+    assert [(d.span.file, d.message) for d in result.errors] == [
+        ("schema.pol", "unknown type 'strng'"),
+        ("p0.pol", "cannot compare a string with a number"),
+    ]
+
+
+def test_a_misspelled_resource_type_folds_its_reads_and_suggests_the_type() -> None:
+    (error,) = run(
+        'permit a action "db.read" on tabel when resource.schema_name == "x"\n'
+        'permit b action "db.write" on tabel when resource.schema_name == "y"'
+    ).errors
+    assert error.message == "resource tabel has no attribute 'schema_name'"
+    assert error.hint == "no schema block declares resource tabel: did you mean 'table'?"
+    assert len(error.follow_ons) == 1
+
+
+# ------------------------------------------------------------------ comparisons with one answer
+
+
+@pytest.mark.parametrize(
+    ("condition", "message"),
+    [
+        ("agent.risk > critical", "always false: risk levels go from low to critical"),
+        ("agent.risk < low", "always false: risk levels go from low to critical"),
+        ("critical < agent.risk", "always false: risk levels go from low to critical"),
+        ("agent.risk >= low", "always true: risk levels go from low to critical"),
+        ("agent.risk <= critical", "always true: risk levels go from low to critical"),
+        ("delegation.depth < 0", "always false: delegation.depth counts actors: 0 or more"),
+        ("delegation.depth >= 0", "always true: delegation.depth counts actors: 0 or more"),
+        ("agent.id in []", "always false: nothing is in an empty list"),
+        ('subject.type == "servce"', "always false: the subject types are agent, user, identity"),
+        ('subject.type != "servce"', "always true: the subject types are agent, user, identity"),
+    ],
+)
+def test_a_comparison_that_cannot_change_is_a_warning(condition: str, message: str) -> None:
+    warning = one_warning(run(f'permit p\n  call tool "x"\n  when agent.id == "a" and {condition}'))
+    assert warning.message == f"{condition} is {message}"
+    assert at(warning)[:3] == ("p0.pol", 3, 28)
+
+
+def test_a_comparison_of_two_constants_is_a_warning() -> None:
+    warning = one_warning(run('let mode = "strict"\npermit p when agent.id == "a" or mode == "x"'))
+    assert warning.message == 'mode == "x" is always false: both sides are constants'
+
+
+def test_a_comparison_on_the_wrong_resource_type_is_a_warning() -> None:
+    warning = one_warning(run('permit p action "db.read" on table when resource.type == "tool"'))
+    assert warning.message == (
+        'resource.type == "tool" is always false: this rule\'s target is on table resources'
+    )
+
+
+@pytest.mark.parametrize(
+    "condition",
+    [
+        "agent.risk > high",
+        "agent.risk >= medium",
+        "delegation.depth > 0",
+        'subject.type == "agent"',
+        'agent.id in ["a"]',
+        'resource.type == "tool"',
+    ],
+)
+def test_comparisons_a_request_can_change_are_fine(condition: str) -> None:
+    result = run(f"permit p when {condition}\npermit q when agent.risk > critical")
+    assert [w.message for w in result.diagnostics] == [
+        "agent.risk > critical is always false: risk levels go from low to critical"
+    ]
+
+
+# ------------------------------------------------------------------ forbids on absent attributes
+
+
+def test_a_forbid_on_an_attribute_a_request_may_lack_is_a_warning() -> None:
+    warning = one_warning(run('forbid inactive\n  when agent.status != "active"'))
+    assert warning.message == (
+        "forbid inactive denies every request that lacks agent.status: reading an absent "
+        "attribute fails, and a forbid that fails denies"
+    )
+    assert warning.hint == (
+        'if that is meant, say so: not (agent has status) or agent.status != "active"; '
+        'if not, guard it: agent has status and agent.status != "active"'
+    )
+    assert at(warning) == ("p0.pol", 2, 8, 12)
+
+
+@pytest.mark.parametrize(
+    "rule",
+    [
+        'forbid f when not (agent has status) or agent.status != "active"',
+        'forbid f when agent has status and agent.status != "active"',
+        "forbid f when agent has risk and (agent.risk > high or delegation.depth > 1)",
+        'forbid f when agent has status unless agent.status == "active"',
+        "forbid f when delegation.depth > 2",
+        'forbid f when agent.id == "bot" or subject.id == "x" or resource.type == "t"',
+        'forbid f when action == "x" and resource.id == "y" and subject.type == "user"',
+        'forbid f call tool "x" when tool.name like "*rm*"',
+        'forbid f when delegated and user.id == "mallory"',
+        'forbid f when agent.labels has "team" and agent.labels.team == "x"',
+        'permit p when agent.status == "active"',
+    ],
+)
+def test_reads_known_to_be_present_are_fine_in_a_forbid(rule: str) -> None:
+    result = run(f'{rule}\nforbid unguarded when agent.owner == "x"')
+    assert [w.message.split(":")[0] for w in result.diagnostics] == [
+        "forbid unguarded denies every request that lacks agent.owner"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("rule", "attribute"),
+    [
+        ('forbid f when tool.name like "*rm*"', "tool.name"),
+        ('forbid f when user.id == "mallory"', "user.id"),
+        ('forbid f when agent has risk or agent.status == "x"', "agent.status"),
+        ('forbid f when agent.risk > high unless agent.status == "x"', "agent.risk"),
+        ("forbid f when context.amount > 100 USD", "context.amount"),
+    ],
+)
+def test_unguarded_reads_in_a_forbid_are_warnings(rule: str, attribute: str) -> None:
+    warnings = run(rule).warnings
+    assert warnings
+    assert f"lacks {attribute}:" in warnings[0].message
+
+
+# ------------------------------------------------------------------ shadowed permits
+
+
+@pytest.mark.parametrize(
+    ("forbid", "permit"),
+    [
+        ['forbid no_fs call tool like "fs.*"', 'permit p call tool "fs.write"'],
+        ['forbid no_fs call tool "fs.*"', 'permit p call tool like "fs.write*"'],
+        ['forbid no_fs call tool ["a", "fs.*"]', 'permit p call tool ["fs.x", "a"]'],
+        ['forbid no_fs action "db.*"', 'permit p action "db.read" on table "orders"'],
+        ['forbid no_fs action "tool.call" on tool', 'permit p call tool "x"'],
+    ],
+)
+def test_a_permit_under_an_unconditional_forbid_with_a_wider_target_never_applies(
+    forbid: str, permit: str
+) -> None:
+    warning = one_warning(run(f"{forbid}\n{permit}"))
+    assert warning.message == (
+        "permit p can never apply: forbid no_fs denies a target covering this one unconditionally"
+    )
+
+
+@pytest.mark.parametrize(
+    ("forbid", "permit"),
+    [
+        ['forbid f call tool "fs.write*"', 'permit p call tool like "fs.*"'],
+        ['forbid f call tool ["a"]', 'permit p call tool ["a", "b"]'],
+        ['forbid f action "db.read" on table "x"', 'permit p action "db.read" on table'],
+        ['forbid f action "db.*" on view', 'permit p action "db.read" on table'],
+    ],
+)
+def test_a_forbid_with_a_narrower_target_shadows_nothing(forbid: str, permit: str) -> None:
+    result = run(f'{forbid}\n{permit}\nforbid w action "x.*"\npermit q action "x.y"')
+    assert [w.message for w in result.diagnostics] == [
+        "permit q can never apply: forbid w denies a target covering this one unconditionally"
+    ]
+
+
+# ------------------------------------------------------------------ unused declarations
+
+
+def test_an_unused_let_is_a_warning_at_its_name() -> None:
+    warning = one_warning(run('let write_tools = ["fs.write"]\npermit p call tool "x"'))
+    assert warning.message == "let write_tools is never used"
+    assert warning.hint == "use it in a rule or a test, or remove it"
+    assert at(warning) == ("p0.pol", 1, 5, 11)
+
+
+def test_a_let_used_by_a_test_or_another_let_is_used() -> None:
+    result = run(
+        'let who = "a"\nlet names = [who]\npermit p call tool names\n'
+        'let amount = 5 USD\ntest "t" {\n  agent { id: who }\n'
+        '  call tool "x" with { amount: amount } expect deny\n}\nlet spare = 1'
+    )
+    assert [w.message for w in result.diagnostics] == ["let spare is never used"]
+
+
+def test_a_schema_attribute_no_rule_reads_is_a_warning_at_its_declaration() -> None:
+    result = check_all(
+        'permit p when context.amount < 5 USD and resource.owner == "x" and agent.risk < high\n'
+        'test "t" {\n  agent { id: "a" }\n  context { amout: 1 USD }\n'
+        '  call tool "x" expect deny\n}',
+        schema=(
+            "schema {\n  agent { risk: risk, purpose: string }\n"
+            "  context { amount: money, amout: money }\n"
+            "  resource doc { owner: string, title: string }\n"
+            "  resource tool { server: string }\n}"
+        ),
+    )
+    assert not result.errors
+    assert [(w.message, at(w)) for w in result.warnings] == [
+        ("context.amout is declared but no rule reads it", ("schema.pol", 3, 28, 5)),
+        ("resource.title is declared but no rule reads it", ("schema.pol", 4, 33, 5)),
+    ]

@@ -388,3 +388,29 @@ def test_nesting_within_the_limit_parses_checks_and_compiles() -> None:
         'permit p call tool "x" when ' + "not " * 61 + "delegated"
     )  # odd: autonomous
     assert engine.decide(request(engine.bundle, tool="x")).allow
+
+
+@pytest.mark.parametrize(
+    ("text", "caret", "hint"),
+    [
+        ('permit\n  call tool "x"', (2, 3, 4), "permit read_tools call …"),
+        ('forbid\n  when agent.id == "a"', (2, 3, 4), "forbid read_tools when …"),
+        ('permit\n  action "db.read" on table', (2, 3, 6), "permit read_tools action …"),
+    ],
+)
+def test_a_rule_without_a_name_says_so(text: str, caret: tuple[int, int, int], hint: str) -> None:
+    with pytest.raises(PolicyError) as exc:
+        parse(text, "p.pol")
+    (d,) = exc.value.diagnostics
+    assert d.message == f"a rule needs a name: {text.split()[0]} NAME …"
+    assert (d.span.line, d.span.column, d.span.end_column - d.span.column) == caret
+    assert d.hint.endswith(hint)
+
+
+def test_a_condition_without_when_says_so() -> None:
+    with pytest.raises(PolicyError) as exc:
+        parse('permit p\n  call tool "x"\n  agent.risk < high', "p.pol")
+    (d,) = exc.value.diagnostics
+    assert d.message == "a condition starts with when (or unless)"
+    assert d.hint == "write: when agent.risk < high"
+    assert (d.span.line, d.span.column) == (3, 3)

@@ -32,7 +32,10 @@ def test_subject_type_and_id_are_built_in() -> None:
 
 
 def test_a_schema_declares_subject_types_and_their_attributes() -> None:
-    result = run('permit p when subject.team == "ops" and subject has owner', schema=SUBJECTS)
+    result = run(
+        'permit p when subject.team == "ops" and subject has owner and subject.tier > 1',
+        schema=SUBJECTS,
+    )
     assert result.diagnostics == ()
     assert result.schema.subjects == {
         "service": {"team": STRING, "tier": Type("number")},
