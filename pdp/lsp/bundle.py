@@ -116,7 +116,9 @@ def analyze(root: Path | None, open_texts: Mapping[str, str]) -> Analysis:
             problems.extend(exc.diagnostics)
     result = check(list(modules.values()), sources)
     diagnostics: dict[str, list[Diagnostic]] = {path: [] for path in files}
-    for diagnostic in problems or result.diagnostics:
+    # An editor shows each spot where it is: a root's folded follow-ons too.
+    shown = [d for root in problems or result.diagnostics for d in (root, *root.follow_ons)]
+    for diagnostic in shown:
         file = diagnostic.span.file
         diagnostics.setdefault(file if file in files else ELSEWHERE, []).append(diagnostic)
     broken = problems[0].span.file if problems else None

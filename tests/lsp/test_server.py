@@ -112,6 +112,24 @@ def test_a_syntax_error_is_shown_and_the_other_files_are_not_checked(bundle: Pat
     run(bundle.parent, scenario)
 
 
+def test_errors_a_root_causes_are_shown_in_their_own_files(bundle: Path) -> None:
+    """The checker folds follow-on errors into their root; an editor shows each where it is."""
+    schema = bundle / "schema.pol"
+    rules = bundle / "rules.pol"
+
+    async def scenario(editor: Editor) -> None:
+        editor.open(rules, RULES)
+        assert await editor.published(rules) == []
+        editor.open(schema, SCHEMA.replace("risk: risk", "risk: rsik"))
+        [root] = await editor.published(schema)
+        assert "unknown type 'rsik'" in root.message
+        [follow_on] = await editor.published(rules)
+        assert follow_on.severity == types.DiagnosticSeverity.Error
+        assert follow_on.range.start.line == 6  # agent.risk < high
+
+    run(bundle.parent, scenario)
+
+
 def test_a_file_of_another_bundle_gets_none_of_its_diagnostics(bundle: Path) -> None:
     """The outer workspace is a bundle of its own; the nested one (bundle.toml) is apart."""
     outer = bundle.parent / "outer.pol"
