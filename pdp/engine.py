@@ -269,8 +269,8 @@ class Engine:
         idempotency key: a retried call's usage is recorded once.
         """
         if self._reads_now:  # `now` is the request's time, else the clock's, read once
-            request.now = request.time
-            request.clock = self.clock
+            at = request.now = request.time
+            request.epoch = self.clock() if at is None else at.timestamp()
         resource = request.resource
         found = self._memo.get((request.action, resource["type"], resource["id"]))
         if found is None:

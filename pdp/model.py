@@ -9,7 +9,7 @@ and build their answer straight from a :class:`Decision`.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from datetime import date, datetime
 from decimal import Decimal
 from typing import Any, NamedTuple
@@ -49,18 +49,19 @@ class Request:
     ``subject`` says which, as the caller named it (``subject.type``, ``subject.id``).
 
     ``time`` is the decision time the request carries (a replayed or what-if question),
-    None for "when it is decided". ``now`` and ``clock`` belong to the engine: before it
-    evaluates rules that read ``now`` it sets ``now`` to ``time`` and ``clock`` to its
-    clock, and the first rule to read ``now`` without a ``time`` reads the clock, once."""
+    None for "when it is decided". ``epoch`` and ``now`` belong to the engine: before it
+    evaluates rules that read ``now`` it sets ``epoch`` to the decision time in seconds
+    (``time``'s, else its clock's) and ``now`` to ``time``; the first rule to read ``now``
+    as a time makes it one from ``epoch``."""
 
     __slots__ = (
         "_subject",
         "action",
         "agent",
         "agent_id",
-        "clock",
         "context",
         "delegation",
+        "epoch",
         "now",
         "resource",
         "size",
@@ -79,7 +80,7 @@ class Request:
     context: dict[str, Any]
     time: datetime | None
     now: datetime | None
-    clock: Callable[[], float]
+    epoch: float | None
 
     def __init__(
         self,
@@ -104,7 +105,7 @@ class Request:
         self.size = size
         self.time = time
         self.now = time
-        self.clock = _no_clock
+        self.epoch: float | None = None
         if agent is None:
             if subject is None:
                 raise RequestError("a request is about an agent or names another subject")
@@ -172,11 +173,6 @@ class Request:
         if self.time is not None:
             data["time"] = json_value(self.time)
         return data
-
-
-def _no_clock() -> float:
-    """The clock of a request no engine is deciding: ``now`` has no value outside one."""
-    raise RuntimeError("now is read only while an engine decides the request")
 
 
 def delegation_for(

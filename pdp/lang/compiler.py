@@ -17,7 +17,13 @@ from datetime import UTC, datetime
 from typing import Any
 
 from pdp.lang import ast
-from pdp.lang.functions import FUNCTIONS
+from pdp.lang.functions import (
+    FUNCTIONS,
+    NOW_PARTS,
+    WEEKDAY_NUMBER,
+    parts_of_now,
+    weekday_number,
+)
 from pdp.lang.rewrite import fold, inline_lets
 from pdp.lang.runtime import (
     EvalError,
@@ -33,7 +39,7 @@ from pdp.lang.runtime import (
     startswith,
     subset,
 )
-from pdp.lang.values import CurrencyMismatch, Money, Risk, Weekday
+from pdp.lang.values import WEEKDAYS, CurrencyMismatch, Money, Risk, Weekday
 
 Lets = Mapping[tuple[str, str], ast.Expr]
 Predicate = Callable[[Any], bool]
@@ -142,6 +148,7 @@ class _Source:
             "_now": decision_time,
         }
         self.namespace.update({f"_f_{f.name}": f.run for f in FUNCTIONS.values()})
+        self.namespace.update({"_parts": parts_of_now, "_weekday_number": weekday_number})
         self.namespace.update(dict(_CALLED.values()))
         self._constants: dict[tuple[type, Any], str] = {}
         self._walrus = 0
@@ -187,10 +194,33 @@ class _Source:
         if isinstance(node, ast.Has):
             return self.has(node)
         if isinstance(node, ast.Call):
-            return f"_f_{node.name}(" + ", ".join(self.expr(a) for a in node.args) + ")"
+            return self.call_function(node)
         if isinstance(node, ast.Name):
             raise EvalError(f"unknown let '{node.name}'")
         raise TypeError(f"cannot compile {node!r}")
+
+    def call_function(self, node: ast.Call, part: int | None = None) -> str:
+        """A built-in. A part of ``now`` is read from the decision's time in seconds
+        through the parts of its whole second in the zone (a lookup); ``part`` picks
+        another of them (the weekday's number)."""
+        args = [self.expr(a) for a in node.args]
+        if node.name in NOW_PARTS and node.args[:1] == (NOW,) and len(args) <= 2:
+            zone = args[1] if len(args) == 2 else "None"
+            index = NOW_PARTS[node.name] if part is None else part
+            return f"_parts(q.epoch, {zone})[{index}]"
+        if part is not None:
+            return "_weekday_number(" + ", ".join(args) + ")"
+        return f"_f_{node.name}(" + ", ".join(args) + ")"
+
+    def weekday_order(self, op: str, left: ast.Expr, right: ast.Expr) -> str | None:
+        """``weekday(t) < "saturday"`` as a comparison of the days' numbers."""
+        flipped = {"<": ">", "<=": ">=", ">": "<", ">=": "<="}
+        if isinstance(left, ast.Literal_):
+            left, right, op = right, left, flipped[op]
+        day = right.value if isinstance(right, ast.Literal_) else None
+        if not (isinstance(left, ast.Call) and left.name == "weekday" and day in WEEKDAYS):
+            return None
+        return f"({self.call_function(left, WEEKDAY_NUMBER)} {op} {WEEKDAYS.index(day)})"
 
     def literal(self, value: Any) -> str:
         if value.__class__ is Weekday:  # a str that orders as a day of the week
@@ -209,6 +239,9 @@ class _Source:
             money = self._money_against_literal(op, left, right)
             if money is not None:
                 return money
+            days = self.weekday_order(op, left, right)
+            if days is not None:
+                return days
             return f"({self.expr(left)} {op} {self.expr(right)})"
         if op in ("==", "!="):
             if _scalar_literal(left) or _scalar_literal(right):
@@ -316,6 +349,9 @@ class _Source:
         return name
 
 
+NOW = ast.Path("now", ())
+
+
 def _scalar_literal(node: ast.Expr) -> bool:
     return isinstance(node, ast.Literal_) and not isinstance(node.value, tuple | frozenset)
 
@@ -342,10 +378,10 @@ def _now_attribute() -> Any:
 
 def decision_time(q: Any) -> datetime:
     """``now``: the request's decision time, or the engine's clock's, read once per
-    decision (the engine sets ``q.now`` and ``q.clock`` before it evaluates a rule)."""
+    decision (the engine sets ``q.epoch`` and ``q.now`` before it evaluates a rule)."""
     now: datetime | None = q.now
     if now is None:
-        now = q.now = datetime.fromtimestamp(q.clock(), UTC)
+        now = q.now = datetime.fromtimestamp(q.epoch, UTC)
     return now
 
 

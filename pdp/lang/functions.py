@@ -14,6 +14,7 @@ once.
 from __future__ import annotations
 
 import difflib
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, tzinfo
@@ -47,6 +48,8 @@ class Function:
 _ZONES: dict[str, tzinfo] = {"UTC": UTC}
 # The last instant converted to each zone, and its local time there.
 _LOCAL: dict[str, tuple[datetime, datetime]] = {}
+# The last whole second of the decision time shown in each zone, and its local time.
+_SECOND: dict[str, tuple[int, datetime]] = {}
 
 
 def zone(name: Any) -> tzinfo:
@@ -106,6 +109,41 @@ def local(value: Any, name: Any, function: str) -> datetime:
     shown = value.astimezone(zone(name))
     _LOCAL[name] = (value, shown)
     return shown
+
+
+Parts = tuple[int, int, Weekday, date, int]
+"""What a policy reads of a time in a zone: hour, minute, weekday, date, and the
+weekday's number (0 is monday)."""
+
+# The last whole second of a decision time shown in each zone (None: UTC): from, until,
+# and its parts there.
+_SECONDS: dict[str | None, tuple[float, float, Parts]] = {}
+
+
+def parts_of_now(epoch: float, name: Any) -> Parts:
+    """The parts of the decision time ``epoch`` (in seconds) in zone ``name``: those of
+    its whole second, which every decision of that second shares (a lookup)."""
+    last = _SECONDS.get(name)
+    if last is not None and last[0] <= epoch < last[1]:
+        return last[2]
+    second = math.floor(epoch)
+    shown = datetime.fromtimestamp(second, zone("UTC" if name is None else name))
+    day = shown.weekday()
+    parts = (shown.hour, shown.minute, Weekday.of(day), shown.date(), day)
+    _SECONDS[name] = (second, second + 1.0, parts)  # only names of real zones get here
+    return parts
+
+
+def weekday_number(value: Any, name: Any = None) -> int:
+    """The number of the day of the week of a time in a zone (0 is monday), for
+    comparisons with a named day."""
+    return local(value, name, "weekday").weekday()
+
+
+NOW_PARTS = {"hour": 0, "minute": 1, "weekday": 2, "date": 3}
+"""Where each function's part of ``now`` is in :data:`Parts`: the compiled code reads
+``now``'s parts from the decision time in seconds, without making ``now`` a datetime."""
+WEEKDAY_NUMBER = 4
 
 
 # ------------------------------------------------------------------ the functions
