@@ -265,7 +265,8 @@ class DecisionPoint:
             resource,
             context,
             request.size,
-            time=request.time,
+            None,  # an agent's request names no other subject
+            request.time,
         )
 
     def _other_subject(self, directory: Directory, request: Request) -> Request | str:
