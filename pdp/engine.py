@@ -467,9 +467,10 @@ class Engine:
         """Why a rule failed, in the interpreter's words (the rare path)."""
         if isinstance(exc, CounterError):
             return _unreachable(rule, exc)
-        now = request.now
-        at = now.timestamp() if now is not None else self.clock()
-        trace = self._interpreter.evaluate_rule(rule.rule, request, at)
+        at = request.epoch  # the decision's time, when a rule reads `now`
+        trace = self._interpreter.evaluate_rule(
+            rule.rule, request, at if at is not None else self.clock()
+        )
         if trace.error:
             return RuleError(rule.id, rule.effect, trace.error)
         # the compiled rule failed where the interpreter does not: a fault of Tessera's,
