@@ -5,8 +5,10 @@ What it measures, in one run:
 * the shipped policy set (``policies/``) on a mix of ten requests that covers each path
   a decision takes: a single permit, a single forbid, default deny, a permit with a
   ``limit`` (counter read and write), a permit waiting on consent, globs, a generic
-  ``db.read`` on a table; the mix as a whole, then each request alone. The same requests
-  are decided by
+  ``db.read`` on a table; the mix as a whole, then each request alone; and the mix once
+  more with a forbid added that reads the decision's time on every request (``hour``,
+  ``weekday`` and ``date`` of ``now`` in Europe/Berlin, never true), which is what a
+  business-hours rule costs. The same requests are decided by
   - the **floor**: the same logic as a hand-written Python ``if`` chain, which is what the
     logic costs with no engine at all;
   - **cedarpy**: an equivalent Cedar policy set through the fastest pre-parsed path the
@@ -68,7 +70,7 @@ from pdp.engine import Bundle, Engine
 from pdp.lang.parser import parse
 from pdp.lang.schema import SchemaModel
 from pdp.lang.values import Duration, Money, Risk
-from pdp.loader import load_directory, load_texts
+from pdp.loader import load_directory, load_texts, policy_files
 from pdp.model import Request
 from pdp.policytest import build_request
 from pdp.request import request_from_json
@@ -88,6 +90,15 @@ TARGET_SHIPPED_MEDIAN_US = 2.0
 TARGET_CEDAR_RATIO = 50.0
 TARGET_SCALING_RATIO = 1.5
 TARGET_COMPILE_10K_S = 2.0
+
+# A forbid every request meets that reads the decision's time in a zone and never
+# matches, so the shipped decisions stay as they are: what a business-hours rule costs.
+TIME_RULE = """
+forbid after_the_end_of_time
+  when date(now, "Europe/Berlin") > date("2999-12-31")
+    or hour(now, "Europe/Berlin") > 23
+    or weekday(now, "Europe/Berlin") > "sunday"
+"""
 
 # The rules the floor and the Cedar set mirror; if policies/ changes, so must they.
 SHIPPED_RULES = frozenset(
@@ -817,6 +828,7 @@ def run_shipped(budget: Budget) -> dict[str, Any]:
         decide_loop(engine.decide, batch), len(batch), budget, counters.clear
     ).as_json()
     out["cedarpy"] = run_cedar(requests, engine_allow, budget)
+    out["engine_with_time_rule"] = run_timed(bundle, batch, budget)
 
     per_request = Budget(budget.sample_s / 4, budget.warmup_s / 4, budget.min_samples)
     rows = []
@@ -838,6 +850,20 @@ def run_shipped(budget: Budget) -> dict[str, Any]:
         )
     out["by_request"] = rows
     return out
+
+
+def run_timed(shipped: Bundle, batch: list[Request], budget: Budget) -> dict[str, Any]:
+    """The mix on the shipped set plus :data:`TIME_RULE`, which must decide as the shipped
+    set alone does."""
+    texts = {str(path): path.read_text(encoding="utf-8") for path in policy_files(POLICIES)}
+    bundle = load_texts({**texts, "time.pol": TIME_RULE}).bundle
+    for request in batch[: len(SHIPPED_CASES)]:
+        alone, timed = Engine(shipped).decide(request), Engine(bundle).decide(request)
+        if (alone.allow, alone.decided_by) != (timed.allow, timed.decided_by):
+            raise SystemExit(f"the time rule changed a decision: {timed} for {request.to_json()}")
+    counters = MemoryCounters()
+    engine = Engine(bundle, counters)
+    return measure(decide_loop(engine.decide, batch), len(batch), budget, counters.clear).as_json()
 
 
 def run_cedar(
@@ -964,6 +990,7 @@ def ratio(numerator: float | None, denominator: float | None) -> float | None:
 
 def evaluate(shipped: dict[str, Any], generated: dict[str, Any]) -> dict[str, Any]:
     engine = shipped["engine"]["median_us"]
+    timed = shipped["engine_with_time_rule"]["median_us"]
     cedar = shipped["cedarpy"]
     cedar_median = None if "skipped" in cedar else cedar[cedar["fastest"]]["median_us"]
     by_size = {row["permits"]: row for row in generated["sets"]}
@@ -984,6 +1011,12 @@ def evaluate(shipped: dict[str, Any], generated: dict[str, Any]) -> dict[str, An
             f"<= {TARGET_SHIPPED_MEDIAN_US:g} us",
             engine,
             engine <= TARGET_SHIPPED_MEDIAN_US,
+        ),
+        Target(
+            "median per decision, shipped set + time rule",
+            f"<= {TARGET_SHIPPED_MEDIAN_US:g} us",
+            timed,
+            timed <= TARGET_SHIPPED_MEDIAN_US,
         ),
         Target(
             "faster than cedarpy (fastest path)",
@@ -1055,6 +1088,10 @@ def print_report(result: dict[str, Any]) -> None:
     row("  no-op call (loop + one Python call)", shipped["no_op_call"])
     row("  floor: hand-written if chain", shipped["floor"])
     row("  engine", shipped["engine"])
+    row(
+        "  engine, + a forbid reading now in a zone on every request",
+        shipped["engine_with_time_rule"],
+    )
     if "skipped" in cedar:
         print(f"  cedarpy: {cedar['skipped']}")
     else:

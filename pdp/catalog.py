@@ -273,6 +273,7 @@ class Resources:
             request.context,
             request.size,
             None if request.agent is not None else request.subject,  # a person's, say
+            request.time,
         )
 
     def ids(self, rtype: str) -> list[str]:

@@ -94,7 +94,8 @@ class DecisionPoint:
         self._engine_timing = self.metrics.engine_seconds.labels().observe
         self._count = self.metrics.decisions.add
         # Decisions by a key the door derives from its question, for requests whose
-        # candidate rules have no limit (their answer cannot depend on counters).
+        # candidate rules have no limit and do not read `now` (their answer cannot depend
+        # on counters or the time).
         self.cache: LRUCache[Hashable, Decision] | None = (
             LRUCache(maxsize=cache_size) if cache_size > 0 else None
         )
@@ -256,7 +257,17 @@ class DecisionPoint:
         resource = self.resources.resource(request.resource)
         if isinstance(resource, str):
             return resource
-        return Request(agent, user, delegation, request.action, resource, context, request.size)
+        return Request(
+            agent,
+            user,
+            delegation,
+            request.action,
+            resource,
+            context,
+            request.size,
+            None,  # an agent's request names no other subject
+            request.time,
+        )
 
     def _other_subject(self, directory: Directory, request: Request) -> Request | str:
         """A request about a subject that is no agent, as the directory knows it: a person
@@ -288,6 +299,7 @@ class DecisionPoint:
             context,
             request.size,
             request.subject,
+            request.time,
         )
 
     def identify(self, name: str, where: str) -> str:
@@ -329,7 +341,8 @@ class DecisionPoint:
         decision = engine.decide(request, commit, idempotency)
         self._engine_timing(time.perf_counter() - start)
         self._count(decision)
-        return decision, not limited
+        # A decision a limit or the time could change holds for this moment only.
+        return decision, not (limited or engine.reads_now(request))
 
     def _refused(self, engine: Engine, reason: str) -> Decision:
         decision = Decision(False, (), (DIRECTORY,), (reason,), (), engine.version)

@@ -211,6 +211,9 @@ class Engine:
         self.clock = clock or time.time
         self._memo: dict[CandidateKey, Candidates] = {}
         self._limited: dict[CandidateKey, bool] = {}
+        self._timed: dict[CandidateKey, bool] = {}
+        # Whether any rule reads `now`: then each decision fixes its time (decide).
+        self._reads_now = any(rule.reads_now for rule in bundle.compiled)
         self._interpreter = Interpreter(
             bundle.rules, bundle.lets, bundle.version, self.counters, self.clock
         )
@@ -241,6 +244,22 @@ class Engine:
             self._limited[key] = limited
         return limited
 
+    def reads_now(self, request: Request) -> bool:
+        """Whether a rule that reads ``now`` could decide this request (then the same
+        request may be decided otherwise a moment later, and must not be cached)."""
+        if not self._reads_now:
+            return False
+        resource = request.resource
+        key = (request.action, resource["type"], resource["id"])
+        timed = self._timed.get(key)
+        if timed is None:
+            forbids, permits = self.candidates(request)
+            timed = any(rule.reads_now for rule in forbids + permits)
+            if len(self._timed) >= CANDIDATE_MEMO_SIZE:
+                self._timed.clear()
+            self._timed[key] = timed
+        return timed
+
     # One function on purpose: the hot path (~1.4 µs); a call per step costs more than the steps.
     def decide(self, request: Request, commit: bool = True, once: str = "") -> Decision:
         """The decision for one request. Never raises for a well-formed request.
@@ -249,6 +268,9 @@ class Engine:
         "which tools may this agent use?", which are not calls. ``once`` is the call's
         idempotency key: a retried call's usage is recorded once.
         """
+        if self._reads_now:  # `now` is the request's time, else the clock's, read once
+            at = request.now = request.time
+            request.epoch = self.clock() if at is None else at.timestamp()
         resource = request.resource
         found = self._memo.get((request.action, resource["type"], resource["id"]))
         if found is None:
@@ -445,7 +467,10 @@ class Engine:
         """Why a rule failed, in the interpreter's words (the rare path)."""
         if isinstance(exc, CounterError):
             return _unreachable(rule, exc)
-        trace = self._interpreter.evaluate_rule(rule.rule, request, self.clock())
+        at = request.epoch  # the decision's time, when a rule reads `now`
+        trace = self._interpreter.evaluate_rule(
+            rule.rule, request, at if at is not None else self.clock()
+        )
         if trace.error:
             return RuleError(rule.id, rule.effect, trace.error)
         # the compiled rule failed where the interpreter does not: a fault of Tessera's,

@@ -95,9 +95,10 @@ def _value(value: Any) -> str:
 
 
 def _operands(trace: ExprTrace) -> str:
-    """The values a failing comparison saw, for paths and lets (literals speak for themselves)."""
+    """The values a failing comparison saw, for paths, lets and function calls (literals
+    speak for themselves)."""
     parts = []
     for child in trace.children:
-        if isinstance(child.expr, ast.Path | ast.Name) and child.error is None:
+        if isinstance(child.expr, ast.Path | ast.Name | ast.Call) and child.error is None:
             parts.append(f"{format_expr(child.expr)} = {_value(child.value)}")
     return ", ".join(parts)

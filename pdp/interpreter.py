@@ -6,6 +6,8 @@ trace this module records, down to the sub-expression that failed.
 
 Evaluation rules:
 
+- ``now`` is the decision's time: the one the request carries, else the clock's when
+  the decision is made, the same for every rule of one decision.
 - A path to an attribute that is absent is an error, as is ``user.…`` when the agent
   acts alone, ``agent.…`` when the subject is no agent (a person, say) and ``tool.…``
   when the resource is not a tool. ``has`` never errors.
@@ -19,12 +21,15 @@ Evaluation rules:
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from pdp.counters import Charge, CounterError, CounterStore, MemoryCounters
 from pdp.lang import ast
+from pdp.lang.functions import call
 from pdp.lang.runtime import (
     EvalError,
     compare,
@@ -94,12 +99,23 @@ _MISSING = object()
 
 
 class _Evaluator:
-    """Evaluates expressions of one package against one request, building traces."""
+    """Evaluates expressions of one package against one request at one decision time
+    (``now``), building traces."""
 
-    def __init__(self, request: Request, lets: Lets, package: str) -> None:
+    def __init__(
+        self, request: Request, lets: Lets, package: str, now: datetime | None = None
+    ) -> None:
         self.request = request
         self.lets = lets
         self.package = package
+        self._now = now
+
+    @property
+    def now(self) -> datetime:
+        """The decision's time: as given, else the request's, else the wall clock's."""
+        if self._now is None:
+            self._now = decision_time(self.request, time.time())
+        return self._now
 
     def eval(self, expr: ast.Expr) -> ExprTrace:
         try:
@@ -184,7 +200,25 @@ class _Evaluator:
         return ExprTrace(expr, expr.name in base.value, children=(base,))
 
     def _path(self, expr: ast.Path) -> ExprTrace:
+        if expr.root == "now":
+            if expr.parts:
+                raise EvalError("now is a time and has no attributes")
+            return ExprTrace(expr, self.now)
         return ExprTrace(expr, resolve(self.request, expr))
+
+    def _call(self, expr: ast.Call) -> ExprTrace:
+        """A function: its arguments left to right, the first that fails fails it."""
+        children = []
+        for arg in expr.args:
+            child = self.eval(arg)
+            children.append(child)
+            if child.error is not None:
+                return ExprTrace(expr, error=child.error, children=tuple(children))
+        try:
+            value = call(expr.name, tuple(c.value for c in children))
+        except (EvalError, TypeError, ValueError) as exc:
+            return ExprTrace(expr, error=str(exc), children=tuple(children))
+        return ExprTrace(expr, value, children=tuple(children))
 
 
 def resolve(request: Request, path: ast.Path) -> Any:
@@ -240,8 +274,6 @@ class Interpreter:
         counters: CounterStore | None = None,
         clock: Callable[[], float] | None = None,
     ) -> None:
-        import time
-
         self.rules = tuple(rules)
         self._position = {id(rule): i for i, rule in enumerate(self.rules)}
         self.lets = lets
@@ -298,7 +330,7 @@ class Interpreter:
         by_id = {rule.id: rule for rule in self.rules}
         for rule_id in applied:
             rule = by_id[rule_id]
-            evaluator = _Evaluator(request, self.lets, rule.package)
+            evaluator = _Evaluator(request, self.lets, rule.package, decision_time(request, now))
             for index, limit in enumerate(rule.limits):
                 amount: Any = 1
                 if limit.kind == "sum":
@@ -311,7 +343,7 @@ class Interpreter:
         """Evaluate one rule and say what it did, clause by clause."""
         if not target_matches(rule, request, self.lets):
             return RuleTrace(rule, "not targeted")
-        evaluator = _Evaluator(request, self.lets, rule.package)
+        evaluator = _Evaluator(request, self.lets, rule.package, decision_time(request, now))
         steps: list[Step] = []
         for clause, expr, wanted in (("when", rule.when, True), ("unless", rule.unless, False)):
             if expr is None:
@@ -367,6 +399,11 @@ class Interpreter:
         if unmet:
             return RuleTrace(rule, "requires", tuple(steps), obligations=tuple(unmet))
         return RuleTrace(rule, "applies", tuple(steps))
+
+
+def decision_time(request: Request, now: float) -> datetime:
+    """``now`` in a rule: the time the request carries, else ``now`` (the clock's)."""
+    return request.time if request.time is not None else datetime.fromtimestamp(now, UTC)
 
 
 def target_matches(rule: ast.Rule, request: Request, lets: Lets) -> bool:

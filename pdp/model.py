@@ -10,7 +10,7 @@ and build their answer straight from a :class:`Decision`.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from datetime import datetime
+from datetime import date, datetime
 from decimal import Decimal
 from typing import Any, NamedTuple
 
@@ -46,7 +46,13 @@ class Request:
 
     Its subject is an agent (``agent``; then ``user`` is the person it acts for, if any),
     or, with no agent, a person (``user``) or a subject of a type the schema declares:
-    ``subject`` says which, as the caller named it (``subject.type``, ``subject.id``)."""
+    ``subject`` says which, as the caller named it (``subject.type``, ``subject.id``).
+
+    ``time`` is the decision time the request carries (a replayed or what-if question),
+    None for "when it is decided". ``epoch`` and ``now`` belong to the engine: before it
+    evaluates rules that read ``now`` it sets ``epoch`` to the decision time in seconds
+    (``time``'s, else its clock's) and ``now`` to ``time``; the first rule to read ``now``
+    as a time makes it one from ``epoch``."""
 
     __slots__ = (
         "_subject",
@@ -55,8 +61,11 @@ class Request:
         "agent_id",
         "context",
         "delegation",
+        "epoch",
+        "now",
         "resource",
         "size",
+        "time",
         "tool",
         "user",
         "user_id",
@@ -69,6 +78,9 @@ class Request:
     resource: dict[str, Any]
     tool: dict[str, Any] | None
     context: dict[str, Any]
+    time: datetime | None
+    now: datetime | None
+    epoch: float | None
 
     def __init__(
         self,
@@ -80,6 +92,7 @@ class Request:
         context: dict[str, Any],
         size: int = 0,
         subject: dict[str, Any] | None = None,
+        time: datetime | None = None,
     ) -> None:
         self.agent = agent
         self.user = user
@@ -90,6 +103,9 @@ class Request:
         # How large the request was as its door read it (bytes; 0 when not measured): what
         # its audit record weighs in the writer's queue until the record is built.
         self.size = size
+        self.time = time
+        self.now = time
+        self.epoch: float | None = None
         if agent is None:
             if subject is None:
                 raise RequestError("a request is about an agent or names another subject")
@@ -128,6 +144,7 @@ class Request:
         chain: tuple[str, ...] | None = None,
         context: dict[str, Any] | None = None,
         subject: dict[str, Any] | None = None,
+        time: datetime | None = None,
     ) -> Request:
         """A request from already-typed values (tests, the gRPC adapter)."""
         return cls(
@@ -138,6 +155,7 @@ class Request:
             {**(resource or {}), "type": resource_type, "id": resource_id},
             dict(context or {}),
             subject=subject,
+            time=time,
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -152,6 +170,8 @@ class Request:
         }
         if self.agent is None:
             data["subject"] = json_value(self.subject)
+        if self.time is not None:
+            data["time"] = json_value(self.time)
         return data
 
 
@@ -322,6 +342,8 @@ def json_value(value: Any) -> Any:
         return str(value)
     if isinstance(value, datetime):
         return value.isoformat().replace("+00:00", "Z")
+    if isinstance(value, date):
+        return value.isoformat()
     if isinstance(value, bool | int | float | str):
         return value
     return str(value)

@@ -13,17 +13,20 @@ The JSON format (documented in README.md)::
       "delegation": {"chain": ["pay-bot"]},                        # optional
       "action":     "tool.call",
       "resource":   {"type": "tool", "id": "payments.transfer", "server": "pay"},
-      "context":    {"amount": "200 USD", "consents": ["payments:transfer"]}
+      "context":    {"amount": "200 USD", "consents": ["payments:transfer"]},
+      "time":       "2026-03-30T07:30:00Z"                          # optional
     }
 
-``"tool": "payments.transfer"`` is short for action ``tool.call`` on that tool.
+``"tool": "payments.transfer"`` is short for action ``tool.call`` on that tool. ``"time"``
+is the decision time (RFC 3339 with an offset) for a question about another moment than
+now: what ``now`` reads in the rules.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
-from datetime import datetime
+from datetime import date, datetime
 from decimal import Decimal
 from ipaddress import IPv4Address, IPv6Address
 from typing import Any
@@ -37,6 +40,7 @@ from pdp.lang.values import (
     Money,
     Risk,
     parse_amount,
+    parse_date,
     parse_ip,
     parse_money,
     parse_time,
@@ -46,7 +50,17 @@ from pdp.model import Request, RequestError, delegation_for
 
 # ------------------------------------------------------------------ JSON → Request
 
-_TOP_LEVEL = ("agent", "user", "delegation", "action", "resource", "context", "tool", "subject")
+_TOP_LEVEL = (
+    "agent",
+    "user",
+    "delegation",
+    "action",
+    "resource",
+    "context",
+    "tool",
+    "subject",
+    "time",
+)
 
 
 def request_from_json(data: Any, schema: SchemaModel, bounds: Bounds = DEFAULT_BOUNDS) -> Request:
@@ -105,7 +119,18 @@ def request_from_json(data: Any, schema: SchemaModel, bounds: Bounds = DEFAULT_B
         context,
         measure.total,
         subject,
+        _decision_time(data.get("time")),
     )
+
+
+def _decision_time(raw: Any) -> datetime | None:
+    """A request's ``"time"``: when it is to be decided as of (None: when it is decided)."""
+    if raw is None:
+        return None
+    if not isinstance(raw, str):
+        raise RequestError('time: expected an RFC 3339 time ("2026-01-31T09:00:00Z")')
+    at: datetime = _parsed(parse_time, raw, "time")
+    return at
 
 
 def _who(
@@ -345,12 +370,9 @@ def convert(value: Any, declared: Type, path: str) -> Any:
             return Duration(seconds)
         if isinstance(value, str):
             return _parsed(Duration.parse, value, path)
-    elif name == "time":
+    elif name in _TEXT_FORMS:
         if isinstance(value, str):
-            return _parsed(parse_time, value, path)
-    elif name == "ip":
-        if isinstance(value, str):
-            return _parsed(parse_ip, value, path)
+            return _parsed(_TEXT_FORMS[name], value, path)
     elif name in ("set", "list"):
         if isinstance(value, list):
             assert declared.arg is not None
@@ -366,12 +388,20 @@ typed_value = convert
 
 RISKS = {risk.name: risk for risk in Risk}  # risk levels by name, read without parsing
 
+# Types whose JSON form is a text to parse.
+_TEXT_FORMS: dict[str, Callable[[str], Any]] = {
+    "time": parse_time,
+    "date": parse_date,
+    "ip": parse_ip,
+}
+
 # Values already of the declared type (a PEP that holds Money, a set of consents).
 _TYPED: dict[str, tuple[type, ...]] = {
     "risk": (Risk,),
     "money": (Money,),
     "duration": (Duration,),
     "time": (datetime,),
+    "date": (date,),
     "ip": (IPv4Address, IPv6Address),
     "set": (frozenset, set, tuple),
     "list": (tuple,),
@@ -390,6 +420,8 @@ def _checked_typed(value: Any, declared: Type, path: str) -> Any:
         _parsed(parse_amount, value.amount, path)  # money made in code meets the grammar too
     if name == "time" and value.tzinfo is None:
         raise RequestError(f"{path}: a time needs a time zone")
+    if name == "date" and isinstance(value, datetime):
+        raise RequestError(f"{path}: expected a date (2027-03-31), got a time")
     return value
 
 
@@ -434,6 +466,7 @@ def _described(declared: Type) -> str:
         "risk": 'a risk level ("low", "medium", "high" or "critical")',
         "duration": 'a duration ("30s", "5m") or a number of seconds',
         "time": 'an RFC 3339 time ("2026-01-31T09:00:00Z")',
+        "date": 'a date ("2027-03-31")',
         "ip": 'an IP address ("10.1.2.3")',
         "set": f"a list of {declared.arg}",
         "list": f"a list of {declared.arg}",

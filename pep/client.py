@@ -15,7 +15,7 @@ that is shutting down), is tried again on the next address after a short backoff
 same ``idempotency-key`` metadata, so the service can count a retried call once. Any other
 failure, or running out of attempts or time, is a **deny** carrying the error, unless the
 client was built with ``on_error="raise"``. An optional local cache keeps answers the service
-marked cacheable (no limit involved) for a few seconds.
+marked cacheable (no limit and no rule reading ``now`` involved) for a few seconds.
 
 A client proves to the service that it is a PEP (docs/pep-client.md, "Authenticating")
 with :class:`Credentials`: a bearer token sent as ``authorization`` metadata on every call

@@ -306,6 +306,23 @@ def test_eval_rejects_bad_requests_with_exit_2(
     assert message in err
 
 
+def test_eval_and_explain_decide_at_the_time_the_request_carries(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    office = tmp_path / "office"
+    office.mkdir()
+    (office / "office.pol").write_text(
+        'permit open call tool "search"\n  when hour(now, "Europe/Berlin") < 17\n'
+    )
+    asked = {"agent": {"id": "bot"}, "tool": "search", "time": "2026-03-30T07:30:00Z"}
+    code, out, _ = run(capsys, "eval", "--policies", str(office), str(write_json(tmp_path, asked)))
+    assert (code, json.loads(out)["decision"]) == (0, "allow")
+    late = write_json(tmp_path, {**asked, "time": "2026-03-30T16:00:00Z"}, "late.json")
+    code, out, _ = run(capsys, "explain", "--policies", str(office), str(late))
+    assert code == 1
+    assert 'when hour(now, "Europe/Berlin") < 17  →  false' in out
+
+
 def test_explain_shows_the_failing_sub_expression(
     capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:

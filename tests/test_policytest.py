@@ -249,3 +249,22 @@ def test_a_filter_selects_names_containing_any_of_its_words_ignoring_case() -> N
     assert [r.test.name for r in run_tests(bundle, select_tests(bundle.tests, ["fund"]))] == [
         "refund"
     ]
+
+
+def test_now_in_a_policy_test_is_the_test_clock() -> None:
+    # The test clock is 2027-01-15T08:00:00Z: a Friday, 09:00 in Berlin.
+    bundle = bundle_of(
+        """
+package p
+permit office
+  call tool "search"
+  when hour(now, "Europe/Berlin") == 9 and weekday(now, "Europe/Berlin") == "friday"
+    and date(now) == date("2027-01-15")
+test "a Friday morning in Berlin" {
+  agent { id: "a" }
+  call tool "search"
+  expect allow by office
+}
+"""
+    )
+    assert [r.failure for r in run_tests(bundle)] == [None]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -19,7 +19,7 @@ schema {
   agent { risk: risk, scopes: set<string>, labels: map<string>, spend: money<USD> }
   user { roles: set<string> }
   context { amount: money, n: number, ip: ip, at: time, age: duration, ok: bool,
-            path: list<string> }
+            path: list<string>, until: date }
   resource tool { server: string }
 }
 """
@@ -109,6 +109,11 @@ def test_generic_resource_with_attributes() -> None:
         ({"context": {"n": True}}, "context.n: expected a number, got a boolean"),
         ({"context": {"ip": "300.1.1.1"}}, "context.ip: invalid IP address"),
         ({"context": {"at": "2026-01-31T09:00:00"}}, "has no UTC offset"),
+        ({"context": {"until": "2027-3-31"}}, "context.until: invalid date '2027-3-31'"),
+        ({"context": {"until": "2027-02-29"}}, "context.until: invalid date '2027-02-29'"),
+        ({"context": {"until": "2027-03-31T00:00:00Z"}}, "write it as YYYY-MM-DD"),
+        ({"time": "2026-03-30T09:00:00"}, "time: time '2026-03-30T09:00:00' has no UTC offset"),
+        ({"time": 1774861200}, "time: expected an RFC 3339 time"),
         ({"context": {"age": "5 minutes"}}, "context.age: invalid duration"),
         ({"context": {"n": None}}, "context.n: null is not a value"),
         ({"context": []}, "context: expected an object"),
@@ -134,6 +139,15 @@ def test_a_request_is_an_object() -> None:
     schema = bundle_of("", schema=SCHEMA).schema
     with pytest.raises(RequestError, match="a request is a JSON object"):
         request_from_json([1, 2], schema)
+
+
+def test_a_date_attribute_and_the_decision_time() -> None:
+    req = build(context={"until": "2027-03-31"}, time="2026-03-30T09:00:00+02:00")
+    assert req.context["until"] == date(2027, 3, 31)
+    assert req.time == datetime(2026, 3, 30, 7, tzinfo=UTC)
+    assert req.to_json()["context"] == {"until": "2027-03-31"}
+    assert req.to_json()["time"] == "2026-03-30T07:00:00Z"
+    assert build().time is None and "time" not in build().to_json()
 
 
 def test_to_json_round_trips_plain_values() -> None:

@@ -13,8 +13,19 @@ from typing import Any, Literal
 from pdp.lang.errors import NO_SPAN, Span
 from pdp.lang.values import Duration, quote
 
-# The roots an expression path can start from.
-ROOTS = ("agent", "user", "delegation", "resource", "tool", "context", "action", "subject")
+# The roots an expression path can start from. ``action`` and ``now`` (the decision's
+# time) are values of their own, with no attributes.
+ROOTS = (
+    "agent",
+    "user",
+    "delegation",
+    "resource",
+    "tool",
+    "context",
+    "action",
+    "subject",
+    "now",
+)
 
 CompareOp = Literal[
     "==",
@@ -38,7 +49,7 @@ CompareOp = Literal[
 
 @dataclass(frozen=True, slots=True)
 class Literal_:
-    """A constant: string, number, bool, risk, money, duration, time or ip."""
+    """A constant: string, number, bool, risk, money, duration, time, date or ip."""
 
     value: Any
     span: Span = field(default=NO_SPAN, compare=False)
@@ -119,7 +130,18 @@ class Has:
     span: Span = field(default=NO_SPAN, compare=False)
 
 
-Expr = Literal_ | ListExpr | MapExpr | Path | Name | Flag | Not | BoolOp | Compare | Has
+@dataclass(frozen=True, slots=True)
+class Call:
+    """A built-in function applied to its arguments: ``hour(now, "Europe/Berlin")``,
+    ``size(agent.scopes)``. ``ip("…")``, ``time("…")`` and ``date("…")`` of a string are
+    literals, not calls."""
+
+    name: str
+    args: tuple[Expr, ...]
+    span: Span = field(default=NO_SPAN, compare=False)
+
+
+Expr = Literal_ | ListExpr | MapExpr | Path | Name | Flag | Not | BoolOp | Compare | Has | Call
 
 
 # ---------------------------------------------------------------- rules

@@ -15,7 +15,7 @@ import ipaddress
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import date, datetime
 from decimal import Decimal
 from typing import Any, assert_never
 
@@ -24,11 +24,13 @@ from pdp.lang.analysis import analyse
 from pdp.lang.analysis.targets import covers
 from pdp.lang.diagnostics import root_first
 from pdp.lang.errors import Diagnostic, Severity, Sources, Span
+from pdp.lang.functions import FUNCTIONS, ZONE, arity, is_zone, zone_hint
 from pdp.lang.rewrite import fold, inline_lets, substitute
 from pdp.lang.schema import (
     ANY,
     BOOL,
     BUILTINS,
+    DATE,
     DURATION,
     IP,
     NETWORK,
@@ -36,12 +38,22 @@ from pdp.lang.schema import (
     RISK,
     STRING,
     TIME,
+    WEEKDAY,
     SchemaModel,
     Type,
     attribute_key,
     build_schema,
 )
-from pdp.lang.values import Duration, Money, Risk, parse_ip, parse_time
+from pdp.lang.values import (
+    WEEKDAYS,
+    Duration,
+    Money,
+    Risk,
+    Weekday,
+    parse_date,
+    parse_ip,
+    parse_time,
+)
 
 LetKey = tuple[str, str]
 
@@ -56,7 +68,7 @@ RESERVED: dict[str, str] = {
 }
 # Roots that name a whole entity: `has` may ask them about an attribute.
 ENTITY_ROOTS = ("agent", "user", "context", "resource", "tool", "subject")
-ORDERED = ("number", "money", "risk", "duration", "time")
+ORDERED = ("number", "money", "risk", "duration", "time", "date", "weekday")
 # What to compare instead when a whole entity is used as a value.
 _EXAMPLE_ATTR = {
     "agent": "agent.id",
@@ -81,6 +93,8 @@ _TYPE_WORDS = {
     "risk": "a risk level",
     "duration": "a duration",
     "time": "a time",
+    "date": "a date",
+    "weekday": "a weekday",
     "ip": "an ip address",
     "network": "an ip network",
     "any": "anything",
@@ -126,6 +140,8 @@ def _mentions_tool(expr: ast.Expr) -> bool:
         return _mentions_tool(expr.left) or _mentions_tool(expr.right)
     if isinstance(expr, ast.Has):
         return _mentions_tool(expr.base)
+    if isinstance(expr, ast.Call):
+        return any(_mentions_tool(a) for a in expr.args)
     return False
 
 
@@ -149,6 +165,8 @@ def _literal_type(value: Any) -> Type | None:
         return BOOL
     if isinstance(value, Risk):
         return RISK
+    if isinstance(value, Weekday):  # a str: test it before strings
+        return WEEKDAY
     if isinstance(value, int | float | Decimal):
         return NUMBER
     if isinstance(value, str):
@@ -157,8 +175,10 @@ def _literal_type(value: Any) -> Type | None:
         return Type("money", Type(value.currency))
     if isinstance(value, Duration):
         return DURATION
-    if isinstance(value, datetime):
+    if isinstance(value, datetime):  # a date: test it before dates
         return TIME
+    if isinstance(value, date):
+        return DATE
     if isinstance(value, ipaddress.IPv4Address | ipaddress.IPv6Address):
         return IP
     if isinstance(value, ipaddress.IPv4Network | ipaddress.IPv6Network):
@@ -223,6 +243,15 @@ def _mismatch_hint(
             return "write a duration with its unit: 30s, 5m, 24h"
         if t == TIME and other == STRING:
             return 'write a time as time("2026-01-31T09:00:00Z")'
+        if t == DATE and other == STRING:
+            return 'write a date as date("2027-03-31")'
+        if t == WEEKDAY:
+            return 'a weekday compares with the name of a day: weekday(now) == "saturday"'
+        if t == DATE and other == TIME:
+            return (
+                "a time compares with a time, a date with a date: take the date of the time "
+                'in a zone, as in date(now, "Europe/Berlin")'
+            )
         if t == IP and other == STRING:
             return 'write an address as ip("10.0.0.1")'
         if t == NUMBER and isinstance(literal, str) and _is_number(literal):
@@ -230,6 +259,34 @@ def _mismatch_hint(
         if t == BOOL and literal in ("true", "false"):
             return f"remove the quotes: {literal}"
     return default
+
+
+def _kinds(kinds: tuple[str, ...]) -> str:
+    """The kinds of value a parameter takes, in words: "a list, a set or a string"."""
+    words = [_TYPE_WORDS.get(k, f"a {k}") for k in kinds]
+    return words[0] if len(words) == 1 else ", ".join(words[:-1]) + " or " + words[-1]
+
+
+def _argument_hint(name: str, given: Type, example: str) -> str:
+    if name == "date" and given == STRING:
+        return 'a date is written date("2027-03-31"); date(t) reads the date of a time t'
+    if given == DATE:
+        return f"a date has no {name}: read it of a time, such as now"
+    if given == STRING and name != "size":
+        return 'read a time: now, context.at, or time("2026-01-31T09:00:00Z")'
+    return f"write: {example}"
+
+
+def _weekday_hint(day: str) -> str:
+    """The day a misspelled or abbreviated weekday was meant to be."""
+    lower = day.lower()
+    for name in WEEKDAYS:
+        if len(lower) >= 2 and name.startswith(lower[:3]):
+            return f'did you mean "{name}"? weekdays are lowercase English names'
+    close = difflib.get_close_matches(lower, WEEKDAYS, n=1)
+    if close:
+        return f'did you mean "{close[0]}"? weekdays are lowercase English names'
+    return 'weekdays are "monday", "tuesday", … "sunday"'
 
 
 def _is_number(text: str) -> bool:
@@ -453,6 +510,8 @@ class _Checker:
         if isinstance(expr, ast.Has):
             self._has(expr, scope)
             return BOOL
+        if isinstance(expr, ast.Call):
+            return self._call(expr, scope)
         assert_never(expr)
 
     def _condition(self, expr: ast.Expr, scope: _Scope, what: str) -> None:
@@ -569,6 +628,15 @@ class _Checker:
                 )
                 return None
             return STRING
+        if path.root == "now":
+            if path.parts:
+                self.error(
+                    "now is a time (the decision's); it has no attributes",
+                    path.span,
+                    'read its parts with functions: hour(now, "Europe/Berlin"), weekday(now)',
+                )
+                return None
+            return TIME
         if not path.parts:
             self.error(
                 f"{path.root} is the whole {path.root}; compare an attribute such as "
@@ -597,6 +665,47 @@ class _Checker:
             t = t.arg
             walked += f'["{part}"]'
         return t
+
+    def _call(self, call: ast.Call, scope: _Scope) -> Type | None:
+        """A built-in function's result, once its arguments are of the kinds it takes."""
+        function = FUNCTIONS[call.name]  # the parser lets no other name through
+        types = [self._type(arg, scope) for arg in call.args]
+        if not function.required <= len(call.args) <= len(function.params):
+            self.error(
+                f"{call.name}() takes {arity(function)}; this gives {len(call.args)}",
+                call.span,
+                f"write: {function.example}",
+            )
+            return None
+        fine = True
+        for arg, t, kinds in zip(call.args, types, function.params, strict=False):
+            if t is None:
+                fine = False
+            elif kinds == (ZONE,):
+                fine = self._zone(call, arg, t, scope) and fine
+            elif t != ANY and t.name not in kinds:
+                self.error(
+                    f"{call.name}() reads {_kinds(kinds)}; this is {_describe(t)}",
+                    arg.span,
+                    _argument_hint(call.name, t, function.example),
+                )
+                fine = False
+        return function.result if fine else None
+
+    def _zone(self, call: ast.Call, arg: ast.Expr, t: Type, scope: _Scope) -> bool:
+        """A time zone argument: a string; one the checker can see must name a zone."""
+        if t not in (STRING, ANY):
+            self.error(
+                f"a time zone is a string naming a zone; this is {_describe(t)}",
+                arg.span,
+                f'write: {call.name}(now, "Europe/Berlin"), or read one: agent.labels.tz',
+            )
+            return False
+        value = fold(inline_lets(arg, scope.package, self.lets))
+        if isinstance(value, ast.Literal_) and not is_zone(value.value):
+            self.error(f'unknown time zone "{value.value}"', arg.span, zone_hint(value.value))
+            return False
+        return True
 
     def _unknown_attribute(
         self,
@@ -697,9 +806,11 @@ class _Checker:
         lt = self._type(c.left, scope)
         rt = self._type(c.right, scope)
         if c.op == "like":
-            self._like(c, lt, rt, scope)
+            self._like(c, lt, rt)
             return
         if lt is None or rt is None:
+            return
+        if WEEKDAY in (lt, rt) and self._weekday(c, lt, rt, scope):
             return
         if c.op in ("==", "!="):
             self._same(lt, rt, c, c.left, c.right)
@@ -860,23 +971,38 @@ class _Checker:
             self.error(f"{c.op} matches strings; this is {_describe(t)}", side.span, hint)
             return
 
-    def _like(self, c: ast.Compare, lt: Type | None, rt: Type | None, scope: _Scope) -> None:
-        if lt is not None and lt not in (STRING, ANY):
-            self.error(
-                f"like matches strings against a glob; this is {_describe(lt)}",
-                c.left.span,
-                "compare it with == instead",
-            )
-        right = c.right
-        if isinstance(right, ast.Name):
-            right = self.lets.get((scope.package, right.name), right)
-        constant = isinstance(right, ast.Literal_) and isinstance(right.value, str)
-        if rt is not None and not constant:
-            self.error(
-                'like needs a constant glob on its right, a string such as "*write*"',
-                c.right.span,
-                "* matches any run of characters and ? one character",
-            )
+    def _weekday(self, c: ast.Compare, lt: Type, rt: Type, scope: _Scope) -> bool:
+        """A weekday against day names: ``weekday(now) == "sunday"``, ``in [...]``. Whether
+        the comparison was of that kind (and so is checked)."""
+        names: ast.Expr | None = None
+        if c.op in ("==", "!=", "<", "<=", ">", ">="):
+            if {lt, rt} == {WEEKDAY, STRING}:
+                names = c.right if rt == STRING else c.left
+        elif c.op == "in" and lt == WEEKDAY and rt.is_collection and rt.arg in (STRING, ANY):
+            names = c.right
+        elif c.op == "contains" and rt == WEEKDAY and lt.is_collection and lt.arg == STRING:
+            names = c.left
+        if names is None:
+            return False
+        items = names.items if isinstance(names, ast.ListExpr) else (names,)
+        for item in items:
+            value = fold(inline_lets(item, scope.package, self.lets))
+            days = value.value if isinstance(value, ast.Literal_) else ()
+            for day in days if isinstance(days, tuple) else (days,):
+                if isinstance(day, str) and day not in WEEKDAYS:
+                    self.error(f'"{day}" is not a weekday', item.span, _weekday_hint(day))
+                    return True
+        return True
+
+    def _like(self, c: ast.Compare, lt: Type | None, rt: Type | None) -> None:
+        sides = ((c.left, lt, "matches strings against a glob"), (c.right, rt, "takes a glob"))
+        for side, t, what in sides:
+            if t is not None and t not in (STRING, ANY):
+                hint = "compare it with == instead"
+                if side is c.right:
+                    hint = 'a glob is a string: "*write*", or an attribute that holds one'
+                self.error(f"like {what}; this is {_describe(t)}", side.span, hint)
+                return
 
     # rules ------------------------------------------------------------------------
     def _declare_rules(self) -> None:
@@ -1209,11 +1335,12 @@ class _Checker:
                 'write a value such as "x", 42, 200 USD, low, 30s or ["a", "b"]',
             )
             return
-        if declared in (IP, TIME) and t == STRING and isinstance(resolved, ast.Literal_):
-            # Test data is typed like request JSON, where ips and times are strings;
+        if declared in (IP, TIME, DATE) and t == STRING and isinstance(resolved, ast.Literal_):
+            # Test data is typed like request JSON, where ips, times and dates are strings;
             # accept the shorthand when it parses, so ip("...") is optional here.
+            parsers = {IP: parse_ip, TIME: parse_time, DATE: parse_date}
             try:
-                (parse_ip if declared == IP else parse_time)(resolved.value)
+                parsers[declared](resolved.value)
             except ValueError as exc:
                 self.error(str(exc), value.span, f"{where} is {_describe(declared)}")
             return

@@ -13,9 +13,17 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 from pdp.lang import ast
+from pdp.lang.functions import (
+    FUNCTIONS,
+    NOW_PARTS,
+    WEEKDAY_NUMBER,
+    parts_of_now,
+    weekday_number,
+)
 from pdp.lang.rewrite import fold, inline_lets
 from pdp.lang.runtime import (
     EvalError,
@@ -24,13 +32,14 @@ from pdp.lang.runtime import (
     equal,
     glob,
     intersects,
+    like,
     limit_cap,
     limit_key_prefix,
     limit_window,
     startswith,
     subset,
 )
-from pdp.lang.values import CurrencyMismatch, Money, Risk
+from pdp.lang.values import WEEKDAYS, CurrencyMismatch, Money, Risk, Weekday
 
 Lets = Mapping[tuple[str, str], ast.Expr]
 Predicate = Callable[[Any], bool]
@@ -67,6 +76,8 @@ class CompiledRule:
     """A rule ready for the engine: its test, caps and obligations as Python callables.
 
     Plain slots, read on every decision; treat as immutable once the bundle is built.
+    ``reads_now`` says whether it reads the decision's time (then the same request may be
+    decided otherwise a moment later).
     """
 
     __slots__ = (
@@ -77,6 +88,7 @@ class CompiledRule:
         "limits",
         "never",
         "position",
+        "reads_now",
         "requires",
         "rule",
         "test",
@@ -100,6 +112,7 @@ class CompiledRule:
         self.limits = limits
         self.requires = requires
         self.gated = bool(limits or requires)
+        self.reads_now = False  # set by compile_rules
         # The decision this rule gives when it alone decides; set by the bundle.
         self.decision: Any = None
 
@@ -130,7 +143,12 @@ class _Source:
             "_has": _has,
             "_currency": _currency,
             "_action_attribute": _action_attribute,
+            "_now_attribute": _now_attribute,
+            "_like": like,
+            "_now": decision_time,
         }
+        self.namespace.update({f"_f_{f.name}": f.run for f in FUNCTIONS.values()})
+        self.namespace.update({"_parts": parts_of_now, "_weekday_number": weekday_number})
         self.namespace.update(dict(_CALLED.values()))
         self._constants: dict[tuple[type, Any], str] = {}
         self._walrus = 0
@@ -175,11 +193,38 @@ class _Source:
             return self.compare(node)
         if isinstance(node, ast.Has):
             return self.has(node)
+        if isinstance(node, ast.Call):
+            return self.call_function(node)
         if isinstance(node, ast.Name):
             raise EvalError(f"unknown let '{node.name}'")
         raise TypeError(f"cannot compile {node!r}")
 
+    def call_function(self, node: ast.Call, part: int | None = None) -> str:
+        """A built-in. A part of ``now`` is read from the decision's time in seconds
+        through the parts of its whole second in the zone (a lookup); ``part`` picks
+        another of them (the weekday's number)."""
+        args = [self.expr(a) for a in node.args]
+        if node.name in NOW_PARTS and node.args[:1] == (NOW,) and len(args) <= 2:
+            zone = args[1] if len(args) == 2 else "None"
+            index = NOW_PARTS[node.name] if part is None else part
+            return f"_parts(q.epoch, {zone})[{index}]"
+        if part is not None:
+            return "_weekday_number(" + ", ".join(args) + ")"
+        return f"_f_{node.name}(" + ", ".join(args) + ")"
+
+    def weekday_order(self, op: str, left: ast.Expr, right: ast.Expr) -> str | None:
+        """``weekday(t) < "saturday"`` as a comparison of the days' numbers."""
+        flipped = {"<": ">", "<=": ">=", ">": "<", ">=": "<="}
+        if isinstance(left, ast.Literal_):
+            left, right, op = right, left, flipped[op]
+        day = right.value if isinstance(right, ast.Literal_) else None
+        if not (isinstance(left, ast.Call) and left.name == "weekday" and day in WEEKDAYS):
+            return None
+        return f"({self.call_function(left, WEEKDAY_NUMBER)} {op} {WEEKDAYS.index(day)})"
+
     def literal(self, value: Any) -> str:
+        if value.__class__ is Weekday:  # a str that orders as a day of the week
+            return self.constant(value)
         if isinstance(value, bool):
             return "True" if value else "False"
         if isinstance(value, Risk):
@@ -194,6 +239,9 @@ class _Source:
             money = self._money_against_literal(op, left, right)
             if money is not None:
                 return money
+            days = self.weekday_order(op, left, right)
+            if days is not None:
+                return days
             return f"({self.expr(left)} {op} {self.expr(right)})"
         if op in ("==", "!="):
             if _scalar_literal(left) or _scalar_literal(right):
@@ -210,7 +258,7 @@ class _Source:
             if isinstance(right, ast.Literal_) and isinstance(right.value, str):
                 matcher = self.constant(glob(right.value))
                 return f"({matcher}({self.expr(left)}) is not None)"
-            raise EvalError("'like' takes a constant glob on its right")
+            return f"_like({self.expr(left)}, {self.expr(right)})"
         if op in _CALLED:
             return self.call(op, left, right)
         raise EvalError(f"unknown operator {op}")
@@ -301,6 +349,9 @@ class _Source:
         return name
 
 
+NOW = ast.Path("now", ())
+
+
 def _scalar_literal(node: ast.Expr) -> bool:
     return isinstance(node, ast.Literal_) and not isinstance(node.value, tuple | frozenset)
 
@@ -310,11 +361,28 @@ def _path(node: ast.Path) -> str:
         if node.parts:
             return "_action_attribute()"  # the checker refuses it; fail like the interpreter
         return "q.action"
+    if node.root == "now":
+        if node.parts:
+            return "_now_attribute()"  # the checker refuses it; fail like the interpreter
+        return "_now(q)"
     return f"q.{node.root}" + "".join(f"[{part!r}]" for part in node.parts)
 
 
 def _action_attribute() -> Any:
     raise EvalError("action is a name and has no attributes")
+
+
+def _now_attribute() -> Any:
+    raise EvalError("now is a time and has no attributes")
+
+
+def decision_time(q: Any) -> datetime:
+    """``now``: the request's decision time, or the engine's clock's, read once per
+    decision (the engine sets ``q.epoch`` and ``q.now`` before it evaluates a rule)."""
+    now: datetime | None = q.now
+    if now is None:
+        now = q.now = datetime.fromtimestamp(q.epoch, UTC)
+    return now
 
 
 def _has(base: Callable[[], Any], name: str) -> bool:
@@ -346,6 +414,40 @@ def rule_condition(rule: ast.Rule, lets: Lets) -> ast.Expr | None:
     if not parts:
         return None
     return fold(parts[0] if len(parts) == 1 else ast.BoolOp("and", tuple(parts)))
+
+
+def reads_now(expr: ast.Expr | None) -> bool:
+    """Whether ``expr`` (its lets inlined) reads ``now``, the decision's time."""
+    if expr is None:
+        return False
+    if isinstance(expr, ast.Path):
+        return expr.root == "now"
+    if isinstance(expr, ast.ListExpr):
+        return any(reads_now(i) for i in expr.items)
+    if isinstance(expr, ast.MapExpr):
+        return any(reads_now(v) for _, v in expr.entries)
+    if isinstance(expr, ast.Not):
+        return reads_now(expr.operand)
+    if isinstance(expr, ast.BoolOp):
+        return any(reads_now(o) for o in expr.operands)
+    if isinstance(expr, ast.Compare):
+        return reads_now(expr.left) or reads_now(expr.right)
+    if isinstance(expr, ast.Has):
+        return reads_now(expr.base)
+    if isinstance(expr, ast.Call):
+        return any(reads_now(a) for a in expr.args)
+    return False
+
+
+def rule_reads_now(rule: ast.Rule, lets: Lets) -> bool:
+    """Whether any clause of ``rule`` reads the decision's time."""
+    clauses = [rule.when, rule.unless, *(limit.amount for limit in rule.limits)]
+    clauses += [require.condition for require in rule.requires]
+    return any(
+        reads_now(inline_lets(clause, rule.package, lets))
+        for clause in clauses
+        if clause is not None
+    )
 
 
 def compile_rules(rules: Sequence[ast.Rule], lets: Lets) -> list[CompiledRule]:
@@ -391,6 +493,7 @@ def compile_rules(rules: Sequence[ast.Rule], lets: Lets) -> list[CompiledRule]:
                 ),
             )
         )
+        compiled[-1].reads_now = rule_reads_now(rule, lets)
     return compiled
 
 

@@ -16,12 +16,13 @@ trailing whitespace. The canonical form:
   limit names its scope (``per agent`` is written even where it was implied).
 - Expressions have single spaces around operators and the fewest parentheses that keep
   the tree: or < and < not < comparison < atom. ``a and (b and c)`` keeps its parentheses,
-  since without them it would parse as one flat ``and``. A path part, a ``has`` name or a
-  map key that is not an identifier is written as a string (``agent.labels["team-x"]``).
-  Literals: strings through :func:`values.quote`, money as ``1000 USD`` (the amount's
-  digits as written), durations as written, risk levels bare, ``true``/``false``,
-  ``ip("…")``, ``time("…")`` (in UTC, as ``Z``), numbers as Python writes them (a float
-  never in exponent form). Lists are ``["a", "b"]``, maps ``{ team: "ops" }``.
+  since without them it would parse as one flat ``and``. A function call is
+  ``name(a, b)``. A path part, a ``has`` name or a map key that is not an identifier is
+  written as a string (``agent.labels["team-x"]``). Literals: strings through
+  :func:`values.quote`, money as ``1000 USD`` (the amount's digits as written), durations
+  as written, risk levels bare, ``true``/``false``, ``ip("…")``, ``time("…")`` (in UTC,
+  as ``Z``), ``date("…")``, numbers as Python writes them (a float never in exponent
+  form). Lists are ``["a", "b"]``, maps ``{ team: "ops" }``.
 - A condition (``when``, ``unless``, ``require … if``, and the value of a ``let``) whose
   top level is an ``and``/``or`` breaks when its line would exceed 88 characters, or when
   a comment would sit between its operands: the first operand after the keyword, each
@@ -141,6 +142,8 @@ def _bare(expr: ast.Expr) -> str:
         return f"{_expr(expr.left, _ATOM)} {expr.op} {_expr(expr.right, _ATOM)}"
     if isinstance(expr, ast.Has):
         return f"{_expr(expr.base, _ATOM)} has {_key(expr.name)}"
+    if isinstance(expr, ast.Call):
+        return f"{expr.name}(" + ", ".join(_expr(arg, _OR) for arg in expr.args) + ")"
     return repr(expr)  # pragma: no cover - every Expr is handled above
 
 

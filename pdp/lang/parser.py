@@ -25,11 +25,13 @@ from lark.exceptions import (
 
 from pdp.lang import ast
 from pdp.lang.errors import Diagnostic, LanguageError, PolicyError, Span, source_lines
+from pdp.lang.functions import FUNCTIONS
 from pdp.lang.values import (
     Duration,
     Money,
     Risk,
     parse_amount,
+    parse_date,
     parse_ip,
     parse_network,
     parse_time,
@@ -39,7 +41,8 @@ RECORD_KINDS = ("agent", "user", "delegation", "context", "resource", "subject")
 ENTITY_KINDS = ("agent", "user", "context", "resource", "subject")
 TYPED_KINDS = ("resource", "subject")  # the schema blocks that take a type name
 OBLIGATIONS = ("consent", "step_up")
-CONSTRUCTORS = ("ip", "time")
+CONSTRUCTORS = ("ip", "time", "date")  # of a string literal, a literal
+_CONSTRUCTOR_EXAMPLES = {"ip": "10.0.0.0/8", "time": "2026-01-31T09:00:00Z", "date": "2027-03-31"}
 
 _comments = threading.local()
 
@@ -486,6 +489,8 @@ class _Builder:
 
     def limit_sum(self, meta: Any, children: list[Any]) -> ast.Limit:
         amount, cap, window, scope = (*children, None)[:4]
+        if not isinstance(cap, ast.Literal_):
+            self._fail("a limit's cap is a constant", cap.span, "write: 5000 USD, or 5000")
         return ast.Limit(
             "sum", amount, cap, self._duration(window), scope or "agent", self._span(meta)
         )
@@ -631,25 +636,40 @@ class _Builder:
     def duration(self, meta: Any, children: list[Token]) -> ast.Literal_:
         return ast.Literal_(Duration.parse(str(children[0])), self._span(meta))
 
-    def constructed(self, meta: Any, children: list[Token]) -> ast.Literal_:
-        name, arg = children
-        text = _unquote(arg)
+    def call(self, meta: Any, children: list[Any]) -> ast.Expr:
+        name, *args = children
         span = self._span(meta)
-        if name not in CONSTRUCTORS:
+        arg = args[0] if len(args) == 1 else None
+        if name in CONSTRUCTORS and isinstance(arg, ast.Literal_) and isinstance(arg.value, str):
+            return self._constructed(str(name), arg, span)
+        if name in FUNCTIONS:
+            return ast.Call(str(name), tuple(a for a in args if a is not None), span)
+        if name in CONSTRUCTORS:
             self._fail(
-                f"unknown function '{name}'",
-                self._tspan(name),
-                _suggest(str(name), CONSTRUCTORS)
-                or 'the language has ip("10.0.0.0/8") and time("2026-01-31T09:00:00Z")',
+                f"{name}(…) takes one string",
+                span,
+                f'write the value in quotes: {name}("{_CONSTRUCTOR_EXAMPLES[str(name)]}")',
             )
+        known = (*CONSTRUCTORS, *FUNCTIONS)
+        self._fail(
+            f"unknown function '{name}'",
+            self._tspan(name),
+            _suggest(str(name), known) or "the functions are " + ", ".join(known),
+        )
+
+    def _constructed(self, name: str, arg: ast.Literal_, span: Span) -> ast.Literal_:
+        """``ip("…")``, ``time("…")`` or ``date("…")``: a literal, checked here."""
+        text = arg.value
         try:
             if name == "time":
                 return ast.Literal_(parse_time(text), span)
+            if name == "date":
+                return ast.Literal_(parse_date(text), span)
             if "/" in text:
                 return ast.Literal_(parse_network(text), span)
             return ast.Literal_(parse_ip(text), span)
         except ValueError as exc:
-            self._fail(str(exc), self._tspan(arg))
+            self._fail(str(exc), arg.span)
 
     def _duration(self, token: Token) -> ast.Literal_:
         return ast.Literal_(Duration.parse(str(token)), self._tspan(token))

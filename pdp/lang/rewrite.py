@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import assert_never
 
 from pdp.lang import ast
+from pdp.lang.functions import call
 from pdp.lang.runtime import EvalError, compare
 from pdp.lang.values import CurrencyMismatch
 
@@ -50,6 +51,9 @@ def substitute(expr: ast.Expr, replace: Callable[[ast.Name], ast.Expr]) -> ast.E
     if isinstance(expr, ast.Has):
         base = substitute(expr.base, replace)
         return expr if base is expr.base else dataclasses.replace(expr, base=base)
+    if isinstance(expr, ast.Call):
+        args = tuple(substitute(a, replace) for a in expr.args)
+        return expr if _same(args, expr.args) else dataclasses.replace(expr, args=args)
     assert_never(expr)
 
 
@@ -121,7 +125,22 @@ def fold(expr: ast.Expr) -> ast.Expr:
     if isinstance(expr, ast.Has):
         base = fold(expr.base)
         return expr if base is expr.base else dataclasses.replace(expr, base=base)
+    if isinstance(expr, ast.Call):
+        return _fold_call(expr)
     return expr
+
+
+def _fold_call(expr: ast.Call) -> ast.Expr:
+    """A call of constants is its value (``hour(time("…"))``); one that fails stays, to
+    fail at run time as the interpreter says."""
+    args = tuple(fold(a) for a in expr.args)
+    if all(isinstance(a, ast.Literal_) for a in args):
+        values = tuple(a.value for a in args if isinstance(a, ast.Literal_))
+        try:
+            return ast.Literal_(call(expr.name, values), expr.span)
+        except (EvalError, TypeError, ValueError):
+            pass
+    return expr if _same(args, expr.args) else dataclasses.replace(expr, args=args)
 
 
 def constant(expr: ast.Expr) -> ast.Literal_ | None:

@@ -39,9 +39,13 @@ def is_glob(text: str) -> bool:
     return "*" in text or "?" in text
 
 
-def like(value: Any, pattern: str) -> bool:
+def like(value: Any, pattern: Any) -> bool:
+    """``s like p``: a glob match; the glob may be read from the request, so both sides
+    are checked to be strings."""
     if not isinstance(value, str):
         raise EvalError(f"'like' needs a string, got {value!r}")
+    if not isinstance(pattern, str):
+        raise EvalError(f"'like' needs a glob (a string) on its right, got {type_name(pattern)}")
     return glob(pattern)(value) is not None
 
 

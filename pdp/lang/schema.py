@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pdp.lang import ast
 from pdp.lang.errors import Diagnostic, Sources
 
-SCALARS = ("string", "number", "bool", "risk", "money", "duration", "time", "ip")
+SCALARS = ("string", "number", "bool", "risk", "money", "duration", "time", "date", "ip")
 CONTAINERS = ("set", "list", "map")
 
 
@@ -44,6 +44,8 @@ RISK = Type("risk")
 MONEY = Type("money")
 DURATION = Type("duration")
 TIME = Type("time")
+DATE = Type("date")
+WEEKDAY = Type("weekday")  # what weekday(t) gives; no attribute is declared as one
 IP = Type("ip")
 NETWORK = Type("network")
 ANY = Type("any")

@@ -1,10 +1,11 @@
 """The runtime values of the policy language: risk levels, money, durations, times, IPs.
 
 Every value a policy sees is one of: ``str``, ``bool``, ``int``/``float`` (numbers),
-:class:`Risk`, :class:`Money`, :class:`Duration`, ``datetime`` (times), ``IPv4Address``
-/``IPv6Address`` and networks (ips), ``frozenset`` (sets), ``tuple`` (lists) and ``dict``
-(maps of strings). Requests are normalized into these types against the schema before any
-rule runs, so evaluators never meet a value of the wrong type.
+:class:`Risk`, :class:`Money`, :class:`Duration`, ``datetime`` (times), ``date`` (dates),
+:class:`Weekday`, ``IPv4Address``/``IPv6Address`` and networks (ips), ``frozenset``
+(sets), ``tuple`` (lists) and ``dict`` (maps of strings). Requests are normalized into
+these types against the schema before any rule runs, so evaluators never meet a value of
+the wrong type.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import enum
 import ipaddress
 import math
 import re
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -39,6 +40,54 @@ class Risk(enum.IntEnum):
             raise ValueError(
                 f"unknown risk level {text!r}; expected one of low, medium, high, critical"
             ) from None
+
+
+WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
+_WEEKDAY_INDEX = {name: index for index, name in enumerate(WEEKDAYS)}
+
+
+class Weekday(str):
+    """A day of the week: its lowercase English name, ordered monday < … < sunday.
+
+    It is the string of its name, so it equals ``"saturday"`` and is found in a set of
+    day names; ordering it against a string that names no weekday is an error.
+    """
+
+    __slots__ = ()
+
+    @classmethod
+    def of(cls, index: int) -> Weekday:
+        """The weekday of ``date.weekday()`` (0 is monday)."""
+        return _DAYS[index]
+
+    def _pair(self, other: object) -> tuple[int, int]:
+        index = _WEEKDAY_INDEX.get(other) if isinstance(other, str) else None
+        if index is None:
+            raise TypeError(f'cannot order a weekday against {other!r}: name a day, "monday"')
+        return _WEEKDAY_INDEX[self], index
+
+    def __lt__(self, other: object) -> bool:
+        mine, theirs = self._pair(other)
+        return mine < theirs
+
+    def __le__(self, other: object) -> bool:
+        mine, theirs = self._pair(other)
+        return mine <= theirs
+
+    def __gt__(self, other: object) -> bool:
+        mine, theirs = self._pair(other)
+        return mine > theirs
+
+    def __ge__(self, other: object) -> bool:
+        mine, theirs = self._pair(other)
+        return mine >= theirs
+
+    __eq__ = str.__eq__
+    __ne__ = str.__ne__
+    __hash__ = str.__hash__
+
+
+_DAYS = tuple(Weekday(name) for name in WEEKDAYS)
 
 
 class _Ordered:
@@ -207,6 +256,19 @@ def parse_time(text: str) -> datetime:
         raise ValueError(f"time {text!r} is outside the years 1 to 9999 in UTC") from None
 
 
+_DATE_RE = re.compile(r"\d{4}-\d{2}-\d{2}", re.ASCII)
+
+
+def parse_date(text: str) -> date:
+    """Parse a calendar date written ``YYYY-MM-DD`` (RFC 3339's full-date)."""
+    if _DATE_RE.fullmatch(text) is None:
+        raise ValueError(f"invalid date {text!r}; write it as YYYY-MM-DD, e.g. 2027-03-31")
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        raise ValueError(f"invalid date {text!r}: there is no such day") from None
+
+
 # ------------------------------------------------------------------ amounts of money
 #
 # One grammar for every amount that enters Tessera: policy text, request context through
@@ -309,6 +371,8 @@ def type_name(value: Any) -> str:
         return "bool"
     if isinstance(value, Risk):
         return "risk"
+    if isinstance(value, Weekday):
+        return "weekday"
     if isinstance(value, (int, float, Decimal)):
         return "number"
     if isinstance(value, str):
@@ -319,6 +383,8 @@ def type_name(value: Any) -> str:
         return "duration"
     if isinstance(value, datetime):
         return "time"
+    if isinstance(value, date):
+        return "date"
     if isinstance(value, (ipaddress.IPv4Address, ipaddress.IPv6Address)):
         return "ip"
     if isinstance(value, (ipaddress.IPv4Network, ipaddress.IPv6Network)):
@@ -342,6 +408,8 @@ def render(value: Any) -> str:
         return str(value)
     if isinstance(value, datetime):
         return f'time("{value.isoformat().replace("+00:00", "Z")}")'
+    if isinstance(value, date):
+        return f'date("{value.isoformat()}")'
     if isinstance(value, (ipaddress.IPv4Address, ipaddress.IPv6Address)):
         return f'ip("{value}")'
     if isinstance(value, (ipaddress.IPv4Network, ipaddress.IPv6Network)):

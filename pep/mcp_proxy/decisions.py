@@ -19,8 +19,8 @@ TLS, a client certificate, and its own ``tessera:decide`` token from the issuer,
 
 The PDP failing to answer is a deny (:class:`pep.client.AsyncClient` fails closed), and
 a list it cannot filter is empty; each such failure is logged with the PDP's status and
-counted (``tessera_mcp_proxy_pdp_failures_total``). With
-a decision cache, an answer the PDP marks cacheable (no limit could decide it) is reused
+counted (``tessera_mcp_proxy_pdp_failures_total``). With a decision cache, an answer
+the PDP marks cacheable (no limit and no rule reading ``now`` could decide it) is reused
 for identical requests for a few seconds: such a call is not audited again, and its
 decision id is that of the decision it reused.
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from decimal import Decimal
 from functools import cache
 from typing import Any
@@ -38,9 +38,18 @@ schema {
     scopes: set<string>,
     labels: map<string>,
     score: number,
+    tz: string,
   }
   user { roles: set<string> }
-  context { amount: money, n: number, consents: set<string>, acr: string, age: duration }
+  context {
+    amount: money,
+    n: number,
+    consents: set<string>,
+    acr: string,
+    age: duration,
+    at: time,
+    until: date,
+  }
   resource tool { server: string }
 }
 """
@@ -82,6 +91,10 @@ LABEL_KEYS = ("team", "env", "cost-center")
 AGENT_IDS = ("a1", "a2")
 USER_IDS = ("u1", "u2")
 WINDOWS = ("30s", "1m", "1h", "24h")
+ZONES = ("UTC", "Europe/Berlin", "America/New_York", "Asia/Kolkata")
+DAYS = ("monday", "friday", "saturday", "sunday")
+TIMES = ("2026-03-29T00:30:00Z", "2026-03-29T01:30:00Z", "2026-10-25T00:30:00Z")
+DATES = ("2026-03-28", "2026-03-29", "2027-03-31")
 
 # Scalar and container types an expression can be drawn for. Money is split by the
 # currency of its literals, so a comparison never pits a USD literal against a EUR one
@@ -96,10 +109,11 @@ DURATION = "duration"
 STRINGS_T = "strings"  # set<string> or list<string>
 MAP = "map"  # map<string>
 TIME = "time"
+DATE = "date"
 IP = "ip"
 
-EQUATABLE = (BOOL, STRING, NUMBER, RISK, USD, EUR, DURATION, STRINGS_T, MAP, TIME, IP)
-ORDERED = (NUMBER, RISK, USD, EUR, DURATION, TIME)
+EQUATABLE = (BOOL, STRING, NUMBER, RISK, USD, EUR, DURATION, STRINGS_T, MAP, TIME, DATE, IP)
+ORDERED = (NUMBER, RISK, USD, EUR, DURATION, TIME, DATE)
 MEMBERS = (STRING, NUMBER, RISK, USD, EUR, DURATION)
 LET_TYPES = (BOOL, STRING, NUMBER, RISK, USD, EUR, DURATION, STRINGS_T)
 SET_OPS: tuple[ast.CompareOp, ...] = ("intersects", "subset of")
@@ -145,6 +159,7 @@ _LITERALS: dict[str, st.SearchStrategy[ast.Expr]] = {
             _lit(datetime(2025, 6, 1, 0, 0, tzinfo=UTC)),
         ]
     ),
+    DATE: st.sampled_from([_lit(date.fromisoformat(d)) for d in DATES]),
     IP: st.sampled_from([_lit(ipaddress.ip_address(a)) for a in ("10.1.2.3", "192.168.0.1")]),
 }
 
@@ -185,6 +200,7 @@ def _attribute_paths(t: str, scope: Scope) -> list[str]:
             "agent.labels.cost-center",
             "subject.type",
             "subject.id",
+            "agent.tz",
         ]
         + (["tool.name", "tool.server", "resource.server"] if tool else []),
         NUMBER: ["agent.score", "context.n", "delegation.depth"],
@@ -192,6 +208,8 @@ def _attribute_paths(t: str, scope: Scope) -> list[str]:
         USD: ["context.amount"],
         EUR: ["context.amount"],
         DURATION: ["context.age"],
+        TIME: ["now", "context.at"],
+        DATE: ["context.until"],
         STRINGS_T: ["agent.scopes", "user.roles", "context.consents", "delegation.chain"],
         MAP: ["agent.labels"],
     }
@@ -259,7 +277,32 @@ def exprs(t: str, depth: int, scope: Scope) -> st.SearchStrategy[ast.Expr]:
                 _map
             ),
         )
+    if t == NUMBER:
+        counted = st.one_of(
+            exprs(STRINGS_T, 0, scope), exprs(MAP, 0, scope), exprs(STRING, 0, scope)
+        )
+        return st.one_of(
+            base, time_parts(("hour", "minute"), scope), counted.map(lambda x: _call("size", x))
+        )
+    if t == DATE:
+        return st.one_of(base, time_parts(("date",), scope))
     return base
+
+
+def _call(name: str, *args: ast.Expr) -> ast.Expr:
+    return ast.Call(name, args)
+
+
+@cache
+def time_parts(names: tuple[str, ...], scope: Scope) -> st.SearchStrategy[ast.Expr]:
+    """``hour(t)``, ``minute(t, zone)``, …: a zone as a literal, or read from the agent
+    (where it may name no zone)."""
+    zones = st.one_of(st.sampled_from(ZONES).map(_lit), _paths("agent.tz"))
+    times = leaves(TIME, scope)
+    return st.one_of(
+        st.tuples(st.sampled_from(names), times).map(lambda p: _call(p[0], p[1])),
+        st.tuples(st.sampled_from(names), times, zones).map(lambda p: _call(*p)),
+    )
 
 
 def _compare(op: str) -> Callable[[tuple[ast.Expr, ast.Expr]], ast.Expr]:
@@ -290,8 +333,19 @@ def comparisons(depth: int, scope: Scope) -> st.SearchStrategy[ast.Expr]:
     def collections(op: str) -> Callable[[str], st.SearchStrategy[ast.Expr]]:
         return lambda t: st.tuples(member_list(t), member_list(t)).map(_compare(op))
 
+    def weekdays() -> st.SearchStrategy[ast.Expr]:
+        day = time_parts(("weekday",), scope)
+        names = st.sampled_from(DAYS).map(_lit)
+        ops = st.sampled_from(["==", "!=", "<", "<=", ">", ">="])
+        return st.one_of(
+            st.tuples(ops, day, names).map(lambda p: ast.Compare(p[0], p[1], p[2])),
+            st.tuples(day, st.lists(names, max_size=3).map(_list)).map(_compare("in")),
+        )
+
     strings, set_of_strings = exprs(STRING, 0, scope), exprs(STRINGS_T, depth, scope)
     return st.one_of(
+        weekdays(),
+        st.tuples(strings, strings).map(_compare("like")),  # a glob read from the request
         same(EQUATABLE, ("==", "!=")),
         same(ORDERED, ("<", "<=", ">", ">=")),
         st.sampled_from(MEMBERS).flatmap(in_list),
@@ -589,6 +643,7 @@ def agents(complete: bool = False) -> st.SearchStrategy[dict[str, Any]]:
                 st.sampled_from(LABEL_KEYS), st.sampled_from(STRINGS), max_size=2
             ),
             "score": _NUMBERS,
+            "tz": st.sampled_from((*ZONES, "Mars/Base", "")),
             "owner": UNTYPED,  # not in the schema: only `has` can ask about it
         },
         complete,
@@ -616,6 +671,8 @@ def contexts(complete: bool = False) -> st.SearchStrategy[dict[str, Any]]:
             "age": st.one_of(
                 st.sampled_from(["10s", "30s", "5m", "2h", "3d"]), st.integers(0, 10_000)
             ),
+            "at": st.sampled_from(TIMES),
+            "until": st.sampled_from(DATES),
         },
         complete,
     )

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import re
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -32,6 +33,7 @@ from tests.lang import strategies as gen
 
 SCHEMA = gen.schema_model()
 START = 1_000_000.0
+NOW = datetime(2026, 3, 29, 1, 30, tzinfo=UTC)  # `now` where an expression is folded
 
 # Time between two requests of a sequence: none, within every window, past the short ones.
 STEPS = st.sampled_from([0.0, 0.0, 1.0, 45.0, 4000.0, 90_000.0])
@@ -138,7 +140,7 @@ def test_generated_policies_pass_the_checker(policy: gen.Policy) -> None:
 
 
 def evaluated(expr: ast.Expr, request: Request, lets: gen.Lets) -> tuple[str, Any]:
-    trace = _Evaluator(request, lets, gen.PACKAGE).eval(expr)
+    trace = _Evaluator(request, lets, gen.PACKAGE, NOW).eval(expr)
     if trace.error is not None:
         return ("error", trace.error)
     return ("value", trace.value)

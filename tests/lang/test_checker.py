@@ -536,11 +536,13 @@ def test_startswith_and_endswith_match_strings() -> None:
     assert error.message == "endswith matches strings; this is a number"
 
 
-def test_like_needs_a_string_and_a_constant_glob() -> None:
+def test_like_needs_a_string_and_a_glob_that_is_a_string() -> None:
     assert run('let g = "pay*"\npermit p when agent.purpose like g').diagnostics == ()
-    error = one_error(run("permit p when agent.purpose like agent.status"))
-    assert error.message.startswith("like needs a constant glob")
-    assert at(error) == ("p0.pol", 1, 34, 12)
+    assert run("permit p when agent.purpose like agent.status").diagnostics == ()
+    error = one_error(run("permit p when agent.purpose like agent.risk"))
+    assert error.message == "like takes a glob; this is a risk level"
+    assert error.hint == 'a glob is a string: "*write*", or an attribute that holds one'
+    assert at(error) == ("p0.pol", 1, 34, 10)
     error = one_error(run('permit p when agent.risk like "l*"'))
     assert error.message == "like matches strings against a glob; this is a risk level"
 

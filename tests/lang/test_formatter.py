@@ -710,6 +710,11 @@ def _compound(children: st.SearchStrategy[ast.Expr]) -> st.SearchStrategy[ast.Ex
             children,
         ),
         st.builds(ast.Has, children, keys),
+        st.builds(
+            ast.Call,
+            st.sampled_from(["hour", "minute", "weekday", "size"]),
+            st.lists(children, max_size=3).map(tuple),
+        ),
     )
 
 
