@@ -17,17 +17,16 @@ from typing import Any
 import pytest
 
 from pdp.lang import ast, parser
+from pdp.lang.functions import FUNCTIONS
 from pdp.lang.values import Risk
+
+# The words of limit scopes (`per agent+resource`, `global`), one by one.
+SCOPE_WORDS = {w for s in (*ast.PER_SCOPES, ast.GLOBAL_SCOPE) for w in s.split("+")}
 
 ROOT = Path(__file__).resolve().parents[2]
 EXTENSION = ROOT / "editors" / "vscode"
 GRAMMAR = EXTENSION / "syntaxes" / "tessera.tmLanguage.json"
 PLAIN = "variable.other.tessera"  # a name with no meaning of its own: a let, a record key
-
-# Words the language is gaining (time functions, the test clock, limit scopes): the
-# grammar highlights them already.
-COMING = ("now", "hour", "minute", "weekday", "date", "size", "at", "after")
-COMING += ("owner", "tool", "global", "resource")
 
 
 @dataclass(frozen=True)
@@ -85,7 +84,8 @@ def _keywords() -> list[str]:
 def _words() -> list[str]:
     """The names the parser gives a meaning: risk levels, roots, functions, verdicts."""
     named = (*Risk.__members__, "true", "false", "delegated", "autonomous", "allow", "deny")
-    return sorted({*named, *ast.ROOTS, *parser.CONSTRUCTORS, *parser.OBLIGATIONS, *COMING})
+    known = (*ast.ROOTS, *parser.CONSTRUCTORS, *parser.OBLIGATIONS, *FUNCTIONS, *SCOPE_WORDS)
+    return sorted({*named, *known})
 
 
 def test_every_regex_of_the_grammar_compiles() -> None:
