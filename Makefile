@@ -29,11 +29,13 @@ typecheck: $(STAMP)
 	$(BIN)/mypy
 
 # Every bundle: the shipped policies and each example bundle below them (bundle.toml).
+# Each is checked warning-free, and its tests must exercise every one of its rules.
 BUNDLES := policies $(patsubst %/bundle.toml,%,$(wildcard policies/examples/*/bundle.toml))
 
 check-policies: $(STAMP)
 	for bundle in $(BUNDLES); do \
-	  $(BIN)/tessera check $$bundle && $(BIN)/tessera test $$bundle || exit 1; \
+	  $(BIN)/tessera check --strict $$bundle && \
+	  $(BIN)/tessera test --coverage-min 100 $$bundle || exit 1; \
 	done
 
 pytest: $(STAMP) browser
