@@ -2,13 +2,13 @@
 
 What it measures, in one run:
 
-* the shipped policy set (``policies/``) on a mix of ten requests that covers each path
-  a decision takes: a single permit, a single forbid, default deny, a permit with a
-  ``limit`` (counter read and write), a permit waiting on consent, globs, a generic
-  ``db.read`` on a table; the mix as a whole, then each request alone; and the mix once
-  more with a forbid added that reads the decision's time on every request (``hour``,
-  ``weekday`` and ``date`` of ``now`` in Europe/Berlin, never true), which is what a
-  business-hours rule costs. The same requests are decided by
+* the shipped policy set (``policies/``) on a mix of twelve requests that covers each
+  path a decision takes: a single permit, a single forbid, default deny, a permit with a
+  ``limit`` (counter read and write, per agent and per agent and record), a permit
+  waiting on consent, globs, a generic ``db.read`` on a table, a permit that reads the
+  decision's time in a zone (``weekday`` and ``hour`` of ``now`` in Europe/Berlin) inside
+  its hours and after them; the mix as a whole, then each request alone. The same
+  requests are decided by
   - the **floor**: the same logic as a hand-written Python ``if`` chain, which is what the
     logic costs with no engine at all;
   - **cedarpy**: an equivalent Cedar policy set through the fastest pre-parsed path the
@@ -24,10 +24,14 @@ What it measures, in one run:
 
 Method. Every request is built once, before timing, through ``request_from_json`` against
 the shipped schema; Cedar requests and entities are translated from the same ``Request``
-objects. Before any timing, the floor and Cedar must agree with the engine on allow/deny
-for every benchmark request and for every step of the shipped policy tests, and the engine
-must give each request its expected decision over a whole sample. Each case gets a fresh
-``Engine`` (fresh counters, empty candidate memo), is warmed up, then timed with
+objects. Every engine decides on a fixed clock (:data:`CLOCK`: Friday 2027-01-15, 09:00
+in Berlin); a case that needs another instant carries it as the request's ``"time"``,
+which ``now`` reads first, and the floor and the Cedar context read the same instant, so
+no decision depends on when the benchmark runs. Before any timing, the floor and Cedar
+must agree with the engine on allow/deny for every benchmark request and for every step
+of the shipped policy tests, each at the instant the test's clock reads then, and the
+engine must give each request its expected decision over a whole sample. Each case gets
+a fresh ``Engine`` (fresh counters, empty candidate memo), is warmed up, then timed with
 ``time.perf_counter_ns`` over samples of 1,000 decisions (100 for Cedar and for the
 one-request rows) until about 0.5 s of samples are collected (0.05 s with ``--quick``).
 The garbage collector is collected before and disabled during each case's timing window.
@@ -37,9 +41,10 @@ clock read resolves). Loop and call overhead are in every row alike; the "no-op 
 shows how much that is.
 
 Counters: the autonomous transfer is allowed by a permit with a daily cap, so each allow
-records 25 USD. The counters are cleared between samples, outside the timing window, and
-one sample moves at most 2,500 USD, under the 5,000 USD cap, so no decision changes
-mid-run (checked before timing).
+records 25 USD, and the support read by one with an hourly cap of 100 reads per agent and
+record. The counters are cleared between samples, outside the timing window, and one
+sample holds at most 84 of each (2,100 USD, under the 5,000 USD cap; 84 reads of one
+record, under 100), so no decision changes mid-run (checked before timing).
 
     python benchmarks/engine.py [--json] [--quick] [--strict]
 """
@@ -59,20 +64,22 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from functools import partial
 from importlib import metadata
 from pathlib import Path
 from typing import Any, TypeVar
+from zoneinfo import ZoneInfo
 
 from pdp.counters import MemoryCounters
 from pdp.engine import Bundle, Engine
+from pdp.lang import ast
 from pdp.lang.parser import parse
 from pdp.lang.schema import SchemaModel
 from pdp.lang.values import Duration, Money, Risk
-from pdp.loader import load_directory, load_texts, policy_files
+from pdp.loader import load_directory, load_texts
 from pdp.model import Request
-from pdp.policytest import build_request
+from pdp.policytest import run_tests
 from pdp.request import request_from_json
 
 T = TypeVar("T")
@@ -91,14 +98,23 @@ TARGET_CEDAR_RATIO = 50.0
 TARGET_SCALING_RATIO = 1.5
 TARGET_COMPILE_10K_S = 2.0
 
-# A forbid every request meets that reads the decision's time in a zone and never
-# matches, so the shipped decisions stay as they are: what a business-hours rule costs.
-TIME_RULE = """
-forbid after_the_end_of_time
-  when date(now, "Europe/Berlin") > date("2999-12-31")
-    or hour(now, "Europe/Berlin") > 23
-    or weekday(now, "Europe/Berlin") > "sunday"
-"""
+# Every engine here decides on this clock, so no decision depends on when the benchmark
+# runs: 2027-01-15T08:00:00Z, a Friday, 09:00 in Berlin, inside finance_reporting's hours
+# (and where the policy tests' clock starts). A case that needs another instant gives
+# its request a "time", which `now` reads before the clock; the floor reads it too.
+CLOCK = datetime(2027, 1, 15, 8, tzinfo=UTC).timestamp()
+BERLIN = ZoneInfo("Europe/Berlin")
+
+
+def fixed_clock() -> float:
+    """The clock of every engine of this benchmark."""
+    return CLOCK
+
+
+def berlin_time(at: datetime | None, clock: float) -> datetime:
+    """The decision's instant on Berlin's wall clock: the request's time, else the clock's."""
+    return at.astimezone(BERLIN) if at is not None else datetime.fromtimestamp(clock, BERLIN)
+
 
 # The rules the floor and the Cedar set mirror; if policies/ changes, so must they.
 SHIPPED_RULES = frozenset(
@@ -117,6 +133,7 @@ SHIPPED_RULES = frozenset(
         "analysts_read_orders",
         "finance_reporting",
         "delegated_tokens",
+        "support_reads_customers",
     )
 )
 
@@ -135,7 +152,20 @@ class Case:
 
 PAY_BOT = {"id": "pay-bot", "purpose": "payments", "risk": "low", "status": "active"}
 HELPER = {"id": "helper", "risk": "low", "status": "active"}
-TRANSFER_AMOUNT = "25 USD"  # 100 per 1,000-decision sample: 2,500 USD, under the cap
+FIN_REPORT = {
+    "id": "fin-report",
+    "risk": "low",
+    "status": "active",
+    "owner": "finance",
+    "purpose": "reporting",
+}
+FINANCE_EXPORT = {
+    "agent": FIN_REPORT,
+    "action": "db.export",
+    "resource": {"type": "table", "id": "finance_ledger", "classification": "internal"},
+    "context": {"session_age": "10m"},
+}
+TRANSFER_AMOUNT = "25 USD"  # at most 84 per 1,000-decision sample: 2,100 USD, under the cap
 
 SHIPPED_CASES: tuple[Case, ...] = (
     Case("read tool", "allow", {"agent": HELPER, "tool": "search"}),
@@ -188,21 +218,12 @@ SHIPPED_CASES: tuple[Case, ...] = (
             "context": {"ip": "10.1.2.3"},
         },
     ),
+    Case("finance export (table glob, Berlin hours)", "allow", FINANCE_EXPORT),
+    # 19:00 in Berlin in winter: the first minute finance_reporting no longer allows.
     Case(
-        "finance export (table glob)",
-        "allow",
-        {
-            "agent": {
-                "id": "fin-report",
-                "risk": "low",
-                "status": "active",
-                "owner": "finance",
-                "purpose": "reporting",
-            },
-            "action": "db.export",
-            "resource": {"type": "table", "id": "finance_ledger", "classification": "internal"},
-            "context": {"session_age": "10m"},
-        },
+        "finance export at 19:00 Berlin (after hours)",
+        "deny",
+        {**FINANCE_EXPORT, "time": "2027-01-15T18:00:00Z"},
     ),
     Case(
         "background agent drafts mail",
@@ -218,6 +239,15 @@ SHIPPED_CASES: tuple[Case, ...] = (
             "tool": "mail.draft",
         },
     ),
+    Case(
+        "support reads a customer (limit per record)",
+        "allow",
+        {
+            "agent": {"id": "helpdesk", "risk": "low", "status": "active", "purpose": "support"},
+            "action": "crm.read",
+            "resource": {"type": "customer", "id": "c-1"},
+        },
+    ),
 )
 
 
@@ -231,12 +261,13 @@ ANALYST_ROLES = frozenset({"analyst", "auditor"})
 NO_ITEMS: frozenset[str] = frozenset()
 
 
-def floor_decide(q: Request) -> bool:
+def floor_decide(q: Request, clock: float = CLOCK) -> bool:
     """policies/agents.pol as a hand-written if chain: what its logic costs without an engine.
 
     It follows the rules for requests that carry the attributes the rules read; the
     ``limit`` caps are not counted (the floor keeps no counters), obligations are a plain
-    deny, and it names no deciding rule.
+    deny, and it names no deciding rule. ``now`` is the request's time, else ``clock``
+    (the engines' fixed clock unless a policy test's clock is given).
     """
     agent = q.agent
     if agent.get("status") != "active" or q.delegation["depth"] > 2:
@@ -307,8 +338,16 @@ def floor_decide(q: Request) -> bool:
             and agent.get("purpose", "").startswith("report")
             and age is not None
             and age.seconds < 1800
+            and finance_hours(berlin_time(q.time, clock))
         )
+    if q.action == "crm.read" and q.resource["type"] == "customer":
+        return bool(agent.get("purpose") == "support")
     return False
+
+
+def finance_hours(berlin: datetime) -> bool:
+    """finance_reporting's hours: Monday to Friday, from 7 to 19 o'clock in Berlin."""
+    return berlin.weekday() <= 4 and 7 <= berlin.hour < 19
 
 
 # ------------------------------------------------------------------ Cedar
@@ -317,9 +356,12 @@ def floor_decide(q: Request) -> bool:
 # {cents: Long, currency: String}, durations Longs in seconds, the user an entity named in
 # the context, consents a set in the context, delegation facts context fields. Cedar skips
 # a policy whose evaluation errors, so the forbids guard with `has` to fail closed as
-# Tessera's do. Not in Cedar: `limit` caps (no counters: out of scope here) and
-# obligations (a permit that waits on consent or a step-up simply does not apply, so
-# allow/deny still match).
+# Tessera's do. Not in Cedar: `limit` caps (no counters: out of scope here, as they are
+# for the floor), obligations (a permit that waits on consent or a step-up simply does
+# not apply, so allow/deny still match) and time zones (Cedar has no clock and no zone
+# database: the harness computes the decision's weekday, 1 = Monday, and hour on Berlin's
+# wall clock and passes them as context.berlin_weekday and context.berlin_hour, as it
+# passes the delegation facts).
 CEDAR_POLICIES = """
 @id("inactive_agents")
 forbid (principal, action, resource)
@@ -392,15 +434,20 @@ permit (principal, action in [Action::"db.read", Action::"db.export"], resource 
 when {
   resource.name like "finance_*" &&
   principal.owner == "finance" && principal.purpose like "report*" &&
-  context.session_age < 1800
+  context.session_age < 1800 &&
+  context.berlin_weekday <= 5 && context.berlin_hour >= 7 && context.berlin_hour < 19
 };
 
 @id("delegated_tokens")
 permit (principal, action == Action::"token.exchange", resource is Audience)
 when { context.delegated && principal.risk < 3 && !context.consents.isEmpty() };
+
+@id("support_reads_customers")
+permit (principal, action == Action::"crm.read", resource is Customer)
+when { principal.purpose == "support" };
 """
 
-CEDAR_TYPES = {"tool": "Tool", "table": "Table", "audience": "Audience"}
+CEDAR_TYPES = {"tool": "Tool", "table": "Table", "audience": "Audience", "customer": "Customer"}
 
 
 def load_cedarpy() -> Any:
@@ -450,14 +497,18 @@ class CedarTranslation:
             raise ValueError(f"{kind}::{ident} appears with different attributes; use other ids")
         return f"{kind}::{json.dumps(ident)}"
 
-    def request(self, q: Request) -> dict[str, str]:
-        """A Cedar request with its context already serialized (no per-call json.dumps)."""
+    def request(self, q: Request, clock: float = CLOCK) -> dict[str, str]:
+        """A Cedar request with its context already serialized (no per-call json.dumps);
+        its instant is the request's time, else ``clock``, as for the floor."""
         agent = {k: cedar_value(v) for k, v in q.agent.items() if k != "id"}
         principal = self._entity("Agent", q.agent_id, agent)
         context = {k: cedar_value(v) for k, v in q.context.items()}
         context.setdefault("consents", [])
         context["delegated"] = q.delegation["delegated"]
         context["depth"] = q.delegation["depth"]
+        berlin = berlin_time(q.time, clock)
+        context["berlin_weekday"] = berlin.isoweekday()
+        context["berlin_hour"] = berlin.hour
         if q.user is not None:
             user = {k: cedar_value(v) for k, v in q.user.items() if k != "id"}
             self._entity("User", str(q.user["id"]), user)
@@ -763,29 +814,65 @@ def expectation_met(expect: str, decision: Any) -> bool:
 
 
 def cross_check_tests(bundle: Bundle) -> int:
-    """Floor and Cedar against the engine on every step of the shipped policy tests.
+    """Floor and Cedar against the engine on every step of the shipped policy tests, at
+    the instant the test's clock reads at that step (tests move it with ``at``/``after``).
 
-    Each step is decided once by a fresh engine, so no ``limit`` is reached; returns how
-    many requests were compared.
+    The tests run as ``tessera test`` runs them; before a step's decision, its request is
+    decided once more by a fresh engine whose clock reads the step's instant (fresh
+    counters, so no ``limit`` is reached: the floor and Cedar count none either), and by
+    the floor and Cedar at the same instant. A step repeated with ``times`` is compared
+    once. Returns how many requests were compared.
     """
     cedarpy = load_cedarpy()
     policies = None if cedarpy is None else cedarpy.PolicySet.from_str(CEDAR_POLICIES)
-    checked = 0
-    for test in bundle.tests:
-        records: dict[str, Any] = {record.kind: record for record in test.records}
-        for step in test.steps:
-            request = build_request(bundle, test, records, step)
-            allow = Engine(bundle).decide(request).allow
-            if floor_decide(request) != allow:
-                raise SystemExit(f"floor and engine disagree on test {test.name!r}")
-            if cedarpy is not None:
-                translation = CedarTranslation()
-                cedar_request = translation.request(request)
-                entities = cedarpy.Entities.from_json_str(translation.entities_json())
-                if cedarpy.is_authorized(cedar_request, policies, entities).allowed != allow:
-                    raise SystemExit(f"cedar and engine disagree on test {test.name!r}")
-            checked += 1
-    return checked
+    compared: list[Request] = []
+
+    def compare(test: ast.Test, request: Request, engine: Engine) -> None:
+        if compared and compared[-1] is request:
+            return  # the same step, once more
+        compared.append(request)
+        instant = engine.clock()
+        allow = Engine(bundle, clock=lambda: instant).decide(request).allow
+        at = datetime.fromtimestamp(instant, UTC).isoformat().replace("+00:00", "Z")
+        where = f"test {test.name!r}, step {len(compared)} compared, clock {at}"
+        if floor_decide(request, instant) != allow:
+            raise SystemExit(f"floor and engine disagree on {where}")
+        if cedarpy is not None:
+            translation = CedarTranslation()
+            cedar_request = translation.request(request, instant)
+            entities = cedarpy.Entities.from_json_str(translation.entities_json())
+            if cedarpy.is_authorized(cedar_request, policies, entities).allowed != allow:
+                raise SystemExit(f"cedar and engine disagree on {where}")
+
+    failed = [
+        result.test.name for result in run_tests(bundle, observe=compare) if not result.passed
+    ]
+    if failed:
+        raise SystemExit(
+            f"the shipped policy tests fail ({', '.join(map(repr, failed))}), so their later "
+            "steps cannot be cross-checked; `make check-policies` says why"
+        )
+    return len(compared)
+
+
+def check_decisions(bundle: Bundle, requests: Sequence[Request]) -> tuple[list[bool], int]:
+    """Before any timing: the engine gives every request of the mix its expected decision
+    over one whole sample (so a counter filling up within a sample would show), the floor
+    agrees with it on each, and the floor and Cedar agree with it on the policy tests.
+    Returns the engine's allow for each request and how many test requests were compared.
+    """
+    batch = cycled(requests, DECISIONS_PER_SAMPLE)
+    expects = cycled([case.expect for case in SHIPPED_CASES], DECISIONS_PER_SAMPLE)
+    engine = Engine(bundle, MemoryCounters(), fixed_clock)
+    for expect, request in zip(expects, batch, strict=True):
+        decision = engine.decide(request)
+        if not expectation_met(expect, decision):
+            raise SystemExit(f"engine: expected {expect}, got {decision} for {request.to_json()}")
+    engine_allow = [Engine(bundle, clock=fixed_clock).decide(r).allow for r in requests]
+    for case, request, allow in zip(SHIPPED_CASES, requests, engine_allow, strict=True):
+        if floor_decide(request) != allow:
+            raise SystemExit(f"floor and engine disagree on {case.name!r}")
+    return engine_allow, cross_check_tests(bundle)
 
 
 def run_shipped(budget: Budget) -> dict[str, Any]:
@@ -794,21 +881,7 @@ def run_shipped(budget: Budget) -> dict[str, Any]:
     check_shipped(bundle)
     requests = [request_from_json(case.data, bundle.schema) for case in SHIPPED_CASES]
     batch = cycled(requests, DECISIONS_PER_SAMPLE)
-    expects = cycled([case.expect for case in SHIPPED_CASES], DECISIONS_PER_SAMPLE)
-
-    # The engine gives every request its expected decision, over one whole sample, so a
-    # counter filling up within a sample would show here.
-    counters = MemoryCounters()
-    engine = Engine(bundle, counters)
-    for expect, request in zip(expects, batch, strict=True):
-        decision = engine.decide(request)
-        if not expectation_met(expect, decision):
-            raise SystemExit(f"engine: expected {expect}, got {decision} for {request.to_json()}")
-    engine_allow = [Engine(bundle).decide(r).allow for r in requests]
-    for case, request, allow in zip(SHIPPED_CASES, requests, engine_allow, strict=True):
-        if floor_decide(request) != allow:
-            raise SystemExit(f"floor and engine disagree on {case.name!r}")
-    test_requests = cross_check_tests(bundle)
+    engine_allow, test_requests = check_decisions(bundle, requests)
 
     out: dict[str, Any] = {
         "policies": str(POLICIES.relative_to(ROOT)),
@@ -823,21 +896,21 @@ def run_shipped(budget: Budget) -> dict[str, Any]:
     out["no_op_call"] = measure(decide_loop(no_op, batch), len(batch), budget).as_json()
     out["floor"] = measure(decide_loop(floor_decide, batch), len(batch), budget).as_json()
     counters = MemoryCounters()
-    engine = Engine(bundle, counters)
+    engine = Engine(bundle, counters, fixed_clock)
     out["engine"] = measure(
         decide_loop(engine.decide, batch), len(batch), budget, counters.clear
     ).as_json()
     out["cedarpy"] = run_cedar(requests, engine_allow, budget)
-    out["engine_with_time_rule"] = run_timed(bundle, batch, budget)
 
     per_request = Budget(budget.sample_s / 4, budget.warmup_s / 4, budget.min_samples)
     rows = []
     for case, request in zip(SHIPPED_CASES, requests, strict=True):
-        # As many of one request per sample as the mix has: 100 transfers of 25 USD stay
-        # under the daily cap, so the limited allow stays an allow.
+        # As many of one request per sample as the mix has: 83 transfers of 25 USD stay
+        # under the daily cap and 83 reads of one record under its hourly cap, so the
+        # limited allows stay allows.
         same = [request] * (DECISIONS_PER_SAMPLE // len(SHIPPED_CASES))
         counters = MemoryCounters()
-        engine = Engine(bundle, counters)
+        engine = Engine(bundle, counters, fixed_clock)
         timing = measure(decide_loop(engine.decide, same), len(same), per_request, counters.clear)
         floor = measure(decide_loop(floor_decide, same), len(same), per_request)
         rows.append(
@@ -850,20 +923,6 @@ def run_shipped(budget: Budget) -> dict[str, Any]:
         )
     out["by_request"] = rows
     return out
-
-
-def run_timed(shipped: Bundle, batch: list[Request], budget: Budget) -> dict[str, Any]:
-    """The mix on the shipped set plus :data:`TIME_RULE`, which must decide as the shipped
-    set alone does."""
-    texts = {str(path): path.read_text(encoding="utf-8") for path in policy_files(POLICIES)}
-    bundle = load_texts({**texts, "time.pol": TIME_RULE}).bundle
-    for request in batch[: len(SHIPPED_CASES)]:
-        alone, timed = Engine(shipped).decide(request), Engine(bundle).decide(request)
-        if (alone.allow, alone.decided_by) != (timed.allow, timed.decided_by):
-            raise SystemExit(f"the time rule changed a decision: {timed} for {request.to_json()}")
-    counters = MemoryCounters()
-    engine = Engine(bundle, counters)
-    return measure(decide_loop(engine.decide, batch), len(batch), budget, counters.clear).as_json()
 
 
 def run_cedar(
@@ -961,8 +1020,8 @@ def run_generated(budget: Budget, repeats: int, with_check: bool) -> dict[str, A
         compiled = compile_times(rules, schema_text, repeats, with_check)
         bundle = Bundle.build(parse(generated_policy(rules), "generated.pol").rules, {}, "gen")
         requests, expected = generated_requests(rules, schema)
-        check_generated(Engine(bundle), requests, expected)
-        engine = Engine(bundle)
+        check_generated(Engine(bundle, clock=fixed_clock), requests, expected)
+        engine = Engine(bundle, clock=fixed_clock)
         timing = measure(decide_loop(engine.decide, requests), len(requests), budget)
         rows.append({"rules": rules + 2, "permits": rules, "engine": timing.as_json(), **compiled})
     # The largest set again, its requests drawn from only as many tools as the smallest
@@ -970,8 +1029,8 @@ def run_generated(budget: Budget, repeats: int, with_check: bool) -> dict[str, A
     assert bundle is not None
     tools = GENERATED_SIZES[0]
     requests, expected = generated_requests(GENERATED_SIZES[-1], schema, tools)
-    check_generated(Engine(bundle), requests, expected)
-    engine = Engine(bundle)
+    check_generated(Engine(bundle, clock=fixed_clock), requests, expected)
+    engine = Engine(bundle, clock=fixed_clock)
     timing = measure(decide_loop(engine.decide, requests), len(requests), budget)
     narrow = {
         "rules": GENERATED_SIZES[-1] + 2,
@@ -990,7 +1049,6 @@ def ratio(numerator: float | None, denominator: float | None) -> float | None:
 
 def evaluate(shipped: dict[str, Any], generated: dict[str, Any]) -> dict[str, Any]:
     engine = shipped["engine"]["median_us"]
-    timed = shipped["engine_with_time_rule"]["median_us"]
     cedar = shipped["cedarpy"]
     cedar_median = None if "skipped" in cedar else cedar[cedar["fastest"]]["median_us"]
     by_size = {row["permits"]: row for row in generated["sets"]}
@@ -1011,12 +1069,6 @@ def evaluate(shipped: dict[str, Any], generated: dict[str, Any]) -> dict[str, An
             f"<= {TARGET_SHIPPED_MEDIAN_US:g} us",
             engine,
             engine <= TARGET_SHIPPED_MEDIAN_US,
-        ),
-        Target(
-            "median per decision, shipped set + time rule",
-            f"<= {TARGET_SHIPPED_MEDIAN_US:g} us",
-            timed,
-            timed <= TARGET_SHIPPED_MEDIAN_US,
         ),
         Target(
             "faster than cedarpy (fastest path)",
@@ -1048,10 +1100,14 @@ NOTES = (
     "p99 is over per-sample means (1,000 decisions a sample; 100 for cedarpy and for the "
     "by-request rows), not over single decisions",
     "each case has a fresh Engine; warm-up fills its candidate memo (steady state)",
-    "the limited transfer allow records 25 USD a decision in MemoryCounters; counters are "
-    "cleared between samples, outside the timing window, so the cap is never reached",
+    "every engine decides on a fixed clock, 2027-01-15T08:00:00Z (Friday 09:00 in Berlin); "
+    "the after-hours finance export carries its own time (19:00 in Berlin); the floor and "
+    "cedarpy read the same instants",
+    "the limited transfer and support read allows record usage in MemoryCounters; counters "
+    "are cleared between samples, outside the timing window, so no cap is reached",
     "cedarpy: limits are out of scope for Cedar (no counters); consent and step-up "
-    "obligations are a plain deny there",
+    "obligations are a plain deny there; it has no time zones, so the harness gives it "
+    "the Berlin weekday and hour as context fields",
     "the floor counts no limits either and returns a bool, not a Decision",
     "the '20 tools used' row decides the 10,000-rule set on requests drawn from 20 tools: "
     "it separates the index's cost from the cost of touching ~1,000 different rules",
@@ -1088,10 +1144,6 @@ def print_report(result: dict[str, Any]) -> None:
     row("  no-op call (loop + one Python call)", shipped["no_op_call"])
     row("  floor: hand-written if chain", shipped["floor"])
     row("  engine", shipped["engine"])
-    row(
-        "  engine, + a forbid reading now in a zone on every request",
-        shipped["engine_with_time_rule"],
-    )
     if "skipped" in cedar:
         print(f"  cedarpy: {cedar['skipped']}")
     else:
@@ -1182,6 +1234,7 @@ def main() -> None:
             "sample_seconds_per_case": budget.sample_s,
             "warmup_seconds_per_case": budget.warmup_s,
             "gc_disabled_while_timing": True,
+            "engine_clock": datetime.fromtimestamp(CLOCK, UTC).isoformat(),
         },
         "shipped": shipped,
         "generated": generated,

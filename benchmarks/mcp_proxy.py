@@ -33,7 +33,7 @@ from __future__ import annotations
 import os
 import sys
 
-# The project root first: benchmarks/issuer.py must not shadow the issuer package
+# The project root first: no script here may stand in for one of Tessera's packages
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import asyncio

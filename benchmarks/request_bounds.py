@@ -35,7 +35,7 @@ from __future__ import annotations
 import os
 import sys
 
-# The project root first: benchmarks/issuer.py must not shadow the issuer package
+# The project root first: no script here may stand in for one of Tessera's packages
 # (sibling scripts stay importable from this directory, next on the path).
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 

@@ -44,7 +44,7 @@ with no error at any level), and an ES256 verify median ≤ 100 µs. Printed as 
 serve`` builds it, without the gRPC side) under cProfile in every thread, on each thread's
 CPU clock, loads it for one window and prints where the server's CPU goes.
 
-    python benchmarks/issuer.py [--json] [--quick] [--strict] [--profile PSTATS]
+    python benchmarks/oauth_issuer.py [--json] [--quick] [--strict] [--profile PSTATS]
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ from __future__ import annotations
 import os
 import sys
 
-# The project root first: benchmarks/issuer.py must not shadow the issuer package
+# The project root first: no script here may stand in for one of Tessera's packages
 # (sibling scripts stay importable from this directory, next on the path).
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -1000,7 +1000,7 @@ def main() -> None:
     verify = run_verify(budget, setup)
     ratios, targets = evaluate(tokens, verify)
     result: dict[str, Any] = {
-        "benchmark": "issuer",
+        "benchmark": "oauth_issuer",
         "environment": {
             **environment(
                 args.quick,
