@@ -22,6 +22,7 @@ from typing import Any, assert_never
 from pdp.lang import ast
 from pdp.lang.analysis import analyse
 from pdp.lang.analysis.targets import covers
+from pdp.lang.analysis.walk import reads_root
 from pdp.lang.diagnostics import root_first
 from pdp.lang.errors import Diagnostic, Severity, Sources, Span
 from pdp.lang.functions import FUNCTIONS, ZONE, arity, is_zone, zone_hint
@@ -122,27 +123,6 @@ class CheckResult:
 def check(modules: Sequence[ast.Module], sources: Sources) -> CheckResult:
     """Check a whole bundle; ``sources`` must already hold the text of every module."""
     return _Checker(modules, sources).run()
-
-
-def _mentions_tool(expr: ast.Expr) -> bool:
-    """Whether ``expr`` reads ``tool`` anywhere (a let used in a rule on other resources)."""
-    if isinstance(expr, ast.Path):
-        return expr.root == "tool"
-    if isinstance(expr, ast.ListExpr):
-        return any(_mentions_tool(i) for i in expr.items)
-    if isinstance(expr, ast.MapExpr):
-        return any(_mentions_tool(v) for _, v in expr.entries)
-    if isinstance(expr, ast.Not):
-        return _mentions_tool(expr.operand)
-    if isinstance(expr, ast.BoolOp):
-        return any(_mentions_tool(o) for o in expr.operands)
-    if isinstance(expr, ast.Compare):
-        return _mentions_tool(expr.left) or _mentions_tool(expr.right)
-    if isinstance(expr, ast.Has):
-        return _mentions_tool(expr.base)
-    if isinstance(expr, ast.Call):
-        return any(_mentions_tool(a) for a in expr.args)
-    return False
 
 
 def _is_constant(expr: ast.Expr) -> bool:
@@ -584,7 +564,7 @@ class _Checker:
         if (
             scope.in_rule
             and scope.resource_type not in (None, ast.TOOL_TYPE)
-            and _mentions_tool(self.lets.get(key, name))
+            and reads_root(self.lets.get(key, name), "tool")
         ):
             self.error(
                 f"let {name.name} reads tool.*, but this rule targets "

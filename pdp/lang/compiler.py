@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from pdp.lang import ast
+from pdp.lang.analysis.walk import reads_root
 from pdp.lang.functions import (
     FUNCTIONS,
     NOW_PARTS,
@@ -416,35 +417,12 @@ def rule_condition(rule: ast.Rule, lets: Lets) -> ast.Expr | None:
     return fold(parts[0] if len(parts) == 1 else ast.BoolOp("and", tuple(parts)))
 
 
-def reads_now(expr: ast.Expr | None) -> bool:
-    """Whether ``expr`` (its lets inlined) reads ``now``, the decision's time."""
-    if expr is None:
-        return False
-    if isinstance(expr, ast.Path):
-        return expr.root == "now"
-    if isinstance(expr, ast.ListExpr):
-        return any(reads_now(i) for i in expr.items)
-    if isinstance(expr, ast.MapExpr):
-        return any(reads_now(v) for _, v in expr.entries)
-    if isinstance(expr, ast.Not):
-        return reads_now(expr.operand)
-    if isinstance(expr, ast.BoolOp):
-        return any(reads_now(o) for o in expr.operands)
-    if isinstance(expr, ast.Compare):
-        return reads_now(expr.left) or reads_now(expr.right)
-    if isinstance(expr, ast.Has):
-        return reads_now(expr.base)
-    if isinstance(expr, ast.Call):
-        return any(reads_now(a) for a in expr.args)
-    return False
-
-
 def rule_reads_now(rule: ast.Rule, lets: Lets) -> bool:
     """Whether any clause of ``rule`` reads the decision's time."""
     clauses = [rule.when, rule.unless, *(limit.amount for limit in rule.limits)]
     clauses += [require.condition for require in rule.requires]
     return any(
-        reads_now(inline_lets(clause, rule.package, lets))
+        reads_root(inline_lets(clause, rule.package, lets), "now")
         for clause in clauses
         if clause is not None
     )

@@ -37,6 +37,13 @@ def walk(expr: ast.Expr) -> Iterator[ast.Expr]:
         stack.extend(reversed(list(children(node))))
 
 
+def reads_root(expr: ast.Expr | None, root: str) -> bool:
+    """Whether ``expr`` reads a path of ``root`` (``tool``, ``now``) anywhere in it."""
+    if expr is None:
+        return False
+    return any(isinstance(node, ast.Path) and node.root == root for node in walk(expr))
+
+
 def rule_exprs(rule: ast.Rule) -> Iterator[ast.Expr]:
     """Every expression a rule holds: its target's patterns, conditions, limits, requires."""
     if rule.target is not None:
