@@ -996,6 +996,13 @@ def test_a_forbid_on_an_attribute_a_request_may_lack_is_a_warning() -> None:
         'forbid f when action == "x" and resource.id == "y" and subject.type == "user"',
         'forbid f call tool "x" when tool.name like "*rm*"',
         'forbid f when delegated and user.id == "mallory"',
+        'forbid f when subject.type == "user" and user.id == "mallory"',
+        'forbid f when "identity" == subject.type and user.id == "mallory"',
+        'forbid f when subject.type in ["user", "identity"] and user.id == "mallory"',
+        'forbid f when subject.type != "user" or user.id == "mallory"',
+        'forbid f when subject.type == "user" unless user.id == "alice"',
+        'let persons = ["user", "identity"]\nforbid f when subject.type in persons and '
+        'user.id == "x"',
         'forbid f when agent.labels has "team" and agent.labels.team == "x"',
         'permit p when agent.status == "active"',
     ],
@@ -1012,6 +1019,9 @@ def test_reads_known_to_be_present_are_fine_in_a_forbid(rule: str) -> None:
     [
         ('forbid f when tool.name like "*rm*"', "tool.name"),
         ('forbid f when user.id == "mallory"', "user.id"),
+        ('forbid f when subject.type == "user" or user.id == "mallory"', "user.id"),
+        ('forbid f when subject.type in ["user", "service"] and user.id == "m"', "user.id"),
+        ('forbid f when subject.type == "user" and user.email == "m"', "user.email"),
         ('forbid f when agent has risk or agent.status == "x"', "agent.status"),
         ('forbid f when agent.risk > high unless agent.status == "x"', "agent.risk"),
         ("forbid f when context.amount > 100 USD", "context.amount"),
