@@ -939,8 +939,36 @@ def test_a_comparison_that_cannot_change_is_a_warning(condition: str, message: s
 
 
 def test_a_comparison_of_two_constants_is_a_warning() -> None:
-    warning = one_warning(run('let mode = "strict"\npermit p when agent.id == "a" or mode == "x"'))
-    assert warning.message == 'mode == "x" is always false: both sides are constants'
+    warning = one_warning(run('permit p when agent.id == "a" or "strict" == "x"'))
+    assert warning.message == '"strict" == "x" is always false: both sides are constants'
+
+
+@pytest.mark.parametrize(
+    "policy",
+    [
+        "let suspended = []\nforbid blocked when agent.id in suspended",
+        "let strict = true\npermit p when strict == true and agent.risk > high",
+        'let mode = "strict"\npermit p when agent.id == "a" or mode == "x"',
+        "let none = []\nlet blocked = none\nforbid b when none contains agent.id or "
+        "agent.id in blocked",
+        'let on = true\nlet check = on == true\npermit p when check and agent.id == "a"',
+    ],
+)
+def test_constants_a_let_gives_are_configuration_not_warnings(policy: str) -> None:
+    assert list(run(policy).diagnostics) == []
+
+
+def test_constants_written_in_a_let_are_warnings_where_they_are_written() -> None:
+    warning = one_warning(run('let check = true == true\npermit p when check and agent.id == "a"'))
+    assert warning.message == "true == true is always true: both sides are constants"
+    assert at(warning)[:3] == ("p0.pol", 1, 13)
+
+
+def test_a_let_outside_a_range_is_still_a_warning() -> None:
+    warning = one_warning(run("let top = critical\npermit p when agent.risk > top"))
+    assert (
+        warning.message == "agent.risk > top is always false: risk levels go from low to critical"
+    )
 
 
 def test_a_comparison_on_the_wrong_resource_type_is_a_warning() -> None:
