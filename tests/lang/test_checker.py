@@ -867,6 +867,22 @@ def test_an_unknown_type_comes_first_with_the_reads_it_breaks_folded() -> None:
     )
 
 
+def test_two_roots_of_one_cause_fold_each_follow_on_into_the_first_only() -> None:
+    result = check_all(
+        "schema { agent { x: strng } }",
+        "schema { agent { x: strng } }",
+        'permit p when agent.x == "1"\npermit q when agent.x == "2"',
+        schema=None,
+    )
+    assert [(str(d.span), d.message) for d in result.errors] == [
+        ("p0.pol:1:21", "unknown type 'strng'"),
+        ("p1.pol:1:21", "unknown type 'strng'"),
+    ]
+    first, second = result.errors
+    assert [str(d.span) for d in first.follow_ons] == ["p2.pol:1:15", "p2.pol:2:15"]
+    assert second.follow_ons == ()
+
+
 def test_an_attribute_under_the_wrong_entity_is_reported_once_with_its_declaration() -> None:
     result = check_all(
         "permit a when agent.risk < high\npermit b when agent.risk <= medium\n"
