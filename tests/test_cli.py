@@ -193,6 +193,24 @@ def test_a_filter_that_selects_nothing_exits_2(
     assert "no test name contains 'nope' or 'none'" in err
 
 
+def test_a_filter_that_selects_nothing_still_prints_json(
+    capsys: pytest.CaptureFixture[str], capped: Path
+) -> None:
+    code, out, err = run(capsys, "test", "--json", "--filter", "nope", str(capped))
+    assert code == 2
+    message = f"no test name contains 'nope' (ignoring case); 2 tests in {capped}"
+    assert json.loads(out) == {
+        "ok": False,
+        "selected": 0,
+        "total": 2,
+        "passed": 0,
+        "failed": 0,
+        "tests": [],
+        "message": message,
+    }
+    assert err == f"tessera test: {message}\n"
+
+
 def test_coverage_lists_rules_and_the_minimum_names_the_untested_ones(
     capsys: pytest.CaptureFixture[str], capped: Path
 ) -> None:

@@ -173,11 +173,14 @@ def _test(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     tests = select_tests(bundle.tests, args.filter)
     if args.filter and not tests:
         names = " or ".join(repr(name) for name in args.filter)
-        print(
-            f"tessera test: no test name contains {names} (ignoring case); "
-            f"{len(bundle.tests)} tests in {directory}",
-            file=err,
+        message = (
+            f"no test name contains {names} (ignoring case); "
+            f"{len(bundle.tests)} tests in {directory}"
         )
+        print(f"tessera test: {message}", file=err)
+        if args.json:  # a caller reading JSON gets JSON, an empty run with the message
+            data = {**_test_json([], len(bundle.tests), None, None), "ok": False}
+            print(json.dumps({**data, "message": message}, indent=2), file=out)
         return USAGE
     wants_coverage = args.coverage or args.coverage_min is not None
     coverage = Coverage(bundle) if wants_coverage else None

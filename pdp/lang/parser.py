@@ -769,7 +769,7 @@ class _Builder:
                         "time at or after it, or test the earlier time in a test of its own",
                     )
                 now = when
-            if now > _LAST_INSTANT:
+            if now >= _END_OF_TIME:
                 self._fail("this moves the clock past the year 9999", statement.span)
             moves.append(statement)
         if moves and steps:  # without steps, the test says it has none
@@ -856,8 +856,9 @@ class _Builder:
         return ast.Expect(verdict == "allow", by, requiring, self._span(meta))
 
 
-# The last instant a time can name (9999-12-31T23:59:59Z, the end of time() values).
-_LAST_INSTANT = datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC).timestamp()
+# The first instant past the year 9999, where time() values end: 9999-12-31T23:59:59.5Z
+# is still in it. A whole number of seconds, so the float clock compares it exactly.
+_END_OF_TIME = datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC).timestamp() + 1
 
 
 def _instant(seconds: float) -> str:

@@ -361,6 +361,10 @@ def test_error_shows_location_line_caret_and_hint() -> None:
             "past the year 9999",
         ),
         (
+            'test "t" { at "9999-12-31T23:59:59.5Z" after 500ms call tool "a" expect allow }',
+            "past the year 9999",
+        ),
+        (
             'test "t" { at "2026-12-01T09:00:00Z" agent { id: "a" } call tool "a" expect allow }',
             "agent block goes before its steps",
         ),
