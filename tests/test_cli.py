@@ -59,10 +59,10 @@ def test_check_lists_a_schema_typo_first_and_folds_what_it_breaks(
     first, *rest = err.split("\n\n")
     assert first.startswith(f"{schema}:13:13: error: unknown type 'strng'\n")
     assert first.endswith(
-        f"  … and 32 more caused by this: {policies}/agents.pol:14:32, "
+        f"  … and 34 more caused by this: {policies}/agents.pol:14:32, "
         f"{policies}/agents_test.pol:4:36, {policies}/agents_test.pol:10:39, …"
     )
-    assert rest == [f"1 error (32 more caused by it) in {policies}\n"]
+    assert rest == [f"1 error (34 more caused by it) in {policies}\n"]
 
 
 def test_check_warns_about_a_forbid_on_an_absent_attribute_and_strict_fails(
