@@ -196,6 +196,24 @@ def test_a_filter_that_selects_nothing_exits_2(
     assert "no test name contains 'nope' or 'none'" in err
 
 
+def test_a_filter_that_selects_nothing_still_prints_json(
+    capsys: pytest.CaptureFixture[str], capped: Path
+) -> None:
+    code, out, err = run(capsys, "test", "--json", "--filter", "nope", str(capped))
+    assert code == 2
+    message = f"no test name contains 'nope' (ignoring case); 2 tests in {capped}"
+    assert json.loads(out) == {
+        "ok": False,
+        "selected": 0,
+        "total": 2,
+        "passed": 0,
+        "failed": 0,
+        "tests": [],
+        "message": message,
+    }
+    assert err == f"tessera test: {message}\n"
+
+
 def test_coverage_lists_rules_and_the_minimum_names_the_untested_ones(
     capsys: pytest.CaptureFixture[str], capped: Path
 ) -> None:
@@ -365,7 +383,7 @@ def test_fmt_check_diff_prints_a_unified_diff_and_changes_nothing(
     messy.write_text('# keep\npermit   x call tool "a"   when agent.risk<high\n')
     tidy = Path("rules/tidy.pol")
     tidy.write_text("permit y\n")
-    code, out, _ = run(capsys, "fmt", "--check", "--diff", "rules")
+    code, out, err = run(capsys, "fmt", "--check", "--diff", "rules")
     assert code == 1
     assert out == (
         "--- a/rules/messy.pol\n"
@@ -376,15 +394,45 @@ def test_fmt_check_diff_prints_a_unified_diff_and_changes_nothing(
         "+permit x\n"
         '+  call tool "a"\n'
         "+  when agent.risk < high\n"
-        "would reformat rules/messy.pol\n"
-        "1 of 2 files would reformat\n"
     )
+    assert err == "would reformat rules/messy.pol\n1 of 2 files would reformat\n"
     assert messy.read_text() == '# keep\npermit   x call tool "a"   when agent.risk<high\n'
-    assert run(capsys, "fmt", "--diff", "rules") == (1, out, "")  # --diff implies --check
-    assert run(capsys, "fmt", "--check", "--diff", "rules/tidy.pol")[:2] == (
+    assert run(capsys, "fmt", "--diff", "rules") == (1, out, err)  # --diff implies --check
+    assert run(capsys, "fmt", "--check", "--diff", "rules/tidy.pol") == (
         0,
+        "",
         "0 of 1 files would reformat\n",
     )
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        '# keep\r\npermit   x call tool "a"\r\n\r\nforbid y\r\n',
+        '# a\u2028b\x85c\x0bd\x1ce\npermit   x call tool "f\x0cg"\n# h\u2029i',
+    ],
+    ids=["crlf", "unicode-line-separators"],
+)
+def test_fmt_diff_applies_with_git_apply_to_the_formatted_text(
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    source: str,
+) -> None:
+    from pdp.lang.formatter import format_source
+
+    monkeypatch.chdir(tmp_path)
+    subprocess.run(["git", "init", "-q"], check=True)
+    policy = Path("p.pol")
+    policy.write_bytes(source.encode())
+    code, patch, err = run(capsys, "fmt", "--diff", "p.pol")
+    assert code == 1
+    assert err == "would reformat p.pol\n1 of 1 files would reformat\n"
+    subprocess.run(["git", "apply", "-"], input=patch.encode(), check=True)
+    formatted = policy.read_bytes().decode()
+    assert "\r" not in formatted
+    assert formatted == format_source(source, "p.pol")
+    assert run(capsys, "fmt", "--check", "p.pol")[0] == 0
 
 
 def test_fmt_diff_marks_a_last_line_without_a_newline(

@@ -196,6 +196,20 @@ def test_an_after_shorter_than_the_window_keeps_the_cap_spent() -> None:
     assert "used 100, this call 1" in text
 
 
+def test_a_clock_in_the_last_second_of_the_year_9999_runs() -> None:
+    out = clock_results(
+        """
+        test "the end of time" {
+          agent { id: "a" }
+          at "9999-12-31T23:59:59.5Z"
+          call tool "pay" with { amount: 100 USD }
+          expect deny
+        }
+        """
+    )
+    assert out == [("the end of time", "expected deny, got allow")]
+
+
 def test_at_sets_the_clock_the_engine_decides_with() -> None:
     seen: list[float] = []
     bundle = bundle_of(

@@ -173,11 +173,14 @@ def _test(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     tests = select_tests(bundle.tests, args.filter)
     if args.filter and not tests:
         names = " or ".join(repr(name) for name in args.filter)
-        print(
-            f"tessera test: no test name contains {names} (ignoring case); "
-            f"{len(bundle.tests)} tests in {directory}",
-            file=err,
+        message = (
+            f"no test name contains {names} (ignoring case); "
+            f"{len(bundle.tests)} tests in {directory}"
         )
+        print(f"tessera test: {message}", file=err)
+        if args.json:  # a caller reading JSON gets JSON, an empty run with the message
+            data = {**_test_json([], len(bundle.tests), None, None), "ok": False}
+            print(json.dumps({**data, "message": message}, indent=2), file=out)
         return USAGE
     wants_coverage = args.coverage or args.coverage_min is not None
     coverage = Coverage(bundle) if wants_coverage else None
@@ -335,7 +338,8 @@ def _fmt(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     broken = False
     for path in files:
         try:
-            text = path.read_text(encoding="utf-8")
+            # The bytes as they are (no newline translation): a CRLF file is not formatted.
+            text = path.read_bytes().decode("utf-8")
             formatted = format_source(text, str(path))
         except PolicyError as exc:
             print_diagnostics(exc.diagnostics, err)
@@ -350,12 +354,13 @@ def _fmt(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             if args.diff:
                 out.write(_unified_diff(path, text, formatted))
             elif not args.check:
-                path.write_text(formatted, encoding="utf-8")
+                path.write_text(formatted, encoding="utf-8", newline="")
     check = args.check or args.diff
     verb = "would reformat" if check else "reformatted"
+    listing = err if args.diff else out  # with --diff, standard output is the patch alone
     for path in changed:
-        print(f"{verb} {path}", file=out)
-    print(f"{len(changed)} of {len(files)} files {verb}", file=out)
+        print(f"{verb} {path}", file=listing)
+    print(f"{len(changed)} of {len(files)} files {verb}", file=listing)
     if broken:
         return USAGE
     return FAILED if (check and changed) else OK
@@ -366,8 +371,8 @@ def _unified_diff(path: Path, before: str, after: str) -> str:
     headers (the path as given, without a leading ``/``), as ``git diff`` writes them."""
     name = path.as_posix().lstrip("/")
     lines = difflib.unified_diff(
-        before.splitlines(keepends=True),
-        after.splitlines(keepends=True),
+        _lines(before),
+        _lines(after),
         fromfile=f"a/{name}",
         tofile=f"b/{name}",
     )
@@ -375,6 +380,17 @@ def _unified_diff(path: Path, before: str, after: str) -> str:
     return "".join(
         line if line.endswith("\n") else line + "\n\\ No newline at end of file\n" for line in lines
     )
+
+
+def _lines(text: str) -> list[str]:
+    """The lines of ``text`` with their ends, split at "\n" only, as diff(1) and git split
+    them (``str.splitlines`` also splits at U+2028, form feeds and others that a comment
+    or string may hold)."""
+    parts = text.split("\n")
+    lines = [part + "\n" for part in parts[:-1]]
+    if parts[-1]:
+        lines.append(parts[-1])
+    return lines
 
 
 FMT = Command(

@@ -40,7 +40,11 @@ def root_first(diagnostics: Iterable[Diagnostic]) -> list[Diagnostic]:
             follow_ons[d.cause] = []
             roots[d.cause] = d
             kept.append(dataclasses.replace(d, key=d.cause, cause=""))
-    folded = [_fold(d, follow_ons.get(d.key, [])) for d in kept]
+    folded = []
+    for d in kept:
+        # Two roots of one cause (a misspelled type declared in two files): the first in
+        # reading order takes the follow-ons, so each is counted and shown once.
+        folded.append(_fold(d, follow_ons.pop(d.key, [])))
     return sorted(folded, key=lambda d: (not d.follow_ons, *position(d)))
 
 

@@ -173,8 +173,27 @@ def _syntax_diagnostic(exc: UnexpectedInput, text: str, lines: list[str], path: 
     return _diagnostic(message, span, lines, hint)
 
 
+# The words a rule's clauses start with; none of them names a rule.
+CLAUSE_KEYWORDS = ("call", "action", "when", "unless", "limit", "require")
 # A rule without a name reads its first clause keyword as the name.
-_NAMELESS_RULE = re.compile(r"\b(permit|forbid)\s+(call|action|when|unless|limit|require)\s*$")
+_NAMELESS_RULE = re.compile(rf"\b(permit|forbid)\s+({'|'.join(CLAUSE_KEYWORDS)})\s*$")
+# Comments and strings, whose words are no code (a string is matched first: "#" in one).
+_NOT_CODE = re.compile(r'"(?:\\["\\nrt]|[^"\\\n])*"|#[^\n]*')
+
+
+def _code_only(text: str) -> str:
+    """``text`` with comments and strings blanked out, every position kept."""
+    return _NOT_CODE.sub(lambda m: " " * len(m.group()), text)
+
+
+def _nameless(effect: str, keyword: str) -> tuple[str, str]:
+    """The message and hint for a rule whose name is missing before ``keyword``."""
+    return (
+        f"a rule needs a name: {effect} NAME …",
+        f"name the rule before its {keyword} clause: {effect} read_tools {keyword} …",
+    )
+
+
 _CONDITION_STARTS = frozenset((*ast.ROOTS, "not", "delegated", "autonomous"))
 
 
@@ -184,19 +203,15 @@ def _common_mistake(
     """A message of its own for mistakes people make often: a rule without a name, a
     condition without ``when``."""
     token = exc.token
-    before = text[: token.start_pos] if token.start_pos is not None else ""
+    before = _code_only(text[: token.start_pos] if token.start_pos is not None else "")
     nameless = _NAMELESS_RULE.search(before)
     if nameless is not None:
         effect, keyword = nameless.group(1), nameless.group(2)
         line = before.count("\n", 0, nameless.start(2)) + 1
         column = nameless.start(2) - (before.rfind("\n", 0, nameless.start(2)) + 1) + 1
         span = Span(path, line, column, line, column + len(keyword))
-        return _diagnostic(
-            f"a rule needs a name: {effect} NAME …",
-            span,
-            lines,
-            f"name the rule before its {keyword} clause: {effect} read_tools {keyword} …",
-        )
+        message, hint = _nameless(effect, keyword)
+        return _diagnostic(message, span, lines, hint)
     expected = {str(e) for e in exc.expected}
     if str(token) in _CONDITION_STARTS and "WHEN" in expected:
         span = _token_span(token, path)
@@ -412,6 +427,9 @@ class _Builder:
     # rules ---------------------------------------------------------------
     def rule(self, meta: Any, children: list[Any]) -> ast.Rule:
         effect, name, *clauses = children
+        if name in CLAUSE_KEYWORDS:  # `permit when` alone parses, the keyword as its name
+            message, hint = _nameless(str(effect), str(name))
+            self._fail(message, self._tspan(name), hint)
         target = when = unless = None
         limits: list[ast.Limit] = []
         requires: list[ast.Require] = []
@@ -751,7 +769,7 @@ class _Builder:
                         "time at or after it, or test the earlier time in a test of its own",
                     )
                 now = when
-            if now > _LAST_INSTANT:
+            if now >= _END_OF_TIME:
                 self._fail("this moves the clock past the year 9999", statement.span)
             moves.append(statement)
         if moves and steps:  # without steps, the test says it has none
@@ -838,8 +856,9 @@ class _Builder:
         return ast.Expect(verdict == "allow", by, requiring, self._span(meta))
 
 
-# The last instant a time can name (9999-12-31T23:59:59Z, the end of time() values).
-_LAST_INSTANT = datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC).timestamp()
+# The first instant past the year 9999, where time() values end: 9999-12-31T23:59:59.5Z
+# is still in it. A whole number of seconds, so the float clock compares it exactly.
+_END_OF_TIME = datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC).timestamp() + 1
 
 
 def _instant(seconds: float) -> str:

@@ -3,8 +3,9 @@
 The root is the directory ``tessera check`` would be pointed at: the nearest one above the
 file that holds a ``bundle.toml`` (:data:`pdp.loader.BUNDLE_MARKER`), else the workspace
 folder holding the file, else the file's own directory. Its files are the loader's
-(:func:`pdp.loader.policy_files`), each read from the editor when it is open there, so a
-file of another bundle is never checked with this one.
+(:func:`pdp.loader.policy_files`, listed within bounds by :mod:`pdp.lsp.files`), each read
+from the editor when it is open there, so a file of another bundle is never checked with
+this one. A root with too many files to list is checked with its open files alone.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ from pdp.lang import ast
 from pdp.lang.checker import CheckResult, check
 from pdp.lang.errors import Diagnostic, PolicyError, Sources, Span
 from pdp.lang.parser import parse
-from pdp.loader import BUNDLE_MARKER, policy_files
+from pdp.loader import BUNDLE_MARKER
+from pdp.lsp.files import MAX_DIRECTORIES, MAX_FILES, Listing, list_bundle
 
 MAX_DOCUMENT = 1 << 20
 """The largest file parsed, in bytes of UTF-8; a larger one gets one diagnostic instead."""
@@ -77,15 +79,26 @@ def _read(path: Path) -> str | Diagnostic:
         return Diagnostic("error", f"cannot read {path}: {exc}", Span(str(path), 1, 1, 1, 1))
 
 
+def _too_many_files(root: Path) -> Diagnostic:
+    return Diagnostic(
+        "warning",
+        f"{root} holds more than {MAX_FILES:,} .pol files or {MAX_DIRECTORIES:,} "
+        "directories, so the other files of this bundle are not read: only the open ones "
+        "are checked, together",
+        Span(str(root), 1, 1, 1, 1),
+        hint="mark the policy directory as a bundle: create an empty bundle.toml in it",
+    )
+
+
 def bundle_texts(
-    root: Path | None, open_texts: Mapping[str, str]
+    root: Path | None, open_texts: Mapping[str, str], listing: Listing
 ) -> tuple[dict[str, str], list[Diagnostic]]:
-    """The text of every `.pol` file of the bundle at ``root`` (``open_texts``, those of
-    its files open in the editor, first), and a diagnostic for each that cannot be read."""
+    """The text of every `.pol` file of the bundle at ``root`` as ``listing`` lists them
+    (``open_texts``, those of its files open in the editor, first), and a diagnostic for
+    each that cannot be read."""
     texts: dict[str, str] = {}
     problems: list[Diagnostic] = []
-    on_disk = policy_files(root) if root is not None and root.is_dir() else []
-    for path in on_disk:
+    for path in listing.files:
         name = str(path)
         if name in open_texts:
             continue
@@ -98,9 +111,14 @@ def bundle_texts(
     return texts, problems
 
 
-def analyze(root: Path | None, open_texts: Mapping[str, str]) -> Analysis:
-    """Parse and check the bundle at ``root`` (None: ``open_texts`` alone)."""
-    texts, problems = bundle_texts(root, open_texts)
+def analyze(
+    root: Path | None, open_texts: Mapping[str, str], listing: Listing | None = None
+) -> Analysis:
+    """Parse and check the bundle at ``root`` (None: ``open_texts`` alone), whose files
+    ``listing`` lists (when None, they are listed now)."""
+    if listing is None:
+        listing = list_bundle(root) if root is not None and root.is_dir() else Listing(())
+    texts, problems = bundle_texts(root, open_texts, listing)
     files = set(texts) | {problem.span.file for problem in problems}
     sources = Sources()
     modules: dict[str, ast.Module] = {}
@@ -121,5 +139,7 @@ def analyze(root: Path | None, open_texts: Mapping[str, str]) -> Analysis:
     for diagnostic in shown:
         file = diagnostic.span.file
         diagnostics.setdefault(file if file in files else ELSEWHERE, []).append(diagnostic)
+    if listing.too_large and root is not None:
+        diagnostics.setdefault(ELSEWHERE, []).append(_too_many_files(root))
     broken = problems[0].span.file if problems else None
     return Analysis(root, texts, modules, result, diagnostics, broken)

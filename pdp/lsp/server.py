@@ -2,13 +2,17 @@
 
 It keeps the editor's text of each open file and, on every open, change, save and close,
 parses and checks the bundle that file belongs to (:mod:`pdp.lsp.bundle`) and publishes
-the diagnostics of each of its files. Hover (:mod:`pdp.lsp.hover`), go to definition
-(:mod:`pdp.lsp.navigate`) and formatting (:func:`pdp.lang.formatter.format_source`) read
-the last analysis. The Language Server Protocol 3.17 is pygls's; this module maps it.
+the diagnostics of each of its files; a change waits a moment for the next
+(:mod:`pdp.lsp.debounce`), and the bundle's list of files is kept until a save, an open,
+a close or the client's file watcher says files changed (:mod:`pdp.lsp.files`). Hover
+(:mod:`pdp.lsp.hover`), go to definition (:mod:`pdp.lsp.navigate`) and formatting
+(:func:`pdp.lang.formatter.format_source`) read the last analysis. The Language Server
+Protocol 3.17 is pygls's; this module maps it.
 """
 
 from __future__ import annotations
 
+from functools import partial
 from importlib import metadata
 from pathlib import Path
 
@@ -19,7 +23,10 @@ from pygls.workspace import TextDocument
 
 from pdp.lang.errors import Diagnostic, PolicyError, source_lines
 from pdp.lang.formatter import format_source
+from pdp.loader import BUNDLE_MARKER, SUFFIX
 from pdp.lsp.bundle import ELSEWHERE, Analysis, analyze, bundle_root, too_large
+from pdp.lsp.debounce import Debouncer
+from pdp.lsp.files import FileLists
 from pdp.lsp.hover import hover_text
 from pdp.lsp.navigate import definition, node_at
 from pdp.lsp.positions import end_of, from_position, to_range
@@ -38,6 +45,8 @@ class PolicyServer(LanguageServer):
         super().__init__(NAME, _version())
         self.analyses: dict[str, Analysis] = {}
         self.shown: dict[str, set[str]] = {}  # bundle → the uris given diagnostics last
+        self.files = FileLists()
+        self.rechecks = Debouncer()
 
     def locate(self, uri: str) -> Located:
         fs_path = to_fs_path(uri)
@@ -65,13 +74,19 @@ class PolicyServer(LanguageServer):
         return found
 
     def analysis(self, uri: str) -> tuple[Analysis, str]:
-        """The analysis of the bundle ``uri`` belongs to (made now if there is none) and
-        the document's path in it."""
+        """The analysis of the bundle ``uri`` belongs to (made now if there is none or a
+        change is waiting) and the document's path in it."""
         root, path = self.locate(uri)
-        known = self.analyses.get(str(root) if root is not None else path)
+        self.rechecks.flush(_key(root, path))
+        known = self.analyses.get(_key(root, path))
         if known is None or path not in known.texts:
             known = refresh(self, uri)
         return known, path
+
+
+def _key(root: Path | None, path: str) -> str:
+    """What names a bundle in the server's tables: its root, or the lone document."""
+    return str(root) if root is not None else path
 
 
 def _version() -> str:
@@ -84,9 +99,11 @@ def _version() -> str:
 def refresh(ls: PolicyServer, uri: str) -> Analysis:
     """Analyse the bundle of ``uri`` again and publish the diagnostics of its files."""
     root, path = ls.locate(uri)
+    key = _key(root, path)
+    ls.rechecks.cancel(key)  # this check is newer than any waiting
     documents = ls.open_documents(root, path)
-    analysis = analyze(root, {p: d.source for p, d in documents.items()})
-    key = str(root) if root is not None else path
+    listing = ls.files.get(root) if root is not None else None
+    analysis = analyze(root, {p: d.source for p, d in documents.items()}, listing)
     ls.analyses[key] = analysis
     uris = {p: d.uri for p, d in documents.items()}
     shown: set[str] = set()
@@ -133,15 +150,26 @@ def _unchecked(broken: str) -> types.Diagnostic:
     )
 
 
+def _forget_files(ls: PolicyServer, uri: str) -> None:
+    """List the bundle of ``uri`` again at its next check: a file may have come or gone."""
+    fs_path = to_fs_path(uri)
+    if fs_path is not None:
+        ls.files.forget(Path(fs_path))
+
+
 def did_open(ls: PolicyServer, params: types.DidOpenTextDocumentParams) -> None:
+    _forget_files(ls, params.text_document.uri)
     refresh(ls, params.text_document.uri)
 
 
 def did_change(ls: PolicyServer, params: types.DidChangeTextDocumentParams) -> None:
-    refresh(ls, params.text_document.uri)
+    """Check the bundle once the changes pause, with the latest text only."""
+    uri = params.text_document.uri
+    ls.rechecks.schedule(_key(*ls.locate(uri)), partial(refresh, ls, uri))
 
 
 def did_save(ls: PolicyServer, params: types.DidSaveTextDocumentParams) -> None:
+    _forget_files(ls, params.text_document.uri)
     refresh(ls, params.text_document.uri)
 
 
@@ -149,11 +177,46 @@ def did_close(ls: PolicyServer, params: types.DidCloseTextDocumentParams) -> Non
     """Check the bundle again with the file as saved; a file that is no file on disk has
     nothing left to show."""
     uri = params.text_document.uri
+    _forget_files(ls, uri)
     root, path = ls.locate(uri)
     if root is not None and path in refresh(ls, uri).texts:
         return
     ls.analyses.pop(path, None)
     ls.text_document_publish_diagnostics(types.PublishDiagnosticsParams(uri, []))
+
+
+def did_change_watched_files(ls: PolicyServer, params: types.DidChangeWatchedFilesParams) -> None:
+    """Files changed on disk: list again the bundles that hold them, and check again each
+    bundle with an open file among them."""
+    changed = [Path(p) for p in (to_fs_path(c.uri) for c in params.changes) if p is not None]
+    for file in changed:
+        ls.files.forget(file)
+    every = any(file.name == BUNDLE_MARKER for file in changed)
+    for uri in list(ls.workspace.text_documents):
+        root, path = ls.locate(uri)
+        if root is not None and (every or any(root in file.parents for file in changed)):
+            ls.rechecks.schedule(_key(root, path), partial(refresh, ls, uri))
+
+
+WATCHED = "tessera-policy-files"
+"""The id of the server's registration of file watchers with the client."""
+
+
+def initialized(ls: PolicyServer, params: types.InitializedParams) -> None:
+    """Ask the client to watch the files that make bundles, if it can be asked."""
+    workspace = ls.client_capabilities.workspace
+    watched = workspace.did_change_watched_files if workspace is not None else None
+    if watched is None or not watched.dynamic_registration:
+        return
+    watchers = [
+        types.FileSystemWatcher(f"**/*{SUFFIX}"),
+        types.FileSystemWatcher(f"**/{BUNDLE_MARKER}"),
+    ]
+    options = types.DidChangeWatchedFilesRegistrationOptions(watchers)
+    method = types.WORKSPACE_DID_CHANGE_WATCHED_FILES
+    ls.client_register_capability(
+        types.RegistrationParams([types.Registration(WATCHED, method, options)])
+    )
 
 
 def hover(ls: PolicyServer, params: types.HoverParams) -> types.Hover | None:
@@ -227,6 +290,8 @@ def build_server() -> PolicyServer:
     server.feature(types.TEXT_DOCUMENT_DID_CHANGE)(did_change)
     server.feature(types.TEXT_DOCUMENT_DID_SAVE)(did_save)
     server.feature(types.TEXT_DOCUMENT_DID_CLOSE)(did_close)
+    server.feature(types.WORKSPACE_DID_CHANGE_WATCHED_FILES)(did_change_watched_files)
+    server.feature(types.INITIALIZED)(initialized)
     server.feature(types.TEXT_DOCUMENT_HOVER)(hover)
     server.feature(types.TEXT_DOCUMENT_DEFINITION)(go_to_definition)
     server.feature(types.TEXT_DOCUMENT_FORMATTING)(formatting)

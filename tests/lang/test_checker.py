@@ -867,6 +867,22 @@ def test_an_unknown_type_comes_first_with_the_reads_it_breaks_folded() -> None:
     )
 
 
+def test_two_roots_of_one_cause_fold_each_follow_on_into_the_first_only() -> None:
+    result = check_all(
+        "schema { agent { x: strng } }",
+        "schema { agent { x: strng } }",
+        'permit p when agent.x == "1"\npermit q when agent.x == "2"',
+        schema=None,
+    )
+    assert [(str(d.span), d.message) for d in result.errors] == [
+        ("p0.pol:1:21", "unknown type 'strng'"),
+        ("p1.pol:1:21", "unknown type 'strng'"),
+    ]
+    first, second = result.errors
+    assert [str(d.span) for d in first.follow_ons] == ["p2.pol:1:15", "p2.pol:2:15"]
+    assert second.follow_ons == ()
+
+
 def test_an_attribute_under_the_wrong_entity_is_reported_once_with_its_declaration() -> None:
     result = check_all(
         "permit a when agent.risk < high\npermit b when agent.risk <= medium\n"
@@ -939,8 +955,36 @@ def test_a_comparison_that_cannot_change_is_a_warning(condition: str, message: s
 
 
 def test_a_comparison_of_two_constants_is_a_warning() -> None:
-    warning = one_warning(run('let mode = "strict"\npermit p when agent.id == "a" or mode == "x"'))
-    assert warning.message == 'mode == "x" is always false: both sides are constants'
+    warning = one_warning(run('permit p when agent.id == "a" or "strict" == "x"'))
+    assert warning.message == '"strict" == "x" is always false: both sides are constants'
+
+
+@pytest.mark.parametrize(
+    "policy",
+    [
+        "let suspended = []\nforbid blocked when agent.id in suspended",
+        "let strict = true\npermit p when strict == true and agent.risk > high",
+        'let mode = "strict"\npermit p when agent.id == "a" or mode == "x"',
+        "let none = []\nlet blocked = none\nforbid b when none contains agent.id or "
+        "agent.id in blocked",
+        'let on = true\nlet check = on == true\npermit p when check and agent.id == "a"',
+    ],
+)
+def test_constants_a_let_gives_are_configuration_not_warnings(policy: str) -> None:
+    assert list(run(policy).diagnostics) == []
+
+
+def test_constants_written_in_a_let_are_warnings_where_they_are_written() -> None:
+    warning = one_warning(run('let check = true == true\npermit p when check and agent.id == "a"'))
+    assert warning.message == "true == true is always true: both sides are constants"
+    assert at(warning)[:3] == ("p0.pol", 1, 13)
+
+
+def test_a_let_outside_a_range_is_still_a_warning() -> None:
+    warning = one_warning(run("let top = critical\npermit p when agent.risk > top"))
+    assert (
+        warning.message == "agent.risk > top is always false: risk levels go from low to critical"
+    )
 
 
 def test_a_comparison_on_the_wrong_resource_type_is_a_warning() -> None:
@@ -996,6 +1040,13 @@ def test_a_forbid_on_an_attribute_a_request_may_lack_is_a_warning() -> None:
         'forbid f when action == "x" and resource.id == "y" and subject.type == "user"',
         'forbid f call tool "x" when tool.name like "*rm*"',
         'forbid f when delegated and user.id == "mallory"',
+        'forbid f when subject.type == "user" and user.id == "mallory"',
+        'forbid f when "identity" == subject.type and user.id == "mallory"',
+        'forbid f when subject.type in ["user", "identity"] and user.id == "mallory"',
+        'forbid f when subject.type != "user" or user.id == "mallory"',
+        'forbid f when subject.type == "user" unless user.id == "alice"',
+        'let persons = ["user", "identity"]\nforbid f when subject.type in persons and '
+        'user.id == "x"',
         'forbid f when agent.labels has "team" and agent.labels.team == "x"',
         'permit p when agent.status == "active"',
     ],
@@ -1012,6 +1063,9 @@ def test_reads_known_to_be_present_are_fine_in_a_forbid(rule: str) -> None:
     [
         ('forbid f when tool.name like "*rm*"', "tool.name"),
         ('forbid f when user.id == "mallory"', "user.id"),
+        ('forbid f when subject.type == "user" or user.id == "mallory"', "user.id"),
+        ('forbid f when subject.type in ["user", "service"] and user.id == "m"', "user.id"),
+        ('forbid f when subject.type == "user" and user.email == "m"', "user.email"),
         ('forbid f when agent has risk or agent.status == "x"', "agent.status"),
         ('forbid f when agent.risk > high unless agent.status == "x"', "agent.risk"),
         ("forbid f when context.amount > 100 USD", "context.amount"),

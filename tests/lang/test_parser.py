@@ -361,6 +361,10 @@ def test_error_shows_location_line_caret_and_hint() -> None:
             "past the year 9999",
         ),
         (
+            'test "t" { at "9999-12-31T23:59:59.5Z" after 500ms call tool "a" expect allow }',
+            "past the year 9999",
+        ),
+        (
             'test "t" { at "2026-12-01T09:00:00Z" agent { id: "a" } call tool "a" expect allow }',
             "agent block goes before its steps",
         ),
@@ -407,6 +411,45 @@ def test_a_rule_without_a_name_says_so(text: str, caret: tuple[int, int, int], h
     assert d.message == f"a rule needs a name: {text.split()[0]} NAME …"
     assert (d.span.line, d.span.column, d.span.end_column - d.span.column) == caret
     assert d.hint.endswith(hint)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        'permit a call tool "x"\n# only permit when\n)',
+        'permit a call tool "permit when"\n)',
+        'permit a call tool "x" # forbid call\n)',
+    ],
+)
+def test_words_in_comments_and_strings_are_no_rule_without_a_name(text: str) -> None:
+    with pytest.raises(PolicyError) as exc:
+        parse(text, "p.pol")
+    (d,) = exc.value.diagnostics
+    assert d.message == "unexpected ')'"
+    assert (d.span.line, d.span.column) == (text.count("\n") + 1, 1)
+
+
+def test_a_comment_between_the_effect_and_a_clause_is_still_a_rule_without_a_name() -> None:
+    with pytest.raises(PolicyError) as exc:
+        parse('permit # reads\n  call tool "x"', "p.pol")
+    (d,) = exc.value.diagnostics
+    assert d.message == "a rule needs a name: permit NAME …"
+    assert (d.span.line, d.span.column) == (2, 3)
+
+
+@pytest.mark.parametrize("keyword", ["when", "unless", "limit", "require", "call", "action"])
+@pytest.mark.parametrize("effect", ["permit", "forbid"])
+def test_a_clause_keyword_names_no_rule(effect: str, keyword: str) -> None:
+    with pytest.raises(PolicyError) as exc:
+        parse(f'{effect} {keyword}\npermit other call tool "x"', "p.pol")
+    (d,) = exc.value.diagnostics
+    assert d.message == f"a rule needs a name: {effect} NAME …"
+    assert d.hint == f"name the rule before its {keyword} clause: {effect} read_tools {keyword} …"
+    assert (d.span.line, d.span.column, d.span.end_column) == (
+        1,
+        len(effect) + 2,
+        len(effect) + 2 + len(keyword),
+    )
 
 
 def test_a_condition_without_when_says_so() -> None:

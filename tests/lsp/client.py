@@ -23,6 +23,7 @@ class Editor:
         self.client = LanguageClient("tessera-tests", "1")
         self.diagnostics: dict[str, asyncio.Queue[list[types.Diagnostic]]] = {}
         self.messages: asyncio.Queue[str] = asyncio.Queue()
+        self.registrations: asyncio.Queue[types.Registration] = asyncio.Queue()
         self.versions: dict[str, int] = {}
 
         # pygls marks a handler with attributes, which a bound method cannot take.
@@ -33,6 +34,11 @@ class Editor:
         @self.client.feature(types.WINDOW_SHOW_MESSAGE)
         def message(params: types.ShowMessageParams) -> None:
             self.messages.put_nowait(params.message)
+
+        @self.client.feature(types.CLIENT_REGISTER_CAPABILITY)
+        def register(params: types.RegistrationParams) -> None:
+            for registration in params.registrations:
+                self.registrations.put_nowait(registration)
 
     def _queue(self, uri: str) -> asyncio.Queue[list[types.Diagnostic]]:
         return self.diagnostics.setdefault(uri, asyncio.Queue())
@@ -58,6 +64,13 @@ class Editor:
 
     def close(self, path: Path) -> None:
         self.client.text_document_did_close(types.DidCloseTextDocumentParams(document(path)))
+
+    def files_changed(self, *paths: Path) -> None:
+        """Say, as a client's file watcher does, that files were created on disk."""
+        created = types.FileChangeType.Created
+        changes = [types.FileEvent(uri(path), created) for path in paths]
+        params = types.DidChangeWatchedFilesParams(changes)
+        self.client.workspace_did_change_watched_files(params)
 
     async def hover(self, path: Path, line: int, character: int) -> types.Hover | None:
         params = types.HoverParams(document(path), types.Position(line, character))
@@ -87,14 +100,16 @@ def document(path: Path) -> types.TextDocumentIdentifier:
 
 
 @asynccontextmanager
-async def editing(workspace: Path) -> AsyncIterator[Editor]:
+async def editing(
+    workspace: Path, capabilities: types.ClientCapabilities | None = None
+) -> AsyncIterator[Editor]:
     """``tessera lsp`` started, initialized on ``workspace``; shut down and exited after."""
     editor = Editor()
     await editor.client.start_io(TESSERA, "lsp")
     try:
         folder = types.WorkspaceFolder(uri(workspace), workspace.name)
         params = types.InitializeParams(
-            capabilities=types.ClientCapabilities(), workspace_folders=[folder]
+            capabilities=capabilities or types.ClientCapabilities(), workspace_folders=[folder]
         )
         await asyncio.wait_for(editor.client.initialize_async(params), WAIT)
         editor.client.initialized(types.InitializedParams())

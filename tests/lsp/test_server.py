@@ -10,6 +10,7 @@ import pytest
 from lsprotocol import types
 
 from pdp.lsp.bundle import MAX_DOCUMENT
+from pdp.lsp.files import MAX_FILES
 from tests.lsp.client import Editor, editing, uri
 
 SCHEMA = """\
@@ -52,9 +53,13 @@ def bundle(tmp_path: Path) -> Path:
     return root
 
 
-def run(workspace: Path, scenario: Callable[[Editor], Awaitable[None]]) -> None:
+def run(
+    workspace: Path,
+    scenario: Callable[[Editor], Awaitable[None]],
+    capabilities: types.ClientCapabilities | None = None,
+) -> None:
     async def session() -> None:
-        async with editing(workspace) as editor:
+        async with editing(workspace, capabilities) as editor:
             await scenario(editor)
 
     asyncio.run(session())
@@ -233,3 +238,57 @@ def test_a_file_over_the_size_bound_gets_one_diagnostic_and_no_parse(bundle: Pat
         assert "larger than 1 MiB" in diagnostic.message
 
     run(bundle.parent, scenario)
+
+
+def test_a_folder_with_too_many_files_checks_the_open_ones_and_says_how_to_fix_it(
+    tmp_path: Path,
+) -> None:
+    """Without a bundle.toml the workspace folder is the bundle; past the bound it is not
+    read (a home directory, a monorepo), and the open file is checked on its own."""
+    for number in range(MAX_FILES + 1):
+        (tmp_path / f"r{number:04}.pol").write_text(f"permit r{number}\n")
+    opened = tmp_path / "r0000.pol"
+
+    async def scenario(editor: Editor) -> None:
+        editor.open(opened, "permit r0\n  when agent.riks == 1\n")
+        error, warning = await editor.published(opened)
+        assert "riks" in error.message
+        assert warning.severity == types.DiagnosticSeverity.Warning
+        assert warning.message.startswith(f"{tmp_path} holds more than 2,000 .pol files")
+        assert "create an empty bundle.toml" in warning.message
+
+    run(tmp_path, scenario)
+
+
+def test_a_file_created_on_disk_is_read_once_the_client_says_so(bundle: Path) -> None:
+    rules = bundle / "rules.pol"
+    lets = bundle / "lets.pol"
+    without_the_let = RULES.replace("let small = 100 USD\n", "")
+
+    async def scenario(editor: Editor) -> None:
+        editor.open(rules, without_the_let)
+        [unknown] = await editor.published(rules)
+        assert "unknown name 'small'" in unknown.message
+        lets.write_text("package pay\n\nlet small = 100 USD\n")
+        editor.files_changed(lets)
+        assert await editor.published(rules) == []
+
+    run(bundle.parent, scenario)
+
+
+def test_the_server_asks_a_client_that_can_be_asked_to_watch_policy_files(
+    bundle: Path,
+) -> None:
+    watched = types.DidChangeWatchedFilesClientCapabilities(dynamic_registration=True)
+    capabilities = types.ClientCapabilities(
+        workspace=types.WorkspaceClientCapabilities(did_change_watched_files=watched)
+    )
+
+    async def scenario(editor: Editor) -> None:
+        registration = await asyncio.wait_for(editor.registrations.get(), 30)
+        assert registration.method == types.WORKSPACE_DID_CHANGE_WATCHED_FILES
+        assert registration.register_options == {
+            "watchers": [{"globPattern": "**/*.pol"}, {"globPattern": "**/bundle.toml"}]
+        }
+
+    run(bundle.parent, scenario, capabilities)

@@ -5,6 +5,12 @@ always is; ``delegation.depth < 0`` never is (a depth counts actors); ``x in []`
 ``subject.type == "servce"`` never is when no subject type has that name; and a
 comparison of two constants always has the same answer. Each is a mistake a reviewer
 would miss, so the checker warns at the comparison.
+
+A constant that comes in through a let is configuration, not a mistake: with
+``let suspended = []``, ``agent.id in suspended`` is false until someone is suspended, and
+``let strict = true`` makes ``strict == true`` a switch. So two constants and an empty
+list are warned about only when the comparison's own text holds them; a let's value
+still counts against a range or the subject types (no setting makes those true).
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ from typing import Any
 
 from pdp.lang import ast
 from pdp.lang.analysis.walk import text, walk
-from pdp.lang.errors import Diagnostic, Sources
+from pdp.lang.errors import Diagnostic, Sources, Span
 from pdp.lang.rewrite import fold
 from pdp.lang.schema import SchemaModel
 from pdp.lang.values import Risk
@@ -84,15 +90,30 @@ def _constant_compare(
 ) -> tuple[bool, str, str] | None:
     """(answer, why, hint) when ``c`` has one answer whatever the request."""
     folded = fold(c)
-    if isinstance(folded, ast.Literal_) and isinstance(folded.value, bool):
+    written = not _from_a_let(c)
+    if written and isinstance(folded, ast.Literal_) and isinstance(folded.value, bool):
         return folded.value, "both sides are constants", "compare an attribute of the request"
-    if c.op in ("in", "contains", "intersects") and _empty(c):
+    if written and c.op in ("in", "contains", "intersects") and _empty(c):
         return False, "nothing is in an empty list", "list at least one value, or remove it"
     if c.op in _ORDERS:
         return _ordered(c) or _named(c, rule, schema)
     if c.op == "in":
         return _named(c, rule, schema)
     return None
+
+
+def _from_a_let(c: ast.Compare) -> bool:
+    """Whether part of ``c`` came in through a let: lets filled in keep the spans of
+    their definition, which lie outside the comparison's own text."""
+    return any(not _within(node.span, c.span) for node in walk(c) if node.span.line > 0)
+
+
+def _within(inner: Span, outer: Span) -> bool:
+    return (
+        inner.file == outer.file
+        and (outer.line, outer.column) <= (inner.line, inner.column)
+        and (inner.end_line, inner.end_column) <= (outer.end_line, outer.end_column)
+    )
 
 
 def _empty(c: ast.Compare) -> bool:

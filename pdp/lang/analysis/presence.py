@@ -12,7 +12,9 @@ and ``subject.id``, ``resource.type`` and ``resource.id``, the ``delegation`` fa
 else may be absent: the directory fills an agent's status, type, roles, groups, scopes
 and labels, but a request decided without one (``tessera eval``, policy tests, a PDP
 without a store, a person the directory does not know) carries only what its caller
-sent, and ``user.*`` is absent whenever an agent acts alone.
+sent, and ``user.*`` is absent whenever an agent acts alone. ``user.id`` is known present
+where the agent is ``delegated`` or the subject is a person (``subject.type == "user"``,
+``subject.type in ["user", "identity"]``): a person's request always names them.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from collections.abc import Iterator
 from pdp.lang import ast
 from pdp.lang.analysis.walk import text
 from pdp.lang.errors import Diagnostic, Sources
+from pdp.lang.schema import PERSONS
 
 Attr = tuple[str, str]
 
@@ -46,12 +49,35 @@ def facts(expr: ast.Expr, value: bool) -> frozenset[Attr]:
         return frozenset({(base.root, base.parts[0]) if base.parts else (base.root, expr.name)})
     if isinstance(expr, ast.Flag) and value and expr.kind == "delegated":
         return frozenset({("user", "id")})  # an agent acting for a user has one
+    if isinstance(expr, ast.Compare) and _is_person(expr, value):
+        return frozenset({("user", "id")})  # a person as the subject has one
     if isinstance(expr, ast.Not):
         return facts(expr.operand, not value)
     if isinstance(expr, ast.BoolOp) and (expr.op == "and") == value:
         # `a and b` true: both were; `a or b` false: both were false.
         return frozenset().union(*(facts(o, value) for o in expr.operands))
     return frozenset()
+
+
+def _is_person(compare: ast.Compare, value: bool) -> bool:
+    """Whether ``compare`` evaluating to ``value`` means the subject is a person."""
+    left, right = compare.left, compare.right
+    if compare.op in ("==", "!=") and (compare.op == "==") == value:
+        if _is_subject_type(right):
+            left, right = right, left
+        return _is_subject_type(left) and _is_person_name(right)
+    if compare.op == "in" and value and isinstance(right, ast.ListExpr):
+        items = right.items
+        return _is_subject_type(left) and bool(items) and all(map(_is_person_name, items))
+    return False
+
+
+def _is_subject_type(expr: ast.Expr) -> bool:
+    return isinstance(expr, ast.Path) and expr.root == "subject" and expr.parts == ("type",)
+
+
+def _is_person_name(expr: ast.Expr) -> bool:
+    return isinstance(expr, ast.Literal_) and expr.value in PERSONS
 
 
 def _reads(
