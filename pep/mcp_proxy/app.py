@@ -357,16 +357,21 @@ class Proxy:
         plan = await self.planner.plan(upstream, caller, messages)
         plan.local[:0] = refusals
         if not plan.forward:
-            local: Any = plan.local if batch else plan.local[0]
-            if plan.step_up and not batch:  # RFC 9470: a stronger token would pass
-                return challenges.insufficient_user_authentication(
-                    self.config, upstream, plan.step_up, dumps(local), plan.decisions
-                )
-            return answer(200, dumps(local), plan.decisions)
+            return self._answered(upstream, plan, batch)
         # What was decided is what goes on, written anew: the upstream's JSON parser never
         # sees another reading of the bytes (a repeated member name, say) than the proxy's
         payload = plan.forward if batch else plan.forward[0]
         return await self.relay.forward(request, upstream, caller, payload, plan)
+
+    def _answered(self, upstream: Upstream, plan: Plan, batch: bool) -> Response:
+        """The answer to a POST the proxy answers whole: 200 with the local answers, or,
+        for a lone call denied only for step-ups, 401 with RFC 9470's challenge."""
+        local: Any = plan.local if batch else plan.local[0]
+        if plan.step_up and not batch:
+            return challenges.insufficient_user_authentication(
+                self.config, upstream, plan.step_up, dumps(local), plan.decisions
+            )
+        return answer(200, dumps(local), plan.decisions)
 
 
 def _header_mismatch(
