@@ -49,6 +49,7 @@ DESCRIPTION = "description"
 CALLBACK_URL = "callbackUrl"
 SCOPES = "scopes"
 LABELS = "labels"
+MINIMUM_ACR = "minimumAcr"
 
 EXTENSION_ATTRIBUTES = (
     OWNER,
@@ -61,6 +62,7 @@ EXTENSION_ATTRIBUTES = (
     CALLBACK_URL,
     SCOPES,
     LABELS,
+    MINIMUM_ACR,
 )
 """Every attribute of the agent extension, in the order a document lists them."""
 
@@ -123,6 +125,7 @@ class Agent:
     callback_url: str | None = None
     scopes: tuple[str, ...] | None = None
     labels: tuple[Label, ...] | None = None
+    minimum_acr: str | None = None  # minimumAcr: the weakest acr its tokens may have
     roles: tuple[str, ...] = ()  # roles[].value, as a user's
     groups: tuple[str, ...] = ()  # displayName of each group listing the agent, sorted
     _attributes: dict[str, Any] = field(init=False, repr=False, compare=False)
@@ -154,6 +157,7 @@ class Agent:
             callback_url=_text(extension.get(CALLBACK_URL)),
             scopes=_texts(extension.get(SCOPES)),
             labels=_labels(extension.get(LABELS)),
+            minimum_acr=_text(extension.get(MINIMUM_ACR)),
         )
 
     @property
@@ -189,6 +193,7 @@ class Agent:
             CALLBACK_URL: self.callback_url,
             SCOPES: None if self.scopes is None else list(self.scopes),
             LABELS: labels,
+            MINIMUM_ACR: self.minimum_acr,
         }
         return {key: value for key, value in values.items() if value is not None}
 

@@ -41,6 +41,7 @@ from issuer.agents import AGENT_EXTENSION as AGENT_EXTENSION
 from issuer.agents import AGENT_SCHEMA as AGENT_SCHEMA
 from issuer.agents import ENTERPRISE_EXTENSION as ENTERPRISE_EXTENSION
 from issuer.agents import AgentStatus, AgentType, RiskLevel
+from issuer.strength import AcrLevel
 
 CONSENT = "Consent"
 """The store kind of a user's consent: ``{"user_id", "agent_id", "client_id", "scopes"}``,
@@ -109,6 +110,11 @@ class AgentExtension(Extension):
 
     labels: list[Label] | None = None
     """Key/value labels."""
+
+    minimum_acr: Annotated[AcrLevel | None, CaseExact.true] = None
+    """The weakest authentication its tokens may carry, a level of the acr ladder such as
+    "urn:tessera:acr:key+mtls"; by default "urn:tessera:acr:key" for high- and
+    critical-risk and external agents, and any level for the others."""
 
 
 class Agent(Resource[Any]):

@@ -42,6 +42,7 @@ from issuer.oauth.clients import AUTH_METHODS, GRANT_TYPES
 from issuer.oauth.endpoints import METADATA_PATH, PATHS
 from issuer.oauth.grants import ACCESS_TOKEN_TYPE
 from issuer.scim import KINDS, MEDIA_TYPE
+from issuer.strength import LADDER
 
 Json = dict[str, Any]
 
@@ -213,6 +214,7 @@ AGENT_EXTENSION_SCHEMA = {
                 "properties": {"key": {"type": "string", "minLength": 1}, "value": STRING},
             },
         },
+        "minimumAcr": {"enum": list(LADDER)},
     },
 }
 

@@ -122,6 +122,22 @@ def test_step_up_is_met_by_the_acr() -> None:
     assert decide(policy, tool="admin", context={"acr": "mfa"}).allow
 
 
+def test_a_ladder_step_up_is_met_by_the_level_asked_or_above() -> None:
+    policy = 'permit p call tool "admin" require step_up("urn:tessera:acr:key+mtls")'
+    for acr in ("urn:tessera:acr:key+mtls", "urn:tessera:acr:key+mtls+human"):
+        assert decide(policy, tool="admin", context={"acr": acr}).allow, acr
+    for acr in ("urn:tessera:acr:key", "urn:tessera:acr:apikey", "mfa", "urn:tessera:acr:other"):
+        decision = decide(policy, tool="admin", context={"acr": acr})
+        assert not decision.allow, acr
+        assert decision.obligations == (Obligation("step_up", "urn:tessera:acr:key+mtls"),)
+
+
+def test_a_step_up_off_the_ladder_is_met_only_by_that_very_value() -> None:
+    policy = 'permit p call tool "admin" require step_up("mfa")'
+    assert not decide(policy, tool="admin", context={"acr": "urn:tessera:acr:key+mtls+human"}).allow
+    assert not decide(policy, tool="admin", context={"acr": "mfa2"}).allow
+
+
 def test_a_permit_that_applies_outright_beats_one_waiting_on_consent() -> None:
     policy = """
     permit gated call tool "pay" require consent("c")

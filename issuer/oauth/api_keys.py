@@ -3,7 +3,9 @@ revocable, and exchangeable for a short-lived access token.
 
 A key reads ``tsk_<key id>_<secret>``: the ``tsk_`` prefix lets secret scanners find
 leaked keys, the key id names the record, and only a SHA-256 hash of the 256-bit secret
-is stored. Only agents whose risk level is ``low`` may hold or use one. A key is traded
+is stored. Only agents whose risk level is ``low`` may hold or use one, and not those
+that need a stronger authentication (external agents, or a ``minimumAcr`` above
+``urn:tessera:acr:apikey``: :func:`issuer.strength.minimum_for`). A key is traded
 for an access token with an RFC 8693 token exchange whose ``subject_token_type`` is
 :data:`API_KEY_TOKEN_TYPE`; the key itself is never accepted as an access token.
 """
@@ -18,6 +20,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from issuer import strength
 from issuer.agents import Agent, RiskLevel
 from issuer.oauth.errors import OAuthError
 from issuer.store import NotFound, Store
@@ -130,7 +133,8 @@ class ApiKeys:
         return key
 
     def low_risk_agent(self, agent_id: str) -> Agent:
-        """The agent, if it may hold a key: in the directory, active and of low risk."""
+        """The agent, if it may hold a key: in the directory, active, of low risk, and
+        needing no stronger authentication than a key."""
         try:
             agent = Agent.from_scim(agent_id, self.store.get("Agent", agent_id).data)
         except NotFound:
@@ -139,6 +143,12 @@ class ApiKeys:
             raise _bad(f"agent {agent_id!r} is {agent.status}")
         if agent.risk != RiskLevel.low:
             raise _bad("API keys are for low-risk agents only")
+        minimum = strength.minimum_for(agent.risk, agent.type, agent.minimum_acr)
+        if minimum != strength.ACR_APIKEY:
+            raise _bad(
+                f"agent {agent_id!r} needs authentication of at least {minimum}: an API key "
+                "is not enough (its type, or its minimumAcr in the directory)"
+            )
         return agent
 
 

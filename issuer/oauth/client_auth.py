@@ -6,7 +6,10 @@
   the issuer or the token endpoint, ``exp`` required and at most
   :data:`MAX_ASSERTION_LIFETIME` ahead, and a ``jti`` never accepted twice.
 
-A client uses exactly one method (RFC 6749 §2.3), the one it registered.
+A client uses exactly one method (RFC 6749 §2.3), the one it registered. A
+private_key_jwt client may present a certificate besides, on the TLS connection or through
+the proxy's header: when its public key is one the client registered, the client's tokens
+are bound to it (RFC 8705 §3) and their ``amr`` has ``mtls`` (:mod:`issuer.strength`).
 """
 
 from __future__ import annotations
@@ -90,6 +93,20 @@ class ClientAuthenticator:
         if method == "client_secret_post":
             return self._secret(form.get("client_id", ""), form["client_secret"], method)
         return self._assertion(form)
+
+    def certificate_bound(self, client: Client, certificate: x509.Certificate | None) -> bool:
+        """Whether the certificate on the request is bound to the authenticated client
+        (RFC 8705 §3: certificate-bound tokens go with any client authentication): a
+        mutual-TLS client's, which authenticated it; a private_key_jwt client's whose
+        public key is one of the client's registered keys."""
+        if certificate is None:
+            return False
+        if client.auth_method in TLS_METHODS:
+            return True
+        if client.auth_method != "private_key_jwt":
+            return False
+        registered = self.remote_keys.resolve(client).jwks
+        return key_thumbprint(certificate) in {thumbprint(jwk) for jwk in registered}
 
     def _mutual_tls(self, client_id: str, certificate: x509.Certificate) -> Client:
         """RFC 8705 §2: the certificate must be the one the client registered."""

@@ -23,6 +23,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from issuer import strength
 from issuer.agents import Agent
 from issuer.keys import KeyRing
 from issuer.oauth import inline, revocation
@@ -34,7 +35,6 @@ from issuer.oauth.clients import (
     ASSERTION_ALGORITHMS,
     AUTH_METHODS,
     GRANT_TYPES,
-    TLS_METHODS,
     TOKEN_EXCHANGE,
     Client,
     ClientRegistry,
@@ -182,17 +182,17 @@ class AuthorizationServer:
         if grant not in client.grant_types:
             raise OAuthError("unauthorized_client", f"this client may not use {grant}")
         certificate = self._certificate(request)
-        bound_to = (
-            confirmation(certificate)
-            if certificate is not None and client.auth_method in TLS_METHODS
-            else None
-        )
+        bound = await inline.run(self.client_auth.certificate_bound, client, certificate)
+        bound_to = confirmation(certificate) if bound and certificate is not None else None
         presented = confirmation(certificate) if certificate is not None else None
+        amr = strength.amr_for(client.auth_method, bound)
         if grant == "client_credentials":  # no side effect before its one possible read
-            body = await inline.run(self.grants.issue, grant, client, form, bound_to)
+            body = await inline.run(
+                self.grants.issue, grant, client, form, bound_to, presented, amr
+            )
         else:
             body = await to_thread.run_sync(
-                self.grants.issue, grant, client, form, bound_to, presented
+                self.grants.issue, grant, client, form, bound_to, presented, amr
             )
         return json_response(body)
 

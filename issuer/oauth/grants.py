@@ -20,6 +20,11 @@ invalid, revoked, bound to another certificate or unacceptable by policy (``may_
 the PDP) is ``invalid_request``; an audience or resource it will not issue for is
 ``invalid_target``. The other grants answer a bad code or refresh token ``invalid_grant``
 (RFC 6749 §5.2).
+
+Every agent token (client credentials, token exchange, an API key's) states how its
+client authenticated, ``amr`` and ``acr``, and is refused when that is below the agent's
+minimum or the request's ``acr_values`` (:mod:`issuer.oauth.token_strength`); it carries
+the request's RFC 9396 ``authorization_details`` (:mod:`issuer.oauth.authorization_details`).
 """
 
 from __future__ import annotations
@@ -28,17 +33,20 @@ import contextlib
 import hashlib
 import secrets
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from issuer import strength
 from issuer.agents import Agent, User
 from issuer.oauth import revocation
 from issuer.oauth.api_keys import ApiKeys
+from issuer.oauth.authorization_details import authorization_details
 from issuer.oauth.authorize import AuthorizationEndpoint, CodeReplayed, check_resources
 from issuer.oauth.clients import TOKEN_EXCHANGE, Client
 from issuer.oauth.errors import OAuthError
 from issuer.oauth.inline import may_block
+from issuer.oauth.token_strength import strength_claims
 from issuer.oauth.tokens import InvalidToken, Issued, TokenMinter, TokenVerifier
 from issuer.store import NotFound, Store, VersionMismatch
 
@@ -95,15 +103,18 @@ class Grants:
 
     def api_key(self, form: dict[str, str], keys: ApiKeys) -> dict[str, Any]:
         """Trade an API key for a short-lived access token (the key is the credential:
-        no client authentication). ``sub`` is the key's agent; scopes narrow to the key's."""
+        no client authentication). ``sub`` is the key's agent; scopes narrow to the key's;
+        ``amr`` is ``apikey``, which an agent that needs more cannot use (RFC 8693
+        §2.2.2: the key, the subject token, is then unacceptable: ``invalid_request``)."""
         key = keys.check(form.get("subject_token", ""))
         agent = self.active_agent(key.agent_id)
+        level = strength_claims(agent, [strength.APIKEY], form, "invalid_request")
         issued = self.minter.mint(
             subject=key.agent_id,
             client_id=f"{API_KEY_CLIENT_PREFIX}{key.id}",
             audience=resources(form) or [self.minter.issuer],
             scope=narrowed(form.get("scope"), key.scopes),
-            extra=agent_claims(agent),
+            extra={**agent_claims(agent), **level, **authorization_details(form)},
             grant="api_key",
         )
         response = _response(issued)
@@ -117,19 +128,21 @@ class Grants:
         form: dict[str, str],
         bound_to: str | None = None,
         presented: str | None = None,
+        amr: Sequence[str] = (),
     ) -> dict[str, Any]:
         """The token response for an authenticated client (RFC 6749 §5.1); ``bound_to`` is
-        the certificate thumbprint of a mutual-TLS client, which its agent tokens carry as
-        ``cnf`` (RFC 8705 §3.1); ``presented`` is the thumbprint of the certificate on the
-        request, which certificate-bound tokens given to the exchange must match."""
+        the certificate thumbprint of a client whose certificate is bound to it, which its
+        agent tokens carry as ``cnf`` (RFC 8705 §3.1); ``presented`` is the thumbprint of
+        the certificate on the request, which certificate-bound tokens given to the
+        exchange must match; ``amr`` the factors of the client's authentication."""
         if grant == "client_credentials":
-            return _response(self.client_credentials(client, form, bound_to))
+            return _response(self.client_credentials(client, form, bound_to, amr))
         if grant == "authorization_code":
             return self.authorization_code(client, form)
         if grant == "refresh_token":
             return self.refresh(client, form)
         if grant == TOKEN_EXCHANGE:
-            response = _response(self.exchange(client, form, bound_to, presented))
+            response = _response(self.exchange(client, form, bound_to, presented, amr))
             response["issued_token_type"] = ACCESS_TOKEN_TYPE
             return response
         raise OAuthError("unsupported_grant_type", f"grant_type {grant!r} is not supported")
@@ -137,16 +150,26 @@ class Grants:
     # -- an agent alone
 
     def client_credentials(
-        self, client: Client, form: dict[str, str], bound_to: str | None = None
+        self,
+        client: Client,
+        form: dict[str, str],
+        bound_to: str | None = None,
+        amr: Sequence[str] = (),
     ) -> Issued:
         agent_id = _agent_of(client)
         agent = self.active_agent(agent_id)
+        level = strength_claims(agent, amr, form, "unauthorized_client")
         return self.minter.mint(
             subject=agent_id,
             client_id=client.client_id,
             audience=resources(form) or [self.minter.issuer],
             scope=narrowed(form.get("scope"), client.scopes),
-            extra={**agent_claims(agent), **_confirmation(bound_to)},
+            extra={
+                **agent_claims(agent),
+                **level,
+                **_confirmation(bound_to),
+                **authorization_details(form),
+            },
         )
 
     def active_agent(self, agent_id: str) -> Agent:
@@ -363,9 +386,13 @@ class Grants:
         form: dict[str, str],
         bound_to: str | None = None,
         presented: str | None = None,
+        amr: Sequence[str] = (),
     ) -> Issued:
         agent_id = _agent_of(client)
         agent = self.active_agent(agent_id)
+        # the actor's own authentication now, never what the subject or actor token says
+        level = strength_claims(agent, amr, form, "unauthorized_client")
+        details = authorization_details(form)
         subject, actor = self._parties(agent_id, form, presented)
         user_id = str(subject["sub"])
         self._active_user(user_id, "invalid_request")
@@ -388,7 +415,14 @@ class Grants:
             client_id=client.client_id,
             audience=audience,
             scope=scopes,
-            extra={**agent_claims(agent), "act": act, **_confirmation(bound_to), **lineage},
+            extra={
+                **agent_claims(agent),
+                **level,
+                "act": act,
+                **_confirmation(bound_to),
+                **lineage,
+                **details,
+            },
             grant="token_exchange",
         )
 
@@ -491,9 +525,12 @@ def _digest(token: str) -> str:
 
 
 def _response(issued: Issued) -> dict[str, Any]:
-    return {
+    response = {
         "access_token": issued.token,
         "token_type": "Bearer",
         "expires_in": issued.expires_in,
         "scope": issued.claims["scope"],
     }
+    if "authorization_details" in issued.claims:  # RFC 9396 §7
+        response["authorization_details"] = issued.claims["authorization_details"]
+    return response

@@ -25,7 +25,8 @@ is (directory, cache, engine, audit record). Allowed: an
 (set, never appended, so a client cannot smuggle its own), optionally without the
 client's ``Authorization`` header. Denied: a ``DeniedHttpResponse``, 403 with a JSON
 body, or 401 with ``WWW-Authenticate`` (RFC 6750 §3) when the token is missing or not
-acceptable.
+acceptable, or when a decision denies only for step-ups (RFC 9470 §3:
+``error="insufficient_user_authentication"`` and the levels in ``acr_values``).
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ import ipaddress
 import json
 import logging
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote
@@ -339,12 +340,44 @@ def _denied(
     )
 
 
+STEP_UP_ERROR = "insufficient_user_authentication"  # RFC 9470 §3
+
+
 def unauthorized(description: str, invalid: bool = True) -> auth.CheckResponse:
     """401 with RFC 6750 §3's challenge: ``invalid_token`` for a token that was sent."""
     challenge = 'Bearer error="invalid_token"' if invalid else "Bearer"
     body = {"error": "invalid_token" if invalid else "unauthorized"}
     body["error_description"] = description
     return _denied(401, code_pb2.UNAUTHENTICATED, body, [_set("www-authenticate", challenge)])
+
+
+def denied(decision_id: str, obligations: Sequence[tuple[str, str]]) -> auth.CheckResponse:
+    """A deny: 401 with RFC 9470's ``insufficient_user_authentication`` challenge when
+    only step-ups stand between the token and the call (a stronger authentication
+    would pass), else 403; the body names the obligations either way."""
+    body: dict[str, Any] = {
+        "error": "access_denied",
+        "decision_id": decision_id,
+        "obligations": [{"kind": kind, "value": value} for kind, value in obligations],
+    }
+    headers = [_option(DECISION_HEADER, decision_id)]
+    levels = list(dict.fromkeys(value for kind, value in obligations if kind == "step_up"))
+    if not levels or any(kind != "step_up" for kind, _ in obligations):
+        return _denied(403, code_pb2.PERMISSION_DENIED, body, headers)
+    body["error"] = STEP_UP_ERROR
+    body["error_description"] = "a stronger authentication is required"
+    challenge = (
+        f'Bearer error="{STEP_UP_ERROR}", error_description="{body["error_description"]}", '
+        f'acr_values="{_quoted(" ".join(levels))}"'
+    )
+    headers.append(_option("www-authenticate", challenge))
+    return _denied(401, code_pb2.UNAUTHENTICATED, body, headers)
+
+
+def _quoted(value: str) -> str:
+    """A value fit for a quoted-string (RFC 9110 §5.6.4): printable ASCII without quote
+    or backslash; anything else becomes ``?``."""
+    return "".join(c if 0x20 <= ord(c) <= 0x7E and c not in '"\\' else "?" for c in value)
 
 
 def _bearer(http: Any) -> str | None:
@@ -475,14 +508,8 @@ class ExtAuthzService:
             refused = {"error": "access_denied", "error_description": str(exc)}
             return _denied(403, code_pb2.PERMISSION_DENIED, refused, ())
         if not decision.allow:
-            body: dict[str, Any] = {
-                "error": "access_denied",
-                "decision_id": decision_id,
-                "obligations": [{"kind": o.kind, "value": o.value} for o in decision.obligations],
-            }
-            return _denied(
-                403, code_pb2.PERMISSION_DENIED, body, [_option(DECISION_HEADER, decision_id)]
-            )
+            obligations = [(o.kind, o.value) for o in decision.obligations]
+            return denied(decision_id, obligations)
         return self._allowed(decision_id, who)
 
     def _question(

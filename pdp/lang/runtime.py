@@ -178,11 +178,30 @@ def matches_pattern(alternatives: tuple[tuple[str, bool], ...], value: str) -> b
     return False
 
 
+ACR_LADDER = (
+    "urn:tessera:acr:apikey",
+    "urn:tessera:acr:key",
+    "urn:tessera:acr:key+mtls",
+    "urn:tessera:acr:key+mtls+human",
+)
+"""The issuer's acr levels, weakest first (``issuer.strength.LADDER``, which this package
+may not import; a test holds the two equal)."""
+
+_RANK = {level: rank for rank, level in enumerate(ACR_LADDER)}
+
+
 def obligation_met(obligation: ast.Obligation, context: dict[str, Any]) -> bool:
-    """A consent is met when the context lists it; a step-up when ``context.acr`` equals it."""
+    """A consent is met when the context lists it; a step-up when ``context.acr`` is the
+    level asked or above it on :data:`ACR_LADDER`, or, for a value off the ladder (such
+    as ``"mfa"``), when it equals it."""
     if obligation.kind == "consent":
         return obligation.value in context.get("consents", ())
-    return bool(context.get("acr") == obligation.value)
+    acr = context.get("acr")
+    if acr == obligation.value:
+        return True
+    needed = _RANK.get(obligation.value)
+    reached = _RANK.get(acr) if isinstance(acr, str) else None
+    return needed is not None and reached is not None and reached >= needed
 
 
 def limit_key_prefix(rule_id: str, index: int, scope: str) -> str:

@@ -19,8 +19,10 @@ batch; GET the server's stream; DELETE a session), with on every request, in ord
 7. each ``tools/call``, ``prompts/get`` and ``resources/read`` is decided by the PDP
    (:mod:`plan`, :mod:`decisions`): a deny is answered by the proxy (``-32003``, or
    ``-32042`` with a URL to the issuer's consent page when the user can meet what the
-   policy asks, consents first, :mod:`consent`); ``…/list`` answers keep only what the
-   caller may use or be asked consent for.
+   policy asks, consents first, :mod:`consent`; a lone call denied only for step-ups is
+   ``401`` with RFC 9470's ``insufficient_user_authentication`` challenge, the ``-32003``
+   as its body); ``…/list`` answers keep only what the caller may use or be asked
+   consent for.
 
 What is allowed goes to the upstream (:mod:`relay`) with the upstream's own credential
 (:mod:`credentials`), never the client's token. The decision ids of the call are in the
@@ -355,12 +357,21 @@ class Proxy:
         plan = await self.planner.plan(upstream, caller, messages)
         plan.local[:0] = refusals
         if not plan.forward:
-            local: Any = plan.local if batch else plan.local[0]
-            return answer(200, dumps(local), plan.decisions)
+            return self._answered(upstream, plan, batch)
         # What was decided is what goes on, written anew: the upstream's JSON parser never
         # sees another reading of the bytes (a repeated member name, say) than the proxy's
         payload = plan.forward if batch else plan.forward[0]
         return await self.relay.forward(request, upstream, caller, payload, plan)
+
+    def _answered(self, upstream: Upstream, plan: Plan, batch: bool) -> Response:
+        """The answer to a POST the proxy answers whole: 200 with the local answers, or,
+        for a lone call denied only for step-ups, 401 with RFC 9470's challenge."""
+        local: Any = plan.local if batch else plan.local[0]
+        if plan.step_up and not batch:
+            return challenges.insufficient_user_authentication(
+                self.config, upstream, plan.step_up, dumps(local), plan.decisions
+            )
+        return answer(200, dumps(local), plan.decisions)
 
 
 def _header_mismatch(

@@ -7,7 +7,9 @@ the proxy has one upstream, also at the root. A request without a token is answe
 authorization specification); a bad token adds ``error="invalid_token"``; a token
 without every scope needed is answered ``403`` with ``error="insufficient_scope"`` and
 the scopes needed, all of them (RFC 6750 §3.1); a request with two tokens is answered
-``400`` with ``error="invalid_request"``.
+``400`` with ``error="invalid_request"``. A call the PDP denies only for step-ups is
+answered ``401`` with ``error="insufficient_user_authentication"`` and the levels in
+``acr_values`` (RFC 9470 §3), its body the JSON-RPC deny (``-32003``) all the same.
 """
 
 from __future__ import annotations
@@ -15,8 +17,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 
+from pep.mcp_proxy.answers import answer
 from pep.mcp_proxy.config import ProxyConfig, Upstream
 
 WELL_KNOWN = "/.well-known/oauth-protected-resource"
@@ -96,6 +99,27 @@ def insufficient_scope(
     return JSONResponse(
         body, 403, headers={"WWW-Authenticate": header, "Cache-Control": "no-store"}
     )
+
+
+STEP_UP_ERROR = "insufficient_user_authentication"  # RFC 9470 §3
+
+
+def insufficient_user_authentication(
+    config: ProxyConfig,
+    upstream: Upstream,
+    levels: Iterable[str],
+    body: bytes,
+    decisions: list[str],
+) -> Response:
+    """401 for a call the PDP denies only for step-ups: RFC 9470's challenge naming the
+    levels (``acr_values``), and the JSON-RPC deny as the body, so that a client that
+    reads only JSON-RPC still sees ``-32003`` with the obligations."""
+    wanted = " ".join(levels)
+    description = f"a stronger authentication is required: {wanted}"
+    header = challenge(config, upstream, STEP_UP_ERROR, description, ())
+    header += f", acr_values={_quoted(_printable(wanted))}"
+    headers = {"WWW-Authenticate": header, "Cache-Control": "no-store"}
+    return answer(401, body, decisions, headers)
 
 
 def _printable(text: str) -> str:

@@ -3,7 +3,9 @@
 Each ``tools/call``, ``prompts/get`` and ``resources/read`` is decided (:mod:`decisions`):
 what is allowed is forwarded, what is denied is answered here, with ``-32003``, or with
 ``-32042`` and a URL to the issuer's consent page when the user can meet every
-obligation of the deny and one is a consent (:mod:`consent`); a call without the name it
+obligation of the deny and one is a consent (:mod:`consent`), and a deny awaiting
+step-ups only is noted (:attr:`Plan.step_up`) so that a lone call is answered with RFC
+9470's challenge (:func:`challenges.insufficient_user_authentication`); a call without the name it
 is about, or with arguments the context cannot be made of, gets ``-32602``. Everything
 else is forwarded, and a ``…/list`` request is marked so that its answer keeps only what
 the caller may use, and what a call to would ask its user's consent for, marked so
@@ -69,6 +71,16 @@ class Plan:
     forward: list[Message] = field(default_factory=list)
     filters: dict[str, Kind] = field(default_factory=dict)
     decisions: list[str] = field(default_factory=list)
+    step_up: tuple[str, ...] = ()  # the levels of the last deny that awaits step-ups only
+
+
+def step_up_only(obligations: Sequence[tuple[str, str]]) -> tuple[str, ...]:
+    """The levels a deny awaits when it awaits step-ups and nothing else (RFC 9470: a
+    stronger authentication would pass), in order, once each; none otherwise."""
+    levels = tuple(dict.fromkeys(value for kind, value in obligations if kind == "step_up"))
+    if levels and all(kind == "step_up" for kind, _ in obligations):
+        return levels
+    return ()
 
 
 def tool_scopes(upstream: Upstream, messages: list[Message]) -> list[str]:
@@ -161,6 +173,7 @@ class Planner:
                 plan.forward.append(message)
             else:
                 plan.local.append(self._denied(message["id"], caller, method, name, verdict))
+                plan.step_up = step_up_only(verdict.obligations)
         return plan
 
     def _denied(self, id: Any, caller: Caller, method: str, name: str, verdict: Verdict) -> Message:

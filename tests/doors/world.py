@@ -243,7 +243,8 @@ class Doors:
         if response.status.code == code_pb2.OK:
             headers = {o.header.key: o.header.value for o in response.ok_response.headers}
             return Said("ext_authz", True, headers[DECISION_HEADER])
-        assert response.denied_response.status.code == 403, response
+        # 401 with RFC 9470's challenge when only step-ups stand in the way
+        assert response.denied_response.status.code in (401, 403), response
         body = json.loads(response.denied_response.body)
         obligations = tuple((o["kind"], o["value"]) for o in body["obligations"])
         return Said("ext_authz", False, body["decision_id"], obligations=obligations)
@@ -263,7 +264,7 @@ class Doors:
             },
             timeout=TIMEOUT,
         )
-        assert response.status_code == 200, response.text
+        assert response.status_code in (200, 401), response.text  # 401: a step-up challenge
         decision_id = response.headers[MCP_DECISION_HEADER]
         if response.headers.get("content-type", "").startswith("text/event-stream"):
             return Said("mcp", True, decision_id)  # forwarded: the upstream answered

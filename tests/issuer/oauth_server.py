@@ -172,18 +172,28 @@ class OAuthService:
 
     # -- the directory
 
-    def add_agent(self, *, agent_type: str = "background", status: str = "active") -> str:
-        """A new agent in the directory; its id."""
+    def add_agent(
+        self,
+        *,
+        agent_type: str = "background",
+        status: str = "active",
+        risk: str = "low",
+        minimum_acr: str | None = None,
+    ) -> str:
+        """A new agent in the directory (with ``minimumAcr`` when given); its id."""
         name = unique("agent")
+        extension = {
+            "owner": "finance",
+            "riskLevel": risk,
+            "agentType": agent_type,
+            "status": status,
+        }
+        if minimum_acr is not None:
+            extension["minimumAcr"] = minimum_acr
         document = {
             "schemas": [AGENT_SCHEMA, AGENT_EXTENSION],
             "name": name,
-            AGENT_EXTENSION: {
-                "owner": "finance",
-                "riskLevel": "low",
-                "agentType": agent_type,
-                "status": status,
-            },
+            AGENT_EXTENSION: extension,
         }
         return self.store.create("Agent", document, unique={"name": name}, actor="admin").id
 

@@ -77,6 +77,10 @@ permit order_reads
 permit user_reads
   action "user.read" on route "/users/{userId}"
   when agent.risk < high
+
+permit bound_key_calls
+  action "tool.call" on tool "rotate-keys"
+  require step_up("urn:tessera:acr:key+mtls")
 """
 OVERWRITE = core.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
 
@@ -340,6 +344,30 @@ def test_a_denied_request_gets_403_with_a_json_body_and_its_decision_id(
         "decision_id": headers[DECISION_HEADER],
         "obligations": [],
     }
+
+
+def test_a_deny_awaiting_only_a_step_up_is_401_with_the_rfc_9470_challenge(
+    gateway: Gateway,
+) -> None:
+    agent = gateway.agent("rotator")
+    weak = gateway.token(agent, acr="urn:tessera:acr:key")
+    response = gateway.check(http_request("POST", "/tools/rotate-keys", weak))
+    assert response.status.code == code_pb2.UNAUTHENTICATED
+    denied = response.denied_response
+    assert denied.status.code == 401
+    headers = header_values(denied.headers)
+    assert headers["www-authenticate"] == (
+        'Bearer error="insufficient_user_authentication", '
+        'error_description="a stronger authentication is required", '
+        'acr_values="urn:tessera:acr:key+mtls"'
+    )
+    body = denied_body(response)
+    assert body["obligations"] == [{"kind": "step_up", "value": "urn:tessera:acr:key+mtls"}]
+    assert body["decision_id"] == headers[DECISION_HEADER]
+    for acr in ("urn:tessera:acr:key+mtls", "urn:tessera:acr:key+mtls+human"):
+        strong = gateway.token(agent, acr=acr)
+        allowed = gateway.check(http_request("POST", "/tools/rotate-keys", strong))
+        assert allowed.status.code == code_pb2.OK, acr
 
 
 def test_a_suspended_agent_is_refused_by_the_directory(gateway: Gateway) -> None:
