@@ -26,8 +26,8 @@ import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from issuer.store.interface import Lease, MissingStore, StoreError
 from issuer.store.backchannel import BackchannelTable
+from issuer.store.interface import Lease, MissingStore, StoreError
 from issuer.store.schema import (
     POSTGRES_TYPES,
     Cursor,

@@ -16,8 +16,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
 
-from issuer.store.interface import Lease, MissingStore, StoreError
 from issuer.store.backchannel import BackchannelTable
+from issuer.store.interface import Lease, MissingStore, StoreError
 from issuer.store.schema import (
     SQLITE_TYPES,
     Cursor,

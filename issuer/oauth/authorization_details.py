@@ -1,0 +1,105 @@
+"""Rich authorization requests (RFC 9396): what an agent asks a person to allow, exactly.
+
+``authorization_details`` is a JSON array of objects, each with a ``type`` (§2) naming
+the kind of action; the rest of the object says which one (an amount, a creditor…). The
+server refuses what it cannot show a person faithfully: an array that is too long, too
+large or too deep, an entry without a type, or a ``payment_initiation`` whose amount is
+not a decimal in a three-letter currency. The error is ``invalid_authorization_details``
+(RFC 9396 §5).
+
+:func:`describe` puts an entry in plain words for the approval page: "Pay 4200 USD to
+ACME" for a payment, else the type and each field, flattened.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+from issuer.oauth.errors import OAuthError
+
+MAX_DETAILS = 10  # entries in one request
+MAX_DETAILS_BYTES = 4_096  # of the parameter's JSON text
+MAX_DEPTH = 4  # objects and arrays nested inside an entry
+MAX_TYPE = 64  # characters of a type
+PAYMENT = "payment_initiation"
+_TYPE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:/-]*$")
+_CURRENCY = re.compile(r"^[A-Z]{3}$")  # ISO 4217
+_AMOUNT = re.compile(r"^(0|[1-9][0-9]{0,14})(\.[0-9]{1,5})?$")
+
+
+def _bad(description: str) -> OAuthError:
+    return OAuthError("invalid_authorization_details", description)
+
+
+def parse(text: str | None) -> list[dict[str, Any]]:
+    """The checked entries of an ``authorization_details`` parameter (none when absent)."""
+    if text is None:
+        return []
+    if len(text.encode()) > MAX_DETAILS_BYTES:
+        raise _bad(f"authorization_details is longer than {MAX_DETAILS_BYTES:,} bytes")
+    try:
+        details = json.loads(text)
+    except ValueError:
+        raise _bad("authorization_details is not JSON: a JSON array of objects") from None
+    if not isinstance(details, list) or not details:
+        raise _bad("authorization_details is a non-empty JSON array of objects (RFC 9396 §2)")
+    if len(details) > MAX_DETAILS:
+        raise _bad(f"authorization_details has more than {MAX_DETAILS} entries")
+    for index, detail in enumerate(details):
+        _check(detail, f"authorization_details[{index}]")
+    return details
+
+
+def _check(detail: Any, where: str) -> None:
+    if not isinstance(detail, dict):
+        raise _bad(f"{where} is not a JSON object")
+    kind = detail.get("type")
+    if not isinstance(kind, str) or not _TYPE.match(kind) or len(kind) > MAX_TYPE:
+        raise _bad(f"{where}.type is required (RFC 9396 §2): a name such as {PAYMENT!r}")
+    if _depth(detail) > MAX_DEPTH:
+        raise _bad(f"{where} nests deeper than {MAX_DEPTH} levels")
+    if kind == PAYMENT:
+        _check_payment(detail, where)
+
+
+def _check_payment(detail: dict[str, Any], where: str) -> None:
+    """A payment must say how much, in what, and to whom, so a person can check it."""
+    amount = detail.get("instructedAmount")
+    if not isinstance(amount, dict):
+        raise _bad(f'{where}.instructedAmount is required: {{"currency": "USD", "amount": "10"}}')
+    if not isinstance(amount.get("currency"), str) or not _CURRENCY.match(amount["currency"]):
+        raise _bad(f"{where}.instructedAmount.currency is a three-letter ISO 4217 code")
+    if not isinstance(amount.get("amount"), str) or not _AMOUNT.match(amount["amount"]):
+        raise _bad(f'{where}.instructedAmount.amount is a decimal string, e.g. "4200.00"')
+    creditor = detail.get("creditorName")
+    if not isinstance(creditor, str) or not creditor.strip():
+        raise _bad(f"{where}.creditorName is required: who is paid")
+
+
+def _depth(value: Any) -> int:
+    if isinstance(value, dict):
+        return 1 + max((_depth(v) for v in value.values()), default=0)
+    if isinstance(value, list):
+        return 1 + max((_depth(v) for v in value), default=0)
+    return 0
+
+
+def describe(detail: dict[str, Any]) -> str:
+    """One entry in plain words, for a person to approve."""
+    if detail.get("type") == PAYMENT:
+        amount = detail["instructedAmount"]
+        words = f"Pay {amount['amount']} {amount['currency']} to {detail['creditorName']}"
+        account = (detail.get("creditorAccount") or {}).get("iban")
+        return f"{words} (account {account})" if isinstance(account, str) else words
+    fields = [f"{name}: {_plain(value)}" for name, value in detail.items() if name != "type"]
+    return f"{detail['type']}" + (f" ({'; '.join(fields)})" if fields else "")
+
+
+def _plain(value: Any) -> str:
+    if isinstance(value, dict):
+        return ", ".join(f"{k} {_plain(v)}" for k, v in value.items())
+    if isinstance(value, list):
+        return ", ".join(_plain(v) for v in value)
+    return json.dumps(value) if not isinstance(value, str) else value
