@@ -38,7 +38,13 @@ from issuer.catalog_api import DEFAULT_PAGE as DEFAULT_CATALOG_PAGE
 from issuer.catalog_api import MAX_PAGE as CATALOG_PAGE
 from issuer.models import MAX_RESULTS
 from issuer.oauth.api_keys import API_KEY_TOKEN_TYPE, MAX_LIFETIME
-from issuer.oauth.clients import AUTH_METHODS, GRANT_TYPES
+from issuer.oauth.ciba import (
+    MAX_BINDING_MESSAGE,
+    MAX_EXPIRY,
+    MAX_LOGIN_HINT,
+    MAX_NOTIFICATION_TOKEN,
+)
+from issuer.oauth.clients import AUTH_METHODS, DELIVERY_MODES, GRANT_TYPES
 from issuer.oauth.endpoints import METADATA_PATH, PATHS
 from issuer.oauth.grants import ACCESS_TOKEN_TYPE
 from issuer.scim import KINDS, MEDIA_TYPE
@@ -74,7 +80,8 @@ STATUS_TEXT = {
     401: "no credentials, or credentials refused (see WWW-Authenticate)",
     403: "authenticated, but not allowed",
     404: "no such resource",
-    409: "a unique attribute is taken",
+    409: "a conflict: a unique attribute is taken, or a request was answered before",
+    410: "the request expired",
     408: "the body did not arrive whole within 10 seconds",
     412: "the If-Match entity tag is not the resource's current one",
     413: "the body, or a value in it, is over its bound (docs/limits.md)",
@@ -520,8 +527,43 @@ OAUTH_SCHEMAS: Json = {
             "subject_token_type": {"enum": [ACCESS_TOKEN_TYPE, API_KEY_TOKEN_TYPE]},
             "actor_token": STRING,
             "actor_token_type": {"const": ACCESS_TOKEN_TYPE},
+            "auth_req_id": {"type": "string", "description": "OpenID CIBA §10.1"},
             **CLIENT_FIELDS,
         },
+    },
+    "BackchannelRequest": {
+        "type": "object",
+        "description": "OpenID CIBA §7.1: exactly one hint, and Tessera takes login_hint "
+        "(a userName or e-mail address).",
+        "required": ["login_hint"],
+        "properties": {
+            "login_hint": {"type": "string", "minLength": 1, "maxLength": MAX_LOGIN_HINT},
+            "binding_message": {"type": "string", "maxLength": MAX_BINDING_MESSAGE},
+            "authorization_details": {"type": "string", "description": "RFC 9396 JSON array"},
+            "scope": STRING,
+            "resource": {"type": "string", "format": "uri"},
+            "requested_expiry": {"type": "integer", "minimum": 1, "maximum": MAX_EXPIRY},
+            "client_notification_token": {
+                "type": "string",
+                "maxLength": MAX_NOTIFICATION_TOKEN,
+                "description": "ping mode: the bearer token of the callback",
+            },
+            **CLIENT_FIELDS,
+        },
+    },
+    "BackchannelAcknowledgement": {
+        "type": "object",
+        "description": "OpenID CIBA §7.3.",
+        "required": ["auth_req_id", "expires_in", "interval"],
+        "properties": {
+            "auth_req_id": STRING,
+            "expires_in": {"type": "integer"},
+            "interval": {"type": "integer"},
+        },
+    },
+    "ApprovalForm": {
+        "type": "object",
+        "properties": {"csrf": STRING, "decision": {"enum": ["approve", "deny"]}},
     },
     "TokenResponse": {
         "type": "object",
@@ -571,6 +613,8 @@ OAUTH_SCHEMAS: Json = {
             "jwks_uri": STRING,
             "tls_client_auth_subject_dn": STRING,
             "client_name": STRING,
+            "backchannel_token_delivery_mode": {"enum": list(DELIVERY_MODES)},
+            "backchannel_client_notification_endpoint": STRING,
         },
     },
     "ClientRegistration": {
@@ -829,8 +873,58 @@ def oauth_paths() -> Json:
                 requestBody=_form("TokenForm"),
             )
         },
+        PATHS.bc_authorize: {
+            "post": _oauth(
+                "Ask a person's approval out of band (OpenID CIBA §7)",
+                {200: oauth_answer(ref("BackchannelAcknowledgement"))},
+                400,
+                401,
+                403,
+                security=CLIENT,
+                requestBody=_form("BackchannelRequest"),
+            )
+        },
         **_admin_paths(),
         **_user_pages(),
+        **_approval_pages(),
+    }
+
+
+def _approval_pages() -> Json:
+    """The pages where a person answers agents' backchannel requests (CIBA §8)."""
+    session = "the tessera_session cookie of a signed-in user; else a redirect to sign in"
+    return {
+        PATHS.approvals: {
+            "get": _html(
+                "The signed-in person's requests awaiting approval",
+                {200: PAGE, 303: REDIRECT},
+                description=session,
+            )
+        },
+        PATHS.approvals + "/{id}": {
+            "get": _html(
+                "One request, to approve or deny",
+                {200: PAGE, 303: REDIRECT},
+                403,
+                404,
+                409,
+                410,
+                parameters=[ID],
+                description=session,
+            ),
+            "post": _html(
+                "Approve or deny",
+                {200: PAGE, 303: REDIRECT},
+                400,
+                403,
+                404,
+                409,
+                410,
+                parameters=[ID],
+                description=session,
+                requestBody={"required": True, "content": content(ref("ApprovalForm"), FORM)},
+            ),
+        },
     }
 
 

@@ -39,10 +39,12 @@ from starlette.routing import Route
 
 from issuer.app import SCIM_PATH, HttpRunning, bind, issuer_routes, serve_http, unrouted
 from issuer.keys import KeyRing, ScheduledRotation
+from issuer.oauth.ciba import HumanHook
 from issuer.oauth.endpoints import METADATA_PATH, AuthorizationServer
 from issuer.oauth.tokens import IssuedHook
 from issuer.scim import BootstrapToken, new_token
 from issuer.store import Store, open_store
+from pdp.audit.changes import TRAIL as ADMIN_TRAIL
 from pdp.audit.changes import ChangeAuditor
 from pdp.audit.checkpoints import Checkpointer
 from pdp.audit.exclusive import Exclusive
@@ -317,6 +319,18 @@ def token_trail(audit: AuditWriter | None) -> IssuedHook | None:
     return issued
 
 
+def human_trail(audit: AuditWriter | None) -> HumanHook | None:
+    """Put what people do with agents' backchannel requests (CIBA: each request, approval
+    and denial) on the admin trail, the trail of people's actions."""
+    if audit is None:
+        return None
+
+    def told(record: dict[str, Any]) -> None:
+        audit.put(ADMIN_TRAIL, record)
+
+    return told
+
+
 @dataclass
 class Planes:
     """What ``tessera serve`` runs beside the decision point, when it has a store."""
@@ -439,6 +453,7 @@ async def _serve_issuer(
         ),
         agents=planes.directory.agent_record if planes.directory is not None else None,
         on_issue=token_trail(planes.audit),
+        on_human=human_trail(planes.audit),
     )
     tls = (config.tls_cert, config.tls_key) if config.tls_cert else None
     app = http_app(

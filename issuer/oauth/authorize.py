@@ -49,6 +49,8 @@ SESSION_LIFETIME = 8 * 3600
 _CHALLENGE = re.compile(r"^[A-Za-z0-9_-]{43}$")  # base64url of a SHA-256 digest
 _VERIFIER = re.compile(r"^[A-Za-z0-9._~-]{43,128}$")  # RFC 7636 §4.1
 _DUMMY_HASH = hash_password(secrets.token_urlsafe(16))  # equal time for unknown users
+# where a sign-in may lead back to, besides a pending authorization: the approval pages
+_RETURN = re.compile(r"^/oauth/approvals(/[0-9a-f]{64})?$")
 
 
 @dataclass
@@ -198,25 +200,27 @@ class AuthorizationEndpoint:
     # -- /oauth/login
 
     async def login(self, request: Request) -> Response:
-        if request.method == "GET":
-            request_id = request.query_params.get("request", "")
-            if request_id not in self.pending:
-                return _page("Expired", "This sign-in request has expired; start again.", 400)
-            return _login_page(request_id, error=None)
-        form = await _form(request)
+        """Sign in for a pending authorization (``request``) or to answer the approval
+        pages (``return``, a path of theirs)."""
+        form = await _form(request) if request.method == "POST" else dict(request.query_params)
         if isinstance(form, Response):
             return form
         request_id = form.get("request", "")
-        if request_id not in self.pending:
+        back = form.get("return", "")
+        if not _RETURN.match(back) and request_id not in self.pending:
             return _page("Expired", "This sign-in request has expired; start again.", 400)
+        if request.method == "GET":
+            return _login_page(request_id, error=None, back=back)
         user_id = await to_thread.run_sync(
             self._check_password, form.get("username", ""), form.get("password", "")
         )
         if user_id is None:
-            return _login_page(request_id, error="Wrong user name or password.", status=401)
+            error = "Wrong user name or password."
+            return _login_page(request_id, error=error, status=401, back=back)
         session = secrets.token_urlsafe(32)
         self.sessions[session] = user_id
-        response = RedirectResponse(f"/oauth/consent?request={request_id}", 303)
+        target = back if _RETURN.match(back) else f"/oauth/consent?request={request_id}"
+        response = RedirectResponse(target, 303)
         response.set_cookie(
             SESSION_COOKIE,
             session,
@@ -375,11 +379,14 @@ def _page(title: str, message: str, status: int) -> HTMLResponse:
     return _html(title, f"<p>{html.escape(message)}</p>", status)
 
 
-def _login_page(request_id: str, error: str | None, status: int = 200) -> HTMLResponse:
+def _login_page(
+    request_id: str, error: str | None, status: int = 200, back: str = ""
+) -> HTMLResponse:
     notice = f"<p role='alert'>{html.escape(error)}</p>" if error else ""
     body = (
         f"{notice}<form method='post' action='/oauth/login'>"
         f"<input type='hidden' name='request' value='{html.escape(request_id)}'>"
+        f"<input type='hidden' name='return' value='{html.escape(back)}'>"
         "<label>User name <input name='username' autocomplete='username' required></label>"
         "<label>Password <input name='password' type='password' "
         "autocomplete='current-password' required></label>"

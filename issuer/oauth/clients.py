@@ -47,9 +47,18 @@ AUTH_METHODS = (
 )
 SECRET_METHODS = ("client_secret_basic", "client_secret_post")
 TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"
-GRANT_TYPES = ("client_credentials", "authorization_code", "refresh_token", TOKEN_EXCHANGE)
+CIBA = "urn:openid:params:grant-type:ciba"  # OpenID CIBA Core 1.0 §10.1
+GRANT_TYPES = (
+    "client_credentials",
+    "authorization_code",
+    "refresh_token",
+    TOKEN_EXCHANGE,
+    CIBA,
+)
 USER_GRANTS = frozenset({"authorization_code", "refresh_token"})
-AGENT_GRANTS = frozenset({"client_credentials", TOKEN_EXCHANGE})
+AGENT_GRANTS = frozenset({"client_credentials", TOKEN_EXCHANGE, CIBA})
+PING = "ping"
+DELIVERY_MODES = ("poll", PING)  # CIBA §5; push is not offered
 ASSERTION_ALGORITHMS = ("ES256", "ES384", "RS256", "PS256", "EdDSA")  # never none or HMAC
 _KEY_TYPES = {"EC": ("ES256", "ES384"), "RSA": ("RS256", "PS256"), "OKP": ("EdDSA",)}
 
@@ -69,6 +78,8 @@ class Client:
     redirect_uris: tuple[str, ...] = ()
     tls_subject_dn: str | None = None  # tls_client_auth: the certificate subject it must have
     jwks_uri: str | None = None  # where its keys are published, instead of ``jwks``
+    delivery_mode: str | None = None  # CIBA §4 backchannel_token_delivery_mode
+    notification_endpoint: str | None = None  # CIBA §4, for ping mode
 
     def secret_matches(self, secret: str) -> bool:
         if self.secret_hash is None:
@@ -192,6 +203,7 @@ class ClientRegistry:
         scope = _check_scope(metadata.get("scope", ""), grant_types, actor)
         jwks, jwks_uri = _check_keys(metadata, method)
         subject_dn = _check_subject_dn(metadata.get("tls_client_auth_subject_dn"), method)
+        delivery, notification = _check_backchannel(metadata, grant_types)
         name = metadata.get("client_name")
         if name is not None and not isinstance(name, str):
             raise _bad("client_name is a string")
@@ -212,6 +224,8 @@ class ClientRegistry:
             "client_name": name,
             "client_id_issued_at": issued_at,
             "tls_client_auth_subject_dn": subject_dn,
+            "backchannel_token_delivery_mode": delivery,
+            "backchannel_client_notification_endpoint": notification,
         }
         self.store.create(KIND, document, unique={"client_id": client_id}, actor=actor or client_id)
         return _registration_response(document, secret)
@@ -228,7 +242,7 @@ class ClientRegistry:
                 raise _bad(f"agent_id {agent_id!r} is not in the directory") from None
             return agent_id
         if agent_id is not None:
-            raise _bad("agent_id is for client_credentials and token exchange clients")
+            raise _bad("agent_id is for client_credentials, token exchange and CIBA clients")
         return None
 
 
@@ -298,6 +312,28 @@ def _check_keys(
     elif "jwks" in metadata or jwks_uri is not None:
         raise _bad("jwks and jwks_uri are for private_key_jwt and self_signed_tls_client_auth")
     return jwks, jwks_uri
+
+
+def _check_backchannel(
+    metadata: dict[str, Any], grant_types: list[str]
+) -> tuple[str | None, str | None]:
+    """CIBA §4: a CIBA client's ``backchannel_token_delivery_mode`` (poll or ping) and,
+    for ping, the ``backchannel_client_notification_endpoint`` the server calls."""
+    mode = metadata.get("backchannel_token_delivery_mode")
+    endpoint = metadata.get("backchannel_client_notification_endpoint")
+    if CIBA not in grant_types:
+        if mode is not None or endpoint is not None:
+            raise _bad(f"backchannel_* metadata is for clients of the {CIBA} grant")
+        return None, None
+    if mode not in DELIVERY_MODES:
+        raise _bad("backchannel_token_delivery_mode must be poll or ping (push is not offered)")
+    if metadata.get("backchannel_user_code_parameter") is True:
+        raise _bad("backchannel_user_code_parameter is not supported")
+    if (mode == PING) != (endpoint is not None):
+        raise _bad("backchannel_client_notification_endpoint is required for ping, only for it")
+    if endpoint is not None:
+        endpoint = check_document_url(endpoint, "backchannel_client_notification_endpoint")
+    return mode, endpoint
 
 
 def _check_subject_dn(subject_dn: Any, method: str) -> str | None:
@@ -394,4 +430,6 @@ def _client(data: dict[str, Any]) -> Client:
         redirect_uris=tuple(data.get("redirect_uris") or ()),
         tls_subject_dn=data.get("tls_client_auth_subject_dn"),
         jwks_uri=data.get("jwks_uri"),
+        delivery_mode=data.get("backchannel_token_delivery_mode"),
+        notification_endpoint=data.get("backchannel_client_notification_endpoint"),
     )

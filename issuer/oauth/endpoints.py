@@ -3,7 +3,10 @@
 /.well-known/oauth-authorization-server   metadata (RFC 8414)
 /.well-known/openid-configuration         the same metadata, where OpenID clients look
 /oauth/jwks                               the signing keys (RFC 7517)
-/oauth/token                              client_credentials (RFC 6749 §4.4)
+/oauth/token                              client_credentials (RFC 6749 §4.4) and the
+                                          other grants (issuer.oauth.grants, .ciba)
+/oauth/bc-authorize                       backchannel authentication (OpenID CIBA §7)
+/oauth/approvals                          a person's requests to approve (CIBA §8)
 /oauth/introspect                         RFC 7662
 /oauth/revoke                             RFC 7009
 /oauth/register                           dynamic client registration (RFC 7591),
@@ -13,6 +16,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -28,12 +32,16 @@ from issuer.agents import Agent
 from issuer.keys import KeyRing
 from issuer.oauth import inline, revocation
 from issuer.oauth.api_keys import API_KEY_TOKEN_TYPE, ApiKeys
+from issuer.oauth.approvals import APPROVALS, ApprovalPages
 from issuer.oauth.authorize import AuthorizationEndpoint
 from issuer.oauth.bodies import read_document, read_form
+from issuer.oauth.ciba import Backchannel, Clock, HumanHook
 from issuer.oauth.client_auth import ClientAuthenticator, SeenAssertions
 from issuer.oauth.clients import (
     ASSERTION_ALGORITHMS,
     AUTH_METHODS,
+    CIBA,
+    DELIVERY_MODES,
     GRANT_TYPES,
     TOKEN_EXCHANGE,
     Client,
@@ -44,6 +52,7 @@ from issuer.oauth.errors import OAuthError, json_response
 from issuer.oauth.grants import AgentLookup, ExchangeCheck, Grants, refuse_all
 from issuer.oauth.metadata_documents import MetadataDocuments
 from issuer.oauth.mtls import TRUSTED_PROXIES, certificate_from, confirmation
+from issuer.oauth.ping import Notifier
 from issuer.oauth.tokens import (
     InvalidToken,
     IssuedHook,
@@ -68,6 +77,8 @@ class Paths:
     consent: str = "/oauth/consent"
     consents: str = "/oauth/consents"
     api_keys: str = "/oauth/api-keys"
+    bc_authorize: str = "/oauth/bc-authorize"
+    approvals: str = APPROVALS
 
 
 PATHS = Paths()
@@ -89,6 +100,8 @@ class AuthorizationServer:
         agents: AgentLookup | None = None,
         client_cert_proxies: frozenset[str] = TRUSTED_PROXIES,
         on_issue: IssuedHook | None = None,
+        on_human: HumanHook | None = None,
+        clock: Clock = time.time,
     ) -> None:
         self.store = store
         self.client_cert_header = client_cert_header
@@ -98,7 +111,8 @@ class AuthorizationServer:
         self.admin = admin
         self.clients = ClientRegistry(store, MetadataDocuments())
         audiences = [self.issuer] + [
-            self.issuer + path for path in (PATHS.token, PATHS.introspect, PATHS.revoke)
+            self.issuer + path
+            for path in (PATHS.token, PATHS.introspect, PATHS.revoke, PATHS.bc_authorize)
         ]
         self.client_auth = ClientAuthenticator(self.clients, audiences, SeenAssertions())
         self.minter = TokenMinter(keys, self.issuer, token_lifetime, on_issue)
@@ -116,6 +130,9 @@ class AuthorizationServer:
         self.grants = Grants(
             store, self.minter, self.verifier, self.authorization, exchange_check, agents
         )
+        self.backchannel = Backchannel(store, self.grants, clock, on_human)
+        self.notifier = Notifier()
+        self.approvals = ApprovalPages(self.backchannel, self.authorization, self.notifier)
 
     # -- metadata and keys
 
@@ -150,6 +167,11 @@ class AuthorizationServer:
             "revocation_endpoint_auth_signing_alg_values_supported": assertion_algorithms,
             "tls_client_certificate_bound_access_tokens": True,
             "access_token_signing_alg_values_supported": self._signing_algorithms(),
+            # OpenID CIBA §4: poll and ping, no user_code, no signed requests
+            "backchannel_authentication_endpoint": self.issuer + PATHS.bc_authorize,
+            "backchannel_token_delivery_modes_supported": list(DELIVERY_MODES),
+            "backchannel_user_code_parameter_supported": False,
+            "authorization_details_types_supported": ["payment_initiation"],
         }
 
     def _signing_algorithms(self) -> list[str]:
@@ -190,6 +212,8 @@ class AuthorizationServer:
             body = await inline.run(
                 self.grants.issue, grant, client, form, bound_to, presented, amr
             )
+        elif grant == CIBA:
+            body = await to_thread.run_sync(self.backchannel.redeem, client, form, bound_to, amr)
         else:
             body = await to_thread.run_sync(
                 self.grants.issue, grant, client, form, bound_to, presented, amr
@@ -207,6 +231,17 @@ class AuthorizationServer:
         # I/O (a client not yet cached, a key set to fetch) comes before the one side
         # effect, recording an assertion's jti: inline first, a thread when it must read.
         return await inline.run(self.client_auth.authenticate, form, authorization, certificate)
+
+    # -- backchannel authentication (OpenID CIBA)
+
+    async def bc_authorize(self, request: Request) -> Response:
+        """CIBA §7: an authenticated client (never a public one) asks a person's approval."""
+        form = await read_form(request)
+        client = await self._client(request, form)
+        if client.auth_method == "none":
+            raise OAuthError("invalid_client", "CIBA clients authenticate (§7.1)", 401)
+        body = await to_thread.run_sync(self.backchannel.start, client, form)
+        return json_response(body)
 
     # -- introspection and revocation
 
@@ -403,6 +438,13 @@ class AuthorizationServer:
             route(PATHS.introspect, self.introspect, "POST"),
             route(PATHS.revoke, self.revoke, "POST"),
             route(PATHS.register, self.register, "POST"),
+            route(PATHS.bc_authorize, self.bc_authorize, "POST"),
+            route(PATHS.approvals, self.approvals.listing, "GET"),
+            Route(
+                PATHS.approvals + "/{id}",
+                _guarded(self.approvals.approval),
+                methods=["GET", "POST"],
+            ),
             Route(PATHS.api_keys, _guarded(self.api_keys_endpoint), methods=["GET", "POST"]),
             route(PATHS.api_keys + "/{id}", self.api_keys_endpoint, "DELETE"),
             route(PATHS.consents, self.my_consents, "GET"),

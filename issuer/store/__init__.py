@@ -19,6 +19,7 @@ from collections.abc import Sequence
 # package can import them without a circle.
 from issuer.store.interface import (
     AuditEntry,
+    BackchannelRecord,
     Change,
     Conflict,
     Lease,
@@ -63,6 +64,7 @@ def open_store(url: str = DEFAULT_URL, *, create: bool = True) -> Store:
 __all__: Sequence[str] = (
     "DEFAULT_URL",
     "AuditEntry",
+    "BackchannelRecord",
     "Change",
     "Conflict",
     "Lease",

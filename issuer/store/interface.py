@@ -55,6 +55,18 @@ class AuditEntry:
     hash: str  # SHA-256 of prev_hash and record
 
 
+@dataclass(frozen=True)
+class BackchannelRecord:
+    """A backchannel authentication request (OpenID CIBA) at one version."""
+
+    id_hash: str  # SHA-256 of the auth_req_id: the id itself is never stored
+    client_id: str
+    user_id: str
+    expires_at: int  # seconds since the epoch
+    version: int  # 1 when added, +1 on each update
+    data: dict[str, Any]
+
+
 class StoreError(IssuerError):
     """Base of the store's errors."""
 
@@ -190,6 +202,29 @@ class Store(Protocol):
         Returns :meth:`last_change`. SQLite polls its change counter; PostgreSQL waits
         on LISTEN/NOTIFY.
         """
+        ...
+
+    def add_backchannel(
+        self, record: BackchannelRecord, *, now: int, per_client: int, total: int, keep: int
+    ) -> bool:
+        """Add a backchannel request unless ``per_client`` requests of its client, or
+        ``total`` in all, are pending (not expired at ``now``): False then, and nothing
+        is added. Requests expired more than ``keep`` seconds ago are deleted first. The
+        count and the insert are one write transaction, so the bounds hold across
+        processes."""
+        ...
+
+    def backchannel(self, id_hash: str) -> BackchannelRecord | None:
+        """The backchannel request with this hash, or None."""
+        ...
+
+    def update_backchannel(self, id_hash: str, data: Mapping[str, Any], version: int) -> bool:
+        """Replace a request's data if it is still at ``version`` (and bump it); False
+        when another update came first or the request is gone."""
+        ...
+
+    def backchannel_of_user(self, user_id: str, now: int) -> builtins.list[BackchannelRecord]:
+        """The user's requests that have not expired at ``now``, oldest first."""
         ...
 
     def lease(self, name: str) -> Lease | None:

@@ -26,6 +26,7 @@ import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
+from issuer.store.backchannel import BackchannelTable
 from issuer.store.interface import Lease, MissingStore, StoreError
 from issuer.store.schema import (
     POSTGRES_TYPES,
@@ -72,7 +73,7 @@ class _Cursor:
         return self._cur.fetchall()
 
 
-class PostgresStore(SQLStore):
+class PostgresStore(SQLStore, BackchannelTable):
     """A :class:`~issuer.store.Store` in a PostgreSQL schema."""
 
     def __init__(self, url: str, *, create: bool = True) -> None:

@@ -113,6 +113,21 @@ MIGRATIONS: Sequence[Sequence[str]] = (
             PRIMARY KEY (trail, seq)
         )""",
     ),
+    (
+        # Backchannel authentication requests (OpenID CIBA): short-lived, outside the
+        # change log (which is never trimmed), keyed by the SHA-256 of the auth_req_id.
+        """CREATE TABLE backchannel (
+            id_hash TEXT PRIMARY KEY,
+            client_id TEXT NOT NULL,
+            user_id TEXT NOT NULL,
+            expires_at {int} NOT NULL,
+            version {int} NOT NULL,
+            data {json} NOT NULL
+        )""",
+        "CREATE INDEX backchannel_by_client ON backchannel (client_id, expires_at)",
+        "CREATE INDEX backchannel_by_user ON backchannel (user_id, expires_at)",
+        "CREATE INDEX backchannel_by_expiry ON backchannel (expires_at)",
+    ),
 )
 
 

@@ -16,6 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
 
+from issuer.store.backchannel import BackchannelTable
 from issuer.store.interface import Lease, MissingStore, StoreError
 from issuer.store.schema import (
     SQLITE_TYPES,
@@ -44,7 +45,7 @@ def database_path(url: str) -> str:
     return path
 
 
-class SQLiteStore(SQLStore):
+class SQLiteStore(SQLStore, BackchannelTable):
     """A :class:`~issuer.store.Store` in a SQLite database."""
 
     def __init__(self, url: str, *, create: bool = True) -> None:

@@ -163,6 +163,7 @@ def test_metadata_states_the_grant_and_the_client_authentication_methods(
         "authorization_code",
         "refresh_token",
         "urn:ietf:params:oauth:grant-type:token-exchange",
+        "urn:openid:params:grant-type:ciba",
     ]
     assert metadata["response_types_supported"] == ["code"]
     assert metadata["code_challenge_methods_supported"] == ["S256"]
@@ -227,6 +228,10 @@ def test_metadata_names_exactly_what_tessera_implements(
         "revocation_endpoint_auth_signing_alg_values_supported",
         "tls_client_certificate_bound_access_tokens",  # RFC 8705 §3.3
         "access_token_signing_alg_values_supported",
+        "backchannel_authentication_endpoint",  # OpenID CIBA §4
+        "backchannel_token_delivery_modes_supported",
+        "backchannel_user_code_parameter_supported",
+        "authorization_details_types_supported",  # RFC 9396 §10
     }
     assert metadata["access_token_signing_alg_values_supported"] == ["ES256"]
 

@@ -247,7 +247,13 @@ def test_unknown_or_overlong_acr_values_are_invalid_request(
 
 def test_authorization_details_are_copied_into_the_token(oauth: OAuthService) -> None:
     client = oauth.secret_client()
-    details = [{"type": "payment_initiation", "instructedAmount": {"amount": "12.00"}}]
+    details = [
+        {
+            "type": "payment_initiation",
+            "instructedAmount": {"currency": "USD", "amount": "12.00"},
+            "creditorName": "ACME",
+        }
+    ]
     form = credentials(oauth, authorization_details=json.dumps(details))
     response = oauth.http.post("/oauth/token", data=form, auth=client.basic)
     assert granted(response, oauth)["authorization_details"] == details
@@ -266,8 +272,9 @@ def test_authorization_details_are_copied_into_the_token(oauth: OAuthService) ->
         '[{"type": ""}]',
         '[{"type": 7}]',
         '["payment"]',
-        json.dumps([{"type": "t"}] * 17),
-        json.dumps([{"type": "t", "x": "y" * 9000}]),
+        json.dumps([{"type": "t"}] * 11),
+        json.dumps([{"type": "t", "x": "y" * 4100}]),
+        '[{"type": "payment_initiation", "instructedAmount": {"amount": "12.00"}}]',
         "[" * 20 + "]" * 20,
     ],
 )

@@ -1,0 +1,70 @@
+"""CIBA ping mode (§10.2): tell a client that its request was answered.
+
+The issuer POSTs ``{"auth_req_id": …}`` to the client's registered
+``backchannel_client_notification_endpoint`` with its ``client_notification_token`` as
+the bearer token; the client then redeems the id at the token endpoint. A ping runs as a
+task of the event loop, never on the approval page's path: each attempt has
+:data:`TIMEOUT`, at most :data:`ATTEMPTS` are made (a 2xx answer ends them), and at most
+:data:`MAX_IN_FLIGHT` pings are under way at once (past that a ping is dropped and
+logged: the client still gets its answer by polling). Redirects are not followed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import httpx
+
+log = logging.getLogger("tessera.oauth")
+
+TIMEOUT = 5.0  # seconds for one attempt
+ATTEMPTS = 3
+BACKOFF = 1.0  # seconds before the second attempt, doubled for each later one
+MAX_IN_FLIGHT = 256
+
+
+class Notifier:
+    """Sends pings in the background of the running event loop."""
+
+    def __init__(
+        self, timeout: float = TIMEOUT, attempts: int = ATTEMPTS, backoff: float = BACKOFF
+    ) -> None:
+        self.timeout = timeout
+        self.attempts = attempts
+        self.backoff = backoff
+        self._tasks: set[asyncio.Task[bool]] = set()
+
+    def notify(self, endpoint: str, token: str, auth_req_id: str) -> bool:
+        """Start a ping (from the event loop's thread); False when too many are under way."""
+        if len(self._tasks) >= MAX_IN_FLIGHT:
+            log.warning("ping to %s dropped: %d pings under way", endpoint, len(self._tasks))
+            return False
+        task = asyncio.get_running_loop().create_task(self.send(endpoint, token, auth_req_id))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return True
+
+    async def send(self, endpoint: str, token: str, auth_req_id: str) -> bool:
+        """One ping, retried; whether the client took it (a 2xx answer)."""
+        headers = {"Authorization": f"Bearer {token}"}
+        async with httpx.AsyncClient(timeout=self.timeout, follow_redirects=False) as http:
+            for attempt in range(self.attempts):
+                if attempt:
+                    await asyncio.sleep(self.backoff * 2 ** (attempt - 1))
+                try:
+                    answer = await http.post(
+                        endpoint, json={"auth_req_id": auth_req_id}, headers=headers
+                    )
+                except httpx.HTTPError as exc:
+                    log.info("ping to %s failed (attempt %d): %s", endpoint, attempt + 1, exc)
+                    continue
+                if answer.is_success:
+                    return True
+                log.info("ping to %s answered %d", endpoint, answer.status_code)
+        log.warning("ping to %s gave up after %d attempts", endpoint, self.attempts)
+        return False
+
+    async def drain(self) -> None:
+        """Wait for the pings under way (tests; a stopping server)."""
+        await asyncio.gather(*list(self._tasks), return_exceptions=True)
