@@ -35,6 +35,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from enum import StrEnum
 
+from issuer.errors import IssuerError
+
 APIKEY = "apikey"
 PKJWT = "pkjwt"
 SECRET = "secret"
@@ -109,7 +111,7 @@ def minimum_for(risk: str | None, agent_type: str | None, declared: str | None) 
     return default
 
 
-class BadAcrValues(ValueError):
+class BadAcrValues(IssuerError, ValueError):
     """An ``acr_values`` parameter that is too long or names a level not on the ladder."""
 
 
