@@ -224,3 +224,33 @@ def test_a_user_without_the_admin_role_is_not_let_in(serving: Serving) -> None:
             assert page.url.startswith(f"{serving.http}/console/signin")
         finally:
             browser.close()
+
+
+def test_a_decision_appears_in_the_live_stream_and_opens_into_its_explanation(
+    serving: Serving,
+) -> None:
+    agent = add_agent(serving, "stream-bot")
+    add_user(serving, "sasha", ["tessera-admin"])
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium(), args=["--no-sandbox"])
+        try:
+            page = browser.new_page()
+            sign_in(page, serving.http, "sasha")
+            page.goto(f"{serving.http}/console/decisions?agent={agent}")
+            page.wait_for_selector("#live:text('live')")
+            assert page.locator("#decisions tbody tr").count() == 0
+            assert authorize(serving, agent).allow
+            link = page.locator("#decisions tbody tr a").first
+            link.wait_for(timeout=10_000)  # the stream, not a reload, brought it
+            assert page.locator("#decisions tbody td.allow").count() == 1
+            link.click()
+            assert page.inner_text("#effect") == "allow"
+            assert "permit agents.read_only" in page.inner_text("#explanation")
+        finally:
+            browser.close()
+
+
+def test_a_decision_id_that_is_not_one_is_not_found(serving: Serving) -> None:
+    with token_session(serving) as client:
+        assert client.get("/console/decisions/not-an-id").status_code == 404
+        assert client.get(f"/console/decisions/{'0' * 32}").status_code == 404
