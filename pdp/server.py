@@ -35,7 +35,7 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 
 from issuer.app import SCIM_PATH, HttpRunning, bind, issuer_routes, serve_http, unrouted
 from issuer.keys import KeyRing, ScheduledRotation
@@ -68,6 +68,7 @@ from pdp.serve.caller_auth import callers_for, callers_line
 from pdp.serve.config import ServeConfig
 from pdp.serve.drain import Drained, drain
 from pdp.serve.exchange import exchange_check
+from pdp.serve.extensions import HttpExtension, HttpParts
 from pdp.serve.openapi import HEALTH_PATH, OPENAPI_PATH, serve_document
 from pdp.serve.reload import Reloader
 from pdp.serve.sources import PolicySource, open_source
@@ -435,9 +436,11 @@ async def _serve_issuer(
     stack: contextlib.AsyncExitStack,
     token: str,
     callers: Callers,
+    extensions: Sequence[HttpExtension] = (),
 ) -> HttpRunning:
     """The issuer's HTTP service (SCIM, OAuth) with AuthZEN beside it, on ``planes.sock``;
-    ``token`` is the bootstrap admin token, ``callers`` how agent tokens are verified."""
+    ``token`` is the bootstrap admin token, ``callers`` how agent tokens are verified,
+    ``extensions`` what the layer above adds (the operator console)."""
     store, keys, issuer, base = planes.store, planes.keys, planes.issuer, planes.base
     assert store is not None and keys is not None
     oauth = AuthorizationServer(
@@ -463,6 +466,11 @@ async def _serve_issuer(
         (issuer, base),
         certificates=bool(tls and config.tls_client_ca),
         agent_tokens=callers.agent_tokens,
+        extra=[
+            route
+            for extend in extensions
+            for route in extend(HttpParts(point, store, oauth, planes.audit, config, base, issuer))
+        ],
     )
     http = await serve_http(app, planes.sock, tls, config.tls_client_ca or None)
     stack.push_async_callback(http.stop)
@@ -477,13 +485,15 @@ def http_app(
     *,
     certificates: bool = False,
     agent_tokens: AgentTokens = NO_AGENT_TOKENS,
+    extra: Sequence[BaseRoute] = (),
 ) -> Starlette:
     """What ``tessera serve`` answers on its HTTP port: health and the API's OpenAPI
     document (no token needed), AuthZEN, and the issuer's SCIM, resource catalog (its
     entries held to the policy schema decided with) and OAuth endpoints.
     ``urls`` are the issuer's URL and the port's own (AuthZEN's tokens may name either);
     ``certificates``: AuthZEN takes a PEP's client certificate the TLS layer checked;
-    ``agent_tokens``: how AuthZEN verifies agent tokens in subjects."""
+    ``agent_tokens``: how AuthZEN verifies agent tokens in subjects; ``extra``: routes
+    the layer above adds (:mod:`pdp.serve.extensions`)."""
     issuer, base = urls
     scim_admins = oauth.administrators([issuer, f"{issuer}{SCIM_PATH}"])
     authzen = AuthZen(
@@ -499,6 +509,7 @@ def http_app(
             Route(OPENAPI_PATH, serve_document, methods=["GET"]),
             *authzen.routes(),
             *issuer_routes(store, scim_admins, oauth, schema_check(lambda: point.schema)),
+            *extra,
         ],
         exception_handlers={HTTPException: unrouted},
     )
@@ -604,6 +615,7 @@ async def serve_forever(
     announce: Sequence[str] = (),
     supervised: Supervised | None = None,
     policies: PolicySource | None = None,
+    extensions: Sequence[HttpExtension] = (),
 ) -> None:
     """Serve until SIGINT or SIGTERM, then drain in-flight calls and stop; SIGHUP loads the
     policies at once. ``policies`` is the source ``engine``'s bundle was loaded from
@@ -612,7 +624,8 @@ async def serve_forever(
     With a store: the directory snapshot follows it, and the issuer's HTTP service (SCIM)
     runs beside the decision service in this event loop. Whatever started is stopped
     again, also when a later part fails to start. With ``supervised``, this process is one
-    of several workers on the same ports.
+    of several workers on the same ports. ``extensions`` add routes to the HTTP port
+    (:mod:`pdp.serve.extensions`).
     """
     async with contextlib.AsyncExitStack() as stack:
         planes = _open_planes(config, stack)
@@ -641,7 +654,9 @@ async def serve_forever(
         token = config.admin_token or new_token()
         http = None
         if planes.sock is not None:
-            http = await _serve_issuer(config, planes, running.point, stack, token, callers)
+            http = await _serve_issuer(
+                config, planes, running.point, stack, token, callers, extensions
+            )
         if supervised is None:
             _watch_anomalies(config, planes, running, stack)
             _announce(config, running, planes, (token, counters.name), announce)

@@ -69,6 +69,7 @@ from pdp.engine import Engine
 from pdp.lang.errors import PolicyError
 from pdp.metrics import WorkerMetrics
 from pdp.serve.config import ServeConfig
+from pdp.serve.extensions import HttpExtension
 from pdp.serve.reload import log_reloads
 from pdp.serve.sources import SourceError, open_source
 from pdp.server import (
@@ -81,6 +82,7 @@ from pdp.server import (
 )
 
 OK, FAILED = 0, 1
+WORKER = "pdp.workers"  # the module a worker runs, unless the layer above names its own
 STARTUP_TIMEOUT = 120.0  # seconds a worker may take to serve (it compiles the policies)
 STABLE = 10.0  # a worker that lived this long was not dying at its start
 MAX_QUICK_DEATHS = 5  # deaths in a row within STABLE seconds of starting that stop everything
@@ -163,13 +165,19 @@ class Slot:
     quick_deaths: int = 0  # in a row, each within STABLE seconds of its start
 
 
-def supervise(config: ServeConfig, announce: Sequence[str], err: TextIO) -> int:
+def supervise(
+    config: ServeConfig, announce: Sequence[str], err: TextIO, worker: str = WORKER
+) -> int:
     """Run ``config.workers`` workers until SIGINT or SIGTERM; the exit code: 0 once every
     worker stopped by itself, 1 when workers could not start, kept dying, or had to be
-    killed. OSError or StoreError when the store or a port cannot be had."""
+    killed. OSError or StoreError when the store or a port cannot be had. ``worker`` is
+    the module each worker runs (``python -m``): this one, or one of the layer above
+    that calls :func:`main` with its HTTP extensions."""
     with contextlib.ExitStack() as stack:
         plan = prepare(config, stack)
-        return asyncio.run(Supervisor(plan, announce, err).run())
+        supervisor = Supervisor(plan, announce, err)
+        supervisor.worker = worker
+        return asyncio.run(supervisor.run())
 
 
 class Supervisor:
@@ -187,6 +195,7 @@ class Supervisor:
         self.started = False  # every worker served once: deaths from now on are restarts
         self.metrics = WorkerMetrics(self._scrape)
         self._pool = ThreadPoolExecutor(len(self.slots), thread_name_prefix="scrape")
+        self.worker = WORKER  # the module each worker runs
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
@@ -306,7 +315,7 @@ class Supervisor:
             # -P: the working directory is not put on the path, so a file there named like
             # one of Tessera's packages (issuer.py) cannot stand in for it.
             slot.process = await asyncio.create_subprocess_exec(
-                *(sys.executable, "-P", "-m", "pdp.workers", "--report-fd", str(write)),
+                *(sys.executable, "-P", "-m", self.worker, "--report-fd", str(write)),
                 *("--parent", str(os.getpid()), "--number", str(slot.number)),
                 stdin=asyncio.subprocess.PIPE,
                 pass_fds=(write,),
@@ -442,9 +451,9 @@ def _report_when_serving(fd: int) -> Supervised:
     return Supervised(ready)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, extensions: Sequence[HttpExtension] = ()) -> int:
     """A worker: serve with the settings on standard input until SIGTERM or SIGINT, or
-    until the parent is gone."""
+    until the parent is gone; ``extensions`` add routes to its HTTP port."""
     parser = argparse.ArgumentParser(prog="python -m pdp.workers")
     parser.add_argument("--report-fd", type=int, required=True)
     parser.add_argument("--parent", type=int, required=True)
@@ -456,10 +465,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     _follow_parent(args.parent)
     settings = ServeConfig(**json.loads(sys.stdin.read()))
-    return _serve(settings, args.number, _report_when_serving(args.report_fd))
+    return _serve(settings, args.number, _report_when_serving(args.report_fd), extensions)
 
 
-def _serve(settings: ServeConfig, number: int, supervised: Supervised) -> int:
+def _serve(
+    settings: ServeConfig,
+    number: int,
+    supervised: Supervised,
+    extensions: Sequence[HttpExtension] = (),
+) -> int:
     """Load the policies and serve; the exit code (2 when this worker cannot serve). The
     worker follows the policies with a source of its own (for a repository: its own
     clone), as a replica does."""
@@ -478,7 +492,11 @@ def _serve(settings: ServeConfig, number: int, supervised: Supervised) -> int:
             return 2
         try:
             serving = serve_forever(
-                Engine(bundle), settings, supervised=supervised, policies=source
+                Engine(bundle),
+                settings,
+                supervised=supervised,
+                policies=source,
+                extensions=extensions,
             )
             asyncio.run(serving)
         except (OSError, StoreError) as exc:

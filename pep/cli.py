@@ -11,16 +11,28 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from issuer import cli as keys
 from pdp.audit.cli import AUDIT, REPORT
 from pdp.commands import OK, USAGE, Command, run
 from pdp.commands.policy import CHECK, EVAL, EXPLAIN, FMT, LSP, TEST
-from pdp.commands.serve import SERVE, open_configured_store
+from pdp.commands.serve import open_configured_store, serving
 from pep.admin_mcp.cli import ADMIN_MCP
 from pep.mcp_proxy.cli import MCP_PROXY
 from pep.status import STATUS
+
+if TYPE_CHECKING:
+    from starlette.routing import BaseRoute
+
+    from pdp.serve.extensions import HttpParts
+
+
+def _console(parts: HttpParts) -> Sequence[BaseRoute]:
+    """The operator console (imported when ``tessera serve`` serves HTTP, not before)."""
+    from pep.console.app import console
+
+    return console(parts)
 
 
 def _keys(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
@@ -40,6 +52,9 @@ def _keys(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 KEYS = Command(
     "keys", help=keys.HELP, description=keys.DESCRIPTION, options=keys.add_options, run=_keys
 )
+
+# `tessera serve` with the operator console on its HTTP port, in every worker too
+SERVE = serving([_console], "pep.console.worker")
 
 COMMANDS = (
     CHECK,

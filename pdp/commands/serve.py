@@ -8,6 +8,8 @@ This is the one place the command line reaches into the decision service
 from __future__ import annotations
 
 import argparse
+import dataclasses
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, TextIO
 
 from pdp.commands import OK, USAGE, Command
@@ -18,6 +20,7 @@ if TYPE_CHECKING:
     from issuer.store import Store
     from pdp.loader import Loaded
     from pdp.serve.config import ServeConfig
+    from pdp.serve.extensions import HttpExtension
     from pdp.serve.sources import PolicySource
 
 
@@ -141,7 +144,23 @@ def _identity_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _serve(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+def serving(extensions: Sequence[HttpExtension] = (), worker: str = "pdp.workers") -> Command:
+    """The ``serve`` command; ``extensions`` add routes to the HTTP port (the layer above
+    gives its operator console), ``worker`` is the module each of ``--workers N`` runs
+    (one that passes the same extensions on)."""
+
+    def run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+        return _serve(args, err, extensions, worker)
+
+    return dataclasses.replace(SERVE, run=run)
+
+
+def _serve(
+    args: argparse.Namespace,
+    err: TextIO,
+    extensions: Sequence[HttpExtension] = (),
+    worker: str = "pdp.workers",
+) -> int:
     import asyncio
 
     from issuer.store import StoreError
@@ -168,8 +187,10 @@ def _serve(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             from pdp.workers import supervise
 
             source.close()  # each worker follows the policies with a source of its own
-            return supervise(config, [summary], err)
-        asyncio.run(serve_forever(Engine(loaded.bundle), config, [summary], policies=source))
+            return supervise(config, [summary], err, worker)
+        engine = Engine(loaded.bundle)
+        serving = serve_forever(engine, config, [summary], policies=source, extensions=extensions)
+        asyncio.run(serving)
     except (OSError, StoreError) as exc:
         print(f"tessera serve: {exc}", file=err)
         return USAGE
@@ -221,7 +242,7 @@ SERVE = Command(
     "from its flag, else TESSERA_<NAME> in the environment, else the [serve] table of "
     "--config (default ./tessera.toml if it exists), else its default.",
     options=_serve_options,
-    run=_serve,
+    run=lambda args, out, err: _serve(args, err),
 )
 
 

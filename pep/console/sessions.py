@@ -1,0 +1,78 @@
+"""Console sessions, kept in the store so that every worker and replica knows them.
+
+The cookie holds a random session id; the store holds only its SHA-256 (kind
+``ConsoleSession``), with the operator and the expiry. The synchronizer token that every
+form carries is derived from the session id (HMAC), so it is bound to the session, never
+stored, and unknown to whoever reads the store or the admin trail. Signing in and out are
+changes in the store's change log, and so records on the admin trail with the operator as
+actor.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+import time
+from dataclasses import dataclass
+
+from issuer.store import NotFound, Store
+
+KIND = "ConsoleSession"
+LIFETIME = 8 * 3600  # seconds a session lasts, however active
+COOKIE = "tessera_console"
+MAX_COOKIE = 128  # characters of a session id read from a cookie
+
+
+@dataclass(frozen=True)
+class Session:
+    """A signed-in operator: who (the actor recorded for their actions), the name shown,
+    the session id (only in the cookie) and when it ends (epoch seconds)."""
+
+    id: str
+    operator: str
+    name: str
+    expires: float
+
+    @property
+    def csrf(self) -> str:
+        """The synchronizer token of this session's forms."""
+        return hmac.new(self.id.encode(), b"tessera-console-csrf", hashlib.sha256).hexdigest()
+
+    def checks(self, token: str) -> bool:
+        """Whether a form's token is this session's (in constant time)."""
+        return hmac.compare_digest(self.csrf, token)
+
+
+def _key(session_id: str) -> str:
+    return hashlib.sha256(session_id.encode()).hexdigest()
+
+
+class Sessions:
+    """Sessions over one store; blocking calls (run them off the event loop)."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    def open(self, operator: str, name: str) -> Session:
+        """A new session for ``operator``, stored."""
+        session = Session(secrets.token_urlsafe(32), operator, name, time.time() + LIFETIME)
+        document = {"operator": operator, "name": name, "expires": session.expires}
+        self.store.put(KIND, {_key(session.id): document}, actor=operator)
+        return session
+
+    def find(self, session_id: str) -> Session | None:
+        """The live session of a cookie's id, or None."""
+        if not session_id or len(session_id) > MAX_COOKIE:
+            return None
+        try:
+            data = self.store.get(KIND, _key(session_id)).data
+        except NotFound:
+            return None
+        if float(data.get("expires", 0)) <= time.time():
+            return None
+        return Session(session_id, str(data["operator"]), str(data["name"]), data["expires"])
+
+    def close(self, session: Session) -> None:
+        """End a session everywhere: the store forgets it."""
+        self.store.put(KIND, {_key(session.id): None}, actor=session.operator)
