@@ -34,6 +34,10 @@
     reload_interval = 1.0                    # local: seconds between policy checks
     audit = "async"                          # local: async | sync | off, as [serve] audit
     metrics_port = -1                        # Prometheus /metrics on host:port (-1: off)
+    client_cert_header = ""                  # behind a TLS-terminating proxy: the header
+    client_cert_proxies = ["127.0.0.1", "::1"]  # with the client certificate (URL-encoded
+                                             # PEM), believed from these addresses only;
+                                             # what certificate-bound tokens are checked by
 
     [[mcp_proxy.upstream]]
     name = "payments"                        # resource.server in policies
