@@ -51,6 +51,7 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from issuer.oauth.mtls import certificate_from, confirmation
 from issuer.wire import TooSlow, WireError, read_body, read_json
 from pdp.loader import Loaded
 from pep.mcp_proxy import challenges
@@ -257,7 +258,7 @@ class Proxy:
             resource = self.config.resource(upstream)
             try:
                 caller = await self.tokens.authenticate(
-                    request.fields.get("authorization"), resource
+                    request.fields.get("authorization"), resource, self._certificate(request)
                 )
             except Unauthorized as exc:
                 return challenges.unauthorized(self.config, upstream, exc.description)
@@ -285,6 +286,17 @@ class Proxy:
             return await self.relay.forward(request, upstream, caller, None, Plan())
 
         return endpoint
+
+    def _certificate(self, request: Incoming) -> str | None:
+        """The ``x5t#S256`` of the client's certificate, as the TLS-terminating proxy in
+        front forwards it (``client_cert_header``, believed from ``client_cert_proxies``
+        only); None without one."""
+        header = self.config.client_cert_header
+        if not header:
+            return None
+        proxies = frozenset(self.config.client_cert_proxies)
+        found = certificate_from(request.scope, request.fields, header, proxies)
+        return None if found is None else confirmation(found)
 
     def _origin(self, request: Incoming) -> Response | None:
         """A 403 for an ``Origin`` neither this proxy's nor an allowed one (DNS rebinding)."""

@@ -34,6 +34,10 @@
     reload_interval = 1.0                    # local: seconds between policy checks
     audit = "async"                          # local: async | sync | off, as [serve] audit
     metrics_port = -1                        # Prometheus /metrics on host:port (-1: off)
+    client_cert_header = ""                  # behind a TLS-terminating proxy: the header
+    client_cert_proxies = ["127.0.0.1", "::1"]  # with the client certificate (URL-encoded
+                                             # PEM), believed from these addresses only;
+                                             # what certificate-bound tokens are checked by
 
     [[mcp_proxy.upstream]]
     name = "payments"                        # resource.server in policies
@@ -99,7 +103,7 @@ SETTINGS = {
     "max_body", "body_timeout", "jwks_uri", "client_id", "client_secret_env", "consent_client_id",
     "step_up_acrs", "api_keys", "pdp_timeout", "decision_cache", "token_cache", "decisions",
     "policies", "store", "reload_interval", "metrics_port", "audit", "upstream", "pdp_token",
-    "pdp_tls", "pdp_ca", "pdp_cert", "pdp_key",
+    "pdp_tls", "pdp_ca", "pdp_cert", "pdp_key", "client_cert_header", "client_cert_proxies",
 }  # fmt: skip
 """The settings the ``[mcp_proxy]`` table may hold; any other is refused."""
 
@@ -166,6 +170,8 @@ class ProxyConfig:
     pdp_ca: str = ""
     pdp_cert: str = ""
     pdp_key: str = ""
+    client_cert_header: str = ""
+    client_cert_proxies: tuple[str, ...] = ("127.0.0.1", "::1")
 
     @property
     def jwks(self) -> str:
@@ -242,6 +248,7 @@ def config_from_table(
         metrics_port=_int(table, "metrics_port", -1, "mcp_proxy"),
         audit=audit,
         **_pdp_auth(table),
+        **_client_certificates(table),
     )
     check(config)
     return config
@@ -260,6 +267,20 @@ def _pdp_auth(table: Mapping[str, Any]) -> dict[str, Any]:
             "needs its private key"
         )
     return {"pdp_token": token, "pdp_tls": _bool(table, "pdp_tls", False, "mcp_proxy"), **files}
+
+
+def _client_certificates(table: Mapping[str, Any]) -> dict[str, Any]:
+    """Where a TLS-terminating proxy in front puts the client's certificate, and the
+    addresses it is believed from: what a certificate-bound token (RFC 8705) is checked
+    against."""
+    header = _str(table, "client_cert_header", "", "mcp_proxy").strip().lower()
+    proxies = tuple(_strs(table, "client_cert_proxies", ["127.0.0.1", "::1"], "mcp_proxy"))
+    if header and not proxies:
+        raise ConfigError(
+            "mcp_proxy.client_cert_proxies: name the proxies whose client_cert_header is "
+            "believed (an empty list would believe none)"
+        )
+    return {"client_cert_header": header, "client_cert_proxies": proxies}
 
 
 def _pem(table: Mapping[str, Any], key: str) -> str:
@@ -398,9 +419,19 @@ def _upstream(item: Any, index: int, env: Mapping[str, str]) -> Upstream:
 
 
 # Context attributes a call's arguments may never supply: the token's authentication
-# strength, the user's consents, and what the proxy itself says of the call. A caller
-# who could set ``acr`` through an argument would meet any step-up.
-RESERVED_CONTEXT = ("acr", "consents", "mcp_method", "mcp_server")
+# strength, the user's consents, what a person approved (the token's payment), and what
+# the proxy itself says of the call. A caller who could set ``acr`` through an argument
+# would meet any step-up, and one who could set ``approved_amount`` would widen the
+# approval to any amount.
+RESERVED_CONTEXT = (
+    "acr",
+    "consents",
+    "mcp_method",
+    "mcp_server",
+    "approved_amount",
+    "approved_creditor",
+    "approval_age",
+)
 
 
 def _context(raw: Any, where: str) -> dict[str, ContextArgument]:

@@ -34,6 +34,8 @@ a ``limit`` could decide still goes to the PDP, which keeps the counters.
 from __future__ import annotations
 
 import logging
+import re
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,7 +52,7 @@ from pdp.decide import DecisionPoint
 from pdp.directory import Directory
 from pdp.engine import Engine
 from pdp.lang.schema import SchemaModel
-from pdp.lang.values import Money, parse_amount
+from pdp.lang.values import Duration, Money, parse_amount
 from pdp.loader import Loaded, load_directory
 from pdp.metrics import Metrics
 from pdp.model import Answer, Request, RequestError
@@ -75,6 +77,8 @@ from pep.mcp_proxy.metrics import ProxyMetrics
 from pep.mcp_proxy.tokens import Caller
 
 log = logging.getLogger("tessera.mcp_proxy")
+PAYMENT = "payment_initiation"  # the RFC 9396 type a person approves a payment with
+CURRENCY = re.compile(r"[A-Z]{3}")  # ISO 4217, as the amount grammar writes money
 
 
 @dataclass(frozen=True)
@@ -399,13 +403,53 @@ def _request(schema: SchemaModel, query: Query) -> Request:
 def _context(
     caller: Caller, upstream: Upstream, method: str, context: Mapping[str, Any]
 ) -> dict[str, Any]:
-    """A decision's context: the mapped arguments, the MCP method and upstream, and the
-    token's ``acr`` (what ``step_up`` is met by), passed as Envoy's ext_authz passes it."""
+    """A decision's context: the mapped arguments, the MCP method and upstream, the
+    token's ``acr`` (what ``step_up`` is met by), passed as Envoy's ext_authz passes it,
+    and what a person approved (:func:`approval`)."""
     full = {**context, "mcp_method": method, "mcp_server": upstream.name}
     acr = caller.claims.get("acr")
     if isinstance(acr, str):
         full["acr"] = acr
+    full.update(approval(caller.claims, time.time()))
     return full
+
+
+def approval(claims: Mapping[str, Any], now: float) -> dict[str, Any]:
+    """What a person approved, from a token a human approval gave (``amr`` has
+    ``human``: OpenID CIBA): its first ``payment_initiation`` (RFC 9396) as
+    ``approved_amount`` (money) and ``approved_creditor``, and the approval's age
+    (``auth_time``) as ``approval_age``. A token of any other grant carries whatever
+    ``authorization_details`` its client asked for, which no person saw: nothing. A part
+    that cannot be read is left out, so a rule that reads it fails (closed)."""
+    amr = claims.get("amr")
+    if not isinstance(amr, list) or "human" not in amr:
+        return {}
+    found: dict[str, Any] = {}
+    auth_time = claims.get("auth_time")
+    if isinstance(auth_time, int) and not isinstance(auth_time, bool):
+        found["approval_age"] = Duration(max(0, int(now) - auth_time))
+    payment = _first_payment(claims.get("authorization_details"))
+    instructed = payment.get("instructedAmount")
+    if isinstance(instructed, dict) and CURRENCY.fullmatch(str(instructed.get("currency"))):
+        try:
+            amount = parse_amount(instructed.get("amount"))  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            pass  # not an amount: left out
+        else:
+            found["approved_amount"] = Money(amount, instructed["currency"])
+    if isinstance(payment.get("creditorName"), str):
+        found["approved_creditor"] = payment["creditorName"]
+    return found
+
+
+def _first_payment(details: Any) -> Mapping[str, Any]:
+    """The first ``payment_initiation`` of an ``authorization_details`` claim; {} when
+    there is none."""
+    if isinstance(details, list):
+        for detail in details:
+            if isinstance(detail, dict) and detail.get("type") == PAYMENT:
+                return detail
+    return {}
 
 
 def _list_request(

@@ -13,8 +13,10 @@ resource.
 
 The caller is then the agent and the user it acts for: ``act`` (RFC 8693 delegation)
 names the agent acting for ``sub``; a token whose ``agent_id`` is its ``sub`` is an agent
-acting alone; a user's own token (``may_act``) must be exchanged by its agent first. The
-proxy sees no client certificate, so a certificate-bound token (RFC 8705) is refused.
+acting alone; a user's own token (``may_act``) must be exchanged by its agent first. A
+certificate-bound token (RFC 8705 §3) is accepted only with the certificate it names,
+which the proxy learns from the TLS-terminating proxy in front (``client_cert_header``);
+without one it is refused.
 
 Revocation: with the store's revocations at hand (local decisions), a revoked JWT, or
 one exchanged from a revoked token or grant (its ``lineage``), is refused at once,
@@ -148,8 +150,11 @@ class ResourceServer:
             self._verifiers[resource] = verifier
         return verifier
 
-    async def authenticate(self, authorization: str | None, resource: str) -> Caller:
-        """The caller for this resource, or :class:`Unauthorized`."""
+    async def authenticate(
+        self, authorization: str | None, resource: str, certificate: str | None = None
+    ) -> Caller:
+        """The caller for this resource, or :class:`Unauthorized`; ``certificate``: the
+        ``x5t#S256`` of the client certificate the request came with, if any."""
         scheme, _, token = (authorization or "").partition(" ")
         token = token.strip() if scheme.lower() == "bearer" else ""
         verifier = self._verifier(resource)
@@ -159,9 +164,9 @@ class ResourceServer:
             traded = await self._api_key(token, resource)
             if isinstance(traded, Refusal):
                 raise unauthorized(traded)
-            found = await verifier.verify(traded, fresh=True)
+            found = await verifier.verify(traded, certificate, fresh=True)
         else:
-            found = await verifier.verify(token)
+            found = await verifier.verify(token, certificate)
         if isinstance(found, Refusal):
             raise unauthorized(found)
         return found

@@ -85,7 +85,18 @@ def test_the_step_ups_the_issuer_can_do_are_a_setting_and_none_by_default() -> N
     assert config.step_up_acrs == ("mfa", "hwk")
 
 
-@pytest.mark.parametrize("name", ["acr", "consents", "mcp_method", "mcp_server"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "acr",
+        "consents",
+        "mcp_method",
+        "mcp_server",
+        "approved_amount",
+        "approved_creditor",
+        "approval_age",
+    ],
+)
 def test_a_call_argument_cannot_supply_what_tessera_sets(name: str) -> None:
     with pytest.raises(ConfigError) as raised:
         config_from_table(table(upstream=[up(context={name: "level"})]), env={})
@@ -147,12 +158,29 @@ def test_a_call_argument_cannot_supply_what_tessera_sets(name: str) -> None:
         ({"step_up_acrs": "mfa"}, "mcp_proxy.step_up_acrs must be a list of strings"),
         ({"step_up_acrs": [""]}, "mcp_proxy.step_up_acrs must be a list of strings"),
         ({"pdp_ca": "/nonexistent/ca.pem"}, "mcp_proxy.pdp_ca: cannot read /nonexistent/ca.pem"),
+        (
+            {"client_cert_header": "X-Client-Cert", "client_cert_proxies": []},
+            "mcp_proxy.client_cert_proxies: name the proxies",
+        ),
+        ({"client_cert_proxies": "10.0.0.1"}, "client_cert_proxies must be a list of strings"),
     ],
 )
 def test_a_configuration_that_cannot_work_is_refused(changes: dict[str, Any], message: str) -> None:
     with pytest.raises(ConfigError) as raised:
         config_from_table(table(**changes), env={})
     assert message in str(raised.value)
+
+
+def test_the_client_certificate_comes_from_a_header_of_believed_proxies() -> None:
+    config = config_from_table(table(), env={})
+    assert (config.client_cert_header, config.client_cert_proxies) == ("", ("127.0.0.1", "::1"))
+    config = config_from_table(
+        table(client_cert_header="X-Client-Cert", client_cert_proxies=["10.0.0.7"]), env={}
+    )
+    assert (config.client_cert_header, config.client_cert_proxies) == (
+        "x-client-cert",
+        ("10.0.0.7",),
+    )
 
 
 def test_the_pdp_credentials_are_settings_checked_when_read(tmp_path: Path) -> None:

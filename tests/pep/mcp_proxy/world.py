@@ -231,6 +231,7 @@ def world(
     tmp_path: Path,
     policies: Path = POLICIES,
     callers: bool = False,
+    issuer: dict[str, Any] | None = None,
     **options: Any,
 ) -> Iterator[World]:
     """The world on a fresh ``backend`` store, its PDP deciding with the ``policies``
@@ -238,9 +239,10 @@ def world(
     configuration (``decisions="local"`` decides on the same policies and the issuer's
     store unless told otherwise). With ``callers``, the PDP asks every caller for a PEP's
     bearer token, as ``caller_auth = "required"`` does, and the proxy's own client at the
-    issuer may ask for one (scope ``tessera:decide``)."""
+    issuer may ask for one (scope ``tessera:decide``). ``issuer`` options go to the
+    authorization server (``client_cert_header``, a CIBA ``clock``, ``on_human``)."""
     lazy = Lazy()
-    with oauth_service(backend, tmp_path, exchange_check=lazy) as oauth:
+    with oauth_service(backend, tmp_path, exchange_check=lazy, **(issuer or {})) as oauth:
         directory = Directory(oauth.store)
         directory.start()
         audit = AuditWriter(oauth.store, 1000, 0.0)
