@@ -135,6 +135,12 @@ def examples(seeds: Seeds) -> dict[str, Any]:
         "POST /oauth/api-keys": {"agent_id": seeds.agent, "scope": "mcp:tools", "expires_in": 60},
         "POST /oauth/login": {"request": "expired", "username": "fuzz-user", "password": "x"},
         "POST /oauth/consent": {"request": "expired", "csrf": "x", "decision": "deny"},
+        "POST /oauth/bc-authorize": {
+            "scope": "openid mcp:tools",
+            "login_hint": "fuzz-user",
+            "binding_message": "fuzz 42",
+        },
+        "POST /oauth/approvals/{id}": {"csrf": "x", "decision": "deny"},
         "POST /access/v1/evaluation": question,
         "POST /access/v1/evaluations": {
             **lookup,
