@@ -248,8 +248,8 @@ class Store(Protocol):
         dropped."""
         ...
 
-    def cursor(self, name: str) -> int:
-        """Where the follower ``name`` has read up to (0 before it first moves)."""
+    def cursor(self, name: str) -> int | None:
+        """Where the follower ``name`` has read up to; None before it first moves."""
         ...
 
     def move_cursor(self, name: str, position: int) -> None:

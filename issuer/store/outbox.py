@@ -49,11 +49,11 @@ class OutboxTable:
             _move(cur, cursor, position)
         return dropped
 
-    def cursor(self, name: str) -> int:
+    def cursor(self, name: str) -> int | None:
         with self._transaction(write=False) as cur:
             cur.execute("SELECT position FROM cursors WHERE name = ?", (name,))
             row = cur.fetchone()
-        return 0 if row is None else int(row[0])
+        return None if row is None else int(row[0])
 
     def move_cursor(self, name: str, position: int) -> None:
         with self._transaction(write=True, changes=False) as cur:

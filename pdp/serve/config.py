@@ -195,6 +195,32 @@ class ServeConfig:
     ext_authz_routes: str = ""
     ext_authz_audience: str = ""
     ext_authz_strip_headers: str = "authorization"
+    webhooks: str = ""
+    webhook_secret: str = ""
+    webhook_source: str = "/tessera"
+    webhook_max_attempts: int = 8
+    webhook_max_age: float = 3600.0
+    webhook_backoff: float = 1.0
+    webhook_timeout: float = 5.0
+    webhook_queue: int = 10_000
+    decision_log: str = ""
+    decision_log_batch: int = 500
+    decision_log_interval: float = 5.0
+    decision_log_attempts: int = 5
+    decision_log_backoff: float = 1.0
+    decision_log_encoding: str = ""
+    decision_log_labels: str = ""
+
+    @property
+    def webhook_targets(self) -> tuple[str, ...]:
+        """The webhook endpoints' URLs (``webhooks``: spaces or commas between)."""
+        return tuple(self.webhooks.replace(",", " ").split())
+
+    @property
+    def decision_log_label_map(self) -> dict[str, str]:
+        """``decision_log_labels`` (``key=value`` pairs, spaces or commas between)."""
+        pairs = (p.partition("=") for p in self.decision_log_labels.replace(",", " ").split())
+        return {key: value for key, _, value in pairs}
 
     def bounds(self) -> Bounds:
         """The ``max_*`` settings: how large a message and a request may be."""
@@ -328,7 +354,36 @@ def load_config(
     _check_counters(config)
     _check_gateway(config)
     _check_callers(config)
+    _check_delivery(config)
     return config
+
+
+def _check_delivery(config: ServeConfig) -> None:
+    """Webhooks and the decision log: a store to keep their place, a secret to sign,
+    bounds that are positive."""
+    if (config.webhook_targets or config.decision_log) and not config.store:
+        raise ConfigError(
+            "webhooks and decision_log keep their place in the store: set store "
+            "(sqlite:///path.db or postgresql://host/db)"
+        )
+    for url in config.webhook_targets:
+        if not url.startswith(("http://", "https://")):
+            raise ConfigError(f"webhooks: {url!r} is not an http:// or https:// URL")
+    if config.webhook_targets and len(config.webhook_secret) < MIN_TOKEN_LENGTH:
+        raise ConfigError(
+            f"webhook_secret: at least {MIN_TOKEN_LENGTH} characters, shared with the "
+            "receivers, which verify the Tessera-Signature header with it"
+        )
+    webhook = ("max_attempts", "max_age", "backoff", "timeout", "queue")
+    log = ("batch", "interval", "attempts", "backoff")
+    positive = [f"webhook_{n}" for n in webhook] + [f"decision_log_{n}" for n in log]
+    for name in positive:
+        if not getattr(config, name) > 0:
+            raise ConfigError(f"{name}: a positive number, got {getattr(config, name)!r}")
+    if config.decision_log_encoding not in ("", "gzip"):
+        raise ConfigError(
+            f'decision_log_encoding: {config.decision_log_encoding!r} is not "" or "gzip"'
+        )
 
 
 def _check_callers(config: ServeConfig) -> None:
