@@ -72,6 +72,22 @@ configuration file (``--config``, or ``./tessera.toml`` when it exists), the def
     '''
     ext_authz_audience = ""    # the aud ext_authz tokens must have; default: the issuer URL
     ext_authz_strip_headers = "authorization"  # removed before the upstream; "" keeps all
+    # webhooks and the decision log (see docs/audit.md, "Delivery"; docs/deploy.md)
+    webhooks = ""              # endpoints of signed CloudEvents (spaces or commas between)
+    webhook_secret = ""        # the HMAC key of Tessera-Signature (16 characters or more)
+    webhook_source = "/tessera"  # the events' source attribute
+    webhook_max_attempts = 8   # attempts, and
+    webhook_max_age = 3600.0   # seconds, before an event is a dead letter
+    webhook_backoff = 1.0      # seconds before the first retry, doubled each time
+    webhook_timeout = 5.0      # seconds one attempt may take
+    webhook_queue = 10000      # events pending in the outbox before new ones are dropped
+    decision_log = ""          # "stdout", a file path, or a collector's http(s):// URL
+    decision_log_batch = 500   # entries per batch
+    decision_log_interval = 5.0  # seconds an entry waits for its batch at most
+    decision_log_attempts = 5  # tries of a batch before it is dropped (counted)
+    decision_log_backoff = 1.0  # seconds before the first retry, doubled each time
+    decision_log_encoding = ""  # "gzip" compresses batches sent to a collector
+    decision_log_labels = ""   # key=value pairs added to each entry's labels
 
 With a store, agents and users are resolved from the directory by id (the caller's
 attributes for them are ignored) and an agent that is unknown or not active is denied.
