@@ -366,10 +366,8 @@ def load_config(
         raise ConfigError(
             f"store: {config.store!r} is neither sqlite:///path.db nor postgresql://host/db"
         )
-    _check_policies(config)
-    _check_counters(config)
-    _check_gateway(config)
-    _check_callers(config)
+    for check in (_check_policies, _check_counters, _check_gateway, _check_callers):
+        check(config)
     _check_delivery(config)
     return config
 
