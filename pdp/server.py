@@ -55,6 +55,7 @@ from pdp.bounds import DEFAULT_BOUNDS, Bounds
 from pdp.catalog import schema_check
 from pdp.counters import open_counters
 from pdp.decide import DEFAULT_CACHE_SIZE, DecisionPoint
+from pdp.delivery.start import deliver
 from pdp.directory import Directory
 from pdp.doors import ext_authz
 from pdp.doors import grpc as grpc_door
@@ -410,10 +411,12 @@ def _trail_jobs(
 def _watch_anomalies(
     config: ServeConfig, planes: Planes, running: Running, stack: contextlib.AsyncExitStack
 ) -> None:
-    """Anomaly detection beside this server, when it audits."""
+    """Anomaly detection, webhooks and the decision log beside this server, when it
+    audits."""
     if planes.store is None or planes.audit is None:
         return
     watch_anomalies(config, planes.store, running.point.metrics.alerts, stack)
+    deliver(config, planes.store, running.point.metrics.registry, stack)
 
 
 def watch_anomalies(

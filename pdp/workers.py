@@ -65,6 +65,7 @@ from issuer.keys import KeyRing
 from issuer.scim import new_token
 from issuer.store import Store, StoreError, open_store
 from pdp.counters import open_counters
+from pdp.delivery.start import deliver
 from pdp.engine import Engine
 from pdp.lang.errors import PolicyError
 from pdp.metrics import WorkerMetrics
@@ -220,6 +221,7 @@ class Supervisor:
         config = self.plan.config
         if self.plan.store is not None:
             watch_anomalies(config, self.plan.store, self.metrics.alerts, stack)
+            deliver(config, self.plan.store, self.metrics.own, stack)
         if not config.metrics:
             return None
         server = self.metrics.serve(config.metrics_port, config.host)

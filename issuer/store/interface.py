@@ -67,6 +67,18 @@ class BackchannelRecord:
     data: dict[str, Any]
 
 
+@dataclass(frozen=True)
+class OutboxEvent:
+    """One event for one webhook endpoint, waiting in the outbox."""
+
+    n: int  # the row's number (0 before it is stored)
+    event_id: str  # the CloudEvents id: with target, unique (the same event is kept once)
+    target: str  # the endpoint's URL
+    event: str  # the event as JSON text: exactly the body delivered
+    created: int  # epoch milliseconds when it was added
+    attempts: int = 0  # deliveries tried and failed
+
+
 class StoreError(IssuerError):
     """Base of the store's errors."""
 
@@ -225,6 +237,42 @@ class Store(Protocol):
 
     def backchannel_of_user(self, user_id: str, now: int) -> builtins.list[BackchannelRecord]:
         """The user's requests that have not expired at ``now``, oldest first."""
+        ...
+
+    def add_events(
+        self, events: Sequence[OutboxEvent], *, cursor: str, position: int, bound: int
+    ) -> int:
+        """Add events to the outbox (one already there, same id and target, is skipped)
+        and move the cursor ``cursor`` to ``position``, in one transaction; while
+        ``bound`` events are pending, the events are not added (dropped). How many were
+        dropped."""
+        ...
+
+    def cursor(self, name: str) -> int | None:
+        """Where the follower ``name`` has read up to; None before it first moves."""
+        ...
+
+    def move_cursor(self, name: str, position: int) -> None:
+        """Set the cursor ``name`` to ``position``."""
+        ...
+
+    def claim_events(self, now: int, lease: int, limit: int) -> builtins.list[OutboxEvent]:
+        """Claim up to ``limit`` pending events due at ``now`` (epoch ms) for ``lease``
+        ms, oldest first: no other process claims them meanwhile (PostgreSQL skips rows
+        another transaction is claiming)."""
+        ...
+
+    def event_delivered(self, n: int) -> None:
+        """Remove a delivered event from the outbox."""
+        ...
+
+    def event_failed(self, n: int, due: int | None) -> None:
+        """Count a failed attempt; try again at ``due`` (epoch ms), or, None, keep the
+        event as a dead letter (never tried again)."""
+        ...
+
+    def outbox_counts(self) -> tuple[int, int]:
+        """(events pending, dead letters) in the outbox."""
         ...
 
     def lease(self, name: str) -> Lease | None:

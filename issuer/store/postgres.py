@@ -28,6 +28,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from issuer.store.backchannel import BackchannelTable
 from issuer.store.interface import Lease, MissingStore, StoreError
+from issuer.store.outbox import OutboxTable
 from issuer.store.schema import (
     POSTGRES_TYPES,
     Cursor,
@@ -73,8 +74,10 @@ class _Cursor:
         return self._cur.fetchall()
 
 
-class PostgresStore(SQLStore, BackchannelTable):
+class PostgresStore(SQLStore, BackchannelTable, OutboxTable):
     """A :class:`~issuer.store.Store` in a PostgreSQL schema."""
+
+    _skip_locked = " FOR UPDATE SKIP LOCKED"
 
     def __init__(self, url: str, *, create: bool = True) -> None:
         """Connect, and make the tables in the current schema when ``create``; without, a

@@ -128,6 +128,26 @@ MIGRATIONS: Sequence[Sequence[str]] = (
         "CREATE INDEX backchannel_by_user ON backchannel (user_id, expires_at)",
         "CREATE INDEX backchannel_by_expiry ON backchannel (expires_at)",
     ),
+    (
+        # Events to deliver to webhooks (an outbox): one row per event and endpoint, kept
+        # until delivered (deleted) or dead-lettered (dead = 1). Times are epoch
+        # milliseconds; a replica claims a row by moving claimed_until past now.
+        """CREATE TABLE outbox (
+            n {seq},
+            event_id TEXT NOT NULL,
+            target TEXT NOT NULL,
+            event TEXT NOT NULL,
+            created {int} NOT NULL,
+            attempts {int} NOT NULL,
+            due {int} NOT NULL,
+            claimed_until {int} NOT NULL,
+            dead {int} NOT NULL,
+            UNIQUE (event_id, target)
+        )""",
+        "CREATE INDEX outbox_by_due ON outbox (dead, due)",
+        # How far a follower of the trails has read (the webhook events, the decision log).
+        "CREATE TABLE cursors (name TEXT PRIMARY KEY, position {int} NOT NULL)",
+    ),
 )
 
 

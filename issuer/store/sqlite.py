@@ -18,6 +18,7 @@ from typing import IO
 
 from issuer.store.backchannel import BackchannelTable
 from issuer.store.interface import Lease, MissingStore, StoreError
+from issuer.store.outbox import OutboxTable
 from issuer.store.schema import (
     SQLITE_TYPES,
     Cursor,
@@ -45,7 +46,7 @@ def database_path(url: str) -> str:
     return path
 
 
-class SQLiteStore(SQLStore, BackchannelTable):
+class SQLiteStore(SQLStore, BackchannelTable, OutboxTable):
     """A :class:`~issuer.store.Store` in a SQLite database."""
 
     def __init__(self, url: str, *, create: bool = True) -> None:

@@ -72,6 +72,22 @@ configuration file (``--config``, or ``./tessera.toml`` when it exists), the def
     '''
     ext_authz_audience = ""    # the aud ext_authz tokens must have; default: the issuer URL
     ext_authz_strip_headers = "authorization"  # removed before the upstream; "" keeps all
+    # webhooks and the decision log (see docs/audit.md, "Delivery"; docs/deploy.md)
+    webhooks = ""              # endpoints of signed CloudEvents (spaces or commas between)
+    webhook_secret = ""        # the HMAC key of Tessera-Signature (16 characters or more)
+    webhook_source = "/tessera"  # the events' source attribute
+    webhook_max_attempts = 8   # attempts, and
+    webhook_max_age = 3600.0   # seconds, before an event is a dead letter
+    webhook_backoff = 1.0      # seconds before the first retry, doubled each time
+    webhook_timeout = 5.0      # seconds one attempt may take
+    webhook_queue = 10000      # events pending in the outbox before new ones are dropped
+    decision_log = ""          # "stdout", a file path, or a collector's http(s):// URL
+    decision_log_batch = 500   # entries per batch
+    decision_log_interval = 5.0  # seconds an entry waits for its batch at most
+    decision_log_attempts = 5  # tries of a batch before it is dropped (counted)
+    decision_log_backoff = 1.0  # seconds before the first retry, doubled each time
+    decision_log_encoding = ""  # "gzip" compresses batches sent to a collector
+    decision_log_labels = ""   # key=value pairs added to each entry's labels
 
 With a store, agents and users are resolved from the directory by id (the caller's
 attributes for them are ignored) and an agent that is unknown or not active is denied.
@@ -195,6 +211,32 @@ class ServeConfig:
     ext_authz_routes: str = ""
     ext_authz_audience: str = ""
     ext_authz_strip_headers: str = "authorization"
+    webhooks: str = ""
+    webhook_secret: str = ""
+    webhook_source: str = "/tessera"
+    webhook_max_attempts: int = 8
+    webhook_max_age: float = 3600.0
+    webhook_backoff: float = 1.0
+    webhook_timeout: float = 5.0
+    webhook_queue: int = 10_000
+    decision_log: str = ""
+    decision_log_batch: int = 500
+    decision_log_interval: float = 5.0
+    decision_log_attempts: int = 5
+    decision_log_backoff: float = 1.0
+    decision_log_encoding: str = ""
+    decision_log_labels: str = ""
+
+    @property
+    def webhook_targets(self) -> tuple[str, ...]:
+        """The webhook endpoints' URLs (``webhooks``: spaces or commas between)."""
+        return tuple(self.webhooks.replace(",", " ").split())
+
+    @property
+    def decision_log_label_map(self) -> dict[str, str]:
+        """``decision_log_labels`` (``key=value`` pairs, spaces or commas between)."""
+        pairs = (p.partition("=") for p in self.decision_log_labels.replace(",", " ").split())
+        return {key: value for key, _, value in pairs}
 
     def bounds(self) -> Bounds:
         """The ``max_*`` settings: how large a message and a request may be."""
@@ -324,11 +366,38 @@ def load_config(
         raise ConfigError(
             f"store: {config.store!r} is neither sqlite:///path.db nor postgresql://host/db"
         )
-    _check_policies(config)
-    _check_counters(config)
-    _check_gateway(config)
-    _check_callers(config)
+    for check in (_check_policies, _check_counters, _check_gateway, _check_callers):
+        check(config)
+    _check_delivery(config)
     return config
+
+
+def _check_delivery(config: ServeConfig) -> None:
+    """Webhooks and the decision log: a store to keep their place, a secret to sign,
+    bounds that are positive."""
+    if (config.webhook_targets or config.decision_log) and not config.store:
+        raise ConfigError(
+            "webhooks and decision_log keep their place in the store: set store "
+            "(sqlite:///path.db or postgresql://host/db)"
+        )
+    for url in config.webhook_targets:
+        if not url.startswith(("http://", "https://")):
+            raise ConfigError(f"webhooks: {url!r} is not an http:// or https:// URL")
+    if config.webhook_targets and len(config.webhook_secret) < MIN_TOKEN_LENGTH:
+        raise ConfigError(
+            f"webhook_secret: at least {MIN_TOKEN_LENGTH} characters, shared with the "
+            "receivers, which verify the Tessera-Signature header with it"
+        )
+    webhook = ("max_attempts", "max_age", "backoff", "timeout", "queue")
+    log = ("batch", "interval", "attempts", "backoff")
+    positive = [f"webhook_{n}" for n in webhook] + [f"decision_log_{n}" for n in log]
+    for name in positive:
+        if not getattr(config, name) > 0:
+            raise ConfigError(f"{name}: a positive number, got {getattr(config, name)!r}")
+    if config.decision_log_encoding not in ("", "gzip"):
+        raise ConfigError(
+            f'decision_log_encoding: {config.decision_log_encoding!r} is not "" or "gzip"'
+        )
 
 
 def _check_callers(config: ServeConfig) -> None:

@@ -1,0 +1,1 @@
+"""Delivery: alerts to webhooks as signed CloudEvents, decision logs to collectors."""
