@@ -12,6 +12,7 @@ from pdp.serve.extensions import HttpParts
 from pep.admin_mcp.directory import DirectoryAdmin
 from pep.console.agents import AgentPages
 from pep.console.decisions import DecisionPages
+from pep.console.policies import PolicyPages
 from pep.console.render import STATIC_ROUTE, Renderer
 from pep.console.security import Hardened
 from pep.console.sessions import Sessions
@@ -30,6 +31,7 @@ def console(parts: HttpParts) -> Sequence[BaseRoute]:
         *SignIn(issuer, sessions, render).routes(),
         *AgentPages(DirectoryAdmin(parts.store), sessions, render).routes(),
         *DecisionPages(parts.store, parts.point, sessions, render).routes(),
+        *PolicyPages(parts.point, parts.store, parts.config.policies, sessions, render).routes(),
         STATIC_ROUTE,
     ]
     app = Starlette(routes=pages, middleware=[Middleware(Hardened)])
