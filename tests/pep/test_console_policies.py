@@ -4,6 +4,7 @@ server's simulate_request does and leaves nothing behind."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -86,11 +87,15 @@ def test_a_file_is_shown_as_its_text_escaped(page: Page) -> None:
 
 def test_what_if_decides_explains_and_records_nothing(serving: Serving, page: Page) -> None:
     agent = add_agent(serving, "whatif-bot")
-    page.goto(f"{serving.http}/console/policies")
-    page.fill("#whatif input[name=agent]", "whatif-bot")
-    page.fill("#whatif input[name=tool]", "search")
-    page.fill("#whatif textarea[name=context]", "amount=20 USD")
-    page.click("#decide")
+    for _ in range(100):  # until the change feed has brought the agent (10 s at most)
+        page.goto(f"{serving.http}/console/policies")
+        page.fill("#whatif input[name=agent]", "whatif-bot")
+        page.fill("#whatif input[name=tool]", "search")
+        page.fill("#whatif textarea[name=context]", "amount=20 USD")
+        page.click("#decide")
+        if "not in the directory" not in page.inner_text("#whatif-explanation"):
+            break
+        time.sleep(0.1)
     assert page.inner_text("#whatif-decision") == "allow"
     assert page.inner_text("#whatif-rules") == "agents.read_only"
     assert "permit agents.read_only" in page.inner_text("#whatif-explanation")
