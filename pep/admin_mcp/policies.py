@@ -28,6 +28,7 @@ from issuer.store import Store
 from pdp.audit.query import Filters, records
 from pdp.catalog import Resources
 from pdp.directory import Directory
+from pdp.engine import Bundle
 from pdp.explain import render_explanation
 from pdp.interpreter import Interpreter
 from pdp.lang.errors import PolicyError
@@ -222,30 +223,7 @@ class Policies:
         the resource catalog (the bundle's entries, and with a directory the store's), as
         the PDP's do."""
         bundle = (self.proposed(changes) if changes else self.current()).bundle
-        if not isinstance(request, dict):
-            raise AdminError("the request is a JSON object (see the request format)")
-        data = dict(request)
-        if directory is not None:
-            known = as_known(data, directory)
-            if isinstance(known, str):
-                decision = Decision(False, (), ("directory",), (known,), (), bundle.version)
-                return {**decision.to_json(), "explanation": f"refused by the directory: {known}"}
-            data = known
-        try:
-            typed = request_from_json(data, bundle.schema)
-        except RequestError as exc:
-            raise AdminError(f"invalid request: {exc}") from None
-        filled = Resources(bundle, directory).request(typed)  # the resource catalog's
-        if isinstance(filled, str):
-            decision = Decision(False, (), ("directory",), (filled,), (), bundle.version)
-            return {**decision.to_json(), "explanation": f"refused by the directory: {filled}"}
-        explanation = Interpreter(bundle.rules, bundle.lets, bundle.version).explain(
-            filled, commit=False
-        )
-        return {
-            **explanation.decision.to_json(),
-            "explanation": render_explanation(explanation),
-        }
+        return simulate(bundle, request, directory)
 
     def what_if(
         self,
@@ -303,6 +281,35 @@ class Policies:
         """A past decision by its id: the recorded answer and why (see
         :mod:`pep.admin_mcp.explain`), and how the policies in force now decide it."""
         return explain_decision(store, self.current().bundle, decision_id)
+
+
+def simulate(bundle: Bundle, request: Any, directory: Directory | None = None) -> dict[str, Any]:
+    """Decide one request JSON with ``bundle`` (without using up any limit) and explain
+    it: what :meth:`Policies.simulate` answers, and the operator console's what-if."""
+    if not isinstance(request, dict):
+        raise AdminError("the request is a JSON object (see the request format)")
+    data = dict(request)
+    if directory is not None:
+        known = as_known(data, directory)
+        if isinstance(known, str):
+            decision = Decision(False, (), ("directory",), (known,), (), bundle.version)
+            return {**decision.to_json(), "explanation": f"refused by the directory: {known}"}
+        data = known
+    try:
+        typed = request_from_json(data, bundle.schema)
+    except RequestError as exc:
+        raise AdminError(f"invalid request: {exc}") from None
+    filled = Resources(bundle, directory).request(typed)  # the resource catalog's
+    if isinstance(filled, str):
+        decision = Decision(False, (), ("directory",), (filled,), (), bundle.version)
+        return {**decision.to_json(), "explanation": f"refused by the directory: {filled}"}
+    explanation = Interpreter(bundle.rules, bundle.lets, bundle.version).explain(
+        filled, commit=False
+    )
+    return {
+        **explanation.decision.to_json(),
+        "explanation": render_explanation(explanation),
+    }
 
 
 def as_known(data: dict[str, Any], directory: Directory) -> dict[str, Any] | str:
@@ -408,4 +415,4 @@ def changes_from(raw: Iterable[Any]) -> dict[str, str | None]:
     return changes
 
 
-__all__ = ["Policies", "changes_from"]
+__all__ = ["Policies", "changes_from", "simulate"]

@@ -11,7 +11,10 @@ from starlette.routing import BaseRoute, Mount
 from pdp.serve.extensions import HttpParts
 from pep.admin_mcp.directory import DirectoryAdmin
 from pep.console.agents import AgentPages
+from pep.console.alerts import AlertPages
+from pep.console.audit import AuditPages
 from pep.console.decisions import DecisionPages
+from pep.console.policies import PolicyPages
 from pep.console.render import STATIC_ROUTE, Renderer
 from pep.console.security import Hardened
 from pep.console.sessions import Sessions
@@ -30,6 +33,9 @@ def console(parts: HttpParts) -> Sequence[BaseRoute]:
         *SignIn(issuer, sessions, render).routes(),
         *AgentPages(DirectoryAdmin(parts.store), sessions, render).routes(),
         *DecisionPages(parts.store, parts.point, sessions, render).routes(),
+        *PolicyPages(parts.point, parts.store, parts.config.policies, sessions, render).routes(),
+        *AuditPages(parts.store, parts.issuer, sessions, render).routes(),
+        *AlertPages(parts.store, sessions, render).routes(),
         STATIC_ROUTE,
     ]
     app = Starlette(routes=pages, middleware=[Middleware(Hardened)])

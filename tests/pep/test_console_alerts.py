@@ -1,0 +1,98 @@
+"""The console's Alerts page on a real ``tessera serve``: an anomaly alert with what was
+observed against the baseline, and acknowledging it, kept in the store and recorded on
+the admin trail as the operator's."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from playwright.sync_api import sync_playwright
+
+from issuer.models import AGENT_EXTENSION, AGENT_SCHEMA
+from tests.conftest import SHIPPED_POLICIES
+from tests.pep.test_console import TOKEN, authorize, chromium, scim, token_session
+from tests.servers import Serving, tessera_on
+
+
+@pytest.fixture(scope="module")
+def database(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("console-alerts") / "tessera.db"
+
+
+@pytest.fixture(scope="module")
+def serving(database: Path) -> Iterator[Serving]:
+    with tessera_on(SHIPPED_POLICIES, f"sqlite:///{database}", TOKEN) as served:
+        yield served
+
+
+def risky_agent(serving: Serving) -> str:
+    body = {
+        "schemas": [AGENT_SCHEMA, AGENT_EXTENSION],
+        "name": "probe-bot",
+        AGENT_EXTENSION: {"owner": "ops", "purpose": "probing", "riskLevel": "critical"},
+    }
+    with scim(serving) as client:
+        created = client.post("/Agents", json=body)
+    assert created.status_code == 201, created.text
+    return str(created.json()["id"])
+
+
+def rows(database: Path, trail: str) -> list[dict[str, object]]:
+    with sqlite3.connect(database) as db:
+        found = db.execute("SELECT record FROM audit WHERE trail = ? ORDER BY seq", (trail,))
+        return [json.loads(text) for (text,) in found.fetchall()]
+
+
+def an_alert(database: Path) -> bool:
+    """Whether the alert trail holds an alert (looked at every 50 ms, 10 s at most)."""
+    for _ in range(200):
+        if rows(database, "alert"):
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_an_operator_acknowledges_a_denials_alert(serving: Serving, database: Path) -> None:
+    agent = risky_agent(serving)
+    for _ in range(12):  # a burst of denials: the one alert that needs no baseline
+        assert not authorize(serving, agent).allow
+    assert an_alert(database)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium(), args=["--no-sandbox"])
+        try:
+            page = browser.new_page()
+            page.goto(f"{serving.http}/console/alerts")
+            page.click("details summary")
+            page.fill("input[name=token]", TOKEN)
+            page.click("#signin-token")
+            row = page.locator("#alerts tbody tr").first
+            assert "denials" in row.inner_text() and agent in row.inner_text()
+            cells = row.locator("td")
+            assert cells.nth(4).inner_text() and cells.nth(5).inner_text()  # observed, baseline
+            row.locator("button.acknowledge").click()
+            assert (
+                "by bootstrap admin" in page.locator("#alerts tbody tr td.ack").first.inner_text()
+            )
+        finally:
+            browser.close()
+    # every worker and replica reads the acknowledgement from the store
+    with token_session(serving) as client:
+        assert "by bootstrap admin" in client.get("/console/alerts").text
+    admin = [r for r in rows(database, "admin") if "AlertAcknowledgement" in json.dumps(r)]
+    assert admin and "bootstrap-admin" in json.dumps(admin[-1])
+
+
+def test_acknowledging_needs_the_form_token_and_a_real_alert(serving: Serving) -> None:
+    with token_session(serving) as client:
+        assert client.post("/console/alerts/1/ack", data={"csrf": "0" * 64}).status_code == 403
+        page = client.get("/console/alerts").text
+        token = page.split('name="csrf" value="')[1].split('"')[0]
+        missing = client.post("/console/alerts/999999/ack", data={"csrf": token})
+        assert missing.status_code == 404
+    assert httpx.post(f"{serving.http}/console/alerts/1/ack", timeout=10).status_code == 403
