@@ -370,6 +370,32 @@ def test_ping_mode_calls_the_client_back_then_it_redeems(
     assert poll(ciba, client, auth_req_id).status_code == 200
 
 
+@pytest.mark.parametrize(
+    "endpoint",
+    [
+        "https://169.254.169.254/latest/meta-data",  # cloud metadata
+        "https://10.0.0.1/ciba",
+        "https://[::1]:8443/ciba",  # loopback over https: no development exception
+        "http://127.0.0.2/ciba",  # loopback, but no loopback name
+        "http://ciba.example.com/ciba",
+    ],
+)
+def test_a_notification_endpoint_must_be_public(ciba: Ciba, endpoint: str) -> None:
+    key = ClientKey.new()
+    metadata = {
+        "agent_id": ciba.service.add_agent(),
+        "token_endpoint_auth_method": "private_key_jwt",
+        "grant_types": [CIBA],
+        "scope": "payments",
+        "jwks": {"keys": [key.public_jwk]},
+        "backchannel_token_delivery_mode": "ping",
+        "backchannel_client_notification_endpoint": endpoint,
+    }
+    refused = ciba.service.register(metadata)
+    assert refused.status_code == 400, refused.text
+    assert refused.json()["error"] == "invalid_client_metadata"
+
+
 def test_a_ping_client_must_send_a_notification_token(
     ciba: Ciba, receiver: tuple[str, type[_Receiver]]
 ) -> None:
