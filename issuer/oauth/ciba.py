@@ -18,6 +18,15 @@ gets anything from Tessera without the client's own credentials.
 The token carries ``sub`` = the person, ``act`` = the agent (as token exchange does,
 RFC 8693 §4.1), the approved ``authorization_details``, ``amr`` = the client's own
 factors and ``human``, ``acr`` from the ladder, and ``auth_time`` = the approval.
+
+Such a token lets the agent act for the person, as a token exchange's does, so the PDP
+is asked the same question (action ``token.exchange``, :class:`~issuer.oauth.grants.Exchange`)
+twice: before the person is bothered (a refusal is ``access_denied``) and again at
+redemption, since policies and the directory may have changed meanwhile. The agent's
+minimum strength and the request's ``acr_values`` (§7.1, kept with the request) are
+checked likewise at both ends. Every check at redemption comes before the request is
+marked redeemed: a refusal changes nothing, and the approval stays for a later poll
+until it expires.
 """
 
 from __future__ import annotations
@@ -36,7 +45,7 @@ from issuer.agents import User
 from issuer.oauth import authorization_details
 from issuer.oauth.clients import CIBA, DELIVERY_MODES, PING, Client
 from issuer.oauth.errors import OAuthError
-from issuer.oauth.grants import Grants, agent_claims, narrowed, resources
+from issuer.oauth.grants import Exchange, Grants, agent_claims, narrowed, resources
 from issuer.oauth.token_strength import strength_claims
 from issuer.store import BackchannelRecord, NotFound, Store
 
@@ -87,13 +96,14 @@ class BackchannelRequest:
     answered_at: int | None = None  # auth_time
     answered_by: str | None = None
     ping: tuple[str, str, str] | None = None  # endpoint, token, auth_req_id: until sent
+    acr_values: tuple[str, ...] = ()  # §7.1: the levels the token must reach
     version: int = 1
 
     @classmethod
     def from_record(cls, record: BackchannelRecord) -> BackchannelRequest:
         data = dict(record.data)
-        for name in ("scopes", "resources", "details"):
-            data[name] = tuple(data[name])
+        for name in ("scopes", "resources", "details", "acr_values"):
+            data[name] = tuple(data.get(name, ()))
         data["ping"] = tuple(data["ping"]) if data.get("ping") else None
         return cls(**data, version=record.version)
 
@@ -139,9 +149,12 @@ class Backchannel:
 
     # -- §7: the backchannel authentication endpoint
 
-    def start(self, client: Client, form: dict[str, str]) -> dict[str, Any]:
+    def start(
+        self, client: Client, form: dict[str, str], amr: Sequence[str] = ()
+    ) -> dict[str, Any]:
         """Check an authentication request (§7.2) and store it; the acknowledgement
-        (§7.3). Errors are §13's."""
+        (§7.3). ``amr``: the factors of the client's authentication on this request.
+        Errors are §13's."""
         if CIBA not in client.grant_types or client.delivery_mode not in DELIVERY_MODES:
             raise OAuthError(
                 "unauthorized_client",
@@ -149,7 +162,12 @@ class Backchannel:
                 "and backchannel_token_delivery_mode be poll or ping",
             )
         agent = self.grants.active_agent(client.agent_id or "")
+        # as at redemption, with the approval to come: refused now, before a person is asked
+        strength_claims(agent, [*amr, strength.HUMAN], form, "unauthorized_client")
         user_id = self._user(_login_hint(form))
+        scopes = tuple(narrowed(_scope(form), client.scopes))
+        audience = tuple(resources(form))
+        self._allowed(agent.id, user_id, audience, scopes)
         auth_req_id = secrets.token_urlsafe(32)
         now = int(self.clock())
         request = BackchannelRequest(
@@ -162,8 +180,8 @@ class Backchannel:
             purpose=agent.purpose,
             risk=agent.risk,
             user_id=user_id,
-            scopes=tuple(narrowed(_scope(form), client.scopes)),
-            resources=tuple(resources(form)),
+            scopes=scopes,
+            resources=audience,
             details=tuple(authorization_details.parse(form.get("authorization_details"))),
             binding_message=_binding_message(form.get("binding_message")),
             mode=client.delivery_mode,
@@ -171,6 +189,7 @@ class Backchannel:
             expires_at=now + _expiry(form.get("requested_expiry")),
             interval=INTERVAL,
             ping=_ping(client, form, auth_req_id),
+            acr_values=strength.requested(form.get("acr_values")),  # valid: checked above
         )
         added = self.store.add_backchannel(
             request.record(),
@@ -212,6 +231,22 @@ class Backchannel:
         if not user.active:
             raise OAuthError("unknown_user_id", "login_hint names no active user")
         return user.id
+
+    def _allowed(
+        self, agent_id: str, user_id: str, audience: Sequence[str], scopes: Sequence[str]
+    ) -> None:
+        """The PDP's ``token.exchange`` answer for the agent acting for the person, as
+        for a token exchange; ``access_denied`` when it refuses."""
+        exchange = Exchange(
+            agent_id,
+            user_id,
+            (agent_id,),
+            tuple(audience) or (self.grants.minter.issuer,),
+            tuple(scopes),
+        )
+        refusal = self.grants.exchange_check(exchange)
+        if refusal is not None:
+            raise OAuthError("access_denied", f"the agent may not act for this person: {refusal}")
 
     # -- the approval page
 
@@ -267,23 +302,26 @@ class Backchannel:
             if found is None or found.client_id != client.client_id:
                 raise OAuthError("invalid_grant", "auth_req_id is unknown or not this client's")
             after, error = _polled(found, self.clock())
+            # an approval is redeemed only once every check passed: a refusal changes nothing
+            claims = self._claims(found, form, bound_to, amr) if error is None else {}
             if after is not None and not self.store.update_backchannel(
                 hashed, after.record().data, found.version
             ):
                 continue
             if error is not None:
                 raise error
-            return self._token(client, found, form, bound_to, amr)
+            return self._token(client, found, claims)
         raise OAuthError("slow_down", "polled concurrently: wait the interval between polls")
 
-    def _token(
+    def _claims(
         self,
-        client: Client,
         approved: BackchannelRequest,
         form: dict[str, str],
         bound_to: str | None,
         amr: Sequence[str],
     ) -> dict[str, Any]:
+        """The claims of the token an approved request gives, once the agent and the person
+        are still active, the strength is enough and the PDP still allows it."""
         agent = self.grants.active_agent(approved.agent_id)
         try:
             user = User.from_scim(approved.user_id, self.store.get("User", approved.user_id).data)
@@ -292,24 +330,34 @@ class Backchannel:
         if not user.active:
             raise OAuthError("invalid_grant", "the user is not active")
         # The client's own factors on this request and the person's approval: held to the
-        # agent's minimum and any acr_values like every other token for the agent.
-        level = strength_claims(agent, [*amr, strength.HUMAN], form, "unauthorized_client")
-        extra: dict[str, Any] = {
+        # agent's minimum, the request's acr_values and any on this poll, like every other
+        # token for the agent.
+        factors = [*amr, strength.HUMAN]
+        asked = {"acr_values": " ".join(approved.acr_values)} if approved.acr_values else {}
+        strength_claims(agent, factors, asked, "unauthorized_client")
+        level = strength_claims(agent, factors, form, "unauthorized_client")
+        self._allowed(agent.id, user.id, approved.resources, approved.scopes)
+        claims: dict[str, Any] = {
             **agent_claims(agent),
             "act": {"sub": agent.id},
             **level,
             "auth_time": approved.answered_at,
         }
         if approved.details:
-            extra["authorization_details"] = list(approved.details)
+            claims["authorization_details"] = list(approved.details)
         if bound_to is not None:
-            extra["cnf"] = {"x5t#S256": bound_to}  # RFC 8705 §3.1
+            claims["cnf"] = {"x5t#S256": bound_to}  # RFC 8705 §3.1
+        return claims
+
+    def _token(
+        self, client: Client, approved: BackchannelRequest, claims: dict[str, Any]
+    ) -> dict[str, Any]:
         issued = self.grants.minter.mint(
             subject=approved.user_id,
             client_id=client.client_id,
             audience=list(approved.resources) or [self.grants.minter.issuer],
             scope=approved.scopes,
-            extra=extra,
+            extra=claims,
             grant="ciba",
         )
         return {
