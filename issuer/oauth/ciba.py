@@ -46,6 +46,7 @@ from issuer.oauth import authorization_details
 from issuer.oauth.clients import CIBA, DELIVERY_MODES, PING, Client
 from issuer.oauth.errors import OAuthError
 from issuer.oauth.grants import Exchange, Grants, agent_claims, narrowed, resources
+from issuer.oauth.plain_text import REFUSED, is_plain
 from issuer.oauth.token_strength import strength_claims
 from issuer.store import BackchannelRecord, NotFound, Store
 
@@ -61,7 +62,6 @@ SLOW_DOWN = 5
 MAX_PENDING_PER_CLIENT = 100
 MAX_PENDING = 10_000
 KEEP_EXPIRED = 3_600  # seconds an expired request still answers expired_token
-_BINDING = re.compile(r"^[^\x00-\x1f\x7f]*$")  # plain text: no control characters
 _BEARER = re.compile(r"^[A-Za-z0-9._~+/-]+=*$")  # RFC 6750 §2.1 b64token
 
 HumanHook = Callable[[dict[str, Any]], None]
@@ -442,10 +442,11 @@ def _binding_message(message: str | None) -> str | None:
     """§7.1: short plain text, shown to the person on the approval page."""
     if message is None:
         return None
-    if len(message) > MAX_BINDING_MESSAGE or not _BINDING.match(message):
+    if len(message) > MAX_BINDING_MESSAGE or not is_plain(message):
         raise OAuthError(
             "invalid_binding_message",
-            f"binding_message is plain text of at most {MAX_BINDING_MESSAGE} characters",
+            f"binding_message is plain text of at most {MAX_BINDING_MESSAGE} characters, "
+            f"without {REFUSED}",
         )
     return message
 

@@ -366,6 +366,11 @@ def test_acr_values_are_checked_when_asked_and_kept_for_the_token(ciba: Ciba) ->
     ("form", "error"),
     [
         ({"binding_message": "x" * (MAX_BINDING_MESSAGE + 1)}, "invalid_binding_message"),
+        ({"binding_message": "Pay ACME \u202e0024 DSU"}, "invalid_binding_message"),
+        (
+            {"authorization_details": json.dumps([{**PAYMENT, "creditorName": "ACME\u202e"}])},
+            "invalid_authorization_details",
+        ),
         ({"login_hint": "nobody-at-all"}, "unknown_user_id"),
         ({"login_hint_token": "a.b.c"}, "invalid_request"),
         ({"authorization_details": '[{"creditorName": "ACME"}]'}, "invalid_authorization_details"),
