@@ -62,6 +62,7 @@ SLOW_DOWN = 5
 MAX_PENDING_PER_CLIENT = 100
 MAX_PENDING = 10_000
 KEEP_EXPIRED = 3_600  # seconds an expired request still answers expired_token
+_EXPIRY = re.compile(r"^[0-9]{1,9}$")  # ASCII digits only: no "²", no 5,000-digit number
 _BEARER = re.compile(r"^[A-Za-z0-9._~+/-]+=*$")  # RFC 6750 §2.1 b64token
 
 HumanHook = Callable[[dict[str, Any]], None]
@@ -455,8 +456,10 @@ def _expiry(requested: str | None) -> int:
     """§7.1 requested_expiry: a positive integer, held to the server's bounds."""
     if requested is None:
         return DEFAULT_EXPIRY
-    if not requested.isdigit() or int(requested) == 0:
-        raise OAuthError("invalid_request", "requested_expiry is a positive integer (seconds)")
+    if not _EXPIRY.match(requested) or int(requested) == 0:
+        raise OAuthError(
+            "invalid_request", "requested_expiry is a positive integer of at most 9 digits (s)"
+        )
     return max(MIN_EXPIRY, min(int(requested), MAX_EXPIRY))
 
 
