@@ -221,6 +221,19 @@ def test_poll_mode_gives_one_token_carrying_the_person_and_the_agent(ciba: Ciba)
     assert error_of(poll(ciba, client, auth_req_id)) == "invalid_grant"  # once exactly
 
 
+def test_the_page_names_where_the_token_is_good_and_for_what(ciba: Ciba) -> None:
+    client, person = ciba_client(ciba), add_person(ciba)
+    bank = "https://prod-bank.example/admin"
+    auth_req_id = asked(ciba, client, person, resource=bank, scope="openid payments read")
+    plain = asked(ciba, client, person)
+    with signed_in(ciba, person) as browser:
+        page = browser.get(f"/oauth/approvals/{id_hash(auth_req_id)}").text
+        assert f"<span id='audience'>{bank}</span>" in page
+        assert "<span id='scopes'>payments, read</span>" in page
+        page = browser.get(f"/oauth/approvals/{id_hash(plain)}").text
+        assert f"<span id='audience'>{ciba.service.issuer} (this sign-in service)" in page
+
+
 def test_a_person_is_found_by_email_too(ciba: Ciba) -> None:
     client, person = ciba_client(ciba), add_person(ciba)
     auth_req_id = asked(ciba, client, person, login_hint=person.email.upper())
