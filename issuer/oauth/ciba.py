@@ -45,7 +45,14 @@ from issuer.agents import User
 from issuer.oauth import authorization_details
 from issuer.oauth.clients import CIBA, DELIVERY_MODES, PING, Client
 from issuer.oauth.errors import OAuthError
-from issuer.oauth.grants import Exchange, Grants, agent_claims, narrowed, resources
+from issuer.oauth.grants import (
+    Exchange,
+    Grants,
+    agent_claims,
+    narrowed,
+    resources,
+    token_response,
+)
 from issuer.oauth.plain_text import REFUSED, is_plain
 from issuer.oauth.token_strength import strength_claims
 from issuer.store import BackchannelRecord, NotFound, Store
@@ -361,12 +368,7 @@ class Backchannel:
             extra=claims,
             grant="ciba",
         )
-        return {
-            "access_token": issued.token,
-            "token_type": "Bearer",
-            "expires_in": issued.expires_in,
-            "scope": issued.claims["scope"],
-        }
+        return token_response(issued)
 
     def _tell(self, action: str, request: BackchannelRequest, actor: str) -> None:
         if self.on_human is None:

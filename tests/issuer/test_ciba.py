@@ -213,6 +213,7 @@ def test_poll_mode_gives_one_token_carrying_the_person_and_the_agent(ciba: Ciba)
     assert claims["sub"] == person.id
     assert claims["act"] == {"sub": client.agent_id}
     assert claims["authorization_details"] == [PAYMENT]
+    assert response.json()["authorization_details"] == [PAYMENT]  # RFC 9396 §7
     assert claims["amr"] == ["human", "pkjwt"]
     assert claims["acr"] == "urn:tessera:acr:key"  # no mTLS: human stays in amr only
     assert claims["auth_time"] == int(approved_at)
