@@ -434,11 +434,14 @@ def _login_hint(form: dict[str, str]) -> str:
     return hint
 
 
-def _scope(form: dict[str, str]) -> str | None:
-    """The requested scopes without ``openid`` (§7.1 asks for it; Tessera gives no ID
-    token, so it grants nothing here)."""
-    scope = form.get("scope")
-    return None if scope is None else " ".join(s for s in scope.split() if s != "openid")
+def _scope(form: dict[str, str]) -> str:
+    """The requested scopes without ``openid``, which §7.1 requires ("CIBA authentication
+    requests MUST therefore contain the openid scope value") and which grants nothing
+    here: Tessera gives no ID token."""
+    scopes = form.get("scope", "").split()
+    if "openid" not in scopes:
+        raise OAuthError("invalid_request", "scope is required and contains openid (§7.1)")
+    return " ".join(s for s in scopes if s != "openid")
 
 
 def _binding_message(message: str | None) -> str | None:

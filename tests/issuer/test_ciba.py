@@ -392,7 +392,8 @@ def test_acr_values_are_checked_when_asked_and_kept_for_the_token(ciba: Ciba) ->
         ({"requested_expiry": "²"}, "invalid_request"),  # a digit to str.isdigit, not int()
         ({"requested_expiry": "9" * 5_000}, "invalid_request"),  # beyond int()'s 4,300 digits
         ({"requested_expiry": "1" * 10}, "invalid_request"),
-        ({"scope": "admin"}, "invalid_scope"),
+        ({"scope": "openid admin"}, "invalid_scope"),
+        ({"scope": "payments"}, "invalid_request"),  # §7.1: openid is required
     ],
 )
 def test_a_bad_request_is_refused_and_stores_nothing(
@@ -401,6 +402,12 @@ def test_a_bad_request_is_refused_and_stores_nothing(
     client, person = ciba_client(ciba), add_person(ciba)
     assert error_of(ask(ciba, client, person, **form)) == error
     assert ciba.service.store.backchannel_of_user(person.id, int(ciba.clock.now)) == []
+
+
+def test_a_request_without_scope_is_refused(ciba: Ciba) -> None:
+    client, person = ciba_client(ciba), add_person(ciba)
+    data = authenticated(ciba, client, login_hint=person.name)  # §7.1: scope is REQUIRED
+    assert error_of(ciba.service.http.post("/oauth/bc-authorize", data=data)) == "invalid_request"
 
 
 def test_only_registered_ciba_clients_may_ask(ciba: Ciba) -> None:
