@@ -163,12 +163,7 @@ class Backchannel:
         """Check an authentication request (§7.2) and store it; the acknowledgement
         (§7.3). ``amr``: the factors of the client's authentication on this request.
         Errors are §13's."""
-        if CIBA not in client.grant_types or client.delivery_mode not in DELIVERY_MODES:
-            raise OAuthError(
-                "unauthorized_client",
-                f"this client is not registered for CIBA: grant_types must include {CIBA} "
-                "and backchannel_token_delivery_mode be poll or ping",
-            )
+        mode = _delivery_mode(client)
         agent = self.grants.active_agent(client.agent_id or "")
         # as at redemption, with the approval to come: refused now, before a person is asked
         strength_claims(agent, [*amr, strength.HUMAN], form, "unauthorized_client")
@@ -192,7 +187,7 @@ class Backchannel:
             resources=audience,
             details=tuple(authorization_details.parse(form.get("authorization_details"))),
             binding_message=_binding_message(form.get("binding_message")),
-            mode=client.delivery_mode,
+            mode=mode,
             created_at=now,
             expires_at=now + _expiry(form.get("requested_expiry")),
             interval=INTERVAL,
@@ -411,6 +406,19 @@ def _polled(
     return replace(found, last_poll=now), OAuthError(
         "authorization_pending", "the user has not answered yet"
     )
+
+
+def _delivery_mode(client: Client) -> str:
+    """§4: the client's delivery mode; only a client registered for CIBA, with a mode
+    Tessera offers, asks."""
+    mode = client.delivery_mode
+    if CIBA not in client.grant_types or mode is None or mode not in DELIVERY_MODES:
+        raise OAuthError(
+            "unauthorized_client",
+            f"this client is not registered for CIBA: grant_types must include {CIBA} "
+            "and backchannel_token_delivery_mode be poll or ping",
+        )
+    return mode
 
 
 def _login_hint(form: dict[str, str]) -> str:
