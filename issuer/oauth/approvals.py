@@ -4,10 +4,12 @@ A person learns of an agent's request on ``/oauth/approvals``, the list of their
 requests that wait for an answer, and answers one on ``/oauth/approvals/{id}`` (the id
 is the SHA-256 of the ``auth_req_id``, which grants nothing). They sign in as for the
 authorization code flow (``/oauth/login``, which leads back here). The page names the
-agent, its owner, purpose and risk, the application, the binding message and the
-authorization details in plain words; only the person the request names may answer,
-once. Plain server-rendered HTML: no script, no asset from elsewhere, a strict
-Content-Security-Policy, and a CSRF token bound to the session and the request.
+agent, its owner, purpose and risk, the application, the services the token will be
+good for (its audience: the ``resource`` parameters, else this issuer) and the scopes
+there, the binding message and the authorization details in plain words; only the
+person the request names may answer, once. Plain server-rendered HTML: no script, no
+asset from elsewhere, a strict Content-Security-Policy, and a CSRF token bound to the
+session and the request.
 """
 
 from __future__ import annotations
@@ -94,7 +96,8 @@ class ApprovalPages:
             return _outcome("answered_before")
         if found.expires_at <= self.backchannel.clock():
             return _outcome("expired")
-        return _html("Approve this request?", _details(found, csrf))
+        issuer = self.backchannel.grants.minter.issuer
+        return _html("Approve this request?", _details(found, csrf, issuer))
 
     async def _answer(self, request: Request, hashed: str, user_id: str, csrf: str) -> Response:
         try:
@@ -124,15 +127,20 @@ def _csrf(session: str, hashed: str) -> str:
     return hashlib.sha256(f"approve|{session}|{hashed}".encode()).hexdigest()
 
 
-def _details(found: BackchannelRequest, csrf: str) -> str:
+def _details(found: BackchannelRequest, csrf: str, issuer: str) -> str:
     """The request in plain words, and the form that answers it."""
+    audience = ", ".join(found.resources) or f"{issuer} (this sign-in service)"
     facts = [
         ("Agent", _agent(found)),
         ("Owner", html.escape(found.owner or "(not stated)")),
         ("Purpose", html.escape(found.purpose or "(not stated)")),
         ("Risk", html.escape(found.risk or "(not stated)")),
         ("Application", html.escape(found.client_name or found.client_id)),
-        ("Access", html.escape(", ".join(found.scopes) or "(no scopes)")),
+        ("At", f"<span id='audience'>{html.escape(audience)}</span>"),
+        (
+            "Access",
+            f"<span id='scopes'>{html.escape(', '.join(found.scopes) or '(no scopes)')}</span>",
+        ),
         ("Until", datetime.fromtimestamp(found.expires_at, UTC).strftime("%H:%M:%S UTC")),
     ]
     listed = "".join(f"<dt>{name}</dt><dd>{value}</dd>" for name, value in facts)

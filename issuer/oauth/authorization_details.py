@@ -10,7 +10,8 @@ request (CIBA), where a person approves it on the approval page first.
 One reading serves both: the server refuses what it cannot show a person faithfully —
 an array that is too long, too large or too deep, an entry without a type, a
 ``payment_initiation`` whose amount is not a decimal in a three-letter currency or that
-names no creditor. The JSON is read within :mod:`issuer.wire`'s bounds. The error is
+names no creditor, a string with control or bidirectional formatting characters
+(:mod:`issuer.oauth.plain_text`). The JSON is read within :mod:`issuer.wire`'s bounds. The error is
 ``invalid_authorization_details`` (§5). Tessera does not interpret other types: the
 policies and resource servers that read the claim do.
 
@@ -26,6 +27,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from issuer.oauth.errors import OAuthError
+from issuer.oauth.plain_text import REFUSED, is_plain
 from issuer.wire import WireError, read_json
 
 MAX_DETAILS = 10  # entries in one request
@@ -64,8 +66,23 @@ def parse(text: str | None) -> list[dict[str, Any]]:
     if len(details) > MAX_DETAILS:
         raise _bad(f"authorization_details has more than {MAX_DETAILS} entries")
     for index, detail in enumerate(details):
+        _check_text(detail, f"authorization_details[{index}]")
         _check(detail, f"authorization_details[{index}]")
     return details
+
+
+def _check_text(value: Any, where: str) -> None:
+    """Every string, names included, is plain text: a person may read it on the approval
+    page (:mod:`issuer.oauth.plain_text`)."""
+    if isinstance(value, str) and not is_plain(value):
+        raise _bad(f"{where} has {REFUSED}: plain text only")
+    if isinstance(value, list):
+        for index, item in enumerate(value):
+            _check_text(item, f"{where}[{index}]")
+    if isinstance(value, dict):
+        for name, item in value.items():
+            _check_text(name, f"{where} (a member's name)")
+            _check_text(item, f"{where}.{name}")
 
 
 def _check(detail: Any, where: str) -> None:

@@ -18,6 +18,15 @@ gets anything from Tessera without the client's own credentials.
 The token carries ``sub`` = the person, ``act`` = the agent (as token exchange does,
 RFC 8693 §4.1), the approved ``authorization_details``, ``amr`` = the client's own
 factors and ``human``, ``acr`` from the ladder, and ``auth_time`` = the approval.
+
+Such a token lets the agent act for the person, as a token exchange's does, so the PDP
+is asked the same question (action ``token.exchange``, :class:`~issuer.oauth.grants.Exchange`)
+twice: before the person is bothered (a refusal is ``access_denied``) and again at
+redemption, since policies and the directory may have changed meanwhile. The agent's
+minimum strength and the request's ``acr_values`` (§7.1, kept with the request) are
+checked likewise at both ends. Every check at redemption comes before the request is
+marked redeemed: a refusal changes nothing, and the approval stays for a later poll
+until it expires.
 """
 
 from __future__ import annotations
@@ -36,7 +45,15 @@ from issuer.agents import User
 from issuer.oauth import authorization_details
 from issuer.oauth.clients import CIBA, DELIVERY_MODES, PING, Client
 from issuer.oauth.errors import OAuthError
-from issuer.oauth.grants import Grants, agent_claims, narrowed, resources
+from issuer.oauth.grants import (
+    Exchange,
+    Grants,
+    agent_claims,
+    narrowed,
+    resources,
+    token_response,
+)
+from issuer.oauth.plain_text import REFUSED, is_plain
 from issuer.oauth.token_strength import strength_claims
 from issuer.store import BackchannelRecord, NotFound, Store
 
@@ -52,7 +69,7 @@ SLOW_DOWN = 5
 MAX_PENDING_PER_CLIENT = 100
 MAX_PENDING = 10_000
 KEEP_EXPIRED = 3_600  # seconds an expired request still answers expired_token
-_BINDING = re.compile(r"^[^\x00-\x1f\x7f]*$")  # plain text: no control characters
+_EXPIRY = re.compile(r"^[0-9]{1,9}$")  # ASCII digits only: no "²", no 5,000-digit number
 _BEARER = re.compile(r"^[A-Za-z0-9._~+/-]+=*$")  # RFC 6750 §2.1 b64token
 
 HumanHook = Callable[[dict[str, Any]], None]
@@ -87,13 +104,14 @@ class BackchannelRequest:
     answered_at: int | None = None  # auth_time
     answered_by: str | None = None
     ping: tuple[str, str, str] | None = None  # endpoint, token, auth_req_id: until sent
+    acr_values: tuple[str, ...] = ()  # §7.1: the levels the token must reach
     version: int = 1
 
     @classmethod
     def from_record(cls, record: BackchannelRecord) -> BackchannelRequest:
         data = dict(record.data)
-        for name in ("scopes", "resources", "details"):
-            data[name] = tuple(data[name])
+        for name in ("scopes", "resources", "details", "acr_values"):
+            data[name] = tuple(data.get(name, ()))
         data["ping"] = tuple(data["ping"]) if data.get("ping") else None
         return cls(**data, version=record.version)
 
@@ -139,17 +157,20 @@ class Backchannel:
 
     # -- §7: the backchannel authentication endpoint
 
-    def start(self, client: Client, form: dict[str, str]) -> dict[str, Any]:
+    def start(
+        self, client: Client, form: dict[str, str], amr: Sequence[str] = ()
+    ) -> dict[str, Any]:
         """Check an authentication request (§7.2) and store it; the acknowledgement
-        (§7.3). Errors are §13's."""
-        if CIBA not in client.grant_types or client.delivery_mode not in DELIVERY_MODES:
-            raise OAuthError(
-                "unauthorized_client",
-                f"this client is not registered for CIBA: grant_types must include {CIBA} "
-                "and backchannel_token_delivery_mode be poll or ping",
-            )
+        (§7.3). ``amr``: the factors of the client's authentication on this request.
+        Errors are §13's."""
+        mode = _delivery_mode(client)
         agent = self.grants.active_agent(client.agent_id or "")
+        # as at redemption, with the approval to come: refused now, before a person is asked
+        strength_claims(agent, [*amr, strength.HUMAN], form, "unauthorized_client")
         user_id = self._user(_login_hint(form))
+        scopes = tuple(narrowed(_scope(form), client.scopes))
+        audience = tuple(resources(form))
+        self._allowed(agent.id, user_id, audience, scopes)
         auth_req_id = secrets.token_urlsafe(32)
         now = int(self.clock())
         request = BackchannelRequest(
@@ -162,15 +183,16 @@ class Backchannel:
             purpose=agent.purpose,
             risk=agent.risk,
             user_id=user_id,
-            scopes=tuple(narrowed(_scope(form), client.scopes)),
-            resources=tuple(resources(form)),
+            scopes=scopes,
+            resources=audience,
             details=tuple(authorization_details.parse(form.get("authorization_details"))),
             binding_message=_binding_message(form.get("binding_message")),
-            mode=client.delivery_mode,
+            mode=mode,
             created_at=now,
             expires_at=now + _expiry(form.get("requested_expiry")),
             interval=INTERVAL,
             ping=_ping(client, form, auth_req_id),
+            acr_values=strength.requested(form.get("acr_values")),  # valid: checked above
         )
         added = self.store.add_backchannel(
             request.record(),
@@ -212,6 +234,22 @@ class Backchannel:
         if not user.active:
             raise OAuthError("unknown_user_id", "login_hint names no active user")
         return user.id
+
+    def _allowed(
+        self, agent_id: str, user_id: str, audience: Sequence[str], scopes: Sequence[str]
+    ) -> None:
+        """The PDP's ``token.exchange`` answer for the agent acting for the person, as
+        for a token exchange; ``access_denied`` when it refuses."""
+        exchange = Exchange(
+            agent_id,
+            user_id,
+            (agent_id,),
+            tuple(audience) or (self.grants.minter.issuer,),
+            tuple(scopes),
+        )
+        refusal = self.grants.exchange_check(exchange)
+        if refusal is not None:
+            raise OAuthError("access_denied", f"the agent may not act for this person: {refusal}")
 
     # -- the approval page
 
@@ -267,23 +305,26 @@ class Backchannel:
             if found is None or found.client_id != client.client_id:
                 raise OAuthError("invalid_grant", "auth_req_id is unknown or not this client's")
             after, error = _polled(found, self.clock())
+            # an approval is redeemed only once every check passed: a refusal changes nothing
+            claims = self._claims(found, form, bound_to, amr) if error is None else {}
             if after is not None and not self.store.update_backchannel(
                 hashed, after.record().data, found.version
             ):
                 continue
             if error is not None:
                 raise error
-            return self._token(client, found, form, bound_to, amr)
+            return self._token(client, found, claims)
         raise OAuthError("slow_down", "polled concurrently: wait the interval between polls")
 
-    def _token(
+    def _claims(
         self,
-        client: Client,
         approved: BackchannelRequest,
         form: dict[str, str],
         bound_to: str | None,
         amr: Sequence[str],
     ) -> dict[str, Any]:
+        """The claims of the token an approved request gives, once the agent and the person
+        are still active, the strength is enough and the PDP still allows it."""
         agent = self.grants.active_agent(approved.agent_id)
         try:
             user = User.from_scim(approved.user_id, self.store.get("User", approved.user_id).data)
@@ -292,32 +333,37 @@ class Backchannel:
         if not user.active:
             raise OAuthError("invalid_grant", "the user is not active")
         # The client's own factors on this request and the person's approval: held to the
-        # agent's minimum and any acr_values like every other token for the agent.
-        level = strength_claims(agent, [*amr, strength.HUMAN], form, "unauthorized_client")
-        extra: dict[str, Any] = {
+        # agent's minimum, the request's acr_values and any on this poll, like every other
+        # token for the agent.
+        factors = [*amr, strength.HUMAN]
+        asked = {"acr_values": " ".join(approved.acr_values)} if approved.acr_values else {}
+        strength_claims(agent, factors, asked, "unauthorized_client")
+        level = strength_claims(agent, factors, form, "unauthorized_client")
+        self._allowed(agent.id, user.id, approved.resources, approved.scopes)
+        claims: dict[str, Any] = {
             **agent_claims(agent),
             "act": {"sub": agent.id},
             **level,
             "auth_time": approved.answered_at,
         }
         if approved.details:
-            extra["authorization_details"] = list(approved.details)
+            claims["authorization_details"] = list(approved.details)
         if bound_to is not None:
-            extra["cnf"] = {"x5t#S256": bound_to}  # RFC 8705 §3.1
+            claims["cnf"] = {"x5t#S256": bound_to}  # RFC 8705 §3.1
+        return claims
+
+    def _token(
+        self, client: Client, approved: BackchannelRequest, claims: dict[str, Any]
+    ) -> dict[str, Any]:
         issued = self.grants.minter.mint(
             subject=approved.user_id,
             client_id=client.client_id,
             audience=list(approved.resources) or [self.grants.minter.issuer],
             scope=approved.scopes,
-            extra=extra,
+            extra=claims,
             grant="ciba",
         )
-        return {
-            "access_token": issued.token,
-            "token_type": "Bearer",
-            "expires_in": issued.expires_in,
-            "scope": issued.claims["scope"],
-        }
+        return token_response(issued)
 
     def _tell(self, action: str, request: BackchannelRequest, actor: str) -> None:
         if self.on_human is None:
@@ -362,6 +408,19 @@ def _polled(
     )
 
 
+def _delivery_mode(client: Client) -> str:
+    """§4: the client's delivery mode; only a client registered for CIBA, with a mode
+    Tessera offers, asks."""
+    mode = client.delivery_mode
+    if CIBA not in client.grant_types or mode is None or mode not in DELIVERY_MODES:
+        raise OAuthError(
+            "unauthorized_client",
+            f"this client is not registered for CIBA: grant_types must include {CIBA} "
+            "and backchannel_token_delivery_mode be poll or ping",
+        )
+    return mode
+
+
 def _login_hint(form: dict[str, str]) -> str:
     """§7.1: exactly one hint; Tessera takes ``login_hint`` (a userName or an e-mail)."""
     hints = [name for name in ("login_hint", "login_hint_token", "id_token_hint") if name in form]
@@ -383,21 +442,25 @@ def _login_hint(form: dict[str, str]) -> str:
     return hint
 
 
-def _scope(form: dict[str, str]) -> str | None:
-    """The requested scopes without ``openid`` (§7.1 asks for it; Tessera gives no ID
-    token, so it grants nothing here)."""
-    scope = form.get("scope")
-    return None if scope is None else " ".join(s for s in scope.split() if s != "openid")
+def _scope(form: dict[str, str]) -> str:
+    """The requested scopes without ``openid``, which §7.1 requires ("CIBA authentication
+    requests MUST therefore contain the openid scope value") and which grants nothing
+    here: Tessera gives no ID token."""
+    scopes = form.get("scope", "").split()
+    if "openid" not in scopes:
+        raise OAuthError("invalid_request", "scope is required and contains openid (§7.1)")
+    return " ".join(s for s in scopes if s != "openid")
 
 
 def _binding_message(message: str | None) -> str | None:
     """§7.1: short plain text, shown to the person on the approval page."""
     if message is None:
         return None
-    if len(message) > MAX_BINDING_MESSAGE or not _BINDING.match(message):
+    if len(message) > MAX_BINDING_MESSAGE or not is_plain(message):
         raise OAuthError(
             "invalid_binding_message",
-            f"binding_message is plain text of at most {MAX_BINDING_MESSAGE} characters",
+            f"binding_message is plain text of at most {MAX_BINDING_MESSAGE} characters, "
+            f"without {REFUSED}",
         )
     return message
 
@@ -406,8 +469,10 @@ def _expiry(requested: str | None) -> int:
     """§7.1 requested_expiry: a positive integer, held to the server's bounds."""
     if requested is None:
         return DEFAULT_EXPIRY
-    if not requested.isdigit() or int(requested) == 0:
-        raise OAuthError("invalid_request", "requested_expiry is a positive integer (seconds)")
+    if not _EXPIRY.match(requested) or int(requested) == 0:
+        raise OAuthError(
+            "invalid_request", "requested_expiry is a positive integer of at most 9 digits (s)"
+        )
     return max(MIN_EXPIRY, min(int(requested), MAX_EXPIRY))
 
 

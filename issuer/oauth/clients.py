@@ -26,7 +26,7 @@ from cachetools import TTLCache
 from cryptography import x509
 
 from issuer.oauth.errors import OAuthError
-from issuer.oauth.fetch import LOOPBACK_HOSTS, plain_loopback
+from issuer.oauth.fetch import LOOPBACK_HOSTS, check_destination, plain_loopback
 from issuer.oauth.inline import may_block
 from issuer.store import NotFound, Store
 
@@ -331,8 +331,9 @@ def _check_backchannel(
         raise _bad("backchannel_user_code_parameter is not supported")
     if (mode == PING) != (endpoint is not None):
         raise _bad("backchannel_client_notification_endpoint is required for ping, only for it")
-    if endpoint is not None:
+    if endpoint is not None:  # the server will call it: no reaching into private networks
         endpoint = check_document_url(endpoint, "backchannel_client_notification_endpoint")
+        check_destination(endpoint, lambda why: _bad(f"the notification endpoint {why}"))
     return mode, endpoint
 
 

@@ -240,7 +240,10 @@ class AuthorizationServer:
         client = await self._client(request, form)
         if client.auth_method == "none":
             raise OAuthError("invalid_client", "CIBA clients authenticate (§7.1)", 401)
-        body = await to_thread.run_sync(self.backchannel.start, client, form)
+        certificate = self._certificate(request)
+        bound = await inline.run(self.client_auth.certificate_bound, client, certificate)
+        amr = strength.amr_for(client.auth_method, bound)
+        body = await to_thread.run_sync(self.backchannel.start, client, form, amr)
         return json_response(body)
 
     # -- introspection and revocation

@@ -35,9 +35,11 @@ def plain_loopback(url: str) -> bool:
         return False
 
 
-def _check_destination(url: str, error: Callable[[str], OAuthError]) -> None:
+def check_destination(url: str, error: Callable[[str], OAuthError]) -> None:
     """Refuse to reach into private networks (SSRF): every address the host resolves to
-    must be public. Plain http to a loopback name is the one exception (development)."""
+    must be public. Plain http to a loopback name is the one exception (development).
+    Used for every URL a client makes the server call: fetched documents and CIBA
+    notification endpoints (at registration and before each ping)."""
     if plain_loopback(url):
         return
     parts = urlsplit(url)
@@ -56,7 +58,7 @@ def _check_destination(url: str, error: Callable[[str], OAuthError]) -> None:
 
 def fetch_json(url: str, max_bytes: int, error: Callable[[str], OAuthError]) -> Any:
     """The JSON document at ``url``, or ``error(description)`` raised."""
-    _check_destination(url, error)
+    check_destination(url, error)
     deadline = time.monotonic() + TIMEOUT
     try:
         with (

@@ -117,7 +117,7 @@ class Grants:
             extra={**agent_claims(agent), **level, **authorization_details(form)},
             grant="api_key",
         )
-        response = _response(issued)
+        response = token_response(issued)
         response["issued_token_type"] = ACCESS_TOKEN_TYPE
         return response
 
@@ -136,13 +136,13 @@ class Grants:
         the certificate on the request, which certificate-bound tokens given to the
         exchange must match; ``amr`` the factors of the client's authentication."""
         if grant == "client_credentials":
-            return _response(self.client_credentials(client, form, bound_to, amr))
+            return token_response(self.client_credentials(client, form, bound_to, amr))
         if grant == "authorization_code":
             return self.authorization_code(client, form)
         if grant == "refresh_token":
             return self.refresh(client, form)
         if grant == TOKEN_EXCHANGE:
-            response = _response(self.exchange(client, form, bound_to, presented, amr))
+            response = token_response(self.exchange(client, form, bound_to, presented, amr))
             response["issued_token_type"] = ACCESS_TOKEN_TYPE
             return response
         raise OAuthError("unsupported_grant_type", f"grant_type {grant!r} is not supported")
@@ -240,7 +240,7 @@ class Grants:
             extra=extra,
             grant=grant,
         )
-        response = _response(issued)
+        response = token_response(issued)
         if "refresh_token" in client.grant_types:
             response["refresh_token"] = self._new_refresh(
                 client.client_id,
@@ -524,7 +524,8 @@ def _digest(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-def _response(issued: Issued) -> dict[str, Any]:
+def token_response(issued: Issued) -> dict[str, Any]:
+    """RFC 6749 §5.1's answer for an access token, with its RFC 9396 details (§7)."""
     response = {
         "access_token": issued.token,
         "token_type": "Bearer",

@@ -4,9 +4,17 @@ The issuer POSTs ``{"auth_req_id": …}`` to the client's registered
 ``backchannel_client_notification_endpoint`` with its ``client_notification_token`` as
 the bearer token; the client then redeems the id at the token endpoint. A ping runs as a
 task of the event loop, never on the approval page's path: each attempt has
-:data:`TIMEOUT`, at most :data:`ATTEMPTS` are made (a 2xx answer ends them), and at most
-:data:`MAX_IN_FLIGHT` pings are under way at once (past that a ping is dropped and
-logged: the client still gets its answer by polling). Redirects are not followed.
+:data:`TIMEOUT` in all (connecting, sending and the reply's head: a reply that drips
+cannot hold a ping longer), at most :data:`ATTEMPTS` are made (a 2xx answer ends them),
+and at most :data:`MAX_IN_FLIGHT` pings are under way at once (past that a ping is
+dropped and logged: the client still gets its answer by polling). Only the reply's
+status counts: its body is never read, whatever its size. Redirects are not followed.
+
+The endpoint is a URL a client makes the server call, so it passes
+:func:`issuer.oauth.fetch.check_destination` before every ping, as at registration: https
+to public addresses only (plain http to a loopback name excepted, for development), so
+that a name that resolves elsewhere since cannot turn a ping into a request into the
+private network.
 """
 
 from __future__ import annotations
@@ -16,9 +24,12 @@ import logging
 
 import httpx
 
+from issuer.oauth.errors import OAuthError
+from issuer.oauth.fetch import check_destination
+
 log = logging.getLogger("tessera.oauth")
 
-TIMEOUT = 5.0  # seconds for one attempt
+TIMEOUT = 5.0  # seconds for one attempt, all of it
 ATTEMPTS = 3
 BACKOFF = 1.0  # seconds before the second attempt, doubled for each later one
 MAX_IN_FLIGHT = 256
@@ -47,24 +58,43 @@ class Notifier:
 
     async def send(self, endpoint: str, token: str, auth_req_id: str) -> bool:
         """One ping, retried; whether the client took it (a 2xx answer)."""
+        try:
+            await asyncio.to_thread(check_destination, endpoint, _refused)
+        except OAuthError as exc:
+            log.warning("ping not sent: %s", exc.description)
+            return False
         headers = {"Authorization": f"Bearer {token}"}
         async with httpx.AsyncClient(timeout=self.timeout, follow_redirects=False) as http:
             for attempt in range(self.attempts):
                 if attempt:
                     await asyncio.sleep(self.backoff * 2 ** (attempt - 1))
-                try:
-                    answer = await http.post(
-                        endpoint, json={"auth_req_id": auth_req_id}, headers=headers
-                    )
-                except httpx.HTTPError as exc:
-                    log.info("ping to %s failed (attempt %d): %s", endpoint, attempt + 1, exc)
-                    continue
-                if answer.is_success:
+                status = await self._attempt(http, endpoint, headers, auth_req_id)
+                if status is not None and 200 <= status < 300:
                     return True
-                log.info("ping to %s answered %d", endpoint, answer.status_code)
+                if status is not None:
+                    log.info("ping to %s answered %d", endpoint, status)
         log.warning("ping to %s gave up after %d attempts", endpoint, self.attempts)
         return False
+
+    async def _attempt(
+        self, http: httpx.AsyncClient, endpoint: str, headers: dict[str, str], auth_req_id: str
+    ) -> int | None:
+        """One POST within :attr:`timeout` in all: the reply's status (its body is left
+        unread and the connection closed), or None when it failed or took too long."""
+        body = {"auth_req_id": auth_req_id}
+        try:
+            async with asyncio.timeout(self.timeout):
+                request = http.stream("POST", endpoint, json=body, headers=headers)
+                async with request as answer:
+                    return answer.status_code
+        except (httpx.HTTPError, TimeoutError) as exc:
+            log.info("ping to %s failed: %s", endpoint, exc or "took too long")
+            return None
 
     async def drain(self) -> None:
         """Wait for the pings under way (tests; a stopping server)."""
         await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+
+def _refused(description: str) -> OAuthError:
+    return OAuthError("invalid_request", description)

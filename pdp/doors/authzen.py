@@ -554,7 +554,8 @@ class AuthZen:
 
     async def named(self, body: Json, where: str = "") -> Subject | None:
         """The subject the agent token in ``subject.properties.token`` names, what the
-        subject says besides held to it (:func:`named_by`); None without a token."""
+        subject says besides held to it (:func:`named_by`); None without a token. The
+        token's ``acr`` becomes ``body``'s ``context.acr`` (:func:`_token_acr`)."""
         subject = body.get("subject")
         properties = subject.get("properties") if isinstance(subject, dict) else None
         if not isinstance(properties, dict) or TOKEN_PROPERTY not in properties:
@@ -583,6 +584,7 @@ class AuthZen:
             agent, user, actors = named_by(who, ident, given.user, chain, fields)
         except RequestError as exc:
             raise bad(str(exc)) from None
+        _token_acr(body, who.claims.get("acr"), where)
         return Subject(AGENT_SUBJECT, agent, user, tuple(actors or ()))
 
     async def evaluation(self, body: Json, caller: Caller) -> Json:
@@ -714,6 +716,20 @@ class AuthZen:
             if self._allowed(_request(schema, who, name, target, context, "", bounds)):
                 results.append({"name": name})
         return _paged(body, results, offset, limit)
+
+
+def _token_acr(body: Json, acr: Any, where: str) -> None:
+    """Put the agent token's ``acr`` into ``body``'s context as ``context.acr``, as
+    ext_authz and the MCP proxy do: a step-up (``require step_up(…)``) is then met by how
+    the agent authenticated, never by the caller's word, which is refused (400)."""
+    context = _object(body, "context", where, required=False) or {}
+    if "acr" in context:
+        raise bad(
+            f"{where}context.acr: the agent token says how its agent authenticated; "
+            "send no acr with a token subject"
+        )
+    if isinstance(acr, str):
+        body["context"] = {**context, "acr": acr}
 
 
 def _bounded(candidates: list[T], what: str) -> list[T]:

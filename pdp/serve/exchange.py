@@ -1,6 +1,7 @@
 """The PDP's answer to the token issuer: may this agent get a token to act for this user?
 
-The issuer asks before every token exchange (RFC 8693). The question is an ordinary
+The issuer asks before every token exchange (RFC 8693), and before it takes and redeems
+a CIBA request, whose token lets the agent act for the person likewise. The question is an ordinary
 request, decided by the same decision point as any other: action ``token.exchange`` on a
 resource of type ``audience`` (one request per audience, all must be allowed), the agent
 and user from the directory, the actor chain as delegation, and the user's consents to

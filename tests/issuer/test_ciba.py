@@ -15,7 +15,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -27,6 +27,8 @@ from playwright.sync_api import sync_playwright
 from issuer.hashing import hash_password
 from issuer.oauth.ciba import MAX_BINDING_MESSAGE, id_hash
 from issuer.oauth.clients import CIBA
+from issuer.oauth.grants import Exchange
+from issuer.strength import ACR_KEY, ACR_KEY_MTLS
 from tests.issuer.conftest import TIMEOUT, unique
 from tests.issuer.oauth_server import ClientKey, OAuthService, Registered, oauth_service
 from tests.stores import BACKENDS
@@ -60,21 +62,37 @@ class Person:
 
 
 @dataclass
+class Policy:
+    """The decision point's answer to ``token.exchange``: allowed, except for the agents
+    in ``refused``; every question is kept in ``asked``."""
+
+    refused: set[str] = field(default_factory=set)
+    asked: list[Exchange] = field(default_factory=list)
+
+    def __call__(self, exchange: Exchange) -> str | None:
+        self.asked.append(exchange)
+        return "the policy forbids it" if exchange.agent_id in self.refused else None
+
+
+@dataclass
 class Ciba:
     service: OAuthService
     clock: Clock
     told: list[dict[str, Any]]
+    policy: Policy = field(default_factory=Policy)
 
 
 @pytest.fixture(scope="module", params=BACKENDS)
 def ciba(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Ciba]:
-    clock = Clock()
+    clock, policy = Clock(), Policy()
     told: list[dict[str, Any]] = []
     tmp = tmp_path_factory.mktemp(request.param)
-    with oauth_service(request.param, tmp, clock=clock, on_human=told.append) as service:
-        yield Ciba(service, clock, told)
+    with oauth_service(
+        request.param, tmp, clock=clock, on_human=told.append, exchange_check=policy
+    ) as service:
+        yield Ciba(service, clock, told, policy)
 
 
 def add_person(ciba: Ciba) -> Person:
@@ -195,12 +213,26 @@ def test_poll_mode_gives_one_token_carrying_the_person_and_the_agent(ciba: Ciba)
     assert claims["sub"] == person.id
     assert claims["act"] == {"sub": client.agent_id}
     assert claims["authorization_details"] == [PAYMENT]
+    assert response.json()["authorization_details"] == [PAYMENT]  # RFC 9396 §7
     assert claims["amr"] == ["human", "pkjwt"]
     assert claims["acr"] == "urn:tessera:acr:key"  # no mTLS: human stays in amr only
     assert claims["auth_time"] == int(approved_at)
     assert claims["scope"] == "payments"
     ciba.clock.advance(5)
     assert error_of(poll(ciba, client, auth_req_id)) == "invalid_grant"  # once exactly
+
+
+def test_the_page_names_where_the_token_is_good_and_for_what(ciba: Ciba) -> None:
+    client, person = ciba_client(ciba), add_person(ciba)
+    bank = "https://prod-bank.example/admin"
+    auth_req_id = asked(ciba, client, person, resource=bank, scope="openid payments read")
+    plain = asked(ciba, client, person)
+    with signed_in(ciba, person) as browser:
+        page = browser.get(f"/oauth/approvals/{id_hash(auth_req_id)}").text
+        assert f"<span id='audience'>{bank}</span>" in page
+        assert "<span id='scopes'>payments, read</span>" in page
+        page = browser.get(f"/oauth/approvals/{id_hash(plain)}").text
+        assert f"<span id='audience'>{ciba.service.issuer} (this sign-in service)" in page
 
 
 def test_a_person_is_found_by_email_too(ciba: Ciba) -> None:
@@ -284,6 +316,63 @@ def test_unknown_and_foreign_auth_req_ids_are_invalid_grants(ciba: Ciba) -> None
     assert error_of(poll(ciba, client, auth_req_id)) == "authorization_pending"
 
 
+def test_the_decision_point_is_asked_before_the_person_and_at_redemption(ciba: Ciba) -> None:
+    client, person = ciba_client(ciba), add_person(ciba)
+    ciba.policy.refused.add(client.agent_id)
+    assert error_of(ask(ciba, client, person)) == "access_denied"
+    assert ciba.service.store.backchannel_of_user(person.id, int(ciba.clock.now)) == []
+    assert ciba.policy.asked[-1] == Exchange(
+        client.agent_id, person.id, (client.agent_id,), (ciba.service.issuer,), ("payments",)
+    )
+    ciba.policy.refused.discard(client.agent_id)
+    auth_req_id = asked(ciba, client, person)
+    with signed_in(ciba, person) as browser:
+        assert answer(browser, auth_req_id, "approve").status_code == 200
+    ciba.policy.refused.add(client.agent_id)  # the policy changed while the person answered
+    try:
+        assert error_of(poll(ciba, client, auth_req_id)) == "access_denied"
+    finally:
+        ciba.policy.refused.discard(client.agent_id)
+    ciba.clock.advance(5)
+    assert poll(ciba, client, auth_req_id).status_code == 200  # the refusal used up nothing
+
+
+def test_the_agents_minimum_is_checked_before_the_person_is_asked(ciba: Ciba) -> None:
+    key = ClientKey.new()
+    metadata = {
+        "agent_id": ciba.service.add_agent(minimum_acr=ACR_KEY_MTLS),
+        "token_endpoint_auth_method": "private_key_jwt",
+        "grant_types": [CIBA],
+        "scope": "payments",
+        "jwks": {"keys": [key.public_jwk]},
+        "backchannel_token_delivery_mode": "poll",
+    }
+    client, person = ciba.service._registered(metadata, key), add_person(ciba)
+    assert error_of(ask(ciba, client, person)) == "unauthorized_client"  # no certificate
+    assert ciba.service.store.backchannel_of_user(person.id, int(ciba.clock.now)) == []
+
+
+def test_acr_values_are_checked_when_asked_and_kept_for_the_token(ciba: Ciba) -> None:
+    client, person = ciba_client(ciba), add_person(ciba)
+    assert error_of(ask(ciba, client, person, acr_values="not-a-level")) == "invalid_request"
+    assert error_of(ask(ciba, client, person, acr_values=ACR_KEY_MTLS)) == "unauthorized_client"
+    auth_req_id = asked(ciba, client, person, acr_values=ACR_KEY)
+    record = ciba.service.store.backchannel(id_hash(auth_req_id))
+    assert record is not None and record.data["acr_values"] == [ACR_KEY]
+    with signed_in(ciba, person) as browser:
+        assert answer(browser, auth_req_id, "approve").status_code == 200
+    stronger = authenticated(
+        ciba, client, grant_type=CIBA, auth_req_id=auth_req_id, acr_values=ACR_KEY_MTLS
+    )
+    refused = ciba.service.http.post("/oauth/token", data=stronger)
+    assert error_of(refused) == "unauthorized_client"
+    ciba.clock.advance(5)
+    response = poll(ciba, client, auth_req_id)  # the approval was not used up
+    assert response.status_code == 200, response.text
+    claims = jwt.decode(response.json()["access_token"], options={"verify_signature": False})
+    assert claims["acr"] == ACR_KEY
+
+
 # ---------------------------------------------------------------- bad requests
 
 
@@ -291,11 +380,20 @@ def test_unknown_and_foreign_auth_req_ids_are_invalid_grants(ciba: Ciba) -> None
     ("form", "error"),
     [
         ({"binding_message": "x" * (MAX_BINDING_MESSAGE + 1)}, "invalid_binding_message"),
+        ({"binding_message": "Pay ACME \u202e0024 DSU"}, "invalid_binding_message"),
+        (
+            {"authorization_details": json.dumps([{**PAYMENT, "creditorName": "ACME\u202e"}])},
+            "invalid_authorization_details",
+        ),
         ({"login_hint": "nobody-at-all"}, "unknown_user_id"),
         ({"login_hint_token": "a.b.c"}, "invalid_request"),
         ({"authorization_details": '[{"creditorName": "ACME"}]'}, "invalid_authorization_details"),
         ({"requested_expiry": "-5"}, "invalid_request"),
-        ({"scope": "admin"}, "invalid_scope"),
+        ({"requested_expiry": "²"}, "invalid_request"),  # a digit to str.isdigit, not int()
+        ({"requested_expiry": "9" * 5_000}, "invalid_request"),  # beyond int()'s 4,300 digits
+        ({"requested_expiry": "1" * 10}, "invalid_request"),
+        ({"scope": "openid admin"}, "invalid_scope"),
+        ({"scope": "payments"}, "invalid_request"),  # §7.1: openid is required
     ],
 )
 def test_a_bad_request_is_refused_and_stores_nothing(
@@ -304,6 +402,12 @@ def test_a_bad_request_is_refused_and_stores_nothing(
     client, person = ciba_client(ciba), add_person(ciba)
     assert error_of(ask(ciba, client, person, **form)) == error
     assert ciba.service.store.backchannel_of_user(person.id, int(ciba.clock.now)) == []
+
+
+def test_a_request_without_scope_is_refused(ciba: Ciba) -> None:
+    client, person = ciba_client(ciba), add_person(ciba)
+    data = authenticated(ciba, client, login_hint=person.name)  # §7.1: scope is REQUIRED
+    assert error_of(ciba.service.http.post("/oauth/bc-authorize", data=data)) == "invalid_request"
 
 
 def test_only_registered_ciba_clients_may_ask(ciba: Ciba) -> None:
@@ -368,6 +472,32 @@ def test_ping_mode_calls_the_client_back_then_it_redeems(
     record = ciba.service.store.backchannel(id_hash(auth_req_id))
     assert record is not None and record.data["ping"] is None  # forgotten once answered
     assert poll(ciba, client, auth_req_id).status_code == 200
+
+
+@pytest.mark.parametrize(
+    "endpoint",
+    [
+        "https://169.254.169.254/latest/meta-data",  # cloud metadata
+        "https://10.0.0.1/ciba",
+        "https://[::1]:8443/ciba",  # loopback over https: no development exception
+        "http://127.0.0.2/ciba",  # loopback, but no loopback name
+        "http://ciba.example.com/ciba",
+    ],
+)
+def test_a_notification_endpoint_must_be_public(ciba: Ciba, endpoint: str) -> None:
+    key = ClientKey.new()
+    metadata = {
+        "agent_id": ciba.service.add_agent(),
+        "token_endpoint_auth_method": "private_key_jwt",
+        "grant_types": [CIBA],
+        "scope": "payments",
+        "jwks": {"keys": [key.public_jwk]},
+        "backchannel_token_delivery_mode": "ping",
+        "backchannel_client_notification_endpoint": endpoint,
+    }
+    refused = ciba.service.register(metadata)
+    assert refused.status_code == 400, refused.text
+    assert refused.json()["error"] == "invalid_client_metadata"
 
 
 def test_a_ping_client_must_send_a_notification_token(

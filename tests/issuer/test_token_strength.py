@@ -244,6 +244,12 @@ def test_unknown_or_overlong_acr_values_are_invalid_request(
 
 # ---------------------------------------------------------------- authorization_details
 
+PAYMENT = {
+    "type": "payment_initiation",
+    "instructedAmount": {"currency": "USD", "amount": "12.00"},
+    "creditorName": "ACME",
+}
+
 
 def test_authorization_details_are_copied_into_the_token(oauth: OAuthService) -> None:
     client = oauth.secret_client()
@@ -276,6 +282,12 @@ def test_authorization_details_are_copied_into_the_token(oauth: OAuthService) ->
         json.dumps([{"type": "t", "x": "y" * 4100}]),
         '[{"type": "payment_initiation", "instructedAmount": {"amount": "12.00"}}]',
         "[" * 20 + "]" * 20,
+        # text a person would read otherwise than it is: control and bidi characters
+        json.dumps([{**PAYMENT, "creditorName": "ACME\u202e Ltd"}]),
+        json.dumps([{**PAYMENT, "creditorName": "ACME\nIBAN DE00"}]),
+        json.dumps([{**PAYMENT, "remittance": {"lines": ["ok", "a\u2066b"]}}]),
+        json.dumps([{**PAYMENT, "note\u200f": "x"}]),
+        json.dumps([{**PAYMENT, "note": "\x85"}]),
     ],
 )
 def test_malformed_authorization_details_are_refused(oauth: OAuthService, details: str) -> None:

@@ -33,7 +33,7 @@ from pdp.doors import authzen
 from pdp.doors.authzen import AUTHZEN_PATH, AUTHZEN_SCOPE, AuthZen
 from pdp.doors.callers import callers_of
 from pdp.engine import Bundle, Engine
-from pdp.loader import load_directory
+from pdp.loader import load_directory, load_texts
 from tests.conftest import SHIPPED_POLICIES
 from tests.serve.test_tls import PKI, _pem
 from tests.servers import HttpServer, send_raw, tessera_serve
@@ -455,6 +455,38 @@ def test_with_an_agent_token_the_user_may_be_named_by_any_of_their_ids(pdp: Pdp)
     refused = pdp.post("/evaluation", by_token(token, "mail.send", user="someone-else"))
     assert refused.status_code == 400
     assert "subject.properties.user" in refused.text
+
+
+STEP_UP = """
+package stepup
+
+permit bound_key_calls
+  action "tool.call" on tool "rotate-keys"
+  require step_up("urn:tessera:acr:key+mtls")
+"""
+
+
+def test_a_token_subjects_step_up_is_met_by_the_tokens_acr_only(store: Store) -> None:
+    texts = {p.name: p.read_text() for p in SHIPPED_POLICIES.glob("*.pol")}
+    texts = {name: text for name, text in texts.items() if not name.endswith("_test.pol")}
+    pdp = Pdp(store, bundle=load_texts({**texts, "stepup.pol": STEP_UP}).bundle)
+    try:
+        rotator = pdp.agent("rotator")
+        strong = agent_token(pdp, rotator, acr="urn:tessera:acr:key+mtls", amr=["mtls", "pkjwt"])
+        weak = agent_token(pdp, rotator, acr="urn:tessera:acr:key", amr=["pkjwt"])
+        assert pdp.ok("/evaluation", by_token(strong, "rotate-keys")) == {"decision": True}
+        assert pdp.ok("/evaluation", by_token(weak, "rotate-keys")) == {"decision": False}
+        claimed = {**by_token(weak, "rotate-keys"), "context": {"acr": "urn:tessera:acr:key+mtls"}}
+        refused = pdp.post("/evaluation", claimed)
+        assert refused.status_code == 400 and refused.text.startswith("context.acr:"), refused.text
+        # an agent named by id: the PEP's word, as before
+        by_id = {
+            **evaluation(rotator, "rotate-keys"),
+            "context": {"acr": "urn:tessera:acr:key+mtls"},
+        }
+        assert pdp.ok("/evaluation", by_id) == {"decision": True}
+    finally:
+        pdp.close()
 
 
 def test_a_subject_that_disagrees_with_its_token_or_a_bad_token_is_400(pdp: Pdp) -> None:

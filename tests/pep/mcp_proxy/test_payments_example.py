@@ -202,6 +202,15 @@ def refusal(example: Example) -> httpx2.Response:
     return next(r for r in reversed(example.seen) if r.request.method == "POST")
 
 
+def known_person(example: Example) -> Person:
+    """A person in the directory, once every decision point (the issuer's exchange check
+    among them) knows them: the directory reaches them through the store's change feed."""
+    person = add_person(example.ciba)
+    w = example.world
+    w.wait_for(lambda: all(d.person(person.id) is not None for d in w.directories))
+    return person
+
+
 def approve(example: Example, agent: Agent, person: Person) -> str:
     """The agent asks the person (CIBA, poll), the person approves on the approval page,
     the agent polls: the token the approval gave."""
@@ -210,7 +219,7 @@ def approve(example: Example, agent: Agent, person: Person) -> str:
         agent,
         "/oauth/bc-authorize",
         login_hint=person.name,
-        scope="payments",
+        scope="openid payments",
         resource=example.url,
         binding_message="Pay ACME 4200 USD, code 7F3A",
         authorization_details=json.dumps([PAYMENT]),
@@ -230,7 +239,7 @@ def approve(example: Example, agent: Agent, person: Person) -> str:
 
 
 def test_a_large_transfer_needs_the_persons_approval_of_that_transfer(example: Example) -> None:
-    agent, person = register_agent(example), add_person(example.ciba)
+    agent, person = register_agent(example), known_person(example)
     machine = own_token(example, agent)
     claims = jwt.decode(machine["access_token"], options={"verify_signature": False})
     assert claims["acr"] == "urn:tessera:acr:key+mtls" and "x5t#S256" in claims["cnf"]
@@ -270,7 +279,7 @@ def test_a_large_transfer_needs_the_persons_approval_of_that_transfer(example: E
 
 
 def test_an_approval_token_without_its_certificate_is_refused(example: Example) -> None:
-    agent, person = register_agent(example), add_person(example.ciba)
+    agent, person = register_agent(example), known_person(example)
     approved = approve(example, agent, person)
     headers = {
         "Authorization": f"Bearer {approved}",
