@@ -50,18 +50,48 @@ class Cursor(Protocol):
     def fetchall(self) -> builtins.list[Any]: ...
 
 
-# Column types per backend, substituted into MIGRATIONS with str.format.
+# How each backend reads one field of a resource's document and of an audit record (kept
+# as text on both). The indexes of migration 6 are on these expressions; the queries of
+# issuer.store.listing use the very same text, so that the planner matches them.
+SQLITE_FIELDS = ("json_extract(data, '$.{}')", "json_extract(record, '$.{}')")
+POSTGRES_FIELDS = ("(data ->> '{}')", "((record::jsonb) ->> '{}')")
+# The agent list's sort keys: a text field in lower case, the risk level by its rank.
+SORTED_FIELDS = ("name", "owner", "status")
+RISK_RANKS = ("low", "medium", "high", "critical")
+
+
+def sort_key(field: str, fields: tuple[str, str]) -> str:
+    """The SQL expression an Agent sort by ``field`` orders by (and is indexed on)."""
+    value = fields[0].format(field)
+    if field == "riskLevel":
+        ranks = " ".join(f"WHEN '{name}' THEN {rank}" for rank, name in enumerate(RISK_RANKS))
+        return f"(CASE {value} {ranks} ELSE -1 END)"
+    return f"lower({value})"
+
+
+def _expressions(fields: tuple[str, str]) -> dict[str, str]:
+    keys = {f"sort_{name}": sort_key(name, fields) for name in (*SORTED_FIELDS, "riskLevel")}
+    return {
+        **keys,
+        "record_agent": fields[1].format("agent"),
+        "record_kind": fields[1].format("kind"),
+    }
+
+
+# Column types and expressions per backend, substituted into MIGRATIONS with str.format.
 SQLITE_TYPES: Mapping[str, str] = {
     "int": "INTEGER",
     "json": "TEXT",
     "time": "TEXT",
     "seq": "INTEGER PRIMARY KEY AUTOINCREMENT",
+    **_expressions(SQLITE_FIELDS),
 }
 POSTGRES_TYPES: Mapping[str, str] = {
     "int": "BIGINT",
     "json": "JSONB",
     "time": "TIMESTAMPTZ",
     "seq": "BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY",
+    **_expressions(POSTGRES_FIELDS),
 }
 
 # Migration n (1-based) is MIGRATIONS[n - 1]; append new ones, never edit applied ones.
@@ -147,6 +177,17 @@ MIGRATIONS: Sequence[Sequence[str]] = (
         "CREATE INDEX outbox_by_due ON outbox (dead, due)",
         # How far a follower of the trails has read (the webhook events, the decision log).
         "CREATE TABLE cursors (name TEXT PRIMARY KEY, position {int} NOT NULL)",
+    ),
+    (
+        # The console's agent list pages through the store sorted by these keys (id breaks
+        # ties), and reads each listed agent's decisions of today, its last decision and
+        # its newest decisions from the agent trail by agent and time.
+        "CREATE INDEX resources_agent_name ON resources (kind, {sort_name}, id)",
+        "CREATE INDEX resources_agent_owner ON resources (kind, {sort_owner}, id)",
+        "CREATE INDEX resources_agent_status ON resources (kind, {sort_status}, id)",
+        "CREATE INDEX resources_agent_risk ON resources (kind, {sort_riskLevel}, id)",
+        "CREATE INDEX audit_by_agent ON audit ({record_agent}, {record_kind}, at, seq)"
+        " WHERE trail = 'agent'",
     ),
 )
 
