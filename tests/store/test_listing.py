@@ -1,0 +1,84 @@
+"""The console's indexed reads: searched, sorted pages; several ids at once; an agent's
+activity and newest decisions from the agent trail's index."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from issuer.store import AuditEntry, Store
+
+AGENTS = [
+    ("beta", "ops", "high", "active"),
+    ("Alpha", "finance", "low", "suspended"),
+    ("gamma_x", "ops", "critical", "active"),
+    ("delta", "Finance", "medium", "active"),
+]
+
+
+def _agents(store: Store) -> dict[str, str]:
+    ids = {}
+    for name, owner, risk, status in AGENTS:
+        data = {"name": name, "owner": owner, "riskLevel": risk, "status": status}
+        ids[name] = store.create("Agent", {**data, "purpose": "p"}, unique={}, actor="t").id
+    return ids
+
+
+def _names(found: tuple[int, list]) -> list[str]:  # type: ignore[type-arg]
+    return [record.data["name"] for record in found[1]]
+
+
+def test_a_page_is_sorted_searched_and_cut_in_the_store(store: Store) -> None:
+    _agents(store)
+    store.create("User", {"name": "aaa"}, unique={}, actor="t")  # another kind: not listed
+    assert _names(store.search("Agent", "", "name", False, 10, 0)) == [
+        "Alpha", "beta", "delta", "gamma_x"
+    ]  # fmt: skip
+    by_risk = store.search("Agent", "", "riskLevel", True, 10, 0)
+    assert _names(by_risk) == ["gamma_x", "beta", "delta", "Alpha"]  # by rank, not by text
+    assert _names(store.search("Agent", "", "name", True, 2, 1)) == ["delta", "beta"]
+    total, _ = store.search("Agent", "FINANCE", "owner", False, 10, 0)
+    assert total == 2  # case-insensitive
+    assert _names(store.search("Agent", "a_x", "name", False, 10, 0)) == ["gamma_x"]
+    assert store.search("Agent", "%", "name", False, 10, 0)[0] == 0  # wildcards are literal
+    with pytest.raises(ValueError, match="cannot sort by"):
+        store.search("Agent", "", "purpose", False, 10, 0)
+
+
+def test_many_ids_are_read_at_once(store: Store) -> None:
+    ids = _agents(store)
+    found = store.get_many("Agent", [ids["beta"], "no such id", ids["delta"], ids["beta"]])
+    assert {record.data["name"] for record in found.values()} == {"beta", "delta"}
+    assert set(found) == {ids["beta"], ids["delta"]}
+
+
+def _decision(n: int, agent: str, allow: bool, at: datetime) -> AuditEntry:
+    record = {"kind": "decision", "agent": agent, "allow": allow, "n": n}
+    return AuditEntry(n, at, json.dumps(record), "0" * 64, "0" * 64)
+
+
+def test_activity_counts_today_and_finds_the_newest_decisions(store: Store) -> None:
+    now = datetime.now(UTC)
+    midnight = now.replace(hour=0, minute=0, second=0, microsecond=0)
+    yesterday = midnight - timedelta(hours=1)
+    token = {"kind": "token", "agent": "a1"}
+    entries = [
+        _decision(1, "a1", True, yesterday),
+        _decision(2, "a1", True, now),
+        _decision(3, "a1", False, now),
+        _decision(4, "a2", True, yesterday),
+        AuditEntry(5, now + timedelta(seconds=1), json.dumps(token), "0" * 64, "0" * 64),
+        _decision(6, "a3", False, now),
+    ]
+    store.append_audit("agent", entries)
+    store.append_audit("alert", [_decision(1, "a1", True, now)])  # another trail
+    found = store.agent_activity(["a1", "a2", "nobody"], midnight)
+    assert set(found) == {"a1", "a2"}
+    assert found["a1"][1:] == (1, 1)  # one allowed and one denied today; the token is none
+    assert found["a1"][0] == now  # its newest decision, not the later token
+    assert found["a2"] == (yesterday, 0, 0)
+    newest = store.agent_decisions("a1", 2)
+    assert [entry.seq for entry in newest] == [3, 2]
+    assert store.agent_decisions("nobody", 5) == []
