@@ -19,11 +19,13 @@ from typing import Any
 
 from issuer.store.interface import AuditEntry, Record
 from issuer.store.schema import (
+    AGENT_FIELDS,
     AUDIT_COLUMNS,
     NUL,
     RECORD_COLUMNS,
     SORTED_FIELDS,
     as_utc,
+    json_field,
     record_from_row,
     sort_key,
     time_text,
@@ -42,13 +44,19 @@ def _pattern(text: str) -> str:
 
 class IndexedReads:
     """The console's reads of :class:`~issuer.store.Store`; a backend provides
-    ``_transaction`` and ``_fields`` (its JSON field expressions, see
-    ``issuer.store.schema``) and lists this class beside ``SQLStore``."""
+    ``_transaction`` and ``_backend`` (which names its JSON field expressions,
+    see :func:`issuer.store.schema.json_field`) and lists this class beside ``SQLStore``."""
 
-    _fields: tuple[str, str]
+    _backend: str  # "sqlite" or "postgresql"
 
     @abstractmethod
     def _transaction(self, write: bool, changes: bool = True) -> AbstractContextManager[Any]: ...
+
+    def _data(self, name: str) -> str:
+        return json_field(self._backend, "data", AGENT_FIELDS[name])
+
+    def _record(self, name: str) -> str:
+        return json_field(self._backend, "record", [name])
 
     def _read(self, sql: str, parameters: Sequence[Any]) -> builtins.list[Any]:
         with self._transaction(write=False) as cur:
@@ -67,7 +75,7 @@ class IndexedReads:
             return 0, []
         where, parameters = "kind = ?", [kind]
         if text:
-            fields = [f"lower({self._fields[0].format(name)})" for name in SEARCHED]
+            fields = [f"lower({self._data(name)})" for name in SEARCHED]
             where += (
                 " AND ("
                 + " OR ".join(f"{f} LIKE ? ESCAPE '\\'" for f in [*fields, "lower(id)"])
@@ -75,7 +83,7 @@ class IndexedReads:
             )
             parameters += [_pattern(text)] * (len(SEARCHED) + 1)
         way = "DESC" if descending else "ASC"
-        order = f"{sort_key(sort, self._fields)} {way}, id {way}"
+        order = f"{sort_key(sort, self._backend)} {way}, id {way}"
         with self._transaction(write=False) as cur:
             cur.execute(f"SELECT count(*) FROM resources WHERE {where}", parameters)
             total = int(cur.fetchone()[0])
@@ -110,13 +118,13 @@ class IndexedReads:
         wanted = [agent for agent in dict.fromkeys(agents) if NUL not in agent][:MAX_IDS]
         if not wanted:
             return {}
-        agent, kind = self._fields[1].format("agent"), self._fields[1].format("kind")
+        agent, kind = self._record("agent"), self._record("kind")
         among = f"trail = 'agent' AND {agent} IN ({', '.join('?' * len(wanted))})"
         among += f" AND {kind} = 'decision'"
         last = self._read(
             f"SELECT {agent}, max(at) FROM audit WHERE {among} GROUP BY {agent}", wanted
         )
-        allow = self._fields[1].format("allow")
+        allow = self._record("allow")
         today = self._read(
             f"SELECT {agent}, {allow} FROM audit WHERE {among} AND at >= ?",
             [*wanted, time_text(since)],
@@ -136,7 +144,7 @@ class IndexedReads:
         """The newest ``limit`` decisions of one agent on the agent trail, newest first."""
         if NUL in agent or limit <= 0:
             return []
-        field, kind = self._fields[1].format("agent"), self._fields[1].format("kind")
+        field, kind = self._record("agent"), self._record("kind")
         rows = self._read(
             f"SELECT {AUDIT_COLUMNS} FROM audit WHERE trail = 'agent' AND {field} = ?"
             f" AND {kind} = 'decision' ORDER BY at DESC, seq DESC LIMIT ?",

@@ -31,7 +31,6 @@ from issuer.store.interface import Lease, MissingStore, StoreError
 from issuer.store.listing import IndexedReads
 from issuer.store.outbox import OutboxTable
 from issuer.store.schema import (
-    POSTGRES_FIELDS,
     POSTGRES_TYPES,
     Cursor,
     SQLStore,
@@ -79,7 +78,7 @@ class _Cursor:
 class PostgresStore(SQLStore, BackchannelTable, OutboxTable, IndexedReads):
     """A :class:`~issuer.store.Store` in a PostgreSQL schema."""
 
-    _fields = POSTGRES_FIELDS
+    _backend = "postgresql"
 
     _skip_locked = " FOR UPDATE SKIP LOCKED"
 

@@ -50,31 +50,48 @@ class Cursor(Protocol):
     def fetchall(self) -> builtins.list[Any]: ...
 
 
-# How each backend reads one field of a resource's document and of an audit record (kept
-# as text on both). The indexes of migration 6 are on these expressions; the queries of
-# issuer.store.listing use the very same text, so that the planner matches them.
-SQLITE_FIELDS = ("json_extract(data, '$.{}')", "json_extract(record, '$.{}')")
-POSTGRES_FIELDS = ("(data ->> '{}')", "((record::jsonb) ->> '{}')")
+# The agent document's fields the console lists agents by: a path into the document (the
+# SCIM agent extension's URN, as issuer.agents names it, then the attribute).
+AGENT_EXTENSION = "urn:tessera:params:scim:schemas:extension:agent:1.0:Agent"
+AGENT_FIELDS: Mapping[str, tuple[str, ...]] = {
+    "name": ("name",),
+    "owner": (AGENT_EXTENSION, "owner"),
+    "purpose": (AGENT_EXTENSION, "purpose"),
+    "riskLevel": (AGENT_EXTENSION, "riskLevel"),
+    "status": (AGENT_EXTENSION, "status"),
+}
 # The agent list's sort keys: a text field in lower case, the risk level by its rank.
 SORTED_FIELDS = ("name", "owner", "status")
 RISK_RANKS = ("low", "medium", "high", "critical")
 
 
-def sort_key(field: str, fields: tuple[str, str]) -> str:
+def json_field(backend: str, column: str, path: Sequence[str]) -> str:
+    """How ``backend`` ("sqlite" or "postgresql") reads the text at ``path`` in the JSON
+    of ``column`` (``data``, JSONB on PostgreSQL, or an audit ``record``, text on both).
+    The indexes of migration 6 are on these expressions; the queries of
+    :mod:`issuer.store.listing` use the very same text, so that the planner matches them."""
+    if backend == "sqlite":
+        return f"json_extract({column}, '$" + "".join(f'."{p}"' for p in path) + "')"
+    value = column if column == "data" else f"({column}::jsonb)"
+    *inner, last = path
+    return f"({value}" + "".join(f" -> '{p}'" for p in inner) + f" ->> '{last}')"
+
+
+def sort_key(field: str, backend: str) -> str:
     """The SQL expression an Agent sort by ``field`` orders by (and is indexed on)."""
-    value = fields[0].format(field)
+    value = json_field(backend, "data", AGENT_FIELDS[field])
     if field == "riskLevel":
         ranks = " ".join(f"WHEN '{name}' THEN {rank}" for rank, name in enumerate(RISK_RANKS))
         return f"(CASE {value} {ranks} ELSE -1 END)"
     return f"lower({value})"
 
 
-def _expressions(fields: tuple[str, str]) -> dict[str, str]:
-    keys = {f"sort_{name}": sort_key(name, fields) for name in (*SORTED_FIELDS, "riskLevel")}
+def _expressions(backend: str) -> dict[str, str]:
+    keys = {f"sort_{name}": sort_key(name, backend) for name in (*SORTED_FIELDS, "riskLevel")}
     return {
         **keys,
-        "record_agent": fields[1].format("agent"),
-        "record_kind": fields[1].format("kind"),
+        "record_agent": json_field(backend, "record", ["agent"]),
+        "record_kind": json_field(backend, "record", ["kind"]),
     }
 
 
@@ -84,14 +101,14 @@ SQLITE_TYPES: Mapping[str, str] = {
     "json": "TEXT",
     "time": "TEXT",
     "seq": "INTEGER PRIMARY KEY AUTOINCREMENT",
-    **_expressions(SQLITE_FIELDS),
+    **_expressions("sqlite"),
 }
 POSTGRES_TYPES: Mapping[str, str] = {
     "int": "BIGINT",
     "json": "JSONB",
     "time": "TIMESTAMPTZ",
     "seq": "BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY",
-    **_expressions(POSTGRES_FIELDS),
+    **_expressions("postgresql"),
 }
 
 # Migration n (1-based) is MIGRATIONS[n - 1]; append new ones, never edit applied ones.

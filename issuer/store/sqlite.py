@@ -21,7 +21,6 @@ from issuer.store.interface import Lease, MissingStore, StoreError
 from issuer.store.listing import IndexedReads
 from issuer.store.outbox import OutboxTable
 from issuer.store.schema import (
-    SQLITE_FIELDS,
     SQLITE_TYPES,
     Cursor,
     SQLStore,
@@ -51,7 +50,7 @@ def database_path(url: str) -> str:
 class SQLiteStore(SQLStore, BackchannelTable, OutboxTable, IndexedReads):
     """A :class:`~issuer.store.Store` in a SQLite database."""
 
-    _fields = SQLITE_FIELDS
+    _backend = "sqlite"
 
     def __init__(self, url: str, *, create: bool = True) -> None:
         """Open the database file, and make it (folder included) when ``create``;

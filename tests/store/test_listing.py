@@ -8,7 +8,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from issuer.store import AuditEntry, Store
+from issuer.agents import AGENT_EXTENSION
+from issuer.store import AuditEntry, Store, schema
 
 AGENTS = [
     ("beta", "ops", "high", "active"),
@@ -21,8 +22,9 @@ AGENTS = [
 def _agents(store: Store) -> dict[str, str]:
     ids = {}
     for name, owner, risk, status in AGENTS:
-        data = {"name": name, "owner": owner, "riskLevel": risk, "status": status}
-        ids[name] = store.create("Agent", {**data, "purpose": "p"}, unique={}, actor="t").id
+        extension = {"owner": owner, "riskLevel": risk, "status": status, "purpose": "p"}
+        data = {"name": name, AGENT_EXTENSION: extension}
+        ids[name] = store.create("Agent", data, unique={}, actor="t").id
     return ids
 
 
@@ -82,3 +84,7 @@ def test_activity_counts_today_and_finds_the_newest_decisions(store: Store) -> N
     newest = store.agent_decisions("a1", 2)
     assert [entry.seq for entry in newest] == [3, 2]
     assert store.agent_decisions("nobody", 5) == []
+
+
+def test_the_indexed_fields_are_the_agent_extensions() -> None:
+    assert schema.AGENT_EXTENSION == AGENT_EXTENSION
