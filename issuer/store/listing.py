@@ -118,27 +118,23 @@ class IndexedReads:
         wanted = [agent for agent in dict.fromkeys(agents) if NUL not in agent][:MAX_IDS]
         if not wanted:
             return {}
-        agent, kind = self._record("agent"), self._record("kind")
-        among = f"trail = 'agent' AND {agent} IN ({', '.join('?' * len(wanted))})"
-        among += f" AND {kind} = 'decision'"
-        last = self._read(
-            f"SELECT {agent}, max(at) FROM audit WHERE {among} GROUP BY {agent}", wanted
-        )
-        allow = self._record("allow")
-        today = self._read(
-            f"SELECT {agent}, {allow} FROM audit WHERE {among} AND at >= ?",
-            [*wanted, time_text(since)],
-        )
-        allowed: dict[str, int] = {}
-        denied: dict[str, int] = {}
-        for who, allow in today:
-            tally = allowed if allow in (1, True, "true") else denied
-            tally[str(who)] = tally.get(str(who), 0) + 1
-        return {
-            str(who): (as_utc(at), allowed.get(str(who), 0), denied.get(str(who), 0))
-            for who, at in last
-            if at is not None
-        }
+        agent, kind, allow = self._record("agent"), self._record("kind"), self._record("allow")
+        # one agent per query: with a list of agents, SQLite's planner would rather walk
+        # the whole trail by its primary key than the partial index
+        among = f"trail = 'agent' AND {agent} = ? AND {kind} = 'decision'"
+        found: dict[str, tuple[datetime, int, int]] = {}
+        with self._transaction(write=False) as cur:
+            for who in wanted:
+                cur.execute(f"SELECT max(at) FROM audit WHERE {among}", (who,))
+                last = cur.fetchone()[0]
+                if last is None:
+                    continue
+                cur.execute(
+                    f"SELECT {allow} FROM audit WHERE {among} AND at >= ?", (who, time_text(since))
+                )
+                allows = [value in (1, True, "true") for (value,) in cur.fetchall()]
+                found[who] = (as_utc(last), sum(allows), len(allows) - sum(allows))
+        return found
 
     def agent_decisions(self, agent: str, limit: int) -> builtins.list[AuditEntry]:
         """The newest ``limit`` decisions of one agent on the agent trail, newest first."""
