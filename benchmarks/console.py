@@ -115,12 +115,14 @@ def alert(n: int, agent: str, at: datetime, source: int) -> dict[str, Any]:
 
 
 def chained(records: Iterator[tuple[datetime, dict[str, Any]]]) -> Iterator[tuple[Any, ...]]:
-    """(seq, at, record, prev_hash, hash) rows of one hash chain."""
+    """(seq, at, record, prev_hash, hash, agent) rows of one hash chain, the agent as the
+    audit writer keeps it beside a decision (:func:`pdp.audit.writer.agent_of`)."""
     prev = "0" * 64
     for seq, (at, record) in enumerate(records, start=1):
         text = canonical(record)
         digest = link(prev, text)
-        yield seq, at, text, prev, digest
+        agent = record["agent"] if record["kind"] == "decision" else None
+        yield seq, at, text, prev, digest, agent
         prev = digest
 
 
@@ -165,10 +167,11 @@ def fill_sqlite(
             )
         for trail, rows in (("agent", decisions), ("alert", alerts)):
             conn.executemany(
-                "INSERT INTO audit VALUES (?, ?, ?, ?, ?, ?)",
+                "INSERT INTO audit (trail, seq, at, record, prev_hash, hash, agent)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (
-                    (trail, seq, at.isoformat(timespec="microseconds"), r, p, h)
-                    for seq, at, r, p, h in rows
+                    (trail, seq, at.isoformat(timespec="microseconds"), r, p, h, a)
+                    for seq, at, r, p, h, a in rows
                 ),
             )
     conn.close()
@@ -188,7 +191,7 @@ def fill_postgres(
         )
         for trail, rows in (("agent", decisions), ("alert", alerts)):
             with cur.copy(
-                "COPY audit (trail, seq, at, record, prev_hash, hash) FROM STDIN"
+                "COPY audit (trail, seq, at, record, prev_hash, hash, agent) FROM STDIN"
             ) as copy:
                 for row in rows:
                     copy.write_row((trail, *row))

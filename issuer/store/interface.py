@@ -53,6 +53,9 @@ class AuditEntry:
     record: str  # canonical JSON, exactly the text that was hashed
     prev_hash: str  # the previous entry's hash (64 zeros for the first)
     hash: str  # SHA-256 of prev_hash and record
+    # The agent a decision record of the agent trail is of, kept beside the record (not
+    # hashed) so that an index finds an agent's decisions; None for every other entry.
+    agent: str | None = None
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,7 @@
 """Indexed reads for the operator console: a page of resources searched and sorted in
 the database, several resources by id at once, and what the agent trail says of a few
-agents, read through the agent trail's index by agent and time (migration 6).
+agents, read through the audit table's index by agent and time (migration 5; the audit
+writer keeps each decision's agent in the ``agent`` column).
 
 Each read costs the same however many agents and decisions the store holds: a sorted
 page walks an index on the sort key for ``offset + limit`` rows; a search reads the
@@ -118,19 +119,17 @@ class IndexedReads:
         wanted = [agent for agent in dict.fromkeys(agents) if NUL not in agent][:MAX_IDS]
         if not wanted:
             return {}
-        agent, kind, allow = self._record("agent"), self._record("kind"), self._record("allow")
-        # one agent per query: with a list of agents, SQLite's planner would rather walk
-        # the whole trail by its primary key than the partial index
-        among = f"trail = 'agent' AND {agent} = ? AND {kind} = 'decision'"
+        allow = self._record("allow")
         found: dict[str, tuple[datetime, int, int]] = {}
         with self._transaction(write=False) as cur:
             for who in wanted:
-                cur.execute(f"SELECT max(at) FROM audit WHERE {among}", (who,))
+                cur.execute("SELECT max(at) FROM audit WHERE agent = ?", (who,))
                 last = cur.fetchone()[0]
                 if last is None:
                     continue
                 cur.execute(
-                    f"SELECT {allow} FROM audit WHERE {among} AND at >= ?", (who, time_text(since))
+                    f"SELECT {allow} FROM audit WHERE agent = ? AND at >= ?",
+                    (who, time_text(since)),
                 )
                 allows = [value in (1, True, "true") for (value,) in cur.fetchall()]
                 found[who] = (as_utc(last), sum(allows), len(allows) - sum(allows))
@@ -140,13 +139,11 @@ class IndexedReads:
         """The newest ``limit`` decisions of one agent on the agent trail, newest first."""
         if NUL in agent or limit <= 0:
             return []
-        field, kind = self._record("agent"), self._record("kind")
         rows = self._read(
-            f"SELECT {AUDIT_COLUMNS} FROM audit WHERE trail = 'agent' AND {field} = ?"
-            f" AND {kind} = 'decision' ORDER BY at DESC, seq DESC LIMIT ?",
+            f"SELECT {AUDIT_COLUMNS} FROM audit WHERE agent = ? ORDER BY at DESC, seq DESC LIMIT ?",
             (agent, limit),
         )
         return [
-            AuditEntry(int(row[0]), as_utc(row[1]), str(row[2]), str(row[3]), str(row[4]))
+            AuditEntry(int(row[0]), as_utc(row[1]), str(row[2]), str(row[3]), str(row[4]), agent)
             for row in rows
         ]

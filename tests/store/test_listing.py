@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from issuer.agents import AGENT_EXTENSION
-from issuer.store import AuditEntry, Store, schema
+from issuer.store import AuditEntry, Store, open_store, schema
 
 AGENTS = [
     ("beta", "ops", "high", "active"),
@@ -58,7 +58,7 @@ def test_many_ids_are_read_at_once(store: Store) -> None:
 
 def _decision(n: int, agent: str, allow: bool, at: datetime) -> AuditEntry:
     record = {"kind": "decision", "agent": agent, "allow": allow, "n": n}
-    return AuditEntry(n, at, json.dumps(record), "0" * 64, "0" * 64)
+    return AuditEntry(n, at, json.dumps(record), "0" * 64, "0" * 64, agent)
 
 
 def test_activity_counts_today_and_finds_the_newest_decisions(store: Store) -> None:
@@ -75,7 +75,8 @@ def test_activity_counts_today_and_finds_the_newest_decisions(store: Store) -> N
         _decision(6, "a3", False, now),
     ]
     store.append_audit("agent", entries)
-    store.append_audit("alert", [_decision(1, "a1", True, now)])  # another trail
+    alert = {"kind": "alert", "agent": "a1"}  # kept without its agent, as the writer does
+    store.append_audit("alert", [AuditEntry(1, now, json.dumps(alert), "0" * 64, "0" * 64)])
     found = store.agent_activity(["a1", "a2", "nobody"], midnight)
     assert set(found) == {"a1", "a2"}
     assert found["a1"][1:] == (1, 1)  # one allowed and one denied today; the token is none
@@ -88,3 +89,34 @@ def test_activity_counts_today_and_finds_the_newest_decisions(store: Store) -> N
 
 def test_the_indexed_fields_are_the_agent_extensions() -> None:
     assert schema.AGENT_EXTENSION == AGENT_EXTENSION
+
+
+def test_the_migration_finds_the_agent_of_each_decision_written_before(
+    url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with monkeypatch.context() as patched:
+        ours = next(n for n, m in enumerate(schema.MIGRATIONS) if "audit_by_agent" in str(m))
+        patched.setattr(schema, "MIGRATIONS", schema.MIGRATIONS[:ours])  # the ones before
+        before = open_store(url)
+        now = datetime.now(UTC)
+        rows = [("decision", "a1"), ("token", "a1"), ("decision", "a2")]
+        with before._transaction(write=True, changes=False) as cur:  # type: ignore[attr-defined]
+            for n, (kind, agent) in enumerate(rows, start=1):
+                cur.execute(
+                    "INSERT INTO audit (trail, seq, at, record, prev_hash, hash)"
+                    " VALUES ('agent', ?, ?, ?, ?, ?)",
+                    (
+                        n,
+                        schema.time_text(now),
+                        json.dumps({"kind": kind, "agent": agent}),
+                        "0",
+                        "0",
+                    ),
+                )
+        before.close()
+    after = open_store(url)
+    try:
+        assert [entry.seq for entry in after.agent_decisions("a1", 5)] == [1]
+        assert [entry.seq for entry in after.agent_decisions("a2", 5)] == [3]
+    finally:
+        after.close()
