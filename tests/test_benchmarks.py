@@ -163,3 +163,20 @@ def test_the_engine_benchmark_compares_each_test_step_at_the_tests_clock(
     bench.cross_check_tests(bundle)
     assert len(steps) > 1
     assert asked == steps
+
+
+def test_a_quick_console_run_times_every_page_on_both_stores() -> None:
+    done = bench("console.py", "--quick", "--json")
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert set(result["stores"]) == {"sqlite", "postgresql"}
+    for found in result["stores"].values():
+        assert set(found["pages"]) >= {"agents list", "agent", "decisions", "alerts", "policies"}
+        assert all(row["samples"] > 0 for row in found["pages"].values())
+    assert all(t["value"] is not None for t in result["targets"])  # measured, not skipped
+
+
+def test_strict_fails_naming_the_console_postgres_row_that_cannot_run() -> None:
+    done = bench("console.py", "--quick", "--strict", TESSERA_TEST_POSTGRES=NO_POSTGRES)
+    assert done.returncode == 1, done.stderr
+    assert "--strict: postgresql: could not run: " in done.stderr

@@ -53,6 +53,9 @@ class AuditEntry:
     record: str  # canonical JSON, exactly the text that was hashed
     prev_hash: str  # the previous entry's hash (64 zeros for the first)
     hash: str  # SHA-256 of prev_hash and record
+    # The agent a decision record of the agent trail is of, kept beside the record (not
+    # hashed) so that an index finds an agent's decisions; None for every other entry.
+    agent: str | None = None
 
 
 @dataclass(frozen=True)
@@ -182,6 +185,31 @@ class Store(Protocol):
     def page(self, kind: str, prefix: str, after: str, limit: int) -> builtins.list[Record]:
         """Resources of a kind whose id starts with ``prefix`` and sorts after ``after``
         ("" for the first page), in the order of their ids, at most ``limit``."""
+        ...
+
+    def search(
+        self, kind: str, text: str, sort: str, descending: bool, limit: int, offset: int
+    ) -> tuple[int, builtins.list[Record]]:
+        """How many resources of a kind hold ``text`` (case-insensitive) in their id,
+        name, owner or purpose ("" holds every one), and ``limit`` of them from
+        ``offset``, ordered by ``sort`` (name, owner, status or riskLevel by rank), then
+        by id; an index serves each order (:mod:`issuer.store.listing`)."""
+        ...
+
+    def get_many(self, kind: str, ids: Sequence[str]) -> dict[str, Record]:
+        """The resources of a kind with these ids, by id (ids not stored left out)."""
+        ...
+
+    def agent_activity(
+        self, agents: Sequence[str], since: datetime
+    ) -> dict[str, tuple[datetime, int, int]]:
+        """For each of ``agents`` (at most 500) with a decision on the agent trail: the
+        time of its newest decision, and its decisions since ``since`` that allowed and
+        that denied."""
+        ...
+
+    def agent_decisions(self, agent: str, limit: int) -> builtins.list[AuditEntry]:
+        """The newest ``limit`` decisions of one agent on the agent trail, newest first."""
         ...
 
     def last_change(self) -> int:

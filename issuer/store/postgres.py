@@ -28,6 +28,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from issuer.store.backchannel import BackchannelTable
 from issuer.store.interface import Lease, MissingStore, StoreError
+from issuer.store.listing import IndexedReads
 from issuer.store.outbox import OutboxTable
 from issuer.store.schema import (
     POSTGRES_TYPES,
@@ -74,8 +75,10 @@ class _Cursor:
         return self._cur.fetchall()
 
 
-class PostgresStore(SQLStore, BackchannelTable, OutboxTable):
+class PostgresStore(SQLStore, BackchannelTable, OutboxTable, IndexedReads):
     """A :class:`~issuer.store.Store` in a PostgreSQL schema."""
+
+    _backend = "postgresql"
 
     _skip_locked = " FOR UPDATE SKIP LOCKED"
 

@@ -50,18 +50,65 @@ class Cursor(Protocol):
     def fetchall(self) -> builtins.list[Any]: ...
 
 
-# Column types per backend, substituted into MIGRATIONS with str.format.
+# The agent document's fields the console lists agents by: a path into the document (the
+# SCIM agent extension's URN, as issuer.agents names it, then the attribute).
+AGENT_EXTENSION = "urn:tessera:params:scim:schemas:extension:agent:1.0:Agent"
+AGENT_FIELDS: Mapping[str, tuple[str, ...]] = {
+    "name": ("name",),
+    "owner": (AGENT_EXTENSION, "owner"),
+    "purpose": (AGENT_EXTENSION, "purpose"),
+    "riskLevel": (AGENT_EXTENSION, "riskLevel"),
+    "status": (AGENT_EXTENSION, "status"),
+}
+# The agent list's sort keys: a text field in lower case, the risk level by its rank.
+SORTED_FIELDS = ("name", "owner", "status")
+RISK_RANKS = ("low", "medium", "high", "critical")
+
+
+def json_field(backend: str, column: str, path: Sequence[str]) -> str:
+    """How ``backend`` ("sqlite" or "postgresql") reads the text at ``path`` in the JSON
+    of ``column`` (``data``, JSONB on PostgreSQL, or an audit ``record``, text on both).
+    The sort indexes of migration 5 are on these expressions; the queries of
+    :mod:`issuer.store.listing` use the very same text, so that the planner matches them."""
+    if backend == "sqlite":
+        return f"json_extract({column}, '$" + "".join(f'."{p}"' for p in path) + "')"
+    value = column if column == "data" else f"({column}::json)"
+    *inner, last = path
+    return f"({value}" + "".join(f" -> '{p}'" for p in inner) + f" ->> '{last}')"
+
+
+def sort_key(field: str, backend: str) -> str:
+    """The SQL expression an Agent sort by ``field`` orders by (and is indexed on)."""
+    value = json_field(backend, "data", AGENT_FIELDS[field])
+    if field == "riskLevel":
+        ranks = " ".join(f"WHEN '{name}' THEN {rank}" for rank, name in enumerate(RISK_RANKS))
+        return f"(CASE {value} {ranks} ELSE -1 END)"
+    return f"lower({value})"
+
+
+def _expressions(backend: str) -> dict[str, str]:
+    keys = {f"sort_{name}": sort_key(name, backend) for name in (*SORTED_FIELDS, "riskLevel")}
+    return {
+        **keys,
+        "record_agent": json_field(backend, "record", ["agent"]),
+        "record_kind": json_field(backend, "record", ["kind"]),
+    }
+
+
+# Column types and expressions per backend, substituted into MIGRATIONS with str.format.
 SQLITE_TYPES: Mapping[str, str] = {
     "int": "INTEGER",
     "json": "TEXT",
     "time": "TEXT",
     "seq": "INTEGER PRIMARY KEY AUTOINCREMENT",
+    **_expressions("sqlite"),
 }
 POSTGRES_TYPES: Mapping[str, str] = {
     "int": "BIGINT",
     "json": "JSONB",
     "time": "TIMESTAMPTZ",
     "seq": "BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY",
+    **_expressions("postgresql"),
 }
 
 # Migration n (1-based) is MIGRATIONS[n - 1]; append new ones, never edit applied ones.
@@ -147,6 +194,22 @@ MIGRATIONS: Sequence[Sequence[str]] = (
         "CREATE INDEX outbox_by_due ON outbox (dead, due)",
         # How far a follower of the trails has read (the webhook events, the decision log).
         "CREATE TABLE cursors (name TEXT PRIMARY KEY, position {int} NOT NULL)",
+    ),
+    (
+        # The console's agent list pages through the store sorted by these keys (id breaks
+        # ties), and reads each listed agent's decisions of today, its last decision and
+        # its newest decisions from the agent trail by agent and time.
+        "CREATE INDEX resources_agent_name ON resources (kind, {sort_name}, id)",
+        "CREATE INDEX resources_agent_owner ON resources (kind, {sort_owner}, id)",
+        "CREATE INDEX resources_agent_status ON resources (kind, {sort_status}, id)",
+        "CREATE INDEX resources_agent_risk ON resources (kind, {sort_riskLevel}, id)",
+        # A plain column, set by the audit writer for decisions: an index on an expression
+        # of the record would parse every record's JSON as it is written (a third of the
+        # PostgreSQL writer's throughput). Decisions written before are filled in here.
+        "ALTER TABLE audit ADD COLUMN agent TEXT",
+        "UPDATE audit SET agent = {record_agent}"
+        " WHERE trail = 'agent' AND {record_kind} = 'decision'",
+        "CREATE INDEX audit_by_agent ON audit (agent, at, seq)",
     ),
 )
 
@@ -433,7 +496,7 @@ class SQLStore(ABC):
         rows = []
         for e in entries:
             at = stamps.get(e.at) or stamps.setdefault(e.at, time_text(e.at))
-            rows.append((trail, e.seq, at, e.record, e.prev_hash, e.hash))
+            rows.append((trail, e.seq, at, e.record, e.prev_hash, e.hash, e.agent))
         with self._transaction(write=True, changes=False) as cur:
             self._insert_many(cur, "audit", AUDIT_INSERT_COLUMNS, rows)
 
@@ -478,7 +541,7 @@ class SQLStore(ABC):
 
 
 AUDIT_COLUMNS = "seq, at, record, prev_hash, hash"
-AUDIT_INSERT_COLUMNS = ("trail", "seq", "at", "record", "prev_hash", "hash")
+AUDIT_INSERT_COLUMNS = ("trail", "seq", "at", "record", "prev_hash", "hash", "agent")
 INSERT_CHUNK = 500  # rows per INSERT: 3,000 parameters, within every SQLite's limit
 
 

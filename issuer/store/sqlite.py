@@ -18,6 +18,7 @@ from typing import IO
 
 from issuer.store.backchannel import BackchannelTable
 from issuer.store.interface import Lease, MissingStore, StoreError
+from issuer.store.listing import IndexedReads
 from issuer.store.outbox import OutboxTable
 from issuer.store.schema import (
     SQLITE_TYPES,
@@ -46,8 +47,10 @@ def database_path(url: str) -> str:
     return path
 
 
-class SQLiteStore(SQLStore, BackchannelTable, OutboxTable):
+class SQLiteStore(SQLStore, BackchannelTable, OutboxTable, IndexedReads):
     """A :class:`~issuer.store.Store` in a SQLite database."""
+
+    _backend = "sqlite"
 
     def __init__(self, url: str, *, create: bool = True) -> None:
         """Open the database file, and make it (folder included) when ``create``;

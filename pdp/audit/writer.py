@@ -246,38 +246,41 @@ class AuditWriter:
             self._commit(batch, self._closing)
 
     def _commit(self, batch: list[_Item], stopping: bool) -> None:
-        by_trail: dict[str, list[tuple[str, Future[int] | None]]] = {}
+        by_trail: dict[str, list[tuple[str, str | None, Future[int] | None]]] = {}
         flushed = []
         for trail, record, done, _ in batch:
             if trail is None:  # a flush: answered once what came before is committed
                 flushed.append(done)
                 continue
             try:  # a factory builds the record here, off the caller's thread
-                text = canonical(record() if callable(record) else record)  # type: ignore[arg-type]
+                value = record() if callable(record) else record
+                text = canonical(value)  # type: ignore[arg-type]
             except (TypeError, ValueError) as exc:  # not JSON: refuse this record alone
                 log.error("refusing an audit record for the %s trail: %s", trail, exc)
                 if done is not None:
                     done.set_exception(exc)
                 continue
-            by_trail.setdefault(trail, []).append((text, done))
+            by_trail.setdefault(trail, []).append((text, agent_of(trail, value), done))
         for trail, items in by_trail.items():
-            entries = self._append(trail, [text for text, _ in items], stopping)
+            entries = self._append(trail, [(text, agent) for text, agent, _ in items], stopping)
             if entries is None:
                 lost = RuntimeError("the audit store is unavailable")
-                for _, done in items:
+                for _, _, done in items:
                     if done is not None:
                         done.set_exception(lost)
                 log.error("lost %d audit records for the %s trail: %s", len(items), trail, lost)
                 continue
             self.written += len(entries)
-            for entry, (_, done) in zip(entries, items, strict=True):
+            for entry, (_, _, done) in zip(entries, items, strict=True):
                 if done is not None:
                     done.set_result(entry.seq)
         for done in flushed:
             if done is not None:
                 done.set_result(0)
 
-    def _append(self, trail: str, texts: list[str], stopping: bool) -> list[AuditEntry] | None:
+    def _append(
+        self, trail: str, texts: list[tuple[str, str | None]], stopping: bool
+    ) -> list[AuditEntry] | None:
         """Chain ``texts`` onto the trail's head and commit them; the entries, or None when
         the store stays unavailable while stopping. When another writer (a replica on the
         same database) took the next seq first, chain onto its head and try again."""
@@ -285,10 +288,10 @@ class AuditWriter:
             seq, prev = self._tails[trail]
             now = datetime.now(UTC)
             entries = []
-            for text in texts:
+            for text, agent in texts:
                 seq += 1
                 digest = link(prev, text)
-                entries.append(AuditEntry(seq, now, text, prev, digest))
+                entries.append(AuditEntry(seq, now, text, prev, digest, agent))
                 prev = digest
             try:
                 self.store.append_audit(trail, entries)
@@ -328,6 +331,15 @@ class AuditWriter:
         except Exception:
             return False
         return tail is not None and tail.seq == last.seq and tail.hash == last.hash
+
+
+def agent_of(trail: str, record: Any) -> str | None:
+    """The agent a decision record of the agent trail is of (stored beside the record,
+    indexed: the console reads an agent's decisions by it); None for any other record."""
+    if trail != "agent" or not isinstance(record, Mapping) or record.get("kind") != "decision":
+        return None
+    agent = record.get("agent")
+    return agent if isinstance(agent, str) and "\x00" not in agent else None
 
 
 def _known(trail: str) -> None:

@@ -11,7 +11,6 @@ trail records it as the operator's.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
 from typing import Any
 
 from anyio import to_thread
@@ -23,7 +22,7 @@ from issuer.agents import AgentStatus
 from issuer.store import NotFound
 from pep.admin_mcp.directory import Admin, DirectoryAdmin, agent_document, agent_summary
 from pep.admin_mcp.errors import AdminError
-from pep.console.activity import Activity, activities, alerts
+from pep.console.activity import Activity, activities, activity, alerts
 from pep.console.render import Renderer
 from pep.console.security import form_of, signed_in
 from pep.console.sessions import Session, Sessions
@@ -32,7 +31,7 @@ PAGE_SIZE = 50
 MAX_PAGES = 10_000
 MAX_SEARCH = 200  # characters of a search
 COLUMNS = ("name", "owner", "purpose", "riskLevel", "agentType", "status", "last_seen", "today")
-RISK_ORDER = {"low": 0, "medium": 1, "high": 2, "critical": 3}
+SORTABLE = ("name", "owner", "riskLevel", "status")  # each served by an index of the store
 
 
 def fingerprint(identifier: str) -> str:
@@ -40,46 +39,32 @@ def fingerprint(identifier: str) -> str:
     return hashlib.sha256(identifier.encode()).hexdigest()[:16]
 
 
-def _sort_key(column: str) -> Callable[[dict[str, Any]], Any]:
-    def key(row: dict[str, Any]) -> Any:
-        value = row.get(column)
-        if column == "riskLevel":
-            return RISK_ORDER.get(str(value), -1)
-        if column == "today":
-            return row["activity"].today
-        if column == "last_seen":
-            return row["activity"].last_seen
-        return str(value or "").casefold()
-
-    return key
-
-
 def listing(directory: DirectoryAdmin, params: dict[str, str]) -> dict[str, Any]:
-    """The rows of one page of the list, and how it was asked for."""
-    search = params.get("q", "")[:MAX_SEARCH].casefold()
+    """The rows of one page of the list, and how it was asked for: the store searches,
+    sorts and pages (an index serves each sort); the activity is read for the page's
+    agents only."""
+    search = params.get("q", "")[:MAX_SEARCH]
     column = params.get("sort", "name")
-    column = column if column in COLUMNS else "name"
+    column = column if column in SORTABLE else "name"
     descending = params.get("dir") == "desc"
     page = min(max(_int(params.get("page", "1")), 1), MAX_PAGES)
-    seen = activities(directory.store)
-    rows = []
-    for record in directory.store.list("Agent"):
-        row = {**agent_summary(record), "activity": seen.get(record.id, Activity())}
-        text = " ".join(str(row.get(k) or "") for k in ("name", "owner", "purpose", "id"))
-        if search in text.casefold():
-            rows.append(row)
-    rows.sort(key=_sort_key(column), reverse=descending)
-    pages = max(1, -(-len(rows) // PAGE_SIZE))
-    shown = rows[(page - 1) * PAGE_SIZE : page * PAGE_SIZE]
+    store = directory.store
+    offset = (page - 1) * PAGE_SIZE
+    total, records = store.search("Agent", search, column, descending, PAGE_SIZE, offset)
+    seen = activities(store, [record.id for record in records])
+    rows = [
+        {**agent_summary(record), "activity": seen.get(record.id, Activity())} for record in records
+    ]
     return {
-        "rows": shown,
-        "q": params.get("q", "")[:MAX_SEARCH],
+        "rows": rows,
+        "q": search,
         "sort": column,
         "dir": "desc" if descending else "asc",
         "page": page,
-        "pages": pages,
-        "total": len(rows),
+        "pages": max(1, -(-total // PAGE_SIZE)),
+        "total": total,
         "columns": COLUMNS,
+        "sortable": SORTABLE,
     }
 
 
@@ -99,7 +84,7 @@ def agent_page(directory: DirectoryAdmin, agent_id: str) -> dict[str, Any]:
         }
         for found in directory.credentials(record.id)
     ]
-    seen = activities(directory.store, keep=record.id).get(record.id, Activity())
+    seen = activity(directory.store, record.id)
     return {
         "agent": agent_document(record),
         "credentials": credentials,

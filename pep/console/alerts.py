@@ -17,7 +17,7 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, RedirectResponse, Response
 from starlette.routing import Route
 
-from issuer.store import NotFound, Store
+from issuer.store import Store
 from pep.console.activity import ALERT_TRAIL, alerts
 from pep.console.render import Renderer
 from pep.console.security import signed_in
@@ -28,13 +28,12 @@ SHOWN = 200  # alerts the page lists, newest first
 
 
 def listed(store: Store) -> list[dict[str, Any]]:
-    """The newest alerts, each with its acknowledgement (or None)."""
+    """The newest alerts, each with its acknowledgement (or None), read in one query."""
     found = alerts(store, None, SHOWN)
+    acks = store.get_many(KIND, [str(alert["seq"]) for alert in found])
     for alert in found:
-        try:
-            alert["ack"] = store.get(KIND, str(alert["seq"])).data
-        except NotFound:
-            alert["ack"] = None
+        ack = acks.get(str(alert["seq"]))
+        alert["ack"] = None if ack is None else ack.data
     return found
 
 

@@ -66,7 +66,7 @@ def period_of(since: str, until: str) -> Period:
 def heads(store: Store) -> list[dict[str, Any]]:
     """Each trail's newest entry: its seq (how many entries) and when."""
     found = []
-    for trail in (*TRAILS, CHECKPOINT_TRAIL):
+    for trail in dict.fromkeys((*TRAILS, CHECKPOINT_TRAIL)):  # each trail once
         last = store.audit_tail(trail)
         found.append({"trail": trail, "entries": last.seq if last else 0})
     return found

@@ -24,7 +24,7 @@ from issuer.store import Store
 from pdp.decide import DecisionPoint
 from pep.admin_mcp.errors import AdminError
 from pep.admin_mcp.explain import explain_decision
-from pep.console.activity import AGENT_TRAIL, tail
+from pep.console.activity import AGENT_TRAIL, newest
 from pep.console.render import Renderer
 from pep.console.security import signed_in
 from pep.console.sessions import Session, Sessions
@@ -82,13 +82,10 @@ def row(seq: int, record: dict[str, Any]) -> dict[str, Any]:
 
 
 def recent(store: Store, filters: dict[str, str]) -> tuple[list[dict[str, Any]], int]:
-    """The newest matching decisions (newest first) and the trail's last seq."""
-    found, last = [], 0
-    for seq, record in tail(store, AGENT_TRAIL):
-        last = seq
-        if matches(record, filters):
-            found.append(row(seq, record))
-    return found[::-1][:SHOWN], last
+    """The newest matching decisions (newest first) and the trail's last seq: the trail
+    is read backwards until a page is full (:func:`pep.console.activity.newest`)."""
+    found, last = newest(store, AGENT_TRAIL, lambda record: matches(record, filters), SHOWN)
+    return [row(seq, record) for seq, record in found], last
 
 
 class DecisionPages:

@@ -36,7 +36,7 @@ from pep.console.security import form_of, signed_in
 from pep.console.sessions import Session, Sessions
 from pep.console.whatif import Asked, what_if
 
-MAX_AGENTS = 200  # agents the what-if form offers to pick from (any id or name is taken)
+MAX_AGENTS = 200  # agents the what-if form offers, first by name (any id or name is taken)
 
 
 @dataclass(frozen=True)
@@ -129,7 +129,7 @@ class PolicyPages:
     def _context(self) -> dict[str, Any]:
         agents = [
             {"id": record.id, "name": record.data.get("name", "")}
-            for record in self.store.list("Agent")[:MAX_AGENTS]
+            for record in self.store.search("Agent", "", "name", False, MAX_AGENTS, 0)[1]
         ]
         return {
             "version": self.point.engine.bundle.version,

@@ -544,3 +544,22 @@ def test_a_writer_killed_while_writing_leaves_a_chain_that_verifies(tmp_path: Pa
             before = count
     finally:
         store.close()
+
+
+def test_a_decision_is_kept_with_its_agent_for_the_index(store: Store) -> None:
+    """The console finds an agent's decisions by the agent the writer keeps beside each;
+    a token record, a record of another trail and a NUL-bearing agent keep none."""
+    writer = AuditWriter(store)
+    try:
+        writer.put("agent", {"kind": "decision", "agent": "a1", "allow": True})
+        writer.put("agent", {"kind": "token", "agent": "a1"})
+        writer.put("agent", {"kind": "decision", "agent": "a\x00b", "allow": True})
+        writer.put("alert", {"kind": "decision", "agent": "a1"})
+        writer.put("agent", lambda: {"kind": "decision", "agent": "a1", "allow": False})
+        writer.flush()
+    finally:
+        writer.close()
+    found = store.agent_decisions("a1", 10)
+    assert [json.loads(entry.record)["allow"] for entry in found] == [False, True]
+    assert all(entry.agent == "a1" for entry in found)
+    assert len(store.audit("agent")) == 4  # every record is written, with or without

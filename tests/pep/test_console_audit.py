@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Page, sync_playwright
 
+from issuer.store import open_store
+from pep.console.audit import heads
 from tests.conftest import SHIPPED_POLICIES
 from tests.pep.test_console import TOKEN, add_agent, authorize, chromium, token_session
 from tests.servers import Serving, tessera_on
@@ -113,3 +115,12 @@ def test_verifying_finds_the_trails_intact_then_a_tampered_one_broken(
 def test_verifying_needs_the_sessions_form_token(serving: Serving) -> None:
     with token_session(serving) as client:
         assert client.post("/console/audit/verify", data={"csrf": "0" * 64}).status_code == 403
+
+
+def test_the_trails_table_names_each_trail_once(tmp_path: Path) -> None:
+    store = open_store(f"sqlite:///{tmp_path}/tessera.db")
+    try:
+        names = [head["trail"] for head in heads(store)]
+    finally:
+        store.close()
+    assert len(names) == len(set(names)) and "checkpoint" in names
