@@ -9,6 +9,7 @@ import shutil
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import grpc
 import httpx
@@ -173,6 +174,25 @@ def chromium() -> str:
     return found
 
 
+@contextmanager
+def browser_page(**options: Any) -> Iterator[Page]:
+    """A page of the system's headless Chromium, closed after."""
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium(), args=["--no-sandbox"])
+        try:
+            yield browser.new_page(**options)
+        finally:
+            browser.close()
+
+
+def sign_in_with_token(page: Page, base: str, path: str) -> None:
+    """Open a console page and sign in there with the bootstrap admin token."""
+    page.goto(f"{base}{path}")
+    page.click("details summary")
+    page.fill("input[name=token]", TOKEN)
+    page.click("#signin-token")
+
+
 def sign_in(page: Page, base: str, user: str) -> None:
     """Through the issuer: the console's sign-in, the login form, the consent."""
     page.goto(f"{base}/console/agents")
@@ -187,43 +207,33 @@ def test_an_operator_signs_in_suspends_an_agent_and_signs_out(serving: Serving) 
     agent = add_agent(serving, "ledger-bot")
     add_user(serving, "olivia", ["tessera-admin"])
     assert authorize(serving, agent).allow
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=chromium(), args=["--no-sandbox"])
-        try:
-            page = browser.new_page()
-            sign_in(page, serving.http, "olivia")
-            assert page.url == f"{serving.http}/console/agents"
-            assert page.inner_text("#operator") == "olivia"
-            page.fill("#search", "ledger")
-            page.press("#search", "Enter")
-            rows = page.locator("#agents tbody tr")
-            assert rows.count() == 1
-            page.click("#agents a:text('ledger-bot')")
-            assert page.inner_text("#status") == "active"
-            page.click("#suspend")
-            page.click("#confirm")
-            assert page.inner_text("#status") == "suspended"
-            assert denied_within(serving, agent, 1.0)
-            page.click("#signout")
-            assert page.url.startswith(f"{serving.http}/console/signin")
-            page.goto(f"{serving.http}/console/agents")
-            assert page.url.startswith(f"{serving.http}/console/signin")
-        finally:
-            browser.close()
+    with browser_page() as page:
+        sign_in(page, serving.http, "olivia")
+        assert page.url == f"{serving.http}/console/agents"
+        assert page.inner_text("#operator") == "olivia"
+        page.fill("#search", "ledger")
+        page.press("#search", "Enter")
+        rows = page.locator("#agents tbody tr")
+        assert rows.count() == 1
+        page.click("#agents a:text('ledger-bot')")
+        assert page.inner_text("#status") == "active"
+        page.click("#suspend")
+        page.click("#confirm")
+        assert page.inner_text("#status") == "suspended"
+        assert denied_within(serving, agent, 1.0)
+        page.click("#signout")
+        assert page.url.startswith(f"{serving.http}/console/signin")
+        page.goto(f"{serving.http}/console/agents")
+        assert page.url.startswith(f"{serving.http}/console/signin")
 
 
 def test_a_user_without_the_admin_role_is_not_let_in(serving: Serving) -> None:
     add_user(serving, "pat", [])
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=chromium(), args=["--no-sandbox"])
-        try:
-            page = browser.new_page()
-            sign_in(page, serving.http, "pat")
-            assert "tessera-admin" in page.inner_text("#error")
-            page.goto(f"{serving.http}/console/agents")
-            assert page.url.startswith(f"{serving.http}/console/signin")
-        finally:
-            browser.close()
+    with browser_page() as page:
+        sign_in(page, serving.http, "pat")
+        assert "tessera-admin" in page.inner_text("#error")
+        page.goto(f"{serving.http}/console/agents")
+        assert page.url.startswith(f"{serving.http}/console/signin")
 
 
 def test_a_decision_appears_in_the_live_stream_and_opens_into_its_explanation(
@@ -231,23 +241,18 @@ def test_a_decision_appears_in_the_live_stream_and_opens_into_its_explanation(
 ) -> None:
     agent = add_agent(serving, "stream-bot")
     add_user(serving, "sasha", ["tessera-admin"])
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=chromium(), args=["--no-sandbox"])
-        try:
-            page = browser.new_page()
-            sign_in(page, serving.http, "sasha")
-            page.goto(f"{serving.http}/console/decisions?agent={agent}")
-            page.wait_for_selector("#live:text('live')")
-            assert page.locator("#decisions tbody tr").count() == 0
-            assert authorize(serving, agent).allow
-            link = page.locator("#decisions tbody tr a").first
-            link.wait_for(timeout=10_000)  # the stream, not a reload, brought it
-            assert page.locator("#decisions tbody td.allow").count() == 1
-            link.click()
-            assert page.inner_text("#effect") == "allow"
-            assert "permit agents.read_only" in page.inner_text("#explanation")
-        finally:
-            browser.close()
+    with browser_page() as page:
+        sign_in(page, serving.http, "sasha")
+        page.goto(f"{serving.http}/console/decisions?agent={agent}")
+        page.wait_for_selector("#live:text('live')")
+        assert page.locator("#decisions tbody tr").count() == 0
+        assert authorize(serving, agent).allow
+        link = page.locator("#decisions tbody tr a").first
+        link.wait_for(timeout=10_000)  # the stream, not a reload, brought it
+        assert page.locator("#decisions tbody td.allow").count() == 1
+        link.click()
+        assert page.inner_text("#effect") == "allow"
+        assert "permit agents.read_only" in page.inner_text("#explanation")
 
 
 def test_a_decision_id_that_is_not_one_is_not_found(serving: Serving) -> None:

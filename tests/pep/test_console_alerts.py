@@ -12,11 +12,17 @@ from pathlib import Path
 
 import httpx
 import pytest
-from playwright.sync_api import sync_playwright
 
 from issuer.models import AGENT_EXTENSION, AGENT_SCHEMA
 from tests.conftest import SHIPPED_POLICIES
-from tests.pep.test_console import TOKEN, authorize, chromium, scim, token_session
+from tests.pep.test_console import (
+    TOKEN,
+    authorize,
+    browser_page,
+    scim,
+    sign_in_with_token,
+    token_session,
+)
 from tests.servers import Serving, tessera_on
 
 
@@ -63,24 +69,14 @@ def test_an_operator_acknowledges_a_denials_alert(serving: Serving, database: Pa
     for _ in range(12):  # a burst of denials: the one alert that needs no baseline
         assert not authorize(serving, agent).allow
     assert an_alert(database)
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=chromium(), args=["--no-sandbox"])
-        try:
-            page = browser.new_page()
-            page.goto(f"{serving.http}/console/alerts")
-            page.click("details summary")
-            page.fill("input[name=token]", TOKEN)
-            page.click("#signin-token")
-            row = page.locator("#alerts tbody tr").first
-            assert "denials" in row.inner_text() and agent in row.inner_text()
-            cells = row.locator("td")
-            assert cells.nth(4).inner_text() and cells.nth(5).inner_text()  # observed, baseline
-            row.locator("button.acknowledge").click()
-            assert (
-                "by bootstrap admin" in page.locator("#alerts tbody tr td.ack").first.inner_text()
-            )
-        finally:
-            browser.close()
+    with browser_page() as page:
+        sign_in_with_token(page, serving.http, "/console/alerts")
+        row = page.locator("#alerts tbody tr").first
+        assert "denials" in row.inner_text() and agent in row.inner_text()
+        cells = row.locator("td")
+        assert cells.nth(4).inner_text() and cells.nth(5).inner_text()  # observed, baseline
+        row.locator("button.acknowledge").click()
+        assert "by bootstrap admin" in page.locator("#alerts tbody tr td.ack").first.inner_text()
     # every worker and replica reads the acknowledgement from the store
     with token_session(serving) as client:
         assert "by bootstrap admin" in client.get("/console/alerts").text

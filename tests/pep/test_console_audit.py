@@ -10,12 +10,19 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import Page, sync_playwright
+from playwright.sync_api import Page
 
 from issuer.store import open_store
 from pep.console.audit import heads
 from tests.conftest import SHIPPED_POLICIES
-from tests.pep.test_console import TOKEN, add_agent, authorize, chromium, token_session
+from tests.pep.test_console import (
+    TOKEN,
+    add_agent,
+    authorize,
+    browser_page,
+    sign_in_with_token,
+    token_session,
+)
 from tests.servers import Serving, tessera_on
 
 
@@ -33,18 +40,10 @@ def serving(database: Path) -> Iterator[Serving]:
 @pytest.fixture(scope="module")
 def page(serving: Serving) -> Iterator[Page]:
     """A browser signed in with the bootstrap token, on the Audit page."""
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=chromium(), args=["--no-sandbox"])
-        try:
-            page = browser.new_page(accept_downloads=True)
-            page.goto(f"{serving.http}/console/audit")
-            page.click("details summary")
-            page.fill("input[name=token]", TOKEN)
-            page.click("#signin-token")
-            assert page.url == f"{serving.http}/console/audit"
-            yield page
-        finally:
-            browser.close()
+    with browser_page(accept_downloads=True) as page:
+        sign_in_with_token(page, serving.http, "/console/audit")
+        assert page.url == f"{serving.http}/console/audit"
+        yield page
 
 
 def allowed(serving: Serving, agent: str) -> bool:

@@ -8,13 +8,13 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from playwright.sync_api import Page, sync_playwright
+from playwright.sync_api import Page
 
 from pdp.lang.schema import Type
 from pdp.loader import load_directory
 from pep.console.whatif import FormError, context_from
 from tests.conftest import SHIPPED_POLICIES
-from tests.pep.test_console import TOKEN, add_agent, chromium, token_session
+from tests.pep.test_console import TOKEN, add_agent, browser_page, sign_in_with_token, token_session
 from tests.servers import Serving, tessera_on
 
 
@@ -28,18 +28,10 @@ def serving(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Serving]:
 @pytest.fixture(scope="module")
 def page(serving: Serving) -> Iterator[Page]:
     """A browser signed in with the bootstrap token."""
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=chromium(), args=["--no-sandbox"])
-        try:
-            page = browser.new_page()
-            page.goto(f"{serving.http}/console/policies")
-            page.click("details summary")
-            page.fill("input[name=token]", TOKEN)
-            page.click("#signin-token")
-            assert page.url == f"{serving.http}/console/policies"
-            yield page
-        finally:
-            browser.close()
+    with browser_page() as page:
+        sign_in_with_token(page, serving.http, "/console/policies")
+        assert page.url == f"{serving.http}/console/policies"
+        yield page
 
 
 # ---------------------------------------------------------------- the context's typing
