@@ -207,7 +207,8 @@ class AuthorizationServer:
         bound = await inline.run(self.client_auth.certificate_bound, client, certificate)
         bound_to = confirmation(certificate) if bound and certificate is not None else None
         presented = confirmation(certificate) if certificate is not None else None
-        amr = strength.amr_for(client.auth_method, bound)
+        factor = await inline.run(self.client_auth.certificate_factor, client, certificate, form)
+        amr = strength.amr_for(client.auth_method, factor)
         if grant == "client_credentials":  # no side effect before its one possible read
             body = await inline.run(
                 self.grants.issue, grant, client, form, bound_to, presented, amr
@@ -241,8 +242,8 @@ class AuthorizationServer:
         if client.auth_method == "none":
             raise OAuthError("invalid_client", "CIBA clients authenticate (§7.1)", 401)
         certificate = self._certificate(request)
-        bound = await inline.run(self.client_auth.certificate_bound, client, certificate)
-        amr = strength.amr_for(client.auth_method, bound)
+        factor = await inline.run(self.client_auth.certificate_factor, client, certificate, form)
+        amr = strength.amr_for(client.auth_method, factor)
         body = await to_thread.run_sync(self.backchannel.start, client, form, amr)
         return json_response(body)
 

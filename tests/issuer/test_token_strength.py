@@ -59,11 +59,31 @@ def refused(response: httpx.Response, status: int, error: str) -> str:
 def key_client_with_certificate(
     oauth: OAuthService, agent_id: str
 ) -> tuple[Registered, dict[str, str]]:
-    """A private_key_jwt client whose registered key is also a self-signed certificate's,
-    and the proxy header presenting that certificate."""
+    """A private_key_jwt client that registered two keys, one it signs assertions with and
+    one of a self-signed certificate, and the proxy header presenting that certificate."""
+    cert, private = self_signed("bot")
+    assertion_key = ClientKey.new()
+    cert_jwk = {**public_jwk(private.public_key()), "kid": "k-cert", "alg": "ES256"}
+    metadata = {
+        "agent_id": agent_id,
+        "token_endpoint_auth_method": "private_key_jwt",
+        "grant_types": ["client_credentials"],
+        "scope": "read write",
+        "jwks": {"keys": [assertion_key.public_jwk, cert_jwk]},
+    }
+    client = oauth._registered(metadata, assertion_key)
+    pem = cert.public_bytes(serialization.Encoding.PEM).decode()
+    return client, {HEADER: quote(pem)}
+
+
+def key_client_with_its_own_certificate(
+    oauth: OAuthService,
+) -> tuple[Registered, dict[str, str]]:
+    """A private_key_jwt client whose one key is also a self-signed certificate's, and the
+    proxy header presenting that certificate."""
     cert, private = self_signed("bot")
     key = ClientKey("ES256", "k-cert", private)
-    client = oauth.key_client(key, agent_id=agent_id)
+    client = oauth.key_client(key)
     assert public_jwk(private.public_key())["x"] == key.public_jwk["x"]
     pem = cert.public_bytes(serialization.Encoding.PEM).decode()
     return client, {HEADER: quote(pem)}
@@ -112,6 +132,20 @@ def test_private_key_jwt_gives_pkjwt_and_with_its_certificate_key_mtls(
     claims = granted(response, oauth)
     assert (claims["amr"], claims["acr"]) == (["mtls", "pkjwt"], ACR_KEY_MTLS)
     assert "x5t#S256" in claims["cnf"]  # the token is bound to the certificate
+
+
+def test_a_certificate_of_the_assertion_key_binds_but_is_no_second_factor(
+    oauth: OAuthService,
+) -> None:
+    client, header = key_client_with_its_own_certificate(oauth)
+    response = oauth.http.post("/oauth/token", data=with_key(oauth, client), headers=header)
+    claims = granted(response, oauth)
+    assert (claims["amr"], claims["acr"]) == (["pkjwt"], ACR_KEY)
+    assert "x5t#S256" in claims["cnf"]  # still bound to the certificate
+
+    ask = with_key(oauth, client, acr_values=ACR_KEY_MTLS)
+    response = oauth.http.post("/oauth/token", data=ask, headers=header)
+    assert "reaches urn:tessera:acr:key" in refused(response, 400, "unauthorized_client")
 
 
 def test_a_certificate_not_bound_to_the_client_adds_nothing(oauth: OAuthService) -> None:
