@@ -33,7 +33,7 @@ from urllib.parse import urlencode
 from mcp.shared.exceptions import UrlElicitationRequiredError
 from mcp_types import ElicitRequestURLParams
 
-from issuer.strength import at_least
+from issuer.strength import LADDER, at_least
 from pep.client import Verdict
 from pep.mcp_proxy.config import ProxyConfig
 from pep.mcp_proxy.jsonrpc import CONSENT_REQUIRED, Message, error
@@ -74,6 +74,13 @@ class ConsentFlow:
         """Whether the issuer can raise a user's login to ``acr`` or, for a level of the
         ladder, above it (:func:`issuer.strength.at_least`)."""
         return any(at_least(given, acr) for given in self.step_up_acrs)
+
+    def grantable(self, levels: Iterable[str]) -> tuple[str, ...]:
+        """The step-up levels a client can get a token at, to name in RFC 9470's
+        ``acr_values``: a level of the issuer's ladder (an agent's client authentication
+        reaches it) or one the issuer can raise a user's login to (:meth:`can_step_up`).
+        Others, off the ladder and not in ``step_up_acrs``, nobody can meet."""
+        return tuple(level for level in levels if level in LADDER or self.can_step_up(level))
 
     def stepped_up(self, caller: Caller) -> Iterator[tuple[str, Caller]]:
         """The caller as if from each stronger login the issuer can give its user: the
