@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
@@ -300,6 +301,28 @@ def test_authorization_details_are_copied_into_the_token(oauth: OAuthService) ->
     assert response.json()["authorization_details"] == details
     plain = oauth.http.post("/oauth/token", data=credentials(oauth), auth=client.basic)
     assert "authorization_details" not in granted(plain, oauth)
+
+
+def test_only_the_configured_authorization_details_types_are_accepted(
+    oauth: OAuthService, tmp_path: Path
+) -> None:
+    other = [{"type": "account_information", "accounts": ["DE00"]}]
+    client = oauth.secret_client()
+    form = credentials(oauth, authorization_details=json.dumps([PAYMENT, *other]))
+    response = oauth.http.post("/oauth/token", data=form, auth=client.basic)
+    description = refused(response, 400, "invalid_authorization_details")
+    assert "'account_information'" in description and "payment_initiation" in description
+    metadata = oauth.http.get("/.well-known/oauth-authorization-server").json()
+    assert metadata["authorization_details_types_supported"] == ["payment_initiation"]
+
+    wider = ("payment_initiation", "account_information")
+    with oauth_service("sqlite", tmp_path, authorization_details_types=wider) as configured:
+        metadata = configured.http.get("/.well-known/oauth-authorization-server").json()
+        assert metadata["authorization_details_types_supported"] == list(wider)
+        client = configured.secret_client()
+        form = credentials(configured, authorization_details=json.dumps(other))
+        response = configured.http.post("/oauth/token", data=form, auth=client.basic)
+        assert granted(response, configured)["authorization_details"] == other
 
 
 @pytest.mark.parametrize(
