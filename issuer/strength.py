@@ -9,7 +9,8 @@ RFC 8176-style ``amr`` values (sorted) and one ``acr`` level from :data:`LADDER`
 ``apikey``     an API key traded for the token
 ``pkjwt``      a private_key_jwt client assertion (RFC 7523)
 ``secret``     a client secret (RFC 6749 §2.3.1)
-``mtls``       a client certificate bound to the client (RFC 8705)
+``mtls``       a client certificate bound to the client (RFC 8705); a private_key_jwt
+               client's only when its key is not the assertion's
 ``human``      a person approved this grant
 =============  ==============================================================
 

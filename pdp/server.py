@@ -460,6 +460,7 @@ async def _serve_issuer(
         agents=planes.directory.agent_record if planes.directory is not None else None,
         on_issue=token_trail(planes.audit),
         on_human=human_trail(planes.audit),
+        authorization_details_types=config.authorization_details_type_list,
     )
     tls = (config.tls_cert, config.tls_key) if config.tls_cert else None
     app = http_app(

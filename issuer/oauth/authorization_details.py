@@ -12,8 +12,10 @@ an array that is too long, too large or too deep, an entry without a type, a
 ``payment_initiation`` whose amount is not a decimal in a three-letter currency or that
 names no creditor, a string with control or bidirectional formatting characters
 (:mod:`issuer.oauth.plain_text`). The JSON is read within :mod:`issuer.wire`'s bounds. The error is
-``invalid_authorization_details`` (§5). Tessera does not interpret other types: the
-policies and resource servers that read the claim do.
+``invalid_authorization_details`` (§5), as it is for an entry whose type is not one the
+server accepts (:func:`check_types`: the ``authorization_details_types`` setting, by
+default ``payment_initiation`` alone, which the metadata advertises). Tessera does not
+interpret other accepted types: the policies and resource servers that read the claim do.
 
 :func:`describe` puts an entry in plain words for the approval page: "Pay 4200 USD to
 ACME" for a payment, else the type and each field, flattened.
@@ -23,7 +25,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Any
 
 from issuer.oauth.errors import OAuthError
@@ -69,6 +71,19 @@ def parse(text: str | None) -> list[dict[str, Any]]:
         _check_text(detail, f"authorization_details[{index}]")
         _check(detail, f"authorization_details[{index}]")
     return details
+
+
+def check_types(form: Mapping[str, str], accepted: Collection[str]) -> None:
+    """Refuse an ``authorization_details`` whose entries are not all of a type the
+    server accepts (the ``authorization_details_types`` setting, which its metadata
+    advertises): ``invalid_authorization_details`` (RFC 9396 §5)."""
+    for index, detail in enumerate(parse(form.get("authorization_details"))):
+        if detail["type"] not in accepted:
+            kinds = " ".join(sorted(accepted)) or "none"
+            raise _bad(
+                f"authorization_details[{index}].type {detail['type']!r} is not accepted "
+                f"here; the accepted types are: {kinds}"
+            )
 
 
 def _check_text(value: Any, where: str) -> None:

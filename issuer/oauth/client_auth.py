@@ -9,7 +9,9 @@
 A client uses exactly one method (RFC 6749 §2.3), the one it registered. A
 private_key_jwt client may present a certificate besides, on the TLS connection or through
 the proxy's header: when its public key is one the client registered, the client's tokens
-are bound to it (RFC 8705 §3) and their ``amr`` has ``mtls`` (:mod:`issuer.strength`).
+are bound to it (RFC 8705 §3). Their ``amr`` has ``mtls`` (:mod:`issuer.strength`) only
+when that key is not the one that signed the request's assertion: one key proven twice,
+by the assertion and by the TLS handshake, is one factor, not two.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from cachetools import TTLCache
 from cryptography import x509
 
 from issuer import jws
-from issuer.keys import thumbprint
+from issuer.keys import public_jwk, thumbprint
 from issuer.oauth.clients import ASSERTION_ALGORITHMS, TLS_METHODS, Client, ClientRegistry
 from issuer.oauth.errors import OAuthError, invalid_client
 from issuer.oauth.mtls import key_thumbprint, subject_dn
@@ -107,6 +109,33 @@ class ClientAuthenticator:
             return False
         registered = self.remote_keys.resolve(client).jwks
         return key_thumbprint(certificate) in {thumbprint(jwk) for jwk in registered}
+
+    def certificate_factor(
+        self, client: Client, certificate: x509.Certificate | None, form: Mapping[str, str]
+    ) -> bool:
+        """Whether the certificate on the request counts as the ``mtls`` factor: it is
+        bound to the client (:meth:`certificate_bound`) and proves a key the request's
+        private_key_jwt assertion does not. A mutual-TLS client's certificate is its
+        authentication itself (``tls_client_auth`` verified against the trusted client CA,
+        ``self_signed_tls_client_auth`` by its registered key)."""
+        if not self.certificate_bound(client, certificate):
+            return False
+        if client.auth_method != "private_key_jwt":
+            return True
+        assert certificate is not None
+        signer = self._assertion_key(client, form)
+        return signer is not None and key_thumbprint(certificate) != signer
+
+    def _assertion_key(self, client: Client, form: Mapping[str, str]) -> str | None:
+        """The RFC 7638 thumbprint of the registered key that verified the request's
+        (already accepted) assertion; None when it cannot be told."""
+        try:
+            header = jws.parse(form.get("client_assertion", ""))[0]
+        except ValueError:
+            return None
+        kid, alg = header.get("kid"), str(header.get("alg"))
+        key = self.remote_keys.resolve(client).key_for(kid if isinstance(kid, str) else None, alg)
+        return thumbprint(public_jwk(key)) if key is not None else None
 
     def _mutual_tls(self, client_id: str, certificate: x509.Certificate) -> Client:
         """RFC 8705 §2: the certificate must be the one the client registered."""

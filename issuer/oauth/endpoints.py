@@ -33,6 +33,7 @@ from issuer.keys import KeyRing
 from issuer.oauth import inline, revocation
 from issuer.oauth.api_keys import API_KEY_TOKEN_TYPE, ApiKeys
 from issuer.oauth.approvals import APPROVALS, ApprovalPages
+from issuer.oauth.authorization_details import PAYMENT, check_types
 from issuer.oauth.authorize import AuthorizationEndpoint
 from issuer.oauth.bodies import read_document, read_form
 from issuer.oauth.ciba import Backchannel, Clock, HumanHook
@@ -102,8 +103,10 @@ class AuthorizationServer:
         on_issue: IssuedHook | None = None,
         on_human: HumanHook | None = None,
         clock: Clock = time.time,
+        authorization_details_types: tuple[str, ...] = (PAYMENT,),
     ) -> None:
         self.store = store
+        self.authorization_details_types = authorization_details_types
         self.client_cert_header = client_cert_header
         self.client_cert_proxies = client_cert_proxies
         self.keys = keys
@@ -171,7 +174,7 @@ class AuthorizationServer:
             "backchannel_authentication_endpoint": self.issuer + PATHS.bc_authorize,
             "backchannel_token_delivery_modes_supported": list(DELIVERY_MODES),
             "backchannel_user_code_parameter_supported": False,
-            "authorization_details_types_supported": ["payment_initiation"],
+            "authorization_details_types_supported": list(self.authorization_details_types),
         }
 
     def _signing_algorithms(self) -> list[str]:
@@ -189,6 +192,7 @@ class AuthorizationServer:
 
     async def token(self, request: Request) -> Response:
         form = await read_form(request)
+        check_types(form, self.authorization_details_types)
         if (
             form.get("grant_type") == TOKEN_EXCHANGE
             and form.get("subject_token_type") == API_KEY_TOKEN_TYPE
@@ -207,7 +211,8 @@ class AuthorizationServer:
         bound = await inline.run(self.client_auth.certificate_bound, client, certificate)
         bound_to = confirmation(certificate) if bound and certificate is not None else None
         presented = confirmation(certificate) if certificate is not None else None
-        amr = strength.amr_for(client.auth_method, bound)
+        factor = await inline.run(self.client_auth.certificate_factor, client, certificate, form)
+        amr = strength.amr_for(client.auth_method, factor)
         if grant == "client_credentials":  # no side effect before its one possible read
             body = await inline.run(
                 self.grants.issue, grant, client, form, bound_to, presented, amr
@@ -240,9 +245,10 @@ class AuthorizationServer:
         client = await self._client(request, form)
         if client.auth_method == "none":
             raise OAuthError("invalid_client", "CIBA clients authenticate (§7.1)", 401)
+        check_types(form, self.authorization_details_types)
         certificate = self._certificate(request)
-        bound = await inline.run(self.client_auth.certificate_bound, client, certificate)
-        amr = strength.amr_for(client.auth_method, bound)
+        factor = await inline.run(self.client_auth.certificate_factor, client, certificate, form)
+        amr = strength.amr_for(client.auth_method, factor)
         body = await to_thread.run_sync(self.backchannel.start, client, form, amr)
         return json_response(body)
 

@@ -26,7 +26,11 @@ is (directory, cache, engine, audit record). Allowed: an
 client's ``Authorization`` header. Denied: a ``DeniedHttpResponse``, 403 with a JSON
 body, or 401 with ``WWW-Authenticate`` (RFC 6750 §3) when the token is missing or not
 acceptable, or when a decision denies only for step-ups (RFC 9470 §3:
-``error="insufficient_user_authentication"`` and the levels in ``acr_values``).
+``error="insufficient_user_authentication"`` and the levels in ``acr_values``). Only
+levels of the issuer's ladder (:data:`issuer.strength.LADDER`) are named: the issuer
+gives an agent's token any of them, at the token endpoint with ``acr_values``, and
+raises no user's login; a deny whose step-ups are all off the ladder (``step_up("mfa")``)
+is a plain 403, since no token the client can get would pass.
 """
 
 from __future__ import annotations
@@ -52,6 +56,7 @@ from issuer.keys import KeyRing
 from issuer.oauth.mtls import confirmation
 from issuer.oauth.tokens import ring_lookup
 from issuer.store import Store
+from issuer.strength import LADDER
 from issuer.verify import Caller, Memory, Reason, Refusal, Verifier, revocations
 from pdp.bounds import DEFAULT_BOUNDS, Bounds
 from pdp.decide import DecisionPoint
@@ -353,15 +358,17 @@ def unauthorized(description: str, invalid: bool = True) -> auth.CheckResponse:
 
 def denied(decision_id: str, obligations: Sequence[tuple[str, str]]) -> auth.CheckResponse:
     """A deny: 401 with RFC 9470's ``insufficient_user_authentication`` challenge when
-    only step-ups stand between the token and the call (a stronger authentication
-    would pass), else 403; the body names the obligations either way."""
+    only step-ups stand between the token and the call and some are levels of the
+    ladder (a stronger authentication would pass; only those are named), else 403; the
+    body names the obligations either way."""
     body: dict[str, Any] = {
         "error": "access_denied",
         "decision_id": decision_id,
         "obligations": [{"kind": kind, "value": value} for kind, value in obligations],
     }
     headers = [_option(DECISION_HEADER, decision_id)]
-    levels = list(dict.fromkeys(value for kind, value in obligations if kind == "step_up"))
+    steps = dict.fromkeys(value for kind, value in obligations if kind == "step_up")
+    levels = [value for value in steps if value in LADDER]  # what a token can be got at
     if not levels or any(kind != "step_up" for kind, _ in obligations):
         return _denied(403, code_pb2.PERMISSION_DENIED, body, headers)
     body["error"] = STEP_UP_ERROR

@@ -43,6 +43,8 @@ configuration file (``--config``, or ``./tessera.toml`` when it exists), the def
     client_cert_header = ""    # behind a TLS-terminating proxy: the header with the client
                                # certificate (URL-encoded PEM); the proxy must strip it
     client_cert_proxies = "127.0.0.1,::1"  # the proxies whose header is believed
+    authorization_details_types = "payment_initiation"  # the RFC 9396 types the issuer
+                               # accepts and advertises (spaces or commas between)
     audit = "async"            # record every decision: async, sync (answer once committed), off
     audit_queue = 10000        # records waiting to be written: at the bound, async drops a
                                # decision's record (counted and logged), sync waits for room
@@ -175,6 +177,7 @@ class ServeConfig:
     key_rotation_interval: float = 30 * 24 * 3600.0
     client_cert_header: str = ""
     client_cert_proxies: str = "127.0.0.1,::1"
+    authorization_details_types: str = "payment_initiation"
     audit: str = "async"
     audit_queue: int = 10_000
     audit_queue_bytes: int = QUEUE_BYTES
@@ -286,6 +289,11 @@ class ServeConfig:
     def agent_token_audiences(self) -> tuple[str, ...]:
         """The audiences an agent token may name (one of them); none: the issuer's URL."""
         return tuple(self.agent_token_audience.replace(",", " ").split())
+
+    @property
+    def authorization_details_type_list(self) -> tuple[str, ...]:
+        """The RFC 9396 ``authorization_details`` types the issuer accepts, in order."""
+        return tuple(dict.fromkeys(self.authorization_details_types.replace(",", " ").split()))
 
     @property
     def counter_store(self) -> str:

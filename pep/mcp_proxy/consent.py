@@ -7,8 +7,9 @@ A deny carries the obligations of the permits that would allow the call
 - a consent (``consent("payments:transfer")``), when the token acts for a user (RFC 8693
   ``act``) and ``consent_client_id`` names the public client of the issuer's consent page;
 - a step-up (``step_up("mfa")``), when the token acts for a user and ``step_up_acrs``
-  says the issuer can raise that user's login to that ``acr``: the client comes back with
-  a token from the stronger login.
+  says the issuer can raise that user's login to that ``acr`` (or, for a level of the
+  ladder, to one at or above it): the client comes back with a token from the stronger
+  login.
 
 Nobody can meet anything else: an obligation of a kind the proxy does not know, or a
 step-up the issuer cannot do. A deny whose obligations the user can all meet, one of them
@@ -32,6 +33,7 @@ from urllib.parse import urlencode
 from mcp.shared.exceptions import UrlElicitationRequiredError
 from mcp_types import ElicitRequestURLParams
 
+from issuer.strength import LADDER, at_least
 from pep.client import Verdict
 from pep.mcp_proxy.config import ProxyConfig
 from pep.mcp_proxy.jsonrpc import CONSENT_REQUIRED, Message, error
@@ -64,19 +66,32 @@ class ConsentFlow:
         for kind, value in obligations:
             if kind == "consent":
                 consents.append(value)
-            elif kind != "step_up" or value not in self.step_up_acrs:
+            elif kind != "step_up" or not self.can_step_up(value):
                 return []  # nobody can meet it: the deny stands
         return consents
+
+    def can_step_up(self, acr: str) -> bool:
+        """Whether the issuer can raise a user's login to ``acr`` or, for a level of the
+        ladder, above it (:func:`issuer.strength.at_least`)."""
+        return any(at_least(given, acr) for given in self.step_up_acrs)
+
+    def grantable(self, levels: Iterable[str]) -> tuple[str, ...]:
+        """The step-up levels a client can get a token at, to name in RFC 9470's
+        ``acr_values``: a level of the issuer's ladder (an agent's client authentication
+        reaches it) or one the issuer can raise a user's login to (:meth:`can_step_up`).
+        Others, off the ladder and not in ``step_up_acrs``, nobody can meet."""
+        return tuple(level for level in levels if level in LADDER or self.can_step_up(level))
 
     def stepped_up(self, caller: Caller) -> Iterator[tuple[str, Caller]]:
         """The caller as if from each stronger login the issuer can give its user: the
         ``acr`` and the caller with it (what a list asks about, to find the tools that
-        would await only consents then)."""
+        would await only consents then): none the caller's ``acr`` already meets, at or
+        above it on the ladder (:func:`issuer.strength.at_least`)."""
         if not self.may_ask(caller):
             return
         current = caller.claims.get("acr")
         for acr in sorted(self.step_up_acrs):
-            if acr != current:
+            if not isinstance(current, str) or not at_least(current, acr):
                 yield acr, replace(caller, claims={**caller.claims, "acr": acr})
 
     def elicitation(

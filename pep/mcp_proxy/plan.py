@@ -4,8 +4,9 @@ Each ``tools/call``, ``prompts/get`` and ``resources/read`` is decided (:mod:`de
 what is allowed is forwarded, what is denied is answered here, with ``-32003``, or with
 ``-32042`` and a URL to the issuer's consent page when the user can meet every
 obligation of the deny and one is a consent (:mod:`consent`), and a deny awaiting
-step-ups only is noted (:attr:`Plan.step_up`) so that a lone call is answered with RFC
-9470's challenge (:func:`challenges.insufficient_user_authentication`); a call without the name it
+step-ups only is noted (:attr:`Plan.step_up`, the levels a token can be got at:
+:meth:`ConsentFlow.grantable`) so that a lone call is answered with RFC 9470's challenge
+(:func:`challenges.insufficient_user_authentication`); a call without the name it
 is about, or with arguments the context cannot be made of, gets ``-32602``. Everything
 else is forwarded, and a ``…/list`` request is marked so that its answer keeps only what
 the caller may use, and what a call to would ask its user's consent for, marked so
@@ -173,7 +174,7 @@ class Planner:
                 plan.forward.append(message)
             else:
                 plan.local.append(self._denied(message["id"], caller, method, name, verdict))
-                plan.step_up = step_up_only(verdict.obligations)
+                plan.step_up = self.consent.grantable(step_up_only(verdict.obligations))
         return plan
 
     def _denied(self, id: Any, caller: Caller, method: str, name: str, verdict: Verdict) -> Message:

@@ -388,6 +388,11 @@ def test_acr_values_are_checked_when_asked_and_kept_for_the_token(ciba: Ciba) ->
         ({"login_hint": "nobody-at-all"}, "unknown_user_id"),
         ({"login_hint_token": "a.b.c"}, "invalid_request"),
         ({"authorization_details": '[{"creditorName": "ACME"}]'}, "invalid_authorization_details"),
+        # RFC 9396 §5: a type the issuer does not accept (it advertises payment_initiation)
+        (
+            {"authorization_details": '[{"type": "account_information"}]'},
+            "invalid_authorization_details",
+        ),
         ({"requested_expiry": "-5"}, "invalid_request"),
         ({"requested_expiry": "²"}, "invalid_request"),  # a digit to str.isdigit, not int()
         ({"requested_expiry": "9" * 5_000}, "invalid_request"),  # beyond int()'s 4,300 digits

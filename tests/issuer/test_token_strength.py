@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
@@ -59,11 +60,31 @@ def refused(response: httpx.Response, status: int, error: str) -> str:
 def key_client_with_certificate(
     oauth: OAuthService, agent_id: str
 ) -> tuple[Registered, dict[str, str]]:
-    """A private_key_jwt client whose registered key is also a self-signed certificate's,
-    and the proxy header presenting that certificate."""
+    """A private_key_jwt client that registered two keys, one it signs assertions with and
+    one of a self-signed certificate, and the proxy header presenting that certificate."""
+    cert, private = self_signed("bot")
+    assertion_key = ClientKey.new()
+    cert_jwk = {**public_jwk(private.public_key()), "kid": "k-cert", "alg": "ES256"}
+    metadata = {
+        "agent_id": agent_id,
+        "token_endpoint_auth_method": "private_key_jwt",
+        "grant_types": ["client_credentials"],
+        "scope": "read write",
+        "jwks": {"keys": [assertion_key.public_jwk, cert_jwk]},
+    }
+    client = oauth._registered(metadata, assertion_key)
+    pem = cert.public_bytes(serialization.Encoding.PEM).decode()
+    return client, {HEADER: quote(pem)}
+
+
+def key_client_with_its_own_certificate(
+    oauth: OAuthService,
+) -> tuple[Registered, dict[str, str]]:
+    """A private_key_jwt client whose one key is also a self-signed certificate's, and the
+    proxy header presenting that certificate."""
     cert, private = self_signed("bot")
     key = ClientKey("ES256", "k-cert", private)
-    client = oauth.key_client(key, agent_id=agent_id)
+    client = oauth.key_client(key)
     assert public_jwk(private.public_key())["x"] == key.public_jwk["x"]
     pem = cert.public_bytes(serialization.Encoding.PEM).decode()
     return client, {HEADER: quote(pem)}
@@ -112,6 +133,20 @@ def test_private_key_jwt_gives_pkjwt_and_with_its_certificate_key_mtls(
     claims = granted(response, oauth)
     assert (claims["amr"], claims["acr"]) == (["mtls", "pkjwt"], ACR_KEY_MTLS)
     assert "x5t#S256" in claims["cnf"]  # the token is bound to the certificate
+
+
+def test_a_certificate_of_the_assertion_key_binds_but_is_no_second_factor(
+    oauth: OAuthService,
+) -> None:
+    client, header = key_client_with_its_own_certificate(oauth)
+    response = oauth.http.post("/oauth/token", data=with_key(oauth, client), headers=header)
+    claims = granted(response, oauth)
+    assert (claims["amr"], claims["acr"]) == (["pkjwt"], ACR_KEY)
+    assert "x5t#S256" in claims["cnf"]  # still bound to the certificate
+
+    ask = with_key(oauth, client, acr_values=ACR_KEY_MTLS)
+    response = oauth.http.post("/oauth/token", data=ask, headers=header)
+    assert "reaches urn:tessera:acr:key" in refused(response, 400, "unauthorized_client")
 
 
 def test_a_certificate_not_bound_to_the_client_adds_nothing(oauth: OAuthService) -> None:
@@ -266,6 +301,28 @@ def test_authorization_details_are_copied_into_the_token(oauth: OAuthService) ->
     assert response.json()["authorization_details"] == details
     plain = oauth.http.post("/oauth/token", data=credentials(oauth), auth=client.basic)
     assert "authorization_details" not in granted(plain, oauth)
+
+
+def test_only_the_configured_authorization_details_types_are_accepted(
+    oauth: OAuthService, tmp_path: Path
+) -> None:
+    other = [{"type": "account_information", "accounts": ["DE00"]}]
+    client = oauth.secret_client()
+    form = credentials(oauth, authorization_details=json.dumps([PAYMENT, *other]))
+    response = oauth.http.post("/oauth/token", data=form, auth=client.basic)
+    description = refused(response, 400, "invalid_authorization_details")
+    assert "'account_information'" in description and "payment_initiation" in description
+    metadata = oauth.http.get("/.well-known/oauth-authorization-server").json()
+    assert metadata["authorization_details_types_supported"] == ["payment_initiation"]
+
+    wider = ("payment_initiation", "account_information")
+    with oauth_service("sqlite", tmp_path, authorization_details_types=wider) as configured:
+        metadata = configured.http.get("/.well-known/oauth-authorization-server").json()
+        assert metadata["authorization_details_types_supported"] == list(wider)
+        client = configured.secret_client()
+        form = credentials(configured, authorization_details=json.dumps(other))
+        response = configured.http.post("/oauth/token", data=form, auth=client.basic)
+        assert granted(response, configured)["authorization_details"] == other
 
 
 @pytest.mark.parametrize(

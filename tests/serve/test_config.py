@@ -271,3 +271,16 @@ def test_callers_beyond_loopback_may_be_checked_by_tokens_mtls_or_not_at_all(
         environ={},
         config_file=empty_file(tmp_path),
     ).agent_token_audiences == ("https://mcp.example.com", "https://api.example.com")
+
+
+def test_authorization_details_types_are_a_list_payment_initiation_by_default(
+    tmp_path: Path,
+) -> None:
+    default = load_config({}, environ={}, config_file=empty_file(tmp_path))
+    assert default.authorization_details_type_list == ("payment_initiation",)
+    environ = {"TESSERA_AUTHORIZATION_DETAILS_TYPES": "payment_initiation, account_information"}
+    configured = load_config({}, environ=environ, config_file=empty_file(tmp_path))
+    assert configured.authorization_details_type_list == (
+        "payment_initiation",
+        "account_information",
+    )

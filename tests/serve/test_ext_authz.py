@@ -81,6 +81,18 @@ permit user_reads
 permit bound_key_calls
   action "tool.call" on tool "rotate-keys"
   require step_up("urn:tessera:acr:key+mtls")
+
+permit purges_after_a_strong_login
+  action "tool.call" on tool "purge"
+  require step_up("mfa")
+
+permit wipes_after_a_strong_login
+  action "tool.call" on tool "wipe"
+  require step_up("mfa")
+
+permit wipes_with_a_bound_key
+  action "tool.call" on tool "wipe"
+  require step_up("urn:tessera:acr:key+mtls")
 """
 OVERWRITE = core.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
 
@@ -368,6 +380,20 @@ def test_a_deny_awaiting_only_a_step_up_is_401_with_the_rfc_9470_challenge(
         strong = gateway.token(agent, acr=acr)
         allowed = gateway.check(http_request("POST", "/tools/rotate-keys", strong))
         assert allowed.status.code == code_pb2.OK, acr
+
+
+def test_a_challenge_names_only_levels_a_token_can_be_got_at(gateway: Gateway) -> None:
+    weak = gateway.token(gateway.agent("purger"), acr="urn:tessera:acr:key")
+    purge = gateway.check(http_request("POST", "/tools/purge", weak))
+    assert purge.denied_response.status.code == 403  # no token the client can get passes
+    assert "www-authenticate" not in header_values(purge.denied_response.headers)
+    assert denied_body(purge)["obligations"] == [{"kind": "step_up", "value": "mfa"}]
+
+    wipe = gateway.check(http_request("POST", "/tools/wipe", weak))
+    assert wipe.denied_response.status.code == 401
+    challenge = header_values(wipe.denied_response.headers)["www-authenticate"]
+    assert challenge.endswith('acr_values="urn:tessera:acr:key+mtls"'), challenge
+    assert len(denied_body(wipe)["obligations"]) == 2  # the body still names both
 
 
 def test_a_suspended_agent_is_refused_by_the_directory(gateway: Gateway) -> None:

@@ -106,8 +106,8 @@ class Agent:
 
 def register_agent(example: Example) -> Agent:
     """SCIM: an external, high-risk payments agent whose minimum is key+mtls; then its
-    client: private_key_jwt with the key of its certificate, for client credentials and
-    CIBA (poll)."""
+    client: private_key_jwt with two keys, one for its assertions and one of its
+    certificate (one key would be one factor), for client credentials and CIBA (poll)."""
     w = example.world
     extension = {
         "owner": "treasury",
@@ -128,14 +128,15 @@ def register_agent(example: Example) -> Agent:
     agent_id: str = created.json()["id"]
     w.wait_for(lambda: all(d.agent(agent_id) is not None for d in w.directories))
     certificate, private = self_signed("pay-bot")
-    key = ClientKey("ES256", unique("k"), private)
+    key = ClientKey.new()  # signs the assertions; the certificate has a key of its own
+    tls = ClientKey("ES256", unique("k-tls"), private)
     metadata = {
         "agent_id": agent_id,
         "token_endpoint_auth_method": "private_key_jwt",
         "grant_types": ["client_credentials", CIBA],
         "backchannel_token_delivery_mode": "poll",
         "scope": "payments",
-        "jwks": {"keys": [key.public_jwk]},
+        "jwks": {"keys": [key.public_jwk, tls.public_jwk]},
         "client_name": unique("payments-app"),
     }
     client = w.oauth._registered(metadata, key)

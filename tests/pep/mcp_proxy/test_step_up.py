@@ -12,6 +12,7 @@ import shutil
 from collections.abc import Callable, Generator, Iterator
 from typing import Any
 
+import httpx
 import httpx2
 import pytest
 from mcp import Client
@@ -23,6 +24,7 @@ from pep.mcp_proxy.jsonrpc import FORBIDDEN
 from tests.pep.mcp_proxy.test_consent import answer_of, rpc
 from tests.pep.mcp_proxy.test_listing import listed_tools
 from tests.pep.mcp_proxy.test_proxy import claims_for, signed
+from tests.pep.mcp_proxy.test_upstreams import request
 from tests.pep.mcp_proxy.world import POLICIES, World, run, world
 
 TIMEOUT = 10.0
@@ -48,7 +50,7 @@ def w(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) 
         shutil.copy(path, policies / path.name)
     (policies / "step_up.pol").write_text(STEP_UP, encoding="utf-8")
     folder = tmp_path_factory.mktemp("step_up")
-    with world("sqlite", folder, policies, decisions=request.param) as built:
+    with world("sqlite", folder, policies, decisions=request.param, step_up_acrs=("mfa",)) as built:
         yield built
 
 
@@ -94,6 +96,28 @@ def test_a_ladder_step_up_is_not_met_below_its_level(w: World) -> None:
     response = rpc(w, keyed_token(w, "urn:tessera:acr:apikey"), "fs.delete", {"path": "/x"})
     assert response.status_code == 401, response.text
     assert acr_values(response.headers["www-authenticate"]) == {"urn:tessera:acr:key", "mfa"}
+
+
+def test_a_challenge_leaves_out_what_the_issuer_cannot_give(w: World) -> None:
+    """A proxy whose issuer raises no user's login to ``mfa`` names only the ladder's
+    levels; with none left, the deny is a plain ``-32003``, not a challenge."""
+    (upstream,) = [u for u in w.config.upstreams if u.name == "tools"]
+    plain = f"{w.add_proxy((upstream,), step_up_acrs=())}{upstream.path}"
+    body = request("tools/call", {"name": "fs.delete", "arguments": {"path": "/x"}})
+    accept = "application/json, text/event-stream"
+
+    def call(agent: str, acr: str) -> httpx.Response:
+        claims = claims_for(w, agent, scope="mcp:tools fs:write", acr=acr, aud=plain)
+        headers = {"Authorization": f"Bearer {signed(w, claims)}", "Accept": accept}
+        return httpx.post(plain, json=body, headers=headers, timeout=TIMEOUT)
+
+    keyed = call(w.add_agent(purpose="keyed"), "urn:tessera:acr:apikey")
+    assert keyed.status_code == 401, keyed.text
+    assert acr_values(keyed.headers["www-authenticate"]) == {"urn:tessera:acr:key"}
+    alone = call(w.add_agent(), "pwd")
+    assert alone.status_code == 200, alone.text
+    assert "www-authenticate" not in alone.headers
+    assert answer_of(alone)["error"]["code"] == FORBIDDEN
 
 
 def test_an_argument_cannot_set_the_acr(w: World) -> None:
