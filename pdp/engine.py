@@ -15,7 +15,7 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from pdp.counters import FITS, Charge, CounterError, CounterStore, MemoryCounters, Tally
 from pdp.interpreter import Interpreter
@@ -34,6 +34,7 @@ from pdp.model import DEFAULT_DENY_REASON, Decision, LimitUse, Request, RuleErro
 
 Lets = Mapping[tuple[str, str], ast.Expr]
 CandidateKey = tuple[str, str, str]
+T = TypeVar("T")
 Candidates = tuple[tuple[CompiledRule, ...], tuple[CompiledRule, ...]]
 # What a gated permit did: ("applies", ()), ("requires", unmet obligations) or ("over",
 # the limit's text), with the limits the counter store was asked about.
@@ -222,43 +223,41 @@ class Engine:
 
     def candidates(self, request: Request) -> Candidates:
         """The forbids and permits whose target covers this request, in rule order."""
-        resource = request.resource
-        key = (request.action, resource["type"], resource["id"])
-        found = self._memo.get(key)
-        if found is None:
-            if len(self._memo) >= CANDIDATE_MEMO_SIZE:
-                self._memo.clear()
-            found = self._memo[key] = self.bundle.index.candidates(*key)
-        return found
+        return self._remembered(self._memo, _key(request), self._find)
 
     def touches_limits(self, request: Request) -> bool:
         """Whether a rule with a ``limit`` could decide this request (then its decision
         depends on counters and must not be cached)."""
-        resource = request.resource
-        key = (request.action, resource["type"], resource["id"])
-        limited = self._limited.get(key)
-        if limited is None:
-            limited = any(rule.limits for rule in self.candidates(request)[1])
-            if len(self._limited) >= CANDIDATE_MEMO_SIZE:
-                self._limited.clear()
-            self._limited[key] = limited
-        return limited
+        return self._remembered(self._limited, _key(request), self._any_limit)
 
     def reads_now(self, request: Request) -> bool:
         """Whether a rule that reads ``now`` could decide this request (then the same
         request may be decided otherwise a moment later, and must not be cached)."""
         if not self._reads_now:
             return False
-        resource = request.resource
-        key = (request.action, resource["type"], resource["id"])
-        timed = self._timed.get(key)
-        if timed is None:
-            forbids, permits = self.candidates(request)
-            timed = any(rule.reads_now for rule in forbids + permits)
-            if len(self._timed) >= CANDIDATE_MEMO_SIZE:
-                self._timed.clear()
-            self._timed[key] = timed
-        return timed
+        return self._remembered(self._timed, _key(request), self._any_timed)
+
+    def _find(self, key: CandidateKey) -> Candidates:
+        return self.bundle.index.candidates(*key)
+
+    def _any_limit(self, key: CandidateKey) -> bool:
+        return any(rule.limits for rule in self._remembered(self._memo, key, self._find)[1])
+
+    def _any_timed(self, key: CandidateKey) -> bool:
+        forbids, permits = self._remembered(self._memo, key, self._find)
+        return any(rule.reads_now for rule in forbids + permits)
+
+    @staticmethod
+    def _remembered(
+        memo: dict[CandidateKey, T], key: CandidateKey, make: Callable[[CandidateKey], T]
+    ) -> T:
+        """``memo[key]``, made the first time; the memo is emptied when it is full."""
+        found = memo.get(key)
+        if found is None:
+            if len(memo) >= CANDIDATE_MEMO_SIZE:
+                memo.clear()
+            found = memo[key] = make(key)
+        return found
 
     # One function on purpose: the hot path (~1.4 µs); a call per step costs more than the steps.
     def decide(self, request: Request, commit: bool = True, once: str = "") -> Decision:
@@ -500,6 +499,12 @@ def _uses(rule: CompiledRule, charges: tuple[Charge, ...], tally: Tally) -> tupl
         text = limits[index].text
         uses.append(LimitUse(rule.id, index, text, charge.window, charge.cap, charge.amount, found))
     return tuple(uses)
+
+
+def _key(request: Request) -> CandidateKey:
+    """What the candidate rules of a request depend on: its action and resource."""
+    resource = request.resource
+    return (request.action, resource["type"], resource["id"])
 
 
 def _charge(limit: CompiledLimit, request: Request) -> Charge:
