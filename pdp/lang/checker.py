@@ -579,24 +579,19 @@ class _Checker:
     def _root_attrs(self, path: ast.Path, scope: _Scope) -> dict[str, Type] | None:
         """The attributes a root offers in this scope; None (reported) when it cannot."""
         root = path.root
-        if root in ("agent", "user", "context", "delegation"):
-            return self.schema.entity(root)
-        if root == "resource":
-            return self.schema.resource_attrs(scope.resource_type)
-        if root == "subject":
-            return self.schema.subject_attrs()
-        if root == "tool":
-            if scope.resource_type not in (None, ast.TOOL_TYPE):
-                self.error(
-                    f"this rule targets `{scope.resource_type}` resources; "
-                    "tool.* is never present here",
-                    path.span,
-                    f"use resource.* for {scope.resource_type} attributes, or target tools: "
-                    "call tool ...",
-                )
-                return None
-            return self.schema.tool_attrs()
-        raise KeyError(root)
+        if root == "tool" and scope.resource_type not in (None, ast.TOOL_TYPE):
+            self.error(
+                f"this rule targets `{scope.resource_type}` resources; "
+                "tool.* is never present here",
+                path.span,
+                f"use resource.* for {scope.resource_type} attributes, or target tools: "
+                "call tool ...",
+            )
+            return None
+        attrs = self.schema.root_attrs(root, scope.resource_type)
+        if attrs is None:
+            raise KeyError(root)
+        return attrs
 
     def _path_type(self, path: ast.Path, scope: _Scope) -> Type | None:
         if path.root == "action":

@@ -157,6 +157,19 @@ class SchemaModel:
         merged.update(BUILTINS["tool"])
         return merged
 
+    def root_attrs(self, root: str, resource_type: str | None = None) -> dict[str, Type] | None:
+        """The attributes a path's root offers (``resource.*`` those of ``resource_type``,
+        a rule's target); None for a root without attributes (``action``, ``now``)."""
+        if root in ("agent", "user", "context", "delegation"):
+            return self.entity(root)
+        if root == "resource":
+            return self.resource_attrs(resource_type)
+        if root == "subject":
+            return self.subject_attrs()
+        if root == "tool":
+            return self.tool_attrs()
+        return None
+
 
 def attribute_key(root: str, name: str) -> str:
     """What a diagnostic about an attribute's declaration, and each read of it, are keyed

@@ -42,7 +42,7 @@ def path_type(path: ast.Path, schema: SchemaModel, resource_type: str | None) ->
     """The schema type of an attribute path (None when the schema has no such path)."""
     if path.root == "action":
         return Type("string") if not path.parts else None
-    attrs = _root_attrs(path.root, schema, resource_type)
+    attrs = schema.root_attrs(path.root, resource_type)
     if attrs is None or not path.parts:
         return None
     found = attrs.get(path.parts[0])
@@ -51,20 +51,6 @@ def path_type(path: ast.Path, schema: SchemaModel, resource_type: str | None) ->
             return None
         found = found.arg
     return found
-
-
-def _root_attrs(
-    root: str, schema: SchemaModel, resource_type: str | None
-) -> dict[str, Type] | None:
-    if root in ("agent", "user", "context", "delegation"):
-        return schema.entity(root)
-    if root == "resource":
-        return schema.resource_attrs(resource_type)
-    if root == "subject":
-        return schema.subject_attrs()
-    if root == "tool":
-        return schema.tool_attrs()
-    return None
 
 
 def expr_type(
