@@ -110,6 +110,8 @@ class CheckResult:
     # (package, let name) -> the let's expression with every let it uses substituted.
     lets: dict[LetKey, ast.Expr]
     diagnostics: tuple[Diagnostic, ...]
+    # (package, let name) -> the let's type (None where it has none: a broken let).
+    let_types: dict[LetKey, Type | None] = dataclasses.field(default_factory=dict)
 
     @property
     def errors(self) -> tuple[Diagnostic, ...]:
@@ -353,7 +355,7 @@ class _Checker:
                 )
             )
         diagnostics = root_first(self.out)
-        return CheckResult(self.schema, dict(self.lets), tuple(diagnostics))
+        return CheckResult(self.schema, dict(self.lets), tuple(diagnostics), dict(self.let_types))
 
     # lets -----------------------------------------------------------------------
     def _declare_lets(self) -> None:

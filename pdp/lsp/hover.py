@@ -6,17 +6,17 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from pdp.lang import ast
+from pdp.lang.checker import CheckResult
 from pdp.lang.errors import PolicyError, source_lines
 from pdp.lang.formatter import format_expr, format_source
 from pdp.lang.schema import SchemaModel, Type
-from pdp.lang.values import Money, type_name
 from pdp.lsp.navigate import Found, LetName, RuleRef, find_let, find_rule
 
-_BOOLEAN = (ast.Compare, ast.Has, ast.Not, ast.BoolOp, ast.Flag)
 
-
-def hover_text(found: Found, modules: Iterable[ast.Module], schema: SchemaModel) -> str | None:
-    """The Markdown for the node under the cursor; None when there is nothing to say."""
+def hover_text(found: Found, modules: Iterable[ast.Module], result: CheckResult) -> str | None:
+    """The Markdown for the node under the cursor (typed as the checker typed the bundle);
+    None when there is nothing to say."""
+    schema = result.schema
     modules = list(modules)
     node = found.node
     package = getattr(found.item, "package", "")
@@ -29,7 +29,7 @@ def hover_text(found: Found, modules: Iterable[ast.Module], schema: SchemaModel)
         return f"`{node.dotted()}`: {what}"
     if isinstance(node, ast.Name | LetName):
         let = node.let if isinstance(node, LetName) else find_let(modules, package, node.name)
-        return None if let is None else _let(let, modules, schema)
+        return None if let is None else _let(let, modules, result)
     if isinstance(node, ast.Rule):
         return _rule(node, modules)
     if isinstance(node, RuleRef):
@@ -53,35 +53,8 @@ def path_type(path: ast.Path, schema: SchemaModel, resource_type: str | None) ->
     return found
 
 
-def expr_type(
-    expr: ast.Expr, modules: list[ast.Module], schema: SchemaModel, package: str, depth: int = 0
-) -> str | None:
-    """The type of a let's value as far as it shows without the checker (a literal, a
-    list of one type, an attribute, a condition, another let); None when it does not."""
-    if depth > 50:  # lets that name each other in a circle; the checker reports those
-        return None
-    if isinstance(expr, ast.Literal_):
-        value = expr.value
-        if isinstance(value, Money):
-            return f"money<{value.currency}>"
-        return type_name(value)
-    if isinstance(expr, _BOOLEAN):
-        return "bool"
-    if isinstance(expr, ast.Path):
-        found = path_type(expr, schema, None)
-        return None if found is None else str(found)
-    if isinstance(expr, ast.Name):
-        let = find_let(modules, package, expr.name)
-        return None if let is None else expr_type(let.expr, modules, schema, package, depth + 1)
-    if isinstance(expr, ast.ListExpr):
-        members = {expr_type(item, modules, schema, package, depth + 1) for item in expr.items}
-        member = members.pop() if len(members) == 1 else None
-        return f"list<{member}>" if member is not None else "list"
-    return None
-
-
-def _let(let: ast.Let, modules: list[ast.Module], schema: SchemaModel) -> str:
-    shown = expr_type(let.expr, modules, schema, let.package)
+def _let(let: ast.Let, modules: list[ast.Module], result: CheckResult) -> str:
+    shown = result.let_types.get((let.package, let.name))
     head = f"let `{let.name}`" + (f": `{shown}`" if shown is not None else "")
     return f"{head}\n\n```tessera\n{_item_text(let, modules)}\n```"
 

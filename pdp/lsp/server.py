@@ -230,7 +230,7 @@ def hover(ls: PolicyServer, params: types.HoverParams) -> types.Hover | None:
     found = node_at(module, *from_position(params.position, lines, codec))
     if found is None:
         return None
-    text = hover_text(found, analysis.modules.values(), analysis.result.schema)
+    text = hover_text(found, analysis.modules.values(), analysis.result)
     if text is None:
         return None
     content = types.MarkupContent(types.MarkupKind.Markdown, text)
