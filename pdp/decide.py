@@ -19,7 +19,7 @@ import asyncio
 import itertools
 import os
 import time
-from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Hashable, Iterable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 from cachetools import LRUCache
@@ -149,9 +149,21 @@ class DecisionPoint:
         answered = self._answer(request, pep, key, limits=True, once=once)
         assert answered is not None  # with limits decided here, every request is answered
         answer, record = answered
-        if record is not None:
-            await self._audited(record)
+        if record is not None:  # _recorded's steps, without a second coroutine per call
+            committed = self.hand_over(record)
+            if committed is not None:
+                await committed
         return answer
+
+    def answer(
+        self, request: Request, pep: Pep = "", *, key: Hashable | None = None, once: Once = ""
+    ) -> tuple[Answer, Pending | None]:
+        """:meth:`decide` without its hand-off: the answer, and the record the caller hands
+        over with :meth:`hand_over` (None without an audit trail). The gRPC door's hot
+        path: no coroutine of its own per call."""
+        answered = self._answer(request, pep, key, limits=True, once=once)
+        assert answered is not None  # with limits decided here, every request is answered
+        return answered
 
     async def decide_without_limits(
         self, request: Request, pep: Pep = "", *, key: Hashable | None = None
@@ -164,7 +176,7 @@ class DecisionPoint:
             return None
         answer, record = answered
         if record is not None:
-            await self._audited(record)
+            await self._recorded(record)
         return answer
 
     def decide_now(self, request: Request, pep: Pep = "", once: Once = "") -> Answer:
@@ -200,7 +212,7 @@ class DecisionPoint:
             answers.append(answer)
             if record is not None:
                 records.append(record)
-        await self._audited(*records)
+        await self._recorded(*records)
         return answers
 
     def preview(self, request: Request) -> Decision:
@@ -333,7 +345,7 @@ class DecisionPoint:
         ``commit`` records the limits an allow uses up, once per ``once``."""
         if isinstance(request, str):
             return self._refused(engine, request), False
-        limited = engine.touches_limits(request)
+        limited, momentary = engine.traits(request)
         idempotency = ""
         if limited and once:
             idempotency = once() if callable(once) else once
@@ -341,8 +353,7 @@ class DecisionPoint:
         decision = engine.decide(request, commit, idempotency)
         self._engine_timing(time.perf_counter() - start)
         self._count(decision)
-        # A decision a limit or the time could change holds for this moment only.
-        return decision, not (limited or engine.reads_now(request))
+        return decision, not momentary
 
     def _refused(self, engine: Engine, reason: str) -> Decision:
         decision = Decision(False, (), (DIRECTORY,), (reason,), (), engine.version)
@@ -404,17 +415,27 @@ class DecisionPoint:
             request.size + RECORD_BYTES,
         )
 
-    async def _audited(self, *records: Pending) -> None:
+    def hand_over(self, *records: Pending) -> Awaitable[None] | None:
         """Put the records on the agent trail. Async durability only queues them, and
-        drops (counted and logged) those that find the queue full; sync returns once
-        they are committed, a full queue waiting for room (off the loop)."""
+        drops (counted and logged) those that find the queue full: None, nothing to
+        wait for. Sync durability: what to await, which ends once they are committed (a
+        full queue waiting for room off the loop)."""
         audit = self.audit
         if audit is None or not records:
-            return
+            return None
         if self.durability != "sync":
             for record in records:
                 audit.offer_or_drop("agent", record.build, record.weight)
-            return
+            return None
+        return self._committed(audit, records)
+
+    async def _recorded(self, *records: Pending) -> None:
+        """Hand the records over, and wait for them as the durability says."""
+        committed = self.hand_over(*records)
+        if committed is not None:
+            await committed
+
+    async def _committed(self, audit: AuditWriter, records: Sequence[Pending]) -> None:
         pending = []
         for record in records:
             done = audit.submit_nowait("agent", record.build, record.weight)

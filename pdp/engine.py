@@ -36,6 +36,7 @@ Lets = Mapping[tuple[str, str], ast.Expr]
 CandidateKey = tuple[str, str, str]
 T = TypeVar("T")
 Candidates = tuple[tuple[CompiledRule, ...], tuple[CompiledRule, ...]]
+Traits = tuple[bool, bool]  # a limit could decide; the decision holds for this moment only
 # What a gated permit did: ("applies", ()), ("requires", unmet obligations) or ("over",
 # the limit's text), with the limits the counter store was asked about.
 Gate = tuple[str, Any, tuple[LimitUse, ...]]
@@ -213,6 +214,7 @@ class Engine:
         self._memo: dict[CandidateKey, Candidates] = {}
         self._limited: dict[CandidateKey, bool] = {}
         self._timed: dict[CandidateKey, bool] = {}
+        self._traits: dict[CandidateKey, Traits] = {}
         # Whether any rule reads `now`: then each decision fixes its time (decide).
         self._reads_now = any(rule.reads_now for rule in bundle.compiled)
         self._interpreter = Interpreter(
@@ -236,6 +238,21 @@ class Engine:
         if not self._reads_now:
             return False
         return self._remembered(self._timed, _key(request), self._any_timed)
+
+    def traits(self, request: Request) -> Traits:
+        """:meth:`touches_limits`, and whether the decision holds for this moment only (a
+        limit or a rule reading ``now`` could decide it), in one look: the hot path's."""
+        resource = request.resource
+        key = (request.action, resource["type"], resource["id"])
+        found = self._traits.get(key)
+        if found is None:
+            found = self._remembered(self._traits, key, self._traits_of)
+        return found
+
+    def _traits_of(self, key: CandidateKey) -> Traits:
+        limited = self._remembered(self._limited, key, self._any_limit)
+        timed = self._reads_now and self._remembered(self._timed, key, self._any_timed)
+        return limited, limited or timed
 
     def _find(self, key: CandidateKey) -> Candidates:
         return self.bundle.index.candidates(*key)

@@ -151,9 +151,7 @@ def _add_health(servicer: Health, server: grpc.aio.Server) -> None:
             _parsing(servicer.Watch, health_pb2.HealthCheckRequest), response_serializer=response
         ),
     }
-    name = health.SERVICE_NAME
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(name, handlers),))
-    server.add_registered_method_handlers(name, handlers)
+    grpc_door.add_service(server, health.SERVICE_NAME, handlers)
 
 
 @dataclass

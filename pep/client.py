@@ -112,37 +112,49 @@ class Query:
     def to_message(self) -> pb.AuthorizeRequest:
         if self.subject is not None:
             return self._about_subject(self.subject)
-        message = pb.AuthorizeRequest(
-            agent=pb.Agent(id=self.agent, attributes=_values(self.agent_attributes)),
-            agent_token=self.agent_token,
-            action="tool.call" if self.tool is not None else self.action,
-            resource=self._resource(),
-            context=_values(self.context),
-        )
+        # Fields set in place, maps only when not empty: the message every call builds.
+        message = pb.AuthorizeRequest(agent_token=self.agent_token)
+        message.action = "tool.call" if self.tool is not None else self.action
+        agent = message.agent
+        agent.SetInParent()
+        agent.id = self.agent
+        if self.agent_attributes:
+            _fill(agent.attributes, self.agent_attributes)
+        self._fill_resource(message.resource)
+        if self.context:
+            _fill(message.context, self.context)
         if self.user is not None:
-            message.user.CopyFrom(pb.User(id=self.user, attributes=_values(self.user_attributes)))
+            user = message.user
+            user.SetInParent()
+            user.id = self.user
+            if self.user_attributes:
+                _fill(user.attributes, self.user_attributes)
         if self.chain is not None:
-            message.delegation.CopyFrom(pb.Delegation(chain=list(self.chain)))
+            message.delegation.SetInParent()
+            message.delegation.chain.extend(self.chain)
         return message
 
-    def _resource(self) -> pb.Resource:
-        return pb.Resource(
-            type="tool" if self.tool is not None else self.resource_type,
-            id=self.tool if self.tool is not None else self.resource_id,
-            attributes=_values(self.resource_attributes),
-        )
+    def _fill_resource(self, resource: pb.Resource) -> None:
+        resource.SetInParent()
+        if self.tool is not None:
+            resource.type, resource.id = "tool", self.tool
+        else:
+            resource.type, resource.id = self.resource_type, self.resource_id
+        if self.resource_attributes:
+            _fill(resource.attributes, self.resource_attributes)
 
     def _about_subject(self, subject: Subject) -> pb.AuthorizeRequest:
         """The message of a question about ``subject`` (no agent field set)."""
         agent_parts = (self.agent, self.agent_attributes, self.agent_token, self.user)
         if any(agent_parts) or self.user_attributes or self.chain is not None:
             raise ValueError("a query names an agent (and its user) or a subject, not both")
-        return pb.AuthorizeRequest(
+        message = pb.AuthorizeRequest(
             subject=subject.to_message(),
             action="tool.call" if self.tool is not None else self.action,
-            resource=self._resource(),
             context=_values(self.context),
         )
+        self._fill_resource(message.resource)
+        return message
 
 
 @dataclass(frozen=True)
@@ -163,13 +175,14 @@ class Verdict:
 
     @classmethod
     def from_message(cls, message: pb.AuthorizeResponse) -> Verdict:
+        obligations = message.obligations
         return cls(
-            allow=message.allow,
-            obligations=tuple((o.kind, o.value) for o in message.obligations),
-            decided_by=tuple(message.decided_by),
-            reasons=tuple(message.reasons),
-            decision_id=message.decision_id,
-            bundle_version=message.bundle_version,
+            message.allow,
+            tuple((o.kind, o.value) for o in obligations) if obligations else (),
+            tuple(message.decided_by),
+            tuple(message.reasons),
+            message.decision_id,
+            message.bundle_version,
         )
 
     @classmethod
@@ -331,15 +344,16 @@ class _Common:
         )
 
     def _lookup(self, message: pb.AuthorizeRequest) -> tuple[bytes, Verdict | None]:
-        if self._cache is None:
-            return b"", None
+        """The message's cache key, and the cached verdict for it (None: not cached)."""
+        assert self._cache is not None
         key = message.SerializeToString(deterministic=True)
         hit = self._cache.get(key)
         return key, (None if hit is None else _replace_cached(hit))
 
     def _remember(self, key: bytes, response: pb.AuthorizeResponse) -> Verdict:
+        """The response's verdict, kept under ``key`` (b"": no cache) when cacheable."""
         verdict = Verdict.from_message(response)
-        if self._cache is not None and response.cacheable:
+        if key and response.cacheable and self._cache is not None:
             self._cache[key] = verdict
         return verdict
 
@@ -398,9 +412,11 @@ class Client(_Common):
 
     def authorize(self, query: Query) -> Verdict:
         message = query.to_message()
-        key, hit = self._lookup(message)
-        if hit is not None:
-            return hit
+        key = b""
+        if self._cache is not None:
+            key, hit = self._lookup(message)
+            if hit is not None:
+                return hit
         try:
             response = self._call(self._authorize, message)
         except (grpc.RpcError, NoToken) as error:
@@ -471,9 +487,11 @@ class AsyncClient(_Common):
 
     async def authorize(self, query: Query) -> Verdict:
         message = query.to_message()
-        key, hit = self._lookup(message)
-        if hit is not None:
-            return hit
+        key = b""
+        if self._cache is not None:
+            key, hit = self._lookup(message)
+            if hit is not None:
+                return hit
         try:
             response = await self._call(self._authorize, message)
         except (grpc.RpcError, NoToken) as error:
@@ -537,6 +555,12 @@ def _replace_cached(verdict: Verdict) -> Verdict:
 
 def _values(attributes: Mapping[str, Any]) -> dict[str, pb.Value]:
     return {key: to_value(value) for key, value in attributes.items()}
+
+
+def _fill(target: Any, attributes: Mapping[str, Any]) -> None:
+    """Put ``attributes`` into a message's attribute map, as typed values."""
+    for key, value in attributes.items():
+        target[key].CopyFrom(to_value(value))
 
 
 def to_value(value: Any) -> pb.Value:

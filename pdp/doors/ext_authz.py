@@ -61,7 +61,7 @@ from issuer.verify import Caller, Memory, Reason, Refusal, Verifier, revocations
 from pdp.bounds import DEFAULT_BOUNDS, Bounds
 from pdp.decide import DecisionPoint
 from pdp.doors.callers import OPEN, Callers, Peps, bearer
-from pdp.doors.grpc import Calls, parsed
+from pdp.doors.grpc import Calls, add_service, parsed
 from pdp.errors import PdpError
 from pdp.lang.schema import SchemaModel
 from pdp.model import Request, RequestError
@@ -579,8 +579,7 @@ def add_to_server(
             service.Check, response_serializer=auth.CheckResponse.SerializeToString
         )
     }
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
-    server.add_registered_method_handlers(SERVICE_NAME, handlers)
+    add_service(server, SERVICE_NAME, handlers)
 
 
 def gateway_for(

@@ -180,18 +180,24 @@ def request_from_proto(
     action = message.action
     if not action:
         raise RequestError('action: required, a non-empty string such as "tool.call"')
-    resource = message.resource
-    attributes = plain_values(resource.attributes, "resource")
     context = message.context
     return Request(
         agent,
         user,
         delegation_for(agent["id"], user, chain),
         action,
-        typed_resource(resource.type, resource.id, attributes, schema),
+        _resource(message.resource, schema),
         typed_from_proto(context, "context", schema.context) if context else {},
         size,
     )
+
+
+def _resource(resource: pb.Resource, schema: SchemaModel) -> dict[str, Any]:
+    """A message's resource, typed (most have no attributes: a tool call)."""
+    rtype, rid, attributes = resource.type, resource.id, resource.attributes
+    if rtype and rid and not attributes:
+        return {"type": rtype, "id": rid}
+    return typed_resource(rtype, rid, plain_values(attributes, "resource"), schema)
 
 
 Identify = Callable[[str, str], str]
@@ -239,15 +245,13 @@ def _other_request(
         named = typed_subject(raw, schema, where="subject.properties")
     if not message.action:
         raise RequestError('action: required, a non-empty string such as "tool.call"')
-    resource = message.resource
-    attributes = plain_values(resource.attributes, "resource")
     context = message.context
     return Request(
         None,
         user,
         delegation_for(None, user, None),
         message.action,
-        typed_resource(resource.type, resource.id, attributes, schema),
+        _resource(message.resource, schema),
         typed_from_proto(context, "context", schema.context) if context else {},
         size,
         named,
@@ -506,7 +510,14 @@ class AuthorizerDoor:
             )
             key = raw if point.cache is not None else None
             once = partial(idempotency_key, context)
-            return answer_to_bytes(await point.decide(request, context.peer, key=key, once=once))
+            # DecisionPoint.decide's steps written out too: the answer at once, and a wait
+            # only for a record that sync durability must see committed.
+            answer, record = point.answer(request, context.peer, key=key, once=once)
+            if record is not None:
+                committed = point.hand_over(record)
+                if committed is not None:
+                    await committed
+            return answer_to_bytes(answer)
         except Exception as exc:
             raw = b""  # this frame, too, outlives the call until collected (see failed)
             await calls.failed(exc, context)
@@ -608,6 +619,16 @@ def add_to_server(
             response_serializer=pb.ListAllowedResponse.SerializeToString,
         ),
     }
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
-    server.add_registered_method_handlers(SERVICE_NAME, handlers)
+    add_service(server, SERVICE_NAME, handlers)
     return door
+
+
+def add_service(
+    server: grpc.aio.Server, name: str, handlers: Mapping[str, grpc.RpcMethodHandler]
+) -> None:
+    """Serve the methods ``handlers`` of service ``name`` on ``server``.
+
+    As a generic handler only: grpc.aio's registered methods (what generated code adds
+    too) cost each call of the server more CPU, the more of them there are (measured with
+    a fixed answer: the PDP's six registered methods, about 6% of a bare echo call)."""
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(name, handlers),))

@@ -40,6 +40,7 @@ from tests.stores import BACKENDS
 
 DOORS = ("grpc", "authzen", "ext_authz", "mcp")
 PDP, PROXY = "pdp", "mcp-proxy"  # the two decision points: the service's, the proxy's
+GRPC = (PDP, "answer")  # where the gRPC door's Authorize reaches its point (it awaits none)
 
 # Context attributes a door adds to every question by design, with the value it adds:
 # Envoy tells the client's address (``ip``, so policies can read where a call comes
@@ -189,6 +190,9 @@ class Spy:
         return reached
 
 
+SYNC_METHODS = ("decide_now", "answer")  # the deciding methods a caller does not await
+
+
 def spy_on(point: DecisionPoint, name: str, spy: Spy, monkeypatch: pytest.MonkeyPatch) -> None:
     """Record every call of ``point``'s deciding methods (on the instance its doors use)."""
 
@@ -203,13 +207,14 @@ def spy_on(point: DecisionPoint, name: str, spy: Spy, monkeypatch: pytest.Monkey
 
         def spied_now(request: Any, *args: Any, **kwargs: Any) -> Any:
             built = spy.built
-            answer = original(request, *args, **kwargs)
+            returned = original(request, *args, **kwargs)
+            answer = returned[0] if method == "answer" else returned  # (answer, its record)
             spy.reached.append(Reached(name, method, request, built, spy.built, answer))
-            return answer
+            return returned
 
-        return spied_now if method == "decide_now" else spied
+        return spied_now if method in SYNC_METHODS else spied
 
-    for method in ("decide", "decide_without_limits", "decide_many", "decide_now"):
+    for method in ("decide", "decide_without_limits", "decide_many", *SYNC_METHODS):
         monkeypatch.setattr(point, method, record(method))
 
 
@@ -293,12 +298,12 @@ def one_conversion(door: str, question: Question, reached: list[Reached]) -> Ans
             1,
             None,
         )
-        assert (remote.point, remote.method) == (PDP, "decide")
+        assert (remote.point, remote.method) == GRPC
         assert remote.built == local.built_after + 1
         assert remote.answer is not None
         return remote.answer
     (call,) = reached
-    expected = (PROXY, "decide_without_limits") if door == "mcp" else (PDP, "decide")
+    expected = {"mcp": (PROXY, "decide_without_limits"), "grpc": GRPC}.get(door, (PDP, "decide"))
     assert (call.point, call.method, call.built) == (*expected, 1)
     assert call.answer is not None
     return call.answer

@@ -1,7 +1,8 @@
 """The drain of ``tessera serve``: health turns NOT_SERVING, new connections are refused,
 the calls in flight finish, and those that outlast the grace period end UNAVAILABLE; the
-issuer's HTTP side drains alike. Real servers on loopback; a call is held in flight by
-making the decision point wait for the test."""
+issuer's HTTP side drains alike. Real servers on loopback; a call is held in flight at
+the door's admission of its caller (its bearer token names it) until the test lets it
+go on."""
 
 from __future__ import annotations
 
@@ -28,7 +29,9 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
 from issuer.app import SHUTTING_DOWN as HTTP_SHUTTING_DOWN
+from issuer.verify import Caller
 from pdp import server as serve_module
+from pdp.doors.callers import Callers, Peps
 from pdp.engine import Engine
 from pdp.loader import load_directory
 from pdp.serve.drain import SHUTTING_DOWN, Drained
@@ -59,29 +62,36 @@ def question(agent: str) -> pb.AuthorizeRequest:
     )
 
 
-class Held:
-    """Holds the calls of the named agents in the decision point until released."""
+class Held(Peps):
+    """The PEPs' admission of a decision service, holding the calls whose bearer token is
+    one of ``agents`` until released, and admitting every call: a call is in flight from
+    before its admission."""
 
-    def __init__(self, running: Running, loop: asyncio.AbstractEventLoop, *agents: str) -> None:
-        self.running = running
-        self.loop = loop
+    def __init__(self, *agents: str) -> None:
         self.gates = {agent: asyncio.Event() for agent in agents}
-        point = running.point
-        decide = point.decide
+        self.loop: asyncio.AbstractEventLoop | None = None
 
-        async def held(request: Any, *args: Any, **kwargs: Any) -> Any:
-            gate = self.gates.get(request.agent["id"])
-            if gate is not None:
-                await gate.wait()
-            return await decide(request, *args, **kwargs)
-
-        point.decide = held  # type: ignore[method-assign]
-
-    def in_flight(self) -> int:
-        return len(self.running.point.metrics.calls_in_flight)
+    async def admit(self, token: str | None) -> Caller:
+        self.loop = asyncio.get_running_loop()
+        gate = self.gates.get(token or "")
+        if gate is not None:
+            await gate.wait()
+        return Caller(token or "", None, (), frozenset(), None)
 
     def release(self, agent: str) -> None:
+        assert self.loop is not None, "no call was held"
         self.loop.call_soon_threadsafe(self.gates[agent].set)
+
+
+def held_call(stub: pb_grpc.AuthorizerStub, agent: str) -> Any:
+    """``agent``'s Authorize call, under way; its bearer token names it to :class:`Held`."""
+    return stub.Authorize.future(
+        question(agent), timeout=TIMEOUT * 3, metadata=(("authorization", f"Bearer {agent}"),)
+    )
+
+
+def in_flight(running: Running) -> int:
+    return len(running.point.metrics.calls_in_flight)
 
 
 def wait_until(condition: Any, what: str) -> None:
@@ -104,9 +114,15 @@ def refuses_connections(port: int) -> bool:
 
 
 @pytest.fixture
-def server() -> Iterator[Server]:
-    """A decision service of its own: each test here stops it."""
-    running = Server(shipped())
+def held() -> Held:
+    return Held("prompt", "late")
+
+
+@pytest.fixture
+def server(held: Held) -> Iterator[Server]:
+    """A decision service of its own, admitting its callers through ``held``: each test
+    here stops it."""
+    running = Server(shipped(), callers=Callers(peps=held))
     yield running
     running.close()
 
@@ -120,13 +136,14 @@ def watch(server: Server, service: str) -> Iterator[health_pb2.HealthCheckRespon
     return stream
 
 
-def test_a_drain_finishes_calls_in_flight_and_ends_late_ones_unavailable(server: Server) -> None:
-    held = Held(server.running, server.thread.loop, "prompt", "late")
+def test_a_drain_finishes_calls_in_flight_and_ends_late_ones_unavailable(
+    server: Server, held: Held
+) -> None:
     watches = [watch(server, name) for name in ("", SERVICE_NAME)]
     stub = pb_grpc.AuthorizerStub(server.channel)
-    prompt = stub.Authorize.future(question("prompt"), timeout=TIMEOUT * 3)
-    late = stub.Authorize.future(question("late"), timeout=TIMEOUT * 3)
-    wait_until(lambda: held.in_flight() == 2, "both calls in flight")
+    prompt = held_call(stub, "prompt")
+    late = held_call(stub, "late")
+    wait_until(lambda: in_flight(server.running) == 2, "both calls in flight")
 
     loop = server.thread.loop
     stopping = asyncio.run_coroutine_threadsafe(server.running.stop(GRACE), loop)
@@ -150,12 +167,9 @@ def test_stopping_again_tells_what_the_first_stop_did(server: Server) -> None:
     assert first.result(timeout=TIMEOUT) == again.result(timeout=TIMEOUT) == Drained(0, 0)
 
 
-def test_hurrying_ends_the_calls_in_flight_unavailable_at_once(server: Server) -> None:
-    held = Held(server.running, server.thread.loop, "late")
-    late = pb_grpc.AuthorizerStub(server.channel).Authorize.future(
-        question("late"), timeout=TIMEOUT * 3
-    )
-    wait_until(lambda: held.in_flight() == 1, "the call in flight")
+def test_hurrying_ends_the_calls_in_flight_unavailable_at_once(server: Server, held: Held) -> None:
+    late = held_call(pb_grpc.AuthorizerStub(server.channel), "late")
+    wait_until(lambda: in_flight(server.running) == 1, "the call in flight")
     loop = server.thread.loop
     stopping = asyncio.run_coroutine_threadsafe(server.running.stop(3_600), loop)
     wait_until(lambda: refuses_connections(server.running.port), "the drain under way")
@@ -171,12 +185,14 @@ def test_sigterm_drains_and_a_second_signal_stops_at_once() -> None:
     assert threading.current_thread() is threading.main_thread()  # signals reach the loop
 
     async def scenario() -> tuple[grpc.StatusCode, Drained]:
-        running = await start(shipped(), "127.0.0.1", 0)
-        held = Held(running, asyncio.get_running_loop(), "late")
+        held = Held("late")
+        running = await start(shipped(), "127.0.0.1", 0, callers=Callers(peps=held))
         async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
-            call = pb_grpc.AuthorizerStub(channel).Authorize(question("late"), timeout=TIMEOUT)
+            call = pb_grpc.AuthorizerStub(channel).Authorize(
+                question("late"), timeout=TIMEOUT, metadata=(("authorization", "Bearer late"),)
+            )
             for _ in range(1_000):
-                if held.in_flight():
+                if in_flight(running):
                     break
                 await asyncio.sleep(0.01)
             signalled = asyncio.create_task(serve_module._until_signalled(running, None))
