@@ -161,6 +161,12 @@ class Response:
         self._paused = False
 
     @property
+    def whole(self) -> bool:
+        """Whether the body has arrived whole (or been given up): reading it waits for
+        nothing."""
+        return self._done
+
+    @property
     def delimited_by_close(self) -> bool:
         """A body with neither a length nor chunks: it ends with the connection."""
         chunked = "chunked" in self.headers.get("transfer-encoding", "").lower()
