@@ -90,9 +90,8 @@ class DecisionPoint:
         self.metrics.counter_store_errors = lambda: self.engine.counters.errors
         if audit is not None:
             self.metrics.audit_dropped = lambda: audit.dropped
-        # The hot path's two observations, bound once.
-        self._engine_timing = self.metrics.engine_seconds.labels().observe
-        self._count = self.metrics.decisions.add
+        # The hot path's record of a decision and the engine's time, bound once.
+        self._timed = self.metrics.decisions.timed
         # Decisions by a key the door derives from its question, for requests whose
         # candidate rules have no limit and do not read `now` (their answer cannot depend
         # on counters or the time).
@@ -351,8 +350,7 @@ class DecisionPoint:
             idempotency = once() if callable(once) else once
         start = time.perf_counter()
         decision = engine.decide(request, commit, idempotency)
-        self._engine_timing(time.perf_counter() - start)
-        self._count(decision)
+        self._timed(decision, time.perf_counter() - start)
         return decision, not momentary
 
     def _refused(self, engine: Engine, reason: str) -> Decision:

@@ -49,25 +49,25 @@ RPC_BUCKETS = (5e-5, 1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 5e-3, 1e-2, 5e-2, 0.1, 1.0)
 class Series:
     """One histogram series: counts per bucket and the sum, under one lock."""
 
-    __slots__ = ("_bounds", "_counts", "_lock", "_sum")
+    __slots__ = ("bounds", "counts", "lock", "sum")
 
-    def __init__(self, bounds: tuple[float, ...]) -> None:
-        self._bounds = bounds
-        self._counts = [0] * (len(bounds) + 1)  # the last is +Inf
-        self._sum = 0.0
-        self._lock = threading.Lock()
+    def __init__(self, bounds: tuple[float, ...], lock: threading.Lock | None = None) -> None:
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)  # the last is +Inf
+        self.sum = 0.0
+        self.lock = lock or threading.Lock()  # a Tally may share it (Tally.timed)
 
     def observe(self, value: float) -> None:
-        index = bisect_left(self._bounds, value)  # the first bound >= value ("le")
-        with self._lock:
-            self._counts[index] += 1
-            self._sum += value
+        index = bisect_left(self.bounds, value)  # the first bound >= value ("le")
+        with self.lock:
+            self.counts[index] += 1
+            self.sum += value
 
     def cumulative(self) -> tuple[list[tuple[str, float]], float]:
-        with self._lock:
-            counts, total = list(self._counts), self._sum
+        with self.lock:
+            counts, total = list(self.counts), self.sum
         buckets, running = [], 0
-        for bound, count in zip((*map(str, self._bounds), "+Inf"), counts, strict=True):
+        for bound, count in zip((*map(str, self.bounds), "+Inf"), counts, strict=True):
             running += count
             buckets.append((bound, float(running)))
         return buckets, total
@@ -85,6 +85,7 @@ class Timings:
         buckets: Sequence[float],
         registry: CollectorRegistry,
         labelnames: Sequence[str] = (),
+        lock: threading.Lock | None = None,
     ) -> None:
         self.name = name
         self.documentation = documentation
@@ -92,6 +93,7 @@ class Timings:
         self._bounds = tuple(sorted(buckets))
         self._series: dict[tuple[str, ...], Series] = {}
         self._lock = threading.Lock()
+        self._series_lock = lock  # every series' own lock, when given (else one each)
         if not self.labelnames:
             self._unlabelled = self.labels()
         registry.register(self)
@@ -101,7 +103,7 @@ class Timings:
         series = self._series.get(values)
         if series is None:
             with self._lock:
-                series = self._series.setdefault(values, Series(self._bounds))
+                series = self._series.setdefault(values, Series(self._bounds, self._series_lock))
         return series
 
     def observe(self, value: float) -> None:
@@ -126,21 +128,41 @@ class Tally:
     NAME = "tessera_decisions"
     HELP = "Decisions by result (allow, deny) and deciding rule ('' for default deny)."
 
-    def __init__(self, registry: CollectorRegistry) -> None:
+    def __init__(self, registry: CollectorRegistry, timing: Series) -> None:
         self._counts: dict[Decision, int] = {}
         self._folded: dict[tuple[str, str], float] = {}  # counts of decisions let go
-        self._lock = threading.Lock()
+        self._timing = timing  # the engine's time per decision (Timings' series)
+        self._lock = timing.lock
         registry.register(self)
 
     def add(self, decision: Decision) -> None:
         with self._lock:
+            self._add(decision)
+
+    def timed(self, decision: Decision, seconds: float) -> None:
+        """Count a decision the engine took ``seconds`` to make, and observe that time:
+        the hot path's two records under one lock (the timing series shares it)."""
+        timing = self._timing
+        index = bisect_left(timing.bounds, seconds)
+        with self._lock:
+            timing.counts[index] += 1
+            timing.sum += seconds
             counts = self._counts
-            if decision in counts:
-                counts[decision] += 1
-            elif len(counts) < MAX_DECIDED_KEYS:
-                counts[decision] = 1
-            else:  # a bundle with endless distinct decisions: fold them into labels
-                self._fold(decision, 1)
+            count = counts.get(decision)
+            if count is not None:
+                counts[decision] = count + 1
+            else:
+                self._add(decision)
+
+    def _add(self, decision: Decision) -> None:
+        counts = self._counts
+        count = counts.get(decision)
+        if count is not None:
+            counts[decision] = count + 1
+        elif len(counts) < MAX_DECIDED_KEYS:
+            counts[decision] = 1
+        else:  # a bundle with endless distinct decisions: fold them into labels
+            self._fold(decision, 1)
 
     def _fold(self, decision: Decision, count: int) -> None:
         result = "allow" if decision.allow else "deny"
@@ -200,10 +222,15 @@ class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
         r = self.registry
-        self.decisions = Tally(r)
+        decided = threading.Lock()  # a decision's count and its engine time: Tally.timed
         self.engine_seconds = Timings(
-            "tessera_engine_seconds", "Time the engine took per decision.", ENGINE_BUCKETS, r
+            "tessera_engine_seconds",
+            "Time the engine took per decision.",
+            ENGINE_BUCKETS,
+            r,
+            lock=decided,
         )
+        self.decisions = Tally(r, self.engine_seconds.labels())
         self.rpc_seconds = Timings(
             "tessera_rpc_seconds", "Time per gRPC call, by method.", RPC_BUCKETS, r, ["method"]
         )

@@ -49,6 +49,10 @@ M = TypeVar("M", bound=Message)
 PROTOBUF_DEPTH = 100
 _TOO_DEEP = ("MaxDepth", "levels of nesting")
 _SCALARS = frozenset(("string", "bool", "risk", "duration", "time", "ip", "number", "integer"))
+# Message methods called through their class: a method looked up on a message is first
+# looked for among its fields, which costs the hot path more than the call.
+_kind = pb.Value.WhichOneof
+_has = pb.AuthorizeRequest.HasField
 
 
 # ------------------------------------------------------------------ protobuf -> Request
@@ -85,7 +89,7 @@ def typed_from_proto(
     out: dict[str, Any] = {}
     for key in attributes:  # keys, then lookups (see plain_values)
         value = attributes[key]
-        kind = value.WhichOneof("kind")
+        kind = _kind(value, "kind")
         declared = types.get(key)
         # The common cases, without building the path only an error would name: a string
         # declared a string, and a risk level (sent as a risk or as a string).
@@ -117,9 +121,12 @@ def _entity(
     ident = ident or entity.id
     if not ident:
         raise RequestError(f"{where}.id: required, a non-empty string (or an agent_token)")
-    if not trusted or not entity.attributes:
+    if not trusted:
         return {"id": ident}
-    values = typed_from_proto(entity.attributes, where, types)
+    attributes = entity.attributes
+    if not attributes:
+        return {"id": ident}
+    values = typed_from_proto(attributes, where, types)
     values["id"] = ident
     return values
 
@@ -158,9 +165,10 @@ def request_from_proto(
     (:meth:`DecisionPoint.identify`); without it, ids are taken as sent."""
     if size is None:
         size = message.ByteSize()
-    within(message, schema, size, bounds)
-    if message.HasField("subject"):
-        if message.HasField("agent"):
+    if size > 2 * bounds.attributes:  # the smallest messages need no look (see within)
+        within(message, schema, size, bounds)
+    if _has(message, "subject"):
+        if _has(message, "agent"):
             raise RequestError("agent: the subject is named in agent or in subject, not both")
         if message.subject.type != AGENT_SUBJECT:
             return _other_request(message, schema, size, identify)
@@ -170,11 +178,11 @@ def request_from_proto(
             raise RequestError("agent_token: not taken here; name the agent in agent.id")
         agent = _entity(message.agent, "agent", schema.agent, trust_callers)
         user = None
-        if message.HasField("user"):
+        if _has(message, "user"):
             user = _entity(message.user, "user", schema.user, trust_callers)
             if identify is not None:
                 user["id"] = identify(user["id"], "user.id")
-        chain = tuple(message.delegation.chain) if message.HasField("delegation") else None
+        chain = tuple(message.delegation.chain) if _has(message, "delegation") else None
     else:
         agent, user, chain = _named(message, schema, trust_callers, who)
     action = message.action
