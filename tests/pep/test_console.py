@@ -43,11 +43,18 @@ def scim(serving: Serving) -> httpx.Client:
     )
 
 
-def add_agent(serving: Serving, name: str) -> str:
+def add_agent(
+    serving: Serving,
+    name: str,
+    owner: str = "finance",
+    purpose: str = "reporting",
+    risk: str = "low",
+) -> str:
+    """Provision an agent over SCIM; its id."""
     body = {
         "schemas": [AGENT_SCHEMA, AGENT_EXTENSION],
         "name": name,
-        AGENT_EXTENSION: {"owner": "finance", "purpose": "reporting", "riskLevel": "low"},
+        AGENT_EXTENSION: {"owner": owner, "purpose": purpose, "riskLevel": risk},
     }
     with scim(serving) as client:
         created = client.post("/Agents", json=body)

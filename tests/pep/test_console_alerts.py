@@ -13,13 +13,12 @@ from pathlib import Path
 import httpx
 import pytest
 
-from issuer.models import AGENT_EXTENSION, AGENT_SCHEMA
 from tests.conftest import SHIPPED_POLICIES
 from tests.pep.test_console import (
     TOKEN,
+    add_agent,
     authorize,
     browser_page,
-    scim,
     sign_in_with_token,
     token_session,
 )
@@ -35,18 +34,6 @@ def database(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def serving(database: Path) -> Iterator[Serving]:
     with tessera_on(SHIPPED_POLICIES, f"sqlite:///{database}", TOKEN) as served:
         yield served
-
-
-def risky_agent(serving: Serving) -> str:
-    body = {
-        "schemas": [AGENT_SCHEMA, AGENT_EXTENSION],
-        "name": "probe-bot",
-        AGENT_EXTENSION: {"owner": "ops", "purpose": "probing", "riskLevel": "critical"},
-    }
-    with scim(serving) as client:
-        created = client.post("/Agents", json=body)
-    assert created.status_code == 201, created.text
-    return str(created.json()["id"])
 
 
 def rows(database: Path, trail: str) -> list[dict[str, object]]:
@@ -65,7 +52,7 @@ def an_alert(database: Path) -> bool:
 
 
 def test_an_operator_acknowledges_a_denials_alert(serving: Serving, database: Path) -> None:
-    agent = risky_agent(serving)
+    agent = add_agent(serving, "probe-bot", owner="ops", purpose="probing", risk="critical")
     for _ in range(12):  # a burst of denials: the one alert that needs no baseline
         assert not authorize(serving, agent).allow
     assert an_alert(database)
