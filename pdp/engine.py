@@ -212,8 +212,6 @@ class Engine:
         self.counters = counters if counters is not None else MemoryCounters()
         self.clock = clock or time.time
         self._memo: dict[CandidateKey, Candidates] = {}
-        self._limited: dict[CandidateKey, bool] = {}
-        self._timed: dict[CandidateKey, bool] = {}
         self._traits: dict[CandidateKey, Traits] = {}
         # Whether any rule reads `now`: then each decision fixes its time (decide).
         self._reads_now = any(rule.reads_now for rule in bundle.compiled)
@@ -230,14 +228,12 @@ class Engine:
     def touches_limits(self, request: Request) -> bool:
         """Whether a rule with a ``limit`` could decide this request (then its decision
         depends on counters and must not be cached)."""
-        return self._remembered(self._limited, _key(request), self._any_limit)
+        return self.traits(request)[0]
 
     def reads_now(self, request: Request) -> bool:
         """Whether a rule that reads ``now`` could decide this request (then the same
         request may be decided otherwise a moment later, and must not be cached)."""
-        if not self._reads_now:
-            return False
-        return self._remembered(self._timed, _key(request), self._any_timed)
+        return self._reads_now and self._any_timed(_key(request))
 
     def traits(self, request: Request) -> Traits:
         """:meth:`touches_limits`, and whether the decision holds for this moment only (a
@@ -250,15 +246,11 @@ class Engine:
         return found
 
     def _traits_of(self, key: CandidateKey) -> Traits:
-        limited = self._remembered(self._limited, key, self._any_limit)
-        timed = self._reads_now and self._remembered(self._timed, key, self._any_timed)
-        return limited, limited or timed
+        limited = any(rule.limits for rule in self._remembered(self._memo, key, self._find)[1])
+        return limited, limited or (self._reads_now and self._any_timed(key))
 
     def _find(self, key: CandidateKey) -> Candidates:
         return self.bundle.index.candidates(*key)
-
-    def _any_limit(self, key: CandidateKey) -> bool:
-        return any(rule.limits for rule in self._remembered(self._memo, key, self._find)[1])
 
     def _any_timed(self, key: CandidateKey) -> bool:
         forbids, permits = self._remembered(self._memo, key, self._find)
