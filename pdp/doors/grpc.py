@@ -165,8 +165,7 @@ def request_from_proto(
     (:meth:`DecisionPoint.identify`); without it, ids are taken as sent."""
     if size is None:
         size = message.ByteSize()
-    if size > 2 * bounds.attributes:  # the smallest messages need no look (see within)
-        within(message, schema, size, bounds)
+    within(message, schema, size, bounds)
     if _has(message, "subject"):
         if _has(message, "agent"):
             raise RequestError("agent: the subject is named in agent or in subject, not both")
@@ -201,11 +200,9 @@ def request_from_proto(
 
 
 def _resource(resource: pb.Resource, schema: SchemaModel) -> dict[str, Any]:
-    """A message's resource, typed (most have no attributes: a tool call)."""
-    rtype, rid, attributes = resource.type, resource.id, resource.attributes
-    if rtype and rid and not attributes:
-        return {"type": rtype, "id": rid}
-    return typed_resource(rtype, rid, plain_values(attributes, "resource"), schema)
+    """A message's resource, typed."""
+    attributes = plain_values(resource.attributes, "resource")
+    return typed_resource(resource.type, resource.id, attributes, schema)
 
 
 Identify = Callable[[str, str], str]
