@@ -515,6 +515,9 @@ async def serve_http(
         ssl_ca_certs=client_ca if tls else None,
         http=_CorkedHttpTools if httptools else _ClientCertificates,
         ws="none",  # no door speaks WebSocket: an upgrade is an ordinary request
+        # The peer is whoever connected: a client_cert_proxies check must not be met, or
+        # missed, by what an X-Forwarded-For header says (uvicorn believes loopback's)
+        proxy_headers=False,
         h11_max_incomplete_event_size=bounds.head_bytes,
         timeout_keep_alive=bounds.keep_alive,
         limit_concurrency=bounds.concurrency,

@@ -23,20 +23,21 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import signal
+import socket
 import time
 from typing import TextIO
 from urllib.parse import urlsplit
 
 import httpx
 import jwt
-import uvicorn
 from anyio import to_thread
 from mcp.server.auth.provider import AccessToken
 from mcp.server.auth.settings import AuthSettings
 from mcp.server.transport_security import TransportSecuritySettings
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from issuer.app import bind
+from issuer.app import bind, serve_http
 from issuer.keys import KeyRing, PublicKey
 from issuer.oauth.tokens import KeyLookup, ring_lookup
 from issuer.store import Store
@@ -235,12 +236,22 @@ def serve_http_forever(
     resource = resource or f"http://{host}:{bound}{MCP_PATH}"
     app = http_app(settings, issuer, resource, host, jwks)
     logging.getLogger("httpx").setLevel(logging.WARNING)  # in-process SCIM calls, not news
-    print(
+    banner = (
         f"tessera admin-mcp: Streamable HTTP at http://{host}:{bound}{MCP_PATH}, tokens from "
-        f"{issuer} with scope {ADMIN_SCOPE} and audience {resource}",
-        file=err,
-        flush=True,
+        f"{issuer} with scope {ADMIN_SCOPE} and audience {resource}"
     )
-    config = uvicorn.Config(app, log_level="warning", lifespan="on", access_log=False)
-    uvicorn.Server(config).run(sockets=[sock])
+    asyncio.run(_until_signalled(app, sock, banner, err))
     return 0
+
+
+async def _until_signalled(app: ASGIApp, sock: socket.socket, banner: str, err: TextIO) -> None:
+    """Serve ``app`` on ``sock`` as every Tessera HTTP door is served (its bounds, the
+    peer as connected), say ``banner`` once serving, and stop on SIGINT or SIGTERM."""
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):  # before serving: none is missed
+        loop.add_signal_handler(sig, stopping.set)
+    served = await serve_http(app, sock, lifespan=True)
+    print(banner, file=err, flush=True)
+    await stopping.wait()
+    await served.stop()

@@ -169,6 +169,20 @@ def test_a_self_signed_certificate_matching_a_registered_key_authenticates_via_t
     assert token(proxied, client_id).json()["error"] == "invalid_client"  # no certificate
 
 
+def test_the_proxy_is_the_peer_whatever_x_forwarded_for_says(proxied: OAuthService) -> None:
+    """A TLS-terminating proxy names its own client in X-Forwarded-For; the certificate it
+    forwards is still believed, since the proxy (a trusted one) is the peer."""
+    cert, key = self_signed("bot")
+    jwk = {**public_jwk(key.public_key()), "kid": "k1", "alg": "ES256"}
+    client_id = register(
+        proxied, token_endpoint_auth_method="self_signed_tls_client_auth", jwks={"keys": [jwk]}
+    )
+    pem = quote(cert.public_bytes(serialization.Encoding.PEM).decode())
+    forwarded = {HEADER: pem, "X-Forwarded-For": "203.0.113.7", "X-Forwarded-Proto": "https"}
+    response = token(proxied, client_id, headers=forwarded)
+    assert response.status_code == 200, response.text
+
+
 def test_a_bound_token_is_refused_with_another_certificate_or_none() -> None:
     mine, _ = self_signed("mine")
     theirs, _ = self_signed("theirs")
@@ -216,6 +230,10 @@ def test_the_certificate_header_is_ignored_from_a_peer_that_is_not_a_trusted_pro
         )
         pem = cert.public_bytes(serialization.Encoding.PEM).decode()
         forged = token(direct_to_port, client_id, headers={HEADER: quote(pem)})
+        assert (forged.status_code, forged.json()["error"]) == (401, "invalid_client")
+        # nor does a peer become a trusted proxy by naming one in X-Forwarded-For
+        posing = {HEADER: quote(pem), "X-Forwarded-For": "10.9.9.9"}
+        forged = token(direct_to_port, client_id, headers=posing)
         assert (forged.status_code, forged.json()["error"]) == (401, "invalid_client")
 
 

@@ -5,6 +5,10 @@ or 403 with the RFC 6750 / RFC 9728 challenge. Driven by the SDK's HTTP client."
 from __future__ import annotations
 
 import json
+import re
+import signal
+import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +21,7 @@ import pytest
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 
-from issuer.app import HttpRunning, bind, serve_http
+from issuer.app import HttpBounds, HttpRunning, bind, serve_http
 from issuer.keys import KeyRing
 from issuer.oauth.tokens import TokenMinter
 from issuer.store import Store
@@ -262,3 +266,36 @@ def test_tokens_verify_with_the_keys_the_issuer_publishes(store: Store) -> None:
             issuer.close()
     assert accepted.status_code == 200
     assert with_new_key.status_code == 401  # the set is fetched again REFETCH s later at most
+
+
+def test_the_command_serves_within_the_http_bounds_and_stops_on_sigterm(store: Store) -> None:
+    """``tessera admin-mcp --http`` is served as every Tessera HTTP door is: a head past
+    the bound is 431, and SIGTERM stops it cleanly."""
+    exe = Path(sys.executable).parent / "tessera"
+    process = subprocess.Popen(
+        [
+            *(str(exe), "admin-mcp", "--store", store.url, "--policies", str(SHIPPED_POLICIES)),
+            *("--http", "127.0.0.1:0", "--issuer", ISSUER),
+        ],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stderr is not None
+        said = ""
+        for _ in range(50):  # the banner, after what the MCP SDK logs as it starts
+            said += process.stderr.readline()
+            found = re.search(r"Streamable HTTP at (http://127\.0\.0\.1:\d+/mcp)", said)
+            if found or process.poll() is not None:
+                break
+        assert found, said
+        huge = {"x-filler": "a" * (HttpBounds().head_bytes + 1)}
+        response = httpx.post(found.group(1), headers=huge, timeout=10.0)
+        assert response.status_code == 431, response.text
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=20)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(timeout=10)
+    assert process.returncode == 0
