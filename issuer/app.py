@@ -512,6 +512,7 @@ async def serve_http(
         # The peer is whoever connected: a client_cert_proxies check must not be met, or
         # missed, by what an X-Forwarded-For header says (uvicorn believes loopback's)
         proxy_headers=False,
+        server_header=False,  # no "server: uvicorn" to fingerprint the stack by
         h11_max_incomplete_event_size=bounds.head_bytes,
         timeout_keep_alive=bounds.keep_alive,
         limit_concurrency=bounds.concurrency,

@@ -44,6 +44,9 @@ def test_a_request_within_the_bounds_is_answered(server: HttpServer) -> None:
         answer = read_answer(conn)
     assert answer.startswith(b"HTTP/1.1 200"), answer
     assert answer.endswith(b"hello")
+    head = answer.split(b"\r\n\r\n", 1)[0].lower()
+    assert b"\r\ndate: " in head  # RFC 9110 §6.6.1: a server with a clock sends it
+    assert b"\r\nserver:" not in head  # nothing to fingerprint the HTTP stack by
 
 
 def test_a_head_that_does_not_arrive_in_time_is_408(server: HttpServer) -> None:
