@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import signal
 import socket
 import ssl
 from collections.abc import Callable, Iterable, Iterator
@@ -529,6 +530,13 @@ async def serve_http(
         sock.close()
         raise OSError(f"cannot serve HTTP on {sock.getsockname()}")
     return HttpRunning(server, task, sock.getsockname()[1])
+
+
+def on_stop_signals(act: Callable[[], None]) -> None:
+    """Have the running loop call ``act`` on SIGINT or SIGTERM (replacing what it did)."""
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, act)
 
 
 async def start_http(

@@ -37,7 +37,15 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from issuer.app import SCIM_PATH, HttpRunning, bind, issuer_routes, serve_http, unrouted
+from issuer.app import (
+    SCIM_PATH,
+    HttpRunning,
+    bind,
+    issuer_routes,
+    on_stop_signals,
+    serve_http,
+    unrouted,
+)
 from issuer.keys import KeyRing, ScheduledRotation
 from issuer.oauth.ciba import HumanHook
 from issuer.oauth.endpoints import METADATA_PATH, AuthorizationServer
@@ -680,9 +688,7 @@ def _reload_on_hangup(running: Running) -> None:
 async def _until_signalled(running: Running, http: HttpRunning | None) -> None:
     """Wait for SIGINT or SIGTERM; after it, a second one ends the drain at once."""
     stopping = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stopping.set)
+    on_stop_signals(stopping.set)
     await stopping.wait()
 
     def at_once() -> None:
@@ -691,8 +697,7 @@ async def _until_signalled(running: Running, http: HttpRunning | None) -> None:
         if http is not None:
             http.hurry()
 
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, at_once)
+    on_stop_signals(at_once)
 
 
 async def _drain(running: Running, http: HttpRunning | None, grace: float) -> None:

@@ -23,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-import signal
 import socket
 import time
 from typing import TextIO
@@ -37,7 +36,7 @@ from mcp.server.auth.settings import AuthSettings
 from mcp.server.transport_security import TransportSecuritySettings
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from issuer.app import bind, serve_http
+from issuer.app import bind, on_stop_signals, serve_http
 from issuer.keys import KeyRing, PublicKey
 from issuer.oauth.tokens import KeyLookup, ring_lookup
 from issuer.store import Store
@@ -248,9 +247,7 @@ async def _until_signalled(app: ASGIApp, sock: socket.socket, banner: str, err: 
     """Serve ``app`` on ``sock`` as every Tessera HTTP door is served (its bounds, the
     peer as connected), say ``banner`` once serving, and stop on SIGINT or SIGTERM."""
     stopping = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):  # before serving: none is missed
-        loop.add_signal_handler(sig, stopping.set)
+    on_stop_signals(stopping.set)  # before serving: none is missed
     served = await serve_http(app, sock, lifespan=True)
     print(banner, file=err, flush=True)
     await stopping.wait()

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import signal
 
-from issuer.app import bind, serve_http
+from issuer.app import bind, on_stop_signals, serve_http
 from pdp.loader import Loaded
 from pep.mcp_proxy.app import Proxy
 from pep.mcp_proxy.config import ProxyConfig
@@ -16,6 +15,8 @@ async def proxy_forever(config: ProxyConfig, loaded: Loaded | None = None) -> No
     policies as the command loaded them), else on what ``config.policies`` holds."""
     sock = bind(config.host, config.port)
     proxy = Proxy(config, loaded)
+    stopping = asyncio.Event()
+    on_stop_signals(stopping.set)  # before serving: none is missed
     served = await serve_http(proxy.app(), sock, lifespan=True, httptools=True)
     print(
         f"tessera: MCP proxy on http://{config.host}:{served.port} for {config.public_url}",
@@ -33,10 +34,6 @@ async def proxy_forever(config: ProxyConfig, loaded: Loaded | None = None) -> No
     for upstream in config.upstreams:
         target = upstream.url or " ".join(upstream.command)
         print(f"tessera:   {upstream.path} -> {target} ({upstream.name})", flush=True)
-    stopping = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stopping.set)
     await stopping.wait()
     await served.stop()
     if metrics is not None:
