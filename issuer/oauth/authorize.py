@@ -7,11 +7,12 @@ user (``requested_actor``); the consent page names it, the consent is recorded f
 agent, and the access token carries ``may_act`` so that agent (and only it) can exchange
 the token (RFC 8693 §4.4). The redirect carries ``iss`` (RFC 9207).
 
-Users log in with their directory ``userName`` and password. Pending requests, codes and
-login sessions are kept in this process's memory (short-lived; one replica). A redeemed
-code is remembered for :data:`REDEEMED_LIFETIME`, so that presenting it again is known
-for a replay (:class:`CodeReplayed`) and the tokens it gave are revoked (RFC 6749 §4.1.2,
-OAuth 2.1 §4.1.3); later, it is merely unknown.
+Users log in with their directory ``userName`` and password. Pending requests and login
+sessions are kept in this process's memory (short-lived; the pages need sticky sessions).
+Codes are in the store (:mod:`issuer.oauth.codes`): the client's token request may reach
+any worker or replica, and a code presented again after it was redeemed, anywhere, is
+known for a replay (:class:`CodeReplayed`) and the tokens it gave are revoked (RFC 6749
+§4.1.2, OAuth 2.1 §4.1.3).
 """
 
 from __future__ import annotations
@@ -22,8 +23,6 @@ import hmac
 import html
 import re
 import secrets
-import threading
-import uuid
 from dataclasses import dataclass, field
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
@@ -36,14 +35,13 @@ from issuer.agents import Agent, User
 from issuer.hashing import hash_password, verify_password
 from issuer.oauth.bodies import MAX_BODY
 from issuer.oauth.clients import RESERVED_PREFIX, Client, ClientRegistry
+from issuer.oauth.codes import UNKNOWN, Codes, Grant, Issued
 from issuer.oauth.consent import Consents
 from issuer.oauth.errors import OAuthError
 from issuer.store import NotFound, Store
 from issuer.wire import WireError, read_body
 
 SESSION_COOKIE = "tessera_session"
-CODE_LIFETIME = 60  # seconds
-REDEEMED_LIFETIME = 24 * 3600  # seconds a redeemed code is known as such
 PENDING_LIFETIME = 600
 SESSION_LIFETIME = 8 * 3600
 _CHALLENGE = re.compile(r"^[A-Za-z0-9_-]{43}$")  # base64url of a SHA-256 digest
@@ -69,38 +67,6 @@ class Pending:
     csrf: str = field(default_factory=lambda: secrets.token_urlsafe(24))
 
 
-@dataclass(frozen=True)
-class Grant:
-    """What a redeemed code grants."""
-
-    client_id: str
-    user_id: str
-    scopes: tuple[str, ...]
-    resources: tuple[str, ...]
-    actor: str | None
-    grant_id: str = field(default_factory=lambda: uuid.uuid4().hex)  # what its tokens name
-
-
-class CodeReplayed(OAuthError):
-    """A code redeemed before, presented again: refused, and the grant it started (every
-    token it gave) is to be revoked."""
-
-    def __init__(self, grant_id: str, user_id: str) -> None:
-        super().__init__(
-            "invalid_grant", "the code was used before: the tokens it gave are revoked"
-        )
-        self.grant_id = grant_id
-        self.user_id = user_id
-
-
-@dataclass(frozen=True)
-class _Code:
-    grant: Grant
-    redirect_uri: str
-    redirect_given: bool
-    challenge: str
-
-
 class AuthorizationEndpoint:
     """``/oauth/authorize``, ``/oauth/login`` and ``/oauth/consent``, and code redemption."""
 
@@ -118,9 +84,7 @@ class AuthorizationEndpoint:
         self.issuer = issuer
         self.secure_cookies = secure_cookies
         self.pending: TTLCache[str, Pending] = TTLCache(100_000, PENDING_LIFETIME)
-        self.codes: TTLCache[str, _Code] = TTLCache(100_000, CODE_LIFETIME)
-        self.redeemed: TTLCache[str, Grant] = TTLCache(100_000, REDEEMED_LIFETIME)
-        self._codes_lock = threading.Lock()  # redeemed in worker threads; TTLCache is not safe
+        self.codes = Codes(store)
         self.sessions: TTLCache[str, str] = TTLCache(100_000, SESSION_LIFETIME)
 
     # -- /oauth/authorize
@@ -285,7 +249,6 @@ class AuthorizationEndpoint:
             )
         if self.pending.pop(request_id, None) is None:  # one code per request, even when raced
             return _page("Expired", "This request has expired; start again.", 400)
-        code = secrets.token_urlsafe(32)
         grant = Grant(
             client_id=pending.client.client_id,
             user_id=user_id,
@@ -293,9 +256,8 @@ class AuthorizationEndpoint:
             resources=tuple(pending.resources),
             actor=pending.actor,
         )
-        found = _Code(grant, pending.redirect_uri, pending.redirect_given, pending.challenge)
-        with self._codes_lock:
-            self.codes[code] = found
+        issued = Issued(grant, pending.redirect_uri, pending.redirect_given, pending.challenge)
+        code = await to_thread.run_sync(self.codes.issue, issued)
         return self._redirect(pending.redirect_uri, pending.state, code=code)
 
     # -- redemption at the token endpoint
@@ -303,15 +265,9 @@ class AuthorizationEndpoint:
     def redeem(self, code: str, client_id: str, redirect_uri: str | None, verifier: str) -> Grant:
         """The grant of a code, once (RFC 6749 §4.1.3, RFC 7636 §4.6); invalid_grant else,
         :class:`CodeReplayed` for a code redeemed before (by anyone: it leaked)."""
-        with self._codes_lock:
-            found = self.codes.pop(code, None)
-            if found is not None:
-                self.redeemed[code] = found.grant
-            replayed = self.redeemed.get(code) if found is None else None
-        if replayed is not None:
-            raise CodeReplayed(replayed.grant_id, replayed.user_id)
-        if found is None or found.grant.client_id != client_id:
-            raise OAuthError("invalid_grant", "the code is unknown, used, expired or not yours")
+        found = self.codes.take(code)
+        if found.grant.client_id != client_id:
+            raise OAuthError("invalid_grant", UNKNOWN)
         # RFC 6749 §4.1.3: required, and identical, when the authorization request had it
         if redirect_uri != found.redirect_uri and (
             redirect_uri is not None or found.redirect_given

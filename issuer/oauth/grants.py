@@ -42,8 +42,9 @@ from issuer.agents import Agent, User
 from issuer.oauth import revocation
 from issuer.oauth.api_keys import ApiKeys
 from issuer.oauth.authorization_details import authorization_details
-from issuer.oauth.authorize import AuthorizationEndpoint, CodeReplayed, check_resources
+from issuer.oauth.authorize import AuthorizationEndpoint, check_resources
 from issuer.oauth.clients import TOKEN_EXCHANGE, Client
+from issuer.oauth.codes import CodeReplayed
 from issuer.oauth.errors import OAuthError
 from issuer.oauth.inline import may_block
 from issuer.oauth.token_strength import strength_claims

@@ -21,7 +21,7 @@ from issuer.keys import KeyRing
 from issuer.oauth.tokens import ring_lookup
 from issuer.store import open_store
 from issuer.verify import Caller, Reason, Refusal, Verifier, revocations
-from tests.issuer.oauth_server import Registered
+from tests.issuer.oauth_server import Registered, _Running
 from tests.issuer.test_user_flows import (
     RESOURCE,
     App,
@@ -123,6 +123,42 @@ def test_a_replayed_code_revokes_every_token_it_gave_and_what_came_from_them(
     )
     assert live(other["access_token"])
     assert refresh(service, app, other["refresh_token"]).status_code == 200
+
+
+@pytest.fixture
+def replica(service: Service) -> Iterator[httpx.Client]:
+    """Another replica of the issuer: its own process state, the same store opened anew."""
+    store = open_store(service.oauth.store.url)
+    running = _Running(store)
+    try:
+        with httpx.Client(base_url=running.issuer, timeout=10.0) as http:
+            yield http
+    finally:
+        running.close()
+        store.close()
+
+
+def test_a_code_is_redeemed_on_another_replica_and_replayed_on_this_one_revokes(
+    service: Service, browser: httpx.Client, replica: httpx.Client
+) -> None:
+    """The client's token request reaches whichever replica (or worker) it reaches."""
+    user, app = service.add_user(), service.add_app()
+    pkce = Pkce()
+    code = authorize(browser, app, user, pkce).params["code"]
+    form = {
+        "grant_type": "authorization_code",
+        "code": code,
+        "redirect_uri": app.redirect_uri,
+        "client_id": app.client_id,
+        "code_verifier": pkce.verifier,
+    }
+    answered = replica.post("/oauth/token", data=form)
+    assert answered.status_code == 200, answered.text
+    body = expect_error(redeem(service, app, code, pkce), 400, "invalid_grant")
+    assert "used before" in body["error_description"]
+    again = {"grant_type": "refresh_token", "client_id": app.client_id}
+    again["refresh_token"] = answered.json()["refresh_token"]
+    expect_error(replica.post("/oauth/token", data=again), 400, "invalid_grant")
 
 
 def test_a_code_replayed_by_another_client_revokes_its_tokens_too(
