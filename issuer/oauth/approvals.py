@@ -66,7 +66,7 @@ class ApprovalPages:
 
     async def listing(self, request: Request) -> Response:
         """The signed-in person's requests that wait for an answer."""
-        user_id = self.authorization.session_user(request)
+        user_id = await self.authorization.session_user(request)
         if user_id is None:
             return _sign_in(APPROVALS)
         found = await to_thread.run_sync(self.backchannel.pending_for, user_id)
@@ -81,7 +81,7 @@ class ApprovalPages:
     async def approval(self, request: Request) -> Response:
         """GET: the request, to approve or deny; POST: the answer."""
         hashed = request.path_params["id"]
-        user_id = self.authorization.session_user(request)
+        user_id = await self.authorization.session_user(request)
         if user_id is None:
             return _sign_in(f"{APPROVALS}/{hashed}")
         csrf = _csrf(request.cookies.get(SESSION_COOKIE, ""), hashed)

@@ -7,8 +7,9 @@ user (``requested_actor``); the consent page names it, the consent is recorded f
 agent, and the access token carries ``may_act`` so that agent (and only it) can exchange
 the token (RFC 8693 §4.4). The redirect carries ``iss`` (RFC 9207).
 
-Users log in with their directory ``userName`` and password. Pending requests and login
-sessions are kept in this process's memory (short-lived; the pages need sticky sessions).
+Users log in with their directory ``userName`` and password; their sessions are in the
+store (:mod:`issuer.oauth.sessions`). Pending requests are kept in this process's memory
+(short-lived; the pages between ``/oauth/authorize`` and the consent need sticky sessions).
 Codes are in the store (:mod:`issuer.oauth.codes`): the client's token request may reach
 any worker or replica, and a code presented again after it was redeemed, anywhere, is
 known for a replay (:class:`CodeReplayed`) and the tokens it gave are revoked (RFC 6749
@@ -38,12 +39,12 @@ from issuer.oauth.clients import RESERVED_PREFIX, Client, ClientRegistry
 from issuer.oauth.codes import UNKNOWN, Codes, Grant, Issued
 from issuer.oauth.consent import Consents
 from issuer.oauth.errors import OAuthError
+from issuer.oauth.sessions import LIFETIME, Sessions
 from issuer.store import NotFound, Store
 from issuer.wire import WireError, read_body
 
 SESSION_COOKIE = "tessera_session"
 PENDING_LIFETIME = 600
-SESSION_LIFETIME = 8 * 3600
 _CHALLENGE = re.compile(r"^[A-Za-z0-9_-]{43}$")  # base64url of a SHA-256 digest
 _VERIFIER = re.compile(r"^[A-Za-z0-9._~-]{43,128}$")  # RFC 7636 §4.1
 _DUMMY_HASH = hash_password(secrets.token_urlsafe(16))  # equal time for unknown users
@@ -85,7 +86,7 @@ class AuthorizationEndpoint:
         self.secure_cookies = secure_cookies
         self.pending: TTLCache[str, Pending] = TTLCache(100_000, PENDING_LIFETIME)
         self.codes = Codes(store)
-        self.sessions: TTLCache[str, str] = TTLCache(100_000, SESSION_LIFETIME)
+        self.sessions = Sessions(store)
 
     # -- /oauth/authorize
 
@@ -157,9 +158,10 @@ class AuthorizationEndpoint:
             actor_name=actor_name,
         )
 
-    def session_user(self, request: Request) -> str | None:
+    async def session_user(self, request: Request) -> str | None:
         """The user signed in with this request's session cookie, if any."""
-        return self.sessions.get(request.cookies.get(SESSION_COOKIE, ""))
+        cookie = request.cookies.get(SESSION_COOKIE, "")
+        return await to_thread.run_sync(self.sessions.user, cookie) if cookie else None
 
     # -- /oauth/login
 
@@ -181,14 +183,13 @@ class AuthorizationEndpoint:
         if user_id is None:
             error = "Wrong user name or password."
             return _login_page(request_id, error=error, status=401, back=back)
-        session = secrets.token_urlsafe(32)
-        self.sessions[session] = user_id
+        session = await to_thread.run_sync(self.sessions.open, user_id)
         target = back if _RETURN.match(back) else f"/oauth/consent?request={request_id}"
         response = RedirectResponse(target, 303)
         response.set_cookie(
             SESSION_COOKIE,
             session,
-            max_age=SESSION_LIFETIME,
+            max_age=LIFETIME,
             httponly=True,
             samesite="lax",
             secure=self.secure_cookies,
@@ -218,7 +219,7 @@ class AuthorizationEndpoint:
         pending = self.pending.get(request_id)
         if pending is None:
             return _page("Expired", "This request has expired; start again.", 400)
-        user_id = self.session_user(request)
+        user_id = await self.session_user(request)
         if user_id is None:
             return RedirectResponse(f"/oauth/login?request={request_id}", 303)
         if request.method == "GET":

@@ -29,7 +29,7 @@ from issuer.store import NotFound, Store, VersionMismatch
 KIND = "AuthorizationCode"
 CODE_LIFETIME = 60  # seconds a code may be redeemed in
 REDEEMED_LIFETIME = 24 * 3600  # seconds a code is known as redeemed (from its issuance)
-SWEEP = 8  # stored codes looked at, and removed when past REDEEMED_LIFETIME, per issuance
+SWEEP = 8  # stored records looked at, and removed when past their time, per write
 
 
 @dataclass(frozen=True)
@@ -116,16 +116,17 @@ class Codes:
         return issued
 
     def _sweep(self, now: float) -> None:
-        """Remove up to :data:`SWEEP` codes past :data:`REDEEMED_LIFETIME`, from a random
-        place among the keys."""
-        sample = self.store.page(KIND, "", secrets.token_hex(32), SWEEP)
-        gone = {
-            record.id: None
-            for record in sample
-            if now - float(record.data.get("issued", 0)) >= REDEEMED_LIFETIME
-        }
-        if gone:
-            self.store.put(KIND, gone, actor="issuer")
+        sweep(self.store, KIND, "issued", now - REDEEMED_LIFETIME)
+
+
+def sweep(store: Store, kind: str, stamp: str, before: float) -> None:
+    """Remove up to :data:`SWEEP` records of ``kind`` whose time ``stamp`` is ``before``
+    or earlier, looked for from a random place among the keys (hashes), so that records
+    no one reads again go, a few each time another is written."""
+    sample = store.page(kind, "", secrets.token_hex(32), SWEEP)
+    gone = {r.id: None for r in sample if float(r.data.get(stamp, 0)) <= before}
+    if gone:
+        store.put(kind, gone, actor="issuer")
 
 
 def _key(code: str) -> str:

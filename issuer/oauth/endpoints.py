@@ -402,7 +402,7 @@ class AuthorizationServer:
 
     async def my_consents(self, request: Request) -> Response:
         """The signed-in user's consents (GET), or one revoked (DELETE /oauth/consents/ID)."""
-        user_id = self.authorization.session_user(request)
+        user_id = await self.authorization.session_user(request)
         if user_id is None:
             raise OAuthError("login_required", "sign in at /oauth/login first", 401)
         if request.method == "DELETE":

@@ -18,6 +18,7 @@ import httpx
 import pytest
 
 from issuer.keys import KeyRing
+from issuer.oauth.authorize import SESSION_COOKIE
 from issuer.oauth.tokens import ring_lookup
 from issuer.store import open_store
 from issuer.verify import Caller, Reason, Refusal, Verifier, revocations
@@ -159,6 +160,19 @@ def test_a_code_is_redeemed_on_another_replica_and_replayed_on_this_one_revokes(
     again = {"grant_type": "refresh_token", "client_id": app.client_id}
     again["refresh_token"] = answered.json()["refresh_token"]
     expect_error(replica.post("/oauth/token", data=again), 400, "invalid_grant")
+
+
+def test_a_person_signed_in_on_one_replica_is_signed_in_on_another(
+    service: Service, browser: httpx.Client, replica: httpx.Client
+) -> None:
+    """The session is in the store: the approval and consent pages may reach any replica."""
+    user, app = service.add_user(), service.add_app()
+    authorize(browser, app, user, Pkce())  # signs in here, and consents
+    cookies = {SESSION_COOKIE: browser.cookies[SESSION_COOKIE]}
+    listed = replica.get("/oauth/consents", cookies=cookies)
+    assert listed.status_code == 200, listed.text
+    assert [c["client_id"] for c in listed.json()["consents"]] == [app.client_id]
+    expect_error(replica.get("/oauth/consents"), 401, "login_required")
 
 
 def test_a_code_replayed_by_another_client_revokes_its_tokens_too(

@@ -1,0 +1,53 @@
+"""People's sign-in sessions at the issuer, in the store, so that every worker and replica
+knows them: the approval pages (CIBA) and the consent page may reach any of them.
+
+The cookie holds a random session id; the store holds only its SHA-256 (kind
+:data:`KIND`), with the user and the expiry. Sessions are written only when a person
+signs in with their password, so their number is bounded by sign-ins; each sign-in
+removes a few sessions past their expiry (:func:`issuer.oauth.codes.sweep`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import time
+
+from issuer.oauth.codes import sweep
+from issuer.store import NotFound, Store
+
+KIND = "SignInSession"
+LIFETIME = 8 * 3600  # seconds a session lasts
+MAX_COOKIE = 128  # characters of a session id read from a cookie
+
+
+class Sessions:
+    """Sessions over one store; blocking calls (run them off the event loop)."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    def open(self, user_id: str) -> str:
+        """A new session for ``user_id``, stored: the id the cookie carries."""
+        session = secrets.token_urlsafe(32)
+        now = time.time()
+        document = {"user": user_id, "expires": now + LIFETIME}
+        self.store.put(KIND, {_key(session): document}, actor=user_id)
+        sweep(self.store, KIND, "expires", now)
+        return session
+
+    def user(self, session: str) -> str | None:
+        """The user a cookie's session is of, while it lasts; None otherwise."""
+        if not session or len(session) > MAX_COOKIE:
+            return None
+        try:
+            data = self.store.get(KIND, _key(session)).data
+        except NotFound:
+            return None
+        if float(data.get("expires", 0)) <= time.time():
+            return None
+        return str(data["user"])
+
+
+def _key(session: str) -> str:
+    return hashlib.sha256(session.encode()).hexdigest()
