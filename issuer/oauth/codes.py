@@ -16,7 +16,6 @@ as a day's codes.
 
 from __future__ import annotations
 
-import hashlib
 import secrets
 import time
 import uuid
@@ -24,12 +23,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from issuer.oauth.errors import OAuthError
+from issuer.oauth.stored import digest, sweep
 from issuer.store import NotFound, Store, VersionMismatch
 
 KIND = "AuthorizationCode"
 CODE_LIFETIME = 60  # seconds a code may be redeemed in
 REDEEMED_LIFETIME = 24 * 3600  # seconds a code is known as redeemed (from its issuance)
-SWEEP = 8  # stored records looked at, and removed when past their time, per write
 
 
 @dataclass(frozen=True)
@@ -80,7 +79,7 @@ class Codes:
         code = secrets.token_urlsafe(32)
         now = time.time()
         document = {**_document(issued), "issued": now, "redeemed": False}
-        self.store.put(KIND, {_key(code): document}, actor=issued.grant.user_id)
+        self.store.put(KIND, {digest(code): document}, actor=issued.grant.user_id)
         self._sweep(now)
         return code
 
@@ -88,7 +87,7 @@ class Codes:
         """What ``code`` was issued for, marked redeemed: :class:`CodeReplayed` when it was
         redeemed before (here or on another replica), invalid_grant when it is unknown or
         expired. Redeemed even when the caller's checks then fail: a code is tried once."""
-        key = _key(code)
+        key = digest(code)
         try:
             record = self.store.get(KIND, key)
         except NotFound:
@@ -117,20 +116,6 @@ class Codes:
 
     def _sweep(self, now: float) -> None:
         sweep(self.store, KIND, "issued", now - REDEEMED_LIFETIME)
-
-
-def sweep(store: Store, kind: str, stamp: str, before: float) -> None:
-    """Remove up to :data:`SWEEP` records of ``kind`` whose time ``stamp`` is ``before``
-    or earlier, looked for from a random place among the keys (hashes), so that records
-    no one reads again go, a few each time another is written."""
-    sample = store.page(kind, "", secrets.token_hex(32), SWEEP)
-    gone = {r.id: None for r in sample if float(r.data.get(stamp, 0)) <= before}
-    if gone:
-        store.put(kind, gone, actor="issuer")
-
-
-def _key(code: str) -> str:
-    return hashlib.sha256(code.encode()).hexdigest()
 
 
 def _document(issued: Issued) -> dict[str, Any]:

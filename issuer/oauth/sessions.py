@@ -4,21 +4,19 @@ knows them: the approval pages (CIBA) and the consent page may reach any of them
 The cookie holds a random session id; the store holds only its SHA-256 (kind
 :data:`KIND`), with the user and the expiry. Sessions are written only when a person
 signs in with their password, so their number is bounded by sign-ins; each sign-in
-removes a few sessions past their expiry (:func:`issuer.oauth.codes.sweep`).
+removes a few sessions past their expiry (:mod:`issuer.oauth.stored`).
 """
 
 from __future__ import annotations
 
-import hashlib
 import secrets
 import time
 
-from issuer.oauth.codes import sweep
-from issuer.store import NotFound, Store
+from issuer.oauth.stored import digest, live, sweep
+from issuer.store import Store
 
 KIND = "SignInSession"
 LIFETIME = 8 * 3600  # seconds a session lasts
-MAX_COOKIE = 128  # characters of a session id read from a cookie
 
 
 class Sessions:
@@ -32,22 +30,11 @@ class Sessions:
         session = secrets.token_urlsafe(32)
         now = time.time()
         document = {"user": user_id, "expires": now + LIFETIME}
-        self.store.put(KIND, {_key(session): document}, actor=user_id)
+        self.store.put(KIND, {digest(session): document}, actor=user_id)
         sweep(self.store, KIND, "expires", now)
         return session
 
     def user(self, session: str) -> str | None:
         """The user a cookie's session is of, while it lasts; None otherwise."""
-        if not session or len(session) > MAX_COOKIE:
-            return None
-        try:
-            data = self.store.get(KIND, _key(session)).data
-        except NotFound:
-            return None
-        if float(data.get("expires", 0)) <= time.time():
-            return None
-        return str(data["user"])
-
-
-def _key(session: str) -> str:
-    return hashlib.sha256(session.encode()).hexdigest()
+        data = live(self.store, KIND, session)
+        return None if data is None else str(data["user"])

@@ -16,12 +16,12 @@ import secrets
 import time
 from dataclasses import dataclass
 
-from issuer.store import NotFound, Store
+from issuer.oauth.stored import digest, live
+from issuer.store import Store
 
 KIND = "ConsoleSession"
 LIFETIME = 8 * 3600  # seconds a session lasts, however active
 COOKIE = "tessera_console"
-MAX_COOKIE = 128  # characters of a session id read from a cookie
 
 
 @dataclass(frozen=True)
@@ -44,10 +44,6 @@ class Session:
         return hmac.compare_digest(self.csrf, token)
 
 
-def _key(session_id: str) -> str:
-    return hashlib.sha256(session_id.encode()).hexdigest()
-
-
 class Sessions:
     """Sessions over one store; blocking calls (run them off the event loop)."""
 
@@ -58,21 +54,16 @@ class Sessions:
         """A new session for ``operator``, stored."""
         session = Session(secrets.token_urlsafe(32), operator, name, time.time() + LIFETIME)
         document = {"operator": operator, "name": name, "expires": session.expires}
-        self.store.put(KIND, {_key(session.id): document}, actor=operator)
+        self.store.put(KIND, {digest(session.id): document}, actor=operator)
         return session
 
     def find(self, session_id: str) -> Session | None:
         """The live session of a cookie's id, or None."""
-        if not session_id or len(session_id) > MAX_COOKIE:
-            return None
-        try:
-            data = self.store.get(KIND, _key(session_id)).data
-        except NotFound:
-            return None
-        if float(data.get("expires", 0)) <= time.time():
+        data = live(self.store, KIND, session_id)
+        if data is None:
             return None
         return Session(session_id, str(data["operator"]), str(data["name"]), data["expires"])
 
     def close(self, session: Session) -> None:
         """End a session everywhere: the store forgets it."""
-        self.store.put(KIND, {_key(session.id): None}, actor=session.operator)
+        self.store.put(KIND, {digest(session.id): None}, actor=session.operator)

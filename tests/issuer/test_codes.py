@@ -105,7 +105,7 @@ def test_a_sweep_removes_the_codes_past_their_day_and_keeps_the_rest(
     for _ in range(5):
         codes.issue(ISSUED)
     now[0] += REDEEMED_LIFETIME
-    monkeypatch.setattr("issuer.oauth.codes.secrets.token_hex", lambda _: "")  # from the start
+    monkeypatch.setattr("issuer.oauth.stored.secrets.token_hex", lambda _: "")  # from the start
     fresh = {codes.issue(ISSUED) for _ in range(3)}  # each issuance sweeps from the start
     assert len(store.list(KIND)) == 3
     for code in fresh:

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from issuer.oauth.sessions import KIND, LIFETIME, MAX_COOKIE, Sessions
+from issuer.oauth.sessions import KIND, LIFETIME, Sessions
+from issuer.oauth.stored import MAX_SECRET
 from issuer.store import Store, open_store
 
 
@@ -31,7 +32,7 @@ def test_the_store_keeps_a_digest_of_the_cookie_and_odd_cookies_are_nobody(
     session = sessions.open("user-1")
     (record,) = store.list(KIND)
     assert session not in record.id and session not in str(record.data)
-    for cookie in ("", "x" * (MAX_COOKIE + 1), session[:-1]):
+    for cookie in ("", "x" * (MAX_SECRET + 1), session[:-1]):
         assert sessions.user(cookie) is None
 
 
@@ -42,7 +43,7 @@ def test_a_sign_in_sweeps_expired_sessions(store: Store, monkeypatch: pytest.Mon
     for _ in range(4):
         sessions.open("user-1")
     now[0] += LIFETIME + 1
-    monkeypatch.setattr("issuer.oauth.codes.secrets.token_hex", lambda _: "")  # from the start
+    monkeypatch.setattr("issuer.oauth.stored.secrets.token_hex", lambda _: "")  # from the start
     kept = sessions.open("user-2")
     assert len(store.list(KIND)) == 1
     assert sessions.user(kept) == "user-2"
