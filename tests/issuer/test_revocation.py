@@ -168,8 +168,8 @@ def test_a_person_signed_in_on_one_replica_is_signed_in_on_another(
     """The session is in the store: the approval and consent pages may reach any replica."""
     user, app = service.add_user(), service.add_app()
     authorize(browser, app, user, Pkce())  # signs in here, and consents
-    cookies = {SESSION_COOKIE: browser.cookies[SESSION_COOKIE]}
-    listed = replica.get("/oauth/consents", cookies=cookies)
+    cookie = {"Cookie": f"{SESSION_COOKIE}={browser.cookies[SESSION_COOKIE]}"}
+    listed = replica.get("/oauth/consents", headers=cookie)
     assert listed.status_code == 200, listed.text
     assert [c["client_id"] for c in listed.json()["consents"]] == [app.client_id]
     expect_error(replica.get("/oauth/consents"), 401, "login_required")
