@@ -8,12 +8,12 @@ agent, and the access token carries ``may_act`` so that agent (and only it) can 
 the token (RFC 8693 §4.4). The redirect carries ``iss`` (RFC 9207).
 
 Users log in with their directory ``userName`` and password; their sessions are in the
-store (:mod:`issuer.oauth.sessions`). Pending requests are kept in this process's memory
-(short-lived; the pages between ``/oauth/authorize`` and the consent need sticky sessions).
-Codes are in the store (:mod:`issuer.oauth.codes`): the client's token request may reach
-any worker or replica, and a code presented again after it was redeemed, anywhere, is
-known for a replay (:class:`CodeReplayed`) and the tokens it gave are revoked (RFC 6749
-§4.1.2, OAuth 2.1 §4.1.3).
+store (:mod:`issuer.oauth.sessions`). The request waiting for the sign-in and the consent
+travels in the browser, signed by the key ring, and is answered once
+(:mod:`issuer.oauth.pending`). Codes are in the store (:mod:`issuer.oauth.codes`): the
+client's token request may reach any worker or replica, and a code presented again after
+it was redeemed, anywhere, is known for a replay (:class:`CodeReplayed`) and the tokens
+it gave are revoked (RFC 6749 §4.1.2, OAuth 2.1 §4.1.3).
 """
 
 from __future__ import annotations
@@ -24,48 +24,32 @@ import hmac
 import html
 import re
 import secrets
-from dataclasses import dataclass, field
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from anyio import to_thread
-from cachetools import TTLCache
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
 from issuer.agents import Agent, User
 from issuer.hashing import hash_password, verify_password
+from issuer.keys import KeyRing
 from issuer.oauth.bodies import MAX_BODY
 from issuer.oauth.clients import RESERVED_PREFIX, Client, ClientRegistry
 from issuer.oauth.codes import UNKNOWN, Codes, Grant, Issued
 from issuer.oauth.consent import Consents
 from issuer.oauth.errors import OAuthError
+from issuer.oauth.pending import MAX_SEALED, Pending, PendingRequests, csrf_token
 from issuer.oauth.sessions import LIFETIME, Sessions
 from issuer.store import NotFound, Store
 from issuer.wire import WireError, read_body
 
 SESSION_COOKIE = "tessera_session"
-PENDING_LIFETIME = 600
 _CHALLENGE = re.compile(r"^[A-Za-z0-9_-]{43}$")  # base64url of a SHA-256 digest
 _VERIFIER = re.compile(r"^[A-Za-z0-9._~-]{43,128}$")  # RFC 7636 §4.1
 _DUMMY_HASH = hash_password(secrets.token_urlsafe(16))  # equal time for unknown users
+_NOT_PENDING = "This request has expired, or is not one of ours; start again."
 # where a sign-in may lead back to, besides a pending authorization: the approval pages
 _RETURN = re.compile(r"^/oauth/approvals(/[0-9a-f]{64})?$")
-
-
-@dataclass
-class Pending:
-    """An authorization request waiting for the user to log in and consent."""
-
-    client: Client
-    redirect_uri: str
-    state: str | None
-    scopes: list[str]
-    resources: list[str]
-    challenge: str
-    actor: str | None
-    actor_name: str | None
-    redirect_given: bool  # whether the request named its redirect_uri
-    csrf: str = field(default_factory=lambda: secrets.token_urlsafe(24))
 
 
 class AuthorizationEndpoint:
@@ -74,6 +58,7 @@ class AuthorizationEndpoint:
     def __init__(
         self,
         store: Store,
+        keys: KeyRing,
         clients: ClientRegistry,
         consents: Consents,
         issuer: str,
@@ -84,7 +69,7 @@ class AuthorizationEndpoint:
         self.consents = consents
         self.issuer = issuer
         self.secure_cookies = secure_cookies
-        self.pending: TTLCache[str, Pending] = TTLCache(100_000, PENDING_LIFETIME)
+        self.pending = PendingRequests(store, keys, issuer)
         self.codes = Codes(store)
         self.sessions = Sessions(store)
 
@@ -106,8 +91,8 @@ class AuthorizationEndpoint:
         try:
             if repeated:  # RFC 6749 §3.1; resource may repeat (RFC 8707 §2)
                 raise OAuthError("invalid_request", f"{repeated[0]} is given more than once")
-            pending = await to_thread.run_sync(
-                self._pending,
+            sealed = await to_thread.run_sync(
+                self._sealed,
                 client,
                 redirect_uri,
                 params,
@@ -115,13 +100,12 @@ class AuthorizationEndpoint:
             )
         except OAuthError as exc:
             return self._redirect(redirect_uri, state, error=exc.error, desc=exc.description)
-        request_id = secrets.token_urlsafe(24)
-        self.pending[request_id] = pending
-        return RedirectResponse(f"/oauth/consent?request={request_id}", 303)
+        return RedirectResponse(f"/oauth/consent?request={sealed}", 303)
 
-    def _pending(
+    def _sealed(
         self, client: Client, redirect_uri: str, params: dict[str, str], resources: list[str]
-    ) -> Pending:
+    ) -> str:
+        """The request, checked and sealed for the browser to carry to the consent."""
         if params.get("response_type") != "code":
             raise OAuthError("unsupported_response_type", "response_type must be code")
         method = params.get("code_challenge_method")
@@ -137,26 +121,36 @@ class AuthorizationEndpoint:
         if denied:  # Tessera's own scopes are never a user's to grant
             raise OAuthError("invalid_scope", f"scope {denied[0]!r} is not allowed")
         actor = params.get("requested_actor") or None
-        actor_name = None
         if actor is not None:
-            try:
-                agent = Agent.from_scim(actor, self.store.get("Agent", actor).data)
-            except NotFound:
-                raise OAuthError("invalid_request", "requested_actor is not an agent") from None
-            if not agent.active:
-                raise OAuthError("invalid_request", "requested_actor is not an active agent")
-            actor_name = agent.display_name or agent.name
-        return Pending(
-            client=client,
+            self._actor(actor)
+        pending = Pending(
+            client_id=client.client_id,
             redirect_uri=redirect_uri,
             redirect_given="redirect_uri" in params,
             state=params.get("state"),
-            scopes=scopes,
-            resources=resources,
+            scopes=tuple(scopes),
+            resources=tuple(resources),
             challenge=challenge,
             actor=actor,
-            actor_name=actor_name,
         )
+        sealed = self.pending.seal(pending)
+        if len(sealed) > MAX_SEALED:  # the consent page's URL could not carry it
+            raise OAuthError(
+                "invalid_request",
+                f"the request is too large to carry to the consent page: signed, its state, "
+                f"scope and resource take {len(sealed)} characters, at most {MAX_SEALED}",
+            )
+        return sealed
+
+    def _actor(self, actor: str) -> Agent:
+        """The active agent ``requested_actor`` names, or invalid_request."""
+        try:
+            agent = Agent.from_scim(actor, self.store.get("Agent", actor).data)
+        except NotFound:
+            raise OAuthError("invalid_request", "requested_actor is not an agent") from None
+        if not agent.active:
+            raise OAuthError("invalid_request", "requested_actor is not an active agent")
+        return agent
 
     async def session_user(self, request: Request) -> str | None:
         """The user signed in with this request's session cookie, if any."""
@@ -173,8 +167,8 @@ class AuthorizationEndpoint:
             return form
         request_id = form.get("request", "")
         back = form.get("return", "")
-        if not _RETURN.match(back) and request_id not in self.pending:
-            return _page("Expired", "This sign-in request has expired; start again.", 400)
+        if not _RETURN.match(back) and await self._open(request_id) is None:
+            return _page("Expired", _NOT_PENDING, 400)
         if request.method == "GET":
             return _login_page(request_id, error=None, back=back)
         user_id = await to_thread.run_sync(
@@ -216,50 +210,68 @@ class AuthorizationEndpoint:
         if isinstance(form, Response):
             return form
         request_id = form.get("request") or request.query_params.get("request", "")
-        pending = self.pending.get(request_id)
+        pending = await self._open(request_id)
         if pending is None:
-            return _page("Expired", "This request has expired; start again.", 400)
+            return _page("Expired", _NOT_PENDING, 400)
         user_id = await self.session_user(request)
         if user_id is None:
             return RedirectResponse(f"/oauth/login?request={request_id}", 303)
-        if request.method == "GET":
-            covered = await to_thread.run_sync(
-                self.consents.covers,
-                user_id,
-                pending.client.client_id,
-                pending.actor,
-                pending.scopes,
+        session = request.cookies.get(SESSION_COOKIE, "")
+        if request.method == "POST":
+            expected = csrf_token(pending, session).encode()
+            if not hmac.compare_digest(form.get("csrf", "").encode(), expected):
+                return _page("Refused", "The form is stale or forged; start again.", 400)
+            allow = form.get("decision") == "allow"
+        else:
+            allow = True  # shown no page when every scope was consented to before
+        return await to_thread.run_sync(
+            self._answered, request_id, pending, user_id, session, request.method == "GET", allow
+        )
+
+    async def _open(self, request_id: str) -> Pending | None:
+        return await to_thread.run_sync(self.pending.open, request_id)
+
+    def _answered(
+        self,
+        request_id: str,
+        pending: Pending,
+        user_id: str,
+        session: str,
+        may_ask: bool,
+        allow: bool,
+    ) -> Response:
+        """The consent page when it ``may_ask`` and the person has not consented to every
+        scope before; else the request answered (``allow`` or not), once."""
+        client = self.clients.get(pending.client_id)
+        if client is None or pending.redirect_uri not in client.redirect_uris:
+            return _page("Unknown client", "This application is not registered here.", 400)
+        scopes = list(pending.scopes)
+        try:
+            agent = self._actor(pending.actor) if pending.actor is not None else None
+        except OAuthError as exc:  # suspended or removed since the request
+            return self._redirect(
+                pending.redirect_uri, pending.state, error=exc.error, desc=exc.description
             )
-            if not covered:
-                return _consent_page(request_id, pending)
-        elif not hmac.compare_digest(form.get("csrf", ""), pending.csrf):
-            return _page("Refused", "The form is stale or forged; start again.", 400)
-        elif form.get("decision") != "allow":
-            if self.pending.pop(request_id, None) is None:  # answered concurrently
-                return _page("Expired", "This request has expired; start again.", 400)
+        if may_ask and not self.consents.covers(user_id, client.client_id, pending.actor, scopes):
+            csrf = csrf_token(pending, session)
+            return _consent_page(request_id, csrf, client, agent, scopes)
+        if not self.pending.answer(pending, user_id):  # one answer per request, anywhere
+            return _page("Expired", "This request was answered before; start again.", 400)
+        if not allow:
             return self._redirect(
                 pending.redirect_uri, pending.state, error="access_denied", desc="the user said no"
             )
-        else:
-            await to_thread.run_sync(
-                self.consents.grant,
-                user_id,
-                pending.client.client_id,
-                pending.actor,
-                pending.scopes,
-            )
-        if self.pending.pop(request_id, None) is None:  # one code per request, even when raced
-            return _page("Expired", "This request has expired; start again.", 400)
+        if not may_ask:  # the person allowed on the page
+            self.consents.grant(user_id, client.client_id, pending.actor, scopes)
         grant = Grant(
-            client_id=pending.client.client_id,
+            client_id=client.client_id,
             user_id=user_id,
-            scopes=tuple(pending.scopes),
-            resources=tuple(pending.resources),
+            scopes=pending.scopes,
+            resources=pending.resources,
             actor=pending.actor,
         )
         issued = Issued(grant, pending.redirect_uri, pending.redirect_given, pending.challenge)
-        code = await to_thread.run_sync(self.codes.issue, issued)
-        return self._redirect(pending.redirect_uri, pending.state, code=code)
+        return self._redirect(pending.redirect_uri, pending.state, code=self.codes.issue(issued))
 
     # -- redemption at the token endpoint
 
@@ -352,18 +364,19 @@ def _login_page(
     return _html("Sign in to Tessera", body, status)
 
 
-def _consent_page(request_id: str, pending: Pending) -> HTMLResponse:
-    client = html.escape(pending.client.name or pending.client.client_id)
-    who = f"<strong>{client}</strong>"
-    if pending.actor is not None:
-        agent = html.escape(pending.actor_name or pending.actor)
-        who += f" and the agent <strong id='agent'>{agent}</strong>, acting for you,"
-    scopes = "".join(f"<li>{html.escape(s)}</li>" for s in pending.scopes) or "<li>(none)</li>"
+def _consent_page(
+    request_id: str, csrf: str, client: Client, agent: Agent | None, scopes: list[str]
+) -> HTMLResponse:
+    who = f"<strong>{html.escape(client.name or client.client_id)}</strong>"
+    if agent is not None:
+        name = html.escape(agent.display_name or agent.name or agent.id)
+        who += f" and the agent <strong id='agent'>{name}</strong>, acting for you,"
+    items = "".join(f"<li>{html.escape(s)}</li>" for s in scopes) or "<li>(none)</li>"
     body = (
-        f"<p>{who} would like to:</p><ul id='scopes'>{scopes}</ul>"
+        f"<p>{who} would like to:</p><ul id='scopes'>{items}</ul>"
         "<form method='post' action='/oauth/consent'>"
         f"<input type='hidden' name='request' value='{html.escape(request_id)}'>"
-        f"<input type='hidden' name='csrf' value='{html.escape(pending.csrf)}'>"
+        f"<input type='hidden' name='csrf' value='{html.escape(csrf)}'>"
         "<button name='decision' value='allow' type='submit'>Allow</button> "
         "<button name='decision' value='deny' type='submit'>Deny</button></form>"
     )

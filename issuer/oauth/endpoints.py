@@ -125,6 +125,7 @@ class AuthorizationServer:
         self._administrators = self.administrators([self.issuer])
         self.authorization = AuthorizationEndpoint(
             store,
+            keys,
             self.clients,
             self.consents,
             self.issuer,

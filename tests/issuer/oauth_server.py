@@ -52,17 +52,20 @@ ASSERTION_LIFETIME = 60  # seconds; the server accepts at most 300
 
 class _Running(HttpServer):
     """The issuer's application with the authorization server on 127.0.0.1; ``options`` go
-    to :class:`AuthorizationServer` (exchange_check, client_cert_header…)."""
+    to :class:`AuthorizationServer` (exchange_check, client_cert_header…). Its issuer
+    identifier is its own URL unless ``issuer`` names another's (a replica's)."""
 
     def __init__(
         self,
         store: Store,
         tls: tuple[str, str] | None = None,
         client_ca: str | None = None,
+        issuer: str | None = None,
         **options: Any,
     ) -> None:
         def build(port: int) -> ASGIApp:
-            self.issuer = f"https://localhost:{port}" if tls else f"http://127.0.0.1:{port}"
+            self.url = f"https://localhost:{port}" if tls else f"http://127.0.0.1:{port}"
+            self.issuer = issuer or self.url
             admin = BootstrapToken(TOKEN)
             self.keys = KeyRing(store)
             self.server = AuthorizationServer(store, self.keys, self.issuer, admin, **options)
@@ -352,7 +355,7 @@ def oauth_service(
             running = _Running(store, **server)
             try:
                 options = {"timeout": TIMEOUT, **(http_options or {})}
-                with httpx.Client(base_url=running.issuer, **options) as http:
+                with httpx.Client(base_url=running.url, **options) as http:
                     yield OAuthService(
                         backend, running.issuer, store, running.keys, running.server, http, url=url
                     )

@@ -26,17 +26,22 @@ from tests.issuer.oauth_server import Registered, _Running
 from tests.issuer.test_user_flows import (
     RESOURCE,
     App,
+    Page,
     Pkce,
     Service,
     agent_token,
     authorize,
+    authorize_params,
     browser,
     browsers,
+    callback,
     delegation,
     exchange,
     expect_error,
+    expect_page,
     redeem,
     refresh,
+    request_id,
     service,
     user_tokens,
 )
@@ -128,11 +133,12 @@ def test_a_replayed_code_revokes_every_token_it_gave_and_what_came_from_them(
 
 @pytest.fixture
 def replica(service: Service) -> Iterator[httpx.Client]:
-    """Another replica of the issuer: its own process state, the same store opened anew."""
+    """Another replica of the issuer: its own process state, the same store opened anew,
+    the same issuer identifier."""
     store = open_store(service.oauth.store.url)
-    running = _Running(store)
+    running = _Running(store, issuer=service.issuer)
     try:
-        with httpx.Client(base_url=running.issuer, timeout=10.0) as http:
+        with httpx.Client(base_url=running.url, timeout=10.0) as http:
             yield http
     finally:
         running.close()
@@ -173,6 +179,26 @@ def test_a_person_signed_in_on_one_replica_is_signed_in_on_another(
     assert listed.status_code == 200, listed.text
     assert [c["client_id"] for c in listed.json()["consents"]] == [app.client_id]
     expect_error(replica.get("/oauth/consents"), 401, "login_required")
+
+
+def test_a_request_made_on_one_replica_is_signed_in_and_answered_once_on_another(
+    service: Service, browser: httpx.Client, replica: httpx.Client
+) -> None:
+    """The request waiting for the sign-in travels in the browser: any replica (or worker)
+    the login and consent pages reach takes it, and one answer, anywhere, ends it."""
+    user, app = service.add_user(), service.add_app()
+    pkce = Pkce()
+    response = browser.get("/oauth/authorize", params=authorize_params(app, pkce))
+    pending = request_id(response, "/oauth/consent")
+    form = {"request": pending, "username": user.name, "password": user.password}
+    assert request_id(replica.post("/oauth/login", data=form), "/oauth/consent") == pending
+    page = Page(replica.get("/oauth/consent", params={"request": pending}).text)
+    answer = {"request": pending, "csrf": page.inputs["csrf"], "decision": "allow"}
+    code = callback(replica.post("/oauth/consent", data=answer), app)["code"]
+    assert redeem(service, app, code, pkce).status_code == 200
+    cookie = {"Cookie": f"{SESSION_COOKIE}={replica.cookies[SESSION_COOKIE]}"}
+    again = browser.post("/oauth/consent", data=answer, headers=cookie)
+    assert "answered before" in expect_page(again, 400)
 
 
 def test_a_code_replayed_by_another_client_revokes_its_tokens_too(

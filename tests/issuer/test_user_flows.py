@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import secrets
 import threading
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
@@ -29,9 +31,11 @@ from authlib.integrations.httpx_client import OAuth2Client  # type: ignore[impor
 
 from issuer import wire
 from issuer.hashing import hash_password
+from issuer.keys import KeyRing
 from issuer.oauth.authorize import SESSION_COOKIE
 from issuer.oauth.bodies import MAX_BODY
 from issuer.oauth.grants import Exchange
+from issuer.oauth.pending import Pending, PendingRequests
 from tests.issuer.conftest import TIMEOUT, unique
 from tests.issuer.oauth_server import OAuthService, Registered, oauth_service
 from tests.servers import send_raw
@@ -738,6 +742,21 @@ def test_a_scope_beyond_the_clients_is_invalid_scope(
     assert expect_redirect_error(response, app, "invalid_scope")["state"] == STATE
 
 
+def test_a_request_too_large_to_carry_to_the_consent_page_is_invalid_request(
+    service: Service, browser: httpx.Client
+) -> None:
+    app = service.add_app()
+    state = "s" * 7_000  # fits the 16 KiB head; signed with the rest, over 8,192 characters
+    response = browser.get("/oauth/authorize", params=authorize_params(app, Pkce(), state=state))
+    params = expect_redirect_error(response, app, "invalid_request")
+    assert "too large to carry to the consent page" in params["error_description"]
+    assert params["state"] == state
+    smaller = browser.get(
+        "/oauth/authorize", params=authorize_params(app, Pkce(), state="s" * 3_000)
+    )
+    assert request_id(smaller, "/oauth/consent")
+
+
 @pytest.mark.parametrize("which", ["suspended", "retired", "unknown", "a user"])
 def test_a_requested_actor_that_is_not_an_active_agent_is_invalid_request(
     service: Service, browser: httpx.Client, which: str
@@ -884,6 +903,100 @@ def test_the_consent_form_gives_one_code_even_when_posted_concurrently(
         responses = list(pool.map(lambda _: browser.post("/oauth/consent", data=form), range(6)))
     statuses = sorted(r.status_code for r in responses)
     assert statuses == [303, 400, 400, 400, 400, 400], [r.text for r in responses]
+
+
+# ---------------------------------------------------------------- the request the browser carries
+
+
+def sign_in(browser: httpx.Client, pending: str, user: User) -> httpx.Response:
+    form = {"request": pending, "username": user.name, "password": user.password}
+    return browser.post("/oauth/login", data=form)
+
+
+def test_an_authorization_request_stores_nothing_until_a_person_answers_it(
+    service: Service, browser: httpx.Client
+) -> None:
+    """Anyone may call /oauth/authorize: the request it makes travels in the browser."""
+    app = service.add_app()
+    store = service.oauth.store
+    before = store.last_change()
+    response = browser.get("/oauth/authorize", params=authorize_params(app, Pkce()))
+    pending = request_id(response, "/oauth/consent")
+    assert request_id(browser.get("/oauth/consent", params={"request": pending}), "/oauth/login")
+    assert "Sign in" in browser.get("/oauth/login", params={"request": pending}).text
+    assert store.last_change() == before
+
+
+def test_a_request_altered_in_the_browser_or_another_token_is_an_expired_page(
+    service: Service, browser: httpx.Client
+) -> None:
+    user, app = service.add_user(), service.add_app()
+    response = browser.get("/oauth/authorize", params=authorize_params(app, Pkce()))
+    pending = request_id(response, "/oauth/consent")
+    header, payload, signature = pending.split(".")
+    claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    claims["redirect_uri"] = "https://attacker.example/cb"
+    altered = base64.urlsafe_b64encode(json.dumps(claims).encode()).rstrip(b"=").decode()
+    access_token = agent_token(service, service.agent_client())  # signed here, not a request
+    forged = [f"{header}.{altered}.{signature}", access_token, pending[:-2], pending + "A", "r"]
+    for bad in forged:
+        assert "expired" in expect_page(sign_in(browser, bad, user), 400)
+    assert request_id(sign_in(browser, pending, user), "/oauth/consent") == pending
+    for bad in forged:
+        assert "expired" in expect_page(browser.get("/oauth/consent", params={"request": bad}), 400)
+    assert consents(browser) == []
+
+
+def test_a_request_past_its_lifetime_is_an_expired_page(
+    service: Service, browser: httpx.Client
+) -> None:
+    user, app = service.add_user(), service.add_app()
+    sealer = PendingRequests(service.oauth.store, KeyRing(service.oauth.store), service.issuer)
+    asked = Pending(
+        client_id=app.client_id,
+        redirect_uri=app.redirect_uri,
+        redirect_given=True,
+        state=STATE,
+        scopes=("read",),
+        resources=(),
+        challenge=Pkce().challenge,
+        actor=None,
+    )
+    late = sealer.seal(replace(asked, expires=int(time.time()) - 1))
+    assert "expired" in expect_page(sign_in(browser, late, user), 400)
+    in_time = sealer.seal(asked)  # the same, sealed the same way, within its lifetime
+    assert request_id(sign_in(browser, in_time, user), "/oauth/consent") == in_time
+
+
+def test_a_consent_form_answers_only_in_the_session_it_was_shown_to(
+    service: Service, browsers: Callable[[], httpx.Client]
+) -> None:
+    user, app = service.add_user(), service.add_app()
+    shown, other = browsers(), browsers()
+    response = shown.get("/oauth/authorize", params=authorize_params(app, Pkce()))
+    pending = request_id(response, "/oauth/consent")
+    for browser in (shown, other):  # the same person, signed in twice
+        assert request_id(sign_in(browser, pending, user), "/oauth/consent") == pending
+    csrf = Page(shown.get("/oauth/consent", params={"request": pending}).text).inputs["csrf"]
+    form = {"request": pending, "csrf": csrf, "decision": "allow"}
+    expect_page(other.post("/oauth/consent", data=form), 400)
+    assert consents(other) == []
+    assert "code" in callback(shown.post("/oauth/consent", data=form), app)
+
+
+def test_a_denied_request_cannot_then_be_allowed(service: Service, browser: httpx.Client) -> None:
+    user, app = service.add_user(), service.add_app()
+    response = browser.get("/oauth/authorize", params=authorize_params(app, Pkce()))
+    pending = request_id(response, "/oauth/consent")
+    sign_in(browser, pending, user)
+    csrf = Page(browser.get("/oauth/consent", params={"request": pending}).text).inputs["csrf"]
+    denied = browser.post(
+        "/oauth/consent", data={"request": pending, "csrf": csrf, "decision": "deny"}
+    )
+    expect_redirect_error(denied, app, "access_denied")
+    again = {"request": pending, "csrf": csrf, "decision": "allow"}
+    assert "answered before" in expect_page(browser.post("/oauth/consent", data=again), 400)
+    assert consents(browser) == []
 
 
 # ---------------------------------------------------------------- refused at /token
