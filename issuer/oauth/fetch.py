@@ -3,9 +3,12 @@
 No redirects are followed, the body is capped, the whole fetch has a deadline, addresses
 outside the public internet are refused (plain http to a loopback name excepted, for
 development), and every failure becomes the caller's OAuth error: a client's URL must
-never make the server hang, read without bound, or reach into its private network. (The
-address is checked before the connection, which resolves again: a DNS rebinding window
-remains.)
+never make the server hang, read without bound, or reach into its private network.
+
+The host's name is resolved once: the connection goes to the address that was checked
+(:class:`Destination`), with the name kept for the ``Host`` header and for the TLS server
+name the certificate is verified against. A name that resolves elsewhere by the time of
+the connection (DNS rebinding) cannot turn the request into one to a private address.
 """
 
 from __future__ import annotations
@@ -14,8 +17,9 @@ import ipaddress
 import socket
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit, urlunsplit
 
 import httpx
 
@@ -35,13 +39,35 @@ def plain_loopback(url: str) -> bool:
         return False
 
 
-def check_destination(url: str, error: Callable[[str], OAuthError]) -> None:
+IpAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+@dataclass(frozen=True)
+class Destination:
+    """Where a request for a client's URL goes: the URL with the checked address in place
+    of the host's name, and the ``Host`` header and TLS server name (the ``sni_hostname``
+    request extension, which certificate verification also uses) that keep the name. A
+    plain-http loopback URL (development) goes as it is."""
+
+    url: str
+    headers: dict[str, str] = field(default_factory=dict)
+    extensions: dict[str, Any] = field(default_factory=dict)
+
+
+def public(address: IpAddress) -> bool:
+    """Whether an address is on the public internet (not private, loopback, link-local,
+    reserved or multicast)."""
+    return address.is_global and not address.is_multicast
+
+
+def check_destination(url: str, error: Callable[[str], OAuthError]) -> Destination:
     """Refuse to reach into private networks (SSRF): every address the host resolves to
     must be public. Plain http to a loopback name is the one exception (development).
     Used for every URL a client makes the server call: fetched documents and CIBA
-    notification endpoints (at registration and before each ping)."""
+    notification endpoints (at registration and before each ping). Where to send the
+    request: to the first address checked, never to a name resolved again."""
     if plain_loopback(url):
-        return
+        return Destination(url)
     parts = urlsplit(url)
     host = parts.hostname or ""
     if parts.scheme != "https":
@@ -50,20 +76,34 @@ def check_destination(url: str, error: Callable[[str], OAuthError]) -> None:
         infos = socket.getaddrinfo(host, parts.port or 443, type=socket.SOCK_STREAM)
     except OSError as exc:
         raise error(f"{url}: cannot resolve {host}: {exc}") from None
-    for info in infos:
-        address = ipaddress.ip_address(info[4][0])
-        if not address.is_global or address.is_multicast:
+    addresses = [ipaddress.ip_address(info[4][0]) for info in infos]
+    for address in addresses:
+        if not public(address):
             raise error(f"{url}: {host} resolves to {address}, which is not a public address")
+    if not addresses:
+        raise error(f"{url}: {host} resolves to no address")
+    return _pinned(parts, host, addresses[0])
+
+
+def _pinned(parts: SplitResult, host: str, address: IpAddress) -> Destination:
+    """The request for ``parts`` sent to ``address``, naming ``host`` (credentials in the
+    URL, and its fragment, left out)."""
+    literal = f"[{address}]" if address.version == 6 else str(address)
+    port = "" if parts.port is None else f":{parts.port}"
+    url = urlunsplit((parts.scheme, literal + port, parts.path, parts.query, ""))
+    named = f"[{host}]" if ":" in host else host  # an IPv6 literal keeps its brackets
+    return Destination(url, {"Host": named + port}, {"sni_hostname": host})
 
 
 def fetch_json(url: str, max_bytes: int, error: Callable[[str], OAuthError]) -> Any:
     """The JSON document at ``url``, or ``error(description)`` raised."""
-    check_destination(url, error)
+    to = check_destination(url, error)
     deadline = time.monotonic() + TIMEOUT
+    headers = {"Accept": "application/json", **to.headers}
     try:
         with (
             httpx.Client(timeout=TIMEOUT, follow_redirects=False) as http,
-            http.stream("GET", url, headers={"Accept": "application/json"}) as response,
+            http.stream("GET", to.url, headers=headers, extensions=to.extensions) as response,
         ):
             if response.status_code != 200:
                 raise error(f"{url} answered {response.status_code}")

@@ -14,7 +14,8 @@ The endpoint is a URL a client makes the server call, so it passes
 :func:`issuer.oauth.fetch.check_destination` before every ping, as at registration: https
 to public addresses only (plain http to a loopback name excepted, for development), so
 that a name that resolves elsewhere since cannot turn a ping into a request into the
-private network.
+private network; the ping's attempts go to the address checked, not to the name
+resolved again (:class:`issuer.oauth.fetch.Destination`).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import logging
 import httpx
 
 from issuer.oauth.errors import OAuthError
-from issuer.oauth.fetch import check_destination
+from issuer.oauth.fetch import Destination, check_destination
 
 log = logging.getLogger("tessera.oauth")
 
@@ -59,16 +60,16 @@ class Notifier:
     async def send(self, endpoint: str, token: str, auth_req_id: str) -> bool:
         """One ping, retried; whether the client took it (a 2xx answer)."""
         try:
-            await asyncio.to_thread(check_destination, endpoint, _refused)
+            to = await asyncio.to_thread(check_destination, endpoint, _refused)
         except OAuthError as exc:
             log.warning("ping not sent: %s", exc.description)
             return False
-        headers = {"Authorization": f"Bearer {token}"}
+        headers = {"Authorization": f"Bearer {token}", **to.headers}
         async with httpx.AsyncClient(timeout=self.timeout, follow_redirects=False) as http:
             for attempt in range(self.attempts):
                 if attempt:
                     await asyncio.sleep(self.backoff * 2 ** (attempt - 1))
-                status = await self._attempt(http, endpoint, headers, auth_req_id)
+                status = await self._attempt(http, endpoint, to, headers, auth_req_id)
                 if status is not None and 200 <= status < 300:
                     return True
                 if status is not None:
@@ -77,14 +78,22 @@ class Notifier:
         return False
 
     async def _attempt(
-        self, http: httpx.AsyncClient, endpoint: str, headers: dict[str, str], auth_req_id: str
+        self,
+        http: httpx.AsyncClient,
+        endpoint: str,
+        to: Destination,
+        headers: dict[str, str],
+        auth_req_id: str,
     ) -> int | None:
-        """One POST within :attr:`timeout` in all: the reply's status (its body is left
-        unread and the connection closed), or None when it failed or took too long."""
+        """One POST to ``endpoint`` (sent ``to`` its checked address) within
+        :attr:`timeout` in all: the reply's status (its body is left unread and the
+        connection closed), or None when it failed or took too long."""
         body = {"auth_req_id": auth_req_id}
         try:
             async with asyncio.timeout(self.timeout):
-                request = http.stream("POST", endpoint, json=body, headers=headers)
+                request = http.stream(
+                    "POST", to.url, json=body, headers=headers, extensions=to.extensions
+                )
                 async with request as answer:
                     return answer.status_code
         except (httpx.HTTPError, TimeoutError) as exc:

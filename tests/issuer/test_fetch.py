@@ -1,0 +1,191 @@
+"""A client's URL is reached at the address that was checked, not at the name resolved
+again (DNS rebinding), for fetched documents and CIBA pings, with the certificate still
+verified against the name.
+
+The name ``docs.rebind.test`` resolves first to 127.0.0.1, the address this test takes
+for the public one, then to 127.0.0.2, a private one, as a name whose owner rebinds it
+between the check and the connection would. The resolver is the one thing that is not
+real here: a test cannot own a DNS name. Both addresses serve HTTPS on loopback with a
+certificate for the name, from a CA the process is told to trust.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import json
+import socket
+import ssl
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+import issuer.oauth.fetch
+from issuer.oauth.errors import OAuthError
+from issuer.oauth.fetch import Destination, check_destination, fetch_json
+from issuer.oauth.ping import Notifier
+
+NAME = "docs.rebind.test"
+CHECKED, PRIVATE = "127.0.0.1", "127.0.0.2"
+
+
+def _certificate(
+    subject: str,
+    key: ec.EllipticCurvePrivateKey,
+    issuer: tuple[x509.Name, ec.EllipticCurvePrivateKey] | None = None,
+) -> x509.Certificate:
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)])
+    signer_name, signer_key = issuer or (name, key)
+    now = datetime.datetime.now(datetime.UTC)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(signer_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(x509.BasicConstraints(ca=issuer is None, path_length=None), critical=True)
+    )
+    if issuer is not None:
+        san = x509.SubjectAlternativeName([x509.DNSName(subject)])
+        builder = builder.add_extension(san, critical=False)
+    return builder.sign(signer_key, hashes.SHA256())
+
+
+@dataclass
+class Site:
+    """An HTTPS server on one loopback address, and the requests it was sent."""
+
+    server: ThreadingHTTPServer
+    seen: list[tuple[str, str, dict[str, str]]] = field(default_factory=list)
+
+
+def _handler(site: Site, served_by: str) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+        def _answer(self) -> None:
+            length = int(self.headers.get("Content-Length") or 0)
+            if length:
+                self.rfile.read(length)
+            site.seen.append((self.command, self.path, dict(self.headers)))
+            body = json.dumps({"served_by": served_by}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        do_GET = do_POST = _answer
+
+    return Handler
+
+
+@dataclass
+class Rebinding:
+    """The two sites, on one port, and how often the name was resolved."""
+
+    port: int
+    sites: dict[str, Site]
+    lookups: list[str]
+
+
+@pytest.fixture
+def rebinding(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Rebinding]:
+    ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    ca = _certificate("rebind test CA", ca_key)
+    leaf = _certificate(NAME, key, (ca.subject, ca_key))
+    pem = serialization.Encoding.PEM
+    (tmp_path / "ca.pem").write_bytes(ca.public_bytes(pem))
+    (tmp_path / "leaf.pem").write_bytes(leaf.public_bytes(pem))
+    (tmp_path / "key.pem").write_bytes(
+        key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(tmp_path / "leaf.pem", tmp_path / "key.pem")
+    sites: dict[str, Site] = {}
+    port = 0
+    for address in (CHECKED, PRIVATE):
+        server = ThreadingHTTPServer((address, port), BaseHTTPRequestHandler)
+        port = server.server_address[1]
+        site = sites[address] = Site(server)
+        server.RequestHandlerClass = _handler(site, address)
+        server.socket = context.wrap_socket(server.socket, server_side=True)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+
+    lookups: list[str] = []
+    resolve = socket.getaddrinfo
+
+    def rebound(host: Any, *args: Any, **kwargs: Any) -> Any:
+        if host not in (NAME, "wrong." + NAME):
+            return resolve(host, *args, **kwargs)
+        lookups.append(host)
+        address = CHECKED if len(lookups) == 1 else PRIVATE
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (address, port))]
+
+    monkeypatch.setattr(socket, "getaddrinfo", rebound)
+    monkeypatch.setattr(issuer.oauth.fetch, "public", lambda address: str(address) == CHECKED)
+    monkeypatch.setenv("SSL_CERT_FILE", str(tmp_path / "ca.pem"))
+    try:
+        yield Rebinding(port, sites, lookups)
+    finally:
+        for site in sites.values():
+            site.server.shutdown()
+            site.server.server_close()
+
+
+def refused(description: str) -> OAuthError:
+    return OAuthError("invalid_client_metadata", description)
+
+
+def test_the_destination_is_the_checked_address_naming_the_host(rebinding: Rebinding) -> None:
+    url = f"https://{NAME}:{rebinding.port}/a/doc.json?v=1#part"
+    assert check_destination(url, refused) == Destination(
+        f"https://{CHECKED}:{rebinding.port}/a/doc.json?v=1",
+        {"Host": f"{NAME}:{rebinding.port}"},
+        {"sni_hostname": NAME},
+    )
+
+
+def test_a_document_is_fetched_from_the_checked_address_when_the_name_rebinds(
+    rebinding: Rebinding,
+) -> None:
+    document = fetch_json(f"https://{NAME}:{rebinding.port}/doc.json", 1_000, refused)
+    assert document == {"served_by": CHECKED}
+    assert rebinding.lookups == [NAME]  # resolved once, by the check
+    (method, path, headers), *more = rebinding.sites[CHECKED].seen
+    assert (method, path, headers["Host"], more) == (
+        "GET",
+        "/doc.json",
+        f"{NAME}:{rebinding.port}",
+        [],
+    )
+    assert rebinding.sites[PRIVATE].seen == []
+
+
+def test_a_ping_goes_to_the_checked_address_when_the_name_rebinds(rebinding: Rebinding) -> None:
+    notifier = Notifier(timeout=5.0, attempts=1)
+    sent = asyncio.run(notifier.send(f"https://{NAME}:{rebinding.port}/notify", "tok", "req-1"))
+    assert sent
+    (method, path, headers), *more = rebinding.sites[CHECKED].seen
+    assert (method, path, headers["Authorization"], more) == ("POST", "/notify", "Bearer tok", [])
+    assert headers["Host"] == f"{NAME}:{rebinding.port}"
+    assert rebinding.sites[PRIVATE].seen == []
+
+
+def test_the_certificate_is_still_verified_against_the_name(rebinding: Rebinding) -> None:
+    """The checked address serves a certificate for NAME only: another name is refused."""
+    with pytest.raises(OAuthError, match="cannot be fetched"):
+        fetch_json(f"https://wrong.{NAME}:{rebinding.port}/doc.json", 1_000, refused)
+    assert rebinding.sites[CHECKED].seen == [] and rebinding.sites[PRIVATE].seen == []
