@@ -252,7 +252,9 @@ class AuthorizationEndpoint:
             return self._redirect(
                 pending.redirect_uri, pending.state, error=exc.error, desc=exc.description
             )
-        if may_ask and not self.consents.covers(user_id, client.client_id, pending.actor, scopes):
+        consent = self.consents.find(user_id, client.client_id, pending.actor)
+        covered = consent is not None and set(scopes) <= consent.scopes
+        if may_ask and not covered:
             csrf = csrf_token(pending, session)
             return _consent_page(request_id, csrf, client, agent, scopes)
         if not self.pending.answer(pending, user_id):  # one answer per request, anywhere
@@ -261,14 +263,15 @@ class AuthorizationEndpoint:
             return self._redirect(
                 pending.redirect_uri, pending.state, error="access_denied", desc="the user said no"
             )
-        if not may_ask:  # the person allowed on the page
-            self.consents.grant(user_id, client.client_id, pending.actor, scopes)
+        if consent is None or not covered:  # the person allowed on the page
+            consent = self.consents.grant(user_id, client.client_id, pending.actor, scopes)
         grant = Grant(
             client_id=client.client_id,
             user_id=user_id,
             scopes=pending.scopes,
             resources=pending.resources,
             actor=pending.actor,
+            consent_id=consent.id,
         )
         issued = Issued(grant, pending.redirect_uri, pending.redirect_given, pending.challenge)
         return self._redirect(pending.redirect_uri, pending.state, code=self.codes.issue(issued))

@@ -41,6 +41,7 @@ class Grant:
     resources: tuple[str, ...]
     actor: str | None
     grant_id: str = field(default_factory=lambda: uuid.uuid4().hex)  # what its tokens name
+    consent_id: str | None = None  # the consent it was given under, which its tokens name too
 
 
 @dataclass(frozen=True)
@@ -127,6 +128,7 @@ def _document(issued: Issued) -> dict[str, Any]:
         "resources": list(grant.resources),
         "actor": grant.actor,
         "grant_id": grant.grant_id,
+        "consent_id": grant.consent_id,
         "redirect_uri": issued.redirect_uri,
         "redirect_given": issued.redirect_given,
         "challenge": issued.challenge,
@@ -141,5 +143,6 @@ def _issued(data: dict[str, Any]) -> Issued:
         resources=tuple(data["resources"]),
         actor=data.get("actor"),
         grant_id=str(data["grant_id"]),
+        consent_id=data.get("consent_id"),
     )
     return Issued(grant, str(data["redirect_uri"]), bool(data["redirect_given"]), data["challenge"])

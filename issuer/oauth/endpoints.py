@@ -411,14 +411,8 @@ class AuthorizationServer:
             revoked = await to_thread.run_sync(self.consents.revoke, consent_id, user_id, user_id)
             if revoked is None:
                 raise OAuthError("invalid_request", f"you have no consent {consent_id!r}", 404)
-            # what the consent allowed stops: the application's refresh tokens for it
-            await to_thread.run_sync(
-                self.grants.revoke_refresh_tokens,
-                user_id,
-                revoked.client_id,
-                revoked.agent_id,
-                user_id,
-            )
+            # what the consent allowed stops: the tokens given under it, and exchanged
+            await to_thread.run_sync(self.grants.consent_withdrawn, revoked, user_id)
             return Response(status_code=204)
         found = await to_thread.run_sync(self.consents.of_user, user_id)
         listing = [

@@ -13,7 +13,9 @@
   resource. The PDP authorizes every exchange (action ``token.exchange``).
 
 The tokens a code, a refresh or an exchange gives name what they come from in their
-``lineage`` claim, so that revoking any of it revokes them (:mod:`issuer.oauth.revocation`).
+``lineage`` claim, so that revoking any of it revokes them (:mod:`issuer.oauth.revocation`):
+a user's tokens name their grant and the consent it was given under, so the user's
+withdrawal of the consent revokes them and what was exchanged from them.
 
 RFC 8693 §2.2.2 picks the exchange's errors: a subject or actor token that is missing,
 invalid, revoked, bound to another certificate or unacceptable by policy (``may_act``,
@@ -45,6 +47,7 @@ from issuer.oauth.authorization_details import authorization_details
 from issuer.oauth.authorize import AuthorizationEndpoint, check_resources
 from issuer.oauth.clients import TOKEN_EXCHANGE, Client
 from issuer.oauth.codes import CodeReplayed
+from issuer.oauth.consent import Consent
 from issuer.oauth.errors import OAuthError
 from issuer.oauth.inline import may_block
 from issuer.oauth.token_strength import strength_claims
@@ -66,6 +69,19 @@ class Exchange:
     chain: tuple[str, ...]  # every actor, outermost (the new one) first
     audience: tuple[str, ...]
     scopes: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Lineage:
+    """What a user's tokens hang on: the grant (the code's id, the refresh tokens'
+    family) and the consent it was given under (None for grants made before consents
+    were named)."""
+
+    family: str
+    consent: str | None = None
+
+    def ids(self) -> list[str]:
+        return [self.family] if self.consent is None else [self.family, self.consent]
 
 
 ExchangeCheck = Callable[[Exchange], str | None]
@@ -210,7 +226,7 @@ class Grants:
             grant.scopes,
             grant.resources,
             grant.actor,
-            grant.grant_id,
+            Lineage(grant.grant_id, grant.consent_id),
             grant.scopes,
             "authorization_code",
         )
@@ -222,15 +238,17 @@ class Grants:
         scopes: Iterable[str],
         audience: Iterable[str],
         actor: str | None,
-        family: str,
+        lineage: Lineage,
         refresh_scopes: Iterable[str],
         grant: str,
     ) -> dict[str, Any]:
         """An access token with ``scopes`` and, for a client that may refresh, a refresh
         token with ``refresh_scopes`` (RFC 6749 §6: a narrower access token keeps them);
-        both hang on ``family``, the grant's id."""
+        both hang on ``lineage``: the grant's id and the consent it was given under."""
         self._active_user(user_id)
-        extra: dict[str, Any] = revocation.lineage_claim([family])
+        if lineage.consent is not None and revocation.is_recorded(self.store, lineage.consent):
+            raise OAuthError("invalid_grant", "the user withdrew the consent")
+        extra: dict[str, Any] = revocation.lineage_claim(lineage.ids())
         if actor is not None:
             extra["may_act"] = {"sub": actor}  # RFC 8693 §4.4
         issued = self.minter.mint(
@@ -249,7 +267,7 @@ class Grants:
                 sorted(set(refresh_scopes)),
                 list(audience),
                 actor,
-                family,
+                lineage,
             )
         return response
 
@@ -270,7 +288,7 @@ class Grants:
         scopes: list[str],
         audience: list[str],
         actor: str | None,
-        family: str,
+        lineage: Lineage,
     ) -> str:
         token = secrets.token_urlsafe(32)
         document = {
@@ -279,15 +297,17 @@ class Grants:
             "scopes": scopes,
             "audience": audience,
             "actor": actor,
-            "family": family,
+            "family": lineage.family,
+            "consent": lineage.consent,
             "expires_at": int(time.time()) + REFRESH_LIFETIME,
             "used": False,
         }
         record = self.store.create(
             REFRESH_KIND, document, unique={"hash": _digest(token)}, actor=client_id
         )
-        # a family revoked meanwhile (a reuse or a code replay raced this) gets no member
-        if not revocation.is_recorded(self.store, family):
+        # a family revoked meanwhile (a reuse, a code replay or a withdrawn consent raced
+        # this) gets no member
+        if not any(revocation.is_recorded(self.store, id_) for id_ in lineage.ids()):
             return token
         with contextlib.suppress(NotFound):
             self.store.delete(REFRESH_KIND, record.id, expected_version=None, actor=client_id)
@@ -333,7 +353,7 @@ class Grants:
             scopes,
             data["audience"],
             data["actor"],
-            data["family"],
+            Lineage(data["family"], data.get("consent")),
             data["scopes"],
             "refresh_token",
         )
@@ -359,14 +379,23 @@ class Grants:
             raise OAuthError("unauthorized_client", "the token was issued to another client")
         self._revoke_family(str(record.data["family"]), str(record.data["user_id"]), client_id)
 
-    def revoke_refresh_tokens(
-        self, user_id: str, client_id: str, agent_id: str | None, actor: str
-    ) -> None:
-        """Revoke the refresh tokens a consent made possible (when the user withdraws it)."""
+    def consent_withdrawn(self, consent: Consent, actor: str) -> None:
+        """Revoke what a consent the user withdrew made possible: every token that names
+        it in its lineage (access tokens, and those exchanged from them), codes not yet
+        redeemed, and the refresh tokens for the same user, client and agent. As for a
+        family, the revocation is recorded first, then the refresh tokens deleted."""
+        revocation.revoke(
+            self.store,
+            consent.id,
+            subject=consent.user_id,
+            exp=0,
+            lifetime=self.minter.lifetime,
+            actor=actor,
+        )
         self._revoke_refresh(
             lambda data: (
                 (data.get("user_id"), data.get("client_id"), data.get("actor"))
-                == (user_id, client_id, agent_id)
+                == (consent.user_id, consent.client_id, consent.agent_id)
             ),
             actor,
         )

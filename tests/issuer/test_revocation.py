@@ -35,6 +35,7 @@ from tests.issuer.test_user_flows import (
     browser,
     browsers,
     callback,
+    consents,
     delegation,
     exchange,
     expect_error,
@@ -237,6 +238,38 @@ def test_revoking_a_token_revokes_the_tokens_exchanged_from_it_transitively_and_
     expect_error(response, 400, "invalid_request")
 
 
+def test_withdrawing_a_consent_revokes_the_tokens_given_under_it_and_exchanged_from_them(
+    service: Service, browser: httpx.Client, live: Live
+) -> None:
+    d = delegation(service, browser)
+    refreshed = refresh(
+        service,
+        d.app,
+        user_tokens(service, browser, d.app, d.user, d.agent.agent_id)["refresh_token"],
+    )
+    assert refreshed.status_code == 200, refreshed.text
+    by_agent = exchanged(service, d.agent, d.subject)
+    pkce = Pkce()
+    unredeemed = authorize(browser, d.app, d.user, pkce, d.agent.agent_id)  # consented before
+    assert unredeemed.steps == ["authorize", "consent"]
+    other_app = service.add_app()  # another consent of the same person stays
+    kept = user_tokens(service, browser, other_app, d.user, d.agent.agent_id)["access_token"]
+    tokens = (d.subject, refreshed.json()["access_token"], by_agent)
+    assert all(live(token) for token in (*tokens, kept))
+
+    [consent] = [c for c in consents(browser) if c["client_id"] == d.app.client_id]
+    assert browser.delete(f"/oauth/consents/{consent['id']}").status_code == 204
+    assert not any(live(token) for token in tokens)
+    assert live(kept)
+    expect_error(refresh(service, d.app, refreshed.json()["refresh_token"]), 400, "invalid_grant")
+    late = expect_error(
+        redeem(service, d.app, unredeemed.params["code"], pkce), 400, "invalid_grant"
+    )
+    assert "withdrew the consent" in late["error_description"]
+    response = exchange(service, d.agent, d.subject, agent_token(service, d.agent))
+    expect_error(response, 400, "invalid_request")
+
+
 def test_revoking_the_agents_actor_token_revokes_what_it_exchanged(
     service: Service, browser: httpx.Client, live: Live
 ) -> None:
@@ -284,14 +317,16 @@ def test_a_client_credentials_token_names_no_lineage_and_revoking_it_revokes_onl
     assert not live(mine) and live(another)
 
 
-def test_tokens_name_the_grant_and_the_tokens_they_come_from(
+def test_tokens_name_the_grant_the_consent_and_the_tokens_they_come_from(
     service: Service, browser: httpx.Client
 ) -> None:
     d = delegation(service, browser)
     subject, actor = service.claims(d.subject), service.claims(d.actor)
-    [grant] = subject["lineage"]
+    [consent] = consents(browser)
+    grant, consent_id = subject["lineage"]
+    assert consent_id == consent["id"]
     response = exchange(service, d.agent, d.subject, d.actor)
     assert response.status_code == 200, response.text
     made = service.claims(response.json()["access_token"])
-    assert made["lineage"] == [grant, subject["jti"], actor["jti"]]
+    assert made["lineage"] == [grant, consent_id, subject["jti"], actor["jti"]]
     assert "lineage" not in actor
