@@ -1,7 +1,9 @@
 """Secrets at rest: users' passwords are kept only as scrypt hashes (RFC 7914).
 
 (Secrets the server generates itself, client secrets and API keys, have 256 bits of
-entropy and are kept as SHA-256 hashes; see ``issuer.oauth.clients.hash_secret``.)"""
+entropy and are kept as SHA-256 hashes; see ``issuer.oauth.clients.hash_secret``.)
+
+A secret or token a request presents is compared with :func:`same_text`."""
 
 from __future__ import annotations
 
@@ -30,3 +32,12 @@ def verify_password(password: str, stored: str) -> bool:
         password.encode(), salt=bytes.fromhex(salt), n=int(n), r=int(r), p=int(p), dklen=32
     )
     return hmac.compare_digest(computed, bytes.fromhex(digest))
+
+
+def same_text(given: str, expected: str) -> bool:
+    """Whether ``given`` is ``expected``, in time that does not tell where they differ.
+    Any text: ``hmac.compare_digest`` raises for strings with a non-ASCII character, which
+    a form, a query or a header may carry."""
+    return hmac.compare_digest(
+        given.encode("utf-8", "surrogatepass"), expected.encode("utf-8", "surrogatepass")
+    )

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import hmac
 import html
 from datetime import UTC, datetime
 from urllib.parse import parse_qsl, quote
@@ -25,6 +24,7 @@ from anyio import to_thread
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
+from issuer.hashing import same_text
 from issuer.oauth.authorize import SESSION_COOKIE, AuthorizationEndpoint
 from issuer.oauth.bodies import MAX_BODY
 from issuer.oauth.ciba import Backchannel, BackchannelRequest
@@ -104,7 +104,7 @@ class ApprovalPages:
             form = dict(parse_qsl((await read_body(request, MAX_BODY)).decode(errors="replace")))
         except WireError as exc:
             return _html("Refused", f"<p>The form was refused: {html.escape(str(exc))}.</p>", 400)
-        if not hmac.compare_digest(form.get("csrf", ""), csrf):
+        if not same_text(form.get("csrf", ""), csrf):
             return _html("Refused", "<p>The form is stale or forged. Nothing was changed.</p>", 400)
         decision = form.get("decision")
         if decision not in ("approve", "deny"):

@@ -31,7 +31,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
 from issuer.agents import Agent, User
-from issuer.hashing import hash_password, verify_password
+from issuer.hashing import hash_password, same_text, verify_password
 from issuer.keys import KeyRing
 from issuer.oauth.bodies import MAX_BODY
 from issuer.oauth.clients import RESERVED_PREFIX, Client, ClientRegistry
@@ -218,8 +218,7 @@ class AuthorizationEndpoint:
             return RedirectResponse(f"/oauth/login?request={request_id}", 303)
         session = request.cookies.get(SESSION_COOKIE, "")
         if request.method == "POST":
-            expected = csrf_token(pending, session).encode()
-            if not hmac.compare_digest(form.get("csrf", "").encode(), expected):
+            if not same_text(form.get("csrf", ""), csrf_token(pending, session)):
                 return _page("Refused", "The form is stale or forged; start again.", 400)
             allow = form.get("decision") == "allow"
         else:

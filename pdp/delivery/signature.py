@@ -11,6 +11,8 @@ from __future__ import annotations
 import hashlib
 import hmac
 
+from issuer.hashing import same_text
+
 HEADER = "Tessera-Signature"
 TOLERANCE = 300  # seconds a receiver accepts between t and its own clock
 
@@ -31,4 +33,4 @@ def verify(secret: str, body: bytes, header: str, now: int, tolerance: int = TOL
     if abs(now - t) > tolerance:
         return False
     expected = signature(secret, body, t).split("v1=", 1)[1]
-    return hmac.compare_digest(expected, parts.get("v1", ""))
+    return same_text(parts.get("v1", ""), expected)

@@ -16,6 +16,7 @@ import secrets
 import time
 from dataclasses import dataclass
 
+from issuer.hashing import same_text
 from issuer.oauth.stored import digest, live
 from issuer.store import Store
 
@@ -41,7 +42,7 @@ class Session:
 
     def checks(self, token: str) -> bool:
         """Whether a form's token is this session's (in constant time)."""
-        return hmac.compare_digest(self.csrf, token)
+        return same_text(token, self.csrf)
 
 
 class Sessions:

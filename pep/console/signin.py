@@ -23,6 +23,7 @@ from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
 from issuer.agents import User, memberships
+from issuer.hashing import same_text
 from issuer.oauth import clients as oauth_clients
 from issuer.oauth.endpoints import AuthorizationServer
 from issuer.oauth.errors import OAuthError
@@ -158,7 +159,7 @@ class SignIn:
         the user held to the admin role."""
         state, verifier, nxt = [*request.cookies.get(LOGIN_COOKIE, "").split(" "), "", ""][:3]
         params = request.query_params
-        if not state or not secrets.compare_digest(state, params.get("state", "")):
+        if not state or not same_text(params.get("state", ""), state):
             return await self.page(request, "The sign-in expired or was not yours; again.", 400)
         if "code" not in params:
             return await self.page(request, f"The issuer refused: {params.get('error')}.", 400)
@@ -184,7 +185,7 @@ class SignIn:
         """Sign in with the bootstrap admin token."""
         form = await read_form(request)
         pre = request.cookies.get(LOGIN_COOKIE + "_pre", "")
-        if form is None or not pre or not secrets.compare_digest(pre, form.get("pre", "")):
+        if form is None or not pre or not same_text(form.get("pre", ""), pre):
             return Response("the form's token is not this browser's", 403)
         found: Any = await self.issuer.oauth.admin(form.get("token", ""))
         if not isinstance(found, Principal):

@@ -297,6 +297,18 @@ def test_a_replayed_approval_changes_nothing(ciba: Ciba) -> None:
     assert poll(ciba, client, auth_req_id).status_code == 200
 
 
+def test_a_form_token_of_any_text_is_refused_as_forged(ciba: Ciba) -> None:
+    client, person = ciba_client(ciba), add_person(ciba)
+    auth_req_id = asked(ciba, client, person)
+    with signed_in(ciba, person) as browser:
+        page = f"/oauth/approvals/{id_hash(auth_req_id)}"
+        assert browser.get(page).status_code == 200
+        for forged in ("é" * 64, "\u2028", "0" * 63 + "ÿ"):
+            refused = browser.post(page, data={"csrf": forged, "decision": "approve"})
+            assert (refused.status_code, "stale or forged" in refused.text) == (400, True)
+    assert error_of(poll(ciba, client, auth_req_id)) == "authorization_pending"
+
+
 def test_a_denied_request_answers_access_denied(ciba: Ciba) -> None:
     client, person = ciba_client(ciba), add_person(ciba)
     auth_req_id = asked(ciba, client, person)

@@ -873,7 +873,7 @@ def test_a_forged_csrf_on_the_consent_form_is_a_400_page_and_grants_nothing(
         data={"request": pending, "username": user.name, "password": user.password},
     )
     page = Page(browser.get("/oauth/consent", params={"request": pending}).text)
-    for forged in ["", "forged", page.inputs["csrf"][:-1]]:
+    for forged in ["", "forged", page.inputs["csrf"][:-1], "é" * 43]:
         response = browser.post(
             "/oauth/consent", data={"request": pending, "csrf": forged, "decision": "allow"}
         )

@@ -144,9 +144,10 @@ def test_the_session_cookie_is_http_only_and_strict(serving: Serving) -> None:
 def test_a_forged_form_is_refused_and_changes_nothing(serving: Serving) -> None:
     agent = add_agent(serving, "forged-target")
     with token_session(serving) as client:
-        forged = {"csrf": "0" * 64, "confirm": "yes"}
-        answer = client.post(f"/console/agents/{agent}/suspend", data=forged)
-        assert answer.status_code == 403
+        for token in ("0" * 64, "é" * 64):  # any text: refused, never an error
+            forged = {"csrf": token, "confirm": "yes"}
+            answer = client.post(f"/console/agents/{agent}/suspend", data=forged)
+            assert answer.status_code == 403, answer.text
         no_token = client.post(f"/console/agents/{agent}/suspend", data={"confirm": "yes"})
         assert no_token.status_code == 403
     assert status_of(serving, agent) == "active"
@@ -168,6 +169,11 @@ def test_a_wrong_bootstrap_token_signs_no_one_in(serving: Serving) -> None:
         assert pre is not None
         answer = client.post("/console/signin/token", data={"pre": pre.group(1), "token": "x"})
         assert answer.status_code == 401
+        forged = client.post("/console/signin/token", data={"pre": "é", "token": TOKEN})
+        assert forged.status_code == 403, forged.text
+        assert client.get("/console/signin/start").status_code == 303  # a state in flight
+        back = client.get("/console/callback", params={"state": "é", "code": "c"})
+        assert (back.status_code, "was not yours" in back.text) == (400, True)
         assert client.get("/console/agents").status_code == 303
 
 
