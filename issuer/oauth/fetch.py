@@ -5,10 +5,12 @@ outside the public internet are refused (plain http to a loopback name excepted,
 development), and every failure becomes the caller's OAuth error: a client's URL must
 never make the server hang, read without bound, or reach into its private network.
 
-The host's name is resolved once: the connection goes to the address that was checked
+The host's name is resolved once: the connection goes to an address that was checked
 (:class:`Destination`), with the name kept for the ``Host`` header and for the TLS server
 name the certificate is verified against. A name that resolves elsewhere by the time of
 the connection (DNS rebinding) cannot turn the request into one to a private address.
+Through a proxy the environment names (``HTTPS_PROXY``), the proxy resolves the name, and
+its own rules decide where requests may go.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 import ipaddress
 import socket
 import time
+import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -40,24 +43,59 @@ def plain_loopback(url: str) -> bool:
 
 
 IpAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+NAT64 = ipaddress.ip_network("64:ff9b::/96")  # IPv4 addresses embedded (RFC 6052)
+LOCAL_NAT64 = ipaddress.ip_network("64:ff9b:1::/48")  # local use (RFC 8215)
 
 
 @dataclass(frozen=True)
 class Destination:
-    """Where a request for a client's URL goes: the URL with the checked address in place
-    of the host's name, and the ``Host`` header and TLS server name (the ``sni_hostname``
-    request extension, which certificate verification also uses) that keep the name. A
-    plain-http loopback URL (development) goes as it is."""
+    """Where requests for a client's URL go.
 
-    url: str
+    ``urls`` is the URL with each checked address in place of the host's name, in the
+    resolver's order: tried in turn while one cannot be connected to, as a connection to
+    the name would be. ``headers`` (``Host``) and ``extensions`` (``sni_hostname``, the
+    TLS server name, which certificate verification also uses) keep the name. A
+    plain-http loopback URL (development), or one the environment sends through a proxy
+    (which resolves the name itself), goes as it is: ``urls`` is the URL alone."""
+
+    urls: tuple[str, ...]
     headers: dict[str, str] = field(default_factory=dict)
     extensions: dict[str, Any] = field(default_factory=dict)
 
 
 def public(address: IpAddress) -> bool:
     """Whether an address is on the public internet (not private, loopback, link-local,
-    reserved or multicast)."""
-    return address.is_global and not address.is_multicast
+    reserved or multicast), and so is the IPv4 address an IPv6 one embeds (mapped,
+    IPv4-compatible, 6to4, Teredo, NAT64)."""
+    if not address.is_global or address.is_multicast:
+        return False
+    if isinstance(address, ipaddress.IPv6Address):
+        if address in LOCAL_NAT64:
+            return False
+        embedded = _embedded(address)
+        return embedded is None or public(embedded)
+    return True
+
+
+def _embedded(address: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    if address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    if address.sixtofour is not None:
+        return address.sixtofour
+    if address.teredo is not None:
+        return address.teredo[1]  # the client's
+    if address in NAT64 or int(address) >> 32 == 0:  # NAT64, IPv4-compatible (::a.b.c.d)
+        return ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
+    return None
+
+
+def proxied(host: str) -> bool:
+    """Whether the environment sends https requests for ``host`` through a proxy (the
+    variables httpx reads too: ``HTTPS_PROXY``, ``ALL_PROXY``, ``NO_PROXY``)."""
+    proxies = urllib.request.getproxies()
+    return bool(proxies.get("https") or proxies.get("all")) and not urllib.request.proxy_bypass(
+        host
+    )
 
 
 def check_destination(url: str, error: Callable[[str], OAuthError]) -> Destination:
@@ -65,58 +103,85 @@ def check_destination(url: str, error: Callable[[str], OAuthError]) -> Destinati
     must be public. Plain http to a loopback name is the one exception (development).
     Used for every URL a client makes the server call: fetched documents and CIBA
     notification endpoints (at registration and before each ping). Where to send the
-    request: to the first address checked, never to a name resolved again."""
+    request: to the addresses checked, never to a name resolved again."""
     if plain_loopback(url):
-        return Destination(url)
+        return Destination((url,))
     parts = urlsplit(url)
-    host = parts.hostname or ""
     if parts.scheme != "https":
         raise error(f"{url}: only https may be fetched")
+    try:  # the name as it goes on the wire: an internationalized one in IDNA
+        host = httpx.URL(url).raw_host.decode("ascii")
+    except (httpx.InvalidURL, UnicodeError, ValueError):
+        raise error(f"{url}: not a valid URL") from None
     try:
         infos = socket.getaddrinfo(host, parts.port or 443, type=socket.SOCK_STREAM)
     except OSError as exc:
         raise error(f"{url}: cannot resolve {host}: {exc}") from None
-    addresses = [ipaddress.ip_address(info[4][0]) for info in infos]
+    addresses = list(dict.fromkeys(ipaddress.ip_address(info[4][0]) for info in infos))
     for address in addresses:
         if not public(address):
             raise error(f"{url}: {host} resolves to {address}, which is not a public address")
     if not addresses:
         raise error(f"{url}: {host} resolves to no address")
-    return _pinned(parts, host, addresses[0])
-
-
-def _pinned(parts: SplitResult, host: str, address: IpAddress) -> Destination:
-    """The request for ``parts`` sent to ``address``, naming ``host`` (credentials in the
-    URL, and its fragment, left out)."""
-    literal = f"[{address}]" if address.version == 6 else str(address)
+    if proxied(host):  # the proxy resolves the name; its rules decide where it may go
+        return Destination((url,))
     port = "" if parts.port is None else f":{parts.port}"
-    url = urlunsplit((parts.scheme, literal + port, parts.path, parts.query, ""))
     named = f"[{host}]" if ":" in host else host  # an IPv6 literal keeps its brackets
-    return Destination(url, {"Host": named + port}, {"sni_hostname": host})
+    urls = tuple(_pinned(parts, address, port) for address in addresses)
+    return Destination(urls, {"Host": named + port}, {"sni_hostname": host})
+
+
+def _pinned(parts: SplitResult, address: IpAddress, port: str) -> str:
+    """The URL ``parts`` names, sent to ``address`` (credentials in the URL, and its
+    fragment, left out)."""
+    literal = f"[{address}]" if address.version == 6 else str(address)
+    return urlunsplit((parts.scheme, literal + port, parts.path, parts.query, ""))
 
 
 def fetch_json(url: str, max_bytes: int, error: Callable[[str], OAuthError]) -> Any:
     """The JSON document at ``url``, or ``error(description)`` raised."""
     to = check_destination(url, error)
     deadline = time.monotonic() + TIMEOUT
-    headers = {"Accept": "application/json", **to.headers}
     try:
-        with (
-            httpx.Client(timeout=TIMEOUT, follow_redirects=False) as http,
-            http.stream("GET", to.url, headers=headers, extensions=to.extensions) as response,
-        ):
-            if response.status_code != 200:
-                raise error(f"{url} answered {response.status_code}")
-            body = b""
-            for chunk in response.iter_bytes():
-                body += chunk
-                if len(body) > max_bytes:
-                    raise error(f"{url} exceeds {max_bytes} bytes")
-                if time.monotonic() > deadline:  # a slow drip must not hold a thread
-                    raise error(f"{url} took longer than {TIMEOUT:g} s")
+        with httpx.Client(timeout=TIMEOUT, follow_redirects=False) as http:
+            for target in to.urls[:-1]:
+                try:
+                    body = _body(http, url, to, target, max_bytes, error, deadline)
+                    break
+                except httpx.ConnectError:  # the next address, as a connection to a name
+                    continue
+            else:
+                body = _body(http, url, to, to.urls[-1], max_bytes, error, deadline)
     except httpx.HTTPError as exc:
         raise error(f"{url} cannot be fetched: {exc}") from None
     try:
         return read_json(body)
     except ValueError:
         raise error(f"{url} is not JSON") from None
+
+
+def _body(
+    http: httpx.Client,
+    url: str,
+    to: Destination,
+    target: str,
+    max_bytes: int,
+    error: Callable[[str], OAuthError],
+    deadline: float,
+) -> bytes:
+    """The body of a 200 answer from ``target`` for ``url``, within ``max_bytes`` and
+    the ``deadline``."""
+    headers = {"Accept": "application/json", **to.headers}
+    timeout = max(deadline - time.monotonic(), 0.001)
+    request = http.stream("GET", target, headers=headers, extensions=to.extensions, timeout=timeout)
+    with request as response:
+        if response.status_code != 200:
+            raise error(f"{url} answered {response.status_code}")
+        body = b""
+        for chunk in response.iter_bytes():
+            body += chunk
+            if len(body) > max_bytes:
+                raise error(f"{url} exceeds {max_bytes} bytes")
+            if time.monotonic() > deadline:  # a slow drip must not hold a thread
+                raise error(f"{url} took longer than {TIMEOUT:g} s")
+    return body

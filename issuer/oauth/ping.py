@@ -91,14 +91,27 @@ class Notifier:
         body = {"auth_req_id": auth_req_id}
         try:
             async with asyncio.timeout(self.timeout):
-                request = http.stream(
-                    "POST", to.url, json=body, headers=headers, extensions=to.extensions
-                )
-                async with request as answer:
-                    return answer.status_code
+                for target in to.urls[:-1]:
+                    try:
+                        return await self._post(http, target, to, headers, body)
+                    except httpx.ConnectError:  # the next address, as to a name
+                        continue
+                return await self._post(http, to.urls[-1], to, headers, body)
         except (httpx.HTTPError, TimeoutError) as exc:
             log.info("ping to %s failed: %s", endpoint, exc or "took too long")
             return None
+
+    @staticmethod
+    async def _post(
+        http: httpx.AsyncClient,
+        target: str,
+        to: Destination,
+        headers: dict[str, str],
+        body: dict[str, str],
+    ) -> int:
+        request = http.stream("POST", target, json=body, headers=headers, extensions=to.extensions)
+        async with request as answer:
+            return answer.status_code
 
     async def drain(self) -> None:
         """Wait for the pings under way (tests; a stopping server)."""

@@ -12,12 +12,15 @@ certificate for the name, from a CA the process is told to trust.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
+import ipaddress
 import json
 import socket
 import ssl
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -94,11 +97,14 @@ def _handler(site: Site, served_by: str) -> type[BaseHTTPRequestHandler]:
 
 @dataclass
 class Rebinding:
-    """The two sites, on one port, and how often the name was resolved."""
+    """The two sites, on one port; the names looked up, in order; what the first lookup
+    answers (later ones answer PRIVATE); the addresses taken for public ones."""
 
     port: int
     sites: dict[str, Site]
     lookups: list[str]
+    first: list[str] = field(default_factory=lambda: [CHECKED])
+    public: set[str] = field(default_factory=lambda: {CHECKED})
 
 
 @pytest.fixture
@@ -124,25 +130,64 @@ def rebinding(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Rebin
         server.socket = context.wrap_socket(server.socket, server_side=True)
         threading.Thread(target=server.serve_forever, daemon=True).start()
 
-    lookups: list[str] = []
     resolve = socket.getaddrinfo
+    rebinding = Rebinding(port, sites, [])
 
     def rebound(host: Any, *args: Any, **kwargs: Any) -> Any:
-        if host not in (NAME, "wrong." + NAME):
+        if not str(host).endswith(NAME):
             return resolve(host, *args, **kwargs)
-        lookups.append(host)
-        address = CHECKED if len(lookups) == 1 else PRIVATE
-        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (address, port))]
+        rebinding.lookups.append(host)
+        addresses = rebinding.first if len(rebinding.lookups) == 1 else [PRIVATE]
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (a, port)) for a in addresses]
 
     monkeypatch.setattr(socket, "getaddrinfo", rebound)
-    monkeypatch.setattr(issuer.oauth.fetch, "public", lambda address: str(address) == CHECKED)
+    monkeypatch.setattr(issuer.oauth.fetch, "public", lambda a: str(a) in rebinding.public)
     monkeypatch.setenv("SSL_CERT_FILE", str(tmp_path / "ca.pem"))
+    for variable in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(variable, raising=False)
     try:
-        yield Rebinding(port, sites, lookups)
+        yield rebinding
     finally:
         for site in sites.values():
             site.server.shutdown()
             site.server.server_close()
+
+
+@contextmanager
+def connect_proxy() -> Iterator[tuple[str, list[str]]]:
+    """An HTTP proxy on 127.0.0.1 that tunnels CONNECT to whatever it is asked for (its
+    URL, and the targets it was asked for)."""
+    asked: list[str] = []
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def pipe(a: socket.socket, b: socket.socket) -> None:
+        with a, b:
+            while chunk := a.recv(65536):
+                b.sendall(chunk)
+
+    def tunnel(client: socket.socket) -> None:
+        head = b""
+        while b"\r\n\r\n" not in head and len(head) < 8192:
+            head += client.recv(4096) or b"\r\n\r\n"
+        target = head.split(b" ")[1].decode()
+        asked.append(target)
+        host, port = target.rsplit(":", 1)
+        upstream = socket.create_connection((host, int(port)), timeout=5)
+        client.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
+        threading.Thread(target=pipe, args=(upstream, client.dup()), daemon=True).start()
+        pipe(client, upstream.dup())
+
+    def serve() -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                client, _ = listener.accept()
+                threading.Thread(target=tunnel, args=(client,), daemon=True).start()
+
+    threading.Thread(target=serve, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}", asked
+    finally:
+        listener.close()
 
 
 def refused(description: str) -> OAuthError:
@@ -152,10 +197,71 @@ def refused(description: str) -> OAuthError:
 def test_the_destination_is_the_checked_address_naming_the_host(rebinding: Rebinding) -> None:
     url = f"https://{NAME}:{rebinding.port}/a/doc.json?v=1#part"
     assert check_destination(url, refused) == Destination(
-        f"https://{CHECKED}:{rebinding.port}/a/doc.json?v=1",
+        (f"https://{CHECKED}:{rebinding.port}/a/doc.json?v=1",),
         {"Host": f"{NAME}:{rebinding.port}"},
         {"sni_hostname": NAME},
     )
+
+
+def test_an_internationalized_name_is_resolved_and_sent_in_idna(rebinding: Rebinding) -> None:
+    ascii_name = "xn--bcher-kva." + NAME
+    to = check_destination(f"https://bücher.{NAME}:{rebinding.port}/doc.json", refused)
+    assert rebinding.lookups == [ascii_name]
+    assert to.headers == {"Host": f"{ascii_name}:{rebinding.port}"}
+    assert to.extensions == {"sni_hostname": ascii_name}
+
+
+def test_the_next_checked_address_is_tried_when_one_cannot_be_reached(
+    rebinding: Rebinding,
+) -> None:
+    """As a connection to a name tries each address: here 127.0.0.3, where nothing
+    listens, then the checked site."""
+    rebinding.first, rebinding.public = ["127.0.0.3", CHECKED], {"127.0.0.3", CHECKED}
+    document = fetch_json(f"https://{NAME}:{rebinding.port}/doc.json", 1_000, refused)
+    assert document == {"served_by": CHECKED}
+    rebinding.lookups.clear()
+    notifier = Notifier(timeout=5.0, attempts=1)
+    assert asyncio.run(notifier.send(f"https://{NAME}:{rebinding.port}/ping", "t", "id"))
+    assert [path for _, path, _ in rebinding.sites[CHECKED].seen] == ["/doc.json", "/ping"]
+    assert rebinding.sites[PRIVATE].seen == []
+
+
+def test_through_a_proxy_the_name_goes_to_the_proxy(
+    rebinding: Rebinding, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The environment's proxy resolves the name itself: it is asked for the name, and
+    the certificate is verified against the name at the end of its tunnel."""
+    with connect_proxy() as (proxy, asked):
+        monkeypatch.setenv("HTTPS_PROXY", proxy)
+        monkeypatch.delenv("NO_PROXY", raising=False)
+        monkeypatch.delenv("no_proxy", raising=False)
+        url = f"https://{NAME}:{rebinding.port}/doc.json"
+        assert check_destination(url, refused) == Destination((url,))
+        rebinding.lookups.clear()
+        assert fetch_json(url, 1_000, refused) == {"served_by": PRIVATE}  # the proxy's lookup
+    assert asked == [f"{NAME}:{rebinding.port}"]
+
+
+@pytest.mark.parametrize(
+    ("address", "is_public"),
+    [
+        ("8.8.8.8", True),
+        ("2606:4700:4700::1111", True),
+        ("64:ff9b::808:808", True),  # NAT64 of 8.8.8.8
+        ("10.0.0.1", False),
+        ("::ffff:10.0.0.1", False),  # IPv4-mapped
+        ("::127.0.0.1", False),  # IPv4-compatible
+        ("64:ff9b::a00:1", False),  # NAT64 of 10.0.0.1
+        ("64:ff9b:1::1", False),  # local-use NAT64
+        ("2002:a00:1::1", False),  # 6to4 of 10.0.0.1
+        ("2001:0:4136:e378:8000:63bf:f5ff:fffe", False),  # Teredo, client 10.0.0.1
+        ("ff02::1", False),
+    ],
+)
+def test_an_address_is_public_only_when_the_ipv4_address_it_embeds_is(
+    address: str, is_public: bool
+) -> None:
+    assert issuer.oauth.fetch.public(ipaddress.ip_address(address)) is is_public
 
 
 def test_a_document_is_fetched_from_the_checked_address_when_the_name_rebinds(
