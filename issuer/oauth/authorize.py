@@ -100,7 +100,7 @@ class AuthorizationEndpoint:
             )
         except OAuthError as exc:
             return self._redirect(redirect_uri, state, error=exc.error, desc=exc.description)
-        return RedirectResponse(f"/oauth/consent?request={sealed}", 303)
+        return _see_other(f"/oauth/consent?request={sealed}")
 
     def _sealed(
         self, client: Client, redirect_uri: str, params: dict[str, str], resources: list[str]
@@ -179,7 +179,7 @@ class AuthorizationEndpoint:
             return _login_page(request_id, error=error, status=401, back=back)
         session = await to_thread.run_sync(self.sessions.open, user_id)
         target = back if _RETURN.match(back) else f"/oauth/consent?request={request_id}"
-        response = RedirectResponse(target, 303)
+        response = _see_other(target)
         response.set_cookie(
             SESSION_COOKIE,
             session,
@@ -215,7 +215,7 @@ class AuthorizationEndpoint:
             return _page("Expired", _NOT_PENDING, 400)
         user_id = await self.session_user(request)
         if user_id is None:
-            return RedirectResponse(f"/oauth/login?request={request_id}", 303)
+            return _see_other(f"/oauth/login?request={request_id}")
         session = request.cookies.get(SESSION_COOKIE, "")
         if request.method == "POST":
             if not same_text(form.get("csrf", ""), csrf_token(pending, session)):
@@ -304,7 +304,7 @@ class AuthorizationEndpoint:
             values["state"] = state
         values["iss"] = self.issuer
         separator = "&" if "?" in uri else "?"
-        return RedirectResponse(f"{uri}{separator}{urlencode(values)}", 303)
+        return _see_other(f"{uri}{separator}{urlencode(values)}")
 
 
 def check_resources(values: list[str]) -> list[str]:
@@ -342,8 +342,16 @@ def _html(title: str, body: str, status: int = 200) -> HTMLResponse:
         f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
         f"<style>{_STYLE}</style></head><body><h1>{html.escape(title)}</h1>{body}</body></html>"
     )
-    headers = {"Cache-Control": "no-store", "X-Frame-Options": "DENY"}
-    return HTMLResponse(page, status, headers=headers)
+    return HTMLResponse(page, status, headers={**_UNCACHED, "X-Frame-Options": "DENY"})
+
+
+# Neither stored nor named in a Referer: the pages' URLs carry the pending request, which
+# a Referer would repeat in the head of the next page's request (the head is bounded).
+_UNCACHED = {"Cache-Control": "no-store", "Referrer-Policy": "no-referrer"}
+
+
+def _see_other(location: str) -> RedirectResponse:
+    return RedirectResponse(location, 303, headers=_UNCACHED)
 
 
 def _page(title: str, message: str, status: int) -> HTMLResponse:

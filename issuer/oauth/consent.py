@@ -86,19 +86,26 @@ class Consents:
             if r.data.get("user_id") == user_id
         ]
 
-    def revoke(self, consent_id: str, user_id: str, actor: str) -> Consent | None:
-        """Delete one of the user's consents; the consent, or None when there is none."""
+    def mine(self, consent_id: str, user_id: str) -> Consent | None:
+        """One of the user's consents, by id; None when the user has no such consent."""
         try:
             record = self.store.get(CONSENT, consent_id)
         except NotFound:
             return None
         if record.data.get("user_id") != user_id:
             return None
+        return _consent(record.id, record.data)
+
+    def revoke(self, consent_id: str, user_id: str, actor: str) -> Consent | None:
+        """Delete one of the user's consents; the consent, or None when there is none."""
+        consent = self.mine(consent_id, user_id)
+        if consent is None:
+            return None
         try:
             self.store.delete(CONSENT, consent_id, expected_version=None, actor=actor)
         except NotFound:
             return None
-        return _consent(record.id, record.data)
+        return consent
 
 
 def _consent(id: str, data: dict[str, object]) -> Consent:

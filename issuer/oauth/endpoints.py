@@ -408,11 +408,14 @@ class AuthorizationServer:
             raise OAuthError("login_required", "sign in at /oauth/login first", 401)
         if request.method == "DELETE":
             consent_id = request.path_params["id"]
-            revoked = await to_thread.run_sync(self.consents.revoke, consent_id, user_id, user_id)
-            if revoked is None:
+            consent = await to_thread.run_sync(self.consents.mine, consent_id, user_id)
+            if consent is None:
                 raise OAuthError("invalid_request", f"you have no consent {consent_id!r}", 404)
-            # what the consent allowed stops: the tokens given under it, and exchanged
-            await to_thread.run_sync(self.grants.consent_withdrawn, revoked, user_id)
+            # What the consent allowed stops first (the tokens given under it, and those
+            # exchanged from them), then the consent goes: a failure between the two
+            # leaves it listed, to withdraw again.
+            await to_thread.run_sync(self.grants.consent_withdrawn, consent, user_id)
+            await to_thread.run_sync(self.consents.revoke, consent_id, user_id, user_id)
             return Response(status_code=204)
         found = await to_thread.run_sync(self.consents.of_user, user_id)
         listing = [

@@ -394,7 +394,8 @@ class Grants:
         )
         self._revoke_refresh(
             lambda data: (
-                (data.get("user_id"), data.get("client_id"), data.get("actor"))
+                data.get("consent") in (consent.id, None)  # None: made before consents were named
+                and (data.get("user_id"), data.get("client_id"), data.get("actor"))
                 == (consent.user_id, consent.client_id, consent.agent_id)
             ),
             actor,

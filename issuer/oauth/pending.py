@@ -13,7 +13,8 @@ session cookie (:func:`csrf_token`): a page of another site can neither read nor
 A request is answered once, on whichever replica (:meth:`PendingRequests.answer`): the
 answer is stored under the SHA-256 of the ``jti``, a unique value, so of two answers
 racing anywhere one is stored and the other refused. Those records are written only by
-signed-in people, and each removes a few past the requests' lifetime.
+signed-in people, and each removes a few past the requests' lifetime (and a margin for
+replicas whose clocks lag).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from issuer.store import Conflict, Store
 KIND = "AuthorizationAnswer"
 TYPE = "tessera-authz-request+jwt"
 LIFETIME = 600  # seconds from /oauth/authorize to the consent's answer
+CLOCK_SKEW = 300  # seconds an answer is kept past LIFETIME, for replicas whose clocks lag
 # characters of a sealed request, made or read: a page's URL carries it within the
 # 16 KiB head every HTTP door takes, with room for the rest of the head
 MAX_SEALED = 8_192
@@ -135,7 +137,7 @@ class PendingRequests:
             )
         except Conflict:
             return False
-        sweep(self.store, KIND, "answered", now - LIFETIME)
+        sweep(self.store, KIND, "answered", now - LIFETIME - CLOCK_SKEW)
         return True
 
 

@@ -26,6 +26,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit, urlunsplit
 
 import httpx
+import jwt
 import pytest
 from authlib.integrations.httpx_client import OAuth2Client  # type: ignore[import-untyped]
 
@@ -922,9 +923,14 @@ def test_an_authorization_request_stores_nothing_until_a_person_answers_it(
     before = store.last_change()
     response = browser.get("/oauth/authorize", params=authorize_params(app, Pkce()))
     pending = request_id(response, "/oauth/consent")
-    assert request_id(browser.get("/oauth/consent", params={"request": pending}), "/oauth/login")
-    assert "Sign in" in browser.get("/oauth/login", params={"request": pending}).text
+    to_login = browser.get("/oauth/consent", params={"request": pending})
+    assert request_id(to_login, "/oauth/login") == pending
+    page = browser.get("/oauth/login", params={"request": pending})
+    assert "Sign in" in page.text
     assert store.last_change() == before
+    # the URLs carry the request: no Referer repeats it (the next request's head is bounded)
+    for answer in (response, to_login, page):
+        assert answer.headers["referrer-policy"] == "no-referrer"
 
 
 def test_a_request_altered_in_the_browser_or_another_token_is_an_expired_page(
@@ -934,11 +940,21 @@ def test_a_request_altered_in_the_browser_or_another_token_is_an_expired_page(
     response = browser.get("/oauth/authorize", params=authorize_params(app, Pkce()))
     pending = request_id(response, "/oauth/consent")
     header, payload, signature = pending.split(".")
-    claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
-    claims["redirect_uri"] = "https://attacker.example/cb"
-    altered = base64.urlsafe_b64encode(json.dumps(claims).encode()).rstrip(b"=").decode()
+    changed = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    changed["redirect_uri"] = "https://attacker.example/cb"
+    altered = base64.urlsafe_b64encode(json.dumps(changed).encode()).rstrip(b"=").decode()
     access_token = agent_token(service, service.agent_client())  # signed here, not a request
-    forged = [f"{header}.{altered}.{signature}", access_token, pending[:-2], pending + "A", "r"]
+    key = KeyRing(service.oauth.store).signing_key()
+    claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    retyped = jwt.encode(claims, key.private, key.alg, {"typ": "at+jwt", "kid": key.kid})
+    forged = [
+        f"{header}.{altered}.{signature}",
+        access_token,
+        retyped,  # the request's own claims, signed here, as another type of token
+        pending[:-2],
+        pending + "A",
+        "r",
+    ]
     for bad in forged:
         assert "expired" in expect_page(sign_in(browser, bad, user), 400)
     assert request_id(sign_in(browser, pending, user), "/oauth/consent") == pending
@@ -979,7 +995,7 @@ def test_a_consent_form_answers_only_in_the_session_it_was_shown_to(
         assert request_id(sign_in(browser, pending, user), "/oauth/consent") == pending
     csrf = Page(shown.get("/oauth/consent", params={"request": pending}).text).inputs["csrf"]
     form = {"request": pending, "csrf": csrf, "decision": "allow"}
-    expect_page(other.post("/oauth/consent", data=form), 400)
+    assert "stale or forged" in expect_page(other.post("/oauth/consent", data=form), 400)
     assert consents(other) == []
     assert "code" in callback(shown.post("/oauth/consent", data=form), app)
 
