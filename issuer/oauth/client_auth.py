@@ -64,7 +64,7 @@ class ClientAuthenticator:
         self.clients = clients
         self.audiences = audiences  # the issuer and the endpoints that authenticate clients
         self.seen = seen
-        self.remote_keys = RemoteKeys()
+        self.remote_keys = RemoteKeys(clients.reach)
 
     def authenticate(
         self,

@@ -26,7 +26,7 @@ from cachetools import TTLCache
 from cryptography import x509
 
 from issuer.oauth.errors import OAuthError
-from issuer.oauth.fetch import LOOPBACK_HOSTS, check_destination, plain_loopback
+from issuer.oauth.fetch import LOOPBACK_HOSTS, PUBLIC, Reach, check_destination
 from issuer.oauth.inline import may_block
 from issuer.store import NotFound, Store
 
@@ -156,9 +156,12 @@ class Documents(Protocol):
 class ClientRegistry:
     """Clients in the store, looked up by client_id."""
 
-    def __init__(self, store: Store, documents: Documents | None = None) -> None:
+    def __init__(
+        self, store: Store, documents: Documents | None = None, reach: Reach = PUBLIC
+    ) -> None:
         self.store = store
         self.documents = documents
+        self.reach = reach  # the URLs a client may make the server call
         # Registered clients never change, so a found one is kept for a while.
         self._known: TTLCache[str, Client] = TTLCache(maxsize=100_000, ttl=CLIENT_CACHE_SECONDS)
         self._lock = threading.Lock()
@@ -201,9 +204,9 @@ class ClientRegistry:
         _check_open_registration(method, grant_types, agent_id, actor)
         redirect_uris = check_redirect_uris(metadata.get("redirect_uris"), grant_types)
         scope = _check_scope(metadata.get("scope", ""), grant_types, actor)
-        jwks, jwks_uri = _check_keys(metadata, method)
+        jwks, jwks_uri = _check_keys(metadata, method, self.reach)
         subject_dn = _check_subject_dn(metadata.get("tls_client_auth_subject_dn"), method)
-        delivery, notification = _check_backchannel(metadata, grant_types)
+        delivery, notification = _check_backchannel(metadata, grant_types, self.reach)
         name = metadata.get("client_name")
         if name is not None and not isinstance(name, str):
             raise _bad("client_name is a string")
@@ -296,7 +299,7 @@ def _check_scope(scope: Any, grant_types: list[str], actor: str | None) -> str:
 
 
 def _check_keys(
-    metadata: dict[str, Any], method: str
+    metadata: dict[str, Any], method: str, reach: Reach
 ) -> tuple[tuple[dict[str, Any], ...], str | None]:
     """The public keys of a client that proves itself with a key: inline (``jwks``) or
     where they are published (``jwks_uri``), one of the two (RFC 7591 §2)."""
@@ -306,7 +309,7 @@ def _check_keys(
         if ("jwks" in metadata) == (jwks_uri is not None):
             raise _bad("give the client's keys as jwks or as jwks_uri (RFC 7591 §2), one")
         if jwks_uri is not None:
-            jwks_uri = check_document_url(jwks_uri, "jwks_uri")
+            jwks_uri = check_document_url(jwks_uri, "jwks_uri", reach)
         else:
             jwks = check_jwks(metadata.get("jwks"))
     elif "jwks" in metadata or jwks_uri is not None:
@@ -315,7 +318,7 @@ def _check_keys(
 
 
 def _check_backchannel(
-    metadata: dict[str, Any], grant_types: list[str]
+    metadata: dict[str, Any], grant_types: list[str], reach: Reach
 ) -> tuple[str | None, str | None]:
     """CIBA §4: a CIBA client's ``backchannel_token_delivery_mode`` (poll or ping) and,
     for ping, the ``backchannel_client_notification_endpoint`` the server calls."""
@@ -332,8 +335,8 @@ def _check_backchannel(
     if (mode == PING) != (endpoint is not None):
         raise _bad("backchannel_client_notification_endpoint is required for ping, only for it")
     if endpoint is not None:  # the server will call it: no reaching into private networks
-        endpoint = check_document_url(endpoint, "backchannel_client_notification_endpoint")
-        check_destination(endpoint, lambda why: _bad(f"the notification endpoint {why}"))
+        endpoint = check_document_url(endpoint, "backchannel_client_notification_endpoint", reach)
+        check_destination(endpoint, lambda why: _bad(f"the notification endpoint {why}"), reach)
     return mode, endpoint
 
 
@@ -362,13 +365,14 @@ def _registration_response(document: dict[str, Any], secret: str | None) -> dict
     return response
 
 
-def check_document_url(url: Any, what: str) -> str:
-    """A URL the server will fetch: https, or http on a loopback host (development)."""
+def check_document_url(url: Any, what: str, reach: Reach = PUBLIC) -> str:
+    """A URL the server will fetch: https, or http on a loopback host where ``reach``
+    allows it (a development issuer)."""
     parts = _parsed_url(url)
     if parts is None or not parts.netloc or parts.fragment:
         raise _bad(f"{what} must be an absolute URL without fragment")
-    if parts.scheme != "https" and not plain_loopback(url):
-        raise _bad(f"{what} must use https (http only on a loopback host)")
+    if parts.scheme != "https" and not reach.plain(str(url)):
+        raise _bad(f"{what} must use https (plain http only on loopback, for an issuer there)")
     return str(url)
 
 

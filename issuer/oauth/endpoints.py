@@ -50,6 +50,7 @@ from issuer.oauth.clients import (
 )
 from issuer.oauth.consent import Consents
 from issuer.oauth.errors import OAuthError, json_response
+from issuer.oauth.fetch import reach_of
 from issuer.oauth.grants import AgentLookup, ExchangeCheck, Grants, refuse_all
 from issuer.oauth.metadata_documents import MetadataDocuments
 from issuer.oauth.mtls import TRUSTED_PROXIES, certificate_from, confirmation
@@ -112,7 +113,8 @@ class AuthorizationServer:
         self.keys = keys
         self.issuer = issuer.rstrip("/")
         self.admin = admin
-        self.clients = ClientRegistry(store, MetadataDocuments())
+        reach = reach_of(self.issuer)  # plain-http loopback URLs for a development issuer
+        self.clients = ClientRegistry(store, MetadataDocuments(reach), reach)
         audiences = [self.issuer] + [
             self.issuer + path
             for path in (PATHS.token, PATHS.introspect, PATHS.revoke, PATHS.bc_authorize)
@@ -135,7 +137,7 @@ class AuthorizationServer:
             store, self.minter, self.verifier, self.authorization, exchange_check, agents
         )
         self.backchannel = Backchannel(store, self.grants, clock, on_human)
-        self.notifier = Notifier()
+        self.notifier = Notifier(reach=reach)
         self.approvals = ApprovalPages(self.backchannel, self.authorization, self.notifier)
 
     # -- metadata and keys

@@ -1,9 +1,10 @@
 """Fetching small JSON documents clients point the server at (metadata, JWK Sets).
 
 No redirects are followed, the body is capped, the whole fetch has a deadline, addresses
-outside the public internet are refused (plain http to a loopback name excepted, for
-development), and every failure becomes the caller's OAuth error: a client's URL must
-never make the server hang, read without bound, or reach into its private network.
+outside the public internet are refused (plain http to a loopback name excepted, for a
+development issuer: :class:`Reach`), and every failure becomes the caller's OAuth
+error: a client's URL must never make the server hang, read without bound, or reach into
+its private network.
 
 The host's name is resolved once: the connection goes to an address that was checked
 (:class:`Destination`), with the name kept for the ``Host`` header and for the TLS server
@@ -40,6 +41,30 @@ def plain_loopback(url: str) -> bool:
         return parts.scheme == "http" and parts.hostname in LOOPBACK_HOSTS
     except ValueError:  # a bracketed host that is no IP address: not a URL at all
         return False
+
+
+@dataclass(frozen=True)
+class Reach:
+    """Which URLs a client may make the server call: https to public addresses and, with
+    ``loopback``, plain http to a loopback name too. Only a development issuer, itself
+    served over plain http on loopback, allows that (:func:`reach_of`): elsewhere a
+    client's URL could make the issuer probe and call services on its own host."""
+
+    loopback: bool = False
+
+    def plain(self, url: str) -> bool:
+        """Whether ``url`` is plain http this reach allows (to a loopback name)."""
+        return self.loopback and plain_loopback(url)
+
+
+PUBLIC = Reach()
+DEVELOPMENT = Reach(loopback=True)
+
+
+def reach_of(issuer: str) -> Reach:
+    """What the issuer identified by ``issuer`` lets clients make it call: a plain-http
+    loopback issuer is a development one."""
+    return DEVELOPMENT if plain_loopback(issuer) else PUBLIC
 
 
 IpAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -98,13 +123,16 @@ def proxied(host: str) -> bool:
     )
 
 
-def check_destination(url: str, error: Callable[[str], OAuthError]) -> Destination:
+def check_destination(
+    url: str, error: Callable[[str], OAuthError], reach: Reach = PUBLIC
+) -> Destination:
     """Refuse to reach into private networks (SSRF): every address the host resolves to
-    must be public. Plain http to a loopback name is the one exception (development).
-    Used for every URL a client makes the server call: fetched documents and CIBA
-    notification endpoints (at registration and before each ping). Where to send the
-    request: to the addresses checked, never to a name resolved again."""
-    if plain_loopback(url):
+    must be public. Plain http to a loopback name is the one exception, where ``reach``
+    allows it (development). Used for every URL a client makes the server call: fetched
+    documents and CIBA notification endpoints (at registration and before each ping).
+    Where to send the request: to the addresses checked, never to a name resolved
+    again."""
+    if reach.plain(url):
         return Destination((url,))
     parts = urlsplit(url)
     if parts.scheme != "https":
@@ -138,9 +166,11 @@ def _pinned(parts: SplitResult, address: IpAddress, port: str) -> str:
     return urlunsplit((parts.scheme, literal + port, parts.path, parts.query, ""))
 
 
-def fetch_json(url: str, max_bytes: int, error: Callable[[str], OAuthError]) -> Any:
-    """The JSON document at ``url``, or ``error(description)`` raised."""
-    to = check_destination(url, error)
+def fetch_json(
+    url: str, max_bytes: int, error: Callable[[str], OAuthError], reach: Reach = PUBLIC
+) -> Any:
+    """The JSON document at ``url`` (within ``reach``), or ``error(description)`` raised."""
+    to = check_destination(url, error, reach)
     deadline = time.monotonic() + TIMEOUT
     try:
         with httpx.Client(timeout=TIMEOUT, follow_redirects=False) as http:

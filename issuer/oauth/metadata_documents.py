@@ -5,7 +5,8 @@ as the MCP authorization specification uses it).
 The document must name the same ``client_id``, list its ``redirect_uris`` and use
 ``token_endpoint_auth_method`` ``none`` (a public client). It is fetched without
 following redirects, within a short timeout and a size limit, and kept for
-:data:`CACHE_SECONDS`. Plain ``http`` is accepted only for loopback hosts (development).
+:data:`CACHE_SECONDS`. Plain ``http`` is accepted only for loopback hosts, and only by a
+development issuer (:class:`issuer.oauth.fetch.Reach`).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from cachetools import TTLCache
 
 from issuer.oauth.clients import RESERVED_PREFIX, Client, check_redirect_uris
 from issuer.oauth.errors import OAuthError
-from issuer.oauth.fetch import fetch_json, plain_loopback
+from issuer.oauth.fetch import PUBLIC, Reach, fetch_json
 from issuer.oauth.inline import may_block
 
 CACHE_SECONDS = 300
@@ -28,7 +29,8 @@ MAX_BYTES = 5 * 1024
 class MetadataDocuments:
     """Fetches and caches clients described by their metadata documents."""
 
-    def __init__(self) -> None:
+    def __init__(self, reach: Reach = PUBLIC) -> None:
+        self.reach = reach
         self._cache: TTLCache[str, Client] = TTLCache(maxsize=10_000, ttl=CACHE_SECONDS)
         self._lock = threading.Lock()
 
@@ -39,7 +41,7 @@ class MetadataDocuments:
         except ValueError:  # not a URL: an ordinary (unknown) client_id
             return False
         secure = parts.scheme == "https" and bool(parts.netloc)
-        return (secure or plain_loopback(client_id)) and bool(parts.path.strip("/"))
+        return (secure or self.reach.plain(client_id)) and bool(parts.path.strip("/"))
 
     def client(self, url: str) -> Client:
         with self._lock:
@@ -47,7 +49,7 @@ class MetadataDocuments:
         if cached is not None:
             return cached
         may_block()
-        client = _client(url, fetch_json(url, MAX_BYTES, _bad))
+        client = _client(url, fetch_json(url, MAX_BYTES, _bad, self.reach))
         with self._lock:
             self._cache[url] = client
         return client

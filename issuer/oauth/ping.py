@@ -26,7 +26,7 @@ import logging
 import httpx
 
 from issuer.oauth.errors import OAuthError
-from issuer.oauth.fetch import Destination, check_destination
+from issuer.oauth.fetch import PUBLIC, Destination, Reach, check_destination
 
 log = logging.getLogger("tessera.oauth")
 
@@ -40,8 +40,13 @@ class Notifier:
     """Sends pings in the background of the running event loop."""
 
     def __init__(
-        self, timeout: float = TIMEOUT, attempts: int = ATTEMPTS, backoff: float = BACKOFF
+        self,
+        timeout: float = TIMEOUT,
+        attempts: int = ATTEMPTS,
+        backoff: float = BACKOFF,
+        reach: Reach = PUBLIC,
     ) -> None:
+        self.reach = reach  # the endpoints a client may make the server call
         self.timeout = timeout
         self.attempts = attempts
         self.backoff = backoff
@@ -60,7 +65,7 @@ class Notifier:
     async def send(self, endpoint: str, token: str, auth_req_id: str) -> bool:
         """One ping, retried; whether the client took it (a 2xx answer)."""
         try:
-            to = await asyncio.to_thread(check_destination, endpoint, _refused)
+            to = await asyncio.to_thread(check_destination, endpoint, _refused, self.reach)
         except OAuthError as exc:
             log.warning("ping not sent: %s", exc.description)
             return False

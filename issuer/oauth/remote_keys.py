@@ -13,7 +13,7 @@ import time
 
 from issuer.oauth.clients import Client, check_jwks
 from issuer.oauth.errors import invalid_client
-from issuer.oauth.fetch import fetch_json
+from issuer.oauth.fetch import PUBLIC, Reach, fetch_json
 from issuer.oauth.inline import may_block
 
 CACHE_SECONDS = 300
@@ -24,7 +24,8 @@ MAX_BYTES = 64 * 1024
 class RemoteKeys:
     """JWK Sets by URL."""
 
-    def __init__(self) -> None:
+    def __init__(self, reach: Reach = PUBLIC) -> None:
+        self.reach = reach
         self._sets: dict[str, tuple[float, tuple[dict[str, object], ...]]] = {}
         self._lock = threading.Lock()
 
@@ -39,7 +40,7 @@ class RemoteKeys:
         age = now - fetched_at
         if not keys or age > CACHE_SECONDS or (not known and age > REFETCH_SECONDS):
             may_block()
-            document = fetch_json(client.jwks_uri, MAX_BYTES, invalid_client)
+            document = fetch_json(client.jwks_uri, MAX_BYTES, invalid_client, self.reach)
             try:
                 keys = check_jwks(document)
             except Exception as exc:  # the document's own faults, named for the client

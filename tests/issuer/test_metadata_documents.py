@@ -6,11 +6,13 @@ import json
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from issuer.oauth.errors import OAuthError
+from issuer.oauth.fetch import DEVELOPMENT
 from issuer.oauth.metadata_documents import MAX_BYTES, MetadataDocuments
 from tests.issuer.oauth_server import OAuthService, oauth_service
 
@@ -22,10 +24,12 @@ class Documents:
 
     def __init__(self) -> None:
         self.pages: dict[str, tuple[int, bytes]] = {}
-        pages = self.pages
+        self.asked: list[str] = []  # the paths asked for, in order
+        pages, asked = self.pages, self.asked
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
+                asked.append(self.path)
                 status, body = pages.get(self.path, (404, b"{}"))
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
@@ -78,7 +82,7 @@ def document(url: str, **fields: Any) -> dict[str, Any]:
 def test_a_client_described_by_its_document_is_a_public_client(documents: Documents) -> None:
     url = documents.base + "/apps/desk.json"
     documents.publish("/apps/desk.json", document(url))
-    client = MetadataDocuments().client(url)
+    client = MetadataDocuments(DEVELOPMENT).client(url)
     assert (client.client_id, client.auth_method, client.name) == (url, "none", "Desk assistant")
     assert client.redirect_uris == ("http://127.0.0.1:7777/callback",)
     assert client.scopes == frozenset({"read"})
@@ -100,19 +104,19 @@ def test_a_document_that_does_not_describe_a_safe_public_client_is_refused(
     url = documents.base + path
     documents.publish(path, document(url, **fields), status)
     with pytest.raises(OAuthError, match=message):
-        MetadataDocuments().client(url)
+        MetadataDocuments(DEVELOPMENT).client(url)
 
 
 def test_a_document_over_the_size_limit_is_refused(documents: Documents) -> None:
     url = documents.publish("/huge.json", b"{" + b" " * (MAX_BYTES + 1) + b"}")
     with pytest.raises(OAuthError, match="exceeds"):
-        MetadataDocuments().client(url)
+        MetadataDocuments(DEVELOPMENT).client(url)
 
 
 def test_a_document_nested_too_deeply_is_refused(documents: Documents) -> None:
     url = documents.publish("/deep.json", b"[" * 2000 + b"]" * 2000)  # within 5 KiB
     with pytest.raises(OAuthError, match="is not JSON"):
-        MetadataDocuments().client(url)
+        MetadataDocuments(DEVELOPMENT).client(url)
 
 
 def test_the_authorization_endpoint_accepts_a_url_client_and_refuses_a_broken_one(
@@ -149,4 +153,30 @@ def test_the_authorization_endpoint_accepts_a_url_client_and_refuses_a_broken_on
 )
 def test_a_document_in_a_private_network_is_never_fetched(url: str) -> None:
     with pytest.raises(OAuthError, match=r"not a public address|only https"):
-        MetadataDocuments().client(url)
+        MetadataDocuments(DEVELOPMENT).client(url)
+
+
+def test_an_issuer_not_on_plain_http_loopback_calls_no_loopback_url(
+    documents: Documents, tmp_path: Path
+) -> None:
+    """Plain http to loopback is for a development issuer, itself there. Elsewhere (here an
+    issuer named by https, as behind a TLS-terminating proxy) a client's URL cannot make
+    it call a service on its own host: not as a metadata document, not as a jwks_uri."""
+    url = documents.publish("/apps/local.json", document(documents.base + "/apps/local.json"))
+    keys = documents.publish("/keys/local.json", {"keys": []})
+    asked = len(documents.asked)
+    with oauth_service("sqlite", tmp_path, issuer="https://issuer.example") as production:
+        query = {"client_id": url, "response_type": "code", "code_challenge": CHALLENGE}
+        page = production.http.get("/oauth/authorize", params=query)
+        assert (page.status_code, "Unknown client" in page.text) == (400, True)
+        body = {
+            "agent_id": production.add_agent(),
+            "grant_types": ["client_credentials"],
+            "token_endpoint_auth_method": "private_key_jwt",
+            "jwks_uri": keys,
+        }
+        refused = production.register(body)
+        assert refused.status_code == 400, refused.text
+        assert refused.json()["error"] == "invalid_client_metadata"
+        assert "must use https" in refused.json()["error_description"]
+    assert documents.asked[asked:] == []

@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from issuer.oauth.fetch import DEVELOPMENT
 from issuer.oauth.ping import Notifier
 
 HUGE = 64 * 1024 * 1024  # bytes a receiver offers as its reply's body
@@ -83,14 +84,15 @@ def receiver(handler: type[_Receiver], host: str = "127.0.0.1") -> Iterator[dict
 
 def test_a_huge_reply_is_not_read() -> None:
     with receiver(_Huge) as huge:
-        took = asyncio.run(Notifier(attempts=1).send(huge["url"], "token", "id"))
+        took = asyncio.run(Notifier(attempts=1, reach=DEVELOPMENT).send(huge["url"], "t", "id"))
     assert took is True  # the status is all that counts
     assert huge["counts"].get("written", 0) < HUGE // 2  # the rest was never taken
 
 
 def test_a_dripping_reply_ends_the_attempt() -> None:
     with receiver(_Drip) as drip:
-        took = asyncio.run(Notifier(timeout=1.0, attempts=1).send(drip["url"], "token", "id"))
+        notifier = Notifier(timeout=1.0, attempts=1, reach=DEVELOPMENT)
+        took = asyncio.run(notifier.send(drip["url"], "token", "id"))
     assert took is False
     assert drip["counts"]["requests"] == 1 and "finished" not in drip["counts"]
 
@@ -99,6 +101,15 @@ def test_a_ping_does_not_go_to_a_private_address() -> None:
     # 127.0.0.2 is loopback but no loopback name: plain http to it is refused, and the
     # receiver there never hears from the issuer
     with receiver(_Huge, "127.0.0.2") as private:
-        took = asyncio.run(Notifier(attempts=1).send(private["url"], "token", "id"))
+        took = asyncio.run(Notifier(attempts=1, reach=DEVELOPMENT).send(private["url"], "t", "i"))
     assert took is False
     assert private["counts"] == {}
+
+
+def test_only_a_development_issuer_pings_plain_http_on_loopback() -> None:
+    """An issuer not itself on plain-http loopback refuses such an endpoint: a client's
+    URL must not make it call services on its own host."""
+    with receiver(_Huge) as local:
+        took = asyncio.run(Notifier(attempts=1).send(local["url"], "token", "id"))
+    assert took is False
+    assert local["counts"] == {}
