@@ -352,6 +352,17 @@ def authorize(
     raise AssertionError(f"no redirect back to the app after {steps}")
 
 
+def requested(browser: httpx.Client, app: App) -> str:
+    """The request /oauth/authorize sends the browser on with (a valid one, for ``app``)."""
+    response = browser.get("/oauth/authorize", params=authorize_params(app, Pkce()))
+    return request_id(response, "/oauth/consent")
+
+
+def sign_in(browser: httpx.Client, pending: str, user: User) -> httpx.Response:
+    form = {"request": pending, "username": user.name, "password": user.password}
+    return browser.post("/oauth/login", data=form)
+
+
 def redeem(service: Service, app: App, code: str, pkce: Pkce, **form: str | None) -> httpx.Response:
     """POST /oauth/token with the authorization_code grant (``form`` adds or replaces; None
     removes)."""
@@ -806,8 +817,7 @@ def test_a_failed_sign_in_is_a_401_login_page_and_no_session(
     name = unique("nobody") if who == "unknown user" else user.name
     password = "not-the-password" if who == "wrong password" else user.password
     app = service.add_app()
-    response = browser.get("/oauth/authorize", params=authorize_params(app, Pkce()))
-    pending = request_id(response, "/oauth/consent")
+    pending = requested(browser, app)
     response = browser.post(
         "/oauth/login", data={"request": pending, "username": name, "password": password}
     )
@@ -867,12 +877,8 @@ def test_a_forged_csrf_on_the_consent_form_is_a_400_page_and_grants_nothing(
     service: Service, browser: httpx.Client
 ) -> None:
     user, app = service.add_user(), service.add_app()
-    response = browser.get("/oauth/authorize", params=authorize_params(app, Pkce()))
-    pending = request_id(response, "/oauth/consent")
-    browser.post(
-        "/oauth/login",
-        data={"request": pending, "username": user.name, "password": user.password},
-    )
+    pending = requested(browser, app)
+    sign_in(browser, pending, user)
     page = Page(browser.get("/oauth/consent", params={"request": pending}).text)
     for forged in ["", "forged", page.inputs["csrf"][:-1], "é" * 43]:
         response = browser.post(
@@ -892,12 +898,8 @@ def test_the_consent_form_gives_one_code_even_when_posted_concurrently(
     service: Service, browser: httpx.Client
 ) -> None:
     user, app = service.add_user(), service.add_app()
-    response = browser.get("/oauth/authorize", params=authorize_params(app, Pkce()))
-    pending = request_id(response, "/oauth/consent")
-    browser.post(
-        "/oauth/login",
-        data={"request": pending, "username": user.name, "password": user.password},
-    )
+    pending = requested(browser, app)
+    sign_in(browser, pending, user)
     csrf = Page(browser.get("/oauth/consent", params={"request": pending}).text).inputs["csrf"]
     form = {"request": pending, "csrf": csrf, "decision": "allow"}
     with ThreadPoolExecutor(6) as pool:
@@ -907,11 +909,6 @@ def test_the_consent_form_gives_one_code_even_when_posted_concurrently(
 
 
 # ---------------------------------------------------------------- the request the browser carries
-
-
-def sign_in(browser: httpx.Client, pending: str, user: User) -> httpx.Response:
-    form = {"request": pending, "username": user.name, "password": user.password}
-    return browser.post("/oauth/login", data=form)
 
 
 def test_an_authorization_request_stores_nothing_until_a_person_answers_it(
@@ -937,8 +934,7 @@ def test_a_request_altered_in_the_browser_or_another_token_is_an_expired_page(
     service: Service, browser: httpx.Client
 ) -> None:
     user, app = service.add_user(), service.add_app()
-    response = browser.get("/oauth/authorize", params=authorize_params(app, Pkce()))
-    pending = request_id(response, "/oauth/consent")
+    pending = requested(browser, app)
     header, payload, signature = pending.split(".")
     changed = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
     changed["redirect_uri"] = "https://attacker.example/cb"
@@ -989,8 +985,7 @@ def test_a_consent_form_answers_only_in_the_session_it_was_shown_to(
 ) -> None:
     user, app = service.add_user(), service.add_app()
     shown, other = browsers(), browsers()
-    response = shown.get("/oauth/authorize", params=authorize_params(app, Pkce()))
-    pending = request_id(response, "/oauth/consent")
+    pending = requested(shown, app)
     for browser in (shown, other):  # the same person, signed in twice
         assert request_id(sign_in(browser, pending, user), "/oauth/consent") == pending
     csrf = Page(shown.get("/oauth/consent", params={"request": pending}).text).inputs["csrf"]
@@ -1002,8 +997,7 @@ def test_a_consent_form_answers_only_in_the_session_it_was_shown_to(
 
 def test_a_denied_request_cannot_then_be_allowed(service: Service, browser: httpx.Client) -> None:
     user, app = service.add_user(), service.add_app()
-    response = browser.get("/oauth/authorize", params=authorize_params(app, Pkce()))
-    pending = request_id(response, "/oauth/consent")
+    pending = requested(browser, app)
     sign_in(browser, pending, user)
     csrf = Page(browser.get("/oauth/consent", params={"request": pending}).text).inputs["csrf"]
     denied = browser.post(
