@@ -72,6 +72,22 @@ def test_without_strict_a_row_that_cannot_run_is_said_and_the_rest_is_measured()
     assert "sqlite " in done.stdout  # the other rows ran
 
 
+@pytest.mark.parametrize("strict", [True, False])
+def test_the_footprint_rows_without_valgrind_are_said_and_fail_strict(
+    tmp_path: Path, strict: bool
+) -> None:
+    """The footprint benchmark needs valgrind: on a PATH without it, it says so."""
+    done = bench(
+        "door_footprint.py", "--quick", *(["--strict"] if strict else []), PATH=str(tmp_path)
+    )
+    assert done.returncode == (1 if strict else 0), done.stderr
+    said = "door and floor (cachegrind): could not run: valgrind is not installed"
+    assert (f"--strict: {said}" if strict else f"skipping: {said}") in done.stderr
+    if not strict:  # the report is printed, and standard error names the row again
+        assert "skipped: door and floor (cachegrind): valgrind is not installed" in done.stderr
+        assert "door / floor, lines: not measured" in done.stdout
+
+
 def test_a_quick_audit_run_sees_several_writer_commits_in_each_batch_window() -> None:
     """The quick batch window used to be shorter than one of the writer's batch commits
     (it gathers for 0.1 s), so its records/s counted zero, one or two commits by chance."""
