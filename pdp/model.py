@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from datetime import date, datetime
 from decimal import Decimal
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 from pdp.errors import PdpError
 from pdp.lang.ast import CALL_ACTION, TOOL_TYPE, Obligation
@@ -56,6 +56,7 @@ class Request:
 
     __slots__ = (
         "_subject",
+        "_tool",
         "action",
         "agent",
         "agent_id",
@@ -66,7 +67,6 @@ class Request:
         "resource",
         "size",
         "time",
-        "tool",
         "user",
         "user_id",
     )
@@ -76,7 +76,6 @@ class Request:
     delegation: dict[str, Any]
     action: str
     resource: dict[str, Any]
-    tool: dict[str, Any] | None
     context: dict[str, Any]
     time: datetime | None
     now: datetime | None
@@ -115,11 +114,20 @@ class Request:
         self.user_id: str | None = None if user is None else str(user.get("id", ""))
         # None for an agent's request: :attr:`subject` is then made when a rule reads it.
         self._subject = subject
-        # `tool.name` and the tool's attributes, only when the resource is a tool.
-        if resource.get("type") == TOOL_TYPE:
-            self.tool = {**resource, "name": resource.get("id")}
-        else:
-            self.tool = None
+        self._tool: dict[str, Any] | Literal[False] | None = False  # False: not made yet
+
+    @property
+    def tool(self) -> dict[str, Any] | None:
+        """``tool.name`` and the tool's attributes when the resource is a tool, else None;
+        made when a rule first reads it (most decide on the tool's name from the index)."""
+        tool = self._tool
+        if tool is False:
+            resource = self.resource
+            tool = None
+            if resource.get("type") == TOOL_TYPE:
+                tool = {**resource, "name": resource.get("id")}
+            self._tool = tool
+        return tool
 
     @property
     def subject(self) -> dict[str, Any]:
