@@ -44,7 +44,9 @@ ROOT = HERE.parent
 CACHES = ("--I1=32768,8,64", "--D1=49152,12,64", "--LL=2097152,16,64")
 COPY_BYTES = 4 << 20  # twice the simulated last-level cache
 WARMUP = 200
-CALLS, QUICK_CALLS = 400, 150
+# Multiples of the decision ids made at once (pdp.decide.ID_BATCH): every window holds the
+# same share of the calls that make a batch.
+CALLS, QUICK_CALLS = 2048, 1024
 RUN_TIMEOUT_S = 900
 EVENTS = {"I refs": "instructions", "LLi misses": "code lines", "LLd misses": "data lines"}
 

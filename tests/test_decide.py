@@ -62,3 +62,43 @@ def test_a_decision_no_rule_reading_now_can_make_is_still_remembered() -> None:
     again = ask(point, "read_file")
     assert again.decision.allow and again.cacheable
     assert point.cache_hits == 1
+
+
+def test_decision_ids_are_unique_across_threads_and_batches() -> None:
+    """Ids are made a batch at a time; threads deciding at once (the issuer's exchange
+    check runs in worker threads) never get the same id, across many batch boundaries."""
+    import gc
+    import sys
+    import threading
+
+    from pdp.decide import ID_BATCH, decision_ids
+
+    next_id = decision_ids()
+    made: list[list[str]] = [[] for _ in range(8)]
+
+    def take(into: list[str]) -> None:
+        for _ in range(ID_BATCH * 3):
+            into.append(next_id())
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as the interpreter can
+    try:
+        threads = [threading.Thread(target=take, args=(into,)) for into in made]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=60)
+    finally:
+        sys.setswitchinterval(interval)
+    ids = [i for into in made for i in into]
+    assert len(ids) == 8 * ID_BATCH * 3
+    assert len(set(ids)) == len(ids)
+    assert all(len(i) == 32 and int(i, 16) >= 0 for i in ids)
+    assert len({i[:16] for i in ids}) == 1  # one process, one prefix
+    # no batch made twice and dropped: the batches alive are this maker's and the module's
+    batches = [
+        o
+        for o in gc.get_objects()
+        if type(o) is list and len(o) == ID_BATCH and isinstance(o[0], str) and len(o[0]) == 32
+    ]
+    assert len(batches) <= 2

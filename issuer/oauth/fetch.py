@@ -86,6 +86,20 @@ class Destination:
     urls: tuple[str, ...]
     headers: dict[str, str] = field(default_factory=dict)
     extensions: dict[str, Any] = field(default_factory=dict)
+    proxy: str | None = None  # the proxy the environment names for it, if any
+
+    def client(self, timeout: float) -> dict[str, Any]:
+        """The httpx client options for these requests: no redirects followed, and the
+        proxy decided here, not again by httpx from the environment (which would see the
+        address, not the name, and decide otherwise); TLS trusts what the environment
+        says (``SSL_CERT_FILE``, ``SSL_CERT_DIR``), as httpx would."""
+        return {
+            "timeout": timeout,
+            "follow_redirects": False,
+            "trust_env": False,
+            "proxy": self.proxy,
+            "verify": httpx.create_ssl_context(trust_env=True),
+        }
 
 
 def public(address: IpAddress) -> bool:
@@ -95,7 +109,7 @@ def public(address: IpAddress) -> bool:
     if not address.is_global or address.is_multicast:
         return False
     if isinstance(address, ipaddress.IPv6Address):
-        if address in LOCAL_NAT64:
+        if address in LOCAL_NAT64 or address.is_site_local:
             return False
         embedded = _embedded(address)
         return embedded is None or public(embedded)
@@ -109,18 +123,21 @@ def _embedded(address: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
         return address.sixtofour
     if address.teredo is not None:
         return address.teredo[1]  # the client's
-    if address in NAT64 or int(address) >> 32 == 0:  # NAT64, IPv4-compatible (::a.b.c.d)
+    # NAT64, IPv4-compatible (::a.b.c.d), IPv4-translated (::ffff:0:a.b.c.d, RFC 2765)
+    if address in NAT64 or int(address) >> 32 in (0, 0xFFFF0000):
         return ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
     return None
 
 
-def proxied(host: str) -> bool:
-    """Whether the environment sends https requests for ``host`` through a proxy (the
-    variables httpx reads too: ``HTTPS_PROXY``, ``ALL_PROXY``, ``NO_PROXY``)."""
+def proxy_for(host: str) -> str | None:
+    """The proxy the environment names for https requests to ``host`` (``HTTPS_PROXY``,
+    else ``ALL_PROXY``, unless ``NO_PROXY`` lists the host or a domain of it, as Python's
+    ``urllib`` reads them), or None. Requests are sent with exactly this decision."""
     proxies = urllib.request.getproxies()
-    return bool(proxies.get("https") or proxies.get("all")) and not urllib.request.proxy_bypass(
-        host
-    )
+    proxy = proxies.get("https") or proxies.get("all")
+    if not proxy or urllib.request.proxy_bypass(host):
+        return None
+    return proxy
 
 
 def check_destination(
@@ -137,12 +154,12 @@ def check_destination(
     parts = urlsplit(url)
     if parts.scheme != "https":
         raise error(f"{url}: only https may be fetched")
-    try:  # the name as it goes on the wire: an internationalized one in IDNA
-        host = httpx.URL(url).raw_host.decode("ascii")
+    try:  # the name as it goes on the wire (an internationalized one in IDNA), the port
+        host, port_number = httpx.URL(url).raw_host.decode("ascii"), parts.port
     except (httpx.InvalidURL, UnicodeError, ValueError):
         raise error(f"{url}: not a valid URL") from None
     try:
-        infos = socket.getaddrinfo(host, parts.port or 443, type=socket.SOCK_STREAM)
+        infos = socket.getaddrinfo(host, port_number or 443, type=socket.SOCK_STREAM)
     except OSError as exc:
         raise error(f"{url}: cannot resolve {host}: {exc}") from None
     addresses = list(dict.fromkeys(ipaddress.ip_address(info[4][0]) for info in infos))
@@ -151,9 +168,10 @@ def check_destination(
             raise error(f"{url}: {host} resolves to {address}, which is not a public address")
     if not addresses:
         raise error(f"{url}: {host} resolves to no address")
-    if proxied(host):  # the proxy resolves the name; its rules decide where it may go
-        return Destination((url,))
-    port = "" if parts.port is None else f":{parts.port}"
+    proxy = proxy_for(host)
+    if proxy is not None:  # the proxy resolves the name; its rules decide where it may go
+        return Destination((url,), proxy=proxy)
+    port = "" if port_number is None else f":{port_number}"
     named = f"[{host}]" if ":" in host else host  # an IPv6 literal keeps its brackets
     urls = tuple(_pinned(parts, address, port) for address in addresses)
     return Destination(urls, {"Host": named + port}, {"sni_hostname": host})
@@ -173,7 +191,7 @@ def fetch_json(
     to = check_destination(url, error, reach)
     deadline = time.monotonic() + TIMEOUT
     try:
-        with httpx.Client(timeout=TIMEOUT, follow_redirects=False) as http:
+        with httpx.Client(**to.client(TIMEOUT)) as http:
             for target in to.urls[:-1]:
                 try:
                     body = _body(http, url, to, target, max_bytes, error, deadline)

@@ -70,7 +70,7 @@ class Notifier:
             log.warning("ping not sent: %s", exc.description)
             return False
         headers = {"Authorization": f"Bearer {token}", **to.headers}
-        async with httpx.AsyncClient(timeout=self.timeout, follow_redirects=False) as http:
+        async with httpx.AsyncClient(**to.client(self.timeout)) as http:
             for attempt in range(self.attempts):
                 if attempt:
                     await asyncio.sleep(self.backoff * 2 ** (attempt - 1))

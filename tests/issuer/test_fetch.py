@@ -236,10 +236,29 @@ def test_through_a_proxy_the_name_goes_to_the_proxy(
         monkeypatch.delenv("NO_PROXY", raising=False)
         monkeypatch.delenv("no_proxy", raising=False)
         url = f"https://{NAME}:{rebinding.port}/doc.json"
-        assert check_destination(url, refused) == Destination((url,))
+        assert check_destination(url, refused) == Destination((url,), proxy=proxy)
         rebinding.lookups.clear()
         assert fetch_json(url, 1_000, refused) == {"served_by": PRIVATE}  # the proxy's lookup
     assert asked == [f"{NAME}:{rebinding.port}"]
+
+
+@pytest.mark.parametrize("bypass", [NAME, "rebind.test", ".rebind.test"])
+def test_a_host_the_environment_keeps_from_the_proxy_is_pinned_and_reached_directly(
+    rebinding: Rebinding, monkeypatch: pytest.MonkeyPatch, bypass: str
+) -> None:
+    """NO_PROXY naming the host or a domain of it: no proxy for the name, and none for the
+    checked address the request then goes to either."""
+    with connect_proxy() as (proxy, asked):
+        monkeypatch.setenv("HTTPS_PROXY", proxy)
+        monkeypatch.setenv("NO_PROXY", bypass)
+        document = fetch_json(f"https://{NAME}:{rebinding.port}/doc.json", 1_000, refused)
+    assert document == {"served_by": CHECKED}
+    assert asked == []
+
+
+def test_a_port_out_of_range_is_refused_as_a_url(rebinding: Rebinding) -> None:
+    with pytest.raises(OAuthError, match="not a valid URL"):
+        check_destination(f"https://{NAME}:99999/doc.json", refused)
 
 
 @pytest.mark.parametrize(
@@ -256,6 +275,8 @@ def test_through_a_proxy_the_name_goes_to_the_proxy(
         ("2002:a00:1::1", False),  # 6to4 of 10.0.0.1
         ("2001:0:4136:e378:8000:63bf:f5ff:fffe", False),  # Teredo, client 10.0.0.1
         ("ff02::1", False),
+        ("fec0::1", False),  # site-local
+        ("::ffff:0:a00:1", False),  # IPv4-translated (RFC 2765) of 10.0.0.1
     ],
 )
 def test_an_address_is_public_only_when_the_ipv4_address_it_embeds_is(
