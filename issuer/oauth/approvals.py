@@ -29,6 +29,7 @@ from issuer.oauth.authorize import SESSION_COOKIE, AuthorizationEndpoint
 from issuer.oauth.bodies import MAX_BODY
 from issuer.oauth.ciba import Backchannel, BackchannelRequest
 from issuer.oauth.ping import Notifier
+from issuer.oauth.sessions import form_token
 from issuer.wire import WireError, read_body
 
 APPROVALS = "/oauth/approvals"
@@ -84,7 +85,7 @@ class ApprovalPages:
         user_id = await self.authorization.session_user(request)
         if user_id is None:
             return _sign_in(f"{APPROVALS}/{hashed}")
-        csrf = _csrf(request.cookies.get(SESSION_COOKIE, ""), hashed)
+        csrf = form_token(request.cookies.get(SESSION_COOKIE, ""), "approve", hashed)
         if request.method == "POST":
             return await self._answer(request, hashed, user_id, csrf)
         found = await to_thread.run_sync(self.backchannel.get, hashed)
@@ -120,11 +121,6 @@ class ApprovalPages:
         said = "approved" if decision == "approve" else "denied"
         message = f"<p id='outcome'>You {said} the request of {_agent(answer.request)}.</p>"
         return _html(f"Request {said}", message)
-
-
-def _csrf(session: str, hashed: str) -> str:
-    """A token only a page served to this session for this request can know."""
-    return hashlib.sha256(f"approve|{session}|{hashed}".encode()).hexdigest()
 
 
 def _details(found: BackchannelRequest, csrf: str, issuer: str) -> str:

@@ -252,7 +252,7 @@ class AuthorizationEndpoint:
                 pending.redirect_uri, pending.state, error=exc.error, desc=exc.description
             )
         consent = self.consents.find(user_id, client.client_id, pending.actor)
-        covered = consent is not None and set(scopes) <= consent.scopes
+        covered = consent is not None and consent.covers(scopes)
         if may_ask and not covered:
             csrf = csrf_token(pending, session)
             return _consent_page(request_id, csrf, client, agent, scopes)

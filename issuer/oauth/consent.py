@@ -22,6 +22,10 @@ class Consent:
     agent_id: str | None
     scopes: frozenset[str]
 
+    def covers(self, scopes: Iterable[str]) -> bool:
+        """Whether the user granted every one of these scopes."""
+        return set(scopes) <= self.scopes
+
 
 def _key(user_id: str, client_id: str, agent_id: str | None) -> str:
     return f"{user_id}|{client_id}|{agent_id or ''}"
@@ -39,13 +43,6 @@ class Consents:
         except NotFound:
             return None
         return _consent(record.id, record.data)
-
-    def covers(
-        self, user_id: str, client_id: str, agent_id: str | None, scopes: Iterable[str]
-    ) -> bool:
-        """Whether the user already granted every one of these scopes."""
-        consent = self.find(user_id, client_id, agent_id)
-        return consent is not None and set(scopes) <= consent.scopes
 
     def grant(
         self, user_id: str, client_id: str, agent_id: str | None, scopes: Iterable[str]

@@ -104,8 +104,8 @@ class Destination:
 
 def public(address: IpAddress) -> bool:
     """Whether an address is on the public internet (not private, loopback, link-local,
-    reserved or multicast), and so is the IPv4 address an IPv6 one embeds (mapped,
-    IPv4-compatible, 6to4, Teredo, NAT64)."""
+    reserved or multicast; nor site-local IPv6), and so is the IPv4 address an IPv6 one
+    embeds (IPv4-mapped, -compatible or -translated, 6to4, Teredo, NAT64)."""
     if not address.is_global or address.is_multicast:
         return False
     if isinstance(address, ipaddress.IPv6Address):

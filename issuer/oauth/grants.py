@@ -363,10 +363,7 @@ class Grants:
         exchanged from them (they name the family in their lineage). The revocation is
         recorded first, then the members deleted: a member created while this runs either
         is deleted here or sees the record and deletes itself."""
-        revocation.revoke(
-            self.store, family, subject=user_id, exp=0, lifetime=self.minter.lifetime, actor=actor
-        )
-        self._revoke_refresh(lambda data: data.get("family") == family, actor)
+        self._revoke_lineage(family, user_id, lambda data: data.get("family") == family, actor)
 
     def revoke_refresh_token(self, token: str, client_id: str) -> None:
         """RFC 7009: revoke a refresh token (and the family it belongs to), if it is one of
@@ -384,15 +381,9 @@ class Grants:
         it in its lineage (access tokens, and those exchanged from them), codes not yet
         redeemed, and the refresh tokens for the same user, client and agent. As for a
         family, the revocation is recorded first, then the refresh tokens deleted."""
-        revocation.revoke(
-            self.store,
+        self._revoke_lineage(
             consent.id,
-            subject=consent.user_id,
-            exp=0,
-            lifetime=self.minter.lifetime,
-            actor=actor,
-        )
-        self._revoke_refresh(
+            consent.user_id,
             lambda data: (
                 data.get("consent") in (consent.id, None)  # None: made before consents were named
                 and (data.get("user_id"), data.get("client_id"), data.get("actor"))
@@ -400,6 +391,16 @@ class Grants:
             ),
             actor,
         )
+
+    def _revoke_lineage(
+        self, id_: str, user_id: str, matches: Callable[[dict[str, Any]], bool], actor: str
+    ) -> None:
+        """Record ``id_`` (of a lineage) revoked for ``user_id``, then delete the refresh
+        tokens that ``matches``: the steps of revoking a family and a consent alike."""
+        revocation.revoke(
+            self.store, id_, subject=user_id, exp=0, lifetime=self.minter.lifetime, actor=actor
+        )
+        self._revoke_refresh(matches, actor)
 
     def _revoke_refresh(self, matches: Callable[[dict[str, Any]], bool], actor: str) -> None:
         for record in self.store.list(REFRESH_KIND):

@@ -19,9 +19,6 @@ replicas whose clocks lag).
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import hmac
 import secrets
 import time
 from dataclasses import dataclass, field
@@ -31,6 +28,7 @@ import jwt
 
 from issuer import jws
 from issuer.keys import KeyRing
+from issuer.oauth.sessions import form_token
 from issuer.oauth.stored import digest, sweep
 from issuer.store import Conflict, Store
 
@@ -65,8 +63,7 @@ class Pending:
 
 def csrf_token(pending: Pending, session: str) -> str:
     """The consent form's CSRF token: the request's ``jti`` under the session cookie."""
-    mac = hmac.new(session.encode(), pending.jti.encode(), hashlib.sha256).digest()
-    return base64.urlsafe_b64encode(mac).rstrip(b"=").decode()
+    return form_token(session, "consent", pending.jti)
 
 
 class PendingRequests:

@@ -9,6 +9,8 @@ removes a few sessions past their expiry (:mod:`issuer.oauth.stored`).
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import secrets
 import time
 
@@ -38,3 +40,12 @@ class Sessions:
         """The user a cookie's session is of, while it lasts; None otherwise."""
         data = live(self.store, KIND, session)
         return None if data is None else str(data["user"])
+
+
+def form_token(session: str, purpose: str, subject: str) -> str:
+    """The token a form served to the session cookie ``session`` carries, for one
+    ``subject`` of one ``purpose`` (a consent request's ``jti``, a backchannel request):
+    an HMAC keyed by the cookie, never stored, which a page of another site can neither
+    read nor make."""
+    message = f"{purpose}|{subject}".encode()
+    return hmac.new(session.encode(), message, hashlib.sha256).hexdigest()
