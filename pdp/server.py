@@ -29,7 +29,7 @@ from wsgiref.simple_server import WSGIServer
 
 import grpc
 from grpc_health.v1 import health, health_pb2
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2
 from prometheus_client import Counter
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -280,10 +280,25 @@ def _add_services(
     if gateway is not None:
         ext_authz.add_to_server(point, gateway, server, callers)
         deciding.append(ext_authz.SERVICE_NAME)
-    reflection.enable_server_reflection(
-        (*deciding, health.SERVICE_NAME, reflection.SERVICE_NAME), server
-    )
+    _add_reflection((*deciding, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
     return health_servicer, deciding
+
+
+def _add_reflection(names: Sequence[str], server: grpc.aio.Server) -> None:
+    """Serve server reflection for the services ``names``, as a generic handler only.
+
+    ``reflection.enable_server_reflection`` also registers its method with grpc.aio
+    (``add_registered_method_handlers``), and one registered method makes every call of
+    the server dearer: 24k instructions per ``Authorize`` with 32 in flight, 4% of it."""
+    servicer = reflection.aio.ReflectionServicer(names)
+    handlers = {
+        "ServerReflectionInfo": grpc.stream_stream_rpc_method_handler(
+            servicer.ServerReflectionInfo,
+            request_deserializer=reflection_pb2.ServerReflectionRequest.FromString,
+            response_serializer=reflection_pb2.ServerReflectionResponse.SerializeToString,
+        )
+    }
+    grpc_door.add_service(server, reflection.SERVICE_NAME, handlers)
 
 
 def _listen(

@@ -671,3 +671,39 @@ def test_without_a_gateway_check_is_not_served(store: Store) -> None:
         assert raised.value.code() == grpc.StatusCode.UNIMPLEMENTED
     finally:
         server.close()
+
+
+def test_every_service_is_served_by_generic_handlers_only(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """grpc.aio's registered methods make every call of the server dearer, so no
+    service of the decision point registers one; reflection still tells them all."""
+    from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+    registered: list[str] = []
+    make = grpc.aio.server
+
+    def recording(*args: Any, **kwargs: Any) -> grpc.aio.Server:
+        server = make(*args, **kwargs)
+        server.add_registered_method_handlers = lambda name, _: registered.append(name)  # type: ignore[method-assign]
+        return server
+
+    monkeypatch.setattr(grpc.aio, "server", recording)
+    keys = KeyRing(store, "ES256")
+    server = Server(
+        Engine(bundle_of('permit pages\n  action "http.GET"')),
+        gateway=gateway_for(store, keys, ISSUER),
+    )
+    try:
+        stub = reflection_pb2_grpc.ServerReflectionStub(server.channel)
+        asked = reflection_pb2.ServerReflectionRequest(list_services="")
+        (listing,) = stub.ServerReflectionInfo(iter([asked]), timeout=5)
+    finally:
+        server.close()
+    assert registered == []
+    assert {s.name for s in listing.list_services_response.service} == {
+        "tessera.v1.Authorizer",
+        "envoy.service.auth.v3.Authorization",
+        "grpc.health.v1.Health",
+        "grpc.reflection.v1alpha.ServerReflection",
+    }
