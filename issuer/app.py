@@ -38,6 +38,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from issuer.catalog import SchemaCheck
 from issuer.catalog_api import CATALOG_PATH, CatalogApi, error_response
+from issuer.netloc import bare, hostport
 from issuer.oauth.endpoints import AuthorizationServer
 from issuer.oauth.errors import OAuthError
 from issuer.scim import Authenticator, scim_app, scim_response
@@ -462,7 +463,8 @@ def bind(host: str, port: int, reuse_port: bool = False) -> socket.socket:
     With ``reuse_port``, several processes bind the same port (``SO_REUSEPORT``) and the
     kernel spreads new connections over those that listen: the worker processes of one
     ``tessera serve``. Without it, a port another process holds is an error."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    address = bare(host)
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -470,10 +472,10 @@ def bind(host: str, port: int, reuse_port: bool = False) -> socket.socket:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         # Accepted connections inherit it: without, small responses wait on delayed ACKs.
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        sock.bind((host, port))
+        sock.bind((address, port))
     except OSError as exc:
         sock.close()
-        raise OSError(f"cannot serve HTTP on {host}:{port}: {exc.strerror}") from None
+        raise OSError(f"cannot serve HTTP on {hostport(host, port)}: {exc.strerror}") from None
     return sock
 
 

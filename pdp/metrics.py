@@ -36,6 +36,7 @@ from prometheus_client.exposition import generate_latest, start_http_server
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
+from issuer.netloc import bare
 from pdp.model import Decision
 
 # Decisions take microseconds; RPCs take tens to hundreds of them.
@@ -292,8 +293,14 @@ class Metrics:
 
     def serve(self, port: int, host: str = "127.0.0.1") -> WSGIServer:
         """Serve ``/metrics`` on ``host:port`` (0 picks a free port) in a daemon thread."""
-        server, _ = start_http_server(port, host, registry=self.registry)
-        return server
+        return serve_registry(self.registry, port, host)
+
+
+def serve_registry(registry: CollectorRegistry, port: int, host: str) -> WSGIServer:
+    """Serve ``registry`` at ``/metrics`` on ``host:port`` (0 picks a free port; an IPv6
+    host bare or in brackets) in a daemon thread."""
+    server, _ = start_http_server(port, bare(host), registry=registry)
+    return server
 
 
 def merge(expositions: Iterable[str]) -> list[Metric]:
@@ -361,5 +368,4 @@ class WorkerMetrics:
 
     def serve(self, port: int, host: str = "127.0.0.1") -> WSGIServer:
         """Serve ``/metrics`` on ``host:port`` (0 picks a free port) in a daemon thread."""
-        server, _ = start_http_server(port, host, registry=self.registry)
-        return server
+        return serve_registry(self.registry, port, host)

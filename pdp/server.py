@@ -47,6 +47,7 @@ from issuer.app import (
     unrouted,
 )
 from issuer.keys import KeyRing, ScheduledRotation
+from issuer.netloc import hostport
 from issuer.oauth.ciba import HumanHook
 from issuer.oauth.endpoints import METADATA_PATH, AuthorizationServer
 from issuer.oauth.tokens import IssuedHook
@@ -238,7 +239,7 @@ async def start(
     ``Check`` on the same port. ``bounds`` are how large a message and a request may be
     (:mod:`pdp.bounds`); ``callers``: what the decision methods ask of their callers
     (default: nothing) and how agent tokens in questions are verified."""
-    server, bound = _listen(f"{host}:{port}", tls, reuse_port, bounds.message_bytes)
+    server, bound = _listen(hostport(host, port), tls, reuse_port, bounds.message_bytes)
     metrics = Metrics()
     point = DecisionPoint(
         engine,
@@ -381,7 +382,7 @@ def _open_planes(config: ServeConfig, stack: contextlib.AsyncExitStack) -> Plane
         planes.sock = bind(config.host, config.http_port, reuse_port=config.workers > 1)
         stack.callback(planes.sock.close)
         scheme = "https" if config.tls_cert else "http"
-        planes.base = f"{scheme}://{config.host}:{planes.sock.getsockname()[1]}"
+        planes.base = f"{scheme}://{hostport(config.host, planes.sock.getsockname()[1])}"
         planes.issuer = config.issuer or planes.base
     if config.issuer or planes.sock is not None:  # tokens to verify: Envoy's ext_authz
         planes.gateway = ext_authz.gateway_for(
@@ -556,12 +557,12 @@ def startup_lines(
     scheme = "plaintext"
     if config.tls_cert:
         scheme = "mutual TLS" if config.tls_client_ca else "TLS"
-    lines = [f"serving tessera.v1.Authorizer on {config.host}:{port} ({scheme})"]
+    lines = [f"serving tessera.v1.Authorizer on {hostport(config.host, port)} ({scheme})"]
     issuer = config.issuer
     if metrics_port is not None:
-        lines.append(f"metrics on http://{config.host}:{metrics_port}/metrics")
+        lines.append(f"metrics on http://{hostport(config.host, metrics_port)}/metrics")
     if http_port is not None:
-        base = f"{'https' if config.tls_cert else 'http'}://{config.host}:{http_port}"
+        base = f"{'https' if config.tls_cert else 'http'}://{hostport(config.host, http_port)}"
         issuer = config.issuer or base
         lines += [
             f"SCIM 2.0 at {base}{SCIM_PATH}, directory in {config.store}",

@@ -62,6 +62,7 @@ from dataclasses import dataclass
 from typing import Any, TextIO
 
 from issuer.keys import KeyRing
+from issuer.netloc import bare, hostport
 from issuer.scim import new_token
 from issuer.store import Store, StoreError, open_store
 from pdp.counters import open_counters
@@ -100,15 +101,16 @@ def reserve(host: str, port: int) -> socket.socket:
     It is bound without ``SO_REUSEPORT`` first, so a port any other socket listens on is an
     error here, then marked with it, so that the workers' sockets (``SO_REUSEPORT``) bind
     beside it. It never listens: the kernel gives connections only to listening sockets."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    address = bare(host)
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((host.strip("[]"), port))
+        sock.bind((address, port))
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     except OSError as exc:
         sock.close()
-        raise OSError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+        raise OSError(f"cannot listen on {hostport(host, port)}: {exc.strerror}") from None
     return sock
 
 

@@ -20,6 +20,7 @@ from typing import TextIO
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from issuer.netloc import bare, hostport
 from pdp.commands import FAILED, OK, USAGE, Command
 from pdp.serve.proto import authorizer_pb2 as pb
 from pdp.serve.proto import authorizer_pb2_grpc as pb_grpc
@@ -45,16 +46,12 @@ def addresses(targets: Sequence[str]) -> list[str]:
     for target in targets:
         host, _, port = target.rpartition(":")
         try:
-            infos = socket.getaddrinfo(host.strip("[]"), int(port), type=socket.SOCK_STREAM)
+            infos = socket.getaddrinfo(bare(host), int(port), type=socket.SOCK_STREAM)
         except (OSError, ValueError):
             infos = []
-        resolved = [_joined(str(info[4][0]), port) for info in infos] or [target]
+        resolved = [hostport(str(info[4][0]), port) for info in infos] or [target]
         found.extend(a for a in resolved if a not in found)
     return found
-
-
-def _joined(host: str, port: str) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def ask(address: str, credentials: grpc.ChannelCredentials | None, timeout: float) -> Replica:

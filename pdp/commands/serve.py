@@ -38,7 +38,9 @@ def _serve_options(parser: argparse.ArgumentParser) -> None:
         metavar="SECONDS",
         help="seconds between fetches of a git policy repository (default: 30)",
     )
-    parser.add_argument("--host", help="address to listen on (default: 127.0.0.1)")
+    parser.add_argument(
+        "--host", help="address to listen on, an IPv6 one bare or in brackets (default: 127.0.0.1)"
+    )
     parser.add_argument("--port", type=int, help="gRPC port (default: 50051; 0 picks one)")
     parser.add_argument(
         "--grace",

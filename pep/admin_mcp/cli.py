@@ -7,6 +7,7 @@ import argparse
 from pathlib import Path
 from typing import TextIO
 
+from issuer.netloc import hostport
 from pdp.commands import OK, USAGE, Command
 from pdp.commands.serve import open_configured_store
 
@@ -79,7 +80,7 @@ def _admin_mcp(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         from pep.admin_mcp.http import serve_http_forever
 
         host, _, port = args.http.rpartition(":")
-        issuer = args.issuer or config.issuer or f"http://{config.host}:{config.http_port}"
+        issuer = args.issuer or config.issuer or f"http://{hostport(config.host, config.http_port)}"
         return serve_http_forever(settings, host, int(port), issuer, args.resource, err, args.jwks)
     finally:
         store.close()

@@ -38,6 +38,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from issuer.app import bind, on_stop_signals, serve_http
 from issuer.keys import KeyRing, PublicKey
+from issuer.netloc import hostport
 from issuer.oauth.tokens import KeyLookup, ring_lookup
 from issuer.store import Store
 from issuer.verify import KeyRefresh, Refusal, Verifier, agent_statuses, revocations
@@ -232,11 +233,12 @@ def serve_http_forever(
         print(f"tessera admin-mcp: {exc}", file=err)
         return 2
     bound = sock.getsockname()[1]
-    resource = resource or f"http://{host}:{bound}{MCP_PATH}"
+    served = f"http://{hostport(host, bound)}{MCP_PATH}"
+    resource = resource or served
     app = http_app(settings, issuer, resource, host, jwks)
     logging.getLogger("httpx").setLevel(logging.WARNING)  # in-process SCIM calls, not news
     banner = (
-        f"tessera admin-mcp: Streamable HTTP at http://{host}:{bound}{MCP_PATH}, tokens from "
+        f"tessera admin-mcp: Streamable HTTP at {served}, tokens from "
         f"{issuer} with scope {ADMIN_SCOPE} and audience {resource}"
     )
     asyncio.run(_until_signalled(app, sock, banner, err))

@@ -83,6 +83,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from issuer.netloc import url_host
 from issuer.wire import READ_TIMEOUT
 from pdp.serve.config import AUDIT_MODES, ServeConfig
 from pep.errors import PepError
@@ -517,9 +518,7 @@ def _origin(url: str, where: str) -> str:
         raise ConfigError(f"{where} must be an origin, not {url!r}")
     if parts.path not in ("", "/"):
         raise ConfigError(f"{where} must be an origin without a path, not {url!r}")
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
+    host = url_host(parts.hostname or "")
     scheme = parts.scheme.lower()
     try:
         port = parts.port

@@ -22,9 +22,9 @@ from __future__ import annotations
 
 from wsgiref.simple_server import WSGIServer
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Histogram
 
-from pdp.metrics import RPC_BUCKETS
+from pdp.metrics import RPC_BUCKETS, serve_registry
 
 UPSTREAM_BUCKETS = (*RPC_BUCKETS[:-1], 0.5, 1.0, 5.0, 30.0)
 
@@ -97,5 +97,4 @@ class ProxyMetrics:
 
     def serve(self, port: int, host: str) -> WSGIServer:
         """Serve ``/metrics`` on ``host:port`` (0 picks a free port) in a daemon thread."""
-        server, _ = start_http_server(port, host, registry=self.registry)
-        return server
+        return serve_registry(self.registry, port, host)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from issuer.app import bind, on_stop_signals, serve_http
+from issuer.netloc import hostport
 from pdp.loader import Loaded
 from pep.mcp_proxy.app import Proxy
 from pep.mcp_proxy.config import ProxyConfig
@@ -19,7 +20,8 @@ async def proxy_forever(config: ProxyConfig, loaded: Loaded | None = None) -> No
     on_stop_signals(stopping.set)  # before serving: none is missed
     served = await serve_http(proxy.app(), sock, lifespan=True, httptools=True)
     print(
-        f"tessera: MCP proxy on http://{config.host}:{served.port} for {config.public_url}",
+        f"tessera: MCP proxy on http://{hostport(config.host, served.port)} "
+        f"for {config.public_url}",
         flush=True,
     )
     metrics = None
@@ -29,7 +31,7 @@ async def proxy_forever(config: ProxyConfig, loaded: Loaded | None = None) -> No
         except OSError:
             await served.stop()
             raise
-        where = f"{config.host}:{metrics.server_port}"
+        where = hostport(config.host, metrics.server_port)
         print(f"tessera: metrics on http://{where}/metrics", flush=True)
     for upstream in config.upstreams:
         target = upstream.url or " ".join(upstream.command)

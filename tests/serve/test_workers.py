@@ -440,3 +440,37 @@ def test_workers_refuse_to_count_limits_in_memory(
     assert result.returncode == 2
     assert "each of 2 workers would count limits in its own memory" in result.stderr
     assert "set --counters to a redis:// URL or a database" in result.stderr
+
+
+@pytest.mark.parametrize("host", ["::1", "[::1]"])
+def test_an_ipv6_host_is_served_and_named_in_brackets(tmp_path: Path, host: str) -> None:
+    """``--host ::1`` (or ``[::1]``): every port listens on the IPv6 loopback, and each
+    address printed, the issuer's URL among them, is one a client can use."""
+    import httpx
+
+    with tessera_serve(
+        *("--workers", str(WORKERS), "--host", host, "--policies", str(SHIPPED_POLICIES)),
+        *("--store", f"sqlite:///{tmp_path}/tessera.db", "--admin-token", TOKEN),
+        *("--port", "0", "--http-port", "0", "--metrics-port", "0", "--grace", "1"),
+        lines=8 + WORKERS + 1,
+    ) as (_, lines):
+        text = "".join(lines)
+        grpc_port = re.search(r"Authorizer on \[::1\]:(\d+) \(plaintext\)", text)
+        metrics = re.search(r"metrics on (http://\[::1\]:\d+/metrics)", text)
+        issuer = re.search(r"OAuth issuer (http://\[::1\]:\d+) ", text)
+        assert grpc_port and metrics and issuer, text
+        options = [("grpc.use_local_subchannel_pool", 1)]
+        with grpc.insecure_channel(f"[::1]:{grpc_port.group(1)}", options=options) as channel:
+            stub = pb_grpc.AuthorizerStub(channel)
+            allowed = pb.AuthorizeRequest(
+                agent=pb.Agent(id="helper", attributes={"risk": pb.Value(risk="low")}),
+                action="tool.call",
+                resource=pb.Resource(type="tool", id="search"),
+            )
+            allowed.agent.attributes["status"].string = "active"
+            # No such agent in the directory: refused by it, answered all the same.
+            assert not stub.Authorize(allowed, timeout=10).allow
+        found = httpx.get(f"{issuer.group(1)}/.well-known/oauth-authorization-server", timeout=10)
+        assert found.status_code == 200
+        assert found.json()["issuer"] == issuer.group(1)
+        assert httpx.get(metrics.group(1), timeout=10).status_code == 200
