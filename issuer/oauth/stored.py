@@ -37,11 +37,12 @@ def live(store: Store, kind: str, secret: str) -> Mapping[str, Any] | None:
     return data if float(data.get("expires", 0)) > time.time() else None
 
 
-def sweep(store: Store, kind: str, stamp: str, before: float) -> None:
+def sweep(store: Store, kind: str, stamp: str, before: float, actor: str = "issuer") -> None:
     """Remove up to :data:`SWEEP` records of ``kind`` whose time ``stamp`` is ``before``
     or earlier, looked for from a random place among the ids (digests), so that records
-    no one reads again go, a few each time another is written."""
+    no one reads again go, a few each time another is written; ``actor`` is whom the
+    change log names."""
     sample = store.page(kind, "", secrets.token_hex(32), SWEEP)
     gone = {r.id: None for r in sample if float(r.data.get(stamp, 0)) <= before}
     if gone:
-        store.put(kind, gone, actor="issuer")
+        store.put(kind, gone, actor=actor)

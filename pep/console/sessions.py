@@ -5,7 +5,7 @@ The cookie holds a random session id; the store holds only its SHA-256 (kind
 form carries is derived from the session id (HMAC), so it is bound to the session, never
 stored, and unknown to whoever reads the store or the admin trail. Signing in and out are
 changes in the store's change log, and so records on the admin trail with the operator as
-actor.
+actor; each sign-in also removes a few sessions past their time (actor ``console``).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass
 
 from issuer.hashing import same_text
-from issuer.oauth.stored import digest, live
+from issuer.oauth.stored import digest, live, sweep
 from issuer.store import Store
 
 KIND = "ConsoleSession"
@@ -52,10 +52,12 @@ class Sessions:
         self.store = store
 
     def open(self, operator: str, name: str) -> Session:
-        """A new session for ``operator``, stored."""
-        session = Session(secrets.token_urlsafe(32), operator, name, time.time() + LIFETIME)
+        """A new session for ``operator``, stored; a few sessions past their time go."""
+        now = time.time()
+        session = Session(secrets.token_urlsafe(32), operator, name, now + LIFETIME)
         document = {"operator": operator, "name": name, "expires": session.expires}
         self.store.put(KIND, {digest(session.id): document}, actor=operator)
+        sweep(self.store, KIND, "expires", now, actor="console")
         return session
 
     def find(self, session_id: str) -> Session | None:
