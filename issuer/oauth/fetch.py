@@ -31,6 +31,9 @@ from issuer.oauth.errors import OAuthError
 from issuer.wire import read_json
 
 TIMEOUT = 5.0  # seconds for the whole fetch
+# What makes a request go to the next checked address, as a connection to a name would:
+# the address refused, or did not answer in its share of the time (Destination.timeout).
+NEXT_ADDRESS = (httpx.ConnectError, httpx.ConnectTimeout)
 LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
 
 
@@ -87,6 +90,13 @@ class Destination:
     headers: dict[str, str] = field(default_factory=dict)
     extensions: dict[str, Any] = field(default_factory=dict)
     proxy: str | None = None  # the proxy the environment names for it, if any
+
+    def timeout(self, index: int, deadline: float) -> httpx.Timeout:
+        """The timeout of a request to ``urls[index]``, all of it by ``deadline``
+        (``time.monotonic``): connecting may take the time left shared by the addresses
+        still to try, so that one that drops connections leaves time for the next."""
+        left = max(deadline - time.monotonic(), 0.001)
+        return httpx.Timeout(left, connect=left / (len(self.urls) - index))
 
     def client(self, timeout: float) -> dict[str, Any]:
         """The httpx client options for these requests: no redirects followed, and the
@@ -192,14 +202,14 @@ def fetch_json(
     deadline = time.monotonic() + TIMEOUT
     try:
         with httpx.Client(**to.client(TIMEOUT)) as http:
-            for target in to.urls[:-1]:
+            for index in range(len(to.urls) - 1):
                 try:
-                    body = _body(http, url, to, target, max_bytes, error, deadline)
+                    body = _body(http, url, to, index, max_bytes, error, deadline)
                     break
-                except httpx.ConnectError:  # the next address, as a connection to a name
+                except NEXT_ADDRESS:
                     continue
             else:
-                body = _body(http, url, to, to.urls[-1], max_bytes, error, deadline)
+                body = _body(http, url, to, len(to.urls) - 1, max_bytes, error, deadline)
     except httpx.HTTPError as exc:
         raise error(f"{url} cannot be fetched: {exc}") from None
     try:
@@ -212,15 +222,16 @@ def _body(
     http: httpx.Client,
     url: str,
     to: Destination,
-    target: str,
+    index: int,
     max_bytes: int,
     error: Callable[[str], OAuthError],
     deadline: float,
 ) -> bytes:
-    """The body of a 200 answer from ``target`` for ``url``, within ``max_bytes`` and
-    the ``deadline``."""
+    """The body of a 200 answer from ``to.urls[index]`` for ``url``, within
+    ``max_bytes`` and the ``deadline``."""
     headers = {"Accept": "application/json", **to.headers}
-    timeout = max(deadline - time.monotonic(), 0.001)
+    timeout = to.timeout(index, deadline)
+    target = to.urls[index]
     request = http.stream("GET", target, headers=headers, extensions=to.extensions, timeout=timeout)
     with request as response:
         if response.status_code != 200:

@@ -22,11 +22,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
 import httpx
 
 from issuer.oauth.errors import OAuthError
-from issuer.oauth.fetch import PUBLIC, Destination, Reach, check_destination
+from issuer.oauth.fetch import NEXT_ADDRESS, PUBLIC, Destination, Reach, check_destination
 
 log = logging.getLogger("tessera.oauth")
 
@@ -94,14 +95,15 @@ class Notifier:
         :attr:`timeout` in all: the reply's status (its body is left unread and the
         connection closed), or None when it failed or took too long."""
         body = {"auth_req_id": auth_req_id}
+        deadline = time.monotonic() + self.timeout
         try:
             async with asyncio.timeout(self.timeout):
-                for target in to.urls[:-1]:
+                for index in range(len(to.urls) - 1):
                     try:
-                        return await self._post(http, target, to, headers, body)
-                    except httpx.ConnectError:  # the next address, as to a name
+                        return await self._post(http, to, index, deadline, headers, body)
+                    except NEXT_ADDRESS:
                         continue
-                return await self._post(http, to.urls[-1], to, headers, body)
+                return await self._post(http, to, len(to.urls) - 1, deadline, headers, body)
         except (httpx.HTTPError, TimeoutError) as exc:
             log.info("ping to %s failed: %s", endpoint, exc or "took too long")
             return None
@@ -109,12 +111,20 @@ class Notifier:
     @staticmethod
     async def _post(
         http: httpx.AsyncClient,
-        target: str,
         to: Destination,
+        index: int,
+        deadline: float,
         headers: dict[str, str],
         body: dict[str, str],
     ) -> int:
-        request = http.stream("POST", target, json=body, headers=headers, extensions=to.extensions)
+        request = http.stream(
+            "POST",
+            to.urls[index],
+            json=body,
+            headers=headers,
+            extensions=to.extensions,
+            timeout=to.timeout(index, deadline),
+        )
         async with request as answer:
             return answer.status_code
 

@@ -226,6 +226,37 @@ def test_the_next_checked_address_is_tried_when_one_cannot_be_reached(
     assert rebinding.sites[PRIVATE].seen == []
 
 
+@contextmanager
+def silent(address: str, port: int) -> Iterator[None]:
+    """``address:port`` on loopback answering no new connection: its accept queue is
+    full (one connection, never accepted, with a backlog of 0), so the kernel drops
+    further SYNs and a connection attempt waits until it times out."""
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.bind((address, port))
+    listener.listen(0)
+    filler = socket.create_connection((address, port), timeout=5)
+    try:
+        yield
+    finally:
+        filler.close()
+        listener.close()
+
+
+def test_an_address_that_drops_connections_leaves_time_for_the_next(
+    rebinding: Rebinding,
+) -> None:
+    """127.0.0.4 takes no connection and refuses none: it gets its share of the time, so
+    the checked site is still reached within the fetch's and the ping's budget."""
+    rebinding.first, rebinding.public = ["127.0.0.4", CHECKED], {"127.0.0.4", CHECKED}
+    with silent("127.0.0.4", rebinding.port):
+        document = fetch_json(f"https://{NAME}:{rebinding.port}/doc.json", 1_000, refused)
+        assert document == {"served_by": CHECKED}
+        rebinding.lookups.clear()
+        notifier = Notifier(timeout=4.0, attempts=1)
+        assert asyncio.run(notifier.send(f"https://{NAME}:{rebinding.port}/ping", "t", "id"))
+    assert [path for _, path, _ in rebinding.sites[CHECKED].seen] == ["/doc.json", "/ping"]
+
+
 def test_through_a_proxy_the_name_goes_to_the_proxy(
     rebinding: Rebinding, monkeypatch: pytest.MonkeyPatch
 ) -> None:
