@@ -9,12 +9,18 @@ from issuer.store import Store, open_store
 from pep.console.sessions import KIND, LIFETIME, Sessions
 
 
-def test_a_session_is_known_on_every_replica_until_it_expires(
-    store: Store, monkeypatch: pytest.MonkeyPatch
-) -> None:
+@pytest.fixture
+def now(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """The clock sessions are made and read by, set by the test."""
     now = [1_000_000.0]
     monkeypatch.setattr("pep.console.sessions.time.time", lambda: now[0])
     monkeypatch.setattr("issuer.oauth.stored.time.time", lambda: now[0])
+    return now
+
+
+def test_a_session_is_known_on_every_replica_until_it_expires(
+    store: Store, now: list[float]
+) -> None:
     session = Sessions(store).open("op-1", "Ops One")
     other = open_store(store.url)
     try:
@@ -28,11 +34,8 @@ def test_a_session_is_known_on_every_replica_until_it_expires(
 
 
 def test_a_sign_in_sweeps_expired_sessions_and_keeps_live_ones(
-    store: Store, monkeypatch: pytest.MonkeyPatch
+    store: Store, now: list[float], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    now = [1_000_000.0]
-    monkeypatch.setattr("pep.console.sessions.time.time", lambda: now[0])
-    monkeypatch.setattr("issuer.oauth.stored.time.time", lambda: now[0])
     sessions = Sessions(store)
     for _ in range(4):
         sessions.open("op-1", "Ops One")
