@@ -290,7 +290,7 @@ def _add_reflection(names: Sequence[str], server: grpc.aio.Server) -> None:
 
     ``reflection.enable_server_reflection`` also registers its method with grpc.aio
     (``add_registered_method_handlers``), and one registered method makes every call of
-    the server dearer: 24k instructions per ``Authorize`` with 32 in flight, 4% of it."""
+    the server dearer: 25.7k instructions per ``Authorize`` with 32 in flight, 5% of it."""
     servicer = reflection.aio.ReflectionServicer(names)
     handlers = {
         "ServerReflectionInfo": grpc.stream_stream_rpc_method_handler(
