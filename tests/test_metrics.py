@@ -105,3 +105,51 @@ def test_the_parent_adds_its_workers_gauge_and_alerts() -> None:
     assert merged[("tessera_workers", ())] == 2
     assert merged[("tessera_audit_alerts_total", (("alert", "rate"),))] == 1
     assert merged[("tessera_rpc_in_flight", ())] == 5
+
+
+def test_hot_path_records_are_all_counted_at_each_scrape_from_several_threads() -> None:
+    """Decisions, engine times and call times are appended on the hot path and counted
+    in batches: whatever the threads record, a scrape counts every record made before it,
+    exactly, and no more than a batch is ever left uncounted between scrapes."""
+    import threading
+
+    from pdp.metrics import SETTLE_AT
+
+    metrics = Metrics()
+    calls = metrics.rpc_seconds.labels("Authorize")
+    per_thread = SETTLE_AT + 300  # each thread crosses a batch and leaves a part of one
+
+    def record() -> None:
+        for index in range(per_thread):
+            decision = ALLOW if index % 3 else DENY
+            metrics.decisions.timed(decision, 3e-6 if index % 2 else 2e-3)
+            calls.observe(4e-4)
+
+    threads = [threading.Thread(target=record) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    seen = []
+    while any(thread.is_alive() for thread in threads):  # scrapes while they record
+        seen.append(samples(exposition(metrics))[("tessera_rpc_seconds_count", CALL)])
+    for thread in threads:
+        thread.join(timeout=60)
+    assert (
+        len(calls.pending) < SETTLE_AT and len(metrics.engine_seconds.labels().pending) < SETTLE_AT
+    )
+    assert seen == sorted(seen)  # counts only grow
+
+    got, total = samples(exposition(metrics)), 4 * per_thread
+    denied = 4 * len(range(0, per_thread, 3))
+    assert got[("tessera_decisions_total", (("result", "deny"), ("rule", "")))] == denied
+    allowed = (("result", "allow"), ("rule", "agents.read_only"))
+    assert got[("tessera_decisions_total", allowed)] == total - denied
+    assert got[("tessera_engine_seconds_count", ())] == total
+    assert got[("tessera_engine_seconds_bucket", (("le", "5e-06"),))] == total // 2
+    expected_sum = (total // 2) * (3e-6 + 2e-3)
+    assert abs(got[("tessera_engine_seconds_sum", ())] - expected_sum) < 1e-9
+    assert got[("tessera_rpc_seconds_count", CALL)] == total
+    assert got[("tessera_rpc_seconds_bucket", (("le", "0.0005"), ("method", "Authorize")))] == total
+    assert abs(got[("tessera_rpc_seconds_sum", CALL)] - total * 4e-4) < 1e-9
+
+
+CALL = (("method", "Authorize"),)
