@@ -16,13 +16,14 @@ its own rules decide where requests may go.
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import socket
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import SplitResult, urlsplit, urlunsplit
 
 import httpx
@@ -31,10 +32,14 @@ from issuer.oauth.errors import OAuthError
 from issuer.wire import read_json
 
 TIMEOUT = 5.0  # seconds for the whole fetch
+# The least time connecting to one address gets, however many are left to try: a TLS
+# handshake and a lost SYN's retransmission (1 s) fit in it.
+MIN_CONNECT = 1.5
 # What makes a request go to the next checked address, as a connection to a name would:
 # the address refused, or did not answer in its share of the time (Destination.timeout).
 NEXT_ADDRESS = (httpx.ConnectError, httpx.ConnectTimeout)
 LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
+T = TypeVar("T")
 
 
 def plain_loopback(url: str) -> bool:
@@ -94,9 +99,11 @@ class Destination:
     def timeout(self, index: int, deadline: float) -> httpx.Timeout:
         """The timeout of a request to ``urls[index]``, all of it by ``deadline``
         (``time.monotonic``): connecting may take the time left shared by the addresses
-        still to try, so that one that drops connections leaves time for the next."""
+        still to try (at least :data:`MIN_CONNECT`), so that one that drops connections
+        leaves time for the next."""
         left = max(deadline - time.monotonic(), 0.001)
-        return httpx.Timeout(left, connect=left / (len(self.urls) - index))
+        share = max(left / (len(self.urls) - index), MIN_CONNECT)
+        return httpx.Timeout(left, connect=min(left, share))
 
     def client(self, timeout: float) -> dict[str, Any]:
         """The httpx client options for these requests: no redirects followed, and the
@@ -194,22 +201,30 @@ def _pinned(parts: SplitResult, address: IpAddress, port: str) -> str:
     return urlunsplit((parts.scheme, literal + port, parts.path, parts.query, ""))
 
 
+async def first_answer(to: Destination, attempt: Callable[[int], Awaitable[T]]) -> T:
+    """``attempt(index)`` for each of ``to.urls`` in turn, while one cannot be connected
+    to (:data:`NEXT_ADDRESS`), as a connection to the name would; the last one's
+    failure is raised."""
+    for index in range(len(to.urls) - 1):
+        try:
+            return await attempt(index)
+        except NEXT_ADDRESS:
+            continue
+    return await attempt(len(to.urls) - 1)
+
+
 def fetch_json(
     url: str, max_bytes: int, error: Callable[[str], OAuthError], reach: Reach = PUBLIC
 ) -> Any:
-    """The JSON document at ``url`` (within ``reach``), or ``error(description)`` raised."""
+    """The JSON document at ``url`` (within ``reach``), or ``error(description)`` raised.
+    Blocking, for a worker thread: the fetch runs on an event loop of its own, so that
+    :data:`TIMEOUT` bounds all of it (connecting, the answer's head, its body), however
+    slowly the other end sends."""
     to = check_destination(url, error, reach)
-    deadline = time.monotonic() + TIMEOUT
     try:
-        with httpx.Client(**to.client(TIMEOUT)) as http:
-            for index in range(len(to.urls) - 1):
-                try:
-                    body = _body(http, url, to, index, max_bytes, error, deadline)
-                    break
-                except NEXT_ADDRESS:
-                    continue
-            else:
-                body = _body(http, url, to, len(to.urls) - 1, max_bytes, error, deadline)
+        body = asyncio.run(_fetched(url, to, max_bytes, error))
+    except TimeoutError:
+        raise error(f"{url} took longer than {TIMEOUT:g} s") from None
     except httpx.HTTPError as exc:
         raise error(f"{url} cannot be fetched: {exc}") from None
     try:
@@ -218,8 +233,20 @@ def fetch_json(
         raise error(f"{url} is not JSON") from None
 
 
-def _body(
-    http: httpx.Client,
+async def _fetched(
+    url: str, to: Destination, max_bytes: int, error: Callable[[str], OAuthError]
+) -> bytes:
+    deadline = time.monotonic() + TIMEOUT
+    async with asyncio.timeout(TIMEOUT), httpx.AsyncClient(**to.client(TIMEOUT)) as http:
+
+        async def body(index: int) -> bytes:
+            return await _body(http, url, to, index, max_bytes, error, deadline)
+
+        return await first_answer(to, body)
+
+
+async def _body(
+    http: httpx.AsyncClient,
     url: str,
     to: Destination,
     index: int,
@@ -228,19 +255,21 @@ def _body(
     deadline: float,
 ) -> bytes:
     """The body of a 200 answer from ``to.urls[index]`` for ``url``, within
-    ``max_bytes`` and the ``deadline``."""
+    ``max_bytes``."""
     headers = {"Accept": "application/json", **to.headers}
-    timeout = to.timeout(index, deadline)
-    target = to.urls[index]
-    request = http.stream("GET", target, headers=headers, extensions=to.extensions, timeout=timeout)
-    with request as response:
+    request = http.stream(
+        "GET",
+        to.urls[index],
+        headers=headers,
+        extensions=to.extensions,
+        timeout=to.timeout(index, deadline),
+    )
+    async with request as response:
         if response.status_code != 200:
             raise error(f"{url} answered {response.status_code}")
         body = b""
-        for chunk in response.iter_bytes():
+        async for chunk in response.aiter_bytes():
             body += chunk
             if len(body) > max_bytes:
                 raise error(f"{url} exceeds {max_bytes} bytes")
-            if time.monotonic() > deadline:  # a slow drip must not hold a thread
-                raise error(f"{url} took longer than {TIMEOUT:g} s")
     return body

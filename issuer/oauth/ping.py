@@ -27,7 +27,7 @@ import time
 import httpx
 
 from issuer.oauth.errors import OAuthError
-from issuer.oauth.fetch import NEXT_ADDRESS, PUBLIC, Destination, Reach, check_destination
+from issuer.oauth.fetch import PUBLIC, Destination, Reach, check_destination, first_answer
 
 log = logging.getLogger("tessera.oauth")
 
@@ -96,14 +96,13 @@ class Notifier:
         connection closed), or None when it failed or took too long."""
         body = {"auth_req_id": auth_req_id}
         deadline = time.monotonic() + self.timeout
+
+        async def post(index: int) -> int:
+            return await self._post(http, to, index, deadline, headers, body)
+
         try:
             async with asyncio.timeout(self.timeout):
-                for index in range(len(to.urls) - 1):
-                    try:
-                        return await self._post(http, to, index, deadline, headers, body)
-                    except NEXT_ADDRESS:
-                        continue
-                return await self._post(http, to, len(to.urls) - 1, deadline, headers, body)
+                return await first_answer(to, post)
         except (httpx.HTTPError, TimeoutError) as exc:
             log.info("ping to %s failed: %s", endpoint, exc or "took too long")
             return None

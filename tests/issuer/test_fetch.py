@@ -19,6 +19,7 @@ import json
 import socket
 import ssl
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -83,6 +84,14 @@ def _handler(site: Site, served_by: str) -> type[BaseHTTPRequestHandler]:
             if length:
                 self.rfile.read(length)
             site.seen.append((self.command, self.path, dict(self.headers)))
+            if self.path == "/drip":  # the answer's head, a byte every 0.2 s (at most 10 s)
+                with contextlib.suppress(OSError):
+                    self.wfile.write(b"HTTP/1.1 200 OK\r\nX-Slow: ")
+                    for _ in range(50):
+                        self.wfile.write(b"x")
+                        self.wfile.flush()
+                        time.sleep(0.2)
+                return
             body = json.dumps({"served_by": served_by}).encode()
             self.send_response(200)
             self.send_header("Content-Type", "application/json")
@@ -216,15 +225,11 @@ def silent(address: str, port: int) -> Iterator[None]:
     """``address:port`` on loopback answering no new connection: its accept queue is
     full (one connection, never accepted, with a backlog of 0), so the kernel drops
     further SYNs and a connection attempt waits until it times out."""
-    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    listener.bind((address, port))
-    listener.listen(0)
-    filler = socket.create_connection((address, port), timeout=5)
-    try:
-        yield
-    finally:
-        filler.close()
-        listener.close()
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as listener:
+        listener.bind((address, port))
+        listener.listen(0)
+        with socket.create_connection((address, port), timeout=5):
+            yield
 
 
 @pytest.mark.parametrize("first", ["refuses", "drops"])
@@ -246,6 +251,18 @@ def test_the_next_checked_address_is_tried_when_one_cannot_be_reached(
         assert asyncio.run(notifier.send(f"https://{NAME}:{rebinding.port}/ping", "t", "id"))
     assert [path for _, path, _ in rebinding.sites[CHECKED].seen] == ["/doc.json", "/ping"]
     assert rebinding.sites[PRIVATE].seen == []
+
+
+def test_an_answer_that_drips_is_cut_off_at_the_fetchs_deadline(
+    rebinding: Rebinding, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A byte of the answer's head every 0.2 s never trips a read timeout: the deadline
+    bounds the whole fetch, head included."""
+    monkeypatch.setattr(issuer.oauth.fetch, "TIMEOUT", 1.0)
+    started = time.monotonic()
+    with pytest.raises(OAuthError, match=r"/drip took longer than 1 s"):
+        fetch_json(f"https://{NAME}:{rebinding.port}/drip", 1_000, refused)
+    assert time.monotonic() - started < 5.0  # the drip alone would last 10 s
 
 
 def test_through_a_proxy_the_name_goes_to_the_proxy(
