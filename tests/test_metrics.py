@@ -109,37 +109,44 @@ def test_the_parent_adds_its_workers_gauge_and_alerts() -> None:
 
 def test_hot_path_records_are_all_counted_at_each_scrape_from_several_threads() -> None:
     """Decisions, engine times and call times are appended on the hot path and counted
-    in batches: whatever the threads record, a scrape counts every record made before it,
-    exactly, and no more than a batch is ever left uncounted between scrapes."""
+    in batches: while four threads record at once (switching every microsecond) and
+    scrapes run beside them, every scrape counts no fewer than the one before, and the
+    last counts every record, exactly."""
+    import sys
     import threading
 
     from pdp.metrics import SETTLE_AT
 
     metrics = Metrics()
     calls = metrics.rpc_seconds.labels("Authorize")
-    per_thread = SETTLE_AT + 300  # each thread crosses a batch and leaves a part of one
+    per_thread, threads_n = 200 * SETTLE_AT + 100, 4  # batches, and a part of one left
+    start = threading.Barrier(threads_n + 1)
 
     def record() -> None:
+        start.wait(timeout=30)
         for index in range(per_thread):
             decision = ALLOW if index % 3 else DENY
             metrics.decisions.timed(decision, 3e-6 if index % 2 else 2e-3)
             calls.observe(4e-4)
 
-    threads = [threading.Thread(target=record) for _ in range(4)]
-    for thread in threads:
-        thread.start()
-    seen = []
-    while any(thread.is_alive() for thread in threads):  # scrapes while they record
-        seen.append(samples(exposition(metrics))[("tessera_rpc_seconds_count", CALL)])
-    for thread in threads:
-        thread.join(timeout=60)
-    assert (
-        len(calls.pending) < SETTLE_AT and len(metrics.engine_seconds.labels().pending) < SETTLE_AT
-    )
-    assert seen == sorted(seen)  # counts only grow
+    threads = [threading.Thread(target=record) for _ in range(threads_n)]
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        for thread in threads:
+            thread.start()
+        start.wait(timeout=30)
+        seen = []
+        while any(thread.is_alive() for thread in threads):  # scrapes while they record
+            seen.append(samples(exposition(metrics))[("tessera_rpc_seconds_count", CALL)])
+        for thread in threads:
+            thread.join(timeout=60)
+    finally:
+        sys.setswitchinterval(interval)
+    assert len(seen) > 1 and seen == sorted(seen)  # scraped meanwhile; counts only grow
 
-    got, total = samples(exposition(metrics)), 4 * per_thread
-    denied = 4 * len(range(0, per_thread, 3))
+    got, total = samples(exposition(metrics)), threads_n * per_thread
+    denied = threads_n * len(range(0, per_thread, 3))
     assert got[("tessera_decisions_total", (("result", "deny"), ("rule", "")))] == denied
     allowed = (("result", "allow"), ("rule", "agents.read_only"))
     assert got[("tessera_decisions_total", allowed)] == total - denied

@@ -10,6 +10,7 @@ every caller in every mode: they tell nothing about agents and decide nothing.
 from __future__ import annotations
 
 from issuer.keys import KeyRing
+from issuer.netloc import hostport
 from pdp.directory import Directory
 from pdp.doors.callers import DECIDE_SCOPE, OPEN, Callers, callers_of
 from pdp.serve.config import CallerMode, ServeConfig, is_loopback
@@ -50,8 +51,8 @@ def callers_line(config: ServeConfig, port: int, issuer: str) -> str:
         return line
     if mode is CallerMode.INSECURE:
         return (
-            f"WARNING: callers are NOT authenticated on {config.host}:{port}, which reaches "
-            'beyond loopback (caller_auth = "insecure-none"): anyone who reaches the port '
+            f"WARNING: callers are NOT authenticated on {hostport(config.host, port)}, which "
+            'reaches beyond loopback (caller_auth = "insecure-none"): anyone who reaches the port '
             "may ask decisions for any agent and fill the audit trail"
         )
     return (

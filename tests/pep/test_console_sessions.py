@@ -11,10 +11,10 @@ from pep.console.sessions import KIND, LIFETIME, Sessions
 
 @pytest.fixture
 def now(monkeypatch: pytest.MonkeyPatch) -> list[float]:
-    """The clock sessions are made and read by, set by the test."""
+    """The clock sessions are made, read and swept by, set by the test (``time.time``,
+    which both modules read)."""
     now = [1_000_000.0]
     monkeypatch.setattr("pep.console.sessions.time.time", lambda: now[0])
-    monkeypatch.setattr("issuer.oauth.stored.time.time", lambda: now[0])
     return now
 
 
