@@ -201,16 +201,40 @@ def _pinned(parts: SplitResult, address: IpAddress, port: str) -> str:
     return urlunsplit((parts.scheme, literal + port, parts.path, parts.query, ""))
 
 
-async def first_answer(to: Destination, attempt: Callable[[int], Awaitable[T]]) -> T:
-    """``attempt(index)`` for each of ``to.urls`` in turn, while one cannot be connected
-    to (:data:`NEXT_ADDRESS`), as a connection to the name would; the last one's
-    failure is raised."""
-    for index in range(len(to.urls) - 1):
-        try:
-            return await attempt(index)
-        except NEXT_ADDRESS:
-            continue
-    return await attempt(len(to.urls) - 1)
+async def first_answer(
+    http: httpx.AsyncClient,
+    to: Destination,
+    method: str,
+    seconds: float,
+    read: Callable[[httpx.Response], Awaitable[T]],
+    headers: dict[str, str],
+    **request: Any,
+) -> T:
+    """What ``read`` makes of the answer to a ``method`` request for ``to``'s URL, from
+    each checked address in turn while one cannot be connected to (:data:`NEXT_ADDRESS`),
+    as a connection to the name would: the last one's failure is raised. All of it within
+    ``seconds`` (TimeoutError beyond), however slowly the other end sends."""
+    deadline = time.monotonic() + seconds
+
+    async def attempt(index: int) -> T:
+        answer = http.stream(
+            method,
+            to.urls[index],
+            headers={**headers, **to.headers},
+            extensions=to.extensions,
+            timeout=to.timeout(index, deadline),
+            **request,
+        )
+        async with answer as response:
+            return await read(response)
+
+    async with asyncio.timeout(seconds):
+        for index in range(len(to.urls) - 1):
+            try:
+                return await attempt(index)
+            except NEXT_ADDRESS:
+                continue
+        return await attempt(len(to.urls) - 1)
 
 
 def fetch_json(
@@ -236,40 +260,16 @@ def fetch_json(
 async def _fetched(
     url: str, to: Destination, max_bytes: int, error: Callable[[str], OAuthError]
 ) -> bytes:
-    deadline = time.monotonic() + TIMEOUT
-    async with asyncio.timeout(TIMEOUT), httpx.AsyncClient(**to.client(TIMEOUT)) as http:
-
-        async def body(index: int) -> bytes:
-            return await _body(http, url, to, index, max_bytes, error, deadline)
-
-        return await first_answer(to, body)
-
-
-async def _body(
-    http: httpx.AsyncClient,
-    url: str,
-    to: Destination,
-    index: int,
-    max_bytes: int,
-    error: Callable[[str], OAuthError],
-    deadline: float,
-) -> bytes:
-    """The body of a 200 answer from ``to.urls[index]`` for ``url``, within
-    ``max_bytes``."""
-    headers = {"Accept": "application/json", **to.headers}
-    request = http.stream(
-        "GET",
-        to.urls[index],
-        headers=headers,
-        extensions=to.extensions,
-        timeout=to.timeout(index, deadline),
-    )
-    async with request as response:
+    async def body(response: httpx.Response) -> bytes:
+        """The body of a 200 answer, within ``max_bytes``."""
         if response.status_code != 200:
             raise error(f"{url} answered {response.status_code}")
-        body = b""
+        read = b""
         async for chunk in response.aiter_bytes():
-            body += chunk
-            if len(body) > max_bytes:
+            read += chunk
+            if len(read) > max_bytes:
                 raise error(f"{url} exceeds {max_bytes} bytes")
-    return body
+        return read
+
+    async with httpx.AsyncClient(**to.client(TIMEOUT)) as http:
+        return await first_answer(http, to, "GET", TIMEOUT, body, {"Accept": "application/json"})

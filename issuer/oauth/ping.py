@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 
 import httpx
 
@@ -70,7 +69,7 @@ class Notifier:
         except OAuthError as exc:
             log.warning("ping not sent: %s", exc.description)
             return False
-        headers = {"Authorization": f"Bearer {token}", **to.headers}
+        headers = {"Authorization": f"Bearer {token}"}
         async with httpx.AsyncClient(**to.client(self.timeout)) as http:
             for attempt in range(self.attempts):
                 if attempt:
@@ -95,41 +94,19 @@ class Notifier:
         :attr:`timeout` in all: the reply's status (its body is left unread and the
         connection closed), or None when it failed or took too long."""
         body = {"auth_req_id": auth_req_id}
-        deadline = time.monotonic() + self.timeout
-
-        async def post(index: int) -> int:
-            return await self._post(http, to, index, deadline, headers, body)
-
         try:
-            async with asyncio.timeout(self.timeout):
-                return await first_answer(to, post)
+            return await first_answer(http, to, "POST", self.timeout, _status, headers, json=body)
         except (httpx.HTTPError, TimeoutError) as exc:
             log.info("ping to %s failed: %s", endpoint, exc or "took too long")
             return None
 
-    @staticmethod
-    async def _post(
-        http: httpx.AsyncClient,
-        to: Destination,
-        index: int,
-        deadline: float,
-        headers: dict[str, str],
-        body: dict[str, str],
-    ) -> int:
-        request = http.stream(
-            "POST",
-            to.urls[index],
-            json=body,
-            headers=headers,
-            extensions=to.extensions,
-            timeout=to.timeout(index, deadline),
-        )
-        async with request as answer:
-            return answer.status_code
-
     async def drain(self) -> None:
         """Wait for the pings under way (tests; a stopping server)."""
         await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+
+async def _status(answer: httpx.Response) -> int:
+    return answer.status_code
 
 
 def _refused(description: str) -> OAuthError:
