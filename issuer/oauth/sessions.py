@@ -44,7 +44,8 @@ class Sessions:
 
 def form_token(session: str, purpose: str, subject: str) -> str:
     """The token a form served to the session cookie ``session`` carries, for one
-    ``subject`` of one ``purpose`` (a consent request's ``jti``, a backchannel request):
+    ``subject`` of one ``purpose`` (a consent request's ``jti``, a backchannel request,
+    the console's forms):
     an HMAC keyed by the cookie, never stored, which a page of another site can neither
     read nor make."""
     message = f"{purpose}|{subject}".encode()

@@ -10,13 +10,12 @@ actor; each sign-in also removes a few sessions past their time (actor ``console
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import secrets
 import time
 from dataclasses import dataclass
 
 from issuer.hashing import same_text
+from issuer.oauth.sessions import form_token
 from issuer.oauth.stored import digest, live, sweep
 from issuer.store import Store
 
@@ -37,8 +36,8 @@ class Session:
 
     @property
     def csrf(self) -> str:
-        """The synchronizer token of this session's forms."""
-        return hmac.new(self.id.encode(), b"tessera-console-csrf", hashlib.sha256).hexdigest()
+        """The synchronizer token of this session's forms (keyed by the session id)."""
+        return form_token(self.id, "console", "forms")
 
     def checks(self, token: str) -> bool:
         """Whether a form's token is this session's (in constant time)."""
