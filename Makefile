@@ -7,7 +7,7 @@ CODE := pdp issuer pep tests benchmarks
 
 .PHONY: serve test lint typecheck check-policies pytest bench fmt proto clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml setup.py pdp/doors/_wire.pyx
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[test,bench]'

@@ -316,6 +316,17 @@ def typed_attributes(
     out: dict[str, Any] = {}
     for key, value in raw.items():
         declared = types.get(key)
+        # The common cases, without making the path only an error would name: a string
+        # declared a string or not at all, and a risk level given by its name.
+        if measure is None and value.__class__ is str:
+            if declared is None or declared.name == "string":
+                out[key] = value
+                continue
+            if declared.name == "risk":
+                risk = RISKS.get(value)
+                if risk is not None:
+                    out[key] = risk
+                    continue
         path = f"{where}.{key}"
         if value is None:
             raise RequestError(f"{path}: null is not a value; leave the attribute out instead")

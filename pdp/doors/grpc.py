@@ -32,7 +32,7 @@ from pdp.doors.callers import OPEN, AgentTokens, CallerRefused, Callers, bearer,
 from pdp.lang.schema import AGENT_SUBJECT, PERSONS, SchemaModel, Type
 from pdp.metrics import Metrics
 from pdp.model import Answer, Decision, Request, RequestError, delegation_for
-from pdp.request import RISKS, convert, typed_resource, typed_subject, untyped
+from pdp.request import typed_attributes, typed_resource, typed_subject
 from pdp.serve.proto import authorizer_pb2 as pb
 
 log = logging.getLogger("tessera.serve")
@@ -53,6 +53,9 @@ _SCALARS = frozenset(("string", "bool", "risk", "duration", "time", "ip", "numbe
 # looked for among its fields, which costs the hot path more than the call.
 _kind = pb.Value.WhichOneof
 _has = pb.AuthorizeRequest.HasField
+
+Identify = Callable[[str, str], str]
+"""The directory's id of a person named by any of their ids (name, field) -> id."""
 
 
 # ------------------------------------------------------------------ protobuf -> Request
@@ -86,65 +89,167 @@ def typed_from_proto(
     attributes: Mapping[str, pb.Value], where: str, types: Mapping[str, Type]
 ) -> dict[str, Any]:
     """A message's attribute map, typed by the schema."""
-    out: dict[str, Any] = {}
-    for key in attributes:  # keys, then lookups (see plain_values)
-        value = attributes[key]
-        kind = _kind(value, "kind")
-        declared = types.get(key)
-        # The common cases, without building the path only an error would name: a string
-        # declared a string, and a risk level (sent as a risk or as a string).
-        if declared is not None:
-            name = declared.name
-            if kind == "string":
-                if name == "string":
-                    out[key] = value.string
-                    continue
-                if name == "risk":
-                    risk = RISKS.get(value.string)
-                    if risk is not None:
-                        out[key] = risk
-                        continue
-            elif kind == "risk" and name == "risk":
-                risk = RISKS.get(value.risk)
-                if risk is not None:
-                    out[key] = risk
-                    continue
-        path = f"{where}.{key}"
-        plain = plain_value(value, path)
-        out[key] = convert(plain, declared, path) if declared else untyped(plain, path)
-    return out
+    return typed_attributes(plain_values(attributes, where), where, types)
+
+
+Parts = tuple[
+    str,  # the agent's id
+    dict[str, Any],  # its attributes
+    tuple[str, dict[str, Any]] | None,  # the user's id and attributes, when there is a user
+    tuple[str, ...] | None,  # the delegation chain, when the message has a delegation
+    str,  # the action
+    str,  # the resource's type
+    str,  # its id
+    dict[str, Any],  # its attributes
+    dict[str, Any],  # the context
+]
+"""A question about an agent, every attribute a plain value: what :func:`plain_parts`
+reads from a message's bytes and :func:`parts_of` from a parsed message."""
+
+plain_parts: Callable[[bytes], Parts | None] | None
+batch_parts: Callable[[bytes], list[tuple[Parts, int]] | None] | None
+try:  # compiled at install (pyproject.toml)
+    from pdp.doors._wire import batch_parts, plain_parts
+except ImportError:  # no C compiler was at hand: protobuf parses every request
+    plain_parts = batch_parts = None
+
+
+def read_request(
+    raw: bytes, schema: SchemaModel, trusted: bool, bounds: Bounds, identify: Identify | None
+) -> Request | None:
+    """The typed request ``raw`` asks, read without parsing a protobuf message, or None
+    for a question left to :func:`request_from_proto`: one the reader does not take (see
+    :mod:`pdp.doors._wire`), or too large to be within the bounds at a glance."""
+    parts = plain_parts(raw) if plain_parts is not None else None
+    if parts is None or not _at_a_glance(parts, len(raw), bounds):
+        return None
+    return request_from_parts(parts, schema, trusted, len(raw), identify)
+
+
+def read_batch(
+    raw: bytes, schema: SchemaModel, trusted: bool, bounds: Bounds, identify: Identify | None
+) -> list[Request] | None:
+    """The typed requests of an ``AuthorizeBatchRequest``, as :func:`read_request` reads
+    one, or None when any of them is left to :func:`request_from_proto`."""
+    items = batch_parts(raw) if batch_parts is not None else None
+    if items is None or not all(_at_a_glance(*item, bounds) for item in items):
+        return None
+    typed = []
+    for index, (parts, size) in enumerate(items):
+        try:
+            typed.append(request_from_parts(parts, schema, trusted, size, identify))
+        except RequestError as exc:
+            raise in_batch(exc, index) from None
+    return typed
+
+
+def in_batch(exc: RequestError, index: int) -> RequestError:
+    """``exc`` naming the batch's request it is about."""
+    return type(exc)(f"requests[{index}].{exc}")
+
+
+def _at_a_glance(parts: Parts, size: int, bounds: Bounds) -> bool:
+    """Whether a question is within ``bounds`` without measuring its values, as
+    :func:`within` finds for a message of this size."""
+    most = bounds.attributes
+    if size <= 2 * most:
+        return True
+    user = parts[2]
+    return size <= bounds.undeclared_bytes and (
+        len(parts[1]) <= most
+        and len(parts[7]) <= most
+        and len(parts[8]) <= most
+        and (user is None or len(user[1]) <= most)
+    )
+
+
+def parts_of(message: pb.AuthorizeRequest, trusted: bool) -> Parts:
+    """The parts of a parsed question about an agent; the agent's and user's attributes
+    only when ``trusted`` (else they are not read, and may hold anything)."""
+    agent = message.agent
+    user = None
+    if _has(message, "user"):
+        person = message.user
+        user = (person.id, plain_values(person.attributes, "user") if trusted else {})
+    chain = tuple(message.delegation.chain) if _has(message, "delegation") else None
+    resource = message.resource
+    return (
+        agent.id,
+        plain_values(agent.attributes, "agent") if trusted else {},
+        user,
+        chain,
+        message.action,
+        resource.type,
+        resource.id,
+        plain_values(resource.attributes, "resource"),
+        plain_values(message.context, "context"),
+    )
+
+
+def request_from_parts(
+    parts: Parts, schema: SchemaModel, trusted: bool, size: int, identify: Identify | None
+) -> Request:
+    """The typed request of a question about an agent."""
+    agent_id, agent_values, user_parts, chain, action, rtype, rid, resource, context = parts
+    agent = _entity(agent_id, agent_values, "agent", schema.agent, trusted)
+    user = None
+    if user_parts is not None:
+        user = _entity(*user_parts, "user", schema.user, trusted)
+        if identify is not None:
+            user["id"] = identify(user["id"], "user.id")
+    return _asked(agent, user, chain, action, rtype, rid, resource, context, schema, size)
+
+
+def _asked(
+    agent: dict[str, Any],
+    user: dict[str, Any] | None,
+    chain: tuple[str, ...] | None,
+    action: str,
+    rtype: str,
+    rid: str,
+    resource: dict[str, Any],
+    context: dict[str, Any],
+    schema: SchemaModel,
+    size: int,
+) -> Request:
+    """The request once its agent and user are typed: the action, resource and context
+    checked and typed."""
+    if not action:
+        raise RequestError('action: required, a non-empty string such as "tool.call"')
+    return Request(
+        agent,
+        user,
+        delegation_for(agent["id"], user, chain),
+        action,
+        typed_resource(rtype, rid, resource, schema),
+        typed_attributes(context, "context", schema.context) if context else {},
+        size,
+    )
 
 
 def _entity(
-    entity: Any, where: str, types: Mapping[str, Type], trusted: bool, ident: str = ""
+    ident: str, values: dict[str, Any], where: str, types: Mapping[str, Type], trusted: bool
 ) -> dict[str, Any]:
-    ident = ident or entity.id
+    """An agent or user: its id, and its attributes typed when the caller is trusted."""
     if not ident:
         raise RequestError(f"{where}.id: required, a non-empty string (or an agent_token)")
-    if not trusted:
+    if not (trusted and values):
         return {"id": ident}
-    attributes = entity.attributes
-    if not attributes:
-        return {"id": ident}
-    values = typed_from_proto(attributes, where, types)
-    values["id"] = ident
-    return values
+    typed = typed_attributes(values, where, types)
+    typed["id"] = ident
+    return typed
 
 
 def _named(
-    message: pb.AuthorizeRequest, schema: SchemaModel, trusted: bool, who: Caller
-) -> tuple[dict[str, Any], dict[str, Any] | None, tuple[str, ...] | None]:
-    """The agent, the user and the delegation chain a question with an agent token is
-    about: the token's caller ``who``, which what the question names must agree with
-    (:func:`named_by`); the question's attributes for them, where trusted."""
-    given_user = (message.user.id or None) if message.HasField("user") else None
-    chain = tuple(message.delegation.chain) if message.HasField("delegation") else None
-    agent_id, user_id, chain = named_by(who, message.agent.id, given_user, chain)
-    agent = _entity(message.agent, "agent", schema.agent, trusted, agent_id)
-    user = None
-    if user_id is not None:
-        user = _entity(message.user, "user", schema.user, trusted, user_id)
-    return agent, user, chain
+    message: pb.AuthorizeRequest, trusted: bool, who: Caller
+) -> tuple[Parts, str, str | None, tuple[str, ...] | None]:
+    """The parts of a question with an agent token, and the agent, the user and the
+    delegation chain it is about: the token's caller ``who``, which what the question
+    names must agree with (:func:`named_by`)."""
+    parts = parts_of(message, trusted)
+    given_user = (parts[2][0] or None) if parts[2] is not None else None
+    agent_id, user_id, chain = named_by(who, parts[0], given_user, parts[3])
+    return parts, agent_id, user_id, chain
 
 
 def request_from_proto(
@@ -172,41 +277,18 @@ def request_from_proto(
         if message.subject.type != AGENT_SUBJECT:
             return _other_request(message, schema, size, identify)
         message = _as_agent(message)
-    if who is None:  # the hot path, written out
+    if who is None:
         if message.agent_token:  # never decided for an agent token not verified
             raise RequestError("agent_token: not taken here; name the agent in agent.id")
-        agent = _entity(message.agent, "agent", schema.agent, trust_callers)
-        user = None
-        if _has(message, "user"):
-            user = _entity(message.user, "user", schema.user, trust_callers)
-            if identify is not None:
-                user["id"] = identify(user["id"], "user.id")
-        chain = tuple(message.delegation.chain) if _has(message, "delegation") else None
-    else:
-        agent, user, chain = _named(message, schema, trust_callers, who)
-    action = message.action
-    if not action:
-        raise RequestError('action: required, a non-empty string such as "tool.call"')
-    context = message.context
-    return Request(
-        agent,
-        user,
-        delegation_for(agent["id"], user, chain),
-        action,
-        _resource(message.resource, schema),
-        typed_from_proto(context, "context", schema.context) if context else {},
-        size,
-    )
-
-
-def _resource(resource: pb.Resource, schema: SchemaModel) -> dict[str, Any]:
-    """A message's resource, typed."""
-    attributes = plain_values(resource.attributes, "resource")
-    return typed_resource(resource.type, resource.id, attributes, schema)
-
-
-Identify = Callable[[str, str], str]
-"""The directory's id of a person named by any of their ids (name, field) -> id."""
+        parts = parts_of(message, trust_callers)
+        return request_from_parts(parts, schema, trust_callers, size, identify)
+    parts, agent_id, user_id, chain = _named(message, trust_callers, who)
+    agent = _entity(agent_id, parts[1], "agent", schema.agent, trust_callers)
+    user = None
+    if user_id is not None:
+        user_values = parts[2][1] if parts[2] is not None else {}
+        user = _entity(user_id, user_values, "user", schema.user, trust_callers)
+    return _asked(agent, user, chain, *parts[4:], schema, size)
 
 
 def _as_agent(message: pb.AuthorizeRequest) -> pb.AuthorizeRequest:
@@ -256,7 +338,12 @@ def _other_request(
         user,
         delegation_for(None, user, None),
         message.action,
-        _resource(message.resource, schema),
+        typed_resource(
+            message.resource.type,
+            message.resource.id,
+            plain_values(message.resource.attributes, "resource"),
+            schema,
+        ),
         typed_from_proto(context, "context", schema.context) if context else {},
         size,
         named,
@@ -502,17 +589,21 @@ class AuthorizerDoor:
             if self._peps is not None:
                 await self._peps.admit(bearer(context.invocation_metadata()))
             point = self.point
-            message = parsed(raw, pb.AuthorizeRequest)
-            who = await self._named(message.agent_token) if message.agent_token else None
-            request = request_from_proto(
-                message,
-                point.schema,
-                point.trusts_callers,
-                len(raw),
-                point.bounds,
-                who,
-                self._identify,
+            request = read_request(
+                raw, point.schema, point.trusts_callers, point.bounds, self._identify
             )
+            if request is None:  # a question the reader leaves to protobuf
+                message = parsed(raw, pb.AuthorizeRequest)
+                who = await self._named(message.agent_token) if message.agent_token else None
+                request = request_from_proto(
+                    message,
+                    point.schema,
+                    point.trusts_callers,
+                    len(raw),
+                    point.bounds,
+                    who,
+                    self._identify,
+                )
             key = raw if point.cache is not None else None
             once = partial(idempotency_key, context)
             # DecisionPoint.decide's steps written out too: the answer at once, and a wait
@@ -537,20 +628,23 @@ class AuthorizerDoor:
 
         async def work() -> pb.AuthorizeBatchResponse:
             await self._admit(context)
-            request = parsed(raw, pb.AuthorizeBatchRequest)
             schema, trusted, bounds = point.schema, point.trusts_callers, point.bounds
             identify = self._identify
-            typed = []  # every question checked before any is decided
-            for index, item in enumerate(request.requests):
-                try:
-                    who = await self._named(item.agent_token)
-                    typed.append(
-                        request_from_proto(item, schema, trusted, None, bounds, who, identify)
-                    )
-                except RequestError as exc:
-                    raise type(exc)(f"requests[{index}].{exc}") from None
-                except CallerRefused as exc:
-                    raise CallerRefused(exc.refusal, f"requests[{index}]: {exc.message}") from None
+            # Every question checked before any is decided.
+            typed = read_batch(raw, schema, trusted, bounds, identify)
+            if typed is None:  # a question the reader leaves to protobuf
+                typed = []
+                for index, item in enumerate(parsed(raw, pb.AuthorizeBatchRequest).requests):
+                    try:
+                        who = await self._named(item.agent_token)
+                        typed.append(
+                            request_from_proto(item, schema, trusted, None, bounds, who, identify)
+                        )
+                    except RequestError as exc:
+                        raise in_batch(exc, index) from None
+                    except CallerRefused as exc:
+                        message = f"requests[{index}]: {exc.message}"
+                        raise CallerRefused(exc.refusal, message) from None
             answers = await point.decide_many(typed, context.peer, idempotency_key(context))
             return pb.AuthorizeBatchResponse(responses=[answer_to_proto(a) for a in answers])
 

@@ -1,0 +1,291 @@
+"""The gRPC door's reader of a request's bytes (``pdp/doors/_wire.pyx``) against protobuf.
+
+Whatever the bytes, the reader either leaves them to protobuf (None) or reads what
+reading the protobuf-parsed message gives: the same plain parts, then the same typed
+request or the same error. Random messages of every field, random bytes, messages cut
+short or with bytes changed, and two messages run together (protobuf merges them) are
+each held to that.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from pathlib import Path
+from typing import Any
+
+import pytest
+from google.protobuf.message import DecodeError
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from pdp.bounds import DEFAULT_BOUNDS
+from pdp.doors import grpc as door
+from pdp.doors.grpc import parsed, parts_of, read_batch, request_from_proto
+from pdp.loader import load_directory
+from pdp.model import Request, RequestError
+from pdp.serve.proto import authorizer_pb2 as pb
+from tests.fuzz.messages import messages
+
+SCHEMA = load_directory(Path(__file__).parents[2] / "policies").bundle.schema
+MANY = settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
+
+
+def plain_parts(raw: bytes) -> Any:
+    assert door.plain_parts is not None, "pdp/doors/_wire.pyx is not compiled"
+    return door.plain_parts(raw)
+
+
+def read_request(raw: bytes) -> Request | None:
+    return door.read_request(raw, SCHEMA, True, DEFAULT_BOUNDS, None)
+
+
+def same(value: Any) -> Any:
+    """``value`` in a form equal only to a value of the same types and bits: a bool is
+    no int, a NaN equals a NaN, -0.0 is not 0.0, and key order does not count."""
+    if isinstance(value, dict):
+        return ("dict", sorted((key, same(item)) for key, item in value.items()))
+    if isinstance(value, list | tuple):
+        return (type(value).__name__, [same(item) for item in value])
+    if isinstance(value, float):
+        return ("float", struct.pack("<d", value))
+    return (type(value).__name__, value)
+
+
+def protobuf_parts(raw: bytes) -> Any:
+    """What reading the message protobuf parses gives, or the error that stops it."""
+    try:
+        return same(parts_of(parsed(raw, pb.AuthorizeRequest), True))
+    except RequestError as exc:
+        return ("refused", str(exc))
+
+
+def outcome(read: Any) -> Any:
+    """A typed request (or the error refusing it) in a comparable form."""
+    try:
+        request: Request = read()
+    except RequestError as exc:
+        return ("refused", type(exc).__name__, str(exc))
+    fields = ("agent", "user", "delegation", "action", "resource", "context", "size")
+    return tuple(same_typed(getattr(request, name)) for name in fields)
+
+
+def same_typed(value: Any) -> Any:
+    if isinstance(value, float) and math.isnan(value):
+        return "nan"
+    if isinstance(value, dict):
+        return sorted((key, same_typed(item)) for key, item in value.items())
+    if isinstance(value, frozenset):
+        return ("set", sorted(repr(item) for item in value))
+    if isinstance(value, tuple):
+        return [same_typed(item) for item in value]
+    return repr(value)
+
+
+def check(raw: bytes) -> bool:
+    """Hold the reader to protobuf on ``raw``; whether it read them."""
+    parts = plain_parts(raw)
+    if parts is None:
+        assert read_request(raw) is None
+        return False
+    assert same(parts) == protobuf_parts(raw)
+    if not door._at_a_glance(parts, len(raw), DEFAULT_BOUNDS):
+        assert read_request(raw) is None  # protobuf's path measures every value
+        return True
+    fast = outcome(lambda: read_request(raw))
+    slow = outcome(
+        lambda: request_from_proto(parsed(raw, pb.AuthorizeRequest), SCHEMA, True, len(raw))
+    )
+    if fast[0] == slow[0] == "refused" and fast != slow:
+        # Two faulty values in one map: each path names the first it meets, and
+        # protobuf's maps iterate in their hash table's order, not the wire's.
+        assert fast[1] == slow[1]
+        assert fast[2].split(".")[0] == slow[2].split(".")[0]
+        return True
+    assert fast == slow
+    return True
+
+
+def deep(levels: int) -> pb.Value:
+    value = pb.Value(bool=True)
+    for _ in range(levels):
+        value = pb.Value(list=pb.ValueList(values=[value]))
+    return value
+
+
+def question(**fields: Any) -> pb.AuthorizeRequest:
+    return pb.AuthorizeRequest(
+        agent=pb.Agent(id="helper", attributes={"risk": pb.Value(risk="low")}),
+        action="tool.call",
+        resource=pb.Resource(type="tool", id="search"),
+        **fields,
+    )
+
+
+def test_the_reader_is_compiled() -> None:
+    """``make`` builds it: without it every request would take the slower protobuf path."""
+    assert door.plain_parts is not None
+    assert door.batch_parts is not None
+
+
+def test_a_typical_question_is_read_as_protobuf_reads_it() -> None:
+    raw = question(
+        user=pb.User(id="alice", attributes={"roles": pb.Value(strings=pb.StringList())}),
+        delegation=pb.Delegation(chain=["helper"]),
+        context={
+            "amount": pb.Value(money=pb.Money(amount="12.50", currency="USD")),
+            "n": pb.Value(number=-0.0),
+            "i": pb.Value(integer=-(2**63)),
+            "b": pb.Value(bool=True),
+            "l": pb.Value(list=pb.ValueList(values=[pb.Value(map=pb.ValueMap())])),
+        },
+    ).SerializeToString()
+    assert check(raw)
+    request = read_request(raw)
+    assert request is not None and request.context["i"] == -(2**63)
+
+
+@pytest.mark.parametrize(
+    ("name", "raw"),
+    [
+        ("a subject", pb.AuthorizeRequest(subject=pb.Subject(type="user", id="a"))),
+        ("an agent token", question(agent_token="t")),
+        ("a Value with no kind", question(context={"x": pb.Value()})),
+        ("the agent said twice", question().SerializeToString() * 2),
+        ("an unknown field", question().SerializeToString() + b"\x48\x01"),
+        ("a string not UTF-8", b"\x22\x02\xc3\x28"),
+        ("bytes cut short", question().SerializeToString()[:-1]),
+        ("values nested too deep", question(context={"x": deep(20)})),
+    ],
+)
+def test_what_the_reader_leaves_to_protobuf(name: str, raw: pb.AuthorizeRequest | bytes) -> None:
+    if isinstance(raw, pb.AuthorizeRequest):
+        raw = raw.SerializeToString()
+    assert plain_parts(raw) is None
+    assert read_request(raw) is None
+
+
+def test_a_large_question_is_measured_by_the_protobuf_path() -> None:
+    many = {f"k{i}": pb.Value(string="v") for i in range(DEFAULT_BOUNDS.attributes + 1)}
+    raw = question(context=many).SerializeToString()
+    assert check(raw)
+    assert plain_parts(raw) is not None
+    assert read_request(raw) is None
+
+
+@MANY
+@given(messages(pb.AuthorizeRequest.DESCRIPTOR, depth=5))
+def test_random_messages_are_read_as_protobuf_reads_them(message: pb.AuthorizeRequest) -> None:
+    check(message.SerializeToString())
+
+
+def _declared() -> st.SearchStrategy[pb.Value]:
+    """Values of the kinds a policy's declared attributes take, right and wrong."""
+    text = st.sampled_from(["low", "high", "active", "", "12.50", "5m", "10.0.0.1", "x"])
+    return st.one_of(
+        text.map(lambda t: pb.Value(string=t)),
+        text.map(lambda t: pb.Value(risk=t)),
+        st.floats().map(lambda n: pb.Value(number=n)),
+        st.booleans().map(lambda b: pb.Value(bool=b)),
+        st.tuples(text, st.sampled_from(["USD", "EUR", ""])).map(
+            lambda m: pb.Value(money=pb.Money(amount=m[0], currency=m[1]))
+        ),
+        st.lists(text, max_size=3).map(lambda v: pb.Value(strings=pb.StringList(values=v))),
+    )
+
+
+def _attributes(types: Any) -> st.SearchStrategy[dict[str, pb.Value]]:
+    return st.dictionaries(st.sampled_from([*types, "other"]), _declared(), max_size=4)
+
+
+@MANY
+@given(
+    agent=_attributes(SCHEMA.agent),
+    user=st.none() | _attributes(SCHEMA.user),
+    context=_attributes(SCHEMA.context),
+    chain=st.none() | st.lists(st.sampled_from(["helper", "other", ""]), max_size=2),
+    action=st.sampled_from(["tool.call", "", "db.read"]),
+)
+def test_typed_questions_are_decided_on_the_same_request(
+    agent: dict[str, pb.Value],
+    user: dict[str, pb.Value] | None,
+    context: dict[str, pb.Value],
+    chain: list[str] | None,
+    action: str,
+) -> None:
+    message = pb.AuthorizeRequest(
+        agent=pb.Agent(id="helper", attributes=agent),
+        action=action,
+        resource=pb.Resource(type="tool", id="search"),
+        context=context,
+    )
+    if user is not None:
+        message.user.CopyFrom(pb.User(id="alice", attributes=user))
+    if chain is not None:
+        message.delegation.chain.extend(chain)
+    assert check(message.SerializeToString())
+
+
+@MANY
+@given(
+    messages(pb.AuthorizeRequest.DESCRIPTOR, depth=3),
+    st.lists(st.tuples(st.integers(0, 400), st.integers(0, 255)), min_size=1, max_size=4),
+    st.integers(0, 400),
+)
+def test_changed_or_cut_bytes_are_read_as_protobuf_reads_them(
+    message: pb.AuthorizeRequest, changes: list[tuple[int, int]], cut: int
+) -> None:
+    raw = bytearray(message.SerializeToString() or b"\x22\x00")
+    for at, byte in changes:
+        raw[at % len(raw)] = byte
+    mangled = bytes(raw[: max(1, len(raw) - cut % 4)])
+    try:
+        parsed(mangled, pb.AuthorizeRequest)
+    except RequestError:
+        assert plain_parts(mangled) is None
+        return
+    check(mangled)
+
+
+@MANY
+@given(st.binary(max_size=64))
+def test_random_bytes_are_read_as_protobuf_reads_them(raw: bytes) -> None:
+    try:
+        parsed(raw, pb.AuthorizeRequest)
+    except RequestError:
+        assert plain_parts(raw) is None
+        return
+    check(raw)
+
+
+@MANY
+@given(
+    messages(pb.AuthorizeRequest.DESCRIPTOR, depth=3),
+    messages(pb.AuthorizeRequest.DESCRIPTOR, depth=3),
+)
+def test_two_messages_run_together_are_read_as_protobuf_merges_them(
+    first: pb.AuthorizeRequest, second: pb.AuthorizeRequest
+) -> None:
+    check(first.SerializeToString() + second.SerializeToString())
+
+
+def test_a_batch_is_read_as_protobuf_reads_it() -> None:
+    items = [question(), question(user=pb.User(id="alice")), question()]
+    items[2].action = ""
+    raw = pb.AuthorizeBatchRequest(requests=items[:2]).SerializeToString()
+    fast = read_batch(raw, SCHEMA, True, DEFAULT_BOUNDS, None)
+    assert fast is not None
+    slow = [request_from_proto(item, SCHEMA, True) for item in items[:2]]
+    assert [outcome(lambda r=r: r) for r in fast] == [outcome(lambda r=r: r) for r in slow]
+    refused = pb.AuthorizeBatchRequest(requests=items).SerializeToString()
+    with pytest.raises(RequestError, match=r"^requests\[2\]\.action: required"):
+        read_batch(refused, SCHEMA, True, DEFAULT_BOUNDS, None)
+    with_token = pb.AuthorizeBatchRequest(requests=[question(agent_token="t")])
+    assert read_batch(with_token.SerializeToString(), SCHEMA, True, DEFAULT_BOUNDS, None) is None
+
+
+def test_bytes_protobuf_refuses_are_left_to_it() -> None:
+    raw = b"\x22\x02\xc3\x28"  # action: not UTF-8
+    with pytest.raises(DecodeError):
+        pb.AuthorizeRequest.FromString(raw)
+    assert plain_parts(raw) is None
