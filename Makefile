@@ -7,9 +7,11 @@ CODE := pdp issuer pep tests benchmarks
 
 .PHONY: serve test lint typecheck check-policies pytest bench fmt proto clean
 
+# The compiled reader is built anew from its .pyx (no stale one stays if the build fails).
 $(STAMP): pyproject.toml setup.py pdp/doors/_wire.pyx
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
+	rm -f pdp/doors/_wire.c pdp/doors/_wire.*.so
 	$(BIN)/pip install --quiet -e '.[test,bench]'
 	touch $(STAMP)
 
@@ -59,3 +61,4 @@ fmt: $(STAMP)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis .import_linter_cache
+	rm -f pdp/doors/_wire.c pdp/doors/_wire.*.so

@@ -12,7 +12,7 @@ its answers and errors stay protobuf's. That covers bytes that are not a valid m
 a ``subject`` or a non-empty ``agent_token``, a field number or wire type this file does
 not know, a field the message says twice, a ``Value`` with no kind or with two, and
 nesting deeper than :data:`MAX_DEPTH`. So what it does answer is what reading the message
-parsed by protobuf gives (``tests/serve/test_wire.py`` holds the two to it).
+parsed by protobuf gives (``tests/doors/test_wire.py`` holds the two to it).
 """
 
 from libc.stdint cimport int64_t, uint64_t
@@ -59,10 +59,20 @@ cdef int varint(Span* span, uint64_t* out) except -1:
     return decline()  # cut short, or longer than ten bytes
 
 
+cdef int short_varint(Span* span, uint64_t* out) except -1:
+    """A tag or a length: protobuf refuses either in more than five bytes, or a length
+    of 2 GiB or more."""
+    cdef const unsigned char* start = span.at
+    varint(span, out)
+    if span.at - start > 5 or out[0] >> 31:
+        return decline()
+    return 0
+
+
 cdef int tag(Span* span, unsigned int* number, unsigned int* wire) except -1:
     cdef uint64_t key
-    varint(span, &key)
-    if key >> 32 or key >> 3 == 0:
+    short_varint(span, &key)
+    if key >> 3 == 0:
         return decline()
     number[0] = <unsigned int>(key >> 3)
     wire[0] = <unsigned int>(key & 7)
@@ -74,7 +84,7 @@ cdef int inner(Span* span, unsigned int wire, Span* out) except -1:
     cdef uint64_t size
     if wire != LEN:
         return decline()
-    varint(span, &size)
+    short_varint(span, &size)
     if size > <uint64_t>(span.end - span.at):
         return decline()
     out.at = span.at

@@ -108,7 +108,7 @@ reads from a message's bytes and :func:`parts_of` from a parsed message."""
 
 plain_parts: Callable[[bytes], Parts | None] | None
 batch_parts: Callable[[bytes], list[tuple[Parts, int]] | None] | None
-try:  # compiled at install (pyproject.toml)
+try:  # compiled at install (setup.py)
     from pdp.doors._wire import batch_parts, plain_parts
 except ImportError:  # no C compiler was at hand: protobuf parses every request
     plain_parts = batch_parts = None
@@ -166,16 +166,14 @@ def _at_a_glance(parts: Parts, size: int, bounds: Bounds) -> bool:
 def parts_of(message: pb.AuthorizeRequest, trusted: bool) -> Parts:
     """The parts of a parsed question about an agent; the agent's and user's attributes
     only when ``trusted`` (else they are not read, and may hold anything)."""
-    agent = message.agent
     user = None
     if _has(message, "user"):
-        person = message.user
-        user = (person.id, plain_values(person.attributes, "user") if trusted else {})
+        user = (message.user.id, _attributes(message.user, "user", trusted))
     chain = tuple(message.delegation.chain) if _has(message, "delegation") else None
     resource = message.resource
     return (
-        agent.id,
-        plain_values(agent.attributes, "agent") if trusted else {},
+        message.agent.id,
+        _attributes(message.agent, "agent", trusted),
         user,
         chain,
         message.action,
@@ -184,6 +182,11 @@ def parts_of(message: pb.AuthorizeRequest, trusted: bool) -> Parts:
         plain_values(resource.attributes, "resource"),
         plain_values(message.context, "context"),
     )
+
+
+def _attributes(entity: pb.Agent | pb.User, where: str, trusted: bool) -> dict[str, Any]:
+    """An agent's or user's attributes as plain values; none unless ``trusted``."""
+    return plain_values(entity.attributes, where) if trusted else {}
 
 
 def request_from_parts(
@@ -274,18 +277,6 @@ def _entity(
     return typed
 
 
-def _named(
-    message: pb.AuthorizeRequest, trusted: bool, who: Caller
-) -> tuple[Parts, str, str | None, tuple[str, ...] | None]:
-    """The parts of a question with an agent token, and the agent, the user and the
-    delegation chain it is about: the token's caller ``who``, which what the question
-    names must agree with (:func:`named_by`)."""
-    parts = parts_of(message, trusted)
-    given_user = (parts[2][0] or None) if parts[2] is not None else None
-    agent_id, user_id, chain = named_by(who, parts[0], given_user, parts[3])
-    return parts, agent_id, user_id, chain
-
-
 def request_from_proto(
     message: pb.AuthorizeRequest,
     schema: SchemaModel,
@@ -316,13 +307,30 @@ def request_from_proto(
             raise RequestError("agent_token: not taken here; name the agent in agent.id")
         parts = parts_of(message, trust_callers)
         return request_from_parts(parts, schema, trust_callers, size, identify)
-    parts, agent_id, user_id, chain = _named(message, trust_callers, who)
-    agent = _entity(agent_id, parts[1], "agent", schema.agent, trust_callers)
+    # A question with an agent token: about whom the token names (``who``), which what
+    # the question names must agree with (named_by); the attributes of whom it keeps.
+    given_user = (message.user.id or None) if _has(message, "user") else None
+    chain = tuple(message.delegation.chain) if _has(message, "delegation") else None
+    agent_id, user_id, chain = named_by(who, message.agent.id, given_user, chain)
+    agent_values = _attributes(message.agent, "agent", trust_callers)
+    agent = _entity(agent_id, agent_values, "agent", schema.agent, trust_callers)
     user = None
     if user_id is not None:
-        user_values = parts[2][1] if parts[2] is not None else {}
+        user_values = _attributes(message.user, "user", trust_callers)
         user = _entity(user_id, user_values, "user", schema.user, trust_callers)
-    return _asked(agent, user, chain, *parts[4:], schema, size)
+    resource = message.resource
+    return _asked(
+        agent,
+        user,
+        chain,
+        message.action,
+        resource.type,
+        resource.id,
+        plain_values(resource.attributes, "resource"),
+        plain_values(message.context, "context"),
+        schema,
+        size,
+    )
 
 
 def _as_agent(message: pb.AuthorizeRequest) -> pb.AuthorizeRequest:
