@@ -112,7 +112,6 @@ cdef object plain_value(Span* span, unsigned int wire, int depth):
     cdef int byte
     cdef object out = None
     cdef bint seen = False
-    cdef list values
     if depth > MAX_DEPTH:
         decline()
     inner(span, wire, &value)
@@ -146,23 +145,9 @@ cdef object plain_value(Span* span, unsigned int wire, int depth):
             inner(&value, item_wire, &item)
             out = money(&item)
         elif number == 9:  # strings
-            inner(&value, item_wire, &item)
-            values = []
-            while item.at < item.end:
-                tag(&item, &number, &item_wire)
-                if number != 1:
-                    decline()
-                values.append(text(&item, item_wire))
-            out = values
+            out = repeated(&value, item_wire, -1)
         elif number == 10:  # list
-            inner(&value, item_wire, &item)
-            values = []
-            while item.at < item.end:
-                tag(&item, &number, &item_wire)
-                if number != 1:
-                    decline()
-                values.append(plain_value(&item, item_wire, depth + 1))
-            out = values
+            out = repeated(&value, item_wire, depth + 1)
         elif number == 11:  # map
             inner(&value, item_wire, &item)
             out = {}
@@ -176,6 +161,24 @@ cdef object plain_value(Span* span, unsigned int wire, int depth):
     if not seen:
         decline()  # no kind set: protobuf's reading names the field
     return out
+
+
+cdef list repeated(Span* span, unsigned int wire, int depth):
+    """A ``StringList``'s or a ``Delegation``'s texts (``depth`` -1), or a ``ValueList``'s
+    plain values: the message's field 1, repeated."""
+    cdef Span item
+    cdef unsigned int number, item_wire
+    cdef list values = []
+    inner(span, wire, &item)
+    while item.at < item.end:
+        tag(&item, &number, &item_wire)
+        if number != 1:
+            decline()
+        if depth < 0:
+            values.append(text(&item, item_wire))
+        else:
+            values.append(plain_value(&item, item_wire, depth))
+    return values
 
 
 cdef dict money(Span* span):
@@ -236,19 +239,6 @@ cdef tuple entity(Span* span, unsigned int wire, unsigned int id_field):
     return (kind or "", ident or "", attributes)
 
 
-cdef tuple chain(Span* span, unsigned int wire):
-    cdef Span item
-    cdef unsigned int number, item_wire
-    cdef list actors = []
-    inner(span, wire, &item)
-    while item.at < item.end:
-        tag(&item, &number, &item_wire)
-        if number != 1:
-            decline()
-        actors.append(text(&item, item_wire))
-    return tuple(actors)
-
-
 cdef tuple request_parts(Span* span):
     """An ``AuthorizeRequest``'s parts (see :func:`plain_parts`)."""
     cdef unsigned int number, wire
@@ -262,7 +252,7 @@ cdef tuple request_parts(Span* span):
         elif number == 2 and user is None:
             user = entity(span, wire, 1)
         elif number == 3 and actors is None:
-            actors = chain(span, wire)
+            actors = tuple(repeated(span, wire, -1))  # a Delegation's chain
         elif number == 4 and action is None:
             action = text(span, wire)
         elif number == 5 and resource is None:

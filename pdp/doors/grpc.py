@@ -309,28 +309,16 @@ def request_from_proto(
         return request_from_parts(parts, schema, trust_callers, size, identify)
     # A question with an agent token: about whom the token names (``who``), which what
     # the question names must agree with (named_by); the attributes of whom it keeps.
-    given_user = (message.user.id or None) if _has(message, "user") else None
-    chain = tuple(message.delegation.chain) if _has(message, "delegation") else None
-    agent_id, user_id, chain = named_by(who, message.agent.id, given_user, chain)
+    parts = parts_of(message, False)  # the attributes read below, of whom is kept
+    given_user = (parts[2][0] or None) if parts[2] is not None else None
+    agent_id, user_id, chain = named_by(who, parts[0], given_user, parts[3])
     agent_values = _attributes(message.agent, "agent", trust_callers)
     agent = _entity(agent_id, agent_values, "agent", schema.agent, trust_callers)
     user = None
     if user_id is not None:
         user_values = _attributes(message.user, "user", trust_callers)
         user = _entity(user_id, user_values, "user", schema.user, trust_callers)
-    resource = message.resource
-    return _asked(
-        agent,
-        user,
-        chain,
-        message.action,
-        resource.type,
-        resource.id,
-        plain_values(resource.attributes, "resource"),
-        plain_values(message.context, "context"),
-        schema,
-        size,
-    )
+    return _asked(agent, user, chain, *parts[4:], schema, size)
 
 
 def _as_agent(message: pb.AuthorizeRequest) -> pb.AuthorizeRequest:
