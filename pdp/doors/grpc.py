@@ -1,11 +1,14 @@
 """The gRPC door, ``tessera.v1.Authorizer``: protobuf in, one :class:`Request`, protobuf out.
 
 ``Authorize``, ``AuthorizeBatch`` and ``ListAllowed`` each convert their message straight
-into typed requests (:func:`request_from_proto`), ask the :class:`DecisionPoint`, and build
-the response straight from the decision (:func:`answer_to_proto`). A malformed request is
-answered INVALID_ARGUMENT naming the field (or, for bytes protobuf refuses, saying why),
-never with a traceback or an exception's name; a fault of ours is logged and answered
-INTERNAL.
+into typed requests, ask the :class:`DecisionPoint`, and build the response straight from
+the decision (:func:`answer_to_bytes`, :func:`answer_to_proto`). ``Authorize`` and
+``AuthorizeBatch`` read the common shape of a question from its bytes with a compiled
+reader (:func:`read_request`, :mod:`pdp.doors._wire`); every other question is parsed by
+protobuf and read from the message (:func:`request_from_proto`), to the same request.
+A malformed request is answered INVALID_ARGUMENT naming the field (or, for bytes protobuf
+refuses, saying why), never with a traceback or an exception's name; a fault of ours is
+logged and answered INTERNAL.
 
 Where the port asks its callers for a bearer token (:mod:`pdp.doors.callers`), each call
 without an acceptable one is answered UNAUTHENTICATED, or PERMISSION_DENIED for a token
