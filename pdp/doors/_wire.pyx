@@ -16,13 +16,22 @@ parsed by protobuf gives (``tests/doors/test_wire.py`` holds the two to it).
 """
 
 from libc.stdint cimport int64_t, uint64_t
-from libc.string cimport memcpy
+from libc.string cimport memcmp, memcpy
 
 from cpython.unicode cimport PyUnicode_DecodeUTF8
+
+
+cdef extern from "Python.h":
+    Py_ssize_t PyUnicode_GET_LENGTH(object)
+    void* PyUnicode_DATA(object)
+    bint PyUnicode_IS_ASCII(object)
 
 cdef enum:
     # Values within values (a list in a map in a list...): deeper, protobuf reads them.
     MAX_DEPTH = 16
+    # Texts kept to be read again (see text()): how many, how long at most.
+    SEEN_SLOTS = 1024
+    SEEN_BYTES = 32
     # Wire types (the low three bits of a tag).
     VARINT = 0
     I64 = 1
@@ -93,14 +102,42 @@ cdef int inner(Span* span, unsigned int wire, Span* out) except -1:
     return 0
 
 
+# Short ASCII texts read before, by a hash of their bytes: the same ids, names and
+# values come in call after call, and one already made is neither allocated again nor
+# hashed again when it is looked up. A slot holds one text; another with the same hash
+# replaces it, so the cache never grows and no input can make it slow.
+cdef list _seen = [None] * SEEN_SLOTS
+
+
 cdef str text(Span* span, unsigned int wire):
     """A string field's value (UTF-8, as protobuf requires)."""
     cdef Span value
+    cdef Py_ssize_t size
+    cdef uint64_t slot = 14695981039346656037ULL  # FNV-1a
+    cdef const unsigned char* at
+    cdef object seen
     inner(span, wire, &value)
+    size = value.end - value.at
+    if size <= SEEN_BYTES:
+        at = value.at
+        while at < value.end:
+            slot = (slot ^ at[0]) * 1099511628211ULL
+            at += 1
+        slot &= SEEN_SLOTS - 1
+        seen = _seen[slot]
+        if (
+            seen is not None
+            and PyUnicode_GET_LENGTH(seen) == size
+            and memcmp(PyUnicode_DATA(seen), value.at, size) == 0
+        ):
+            return seen
     try:
-        return PyUnicode_DecodeUTF8(<const char*>value.at, value.end - value.at, NULL)
+        made = PyUnicode_DecodeUTF8(<const char*>value.at, size, NULL)
     except UnicodeDecodeError:
         raise _Declined from None
+    if size <= SEEN_BYTES and PyUnicode_IS_ASCII(made):
+        _seen[slot] = made
+    return made
 
 
 cdef object plain_value(Span* span, unsigned int wire, int depth):

@@ -372,3 +372,27 @@ def test_a_token_question_reads_only_the_user_it_keeps() -> None:
     who = Caller("helper", None, ("helper",), frozenset(), None)
     request = request_from_proto(message, SCHEMA, True, who=who)
     assert request.user is None and request.agent["id"] == "helper"
+
+
+def test_short_ascii_texts_read_again_are_the_texts_read_before() -> None:
+    """What the reader's text cache is for: a repeated id or name is not made again. A
+    longer text, or one not ASCII, is made each time, and every one reads as sent."""
+    raw = question().SerializeToString()
+    first, again = plain_parts(raw), plain_parts(raw)
+    assert first[4] == "tool.call" and again[4] is first[4]
+    for action in ("x" * 32, "y" * 33, "é" * 3, "tool.call"):
+        asked = question()
+        asked.action = action
+        parts = [plain_parts(asked.SerializeToString()) for _ in "ab"]
+        assert parts[0][4] == parts[1][4] == action
+        assert (parts[0][4] is parts[1][4]) == (len(action) <= 32 and action.isascii())
+
+
+def test_texts_that_share_a_cache_slot_read_as_sent() -> None:
+    """More texts of one length than the cache has slots: some share a slot, and each
+    still reads as sent, however often it comes."""
+    asked = question()
+    for _ in range(2):
+        for number in range(3_000):
+            asked.action = f"t{number:04}"
+            assert plain_parts(asked.SerializeToString())[4] == asked.action
