@@ -309,7 +309,7 @@ def typed_attributes(
 ) -> dict[str, Any]:
     """Attributes (a mapping of plain values) typed by the schema's declarations of them;
     with a ``measure``, each measured against the request's bounds before it is typed."""
-    if not isinstance(raw, Mapping):
+    if raw.__class__ is not dict and not isinstance(raw, Mapping):  # a dict: no ABC check
         raise RequestError(f"{where}: expected an object")
     if measure is not None:
         measure.count(len(raw), where)

@@ -35,7 +35,7 @@ from pdp.doors.callers import OPEN, AgentTokens, CallerRefused, Callers, bearer,
 from pdp.lang.schema import AGENT_SUBJECT, PERSONS, SchemaModel, Type
 from pdp.metrics import Metrics
 from pdp.model import Answer, Decision, Request, RequestError, delegation_for
-from pdp.request import RISKS, typed_attributes, typed_resource, typed_subject
+from pdp.request import typed_attributes, typed_resource, typed_subject
 from pdp.serve.proto import authorizer_pb2 as pb
 
 log = logging.getLogger("tessera.serve")
@@ -197,22 +197,19 @@ def request_from_parts(
 ) -> Request:
     """The typed request of a question about an agent."""
     agent_id, agent_values, user_parts, chain, action, rtype, rid, resource, context = parts
-    if user_parts is None and chain is None and agent_id and action and rtype and rid:
-        # The agent acting alone on a resource with no attributes of its own, the agent's
-        # attributes texts: most questions, typed written out (no helper runs, and those
-        # that do run would find nothing to refuse).
-        agent = _texts(agent_values, schema.agent) if trusted and agent_values else {}
-        if agent is not None and not resource:
-            agent["id"] = agent_id
-            return Request(
-                agent,
-                None,
-                {"delegated": False, "depth": 0, "chain": ()},
-                action,
-                {"type": rtype, "id": rid},
-                typed_attributes(context, "context", schema.context) if context else {},
-                size,
-            )
+    if user_parts is None and chain is None and not resource and action and rtype and rid:
+        # The agent acting alone on a resource with no attributes of its own: most
+        # questions, their delegation and resource written out (no check of them could
+        # refuse).
+        return Request(
+            _entity(agent_id, agent_values, "agent", schema.agent, trusted),
+            None,
+            {"delegated": False, "depth": 0, "chain": ()},
+            action,
+            {"type": rtype, "id": rid},
+            typed_attributes(context, "context", schema.context) if context else {},
+            size,
+        )
     agent = _entity(agent_id, agent_values, "agent", schema.agent, trusted)
     user = None
     if user_parts is not None:
@@ -220,24 +217,6 @@ def request_from_parts(
         if identify is not None:
             user["id"] = identify(user["id"], "user.id")
     return _asked(agent, user, chain, action, rtype, rid, resource, context, schema, size)
-
-
-def _texts(values: dict[str, Any], types: Mapping[str, Type]) -> dict[str, Any] | None:
-    """Attributes that are all texts, typed as :func:`typed_attributes` types them: a text
-    declared a string or not at all, or a risk level's name declared a risk level. None
-    when one is anything else."""
-    typed: dict[str, Any] = {}
-    for key, value in values.items():
-        if value.__class__ is not str:
-            return None
-        declared = types.get(key)
-        if declared is None or declared.name == "string":
-            typed[key] = value
-        elif declared.name == "risk" and value in RISKS:
-            typed[key] = RISKS[value]
-        else:
-            return None
-    return typed
 
 
 def _asked(
